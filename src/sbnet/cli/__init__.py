@@ -1,0 +1,1 @@
+"""The sbnet command line (typer + rich)."""

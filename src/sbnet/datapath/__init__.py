@@ -1,0 +1,1 @@
+"""The reference software switch: batch parser, classifier, megaflow cache, ports."""

@@ -1,0 +1,1 @@
+"""The flow language: fields, matches, actions and pipelines in ovs-ofctl syntax."""

@@ -1,0 +1,1 @@
+"""Open vSwitch: daemons, OpenFlow loading and tracing."""
