@@ -1,0 +1,250 @@
+"""Attribute declarations and the converters that validate and normalise request values."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sbnet.model.errors import BadRequest
+
+REQUIRED = object()  # marks an attribute a POST must carry
+
+
+class Invalid(ValueError):
+    """A converter's complaint; the caller names the attribute in the 400 it becomes."""
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of a resource, declared once as data (like Neutron's attribute maps)."""
+
+    name: str
+    convert: Callable[[Any], Any] | None = None
+    default: Any = None  # REQUIRED, a value, or a callable returning a fresh value
+    post: bool = True
+    put: bool = True
+    admin_only: bool = False  # only admins may set it (provider:*, binding:*)
+    admin_visible: bool = False  # hidden from non-admin users, as Neutron's policy does
+    schema: dict | None = None  # JSON schema for the OpenAPI document
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+
+def fail(attr: str, reason: str) -> BadRequest:
+    return BadRequest(f"Invalid input for {attr}. Reason: {reason}.")
+
+
+# --- converters: each takes a JSON value, returns the stored value or raises Invalid ---
+
+def to_str(max_len: int = 255) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if not isinstance(v, str):
+            raise Invalid(f"'{v}' is not a valid string")
+        if len(v) > max_len:
+            raise Invalid(f"'{v[:20]}...' exceeds maximum length of {max_len}")
+        return v
+    return conv
+
+
+def to_str_or_none(max_len: int = 255) -> Callable[[Any], str | None]:
+    inner = to_str(max_len)
+    return lambda v: None if v is None else inner(v)
+
+
+def to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
+        return v.lower() in ("true", "1")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise Invalid(f"'{v}' cannot be converted to boolean")
+
+
+def to_int(lo: int | None = None, hi: int | None = None, nullable: bool = False) -> Callable:
+    def conv(v: Any) -> int | None:
+        if v is None and nullable:
+            return None
+        if isinstance(v, bool):
+            raise Invalid(f"'{v}' is not an integer")
+        try:
+            n = int(v) if isinstance(v, (int, str)) else None
+        except ValueError:
+            n = None
+        if n is None or (isinstance(v, float)):
+            raise Invalid(f"'{v}' is not an integer")
+        if (lo is not None and n < lo) or (hi is not None and n > hi):
+            raise Invalid(f"'{n}' is not in range {lo} through {hi}")
+        return n
+    return conv
+
+
+def to_choice(*choices: Any, nullable: bool = False) -> Callable:
+    def conv(v: Any) -> Any:
+        if v is None and nullable:
+            return None
+        if v not in choices:
+            raise Invalid(f"'{v}' is not in {list(choices)}")
+        return v
+    return conv
+
+
+def to_uuid(v: Any) -> str:
+    if not isinstance(v, str):
+        raise Invalid(f"'{v}' is not a valid UUID")
+    try:
+        return str(uuid.UUID(v))
+    except ValueError:
+        raise Invalid(f"'{v}' is not a valid UUID") from None
+
+
+def to_uuid_or_none(v: Any) -> str | None:
+    return None if v is None else to_uuid(v)
+
+
+def to_uuid_list(v: Any) -> list[str]:
+    if not isinstance(v, list):
+        raise Invalid(f"'{v}' is not a list")
+    out = [to_uuid(x) for x in v]
+    if len(set(out)) != len(out):
+        raise Invalid(f"Duplicate items in the list: '{', '.join(out)}'")
+    return out
+
+
+def to_ip(v: Any, version: int | None = None) -> str:
+    if not isinstance(v, str):
+        raise Invalid(f"'{v}' is not a valid IP address")
+    try:
+        ip = ipaddress.ip_address(v)
+    except ValueError:
+        raise Invalid(f"'{v}' is not a valid IP address") from None
+    if version and ip.version != version:
+        raise Invalid(f"'{v}' is not an IPv{version} address")
+    return str(ip)
+
+
+def to_ip_or_none(v: Any) -> str | None:
+    return None if v is None else to_ip(v)
+
+
+def to_cidr(v: Any, strict: bool = True) -> str:
+    """A network in CIDR form; a host address with a mask is refused as Neutron does."""
+    if not isinstance(v, str) or "/" not in v:
+        raise Invalid(f"'{v}' is not a valid IP subnet")
+    try:
+        iface = ipaddress.ip_interface(v)
+    except ValueError:
+        raise Invalid(f"'{v}' is not a valid IP subnet") from None
+    net = iface.network
+    if strict and iface.ip != net.network_address:
+        raise Invalid(f"'{v}' isn't a recognized IP subnet cidr, '{net}' is recommended")
+    return str(net)
+
+
+def to_prefix_or_none(v: Any) -> str | None:
+    """remote_ip_prefix and friends: a bare address means a host prefix; host bits are dropped."""
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise Invalid(f"'{v}' is not a valid IP prefix")
+    try:
+        return str(ipaddress.ip_network(v, strict=False))
+    except ValueError:
+        raise Invalid(f"'{v}' is not a valid IP prefix") from None
+
+
+_MAC = re.compile(r"^([0-9a-f]{2}[:-]){5}[0-9a-f]{2}$", re.I)
+
+
+def to_mac(v: Any) -> str:
+    if not isinstance(v, str) or not _MAC.match(v):
+        raise Invalid(f"'{v}' is not a valid MAC address")
+    mac = v.lower().replace("-", ":")
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise Invalid(f"'{v}' is not a valid unicast MAC address")
+    return mac
+
+
+def to_dict(v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise Invalid(f"'{v}' is not a dictionary")
+    return v
+
+
+def to_dict_or_none(v: Any) -> dict | None:
+    return None if v is None else to_dict(v)
+
+
+def list_of(conv: Callable[[Any], Any], unique: bool = True) -> Callable[[Any], list]:
+    def inner(v: Any) -> list:
+        if not isinstance(v, list):
+            raise Invalid(f"'{v}' is not a list")
+        out = [conv(x) for x in v]
+        if unique and len({repr(x) for x in out}) != len(out):
+            raise Invalid(f"Duplicate items in the list: '{v}'")
+        return out
+    return inner
+
+
+def to_tag(v: Any) -> str:
+    if not isinstance(v, str) or not v or len(v) > 255 or "," in v or "/" in v:
+        raise Invalid(f"'{v}' is not a valid tag")
+    return v
+
+
+def to_tags(v: Any) -> list[str]:
+    return sorted(set(list_of(to_tag, unique=False)(v)))
+
+
+def to_route(v: Any) -> dict:
+    d = to_dict(v)
+    if set(d) != {"destination", "nexthop"}:
+        raise Invalid(f"'{v}' must have exactly the keys destination and nexthop")
+    dest = to_cidr(d["destination"], strict=False)
+    hop = to_ip(d["nexthop"])
+    if ipaddress.ip_network(dest).version != ipaddress.ip_address(hop).version:
+        raise Invalid(f"'{v}' mixes IP versions")
+    return {"destination": dest, "nexthop": hop}
+
+
+SCHEMA_OF = {to_bool: {"type": "boolean"}, to_uuid: {"type": "string", "format": "uuid"},
+             to_dict: {"type": "object"}, to_uuid_list: {"type": "array", "items": {"type": "string"}},
+             to_tags: {"type": "array", "items": {"type": "string"}}}
+
+
+def validate_body(attrs: dict[str, Attr], body: Any, *, create: bool, is_admin: bool,
+                  resource: str) -> dict:
+    """Check a POST or PUT body against the declarations; fill defaults on POST."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"Resource body required: expected an object '{resource}'")
+    unknown = sorted(k for k in body if k not in attrs)
+    if unknown:
+        raise BadRequest(f"Unrecognized attribute(s) '{', '.join(unknown)}'")
+    out: dict[str, Any] = {}
+    for name, value in body.items():
+        a = attrs[name]
+        if not (a.post if create else a.put):
+            raise BadRequest(f"Attribute '{name}' not allowed in {'POST' if create else 'PUT'}")
+        if a.admin_only and not is_admin:
+            raise _forbidden(name)
+        try:
+            out[name] = a.convert(value) if a.convert else value
+        except Invalid as exc:
+            raise fail(name, str(exc)) from None
+    if create:
+        for name, a in attrs.items():
+            if name in out or not a.post:
+                continue
+            if a.default is REQUIRED:
+                raise BadRequest(f"Failed to parse request. Required attribute '{name}' not specified")
+            out[name] = a.default_value()
+    return out
+
+
+def _forbidden(name: str) -> Exception:
+    from sbnet.model.errors import Forbidden
+    return Forbidden(f"(rule:{name}) is disallowed by policy")

@@ -1,0 +1,247 @@
+"""The Store: engine setup, migrations, serialised write transactions, change feed and snapshot."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import and_, create_engine, delete, event, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from sbnet.store import schema as t
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sqlite_engine(url: str) -> Engine:
+    memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+    kw: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
+    if memory:
+        kw["poolclass"] = StaticPool
+    else:
+        kw.update(pool_size=8, max_overflow=32, pool_timeout=120)
+    engine = create_engine(url, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+        # Let SQLAlchemy's begin event issue BEGIN itself, so writers can ask for IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: no deadlock when a reader turns writer.
+        write = conn.get_execution_options().get("sbnet_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """One database: SQLite file (WAL) by default, PostgreSQL by URL."""
+
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = _sqlite_engine(url)
+        else:
+            self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_timeout=120,
+                                        pool_pre_ping=True)
+        # SQLite allows one writer; queueing writers here is fairer and faster than busy-waiting.
+        self._local_lock = threading.RLock() if self.is_sqlite else None
+        self._memory = self.is_sqlite and isinstance(self.engine.pool, StaticPool)
+        if migrate:
+            self.migrate()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest alembic revision shipped in the package."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self._locked(), self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._local_lock is None:
+            yield
+            return
+        with self._local_lock:
+            yield
+
+    @contextmanager
+    def write(self) -> Iterator["Tx"]:
+        """A write transaction; it holds the revision row's lock, so writers run one at a time."""
+        with self._locked(), self.engine.connect() as conn:
+            conn = conn.execution_options(sbnet_write=True)
+            with conn.begin():
+                start = conn.execute(select(t.revision.c.value).where(t.revision.c.id == 1)
+                                     .with_for_update()).scalar_one()
+                tx = Tx(conn, start)
+                yield tx
+                if tx.revision != start:
+                    conn.execute(update(t.revision).where(t.revision.c.id == 1)
+                                 .values(value=tx.revision))
+
+    @contextmanager
+    def read(self) -> Iterator["Tx"]:
+        """A read-only transaction (one consistent snapshot on PostgreSQL and SQLite WAL)."""
+        if self._memory:
+            with self._locked(), self.engine.connect() as conn, conn.begin():
+                yield Tx(conn, None)
+            return
+        with self.engine.connect() as conn, conn.begin():
+            yield Tx(conn, None)
+
+    # --- the feed and the snapshot, for host agents and the compiler ---
+
+    def current_revision(self) -> int:
+        with self.read() as tx:
+            return tx.conn.execute(select(t.revision.c.value)).scalar_one()
+
+    def changes_since(self, revision: int, limit: int | None = None) -> list[dict]:
+        """Changes committed after `revision`, oldest first; resume by passing the last one seen."""
+        q = select(t.changes).where(t.changes.c.revision > revision).order_by(t.changes.c.revision)
+        if limit:
+            q = q.limit(limit)
+        with self.read() as tx:
+            return [dict(r._mapping) for r in tx.conn.execute(q)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole model as plain data: {"revision": N, "<type>": [body, ...], ...}."""
+        with self.read() as tx:
+            out: dict[str, Any] = {"revision": tx.conn.execute(select(t.revision.c.value)).scalar_one()}
+            rows = tx.conn.execute(select(t.resources.c.type, t.resources.c.body)
+                                   .order_by(t.resources.c.type, t.resources.c.id))
+            for typ, body in rows:
+                out.setdefault(typ, []).append(body)
+            return out
+
+
+class Tx:
+    """Operations inside one transaction; writes record a change and bump the revision."""
+
+    def __init__(self, conn: Connection, revision: int | None) -> None:
+        self.conn = conn
+        self.revision = revision
+
+    # --- documents ---
+
+    def get(self, typ: str, ident: str) -> dict | None:
+        r = self.conn.execute(select(t.resources.c.body).where(
+            and_(t.resources.c.type == typ, t.resources.c.id == ident))).first()
+        return r[0] if r else None
+
+    def list(self, typ: str, parent_id: str | None = None, project_id: str | None = None) -> list[dict]:
+        q = select(t.resources.c.body).where(t.resources.c.type == typ)
+        if parent_id is not None:
+            q = q.where(t.resources.c.parent_id == parent_id)
+        if project_id is not None:
+            q = q.where(t.resources.c.project_id == project_id)
+        return [r[0] for r in self.conn.execute(q.order_by(t.resources.c.id))]
+
+    def insert(self, typ: str, body: dict, project_id: str, parent_id: str | None = None,
+               standard: bool = True) -> dict:
+        if standard:
+            stamp = now_iso()
+            body.update(created_at=stamp, updated_at=stamp, revision_number=1)
+        self.conn.execute(insert(t.resources).values(type=typ, id=body["id"], project_id=project_id,
+                                                     parent_id=parent_id, body=body))
+        self._record(typ, body["id"], "create", project_id, body)
+        return body
+
+    def update(self, typ: str, body: dict, standard: bool = True) -> dict:
+        if standard:
+            body["revision_number"] = body.get("revision_number", 0) + 1
+            body["updated_at"] = now_iso()
+        res = self.conn.execute(update(t.resources).where(
+            and_(t.resources.c.type == typ, t.resources.c.id == body["id"])).values(body=body)
+            .returning(t.resources.c.project_id))
+        self._record(typ, body["id"], "update", res.scalar_one(), body)
+        return body
+
+    def delete(self, typ: str, body: dict) -> None:
+        res = self.conn.execute(delete(t.resources).where(
+            and_(t.resources.c.type == typ, t.resources.c.id == body["id"]))
+            .returning(t.resources.c.project_id))
+        self._record(typ, body["id"], "delete", res.scalar_one(), body)
+
+    def _record(self, typ: str, ident: str, op: str, project_id: str, body: dict | None) -> None:
+        assert self.revision is not None, "write outside a write transaction"
+        self.revision += 1
+        self.conn.execute(insert(t.changes).values(revision=self.revision, resource=typ, id=ident,
+                                                   op=op, project_id=project_id, body=body))
+
+    # --- IP addresses ---
+
+    def used_ips(self, subnet_id: str) -> set[str]:
+        c = t.ip_allocations.c
+        return {r[0] for r in self.conn.execute(select(c.ip_address).where(c.subnet_id == subnet_id))}
+
+    def ip_owner(self, subnet_id: str, ip: str) -> str | None:
+        c = t.ip_allocations.c
+        return self.conn.execute(select(c.port_id).where(
+            and_(c.subnet_id == subnet_id, c.ip_address == ip))).scalar()
+
+    def subnet_ip_ports(self, subnet_id: str) -> list[str]:
+        c = t.ip_allocations.c
+        return [r[0] for r in self.conn.execute(select(c.port_id).where(c.subnet_id == subnet_id))]
+
+    def add_ip(self, subnet_id: str, ip: str, network_id: str, port_id: str) -> None:
+        self.conn.execute(insert(t.ip_allocations).values(
+            subnet_id=subnet_id, ip_address=ip, network_id=network_id, port_id=port_id))
+
+    def release_ip(self, subnet_id: str, ip: str) -> None:
+        c = t.ip_allocations.c
+        self.conn.execute(delete(t.ip_allocations).where(
+            and_(c.subnet_id == subnet_id, c.ip_address == ip)))
+
+    # --- MAC addresses (unique per network, as in Neutron) ---
+
+    def mac_owner(self, network_id: str, mac: str) -> str | None:
+        c = t.mac_allocations.c
+        return self.conn.execute(select(c.port_id).where(
+            and_(c.network_id == network_id, c.mac_address == mac))).scalar()
+
+    def add_mac(self, network_id: str, mac: str, port_id: str) -> None:
+        self.conn.execute(insert(t.mac_allocations).values(
+            network_id=network_id, mac_address=mac, port_id=port_id))
+
+    def release_mac(self, network_id: str, mac: str) -> None:
+        c = t.mac_allocations.c
+        self.conn.execute(delete(t.mac_allocations).where(
+            and_(c.network_id == network_id, c.mac_address == mac)))
+
+    # --- segmentation ids ---
+
+    def used_segments(self, network_type: str, physnet: str) -> set[int]:
+        c = t.segment_allocations.c
+        return {r[0] for r in self.conn.execute(select(c.segmentation_id).where(
+            and_(c.network_type == network_type, c.physical_network == physnet)))}
+
+    def add_segment(self, network_type: str, physnet: str, seg_id: int, network_id: str) -> None:
+        self.conn.execute(insert(t.segment_allocations).values(
+            network_type=network_type, physical_network=physnet, segmentation_id=seg_id,
+            network_id=network_id))
+
+    def release_segments(self, network_id: str) -> None:
+        self.conn.execute(delete(t.segment_allocations).where(
+            t.segment_allocations.c.network_id == network_id))

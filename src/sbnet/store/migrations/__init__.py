@@ -1,0 +1,1 @@
+"""Alembic migrations of the sbnet store, applied programmatically by Store at startup."""
