@@ -239,6 +239,24 @@ def _declare() -> None:
 
 _declare()
 
+# NXM/OXM names that ovs-ofctl accepts in load/move/output subfields.
+_NXM = {
+    "NXM_OF_IN_PORT": "in_port", "NXM_OF_ETH_SRC": "eth_src", "NXM_OF_ETH_DST": "eth_dst",
+    "NXM_OF_ETH_TYPE": "eth_type", "NXM_OF_VLAN_TCI": "vlan_tci", "NXM_OF_IP_SRC": "ip_src",
+    "NXM_OF_IP_DST": "ip_dst", "NXM_OF_IP_PROTO": "ip_proto", "NXM_OF_IP_TOS": "nw_tos",
+    "NXM_NX_IP_TTL": "ip_ttl", "NXM_OF_TCP_SRC": "tcp_src", "NXM_OF_TCP_DST": "tcp_dst",
+    "NXM_OF_UDP_SRC": "udp_src", "NXM_OF_UDP_DST": "udp_dst", "NXM_OF_ARP_OP": "arp_op",
+    "NXM_OF_ARP_SPA": "arp_spa", "NXM_OF_ARP_TPA": "arp_tpa", "NXM_NX_ARP_SHA": "arp_sha",
+    "NXM_NX_ARP_THA": "arp_tha", "NXM_NX_IPV6_SRC": "ipv6_src", "NXM_NX_IPV6_DST": "ipv6_dst",
+    "NXM_NX_ND_TARGET": "nd_target", "NXM_NX_ND_SLL": "nd_sll", "NXM_NX_ND_TLL": "nd_tll",
+    "NXM_NX_TUN_ID": "tun_id", "NXM_NX_TUN_IPV4_SRC": "tun_src", "NXM_NX_TUN_IPV4_DST": "tun_dst",
+    "OXM_OF_METADATA": "metadata", "NXM_NX_PKT_MARK": "pkt_mark", "NXM_NX_CT_MARK": "ct_mark",
+    "NXM_NX_CT_LABEL": "ct_label", "NXM_NX_CT_ZONE": "ct_zone", "NXM_NX_CT_STATE": "ct_state",
+    "OXM_OF_MPLS_LABEL": "mpls_label", "OXM_OF_VLAN_VID": "vlan_vid",
+}
+_NXM.update({f"NXM_NX_REG{i}": f"reg{i}" for i in range(16)})
+_ALIASES.update({k.lower(): v for k, v in _NXM.items()})
+
 # Protocol shorthands accepted in matches (ovs-ofctl "tcp", "arp", ...), each a
 # set of exact field values.
 PROTOCOLS: dict[str, tuple[tuple[str, int], ...]] = {
