@@ -48,21 +48,34 @@ def _binary(name: str) -> str:
 
 @dataclass(frozen=True)
 class TraceResult:
-    """One ofproto/trace answer: the full text and its two summary lines."""
+    """One ofproto/trace answer.
+
+    `datapath_actions` and `megaflow` are the first pass (the packet as received,
+    recirc_id=0); after a recirculation (ct(table=..), select groups) the trace goes
+    on in further passes, all listed in `passes` as (megaflow, datapath actions).
+    """
 
     text: str
+    flow: str                     # the "Flow:" line of the first pass
     datapath_actions: str         # text after "Datapath actions: "
     megaflow: str                 # text after "Megaflow: "
+    passes: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> "TraceResult":
-        dp = mf = ""
+        flows, megaflows, actions = [], [], []
         for line in text.splitlines():
-            if line.startswith("Datapath actions: "):
-                dp = line[len("Datapath actions: "):].strip()
+            if line.startswith("Flow: "):
+                flows.append(line[len("Flow: "):].strip())
             elif line.startswith("Megaflow: "):
-                mf = line[len("Megaflow: "):].strip()
-        return cls(text, dp, mf)
+                megaflows.append(line[len("Megaflow: "):].strip())
+            elif line.startswith("Datapath actions: "):
+                actions.append(line[len("Datapath actions: "):].strip())
+        if not actions:
+            raise OVSError(f"no 'Datapath actions:' in trace output:\n{text}")
+        megaflows += [""] * (len(actions) - len(megaflows))
+        return cls(text, flows[0] if flows else "", actions[0], megaflows[0],
+                   tuple(zip(megaflows, actions)))
 
 
 class UnixctlClient:
