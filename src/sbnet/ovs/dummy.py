@@ -309,13 +309,26 @@ class DummyOVS:
                 raise OVSError(f"tx_pcap for p{port} was not created")
             time.sleep(0.01)
 
-    def sent(self, port: int) -> list[bytes]:
-        """Packets transmitted on `port` since `capture(port)`."""
-        return read_pcap(self._pcap_path(port))
+    def sent(self, port: int, expect: int = 0, timeout: float = 2.0) -> list[bytes]:
+        """Packets transmitted on `port` since `capture(port)`.
+
+        With `expect`, waits up to `timeout` seconds for at least that many.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            pkts = read_pcap(self._pcap_path(port))
+            if len(pkts) >= expect or time.monotonic() > deadline:
+                return pkts
+            time.sleep(0.005)
 
     def receive(self, port: int, packet: bytes) -> None:
-        """Inject `packet` as if it arrived on OpenFlow port `port` (runs the datapath)."""
+        """Inject `packet` as if it arrived on OpenFlow port `port` and let the datapath run.
+
+        The dummy port's queue is served by vswitchd's main loop, the loop that also
+        answers unixctl; one more request after the receive waits for that pass.
+        """
         self.appctl("netdev-dummy/receive", f"p{port}", packet.hex())
+        self.appctl("version")
 
     def dump_conntrack(self) -> str:
         return self.appctl("dpctl/dump-conntrack")

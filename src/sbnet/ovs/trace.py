@@ -169,7 +169,10 @@ def parse_datapath_actions(text: str, port_map: dict[int, int],
         raise TraceParseError("empty datapath actions")
     out: list[tuple] = []
     for token in split_top(text):
-        out.append(_parse_action(token, port_map, with_masks))
+        try:
+            out.append(_parse_action(token, port_map, with_masks))
+        except KeyError as e:
+            raise TraceParseError(f"missing {e} in {token!r}") from None
     return out
 
 
