@@ -163,7 +163,9 @@ FLOATING_IP = ResourceSpec("floatingip", "floatingips", "floatingips", "Floating
     Attr("port_details", **_RO),
     Attr("port_forwardings", **_RO),
 ), not_found="FloatingIPNotFound")
-# Neutron's floating IPs carry no name.
+# Rules carry neither name nor tags; floating IPs carry no name.
+SECURITY_GROUP_RULE.attrs.pop("name")
+SECURITY_GROUP_RULE.attrs.pop("tags")
 FLOATING_IP.attrs.pop("name")
 
 QOS_POLICY = ResourceSpec("policy", "policies", "qos/policies", "QoS policy", _std(

@@ -1,0 +1,94 @@
+"""The FastAPI app factory: store, authentication, error rendering and every family's routes."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Callable
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sbnet.api import crud
+from sbnet.api.context import Authenticator, StaticTokens, TokenValidator
+from sbnet.model.errors import NeutronError
+from sbnet.model.segments import SegmentConfig
+from sbnet.store import Store
+
+log = logging.getLogger("sbnet.api")
+
+# One module per resource family; each has HOOKS (Hooks classes) and may have extra_routes().
+FAMILIES = ("networks", "ports", "security", "l3", "qos", "trunks", "sfc", "meta")
+
+HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
+              404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
+              413: "HTTPRequestEntityTooLarge", 415: "HTTPUnsupportedMediaType"}
+
+
+class Api:
+    """What every endpoint needs: the store, the segment config, the authenticator, the hooks."""
+
+    def __init__(self, store: Store, auth: Authenticator, segments: SegmentConfig) -> None:
+        self.store = store
+        self.auth = auth
+        self.segments = segments
+        self.hooks: dict[str, crud.Hooks] = {}
+
+    async def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+        """Authenticate, then run the (blocking) handler in the thread pool."""
+        ctx = self.auth.context(request.headers)
+        return await run_in_threadpool(fn, ctx, request, *args)
+
+
+def _error(status: int, type_name: str, message: str) -> JSONResponse:
+    return JSONResponse({"NeutronError": {"type": type_name, "message": message, "detail": ""}},
+                        status_code=status)
+
+
+def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None,
+               token_validator: TokenValidator | None = None, token_file: str | None = None,
+               require_token: bool = False, segments: SegmentConfig | None = None) -> FastAPI:
+    """Build the Neutron v2.0 API on the database at db_url (migrated on startup)."""
+    if token_file and token_validator is None:
+        token_validator = StaticTokens.from_file(token_file)
+    api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
+              segments or SegmentConfig())
+    app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0")
+    app.state.api = api
+    router = APIRouter()
+    for name in FAMILIES:
+        mod = importlib.import_module(f"sbnet.api.{name}")
+        for cls in getattr(mod, "HOOKS", ()):
+            api.hooks[cls.spec.name] = cls(api)
+        if hasattr(mod, "extra_routes"):
+            mod.extra_routes(router, api)
+    for hooks in api.hooks.values():
+        crud.register(router, api, hooks)
+    app.include_router(router)
+
+    @app.exception_handler(NeutronError)
+    async def _neutron(_req: Request, exc: NeutronError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, HTTP_TYPES.get(exc.status_code, "HTTPError"), str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "HTTPBadRequest", f"Invalid request: {exc.errors()}")
+
+    @app.exception_handler(Exception)
+    async def _crash(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return _error(500, "HTTPInternalServerError",
+                      "Request Failed: internal server error while processing your request.")
+
+    @app.on_event("shutdown")
+    async def _close() -> None:
+        api.store.dispose()
+
+    return app
