@@ -1,0 +1,555 @@
+"""Datapath action execution: one ODP action list applied to a group of a batch's packets at once.
+
+`execute(batch, rows, l3, l4, actions)` gathers the group's rows once into a batch it owns
+(`batch.take(rows)`), applies the actions in order with numpy operations over the whole
+group, and returns `[(port, Batch), ...]` for the Output actions in action order.
+
+- `rows`: indices into `batch` of the packets that share `actions`.
+- `l3`, `l4`: the parser's per-packet header offsets for the *whole* batch (shape (n,)),
+  absolute columns into `batch.data`, -1 where absent.  MPLS packets need no offsets:
+  the label stack is found from the Ethernet header.
+- The input batch is never written.  Each Output emits the packets as they are at that
+  point; consecutive Outputs with no edit between them share one emitted Batch object,
+  so consumers must treat emitted batches as read-only (take() them to edit).
+- Meter, Recirc and Userspace are not packet edits: the switch handles them before
+  calling here, and they raise NotImplementedError.
+- Checksums: IPv4 header and TCP/UDP/ICMPv6 pseudo-header checksums are updated
+  incrementally (RFC 1624), so a packet that arrived with a bad checksum keeps it bad;
+  a UDP checksum of 0 (none) stays 0; SCTP's CRC32c is recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sbnet.datapath import checksum as ck
+from sbnet.datapath.odp import (Meter, OdpAction, Output, PopMpls, PopVlan, PushMpls,
+                                PushVlan, Recirc, SetFields, Userspace)
+from sbnet.flows.fields import (ETH_IP, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC, ETH_QINQ, ETH_VLAN,
+                                IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP)
+
+if TYPE_CHECKING:
+    from sbnet.datapath.batch import Batch
+
+_NOT_EDITS = (Meter, Recirc, Userspace)
+_VLAN_TPIDS = (ETH_VLAN, ETH_QINQ)
+_MPLS_TYPES = (ETH_MPLS, ETH_MPLS_MC)
+_IPV6_EXT = (0, 43, 60, 51, 44)      # hop-by-hop, routing, dest opts, AH, fragment
+_ND_OPT = {"nd_sll": 1, "nd_tll": 2}
+_ARANGE = np.arange(64, dtype=np.int64)
+
+
+def execute(batch: Batch, rows: np.ndarray, l3: np.ndarray, l4: np.ndarray,
+            actions: tuple[OdpAction, ...]) -> list[tuple[int, Batch]]:
+    """Apply `actions` to the packets `rows` of `batch`; [(port, emitted batch)] in action order."""
+    for a in actions:
+        if isinstance(a, _NOT_EDITS):
+            raise NotImplementedError(
+                f"{type(a).__name__} is not a packet edit: the switch must handle it before execute()")
+    rows = np.asarray(rows, dtype=np.intp)
+    if not actions or len(rows) == 0:
+        return []
+    work = batch.take(rows)
+    if all(type(a) is Output for a in actions):
+        return [(a.port, work) for a in actions]
+    st = _Work(work, _rebase(np.asarray(l3)[rows], batch.start[rows], work.start),
+               _rebase(np.asarray(l4)[rows], batch.start[rows], work.start))
+    out: list[tuple[int, Batch]] = []
+    for a in actions:
+        if type(a) is Output:
+            out.append((a.port, st.batch))
+            st.shared = True
+            continue
+        st.own()
+        match a:
+            case SetFields(header, fields):
+                if header not in _SETTERS:
+                    raise ValueError(f"set() of unknown header {header!r}")
+                _SETTERS[header](st, dict(fields))
+            case PushVlan(tpid, tci):
+                _push_vlan(st, tpid, tci)
+            case PopVlan():
+                _pop_vlan(st)
+            case PushMpls(lse, ethertype):
+                _push_mpls(st, lse, ethertype)
+            case PopMpls(ethertype):
+                _pop_mpls(st, ethertype)
+            case _:
+                raise TypeError(f"not a datapath action: {a!r}")
+    return out
+
+
+def _rebase(off: np.ndarray, old_start: np.ndarray, new_start: np.ndarray) -> np.ndarray:
+    off = off.astype(np.int64)
+    return np.where(off >= 0, off - old_start + new_start, -1)
+
+
+class _Work:
+    """The group's own batch plus its current per-row header offsets."""
+
+    def __init__(self, batch: Batch, l3: np.ndarray, l4: np.ndarray):
+        self.batch = batch
+        self.l3 = l3
+        self.l4 = l4
+        self.shared = False      # emitted by an Output: copy before the next edit
+
+    def own(self) -> None:
+        if not self.shared:
+            return
+        old = self.batch
+        self.batch = old.take(np.arange(len(old.start)))
+        self.l3 = _rebase(self.l3, old.start, self.batch.start)
+        self.l4 = _rebase(self.l4, old.start, self.batch.start)
+        self.shared = False
+
+    def headroom(self, need: int) -> None:
+        """Make sure every row has `need` free bytes before its packet."""
+        b = self.batch
+        if int(b.start.min()) >= need:
+            return
+        pad = 64
+        data = np.zeros((b.data.shape[0], b.data.shape[1] + pad), dtype=np.uint8)
+        data[:, pad:] = b.data
+        b.data = data
+        b.start += pad
+        self.l3 = np.where(self.l3 >= 0, self.l3 + pad, -1)
+        self.l4 = np.where(self.l4 >= 0, self.l4 + pad, -1)
+
+
+# --- byte access ---------------------------------------------------------------------------
+# A "site" is (rows, col): rows None for every row of the group or an index array; col an
+# int when every selected row has the header at the same column (plain slicing, the
+# common case) or an array aligned with rows.
+
+
+def _site(rows: np.ndarray | None, col: np.ndarray):
+    if len(col) and col.min() == col.max():
+        return rows, int(col[0])
+    return rows, col
+
+
+def _ix(site, off: int, n: int):
+    rows, col = site
+    if isinstance(col, int):
+        return (slice(None) if rows is None else rows, slice(col + off, col + off + n))
+    r = np.arange(len(col)) if rows is None else rows
+    return r[:, None], (col + off)[:, None] + _ARANGE[:n]
+
+
+def _get(d: np.ndarray, site, off: int, n: int) -> np.ndarray:
+    return d[_ix(site, off, n)]
+
+
+def _put(d: np.ndarray, site, off: int, n: int, value) -> None:
+    d[_ix(site, off, n)] = value
+
+
+def _be(b: np.ndarray) -> np.ndarray:
+    """Big-endian value of each row of an (m, k) byte array, k <= 8."""
+    v = np.zeros(b.shape[0], dtype=np.uint64)
+    for j in range(b.shape[1]):
+        v = (v << np.uint64(8)) | b[:, j]
+    return v
+
+
+def _words(b: np.ndarray) -> np.ndarray:
+    b = b.astype(np.uint64)
+    return (b[:, 0::2] << np.uint64(8)) | b[:, 1::2]
+
+
+def _const(value: int, n: int) -> np.ndarray:
+    return np.frombuffer(value.to_bytes(n, "big"), dtype=np.uint8)
+
+
+def _csum_bytes(c: np.ndarray) -> np.ndarray:
+    c = c.astype(np.uint16)
+    return np.stack([(c >> 8).astype(np.uint8), (c & 0xFF).astype(np.uint8)], axis=1)
+
+
+def _valid(off: np.ndarray) -> np.ndarray | None:
+    """Rows that have the header (None: all of them)."""
+    ok = off >= 0
+    if ok.all():
+        return None
+    return np.flatnonzero(ok)
+
+
+def _sub(off: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return off if rows is None else off[rows]
+
+
+def _l4_update(st: _Work, rows: np.ndarray | None, proto: np.ndarray, old_w: np.ndarray,
+               new_w: np.ndarray, icmp6: bool) -> None:
+    """Fold a pseudo-header change (old/new 16-bit words per row) into TCP/UDP(/ICMPv6) checksums.
+
+    rows: group rows the words belong to (None: all); proto: their L4 protocol.
+    """
+    d = st.batch.data
+    idx = np.arange(len(st.l4)) if rows is None else rows
+    l4 = st.l4[idx]
+    for number, csum_off in ((IP_TCP, 16), (IP_UDP, 6), (IP_ICMPV6, 2)):
+        if number == IP_ICMPV6 and not icmp6:
+            continue
+        pick = (proto == number) & (l4 >= 0)
+        if not pick.any():
+            continue
+        r = idx[pick]
+        site = _site(r, l4[pick])
+        old = _words(_get(d, site, csum_off, 2))[:, 0]
+        new = ck.csum_replace(old, old_w[pick], new_w[pick])
+        if number == IP_UDP:
+            # UDP: 0 means "no checksum" and stays so; a computed 0 is sent as 0xFFFF.
+            new = np.where(old == 0, 0, np.where(new == 0, 0xFFFF, new))
+        _put(d, site, csum_off, 2, _csum_bytes(new))
+
+
+# --- set() per header ----------------------------------------------------------------------
+
+
+def _fields_check(header: str, f: dict[str, int], known: set[str]) -> None:
+    bad = set(f) - known
+    if bad:
+        raise ValueError(f"set({header}) cannot write {', '.join(sorted(bad))}")
+
+
+def _set_eth(st: _Work, f: dict[str, int]) -> None:
+    _fields_check("eth", f, {"eth_src", "eth_dst"})
+    site = _site(None, st.batch.start.astype(np.int64))
+    d = st.batch.data
+    if "eth_dst" in f:
+        _put(d, site, 0, 6, _const(f["eth_dst"], 6))
+    if "eth_src" in f:
+        _put(d, site, 6, 6, _const(f["eth_src"], 6))
+
+
+def _set_ipv4(st: _Work, f: dict[str, int]) -> None:
+    _fields_check("ipv4", f, {"ip_src", "ip_dst", "nw_tos", "ip_dscp", "ip_ecn", "ip_ttl"})
+    rows = _valid(st.l3)
+    site = _site(rows, _sub(st.l3, rows))
+    d = st.batch.data
+    h = _get(d, site, 0, 20)
+    old = h.copy()
+    if "nw_tos" in f:
+        h[:, 1] = f["nw_tos"]
+    if "ip_dscp" in f:
+        h[:, 1] = (h[:, 1] & 0x03) | ((f["ip_dscp"] << 2) & 0xFC)
+    if "ip_ecn" in f:
+        h[:, 1] = (h[:, 1] & 0xFC) | (f["ip_ecn"] & 0x03)
+    if "ip_ttl" in f:
+        h[:, 8] = f["ip_ttl"]
+    if "ip_src" in f:
+        h[:, 12:16] = _const(f["ip_src"], 4)
+    if "ip_dst" in f:
+        h[:, 16:20] = _const(f["ip_dst"], 4)
+    old_w, new_w = _words(old), _words(h)
+    h[:, 10:12] = _csum_bytes(ck.csum_replace(old_w[:, 5], old_w, new_w))
+    _put(d, site, 0, 20, h)
+    if "ip_src" in f or "ip_dst" in f:
+        # Later fragments carry no L4 header.
+        proto = np.where((old_w[:, 3] & 0x1FFF) == 0, old[:, 9], 0)
+        _l4_update(st, rows, proto, old_w[:, 6:10], new_w[:, 6:10], icmp6=False)
+
+
+def _ipv6_upper(d: np.ndarray, rows: np.ndarray, l3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-layer protocol and its column for IPv6 packets, walking extension headers.
+
+    Later fragments have no upper-layer header: protocol -1, column -1.
+    """
+    nh = d[rows, l3 + 6].astype(np.int64)
+    pos = l3 + 40
+    for _ in range(8):
+        ext = np.isin(nh, _IPV6_EXT)
+        if not ext.any():
+            break
+        p = np.minimum(pos, d.shape[1] - 8)
+        hlen = d[rows, p + 1].astype(np.int64)
+        size = np.where(nh == 44, 8, np.where(nh == 51, (hlen + 2) * 4, (hlen + 1) * 8))
+        offset = (d[rows, p + 2].astype(np.int64) << 8 | d[rows, p + 3]) & 0xFFF8
+        later = (nh == 44) & (offset != 0)
+        nh = np.where(later, -1, np.where(ext, d[rows, p].astype(np.int64), nh))
+        pos = np.where(ext, pos + size, pos)
+    return nh, np.where(nh < 0, -1, pos)
+
+
+def _set_ipv6(st: _Work, f: dict[str, int]) -> None:
+    _fields_check("ipv6", f, {"ipv6_src", "ipv6_dst", "ipv6_label", "nw_tos", "ip_dscp",
+                              "ip_ecn", "ip_ttl"})
+    rows = _valid(st.l3)
+    site = _site(rows, _sub(st.l3, rows))
+    d = st.batch.data
+    h = _get(d, site, 0, 40)
+    old = h.copy()
+    vtc = _be(h[:, 0:4])           # version(4) tclass(8) label(20)
+    tclass = (vtc >> np.uint64(20)) & np.uint64(0xFF)
+    if "nw_tos" in f:
+        tclass[:] = f["nw_tos"]
+    if "ip_dscp" in f:
+        tclass = (tclass & np.uint64(0x03)) | np.uint64((f["ip_dscp"] << 2) & 0xFC)
+    if "ip_ecn" in f:
+        tclass = (tclass & np.uint64(0xFC)) | np.uint64(f["ip_ecn"] & 0x03)
+    label = vtc & np.uint64(0xFFFFF)
+    if "ipv6_label" in f:
+        label[:] = f["ipv6_label"] & 0xFFFFF
+    vtc = (vtc & np.uint64(0xF0000000)) | (tclass << np.uint64(20)) | label
+    for j in range(4):
+        h[:, j] = (vtc >> np.uint64(24 - 8 * j)) & np.uint64(0xFF)
+    if "ip_ttl" in f:
+        h[:, 7] = f["ip_ttl"]
+    if "ipv6_src" in f:
+        h[:, 8:24] = _const(f["ipv6_src"], 16)
+    if "ipv6_dst" in f:
+        h[:, 24:40] = _const(f["ipv6_dst"], 16)
+    _put(d, site, 0, 40, h)
+    if "ipv6_src" in f or "ipv6_dst" in f:
+        idx = np.arange(len(st.l3)) if rows is None else rows
+        proto, _ = _ipv6_upper(d, idx, st.l3[idx])
+        _l4_update(st, rows, proto, _words(old[:, 8:40]), _words(h[:, 8:40]), icmp6=True)
+
+
+def _set_ports(proto: str):
+    known = {f"{proto}_src", f"{proto}_dst"}
+
+    def setter(st: _Work, f: dict[str, int]) -> None:
+        _fields_check(proto, f, known)
+        rows = _valid(st.l4)
+        site = _site(rows, _sub(st.l4, rows))
+        d = st.batch.data
+        ports = _get(d, site, 0, 4)
+        old = ports.copy()
+        if f"{proto}_src" in f:
+            ports[:, 0:2] = _const(f[f"{proto}_src"], 2)
+        if f"{proto}_dst" in f:
+            ports[:, 2:4] = _const(f[f"{proto}_dst"], 2)
+        _put(d, site, 0, 4, ports)
+        if proto == "sctp":
+            _sctp_crc(st, rows)
+            return
+        csum_off = 16 if proto == "tcp" else 6
+        c = _words(_get(d, site, csum_off, 2))[:, 0]
+        new = ck.csum_replace(c, _words(old), _words(ports))
+        if proto == "udp":
+            new = np.where(c == 0, 0, np.where(new == 0, 0xFFFF, new))
+        _put(d, site, csum_off, 2, _csum_bytes(new))
+
+    return setter
+
+
+def _l4_end(st: _Work, idx: np.ndarray) -> np.ndarray:
+    """Column one past the L4 payload, from the IP length (Ethernet padding excluded)."""
+    d, b = st.batch.data, st.batch
+    l3 = st.l3[idx]
+    end = (b.start[idx] + b.length[idx]).astype(np.int64)
+    has = l3 >= 0
+    if has.any():
+        r, c = idx[has], l3[has]
+        ver = d[r, c] >> 4
+        v4_len = (d[r, c + 2].astype(np.int64) << 8) | d[r, c + 3]
+        v6_len = ((d[r, c + 4].astype(np.int64) << 8) | d[r, c + 5]) + 40
+        ip_end = c + np.where(ver == 4, v4_len, v6_len)
+        end[has] = np.minimum(end[has], ip_end)
+    return end
+
+
+def _sctp_crc(st: _Work, rows: np.ndarray | None) -> None:
+    d = st.batch.data
+    idx = np.arange(len(st.l4)) if rows is None else rows
+    l4 = st.l4[idx]
+    d[idx, l4 + 8] = 0
+    d[idx, l4 + 9] = 0
+    d[idx, l4 + 10] = 0
+    d[idx, l4 + 11] = 0
+    crc = ck.crc32c_rows(d[idx], l4, _l4_end(st, idx) - l4)
+    # SCTP stores the CRC32c least significant byte first.
+    for j in range(4):
+        d[idx, l4 + 8 + j] = (crc >> (8 * j)) & 0xFF
+
+
+def _set_arp(st: _Work, f: dict[str, int]) -> None:
+    layout = {"arp_op": (6, 2), "arp_sha": (8, 6), "arp_spa": (14, 4),
+              "arp_tha": (18, 6), "arp_tpa": (24, 4)}
+    _fields_check("arp", f, set(layout))
+    rows = _valid(st.l3)
+    site = _site(rows, _sub(st.l3, rows))
+    for name, value in f.items():
+        off, n = layout[name]
+        _put(st.batch.data, site, off, n, _const(value, n))
+
+
+def _set_nd(st: _Work, f: dict[str, int]) -> None:
+    _fields_check("nd", f, {"nd_target", "nd_sll", "nd_tll"})
+    rows = _valid(st.l4)
+    idx = np.arange(len(st.l4)) if rows is None else rows
+    d = st.batch.data
+    site = _site(rows, st.l4[idx])
+    csum = _words(_get(d, site, 2, 2))[:, 0]
+    if "nd_target" in f:
+        old = _words(_get(d, site, 8, 16))
+        new = _const(f["nd_target"], 16)
+        _put(d, site, 8, 16, new)
+        csum = ck.csum_replace(csum, old, np.broadcast_to(_words(new[None, :]), old.shape))
+    for name in ("nd_sll", "nd_tll"):
+        if name in f:
+            csum = _set_nd_option(st, idx, _ND_OPT[name], f[name], csum)
+    _put(d, site, 2, 2, _csum_bytes(csum))
+
+
+def _set_nd_option(st: _Work, idx: np.ndarray, opt_type: int, mac: int,
+                   csum: np.ndarray) -> np.ndarray:
+    """Rewrite the first link-layer address option of `opt_type`, where there is one."""
+    d = st.batch.data
+    l4 = st.l4[idx]
+    end = _l4_end(st, idx)
+    pos = l4 + 24
+    live = np.ones(len(idx), dtype=bool)
+    new = _const(mac, 6)
+    new_w = _words(new[None, :])
+    for _ in range(16):
+        live &= pos + 8 <= end
+        if not live.any():
+            break
+        p = np.where(live, pos, 0)
+        typ = d[idx, p]
+        olen = d[idx, p + 1].astype(np.int64)
+        hit = live & (typ == opt_type) & (olen == 1)
+        if hit.any():
+            r, c = idx[hit], p[hit]
+            cols = c[:, None] + 2 + _ARANGE[:6]
+            old_w = _words(d[r[:, None], cols])
+            d[r[:, None], cols] = new
+            csum[hit] = ck.csum_replace(csum[hit], old_w, np.broadcast_to(new_w, old_w.shape))
+        live &= ~hit & (olen > 0)
+        pos = pos + olen * 8
+    return csum
+
+
+def _ethertype_pos(st: _Work) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: column of the innermost Ethernet/VLAN ethertype field, and its value."""
+    d, start = st.batch.data, st.batch.start.astype(np.int64)
+    r = np.arange(len(start))
+    pos = start + 12
+    et = (d[r, pos].astype(np.int64) << 8) | d[r, pos + 1]
+    for _ in range(8):
+        tag = np.isin(et, _VLAN_TPIDS)
+        if not tag.any():
+            break
+        pos = np.where(tag, pos + 4, pos)
+        et = np.where(tag, (d[r, pos].astype(np.int64) << 8) | d[r, pos + 1], et)
+    return pos, et
+
+
+def _set_mpls(st: _Work, f: dict[str, int]) -> None:
+    _fields_check("mpls", f, {"mpls_label", "mpls_tc", "mpls_ttl"})
+    pos, et = _ethertype_pos(st)
+    rows = np.flatnonzero(np.isin(et, _MPLS_TYPES))
+    if len(rows) == 0:
+        return
+    d = st.batch.data
+    site = _site(rows, pos[rows] + 2)
+    lse = _be(_get(d, site, 0, 4))
+    for name, shift, width in (("mpls_label", 12, 20), ("mpls_tc", 9, 3), ("mpls_ttl", 0, 8)):
+        if name in f:
+            m = np.uint64(((1 << width) - 1) << shift)
+            lse = (lse & ~m) | (np.uint64(f[name] << shift) & m)
+    _put(d, site, 0, 4, np.stack([(lse >> np.uint64(s)) & np.uint64(0xFF)
+                                  for s in (24, 16, 8, 0)], axis=1).astype(np.uint8))
+
+
+def _set_skb_mark(st: _Work, f: dict[str, int]) -> None:
+    # pkt_mark is skb metadata; the Batch carries none, so the packet bytes do not change.
+    _fields_check("skb_mark", f, {"pkt_mark"})
+
+
+_SETTERS = {
+    "eth": _set_eth, "ipv4": _set_ipv4, "ipv6": _set_ipv6,
+    "tcp": _set_ports("tcp"), "udp": _set_ports("udp"), "sctp": _set_ports("sctp"),
+    "arp": _set_arp, "nd": _set_nd, "mpls": _set_mpls, "skb_mark": _set_skb_mark,
+}
+
+
+# --- push/pop ------------------------------------------------------------------------------
+
+
+def _move(d: np.ndarray, rows: np.ndarray, start: np.ndarray, n: np.ndarray, by: int) -> None:
+    """Move data[r, start:start+n] by `by` columns (n may differ per row)."""
+    for width in np.unique(n):
+        pick = n == width
+        r, s = rows[pick], start[pick]
+        if isinstance(width, np.integer):
+            width = int(width)
+        if len(r) == len(d) and s.min() == s.max():
+            c = int(s[0])
+            d[:, c + by:c + by + width] = d[:, c:c + width].copy()
+            continue
+        cols = s[:, None] + np.arange(width)
+        d[r[:, None], cols + by] = d[r[:, None], cols]
+
+
+def _push_vlan(st: _Work, tpid: int, tci: int) -> None:
+    st.headroom(4)
+    b = st.batch
+    start = b.start.astype(np.int64)
+    r = np.arange(len(start))
+    _move(b.data, r, start, np.full(len(r), 12), -4)
+    site = _site(None, start)
+    _put(b.data, site, 8, 4, _const(tpid << 16 | tci, 4))
+    b.start -= 4
+    b.length += 4
+
+
+def _pop_vlan(st: _Work) -> None:
+    b = st.batch
+    start = b.start.astype(np.int64)
+    r = np.arange(len(start))
+    et = (b.data[r, start + 12].astype(np.int64) << 8) | b.data[r, start + 13]
+    pick = np.isin(et, _VLAN_TPIDS)
+    if not pick.any():
+        return
+    r = r[pick]
+    _move(b.data, r, start[pick], np.full(len(r), 12), 4)
+    b.start[r] += 4
+    b.length[r] -= 4
+
+
+def _push_mpls(st: _Work, lse: int, ethertype: int) -> None:
+    st.headroom(4)
+    b = st.batch
+    pos, _ = _ethertype_pos(st)
+    start = b.start.astype(np.int64)
+    r = np.arange(len(start))
+    # MACs and VLAN tags move back 4; the old ethertype's place takes the new one, and
+    # the LSE goes where the old ethertype's last 2 bytes and 2 freed bytes meet.
+    _move(b.data, r, start, pos - start, -4)
+    site = _site(None, pos)
+    _put(b.data, site, -4, 6, _const(ethertype << 32 | lse, 6))
+    b.start -= 4
+    b.length += 4
+
+
+def _pop_mpls(st: _Work, ethertype: int) -> None:
+    b = st.batch
+    pos, et = _ethertype_pos(st)
+    pick = np.isin(et, _MPLS_TYPES)
+    if not pick.any():
+        return
+    r = np.flatnonzero(pick)
+    start, pos = b.start[r].astype(np.int64), pos[r]
+    _move(b.data, r, start, pos - start, 4)
+    site = _site(r, pos)
+    _put(b.data, site, 4, 2, _const(ethertype, 2))
+    b.start[r] += 4
+    b.length[r] -= 4
+    if ethertype in (ETH_IP, ETH_IPV6):
+        # The payload did not move: it is the L3 header now (unless the parser saw it already).
+        l3 = pos + 6
+        fresh = st.l3[r] < 0
+        rr, c = r[fresh], l3[fresh]
+        st.l3[rr] = c
+        if len(rr):
+            d = b.data
+            if ethertype == ETH_IP:
+                later = ((d[rr, c + 6].astype(np.int64) << 8 | d[rr, c + 7]) & 0x1FFF) != 0
+                st.l4[rr] = np.where(later, -1, c + (d[rr, c] & 0x0F).astype(np.int64) * 4)
+            else:
+                st.l4[rr] = _ipv6_upper(d, rr, c)[1]
