@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -151,6 +152,7 @@ class DummyOVS:
 
     def start(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="sbnet-ovs-")
+        atexit.register(self.stop)      # daemons run in their own session: never orphan them
         d = self.dir
         self.env = dict(os.environ, OVS_RUNDIR=d, OVS_DBDIR=d, OVS_LOGDIR=d,
                         OVS_PKGDATADIR=PKGDATADIR, OVS_SYSCONFDIR=d)
@@ -179,6 +181,8 @@ class DummyOVS:
             raise
 
     def stop(self) -> None:
+        """Stop both daemons by their own pids and remove the directory (idempotent)."""
+        atexit.unregister(self.stop)
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
