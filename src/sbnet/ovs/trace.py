@@ -1,4 +1,4 @@
-"""Parsers turning OVS ofproto/trace text into sbnet's comparable datapath-action and megaflow forms.
+"""Parsers turning ofproto/trace text into sbnet's comparable datapath-action and megaflow forms.
 
 Observed OVS 3.1 formats (dummy datapath, `ofproto/trace`, -O OpenFlow15 tables):
 
@@ -128,7 +128,7 @@ def _int(text: str) -> int:
 def _value(fld: F.Field, text: str) -> int:
     try:
         if fld.kind in (F.Kind.IPV4, F.Kind.IPV6, F.Kind.MAC):
-            return F._parse_scalar(fld, text)
+            return F.parse_value(fld, text)[0]
         return int(text, 0)
     except ValueError as e:
         raise TraceParseError(f"bad value {text!r} for {fld.name}: {e}") from None
@@ -343,7 +343,7 @@ def _mf_field(key: str, val: str, seen: dict[str, tuple[int, int]]) -> tuple[str
                 value |= bits[word]
             return fld.name, (value, fld.max)
         try:
-            return fld.name, F._parse_flag_word(val, bits)
+            return fld.name, F.parse_value(fld, val)
         except ValueError as e:
             raise TraceParseError(str(e)) from None
     return fld.name, _value_mask(fld, val)
