@@ -1,0 +1,168 @@
+"""OpenFlow table classifier: tuple-space search that records the bits it consulted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sbnet.flows import actions as A
+from sbnet.flows import fields as F
+from sbnet.flows.flow import Flow
+
+CONJ_SLOT = F.SLOT_INDEX["conj_id"]
+
+
+@dataclass(eq=False)
+class Rule:
+    """An installed flow with its counters (the revalidator folds megaflow counts into these)."""
+
+    flow: Flow
+    slots: tuple[tuple[int, int, int], ...]      # (slot, value, mask), mask != 0
+    conjunctions: tuple[A.Conjunction, ...] = ()  # non-empty: a "soft" clause flow
+    created: float = 0.0
+    n_packets: int = 0      # counts folded in from megaflows that are gone
+    n_bytes: int = 0
+    used: float = 0.0
+    megaflows: set[int] = field(default_factory=set)   # live megaflows that ran this rule
+
+    @property
+    def priority(self) -> int:
+        return self.flow.priority
+
+    @classmethod
+    def of(cls, flow: Flow, now: float = 0.0) -> "Rule":
+        vec = flow.match.slot_vector()
+        slots = tuple(sorted((s, v, m) for s, (v, m) in vec.items() if m))
+        conj = tuple(a for a in flow.actions if isinstance(a, A.Conjunction))
+        return cls(flow, slots, conj, created=now, used=now)
+
+    def matches(self, key) -> bool:
+        return all((key[s] & m) == v for s, v, m in self.slots)
+
+
+@dataclass(eq=False)
+class _Subtable:
+    mask: tuple[tuple[int, int], ...]             # (slot, mask)
+    rules: dict[tuple, list[Rule]] = field(default_factory=dict)  # masked key -> by priority desc
+    max_priority: int = -1
+    n_rules: int = 0
+
+    def key_of(self, key) -> tuple:
+        return tuple(key[s] & m for s, m in self.mask)
+
+
+class Table:
+    """One OpenFlow table; `lookup` returns the OVS-visible winner and widens `wc`."""
+
+    def __init__(self, table_id: int) -> None:
+        self.table_id = table_id
+        self._subtables: dict[tuple, _Subtable] = {}
+        self._order: list[_Subtable] = []       # by max_priority, descending
+        self.by_key: dict[tuple, Rule] = {}     # (priority, match) -> rule
+        self.lookups = 0
+        self.matched = 0
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def rules(self) -> list[Rule]:
+        return list(self.by_key.values())
+
+    def insert(self, rule: Rule) -> Rule | None:
+        """Add `rule`; returns the rule it replaced (same priority and match), if any."""
+        ident = (rule.flow.priority, rule.flow.match)
+        old = self.by_key.get(ident)
+        if old is not None:
+            self.remove(old)
+        mask = tuple((s, m) for s, _, m in rule.slots)
+        sub = self._subtables.get(mask)
+        if sub is None:
+            sub = self._subtables[mask] = _Subtable(mask)
+        mkey = tuple(v for _, v, _ in rule.slots)
+        lst = sub.rules.setdefault(mkey, [])
+        lst.append(rule)
+        lst.sort(key=lambda r: -r.priority)
+        sub.n_rules += 1
+        sub.max_priority = max(sub.max_priority, rule.priority)
+        self.by_key[ident] = rule
+        self._resort()
+        return old
+
+    def remove(self, rule: Rule) -> None:
+        ident = (rule.flow.priority, rule.flow.match)
+        if self.by_key.get(ident) is not rule:
+            return
+        del self.by_key[ident]
+        mask = tuple((s, m) for s, _, m in rule.slots)
+        sub = self._subtables[mask]
+        mkey = tuple(v for _, v, _ in rule.slots)
+        lst = sub.rules[mkey]
+        lst.remove(rule)
+        if not lst:
+            del sub.rules[mkey]
+        sub.n_rules -= 1
+        if sub.n_rules == 0:
+            del self._subtables[mask]
+        else:
+            sub.max_priority = max(r[0].priority for r in sub.rules.values())
+        self._resort()
+
+    def _resort(self) -> None:
+        self._order = sorted(self._subtables.values(), key=lambda s: -s.max_priority)
+
+    def lookup(self, key, wc: list[int], conjunctive: bool = True) -> Rule | None:
+        """Highest-priority matching rule, with OVS's conjunctive-match semantics.
+
+        Every subtable visited contributes its whole mask to `wc`: the result
+        depends on those bits, so the megaflow must match them.
+        """
+        self.lookups += 1
+        hard, hard_pri, soft = None, -1, []
+        for sub in self._order:
+            if sub.max_priority <= hard_pri:
+                break
+            for s, m in sub.mask:
+                wc[s] |= m
+            lst = sub.rules.get(sub.key_of(key))
+            if not lst:
+                continue
+            # Like OVS, a subtable shows only its best rule for a given masked key.
+            best = lst[0]
+            if best.priority <= hard_pri:
+                continue
+            if best.conjunctions:
+                if conjunctive:
+                    soft.append(best)
+            else:
+                hard, hard_pri = best, best.priority
+        if soft:
+            found = self._conjunctive(key, wc, soft, hard_pri)
+            if found is not None:
+                hard = found
+        if hard is not None:
+            self.matched += 1
+        return hard
+
+    def _conjunctive(self, key, wc, soft: list[Rule], hard_pri: int) -> Rule | None:
+        soft = sorted((r for r in soft if r.priority > hard_pri), key=lambda r: -r.priority)
+        i = 0
+        while i < len(soft):
+            pri = soft[i].priority
+            group = [r for r in soft[i:] if r.priority == pri]
+            i += len(group)
+            clauses: dict[int, set[int]] = {}
+            need: dict[int, int] = {}
+            for r in group:
+                for c in r.conjunctions:
+                    clauses.setdefault(c.conj_id, set()).add(c.clause)
+                    need[c.conj_id] = c.n_clauses
+            for cid in sorted(clauses):
+                if len(clauses[cid]) == need[cid]:
+                    saved = key[CONJ_SLOT]
+                    key[CONJ_SLOT] = cid
+                    try:
+                        rule = self.lookup(key, wc, conjunctive=False)
+                    finally:
+                        key[CONJ_SLOT] = saved
+                    if rule is not None:
+                        return rule
+        return None

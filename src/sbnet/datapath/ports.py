@@ -1,0 +1,82 @@
+"""Switch ports: in-memory queues for tests, pcap/pcapng files in and out (dpkt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dpkt
+
+from sbnet.datapath.batch import Batch
+
+
+class Port:
+    """A switch port; `deliver` takes the packets the switch sends out of it."""
+
+    def __init__(self, ofport: int, name: str) -> None:
+        self.ofport, self.name = ofport, name
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.rx_packets = 0
+        self.rx_bytes = 0
+
+    def deliver(self, batch: Batch) -> None:
+        self.tx_packets += len(batch)
+        self.tx_bytes += int(batch.length.sum())
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryPort(Port):
+    """Keeps every transmitted packet (tests read them back with `take_sent`)."""
+
+    def __init__(self, ofport: int, name: str, keep: bool = True) -> None:
+        super().__init__(ofport, name)
+        self.keep = keep
+        self._sent: list[Batch] = []
+
+    def deliver(self, batch: Batch) -> None:
+        super().deliver(batch)
+        if self.keep:
+            self._sent.append(batch)
+
+    def take_sent(self) -> list[bytes]:
+        out = [p for b in self._sent for p in b.packets()]
+        self._sent.clear()
+        return out
+
+
+class PcapPort(Port):
+    """Writes transmitted packets to a pcap file."""
+
+    def __init__(self, ofport: int, name: str, path: str | Path) -> None:
+        super().__init__(ofport, name)
+        self._fh = open(path, "wb")
+        self._writer = dpkt.pcap.Writer(self._fh)
+        self.clock = 0.0
+
+    def deliver(self, batch: Batch) -> None:
+        super().deliver(batch)
+        for pkt in batch.packets():
+            self._writer.writepkt(pkt, ts=self.clock)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_pcap(path: str | Path) -> list[tuple[float, bytes]]:
+    """(timestamp, frame) pairs from a pcap or pcapng file; non-Ethernet links are refused."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(0)
+        reader = dpkt.pcapng.Reader(fh) if head == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(fh)
+        if reader.datalink() != dpkt.pcap.DLT_EN10MB:
+            raise ValueError(f"{path}: link type {reader.datalink()} is not Ethernet")
+        return [(float(ts), bytes(buf)) for ts, buf in reader]
+
+
+def write_pcap(path: str | Path, packets: list[bytes], ts: float = 0.0) -> None:
+    with open(path, "wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for i, p in enumerate(packets):
+            w.writepkt(p, ts=ts + i * 1e-6)

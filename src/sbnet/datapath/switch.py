@@ -1,0 +1,370 @@
+"""The reference switch: batches through parse -> megaflow cache -> slow path, with counters and revalidation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sbnet.datapath import odp
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.classifier import Rule, Table
+from sbnet.datapath.execute import execute
+from sbnet.datapath.megaflow import Megaflow, MegaflowCache
+from sbnet.datapath.parse import ERROR_REASONS, parse
+from sbnet.datapath.ports import MemoryPort, Port
+from sbnet.datapath.xlate import Xlate, XlateResult
+from sbnet.flows import actions as A
+from sbnet.flows import fields as F
+from sbnet.flows.flow import Flow
+from sbnet.flows.ofctl import FlowFile, parse_file
+
+MAX_IDLE = 10.0           # seconds an unused megaflow lives, as OVS's default max-idle
+
+# Actions this switch does not execute yet, and why: refused when installed.
+_UNSUPPORTED = {
+    A.Ct: "ct() needs connection tracking, which this switch does not have yet",
+    A.CtClear: "ct_clear needs connection tracking, which this switch does not have yet",
+    A.Meter: "meters are not executed by this switch yet",
+    A.EncapNsh: "NSH encapsulation is not executed by this switch yet",
+    A.Encap: "encap() is not executed by this switch yet",
+    A.Decap: "decap() is not executed by this switch yet",
+    A.DecNshTtl: "NSH is not executed by this switch yet",
+    A.Normal: "NORMAL (MAC learning) is not implemented: sbnet compiles explicit L2 flows",
+}
+_UNSUPPORTED_FIELDS = {
+    "tun_": "tunnel fields need tunnel ports, which this switch does not have yet",
+    "nsh_": "NSH fields are not executed by this switch yet",
+    "ct_": "conntrack fields need connection tracking, which this switch does not have yet",
+}
+
+
+class UnsupportedFlow(ValueError):
+    """A flow this switch cannot execute: refused loudly at install, never ignored."""
+
+
+@dataclass
+class FlowStats:
+    flow: Flow
+    n_packets: int
+    n_bytes: int
+    duration: float
+    idle_age: float
+
+
+class Switch:
+    """One software switch instance (one bridge): ports, tables, groups, the megaflow cache."""
+
+    def __init__(self, name: str = "br0", clock=time.monotonic) -> None:
+        self.name = name
+        self.clock = clock
+        self.ports: dict[int, Port] = {}
+        self.tables: dict[int, Table] = {}
+        self.groups: dict[int, A.GroupMod] = {}
+        self.cache = MegaflowCache()
+        self._port_set: set[int] = set()
+        self.xlate = Xlate(self.tables, self.groups, self._port_set)
+        self._actions: list[tuple] = []
+        self._action_ids: dict[tuple, int] = {}
+        self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
+        self.drops: dict[str, int] = {}
+        self.upcalls = 0
+        self.packet_ins: list[bytes] = []
+        self.packets_in = 0
+
+    # -- ports ------------------------------------------------------------
+    def add_port(self, ofport: int, name: str | None = None, port: Port | None = None) -> Port:
+        if ofport in self.ports:
+            raise ValueError(f"port {ofport} already exists on {self.name}")
+        if not 1 <= ofport <= 0xFFFFFF00 and ofport != F.OFPP_LOCAL:
+            raise ValueError(f"port number {ofport} is out of range")
+        port = port or MemoryPort(ofport, name or f"p{ofport}")
+        self.ports[ofport] = port
+        self._port_set.add(ofport)
+        self._revalidate_all()
+        return port
+
+    def remove_port(self, ofport: int) -> None:
+        self.ports.pop(ofport).close()
+        self._port_set.discard(ofport)
+        self._revalidate_all()
+
+    # -- flows --------------------------------------------------------------
+    def check_flow(self, flow: Flow) -> None:
+        """Raise UnsupportedFlow if this switch cannot execute `flow`'s actions."""
+        _check_actions(flow.actions, str(flow))
+        conj = [a for a in flow.actions if isinstance(a, A.Conjunction)]
+        if conj and len(conj) != len(flow.actions):
+            raise UnsupportedFlow(f"{flow}: conjunction() cannot be mixed with other actions")
+
+    def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups: list[A.GroupMod] = (),
+               now: float | None = None) -> None:
+        """Apply deletions then additions atomically: all are checked before any is applied."""
+        for f in add:
+            self.check_flow(f)
+        for g in groups:
+            for b in g.buckets:
+                _check_actions(b.actions, f"group {g.group_id}")
+        now = self.clock() if now is None else now
+        changed: list[Rule] = []
+        for f in delete:
+            tbl = self.tables.get(f.table)
+            rule = tbl.by_key.get((f.priority, f.match)) if tbl else None
+            if rule is not None:
+                tbl.remove(rule)
+                changed.append(rule)
+        for f in add:
+            tbl = self.tables.setdefault(f.table, Table(f.table))
+            rule = Rule.of(f, now)
+            old = tbl.insert(rule)
+            changed.append(rule)
+            if old is not None:
+                changed.append(old)
+        for g in groups:
+            self.groups[g.group_id] = g
+        if groups:
+            self._revalidate_all()
+        elif changed:
+            self._revalidate(changed)
+
+    def add_flows(self, flows: list[Flow]) -> None:
+        self.bundle(add=flows)
+
+    def delete_flows(self, flows: list[Flow]) -> None:
+        self.bundle(delete=flows)
+
+    def delete_group(self, group_id: int) -> None:
+        self.groups.pop(group_id, None)
+        self._revalidate_all()
+
+    def clear(self) -> None:
+        """Remove every flow and group."""
+        for t in self.tables.values():
+            for r in t.rules():
+                t.remove(r)
+        self.groups.clear()
+        self._revalidate_all()
+
+    def load(self, text: str) -> FlowFile:
+        """Load a flow file (flows, group_id= and meter= lines) in one bundle."""
+        ff = parse_file(text)
+        if ff.meters:
+            raise UnsupportedFlow("meters are not executed by this switch yet")
+        self.bundle(add=ff.flows, groups=ff.groups)
+        return ff
+
+    def rules(self) -> list[Rule]:
+        return [r for t in sorted(self.tables) for r in self.tables[t].rules()]
+
+    def rule_stats(self, rule: Rule) -> tuple[int, int, float]:
+        ids = np.fromiter(rule.megaflows, dtype=np.int64, count=len(rule.megaflows))
+        used = rule.used
+        if ids.size:
+            used = max(used, float(self.cache.used[ids].max()))
+        return (rule.n_packets + int(self.cache.packets[ids].sum()),
+                rule.n_bytes + int(self.cache.bytes[ids].sum()), used)
+
+    def dump_flows(self, now: float | None = None) -> list[FlowStats]:
+        now = self.clock() if now is None else now
+        out = []
+        for r in self.rules():
+            pk, by, used = self.rule_stats(r)
+            out.append(FlowStats(r.flow, pk, by, now - r.created, now - used))
+        out.sort(key=lambda s: (s.flow.table, -s.flow.priority))
+        return out
+
+    # -- packets -------------------------------------------------------------
+    def process(self, batch: Batch, now: float | None = None) -> list[tuple[int, Batch]]:
+        """Run a batch through the switch; returns (port, packets) emitted, also delivered to ports."""
+        now = self.clock() if now is None else now
+        n = len(batch)
+        if n == 0:
+            return []
+        parsed = parse(batch)
+        err = parsed.error
+        bad = err != 0
+        if bad.any():
+            self.parse_errors += np.bincount(err[bad], minlength=len(ERROR_REASONS))
+            rows = np.flatnonzero(~bad)
+        else:
+            rows = np.arange(n)
+        keys = parsed.keys
+        mf = self.cache.lookup(keys, rows)
+        missing = mf < 0
+        if missing.any():
+            mf[missing] = self._upcall(keys, rows[missing], now)
+        self._count(mf, batch.length[rows], now)
+        return self._emit(batch, rows, mf, parsed)
+
+    def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float) -> None:
+        c = self.cache
+        size = c.packets.size
+        c.packets += np.bincount(mf, minlength=size)
+        c.bytes += np.bincount(mf, weights=lengths, minlength=size).astype(np.int64)
+        c.used[mf] = now
+
+    def _emit(self, batch: Batch, rows: np.ndarray, mf: np.ndarray, parsed) -> list:
+        act = self.cache.action_of[mf]
+        order = np.argsort(act, kind="stable")
+        sorted_act = act[order]
+        cuts = np.flatnonzero(np.diff(sorted_act)) + 1
+        out: list[tuple[int, Batch]] = []
+        for grp in np.split(order, cuts):
+            aid = int(act[grp[0]])
+            acts = self._actions[aid]
+            if not acts:
+                continue
+            for port, pb in execute(batch, rows[grp], parsed.l3, parsed.l4, acts):
+                if port == F.OFPP_CONTROLLER:
+                    self.packets_in += len(pb)
+                    self.packet_ins.extend(pb.packets()[:1024 - len(self.packet_ins)])
+                    continue
+                dest = self.ports.get(port)
+                if dest is not None:
+                    dest.deliver(pb)
+                out.append((port, pb))
+        return out
+
+    def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
+        """Slow path for cache misses: one translation per new megaflow, not per packet."""
+        out = np.full(miss.size, -1, dtype=np.int64)
+        todo = np.arange(miss.size)
+        while todo.size:
+            key = keys[:, miss[todo[0]]]
+            res = self.xlate.run(key)
+            mf = self._install(res, key, now)
+            inside = self.cache.matches(mf, keys, miss[todo])
+            inside[0] = True
+            out[todo[inside]] = mf.mf_id
+            todo = todo[~inside]
+        return out
+
+    def _install(self, res: XlateResult, key, now: float) -> Megaflow:
+        self.upcalls += 1
+        # Userspace actions become outputs to the controller pseudo-port so
+        # execute() emits the packet as it is at that point of the action list.
+        acts = tuple(odp.Output(F.OFPP_CONTROLLER) if isinstance(a, odp.Userspace) else a
+                     for a in res.actions)
+        aid = self._action_ids.get(acts)
+        if aid is None:
+            aid = self._action_ids[acts] = len(self._actions)
+            self._actions.append(acts)
+        mf = self.cache.add(res.wc, key, res.actions, aid, list(dict.fromkeys(res.rules)),
+                            res.reason, res.modified, now)
+        for r in mf.rules:
+            r.megaflows.add(mf.mf_id)
+        return mf
+
+    def drop_counts(self) -> dict[str, int]:
+        """Dropped packets by reason: parse errors and translation outcomes."""
+        out = {f"malformed: {ERROR_REASONS[i]}": int(c)
+               for i, c in enumerate(self.parse_errors) if c and i}
+        for mf in self.cache.flows.values():
+            if not mf.actions:
+                out[mf.reason] = out.get(mf.reason, 0) + int(self.cache.packets[mf.mf_id])
+        for reason, c in self.drops.items():
+            out[reason] = out.get(reason, 0) + c
+        return {k: v for k, v in out.items() if v}
+
+    # -- revalidation ---------------------------------------------------------
+    def _revalidate(self, changed: list[Rule]) -> None:
+        """Re-translate megaflows a changed rule could affect; delete those whose result moved."""
+        for mf in list(self.cache.flows.values()):
+            if any(_may_overlap(mf, r) for r in changed):
+                self._recheck(mf)
+
+    def _revalidate_all(self) -> None:
+        for mf in list(self.cache.flows.values()):
+            self._recheck(mf)
+
+    def _recheck(self, mf: Megaflow) -> None:
+        res = self.xlate.run(mf.key)
+        rules = list(dict.fromkeys(res.rules))
+        same_mask = all(res.wc[s] == m for s, m in zip(mf.slots, mf.mask)) and \
+            sum(1 for m in res.wc if m) == len(mf.slots)
+        if same_mask and res.actions == mf.actions and rules == mf.rules:
+            return
+        self._evict(mf)
+
+    def _evict(self, mf: Megaflow) -> None:
+        c = self.cache
+        pk, by, used = int(c.packets[mf.mf_id]), int(c.bytes[mf.mf_id]), float(c.used[mf.mf_id])
+        for r in mf.rules:
+            r.megaflows.discard(mf.mf_id)
+            r.n_packets += pk
+            r.n_bytes += by
+            r.used = max(r.used, used)
+        if not mf.actions and pk:
+            self.drops[mf.reason] = self.drops.get(mf.reason, 0) + pk
+        c.remove(mf.mf_id)
+
+    def flush_megaflows(self) -> None:
+        for mf in list(self.cache.flows.values()):
+            self._evict(mf)
+
+    def maintain(self, now: float | None = None) -> None:
+        """Expire idle megaflows and rules past their idle or hard timeouts (clock-driven)."""
+        now = self.clock() if now is None else now
+        for mf in list(self.cache.flows.values()):
+            if now - self.cache.used[mf.mf_id] > MAX_IDLE:
+                self._evict(mf)
+        expired = []
+        for r in self.rules():
+            f = r.flow
+            if f.hard_timeout and now - r.created >= f.hard_timeout:
+                expired.append(f)
+            elif f.idle_timeout and now - self.rule_stats(r)[2] >= f.idle_timeout:
+                expired.append(f)
+        if expired:
+            self.bundle(delete=expired, now=now)
+        self.cache.resort()
+
+    # -- tracing -------------------------------------------------------------
+    def trace(self, in_port: int, packet: bytes) -> "TraceResult":
+        from sbnet.datapath.format import megaflow_text
+        b = Batch.from_packets([packet], in_port)
+        parsed = parse(b)
+        err = int(parsed.error[0])
+        key = parsed.keys[:, 0]
+        if err:
+            return TraceResult(key, None, f"malformed packet: {ERROR_REASONS[err]}", "", ())
+        res = self.xlate.run(key, trace=True)
+        text = megaflow_text(key, res.wc)
+        return TraceResult(key, res, "\n".join(res.trace), text, res.actions)
+
+
+@dataclass
+class TraceResult:
+    key: np.ndarray
+    result: XlateResult | None
+    text: str
+    megaflow: str
+    actions: tuple
+
+    def datapath_actions(self) -> str:
+        return odp.format_actions(self.actions)
+
+
+def _check_actions(actions: tuple, where: str) -> None:
+    for a in actions:
+        why = _UNSUPPORTED.get(type(a))
+        if why is None and isinstance(a, (A.SetField, A.Load, A.Move)):
+            target = a.field if isinstance(a, A.SetField) else a.dst.field
+            for prefix, reason in _UNSUPPORTED_FIELDS.items():
+                if target.startswith(prefix):
+                    why = reason
+        if why:
+            raise UnsupportedFlow(f"{where}: action {a} refused: {why}")
+
+
+def _may_overlap(mf: Megaflow, rule: Rule) -> bool:
+    """Could `rule` match a packet of `mf` at some table lookup? Conservative on rewritten slots."""
+    fixed = dict(zip(mf.slots, mf.mask))
+    for s, v, m in rule.slots:
+        if mf.modified >> s & 1:
+            continue
+        both = m & fixed.get(s, 0)
+        if (mf.key[s] ^ v) & both:
+            return False
+    return True

@@ -1,0 +1,469 @@
+"""The slow path: run a packet's key through the OpenFlow tables, yielding datapath actions and a megaflow mask."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from sbnet.datapath import odp
+from sbnet.datapath.classifier import Rule, Table
+from sbnet.flows import actions as A
+from sbnet.flows import fields as F
+
+S = F.SLOT_INDEX
+_FULL64 = 0xFFFFFFFFFFFFFFFF
+MAX_DEPTH = 64          # OVS's limit on nested resubmits/goto
+MAX_RESUBMITS = 4096    # OVS's limit on resubmits per translation
+
+# Slots that never reach the datapath key: registers and metadata start at 0
+# for every packet, so OVS drops them from megaflow masks.
+_NON_HEADER = [S[f"reg{i}"] for i in range(16)] + [S["metadata"], S["conj_id"]]
+_VLAN = ((S["vlan_tci"], S["vlan_tpid"]), (S["vlan_tci2"], S["vlan_tpid2"]))
+_MPLS = (S["mpls_lse0"], S["mpls_lse1"], S["mpls_lse2"])
+_L3_SLOTS = [S[n] for n in (
+    "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
+    "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag", "tp_src", "tp_dst",
+    "tcp_flags", "arp_sha", "arp_tha", "nd_target_hi", "nd_target_lo")]
+
+
+class XlateError(Exception):
+    """Translation aborted (as OVS's xlate errors): the packet is dropped."""
+
+
+@dataclass
+class XlateResult:
+    actions: tuple                     # odp actions; () = drop
+    wc: list[int]                      # megaflow mask, one word per slot
+    rules: list[Rule]                  # every rule whose actions ran (for counters)
+    modified: int                      # bitmask of slots the actions changed
+    reason: str                        # why the packet was dropped, or "forwarded"
+    trace: list[str] | None = None
+
+
+class Xlate:
+    """Translation over one switch's tables, groups and ports."""
+
+    def __init__(self, tables: dict[int, Table], groups: dict[int, A.GroupMod],
+                 ports: set[int]) -> None:
+        self.tables, self.groups, self.ports = tables, groups, ports
+
+    def run(self, key, trace: bool = False) -> XlateResult:
+        ctx = _Ctx(self, list(int(k) for k in key), trace)
+        wc = ctx.wc
+        for name in ("recirc_id", "in_port", "eth_type"):
+            wc[S[name]] = F.lookup(name).max
+        if ctx.flow[S["eth_type"]] in (F.ETH_IP, F.ETH_IPV6):
+            wc[S["nw_frag"]] = 3
+        try:
+            ctx.table(0, goto=True)
+        except XlateError as exc:
+            ctx.odp.clear()
+            ctx.reason = str(exc)
+            ctx.log(f"Translation failed ({exc}), packet is dropped.")
+        for s in _NON_HEADER:
+            wc[s] = 0
+        reason = "forwarded" if any(isinstance(a, odp.Output) for a in ctx.odp) else ctx.reason
+        return XlateResult(tuple(ctx.odp), wc, ctx.rules, ctx.modified, reason,
+                           ctx.lines if trace else None)
+
+
+class _Ctx:
+    def __init__(self, x: Xlate, key: list[int], trace: bool) -> None:
+        self.x = x
+        self.flow = key
+        self.base = list(key)
+        self.wc = [0] * F.N_SLOTS
+        self.odp: list = []
+        self.rules: list[Rule] = []
+        self.modified = 0
+        self.depth = 0
+        self.resubmits = 0
+        self.table_id = 0
+        self.stopped = False
+        self.reason = "no actions (drop)"
+        self.lines: list[str] = [] if trace else None
+
+    def log(self, text: str) -> None:
+        if self.lines is not None:
+            self.lines.append("    " * self.depth + text)
+
+    # -- key access -------------------------------------------------------
+    def write(self, fld: F.Field, value: int, mask: int | None = None) -> None:
+        m = fld.max if mask is None else mask
+        old = fld.read(self.flow)
+        fld.write(self.flow, (old & ~m) | (value & m))
+        for si, sm in fld.slot_masks(m):
+            self.wc[si] |= sm
+            self.modified |= 1 << si
+
+    def read(self, fld: F.Field, mask: int | None = None) -> int:
+        m = fld.max if mask is None else mask
+        for si, sm in fld.slot_masks(m):
+            self.wc[si] |= sm
+        return fld.read(self.flow) & m
+
+    def set_slot(self, slot: int, value: int) -> None:
+        self.flow[slot] = value
+        self.modified |= 1 << slot
+
+    def prereqs_ok(self, fld: F.Field) -> bool:
+        for pre in fld.prereqs:
+            pf = F.lookup(pre.field)
+            if self.read(pf) not in pre.values:
+                return False
+        return True
+
+    # -- tables ---------------------------------------------------------
+    def table(self, table_id: int, goto: bool, in_port: int | None = None) -> None:
+        if self.depth >= MAX_DEPTH:
+            raise XlateError("Recursion too deep")
+        tbl = self.x.tables.get(table_id)
+        saved_port = self.flow[S["in_port"]]
+        if in_port is not None and in_port != F.OFPP_IN_PORT:
+            self.flow[S["in_port"]] = in_port
+            self.modified |= 1 << S["in_port"]   # the lookup saw another in_port
+        rule = tbl.lookup(self.flow, self.wc) if tbl is not None else None
+        self.flow[S["in_port"]] = saved_port
+        self.log(f"{table_id}. " + (str(rule.flow).split(" actions=")[0].replace(
+            f"table={table_id},", "") if rule else "No match."))
+        if rule is None:
+            if goto:
+                self.reason = f"no matching flow in table {table_id}"
+            return
+        self.rules.append(rule)
+        saved_table = self.table_id
+        self.table_id = table_id
+        self.depth += 1
+        try:
+            self.actions(rule.flow.actions)
+        finally:
+            self.depth -= 1
+            self.table_id = saved_table
+
+    # -- actions --------------------------------------------------------
+    def actions(self, acts: tuple) -> None:
+        if not acts:
+            self.log("drop")
+        for a in acts:
+            if self.stopped:
+                return
+            self.log(str(a))
+            self.action(a)
+
+    def action(self, a) -> None:
+        flow, wc = self.flow, self.wc
+        match a:
+            case A.Output(port):
+                self.output(port)
+            case A.OutputReg(src):
+                port = self.read(F.lookup(src.field), src.mask) >> src.start
+                self.output(port)
+            case A.Controller():
+                self.commit()
+                self.odp.append(odp.Userspace("controller"))
+            case A.Resubmit(port, table):
+                self.resubmits += 1
+                if self.resubmits > MAX_RESUBMITS:
+                    raise XlateError("Too many resubmits")
+                self.table(self.table_id if table is None else table, goto=False, in_port=port)
+            case A.GotoTable(table):
+                self.table(table, goto=True)
+            case A.SetField(name, value, mask):
+                self.set_field(F.lookup(name), value, mask)
+            case A.Load(value, dst):
+                self.set_field(F.lookup(dst.field), value << dst.start, dst.mask)
+            case A.Move(src, dst):
+                v = (self.read(F.lookup(src.field), src.mask) >> src.start) << dst.start
+                fld = F.lookup(dst.field)
+                self.read(fld, dst.mask)
+                self.write(fld, v, dst.mask)
+            case A.PushVlan(tpid):
+                self.push_vlan(tpid)
+            case A.PopVlan():
+                self.pop_vlan()
+            case A.ModVlanVid(vid):
+                self.set_field(F.lookup("vlan_vid"), F.VLAN_CFI | vid, 0xFFF)
+            case A.ModVlanPcp(pcp):
+                self.set_field(F.lookup("vlan_pcp"), pcp)
+            case A.DecTtl():
+                self.dec_ttl()
+            case A.PushMpls(ethertype):
+                self.push_mpls(ethertype)
+            case A.PopMpls(ethertype):
+                self.pop_mpls(ethertype)
+            case A.SetMplsLabel(label):
+                self.set_mpls("mpls_label", label)
+            case A.SetMplsTc(tc):
+                self.set_mpls("mpls_tc", tc)
+            case A.SetMplsTtl(ttl):
+                self.set_mpls("mpls_ttl", ttl)
+            case A.DecMplsTtl():
+                self.dec_mpls_ttl()
+            case A.Group(gid):
+                self.group(gid)
+            case A.Conjunction():
+                pass    # only meaningful to the classifier
+            case _:
+                # The switch refuses these at install time; reaching here is a bug.
+                raise XlateError(f"unsupported action {a}")
+
+    def output(self, port: int) -> None:
+        in_port = self.flow[S["in_port"]]
+        if port == F.OFPP_IN_PORT:
+            port = in_port
+        elif port in (F.OFPP_ALL, F.OFPP_FLOOD):
+            for p in sorted(self.x.ports):
+                if p != in_port:
+                    self.commit()
+                    self.odp.append(odp.Output(p))
+            return
+        elif port == F.OFPP_CONTROLLER:
+            self.commit()
+            self.odp.append(odp.Userspace("controller"))
+            return
+        elif port == in_port:
+            self.log("skipping output to input port")
+            return
+        if port not in self.x.ports:
+            self.log(f"output to nonexistent port {port}")
+            return
+        self.commit()
+        self.odp.append(odp.Output(port))
+
+    def set_field(self, fld: F.Field, value: int, mask: int | None) -> None:
+        if fld.slot == "vlan_tci" and fld.name != "vlan_tci":
+            # OVS rewrites VID/PCP only when a tag is present.
+            self.wc[S["vlan_tci"]] |= F.VLAN_CFI
+            if not self.flow[S["vlan_tci"]] & F.VLAN_CFI:
+                return
+            if fld.name == "vlan_vid":
+                value, mask = value & 0xFFF, (0xFFF if mask is None else mask & 0xFFF)
+        if not self.prereqs_ok(fld):
+            self.log(f"set_field {fld.name} skipped: prerequisites not met")
+            return
+        self.write(fld, value, mask)
+
+    def push_vlan(self, tpid: int) -> None:
+        for tci_s, tpid_s in _VLAN:
+            if self.flow[tci_s] & F.VLAN_CFI:
+                self.wc[tci_s] = 0xFFFF
+                self.wc[tpid_s] = 0xFFFF
+        (t0, p0), (t1, p1) = _VLAN
+        self.set_slot(t1, self.flow[t0])
+        self.set_slot(p1, self.flow[p0])
+        self.set_slot(t0, F.VLAN_CFI)
+        self.set_slot(p0, tpid)
+
+    def pop_vlan(self) -> None:
+        (t0, p0), (t1, p1) = _VLAN
+        if self.flow[t1] & F.VLAN_CFI:
+            self.wc[t1] = self.wc[p1] = 0xFFFF
+        self.set_slot(t0, self.flow[t1])
+        self.set_slot(p0, self.flow[p1])
+        self.set_slot(t1, 0)
+        self.set_slot(p1, 0)
+
+    def is_ip(self) -> bool:
+        return self.flow[S["eth_type"]] in (F.ETH_IP, F.ETH_IPV6)
+
+    def is_mpls(self) -> bool:
+        return self.flow[S["eth_type"]] in (F.ETH_MPLS, F.ETH_MPLS_MC)
+
+    def dec_ttl(self) -> None:
+        if not self.is_ip():
+            return
+        ttl = self.read(F.lookup("ip_ttl"))
+        if ttl > 1:
+            self.write(F.lookup("ip_ttl"), ttl - 1)
+            return
+        self.log("TTL expired: packet dropped")
+        self.reason = "TTL expired (dec_ttl)"
+        self.stopped = True
+
+    def mpls_depth(self) -> int:
+        if not self.is_mpls():
+            return 0
+        for i, s in enumerate(_MPLS):
+            if self.flow[s] & 0x100:
+                return i + 1
+        return len(_MPLS)
+
+    def push_mpls(self, ethertype: int) -> None:
+        n = self.mpls_depth()
+        if n >= len(_MPLS):
+            self.log("MPLS push would exceed 3 labels: packet dropped")
+            self.reason = "MPLS label stack full"
+            self.stopped = True
+            return
+        for i in range(n, 0, -1):
+            self.set_slot(_MPLS[i], self.flow[_MPLS[i - 1]])
+        if n:
+            self.wc[_MPLS[0]] = 0xFFFFFFFF
+            self.set_slot(_MPLS[0], self.flow[_MPLS[0]] & ~0x100)
+        else:
+            tc, ttl = 0, 64
+            if self.is_ip():
+                tos = self.read(F.lookup("nw_tos"), 0xFC)
+                ttl = self.read(F.lookup("ip_ttl"))
+                tc = (tos >> 2) & 7
+            self.set_slot(_MPLS[0], (tc << 9) | 0x100 | ttl)
+            for s in _L3_SLOTS:
+                self.set_slot(s, 0)
+        self.set_slot(S["eth_type"], ethertype)
+
+    def pop_mpls(self, ethertype: int) -> None:
+        n = self.mpls_depth()
+        if n == 0:
+            return
+        self.wc[_MPLS[0]] |= 0x100
+        for i in range(len(_MPLS) - 1):
+            self.set_slot(_MPLS[i], self.flow[_MPLS[i + 1]])
+        self.set_slot(_MPLS[-1], 0)
+        if n == 1:
+            self.set_slot(S["eth_type"], ethertype)
+
+    def set_mpls(self, name: str, value: int) -> None:
+        if self.is_mpls():
+            self.write(F.lookup(name), value)
+
+    def dec_mpls_ttl(self) -> None:
+        if not self.is_mpls():
+            return
+        fld = F.lookup("mpls_ttl")
+        ttl = self.read(fld)
+        if ttl > 1:
+            self.write(fld, ttl - 1)
+        else:
+            self.reason = "MPLS TTL expired"
+            self.stopped = True
+
+    def group(self, gid: int) -> None:
+        g = self.x.groups.get(gid)
+        if g is None:
+            self.log(f"group {gid} does not exist")
+            return
+        if g.type == "all":
+            buckets = list(g.buckets)
+        elif g.type == "indirect":
+            buckets = list(g.buckets[:1])
+        elif g.type == "ff":
+            buckets = [b for b in g.buckets if b.watch_port is None or b.watch_port in self.x.ports][:1]
+        else:
+            buckets = [self.select_bucket(g)] if g.buckets else []
+        for b in buckets:
+            # Each bucket acts on its own copy of the packet; OVS restores the
+            # flow afterwards and lets the next commit undo the bucket's edits.
+            saved, stopped = list(self.flow), self.stopped
+            self.depth += 1
+            try:
+                self.actions(b.actions)
+            finally:
+                self.depth -= 1
+            self.flow[:] = saved
+            self.stopped = stopped
+
+    def select_bucket(self, g: A.GroupMod) -> A.Bucket:
+        names = g.fields or ("eth_src", "eth_dst", "eth_type", "ip_src", "ip_dst", "ipv6_src",
+                             "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst")
+        h = 0
+        for name in names:
+            fld = F.lookup(name)
+            if self.prereqs_ok(fld):
+                h = zlib.crc32(self.read(fld).to_bytes(16, "big"), h)
+        total = sum(b.weight for b in g.buckets)
+        point = h % total if total else 0
+        for b in g.buckets:
+            if point < b.weight:
+                return b
+            point -= b.weight
+        return g.buckets[-1]
+
+    # -- commit: turn flow edits into datapath set/push/pop actions -------
+    def commit(self) -> None:
+        flow, base = self.flow, self.base
+        if flow == base:
+            return
+        self.commit_set("eth")
+        if _is_mpls_type(base[S["eth_type"]]) and not _is_mpls_type(flow[S["eth_type"]]):
+            self.commit_mpls()
+        et, proto = base[S["eth_type"]], base[S["nw_proto"]]
+        if et == F.ETH_IP:
+            self.commit_set("ipv4")
+        elif et == F.ETH_IPV6:
+            self.commit_set("ipv6")
+            if proto == F.IP_ICMPV6 and base[S["tp_src"]] in (135, 136):
+                self.commit_set("nd")
+        elif et in (F.ETH_ARP, F.ETH_RARP):
+            self.commit_set("arp")
+        if et in (F.ETH_IP, F.ETH_IPV6) and not base[S["nw_frag"]] & 2:
+            hdr = {F.IP_TCP: "tcp", F.IP_UDP: "udp", F.IP_SCTP: "sctp"}.get(proto)
+            if hdr:
+                self.commit_set(hdr)
+        self.commit_mpls()
+        self.commit_vlan()
+        self.commit_set("skb_mark")
+        base[:] = flow
+
+    def commit_set(self, header: str) -> None:
+        changed = []
+        for _, name in odp.SET_HEADERS[header]:
+            fld = F.lookup(name)
+            v = fld.read(self.flow)
+            if v != fld.read(self.base):
+                changed.append((name, v))
+                fld.write(self.base, v)
+        if changed:
+            self.odp.append(odp.SetFields(header, tuple(sorted(changed))))
+
+    def commit_mpls(self) -> None:
+        flow, base = self.flow, self.base
+        fn = _mpls_depth(flow)
+        bn = _mpls_depth(base)
+        while bn > fn:
+            bn -= 1
+            et = flow[S["eth_type"]] if bn == 0 else F.ETH_MPLS
+            self.odp.append(odp.PopMpls(et))
+        if fn and bn == fn and flow[_MPLS[0]] != base[_MPLS[0]]:
+            lse = flow[_MPLS[0]]
+            fields_ = (("mpls_label", lse >> 12), ("mpls_tc", (lse >> 9) & 7), ("mpls_ttl", lse & 0xFF))
+            changed = tuple(sorted(
+                (n, v) for n, v in fields_ if F.lookup(n).read(base) != v))
+            self.odp.append(odp.SetFields("mpls", changed))
+        while bn < fn:
+            idx = fn - bn - 1
+            self.odp.append(odp.PushMpls(flow[_MPLS[idx]], flow[S["eth_type"]]))
+            bn += 1
+        for s in _MPLS:
+            base[s] = flow[s]
+        if fn or bn:
+            base[S["eth_type"]] = flow[S["eth_type"]]
+
+    def commit_vlan(self) -> None:
+        flow, base = self.flow, self.base
+        fv = [(flow[t], flow[p]) for t, p in _VLAN if flow[t] & F.VLAN_CFI]
+        bv = [(base[t], base[p]) for t, p in _VLAN if base[t] & F.VLAN_CFI]
+        # Skip the common innermost tags, pop the rest of base, push the rest of flow.
+        while fv and bv and fv[-1] == bv[-1]:
+            fv.pop()
+            bv.pop()
+        for i in range(len(bv)):
+            t, p = _VLAN[i]
+            self.wc[t] = self.wc[p] = 0xFFFF
+            self.odp.append(odp.PopVlan())
+        for tci, tpid in reversed(fv):
+            self.odp.append(odp.PushVlan(tpid, tci))
+        for t, p in _VLAN:
+            base[t], base[p] = flow[t], flow[p]
+
+
+def _is_mpls_type(et: int) -> bool:
+    return et in (F.ETH_MPLS, F.ETH_MPLS_MC)
+
+
+def _mpls_depth(key) -> int:
+    if not _is_mpls_type(key[S["eth_type"]]):
+        return 0
+    for i, s in enumerate(_MPLS):
+        if key[s] & 0x100:
+            return i + 1
+    return len(_MPLS)
