@@ -1,0 +1,515 @@
+"""Batch packet parser: a Batch in, OVS flow keys (slot-major) and header offsets out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sbnet.datapath.batch import Batch
+from sbnet.flows.fields import (
+    ETH_ARP, ETH_IP, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC, ETH_NSH, ETH_QINQ, ETH_RARP, ETH_VLAN,
+    IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP, N_SLOTS, SLOT_INDEX, VLAN_CFI, lookup,
+)
+
+# Why a packet could not be parsed completely; Parsed.error indexes this tuple
+# and 0 means the packet is fine.  The switch counts and drops the others.
+ERROR_REASONS: tuple[str, ...] = (
+    "ok",
+    "truncated_eth",           # shorter than an Ethernet header
+    "truncated_vlan",          # a VLAN TPID with no room for the tag and next ethertype
+    "truncated_mpls",          # the label stack ends before a bottom-of-stack entry
+    "truncated_arp",           # shorter than an Ethernet/IPv4 ARP header
+    "truncated_ipv4",          # shorter than 20 bytes, its IHL, or its total length
+    "bad_ipv4_ihl",            # IHL below 5
+    "bad_ipv4_total_length",   # total length smaller than the header
+    "truncated_ipv6",          # shorter than 40 bytes plus the payload length
+    "bad_ipv6_ext_header",     # an extension header runs past the payload
+    "truncated_tcp",           # shorter than 20 bytes or than the data offset
+    "bad_tcp_offset",          # data offset below 5
+    "truncated_udp",
+    "truncated_sctp",
+    "truncated_icmp",
+    "truncated_igmp",
+    "truncated_icmpv6",
+    "truncated_nd",            # neighbor solicit/advert without a whole target address
+    "bad_nd_option",           # a zero-length ND option, or one running past the packet
+    "truncated_nsh",           # shorter than the NSH base header or its length field
+    "bad_nsh",                 # NSH version not 0, or an MD type 1 header not 24 bytes
+)
+ERROR_CODE: dict[str, int] = {name: i for i, name in enumerate(ERROR_REASONS)}
+
+_E = ERROR_CODE
+_S = SLOT_INDEX
+_ALL = slice(None)
+_MAC = 0xFFFFFFFFFFFF
+_IP_IGMP = 2
+_IPV6_EXT = (0, 43, 60, 51, 44)   # hop-by-hop, routing, dst options, AH, fragment
+_IPV6_FRAG, _IPV6_AH = 44, 51
+# Windows are read from 2 bytes before the Ethernet header (so both MACs land
+# in 8-byte words) up to this many bytes past the last header start.
+_PRE = 2
+_WMAX = 64
+_L3_SLOTS_V4 = np.array([_S[s] for s in ("nw_src", "nw_dst", "nw_proto", "nw_tos",
+                                          "nw_ttl", "nw_frag")])
+_L3_SLOTS_V6_TAIL = np.array([_S[s] for s in ("ipv6_label", "nw_proto", "nw_tos",
+                                               "nw_ttl", "nw_frag")])
+_ND_SLOTS = np.array([_S[s] for s in ("nd_target_hi", "nd_target_lo",
+                                       "arp_sha", "arp_tha")])
+
+
+@dataclass
+class Parsed:
+    """Flow keys and header offsets of a parsed batch.
+
+    keys is (len(SLOTS), n) uint64, one contiguous row per slot.  l2_5, l3 and
+    l4 are absolute columns of batch.data where the MPLS, network and
+    transport headers start, -1 where there is none.  error indexes
+    ERROR_REASONS (0 = parsed fine).
+    """
+
+    keys: np.ndarray
+    l2_5: np.ndarray
+    l3: np.ndarray
+    l4: np.ndarray
+    error: np.ndarray
+
+    def __len__(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.error == 0
+
+    def field(self, name: str) -> np.ndarray:
+        """The values of one registry field (at most 64 bits wide) for every packet."""
+        fld = lookup(name)
+        if fld.hi_lo:
+            raise ValueError(f"{name} is 128 bits wide; read its {fld.hi_lo} slots")
+        row = self.keys[_S[fld.slot]]
+        return (row >> np.uint64(fld.shift)) & np.uint64(fld.max)
+
+    def reasons(self) -> list[str]:
+        return [ERROR_REASONS[e] for e in self.error]
+
+
+def parse(batch: Batch) -> Parsed:
+    """Parse every packet of `batch` into OVS flow-key semantics; never raises on bad packets."""
+    return _Parser(batch).run()
+
+
+def _narrow(ix, mask: np.ndarray):
+    """Rows of `ix` where `mask` holds, and the local positions picking them."""
+    if mask.all():
+        return ix, _ALL
+    loc = np.flatnonzero(mask)
+    return (loc if isinstance(ix, slice) else ix[loc]), loc
+
+
+def _be(w: np.ndarray, off: int, k: int) -> np.ndarray:
+    """The big-endian integer in bytes off..off+k of each window row."""
+    t = np.zeros((w.shape[0], 8), dtype=np.uint8)
+    t[:, 8 - k:] = w[:, off:off + k]
+    return t.view(">u8")[:, 0]
+
+
+class _Parser:
+    """One parse of one batch: per-layer vectorized passes over row subsets."""
+
+    def __init__(self, batch: Batch):
+        n = len(batch)
+        self.n = n
+        self.keys = np.zeros((N_SLOTS, n), dtype=np.uint64)
+        self.error = np.zeros(n, dtype=np.uint8)
+        self.l2_5 = np.full(n, -1, dtype=np.int32)
+        self.l3 = np.full(n, -1, dtype=np.int32)
+        self.l4 = np.full(n, -1, dtype=np.int32)
+        self.batch = batch
+        self._views: dict[int, np.ndarray] = {}
+
+    # -- buffer access -------------------------------------------------------
+
+    def _setup(self) -> None:
+        b = self.batch
+        data = b.data
+        n, cap = data.shape
+        start = b.start.astype(np.int64)
+        length = b.length.astype(np.int64)
+        end = start + length
+        if (data.flags.c_contiguous and start.min() >= _PRE
+                and end.max() + _WMAX <= cap):
+            buf, shift = data, 0
+        else:
+            # Rare: no room around some packet; read from a padded copy.
+            width = cap + _PRE + _WMAX
+            buf = np.zeros((n, width), dtype=np.uint8)
+            buf[:, _PRE:_PRE + cap] = data
+            shift, cap = _PRE, width
+        self.flat = buf.reshape(-1)
+        # Absolute position of column 0 of each row in the flat buffer.
+        self.base = np.arange(n, dtype=np.int64) * cap + shift
+        self.length = length
+        self.start = self.base + start
+        self.end = self.base + end
+
+    def win(self, pos: np.ndarray, w: int) -> np.ndarray:
+        """Bytes pos..pos+w of the flat buffer for each position: an (m, w) uint8 array.
+
+        A void dtype of w bytes over a 1-byte stride makes this one fancy-index
+        copy of m small records instead of m*w single-byte gathers.
+        """
+        view = self._views.get(w)
+        if view is None:
+            view = np.ndarray((self.flat.size - w + 1,), dtype=np.dtype((np.void, w)),
+                              buffer=self.flat, strides=(1,))
+            self._views[w] = view
+        return view[pos].view(np.uint8).reshape(-1, w)
+
+    def fail(self, ix, loc_mask: np.ndarray, code: int) -> None:
+        rows = ix[loc_mask] if not isinstance(ix, slice) else np.flatnonzero(loc_mask)
+        self.error[rows] = code
+
+    def col(self, ix, pos: np.ndarray) -> np.ndarray:
+        return pos - self.base[ix]
+
+    # -- layers --------------------------------------------------------------
+
+    def run(self) -> Parsed:
+        keys = self.keys
+        if self.n:
+            keys[_S["in_port"]] = self.batch.in_port
+            self._setup()
+            self.ethernet()
+        return Parsed(keys, self.l2_5, self.l3, self.l4, self.error)
+
+    def ethernet(self) -> None:
+        keys = self.keys
+        ok = self.length >= 14
+        ix, _ = _narrow(_ALL, ok)
+        if not isinstance(ix, slice):
+            self.error[~ok] = _E["truncated_eth"]
+            if not ix.size:
+                return
+        pos = self.start[ix]
+        end = self.end[ix]
+        # Window from 2 bytes before the frame: words of 8 bytes hold
+        # [pad, dst] and [src, type]; 16-bit column 7 is the first ethertype.
+        w = self.win(pos - 2, 24)
+        q = w.view(">u8")
+        keys[_S["eth_dst"], ix] = q[:, 0] & _MAC
+        keys[_S["eth_src"], ix] = q[:, 1] >> 16
+        h = w.view(">u2")
+        etype = h[:, 7].astype(np.int64)
+        l3pos = pos + 14
+        tagged = (etype == ETH_VLAN) | (etype == ETH_QINQ)
+        if tagged.any():
+            etype, l3pos = self.vlan(ix, h, etype, tagged, end - pos, pos)
+        llc = etype < 0x600
+        if llc.any():
+            self.llc(llc, etype, l3pos, end)
+        keys[_S["eth_type"], ix] = etype
+        self.network(ix, etype, l3pos, end)
+
+    def vlan(self, ix, h, etype, tagged, size, pos):
+        """Up to two tags (OVS with vlan-limit=2): either TPID may be 0x8100 or 0x88a8."""
+        keys = self.keys
+        t1 = h[:, 9].astype(np.int64)
+        tag0 = tagged & (size >= 18)
+        more = tag0 & ((t1 == ETH_VLAN) | (t1 == ETH_QINQ))
+        tag1 = more & (size >= 22)
+        trunc = (tagged & ~tag0) | (more & ~tag1)
+        if trunc.any():
+            self.fail(ix, trunc, _E["truncated_vlan"])
+        keys[_S["vlan_tci"], ix] = np.where(tag0, h[:, 8] | VLAN_CFI, 0)
+        keys[_S["vlan_tpid"], ix] = np.where(tag0, etype, 0)
+        keys[_S["vlan_tci2"], ix] = np.where(tag1, h[:, 10] | VLAN_CFI, 0)
+        keys[_S["vlan_tpid2"], ix] = np.where(tag1, t1, 0)
+        # A truncated tag leaves its TPID as the ethertype, as OVS does.
+        etype = np.where(tag1, h[:, 11].astype(np.int64), np.where(tag0, t1, etype))
+        return etype, pos + 14 + 4 * (tag0.astype(np.int64) + tag1)
+
+    def llc(self, llc, etype, l3pos, end) -> None:
+        """802.3 length field: SNAP with OUI 0 gives its type, anything else 0x05ff."""
+        sub = np.flatnonzero(llc)
+        p = l3pos[sub]
+        w = self.win(p, 8)
+        snap = ((end[sub] - p >= 8) & (w[:, 0] == 0xAA) & (w[:, 1] == 0xAA)
+                & (w[:, 2] == 0x03) & (w[:, 3] == 0) & (w[:, 4] == 0) & (w[:, 5] == 0))
+        stype = w.view(">u2")[:, 3].astype(np.int64)
+        etype[sub] = np.where(snap & (stype >= 0x600), stype, 0x05FF)
+        l3pos[sub] = np.where(snap, p + 8, p)
+
+    def network(self, ix, etype, l3pos, end) -> None:
+        for types, layer in (((ETH_IP,), self.ipv4), ((ETH_IPV6,), self.ipv6),
+                             ((ETH_ARP, ETH_RARP), self.arp),
+                             ((ETH_MPLS, ETH_MPLS_MC), self.mpls), ((ETH_NSH,), self.nsh)):
+            m = etype == types[0]
+            for t in types[1:]:
+                m |= etype == t
+            if not m.any():
+                continue
+            rows, loc = _narrow(ix, m)
+            layer(rows, l3pos[loc], end[loc])
+            if isinstance(loc, slice):
+                break  # the whole batch was of this type
+
+    def ipv4(self, ix, p, end) -> None:
+        keys = self.keys
+        self.l3[ix] = self.col(ix, p)
+        size = end - p
+        w = self.win(p, 20)
+        h = w.view(">u2")
+        u = w.view(">u4")
+        ihl = (w[:, 0] & 15).astype(np.int64) << 2
+        tot = h[:, 1].astype(np.int64)
+        frag = h[:, 3]
+        keys[_S["nw_src"], ix] = u[:, 3]
+        keys[_S["nw_dst"], ix] = u[:, 4]
+        keys[_S["nw_tos"], ix] = w[:, 1]
+        keys[_S["nw_ttl"], ix] = w[:, 8]
+        proto = w[:, 9]
+        keys[_S["nw_proto"], ix] = proto
+        later = (frag & 0x1FFF) != 0
+        keys[_S["nw_frag"], ix] = ((frag & 0x3FFF) != 0).view(np.uint8) | (later.view(np.uint8) << 1)
+        good = (size >= 20) & (ihl >= 20) & (ihl <= size) & (tot <= size) & (ihl <= tot)
+        if not good.all():
+            bad = ~good
+            code = np.select(
+                [size < 20, ihl < 20, ihl > size, tot > size],
+                [_E["truncated_ipv4"], _E["bad_ipv4_ihl"], _E["truncated_ipv4"],
+                 _E["truncated_ipv4"]], _E["bad_ipv4_total_length"])
+            rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
+            self.error[rows] = code[bad]
+            # OVS keeps no L3 fields of a packet failing its sanity check.
+            keys[_L3_SLOTS_V4[:, None], rows] = 0
+        l4 = good & ~later
+        rows, loc = _narrow(ix, l4)
+        if isinstance(loc, slice) or loc.size:
+            self.transport(rows, proto[loc], (p + ihl)[loc], (p + tot)[loc], v6=False)
+
+    def ipv6(self, ix, p, end) -> None:
+        keys = self.keys
+        self.l3[ix] = self.col(ix, p)
+        size = end - p
+        w = self.win(p, 40)
+        q = w.view(">u8")
+        vtf = w.view(">u4")[:, 0]
+        plen = w.view(">u2")[:, 2].astype(np.int64)
+        keys[_S["ipv6_src_hi"], ix] = q[:, 1]
+        keys[_S["ipv6_src_lo"], ix] = q[:, 2]
+        keys[_S["ipv6_dst_hi"], ix] = q[:, 3]
+        keys[_S["ipv6_dst_lo"], ix] = q[:, 4]
+        keys[_S["ipv6_label"], ix] = vtf & 0xFFFFF
+        keys[_S["nw_tos"], ix] = (vtf >> 20) & 0xFF
+        keys[_S["nw_ttl"], ix] = w[:, 7]
+        proto = w[:, 6].astype(np.int64)
+        good = (size >= 40) & (plen + 40 <= size)
+        if not good.all():
+            self.fail(ix, ~good, _E["truncated_ipv6"])
+            rows = np.flatnonzero(~good) if isinstance(ix, slice) else ix[~good]
+            keys[_S["ipv6_src_hi"]:_S["ipv6_dst_lo"] + 1, rows] = 0
+            keys[_L3_SLOTS_V6_TAIL[:, None], rows] = 0
+        l4pos = p + 40
+        pend = l4pos + plen
+        later = np.zeros(len(p), dtype=bool)
+        ext = np.isin(proto, _IPV6_EXT) & good
+        if ext.any():
+            bad, frag = self.ipv6_ext(ext, proto, l4pos, pend)
+            keys[_S["nw_frag"], ix] = frag
+            later = (frag & 2) != 0
+            if bad.any():
+                # OVS keeps the addresses but no other L3 field of such a packet.
+                self.fail(ix, bad, _E["bad_ipv6_ext_header"])
+                rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
+                keys[_L3_SLOTS_V6_TAIL[:, None], rows] = 0
+                good &= ~bad
+        keys[_S["nw_proto"], ix] = np.where(good, proto, 0)
+        rows, loc = _narrow(ix, good & ~later)
+        if isinstance(loc, slice) or loc.size:
+            self.transport(rows, proto[loc], l4pos[loc], pend[loc], v6=True)
+
+    def ipv6_ext(self, ext, proto, pos, end):
+        """Walk extension headers (updating proto and pos in place), one header depth per pass."""
+        n = len(proto)
+        bad = np.zeros(n, dtype=bool)
+        frag = np.zeros(n, dtype=np.uint8)
+        act = np.flatnonzero(ext)
+        while act.size:
+            p = pos[act]
+            rem = end[act] - p
+            t = proto[act]
+            w = self.win(p, 8)
+            is_frag = t == _IPV6_FRAG
+            hlen = np.where(is_frag, 8,
+                            np.where(t == _IPV6_AH, (w[:, 1].astype(np.int64) + 2) * 4,
+                                     (w[:, 1].astype(np.int64) + 1) * 8))
+            broken = (rem < 8) | (hlen > rem)
+            bad[act[broken]] = True
+            offlg = w.view(">u2")[:, 1]
+            f_any = is_frag & ~broken & (offlg != 0)
+            f_later = f_any & ((offlg & 0xFFF8) != 0)
+            frag[act] |= f_any.view(np.uint8) | (f_later.view(np.uint8) << 1)
+            # Later fragments stop the walk with nw_proto = 44, as OVS does.
+            nxt = np.where(f_later, _IPV6_FRAG, w[:, 0].astype(np.int64))
+            proto[act] = np.where(broken, t, nxt)
+            pos[act] = p + hlen
+            go = ~broken & ~f_later & np.isin(nxt, _IPV6_EXT)
+            act = act[go]
+        return bad, frag
+
+    def transport(self, ix, proto, p, end, v6: bool) -> None:
+        keys = self.keys
+        self.l4[ix] = self.col(ix, p)
+        size = end - p
+        w = self.win(p, 24)
+        h = w.view(">u2")
+        tcp = proto == IP_TCP
+        udp = proto == IP_UDP
+        sctp = proto == IP_SCTP
+        if v6:
+            icmp = proto == IP_ICMPV6
+        else:
+            icmp = (proto == IP_ICMP) | (proto == _IP_IGMP)
+        off = (w[:, 12] >> 4).astype(np.int64) << 2
+        tcp_ok = tcp & (size >= 20) & (off >= 20) & (off <= size)
+        port_ok = tcp_ok | (udp & (size >= 8)) | (sctp & (size >= 12))
+        icmp_ok = icmp & (size >= 8)
+        keys[_S["tp_src"], ix] = np.where(port_ok, h[:, 0], np.where(icmp_ok, w[:, 0], 0))
+        keys[_S["tp_dst"], ix] = np.where(port_ok, h[:, 1], np.where(icmp_ok, w[:, 1], 0))
+        keys[_S["tcp_flags"], ix] = np.where(tcp_ok, h[:, 6] & 0x0FFF, 0)
+        known = tcp | udp | sctp | icmp
+        if not ((port_ok | icmp_ok) == known).all():
+            self.transport_errors(ix, proto, size, off, tcp, udp, sctp, icmp, v6,
+                                  known & ~(port_ok | icmp_ok))
+        if v6:
+            nd = icmp_ok & (w[:, 1] == 0) & ((w[:, 0] == 135) | (w[:, 0] == 136))
+            if nd.any():
+                rows, loc = _narrow(ix, nd)
+                self.nd(rows, p[loc], end[loc], w[loc])
+
+    def transport_errors(self, ix, proto, size, off, tcp, udp, sctp, icmp, v6, bad) -> None:
+        icmp_err = _E["truncated_icmpv6"] if v6 else np.where(
+            proto == _IP_IGMP, _E["truncated_igmp"], _E["truncated_icmp"])
+        code = np.select(
+            [tcp & (size >= 20) & (off < 20), tcp, udp, sctp, icmp],
+            [_E["bad_tcp_offset"], _E["truncated_tcp"], _E["truncated_udp"],
+             _E["truncated_sctp"], icmp_err], 0)
+        rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
+        self.error[rows] = code[bad]
+
+    def nd(self, ix, p, end, w) -> None:
+        """Neighbor solicit/advert: target, then SLL/TLL options as OVS's parse_icmpv6."""
+        keys = self.keys
+        m = len(p)
+        has_target = end - p >= 24
+        if not has_target.all():
+            self.fail(ix, ~has_target, _E["truncated_nd"])
+        q = w.view(">u8")
+        hi = np.where(has_target, q[:, 1], 0)
+        lo = np.where(has_target, q[:, 2], 0)
+        sll = np.zeros(m, dtype=np.uint64)
+        tll = np.zeros(m, dtype=np.uint64)
+        invalid = np.zeros(m, dtype=bool)
+        malformed = np.zeros(m, dtype=bool)
+        opt = p + 24
+        act = np.flatnonzero(has_target & (end - opt >= 8))
+        while act.size:
+            o = opt[act]
+            rem = end[act] - o
+            ow = self.win(o, 8)
+            olen = ow[:, 1].astype(np.int64) * 8
+            stop = (olen == 0) | (olen > rem)
+            malformed[act[stop]] = True
+            mac = ow.view(">u8")[:, 0] & _MAC
+            is_s = ~stop & (ow[:, 0] == 1) & (olen == 8)
+            is_t = ~stop & (ow[:, 0] == 2) & (olen == 8)
+            # A second SLL (or TLL) after a non-zero one voids the ND fields.
+            dup = (is_s & (sll[act] != 0)) | (is_t & (tll[act] != 0))
+            invalid[act[dup]] = True
+            set_s = is_s & ~dup
+            set_t = is_t & ~dup
+            sll[act[set_s]] = mac[set_s]
+            tll[act[set_t]] = mac[set_t]
+            opt[act] = o + olen
+            act = act[~stop & ~dup & (rem - olen >= 8)]
+        if invalid.any():
+            hi[invalid] = lo[invalid] = sll[invalid] = tll[invalid] = 0
+        if malformed.any():
+            self.fail(ix, malformed & has_target, _E["bad_nd_option"])
+        keys[_ND_SLOTS[:, None], ix] = np.stack([hi, lo, sll, tll])
+
+    def arp(self, ix, p, end) -> None:
+        """ARP/RARP, Ethernet/IPv4 only; opcodes above 255 leave nw_proto 0, as OVS."""
+        keys = self.keys
+        self.l3[ix] = self.col(ix, p)
+        w = self.win(p, 28)
+        h = w.view(">u2")
+        whole = end - p >= 28
+        if not whole.all():
+            self.fail(ix, ~whole, _E["truncated_arp"])
+        ok = whole & (h[:, 0] == 1) & (h[:, 1] == ETH_IP) & (w[:, 4] == 6) & (w[:, 5] == 4)
+        rows, loc = _narrow(ix, ok)
+        w = w[loc]
+        op = h[loc, 3]
+        keys[_S["nw_src"], rows] = _be(w, 14, 4)
+        keys[_S["nw_dst"], rows] = _be(w, 24, 4)
+        keys[_S["nw_proto"], rows] = np.where(op <= 0xFF, op, 0)
+        keys[_S["arp_sha"], rows] = _be(w, 8, 6)
+        keys[_S["arp_tha"], rows] = _be(w, 18, 6)
+
+    def mpls(self, ix, p, end) -> None:
+        """Label stack entries until bottom of stack; the first three go in the key."""
+        keys = self.keys
+        self.l2_5[ix] = self.col(ix, p)
+        m = len(p)
+        lse = np.zeros((3, m), dtype=np.uint64)
+        found = np.zeros(m, dtype=bool)
+        cur = p.copy()
+        act = np.arange(m)
+        depth = 0
+        while act.size:
+            act = act[end[act] - cur[act] >= 4]
+            if not act.size:
+                break
+            v = self.win(cur[act], 4).view(">u4")[:, 0]
+            if depth < 3:
+                lse[depth, act] = v
+            cur[act] += 4
+            bos = (v & 0x100) != 0
+            found[act[bos]] = True
+            act = act[~bos]
+            depth += 1
+        keys[_S["mpls_lse0"]:_S["mpls_lse2"] + 1, ix] = lse
+        if not found.all():
+            self.fail(ix, ~found, _E["truncated_mpls"])
+        rows, loc = _narrow(ix, found)
+        self.l3[rows] = self.col(rows, cur[loc])
+
+    def nsh(self, ix, p, end) -> None:
+        """NSH base and service path headers, MD type 1 contexts; nothing past NSH."""
+        keys = self.keys
+        self.l3[ix] = self.col(ix, p)
+        size = end - p
+        w = self.win(p, 24)
+        u = w.view(">u4")
+        vftl = w.view(">u2")[:, 0].astype(np.int64)
+        length = (vftl & 0x3F) << 2
+        md = w[:, 2]
+        trunc = (size < 8) | (length > size)
+        bad = ~trunc & (((vftl >> 14) != 0) | ((md == 1) & (length != 24))
+                        | ((md == 2) & (length < 8)))
+        if trunc.any():
+            self.fail(ix, trunc, _E["truncated_nsh"])
+        if bad.any():
+            self.fail(ix, bad, _E["bad_nsh"])
+        rows, loc = _narrow(ix, ~trunc & ~bad)
+        vftl, u, w, md = vftl[loc], u[loc], w[loc], md[loc]
+        keys[_S["nsh_flags"], rows] = (vftl >> 12) & 3
+        keys[_S["nsh_ttl"], rows] = (vftl >> 6) & 0x3F
+        keys[_S["nsh_mdtype"], rows] = md
+        keys[_S["nsh_np"], rows] = w[:, 3]
+        keys[_S["nsh_spi"], rows] = u[:, 1] >> 8
+        keys[_S["nsh_si"], rows] = u[:, 1] & 0xFF
+        md1 = md == 1
+        for i in range(4):
+            keys[_S[f"nsh_c{i + 1}"], rows] = np.where(md1, u[:, 2 + i], 0)
