@@ -23,36 +23,8 @@ from sbnet.datapath.execute import execute
 from sbnet.datapath.odp import (Meter, Output, PopMpls, PopVlan, PushMpls, PushVlan, Recirc,
                                 SetFields, Userspace)
 
-try:
-    from sbnet.datapath.batch import Batch
-except ImportError:  # stand-in with the documented contract until batch.py lands
-    HEADROOM = 64
-
-    class Batch:  # type: ignore[no-redef]
-        def __init__(self, data, start, length, in_port):
-            self.data, self.start, self.length, self.in_port = data, start, length, in_port
-
-        @classmethod
-        def from_packets(cls, packets, in_port=0):
-            n = len(packets)
-            cap = HEADROOM + max((len(p) for p in packets), default=0)
-            data = np.zeros((n, cap), dtype=np.uint8)
-            for i, p in enumerate(packets):
-                data[i, HEADROOM:HEADROOM + len(p)] = np.frombuffer(p, dtype=np.uint8)
-            return cls(data, np.full(n, HEADROOM, np.int32),
-                       np.array([len(p) for p in packets], np.int32),
-                       np.broadcast_to(np.asarray(in_port, np.uint32), (n,)).copy())
-
-        def packet(self, i):
-            s = int(self.start[i])
-            return self.data[i, s:s + int(self.length[i])].tobytes()
-
-        def packets(self):
-            return [self.packet(i) for i in range(len(self.start))]
-
-        def take(self, rows):
-            return Batch(self.data[rows], self.start[rows], self.length[rows], self.in_port[rows])
-
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.parse import parse
 
 VLAN_TPIDS = (0x8100, 0x88A8)
 MPLS_TYPES = (0x8847, 0x8848)
@@ -372,8 +344,12 @@ def action_lists(draw, kind: str):
 # --- running -------------------------------------------------------------------------------
 
 
-def make_batch(pkts: list[bytes]):
+def make_batch(pkts: list[bytes], use_parser: bool = False):
+    """A batch and its (l3, l4) offsets, from the parser or worked out with scapy."""
     batch = Batch.from_packets(pkts, 1)
+    if use_parser:
+        parsed = parse(batch)
+        return batch, parsed.l3, parsed.l4
     l3 = np.full(len(pkts), -1, np.int64)
     l4 = np.full(len(pkts), -1, np.int64)
     for i, p in enumerate(pkts):
@@ -396,11 +372,12 @@ def expected_outputs(pkts: list[bytes], actions) -> list[tuple[int, list[bytes]]
     return out
 
 
-def check(group: list[bytes], others: list[bytes], actions, seed: int = 0) -> None:
+def check(group: list[bytes], others: list[bytes], actions, seed: int = 0,
+          use_parser: bool = False) -> None:
     pkts = group + others
     order = np.random.default_rng(seed).permutation(len(pkts))
     shuffled = [pkts[i] for i in order]
-    batch, l3, l4 = make_batch(shuffled)
+    batch, l3, l4 = make_batch(shuffled, use_parser)
     before = batch.data.copy()
     rows = np.flatnonzero(order < len(group))
     got = execute(batch, rows, l3, l4, actions)
@@ -424,6 +401,20 @@ def cases(draw):
 def test_random_actions_match_scapy(case):
     group, others, actions, seed = case
     check(group, others, actions, seed)
+
+
+@st.composite
+def mixed_cases(draw):
+    """A group among one packet of every kind, so the parser sees a mixed batch."""
+    group, others, actions, seed = draw(cases())
+    return group, others + [draw(packets(k)) for k in KINDS], actions, seed
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_cases())
+def test_random_actions_with_parser_offsets(case):
+    group, others, actions, seed = case
+    check(group, others, actions, seed, use_parser=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -541,15 +541,12 @@ def _pop_mpls(st: _Work, ethertype: int) -> None:
     b.start[r] += 4
     b.length[r] -= 4
     if ethertype in (ETH_IP, ETH_IPV6):
-        # The payload did not move: it is the L3 header now (unless the parser saw it already).
-        l3 = pos + 6
-        fresh = st.l3[r] < 0
-        rr, c = r[fresh], l3[fresh]
-        st.l3[rr] = c
-        if len(rr):
-            d = b.data
-            if ethertype == ETH_IP:
-                later = ((d[rr, c + 6].astype(np.int64) << 8 | d[rr, c + 7]) & 0x1FFF) != 0
-                st.l4[rr] = np.where(later, -1, c + (d[rr, c] & 0x0F).astype(np.int64) * 4)
-            else:
-                st.l4[rr] = _ipv6_upper(d, rr, c)[1]
+        # The payload did not move and is the L3 header now; the parser may have
+        # stopped at the labels, so find its L4 header here.
+        d, c = b.data, pos + 6
+        st.l3[r] = c
+        if ethertype == ETH_IP:
+            later = ((d[r, c + 6].astype(np.int64) << 8 | d[r, c + 7]) & 0x1FFF) != 0
+            st.l4[r] = np.where(later, -1, c + (d[r, c] & 0x0F).astype(np.int64) * 4)
+        else:
+            st.l4[r] = _ipv6_upper(d, r, c)[1]
