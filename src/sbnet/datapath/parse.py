@@ -58,6 +58,40 @@ _ND_SLOTS = np.array([_S[s] for s in ("nd_target_hi", "nd_target_lo",
                                        "arp_sha", "arp_tha")])
 
 
+# Lookup tables replace chains of comparisons: one gather per packet field.
+_C_OTHER, _C_IPV4, _C_IPV6, _C_ARP, _C_MPLS, _C_NSH, _C_VLAN, _C_LLC = range(8)
+_ETYPE_CLASS = np.zeros(1 << 16, dtype=np.uint8)
+_ETYPE_CLASS[:0x600] = _C_LLC
+for _t, _c in ((ETH_IP, _C_IPV4), (ETH_IPV6, _C_IPV6), (ETH_ARP, _C_ARP),
+               (ETH_RARP, _C_ARP), (ETH_MPLS, _C_MPLS), (ETH_MPLS_MC, _C_MPLS),
+               (ETH_NSH, _C_NSH), (ETH_VLAN, _C_VLAN), (ETH_QINQ, _C_VLAN)):
+    _ETYPE_CLASS[_t] = _c
+# IPv4 header length in bytes from the version/IHL byte; IHL < 5 maps past any
+# total length so a single comparison rejects it.
+_IHL = (np.arange(256, dtype=np.int64) & 15) * 4
+_IHL[_IHL < 20] = 1 << 20
+
+
+def _l4_tables(icmp_protos):
+    """Per IP protocol: bytes needed for the key fields, ICMP-style (type/code) or not,
+    and the error code when they are missing."""
+    need = np.zeros(256, dtype=np.int64)
+    icmpish = np.zeros(256, dtype=bool)
+    err = np.zeros(256, dtype=np.uint8)
+    for proto, n_bytes, name in ((IP_TCP, 20, "truncated_tcp"), (IP_UDP, 8, "truncated_udp"),
+                                 (IP_SCTP, 12, "truncated_sctp")):
+        need[proto], err[proto] = n_bytes, ERROR_CODE[name]
+    for proto, name in icmp_protos:
+        need[proto], err[proto], icmpish[proto] = 8, ERROR_CODE[name], True
+    return need, icmpish, err
+
+
+_L4_V4 = _l4_tables(((IP_ICMP, "truncated_icmp"), (_IP_IGMP, "truncated_igmp")))
+_L4_V6 = _l4_tables(((IP_ICMPV6, "truncated_icmpv6"),))
+_IPV6_EXT_TABLE = np.zeros(256, dtype=bool)
+_IPV6_EXT_TABLE[list(_IPV6_EXT)] = True
+
+
 @dataclass
 class Parsed:
     """Flow keys and header offsets of a parsed batch.
@@ -199,23 +233,26 @@ class _Parser:
         keys[_S["eth_dst"], ix] = q[:, 0] & _MAC
         keys[_S["eth_src"], ix] = q[:, 1] >> 16
         h = w.view(">u2")
-        etype = h[:, 7].astype(np.int64)
+        etype = h[:, 7].astype(np.intp)
         l3pos = pos + 14
-        tagged = (etype == ETH_VLAN) | (etype == ETH_QINQ)
-        if tagged.any():
-            etype, l3pos = self.vlan(ix, h, etype, tagged, end - pos, pos)
-        llc = etype < 0x600
-        if llc.any():
-            self.llc(llc, etype, l3pos, end)
+        cls = _ETYPE_CLASS[etype]
+        if not (cls == _C_IPV4).all():
+            if (cls == _C_VLAN).any():
+                etype, l3pos = self.vlan(ix, h, etype, cls == _C_VLAN, end - pos, pos)
+                cls = _ETYPE_CLASS[etype]
+            llc = cls == _C_LLC
+            if llc.any():
+                self.llc(llc, etype, l3pos, end)
+                cls = _ETYPE_CLASS[etype]
         keys[_S["eth_type"], ix] = etype
-        self.network(ix, etype, l3pos, end)
+        self.network(ix, cls, l3pos, end)
 
     def vlan(self, ix, h, etype, tagged, size, pos):
         """Up to two tags (OVS with vlan-limit=2): either TPID may be 0x8100 or 0x88a8."""
         keys = self.keys
-        t1 = h[:, 9].astype(np.int64)
+        t1 = h[:, 9].astype(np.intp)
         tag0 = tagged & (size >= 18)
-        more = tag0 & ((t1 == ETH_VLAN) | (t1 == ETH_QINQ))
+        more = tag0 & (_ETYPE_CLASS[t1] == _C_VLAN)
         tag1 = more & (size >= 22)
         trunc = (tagged & ~tag0) | (more & ~tag1)
         if trunc.any():
@@ -225,7 +262,7 @@ class _Parser:
         keys[_S["vlan_tci2"], ix] = np.where(tag1, h[:, 10] | VLAN_CFI, 0)
         keys[_S["vlan_tpid2"], ix] = np.where(tag1, t1, 0)
         # A truncated tag leaves its TPID as the ethertype, as OVS does.
-        etype = np.where(tag1, h[:, 11].astype(np.int64), np.where(tag0, t1, etype))
+        etype = np.where(tag1, h[:, 11].astype(np.intp), np.where(tag0, t1, etype))
         return etype, pos + 14 + 4 * (tag0.astype(np.int64) + tag1)
 
     def llc(self, llc, etype, l3pos, end) -> None:
@@ -235,57 +272,64 @@ class _Parser:
         w = self.win(p, 8)
         snap = ((end[sub] - p >= 8) & (w[:, 0] == 0xAA) & (w[:, 1] == 0xAA)
                 & (w[:, 2] == 0x03) & (w[:, 3] == 0) & (w[:, 4] == 0) & (w[:, 5] == 0))
-        stype = w.view(">u2")[:, 3].astype(np.int64)
+        stype = w.view(">u2")[:, 3].astype(np.intp)
         etype[sub] = np.where(snap & (stype >= 0x600), stype, 0x05FF)
         l3pos[sub] = np.where(snap, p + 8, p)
 
-    def network(self, ix, etype, l3pos, end) -> None:
-        for types, layer in (((ETH_IP,), self.ipv4), ((ETH_IPV6,), self.ipv6),
-                             ((ETH_ARP, ETH_RARP), self.arp),
-                             ((ETH_MPLS, ETH_MPLS_MC), self.mpls), ((ETH_NSH,), self.nsh)):
-            m = etype == types[0]
-            for t in types[1:]:
-                m |= etype == t
-            if not m.any():
-                continue
-            rows, loc = _narrow(ix, m)
-            layer(rows, l3pos[loc], end[loc])
-            if isinstance(loc, slice):
-                break  # the whole batch was of this type
+    def network(self, ix, cls, l3pos, end) -> None:
+        layers = {_C_IPV4: self.ipv4, _C_IPV6: self.ipv6, _C_ARP: self.arp,
+                  _C_MPLS: self.mpls, _C_NSH: self.nsh}
+        first = int(cls[0])
+        if first in layers and (cls == first).all():
+            layers[first](ix, l3pos, end)
+            return
+        present = np.bincount(cls, minlength=8)
+        for c, layer in layers.items():
+            if present[c]:
+                rows, loc = _narrow(ix, cls == c)
+                layer(rows, l3pos[loc], end[loc])
 
     def ipv4(self, ix, p, end) -> None:
         keys = self.keys
         self.l3[ix] = self.col(ix, p)
-        size = end - p
         w = self.win(p, 20)
         h = w.view(">u2")
         u = w.view(">u4")
-        ihl = (w[:, 0] & 15).astype(np.int64) << 2
+        ihl = _IHL[w[:, 0].astype(np.intp)]
         tot = h[:, 1].astype(np.int64)
-        frag = h[:, 3]
         keys[_S["nw_src"], ix] = u[:, 3]
         keys[_S["nw_dst"], ix] = u[:, 4]
         keys[_S["nw_tos"], ix] = w[:, 1]
         keys[_S["nw_ttl"], ix] = w[:, 8]
-        proto = w[:, 9]
+        proto = w[:, 9].astype(np.intp)
         keys[_S["nw_proto"], ix] = proto
-        later = (frag & 0x1FFF) != 0
-        keys[_S["nw_frag"], ix] = ((frag & 0x3FFF) != 0).view(np.uint8) | (later.view(np.uint8) << 1)
-        good = (size >= 20) & (ihl >= 20) & (ihl <= size) & (tot <= size) & (ihl <= tot)
+        frag = h[:, 3] & 0x3FFF
+        if frag.any():
+            later = (frag & 0x1FFF) != 0
+            keys[_S["nw_frag"], ix] = (frag != 0).view(np.uint8) | (later.view(np.uint8) << 1)
+        else:
+            later = None
+        # ihl >= 20 (see _IHL) and ihl <= tot <= size imply the 20 bytes are there.
+        good = (ihl <= tot) & (tot <= end - p)
         if not good.all():
-            bad = ~good
-            code = np.select(
-                [size < 20, ihl < 20, ihl > size, tot > size],
-                [_E["truncated_ipv4"], _E["bad_ipv4_ihl"], _E["truncated_ipv4"],
-                 _E["truncated_ipv4"]], _E["bad_ipv4_total_length"])
-            rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
-            self.error[rows] = code[bad]
-            # OVS keeps no L3 fields of a packet failing its sanity check.
-            keys[_L3_SLOTS_V4[:, None], rows] = 0
-        l4 = good & ~later
-        rows, loc = _narrow(ix, l4)
+            self.ipv4_errors(ix, good, w, tot, end - p)
+        if later is not None:
+            good &= ~later
+        rows, loc = _narrow(ix, good)
         if isinstance(loc, slice) or loc.size:
-            self.transport(rows, proto[loc], (p + ihl)[loc], (p + tot)[loc], v6=False)
+            self.transport(rows, proto[loc], (p + ihl)[loc], (p + tot)[loc], _L4_V4, False)
+
+    def ipv4_errors(self, ix, good, w, tot, size) -> None:
+        bad = ~good
+        ihl = (w[:, 0] & 15).astype(np.int64) * 4
+        code = np.select(
+            [size < 20, ihl < 20, ihl > size, tot > size],
+            [_E["truncated_ipv4"], _E["bad_ipv4_ihl"], _E["truncated_ipv4"],
+             _E["truncated_ipv4"]], _E["bad_ipv4_total_length"])
+        rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
+        self.error[rows] = code[bad]
+        # OVS keeps no L3 fields of a packet failing its sanity check.
+        self.keys[_L3_SLOTS_V4[:, None], rows] = 0
 
     def ipv6(self, ix, p, end) -> None:
         keys = self.keys
@@ -302,7 +346,7 @@ class _Parser:
         keys[_S["ipv6_label"], ix] = vtf & 0xFFFFF
         keys[_S["nw_tos"], ix] = (vtf >> 20) & 0xFF
         keys[_S["nw_ttl"], ix] = w[:, 7]
-        proto = w[:, 6].astype(np.int64)
+        proto = w[:, 6].astype(np.intp)
         good = (size >= 40) & (plen + 40 <= size)
         if not good.all():
             self.fail(ix, ~good, _E["truncated_ipv6"])
@@ -312,7 +356,7 @@ class _Parser:
         l4pos = p + 40
         pend = l4pos + plen
         later = np.zeros(len(p), dtype=bool)
-        ext = np.isin(proto, _IPV6_EXT) & good
+        ext = _IPV6_EXT_TABLE[proto] & good
         if ext.any():
             bad, frag = self.ipv6_ext(ext, proto, l4pos, pend)
             keys[_S["nw_frag"], ix] = frag
@@ -326,7 +370,7 @@ class _Parser:
         keys[_S["nw_proto"], ix] = np.where(good, proto, 0)
         rows, loc = _narrow(ix, good & ~later)
         if isinstance(loc, slice) or loc.size:
-            self.transport(rows, proto[loc], l4pos[loc], pend[loc], v6=True)
+            self.transport(rows, proto[loc], l4pos[loc], pend[loc], _L4_V6, True)
 
     def ipv6_ext(self, ext, proto, pos, end):
         """Walk extension headers (updating proto and pos in place), one header depth per pass."""
@@ -350,52 +394,51 @@ class _Parser:
             f_later = f_any & ((offlg & 0xFFF8) != 0)
             frag[act] |= f_any.view(np.uint8) | (f_later.view(np.uint8) << 1)
             # Later fragments stop the walk with nw_proto = 44, as OVS does.
-            nxt = np.where(f_later, _IPV6_FRAG, w[:, 0].astype(np.int64))
+            nxt = np.where(f_later, _IPV6_FRAG, w[:, 0].astype(np.intp))
             proto[act] = np.where(broken, t, nxt)
             pos[act] = p + hlen
-            go = ~broken & ~f_later & np.isin(nxt, _IPV6_EXT)
+            go = ~broken & ~f_later & _IPV6_EXT_TABLE[nxt]
             act = act[go]
         return bad, frag
 
-    def transport(self, ix, proto, p, end, v6: bool) -> None:
+    def transport(self, ix, proto, p, end, tables, v6: bool) -> None:
         keys = self.keys
+        need_t, icmp_t, err_t = tables
         self.l4[ix] = self.col(ix, p)
         size = end - p
         w = self.win(p, 24)
         h = w.view(">u2")
+        need = need_t[proto]
+        ok = size >= need
         tcp = proto == IP_TCP
-        udp = proto == IP_UDP
-        sctp = proto == IP_SCTP
+        has_tcp = tcp.any()
+        if has_tcp:
+            off = (w[:, 12] >> 4).astype(np.int64) * 4
+            ok &= ~tcp | ((off >= 20) & (off <= size))
+        src = h[:, 0].astype(np.uint64)
+        dst = h[:, 1].astype(np.uint64)
+        icmp = icmp_t[proto]
+        if icmp.any():
+            # ICMP type and code are the first two bytes, not 16-bit ports.
+            dst = np.where(icmp, src & 0xFF, dst)
+            src = np.where(icmp, src >> 8, src)
+        ok &= need > 0
+        keys[_S["tp_src"], ix] = src * ok
+        keys[_S["tp_dst"], ix] = dst * ok
+        if has_tcp:
+            keys[_S["tcp_flags"], ix] = (h[:, 6] & 0x0FFF) * (ok & tcp)
+        bad = (need > 0) & ~ok
+        if bad.any():
+            code = err_t[proto]
+            if has_tcp:
+                code = np.where(tcp & (size >= 20) & (off < 20), _E["bad_tcp_offset"], code)
+            rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
+            self.error[rows] = code[bad]
         if v6:
-            icmp = proto == IP_ICMPV6
-        else:
-            icmp = (proto == IP_ICMP) | (proto == _IP_IGMP)
-        off = (w[:, 12] >> 4).astype(np.int64) << 2
-        tcp_ok = tcp & (size >= 20) & (off >= 20) & (off <= size)
-        port_ok = tcp_ok | (udp & (size >= 8)) | (sctp & (size >= 12))
-        icmp_ok = icmp & (size >= 8)
-        keys[_S["tp_src"], ix] = np.where(port_ok, h[:, 0], np.where(icmp_ok, w[:, 0], 0))
-        keys[_S["tp_dst"], ix] = np.where(port_ok, h[:, 1], np.where(icmp_ok, w[:, 1], 0))
-        keys[_S["tcp_flags"], ix] = np.where(tcp_ok, h[:, 6] & 0x0FFF, 0)
-        known = tcp | udp | sctp | icmp
-        if not ((port_ok | icmp_ok) == known).all():
-            self.transport_errors(ix, proto, size, off, tcp, udp, sctp, icmp, v6,
-                                  known & ~(port_ok | icmp_ok))
-        if v6:
-            nd = icmp_ok & (w[:, 1] == 0) & ((w[:, 0] == 135) | (w[:, 0] == 136))
+            nd = ok & icmp & (w[:, 1] == 0) & ((w[:, 0] == 135) | (w[:, 0] == 136))
             if nd.any():
                 rows, loc = _narrow(ix, nd)
                 self.nd(rows, p[loc], end[loc], w[loc])
-
-    def transport_errors(self, ix, proto, size, off, tcp, udp, sctp, icmp, v6, bad) -> None:
-        icmp_err = _E["truncated_icmpv6"] if v6 else np.where(
-            proto == _IP_IGMP, _E["truncated_igmp"], _E["truncated_icmp"])
-        code = np.select(
-            [tcp & (size >= 20) & (off < 20), tcp, udp, sctp, icmp],
-            [_E["bad_tcp_offset"], _E["truncated_tcp"], _E["truncated_udp"],
-             _E["truncated_sctp"], icmp_err], 0)
-        rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
-        self.error[rows] = code[bad]
 
     def nd(self, ix, p, end, w) -> None:
         """Neighbor solicit/advert: target, then SLL/TLL options as OVS's parse_icmpv6."""
