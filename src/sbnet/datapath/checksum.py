@@ -51,14 +51,19 @@ def internet_checksum(buf: bytes) -> int:
 def csum_replace(csum: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
     """RFC 1624 eqn. 3 incremental update: HC' = ~(~HC + ~m + m') over 16-bit words.
 
-    csum: (n,) stored checksums; old, new: (n, k) 16-bit words that changed.
-    Returns the (n,) uint16 checksums to store.
+    csum: (n,) stored checksums; old: (n, k) 16-bit words that changed; new: their
+    replacements, (n, k) or (k,) when every row gets the same.  Returns (n,) uint32
+    checksums to store.
     """
-    csum = np.asarray(csum, dtype=np.uint64)
-    old = np.asarray(old, dtype=np.uint64).reshape(len(csum), -1)
-    new = np.asarray(new, dtype=np.uint64).reshape(len(csum), -1)
-    total = (~csum & 0xFFFF) + (~old & 0xFFFF).sum(axis=1) + new.sum(axis=1)
-    return (~fold(total) & 0xFFFF).astype(np.uint16)
+    csum = np.asarray(csum, dtype=np.uint32)
+    old = np.asarray(old, dtype=np.uint32)
+    new = np.asarray(new, dtype=np.uint32)
+    # At most a few dozen words: the sum stays far below 2**32.
+    total = (csum ^ 0xFFFF) + (old ^ 0xFFFF).sum(axis=-1, dtype=np.uint32) \
+        + new.sum(axis=-1, dtype=np.uint32)
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return total ^ 0xFFFF
 
 
 def words_of(value: int, nbytes: int) -> np.ndarray:

@@ -155,8 +155,8 @@ def _be(b: np.ndarray) -> np.ndarray:
 
 
 def _words(b: np.ndarray) -> np.ndarray:
-    b = b.astype(np.uint64)
-    return (b[:, 0::2] << np.uint64(8)) | b[:, 1::2]
+    """(m, 2k) bytes -> (m, k) big-endian 16-bit words as uint32."""
+    return np.ascontiguousarray(b).view(">u2").astype(np.uint32)
 
 
 def _const(value: int, n: int) -> np.ndarray:
@@ -164,8 +164,7 @@ def _const(value: int, n: int) -> np.ndarray:
 
 
 def _csum_bytes(c: np.ndarray) -> np.ndarray:
-    c = c.astype(np.uint16)
-    return np.stack([(c >> 8).astype(np.uint8), (c & 0xFF).astype(np.uint8)], axis=1)
+    return c.astype(">u2").view(np.uint8).reshape(-1, 2)
 
 
 def _valid(off: np.ndarray) -> np.ndarray | None:
@@ -187,18 +186,21 @@ def _l4_update(st: _Work, rows: np.ndarray | None, proto: np.ndarray, old_w: np.
     rows: group rows the words belong to (None: all); proto: their L4 protocol.
     """
     d = st.batch.data
-    idx = np.arange(len(st.l4)) if rows is None else rows
-    l4 = st.l4[idx]
+    l4 = _sub(st.l4, rows)
     for number, csum_off in ((IP_TCP, 16), (IP_UDP, 6), (IP_ICMPV6, 2)):
         if number == IP_ICMPV6 and not icmp6:
             continue
         pick = (proto == number) & (l4 >= 0)
-        if not pick.any():
+        if pick.all():   # the usual case: one protocol per group
+            site, ow, nw = _site(rows, l4), old_w, new_w
+        elif pick.any():
+            r = np.flatnonzero(pick)
+            site = _site(r if rows is None else rows[r], l4[r])
+            ow, nw = old_w[r], (new_w if new_w.ndim == 1 else new_w[r])
+        else:
             continue
-        r = idx[pick]
-        site = _site(r, l4[pick])
         old = _words(_get(d, site, csum_off, 2))[:, 0]
-        new = ck.csum_replace(old, old_w[pick], new_w[pick])
+        new = ck.csum_replace(old, ow, nw)
         if number == IP_UDP:
             # UDP: 0 means "no checksum" and stays so; a computed 0 is sent as 0xFFFF.
             new = np.where(old == 0, 0, np.where(new == 0, 0xFFFF, new))
@@ -229,27 +231,41 @@ def _set_ipv4(st: _Work, f: dict[str, int]) -> None:
     rows = _valid(st.l3)
     site = _site(rows, _sub(st.l3, rows))
     d = st.batch.data
-    h = _get(d, site, 0, 20)
-    old = h.copy()
-    if "nw_tos" in f:
-        h[:, 1] = f["nw_tos"]
-    if "ip_dscp" in f:
-        h[:, 1] = (h[:, 1] & 0x03) | ((f["ip_dscp"] << 2) & 0xFC)
-    if "ip_ecn" in f:
-        h[:, 1] = (h[:, 1] & 0xFC) | (f["ip_ecn"] & 0x03)
+    old = _words(_get(d, site, 0, 20))          # the 10 header words, uint32
+    new = old.copy()
+    touched: list[int] = []                     # header words that change
+    if "nw_tos" in f or "ip_dscp" in f or "ip_ecn" in f:
+        tos = new[:, 0] & 0xFF
+        if "nw_tos" in f:
+            tos[:] = f["nw_tos"] & 0xFF
+        if "ip_dscp" in f:
+            tos = (tos & 0x03) | ((f["ip_dscp"] << 2) & 0xFC)
+        if "ip_ecn" in f:
+            tos = (tos & 0xFC) | (f["ip_ecn"] & 0x03)
+        new[:, 0] = (new[:, 0] & 0xFF00) | tos
+        _put(d, site, 1, 1, tos.astype(np.uint8)[:, None])
+        touched.append(0)
     if "ip_ttl" in f:
-        h[:, 8] = f["ip_ttl"]
-    if "ip_src" in f:
-        h[:, 12:16] = _const(f["ip_src"], 4)
-    if "ip_dst" in f:
-        h[:, 16:20] = _const(f["ip_dst"], 4)
-    old_w, new_w = _words(old), _words(h)
-    h[:, 10:12] = _csum_bytes(ck.csum_replace(old_w[:, 5], old_w, new_w))
-    _put(d, site, 0, 20, h)
-    if "ip_src" in f or "ip_dst" in f:
+        new[:, 4] = (new[:, 4] & 0x00FF) | ((f["ip_ttl"] & 0xFF) << 8)
+        _put(d, site, 8, 1, f["ip_ttl"] & 0xFF)
+        touched.append(4)
+    addr: list[int] = []
+    addr_new: list[int] = []
+    for name, word, off in (("ip_src", 6, 12), ("ip_dst", 8, 16)):
+        if name in f:
+            value = f[name] & 0xFFFFFFFF
+            new[:, word] = value >> 16
+            new[:, word + 1] = value & 0xFFFF
+            _put(d, site, off, 4, _const(value, 4))
+            addr += [word, word + 1]
+            addr_new += [value >> 16, value & 0xFFFF]
+    touched += addr
+    _put(d, site, 10, 2, _csum_bytes(ck.csum_replace(old[:, 5], old[:, touched], new[:, touched])))
+    if addr:
         # Later fragments carry no L4 header.
-        proto = np.where((old_w[:, 3] & 0x1FFF) == 0, old[:, 9], 0)
-        _l4_update(st, rows, proto, old_w[:, 6:10], new_w[:, 6:10], icmp6=False)
+        proto = np.where((old[:, 3] & 0x1FFF) == 0, old[:, 4] & 0xFF, 0)
+        _l4_update(st, rows, proto, old[:, addr], np.array(addr_new, np.uint32),
+                   icmp6=False)
 
 
 def _ipv6_upper(d: np.ndarray, rows: np.ndarray, l3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
