@@ -9,7 +9,6 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from sbnet.model import attrs as a
 from sbnet.model.errors import BadRequest, Forbidden, NotFound, PreconditionFailed, not_found

@@ -154,7 +154,7 @@ class RouterHooks(Hooks):
                                f"{port['network_id']}. Port already has an attached device "
                                f"{port['device_id']}.", type_name="PortInUse")
             if not port["fixed_ips"]:
-                raise bad_router(f"Router port must have at least one fixed IP")
+                raise bad_router("Router port must have at least one fixed IP")
             self._check_overlap(tx, router, [tx.get("subnet", f["subnet_id"]) for f in port["fixed_ips"]])
             port.update(device_id=router["id"], device_owner="network:router_interface")
             tx.update("port", port)

@@ -90,7 +90,7 @@ def check_gateway(cidr: str, gateway: str) -> None:
                                          f"subnet IP version {net.version}")
     if gw in net and net.num_addresses > 2 and (
             gw == net.network_address or (net.version == 4 and gw == net.broadcast_address)):
-        raise InvalidInput(error_message=f"Gateway is not valid on subnet")
+        raise InvalidInput(error_message="Gateway is not valid on subnet")
 
 
 def overlapping(cidr: str, others: Iterable[str]) -> str | None:

@@ -54,7 +54,7 @@ def check_provider(cfg: SegmentConfig, net_type: str | None, physnet: str | None
         raise InvalidInput(error_message=f"provider:physical_network specified for {net_type} network")
     if seg_id is not None and not 1 <= seg_id <= MAX_ID[net_type]:
         if net_type == "vlan":
-            raise InvalidInput(error_message=f"segmentation_id out of range (1 through 4094)")
+            raise InvalidInput(error_message="segmentation_id out of range (1 through 4094)")
         raise InvalidInput(error_message=f"segmentation_id out of range (1 through {MAX_ID[net_type]})")
     return net_type, physnet, seg_id
 

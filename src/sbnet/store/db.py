@@ -150,6 +150,10 @@ class Tx:
             and_(t.resources.c.type == typ, t.resources.c.id == ident))).first()
         return r[0] if r else None
 
+    def parent_of(self, typ: str, ident: str) -> str | None:
+        return self.conn.execute(select(t.resources.c.parent_id).where(
+            and_(t.resources.c.type == typ, t.resources.c.id == ident))).scalar()
+
     def list(self, typ: str, parent_id: str | None = None, project_id: str | None = None) -> list[dict]:
         q = select(t.resources.c.body).where(t.resources.c.type == typ)
         if parent_id is not None:
