@@ -72,6 +72,8 @@ class Switch:
         self.upcalls = 0
         self.packet_ins: list[bytes] = []
         self.packets_in = 0
+        # Every bridge has its LOCAL port, as in OVS; flood and all include it.
+        self.add_port(F.OFPP_LOCAL, name)
 
     # -- ports ------------------------------------------------------------
     def add_port(self, ofport: int, name: str | None = None, port: Port | None = None) -> Port:

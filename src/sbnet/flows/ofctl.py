@@ -132,9 +132,36 @@ def _parse_flow(text: str, default_table: int) -> Flow:
         match = mb.build()
     except MatchError as exc:
         raise FlowSyntaxError(str(exc), 1) from None
-    acts = parse_actions(act_text, act_base)
+    acts = _ofctl_vlan_semantics(match, parse_actions(act_text, act_base), act_base)
     return Flow(table=table, priority=priority, match=match, actions=acts,
                 cookie=cookie, idle_timeout=idle, hard_timeout=hard)
+
+
+def _ofctl_vlan_semantics(match: Match, acts: tuple, col: int) -> tuple:
+    """Apply ovs-ofctl's VLAN rules so a flow means here what it means in OVS.
+
+    mod_vlan_vid/mod_vlan_pcp keep their OpenFlow 1.0 meaning when the match does
+    not guarantee a tag: a tag is pushed first.  pop_vlan needs a tag guaranteed
+    by the match (or an earlier push) under OpenFlow 1.1+.
+    """
+    vec = match.slot_vector().get(F.SLOT_INDEX["vlan_tci"], (0, 0))
+    depth = 1 if vec[0] & vec[1] & F.VLAN_CFI else 0
+    out = []
+    for a in acts:
+        if isinstance(a, (A.ModVlanVid, A.ModVlanPcp)) and not depth:
+            out.append(A.PushVlan(F.ETH_VLAN))
+            depth = 1
+        elif isinstance(a, A.PushVlan):
+            depth += 1
+            if depth > 2:
+                raise FlowSyntaxError("push_vlan would make more than 2 VLAN tags", col + 1)
+        elif isinstance(a, A.PopVlan):
+            if not depth:
+                raise FlowSyntaxError("pop_vlan needs a VLAN tag in the match "
+                                      "(vlan_tci=0x1000/0x1000 or dl_vlan=N)", col + 1)
+            depth -= 1
+        out.append(a)
+    return tuple(out)
 
 
 def _set(mb: MatchBuilder, name: str, v: int, msk: int | None, tok: _Tok) -> None:
@@ -471,8 +498,10 @@ def _parse_group(text: str) -> A.GroupMod:
             gtype = "ff" if v == "fast_failover" else v
         elif k == "selection_method":
             method = v
-        elif k == "fields":
-            fields_ = tuple(f.strip() for f in v.strip("()").split(",") if f.strip())
+        elif k == "fields" or k.startswith("fields("):
+            spec = v if k == "fields" else k[len("fields"):]
+            fields_ = tuple(F.lookup(f.strip()).name
+                            for f in spec.strip("()").split(",") if f.strip())
         else:
             raise FlowSyntaxError(f"unknown group property {k!r}", tok.col + 1)
     if gid is None or gtype is None:
