@@ -38,15 +38,20 @@ CASES = {
 }
 
 
-def measure(batch, rows, l3, l4, actions, seconds: float) -> float:
+def measure(batch, rows, l3, l4, actions, seconds: float, windows: int = 5) -> float:
+    """Best Mpps over `windows` timing windows: other work on a shared machine only slows one down."""
     execute(batch, rows, l3, l4, actions)      # warm up
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        execute(batch, rows, l3, l4, actions)
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return calls * len(rows) / elapsed / 1e6
+    best = 0.0
+    for _ in range(windows):
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            execute(batch, rows, l3, l4, actions)
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds / windows:
+                break
+        best = max(best, calls * len(rows) / elapsed / 1e6)
+    return best
 
 
 def main() -> None:
@@ -60,7 +65,7 @@ def main() -> None:
     start = batch.start.astype(np.int64)
     l3, l4 = start + 14, start + 34
     print(f"datapath.execute, {args.batch} x {len(pkts[0])}-byte packets, one group "
-          f"(all rows), {args.seconds:.1f} s per case")
+          f"(all rows), best of 5 windows in {args.seconds:.1f} s per case")
     rows = np.arange(args.batch)
     half = np.arange(0, args.batch, 2)
     for name, actions in CASES.items():

@@ -48,14 +48,15 @@ def execute(batch: Batch, rows: np.ndarray, l3: np.ndarray, l4: np.ndarray,
         if isinstance(a, _NOT_EDITS):
             raise NotImplementedError(
                 f"{type(a).__name__} is not a packet edit: the switch must handle it before execute()")
-    rows = np.asarray(rows, dtype=np.intp)
+    rows = np.asarray(rows)
+    rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp, copy=False)
     if not actions or len(rows) == 0:
         return []
     work = batch.take(rows)
     if all(type(a) is Output for a in actions):
         return [(a.port, work) for a in actions]
-    st = _Work(work, _rebase(np.asarray(l3)[rows], batch.start[rows], work.start),
-               _rebase(np.asarray(l4)[rows], batch.start[rows], work.start))
+    # Batch.take keeps each packet at its columns, so the offsets carry over as they are.
+    st = _Work(work, np.asarray(l3)[rows], np.asarray(l4)[rows])
     out: list[tuple[int, Batch]] = []
     for a in actions:
         if type(a) is Output:
@@ -81,11 +82,6 @@ def execute(batch: Batch, rows: np.ndarray, l3: np.ndarray, l4: np.ndarray,
     return out
 
 
-def _rebase(off: np.ndarray, old_start: np.ndarray, new_start: np.ndarray) -> np.ndarray:
-    off = off.astype(np.int64)
-    return np.where(off >= 0, off - old_start + new_start, -1)
-
-
 class _Work:
     """The group's own batch plus its current per-row header offsets."""
 
@@ -98,10 +94,7 @@ class _Work:
     def own(self) -> None:
         if not self.shared:
             return
-        old = self.batch
-        self.batch = old.take(np.arange(len(old.start)))
-        self.l3 = _rebase(self.l3, old.start, self.batch.start)
-        self.l4 = _rebase(self.l4, old.start, self.batch.start)
+        self.batch = self.batch.take(np.arange(len(self.batch.start)))
         self.shared = False
 
     def headroom(self, need: int) -> None:
@@ -487,13 +480,16 @@ _SETTERS = {
 # --- push/pop ------------------------------------------------------------------------------
 
 
-def _move(d: np.ndarray, rows: np.ndarray, start: np.ndarray, n: np.ndarray, by: int) -> None:
-    """Move data[r, start:start+n] by `by` columns (n may differ per row)."""
-    for width in np.unique(n):
-        pick = n == width
-        r, s = rows[pick], start[pick]
-        if isinstance(width, np.integer):
-            width = int(width)
+def _move(d: np.ndarray, rows: np.ndarray, start: np.ndarray, n: np.ndarray | int,
+          by: int) -> None:
+    """Move data[r, start:start+n] by `by` columns (n an int or one per row)."""
+    if isinstance(n, int):
+        groups = [(n, rows, start)]
+    elif n.min() == n.max():
+        groups = [(int(n[0]), rows, start)]
+    else:
+        groups = [(int(w), rows[n == w], start[n == w]) for w in np.unique(n)]
+    for width, r, s in groups:
         if len(r) == len(d) and s.min() == s.max():
             c = int(s[0])
             d[:, c + by:c + by + width] = d[:, c:c + width].copy()
@@ -507,7 +503,7 @@ def _push_vlan(st: _Work, tpid: int, tci: int) -> None:
     b = st.batch
     start = b.start.astype(np.int64)
     r = np.arange(len(start))
-    _move(b.data, r, start, np.full(len(r), 12), -4)
+    _move(b.data, r, start, 12, -4)
     site = _site(None, start)
     _put(b.data, site, 8, 4, _const(tpid << 16 | tci, 4))
     b.start -= 4
@@ -523,7 +519,7 @@ def _pop_vlan(st: _Work) -> None:
     if not pick.any():
         return
     r = r[pick]
-    _move(b.data, r, start[pick], np.full(len(r), 12), 4)
+    _move(b.data, r, start[pick], 12, 4)
     b.start[r] += 4
     b.length[r] -= 4
 
