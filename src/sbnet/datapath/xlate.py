@@ -133,6 +133,9 @@ class _Ctx:
                 self.reason = f"no matching flow in table {table_id}"
             return
         self.rules.append(rule)
+        if not rule.flow.actions:
+            m = str(rule.flow.match) or "*"
+            self.reason = f"drop rule: table={table_id},priority={rule.priority},{m}"
         saved_table = self.table_id
         self.table_id = table_id
         self.depth += 1
