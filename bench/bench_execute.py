@@ -39,15 +39,15 @@ CASES = {
 
 
 def measure(batch, rows, l3, l4, actions, seconds: float, windows: int = 5) -> float:
-    """Best Mpps over `windows` timing windows: other work on a shared machine only slows one down."""
+    """Best Mpps over `windows` timing windows: CPU time of this process, so other work on the machine disturbs it little."""
     execute(batch, rows, l3, l4, actions)      # warm up
     best = 0.0
     for _ in range(windows):
-        calls, t0 = 0, time.perf_counter()
+        calls, t0 = 0, time.process_time()
         while True:
             execute(batch, rows, l3, l4, actions)
             calls += 1
-            elapsed = time.perf_counter() - t0
+            elapsed = time.process_time() - t0
             if elapsed >= seconds / windows:
                 break
         best = max(best, calls * len(rows) / elapsed / 1e6)

@@ -58,12 +58,24 @@ def csum_replace(csum: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarr
     csum = np.asarray(csum, dtype=np.uint32)
     old = np.asarray(old, dtype=np.uint32)
     new = np.asarray(new, dtype=np.uint32)
-    # At most a few dozen words: the sum stays far below 2**32.
-    total = (csum ^ 0xFFFF) + (old ^ 0xFFFF).sum(axis=-1, dtype=np.uint32) \
-        + new.sum(axis=-1, dtype=np.uint32)
+    k = old.shape[-1]
+    # ~m summed over k words is k*0xFFFF - sum(m); columns are added one by one because
+    # numpy's reduction over a short last axis is slow.  The total stays below 2**32.
+    total = (csum ^ 0xFFFF) + np.uint32(k * 0xFFFF) - _sum_cols(old) + _sum_cols(new)
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)
     return total ^ 0xFFFF
+
+
+def _sum_cols(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 1:
+        return np.uint32(a.sum(dtype=np.uint32))
+    if a.shape[1] > 8:
+        return a.sum(axis=1, dtype=np.uint32)
+    total = a[:, 0].copy()
+    for j in range(1, a.shape[1]):
+        total += a[:, j]
+    return total
 
 
 def words_of(value: int, nbytes: int) -> np.ndarray:

@@ -152,6 +152,36 @@ def _words(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view(">u2").astype(np.uint32)
 
 
+def _words_at(d: np.ndarray, site, off: int, k: int) -> tuple[np.ndarray, bool]:
+    """k big-endian 16-bit words at `off` of a site, and whether they are a view into d.
+
+    A view (uniform even column, every row) is read and written in place; otherwise the
+    words are a copy to store back with _words_put.
+    """
+    rows, col = site
+    if rows is None and isinstance(col, int) and (col + off) % 2 == 0 \
+            and d.flags.c_contiguous and d.shape[1] % 2 == 0:
+        c = (col + off) // 2
+        return d.view(">u2")[:, c:c + k], True
+    return np.ascontiguousarray(_get(d, site, off, 2 * k)).view(">u2"), False
+
+
+def _words_put(d: np.ndarray, site, off: int, w: np.ndarray, is_view: bool) -> None:
+    if not is_view:
+        _put(d, site, off, 2 * w.shape[1], w.view(np.uint8))
+
+
+def _udp_csum(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """UDP: 0 means "no checksum" and stays so; a computed 0 is sent as 0xFFFF."""
+    zero = new == 0
+    if zero.any():
+        new[zero] = 0xFFFF
+    none = old == 0
+    if none.any():
+        new[none] = 0
+    return new
+
+
 def _const(value: int, n: int) -> np.ndarray:
     return np.frombuffer(value.to_bytes(n, "big"), dtype=np.uint8)
 
@@ -192,12 +222,11 @@ def _l4_update(st: _Work, rows: np.ndarray | None, proto: np.ndarray, old_w: np.
             ow, nw = old_w[r], (new_w if new_w.ndim == 1 else new_w[r])
         else:
             continue
-        old = _words(_get(d, site, csum_off, 2))[:, 0]
+        cw, is_view = _words_at(d, site, csum_off, 1)
+        old = cw[:, 0].astype(np.uint32)
         new = ck.csum_replace(old, ow, nw)
-        if number == IP_UDP:
-            # UDP: 0 means "no checksum" and stays so; a computed 0 is sent as 0xFFFF.
-            new = np.where(old == 0, 0, np.where(new == 0, 0xFFFF, new))
-        _put(d, site, csum_off, 2, _csum_bytes(new))
+        cw[:, 0] = _udp_csum(old, new) if number == IP_UDP else new
+        _words_put(d, site, csum_off, cw, is_view)
 
 
 # --- set() per header ----------------------------------------------------------------------
@@ -224,41 +253,39 @@ def _set_ipv4(st: _Work, f: dict[str, int]) -> None:
     rows = _valid(st.l3)
     site = _site(rows, _sub(st.l3, rows))
     d = st.batch.data
-    old = _words(_get(d, site, 0, 20))          # the 10 header words, uint32
-    new = old.copy()
-    touched: list[int] = []                     # header words that change
-    if "nw_tos" in f or "ip_dscp" in f or "ip_ecn" in f:
-        tos = new[:, 0] & 0xFF
+    hdr, is_view = _words_at(d, site, 0, 10)   # the 10 header words
+    touched = ([0] if {"nw_tos", "ip_dscp", "ip_ecn"} & f.keys() else []) \
+        + ([4] if "ip_ttl" in f else [])
+    addr = ([6, 7] if "ip_src" in f else []) + ([8, 9] if "ip_dst" in f else [])
+    touched += addr
+    old = hdr[:, touched].astype(np.uint32)
+    csum = hdr[:, 5].astype(np.uint32)
+    if addr:
+        # Later fragments carry no L4 header.
+        proto = np.where((hdr[:, 3] & 0x1FFF) == 0, hdr[:, 4] & 0xFF, 0)
+    if touched[0] == 0:
+        tos = hdr[:, 0] & 0xFF
         if "nw_tos" in f:
             tos[:] = f["nw_tos"] & 0xFF
         if "ip_dscp" in f:
             tos = (tos & 0x03) | ((f["ip_dscp"] << 2) & 0xFC)
         if "ip_ecn" in f:
             tos = (tos & 0xFC) | (f["ip_ecn"] & 0x03)
-        new[:, 0] = (new[:, 0] & 0xFF00) | tos
-        _put(d, site, 1, 1, tos.astype(np.uint8)[:, None])
-        touched.append(0)
+        hdr[:, 0] = (hdr[:, 0] & 0xFF00) | tos
     if "ip_ttl" in f:
-        new[:, 4] = (new[:, 4] & 0x00FF) | ((f["ip_ttl"] & 0xFF) << 8)
-        _put(d, site, 8, 1, f["ip_ttl"] & 0xFF)
-        touched.append(4)
-    addr: list[int] = []
+        hdr[:, 4] = (hdr[:, 4] & 0x00FF) | ((f["ip_ttl"] & 0xFF) << 8)
     addr_new: list[int] = []
-    for name, word, off in (("ip_src", 6, 12), ("ip_dst", 8, 16)):
+    for name, word in (("ip_src", 6), ("ip_dst", 8)):
         if name in f:
             value = f[name] & 0xFFFFFFFF
-            new[:, word] = value >> 16
-            new[:, word + 1] = value & 0xFFFF
-            _put(d, site, off, 4, _const(value, 4))
-            addr += [word, word + 1]
+            hdr[:, word] = value >> 16
+            hdr[:, word + 1] = value & 0xFFFF
             addr_new += [value >> 16, value & 0xFFFF]
-    touched += addr
-    _put(d, site, 10, 2, _csum_bytes(ck.csum_replace(old[:, 5], old[:, touched], new[:, touched])))
+    hdr[:, 5] = ck.csum_replace(csum, old, hdr[:, touched])
+    _words_put(d, site, 0, hdr, is_view)
     if addr:
-        # Later fragments carry no L4 header.
-        proto = np.where((old[:, 3] & 0x1FFF) == 0, old[:, 4] & 0xFF, 0)
-        _l4_update(st, rows, proto, old[:, addr], np.array(addr_new, np.uint32),
-                   icmp6=False)
+        _l4_update(st, rows, proto, old[:, len(touched) - len(addr):],
+                   np.array(addr_new, np.uint32), icmp6=False)
 
 
 def _ipv6_upper(d: np.ndarray, rows: np.ndarray, l3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
