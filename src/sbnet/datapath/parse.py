@@ -479,7 +479,11 @@ class _Parser:
             hi[invalid] = lo[invalid] = sll[invalid] = tll[invalid] = 0
         if malformed.any():
             self.fail(ix, malformed & has_target, _E["bad_nd_option"])
-        keys[_ND_SLOTS[:, None], ix] = np.stack([hi, lo, sll, tll])
+        vals = np.stack([hi, lo, sll, tll])
+        if isinstance(ix, slice):
+            keys[_ND_SLOTS] = vals
+        else:
+            keys[_ND_SLOTS[:, None], ix] = vals
 
     def arp(self, ix, p, end) -> None:
         """ARP/RARP, Ethernet/IPv4 only; opcodes above 255 leave nw_proto 0, as OVS."""
