@@ -345,29 +345,29 @@ def _set_ipv6(st: _Work, f: dict[str, int]) -> None:
 
 
 def _set_ports(proto: str):
-    known = {f"{proto}_src", f"{proto}_dst"}
+    src, dst = f"{proto}_src", f"{proto}_dst"
 
     def setter(st: _Work, f: dict[str, int]) -> None:
-        _fields_check(proto, f, known)
+        _fields_check(proto, f, {src, dst})
         rows = _valid(st.l4)
         site = _site(rows, _sub(st.l4, rows))
         d = st.batch.data
-        ports = _get(d, site, 0, 4)
-        old = ports.copy()
-        if f"{proto}_src" in f:
-            ports[:, 0:2] = _const(f[f"{proto}_src"], 2)
-        if f"{proto}_dst" in f:
-            ports[:, 2:4] = _const(f[f"{proto}_dst"], 2)
-        _put(d, site, 0, 4, ports)
+        ports, is_view = _words_at(d, site, 0, 2)
+        old = ports.astype(np.uint32)
+        if src in f:
+            ports[:, 0] = f[src] & 0xFFFF
+        if dst in f:
+            ports[:, 1] = f[dst] & 0xFFFF
+        _words_put(d, site, 0, ports, is_view)
         if proto == "sctp":
             _sctp_crc(st, rows)
             return
         csum_off = 16 if proto == "tcp" else 6
-        c = _words(_get(d, site, csum_off, 2))[:, 0]
-        new = ck.csum_replace(c, _words(old), _words(ports))
-        if proto == "udp":
-            new = np.where(c == 0, 0, np.where(new == 0, 0xFFFF, new))
-        _put(d, site, csum_off, 2, _csum_bytes(new))
+        cw, is_view = _words_at(d, site, csum_off, 1)
+        c = cw[:, 0].astype(np.uint32)
+        new = ck.csum_replace(c, old, ports)
+        cw[:, 0] = _udp_csum(c, new) if proto == "udp" else new
+        _words_put(d, site, csum_off, cw, is_view)
 
     return setter
 
