@@ -39,7 +39,10 @@ CASES = {
 
 
 def measure(batch, rows, l3, l4, actions, seconds: float, windows: int = 5) -> float:
-    """Best Mpps over `windows` timing windows: CPU time of this process, so other work on the machine disturbs it little."""
+    """Best Mpps over `windows` timing windows.
+
+    Timed in CPU time of this process, so other work on the machine disturbs it little.
+    """
     execute(batch, rows, l3, l4, actions)      # warm up
     best = 0.0
     for _ in range(windows):

@@ -67,7 +67,8 @@ def packets(draw, kind: str) -> bytes:
         eth = eth / Dot1Q(vlan=draw(st.integers(0, 4095)), prio=draw(st.integers(0, 7)))
     ip4 = IP(src=ip4_text(draw(ip4s)), dst=ip4_text(draw(ip4s)), tos=draw(st.integers(0, 255)),
              ttl=draw(st.integers(1, 255)), id=draw(ports))
-    ip6 = IPv6(src=ip6_text(draw(ip6s)), dst=ip6_text(draw(ip6s)), fl=draw(st.integers(0, 2**20 - 1)),
+    ip6 = IPv6(src=ip6_text(draw(ip6s)), dst=ip6_text(draw(ip6s)),
+               fl=draw(st.integers(0, 2**20 - 1)),
                tc=draw(st.integers(0, 255)), hlim=draw(st.integers(1, 255)))
     sp, dp = draw(ports), draw(ports)
     # scapy reads bytes after an SCTP header that are no whole chunk as padding.
@@ -90,9 +91,11 @@ def packets(draw, kind: str) -> bytes:
         "arp": lambda: ARP(op=draw(st.integers(1, 2)), hwsrc=mac_text(draw(macs)),
                            psrc=ip4_text(draw(ip4s)), hwdst=mac_text(draw(macs)),
                            pdst=ip4_text(draw(ip4s))),
-        "mpls1": lambda: MPLS(label=draw(st.integers(0, 2**20 - 1)), s=1, ttl=draw(st.integers(0, 255)))
+        "mpls1": lambda: MPLS(label=draw(st.integers(0, 2**20 - 1)), s=1,
+                              ttl=draw(st.integers(0, 255)))
                          / ip4 / UDP(sport=sp, dport=dp) / payload,
-        "mpls2": lambda: MPLS(label=draw(st.integers(0, 2**20 - 1)), s=0, cos=draw(st.integers(0, 7)))
+        "mpls2": lambda: MPLS(label=draw(st.integers(0, 2**20 - 1)), s=0,
+                              cos=draw(st.integers(0, 7)))
                          / MPLS(label=draw(st.integers(0, 2**20 - 1)), s=1)
                          / ip4 / UDP(sport=sp, dport=dp) / payload,
     }[kind]()
@@ -120,7 +123,8 @@ def offsets(b: bytes) -> tuple[int, int]:
     layer = p[cls].payload
     while isinstance(layer, IPv6ExtHdrHopByHop):
         layer = layer.payload
-    if cls is ARP or not isinstance(layer, Packet) or isinstance(layer, Raw) or not len(bytes(layer)):
+    if cls is ARP or not isinstance(layer, Packet) or isinstance(layer, Raw) \
+            or not len(bytes(layer)):
         return l3, -1
     return l3, len(b) - len(bytes(layer))
 
@@ -316,7 +320,8 @@ def action_lists(draw, kind: str):
         elif c == "skb_mark":
             actions.append(SetFields("skb_mark", (("pkt_mark", draw(ip4s)),)))
         elif c == "push_vlan":
-            actions.append(PushVlan(draw(st.sampled_from(VLAN_TPIDS)), draw(st.integers(0, 0xFFFF))))
+            actions.append(PushVlan(draw(st.sampled_from(VLAN_TPIDS)),
+                                    draw(st.integers(0, 0xFFFF))))
         elif c == "pop_vlan":
             actions.append(PopVlan())
         elif c == "push_mpls":
@@ -430,7 +435,8 @@ def test_generated_packets_round_trip_through_scapy(pkts):
 
 def tcp4(**ip) -> bytes:
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-                 / IP(src="10.0.0.1", dst="10.0.0.2", **ip) / TCP(sport=1000, dport=80) / Raw(b"x" * 6))
+                 / IP(src="10.0.0.1", dst="10.0.0.2", **ip) / TCP(sport=1000, dport=80)
+                 / Raw(b"x" * 6))
 
 
 def test_output_set_output_gives_each_port_its_bytes():

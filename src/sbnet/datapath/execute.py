@@ -1,22 +1,4 @@
-"""Datapath action execution: one ODP action list applied to a group of a batch's packets at once.
-
-`execute(batch, rows, l3, l4, actions)` gathers the group's rows once into a batch it owns
-(`batch.take(rows)`), applies the actions in order with numpy operations over the whole
-group, and returns `[(port, Batch), ...]` for the Output actions in action order.
-
-- `rows`: indices into `batch` of the packets that share `actions`.
-- `l3`, `l4`: the parser's per-packet header offsets for the *whole* batch (shape (n,)),
-  absolute columns into `batch.data`, -1 where absent.  MPLS packets need no offsets:
-  the label stack is found from the Ethernet header.
-- The input batch is never written.  Each Output emits the packets as they are at that
-  point; consecutive Outputs with no edit between them share one emitted Batch object,
-  so consumers must treat emitted batches as read-only (take() them to edit).
-- Meter, Recirc and Userspace are not packet edits: the switch handles them before
-  calling here, and they raise NotImplementedError.
-- Checksums: IPv4 header and TCP/UDP/ICMPv6 pseudo-header checksums are updated
-  incrementally (RFC 1624), so a packet that arrived with a bad checksum keeps it bad;
-  a UDP checksum of 0 (none) stays 0; SCTP's CRC32c is recomputed.
-"""
+"""Datapath action execution: one ODP action list applied at once to a group of packets."""
 
 from __future__ import annotations
 
@@ -28,7 +10,7 @@ from sbnet.datapath import checksum as ck
 from sbnet.datapath.odp import (Meter, OdpAction, Output, PopMpls, PopVlan, PushMpls,
                                 PushVlan, Recirc, SetFields, Userspace)
 from sbnet.flows.fields import (ETH_IP, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC, ETH_QINQ, ETH_VLAN,
-                                IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP)
+                                IP_ICMPV6, IP_TCP, IP_UDP)
 
 if TYPE_CHECKING:
     from sbnet.datapath.batch import Batch
@@ -43,11 +25,29 @@ _ARANGE = np.arange(64, dtype=np.int64)
 
 def execute(batch: Batch, rows: np.ndarray, l3: np.ndarray, l4: np.ndarray,
             actions: tuple[OdpAction, ...]) -> list[tuple[int, Batch]]:
-    """Apply `actions` to the packets `rows` of `batch`; [(port, emitted batch)] in action order."""
+    """Apply `actions` to the packets `rows` of `batch`; [(port, emitted batch)] in action order.
+
+    - rows: indices (or a boolean mask) into `batch` of the packets sharing `actions`.
+    - l3, l4: the parser's header offsets for the *whole* batch (shape (n,)), absolute
+      columns of batch.data, -1 where absent (Parsed.l3, Parsed.l4).  MPLS needs none:
+      the label stack is found from the Ethernet header.
+    - The group is gathered once with batch.take(rows) and edited there with numpy
+      operations over all its rows; the input batch is never written.  After a push or
+      pop the offsets are kept current, so later set()s find their headers.
+    - Each Output emits the packets as they are at that point.  Consecutive Outputs with
+      no edit between them share one Batch object: treat emitted batches as read-only.
+      Empty actions drop (returns []); so does an empty group.
+    - Checksums: the IPv4 header checksum and the TCP/UDP/ICMPv6 checksums that cover
+      changed fields are updated incrementally (RFC 1624), so a packet that arrived with
+      a bad checksum stays bad; a UDP checksum of 0 (none) stays 0; SCTP's CRC32c is
+      recomputed.  ICMPv4 has no pseudo-header and is left alone.
+    - Meter, Recirc and Userspace are not packet edits: the switch handles them before
+      calling here, and they raise NotImplementedError.
+    """
     for a in actions:
         if isinstance(a, _NOT_EDITS):
-            raise NotImplementedError(
-                f"{type(a).__name__} is not a packet edit: the switch must handle it before execute()")
+            raise NotImplementedError(f"{type(a).__name__} is not a packet edit: "
+                                      "the switch must handle it before execute()")
     rows = np.asarray(rows)
     rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp, copy=False)
     if not actions or len(rows) == 0:
@@ -58,7 +58,8 @@ def execute(batch: Batch, rows: np.ndarray, l3: np.ndarray, l4: np.ndarray,
     # Batch.take keeps each packet at its columns, so the offsets carry over as they are.
     st = _Work(work, np.asarray(l3)[rows], np.asarray(l4)[rows])
     out: list[tuple[int, Batch]] = []
-    for a in actions:
+    last = max((i for i, a in enumerate(actions) if type(a) is Output), default=-1)
+    for a in actions[:last + 1]:   # edits after the last Output would reach no port
         if type(a) is Output:
             out.append((a.port, st.batch))
             st.shared = True
