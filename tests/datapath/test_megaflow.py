@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -220,3 +221,16 @@ def test_bundle_changes_take_effect_on_next_batch(seed):
         live = {parse_flow(t).key for t in flows}
         assert set(counters(sw)) <= live, "a deleted flow still counts packets"
         assert counters(sw) == hits
+
+
+@pytest.mark.xfail(strict=True, reason="megaflow._hash sets bit 0 of every hash (h |= 1, so 0 can mark "
+                   "an empty slot) and Subtable uses the low bits as the home slot: only odd slots "
+                   "are ever home slots, halving the table and lengthening probe chains")
+def test_megaflow_hash_uses_even_home_slots():
+    from sbnet.datapath.megaflow import Subtable
+    sub = Subtable((0, 1), (0xFFFFFFFF, 0xFFFF))
+    for i in range(1000):
+        sub.insert((0x0A000000 + i, 1024 + i % 7), i)
+    live = np.flatnonzero(sub.index >= 0)
+    home = sub.hashes[live] & np.uint64(sub.size - 1)
+    assert (home % 2 == 0).any()
