@@ -410,7 +410,6 @@ def test_any_start_and_tight_capacity(frames_, headroom):
                   tight.in_port)
     a, b = parse(base), parse(tight)
     assert (a.keys == b.keys).all() and (a.error == b.error).all()
-    assert ((a.l3 - base.start) == (b.l3 - tight.start)).all() or True
     for x, y in ((a.l2_5, b.l2_5), (a.l3, b.l3), (a.l4, b.l4)):
         assert (np.where(x >= 0, x - base.start, -1) == np.where(y >= 0, y - tight.start, -1)).all()
 

@@ -72,22 +72,24 @@ _IHL = (np.arange(256, dtype=np.int64) & 15) * 4
 _IHL[_IHL < 20] = 1 << 20
 
 
-def _l4_tables(icmp_protos):
-    """Per IP protocol: bytes needed for the key fields, ICMP-style (type/code) or not,
-    and the error code when they are missing."""
-    need = np.zeros(256, dtype=np.int64)
-    icmpish = np.zeros(256, dtype=bool)
-    err = np.zeros(256, dtype=np.uint8)
-    for proto, n_bytes, name in ((IP_TCP, 20, "truncated_tcp"), (IP_UDP, 8, "truncated_udp"),
-                                 (IP_SCTP, 12, "truncated_sctp")):
-        need[proto], err[proto] = n_bytes, ERROR_CODE[name]
-    for proto, name in icmp_protos:
+def _l4_tables():
+    """Indexed by IP protocol (+256 for IPv6): bytes the key fields need, whether they
+    are ICMP-style type/code bytes rather than 16-bit ports, and the error when short."""
+    need = np.zeros(512, dtype=np.int64)
+    icmpish = np.zeros(512, dtype=bool)
+    err = np.zeros(512, dtype=np.uint8)
+    for fam in (0, 256):
+        for proto, n_bytes, name in ((IP_TCP, 20, "truncated_tcp"), (IP_UDP, 8, "truncated_udp"),
+                                     (IP_SCTP, 12, "truncated_sctp")):
+            need[fam + proto], err[fam + proto] = n_bytes, ERROR_CODE[name]
+    for proto, name in ((IP_ICMP, "truncated_icmp"), (_IP_IGMP, "truncated_igmp"),
+                        (256 + IP_ICMPV6, "truncated_icmpv6")):
         need[proto], err[proto], icmpish[proto] = 8, ERROR_CODE[name], True
     return need, icmpish, err
 
 
-_L4_V4 = _l4_tables(((IP_ICMP, "truncated_icmp"), (_IP_IGMP, "truncated_igmp")))
-_L4_V6 = _l4_tables(((IP_ICMPV6, "truncated_icmpv6"),))
+_L4_NEED, _L4_ICMP, _L4_ERR = _l4_tables()
+_V6 = 256
 _IPV6_EXT_TABLE = np.zeros(256, dtype=bool)
 _IPV6_EXT_TABLE[list(_IPV6_EXT)] = True
 
@@ -281,13 +283,22 @@ class _Parser:
                   _C_MPLS: self.mpls, _C_NSH: self.nsh}
         first = int(cls[0])
         if first in layers and (cls == first).all():
-            layers[first](ix, l3pos, end)
-            return
-        present = np.bincount(cls, minlength=8)
-        for c, layer in layers.items():
-            if present[c]:
-                rows, loc = _narrow(ix, cls == c)
-                layer(rows, l3pos[loc], end[loc])
+            l4 = [layers[first](ix, l3pos, end)]
+        else:
+            present = np.bincount(cls, minlength=8)
+            l4 = []
+            for c, layer in layers.items():
+                if present[c]:
+                    rows, loc = _narrow(ix, cls == c)
+                    l4.append(layer(rows, l3pos[loc], end[loc]))
+        # IPv4 and IPv6 transport headers are parsed in one pass.
+        l4 = [x for x in l4 if x is not None]
+        if len(l4) == 1:
+            self.transport(*l4[0])
+        elif l4:
+            rows = [np.arange(self.n)[r] if isinstance(r, slice) else r for r, *_ in l4]
+            self.transport(np.concatenate(rows),
+                           *(np.concatenate([x[i] for x in l4]) for i in (1, 2, 3)))
 
     def ipv4(self, ix, p, end) -> None:
         keys = self.keys
@@ -317,7 +328,8 @@ class _Parser:
             good &= ~later
         rows, loc = _narrow(ix, good)
         if isinstance(loc, slice) or loc.size:
-            self.transport(rows, proto[loc], (p + ihl)[loc], (p + tot)[loc], _L4_V4, False)
+            return rows, proto[loc], (p + ihl)[loc], (p + tot)[loc]
+        return None
 
     def ipv4_errors(self, ix, good, w, tot, size) -> None:
         bad = ~good
@@ -370,7 +382,8 @@ class _Parser:
         keys[_S["nw_proto"], ix] = np.where(good, proto, 0)
         rows, loc = _narrow(ix, good & ~later)
         if isinstance(loc, slice) or loc.size:
-            self.transport(rows, proto[loc], l4pos[loc], pend[loc], _L4_V6, True)
+            return rows, proto[loc] + _V6, l4pos[loc], pend[loc]
+        return None
 
     def ipv6_ext(self, ext, proto, pos, end):
         """Walk extension headers (updating proto and pos in place), one header depth per pass."""
@@ -401,44 +414,70 @@ class _Parser:
             act = act[go]
         return bad, frag
 
-    def transport(self, ix, proto, p, end, tables, v6: bool) -> None:
+    def transport(self, ix, kp, p, end) -> None:
+        """TCP/UDP/SCTP ports, ICMP/ICMPv6/IGMP type and code; kp is proto (+256 for IPv6)."""
         keys = self.keys
-        need_t, icmp_t, err_t = tables
         self.l4[ix] = self.col(ix, p)
         size = end - p
         w = self.win(p, 24)
         h = w.view(">u2")
-        need = need_t[proto]
-        ok = size >= need
-        tcp = proto == IP_TCP
-        has_tcp = tcp.any()
-        if has_tcp:
-            off = (w[:, 12] >> 4).astype(np.int64) * 4
-            ok &= ~tcp | ((off >= 20) & (off <= size))
-        src = h[:, 0].astype(np.uint64)
-        dst = h[:, 1].astype(np.uint64)
-        icmp = icmp_t[proto]
-        if icmp.any():
-            # ICMP type and code are the first two bytes, not 16-bit ports.
-            dst = np.where(icmp, src & 0xFF, dst)
-            src = np.where(icmp, src >> 8, src)
-        ok &= need > 0
-        keys[_S["tp_src"], ix] = src * ok
-        keys[_S["tp_dst"], ix] = dst * ok
-        if has_tcp:
+        k0 = int(kp[0])
+        if (kp == k0).all():
+            # One protocol in the whole pass (the usual burst): scalar decisions.
+            need, icmp, tcp = int(_L4_NEED[k0]), bool(_L4_ICMP[k0]), k0 in (IP_TCP, _V6 + IP_TCP)
+            if not need:
+                return
+            ok = size >= need
+            if tcp:
+                off = (w[:, 12] >> 4).astype(np.int64) * 4
+                ok &= (off >= 20) & (off <= size)
+            if icmp:
+                src, dst = w[:, 0], w[:, 1]
+            else:
+                src, dst = h[:, 0], h[:, 1]
+            all_ok = ok.all()
+            keys[_S["tp_src"], ix] = src if all_ok else src * ok
+            keys[_S["tp_dst"], ix] = dst if all_ok else dst * ok
+            if tcp:
+                flags = h[:, 6] & 0x0FFF
+                keys[_S["tcp_flags"], ix] = flags if all_ok else flags * ok
+            if not all_ok:
+                self.transport_errors(ix, ~ok, kp, size, w, tcp)
+            nd_cand = ok if k0 == _V6 + IP_ICMPV6 else None
+        else:
+            need = _L4_NEED[kp]
+            ok = size >= need
+            tcp = (kp == IP_TCP) | (kp == _V6 + IP_TCP)
+            if tcp.any():
+                off = (w[:, 12] >> 4).astype(np.int64) * 4
+                ok &= ~tcp | ((off >= 20) & (off <= size))
+            src = h[:, 0].astype(np.uint64)
+            dst = h[:, 1].astype(np.uint64)
+            icmp = _L4_ICMP[kp]
+            if icmp.any():
+                # ICMP type and code are the first two bytes, not 16-bit ports.
+                dst = np.where(icmp, src & 0xFF, dst)
+                src = np.where(icmp, src >> 8, src)
+            known = need > 0
+            ok &= known
+            keys[_S["tp_src"], ix] = src * ok
+            keys[_S["tp_dst"], ix] = dst * ok
             keys[_S["tcp_flags"], ix] = (h[:, 6] & 0x0FFF) * (ok & tcp)
-        bad = (need > 0) & ~ok
-        if bad.any():
-            code = err_t[proto]
-            if has_tcp:
-                code = np.where(tcp & (size >= 20) & (off < 20), _E["bad_tcp_offset"], code)
-            rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
-            self.error[rows] = code[bad]
-        if v6:
-            nd = ok & icmp & (w[:, 1] == 0) & ((w[:, 0] == 135) | (w[:, 0] == 136))
+            bad = known & ~ok
+            if bad.any():
+                self.transport_errors(ix, bad, kp, size, w, tcp)
+            nd_cand = ok & (kp == _V6 + IP_ICMPV6)
+        if nd_cand is not None:
+            nd = nd_cand & (w[:, 1] == 0) & ((w[:, 0] == 135) | (w[:, 0] == 136))
             if nd.any():
                 rows, loc = _narrow(ix, nd)
                 self.nd(rows, p[loc], end[loc], w[loc])
+
+    def transport_errors(self, ix, bad, kp, size, w, tcp) -> None:
+        off = (w[:, 12] >> 4).astype(np.int64) * 4
+        code = np.where(tcp & (size >= 20) & (off < 20), _E["bad_tcp_offset"], _L4_ERR[kp])
+        rows = np.flatnonzero(bad) if isinstance(ix, slice) else ix[bad]
+        self.error[rows] = code[bad]
 
     def nd(self, ix, p, end, w) -> None:
         """Neighbor solicit/advert: target, then SLL/TLL options as OVS's parse_icmpv6."""
