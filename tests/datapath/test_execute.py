@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.contrib.mpls import MPLS
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
 from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS,
                                 ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, IPv6,
                                 IPv6ExtHdrHopByHop)
@@ -34,7 +34,7 @@ for _lower in (Ether, Dot1Q, Dot1AD):  # scapy binds MPLS under Ether/0x8847 onl
 
 # --- packets -------------------------------------------------------------------------------
 
-KINDS = ("tcp4", "udp4", "udp4_nocsum", "icmp4", "sctp4", "tcp6", "tcp6_hbh", "udp6", "sctp6",
+KINDS = ("tcp4", "udp4", "udp4_nocsum", "udp4_opts", "frag4", "icmp4", "sctp4", "tcp6", "tcp6_hbh", "udp6", "sctp6",
          "echo6", "ns6", "na6", "arp", "mpls1", "mpls2")
 
 macs = st.integers(0, 2**48 - 1)
@@ -77,6 +77,12 @@ def packets(draw, kind: str) -> bytes:
         "tcp4": lambda: ip4 / TCP(sport=sp, dport=dp, seq=draw(ip4s)) / payload,
         "udp4": lambda: ip4 / UDP(sport=sp, dport=dp) / payload,
         "udp4_nocsum": lambda: ip4 / UDP(sport=sp, dport=dp, chksum=0) / payload,
+        "udp4_opts": lambda: IP(bytes(ip4)[:20], ihl=None, len=None, chksum=None,
+                                options=[IPOption(b"\x01\x01\x01\x00")])
+                             / UDP(sport=sp, dport=dp) / payload,
+        # A later fragment: no L4 header, whatever its protocol says.
+        "frag4": lambda: IP(bytes(ip4)[:20], proto=17, frag=draw(st.integers(1, 8191)),
+                            len=None, chksum=None) / payload,
         "icmp4": lambda: ip4 / ICMP(id=sp, seq=dp) / payload,
         "sctp4": lambda: ip4 / SCTP(sport=sp, dport=dp, tag=draw(ip4s)) / chunk,
         "tcp6": lambda: ip6 / TCP(sport=sp, dport=dp) / payload,
@@ -103,7 +109,8 @@ def packets(draw, kind: str) -> bytes:
         # scapy's Ether picks 0x8847 for MPLS only when the last tag says so.
         last = eth.lastlayer() if tags else eth
         last.type = 0x8847
-    return bytes(eth / body)
+    # Ethernet padding after the IP datagram must not count in L4 checksums.
+    return bytes(eth / body) + b"\0" * draw(st.sampled_from((0, 0, 0, 3, 8)))
 
 
 def offsets(b: bytes) -> tuple[int, int]:
@@ -270,7 +277,7 @@ def subset(draw, options: dict[str, st.SearchStrategy]) -> tuple[tuple[str, int]
 @st.composite
 def action_lists(draw, kind: str):
     """A valid action list for packets of `kind`, tracking what the packet is after each step."""
-    ip4 = kind in ("tcp4", "udp4", "udp4_nocsum", "icmp4", "sctp4")
+    ip4 = kind in ("tcp4", "udp4", "udp4_nocsum", "udp4_opts", "frag4", "icmp4", "sctp4")
     ip6 = kind in ("tcp6", "tcp6_hbh", "udp6", "sctp6", "echo6", "ns6", "na6")
     labels = {"mpls1": 1, "mpls2": 2}.get(kind, 0)
     ip_visible = ip4 or ip6 or kind == "arp"   # L3 fields are settable (not under MPLS)
