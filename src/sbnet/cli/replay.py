@@ -107,6 +107,7 @@ def report(console: Console, sw, total: int) -> None:
     for reason, n in sorted(drops.items(), key=lambda kv: -kv[1]):
         d.add_row(reason, str(n))
     console.print(d)
-    forwarded = sum(int(sw.cache.packets[m.mf_id]) for m in sw.cache.flows.values() if m.actions)
+    forwarded = sum(int(sw.cache.packets[m.mf_id])
+                    for m in sw.cache.flows.values() if m.reason == "forwarded")
     console.print(f"{total} packets: {forwarded} forwarded, {sum(drops.values())} dropped; "
                   f"{sw.upcalls} flow setups, {len(sw.cache)} megaflows cached")

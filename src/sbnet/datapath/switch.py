@@ -263,7 +263,7 @@ class Switch:
         out = {f"malformed: {ERROR_REASONS[i]}": int(c)
                for i, c in enumerate(self.parse_errors) if c and i}
         for mf in self.cache.flows.values():
-            if not mf.actions:
+            if mf.reason != "forwarded":
                 out[mf.reason] = out.get(mf.reason, 0) + int(self.cache.packets[mf.mf_id])
         for reason, c in self.drops.items():
             out[reason] = out.get(reason, 0) + c
@@ -297,7 +297,7 @@ class Switch:
             r.n_packets += pk
             r.n_bytes += by
             r.used = max(r.used, used)
-        if not mf.actions and pk:
+        if mf.reason != "forwarded" and pk:
             self.drops[mf.reason] = self.drops.get(mf.reason, 0) + pk
         c.remove(mf.mf_id)
 

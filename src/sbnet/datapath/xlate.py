@@ -164,8 +164,7 @@ class _Ctx:
                 port = self.read(F.lookup(src.field), src.mask) >> src.start
                 self.output(port)
             case A.Controller():
-                self.commit()
-                self.odp.append(odp.Userspace("controller"))
+                self.output(F.OFPP_CONTROLLER)
             case A.Resubmit(port, table):
                 self.resubmits += 1
                 if self.resubmits > MAX_RESUBMITS:
@@ -223,6 +222,7 @@ class _Ctx:
                     self.odp.append(odp.Output(p))
             return
         elif port == F.OFPP_CONTROLLER:
+            self.reason = "sent to controller"
             self.commit()
             self.odp.append(odp.Userspace("controller"))
             return

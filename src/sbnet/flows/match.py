@@ -11,11 +11,30 @@ class MatchError(ValueError):
     """A match that breaks the registry's rules (unknown field, bad mask, missing prerequisite)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Match:
-    """An immutable set of field constraints: registry name -> (value, mask or None = exact)."""
+    """An immutable set of field constraints: registry name -> (value, mask or None = exact).
+
+    Two matches are equal when they constrain the same key bits the same way,
+    however they are spelled (ip_dscp=10 equals nw_tos=40), as OpenFlow
+    identifies flows.
+    """
 
     items: tuple[tuple[str, int, int | None], ...] = ()
+
+    def canonical(self) -> tuple[tuple[int, int, int], ...]:
+        try:
+            return self.__dict__["_canon"]
+        except KeyError:
+            canon = tuple(sorted((s, v, m) for s, (v, m) in self.slot_vector().items() if m))
+            object.__setattr__(self, "_canon", canon)
+            return canon
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Match) and self.canonical() == other.canonical()
+
+    def __hash__(self) -> int:
+        return hash(self.canonical())
 
     @classmethod
     def of(cls, **kw) -> "Match":

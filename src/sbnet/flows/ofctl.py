@@ -133,6 +133,7 @@ def _parse_flow(text: str, default_table: int) -> Flow:
     except MatchError as exc:
         raise FlowSyntaxError(str(exc), 1) from None
     acts = _ofctl_vlan_semantics(match, parse_actions(act_text, act_base), act_base)
+    _check_action_prereqs(match, acts, act_base)
     return Flow(table=table, priority=priority, match=match, actions=acts,
                 cookie=cookie, idle_timeout=idle, hard_timeout=hard)
 
@@ -162,6 +163,38 @@ def _ofctl_vlan_semantics(match: Match, acts: tuple, col: int) -> tuple:
             depth -= 1
         out.append(a)
     return tuple(out)
+
+
+def _check_action_prereqs(match: Match, acts: tuple, col: int) -> None:
+    """Refuse actions whose field prerequisites the match does not guarantee, as OVS does.
+
+    push_mpls/pop_mpls change the ethertype the later actions see.
+    """
+    exact = {n: v for n, v, m in match.items if m is None}
+
+    def need(fld: F.Field, what: str) -> None:
+        for pre in fld.prereqs:
+            if exact.get(pre.field) not in pre.values:
+                want = " or ".join(hex(v) if pre.field == "eth_type" else str(v) for v in pre.values)
+                raise FlowSyntaxError(f"{what} needs {pre.field}={want} in the match", col + 1)
+
+    for a in acts:
+        if isinstance(a, A.SetField):
+            need(F.lookup(a.field), f"set_field to {a.field}")
+        elif isinstance(a, A.Load):
+            need(F.lookup(a.dst.field), f"load to {a.dst.field}")
+        elif isinstance(a, A.Move):
+            need(F.lookup(a.src.field), f"move from {a.src.field}")
+            need(F.lookup(a.dst.field), f"move to {a.dst.field}")
+        elif isinstance(a, A.DecTtl) and exact.get("eth_type") not in (F.ETH_IP, F.ETH_IPV6):
+            raise FlowSyntaxError("dec_ttl needs ip or ipv6 in the match", col + 1)
+        elif isinstance(a, (A.SetMplsLabel, A.SetMplsTc, A.SetMplsTtl, A.DecMplsTtl)):
+            need(F.lookup("mpls_label"), str(a))
+        elif isinstance(a, A.PushMpls):
+            exact = {"eth_type": a.ethertype}
+        elif isinstance(a, A.PopMpls):
+            need(F.lookup("mpls_label"), "pop_mpls")
+            exact = {"eth_type": a.ethertype}
 
 
 def _set(mb: MatchBuilder, name: str, v: int, msk: int | None, tok: _Tok) -> None:

@@ -1,0 +1,190 @@
+"""The reference switch on packets: where they leave, with what headers, and what the counters say."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import raw
+
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.switch import Switch, UnsupportedFlow
+from sbnet.flows.ofctl import parse_flow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(flows: str, ports=(1, 2, 3, 4), clock=None) -> Switch:
+    sw = Switch(clock=clock or Clock())
+    for p in ports:
+        sw.add_port(p)
+    sw.load(flows)
+    return sw
+
+
+def tcp(dport=80, src="10.0.0.1", dst="10.0.0.2", ttl=64, sport=1234) -> bytes:
+    return raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+               / IP(src=src, dst=dst, ttl=ttl) / TCP(sport=sport, dport=dport))
+
+
+def sent(sw: Switch, port: int) -> list[bytes]:
+    return sw.ports[port].take_sent()
+
+
+def test_packet_leaves_port_3_with_vlan_100():
+    sw = make("in_port=1,tcp,tp_dst=80 actions=push_vlan:0x8100,mod_vlan_vid:100,output:3\n"
+              "in_port=1 actions=output:2")
+    sw.process(Batch.from_packets([tcp(80), tcp(22)], 1))
+    out3 = [Ether(p) for p in sent(sw, 3)]
+    assert len(out3) == 1 and out3[0][Dot1Q].vlan == 100 and out3[0][TCP].dport == 80
+    out2 = [Ether(p) for p in sent(sw, 2)]
+    assert len(out2) == 1 and Dot1Q not in out2[0] and out2[0][TCP].dport == 22
+
+
+def test_rewrites_fix_checksums_and_ttl():
+    sw = make("ip actions=set_field:10.9.9.9->ip_dst,dec_ttl,output:2")
+    sw.process(Batch.from_packets([tcp(ttl=7)], 1))
+    (p,) = [Ether(x) for x in sent(sw, 2)]
+    assert p[IP].dst == "10.9.9.9" and p[IP].ttl == 6
+    again = Ether(raw(p.__class__(raw(p))))
+    del again[IP].chksum, again[TCP].chksum
+    assert raw(Ether(raw(again))) == raw(p)   # scapy recomputes the same checksums
+
+
+def test_ttl_expiry_is_not_forwarded_and_goes_to_the_controller():
+    sw = make("ip actions=dec_ttl,output:2")
+    sw.process(Batch.from_packets([tcp(ttl=1)], 1))
+    assert sent(sw, 2) == [] and sw.packets_in == 1
+    assert "TTL expired (dec_ttl)" in sw.drop_counts()
+
+
+def test_drop_reasons_name_the_rule_or_the_miss():
+    sw = make("table=0,priority=10,tcp,tp_dst=22 actions=drop\n"
+              "table=0,priority=5,tcp actions=goto_table:1")
+    sw.process(Batch.from_packets([tcp(22), tcp(22), tcp(80)], 1))
+    drops = sw.drop_counts()
+    assert drops["drop rule: table=0,priority=10,eth_type=0x800,ip_proto=6,tcp_dst=22"] == 2
+    assert drops["no matching flow in table 1"] == 1
+
+
+def test_malformed_packets_are_counted_per_reason_and_dropped():
+    sw = make("actions=output:2")
+    good = tcp()
+    sw.process(Batch.from_packets([good, good[:20], good[:40], b"\x01\x02"], 1))
+    assert len(sent(sw, 2)) == 1
+    drops = sw.drop_counts()
+    assert sum(v for k, v in drops.items() if k.startswith("malformed")) == 3
+
+
+@pytest.mark.parametrize("action,why", [
+    ("ct(commit)", "connection tracking"),
+    ("ct_clear", "connection tracking"),
+    ("meter:1", "meters"),
+    ("encap(nsh(md_type=1))", "NSH"),
+    ("set_field:0x5->tun_id", "tunnel"),
+    ("NORMAL", "NORMAL"),
+])
+def test_actions_the_switch_cannot_execute_are_refused_at_install(action, why):
+    sw = make("")
+    with pytest.raises(UnsupportedFlow, match=why):
+        sw.add_flows([parse_flow(f"ip actions={action},output:2")])
+    assert sw.rules() == []   # nothing half-installed
+
+
+def test_rule_counters_are_exact_across_the_cache():
+    sw = make("priority=10,tcp,tp_dst=80 actions=output:2\npriority=1 actions=output:3")
+    for _ in range(5):
+        sw.process(Batch.from_packets([tcp(80, sport=s) for s in range(50)] + [tcp(22)] * 7, 1))
+    stats = {s.flow.priority: (s.n_packets, s.n_bytes) for s in sw.dump_flows()}
+    assert stats[10] == (250, 250 * 54) and stats[1] == (35, 35 * 54)
+    assert sw.upcalls <= 3          # later packets of a flow never reach the slow path
+
+
+def test_deleting_a_rule_takes_effect_on_the_next_batch():
+    sw = make("priority=10,tcp,tp_dst=80 actions=output:2\npriority=1 actions=output:3")
+    sw.process(Batch.from_packets([tcp(80)], 1))
+    assert len(sent(sw, 2)) == 1
+    sw.delete_flows([parse_flow("priority=10,tcp,tp_dst=80 actions=drop")])
+    sw.process(Batch.from_packets([tcp(80)], 1))
+    assert sent(sw, 2) == [] and len(sent(sw, 3)) == 1
+    # the deleted rule's counter stays with it; the survivor counts only its own packets
+    assert [s.n_packets for s in sw.dump_flows()] == [1]
+
+
+def test_replacing_actions_and_adding_a_higher_priority_rule_revalidate():
+    sw = make("priority=1,ip actions=output:2")
+    sw.process(Batch.from_packets([tcp(80)], 1))
+    sw.add_flows([parse_flow("priority=1,ip actions=output:4")])
+    sw.process(Batch.from_packets([tcp(80)], 1))
+    assert len(sent(sw, 4)) == 1
+    sw.add_flows([parse_flow("priority=5,ip,nw_dst=10.0.0.2 actions=output:3")])
+    sw.process(Batch.from_packets([tcp(80), tcp(80, dst="10.0.0.3")], 1))
+    assert len(sent(sw, 3)) == 1 and len(sent(sw, 4)) == 1
+
+
+def test_idle_and_hard_timeouts_follow_the_clock():
+    clock = Clock()
+    sw = make("idle_timeout=10,priority=5,ip actions=output:2\n"
+              "hard_timeout=30,priority=4,ip actions=output:3\n", clock=clock)
+    sw.process(Batch.from_packets([tcp()], 1))
+    clock.now = 8
+    sw.process(Batch.from_packets([tcp()], 1))
+    clock.now = 15
+    sw.maintain()
+    assert {s.flow.priority for s in sw.dump_flows()} == {5, 4}   # used at t=8
+    clock.now = 19
+    sw.maintain()
+    assert {s.flow.priority for s in sw.dump_flows()} == {4}
+    sw.process(Batch.from_packets([tcp()], 1))
+    assert len(sent(sw, 3)) == 1
+    clock.now = 31
+    sw.maintain()
+    assert sw.dump_flows() == []
+
+
+def test_resubmit_loops_are_cut_and_dropped():
+    sw = make("table=0 actions=output:2,resubmit(,0)")
+    sw.process(Batch.from_packets([tcp()], 1))
+    assert sent(sw, 2) == []
+    assert any("Recursion too deep" in k for k in sw.drop_counts())
+
+
+def test_output_to_in_port_needs_in_port_action():
+    sw = make("in_port=1 actions=output:1,output:2\nin_port=3 actions=IN_PORT")
+    sw.process(Batch.from_packets([tcp()], 1))
+    sw.process(Batch.from_packets([tcp()], 3))
+    assert sent(sw, 1) == [] and len(sent(sw, 2)) == 1 and len(sent(sw, 3)) == 1
+
+
+def test_flood_reaches_every_port_but_the_input_including_local():
+    sw = make("actions=flood")
+    sw.process(Batch.from_packets([tcp()], 2))
+    assert [len(sent(sw, p)) for p in (1, 2, 3, 4)] == [1, 0, 1, 1]
+    assert sw.ports[0xFFFFFFFE].tx_packets == 1
+
+
+def test_conjunction_acts_on_the_product():
+    sw = make("priority=10,ip,nw_src=10.0.0.1 actions=conjunction(1,1/2)\n"
+              "priority=10,ip,nw_src=10.0.0.5 actions=conjunction(1,1/2)\n"
+              "priority=10,tcp,tp_dst=80 actions=conjunction(1,2/2)\n"
+              "priority=10,tcp,tp_dst=443 actions=conjunction(1,2/2)\n"
+              "priority=10,conj_id=1,ip actions=output:2\n"
+              "priority=1 actions=output:3")
+    pk = [tcp(80, src="10.0.0.1"), tcp(443, src="10.0.0.5"), tcp(22, src="10.0.0.1"),
+          tcp(80, src="10.0.0.9")]
+    sw.process(Batch.from_packets(pk, 1))
+    assert len(sent(sw, 2)) == 2 and len(sent(sw, 3)) == 2
+
+
+def test_udp_and_vlan_pop():
+    sw = make("dl_vlan=7 actions=pop_vlan,output:2")
+    pkt = raw(Ether() / Dot1Q(vlan=7) / IP() / UDP(dport=53))
+    sw.process(Batch.from_packets([pkt], 1))
+    (p,) = [Ether(x) for x in sent(sw, 2)]
+    assert Dot1Q not in p and p[UDP].dport == 53
