@@ -1,4 +1,4 @@
-"""Parser throughput: Mpps for 64-byte UDP/IPv4 and mixed-protocol batches (python bench/bench_parse.py)."""
+"""Parser throughput in Mpps: 64-byte UDP/IPv4, mixed-protocol and rare-header batches."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def mixed(n: int) -> list[bytes]:
     return [raw[i % len(raw)] for i in range(n)]
 
 
+def rare(n: int) -> list[bytes]:
+    """Packets off the common path: IPv4 options, IPv6 extension chains, ND options."""
+    from scapy.all import IP, TCP, UDP, Ether, IPOption_NOP, IPv6
+    from scapy.layers.inet6 import (ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6ExtHdrDestOpt,
+                                    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
+    protos = [
+        Ether() / IP(options=[IPOption_NOP()] * 8) / UDP(),
+        Ether() / IPv6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt()
+        / IPv6ExtHdrFragment(m=1) / TCP(),
+        Ether() / IPv6() / ICMPv6ND_NS(tgt="fe80::1") / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:09"),
+    ]
+    raw = [bytes(p) for p in protos]
+    return [raw[i % len(raw)] for i in range(n)]
+
+
 def rate(batch: Batch, min_time: float = 1.0, repeats: int = 5) -> float:
     """Best of `repeats` runs of at least min_time/repeats seconds each, in Mpps.
 
@@ -74,9 +89,10 @@ def main() -> None:
     for n in (256, 4096):
         mpps = rate(Batch.from_array(udp64(n), in_port=1), args.time)
         print(f"udp4 64B  batch {n:5d}: {mpps:6.2f} Mpps  ({1e3 / mpps:6.1f} ns/packet)")
-    for n in (256, 4096):
-        mpps = rate(Batch.from_packets(mixed(n), in_port=1), args.time)
-        print(f"mixed     batch {n:5d}: {mpps:6.2f} Mpps  ({1e3 / mpps:6.1f} ns/packet)")
+    for name, make in (("mixed", mixed), ("rare", rare)):
+        for n in (256, 4096):
+            mpps = rate(Batch.from_packets(make(n), in_port=1), args.time)
+            print(f"{name:9s} batch {n:5d}: {mpps:6.2f} Mpps  ({1e3 / mpps:6.1f} ns/packet)")
 
 
 if __name__ == "__main__":
