@@ -55,6 +55,13 @@ def ip6_text(v: int) -> str:
     return str(ipaddress.IPv6Address(v))
 
 
+def with_fields(layer: Packet, **fields) -> Packet:
+    layer = layer.copy()
+    for name, value in fields.items():
+        setattr(layer, name, value)
+    return layer
+
+
 @st.composite
 def packets(draw, kind: str) -> bytes:
     """One packet of `kind`, with 0, 1 (802.1Q) or 2 (QinQ) VLAN tags."""
@@ -77,12 +84,10 @@ def packets(draw, kind: str) -> bytes:
         "tcp4": lambda: ip4 / TCP(sport=sp, dport=dp, seq=draw(ip4s)) / payload,
         "udp4": lambda: ip4 / UDP(sport=sp, dport=dp) / payload,
         "udp4_nocsum": lambda: ip4 / UDP(sport=sp, dport=dp, chksum=0) / payload,
-        "udp4_opts": lambda: IP(bytes(ip4)[:20], ihl=None, len=None, chksum=None,
-                                options=[IPOption(b"\x01\x01\x01\x00")])
+        "udp4_opts": lambda: with_fields(ip4, options=[IPOption(b"\x01\x01\x01\x00")])
                              / UDP(sport=sp, dport=dp) / payload,
         # A later fragment: no L4 header, whatever its protocol says.
-        "frag4": lambda: IP(bytes(ip4)[:20], proto=17, frag=draw(st.integers(1, 8191)),
-                            len=None, chksum=None) / payload,
+        "frag4": lambda: with_fields(ip4, proto=17, frag=draw(st.integers(1, 8191))) / payload,
         "icmp4": lambda: ip4 / ICMP(id=sp, seq=dp) / payload,
         "sctp4": lambda: ip4 / SCTP(sport=sp, dport=dp, tag=draw(ip4s)) / chunk,
         "tcp6": lambda: ip6 / TCP(sport=sp, dport=dp) / payload,
