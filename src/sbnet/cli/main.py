@@ -13,6 +13,3 @@ def _register() -> None:
 
 
 _register()
-
-if __name__ == "__main__":
-    app()

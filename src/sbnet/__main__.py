@@ -1,0 +1,5 @@
+"""`python -m sbnet`: the same command line as `sbnet`."""
+
+from sbnet.cli.main import app
+
+app()
