@@ -541,6 +541,19 @@ def test_checksum_helpers_agree_with_references():
     assert ck.csum_replace(old, words, new_words)[0] == ck.internet_checksum(updated)
 
 
+def test_ones_sum_over_rows_of_different_lengths():
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 256, (6, 40), dtype=np.uint8)
+    start, length = np.array([0, 1, 5, 9, 0, 3]), np.array([40, 39, 7, 0, 1, 30])
+    got = ck.ones_sum(data, start, length)
+    for i, (s, n) in enumerate(zip(start, length)):
+        buf = data[i, s:s + n].tobytes() + b"\0" * (n % 2)
+        total = sum(int.from_bytes(buf[j:j + 2], "big") for j in range(0, len(buf), 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        assert got[i] == total
+
+
 def test_crc32c_numpy_fallback(monkeypatch):
     monkeypatch.setattr(ck, "_crc32c_lib", None)
     rng = np.random.default_rng(1)

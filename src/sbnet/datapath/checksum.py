@@ -78,12 +78,6 @@ def _sum_cols(a: np.ndarray) -> np.ndarray:
     return total
 
 
-def words_of(value: int, nbytes: int) -> np.ndarray:
-    """Big-endian 16-bit words of an int `nbytes` long (even)."""
-    raw = value.to_bytes(nbytes, "big")
-    return np.frombuffer(raw, dtype=">u2").astype(np.uint64)
-
-
 def _crc32c_table() -> np.ndarray:
     poly = 0x82F63B78  # Castagnoli, reflected
     table = np.arange(256, dtype=np.uint32)
