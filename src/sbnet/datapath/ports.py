@@ -47,12 +47,13 @@ class MemoryPort(Port):
 
 
 class PcapPort(Port):
-    """Writes transmitted packets to a pcap file."""
+    """Writes transmitted packets to a pcap file, or pcapng when the name ends in .pcapng."""
 
     def __init__(self, ofport: int, name: str, path: str | Path) -> None:
         super().__init__(ofport, name)
         self._fh = open(path, "wb")
-        self._writer = dpkt.pcap.Writer(self._fh)
+        ng = str(path).endswith(".pcapng")
+        self._writer = (dpkt.pcapng.Writer if ng else dpkt.pcap.Writer)(self._fh)
         self.clock = 0.0
 
     def deliver(self, batch: Batch) -> None:
@@ -76,7 +77,8 @@ def read_pcap(path: str | Path) -> list[tuple[float, bytes]]:
 
 
 def write_pcap(path: str | Path, packets: list[bytes], ts: float = 0.0) -> None:
+    """Write frames to a pcap, or pcapng when the name ends in .pcapng."""
     with open(path, "wb") as fh:
-        w = dpkt.pcap.Writer(fh)
+        w = (dpkt.pcapng.Writer if str(path).endswith(".pcapng") else dpkt.pcap.Writer)(fh)
         for i, p in enumerate(packets):
             w.writepkt(p, ts=ts + i * 1e-6)
