@@ -223,9 +223,6 @@ def test_bundle_changes_take_effect_on_next_batch(seed):
         assert counters(sw) == hits
 
 
-@pytest.mark.xfail(strict=True, reason="megaflow._hash sets bit 0 of every hash (h |= 1, so 0 can mark "
-                   "an empty slot) and Subtable uses the low bits as the home slot: only odd slots "
-                   "are ever home slots, halving the table and lengthening probe chains")
 def test_megaflow_hash_uses_even_home_slots():
     from sbnet.datapath.megaflow import Subtable
     sub = Subtable((0, 1), (0xFFFFFFFF, 0xFFFF))

@@ -13,13 +13,14 @@ _EMPTY = np.uint64(0)
 
 
 def _hash(masked: np.ndarray) -> np.ndarray:
-    """Hash (k, n) masked key words to (n,) nonzero uint64 (0 marks an empty slot)."""
+    """Hash (k, n) masked key words to (n,) nonzero uint64 (0 marks an empty hash slot)."""
     h = np.zeros(masked.shape[1], dtype=np.uint64)
     for row in masked:
         h ^= row
         h *= _MULT
         h ^= h >> np.uint64(29)
-    h |= np.uint64(1)
+    # The top bit marks a used slot (0 is empty); the low bits pick the home slot.
+    h |= np.uint64(1 << 63)
     return h
 
 
