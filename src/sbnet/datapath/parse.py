@@ -50,6 +50,7 @@ _IPV6_FRAG, _IPV6_AH = 44, 51
 # in 8-byte words) up to this many bytes past the last header start.
 _PRE = 2
 _WMAX = 64
+_WIN = 40     # bytes every header window holds (the IPv6 header is the widest)
 _L3_SLOTS_V4 = np.array([_S[s] for s in ("nw_src", "nw_dst", "nw_proto", "nw_tos",
                                           "nw_ttl", "nw_frag")])
 _L3_SLOTS_V6_TAIL = np.array([_S[s] for s in ("ipv6_label", "nw_proto", "nw_tos",
@@ -157,11 +158,11 @@ class _Parser:
         self.n = n
         self.keys = np.zeros((N_SLOTS, n), dtype=np.uint64)
         self.error = np.zeros(n, dtype=np.uint8)
-        self.l2_5 = np.full(n, -1, dtype=np.int32)
-        self.l3 = np.full(n, -1, dtype=np.int32)
-        self.l4 = np.full(n, -1, dtype=np.int32)
+        offsets = np.empty((3, n), dtype=np.int32)
+        offsets.fill(-1)
+        self.l2_5, self.l3, self.l4 = offsets
         self.batch = batch
-        self._views: dict[int, np.ndarray] = {}
+        self._view: np.ndarray | None = None
 
     # -- buffer access -------------------------------------------------------
 
@@ -189,17 +190,18 @@ class _Parser:
         self.end = self.base + end
 
     def win(self, pos: np.ndarray, w: int) -> np.ndarray:
-        """Bytes pos..pos+w of the flat buffer for each position: an (m, w) uint8 array.
+        """At least bytes pos..pos+w of the flat buffer for each position, as (m, _WIN) uint8.
 
-        A void dtype of w bytes over a 1-byte stride makes this one fancy-index
-        copy of m small records instead of m*w single-byte gathers.
+        A void dtype of _WIN bytes over a 1-byte stride makes this one
+        fancy-index copy of m small records instead of m*w single-byte gathers;
+        every layer shares the one view, whatever width it needs.
         """
-        view = self._views.get(w)
+        view = self._view
         if view is None:
-            view = np.ndarray((self.flat.size - w + 1,), dtype=np.dtype((np.void, w)),
-                              buffer=self.flat, strides=(1,))
-            self._views[w] = view
-        return view[pos].view(np.uint8).reshape(-1, w)
+            view = self._view = np.ndarray((self.flat.size - _WIN + 1,),
+                                           dtype=np.dtype((np.void, _WIN)),
+                                           buffer=self.flat, strides=(1,))
+        return view[pos].view(np.uint8).reshape(-1, _WIN)
 
     def fail(self, ix, loc_mask: np.ndarray, code: int) -> None:
         rows = ix[loc_mask] if not isinstance(ix, slice) else np.flatnonzero(loc_mask)
