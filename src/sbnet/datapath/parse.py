@@ -93,9 +93,11 @@ _L4_NEED, _L4_ICMP, _L4_ERR = _l4_tables()
 _V6 = 256
 _IPV6_EXT_TABLE = np.zeros(256, dtype=bool)
 _IPV6_EXT_TABLE[list(_IPV6_EXT)] = True
+for _table in (_ETYPE_CLASS, _IHL, _L4_NEED, _L4_ICMP, _L4_ERR, _IPV6_EXT_TABLE):
+    _table.flags.writeable = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Parsed:
     """Flow keys and header offsets of a parsed batch.
 
