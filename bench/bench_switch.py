@@ -138,6 +138,11 @@ def profile(sw: Switch, fr: np.ndarray, size: int, top: int) -> None:
     rng = np.random.default_rng(11)
     bs = batches(fr, rng.integers(0, fr.shape[0], size * 8), size)
     st = stages(sw, bs[0], 20)
+    if top == 0:
+        total = sum(st.values())
+        print(f"\nhit path, batch {size:,}, {fr.shape[0]:,} flows: {total * 1e3:.2f} ms/batch: "
+              + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in st.items()))
+        return
     total = sum(st.values())
     print(f"\nhit path, batch {size:,}, {fr.shape[0]:,} flows: "
           f"{total * 1e3:.2f} ms/batch = {size / total / 1e6:.2f} Mpps (stages timed apart)")
@@ -155,6 +160,20 @@ def profile(sw: Switch, fr: np.ndarray, size: int, top: int) -> None:
     print("\n".join(line for line in s.getvalue().splitlines()[4:] if line.strip()))
 
 
+def profile_misses(n_flows: int, size: int, top: int) -> None:
+    fr = frames(n_flows)
+    sw = new_switch()
+    pr = cProfile.Profile()
+    pr.enable()
+    for b in batches(fr, np.arange(n_flows), size):
+        sw.process(b, now=1.0)
+    pr.disable()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
+    print(f"\ncProfile of process() on misses ({n_flows:,} new flows, batch {size:,}), by own time:")
+    print("\n".join(line for line in s.getvalue().splitlines()[4:] if line.strip()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer flows and packets")
@@ -163,7 +182,7 @@ def main() -> None:
     flow_counts = (1_000, 10_000) if args.quick else (1_000, 100_000)
     n_hit = 100_000 if args.quick else 1_000_000
     rows = []
-    hot = None
+    hot = {}
     for n_flows in flow_counts:
         fr = frames(n_flows)
         for size in (256, 4096):
@@ -171,7 +190,7 @@ def main() -> None:
             setups = warm(sw, fr, size)
             mpps = hit_mpps(sw, fr, size, n_hit)
             rows.append((n_flows, size, mpps, setups, len(sw.cache)))
-            hot = (sw, fr, size)
+            hot[size] = (sw, fr, size)
     print(f"{'flows':>8} {'batch':>6} {'megaflows':>10} {'hit Mpps':>9} {'setups/s':>10}")
     for n_flows, size, mpps, setups, n_mf in rows:
         print(f"{n_flows:>8,} {size:>6,} {n_mf:>10,} {mpps:>9.3f} {setups:>10,.0f}")
@@ -185,7 +204,10 @@ def main() -> None:
     print(f"\nmemory per megaflow ({flow_counts[-1]:,} megaflows): cache.nbytes() {nb:,.0f} B, "
           f"tracemalloc {tm:,.0f} B")
     if not args.no_profile:
-        profile(*hot, top=18)
+        profile(*hot[256], top=0)
+        profile(*hot[4096], top=18)
+        profile_misses(4096, 256, 12)
+        profile_misses(8192, 4096, 12)
 
 
 if __name__ == "__main__":
