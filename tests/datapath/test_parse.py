@@ -383,9 +383,13 @@ def test_mixed_batch_matches_reference(frames_):
     check_rows(frames_, parse(batch), batch)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
-@given(frames())
-def test_every_prefix_parses_or_has_reason(frame):
+@pytest.mark.parametrize("kind", list(L3))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_every_prefix_parses_or_has_reason(kind, data):
+    """Every prefix of a valid frame of each type: no exception, and either the
+    reference decode of that prefix or an error reason."""
+    frame = data.draw(frames(kinds=(kind,)))
     prefixes = [frame[:n] for n in range(len(frame) + 1)]
     batch = Batch.from_packets(prefixes, in_port=PORT)
     parsed = parse(batch)
