@@ -223,11 +223,20 @@ def test_bundle_changes_take_effect_on_next_batch(seed):
         assert counters(sw) == hits
 
 
-def test_megaflow_hash_uses_even_home_slots():
+def test_subtable_finds_every_live_megaflow_through_inserts_and_removes():
     from sbnet.datapath.megaflow import Subtable
     sub = Subtable((0, 1), (0xFFFFFFFF, 0xFFFF))
-    for i in range(1000):
-        sub.insert((0x0A000000 + i, 1024 + i % 7), i)
-    live = np.flatnonzero(sub.index >= 0)
-    home = sub.hashes[live] & np.uint64(sub.size - 1)
-    assert (home % 2 == 0).any()
+    rows = {i: sub.insert((0x0A000000 + i, 1024 + i % 7), i) for i in range(3000)}
+    for i in range(0, 3000, 3):
+        sub.remove(rows.pop(i))
+    for i in range(3000, 3500):
+        rows[i] = sub.insert((0x0B000000 + i, 7), i)
+    keys = np.zeros((2, 3500), dtype=np.uint64)
+    keys[0, :3000] = 0x0A000000 + np.arange(3000)
+    keys[1, :3000] = 1024 + np.arange(3000) % 7
+    keys[0, 3000:] = 0x0B000000 + np.arange(3000, 3500)
+    keys[1, 3000:] = 7
+    got = sub.lookup(keys, None)
+    want = np.array([i if i in rows else -1 for i in range(3500)])
+    assert (got == want).all()
+

@@ -9,18 +9,15 @@ import numpy as np
 from sbnet.flows import fields as F
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
-_EMPTY = np.uint64(0)
 
 
 def _hash(masked: np.ndarray) -> np.ndarray:
-    """Hash (k, n) masked key words to (n,) nonzero uint64 (0 marks an empty hash slot)."""
+    """Hash (k, n) masked key words to (n,) uint64."""
     h = np.zeros(masked.shape[1], dtype=np.uint64)
     for row in masked:
         h ^= row
         h *= _MULT
         h ^= h >> np.uint64(29)
-    # The top bit marks a used slot (0 is empty); the low bits pick the home slot.
-    h |= np.uint64(1 << 63)
     return h
 
 
@@ -43,102 +40,105 @@ class Megaflow:
 
 
 class Subtable:
-    """All megaflows sharing one mask, in an open-addressing hash table of numpy arrays."""
+    """All megaflows sharing one mask: masked values by row, found through a sorted hash index.
+
+    Inserts only append (no numpy work per megaflow); the index is rebuilt lazily,
+    once, at the next lookup, which keeps flow setup cheap and lookup one
+    vectorized searchsorted over the batch.
+    """
 
     def __init__(self, slots: tuple[int, ...], mask: tuple[int, ...]) -> None:
         self.slots = np.array(slots, dtype=np.intp)
         self.mask = np.array(mask, dtype=np.uint64)[:, None]
-        self.size = 64
-        self.hashes = np.zeros(self.size, dtype=np.uint64)
-        self.index = np.full(self.size, -1, dtype=np.int64)    # row in `values`
         self.values = np.zeros((16, len(slots)), dtype=np.uint64)
         self.ids = np.full(16, -1, dtype=np.int64)             # megaflow id per row
-        self.free: list[int] = list(range(15, -1, -1))
+        self.free: list[int] = []
+        self.rows_used = 0
         self.n = 0
-        self.used_slots = 0                                    # live + tombstones
         self.hits = 0
-
-    def lookup(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Megaflow id for each of `rows` (columns of the slot-major `keys`), -1 if none."""
-        masked = keys[self.slots][:, rows] & self.mask
-        h = _hash(masked)
-        out = np.full(rows.size, -1, dtype=np.int64)
-        sizemask = np.uint64(self.size - 1)
-        pos = (h & sizemask).astype(np.intp)
-        todo = np.arange(rows.size)
-        for _ in range(self.size):
-            if todo.size == 0:
-                break
-            p = pos[todo]
-            th = self.hashes[p]
-            idx = self.index[p]
-            cand = (th == h[todo]) & (idx >= 0)
-            if cand.any():
-                ci = todo[cand]
-                rows_v = self.values[idx[cand]]
-                eq = (rows_v.T == masked[:, ci]).all(axis=0)
-                hit = ci[eq]
-                out[hit] = self.ids[idx[cand][eq]]
-                done = np.zeros(todo.size, dtype=bool)
-                done[np.nonzero(cand)[0][eq]] = True
-            else:
-                done = np.zeros(todo.size, dtype=bool)
-            done |= th == _EMPTY
-            todo = todo[~done]
-            pos[todo] = (pos[todo] + 1) & (self.size - 1)
-        self.hits += int((out >= 0).sum())
-        return out
+        self._hashes = np.zeros(0, dtype=np.uint64)            # sorted
+        self._hash_rows = np.zeros(0, dtype=np.intp)
+        self._pending: list[int] = []
+        self._stale = 0
 
     def insert(self, value: tuple[int, ...], mf_id: int) -> int:
         """Add a megaflow; returns its row (used to remove it)."""
-        if (self.used_slots + 1) * 2 > self.size:
-            self._rehash(self.size * 2 if self.n * 4 > self.size else self.size)
-        if not self.free:
-            self._grow_rows()
-        row = self.free.pop()
+        if self.free:
+            row = self.free.pop()
+        else:
+            if self.rows_used == self.ids.size:
+                self._grow_rows()
+            row = self.rows_used
+            self.rows_used += 1
         self.values[row] = value
         self.ids[row] = mf_id
-        self._place(row)
+        self._pending.append(row)
         self.n += 1
         return row
 
     def remove(self, row: int) -> None:
-        h = _hash(self.values[row][:, None])[0]
-        p = int(h) & (self.size - 1)
-        while self.hashes[p] != _EMPTY:
-            if self.index[p] == row:
-                self.index[p] = -1          # tombstone keeps probe chains intact
-                break
-            p = (p + 1) & (self.size - 1)
         self.ids[row] = -1
         self.free.append(row)
         self.n -= 1
-
-    def _place(self, row: int) -> None:
-        h = _hash(self.values[row][:, None])[0]
-        p = int(h) & (self.size - 1)
-        while self.hashes[p] != _EMPTY:
-            p = (p + 1) & (self.size - 1)
-        self.hashes[p] = h
-        self.index[p] = row
-        self.used_slots += 1
+        self._stale += 1
 
     def _grow_rows(self) -> None:
-        old = self.values.shape[0]
+        old = self.ids.size
         self.values = np.vstack([self.values, np.zeros_like(self.values)])
         self.ids = np.concatenate([self.ids, np.full(old, -1, dtype=np.int64)])
-        self.free.extend(range(2 * old - 1, old - 1, -1))
 
-    def _rehash(self, size: int) -> None:
-        self.size = size
-        self.hashes = np.zeros(size, dtype=np.uint64)
-        self.index = np.full(size, -1, dtype=np.int64)
-        self.used_slots = 0
-        for row in np.nonzero(self.ids >= 0)[0]:
-            self._place(int(row))
+    def _reindex(self) -> None:
+        if self._stale * 2 > max(self._hashes.size, 64):
+            # Too many entries point at removed rows: rebuild from the live rows.
+            rows = np.flatnonzero(self.ids[:self.rows_used] >= 0)
+            self._hashes = np.zeros(0, dtype=np.uint64)
+            self._hash_rows = np.zeros(0, dtype=np.intp)
+            self._stale = 0
+        else:
+            rows = np.array(self._pending, dtype=np.intp)
+        self._pending = []
+        if rows.size == 0:
+            return
+        h = _hash(self.values[rows].T)
+        order = np.argsort(h, kind="stable")
+        h, rows = h[order], rows[order]
+        at = np.searchsorted(self._hashes, h)
+        self._hashes = np.insert(self._hashes, at, h)
+        self._hash_rows = np.insert(self._hash_rows, at, rows)
+
+    def lookup(self, keys: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """Megaflow id for each of `rows` (columns of the slot-major `keys`; None = all), -1 if none."""
+        if self._pending or self._stale * 2 > max(self._hashes.size, 64):
+            self._reindex()
+        sel = np.take(keys, self.slots, axis=0)
+        masked = (sel if rows is None else sel[:, rows]) & self.mask
+        n = masked.shape[1]
+        out = np.full(n, -1, dtype=np.int64)
+        size = self._hashes.size
+        if size == 0:
+            return out
+        h = _hash(masked)
+        pos = np.searchsorted(self._hashes, h)
+        todo = np.arange(n)
+        # Equal hashes sit side by side: walk right past collisions and stale rows.
+        while todo.size:
+            p = pos[todo]
+            inside = p < size
+            todo, p = todo[inside], p[inside]
+            same = self._hashes[p] == h[todo]
+            todo, p = todo[same], p[same]
+            if not todo.size:
+                break
+            r = self._hash_rows[p]
+            ok = (self.values[r].T == masked[:, todo]).all(axis=0) & (self.ids[r] >= 0)
+            out[todo[ok]] = self.ids[r[ok]]
+            todo = todo[~ok]
+            pos[todo] += 1
+        self.hits += int((out >= 0).sum())
+        return out
 
     def nbytes(self) -> int:
-        return (self.hashes.nbytes + self.index.nbytes + self.values.nbytes + self.ids.nbytes)
+        return (self._hashes.nbytes + self._hash_rows.nbytes + self.values.nbytes + self.ids.nbytes)
 
 
 class MegaflowCache:
@@ -161,26 +161,31 @@ class MegaflowCache:
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Megaflow id for every column in `rows`, -1 for misses."""
         out = np.full(rows.size, -1, dtype=np.int64)
-        todo = np.arange(rows.size)
+        todo = None              # None: every row still to find (saves a gather)
         for sub in self.order:
-            if todo.size == 0:
+            sel = rows if todo is None else rows[todo]
+            if sel.size == 0:
                 break
-            got = sub.lookup(keys, rows[todo])
+            got = sub.lookup(keys, None if todo is None and rows.size == keys.shape[1] else sel)
             hit = got >= 0
-            out[todo[hit]] = got[hit]
-            todo = todo[~hit]
+            if todo is None:
+                out[hit] = got[hit]
+                todo = np.flatnonzero(~hit)
+            else:
+                out[todo[hit]] = got[hit]
+                todo = todo[~hit]
         return out
 
     def add(self, wc: list[int], key, actions: tuple, action_id: int, rules: list,
             reason: str, modified: int, now: float) -> Megaflow:
         slots = tuple(i for i, m in enumerate(wc) if m)
         mask = tuple(wc[i] for i in slots)
-        value = tuple(int(key[i]) & wc[i] for i in slots)
+        value = tuple(key[i] & wc[i] for i in slots)
         mf_id = self._next
         self._next += 1
         self._ensure(mf_id)
         mf = Megaflow(mf_id, slots, mask, value, actions, action_id, rules, reason,
-                      tuple(int(k) for k in key), modified, now)
+                      tuple(key), modified, now)
         sub = self.subtables.get((slots, mask))
         if sub is None:
             sub = self.subtables[(slots, mask)] = Subtable(slots, mask)

@@ -230,16 +230,21 @@ class Switch:
 
     def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
         """Slow path for cache misses: one translation per new megaflow, not per packet."""
-        out = np.full(miss.size, -1, dtype=np.int64)
-        todo = np.arange(miss.size)
-        while todo.size:
-            key = keys[:, miss[todo[0]]]
-            res = self.xlate.run(key)
-            mf = self._install(res, key, now)
-            inside = self.cache.matches(mf, keys, miss[todo])
-            inside[0] = True
-            out[todo[inside]] = mf.mf_id
-            todo = todo[~inside]
+        out = np.empty(miss.size, dtype=np.int64)
+        # Megaflows made in this call, by mask: later misses of the same flow in
+        # this batch find them here without another translation.
+        fresh: dict[tuple, dict[tuple, int]] = {}
+        for i, key in enumerate(keys[:, miss].T.tolist()):
+            for slots_mask, table in fresh.items():
+                slots, mask = slots_mask
+                mf_id = table.get(tuple(key[s] & m for s, m in zip(slots, mask)))
+                if mf_id is not None:
+                    out[i] = mf_id
+                    break
+            else:
+                mf = self._install(self.xlate.run(key), key, now)
+                fresh.setdefault((mf.slots, mf.mask), {})[mf.value] = mf.mf_id
+                out[i] = mf.mf_id
         return out
 
     def _install(self, res: XlateResult, key, now: float) -> Megaflow:

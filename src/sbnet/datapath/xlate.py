@@ -50,7 +50,7 @@ class Xlate:
         self.select_override: int | None = None
 
     def run(self, key, trace: bool = False) -> XlateResult:
-        ctx = _Ctx(self, list(int(k) for k in key), trace)
+        ctx = _Ctx(self, key.tolist() if hasattr(key, "tolist") else list(key), trace)
         wc = ctx.wc
         for name in ("recirc_id", "in_port", "eth_type"):
             wc[S[name]] = F.lookup(name).max
@@ -126,8 +126,9 @@ class _Ctx:
             self.modified |= 1 << S["in_port"]   # the lookup saw another in_port
         rule = tbl.lookup(self.flow, self.wc) if tbl is not None else None
         self.flow[S["in_port"]] = saved_port
-        self.log(f"{table_id}. " + (str(rule.flow).split(" actions=")[0].replace(
-            f"table={table_id},", "") if rule else "No match."))
+        if self.lines is not None:
+            self.log(f"{table_id}. " + (str(rule.flow).split(" actions=")[0].replace(
+                f"table={table_id},", "") if rule else "No match."))
         if rule is None:
             if goto:
                 self.reason = f"no matching flow in table {table_id}"
@@ -152,7 +153,8 @@ class _Ctx:
         for a in acts:
             if self.stopped:
                 return
-            self.log(str(a))
+            if self.lines is not None:
+                self.log(str(a))
             self.action(a)
 
     def action(self, a) -> None:
