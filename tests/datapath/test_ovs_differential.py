@@ -54,6 +54,8 @@ def _ours(sw: Switch, in_port: int, pkt: bytes, bucket: int | None = None):
 
 def _compare_megaflow(ours_wc: list[int], ovs_text: str) -> None:
     theirs = megaflow_slot_masks(parse_megaflow(ovs_text))
+    if "nw_proto" in theirs:
+        theirs["nw_proto"] &= 0xFF   # OVS keeps only arp_op's low byte in nw_proto
     ours = {F.SLOTS[i]: m for i, m in enumerate(ours_wc) if m}
     ignore = {"recirc_id", "pkt_mark", "ct_mark", "ct_state", "ct_zone", "ct_label_hi",
               "ct_label_lo", "dp_hash"}
