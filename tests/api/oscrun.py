@@ -1,0 +1,35 @@
+"""Runs the real python-openstackclient in-process (same code path as the `openstack` binary)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+
+from openstackclient import shell
+
+
+class Osc:
+    def __init__(self, url: str, extra: list[str] | None = None) -> None:
+        self.base = ["--os-auth-type", "none", "--os-endpoint", url, *(extra or [])]
+
+    def run(self, cmd: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = shell.main([*self.base, *shlex.split(cmd)])
+            except SystemExit as exc:  # argparse exits on a usage error
+                rc = exc.code if isinstance(exc.code, int) else 2
+        return rc, out.getvalue(), err.getvalue()
+
+    def __call__(self, cmd: str) -> object:
+        """Run a command that must succeed; parse its -f json output when it has any."""
+        rc, out, err = self.run(cmd)
+        assert rc == 0, f"{cmd!r} failed: {err}"
+        return json.loads(out) if out.strip() else None
+
+    def fails(self, cmd: str) -> str:
+        rc, out, err = self.run(cmd)
+        assert rc != 0, f"{cmd!r} unexpectedly succeeded: {out}"
+        return err
