@@ -1,0 +1,705 @@
+"""Connection tracking for the reference switch: Open vSwitch userspace conntrack semantics over packet batches.
+
+API (pure: the caller passes `now`, seconds on any monotonic clock)::
+
+    ct = Conntrack(timeouts=None, limit=3_000_000, zone_limits={}, default_zone_limit=0,
+                   tcp_liberal=False, checksums=True)
+    ct.execute(batch, parsed, rows, zone, commit=False, nat=None, set_mark=None,
+               set_label=None, now=0.0, force=False) -> None
+    ct.expire(now) -> int            # connections removed
+    ct.dump(zone=None) -> list[str]  # ovs-appctl dpctl/dump-conntrack lines, sorted
+    ct.flush(zone=None) -> None
+    ct.stats -> dict[str, int]       # counters
+    ct.memory_per_connection() -> float
+    len(ct)                          # live connections
+
+`execute` is the datapath's ct() action for the packets `rows` of a parsed
+batch.  `zone` is an int or one value per row; `nat` a NatSpec, a parsed
+sbnet.flows.actions.Nat, or None; `set_mark` (value, mask), `set_label`
+(value, mask) with 128-bit ints, both applied only with commit (OVS requires
+commit for exec()).  It writes into parsed.keys for those rows: ct_state,
+ct_zone, ct_mark, ct_label_hi/lo and the original-direction tuple
+(ct_nw_src/dst or ct_ipv6_*, ct_nw_proto, ct_tp_src/dst); with NAT it rewrites
+batch.data (checksums updated) and the address/port key slots.  The incoming
+ct_state/ct_zone slots are read as OVS reads pkt->md: a packet already NATed in
+the same zone is not translated twice.
+
+Semantics follow OVS 3.1 lib/conntrack.c, conntrack-tcp.c, conntrack-icmp.c,
+conntrack-other.c: TCP uses pf's per-peer states and sequence windows (not
+Linux's single state; dump prints the coalesced state as OVS does); a UDP/other
+connection stays +new until it sees a reply or a third packet; ICMP echo is a
+connection keyed by id; ICMP/ICMPv6 errors are +rel to the connection they
+quote (never create one); unknown ICMP types, fragments, bad checksums and
+non-IP packets are +inv+trk with a zero tuple.  When the global or zone limit
+is reached, or NAT finds no free tuple, the packet is +new+trk and nothing is
+committed (OVS conn_not_found), counted in stats.  Timeouts default to Linux's
+values mapped onto OVS's timeout classes (see Timeouts).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from sbnet.datapath import conntrack_tcp as T
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.conntrack_nat import DNAT, SNAT, NatSpec, allocate, rewrite, rewrite_related
+from sbnet.datapath.conntrack_pkt import PacketInfo, extract
+from sbnet.datapath.parse import Parsed
+from sbnet.flows.fields import (CT_STATE_BITS, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP,
+                                IP_UDP, SLOT_INDEX)
+
+_S = SLOT_INDEX
+NEW, EST, REL, RPL = (CT_STATE_BITS[k] for k in ("new", "est", "rel", "rpl"))
+INV, TRK, SNAT_BIT, DNAT_BIT = (CT_STATE_BITS[k] for k in ("inv", "trk", "snat", "dnat"))
+_NAT_BITS = SNAT_BIT | DNAT_BIT
+_M64 = (1 << 64) - 1
+_P = 0x9E3779B97F4A7C15
+
+# Timeout classes beyond TCP's (OVS enum ct_timeout order).
+TM_OTHER_FIRST, TM_OTHER_MULTIPLE, TM_OTHER_BIDIR, TM_ICMP_FIRST, TM_ICMP_REPLY = range(6, 11)
+# Other/UDP and ICMP pseudo-connection states (conntrack-other.c, conntrack-icmp.c).
+OTHER_FIRST, OTHER_MULTIPLE, OTHER_BIDIR = 0, 1, 2
+ICMP_FIRST, ICMP_REPLY = 0, 1
+_ICMP_NEW_TYPES = {IP_ICMP: (8, 13, 15), IP_ICMPV6: (128,)}
+_PROTO_NAMES = {IP_TCP: "tcp", IP_UDP: "udp", IP_ICMP: "icmp", IP_ICMPV6: "icmpv6",
+                IP_SCTP: "sctp"}
+MAX_TCP_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds per OVS timeout class (ct_dpif_tp_attr names).
+
+    Defaults are Linux's nf_conntrack defaults mapped onto OVS's classes:
+    tcp syn_sent 120, syn_recv 60, established 432000 (5 days), fin_wait 120,
+    time_wait 120, close 10; udp 30 (first and single direction), udp stream
+    120 (bidirectional); icmp 30.  Other IP protocols use the udp classes, as
+    in OVS userspace (Linux would use 600).  `ovs()` gives OVS's own netdev
+    defaults (conntrack-tp.c).
+    """
+
+    tcp_syn_sent: float = 120
+    tcp_syn_recv: float = 60
+    tcp_established: float = 432000
+    tcp_fin_wait: float = 120
+    tcp_time_wait: float = 120
+    tcp_close: float = 10
+    udp_first: float = 30
+    udp_single: float = 30
+    udp_multiple: float = 120
+    icmp_first: float = 30
+    icmp_reply: float = 30
+
+    @classmethod
+    def ovs(cls) -> Timeouts:
+        return cls(30, 30, 86400, 900, 45, 30, 60, 60, 30, 60, 30)
+
+    def by_class(self) -> np.ndarray:
+        return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
+
+
+def _hash_words(meta, shi, slo, dhi, dlo, ports):
+    """64-bit mix of a tuple's words; numpy arrays (wrapping uint64) or Python ints."""
+    if isinstance(meta, np.ndarray):
+        p = np.uint64(_P)
+        h = meta * p
+        for w in (shi, slo, dhi, dlo, ports):
+            h = (h ^ w) * p
+            h ^= h >> np.uint64(29)
+        return h
+    h = (meta * _P) & _M64
+    for w in (shi, slo, dhi, dlo, ports):
+        h = ((h ^ w) * _P) & _M64
+        h ^= h >> 29
+    return h
+
+
+def tuple_hash(t: tuple) -> int:
+    """Hash of (zone, proto, v6, src, dst, sport, dport) as the batch lookup computes it."""
+    zone, proto, v6, src, dst, sport, dport = t
+    return _hash_words(zone | proto << 16 | v6 << 24, src >> 64, src & _M64, dst >> 64,
+                       dst & _M64, sport << 32 | dport)
+
+
+def _reverse(t: tuple) -> tuple:
+    zone, proto, v6, src, dst, sport, dport = t
+    return (zone, proto, v6, dst, src, dport, sport)
+
+
+class Conntrack:
+    """Connections of every zone, stored column-wise in numpy arrays indexed by slot."""
+
+    def __init__(self, timeouts: Timeouts | None = None, limit: int = 3_000_000,
+                 zone_limits: dict[int, int] | None = None, default_zone_limit: int = 0,
+                 tcp_liberal: bool = False, checksums: bool = True, capacity: int = 1024):
+        self.timeouts = timeouts or Timeouts()
+        self._tmo = self.timeouts.by_class()
+        self.limit = limit
+        self.zone_limits = dict(zone_limits or {})
+        self.default_zone_limit = default_zone_limit    # 0 = unlimited, as OVS
+        self.tcp_liberal = tcp_liberal
+        self.checksums = checksums
+        self.hash_basis = 0x5B1E7
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("packets", "lookups_hit", "fast_path", "committed", "deleted", "expired",
+             "invalid", "conntrack_full", "zone_full", "nat_exhausted",
+             "tcp_seq_chk_failed", "tcp_invalid_flags", "related"), 0)
+        self._index: dict[int, int] = {}      # tuple hash -> slot * 2 + direction
+        self._overflow: dict[tuple, int] = {}  # exact tuple -> slot * 2 + direction
+        self._free: list[int] = []
+        self._zone_count: dict[int, int] = {}
+        self._n = 0
+        self._alloc(capacity)
+
+    # -- storage -------------------------------------------------------------
+    def _alloc(self, cap: int) -> None:
+        old = getattr(self, "_cap", 0)
+        spec = {"live": (bool, ()), "zone": (np.int32, ()), "proto": (np.uint8, ()),
+                "v6": (bool, ()), "tup": (np.uint64, (2, 6)), "hkey": (np.uint64, (2,)),
+                "exp": (np.float64, ()), "mark": (np.uint64, ()), "label": (np.uint64, (2,)),
+                "nat": (np.uint8, ()), "l4st": (np.uint8, ()), "tcp": (np.int64, (2, 5))}
+        for name, (dt, shape) in spec.items():
+            arr = np.zeros((cap,) + shape, dtype=dt)
+            if old:
+                arr[:old] = getattr(self, name)
+            setattr(self, name, arr)
+        self._free.extend(range(cap - 1, old - 1, -1))
+        self._cap = cap
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _tuple(self, i: int, d: int) -> tuple:
+        r = self.tup[i, d].tolist()
+        return (int(self.zone[i]), int(self.proto[i]), int(self.v6[i]),
+                r[0] << 64 | r[1], r[2] << 64 | r[3], r[4], r[5])
+
+    def _lookup(self, t: tuple, now: float) -> tuple[int, int]:
+        """(slot, direction) of the live connection owning tuple t, or (-1, 0)."""
+        v = self._index.get(tuple_hash(t))
+        if v is not None and self._tuple(v >> 1, v & 1) != t:
+            v = None
+        if v is None and self._overflow:
+            v = self._overflow.get(t)
+        if v is None:
+            return -1, 0
+        i = v >> 1
+        if self.exp[i] <= now:
+            self._delete(i)
+            self.stats["expired"] += 1
+            return -1, 0
+        return i, v & 1
+
+    def _taken(self, t: tuple) -> bool:
+        v = self._index.get(tuple_hash(t))
+        if v is not None and self._tuple(v >> 1, v & 1) == t:
+            return True
+        return t in self._overflow
+
+    def _insert_key(self, t: tuple, val: int) -> int:
+        h = tuple_hash(t)
+        if h in self._index:
+            self._overflow[t] = val
+        else:
+            self._index[h] = val
+        return h
+
+    def _delete(self, i: int) -> None:
+        for d in (0, 1):
+            h = int(self.hkey[i, d])
+            val = i * 2 + d
+            if self._index.get(h) == val:
+                del self._index[h]
+            elif self._overflow:
+                t = self._tuple(i, d)
+                if self._overflow.get(t) == val:
+                    del self._overflow[t]
+        self.live[i] = False
+        self.exp[i] = 0.0
+        z = int(self.zone[i])
+        self._zone_count[z] -= 1
+        self._n -= 1
+        self._free.append(i)
+        self.stats["deleted"] += 1
+
+    def _zone_limit(self, zone: int) -> int:
+        return self.zone_limits.get(zone, self.default_zone_limit)
+
+    def _create(self, fwd: tuple, rev: tuple, nat_action: int, now: float) -> int:
+        if not self._free:
+            self._alloc(self._cap * 2)
+        i = self._free.pop()
+        zone, proto, v6 = fwd[0], fwd[1], fwd[2]
+        self.live[i] = True
+        self.zone[i], self.proto[i], self.v6[i] = zone, proto, v6
+        for d, t in ((0, fwd), (1, rev)):
+            self.tup[i, d] = (t[3] >> 64, t[3] & _M64, t[4] >> 64, t[4] & _M64, t[5], t[6])
+            self.hkey[i, d] = self._insert_key(t, i * 2 + d)
+        self.mark[i] = 0
+        self.label[i] = 0
+        self.nat[i] = nat_action
+        self.l4st[i] = 0
+        self._zone_count[zone] = self._zone_count.get(zone, 0) + 1
+        self._n += 1
+        self.stats["committed"] += 1
+        return i
+
+    # -- the ct() action -------------------------------------------------------
+    def execute(self, batch: Batch, parsed: Parsed, rows: np.ndarray, zone: int | np.ndarray,
+                commit: bool = False, nat: NatSpec | None = None,
+                set_mark: tuple[int, int] | None = None,
+                set_label: tuple[int, int] | None = None, now: float = 0.0,
+                force: bool = False) -> None:
+        """Run the packets `rows` through conntrack in `zone`; see the module docstring."""
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        m = len(rows)
+        if not m:
+            return
+        self.stats["packets"] += m
+        keys = parsed.keys
+        zones = np.broadcast_to(np.asarray(zone, dtype=np.int64), (m,)).astype(np.uint64)
+        nat = NatSpec.from_action(nat) if nat is not None else None
+        p = extract(batch, parsed, rows, zones, self.checksums)
+        st_in = keys[_S["ct_state"], rows]
+        same_zone = keys[_S["ct_zone"], rows] == zones
+        st = np.where(same_zone, st_in, 0).astype(np.uint64)
+        natted = (st & _NAT_BITS) != 0
+        st[~p.ok] = INV
+        conn = np.full(m, -1, dtype=np.int64)
+        reply = np.zeros(m, dtype=bool)
+        tsrc = np.where(p.ok, 2, 0).astype(np.int8)   # tuple for ct_*: 0 none, 1 conn, 2 packet
+        nat_rows: list[np.ndarray] = []
+
+        look = p.ok & ~p.related & ~natted
+        found = np.zeros(m, dtype=bool)
+        if look.any():
+            li = np.flatnonzero(look)
+            get = self._index.get
+            vals = np.fromiter((get(h, -1) for h in p.hash[li].tolist()), dtype=np.int64,
+                               count=li.size)
+            hit = vals >= 0
+            li, vals = li[hit], vals[hit]
+            ci, di = vals >> 1, (vals & 1).astype(np.intp)
+            same = (self.tup[ci, di] == p.tuple_words(li)).all(axis=1) & (self.exp[ci] > now)
+            li, ci, di = li[same], ci[same], di[same]
+            found[li] = True
+            conn[li] = ci
+            reply[li] = di.astype(bool)
+            self.stats["lookups_hit"] += li.size
+        fast = self._fast_eligible(p, found, conn, reply, force)
+        if fast.any():
+            nat_rows.append(self._fast(p, fast, conn, reply, st, tsrc, now, nat, natted))
+        slow = np.flatnonzero(p.ok & ~fast)
+        if slow.size:
+            nat_rows.append(self._slow_rows(batch, parsed, rows, p, slow, conn, reply, st, tsrc,
+                                            natted, zones, commit, nat, force, now))
+        if commit and (set_mark is not None or set_label is not None):
+            self._set_mark_label(conn, set_mark, set_label)
+        st[~p.ok] = INV
+        self.stats["invalid"] += int(((st & INV) != 0).sum())
+        self._write_md(keys, rows, p, st | TRK, zones, conn, tsrc)
+        if nat_rows:
+            jobs = np.concatenate(nat_rows)
+            if jobs.size:
+                self._nat_rewrite(batch, parsed, rows, p, jobs, conn, reply)
+
+    def _fast_eligible(self, p: PacketInfo, found, conn, reply, force) -> np.ndarray:
+        """Rows whose whole update is vectorizable: steady states, no flag changes."""
+        fast = found.copy()
+        if not fast.any():
+            return fast
+        fi = np.flatnonzero(fast)
+        c = conn[fi]
+        proto = p.proto[fi]
+        l4st = self.l4st[c]
+        tcp = proto == IP_TCP
+        ok = np.where(proto == IP_ICMP, l4st == ICMP_REPLY,
+                      np.where(proto == IP_ICMPV6, l4st == ICMP_REPLY, l4st != OTHER_FIRST))
+        if tcp.any():
+            ts = self.tcp[c, :, 4]
+            fl = p.flags[fi]
+            tok = ((ts[:, 0] == T.ESTABLISHED) & (ts[:, 1] == T.ESTABLISHED)
+                   & ((fl & (T.SYN | T.FIN | T.RST)) == 0) & ((fl & T.ACK) != 0))
+            ok = np.where(tcp, tok, ok)
+        if force:
+            ok &= ~reply[fi]
+        fast[fi[~ok]] = False
+        if not ok.all():
+            # A connection with any row on the slow path keeps all its rows there, in order.
+            bad = np.isin(conn[fi], c[~ok])
+            fast[fi[bad]] = False
+        return fast
+
+    def _fast(self, p, fast, conn, reply, st, tsrc, now, nat, natted) -> np.ndarray:
+        fi = np.flatnonzero(fast)
+        c = conn[fi]
+        rp = reply[fi]
+        proto = p.proto[fi]
+        valid = np.ones(fi.size, dtype=bool)
+        tcp = np.flatnonzero(proto == IP_TCP)
+        if tcp.size:
+            valid[tcp] = self._fast_tcp(p, fi[tcp], c[tcp], rp[tcp], now)
+        oth = np.flatnonzero(proto != IP_TCP)
+        if oth.size:
+            co = c[oth]
+            icmp = (proto[oth] == IP_ICMP) | (proto[oth] == IP_ICMPV6)
+            # Any reply makes an other/UDP connection bidirectional (reply-order independent).
+            self.l4st[co[rp[oth] & ~icmp]] = OTHER_BIDIR
+            cls = np.where(icmp, TM_ICMP_REPLY,
+                           np.where(self.l4st[co] == OTHER_BIDIR, TM_OTHER_BIDIR,
+                                    TM_OTHER_MULTIPLE))
+            self.exp[co] = now + self._tmo[cls]
+        s = st[fi]
+        s = np.where(valid, (s | EST | np.where(rp, RPL, 0).astype(np.uint64)) & ~np.uint64(NEW),
+                     INV).astype(np.uint64)
+        st[fi] = s
+        tsrc[fi] = 1
+        self.stats["fast_path"] += fi.size
+        if nat is None:
+            return np.zeros(0, dtype=np.intp)
+        return fi[valid & (self.nat[c] != 0) & ~natted[fi]]
+
+    def _fast_tcp(self, p, rows, c, rp, now) -> np.ndarray:
+        """Established segments in rounds: round k takes each connection's k-th row."""
+        valid = np.ones(rows.size, dtype=bool)
+        order = np.argsort(c, kind="stable")
+        cs = c[order]
+        start = np.r_[True, cs[1:] != cs[:-1]]
+        grp = np.cumsum(start) - 1
+        first = np.flatnonzero(start)
+        rank = np.empty(rows.size, dtype=np.int64)
+        rank[order] = np.arange(rows.size) - first[grp]
+        for k in range(int(rank.max()) + 1):
+            sel = np.flatnonzero(rank == k)
+            r = rows[sel]
+            ok = T.fast_established(self.tcp, c[sel], rp[sel], p.seq[r], p.ack[r], p.win[r],
+                                    p.plen[r], self.tcp_liberal)
+            valid[sel] = ok
+            self.exp[c[sel[ok]]] = now + self._tmo[T.TM_TCP_EST]
+            self.stats["tcp_seq_chk_failed"] += int((~ok).sum())
+        return valid
+
+    def _set_mark_label(self, conn, set_mark, set_label) -> None:
+        c = conn[conn >= 0]
+        if set_mark is not None:
+            v, msk = set_mark
+            msk &= 0xFFFFFFFF
+            self.mark[c] = (self.mark[c] & np.uint64(~msk & 0xFFFFFFFF)) | np.uint64(v & msk)
+        if set_label is not None:
+            v, msk = set_label
+            for j, sh in ((0, 64), (1, 0)):
+                mj = (msk >> sh) & _M64
+                vj = (v >> sh) & _M64
+                self.label[c, j] = (self.label[c, j] & np.uint64(~mj & _M64)) | np.uint64(vj & mj)
+
+    def _write_md(self, keys, rows, p, st, zones, conn, tsrc) -> None:
+        keys[_S["ct_state"], rows] = st
+        keys[_S["ct_zone"], rows] = zones
+        has = conn >= 0
+        c = np.where(has, conn, 0)
+        keys[_S["ct_mark"], rows] = np.where(has, self.mark[c], 0)
+        keys[_S["ct_label_hi"], rows] = np.where(has, self.label[c, 0], 0)
+        keys[_S["ct_label_lo"], rows] = np.where(has, self.label[c, 1], 0)
+        words = np.where((tsrc == 1)[:, None], self.tup[c, 0], p.words)
+        words[tsrc == 0] = 0
+        proto = np.where(tsrc == 1, self.proto[c], p.proto).astype(np.uint64)
+        proto[tsrc == 0] = 0
+        v6 = np.where(tsrc == 1, self.v6[c], p.v6)
+        icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
+        sp = np.where(icmp, words[:, 4] & np.uint64(0xFF), words[:, 4])
+        dp = np.where(icmp, 0, words[:, 5])
+        keys[_S["ct_nw_src"], rows] = np.where(v6, 0, words[:, 1])
+        keys[_S["ct_nw_dst"], rows] = np.where(v6, 0, words[:, 3])
+        for j, name in enumerate(("ct_ipv6_src_hi", "ct_ipv6_src_lo", "ct_ipv6_dst_hi",
+                                  "ct_ipv6_dst_lo")):
+            keys[_S[name], rows] = np.where(v6, words[:, j], 0)
+        keys[_S["ct_nw_proto"], rows] = proto
+        keys[_S["ct_tp_src"], rows] = sp
+        keys[_S["ct_tp_dst"], rows] = dp
+
+    def _nat_rewrite(self, batch, parsed, rows, p, jobs, conn, reply) -> None:
+        """Rewrite the packets `jobs` (local row numbers) to the connection's other tuple reversed."""
+        c = conn[jobs]
+        other = 1 - reply[jobs].astype(np.intp)
+        w = self.tup[c, other]
+        for v6 in (False, True):
+            sel = np.flatnonzero(p.v6[jobs] == v6)
+            if not sel.size:
+                continue
+            j = jobs[sel]
+            r = rows[j]
+            ww = w[sel]
+            pat = np.isin(p.proto[j], (IP_TCP, IP_UDP))
+            new = {"src_hi": ww[:, 2], "src_lo": ww[:, 3], "dst_hi": ww[:, 0],
+                   "dst_lo": ww[:, 1],
+                   "sport": np.where(pat, ww[:, 5], parsed.keys[_S["tp_src"], r]),
+                   "dport": np.where(pat, ww[:, 4], parsed.keys[_S["tp_dst"], r])}
+            rewrite(batch.data, parsed.keys, r, parsed.l3[r].astype(np.int64),
+                    parsed.l4[r].astype(np.int64), v6, p.proto[j], new)
+
+    # -- the per-packet path ------------------------------------------------------
+    def _slow_rows(self, batch, parsed, rows, p, slow, conn, reply, st, tsrc, natted, zones,
+                   commit, nat, force, now) -> np.ndarray:
+        jobs = []
+        info = p.rows_info(slow)
+        nat_in = nat is not None
+        for k, i in enumerate(slow.tolist()):
+            t, related, flags = info[k]
+            s = int(st[i])
+            c, rp = self._lookup_pkt(t, bool(natted[i]), now)
+            if c >= 0 and force and rp:
+                self._delete(c)
+                c = -1
+            create = False
+            if c >= 0:
+                if related:
+                    s |= REL | (RPL if rp else 0)
+                    self.stats["related"] += 1
+                else:
+                    res = self._update(c, rp, p, i, flags, now)
+                    if res == T.VALID:
+                        s = (s | EST | (RPL if rp else 0)) & ~NEW
+                    elif res == T.INVALID:
+                        s = INV
+                    elif res == T.NEW:
+                        self._delete(c)
+                        c = -1
+                        create = True
+                    else:
+                        s |= NEW
+                if c >= 0 and nat_in and self.nat[c] and not s & _NAT_BITS:
+                    s |= self._nat_bits(c, rp)
+                    if related:
+                        self._nat_related(batch, parsed, rows[i], c, rp)
+                    else:
+                        jobs.append(i)
+            elif related:
+                s = INV
+            else:
+                create = True
+            if create:
+                s, c = self._not_found(t, p, i, flags, commit, nat, now)
+                rp = False
+                if c >= 0 and self.nat[c]:
+                    jobs.append(i)
+            st[i] = s
+            conn[i] = c
+            reply[i] = rp
+            tsrc[i] = 1 if c >= 0 else 2
+        return np.array(jobs, dtype=np.intp)
+
+    def _lookup_pkt(self, t: tuple, natted: bool, now: float) -> tuple[int, bool]:
+        if natted:
+            # Already translated by an earlier ct in this zone: find it by the reverse.
+            c, d = self._lookup(_reverse(t), now)
+            if c >= 0:
+                return c, not d
+        c, d = self._lookup(t, now)
+        return c, bool(d)
+
+    def _nat_bits(self, c: int, rp: bool) -> int:
+        snat = bool(self.nat[c] & SNAT)
+        return SNAT_BIT if snat != rp else DNAT_BIT
+
+    def _update(self, c: int, rp: bool, p, i: int, flags: int, now: float) -> int:
+        proto = int(self.proto[c])
+        if proto == IP_TCP:
+            peers = self.tcp[c].tolist()
+            pkt = T.TcpPacket(flags, int(p.seq[i]), int(p.ack[i]), int(p.win[i]),
+                              int(p.plen[i]), p.wscale(i) if flags & T.SYN else 0)
+            res, cls = T.update(peers, rp, pkt, self.tcp_liberal)
+            self.tcp[c] = peers
+            if res == T.INVALID:
+                key = "tcp_invalid_flags" if T.invalid_flags(flags) else "tcp_seq_chk_failed"
+                self.stats[key] += 1
+            if cls is not None:
+                self.exp[c] = now + self._tmo[cls]
+            return res
+        st = int(self.l4st[c])
+        if proto in (IP_ICMP, IP_ICMPV6):
+            res = T.VALID
+            if rp and st == ICMP_FIRST:
+                st = ICMP_REPLY
+            elif st == ICMP_FIRST:
+                res = T.VALID_NEW
+            self.l4st[c] = st
+            self.exp[c] = now + self._tmo[TM_ICMP_FIRST + st]
+            return res
+        res = T.VALID
+        if rp and st != OTHER_BIDIR:
+            st = OTHER_BIDIR
+        elif st == OTHER_FIRST:
+            st = OTHER_MULTIPLE
+            res = T.VALID_NEW
+        self.l4st[c] = st
+        self.exp[c] = now + self._tmo[TM_OTHER_FIRST + st]
+        return res
+
+    def _valid_new(self, t: tuple, p, i: int, flags: int) -> bool:
+        proto = t[1]
+        if proto == IP_TCP:
+            return T.valid_new(flags)
+        if proto in (IP_ICMP, IP_ICMPV6):
+            return (t[5] & 0xFF) in _ICMP_NEW_TYPES[proto]
+        return True
+
+    def _not_found(self, t, p, i, flags, commit, nat, now) -> tuple[int, int]:
+        """conn_not_found(): (ct_state, new slot or -1)."""
+        if not self._valid_new(t, p, i, flags):
+            return INV, -1
+        if not commit:
+            return NEW, -1
+        zone = t[0]
+        zl = self._zone_limit(zone)
+        if zl and self._zone_count.get(zone, 0) >= zl:
+            self.stats["zone_full"] += 1
+            return NEW, -1
+        if self._n >= self.limit:
+            self.stats["conntrack_full"] += 1
+            return NEW, -1
+        act = nat.action if nat is not None else 0
+        if act:
+            rev = allocate(nat, t, self._taken, self.hash_basis)
+            if rev is None:
+                self.stats["nat_exhausted"] += 1
+                return NEW, -1
+        else:
+            rev = _reverse(t)
+        c = self._create(t, rev, act, now)
+        proto = t[1]
+        if proto == IP_TCP:
+            pkt = T.TcpPacket(flags, int(p.seq[i]), int(p.ack[i]), int(p.win[i]),
+                              int(p.plen[i]), p.wscale(i) if flags & T.SYN else 0)
+            self.tcp[c] = T.new_peers(pkt)
+            self.exp[c] = now + self._tmo[T.TM_TCP_FIRST]
+        elif proto in (IP_ICMP, IP_ICMPV6):
+            self.exp[c] = now + self._tmo[TM_ICMP_FIRST]
+        else:
+            self.exp[c] = now + self._tmo[TM_OTHER_FIRST]
+        s = NEW
+        if act:
+            s |= SNAT_BIT if act == SNAT else DNAT_BIT
+        return s, c
+
+    def _nat_related(self, batch, parsed, row: int, c: int, rp: bool) -> None:
+        """Translate an ICMP error and the header it quotes (OVS reverse_nat_packet)."""
+        v6 = bool(self.v6[c])
+        orig, rev = self._tuple(c, 0), self._tuple(c, 1)
+        # The packet's outer addresses become those of the other direction's tuple
+        # (reversed); the quoted packet travelled the opposite way.
+        want = _reverse(rev) if not rp else _reverse(orig)
+        quoted = _reverse(want)
+        act = int(self.nat[c])
+        outer_src = outer_dst = None
+        if (act == SNAT) != rp:
+            outer_src = want[3]
+            inner = {"dst": quoted[4], "dport": quoted[6]}
+        else:
+            outer_dst = want[4]
+            inner = {"src": quoted[3], "sport": quoted[5]}
+        if quoted[1] not in (IP_TCP, IP_UDP):
+            inner.pop("sport", None)
+            inner.pop("dport", None)
+        s = int(batch.start[row])
+        n = int(batch.length[row])
+        pkt = bytearray(batch.data[row, s:s + n].tobytes())
+        l3 = int(parsed.l3[row]) - s
+        rewrite_related(pkt, l3, v6, outer_src, outer_dst, inner)
+        batch.data[row, s:s + n] = np.frombuffer(bytes(pkt), dtype=np.uint8)
+        keys = parsed.keys
+        if v6:
+            for name, a in (("src", outer_src), ("dst", outer_dst)):
+                if a is not None:
+                    keys[_S[f"ipv6_{name}_hi"], row] = a >> 64
+                    keys[_S[f"ipv6_{name}_lo"], row] = a & _M64
+        else:
+            if outer_src is not None:
+                keys[_S["nw_src"], row] = outer_src
+            if outer_dst is not None:
+                keys[_S["nw_dst"], row] = outer_dst
+
+    # -- maintenance -------------------------------------------------------------
+    def expire(self, now: float) -> int:
+        """Remove every connection whose timeout has passed; how many were removed."""
+        dead = np.flatnonzero(self.live & (self.exp <= now))
+        for i in dead.tolist():
+            self._delete(i)
+        self.stats["expired"] += dead.size
+        return int(dead.size)
+
+    def flush(self, zone: int | None = None) -> None:
+        sel = self.live if zone is None else self.live & (self.zone == zone)
+        for i in np.flatnonzero(sel).tolist():
+            self._delete(i)
+
+    def connections(self, zone: int | None = None) -> list[int]:
+        sel = self.live if zone is None else self.live & (self.zone == zone)
+        return np.flatnonzero(sel).tolist()
+
+    def tcp_state(self, slot: int) -> tuple[str, str]:
+        """(original, reply) peer states of a TCP connection, OVS names."""
+        a, b = self.tcp[slot, :, 4].tolist()
+        return T.STATE_NAMES[a], T.STATE_NAMES[b]
+
+    def find(self, t: tuple, now: float = float("-inf")) -> tuple[int, int]:
+        """(slot, direction) owning tuple (zone, proto, v6, src, dst, sport, dport), or (-1, 0)."""
+        return self._lookup(t, now)
+
+    def dump(self, zone: int | None = None) -> list[str]:
+        """Lines as `ovs-appctl dpctl/dump-conntrack` prints them, sorted."""
+        return sorted(self._format(i) for i in self.connections(zone))
+
+    def _format(self, i: int) -> str:
+        proto = int(self.proto[i])
+        name = _PROTO_NAMES.get(proto, f"proto={proto}")
+        if proto == IP_ICMP and self.v6[i]:
+            name = "icmp"
+        parts = [name]
+        for label, d in (("orig", 0), ("reply", 1)):
+            parts.append(f"{label}=({self._format_tuple(i, d)})")
+        if self.zone[i]:
+            parts.append(f"zone={int(self.zone[i])}")
+        if self.mark[i]:
+            parts.append(f"mark={int(self.mark[i])}")
+        lab = int(self.label[i, 0]) << 64 | int(self.label[i, 1])
+        if lab:
+            parts.append(f"labels=0x{lab:x}")
+        if proto == IP_TCP:
+            a, b = self.tcp[i, :, 4].tolist()
+            parts.append(f"protoinfo=(state={T.coalesced_state(a, b)})")
+        return ",".join(parts)
+
+    def _format_tuple(self, i: int, d: int) -> str:
+        import ipaddress
+        t = self._tuple(i, d)
+        conv = ipaddress.IPv6Address if t[2] else ipaddress.IPv4Address
+        s = f"src={conv(t[3])},dst={conv(t[4])}"
+        if t[1] in (IP_ICMP, IP_ICMPV6):
+            return s + f",id={t[5] >> 8},type={t[5] & 0xFF},code=0"
+        if t[1] in (IP_TCP, IP_UDP, IP_SCTP):
+            return s + f",sport={t[5]},dport={t[6]}"
+        return s
+
+    def memory_per_connection(self) -> float:
+        """Bytes per live connection: its array columns plus its two index entries.
+
+        Array bytes are counted per allocated slot (capacity may exceed the live
+        count by up to 2x right after a growth); dict bytes from sys.getsizeof of
+        the table and of the key and value ints.
+        """
+        per_slot = sum(getattr(self, n).nbytes for n in
+                       ("live", "zone", "proto", "v6", "tup", "hkey", "exp", "mark", "label",
+                        "nat", "l4st", "tcp")) / self._cap
+        if not self._n:
+            return per_slot
+        idx = self._index
+        sample = list(idx.items())[:1000]
+        per_entry = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / max(
+            len(sample), 1)
+        table = sys.getsizeof(idx) / max(len(idx), 1)
+        return per_slot * self._cap / self._n + 2 * (per_entry + table)

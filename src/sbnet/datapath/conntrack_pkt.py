@@ -1,0 +1,247 @@
+"""Conntrack's view of a batch: the lookup tuple of every packet (OVS conn_key_extract), TCP fields, checksum checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.checksum import fold
+from sbnet.datapath.parse import Parsed
+from sbnet.flows.fields import (ETH_IP, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP,
+                                SLOT_INDEX)
+
+_S = SLOT_INDEX
+_M64 = (1 << 64) - 1
+# ICMP query types and their answers (OVS reverse_icmp_type / reverse_icmp6_type).
+_ICMP_REV = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15}
+_ICMP6_REV = {128: 129, 129: 128}
+_ICMP_ERR = (3, 4, 5, 11, 12)
+_ICMP6_ERR = (1, 2, 3, 4)
+_REV4 = np.full(256, -1, dtype=np.int64)
+_REV6 = np.full(256, -1, dtype=np.int64)
+for _a, _b in _ICMP_REV.items():
+    _REV4[_a] = _b
+for _a, _b in _ICMP6_REV.items():
+    _REV6[_a] = _b
+
+
+class PacketInfo:
+    """Per-row (local to the ct call) conntrack fields of a batch.
+
+    words is (m, 6) uint64: src_hi, src_lo, dst_hi, dst_lo, sport, dport of the
+    lookup tuple: for ICMP queries sport/dport are id << 8 | type (and the
+    answer's type), for ICMP errors (related) it is the quoted packet's tuple
+    reversed, as OVS builds its conn_key.
+    """
+
+    def __init__(self, m: int):
+        self.ok = np.zeros(m, dtype=bool)
+        self.related = np.zeros(m, dtype=bool)
+        self.v6 = np.zeros(m, dtype=bool)
+        self.proto = np.zeros(m, dtype=np.int64)
+        self.words = np.zeros((m, 6), dtype=np.uint64)
+        self.zone = np.zeros(m, dtype=np.uint64)
+        self.hash = np.zeros(m, dtype=np.uint64)
+        self.flags = np.zeros(m, dtype=np.int64)
+        self.seq = np.zeros(m, dtype=np.int64)
+        self.ack = np.zeros(m, dtype=np.int64)
+        self.win = np.zeros(m, dtype=np.int64)
+        self.plen = np.zeros(m, dtype=np.int64)
+        self._opts: dict[int, bytes] = {}
+
+    def tuple_words(self, li: np.ndarray) -> np.ndarray:
+        return self.words[li]
+
+    def tuple(self, i: int) -> tuple:
+        w = self.words[i].tolist()
+        return (int(self.zone[i]), int(self.proto[i]), int(self.v6[i]),
+                w[0] << 64 | w[1], w[2] << 64 | w[3], w[4], w[5])
+
+    def rows_info(self, rows: np.ndarray) -> list[tuple]:
+        rel = self.related[rows].tolist()
+        fl = self.flags[rows].tolist()
+        return [(self.tuple(i), r, f) for i, r, f in zip(rows.tolist(), rel, fl)]
+
+    def wscale(self, i: int) -> int:
+        from sbnet.datapath.conntrack_tcp import get_wscale
+        return get_wscale(self._opts.get(i, b""))
+
+
+def _hash(p: PacketInfo, rows: np.ndarray) -> None:
+    from sbnet.datapath.conntrack import _hash_words
+    w = p.words[rows]
+    meta = p.zone[rows] | (p.proto[rows].astype(np.uint64) << np.uint64(16)) \
+        | (p.v6[rows].astype(np.uint64) << np.uint64(24))
+    p.hash[rows] = _hash_words(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3],
+                               (w[:, 4] << np.uint64(32)) | w[:, 5])
+
+
+def _gather(data: np.ndarray, rows: np.ndarray, col: np.ndarray, k: int) -> np.ndarray:
+    idx = np.minimum(col[:, None] + np.arange(k), data.shape[1] - 1)
+    return data[rows[:, None], idx]
+
+
+def _ones_sum(data, rows, start, length) -> np.ndarray:
+    """Folded ones-complement sums of data[rows[i], start[i]:start[i]+length[i]]."""
+    if not rows.size:
+        return np.zeros(0, dtype=np.uint64)
+    width = int(length.max())
+    width += width & 1
+    cols = np.arange(width)
+    idx = start[:, None] + cols
+    inside = cols < length[:, None]
+    np.clip(idx, 0, data.shape[1] - 1, out=idx)
+    b = np.where(inside, data[rows[:, None], idx], 0).astype(np.uint64)
+    return fold(((b[:, 0::2] << np.uint64(8)) | b[:, 1::2]).sum(axis=1)).astype(np.uint64)
+
+
+def _words_sum(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    f = np.uint64(0xFFFF)
+    return ((x >> np.uint64(48)) & f) + ((x >> np.uint64(32)) & f) + ((x >> np.uint64(16)) & f) \
+        + (x & f)
+
+
+def extract(batch: Batch, parsed: Parsed, rows: np.ndarray, zones: np.ndarray,
+            checksums: bool) -> PacketInfo:
+    """The conntrack key of each row; rows OVS could not key (non-IP, fragments,
+    truncated, bad checksum, ICMP types without a connection) have ok False."""
+    m = len(rows)
+    p = PacketInfo(m)
+    p.zone[:] = zones
+    keys = parsed.keys
+    data = batch.data
+    eth = keys[_S["eth_type"], rows]
+    v6 = eth == ETH_IPV6
+    ok = ((eth == ETH_IP) | v6) & (parsed.error[rows] == 0) & (parsed.l3[rows] >= 0) \
+        & ((keys[_S["nw_frag"], rows] & np.uint64(1)) == 0)
+    proto = keys[_S["nw_proto"], rows].astype(np.int64)
+    l3 = parsed.l3[rows].astype(np.int64)
+    l4 = parsed.l4[rows].astype(np.int64)
+    p.v6 = v6
+    p.proto = proto
+    w = p.words
+    w[:, 0] = np.where(v6, keys[_S["ipv6_src_hi"], rows], 0)
+    w[:, 1] = np.where(v6, keys[_S["ipv6_src_lo"], rows], keys[_S["nw_src"], rows])
+    w[:, 2] = np.where(v6, keys[_S["ipv6_dst_hi"], rows], 0)
+    w[:, 3] = np.where(v6, keys[_S["ipv6_dst_lo"], rows], keys[_S["nw_dst"], rows])
+    hdr = _gather(data, rows, np.maximum(l3, 0), 4)
+    tot = (hdr[:, 2].astype(np.int64) << 8) | hdr[:, 3]
+    l3end = np.where(v6, l3 + 40 + tot, l3 + tot)
+    tp_src = keys[_S["tp_src"], rows]
+    tp_dst = keys[_S["tp_dst"], rows]
+    ports = (proto == IP_TCP) | (proto == IP_UDP) | (proto == IP_SCTP)
+    ok &= ~ports | (l4 >= 0)
+    w[:, 4] = np.where(ports, tp_src, 0)
+    w[:, 5] = np.where(ports, tp_dst, 0)
+    tcp = ok & (proto == IP_TCP)
+    if tcp.any():
+        ti = np.flatnonzero(tcp)
+        h = _gather(data, rows[ti], l4[ti], 16).astype(np.int64)
+        p.seq[ti] = (h[:, 4] << 24) | (h[:, 5] << 16) | (h[:, 6] << 8) | h[:, 7]
+        p.ack[ti] = (h[:, 8] << 24) | (h[:, 9] << 16) | (h[:, 10] << 8) | h[:, 11]
+        doff = (h[:, 12] >> 4) * 4
+        p.flags[ti] = ((h[:, 12] & 1) << 8) | h[:, 13]
+        p.win[ti] = (h[:, 14] << 8) | h[:, 15]
+        p.plen[ti] = l3end[ti] - l4[ti] - doff
+        syn = np.flatnonzero(h[:, 13] & 2)
+        for j in syn.tolist():
+            r = int(rows[ti[j]])
+            s = int(l4[ti[j]]) + 20
+            p._opts[int(ti[j])] = data[r, s:s + int(doff[j]) - 20].tobytes()
+    icmp4 = ok & (proto == IP_ICMP) & ~v6
+    icmp6 = ok & (proto == IP_ICMPV6) & v6
+    icmp = icmp4 | icmp6
+    if icmp.any():
+        ii = np.flatnonzero(icmp)
+        typ = tp_src[ii].astype(np.int64)
+        code = tp_dst[ii].astype(np.int64)
+        h = _gather(data, rows[ii], l4[ii], 6).astype(np.int64)
+        ident = (h[:, 4] << 8) | h[:, 5]
+        is6 = icmp6[ii]
+        rev = np.where(is6, _REV6[typ], _REV4[typ])
+        query = (rev >= 0) & (code == 0)
+        err = np.where(is6, np.isin(typ, _ICMP6_ERR), np.isin(typ, _ICMP_ERR))
+        w[ii, 4] = np.where(query, (ident << 8) | typ, 0).astype(np.uint64)
+        w[ii, 5] = np.where(query, (ident << 8) | np.maximum(rev, 0), 0).astype(np.uint64)
+        ok[ii[~query & ~err]] = False
+        p.related[ii[err]] = True
+    if checksums:
+        ok &= _checksums_ok(data, keys, rows, ok, v6, proto, l3, l4, l3end)
+    p.ok = ok
+    p.related &= ok
+    for i in np.flatnonzero(p.related).tolist():
+        if not _inner(p, data, int(rows[i]), i, int(l4[i]), int(l3end[i])):
+            p.ok[i] = False
+            p.related[i] = False
+    plain = np.flatnonzero(p.ok & ~p.related)
+    if plain.size:
+        _hash(p, plain)
+    return p
+
+
+def _checksums_ok(data, keys, rows, ok, v6, proto, l3, l4, l3end) -> np.ndarray:
+    good = np.ones(len(rows), dtype=bool)
+    v4 = np.flatnonzero(ok & ~v6)
+    if v4.size:
+        ihl = (_gather(data, rows[v4], l3[v4], 1)[:, 0].astype(np.int64) & 15) * 4
+        good[v4] = _ones_sum(data, rows[v4], l3[v4], ihl) == 0xFFFF
+    l4p = np.flatnonzero(ok & np.isin(proto, (IP_TCP, IP_UDP, IP_ICMP, IP_ICMPV6)) & (l4 >= 0))
+    if not l4p.size:
+        return good
+    r = rows[l4p]
+    pr = proto[l4p].astype(np.uint64)
+    ln = l3end[l4p] - l4[l4p]
+    total = _ones_sum(data, r, l4[l4p], ln)
+    is6 = v6[l4p]
+    lnu = ln.astype(np.uint64)
+    pseudo4 = _words_sum(keys[_S["nw_src"], r]) + _words_sum(keys[_S["nw_dst"], r])
+    pseudo6 = sum(_words_sum(keys[_S[n], r]) for n in ("ipv6_src_hi", "ipv6_src_lo",
+                                                        "ipv6_dst_hi", "ipv6_dst_lo"))
+    pseudo = np.where(is6, pseudo6, pseudo4) + pr + (lnu >> np.uint64(16)) + (lnu & np.uint64(0xFFFF))
+    pseudo = np.where(pr == IP_ICMP, 0, pseudo)
+    res = fold(total + pseudo) == 0xFFFF
+    udp0 = (pr == IP_UDP) & ~is6
+    if udp0.any():
+        u = np.flatnonzero(udp0)
+        ck = _gather(data, r[u], l4[l4p][u] + 6, 2).astype(np.int64)
+        res[u] |= (ck[:, 0] == 0) & (ck[:, 1] == 0)
+    good[l4p] &= res
+    return good
+
+
+def _inner(p: PacketInfo, data, row: int, i: int, l4: int, end: int) -> bool:
+    """Key an ICMP error by the packet it quotes, reversed (OVS extract_l4_icmp)."""
+    buf = data[row, l4 + 8:end].tobytes()
+    v6 = bool(p.v6[i])
+    if v6:
+        if len(buf) < 40 or buf[0] >> 4 != 6:
+            return False
+        src, dst = int.from_bytes(buf[8:24], "big"), int.from_bytes(buf[24:40], "big")
+        proto, il4 = buf[6], 40
+        outer_dst = int(p.words[i, 2]) << 64 | int(p.words[i, 3])
+    else:
+        if len(buf) < 20 or buf[0] >> 4 != 4 or (buf[0] & 15) < 5:
+            return False
+        src, dst = int.from_bytes(buf[12:16], "big"), int.from_bytes(buf[16:20], "big")
+        proto, il4 = buf[9], (buf[0] & 15) * 4
+        outer_dst = int(p.words[i, 3])
+    if src != outer_dst:
+        return False
+    l4b = buf[il4:]
+    if proto in (IP_TCP, IP_UDP, IP_SCTP):
+        if len(l4b) < 8:
+            return False
+        sport, dport = int.from_bytes(l4b[0:2], "big"), int.from_bytes(l4b[2:4], "big")
+    elif proto in (IP_ICMP, IP_ICMPV6):
+        rev = _ICMP6_REV if v6 else _ICMP_REV
+        if len(l4b) < 8 or l4b[0] not in rev or l4b[1] != 0:
+            return False
+        ident = int.from_bytes(l4b[4:6], "big")
+        sport, dport = ident << 8 | l4b[0], ident << 8 | rev[l4b[0]]
+    else:
+        sport = dport = 0
+    # The quoted packet went the other way: reverse it.
+    p.proto[i] = proto
+    p.words[i] = (dst >> 64, dst & _M64, src >> 64, src & _M64, dport, sport)
+    return True

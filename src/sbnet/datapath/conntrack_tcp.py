@@ -1,0 +1,276 @@
+"""TCP connection tracking as OVS's userspace conntrack-tcp.c (pf's sequence tracking): scalar and vectorized updates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Per-peer states, numbered as OVS's CT_DPIF_TCPS_* (ct-dpif.h); order matters,
+# the state machine compares them with < and >=.
+CLOSED, LISTEN, SYN_SENT, SYN_RECV, ESTABLISHED, CLOSE_WAIT = 0, 1, 2, 3, 4, 5
+FIN_WAIT_1, CLOSING, LAST_ACK, FIN_WAIT_2, TIME_WAIT = 6, 7, 8, 9, 10
+STATE_NAMES = ("CLOSED", "LISTEN", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT",
+               "FIN_WAIT_1", "CLOSING", "LAST_ACK", "FIN_WAIT_2", "TIME_WAIT")
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+# Update results (OVS enum ct_update_res).
+VALID, INVALID, NEW, VALID_NEW = 0, 1, 2, 3
+
+# Timeout classes (OVS enum ct_timeout); conntrack.Timeouts maps them to seconds.
+TM_TCP_FIRST, TM_TCP_OPENING, TM_TCP_EST, TM_TCP_CLOSING, TM_TCP_FIN_WAIT, TM_TCP_CLOSED = range(6)
+
+WSCALE_FLAG, WSCALE_UNKNOWN, WSCALE_MASK = 0x80, 0x40, 0x0F
+MAX_WSCALE = 14
+MAXACKWINDOW = 0xFFFF + 1500
+_M32 = 0xFFFFFFFF
+
+# Peer arrays of a connection table: column 0 is the original direction's
+# sender, column 1 the reply direction's.
+PEER_FIELDS = ("seqlo", "seqhi", "max_win", "wscale", "state")
+
+
+def coalesced_state(orig: int, reply: int) -> str:
+    """The one state dpctl/dump-conntrack prints (ct_dpif_coalesce_tcp_state)."""
+    s = max(orig, reply)
+    s = {FIN_WAIT_2: TIME_WAIT, SYN_RECV: ESTABLISHED}.get(s, s)
+    return STATE_NAMES[s]
+
+
+def invalid_flags(flags: int) -> bool:
+    """tcp_invalid_flags(): flag combinations no stack sends."""
+    if flags & SYN:
+        if flags & (RST | FIN):
+            return True
+    elif not flags & (ACK | RST):
+        return True
+    return not flags & ACK and bool(flags & (FIN | PSH | URG))
+
+
+def valid_new(flags: int) -> bool:
+    """A SYN, or a mid-stream segment; never a SYN+ACK (tcp_valid_new)."""
+    return not invalid_flags(flags) and (flags & (SYN | ACK)) != (SYN | ACK)
+
+
+def get_wscale(options: bytes) -> int:
+    """Window scale option of a SYN, with WSCALE_FLAG when present (tcp_get_wscale)."""
+    i, n, ws = 0, len(options), 0
+    while n - i >= 3:
+        kind = options[i]
+        if kind == 0:
+            return ws
+        if kind == 1:
+            i += 1
+            continue
+        if kind == 3:
+            ws = min(options[i + 2], MAX_WSCALE) | WSCALE_FLAG
+        i += max(options[i + 1], 2)
+    return ws
+
+
+def _geq(a: int, b: int) -> bool:
+    """SEQ_GEQ: a >= b in 32-bit sequence space."""
+    return ((a - b) & _M32) < 0x80000000
+
+
+def _gt(a: int, b: int) -> bool:
+    d = (a - b) & _M32
+    return 0 < d < 0x80000000
+
+
+def new_peers(p: "TcpPacket") -> list[list[int]]:
+    """Peer state [seqlo, seqhi, max_win, wscale, state] x 2 of a new connection (tcp_new_conn)."""
+    src = [p.seq, (p.seq + p.plen + 1) & _M32, 0, 0, SYN_SENT]
+    dst = [0, 1, 1, 0, CLOSED]
+    if p.flags & SYN:
+        src[1] = (src[1] + 1) & _M32
+        src[3] = p.wscale
+    else:
+        src[3] = dst[3] = WSCALE_UNKNOWN
+    mw = max(p.win, 1)
+    if src[3] & WSCALE_MASK:
+        sws = src[3] & WSCALE_MASK
+        mw = -(-mw // (1 << sws))
+    src[2] = mw
+    if p.flags & FIN:
+        src[1] = (src[1] + 1) & _M32
+    return [src, dst]
+
+
+class TcpPacket:
+    """The TCP header fields the state machine reads."""
+
+    __slots__ = ("flags", "seq", "ack", "win", "plen", "wscale")
+
+    def __init__(self, flags, seq, ack, win, plen, wscale=0):
+        self.flags, self.seq, self.ack, self.win, self.plen = flags, seq, ack, win, plen
+        self.wscale = wscale
+
+
+def timeout_class(s_state: int, d_state: int) -> int:
+    if s_state >= FIN_WAIT_2 and d_state >= FIN_WAIT_2:
+        return TM_TCP_CLOSED
+    if s_state >= CLOSING and d_state >= CLOSING:
+        return TM_TCP_FIN_WAIT
+    if s_state < ESTABLISHED or d_state < ESTABLISHED:
+        return TM_TCP_OPENING
+    if s_state >= CLOSING or d_state >= CLOSING:
+        return TM_TCP_CLOSING
+    return TM_TCP_EST
+
+
+def update(peers: list[list[int]], reply: bool, p: TcpPacket, liberal: bool
+           ) -> tuple[int, int | None]:
+    """tcp_conn_update() on one segment; mutates `peers`.
+
+    Returns (result, timeout class to refresh or None to keep the expiration).
+    """
+    src = peers[1 if reply else 0]
+    dst = peers[0 if reply else 1]
+    flags = p.flags
+    if invalid_flags(flags):
+        return INVALID, None
+    if flags & (SYN | ACK) == SYN:
+        if dst[4] >= FIN_WAIT_2 and src[4] >= FIN_WAIT_2:
+            src[4] = dst[4] = CLOSED
+            return NEW, None
+        if src[4] <= SYN_SENT:
+            src[4] = SYN_SENT
+            return VALID_NEW, TM_TCP_FIRST
+    sws = dws = 0
+    if src[3] & WSCALE_FLAG and dst[3] & WSCALE_FLAG and not flags & SYN:
+        sws, dws = src[3] & WSCALE_MASK, dst[3] & WSCALE_MASK
+    elif src[3] & WSCALE_UNKNOWN and dst[3] & WSCALE_UNKNOWN and not flags & SYN:
+        sws = dws = MAX_WSCALE
+    win = p.win
+    seq = orig_seq = p.seq
+    ack = p.ack
+    end = (seq + p.plen) & _M32
+    if flags & SYN:
+        end = (end + 1) & _M32
+    if flags & FIN:
+        end = (end + 1) & _M32
+    check_ackskew = True
+    if src[4] < SYN_SENT:
+        # First packet from this end.
+        if flags & SYN and dst[3] & WSCALE_FLAG:
+            src[3] = p.wscale
+            if src[3] & WSCALE_FLAG:
+                sws = src[3] & WSCALE_MASK
+                win = -(-win // (1 << sws))
+                dws = dst[3] & WSCALE_MASK
+            else:
+                dst[2] = (dst[2] << (dst[3] & WSCALE_MASK)) & 0xFFFF
+                dst[3] = 0
+        src[0] = seq
+        src[4] = SYN_SENT
+        lim = (end + max(1, dst[2] << dws)) & _M32
+        if src[1] == 1 or _geq(lim, src[1]):
+            src[1] = lim
+            check_ackskew = False
+        if win > src[2]:
+            src[2] = win
+    if not flags & ACK:
+        ack = dst[0]
+    elif ack == 0 and flags & (ACK | RST) == ACK | RST:
+        ack = dst[0]
+    if seq == end:
+        seq = end = src[0]
+    ackskew = ((dst[0] - ack + 0x80000000) & _M32) - 0x80000000 if check_ackskew else 0
+    in_window = (_geq(src[1], end)
+                 and _geq(seq, (src[0] - (dst[2] << dws)) & _M32)
+                 and ackskew >= -MAXACKWINDOW
+                 and ackskew <= (MAXACKWINDOW << sws)
+                 and (not flags & RST or orig_seq == src[0]
+                      or orig_seq == (src[0] + 1) & _M32 or (orig_seq + 1) & _M32 == src[0]))
+    if in_window or liberal:
+        _slide(src, dst, win, end, ack, sws)
+        if flags & SYN and src[4] < SYN_SENT:
+            src[4] = SYN_SENT
+        if flags & FIN and src[4] < CLOSING:
+            src[4] = CLOSING
+        if flags & ACK:
+            if dst[4] == SYN_SENT:
+                dst[4] = ESTABLISHED
+            elif dst[4] == CLOSING:
+                dst[4] = FIN_WAIT_2
+        if flags & RST:
+            src[4] = dst[4] = TIME_WAIT
+        return VALID, timeout_class(src[4], dst[4])
+    if ((dst[4] < SYN_SENT or dst[4] >= FIN_WAIT_2 or src[4] >= FIN_WAIT_2)
+            and _geq((src[1] + MAXACKWINDOW) & _M32, end)
+            and _geq(seq, (src[0] - MAXACKWINDOW) & _M32)):
+        # Shotgunned SYNs, a picked-up stream, or funk right after close:
+        # accepted, but the timeout is not refreshed.
+        _slide(src, dst, win, end, ack, sws)
+        if flags & FIN and src[4] < CLOSING:
+            src[4] = CLOSING
+        if flags & RST:
+            src[4] = dst[4] = TIME_WAIT
+        return VALID, None
+    return INVALID, None
+
+
+def _slide(src, dst, win, end, ack, sws) -> None:
+    if src[2] < win:
+        src[2] = win
+    if _gt(end, src[0]):
+        src[0] = end
+    lim = (ack + (win << sws)) & _M32
+    if _geq(lim, dst[1]):
+        dst[1] = (ack + max(win << sws, 1)) & _M32
+
+
+def _sgeq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return ((a - b) & np.uint32(_M32)).astype(np.uint32) < np.uint32(0x80000000)
+
+
+def fast_established(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: np.ndarray,
+                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool
+                     ) -> np.ndarray:
+    """update() for many established ACK segments at once; returns which were valid.
+
+    Every row is a segment with ACK and without SYN/FIN/RST of a connection
+    whose two peers are ESTABLISHED, and each connection appears at most once.
+    `tcp` is the (n_conns, 2, 5) int64 peer table (PEER_FIELDS, peer 0 = the
+    original direction's sender), updated in place.  Such a segment changes no
+    state, only the windows, so rows are independent.
+    """
+    u32 = np.uint32
+    s = reply.astype(np.intp)
+    d = 1 - s
+    src = tcp[conn, s]
+    dst = tcp[conn, d]
+    s_lo = src[:, 0].astype(u32)
+    s_hi = src[:, 1].astype(u32)
+    d_lo = dst[:, 0].astype(u32)
+    d_hi = dst[:, 1].astype(u32)
+    s_ws = src[:, 3]
+    d_ws = dst[:, 3]
+    both_flag = ((s_ws & d_ws) & WSCALE_FLAG) != 0
+    both_unk = ((s_ws & d_ws) & WSCALE_UNKNOWN) != 0
+    sws = np.where(both_flag, s_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
+    dws = np.where(both_flag, d_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
+    seq = seq.astype(u32)
+    end = (seq + plen.astype(u32)).astype(u32)
+    empty = seq == end
+    seq = np.where(empty, s_lo, seq)
+    end = np.where(empty, s_lo, end)
+    ack = ack.astype(u32)
+    ackskew = (d_lo - ack).astype(u32).view(np.int32).astype(np.int64)
+    back = (s_lo - (dst[:, 2] << dws).astype(u32)).astype(u32)
+    ok = (_sgeq(s_hi, end) & _sgeq(seq, back)
+          & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
+    if liberal:
+        ok[:] = True
+    if not ok.all():
+        k = np.flatnonzero(ok)
+        conn, s, d, src, s_lo, d_hi = conn[k], s[k], d[k], src[k], s_lo[k], d_hi[k]
+        end, ack, sws, win = end[k], ack[k], sws[k], win[k]
+    win = win.astype(np.int64)
+    tcp[conn, s, 2] = np.maximum(src[:, 2], win)
+    gt = _sgeq(end, s_lo) & (end != s_lo)
+    tcp[conn, s, 0] = np.where(gt, end, s_lo)
+    ws = (win << sws).astype(u32)
+    lim = (ack + ws).astype(u32)
+    tcp[conn, d, 1] = np.where(_sgeq(lim, d_hi), (ack + np.maximum(ws, u32(1))).astype(u32), d_hi)
+    return ok
