@@ -188,3 +188,13 @@ def test_udp_and_vlan_pop():
     sw.process(Batch.from_packets([pkt], 1))
     (p,) = [Ether(x) for x in sent(sw, 2)]
     assert Dot1Q not in p and p[UDP].dport == 53
+
+
+def test_megaflows_are_dumped_with_counters_tier_and_actions():
+    clock = Clock()
+    sw = make("priority=10,tcp,tp_dst=80 actions=output:2", clock=clock)
+    sw.process(Batch.from_packets([tcp(80)] * 3, 1))
+    clock.now = 2.5
+    (line,) = sw.dump_megaflows()
+    assert "in_port=1" in line and "tcp_dst=80" in line
+    assert "packets:3, bytes:162, used:2.500s, tier:software, actions:2" in line

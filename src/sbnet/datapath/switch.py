@@ -176,6 +176,23 @@ class Switch:
         out.sort(key=lambda s: (s.flow.table, -s.flow.priority))
         return out
 
+    def dump_megaflows(self, now: float | None = None) -> list[str]:
+        """One line per megaflow, in the spirit of `ovs-appctl dpctl/dump-flows -m`."""
+        from sbnet.datapath.format import megaflow_text
+        now = self.clock() if now is None else now
+        c = self.cache
+        lines = []
+        for mf in c.flows.values():
+            key = [0] * F.N_SLOTS
+            wc = [0] * F.N_SLOTS
+            for s, m, v in zip(mf.slots, mf.mask, mf.value):
+                key[s], wc[s] = v, m
+            used = now - float(c.used[mf.mf_id])
+            lines.append(f"{megaflow_text(key, wc)}, packets:{int(c.packets[mf.mf_id])}, "
+                         f"bytes:{int(c.bytes[mf.mf_id])}, used:{used:.3f}s, tier:{mf.tier}, "
+                         f"actions:{odp.format_actions(mf.actions)}")
+        return lines
+
     # -- packets -------------------------------------------------------------
     def process(self, batch: Batch, now: float | None = None) -> list[tuple[int, Batch]]:
         """Run a batch through the switch; returns (port, packets) emitted, also delivered to ports."""
