@@ -51,6 +51,22 @@ _IPV6_FRAG, _IPV6_AH = 44, 51
 _PRE = 2
 _WMAX = 64
 _WIN = 40     # bytes every header window holds (the IPv6 header is the widest)
+_WIN_DTYPE = np.dtype((np.void, _WIN))
+
+
+def _rows(*names: str) -> slice:
+    """The key rows of slots that SLOTS declares next to each other, as one slice,
+    so a layer stores them in one assignment."""
+    first = _S[names[0]]
+    if [_S[n] for n in names] != list(range(first, first + len(names))):
+        raise AssertionError(f"slots {names} are not adjacent in SLOTS")
+    return slice(first, first + len(names))
+
+
+_R_ADDR4 = _rows("nw_src", "nw_dst")
+_R_ADDR6 = _rows("ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo")
+_R_PROTO_TOS_TTL = _rows("nw_proto", "nw_tos", "nw_ttl")
+_R_PORTS = _rows("tp_src", "tp_dst")
 _L3_SLOTS_V4 = np.array([_S[s] for s in ("nw_src", "nw_dst", "nw_proto", "nw_tos",
                                           "nw_ttl", "nw_frag")])
 _L3_SLOTS_V6_TAIL = np.array([_S[s] for s in ("ipv6_label", "nw_proto", "nw_tos",
@@ -201,7 +217,7 @@ class _Parser:
         view = self._view
         if view is None:
             view = self._view = np.ndarray((self.flat.size - _WIN + 1,),
-                                           dtype=np.dtype((np.void, _WIN)),
+                                           dtype=_WIN_DTYPE,
                                            buffer=self.flat, strides=(1,))
         return view[pos].view(np.uint8).reshape(-1, _WIN)
 
@@ -312,12 +328,9 @@ class _Parser:
         u = w.view(">u4")
         ihl = _IHL[w[:, 0].astype(np.intp)]
         tot = h[:, 1].astype(np.int64)
-        keys[_S["nw_src"], ix] = u[:, 3]
-        keys[_S["nw_dst"], ix] = u[:, 4]
-        keys[_S["nw_tos"], ix] = w[:, 1]
-        keys[_S["nw_ttl"], ix] = w[:, 8]
+        keys[_R_ADDR4, ix] = u[:, 3:5].T
+        keys[_R_PROTO_TOS_TTL, ix] = w[:, [9, 1, 8]].T
         proto = w[:, 9].astype(np.intp)
-        keys[_S["nw_proto"], ix] = proto
         frag = h[:, 3] & 0x3FFF
         if frag.any():
             later = (frag & 0x1FFF) != 0
@@ -355,10 +368,7 @@ class _Parser:
         q = w.view(">u8")
         vtf = w.view(">u4")[:, 0]
         plen = w.view(">u2")[:, 2].astype(np.int64)
-        keys[_S["ipv6_src_hi"], ix] = q[:, 1]
-        keys[_S["ipv6_src_lo"], ix] = q[:, 2]
-        keys[_S["ipv6_dst_hi"], ix] = q[:, 3]
-        keys[_S["ipv6_dst_lo"], ix] = q[:, 4]
+        keys[_R_ADDR6, ix] = q[:, 1:5].T
         keys[_S["ipv6_label"], ix] = vtf & 0xFFFFF
         keys[_S["nw_tos"], ix] = (vtf >> 20) & 0xFF
         keys[_S["nw_ttl"], ix] = w[:, 7]
@@ -367,7 +377,7 @@ class _Parser:
         if not good.all():
             self.fail(ix, ~good, _E["truncated_ipv6"])
             rows = np.flatnonzero(~good) if isinstance(ix, slice) else ix[~good]
-            keys[_S["ipv6_src_hi"]:_S["ipv6_dst_lo"] + 1, rows] = 0
+            keys[_R_ADDR6, rows] = 0
             keys[_L3_SLOTS_V6_TAIL[:, None], rows] = 0
         l4pos = p + 40
         pend = l4pos + plen
@@ -435,13 +445,9 @@ class _Parser:
             if tcp:
                 off = (w[:, 12] >> 4).astype(np.int64) * 4
                 ok &= (off >= 20) & (off <= size)
-            if icmp:
-                src, dst = w[:, 0], w[:, 1]
-            else:
-                src, dst = h[:, 0], h[:, 1]
+            ports = (w[:, 0:2] if icmp else h[:, 0:2]).T
             all_ok = ok.all()
-            keys[_S["tp_src"], ix] = src if all_ok else src * ok
-            keys[_S["tp_dst"], ix] = dst if all_ok else dst * ok
+            keys[_R_PORTS, ix] = ports if all_ok else ports * ok
             if tcp:
                 flags = h[:, 6] & 0x0FFF
                 keys[_S["tcp_flags"], ix] = flags if all_ok else flags * ok
