@@ -318,8 +318,8 @@ class Conntrack:
         proto = p.proto[fi]
         l4st = self.l4st[c]
         tcp = proto == IP_TCP
-        ok = np.where(proto == IP_ICMP, l4st == ICMP_REPLY,
-                      np.where(proto == IP_ICMPV6, l4st == ICMP_REPLY, l4st != OTHER_FIRST))
+        icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
+        ok = np.where(icmp, l4st == ICMP_REPLY, l4st == OTHER_BIDIR)
         if tcp.any():
             ts = self.tcp[c, :, 4]
             fl = p.flags[fi]
@@ -348,12 +348,7 @@ class Conntrack:
         if oth.size:
             co = c[oth]
             icmp = (proto[oth] == IP_ICMP) | (proto[oth] == IP_ICMPV6)
-            # Any reply makes an other/UDP connection bidirectional (reply-order independent).
-            self.l4st[co[rp[oth] & ~icmp]] = OTHER_BIDIR
-            cls = np.where(icmp, TM_ICMP_REPLY,
-                           np.where(self.l4st[co] == OTHER_BIDIR, TM_OTHER_BIDIR,
-                                    TM_OTHER_MULTIPLE))
-            self.exp[co] = now + self._tmo[cls]
+            self.exp[co] = now + self._tmo[np.where(icmp, TM_ICMP_REPLY, TM_OTHER_BIDIR)]
         s = st[fi]
         s = np.where(valid, (s | EST | np.where(rp, RPL, 0).astype(np.uint64)) & ~np.uint64(NEW),
                      INV).astype(np.uint64)
@@ -533,7 +528,9 @@ class Conntrack:
         res = T.VALID
         if rp and st != OTHER_BIDIR:
             st = OTHER_BIDIR
-        elif st == OTHER_FIRST:
+        elif st != OTHER_BIDIR:
+            # OVS 3.1 as observed on its dummy datapath: +new until a reply is seen
+            # (conntrack-other.c alone would say +est from the third packet).
             st = OTHER_MULTIPLE
             res = T.VALID_NEW
         self.l4st[c] = st

@@ -125,8 +125,8 @@ def extract(batch: Batch, parsed: Parsed, rows: np.ndarray, zones: np.ndarray,
     w[:, 1] = np.where(v6, keys[_S["ipv6_src_lo"], rows], keys[_S["nw_src"], rows])
     w[:, 2] = np.where(v6, keys[_S["ipv6_dst_hi"], rows], 0)
     w[:, 3] = np.where(v6, keys[_S["ipv6_dst_lo"], rows], keys[_S["nw_dst"], rows])
-    hdr = _gather(data, rows, np.maximum(l3, 0), 4)
-    tot = (hdr[:, 2].astype(np.int64) << 8) | hdr[:, 3]
+    hdr = _gather(data, rows, np.maximum(l3, 0), 6).astype(np.int64)
+    tot = np.where(v6, (hdr[:, 4] << 8) | hdr[:, 5], (hdr[:, 2] << 8) | hdr[:, 3])
     l3end = np.where(v6, l3 + 40 + tot, l3 + tot)
     tp_src = keys[_S["tp_src"], rows]
     tp_dst = keys[_S["tp_dst"], rows]

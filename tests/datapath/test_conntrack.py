@@ -1,0 +1,345 @@
+"""Conntrack engine: TCP states and windows, UDP/ICMP pseudo-connections, related errors, zones, limits, expiry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import ARP
+from scapy.packet import Raw
+
+from sbnet.datapath import conntrack_tcp as T
+from sbnet.datapath.conntrack import Conntrack, Timeouts
+from tests.datapath.test_conntrack_util import A, B, E, S, Tcp, ct_run, one, udp
+
+
+def _conn(ct):
+    (slot,) = ct.connections()
+    return slot
+
+
+def test_tcp_handshake_data_fin_states():
+    ct = Conntrack()
+    c = Tcp()
+    assert one(ct, c.pkt(0, "S")) == "+new+trk"
+    slot = _conn(ct)
+    assert ct.tcp_state(slot) == ("SYN_SENT", "CLOSED")
+    assert one(ct, c.pkt(1, "SA")) == "+est+rpl+trk"
+    assert ct.tcp_state(slot) == ("ESTABLISHED", "SYN_SENT")
+    assert one(ct, c.pkt(0, "A")) == "+est+trk"
+    assert ct.tcp_state(slot) == ("ESTABLISHED", "ESTABLISHED")
+    assert one(ct, c.pkt(0, "PA", b"hello")) == "+est+trk"
+    assert one(ct, c.pkt(1, "A")) == "+est+rpl+trk"
+    assert ct.dump()[0].endswith("protoinfo=(state=ESTABLISHED)")
+    assert one(ct, c.pkt(0, "FA")) == "+est+trk"
+    assert ct.tcp_state(slot) == ("CLOSING", "ESTABLISHED")
+    assert one(ct, c.pkt(1, "A")) == "+est+rpl+trk"
+    assert ct.tcp_state(slot) == ("FIN_WAIT_2", "ESTABLISHED")
+    assert one(ct, c.pkt(1, "FA")) == "+est+rpl+trk"
+    assert ct.tcp_state(slot) == ("FIN_WAIT_2", "CLOSING")
+    assert one(ct, c.pkt(0, "A")) == "+est+trk"
+    assert ct.tcp_state(slot) == ("FIN_WAIT_2", "FIN_WAIT_2")
+    assert ct.dump()[0].endswith("protoinfo=(state=TIME_WAIT)")
+    # Closed both ways: a new SYN on the same tuple replaces the connection.
+    c2 = Tcp(isn_a=90000)
+    assert one(ct, c2.pkt(0, "S")) == "+new+trk"
+    assert ct.tcp_state(_conn(ct)) == ("SYN_SENT", "CLOSED")
+
+
+def test_tcp_timeouts_follow_state():
+    to = Timeouts()
+    ct = Conntrack(timeouts=to)
+    c = Tcp()
+    one(ct, c.pkt(0, "S"), now=0)
+    slot = _conn(ct)
+    assert ct.exp[slot] == to.tcp_syn_sent
+    one(ct, c.pkt(1, "SA"), now=1)
+    assert ct.exp[slot] == 1 + to.tcp_syn_recv
+    one(ct, c.pkt(0, "A"), now=2)
+    assert ct.exp[slot] == 2 + to.tcp_established
+    one(ct, c.pkt(0, "FA"), now=3)
+    assert ct.exp[slot] == 3 + to.tcp_fin_wait
+    one(ct, c.pkt(1, "FA"), now=4)
+    assert ct.exp[slot] == 4 + to.tcp_time_wait
+    one(ct, c.pkt(0, "A"), now=5)
+    assert ct.exp[slot] == 5 + to.tcp_close
+
+
+def test_tcp_rst_closes():
+    ct = Conntrack()
+    c = Tcp()
+    for p in c.handshake():
+        one(ct, p)
+    assert one(ct, c.pkt(1, "R")) == "+est+rpl+trk"
+    assert ct.tcp_state(_conn(ct)) == ("TIME_WAIT", "TIME_WAIT")
+
+
+def test_tcp_rst_needs_exact_sequence():
+    ct = Conntrack()
+    c = Tcp()
+    for p in c.handshake():
+        one(ct, p)
+    bad = c.pkt(1, "R", seq=c.seq[1] + 5000)
+    assert one(ct, bad) == "+inv+trk"
+    assert ct.tcp_state(_conn(ct)) == ("ESTABLISHED", "ESTABLISHED")
+
+
+def test_out_of_window_invalid_and_liberal_accepts():
+    for liberal, want in ((False, "+inv+trk"), (True, "+est+trk")):
+        ct = Conntrack(tcp_liberal=liberal)
+        c = Tcp()
+        for p in c.handshake():
+            one(ct, p)
+        far = c.pkt(0, "PA", b"x" * 100, seq=c.seq[0] + 10_000_000)
+        assert one(ct, far) == want
+    assert ct.stats["tcp_seq_chk_failed"] == 0
+
+
+def test_out_of_window_fast_path_batch():
+    ct = Conntrack()
+    conns = [Tcp(sport=2000 + i) for i in range(8)]
+    for c in conns:
+        for p in c.handshake():
+            one(ct, p)
+    pkts = []
+    for i, c in enumerate(conns):
+        pkts.append(c.pkt(0, "PA", b"d" * 10))
+        pkts.append(c.pkt(0, "PA", b"e" * 10))
+        if i % 2:
+            pkts.append(c.pkt(0, "PA", b"x" * 10, seq=c.seq[0] + 50_000_000))
+    r = ct_run(ct, pkts)
+    want = []
+    for i in range(8):
+        want += ["+est+trk", "+est+trk"] + (["+inv+trk"] if i % 2 else [])
+    assert r.states == want
+    assert ct.stats["fast_path"] == len(pkts)
+    assert ct.stats["tcp_seq_chk_failed"] == 4
+
+
+def test_invalid_flags_and_synack_without_connection():
+    ct = Conntrack()
+    c = Tcp()
+    assert one(ct, c.pkt(0, "SF")) == "+inv+trk"
+    assert one(ct, c.pkt(0, "F")) == "+inv+trk"
+    assert one(ct, c.pkt(1, "SA")) == "+inv+trk"
+    assert len(ct) == 0
+    # A mid-stream ACK may pick a connection up (OVS tcp_valid_new).
+    assert one(ct, c.pkt(0, "A")) == "+new+trk"
+    assert len(ct) == 1
+
+
+def test_simultaneous_open():
+    ct = Conntrack()
+    c = Tcp()
+    assert one(ct, c.pkt(0, "S")) == "+new+trk"
+    assert one(ct, c.pkt(1, "S")) == "+new+trk"     # VALID_NEW: no +rpl, as OVS
+    slot = _conn(ct)
+    assert ct.tcp_state(slot) == ("SYN_SENT", "SYN_SENT")
+    assert one(ct, c.pkt(0, "SA", seq=1000)) == "+est+trk"
+    assert one(ct, c.pkt(1, "SA", seq=5000)) == "+est+rpl+trk"
+    assert ct.tcp_state(slot) == ("ESTABLISHED", "ESTABLISHED")
+
+
+def test_syn_retransmit_stays_new_and_uncommitted_not_stored():
+    ct = Conntrack()
+    c = Tcp()
+    syn = c.pkt(0, "S")
+    assert one(ct, syn, commit=False) == "+new+trk"
+    assert len(ct) == 0
+    assert one(ct, syn) == "+new+trk"
+    assert one(ct, syn) == "+new+trk"     # SYN retransmission: VALID_NEW
+    assert len(ct) == 1
+
+
+def test_window_scaling_tracks_scaled_windows():
+    ct = Conntrack()
+    c = Tcp(win=1000)
+    one(ct, c.pkt(0, "S", options=[("WScale", 7)]))
+    one(ct, c.pkt(1, "SA", options=[("WScale", 7)]))
+    one(ct, c.pkt(0, "A"))
+    one(ct, c.pkt(1, "A"))       # B's first scaled window opens A's send window
+    # 1000 << 7 = 128000 bytes of window: a segment 100 kB ahead is in window.
+    assert one(ct, c.pkt(0, "PA", b"z" * 10, seq=c.seq[0] + 100_000)) == "+est+trk"
+    assert one(ct, c.pkt(0, "PA", b"z" * 10, seq=c.seq[0] + 400_000)) == "+inv+trk"
+
+
+def test_batch_handshake_in_one_batch():
+    ct = Conntrack()
+    c = Tcp()
+    r = ct_run(ct, c.handshake() + [c.pkt(0, "PA", b"abc")])
+    assert r.states == ["+new+trk", "+est+rpl+trk", "+est+trk", "+est+trk"]
+
+
+def test_ct_tuple_fields_are_original_direction():
+    ct = Conntrack()
+    c = Tcp()
+    one(ct, c.pkt(0, "S"), zone=7)
+    r = ct_run(ct, [c.pkt(1, "SA")], zone=7)
+    assert r.key("ct_nw_src") == 0x0A000001 and r.key("ct_nw_dst") == 0x0A000002
+    assert (r.key("ct_tp_src"), r.key("ct_tp_dst"), r.key("ct_nw_proto")) == (1234, 80, 6)
+    assert r.key("ct_zone") == 7
+
+
+def test_mark_and_label_need_commit():
+    ct = Conntrack()
+    c = Tcp()
+    r = ct_run(ct, [c.pkt(0, "S")], set_mark=(0x5, 0xF), set_label=(1 << 70 | 3, (1 << 128) - 1))
+    assert r.key("ct_mark") == 5
+    assert (r.key("ct_label_hi"), r.key("ct_label_lo")) == (1 << 6, 3)
+    r = ct_run(ct, [c.pkt(1, "SA")])
+    assert r.key("ct_mark") == 5
+    assert "mark=5" in ct.dump()[0] and f"labels=0x{(1 << 70 | 3):x}" in ct.dump()[0]
+
+
+def test_udp_new_until_reply_then_established():
+    ct = Conntrack()
+    assert one(ct, udp()) == "+new+trk"
+    assert one(ct, udp()) == "+new+trk"
+    assert one(ct, udp()) == "+new+trk"
+    assert one(ct, udp(B, A, 2, 1)) == "+est+rpl+trk"
+    assert one(ct, udp()) == "+est+trk"
+    assert ct.dump() == ["udp,orig=(src=10.0.0.1,dst=10.0.0.2,sport=1,dport=2),"
+                         "reply=(src=10.0.0.2,dst=10.0.0.1,sport=2,dport=1)"]
+
+
+def test_icmp_echo_pseudo_connection():
+    ct = Conntrack()
+    req = E / IP(src=A, dst=B) / ICMP(type=8, id=7, seq=1)
+    rep = E / IP(src=B, dst=A) / ICMP(type=0, id=7, seq=1)
+    assert one(ct, rep) == "+inv+trk"          # a reply cannot open a connection
+    assert one(ct, req) == "+new+trk"
+    assert one(ct, req) == "+new+trk"
+    assert one(ct, rep) == "+est+rpl+trk"
+    assert one(ct, req) == "+est+trk"
+    other_id = E / IP(src=A, dst=B) / ICMP(type=8, id=8)
+    assert one(ct, other_id) == "+new+trk"
+    assert "icmp,orig=(src=10.0.0.1,dst=10.0.0.2,id=7,type=8,code=0)," \
+           "reply=(src=10.0.0.2,dst=10.0.0.1,id=7,type=0,code=0)" in ct.dump()
+    r = ct_run(ct, [req])
+    assert (r.key("ct_tp_src"), r.key("ct_tp_dst")) == (8, 0)
+
+
+def test_icmpv6_echo_and_nd_invalid():
+    ct = Conntrack()
+    req = E / IPv6(src="fc00::1", dst="fc00::2") / ICMPv6EchoRequest(id=9)
+    rep = E / IPv6(src="fc00::2", dst="fc00::1") / ICMPv6EchoReply(id=9)
+    assert one(ct, req) == "+new+trk"
+    assert one(ct, rep) == "+est+rpl+trk"
+    from scapy.layers.inet6 import ICMPv6ND_NS
+    ns = E / IPv6(src="fc00::1", dst="ff02::1:ff00:2") / ICMPv6ND_NS(tgt="fc00::2")
+    assert one(ct, ns) == "+inv+trk"
+    r = ct_run(ct, [req])
+    assert r.key("ct_ipv6_src_lo") == 1 and r.key("ct_nw_src") == 0
+
+
+def test_icmp_error_related_v4():
+    ct = Conntrack()
+    c = Tcp()
+    for p in c.handshake():
+        one(ct, p)
+    quoted = IPerror(src=A, dst=B) / TCPerror(sport=1234, dport=80, seq=c.seq[0])
+    err = E / IP(src="10.9.9.9", dst=A) / ICMP(type=3, code=1) / quoted
+    assert one(ct, err) == "+rel+rpl+trk"
+    back = IPerror(src=B, dst=A) / TCPerror(sport=80, dport=1234)
+    err2 = E / IP(src="10.9.9.9", dst=B) / ICMP(type=11, code=0) / back
+    assert one(ct, err2) == "+rel+trk"
+    stranger = IPerror(src=A, dst=B) / UDPerror(sport=5, dport=6)
+    assert one(ct, E / IP(src="10.9.9.9", dst=A) / ICMP(type=3) / stranger) == "+inv+trk"
+    assert len(ct) == 1
+
+
+def test_icmp_error_related_v6():
+    from scapy.layers.inet6 import IPerror6, UDPerror as UDPerror6
+    ct = Conntrack()
+    p = E / IPv6(src="fc00::1", dst="fc00::2") / UDP(sport=10, dport=20) / Raw(b"q")
+    one(ct, p)
+    err = (E / IPv6(src="fc00::99", dst="fc00::1") / ICMPv6DestUnreach(code=4)
+           / IPerror6(src="fc00::1", dst="fc00::2") / UDPerror6(sport=10, dport=20))
+    assert one(ct, err) == "+rel+rpl+trk"
+
+
+def test_non_ip_fragment_and_bad_checksum_invalid():
+    ct = Conntrack()
+    arp = E / ARP(psrc=A, pdst=B)
+    frag = E / IP(src=A, dst=B, flags="MF", frag=0) / UDP(sport=1, dport=2) / Raw(b"y" * 20)
+    bad = bytearray(bytes(udp()))
+    bad[-1] ^= 0xFF
+    r = ct_run(ct, [arp, frag, bytes(bad), udp()])
+    assert r.states == ["+inv+trk", "+inv+trk", "+inv+trk", "+new+trk"]
+    assert r.key("ct_nw_src", 0) == 0
+    ct2 = Conntrack(checksums=False)
+    assert ct_run(ct2, [bytes(bad)]).states == ["+new+trk"]
+
+
+def test_zones_isolate():
+    ct = Conntrack()
+    c = Tcp()
+    one(ct, c.pkt(0, "S"), zone=1)
+    assert one(ct, c.pkt(1, "SA"), zone=2) == "+inv+trk"   # unknown in zone 2
+    assert one(ct, c.pkt(1, "SA"), zone=1) == "+est+rpl+trk"
+    one(ct, udp(), zone=2)
+    assert len(ct.dump(zone=2)) == 1 and len(ct.dump(zone=1)) == 1
+    ct.flush(zone=1)
+    assert len(ct) == 1 and ct.dump(zone=1) == []
+    r = ct_run(ct, [udp(), udp()], zone=np.array([2, 3]))
+    assert r.states == ["+new+trk", "+new+trk"]
+    assert len(ct) == 2
+
+
+def test_global_and_zone_limits():
+    ct = Conntrack(limit=3, zone_limits={9: 1})
+    assert one(ct, udp(sport=1), zone=9) == "+new+trk"
+    assert one(ct, udp(sport=2), zone=9) == "+new+trk"       # refused, not stored
+    assert ct.stats["zone_full"] == 1 and len(ct) == 1
+    for sp in (3, 4, 5):
+        one(ct, udp(sport=sp), zone=1)
+    assert len(ct) == 3 and ct.stats["conntrack_full"] == 1
+    # Established connections keep working when full.
+    assert one(ct, udp(B, A, 2, 3), zone=1) == "+est+rpl+trk"
+
+
+def test_expiry_with_controlled_clock():
+    to = Timeouts(udp_first=30)
+    ct = Conntrack(timeouts=to)
+    one(ct, udp(), now=100)
+    assert ct.expire(129.9) == 0 and len(ct) == 1
+    # An expired connection is not found even before the sweep.
+    assert one(ct, udp(B, A, 2, 1), now=131) == "+new+trk"
+    assert ct.stats["expired"] >= 1
+    ct2 = Conntrack(timeouts=to)
+    one(ct2, udp(), now=0)
+    assert ct2.expire(30) == 1 and len(ct2) == 0
+
+
+def test_force_replaces_reply_direction_connection():
+    ct = Conntrack()
+    one(ct, udp())
+    assert one(ct, udp(B, A, 2, 1), force=True) == "+new+trk"
+    assert ct.dump()[0].startswith("udp,orig=(src=10.0.0.2,dst=10.0.0.1,sport=2,dport=1)")
+
+
+def test_many_connections_batch_lookup_and_dict_collisions_survive():
+    ct = Conntrack()
+    pk = [udp(sport=1000 + i, dport=53) for i in range(500)]
+    ct_run(ct, pk)
+    assert len(ct) == 500
+    rep = [udp(B, A, 53, 1000 + i) for i in range(500)]
+    assert set(ct_run(ct, rep).states) == {"+est+rpl+trk"}
+    assert set(ct_run(ct, pk).states) == {"+est+trk"}
+    assert ct.memory_per_connection() > 0
+
+
+def test_tcp_update_unit_first_packet_from_responder():
+    peers = T.new_peers(T.TcpPacket(T.SYN, 100, 0, 1000, 0))
+    res, cls = T.update(peers, True, T.TcpPacket(T.SYN | T.ACK, 900, 101, 1000, 0), False)
+    assert (res, cls) == (T.VALID, T.TM_TCP_OPENING)
+    assert peers[0][4] == T.ESTABLISHED and peers[1][4] == T.SYN_SENT
+    assert peers[1][0] == 901
+
+
+@pytest.mark.parametrize("fl,bad", [(T.SYN | T.RST, True), (T.SYN | T.FIN, True), (0, True),
+                                    (T.FIN, True), (T.PSH, True), (T.ACK, False),
+                                    (T.RST, False), (T.SYN, False), (T.ACK | T.FIN, False)])
+def test_invalid_flag_table(fl, bad):
+    assert T.invalid_flags(fl) is bad
