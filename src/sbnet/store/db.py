@@ -77,7 +77,9 @@ class Store:
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        # An in-memory database lives only as long as its one connection: keep it.
+        if not self._memory:
+            self.engine.dispose()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
