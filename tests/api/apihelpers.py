@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 
 import httpx
 from fastapi.testclient import TestClient
 
+from sbnet.api.process import spawn, stop
+
 ADMIN = {"X-Project-Id": "admin-project", "X-Roles": "admin"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def project(name: str) -> dict:
@@ -52,31 +43,10 @@ class Api:
         return out["NeutronError"]
 
 
-def start_server(db_url: str, extra: str = "") -> tuple[subprocess.Popen, str]:
-    """`sbnet serve`'s app under uvicorn in its own process on a free port."""
-    port = free_port()
-    code = ("import uvicorn; from sbnet.api import create_app; "
-            f"uvicorn.run(create_app({db_url!r}{extra}), host='127.0.0.1', port={port}, "
-            "log_level='warning')")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
+def start_server(db_url: str) -> tuple[subprocess.Popen, str]:
+    """The API under uvicorn in its own process on a free port (as `sbnet serve` runs it)."""
+    return spawn(db_url)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop(proc)

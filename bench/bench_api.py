@@ -1,0 +1,82 @@
+"""Port-create throughput and latency of the Neutron API on SQLite and on PostgreSQL.
+
+Run: python bench/bench_api.py [--ports 2000] [--concurrency 16] [--backend sqlite|postgres|both]
+Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and database; the
+PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from sbnet.api.process import spawn, stop
+from sbnet.store.pgtemp import create_database, temp_postgres
+
+ADMIN = {"X-Project-Id": "bench", "X-Roles": "admin"}
+
+
+def run(url: str, ports: int, concurrency: int) -> dict:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(base_url=url, headers=ADMIN, timeout=120, limits=limits) as c:
+        net = c.post("/v2.0/networks", json={"network": {"name": "bench"}}).json()["network"]
+        c.post("/v2.0/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.64.0.0/16"}})
+
+        def create(i: int) -> float:
+            t0 = time.perf_counter()
+            r = c.post("/v2.0/ports", json={"port": {"network_id": net["id"], "name": f"b{i}"}})
+            assert r.status_code == 201, r.text
+            return time.perf_counter() - t0
+
+        for i in range(20):  # warm-up: connections, default security group, caches
+            create(-i)
+        with ThreadPoolExecutor(concurrency) as pool:
+            t0 = time.perf_counter()
+            lat = sorted(pool.map(create, range(ports)))
+            wall = time.perf_counter() - t0
+    return {"ports": ports, "concurrency": concurrency, "creates_per_s": round(ports / wall, 1),
+            "p50_ms": round(1000 * statistics.median(lat), 1),
+            "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ports", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args()
+    results = {}
+    for backend in ("sqlite", "postgres"):
+        if args.backend not in (backend, "both"):
+            continue
+        with ExitStack() as stack:
+            if backend == "sqlite":
+                tmp = stack.enter_context(tempfile.TemporaryDirectory())
+                db = f"sqlite:///{Path(tmp) / 'bench.db'}"
+            else:
+                db = create_database(stack.enter_context(temp_postgres()), "bench")
+            proc, url = spawn(db)
+            try:
+                results[backend] = run(url, args.ports, args.concurrency)
+            finally:
+                stop(proc)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'backend':10} {'ports':>6} {'conc':>5} {'creates/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for backend, r in results.items():
+        print(f"{backend:10} {r['ports']:>6} {r['concurrency']:>5} {r['creates_per_s']:>10} "
+              f"{r['p50_ms']:>8} {r['p99_ms']:>8}")
+
+
+if __name__ == "__main__":
+    main()
