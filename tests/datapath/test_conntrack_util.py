@@ -68,13 +68,15 @@ def ct_pipeline(ct: Conntrack, pkt, zone=5, now=0.0) -> str:
 class Tcp:
     """A TCP conversation between A:sport and B:dport with tracked sequence numbers."""
 
-    def __init__(self, sport=1234, dport=80, a=A, b=B, isn_a=1000, isn_b=5000, win=8192):
+    def __init__(self, sport=1234, dport=80, a=A, b=B, isn_a=1000, isn_b=5000, win=8192,
+                 reply_to: str | None = None):
         self.sport, self.dport, self.a, self.b = sport, dport, a, b
+        self.reply_to = reply_to or a     # where B's packets go (A's SNAT address)
         self.seq = {0: isn_a, 1: isn_b}
         self.win = win
 
     def pkt(self, d: int, fl: str, data: bytes = b"", seq=None, ack=None, **opts):
-        src, dst = (self.a, self.b) if d == 0 else (self.b, self.a)
+        src, dst = (self.a, self.b) if d == 0 else (self.b, self.reply_to)
         sp, dp = (self.sport, self.dport) if d == 0 else (self.dport, self.sport)
         s = self.seq[d] if seq is None else seq
         a = self.seq[1 - d] if ack is None else ack

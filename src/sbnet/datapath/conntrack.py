@@ -357,7 +357,11 @@ class Conntrack:
         self.stats["fast_path"] += fi.size
         if nat is None:
             return np.zeros(0, dtype=np.intp)
-        return fi[valid & (self.nat[c] != 0) & ~natted[fi]]
+        j = valid & (self.nat[c] != 0) & ~natted[fi]
+        jobs = fi[j]
+        snat = (self.nat[c[j]] & SNAT) != 0
+        st[jobs] |= np.where(snat != rp[j], SNAT_BIT, DNAT_BIT).astype(np.uint64)
+        return jobs
 
     def _fast_tcp(self, p, rows, c, rp, now) -> np.ndarray:
         """Established segments in rounds: round k takes each connection's k-th row."""
