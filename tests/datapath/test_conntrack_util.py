@@ -78,8 +78,8 @@ class Tcp:
     def pkt(self, d: int, fl: str, data: bytes = b"", seq=None, ack=None, **opts):
         src, dst = (self.a, self.b) if d == 0 else (self.b, self.reply_to)
         sp, dp = (self.sport, self.dport) if d == 0 else (self.dport, self.sport)
-        s = self.seq[d] if seq is None else seq
-        a = self.seq[1 - d] if ack is None else ack
+        s = (self.seq[d] if seq is None else seq) % 2**32
+        a = (self.seq[1 - d] if ack is None else ack) % 2**32
         p = E / IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags=fl, seq=s,
                                            ack=a if "A" in fl else 0, window=self.win, **opts)
         if data:
