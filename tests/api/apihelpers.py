@@ -43,9 +43,9 @@ class Api:
         return out["NeutronError"]
 
 
-def start_server(db_url: str) -> tuple[subprocess.Popen, str]:
+def start_server(db_url: str, via_cli: bool = False) -> tuple[subprocess.Popen, str]:
     """The API under uvicorn in its own process on a free port (as `sbnet serve` runs it)."""
-    return spawn(db_url)
+    return spawn(db_url, via_cli=via_cli)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -29,7 +29,7 @@ def api(app_client: TestClient) -> Api:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db = tmp_path_factory.mktemp("db") / "sbnet.db"
-    proc, url = start_server(f"sqlite:///{db}")
+    proc, url = start_server(f"sqlite:///{db}", via_cli=True)  # the real `sbnet serve`
     yield url
     stop_server(proc)
 

@@ -148,3 +148,31 @@ def test_token_file_auth(tmp_path: object) -> None:
         assert "provider:network_type" not in r.json()["network"]
         admin = c.get("/v2.0/networks", headers={"X-Auth-Token": "tok-admin"}).json()["networks"]
         assert admin[0]["provider:network_type"] == "vxlan"
+
+
+def test_malformed_bodies_are_4xx(api: Api) -> None:
+    for raw in (b'{"network": {"name": NaN}}', b'{"network": {"name": "\\ud800"}}', b"[" * 5000,
+                b'"just a string"', b"\xff\xfe"):
+        r = api.client.post("/v2.0/networks", content=raw, headers=api.headers)
+        assert r.status_code == 400, (raw[:30], r.text)
+    r = api.client.get("/v2.0/networks", headers={"X-Project-Id": "p" * 300})
+    assert r.status_code == 400
+
+
+def test_sbnet_serve_default_sqlite_wal(tmp_path: object) -> None:
+    import sqlite3
+
+    import httpx
+
+    from sbnet.api.process import spawn, stop
+
+    proc, url = spawn(None, via_cli=True, cwd=str(tmp_path))
+    try:
+        assert httpx.get(url + "/").json()["versions"][0]["id"] == "v2.0"
+        r = httpx.post(url + "/v2.0/networks", json={"network": {"name": "n"}})
+        assert r.status_code == 201
+    finally:
+        stop(proc)
+    db = sqlite3.connect(tmp_path / "sbnet.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"

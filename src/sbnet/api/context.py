@@ -9,7 +9,7 @@ from typing import Mapping, Protocol
 
 import yaml
 
-from sbnet.model.errors import Unauthorized
+from sbnet.model.errors import BadRequest, Unauthorized
 
 DEFAULT_PROJECT = "admin"  # project of unauthenticated requests in noauth mode
 
@@ -71,6 +71,8 @@ class Authenticator:
         if self.require_token:
             raise Unauthorized()
         project = headers.get("x-project-id") or headers.get("x-tenant-id")
+        if project is not None and (len(project) > 255 or not project.isprintable()):
+            raise BadRequest("X-Project-Id must be at most 255 printable characters")
         roles = tuple(r.strip() for r in headers.get("x-roles", "").split(",") if r.strip())
         if project is None:
             return Context(DEFAULT_PROJECT, roles or ("admin",))

@@ -209,9 +209,16 @@ async def read_json(request: Request) -> Any:
     if not raw:
         raise BadRequest("Resource body required")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(raw, parse_constant=_no_constant)
+        # Lone surrogates parse but cannot be stored or sent back as UTF-8: refuse them here.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):
         raise BadRequest("Malformed request body") from None
+    return payload
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def unwrap(spec: ResourceSpec, payload: Any, allow_bulk: bool) -> list[dict] | dict:

@@ -19,11 +19,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(db_url: str, port: int | None = None, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start the server for db_url in its own process; return it and its base URL once it answers."""
+def spawn(db_url: str | None, port: int | None = None, timeout: float = 60, via_cli: bool = False,
+          cwd: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the server for db_url in its own process; return it and its base URL once it answers.
+
+    via_cli runs the real `sbnet serve` command (db_url None = its default SQLite file in cwd).
+    """
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sbnet.api.process", "--db", db_url,
-                             "--port", str(port)], stdin=subprocess.DEVNULL)
+    if via_cli:
+        cmd = [sys.executable, "-c", "from sbnet.cli.main import app; app()", "serve",
+               "--port", str(port)] + (["--db", db_url] if db_url else [])
+    else:
+        cmd = [sys.executable, "-m", "sbnet.api.process", "--db", str(db_url), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
