@@ -40,26 +40,37 @@ class Megaflow:
 
 
 class Subtable:
-    """All megaflows sharing one mask: masked values by row, found through a sorted hash index.
+    """All megaflows sharing one mask: masked values by row, found through a hash index.
 
-    Inserts only append (no numpy work per megaflow); the index is rebuilt lazily,
-    once, at the next lookup, which keeps flow setup cheap and lookup one
-    vectorized searchsorted over the batch.
+    The index is a direct-mapped table (each megaflow at the slot its hash
+    names, four slots per megaflow) backed by a sorted overflow array for the
+    few that collide, so most lookups are one gather for the whole batch.
+    Inserts only append a row; the index takes them in at the next lookup.
     """
 
     def __init__(self, slots: tuple[int, ...], mask: tuple[int, ...]) -> None:
         self.slots = np.array(slots, dtype=np.intp)
         self.mask = np.array(mask, dtype=np.uint64)[:, None]
-        self.values = np.zeros((16, len(slots)), dtype=np.uint64)
-        self.ids = np.full(16, -1, dtype=np.int64)             # megaflow id per row
+        # Slot-major (one row per masked slot, one column per megaflow): verifying a
+        # batch of candidates gathers contiguous rows.
+        self.values = np.zeros((len(slots), 16), dtype=np.uint64)
+        self.ids = np.full(16, -1, dtype=np.int64)             # megaflow id per column
         self.free: list[int] = []
         self.rows_used = 0
         self.n = 0
         self.hits = 0
-        self._hashes = np.zeros(0, dtype=np.uint64)            # sorted
-        self._hash_rows = np.zeros(0, dtype=np.intp)
+        self._size = 64
+        self._home_h = np.zeros(self._size, dtype=np.uint64)
+        self._home_row = np.full(self._size, -1, dtype=np.intp)
+        self._ovf_h = np.zeros(0, dtype=np.uint64)               # sorted
+        self._ovf_row = np.zeros(0, dtype=np.intp)
+        self._indexed = 0                                       # entries in the index
         self._pending: list[int] = []
         self._stale = 0
+        # Per slot, the value every megaflow here shares (None once they differ):
+        # checking those needs no gather, and in real pipelines most slots of a
+        # subtable (eth_type, ip_proto, in_port...) are such constants.
+        self._const: list[int | None] | None = None
 
     def insert(self, value: tuple[int, ...], mf_id: int) -> int:
         """Add a megaflow; returns its row (used to remove it)."""
@@ -70,8 +81,15 @@ class Subtable:
                 self._grow_rows()
             row = self.rows_used
             self.rows_used += 1
-        self.values[row] = value
+        self.values[:, row] = value
         self.ids[row] = mf_id
+        if self._const is None:
+            self._const = list(value)
+        else:
+            c = self._const
+            for j, v in enumerate(value):
+                if c[j] is not None and c[j] != v:
+                    c[j] = None
         self._pending.append(row)
         self.n += 1
         return row
@@ -84,61 +102,97 @@ class Subtable:
 
     def _grow_rows(self) -> None:
         old = self.ids.size
-        self.values = np.vstack([self.values, np.zeros_like(self.values)])
+        self.values = np.hstack([self.values, np.zeros_like(self.values)])
         self.ids = np.concatenate([self.ids, np.full(old, -1, dtype=np.int64)])
 
     def _reindex(self) -> None:
-        if self._stale * 2 > max(self._hashes.size, 64):
-            # Too many entries point at removed rows: rebuild from the live rows.
+        want = self._indexed + len(self._pending) - self._stale
+        if self._stale * 2 > max(self._indexed, 64) or want * 4 > self._size:
+            # Rebuild from the live rows: too many dead entries, or the table is full.
             rows = np.flatnonzero(self.ids[:self.rows_used] >= 0)
-            self._hashes = np.zeros(0, dtype=np.uint64)
-            self._hash_rows = np.zeros(0, dtype=np.intp)
-            self._stale = 0
+            size = 64
+            while size < rows.size * 8:
+                size *= 2
+            self._size = size
+            self._home_h = np.zeros(size, dtype=np.uint64)
+            self._home_row = np.full(size, -1, dtype=np.intp)
+            self._ovf_h = np.zeros(0, dtype=np.uint64)
+            self._ovf_row = np.zeros(0, dtype=np.intp)
+            self._indexed = self._stale = 0
+            live = self.values[:, rows]
+            self._const = [int(v[0]) if v.size and (v == v[0]).all() else None for v in live]
         else:
             rows = np.array(self._pending, dtype=np.intp)
         self._pending = []
         if rows.size == 0:
             return
-        h = _hash(self.values[rows].T)
-        order = np.argsort(h, kind="stable")
-        h, rows = h[order], rows[order]
-        at = np.searchsorted(self._hashes, h)
-        self._hashes = np.insert(self._hashes, at, h)
-        self._hash_rows = np.insert(self._hash_rows, at, rows)
+        h = _hash(self.values[:, rows])
+        pos = (h & np.uint64(self._size - 1)).astype(np.intp)
+        free = self._home_row[pos] < 0
+        _, first = np.unique(pos, return_index=True)
+        home = np.zeros(rows.size, dtype=bool)
+        home[first] = True
+        home &= free
+        self._home_h[pos[home]] = h[home]
+        self._home_row[pos[home]] = rows[home]
+        oh, orow = h[~home], rows[~home]
+        if oh.size:
+            order = np.argsort(oh, kind="stable")
+            at = np.searchsorted(self._ovf_h, oh[order])
+            self._ovf_h = np.insert(self._ovf_h, at, oh[order])
+            self._ovf_row = np.insert(self._ovf_row, at, orow[order])
+        self._indexed += rows.size
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Megaflow id for each of `rows` (columns of the slot-major `keys`; None = all), -1 if none."""
-        if self._pending or self._stale * 2 > max(self._hashes.size, 64):
+        if self._pending or self._stale * 2 > max(self._indexed, 64):
             self._reindex()
         sel = np.take(keys, self.slots, axis=0)
         masked = (sel if rows is None else sel[:, rows]) & self.mask
         n = masked.shape[1]
         out = np.full(n, -1, dtype=np.int64)
-        size = self._hashes.size
-        if size == 0:
+        if self._indexed == 0:
             return out
         h = _hash(masked)
-        pos = np.searchsorted(self._hashes, h)
-        todo = np.arange(n)
-        # Equal hashes sit side by side: walk right past collisions and stale rows.
-        while todo.size:
-            p = pos[todo]
-            inside = p < size
-            todo, p = todo[inside], p[inside]
-            same = self._hashes[p] == h[todo]
-            todo, p = todo[same], p[same]
-            if not todo.size:
-                break
-            r = self._hash_rows[p]
-            ok = (self.values[r].T == masked[:, todo]).all(axis=0) & (self.ids[r] >= 0)
-            out[todo[ok]] = self.ids[r[ok]]
-            todo = todo[~ok]
-            pos[todo] += 1
-        self.hits += int((out >= 0).sum())
+        r = self._home_row[(h & np.uint64(self._size - 1)).astype(np.intp)]
+        ok = self._same(r, masked)
+        out[ok] = self.ids[r[ok]]
+        if self._ovf_h.size:
+            todo = np.flatnonzero(out < 0)
+            self._overflow(h, masked, todo, out)
+        self.hits += int(np.count_nonzero(out >= 0))
         return out
 
+    def _overflow(self, h, masked, todo, out) -> None:
+        size = self._ovf_h.size
+        # Sorted probes walk the sorted array in order: much kinder to the cache.
+        todo = todo[np.argsort(h[todo], kind="stable")]
+        pos = np.searchsorted(self._ovf_h, h[todo])
+        while todo.size:
+            inside = pos < size
+            todo, pos = todo[inside], pos[inside]
+            same = self._ovf_h[pos] == h[todo]
+            todo, pos = todo[same], pos[same]
+            if not todo.size:
+                break
+            r = self._ovf_row[pos]
+            ok = self._same(r, masked[:, todo])
+            out[todo[ok]] = self.ids[r[ok]]
+            todo, pos = todo[~ok], pos[~ok] + 1
+
+    def _same(self, r: np.ndarray, masked: np.ndarray) -> np.ndarray:
+        """Which columns of `masked` equal the live megaflow in row r (r < 0: none)."""
+        ok = (r >= 0) & (self.ids[r] >= 0)
+        for j, const in enumerate(self._const):
+            if const is None:
+                ok &= self.values[j, r] == masked[j]
+            else:
+                ok &= masked[j] == np.uint64(const)
+        return ok
+
     def nbytes(self) -> int:
-        return (self._hashes.nbytes + self._hash_rows.nbytes + self.values.nbytes + self.ids.nbytes)
+        return sum(a.nbytes for a in (self._home_h, self._home_row, self._ovf_h, self._ovf_row,
+                                      self.values, self.ids))
 
 
 class MegaflowCache:
