@@ -45,6 +45,7 @@ import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
+from sbnet.datapath.conntrack_index import HashIndex, stored
 from sbnet.datapath.conntrack_nat import DNAT, SNAT, NatSpec, allocate, rewrite, rewrite_related
 from sbnet.datapath.conntrack_pkt import PacketInfo, extract
 from sbnet.datapath.parse import Parsed
@@ -120,8 +121,8 @@ def _hash_words(meta, shi, slo, dhi, dlo, ports):
 def tuple_hash(t: tuple) -> int:
     """Hash of (zone, proto, v6, src, dst, sport, dport) as the batch lookup computes it."""
     zone, proto, v6, src, dst, sport, dport = t
-    return _hash_words(zone | proto << 16 | v6 << 24, src >> 64, src & _M64, dst >> 64,
-                       dst & _M64, sport << 32 | dport)
+    return stored(_hash_words(zone | proto << 16 | v6 << 24, src >> 64, src & _M64, dst >> 64,
+                              dst & _M64, sport << 32 | dport))
 
 
 def _reverse(t: tuple) -> tuple:
@@ -147,7 +148,7 @@ class Conntrack:
             ("packets", "lookups_hit", "fast_path", "committed", "deleted", "expired",
              "invalid", "conntrack_full", "zone_full", "nat_exhausted",
              "tcp_seq_chk_failed", "tcp_invalid_flags", "related"), 0)
-        self._index: dict[int, int] = {}      # tuple hash -> slot * 2 + direction
+        self._index = HashIndex(capacity)      # tuple hash -> slot * 2 + direction
         self._overflow: dict[tuple, int] = {}  # exact tuple -> slot * 2 + direction
         self._free: list[int] = []
         self._zone_count: dict[int, int] = {}
@@ -180,11 +181,11 @@ class Conntrack:
     def _lookup(self, t: tuple, now: float) -> tuple[int, int]:
         """(slot, direction) of the live connection owning tuple t, or (-1, 0)."""
         v = self._index.get(tuple_hash(t))
-        if v is not None and self._tuple(v >> 1, v & 1) != t:
-            v = None
-        if v is None and self._overflow:
-            v = self._overflow.get(t)
-        if v is None:
+        if v >= 0 and self._tuple(v >> 1, v & 1) != t:
+            v = -1
+        if v < 0 and self._overflow:
+            v = self._overflow.get(t, -1)
+        if v < 0:
             return -1, 0
         i = v >> 1
         if self.exp[i] <= now:
@@ -195,7 +196,7 @@ class Conntrack:
 
     def _taken(self, t: tuple) -> bool:
         v = self._index.get(tuple_hash(t))
-        if v is not None and self._tuple(v >> 1, v & 1) == t:
+        if v >= 0 and self._tuple(v >> 1, v & 1) == t:
             return True
         return t in self._overflow
 
@@ -204,7 +205,7 @@ class Conntrack:
         if h in self._index:
             self._overflow[t] = val
         else:
-            self._index[h] = val
+            self._index.insert(h, val)
         return h
 
     def _delete(self, i: int) -> None:
@@ -212,7 +213,7 @@ class Conntrack:
             h = int(self.hkey[i, d])
             val = i * 2 + d
             if self._index.get(h) == val:
-                del self._index[h]
+                self._index.delete(h)
             elif self._overflow:
                 t = self._tuple(i, d)
                 if self._overflow.get(t) == val:
@@ -279,9 +280,7 @@ class Conntrack:
         found = np.zeros(m, dtype=bool)
         if look.any():
             li = np.flatnonzero(look)
-            get = self._index.get
-            vals = np.fromiter((get(h, -1) for h in p.hash[li].tolist()), dtype=np.int64,
-                               count=li.size)
+            vals = self._index.get_many(p.hash[li])
             hit = vals >= 0
             li, vals = li[hit], vals[hit]
             ci, di = vals >> 1, (vals & 1).astype(np.intp)
@@ -687,20 +686,13 @@ class Conntrack:
         return s
 
     def memory_per_connection(self) -> float:
-        """Bytes per live connection: its array columns plus its two index entries.
+        """Bytes per live connection: its array columns and its share of the index.
 
-        Array bytes are counted per allocated slot (capacity may exceed the live
-        count by up to 2x right after a growth); dict bytes from sys.getsizeof of
-        the table and of the key and value ints.
+        Counted per allocated slot, so right after a growth (capacity doubles) the
+        figure includes the free slots; the overflow dict is counted with sys.getsizeof.
         """
-        per_slot = sum(getattr(self, n).nbytes for n in
-                       ("live", "zone", "proto", "v6", "tup", "hkey", "exp", "mark", "label",
-                        "nat", "l4st", "tcp")) / self._cap
-        if not self._n:
-            return per_slot
-        idx = self._index
-        sample = list(idx.items())[:1000]
-        per_entry = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / max(
-            len(sample), 1)
-        table = sys.getsizeof(idx) / max(len(idx), 1)
-        return per_slot * self._cap / self._n + 2 * (per_entry + table)
+        arrays = sum(getattr(self, n).nbytes for n in
+                     ("live", "zone", "proto", "v6", "tup", "hkey", "exp", "mark", "label",
+                      "nat", "l4st", "tcp"))
+        total = arrays + self._index.nbytes() + sys.getsizeof(self._overflow)
+        return total / max(self._n, 1)

@@ -69,11 +69,12 @@ class PacketInfo:
 
 def _hash(p: PacketInfo, rows: np.ndarray) -> None:
     from sbnet.datapath.conntrack import _hash_words
+    from sbnet.datapath.conntrack_index import stored
     w = p.words[rows]
     meta = p.zone[rows] | (p.proto[rows].astype(np.uint64) << np.uint64(16)) \
         | (p.v6[rows].astype(np.uint64) << np.uint64(24))
-    p.hash[rows] = _hash_words(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3],
-                               (w[:, 4] << np.uint64(32)) | w[:, 5])
+    p.hash[rows] = stored(_hash_words(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3],
+                                      (w[:, 4] << np.uint64(32)) | w[:, 5]))
 
 
 def _gather(data: np.ndarray, rows: np.ndarray, col: np.ndarray, k: int) -> np.ndarray:
