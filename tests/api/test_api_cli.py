@@ -227,3 +227,33 @@ def test_tags(osc: Osc, net: dict) -> None:
     osc("network unset tagged --tag red")
     assert set(osc("network show tagged -f json")["tags"]) == {"blue", "green"}
     osc("network delete tagged")
+
+
+def test_service_chaining(osc: Osc, net: dict) -> None:
+    """networking-sfc's CLI (the osc plugin in python-neutronclient) against our sfc API."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("neutronclient") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("python-neutronclient (osc sfc commands) is required in CI")
+        pytest.skip("python-neutronclient not installed")
+    for name in ("sfc-in", "sfc-out", "sfc-src"):
+        osc(f"port create {name} --network clinet -f json")
+    osc("sfc port pair create --ingress sfc-in --egress sfc-out pp1 -f json")
+    osc("sfc port pair group create --port-pair pp1 ppg1 -f json")
+    fc = osc("sfc flow classifier create --protocol tcp --destination-port 80:80 "
+             "--logical-source-port sfc-src fc1 -f json")
+    assert fc["Protocol"] == "tcp"
+    pc = osc("sfc port chain create --port-pair-group ppg1 --flow-classifier fc1 pc1 -f json")
+    assert pc["Chain Parameters"] == {"correlation": "mpls", "symmetric": False}
+    assert [c["Name"] for c in osc("sfc port chain list -f json")] == ["pc1"]
+    osc("sfc port chain set pc1 --description chained")
+    assert osc("sfc port chain show pc1 -f json")["Description"] == "chained"
+    err = osc.fails("sfc port pair group delete ppg1")
+    assert "409" in err and "in use" in err
+    osc("sfc port chain delete pc1")
+    osc("sfc flow classifier delete fc1")
+    osc("sfc port pair group delete ppg1")
+    osc("sfc port pair delete pp1")
+    osc("port delete sfc-in sfc-out sfc-src")
