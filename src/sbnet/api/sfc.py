@@ -9,8 +9,7 @@ from sbnet.api.crud import Hooks, fetch
 from sbnet.model import attrs as a
 from sbnet.model import secgroups
 from sbnet.model.errors import BadRequest, Conflict
-from sbnet.model.resources import (FLOW_CLASSIFIER, PORT, PORT_CHAIN, PORT_PAIR, PORT_PAIR_GROUP,
-                                   ResourceSpec)
+from sbnet.model.resources import FLOW_CLASSIFIER, PORT, PORT_CHAIN, PORT_PAIR, PORT_PAIR_GROUP
 from sbnet.store import Tx
 
 
@@ -33,8 +32,20 @@ def _next_id(tx: Tx, typ: str, field: str) -> int:
     return max([x[field] for x in tx.list(typ)] + [0]) + 1
 
 
-class PortPairHooks(Hooks):
+class _Referenced(Hooks):
+    """A resource that others list by id; deleting it while listed is 409 <Label>InUse."""
+
+    used_by: tuple[str, str] | None = None  # (type, attribute) that holds references to us
+
+    def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
+        if self.used_by and _users(tx, *self.used_by, obj["id"]):
+            raise _in_use(self.spec.label, obj["id"])
+        tx.delete(self.spec.name, obj)
+
+
+class PortPairHooks(_Referenced):
     spec = PORT_PAIR
+    used_by = ("port_pair_group", "port_pairs")
 
     def create(self, tx: Tx, ctx: Context, body: dict) -> dict:
         for side in ("ingress", "egress"):
@@ -50,14 +61,10 @@ class PortPairHooks(Hooks):
         body["service_function_parameters"] = params
         return super().create(tx, ctx, body)
 
-    def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
-        if _users(tx, "port_pair_group", "port_pairs", obj["id"]):
-            raise _in_use("Port Pair", obj["id"])
-        tx.delete("port_pair", obj)
 
-
-class PortPairGroupHooks(Hooks):
+class PortPairGroupHooks(_Referenced):
     spec = PORT_PAIR_GROUP
+    used_by = ("port_chain", "port_pair_groups")
 
     def _pairs(self, tx: Tx, ctx: Context, body: dict) -> None:
         for pid in body["port_pairs"]:
@@ -78,14 +85,10 @@ class PortPairGroupHooks(Hooks):
         self._pairs(tx, ctx, {**old, **changes})
         return super().update(tx, ctx, old, changes)
 
-    def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
-        if _users(tx, "port_chain", "port_pair_groups", obj["id"]):
-            raise _in_use("Port Pair Group", obj["id"])
-        tx.delete("port_pair_group", obj)
 
-
-class FlowClassifierHooks(Hooks):
+class FlowClassifierHooks(_Referenced):
     spec = FLOW_CLASSIFIER
+    used_by = ("port_chain", "flow_classifiers")
 
     def create(self, tx: Tx, ctx: Context, body: dict) -> dict:
         for side in ("logical_source_port", "logical_destination_port"):
@@ -104,11 +107,6 @@ class FlowClassifierHooks(Hooks):
                 raise BadRequest(f"{end}_ip_prefix {prefix} does not match ethertype "
                                  f"{body['ethertype']}", type_name="FlowClassifierIpPrefixConflict")
         return super().create(tx, ctx, body)
-
-    def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
-        if _users(tx, "port_chain", "flow_classifiers", obj["id"]):
-            raise _in_use("Flow Classifier", obj["id"])
-        tx.delete("flow_classifier", obj)
 
 
 class PortChainHooks(Hooks):
@@ -141,4 +139,3 @@ class PortChainHooks(Hooks):
 
 HOOKS: tuple[type[Hooks], ...] = (PortPairHooks, PortPairGroupHooks, FlowClassifierHooks,
                                   PortChainHooks)
-_SPECS: tuple[ResourceSpec, ...] = tuple(h.spec for h in HOOKS)
