@@ -67,6 +67,14 @@ ICMP_FIRST, ICMP_REPLY = 0, 1
 _ICMP_NEW_TYPES = {IP_ICMP: (8, 13, 15), IP_ICMPV6: (128,)}
 _PROTO_NAMES = {IP_TCP: "tcp", IP_UDP: "udp", IP_ICMP: "icmp", IP_ICMPV6: "icmpv6",
                 IP_SCTP: "sctp"}
+# Columns of the connection table (uint64 words; tcp is int64, exp float64).
+C_TUP, C_TCP, C_EXP, C_MARK, C_LABEL = 0, 12, 22, 23, 24
+C_ZONE, C_PROTO, C_V6, C_NAT, C_L4ST = 26, 27, 28, 29, 30
+_W = 32
+_CT_FIRST, _CT_LAST = _S["ct_state"], _S["ct_tp_dst"]
+assert _CT_LAST - _CT_FIRST == 13
+# Rounds of vectorized established-TCP updates per batch (round k takes each
+# connection's k-th segment); rows past them take the per-packet path.
 MAX_TCP_ROUNDS = 4
 
 
@@ -157,16 +165,26 @@ class Conntrack:
 
     # -- storage -------------------------------------------------------------
     def _alloc(self, cap: int) -> None:
+        """(Re)allocate the table: one 256-byte row per connection slot, so the batch
+        path gathers everything it needs about a connection with one row copy."""
         old = getattr(self, "_cap", 0)
-        spec = {"live": (bool, ()), "zone": (np.int32, ()), "proto": (np.uint8, ()),
-                "v6": (bool, ()), "tup": (np.uint64, (2, 6)), "hkey": (np.uint64, (2,)),
-                "exp": (np.float64, ()), "mark": (np.uint64, ()), "label": (np.uint64, (2,)),
-                "nat": (np.uint8, ()), "l4st": (np.uint8, ()), "tcp": (np.int64, (2, 5))}
-        for name, (dt, shape) in spec.items():
-            arr = np.zeros((cap,) + shape, dtype=dt)
-            if old:
-                arr[:old] = getattr(self, name)
-            setattr(self, name, arr)
+        table = np.zeros((cap, _W), dtype=np.uint64)
+        live = np.zeros(cap, dtype=bool)
+        hkey = np.zeros((cap, 2), dtype=np.uint64)
+        if old:
+            table[:old] = self.table
+            live[:old] = self.live
+            hkey[:old] = self.hkey
+        self.table, self.live, self.hkey = table, live, hkey
+        i64, f64 = table.view(np.int64), table.view(np.float64)
+        self.tup = table[:, C_TUP:C_TUP + 12].reshape(cap, 2, 6)
+        self.tcp = i64[:, C_TCP:C_TCP + 10].reshape(cap, 2, 5)
+        self.exp = f64[:, C_EXP]
+        self.mark = table[:, C_MARK]
+        self.label = table[:, C_LABEL:C_LABEL + 2]
+        self.zone, self.proto, self.v6 = table[:, C_ZONE], table[:, C_PROTO], table[:, C_V6]
+        self.nat, self.l4st = table[:, C_NAT], table[:, C_L4ST]
+        assert np.shares_memory(self.tup, table) and np.shares_memory(self.tcp, table)
         self._free.extend(range(cap - 1, old - 1, -1))
         self._cap = cap
 
@@ -278,36 +296,47 @@ class Conntrack:
 
         look = p.ok & ~p.related & ~natted
         found = np.zeros(m, dtype=bool)
+        # Each found packet's connection row, gathered once (one row copy per packet).
+        R = np.zeros((m, _W), dtype=np.uint64)
         if look.any():
             li = np.flatnonzero(look)
             vals = self._index.get_many(p.hash[li])
             hit = vals >= 0
             li, vals = li[hit], vals[hit]
             ci, di = vals >> 1, (vals & 1).astype(np.intp)
-            same = (self.tup[ci, di] == p.tuple_words(li)).all(axis=1) & (self.exp[ci] > now)
-            li, ci, di = li[same], ci[same], di[same]
+            rl = self.table[ci]
+            tw = rl[:, C_TUP:C_TUP + 12].reshape(-1, 2, 6)[np.arange(ci.size), di]
+            same = (tw == p.words[li]).all(axis=1) & (rl[:, C_EXP].view(np.float64) > now)
+            if not same.all():
+                li, ci, di, rl = li[same], ci[same], di[same], rl[same]
+            R[li] = rl
             found[li] = True
             conn[li] = ci
             reply[li] = di.astype(bool)
             self.stats["lookups_hit"] += li.size
-        fast = self._fast_eligible(p, found, conn, reply, force)
+        fast = self._fast_eligible(p, found, conn, reply, force, R)
         if fast.any():
-            nat_rows.append(self._fast(p, fast, conn, reply, st, tsrc, now, nat, natted))
+            nat_rows.append(self._fast(p, fast, conn, reply, st, tsrc, now, nat, natted, R))
         slow = np.flatnonzero(p.ok & ~fast)
         if slow.size:
             nat_rows.append(self._slow_rows(batch, parsed, rows, p, slow, conn, reply, st, tsrc,
                                             natted, zones, commit, nat, force, now))
         if commit and (set_mark is not None or set_label is not None):
             self._set_mark_label(conn, set_mark, set_label)
+            slow = np.arange(m)
+        if slow.size:
+            sc = slow[conn[slow] >= 0]
+            R[slow] = 0
+            R[sc] = self.table[conn[sc]]
         st[~p.ok] = INV
         self.stats["invalid"] += int(((st & INV) != 0).sum())
-        self._write_md(keys, rows, p, st | TRK, zones, conn, tsrc)
+        self._write_md(keys, rows, p, st | TRK, zones, conn, tsrc, R)
         if nat_rows:
             jobs = np.concatenate(nat_rows)
             if jobs.size:
                 self._nat_rewrite(batch, parsed, rows, p, jobs, conn, reply)
 
-    def _fast_eligible(self, p: PacketInfo, found, conn, reply, force) -> np.ndarray:
+    def _fast_eligible(self, p: PacketInfo, found, conn, reply, force, R) -> np.ndarray:
         """Rows whose whole update is vectorizable: steady states, no flag changes."""
         fast = found.copy()
         if not fast.any():
@@ -315,39 +344,46 @@ class Conntrack:
         fi = np.flatnonzero(fast)
         c = conn[fi]
         proto = p.proto[fi]
-        l4st = self.l4st[c]
+        l4st = R[fi, C_L4ST]
         tcp = proto == IP_TCP
         icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
         ok = np.where(icmp, l4st == ICMP_REPLY, l4st == OTHER_BIDIR)
         if tcp.any():
-            ts = self.tcp[c, :, 4]
+            ri = R.view(np.int64)
             fl = p.flags[fi]
-            tok = ((ts[:, 0] == T.ESTABLISHED) & (ts[:, 1] == T.ESTABLISHED)
+            tok = ((ri[fi, C_TCP + 4] == T.ESTABLISHED) & (ri[fi, C_TCP + 9] == T.ESTABLISHED)
                    & ((fl & (T.SYN | T.FIN | T.RST)) == 0) & ((fl & T.ACK) != 0))
             ok = np.where(tcp, tok, ok)
         if force:
             ok &= ~reply[fi]
-        fast[fi[~ok]] = False
         if not ok.all():
+            fast[fi[~ok]] = False
             # A connection with any row on the slow path keeps all its rows there, in order.
-            bad = np.isin(conn[fi], c[~ok])
+            bad = np.isin(c, c[~ok])
             fast[fi[bad]] = False
         return fast
 
-    def _fast(self, p, fast, conn, reply, st, tsrc, now, nat, natted) -> np.ndarray:
+    def _fast(self, p, fast, conn, reply, st, tsrc, now, nat, natted, R) -> np.ndarray:
         fi = np.flatnonzero(fast)
         c = conn[fi]
         rp = reply[fi]
         proto = p.proto[fi]
         valid = np.ones(fi.size, dtype=bool)
-        tcp = np.flatnonzero(proto == IP_TCP)
-        if tcp.size:
-            valid[tcp] = self._fast_tcp(p, fi[tcp], c[tcp], rp[tcp], now)
-        oth = np.flatnonzero(proto != IP_TCP)
-        if oth.size:
+        tcp = proto == IP_TCP
+        if tcp.all():
+            valid = self._fast_tcp(p, fi, c, rp, now, fast)
+        elif tcp.any():
+            t = np.flatnonzero(tcp)
+            valid[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast)
+        if not tcp.all():
+            oth = np.flatnonzero(~tcp)
             co = c[oth]
             icmp = (proto[oth] == IP_ICMP) | (proto[oth] == IP_ICMPV6)
             self.exp[co] = now + self._tmo[np.where(icmp, TM_ICMP_REPLY, TM_OTHER_BIDIR)]
+        # Rows the rounds left to the per-packet path are no longer fast.
+        keep = fast[fi]
+        if not keep.all():
+            fi, c, rp, valid = fi[keep], c[keep], rp[keep], valid[keep]
         s = st[fi]
         s = np.where(valid, (s | EST | np.where(rp, RPL, 0).astype(np.uint64)) & ~np.uint64(NEW),
                      INV).astype(np.uint64)
@@ -356,30 +392,41 @@ class Conntrack:
         self.stats["fast_path"] += fi.size
         if nat is None:
             return np.zeros(0, dtype=np.intp)
-        j = valid & (self.nat[c] != 0) & ~natted[fi]
+        natc = R[fi, C_NAT]
+        j = valid & (natc != 0) & ~natted[fi]
         jobs = fi[j]
-        snat = (self.nat[c[j]] & SNAT) != 0
+        snat = (natc[j] & SNAT) != 0
         st[jobs] |= np.where(snat != rp[j], SNAT_BIT, DNAT_BIT).astype(np.uint64)
         return jobs
 
-    def _fast_tcp(self, p, rows, c, rp, now) -> np.ndarray:
-        """Established segments in rounds: round k takes each connection's k-th row."""
+    def _fast_tcp(self, p, rows, c, rp, now, fast) -> np.ndarray:
+        """Established segments in rounds: round k takes each connection's k-th row.
+
+        Rows beyond MAX_TCP_ROUNDS (a connection with many segments in the batch)
+        are taken off `fast`: the per-packet path handles them after, in order.
+        """
         valid = np.ones(rows.size, dtype=bool)
-        order = np.argsort(c, kind="stable")
-        cs = c[order]
-        start = np.r_[True, cs[1:] != cs[:-1]]
-        grp = np.cumsum(start) - 1
-        first = np.flatnonzero(start)
-        rank = np.empty(rows.size, dtype=np.int64)
-        rank[order] = np.arange(rows.size) - first[grp]
-        for k in range(int(rank.max()) + 1):
-            sel = np.flatnonzero(rank == k)
+        est = self._tmo[T.TM_TCP_EST]
+        if np.unique(c).size == c.size:
+            rank = np.zeros(rows.size, dtype=np.int64)
+        else:
+            order = np.argsort(c, kind="stable")
+            cs = c[order]
+            start = np.r_[True, cs[1:] != cs[:-1]]
+            first = np.flatnonzero(start)
+            rank = np.empty(rows.size, dtype=np.int64)
+            rank[order] = np.arange(rows.size) - first[np.cumsum(start) - 1]
+        for k in range(min(int(rank.max()) + 1, MAX_TCP_ROUNDS)):
+            sel = np.flatnonzero(rank == k) if k or rank.any() else np.arange(rows.size)
             r = rows[sel]
             ok = T.fast_established(self.tcp, c[sel], rp[sel], p.seq[r], p.ack[r], p.win[r],
                                     p.plen[r], self.tcp_liberal)
             valid[sel] = ok
-            self.exp[c[sel[ok]]] = now + self._tmo[T.TM_TCP_EST]
-            self.stats["tcp_seq_chk_failed"] += int((~ok).sum())
+            self.exp[c[sel[ok]]] = now + est
+            self.stats["tcp_seq_chk_failed"] += int(ok.size - np.count_nonzero(ok))
+        late = rank >= MAX_TCP_ROUNDS
+        if late.any():
+            fast[rows[late]] = False
         return valid
 
     def _set_mark_label(self, conn, set_mark, set_label) -> None:
@@ -395,30 +442,47 @@ class Conntrack:
                 vj = (v >> sh) & _M64
                 self.label[c, j] = (self.label[c, j] & np.uint64(~mj & _M64)) | np.uint64(vj & mj)
 
-    def _write_md(self, keys, rows, p, st, zones, conn, tsrc) -> None:
-        keys[_S["ct_state"], rows] = st
-        keys[_S["ct_zone"], rows] = zones
+    def _write_md(self, keys, rows, p, st, zones, conn, tsrc, R) -> None:
+        """ct_state, ct_zone, ct_mark, ct_label and the original tuple, as OVS write_ct_md."""
+        m = len(rows)
+        blk = np.empty((_CT_LAST - _CT_FIRST + 1, m), dtype=np.uint64)
+        blk[0] = st
+        blk[1] = zones
+        blk[2] = R[:, C_MARK]
+        blk[3] = R[:, C_LABEL]
+        blk[4] = R[:, C_LABEL + 1]
         has = conn >= 0
-        c = np.where(has, conn, 0)
-        keys[_S["ct_mark"], rows] = np.where(has, self.mark[c], 0)
-        keys[_S["ct_label_hi"], rows] = np.where(has, self.label[c, 0], 0)
-        keys[_S["ct_label_lo"], rows] = np.where(has, self.label[c, 1], 0)
-        words = np.where((tsrc == 1)[:, None], self.tup[c, 0], p.words)
-        words[tsrc == 0] = 0
-        proto = np.where(tsrc == 1, self.proto[c], p.proto).astype(np.uint64)
-        proto[tsrc == 0] = 0
-        v6 = np.where(tsrc == 1, self.v6[c], p.v6)
+        if has.all():
+            words, proto, v6 = R[:, C_TUP:C_TUP + 6], R[:, C_PROTO], R[:, C_V6] != 0
+        else:
+            words = np.where(has[:, None], R[:, C_TUP:C_TUP + 6], p.words)
+            proto = np.where(has, R[:, C_PROTO], p.proto.astype(np.uint64))
+            v6 = np.where(has, R[:, C_V6] != 0, p.v6)
+            none = tsrc == 0
+            if none.any():
+                words[none] = 0
+                proto[none] = 0
+        if v6.any():
+            blk[5] = np.where(v6, 0, words[:, 1])
+            blk[6] = np.where(v6, 0, words[:, 3])
+            blk[7:11] = np.where(v6, words[:, :4].T, 0)
+        else:
+            blk[5] = words[:, 1]
+            blk[6] = words[:, 3]
+            blk[7:11] = 0
+        blk[11] = proto
         icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
-        sp = np.where(icmp, words[:, 4] & np.uint64(0xFF), words[:, 4])
-        dp = np.where(icmp, 0, words[:, 5])
-        keys[_S["ct_nw_src"], rows] = np.where(v6, 0, words[:, 1])
-        keys[_S["ct_nw_dst"], rows] = np.where(v6, 0, words[:, 3])
-        for j, name in enumerate(("ct_ipv6_src_hi", "ct_ipv6_src_lo", "ct_ipv6_dst_hi",
-                                  "ct_ipv6_dst_lo")):
-            keys[_S[name], rows] = np.where(v6, words[:, j], 0)
-        keys[_S["ct_nw_proto"], rows] = proto
-        keys[_S["ct_tp_src"], rows] = sp
-        keys[_S["ct_tp_dst"], rows] = dp
+        if icmp.any():
+            blk[12] = np.where(icmp, words[:, 4] & np.uint64(0xFF), words[:, 4])
+            blk[13] = np.where(icmp, 0, words[:, 5])
+        else:
+            blk[12] = words[:, 4]
+            blk[13] = words[:, 5]
+        if m == keys.shape[1] and rows[0] == 0 and rows[-1] == m - 1 and \
+                (m < 2 or (np.diff(rows) == 1).all()):
+            keys[_CT_FIRST:_CT_LAST + 1] = blk
+        else:
+            keys[_CT_FIRST:_CT_LAST + 1, rows] = blk
 
     def _nat_rewrite(self, batch, parsed, rows, p, jobs, conn, reply) -> None:
         """Rewrite the packets `jobs` (local row numbers) to the connection's other tuple reversed."""
@@ -691,8 +755,6 @@ class Conntrack:
         Counted per allocated slot, so right after a growth (capacity doubles) the
         figure includes the free slots; the overflow dict is counted with sys.getsizeof.
         """
-        arrays = sum(getattr(self, n).nbytes for n in
-                     ("live", "zone", "proto", "v6", "tup", "hkey", "exp", "mark", "label",
-                      "nat", "l4st", "tcp"))
+        arrays = self.table.nbytes + self.live.nbytes + self.hkey.nbytes
         total = arrays + self._index.nbytes() + sys.getsizeof(self._overflow)
         return total / max(self._n, 1)

@@ -78,22 +78,49 @@ def _hash(p: PacketInfo, rows: np.ndarray) -> None:
 
 
 def _gather(data: np.ndarray, rows: np.ndarray, col: np.ndarray, k: int) -> np.ndarray:
-    idx = np.minimum(col[:, None] + np.arange(k), data.shape[1] - 1)
-    return data[rows[:, None], idx]
+    """Bytes col..col+k of each row, (m, k): one record copy per row through a void view."""
+    if not data.flags.c_contiguous:
+        idx = np.minimum(col[:, None] + np.arange(k), data.shape[1] - 1)
+        return data[rows[:, None], idx]
+    flat = data.reshape(-1)
+    pos = np.minimum(rows * data.shape[1] + col, flat.size - k)
+    view = np.ndarray((flat.size - k + 1,), dtype=np.dtype((np.void, k)), buffer=flat,
+                      strides=(1,))
+    return view[pos].view(np.uint8).reshape(-1, k)
 
 
 def _ones_sum(data, rows, start, length) -> np.ndarray:
-    """Folded ones-complement sums of data[rows[i], start[i]:start[i]+length[i]]."""
+    """Folded ones-complement sums of data[rows[i], start[i]:start[i]+length[i]].
+
+    Sums 16-bit words with np.add.reduceat over a big-endian word view of the
+    whole buffer, one view per start parity, so no per-row copies are made.
+    """
     if not rows.size:
         return np.zeros(0, dtype=np.uint64)
-    width = int(length.max())
-    width += width & 1
-    cols = np.arange(width)
-    idx = start[:, None] + cols
-    inside = cols < length[:, None]
-    np.clip(idx, 0, data.shape[1] - 1, out=idx)
-    b = np.where(inside, data[rows[:, None], idx], 0).astype(np.uint64)
-    return fold(((b[:, 0::2] << np.uint64(8)) | b[:, 1::2]).sum(axis=1)).astype(np.uint64)
+    if not data.flags.c_contiguous:
+        data = np.ascontiguousarray(data)
+    flat = data.reshape(-1)
+    absstart = rows.astype(np.int64) * data.shape[1] + start
+    length = np.maximum(length, 0)
+    nw = length // 2
+    total = np.zeros(rows.size, dtype=np.uint64)
+    for parity in (0, 1):
+        sel = np.flatnonzero((absstart & 1) == parity)
+        if not sel.size:
+            continue
+        words = flat[parity:parity + (flat.size - parity) // 2 * 2].view(">u2")
+        a = absstart[sel] // 2
+        b = a + nw[sel]
+        ind = np.empty(2 * sel.size, dtype=np.intp)
+        ind[0::2] = a
+        ind[1::2] = np.minimum(b, words.size - 1)
+        sums = np.add.reduceat(words, ind, dtype=np.uint64)[0::2]
+        sums[nw[sel] == 0] = 0
+        total[sel] = sums
+    odd = np.flatnonzero(length & 1)
+    if odd.size:
+        total[odd] += flat[absstart[odd] + length[odd] - 1].astype(np.uint64) << np.uint64(8)
+    return fold(total).astype(np.uint64)
 
 
 def _words_sum(x: np.ndarray) -> np.ndarray:

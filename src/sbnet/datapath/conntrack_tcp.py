@@ -238,8 +238,10 @@ def fast_established(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
     u32 = np.uint32
     s = reply.astype(np.intp)
     d = 1 - s
-    src = tcp[conn, s]
-    dst = tcp[conn, d]
+    peers = tcp[conn]
+    ar = np.arange(conn.size)
+    src = peers[ar, s]
+    dst = peers[ar, d]
     s_lo = src[:, 0].astype(u32)
     s_hi = src[:, 1].astype(u32)
     d_lo = dst[:, 0].astype(u32)
