@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import and_, create_engine, delete, event, insert, select, update
+from sqlalchemy import and_, create_engine, delete, event, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -73,6 +73,9 @@ class Store:
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self._locked(), self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Servers starting together on one database must not race to create tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7366)"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
