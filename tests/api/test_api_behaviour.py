@@ -176,3 +176,9 @@ def test_sbnet_serve_default_sqlite_wal(tmp_path: object) -> None:
     db = sqlite3.connect(tmp_path / "sbnet.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+
+
+def test_json_suffix_of_older_clients(api: Api) -> None:
+    net = api.create("networks", "network", name="suffix")
+    assert api.req("GET", f"networks/{net['id']}.json", None, 200)["network"]["name"] == "suffix"
+    assert "extensions" in api.req("GET", "extensions.json", None, 200)

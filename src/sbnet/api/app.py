@@ -43,6 +43,20 @@ class Api:
         return await run_in_threadpool(fn, ctx, request, *args)
 
 
+class StripJsonSuffix:
+    """Older clients (neutronclient, the sdk's cloud layer) ask for /v2.0/networks.json."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith(".json") \
+                and scope["path"] != "/openapi.json":
+            scope = dict(scope, path=scope["path"][:-5], raw_path=scope["raw_path"][:-5]
+                         if scope.get("raw_path", b"").endswith(b".json") else scope.get("raw_path"))
+        await self.app(scope, receive, send)
+
+
 def _error(status: int, type_name: str, message: str) -> JSONResponse:
     return JSONResponse({"NeutronError": {"type": type_name, "message": message, "detail": ""}},
                         status_code=status)
@@ -86,6 +100,8 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
         log.exception("internal error")
         return _error(500, "HTTPInternalServerError",
                       "Request Failed: internal server error while processing your request.")
+
+    app.add_middleware(StripJsonSuffix)
 
     @app.on_event("shutdown")
     async def _close() -> None:
