@@ -12,7 +12,9 @@ from apihelpers import ADMIN, start_server, stop_server
 REQUESTS, FREE = 300, 250
 
 
-def _flood(url: str) -> None:
+def _flood(urls: list[str]) -> None:
+    """300 creates spread over every server in urls (several processes, one database)."""
+    url = urls[0]
     with httpx.Client(base_url=url, headers=ADMIN, timeout=120) as c:
         net = c.post("/v2.0/networks", json={"network": {"name": "flood"}}).json()["network"]
         sub = c.post("/v2.0/subnets", json={"subnet": {
@@ -21,13 +23,18 @@ def _flood(url: str) -> None:
         assert sub.status_code == 201, sub.text
 
     limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=REQUESTS)
-    with httpx.Client(base_url=url, headers=ADMIN, timeout=180, limits=limits) as c:
+    clients = [httpx.Client(base_url=u, headers=ADMIN, timeout=180, limits=limits) for u in urls]
+    try:
         def create(i: int) -> httpx.Response:
-            return c.post("/v2.0/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}})
+            return clients[i % len(clients)].post(
+                "/v2.0/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}})
 
         with ThreadPoolExecutor(max_workers=100) as pool:
             results = list(pool.map(create, range(REQUESTS)))
-        ports = c.get("/v2.0/ports", params={"network_id": net["id"]}).json()["ports"]
+        ports = clients[-1].get("/v2.0/ports", params={"network_id": net["id"]}).json()["ports"]
+    finally:
+        for c in clients:
+            c.close()
 
     ok = [r.json()["port"] for r in results if r.status_code == 201]
     failed = [r for r in results if r.status_code != 201]
@@ -42,17 +49,30 @@ def _flood(url: str) -> None:
     assert {p["fixed_ips"][0]["ip_address"] for p in ports} == set(ips)
 
 
-def test_concurrent_port_creates_sqlite(tmp_path: pytest.TempPathFactory) -> None:
-    proc, url = start_server(f"sqlite:///{tmp_path}/flood.db")
+def _servers(db_url: str, count: int) -> None:
+    procs, urls = [], []
     try:
-        _flood(url)
+        for _ in range(count):
+            proc, url = start_server(db_url)
+            procs.append(proc)
+            urls.append(url)
+        _flood(urls)
     finally:
-        stop_server(proc)
+        for proc in procs:
+            stop_server(proc)
+
+
+def test_concurrent_port_creates_sqlite(tmp_path: pytest.TempPathFactory) -> None:
+    _servers(f"sqlite:///{tmp_path}/flood.db", 1)
 
 
 def test_concurrent_port_creates_postgres(pg_db: str) -> None:
-    proc, url = start_server(pg_db)
-    try:
-        _flood(url)
-    finally:
-        stop_server(proc)
+    _servers(pg_db, 1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_server_processes_share_one_database(backend: str, tmp_path: pytest.TempPathFactory,
+                                                 request: pytest.FixtureRequest) -> None:
+    """The guarantee holds across processes too: the database, not the process, serialises."""
+    url = f"sqlite:///{tmp_path}/shared.db" if backend == "sqlite" else request.getfixturevalue("pg_db")
+    _servers(url, 2)
