@@ -237,8 +237,9 @@ class FloatingIPHooks(Hooks):
                 want[0]["subnet_id"] = body["subnet_id"]
         else:
             candidates = [s for s in subnets if not body.get("subnet_id") or s["id"] == body["subnet_id"]]
-            free = next((s for s in candidates if ipam.pick_ip(s["allocation_pools"],
-                                                               tx.used_ips(s["id"]))), None)
+            free = next((s for s in candidates if ipam.pick_ip(
+                s["allocation_pools"], lambda ip, s=s: tx.ip_owner(s["id"], ip) is not None,
+                lambda s=s: tx.used_ips(s["id"]))), None)
             if free is None:
                 raise BadRequest(f"Unable to find any IP address on external network {net['id']}.",
                                  type_name="ExternalIpAddressExhausted")

@@ -62,7 +62,9 @@ def allocate_ips(tx: Tx, network_id: str, port_id: str, mac: str,
     def pick(subnet: dict) -> str | None:
         if is_slaac(subnet):
             return ipam.eui64(subnet["cidr"], mac)
-        return ipam.pick_ip(subnet["allocation_pools"], tx.used_ips(subnet["id"]))
+        return ipam.pick_ip(subnet["allocation_pools"],
+                            lambda ip: tx.ip_owner(subnet["id"], ip) is not None,
+                            lambda: tx.used_ips(subnet["id"]))
 
     if requested is None:
         for version in (4, 6):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sbnet.model.errors import BadRequest, Conflict, InvalidInput
 
@@ -108,16 +108,36 @@ def contains(cidr: str, ip: str) -> bool:
     return addr.version == net.version and addr in net
 
 
-def pick_ip(pools: list[dict], used: set[str]) -> str | None:
-    """The lowest free address of the pools, or None when they are exhausted."""
-    for pool in pools:
-        start, end = ipaddress.ip_address(pool["start"]), ipaddress.ip_address(pool["end"])
-        n, last = int(start), int(end)
-        # At most len(used) + 1 steps: every skipped address is a used one.
-        while n <= last:
-            cand = _ip(start.version, n)
-            if cand not in used:
-                return cand
+def pick_ip(pools: list[dict], is_used: Callable[[str], bool], all_used: Callable[[], set[str]],
+            rng: random.Random | None = None, probes: int = 8) -> str | None:
+    """A free address of the pools, or None when they are exhausted.
+
+    Like Neutron, a random address is tried first (a few point lookups, whatever the subnet's
+    size); only when those probes hit used addresses are the pools scanned for the lowest free one.
+    """
+    r = rng or random
+    spans = [(int(ipaddress.ip_address(p["start"])), int(ipaddress.ip_address(p["end"])))
+             for p in pools]
+    total = sum(b - a + 1 for a, b in spans)
+    if total == 0:
+        return None
+    version = ipaddress.ip_address(pools[0]["start"]).version
+    for _ in range(probes):
+        n = r.randrange(total)
+        for a, b in spans:
+            if n <= b - a:
+                cand = _ip(version, a + n)
+                if not is_used(cand):
+                    return cand
+                break
+            n -= b - a + 1
+    used = {int(ipaddress.ip_address(u)) for u in all_used()}
+    for a, b in spans:
+        # At most len(used) + 1 steps per pool: every skipped address is a used one.
+        n = a
+        while n <= b:
+            if n not in used:
+                return _ip(version, n)
             n += 1
     return None
 
