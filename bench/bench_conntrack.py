@@ -19,6 +19,7 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.checksum import fold
 from sbnet.datapath.conntrack import Conntrack
 from sbnet.datapath.parse import parse
+from sbnet.flows.fields import SLOT_INDEX
 
 
 def template(flags: str) -> bytes:
@@ -104,7 +105,7 @@ def main() -> None:
     for _ in range(5):
         t = run(ct, est, commit=False, now=2.0)
         best = max(best, len(pick) / t / 1e6)
-    st = np.array([p.keys[58] for _, p in est]).ravel()
+    st = np.array([p.keys[SLOT_INDEX["ct_state"]] for _, p in est]).ravel()
     assert (st == 0x22).all(), np.unique(st)
     print(f"established (random of {a.conns}):   {best:8.2f} Mpps"
           f"   (fast path {ct.stats['fast_path'] - before} rows)")
@@ -114,12 +115,12 @@ def main() -> None:
 
     print(f"memory per connection (getsizeof):  {ct.memory_per_connection():8.0f} B")
     tracemalloc.start()
-    ct2 = Conntrack(checksums=cks, capacity=a.conns)
     base = tracemalloc.get_traced_memory()[0]
+    ct2 = Conntrack(checksums=cks)
     run(ct2, syn, commit=True)
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
-    print(f"memory per connection (tracemalloc): {used / a.conns:7.0f} B  (table preallocated)")
+    print(f"memory per connection (tracemalloc): {used / a.conns:7.0f} B  (incl. growth slack)")
 
 
 if __name__ == "__main__":

@@ -343,3 +343,34 @@ def test_tcp_update_unit_first_packet_from_responder():
                                     (T.RST, False), (T.SYN, False), (T.ACK | T.FIN, False)])
 def test_invalid_flag_table(fl, bad):
     assert T.invalid_flags(fl) is bad
+
+
+def test_batch_equals_one_by_one():
+    """The vectorized paths (bulk commit, fast established) match the per-packet path."""
+    import random
+    from scapy.layers.inet import ICMP as _ICMP
+    rng = random.Random(7)
+    convs = [Tcp(sport=6000 + i, isn_a=rng.getrandbits(32), isn_b=rng.getrandbits(32))
+             for i in range(40)]
+    pk = []
+    for c in convs:
+        pk += [c.pkt(0, "S")]
+    pk += [udp(sport=7000 + i % 30) for i in range(40)]
+    pk += [E / IP(src=A, dst=B) / _ICMP(type=8, id=i % 5) for i in range(10)]
+    pk += [c.pkt(1, "SA") for c in convs[:30]] + [c.pkt(0, "A") for c in convs[:25]]
+    for _ in range(200):
+        c = rng.choice(convs)
+        pk.append(c.pkt(rng.randrange(2), rng.choice(["A", "PA", "PA", "FA"]),
+                        bytes(rng.randrange(1, 50))))
+    batch_ct, single_ct = Conntrack(), Conntrack()
+    states = []
+    for i in range(0, len(pk), 64):
+        states += ct_run(batch_ct, pk[i:i + 64]).states
+    singles = [ct_run(single_ct, [q]).states[0] for q in pk]
+    assert states == singles
+    assert batch_ct.dump() == single_ct.dump()
+    assert batch_ct.stats["fast_path"] > 20
+    for slot in single_ct.connections():
+        t = single_ct._tuple(slot, 0)
+        other, _ = batch_ct.find(t)
+        assert (batch_ct.tcp[other] == single_ct.tcp[slot]).all()

@@ -161,6 +161,7 @@ class Conntrack:
         self._free: list[int] = []
         self._zone_count: dict[int, int] = {}
         self._n = 0
+        self._scratch = np.zeros(0, dtype=np.int64)
         self._alloc(capacity)
 
     # -- storage -------------------------------------------------------------
@@ -168,17 +169,18 @@ class Conntrack:
         """(Re)allocate the table: one 256-byte row per connection slot, so the batch
         path gathers everything it needs about a connection with one row copy."""
         old = getattr(self, "_cap", 0)
-        table = np.zeros((cap, _W), dtype=np.uint64)
-        live = np.zeros(cap, dtype=bool)
-        hkey = np.zeros((cap, 2), dtype=np.uint64)
+        # Row `cap` stays all zero: what a packet without a connection gathers.
+        table = np.zeros((cap + 1, _W), dtype=np.uint64)
+        live = np.zeros(cap + 1, dtype=bool)
+        hkey = np.zeros((cap + 1, 2), dtype=np.uint64)
         if old:
-            table[:old] = self.table
-            live[:old] = self.live
-            hkey[:old] = self.hkey
+            table[:old] = self.table[:old]
+            live[:old] = self.live[:old]
+            hkey[:old] = self.hkey[:old]
         self.table, self.live, self.hkey = table, live, hkey
         i64, f64 = table.view(np.int64), table.view(np.float64)
-        self.tup = table[:, C_TUP:C_TUP + 12].reshape(cap, 2, 6)
-        self.tcp = i64[:, C_TCP:C_TCP + 10].reshape(cap, 2, 5)
+        self.tup = table[:, C_TUP:C_TUP + 12].reshape(cap + 1, 2, 6)
+        self.tcp = i64[:, C_TCP:C_TCP + 10].reshape(cap + 1, 2, 5)
         self.exp = f64[:, C_EXP]
         self.mark = table[:, C_MARK]
         self.label = table[:, C_LABEL:C_LABEL + 2]
@@ -296,28 +298,39 @@ class Conntrack:
 
         look = p.ok & ~p.related & ~natted
         found = np.zeros(m, dtype=bool)
-        # Each found packet's connection row, gathered once (one row copy per packet).
-        R = np.zeros((m, _W), dtype=np.uint64)
-        if look.any():
+        same = None
+        # Each packet's connection row, gathered once (the zero row when none).
+        if look.all():
+            li = np.arange(m)
+            vals = self._index.get_many(p.hash)
+        else:
             li = np.flatnonzero(look)
             vals = self._index.get_many(p.hash[li])
-            hit = vals >= 0
-            li, vals = li[hit], vals[hit]
-            ci, di = vals >> 1, (vals & 1).astype(np.intp)
-            rl = self.table[ci]
+        hit = vals >= 0
+        ci = np.where(hit, vals >> 1, self._cap)
+        di = (vals & 1).astype(np.intp)
+        rl = self.table[ci]
+        if li.size:
             tw = rl[:, C_TUP:C_TUP + 12].reshape(-1, 2, 6)[np.arange(ci.size), di]
-            same = (tw == p.words[li]).all(axis=1) & (rl[:, C_EXP].view(np.float64) > now)
+            same = hit & (tw == p.words[li]).all(axis=1) & (rl[:, C_EXP].view(np.float64) > now)
             if not same.all():
-                li, ci, di, rl = li[same], ci[same], di[same], rl[same]
-            R[li] = rl
-            found[li] = True
-            conn[li] = ci
-            reply[li] = di.astype(bool)
-            self.stats["lookups_hit"] += li.size
+                rl[~same] = 0
+                li, ci, di = li[same], ci[same], di[same]
+        if li.size == m:
+            R = rl
+        else:
+            R = np.zeros((m, _W), dtype=np.uint64)
+            R[li] = rl[same] if li.size != rl.shape[0] else rl
+        found[li] = True
+        conn[li] = ci
+        reply[li] = di.astype(bool)
+        self.stats["lookups_hit"] += li.size
         fast = self._fast_eligible(p, found, conn, reply, force, R)
         if fast.any():
             nat_rows.append(self._fast(p, fast, conn, reply, st, tsrc, now, nat, natted, R))
         slow = np.flatnonzero(p.ok & ~fast)
+        if slow.size and commit and (nat is None or not nat.action) and not self._overflow:
+            slow = self._bulk_new(p, slow, found, natted, conn, reply, st, tsrc, now)
         if slow.size:
             nat_rows.append(self._slow_rows(batch, parsed, rows, p, slow, conn, reply, st, tsrc,
                                             natted, zones, commit, nat, force, now))
@@ -371,10 +384,10 @@ class Conntrack:
         valid = np.ones(fi.size, dtype=bool)
         tcp = proto == IP_TCP
         if tcp.all():
-            valid = self._fast_tcp(p, fi, c, rp, now, fast)
+            valid = self._fast_tcp(p, fi, c, rp, now, fast, R[fi])
         elif tcp.any():
             t = np.flatnonzero(tcp)
-            valid[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast)
+            valid[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast, R[fi[t]])
         if not tcp.all():
             oth = np.flatnonzero(~tcp)
             co = c[oth]
@@ -399,35 +412,121 @@ class Conntrack:
         st[jobs] |= np.where(snat != rp[j], SNAT_BIT, DNAT_BIT).astype(np.uint64)
         return jobs
 
-    def _fast_tcp(self, p, rows, c, rp, now, fast) -> np.ndarray:
-        """Established segments in rounds: round k takes each connection's k-th row.
+    def _fast_tcp(self, p, rows, c, rp, now, fast, R) -> np.ndarray:
+        """Established segments in rounds: each round takes every connection's next row.
 
-        Rows beyond MAX_TCP_ROUNDS (a connection with many segments in the batch)
-        are taken off `fast`: the per-packet path handles them after, in order.
+        Rows left after MAX_TCP_ROUNDS (a connection with many segments in the
+        batch) are taken off `fast`: the per-packet path handles them after, in order.
         """
         valid = np.ones(rows.size, dtype=bool)
         est = self._tmo[T.TM_TCP_EST]
-        if np.unique(c).size == c.size:
-            rank = np.zeros(rows.size, dtype=np.int64)
-        else:
-            order = np.argsort(c, kind="stable")
-            cs = c[order]
-            start = np.r_[True, cs[1:] != cs[:-1]]
-            first = np.flatnonzero(start)
-            rank = np.empty(rows.size, dtype=np.int64)
-            rank[order] = np.arange(rows.size) - first[np.cumsum(start) - 1]
-        for k in range(min(int(rank.max()) + 1, MAX_TCP_ROUNDS)):
-            sel = np.flatnonzero(rank == k) if k or rank.any() else np.arange(rows.size)
+        left = np.arange(rows.size)
+        seen = self._scratch
+        if seen.size < self._cap + 1:
+            seen = self._scratch = np.zeros(self._cap + 1, dtype=np.int64)
+        for k in range(MAX_TCP_ROUNDS):
+            cl = c[left]
+            # First row of each connection among those left: write positions in
+            # reverse, so the earliest wins.
+            seen[cl[::-1]] = np.arange(left.size)[::-1]
+            first = seen[cl] == np.arange(left.size)
+            sel = left if first.all() else left[first]
             r = rows[sel]
+            peers = R[sel].view(np.int64)[:, C_TCP:C_TCP + 10].reshape(-1, 2, 5) if k == 0 \
+                else None
             ok = T.fast_established(self.tcp, c[sel], rp[sel], p.seq[r], p.ack[r], p.win[r],
-                                    p.plen[r], self.tcp_liberal)
+                                    p.plen[r], self.tcp_liberal, peers)
             valid[sel] = ok
-            self.exp[c[sel[ok]]] = now + est
+            self.exp[c[sel] if ok.all() else c[sel[ok]]] = now + est
             self.stats["tcp_seq_chk_failed"] += int(ok.size - np.count_nonzero(ok))
-        late = rank >= MAX_TCP_ROUNDS
-        if late.any():
-            fast[rows[late]] = False
+            if sel.size == left.size:
+                return valid
+            left = left[~first]
+        fast[rows[left]] = False
         return valid
+
+    def _bulk_new(self, p, slow, found, natted, conn, reply, st, tsrc, now) -> np.ndarray:
+        """Commit, vectorized, the new connections whose tuple no other packet of the
+        batch touches (so order cannot matter); returns the rows left for the
+        per-packet path.  Only when the limits leave room for all of them."""
+        cand = ~found[slow] & ~p.related[slow] & ~natted[slow]
+        if not cand.any():
+            return slow
+        w = p.words[slow]
+        proto = p.proto[slow]
+        fl = p.flags[slow]
+        tcp = proto == IP_TCP
+        bad_fl = np.where(fl & T.SYN, (fl & (T.RST | T.FIN)) != 0, (fl & (T.ACK | T.RST)) == 0)
+        bad_fl |= ((fl & T.ACK) == 0) & ((fl & (T.FIN | T.PSH | T.URG)) != 0)
+        bad_fl |= (fl & (T.SYN | T.ACK)) == (T.SYN | T.ACK)
+        typ = (w[:, 4] & np.uint64(0xFF)).astype(np.int64)
+        icmp_ok = np.where(proto == IP_ICMP, np.isin(typ, (8, 13, 15)), typ == 128)
+        icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
+        cand &= np.where(tcp, ~bad_fl, np.where(icmp, icmp_ok, True))
+        meta = p.zone[slow] | (proto.astype(np.uint64) << np.uint64(16)) \
+            | (p.v6[slow].astype(np.uint64) << np.uint64(24))
+        h = stored(_hash_words(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3],
+                               (w[:, 4] << np.uint64(32)) | w[:, 5]))
+        rh = stored(_hash_words(meta, w[:, 2], w[:, 3], w[:, 0], w[:, 1],
+                                (w[:, 5] << np.uint64(32)) | w[:, 4]))
+        ci = np.flatnonzero(cand)
+        allh = np.concatenate([h, rh[ci]])
+        _, inv, cnt = np.unique(allh, return_inverse=True, return_counts=True)
+        once = cnt[inv] == 1
+        cand[ci] &= once[:slow.size][ci] & once[slow.size:]
+        ci = np.flatnonzero(cand)
+        if not ci.size:
+            return slow
+        absent = (self._index.get_many(h[ci]) < 0) & (self._index.get_many(rh[ci]) < 0)
+        ci = ci[absent]
+        k = ci.size
+        if not k:
+            return slow
+        zones = p.zone[slow[ci]].astype(np.int64)
+        zu, zc = np.unique(zones, return_counts=True)
+        if self._n + k > self.limit or any(
+                self._zone_limit(int(z)) and self._zone_count.get(int(z), 0) + int(n) >
+                self._zone_limit(int(z)) for z, n in zip(zu, zc)):
+            return slow
+        while len(self._free) < k:
+            self._alloc(self._cap * 2)
+        slots = np.array(self._free[-k:][::-1], dtype=np.int64)
+        del self._free[-k:]
+        rows = slow[ci]
+        blk = np.zeros((k, _W), dtype=np.uint64)
+        wk = w[ci]
+        blk[:, C_TUP:C_TUP + 6] = wk
+        blk[:, C_TUP + 6:C_TUP + 12] = wk[:, [2, 3, 0, 1, 5, 4]]
+        blk[:, C_ZONE] = zones
+        pk = proto[ci]
+        blk[:, C_PROTO] = pk
+        blk[:, C_V6] = p.v6[rows]
+        cls = np.where(pk == IP_TCP, T.TM_TCP_FIRST,
+                       np.where(icmp[ci], TM_ICMP_FIRST, TM_OTHER_FIRST))
+        blk.view(np.float64)[:, C_EXP] = now + self._tmo[cls]
+        t = np.flatnonzero(pk == IP_TCP)
+        if t.size:
+            r = rows[t]
+            blk.view(np.int64)[t, C_TCP:C_TCP + 10] = T.new_peers_many(
+                p.flags[r], p.seq[r], p.win[r], p.plen[r],
+                [p.wscale(int(i)) for i in r]).reshape(-1, 10)
+        self.table[slots] = blk
+        self.live[slots] = True
+        self.hkey[slots, 0] = h[ci]
+        self.hkey[slots, 1] = rh[ci]
+        self._index.insert_many(np.concatenate([h[ci], rh[ci]]),
+                                np.concatenate([slots * 2, slots * 2 + 1]))
+        for z, n in zip(zu.tolist(), zc.tolist()):
+            self._zone_count[z] = self._zone_count.get(z, 0) + n
+        self._n += k
+        self.stats["committed"] += k
+        st[rows] = NEW
+        conn[rows] = slots
+        reply[rows] = False
+        tsrc[rows] = 1
+        keep = np.ones(slow.size, dtype=bool)
+        keep[ci] = False
+        return slow[keep]
 
     def _set_mark_label(self, conn, set_mark, set_label) -> None:
         c = conn[conn >= 0]

@@ -108,7 +108,9 @@ def _ones_sum(data, rows, start, length) -> np.ndarray:
         sel = np.flatnonzero((absstart & 1) == parity)
         if not sel.size:
             continue
-        words = flat[parity:parity + (flat.size - parity) // 2 * 2].view(">u2")
+        # Native-order words: a ones-complement sum is byte-order independent,
+        # so the sum of swapped words is the swapped sum (RFC 1071), swapped back below.
+        words = flat[parity:parity + (flat.size - parity) // 2 * 2].view(np.uint16)
         a = absstart[sel] // 2
         b = a + nw[sel]
         ind = np.empty(2 * sel.size, dtype=np.intp)
@@ -117,10 +119,14 @@ def _ones_sum(data, rows, start, length) -> np.ndarray:
         sums = np.add.reduceat(words, ind, dtype=np.uint64)[0::2]
         sums[nw[sel] == 0] = 0
         total[sel] = sums
+    total = fold(total).astype(np.uint64)
+    if np.little_endian:
+        total = ((total & np.uint64(0xFF)) << np.uint64(8)) | (total >> np.uint64(8))
     odd = np.flatnonzero(length & 1)
     if odd.size:
         total[odd] += flat[absstart[odd] + length[odd] - 1].astype(np.uint64) << np.uint64(8)
-    return fold(total).astype(np.uint64)
+        total = fold(total).astype(np.uint64)
+    return total
 
 
 def _words_sum(x: np.ndarray) -> np.ndarray:

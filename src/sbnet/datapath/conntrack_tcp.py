@@ -96,6 +96,28 @@ def new_peers(p: "TcpPacket") -> list[list[int]]:
     return [src, dst]
 
 
+def new_peers_many(flags, seq, win, plen, wscale) -> np.ndarray:
+    """new_peers() for many first segments: (k, 2, 5) int64.  wscale: the SYN
+    option of each (get_wscale), ignored for non-SYN segments."""
+    k = len(seq)
+    out = np.zeros((k, 2, 5), dtype=np.int64)
+    syn = (flags & SYN) != 0
+    fin = (flags & FIN) != 0
+    ws = np.where(syn, np.asarray(wscale, dtype=np.int64).reshape(k), WSCALE_UNKNOWN)
+    out[:, 0, 0] = seq
+    out[:, 0, 1] = (seq + plen + 1 + syn + fin) & _M32
+    sws = np.where(syn, ws & WSCALE_MASK, 0)
+    mw = np.maximum(win, 1)
+    out[:, 0, 2] = -(-mw // (1 << sws))
+    out[:, 0, 3] = ws
+    out[:, 0, 4] = SYN_SENT
+    out[:, 1, 1] = 1
+    out[:, 1, 2] = 1
+    out[:, 1, 3] = np.where(syn, 0, WSCALE_UNKNOWN)
+    out[:, 1, 4] = CLOSED
+    return out
+
+
 class TcpPacket:
     """The TCP header fields the state machine reads."""
 
@@ -225,20 +247,22 @@ def _sgeq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fast_established(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: np.ndarray,
-                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool
-                     ) -> np.ndarray:
+                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool,
+                     peers: np.ndarray | None = None) -> np.ndarray:
     """update() for many established ACK segments at once; returns which were valid.
 
     Every row is a segment with ACK and without SYN/FIN/RST of a connection
     whose two peers are ESTABLISHED, and each connection appears at most once.
     `tcp` is the (n_conns, 2, 5) int64 peer table (PEER_FIELDS, peer 0 = the
     original direction's sender), updated in place.  Such a segment changes no
-    state, only the windows, so rows are independent.
+    state, only the windows, so rows are independent.  `peers` may pass tcp[conn]
+    when the caller already has it.
     """
     u32 = np.uint32
     s = reply.astype(np.intp)
     d = 1 - s
-    peers = tcp[conn]
+    if peers is None:
+        peers = tcp[conn]
     ar = np.arange(conn.size)
     src = peers[ar, s]
     dst = peers[ar, d]
