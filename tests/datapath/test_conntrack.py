@@ -374,3 +374,14 @@ def test_batch_equals_one_by_one():
         t = single_ct._tuple(slot, 0)
         other, _ = batch_ct.find(t)
         assert (batch_ct.tcp[other] == single_ct.tcp[slot]).all()
+
+
+def test_ones_sum_matches_reference():
+    from sbnet.datapath.checksum import ones_sum
+    from sbnet.datapath.conntrack_pkt import _ones_sum
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 256, (300, 400), dtype=np.uint8)
+    st = rng.integers(0, 150, 300)
+    for hi in (90, 240):      # the window and the reduceat methods
+        ln = rng.integers(0, hi, 300)
+        assert (_ones_sum(d, np.arange(300), st, ln) == ones_sum(d, st, ln)).all()
