@@ -39,106 +39,26 @@ values mapped onto OVS's timeout classes (see Timeouts).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
-
 import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_index import HashIndex, stored
-from sbnet.datapath.conntrack_nat import DNAT, SNAT, NatSpec, allocate, rewrite, rewrite_related
+from sbnet.datapath.conntrack_nat import SNAT, NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import PacketInfo, extract
+from sbnet.datapath.conntrack_slow import PerPacketPath
+from sbnet.datapath.conntrack_table import (
+    _CT_FIRST, _CT_LAST, _M64, _NAT_BITS, _PROTO_NAMES, _S, _W, C_EXP, C_L4ST, C_LABEL, C_MARK,
+    C_NAT, C_PROTO, C_TCP, C_TUP, C_V6, C_ZONE, DNAT_BIT, EST, ICMP_REPLY, INV, MAX_TCP_ROUNDS,
+    NEW, OTHER_BIDIR, RPL, SNAT_BIT, TM_ICMP_FIRST, TM_ICMP_REPLY, TM_OTHER_BIDIR,
+    TM_OTHER_FIRST, TRK, Timeouts, _hash_words, tuple_hash)
 from sbnet.datapath.parse import Parsed
-from sbnet.flows.fields import (CT_STATE_BITS, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP,
-                                IP_UDP, SLOT_INDEX)
+from sbnet.flows.fields import IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
 
-_S = SLOT_INDEX
-NEW, EST, REL, RPL = (CT_STATE_BITS[k] for k in ("new", "est", "rel", "rpl"))
-INV, TRK, SNAT_BIT, DNAT_BIT = (CT_STATE_BITS[k] for k in ("inv", "trk", "snat", "dnat"))
-_NAT_BITS = SNAT_BIT | DNAT_BIT
-_M64 = (1 << 64) - 1
-_P = 0x9E3779B97F4A7C15
-
-# Timeout classes beyond TCP's (OVS enum ct_timeout order).
-TM_OTHER_FIRST, TM_OTHER_MULTIPLE, TM_OTHER_BIDIR, TM_ICMP_FIRST, TM_ICMP_REPLY = range(6, 11)
-# Other/UDP and ICMP pseudo-connection states (conntrack-other.c, conntrack-icmp.c).
-OTHER_FIRST, OTHER_MULTIPLE, OTHER_BIDIR = 0, 1, 2
-ICMP_FIRST, ICMP_REPLY = 0, 1
-_ICMP_NEW_TYPES = {IP_ICMP: (8, 13, 15), IP_ICMPV6: (128,)}
-_PROTO_NAMES = {IP_TCP: "tcp", IP_UDP: "udp", IP_ICMP: "icmp", IP_ICMPV6: "icmpv6",
-                IP_SCTP: "sctp"}
-# Columns of the connection table (uint64 words; tcp is int64, exp float64).
-C_TUP, C_TCP, C_EXP, C_MARK, C_LABEL = 0, 12, 22, 23, 24
-C_ZONE, C_PROTO, C_V6, C_NAT, C_L4ST = 26, 27, 28, 29, 30
-_W = 32
-_CT_FIRST, _CT_LAST = _S["ct_state"], _S["ct_tp_dst"]
-assert _CT_LAST - _CT_FIRST == 13
-# Rounds of vectorized established-TCP updates per batch (round k takes each
-# connection's k-th segment); rows past them take the per-packet path.
-MAX_TCP_ROUNDS = 4
+__all__ = ["Conntrack", "NatSpec", "Timeouts", "tuple_hash"]
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds per OVS timeout class (ct_dpif_tp_attr names).
-
-    Defaults are Linux's nf_conntrack defaults mapped onto OVS's classes:
-    tcp syn_sent 120, syn_recv 60, established 432000 (5 days), fin_wait 120,
-    time_wait 120, close 10; udp 30 (first and single direction), udp stream
-    120 (bidirectional); icmp 30.  Other IP protocols use the udp classes, as
-    in OVS userspace (Linux would use 600).  `ovs()` gives OVS's own netdev
-    defaults (conntrack-tp.c).
-    """
-
-    tcp_syn_sent: float = 120
-    tcp_syn_recv: float = 60
-    tcp_established: float = 432000
-    tcp_fin_wait: float = 120
-    tcp_time_wait: float = 120
-    tcp_close: float = 10
-    udp_first: float = 30
-    udp_single: float = 30
-    udp_multiple: float = 120
-    icmp_first: float = 30
-    icmp_reply: float = 30
-
-    @classmethod
-    def ovs(cls) -> Timeouts:
-        return cls(30, 30, 86400, 900, 45, 30, 60, 60, 30, 60, 30)
-
-    def by_class(self) -> np.ndarray:
-        return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
-
-
-def _hash_words(meta, shi, slo, dhi, dlo, ports):
-    """64-bit mix of a tuple's words; numpy arrays (wrapping uint64) or Python ints."""
-    if isinstance(meta, np.ndarray):
-        p = np.uint64(_P)
-        h = meta * p
-        for w in (shi, slo, dhi, dlo, ports):
-            h = (h ^ w) * p
-            h ^= h >> np.uint64(29)
-        return h
-    h = (meta * _P) & _M64
-    for w in (shi, slo, dhi, dlo, ports):
-        h = ((h ^ w) * _P) & _M64
-        h ^= h >> 29
-    return h
-
-
-def tuple_hash(t: tuple) -> int:
-    """Hash of (zone, proto, v6, src, dst, sport, dport) as the batch lookup computes it."""
-    zone, proto, v6, src, dst, sport, dport = t
-    return stored(_hash_words(zone | proto << 16 | v6 << 24, src >> 64, src & _M64, dst >> 64,
-                              dst & _M64, sport << 32 | dport))
-
-
-def _reverse(t: tuple) -> tuple:
-    zone, proto, v6, src, dst, sport, dport = t
-    return (zone, proto, v6, dst, src, dport, sport)
-
-
-class Conntrack:
+class Conntrack(PerPacketPath):
     """Connections of every zone, stored column-wise in numpy arrays indexed by slot."""
 
     def __init__(self, timeouts: Timeouts | None = None, limit: int = 3_000_000,
@@ -602,189 +522,6 @@ class Conntrack:
                    "dport": np.where(pat, ww[:, 4], parsed.keys[_S["tp_dst"], r])}
             rewrite(batch.data, parsed.keys, r, parsed.l3[r].astype(np.int64),
                     parsed.l4[r].astype(np.int64), v6, p.proto[j], new)
-
-    # -- the per-packet path ------------------------------------------------------
-    def _slow_rows(self, batch, parsed, rows, p, slow, conn, reply, st, tsrc, natted, zones,
-                   commit, nat, force, now) -> np.ndarray:
-        jobs = []
-        info = p.rows_info(slow)
-        nat_in = nat is not None
-        for k, i in enumerate(slow.tolist()):
-            t, related, flags = info[k]
-            s = int(st[i])
-            c, rp = self._lookup_pkt(t, bool(natted[i]), now)
-            if c >= 0 and force and rp:
-                self._delete(c)
-                c = -1
-            create = False
-            if c >= 0:
-                if related:
-                    s |= REL | (RPL if rp else 0)
-                    self.stats["related"] += 1
-                else:
-                    res = self._update(c, rp, p, i, flags, now)
-                    if res == T.VALID:
-                        s = (s | EST | (RPL if rp else 0)) & ~NEW
-                    elif res == T.INVALID:
-                        s = INV
-                    elif res == T.NEW:
-                        self._delete(c)
-                        c = -1
-                        create = True
-                    else:
-                        s |= NEW
-                if c >= 0 and nat_in and self.nat[c] and not s & _NAT_BITS:
-                    s |= self._nat_bits(c, rp)
-                    if related:
-                        self._nat_related(batch, parsed, rows[i], c, rp)
-                    else:
-                        jobs.append(i)
-            elif related:
-                s = INV
-            else:
-                create = True
-            if create:
-                s, c = self._not_found(t, p, i, flags, commit, nat, now)
-                rp = False
-                if c >= 0 and self.nat[c]:
-                    jobs.append(i)
-            st[i] = s
-            conn[i] = c
-            reply[i] = rp
-            tsrc[i] = 1 if c >= 0 else 2
-        return np.array(jobs, dtype=np.intp)
-
-    def _lookup_pkt(self, t: tuple, natted: bool, now: float) -> tuple[int, bool]:
-        if natted:
-            # Already translated by an earlier ct in this zone: find it by the reverse.
-            c, d = self._lookup(_reverse(t), now)
-            if c >= 0:
-                return c, not d
-        c, d = self._lookup(t, now)
-        return c, bool(d)
-
-    def _nat_bits(self, c: int, rp: bool) -> int:
-        snat = bool(self.nat[c] & SNAT)
-        return SNAT_BIT if snat != rp else DNAT_BIT
-
-    def _update(self, c: int, rp: bool, p, i: int, flags: int, now: float) -> int:
-        proto = int(self.proto[c])
-        if proto == IP_TCP:
-            peers = self.tcp[c].tolist()
-            pkt = T.TcpPacket(flags, int(p.seq[i]), int(p.ack[i]), int(p.win[i]),
-                              int(p.plen[i]), p.wscale(i) if flags & T.SYN else 0)
-            res, cls = T.update(peers, rp, pkt, self.tcp_liberal)
-            self.tcp[c] = peers
-            if res == T.INVALID:
-                key = "tcp_invalid_flags" if T.invalid_flags(flags) else "tcp_seq_chk_failed"
-                self.stats[key] += 1
-            if cls is not None:
-                self.exp[c] = now + self._tmo[cls]
-            return res
-        st = int(self.l4st[c])
-        if proto in (IP_ICMP, IP_ICMPV6):
-            res = T.VALID
-            if rp and st == ICMP_FIRST:
-                st = ICMP_REPLY
-            elif st == ICMP_FIRST:
-                res = T.VALID_NEW
-            self.l4st[c] = st
-            self.exp[c] = now + self._tmo[TM_ICMP_FIRST + st]
-            return res
-        res = T.VALID
-        if rp and st != OTHER_BIDIR:
-            st = OTHER_BIDIR
-        elif st != OTHER_BIDIR:
-            # OVS 3.1 as observed on its dummy datapath: +new until a reply is seen
-            # (conntrack-other.c alone would say +est from the third packet).
-            st = OTHER_MULTIPLE
-            res = T.VALID_NEW
-        self.l4st[c] = st
-        self.exp[c] = now + self._tmo[TM_OTHER_FIRST + st]
-        return res
-
-    def _valid_new(self, t: tuple, p, i: int, flags: int) -> bool:
-        proto = t[1]
-        if proto == IP_TCP:
-            return T.valid_new(flags)
-        if proto in (IP_ICMP, IP_ICMPV6):
-            return (t[5] & 0xFF) in _ICMP_NEW_TYPES[proto]
-        return True
-
-    def _not_found(self, t, p, i, flags, commit, nat, now) -> tuple[int, int]:
-        """conn_not_found(): (ct_state, new slot or -1)."""
-        if not self._valid_new(t, p, i, flags):
-            return INV, -1
-        if not commit:
-            return NEW, -1
-        zone = t[0]
-        zl = self._zone_limit(zone)
-        if zl and self._zone_count.get(zone, 0) >= zl:
-            self.stats["zone_full"] += 1
-            return NEW, -1
-        if self._n >= self.limit:
-            self.stats["conntrack_full"] += 1
-            return NEW, -1
-        act = nat.action if nat is not None else 0
-        if act:
-            rev = allocate(nat, t, self._taken, self.hash_basis)
-            if rev is None:
-                self.stats["nat_exhausted"] += 1
-                return NEW, -1
-        else:
-            rev = _reverse(t)
-        c = self._create(t, rev, act, now)
-        proto = t[1]
-        if proto == IP_TCP:
-            pkt = T.TcpPacket(flags, int(p.seq[i]), int(p.ack[i]), int(p.win[i]),
-                              int(p.plen[i]), p.wscale(i) if flags & T.SYN else 0)
-            self.tcp[c] = T.new_peers(pkt)
-            self.exp[c] = now + self._tmo[T.TM_TCP_FIRST]
-        elif proto in (IP_ICMP, IP_ICMPV6):
-            self.exp[c] = now + self._tmo[TM_ICMP_FIRST]
-        else:
-            self.exp[c] = now + self._tmo[TM_OTHER_FIRST]
-        s = NEW
-        if act:
-            s |= SNAT_BIT if act == SNAT else DNAT_BIT
-        return s, c
-
-    def _nat_related(self, batch, parsed, row: int, c: int, rp: bool) -> None:
-        """Translate an ICMP error and the header it quotes (OVS reverse_nat_packet)."""
-        v6 = bool(self.v6[c])
-        orig, rev = self._tuple(c, 0), self._tuple(c, 1)
-        # The packet's outer addresses become those of the other direction's tuple
-        # (reversed); the quoted packet travelled the opposite way.
-        want = _reverse(rev) if not rp else _reverse(orig)
-        quoted = _reverse(want)
-        act = int(self.nat[c])
-        outer_src = outer_dst = None
-        if (act == SNAT) != rp:
-            outer_src = want[3]
-            inner = {"dst": quoted[4], "dport": quoted[6]}
-        else:
-            outer_dst = want[4]
-            inner = {"src": quoted[3], "sport": quoted[5]}
-        if quoted[1] not in (IP_TCP, IP_UDP):
-            inner.pop("sport", None)
-            inner.pop("dport", None)
-        s = int(batch.start[row])
-        n = int(batch.length[row])
-        pkt = bytearray(batch.data[row, s:s + n].tobytes())
-        l3 = int(parsed.l3[row]) - s
-        rewrite_related(pkt, l3, v6, outer_src, outer_dst, inner)
-        batch.data[row, s:s + n] = np.frombuffer(bytes(pkt), dtype=np.uint8)
-        keys = parsed.keys
-        if v6:
-            for name, a in (("src", outer_src), ("dst", outer_dst)):
-                if a is not None:
-                    keys[_S[f"ipv6_{name}_hi"], row] = a >> 64
-                    keys[_S[f"ipv6_{name}_lo"], row] = a & _M64
-        else:
-            if outer_src is not None:
-                keys[_S["nw_src"], row] = outer_src
-            if outer_dst is not None:
-                keys[_S["nw_dst"], row] = outer_dst
 
     # -- maintenance -------------------------------------------------------------
     def expire(self, now: float) -> int:

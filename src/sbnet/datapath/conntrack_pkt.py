@@ -68,8 +68,8 @@ class PacketInfo:
 
 
 def _hash(p: PacketInfo, rows: np.ndarray) -> None:
-    from sbnet.datapath.conntrack import _hash_words
     from sbnet.datapath.conntrack_index import stored
+    from sbnet.datapath.conntrack_table import _hash_words
     w = p.words[rows]
     meta = p.zone[rows] | (p.proto[rows].astype(np.uint64) << np.uint64(16)) \
         | (p.v6[rows].astype(np.uint64) << np.uint64(24))
