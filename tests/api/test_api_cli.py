@@ -80,6 +80,8 @@ def test_subnets(osc: Osc, net: dict) -> None:
     v6 = osc("subnet create s6 --network clinet --ip-version 6 --subnet-range fd00:1::/64 "
              "--ipv6-ra-mode slaac --ipv6-address-mode slaac -f json")
     assert v6["ipv6_address_mode"] == "slaac"
+    assert {"clisub", "s-extra", "s6"} <= {x["Name"] for x in osc("subnet list -f json")}
+    assert [x["Name"] for x in osc("subnet list --network clinet --ip-version 6 -f json")] == ["s6"]
     osc("subnet set s-extra --name s-extra2 --no-dns-nameservers")
     assert osc("subnet show s-extra2 -f json")["dns_nameservers"] == []
     port = osc("port create p-v6 --network clinet -f json")
@@ -133,7 +135,10 @@ def test_security_groups(osc: Osc) -> None:
     assert "400" in err and "Conflicting value ethertype IPv6" in err
     rules = osc("security group rule list web -f json")
     assert len(rules) == 5
+    assert osc(f"security group rule show {r1['id']} -f json")["remote_ip_prefix"] == "0.0.0.0/0"
+    assert osc("security group show web -f json")["description"] == "www"
     osc(f"security group rule delete {r1['id']}")
+    assert osc.run(f"security group rule show {r1['id']}")[0] == 1
     stateless = osc("security group create nostate --stateless -f json")
     assert stateless["stateful"] is False
     osc("security group set web --name web2")
@@ -150,6 +155,7 @@ def test_router_and_floating_ip(osc: Osc, net: dict) -> None:
     osc("network create ext --external -f json")
     osc("subnet create extsub --network ext --subnet-range 172.24.4.0/24 --no-dhcp -f json")
     osc("router create r1 -f json")
+    assert "r1" in {x["Name"] for x in osc("router list -f json")}
     osc("router set r1 --external-gateway ext --enable-snat")
     osc("router add subnet r1 clisub")
     osc("router set r1 --route destination=10.8.0.0/16,gateway=10.1.0.99")
@@ -194,6 +200,7 @@ def test_qos(osc: Osc) -> None:
     assert len(osc("network qos policy show gold -f json")["rules"]) == 3
     types = {t["Type"] for t in osc("network qos rule type list -f json")}
     assert {"bandwidth_limit", "dscp_marking", "minimum_bandwidth"} <= types
+    assert "gold" in {x["Name"] for x in osc("network qos policy list -f json")}
     osc("network qos policy set gold --name gold2")
     osc("network qos policy delete gold2")
 
@@ -212,6 +219,7 @@ def test_trunks(osc: Osc, net: dict) -> None:
     err = osc.fails("port delete child1")
     assert "409" in err
     osc("network trunk unset t1 --subport child1")
+    assert "t1" in {x["Name"] for x in osc("network trunk list -f json")}
     osc("network trunk set t1 --name t1b")
     assert osc("network trunk show t1b -f json")["name"] == "t1b"
     osc("network trunk delete t1b")
@@ -248,6 +256,10 @@ def test_service_chaining(osc: Osc, net: dict) -> None:
     pc = osc("sfc port chain create --port-pair-group ppg1 --flow-classifier fc1 pc1 -f json")
     assert pc["Chain Parameters"] == {"correlation": "mpls", "symmetric": False}
     assert [c["Name"] for c in osc("sfc port chain list -f json")] == ["pc1"]
+    assert [x["Name"] for x in osc("sfc port pair list -f json")] == ["pp1"]
+    assert osc("sfc port pair group show ppg1 -f json")["Name"] == "ppg1"
+    assert osc("sfc flow classifier show fc1 -f json")["Protocol"] == "tcp"
+    osc("sfc port pair set pp1 --description pair")
     osc("sfc port chain set pc1 --description chained")
     assert osc("sfc port chain show pc1 -f json")["Description"] == "chained"
     err = osc.fails("sfc port pair group delete ppg1")
