@@ -1,0 +1,1 @@
+"""Per-flow analytics: flow records from datapath counters, IPFIX export, Prometheus metrics, plots."""
