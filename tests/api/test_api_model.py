@@ -93,3 +93,28 @@ def test_security_group_rules() -> None:
     assert sorted((r["direction"], r["ethertype"], r["remote_group_id"]) for r in rules) == [
         ("egress", "IPv4", None), ("egress", "IPv6", None), ("ingress", "IPv4", "g"),
         ("ingress", "IPv6", "g")]
+
+
+def test_segment_config_from_ml2_strings() -> None:
+    cfg = segments.SegmentConfig.parse("vlan", ["phys-a"], ["phys-a:10:11", "phys-b"], ["vxlan:5:6"])
+    assert cfg.vlan_ranges == {"phys-a": [(10, 11)], "phys-b": []}
+    assert cfg.tunnel_ranges["vxlan"] == [(5, 6)] and cfg.tunnel_ranges["gre"] == []
+    assert segments.check_provider(cfg, None, None, None) == ("vlan", None, None)
+    for bad in (dict(vlan_ranges=["p:5000:5001"]), dict(tunnel_ranges=["vxlan:9"]),
+                dict(tenant_network_type="ib")):
+        with pytest.raises(ValueError):
+            segments.SegmentConfig.parse(**bad)
+
+
+def test_tenant_vlan_networks_take_ids_from_the_ranges() -> None:
+    from fastapi.testclient import TestClient
+
+    from sbnet.api import create_app
+
+    cfg = segments.SegmentConfig.parse("vlan", vlan_ranges=["p1:7:7", "p2:9:9"])
+    with TestClient(create_app("sqlite://", segments=cfg)) as c:
+        got = [c.post("/v2.0/networks", json={"network": {}}) for _ in range(3)]
+        assert [(r.json()["network"]["provider:physical_network"],
+                 r.json()["network"]["provider:segmentation_id"]) for r in got[:2]] == [("p1", 7), ("p2", 9)]
+        assert got[2].status_code == 503
+        assert got[2].json()["NeutronError"]["type"] == "NoNetworkAvailable"

@@ -30,6 +30,9 @@ class NetworkHooks(Hooks):
         net_type, physnet, seg_id = segments.check_provider(
             cfg, body.get("provider:network_type"), body.get("provider:physical_network"),
             body.get("provider:segmentation_id"))
+        if net_type == "vlan" and physnet is None:
+            physnet, seg_id = segments.allocate_tenant_vlan(
+                cfg, lambda name: tx.used_segments("vlan", name))
         key = physnet or ""
         used = tx.used_segments(net_type, key)
         if net_type == "flat":

@@ -14,12 +14,28 @@ def register(app: typer.Typer) -> None:
                                "or postgresql://user@host/db."),
         token_file: str = typer.Option(None, help="YAML/JSON map of tokens to project_id and roles."),
         require_token: bool = typer.Option(False, help="Refuse requests without a valid token."),
+        tenant_network_type: str = typer.Option("vxlan", help="Type of networks made without "
+                                                "provider attributes."),
+        flat_network: list[str] = typer.Option(None, help="Physical network allowed for flat "
+                                               "networks (repeat; default physnet1)."),
+        vlan_range: list[str] = typer.Option(None, help="PHYSNET[:MIN:MAX] VLANs to allocate "
+                                             "from (repeat; default physnet1:100:199)."),
+        tunnel_range: list[str] = typer.Option(None, help="TYPE:MIN:MAX ids to allocate, TYPE "
+                                               "vxlan, gre or geneve (repeat; default 1:65535 each)."),
+        physnet_mtu: int = typer.Option(1500, help="Underlay MTU; tunnel overhead is taken off."),
         log_level: str = typer.Option("warning", help="uvicorn log level."),
     ) -> None:
         """Serve the Neutron v2.0 API (openstack CLI: --os-auth-type none --os-endpoint URL)."""
         import uvicorn
 
         from sbnet.api import create_app
+        from sbnet.model.segments import SegmentConfig
 
-        application = create_app(db, token_file=token_file, require_token=require_token)
+        try:
+            segments = SegmentConfig.parse(tenant_network_type, flat_network or None,
+                                           vlan_range or None, tunnel_range or None, physnet_mtu)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        application = create_app(db, token_file=token_file, require_token=require_token,
+                                 segments=segments)
         uvicorn.run(application, host=host, port=port, log_level=log_level)

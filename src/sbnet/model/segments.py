@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sbnet.model.errors import BadRequest, Conflict, InvalidInput, ServiceUnavailable
 
@@ -24,8 +25,45 @@ class SegmentConfig:
         "vxlan": [(1, 65535)], "gre": [(1, 65535)], "geneve": [(1, 65535)]})
     physnet_mtu: int = 1500
 
+    @classmethod
+    def parse(cls, tenant_network_type: str = "vxlan", flat_networks: list[str] | None = None,
+              vlan_ranges: list[str] | None = None, tunnel_ranges: list[str] | None = None,
+              physnet_mtu: int = 1500) -> "SegmentConfig":
+        """From ml2-style strings: vlan "physnet1:100:199" (or bare "physnet2" = no tenant
+        range), tunnel "vxlan:1:1000"; unset lists keep the defaults."""
+        cfg = cls(tenant_network_type=tenant_network_type, physnet_mtu=physnet_mtu)
+        if tenant_network_type not in OVERHEAD or tenant_network_type == "flat":
+            raise ValueError(f"unknown network type {tenant_network_type!r}")
+        if flat_networks is not None:
+            cfg.flat_networks = list(flat_networks)
+        if vlan_ranges is not None:
+            cfg.vlan_ranges = {}
+            for item in vlan_ranges:
+                name, *bounds = item.split(":")
+                cfg.vlan_ranges.setdefault(name, [])
+                if bounds:
+                    cfg.vlan_ranges[name].append(_bounds(item, bounds, MAX_ID["vlan"]))
+        if tunnel_ranges is not None:
+            cfg.tunnel_ranges = {t: [] for t in ("vxlan", "gre", "geneve")}
+            for item in tunnel_ranges:
+                kind, *bounds = item.split(":")
+                if kind not in cfg.tunnel_ranges or len(bounds) != 2:
+                    raise ValueError(f"tunnel range {item!r} must be vxlan|gre|geneve:MIN:MAX")
+                cfg.tunnel_ranges[kind].append(_bounds(item, bounds, MAX_ID[kind]))
+        return cfg
+
     def mtu(self, network_type: str) -> int:
         return self.physnet_mtu - OVERHEAD[network_type]
+
+
+def _bounds(item: str, bounds: list[str], top: int) -> tuple[int, int]:
+    try:
+        lo, hi = (int(b) for b in bounds)
+    except ValueError:
+        raise ValueError(f"range {item!r} must end in :MIN:MAX") from None
+    if not 1 <= lo <= hi <= top:
+        raise ValueError(f"range {item!r} must satisfy 1 <= MIN <= MAX <= {top}")
+    return lo, hi
 
 
 def check_provider(cfg: SegmentConfig, net_type: str | None, physnet: str | None,
@@ -71,6 +109,17 @@ def allocate(cfg: SegmentConfig, net_type: str, physnet: str | None, used: set[i
             n += 1
     raise ServiceUnavailable("Unable to create the network. No tenant network is available for "
                              "allocation.", type_name="NoNetworkAvailable")
+
+
+def allocate_tenant_vlan(cfg: SegmentConfig, used: Callable[[str], set[int]]) -> tuple[str, int]:
+    """A VLAN for a tenant network: the first physical network with a free id in its ranges."""
+    for physnet, ranges in cfg.vlan_ranges.items():
+        if ranges:
+            try:
+                return physnet, allocate(cfg, "vlan", physnet, used(physnet))
+            except ServiceUnavailable:
+                continue
+    return "", allocate(cfg, "vlan", None, set())  # raises NoNetworkAvailable
 
 
 def in_use(net_type: str, physnet: str | None, seg_id: int | None) -> Conflict:
