@@ -83,8 +83,7 @@ def test_malformed_packets_are_counted_per_reason_and_dropped():
 
 
 @pytest.mark.parametrize("action,why", [
-    ("ct(commit)", "connection tracking"),
-    ("ct_clear", "connection tracking"),
+    ("set_field:0x1->ct_mark", "only by ct"),
     ("meter:1", "meters"),
     ("encap(nsh(md_type=1))", "NSH"),
     ("set_field:0x5->tun_id", "tunnel"),
@@ -198,3 +197,52 @@ def test_megaflows_are_dumped_with_counters_tier_and_actions():
     (line,) = sw.dump_megaflows()
     assert "in_port=1" in line and "tcp_dst=80" in line
     assert "packets:3, bytes:162, used:2.500s, tier:software, actions:2" in line
+
+
+FIREWALL = """
+table=0,priority=100,ip,ct_state=-trk actions=ct(table=1,zone=9)
+table=0,priority=10,arp actions=flood
+table=1,priority=100,ct_state=+trk+est,ip actions=resubmit(,2)
+table=1,priority=100,ct_state=+trk+rel,ip actions=resubmit(,2)
+table=1,priority=90,ct_state=+trk+new,in_port=1,tcp,tp_dst=80 actions=ct(commit,zone=9,exec(set_field:0x7->ct_mark)),resubmit(,2)
+table=1,priority=1 actions=drop
+table=2,in_port=1 actions=output:2
+table=2,in_port=2 actions=output:1
+"""
+
+
+def tcp_flags(flags, src="10.0.0.1", dst="10.0.0.2", sport=4000, dport=80, seq=1000, ack=0):
+    return raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+               / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack))
+
+
+def test_stateful_firewall_allows_replies_and_refuses_unsolicited():
+    sw = make(FIREWALL)
+    sw.process(Batch.from_packets([tcp_flags("S", seq=100)], 1))
+    assert len(sent(sw, 2)) == 1                      # new connection to port 80 allowed
+    synack = tcp_flags("SA", src="10.0.0.2", dst="10.0.0.1", sport=80, dport=4000, seq=500, ack=101)
+    sw.process(Batch.from_packets([synack], 2))
+    assert len(sent(sw, 1)) == 1                      # the reply passes
+    sw.process(Batch.from_packets([tcp_flags("A", seq=101, ack=501)], 1))
+    assert len(sent(sw, 2)) == 1
+    # unsolicited inbound and a new connection to another port are dropped
+    sw.process(Batch.from_packets([tcp_flags("S", src="10.0.0.2", dst="10.0.0.1", sport=5555,
+                                             dport=22)], 2))
+    sw.process(Batch.from_packets([tcp_flags("S", dport=22, sport=4001)], 1))
+    assert sent(sw, 1) == [] and sent(sw, 2) == []
+    (line,) = sw.conntrack.dump()
+    assert "zone=9" in line and "mark=7" in line and "ESTABLISHED" in line
+
+
+def test_established_traffic_stays_on_the_fast_path():
+    sw = make(FIREWALL)
+    sw.process(Batch.from_packets([tcp_flags("S", seq=100)], 1))
+    sw.process(Batch.from_packets([tcp_flags("SA", src="10.0.0.2", dst="10.0.0.1", sport=80,
+                                             dport=4000, seq=500, ack=101)], 2))
+    sw.process(Batch.from_packets([tcp_flags("A", seq=101, ack=501)], 1))
+    upcalls = sw.upcalls
+    data = [tcp_flags("A", seq=101 + 10 * i, ack=501) for i in range(50)]
+    sw.process(Batch.from_packets(data, 1))
+    assert len(sent(sw, 2)) == 52 and sw.upcalls == upcalls   # SYN, ACK, 50 data
+    recirc = [l for l in sw.dump_megaflows() if "recirc_id=0x1" in l]
+    assert recirc and any("ct_state" in l for l in recirc)

@@ -20,7 +20,8 @@ def megaflow_fields(key, wc) -> list[tuple[str, int, int]]:
     """(field, value, mask) for every field the mask touches, named for the packet's protocol."""
     et = int(key[S["eth_type"]])
     proto = int(key[S["nw_proto"]])
-    names = ["recirc_id", "in_port", "eth_src", "eth_dst", "eth_type", "vlan_tci"]
+    names = ["recirc_id", "ct_state", "ct_zone", "ct_mark", "ct_label", "in_port",
+             "eth_src", "eth_dst", "eth_type", "vlan_tci"]
     if et == F.ETH_IP:
         names += ["ip_src", "ip_dst", "ip_proto", "nw_tos", "ip_ttl", "ip_frag"]
     elif et == F.ETH_IPV6:

@@ -69,12 +69,30 @@ class Recirc:
 
 
 @dataclass(frozen=True)
+class Ct:
+    """Send the packet through conntrack (OVS's datapath ct action)."""
+
+    zone: int = 0
+    commit: bool = False
+    nat: object | None = None                 # sbnet.flows.actions.Nat
+    mark: tuple[int, int] | None = None       # (value, mask)
+    label: tuple[int, int] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class CtClear:
+    pass
+
+
+@dataclass(frozen=True)
 class Userspace:
     reason: str                   # e.g. "controller"
 
 
 # An ODP action list is a tuple of the dataclasses above; the empty tuple drops.
-OdpAction = Output | SetFields | PushVlan | PopVlan | PushMpls | PopMpls | Meter | Recirc | Userspace
+OdpAction = (Output | SetFields | PushVlan | PopVlan | PushMpls | PopMpls | Meter | Recirc
+             | Userspace | Ct | CtClear)
 
 
 def canonical(actions: tuple[OdpAction, ...]) -> list[tuple]:
@@ -106,7 +124,31 @@ def canonical(actions: tuple[OdpAction, ...]) -> list[tuple]:
                 out.append(("recirc", recirc_id))
             case Userspace(reason):
                 out.append(("userspace", reason))
+            case Ct() | CtClear():
+                # OVS's trace parser keeps ct as raw text: compare the text.
+                out.append(("raw", _format_one(a)))
     return out
+
+
+def _format_ct(a: Ct) -> str:
+    parts = []
+    if a.commit:
+        parts.append("commit")
+    if a.force:
+        parts.append("force")
+    if a.zone:
+        parts.append(f"zone={a.zone}")
+    if a.mark is not None:
+        parts.append(f"mark={a.mark[0]:#x}/{a.mark[1]:#x}")
+    if a.label is not None:
+        parts.append(f"label={a.label[0]:#x}/{a.label[1]:#x}")
+    if a.nat is not None:
+        parts.append(str(a.nat))
+    return f"ct({','.join(parts)})"
+
+
+def _format_one(a) -> str:
+    return format_actions((a,))
 
 
 def format_actions(actions: tuple[OdpAction, ...]) -> str:
@@ -140,4 +182,8 @@ def format_actions(actions: tuple[OdpAction, ...]) -> str:
                 parts.append(f"recirc(0x{recirc_id:x})")
             case Userspace(reason):
                 parts.append(f"userspace({reason})")
+            case Ct():
+                parts.append(_format_ct(a))
+            case CtClear():
+                parts.append("ct_clear")
     return ",".join(parts)

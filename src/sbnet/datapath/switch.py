@@ -12,7 +12,7 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.classifier import Rule, Table
 from sbnet.datapath.execute import execute
 from sbnet.datapath.megaflow import Megaflow, MegaflowCache
-from sbnet.datapath.parse import ERROR_REASONS, parse
+from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
 from sbnet.datapath.ports import MemoryPort, Port
 from sbnet.datapath.xlate import Xlate, XlateResult
 from sbnet.flows import actions as A
@@ -21,11 +21,11 @@ from sbnet.flows.flow import Flow
 from sbnet.flows.ofctl import FlowFile, parse_file
 
 MAX_IDLE = 10.0           # seconds an unused megaflow lives, as OVS's default max-idle
+MAX_RECIRC = 6            # passes through conntrack per packet before it is dropped
+_CT_POINT = 0xFFFFFF01    # pseudo-port: execute() hands back the packet as it reaches ct()
 
 # Actions this switch does not execute yet, and why: refused when installed.
 _UNSUPPORTED = {
-    A.Ct: "ct() needs connection tracking, which this switch does not have yet",
-    A.CtClear: "ct_clear needs connection tracking, which this switch does not have yet",
     A.Meter: "meters are not executed by this switch yet",
     A.EncapNsh: "NSH encapsulation is not executed by this switch yet",
     A.Encap: "encap() is not executed by this switch yet",
@@ -36,7 +36,7 @@ _UNSUPPORTED = {
 _UNSUPPORTED_FIELDS = {
     "tun_": "tunnel fields need tunnel ports, which this switch does not have yet",
     "nsh_": "NSH fields are not executed by this switch yet",
-    "ct_": "conntrack fields need connection tracking, which this switch does not have yet",
+    "ct_": "conntrack fields are set only by ct(commit,exec(...))",
 }
 
 
@@ -56,9 +56,11 @@ class FlowStats:
 class Switch:
     """One software switch instance (one bridge): ports, tables, groups, the megaflow cache."""
 
-    def __init__(self, name: str = "br0", clock=time.monotonic) -> None:
+    def __init__(self, name: str = "br0", clock=time.monotonic, conntrack=None) -> None:
+        from sbnet.datapath.conntrack import Conntrack
         self.name = name
         self.clock = clock
+        self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.ports: dict[int, Port] = {}
         self.tables: dict[int, Table] = {}
         self.groups: dict[int, A.GroupMod] = {}
@@ -67,6 +69,7 @@ class Switch:
         self.xlate = Xlate(self.tables, self.groups, self._port_set)
         self._actions: list[tuple] = []
         self._action_ids: dict[tuple, int] = {}
+        self._has_ct: list[bool] = []
         self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
         self.drops: dict[str, int] = {}
         self.upcalls = 0
@@ -208,13 +211,20 @@ class Switch:
             rows = np.flatnonzero(~bad)
         else:
             rows = np.arange(n)
+        out: list[tuple[int, Batch]] = []
+        self._pass(batch, parsed, rows, now, 0, out)
+        return out
+
+    def _pass(self, batch: Batch, parsed, rows: np.ndarray, now: float, depth: int,
+              out: list) -> None:
+        """One datapath pass: megaflow lookup, upcalls for misses, counters, actions."""
         keys = parsed.keys
         mf = self.cache.lookup(keys, rows)
         missing = mf < 0
         if missing.any():
             mf[missing] = self._upcall(keys, rows[missing], now)
         self._count(mf, batch.length[rows], now)
-        return self._emit(batch, rows, mf, parsed)
+        self._emit(batch, rows, mf, parsed, now, depth, out)
 
     def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float) -> None:
         c = self.cache
@@ -223,27 +233,66 @@ class Switch:
         np.add.at(c.bytes, mf, lengths.astype(np.int64))   # same dtype: the fast path
         c.used[mf] = now
 
-    def _emit(self, batch: Batch, rows: np.ndarray, mf: np.ndarray, parsed) -> list:
+    def _emit(self, batch: Batch, rows: np.ndarray, mf: np.ndarray, parsed, now: float,
+              depth: int, out: list) -> None:
         act = self.cache.action_of[mf]
         order = np.argsort(act, kind="stable")
         sorted_act = act[order]
         cuts = np.flatnonzero(np.diff(sorted_act)) + 1
-        out: list[tuple[int, Batch]] = []
         for grp in np.split(order, cuts):
             aid = int(act[grp[0]])
             acts = self._actions[aid]
             if not acts:
                 continue
-            for port, pb in execute(batch, rows[grp], parsed.l3, parsed.l4, acts):
-                if port == F.OFPP_CONTROLLER:
-                    self.packets_in += len(pb)
-                    self.packet_ins.extend(pb.packets()[:1024 - len(self.packet_ins)])
-                    continue
-                dest = self.ports.get(port)
-                if dest is not None:
-                    dest.deliver(pb)
-                out.append((port, pb))
-        return out
+            if self._has_ct[aid]:
+                self._run_ct(batch, rows[grp], parsed, acts, now, depth, out)
+            else:
+                self._deliver(execute(batch, rows[grp], parsed.l3, parsed.l4, acts), out)
+
+    def _deliver(self, emitted: list, out: list) -> None:
+        for port, pb in emitted:
+            if port == F.OFPP_CONTROLLER:
+                self.packets_in += len(pb)
+                self.packet_ins.extend(pb.packets()[:1024 - len(self.packet_ins)])
+                continue
+            dest = self.ports.get(port)
+            if dest is not None:
+                dest.deliver(pb)
+            out.append((port, pb))
+
+    def _run_ct(self, batch: Batch, rows: np.ndarray, parsed, acts: tuple, now: float,
+                depth: int, out: list) -> None:
+        """Actions with ct(): edits and outputs up to it, conntrack on the batch as it is
+        then, a recirculated clone for ct(table=), and the rest on the tracked packets."""
+        i = 0
+        while True:
+            j = next((k for k in range(i, len(acts)) if isinstance(acts[k], odp.Ct)), len(acts))
+            if j == len(acts):
+                self._deliver(execute(batch, rows, parsed.l3, parsed.l4, acts[i:]), out)
+                return
+            emitted = execute(batch, rows, parsed.l3, parsed.l4, acts[i:j] + (odp.Output(_CT_POINT),))
+            self._deliver(emitted[:-1], out)
+            tracked = emitted[-1][1].take(np.arange(len(rows)))
+            p2 = parse(tracked)
+            # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes.
+            ct_rows = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
+            p2.keys[ct_rows] = parsed.keys[ct_rows][:, rows]
+            c: odp.Ct = acts[j]
+            every = np.arange(len(tracked))
+            self.conntrack.execute(tracked, p2, every, c.zone, commit=c.commit, nat=c.nat,
+                                   set_mark=c.mark, set_label=c.label, now=now, force=c.force)
+            i = j + 1
+            if i < len(acts) and isinstance(acts[i], odp.Recirc):
+                if depth + 1 >= MAX_RECIRC:
+                    reason = "recirculation too deep"
+                    self.drops[reason] = self.drops.get(reason, 0) + len(tracked)
+                else:
+                    keys = p2.keys.copy()
+                    keys[F.SLOT_INDEX["recirc_id"]] = acts[i].recirc_id
+                    again = Parsed(keys, p2.l2_5, p2.l3, p2.l4, p2.error)
+                    self._pass(tracked, again, every, now, depth + 1, out)
+                i += 1
+            batch, rows, parsed = tracked, every, p2
 
     def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
         """Slow path for cache misses: one translation per new megaflow, not per packet."""
@@ -274,6 +323,7 @@ class Switch:
         if aid is None:
             aid = self._action_ids[acts] = len(self._actions)
             self._actions.append(acts)
+            self._has_ct.append(any(isinstance(a, odp.Ct) for a in acts))
         mf = self.cache.add(res.wc, key, res.actions, aid, list(dict.fromkeys(res.rules)),
                             res.reason, res.modified, now)
         for r in mf.rules:
@@ -342,6 +392,7 @@ class Switch:
                 expired.append(f)
         if expired:
             self.bundle(delete=expired, now=now)
+        self.conntrack.expire(now)
         self.cache.resort()
 
     # -- tracing -------------------------------------------------------------

@@ -20,6 +20,8 @@ MAX_RESUBMITS = 4096    # OVS's limit on resubmits per translation
 _NON_HEADER = [S[f"reg{i}"] for i in range(16)] + [S["metadata"], S["conj_id"]]
 _VLAN = ((S["vlan_tci"], S["vlan_tpid"]), (S["vlan_tci2"], S["vlan_tpid2"]))
 _MPLS = (S["mpls_lse0"], S["mpls_lse1"], S["mpls_lse2"])
+_CT_SLOTS = list(range(S["ct_state"], S["ct_tp_dst"] + 1))
+_REGS = [S[f"reg{i}"] for i in range(16)]
 _L3_SLOTS = [S[n] for n in (
     "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
     "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag", "tp_src", "tp_dst",
@@ -48,6 +50,18 @@ class Xlate:
         self.tables, self.groups, self.ports = tables, groups, ports
         # Tests force a select-group bucket to compare with OVS, whose hash differs.
         self.select_override: int | None = None
+        # Recirculation: a recirc_id names a frozen translation state (the table
+        # to resume in and the registers and metadata at that point), as in OVS.
+        self.frozen: dict[int, tuple] = {}
+        self._frozen_ids: dict[tuple, int] = {}
+
+    def freeze(self, table: int, flow: list[int]) -> int:
+        state = (table, tuple(flow[r] for r in _REGS), flow[S["metadata"]])
+        rid = self._frozen_ids.get(state)
+        if rid is None:
+            rid = self._frozen_ids[state] = len(self._frozen_ids) + 1
+            self.frozen[rid] = state
+        return rid
 
     def run(self, key, trace: bool = False) -> XlateResult:
         ctx = _Ctx(self, key.tolist() if hasattr(key, "tolist") else list(key), trace)
@@ -57,7 +71,21 @@ class Xlate:
         if ctx.flow[S["eth_type"]] in (F.ETH_IP, F.ETH_IPV6):
             wc[S["nw_frag"]] = 3
         try:
-            ctx.table(0, goto=True)
+            rid = ctx.flow[S["recirc_id"]]
+            if rid:
+                state = self.frozen.get(rid)
+                if state is None:
+                    raise XlateError(f"unknown recirculation id {rid:#x}")
+                table, regs, metadata = state
+                for r, v in zip(_REGS, regs):
+                    ctx.flow[r] = v
+                ctx.flow[S["metadata"]] = metadata
+                ctx.base = list(ctx.flow)
+                ctx.conntracked = True
+                ctx.log(f"thaw: resuming from table {table}")
+                ctx.table(table, goto=True)
+            else:
+                ctx.table(0, goto=True)
         except XlateError as exc:
             ctx.odp.clear()
             ctx.reason = str(exc)
@@ -82,6 +110,7 @@ class _Ctx:
         self.resubmits = 0
         self.table_id = 0
         self.stopped = False
+        self.conntracked = False      # a ct() ran on this packet (ct_clear has work to do)
         self.reason = "no actions (drop)"
         self.lines: list[str] = [] if trace else None
 
@@ -209,9 +238,48 @@ class _Ctx:
                 self.group(gid)
             case A.Conjunction():
                 pass    # only meaningful to the classifier
+            case A.Ct():
+                self.ct(a)
+            case A.CtClear():
+                if self.conntracked:
+                    self.commit()
+                    self.odp.append(odp.CtClear())
+                    self.conntracked = False
+                self.clear_ct()
             case _:
                 # The switch refuses these at install time; reaching here is a bug.
                 raise XlateError(f"unsupported action {a}")
+
+    def ct(self, a: A.Ct) -> None:
+        """OVS's ct(): the datapath tracks the packet; with table=, a clone resumes there."""
+        self.commit()
+        if isinstance(a.zone, A.Subfield):
+            zone = self.read(F.lookup(a.zone.field), a.zone.mask) >> a.zone.start
+        else:
+            zone = a.zone
+        mark = label = None
+        for e in a.exec_:
+            name, value, mask = _exec_target(e)
+            fld = F.lookup(name)
+            if name == "ct_mark":
+                old = mark or (0, 0)
+                mark = ((old[0] & ~mask) | (value & mask), old[1] | mask)
+            else:
+                old = label or (0, 0)
+                label = ((old[0] & ~mask) | (value & mask), old[1] | mask)
+        self.odp.append(odp.Ct(zone & 0xFFFF, a.commit, a.nat, mark, label))
+        if a.table is not None:
+            self.odp.append(odp.Recirc(self.x.freeze(a.table, self.flow)))
+            self.log(f"-> a clone resumes in table {a.table} after conntrack")
+        self.conntracked = True
+        self.clear_ct()
+
+    def clear_ct(self) -> None:
+        """The packet continues untracked, with every conntrack field cleared (as OVS)."""
+        for s in _CT_SLOTS:
+            if self.flow[s]:
+                self.set_slot(s, 0)
+        self.base[S["ct_state"]:S["ct_tp_dst"] + 1] = self.flow[S["ct_state"]:S["ct_tp_dst"] + 1]
 
     def output(self, port: int) -> None:
         in_port = self.flow[S["in_port"]]
@@ -472,6 +540,14 @@ class _Ctx:
             self.odp.append(odp.PushVlan(tpid, tci))
         for t, p in _VLAN:
             base[t], base[p] = flow[t], flow[p]
+
+
+def _exec_target(a) -> tuple[str, int, int]:
+    """(field, value, mask) that a ct exec() set_field or load writes."""
+    if isinstance(a, A.SetField):
+        fld = F.lookup(a.field)
+        return fld.name, a.value, fld.max if a.mask is None else a.mask
+    return a.dst.field, a.value << a.dst.start, a.dst.mask
 
 
 def _is_mpls_type(et: int) -> bool:
