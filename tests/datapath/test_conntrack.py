@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP
 from scapy.packet import Raw
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack import Conntrack, Timeouts
-from tests.datapath.test_conntrack_util import A, B, E, S, Tcp, ct_run, one, udp
+from tests.datapath.test_conntrack_util import A, B, E, Tcp, ct_run, one, udp
 
 
 def _conn(ct):
@@ -385,3 +385,40 @@ def test_ones_sum_matches_reference():
     for hi in (90, 240):      # the window and the reduceat methods
         ln = rng.integers(0, hi, 300)
         assert (_ones_sum(d, np.arange(300), st, ln) == ones_sum(d, st, ln)).all()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_many_segments_per_connection_batch_equals_one_by_one(seed):
+    """Elephant flows: hundreds of segments of few connections in one batch,
+    both directions, out-of-window ones among them (the prefix-maxima path)."""
+    import random
+    rng = random.Random(seed)
+    convs = [Tcp(sport=8000 + i, isn_a=rng.getrandbits(32), isn_b=rng.getrandbits(32),
+                 win=rng.choice((600, 4000, 65535))) for i in range(3)]
+    setup = []
+    for c in convs:
+        opts = {"options": [("WScale", rng.randrange(0, 9))]} if rng.random() < 0.5 else {}
+        setup += [c.pkt(0, "S", **opts), c.pkt(1, "SA", **opts), c.pkt(0, "A"), c.pkt(1, "A")]
+    pk = []
+    for _ in range(600):
+        c = rng.choice(convs)
+        d = rng.randrange(2)
+        r = rng.random()
+        if r < 0.05:
+            pk.append(c.pkt(d, "PA", b"o" * 20,
+                            seq=c.seq[d] + rng.choice((-1, 1)) * rng.randrange(10**5, 10**8)))
+        elif r < 0.3:
+            pk.append(c.pkt(d, "A"))
+        else:
+            pk.append(c.pkt(d, "PA", bytes(rng.randrange(1, 1400))))
+    a, b = Conntrack(), Conntrack()
+    for q in setup:
+        ct_run(a, [q])
+        ct_run(b, [q])
+    batched = []
+    for i in range(0, len(pk), 256):
+        batched += ct_run(a, pk[i:i + 256]).states
+    single = [ct_run(b, [q]).states[0] for q in pk]
+    assert batched == single
+    assert "+inv+trk" in single and a.stats["fast_path"] > 300
+    assert (a.tcp[a.connections()] == b.tcp[b.connections()]).all()

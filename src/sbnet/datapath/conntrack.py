@@ -304,10 +304,10 @@ class Conntrack(PerPacketPath):
         valid = np.ones(fi.size, dtype=bool)
         tcp = proto == IP_TCP
         if tcp.all():
-            valid = self._fast_tcp(p, fi, c, rp, now, fast, R[fi])
+            valid = self._fast_tcp(p, fi, c, rp, now, fast)
         elif tcp.any():
             t = np.flatnonzero(tcp)
-            valid[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast, R[fi[t]])
+            valid[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast)
         if not tcp.all():
             oth = np.flatnonzero(~tcp)
             co = c[oth]
@@ -332,36 +332,28 @@ class Conntrack(PerPacketPath):
         st[jobs] |= np.where(snat != rp[j], SNAT_BIT, DNAT_BIT).astype(np.uint64)
         return jobs
 
-    def _fast_tcp(self, p, rows, c, rp, now, fast, R) -> np.ndarray:
-        """Established segments in rounds: each round takes every connection's next row.
+    def _fast_tcp(self, p, rows, c, rp, now, fast) -> np.ndarray:
+        """Established segments, any number per connection (T.established_runs).
 
-        Rows left after MAX_TCP_ROUNDS (a connection with many segments in the
-        batch) are taken off `fast`: the per-packet path handles them after, in order.
+        Each pass settles every connection's rows up to its first invalid one;
+        rows still open after MAX_TCP_ROUNDS passes are taken off `fast` and
+        left to the per-packet path, which runs after, in order.
         """
         valid = np.ones(rows.size, dtype=bool)
         est = self._tmo[T.TM_TCP_EST]
         left = np.arange(rows.size)
-        seen = self._scratch
-        if seen.size < self._cap + 1:
-            seen = self._scratch = np.zeros(self._cap + 1, dtype=np.int64)
-        for k in range(MAX_TCP_ROUNDS):
+        for _ in range(MAX_TCP_ROUNDS):
+            r = rows[left]
             cl = c[left]
-            # First row of each connection among those left: write positions in
-            # reverse, so the earliest wins.
-            seen[cl[::-1]] = np.arange(left.size)[::-1]
-            first = seen[cl] == np.arange(left.size)
-            sel = left if first.all() else left[first]
-            r = rows[sel]
-            peers = R[sel].view(np.int64)[:, C_TCP:C_TCP + 10].reshape(-1, 2, 5) if k == 0 \
-                else None
-            ok = T.fast_established(self.tcp, c[sel], rp[sel], p.seq[r], p.ack[r], p.win[r],
-                                    p.plen[r], self.tcp_liberal, peers)
-            valid[sel] = ok
-            self.exp[c[sel] if ok.all() else c[sel[ok]]] = now + est
-            self.stats["tcp_seq_chk_failed"] += int(ok.size - np.count_nonzero(ok))
-            if sel.size == left.size:
+            ok, done = T.established_runs(self.tcp, cl, rp[left], p.seq[r], p.ack[r], p.win[r],
+                                          p.plen[r], self.tcp_liberal)
+            valid[left] = ok
+            settled = ok & done
+            self.exp[cl if settled.all() else cl[settled]] = now + est
+            self.stats["tcp_seq_chk_failed"] += int(np.count_nonzero(~ok & done))
+            if done.all():
                 return valid
-            left = left[~first]
+            left = left[~done]
         fast[rows[left]] = False
         return valid
 

@@ -31,8 +31,9 @@ C_ZONE, C_PROTO, C_V6, C_NAT, C_L4ST = 26, 27, 28, 29, 30
 _W = 32
 _CT_FIRST, _CT_LAST = _S["ct_state"], _S["ct_tp_dst"]
 assert _CT_LAST - _CT_FIRST == 13
-# Rounds of vectorized established-TCP updates per batch (round k takes each
-# connection's k-th segment); rows past them take the per-packet path.
+# Passes of vectorized established-TCP updates per batch (each settles every
+# connection's segments up to its first invalid one); rows left after them
+# take the per-packet path.
 MAX_TCP_ROUNDS = 4
 
 

@@ -300,3 +300,107 @@ def fast_established(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
     lim = (ack + ws).astype(u32)
     tcp[conn, d, 1] = np.where(_sgeq(lim, d_hi), (ack + np.maximum(ws, u32(1))).astype(u32), d_hi)
     return ok
+
+
+_NEG = -(1 << 40)
+_BIG = 1 << 44
+
+
+def _rel(x: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """x - base in 32-bit sequence space, as a signed int64."""
+    return ((x - base + 0x80000000) & _M32) - 0x80000000
+
+
+def _excl_max(vals: np.ndarray, g: np.ndarray, start: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """Per row, the max of its group's init and of the values of the group's earlier rows.
+
+    Rows are sorted by group g; an offset per group keeps one running maximum
+    from leaking into the next group.
+    """
+    off = g * _BIG
+    inc = np.maximum.accumulate(vals + off) - off
+    excl = np.empty_like(inc)
+    excl[1:] = inc[:-1]
+    excl[start] = _NEG
+    return np.maximum(excl, init[g])
+
+
+def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: np.ndarray,
+                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """update() for established ACK segments, any number per connection, in order.
+
+    Between SYN and FIN such a segment only raises three running maxima per
+    peer (seqlo, seqhi in sequence space, max_win), so the state each segment
+    sees is the max of the connection's state and of the earlier segments'
+    contributions: segmented prefix maxima.  That holds while every segment is
+    valid; rows after a connection's first invalid segment are returned
+    unresolved (the caller runs them again on the updated state).
+
+    Returns (valid, resolved), both in the input order; `tcp` is updated with
+    the resolved rows.
+    """
+    n = conn.size
+    order = np.argsort(conn, kind="stable")
+    c = conn[order]
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(c[1:], c[:-1], out=start[1:])
+    g = np.cumsum(start) - 1
+    gc = c[start]
+    peers = tcp[gc]                                   # (G, 2, 5)
+    s = reply[order].astype(np.intp)
+    d = 1 - s
+    ws = peers[:, :, 3]
+    both_flag = ((ws[:, 0] & ws[:, 1]) & WSCALE_FLAG) != 0
+    both_unk = ((ws[:, 0] & ws[:, 1]) & WSCALE_UNKNOWN) != 0
+    scale = np.where(both_flag[:, None], ws & WSCALE_MASK,
+                     np.where(both_unk[:, None], MAX_WSCALE, 0))   # (G, 2) per sender
+    base = peers[:, :, 0]                            # each peer's seqlo: its rel origin
+    sq, ak, wn, pl = seq[order], ack[order], win[order], plen[order]
+    sws = scale[g, s]
+    b_s, b_d = base[g, s], base[g, d]
+    end_rel = _rel((sq + pl) & _M32, b_s)
+    hi_rel = _rel((ak + np.maximum(wn << sws, 1)) & _M32, b_d)
+    state = {}
+    for p in (0, 1):
+        mine, theirs = s == p, d == p
+        state["lo", p] = _excl_max(np.where(mine & (pl > 0), end_rel, _NEG), g, start,
+                                   np.zeros(gc.size, dtype=np.int64))
+        state["hi", p] = _excl_max(np.where(theirs, hi_rel, _NEG), g, start,
+                                   _rel(peers[:, p, 1], base[:, p]))
+        state["mw", p] = _excl_max(np.where(mine, wn, _NEG), g, start, peers[:, p, 2])
+    pick = lambda k, who: np.where(who == 0, state[k, 0], state[k, 1])  # noqa: E731
+    s_lo, s_hi = pick("lo", s), pick("hi", s)
+    d_lo, d_mw = pick("lo", d), pick("mw", d)
+    dws = scale[g, d]
+    # The checks of update(), relative to the sender's (and for ackskew the receiver's) origin.
+    empty = pl == 0
+    seq_r = np.where(empty, s_lo, _rel(sq, b_s))
+    end_r = np.where(empty, s_lo, end_rel)
+    ackskew = d_lo - _rel(ak, b_d)
+    ok = ((s_hi - end_r >= 0) & (seq_r - (s_lo - (d_mw << dws)) >= 0)
+          & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
+    if liberal:
+        ok[:] = True
+    resolved = np.ones(n, dtype=bool)
+    if not ok.all():
+        # Rows after the first invalid one of their connection saw wrong maxima.
+        bad_pos = np.where(ok, n, np.arange(n))
+        first_bad = np.minimum.reduceat(bad_pos, np.flatnonzero(start))
+        resolved = np.arange(n) <= first_bad[g]
+    use = ok & resolved
+    starts = np.flatnonzero(start)
+    for p in (0, 1):
+        mine, theirs = (s == p) & use, (d == p) & use
+        lo = np.maximum.reduceat(np.where(mine & (pl > 0), end_rel, _NEG), starts)
+        hi = np.maximum.reduceat(np.where(theirs, hi_rel, _NEG), starts)
+        mw = np.maximum.reduceat(np.where(mine, wn, _NEG), starts)
+        tcp[gc, p, 0] = (base[:, p] + np.maximum(lo, 0)) & _M32
+        tcp[gc, p, 1] = (base[:, p] + np.maximum(hi, _rel(peers[:, p, 1], base[:, p]))) & _M32
+        tcp[gc, p, 2] = np.maximum(mw, peers[:, p, 2])
+    out_ok = np.empty(n, dtype=bool)
+    out_res = np.empty(n, dtype=bool)
+    out_ok[order] = ok
+    out_res[order] = resolved
+    return out_ok, out_res
