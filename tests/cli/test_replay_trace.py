@@ -63,3 +63,34 @@ def test_demo_script_is_the_main_job():
     assert "sbnet replay" in script
     res = subprocess.run([sys.executable, "-m", "sbnet", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "replay" in res.stdout and "trace" in res.stdout
+
+
+def _conversation(tmp_path):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    c, s = "10.0.0.1", "10.0.0.2"
+    e1 = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    e2 = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+    out = [e1 / IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="S", seq=100),
+           e1 / IP(src=c, dst=s) / TCP(sport=4001, dport=22, flags="S", seq=100),
+           e1 / IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="A", seq=101, ack=501)]
+    back = [e2 / IP(src=s, dst=c) / TCP(sport=80, dport=4000, flags="SA", seq=500, ack=101)]
+    for t, p in zip((1.0, 1.1, 3.0), out):
+        p.time = t
+    back[0].time = 2.0
+    wrpcap(str(tmp_path / "client.pcap"), out)
+    wrpcap(str(tmp_path / "server.pcap"), back)
+    return ["--pcap", f"1:{tmp_path / 'client.pcap'}", "--pcap", f"2:{tmp_path / 'server.pcap'}"]
+
+
+def test_conntrack_lists_filters_and_flushes_by_zone(tmp_path):
+    flows = str(ROOT / "examples" / "stateful.flows")
+    args = _conversation(tmp_path)
+    res = runner.invoke(app, ["conntrack", flows, *args])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcp,orig=(src=10.0.0.1,dst=10.0.0.2,sport=4000,dport=80)")
+    assert "zone=9" in lines[0] and "mark=7" in lines[0] and "ESTABLISHED" in lines[0]
+    assert runner.invoke(app, ["conntrack", flows, *args, "--zone", "3"]).output.strip() == ""
+    assert runner.invoke(app, ["conntrack", flows, *args, "--filter", "dport=22"]).output.strip() == ""
+    assert runner.invoke(app, ["conntrack", flows, *args, "--flush-zone", "9"]).output.strip() == ""

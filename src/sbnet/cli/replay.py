@@ -25,11 +25,24 @@ def replay(
 ) -> None:
     """Replay packets through the reference switch; print forwarded/dropped per rule and why."""
     from sbnet.datapath.batch import Batch
-    from sbnet.datapath.ports import PcapPort, read_pcap
+    from sbnet.datapath.ports import read_pcap
+
+    console = Console()
+    sw = load_switch(flows, ports, out_dir)
+    packets = [p for _, p in read_pcap(pcap)] if pcap else generated_traffic(count)
+    for i in range(0, len(packets), batch):
+        sw.process(Batch.from_packets(packets[i:i + batch], in_port), now=0.0)
+    report(console, sw, len(packets))
+    for port in sw.ports.values():
+        port.close()
+
+
+def load_switch(flows: Path, ports: int, out_dir: Path | None = None):
+    """A reference switch with ports 1..N (pcap files in out_dir if given) and the flow file loaded."""
+    from sbnet.datapath.ports import PcapPort
     from sbnet.datapath.switch import Switch
     from sbnet.flows.ofctl import FlowSyntaxError
 
-    console = Console()
     sw = Switch()
     for p in range(1, ports + 1):
         if out_dir:
@@ -40,14 +53,32 @@ def replay(
     try:
         sw.load(flows.read_text())
     except (FlowSyntaxError, ValueError) as exc:
-        console.print(f"[red]{flows}: {exc}[/red]")
+        Console().print(f"[red]{flows}: {exc}[/red]")
         raise typer.Exit(2)
-    packets = [p for _, p in read_pcap(pcap)] if pcap else generated_traffic(count)
-    for i in range(0, len(packets), batch):
-        sw.process(Batch.from_packets(packets[i:i + batch], in_port), now=0.0)
-    report(console, sw, len(packets))
-    for port in sw.ports.values():
-        port.close()
+    return sw
+
+
+def replay_files(sw, specs: list, batch: int) -> None:
+    """Replay PORT:FILE (or FILE, on port 1) captures in timestamp order, in batches."""
+    from sbnet.datapath.batch import Batch
+    from sbnet.datapath.ports import read_pcap
+
+    tagged = []
+    for spec in specs:
+        port, sep, name = str(spec).partition(":")
+        if not sep or not port.isdigit():
+            port, name = "1", str(spec)
+        tagged += [(ts, int(port), pkt) for ts, pkt in read_pcap(name)]
+    tagged.sort(key=lambda t: t[0])
+    # Consecutive packets from one port form a batch, so replies see their requests.
+    i = 0
+    while i < len(tagged):
+        j = i
+        while j < len(tagged) and j - i < batch and tagged[j][1] == tagged[i][1]:
+            j += 1
+        sw.process(Batch.from_packets([t[2] for t in tagged[i:j]], tagged[i][1]),
+                   now=tagged[i][0])
+        i = j
 
 
 def generated_traffic(count: int, seed: int = 1) -> list[bytes]:
