@@ -133,7 +133,9 @@ def _static_of(mf) -> _Static:
         tuple_slots = FIVE_TUPLE_V6
     else:
         tuple_slots = ()
-    full = {n: (F.lookup(n).max if F.exists(n) else 0xFFFFFFFFFFFFFFFF) for n in tuple_slots}
+    widths = {"nw_src": 0xFFFFFFFF, "nw_dst": 0xFFFFFFFF, "nw_proto": 0xFF,
+              "tp_src": 0xFFFF, "tp_dst": 0xFFFF}
+    full = {n: widths.get(n, 0xFFFFFFFFFFFFFFFF) for n in tuple_slots}
     wild = tuple(n for n in tuple_slots
                  if m(n) & full[n] != full[n] and not n.startswith("ipv6_"))
     if eth_type == F.ETH_IPV6:
