@@ -11,7 +11,7 @@ from scapy.packet import Raw
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack import Conntrack, Timeouts
-from tests.datapath.test_conntrack_util import A, B, E, Tcp, ct_run, one, udp
+from tests.datapath.test_conntrack_util import A, B, E, S, Tcp, ct_run, one, udp
 
 
 def _conn(ct):
@@ -285,6 +285,13 @@ def test_zones_isolate():
     r = ct_run(ct, [udp(), udp()], zone=np.array([2, 3]))
     assert r.states == ["+new+trk", "+new+trk"]
     assert len(ct) == 2
+    # rows as a mask: only the selected packets are tracked.
+    from sbnet.datapath.batch import Batch
+    from sbnet.datapath.parse import parse
+    b = Batch.from_packets([bytes(udp(sport=40)), bytes(udp(sport=41))], 1)
+    pr = parse(b)
+    ct.execute(b, pr, np.array([False, True]), 4, commit=True)
+    assert pr.keys[S["ct_state"]].tolist() == [0, 0x21]
 
 
 def test_global_and_zone_limits():

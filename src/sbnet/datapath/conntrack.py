@@ -1,39 +1,92 @@
 """Connection tracking for the reference switch: Open vSwitch userspace conntrack semantics over packet batches.
 
-API (pure: the caller passes `now`, seconds on any monotonic clock)::
+API (pure: no clock, no I/O; the caller passes `now`, seconds on any monotonic clock)::
 
-    ct = Conntrack(timeouts=None, limit=3_000_000, zone_limits={}, default_zone_limit=0,
-                   tcp_liberal=False, checksums=True)
-    ct.execute(batch, parsed, rows, zone, commit=False, nat=None, set_mark=None,
-               set_label=None, now=0.0, force=False) -> None
-    ct.expire(now) -> int            # connections removed
-    ct.dump(zone=None) -> list[str]  # ovs-appctl dpctl/dump-conntrack lines, sorted
+    ct = Conntrack(timeouts: Timeouts | None = None, limit: int = 3_000_000,
+                   zone_limits: dict[int, int] | None = None, default_zone_limit: int = 0,
+                   tcp_liberal: bool = False, checksums: bool = True, capacity: int = 1024)
+    ct.execute(batch: Batch, parsed: Parsed, rows: np.ndarray, zone: int | np.ndarray,
+               commit: bool = False, nat: NatSpec | actions.Nat | None = None,
+               set_mark: tuple[int, int] | None = None,     # (value, mask), 32 bits
+               set_label: tuple[int, int] | None = None,    # (value, mask), 128 bits
+               now: float = 0.0, force: bool = False) -> None
+    ct.expire(now) -> int                  # sweep: connections removed
+    ct.dump(zone=None) -> list[str]        # `ovs-appctl dpctl/dump-conntrack` lines, sorted
     ct.flush(zone=None) -> None
-    ct.stats -> dict[str, int]       # counters
-    ct.memory_per_connection() -> float
-    len(ct)                          # live connections
+    ct.stats -> dict[str, int]             # counters (conntrack_full, zone_full, nat_exhausted...)
+    ct.memory_per_connection() -> float    # bytes
+    ct.find(tuple) / ct.connections(zone) / ct.tcp_state(slot) / len(ct)
+    NatSpec.parse("nat(src=10.0.0.1-10.0.0.3:1000-2000,random)"), NatSpec.from_action(Nat)
 
-`execute` is the datapath's ct() action for the packets `rows` of a parsed
-batch.  `zone` is an int or one value per row; `nat` a NatSpec, a parsed
-sbnet.flows.actions.Nat, or None; `set_mark` (value, mask), `set_label`
-(value, mask) with 128-bit ints, both applied only with commit (OVS requires
-commit for exec()).  It writes into parsed.keys for those rows: ct_state,
-ct_zone, ct_mark, ct_label_hi/lo and the original-direction tuple
-(ct_nw_src/dst or ct_ipv6_*, ct_nw_proto, ct_tp_src/dst); with NAT it rewrites
-batch.data (checksums updated) and the address/port key slots.  The incoming
-ct_state/ct_zone slots are read as OVS reads pkt->md: a packet already NATed in
-the same zone is not translated twice.
+execute() is the datapath's ct() action for the packets `rows` of a parsed
+batch (indices or a mask; any packets, IP or not).  `zone` is one int or one
+value per row.  It writes into parsed.keys, for those rows: ct_state (always
+with +trk), ct_zone, ct_mark, ct_label_hi/lo and the original-direction tuple
+(ct_nw_src/dst or ct_ipv6_*, ct_nw_proto, ct_tp_src/dst; zero when the packet
+could not be keyed), as OVS write_ct_md().  With `nat` (the bare NatSpec() is
+ct(nat): apply an existing connection's translation, create none) it rewrites
+batch.data in place (IPv4 header, TCP, UDP, ICMPv6 checksums updated
+incrementally; ICMP errors get their quoted header translated and checksums
+recomputed) and the address/port key slots, so later tables match on the
+translated packet.  The incoming ct_state/ct_zone slots are read as OVS reads
+pkt->md: state from another zone is reset; a packet already NATed in this zone
+is looked up by its reverse tuple and not translated twice.  set_mark and
+set_label act only with commit (ovs-ofctl refuses exec() without commit).
 
-Semantics follow OVS 3.1 lib/conntrack.c, conntrack-tcp.c, conntrack-icmp.c,
-conntrack-other.c: TCP uses pf's per-peer states and sequence windows (not
-Linux's single state; dump prints the coalesced state as OVS does); a UDP/other
-connection stays +new until it sees a reply or a third packet; ICMP echo is a
-connection keyed by id; ICMP/ICMPv6 errors are +rel to the connection they
-quote (never create one); unknown ICMP types, fragments, bad checksums and
-non-IP packets are +inv+trk with a zero tuple.  When the global or zone limit
-is reached, or NAT finds no free tuple, the packet is +new+trk and nothing is
-committed (OVS conn_not_found), counted in stats.  Timeouts default to Linux's
-values mapped onto OVS's timeout classes (see Timeouts).
+Semantics (OVS 3.1 lib/conntrack.c, conntrack-tcp.c, conntrack-icmp.c,
+conntrack-other.c; checked against ovs-vswitchd on the dummy datapath in
+tests/datapath/test_conntrack_ovs.py):
+- TCP: pf's per-peer states and sequence windows as OVS userspace (not the
+  kernel's single-state machine): SYN+ACK or bad flag combinations never open
+  a connection, a mid-stream ACK does; out-of-window segments (and RSTs not at
+  the expected sequence) are +inv and change nothing; `tcp_liberal` accepts
+  them (OVS ct-disable-tcp-seq-chk); a SYN on a connection closed both ways
+  replaces it; dump prints max(orig, reply) coalesced (FIN_WAIT_2 -> TIME_WAIT,
+  SYN_RECV -> ESTABLISHED) as dpctl does.
+- UDP and other IP protocols: +new until a packet in the reply direction,
+  then +est (what ovs-vswitchd 3.1 does; its conntrack-other.c reads as if the
+  third packet were +est, the daemon keeps +new).  ICMP/ICMPv6 echo (and
+  timestamp/info) is a connection keyed by id; a reply cannot open one.
+- ICMP/ICMPv6 errors are +rel (+rpl) to the connection they quote, never +est,
+  never creating one; other ICMP types (ND, MLD...), fragments (no
+  reassembly: OVS would run ipf), bad IPv4/L4 checksums (unless
+  checksums=False, as with NIC-validated checksums) and non-IP packets are
+  +inv+trk with a zero tuple.
+- commit=False never stores a connection (+new+trk).  At the global `limit`
+  or a zone limit (zone_limits, else default_zone_limit; 0 = none), or when NAT
+  finds no free tuple, the packet stays +new+trk, untranslated, uncommitted,
+  counted (conntrack_full / zone_full / nat_exhausted), as OVS
+  conn_not_found(); established connections keep working.
+- NAT as nat_get_unique_tuple(): SNAT without ports keeps the source port
+  unless taken (then its range 1-511, 600-1023 or 1024-65535); with a range the
+  first port (and address) comes from a hash of the tuple (`random`: random,
+  `persistent`: address independent of the hash basis); every candidate is
+  tried before giving up.  The hash is not OVS's, so the port picked after a
+  collision differs from OVS's; the translation otherwise matches it byte for
+  byte (tests).  Replies are +est+rpl with the reverse bit (+dnat after SNAT).
+- `force` drops a connection found in the reply direction and starts anew.
+- Timeouts: Linux's defaults mapped onto OVS's timeout classes (Timeouts;
+  Timeouts.ovs() gives OVS's netdev defaults).  No per-zone timeout policy,
+  no ALGs (FTP/TFTP helpers), no ct_clear (the switch clears the ct slots).
+
+Speed: packets are keyed, hashed and looked up for the whole batch (numpy
+open-addressing index, conntrack_index); each connection is one 256-byte table
+row gathered once.  Established TCP segments (any number per connection,
+conntrack_tcp.established_runs), steady UDP/ICMP and committing new
+connections whose tuple nothing else in the batch touches are vectorized; the
+rest runs per packet in batch order (conntrack_slow).  bench/bench_conntrack.py
+measures it.
+
+Integration (the switch's ct(table=T, zone=Z, commit, nat, exec(...)) action):
+run parse() once, then for the rows reaching ct(): ct.execute(batch, parsed,
+rows, zone, commit, NatSpec.from_action(a.nat) if a.nat else None, mark/label
+from exec(), now); then re-enter table T with those rows' keys (recirculation:
+a new recirc_id; megaflows of the second pass match recirc_id and the ct_*
+slots like any field).  ct() is never cached as a megaflow result by itself:
+the megaflow of the first pass ends in ct(...),recirc(id), and the datapath
+runs execute() on every packet that hits it.  Call ct.expire(now) from time
+to time (OVS sweeps every few seconds); lookups ignore expired connections
+anyway.
 """
 
 from __future__ import annotations
@@ -195,9 +248,8 @@ class Conntrack(PerPacketPath):
                 set_label: tuple[int, int] | None = None, now: float = 0.0,
                 force: bool = False) -> None:
         """Run the packets `rows` through conntrack in `zone`; see the module docstring."""
-        rows = np.asarray(rows, dtype=np.intp)
-        if rows.dtype == bool:
-            rows = np.flatnonzero(rows)
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp)
         m = len(rows)
         if not m:
             return

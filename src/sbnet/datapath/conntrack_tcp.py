@@ -242,66 +242,6 @@ def _slide(src, dst, win, end, ack, sws) -> None:
         dst[1] = (ack + max(win << sws, 1)) & _M32
 
 
-def _sgeq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ((a - b) & np.uint32(_M32)).astype(np.uint32) < np.uint32(0x80000000)
-
-
-def fast_established(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: np.ndarray,
-                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool,
-                     peers: np.ndarray | None = None) -> np.ndarray:
-    """update() for many established ACK segments at once; returns which were valid.
-
-    Every row is a segment with ACK and without SYN/FIN/RST of a connection
-    whose two peers are ESTABLISHED, and each connection appears at most once.
-    `tcp` is the (n_conns, 2, 5) int64 peer table (PEER_FIELDS, peer 0 = the
-    original direction's sender), updated in place.  Such a segment changes no
-    state, only the windows, so rows are independent.  `peers` may pass tcp[conn]
-    when the caller already has it.
-    """
-    u32 = np.uint32
-    s = reply.astype(np.intp)
-    d = 1 - s
-    if peers is None:
-        peers = tcp[conn]
-    ar = np.arange(conn.size)
-    src = peers[ar, s]
-    dst = peers[ar, d]
-    s_lo = src[:, 0].astype(u32)
-    s_hi = src[:, 1].astype(u32)
-    d_lo = dst[:, 0].astype(u32)
-    d_hi = dst[:, 1].astype(u32)
-    s_ws = src[:, 3]
-    d_ws = dst[:, 3]
-    both_flag = ((s_ws & d_ws) & WSCALE_FLAG) != 0
-    both_unk = ((s_ws & d_ws) & WSCALE_UNKNOWN) != 0
-    sws = np.where(both_flag, s_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
-    dws = np.where(both_flag, d_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
-    seq = seq.astype(u32)
-    end = (seq + plen.astype(u32)).astype(u32)
-    empty = seq == end
-    seq = np.where(empty, s_lo, seq)
-    end = np.where(empty, s_lo, end)
-    ack = ack.astype(u32)
-    ackskew = (d_lo - ack).astype(u32).view(np.int32).astype(np.int64)
-    back = (s_lo - (dst[:, 2] << dws).astype(u32)).astype(u32)
-    ok = (_sgeq(s_hi, end) & _sgeq(seq, back)
-          & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
-    if liberal:
-        ok[:] = True
-    if not ok.all():
-        k = np.flatnonzero(ok)
-        conn, s, d, src, s_lo, d_hi = conn[k], s[k], d[k], src[k], s_lo[k], d_hi[k]
-        end, ack, sws, win = end[k], ack[k], sws[k], win[k]
-    win = win.astype(np.int64)
-    tcp[conn, s, 2] = np.maximum(src[:, 2], win)
-    gt = _sgeq(end, s_lo) & (end != s_lo)
-    tcp[conn, s, 0] = np.where(gt, end, s_lo)
-    ws = (win << sws).astype(u32)
-    lim = (ack + ws).astype(u32)
-    tcp[conn, d, 1] = np.where(_sgeq(lim, d_hi), (ack + np.maximum(ws, u32(1))).astype(u32), d_hi)
-    return ok
-
-
 _NEG = -(1 << 40)
 _BIG = 1 << 44
 
