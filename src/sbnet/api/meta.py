@@ -12,10 +12,8 @@ from sbnet.model.resources import ALL
 
 # (alias, name, description): what this server implements, so clients may ask before using it.
 EXTENSIONS = (
-    ("agent", "agent", "The agent management extension."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
-    ("default-subnetpools", "Default Subnetpools", "Provides ability to mark and use a subnetpool as the default."),
     ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
     ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
@@ -44,10 +42,8 @@ EXTENSIONS = (
     ("standard-attr-tag", "Tag support for resources with standard attribute: subnet, trunk, network_segment_range, router, network, policy, subnetpool, port, security_group, floatingip", "Enables to set tag on resources with standard attribute."),
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
     ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
-    ("subnet_allocation", "Subnet Allocation", "Enables allocation of subnets from a subnet pool"),
     ("tag-creation", "Tag support on create", "Enables to set tag on resources during creation"),
     ("trunk", "Trunk Extension", "Provides support for trunk ports"),
-    ("trunk-details", "Trunk port details", "Expose trunk port details"),
 )
 
 
