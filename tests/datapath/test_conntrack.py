@@ -429,3 +429,47 @@ def test_many_segments_per_connection_batch_equals_one_by_one(seed):
     assert batched == single
     assert "+inv+trk" in single and a.stats["fast_path"] > 300
     assert (a.tcp[a.connections()] == b.tcp[b.connections()]).all()
+
+
+def test_hash_index_against_dict():
+    import random
+    from sbnet.datapath.conntrack_index import HashIndex, stored
+    rng = random.Random(3)
+    idx, ref = HashIndex(8), {}
+    keys = [stored(rng.getrandbits(64)) for _ in range(3000)]
+    for step in range(12000):
+        k = rng.choice(keys)
+        if k in ref and rng.random() < 0.5:
+            assert idx.delete(k)
+            del ref[k]
+        elif k not in ref:
+            idx.insert(k, step)
+            ref[k] = step
+        if step % 1000 == 0:
+            new = [x for x in (stored(rng.getrandbits(64)) for _ in range(200)) if x not in ref]
+            idx.insert_many(np.array(new, dtype=np.uint64), np.arange(len(new)) + 10**6)
+            ref.update({x: i + 10**6 for i, x in enumerate(new)})
+            keys += new
+    probe = np.array(keys, dtype=np.uint64)
+    assert idx.get_many(probe).tolist() == [ref.get(k, -1) for k in keys]
+    assert len(idx) == len(ref)
+
+
+def test_hash_collisions_fall_back_to_exact_tuples(monkeypatch):
+    """With every tuple hashing alike, the overflow table keeps everything right."""
+    import sbnet.datapath.conntrack as C
+    import sbnet.datapath.conntrack_table as CT
+
+    def weak(meta, *words):
+        return meta * 0 + (meta & np.uint64(1) if isinstance(meta, np.ndarray) else meta & 1)
+    monkeypatch.setattr(CT, "_hash_words", weak)
+    monkeypatch.setattr(C, "_hash_words", weak)
+    ct = Conntrack()
+    convs = [Tcp(sport=9000 + i) for i in range(5)]
+    for c in convs:
+        assert [one(ct, q) for q in c.handshake()] == ["+new+trk", "+est+rpl+trk", "+est+trk"]
+    r = ct_run(ct, [c.pkt(0, "PA", b"z") for c in convs] + [udp(sport=77)])
+    assert r.states == ["+est+trk"] * 5 + ["+new+trk"]
+    assert len(ct) == 6 and len(ct._overflow) > 0
+    ct.flush()
+    assert len(ct) == 0 and not ct._overflow
