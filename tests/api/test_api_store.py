@@ -55,3 +55,21 @@ def test_failed_transaction_leaves_no_trace(tmp_path: pytest.TempPathFactory) ->
             tx.insert("network", {"id": "n1"}, "p")
             raise RuntimeError("boom")
     assert s.current_revision() == 0 and s.changes_since(0) == [] and s.snapshot() == {"revision": 0}
+
+
+def test_long_poll_sees_a_commit_from_another_thread(tmp_path: pytest.TempPathFactory) -> None:
+    import threading
+    import time
+
+    s = Store(f"sqlite:///{tmp_path}/w.db")
+    assert s.changes_since(0, wait=0.2) == []
+
+    def later() -> None:
+        time.sleep(0.3)
+        with s.write() as tx:
+            tx.insert("network", {"id": "late"}, "p")
+
+    threading.Thread(target=later).start()
+    t0 = time.monotonic()
+    got = s.changes_since(0, wait=10)
+    assert [c["id"] for c in got] == ["late"] and time.monotonic() - t0 < 5

@@ -59,6 +59,9 @@ RULE_TYPES = {
 }
 
 
+MAX_WAIT = 60  # seconds a long poll of the change feed may hold a worker thread
+
+
 def extra_routes(router: APIRouter, api: Any) -> None:
     @router.get("/", include_in_schema=True)
     async def versions(request: Request) -> dict:
@@ -111,14 +114,16 @@ def extra_routes(router: APIRouter, api: Any) -> None:
         try:
             since = int(request.query_params.get("since", "0"))
             limit = int(request.query_params.get("limit", "0"))
+            wait = float(request.query_params.get("wait", "0"))
         except ValueError:
-            raise BadRequest("since and limit must be integers") from None
-        if since < 0 or limit < 0:
-            raise BadRequest("since and limit must not be negative")
-        changes = api.store.changes_since(since, limit or None)
+            raise BadRequest("since, limit and wait must be numbers") from None
+        if since < 0 or limit < 0 or not 0 <= wait <= MAX_WAIT:
+            raise BadRequest(f"since and limit must not be negative, wait must be 0 to {MAX_WAIT}")
+        changes = api.store.changes_since(since, limit or None, wait)
         return {"changes": changes, "revision": api.store.current_revision()}
 
     @router.get("/v2.0/sbnet/changes")
     async def changes(request: Request) -> Any:
-        """The change feed for host agents: changes after `since`, oldest first (admin only)."""
+        """The change feed for host agents: changes after `since`, oldest first (admin only);
+        `wait=S` holds the request up to S seconds until there is one."""
         return await api.call(request, do_changes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,13 +123,22 @@ class Store:
         with self.read() as tx:
             return tx.conn.execute(select(t.revision.c.value)).scalar_one()
 
-    def changes_since(self, revision: int, limit: int | None = None) -> list[dict]:
-        """Changes committed after `revision`, oldest first; resume by passing the last one seen."""
+    def changes_since(self, revision: int, limit: int | None = None, wait: float = 0.0) -> list[dict]:
+        """Changes committed after `revision`, oldest first; resume by passing the last one seen.
+
+        With wait > 0, block up to that many seconds for a first change (a long poll); polling
+        the table, rather than an in-process signal, also sees other server processes' commits.
+        """
         q = select(t.changes).where(t.changes.c.revision > revision).order_by(t.changes.c.revision)
         if limit:
             q = q.limit(limit)
-        with self.read() as tx:
-            return [dict(r._mapping) for r in tx.conn.execute(q)]
+        deadline = time.monotonic() + wait
+        while True:
+            with self.read() as tx:
+                rows = [dict(r._mapping) for r in tx.conn.execute(q)]
+            if rows or time.monotonic() >= deadline:
+                return rows
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def snapshot(self) -> dict[str, Any]:
         """The whole model as plain data: {"revision": N, "<type>": [body, ...], ...}."""
