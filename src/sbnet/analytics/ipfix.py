@@ -169,6 +169,7 @@ class IpfixEncoder:
         self.records = 0
         self.flows_observed = 0
         self.flows_selected = 0
+        self.option_messages = 0             # messages carrying options data records
         self._templates_at: float | None = None
         self._reasons: dict[str, int] = {"forwarded": 0}
         self._reasons_sent = 1               # reason codes announced so far
@@ -193,15 +194,15 @@ class IpfixEncoder:
         control: list[bytes] = []
         due = self._templates_at is None or now - self._templates_at >= self.template_refresh
         if due:
-            control += [template_set(), options_template_set()]
+            control += [(template_set(), 0), (options_template_set(), 0)]
             self._templates_at = now
             self._reasons_sent = 0
         if self._reasons_sent < len(self._reasons):
             control += self._reason_sets()
         if due and self.sampling > 1:
-            control.append(self._selector_set())
+            control.append((self._selector_set(), 1))
         if control:
-            msgs.extend(self._pack(control, export_time, 0))
+            msgs.extend(self._pack(control, export_time, options=True))
         by_tpl: dict[int, list[FlowRecord]] = {T_V4: [], T_V6: [], T_L2: []}
         for r in records:
             by_tpl[T_V4 if r.eth_type == 0x0800 else T_V6 if r.eth_type == 0x86DD else T_L2].append(r)
@@ -213,25 +214,31 @@ class IpfixEncoder:
             per = (self.max_message - 16 - 4) // size
             for i in range(0, len(recs), per):
                 chunk = data[i:i + per]
-                msgs.extend(self._pack([_set(tid, chunk.tobytes())], export_time, len(chunk)))
+                msgs.extend(self._pack([(_set(tid, chunk.tobytes()), len(chunk))], export_time))
         return msgs
 
-    def _pack(self, sets: list[bytes], export_time: int, n_data: int) -> list[bytes]:
-        # Control sets may need several messages; data callers pass one set that fits.
+    def _pack(self, sets: list[tuple[bytes, int]], export_time: int,
+              options: bool = False) -> list[bytes]:
+        """Sets (with their data record counts) packed into as few messages as fit."""
         out: list[bytes] = []
+        before = self.sequence
         cur: list[bytes] = []
-        size = 16
-        for s in sets:
+        size, n = 16, 0
+        for s, k in sets:
             if cur and size + len(s) > self.max_message:
-                out.append(self._message(cur, export_time, 0))
-                cur, size = [], 16
+                out.append(self._message(cur, export_time, n))
+                cur, size, n = [], 16, 0
             cur.append(s)
             size += len(s)
+            n += k
         if cur:
-            out.append(self._message(cur, export_time, n_data))
+            out.append(self._message(cur, export_time, n))
+        if options and self.sequence != before:
+            self.option_messages += len(out)
         return out
 
     def _message(self, sets: list[bytes], export_time: int, n_data: int) -> bytes:
+        # The sequence number counts every data record, options data records included.
         body = b"".join(sets)
         head = struct.pack("!HHIII", VERSION, 16 + len(body), export_time & 0xFFFFFFFF,
                            self.sequence & 0xFFFFFFFF, self.domain_id)
@@ -240,19 +247,20 @@ class IpfixEncoder:
         self.messages += 1
         return head + body
 
-    def _reason_sets(self) -> list[bytes]:
+    def _reason_sets(self) -> list[tuple[bytes, int]]:
         items = list(self._reasons.items())[self._reasons_sent:]
         self._reasons_sent = len(self._reasons)
-        sets, body = [], b""
+        sets, body, n = [], b"", 0
         for name, code in items:
             text = name.encode()[:254]
             rec = struct.pack("!HB", code, len(text)) + text
             if body and len(body) + len(rec) > self.max_message - 40:
-                sets.append(_set(T_REASONS, body))
-                body = b""
+                sets.append((_set(T_REASONS, body), n))
+                body, n = b"", 0
             body += rec
+            n += 1
         if body:
-            sets.append(_set(T_REASONS, body))
+            sets.append((_set(T_REASONS, body), n))
         return sets
 
     def _selector_set(self) -> bytes:
