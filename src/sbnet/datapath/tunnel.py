@@ -145,7 +145,7 @@ def _bytes_of(v: np.ndarray, n: int) -> np.ndarray:
 
 def _gather(d: np.ndarray, rows: np.ndarray, col: np.ndarray, n: int) -> np.ndarray:
     """(m, n) bytes d[rows, col:col+n], reading zeros past the row's end."""
-    cols = col[:, None] + _AR[:n]
+    cols = col[:, None] + (_AR[:n] if n <= len(_AR) else np.arange(n))
     inside = cols < d.shape[1]
     out = d[rows[:, None], np.minimum(cols, d.shape[1] - 1)]
     return np.where(inside, out, 0).astype(np.uint8) if not inside.all() else out
