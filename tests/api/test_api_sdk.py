@@ -94,8 +94,14 @@ def test_qos_and_trunks(conn: openstack.connection.Connection, lan: tuple) -> No
     conn.network.add_trunk_subports(trunk, [{"port_id": child.id, "segmentation_type": "vlan",
                                              "segmentation_id": 42}])
     assert conn.network.get_trunk_subports(trunk)["sub_ports"][0]["segmentation_id"] == 42
+    details = conn.network.get_port(parent.id).trunk_details
+    assert details["trunk_id"] == trunk.id
+    assert details["sub_ports"][0]["mac_address"] == child.mac_address
+    assert conn.network.get_port(child.id).device_owner == "trunk:subport"
     conn.network.delete_trunk_subports(trunk, [{"port_id": child.id}])
+    assert conn.network.get_port(child.id).device_owner == ""
     conn.network.delete_trunk(trunk)
+    assert conn.network.get_port(parent.id).trunk_details is None
     with pytest.raises(exc.ConflictException):
         conn.network.delete_qos_policy(pol)
     conn.network.delete_port(parent)

@@ -44,6 +44,7 @@ EXTENSIONS = (
     ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
     ("tag-creation", "Tag support on create", "Enables to set tag on resources during creation"),
     ("trunk", "Trunk Extension", "Provides support for trunk ports"),
+    ("trunk-details", "Trunk port details", "Expose trunk port details"),
 )
 
 

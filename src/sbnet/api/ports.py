@@ -192,7 +192,7 @@ class PortHooks(Hooks):
         tx.add_mac(net["id"], mac, body["id"])
         body["binding:profile"] = body["binding:profile"] or {}
         _vif(body)
-        body.update(status="DOWN", ip_allocation="immediate")
+        body.update(status="DOWN", ip_allocation="immediate", trunk_details=None)
         return super().create(tx, ctx, body)
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
@@ -241,8 +241,8 @@ class PortHooks(Hooks):
 
     def delete(self, tx: Tx, ctx: Context, obj: dict, l3: bool = False) -> None:
         if obj["device_owner"] in L3_OWNERS and not l3:
-            raise Conflict(f"Port {obj['id']} cannot be deleted directly via the port API: has "
-                           f"device owner {obj['device_owner']}.", type_name="L3PortInUse")
+            raise Conflict(f"Port {obj['id']} has owner {obj['device_owner']} and therefore cannot "
+                           "be deleted directly via the port API.", type_name="L3PortInUse")
         for trunk in tx.list("trunk"):
             if trunk["port_id"] == obj["id"]:
                 raise Conflict(f"Port {obj['id']} is currently a parent port for trunk "

@@ -49,6 +49,29 @@ def _check_subports(tx: Tx, ctx: Context, trunk: dict, new: Any) -> list[dict]:
     return out
 
 
+def _sync_ports(tx: Tx, trunk: dict, before: list[dict], deleted: bool = False) -> None:
+    """Mirror the trunk on its ports, as Neutron does: the parent's trunk_details, and each
+    sub-port owned by the trunk (device_owner trunk:subport)."""
+    now = [] if deleted else trunk["sub_ports"]
+    for sub in before:
+        if sub not in now:
+            port = tx.get("port", sub["port_id"])
+            if port and port["device_owner"] == "trunk:subport":
+                port.update(device_owner="", device_id="")
+                tx.update("port", port)
+    details = []
+    for sub in now:
+        port = tx.get("port", sub["port_id"])
+        if sub not in before and port["device_owner"] != "trunk:subport":
+            port.update(device_owner="trunk:subport", device_id=trunk["id"])
+            tx.update("port", port)
+        details.append({**sub, "mac_address": port["mac_address"]})
+    parent = tx.get("port", trunk["port_id"])
+    if parent is not None:
+        parent["trunk_details"] = None if deleted else {"trunk_id": trunk["id"], "sub_ports": details}
+        tx.update("port", parent)
+
+
 class TrunkHooks(Hooks):
     spec = TRUNK
 
@@ -61,13 +84,16 @@ class TrunkHooks(Hooks):
         body["sub_ports"] = []
         body["sub_ports"] = _check_subports(tx, ctx, body, requested)
         body["status"] = "DOWN"
-        return super().create(tx, ctx, body)
+        created = super().create(tx, ctx, body)
+        _sync_ports(tx, created, [])
+        return created
 
     def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
         parent = tx.get("port", obj["port_id"])
         if parent and parent["binding:host_id"]:
             raise Conflict(f"Trunk {obj['id']} is currently in use.", type_name="TrunkInUse")
         tx.delete("trunk", obj)
+        _sync_ports(tx, obj, obj["sub_ports"], deleted=True)
 
 
 HOOKS = (TrunkHooks,)
@@ -84,6 +110,7 @@ def extra_routes(router: APIRouter, api: Any) -> None:
                 raise BadRequest("Expected {\"sub_ports\": [...]}")
             with api.store.write() as tx:
                 trunk = fetch(tx, ctx, TRUNK, request.path_params["id"], write=True)
+                before = list(trunk["sub_ports"])
                 if action == "add":
                     trunk["sub_ports"] = trunk["sub_ports"] + _check_subports(
                         tx, ctx, trunk, payload["sub_ports"])
@@ -96,7 +123,9 @@ def extra_routes(router: APIRouter, api: Any) -> None:
                             raise NotFound(f"SubPort {pid} could not be found in trunk "
                                            f"{trunk['id']}.", type_name="SubPortNotFound")
                         trunk["sub_ports"] = [s for s in trunk["sub_ports"] if s["port_id"] != pid]
-                return view(ctx, TRUNK, tx.update("trunk", trunk))
+                updated = tx.update("trunk", trunk)
+                _sync_ports(tx, updated, before)
+                return view(ctx, TRUNK, updated)
 
         async def endpoint(request: Request) -> Any:
             return await api.call(request, work, await read_json(request))

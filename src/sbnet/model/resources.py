@@ -115,6 +115,7 @@ PORT = ResourceSpec("port", "ports", "ports", "Port", _std(
     Attr("qos_policy_id", a.to_uuid_or_none),
     Attr("ip_allocation", **_RO),
     Attr("extra_dhcp_opts", a.list_of(a.to_dict), default=list),
+    Attr("trunk_details", **_RO),
 ))
 
 SECURITY_GROUP = ResourceSpec("security_group", "security_groups", "security-groups",
