@@ -59,6 +59,8 @@ def test_shared_and_external_resources_are_visible_not_writable(api: Api) -> Non
     assert {"shared", "ext"} <= names
     port = a.create("ports", "port", network_id=shared["id"])
     assert port["project_id"] == "project-a"
+    # Binding details are the operator's business, as in Neutron's policy.
+    assert "binding:host_id" not in port and port["binding:vnic_type"] == "normal"
     assert a.err("PUT", f"networks/{shared['id']}", {"network": {"name": "mine"}},
                  403)["type"] == "PolicyNotAuthorized"
     assert a.err("DELETE", f"networks/{ext['id']}", status=403)["type"] == "PolicyNotAuthorized"
