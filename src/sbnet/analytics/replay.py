@@ -14,8 +14,9 @@ class Sample:
     """Cumulative counters at one instant, for throughput and tier-share plots."""
 
     t: float
-    port_bytes: dict[int, int]
+    port_bytes: dict[int, int]          # entering, by ingress port (0: malformed, no port)
     tier_packets: dict[str, int]
+    tx_bytes: dict[int, int] = field(default_factory=dict)   # sent, by port
 
 
 @dataclass
@@ -31,7 +32,8 @@ def sample(meter: FlowMeter, t: float) -> Sample:
     for (port, tier, _reason), (pk, by) in meter.totals().items():
         port_bytes[port] = port_bytes.get(port, 0) + by
         tier_packets[tier] = tier_packets.get(tier, 0) + pk
-    return Sample(t, port_bytes, tier_packets)
+    tx = {p: port.tx_bytes for p, port in meter.sw.ports.items() if port.tx_bytes}
+    return Sample(t, port_bytes, tier_packets, tx)
 
 
 def replay(switch, meter: FlowMeter, packets: list[tuple[float, bytes, int]], batch: int = 256,

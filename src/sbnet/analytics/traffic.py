@@ -88,3 +88,13 @@ def five_tuple_truth(packets: list[tuple[float, bytes, int]]) -> dict[tuple, lis
         acc[0] += 1
         acc[1] += len(frame)
     return out
+
+
+def write_flow_pcap(path, n_flows: int, duration: float = 120.0, seed: int = 1) -> int:
+    """Write `flow_traffic` (arrival port dropped) to a pcap; returns the packet count."""
+    pk = flow_traffic(n_flows, duration=duration, seed=seed)
+    with open(path, "wb") as fh:
+        w = dpkt.pcap.Writer(fh)
+        for t, frame, _ in pk:
+            w.writepkt(frame, ts=t)
+    return len(pk)
