@@ -473,3 +473,31 @@ def test_hash_collisions_fall_back_to_exact_tuples(monkeypatch):
     assert len(ct) == 6 and len(ct._overflow) > 0
     ct.flush()
     assert len(ct) == 0 and not ct._overflow
+
+
+def test_one_segment_per_connection_batches_equal_one_by_one():
+    import random
+    rng = random.Random(11)
+    convs = [Tcp(sport=12000 + i, isn_a=rng.getrandbits(32), isn_b=rng.getrandbits(32),
+                 win=rng.choice((700, 9000, 65535))) for i in range(50)]
+    a, b = Conntrack(), Conntrack()
+    for c in convs:
+        for q in c.handshake() + [c.pkt(1, "A")]:
+            ct_run(a, [q])
+            ct_run(b, [q])
+    batched, single = [], []
+    for _ in range(6):
+        rng.shuffle(convs)
+        pk = []
+        for c in convs:
+            d = rng.randrange(2)
+            if rng.random() < 0.1:
+                pk.append(c.pkt(d, "PA", b"o" * 30, seq=c.seq[d] + rng.randrange(10**5, 10**8)))
+            else:
+                pk.append(c.pkt(d, rng.choice(["A", "PA"]), bytes(rng.randrange(1, 900))))
+        before = a.stats["fast_path"]
+        batched += ct_run(a, pk).states
+        assert a.stats["fast_path"] - before == len(pk)
+        single += [ct_run(b, [q]).states[0] for q in pk]
+    assert batched == single and "+inv+trk" in single
+    assert (a.tcp[a.connections()] == b.tcp[b.connections()]).all()

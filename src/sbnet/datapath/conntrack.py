@@ -394,11 +394,17 @@ class Conntrack(PerPacketPath):
         valid = np.ones(rows.size, dtype=bool)
         est = self._tmo[T.TM_TCP_EST]
         left = np.arange(rows.size)
+        seen = self._scratch
+        if seen.size < self._cap + 1:
+            seen = self._scratch = np.zeros(self._cap + 1, dtype=np.int64)
+        # One row per connection? (the last write wins: all rows read back their own index)
+        seen[c] = left
+        unique = bool((seen[c] == left).all())
         for _ in range(MAX_TCP_ROUNDS):
             r = rows[left]
             cl = c[left]
             ok, done = T.established_runs(self.tcp, cl, rp[left], p.seq[r], p.ack[r], p.win[r],
-                                          p.plen[r], self.tcp_liberal)
+                                          p.plen[r], self.tcp_liberal, unique)
             valid[left] = ok
             settled = ok & done
             self.exp[cl if settled.all() else cl[settled]] = now + est

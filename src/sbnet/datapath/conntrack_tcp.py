@@ -266,8 +266,8 @@ def _excl_max(vals: np.ndarray, g: np.ndarray, start: np.ndarray, init: np.ndarr
 
 
 def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: np.ndarray,
-                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool,
+                     unique: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """update() for established ACK segments, any number per connection, in order.
 
     Between SYN and FIN such a segment only raises three running maxima per
@@ -278,8 +278,11 @@ def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
     unresolved (the caller runs them again on the updated state).
 
     Returns (valid, resolved), both in the input order; `tcp` is updated with
-    the resolved rows.
+    the resolved rows.  `unique` says no connection has two rows (the common
+    case, computed without the prefix maxima).
     """
+    if unique:
+        return _established_single(tcp, conn, reply, seq, ack, win, plen, liberal)
     n = conn.size
     order = np.argsort(conn, kind="stable")
     c = conn[order]
@@ -344,3 +347,34 @@ def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
     out_ok[order] = ok
     out_res[order] = resolved
     return out_ok, out_res
+
+
+def _established_single(tcp, conn, reply, seq, ack, win, plen, liberal):
+    """established_runs() when every connection has one row: no prefix maxima."""
+    n = conn.size
+    ar = np.arange(n)
+    peers = tcp[conn]
+    s = reply.astype(np.intp)
+    d = 1 - s
+    ws_s, ws_d = peers[ar, s, 3], peers[ar, d, 3]
+    both_flag = ((ws_s & ws_d) & WSCALE_FLAG) != 0
+    both_unk = ((ws_s & ws_d) & WSCALE_UNKNOWN) != 0
+    sws = np.where(both_flag, ws_s & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
+    dws = np.where(both_flag, ws_d & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
+    b_s, b_d = peers[ar, s, 0], peers[ar, d, 0]
+    end_rel = _rel((seq + plen) & _M32, b_s)
+    hi_rel = _rel((ack + np.maximum(win << sws, 1)) & _M32, b_d)
+    s_hi = _rel(peers[ar, s, 1], b_s)
+    d_hi = _rel(peers[ar, d, 1], b_d)
+    empty = plen == 0
+    seq_r = np.where(empty, 0, _rel(seq, b_s))
+    end_r = np.where(empty, 0, end_rel)
+    ackskew = -_rel(ack, b_d)
+    ok = ((s_hi - end_r >= 0) & (seq_r + (peers[ar, d, 2] << dws) >= 0)
+          & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
+    if liberal:
+        ok[:] = True
+    tcp[conn, s, 0] = np.where(ok & ~empty, (b_s + np.maximum(end_rel, 0)) & _M32, b_s)
+    tcp[conn, s, 2] = np.where(ok, np.maximum(win, peers[ar, s, 2]), peers[ar, s, 2])
+    tcp[conn, d, 1] = np.where(ok, (b_d + np.maximum(hi_rel, d_hi)) & _M32, peers[ar, d, 1])
+    return ok, np.ones(n, dtype=bool)
