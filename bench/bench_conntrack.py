@@ -114,6 +114,9 @@ def main() -> None:
     print(f"established, one flow per batch:    {a.batch / t / 1e6:8.2f} Mpps")
 
     print(f"memory per connection (getsizeof):  {ct.memory_per_connection():8.0f} B")
+    t0 = time.process_time()
+    gone = ct.expire(1e9)
+    print(f"expiry sweep of {gone} connections:  {(time.process_time() - t0) * 1e3:8.1f} ms")
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     ct2 = Conntrack(checksums=cks)

@@ -501,3 +501,15 @@ def test_one_segment_per_connection_batches_equal_one_by_one():
         single += [ct_run(b, [q]).states[0] for q in pk]
     assert batched == single and "+inv+trk" in single
     assert (a.tcp[a.connections()] == b.tcp[b.connections()]).all()
+
+
+def test_sweep_many_then_reuse_slots():
+    ct = Conntrack(timeouts=Timeouts(udp_first=10), capacity=16)
+    ct_run(ct, [udp(sport=100 + i) for i in range(300)], now=0)
+    ct_run(ct, [udp(sport=1000 + i) for i in range(100)], now=5)
+    assert len(ct) == 400 and len(ct._index) == 800
+    assert ct.expire(12) == 300
+    assert len(ct) == 100 and len(ct._index) == 200
+    assert ct_run(ct, [udp(B, A, 2, 1000)], now=12).states == ["+est+rpl+trk"]
+    assert ct_run(ct, [udp(sport=100)], now=12).states == ["+new+trk"]
+    assert len(ct) == 101

@@ -577,15 +577,34 @@ class Conntrack(PerPacketPath):
     def expire(self, now: float) -> int:
         """Remove every connection whose timeout has passed; how many were removed."""
         dead = np.flatnonzero(self.live & (self.exp <= now))
-        for i in dead.tolist():
-            self._delete(i)
+        self._delete_many(dead)
         self.stats["expired"] += dead.size
         return int(dead.size)
 
     def flush(self, zone: int | None = None) -> None:
         sel = self.live if zone is None else self.live & (self.zone == zone)
-        for i in np.flatnonzero(sel).tolist():
-            self._delete(i)
+        self._delete_many(np.flatnonzero(sel))
+
+    def _delete_many(self, slots: np.ndarray) -> None:
+        """_delete() for many slots: index entries removed with vectorized probes."""
+        if not slots.size:
+            return
+        vals = np.stack([slots * 2, slots * 2 + 1], axis=1).ravel()
+        done = self._index.delete_many(self.hkey[slots].ravel(), vals)
+        if not done.all():
+            # The rest live in the overflow table (their hash was taken).
+            for v in vals[~done].tolist():
+                t = self._tuple(v >> 1, v & 1)
+                if self._overflow.get(t) == v:
+                    del self._overflow[t]
+        zu, zc = np.unique(self.zone[slots], return_counts=True)
+        for z, n in zip(zu.tolist(), zc.tolist()):
+            self._zone_count[z] -= n
+        self.live[slots] = False
+        self.exp[slots] = 0.0
+        self._n -= slots.size
+        self._free.extend(slots.tolist())
+        self.stats["deleted"] += slots.size
 
     def connections(self, zone: int | None = None) -> list[int]:
         sel = self.live if zone is None else self.live & (self.zone == zone)

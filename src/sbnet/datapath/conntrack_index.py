@@ -100,6 +100,28 @@ class HashIndex:
         self.dead += 1
         return True
 
+    def delete_many(self, h: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Remove the keys h whose value is v (vectorized probes); which were removed."""
+        n = len(h)
+        done = np.zeros(n, dtype=bool)
+        keys, vals, m = self.keys, self.vals, self.mask
+        pos = (h & np.uint64(m)).astype(np.intp)
+        act = np.arange(n)
+        while act.size:
+            p = pos[act]
+            k = keys[p]
+            hit = (k == h[act]) & (vals[p] == v[act])
+            if hit.any():
+                keys[p[hit]] = TOMB
+                vals[p[hit]] = -1
+                done[act[hit]] = True
+            act = act[~hit & (k != EMPTY)]
+            pos[act] = (pos[act] + 1) & m
+        k = int(done.sum())
+        self.used -= k
+        self.dead += k
+        return done
+
     def _rebuild(self) -> None:
         live = self.keys > TOMB
         h, v = self.keys[live], self.vals[live]
