@@ -138,24 +138,36 @@ def geneve_option(opt_class: int, opt_type: int, data: bytes = b"") -> bytes:
 
 def _bytes_of(v: np.ndarray, n: int) -> np.ndarray:
     """(m,) integers -> (m, n) big-endian bytes."""
-    v = np.asarray(v, dtype=np.uint64)
-    shifts = np.arange(8 * (n - 1), -1, -8, dtype=np.uint64)
-    return ((v[:, None] >> shifts) & np.uint64(0xFF)).astype(np.uint8)
+    v = np.asarray(v).astype(">u8")
+    return v.view(np.uint8).reshape(-1, 8)[:, 8 - n:]
 
 
 def _gather(d: np.ndarray, rows: np.ndarray, col: np.ndarray, n: int) -> np.ndarray:
     """(m, n) bytes d[rows, col:col+n], reading zeros past the row's end."""
+    if len(col) and col.min() == col.max() and int(col[0]) + n <= d.shape[1]:
+        # One column for every row (the usual batch): a slice, no per-byte indexing.
+        c = int(col[0])
+        if len(rows) == d.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
+            return d[:, c:c + n]
+        return d[rows, c:c + n]
     cols = col[:, None] + (_AR[:n] if n <= len(_AR) else np.arange(n))
     inside = cols < d.shape[1]
     out = d[rows[:, None], np.minimum(cols, d.shape[1] - 1)]
     return np.where(inside, out, 0).astype(np.uint8) if not inside.all() else out
 
 
+_VIEW = {1: np.uint8, 2: ">u2", 4: ">u4", 8: ">u8"}
+
+
 def _val(b: np.ndarray) -> np.ndarray:
-    v = np.zeros(b.shape[0], dtype=np.uint64)
-    for j in range(b.shape[1]):
-        v = (v << np.uint64(8)) | b[:, j]
-    return v
+    """Big-endian value of each row of an (m, k) byte array, k <= 8."""
+    k = b.shape[1]
+    if k not in _VIEW:
+        w = 4 if k < 4 else 8
+        pad = np.zeros((b.shape[0], w), np.uint8)
+        pad[:, w - k:] = b
+        b, k = pad, w
+    return np.ascontiguousarray(b).view(_VIEW[k])[:, 0].astype(np.uint64)
 
 
 def _ones_sum(b: np.ndarray, length: np.ndarray | None = None) -> np.ndarray:
@@ -278,13 +290,18 @@ def encap(batch: Batch, rows, port: TunnelPort, tun: dict | None, underlay: Unde
     for fam, sel in ((4, ok & ~fam6), (6, ok & fam6)):
         if not sel.any():
             continue
-        r = underlay.resolve(fam, dhi[sel], dlo[sel])
+        if port.remote is not None:   # one destination: resolve it once
+            r = underlay.resolve(fam, dhi[:1], dlo[:1])
+            t = np.zeros(int(sel.sum()), np.intp)
+        else:
+            r = underlay.resolve(fam, dhi[sel], dlo[sel])
+            t = slice(None)
         for reason, code in (("no_route", 1), ("no_neighbour", 2)):
-            counters[reason] += int((r.reason == code).sum())
+            counters[reason] += int((r.reason[t] == code).sum())
         good = np.flatnonzero(sel)
-        ok[good[~r.ok]] = False
-        dst_mac[sel], src_mac[sel], out_port[sel], mtu[sel] = r.dst_mac, r.src_mac, r.ofport, r.mtu
-        shi[sel], slo[sel] = r.src_hi, r.src_lo
+        ok[good[~r.ok[t]]] = False
+        dst_mac[sel], src_mac[sel], out_port[sel] = r.dst_mac[t], r.src_mac[t], r.ofport[t]
+        mtu[sel], shi[sel], slo[sel] = r.mtu[t], r.src_hi[t], r.src_lo[t]
     # Source address: the flow's tun_src, else the port's local_ip, else the route's.
     if port.local is not None:
         shi[:] = port.local[1] >> 64
@@ -351,7 +368,7 @@ def encap(batch: Batch, rows, port: TunnelPort, tun: dict | None, underlay: Unde
     sport = (UDP_SRC_MIN + ((fh.astype(np.uint64) * np.uint64(UDP_SRC_MAX - UDP_SRC_MIN))
                             >> np.uint64(32))).astype(np.int64)
     for fam in (4, 6):
-        for ol in np.unique(optlen):
+        for ol in ([optlen[0]] if optlen.min() == optlen.max() else np.unique(optlen)):
             g = np.flatnonzero((fam6 == (fam == 6)) & (optlen == ol))
             if len(g) == 0:
                 continue
@@ -367,8 +384,9 @@ def encap(batch: Batch, rows, port: TunnelPort, tun: dict | None, underlay: Unde
 def _copy_rows(out: np.ndarray, col: int, d: np.ndarray, idx: np.ndarray, start: np.ndarray,
                length: np.ndarray, width: int) -> None:
     """out[i, col:col+length[i]] = packet idx[i] of d; bytes past each packet are zero."""
-    for s in np.unique(start):
-        g = np.flatnonzero(start == s) if start.min() != start.max() else slice(None)
+    uniform = start.min() == start.max()
+    for s in ([start[0]] if uniform else np.unique(start)):
+        g = slice(None) if uniform else np.flatnonzero(start == s)
         s = int(s)
         w = min(width, d.shape[1] - s)
         out[g, col:col + w] = d[idx[g], s:s + w]

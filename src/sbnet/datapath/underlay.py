@@ -115,7 +115,7 @@ class Underlay:
     def is_local(self, family: int, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Per row: is the address (IPv4 in lo, hi 0) one of ours?"""
         t = self._compiled()[family]
-        return _member(t["local"], hi, lo)
+        return _member(t["local"], hi, lo, family)
 
     def resolve(self, family: int, hi: np.ndarray, lo: np.ndarray) -> Resolved:
         """Route and neighbour lookup for a batch of destinations of one family.
@@ -132,7 +132,7 @@ class Underlay:
             todo = np.flatnonzero(route < 0)
             if len(todo) == 0:
                 break
-            k = _key(hi[todo] & mhi, lo[todo] & mlo)
+            k = _key(hi[todo] & mhi, lo[todo] & mlo, family)
             pos = np.searchsorted(keys, k)
             pos = np.minimum(pos, len(keys) - 1)
             hit = keys[pos] == k
@@ -145,7 +145,7 @@ class Underlay:
         nh_hi = np.where(onlink, hi, gw_hi)
         nh_lo = np.where(onlink, lo, gw_lo)
         nkeys, nmacs = t["neigh"]
-        k = _key(nh_hi, nh_lo)
+        k = _key(nh_hi, nh_lo, family)
         if len(nkeys):
             pos = np.minimum(np.searchsorted(nkeys, k), len(nkeys) - 1)
             known = nkeys[pos] == k
@@ -192,29 +192,31 @@ class Underlay:
                     seen.setdefault(r.network & mask, i)
             nets = sorted(seen)
             keys = _key(np.array([v >> 64 for v in nets], np.uint64),
-                        np.array([v & _M64 for v in nets], np.uint64))
+                        np.array([v & _M64 for v in nets], np.uint64), family)
             idx = np.array([seen[v] for v in nets], np.int64)
             lpm.append((plen, (np.uint64(mask >> 64), np.uint64(mask & _M64)), keys, idx))
         neigh = sorted((v, m) for (f, v), m in self.neighbours.items() if f == family)
         nkeys = _key(np.array([v >> 64 for v, _ in neigh], np.uint64),
-                     np.array([v & _M64 for v, _ in neigh], np.uint64))
+                     np.array([v & _M64 for v, _ in neigh], np.uint64), family)
         nmacs = np.array([m for _, m in neigh], np.uint64)
         local = sorted(v for f, v in self.local if f == family)
         lkeys = _key(np.array([v >> 64 for v in local], np.uint64),
-                     np.array([v & _M64 for v in local], np.uint64))
+                     np.array([v & _M64 for v in local], np.uint64), family)
         return {"rt": rt, "lpm": lpm, "neigh": (nkeys, nmacs), "local": lkeys}
 
 
-def _key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Sortable, comparable 128-bit keys: a structured (hi, lo) array."""
+def _key(hi: np.ndarray, lo: np.ndarray, family: int = 6) -> np.ndarray:
+    """Sortable, comparable keys: IPv4 as plain uint64, IPv6 as a structured (hi, lo) array."""
+    if family == 4:
+        return np.asarray(lo, dtype=np.uint64)
     k = np.empty(len(lo), dtype=[("hi", np.uint64), ("lo", np.uint64)])
     k["hi"] = hi
     k["lo"] = lo
     return k
 
 
-def _member(keys: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    k = _key(np.asarray(hi, np.uint64), np.asarray(lo, np.uint64))
+def _member(keys: np.ndarray, hi: np.ndarray, lo: np.ndarray, family: int) -> np.ndarray:
+    k = _key(np.asarray(hi, np.uint64), np.asarray(lo, np.uint64), family)
     if len(keys) == 0:
         return np.zeros(len(k), dtype=bool)
     pos = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
