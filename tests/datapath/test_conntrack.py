@@ -108,12 +108,13 @@ def test_out_of_window_fast_path_batch():
         pkts.append(c.pkt(0, "PA", b"e" * 10))
         if i % 2:
             pkts.append(c.pkt(0, "PA", b"x" * 10, seq=c.seq[0] + 50_000_000))
+    before = ct.stats["fast_path"]
     r = ct_run(ct, pkts)
     want = []
     for i in range(8):
         want += ["+est+trk", "+est+trk"] + (["+inv+trk"] if i % 2 else [])
     assert r.states == want
-    assert ct.stats["fast_path"] == len(pkts)
+    assert ct.stats["fast_path"] - before == len(pkts)
     assert ct.stats["tcp_seq_chk_failed"] == 4
 
 
@@ -513,3 +514,38 @@ def test_sweep_many_then_reuse_slots():
     assert ct_run(ct, [udp(B, A, 2, 1000)], now=12).states == ["+est+rpl+trk"]
     assert ct_run(ct, [udp(sport=100)], now=12).states == ["+new+trk"]
     assert len(ct) == 101
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_update_many_matches_scalar_update(seed):
+    """The vectorized TCP update equals conntrack-tcp.c's, transcribed per packet."""
+    import random
+    rng = random.Random(seed)
+    flag_sets = [T.SYN, T.SYN | T.ACK, T.ACK, T.ACK | T.PSH, T.FIN | T.ACK, T.RST,
+                 T.RST | T.ACK, T.FIN, T.SYN | T.FIN, 0]
+    for _ in range(40):
+        isn = [rng.getrandbits(32), rng.getrandbits(32)]
+        first = T.TcpPacket(rng.choice([T.SYN, T.ACK]), isn[0], isn[1], rng.randrange(1, 65536),
+                            0, rng.choice([0, T.WSCALE_FLAG | rng.randrange(0, 15)]))
+        peers = T.new_peers(first)
+        tcp = np.array([peers], dtype=np.int64)
+        nxt = [isn[0] + 1, isn[1]]
+        for _ in range(25):
+            d = rng.randrange(2)
+            fl = rng.choice(flag_sets)
+            plen = rng.choice([0, 0, 10, 1400])
+            seq = (nxt[d] + rng.choice([0, 0, 0, 1, -1, 70000, -3_000_000])) % 2**32
+            ack = (nxt[1 - d] + rng.choice([0, 0, 5, -100000])) % 2**32
+            win = rng.choice([0, 1, 512, 65535])
+            ws = rng.choice([0, T.WSCALE_FLAG | rng.randrange(0, 15)])
+            pkt = T.TcpPacket(fl, seq, ack, win, plen, ws)
+            if fl & (T.SYN | T.ACK) == T.SYN and min(peers[0][4], peers[1][4]) >= T.FIN_WAIT_2:
+                continue                           # NEW: replaced, not an update
+            res, cls = T.update(peers, bool(d), pkt, False)
+            vres, vcls = T.update_many(tcp, np.array([0]), np.array([bool(d)]),
+                                       np.array([fl]), np.array([seq]), np.array([ack]),
+                                       np.array([win]), np.array([plen]), np.array([ws]), False)
+            assert (res, -1 if cls is None else cls) == (int(vres[0]), int(vcls[0]))
+            assert tcp[0].tolist() == peers
+            if res == T.VALID:
+                nxt[d] = (seq + plen + bool(fl & T.SYN) + bool(fl & T.FIN)) % 2**32

@@ -297,9 +297,10 @@ class Conntrack(PerPacketPath):
         conn[li] = ci
         reply[li] = di.astype(bool)
         self.stats["lookups_hit"] += li.size
-        fast = self._fast_eligible(p, found, conn, reply, force, R)
+        fast, general = self._fast_eligible(p, found, conn, reply, force, R)
         if fast.any():
-            nat_rows.append(self._fast(p, fast, conn, reply, st, tsrc, now, nat, natted, R))
+            nat_rows.append(self._fast(p, fast, general, conn, reply, st, tsrc, now, nat,
+                                       natted, R))
         slow = np.flatnonzero(p.ok & ~fast)
         if slow.size and commit and (nat is None or not nat.action) and not self._overflow:
             slow = self._bulk_new(p, slow, found, natted, conn, reply, st, tsrc, now)
@@ -321,11 +322,24 @@ class Conntrack(PerPacketPath):
             if jobs.size:
                 self._nat_rewrite(batch, parsed, rows, p, jobs, conn, reply)
 
-    def _fast_eligible(self, p: PacketInfo, found, conn, reply, force, R) -> np.ndarray:
-        """Rows whose whole update is vectorizable: steady states, no flag changes."""
+    def _unique(self, c: np.ndarray) -> np.ndarray:
+        """Which entries of c occur once in c (a scatter/gather over a scratch array)."""
+        seen = self._scratch
+        if seen.size < self._cap + 1:
+            seen = self._scratch = np.zeros(self._cap + 1, dtype=np.int64)
+        idx = np.arange(c.size)
+        seen[c] = idx
+        last = seen[c] == idx               # the last write wins
+        seen[c[::-1]] = idx[::-1]
+        return last & (seen[c] == idx)      # ... and the first
+
+    def _fast_eligible(self, p: PacketInfo, found, conn, reply, force, R):
+        """Rows whose whole update is vectorizable, and which TCP rows take the
+        general vectorized update (one row of their connection in the batch)."""
         fast = found.copy()
+        general = np.zeros(found.size, dtype=bool)
         if not fast.any():
-            return fast
+            return fast, general
         fi = np.flatnonzero(fast)
         c = conn[fi]
         proto = p.proto[fi]
@@ -336,9 +350,15 @@ class Conntrack(PerPacketPath):
         if tcp.any():
             ri = R.view(np.int64)
             fl = p.flags[fi]
-            tok = ((ri[fi, C_TCP + 4] == T.ESTABLISHED) & (ri[fi, C_TCP + 9] == T.ESTABLISHED)
-                   & ((fl & (T.SYN | T.FIN | T.RST)) == 0) & ((fl & T.ACK) != 0))
-            ok = np.where(tcp, tok, ok)
+            s0, s1 = ri[fi, C_TCP + 4], ri[fi, C_TCP + 9]
+            simple = ((s0 == T.ESTABLISHED) & (s1 == T.ESTABLISHED)
+                      & ((fl & (T.SYN | T.FIN | T.RST)) == 0) & ((fl & T.ACK) != 0))
+            # A SYN on a connection closed both ways replaces it: per-packet path.
+            renew = ((fl & (T.SYN | T.ACK)) == T.SYN) & (s0 >= T.FIN_WAIT_2) \
+                & (s1 >= T.FIN_WAIT_2)
+            gen = tcp & ~simple & ~renew & self._unique(c)
+            ok = np.where(tcp, simple | gen, ok)
+            general[fi[gen]] = True
         if force:
             ok &= ~reply[fi]
         if not ok.all():
@@ -346,46 +366,68 @@ class Conntrack(PerPacketPath):
             # A connection with any row on the slow path keeps all its rows there, in order.
             bad = np.isin(c, c[~ok])
             fast[fi[bad]] = False
-        return fast
+            general &= fast
+        return fast, general
 
-    def _fast(self, p, fast, conn, reply, st, tsrc, now, nat, natted, R) -> np.ndarray:
+    def _fast(self, p, fast, general, conn, reply, st, tsrc, now, nat, natted, R) -> np.ndarray:
         fi = np.flatnonzero(fast)
         c = conn[fi]
         rp = reply[fi]
         proto = p.proto[fi]
-        valid = np.ones(fi.size, dtype=bool)
+        res = np.full(fi.size, T.VALID, dtype=np.int64)
         tcp = proto == IP_TCP
-        if tcp.all():
-            valid = self._fast_tcp(p, fi, c, rp, now, fast)
-        elif tcp.any():
-            t = np.flatnonzero(tcp)
-            valid[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast)
+        gen = general[fi]
+        simple = tcp & ~gen
+        if simple.any():
+            t = np.flatnonzero(simple)
+            res[t] = self._fast_tcp(p, fi[t], c[t], rp[t], now, fast)
+        if gen.any():
+            res[gen] = self._general_tcp(p, fi[gen], c[gen], rp[gen], now)
         if not tcp.all():
             oth = np.flatnonzero(~tcp)
             co = c[oth]
             icmp = (proto[oth] == IP_ICMP) | (proto[oth] == IP_ICMPV6)
             self.exp[co] = now + self._tmo[np.where(icmp, TM_ICMP_REPLY, TM_OTHER_BIDIR)]
-        # Rows the rounds left to the per-packet path are no longer fast.
+        # Rows the passes left to the per-packet path are no longer fast.
         keep = fast[fi]
         if not keep.all():
-            fi, c, rp, valid = fi[keep], c[keep], rp[keep], valid[keep]
+            fi, c, rp, res = fi[keep], c[keep], rp[keep], res[keep]
         s = st[fi]
-        s = np.where(valid, (s | EST | np.where(rp, RPL, 0).astype(np.uint64)) & ~np.uint64(NEW),
-                     INV).astype(np.uint64)
-        st[fi] = s
+        est = (s | EST | np.where(rp, RPL, 0).astype(np.uint64)) & ~np.uint64(NEW)
+        st[fi] = np.where(res == T.VALID, est,
+                          np.where(res == T.INVALID, INV, s | NEW)).astype(np.uint64)
         tsrc[fi] = 1
         self.stats["fast_path"] += fi.size
         if nat is None:
             return np.zeros(0, dtype=np.intp)
+        # OVS translates whatever the update said, invalid packets included.
         natc = R[fi, C_NAT]
-        j = valid & (natc != 0) & ~natted[fi]
+        j = (natc != 0) & ~natted[fi]
         jobs = fi[j]
         snat = (natc[j] & SNAT) != 0
         st[jobs] |= np.where(snat != rp[j], SNAT_BIT, DNAT_BIT).astype(np.uint64)
         return jobs
 
+    def _general_tcp(self, p, rows, c, rp, now) -> np.ndarray:
+        """Any TCP segment of a connection with no other row in the batch (T.update_many)."""
+        fl = p.flags[rows]
+        ws = np.zeros(rows.size, dtype=np.int64)
+        for j in np.flatnonzero(fl & T.SYN).tolist():
+            ws[j] = p.wscale(int(rows[j]))
+        res, tm = T.update_many(self.tcp, c, rp, fl, p.seq[rows], p.ack[rows], p.win[rows],
+                                p.plen[rows], ws, self.tcp_liberal)
+        upd = tm >= 0
+        self.exp[c[upd]] = now + self._tmo[tm[upd]]
+        bad = res == T.INVALID
+        if bad.any():
+            flags_bad = T.invalid_flags_many(fl)
+            self.stats["tcp_invalid_flags"] += int((bad & flags_bad).sum())
+            self.stats["tcp_seq_chk_failed"] += int((bad & ~flags_bad).sum())
+        return res
+
     def _fast_tcp(self, p, rows, c, rp, now, fast) -> np.ndarray:
-        """Established segments, any number per connection (T.established_runs).
+        """Established segments, any number per connection (T.established_runs);
+        returns VALID/INVALID per row.
 
         Each pass settles every connection's rows up to its first invalid one;
         rows still open after MAX_TCP_ROUNDS passes are taken off `fast` and
@@ -394,12 +436,7 @@ class Conntrack(PerPacketPath):
         valid = np.ones(rows.size, dtype=bool)
         est = self._tmo[T.TM_TCP_EST]
         left = np.arange(rows.size)
-        seen = self._scratch
-        if seen.size < self._cap + 1:
-            seen = self._scratch = np.zeros(self._cap + 1, dtype=np.int64)
-        # One row per connection? (the last write wins: all rows read back their own index)
-        seen[c] = left
-        unique = bool((seen[c] == left).all())
+        unique = bool(self._unique(c).all())
         for _ in range(MAX_TCP_ROUNDS):
             r = rows[left]
             cl = c[left]
@@ -410,10 +447,11 @@ class Conntrack(PerPacketPath):
             self.exp[cl if settled.all() else cl[settled]] = now + est
             self.stats["tcp_seq_chk_failed"] += int(np.count_nonzero(~ok & done))
             if done.all():
-                return valid
+                break
             left = left[~done]
-        fast[rows[left]] = False
-        return valid
+        else:
+            fast[rows[left]] = False
+        return np.where(valid, T.VALID, T.INVALID)
 
     def _bulk_new(self, p, slow, found, natted, conn, reply, st, tsrc, now) -> np.ndarray:
         """Commit, vectorized, the new connections whose tuple no other packet of the

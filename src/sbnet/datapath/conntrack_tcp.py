@@ -378,3 +378,105 @@ def _established_single(tcp, conn, reply, seq, ack, win, plen, liberal):
     tcp[conn, s, 2] = np.where(ok, np.maximum(win, peers[ar, s, 2]), peers[ar, s, 2])
     tcp[conn, d, 1] = np.where(ok, (b_d + np.maximum(hi_rel, d_hi)) & _M32, peers[ar, d, 1])
     return ok, np.ones(n, dtype=bool)
+
+
+def _vgeq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SEQ_GEQ over arrays of 32-bit sequence numbers held in int64."""
+    return ((a - b) & _M32) < 0x80000000
+
+
+def invalid_flags_many(fl: np.ndarray) -> np.ndarray:
+    bad = np.where(fl & SYN, (fl & (RST | FIN)) != 0, (fl & (ACK | RST)) == 0)
+    return bad | (((fl & ACK) == 0) & ((fl & (FIN | PSH | URG)) != 0))
+
+
+def update_many(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, flags: np.ndarray,
+                seq: np.ndarray, ack: np.ndarray, win: np.ndarray, plen: np.ndarray,
+                wscale: np.ndarray, liberal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """update() for segments of distinct connections, any flags and states, at once.
+
+    The caller keeps out a pure SYN on a connection closed both ways (update()
+    answers NEW: the connection is replaced).  `wscale` is get_wscale() of
+    each SYN's options.  Returns (result, timeout class or -1 to keep), and
+    writes the peers back into `tcp` (first-packet set-up sticks even when the
+    segment then fails the window check, as in OVS).
+    """
+    k = conn.size
+    ar = np.arange(k)
+    P = tcp[conn]
+    s = reply.astype(np.intp)
+    d = 1 - s
+    src, dst = P[ar, s], P[ar, d]           # copies; written back at the end
+    s_lo, s_hi, s_mw, s_ws, s_st = (src[:, j].copy() for j in range(5))
+    d_lo, d_hi, d_mw, d_ws, d_st = (dst[:, j].copy() for j in range(5))
+    fl = flags
+    syn, fin, rst, ackf = (fl & SYN) != 0, (fl & FIN) != 0, (fl & RST) != 0, (fl & ACK) != 0
+    res = np.full(k, VALID, dtype=np.int64)
+    tm = np.full(k, -1, dtype=np.int64)
+    bad = invalid_flags_many(fl)
+    res[bad] = INVALID
+    vnew = ~bad & syn & ~ackf & (s_st <= SYN_SENT)
+    s_st[vnew] = SYN_SENT
+    res[vnew] = VALID_NEW
+    tm[vnew] = TM_TCP_FIRST
+    go = ~bad & ~vnew
+    both_flag = ((s_ws & d_ws) & WSCALE_FLAG) != 0
+    both_unk = ((s_ws & d_ws) & WSCALE_UNKNOWN) != 0
+    sws = np.where(~syn & both_flag, s_ws & WSCALE_MASK, np.where(~syn & both_unk, MAX_WSCALE, 0))
+    dws = np.where(~syn & both_flag, d_ws & WSCALE_MASK, np.where(~syn & both_unk, MAX_WSCALE, 0))
+    win = win.copy()
+    end = (seq + plen + syn + fin) & _M32
+    check = np.ones(k, dtype=bool)
+    first = go & (s_st < SYN_SENT)
+    if first.any():
+        scale = first & syn & ((d_ws & WSCALE_FLAG) != 0)
+        s_ws = np.where(scale, wscale, s_ws)
+        has = scale & ((s_ws & WSCALE_FLAG) != 0)
+        sws = np.where(has, s_ws & WSCALE_MASK, sws)
+        win = np.where(has, -(-win // (1 << sws)), win)
+        dws = np.where(has, d_ws & WSCALE_MASK, dws)
+        fix = scale & ~has
+        d_mw = np.where(fix, (d_mw << (d_ws & WSCALE_MASK)) & 0xFFFF, d_mw)
+        d_ws = np.where(fix, 0, d_ws)
+        s_lo = np.where(first, seq, s_lo)
+        s_st = np.where(first, SYN_SENT, s_st)
+        lim = (end + np.maximum(1, d_mw << dws)) & _M32
+        slide = first & ((s_hi == 1) | _vgeq(lim, s_hi))
+        s_hi = np.where(slide, lim, s_hi)
+        check &= ~slide
+        s_mw = np.where(first & (win > s_mw), win, s_mw)
+    a = np.where(~ackf | ((ack == 0) & ackf & rst), d_lo, ack)
+    empty = seq == end
+    sq = np.where(empty, s_lo, seq)
+    en = np.where(empty, s_lo, end)
+    skew = np.where(check, ((d_lo - a + 0x80000000) & _M32) - 0x80000000, 0)
+    inwin = (_vgeq(s_hi, en) & _vgeq(sq, (s_lo - (d_mw << dws)) & _M32)
+             & (skew >= -MAXACKWINDOW) & (skew <= (MAXACKWINDOW << sws))
+             & (~rst | (seq == s_lo) | (seq == ((s_lo + 1) & _M32))
+                | (((seq + 1) & _M32) == s_lo)))
+    b1 = go & (inwin | liberal)
+    b2 = go & ~b1 & ((d_st < SYN_SENT) | (d_st >= FIN_WAIT_2) | (s_st >= FIN_WAIT_2)) \
+        & _vgeq((s_hi + MAXACKWINDOW) & _M32, en) & _vgeq(sq, (s_lo - MAXACKWINDOW) & _M32)
+    res[go & ~b1 & ~b2] = INVALID
+    acc = b1 | b2
+    s_mw = np.where(acc & (s_mw < win), win, s_mw)
+    s_lo = np.where(acc & _vgeq(en, s_lo) & (en != s_lo), en, s_lo)
+    ws = win << sws
+    d_hi = np.where(acc & _vgeq((a + ws) & _M32, d_hi), (a + np.maximum(ws, 1)) & _M32, d_hi)
+    s_st = np.where(b1 & syn & (s_st < SYN_SENT), SYN_SENT, s_st)
+    s_st = np.where(acc & fin & (s_st < CLOSING), CLOSING, s_st)
+    d_st = np.where(b1 & ackf & (d_st == SYN_SENT), ESTABLISHED,
+                    np.where(b1 & ackf & (d_st == CLOSING), FIN_WAIT_2, d_st))
+    s_st = np.where(acc & rst, TIME_WAIT, s_st)
+    d_st = np.where(acc & rst, TIME_WAIT, d_st)
+    cls = np.select([(s_st >= FIN_WAIT_2) & (d_st >= FIN_WAIT_2),
+                     (s_st >= CLOSING) & (d_st >= CLOSING),
+                     (s_st < ESTABLISHED) | (d_st < ESTABLISHED),
+                     (s_st >= CLOSING) | (d_st >= CLOSING)],
+                    [TM_TCP_CLOSED, TM_TCP_FIN_WAIT, TM_TCP_OPENING, TM_TCP_CLOSING],
+                    TM_TCP_EST)
+    tm = np.where(b1, cls, tm)
+    P[ar, s] = np.stack([s_lo, s_hi, s_mw, s_ws, s_st], axis=1)
+    P[ar, d] = np.stack([d_lo, d_hi, d_mw, d_ws, d_st], axis=1)
+    tcp[conn] = P
+    return res, tm
