@@ -71,10 +71,14 @@ tests/datapath/test_conntrack_ovs.py):
 
 Speed: packets are keyed, hashed and looked up for the whole batch (numpy
 open-addressing index, conntrack_index); each connection is one 256-byte table
-row gathered once.  Established TCP segments (any number per connection,
-conntrack_tcp.established_runs), steady UDP/ICMP and committing new
-connections whose tuple nothing else in the batch touches are vectorized; the
-rest runs per packet in batch order (conntrack_slow).  bench/bench_conntrack.py
+row gathered once.  Vectorized: established TCP ACK segments (any number per
+connection, conntrack_tcp.established_runs), any TCP segment of a connection
+with one row in the batch (conntrack_tcp.update_many: handshakes, FIN, RST),
+steady UDP/ICMP, and committing new connections whose tuple nothing else in
+the batch touches.  The rest (several non-trivial segments of one connection,
+ICMP errors, NAT set-up, limits reached, recirculated NATed packets) runs per
+packet in batch order (conntrack_slow).  Results are the same either way
+(tests compare batches with one-by-one runs).  bench/bench_conntrack.py
 measures it.
 
 Integration (the switch's ct(table=T, zone=Z, commit, nat, exec(...)) action):
