@@ -83,8 +83,10 @@ def main() -> None:
             assert enc.counters == {"encap_packets": args.batch}, enc.counters
             dec = T.decap(enc.batch, rows, [pb], ub)
             assert dec.counters == {"decap_packets": args.batch}, dec.counters
-            e = measure(lambda: T.encap(batch, rows, pa, tun, ua), args.batch, args.seconds)
-            d = measure(lambda: T.decap(enc.batch, rows, [pb], ub), args.batch, args.seconds)
+            e = measure(lambda b=batch, p=pa, t=tun: T.encap(b, rows, p, t, ua),
+                        args.batch, args.seconds)
+            d = measure(lambda b=enc.batch, p=pb: T.decap(b, rows, [p], ub),
+                        args.batch, args.seconds)
             print(f"{name:<28} {size:>11} {e:>11.2f} {d:>11.2f}")
 
 

@@ -46,7 +46,8 @@ def _encap_all(cases: list[dict]) -> Batch:
     """One push for all cases of one MD type: fields as per-row arrays."""
     md = cases[0]["md_type"]
     b = Batch.from_packets([c["inner"] for c in cases], 1)
-    col = lambda k: np.array([c[k] for c in cases], np.int64)  # noqa: E731
+    def col(k):
+        return np.array([c[k] for c in cases], np.int64)
     kw = {k: col(k) for k in ("spi", "si", "flags", "ttl")}
     if md == 1:
         kw["context"] = tuple(np.array([c["context"][j] for c in cases], np.int64)

@@ -10,9 +10,26 @@ import pytest
 
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import Batch
-from tests.datapath.test_tunnel_util import (A4, A6, B4, B6, FAR4, FAR6, MAC_A, MAC_B, MAC_GW,
-                                             UPLINK, Inner, assert_clean, dissect, inner_frame,
-                                             ip4, ip6_parts, num, underlay)
+from tests.datapath.test_tunnel_util import (
+    A4,
+    A6,
+    B4,
+    B6,
+    FAR4,
+    FAR6,
+    MAC_A,
+    MAC_B,
+    MAC_GW,
+    UPLINK,
+    Inner,
+    assert_clean,
+    dissect,
+    inner_frame,
+    ip4,
+    ip6_parts,
+    num,
+    underlay,
+)
 
 N_CONFIGS = 130          # x 5 frames each = 650 generated encapsulations
 PER_CONFIG = 5
@@ -42,8 +59,8 @@ def _config(rnd: random.Random, i: int) -> Case:
     flow_remote = rnd.random() < 0.4 or far
     a, b = (A4, B4) if family == 4 else (A6, B6)
     dst = (FAR4 if family == 4 else FAR6) if far else b
-    common = dict(kind=kind, csum=csum, tos=tos, ttl=ttl, df_default=df,
-                  key=key_val if key == "fixed" else key)
+    common = {"kind": kind, "csum": csum, "tos": tos, "ttl": ttl, "df_default": df,
+              "key": key_val if key == "fixed" else key}
     pa = T.TunnelPort(ofport=5, remote_ip="flow" if flow_remote else dst,
                       local_ip=None if rnd.random() < 0.5 else a, **common)
     pb = T.TunnelPort(ofport=6, remote_ip=a if rnd.random() < 0.6 else "flow", **common)

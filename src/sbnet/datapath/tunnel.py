@@ -343,7 +343,8 @@ def encap(batch: Batch, rows, port: TunnelPort, tun: dict | None, underlay: Unde
     if len(keep) == 0:
         return EncapResult(Batch.empty(), np.zeros(0, np.uint32), idx[:0], +counters)
     if len(keep) < m:
-        sub = lambda a: a[keep]  # noqa: E731
+        def sub(a):
+            return a[keep]
         idx, start, length, fam6, dhi, dlo, shi, slo, key, tnl_len, ip_len, ip_total = map(
             sub, (idx, start, length, fam6, dhi, dlo, shi, slo, key, tnl_len, ip_len, ip_total))
         dst_mac, src_mac, out_port, optlen = map(sub, (dst_mac, src_mac, out_port, optlen))
