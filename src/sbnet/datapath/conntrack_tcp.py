@@ -352,31 +352,33 @@ def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
 def _established_single(tcp, conn, reply, seq, ack, win, plen, liberal):
     """established_runs() when every connection has one row: no prefix maxima."""
     n = conn.size
-    ar = np.arange(n)
     peers = tcp[conn]
     s = reply.astype(np.intp)
     d = 1 - s
-    ws_s, ws_d = peers[ar, s, 3], peers[ar, d, 3]
+    rp = reply[:, None]
+    src = np.where(rp, peers[:, 1], peers[:, 0])
+    dst = np.where(rp, peers[:, 0], peers[:, 1])
+    ws_s, ws_d = src[:, 3], dst[:, 3]
     both_flag = ((ws_s & ws_d) & WSCALE_FLAG) != 0
     both_unk = ((ws_s & ws_d) & WSCALE_UNKNOWN) != 0
     sws = np.where(both_flag, ws_s & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
     dws = np.where(both_flag, ws_d & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
-    b_s, b_d = peers[ar, s, 0], peers[ar, d, 0]
+    b_s, b_d = src[:, 0], dst[:, 0]
     end_rel = _rel((seq + plen) & _M32, b_s)
     hi_rel = _rel((ack + np.maximum(win << sws, 1)) & _M32, b_d)
-    s_hi = _rel(peers[ar, s, 1], b_s)
-    d_hi = _rel(peers[ar, d, 1], b_d)
+    s_hi = _rel(src[:, 1], b_s)
+    d_hi = _rel(dst[:, 1], b_d)
     empty = plen == 0
     seq_r = np.where(empty, 0, _rel(seq, b_s))
     end_r = np.where(empty, 0, end_rel)
     ackskew = -_rel(ack, b_d)
-    ok = ((s_hi - end_r >= 0) & (seq_r + (peers[ar, d, 2] << dws) >= 0)
+    ok = ((s_hi - end_r >= 0) & (seq_r + (dst[:, 2] << dws) >= 0)
           & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
     if liberal:
         ok[:] = True
     tcp[conn, s, 0] = np.where(ok & ~empty, (b_s + np.maximum(end_rel, 0)) & _M32, b_s)
-    tcp[conn, s, 2] = np.where(ok, np.maximum(win, peers[ar, s, 2]), peers[ar, s, 2])
-    tcp[conn, d, 1] = np.where(ok, (b_d + np.maximum(hi_rel, d_hi)) & _M32, peers[ar, d, 1])
+    tcp[conn, s, 2] = np.where(ok, np.maximum(win, src[:, 2]), src[:, 2])
+    tcp[conn, d, 1] = np.where(ok, (b_d + np.maximum(hi_rel, d_hi)) & _M32, dst[:, 1])
     return ok, np.ones(n, dtype=bool)
 
 
