@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sbnet.model.errors import BadRequest
+from sbnet.model.errors import BadRequest, Forbidden
 
 REQUIRED = object()  # marks an attribute a POST must carry
 
@@ -230,7 +230,7 @@ def validate_body(attrs: dict[str, Attr], body: Any, *, create: bool, is_admin: 
         if not (a.post if create else a.put):
             raise BadRequest(f"Attribute '{name}' not allowed in {'POST' if create else 'PUT'}")
         if a.admin_only and not is_admin:
-            raise _forbidden(name)
+            raise Forbidden(f"(rule:{name}) is disallowed by policy")
         try:
             out[name] = a.convert(value) if a.convert else value
         except Invalid as exc:
@@ -244,7 +244,3 @@ def validate_body(attrs: dict[str, Attr], body: Any, *, create: bool, is_admin: 
             out[name] = a.default_value()
     return out
 
-
-def _forbidden(name: str) -> Exception:
-    from sbnet.model.errors import Forbidden
-    return Forbidden(f"(rule:{name}) is disallowed by policy")
