@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 import time
@@ -292,13 +291,13 @@ class IpfixEncoder:
             a["ethernetType"] = [r.eth_type for r in recs]
             return a
         if tid == T_V4:
-            a["sourceIPv4Address"] = [int(ipaddress.IPv4Address(r.src)) for r in recs]
-            a["destinationIPv4Address"] = [int(ipaddress.IPv4Address(r.dst)) for r in recs]
+            a["sourceIPv4Address"] = [r.src_int for r in recs]
+            a["destinationIPv4Address"] = [r.dst_int for r in recs]
             a["sourceIPv4PrefixLength"] = [r.src_prefix for r in recs]
             a["destinationIPv4PrefixLength"] = [r.dst_prefix for r in recs]
         else:
-            a["sourceIPv6Address"] = [ipaddress.IPv6Address(r.src).packed for r in recs]
-            a["destinationIPv6Address"] = [ipaddress.IPv6Address(r.dst).packed for r in recs]
+            a["sourceIPv6Address"] = [r.src_int.to_bytes(16, "big") for r in recs]
+            a["destinationIPv6Address"] = [r.dst_int.to_bytes(16, "big") for r in recs]
             a["sourceIPv6PrefixLength"] = [r.src_prefix for r in recs]
             a["destinationIPv6PrefixLength"] = [r.dst_prefix for r in recs]
         a["sourceTransportPort"] = [r.sport for r in recs]

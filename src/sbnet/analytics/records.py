@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -72,6 +73,8 @@ class FlowRecord:
     wildcards: tuple[str, ...]    # 5-tuple fields the megaflow does not match exactly
     end_reason: int = END_FORCED
     megaflow: int = -1            # megaflow id, -1 for malformed-packet records
+    src_int: int = 0              # the addresses as integers (what IPFIX carries)
+    dst_int: int = 0
 
     @property
     def dropped(self) -> bool:
@@ -90,6 +93,8 @@ class _Static:
     eth_type: int
     src: str
     dst: str
+    src_int: int
+    dst_int: int
     src_prefix: int
     dst_prefix: int
     proto: int
@@ -106,6 +111,51 @@ class _Static:
     wildcards: tuple[str, ...]
 
 
+def _v4(a: int) -> str:
+    return f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}"
+
+
+_WIDTH = {"nw_src": 0xFFFFFFFF, "nw_dst": 0xFFFFFFFF, "nw_proto": 0xFF,
+          "tp_src": 0xFFFF, "tp_dst": 0xFFFF}
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_info(slots: tuple, mask: tuple, eth_type: int, proto: int):
+    """Prefix lengths and wildcarded 5-tuple fields of one megaflow mask (shared by its subtable)."""
+    mk = dict(zip(slots, mask))
+
+    def m(name: str) -> int:
+        return mk.get(S[name], 0)
+
+    if eth_type == F.ETH_IP:
+        sp, dp = m("nw_src").bit_count(), m("nw_dst").bit_count()
+        names = FIVE_TUPLE_V4
+    elif eth_type == F.ETH_IPV6:
+        sp = m("ipv6_src_hi").bit_count() + m("ipv6_src_lo").bit_count()
+        dp = m("ipv6_dst_hi").bit_count() + m("ipv6_dst_lo").bit_count()
+        names = FIVE_TUPLE_V6
+    else:
+        return 0, 0, (), False
+    wild = [n for n in names if not n.startswith("ipv6_") and m(n) & _WIDTH[n] != _WIDTH[n]]
+    if eth_type == F.ETH_IPV6:
+        wild += ["ipv6_src"] * (sp < 128) + ["ipv6_dst"] * (dp < 128)
+    # tp_src/tp_dst carry ICMP type/code for ICMP, as in OVS; a record's ports are 0 then.
+    if proto not in (F.IP_TCP, F.IP_UDP, F.IP_SCTP):
+        wild = [w for w in wild if w not in ("tp_src", "tp_dst")]
+    return sp, dp, tuple(wild), not wild
+
+
+@functools.lru_cache(maxsize=4096)
+def _action_info(actions: tuple, tier: str) -> tuple[int, str]:
+    """First output port and tier: megaflows sending to the controller are slow-path work."""
+    out = next((a.port for a in actions if isinstance(a, odp.Output)
+                and a.port != F.OFPP_CONTROLLER), 0)
+    if any(isinstance(a, odp.Userspace) or (isinstance(a, odp.Output)
+           and a.port == F.OFPP_CONTROLLER) for a in actions):
+        tier = "slowpath"
+    return out, tier
+
+
 def _static_of(mf) -> _Static:
     key = mf.key
     mask = dict(zip(mf.slots, mf.mask))
@@ -114,62 +164,41 @@ def _static_of(mf) -> _Static:
         s = S[name]
         return key[s] & mask.get(s, 0)
 
-    def m(name: str) -> int:
-        return mask.get(S[name], 0)
-
     eth_type = val("eth_type")
     src = dst = ""
-    sp = dp = 0
+    src_int = dst_int = 0
+    ip = eth_type in (F.ETH_IP, F.ETH_IPV6)
     if eth_type == F.ETH_IP:
-        src = str(ipaddress.IPv4Address(val("nw_src")))
-        dst = str(ipaddress.IPv4Address(val("nw_dst")))
-        sp, dp = bin(m("nw_src")).count("1"), bin(m("nw_dst")).count("1")
-        tuple_slots = FIVE_TUPLE_V4
+        src_int, dst_int = val("nw_src"), val("nw_dst")
+        src, dst = _v4(src_int), _v4(dst_int)
     elif eth_type == F.ETH_IPV6:
-        src = str(ipaddress.IPv6Address(val("ipv6_src_hi") << 64 | val("ipv6_src_lo")))
-        dst = str(ipaddress.IPv6Address(val("ipv6_dst_hi") << 64 | val("ipv6_dst_lo")))
-        sp = bin(m("ipv6_src_hi")).count("1") + bin(m("ipv6_src_lo")).count("1")
-        dp = bin(m("ipv6_dst_hi")).count("1") + bin(m("ipv6_dst_lo")).count("1")
-        tuple_slots = FIVE_TUPLE_V6
-    else:
-        tuple_slots = ()
-    widths = {"nw_src": 0xFFFFFFFF, "nw_dst": 0xFFFFFFFF, "nw_proto": 0xFF,
-              "tp_src": 0xFFFF, "tp_dst": 0xFFFF}
-    full = {n: widths.get(n, 0xFFFFFFFFFFFFFFFF) for n in tuple_slots}
-    wild = tuple(n for n in tuple_slots
-                 if m(n) & full[n] != full[n] and not n.startswith("ipv6_"))
-    if eth_type == F.ETH_IPV6:
-        if sp < 128:
-            wild += ("ipv6_src",)
-        if dp < 128:
-            wild += ("ipv6_dst",)
-    proto = val("nw_proto") if tuple_slots else 0
-    # tp_src/tp_dst carry ICMP type/code for ICMP, as in OVS; a record's ports are 0 then.
+        src_int = val("ipv6_src_hi") << 64 | val("ipv6_src_lo")
+        dst_int = val("ipv6_dst_hi") << 64 | val("ipv6_dst_lo")
+        src, dst = str(ipaddress.IPv6Address(src_int)), str(ipaddress.IPv6Address(dst_int))
+    proto = val("nw_proto") if ip else 0
+    sp, dp, wild, exact = _mask_info(mf.slots, mf.mask, eth_type, proto)
     ports = proto in (F.IP_TCP, F.IP_UDP, F.IP_SCTP)
-    if proto in (F.IP_ICMP, F.IP_ICMPV6) or not ports:
-        wild = tuple(w for w in wild if w not in ("tp_src", "tp_dst"))
     tci = val("vlan_tci")
-    out = next((a.port for a in mf.actions if isinstance(a, odp.Output)
-                and a.port != F.OFPP_CONTROLLER), 0)
-    tier = mf.tier
-    if any(isinstance(a, odp.Userspace) or (isinstance(a, odp.Output)
-           and a.port == F.OFPP_CONTROLLER) for a in mf.actions):
-        tier = "slowpath"
+    try:
+        out, tier = _action_info(mf.actions, mf.tier)
+    except TypeError:                       # unhashable actions: no memo
+        out, tier = _action_info.__wrapped__(mf.actions, mf.tier)
     cookies = tuple(r.flow.cookie for r in mf.rules)
     cookie = next((c for c in reversed(cookies) if c), 0)
-    tcp_mask = m("tcp_flags")
+    tcp_mask = mask.get(S["tcp_flags"], 0)
     return _Static(
         in_port=key[S["in_port"]], out_port=out, eth_type=eth_type, src=src, dst=dst,
+        src_int=src_int, dst_int=dst_int,
         src_prefix=sp, dst_prefix=dp, proto=proto,
         sport=val("tp_src") if ports else 0, dport=val("tp_dst") if ports else 0,
         vlan=(tci & 0xFFF) if tci & F.VLAN_CFI else None,
-        vni=val("tun_id") if m("tun_id") else None,
+        vni=val("tun_id") if mask.get(S["tun_id"]) else None,
         # Without per-megaflow flag accumulation in the datapath, the flags known are
         # those of the packet that created the megaflow (exact when the mask has them).
         tcp_flags=(key[S["tcp_flags"]] if proto == F.IP_TCP else 0) if not tcp_mask
         else val("tcp_flags"),
         tier=tier, reason=mf.reason, cookie=cookie, cookies=cookies,
-        exact=not wild and bool(tuple_slots), wildcards=wild)
+        exact=exact, wildcards=wild)
 
 
 class FlowMeter:
@@ -276,16 +305,15 @@ class FlowMeter:
         idle = live & (now - used >= self.idle_timeout)
         active = live & ~idle & (now - self._first[ids] >= self.active_timeout)
         for sel, end in ((idle, END_IDLE), (active, END_ACTIVE)):
-            for i in ids[sel].tolist():
-                out.append(self._cut(i, now, end))
+            if sel.any():
+                out.extend(self._cut(ids[sel], end))
         n_live = int(np.count_nonzero(self._live[ids]))
         if n_live > self.max_records:
             # Over the cap: export and close the records least recently used.
             cand = ids[self._live[ids]]
             order = np.argsort(c.used[cand], kind="stable")[:n_live - self.max_records]
-            for i in cand[order].tolist():
-                out.append(self._cut(i, now, END_RESOURCES))
-                self.evicted_for_cap += 1
+            out.extend(self._cut(cand[order], END_RESOURCES))
+            self.evicted_for_cap += order.size
         out.extend(self._malformed(now))
         for r in out:
             self._account(r)
@@ -295,12 +323,11 @@ class FlowMeter:
         """Export every open record (forced end), e.g. at shutdown; counters stay exact."""
         out = self.poll(now)
         c = self.sw.cache
-        for i in list(self._mfs):
-            if c.packets[i] > self._base_pk[i]:
-                r = self._cut(i, now, END_FORCED)
-                self._account(r)
-                out.append(r)
-        return out
+        ids = np.fromiter(self._mfs.keys(), dtype=np.int64, count=len(self._mfs))
+        rest = self._cut(ids[c.packets[ids] > self._base_pk[ids]], END_FORCED)
+        for r in rest:
+            self._account(r)
+        return out + rest
 
     def live(self, now: float) -> list[FlowRecord]:
         """Open records with their counts so far (not exported, nothing changes)."""
@@ -316,16 +343,24 @@ class FlowMeter:
         return out
 
     # -- helpers ----------------------------------------------------------------
-    def _cut(self, i: int, now: float, end: int) -> FlowRecord:
+    def _cut(self, ids: np.ndarray, end: int) -> list[FlowRecord]:
+        """Close the open records of megaflows `ids`: counts since the last cut, bases moved on."""
         c = self.sw.cache
-        pk, by = int(c.packets[i]), int(c.bytes[i])
-        rec = self._make(self._mfs[i], pk - int(self._base_pk[i]), by - int(self._base_by[i]),
-                         float(self._first[i]) if self._live[i] else self._mfs[i].created,
-                         float(c.used[i]), end)
-        self._base_pk[i], self._base_by[i] = pk, by
-        self._live[i] = False
-        self._segments[i] += 1
-        return rec
+        pk, by, used = c.packets[ids], c.bytes[ids], c.used[ids]
+        # Not yet seen live by a poll: the first record starts at creation, later ones at last use.
+        first = np.where(self._live[ids], self._first[ids],
+                         np.where(self._segments[ids] == 0, np.nan, used))
+        dpk, dby = pk - self._base_pk[ids], by - self._base_by[ids]
+        self._base_pk[ids], self._base_by[ids] = pk, by
+        self._live[ids] = False
+        self._segments[ids] += 1
+        out = []
+        mfs = self._mfs
+        for i, p, b, f, u in zip(ids.tolist(), dpk.tolist(), dby.tolist(), first.tolist(),
+                                 used.tolist()):
+            mf = mfs[i]
+            out.append(self._make(mf, p, b, mf.created if f != f else f, u, end))
+        return out
 
     def _record(self, mf, pk: int, by: int, used: float, end: int) -> FlowRecord | None:
         i = mf.mf_id
@@ -352,7 +387,8 @@ class FlowMeter:
             vlan=st.vlan, vni=st.vni, project=info.project, neutron_port=info.neutron_port,
             packets=pk, bytes=by, first=first, last=max(last, first), tcp_flags=flags,
             tier=st.tier, reason=st.reason, cookie=st.cookie, cookies=st.cookies,
-            exact=st.exact, wildcards=st.wildcards, end_reason=end, megaflow=mf.mf_id)
+            exact=st.exact, wildcards=st.wildcards, end_reason=end, megaflow=mf.mf_id,
+            src_int=st.src_int, dst_int=st.dst_int)
 
     def _malformed(self, now: float) -> list[FlowRecord]:
         cur = np.asarray(self.sw.parse_errors, dtype=np.int64)

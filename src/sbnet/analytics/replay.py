@@ -37,7 +37,8 @@ def sample(meter: FlowMeter, t: float) -> Sample:
 
 
 def replay(switch, meter: FlowMeter, packets: list[tuple[float, bytes, int]], batch: int = 256,
-           poll_every: float = 1.0, sink=None, sample_every: float | None = None) -> ReplayResult:
+           poll_every: float = 1.0, sink=None, sample_every: float | None = None,
+           on_sample=None) -> ReplayResult:
     """Run (time, frame, in_port) through `switch` in batches, polling the meter on pcap time.
 
     `sink(records, now)` receives each poll's expired records (an exporter's
@@ -71,6 +72,8 @@ def replay(switch, meter: FlowMeter, packets: list[tuple[float, bytes, int]], ba
         if next_sample is not None and now >= next_sample:
             res.samples.append(sample(meter, now))
             next_sample = now + sample_every
+            if on_sample is not None:
+                on_sample(res.samples[-1])
     if next_sample is not None:
         res.samples.append(sample(meter, now))
     emit(meter.flush(now), now)

@@ -117,7 +117,8 @@ def top(
     if live is not None:
         live.start()
     try:
-        res = _replay_with_view(sw, meter, packets, interval, sink, view, replay)
+        res = replay(sw, meter, packets, poll_every=interval, sink=sink, sample_every=interval,
+                     on_sample=lambda s: view(s.t))
     finally:
         if live is not None:
             live.stop()
@@ -132,24 +133,6 @@ def top(
         exporter.close()
     if server is not None:
         server.close()
-
-
-def _replay_with_view(sw, meter, packets, interval, sink, view, replay):
-    # The replay polls the meter; the view refreshes on every sample.
-    from sbnet.analytics import replay as rp
-
-    orig = rp.sample
-
-    def sample_and_view(m, t):
-        s = orig(m, t)
-        view(t)
-        return s
-
-    rp.sample = sample_and_view
-    try:
-        return replay(sw, meter, packets, poll_every=interval, sink=sink, sample_every=interval)
-    finally:
-        rp.sample = orig
 
 
 @flows_app.command("plot")
