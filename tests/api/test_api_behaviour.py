@@ -182,3 +182,22 @@ def test_json_suffix_of_older_clients(api: Api) -> None:
     net = api.create("networks", "network", name="suffix")
     assert api.req("GET", f"networks/{net['id']}.json", None, 200)["network"]["name"] == "suffix"
     assert "extensions" in api.req("GET", "extensions.json", None, 200)
+
+
+def test_change_feed_long_poll_over_http(server: str) -> None:
+    import threading
+    import time
+
+    import httpx
+
+    from apihelpers import ADMIN
+
+    with httpx.Client(base_url=server, headers=ADMIN, timeout=30) as c:
+        rev = c.get("/v2.0/sbnet/changes", params={"since": 0}).json()["revision"]
+        threading.Timer(0.5, lambda: httpx.post(server + "/v2.0/networks", headers=ADMIN,
+                                                json={"network": {"name": "poll"}})).start()
+        t0 = time.monotonic()
+        got = c.get("/v2.0/sbnet/changes", params={"since": rev, "wait": 20}).json()
+        assert time.monotonic() - t0 < 10
+        assert got["changes"][0]["body"]["name"] == "poll" and got["revision"] > rev
+        assert c.get("/v2.0/sbnet/changes", params={"wait": 999}).status_code == 400

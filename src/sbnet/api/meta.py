@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from sbnet.api.context import Context
 from sbnet.model.errors import BadRequest, Forbidden, NotFound
@@ -109,7 +112,7 @@ def extra_routes(router: APIRouter, api: Any) -> None:
         return {"rule_type": {"type": rule_type, "drivers": [
             {"name": "sbnet", "supported_parameters": params}]}}
 
-    def do_changes(ctx: Context, request: Request) -> dict:
+    def do_changes(ctx: Context, request: Request) -> tuple[int, int, float]:
         if not ctx.is_admin:
             raise Forbidden("rule:get_changes is disallowed by policy")
         try:
@@ -120,11 +123,20 @@ def extra_routes(router: APIRouter, api: Any) -> None:
             raise BadRequest("since, limit and wait must be numbers") from None
         if since < 0 or limit < 0 or not 0 <= wait <= MAX_WAIT:
             raise BadRequest(f"since and limit must not be negative, wait must be 0 to {MAX_WAIT}")
-        changes = api.store.changes_since(since, limit or None, wait)
-        return {"changes": changes, "revision": api.store.current_revision()}
+        return since, limit, wait
+
+    def fetch_changes(since: int, limit: int) -> tuple[list[dict], int]:
+        return api.store.changes_since(since, limit or None), api.store.current_revision()
 
     @router.get("/v2.0/sbnet/changes")
     async def changes(request: Request) -> Any:
         """The change feed for host agents: changes after `since`, oldest first (admin only);
         `wait=S` holds the request up to S seconds until there is one."""
-        return await api.call(request, do_changes)
+        since, limit, wait = await api.call(request, do_changes)
+        deadline = time.monotonic() + wait
+        while True:
+            # Sleep on the event loop between polls so waiting agents hold no worker thread.
+            rows, revision = await run_in_threadpool(fetch_changes, since, limit)
+            if rows or time.monotonic() >= deadline:
+                return {"changes": rows, "revision": revision}
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
