@@ -47,7 +47,7 @@ class TunnelPort:
     - local_ip: an address, "flow"/None (from tun_src, else the route's source address).
     - key: VNI/GRE key; an int, "flow" (tun_id), or None (GRE: no key field; VXLAN and
       Geneve: VNI 0).  On receive a fixed key must match, "flow" accepts any.
-    - csum: UDP/GRE checksum on send; None as OVS: on for UDP over IPv6, off otherwise.
+    - csum: UDP/GRE checksum on send (see checksum(): UDP over IPv6 always has one).
       Received checksums are verified whenever present.
     - tos: DSCP value (ECN bits zero) or "inherit" (the inner IP DSCP); ECN is always
       inherited from an inner IP packet (CE sent as ECT(0)), as OVS does.
@@ -101,9 +101,11 @@ class TunnelPort:
         return 0 if self.key is None else int(self.key)
 
     def checksum(self, family: int) -> bool:
-        if self.csum is not None:
-            return bool(self.csum)
-        return self.kind != "gre" and family == 6
+        """Whether sent packets carry a UDP/GRE checksum.  As OVS 3.1 does: UDP over IPv6
+        always (csum=false is not honoured there), otherwise only with csum=true."""
+        if self.kind != "gre" and family == 6:
+            return True
+        return bool(self.csum)
 
 
 class EncapResult(NamedTuple):
