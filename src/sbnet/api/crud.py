@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from sbnet.model import attrs as a
 from sbnet.model.errors import BadRequest, Forbidden, NotFound, PreconditionFailed, not_found
-from sbnet.model.resources import ResourceSpec
+from sbnet.model.resources import BY_NAME, ResourceSpec
 from sbnet.store import Tx
 
 if TYPE_CHECKING:
@@ -276,7 +276,6 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
     def parent_guard(tx: Tx, ctx: "Context", request: Request, write: bool) -> str | None:
         if not spec.parent:
             return None
-        from sbnet.model.resources import BY_NAME
         parent = fetch(tx, ctx, BY_NAME[spec.parent], request.path_params["parent_id"], write)
         return parent["id"]
 
