@@ -121,7 +121,7 @@ def main() -> None:
     for b, p in few:
         ct3.execute(b, p, np.arange(len(b)), 5, commit=True, nat=nat, now=1.0)
     t = time.process_time() - t0
-    print(f"new connections with SNAT (range):  {len(ct3) / t / 1e3:8.1f} k/s  (per-packet path)")
+    print(f"new connections with SNAT (range):  {len(ct3) / t / 1e3:8.1f} k/s")
     print(f"memory per connection (getsizeof):  {ct.memory_per_connection():8.0f} B")
     t0 = time.process_time()
     gone = ct.expire(1e9)

@@ -175,7 +175,9 @@ def test_batch_handshake_in_one_batch():
 def test_ct_tuple_fields_are_original_direction():
     ct = Conntrack()
     c = Tcp()
-    one(ct, c.pkt(0, "S"), zone=7)
+    r = ct_run(ct, [c.pkt(0, "S"), udp()], zone=7)       # committed in bulk
+    assert r.key("ct_nw_src", 0) == 0x0A000001 and r.key("ct_tp_dst", 0) == 80
+    assert r.key("ct_tp_src", 1) == 1 and r.key("ct_nw_proto", 1) == 17
     r = ct_run(ct, [c.pkt(1, "SA")], zone=7)
     assert r.key("ct_nw_src") == 0x0A000001 and r.key("ct_nw_dst") == 0x0A000002
     assert (r.key("ct_tp_src"), r.key("ct_tp_dst"), r.key("ct_nw_proto")) == (1234, 80, 6)

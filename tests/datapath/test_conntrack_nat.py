@@ -182,3 +182,18 @@ def test_established_batch_fast_path_translates():
         out = r.packet(i)
         assert out[IP].src == "10.1.1.1" and out[TCP].sport == 3000 + i and checksums_ok(out)
     assert set(r.states) == {"+est+trk+snat"}
+
+
+def test_batch_snat_unique_ports_and_exhaustion():
+    ct = Conntrack()
+    nat = NatSpec.parse("nat(src=10.1.1.1:3000-3049)")
+    pk = [udp(f"10.0.{i // 200}.{i % 200 + 1}", B, 5000 + i, 53) for i in range(100)]
+    r = ct_run(ct, pk, nat=nat)
+    snat = [i for i, s in enumerate(r.states) if s == "+new+trk+snat"]
+    assert len(snat) == 50 and ct.stats["nat_exhausted"] == 50 and len(ct) == 50
+    ports = [r.packet(i)[UDP].sport for i in snat]
+    assert sorted(ports) == list(range(3000, 3050))
+    assert all(checksums_ok(r.packet(i)) for i in snat[:10])
+    back = ct_run(ct, [udp(B, "10.1.1.1", 53, ports[k]) for k in range(50)], nat=NatSpec())
+    assert set(back.states) == {"+est+rpl+trk+dnat"}
+    assert [back.packet(k)[UDP].dport for k in range(50)] == [5000 + i for i in snat]

@@ -101,7 +101,7 @@ import numpy as np
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_index import HashIndex, stored
-from sbnet.datapath.conntrack_nat import SNAT, NatSpec, rewrite
+from sbnet.datapath.conntrack_nat import SNAT, NatSpec, first_candidates, rewrite
 from sbnet.datapath.conntrack_pkt import PacketInfo, extract
 from sbnet.datapath.conntrack_slow import PerPacketPath
 from sbnet.datapath.conntrack_table import (
@@ -305,18 +305,21 @@ class Conntrack(PerPacketPath):
         if fast.any():
             nat_rows.append(self._fast(p, fast, general, conn, reply, st, tsrc, now, nat,
                                        natted, R))
-        slow = np.flatnonzero(p.ok & ~fast)
-        if slow.size and commit and (nat is None or not nat.action) and not self._overflow:
-            slow = self._bulk_new(p, slow, found, natted, conn, reply, st, tsrc, now)
+        slow = stale = np.flatnonzero(p.ok & ~fast)
+        if slow.size and commit and not self._overflow and (nat is None or not nat.random):
+            slow, jobs = self._bulk_new(p, slow, found, natted, conn, reply, st, tsrc, now,
+                                        nat.action if nat is not None else 0, nat)
+            nat_rows.append(jobs)
         if slow.size:
             nat_rows.append(self._slow_rows(batch, parsed, rows, p, slow, conn, reply, st, tsrc,
                                             natted, zones, commit, nat, force, now))
         if commit and (set_mark is not None or set_label is not None):
             self._set_mark_label(conn, set_mark, set_label)
-            slow = np.arange(m)
-        if slow.size:
-            sc = slow[conn[slow] >= 0]
-            R[slow] = 0
+            stale = np.arange(m)
+        if stale.size:
+            # Rows not on the fast path: their connection changed, or is new.
+            sc = stale[conn[stale] >= 0]
+            R[stale] = 0
             R[sc] = self.table[conn[sc]]
         st[~p.ok] = INV
         self.stats["invalid"] += int(((st & INV) != 0).sum())
@@ -471,13 +474,18 @@ class Conntrack(PerPacketPath):
             fast[rows[left]] = False
         return np.where(valid, T.VALID, T.INVALID)
 
-    def _bulk_new(self, p, slow, found, natted, conn, reply, st, tsrc, now) -> np.ndarray:
-        """Commit, vectorized, the new connections whose tuple no other packet of the
-        batch touches (so order cannot matter); returns the rows left for the
-        per-packet path.  Only when the limits leave room for all of them."""
+    def _bulk_new(self, p, slow, found, natted, conn, reply, st, tsrc, now, act, nat):
+        """Commit, vectorized, the new connections whose tuples (original and reply)
+        no other packet of the batch touches, so order cannot matter; with NAT
+        (IPv4), those whose first-choice reply tuple is free.  Returns the rows
+        left for the per-packet path and the rows to translate.  Only when the
+        limits leave room for all of them."""
+        none = np.zeros(0, dtype=np.intp)
         cand = ~found[slow] & ~p.related[slow] & ~natted[slow]
+        if act:
+            cand &= ~p.v6[slow]
         if not cand.any():
-            return slow
+            return slow, none
         w = p.words[slow]
         proto = p.proto[slow]
         fl = p.flags[slow]
@@ -493,8 +501,12 @@ class Conntrack(PerPacketPath):
             | (p.v6[slow].astype(np.uint64) << np.uint64(24))
         h = stored(_hash_words(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3],
                                (w[:, 4] << np.uint64(32)) | w[:, 5]))
-        rh = stored(_hash_words(meta, w[:, 2], w[:, 3], w[:, 0], w[:, 1],
-                                (w[:, 5] << np.uint64(32)) | w[:, 4]))
+        if act:
+            rw = first_candidates(nat, self.hash_basis, p.zone[slow], proto, w)
+        else:
+            rw = w[:, [2, 3, 0, 1, 5, 4]]
+        rh = stored(_hash_words(meta, rw[:, 0], rw[:, 1], rw[:, 2], rw[:, 3],
+                                (rw[:, 4] << np.uint64(32)) | rw[:, 5]))
         ci = np.flatnonzero(cand)
         allh = np.concatenate([h, rh[ci]])
         _, inv, cnt = np.unique(allh, return_inverse=True, return_counts=True)
@@ -502,18 +514,18 @@ class Conntrack(PerPacketPath):
         cand[ci] &= once[:slow.size][ci] & once[slow.size:]
         ci = np.flatnonzero(cand)
         if not ci.size:
-            return slow
+            return slow, none
         absent = (self._index.get_many(h[ci]) < 0) & (self._index.get_many(rh[ci]) < 0)
         ci = ci[absent]
         k = ci.size
         if not k:
-            return slow
+            return slow, none
         zones = p.zone[slow[ci]].astype(np.int64)
         zu, zc = np.unique(zones, return_counts=True)
         if self._n + k > self.limit or any(
                 self._zone_limit(int(z)) and self._zone_count.get(int(z), 0) + int(n) >
                 self._zone_limit(int(z)) for z, n in zip(zu, zc)):
-            return slow
+            return slow, none
         while len(self._free) < k:
             self._alloc(self._cap * 2)
         slots = np.array(self._free[-k:][::-1], dtype=np.int64)
@@ -522,7 +534,8 @@ class Conntrack(PerPacketPath):
         blk = np.zeros((k, _W), dtype=np.uint64)
         wk = w[ci]
         blk[:, C_TUP:C_TUP + 6] = wk
-        blk[:, C_TUP + 6:C_TUP + 12] = wk[:, [2, 3, 0, 1, 5, 4]]
+        blk[:, C_TUP + 6:C_TUP + 12] = rw[ci]
+        blk[:, C_NAT] = act
         blk[:, C_ZONE] = zones
         pk = proto[ci]
         blk[:, C_PROTO] = pk
@@ -546,13 +559,13 @@ class Conntrack(PerPacketPath):
             self._zone_count[z] = self._zone_count.get(z, 0) + n
         self._n += k
         self.stats["committed"] += k
-        st[rows] = NEW
+        st[rows] = NEW | (SNAT_BIT if act == SNAT else DNAT_BIT if act else 0)
         conn[rows] = slots
         reply[rows] = False
         tsrc[rows] = 1
         keep = np.ones(slow.size, dtype=bool)
         keep[ci] = False
-        return slow[keep]
+        return slow[keep], (rows if act else none)
 
     def _set_mark_label(self, conn, set_mark, set_label) -> None:
         c = conn[conn >= 0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,9 +79,55 @@ _SPEC = re.compile(r"(?:\[([^\]]+)\]|([^:\-\[]+))(?:-(?:\[([^\]]+)\]|([^:\-\[]+)
                    r"(?::(\d+)(?:-(\d+))?)?")
 
 
-def _h32(*vals: int) -> int:
-    """A 32-bit hash of ints (stands in for OVS's hash_add chain)."""
-    return zlib.crc32(b"".join(v.to_bytes(17, "big", signed=True) for v in vals))
+_MIX = 0x9E3779B97F4A7C15
+
+
+def _mix(h, w):
+    """One step of a 64-bit multiply-xor mix; numpy uint64 arrays or Python ints alike."""
+    if isinstance(h, np.ndarray) or isinstance(w, np.ndarray):
+        h = (np.asarray(h, dtype=np.uint64) ^ np.asarray(w, dtype=np.uint64)) * np.uint64(_MIX)
+        return h ^ (h >> np.uint64(29))
+    h = ((h ^ w) * _MIX) & _M64
+    return h ^ (h >> 29)
+
+
+def spec_seed(spec: NatSpec, basis: int) -> int:
+    """The part of the NAT hash that depends on the range only (nat_range_hash's first adds)."""
+    h = basis & _M64
+    for v in (spec.addr_min >> 64, spec.addr_min & _M64, spec.addr_max >> 64,
+              spec.addr_max & _M64, spec.port_min << 16 | spec.port_max):
+        h = _mix(h, v)
+    return h
+
+
+def tuple_nat_hash(seed, zone, proto, v6, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
+    """32-bit hash of a connection's tuple under a range seed (scalars or arrays)."""
+    h = _mix(seed, src_hi)
+    for v in (src_lo, dst_hi, dst_lo):
+        h = _mix(h, v)
+    if isinstance(h, np.ndarray):
+        u = np.uint64
+        meta = (np.asarray(sport, u) << u(48)) | (np.asarray(dport, u) << u(32)) \
+            | (np.asarray(zone, u) << u(16)) | (np.asarray(proto, u) << u(8)) | np.asarray(v6, u)
+        return _mix(h, meta) & u(0xFFFFFFFF)
+    return _mix(h, sport << 48 | dport << 32 | zone << 16 | proto << 8 | v6) & 0xFFFFFFFF
+
+
+def nat_offsets(spec: NatSpec, basis: int, zone, proto, v6, src_hi, src_lo, dst_hi, dst_lo,
+                sport, dport):
+    """(h, off): the address hash and the port offset of nat_get_unique_tuple().
+
+    `persistent` takes the address from a hash without the basis (stable across
+    restarts, as OVS); the port offset always includes the basis.  `random` is
+    handled by the caller.
+    """
+    args = (zone, proto, v6, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+    if spec.persistent:
+        h = tuple_nat_hash(spec_seed(spec, 0), *args)
+        off = tuple_nat_hash(spec_seed(spec, basis), *args)
+    else:
+        h = off = tuple_nat_hash(spec_seed(spec, basis), *args)
+    return h, off
 
 
 def _ports_from(curr: int, lo: int, hi: int):
@@ -110,15 +155,10 @@ def allocate(spec: NatSpec, fwd: tuple, taken, basis: int) -> tuple | None:
     """
     zone, proto, v6, src, dst, sport, dport = fwd
     act = spec.action
-    hbasis = 0 if spec.persistent else basis
-    h = _h32(hbasis, spec.addr_min, spec.addr_max, spec.port_min, spec.port_max, src, dst,
-             sport, dport, proto, zone, v6)
+    h, off = nat_offsets(spec, basis, zone, proto, v6, src >> 64, src & _M64, dst >> 64,
+                         dst & _M64, sport, dport)
     if spec.random:
         off = random.getrandbits(32)
-    elif hbasis:
-        off = h
-    else:
-        off = _h32(basis, h)
     if spec.addr_min:
         lo, hi = spec.addr_min, spec.addr_max
         first = lo + h % (min(hi - lo, 0xFFFFFFFE) + 1)
@@ -148,6 +188,40 @@ def allocate(spec: NatSpec, fwd: tuple, taken, basis: int) -> tuple | None:
                 if not taken(cand):
                     return cand
     return None
+
+
+def first_candidates(spec: NatSpec, basis: int, zone: np.ndarray, proto: np.ndarray,
+                     words: np.ndarray) -> np.ndarray:
+    """allocate()'s first choice of reply tuple for many IPv4 connections at once.
+
+    words (k, 6) are the original tuples (src_hi, src_lo, dst_hi, dst_lo, sport,
+    dport); returns the reply tuples in the same layout.  Only the first
+    candidate: callers fall back to allocate() where it is taken.
+    """
+    u = np.uint64
+    w = words.astype(u)
+    zone = zone.astype(u)
+    proto_u = proto.astype(u)
+    h, off = nat_offsets(spec, basis, zone, proto_u, np.zeros_like(zone), w[:, 0], w[:, 1],
+                         w[:, 2], w[:, 3], w[:, 4], w[:, 5])
+    act = spec.action
+    if spec.addr_min:
+        span = min(spec.addr_max - spec.addr_min, 0xFFFFFFFE) + 1
+        addr = u(spec.addr_min) + h % u(span)
+    else:
+        addr = w[:, 1] if act == SNAT else w[:, 3]
+    pat = np.isin(proto, PAT_PROTOS)
+    sport, dport = w[:, 4], w[:, 5]
+    out = np.zeros_like(w)
+    if spec.port_min:
+        ported = u(spec.port_min) + off % u(spec.port_max - spec.port_min + 1)
+    if act == SNAT:
+        new_s = np.where(pat, ported, sport) if spec.port_min else sport
+        out[:, 1], out[:, 3], out[:, 4], out[:, 5] = w[:, 3], addr, dport, new_s
+    else:
+        new_d = np.where(pat, ported, dport) if spec.port_min else dport
+        out[:, 1], out[:, 3], out[:, 4], out[:, 5] = addr, w[:, 1], new_d, sport
+    return out
 
 
 # -- packet rewriting --------------------------------------------------------
