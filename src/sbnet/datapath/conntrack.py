@@ -64,6 +64,11 @@ tests/datapath/test_conntrack_ovs.py):
   tried before giving up.  The hash is not OVS's, so the port picked after a
   collision differs from OVS's; the translation otherwise matches it byte for
   byte (tests).  Replies are +est+rpl with the reverse bit (+dnat after SNAT).
+  A packet of a NATed connection is translated whatever its verdict, +inv
+  included (OVS handle_nat()).  In a batch, new connections whose first-choice
+  tuple is free are committed together; the others then search in batch
+  order, so after a collision the port picked may differ from one-by-one
+  processing (still unique).
 - `force` drops a connection found in the reply direction and starts anew.
 - Timeouts: Linux's defaults mapped onto OVS's timeout classes (Timeouts;
   Timeouts.ovs() gives OVS's netdev defaults).  No per-zone timeout policy,
@@ -74,8 +79,8 @@ open-addressing index, conntrack_index); each connection is one 256-byte table
 row gathered once.  Vectorized: established TCP ACK segments (any number per
 connection, conntrack_tcp.established_runs), any TCP segment of a connection
 with one row in the batch (conntrack_tcp.update_many: handshakes, FIN, RST),
-steady UDP/ICMP, and committing new connections whose tuple nothing else in
-the batch touches.  The rest (several non-trivial segments of one connection,
+steady UDP/ICMP, and committing new connections (IPv4 NAT included) whose
+tuples nothing else in the batch touches.  The rest (several non-trivial segments of one connection,
 ICMP errors, NAT set-up, limits reached, recirculated NATed packets) runs per
 packet in batch order (conntrack_slow).  Results are the same either way
 (tests compare batches with one-by-one runs).  bench/bench_conntrack.py
