@@ -154,3 +154,36 @@ def test_rule_cookie_port_info_and_tier():
     assert by_port[80].tcp_flags & 0x02             # SYN seen
     assert all(r.host == "compute-1" and r.neutron_port == port and r.tier == "software"
                for r in recs)
+
+
+FIREWALL = """
+table=0,priority=100,ip,ct_state=-trk actions=ct(table=1,zone=9)
+table=0,priority=10,arp actions=flood
+table=1,priority=100,ct_state=+trk+est,ip actions=resubmit(,2)
+table=1,priority=90,ct_state=+trk+new,in_port=1,tcp,tp_dst=80,cookie=0x80 actions=ct(commit,zone=9),resubmit(,2)
+table=1,priority=90,ct_state=+trk+new,in_port=1,udp,cookie=0x53 actions=ct(commit,zone=9),resubmit(,2)
+table=1,priority=1,cookie=0xdead actions=drop
+table=2,in_port=1 actions=output:2
+table=2,in_port=2 actions=output:1
+"""
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_conntrack_flows_count_once_with_their_final_verdict(exact):
+    pk = flow_traffic(600, duration=60, ports=(1,))
+    sw = make_switch(FIREWALL, exact=exact)
+    meter = FlowMeter(sw, active_timeout=20.0, idle_timeout=5.0)
+    res = replay(sw, meter, pk, batch=128)
+    assert sum(r.packets for r in res.records) == len(pk)
+    forwarded = sum(r.packets for r in res.records if not r.dropped)
+    assert forwarded == sw.ports[2].tx_packets          # everything forwarded leaves on 2 (ARP floods)
+    v4 = [r for r in res.records if r.src and ":" not in r.src]
+    web = [r for r in v4 if r.proto == 6 and r.dport == 80]
+    # The security-group rule that let a connection in names its first record;
+    # established packets pass by the +est rule (cookie 0), as in Neutron's tables.
+    assert web and all(r.reason == "forwarded" for r in web)
+    assert any(r.cookie == 0x80 for r in web)
+    ssh = [r for r in v4 if r.proto == 6 and r.dport == 22]
+    assert ssh and all(r.dropped and r.cookie == 0xdead for r in ssh)
+    v6 = [r for r in res.records if ":" in r.src]   # the firewall has no IPv6 rules
+    assert v6 and all(r.reason == "no matching flow in table 0" for r in v6)

@@ -63,8 +63,14 @@ def render(meter, exporter=None) -> str:
     nic = tiers.get("nic", [0, 0])[0]
     d.family("sbnet_offload_share", "gauge", "Share of packets carried by the NIC tier (0..1)",
              [({"host": host}, f"{nic / all_pk:.6f}" if all_pk else "0")])
-    d.family("sbnet_drops_total", "counter", "Dropped packets by reason (every datapath pass)",
-             [({"host": host, "reason": r}, n) for r, n in sorted(sw.drop_counts().items())])
+    drops: dict[str, int] = {}
+    for (_p, _t, reason), (pk, _by) in totals.items():
+        if reason != "forwarded":
+            drops[reason] = drops.get(reason, 0) + pk
+    # From the records (each packet's final verdict), not sw.drop_counts(), which also
+    # counts conntrack's first pass (ct + recirc, no output) as "no actions (drop)".
+    d.family("sbnet_drops_total", "counter", "Dropped packets by reason (final verdict)",
+             [({"host": host, "reason": r}, n) for r, n in sorted(drops.items())])
     mf_tiers: dict[str, int] = {}
     for mf in sw.cache.flows.values():
         mf_tiers[mf.tier] = mf_tiers.get(mf.tier, 0) + 1

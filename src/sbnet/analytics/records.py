@@ -23,7 +23,7 @@ END_NAMES = {END_IDLE: "idle timeout", END_ACTIVE: "active timeout",
              END_OF_FLOW: "end of flow", END_FORCED: "forced end",
              END_RESOURCES: "lack of resources"}
 
-_RECIRC = S["recirc_id"]
+TOO_DEEP = "recirculation too deep"      # the switch's drop reason with no megaflow of its own
 TIERS = ("software", "nic", "slowpath")
 
 # The 5-tuple slots a record names, and the slots that carry it per family.
@@ -215,8 +215,9 @@ class FlowMeter:
                  idle_timeout: float = IDLE_TIMEOUT, max_records: int = MAX_RECORDS,
                  ports: dict[int, PortInfo] | None = None, all_passes: bool = False) -> None:
         self.sw = switch
-        # With conntrack a packet crosses one megaflow per pass (recirculation);
-        # records come from first passes only, so each packet counts once.
+        # With conntrack a packet crosses one megaflow per pass (recirculation) and
+        # ends in exactly one that does not recirculate: records come from those, so
+        # each packet counts once, with its final verdict.
         self.all_passes = all_passes
         self.host = host
         self.active_timeout = active_timeout
@@ -226,7 +227,8 @@ class FlowMeter:
         self._mfs: dict[int, object] = {}          # megaflows seen and not yet gone
         self._static: dict[int, _Static] = {}
         self._final: dict[int, tuple[int, int, float]] = {}   # from on_evict
-        self._skip: set[int] = set()                 # later-pass megaflows (not metered)
+        self._skip: set[int] = set()                 # megaflows that recirculate (not metered)
+        self._too_deep = 0
         n = 1024
         self._base_pk = np.zeros(n, dtype=np.int64)   # counts already exported, by megaflow id
         self._base_by = np.zeros(n, dtype=np.int64)
@@ -240,6 +242,12 @@ class FlowMeter:
         self.bytes_exported = 0
         self.evicted_for_cap = 0
         self.by_end_reason: dict[int, int] = {}
+        # The switch calls these with each megaflow it evicts and its final counters.
+        # Without the hook the meter still works: megaflow ids are never reused, so
+        # the cache's counter arrays keep an evicted megaflow's final counts.
+        hooks = getattr(switch, "on_evict", None)
+        if isinstance(hooks, list):
+            hooks.append(self.on_evict)
         self.exported_by: dict[tuple[int, str, str], list[int]] = {}  # (port, tier, reason) -> [pk, by]
 
     # -- the switch hook --------------------------------------------------------
@@ -263,7 +271,7 @@ class FlowMeter:
         self._grow(c.packets.size)
         for i in c.flows.keys() - self._mfs.keys() - self._skip:
             mf = c.flows[i]
-            if mf.key[_RECIRC] and not self.all_passes:
+            if not self.all_passes and any(isinstance(a, odp.Recirc) for a in mf.actions):
                 self._skip.add(i)
                 continue
             self._mfs[i] = mf
@@ -395,15 +403,23 @@ class FlowMeter:
         delta = cur - self._parse_base
         self._parse_base = cur.copy()
         out = []
+        deep = self.sw.drops.get(TOO_DEEP, 0)
+        if deep > self._too_deep:
+            out.append(self._pseudo(deep - self._too_deep, TOO_DEEP, now))
+            self._too_deep = deep
         for code in np.flatnonzero(delta[1:] > 0) + 1:
-            out.append(FlowRecord(
-                host=self.host, in_port=0, out_port=0, direction="ingress", eth_type=0,
-                src="", dst="", src_prefix=0, dst_prefix=0, proto=0, sport=0, dport=0,
-                vlan=None, vni=None, project=None, neutron_port=None,
-                packets=int(delta[code]), bytes=0, first=now, last=now, tcp_flags=0,
-                tier="software", reason=f"malformed: {ERROR_REASONS[code]}", cookie=0,
-                cookies=(), exact=False, wildcards=(), end_reason=END_FORCED))
+            out.append(self._pseudo(int(delta[code]), f"malformed: {ERROR_REASONS[code]}", now))
         return out
+
+    def _pseudo(self, packets: int, reason: str, now: float) -> FlowRecord:
+        """A record for drops the switch counts only by reason (no megaflow, port or bytes)."""
+        return FlowRecord(
+            host=self.host, in_port=0, out_port=0, direction="ingress", eth_type=0,
+            src="", dst="", src_prefix=0, dst_prefix=0, proto=0, sport=0, dport=0,
+            vlan=None, vni=None, project=None, neutron_port=None,
+            packets=packets, bytes=0, first=now, last=now, tcp_flags=0,
+            tier="software", reason=reason, cookie=0,
+            cookies=(), exact=False, wildcards=(), end_reason=END_FORCED)
 
     def _account(self, r: FlowRecord) -> None:
         self.records_exported += 1
@@ -436,4 +452,7 @@ class FlowMeter:
         for code in np.flatnonzero(delta[1:] > 0) + 1:
             acc = out.setdefault((0, "software", f"malformed: {ERROR_REASONS[code]}"), [0, 0])
             acc[0] += int(delta[code])
+        deep = self.sw.drops.get(TOO_DEEP, 0) - self._too_deep
+        if deep > 0:
+            out.setdefault((0, "software", TOO_DEEP), [0, 0])[0] += deep
         return out
