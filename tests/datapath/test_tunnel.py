@@ -263,3 +263,19 @@ def test_port_config_checked():
     assert T.TunnelPort(1, "geneve", remote_ip=B6, csum=False).checksum(6)
     assert not T.TunnelPort(1, "geneve", remote_ip=B4).checksum(4)
     assert not T.TunnelPort(1, "gre", remote_ip=B6).checksum(6)
+
+
+def test_source_address_choice_as_ovs():
+    """local_ip fixed wins; local_ip=flow takes tun_src where set; else the route's source."""
+    frame = inner_frame(random.Random(1)).frame
+    b = Batch.from_packets([frame, frame], 1)
+    tun = {"tun_src": np.array([ip4("192.0.2.9"), 0], np.uint32)}
+
+    def sources(local_ip):
+        port = T.TunnelPort(1, "vxlan", remote_ip=B4, key=1, local_ip=local_ip)
+        r = T.encap(b, [0, 1], port, tun, underlay("a"))
+        return [".".join(str(x) for x in p[26:30]) for p in r.batch.packets()]
+
+    assert sources("flow") == ["192.0.2.9", A4]
+    assert sources(None) == [A4, A4]
+    assert sources("192.0.2.5") == ["192.0.2.5", "192.0.2.5"]

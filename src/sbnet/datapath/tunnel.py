@@ -44,7 +44,7 @@ class TunnelPort:
     """A tunnel port as OVS configures one (Interface type and options:*).
 
     - remote_ip: an address (text or int), or "flow" (taken from tun_dst/tun_ipv6_dst).
-    - local_ip: an address, "flow"/None (from tun_src, else the route's source address).
+    - local_ip: an address; "flow" (tun_src where non-zero); None: the route's source.
     - key: VNI/GRE key; an int, "flow" (tun_id), or None (GRE: no key field; VXLAN and
       Geneve: VNI 0).  On receive a fixed key must match, "flow" accepts any.
     - csum: UDP/GRE checksum on send (see checksum(): UDP over IPv6 always has one).
@@ -253,8 +253,8 @@ def encap(batch: Batch, rows, port: TunnelPort, tun: dict | None, underlay: Unde
 
     tun: the flow's tunnel fields, each an array aligned with rows or a scalar:
     tun_id (used when key="flow"), tun_dst or tun_ipv6_dst_hi/_lo (when remote_ip="flow";
-    a non-zero IPv6 destination wins), tun_src or tun_ipv6_src_hi/_lo (source override;
-    else local_ip, else the route's source), geneve_opts (bytes, or a list of bytes per
+    a non-zero IPv6 destination wins), tun_src or tun_ipv6_src_hi/_lo (used when
+    local_ip="flow"; else local_ip, else the route's source), geneve_opts (bytes, or a list of bytes per
     row: whole TLVs, see geneve_option), hash (uint32 flow hash for the UDP source port;
     computed from the inner frame when absent).
     Drops (counted per ENCAP_DROPS reason): no destination, no route, no neighbour
@@ -304,15 +304,17 @@ def encap(batch: Batch, rows, port: TunnelPort, tun: dict | None, underlay: Unde
         ok[good[~r.ok[t]]] = False
         dst_mac[sel], src_mac[sel], out_port[sel] = r.dst_mac[t], r.src_mac[t], r.ofport[t]
         mtu[sel], shi[sel], slo[sel] = r.mtu[t], r.src_hi[t], r.src_lo[t]
-    # Source address: the flow's tun_src, else the port's local_ip, else the route's.
+    # Source address, as OVS: local_ip; with local_ip=flow the flow's tun_src; else
+    # (or where that is zero) the route's source address.
     if port.local is not None:
         shi[:] = port.local[1] >> 64
         slo[:] = port.local[1] & _M64
-    t4 = _arr(tun, "tun_src", m) & np.uint64(0xFFFFFFFF)
-    t6hi, t6lo = _arr(tun, "tun_ipv6_src_hi", m), _arr(tun, "tun_ipv6_src_lo", m)
-    use = np.where(fam6, (t6hi != 0) | (t6lo != 0), t4 != 0)
-    shi = np.where(use, np.where(fam6, t6hi, 0), shi).astype(np.uint64)
-    slo = np.where(use, np.where(fam6, t6lo, t4), slo).astype(np.uint64)
+    elif port.local_ip == "flow":
+        t4 = _arr(tun, "tun_src", m) & np.uint64(0xFFFFFFFF)
+        t6hi, t6lo = _arr(tun, "tun_ipv6_src_hi", m), _arr(tun, "tun_ipv6_src_lo", m)
+        use = np.where(fam6, (t6hi != 0) | (t6lo != 0), t4 != 0)
+        shi = np.where(use, np.where(fam6, t6hi, 0), shi).astype(np.uint64)
+        slo = np.where(use, np.where(fam6, t6lo, t4), slo).astype(np.uint64)
     no_src = ok & (shi == 0) & (slo == 0)
     counters["no_source"] += int(no_src.sum())
     ok &= ~no_src
