@@ -12,17 +12,17 @@ from apihelpers import ADMIN, start_server, stop_server
 REQUESTS, FREE = 300, 250
 
 
-def _flood(urls: list[str]) -> None:
-    """300 creates spread over every server in urls (several processes, one database)."""
+def _flood(urls: list[str], requests: int = REQUESTS, free: int = FREE) -> None:
+    """`requests` creates against `free` addresses, spread over every server in urls."""
     url = urls[0]
     with httpx.Client(base_url=url, headers=ADMIN, timeout=120) as c:
         net = c.post("/v2.0/networks", json={"network": {"name": "flood"}}).json()["network"]
         sub = c.post("/v2.0/subnets", json={"subnet": {
             "network_id": net["id"], "cidr": "10.50.0.0/24",
-            "allocation_pools": [{"start": "10.50.0.2", "end": f"10.50.0.{1 + FREE}"}]}})
+            "allocation_pools": [{"start": "10.50.0.2", "end": f"10.50.0.{1 + free}"}]}})
         assert sub.status_code == 201, sub.text
 
-    limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=REQUESTS)
+    limits = httpx.Limits(max_connections=requests, max_keepalive_connections=requests)
     clients = [httpx.Client(base_url=u, headers=ADMIN, timeout=180, limits=limits) for u in urls]
     try:
         def create(i: int) -> httpx.Response:
@@ -30,7 +30,7 @@ def _flood(urls: list[str]) -> None:
                 "/v2.0/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}})
 
         with ThreadPoolExecutor(max_workers=100) as pool:
-            results = list(pool.map(create, range(REQUESTS)))
+            results = list(pool.map(create, range(requests)))
         ports = clients[-1].get("/v2.0/ports", params={"network_id": net["id"]}).json()["ports"]
 
         def create_net(i: int) -> httpx.Response:
@@ -44,12 +44,12 @@ def _flood(urls: list[str]) -> None:
 
     ok = [r.json()["port"] for r in results if r.status_code == 201]
     failed = [r for r in results if r.status_code != 201]
-    assert len(ok) == FREE
+    assert len(ok) == free
     assert {r.status_code for r in failed} == {409}
     assert {r.json()["NeutronError"]["type"] for r in failed} == {"IpAddressGenerationFailure"}
     ips = [p["fixed_ips"][0]["ip_address"] for p in ok]
     macs = [p["mac_address"] for p in ok]
-    assert len(set(ips)) == FREE and len(set(macs)) == FREE
+    assert len(set(ips)) == free and len(set(macs)) == free
     # What the server stored agrees with what it answered: no lost update, no phantom port.
     assert sorted(p["id"] for p in ports) == sorted(p["id"] for p in ok)
     assert {p["fixed_ips"][0]["ip_address"] for p in ports} == set(ips)
@@ -57,14 +57,14 @@ def _flood(urls: list[str]) -> None:
     assert len({n["provider:segmentation_id"] for n in nets}) == 60
 
 
-def _servers(db_url: str, count: int) -> None:
+def _servers(db_url: str, count: int, requests: int = REQUESTS, free: int = FREE) -> None:
     procs, urls = [], []
     try:
         for _ in range(count):
             proc, url = start_server(db_url)
             procs.append(proc)
             urls.append(url)
-        _flood(urls)
+        _flood(urls, requests, free)
     finally:
         for proc in procs:
             stop_server(proc)
@@ -83,7 +83,7 @@ def test_two_server_processes_share_one_database(backend: str, tmp_path: pytest.
                                                  request: pytest.FixtureRequest) -> None:
     """The guarantee holds across processes too: the database, not the process, serialises."""
     url = f"sqlite:///{tmp_path}/shared.db" if backend == "sqlite" else request.getfixturevalue("pg_db")
-    _servers(url, 2)
+    _servers(url, 2, requests=150, free=120)
 
 
 def _mixed(url: str, db_url: str) -> None:
