@@ -227,7 +227,8 @@ class FlowMeter:
         self._mfs: dict[int, object] = {}          # megaflows seen and not yet gone
         self._static: dict[int, _Static] = {}
         self._final: dict[int, tuple[int, int, float]] = {}   # from on_evict
-        self._skip: set[int] = set()                 # megaflows that recirculate (not metered)
+        self._ids = np.zeros(0, dtype=np.int64)      # ids in self._mfs, ascending
+        self._last_id = -1                           # newest megaflow id looked at
         self._too_deep = 0
         n = 1024
         self._base_pk = np.zeros(n, dtype=np.int64)   # counts already exported, by megaflow id
@@ -269,23 +270,38 @@ class FlowMeter:
     def _track_new(self) -> None:
         c = self.sw.cache
         self._grow(c.packets.size)
-        for i in c.flows.keys() - self._mfs.keys() - self._skip:
+        # Megaflow ids only grow and the cache's dict keeps insertion order, so the
+        # megaflows made since the last look are at its end: no scan of the rest.
+        new = []
+        for i in reversed(c.flows):
+            if i <= self._last_id:
+                break
+            new.append(i)
+        if not new:
+            return
+        self._last_id = new[0]
+        keep = []
+        for i in reversed(new):
             mf = c.flows[i]
             if not self.all_passes and any(isinstance(a, odp.Recirc) for a in mf.actions):
-                self._skip.add(i)
                 continue
             self._mfs[i] = mf
-            self._base_pk[i] = self._base_by[i] = 0
-            self._live[i] = False
-            self._segments[i] = 0
+            keep.append(i)
+        k = np.array(keep, dtype=np.int64)
+        self._base_pk[k] = self._base_by[k] = 0
+        self._live[k] = False
+        self._segments[k] = 0
+        self._ids = np.concatenate([self._ids, k])
 
     def poll(self, now: float) -> list[FlowRecord]:
         """Records that expired by `now`: megaflows gone, idle, past the active timeout, over the cap."""
         c = self.sw.cache
         self._track_new()
         out: list[FlowRecord] = []
-        # Megaflows that left the cache: their final counts, then forget them.
-        for i in sorted(self._mfs.keys() - c.flows.keys()):
+        # Megaflows that left the cache (the cache marks them with action -1): their
+        # final counts, then forget them.
+        gone = c.action_of[self._ids] < 0
+        for i in self._ids[gone].tolist():
             mf = self._mfs.pop(i)
             pk, by, used = self._final.pop(i, None) or (
                 # Ids are never reused, so the arrays still hold the final counts.
@@ -296,8 +312,9 @@ class FlowMeter:
                 out.append(rec)
             self._static.pop(i, None)
         self._final.clear()
-        self._skip.intersection_update(c.flows.keys())
-        ids = np.fromiter(self._mfs.keys(), dtype=np.int64, count=len(self._mfs))
+        if gone.any():
+            self._ids = self._ids[~gone]
+        ids = self._ids
         pk = c.packets[ids]
         used = c.used[ids]
         fresh = (pk > self._base_pk[ids]) & ~self._live[ids]
@@ -331,7 +348,7 @@ class FlowMeter:
         """Export every open record (forced end), e.g. at shutdown; counters stay exact."""
         out = self.poll(now)
         c = self.sw.cache
-        ids = np.fromiter(self._mfs.keys(), dtype=np.int64, count=len(self._mfs))
+        ids = self._ids
         rest = self._cut(ids[c.packets[ids] > self._base_pk[ids]], END_FORCED)
         for r in rest:
             self._account(r)
@@ -432,8 +449,7 @@ class FlowMeter:
         acc[1] += r.bytes
 
     def open_records(self) -> int:
-        ids = np.fromiter(self._mfs.keys(), dtype=np.int64, count=len(self._mfs))
-        return int(np.count_nonzero(self._live[ids])) if ids.size else 0
+        return int(np.count_nonzero(self._live[self._ids]))
 
     def totals(self) -> dict[tuple[int, str, str], list[int]]:
         """Packets and bytes by (in_port, tier, reason): exported plus not yet exported."""
