@@ -220,9 +220,9 @@ class _Checker:
                 self.fail(extra[0], "a software profile has no NIC tier: remove this key")
             return Profile(**base)
         nic = self.string(doc, "nic", "nic")
-        match = {k: self.match_rule(k, v) for k, v in self.mapping(doc.get("match"), "match").items()}
-        if not match and "match" not in doc:
+        if "match" not in doc:
             self.fail("match", "missing required key")
+        match = {k: self.match_rule(k, v) for k, v in self.mapping(doc["match"], "match").items()}
         refused_match = tuple(self.refused_match(doc.get("refused_match", {})))
         refuse_when = tuple(self.refuse_when(doc.get("refuse_when", [])))
         if "actions" not in doc:
