@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw

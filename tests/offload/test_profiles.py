@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sbnet.offload import BUILTIN_DIR, ProfileError, builtin_profiles, load_profile, load_profiles, parse_profile
+from sbnet.offload import (
+    BUILTIN_DIR,
+    ProfileError,
+    builtin_profiles,
+    load_profile,
+    load_profiles,
+    parse_profile,
+)
 
 GOOD = """
 name: tiny

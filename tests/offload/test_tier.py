@@ -146,6 +146,13 @@ def test_conntrack_megaflows_run_on_the_nic_only_for_held_connections():
     assert t.ct_add("c3", 3.0)
 
 
+def test_ct_held_many_for_integer_connection_ids():
+    t = tier()
+    assert t.ct_held_many(np.array([1, 2])).tolist() == [False, False]
+    t.ct_add(7, 0.0)
+    assert t.ct_held_many(np.array([7, 2, 7])).tolist() == [True, False, True]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["offer", "advance", "record", "take", "remove"]),
                           st.integers(0, 7), st.lists(st.integers(0, 7), max_size=20)),

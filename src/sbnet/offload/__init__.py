@@ -2,8 +2,16 @@
 
 from sbnet.offload.cost import Cost, cost
 from sbnet.offload.placement import Placement, place
-from sbnet.offload.profile import (BUILTIN_DIR, Profile, ProfileError, action_name,
-                                   builtin_profiles, load_profile, load_profiles, parse_profile)
+from sbnet.offload.profile import (
+                                   BUILTIN_DIR,
+                                   Profile,
+                                   ProfileError,
+                                   action_name,
+                                   builtin_profiles,
+                                   load_profile,
+                                   load_profiles,
+                                   parse_profile,
+)
 from sbnet.offload.tier import Changes, Counters, NicTier
 
 __all__ = ["BUILTIN_DIR", "Changes", "Cost", "Counters", "NicTier", "Placement", "Profile",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from sbnet.datapath import odp
 from sbnet.flows import fields as F
@@ -47,7 +47,7 @@ def place(profile: Profile, mf) -> Placement:
 
 # -- match ---------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _registry_by_slot() -> dict[int, tuple]:
     """Registry fields per slot: (field, bits it occupies in that slot)."""
     out: dict[int, list] = {}
@@ -76,7 +76,7 @@ def _field_name(s: int, bits: int, masks: dict, vals: dict) -> str:
             continue
         # Prefer the field whose bits are exactly the blocked ones, then the one
         # covering most of them with fewest extra bits.
-        key = (fbits != bits, -bin(fbits & bits).count("1"), bin(fbits & ~bits).count("1"))
+        key = (fbits != bits, -(fbits & bits).bit_count(), (fbits & ~bits).bit_count())
         if score is None or key < score:
             best, score = fld.name, key
     return best
@@ -163,7 +163,10 @@ def _policy_blocker(profile: Profile, r: MatchRule, fm: int, fv: int) -> str | N
 def _text(a) -> str:
     try:
         return odp.format_actions((a,)) or action_name(a)
-    except Exception:           # an action class format_actions does not know yet
+    except (KeyError, LookupError, AttributeError, TypeError, ValueError):
+        # e.g. set() of a header the printer does not know yet (tunnel)
+        if isinstance(a, odp.SetFields):
+            return f"set({a.header}(" + ",".join(f"{f}={v:#x}" for f, v in a.fields) + "))"
         return action_name(a)
 
 

@@ -212,8 +212,8 @@ class _Checker:
         perf = self.mapping(doc.get("performance", {}), "performance")
         sw_lat = (self.number(perf, "software_latency_us", "performance.software_latency_us",
                               strict=False) if "software_latency_us" in perf else 0.0)
-        base = dict(name=name, description=description, sources=tuple(sources), tier=tier,
-                    file=self.file, software_latency_us=float(sw_lat))
+        base = {"name": name, "description": description, "sources": tuple(sources),
+                "tier": tier, "file": self.file, "software_latency_us": float(sw_lat)}
         if tier == "software":
             extra = sorted(set(doc) & {"match", "actions", "capacity", "conntrack"})
             if extra:

@@ -206,6 +206,12 @@ class NicTier:
     def ct_held(self, conn) -> bool:
         return conn in self._conns
 
+    def ct_held_many(self, conns) -> np.ndarray:
+        """ct_held for an array of integer connection ids (e.g. conntrack slots), one bool each."""
+        held = np.fromiter(self._conns, dtype=np.int64, count=len(self._conns)) if self._conns else \
+            np.zeros(0, dtype=np.int64)
+        return np.isin(np.asarray(conns, dtype=np.int64), held)
+
     def ct_count(self) -> int:
         return len(self._conns)
 
