@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 
 import pytest
@@ -10,6 +11,7 @@ from sbnet.analytics.metrics import MetricsServer, render
 from sbnet.analytics.records import FlowMeter
 from sbnet.analytics.replay import replay
 from sbnet.analytics.traffic import flow_traffic
+from sbnet.datapath.batch import Batch
 
 from tests.analytics.test_records import make_switch
 
@@ -49,15 +51,12 @@ def test_endpoint_serves_counters_that_match_the_switch():
         assert s["sbnet_conntrack_connections"][0].value == len(sw.conntrack)
         assert all(x.labels["host"] == "compute-1" for v in s.values() for x in v)
         # Counters never go down while records are still open (not yet exported).
-        meter2_pk = pk[half:]
-        from sbnet.datapath.batch import Batch
-        for t, f, p in meter2_pk:
+        for t, f, p in pk[half:]:
             sw.process(Batch.from_packets([f], p), now=t)
         s2 = _samples(render(meter))
         assert sum(x.value for x in s2["sbnet_port_rx_packets_total"]) == len(pk)
-        assert urllib.request.urlopen(
-            urllib.request.Request(f"http://127.0.0.1:{server.port}/other")).status == 404
-    except urllib.error.HTTPError as exc:
-        assert exc.code == 404
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other")
+        assert err.value.code == 404
     finally:
         server.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sbnet.analytics.granularity import per_five_tuple
 from sbnet.analytics.records import (END_ACTIVE, END_IDLE, END_RESOURCES, FlowMeter, PortInfo)
@@ -187,3 +189,29 @@ def test_conntrack_flows_count_once_with_their_final_verdict(exact):
     assert ssh and all(r.dropped and r.cookie == 0xdead for r in ssh)
     v6 = [r for r in res.records if ":" in r.src]   # the firewall has no IPv6 rules
     assert v6 and all(r.reason == "no matching flow in table 0" for r in v6)
+
+
+_TRAFFIC = flow_traffic(300, duration=40, ports=(1, 2), seed=7)
+_TRUTH = five_tuple_truth(_TRAFFIC)
+
+
+@settings(max_examples=12, deadline=None)
+@given(active=st.sampled_from([0.5, 3.0, 60.0]), idle=st.sampled_from([0.2, 2.0, 15.0]),
+       cap=st.sampled_from([3, 40, 100_000]), poll=st.sampled_from([0.05, 0.7, 5.0]),
+       batch=st.sampled_from([16, 64, 256]), maintain=st.booleans())
+def test_any_settings_keep_every_packet_in_exactly_one_record(active, idle, cap, poll, batch,
+                                                               maintain):
+    sw = make_switch(exact=True)
+    meter = FlowMeter(sw, active_timeout=active, idle_timeout=idle, max_records=cap)
+    if not maintain:
+        sw.maintain = lambda now=None: None          # megaflows stay: only timeouts and the cap cut
+    res = replay(sw, meter, _TRAFFIC, batch=batch, poll_every=poll)
+    assert all(r.packets > 0 and r.first <= r.last for r in res.records)
+    got: dict[tuple, list[int]] = {}
+    for r in res.records:
+        if r.src:
+            acc = got.setdefault((r.in_port, r.src, r.dst, r.proto, r.sport, r.dport), [0, 0])
+            acc[0] += r.packets
+            acc[1] += r.bytes
+    assert got == _TRUTH
+    assert sum(r.packets for r in res.records) == len(_TRAFFIC)
