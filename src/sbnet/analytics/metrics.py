@@ -91,6 +91,9 @@ def render(meter, exporter=None) -> str:
     d.family("sbnet_flow_records_evicted_total", "counter",
              "Records exported early because the record cap was reached",
              [({"host": host}, meter.evicted_for_cap)])
+    d.family("sbnet_flow_records_lost_packets_total", "counter",
+             "Packets of megaflows evicted before a poll saw them, without the eviction hook",
+             [({"host": host}, meter.lost_packets)])
     if exporter is not None:
         enc = exporter.encoder
         d.family("sbnet_ipfix_messages_total", "counter", "IPFIX messages sent",

@@ -226,9 +226,15 @@ class FlowMeter:
         self.ports = ports or {}
         self._mfs: dict[int, object] = {}          # megaflows seen and not yet gone
         self._static: dict[int, _Static] = {}
-        self._final: dict[int, tuple[int, int, float]] = {}   # from on_evict
+        self._final: dict[int, tuple] = {}           # from on_evict: (mf, packets, bytes, used)
+        self.lost_packets = 0                        # the same without the hook: counted, no record
         self._ids = np.zeros(0, dtype=np.int64)      # ids in self._mfs, ascending
-        self._last_id = -1                           # newest megaflow id looked at
+        # Newest megaflow id looked at; megaflows cached now are metered from their start,
+        # ids below the cache's next id that are gone already predate the meter.
+        nxt = getattr(switch.cache, "_next", None)
+        self._last_id = min(switch.cache.flows, default=nxt if nxt is not None else 0) - 1
+        self._start_id = nxt if nxt is not None else float("inf")
+        self._handled: set[int] = set()              # orphans already recorded
         self._too_deep = 0
         n = 1024
         self._base_pk = np.zeros(n, dtype=np.int64)   # counts already exported, by megaflow id
@@ -254,7 +260,7 @@ class FlowMeter:
     # -- the switch hook --------------------------------------------------------
     def on_evict(self, mf, packets: int, nbytes: int) -> None:
         """Called by the switch as it evicts a megaflow, with its final counters."""
-        self._final[mf.mf_id] = (packets, nbytes, float(self.sw.cache.used[mf.mf_id]))
+        self._final[mf.mf_id] = (mf, packets, nbytes, float(self.sw.cache.used[mf.mf_id]))
 
     # -- polling ------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -279,6 +285,16 @@ class FlowMeter:
             new.append(i)
         if not new:
             return
+        span = new[0] - self._last_id
+        if span != len(new):
+            # Ids skipped: megaflows made and evicted between two looks.
+            # With the eviction hook poll() records them; without it their packets
+            # are counted here (the switch dropped the megaflow object with its key).
+            for g in sorted(set(range(self._last_id + 1, new[0] + 1)) - set(new)):
+                if g in self._handled:
+                    self._handled.discard(g)
+                elif g not in self._final and g >= self._start_id:
+                    self.lost_packets += int(c.packets[g])
         self._last_id = new[0]
         keep = []
         for i in reversed(new):
@@ -303,14 +319,22 @@ class FlowMeter:
         gone = c.action_of[self._ids] < 0
         for i in self._ids[gone].tolist():
             mf = self._mfs.pop(i)
-            pk, by, used = self._final.pop(i, None) or (
-                # Ids are never reused, so the arrays still hold the final counts.
-                int(c.packets[i]), int(c.bytes[i]), float(c.used[i]))
+            fin = self._final.pop(i, None)
+            # Without the hook: ids are never reused, so the arrays still hold the final counts.
+            pk, by, used = fin[1:] if fin else (int(c.packets[i]), int(c.bytes[i]), float(c.used[i]))
             end = END_IDLE if now - used >= self.idle_timeout else END_OF_FLOW
             rec = self._record(mf, pk, by, used, end)
             if rec is not None:
                 out.append(rec)
             self._static.pop(i, None)
+        # Evicted before any poll saw them (only the hook tells of these).
+        for i, (mf, pk, by, used) in self._final.items():
+            if i > self._last_id:
+                self._handled.add(i)             # so the next look does not count it lost
+            if pk and (self.all_passes or not any(isinstance(a, odp.Recirc) for a in mf.actions)):
+                end = END_IDLE if now - used >= self.idle_timeout else END_OF_FLOW
+                out.append(self._make(mf, pk, by, mf.created, used, end))
+                self._static.pop(i, None)
         self._final.clear()
         if gone.any():
             self._ids = self._ids[~gone]
