@@ -86,13 +86,21 @@ class CtClear:
 
 
 @dataclass(frozen=True)
+class TunnelPush:
+    """Encapsulate for a tunnel port and send on the underlay (OVS's tnl_push + output)."""
+
+    ofport: int
+    tun: tuple[tuple[str, int], ...] = ()     # flow-based fields: tun_id, tun_dst, tun_src...
+
+
+@dataclass(frozen=True)
 class Userspace:
     reason: str                   # e.g. "controller"
 
 
 # An ODP action list is a tuple of the dataclasses above; the empty tuple drops.
 OdpAction = (Output | SetFields | PushVlan | PopVlan | PushMpls | PopMpls | Meter | Recirc
-             | Userspace | Ct | CtClear)
+             | Userspace | Ct | CtClear | TunnelPush)
 
 
 def canonical(actions: tuple[OdpAction, ...]) -> list[tuple]:
@@ -127,6 +135,8 @@ def canonical(actions: tuple[OdpAction, ...]) -> list[tuple]:
             case Ct() | CtClear():
                 # OVS's trace parser keeps ct as raw text: compare the text.
                 out.append(("raw", _format_one(a)))
+            case TunnelPush(ofport, tun):
+                out.append(("tnl_push", ofport, tun))
     return out
 
 
@@ -186,4 +196,7 @@ def format_actions(actions: tuple[OdpAction, ...]) -> str:
                 parts.append(_format_ct(a))
             case CtClear():
                 parts.append("ct_clear")
+            case TunnelPush(ofport, tun):
+                fields_ = "".join(f",{n}={v:#x}" for n, v in tun)
+                parts.append(f"tnl_push(port={ofport}{fields_})")
     return ",".join(parts)

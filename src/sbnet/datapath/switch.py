@@ -14,6 +14,9 @@ from sbnet.datapath.execute import execute
 from sbnet.datapath.megaflow import Megaflow, MegaflowCache
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
 from sbnet.datapath.ports import MemoryPort, Port
+from sbnet.datapath.tunnel import (DECAP_DROPS, ENCAP_DROPS, TNL_F_OAM, TunnelPort, decap,
+                                   encap)
+from sbnet.datapath.underlay import Underlay
 from sbnet.datapath.xlate import Xlate, XlateResult
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
@@ -34,7 +37,6 @@ _UNSUPPORTED = {
     A.Normal: "NORMAL (MAC learning) is not implemented: sbnet compiles explicit L2 flows",
 }
 _UNSUPPORTED_FIELDS = {
-    "tun_": "tunnel fields need tunnel ports, which this switch does not have yet",
     "nsh_": "NSH fields are not executed by this switch yet",
     "ct_": "conntrack fields are set only by ct(commit,exec(...))",
 }
@@ -61,15 +63,17 @@ class Switch:
         self.name = name
         self.clock = clock
         self.conntrack = conntrack if conntrack is not None else Conntrack()
+        self.tunnels: dict = {}                 # ofport -> TunnelPort
+        self.underlay = Underlay()
         self.ports: dict[int, Port] = {}
         self.tables: dict[int, Table] = {}
         self.groups: dict[int, A.GroupMod] = {}
         self.cache = MegaflowCache()
         self._port_set: set[int] = set()
-        self.xlate = Xlate(self.tables, self.groups, self._port_set)
+        self.xlate = Xlate(self.tables, self.groups, self._port_set, self.tunnels)
         self._actions: list[tuple] = []
         self._action_ids: dict[tuple, int] = {}
-        self._has_ct: list[bool] = []
+        self._special: list[bool] = []      # per action list: has ct() or tunnel output
         self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
         self.drops: dict[str, int] = {}
         self.upcalls = 0
@@ -90,7 +94,16 @@ class Switch:
         self._revalidate_all()
         return port
 
+    def add_tunnel_port(self, tunnel: TunnelPort, name: str | None = None) -> Port:
+        """A vxlan/gre/geneve port; its packets leave and arrive through the underlay."""
+        port = self.add_port(tunnel.ofport, name or f"{tunnel.kind}{tunnel.ofport}",
+                             port=Port(tunnel.ofport, name or f"{tunnel.kind}{tunnel.ofport}"))
+        self.tunnels[tunnel.ofport] = tunnel
+        self._revalidate_all()
+        return port
+
     def remove_port(self, ofport: int) -> None:
+        self.tunnels.pop(ofport, None)
         self.ports.pop(ofport).close()
         self._port_set.discard(ofport)
         self._revalidate_all()
@@ -200,6 +213,15 @@ class Switch:
     def process(self, batch: Batch, now: float | None = None) -> list[tuple[int, Batch]]:
         """Run a batch through the switch; returns (port, packets) emitted, also delivered to ports."""
         now = self.clock() if now is None else now
+        if self.tunnels and len(batch):
+            early: list[tuple[int, Batch]] = []
+            batch = self._decap(batch, now, early)
+            if len(batch) == 0:
+                return early
+            return early + self._local(batch, now)
+        return self._local(batch, now)
+
+    def _local(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
         n = len(batch)
         if n == 0:
             return []
@@ -214,6 +236,38 @@ class Switch:
         out: list[tuple[int, Batch]] = []
         self._pass(batch, parsed, rows, now, 0, out)
         return out
+
+    def _decap(self, batch: Batch, now: float, out: list) -> Batch:
+        """Strip tunnel headers from underlay packets addressed to our tunnel ports and
+        switch the inner frames from the tunnel port; returns the packets left over."""
+        n = len(batch)
+        res = decap(batch, np.arange(n), list(self.tunnels.values()), self.underlay)
+        for reason in DECAP_DROPS:
+            if res.counters.get(reason):
+                self._drop(f"tunnel decap: {reason}", res.counters[reason])
+        if len(res.batch):
+            inner = res.batch
+            inner.in_port = res.in_port.astype(np.uint32)
+            for p, c in zip(*np.unique(inner.in_port, return_counts=True)):
+                port = self.ports.get(int(p))
+                if port is not None:
+                    port.rx_packets += int(c)
+            parsed = parse(inner)
+            keys = parsed.keys
+            for name in ("tun_id", "tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
+                         "tun_ipv6_dst_hi", "tun_ipv6_dst_lo"):
+                keys[F.SLOT_INDEX[name]] = res.tun[name]
+            # Only the OAM flag is visible to OpenFlow, as in OVS.
+            keys[F.SLOT_INDEX["tun_flags"]] = res.tun["tun_flags"] & TNL_F_OAM
+            ok = np.flatnonzero(parsed.error == 0)
+            if ok.size:
+                self._pass(inner, parsed, ok, now, 0, out)
+        if res.other.size == n:
+            return batch
+        return batch.take(res.other)
+
+    def _drop(self, reason: str, n: int) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + int(n)
 
     def _pass(self, batch: Batch, parsed, rows: np.ndarray, now: float, depth: int,
               out: list) -> None:
@@ -244,8 +298,8 @@ class Switch:
             acts = self._actions[aid]
             if not acts:
                 continue
-            if self._has_ct[aid]:
-                self._run_ct(batch, rows[grp], parsed, acts, now, depth, out)
+            if self._special[aid]:
+                self._run_special(batch, rows[grp], parsed, acts, now, depth, out)
             else:
                 self._deliver(execute(batch, rows[grp], parsed.l3, parsed.l4, acts), out)
 
@@ -260,18 +314,25 @@ class Switch:
                 dest.deliver(pb)
             out.append((port, pb))
 
-    def _run_ct(self, batch: Batch, rows: np.ndarray, parsed, acts: tuple, now: float,
-                depth: int, out: list) -> None:
-        """Actions with ct(): edits and outputs up to it, conntrack on the batch as it is
-        then, a recirculated clone for ct(table=), and the rest on the tracked packets."""
+    def _run_special(self, batch: Batch, rows: np.ndarray, parsed, acts: tuple, now: float,
+                     depth: int, out: list) -> None:
+        """Actions with ct() or a tunnel output: edits and outputs up to it, then
+        conntrack (with a recirculated clone for ct(table=)) or encapsulation on the
+        batch as it is at that point, then the rest of the actions."""
+        special = (odp.Ct, odp.TunnelPush)
         i = 0
         while True:
-            j = next((k for k in range(i, len(acts)) if isinstance(acts[k], odp.Ct)), len(acts))
+            j = next((k for k in range(i, len(acts)) if isinstance(acts[k], special)), len(acts))
             if j == len(acts):
                 self._deliver(execute(batch, rows, parsed.l3, parsed.l4, acts[i:]), out)
                 return
             emitted = execute(batch, rows, parsed.l3, parsed.l4, acts[i:j] + (odp.Output(_CT_POINT),))
             self._deliver(emitted[:-1], out)
+            if isinstance(acts[j], odp.TunnelPush):
+                at = emitted[-1][1]
+                self._tunnel_out(at, acts[j], out)
+                batch, rows, parsed, i = at, np.arange(len(at)), parse(at), j + 1
+                continue
             tracked = emitted[-1][1].take(np.arange(len(rows)))
             p2 = parse(tracked)
             # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes.
@@ -323,12 +384,26 @@ class Switch:
         if aid is None:
             aid = self._action_ids[acts] = len(self._actions)
             self._actions.append(acts)
-            self._has_ct.append(any(isinstance(a, odp.Ct) for a in acts))
+            self._special.append(any(isinstance(a, (odp.Ct, odp.TunnelPush)) for a in acts))
         mf = self.cache.add(res.wc, key, res.actions, aid, list(dict.fromkeys(res.rules)),
                             res.reason, res.modified, now)
         for r in mf.rules:
             r.megaflows.add(mf.mf_id)
         return mf
+
+    def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
+        tp = self.tunnels[push.ofport]
+        res = encap(batch, np.arange(len(batch)), tp, dict(_tun_arrays(push.tun)), self.underlay)
+        for reason in ENCAP_DROPS:
+            if res.counters.get(reason):
+                self._drop(f"tunnel encap: {reason}", res.counters[reason])
+        if not len(res.batch):
+            return
+        self.ports[push.ofport].deliver(batch.take(res.rows))
+        ports = np.unique(res.out_port)
+        for p in ports:
+            sel = res.batch if ports.size == 1 else res.batch.take(np.flatnonzero(res.out_port == p))
+            self._deliver([(int(p), sel)], out)
 
     def drop_counts(self) -> dict[str, int]:
         """Dropped packets by reason: parse errors and translation outcomes."""
@@ -419,6 +494,16 @@ class TraceResult:
 
     def datapath_actions(self) -> str:
         return odp.format_actions(self.actions)
+
+
+def _tun_arrays(tun: tuple):
+    """TunnelPush fields as encap() takes them (128-bit addresses split hi/lo)."""
+    for name, v in tun:
+        if name in ("tun_ipv6_dst", "tun_ipv6_src"):
+            yield f"{name}_hi", v >> 64
+            yield f"{name}_lo", v & 0xFFFFFFFFFFFFFFFF
+        else:
+            yield name, v
 
 
 def _check_actions(actions: tuple, where: str) -> None:

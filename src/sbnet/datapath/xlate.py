@@ -21,6 +21,9 @@ _NON_HEADER = [S[f"reg{i}"] for i in range(16)] + [S["metadata"], S["conj_id"]]
 _VLAN = ((S["vlan_tci"], S["vlan_tpid"]), (S["vlan_tci2"], S["vlan_tpid2"]))
 _MPLS = (S["mpls_lse0"], S["mpls_lse1"], S["mpls_lse2"])
 _CT_SLOTS = list(range(S["ct_state"], S["ct_tp_dst"] + 1))
+_TUN_ENDPOINTS = ("tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
+                  "tun_ipv6_dst_hi", "tun_ipv6_dst_lo")
+_TUN_SLOTS = ("tun_id",) + _TUN_ENDPOINTS + ("tun_flags",)
 _REGS = [S[f"reg{i}"] for i in range(16)]
 _L3_SLOTS = [S[n] for n in (
     "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
@@ -46,8 +49,9 @@ class Xlate:
     """Translation over one switch's tables, groups and ports."""
 
     def __init__(self, tables: dict[int, Table], groups: dict[int, A.GroupMod],
-                 ports: set[int]) -> None:
+                 ports: set[int], tunnels: dict | None = None) -> None:
         self.tables, self.groups, self.ports = tables, groups, ports
+        self.tunnels = tunnels if tunnels is not None else {}   # ofport -> TunnelPort
         # Tests force a select-group bucket to compare with OVS, whose hash differs.
         self.select_override: int | None = None
         # Recirculation: a recirc_id names a frozen translation state (the table
@@ -70,6 +74,10 @@ class Xlate:
             wc[S[name]] = F.lookup(name).max
         if ctx.flow[S["eth_type"]] in (F.ETH_IP, F.ETH_IPV6):
             wc[S["nw_frag"]] = 3
+        if any(ctx.flow[S[n]] for n in _TUN_ENDPOINTS):
+            # Came in through a tunnel: the megaflow matches its metadata exactly (OVS tnl_wc_init).
+            for n in _TUN_SLOTS:
+                wc[S[n]] = F.lookup(n).max if n in ("tun_id", "tun_src", "tun_dst") else (1 << 64) - 1
         try:
             rid = ctx.flow[S["recirc_id"]]
             if rid:
@@ -92,7 +100,8 @@ class Xlate:
             ctx.log(f"Translation failed ({exc}), packet is dropped.")
         for s in _NON_HEADER:
             wc[s] = 0
-        reason = "forwarded" if any(isinstance(a, odp.Output) for a in ctx.odp) else ctx.reason
+        sent = any(isinstance(a, (odp.Output, odp.TunnelPush)) for a in ctx.odp)
+        reason = "forwarded" if sent else ctx.reason
         return XlateResult(tuple(ctx.odp), wc, ctx.rules, ctx.modified, reason,
                            ctx.lines if trace else None)
 
@@ -303,7 +312,29 @@ class _Ctx:
             self.log(f"output to nonexistent port {port}")
             return
         self.commit()
+        tp = self.x.tunnels.get(port)
+        if tp is not None:
+            self.tunnel_push(tp)
+            return
         self.odp.append(odp.Output(port))
+
+    def tunnel_push(self, tp) -> None:
+        """Output to a tunnel port: the flow's tunnel fields the port takes from the flow."""
+        tun = []
+        if tp.key == "flow":
+            tun.append(("tun_id", self.read(F.lookup("tun_id"))))
+        if tp.remote is None:
+            for n in ("tun_dst", "tun_ipv6_dst"):
+                tun.append((n, self.read(F.lookup(n))))
+        if tp.local_ip == "flow":
+            for n in ("tun_src", "tun_ipv6_src"):
+                tun.append((n, self.read(F.lookup(n))))
+        if self.is_ip():
+            # The outer header copies ECN always, DSCP and TTL when the port inherits them.
+            self.wc[S["nw_tos"]] |= 0xFF if tp.tos == "inherit" else 0x03
+            if tp.ttl == "inherit":
+                self.wc[S["nw_ttl"]] = 0xFF
+        self.odp.append(odp.TunnelPush(tp.ofport, tuple(tun)))
 
     def set_field(self, fld: F.Field, value: int, mask: int | None) -> None:
         if fld.slot == "vlan_tci" and fld.name != "vlan_tci":
