@@ -103,15 +103,20 @@ def throughput(n_flows: int, batch: int, seconds: float, analytics: bool, active
         exp.close()
         sink.close()
     return {"mpps": packets / elapsed / 1e6, "polls": polls, "records": records,
-            "analytics_share": t_analytics / elapsed, "packets": packets}
+            "analytics_share": t_analytics / elapsed, "packets": packets,
+            # CPU the meter and exporter took from the datapath's thread, per datapath CPU.
+            "overhead": t_analytics / (elapsed - t_analytics),
+            "datapath_mpps": packets / (elapsed - t_analytics) / 1e6}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--flows", type=int, nargs="+", default=[1_000, 100_000])
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--seconds", type=float, default=10.0, help="CPU seconds per throughput run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating runs each way; best counts")
+    ap.add_argument("--seconds", type=float, default=65.0,
+                    help="CPU seconds per throughput run (longer than the active timeout)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs per setting; the best counts")
+    ap.add_argument("--ab", action="store_true", help="also run without analytics, separately")
     ap.add_argument("--active", type=float, default=60.0)
     ap.add_argument("--idle", type=float, default=15.0)
     ap.add_argument("--poll", type=float, default=1.0, help="seconds between meter polls")
@@ -123,22 +128,23 @@ def main() -> None:
               f"send {r['send']:>10,.0f}/s  all {r['all']:>9,.0f}/s  ({r['messages']:,} messages); "
               f"later records of the same flows, all stages: {r['again']:,.0f}/s")
     print(f"cache-hit throughput, batch {a.batch}, poll every {a.poll:g} s, "
-          f"active {a.active:g} s, idle {a.idle:g} s (CPU time):")
+          f"active {a.active:g} s, idle {a.idle:g} s (CPU time, {a.seconds:g} s per run):")
     worst = 0.0
     for n in a.flows:
-        # Alternate the two and keep each one's best run: other load on the machine
-        # only ever slows a run down.
-        runs = {False: [], True: []}
-        for _ in range(a.rounds):
-            for on in (False, True):
-                runs[on].append(throughput(n, a.batch, a.seconds, on, a.active, a.idle, a.poll))
-        base = max(runs[False], key=lambda r: r["mpps"])
-        withm = max(runs[True], key=lambda r: r["mpps"])
-        overhead = 1 - withm["mpps"] / base["mpps"]
-        worst = max(worst, overhead)
-        print(f"  {n:>7,} flows: {base['mpps']:.2f} Mpps without, {withm['mpps']:.2f} Mpps with "
-              f"analytics: overhead {overhead:+.1%} (time in meter+export {withm['analytics_share']:.1%}; "
-              f"{withm['polls']} polls, {withm['records']:,} records)")
+        # Overhead measured inside one run: CPU spent in the meter and exporter over CPU
+        # spent in the datapath, on the same thread. Comparing two separate runs (--ab)
+        # also shows it, but on a shared machine their difference is mostly other load.
+        r = max((throughput(n, a.batch, a.seconds, True, a.active, a.idle, a.poll)
+                 for _ in range(a.rounds)), key=lambda r: r["mpps"])
+        worst = max(worst, r["overhead"])
+        line = (f"  {n:>7,} flows: {r['mpps']:.2f} Mpps with analytics, datapath alone "
+                f"{r['datapath_mpps']:.2f} Mpps: overhead {r['overhead']:.1%} "
+                f"({r['polls']} polls, {r['records']:,} records exported)")
+        if a.ab:
+            base = max((throughput(n, a.batch, a.seconds, False, a.active, a.idle, a.poll)
+                        for _ in range(a.rounds)), key=lambda r: r["mpps"])
+            line += f"; separate run without analytics {base['mpps']:.2f} Mpps"
+        print(line)
     verdict = "meets" if worst <= TARGET_OVERHEAD else "MISSES"
     print(f"worst overhead {worst:.1%}: {verdict} the {TARGET_OVERHEAD:.0%} target")
 
