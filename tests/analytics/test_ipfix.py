@@ -168,7 +168,7 @@ def test_tshark_decodes_every_message_without_warnings(tmp_path):
     assert packets == len(pk)
     expert = subprocess.run(base + ["-q", "-z", "expert,warn"], capture_output=True, text=True,
                             check=True).stdout
-    assert not re.search(r"Malformed|Warnings \(\d+\)|Errors \(\d+\)", expert), expert
+    assert not re.search(r"Malformed|Warns \(\d+\)|Errors \(\d+\)", expert), expert
     verbose = subprocess.run(base + ["-V"], capture_output=True, text=True, check=True).stdout
     assert "Malformed" not in verbose and "[Expert Info" not in verbose
     assert "Template Id: 256" in verbose and "Template Id: 257" in verbose
