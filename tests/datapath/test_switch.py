@@ -246,3 +246,25 @@ def test_established_traffic_stays_on_the_fast_path():
     assert len(sent(sw, 2)) == 52 and sw.upcalls == upcalls   # SYN, ACK, 50 data
     recirc = [l for l in sw.dump_megaflows() if "recirc_id=0x1" in l]
     assert recirc and any("ct_state" in l for l in recirc)
+
+
+def test_offload_tier_carries_steady_traffic_with_exact_counters():
+    flows = "priority=10,tcp,tp_dst=80 actions=output:2\npriority=5,udp actions=controller\n" \
+            "priority=1 actions=output:3"
+    clock = Clock()
+    plain, nic = make(flows, clock=clock), Switch(clock=clock, offload="smartnic")
+    for p in (1, 2, 3, 4):
+        nic.add_port(p)
+    nic.load(flows)
+    udp = raw(Ether() / IP() / UDP(dport=53))
+    for i in range(20):
+        clock.now = i * 0.1
+        for sw in (plain, nic):
+            sw.process(Batch.from_packets([tcp(80)] * 10 + [tcp(22)] * 5 + [udp], 1))
+    assert ({s.flow.priority: s.n_packets for s in nic.dump_flows()}
+            == {s.flow.priority: s.n_packets for s in plain.dump_flows()} == {10: 200, 5: 20, 1: 100})
+    assert nic.tier_packets["nic"] > 0.8 * 320
+    lines = nic.dump_megaflows()
+    assert any("tier:nic" in l and "actions:2" in l for l in lines)
+    (ctl,) = [l for l in lines if "userspace" in l or "4294967293" in l or "controller" in l]
+    assert "tier:software (" in ctl and "userspace" in ctl

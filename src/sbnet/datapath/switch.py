@@ -58,13 +58,22 @@ class FlowStats:
 class Switch:
     """One software switch instance (one bridge): ports, tables, groups, the megaflow cache."""
 
-    def __init__(self, name: str = "br0", clock=time.monotonic, conntrack=None) -> None:
+    def __init__(self, name: str = "br0", clock=time.monotonic, conntrack=None,
+                 offload=None) -> None:
+        """offload: a NIC profile (sbnet.offload.Profile or a built-in name such as
+        "smartnic") whose NIC tier takes megaflows in front of the software cache."""
         from sbnet.datapath.conntrack import Conntrack
         self.name = name
         self.clock = clock
         self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.tunnels: dict = {}                 # ofport -> TunnelPort
         self.underlay = Underlay()
+        self.tier = None
+        self.tier_packets = {"nic": 0, "software": 0}
+        if offload is not None:
+            from sbnet.offload import NicTier, builtin_profiles
+            profile = builtin_profiles()[offload] if isinstance(offload, str) else offload
+            self.tier = NicTier(profile)
         self.ports: dict[int, Port] = {}
         self.tables: dict[int, Table] = {}
         self.groups: dict[int, A.GroupMod] = {}
@@ -176,6 +185,7 @@ class Switch:
         return [r for t in sorted(self.tables) for r in self.tables[t].rules()]
 
     def rule_stats(self, rule: Rule) -> tuple[int, int, float]:
+        self.fold_nic()
         ids = np.fromiter(rule.megaflows, dtype=np.int64, count=len(rule.megaflows))
         used = rule.used
         if ids.size:
@@ -196,6 +206,7 @@ class Switch:
         """One line per megaflow, in the spirit of `ovs-appctl dpctl/dump-flows -m`."""
         from sbnet.datapath.format import megaflow_text
         now = self.clock() if now is None else now
+        self.fold_nic()
         c = self.cache
         lines = []
         for mf in c.flows.values():
@@ -204,8 +215,12 @@ class Switch:
             for s, m, v in zip(mf.slots, mf.mask, mf.value):
                 key[s], wc[s] = v, m
             used = now - float(c.used[mf.mf_id])
+            why = ""
+            if self.tier is not None and mf.tier != "nic":
+                placed = self.tier.placement(mf.mf_id)
+                why = f" ({placed.reason})" if placed is not None and placed.reason else ""
             lines.append(f"{megaflow_text(key, wc)}, packets:{int(c.packets[mf.mf_id])}, "
-                         f"bytes:{int(c.bytes[mf.mf_id])}, used:{used:.3f}s, tier:{mf.tier}, "
+                         f"bytes:{int(c.bytes[mf.mf_id])}, used:{used:.3f}s, tier:{mf.tier}{why}, "
                          f"actions:{odp.format_actions(mf.actions)}")
         return lines
 
@@ -235,6 +250,8 @@ class Switch:
             rows = np.arange(n)
         out: list[tuple[int, Batch]] = []
         self._pass(batch, parsed, rows, now, 0, out)
+        if self.tier is not None:
+            self.offload_tick(now)
         return out
 
     def _decap(self, batch: Batch, now: float, out: list) -> Batch:
@@ -282,6 +299,16 @@ class Switch:
 
     def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float) -> None:
         c = self.cache
+        if self.tier is not None:
+            # The NIC tier counts what it carried; the host counts the rest.
+            on = self.tier.record(mf, lengths, now)
+            n_on = int(np.count_nonzero(on))
+            self.tier_packets["nic"] += n_on
+            self.tier_packets["software"] += len(mf) - n_on
+            if n_on:
+                mf, lengths = mf[~on], lengths[~on]
+        else:
+            self.tier_packets["software"] += len(mf)
         # ufunc.at costs per packet, not per cached megaflow as bincount would.
         np.add.at(c.packets, mf, 1)
         np.add.at(c.bytes, mf, lengths.astype(np.int64))   # same dtype: the fast path
@@ -389,6 +416,8 @@ class Switch:
                             res.reason, res.modified, now)
         for r in mf.rules:
             r.megaflows.add(mf.mf_id)
+        if self.tier is not None:
+            self.tier.offer(mf, now)
         return mf
 
     def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
@@ -407,6 +436,7 @@ class Switch:
 
     def drop_counts(self) -> dict[str, int]:
         """Dropped packets by reason: parse errors and translation outcomes."""
+        self.fold_nic()
         out = {f"malformed: {ERROR_REASONS[i]}": int(c)
                for i, c in enumerate(self.parse_errors) if c and i}
         for mf in self.cache.flows.values():
@@ -438,6 +468,8 @@ class Switch:
 
     def _evict(self, mf: Megaflow) -> None:
         c = self.cache
+        if self.tier is not None:
+            self._fold_one(mf.mf_id, self.tier.remove(mf.mf_id))
         pk, by, used = int(c.packets[mf.mf_id]), int(c.bytes[mf.mf_id]), float(c.used[mf.mf_id])
         for r in mf.rules:
             r.megaflows.discard(mf.mf_id)
@@ -447,6 +479,32 @@ class Switch:
         if mf.reason != "forwarded" and pk:
             self.drops[mf.reason] = self.drops.get(mf.reason, 0) + pk
         c.remove(mf.mf_id)
+
+    def offload_tick(self, now: float) -> None:
+        """Let the NIC tier install queued megaflows (at its insertion rate) and fold its counts."""
+        if self.tier is None:
+            return
+        ch = self.tier.advance(now)
+        for i in ch.installed:
+            if i in self.cache.flows:
+                self.cache.flows[i].tier = "nic"
+        for i in ch.evicted:
+            if i in self.cache.flows:
+                self.cache.flows[i].tier = "software"
+        self.fold_nic()
+
+    def fold_nic(self) -> None:
+        """Bring the NIC tier's counters into the megaflows, so statistics are exact."""
+        if self.tier is None:
+            return
+        for mf_id, c in self.tier.take_counters().items():
+            if mf_id in self.cache.flows:
+                self._fold_one(mf_id, c)
+
+    def _fold_one(self, mf_id: int, c) -> None:
+        self.cache.packets[mf_id] += c.packets
+        self.cache.bytes[mf_id] += c.bytes
+        self.cache.used[mf_id] = max(self.cache.used[mf_id], c.used)
 
     def flush_megaflows(self) -> None:
         for mf in list(self.cache.flows.values()):
