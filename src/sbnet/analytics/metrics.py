@@ -55,12 +55,19 @@ def render(meter, exporter=None) -> str:
         acc = tiers.setdefault(t, [0, 0])
         acc[0] += v[0]
         acc[1] += v[1]
-    d.family("sbnet_tier_packets_total", "counter", "Packets by datapath tier",
-             [({"host": host, "tier": t}, v[0]) for t, v in sorted(tiers.items())])
-    d.family("sbnet_tier_bytes_total", "counter", "Bytes by datapath tier",
+    # A megaflow's packets split between tiers as the NIC takes it; the switch's own
+    # per-tier counters (when it has a NIC tier) are exact, records carry the tier at export.
+    exact_tiers = getattr(sw, "tier_packets", None)
+    if isinstance(exact_tiers, dict) and sum(exact_tiers.values()):
+        d.family("sbnet_tier_packets_total", "counter", "Packets by datapath tier",
+                 [({"host": host, "tier": t}, n) for t, n in sorted(exact_tiers.items())])
+        all_pk, nic = sum(exact_tiers.values()), exact_tiers.get("nic", 0)
+    else:
+        d.family("sbnet_tier_packets_total", "counter", "Packets by datapath tier",
+                 [({"host": host, "tier": t}, v[0]) for t, v in sorted(tiers.items())])
+        all_pk, nic = sum(v[0] for v in tiers.values()), tiers.get("nic", [0, 0])[0]
+    d.family("sbnet_tier_bytes_total", "counter", "Bytes by datapath tier (tier at export)",
              [({"host": host, "tier": t}, v[1]) for t, v in sorted(tiers.items())])
-    all_pk = sum(v[0] for v in tiers.values())
-    nic = tiers.get("nic", [0, 0])[0]
     d.family("sbnet_offload_share", "gauge", "Share of packets carried by the NIC tier (0..1)",
              [({"host": host}, f"{nic / all_pk:.6f}" if all_pk else "0")])
     drops: dict[str, int] = {}

@@ -435,7 +435,10 @@ class FlowMeter:
             dst_prefix=st.dst_prefix, proto=st.proto, sport=st.sport, dport=st.dport,
             vlan=st.vlan, vni=st.vni, project=info.project, neutron_port=info.neutron_port,
             packets=pk, bytes=by, first=first, last=max(last, first), tcp_flags=flags,
-            tier=st.tier, reason=st.reason, cookie=st.cookie, cookies=st.cookies,
+            # The tier a megaflow is in changes as the NIC takes it or gives it back:
+            # a record has the tier at its export.
+            tier="slowpath" if st.tier == "slowpath" else mf.tier,
+            reason=st.reason, cookie=st.cookie, cookies=st.cookies,
             exact=st.exact, wildcards=st.wildcards, end_reason=end, megaflow=mf.mf_id,
             src_int=st.src_int, dst_int=st.dst_int)
 
@@ -485,7 +488,8 @@ class FlowMeter:
             if pk <= 0:
                 continue
             st = self._static.get(i) or self._static.setdefault(i, _static_of(mf))
-            acc = out.setdefault((st.in_port, st.tier, st.reason), [0, 0])
+            tier = "slowpath" if st.tier == "slowpath" else mf.tier
+            acc = out.setdefault((st.in_port, tier, st.reason), [0, 0])
             acc[0] += pk
             acc[1] += int(c.bytes[i]) - int(self._base_by[i])
         delta = np.asarray(self.sw.parse_errors, dtype=np.int64) - self._parse_base

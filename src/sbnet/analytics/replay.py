@@ -32,6 +32,9 @@ def sample(meter: FlowMeter, t: float) -> Sample:
     for (port, tier, _reason), (pk, by) in meter.totals().items():
         port_bytes[port] = port_bytes.get(port, 0) + by
         tier_packets[tier] = tier_packets.get(tier, 0) + pk
+    exact = getattr(meter.sw, "tier_packets", None)     # the switch's own split, when it has a NIC tier
+    if isinstance(exact, dict) and sum(exact.values()):
+        tier_packets = dict(exact)
     tx = {p: port.tx_bytes for p, port in meter.sw.ports.items() if port.tx_bytes}
     return Sample(t, port_bytes, tier_packets, tx)
 
