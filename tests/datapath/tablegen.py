@@ -164,3 +164,52 @@ def packet(r: random.Random) -> tuple[int, bytes]:
     if r.random() < 0.3:
         pkt = Ether(src=eth.src, dst=eth.dst) / Dot1Q(vlan=r.choice(VLANS + (30,))) / l3
     return r.choice(PORTS), raw(pkt)
+
+
+def mpls_table_set(seed: int) -> TableSet:
+    """Tables exercising MPLS push/pop/set on IP and labelled packets (no lookups after a
+    pop of the last label, where OVS would recirculate to reparse)."""
+    r = random.Random(seed)
+    labels = (16, 17, 100)
+    flows = []
+    for _ in range(r.randint(4, 8)):
+        port = r.choice(PORTS)
+        kind = r.random()
+        pri = r.randint(1, 1000)
+        if kind < 0.2:
+            flows.append(f"priority={pri},mpls,mpls_label={r.choice(labels)} actions="
+                         f"set_mpls_label({r.choice(labels)}),dec_mpls_ttl,output:{port}")
+        elif kind < 0.35:
+            flows.append(f"priority={pri},mpls,mpls_bos=1 actions=pop_mpls:0x0800,output:{port}")
+        elif kind < 0.5:
+            flows.append(f"priority={pri},mpls,mpls_bos=0 actions=pop_mpls:0x8847,"
+                         f"set_mpls_ttl({r.randint(1, 9)}),output:{port}")
+        elif kind < 0.65:
+            flows.append(f"priority={pri},{r.choice(['ip', 'tcp', 'udp'])} actions=push_mpls:0x8847,"
+                         f"set_mpls_label({r.choice(labels)}),output:{port}")
+        elif kind < 0.75:
+            flows.append(f"priority={pri},ip actions=push_mpls:0x8847,push_mpls:0x8847,"
+                         f"set_mpls_tc(3),output:{port}")
+        elif kind < 0.85:
+            flows.append(f"priority={pri},mpls actions=push_mpls:0x8847,"
+                         f"set_mpls_label({r.choice(labels)}),output:{port}")
+        else:
+            flows.append(f"priority={pri},in_port={r.choice(PORTS)},mpls actions=output:{port}")
+    return TableSet(flows, [], False)
+
+
+def mpls_packet(r: random.Random) -> tuple[int, bytes]:
+    from scapy.contrib.mpls import MPLS
+    eth = Ether(src=r.choice(MACS[:3]), dst=r.choice(MACS[:3]))
+    l3 = IP(src=r.choice(IPS), dst=r.choice(IPS), ttl=r.choice([1, 2, 64]),
+            tos=r.choice([0, 40, 184])) / UDP(sport=r.choice(TPORTS), dport=r.choice(TPORTS))
+    if r.random() < 0.3:
+        return r.choice(PORTS), raw(eth / l3)
+    depth = r.randint(1, 3)
+    stack = None
+    for i in range(depth):
+        lse = MPLS(label=r.choice((16, 17, 100, 5)), cos=r.randint(0, 7), ttl=r.choice([1, 2, 64]),
+                   s=1 if i == depth - 1 else 0)
+        stack = lse if stack is None else stack / lse
+    eth.type = 0x8847
+    return r.choice(PORTS), raw(eth / stack / l3)

@@ -13,9 +13,10 @@ from sbnet.datapath.switch import Switch
 from sbnet.flows import fields as F
 from sbnet.ovs.dummy import DummyOVS, require_ovs
 from sbnet.ovs.trace import megaflow_slot_masks, parse_datapath_actions, parse_megaflow
-from tests.datapath.tablegen import PORTS, packet, table_set
+from tests.datapath.tablegen import PORTS, mpls_packet, mpls_table_set, packet, table_set
 
 N_TABLE_SETS = 30
+N_MPLS_SETS = 10
 PACKETS_PER_SET = 100
 MEGAFLOW_STATS = {"equal": 0, "ours_more_specific": 0, "ours_less_specific": 0, "other": 0}
 
@@ -75,7 +76,16 @@ def _compare_megaflow(ours_wc: list[int], ovs_text: str) -> None:
 @pytest.mark.ovs
 @pytest.mark.parametrize("seed", range(N_TABLE_SETS))
 def test_datapath_actions_match_ovs(ovs, seed):
-    ts = table_set(seed)
+    _differential(ovs, table_set(seed), packet)
+
+
+@pytest.mark.ovs
+@pytest.mark.parametrize("seed", range(N_MPLS_SETS))
+def test_mpls_actions_match_ovs(ovs, seed):
+    _differential(ovs, mpls_table_set(seed), mpls_packet)
+
+
+def _differential(ovs, ts, make_packet):
     ovs.replace_flows("\n".join(ts.flows), groups="\n".join(ts.groups))
     sw = Switch()
     for p in PORTS:
@@ -87,7 +97,7 @@ def test_datapath_actions_match_ovs(ovs, seed):
               suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.integers(min_value=0, max_value=2**32 - 1))
     def check(pkt_seed):
-        in_port, pkt = packet(random.Random(pkt_seed))
+        in_port, pkt = make_packet(random.Random(pkt_seed))
         trace = ovs.trace(in_port, pkt)
         theirs = _normalise(_ovs_ports(parse_datapath_actions(trace.datapath_actions, port_map)))
         t, ours = _ours(sw, in_port, pkt)

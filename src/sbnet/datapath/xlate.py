@@ -391,12 +391,20 @@ class _Ctx:
         self.stopped = True
 
     def mpls_depth(self) -> int:
+        """Labels on the packet; the bottom-of-stack bits read to find out join the megaflow."""
         if not self.is_mpls():
             return 0
         for i, s in enumerate(_MPLS):
+            self.wc[s] |= 0x100
             if self.flow[s] & 0x100:
                 return i + 1
         return len(_MPLS)
+
+    def mpls_stack_exact(self, n: int) -> None:
+        """MPLS edits commit whole label stack entries, so their result depends on every
+        bit of the entries on the stack: match them exactly (OVS does as much)."""
+        for s in _MPLS[:n]:
+            self.wc[s] = 0xFFFFFFFF
 
     def push_mpls(self, ethertype: int) -> None:
         n = self.mpls_depth()
@@ -405,10 +413,10 @@ class _Ctx:
             self.reason = "MPLS label stack full"
             self.stopped = True
             return
+        self.mpls_stack_exact(n)
         for i in range(n, 0, -1):
             self.set_slot(_MPLS[i], self.flow[_MPLS[i - 1]])
         if n:
-            self.wc[_MPLS[0]] = 0xFFFFFFFF
             self.set_slot(_MPLS[0], self.flow[_MPLS[0]] & ~0x100)
         else:
             tc, ttl = 0, 64
@@ -425,7 +433,7 @@ class _Ctx:
         n = self.mpls_depth()
         if n == 0:
             return
-        self.wc[_MPLS[0]] |= 0x100
+        self.mpls_stack_exact(n)
         for i in range(len(_MPLS) - 1):
             self.set_slot(_MPLS[i], self.flow[_MPLS[i + 1]])
         self.set_slot(_MPLS[-1], 0)
@@ -434,17 +442,22 @@ class _Ctx:
 
     def set_mpls(self, name: str, value: int) -> None:
         if self.is_mpls():
+            self.mpls_stack_exact(self.mpls_depth())
             self.write(F.lookup(name), value)
 
     def dec_mpls_ttl(self) -> None:
         if not self.is_mpls():
             return
+        self.mpls_stack_exact(self.mpls_depth())
         fld = F.lookup("mpls_ttl")
         ttl = self.read(fld)
         if ttl > 1:
             self.write(fld, ttl - 1)
         else:
+            # As dec_ttl: to the controller (invalid_ttl), translation stops.
             self.reason = "MPLS TTL expired"
+            self.commit()
+            self.odp.append(odp.Userspace("controller"))
             self.stopped = True
 
     def group(self, gid: int) -> None:
@@ -537,10 +550,13 @@ class _Ctx:
         flow, base = self.flow, self.base
         fn = _mpls_depth(flow)
         bn = _mpls_depth(base)
+        touched = fn or bn
         while bn > fn:
             bn -= 1
             et = flow[S["eth_type"]] if bn == 0 else F.ETH_MPLS
             self.odp.append(odp.PopMpls(et))
+            # The datapath's stack after the pop: the next entry is on top.
+            base[_MPLS[0]], base[_MPLS[1]], base[_MPLS[2]] = base[_MPLS[1]], base[_MPLS[2]], 0
         if fn and bn == fn and flow[_MPLS[0]] != base[_MPLS[0]]:
             # Like OVS, a changed top LSE is rewritten whole: label, tc and ttl.
             lse = flow[_MPLS[0]]
@@ -552,7 +568,7 @@ class _Ctx:
             bn += 1
         for s in _MPLS:
             base[s] = flow[s]
-        if fn or bn:
+        if touched:
             base[S["eth_type"]] = flow[S["eth_type"]]
 
     def commit_vlan(self) -> None:

@@ -321,7 +321,14 @@ def parse_megaflow(text: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+# Deeper MPLS label stack entries: megaflow-only names, kept as raw slots.
+RAW_SLOTS = ("mpls_lse1", "mpls_lse2")
+
+
 def _mf_field(key: str, val: str, seen: dict[str, tuple[int, int]]) -> tuple[str, tuple[int, int]]:
+    if key in RAW_SLOTS:
+        v, _, m = val.partition("/")
+        return key, (int(v, 0), int(m, 0) if m else 0xFFFFFFFF)
     name = _MF_NAMES.get(key, key)
     if key in ("tp_src", "tp_dst", "icmp_type", "icmp_code"):
         name = _l4_name(key, seen)
@@ -366,6 +373,8 @@ def megaflow_slot_masks(parsed: dict[str, tuple[int, int]]) -> dict[str, int]:
     for name, (_, mask) in parsed.items():
         if name == INNER_VLAN:
             pairs = [(F.SLOT_INDEX[INNER_VLAN], mask & 0xFFFF)]
+        elif name in RAW_SLOTS:
+            pairs = [(F.SLOT_INDEX[name], mask)]
         else:
             fld = F.lookup(name)
             pairs = fld.slot_masks(mask)
@@ -384,6 +393,8 @@ def megaflow_slot_values(parsed: dict[str, tuple[int, int]]) -> dict[str, int]:
     for name, (value, mask) in parsed.items():
         if name == INNER_VLAN:
             pairs = [(F.SLOT_INDEX[INNER_VLAN], value & mask)]
+        elif name in RAW_SLOTS:
+            pairs = [(F.SLOT_INDEX[name], value & mask)]
         else:
             fld = F.lookup(name)
             pairs = fld.slot_values(value & mask)
