@@ -268,3 +268,28 @@ def test_offload_tier_carries_steady_traffic_with_exact_counters():
     assert any("tier:nic" in l and "actions:2" in l for l in lines)
     (ctl,) = [l for l in lines if "userspace" in l or "4294967293" in l or "controller" in l]
     assert "tier:software (" in ctl and "userspace" in ctl
+
+
+def test_a_batch_of_only_malformed_packets_is_counted_not_fatal():
+    sw = make("priority=0 actions=drop")
+    sw.process(Batch.from_packets([b"\x01" * 10, b"\x02" * 5], 1))
+    assert sum(sw.drop_counts().values()) == 2
+
+
+def test_evicted_megaflows_report_final_counts_and_tcp_flags_accumulate():
+    sw = make("priority=10,tcp actions=output:2")
+    seen = []
+    sw.on_evict.append(lambda mf, pk, by: seen.append((mf.mf_id, pk, by)))
+    syn = raw(Ether() / IP() / TCP(flags="S"))
+    ack = raw(Ether() / IP() / TCP(flags="A"))
+    sw.process(Batch.from_packets([syn, ack, ack], 1))
+    (mf,) = sw.cache.flows.values()
+    assert int(sw.cache.tcp_flags[mf.mf_id]) == 0x12
+    sw.flush_megaflows()
+    assert seen == [(mf.mf_id, 3, 3 * 54)]
+
+
+def test_conntrack_first_pass_is_not_a_drop():
+    sw = make(FIREWALL)
+    sw.process(Batch.from_packets([tcp_flags("S", seq=100)], 1))
+    assert sw.drop_counts() == {}

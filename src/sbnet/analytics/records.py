@@ -231,7 +231,7 @@ class FlowMeter:
         self._ids = np.zeros(0, dtype=np.int64)      # ids in self._mfs, ascending
         # Newest megaflow id looked at; megaflows cached now are metered from their start,
         # ids below the cache's next id that are gone already predate the meter.
-        nxt = getattr(switch.cache, "_next", None)
+        nxt = switch.cache.next_id
         self._last_id = min(switch.cache.flows, default=nxt if nxt is not None else 0) - 1
         self._start_id = nxt if nxt is not None else float("inf")
         self._handled: set[int] = set()              # orphans already recorded

@@ -208,9 +208,15 @@ class MegaflowCache:
         self.bytes = np.zeros(1024, dtype=np.int64)
         self.used = np.zeros(1024, dtype=np.float64)
         self.action_of = np.full(1024, -1, dtype=np.int64)
+        self.tcp_flags = np.zeros(1024, dtype=np.uint16)
 
     def __len__(self) -> int:
         return len(self.flows)
+
+    @property
+    def next_id(self) -> int:
+        """The id the next megaflow will get (ids are never reused)."""
+        return self._next
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Megaflow id for every column in `rows`, -1 for misses."""
@@ -250,6 +256,7 @@ class MegaflowCache:
         self.packets[mf_id] = self.bytes[mf_id] = 0
         self.used[mf_id] = now
         self.action_of[mf_id] = action_id
+        self.tcp_flags[mf_id] = 0
         return mf
 
     def remove(self, mf_id: int) -> Megaflow:
@@ -279,12 +286,14 @@ class MegaflowCache:
         if mf_id < self.packets.size:
             return
         n = max(mf_id + 1, self.packets.size * 2)
-        for name, fill in (("packets", 0), ("bytes", 0), ("used", 0.0), ("action_of", -1)):
+        for name, fill in (("packets", 0), ("bytes", 0), ("used", 0.0), ("action_of", -1),
+                           ("tcp_flags", 0)):
             old = getattr(self, name)
             new = np.full(n, fill, dtype=old.dtype)
             new[:old.size] = old
             setattr(self, name, new)
 
     def nbytes(self) -> int:
-        arrays = self.packets.nbytes + self.bytes.nbytes + self.used.nbytes + self.action_of.nbytes
+        arrays = (self.packets.nbytes + self.bytes.nbytes + self.used.nbytes
+                  + self.action_of.nbytes + self.tcp_flags.nbytes)
         return arrays + sum(s.nbytes() for s in self.subtables.values())

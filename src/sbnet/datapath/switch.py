@@ -26,6 +26,7 @@ from sbnet.flows.ofctl import FlowFile, parse_file
 MAX_IDLE = 10.0           # seconds an unused megaflow lives, as OVS's default max-idle
 MAX_RECIRC = 6            # passes through conntrack per packet before it is dropped
 _CT_POINT = 0xFFFFFF01    # pseudo-port: execute() hands back the packet as it reaches ct()
+_TCP_FLAGS = F.SLOT_INDEX["tcp_flags"]
 
 # Actions this switch does not execute yet, and why: refused when installed.
 _UNSUPPORTED = {
@@ -88,6 +89,9 @@ class Switch:
         self.upcalls = 0
         self.packet_ins: list[bytes] = []
         self.packets_in = 0
+        # Called as cb(megaflow, packets, bytes) just before a megaflow leaves the cache,
+        # so observers (flow records) see its final counts.
+        self.on_evict: list = []
         # Every bridge has its LOCAL port, as in OVS; flood and all include it.
         self.add_port(F.OFPP_LOCAL, name)
 
@@ -289,16 +293,22 @@ class Switch:
     def _pass(self, batch: Batch, parsed, rows: np.ndarray, now: float, depth: int,
               out: list) -> None:
         """One datapath pass: megaflow lookup, upcalls for misses, counters, actions."""
+        if rows.size == 0:
+            return
         keys = parsed.keys
         mf = self.cache.lookup(keys, rows)
         missing = mf < 0
         if missing.any():
             mf[missing] = self._upcall(keys, rows[missing], now)
-        self._count(mf, batch.length[rows], now)
+        self._count(mf, batch.length[rows], now, keys[_TCP_FLAGS, rows])
         self._emit(batch, rows, mf, parsed, now, depth, out)
 
-    def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float) -> None:
+    def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float,
+               tcp_flags: np.ndarray | None = None) -> None:
         c = self.cache
+        if tcp_flags is not None:
+            # TCP flags seen per megaflow, as OVS's datapath keeps them (flow records read them).
+            np.bitwise_or.at(c.tcp_flags, mf, tcp_flags.astype(np.uint16))
         if self.tier is not None:
             # The NIC tier counts what it carried; the host counts the rest.
             on = self.tier.record(mf, lengths, now)
@@ -440,7 +450,7 @@ class Switch:
         out = {f"malformed: {ERROR_REASONS[i]}": int(c)
                for i, c in enumerate(self.parse_errors) if c and i}
         for mf in self.cache.flows.values():
-            if mf.reason != "forwarded":
+            if mf.reason not in ("forwarded", "recirculated"):
                 out[mf.reason] = out.get(mf.reason, 0) + int(self.cache.packets[mf.mf_id])
         for reason, c in self.drops.items():
             out[reason] = out.get(reason, 0) + c
@@ -476,7 +486,9 @@ class Switch:
             r.n_packets += pk
             r.n_bytes += by
             r.used = max(r.used, used)
-        if mf.reason != "forwarded" and pk:
+        for cb in self.on_evict:
+            cb(mf, pk, by)
+        if mf.reason not in ("forwarded", "recirculated") and pk:
             self.drops[mf.reason] = self.drops.get(mf.reason, 0) + pk
         c.remove(mf.mf_id)
 

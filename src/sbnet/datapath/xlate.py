@@ -101,7 +101,9 @@ class Xlate:
         for s in _NON_HEADER:
             wc[s] = 0
         sent = any(isinstance(a, (odp.Output, odp.TunnelPush)) for a in ctx.odp)
-        reason = "forwarded" if sent else ctx.reason
+        # A recirculated packet's fate is decided by its next pass, not this one.
+        again = any(isinstance(a, odp.Recirc) for a in ctx.odp)
+        reason = "forwarded" if sent else "recirculated" if again else ctx.reason
         return XlateResult(tuple(ctx.odp), wc, ctx.rules, ctx.modified, reason,
                            ctx.lines if trace else None)
 
