@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, IPerror, TCPerror
@@ -11,6 +10,7 @@ from scapy.layers.inet import ICMP, IP, IPerror, TCPerror
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch
 from sbnet.ovs.dummy import DummyOVS, require_ovs
+from tests.datapath.test_conntrack_ovs import PORTS, _output_port
 from tests.datapath.test_conntrack_util import A, B, E, Tcp, udp
 
 pytestmark = pytest.mark.ovs
@@ -24,7 +24,6 @@ table=1,priority=30,ct_state=+trk+rel actions=output:5
 table=1,priority=20,ct_state=+trk+est actions=output:3
 table=1,priority=10,ip,ct_state=+trk+new actions=ct(commit,zone=5,exec(set_field:1->ct_mark)),output:2
 """
-PORTS = (2, 3, 4, 5)
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +36,6 @@ def ovs():
         yield o
 
 
-def _ovs_port(ovs, counts, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        for p in PORTS:
-            n = len(ovs.sent(p, timeout=0))
-            if n != counts[p]:
-                counts[p] = n
-                return p
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.002)
-
-
 def compare(ovs, pkts):
     ovs.flush_conntrack()
     sw = Switch(clock=lambda: 0.0)
@@ -59,7 +45,7 @@ def compare(ovs, pkts):
     counts = {p: len(ovs.sent(p)) for p in PORTS}
     for i, pkt in enumerate(pkts):
         ovs.receive(1, bytes(pkt))
-        theirs = _ovs_port(ovs, counts)
+        theirs = _output_port(ovs, counts)
         out = sw.process(Batch.from_packets([bytes(pkt)], 1), now=0.0)
         ours = [port for port, b in out if len(b)]
         assert ours == ([theirs] if theirs else []), f"packet {i} {pkt.summary()}: ours {ours}, OVS {theirs}"
