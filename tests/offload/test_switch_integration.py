@@ -1,8 +1,7 @@
-"""The tier wired into the real switch the way docs/offload.md tells the switch to: statistics stay exact.
+"""The NIC tier inside the real switch: statistics stay exact whichever tier did the work.
 
-OffloadSwitch is a test-only subclass standing in for the integration (the switch
-itself is not edited here); the same traffic through a plain Switch must give the
-same per-rule packet and byte counts, whichever tier did the work."""
+The same traffic through a plain Switch must give the same per-rule packet and byte
+counts as through Switch(offload=profile)."""
 
 from __future__ import annotations
 
@@ -17,42 +16,21 @@ from sbnet.offload import BUILTIN_DIR, NicTier, builtin_profiles, cost, parse_pr
 
 
 class OffloadSwitch(Switch):
+    """The switch with a NIC tier (Switch(offload=profile)), named for these tests."""
+
     def __init__(self, profile, **kw) -> None:
-        super().__init__(**kw)
-        self.tier = NicTier(profile)
-        self.nic_packets = self.software_packets = 0
+        super().__init__(offload=profile, **kw)
 
-    def _install(self, res, key, now):
-        mf = super()._install(res, key, now)
-        self.tier.offer(mf, now)                                   # step 1
-        return mf
+    @property
+    def nic_packets(self) -> int:
+        return self.tier_packets["nic"]
 
-    def _count(self, mf, lengths, now):
-        on = self.tier.record(mf, lengths, now)                     # step 2
-        self.nic_packets += int(on.sum())
-        self.software_packets += int((~on).sum())
-        super()._count(mf[~on], lengths[~on], now)
+    @property
+    def software_packets(self) -> int:
+        return self.tier_packets["software"]
 
-    def _evict(self, mf):
-        self._fold_one(mf.mf_id, self.tier.remove(mf.mf_id))        # step 3
-        super()._evict(mf)
-
-    def offload_tick(self, now):
-        ch = self.tier.advance(now)                                 # step 4
-        for i in ch.installed:
-            self.cache.flows[i].tier = "nic"
-        for i in ch.evicted:
-            self.cache.flows[i].tier = "software"
-        self.fold()
-
-    def fold(self):                                                 # step 5
-        for mf_id, c in self.tier.take_counters().items():
-            self._fold_one(mf_id, c)
-
-    def _fold_one(self, mf_id, c):
-        self.cache.packets[mf_id] += c.packets
-        self.cache.bytes[mf_id] += c.bytes
-        self.cache.used[mf_id] = max(self.cache.used[mf_id], c.used)
+    def fold(self):
+        self.fold_nic()
 
 
 FLOWS = """
