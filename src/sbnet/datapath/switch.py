@@ -233,11 +233,9 @@ class Switch:
         """Run a batch through the switch; returns (port, packets) emitted, also delivered to ports."""
         now = self.clock() if now is None else now
         if self.tunnels and len(batch):
-            early: list[tuple[int, Batch]] = []
-            batch = self._decap(batch, now, early)
-            if len(batch) == 0:
-                return early
-            return early + self._local(batch, now)
+            inner: list[tuple[int, Batch]] = []
+            batch = self._decap(batch, now, inner)
+            return inner + self._local(batch, now)
         return self._local(batch, now)
 
     def _local(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
@@ -274,6 +272,9 @@ class Switch:
                 if port is not None:
                     port.rx_packets += int(c)
             parsed = parse(inner)
+            bad = parsed.error != 0
+            if bad.any():
+                self.parse_errors += np.bincount(parsed.error[bad], minlength=len(ERROR_REASONS))
             keys = parsed.keys
             for name in ("tun_id", "tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
                          "tun_ipv6_dst_hi", "tun_ipv6_dst_lo"):
@@ -382,8 +383,7 @@ class Switch:
             i = j + 1
             if i < len(acts) and isinstance(acts[i], odp.Recirc):
                 if depth + 1 >= MAX_RECIRC:
-                    reason = "recirculation too deep"
-                    self.drops[reason] = self.drops.get(reason, 0) + len(tracked)
+                    self._drop("recirculation too deep", len(tracked))
                 else:
                     keys = p2.keys.copy()
                     keys[F.SLOT_INDEX["recirc_id"]] = acts[i].recirc_id
