@@ -213,3 +213,42 @@ def mpls_packet(r: random.Random) -> tuple[int, bytes]:
         stack = lse if stack is None else stack / lse
     eth.type = 0x8847
     return r.choice(PORTS), raw(eth / stack / l3)
+
+
+def nsh_table_set(seed: int) -> TableSet:
+    """Tables that classify into NSH (encap), forward NSH by SPI/SI (set, dec_nsh_ttl) and
+    terminate it (decap twice, then the inner frame continues after recirculation)."""
+    r = random.Random(seed)
+    flows = []
+    for _ in range(r.randint(3, 7)):
+        port = r.choice(PORTS)
+        pri = r.randint(1, 1000)
+        kind = r.random()
+        if kind < 0.35:
+            md = r.choice([1, 2])
+            sets = f"set_field:{r.choice([0x10, 0x20])}->nsh_spi,set_field:{r.choice([255, 254])}->nsh_si"
+            if md == 1 and r.random() < 0.5:
+                sets += f",set_field:{r.randint(0, 99)}->nsh_c1"
+            eth = f",set_field:{r.choice(MACS[:3])}->eth_dst" if r.random() < 0.6 else ""
+            flows.append(f"priority={pri},{r.choice(['ip', 'tcp', 'udp', 'arp'])} actions="
+                         f"encap(nsh(md_type={md})),{sets},encap(ethernet){eth},output:{port}")
+        elif kind < 0.7:
+            m = f",nsh_spi={r.choice([0x10, 0x20])}" if r.random() < 0.7 else ""
+            acts = r.choice([f"set_field:{r.choice([200, 254])}->nsh_si,dec_nsh_ttl",
+                             "dec_nsh_ttl", f"set_field:{r.randint(1, 9)}->nsh_c2"])
+            flows.append(f"priority={pri},eth_type=0x894f{m} actions={acts},output:{port}")
+        else:
+            flows.append(f"priority={pri},eth_type=0x894f actions=decap(),decap(),output:{port}")
+    return TableSet(flows, [], False)
+
+
+def nsh_packet(r: random.Random) -> tuple[int, bytes]:
+    from scapy.contrib.nsh import NSH
+    inner = Ether(src=r.choice(MACS[:3]), dst=r.choice(MACS[:3])) / IP(
+        src=r.choice(IPS), dst=r.choice(IPS)) / r.choice([TCP(dport=80), UDP(dport=53)])
+    if r.random() < 0.4:
+        return r.choice(PORTS), raw(inner)
+    outer = Ether(src=r.choice(MACS[:3]), dst=r.choice(MACS[:3]), type=0x894F)
+    hdr = NSH(mdtype=1, nextproto=3, spi=r.choice([0x10, 0x20, 0x30]), si=r.choice([255, 254, 1]),
+              ttl=r.choice([63, 1, 2]))
+    return r.choice(PORTS), raw(outer / hdr / inner)

@@ -22,6 +22,8 @@ SET_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
     "nd": (("target", "nd_target"), ("sll", "nd_sll"), ("tll", "nd_tll")),
     "mpls": (("label", "mpls_label"), ("tc", "mpls_tc"), ("ttl", "mpls_ttl")),
     "skb_mark": (("mark", "pkt_mark"),),
+    "nsh": (("flags", "nsh_flags"), ("ttl", "nsh_ttl"), ("spi", "nsh_spi"), ("si", "nsh_si"),
+            ("c1", "nsh_c1"), ("c2", "nsh_c2"), ("c3", "nsh_c3"), ("c4", "nsh_c4")),
 }
 
 
@@ -86,6 +88,35 @@ class CtClear:
 
 
 @dataclass(frozen=True)
+class PushNsh:
+    """Put an NSH header in front of the packet (OVS push_nsh); the result has no Ethernet."""
+
+    flags: int
+    ttl: int
+    mdtype: int
+    np: int
+    spi: int
+    si: int
+    context: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class PushEth:
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True)
+class PopEth:
+    pass
+
+
+@dataclass(frozen=True)
+class PopNsh:
+    pass
+
+
+@dataclass(frozen=True)
 class TunnelPush:
     """Encapsulate for a tunnel port and send on the underlay (OVS's tnl_push + output)."""
 
@@ -100,7 +131,7 @@ class Userspace:
 
 # An ODP action list is a tuple of the dataclasses above; the empty tuple drops.
 OdpAction = (Output | SetFields | PushVlan | PopVlan | PushMpls | PopMpls | Meter | Recirc
-             | Userspace | Ct | CtClear | TunnelPush)
+             | Userspace | Ct | CtClear | TunnelPush | PushNsh | PushEth | PopEth | PopNsh)
 
 
 def canonical(actions: tuple[OdpAction, ...]) -> list[tuple]:
@@ -132,8 +163,8 @@ def canonical(actions: tuple[OdpAction, ...]) -> list[tuple]:
                 out.append(("recirc", recirc_id))
             case Userspace(reason):
                 out.append(("userspace", reason))
-            case Ct() | CtClear():
-                # OVS's trace parser keeps ct as raw text: compare the text.
+            case Ct() | CtClear() | PushNsh() | PushEth() | PopEth() | PopNsh():
+                # OVS's trace parser keeps these as raw text: compare the text.
                 out.append(("raw", _format_one(a)))
             case TunnelPush(ofport, tun):
                 out.append(("tnl_push", ofport, tun))
@@ -196,6 +227,18 @@ def format_actions(actions: tuple[OdpAction, ...]) -> str:
                 parts.append(_format_ct(a))
             case CtClear():
                 parts.append("ct_clear")
+            case PushNsh(flags, ttl, mdtype, np_, spi, si, ctx):
+                meta = (",".join(f"c{i + 1}={c:#x}" for i, c in enumerate(ctx))
+                        if mdtype == 1 else "md2=0")
+                parts.append(f"push_nsh(flags={flags},ttl={ttl},mdtype={mdtype},np={np_},"
+                             f"spi={spi:#x},si={si},{meta})")
+            case PushEth(src, dst):
+                parts.append(f"push_eth(src={F.format_value(F.lookup('eth_src'), src)},"
+                             f"dst={F.format_value(F.lookup('eth_dst'), dst)})")
+            case PopEth():
+                parts.append("pop_eth")
+            case PopNsh():
+                parts.append("pop_nsh()")
             case TunnelPush(ofport, tun):
                 fields_ = "".join(f",{n}={v:#x}" for n, v in tun)
                 parts.append(f"tnl_push(port={ofport}{fields_})")

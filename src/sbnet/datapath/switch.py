@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbnet.datapath import odp
+from sbnet.datapath import nsh, odp
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.classifier import Rule, Table
 from sbnet.datapath.execute import execute
@@ -31,14 +31,9 @@ _TCP_FLAGS = F.SLOT_INDEX["tcp_flags"]
 # Actions this switch does not execute yet, and why: refused when installed.
 _UNSUPPORTED = {
     A.Meter: "meters are not executed by this switch yet",
-    A.EncapNsh: "NSH encapsulation is not executed by this switch yet",
-    A.Encap: "encap() is not executed by this switch yet",
-    A.Decap: "decap() is not executed by this switch yet",
-    A.DecNshTtl: "NSH is not executed by this switch yet",
     A.Normal: "NORMAL (MAC learning) is not implemented: sbnet compiles explicit L2 flows",
 }
 _UNSUPPORTED_FIELDS = {
-    "nsh_": "NSH fields are not executed by this switch yet",
     "ct_": "conntrack fields are set only by ct(commit,exec(...))",
 }
 
@@ -354,43 +349,78 @@ class Switch:
 
     def _run_special(self, batch: Batch, rows: np.ndarray, parsed, acts: tuple, now: float,
                      depth: int, out: list) -> None:
-        """Actions with ct() or a tunnel output: edits and outputs up to it, then
-        conntrack (with a recirculated clone for ct(table=)) or encapsulation on the
-        batch as it is at that point, then the rest of the actions."""
-        special = (odp.Ct, odp.TunnelPush)
+        """Actions the executor does not do itself (ct, tunnel output, NSH and Ethernet
+        push/pop, NSH sets, recirculation): edits and outputs up to each, then that step on
+        the batch as it is at that point, then the rest of the actions."""
         i = 0
         while True:
-            j = next((k for k in range(i, len(acts)) if isinstance(acts[k], special)), len(acts))
+            j = next((k for k in range(i, len(acts)) if _is_special(acts[k])), len(acts))
             if j == len(acts):
                 self._deliver(execute(batch, rows, parsed.l3, parsed.l4, acts[i:]), out)
                 return
             emitted = execute(batch, rows, parsed.l3, parsed.l4, acts[i:j] + (odp.Output(_CT_POINT),))
             self._deliver(emitted[:-1], out)
-            if isinstance(acts[j], odp.TunnelPush):
-                at = emitted[-1][1]
-                self._tunnel_out(at, acts[j], out)
-                batch, rows, parsed, i = at, np.arange(len(at)), parse(at), j + 1
-                continue
-            tracked = emitted[-1][1].take(np.arange(len(rows)))
-            p2 = parse(tracked)
-            # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes.
-            ct_rows = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
-            p2.keys[ct_rows] = parsed.keys[ct_rows][:, rows]
-            c: odp.Ct = acts[j]
-            every = np.arange(len(tracked))
-            self.conntrack.execute(tracked, p2, every, c.zone, commit=c.commit, nat=c.nat,
-                                   set_mark=c.mark, set_label=c.label, now=now, force=c.force)
+            at = emitted[-1][1]
+            every = np.arange(len(at))
+            a = acts[j]
             i = j + 1
-            if i < len(acts) and isinstance(acts[i], odp.Recirc):
-                if depth + 1 >= MAX_RECIRC:
-                    self._drop("recirculation too deep", len(tracked))
-                else:
-                    keys = p2.keys.copy()
-                    keys[F.SLOT_INDEX["recirc_id"]] = acts[i].recirc_id
-                    again = Parsed(keys, p2.l2_5, p2.l3, p2.l4, p2.error)
-                    self._pass(tracked, again, every, now, depth + 1, out)
-                i += 1
-            batch, rows, parsed = tracked, every, p2
+            if isinstance(a, odp.TunnelPush):
+                self._tunnel_out(at, a, out)
+                batch, rows, parsed = at, every, parse(at)
+                continue
+            if isinstance(a, odp.Ct):
+                at = at.take(every)     # conntrack rewrites NAT in place: own the batch
+                p2 = parse(at)
+                # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes.
+                ct_rows = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
+                p2.keys[ct_rows] = parsed.keys[ct_rows][:, rows]
+                self.conntrack.execute(at, p2, every, a.zone, commit=a.commit, nat=a.nat,
+                                       set_mark=a.mark, set_label=a.label, now=now, force=a.force)
+                if i < len(acts) and isinstance(acts[i], odp.Recirc):
+                    self._recirculate(at, p2, acts[i].recirc_id, now, depth, out)
+                    i += 1
+                batch, rows, parsed = at, every, p2
+                continue
+            if isinstance(a, odp.Recirc):
+                p2 = parse(at)
+                self._recirculate(at, p2, a.recirc_id, now, depth, out)
+                batch, rows, parsed = at, every, p2
+                continue
+            batch, ethernet = self._nsh_step(at, every, a)
+            rows = np.arange(len(batch))
+            parsed = parse(batch) if ethernet else _no_offsets(len(batch))
+
+    def _nsh_step(self, at: Batch, rows: np.ndarray, a) -> tuple[Batch, bool]:
+        """One NSH/Ethernet header operation; returns the batch and whether it is Ethernet."""
+        match a:
+            case odp.PushNsh(flags, ttl, mdtype, np_, spi, si, ctx):
+                return nsh.push_nsh(at, rows, mdtype, np_, spi, si, flags, ttl, ctx), False
+            case odp.PushEth(src, dst):
+                return nsh.push_eth(at, rows, src, dst), True
+            case odp.PopEth():
+                return nsh.pop_eth(at, rows), False
+            case odp.PopNsh():
+                popped = nsh.pop_nsh(at, rows)
+                bad = len(rows) - len(popped.batch)
+                if bad:
+                    self._drop("malformed NSH header", bad)
+                return popped.batch, True
+            case odp.SetFields("nsh", fields):
+                own = at.take(rows)
+                nsh.set_nsh(own, rows, **dict(fields))
+                return own, True
+        raise TypeError(f"not an NSH step: {a!r}")
+
+    def _recirculate(self, batch: Batch, parsed, rid: int, now: float, depth: int,
+                     out: list) -> None:
+        """Send a copy of the packets through the datapath again under `rid`."""
+        if depth + 1 >= MAX_RECIRC:
+            self._drop("recirculation too deep", len(batch))
+            return
+        keys = parsed.keys.copy()
+        keys[F.SLOT_INDEX["recirc_id"]] = rid
+        again = Parsed(keys, parsed.l2_5, parsed.l3, parsed.l4, parsed.error)
+        self._pass(batch, again, np.flatnonzero(parsed.error == 0), now, depth + 1, out)
 
     def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
         """Slow path for cache misses: one translation per new megaflow, not per packet."""
@@ -421,7 +451,7 @@ class Switch:
         if aid is None:
             aid = self._action_ids[acts] = len(self._actions)
             self._actions.append(acts)
-            self._special.append(any(isinstance(a, (odp.Ct, odp.TunnelPush)) for a in acts))
+            self._special.append(any(_is_special(a) for a in acts))
         mf = self.cache.add(res.wc, key, res.actions, aid, list(dict.fromkeys(res.rules)),
                             res.reason, res.modified, now)
         for r in mf.rules:
@@ -566,6 +596,21 @@ class TraceResult:
         return odp.format_actions(self.actions)
 
 
+_SPECIAL = (odp.Ct, odp.TunnelPush, odp.PushNsh, odp.PushEth, odp.PopEth, odp.PopNsh, odp.Recirc)
+
+
+def _is_special(a) -> bool:
+    """Datapath actions the switch runs itself rather than through execute()."""
+    return isinstance(a, _SPECIAL) or (isinstance(a, odp.SetFields) and a.header == "nsh")
+
+
+def _no_offsets(n: int) -> Parsed:
+    """Offsets for packets without Ethernet (NSH between push_nsh and push_eth): none."""
+    none = np.full(n, -1, dtype=np.int32)
+    return Parsed(np.zeros((F.N_SLOTS, n), dtype=np.uint64), none, none, none,
+                  np.zeros(n, dtype=np.uint8))
+
+
 def _tun_arrays(tun: tuple):
     """TunnelPush fields as encap() takes them (128-bit addresses split hi/lo)."""
     for name, v in tun:
@@ -579,6 +624,8 @@ def _tun_arrays(tun: tuple):
 def _check_actions(actions: tuple, where: str) -> None:
     for a in actions:
         why = _UNSUPPORTED.get(type(a))
+        if isinstance(a, A.Encap) and a.header != "ethernet":
+            why = f"encap({a.header}) is not executed by this switch yet"
         if why is None and isinstance(a, (A.SetField, A.Load, A.Move)):
             target = a.field if isinstance(a, A.SetField) else a.dst.field
             for prefix, reason in _UNSUPPORTED_FIELDS.items():

@@ -59,8 +59,9 @@ class Xlate:
         self.frozen: dict[int, tuple] = {}
         self._frozen_ids: dict[tuple, int] = {}
 
-    def freeze(self, table: int, flow: list[int]) -> int:
-        state = (table, tuple(flow[r] for r in _REGS), flow[S["metadata"]])
+    def freeze(self, table: int | None, flow: list[int], rest: tuple = ()) -> int:
+        """A recirc_id for resuming in `table`, or with the actions `rest` when table is None."""
+        state = (table, tuple(flow[r] for r in _REGS), flow[S["metadata"]], rest)
         rid = self._frozen_ids.get(state)
         if rid is None:
             rid = self._frozen_ids[state] = len(self._frozen_ids) + 1
@@ -84,14 +85,18 @@ class Xlate:
                 state = self.frozen.get(rid)
                 if state is None:
                     raise XlateError(f"unknown recirculation id {rid:#x}")
-                table, regs, metadata = state
+                table, regs, metadata, rest = state
                 for r, v in zip(_REGS, regs):
                     ctx.flow[r] = v
                 ctx.flow[S["metadata"]] = metadata
                 ctx.base = list(ctx.flow)
-                ctx.conntracked = True
-                ctx.log(f"thaw: resuming from table {table}")
-                ctx.table(table, goto=True)
+                if table is None:
+                    ctx.log("thaw: resuming the frozen actions")
+                    ctx.actions(rest)
+                else:
+                    ctx.conntracked = True
+                    ctx.log(f"thaw: resuming from table {table}")
+                    ctx.table(table, goto=True)
             else:
                 ctx.table(0, goto=True)
         except XlateError as exc:
@@ -122,6 +127,12 @@ class _Ctx:
         self.table_id = 0
         self.stopped = False
         self.conntracked = False      # a ct() ran on this packet (ct_clear has work to do)
+        # Packet type as OVS tracks it: "eth", or "nsh" between encap(nsh) and encap(ethernet)
+        # (or after decapsulating the Ethernet header of an NSH packet).
+        self.ptype = "eth"
+        self.pending_nsh: int | None = None   # md_type of an NSH header to push at commit
+        self.pending_eth = False               # an Ethernet header to push at commit
+        self.rest: tuple = ()                  # the actions after the one running
         self.reason = "no actions (drop)"
         self.lines: list[str] = [] if trace else None
 
@@ -190,11 +201,12 @@ class _Ctx:
     def actions(self, acts: tuple) -> None:
         if not acts:
             self.log("drop")
-        for a in acts:
+        for i, a in enumerate(acts):
             if self.stopped:
                 return
             if self.lines is not None:
                 self.log(str(a))
+            self.rest = acts[i + 1:]
             self.action(a)
 
     def action(self, a) -> None:
@@ -251,6 +263,19 @@ class _Ctx:
                 pass    # only meaningful to the classifier
             case A.Ct():
                 self.ct(a)
+            case A.EncapNsh(md_type):
+                self.encap_nsh(md_type)
+            case A.Encap("ethernet"):
+                if self.ptype == "nsh":
+                    self.commit()   # OVS pushes a pending NSH header here, Ethernet at output
+                    self.pending_eth = True
+                    self.ptype = "eth"
+                    self.set_slot(S["eth_src"], 0)
+                    self.set_slot(S["eth_dst"], 0)
+            case A.Decap():
+                self.decap()
+            case A.DecNshTtl():
+                self.dec_nsh_ttl()
             case A.CtClear():
                 if self.conntracked:
                     self.commit()
@@ -260,6 +285,54 @@ class _Ctx:
             case _:
                 # The switch refuses these at install time; reaching here is a bug.
                 raise XlateError(f"unsupported action {a}")
+
+    def encap_nsh(self, md_type: int) -> None:
+        """encap(nsh): the Ethernet frame becomes the payload of a fresh NSH header."""
+        if self.ptype != "eth":
+            self.log("encap(nsh) needs an Ethernet packet: skipped")
+            return
+        self.commit()
+        init = {"nsh_flags": 0, "nsh_ttl": 63, "nsh_mdtype": md_type, "nsh_np": 3,
+                "nsh_spi": 0, "nsh_si": 255, "nsh_c1": 0, "nsh_c2": 0, "nsh_c3": 0, "nsh_c4": 0}
+        for name, v in init.items():
+            self.set_slot(S[name], v)
+        self.set_slot(S["eth_type"], F.ETH_NSH)
+        self.ptype = "nsh"
+        self.pending_nsh = md_type
+
+    def decap(self) -> None:
+        """decap(): strip Ethernet from an NSH packet, then NSH itself; the inner frame must
+        be parsed again, so translation freezes and recirculates, as OVS does."""
+        if self.ptype == "eth" and self.flow[S["eth_type"]] == F.ETH_NSH:
+            self.commit()
+            self.odp.append(odp.PopEth())
+            self.ptype = "nsh"
+        elif self.ptype == "nsh":
+            np_ = self.read(F.lookup("nsh_np"))
+            self.commit()
+            self.odp.append(odp.PopNsh())
+            if np_ != 3:
+                self.log(f"NSH next protocol {np_} is not Ethernet: dropped")
+                self.reason = "NSH payload is not Ethernet"
+            else:
+                self.odp.append(odp.Recirc(self.x.freeze(None, self.flow, self.rest)))
+                self.log("-> recirculating to parse the inner frame")
+            self.stopped = True
+        else:
+            self.log("decap() of a packet that is not NSH: skipped")
+
+    def dec_nsh_ttl(self) -> None:
+        if self.flow[S["eth_type"]] != F.ETH_NSH:
+            return
+        fld = F.lookup("nsh_ttl")
+        ttl = self.read(fld)
+        if ttl > 1:
+            self.write(fld, ttl - 1)
+            return
+        self.reason = "NSH TTL expired"
+        self.commit()
+        self.odp.append(odp.Userspace("controller"))
+        self.stopped = True
 
     def ct(self, a: A.Ct) -> None:
         """OVS's ct(): the datapath tracks the packet; with table=, a clone resumes there."""
@@ -312,6 +385,9 @@ class _Ctx:
             return
         if port not in self.x.ports:
             self.log(f"output to nonexistent port {port}")
+            return
+        if self.ptype != "eth":
+            self.log("non-Ethernet packet cannot leave on an Ethernet port: dropped")
             return
         self.commit()
         tp = self.x.tunnels.get(port)
@@ -508,9 +584,24 @@ class _Ctx:
     # -- commit: turn flow edits into datapath set/push/pop actions -------
     def commit(self) -> None:
         flow, base = self.flow, self.base
+        if self.pending_nsh is not None:
+            c = [flow[S[f"nsh_c{i}"]] for i in range(1, 5)]
+            self.odp.append(odp.PushNsh(flow[S["nsh_flags"]], flow[S["nsh_ttl"]],
+                                        self.pending_nsh, flow[S["nsh_np"]], flow[S["nsh_spi"]],
+                                        flow[S["nsh_si"]], tuple(c)))
+            for name in ("eth_type", "nsh_flags", "nsh_ttl", "nsh_mdtype", "nsh_np", "nsh_spi",
+                         "nsh_si", "nsh_c1", "nsh_c2", "nsh_c3", "nsh_c4"):
+                base[S[name]] = flow[S[name]]
+            self.pending_nsh = None
+        if self.pending_eth:
+            self.odp.append(odp.PushEth(flow[S["eth_src"]], flow[S["eth_dst"]]))
+            base[S["eth_src"]], base[S["eth_dst"]] = flow[S["eth_src"]], flow[S["eth_dst"]]
+            self.pending_eth = False
         if flow == base:
             return
         self.commit_set("eth")
+        if base[S["eth_type"]] == F.ETH_NSH:
+            self.commit_set("nsh", consulted=True)
         if _is_mpls_type(base[S["eth_type"]]) and not _is_mpls_type(flow[S["eth_type"]]):
             self.commit_mpls()
         et, proto = base[S["eth_type"]], base[S["nw_proto"]]
@@ -537,16 +628,21 @@ class _Ctx:
         self.commit_set("skb_mark")
         base[:] = flow
 
-    def commit_set(self, header: str) -> None:
-        changed = []
+    def commit_set(self, header: str, consulted: bool = False) -> None:
+        """One set() for the header's changed fields; with `consulted` (OVS's NSH commit),
+        the fields the megaflow matches are named too when anything changed."""
+        changed, named = False, []
         for _, name in odp.SET_HEADERS[header]:
             fld = F.lookup(name)
             v = fld.read(self.flow)
             if v != fld.read(self.base):
-                changed.append((name, v))
+                changed = True
+                named.append((name, v))
                 fld.write(self.base, v)
+            elif consulted and any(self.wc[si] & sm for si, sm in fld.slot_masks(fld.max)):
+                named.append((name, v))
         if changed:
-            self.odp.append(odp.SetFields(header, tuple(sorted(changed))))
+            self.odp.append(odp.SetFields(header, tuple(sorted(named))))
 
     def commit_mpls(self) -> None:
         flow, base = self.flow, self.base

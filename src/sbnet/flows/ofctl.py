@@ -192,6 +192,10 @@ def _check_action_prereqs(match: Match, acts: tuple, col: int) -> None:
             need(F.lookup("mpls_label"), str(a))
         elif isinstance(a, A.PushMpls):
             exact = {"eth_type": a.ethertype}
+        elif isinstance(a, A.EncapNsh):
+            exact = {"eth_type": F.ETH_NSH}
+        elif isinstance(a, A.Decap):
+            exact = {}
         elif isinstance(a, A.PopMpls):
             need(F.lookup("mpls_label"), "pop_mpls")
             exact = {"eth_type": a.ethertype}
