@@ -165,8 +165,9 @@ def _transport(k: dict[str, int], proto: int, seg: bytes, v6: bool) -> None:
         sctp = SCTP(seg)
         k["tp_src"], k["tp_dst"] = sctp.sport, sctp.dport
     elif not v6 and proto in (1, 2) and len(seg) >= 8:
-        icmp = ICMP(seg)   # IGMP keeps type and code in the same two bytes
-        k["tp_src"], k["tp_dst"] = icmp.type, icmp.code
+        # Type and code are the first two bytes (IGMP too); scapy's ICMP dissector is
+        # not used here because it raises on short timestamp messages.
+        k["tp_src"], k["tp_dst"] = seg[0], seg[1]
     elif v6 and proto == 58 and len(seg) >= 8:
         icmp = ICMPv6Unknown(seg)
         k["tp_src"], k["tp_dst"] = icmp.type, icmp.code

@@ -95,3 +95,34 @@ def test_no_route_to_the_tunnel_endpoint_is_counted():
     sw.load(f"in_port={VM} actions=set_field:10.99.0.1->tun_dst,output:{TUNNEL}")
     sw.process(Batch.from_packets([inner()], VM))
     assert sw.drop_counts() == {"tunnel encap: no_route": 1}
+
+
+def test_geneve_options_travel_as_tun_metadata():
+    tlv = "{class=0x0102,type=0x80,len=4}->tun_metadata0,{class=0xffff,type=3,len=8}->tun_metadata1"
+    a = host(MAC_A, "192.168.50.1", "192.168.50.2", MAC_B, "geneve", "flow",
+             f"in_port={VM} actions=set_field:0x77->tun_id,set_field:0xcafe->tun_metadata0,"
+             f"set_field:0x1122334455667788->tun_metadata1,output:{TUNNEL}")
+    b = host(MAC_B, "192.168.50.2", "192.168.50.1", MAC_A, "geneve", "flow",
+             f"in_port={TUNNEL},tun_id=0x77,tun_metadata0=0xcafe,"
+             f"tun_metadata1=0x1122334455667788 actions=output:{VM}")
+    for sw in (a, b):
+        sw.add_tlv_map(tlv)
+    a.process(Batch.from_packets([inner()], VM))
+    (wire,) = a.ports[UNDERLAY].take_sent()
+    from scapy.contrib.geneve import GENEVE
+    g = Ether(wire)[GENEVE]
+    assert g.vni == 0x77 and g.optionlen == (8 + 12) // 4
+    b.process(Batch.from_packets([wire], UNDERLAY))
+    assert b.ports[VM].take_sent() == [inner()]
+    # a packet whose option value differs does not match the flow: dropped, counted
+    other = wire.replace(bytes.fromhex("0000cafe"), bytes.fromhex("0000beef"))
+    b.process(Batch.from_packets([other], UNDERLAY))
+    assert b.ports[VM].take_sent() == [] and b.drop_counts()
+
+
+def test_bad_tlv_map_is_refused():
+    sw = Switch()
+    for bad in ("{class=1,type=2}->tun_metadata0", "{class=1,type=2,len=3}->tun_metadata0",
+                "{class=1,type=2,len=4}->reg0", "nothing"):
+        with pytest.raises(ValueError):
+            sw.add_tlv_map(bad)

@@ -15,7 +15,7 @@ from sbnet.datapath.megaflow import Megaflow, MegaflowCache
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
 from sbnet.datapath.ports import MemoryPort, Port
 from sbnet.datapath.tunnel import (DECAP_DROPS, ENCAP_DROPS, TNL_F_OAM, TunnelPort, decap,
-                                   encap)
+                                   encap, geneve_option)
 from sbnet.datapath.underlay import Underlay
 from sbnet.datapath.xlate import Xlate, XlateResult
 from sbnet.flows import actions as A
@@ -64,6 +64,8 @@ class Switch:
         self.conntrack = conntrack if conntrack is not None else Conntrack()
         self.tunnels: dict = {}                 # ofport -> TunnelPort
         self.underlay = Underlay()
+        # Geneve option (class, type) -> (tun_metadataN, length in bytes), as OVS's TLV map.
+        self.tlv_map: dict[tuple[int, int], tuple[str, int]] = {}
         self.tier = None
         self.tier_packets = {"nic": 0, "software": 0}
         if offload is not None:
@@ -109,6 +111,28 @@ class Switch:
         self.tunnels[tunnel.ofport] = tunnel
         self._revalidate_all()
         return port
+
+    def add_tlv_map(self, text: str) -> None:
+        """Map Geneve options to fields, in ovs-ofctl add-tlv-map syntax:
+        "{class=0xffff,type=0x80,len=4}->tun_metadata0,{...}->tun_metadata1"."""
+        import re
+        found = re.findall(r"\{([^}]*)\}\s*->\s*(\w+)", text)
+        if not found:
+            raise ValueError(f"no {{class=..,type=..,len=..}}->tun_metadataN in {text!r}")
+        for body, name in found:
+            kv = dict(p.strip().split("=", 1) for p in body.split(",") if p.strip())
+            try:
+                cls, typ, ln = int(kv["class"], 0), int(kv["type"], 0), int(kv["len"], 0)
+            except (KeyError, ValueError):
+                raise ValueError(f"TLV map entry {{{body}}} needs class, type and len") from None
+            fld = F.lookup(name) if F.exists(name) else None
+            if fld is None or not fld.name.startswith("tun_metadata"):
+                raise ValueError(f"{name} is not a tun_metadata field")
+            if not (0 < ln <= 8 and ln % 4 == 0) or not (0 <= cls <= 0xFFFF and 0 <= typ <= 0xFF):
+                raise ValueError(f"TLV {{{body}}}: len must be 4 or 8 (bytes), class 16 and type 8 bits")
+            self.tlv_map[(cls, typ)] = (fld.name, ln)
+            self.xlate.tlv_fields.add(fld.name)
+        self._revalidate_all()
 
     def remove_port(self, ofport: int) -> None:
         self.tunnels.pop(ofport, None)
@@ -276,12 +300,27 @@ class Switch:
                 keys[F.SLOT_INDEX[name]] = res.tun[name]
             # Only the OAM flag is visible to OpenFlow, as in OVS.
             keys[F.SLOT_INDEX["tun_flags"]] = res.tun["tun_flags"] & TNL_F_OAM
+            if self.tlv_map:
+                self._geneve_metadata(keys, res.tun["geneve_opts"])
             ok = np.flatnonzero(parsed.error == 0)
             if ok.size:
                 self._pass(inner, parsed, ok, now, 0, out)
         if res.other.size == n:
             return batch
         return batch.take(res.other)
+
+    def _geneve_metadata(self, keys: np.ndarray, options: list) -> None:
+        """Mapped Geneve options into the tun_metadata fields (only packets with options)."""
+        for i, raw in enumerate(options):
+            off = 0
+            while off + 4 <= len(raw):
+                cls = int.from_bytes(raw[off:off + 2], "big")
+                typ, words = raw[off + 2], raw[off + 3] & 0x1F
+                data = raw[off + 4:off + 4 + 4 * words]
+                mapped = self.tlv_map.get((cls, typ))
+                if mapped is not None and len(data) == mapped[1]:
+                    keys[F.SLOT_INDEX[mapped[0]], i] = int.from_bytes(data, "big")
+                off += 4 + 4 * words
 
     def _drop(self, reason: str, n: int) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + int(n)
@@ -462,7 +501,14 @@ class Switch:
 
     def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
         tp = self.tunnels[push.ofport]
-        res = encap(batch, np.arange(len(batch)), tp, dict(_tun_arrays(push.tun)), self.underlay)
+        tun = dict(_tun_arrays(push.tun))
+        meta = [(n, v) for n, v in push.tun if n.startswith("tun_metadata")]
+        if meta:
+            by_field = {f: (c, t, ln) for (c, t), (f, ln) in self.tlv_map.items()}
+            tun["geneve_opts"] = b"".join(
+                geneve_option(by_field[n][0], by_field[n][1], v.to_bytes(by_field[n][2], "big"))
+                for n, v in meta)
+        res = encap(batch, np.arange(len(batch)), tp, tun, self.underlay)
         for reason in ENCAP_DROPS:
             if res.counters.get(reason):
                 self._drop(f"tunnel encap: {reason}", res.counters[reason])
@@ -614,6 +660,8 @@ def _no_offsets(n: int) -> Parsed:
 def _tun_arrays(tun: tuple):
     """TunnelPush fields as encap() takes them (128-bit addresses split hi/lo)."""
     for name, v in tun:
+        if name.startswith("tun_metadata"):
+            continue
         if name in ("tun_ipv6_dst", "tun_ipv6_src"):
             yield f"{name}_hi", v >> 64
             yield f"{name}_lo", v & 0xFFFFFFFFFFFFFFFF

@@ -23,7 +23,8 @@ _MPLS = (S["mpls_lse0"], S["mpls_lse1"], S["mpls_lse2"])
 _CT_SLOTS = list(range(S["ct_state"], S["ct_tp_dst"] + 1))
 _TUN_ENDPOINTS = ("tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
                   "tun_ipv6_dst_hi", "tun_ipv6_dst_lo")
-_TUN_SLOTS = ("tun_id",) + _TUN_ENDPOINTS + ("tun_flags",)
+_TUN_METADATA = tuple(f"tun_metadata{i}" for i in range(8))
+_TUN_SLOTS = ("tun_id",) + _TUN_ENDPOINTS + ("tun_flags",) + _TUN_METADATA
 _REGS = [S[f"reg{i}"] for i in range(16)]
 _L3_SLOTS = [S[n] for n in (
     "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
@@ -52,6 +53,7 @@ class Xlate:
                  ports: set[int], tunnels: dict | None = None) -> None:
         self.tables, self.groups, self.ports = tables, groups, ports
         self.tunnels = tunnels if tunnels is not None else {}   # ofport -> TunnelPort
+        self.tlv_fields: set[str] = set()      # tun_metadataN fields the TLV map defines
         # Tests force a select-group bucket to compare with OVS, whose hash differs.
         self.select_override: int | None = None
         # Recirculation: a recirc_id names a frozen translation state (the table
@@ -407,6 +409,11 @@ class _Ctx:
         if tp.local_ip == "flow":
             for n in ("tun_src", "tun_ipv6_src"):
                 tun.append((n, self.read(F.lookup(n))))
+        if tp.kind == "geneve":
+            # Options go out for the mapped metadata fields the flow carries.
+            for n in _TUN_METADATA:
+                if n in self.x.tlv_fields and (self.flow[S[n]] or self.modified >> S[n] & 1):
+                    tun.append((n, self.read(F.lookup(n))))
         if self.is_ip():
             # The outer header copies ECN always, DSCP and TTL when the port inherits them.
             self.wc[S["nw_tos"]] |= 0xFF if tp.tos == "inherit" else 0x03

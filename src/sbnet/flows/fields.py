@@ -47,6 +47,8 @@ SLOTS: tuple[str, ...] = (
     "ct_ipv6_dst_hi", "ct_ipv6_dst_lo", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
     "nsh_flags", "nsh_ttl", "nsh_mdtype", "nsh_np", "nsh_spi", "nsh_si",
     "nsh_c1", "nsh_c2", "nsh_c3", "nsh_c4",
+    "tun_metadata0", "tun_metadata1", "tun_metadata2", "tun_metadata3",
+    "tun_metadata4", "tun_metadata5", "tun_metadata6", "tun_metadata7",
 )
 SLOT_INDEX: dict[str, int] = {name: i for i, name in enumerate(SLOTS)}
 N_SLOTS = len(SLOTS)
@@ -208,6 +210,10 @@ def _declare() -> None:
        hi_lo=("tun_ipv6_src_hi", "tun_ipv6_src_lo"))
     _f("tun_ipv6_dst", 128, Kind.IPV6, True, None,
        hi_lo=("tun_ipv6_dst_hi", "tun_ipv6_dst_lo"))
+    # Geneve options, mapped to fields by the switch's TLV map as OVS's tun_metadata are
+    # (here at most 8 bytes each, 8 of them).
+    for i in range(8):
+        _f(f"tun_metadata{i}", 64, Kind.HEX, True, f"tun_metadata{i}")
     _f("metadata", 64, Kind.HEX, True, "metadata")
     for i in range(16):
         _f(f"reg{i}", 32, Kind.HEX, True, f"reg{i}")
