@@ -9,34 +9,15 @@ from scapy.layers.inet import ICMP, IP, IPerror, TCPerror
 
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch
-from sbnet.ovs.dummy import DummyOVS, require_ovs
-from tests.datapath.test_conntrack_ovs import PORTS, _output_port
+# The engine test's tables and OVS: each packet leaves on a port that tells its ct_state
+# (new 2, est 3, inv 4, rel 5), the stateful pass runs in table 1 after recirculation.
+from tests.datapath.test_conntrack_ovs import FLOWS, PORTS, _output_port, ovs  # noqa: F401
 from tests.datapath.test_conntrack_util import A, B, E, Tcp, udp
 
 pytestmark = pytest.mark.ovs
 
-# Each packet leaves on a port that tells its ct_state: new 2, est 3, inv 4, rel 5; the
-# stateful pass runs in table 1 after recirculation, replies are matched from port 1 too.
-FLOWS = """
-table=0,priority=10,ip actions=ct(table=1,zone=5)
-table=1,priority=40,ct_state=+trk+inv actions=output:4
-table=1,priority=30,ct_state=+trk+rel actions=output:5
-table=1,priority=20,ct_state=+trk+est actions=output:3
-table=1,priority=10,ip,ct_state=+trk+new actions=ct(commit,zone=5,exec(set_field:1->ct_mark)),output:2
-"""
 
-
-@pytest.fixture(scope="module")
-def ovs():
-    require_ovs()
-    with DummyOVS(n_ports=5) as o:
-        o.replace_flows(FLOWS)
-        for p in PORTS:
-            o.capture(p)
-        yield o
-
-
-def compare(ovs, pkts):
+def compare(ovs, pkts):  # noqa: F811
     ovs.flush_conntrack()
     sw = Switch(clock=lambda: 0.0)
     for p in range(1, 6):
@@ -53,13 +34,13 @@ def compare(ovs, pkts):
     assert sw.conntrack.dump() == theirs
 
 
-def test_handshake_data_teardown(ovs):
+def test_handshake_data_teardown(ovs):  # noqa: F811
     c = Tcp()
     compare(ovs, c.handshake() + [c.pkt(0, "PA", b"GET /"), c.pkt(1, "PA", b"200 OK"),
                                   c.pkt(0, "FA"), c.pkt(1, "FA"), c.pkt(0, "A")])
 
 
-def test_udp_icmp_and_related_errors(ovs):
+def test_udp_icmp_and_related_errors(ovs):  # noqa: F811
     c = Tcp(sport=7777)
     pk = [udp(), udp(B, A, 2, 1), udp(), E / IP(src=A, dst=B) / ICMP(type=8, id=3),
           E / IP(src=B, dst=A) / ICMP(type=0, id=3)] + c.handshake()
@@ -70,7 +51,7 @@ def test_udp_icmp_and_related_errors(ovs):
 
 # 70 runs of 3 interleaved TCP conversations each: 210 generated conversations.
 @pytest.mark.parametrize("seed", range(70))
-def test_random_conversations(ovs, seed):
+def test_random_conversations(ovs, seed):  # noqa: F811
     rng = random.Random(1000 + seed)
     conns = [Tcp(sport=20000 + seed * 10 + i, isn_a=rng.getrandbits(32),
                  isn_b=rng.getrandbits(32)) for i in range(3)]
