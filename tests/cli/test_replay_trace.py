@@ -94,3 +94,16 @@ def test_conntrack_lists_filters_and_flushes_by_zone(tmp_path):
     assert runner.invoke(app, ["conntrack", flows, *args, "--zone", "3"]).output.strip() == ""
     assert runner.invoke(app, ["conntrack", flows, *args, "--filter", "dport=22"]).output.strip() == ""
     assert runner.invoke(app, ["conntrack", flows, *args, "--flush-zone", "9"]).output.strip() == ""
+
+
+def test_dpctl_marks_each_megaflow_tier_and_why():
+    res = runner.invoke(app, ["dpctl", "dump-flows", str(EXAMPLE), "--offload", "sriov",
+                              "--count", "500"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines and all("tier:" in l for l in lines)
+    assert any("tier:software (sriov: match on ip_proto is not supported" in l for l in lines)
+    res = runner.invoke(app, ["replay", str(EXAMPLE), "--offload", "smartnic", "--count", "3000"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "% offloaded" in res.output
+    assert runner.invoke(app, ["replay", str(EXAMPLE), "--offload", "nope"]).exit_code == 2

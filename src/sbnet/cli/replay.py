@@ -12,6 +12,7 @@ from rich.table import Table as RichTable
 
 def register(app: typer.Typer) -> None:
     app.command("replay")(replay)
+    app.command("dpctl")(dpctl)
 
 
 def replay(
@@ -22,28 +23,67 @@ def replay(
     count: int = typer.Option(10000, "--count", help="Generated packets when no pcap is given."),
     batch: int = typer.Option(256, "--batch", help="Packets per batch."),
     out_dir: Path = typer.Option(None, "--out", help="Write each port's output to DIR/port-N.pcap."),
+    offload: str = typer.Option(None, "--offload", help="NIC profile for a NIC tier in front of "
+                                "the software cache (sriov, software, smartnic)."),
 ) -> None:
     """Replay packets through the reference switch; print forwarded/dropped per rule and why."""
     from sbnet.datapath.batch import Batch
     from sbnet.datapath.ports import read_pcap
 
     console = Console()
-    sw = load_switch(flows, ports, out_dir)
-    packets = [p for _, p in read_pcap(pcap)] if pcap else generated_traffic(count)
+    sw = load_switch(flows, ports, out_dir, offload)
+    # The clock follows the capture (generated traffic: one packet per millisecond), so
+    # timeouts and the NIC tier's insertion rate see time pass as they would live.
+    stamped = read_pcap(pcap) if pcap else [(i / 1000, p) for i, p in
+                                             enumerate(generated_traffic(count))]
+    packets = [p for _, p in stamped]
     for i in range(0, len(packets), batch):
-        sw.process(Batch.from_packets(packets[i:i + batch], in_port), now=0.0)
+        sw.process(Batch.from_packets(packets[i:i + batch], in_port), now=stamped[i][0])
     report(console, sw, len(packets))
     for port in sw.ports.values():
         port.close()
 
 
-def load_switch(flows: Path, ports: int, out_dir: Path | None = None):
+def dpctl(
+    command: str = typer.Argument(..., help="dump-flows: the datapath flows (megaflows)."),
+    flows: Path = typer.Argument(..., help="Flow file in ovs-ofctl syntax."),
+    pcap: Path = typer.Option(None, "--pcap", help="pcap/pcapng to replay; generated traffic if absent."),
+    in_port: int = typer.Option(1, "--in-port"),
+    ports: int = typer.Option(4, "--ports"),
+    count: int = typer.Option(2000, "--count", help="Generated packets when no pcap is given."),
+    offload: str = typer.Option(None, "--offload", help="NIC profile (sriov, software, smartnic)."),
+) -> None:
+    """After a replay, list megaflows like `ovs-appctl dpctl/dump-flows -m`: match, counters,
+    the tier that carries each one and, when it stays in software, why."""
+    from sbnet.datapath.batch import Batch
+    from sbnet.datapath.ports import read_pcap
+
+    if command != "dump-flows":
+        Console().print(f"[red]unknown dpctl command {command!r} (known: dump-flows)[/red]")
+        raise typer.Exit(2)
+    sw = load_switch(flows, ports, None, offload)
+    stamped = read_pcap(pcap) if pcap else [(i / 1000, p) for i, p in
+                                             enumerate(generated_traffic(count))]
+    packets = [p for _, p in stamped]
+    for i in range(0, len(packets), 256):
+        sw.process(Batch.from_packets(packets[i:i + 256], in_port), now=stamped[i][0])
+    sw.clock = lambda: stamped[-1][0] if stamped else 0.0
+    for line in sw.dump_megaflows():
+        typer.echo(line)
+
+
+def load_switch(flows: Path, ports: int, out_dir: Path | None = None, offload: str | None = None):
     """A reference switch with ports 1..N (pcap files in out_dir if given) and the flow file loaded."""
     from sbnet.datapath.ports import PcapPort
     from sbnet.datapath.switch import Switch
     from sbnet.flows.ofctl import FlowSyntaxError
+    from sbnet.offload import builtin_profiles
 
-    sw = Switch()
+    if offload is not None and offload not in builtin_profiles():
+        Console().print(f"[red]unknown NIC profile {offload!r} "
+                        f"(known: {', '.join(sorted(builtin_profiles()))})[/red]")
+        raise typer.Exit(2)
+    sw = Switch(offload=offload)
     for p in range(1, ports + 1):
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,3 +182,7 @@ def report(console: Console, sw, total: int) -> None:
                     for m in sw.cache.flows.values() if m.reason == "forwarded")
     console.print(f"{total} packets: {forwarded} forwarded, {sum(drops.values())} dropped; "
                   f"{sw.upcalls} flow setups, {len(sw.cache)} megaflows cached")
+    if sw.tier is not None:
+        nic, soft = sw.tier_packets["nic"], sw.tier_packets["software"]
+        console.print(f"NIC tier ({sw.tier.profile.name}): {nic} packets on the NIC, {soft} "
+                      f"in software ({100 * nic / max(nic + soft, 1):.1f}% offloaded)")
