@@ -106,11 +106,12 @@ class Switch:
 
     def add_tunnel_port(self, tunnel: TunnelPort, name: str | None = None) -> Port:
         """A vxlan/gre/geneve port; its packets leave and arrive through the underlay."""
-        port = self.add_port(tunnel.ofport, name or f"{tunnel.kind}{tunnel.ofport}",
-                             port=Port(tunnel.ofport, name or f"{tunnel.kind}{tunnel.ofport}"))
+        name = name or f"{tunnel.kind}{tunnel.ofport}"
+        if tunnel.ofport in self.ports:
+            raise ValueError(f"port {tunnel.ofport} already exists on {self.name}")
+        # Known as a tunnel before add_port revalidates, so one pass sees it.
         self.tunnels[tunnel.ofport] = tunnel
-        self._revalidate_all()
-        return port
+        return self.add_port(tunnel.ofport, name, port=Port(tunnel.ofport, name))
 
     def add_tlv_map(self, text: str) -> None:
         """Map Geneve options to fields, in ovs-ofctl add-tlv-map syntax:
@@ -208,7 +209,11 @@ class Switch:
         return [r for t in sorted(self.tables) for r in self.tables[t].rules()]
 
     def rule_stats(self, rule: Rule) -> tuple[int, int, float]:
+        """(packets, bytes, last used) of a rule, whichever tier carried its packets."""
         self.fold_nic()
+        return self._rule_counts(rule)
+
+    def _rule_counts(self, rule: Rule) -> tuple[int, int, float]:
         ids = np.fromiter(rule.megaflows, dtype=np.int64, count=len(rule.megaflows))
         used = rule.used
         if ids.size:
@@ -218,9 +223,10 @@ class Switch:
 
     def dump_flows(self, now: float | None = None) -> list[FlowStats]:
         now = self.clock() if now is None else now
+        self.fold_nic()
         out = []
         for r in self.rules():
-            pk, by, used = self.rule_stats(r)
+            pk, by, used = self._rule_counts(r)
             out.append(FlowStats(r.flow, pk, by, now - r.created, now - used))
         out.sort(key=lambda s: (s.flow.table, -s.flow.priority))
         return out
@@ -262,15 +268,8 @@ class Switch:
         if n == 0:
             return []
         parsed = parse(batch)
-        err = parsed.error
-        bad = err != 0
-        if bad.any():
-            self.parse_errors += np.bincount(err[bad], minlength=len(ERROR_REASONS))
-            rows = np.flatnonzero(~bad)
-        else:
-            rows = np.arange(n)
         out: list[tuple[int, Batch]] = []
-        self._pass(batch, parsed, rows, now, 0, out)
+        self._pass(batch, parsed, self._well_formed(parsed), now, 0, out)
         if self.tier is not None:
             self.offload_tick(now)
         return out
@@ -291,9 +290,6 @@ class Switch:
                 if port is not None:
                     port.rx_packets += int(c)
             parsed = parse(inner)
-            bad = parsed.error != 0
-            if bad.any():
-                self.parse_errors += np.bincount(parsed.error[bad], minlength=len(ERROR_REASONS))
             keys = parsed.keys
             for name in ("tun_id", "tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
                          "tun_ipv6_dst_hi", "tun_ipv6_dst_lo"):
@@ -302,12 +298,18 @@ class Switch:
             keys[F.SLOT_INDEX["tun_flags"]] = res.tun["tun_flags"] & TNL_F_OAM
             if self.tlv_map:
                 self._geneve_metadata(keys, res.tun["geneve_opts"])
-            ok = np.flatnonzero(parsed.error == 0)
-            if ok.size:
-                self._pass(inner, parsed, ok, now, 0, out)
+            self._pass(inner, parsed, self._well_formed(parsed), now, 0, out)
         if res.other.size == n:
             return batch
         return batch.take(res.other)
+
+    def _well_formed(self, parsed) -> np.ndarray:
+        """Rows that parsed; the others are counted per reason (and so dropped)."""
+        bad = parsed.error != 0
+        if not bad.any():
+            return np.arange(len(parsed))
+        self.parse_errors += np.bincount(parsed.error[bad], minlength=len(ERROR_REASONS))
+        return np.flatnonzero(~bad)
 
     def _geneve_metadata(self, keys: np.ndarray, options: list) -> None:
         """Mapped Geneve options into the tun_metadata fields (only packets with options)."""
@@ -601,6 +603,7 @@ class Switch:
     def maintain(self, now: float | None = None) -> None:
         """Expire idle megaflows and rules past their idle or hard timeouts (clock-driven)."""
         now = self.clock() if now is None else now
+        self.fold_nic()      # a megaflow only the NIC used is not idle
         for mf in list(self.cache.flows.values()):
             if now - self.cache.used[mf.mf_id] > MAX_IDLE:
                 self._evict(mf)
@@ -609,7 +612,7 @@ class Switch:
             f = r.flow
             if f.hard_timeout and now - r.created >= f.hard_timeout:
                 expired.append(f)
-            elif f.idle_timeout and now - self.rule_stats(r)[2] >= f.idle_timeout:
+            elif f.idle_timeout and now - self._rule_counts(r)[2] >= f.idle_timeout:
                 expired.append(f)
         if expired:
             self.bundle(delete=expired, now=now)

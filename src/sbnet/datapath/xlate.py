@@ -212,7 +212,6 @@ class _Ctx:
             self.action(a)
 
     def action(self, a) -> None:
-        flow, wc = self.flow, self.wc
         match a:
             case A.Output(port):
                 self.output(port)
