@@ -42,8 +42,7 @@ def megaflow_fields(key, wc) -> list[tuple[str, int, int]]:
     out = []
     for name in names:
         fld = F.lookup(name)
-        mask = sum(int(wc[si]) >> (fld.shift if not fld.hi_lo else 0) << (64 if fld.hi_lo and si == S[fld.hi_lo[0]] else 0)
-                   for si, _ in fld.slot_masks(fld.max)) & fld.max
+        mask = fld.read(wc)      # the field's bits of the mask, as read from a key
         if mask:
             out.append((name, fld.read(key) & mask, mask))
     return out
