@@ -26,13 +26,15 @@ class TableSpec:
     purpose: str
     match_fields: frozenset[str] = frozenset()
     next_tables: tuple[str, ...] = ()
-    miss: str = "drop"                 # "drop", "controller" or "next" (go to the next table)
+    # "drop", "controller", "next" (go to the next table) or one of next_tables by name
+    miss: str = "drop"
 
     def __post_init__(self) -> None:
         for f in self.match_fields:
             F.lookup(f)  # unknown field names fail at declaration time
-        if self.miss not in ("drop", "controller", "next"):
-            raise PipelineError(f"table {self.name}: miss must be drop, controller or next")
+        if self.miss not in ("drop", "controller", "next", *self.next_tables):
+            raise PipelineError(f"table {self.name}: miss must be drop, controller, next "
+                                "or one of its next tables")
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Pipeline:
                 acts: tuple = (A.Controller(),)
             elif t.miss == "next":
                 acts = (A.GotoTable(num + 1),)
+            elif t.miss != "drop":
+                acts = (A.GotoTable(self.number(t.miss)),)
             else:
                 acts = ()
             out.append(Flow(table=num, priority=0, actions=acts))

@@ -1,0 +1,195 @@
+"""Embedded hosts: reference switches in one process, joined by a simulated underlay and
+physical network, each running the pipeline the compiler makes for it."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from sbnet.compiler.compile import Diff, HostPipeline, compile_host, diff
+from sbnet.compiler.topology import TUNNEL_OFPORTS, Chassis, Topology
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.switch import Switch
+from sbnet.datapath.tunnel import TunnelPort
+
+UNDERLAY_OFPORT = 65000
+PHYSNET_BASE = 65100
+FIRST_VIF = 1
+MAX_HOPS = 16                      # underlay/physnet relays per send, against loops
+
+
+@dataclass
+class EmbeddedHost:
+    """One host: a reference switch, its VIF ofports, and what is installed on it."""
+
+    name: str
+    tunnel_ip: str
+    index: int
+    physnets: dict[str, int]
+    switch: Switch
+    ofports: dict[str, int] = field(default_factory=dict)      # port id -> ofport
+    installed: HostPipeline | None = None
+    next_ofport: int = FIRST_VIF
+
+    @property
+    def underlay_mac(self) -> int:
+        return 0x0200_0000_0000 | (self.index + 1)
+
+    def chassis(self) -> Chassis:
+        return Chassis(self.name, self.tunnel_ip, dict(self.ofports), dict(self.physnets))
+
+
+@dataclass
+class Delivery:
+    """Where the frames of one send came out: by port id, and on the physical networks
+    outside every host (the external world)."""
+
+    ports: dict[str, list[bytes]] = field(default_factory=dict)
+    external: dict[str, list[bytes]] = field(default_factory=dict)
+
+    def to(self, port_id: str) -> list[bytes]:
+        return self.ports.get(port_id, [])
+
+    @property
+    def total(self) -> int:
+        return sum(map(len, self.ports.values())) + sum(map(len, self.external.values()))
+
+
+class Cluster:
+    """Hosts on one underlay subnet (tunnels between every pair) and shared physical networks.
+
+    `sync(snapshot)` compiles every host's pipeline and applies the difference to its
+    switch in one bundle; `send(port_id, frames)` injects what a VM sends and relays the
+    frames the switches put on the underlay and physical networks until nothing moves.
+    """
+
+    def __init__(self, hosts: list[str], physnets: tuple[str, ...] = ("physnet1",),
+                 underlay: str = "192.168.100.0/24", clock=lambda: 0.0) -> None:
+        net = ipaddress.ip_network(underlay)
+        self.clock = clock
+        self.physnet_names = physnets
+        self.hosts: dict[str, EmbeddedHost] = {}
+        for i, name in enumerate(hosts):
+            ip = str(net.network_address + i + 1)
+            sw = Switch(name=f"br-{name}", clock=clock)
+            phys = {p: PHYSNET_BASE + j for j, p in enumerate(physnets)}
+            h = EmbeddedHost(name, ip, i, phys, sw)
+            sw.add_port(UNDERLAY_OFPORT, "underlay")
+            sw.underlay.add_port(UNDERLAY_OFPORT, h.underlay_mac)
+            sw.underlay.add_local(ip)
+            sw.underlay.add_route(str(net), UNDERLAY_OFPORT, src=ip)
+            for kind, ofport in TUNNEL_OFPORTS.items():
+                sw.add_tunnel_port(TunnelPort(ofport, kind, remote_ip="flow", key="flow"),
+                                   name=f"{kind}0")
+            for p, ofport in phys.items():
+                sw.add_port(ofport, p)
+            self.hosts[name] = h
+        for h in self.hosts.values():
+            for other in self.hosts.values():
+                if other is not h:
+                    h.switch.underlay.add_neighbour(other.tunnel_ip, other.underlay_mac)
+        self.by_mac = {h.underlay_mac: h for h in self.hosts.values()}
+        self.where: dict[str, tuple[str, int]] = {}     # port id -> (host, ofport)
+        self.port_at: dict[tuple[str, int], str] = {}
+        self.snapshot: dict | None = None
+
+    # --- the agent's side: plug VIFs, apply compiled pipelines ---------------------------
+
+    def plug(self, port_id: str, host: str) -> int:
+        """Plug a port's VIF on a host (the ofport the compiler will see for it)."""
+        if port_id in self.where:
+            return self.where[port_id][1]
+        h = self.hosts[host]
+        ofport = h.next_ofport
+        h.next_ofport += 1
+        h.switch.add_port(ofport, port_id[:15])
+        h.ofports[port_id] = ofport
+        self.where[port_id] = (host, ofport)
+        self.port_at[(host, ofport)] = port_id
+        return ofport
+
+    def unplug(self, port_id: str) -> None:
+        host, ofport = self.where.pop(port_id)
+        h = self.hosts[host]
+        h.switch.remove_port(ofport)
+        del h.ofports[port_id]
+        del self.port_at[(host, ofport)]
+
+    def plug_bound(self, snapshot: dict) -> None:
+        """Plug every VIF port bound to one of our hosts (what Nova would do on boot)."""
+        for p in snapshot.get("port", ()):
+            host = p.get("binding:host_id")
+            owner = p.get("device_owner") or ""
+            if host in self.hosts and not owner.startswith("network:"):
+                self.plug(p["id"], host)
+
+    def topology(self, snapshot: dict) -> Topology:
+        return Topology(snapshot, [h.chassis() for h in self.hosts.values()])
+
+    def sync(self, snapshot: dict, plug: bool = True) -> dict[str, Diff]:
+        """Compile every host for this model and apply the difference; returns the diffs."""
+        if plug:
+            self.plug_bound(snapshot)
+        self.snapshot = snapshot
+        topo = self.topology(snapshot)
+        out = {}
+        for h in self.hosts.values():
+            new = compile_host(topo, h.name)
+            d = diff(h.installed, new)
+            apply_diff(h.switch, d)
+            h.installed = new
+            out[h.name] = d
+        return out
+
+    # --- traffic ------------------------------------------------------------------------
+
+    def send(self, port_id: str, frames: list[bytes]) -> Delivery:
+        host, ofport = self.where[port_id]
+        return self._run([(host, ofport, frames)])
+
+    def send_external(self, physnet: str, frames: list[bytes]) -> Delivery:
+        """Frames from the outside world onto a physical network: every host's port on it
+        hears them (it is one L2 segment)."""
+        return self._run([(h.name, h.physnets[physnet], frames) for h in self.hosts.values()])
+
+    def _run(self, pending: list[tuple[str, int, list[bytes]]]) -> Delivery:
+        out = Delivery()
+        hops = 0
+        while pending:
+            hops += 1
+            if hops > MAX_HOPS * max(1, len(self.hosts)):
+                raise RuntimeError("frames still moving after too many relays (a loop?)")
+            host, ofport, frames = pending.pop(0)
+            h = self.hosts[host]
+            if not frames:
+                continue
+            h.switch.process(Batch.from_packets(frames, ofport), self.clock())
+            for num, port in h.switch.ports.items():
+                take = getattr(port, "take_sent", None)
+                sent = take() if take else []
+                if not sent:
+                    continue
+                if num == UNDERLAY_OFPORT:
+                    for f in sent:
+                        peer = self.by_mac.get(int.from_bytes(f[:6], "big"))
+                        if peer is not None:
+                            pending.append((peer.name, UNDERLAY_OFPORT, [f]))
+                elif num in h.physnets.values():
+                    name = next(p for p, n in h.physnets.items() if n == num)
+                    out.external.setdefault(name, []).extend(sent)
+                    for other in self.hosts.values():
+                        if other is not h:
+                            pending.append((other.name, other.physnets[name], sent))
+                elif (host, num) in self.port_at:
+                    out.ports.setdefault(self.port_at[(host, num)], []).extend(sent)
+        return out
+
+
+def apply_diff(switch, d: Diff) -> None:
+    """One atomic bundle per diff (modifications replace flows of the same identity)."""
+    for mid in d.delete_meters:
+        switch.delete_meter(mid)
+    kw = {"meters": d.meters} if d.meters else {}
+    switch.bundle(add=[*d.add, *d.modify], delete=d.delete, groups=d.groups, **kw)
+    for gid in d.delete_groups:
+        switch.delete_group(gid)

@@ -1,0 +1,1 @@
+"""The compiler: Neutron intent (the store's snapshot) plus a host name in, that host's pipeline out."""

@@ -1,0 +1,119 @@
+"""Stages arp_responder and l2_lookup: ARP answered on the spot, MAC to port, flooding."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sbnet.compiler import registers as R
+from sbnet.compiler.topology import TUNNEL_TYPES, is_vif, mac_int
+from sbnet.flows import actions as A
+
+ETH_ARP = 0x0806
+MULTICAST = (1 << 40, 1 << 40)       # the group bit of eth_dst
+
+
+def build(ctx) -> None:
+    topo = ctx.topo
+    for net_id in sorted(topo.networks):
+        if ctx.host not in topo.hosts_of(net_id):
+            continue
+        build_arp_responder(ctx, net_id)
+        build_l2_unicast(ctx, net_id)
+        build_l2_flood(ctx, net_id)
+
+
+def build_arp_responder(ctx, net_id: str) -> None:
+    """Requests from local ports for any address of a port on the network (router ports
+    included: that is the gateway's ARP) are answered here; requests from other hosts
+    are left to their own responders."""
+    topo = ctx.topo
+    net = R.NETWORK.match(topo.net_key[net_id])
+    local = R.flags_match(off=(R.FROM_REMOTE,))
+    for port in topo.ports_of[net_id]:
+        mac = mac_int(port["mac_address"])
+        for ip in topo.ips(port, 4):
+            reply = [
+                A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("eth_dst")),
+                A.SetField("eth_src", mac),
+                A.SetField("arp_op", 2),
+                A.Move(A.Subfield.whole("arp_sha"), A.Subfield.whole("arp_tha")),
+                A.Move(A.Subfield.whole("arp_spa"), A.Subfield.whole("arp_tpa")),
+                A.SetField("arp_sha", mac),
+                A.SetField("arp_spa", int(ipaddress.IPv4Address(ip))),
+                # Back out of the asking port, with its VLAN if it is a trunk sub-port.
+                A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
+                A.Resubmit(table=ctx.table("deliver")),
+            ]
+            ctx.flow("arp_responder", 100, reply,
+                     {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
+                      "arp_tpa": int(ipaddress.IPv4Address(ip))},
+                     ctx.cookie("port", port["id"]))
+
+
+def remote_out(ctx, net: dict, host: str) -> list:
+    """Actions that aim a packet at `host` for network `net` (tunnel endpoint and key);
+    the deliver stage outputs it on the tunnel or physical port."""
+    kind = ctx.topo.network_type(net)
+    acts = [R.set_flags(R.REMOTE_OUT)]
+    if kind in TUNNEL_TYPES:
+        ch = ctx.topo.chassis[host]
+        acts += [A.SetField("tun_dst", int(ipaddress.IPv4Address(ch.tunnel_ip))),
+                 A.SetField("tun_id", int(net.get("provider:segmentation_id") or 0))]
+    return acts
+
+
+def build_l2_unicast(ctx, net_id: str) -> None:
+    topo = ctx.topo
+    net = topo.networks[net_id]
+    meta = R.NETWORK.match(topo.net_key[net_id])
+    for port in topo.ports_of[net_id]:
+        if not is_vif(port):
+            continue
+        host = topo.host_of(port)
+        if host not in topo.chassis:
+            continue
+        mac = mac_int(port["mac_address"])
+        out = R.OUTPORT.load(topo.port_key[port["id"]])
+        cookie = ctx.cookie("port", port["id"])
+        if host == ctx.host:
+            if _plugged(ctx, port):
+                ctx.flow("l2_lookup", 100, [out, ctx.goto("ingress_ct")],
+                         {"metadata": meta, "eth_dst": mac}, cookie)
+            continue
+        # Remote ports are reached only from local senders: a host never relays
+        # between two remote ends (split horizon).
+        ctx.flow("l2_lookup", 100, [out, *remote_out(ctx, net, host), ctx.goto("ingress_ct")],
+                 {"metadata": meta, "eth_dst": mac,
+                  "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+
+
+def _plugged(ctx, port: dict) -> bool:
+    sub = ctx.topo.subport_of.get(port["id"])
+    pid = sub[0]["port_id"] if sub else port["id"]
+    return pid in ctx.chassis.ofports
+
+
+def build_l2_flood(ctx, net_id: str) -> None:
+    """Broadcast and multicast: a copy to each local port (through deliver, so sub-ports
+    get their VLAN) and, for local senders, one to each other host of the network
+    (head-end replication) or once onto the physical network."""
+    topo = ctx.topo
+    net = topo.networks[net_id]
+    meta = R.NETWORK.match(topo.net_key[net_id])
+    deliver = A.Resubmit(table=ctx.table("deliver"))
+    local = []
+    for port in topo.ports_of[net_id]:
+        if is_vif(port) and topo.host_of(port) == ctx.host and _plugged(ctx, port):
+            local += [R.OUTPORT.load(topo.port_key[port["id"]]), deliver]
+    remote = []
+    if topo.network_type(net) in TUNNEL_TYPES:
+        for host in sorted(topo.hosts_of(net_id) - {ctx.host}):
+            remote += [*remote_out(ctx, net, host), R.OUTPORT.load(0), deliver]
+    else:
+        remote = [*remote_out(ctx, net, ctx.host), R.OUTPORT.load(0), deliver]
+    cookie = ctx.cookie("network", net_id)
+    ctx.flow("l2_lookup", 50, local, {"metadata": meta, "eth_dst": MULTICAST,
+                                      "reg10": R.flags_match(on=(R.FROM_REMOTE,))}, cookie)
+    ctx.flow("l2_lookup", 50, local + remote,
+             {"metadata": meta, "eth_dst": MULTICAST,
+              "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)

@@ -1,0 +1,72 @@
+"""The logical pipeline every host runs, declared once: stage names, purposes, fields, next stages."""
+
+from __future__ import annotations
+
+from sbnet.flows.pipeline import Pipeline, TableSpec
+
+_L3 = {"eth_type", "ip_proto", "ip_src", "ip_dst", "ipv6_src", "ipv6_dst", "ip_ttl"}
+_L4 = {"tcp_src", "tcp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst",
+       "icmp_type", "icmp_code", "icmpv6_type", "icmpv6_code"}
+_SG = _L3 | _L4 | {"ct_state", "conj_id", "reg10", "reg14", "reg15", "metadata"}
+_ND = {"arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "nd_target", "nd_sll", "nd_tll",
+       "icmpv6_type", "icmpv6_code"}
+
+
+def _t(name: str, purpose: str, fields: set[str], next_tables: tuple[str, ...] = (),
+       miss: str = "drop") -> TableSpec:
+    return TableSpec(name, purpose, frozenset(fields), next_tables, miss)
+
+
+# Order is packet order; table numbers are positions.  Every stage module builds flows for
+# its own tables only, through Pipeline.flow, which checks them against this declaration.
+PIPELINE = Pipeline((
+    _t("classify", "the logical port (local VIF, trunk sub-port) or network (tunnel VNI, "
+       "physical VLAN) a packet enters on",
+       {"in_port", "vlan_tci", "vlan_vid", "tun_id", "eth_dst", "eth_type"} | _ND | _L3,
+       ("port_security", "arp_responder", "l3_gateway", "l2_lookup", "chain_forward")),
+    _t("port_security", "anti-spoofing: the source MAC and IPs a port may use (fixed IPs, "
+       "allowed address pairs, DHCP, IPv6 link-local, ARP and ND)",
+       {"reg14", "eth_src", "ip_src", "ipv6_src", "udp_src", "udp_dst", "ip_dst",
+        "ipv6_dst"} | _ND | _L3, ("qos_egress",)),
+    _t("qos_egress", "bandwidth limit (meter) and DSCP marking of what a port sends",
+       {"reg14", "eth_type"}, ("egress_ct",), miss="next"),
+    _t("egress_ct", "IP from ports with stateful security groups enters conntrack in the "
+       "network's zone", {"reg14", "eth_type"}, ("egress_sg",), miss="next"),
+    _t("egress_sg", "egress security group rules (conjunctive: ports x rules x remote members)",
+       _SG | _ND, ("chain_classify",)),
+    _t("chain_classify", "port chain flow classifiers: matching traffic enters its chain",
+       _SG | {"reg14"}, ("chain_forward", "arp_responder"), miss="arp_responder"),
+    _t("chain_forward", "steer chained traffic through the port pair groups in order",
+       {"reg14", "reg10", "in_port", "eth_type", "nsh_spi", "nsh_si", "metadata", "eth_dst",
+        "dp_hash"} | _L3 | _L4, ("l2_lookup", "deliver", "arp_responder")),
+    _t("arp_responder", "answer ARP requests and IPv6 neighbour solicitations for known "
+       "addresses on the spot", {"metadata", "eth_dst", "reg10"} | _ND | _L3,
+       ("l3_gateway", "deliver"), miss="next"),
+    _t("l3_gateway", "traffic addressed to a router port's MAC enters routing",
+       {"metadata", "eth_dst", "reg10", "reg14"} | _L3 | _L4 | _ND,
+       ("l3_dnat", "l3_route", "l2_lookup"), miss="l2_lookup"),
+    _t("l3_dnat", "floating IP destination NAT", {"metadata", "reg11", "reg10", "ct_state"} | _L3,
+       ("l3_route",), miss="next"),
+    _t("l3_route", "longest-prefix routing between a router's subnets, static routes and its "
+       "external gateway; TTL decrement", {"reg11", "metadata"} | _L3, ("l3_snat",)),
+    _t("l3_snat", "SNAT to a floating IP or the router's gateway address",
+       {"reg11", "metadata", "reg10", "reg14", "ct_state"} | _L3, ("l3_neighbour",), miss="next"),
+    _t("l3_neighbour", "next hop IP to MAC for routed packets", {"metadata", "reg11"} | _L3,
+       ("l2_lookup",)),
+    _t("l2_lookup", "destination MAC to logical port; broadcast and multicast to the network's "
+       "ports and hosts", {"metadata", "eth_dst", "reg10", "eth_type"},
+       ("ingress_ct", "deliver")),
+    _t("ingress_ct", "IP to ports with stateful security groups enters conntrack",
+       {"reg15", "reg10", "eth_type"}, ("ingress_sg",), miss="next"),
+    _t("ingress_sg", "ingress security group rules", _SG | _ND, ("commit",)),
+    _t("commit", "commit connections a security group accepted", {"reg10", "eth_type", "reg15"},
+       ("qos_ingress",), miss="next"),
+    _t("qos_ingress", "bandwidth limit (meter) of what a port receives", {"reg15", "eth_type"},
+       ("deliver",), miss="next"),
+    _t("deliver", "output: local VIF, trunk sub-port VLAN, tunnel to the port's host, or the "
+       "physical network", {"reg15", "reg10", "metadata", "eth_type", "in_port"}),
+))
+
+
+def number(name: str) -> int:
+    return PIPELINE.number(name)

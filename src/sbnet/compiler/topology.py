@@ -1,0 +1,166 @@
+"""The compiler's read-only view of the model: indexed resources, hosts, and stable small keys."""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+TUNNEL_TYPES = ("vxlan", "gre", "geneve")
+# The tunnel port of each kind on every host (remote_ip=flow, key=flow): one per kind, as
+# Neutron's OVS agent does with flow-based tunnels, so a new host adds no ports anywhere.
+TUNNEL_OFPORTS = {"vxlan": 65001, "gre": 65002, "geneve": 65003}
+ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed")
+GATEWAY_OWNER = "network:router_gateway"
+
+
+@dataclass(frozen=True)
+class Chassis:
+    """A host as the compiler needs it: its tunnel endpoint, VIF ofports and physical networks.
+
+    `ofports` maps the ids of ports bound here to the ofport of their VIF (the agent plugs the
+    VIF and chooses it).  `physnets` maps a physical network name to the ofport of the
+    bridge port facing it (VLAN and flat networks, the external network).
+    """
+
+    name: str
+    tunnel_ip: str
+    ofports: Mapping[str, int] = field(default_factory=dict)
+    physnets: Mapping[str, int] = field(default_factory=dict)
+    profile: str = "software"
+
+
+def _order(items: Iterable[dict]) -> list[dict]:
+    return sorted(items, key=lambda r: (r.get("created_at") or "", r["id"]))
+
+
+def allocate_keys(items: Iterable[dict], bits: int, salt: str = "") -> dict[str, int]:
+    """Stable small keys for resources: a hash of the id, probed on collision in creation
+    order, so an existing resource keeps its key when others come and go (except when one
+    it collided with is deleted, which frees nothing it holds).  Key 0 is never used."""
+    space = (1 << bits) - 1
+    taken: dict[int, str] = {}
+    out: dict[str, int] = {}
+    for r in _order(items):
+        k = zlib.crc32((salt + r["id"]).encode()) % space + 1
+        while k in taken:
+            k = k % space + 1
+        taken[k] = r["id"]
+        out[r["id"]] = k
+    return out
+
+
+def mac_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+class Topology:
+    """Everything a compile reads, indexed once per model revision."""
+
+    def __init__(self, snapshot: Mapping[str, Any], chassis: Iterable[Chassis] = ()) -> None:
+        self.revision = snapshot.get("revision", 0)
+        self.chassis = {c.name: c for c in chassis}
+        get = lambda typ: list(snapshot.get(typ, ()))  # noqa: E731
+        self.networks = {n["id"]: n for n in get("network")}
+        self.subnets = {s["id"]: s for s in get("subnet")}
+        self.ports = {p["id"]: p for p in get("port")}
+        self.security_groups = {g["id"]: g for g in get("security_group")}
+        self.routers = {r["id"]: r for r in get("router")}
+        self.floating_ips = {f["id"]: f for f in get("floatingip")}
+        self.qos_policies = {q["id"]: q for q in get("policy")}
+        self.trunks = {t["id"]: t for t in get("trunk")}
+        self.port_pairs = {x["id"]: x for x in get("port_pair")}
+        self.port_pair_groups = {x["id"]: x for x in get("port_pair_group")}
+        self.flow_classifiers = {x["id"]: x for x in get("flow_classifier")}
+        self.port_chains = {x["id"]: x for x in get("port_chain")}
+        # A policy's rules, each with its "type" (bandwidth_limit, dscp_marking, ...).
+        self.qos_rules = {pid: list(q.get("rules") or ()) for pid, q in self.qos_policies.items()}
+        self.sg_rules: dict[str, list[dict]] = defaultdict(list)
+        for r in get("security_group_rule"):
+            self.sg_rules[r["security_group_id"]].append(r)
+
+        self.subnets_of: dict[str, list[dict]] = defaultdict(list)
+        for s in self.subnets.values():
+            self.subnets_of[s["network_id"]].append(s)
+        self.ports_of: dict[str, list[dict]] = defaultdict(list)
+        self.ports_on: dict[str, list[dict]] = defaultdict(list)
+        self.members: dict[str, list[dict]] = defaultdict(list)   # security group -> ports
+        self.router_ports: dict[str, list[dict]] = defaultdict(list)
+        self.gateway_ports: dict[str, dict] = {}
+        for p in _order(self.ports.values()):
+            self.ports_of[p["network_id"]].append(p)
+            host = p.get("binding:host_id") or ""
+            if host:
+                self.ports_on[host].append(p)
+            if port_secured(p, self.networks.get(p["network_id"])):
+                for g in p.get("security_groups") or ():
+                    self.members[g].append(p)
+            if p.get("device_owner") in ROUTER_OWNERS:
+                self.router_ports[p["device_id"]].append(p)
+            elif p.get("device_owner") == GATEWAY_OWNER:
+                self.gateway_ports[p["device_id"]] = p
+        # Sub-ports belong to the trunk's parent: they are bound where the parent is.
+        self.subport_of: dict[str, tuple[dict, int]] = {}
+        for t in self.trunks.values():
+            for sp in t.get("sub_ports") or ():
+                self.subport_of[sp["port_id"]] = (t, int(sp["segmentation_id"]))
+
+        self.net_key = allocate_keys(self.networks.values(), 24, "net")
+        self.zone = allocate_keys(self.networks.values(), 16, "zone")
+        self.port_key = allocate_keys(self.ports.values(), 31, "port")
+        self.router_key = allocate_keys(self.routers.values(), 24, "router")
+        self.router_zone = {rid: k for rid, k in allocate_keys(
+            [*self.networks.values(), *self.routers.values()], 16, "zone").items()
+            if rid in self.routers}
+
+    # --- questions stages ask ---------------------------------------------------------
+
+    def network_type(self, net: dict) -> str:
+        return net.get("provider:network_type") or "vxlan"
+
+    def host_of(self, port: dict) -> str:
+        """The host a port's packets are on (a sub-port is where its trunk's parent is)."""
+        sub = self.subport_of.get(port["id"])
+        if sub is not None:
+            parent = self.ports.get(sub[0]["port_id"])
+            return (parent.get("binding:host_id") or "") if parent else ""
+        return port.get("binding:host_id") or ""
+
+    def local_ports(self, host: str) -> list[dict]:
+        """Ports whose VIF is on `host` and that the agent has plugged (has an ofport)."""
+        ch = self.chassis.get(host)
+        if ch is None:
+            return []
+        return [p for p in self.ports_on[host] if p["id"] in ch.ofports and is_vif(p)]
+
+    def hosts_of(self, network_id: str) -> set[str]:
+        """Hosts with at least one port of the network (for flooding and remote delivery)."""
+        out = set()
+        for p in self.ports_of[network_id]:
+            h = self.host_of(p)
+            if h and h in self.chassis:
+                out.add(h)
+        return out
+
+    def ips(self, port: dict, version: int | None = None) -> list[str]:
+        out = []
+        for fip in port.get("fixed_ips") or ():
+            a = ipaddress.ip_address(fip["ip_address"])
+            if version is None or a.version == version:
+                out.append(fip["ip_address"])
+        return out
+
+
+def is_vif(port: dict) -> bool:
+    """A port a VM (or a service function) plugs in, not a router's or DHCP's own port."""
+    owner = port.get("device_owner") or ""
+    return not owner.startswith("network:")
+
+
+def port_secured(port: dict, net: dict | None) -> bool:
+    pse = port.get("port_security_enabled")
+    if pse is None:
+        pse = True if net is None else net.get("port_security_enabled", True)
+    return bool(pse)

@@ -1,0 +1,79 @@
+"""Scenario building for compiler tests: a model through the real API, hosts, and frames."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import raw
+
+from sbnet.agent.embedded import Cluster
+from sbnet.api.local import LocalApi
+
+
+class Cloud:
+    """A LocalApi plus an embedded cluster that follows it (sync after each change)."""
+
+    def __init__(self, hosts=("h1", "h2"), physnets=("physnet1",)) -> None:
+        self.api = LocalApi()
+        self.cluster = Cluster(list(hosts), physnets=physnets)
+
+    def network(self, project: str, cidr: str | None = "10.0.0.0/24", kind: str = "vxlan",
+                physnet: str | None = None, seg: int | None = None, **kw) -> dict:
+        attrs = {"provider:network_type": kind, **kw}
+        if physnet:
+            attrs["provider:physical_network"] = physnet
+        if seg is not None:
+            attrs["provider:segmentation_id"] = seg
+        net = self.api.create("networks", project=project, **attrs)
+        if cidr:
+            version = 6 if ":" in cidr else 4
+            net["subnet"] = self.api.create("subnets", project=project, network_id=net["id"],
+                                            cidr=cidr, ip_version=version)
+        return net
+
+    def port(self, project: str, net: dict, host: str | None, **kw) -> dict:
+        attrs = dict(kw)
+        if host:
+            attrs["binding:host_id"] = host
+        return self.api.create("ports", project=project, network_id=net["id"], **attrs)
+
+    def sync(self):
+        return self.cluster.sync(self.api.snapshot())
+
+    def send(self, port: dict, frames):
+        return self.cluster.send(port["id"], [raw(f) if not isinstance(f, bytes) else f
+                                             for f in frames])
+
+
+def ip_of(port: dict, version: int = 4) -> str:
+    return next(f["ip_address"] for f in port["fixed_ips"] if (":" in f["ip_address"]) == (version == 6))
+
+
+def icmp(src: dict, dst: dict, **kw) -> bytes:
+    return raw(Ether(src=src["mac_address"], dst=dst["mac_address"])
+               / IP(src=kw.get("ip_src", ip_of(src)), dst=kw.get("ip_dst", ip_of(dst)))
+               / ICMP(id=kw.get("id", 1), seq=kw.get("seq", 1)))
+
+
+def tcp(src: dict, dst: dict, sport: int, dport: int, flags: str = "S", seq: int = 1000,
+        ack: int = 0, **kw) -> bytes:
+    return raw(Ether(src=kw.get("eth_src", src["mac_address"]), dst=dst["mac_address"])
+               / IP(src=kw.get("ip_src", ip_of(src)), dst=kw.get("ip_dst", ip_of(dst)))
+               / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack))
+
+
+def udp(src: dict, dst: dict, sport: int, dport: int, payload: bytes = b"x", **kw) -> bytes:
+    return raw(Ether(src=kw.get("eth_src", src["mac_address"]), dst=kw.get("eth_dst", dst["mac_address"]))
+               / IP(src=kw.get("ip_src", ip_of(src)), dst=kw.get("ip_dst", ip_of(dst)))
+               / UDP(sport=sport, dport=dport) / payload)
+
+
+def arp_request(src: dict, target_ip: str, **kw) -> bytes:
+    return raw(Ether(src=kw.get("eth_src", src["mac_address"]), dst="ff:ff:ff:ff:ff:ff")
+               / ARP(op=1, hwsrc=kw.get("hwsrc", src["mac_address"]),
+                     psrc=kw.get("psrc", ip_of(src)), pdst=target_ip))
+
+
+__all__ = ["Cloud", "ip_of", "icmp", "tcp", "udp", "arp_request", "Ether", "IP", "IPv6", "ICMP",
+           "TCP", "UDP", "ARP", "Dot1Q", "raw"]
