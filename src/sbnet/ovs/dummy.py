@@ -129,12 +129,23 @@ class DummyOVS:
     Use as a context manager.  One bridge (datapath_type=dummy, fail_mode=secure)
     with `n_ports` dummy ports p1..pN at OpenFlow ports 1..N.  Several instances
     may run at once; none touches a system OVS.
+
+    With dummy=False the daemons run without the dummy datapath and make no bridge
+    (sbnet.ovs.backend.OvsDatapath makes netdev bridges on real interfaces); `netns`
+    starts both daemons inside that network namespace (one netdev datapath per
+    namespace); `other_config` is written before ovs-vswitchd starts, as hw-offload
+    is read only then.
     """
 
-    def __init__(self, n_ports: int = 4, bridge: str = "br0", vlan_limit: int = 2):
+    def __init__(self, n_ports: int = 4, bridge: str = "br0", vlan_limit: int = 2, *,
+                 dummy: bool = True, netns: str | None = None,
+                 other_config: dict[str, str] | None = None):
         self.n_ports = n_ports
         self.bridge = bridge
         self.vlan_limit = vlan_limit
+        self.dummy = dummy
+        self.netns = netns
+        self.other_config = dict(other_config or {})
         self.dir: str | None = None
         self.env: dict[str, str] = {}
         self._procs: list[subprocess.Popen] = []
@@ -161,12 +172,17 @@ class DummyOVS:
                          f"--unixctl={d}/ovsdb-server.ctl", f"--pidfile={d}/ovsdb-server.pid",
                          f"--log-file={d}/ovsdb-server.log", "--no-chdir"], f"{d}/db.sock")
             self._vsctl("--no-wait", "init")
+            config = {"vlan-limit": str(self.vlan_limit), **self.other_config}
             self._vsctl("--no-wait", "set", "Open_vSwitch", ".",
-                        f"other_config:vlan-limit={self.vlan_limit}")
-            self._spawn(["ovs-vswitchd", f"unix:{d}/db.sock", "--enable-dummy=override",
+                        *(f"other_config:{k}={v}" for k, v in config.items()))
+            self._spawn(["ovs-vswitchd", f"unix:{d}/db.sock",
+                         *(["--enable-dummy=override"] if self.dummy else []),
                          "--disable-system", f"--unixctl={d}/ovs-vswitchd.ctl",
                          f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log",
                          "--no-chdir", "-vconsole:off"], f"{d}/ovs-vswitchd.ctl")
+            self._ctl = _connect_unixctl(f"{d}/ovs-vswitchd.ctl")
+            if not self.dummy:
+                return
             cmd = ["add-br", self.bridge, "--", "set", "Bridge", self.bridge,
                    "datapath_type=dummy", "fail_mode=secure", "protocols=OpenFlow10,OpenFlow11,"
                    "OpenFlow12,OpenFlow13,OpenFlow14,OpenFlow15"]
@@ -174,7 +190,6 @@ class DummyOVS:
                 cmd += ["--", "add-port", self.bridge, f"p{i}", "--", "set", "Interface",
                         f"p{i}", "type=dummy", f"ofport_request={i}"]
             self._vsctl(*cmd)
-            self._ctl = UnixctlClient(f"{d}/ovs-vswitchd.ctl")
         except BaseException:
             self.stop()
             raise
@@ -199,9 +214,16 @@ class DummyOVS:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the daemons this instance started and that still run."""
+        return [p.pid for p in self._procs if p.poll() is None]
+
     def _spawn(self, argv: list[str], ready_path: str, timeout: float = 20.0) -> None:
         log = open(f"{self.dir}/{argv[0]}.out", "wb")
-        proc = subprocess.Popen([_binary(argv[0])] + argv[1:], env=self.env, stdin=subprocess.DEVNULL,
+        # `ip netns exec` execs the daemon in place: the pid stays the daemon's own.
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        proc = subprocess.Popen(inside + [_binary(argv[0])] + argv[1:], env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self._procs.append(proc)
@@ -341,6 +363,18 @@ class DummyOVS:
 
     def _pcap_path(self, port: int) -> str:
         return f"{self.dir}/p{port}-tx.pcap"
+
+
+def _connect_unixctl(path: str, timeout: float = 10.0) -> UnixctlClient:
+    """Connect to a daemon's control socket, which exists a moment before it listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return UnixctlClient(path)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _lines(text: str) -> str:
