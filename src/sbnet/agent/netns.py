@@ -1,0 +1,416 @@
+"""Simulated hosts, VMs, an underlay and an outside world in network namespaces, for datapaths on real traffic."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+
+BACKENDS = ("ovs", "reference")
+UNDERLAY_NET = ipaddress.ip_network("10.250.0.0/24")
+UNDERLAY_OFPORT = 1000          # the reference switch's port on the underlay veth
+VM_MTU = 1450                   # room for a VXLAN/Geneve header on a 1500-byte underlay
+PREFIX = "sbnet"
+
+
+class TopologyError(RuntimeError):
+    """A namespace, link or daemon could not be set up; the message has the command's stderr."""
+
+
+def netns_available() -> str | None:
+    """None when namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, veth pairs)"
+    for tool in ("ip", "ethtool"):
+        if not shutil.which(tool):
+            return f"needs the {tool} command"
+    return None
+
+
+def require_netns(ovs: bool = False) -> None:
+    """Skip the calling test when namespaces (or OVS) are unavailable; fail instead in CI."""
+    import pytest
+
+    from sbnet.ovs.dummy import ovs_available
+    why = netns_available()
+    if why is None and ovs and not ovs_available():
+        why = "needs Open vSwitch (ovs-vswitchd)"
+    if why is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"real-host tests {why}, and CI must run them")
+    pytest.skip(f"real-host tests {why}")
+
+
+def sh(*argv: str, netns: str | None = None, check: bool = True, timeout: float = 30,
+       input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command (inside `netns` if given); TopologyError with its stderr on failure."""
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + list(argv)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout,
+                         input=input)
+    if check and res.returncode != 0:
+        raise TopologyError(f"{' '.join(cmd)} failed ({res.returncode}): "
+                            f"{res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def link_mac(netns: str, dev: str) -> str:
+    out = sh("ip", "-n", netns, "-j", "link", "show", dev).stdout
+    return json.loads(out)[0]["address"]
+
+
+@dataclass
+class Vm:
+    """A namespace with one interface (eth0) whose peer is a port of a host's switch."""
+
+    name: str
+    netns: str
+    host: Host
+    port: str                # the host-side interface name
+    ofport: int
+    mac: str
+    ip: str                  # with prefix length, e.g. "10.0.0.1/24"
+    gateway: str | None = None
+    kind: str = "vm"         # or "external"
+
+    @property
+    def address(self) -> str:
+        return self.ip.split("/")[0]
+
+
+@dataclass
+class Host:
+    """A hypervisor: a namespace with a switch (OVS netdev bridge or the reference switch)."""
+
+    name: str
+    netns: str
+    backend: str
+    index: int
+    underlay_ip: str
+    underlay_mac: str
+    datapath: object = None          # OvsDatapath or AfPacketDatapath
+    ovs: object = None               # the host's DummyOVS daemons (backend "ovs")
+    phy: object = None               # OvsDatapath of br-phy, which holds the underlay IP
+    vms: list[Vm] = field(default_factory=list)
+    tunnels: dict[str, int] = field(default_factory=dict)     # port name -> ofport
+    _next_ofport: int = 1
+
+    def ofport(self) -> int:
+        n = self._next_ofport
+        self._next_ofport += 1
+        return n
+
+
+class Topology:
+    """Hosts, VMs and an underlay in namespaces named `<prefix>-<pid>-<random>-<node>`.
+
+    Use as a context manager (or call close()): everything it made goes, even after a
+    failure: its daemons are stopped by their pids, its processes killed, its namespaces
+    deleted.  Namespaces left by a process that died are removed by `cleanup_stale()`.
+    """
+
+    def __init__(self, prefix: str = PREFIX, vm_mtu: int = VM_MTU) -> None:
+        why = netns_available()
+        if why:
+            raise TopologyError(f"Topology {why}")
+        self.prefix = prefix
+        self.id = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.vm_mtu = vm_mtu
+        self.namespaces: list[str] = []
+        self.hosts: dict[str, Host] = {}
+        self.vms: dict[str, Vm] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.underlay_ns: str | None = None
+        self._closed = False
+        atexit.register(self.close)
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- namespaces ---------------------------------------------------------------
+    def ns_name(self, node: str) -> str:
+        return f"{self.id}-{node}"
+
+    def _add_ns(self, node: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", node):
+            raise ValueError(f"node name {node!r}: letters, digits, _ . - only")
+        name = self.ns_name(node)
+        if name in self.namespaces:
+            raise ValueError(f"{node} already exists in this topology")
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        # No IPv6 autoconfiguration chatter (MLD, router solicitations) on the wires:
+        # the tests count packets.
+        sh("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+           "net.ipv6.conf.default.disable_ipv6=1", netns=name)
+        return name
+
+    def _underlay(self) -> str:
+        if self.underlay_ns is None:
+            self.underlay_ns = self._add_ns("underlay")
+            sh("ip", "-n", self.underlay_ns, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.underlay_ns, "link", "set", "br0", "up")
+        return self.underlay_ns
+
+    # -- hosts --------------------------------------------------------------------
+    def add_host(self, name: str, backend: str = "ovs", hw_offload: bool = False) -> Host:
+        """A host namespace with its switch running, joined to the underlay by veth ul0."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if name in self.hosts:
+            raise ValueError(f"host {name} already exists")
+        index = len(self.hosts) + 1
+        ul = self._underlay()
+        ns = self._add_ns(name)
+        ip = str(UNDERLAY_NET.network_address + index)
+        mac = f"02:fe:00:00:00:{index:02x}"
+        sh("ip", "link", "add", "ul0", "netns", ns, "type", "veth",
+           "peer", "name", f"h{index}", "netns", ul)
+        sh("ip", "-n", ul, "link", "set", f"h{index}", "master", "br0", "up")
+        # Under OVS the underlay MAC is br-phy's; the veth beneath it gets another.
+        ul0_mac = mac if backend == "reference" else _other_mac(mac)
+        sh("ip", "-n", ns, "link", "set", "ul0", "address", ul0_mac, "arp", "off", "up")
+        host = Host(name, ns, backend, index, ip, mac)
+        self.hosts[name] = host
+        if backend == "ovs":
+            self._start_ovs(host, hw_offload)
+        else:
+            self._start_reference(host)
+        for other in self.hosts.values():
+            if other is not host:
+                self._neighbours(host, other)
+                self._neighbours(other, host)
+        return host
+
+    def _start_ovs(self, host: Host, hw_offload: bool) -> None:
+        from sbnet.ovs.backend import OvsDatapath
+        from sbnet.ovs.dummy import DummyOVS, OVSError
+        config = {"hw-offload": "true"} if hw_offload else {}
+        host.ovs = DummyOVS(0, "br-int", dummy=False, netns=host.netns, other_config=config)
+        host.ovs.start()
+        host.datapath = OvsDatapath(host.ovs, "br-int", "netdev")
+        # Userspace tunnelling: the underlay IP lives on br-phy (a NORMAL bridge that owns
+        # the underlay veth); tunnel packets leave and arrive through it.
+        host.phy = OvsDatapath(host.ovs, "br-phy", "netdev", fail_mode="standalone")
+        host.ovs.vsctl("set", "Bridge", "br-phy", f"other_config:hwaddr={host.underlay_mac}")
+        host.phy.add_port("ul0")
+        plen = UNDERLAY_NET.prefixlen
+        sh("ip", "-n", host.netns, "addr", "add", f"{host.underlay_ip}/{plen}", "dev", "br-phy")
+        sh("ip", "-n", host.netns, "link", "set", "br-phy", "up")
+        with contextlib.suppress(OVSError):    # the kernel route may have been learnt already
+            host.ovs.appctl("ovs/route/add", str(UNDERLAY_NET), "br-phy")
+
+    def _start_reference(self, host: Host) -> None:
+        from sbnet.datapath.afpacket import AfPacketDatapath
+        from sbnet.datapath.switch import Switch
+        # The switch owns the underlay address; the kernel gets none, so it does not
+        # answer tunnel packets with port-unreachable errors.
+        dp = AfPacketDatapath(Switch(f"{host.name}-br"), netns=host.netns)
+        dp.attach(UNDERLAY_OFPORT, "ul0")
+        u = dp.switch.underlay
+        u.add_port(UNDERLAY_OFPORT, host.underlay_mac)
+        u.add_local(host.underlay_ip)
+        u.add_route(str(UNDERLAY_NET), UNDERLAY_OFPORT, src=host.underlay_ip)
+        host.datapath = dp.start()
+
+    def _neighbours(self, host: Host, peer: Host) -> None:
+        """Static underlay neighbour entries: tunnels never wait for ARP."""
+        if host.backend == "ovs":
+            host.ovs.appctl("tnl/neigh/set", "br-phy", peer.underlay_ip, peer.underlay_mac)
+        else:
+            with host.datapath.lock:
+                host.datapath.switch.underlay.add_neighbour(peer.underlay_ip, peer.underlay_mac)
+
+    def add_tunnel(self, host: Host | str, kind: str = "vxlan", ofport: int = 100,
+                   name: str | None = None, **options) -> int:
+        """A tunnel port taking remote_ip and key from the flow (tun_dst, tun_id)."""
+        host = self._host(host)
+        name = name or f"{kind}{ofport}"
+        if host.backend == "ovs":
+            host.datapath.add_tunnel_port(name, kind, ofport, **options)
+        else:
+            from sbnet.datapath.tunnel import TunnelPort
+            host.datapath.add_tunnel_port(TunnelPort(ofport, kind, key="flow", **options), name)
+        host.tunnels[name] = ofport
+        return ofport
+
+    # -- VMs ----------------------------------------------------------------------
+    def add_vm(self, name: str, host: Host | str, ip: str, mac: str | None = None,
+               gateway: str | None = None, ofport: int | None = None, kind: str = "vm") -> Vm:
+        """A namespace with eth0 (`ip` with its prefix, `mac`, default route via `gateway`)
+        whose peer is port `ofport` of the host's switch."""
+        host = self._host(host)
+        if name in self.vms:
+            raise ValueError(f"VM {name} already exists")
+        ns = self._add_ns(name)
+        ofport = ofport or host.ofport()
+        mac = mac or f"02:00:00:{host.index:02x}:{(ofport >> 8) & 0xff:02x}:{ofport & 0xff:02x}"
+        port = f"tap{ofport}"
+        sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth",
+           "peer", "name", port, "netns", host.netns)
+        sh("ip", "-n", ns, "link", "set", "eth0", "address", mac, "mtu", str(self.vm_mtu), "up")
+        sh("ip", "-n", ns, "addr", "add", ip, "dev", "eth0")
+        if gateway:
+            sh("ip", "-n", ns, "route", "add", "default", "via", gateway)
+        # Checksums are left to the NIC otherwise, and no switch here fills them in.
+        sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
+        sh("ip", "-n", host.netns, "link", "set", port, "arp", "off", "up")
+        if host.backend == "ovs":
+            host.datapath.add_port(port, ofport)
+        else:
+            host.datapath.attach(ofport, port)
+        vm = Vm(name, ns, host, port, ofport, mac, ip, gateway, kind)
+        self.vms[name] = vm
+        host.vms.append(vm)
+        return vm
+
+    def add_external(self, name: str, host: Host | str, ip: str, mac: str | None = None,
+                     gateway: str | None = None, ofport: int | None = None) -> Vm:
+        """The outside world: a namespace on a host's provider port (an uplink), not a tenant VM."""
+        return self.add_vm(name, host, ip, mac, gateway, ofport, kind="external")
+
+    def _host(self, host: Host | str) -> Host:
+        return self.hosts[host] if isinstance(host, str) else host
+
+    # -- running things -----------------------------------------------------------
+    def run(self, node: Vm | Host | str, *argv: str, check: bool = True, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        return sh(*argv, netns=self._ns(node), check=check, timeout=timeout, input=input)
+
+    def popen(self, node: Vm | Host | str, *argv: str, **kw) -> subprocess.Popen:
+        """A background process in a node's namespace; killed by close() if still running."""
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(["ip", "netns", "exec", self._ns(node), *argv],
+                                text=True, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def ping(self, src: Vm | str, dst: str, count: int = 3, interval: float = 0.2,
+             wait: float = 2.0) -> subprocess.CompletedProcess:
+        """ping from a node; returncode 0 when every reply came back."""
+        return self.run(src, "ping", "-n", "-q", "-c", str(count), "-i", str(interval),
+                        "-W", str(wait), dst, check=False)
+
+    def _ns(self, node: Vm | Host | str) -> str:
+        if isinstance(node, (Vm, Host)):
+            return node.netns
+        if node in self.vms:
+            return self.vms[node].netns
+        if node in self.hosts:
+            return self.hosts[node].netns
+        return self.ns_name(node)
+
+    def pids(self) -> list[int]:
+        """Processes this topology started that are still running (daemons included)."""
+        out = [p.pid for p in self.procs if p.poll() is None]
+        for h in self.hosts.values():
+            if h.ovs is not None:
+                out += h.ovs.pids
+        return out
+
+    # -- teardown -----------------------------------------------------------------
+    def close(self) -> None:
+        """Stop everything this topology started and delete its namespaces (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        errors = []
+        for proc in self.procs:
+            if proc.poll() is None:
+                _kill_group(proc)
+        for h in self.hosts.values():
+            try:
+                if h.backend == "ovs" and h.ovs is not None:
+                    h.ovs.stop()
+                elif h.datapath is not None:
+                    h.datapath.close()
+            except Exception as exc:          # go on: the namespaces must still go
+                errors.append(f"{h.name}: {exc}")
+        for ns in reversed(self.namespaces):
+            res = sh("ip", "netns", "del", ns, check=False)
+            if res.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
+                errors.append(f"ip netns del {ns}: {res.stderr.strip()}")
+        self.namespaces.clear()
+        if errors:
+            raise TopologyError("teardown: " + "; ".join(errors))
+
+    @staticmethod
+    def cleanup_stale(prefix: str = PREFIX) -> list[str]:
+        """Delete namespaces `<prefix>-<pid>-...` whose creating process is gone, after
+        stopping the processes still inside them (left by a killed test run)."""
+        removed = []
+        try:
+            names = os.listdir("/run/netns")
+        except FileNotFoundError:
+            return removed
+        for ns in names:
+            m = re.fullmatch(rf"{re.escape(prefix)}-(\d+)-[0-9a-f]+-.+", ns)
+            if not m or _alive(int(m.group(1))):
+                continue
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", ns, check=False)
+            removed.append(ns)
+        return removed
+
+
+def overlay_flows(vm: Vm, remote: Vm, vni: int, tunnel_ofport: int) -> str:
+    """Hand-written flows (ovs-ofctl syntax) joining `vm` on this host to `remote` on
+    another over a tunnel port with remote_ip=flow and key=flow: ARP and IP to the
+    tunnel, and back.  ICMP has its own rules so its packets are counted apart."""
+    out = f"set_field:{remote.host.underlay_ip}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}"
+    into = f"in_port={tunnel_ofport},tun_id={vni}"
+    return "\n".join([
+        f"table=0,priority=100,arp,in_port={vm.ofport},arp_spa={vm.address} actions={out}",
+        f"table=0,priority=110,icmp,in_port={vm.ofport},dl_dst={remote.mac} actions={out}",
+        f"table=0,priority=100,ip,in_port={vm.ofport},dl_dst={remote.mac} actions={out}",
+        f"table=0,priority=100,arp,{into},arp_tpa={vm.address} actions=output:{vm.ofport}",
+        f"table=0,priority=110,icmp,{into},dl_dst={vm.mac} actions=output:{vm.ofport}",
+        f"table=0,priority=100,ip,{into},dl_dst={vm.mac} actions=output:{vm.ofport}",
+        "table=0,priority=0 actions=drop",
+    ])
+
+
+def _other_mac(mac: str) -> str:
+    """A MAC for the underlay veth under br-phy, distinct from the bridge's own."""
+    b = bytearray.fromhex(mac.replace(":", ""))
+    b[1] ^= 0x01
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a process we started (it leads its own session) and its children."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,263 @@
+"""The reference switch on real Linux interfaces: AF_PACKET ports and a poll loop feeding Switch.process."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import socket
+import threading
+import time
+
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.ports import Port
+from sbnet.datapath.switch import Switch
+from sbnet.datapath.tunnel import TunnelPort
+from sbnet.flows.flow import Flow
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23     # Linux 4.20+: the socket does not see frames it (or anyone) sends
+PACKET_OUTGOING = 4             # sll_pkttype of a frame this host transmitted
+CLONE_NEWNET = 0x40000000
+MAX_FRAME = 65536
+BATCH = 256                     # frames read from one socket per pass
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(name: str | None):
+    """Run the body with the calling thread in network namespace `name` (None: stay).
+
+    Sockets opened inside stay in that namespace after the thread switches back.
+    """
+    if name is None:
+        yield
+        return
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(back, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back from {name}: {os.strerror(err)}")
+    finally:
+        os.close(target)
+        os.close(back)
+
+
+class AfPacketPort(Port):
+    """A switch port bound to a Linux interface with an AF_PACKET raw socket.
+
+    `receive()` drains up to `limit` frames without blocking; `deliver` writes the
+    switch's frames to the interface.  Frames this host transmits are not read back
+    (PACKET_IGNORE_OUTGOING, or the packet type on kernels without it).
+    """
+
+    def __init__(self, ofport: int, ifname: str, netns: str | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(ofport, name or ifname)
+        self.ifname, self.netns = ifname, netns
+        self.tx_errors = 0
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            self._filter_outgoing = False
+        except OSError:
+            self._filter_outgoing = True
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((ifname, ETH_P_ALL))
+        self._buf = bytearray(MAX_FRAME)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self, limit: int = BATCH) -> list[bytes]:
+        """Frames waiting on the interface, at most `limit`, without blocking."""
+        out = []
+        buf, view = self._buf, memoryview(self._buf)
+        for _ in range(limit):
+            try:
+                if self._filter_outgoing:
+                    n, addr = self.sock.recvfrom_into(buf, 0, socket.MSG_DONTWAIT)
+                    if addr[2] == PACKET_OUTGOING:
+                        continue
+                else:
+                    n = self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            out.append(bytes(view[:n]))
+        self.rx_packets += len(out)
+        self.rx_bytes += sum(map(len, out))
+        return out
+
+    def deliver(self, batch: Batch) -> None:
+        super().deliver(batch)
+        send = self.sock.send
+        for pkt in batch.packets():
+            try:
+                send(pkt)
+            except OSError:      # full queue or interface down: a transmit drop, as a NIC's
+                self.tx_errors += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class AfPacketDatapath:
+    """A reference Switch forwarding between real interfaces, run by a poll loop.
+
+    Attach interfaces with `attach`, tunnel ports with `add_tunnel_port` (configure
+    `switch.underlay` for them), then `run(until)` in the caller's thread or `start()`
+    a background thread.  The Datapath methods (bundle, dump_flows, ...) take the
+    switch's lock, so they are safe while the loop runs.
+    """
+
+    def __init__(self, switch: Switch | None = None, netns: str | None = None,
+                 maintain_every: float = 1.0) -> None:
+        self.switch = switch or Switch()
+        self.netns = netns
+        self.lock = threading.RLock()
+        self.maintain_every = maintain_every
+        self._poll = select.poll()
+        self._by_fd: dict[int, AfPacketPort] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        # A pipe to wake the loop when it should stop or re-read its ports.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._poll.register(self._wake_r, select.POLLIN)
+        self.batches = 0
+
+    # -- ports -----------------------------------------------------------------
+    def attach(self, ofport: int, ifname: str, name: str | None = None) -> AfPacketPort:
+        """Make interface `ifname` (in this datapath's namespace) switch port `ofport`."""
+        port = AfPacketPort(ofport, ifname, self.netns, name)
+        with self.lock:
+            try:
+                self.switch.add_port(ofport, port.name, port=port)
+            except BaseException:
+                port.close()
+                raise
+            self._by_fd[port.fileno()] = port
+            self._poll.register(port.fileno(), select.POLLIN)
+        self._wake()
+        return port
+
+    def add_tunnel_port(self, tunnel: TunnelPort, name: str | None = None) -> Port:
+        with self.lock:
+            return self.switch.add_tunnel_port(tunnel, name)
+
+    def detach(self, ofport: int) -> None:
+        with self.lock:
+            port = self.switch.ports.get(ofport)
+            if isinstance(port, AfPacketPort):
+                self._poll.unregister(port.fileno())
+                del self._by_fd[port.fileno()]
+            self.switch.remove_port(ofport)
+
+    # -- the loop ----------------------------------------------------------------
+    def poll_once(self, timeout: float = 0.1) -> int:
+        """Wait up to `timeout` s for frames; switch one batch of what is readable."""
+        ready = self._poll.poll(timeout * 1000)
+        frames: list[bytes] = []
+        in_ports: list[int] = []
+        for fd, _ in ready:
+            port = self._by_fd.get(fd)
+            if port is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            got = port.receive()
+            frames += got
+            in_ports += [port.ofport] * len(got)
+        if frames:
+            with self.lock:
+                self.switch.process(Batch.from_packets(frames, in_ports))
+            self.batches += 1
+        return len(frames)
+
+    def run(self, until: float | None = None) -> None:
+        """Forward until time.monotonic() passes `until` (None: until stop())."""
+        next_maint = time.monotonic() + self.maintain_every
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if until is not None and now >= until:
+                return
+            self.poll_once(0.1 if until is None else max(0.0, min(0.1, until - now)))
+            if now >= next_maint:
+                with self.lock:
+                    self.switch.maintain()
+                next_maint = now + self.maintain_every
+
+    def start(self) -> AfPacketDatapath:
+        """Run the loop in a daemon thread until stop()."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, name=f"afpacket-{self.switch.name}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop the loop and close every socket."""
+        self.stop()
+        with self.lock:
+            for ofport in list(self.switch.ports):
+                if isinstance(self.switch.ports[ofport], AfPacketPort):
+                    self.detach(ofport)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> AfPacketDatapath:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    # -- the Datapath interface, under the lock ---------------------------------------
+    def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups=(), **kw) -> None:
+        with self.lock:
+            self.switch.bundle(add=add, delete=delete, groups=groups, **kw)
+
+    def add_flows(self, flows: list[Flow]) -> None:
+        self.bundle(add=flows)
+
+    def delete_flows(self, flows: list[Flow]) -> None:
+        self.bundle(delete=flows)
+
+    def dump_flows(self):
+        with self.lock:
+            return self.switch.dump_flows()
+
+    def dump_megaflows(self) -> list[str]:
+        with self.lock:
+            return self.switch.dump_megaflows()
+
+    def trace(self, in_port: int, packet: bytes):
+        with self.lock:
+            return self.switch.trace(in_port, packet)
+
+    def dump_conntrack(self, zone: int | None = None) -> list[str]:
+        with self.lock:
+            return self.switch.conntrack.dump(zone)

@@ -1,0 +1,156 @@
+"""Two hosts, one VM each, VXLAN over an underlay: real traffic through OVS netdev and the reference switch."""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from sbnet.datapath.switch import UnsupportedFlow
+from sbnet.flows.ofctl import parse_flow
+from sbnet.ovs.dummy import OVSError
+from tests.agent.conftest import TUNNEL_OFPORT, build_pair
+
+pytestmark = [pytest.mark.root, pytest.mark.ovs]
+
+# A receiver that hashes what it gets and prints the digest and byte count.
+SINK = ("import hashlib,socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        "s.bind(('0.0.0.0',{port}));s.listen(1);print('ready',flush=True);c,_=s.accept();h=hashlib.sha256();n=0\n"
+        "while True:\n d=c.recv(65536)\n if not d: break\n h.update(d);n+=len(d)\n"
+        "print(h.hexdigest(),n,flush=True)")
+SOURCE = ("import socket,sys;s=socket.create_connection(('{ip}',{port}),timeout=20);"
+          "s.sendall(bytes.fromhex(sys.stdin.read().strip()));s.close()")
+
+
+def icmp_counts(host, vm) -> tuple[int, int]:
+    """Packets counted by the ICMP rules to and from the tunnel on `host` (VM -> tunnel, tunnel -> VM)."""
+    out = inn = 0
+    for s in host.datapath.dump_flows():
+        m = {n: v for n, v, _ in s.flow.match.items}
+        if s.flow.priority == 110 and m.get("ip_proto") == 1:
+            if m.get("in_port") == vm.ofport:
+                out = s.n_packets
+            elif m.get("in_port") == TUNNEL_OFPORT:
+                inn = s.n_packets
+    return out, inn
+
+
+def test_ping_across_the_tunnel(pair):
+    res = pair.topo.ping(pair.vm1, pair.vm2.address, count=3)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = pair.topo.ping(pair.vm2, pair.vm1.address, count=2)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_flow_counters_count_the_pings(pair):
+    pair.topo.ping(pair.vm1, pair.vm2.address, count=1)       # ARP settled
+    before1, before2 = icmp_counts(pair.h1, pair.vm1), icmp_counts(pair.h2, pair.vm2)
+    res = pair.topo.ping(pair.vm1, pair.vm2.address, count=4, interval=0.1)
+    assert res.returncode == 0, res.stdout
+    after1, after2 = icmp_counts(pair.h1, pair.vm1), icmp_counts(pair.h2, pair.vm2)
+    # h1: 4 echo requests out to the tunnel, 4 replies in; h2 the other way round.
+    assert (after1[0] - before1[0], after1[1] - before1[1]) == (4, 4)
+    assert (after2[0] - before2[0], after2[1] - before2[1]) == (4, 4)
+
+
+def test_tcp_transfer_arrives_intact(pair):
+    data = os.urandom(300_000)
+    sink = pair.topo.popen(pair.vm2, "python3", "-c", SINK.format(port=5001))
+    assert sink.stdout.readline().strip() == "ready"
+    src = pair.topo.run(pair.vm1, "python3", "-c", SOURCE.format(ip=pair.vm2.address, port=5001),
+                        check=False, timeout=30, input=data.hex())
+    assert src.returncode == 0, src.stderr
+    out, _ = sink.communicate(timeout=30)
+    digest, n = out.split()
+    assert (digest, int(n)) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_iperf3_completes(pair):
+    server = pair.topo.popen(pair.vm2, "iperf3", "-s", "-1", "-p", "5201")
+    deadline = time.monotonic() + 5
+    while True:     # the server is ready when its port answers
+        probe = pair.topo.run(pair.vm2, "ss", "-ltn", "sport = :5201", check=False)
+        if ":5201" in probe.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    res = pair.topo.run(pair.vm1, "iperf3", "-c", pair.vm2.address, "-p", "5201", "-t", "2",
+                        "-J", check=False, timeout=60)
+    server.wait(timeout=10)
+    report = json.loads(res.stdout)
+    assert "error" not in report, report.get("error")
+    # Even the reference switch in Python carries several Mbit/s.
+    assert report["end"]["sum_received"]["bits_per_second"] > 1e6
+
+
+def test_bundle_with_a_bad_flow_changes_nothing(pair):
+    dp = pair.h1.datapath
+    before = [(s.flow, s.n_packets) for s in dp.dump_flows()]
+    good = parse_flow(f"table=0,priority=500,in_port={pair.vm1.ofport} actions=drop")
+    if pair.h1.backend == "ovs":
+        bad, error = parse_flow("table=0,priority=501,in_port=1 actions=group:99"), OVSError
+    else:
+        bad, error = parse_flow("table=0,priority=501,in_port=1 actions=NORMAL"), UnsupportedFlow
+    old = before[0][0]
+    with pytest.raises(error):
+        dp.bundle(add=[good, bad], delete=[old])
+    assert [(s.flow, s.n_packets) for s in dp.dump_flows()] == before
+    # The good flow would have cut vm1 off: it was not installed.
+    assert pair.topo.ping(pair.vm1, pair.vm2.address, count=1).returncode == 0
+
+
+def test_trace_and_megaflows_show_the_tunnel(pair):
+    pair.topo.ping(pair.vm1, pair.vm2.address, count=2, interval=0.1)
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+    pkt = bytes(Ether(src=pair.vm1.mac, dst=pair.vm2.mac) / IP(src=pair.vm1.address,
+                dst=pair.vm2.address) / ICMP())
+    tr = pair.h1.datapath.trace(pair.vm1.ofport, pkt)
+    actions = tr.datapath_actions if isinstance(tr.datapath_actions, str) else tr.datapath_actions()
+    assert "tnl_push" in actions
+    lines = pair.h1.datapath.dump_megaflows()
+    assert any("tnl_push" in ln for ln in lines), lines
+    if pair.h1.backend == "ovs":
+        assert all("dp:ovs" in ln for ln in lines)       # the userspace datapath, not offloaded
+
+
+def test_ovs_and_reference_hosts_interoperate(topology):
+    """VXLAN from OVS's userspace datapath decapsulates in the reference switch, and back."""
+    p = build_pair(topology, "ovs", "reference")
+    res = topology.ping(p.vm1, p.vm2.address, count=3, interval=0.1)
+    assert res.returncode == 0, res.stdout
+    assert icmp_counts(p.h2, p.vm2) == (3, 3)
+
+
+def test_teardown_leaves_no_namespaces_or_processes(topology):
+    p = build_pair(topology, "ovs", "reference")
+    topology.popen(p.vm1, "sleep", "60")
+    namespaces, pids = list(topology.namespaces), topology.pids()
+    assert len(pids) == 3          # the OVS host's two daemons and the sleep
+    dirs = [p.h1.ovs.dir]
+    topology.close()
+    listed = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True).stdout
+    assert not [ns for ns in namespaces if ns in listed]
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
+    assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_teardown_after_a_failure(topology):
+    from sbnet.agent.netns import Topology
+    with pytest.raises(RuntimeError, match="boom"), Topology() as t:
+        t.add_host("h1", "ovs")
+        t.add_vm("vm1", "h1", "10.0.0.1/24")
+        names = list(t.namespaces)
+        raise RuntimeError("boom")
+    listed = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True).stdout
+    assert not [ns for ns in names if ns in listed]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
