@@ -53,7 +53,7 @@ def ip_of(port: dict, version: int = 4) -> str:
 def icmp(src: dict, dst: dict, **kw) -> bytes:
     return raw(Ether(src=src["mac_address"], dst=dst["mac_address"])
                / IP(src=kw.get("ip_src", ip_of(src)), dst=kw.get("ip_dst", ip_of(dst)))
-               / ICMP(id=kw.get("id", 1), seq=kw.get("seq", 1)))
+               / ICMP(type=kw.get("type", 8), id=kw.get("id", 1), seq=kw.get("seq", 1)))
 
 
 def tcp(src: dict, dst: dict, sport: int, dport: int, flags: str = "S", seq: int = 1000,

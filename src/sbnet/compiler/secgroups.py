@@ -74,7 +74,10 @@ def build_sg_fixed(ctx, direction: str) -> None:
     ctx.flow(sg_table, 200, go, {"ct_state": (REL | TRK, REL | INV | TRK)})
     ctx.flow(sg_table, 150, go, {"eth_type": 0x0806})
     for t in (133, 134, 135, 136):  # RS, RA, NS, NA (port security already vetted them)
-        ctx.flow(sg_table, 150, go, {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": t})
+        nd = {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": t}
+        ctx.flow(sg_table, 150, go, nd)
+        # Conntrack does not track neighbour discovery (it would come back +inv).
+        ctx.flow(ct_table, 110, [ctx.goto(sg_table)], nd)
     if direction == "egress":
         ctx.flow(sg_table, 150, go, {"eth_type": 0x0800, "ip_proto": 17, "udp_src": 68,
                                      "udp_dst": 67})
