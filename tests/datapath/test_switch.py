@@ -84,7 +84,6 @@ def test_malformed_packets_are_counted_per_reason_and_dropped():
 
 @pytest.mark.parametrize("action,why", [
     ("set_field:0x1->ct_mark", "only by ct"),
-    ("meter:1", "meters"),
     ("encap(mpls)", "encap"),
     ("NORMAL", "NORMAL"),
 ])

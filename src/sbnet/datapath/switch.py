@@ -12,6 +12,7 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.classifier import Rule, Table
 from sbnet.datapath.execute import execute
 from sbnet.datapath.megaflow import Megaflow, MegaflowCache
+from sbnet.datapath.meters import MeterStats, MeterTable
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
 from sbnet.datapath.ports import MemoryPort, Port
 from sbnet.datapath.tunnel import (DECAP_DROPS, ENCAP_DROPS, TNL_F_OAM, TunnelPort, decap,
@@ -27,10 +28,11 @@ MAX_IDLE = 10.0           # seconds an unused megaflow lives, as OVS's default m
 MAX_RECIRC = 6            # passes through conntrack per packet before it is dropped
 _CT_POINT = 0xFFFFFF01    # pseudo-port: execute() hands back the packet as it reaches ct()
 _TCP_FLAGS = F.SLOT_INDEX["tcp_flags"]
+# Conntrack state travels with the packet (OVS's pkt->md), not in its bytes: kept across re-parses.
+_CT_ROWS = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
 
 # Actions this switch does not execute yet, and why: refused when installed.
 _UNSUPPORTED = {
-    A.Meter: "meters are not executed by this switch yet",
     A.Normal: "NORMAL (MAC learning) is not implemented: sbnet compiles explicit L2 flows",
 }
 _UNSUPPORTED_FIELDS = {
@@ -78,6 +80,8 @@ class Switch:
         self.cache = MegaflowCache()
         self._port_set: set[int] = set()
         self.xlate = Xlate(self.tables, self.groups, self._port_set, self.tunnels)
+        self.meters = MeterTable()
+        self.xlate.meters = self.meters.dp_ids
         self._actions: list[tuple] = []
         self._action_ids: dict[tuple, int] = {}
         self._special: list[bool] = []      # per action list: has ct() or tunnel output
@@ -150,14 +154,22 @@ class Switch:
             raise UnsupportedFlow(f"{flow}: conjunction() cannot be mixed with other actions")
 
     def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups: list[A.GroupMod] = (),
-               now: float | None = None) -> None:
-        """Apply deletions then additions atomically: all are checked before any is applied."""
+               now: float | None = None, meters: list[A.MeterMod] = ()) -> None:
+        """Apply meters (added, or modified if changed), deletions, then additions atomically:
+        all are checked before any is applied.  Flows may name meters of the same bundle."""
+        for m in meters:
+            self.meters.check(m, adding=None)
+        pending = {m.meter_id for m in meters}
         for f in add:
             self.check_flow(f)
+            self.meters.check_refs(f.actions, str(f), pending)
         for g in groups:
             for b in g.buckets:
                 _check_actions(b.actions, f"group {g.group_id}")
+                self.meters.check_refs(b.actions, f"group {g.group_id}", pending)
         now = self.clock() if now is None else now
+        for m in meters:
+            self.meters.set(m, now)
         changed: list[Rule] = []
         for f in delete:
             tbl = self.tables.get(f.table)
@@ -200,10 +212,44 @@ class Switch:
     def load(self, text: str) -> FlowFile:
         """Load a flow file (flows, group_id= and meter= lines) in one bundle."""
         ff = parse_file(text)
-        if ff.meters:
-            raise UnsupportedFlow("meters are not executed by this switch yet")
-        self.bundle(add=ff.flows, groups=ff.groups)
+        self.bundle(add=ff.flows, groups=ff.groups, meters=ff.meters)
         return ff
+
+    # -- meters -------------------------------------------------------------
+    def add_meter(self, mod: A.MeterMod, now: float | None = None) -> None:
+        """ovs-ofctl add-meter; meters.MeterError (OFPMMFC_METER_EXISTS, ...) where OVS refuses."""
+        self.meters.add(mod, self.clock() if now is None else now)
+
+    def modify_meter(self, mod: A.MeterMod, now: float | None = None) -> None:
+        """ovs-ofctl mod-meter: a full bucket and fresh counters, as dpif-netdev replaces the meter."""
+        self.meters.modify(mod, self.clock() if now is None else now)
+
+    def delete_meter(self, meter_id: int, now: float | None = None) -> list[Flow]:
+        """Delete a meter and, as OVS does, every flow naming it; returns those flows."""
+        if meter_id not in self.meters:
+            return []
+        users = [r.flow for r in self.rules() if A.Meter(meter_id) in r.flow.actions]
+        self.bundle(delete=users, now=now)
+        gone = odp.Meter(self.meters.dp_id(meter_id))
+        self.meters.delete(meter_id)
+        for mf in list(self.cache.flows.values()):
+            if gone in mf.actions:      # reached through a group bucket
+                self._evict(mf)
+        return users
+
+    def dump_meters(self) -> list[A.MeterMod]:
+        return self.meters.mods()
+
+    def meter_stats(self, now: float | None = None) -> list[MeterStats]:
+        """Per meter, as ovs-ofctl meter-stats: flows naming it, packets in, band drops."""
+        now = self.clock() if now is None else now
+        uses: dict[int, int] = {}
+        for r in self.rules():
+            for a in r.flow.actions:
+                if isinstance(a, A.Meter):
+                    uses[a.meter_id] = uses.get(a.meter_id, 0) + 1
+        return [self.meters.stats(m.meter_id, uses.get(m.meter_id, 0), now)
+                for m in self.meters.mods()]
 
     def rules(self) -> list[Rule]:
         return [r for t in sorted(self.tables) for r in self.tables[t].rules()]
@@ -391,20 +437,31 @@ class Switch:
     def _run_special(self, batch: Batch, rows: np.ndarray, parsed, acts: tuple, now: float,
                      depth: int, out: list) -> None:
         """Actions the executor does not do itself (ct, tunnel output, NSH and Ethernet
-        push/pop, NSH sets, recirculation): edits and outputs up to each, then that step on
+        push/pop, NSH sets, recirculation, meters): edits and outputs up to each, then that step on
         the batch as it is at that point, then the rest of the actions."""
         i = 0
-        while True:
+        while len(rows):
             j = next((k for k in range(i, len(acts)) if _is_special(acts[k])), len(acts))
             if j == len(acts):
                 self._deliver(execute(batch, rows, parsed.l3, parsed.l4, acts[i:]), out)
                 return
+            a = acts[j]
+            if isinstance(a, odp.Meter) and j == i:    # nothing to run first: drop rows in place
+                rows = rows[self._meter(a, batch.length[rows], now)]
+                i = j + 1
+                continue
             emitted = execute(batch, rows, parsed.l3, parsed.l4, acts[i:j] + (odp.Output(_CT_POINT),))
             self._deliver(emitted[:-1], out)
             at = emitted[-1][1]
             every = np.arange(len(at))
-            a = acts[j]
             i = j + 1
+            if isinstance(a, odp.Meter):    # after outputs or edits: meter the packets as edited
+                keep = self._meter(a, at.length, now)
+                at = at.take(keep)
+                p2 = parse(at)
+                p2.keys[_CT_ROWS] = parsed.keys[_CT_ROWS][:, rows[keep]]
+                batch, rows, parsed = at, np.arange(len(at)), p2
+                continue
             if isinstance(a, odp.TunnelPush):
                 self._tunnel_out(at, a, out)
                 batch, rows, parsed = at, every, parse(at)
@@ -412,9 +469,7 @@ class Switch:
             if isinstance(a, odp.Ct):
                 at = at.take(every)     # conntrack rewrites NAT in place: own the batch
                 p2 = parse(at)
-                # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes.
-                ct_rows = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
-                p2.keys[ct_rows] = parsed.keys[ct_rows][:, rows]
+                p2.keys[_CT_ROWS] = parsed.keys[_CT_ROWS][:, rows]
                 self.conntrack.execute(at, p2, every, a.zone, commit=a.commit, nat=a.nat,
                                        set_mark=a.mark, set_label=a.label, now=now, force=a.force)
                 if i < len(acts) and isinstance(acts[i], odp.Recirc):
@@ -430,6 +485,14 @@ class Switch:
             batch, ethernet = self._nsh_step(at, every, a)
             rows = np.arange(len(batch))
             parsed = parse(batch) if ethernet else _no_offsets(len(batch))
+
+    def _meter(self, a: odp.Meter, lengths: np.ndarray, now: float) -> np.ndarray:
+        """The mask of packets meter `a` lets through; the others count as meter drops."""
+        keep = self.meters.run(a.meter_id, lengths, now)
+        dropped = len(keep) - int(np.count_nonzero(keep))
+        if dropped:
+            self._drop("meter band drop", dropped)
+        return keep
 
     def _nsh_step(self, at: Batch, rows: np.ndarray, a) -> tuple[Batch, bool]:
         """One NSH/Ethernet header operation; returns the batch and whether it is Ethernet."""
@@ -645,7 +708,8 @@ class TraceResult:
         return odp.format_actions(self.actions)
 
 
-_SPECIAL = (odp.Ct, odp.TunnelPush, odp.PushNsh, odp.PushEth, odp.PopEth, odp.PopNsh, odp.Recirc)
+_SPECIAL = (odp.Ct, odp.TunnelPush, odp.PushNsh, odp.PushEth, odp.PopEth, odp.PopNsh, odp.Recirc,
+            odp.Meter)
 
 
 def _is_special(a) -> bool:

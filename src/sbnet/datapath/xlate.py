@@ -54,6 +54,7 @@ class Xlate:
         self.tables, self.groups, self.ports = tables, groups, ports
         self.tunnels = tunnels if tunnels is not None else {}   # ofport -> TunnelPort
         self.tlv_fields: set[str] = set()      # tun_metadataN fields the TLV map defines
+        self.meters: dict[int, int] = {}       # OpenFlow meter id -> datapath meter id
         # Tests force a select-group bucket to compare with OVS, whose hash differs.
         self.select_override: int | None = None
         # Recirculation: a recirc_id names a frozen translation state (the table
@@ -260,6 +261,10 @@ class _Ctx:
                 self.dec_mpls_ttl()
             case A.Group(gid):
                 self.group(gid)
+            case A.Meter(mid):
+                # Not a commit point: pending sets stay pending, as in OVS's xlate_meter_action.
+                if mid in self.x.meters:
+                    self.odp.append(odp.Meter(self.x.meters[mid]))
             case A.Conjunction():
                 pass    # only meaningful to the classifier
             case A.Ct():
