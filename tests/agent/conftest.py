@@ -1,37 +1,10 @@
 """Fixtures for real-host tests: topologies of namespaces with OVS netdev or the reference switch."""
 
-from dataclasses import dataclass
-
 import pytest
 
-from sbnet.agent.netns import BACKENDS, Host, Topology, Vm, overlay_flows, require_netns
-from sbnet.flows.ofctl import parse_file
+from sbnet.agent.netns import BACKENDS, Topology, overlay_pair, require_netns
 
-VNI = 5
 TUNNEL_OFPORT = 100
-
-
-@dataclass
-class Pair:
-    """Two hosts joined by VXLAN over the underlay, one VM on each, hand-written flows."""
-
-    topo: Topology
-    h1: Host
-    h2: Host
-    vm1: Vm
-    vm2: Vm
-
-
-def build_pair(topo: Topology, backend1: str, backend2: str) -> Pair:
-    h1 = topo.add_host("h1", backend1)
-    h2 = topo.add_host("h2", backend2)
-    for h in (h1, h2):
-        topo.add_tunnel(h, "vxlan", TUNNEL_OFPORT)
-    vm1 = topo.add_vm("vm1", h1, "10.0.0.1/24")
-    vm2 = topo.add_vm("vm2", h2, "10.0.0.2/24")
-    h1.datapath.bundle(add=parse_file(overlay_flows(vm1, vm2, VNI, TUNNEL_OFPORT)).flows)
-    h2.datapath.bundle(add=parse_file(overlay_flows(vm2, vm1, VNI, TUNNEL_OFPORT)).flows)
-    return Pair(topo, h1, h2, vm1, vm2)
 
 
 @pytest.fixture
@@ -45,8 +18,9 @@ def topology():
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def pair(request):
-    """Two hosts of one backend (OVS netdev, or the reference switch on AF_PACKET)."""
+    """Two hosts of one backend (OVS netdev, or the reference switch on AF_PACKET) joined
+    by VXLAN, one VM on each."""
     require_netns(ovs=request.param == "ovs")
     Topology.cleanup_stale()
     with Topology() as topo:
-        yield build_pair(topo, request.param, request.param)
+        yield overlay_pair(topo, request.param, tunnel_ofport=TUNNEL_OFPORT)

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from sbnet.agent.netns import overlay_pair
 from sbnet.datapath.switch import UnsupportedFlow
 from sbnet.flows.ofctl import parse_flow
 from sbnet.ovs.dummy import OVSError
-from tests.agent.conftest import TUNNEL_OFPORT, build_pair
+from tests.agent.conftest import TUNNEL_OFPORT
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 
@@ -117,14 +118,14 @@ def test_trace_and_megaflows_show_the_tunnel(pair):
 
 def test_ovs_and_reference_hosts_interoperate(topology):
     """VXLAN from OVS's userspace datapath decapsulates in the reference switch, and back."""
-    p = build_pair(topology, "ovs", "reference")
+    p = overlay_pair(topology, "ovs", "reference")
     res = topology.ping(p.vm1, p.vm2.address, count=3, interval=0.1)
     assert res.returncode == 0, res.stdout
     assert icmp_counts(p.h2, p.vm2) == (3, 3)
 
 
 def test_teardown_leaves_no_namespaces_or_processes(topology):
-    p = build_pair(topology, "ovs", "reference")
+    p = overlay_pair(topology, "ovs", "reference")
     topology.popen(p.vm1, "sleep", "60")
     namespaces, pids = list(topology.namespaces), topology.pids()
     assert len(pids) == 3          # the OVS host's two daemons and the sleep

@@ -142,7 +142,8 @@ class Topology:
     def ns_name(self, node: str) -> str:
         return f"{self.id}-{node}"
 
-    def _add_ns(self, node: str) -> str:
+    def add_namespace(self, node: str) -> str:
+        """A bare namespace for `node` (lo up, no IPv6), deleted by close(); its name."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", node):
             raise ValueError(f"node name {node!r}: letters, digits, _ . - only")
         name = self.ns_name(node)
@@ -159,7 +160,7 @@ class Topology:
 
     def _underlay(self) -> str:
         if self.underlay_ns is None:
-            self.underlay_ns = self._add_ns("underlay")
+            self.underlay_ns = self.add_namespace("underlay")
             sh("ip", "-n", self.underlay_ns, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", self.underlay_ns, "link", "set", "br0", "up")
         return self.underlay_ns
@@ -173,7 +174,7 @@ class Topology:
             raise ValueError(f"host {name} already exists")
         index = len(self.hosts) + 1
         ul = self._underlay()
-        ns = self._add_ns(name)
+        ns = self.add_namespace(name)
         ip = str(UNDERLAY_NET.network_address + index)
         mac = f"02:fe:00:00:00:{index:02x}"
         sh("ip", "link", "add", "ul0", "netns", ns, "type", "veth",
@@ -254,7 +255,7 @@ class Topology:
         host = self._host(host)
         if name in self.vms:
             raise ValueError(f"VM {name} already exists")
-        ns = self._add_ns(name)
+        ns = self.add_namespace(name)
         ofport = ofport or host.ofport()
         mac = mac or f"02:00:00:{host.index:02x}:{(ofport >> 8) & 0xff:02x}:{ofport & 0xff:02x}"
         port = f"tap{ofport}"
@@ -368,6 +369,35 @@ class Topology:
             sh("ip", "netns", "del", ns, check=False)
             removed.append(ns)
         return removed
+
+
+@dataclass
+class OverlayPair:
+    """Two hosts joined by a tunnel over the underlay, one VM on each, hand-written flows."""
+
+    topo: Topology
+    h1: Host
+    h2: Host
+    vm1: Vm
+    vm2: Vm
+
+
+def overlay_pair(topo: Topology, backend1: str = "ovs", backend2: str | None = None,
+                 kind: str = "vxlan", vni: int = 5, tunnel_ofport: int = 100,
+                 names: tuple[str, str, str, str] = ("h1", "h2", "vm1", "vm2"),
+                 subnet: str = "10.0.0") -> OverlayPair:
+    """The smallest overlay: hosts h1, h2 (backends as given), vm1 on h1 and vm2 on h2 in
+    `subnet`.0/24, a `kind` tunnel port on each, and overlay_flows() installed."""
+    h1 = topo.add_host(names[0], backend1)
+    h2 = topo.add_host(names[1], backend2 or backend1)
+    for h in (h1, h2):
+        topo.add_tunnel(h, kind, tunnel_ofport)
+    vm1 = topo.add_vm(names[2], h1, f"{subnet}.1/24")
+    vm2 = topo.add_vm(names[3], h2, f"{subnet}.2/24")
+    from sbnet.flows.ofctl import parse_file
+    h1.datapath.bundle(add=parse_file(overlay_flows(vm1, vm2, vni, tunnel_ofport)).flows)
+    h2.datapath.bundle(add=parse_file(overlay_flows(vm2, vm1, vni, tunnel_ofport)).flows)
+    return OverlayPair(topo, h1, h2, vm1, vm2)
 
 
 def overlay_flows(vm: Vm, remote: Vm, vni: int, tunnel_ofport: int) -> str:

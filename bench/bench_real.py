@@ -1,0 +1,114 @@
+"""VM-to-VM TCP throughput (iperf3) and ping latency across two hosts joined by VXLAN, through
+Open vSwitch's userspace datapath and through the reference switch on AF_PACKET, in one run.
+
+Needs root, Open vSwitch, iperf3.  A direct veth between two namespaces (no switch, no tunnel)
+is measured too, as the ceiling of this machine.
+
+Run: python bench/bench_real.py [--seconds S] [--pings N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+
+from sbnet.agent.netns import Topology, overlay_pair, sh
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU time of processes (all their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def ping_rtt(topo: Topology, src, dst: str, count: int) -> dict:
+    res = topo.run(src, "ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "2", dst,
+                   check=False, timeout=60)
+    m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", res.stdout)
+    lost = re.search(r"([\d.]+)% packet loss", res.stdout)
+    if not m:
+        return {"min": float("nan"), "avg": float("nan"), "max": float("nan"), "loss": 100.0}
+    return {"min": float(m.group(1)), "avg": float(m.group(2)), "max": float(m.group(3)),
+            "loss": float(lost.group(1)) if lost else 0.0}
+
+
+def iperf(topo: Topology, client, server, address: str, seconds: float, cpu) -> dict:
+    srv = topo.popen(server, "iperf3", "-s", "-1", "-p", "5201")
+    deadline = time.monotonic() + 5
+    while ":5201" not in topo.run(server, "ss", "-ltn", "sport = :5201", check=False).stdout:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    cpu = cpu or (lambda: float("nan"))
+    c0, t0 = cpu(), time.monotonic()
+    res = topo.run(client, "iperf3", "-c", address, "-p", "5201", "-t", str(seconds), "-J",
+                   check=False, timeout=seconds + 60)
+    c1, t1 = cpu(), time.monotonic()
+    srv.wait(timeout=10)
+    rep = json.loads(res.stdout)
+    if rep.get("error"):
+        raise RuntimeError(rep["error"])
+    end = rep["end"]
+    return {"mbps": end["sum_received"]["bits_per_second"] / 1e6,
+            "retr": end["sum_sent"].get("retransmits", 0),
+            "cores": (c1 - c0) / (t1 - t0)}
+
+
+def measure_pair(backend: str, seconds: float, pings: int) -> dict:
+    with Topology() as topo:
+        p = overlay_pair(topo, backend)
+        topo.ping(p.vm1, p.vm2.address, count=2, interval=0.1)     # ARP, megaflows
+        if backend == "ovs":
+            pids = p.h1.ovs.pids + p.h2.ovs.pids
+
+            def cpu():
+                return cpu_seconds(pids)
+        else:
+            # Both reference switches are threads of this process; nothing else runs here.
+            def cpu():
+                return time.process_time()
+        rtt = ping_rtt(topo, p.vm1, p.vm2.address, pings)
+        tcp = iperf(topo, p.vm1, p.vm2, p.vm2.address, seconds, cpu)
+        return {**rtt, **tcp}
+
+
+def measure_veth(seconds: float, pings: int) -> dict:
+    """Two namespaces joined by one veth pair: the kernel alone."""
+    with Topology() as topo:
+        a, b = topo.add_namespace("a"), topo.add_namespace("b")
+        sh("ip", "link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", "eth0",
+           "netns", b)
+        for ns, ip in ((a, "10.9.0.1/24"), (b, "10.9.0.2/24")):
+            sh("ip", "-n", ns, "addr", "add", ip, "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        rtt = ping_rtt(topo, "a", "10.9.0.2", pings)
+        tcp = iperf(topo, "a", "b", "10.9.0.2", seconds, None)
+        return {**rtt, **tcp}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per datapath")
+    ap.add_argument("--pings", type=int, default=100, help="pings per datapath (10 ms apart)")
+    args = ap.parse_args()
+    rows = [("linux veth (no switch)", measure_veth(args.seconds, args.pings)),
+            ("ovs netdev + vxlan", measure_pair("ovs", args.seconds, args.pings)),
+            ("reference af_packet + vxlan", measure_pair("reference", args.seconds, args.pings))]
+    print(f"{'datapath':30} {'TCP Mbit/s':>10} {'retrans':>8} {'switch cores':>12} "
+          f"{'rtt min':>8} {'rtt avg':>8} {'rtt max':>8} {'loss %':>6}")
+    for name, r in rows:
+        print(f"{name:30} {r['mbps']:10.1f} {r['retr']:8d} {r['cores']:12.2f} "
+              f"{r['min']:8.3f} {r['avg']:8.3f} {r['max']:8.3f} {r['loss']:6.1f}")
+    print("rtt in ms; switch cores: CPU seconds per second of the switch daemons or threads "
+          "during the TCP run")
+
+
+if __name__ == "__main__":
+    main()
