@@ -108,6 +108,7 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_index import HashIndex, stored
 from sbnet.datapath.conntrack_nat import SNAT, NatSpec, first_candidates, rewrite
 from sbnet.datapath.conntrack_pkt import PacketInfo, extract
+from sbnet.datapath.conntrack_fast import ExpressPath
 from sbnet.datapath.conntrack_slow import PerPacketPath
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _CT_LAST, _M64, _NAT_BITS, _PROTO_NAMES, _S, _W, C_EXP, C_L4ST, C_LABEL, C_MARK,
@@ -120,7 +121,7 @@ from sbnet.flows.fields import IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
 __all__ = ["Conntrack", "NatSpec", "Timeouts", "tuple_hash"]
 
 
-class Conntrack(PerPacketPath):
+class Conntrack(ExpressPath, PerPacketPath):
     """Connections of every zone, stored column-wise in numpy arrays indexed by slot."""
 
     def __init__(self, timeouts: Timeouts | None = None, limit: int = 3_000_000,
@@ -144,6 +145,7 @@ class Conntrack(PerPacketPath):
         self._zone_count: dict[int, int] = {}
         self._n = 0
         self._scratch = np.zeros(0, dtype=np.int64)
+        self._mark = np.zeros(0, dtype=np.int8)
         self._alloc(capacity)
 
     # -- storage -------------------------------------------------------------
@@ -262,10 +264,16 @@ class Conntrack(PerPacketPath):
         m = len(rows)
         if not m:
             return
-        self.stats["packets"] += m
         keys = parsed.keys
         zones = np.broadcast_to(np.asarray(zone, dtype=np.int64), (m,)).astype(np.uint64)
         nat = NatSpec.from_action(nat) if nat is not None else None
+        if not force and not (commit and (set_mark is not None or set_label is not None)):
+            left = self._express(batch, parsed, rows, zones, nat, now)
+            if left.size < m:
+                rows, zones, m = rows[left], zones[left], left.size
+                if not m:
+                    return
+        self.stats["packets"] += m
         p = extract(batch, parsed, rows, zones, self.checksums)
         st_in = keys[_S["ct_state"], rows]
         same_zone = keys[_S["ct_zone"], rows] == zones

@@ -358,28 +358,47 @@ def _established_single(tcp, conn, reply, seq, ack, win, plen, liberal):
     rp = reply[:, None]
     src = np.where(rp, peers[:, 1], peers[:, 0])
     dst = np.where(rp, peers[:, 0], peers[:, 1])
-    ws_s, ws_d = src[:, 3], dst[:, 3]
-    both_flag = ((ws_s & ws_d) & WSCALE_FLAG) != 0
-    both_unk = ((ws_s & ws_d) & WSCALE_UNKNOWN) != 0
-    sws = np.where(both_flag, ws_s & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
-    dws = np.where(both_flag, ws_d & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
-    b_s, b_d = src[:, 0], dst[:, 0]
-    end_rel = _rel((seq + plen) & _M32, b_s)
-    hi_rel = _rel((ack + np.maximum(win << sws, 1)) & _M32, b_d)
-    s_hi = _rel(src[:, 1], b_s)
-    d_hi = _rel(dst[:, 1], b_d)
+    ok, s_lo, s_mw, d_hi = established_one(src[:, 0], src[:, 1], src[:, 2], src[:, 3], dst[:, 0],
+                                           dst[:, 1], dst[:, 2], dst[:, 3], seq, ack, win, plen,
+                                           liberal)
+    tcp[conn, s, 0] = s_lo
+    tcp[conn, s, 2] = s_mw
+    tcp[conn, d, 1] = d_hi
+    return ok, np.ones(n, dtype=bool)
+
+
+def established_one(s_lo, s_hi, s_mw, s_ws, d_lo, d_hi, d_mw, d_ws, seq, ack, win, plen,
+                    liberal):
+    """update() of one ACK segment per connection, both peers ESTABLISHED, from the
+    sender's (s_) and receiver's (d_) peer fields.
+
+    Returns (valid, new sender seqlo, new sender max_win, new receiver seqhi);
+    invalid segments get their peer's fields back unchanged.
+    """
+    if not ((s_ws | d_ws) & (WSCALE_FLAG | WSCALE_UNKNOWN)).any():
+        sws = dws = 0          # no scaling anywhere: the usual case, skip the selects
+    else:
+        both_flag = ((s_ws & d_ws) & WSCALE_FLAG) != 0
+        both_unk = ((s_ws & d_ws) & WSCALE_UNKNOWN) != 0
+        sws = np.where(both_flag, s_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
+        dws = np.where(both_flag, d_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
+    end_rel = _rel((seq + plen) & _M32, s_lo)
+    hi_rel = _rel((ack + np.maximum(win << sws, 1)) & _M32, d_lo)
     empty = plen == 0
-    seq_r = np.where(empty, 0, _rel(seq, b_s))
-    end_r = np.where(empty, 0, end_rel)
-    ackskew = -_rel(ack, b_d)
-    ok = ((s_hi - end_r >= 0) & (seq_r + (dst[:, 2] << dws) >= 0)
+    if empty.any():
+        seq_r = np.where(empty, 0, _rel(seq, s_lo))
+        end_r = np.where(empty, 0, end_rel)
+    else:
+        seq_r, end_r = _rel(seq, s_lo), end_rel
+    ackskew = -_rel(ack, d_lo)
+    ok = ((_rel(s_hi, s_lo) - end_r >= 0) & (seq_r + (d_mw << dws) >= 0)
           & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
     if liberal:
         ok[:] = True
-    tcp[conn, s, 0] = np.where(ok & ~empty, (b_s + np.maximum(end_rel, 0)) & _M32, b_s)
-    tcp[conn, s, 2] = np.where(ok, np.maximum(win, src[:, 2]), src[:, 2])
-    tcp[conn, d, 1] = np.where(ok, (b_d + np.maximum(hi_rel, d_hi)) & _M32, dst[:, 1])
-    return ok, np.ones(n, dtype=bool)
+    new_lo = np.where(ok & ~empty, (s_lo + np.maximum(end_rel, 0)) & _M32, s_lo)
+    new_mw = np.where(ok, np.maximum(win, s_mw), s_mw)
+    new_hi = np.where(ok, (d_lo + np.maximum(hi_rel, _rel(d_hi, d_lo))) & _M32, d_hi)
+    return ok, new_lo, new_mw, new_hi
 
 
 def _vgeq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
