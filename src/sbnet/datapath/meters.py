@@ -119,9 +119,13 @@ class MeterTable:
         self._put(_Meter(mod, dp_id, now))
 
     def modify(self, mod: A.MeterMod, now: float) -> None:
-        """Replace a meter's band: as in dpif-netdev the bucket starts full and counters restart."""
+        """Replace a meter's band: as in dpif-netdev the bucket starts full and counters
+        restart; its duration goes on, as ofproto keeps the meter's creation time."""
         self.check(mod, adding=False)
-        self._put(_Meter(mod, self._meters[mod.meter_id].dp_id, now))
+        old = self._meters[mod.meter_id]
+        new = _Meter(mod, old.dp_id, now)
+        new.created = old.created
+        self._put(new)
 
     def set(self, mod: A.MeterMod, now: float) -> None:
         """Add the meter, or modify it when its configuration differs (an unchanged one keeps its bucket)."""
