@@ -65,15 +65,12 @@ def measure_pair(backend: str, seconds: float, pings: int) -> dict:
     with Topology() as topo:
         p = overlay_pair(topo, backend)
         topo.ping(p.vm1, p.vm2.address, count=2, interval=0.1)     # ARP, megaflows
-        if backend == "ovs":
-            pids = p.h1.ovs.pids + p.h2.ovs.pids
+        # OVS: both hosts' daemons; reference: both hosts' switch processes.
+        pids = (p.h1.ovs.pids + p.h2.ovs.pids if backend == "ovs"
+                else [p.h1.datapath.pid, p.h2.datapath.pid])
 
-            def cpu():
-                return cpu_seconds(pids)
-        else:
-            # Both reference switches are threads of this process; nothing else runs here.
-            def cpu():
-                return time.process_time()
+        def cpu():
+            return cpu_seconds(pids)
         rtt = ping_rtt(topo, p.vm1, p.vm2.address, pings)
         tcp = iperf(topo, p.vm1, p.vm2, p.vm2.address, seconds, cpu)
         return {**rtt, **tcp}

@@ -166,8 +166,13 @@ class Topology:
         return self.underlay_ns
 
     # -- hosts --------------------------------------------------------------------
-    def add_host(self, name: str, backend: str = "ovs", hw_offload: bool = False) -> Host:
-        """A host namespace with its switch running, joined to the underlay by veth ul0."""
+    def add_host(self, name: str, backend: str = "ovs", hw_offload: bool = False,
+                 process: bool = True) -> Host:
+        """A host namespace with its switch running, joined to the underlay by veth ul0.
+
+        backend "ovs": ovsdb-server and ovs-vswitchd in the namespace, bridges br-int
+        (the datapath) and br-phy (the underlay); "reference": the reference switch on
+        AF_PACKET, in a process of its own (process=False: a thread of this one)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         if name in self.hosts:
@@ -188,7 +193,7 @@ class Topology:
         if backend == "ovs":
             self._start_ovs(host, hw_offload)
         else:
-            self._start_reference(host)
+            self._start_reference(host, process)
         for other in self.hosts.values():
             if other is not host:
                 self._neighbours(host, other)
@@ -213,26 +218,27 @@ class Topology:
         with contextlib.suppress(OVSError):    # the kernel route may have been learnt already
             host.ovs.appctl("ovs/route/add", str(UNDERLAY_NET), "br-phy")
 
-    def _start_reference(self, host: Host) -> None:
-        from sbnet.datapath.afpacket import AfPacketDatapath
+    def _start_reference(self, host: Host, process: bool) -> None:
+        from sbnet.datapath.afpacket import AfPacketDatapath, AfPacketProcess
         from sbnet.datapath.switch import Switch
+        if process:
+            dp = AfPacketProcess(f"{host.name}-br", netns=host.netns)
+        else:
+            dp = AfPacketDatapath(Switch(f"{host.name}-br"), netns=host.netns).start()
+        host.datapath = dp
+        dp.attach(UNDERLAY_OFPORT, "ul0")
         # The switch owns the underlay address; the kernel gets none, so it does not
         # answer tunnel packets with port-unreachable errors.
-        dp = AfPacketDatapath(Switch(f"{host.name}-br"), netns=host.netns)
-        dp.attach(UNDERLAY_OFPORT, "ul0")
-        u = dp.switch.underlay
-        u.add_port(UNDERLAY_OFPORT, host.underlay_mac)
-        u.add_local(host.underlay_ip)
-        u.add_route(str(UNDERLAY_NET), UNDERLAY_OFPORT, src=host.underlay_ip)
-        host.datapath = dp.start()
+        dp.underlay("add_port", UNDERLAY_OFPORT, host.underlay_mac)
+        dp.underlay("add_local", host.underlay_ip)
+        dp.underlay("add_route", str(UNDERLAY_NET), UNDERLAY_OFPORT, None, host.underlay_ip)
 
     def _neighbours(self, host: Host, peer: Host) -> None:
         """Static underlay neighbour entries: tunnels never wait for ARP."""
         if host.backend == "ovs":
             host.ovs.appctl("tnl/neigh/set", "br-phy", peer.underlay_ip, peer.underlay_mac)
         else:
-            with host.datapath.lock:
-                host.datapath.switch.underlay.add_neighbour(peer.underlay_ip, peer.underlay_mac)
+            host.datapath.underlay("add_neighbour", peer.underlay_ip, peer.underlay_mac)
 
     def add_tunnel(self, host: Host | str, kind: str = "vxlan", ofport: int = 100,
                    name: str | None = None, **options) -> int:
@@ -320,6 +326,8 @@ class Topology:
         for h in self.hosts.values():
             if h.ovs is not None:
                 out += h.ovs.pids
+            if getattr(h.datapath, "pid", None):
+                out.append(h.datapath.pid)
         return out
 
     # -- teardown -----------------------------------------------------------------
@@ -385,11 +393,12 @@ class OverlayPair:
 def overlay_pair(topo: Topology, backend1: str = "ovs", backend2: str | None = None,
                  kind: str = "vxlan", vni: int = 5, tunnel_ofport: int = 100,
                  names: tuple[str, str, str, str] = ("h1", "h2", "vm1", "vm2"),
-                 subnet: str = "10.0.0") -> OverlayPair:
+                 subnet: str = "10.0.0", process: bool = True) -> OverlayPair:
     """The smallest overlay: hosts h1, h2 (backends as given), vm1 on h1 and vm2 on h2 in
-    `subnet`.0/24, a `kind` tunnel port on each, and overlay_flows() installed."""
-    h1 = topo.add_host(names[0], backend1)
-    h2 = topo.add_host(names[1], backend2 or backend1)
+    `subnet`.0/24, a `kind` tunnel port on each, and overlay_flows() installed.
+    process: reference switches in processes of their own (False: threads of this one)."""
+    h1 = topo.add_host(names[0], backend1, process=process)
+    h2 = topo.add_host(names[1], backend2 or backend1, process=process)
     for h in (h1, h2):
         topo.add_tunnel(h, kind, tunnel_ofport)
     vm1 = topo.add_vm(names[2], h1, f"{subnet}.1/24")

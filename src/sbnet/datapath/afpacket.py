@@ -7,8 +7,11 @@ import ctypes
 import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.ports import Port
@@ -235,6 +238,24 @@ class AfPacketDatapath:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
+    def underlay(self, op: str, *args) -> None:
+        """Configure the switch's underlay: op is an Underlay method (add_port, add_local,
+        add_route, add_neighbour)."""
+        if op not in _UNDERLAY_OPS:
+            raise ValueError(f"underlay op must be one of {_UNDERLAY_OPS}")
+        with self.lock:
+            getattr(self.switch.underlay, op)(*args)
+
+    def port_stats(self) -> dict[int, tuple[int, int, int]]:
+        """Per port: (rx packets, tx packets, tx errors)."""
+        with self.lock:
+            return {n: (p.rx_packets, p.tx_packets, getattr(p, "tx_errors", 0))
+                    for n, p in self.switch.ports.items()}
+
+    def drop_counts(self) -> dict[str, int]:
+        with self.lock:
+            return self.switch.drop_counts()
+
     # -- the Datapath interface, under the lock ---------------------------------------
     def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups=(), **kw) -> None:
         with self.lock:
@@ -261,3 +282,112 @@ class AfPacketDatapath:
     def dump_conntrack(self, zone: int | None = None) -> list[str]:
         with self.lock:
             return self.switch.conntrack.dump(zone)
+
+
+_UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
+# What a switch process answers: AfPacketDatapath methods that take and return plain data.
+_REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
+           "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
+           "dump_conntrack")
+
+
+class AfPacketProcess:
+    """An AfPacketDatapath in a child process that lives in the host's namespace.
+
+    Each simulated host's switch then has its own interpreter (and GIL), as a real host's
+    switch has its own cores; the Datapath methods are forwarded over a socket pair and
+    answer with the same values (or raise the same exceptions) as in-process.  The child
+    is a fresh `python -c` (not multiprocessing's spawn, which re-imports the caller's
+    main module).
+    """
+
+    def __init__(self, name: str = "br0", netns: str | None = None) -> None:
+        ours, theirs = socket.socketpair()
+        self._lock = threading.Lock()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from sbnet.datapath.afpacket import _child; _child()",
+                 str(theirs.fileno()), name, netns or ""],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        try:
+            self._call("ready")
+        except BaseException:
+            self._kill()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc.poll() is None else None
+
+    def _call(self, method: str, *args, **kw):
+        with self._lock:
+            try:
+                self._conn.send((method, args, kw))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise RuntimeError(f"switch process {self.proc.pid} is gone "
+                                   f"(exit code {self.proc.poll()})") from exc
+        if not ok:
+            raise value
+        return value
+
+    def __getattr__(self, method: str):
+        if method not in _REMOTE:
+            raise AttributeError(method)
+        return lambda *args, **kw: self._call(method, *args, **kw)
+
+    def close(self) -> None:
+        """Stop the loop, close its sockets, end the process (by its pid if it hangs)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self._call("close")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        self._kill()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._conn.close()
+
+    def __enter__(self) -> AfPacketProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _child() -> None:
+    """Entry point of a switch process: argv is the socket fd, switch name, namespace."""
+    fd, name, netns = int(sys.argv[1]), sys.argv[2], sys.argv[3] or None
+    _serve(Connection(fd), name, netns)
+
+
+def _serve(conn, name: str, netns: str | None) -> None:
+    """The switch process: enter the namespace, run the loop in a thread, answer calls."""
+    if netns is not None:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+        os.close(fd)
+    dp = AfPacketDatapath(Switch(name)).start()
+    while True:
+        try:
+            method, args, kw = conn.recv()
+        except (EOFError, OSError):        # the parent is gone
+            break
+        if method == "close":
+            break
+        try:
+            value = None if method == "ready" else getattr(dp, method)(*args, **kw)
+            # Ports hold sockets: they stay here.
+            conn.send((True, None if isinstance(value, Port) else value))
+        except Exception as exc:           # the caller gets it raised
+            conn.send((False, exc))
+    dp.close()
+    with contextlib.suppress(OSError):
+        conn.send((True, None))
