@@ -94,3 +94,11 @@ def test_meter_stats(empty):
     empty.ovs.appctl("netdev-dummy/receive", "p1", PKT.hex())
     (st,) = empty.meter_stats()
     assert (st.meter_id, st.flow_count, st.packet_in_count, st.band_packet_count) == (3, 1, 1, 0)
+
+
+def test_hw_offload_flag_is_in_force_when_vswitchd_starts(ovs_required):
+    with OvsDatapath.start("br0", "dummy", hw_offload=True) as d:
+        d.add_port("p1", 1, type="dummy")
+        assert d.ovs.vsctl("get", "Open_vSwitch", ".", "other_config:hw-offload").strip() == '"true"'
+        with open(f"{d.ovs.dir}/ovs-vswitchd.log") as f:
+            assert "p1: Assigned flow API" in f.read()      # only with hw-offload on at start
