@@ -8,19 +8,20 @@ import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.checksum import fold
 from sbnet.datapath.conntrack_index import stored
 from sbnet.datapath.conntrack_pkt import _checksums_ok
 from sbnet.datapath.conntrack_table import (
-    _CT_FIRST, _CT_LAST, _NAT_BITS, _S, _W, C_EXP, C_LABEL, C_MARK, C_NAT, C_PROTO, C_TCP, C_TUP,
-    EST, INV, NEW, RPL, TRK, _hash_words)
+    _CT_FIRST, _CT_LAST, _NAT_BITS, _S, _W, C_EXP, C_LABEL, C_MARK, C_NAT, C_TCP, C_TUP, EST,
+    INV, NEW, RPL, TRK, _hash_words)
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import ETH_IP, IP_TCP
 
 _STATE0, _STATE1 = C_TCP + 4, C_TCP + 9
 _MAX_WINDOW = 128          # bytes of IPv4 packet summed with one small matrix product
+_LAYERS = 4                # k-th rows of a connection run as k-th vectorized pass, up to this
 _TCP_META = np.uint64(IP_TCP << 16)
 _ZERO = np.uint64(0)
+_U16 = np.uint64(16)
 
 
 class ExpressPath:
@@ -31,9 +32,10 @@ class ExpressPath:
     NAT when the action translates), and every other row of the batch that
     finds that connection does too: then nothing else in the batch can see the
     connection, so handling these rows first gives what batch order would.
-    The update is the vectorized path's (T.established_one; connections with
-    several rows: Conntrack._fast_tcp), reading each connection's table row
-    once; everything else goes on to the general batch path.
+    Each connection's table row is gathered once; its first rows in the batch
+    are updated together (T.established_one), then its second rows, and so on;
+    rows past the _LAYERS-th of a connection take the prefix-maxima passes
+    (Conntrack._fast_tcp).  Everything else goes on to the general batch path.
     """
 
     def _express(self, batch: Batch, parsed: Parsed, rows: np.ndarray, zones: np.ndarray,
@@ -41,7 +43,6 @@ class ExpressPath:
         """Run the express rows of `rows`; the positions in `rows` of those left over."""
         m = rows.size
         keys = parsed.keys
-        everything = np.arange(m)
         full = m == keys.shape[1] and rows[0] == 0 and rows[-1] == m - 1 and \
             (m < 3 or bool((np.diff(rows) == 1).all()))
 
@@ -52,83 +53,76 @@ class ExpressPath:
         cand = (col(keys[_S["eth_type"]]) == ETH_IP) & (col(keys[_S["nw_proto"]]) == IP_TCP) \
             & (col(parsed.error) == 0) & (l3 >= 0) & (l4 >= 0) \
             & ((col(keys[_S["nw_frag"]]) & np.uint64(1)) == 0)
-        st_in = col(keys[_S["ct_state"]])
-        same_zone = col(keys[_S["ct_zone"]]) == zones
-        # A packet NATed earlier in this zone is looked up by its reverse tuple:
-        # leave such batches to the general path.
-        if not cand.any() or (cand & same_zone & ((st_in & np.uint64(_NAT_BITS)) != 0)).any():
-            return everything
+        if not cand.any():
+            return np.arange(m)
         loc = None if cand.all() else np.flatnonzero(cand)
-        sub = (lambda a: a) if loc is None else (lambda a: a[loc])
+
+        def sub(a):
+            return a if loc is None else a[loc]
+
         l3, l4 = sub(l3), sub(l4)
         u3, u4 = int(l3[0]), int(l4[0])
-        hl = u4 - u3
         data = batch.data
-        if not ((l3 == u3).all() and (l4 == u4).all()) or u4 + 16 > data.shape[1]:
-            return everything
+        if u4 + 16 > data.shape[1]:
+            return np.arange(m)
+        hl = u4 - u3
+        # Rows with other header offsets are looked up (their connections stay
+        # off the express path) but not read.
+        geo = (l3 == u3) & (l4 == u4)
         grows = sub(rows)
         sliced = full and loc is None
         hdr = data[:, u3:u4 + 16] if sliced else data[grows, u3:u4 + 16]
         tot = (hdr[:, 2].astype(np.int64) << 8) | hdr[:, 3]
         tcp = np.ascontiguousarray(hdr[:, hl + 4:hl + 16]).view(">u4").astype(np.int64)
         seq, ack, w3 = tcp[:, 0], tcp[:, 1], tcp[:, 2]
-        flags = (w3 >> 16) & 0x1FF
-        win = w3 & 0xFFFF
-        plen = tot - hl - (w3 >> 28) * 4
         src, dst = sub(col(keys[_S["nw_src"]])), sub(col(keys[_S["nw_dst"]]))
         sp, dp = sub(col(keys[_S["tp_src"]])), sub(col(keys[_S["tp_dst"]]))
         zc = sub(zones)
-        n = grows.size
+        st_in = sub(col(keys[_S["ct_state"]]))
+        same_zone = sub(col(keys[_S["ct_zone"]])) == zc
+        ok_pkt = geo & (((w3 >> 16) & (T.SYN | T.FIN | T.RST | T.ACK)) == T.ACK)
         if self.checksums:
-            good = _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys)
-            if good is None:
-                return everything
-        # The lookup, as the general path's: tuple hash, index, one table row per packet.
-        h = stored(_hash_words(zc | _TCP_META, _ZERO, src, _ZERO, dst,
-                               (sp << np.uint64(32)) | dp))
+            ok_pkt &= _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys, geo)
+        # Packets NATed before in this zone are looked up by their reverse tuple.
+        natted = same_zone & ((st_in & np.uint64(_NAT_BITS)) != 0)
+        ok_pkt &= ~natted
+        # The lookup, as the general path's: tuple hash, index, the table row.
+        h = stored(_hash_words(zc | _TCP_META, _ZERO, src, _ZERO, dst, (sp << np.uint64(32)) | dp))
         vals = self._index.get_many(h)
         hit = vals >= 0
         ci = np.where(hit, vals >> 1, self._cap)
         di = (vals & 1).astype(np.intp)
         R = self.table.take(ci, axis=0)
         Ri = R.view(np.int64)
+        n = ci.size
         tw = R[:, C_TUP:C_TUP + 12].reshape(n, 2, 6)[np.arange(n), di]
-        same = hit & ((tw[:, 0] | tw[:, 2]) == 0) & (tw[:, 1] == src) & (tw[:, 3] == dst) \
+        found = hit & ((tw[:, 0] | tw[:, 2]) == 0) & (tw[:, 1] == src) & (tw[:, 3] == dst) \
             & (tw[:, 4] == sp) & (tw[:, 5] == dp) & (R[:, C_EXP].view(np.float64) > now)
-        if self.checksums:
-            same &= good
-        elig = same & (Ri[:, _STATE0] == T.ESTABLISHED) & (Ri[:, _STATE1] == T.ESTABLISHED) \
-            & ((flags & (T.SYN | T.FIN | T.RST | T.ACK)) == T.ACK)
+        elig = found & ok_pkt & (Ri[:, _STATE0] == T.ESTABLISHED) \
+            & (Ri[:, _STATE1] == T.ESTABLISHED)
         if nat is not None:
             elig &= R[:, C_NAT] == 0
-        bad = same & ~elig
-        if bad.any():
+        busy = ci[found & ~elig]
+        if natted.any():
+            j = np.flatnonzero(natted)
+            rv = self._index.get_many(stored(_hash_words(
+                zc[j] | _TCP_META, _ZERO, dst[j], _ZERO, src[j], (dp[j] << np.uint64(32)) | sp[j])))
+            busy = np.concatenate([busy, rv[rv >= 0] >> 1])
+        if busy.size:
             # A connection with any row off the express path keeps all its rows off it.
-            mark = self._scratch_for(ci)
+            mark = self._slot_scratch()
             mark[ci[elig]] = 0
-            mark[ci[bad]] = 1
+            mark[busy] = 1
             elig &= mark[ci] == 0
         ex = np.flatnonzero(elig)
         if not ex.size:
-            return everything
+            return np.arange(m)
         c = ci[ex]
         rp = di[ex].astype(bool)
-        ok = np.ones(ex.size, dtype=bool)
-        once = self._unique(c)
-        u = slice(None) if once.all() else np.flatnonzero(once)
-        ok[u] = self._express_single(Ri[ex[u]], c[u], rp[u], seq[ex[u]], ack[ex[u]], win[ex[u]],
-                                     plen[ex[u]], now)
-        done = np.ones(ex.size, dtype=bool)
-        if not isinstance(u, slice):
-            # Several rows of one connection: the general path's prefix maxima, in order.
-            dup = np.flatnonzero(~once)
-            left = np.ones(n, dtype=bool)
-            pk = SimpleNamespace(seq=seq, ack=ack, win=win, plen=plen)
-            ok[dup] = self._fast_tcp(pk, ex[dup], c[dup], rp[dup], now, left) == T.VALID
-            done[dup] = left[ex[dup]]
-            if not done.all():
-                ex, rp, ok = ex[done], rp[done], ok[done]
-        s = np.where(sub(same_zone)[ex], sub(st_in)[ex], _ZERO)
+        ok, done = self._express_tcp(Ri, ex, c, rp, seq, ack, w3, tot - hl - (w3 >> 28) * 4, now)
+        if not done.all():
+            ex, rp, ok = ex[done], rp[done], ok[done]
+        s = np.where(same_zone[ex], st_in[ex], _ZERO)
         s = (s | np.uint64(EST) | np.where(rp, np.uint64(RPL), _ZERO)) & ~np.uint64(NEW)
         st = np.where(ok, s, np.uint64(INV)) | np.uint64(TRK)
         k = ex.size
@@ -142,9 +136,35 @@ class ExpressPath:
         rest[ex] = False
         return np.flatnonzero(rest)
 
-    def _express_single(self, Ri, c, rp, seq, ack, win, plen, now) -> np.ndarray:
-        """T.established_one on connections with one row each, from their gathered
-        table rows Ri; the peers and expiration written back with flat scatters."""
+    def _express_tcp(self, Ri, ex, c, rp, seq, ack, w3, plen, now):
+        """The TCP update of the express rows ex (gathered table rows Ri); returns
+        (valid, settled) per express row.  Unsettled rows (a connection's rows
+        after an invalid one, past the prefix-maxima passes) go to the general path."""
+        win = w3 & 0xFFFF
+        k = ex.size
+        ok = np.empty(k, dtype=bool)
+        done = np.ones(k, dtype=bool)
+        todo = np.arange(k)
+        for layer in range(_LAYERS):
+            first = self._first_rows(c[todo])
+            now_rows = todo if first.all() else todo[first]
+            r = ex[now_rows]
+            rows = Ri[r] if layer == 0 else self.table.take(c[now_rows], axis=0).view(np.int64)
+            ok[now_rows] = self._express_update(rows, c[now_rows], rp[now_rows], seq[r], ack[r],
+                                                win[r], plen[r], now)
+            if now_rows is todo:
+                return ok, done
+            todo = todo[~first]
+        # Busy connections: the rest of their rows, in order, by prefix maxima.
+        left = np.ones(Ri.shape[0], dtype=bool)
+        pk = SimpleNamespace(seq=seq, ack=ack, win=win, plen=plen)
+        ok[todo] = self._fast_tcp(pk, ex[todo], c[todo], rp[todo], now, left) == T.VALID
+        done[todo] = left[ex[todo]]
+        return ok, done
+
+    def _express_update(self, Ri, c, rp, seq, ack, win, plen, now) -> np.ndarray:
+        """T.established_one on connections c (distinct) from their table rows Ri;
+        the peers and expiration written back with flat scatters."""
         ar = np.arange(c.size) * _W
         s_off = ar + C_TCP + np.where(rp, 5, 0)
         d_off = ar + C_TCP + np.where(rp, 0, 5)
@@ -163,51 +183,80 @@ class ExpressPath:
         self.stats["tcp_seq_chk_failed"] += nok
         return ok
 
-    def _scratch_for(self, ci: np.ndarray) -> np.ndarray:
+    def _first_rows(self, c: np.ndarray) -> np.ndarray:
+        """Which entries of c are the first of their value (a scatter/gather over a scratch array)."""
+        seen = self._slot_scratch(np.int64)
+        idx = np.arange(c.size)
+        seen[c[::-1]] = idx[::-1]             # the last write wins: each value's first index
+        return seen[c] == idx
+
+    def _slot_scratch(self, dtype=np.int8) -> np.ndarray:
         """A scratch array indexable by slot (contents undefined)."""
+        if dtype is np.int64:
+            if self._scratch.size < self._cap + 1:
+                self._scratch = np.zeros(self._cap + 1, dtype=np.int64)
+            return self._scratch
         if self._mark.size < self._cap + 1:
             self._mark = np.zeros(self._cap + 1, dtype=np.int8)
         return self._mark
 
 
-def _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys) -> np.ndarray | None:
-    """IPv4 header and TCP checksums verdicts of packets whose IP header starts at
-    column u3 and is hl bytes long; None when a packet is malformed beyond what
-    the express path checks (the general path decides)."""
-    t0 = int(tot[0])
-    if t0 <= _MAX_WINDOW and (tot == t0).all() and not u3 & 1 and t0 >= hl \
-            and u3 + t0 + 1 <= data.shape[1] and data.strides[1] == 1 and not data.strides[0] & 1:
-        # Same length everywhere: two row sums of native 16-bit words, as one
-        # float32 matrix product (exact: sums stay below 2**24).
-        w = (t0 + 1) // 2
-        win = data[:, u3:u3 + 2 * w] if sliced else data[grows, u3:u3 + 2 * w]
-        pick = np.zeros((2, w), dtype=np.float32)
-        pick[0, :hl // 2] = 1
-        pick[1] = 1
-        sums = (pick @ win.view(np.uint16).astype(np.float32).T).astype(np.int64)
-        hsum, total = sums[0], sums[1]
-        if t0 & 1:
-            # The byte after an odd-length packet is not part of it.
-            pad = data[:, u3 + t0] if sliced else data[grows, u3 + t0]
-            total -= pad.astype(np.int64) << (8 if np.little_endian else 0)
-        ip_ok = fold(hsum) == 0xFFFF
-        l4 = fold(total - hsum).astype(np.int64)
-        if np.little_endian:
-            l4 = ((l4 & 0xFF) << 8) | (l4 >> 8)
-        pseudo = (src >> np.uint64(16)) + (src & np.uint64(0xFFFF)) + (dst >> np.uint64(16)) \
-            + (dst & np.uint64(0xFFFF))
-        return ip_ok & (fold(pseudo.astype(np.int64) + l4 + IP_TCP + (t0 - hl)) == 0xFFFF)
-    if (tot < hl).any():
-        return None
-    n = grows.size
-    l3 = np.full(n, u3, dtype=np.int64)
-    return _checksums_ok(data, keys, grows, np.ones(n, dtype=bool), np.zeros(n, dtype=bool),
-                         np.full(n, IP_TCP, dtype=np.int64), l3, l3 + hl, l3 + tot)
+def _fold(x: np.ndarray) -> np.ndarray:
+    """Ones-complement fold of non-negative int64 sums below 2**32."""
+    x = (x & 0xFFFF) + (x >> 16)
+    return (x & 0xFFFF) + (x >> 16)
+
+
+def _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys, geo) -> np.ndarray:
+    """IPv4 header and TCP checksum verdicts of the packets whose IP header is at
+    column u3, hl bytes long (where geo holds; False elsewhere)."""
+    good = np.zeros(grows.size, dtype=bool)
+    small = geo & (tot <= _MAX_WINDOW) & (tot >= hl)
+    if small.any() and not u3 & 1 and data.strides[1] == 1 and not data.strides[0] & 1 \
+            and u3 + (int(tot[small].max()) + 1) // 2 * 2 <= data.shape[1]:
+        if small.all():
+            good = _tcp4_small(data, None if sliced else grows, u3, hl, tot, src, dst)
+        else:
+            j = np.flatnonzero(small)
+            good[j] = _tcp4_small(data, grows[j], u3, hl, tot[j], src[j], dst[j])
+        geo = geo & ~small
+    j = np.flatnonzero(geo & (tot >= hl))
+    if j.size:
+        l3 = np.full(j.size, u3, dtype=np.int64)
+        good[j] = _checksums_ok(data, keys, grows[j], np.ones(j.size, dtype=bool),
+                                np.zeros(j.size, dtype=bool), np.full(j.size, IP_TCP), l3,
+                                l3 + hl, l3 + tot[j])
+    return good
+
+
+def _tcp4_small(data, grows, u3, hl, tot, src, dst) -> np.ndarray:
+    """_tcp4_checksums of packets of at most _MAX_WINDOW bytes (grows None: every row).
+
+    Row sums of native 16-bit words as one float32 matrix product (exact: sums
+    stay below 2**24), bytes past each packet's end masked out; a
+    ones-complement sum of byte-swapped words is the swapped sum (RFC 1071).
+    """
+    t0 = int(tot.max())
+    w = (t0 + 1) // 2
+    win = data[:, u3:u3 + 2 * w] if grows is None else data[grows, u3:u3 + 2 * w]
+    if t0 & 1 or (tot != t0).any():
+        win = win * (np.arange(2 * w) < tot[:, None])
+    pick = np.zeros((2, w), dtype=np.float32)
+    pick[0, :hl // 2] = 1
+    pick[1] = 1
+    hsum, total = (pick @ win.view(np.uint16).astype(np.float32).T).astype(np.int64)
+    l4 = _fold(total - hsum)
+    if np.little_endian:
+        l4 = ((l4 & 0xFF) << 8) | (l4 >> 8)
+    pseudo = ((src >> _U16) + (src & np.uint64(0xFFFF)) + (dst >> _U16)
+              + (dst & np.uint64(0xFFFF))).astype(np.int64)
+    return (_fold(hsum) == 0xFFFF) & (_fold(pseudo + l4 + IP_TCP + tot - hl) == 0xFFFF)
 
 
 def _write_md_tcp4(keys, grows, whole, st, zones, R) -> None:
     """ct_* slots of the express rows: their connection's original tuple (IPv4 TCP)."""
-    blk = np.empty((_CT_LAST - _CT_FIRST + 1, grows.size), dtype=np.uint64)
+    blk = keys[_CT_FIRST:_CT_LAST + 1] if whole else \
+        np.empty((_CT_LAST - _CT_FIRST + 1, grows.size), dtype=np.uint64)
     blk[0] = st
     blk[1] = zones
     blk[2] = R[:, C_MARK]
@@ -215,9 +264,7 @@ def _write_md_tcp4(keys, grows, whole, st, zones, R) -> None:
     blk[5] = R[:, C_TUP + 1]
     blk[6] = R[:, C_TUP + 3]
     blk[7:11] = 0
-    blk[11] = R[:, C_PROTO]
+    blk[11] = IP_TCP
     blk[12:14] = R[:, C_TUP + 4:C_TUP + 6].T
-    if whole:
-        keys[_CT_FIRST:_CT_LAST + 1] = blk
-    else:
+    if not whole:
         keys[_CT_FIRST:_CT_LAST + 1, grows] = blk
