@@ -1,0 +1,41 @@
+"""Topology helpers that need no root: skip-or-fail policy, unique names, the hand-written flows."""
+
+import os
+
+import pytest
+
+from sbnet.agent import netns
+from sbnet.agent.netns import Host, Topology, Vm, overlay_flows
+from sbnet.flows.ofctl import parse_file
+
+
+def test_missing_privileges_skip_locally_and_fail_in_ci(monkeypatch):
+    monkeypatch.setattr(netns, "netns_available", lambda: "needs root")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        netns.require_netns()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run them"):
+        netns.require_netns()
+
+
+def test_topologies_get_distinct_names(monkeypatch):
+    monkeypatch.setattr(netns, "netns_available", lambda: None)
+    a, b = Topology(), Topology()
+    try:
+        assert a.id != b.id and a.ns_name("h1") != b.ns_name("h1")
+        assert a.ns_name("h1").startswith(f"sbnet-{os.getpid()}-")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_overlay_flows_are_valid_and_symmetric():
+    h1 = Host("h1", "ns1", "ovs", 1, "10.250.0.1", "02:fe:00:00:00:01")
+    h2 = Host("h2", "ns2", "ovs", 2, "10.250.0.2", "02:fe:00:00:00:02")
+    vm1 = Vm("vm1", "n", h1, "tap1", 1, "02:00:00:01:00:01", "10.0.0.1/24")
+    vm2 = Vm("vm2", "n", h2, "tap1", 1, "02:00:00:02:00:01", "10.0.0.2/24")
+    flows = parse_file(overlay_flows(vm1, vm2, 7, 100)).flows
+    assert len(flows) == 7
+    out = [f for f in flows if ("in_port", 1, None) in f.match.items]
+    assert all("10.250.0.2->tun_dst" in str(f) and "output:100" in str(f) for f in out)
