@@ -116,6 +116,19 @@ def test_trace_and_megaflows_show_the_tunnel(pair):
         assert all("dp:ovs" in ln for ln in lines)       # the userspace datapath, not offloaded
 
 
+def test_external_namespace_on_a_host_port(pair):
+    """The outside world on h1's uplink, switched locally to vm1 (no tunnel)."""
+    ext = pair.topo.add_external("ext", pair.h1, "10.0.0.100/24")
+    vm1 = pair.vm1
+    pair.h1.datapath.bundle(add=[parse_flow(t) for t in (
+        f"table=0,priority=300,in_port={ext.ofport} actions=output:{vm1.ofport}",
+        f"table=0,priority=300,in_port={vm1.ofport},dl_dst={ext.mac} actions=output:{ext.ofport}",
+        f"table=0,priority=300,arp,in_port={vm1.ofport},arp_tpa={ext.address} "
+        f"actions=output:{ext.ofport}")])
+    res = pair.topo.ping(ext, vm1.address, count=2, interval=0.1)
+    assert res.returncode == 0, res.stdout
+
+
 @pytest.mark.parametrize("process", [True, False], ids=["switch-process", "switch-thread"])
 def test_ovs_and_reference_hosts_interoperate(topology, process):
     """VXLAN from OVS's userspace datapath decapsulates in the reference switch, and back."""
