@@ -14,9 +14,9 @@ from sbnet.api.local import LocalApi
 class Cloud:
     """A LocalApi plus an embedded cluster that follows it (sync after each change)."""
 
-    def __init__(self, hosts=("h1", "h2"), physnets=("physnet1",)) -> None:
+    def __init__(self, hosts=("h1", "h2"), physnets=("physnet1",), clock=lambda: 0.0) -> None:
         self.api = LocalApi()
-        self.cluster = Cluster(list(hosts), physnets=physnets)
+        self.cluster = Cluster(list(hosts), physnets=physnets, clock=clock)
 
     def network(self, project: str, cidr: str | None = "10.0.0.0/24", kind: str = "vxlan",
                 physnet: str | None = None, seg: int | None = None, **kw) -> dict:
