@@ -116,6 +116,42 @@ def test_trace_and_megaflows_show_the_tunnel(pair):
         assert all("dp:ovs" in ln for ln in lines)       # the userspace datapath, not offloaded
 
 
+def test_vlan_tags_survive_the_switch(pair):
+    """A tagged frame from vm1 matches dl_vlan on h1, crosses the tunnel, matches dl_vlan on
+    h2 and reaches vm2 still tagged (the kernel hands packet sockets the tag apart from
+    the frame; AfPacketPort puts it back, on the switch and on the test's own sockets)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    from sbnet.datapath.afpacket import AfPacketPort
+    from sbnet.datapath.batch import Batch
+    vni = 6
+    for vm, peer in ((pair.vm1, pair.vm2), (pair.vm2, pair.vm1)):
+        vm.host.datapath.bundle(add=[parse_flow(t) for t in (
+            f"table=0,priority=400,in_port={vm.ofport},dl_vlan=100 actions="
+            f"set_field:{peer.host.underlay_ip}->tun_dst,set_field:{vni}->tun_id,"
+            f"output:{TUNNEL_OFPORT}",
+            f"table=0,priority=400,in_port={TUNNEL_OFPORT},tun_id={vni},dl_vlan=100 "
+            f"actions=output:{vm.ofport}")])
+    frame = bytes(Ether(src=pair.vm1.mac, dst=pair.vm2.mac) / Dot1Q(vlan=100, prio=3)
+                  / IP(src="10.1.0.1", dst="10.1.0.2") / UDP(sport=7, dport=9) / (b"v" * 40))
+    tx = AfPacketPort(1, "eth0", netns=pair.vm1.netns)
+    rx = AfPacketPort(1, "eth0", netns=pair.vm2.netns)
+    try:
+        tx.deliver(Batch.from_packets([frame], 0))
+        got, deadline = [], time.monotonic() + 5
+        while frame not in got and time.monotonic() < deadline:
+            time.sleep(0.02)
+            got += rx.receive()
+    finally:
+        tx.close()
+        rx.close()
+    assert frame in got
+    counted = [s.n_packets for h in (pair.h1, pair.h2) for s in h.datapath.dump_flows()
+               if s.flow.priority == 400 and ("dl_vlan", 100, None) in s.flow.match.items]
+    assert sorted(counted) == [0, 0, 1, 1], counted
+
+
 def test_external_namespace_on_a_host_port(pair):
     """The outside world on h1's uplink, switched locally to vm1 (no tunnel)."""
     ext = pair.topo.add_external("ext", pair.h1, "10.0.0.100/24")

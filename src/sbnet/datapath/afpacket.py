@@ -7,6 +7,7 @@ import ctypes
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -23,6 +24,9 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23     # Linux 4.20+: the socket does not see frames it (or anyone) sends
 PACKET_OUTGOING = 4             # sll_pkttype of a frame this host transmitted
+PACKET_AUXDATA = 8              # ancillary struct tpacket_auxdata with each frame
+TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
+_AUXDATA = struct.Struct("=IIIHHHH")   # status, len, snaplen, mac, net, vlan_tci, vlan_tpid
 CLONE_NEWNET = 0x40000000
 MAX_FRAME = 65536
 BATCH = 256                     # frames read from one socket per pass
@@ -61,7 +65,9 @@ class AfPacketPort(Port):
 
     `receive()` drains up to `limit` frames without blocking; `deliver` writes the
     switch's frames to the interface.  Frames this host transmits are not read back
-    (PACKET_IGNORE_OUTGOING, or the packet type on kernels without it).
+    (PACKET_IGNORE_OUTGOING, or the packet type on kernels without it).  The kernel
+    strips a received frame's VLAN tag before packet sockets see it; the tag comes back
+    from PACKET_AUXDATA and is put back in the frame, as OVS's netdev-linux does.
     """
 
     def __init__(self, ofport: int, ifname: str, netns: str | None = None,
@@ -76,6 +82,7 @@ class AfPacketPort(Port):
             self._filter_outgoing = False
         except OSError:
             self._filter_outgoing = True
+        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind((ifname, ETH_P_ALL))
         self._buf = bytearray(MAX_FRAME)
@@ -86,18 +93,23 @@ class AfPacketPort(Port):
     def receive(self, limit: int = BATCH) -> list[bytes]:
         """Frames waiting on the interface, at most `limit`, without blocking."""
         out = []
-        buf, view = self._buf, memoryview(self._buf)
+        view = memoryview(self._buf)
+        recv, anc = self.sock.recvmsg_into, socket.CMSG_SPACE(_AUXDATA.size)
         for _ in range(limit):
             try:
-                if self._filter_outgoing:
-                    n, addr = self.sock.recvfrom_into(buf, 0, socket.MSG_DONTWAIT)
-                    if addr[2] == PACKET_OUTGOING:
-                        continue
-                else:
-                    n = self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+                n, ancdata, _, addr = recv([view], anc, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
-            out.append(bytes(view[:n]))
+            if self._filter_outgoing and addr[2] == PACKET_OUTGOING:
+                continue
+            frame = bytes(view[:n])
+            for level, kind, data in ancdata:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+                    status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
+                    if status & TP_STATUS_VLAN_VALID:
+                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                        frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+            out.append(frame)
         self.rx_packets += len(out)
         self.rx_bytes += sum(map(len, out))
         return out
