@@ -89,6 +89,8 @@ class Cluster:
                 if other is not h:
                     h.switch.underlay.add_neighbour(other.tunnel_ip, other.underlay_mac)
         self.by_mac = {h.underlay_mac: h for h in self.hosts.values()}
+        self._physnet_names = {h.name: {n: p for p, n in h.physnets.items()}
+                               for h in self.hosts.values()}
         self.where: dict[str, tuple[str, int]] = {}     # port id -> (host, ofport)
         self.port_at: dict[tuple[str, int], str] = {}
         self.snapshot: dict | None = None
@@ -153,36 +155,43 @@ class Cluster:
         return self._run([(h.name, h.physnets[physnet], frames) for h in self.hosts.values()])
 
     def _run(self, pending: list[tuple[str, int, list[bytes]]]) -> Delivery:
+        """Relay in rounds: each round, every (host, port) gets one batch of what was put
+        on its wire in the round before."""
         out = Delivery()
-        hops = 0
-        while pending:
-            hops += 1
-            if hops > MAX_HOPS * max(1, len(self.hosts)):
-                raise RuntimeError("frames still moving after too many relays (a loop?)")
-            host, ofport, frames = pending.pop(0)
-            h = self.hosts[host]
-            if not frames:
-                continue
-            h.switch.process(Batch.from_packets(frames, ofport), self.clock())
-            for num, port in h.switch.ports.items():
-                take = getattr(port, "take_sent", None)
-                sent = take() if take else []
-                if not sent:
-                    continue
-                if num == UNDERLAY_OFPORT:
-                    for f in sent:
-                        peer = self.by_mac.get(int.from_bytes(f[:6], "big"))
-                        if peer is not None:
-                            pending.append((peer.name, UNDERLAY_OFPORT, [f]))
-                elif num in h.physnets.values():
-                    name = next(p for p, n in h.physnets.items() if n == num)
-                    out.external.setdefault(name, []).extend(sent)
-                    for other in self.hosts.values():
-                        if other is not h:
-                            pending.append((other.name, other.physnets[name], sent))
-                elif (host, num) in self.port_at:
-                    out.ports.setdefault(self.port_at[(host, num)], []).extend(sent)
+        for _ in range(MAX_HOPS):
+            if not pending:
+                return out
+            wires: dict[tuple[str, int], list[bytes]] = {}
+            for host, ofport, frames in pending:
+                if frames:
+                    wires.setdefault((host, ofport), []).extend(frames)
+            pending = []
+            for (host, ofport), frames in wires.items():
+                pending += self._step(self.hosts[host], ofport, frames, out)
+        if pending:
+            raise RuntimeError("frames still moving after too many relays (a loop?)")
         return out
+
+    def _step(self, h: EmbeddedHost, ofport: int, frames: list[bytes], out: Delivery) -> list:
+        h.switch.process(Batch.from_packets(frames, ofport), self.clock())
+        nxt = []
+        for num, port in h.switch.ports.items():
+            take = getattr(port, "take_sent", None)
+            sent = take() if take else []
+            if not sent:
+                continue
+            if num == UNDERLAY_OFPORT:
+                for f in sent:
+                    peer = self.by_mac.get(int.from_bytes(f[:6], "big"))
+                    if peer is not None:
+                        nxt.append((peer.name, UNDERLAY_OFPORT, [f]))
+            elif num in self._physnet_names[h.name]:
+                name = self._physnet_names[h.name][num]
+                out.external.setdefault(name, []).extend(sent)
+                nxt += [(o.name, o.physnets[name], sent) for o in self.hosts.values() if o is not h]
+            elif (h.name, num) in self.port_at:
+                out.ports.setdefault(self.port_at[(h.name, num)], []).extend(sent)
+        return nxt
 
 
 def apply_diff(switch, d: Diff) -> None:
