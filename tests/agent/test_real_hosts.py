@@ -128,11 +128,11 @@ def test_vlan_tags_survive_the_switch(pair):
     vni = 6
     for vm, peer in ((pair.vm1, pair.vm2), (pair.vm2, pair.vm1)):
         vm.host.datapath.bundle(add=[parse_flow(t) for t in (
-            f"table=0,priority=400,in_port={vm.ofport},dl_vlan=100 actions="
-            f"set_field:{peer.host.underlay_ip}->tun_dst,set_field:{vni}->tun_id,"
-            f"output:{TUNNEL_OFPORT}",
-            f"table=0,priority=400,in_port={TUNNEL_OFPORT},tun_id={vni},dl_vlan=100 "
-            f"actions=output:{vm.ofport}")])
+            (f"table=0,priority=400,in_port={vm.ofport},dl_vlan=100 actions="
+             f"set_field:{peer.host.underlay_ip}->tun_dst,set_field:{vni}->tun_id,"
+             f"output:{TUNNEL_OFPORT}"),
+            (f"table=0,priority=400,in_port={TUNNEL_OFPORT},tun_id={vni},dl_vlan=100 "
+             f"actions=output:{vm.ofport}"))])
     frame = bytes(Ether(src=pair.vm1.mac, dst=pair.vm2.mac) / Dot1Q(vlan=100, prio=3)
                   / IP(src="10.1.0.1", dst="10.1.0.2") / UDP(sport=7, dport=9) / (b"v" * 40))
     tx = AfPacketPort(1, "eth0", netns=pair.vm1.netns)
@@ -159,8 +159,8 @@ def test_external_namespace_on_a_host_port(pair):
     pair.h1.datapath.bundle(add=[parse_flow(t) for t in (
         f"table=0,priority=300,in_port={ext.ofport} actions=output:{vm1.ofport}",
         f"table=0,priority=300,in_port={vm1.ofport},dl_dst={ext.mac} actions=output:{ext.ofport}",
-        f"table=0,priority=300,arp,in_port={vm1.ofport},arp_tpa={ext.address} "
-        f"actions=output:{ext.ofport}")])
+        (f"table=0,priority=300,arp,in_port={vm1.ofport},arp_tpa={ext.address} "
+         f"actions=output:{ext.ofport}"))])
     res = pair.topo.ping(ext, vm1.address, count=2, interval=0.1)
     assert res.returncode == 0, res.stdout
 
