@@ -1,7 +1,303 @@
-"""Stages chain_classify and chain_forward: port chains through port pair groups."""
+"""Stages chain_classify and chain_forward: port chains (networking-sfc) steered with NSH."""
+
+# Design, in short (the tests in tests/compiler/test_chains.py show it on packets):
+# - A chain's service path id (SPI) is its chain_id; the service index (SI) starts at 255
+#   and every service function decrements it, so (SPI, SI) names the next group everywhere.
+# - Correlation: the API keeps networking-sfc's default ("mpls") in chain_parameters, but
+#   NSH is what a chain means here unless it asks for "mpls" by name (see MPLS below):
+#   NSH carries the context a chain needs across hosts, MPLS has no room for it.
+# - The classifier runs on the source port's host after its egress security groups.  It
+#   picks one of BUCKETS flow-hash buckets once per flow (a select group hashing the
+#   5-tuple) and NSH carries it in nsh_c4; every group maps buckets to its port pairs, so a
+#   flow takes the same pair at each group, on every host, without rehashing NSH frames
+#   (whose outer headers are the same for every flow of the chain).
+# - The other context headers remember where the packet came from, for the end of the
+#   chain: nsh_c1 the network key, nsh_c2 the logical source port, nsh_c3 the ct zone.
+# - Hops between hosts travel in the SF ingress port's network (its tunnel or VLAN) as
+#   Ethernet + NSH frames addressed to the SF's MAC; they enter chain_forward directly,
+#   so neither anti-spoofing nor the SF ports' security groups see the NSH frames.
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
+
+from sbnet.compiler import registers as R
+from sbnet.compiler.classify import VLAN_CFI, port_entry
+from sbnet.compiler.compile import CompileError
+from sbnet.compiler.l2 import remote_out
+from sbnet.compiler.secgroups import ETH, port_ranges
+from sbnet.compiler.topology import TUNNEL_OFPORTS, TUNNEL_TYPES, mac_int
+from sbnet.flows import actions as A
+from sbnet.model.secgroups import protocol_number
+
+ETH_NSH = 0x894F
+SI_FIRST = 255
+BUCKETS = 16
+# A chain's select group is GROUP_BASE + SPI: above the small keys other stages allocate.
+GROUP_BASE = 0x5C00_0000
+HASH_FIELDS = ("ip_src", "ip_dst", "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst",
+               "udp_src", "udp_dst", "sctp_src", "sctp_dst")
+_L4_FIELD = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    ingress: dict
+    egress: dict
+    weight: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A chain resolved against the model: its SPI and its groups' pairs, in order."""
+
+    chain: dict
+    spi: int
+    groups: tuple[tuple[Pair, ...], ...]
+
+    @property
+    def buckets(self) -> int:
+        # A single bucket when no group has a choice to make: nothing to hash.
+        return BUCKETS if any(len(g) > 1 for g in self.groups) else 1
+
+    def ports(self) -> list[dict]:
+        return [p for g in self.groups for pair in g for p in (pair.ingress, pair.egress)]
+
 
 def build(ctx) -> None:
-    """Not built yet: chain_classify's miss passes everything on."""
+    topo = ctx.topo
+    for chain in sorted(topo.port_chains.values(), key=lambda c: c["chain_id"]):
+        plan = chain_plan(topo, chain)
+        if plan is None or not _involved(ctx, plan):
+            continue
+        build_chain_classify(ctx, plan)
+        build_chain_forward_hops(ctx, plan)
+        build_chain_forward_end(ctx, plan)
+        build_classify_chain_entry(ctx, plan)
+
+
+def chain_plan(topo, chain: dict) -> Plan | None:
+    """The chain's groups as pairs of ports; None while any piece is missing or unbound
+    (a chain that cannot reach all its groups steers nothing)."""
+    groups = []
+    for gid in chain.get("port_pair_groups") or ():
+        ppg = topo.port_pair_groups.get(gid)
+        if ppg is None:
+            return None
+        pairs = []
+        for pid in ppg.get("port_pairs") or ():
+            pp = topo.port_pairs.get(pid)
+            if pp is None:
+                continue
+            ing, eg = topo.ports.get(pp["ingress"]), topo.ports.get(pp["egress"])
+            if ing is None or eg is None or not topo.host_of(ing) or not topo.host_of(eg):
+                continue
+            weight = int((pp.get("service_function_parameters") or {}).get("weight", 1) or 0)
+            if weight > 0:
+                pairs.append(Pair(ing, eg, weight))
+        if not pairs:
+            return None
+        groups.append(tuple(sorted(pairs, key=lambda p: p.ingress["id"])))
+    if not groups or len(groups) >= SI_FIRST:
+        return None
+    return Plan(chain, int(chain["chain_id"]), tuple(groups))
+
+
+def _involved(ctx, plan: Plan) -> bool:
+    """Hosts with a classifier's source port or a service function port take part."""
+    topo = ctx.topo
+    if ctx.chassis is None:
+        return False
+    ports = plan.ports() + [topo.ports[s] for s in _sources(topo, plan.chain) if s in topo.ports]
+    return any(topo.host_of(p) == ctx.host for p in ports)
+
+
+def _sources(topo, chain: dict) -> list[str]:
+    return [fc["logical_source_port"] for fc in _classifiers(topo, chain)]
+
+
+def _classifiers(topo, chain: dict) -> list[dict]:
+    out = []
+    for fid in chain.get("flow_classifiers") or ():
+        fc = topo.flow_classifiers.get(fid)
+        if fc is not None and fc.get("logical_source_port"):
+            out.append(fc)
+    return out
+
+
+def classifier_matches(topo, fc: dict) -> list[dict]:
+    """The matches of one flow classifier (without the source port): one per combination
+    of source and destination port prefix and destination address."""
+    eth = fc.get("ethertype") or "IPv4"
+    v = 4 if eth == "IPv4" else 6
+    base: dict = {"eth_type": ETH[eth]}
+    proto = protocol_number(fc.get("protocol"))
+    if proto is not None:
+        base["ip_proto"] = {1: 58}.get(proto, proto) if v == 6 else proto
+    for end, peer in (("source", "src"), ("destination", "dst")):
+        prefix = fc.get(f"{end}_ip_prefix")
+        if prefix:
+            net = ipaddress.ip_network(prefix, strict=False)
+            if net.prefixlen:
+                fld = f"ip_{peer}" if v == 4 else f"ipv6_{peer}"
+                base[fld] = (int(net.network_address), int(net.netmask))
+    out = [base]
+    for end, side in (("source", "src"), ("destination", "dst")):
+        lo, hi = fc.get(f"{end}_port_range_min"), fc.get(f"{end}_port_range_max")
+        if proto in _L4_FIELD and (lo is not None or hi is not None):
+            lo, hi = lo if lo is not None else 0, hi if hi is not None else 0xFFFF
+            fld = f"{_L4_FIELD[proto]}_{side}"
+            out = [{**m, fld: vm} for m in out for vm in port_ranges(lo, hi)]
+    dest = topo.ports.get(fc.get("logical_destination_port") or "")
+    if dest is not None:
+        # Traffic to that port: its addresses, within the destination prefix if any.
+        fld = "ip_dst" if v == 4 else "ipv6_dst"
+        ips = [int(ipaddress.ip_address(ip)) for ip in topo.ips(dest, v)]
+        out = [{**m, fld: ip} for m in out for ip in ips
+               if fld not in m or ip & m[fld][1] == m[fld][0]]
+    return out
+
+
+def build_chain_classify(ctx, plan: Plan) -> None:
+    """Matching traffic from a local source port: committed if its security group accepted
+    a new connection (it leaves the network here), then into the chain's select group."""
+    topo = ctx.topo
+    for fc in _classifiers(topo, plan.chain):
+        src = topo.ports.get(fc["logical_source_port"])
+        if src is None or topo.host_of(src) != ctx.host or src["id"] not in ctx.chassis.ofports:
+            continue
+        ctx.group(_entry_group(ctx, plan))
+        build_chain_forward_encap(ctx, src)
+        cookie = ctx.cookie("flow_classifier", fc["id"])
+        inport = R.INPORT.match(topo.port_key[src["id"]])
+        commit = R.flags_match(on=(R.COMMIT,))
+        for m in classifier_matches(topo, fc):
+            try:
+                ctx.flow("chain_classify", 110,
+                         [A.Ct(commit=True, zone=R.ZONE.sub), R.clear_flags(R.COMMIT),
+                          R.set_flags(R.CHAINED), A.Group(GROUP_BASE | plan.spi)],
+                         {**m, "reg14": inport, "reg10": commit}, cookie)
+                ctx.flow("chain_classify", 100, [R.set_flags(R.CHAINED),
+                                                  A.Group(GROUP_BASE | plan.spi)],
+                         {**m, "reg14": inport}, cookie)
+            except CompileError:
+                continue    # the same traffic is already in an older chain: first chain wins
+
+
+def _entry_group(ctx, plan: Plan) -> A.GroupMod:
+    """One bucket per flow-hash bucket, naming the chain and the bucket in CHAIN.  The
+    buckets only load and resubmit: OVS runs a bucket on the packet type the group was
+    entered with and refuses encap() there."""
+    fwd = A.Resubmit(table=ctx.table("chain_forward"))
+    buckets = tuple(A.Bucket((R.CHAIN.load(plan.spi << 8 | k), fwd)) for k in range(plan.buckets))
+    return A.GroupMod(GROUP_BASE | plan.spi, "select", buckets, selection_method="hash", fields=HASH_FIELDS)
+
+
+def build_chain_forward_encap(ctx, src: dict) -> None:
+    """What a local source port's classifier took: encapsulated with the SPI and bucket
+    its group chose, SI 255 and the context to restore at the end, then looked up again."""
+    topo = ctx.topo
+    net = src["network_id"]
+    acts = [A.EncapNsh(1), A.Move(A.Subfield(R.CHAIN.field, 8, 24), A.Subfield.whole("nsh_spi")),
+            A.SetField("nsh_si", SI_FIRST), A.SetField("nsh_c1", topo.net_key[net]),
+            A.SetField("nsh_c2", topo.port_key[src["id"]]), A.SetField("nsh_c3", topo.zone[net]),
+            A.Move(A.Subfield(R.CHAIN.field, 0, 8), A.Subfield("nsh_c4", 0, 8)),
+            A.Encap("ethernet"), A.SetField("eth_src", mac_int(src["mac_address"])),
+            A.Resubmit(table=ctx.table("chain_forward"))]
+    for eth in ETH.values():
+        ctx.flow("chain_forward", 100, acts,
+                 {"reg14": R.INPORT.match(topo.port_key[src["id"]]), "eth_type": eth,
+                  "reg10": R.flags_match(on=(R.CHAINED,))}, ctx.cookie("port", src["id"]))
+
+
+def pair_of_bucket(group: tuple[Pair, ...], buckets: int) -> list[Pair]:
+    """Buckets shared among a group's pairs in proportion to their weights."""
+    total = sum(p.weight for p in group)
+    out, acc = [], 0
+    for p in group:
+        acc += p.weight
+        out += [p] * (round(acc * buckets / total) - len(out))
+    return out or [group[0]] * buckets
+
+
+def build_chain_forward_hops(ctx, plan: Plan) -> None:
+    """(SPI, SI) to the next group: the pair its bucket maps to, here or on its host."""
+    for i, group in enumerate(plan.groups):
+        nsh = {"eth_type": ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - i}
+        if len(group) == 1:
+            _to_pair(ctx, plan, group[0], nsh)
+            continue
+        for k, pair in enumerate(pair_of_bucket(group, plan.buckets)):
+            _to_pair(ctx, plan, pair, {**nsh, "nsh_c4": k})
+
+
+def _to_pair(ctx, plan: Plan, pair: Pair, match: dict) -> None:
+    topo = ctx.topo
+    port = pair.ingress
+    host = topo.host_of(port)
+    cookie = ctx.cookie("port_chain", plan.chain["id"])
+    aim = [A.SetField("eth_dst", mac_int(port["mac_address"])),
+           R.OUTPORT.load(topo.port_key[port["id"]])]
+    if host == ctx.host:
+        if port["id"] in ctx.chassis.ofports:
+            ctx.flow("chain_forward", 100, [*aim, ctx.goto("deliver")], match, cookie)
+        return
+    if host not in topo.chassis:
+        return
+    net = topo.networks[port["network_id"]]
+    # Only what this host classified or an SF here returned goes out again: a host never
+    # relays between two other hosts.
+    ctx.flow("chain_forward", 100,
+             [*aim, R.NETWORK.load(topo.net_key[net["id"]]), *remote_out(ctx, net, host),
+              ctx.goto("deliver")],
+             {**match, "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+
+
+def build_chain_forward_end(ctx, plan: Plan) -> None:
+    """After the last group: back into the network and port the packet came from (its
+    NSH context), decapsulated, on to the ordinary forwarding as if it had just left."""
+    match = {"eth_type": ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - len(plan.groups)}
+    ctx.flow("chain_forward", 100, [
+        R.NETWORK.load(0),
+        A.Move(A.Subfield("nsh_c1", 0, 24), A.Subfield(R.NETWORK.field, 0, 24)),
+        A.Move(A.Subfield("nsh_c2", 0, 31), A.Subfield(R.INPORT.field, 0, 31)),
+        A.Move(A.Subfield("nsh_c3", 0, 16), R.ZONE.sub),
+        R.clear_flags(R.FROM_REMOTE, R.REMOTE_OUT), R.set_flags(R.CHAINED),
+        A.Decap(), A.Decap(), ctx.goto("arp_responder")],
+        match, ctx.cookie("port_chain", plan.chain["id"]))
+
+
+def build_classify_chain_entry(ctx, plan: Plan) -> None:
+    """NSH frames enter chain_forward straight from the classify stage: from a local SF's
+    egress port (in its network, as coming from it), or from the tunnel or VLAN of a
+    local SF ingress port's network."""
+    topo, ch = ctx.topo, ctx.chassis
+    nets = set()
+    for group in plan.groups:
+        for pair in group:
+            if topo.host_of(pair.egress) == ctx.host and pair.egress["id"] in ch.ofports:
+                ctx.flow("classify", 110, [*port_entry(ctx, pair.egress), ctx.goto("chain_forward")],
+                         {"in_port": ch.ofports[pair.egress["id"]], "eth_type": ETH_NSH},
+                         ctx.cookie("port", pair.egress["id"]))
+            if topo.host_of(pair.ingress) == ctx.host:
+                nets.add(pair.ingress["network_id"])
+    for net_id in sorted(nets):
+        net = topo.networks[net_id]
+        kind, seg = topo.network_type(net), int(net.get("provider:segmentation_id") or 0)
+        entry = [R.NETWORK.load(topo.net_key[net_id]), R.ZONE.load(topo.zone[net_id]),
+                 R.set_flags(R.FROM_REMOTE), ctx.goto("chain_forward")]
+        cookie = ctx.cookie("network", net_id)
+        if kind in TUNNEL_TYPES:
+            ctx.flow("classify", 110, entry,
+                     {"in_port": TUNNEL_OFPORTS[kind], "tun_id": seg, "eth_type": ETH_NSH}, cookie)
+            continue
+        phys = ch.physnets.get(net.get("provider:physical_network") or "")
+        if phys is None:
+            continue
+        if kind == "vlan":
+            ctx.flow("classify", 110, [A.PopVlan(), *entry],
+                     {"in_port": phys, "vlan_vid": VLAN_CFI | seg, "eth_type": ETH_NSH}, cookie)
+        else:
+            ctx.flow("classify", 110, entry,
+                     {"in_port": phys, "vlan_tci": (0, VLAN_CFI), "eth_type": ETH_NSH}, cookie)

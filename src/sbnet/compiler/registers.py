@@ -51,6 +51,8 @@ NAT_ZONE = Reg("nat_zone", "reg12", "conntrack zone of the router doing SNAT/DNA
 ZONE = Reg("zone", "reg13", "conntrack zone of the network the packet is in", 0, 16)
 INPORT = Reg("inport", "reg14", "key of the logical port the packet came from")
 OUTPORT = Reg("outport", "reg15", "key of the logical port the packet goes to")
+CHAIN = Reg("chain", "reg9", "a classified packet's chain (SPI, bits 8-31) and flow-hash bucket "
+            "(bits 0-7), from the classifier's select group until NSH carries them")
 FLAGS_FIELD = "reg10"
 
 FROM_REMOTE = Flag("from_remote", 0, "arrived from another host or the physical network")
@@ -80,7 +82,7 @@ def clear_flags(*flags: Flag) -> A.SetField:
 
 def _check_disjoint() -> None:
     seen: dict[str, int] = {}
-    for r in (NETWORK, ROUTER, NAT_ZONE, ZONE, INPORT, OUTPORT):
+    for r in (NETWORK, ROUTER, NAT_ZONE, ZONE, INPORT, OUTPORT, CHAIN):
         if seen.get(r.field, 0) & r.mask:
             raise AssertionError(f"register {r.field} allocated twice ({r.name})")
         seen[r.field] = seen.get(r.field, 0) | r.mask

@@ -1,0 +1,213 @@
+"""Port chains on packets: classified traffic visits its service functions in order, then its destination."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scapy.contrib.nsh import NSH
+
+from tests.compiler.scenario import Cloud, Ether, icmp, ip_of, raw, tcp, udp
+
+
+@dataclass
+class ServiceFunction:
+    """An NSH-aware service function: what reaches its ingress port must be NSH for its
+    chain; it decrements the service index and sends the packet back from its egress port."""
+
+    name: str
+    ingress: dict
+    egress: dict
+    seen: list = field(default_factory=list)      # (spi, si, inner frame)
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        out = []
+        for f in frames:
+            pkt = Ether(f)
+            assert pkt.type == 0x894F and pkt.dst == self.ingress["mac_address"], pkt.summary()
+            hdr = pkt[NSH]
+            self.seen.append((hdr.spi, hdr.si, raw(hdr.payload)))
+            hdr.si -= 1
+            pkt.src = self.egress["mac_address"]
+            out.append(raw(pkt))
+        return out
+
+
+class Chains(Cloud):
+    """A Cloud whose sends play the service functions until every frame has landed."""
+
+    def __init__(self, hosts=("h1", "h2", "h3")) -> None:
+        super().__init__(hosts=hosts)
+        self.sfs: dict[str, ServiceFunction] = {}
+        self.visits: list[str] = []
+
+    def service_function(self, name: str, net: dict, host: str) -> ServiceFunction:
+        # Default security groups: NSH frames to and from an SF are not theirs to judge.
+        ingress = self.port("p1", net, host, name=f"{name}-in")
+        egress = self.port("p1", net, host, name=f"{name}-out")
+        sf = ServiceFunction(name, ingress, egress)
+        self.sfs[ingress["id"]] = sf
+        return sf
+
+    def group(self, *sfs: ServiceFunction, **params) -> dict:
+        pairs = [self.api.create("sfc/port_pairs", project="p1", ingress=sf.ingress["id"],
+                                 egress=sf.egress["id"],
+                                 service_function_parameters={"correlation": "nsh", **params})
+                 for sf in sfs]
+        return self.api.create("sfc/port_pair_groups", project="p1",
+                               port_pairs=[p["id"] for p in pairs])
+
+    def classifier(self, src: dict, **kw) -> dict:
+        return self.api.create("sfc/flow_classifiers", project="p1",
+                               logical_source_port=src["id"], **kw)
+
+    def chain(self, groups: list[dict], classifiers: list[dict], **params) -> dict:
+        return self.api.create("sfc/port_chains", project="p1",
+                               port_pair_groups=[g["id"] for g in groups],
+                               flow_classifiers=[c["id"] for c in classifiers],
+                               chain_parameters={"correlation": "nsh", **params})
+
+    def send(self, port: dict, frames) -> dict[str, list[bytes]]:
+        """Where the frames finally landed (service functions' ingress ports excluded)."""
+        landed: dict[str, list[bytes]] = {}
+        pending = [(port, frames)]
+        for _ in range(16):
+            if not pending:
+                return landed
+            nxt = []
+            for p, fs in pending:
+                d = super().send(p, fs)
+                assert d.external == {}
+                for pid, got in d.ports.items():
+                    sf = self.sfs.get(pid)
+                    if sf is None:
+                        landed.setdefault(pid, []).extend(got)
+                        continue
+                    self.visits += [sf.name] * len(got)
+                    nxt.append((sf.egress, sf.handle(got)))
+            pending = nxt
+        raise AssertionError("frames still moving after 16 rounds")
+
+
+def two_group_chain(c: Chains):
+    net = c.network("p1")
+    a = c.port("p1", net, "h1", port_security_enabled=False)
+    b = c.port("p1", net, "h3", port_security_enabled=False)
+    sf1, sf2 = c.service_function("sf1", net, "h2"), c.service_function("sf2", net, "h3")
+    fc = c.classifier(a, protocol="tcp", destination_port_range_min=80,
+                      destination_port_range_max=80)
+    chain = c.chain([c.group(sf1), c.group(sf2)], [fc])
+    c.sync()
+    return a, b, sf1, sf2, chain
+
+
+def test_a_chain_of_two_groups_visits_sf1_then_sf2_then_the_destination_intact():
+    c = Chains()
+    a, b, sf1, sf2, chain = two_group_chain(c)
+    frame = tcp(a, b, 40000, 80)
+    landed = c.send(a, [frame])
+    assert c.visits == ["sf1", "sf2"]
+    spi = chain["chain_id"]
+    assert sf1.seen == [(spi, 255, frame)] and sf2.seen == [(spi, 254, frame)]
+    assert landed == {b["id"]: [frame]}
+
+
+def test_traffic_the_classifier_does_not_match_goes_straight_to_the_destination():
+    c = Chains()
+    a, b, *_ = two_group_chain(c)
+    other = [tcp(a, b, 40000, 443), udp(a, b, 5000, 80), icmp(a, b)]
+    landed = c.send(a, other)
+    assert c.visits == [] and landed == {b["id"]: other}
+    back = c.send(b, [tcp(b, a, 80, 40000)])        # the reverse direction is not classified
+    assert c.visits == [] and back == {a["id"]: [tcp(b, a, 80, 40000)]}
+
+
+def test_deleting_the_chain_restores_direct_delivery():
+    c = Chains()
+    a, b, _, _, chain = two_group_chain(c)
+    frame = tcp(a, b, 40000, 80)
+    assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == ["sf1", "sf2"]
+    c.api.delete("sfc/port_chains", chain["id"])
+    c.sync()
+    c.visits.clear()
+    assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == []
+
+
+def test_a_group_of_two_pairs_shares_flows_and_keeps_each_flow_on_one_pair():
+    c = Chains()
+    net = c.network("p1")
+    a = c.port("p1", net, "h1", port_security_enabled=False)
+    b = c.port("p1", net, "h2", port_security_enabled=False)
+    left, right = c.service_function("left", net, "h2"), c.service_function("right", net, "h3")
+    fc = c.classifier(a, protocol="udp")
+    c.chain([c.group(left, right)], [fc])
+    c.sync()
+    many = [udp(a, b, 1000 + i, 53, payload=b"%d" % i) for i in range(40)]
+    landed = c.send(a, many)
+    assert sorted(landed[b["id"]]) == sorted(many) and len(c.visits) == 40
+    assert 8 <= c.visits.count("left") <= 32           # both pairs carry a fair share
+    c.visits.clear()
+    one = [udp(a, b, 1234, 53, payload=b"%d" % i) for i in range(10)]
+    landed = c.send(a, one)
+    assert landed == {b["id"]: one} and len(set(c.visits)) == 1 and len(c.visits) == 10
+
+
+def test_the_chosen_pair_holds_at_every_group_of_a_flow_across_hosts():
+    c = Chains()
+    net = c.network("p1")
+    a = c.port("p1", net, "h1", port_security_enabled=False)
+    b = c.port("p1", net, "h1", port_security_enabled=False)
+    g1 = [c.service_function(n, net, h) for n, h in (("x1", "h2"), ("x2", "h3"))]
+    g2 = [c.service_function(n, net, h) for n, h in (("y1", "h3"), ("y2", "h2"))]
+    c.chain([c.group(*g1), c.group(*g2)], [c.classifier(a, protocol="tcp")])
+    c.sync()
+    frames = [tcp(a, b, 2000 + i, 22) for i in range(24)]
+    landed = c.send(a, frames)
+    assert sorted(landed[b["id"]]) == sorted(frames)
+    # Each flow went through exactly one pair of each group, in order.
+    for f in frames:
+        path = [sf.name for sf in c.sfs.values() for (_, _, inner) in sf.seen if inner == f]
+        assert len(path) == 2 and path[0][0] == "x" and path[1][0] == "y", path
+    assert {n for n in c.visits} == {"x1", "x2", "y1", "y2"}
+
+
+def test_classifier_fields_select_the_traffic():
+    c = Chains(hosts=("h1", "h2"))
+    net = c.network("p1")
+    a = c.port("p1", net, "h1", port_security_enabled=False)
+    b = c.port("p1", net, "h2", port_security_enabled=False)
+    d = c.port("p1", net, "h2", port_security_enabled=False)
+    sf = c.service_function("sf", net, "h2")
+    fc = c.classifier(a, protocol="udp", source_port_range_min=1000, source_port_range_max=1999,
+                      destination_ip_prefix=f"{ip_of(b)}/32", logical_destination_port=b["id"])
+    c.chain([c.group(sf)], [fc])
+    c.sync()
+    hit = [udp(a, b, 1000, 9), udp(a, b, 1999, 9)]
+    miss = [udp(a, b, 999, 9), udp(a, b, 2000, 9), udp(a, d, 1500, 9), tcp(a, b, 1500, 9)]
+    landed = c.send(a, hit + miss)
+    assert sorted(landed[b["id"]]) == sorted(hit + [f for f in miss if Ether(f).dst == b["mac_address"]])
+    assert [inner for (_, _, inner) in sf.seen] == hit
+
+
+def test_stateful_groups_see_a_chained_connection_as_one_connection():
+    c = Chains()
+    net = c.network("p1")
+    sg_a = c.api.create("security-groups", project="p1", name="client")
+    sg_b = c.api.create("security-groups", project="p1", name="web")
+    for r in c.api.snapshot()["security_group_rule"]:
+        if r["security_group_id"] in (sg_a["id"], sg_b["id"]) and r["direction"] == "ingress":
+            c.api.delete("security-group-rules", r["id"])
+    c.api.create("security-group-rules", project="p1", security_group_id=sg_b["id"],
+                 direction="ingress", ethertype="IPv4", protocol="tcp", port_range_min=80,
+                 port_range_max=80)
+    a = c.port("p1", net, "h1", security_groups=[sg_a["id"]])   # accepts no new connection
+    b = c.port("p1", net, "h3", security_groups=[sg_b["id"]])
+    sf = c.service_function("sf", net, "h2")
+    c.chain([c.group(sf)], [c.classifier(a, protocol="tcp")])
+    c.sync()
+    syn = tcp(a, b, 40000, 80)
+    assert c.send(a, [syn]) == {b["id"]: [syn]} and c.visits == ["sf"]
+    # The reply is not chained; a's groups let it in only as part of a's connection.
+    synack = tcp(b, a, 80, 40000, flags="SA", seq=5000, ack=1001)
+    assert c.send(b, [synack]) == {a["id"]: [synack]}
+    stranger = tcp(b, a, 81, 40001)
+    assert c.send(b, [stranger]) == {}
