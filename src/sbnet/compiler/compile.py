@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import zlib
 from dataclasses import dataclass, field
@@ -75,9 +76,8 @@ class Context:
     def cookie(self, kind: str, ident: str) -> int:
         """A cookie naming what made a flow: the stage in the top byte, a hash of the
         resource below.  origins maps it back to "stage kind id"."""
-        stage = STAGES.index(self._stage) + 1 if self._stage in STAGES else 0
-        c = (stage << 56) | (zlib.crc32(f"{kind}:{ident}".encode()) << 8) | (len(kind) & 0xFF)
-        self.out.origins[c] = f"{self._stage} {kind} {ident}"
+        c, origin = _cookie(self._stage, kind, ident)
+        self.out.origins[c] = origin
         return c
 
     def flow(self, table: str, priority: int, actions: tuple | list = (),
@@ -85,13 +85,7 @@ class Context:
         """Build a flow (match given as {field: value or (value, mask)}), check it against
         the pipeline declaration and add it.  The same identity twice with different
         actions is a compiler bug and fails loudly."""
-        mb = MatchBuilder()
-        for name, v in (match or {}).items():
-            if isinstance(v, tuple):
-                mb.set(name, v[0], v[1])
-            else:
-                mb.set(name, v)
-        f = PIPELINE.flow(table, priority, mb.build(), tuple(actions), cookie)
+        f = _flow(table, priority, tuple((match or {}).items()), tuple(actions), cookie)
         old = self.out.flows.get(f.key)
         if old is not None and old.actions != f.actions:
             raise CompileError(f"two flows with the same match in {table}: {old} / {f}")
@@ -103,6 +97,27 @@ class Context:
 
     def meter(self, m: A.MeterMod) -> None:
         self.out.meters[m.meter_id] = m
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _flow(table: str, priority: int, match: tuple, actions: tuple, cookie: int) -> Flow:
+    """Flows are values: a recompile that asks for the same flow gets the same object back
+    (no match building, no checks), which is what makes recompiling a host cheap and lets
+    diff() compare by identity first."""
+    mb = MatchBuilder()
+    for name, v in match:
+        if isinstance(v, tuple):
+            mb.set(name, v[0], v[1])
+        else:
+            mb.set(name, v)
+    return PIPELINE.flow(table, priority, mb.build(), actions, cookie)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _cookie(stage: str, kind: str, ident: str) -> tuple[int, str]:
+    num = STAGES.index(stage) + 1 if stage in STAGES else 0
+    c = (num << 56) | (zlib.crc32(f"{kind}:{ident}".encode()) << 8) | (len(kind) & 0xFF)
+    return c, f"{stage} {kind} {ident}"
 
 
 def compile_host(topo: Topology, host: str) -> HostPipeline:
@@ -122,6 +137,8 @@ def diff(old: HostPipeline | None, new: HostPipeline) -> Diff:
     old_flows = old.flows if old else {}
     for key, f in new.flows.items():
         o = old_flows.get(key)
+        if o is f:
+            continue
         if o is None:
             d.add.append(f)
         elif o.actions != f.actions or o.cookie != f.cookie:

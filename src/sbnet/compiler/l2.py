@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import TUNNEL_TYPES, is_vif, mac_int
+from sbnet.compiler.topology import TUNNEL_TYPES, ip_value, is_vif, mac_int
 from sbnet.flows import actions as A
 
 ETH_ARP = 0x0806
@@ -33,21 +31,28 @@ def build_arp_responder(ctx, net_id: str) -> None:
         mac = mac_int(port["mac_address"])
         for ip in topo.ips(port, 4):
             reply = [
-                A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("eth_dst")),
-                A.SetField("eth_src", mac),
-                A.SetField("arp_op", 2),
-                A.Move(A.Subfield.whole("arp_sha"), A.Subfield.whole("arp_tha")),
-                A.Move(A.Subfield.whole("arp_spa"), A.Subfield.whole("arp_tpa")),
-                A.SetField("arp_sha", mac),
-                A.SetField("arp_spa", int(ipaddress.IPv4Address(ip))),
+                *arp_reply(mac, ip),
                 # Back out of the asking port, with its VLAN if it is a trunk sub-port.
                 A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
                 A.Resubmit(table=ctx.table("deliver")),
             ]
             ctx.flow("arp_responder", 100, reply,
                      {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
-                      "arp_tpa": int(ipaddress.IPv4Address(ip))},
+                      "arp_tpa": ip_value(ip)},
                      ctx.cookie("port", port["id"]))
+
+
+def arp_reply(mac: int, ip: str) -> list:
+    """Turn an ARP request for `ip` into the reply "`ip` is at `mac`" (to be sent back)."""
+    return [
+        A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("eth_dst")),
+        A.SetField("eth_src", mac),
+        A.SetField("arp_op", 2),
+        A.Move(A.Subfield.whole("arp_sha"), A.Subfield.whole("arp_tha")),
+        A.Move(A.Subfield.whole("arp_spa"), A.Subfield.whole("arp_tpa")),
+        A.SetField("arp_sha", mac),
+        A.SetField("arp_spa", ip_value(ip)),
+    ]
 
 
 def remote_out(ctx, net: dict, host: str) -> list:
@@ -57,7 +62,7 @@ def remote_out(ctx, net: dict, host: str) -> list:
     acts = [R.set_flags(R.REMOTE_OUT)]
     if kind in TUNNEL_TYPES:
         ch = ctx.topo.chassis[host]
-        acts += [A.SetField("tun_dst", int(ipaddress.IPv4Address(ch.tunnel_ip))),
+        acts += [A.SetField("tun_dst", ip_value(ch.tunnel_ip)),
                  A.SetField("tun_id", int(net.get("provider:segmentation_id") or 0))]
     return acts
 

@@ -18,7 +18,7 @@ import ipaddress
 from collections import defaultdict
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import allocate_keys, port_secured
+from sbnet.compiler.topology import allocate_keys, ip_value, port_secured
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 from sbnet.model.secgroups import PORT_PROTOCOLS, protocol_number
@@ -167,7 +167,7 @@ def build_sg_rules(ctx, direction: str, ports: list[dict]) -> None:
                 fld = f"ip_{peer}" if version == 4 else f"ipv6_{peer}"
                 for member in topo.members.get(remote, ()):
                     for ip in topo.ips(member, version):
-                        v = int(ipaddress.ip_address(ip))
+                        v = ip_value(ip)
                         clauses[(("eth_type", ETH[eth]), (fld, v))].append(
                             A.Conjunction(cid, 3, n))
             accept = ([R.set_flags(R.COMMIT)] if is_stateful else []) + [ctx.goto(nxt)]
