@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import zlib
 from collections import defaultdict
@@ -111,6 +112,14 @@ class Topology:
         self.zone = allocate_keys(self.networks.values(), 16, "zone")
         self.port_key = allocate_keys(self.ports.values(), 31, "port")
         self.router_key = allocate_keys(self.routers.values(), 24, "router")
+        # Routers attached to each network (interfaces and gateway), for distributed routing.
+        self.routers_on: dict[str, set[str]] = defaultdict(set)
+        for rid, ports in self.router_ports.items():
+            for p in ports:
+                self.routers_on[p["network_id"]].add(rid)
+        for rid, p in self.gateway_ports.items():
+            self.routers_on[p["network_id"]].add(rid)
+        self._hosts_of: dict[str, set[str]] = {}
         self.router_zone = {rid: k for rid, k in allocate_keys(
             [*self.networks.values(), *self.routers.values()], 16, "zone").items()
             if rid in self.routers}
@@ -135,8 +144,7 @@ class Topology:
             return []
         return [p for p in self.ports_on[host] if p["id"] in ch.ofports and is_vif(p)]
 
-    def hosts_of(self, network_id: str) -> set[str]:
-        """Hosts with at least one port of the network (for flooding and remote delivery)."""
+    def _port_hosts(self, network_id: str) -> set[str]:
         out = set()
         for p in self.ports_of[network_id]:
             h = self.host_of(p)
@@ -144,13 +152,60 @@ class Topology:
                 out.add(h)
         return out
 
+    def hosts_of(self, network_id: str) -> set[str]:
+        """Hosts the network's pipeline must be on (for flooding and remote delivery): those
+        with a port of it, and those that route into it, since the sender's host routes:
+        hosts with a port on another network of one of its routers, and the routers'
+        gateway hosts."""
+        out = self._hosts_of.get(network_id)
+        if out is None:
+            out = self._port_hosts(network_id)
+            for rid in self.routers_on.get(network_id, ()):
+                for net in self.router_networks(rid):
+                    out |= self._port_hosts(net)
+                gw = self.gateway_host(rid)
+                if gw:
+                    out.add(gw)
+            self._hosts_of[network_id] = out
+        return set(out)
+
+    def router_networks(self, router_id: str) -> set[str]:
+        nets = {p["network_id"] for p in self.router_ports.get(router_id, ())}
+        gw = self.gateway_ports.get(router_id)
+        return nets | ({gw["network_id"]} if gw else set())
+
+    def gateway_host(self, router_id: str) -> str:
+        """The host doing a router's centralized SNAT (and answering for its gateway IP):
+        the gateway port's binding if it names a host, else the rendezvous-hash winner
+        among hosts on the external network's physical network (stable as hosts come and
+        go).  "" when the router has no gateway or no host can reach it."""
+        gw = self.gateway_ports.get(router_id)
+        if gw is None:
+            return ""
+        bound = gw.get("binding:host_id") or ""
+        if bound in self.chassis:
+            return bound
+        net = self.networks.get(gw["network_id"]) or {}
+        physnet = net.get("provider:physical_network")
+        able = [c for c in self.chassis.values()
+                if self.network_type(net) in TUNNEL_TYPES or physnet in c.physnets]
+        if not able:
+            return ""
+        return max(able, key=lambda c: zlib.crc32(f"{router_id}:{c.name}".encode())).name
+
     def ips(self, port: dict, version: int | None = None) -> list[str]:
-        out = []
-        for fip in port.get("fixed_ips") or ():
-            a = ipaddress.ip_address(fip["ip_address"])
-            if version is None or a.version == version:
-                out.append(fip["ip_address"])
-        return out
+        return [f["ip_address"] for f in port.get("fixed_ips") or ()
+                if version is None or ip_version(f["ip_address"]) == version]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ip_version(addr: str) -> int:
+    return ipaddress.ip_address(addr).version
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ip_value(addr: str) -> int:
+    return int(ipaddress.ip_address(addr))
 
 
 def is_vif(port: dict) -> bool:
