@@ -1,8 +1,10 @@
 """Two hosts, one VM each, VXLAN over an underlay: real traffic through OVS netdev and the reference switch."""
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -10,6 +12,7 @@ import pytest
 
 from sbnet.agent.netns import overlay_pair
 from sbnet.datapath.switch import UnsupportedFlow
+from sbnet.flows import actions as A
 from sbnet.flows.ofctl import parse_flow
 from sbnet.ovs.dummy import OVSError
 from tests.agent.conftest import TUNNEL_OFPORT
@@ -163,6 +166,26 @@ def test_external_namespace_on_a_host_port(pair):
          f"actions=output:{ext.ofport}"))])
     res = pair.topo.ping(ext, vm1.address, count=2, interval=0.1)
     assert res.returncode == 0, res.stdout
+
+
+def test_meter_drops_pings_over_its_rate(pair):
+    """A 2 packets/s meter on vm1's ICMP rule lets a burst of 10 pings only partly through."""
+    dp, vm1 = pair.h1.datapath, pair.vm1
+    (plain,) = [s.flow for s in dp.dump_flows() if s.flow.priority == 110
+                and ("in_port", vm1.ofport, None) in s.flow.match.items]
+    metered = dataclasses.replace(plain, actions=(A.Meter(9), *plain.actions))
+    dp.bundle(add=[metered], meters=[A.MeterMod(9, 2, "pktps")])
+    try:
+        res = pair.topo.ping(vm1, pair.vm2.address, count=10, interval=0.05, wait=1)
+        received = int(re.search(r"(\d+) received", res.stdout).group(1))
+        (st,) = dp.meter_stats()
+        assert 1 <= received <= 6, res.stdout
+        assert (st.meter_id, st.packet_in_count) == (9, 10)
+        assert st.band_packet_count == 10 - received
+    finally:
+        dp.bundle(add=[plain])
+        assert dp.delete_meter(9) == []
+        assert dp.dump_meters() == []
 
 
 @pytest.mark.parametrize("process", [True, False], ids=["switch-process", "switch-thread"])

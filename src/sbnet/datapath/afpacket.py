@@ -295,12 +295,24 @@ class AfPacketDatapath:
         with self.lock:
             return self.switch.conntrack.dump(zone)
 
+    def delete_meter(self, meter_id: int) -> list[Flow]:
+        with self.lock:
+            return self.switch.delete_meter(meter_id)
+
+    def dump_meters(self) -> list:
+        with self.lock:
+            return self.switch.dump_meters()
+
+    def meter_stats(self) -> list:
+        with self.lock:
+            return self.switch.meter_stats()
+
 
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
 _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
-           "dump_conntrack")
+           "dump_conntrack", "delete_meter", "dump_meters", "meter_stats")
 
 
 class AfPacketProcess:
