@@ -204,6 +204,37 @@ def test_other_tunnel_kinds_between_ovs_and_reference(topology, kind):
     assert res.returncode == 0, res.stdout
 
 
+@pytest.mark.parametrize("backend", ["ovs", "reference"])
+def test_stateful_firewall_on_real_tcp(topology, backend):
+    """On h2, TCP from the tunnel to vm2 passes conntrack and is committed; vm2's replies
+    pass only as established; vm2 cannot open a connection of its own."""
+    p = overlay_pair(topology, backend)
+    vm2, t = p.vm2, TUNNEL_OFPORT
+    out = f"set_field:{p.h1.underlay_ip}->tun_dst,set_field:5->tun_id,output:{t}"
+    p.h2.datapath.bundle(add=[parse_flow(x) for x in (
+        f"table=0,priority=200,tcp,in_port={t},tun_id=5 actions=ct(table=1,zone=7)",
+        f"table=1,priority=10,ct_state=+trk+new,tcp actions=ct(commit,zone=7),output:{vm2.ofport}",
+        f"table=1,priority=10,ct_state=+trk+est,tcp actions=output:{vm2.ofport}",
+        "table=1,priority=0 actions=drop",
+        f"table=0,priority=200,tcp,in_port={vm2.ofport} actions=ct(table=2,zone=7)",
+        f"table=2,priority=10,ct_state=+trk+est,tcp actions={out}",
+        "table=2,priority=0 actions=drop")])
+    sink = topology.popen(vm2, "python3", "-c", SINK.format(port=5002))
+    assert sink.stdout.readline().strip() == "ready"
+    data = os.urandom(50_000)
+    src = topology.run(p.vm1, "python3", "-c", SOURCE.format(ip=vm2.address, port=5002),
+                       check=False, timeout=30, input=data.hex())
+    assert src.returncode == 0, src.stderr
+    digest, n = sink.communicate(timeout=30)[0].split()
+    assert (digest, int(n)) == (hashlib.sha256(data).hexdigest(), len(data))
+    entries = [e for e in p.h2.datapath.dump_conntrack() if "zone=7" in e]
+    assert any("tcp" in e and f"dst={vm2.address}" in e and "dport=5002" in e for e in entries), entries
+    # vm2 opening a connection of its own: its SYN is new, not established, and is dropped.
+    back = topology.run(vm2, "python3", "-c", "import socket;socket.create_connection(('"
+                        f"{p.vm1.address}',5003),timeout=1)", check=False, timeout=30)
+    assert "timed out" in back.stderr
+
+
 def test_teardown_leaves_no_namespaces_or_processes(topology):
     p = overlay_pair(topology, "ovs", "reference")
     topology.popen(p.vm1, "sleep", "60")
