@@ -6,13 +6,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from sbnet.datapath import conntrack_table as CT
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_index import stored
 from sbnet.datapath.conntrack_pkt import _checksums_ok
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _CT_LAST, _NAT_BITS, _S, _W, C_EXP, C_LABEL, C_MARK, C_NAT, C_TCP, C_TUP, EST,
-    INV, NEW, RPL, TRK, _hash_words)
+    INV, NEW, RPL, TRK)
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import ETH_IP, IP_TCP
 
@@ -42,6 +43,9 @@ class ExpressPath:
                  nat, now: float) -> np.ndarray:
         """Run the express rows of `rows`; the positions in `rows` of those left over."""
         m = rows.size
+        if self._overflow:
+            # Tuples whose hash was taken are found only by exact lookups.
+            return np.arange(m)
         keys = parsed.keys
         full = m == keys.shape[1] and rows[0] == 0 and rows[-1] == m - 1 and \
             (m < 3 or bool((np.diff(rows) == 1).all()))
@@ -87,7 +91,7 @@ class ExpressPath:
         natted = same_zone & ((st_in & np.uint64(_NAT_BITS)) != 0)
         ok_pkt &= ~natted
         # The lookup, as the general path's: tuple hash, index, the table row.
-        h = stored(_hash_words(zc | _TCP_META, _ZERO, src, _ZERO, dst, (sp << np.uint64(32)) | dp))
+        h = stored(CT._hash_words(zc | _TCP_META, _ZERO, src, _ZERO, dst, (sp << np.uint64(32)) | dp))
         vals = self._index.get_many(h)
         hit = vals >= 0
         ci = np.where(hit, vals >> 1, self._cap)
@@ -105,7 +109,7 @@ class ExpressPath:
         busy = ci[found & ~elig]
         if natted.any():
             j = np.flatnonzero(natted)
-            rv = self._index.get_many(stored(_hash_words(
+            rv = self._index.get_many(stored(CT._hash_words(
                 zc[j] | _TCP_META, _ZERO, dst[j], _ZERO, src[j], (dp[j] << np.uint64(32)) | sp[j])))
             busy = np.concatenate([busy, rv[rv >= 0] >> 1])
         if busy.size:
@@ -142,45 +146,81 @@ class ExpressPath:
         after an invalid one, past the prefix-maxima passes) go to the general path."""
         win = w3 & 0xFFFF
         k = ex.size
-        ok = np.empty(k, dtype=bool)
         done = np.ones(k, dtype=bool)
-        todo = np.arange(k)
-        for layer in range(_LAYERS):
+        # Pass 1 runs every row on the state before the batch; only each
+        # connection's first row keeps its result (later rows are redone below).
+        first = self._first_rows(c)
+        if k == Ri.shape[0]:
+            ok = self._express_update(Ri, c, rp, seq, ack, win, plen, now, first)
+        else:
+            ok = self._express_update(Ri[ex], c, rp, seq[ex], ack[ex], win[ex], plen[ex], now,
+                                      first)
+        todo = np.flatnonzero(~first)
+        for _ in range(1, _LAYERS):
+            if not todo.size:
+                return ok, done
             first = self._first_rows(c[todo])
             now_rows = todo if first.all() else todo[first]
             r = ex[now_rows]
-            rows = Ri[r] if layer == 0 else self.table.take(c[now_rows], axis=0).view(np.int64)
-            ok[now_rows] = self._express_update(rows, c[now_rows], rp[now_rows], seq[r], ack[r],
-                                                win[r], plen[r], now)
-            if now_rows is todo:
-                return ok, done
+            cn = c[now_rows]
+            ok[now_rows] = self._express_update(self.table.take(cn, axis=0).view(np.int64), cn,
+                                                rp[now_rows], seq[r], ack[r], win[r], plen[r],
+                                                now)
             todo = todo[~first]
-        # Busy connections: the rest of their rows, in order, by prefix maxima.
-        left = np.ones(Ri.shape[0], dtype=bool)
-        pk = SimpleNamespace(seq=seq, ack=ack, win=win, plen=plen)
-        ok[todo] = self._fast_tcp(pk, ex[todo], c[todo], rp[todo], now, left) == T.VALID
-        done[todo] = left[ex[todo]]
+        if todo.size:
+            # Busy connections: the rest of their rows, in order, by prefix maxima.
+            left = np.ones(Ri.shape[0], dtype=bool)
+            pk = SimpleNamespace(seq=seq, ack=ack, win=win, plen=plen)
+            ok[todo] = self._fast_tcp(pk, ex[todo], c[todo], rp[todo], now, left) == T.VALID
+            done[todo] = left[ex[todo]]
         return ok, done
 
-    def _express_update(self, Ri, c, rp, seq, ack, win, plen, now) -> np.ndarray:
-        """T.established_one on connections c (distinct) from their table rows Ri;
-        the peers and expiration written back with flat scatters."""
-        ar = np.arange(c.size) * _W
-        s_off = ar + C_TCP + np.where(rp, 5, 0)
-        d_off = ar + C_TCP + np.where(rp, 0, 5)
-        flat = Ri.reshape(-1)
-        src = [flat.take(s_off + j) for j in range(4)]
-        dst = [flat.take(d_off + j) for j in range(4)]
+    def _express_update(self, Ri, c, rp, seq, ack, win, plen, now, first=None) -> np.ndarray:
+        """T.established_one on the connections c from their table rows Ri; the
+        peers and expiration written back with flat scatters.  With `first`, c
+        may repeat and only the rows where `first` holds are written."""
+        one_way = not rp.any() or rp.all()
+        if one_way:
+            # Every row from the same side: the peers are plain columns.
+            s_col = C_TCP + (5 if rp[0] else 0)
+            d_col = C_TCP + 5 - (s_col - C_TCP)
+            src = [Ri[:, s_col + j] for j in range(4)]
+            dst = [Ri[:, d_col + j] for j in range(4)]
+        else:
+            ar = np.arange(c.size) * _W
+            s_off = ar + C_TCP + np.where(rp, 5, 0)
+            d_off = ar + C_TCP + np.where(rp, 0, 5)
+            flat = Ri.reshape(-1)
+            src = [flat.take(s_off + j) for j in range(4)]
+            dst = [flat.take(d_off + j) for j in range(4)]
         ok, s_lo, s_mw, d_hi = T.established_one(*src, *dst, seq, ack, win, plen,
                                                  self.tcp_liberal)
+        if one_way:
+            base = c * _W
+            s_at, d_at = base + s_col, base + d_col
+        else:
+            base = c * _W - ar
+            s_at, d_at = base + s_off, base + d_off
+        keep = ok
+        if first is not None and not first.all():
+            keep = ok & first
+            if one_way:
+                # Same addresses for a connection's rows: written last to first,
+                # its first row's values land.
+                s_at, d_at, s_lo, s_mw, d_hi = (x[::-1] for x in (s_at, d_at, s_lo, s_mw, d_hi))
+            else:
+                s_at, d_at, s_lo, s_mw, d_hi = (x[first] for x in (s_at, d_at, s_lo, s_mw, d_hi))
+            c, nbad = c[keep], int(np.count_nonzero(first)) - int(np.count_nonzero(keep))
+        else:
+            nbad = c.size - int(np.count_nonzero(ok))
+            if nbad:
+                c = c[ok]
         table = self.table.view(np.int64).reshape(-1)
-        base = c * _W - ar
-        table[base + s_off] = s_lo
-        table[base + s_off + 2] = s_mw
-        table[base + d_off + 1] = d_hi
-        nok = c.size - int(np.count_nonzero(ok))
-        self.exp[c if not nok else c[ok]] = now + self._tmo[T.TM_TCP_EST]
-        self.stats["tcp_seq_chk_failed"] += nok
+        table[s_at] = s_lo
+        table[s_at + 2] = s_mw
+        table[d_at + 1] = d_hi
+        self.exp[c] = now + self._tmo[T.TM_TCP_EST]
+        self.stats["tcp_seq_chk_failed"] += nbad
         return ok
 
     def _first_rows(self, c: np.ndarray) -> np.ndarray:

@@ -373,32 +373,48 @@ def established_one(s_lo, s_hi, s_mw, s_ws, d_lo, d_hi, d_mw, d_ws, seq, ack, wi
     sender's (s_) and receiver's (d_) peer fields.
 
     Returns (valid, new sender seqlo, new sender max_win, new receiver seqhi);
-    invalid segments get their peer's fields back unchanged.
+    invalid segments get their peer's fields back unchanged.  Positions are
+    taken relative to the sender's seqlo (the receiver's for acks), as
+    signed 32-bit differences.
     """
     if not ((s_ws | d_ws) & (WSCALE_FLAG | WSCALE_UNKNOWN)).any():
-        sws = dws = 0          # no scaling anywhere: the usual case, skip the selects
+        sws = dws = 0          # no scaling anywhere: the usual case
+        swin, dmw, ack_max = win, d_mw, MAXACKWINDOW
     else:
         both_flag = ((s_ws & d_ws) & WSCALE_FLAG) != 0
         both_unk = ((s_ws & d_ws) & WSCALE_UNKNOWN) != 0
         sws = np.where(both_flag, s_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
         dws = np.where(both_flag, d_ws & WSCALE_MASK, np.where(both_unk, MAX_WSCALE, 0))
-    end_rel = _rel((seq + plen) & _M32, s_lo)
-    hi_rel = _rel((ack + np.maximum(win << sws, 1)) & _M32, d_lo)
+        swin, dmw, ack_max = win << sws, d_mw << dws, MAXACKWINDOW << sws
+    seq_r = _srel(seq - s_lo)
+    end_rel = _srel(seq + plen - s_lo)
+    hi_rel = _srel(ack + np.maximum(swin, 1) - d_lo)
+    ackskew = _srel(d_lo - ack)
     empty = plen == 0
     if empty.any():
-        seq_r = np.where(empty, 0, _rel(seq, s_lo))
+        seq_r = np.where(empty, 0, seq_r)
         end_r = np.where(empty, 0, end_rel)
     else:
-        seq_r, end_r = _rel(seq, s_lo), end_rel
-    ackskew = -_rel(ack, d_lo)
-    ok = ((_rel(s_hi, s_lo) - end_r >= 0) & (seq_r + (d_mw << dws) >= 0)
-          & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
+        end_r = end_rel
+    ok = ((_srel(s_hi - s_lo) >= end_r) & (seq_r + dmw >= 0)
+          & (ackskew >= -MAXACKWINDOW) & (ackskew <= ack_max))
     if liberal:
         ok[:] = True
-    new_lo = np.where(ok & ~empty, (s_lo + np.maximum(end_rel, 0)) & _M32, s_lo)
-    new_mw = np.where(ok, np.maximum(win, s_mw), s_mw)
-    new_hi = np.where(ok, (d_lo + np.maximum(hi_rel, _rel(d_hi, d_lo))) & _M32, d_hi)
+    new_lo = (s_lo + np.maximum(end_rel, 0)) & _M32
+    new_mw = np.maximum(win, s_mw)
+    new_hi = (d_lo + np.maximum(hi_rel, _srel(d_hi - d_lo))) & _M32
+    if empty.any():
+        new_lo = np.where(empty, s_lo, new_lo)
+    if not ok.all():
+        new_lo = np.where(ok, new_lo, s_lo)
+        new_mw = np.where(ok, new_mw, s_mw)
+        new_hi = np.where(ok, new_hi, d_hi)
     return ok, new_lo, new_mw, new_hi
+
+
+def _srel(x: np.ndarray) -> np.ndarray:
+    """A difference of 32-bit sequence numbers as signed 32-bit, in int64 (_rel(a, b) = _srel(a - b))."""
+    return (x << 32) >> 32
 
 
 def _vgeq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
