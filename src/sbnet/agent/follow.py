@@ -34,11 +34,13 @@ class Follower:
     diff, and report ports up.  `lock` guards the cluster's switches against traffic sent
     from another thread while a sync is applied."""
 
-    def __init__(self, store: Store, cluster: Cluster, on_sync=None) -> None:
+    def __init__(self, store: Store, cluster: Cluster, on_sync=None, on_error=None) -> None:
         self.store = store
         self.cluster = cluster
         self.on_sync = on_sync
+        self.on_error = on_error
         self.revision = -1
+        self.error: tuple[int, Exception] | None = None     # (revision, what failed there)
         self.lock = threading.RLock()
         self.history: list[SyncReport] = []
         self._moved = threading.Condition()
@@ -47,7 +49,8 @@ class Follower:
 
     def step(self, wait: float = 0.0) -> SyncReport | None:
         """One round: block up to `wait` seconds for a change, then sync if there was one."""
-        if self.revision >= 0 and not self.store.changes_since(self.revision, limit=1, wait=wait):
+        since = max(self.revision, self.error[0] if self.error else -1)
+        if since >= 0 and not self.store.changes_since(since, limit=1, wait=wait):
             return None
         start = time.monotonic()
         snapshot = self.store.snapshot()
@@ -82,6 +85,8 @@ class Follower:
         deadline = time.monotonic() + timeout
         with self._moved:
             while self.revision < revision:
+                if self.error and self.error[0] >= revision:
+                    return False
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -96,7 +101,16 @@ class Follower:
     def start(self, wait: float = 0.5) -> None:
         def loop() -> None:
             while not self._stop.is_set():
-                self.step(wait=wait)
+                try:
+                    self.step(wait=wait)
+                except Exception as exc:  # noqa: BLE001
+                    # An agent outlives a model it cannot apply: say so, and try again
+                    # once the model moves on.
+                    with self._moved:
+                        self.error = (self.store.current_revision(), exc)
+                        self._moved.notify_all()
+                    if self.on_error is not None:
+                        self.on_error(*self.error)
         self._thread = threading.Thread(target=loop, name="sbnet-follow", daemon=True)
         self._thread.start()
 

@@ -204,17 +204,18 @@ class _Builder:
 
     # --- name resolution ---------------------------------------------------------------
 
-    def ref(self, table: dict, name: Any, kind: str, item: Item, key: str) -> dict:
+    def ref(self, table: dict, name: Any, kind: str, item: Item, key: str, scope: str = "") -> dict:
         if not isinstance(name, str) or name not in table:
             known = ", ".join(sorted(map(str, table))) or "none"
-            raise TopologyError(item.key_line(key), f"unknown {kind} {name!r} (known: {known})")
+            raise TopologyError(item.key_line(key), f"unknown {kind} {name!r}{scope} "
+                                f"(known: {known})")
         return table[name]
 
     def group(self, project: str, name: Any, item: Item, key: str) -> dict:
         if (project, name) not in self.out.security_groups and name == "default":
             self.out.security_groups[(project, name)] = self.default_group(project)
         known = {n: g for (p, n), g in self.out.security_groups.items() if p == project}
-        return self.ref(known, name, f"security group of project {project}", item, key)
+        return self.ref(known, name, "security group", item, key, f" in project {project}")
 
     def default_group(self, project: str) -> dict:
         groups = self.api.request("GET", "security-groups?name=default", project=project,

@@ -57,7 +57,10 @@ def run(
         if not quiet.is_set():
             console.print(f"[dim]hosts at {r.summary()}[/dim]")
 
-    follower = Follower(store, cluster, on_sync)
+    def on_error(revision: int, exc: Exception) -> None:
+        console.print(f"[red]hosts could not apply revision {revision}[/red]: {exc!r}")
+
+    follower = Follower(store, cluster, on_sync, on_error)
     sock = _listen(console, host, port, fallback=demo and not serve)
     server, api_thread = _start_api(store, sock, log_level)
     bound = sock.getsockname()[1]
@@ -78,7 +81,8 @@ def run(
                 console.print(f"[red]topology refused[/red]: {exc}")
                 raise typer.Exit(2) from None
             if not follower.wait_for(store.current_revision()):
-                console.print("[red]the hosts did not catch up with the store[/red]")
+                console.print("[red]the hosts did not catch up with the store[/red]"
+                              + (f": {follower.error[1]!r}" if follower.error else ""))
                 raise typer.Exit(1)
             _print_loaded(console, path, loaded, follower.history[seen:])
         if demo:
