@@ -35,6 +35,18 @@ def test_ports_get_the_ofports_asked_for(dp):
     assert "p3" not in dp.ports()
 
 
+def test_internal_and_tunnel_ports_come_and_go(dp):
+    assert dp.add_internal_port("int0", 7) == 7
+    assert dp.add_tunnel_port("gnv", "geneve", 8, remote_ip="192.0.2.9", key=99) == 8
+    assert dp.ovs.vsctl("get", "Interface", "gnv", "options").strip() == \
+        '{key="99", remote_ip="192.0.2.9"}'
+    for name in ("int0", "gnv"):
+        dp.delete_port(name)
+    assert set(dp.ports()) == {"p1", "p2", "vx"}
+    with pytest.raises(ValueError, match="tunnel kind"):
+        dp.add_tunnel_port("x", "ipsec")
+
+
 def test_bundle_applies_groups_meters_and_flows_together(empty):
     g = parse_group("group_id=7,type=all,bucket=output:1,bucket=output:2")
     m = parse_meter("meter=3,kbps,band=type=drop,rate=1000")
