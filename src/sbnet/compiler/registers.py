@@ -45,6 +45,9 @@ class Flag:
 
 
 # Whole-register values.  metadata carries the network so that every table can key on it.
+# NEXTHOP lives from l3_route to l3_neighbour only.
+NEXTHOP = Reg("nexthop", "reg0", "IPv4 next hop a route chose (the destination itself when "
+              "directly connected)")
 NETWORK = Reg("network", "metadata", "key of the logical network the packet is in", 0, 64)
 ROUTER = Reg("router", "reg11", "key of the logical router routing the packet")
 NAT_ZONE = Reg("nat_zone", "reg12", "conntrack zone of the router doing SNAT/DNAT", 0, 16)
@@ -82,7 +85,7 @@ def clear_flags(*flags: Flag) -> A.SetField:
 
 def _check_disjoint() -> None:
     seen: dict[str, int] = {}
-    for r in (NETWORK, ROUTER, NAT_ZONE, ZONE, INPORT, OUTPORT, CHAIN):
+    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, ZONE, INPORT, OUTPORT, CHAIN):
         if seen.get(r.field, 0) & r.mask:
             raise AssertionError(f"register {r.field} allocated twice ({r.name})")
         seen[r.field] = seen.get(r.field, 0) | r.mask

@@ -50,11 +50,12 @@ PIPELINE = Pipeline((
     _t("l3_dnat", "floating IP destination NAT", {"metadata", "reg11", "reg10", "ct_state"} | _L3,
        ("l3_route",), miss="next"),
     _t("l3_route", "longest-prefix routing between a router's subnets, static routes and its "
-       "external gateway; TTL decrement", {"reg11", "metadata"} | _L3, ("l3_snat",)),
+       "external gateway; TTL decrement; SNAT-bound traffic redirected to the gateway host",
+       {"reg11", "metadata"} | _L3, ("l3_snat", "deliver")),
     _t("l3_snat", "SNAT to a floating IP or the router's gateway address",
        {"reg11", "metadata", "reg10", "reg14", "ct_state"} | _L3, ("l3_neighbour",), miss="next"),
-    _t("l3_neighbour", "next hop IP to MAC for routed packets", {"metadata", "reg11"} | _L3,
-       ("l2_lookup",)),
+    _t("l3_neighbour", "next hop IP to MAC for routed packets (the outside world: out of the "
+       "physical port)", {"metadata", "reg11", "reg0"} | _L3, ("l2_lookup", "deliver")),
     _t("l2_lookup", "destination MAC to logical port; broadcast and multicast to the network's "
        "ports and hosts", {"metadata", "eth_dst", "reg10", "eth_type"},
        ("ingress_ct", "deliver")),

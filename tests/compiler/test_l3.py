@@ -1,0 +1,266 @@
+"""The distributed router on packets: routing, static routes, TTL, conntrack, floating IPs, SNAT."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.compiler.scenario import ARP, ICMP, IP, TCP, Cloud, Ether, ip_of, raw
+
+OUTSIDE_MAC = "02:00:00:00:00:99"
+
+
+def router(c: Cloud, project: str, *nets: dict, gateway: dict | None = None) -> dict:
+    info = {"external_gateway_info": {"network_id": gateway["id"]}} if gateway else {}
+    r = c.api.create("routers", project=project, name="r", **info)
+    for n in nets:
+        c.api.action(f"routers/{r['id']}/add_router_interface", {"subnet_id": n["subnet"]["id"]})
+    return r
+
+
+def router_port(c: Cloud, r: dict, net: dict) -> dict:
+    return next(p for p in c.api.snapshot()["port"]
+                if p["device_id"] == r["id"] and p["network_id"] == net["id"])
+
+
+def group(c: Cloud, project: str, rules=()) -> dict:
+    g = c.api.create("security-groups", project=project, name="open")
+    for r in rules:
+        c.api.create("security-group-rules", project=project, security_group_id=g["id"],
+                     direction="ingress", ethertype="IPv4", **r)
+    return g
+
+
+def via(src: dict, gw: dict, dst_ip: str, payload: bytes = b"payload", ttl: int = 64,
+        **l4) -> bytes:
+    """What `src` sends to `dst_ip` through its router port `gw` (ICMP echo, or TCP)."""
+    ip = IP(src=ip_of(src), dst=dst_ip, ttl=ttl)
+    l4p = TCP(**l4) if l4 else ICMP(id=7)
+    return raw(Ether(src=src["mac_address"], dst=gw["mac_address"]) / ip / l4p / payload)
+
+
+def two_subnets(hosts=("h1", "h2")):
+    c = Cloud(hosts=hosts)
+    n1, n2 = c.network("p1", "10.0.1.0/24"), c.network("p1", "10.0.2.0/24")
+    r = router(c, "p1", n1, n2)
+    return c, n1, n2, r
+
+
+@pytest.mark.parametrize("dst_host", ["h1", "h2"])
+def test_routing_between_subnets_on_one_host_and_across_hosts(dst_host):
+    c, n1, n2, r = two_subnets()
+    a, b = c.port("p1", n1, "h1"), c.port("p1", n2, dst_host)
+    bystander = c.port("p1", n2, "h1" if dst_host == "h2" else "h2")
+    c.sync()
+    g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+    d = c.send(a, [via(a, g1, ip_of(b))])
+    (got,) = d.to(b["id"])
+    p = Ether(got)
+    assert (p.src, p.dst) == (g2["mac_address"], b["mac_address"])
+    assert (p[IP].src, p[IP].dst, p[IP].ttl) == (ip_of(a), ip_of(b), 63)
+    assert bytes(p[ICMP].payload) == b"payload"
+    assert raw(Ether(raw(p.copy()))) == got           # checksums were kept right
+    p[IP].chksum = None
+    assert raw(p) == got
+    assert d.total == 1 and not d.to(bystander["id"])
+    # ...and back: the default group admits the reply (+est in a's network's zone).
+    back = Ether(src=b["mac_address"], dst=g2["mac_address"]) / IP(
+        src=ip_of(b), dst=ip_of(a)) / ICMP(type=0, id=7) / b"payload"
+    (ret,) = c.send(b, [raw(back)]).to(a["id"])
+    assert Ether(ret).src == g1["mac_address"] and Ether(ret)[IP].ttl == 63
+
+
+def conversation(c, client, cgw, server, sgw, sport, dport):
+    syn = c.send(client, [via(client, cgw, ip_of(server), b"", sport=sport, dport=dport,
+                              flags="S", seq=100)]).to(server["id"])
+    synack = c.send(server, [via(server, sgw, ip_of(client), b"", sport=dport, dport=sport,
+                                 flags="SA", seq=500, ack=101)]).to(client["id"])
+    ack = c.send(client, [via(client, cgw, ip_of(server), b"", sport=sport, dport=dport,
+                              flags="A", seq=101, ack=501)]).to(server["id"])
+    return bool(syn), bool(synack), bool(ack)
+
+
+@pytest.mark.parametrize("server_host", ["h1", "h2"])
+def test_routed_connection_reply_passes_unsolicited_syn_dropped(server_host):
+    c, n1, n2, r = two_subnets()
+    web = group(c, "p1", [{"protocol": "tcp", "port_range_min": 22, "port_range_max": 22}])
+    client = c.port("p1", n1, "h1")                   # default group: ingress from members
+    server = c.port("p1", n2, server_host, security_groups=[web["id"]])
+    c.sync()
+    g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+    assert conversation(c, client, g1, server, g2, 40000, 22) == (True, True, True)
+    unsolicited = via(server, g2, ip_of(client), b"", sport=22, dport=40001, flags="S")
+    assert not c.send(server, [unsolicited]).to(client["id"])
+
+
+def test_static_route_to_a_vm_acting_as_router():
+    c, n1, n2, r = two_subnets()
+    a, hop = c.port("p1", n1, "h1"), c.port("p1", n2, "h2")
+    c.api.action(f"routers/{r['id']}/add_extraroutes",
+                 {"router": {"routes": [{"destination": "192.168.50.0/24",
+                                         "nexthop": ip_of(hop)}]}})
+    c.sync()
+    g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+    (got,) = c.send(a, [via(a, g1, "192.168.50.7")]).to(hop["id"])
+    p = Ether(got)
+    assert (p.src, p.dst, p[IP].dst, p[IP].ttl) == (g2["mac_address"], hop["mac_address"],
+                                                    "192.168.50.7", 63)
+    # Not covered by any route: dropped.
+    assert c.send(a, [via(a, g1, "192.168.51.7")]).total == 0
+
+
+def test_ttl_expiry_drops_the_packet():
+    c, n1, n2, r = two_subnets()
+    a, b = c.port("p1", n1, "h1"), c.port("p1", n2, "h2")
+    c.sync()
+    g1 = router_port(c, r, n1)
+    assert c.send(a, [via(a, g1, ip_of(b), ttl=1)]).total == 0
+    (got,) = c.send(a, [via(a, g1, ip_of(b), ttl=2)]).to(b["id"])
+    assert Ether(got)[IP].ttl == 1
+
+
+def test_router_does_not_route_into_another_projects_overlapping_subnet():
+    c = Cloud()
+    n1, n2 = c.network("p1", "10.0.1.0/24"), c.network("p1", "10.0.2.0/24")
+    m1, m2 = c.network("p2", "10.0.1.0/24"), c.network("p2", "10.0.2.0/24")
+    r1, r2 = router(c, "p1", n1, n2), router(c, "p2", m1, m2)
+    a, b = c.port("p1", n1, "h1"), c.port("p1", n2, "h2")
+    x, y = c.port("p2", m1, "h1"), c.port("p2", m2, "h2", fixed_ips=[{"ip_address": ip_of(b)}])
+    c.sync()
+    d = c.send(a, [via(a, router_port(c, r1, n1), ip_of(b))])
+    assert d.to(b["id"]) and d.total == 1
+    d = c.send(x, [via(x, router_port(c, r2, m1), ip_of(y))])
+    assert d.to(y["id"]) and d.total == 1
+    # p1's port addressing p2's router MAC on its own network reaches nothing.
+    assert c.send(a, [via(a, router_port(c, r2, m1), ip_of(y))]).total == 0
+
+
+# --- the external network: floating IPs and SNAT ---------------------------------------
+
+
+def external(c: Cloud, kind: str = "flat") -> tuple[dict, dict]:
+    """The external network on physnet1, and a host of the outside world on it (a port
+    no host binds, which gives the routers its MAC)."""
+    seg = {"seg": 300} if kind == "vlan" else {}
+    ext = c.network("admin", "203.0.113.0/24", kind=kind, physnet="physnet1",
+                    **{"router:external": True}, **seg)
+    outside = c.port("admin", ext, None, mac_address=OUTSIDE_MAC,
+                     fixed_ips=[{"ip_address": "203.0.113.50"}])
+    return ext, outside
+
+
+def from_outside(dst_mac: str, dst_ip: str, vlan: int | None = None, **l4) -> bytes:
+    from scapy.layers.l2 import Dot1Q
+    eth = Ether(src=OUTSIDE_MAC, dst=dst_mac)
+    if vlan is not None:
+        eth = eth / Dot1Q(vlan=vlan)
+    l4p = TCP(**l4) if l4 else ICMP(id=9)
+    return raw(eth / IP(src="203.0.113.50", dst=dst_ip) / l4p / b"hello")
+
+
+def strip(frame: bytes):
+    from scapy.layers.l2 import Dot1Q
+    p = Ether(frame)
+    return p[Dot1Q].vlan if Dot1Q in p else None, p
+
+
+def nat_cloud(gateway_host: str | None, kind: str = "flat"):
+    c = Cloud()
+    ext, _ = external(c, kind)
+    n1 = c.network("p1", "10.0.1.0/24")
+    r = router(c, "p1", n1, gateway=ext)
+    gw = router_port(c, r, ext)
+    if gateway_host:
+        c.api.update("ports", gw["id"], **{"binding:host_id": gateway_host})
+    return c, ext, n1, r, gw
+
+
+@pytest.mark.parametrize("kind", ["flat", "vlan"])
+@pytest.mark.parametrize("vm_host", ["h1", "h2"])
+def test_floating_ip_reachable_from_outside_and_replies_leave_from_it(vm_host, kind):
+    c, ext, n1, r, _ = nat_cloud("h1", kind)
+    vlan = 300 if kind == "vlan" else None
+    open_ = group(c, "p1", [{"protocol": "icmp"}, {"protocol": "tcp", "port_range_min": 22,
+                                                   "port_range_max": 22}])
+    vm = c.port("p1", n1, vm_host, security_groups=[open_["id"]])
+    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                       port_id=vm["id"])
+    c.sync()
+    fip_ip = fip["floating_ip_address"]
+    fmac = next(p for p in c.api.snapshot()["port"] if p["device_id"] == fip["id"])["mac_address"]
+    g1 = router_port(c, r, n1)
+    # ARP for the floating IP: one answer, from the VM's host, with the floating IP's MAC.
+    ask = Ether(src=OUTSIDE_MAC, dst="ff:ff:ff:ff:ff:ff")
+    if vlan:
+        from scapy.layers.l2 import Dot1Q
+        ask = ask / Dot1Q(vlan=vlan)
+    ask = raw(ask / ARP(op=1, hwsrc=OUTSIDE_MAC, psrc="203.0.113.50", pdst=fip_ip))
+    d = c.cluster.send_external("physnet1", [ask])
+    (answer,) = d.external["physnet1"]
+    tag, a = strip(answer)
+    assert (tag, a[ARP].op, a[ARP].psrc, a[ARP].hwsrc, a.dst) == (vlan, 2, fip_ip, fmac,
+                                                                 OUTSIDE_MAC)
+    # Ping and TCP from outside arrive with the fixed IP as destination.
+    for l4 in ({}, {"sport": 5555, "dport": 22, "flags": "S", "seq": 1}):
+        d = c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip, vlan, **l4)])
+        (got,) = d.to(vm["id"])
+        p = Ether(got)
+        assert (p.src, p.dst) == (g1["mac_address"], vm["mac_address"])
+        assert (p[IP].src, p[IP].dst, p[IP].ttl) == ("203.0.113.50", ip_of(vm), 63)
+        assert d.total == 1
+    # The replies leave with the floating IP as source, from its MAC, to the outside host.
+    for l4 in ({}, {"sport": 22, "dport": 5555, "flags": "SA", "seq": 70, "ack": 2}):
+        frame = raw(Ether(src=vm["mac_address"], dst=g1["mac_address"])
+                    / IP(src=ip_of(vm), dst="203.0.113.50")
+                    / (TCP(**l4) if l4 else ICMP(type=0, id=9)) / b"hello")
+        d = c.send(vm, [frame])
+        (out,) = d.external["physnet1"]
+        tag, p = strip(out)
+        assert (tag, p.src, p.dst) == (vlan, fmac, OUTSIDE_MAC)
+        assert (p[IP].src, p[IP].dst, p[IP].ttl) == (fip_ip, "203.0.113.50", 63)
+        assert sum(map(len, d.ports.values())) == 0
+    # The VM's own connection out uses the floating IP too, and its reply comes back.
+    out = c.send(vm, [via(vm, g1, "203.0.113.50", sport=41000, dport=80, flags="S")])
+    tag, p = strip(out.external["physnet1"][0])
+    assert (p[IP].src, p[TCP].sport) == (fip_ip, 41000)
+    d = c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip, vlan, sport=80,
+                                                          dport=41000, flags="SA", ack=1)])
+    assert Ether(d.to(vm["id"])[0])[IP].dst == ip_of(vm)
+
+
+@pytest.mark.parametrize("gateway_host,vm_host", [("h1", "h1"), ("h1", "h2"), (None, "h2")])
+def test_snat_to_the_gateway_ip_for_ports_without_floating_ip(gateway_host, vm_host):
+    c, _, n1, r, gw = nat_cloud(gateway_host)
+    vm = c.port("p1", n1, vm_host)
+    other = c.port("p1", n1, "h2" if vm_host == "h1" else "h1")
+    c.sync()
+    gw_ip = ip_of(gw)
+    g1 = router_port(c, r, n1)
+    d = c.send(vm, [via(vm, g1, "203.0.113.50", b"out", sport=42000, dport=443, flags="S")])
+    (out,) = d.external["physnet1"]
+    p = Ether(out)
+    assert (p.src, p.dst) == (gw["mac_address"], OUTSIDE_MAC)
+    assert (p[IP].src, p[IP].dst, p[IP].ttl, p[TCP].dport) == (gw_ip, "203.0.113.50", 63, 443)
+    assert sum(map(len, d.ports.values())) == 0
+    sport = p[TCP].sport
+    reply = from_outside(gw["mac_address"], gw_ip, sport=443, dport=sport, flags="SA", seq=9,
+                         ack=1001)
+    d = c.cluster.send_external("physnet1", [reply])
+    (back,) = d.to(vm["id"])
+    q = Ether(back)
+    assert (q.src, q.dst) == (g1["mac_address"], vm["mac_address"])
+    assert (q[IP].src, q[IP].dst, q[TCP].dport) == ("203.0.113.50", ip_of(vm), 42000)
+    assert d.total == 1 and not d.to(other["id"])
+    # Nothing was opened from outside: an unsolicited SYN to the gateway IP reaches no one.
+    d = c.cluster.send_external("physnet1", [from_outside(gw["mac_address"], gw_ip, sport=443,
+                                                          dport=42001, flags="S")])
+    assert sum(map(len, d.ports.values())) == 0
+
+
+def test_gateway_ip_answers_arp_from_its_gateway_host_only():
+    c, _, n1, _, gw = nat_cloud("h2")
+    c.port("p1", n1, "h1")
+    c.sync()
+    ask = raw(Ether(src=OUTSIDE_MAC, dst="ff:ff:ff:ff:ff:ff")
+              / ARP(op=1, hwsrc=OUTSIDE_MAC, psrc="203.0.113.50", pdst=ip_of(gw)))
+    (answer,) = c.cluster.send_external("physnet1", [ask]).external["physnet1"]
+    assert Ether(answer)[ARP].hwsrc == gw["mac_address"]
