@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sbnet.agent.embedded import Cluster
-from sbnet.agent.traffic import OUTSIDE, Probe, ipv4_dst
+from sbnet.agent.traffic import OUTSIDE, Probe, ipv4_addresses
 from sbnet.compiler.tables import PIPELINE
 from sbnet.flows import actions as A
 from sbnet.flows.flow import Flow
@@ -72,12 +72,24 @@ def _rule_label(rule: dict, groups: dict[str, str]) -> str:
     return f"{groups.get(rule['security_group_id'], '?')} {rule['direction']}{eth} {proto}{ports}{peer}"
 
 
-def counters(cluster: Cluster) -> dict[str, dict[tuple, tuple[Flow, int]]]:
-    """Per host, per rule that forwards or drops: (flow, packets so far)."""
+def counters(cluster: Cluster, only: str | None = None) -> dict[str, dict[tuple, tuple[Flow, int]]]:
+    """Per host, per rule that forwards or drops (or only those with verdict `only`):
+    (flow, packets so far)."""
+    return read(cluster, rules_of(cluster, only))
+
+
+def rules_of(cluster: Cluster, only: str | None = None) -> dict[str, list]:
+    """The installed rules that forward or drop (or only those with verdict `only`)."""
+    return {name: [r for r in h.switch.rules()
+                   if (v := verdict(r.flow)) is not None and only in (None, v)]
+            for name, h in cluster.hosts.items()}
+
+
+def read(cluster: Cluster, rules: dict[str, list]) -> dict[str, dict[tuple, tuple[Flow, int]]]:
     out = {}
-    for name, h in cluster.hosts.items():
-        out[name] = {s.flow.key: (s.flow, s.n_packets) for s in h.switch.dump_flows()
-                     if verdict(s.flow) is not None}
+    for name, rs in rules.items():
+        sw = cluster.hosts[name].switch
+        out[name] = {r.flow.key: (r.flow, sw.rule_stats(r)[0]) for r in rs}
     return out
 
 
@@ -117,24 +129,25 @@ def drive(cluster: Cluster, probes: list[Probe], ports: dict[str, str], snapshot
     and charge the drop rules each one moved to its category.  ports: name -> port id."""
     names = RuleNames(snapshot)
     report = Report()
-    base = before = counters(cluster)
+    base = counters(cluster)
+    drops = rules_of(cluster, DROP)      # the rules stay put while the probes run
+    before = read(cluster, drops)
     for probe in probes:
         cat = report.categories.setdefault(probe.category, Category(probe.category))
         if probe.sender == OUTSIDE:
             d = cluster.send_external(probe.physnet, [probe.frame])
         else:
             d = cluster.send(ports[probe.sender], [probe.frame])
-        if probe.receiver == OUTSIDE:
-            arrived = any(ipv4_dst(f) == probe.dst_ip for f in d.external.get(probe.physnet, ()))
-        else:
-            arrived = bool(d.to(ports[probe.receiver]))
+        got = d.external.get(probe.physnet, []) if probe.receiver == OUTSIDE \
+            else d.to(ports[probe.receiver])
+        arrived = any(_seen(f, probe) for f in got)
         cat.sent += 1
         cat.forwarded += arrived
         cat.expected_forward += probe.expect
         cat.as_expected += arrived == probe.expect
         cat.leaked += sum(len(fs) for pid, fs in d.ports.items()
                           if pid != ports.get(probe.receiver) and pid != ports.get(probe.sender))
-        now = counters(cluster)
+        now = read(cluster, drops)
         # Copies of a delivered frame that other hosts drop (a physical network reaches
         # every host) are not why a frame was lost: only a lost frame's drops are its fate.
         if not arrived:
@@ -142,9 +155,16 @@ def drive(cluster: Cluster, probes: list[Probe], ports: dict[str, str], snapshot
                 if verdict(flow) == DROP:
                     cat.drops[(host, names.name(flow, cluster.hosts[host].installed.origins))] += n
         before = now
-    for (host, flow), n in _moved(base, before):
+    for (host, flow), n in _moved(base, counters(cluster)):
         report.rules[(host, verdict(flow), names.name(flow, cluster.hosts[host].installed.origins))] += n
     return report
+
+
+def _seen(frame: bytes, probe: Probe) -> bool:
+    if probe.seen_src is None and probe.seen_dst is None:
+        return True
+    ips = ipv4_addresses(frame)
+    return ips is not None and probe.seen_src in (None, ips[0]) and probe.seen_dst in (None, ips[1])
 
 
 def _moved(before: dict, after: dict):

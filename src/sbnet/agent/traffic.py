@@ -27,15 +27,17 @@ class Endpoint:
 @dataclass
 class Probe:
     """One frame: sent by `sender` (a port name, or OUTSIDE onto `physnet`), meant for
-    `receiver` (a port name, or OUTSIDE with IPv4 destination `dst_ip`), and whether a
-    correct cloud forwards it."""
+    `receiver` (a port name, or OUTSIDE), and whether a correct cloud forwards it.  It has
+    arrived when a frame reaches the receiver with IPv4 source `seen_src` and destination
+    `seen_dst` (None: any), which is how NAT on the way is checked."""
 
     category: str
     sender: str
     frame: bytes
     receiver: str
-    dst_ip: str
     expect: bool
+    seen_src: str | None = None
+    seen_dst: str | None = None
     first: bool = True                   # the first frame of its flow (connection)
     physnet: str = "physnet1"
 
@@ -99,11 +101,11 @@ def arp_reply_mac(frames: list[bytes], target_ip: str) -> str | None:
     return None
 
 
-def ipv4_dst(frame: bytes) -> str | None:
-    eth = dpkt.ethernet.Ethernet(frame)
-    ip = eth.data
+def ipv4_addresses(frame: bytes) -> tuple[str, str] | None:
+    """(source, destination) of an IPv4 frame (VLAN-tagged or not)."""
+    ip = dpkt.ethernet.Ethernet(frame).data
     if isinstance(ip, dpkt.ip.IP):
-        return ".".join(str(b) for b in ip.dst)
+        return ".".join(map(str, ip.src)), ".".join(map(str, ip.dst))
     return None
 
 
@@ -118,26 +120,34 @@ class Flows:
         return self.rng.randint(32768, 60999)
 
     def add(self, category: str, sender: Endpoint, receiver: Endpoint, frame: bytes,
-            expect: bool, first: bool = True) -> None:
-        self.probes.append(Probe(category, sender.name, frame, receiver.name, receiver.ip,
-                                 expect, first))
+            expect: bool, first: bool = True, seen: dict | None = None) -> None:
+        """seen: {"src": ..., "dst": ...} the receiver should see; the outside world is
+        told apart from other traffic on its network by its address."""
+        seen = {"dst": receiver.ip if receiver.name == OUTSIDE else None, **(seen or {})}
+        self.probes.append(Probe(category, sender.name, frame, receiver.name, expect,
+                                 seen.get("src"), seen.get("dst"), first))
 
     def tcp_connection(self, category: str, client: Endpoint, server: Endpoint, dport: int,
-                       via_out: dict | None = None, via_back: dict | None = None) -> None:
+                       via_out: dict | None = None, via_back: dict | None = None,
+                       seen_out: dict | None = None, seen_back: dict | None = None) -> None:
         """Handshake, one request and its acknowledgement.  via_out/via_back override the
         frames' headers when a router or NAT sits between the two (first-hop MACs, the
-        address each side believes the other has)."""
+        address each side believes the other has); seen_out/seen_back are the addresses
+        each side should see after NAT."""
         out, back = via_out or {}, via_back or {}
+        so, sb = {"seen": seen_out}, {"seen": seen_back}
         sport, c, s = self.port(), self.rng.randrange(1 << 31), self.rng.randrange(1 << 31)
-        self.add(category, client, server, tcp(client, server, sport, dport, "S", c, **out), True)
+        self.add(category, client, server, tcp(client, server, sport, dport, "S", c, **out), True,
+                 **so)
         self.add(category, server, client, tcp(server, client, dport, sport, "SA", s, c + 1,
-                                               **back), True, first=False)
+                                               **back), True, first=False, **sb)
         self.add(category, client, server, tcp(client, server, sport, dport, "A", c + 1, s + 1,
-                                             **out), True, first=False)
+                                             **out), True, first=False, **so)
         self.add(category, client, server, tcp(client, server, sport, dport, "PA", c + 1, s + 1,
-                                             b"GET / HTTP/1.0\r\n\r\n", **out), True, first=False)
+                                             b"GET / HTTP/1.0\r\n\r\n", **out), True, first=False,
+                 **so)
         self.add(category, server, client, tcp(server, client, dport, sport, "A", s + 1, c + 19,
-                                               **back), True, first=False)
+                                               **back), True, first=False, **sb)
 
     def udp_exchange(self, category: str, a: Endpoint, b: Endpoint, dport: int) -> None:
         sport = self.port()
@@ -162,6 +172,8 @@ def demo_traffic(ports: dict[str, dict], snapshot: dict, resolve: Callable[[str]
     gw = _router_macs(snapshot)
     outside = Endpoint(OUTSIDE, OUTSIDE_MAC, OUTSIDE_IP)
     fip = next(f["floating_ip_address"] for f in snapshot.get("floatingip", ()))
+    snat = next(r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+                for r in snapshot.get("router", ()) if r.get("external_gateway_info"))
     gw_port = next((p for p in snapshot.get("port", ())
                     if p["device_owner"] == "network:router_gateway"), None)
     fip_mac = resolve(fip) or (gw_port["mac_address"] if gw_port else OUTSIDE_MAC)
@@ -202,11 +214,13 @@ def demo_traffic(ports: dict[str, dict], snapshot: dict, resolve: Callable[[str]
     for i in range(6 * scale):
         c = clients[i % 2]
         t.add("routed: SNAT to the outside", c, outside,
-              tcp(c, outside, t.port(), 443, "S", eth_dst=gw["alpha-front"]), True)
+              tcp(c, outside, t.port(), 443, "S", eth_dst=gw["alpha-front"]), True,
+              seen={"src": snat})
     for i in range(6 * scale):
         t.tcp_connection("floating IP from the outside", outside, ep["web1"], 80,
                          via_out={"eth_dst": fip_mac, "ip_dst": fip},
-                         via_back={"eth_dst": gw["alpha-front"]})
+                         via_back={"eth_dst": gw["alpha-front"]},
+                         seen_out={"dst": ep["web1"].ip}, seen_back={"src": fip})
     return t.probes
 
 
