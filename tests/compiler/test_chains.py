@@ -12,14 +12,20 @@ from tests.compiler.scenario import Cloud, Ether, icmp, ip_of, raw, tcp, udp
 @dataclass
 class ServiceFunction:
     """An NSH-aware service function: what reaches its ingress port must be NSH for its
-    chain; it decrements the service index and sends the packet back from its egress port."""
+    chain; it decrements the service index and sends the packet back from its egress port.
+    An unaware one (a bump in the wire) must get plain frames and returns them as they are."""
 
     name: str
     ingress: dict
     egress: dict
+    aware: bool = True
     seen: list = field(default_factory=list)      # (spi, si, inner frame)
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
+        if not self.aware:
+            assert all(Ether(f).type != 0x894F for f in frames)
+            self.seen += [(None, None, f) for f in frames]
+            return list(frames)
         out = []
         for f in frames:
             pkt = Ether(f)
@@ -40,18 +46,18 @@ class Chains(Cloud):
         self.sfs: dict[str, ServiceFunction] = {}
         self.visits: list[str] = []
 
-    def service_function(self, name: str, net: dict, host: str) -> ServiceFunction:
+    def service_function(self, name: str, net: dict, host: str, aware: bool = True) -> ServiceFunction:
         # Default security groups: NSH frames to and from an SF are not theirs to judge.
         ingress = self.port("p1", net, host, name=f"{name}-in")
         egress = self.port("p1", net, host, name=f"{name}-out")
-        sf = ServiceFunction(name, ingress, egress)
+        sf = ServiceFunction(name, ingress, egress, aware)
         self.sfs[ingress["id"]] = sf
         return sf
 
-    def group(self, *sfs: ServiceFunction, **params) -> dict:
+    def group(self, *sfs: ServiceFunction) -> dict:
         pairs = [self.api.create("sfc/port_pairs", project="p1", ingress=sf.ingress["id"],
-                                 egress=sf.egress["id"],
-                                 service_function_parameters={"correlation": "nsh", **params})
+                                 egress=sf.egress["id"], service_function_parameters={
+                                     "correlation": "nsh" if sf.aware else None})
                  for sf in sfs]
         return self.api.create("sfc/port_pair_groups", project="p1",
                                port_pairs=[p["id"] for p in pairs])
@@ -211,3 +217,23 @@ def test_stateful_groups_see_a_chained_connection_as_one_connection():
     assert c.send(b, [synack]) == {a["id"]: [synack]}
     stranger = tcp(b, a, 81, 40001)
     assert c.send(b, [stranger]) == {}
+
+
+def test_an_nsh_unaware_service_function_gets_and_returns_the_plain_frame():
+    c = Chains()
+    net = c.network("p1")
+    a = c.port("p1", net, "h1", port_security_enabled=False)
+    b = c.port("p1", net, "h1", port_security_enabled=False)
+    wire = c.service_function("wire", net, "h2", aware=False)
+    sf = c.service_function("sf", net, "h3")
+    lb = [c.service_function(n, net, h, aware=False) for n, h in (("lb1", "h2"), ("lb2", "h3"))]
+    chain = c.chain([c.group(wire), c.group(sf), c.group(*lb)], [c.classifier(a, protocol="udp")])
+    c.sync()
+    frames = [udp(a, b, 3000 + i, 53) for i in range(16)]
+    landed = c.send(a, frames)
+    assert sorted(landed[b["id"]]) == sorted(frames)
+    assert [inner for (_, _, inner) in wire.seen] == frames
+    # The aware SF after it sees the chain's context again: the second group's index.
+    assert sf.seen == [(chain["chain_id"], 254, f) for f in frames]
+    assert {n for n in c.visits if n.startswith("lb")} == {"lb1", "lb2"}
+    assert c.visits.count("lb1") + c.visits.count("lb2") == 16

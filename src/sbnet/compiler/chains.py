@@ -46,6 +46,7 @@ class Pair:
     ingress: dict
     egress: dict
     weight: int
+    aware: bool            # the SF speaks NSH (its pair's correlation is "nsh")
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,10 @@ def chain_plan(topo, chain: dict) -> Plan | None:
             ing, eg = topo.ports.get(pp["ingress"]), topo.ports.get(pp["egress"])
             if ing is None or eg is None or not topo.host_of(ing) or not topo.host_of(eg):
                 continue
-            weight = int((pp.get("service_function_parameters") or {}).get("weight", 1) or 0)
+            params = pp.get("service_function_parameters") or {}
+            weight = int(params.get("weight", 1) or 0)
             if weight > 0:
-                pairs.append(Pair(ing, eg, weight))
+                pairs.append(Pair(ing, eg, weight, params.get("correlation") == "nsh"))
         if not pairs:
             return None
         groups.append(tuple(sorted(pairs, key=lambda p: p.ingress["id"])))
@@ -168,7 +170,7 @@ def build_chain_classify(ctx, plan: Plan) -> None:
         if src is None or topo.host_of(src) != ctx.host or src["id"] not in ctx.chassis.ofports:
             continue
         ctx.group(_entry_group(ctx, plan))
-        build_chain_forward_encap(ctx, src)
+        build_chain_forward_encap(ctx, src, SI_FIRST)
         cookie = ctx.cookie("flow_classifier", fc["id"])
         inport = R.INPORT.match(topo.port_key[src["id"]])
         commit = R.flags_match(on=(R.COMMIT,))
@@ -194,13 +196,14 @@ def _entry_group(ctx, plan: Plan) -> A.GroupMod:
     return A.GroupMod(GROUP_BASE | plan.spi, "select", buckets, selection_method="hash", fields=HASH_FIELDS)
 
 
-def build_chain_forward_encap(ctx, src: dict) -> None:
-    """What a local source port's classifier took: encapsulated with the SPI and bucket
-    its group chose, SI 255 and the context to restore at the end, then looked up again."""
+def build_chain_forward_encap(ctx, src: dict, si: int) -> None:
+    """What a local source port's classifier took (or an NSH-unaware SF's egress port
+    returned): encapsulated with the SPI and bucket its group chose, the SI of the next
+    group and the context to restore at the end, then looked up again."""
     topo = ctx.topo
     net = src["network_id"]
     acts = [A.EncapNsh(1), A.Move(A.Subfield(R.CHAIN.field, 8, 24), A.Subfield.whole("nsh_spi")),
-            A.SetField("nsh_si", SI_FIRST), A.SetField("nsh_c1", topo.net_key[net]),
+            A.SetField("nsh_si", si), A.SetField("nsh_c1", topo.net_key[net]),
             A.SetField("nsh_c2", topo.port_key[src["id"]]), A.SetField("nsh_c3", topo.zone[net]),
             A.Move(A.Subfield(R.CHAIN.field, 0, 8), A.Subfield("nsh_c4", 0, 8)),
             A.Encap("ethernet"), A.SetField("eth_src", mac_int(src["mac_address"])),
@@ -240,8 +243,12 @@ def _to_pair(ctx, plan: Plan, pair: Pair, match: dict) -> None:
     aim = [A.SetField("eth_dst", mac_int(port["mac_address"])),
            R.OUTPORT.load(topo.port_key[port["id"]])]
     if host == ctx.host:
-        if port["id"] in ctx.chassis.ofports:
-            ctx.flow("chain_forward", 100, [*aim, ctx.goto("deliver")], match, cookie)
+        if port["id"] not in ctx.chassis.ofports:
+            return
+        if not pair.aware:
+            # An SF that does not speak NSH gets the frame as the source sent it.
+            aim = [R.OUTPORT.load(topo.port_key[port["id"]]), A.Decap(), A.Decap()]
+        ctx.flow("chain_forward", 100, [*aim, ctx.goto("deliver")], match, cookie)
         return
     if host not in topo.chassis:
         return
@@ -268,18 +275,37 @@ def build_chain_forward_end(ctx, plan: Plan) -> None:
         match, ctx.cookie("port_chain", plan.chain["id"]))
 
 
+def build_classify_chain_return(ctx, plan: Plan, pair: Pair, si: int) -> None:
+    """What an SF sends from its egress port continues its chain: NSH as it is; from an
+    NSH-unaware SF, IP is classified again as coming from the egress port (its group
+    picks the same bucket for the same 5-tuple) and encapsulated with the next SI."""
+    port = pair.egress
+    key = R.INPORT.match(ctx.topo.port_key[port["id"]])
+    cookie = ctx.cookie("port", port["id"])
+    entry = [*port_entry(ctx, port), ctx.goto("chain_forward")]
+    in_port = ctx.chassis.ofports[port["id"]]
+    if pair.aware:
+        ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": ETH_NSH}, cookie)
+        return
+    ctx.group(_entry_group(ctx, plan))
+    build_chain_forward_encap(ctx, port, si)
+    for eth in ETH.values():
+        ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": eth}, cookie)
+        ctx.flow("chain_forward", 100, [R.set_flags(R.CHAINED), A.Group(GROUP_BASE | plan.spi)],
+                 {"reg14": key, "eth_type": eth, "reg10": R.flags_match(off=(R.CHAINED,))},
+                 ctx.cookie("port_chain", plan.chain["id"]))
+
+
 def build_classify_chain_entry(ctx, plan: Plan) -> None:
     """NSH frames enter chain_forward straight from the classify stage: from a local SF's
     egress port (in its network, as coming from it), or from the tunnel or VLAN of a
     local SF ingress port's network."""
     topo, ch = ctx.topo, ctx.chassis
     nets = set()
-    for group in plan.groups:
+    for i, group in enumerate(plan.groups):
         for pair in group:
             if topo.host_of(pair.egress) == ctx.host and pair.egress["id"] in ch.ofports:
-                ctx.flow("classify", 110, [*port_entry(ctx, pair.egress), ctx.goto("chain_forward")],
-                         {"in_port": ch.ofports[pair.egress["id"]], "eth_type": ETH_NSH},
-                         ctx.cookie("port", pair.egress["id"]))
+                build_classify_chain_return(ctx, plan, pair, SI_FIRST - i - 1)
             if topo.host_of(pair.ingress) == ctx.host:
                 nets.add(pair.ingress["network_id"])
     for net_id in sorted(nets):
