@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from sbnet.compiler.compile import Diff, HostPipeline, compile_host, diff
+from sbnet.compiler.compile import Compiler, Diff, HostPipeline
 from sbnet.compiler.topology import TUNNEL_OFPORTS, Chassis, Topology
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch
@@ -30,6 +30,7 @@ class EmbeddedHost:
     ofports: dict[str, int] = field(default_factory=dict)      # port id -> ofport
     installed: HostPipeline | None = None
     next_ofport: int = FIRST_VIF
+    compiler: Compiler | None = None
 
     @property
     def underlay_mac(self) -> int:
@@ -136,8 +137,10 @@ class Cluster:
         topo = self.topology(snapshot)
         out = {}
         for h in self.hosts.values():
-            new = compile_host(topo, h.name)
-            d = diff(h.installed, new)
+            if h.compiler is None:
+                h.compiler = Compiler(h.name)
+            new = h.compiler.compile(topo)
+            d = h.compiler.last_diff
             apply_diff(h.switch, d)
             h.installed = new
             out[h.name] = d

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import TUNNEL_OFPORTS, TUNNEL_TYPES
+from sbnet.compiler.topology import TUNNEL_OFPORTS, TUNNEL_TYPES, version
 from sbnet.flows import actions as A
 
 VLAN_CFI = 0x1000
 
 
 def build(ctx) -> None:
-    build_classify_vifs(ctx)
-    build_classify_remote(ctx)
+    topo = ctx.topo
+    for port in topo.local_ports(ctx.host):
+        ctx.unit(("port", port["id"]), (topo.port_deps(port), topo.trunk_deps(port)),
+                 build_classify_vif, ctx, port)
+    if ctx.chassis is None:
+        return
+    for net_id, net in topo.networks.items():
+        if ctx.host not in topo.hosts_of(net_id) and not _external_here(ctx, net):
+            continue
+        phys = ctx.chassis.physnets.get(net.get("provider:physical_network") or "")
+        ctx.unit(("network", net_id), (version(net), topo.net_key[net_id], topo.zone[net_id],
+                                       phys), build_classify_remote, ctx, net_id, net)
 
 
 def port_entry(ctx, port: dict) -> list:
@@ -22,54 +32,48 @@ def port_entry(ctx, port: dict) -> list:
             R.INPORT.load(topo.port_key[port["id"]])]
 
 
-def build_classify_vifs(ctx) -> None:
-    """Local VIFs by in_port; a trunk's sub-ports by in_port and VLAN (the tag is popped)."""
+def build_classify_vif(ctx, port: dict) -> None:
+    """A local VIF by in_port; a trunk's sub-ports by in_port and VLAN (the tag is popped)."""
     topo, ch = ctx.topo, ctx.chassis
-    for port in topo.local_ports(ctx.host):
-        ofport = ch.ofports[port["id"]]
-        cookie = ctx.cookie("port", port["id"])
-        trunk = next((t for t in topo.trunks.values() if t["port_id"] == port["id"]), None)
-        match = {"in_port": ofport}
-        if trunk is not None:
-            match["vlan_tci"] = (0, VLAN_CFI)   # untagged frames belong to the parent
-            for sp in trunk.get("sub_ports") or ():
-                sub = topo.ports.get(sp["port_id"])
-                if sub is None:
-                    continue
-                ctx.flow("classify", 100, [A.PopVlan(), *port_entry(ctx, sub),
-                                           ctx.goto("port_security")],
-                         {"in_port": ofport, "vlan_vid": VLAN_CFI | int(sp["segmentation_id"])},
-                         ctx.cookie("port", sub["id"]))
-        ctx.flow("classify", 100, [*port_entry(ctx, port), ctx.goto("port_security")],
-                 match, cookie)
+    ofport = ch.ofports[port["id"]]
+    cookie = ctx.cookie("port", port["id"])
+    trunk = topo.trunk_of(port)
+    match = {"in_port": ofport}
+    if trunk is not None:
+        match["vlan_tci"] = (0, VLAN_CFI)   # untagged frames belong to the parent
+        for sp in trunk.get("sub_ports") or ():
+            sub = topo.ports.get(sp["port_id"])
+            if sub is None:
+                continue
+            ctx.flow("classify", 100, [A.PopVlan(), *port_entry(ctx, sub),
+                                       ctx.goto("port_security")],
+                     {"in_port": ofport, "vlan_vid": VLAN_CFI | int(sp["segmentation_id"])},
+                     ctx.cookie("port", sub["id"]))
+    ctx.flow("classify", 100, [*port_entry(ctx, port), ctx.goto("port_security")],
+             match, cookie)
 
 
-def build_classify_remote(ctx) -> None:
-    """Networks with ports here: their tunnel VNI/key, or their VLAN on the physical network."""
+def build_classify_remote(ctx, net_id: str, net: dict) -> None:
+    """A network with ports here: its tunnel VNI/key, or its VLAN on the physical network."""
     topo, ch = ctx.topo, ctx.chassis
-    if ch is None:
+    kind = topo.network_type(net)
+    seg = net.get("provider:segmentation_id")
+    entry = [R.NETWORK.load(topo.net_key[net_id]), R.ZONE.load(topo.zone[net_id]),
+             R.set_flags(R.FROM_REMOTE)]
+    cookie = ctx.cookie("network", net_id)
+    if kind in TUNNEL_TYPES:
+        ctx.flow("classify", 100, [*entry, ctx.goto("l2_lookup")],
+                 {"in_port": TUNNEL_OFPORTS[kind], "tun_id": int(seg or 0)}, cookie)
         return
-    for net_id, net in topo.networks.items():
-        if ctx.host not in topo.hosts_of(net_id) and not _external_here(ctx, net):
-            continue
-        kind = topo.network_type(net)
-        seg = net.get("provider:segmentation_id")
-        entry = [R.NETWORK.load(topo.net_key[net_id]), R.ZONE.load(topo.zone[net_id]),
-                 R.set_flags(R.FROM_REMOTE)]
-        cookie = ctx.cookie("network", net_id)
-        if kind in TUNNEL_TYPES:
-            ctx.flow("classify", 100, [*entry, ctx.goto("l2_lookup")],
-                     {"in_port": TUNNEL_OFPORTS[kind], "tun_id": int(seg or 0)}, cookie)
-            continue
-        phys = ch.physnets.get(net.get("provider:physical_network") or "")
-        if phys is None:
-            continue
-        if kind == "vlan":
-            ctx.flow("classify", 100, [A.PopVlan(), *entry, ctx.goto("arp_responder")],
-                     {"in_port": phys, "vlan_vid": VLAN_CFI | int(seg)}, cookie)
-        else:  # flat
-            ctx.flow("classify", 100, [*entry, ctx.goto("arp_responder")],
-                     {"in_port": phys, "vlan_tci": (0, VLAN_CFI)}, cookie)
+    phys = ch.physnets.get(net.get("provider:physical_network") or "")
+    if phys is None:
+        return
+    if kind == "vlan":
+        ctx.flow("classify", 100, [A.PopVlan(), *entry, ctx.goto("arp_responder")],
+                 {"in_port": phys, "vlan_vid": VLAN_CFI | int(seg)}, cookie)
+    else:  # flat
+        ctx.flow("classify", 100, [*entry, ctx.goto("arp_responder")],
+                 {"in_port": phys, "vlan_tci": (0, VLAN_CFI)}, cookie)
 
 
 def _external_here(ctx, net: dict) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import TUNNEL_TYPES, ip_value, is_vif, mac_int
+from sbnet.compiler.topology import TUNNEL_TYPES, ip_value, is_vif, mac_int, version
 from sbnet.flows import actions as A
 
 ETH_ARP = 0x0806
@@ -13,33 +13,44 @@ MULTICAST = (1 << 40, 1 << 40)       # the group bit of eth_dst
 def build(ctx) -> None:
     topo = ctx.topo
     for net_id in sorted(topo.networks):
-        if ctx.host not in topo.hosts_of(net_id):
+        hosts = topo.hosts_of(net_id)
+        if ctx.host not in hosts:
             continue
-        build_arp_responder(ctx, net_id)
-        build_l2_unicast(ctx, net_id)
-        build_l2_flood(ctx, net_id)
+        for port in topo.ports_of[net_id]:
+            # Whether it is plugged here is an input too (its VIF ofport is in port_deps).
+            ctx.unit(("port", port["id"]), topo.port_deps(port), build_l2_port, ctx, port)
+        local = tuple(topo.port_key[p["id"]] for p in topo.ports_of[net_id]
+                      if is_vif(p) and topo.host_of(p) == ctx.host and _plugged(ctx, p))
+        remote = tuple((h, topo.chassis[h].tunnel_ip) for h in sorted(hosts - {ctx.host}))
+        net = topo.networks[net_id]
+        ctx.unit(("flood", net_id), (version(net), topo.net_key[net_id], local, remote),
+                 build_l2_flood, ctx, net_id)
 
 
-def build_arp_responder(ctx, net_id: str) -> None:
+def build_l2_port(ctx, port: dict) -> None:
+    build_arp_responder(ctx, port)
+    build_l2_unicast(ctx, port)
+
+
+def build_arp_responder(ctx, port: dict) -> None:
     """Requests from local ports for any address of a port on the network (router ports
     included: that is the gateway's ARP) are answered here; requests from other hosts
     are left to their own responders."""
     topo = ctx.topo
-    net = R.NETWORK.match(topo.net_key[net_id])
+    net = R.NETWORK.match(topo.net_key[port["network_id"]])
     local = R.flags_match(off=(R.FROM_REMOTE,))
-    for port in topo.ports_of[net_id]:
-        mac = mac_int(port["mac_address"])
-        for ip in topo.ips(port, 4):
-            reply = [
-                *arp_reply(mac, ip),
-                # Back out of the asking port, with its VLAN if it is a trunk sub-port.
-                A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
-                A.Resubmit(table=ctx.table("deliver")),
-            ]
-            ctx.flow("arp_responder", 100, reply,
-                     {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
-                      "arp_tpa": ip_value(ip)},
-                     ctx.cookie("port", port["id"]))
+    mac = mac_int(port["mac_address"])
+    for ip in topo.ips(port, 4):
+        reply = [
+            *arp_reply(mac, ip),
+            # Back out of the asking port, with its VLAN if it is a trunk sub-port.
+            A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
+            A.Resubmit(table=ctx.table("deliver")),
+        ]
+        ctx.flow("arp_responder", 100, reply,
+                 {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
+                  "arp_tpa": ip_value(ip)},
+                 ctx.cookie("port", port["id"]))
 
 
 def arp_reply(mac: int, ip: str) -> list:
@@ -67,29 +78,26 @@ def remote_out(ctx, net: dict, host: str) -> list:
     return acts
 
 
-def build_l2_unicast(ctx, net_id: str) -> None:
+def build_l2_unicast(ctx, port: dict) -> None:
     topo = ctx.topo
-    net = topo.networks[net_id]
-    meta = R.NETWORK.match(topo.net_key[net_id])
-    for port in topo.ports_of[net_id]:
-        if not is_vif(port):
-            continue
-        host = topo.host_of(port)
-        if host not in topo.chassis:
-            continue
-        mac = mac_int(port["mac_address"])
-        out = R.OUTPORT.load(topo.port_key[port["id"]])
-        cookie = ctx.cookie("port", port["id"])
-        if host == ctx.host:
-            if _plugged(ctx, port):
-                ctx.flow("l2_lookup", 100, [out, ctx.goto("ingress_ct")],
-                         {"metadata": meta, "eth_dst": mac}, cookie)
-            continue
-        # Remote ports are reached only from local senders: a host never relays
-        # between two remote ends (split horizon).
-        ctx.flow("l2_lookup", 100, [out, *remote_out(ctx, net, host), ctx.goto("ingress_ct")],
-                 {"metadata": meta, "eth_dst": mac,
-                  "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+    net = topo.networks[port["network_id"]]
+    meta = R.NETWORK.match(topo.net_key[port["network_id"]])
+    host = topo.host_of(port)
+    if not is_vif(port) or host not in topo.chassis:
+        return
+    mac = mac_int(port["mac_address"])
+    out = R.OUTPORT.load(topo.port_key[port["id"]])
+    cookie = ctx.cookie("port", port["id"])
+    if host == ctx.host:
+        if _plugged(ctx, port):
+            ctx.flow("l2_lookup", 100, [out, ctx.goto("ingress_ct")],
+                     {"metadata": meta, "eth_dst": mac}, cookie)
+        return
+    # Remote ports are reached only from local senders: a host never relays
+    # between two remote ends (split horizon).
+    ctx.flow("l2_lookup", 100, [out, *remote_out(ctx, net, host), ctx.goto("ingress_ct")],
+             {"metadata": meta, "eth_dst": mac,
+              "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
 
 
 def _plugged(ctx, port: dict) -> bool:

@@ -14,20 +14,18 @@ MAC_ALL = (1 << 48) - 1
 
 
 def build(ctx) -> None:
-    for port in ctx.topo.local_ports(ctx.host):
-        build_port_security(ctx, port)
-        for sub in _subports(ctx, port):
-            build_port_security(ctx, sub)
-
-
-def _subports(ctx, port: dict) -> list[dict]:
     topo = ctx.topo
-    out = []
-    for t in topo.trunks.values():
-        if t["port_id"] == port["id"]:
-            out += [topo.ports[sp["port_id"]] for sp in t.get("sub_ports") or ()
-                    if sp["port_id"] in topo.ports]
-    return out
+    for port in topo.local_ports(ctx.host):
+        for p in subports(topo, port, parent=True):
+            ctx.unit(("port", p["id"]), topo.port_deps(p), build_port_security, ctx, p)
+
+
+def subports(topo, port: dict, parent: bool = False) -> list[dict]:
+    """The sub-ports of the trunk whose parent is `port` (with the parent first if asked)."""
+    t = topo.trunk_of(port)
+    subs = [topo.ports[sp["port_id"]] for sp in (t.get("sub_ports") or ()) if t
+            and sp["port_id"] in topo.ports] if t else []
+    return [port, *subs] if parent else subs
 
 
 def link_local(mac: str) -> str:

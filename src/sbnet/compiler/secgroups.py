@@ -18,7 +18,8 @@ import ipaddress
 from collections import defaultdict
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import allocate_keys, ip_value, port_secured
+from sbnet.compiler.port_security import subports
+from sbnet.compiler.topology import allocate_keys, ip_value, port_secured, version
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 from sbnet.model.secgroups import PORT_PROTOCOLS, protocol_number
@@ -38,20 +39,64 @@ DIRECTIONS = {
 
 
 def build(ctx) -> None:
-    ports = [p for lp in ctx.topo.local_ports(ctx.host) for p in _with_subports(ctx, lp)]
+    topo = ctx.topo
     for direction in DIRECTIONS:
         build_sg_fixed(ctx, direction)
-        build_sg_rules(ctx, direction, ports)
     build_commit(ctx)
+    local_groups: set[str] = set()
+    for lp in topo.local_ports(ctx.host):
+        for port in subports(topo, lp, parent=True):
+            gids = tuple(port.get("security_groups") or ())
+            ctx.unit(("port", port["id"]),
+                     (topo.port_deps(port), tuple(group_deps(topo, g) for g in gids)),
+                     build_sg_port, ctx, port)
+            if port_secured(port, topo.networks.get(port["network_id"])):
+                local_groups.update(gids)
+    refs: dict[tuple, list[int]] = defaultdict(list)
+    for gid in sorted(local_groups):
+        if gid not in topo.security_groups:
+            continue
+        ctx.unit(("group", gid), group_deps(topo, gid), build_sg_group, ctx, gid)
+        for rule in topo.sg_rules[gid]:
+            if rule.get("remote_group_id"):
+                key = (rule["remote_group_id"], rule["direction"], rule.get("ethertype") or "IPv4")
+                refs[key].append(conj_ids(topo)[rule["id"]])
+    for (remote, direction, eth), cids in sorted(refs.items()):
+        members = member_ips(topo, remote, 4 if eth == "IPv4" else 6)
+        ctx.unit(("members", remote, direction, eth), (tuple(sorted(cids)), members),
+                 build_sg_members, ctx, direction, eth, sorted(cids), members)
 
 
-def _with_subports(ctx, port: dict) -> list[dict]:
-    topo = ctx.topo
-    out = [port]
-    for t in topo.trunks.values():
-        if t["port_id"] == port["id"]:
-            out += [topo.ports[sp["port_id"]] for sp in t.get("sub_ports") or ()
-                    if sp["port_id"] in topo.ports]
+def conj_ids(topo) -> dict[str, int]:
+    """A conjunction id per rule, stable while the rule exists (one allocation per model)."""
+    try:
+        return topo.__dict__["_conj_ids"]
+    except KeyError:
+        ids = allocate_keys([r for rules in topo.sg_rules.values() for r in rules], 31, "conj")
+        topo.__dict__["_conj_ids"] = ids
+        return ids
+
+
+def group_deps(topo, gid: str) -> tuple:
+    """A group's version and its rules' (one computation per model, shared by hosts)."""
+    memo = topo.__dict__.setdefault("_group_deps", {})
+    out = memo.get(gid)
+    if out is None:
+        g = topo.security_groups.get(gid)
+        ids = conj_ids(topo)
+        out = (gid, None) if g is None else (
+            version(g), tuple((version(r), ids[r["id"]]) for r in topo.sg_rules[gid]))
+        memo[gid] = out
+    return out
+
+
+def member_ips(topo, gid: str, v: int) -> tuple:
+    """(port id, addresses) of a group's members (one computation per model)."""
+    memo = topo.__dict__.setdefault("_member_ips", {})
+    out = memo.get((gid, v))
+    if out is None:
+        out = tuple((p["id"], tuple(topo.ips(p, v))) for p in topo.members.get(gid, ()))
+        memo[(gid, v)] = out
     return out
 
 
@@ -125,58 +170,62 @@ def rule_matches(rule: dict, direction: str) -> list[dict]:
     return [base]
 
 
-def build_sg_rules(ctx, direction: str, ports: list[dict]) -> None:
+def _clauses(rule: dict) -> int:
+    return 3 if rule.get("remote_group_id") else 2
+
+
+def build_sg_port(ctx, port: dict) -> None:
+    """The port's side of its groups' conjunctions (one flow per direction listing every
+    rule), its conntrack entry, or a pass when port security is off."""
     topo = ctx.topo
-    ct_table, sg_table, nxt, reg, peer = DIRECTIONS[direction]
-    conj_ids = ctx.__dict__.setdefault("_conj_ids", allocate_keys(
-        [r for rules in topo.sg_rules.values() for r in rules], 31, "conj"))
-    clauses: dict[tuple, list] = defaultdict(list)   # (match items) -> conjunction actions
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for port in ports:
+    cookie = ctx.cookie("port", port["id"])
+    secured = port_secured(port, topo.networks.get(port["network_id"]))
+    ids = conj_ids(topo)
+    for direction, (ct_table, sg_table, nxt, reg, _) in DIRECTIONS.items():
         key = reg.match(topo.port_key[port["id"]])
-        cookie = ctx.cookie("port", port["id"])
-        if not port_secured(port, topo.networks.get(port["network_id"])):
+        if not secured:
             ctx.flow(sg_table, 50, [ctx.goto(nxt)], {reg.field: key}, cookie)
             continue
         if stateful(topo, port):
             for eth in ETH.values():
                 ctx.flow(ct_table, 100, [A.Ct(zone=R.ZONE.sub, table=ctx.table(sg_table))],
                          {reg.field: key, "eth_type": eth}, cookie)
-        for g in port.get("security_groups") or ():
-            groups[g].append(port)
-    for gid, members in groups.items():
-        group = topo.security_groups.get(gid)
-        if group is None:
-            continue
-        is_stateful = group.get("stateful", True)
-        for rule in topo.sg_rules[gid]:
-            if rule["direction"] != direction:
-                continue
-            cid = conj_ids[rule["id"]]
-            remote = rule.get("remote_group_id")
-            n = 3 if remote else 2
-            for port in members:
-                clauses[((reg.field, reg.match(topo.port_key[port["id"]])),)].append(
-                    A.Conjunction(cid, 1, n))
-            ct = {"ct_state": (NEW | TRK, NEW | TRK | EST | REL | INV)} if is_stateful else {}
-            for m in rule_matches(rule, direction):
-                clauses[tuple({**m, **ct}.items())].append(A.Conjunction(cid, 2, n))
-            if remote:
-                eth = rule.get("ethertype") or "IPv4"
-                version = 4 if eth == "IPv4" else 6
-                fld = f"ip_{peer}" if version == 4 else f"ipv6_{peer}"
-                for member in topo.members.get(remote, ()):
-                    for ip in topo.ips(member, version):
-                        v = ip_value(ip)
-                        clauses[(("eth_type", ETH[eth]), (fld, v))].append(
-                            A.Conjunction(cid, 3, n))
-            accept = ([R.set_flags(R.COMMIT)] if is_stateful else []) + [ctx.goto(nxt)]
-            ctx.flow(sg_table, RULE_PRIORITY, accept, {"conj_id": cid},
-                     ctx.cookie("security_group_rule", rule["id"]))
-    for items, conjs in clauses.items():
-        # A match shared by several rules is one flow with all their conjunctions.
-        ctx.flow(sg_table, RULE_PRIORITY, sorted(set(conjs), key=lambda c: (c.conj_id, c.clause)),
-                 dict(items))
+        conjs = {A.Conjunction(ids[r["id"]], 1, _clauses(r))
+                 for g in port.get("security_groups") or () for r in topo.sg_rules.get(g, ())
+                 if r["direction"] == direction}
+        if conjs:
+            ctx.flow(sg_table, RULE_PRIORITY, sorted(conjs, key=lambda c: c.conj_id),
+                     {reg.field: key})
+
+
+def build_sg_group(ctx, gid: str) -> None:
+    """A group's rules: each rule's own clause (protocol, ports, prefix; +new when stateful)
+    and what its conjunction does when all clauses hold."""
+    topo = ctx.topo
+    group = topo.security_groups[gid]
+    is_stateful = group.get("stateful", True)
+    ids = conj_ids(topo)
+    for rule in topo.sg_rules[gid]:
+        direction = rule["direction"]
+        _, sg_table, nxt, _, _ = DIRECTIONS[direction]
+        cid, n = ids[rule["id"]], _clauses(rule)
+        ct = {"ct_state": (NEW | TRK, NEW | TRK | EST | REL | INV)} if is_stateful else {}
+        for m in rule_matches(rule, direction):
+            ctx.flow(sg_table, RULE_PRIORITY, [A.Conjunction(cid, 2, n)], {**m, **ct})
+        accept = ([R.set_flags(R.COMMIT)] if is_stateful else []) + [ctx.goto(nxt)]
+        ctx.flow(sg_table, RULE_PRIORITY, accept, {"conj_id": cid},
+                 ctx.cookie("security_group_rule", rule["id"]))
+
+
+def build_sg_members(ctx, direction: str, eth: str, cids: list[int], members: tuple) -> None:
+    """The remote group's side: each member address completes the conjunctions of every
+    local rule that names the group."""
+    _, sg_table, _, _, peer = DIRECTIONS[direction]
+    fld = f"ip_{peer}" if eth == "IPv4" else f"ipv6_{peer}"
+    acts = [A.Conjunction(c, 3, 3) for c in cids]
+    for _, ips in members:
+        for ip in ips:
+            ctx.flow(sg_table, RULE_PRIORITY, acts, {"eth_type": ETH[eth], fld: ip_value(ip)})
 
 
 def build_commit(ctx) -> None:

@@ -193,6 +193,40 @@ class Topology:
             return ""
         return max(able, key=lambda c: zlib.crc32(f"{router_id}:{c.name}".encode())).name
 
+    # --- unit inputs (see compile.Context.unit) -----------------------------------------
+
+    def port_deps(self, port: dict) -> tuple:
+        """Everything about a port that a flow for it may depend on: its own version and
+        key, its network's, the host it is on (tunnel IP) and its VIF ofport there."""
+        net = self.networks.get(port["network_id"]) or {}
+        host = self.host_of(port)
+        ch = self.chassis.get(host)
+        sub = self.subport_of.get(port["id"])
+        vif = sub[0]["port_id"] if sub else port["id"]
+        return (version(port), self.port_key[port["id"]], version(net),
+                self.net_key.get(port["network_id"]), self.zone.get(port["network_id"]), host,
+                ch.tunnel_ip if ch else None, ch.ofports.get(vif) if ch else None,
+                (version(sub[0]), sub[1]) if sub else None)
+
+    def trunk_of(self, port: dict) -> dict | None:
+        """The trunk whose parent is `port`."""
+        return self._trunk_by_parent().get(port["id"])
+
+    def _trunk_by_parent(self) -> dict[str, dict]:
+        try:
+            return self.__dict__["_trunks_by_parent"]
+        except KeyError:
+            out = {t["port_id"]: t for t in self.trunks.values()}
+            self.__dict__["_trunks_by_parent"] = out
+            return out
+
+    def trunk_deps(self, port: dict) -> tuple:
+        t = self.trunk_of(port)
+        if t is None:
+            return ()
+        return (version(t), tuple(self.port_deps(self.ports[sp["port_id"]])
+                                  for sp in t.get("sub_ports") or () if sp["port_id"] in self.ports))
+
     def ips(self, port: dict, version: int | None = None) -> list[str]:
         return [f["ip_address"] for f in port.get("fixed_ips") or ()
                 if version is None or ip_version(f["ip_address"]) == version]
@@ -206,6 +240,15 @@ def ip_version(addr: str) -> int:
 @functools.lru_cache(maxsize=1 << 16)
 def ip_value(addr: str) -> int:
     return int(ipaddress.ip_address(addr))
+
+
+def version(body: dict) -> tuple:
+    """A resource's version: the API bumps revision_number on every change.  Bodies without
+    one (hand-made snapshots) are compared by content."""
+    rev = body.get("revision_number")
+    if rev is None:
+        return (body.get("id"), repr(sorted(body.items(), key=lambda kv: kv[0])))
+    return (body["id"], rev, body.get("updated_at"))
 
 
 def is_vif(port: dict) -> bool:
