@@ -255,7 +255,7 @@ def oracle(b: bytes, a) -> bytes:
         case SetFields("skb_mark", _):
             return b
         case PushVlan(tpid, tci):
-            return b[:12] + struct.pack("!HH", tpid, tci) + b[12:]
+            return b[:12] + struct.pack("!HH", tpid, tci & 0xEFFF) + b[12:]   # CFI never on the wire
         case PopVlan():
             if struct.unpack_from("!H", b, 12)[0] in VLAN_TPIDS:
                 return b[:12] + b[16:]

@@ -533,7 +533,9 @@ def _push_vlan(st: _Work, tpid: int, tci: int) -> None:
     r = np.arange(len(start))
     _move(b.data, r, start, 12, -4)
     site = _site(None, start)
-    _put(b.data, site, 8, 4, _const(tpid << 16 | tci, 4))
+    # The CFI bit of a flow's TCI means "a tag is present"; on the wire it is DEI and OVS's
+    # eth_push_vlan clears it.
+    _put(b.data, site, 8, 4, _const(tpid << 16 | (tci & 0xEFFF), 4))
     b.start -= 4
     b.length += 4
 
