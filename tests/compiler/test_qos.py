@@ -62,14 +62,22 @@ def kbps_at(batches, sender: int, port: dict, start: float = 0.0,
     return bits / (end - start) / 1000
 
 
-def test_egress_limit_holds_a_sustained_stream_to_max_kbps_and_other_ports_are_free():
+def limited_pair(*rules: tuple[str, dict]):
+    """A cloud on simulated time: port a on h1 with a policy of these rules, port b on h2,
+    on a network without port security (the limits are the subject, not the groups)."""
     clock = Clock()
     c = Cloud(clock=clock)
     net = c.network("p1", port_security_enabled=False)
-    limited = policy(c, "p1", ("bandwidth_limit", {"max_kbps": LIMIT}))
-    a = c.port("p1", net, "h1", qos_policy_id=limited["id"])
-    free = c.port("p1", net, "h1")
+    pol = policy(c, "p1", *rules)
+    a = c.port("p1", net, "h1", qos_policy_id=pol["id"])
     b = c.port("p1", net, "h2")
+    c.sync()
+    return c, clock, net, pol, a, b
+
+
+def test_egress_limit_holds_a_sustained_stream_to_max_kbps_and_other_ports_are_free():
+    c, clock, net, _, a, b = limited_pair(("bandwidth_limit", {"max_kbps": LIMIT}))
+    free = c.port("p1", net, "h1")
     c.sync()
     fa, ff = big_udp(net, a, b), big_udp(net, free, b)
     batches = stream(c, clock, [(a, fa), (free, ff)], 2 * LIMIT)
@@ -121,13 +129,7 @@ def test_a_network_policy_limits_ports_without_their_own():
 
 
 def test_changing_the_limit_retunes_the_meter_and_removing_the_policy_frees_the_port():
-    clock = Clock()
-    c = Cloud(clock=clock)
-    net = c.network("p1", port_security_enabled=False)
-    pol = policy(c, "p1", ("bandwidth_limit", {"max_kbps": LIMIT}))
-    a = c.port("p1", net, "h1", qos_policy_id=pol["id"])
-    b = c.port("p1", net, "h2")
-    c.sync()
+    c, clock, net, pol, a, b = limited_pair(("bandwidth_limit", {"max_kbps": LIMIT}))
     frame = big_udp(net, a, b)
     rule = c.api.snapshot()["policy"][0]["rules"][0]
     c.api.request("PUT", f"qos/policies/{pol['id']}/bandwidth_limit_rules/{rule['id']}",
@@ -145,13 +147,7 @@ def test_changing_the_limit_retunes_the_meter_and_removing_the_policy_frees_the_
 def test_minimum_bandwidth_is_not_enforced_in_the_datapath():
     """Neutron's OVS agent honours minimum bandwidth only through Placement; a minimum is
     never turned into a cap (nor faked)."""
-    clock = Clock()
-    c = Cloud(clock=clock)
-    net = c.network("p1", port_security_enabled=False)
-    pol = policy(c, "p1", ("minimum_bandwidth", {"min_kbps": LIMIT}))
-    a = c.port("p1", net, "h1", qos_policy_id=pol["id"])
-    b = c.port("p1", net, "h2")
-    c.sync()
+    c, clock, net, _, a, b = limited_pair(("minimum_bandwidth", {"min_kbps": LIMIT}))
     batches = stream(c, clock, [(a, big_udp(net, a, b))], 4 * LIMIT, seconds=1.0)
     assert abs(kbps_at(batches, 0, b, 0.0, 1.0) - 4 * LIMIT) <= 0.02 * LIMIT
 
@@ -181,3 +177,20 @@ def test_dscp_marking_sets_the_mark_on_ipv4_and_ipv6_a_port_sends():
                / IP(src=ip_of(b), dst=ip_of(a)) / UDP(sport=9, dport=7) / b"r")
     (reply,) = c.send(b, [back]).to(a["id"])
     assert Ether(reply)[IP].tos == 0
+
+
+def test_a_trunk_subports_policy_marks_what_it_sends_on_its_vlan():
+    c = Cloud()
+    n0, n1 = c.network("p1"), c.network("p1", cidr="10.1.0.0/24")
+    pol = policy(c, "p1", ("dscp_marking", {"dscp_mark": 46}))
+    parent = c.port("p1", n0, "h1")
+    sub = c.port("p1", n1, None, qos_policy_id=pol["id"])
+    peer, peer0 = c.port("p1", n1, "h2"), c.port("p1", n0, "h2")
+    c.api.create("trunks", project="p1", port_id=parent["id"], sub_ports=[
+        {"port_id": sub["id"], "segmentation_type": "vlan", "segmentation_id": 101}])
+    c.sync()
+    frame = udp(sub, peer, 7, 9)
+    (got,) = c.send(parent, [frame[:12] + b"\x81\x00\x00\x65" + frame[12:]]).to(peer["id"])
+    assert Ether(got)[IP].tos == 46 << 2
+    (plain,) = c.send(parent, [udp(parent, peer0, 7, 9)]).to(peer0["id"])   # the parent has none
+    assert Ether(plain)[IP].tos == 0
