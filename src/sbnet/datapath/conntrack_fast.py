@@ -22,7 +22,6 @@ _MAX_WINDOW = 128          # bytes of IPv4 packet summed with one small matrix p
 _LAYERS = 4                # k-th rows of a connection run as k-th vectorized pass, up to this
 _TCP_META = np.uint64(IP_TCP << 16)
 _ZERO = np.uint64(0)
-_U16 = np.uint64(16)
 
 
 class ExpressPath:
@@ -86,7 +85,7 @@ class ExpressPath:
         same_zone = sub(col(keys[_S["ct_zone"]])) == zc
         ok_pkt = geo & (((w3 >> 16) & (T.SYN | T.FIN | T.RST | T.ACK)) == T.ACK)
         if self.checksums:
-            ok_pkt &= _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys, geo)
+            ok_pkt &= _tcp4_checksums(data, grows, sliced, u3, hl, tot, keys, geo)
         # Packets NATed before in this zone are looked up by their reverse tuple.
         natted = same_zone & ((st_in & np.uint64(_NAT_BITS)) != 0)
         ok_pkt &= ~natted
@@ -241,24 +240,20 @@ class ExpressPath:
         return self._mark
 
 
-def _fold(x: np.ndarray) -> np.ndarray:
-    """Ones-complement fold of non-negative int64 sums below 2**32."""
-    x = (x & 0xFFFF) + (x >> 16)
-    return (x & 0xFFFF) + (x >> 16)
-
-
-def _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys, geo) -> np.ndarray:
+def _tcp4_checksums(data, grows, sliced, u3, hl, tot, keys, geo) -> np.ndarray:
     """IPv4 header and TCP checksum verdicts of the packets whose IP header is at
     column u3, hl bytes long (where geo holds; False elsewhere)."""
     good = np.zeros(grows.size, dtype=bool)
     small = geo & (tot <= _MAX_WINDOW) & (tot >= hl)
-    if small.any() and not u3 & 1 and data.strides[1] == 1 and not data.strides[0] & 1 \
-            and u3 + (int(tot[small].max()) + 1) // 2 * 2 <= data.shape[1]:
-        if small.all():
-            good = _tcp4_small(data, None if sliced else grows, u3, hl, tot, src, dst)
+    every = small.all()
+    if (every or small.any()) and not u3 & 1 and data.strides[1] == 1 \
+            and not data.strides[0] & 1 \
+            and u3 + (int((tot if every else tot[small]).max()) + 1) // 2 * 2 <= data.shape[1]:
+        if every:
+            good = _tcp4_small(data, None if sliced else grows, u3, hl, tot)
         else:
             j = np.flatnonzero(small)
-            good[j] = _tcp4_small(data, grows[j], u3, hl, tot[j], src[j], dst[j])
+            good[j] = _tcp4_small(data, grows[j], u3, hl, tot[j])
         geo = geo & ~small
     j = np.flatnonzero(geo & (tot >= hl))
     if j.size:
@@ -269,28 +264,33 @@ def _tcp4_checksums(data, grows, sliced, u3, hl, tot, src, dst, keys, geo) -> np
     return good
 
 
-def _tcp4_small(data, grows, u3, hl, tot, src, dst) -> np.ndarray:
+def _tcp4_small(data, grows, u3, hl, tot) -> np.ndarray:
     """_tcp4_checksums of packets of at most _MAX_WINDOW bytes (grows None: every row).
 
-    Row sums of native 16-bit words as one float32 matrix product (exact: sums
-    stay below 2**24), bytes past each packet's end masked out; a
-    ones-complement sum of byte-swapped words is the swapped sum (RFC 1071).
+    Two row sums of native 16-bit words, as one float32 matrix product (exact:
+    sums stay below 2**24), bytes past each packet's end masked out: the IPv4
+    header, and the TCP segment with the pseudo-header (its addresses are
+    header words 6-9; protocol and length are added byte-swapped, as a
+    ones-complement sum of swapped words is the swapped sum, RFC 1071).  A
+    positive sum folds to 0xFFFF exactly when 0xFFFF divides it.
     """
     t0 = int(tot.max())
     w = (t0 + 1) // 2
     win = data[:, u3:u3 + 2 * w] if grows is None else data[grows, u3:u3 + 2 * w]
-    if t0 & 1 or (tot != t0).any():
+    uniform = not (tot != t0).any()
+    if t0 & 1 or not uniform:
         win = win * (np.arange(2 * w) < tot[:, None])
     pick = np.zeros((2, w), dtype=np.float32)
     pick[0, :hl // 2] = 1
-    pick[1] = 1
-    hsum, total = (pick @ win.view(np.uint16).astype(np.float32).T).astype(np.int64)
-    l4 = _fold(total - hsum)
+    pick[1, 6:10] = 1
+    pick[1, hl // 2:] = 1
+    sums = pick @ win.view(np.uint16).astype(np.float32).T
+    rest = IP_TCP + (t0 if uniform else tot) - hl
     if np.little_endian:
-        l4 = ((l4 & 0xFF) << 8) | (l4 >> 8)
-    pseudo = ((src >> _U16) + (src & np.uint64(0xFFFF)) + (dst >> _U16)
-              + (dst & np.uint64(0xFFFF))).astype(np.int64)
-    return (_fold(hsum) == 0xFFFF) & (_fold(pseudo + l4 + IP_TCP + tot - hl) == 0xFFFF)
+        rest = ((rest & 0xFF) << 8) | (rest >> 8)
+    sums[1] += rest
+    ok = np.fmod(sums, np.float32(0xFFFF)) == 0
+    return ok[0] & ok[1]
 
 
 def _write_md_tcp4(keys, grows, whole, st, zones, R) -> None:
