@@ -99,6 +99,12 @@ def test_demo_prints_forwarded_and_dropped_per_host_with_rule_names(tmp_path):
     assert sum(d["packets"] for d in spoofed["dropped_by"]) == spoofed["sent"] == 24
     cross = cats["denied: cross-project"]
     assert cross["arrived"] == cross["leaked"] == 0 and cross["sent"] == 16
+    # Through the router: arrived means seen with the addresses NAT must give (the gateway
+    # IP for SNAT, the VM's own address behind its floating IP and the floating IP back).
+    for name in ("routed: alpha-front to alpha-back", "routed: SNAT to the outside",
+                 "floating IP from the outside"):
+        c = cats[name]
+        assert c["sent"] == c["arrived"] == c["as_expected"] > 0, (name, c)
     # Every host's printed totals agree with the per-rule rows.
     for host in ("host1", "host2", "host3"):
         fwd = sum(r["packets"] for r in rep["rules"] if r["host"] == host and
