@@ -69,6 +69,34 @@ def test_routing_between_subnets_on_one_host_and_across_hosts(dst_host):
     assert Ether(ret).src == g1["mac_address"] and Ether(ret)[IP].ttl == 63
 
 
+@pytest.mark.parametrize("dst_host", ["h1", "h2"])
+def test_ipv6_routing_between_connected_subnets(dst_host):
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+    c = Cloud()
+    n1, n2 = c.network("p1", "fd00:1::/64"), c.network("p1", "fd00:2::/64")
+    r = router(c, "p1", n1, n2)
+    a, b = c.port("p1", n1, "h1"), c.port("p1", n2, dst_host)
+    c.sync()
+    g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+    ping = raw(Ether(src=a["mac_address"], dst=g1["mac_address"])
+               / IPv6(src=ip_of(a, 6), dst=ip_of(b, 6), hlim=64) / ICMPv6EchoRequest(id=3)
+               / b"payload")
+    d = c.send(a, [ping])
+    (got,) = d.to(b["id"])
+    p = Ether(got)
+    assert (p.src, p.dst, p[IPv6].hlim) == (g2["mac_address"], b["mac_address"], 63)
+    assert (p[IPv6].src, p[IPv6].dst, p[ICMPv6EchoRequest].data) == (
+        ip_of(a, 6), ip_of(b, 6), b"payload")
+    assert d.total == 1
+    pong = raw(Ether(src=b["mac_address"], dst=g2["mac_address"])
+               / IPv6(src=ip_of(b, 6), dst=ip_of(a, 6)) / ICMPv6EchoReply(id=3) / b"payload")
+    (back,) = c.send(b, [pong]).to(a["id"])
+    assert Ether(back)[IPv6].hlim == 63
+    expired = Ether(ping)
+    expired[IPv6].hlim = 1
+    assert c.send(a, [raw(expired)]).total == 0
+
+
 def conversation(c, client, cgw, server, sgw, sport, dport):
     syn = c.send(client, [via(client, cgw, ip_of(server), b"", sport=sport, dport=dport,
                               flags="S", seq=100)]).to(server["id"])

@@ -40,23 +40,25 @@ from sbnet.compiler.topology import (
     ROUTER_OWNERS,
     TUNNEL_OFPORTS,
     TUNNEL_TYPES,
+    ip_value,
     mac_int,
 )
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 
-ETH_IP, ETH_ARP = 0x0800, 0x0806
+ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+ETH = {4: ETH_IP, 6: ETH_IPV6}
 
 
 @dataclass(frozen=True)
 class Iface:
-    """One IPv4 address of a router on one network (an interface or the gateway)."""
+    """One address of a router on one network (an interface or the gateway)."""
 
     port: dict
     net_id: str
     mac: int
     ip: str
-    cidr: ipaddress.IPv4Network
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
     external: bool
 
 
@@ -64,7 +66,7 @@ class Iface:
 class Route:
     """A prefix, the interface it leaves by, and the next hop (None: the destination)."""
 
-    prefix: ipaddress.IPv4Network
+    prefix: ipaddress.IPv4Network | ipaddress.IPv6Network
     iface: Iface
     nexthop: str | None
 
@@ -72,6 +74,11 @@ class Route:
     def priority(self) -> int:
         # Longest prefix first; a connected subnet beats a static route of the same length.
         return 1000 + 4 * self.prefix.prefixlen + (2 if self.nexthop is None else 0)
+
+    def match(self) -> dict:
+        p = self.prefix
+        fld = "ip_dst" if p.version == 4 else "ipv6_dst"
+        return {"eth_type": ETH[p.version], fld: (int(p.network_address), int(p.netmask))}
 
 
 def build(ctx) -> None:
@@ -97,19 +104,21 @@ def router_ifaces(topo, rid: str) -> list[Iface]:
         for f in port.get("fixed_ips") or ():
             sub = topo.subnets.get(f["subnet_id"])
             cidr = ipaddress.ip_network(sub["cidr"]) if sub else None
-            if cidr is None or cidr.version != 4:
-                continue
+            if cidr is None or (cidr.version == 6 and port is gw):
+                continue                # IPv6 is routed between interfaces, never NATed
             out.append(Iface(port, port["network_id"], mac_int(port["mac_address"]),
                              f["ip_address"], cidr, port is gw))
     return out
 
 
 def router_routes(topo, rid: str, ifaces: list[Iface]) -> list[Route]:
-    """Connected subnets, the gateway subnet's default route, and the static routes."""
+    """Connected subnets, the gateway subnet's default route, and the static routes (IPv4:
+    an IPv6 next hop would need a 128-bit register until l3_neighbour)."""
     routes = [Route(i.cidr, i, None) for i in ifaces]
 
     def via(hop: str) -> Iface | None:
-        return next((i for i in ifaces if ipaddress.ip_address(hop) in i.cidr), None)
+        return next((i for i in ifaces if i.cidr.version == 4
+                     and ipaddress.ip_address(hop) in i.cidr), None)
     for i in ifaces:
         sub = topo.subnets.get(next(f["subnet_id"] for f in i.port["fixed_ips"]
                                     if f["ip_address"] == i.ip))
@@ -158,11 +167,11 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
     enter = [*_enter(ctx, rid), ctx.goto("l3_dnat")]
     seen = set()
     for i in ifaces:
-        if (i.net_id, i.mac) in seen:
+        if (i.net_id, i.mac, i.cidr.version) in seen:
             continue
-        seen.add((i.net_id, i.mac))
+        seen.add((i.net_id, i.mac, i.cidr.version))
         m = {"metadata": R.NETWORK.match(topo.net_key[i.net_id]), "eth_dst": i.mac,
-             "eth_type": ETH_IP}
+             "eth_type": ETH[i.cidr.version]}
         if i.external:
             if on_gw:
                 ctx.flow("l3_gateway", 100, enter, m, cookie)
@@ -176,7 +185,7 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
                  m if on_gw else {**m, "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
         net = topo.networks[i.net_id]
         kind = topo.network_type(net)
-        if on_gw and kind in TUNNEL_TYPES:
+        if on_gw and kind in TUNNEL_TYPES and i.cidr.version == 4:
             # Redirected SNAT traffic comes by tunnel; tunnels enter at l2_lookup otherwise.
             ctx.flow("classify", 110,
                      [R.NETWORK.load(topo.net_key[i.net_id]), R.ZONE.load(topo.zone[i.net_id]),
@@ -198,12 +207,16 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
 def _route_actions(ctx, route: Route) -> list:
     topo = ctx.topo
     i = route.iface
-    hop = (A.Move(A.Subfield.whole("ip_dst"), R.NEXTHOP.sub) if route.nexthop is None
-           else R.NEXTHOP.load(int(ipaddress.IPv4Address(route.nexthop))))
+    if route.prefix.version == 6:
+        hop = []                # connected only: l3_neighbour reads ipv6_dst itself
+    elif route.nexthop is None:
+        hop = [A.Move(A.Subfield.whole("ip_dst"), R.NEXTHOP.sub)]
+    else:
+        hop = [R.NEXTHOP.load(int(ipaddress.IPv4Address(route.nexthop)))]
     return [A.DecTtl(), A.SetField("eth_src", i.mac),
             R.NETWORK.load(topo.net_key[i.net_id]), R.ZONE.load(topo.zone[i.net_id]),
             # Routed: the router is the sender now, so split horizon no longer applies.
-            R.set_flags(R.ROUTED), R.clear_flags(R.FROM_REMOTE), hop, ctx.goto("l3_snat")]
+            R.set_flags(R.ROUTED), R.clear_flags(R.FROM_REMOTE), *hop, ctx.goto("l3_snat")]
 
 
 def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
@@ -218,8 +231,7 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
                    if topo.host_of(vm) == ctx.host
                    for vm_ip in [fip["fixed_ip_address"]] if vm_ip]
     for route in router_routes(topo, rid, ifaces):
-        m = {"reg11": rkey, "eth_type": ETH_IP,
-             "ip_dst": (int(route.prefix.network_address), int(route.prefix.netmask))}
+        m = {"reg11": rkey, **route.match()}
         if not (route.iface.external and redirect):
             ctx.flow("l3_route", route.priority, _route_actions(ctx, route), m, cookie)
             continue
@@ -229,7 +241,7 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
         if not gw_host:
             continue            # no host can do SNAT: the miss drops it
         for i in ifaces:
-            if i.external:
+            if i.external or i.cidr.version != 4:
                 continue
             ctx.flow("l3_route", route.priority,
                      [*remote_out(ctx, topo.networks[i.net_id], gw_host), ctx.goto("deliver")],
@@ -303,16 +315,17 @@ def build_l3_neighbour(ctx, net_id: str) -> None:
     for port in topo.ports_of[net_id]:
         if port.get("device_owner") in (*ROUTER_OWNERS, GATEWAY_OWNER):
             continue
-        for ip in topo.ips(port, 4):
+        for ip in topo.ips(port):
             if ip in seen:
                 continue
             seen.add(ip)
+            v6 = ":" in ip
             acts = [A.SetField("eth_dst", mac_int(port["mac_address"]))]
             if physical and topo.host_of(port) not in topo.chassis:
                 acts += [R.OUTPORT.load(0), R.set_flags(R.REMOTE_OUT), ctx.goto("deliver")]
             else:
                 acts.append(ctx.goto("l2_lookup"))
-            ctx.flow("l3_neighbour", 100, acts,
-                     {"metadata": meta, "eth_type": ETH_IP,
-                      "reg0": R.NEXTHOP.match(int(ipaddress.IPv4Address(ip)))},
+            hop = ({"eth_type": ETH_IPV6, "ipv6_dst": ip_value(ip)} if v6
+                   else {"eth_type": ETH_IP, "reg0": R.NEXTHOP.match(ip_value(ip))})
+            ctx.flow("l3_neighbour", 100, acts, {"metadata": meta, **hop},
                      ctx.cookie("port", port["id"]))
