@@ -161,3 +161,11 @@ def test_the_api_answers_while_run_serves(tmp_path):
             proc.kill()
             rest, _ = proc.communicate()
     assert proc.returncode == 0, "".join(lines) + rest
+
+
+def test_a_bad_topology_file_stops_run_with_its_line_and_reason(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("projects:\n  p1:\n    networks:\n      - {name: n1, colour: red}\n")
+    res = CliRunner().invoke(app, ["run", "--topology", str(bad), "--port", "0"])
+    assert res.exit_code == 2, res.output
+    assert f"{bad}:4: unknown key 'colour' in a network" in res.output.replace("\n", "")

@@ -63,6 +63,9 @@ def run(
     follower = Follower(store, cluster, on_sync, on_error)
     sock = _listen(console, host, port, fallback=demo and not serve)
     server, api_thread = _start_api(store, sock, log_level)
+    if not server.started:
+        console.print("[red]the API did not start[/red]")
+        raise typer.Exit(1)
     bound = sock.getsockname()[1]
     console.print(f"[bold]sbnet[/bold]: Neutron API on http://{host}:{bound}/v2.0 ({url}); "
                   f"{hosts} embedded hosts ({', '.join(names)}) following the store")
@@ -72,7 +75,7 @@ def run(
     try:
         files = [DEMO_TOPOLOGY] if demo else []
         files += [topology] if topology else []
-        loaded = None
+        demo_model = None
         for path in files:
             seen = len(follower.history)
             try:
@@ -85,8 +88,9 @@ def run(
                               + (f": {follower.error[1]!r}" if follower.error else ""))
                 raise typer.Exit(1)
             _print_loaded(console, path, loaded, follower.history[seen:])
+            demo_model = demo_model or loaded
         if demo:
-            results = _run_demo(console, cluster, follower, store, loaded, scale)
+            results = _run_demo(console, cluster, follower, store, demo_model, scale)
             if report:
                 report.write_text(json.dumps(results, indent=1))
         quiet.clear()
