@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from sbnet.agent.agent import apply_diff, vif_name
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline
 from sbnet.compiler.topology import TUNNEL_OFPORTS, Chassis, Topology
 from sbnet.datapath.batch import Batch
@@ -105,7 +106,7 @@ class Cluster:
         h = self.hosts[host]
         ofport = h.next_ofport
         h.next_ofport += 1
-        h.switch.add_port(ofport, port_id[:15])
+        h.switch.add_port(ofport, vif_name(port_id))
         h.ofports[port_id] = ofport
         self.where[port_id] = (host, ofport)
         self.port_at[(host, ofport)] = port_id
@@ -195,13 +196,3 @@ class Cluster:
             elif (h.name, num) in self.port_at:
                 out.ports.setdefault(self.port_at[(h.name, num)], []).extend(sent)
         return nxt
-
-
-def apply_diff(switch, d: Diff) -> None:
-    """One atomic bundle per diff (modifications replace flows of the same identity)."""
-    for mid in d.delete_meters:
-        switch.delete_meter(mid)
-    kw = {"meters": d.meters} if d.meters else {}
-    switch.bundle(add=[*d.add, *d.modify], delete=d.delete, groups=d.groups, **kw)
-    for gid in d.delete_groups:
-        switch.delete_group(gid)

@@ -21,7 +21,7 @@ from sbnet.store import Store
 log = logging.getLogger("sbnet.api")
 
 # One module per resource family; each has HOOKS (Hooks classes) and may have extra_routes().
-FAMILIES = ("networks", "ports", "security", "l3", "qos", "trunks", "sfc", "meta")
+FAMILIES = ("networks", "ports", "security", "l3", "qos", "trunks", "sfc", "meta", "hosts")
 
 HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
@@ -36,6 +36,7 @@ class Api:
         self.auth = auth
         self.segments = segments
         self.hooks: dict[str, crud.Hooks] = {}
+        self.host_profiles: dict = {}         # host -> NIC Profile (port binding)
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
         """Authenticate, then run the (blocking) handler in the thread pool."""
@@ -64,14 +65,22 @@ def _error(status: int, type_name: str, message: str) -> JSONResponse:
 
 def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None,
                token_validator: TokenValidator | None = None, token_file: str | None = None,
-               require_token: bool = False, segments: SegmentConfig | None = None) -> FastAPI:
-    """Build the Neutron v2.0 API on the database at db_url (migrated on startup)."""
+               require_token: bool = False, segments: SegmentConfig | None = None,
+               host_profiles: dict | None = None, offload_report: Callable | None = None) -> FastAPI:
+    """Build the Neutron v2.0 API on the database at db_url (migrated on startup).
+
+    host_profiles: host -> NIC profile (name or Profile) that vnic_type direct ports bind
+    against; offload_report: a callable returning the embedded hosts' offload report,
+    served (admin only) at GET /v2.0/sbnet/offload."""
     if token_file and token_validator is None:
         token_validator = StaticTokens.from_file(token_file)
     api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
               segments or SegmentConfig())
     app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0")
     app.state.api = api
+    from sbnet.offload.binding import resolve_profiles
+    api.host_profiles = resolve_profiles(host_profiles)
+    api.offload_report = offload_report
     router = APIRouter()
     for name in FAMILIES:
         mod = importlib.import_module(f"sbnet.api.{name}")

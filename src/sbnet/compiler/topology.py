@@ -62,7 +62,12 @@ class Topology:
 
     def __init__(self, snapshot: Mapping[str, Any], chassis: Iterable[Chassis] = ()) -> None:
         self.revision = snapshot.get("revision", 0)
-        self.chassis = {c.name: c for c in chassis}
+        # Hosts the agents registered (sbnet.api.hosts), overridden by the ones given (which
+        # know their VIF ofports).
+        self.chassis = {h["id"]: Chassis(h["id"], h["tunnel_ip"], {}, dict(h.get("physnets") or {}),
+                                         h.get("profile") or "software")
+                        for h in snapshot.get("host", ())}
+        self.chassis.update({c.name: c for c in chassis})
         get = lambda typ: list(snapshot.get(typ, ()))  # noqa: E731
         self.networks = {n["id"]: n for n in get("network")}
         self.subnets = {s["id"]: s for s in get("subnet")}
