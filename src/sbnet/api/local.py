@@ -20,13 +20,13 @@ class ApiError(RuntimeError):
 class LocalApi:
     """Calls the real API app (validation, IPAM, allocation) without a socket."""
 
-    def __init__(self, store: Store | None = None, url: str = "sqlite://") -> None:
+    def __init__(self, store: Store | None = None, url: str = "sqlite://", **app_options) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from fastapi.testclient import TestClient
         from sbnet.api.app import create_app
         self.store = store or Store(url)
-        self.client = TestClient(create_app(store=self.store))
+        self.client = TestClient(create_app(store=self.store, **app_options))
 
     def request(self, method: str, path: str, body: dict | None = None,
                 project: str = "admin", admin: bool = True) -> dict:

@@ -9,6 +9,7 @@ from sbnet.api.crud import Hooks, fetch, owned
 from sbnet.api.networks import is_slaac
 from sbnet.api.security import ensure_default_group
 from sbnet.model import ipam
+from sbnet.offload.binding import DIRECT_VNICS, bind_from_store
 from sbnet.model.attrs import Invalid, fail, to_ip, to_mac, to_prefix_or_none, to_uuid
 from sbnet.model.errors import (BadRequest, Conflict, Forbidden, InvalidInput, ip_generation_failure,
                                 ip_in_use, mac_in_use, not_found)
@@ -129,10 +130,14 @@ def _address_pairs(pairs: list[dict], mac: str) -> list[dict]:
     return out
 
 
-def _vif(body: dict) -> None:
-    """Binding results: without a host agent yet, a bound port gets the type its vnic implies."""
+def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None) -> None:
+    """Binding results: a direct port on a host with a known NIC profile binds as that NIC
+    allows (sbnet.offload.binding); otherwise the port gets the type its vnic implies."""
+    profile = (profiles or {}).get(body["binding:host_id"])
     if not body["binding:host_id"]:
         body["binding:vif_type"], body["binding:vif_details"] = "unbound", {}
+    elif profile is not None and body["binding:vnic_type"] in DIRECT_VNICS:
+        body["binding:vif_type"], body["binding:vif_details"] = bind_from_store(tx, profile, body)
     elif body["binding:vnic_type"] in ("direct", "macvtap", "direct-physical"):
         body["binding:vif_type"], body["binding:vif_details"] = "hw_veb", {"port_filter": False}
     else:
@@ -191,7 +196,7 @@ class PortHooks(Hooks):
         body["fixed_ips"] = allocate_ips(tx, net["id"], body["id"], mac, body["fixed_ips"])
         tx.add_mac(net["id"], mac, body["id"])
         body["binding:profile"] = body["binding:profile"] or {}
-        _vif(body)
+        _vif(body, tx, self.api.host_profiles)
         body.update(status="DOWN", ip_allocation="immediate", trunk_details=None)
         return super().create(tx, ctx, body)
 
@@ -230,7 +235,7 @@ class PortHooks(Hooks):
             merged["fixed_ips"] = allocate_ips(tx, old["network_id"], old["id"],
                                                merged["mac_address"], requested, keep)
         merged["binding:profile"] = merged.get("binding:profile") or {}
-        _vif(merged)
+        _vif(merged, tx, self.api.host_profiles)
         old.update(merged)
         return tx.update("port", old)
 

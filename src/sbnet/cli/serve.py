@@ -24,6 +24,9 @@ def register(app: typer.Typer) -> None:
                                                "vxlan, gre or geneve (repeat; default 1:65535 each)."),
         physnet_mtu: int = typer.Option(1500, help="Underlay MTU; tunnel overhead is taken off."),
         log_level: str = typer.Option("warning", help="uvicorn log level."),
+        host_profile: list[str] = typer.Option(None, help="HOST=PROFILE: the NIC profile (sriov, "
+                                               "software, smartnic) vnic_type direct ports on "
+                                               "HOST bind against (repeat)."),
     ) -> None:
         """Serve the Neutron v2.0 API (openstack CLI: --os-auth-type none --os-endpoint URL)."""
         import uvicorn
@@ -36,6 +39,15 @@ def register(app: typer.Typer) -> None:
                                            vlan_range or None, tunnel_range or None, physnet_mtu)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        application = create_app(db, token_file=token_file, require_token=require_token,
-                                 segments=segments)
+        profiles = {}
+        for item in host_profile or ():
+            h, sep, prof = item.partition("=")
+            if not sep or not h or not prof:
+                raise typer.BadParameter(f"--host-profile {item!r}: expected HOST=PROFILE")
+            profiles[h] = prof
+        try:
+            application = create_app(db, token_file=token_file, require_token=require_token,
+                                     segments=segments, host_profiles=profiles)
+        except KeyError as exc:
+            raise typer.BadParameter(str(exc.args[0])) from None
         uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -32,7 +32,7 @@ SET_HEADER_NAMES = frozenset(odp.SET_HEADERS) | {"tunnel", "nsh", "vlan"}
 POLICIES = ("any", "exact", "prefix", "exact_zero", "ignored")
 _TOP_KEYS = {"name", "description", "sources", "tier", "nic", "match", "refused_match",
              "refuse_when", "actions", "refused_actions", "conntrack", "capacity",
-             "performance", "notes"}
+             "performance", "notes", "binding"}
 _ACTION_OPTIONS = {"headers", "max_labels", "protocols", "refuse"}
 _PROTO_NAMES = {"tcp": F.IP_TCP, "udp": F.IP_UDP, "sctp": F.IP_SCTP, "icmp": F.IP_ICMP,
                 "icmpv6": F.IP_ICMPV6}
@@ -93,6 +93,22 @@ class ActionRule:
     refuse: dict[str, str] = field(default_factory=dict)   # attribute -> why it blocks
 
 
+# Port features a binding can need (sbnet.offload.binding derives them from the model).
+FEATURES = ("flat", "vlan", "vxlan", "gre", "geneve", "port_security", "security_groups",
+            "qos_bandwidth", "qos_minimum_bandwidth", "qos_dscp", "trunk", "port_chain")
+FEATURE_TIERS = ("nic", "software", "refused")
+
+
+@dataclass(frozen=True)
+class BindingCaps:
+    """The profile's `binding` section: how a vnic_type direct port binds, feature by feature."""
+
+    direct: str | None                        # vif_type of a bound direct port; None: refused
+    refused: str = ""                         # why direct ports cannot bind at all
+    vif_details: dict = field(default_factory=dict)
+    features: dict[str, tuple[str, str]] = field(default_factory=dict)   # feature -> (tier, why)
+
+
 @dataclass(frozen=True)
 class Profile:
     """One NIC class: what it can match and do, how much it holds, how fast it is."""
@@ -115,6 +131,7 @@ class Profile:
     mpps: float = 0.0                         # NIC forwarding capacity
     latency_us: float = 0.0                   # NIC per-packet latency
     software_latency_us: float = 0.0          # host path latency on top of measured CPU time
+    binding: "BindingCaps | None" = None      # how vnic_type direct ports bind on such a host
 
     @property
     def offloads(self) -> bool:
@@ -214,6 +231,8 @@ class _Checker:
                               strict=False) if "software_latency_us" in perf else 0.0)
         base = {"name": name, "description": description, "sources": tuple(sources),
                 "tier": tier, "file": self.file, "software_latency_us": float(sw_lat)}
+        if "binding" in doc:
+            base["binding"] = self.binding(doc["binding"])
         if tier == "software":
             extra = sorted(set(doc) & {"match", "actions", "capacity", "conntrack"})
             if extra:
@@ -384,3 +403,37 @@ class _Checker:
                 self.fail(f"{path}.refuse.{attr}", "the reason must be a non-empty string")
             refuse[str(attr)] = why
         return ActionRule(name, headers, max_labels, protocols, refuse)
+
+    def binding(self, doc) -> BindingCaps:
+        doc = self.mapping(doc, "binding")
+        unknown = sorted(set(doc) - {"direct", "features"})
+        if unknown:
+            self.fail(f"binding.{unknown[0]}", "unknown key (known: direct, features)")
+        direct = self.mapping(doc.get("direct"), "binding.direct") if "direct" in doc else \
+            self.fail("binding.direct", "missing required key")
+        if set(direct) == {"refused"}:
+            return BindingCaps(None, self.string(direct, "refused", "binding.direct.refused"))
+        bad = sorted(set(direct) - {"vif_type", "vif_details"})
+        if bad:
+            self.fail(f"binding.direct.{bad[0]}", "unknown key (known: vif_type, vif_details, "
+                                                  "or refused alone)")
+        vif_type = self.string(direct, "vif_type", "binding.direct.vif_type")
+        details = self.mapping(direct.get("vif_details", {}), "binding.direct.vif_details")
+        feats = self.mapping(doc.get("features"), "binding.features") if "features" in doc else \
+            self.fail("binding.features", "required when direct ports bind")
+        out = {}
+        for name, spec in feats.items():
+            path = f"binding.features.{name}"
+            if name not in FEATURES:
+                self.fail(path, f"unknown feature (known: {', '.join(FEATURES)})")
+            tier, _, why = str(spec).partition(":")
+            tier, why = tier.strip(), why.strip()
+            if tier not in FEATURE_TIERS:
+                self.fail(path, f"must be 'nic', 'software: WHY' or 'refused: WHY', got {spec!r}")
+            if tier != "nic" and not why:
+                self.fail(path, f"a {tier} feature needs its reason ('{tier}: WHY')")
+            out[name] = (tier, why)
+        missing = [f for f in FEATURES if f not in out]
+        if missing:
+            self.fail("binding.features", f"missing features: {', '.join(missing)}")
+        return BindingCaps(vif_type, "", dict(details), out)
