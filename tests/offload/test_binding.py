@@ -127,3 +127,21 @@ def test_the_loader_checks_the_binding_section():
         parse_profile(base + "binding: {direct: {vif_type: ovs}, features: {vxlan: refused}}")
     with pytest.raises(ProfileError, match="binding.features: missing features: flat"):
         parse_profile(base + "binding: {direct: {vif_type: ovs}, features: {vlan: nic}}")
+
+
+def test_a_registered_hosts_profile_is_honoured(api, vlan):
+    api.request("PUT", "sbnet/hosts/agent1", {"host": {"tunnel_ip": "192.0.2.9",
+                                                       "profile": "sriov"}})
+    p = _direct(api, vlan, "agent1")
+    assert p["binding:vif_details"]["reason"] == \
+        "sriov: the embedded switch has no connection tracking (security groups)"
+
+
+def test_the_offload_report_is_admin_only_and_needs_embedded_hosts(api):
+    from sbnet.api.local import ApiError
+    with pytest.raises(ApiError, match="404"):
+        api.request("GET", "sbnet/offload")
+    served = LocalApi(offload_report=lambda: {"ports": []})
+    assert served.request("GET", "sbnet/offload") == {"offload": {"ports": []}}
+    with pytest.raises(ApiError, match="403"):
+        served.request("GET", "sbnet/offload", project="p", admin=False)

@@ -9,7 +9,7 @@ from sbnet.api.crud import Hooks, fetch, owned
 from sbnet.api.networks import is_slaac
 from sbnet.api.security import ensure_default_group
 from sbnet.model import ipam
-from sbnet.offload.binding import DIRECT_VNICS, bind_from_store
+from sbnet.offload.binding import DIRECT_VNICS, bind_from_store, host_profile
 from sbnet.model.attrs import Invalid, fail, to_ip, to_mac, to_prefix_or_none, to_uuid
 from sbnet.model.errors import (BadRequest, Conflict, Forbidden, InvalidInput, ip_generation_failure,
                                 ip_in_use, mac_in_use, not_found)
@@ -133,7 +133,8 @@ def _address_pairs(pairs: list[dict], mac: str) -> list[dict]:
 def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None) -> None:
     """Binding results: a direct port on a host with a known NIC profile binds as that NIC
     allows (sbnet.offload.binding); otherwise the port gets the type its vnic implies."""
-    profile = (profiles or {}).get(body["binding:host_id"])
+    profile = host_profile(tx, profiles, body["binding:host_id"]) \
+        if body["binding:vnic_type"] in DIRECT_VNICS else None
     if not body["binding:host_id"]:
         body["binding:vif_type"], body["binding:vif_details"] = "unbound", {}
     elif profile is not None and body["binding:vnic_type"] in DIRECT_VNICS:

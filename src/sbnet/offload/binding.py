@@ -23,6 +23,17 @@ def resolve_profiles(host_profiles: dict | None) -> dict[str, Profile]:
     return out
 
 
+def host_profile(tx, profiles: dict | None, host: str | None) -> Profile | None:
+    """A host's NIC profile: the one given to the API, else the one its agent registered."""
+    if not host:
+        return None
+    if profiles and host in profiles:
+        return profiles[host]
+    registered = tx.get("host", host) if tx is not None else None
+    name = (registered or {}).get("profile")
+    return builtin_profiles().get(name) if name else None
+
+
 def port_features(port: dict, network: dict | None, policies: dict[str, dict],
                   trunks: list[dict], port_pairs: list[dict]) -> list[str]:
     """The profile features (profile.FEATURES) a port uses, read from the model."""
