@@ -125,14 +125,22 @@ class ExpressPath:
         ok, done = self._express_tcp(Ri, ex, c, rp, seq, ack, w3, tot - hl - (w3 >> 28) * 4, now)
         if not done.all():
             ex, rp, ok = ex[done], rp[done], ok[done]
-        s = np.where(same_zone[ex], st_in[ex], _ZERO)
+        k = ex.size
+
+        def sel(a):
+            return a if k == n else a[ex]       # every candidate: no copies
+
+        s = np.where(sel(same_zone), sel(st_in), _ZERO)
         s = (s | np.uint64(EST) | np.where(rp, np.uint64(RPL), _ZERO)) & ~np.uint64(NEW)
         st = np.where(ok, s, np.uint64(INV)) | np.uint64(TRK)
-        k = ex.size
         nbad = k - int(np.count_nonzero(ok))
         for name, v in (("packets", k), ("lookups_hit", k), ("fast_path", k), ("invalid", nbad)):
             self.stats[name] += v
-        _write_md_tcp4(keys, grows[ex], sliced and k == m, st, zc[ex], R[ex])
+        # The original tuple: the packet's own for rows in the original direction.
+        tup = None if rp.any() else [sel(x) for x in (src, dst, sp, dp)]
+        _write_md_tcp4(keys, sel(grows), sliced and k == m, st, sel(zc), sel(R), tup)
+        if k == m:
+            return np.zeros(0, dtype=np.intp)
         if loc is not None:
             ex = loc[ex]
         rest = np.ones(m, dtype=bool)
@@ -183,8 +191,9 @@ class ExpressPath:
             # Every row from the same side: the peers are plain columns.
             s_col = C_TCP + (5 if rp[0] else 0)
             d_col = C_TCP + 5 - (s_col - C_TCP)
-            src = [Ri[:, s_col + j] for j in range(4)]
-            dst = [Ri[:, d_col + j] for j in range(4)]
+            # seqlo columns are read several times: copied out of the rows once.
+            src = [Ri[:, s_col + j] if j else Ri[:, s_col].copy() for j in range(4)]
+            dst = [Ri[:, d_col + j] if j else Ri[:, d_col].copy() for j in range(4)]
         else:
             ar = np.arange(c.size) * _W
             s_off = ar + C_TCP + np.where(rp, 5, 0)
@@ -293,18 +302,19 @@ def _tcp4_small(data, grows, u3, hl, tot) -> np.ndarray:
     return ok[0] & ok[1]
 
 
-def _write_md_tcp4(keys, grows, whole, st, zones, R) -> None:
-    """ct_* slots of the express rows: their connection's original tuple (IPv4 TCP)."""
+def _write_md_tcp4(keys, grows, whole, st, zones, R, tup) -> None:
+    """ct_* slots of the express rows: their connection's original tuple (IPv4
+    TCP), tup (src, dst, sport, dport) or else read from the table rows R."""
     blk = keys[_CT_FIRST:_CT_LAST + 1] if whole else \
         np.empty((_CT_LAST - _CT_FIRST + 1, grows.size), dtype=np.uint64)
     blk[0] = st
     blk[1] = zones
     blk[2] = R[:, C_MARK]
     blk[3:5] = R[:, C_LABEL:C_LABEL + 2].T
-    blk[5] = R[:, C_TUP + 1]
-    blk[6] = R[:, C_TUP + 3]
+    if tup is None:
+        tup = [R[:, C_TUP + j] for j in (1, 3, 4, 5)]
+    blk[5], blk[6], blk[12], blk[13] = tup
     blk[7:11] = 0
     blk[11] = IP_TCP
-    blk[12:14] = R[:, C_TUP + 4:C_TUP + 6].T
     if not whole:
         keys[_CT_FIRST:_CT_LAST + 1, grows] = blk
