@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import allocate_keys, is_vif
+from sbnet.compiler.port_security import subports
+from sbnet.compiler.topology import allocate_keys, is_vif, version
 from sbnet.flows import actions as A
 
 ETH_IP, ETH_IPV6 = 0x0800, 0x86DD
@@ -26,15 +27,18 @@ def build(ctx) -> None:
     topo = ctx.topo
     meter_ids = meter_keys(topo)
     for port in topo.local_ports(ctx.host):
-        for p in (port, *_subports(topo, port)):
-            rules = port_rules(topo, p)
-            for direction in DIRECTIONS:
-                build_qos_limit(ctx, p, direction, rules, meter_ids)
+        for p in subports(topo, port, parent=True):
+            pid, rules = port_rules(topo, p)
+            if pid is None:
+                continue
+            mids = tuple(meter_ids.get(f"{p['id']}:{d}") for d in DIRECTIONS)
+            ctx.unit(("port", p["id"]), (topo.port_deps(p), version(topo.qos_policies[pid]), mids),
+                     build_qos_port, ctx, p, (pid, rules), meter_ids)
 
 
-def _subports(topo, port: dict) -> list[dict]:
-    return [topo.ports[sp["port_id"]] for t in topo.trunks.values() if t["port_id"] == port["id"]
-            for sp in t.get("sub_ports") or () if sp["port_id"] in topo.ports]
+def build_qos_port(ctx, port: dict, policy: tuple, meter_ids: dict) -> None:
+    for direction in DIRECTIONS:
+        build_qos_limit(ctx, port, direction, policy, meter_ids)
 
 
 def port_rules(topo, port: dict) -> tuple[str | None, list[dict]]:
@@ -70,8 +74,6 @@ def meter_keys(topo) -> dict[str, int]:
 def build_qos_limit(ctx, port: dict, direction: str, policy: tuple, meter_ids: dict) -> None:
     """The port's meter (if limited) and, on egress, its DSCP mark on IPv4 and IPv6."""
     pid, rules = policy
-    if pid is None:
-        return
     table, reg, nxt = DIRECTIONS[direction]
     key = {reg.field: reg.match(ctx.topo.port_key[port["id"]])}
     cookie = ctx.cookie("qos_policy", pid)
