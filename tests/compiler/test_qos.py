@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+from sbnet.compiler.compile import Compiler, compile_host
 from tests.compiler.scenario import IP, UDP, Cloud, Ether, IPv6, ip_of, raw, udp
+from tests.compiler.test_incremental import same
 
 LIMIT = 1000          # kbps
 SECONDS = 5.0
@@ -194,3 +196,34 @@ def test_a_trunk_subports_policy_marks_what_it_sends_on_its_vlan():
     assert Ether(got)[IP].tos == 46 << 2
     (plain,) = c.send(parent, [udp(parent, peer0, 7, 9)]).to(peer0["id"])   # the parent has none
     assert Ether(plain)[IP].tos == 0
+
+
+def test_incremental_compiles_follow_every_qos_change():
+    """Each QoS change, compiled incrementally, gives what a compile from scratch gives."""
+    c = Cloud()
+    net = c.network("p1")
+    limit = policy(c, "p1", ("bandwidth_limit", {"max_kbps": LIMIT}))
+    mark = policy(c, "p1", ("dscp_marking", {"dscp_mark": 8}))
+    a, b = c.port("p1", net, "h1"), c.port("p1", net, "h2")
+    rule_path = f"qos/policies/{limit['id']}/bandwidth_limit_rules"
+    rule_id = c.api.request("GET", rule_path, None, "p1")["bandwidth_limit_rules"][0]["id"]
+    changes = [
+        lambda: c.api.update("ports", a["id"], qos_policy_id=limit["id"]),
+        lambda: c.api.request("PUT", f"{rule_path}/{rule_id}",
+                              {"bandwidth_limit_rule": {"max_kbps": 3 * LIMIT}}, "p1"),
+        lambda: c.api.request("POST", rule_path, {"bandwidth_limit_rule": {
+            "max_kbps": LIMIT, "direction": "ingress"}}, "p1"),
+        lambda: c.api.update("networks", net["id"], qos_policy_id=mark["id"]),
+        lambda: c.api.update("ports", a["id"], qos_policy_id=None),
+        lambda: c.api.update("networks", net["id"], qos_policy_id=limit["id"]),
+        lambda: c.api.request("DELETE", f"{rule_path}/{rule_id}", None, "p1"),
+        lambda: c.api.update("networks", net["id"], qos_policy_id=None),
+    ]
+    c.sync()
+    compilers = {h: Compiler(h) for h in c.cluster.hosts}
+    for step, change in enumerate(changes):
+        change()
+        topo = c.cluster.topology(c.api.snapshot())
+        for h, comp in compilers.items():
+            assert same(comp.compile(topo), compile_host(topo, h)), f"change {step} on {h}"
+    assert not any(compile_host(topo, h).meters for h in compilers)

@@ -61,7 +61,14 @@ def build_deliver_remote(ctx, net_id: str, net: dict) -> None:
         if phys is None:
             return
         seg = net.get("provider:segmentation_id")
-        acts = _vif_outputs(phys, int(seg) if kind == "vlan" else None)
+        vlan = int(seg) if kind == "vlan" else None
+        acts = _vif_outputs(phys, vlan)
+        # Routed on a gateway host, a packet may leave by the physical port it came in on
+        # (another VLAN, the external network); OpenFlow drops that unless asked.
+        ctx.flow("deliver", 110, [*_vif_outputs(F.OFPP_IN_PORT, vlan),
+                                  R.clear_flags(R.REMOTE_OUT)],
+                 {"reg10": remote, "metadata": R.NETWORK.match(topo.net_key[net_id]),
+                  "in_port": phys}, ctx.cookie("network", net_id))
     # The flag is cleared so that a flood's later local copies are not sent remote.
     ctx.flow("deliver", 100, [*acts, R.clear_flags(R.REMOTE_OUT)],
              {"reg10": remote, "metadata": R.NETWORK.match(topo.net_key[net_id])},
