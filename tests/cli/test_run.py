@@ -73,6 +73,7 @@ def test_a_known_traffic_set_is_counted_by_rule_and_host():
         ("h2", DROP, "port_security: table miss"): 1,
     }
     assert rep.host_totals() == {"h1": {FORWARD: 15, DROP: 2}, "h2": {FORWARD: 17, DROP: 1}}
+    assert not rep.copies_dropped       # tunnels carry frames only to the host that needs them
 
 
 def test_demo_prints_forwarded_and_dropped_per_host_with_rule_names(tmp_path):
@@ -111,6 +112,10 @@ def test_demo_prints_forwarded_and_dropped_per_host_with_rule_names(tmp_path):
                   r["verdict"] == FORWARD)
         drop = sum(r["packets"] for r in rep["rules"] if r["host"] == host and r["verdict"] == DROP)
         assert f"forwarded {fwd}, dropped {drop}" in text
+        # Each drop is either why some frame was lost or a copy of a frame that arrived.
+        lost = sum(d["packets"] for c in cats.values() for d in c["dropped_by"]
+                   if d["host"] == host)
+        assert drop == lost + rep["copies_dropped"].get(host, 0)
 
 
 def _free_port() -> int:

@@ -116,6 +116,9 @@ class Report:
     categories: dict[str, Category] = field(default_factory=dict)
     # (host, verdict, rule) -> packets
     rules: Counter = field(default_factory=Counter)
+    # host -> drops of copies of frames that did arrive (a physical network or a flood
+    # reaches hosts that have no use for the frame)
+    copies_dropped: Counter = field(default_factory=Counter)
 
     def host_totals(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -150,10 +153,11 @@ def drive(cluster: Cluster, probes: list[Probe], ports: dict[str, str], snapshot
         now = read(cluster, drops)
         # Copies of a delivered frame that other hosts drop (a physical network reaches
         # every host) are not why a frame was lost: only a lost frame's drops are its fate.
-        if not arrived:
-            for (host, flow), n in _moved(before, now):
-                if verdict(flow) == DROP:
-                    cat.drops[(host, names.name(flow, cluster.hosts[host].installed.origins))] += n
+        for (host, flow), n in _moved(before, now):
+            if arrived:
+                report.copies_dropped[host] += n
+            else:
+                cat.drops[(host, names.name(flow, cluster.hosts[host].installed.origins))] += n
         before = now
     for (host, flow), n in _moved(base, counters(cluster)):
         report.rules[(host, verdict(flow), names.name(flow, cluster.hosts[host].installed.origins))] += n

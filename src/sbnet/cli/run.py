@@ -224,6 +224,10 @@ def _run_demo(console: Console, cluster, follower, store, loaded, scale: int) ->
         r.add_row(f"[bold]{host}[/bold]", "[bold]total[/bold]",
                   f"forwarded {tot[FORWARD]}, dropped {tot[DROP]}", "", end_section=True)
     console.print(r)
+    if rep.copies_dropped:
+        console.print("copies dropped by hosts with no use for them (the physical network "
+                      "reaches every host), not lost traffic: " + ", ".join(
+                          f"{h} {n}" for h, n in sorted(rep.copies_dropped.items())))
     wrong = [c.name for c in rep.categories.values() if c.as_expected != c.sent]
     if wrong:
         console.print("[yellow]not as a correct cloud would do:[/yellow] " + ", ".join(wrong)
@@ -235,7 +239,8 @@ def _run_demo(console: Console, cluster, follower, store, loaded, scale: int) ->
                                                    for (h, rule), n in c.drops.items()]}
                            for c in rep.categories.values()},
             "rules": [{"host": h, "verdict": v, "rule": rule, "packets": n}
-                      for (h, v, rule), n in sorted(rep.rules.items())]}
+                      for (h, v, rule), n in sorted(rep.rules.items())],
+            "copies_dropped": dict(rep.copies_dropped)}
 
 
 def _why_wrong(cluster, names: list[str]) -> str:
