@@ -94,11 +94,15 @@ class ExpressPath:
         vals = self._index.get_many(h)
         hit = vals >= 0
         ci = np.where(hit, vals >> 1, self._cap)
-        di = (vals & 1).astype(np.intp)
+        di = (np.maximum(vals, 0) & 1).astype(np.intp)
         R = self.table.take(ci, axis=0)
         Ri = R.view(np.int64)
         n = ci.size
-        tw = R[:, C_TUP:C_TUP + 12].reshape(n, 2, 6)[np.arange(n), di]
+        # Each packet's direction of its connection's tuple, copied out contiguous.
+        if not di.any() or di.all():
+            tw = R[:, C_TUP + 6 * int(di[0]):C_TUP + 6 * int(di[0]) + 6].copy()
+        else:
+            tw = np.where(di[:, None] != 0, R[:, C_TUP + 6:C_TUP + 12], R[:, C_TUP:C_TUP + 6])
         found = hit & ((tw[:, 0] | tw[:, 2]) == 0) & (tw[:, 1] == src) & (tw[:, 3] == dst) \
             & (tw[:, 4] == sp) & (tw[:, 5] == dp) & (R[:, C_EXP].view(np.float64) > now)
         elig = found & ok_pkt & (Ri[:, _STATE0] == T.ESTABLISHED) \

@@ -6,6 +6,7 @@ import numpy as np
 
 EMPTY, TOMB = 0, 1
 _TOP = np.uint64(1 << 63)
+_SCALAR = 8      # get_many finishes this many keys (or fewer) one by one
 
 
 def stored(h):
@@ -53,7 +54,7 @@ class HashIndex:
         res[hit] = kv[:, 1].view(np.int64)[hit]
         act = np.flatnonzero(~hit & (k != EMPTY))
         m = self.mask
-        while act.size:
+        while act.size > _SCALAR:
             p = (pos[act] + 1) & m
             pos[act] = p
             k = keys[p]
@@ -62,6 +63,9 @@ class HashIndex:
             if hit.any():
                 res[act[hit]] = vals[p[hit]]
             act = act[~hit & (k != EMPTY)]
+        # The last few long probe chains: a vectorized round each would cost more.
+        for i in act.tolist():
+            res[i] = self.get(int(h[i]))
         return res
 
     def _slot(self, h: int) -> int:
