@@ -300,3 +300,27 @@ def test_gateway_ip_answers_arp_from_its_gateway_host_only():
               / ARP(op=1, hwsrc=OUTSIDE_MAC, psrc="203.0.113.50", pdst=ip_of(gw)))
     (answer,) = c.cluster.send_external("physnet1", [ask]).external["physnet1"]
     assert Ether(answer)[ARP].hwsrc == gw["mac_address"]
+
+
+def test_floating_ip_reached_from_inside_through_the_gateway_host():
+    """A port without a floating IP reaches another port's floating IP the way the outside
+    does: SNAT on the gateway host, out on the external network, DNAT on the VM's host."""
+    c, ext, n1, r, gw = nat_cloud("h1")
+    open_ = group(c, "p1", [{"protocol": "tcp", "port_range_min": 22, "port_range_max": 22}])
+    client = c.port("p1", n1, "h2")
+    server = c.port("p1", n1, "h2", security_groups=[open_["id"]])
+    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                       port_id=server["id"])
+    c.sync()
+    g1 = router_port(c, r, n1)
+    fip_ip = fip["floating_ip_address"]
+    (got,) = c.send(client, [via(client, g1, fip_ip, b"", sport=43000, dport=22, flags="S",
+                                 seq=1)]).to(server["id"])
+    p = Ether(got)
+    assert (p[IP].src, p[IP].dst) == (ip_of(gw), ip_of(server))
+    reply = raw(Ether(src=server["mac_address"], dst=g1["mac_address"])
+                / IP(src=ip_of(server), dst=ip_of(gw))
+                / TCP(sport=22, dport=p[TCP].sport, flags="SA", seq=50, ack=2))
+    (back,) = c.send(server, [reply]).to(client["id"])
+    q = Ether(back)
+    assert (q[IP].src, q[IP].dst, q[TCP].dport) == (fip_ip, ip_of(client), 43000)

@@ -36,11 +36,11 @@ from sbnet.compiler import registers as R
 from sbnet.compiler.classify import VLAN_CFI
 from sbnet.compiler.l2 import arp_reply, remote_out
 from sbnet.compiler.topology import (
-    GATEWAY_OWNER,
     ROUTER_OWNERS,
     TUNNEL_OFPORTS,
     TUNNEL_TYPES,
     ip_value,
+    is_vif,
     mac_int,
 )
 from sbnet.flows import actions as A
@@ -304,16 +304,17 @@ def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:
 
 
 def build_l3_neighbour(ctx, net_id: str) -> None:
-    """Next hop IP to MAC for every known address of the network but routers' own.  On a
-    physical network an address no host has bound (the outside world) is reached through
-    the physical port."""
+    """Next hop IP to MAC for every known address of the network but routers' interfaces
+    (gateway addresses and floating IPs included: the outside world reaches them).  On a
+    physical network an address no host has bound (the outside world, other routers'
+    gateways and floating IPs) is reached through the physical port."""
     topo = ctx.topo
     net = topo.networks[net_id]
     physical = topo.network_type(net) not in TUNNEL_TYPES
     meta = R.NETWORK.match(topo.net_key[net_id])
     seen = set()
     for port in topo.ports_of[net_id]:
-        if port.get("device_owner") in (*ROUTER_OWNERS, GATEWAY_OWNER):
+        if port.get("device_owner") in ROUTER_OWNERS:
             continue
         for ip in topo.ips(port):
             if ip in seen:
@@ -321,7 +322,7 @@ def build_l3_neighbour(ctx, net_id: str) -> None:
             seen.add(ip)
             v6 = ":" in ip
             acts = [A.SetField("eth_dst", mac_int(port["mac_address"]))]
-            if physical and topo.host_of(port) not in topo.chassis:
+            if physical and not (is_vif(port) and topo.host_of(port) in topo.chassis):
                 acts += [R.OUTPORT.load(0), R.set_flags(R.REMOTE_OUT), ctx.goto("deliver")]
             else:
                 acts.append(ctx.goto("l2_lookup"))
