@@ -199,7 +199,9 @@ def test_a_trunk_subports_policy_marks_what_it_sends_on_its_vlan():
 
 
 def test_incremental_compiles_follow_every_qos_change():
-    """Each QoS change, compiled incrementally, gives what a compile from scratch gives."""
+    """Each QoS change, compiled incrementally, gives what a compile from scratch gives, and
+    the cluster's packets follow it (a's frames carry the network's mark only while a has no
+    policy of its own)."""
     c = Cloud()
     net = c.network("p1")
     limit = policy(c, "p1", ("bandwidth_limit", {"max_kbps": LIMIT}))
@@ -219,6 +221,7 @@ def test_incremental_compiles_follow_every_qos_change():
         lambda: c.api.request("DELETE", f"{rule_path}/{rule_id}", None, "p1"),
         lambda: c.api.update("networks", net["id"], qos_policy_id=None),
     ]
+    marked = [0, 0, 0, 0, 8, 0, 0, 0]
     c.sync()
     compilers = {h: Compiler(h) for h in c.cluster.hosts}
     for step, change in enumerate(changes):
@@ -226,4 +229,7 @@ def test_incremental_compiles_follow_every_qos_change():
         topo = c.cluster.topology(c.api.snapshot())
         for h, comp in compilers.items():
             assert same(comp.compile(topo), compile_host(topo, h)), f"change {step} on {h}"
+        c.sync()
+        (got,) = c.send(a, [udp(a, b, 7, 9)]).to(b["id"])
+        assert Ether(got)[IP].tos == marked[step] << 2, f"change {step}"
     assert not any(compile_host(topo, h).meters for h in compilers)
