@@ -92,14 +92,14 @@ def test_demo_prints_forwarded_and_dropped_per_host_with_rule_names(tmp_path):
         c = cats[name]
         assert c["sent"] == c["arrived"] == c["as_expected"] > 0 and c["leaked"] == 0
     denied = cats["denied: no rule admits it"]
-    assert denied["sent"] == denied["dropped"] == 20
+    assert denied["sent"] == denied["dropped"] == 60
     assert {d["rule"] for d in denied["dropped_by"]} == {"ingress_sg: table miss"}
-    assert sum(d["packets"] for d in denied["dropped_by"]) == 20
+    assert sum(d["packets"] for d in denied["dropped_by"]) == 60
     spoofed = cats["denied: spoofed source"]
     assert {d["rule"] for d in spoofed["dropped_by"]} == {"port_security: table miss"}
-    assert sum(d["packets"] for d in spoofed["dropped_by"]) == spoofed["sent"] == 24
+    assert sum(d["packets"] for d in spoofed["dropped_by"]) == spoofed["sent"] == 36
     cross = cats["denied: cross-project"]
-    assert cross["arrived"] == cross["leaked"] == 0 and cross["sent"] == 16
+    assert cross["arrived"] == cross["leaked"] == 0 and cross["sent"] == 32
     # Through the router: arrived means seen with the addresses NAT must give (the gateway
     # IP for SNAT, the VM's own address behind its floating IP and the floating IP back).
     for name in ("routed: alpha-front to alpha-back", "routed: SNAT to the outside",

@@ -180,27 +180,27 @@ def demo_traffic(ports: dict[str, dict], snapshot: dict, resolve: Callable[[str]
     t = Flows(seed)
     web, clients = [ep["web1"], ep["web2"]], [ep["client1"], ep["client2"]]
 
-    for i in range(12 * scale):
+    for i in range(16 * scale):
         t.tcp_connection("allowed: TCP to web :80", clients[i % 2], web[(i // 2) % 2], 80)
-    for i in range(8 * scale):
+    for i in range(10 * scale):
         t.udp_exchange("allowed: UDP, default group", ep["db1"], ep["db2"], 5432)
         t.udp_exchange("allowed: UDP, default group", ep["cache2"], ep["cache1"], 6379)
-    for i in range(6 * scale):
+    for i in range(10 * scale):
         t.ping("allowed: ICMP", clients[i % 2], web[i % 2])
         t.ping("allowed: ICMP", ep["db2"], ep["db1"])
-    for i in range(10 * scale):
+    for i in range(30 * scale):
         c, w = clients[i % 2], web[(i // 2) % 2]
         t.add("denied: no rule admits it", c, w, tcp(c, w, t.port(), 22, "S"), False)
         t.add("denied: no rule admits it", w, c, tcp(w, c, t.port(), 8080, "S"), False)
-    for i in range(8 * scale):
+    for i in range(12 * scale):
         w = web[i % 2]
         t.add("denied: spoofed source", w, clients[0],
-              tcp(w, clients[0], t.port(), 80, "S", ip_src=f"10.0.0.{100 + i}"), False)
+              tcp(w, clients[0], t.port(), 80, "S", ip_src=f"10.0.0.{100 + i % 150}"), False)
         t.add("denied: spoofed source", ep["cache1"], ep["cache2"],
-              udp(ep["cache1"], ep["cache2"], t.port(), 6379, ip_src=f"10.2.0.{101 + i}"), False)
+              udp(ep["cache1"], ep["cache2"], t.port(), 6379, ip_src=f"10.2.0.{101 + i % 150}"), False)
         t.add("denied: spoofed source", clients[1], w,
-              tcp(clients[1], w, t.port(), 80, "S", eth_src=f"02:66:00:00:00:{i:02x}"), False)
-    for i in range(8 * scale):
+              tcp(clients[1], w, t.port(), 80, "S", eth_src=f"02:66:00:00:00:{i % 256:02x}"), False)
+    for i in range(16 * scale):
         # Same addresses in both projects: only the network tells them apart.
         t.add("denied: cross-project", ep["client1"], ep["db1"],
               icmp_echo(ep["client1"], ep["db1"], i, 1), False)
@@ -211,7 +211,7 @@ def demo_traffic(ports: dict[str, dict], snapshot: dict, resolve: Callable[[str]
         t.tcp_connection("routed: alpha-front to alpha-back", c, ep["app1"], 8000,
                          via_out={"eth_dst": gw["alpha-front"]},
                          via_back={"eth_dst": gw["alpha-back"]})
-    for i in range(6 * scale):
+    for i in range(12 * scale):
         c = clients[i % 2]
         t.add("routed: SNAT to the outside", c, outside,
               tcp(c, outside, t.port(), 443, "S", eth_dst=gw["alpha-front"]), True,
