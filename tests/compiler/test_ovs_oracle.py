@@ -183,12 +183,13 @@ def _our_passes(sw: Switch, in_port: int, frame: bytes, tun: dict) -> list[tuple
         if not rec:
             break
         cts = [a for a in res.actions if isinstance(a, odp.Ct)]
+        if not cts:
+            break               # after a decapsulation: see _cut_at_decap
         key = key.copy()
         key[S["recirc_id"]] = rec[-1].recirc_id
-        if cts:
-            key[S["ct_state"]] = CT_NEW
-            key[S["ct_zone"]] = cts[-1].zone
-            _trace_nat(key, cts[-1].nat)
+        key[S["ct_state"]] = CT_NEW
+        key[S["ct_zone"]] = cts[-1].zone
+        _trace_nat(key, cts[-1].nat)
     return passes
 
 
@@ -240,6 +241,29 @@ def _normalise(actions: list[tuple]) -> list[tuple]:
     return out
 
 
+def _ends_in_decap(actions: list) -> bool:
+    """A pass that recirculates without ct(): to parse a decapsulated frame again."""
+    return bool(actions) and actions[-1] == ("recirc",) and not any(
+        a[0] == "raw" and a[1].startswith("ct(") for a in actions)
+
+
+def _cut_at_decap(ours: list, theirs: list) -> tuple[list, list]:
+    """Compare up to the first recirculation after a decapsulation, on either side.
+
+    ofproto/trace resumes such a recirculation with no inner packet (zeroed fields), so
+    what follows says nothing; those tables are checked by traffic through OVS in
+    tests/datapath/test_switch_nsh.py.  OVS also recirculates after pop_mpls where our
+    switch goes on in the same pass: the actions before OVS's recirculation must agree.
+    """
+    for i, (po, pt) in enumerate(zip(ours, theirs)):
+        if _ends_in_decap(pt):
+            cut = len(pt) - 1
+            return ours[:i] + [po[:cut] + pt[cut:] if po[:cut] == pt[:cut] else po], theirs[:i + 1]
+        if _ends_in_decap(po):
+            return ours[:i + 1], theirs[:i + 1]
+    return ours, theirs
+
+
 def _masked(ours: list, theirs: list) -> tuple[list, list]:
     """OVS prints a partial set (DSCP, ECN) as value/mask of the whole field; ours carries
     the field's new value.  Compare the bits OVS's set writes."""
@@ -275,12 +299,12 @@ def _compare(ovs, sw: Switch, s: Seen) -> str | None:
             ours = [_normalise(odp.canonical(p)) for p in _our_passes(sw, in_port, frame, tun)]
         finally:
             sw.xlate.select_override = None
-        ours, theirs_masked = _masked(ours, ovs_passes)
+        ours, theirs_masked = _masked(*_cut_at_decap(ours, ovs_passes))
         if ours == theirs_masked:
             return None
         if choice is None:
             first = ours
-    ours, ovs_passes = _masked(first, ovs_passes)
+    ours, ovs_passes = _masked(*_cut_at_decap(first, ovs_passes))
     return (f"{s.host} in_port={in_port} {extra} frame={frame.hex()}\n"
             f"ours={ours}\nOVS ={ovs_passes}\n--- OVS trace ---\n{theirs.text}")
 
@@ -317,3 +341,17 @@ def test_scenario_packets_get_ovs_datapath_actions(ovs, monkeypatch, module, nam
     assert not unknown, f"{len(unknown)}/{total} packets differ:\n" + "\n\n".join(unknown[:3])
     if known:
         pytest.xfail("; ".join(sorted(known)))
+
+
+def test_oracle_notices_a_table_that_differs(ovs, monkeypatch):
+    """The comparison can fail: OVS without the flows naming the destination's MAC disagrees."""
+    from tests.compiler.test_l2 import test_vm_to_vm_across_hosts
+    seen = _record(monkeypatch)
+    test_vm_to_vm_across_hosts("vxlan")
+    monkeypatch.undo()
+    first = seen[0]
+    sw = _load_host(ovs, first)
+    assert _compare(ovs, sw, first) is None
+    dst = ":".join(f"{b:02x}" for b in first.frame[:6])
+    ovs.ofctl("del-flows", f"dl_dst={dst}")
+    assert "ours=" in (_compare(ovs, sw, first) or "")
