@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from sbnet.agent.embedded import Cluster
 from sbnet.agent.follow import Follower
 from sbnet.agent.report import DROP, FORWARD, drive
-from sbnet.agent.traffic import Endpoint, Flows, tcp
+from sbnet.agent.traffic import Endpoint, Traffic, tcp
 from sbnet.api.local import LocalApi
 from sbnet.api.topology import load
 from sbnet.cli.main import app
@@ -46,7 +46,7 @@ def test_a_known_traffic_set_is_counted_by_rule_and_host():
     Follower(api.store, cluster).catch_up()
     ep = {n: Endpoint(n, p["mac_address"], p["fixed_ips"][0]["ip_address"])
           for n, p in loaded.ports.items()}
-    t = Flows(seed=1)
+    t = Traffic(seed=1)
     for _ in range(3):
         t.tcp_connection("allowed", ep["cli"], ep["srv"], 80)     # 3 x 5 frames
     for _ in range(2):
@@ -166,6 +166,8 @@ def test_the_api_answers_while_run_serves(tmp_path):
             proc.kill()
             rest, _ = proc.communicate()
     assert proc.returncode == 0, "".join(lines) + rest
+    # While serving, each sync says how many flows changed on each host.
+    assert "flow changes host1" in rest and "host2" in rest, rest
 
 
 def test_a_bad_topology_file_stops_run_with_its_line_and_reason(tmp_path):

@@ -109,7 +109,7 @@ def ipv4_addresses(frame: bytes) -> tuple[str, str] | None:
     return None
 
 
-class Flows:
+class Traffic:
     """Builds probes: each connection's packets in order, replies from the receiver."""
 
     def __init__(self, seed: int = 7) -> None:
@@ -177,7 +177,7 @@ def demo_traffic(ports: dict[str, dict], snapshot: dict, resolve: Callable[[str]
     gw_port = next((p for p in snapshot.get("port", ())
                     if p["device_owner"] == "network:router_gateway"), None)
     fip_mac = resolve(fip) or (gw_port["mac_address"] if gw_port else OUTSIDE_MAC)
-    t = Flows(seed)
+    t = Traffic(seed)
     web, clients = [ep["web1"], ep["web2"]], [ep["client1"], ep["client2"]]
 
     for i in range(16 * scale):
