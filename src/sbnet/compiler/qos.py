@@ -18,9 +18,12 @@ DIRECTIONS = {
     "egress": ("qos_egress", R.INPORT, "egress_ct"),     # what the VM sends
     "ingress": ("qos_ingress", R.OUTPORT, "deliver"),    # what the VM receives
 }
-# minimum_bandwidth rules are not built: a meter only caps, and Neutron's OVS agent only
-# honours a minimum through Placement (scheduling VMs onto hosts with the bandwidth), never
-# in the datapath.  Ports with one behave as if the rule were absent.
+# Flooded copies reach ports without passing qos_ingress: a meter drops the packet for every
+# action after it in the datapath, so metering one copy of a flood would starve the others.
+#
+# minimum_bandwidth rules are not built: a meter only caps, and Neutron's admin guide lists
+# no datapath minimum for Open vSwitch (a guarantee comes from Placement scheduling VMs
+# onto hosts with the bandwidth).  Ports with one behave as if the rule were absent.
 
 
 def build(ctx) -> None:
