@@ -235,6 +235,39 @@ def test_stateful_firewall_on_real_tcp(topology, backend):
     assert "timed out" in back.stderr
 
 
+def test_run_until_forwards_in_the_callers_thread(topology):
+    """AfPacketDatapath.run(until) on two veths of one namespace: a frame in on port 1 is
+    out on port 2; a detached port's frames are no longer read."""
+    from sbnet.agent.netns import sh
+    from sbnet.datapath.afpacket import AfPacketDatapath, AfPacketPort
+    from sbnet.datapath.batch import Batch
+    ns = topology.add_namespace("sw")
+    for a, b in (("a1", "a2"), ("b1", "b2")):
+        sh("ip", "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b)
+        sh("ip", "-n", ns, "link", "set", a, "up")
+        sh("ip", "-n", ns, "link", "set", b, "up")
+    frame = bytes.fromhex("02000000000202000000000108004500001c00010000401100000a0000010a000002"
+                          "0007000900080000")
+    with AfPacketDatapath(netns=ns) as dp:
+        dp.attach(1, "a1")
+        dp.attach(2, "b1")
+        dp.bundle(add=[parse_flow("table=0,priority=1,in_port=1 actions=output:2")])
+        outside_a, outside_b = AfPacketPort(9, "a2", ns), AfPacketPort(9, "b2", ns)
+        try:
+            outside_a.deliver(Batch.from_packets([frame], 0))
+            dp.run(until=time.monotonic() + 0.5)
+            assert frame in outside_b.receive()
+            dp.detach(1)
+            outside_a.deliver(Batch.from_packets([frame], 0))
+            dp.run(until=time.monotonic() + 0.3)
+            assert outside_b.receive() == []
+        finally:
+            outside_a.close()
+            outside_b.close()
+        assert dp.loop_errors() == (0, None)
+        assert dp.port_stats()[2][1] == 1
+
+
 def test_teardown_leaves_no_namespaces_or_processes(topology):
     p = overlay_pair(topology, "ovs", "reference")
     topology.popen(p.vm1, "sleep", "60")

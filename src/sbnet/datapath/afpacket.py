@@ -100,6 +100,8 @@ class AfPacketPort(Port):
                 n, ancdata, _, addr = recv([view], anc, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
+            except OSError:         # closed by a detach while the loop was reading
+                break
             if self._filter_outgoing and addr[2] == PACKET_OUTGOING:
                 continue
             frame = bytes(view[:n])
@@ -151,6 +153,8 @@ class AfPacketDatapath:
         os.set_blocking(self._wake_r, False)
         self._poll.register(self._wake_r, select.POLLIN)
         self.batches = 0
+        self.errors = 0                 # batches the switch raised on (the loop goes on)
+        self.last_error: str | None = None
 
     # -- ports -----------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> AfPacketPort:
@@ -207,7 +211,11 @@ class AfPacketDatapath:
             now = time.monotonic()
             if until is not None and now >= until:
                 return
-            self.poll_once(0.1 if until is None else max(0.0, min(0.1, until - now)))
+            try:
+                self.poll_once(0.1 if until is None else max(0.0, min(0.1, until - now)))
+            except Exception as exc:       # a bad batch must not stop forwarding for good
+                self.errors += 1
+                self.last_error = repr(exc)
             if now >= next_maint:
                 with self.lock:
                     self.switch.maintain()
@@ -268,6 +276,10 @@ class AfPacketDatapath:
         with self.lock:
             return self.switch.drop_counts()
 
+    def loop_errors(self) -> tuple[int, str | None]:
+        """Batches the switch raised on, and the last such error."""
+        return self.errors, self.last_error
+
     # -- the Datapath interface, under the lock ---------------------------------------
     def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups=(), **kw) -> None:
         with self.lock:
@@ -311,6 +323,7 @@ class AfPacketDatapath:
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
 _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
+           "loop_errors",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats")
 
