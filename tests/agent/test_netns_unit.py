@@ -19,6 +19,16 @@ def test_missing_privileges_skip_locally_and_fail_in_ci(monkeypatch):
         netns.require_netns()
 
 
+def test_missing_ovs_skips_only_tests_that_need_it(monkeypatch):
+    import sbnet.ovs.dummy
+    monkeypatch.setattr(netns, "netns_available", lambda: None)
+    monkeypatch.setattr(sbnet.ovs.dummy, "ovs_available", lambda: False)
+    monkeypatch.delenv("CI", raising=False)
+    netns.require_netns()                       # the reference switch needs no OVS
+    with pytest.raises(pytest.skip.Exception, match="needs Open vSwitch"):
+        netns.require_netns(ovs=True)
+
+
 def test_topologies_get_distinct_names(monkeypatch):
     monkeypatch.setattr(netns, "netns_available", lambda: None)
     a, b = Topology(), Topology()
