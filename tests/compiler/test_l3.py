@@ -324,3 +324,22 @@ def test_floating_ip_reached_from_inside_through_the_gateway_host():
     (back,) = c.send(server, [reply]).to(client["id"])
     q = Ether(back)
     assert (q[IP].src, q[IP].dst, q[TCP].dport) == (fip_ip, ip_of(client), 43000)
+
+
+def test_floating_ip_disassociated_then_the_port_uses_snat():
+    c, ext, n1, r, gw = nat_cloud("h1")
+    open_ = group(c, "p1", [{"protocol": "icmp"}])
+    vm = c.port("p1", n1, "h2", security_groups=[open_["id"]])
+    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                       port_id=vm["id"])
+    c.sync()
+    fmac = next(p for p in c.api.snapshot()["port"] if p["device_id"] == fip["id"])["mac_address"]
+    fip_ip = fip["floating_ip_address"]
+    assert c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip)]).to(vm["id"])
+    c.api.update("floatingips", fip["id"], port_id=None)
+    c.sync()
+    d = c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip)])
+    assert sum(map(len, d.ports.values())) == 0
+    out = c.send(vm, [via(vm, router_port(c, r, n1), "203.0.113.50")])
+    (frame,) = out.external["physnet1"]
+    assert Ether(frame)[IP].src == ip_of(gw)

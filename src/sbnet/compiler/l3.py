@@ -25,6 +25,9 @@ Design (what each host builds, and why):
 - Next hops on the external network must be known to the model: a port on that network
   (e.g. the upstream router's, created by the admin with its MAC and IP).  Unknown next hops
   are dropped: with no controller there is nothing to send an ARP request.
+- Limits: IPv6 is routed between connected subnets only (no static IPv6 routes, no IPv6
+  NAT); a floating IP reached from inside goes out through the external network, so it fails
+  when its VM is on the very host that sends it there (no hairpin on the physical port).
 """
 
 from __future__ import annotations
