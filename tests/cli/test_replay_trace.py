@@ -60,9 +60,10 @@ def test_trace_hex_and_flow_syntax_agree():
 
 def test_demo_script_is_the_main_job():
     script = (ROOT / "scripts" / "demo").read_text()
-    assert "sbnet replay" in script
+    assert "sbnet run --demo" in script
     res = subprocess.run([sys.executable, "-m", "sbnet", "--help"], capture_output=True, text=True)
-    assert res.returncode == 0 and "replay" in res.stdout and "trace" in res.stdout
+    assert res.returncode == 0 and "run" in res.stdout and "replay" in res.stdout \
+        and "trace" in res.stdout
 
 
 def _conversation(tmp_path):
