@@ -260,7 +260,7 @@ class Conntrack(ExpressPath, PerPacketPath):
                 force: bool = False) -> None:
         """Run the packets `rows` through conntrack in `zone`; see the module docstring."""
         rows = np.asarray(rows)
-        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp, copy=False)
         m = len(rows)
         if not m:
             return

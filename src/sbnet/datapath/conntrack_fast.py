@@ -74,18 +74,18 @@ class ExpressPath:
         geo = (l3 == u3) & (l4 == u4)
         grows = sub(rows)
         sliced = full and loc is None
-        hdr = data[:, u3:u4 + 16] if sliced else data[grows, u3:u4 + 16]
-        tot = (hdr[:, 2].astype(np.int64) << 8) | hdr[:, 3]
-        tcp = np.ascontiguousarray(hdr[:, hl + 4:hl + 16]).view(">u4").astype(np.int64)
-        seq, ack, w3 = tcp[:, 0], tcp[:, 1], tcp[:, 2]
+        # IPv4 header and TCP header up to the window, one contiguous copy read
+        # as big-endian words (hl is a multiple of 4).
+        hdr = np.ascontiguousarray(data[:, u3:u4 + 16] if sliced else data[grows, u3:u4 + 16])
+        tot = hdr.view(">u2")[:, 1].astype(np.int64)
+        words = hdr.view(">u4")
+        seq, ack, w3 = (words[:, hl // 4 + j].astype(np.int64) for j in (1, 2, 3))
         src, dst = sub(col(keys[_S["nw_src"]])), sub(col(keys[_S["nw_dst"]]))
         sp, dp = sub(col(keys[_S["tp_src"]])), sub(col(keys[_S["tp_dst"]]))
         zc = sub(zones)
         st_in = sub(col(keys[_S["ct_state"]]))
         same_zone = sub(col(keys[_S["ct_zone"]])) == zc
         ok_pkt = geo & (((w3 >> 16) & (T.SYN | T.FIN | T.RST | T.ACK)) == T.ACK)
-        if self.checksums:
-            ok_pkt &= _tcp4_checksums(data, grows, sliced, u3, hl, tot, keys, geo)
         # Packets NATed before in this zone are looked up by their reverse tuple.
         natted = same_zone & ((st_in & np.uint64(_NAT_BITS)) != 0)
         ok_pkt &= ~natted
@@ -121,6 +121,10 @@ class ExpressPath:
             mark[ci[elig]] = 0
             mark[busy] = 1
             elig &= mark[ci] == 0
+        if self.checksums and elig.any():
+            # Checked last, on the rows still express: a packet failing it is
+            # +inv on the general path and touches no connection.
+            elig &= _tcp4_checksums(data, grows, sliced, u3, hl, tot, keys, elig)
         ex = np.flatnonzero(elig)
         if not ex.size:
             return np.arange(m)
@@ -254,8 +258,8 @@ class ExpressPath:
 
 
 def _tcp4_checksums(data, grows, sliced, u3, hl, tot, keys, geo) -> np.ndarray:
-    """IPv4 header and TCP checksum verdicts of the packets whose IP header is at
-    column u3, hl bytes long (where geo holds; False elsewhere)."""
+    """IPv4 header and TCP checksum verdicts of the packets where geo holds (False
+    elsewhere), whose IP header is at column u3, hl bytes long."""
     good = np.zeros(grows.size, dtype=bool)
     small = geo & (tot <= _MAX_WINDOW) & (tot >= hl)
     every = small.all()
