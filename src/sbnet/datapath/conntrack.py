@@ -74,15 +74,20 @@ tests/datapath/test_conntrack_ovs.py):
   Timeouts.ovs() gives OVS's netdev defaults).  No per-zone timeout policy,
   no ALGs (FTP/TFTP helpers), no ct_clear (the switch clears the ct slots).
 
-Speed: packets are keyed, hashed and looked up for the whole batch (numpy
-open-addressing index, conntrack_index); each connection is one 256-byte table
-row gathered once.  Vectorized: established TCP ACK segments (any number per
+Speed: established TCP/IPv4 ACK segments first take the express path
+(conntrack_fast): header words read as slices, checksums from one small
+matrix product, one lookup and one table-row gather per packet, a few
+scatters back; a connection any of whose rows in the batch is something
+else stays off it, so batch order holds.  The other rows are keyed, hashed
+and looked up for the whole batch (numpy open-addressing index,
+conntrack_index); each connection is one 256-byte table row gathered once.
+Vectorized: established TCP ACK segments (any number per
 connection, conntrack_tcp.established_runs), any TCP segment of a connection
 with one row in the batch (conntrack_tcp.update_many: handshakes, FIN, RST),
 steady UDP/ICMP, and committing new connections (IPv4 NAT included) whose
-tuples nothing else in the batch touches.  The rest (several non-trivial segments of one connection,
-ICMP errors, NAT set-up, limits reached, recirculated NATed packets) runs per
-packet in batch order (conntrack_slow).  Results are the same either way
+tuples nothing else in the batch touches.  The rest (several non-trivial
+segments of one connection, ICMP errors, NAT set-up, limits reached,
+recirculated NATed packets) runs per packet in batch order (conntrack_slow).  Results are the same either way
 (tests compare batches with one-by-one runs).  bench/bench_conntrack.py
 measures it.
 
