@@ -143,11 +143,14 @@ class Topology:
         return port.get("binding:host_id") or ""
 
     def local_ports(self, host: str) -> list[dict]:
-        """Ports whose VIF is on `host` and that the agent has plugged (has an ofport)."""
+        """Ports whose VIF is on `host` and that the agent has plugged (has an ofport).
+        A trunk's sub-ports are not among them even when bound there (Neutron binds them to
+        the parent's host): their frames are the parent VIF's, tagged."""
         ch = self.chassis.get(host)
         if ch is None:
             return []
-        return [p for p in self.ports_on[host] if p["id"] in ch.ofports and is_vif(p)]
+        return [p for p in self.ports_on[host] if p["id"] in ch.ofports and is_vif(p)
+                and p["id"] not in self.subport_of]
 
     def _port_hosts(self, network_id: str) -> set[str]:
         out = set()
