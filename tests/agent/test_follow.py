@@ -1,4 +1,4 @@
-"""The embedded agent loop: hosts follow the store's revisions, plug and unplug VIFs, report ports ACTIVE."""
+"""The embedded agent loop: hosts follow the store, plug and unplug VIFs, report ports ACTIVE."""
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ class _FussyCluster(Cluster):
 def test_a_model_the_hosts_cannot_apply_is_reported_and_the_loop_recovers_on_the_next_change():
     api = LocalApi()
     errors = []
-    follower = Follower(api.store, _FussyCluster(["h1"]), on_error=lambda rev, exc: errors.append(rev))
+    follower = Follower(api.store, _FussyCluster(["h1"]),
+                        on_error=lambda rev, exc: errors.append(rev))
     follower.start(wait=0.05)
     try:
         boom = api.create("networks", project="p1", name="boom")

@@ -1,4 +1,4 @@
-"""YAML topology files: what a good file makes through the API, and how a bad one is refused (line, reason)."""
+"""YAML topology files: what a good file makes through the API; how a bad one is refused."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ GOOD = textwrap.dedent("""\
             host: h1
             security_groups: [web, default]
             fixed_ips: [{subnet: front-v4, ip: 10.0.0.5}]
-            allowed_address_pairs: [10.0.0.100, {ip_address: 10.0.0.101, mac_address: "02:00:00:00:00:99"}]
+            allowed_address_pairs:
+              - 10.0.0.100
+              - {ip_address: 10.0.0.101, mac_address: "02:00:00:00:00:99"}
           - {name: vm2, network: back, host: h2, port_security: false, security_groups: []}
           - {name: vm3, network: back, fixed_ip: 10.1.0.9, qos_policy: slow}
         routers:
@@ -85,7 +87,8 @@ def test_a_good_file_makes_every_resource_with_names_resolved_to_ids():
     assert nets["front"]["project_id"] == "p1" and nets["public"]["router:external"] is True
     assert nets["back"]["provider:network_type"] == "geneve"
     assert nets["back"]["qos_policy_id"] == out.qos_policies["slow"]["id"]
-    assert subnets["back-v4"]["gateway_ip"] == "10.1.0.254" and subnets["front-v6"]["ip_version"] == 6
+    assert subnets["back-v4"]["gateway_ip"] == "10.1.0.254"
+    assert subnets["front-v6"]["ip_version"] == 6
 
     groups = {g["name"]: g for g in api.request("GET", "security-groups?project_id=p1")
               ["security_groups"]}

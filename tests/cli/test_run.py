@@ -1,4 +1,4 @@
-"""`sbnet run`: the demo's report (counted right, by rule and host) and the API served alongside the hosts."""
+"""`sbnet run`: the demo's report (counted right, by rule and host) and the API served alongside."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The embedded agent loop: follow the store's revision feed, re-sync the cluster, mark plugged ports ACTIVE."""
+"""The embedded agent loop: follow the store's revisions, re-sync the cluster, report ports up."""
 
 from __future__ import annotations
 

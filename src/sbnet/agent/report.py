@@ -1,4 +1,4 @@
-"""What the hosts did with traffic: forwarded and dropped packets by rule and host, from the switches' counters."""
+"""What hosts did with traffic: packets forwarded and dropped, by rule and host."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class RuleNames:
         table = PIPELINE.spec(flow.table).name
         origin = origins.get(flow.cookie) if flow.cookie else None
         if origin:
-            stage, kind, ident = origin.split(" ", 2)
+            _, kind, ident = origin.split(" ", 2)
             kind = {"security_group_rule": "rule"}.get(kind, kind)
             return f"{table}: {kind} {self.labels.get(ident, ident[:8])}"
         if flow.priority == 0:
@@ -69,7 +69,8 @@ def _rule_label(rule: dict, groups: dict[str, str]) -> str:
     elif rule.get("remote_ip_prefix"):
         peer = f" {'from' if rule['direction'] == 'ingress' else 'to'} {rule['remote_ip_prefix']}"
     eth = "" if (rule.get("ethertype") or "IPv4") == "IPv4" else f" {rule['ethertype']}"
-    return f"{groups.get(rule['security_group_id'], '?')} {rule['direction']}{eth} {proto}{ports}{peer}"
+    group = groups.get(rule["security_group_id"], "?")
+    return f"{group} {rule['direction']}{eth} {proto}{ports}{peer}"
 
 
 def counters(cluster: Cluster, only: str | None = None) -> dict[str, dict[tuple, tuple[Flow, int]]]:
@@ -160,7 +161,8 @@ def drive(cluster: Cluster, probes: list[Probe], ports: dict[str, str], snapshot
                 cat.drops[(host, names.name(flow, cluster.hosts[host].installed.origins))] += n
         before = now
     for (host, flow), n in _moved(base, counters(cluster)):
-        report.rules[(host, verdict(flow), names.name(flow, cluster.hosts[host].installed.origins))] += n
+        origins = cluster.hosts[host].installed.origins
+        report.rules[(host, verdict(flow), names.name(flow, origins))] += n
     return report
 
 

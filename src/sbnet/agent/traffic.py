@@ -1,10 +1,10 @@
-"""Generated probe traffic for an embedded cluster: frames with their sender, receiver and expected fate."""
+"""Probe traffic for an embedded cluster: frames with their sender, receiver and expected fate."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import dpkt
 
@@ -197,7 +197,8 @@ def demo_traffic(ports: dict[str, dict], snapshot: dict, resolve: Callable[[str]
         t.add("denied: spoofed source", w, clients[0],
               tcp(w, clients[0], t.port(), 80, "S", ip_src=f"10.0.0.{100 + i % 150}"), False)
         t.add("denied: spoofed source", ep["cache1"], ep["cache2"],
-              udp(ep["cache1"], ep["cache2"], t.port(), 6379, ip_src=f"10.2.0.{101 + i % 150}"), False)
+              udp(ep["cache1"], ep["cache2"], t.port(), 6379,
+                  ip_src=f"10.2.0.{101 + i % 150}"), False)
         t.add("denied: spoofed source", clients[1], w,
               tcp(clients[1], w, t.port(), 80, "S", eth_src=f"02:66:00:00:00:{i % 256:02x}"), False)
     for i in range(16 * scale):

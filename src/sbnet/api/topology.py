@@ -1,4 +1,4 @@
-"""YAML topology files: projects' networks, groups, ports, routers and floating IPs made through the API."""
+"""YAML topology files: projects' networks, groups, ports, routers, made through the API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`sbnet run`: the embedded default in one process: the API on SQLite, embedded hosts following the store, a demo."""
+"""`sbnet run`: the API on SQLite and embedded hosts following its store, in one process."""
 
 from __future__ import annotations
 
@@ -173,8 +173,13 @@ def _print_loaded(console: Console, path: Path, loaded, syncs: list) -> None:
 
 def _run_demo(console: Console, cluster, follower, store, loaded, scale: int) -> dict:
     from sbnet.agent.report import DROP, FORWARD, drive
-    from sbnet.agent.traffic import OUTSIDE_IP, OUTSIDE_MAC, arp_reply_mac, arp_request, \
-        demo_traffic
+    from sbnet.agent.traffic import (
+        OUTSIDE_IP,
+        OUTSIDE_MAC,
+        arp_reply_mac,
+        arp_request,
+        demo_traffic,
+    )
 
     snapshot = store.snapshot()
     ports = {n: p["id"] for n, p in loaded.ports.items()}
