@@ -5,7 +5,7 @@ import importlib
 from sbnet.cli.main import app
 
 # Modules that define commands; a module missing here is not yet built.
-_MODULES = ("replay", "trace", "conntrack", "serve", "flows", "run")
+_MODULES = ("replay", "trace", "conntrack", "serve", "flows", "run", "offload", "compare", "agent")
 
 for _name in _MODULES:
     try:

@@ -1,0 +1,127 @@
+"""`sbnet agent`: one host's agent following a Neutron API, on Open vSwitch or the reference switch."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import typer
+
+from sbnet.compiler.topology import TUNNEL_OFPORTS
+
+
+def _physnets(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, _, ofport = item.partition("=")
+        if not name or not ofport.isdigit():
+            raise typer.BadParameter(f"--physnet {item!r}: expected NAME=OFPORT")
+        out[name] = int(ofport)
+    return out
+
+
+def _ovs(rundir: str, bridge: str, tunnel_ip: str):
+    from sbnet.ovs.backend import OvsDatapath
+    from sbnet.ovs.system import RunningOVS
+    ovs = RunningOVS(rundir)
+    dp = OvsDatapath(ovs, bridge, "netdev")           # --may-exist: an existing bridge is kept
+    have = dp.ports()
+    for kind, ofport in TUNNEL_OFPORTS.items():
+        if f"{kind}0" not in have:
+            dp.add_tunnel_port(f"{kind}0", kind, ofport)
+    return dp, lambda: ovs.iface_ids(bridge)
+
+
+def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list):
+    """The reference switch on AF_PACKET in this process: the underlay interface, tunnel
+    ports, and VIFs found as tap interfaces named for bound ports (attached as they appear)."""
+    from sbnet.agent.agent import vif_name
+    from sbnet.datapath.afpacket import AfPacketDatapath
+    from sbnet.datapath.switch import Switch
+    from sbnet.datapath.tunnel import TunnelPort
+    dp = AfPacketDatapath(Switch("br-sbnet")).start()
+    underlay_ofport = 65000
+    dp.attach(underlay_ofport, underlay)
+    dp.underlay("add_port", underlay_ofport, underlay_mac)
+    dp.underlay("add_local", tunnel_ip)
+    dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
+    for kind, ofport in TUNNEL_OFPORTS.items():
+        dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
+    attached: dict[str, int] = {}
+
+    def vifs() -> dict[str, int]:
+        agent = agent_ref[0]
+        present = set(os.listdir("/sys/class/net"))
+        for pid in agent.mirror.by_type.get("port", {}):
+            name = vif_name(pid)
+            if name in present and pid not in attached:
+                ofport = max([0, *attached.values()]) + 1
+                dp.attach(ofport, name)
+                attached[pid] = ofport
+        for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
+            dp.detach(attached.pop(pid))
+        return dict(attached)
+    return dp, vifs
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def agent(
+        host: str = typer.Option(..., help="this host's name (ports bind to it by binding:host_id)"),
+        api: str = typer.Option("http://127.0.0.1:9696", help="the Neutron API's URL"),
+        tunnel_ip: str = typer.Option(..., help="this host's tunnel endpoint address"),
+        datapath: str = typer.Option("ovs", help="ovs | reference"),
+        bridge: str = typer.Option("br-int", help="OVS: the integration bridge"),
+        ovs_rundir: str = typer.Option("/var/run/openvswitch", help="OVS: its run directory"),
+        underlay: str = typer.Option("", help="reference: the underlay interface"),
+        underlay_mac: str = typer.Option("", help="reference: the MAC tunnels are sent from"),
+        underlay_prefix: str = typer.Option("", help="reference: the underlay subnet (on-link)"),
+        neighbour: list[str] = typer.Option([], help="reference: IP=MAC of a peer's tunnel "
+                                            "endpoint (repeatable)"),
+        physnet: list[str] = typer.Option([], help="NAME=OFPORT of a physical network's port"),
+        profile: str = typer.Option("software", help="the host's NIC profile"),
+        wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
+    ) -> None:
+        """Follow the API's change feed; apply this host's compiled pipeline as diffs; report
+        ports ACTIVE or DOWN.  Stops on SIGTERM/SIGINT; a restart reconciles, no flush."""
+        import httpx
+        from rich.console import Console
+        from sbnet.agent.agent import ApiSource, HostAgent
+        console = Console(stderr=True)
+        ref: list = []
+        if datapath == "ovs":
+            dp, vifs = _ovs(ovs_rundir, bridge, tunnel_ip)
+        elif datapath == "reference":
+            if not (underlay and underlay_mac and underlay_prefix):
+                raise typer.BadParameter("--datapath reference needs --underlay, "
+                                         "--underlay-mac and --underlay-prefix")
+            dp, vifs = _reference(underlay, underlay_mac, tunnel_ip, underlay_prefix, ref)
+            for item in neighbour:
+                ip, _, mac = item.partition("=")
+                dp.underlay("add_neighbour", ip, mac)
+        else:
+            raise typer.BadParameter("--datapath must be ovs or reference")
+        source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60))
+        a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs)
+        ref.append(a)
+        stop = lambda *_: a._stop.set()  # noqa: E731
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+        def report(exc: Exception) -> None:
+            console.print(f"[red]{host}: {exc}")
+        a.start()
+        console.print(f"{host}: following {api} on {datapath}")
+        while not a._stop.is_set():
+            try:
+                r = a.step(wait)
+            except Exception as exc:           # keep following; the next revision may be fine
+                report(exc)
+                a._stop.wait(1.0)
+                continue
+            if r is not None:
+                console.print(f"{host}: revision {r.revision}: +{r.added} ~{r.modified} "
+                              f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "
+                              f"({r.seconds * 1000:.0f} ms)")
+        if datapath == "reference":
+            dp.close()
