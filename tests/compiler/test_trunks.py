@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.compiler.scenario import ARP, Cloud, Dot1Q, Ether, arp_request, icmp, ip_of, udp
+from tests.compiler.scenario import ARP, Cloud, Dot1Q, Ether, arp_request, icmp, ip_of, tcp, udp
 
 VIDS = (101, 102)
 
@@ -120,6 +120,26 @@ def test_subport_port_security_applies_to_its_own_addresses():
     c.api.update("ports", s1["id"], allowed_address_pairs=[{"ip_address": ip_of(s2)}])
     c.sync()
     assert c.send(parent, [tagged(spoof, 101)]).to(peer["id"]) == [spoof]
+
+
+def test_a_subports_security_groups_apply_to_its_vlan_and_not_to_the_others():
+    c, parent, subs, plain, _ = trunk_cloud("vxlan")
+    ssh = c.api.create("security-groups", project="p1", name="ssh-in-only")
+    c.api.create("security-group-rules", project="p1", security_group_id=ssh["id"],
+                 direction="ingress", ethertype="IPv4", protocol="tcp", port_range_min=22,
+                 port_range_max=22)
+    c.api.update("ports", subs[0]["id"], security_groups=[ssh["id"]])
+    c.sync()
+    peer1, peer2 = plain[1], plain[2]
+    syn = tcp(peer1, subs[0], 40000, 22)
+    assert c.send(peer1, [syn]).to(parent["id"]) == [tagged(syn, 101)]
+    assert c.send(peer1, [tcp(peer1, subs[0], 40000, 80)]).total == 0
+    assert c.send(parent, [tagged(icmp(subs[0], peer1), 101)]).total == 0    # no egress rule
+    # The other sub-port keeps the default group: its traffic flows both ways.
+    ping = icmp(subs[1], peer2)
+    assert c.send(parent, [tagged(ping, 102)]).to(peer2["id"]) == [ping]
+    web = tcp(peer2, subs[1], 40000, 80)
+    assert c.send(peer2, [web]).to(parent["id"]) == [tagged(web, 102)]
 
 
 def test_adding_a_subport_to_a_running_trunk_starts_its_traffic():
