@@ -184,6 +184,17 @@ class OvnLab:
     def sbctl(self, *args: str) -> str:
         return _run(["ovn-sbctl", f"--db=unix:{self.dir}/sb.sock", "--timeout=600", *args])
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each daemon (user + system, from /proc)."""
+        out: dict[str, float] = {}
+        procs = [(os.path.basename(p.args[0]), p.pid) for p in self.procs]
+        procs += [("ovs-vswitchd", pid) for pid in self.ovs.pids[1:]]
+        for name, pid in procs:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
     def flows(self) -> int:
         return sum(1 for ln in self.ovs.ofctl("dump-flows", options=("--no-stats",)).splitlines()
                    if "actions=" in ln)
@@ -249,6 +260,7 @@ class OvnResult:
     setup: float
     add: list[float] = field(default_factory=list)          # until --wait=hv sync returns
     bound: list[float] = field(default_factory=list)        # until table 0 has the new port
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # daemon CPU seconds per add
 
 
 def run_ovn(cloud: Cloud, adds: int) -> OvnResult:
@@ -285,6 +297,7 @@ def run_ovn(cloud: Cloud, adds: int) -> OvnResult:
         res = OvnResult(_settled_flows(lab), time.perf_counter() - t_setup)
         for i in range(adds):
             port = cloud.new_port(local)
+            cpu0 = lab.cpu()
             t0 = time.perf_counter()
             name = f"new{i}"
             lab.ovs.vsctl("add-port", "br-int", name, "--", "set", "Interface", name, "type=dummy",
@@ -303,6 +316,8 @@ def run_ovn(cloud: Cloud, adds: int) -> OvnResult:
             res.bound.append(time.perf_counter() - t0)
             lab.nbctl("--wait=hv", "sync")
             res.add.append(time.perf_counter() - t0)
+            for name, used in lab.cpu().items():
+                res.cpu.setdefault(name, []).append(used - cpu0.get(name, 0.0))
     return res
 
 
@@ -326,7 +341,7 @@ def _wait_for_port_flows(lab: OvnLab, ofport: int, timeout: float = 60.0) -> Non
     while time.monotonic() < deadline:
         if f"in_port={ofport}" in lab.ovs.ofctl("dump-flows", "table=0", options=("--no-stats",)):
             return
-        time.sleep(0.01)
+        time.sleep(0.05)           # each poll is an ovs-ofctl run: keep it off the CPUs
     raise RuntimeError(f"no flows for the new port (ofport {ofport}) after {timeout}s")
 
 
@@ -357,7 +372,8 @@ def report(shape: Shape, sb: SbnetResult, ovn: OvnResult | None) -> None:
           + ", ".join(f"{k} {_ms(v)}" for k, v in sb.add_parts.items()))
     if ovn:
         print(f"OVN port add, median / p95 (ms): new port's flows in table 0 {_ms(ovn.bound)}, "
-              f"ovn-nbctl --wait=hv sync returned {_ms(ovn.add)}")
+              f"ovn-nbctl --wait=hv sync returned {_ms(ovn.add)}; daemon CPU per add (median s): "
+              + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in sorted(ovn.cpu.items())))
     print(f"flows changed per add: on the port's host median {statistics.median(sb.add_flows):.0f}, "
           f"on all other hosts together median {statistics.median(sb.other_flows):.0f}")
 

@@ -73,7 +73,7 @@ class Cloud:
 def generate(shape: Shape = Shape()) -> Cloud:
     """A cloud of `shape`: vxlan networks with one IPv4 subnet each, groups with Neutron's two
     default egress rules and ingress rules (TCP/UDP ranges, ICMP, from prefixes or remote
-    groups), ports spread round-robin over the hosts."""
+    groups), ports spread round-robin over the hosts and at random over the networks."""
     rng = random.Random(shape.seed)
     uid = lambda: str(uuid.UUID(int=rng.getrandbits(128)))  # noqa: E731
     hosts = [f"host{i}" for i in range(shape.hosts)]
@@ -108,8 +108,10 @@ def generate(shape: Shape = Shape()) -> Cloud:
             r.update(id=uid(), security_group_id=g["id"], project_id=g["project_id"],
                      tenant_id=g["project_id"], created_at=cloud.stamp(), remote_address_group_id=None)
             snap["security_group_rule"].append(r)
+    # Hosts round-robin, networks at random: as a scheduler places VMs, so every host ends
+    # up with ports on most networks (round-robin both would put each host on a few only).
     for i in range(shape.ports):
-        snap["port"].append(cloud.new_port(hosts[i % len(hosts)], snap["network"][i % shape.networks]))
+        snap["port"].append(cloud.new_port(hosts[i % len(hosts)]))
     return cloud
 
 
