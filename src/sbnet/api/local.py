@@ -39,11 +39,11 @@ class LocalApi:
 
     def create(self, collection: str, project: str = "admin", **attrs) -> dict:
         """POST one resource: create("networks", project="p1", name="n") -> the network."""
-        member = _MEMBERS.get(collection, collection.rstrip("s"))
+        member = member_of(collection)
         return self.request("POST", collection, {member: attrs}, project)[member]
 
     def update(self, collection: str, ident: str, **attrs) -> dict:
-        member = _MEMBERS.get(collection, collection.rstrip("s"))
+        member = member_of(collection)
         return self.request("PUT", f"{collection}/{ident}", {member: attrs})[member]
 
     def delete(self, collection: str, ident: str) -> None:
@@ -64,6 +64,7 @@ _MEMBERS = {
 }
 
 
-def qos_rule_member(collection: str) -> str:
-    """qos/policies/<id>/bandwidth_limit_rules -> bandwidth_limit_rule."""
-    return collection.rsplit("/", 1)[-1].rstrip("s")
+def member_of(collection: str) -> str:
+    """The body key of a collection: ports -> port, qos/policies/<id>/dscp_marking_rules ->
+    dscp_marking_rule."""
+    return _MEMBERS.get(collection, collection.rsplit("/", 1)[-1].rstrip("s"))
