@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scapy.contrib.mpls import MPLS
 from scapy.contrib.nsh import NSH
 
 from tests.compiler.scenario import Cloud, Ether, icmp, ip_of, raw, tcp, udp
@@ -19,9 +20,12 @@ class ServiceFunction:
     ingress: dict
     egress: dict
     aware: bool = True
+    mpls: bool = False
     seen: list = field(default_factory=list)      # (spi, si, inner frame)
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
+        if self.mpls:
+            return [self.handle_mpls(f) for f in frames]
         if not self.aware:
             assert all(Ether(f).type != 0x894F for f in frames)
             self.seen += [(None, None, f) for f in frames]
@@ -38,6 +42,19 @@ class ServiceFunction:
         return out
 
 
+    def handle_mpls(self, frame: bytes) -> bytes:
+        """An MPLS-aware SF: label SPI << 8 | SI after the frame's own Ethernet header;
+        it returns the frame with the label's SI one lower (traffic class kept)."""
+        pkt = Ether(frame)
+        assert pkt.type == 0x8847
+        label = pkt[MPLS]
+        assert label.s == 1
+        inner = raw(Ether(src=pkt.src, dst=pkt.dst, type=0x0800) / label.payload)
+        self.seen.append((label.label >> 8, label.label & 0xFF, inner))
+        label.label -= 1
+        return raw(pkt)
+
+
 class Chains(Cloud):
     """A Cloud whose sends play the service functions until every frame has landed."""
 
@@ -46,18 +63,20 @@ class Chains(Cloud):
         self.sfs: dict[str, ServiceFunction] = {}
         self.visits: list[str] = []
 
-    def service_function(self, name: str, net: dict, host: str, aware: bool = True) -> ServiceFunction:
+    def service_function(self, name: str, net: dict, host: str, aware: bool = True,
+                         mpls: bool = False) -> ServiceFunction:
         # Default security groups: NSH frames to and from an SF are not theirs to judge.
         ingress = self.port("p1", net, host, name=f"{name}-in")
         egress = self.port("p1", net, host, name=f"{name}-out")
-        sf = ServiceFunction(name, ingress, egress, aware)
+        sf = ServiceFunction(name, ingress, egress, aware, mpls)
         self.sfs[ingress["id"]] = sf
         return sf
 
     def group(self, *sfs: ServiceFunction) -> dict:
         pairs = [self.api.create("sfc/port_pairs", project="p1", ingress=sf.ingress["id"],
                                  egress=sf.egress["id"], service_function_parameters={
-                                     "correlation": "nsh" if sf.aware else None})
+                                     "correlation": ("mpls" if sf.mpls else "nsh") if sf.aware
+                                     else None})
                  for sf in sfs]
         return self.api.create("sfc/port_pair_groups", project="p1",
                                port_pairs=[p["id"] for p in pairs])
@@ -67,10 +86,11 @@ class Chains(Cloud):
                                logical_source_port=src["id"], **kw)
 
     def chain(self, groups: list[dict], classifiers: list[dict], **params) -> dict:
+        """A chain; NSH unless it asks otherwise (the API's default is networking-sfc's mpls)."""
         return self.api.create("sfc/port_chains", project="p1",
                                port_pair_groups=[g["id"] for g in groups],
                                flow_classifiers=[c["id"] for c in classifiers],
-                               chain_parameters={"correlation": "nsh", **params})
+                               chain_parameters=params or {"correlation": "nsh"})
 
     def send(self, port: dict, frames) -> dict[str, list[bytes]]:
         """Where the frames finally landed (service functions' ingress ports excluded)."""
@@ -237,3 +257,32 @@ def test_an_nsh_unaware_service_function_gets_and_returns_the_plain_frame():
     assert sf.seen == [(chain["chain_id"], 254, f) for f in frames]
     assert {n for n in c.visits if n.startswith("lb")} == {"lb1", "lb2"}
     assert c.visits.count("lb1") + c.visits.count("lb2") == 16
+
+
+def test_an_mpls_chain_labels_the_frame_for_its_sfs_and_shares_flows_the_same_way():
+    c = Chains()
+    net = c.network("p1")
+    a = c.port("p1", net, "h1", port_security_enabled=False)
+    b = c.port("p1", net, "h3", port_security_enabled=False)
+    fw = c.service_function("fw", net, "h2", mpls=True)
+    wire = c.service_function("wire", net, "h3", aware=False)
+    lb = [c.service_function(n, net, h, mpls=True) for n, h in (("lb1", "h2"), ("lb2", "h3"))]
+    chain = c.api.create("sfc/port_chains", project="p1",   # networking-sfc's default: mpls
+                         port_pair_groups=[c.group(fw)["id"], c.group(wire)["id"],
+                                           c.group(*lb)["id"]],
+                         flow_classifiers=[c.classifier(a, protocol="tcp")["id"]])
+    assert chain["chain_parameters"]["correlation"] == "mpls"
+    c.sync()
+    frames = [tcp(a, b, 5000 + i, 443) for i in range(24)]
+    landed = c.send(a, frames)
+    assert sorted(landed[b["id"]]) == sorted(frames)
+    spi = chain["chain_id"]
+    assert sorted(fw.seen) == sorted((spi, 255, f) for f in frames)
+    assert sorted(inner for (_, _, inner) in wire.seen) == sorted(frames)
+    both = [(x.name, si, f) for x in lb for (_, si, f) in x.seen]
+    assert sorted(f for (_, _, f) in both) == sorted(frames) and {si for (_, si, _) in both} == {253}
+    assert {n for (n, _, _) in both} == {"lb1", "lb2"}
+    # The same flow again takes the same pair.
+    again = c.send(a, frames[:1] * 3)
+    first = next(n for (n, _, f) in both if f == frames[0])
+    assert again == {b["id"]: frames[:1] * 3} and c.visits[-3:] == [first] * 3

@@ -3,9 +3,12 @@
 # Design, in short (the tests in tests/compiler/test_chains.py show it on packets):
 # - A chain's service path id (SPI) is its chain_id; the service index (SI) starts at 255
 #   and every service function decrements it, so (SPI, SI) names the next group everywhere.
-# - Correlation: the API keeps networking-sfc's default ("mpls") in chain_parameters, but
-#   NSH is what a chain means here unless it asks for "mpls" by name (see MPLS below):
-#   NSH carries the context a chain needs across hosts, MPLS has no room for it.
+# - Correlation: between hosts and hops a chain always travels as NSH, which has room for
+#   the context (network, source port, bucket) the chain needs to end on another host.
+#   What a service function sees follows networking-sfc: a pair without correlation is
+#   NSH-unaware and gets the plain frame; an aware one gets its chain's correlation, NSH
+#   (asked for, or none given) or MPLS (networking-sfc's default, which the API fills in):
+#   the original frame plus a label SPI << 8 | SI whose TC bits carry the flow's bucket.
 # - The classifier runs on the source port's host after its egress security groups.  It
 #   picks one of BUCKETS flow-hash buckets once per flow (a select group hashing the
 #   5-tuple) and NSH carries it in nsh_c4; every group maps buckets to its port pairs, so a
@@ -13,6 +16,8 @@
 #   (whose outer headers are the same for every flow of the chain).
 # - The other context headers remember where the packet came from, for the end of the
 #   chain: nsh_c1 the network key, nsh_c2 the logical source port, nsh_c3 the ct zone.
+#   What an unaware or MPLS SF returns is encapsulated again as coming from its egress
+#   port (that port's network; the same 5-tuple hashes to the same bucket).
 # - Hops between hosts travel in the SF ingress port's network (its tunnel or VLAN) as
 #   Ethernet + NSH frames addressed to the SF's MAC; they enter chain_forward directly,
 #   so neither anti-spoofing nor the SF ports' security groups see the NSH frames.
@@ -29,11 +34,13 @@ from sbnet.compiler.l2 import remote_out
 from sbnet.compiler.secgroups import ETH, port_ranges
 from sbnet.compiler.topology import TUNNEL_OFPORTS, TUNNEL_TYPES, mac_int
 from sbnet.flows import actions as A
+from sbnet.flows import fields as F
 from sbnet.model.secgroups import protocol_number
 
 ETH_NSH = 0x894F
 SI_FIRST = 255
 BUCKETS = 16
+MPLS_BUCKETS = 8           # an MPLS label carries the bucket in its 3 TC bits
 # A chain's select group is GROUP_BASE + SPI: above the small keys other stages allocate.
 GROUP_BASE = 0x5C00_0000
 HASH_FIELDS = ("ip_src", "ip_dst", "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst",
@@ -46,7 +53,7 @@ class Pair:
     ingress: dict
     egress: dict
     weight: int
-    aware: bool            # the SF speaks NSH (its pair's correlation is "nsh")
+    aware: bool            # the SF speaks its chain's correlation (its pair has one)
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,13 @@ class Plan:
     chain: dict
     spi: int
     groups: tuple[tuple[Pair, ...], ...]
+    mpls: bool             # aware SFs see an MPLS label, not NSH
+    ethertype: int         # what an MPLS label pops back to
 
     @property
     def buckets(self) -> int:
+        if self.mpls:
+            return MPLS_BUCKETS
         # A single bucket when no group has a choice to make: nothing to hash.
         return BUCKETS if any(len(g) > 1 for g in self.groups) else 1
 
@@ -97,13 +108,16 @@ def chain_plan(topo, chain: dict) -> Plan | None:
             params = pp.get("service_function_parameters") or {}
             weight = int(params.get("weight", 1) or 0)
             if weight > 0:
-                pairs.append(Pair(ing, eg, weight, params.get("correlation") == "nsh"))
+                pairs.append(Pair(ing, eg, weight, params.get("correlation") is not None))
         if not pairs:
             return None
         groups.append(tuple(sorted(pairs, key=lambda p: p.ingress["id"])))
-    if not groups or len(groups) >= SI_FIRST:
-        return None
-    return Plan(chain, int(chain["chain_id"]), tuple(groups))
+    spi = int(chain["chain_id"])
+    mpls = (chain.get("chain_parameters") or {}).get("correlation") == "mpls"
+    if not groups or len(groups) >= SI_FIRST or (mpls and spi >= 1 << 12):
+        return None     # an MPLS label is SPI (12 bits) and SI (8 bits)
+    v6 = [fc for fc in _classifiers(topo, chain) if fc.get("ethertype") == "IPv6"]
+    return Plan(chain, spi, tuple(groups), mpls, ETH["IPv6" if v6 else "IPv4"])
 
 
 def _involved(ctx, plan: Plan) -> bool:
@@ -228,27 +242,22 @@ def build_chain_forward_hops(ctx, plan: Plan) -> None:
     """(SPI, SI) to the next group: the pair its bucket maps to, here or on its host."""
     for i, group in enumerate(plan.groups):
         nsh = {"eth_type": ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - i}
-        if len(group) == 1:
-            _to_pair(ctx, plan, group[0], nsh)
+        if len(group) == 1 and not plan.mpls:
+            _to_pair(ctx, plan, group[0], nsh, SI_FIRST - i, 0)
             continue
         for k, pair in enumerate(pair_of_bucket(group, plan.buckets)):
-            _to_pair(ctx, plan, pair, {**nsh, "nsh_c4": k})
+            _to_pair(ctx, plan, pair, {**nsh, "nsh_c4": k}, SI_FIRST - i, k)
 
 
-def _to_pair(ctx, plan: Plan, pair: Pair, match: dict) -> None:
+def _to_pair(ctx, plan: Plan, pair: Pair, match: dict, si: int, bucket: int) -> None:
     topo = ctx.topo
     port = pair.ingress
     host = topo.host_of(port)
     cookie = ctx.cookie("port_chain", plan.chain["id"])
-    aim = [A.SetField("eth_dst", mac_int(port["mac_address"])),
-           R.OUTPORT.load(topo.port_key[port["id"]])]
     if host == ctx.host:
-        if port["id"] not in ctx.chassis.ofports:
-            return
-        if not pair.aware:
-            # An SF that does not speak NSH gets the frame as the source sent it.
-            aim = [R.OUTPORT.load(topo.port_key[port["id"]]), A.Decap(), A.Decap()]
-        ctx.flow("chain_forward", 100, [*aim, ctx.goto("deliver")], match, cookie)
+        if port["id"] in ctx.chassis.ofports:
+            ctx.flow("chain_forward", 100, _to_local_sf(ctx, plan, pair, si, bucket, cookie),
+                     match, cookie)
         return
     if host not in topo.chassis:
         return
@@ -256,9 +265,31 @@ def _to_pair(ctx, plan: Plan, pair: Pair, match: dict) -> None:
     # Only what this host classified or an SF here returned goes out again: a host never
     # relays between two other hosts.
     ctx.flow("chain_forward", 100,
-             [*aim, R.NETWORK.load(topo.net_key[net["id"]]), *remote_out(ctx, net, host),
-              ctx.goto("deliver")],
+             [A.SetField("eth_dst", mac_int(port["mac_address"])),
+              R.OUTPORT.load(topo.port_key[port["id"]]), R.NETWORK.load(topo.net_key[net["id"]]),
+              *remote_out(ctx, net, host), ctx.goto("deliver")],
              {**match, "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+
+
+def _to_local_sf(ctx, plan: Plan, pair: Pair, si: int, bucket: int, cookie: int) -> list:
+    """Out of a local SF's ingress port, in the encapsulation the SF understands."""
+    key = ctx.topo.port_key[pair.ingress["id"]]
+    out, deliver = R.OUTPORT.load(key), A.Resubmit(table=ctx.table("deliver"))
+    if pair.aware and not plan.mpls:
+        return [A.SetField("eth_dst", mac_int(pair.ingress["mac_address"])), out, deliver]
+    if not pair.aware:
+        return [out, A.Decap(), A.Decap(), deliver]     # the frame as the source sent it
+    # MPLS: the label (SPI, SI) with the bucket as its traffic class, pushed once decap()
+    # has recirculated (before that OVS knows no packet type to push it onto).
+    label = [A.PushMpls(), A.SetMplsLabel(plan.spi << 8 | si), A.SetMplsTc(bucket), deliver]
+    for eth in ETH.values():
+        # Above the encapsulation of what its classifier or egress port took (reg14 and
+        # CHAINED still say so): this packet has been in the chain already.
+        ctx.flow("chain_forward", 110, label,
+                 {"reg15": R.OUTPORT.match(key), "eth_type": eth,
+                  "reg9": R.CHAIN.match(plan.spi << 8 | bucket)}, cookie)
+    return [out, R.CHAIN.load(plan.spi << 8 | bucket), A.Decap(), A.Decap(),
+            A.Resubmit(table=ctx.table("chain_forward"))]
 
 
 def build_chain_forward_end(ctx, plan: Plan) -> None:
@@ -271,7 +302,7 @@ def build_chain_forward_end(ctx, plan: Plan) -> None:
         A.Move(A.Subfield("nsh_c2", 0, 31), A.Subfield(R.INPORT.field, 0, 31)),
         A.Move(A.Subfield("nsh_c3", 0, 16), R.ZONE.sub),
         R.clear_flags(R.FROM_REMOTE, R.REMOTE_OUT), R.set_flags(R.CHAINED),
-        A.Decap(), A.Decap(), ctx.goto("arp_responder")],
+        A.Decap(), A.Decap(), A.Resubmit(table=ctx.table("arp_responder"))],
         match, ctx.cookie("port_chain", plan.chain["id"]))
 
 
@@ -284,11 +315,21 @@ def build_classify_chain_return(ctx, plan: Plan, pair: Pair, si: int) -> None:
     cookie = ctx.cookie("port", port["id"])
     entry = [*port_entry(ctx, port), ctx.goto("chain_forward")]
     in_port = ctx.chassis.ofports[port["id"]]
-    if pair.aware:
+    if pair.aware and not plan.mpls:
         ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": ETH_NSH}, cookie)
         return
-    ctx.group(_entry_group(ctx, plan))
     build_chain_forward_encap(ctx, port, si)
+    if pair.aware:
+        # The label's SI says the SF did its part; its TC is the flow's bucket.
+        ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": F.ETH_MPLS}, cookie)
+        for k in range(plan.buckets):
+            ctx.flow("chain_forward", 100,
+                     [A.PopMpls(plan.ethertype), R.CHAIN.load(plan.spi << 8 | k),
+                      R.set_flags(R.CHAINED), A.Resubmit(table=ctx.table("chain_forward"))],
+                     {"reg14": key, "eth_type": F.ETH_MPLS, "mpls_label": plan.spi << 8 | si,
+                      "mpls_tc": k}, ctx.cookie("port_chain", plan.chain["id"]))
+        return
+    ctx.group(_entry_group(ctx, plan))
     for eth in ETH.values():
         ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": eth}, cookie)
         ctx.flow("chain_forward", 100, [R.set_flags(R.CHAINED), A.Group(GROUP_BASE | plan.spi)],

@@ -37,8 +37,8 @@ PIPELINE = Pipeline((
     _t("chain_classify", "port chain flow classifiers: matching traffic enters its chain",
        _SG | {"reg14"}, ("chain_forward", "arp_responder"), miss="arp_responder"),
     _t("chain_forward", "steer chained traffic through the port pair groups in order",
-       {"reg14", "reg10", "reg9", "in_port", "eth_type", "nsh_spi", "nsh_si", "nsh_c4",
-        "metadata", "eth_dst", "dp_hash"} | _L3 | _L4,
+       {"reg14", "reg15", "reg10", "reg9", "in_port", "eth_type", "nsh_spi", "nsh_si",
+        "nsh_c4", "mpls_label", "mpls_tc", "metadata", "eth_dst", "dp_hash"} | _L3 | _L4,
        # chain_forward again: a packet it encapsulates looks up its first hop there.
        ("chain_forward", "l2_lookup", "deliver", "arp_responder")),
     _t("arp_responder", "answer ARP requests and IPv6 neighbour solicitations for known "
