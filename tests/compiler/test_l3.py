@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.compiler.scenario import ARP, ICMP, IP, TCP, Cloud, Ether, ip_of, raw
+from tests.compiler.scenario import (
+    ARP,
+    ICMP,
+    IP,
+    TCP,
+    Cloud,
+    Ether,
+    arp_request,
+    ip_of,
+    raw,
+)
 
 OUTSIDE_MAC = "02:00:00:00:00:99"
 
@@ -56,6 +66,9 @@ def test_routing_between_subnets_on_one_host_and_across_hosts(dst_host, kind):
     bystander = c.port("p1", n2, "h1" if dst_host == "h2" else "h2")
     c.sync()
     g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+    # The gateway's ARP is answered on the spot with the router port's MAC.
+    (answer,) = c.send(a, [arp_request(a, ip_of(g1))]).to(a["id"])
+    assert Ether(answer)[ARP].hwsrc == g1["mac_address"]
     d = c.send(a, [via(a, g1, ip_of(b))])
     (got,) = d.to(b["id"])
     p = Ether(got)
