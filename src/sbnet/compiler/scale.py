@@ -39,6 +39,12 @@ class Cloud:
         return f"2026-01-01T{self.clock // 3600 % 24:02d}:{self.clock // 60 % 60:02d}:" \
                f"{self.clock % 60:02d}.{self.clock:07d}Z"
 
+    def stamps(self) -> dict:
+        """created_at, updated_at and revision_number, as the API gives every resource (the
+        compiler tells versions apart by them)."""
+        t = self.stamp()
+        return {"created_at": t, "updated_at": t, "revision_number": 1}
+
     def new_port(self, host: str, network: dict | None = None, groups: list[str] | None = None) -> dict:
         """A VIF port as the API returns it, bound to `host`; not yet in the snapshot."""
         snap = self.snapshot
@@ -59,7 +65,7 @@ class Cloud:
             "device_id": str(uuid.UUID(int=self.rng.getrandbits(128))), "device_owner": "compute:nova",
             "binding:host_id": host, "binding:vnic_type": "normal", "port_security_enabled": True,
             "security_groups": groups, "allowed_address_pairs": [], "qos_policy_id": None,
-            "status": "ACTIVE", "created_at": self.stamp(), "revision_number": 1,
+            "status": "ACTIVE", **self.stamps(),
         }
 
     def with_port(self, port: dict) -> dict:
@@ -87,12 +93,12 @@ def generate(shape: Shape = Shape()) -> Cloud:
                "admin_state_up": True, "status": "ACTIVE", "shared": False, "mtu": 1450,
                "provider:network_type": "vxlan", "provider:physical_network": None,
                "provider:segmentation_id": 1000 + i, "port_security_enabled": True,
-               "router:external": False, "qos_policy_id": None, "created_at": cloud.stamp()}
+               "router:external": False, "qos_policy_id": None, **cloud.stamps()}
         cidr = f"10.{i // 16}.{(i % 16) * 16}.0/20"
         sub = {"id": uid(), "network_id": net["id"], "project_id": project, "tenant_id": project,
                "name": f"sub{i}", "cidr": cidr, "ip_version": 4,
                "gateway_ip": str(ipaddress.ip_network(cidr).network_address + 1),
-               "enable_dhcp": True, "created_at": cloud.stamp()}
+               "enable_dhcp": True, **cloud.stamps()}
         net["subnets"] = [sub["id"]]
         snap["network"].append(net)
         snap["subnet"].append(sub)
@@ -101,12 +107,12 @@ def generate(shape: Shape = Shape()) -> Cloud:
     for i in range(shape.groups):
         project = projects[i % len(projects)]
         groups.append({"id": uid(), "name": f"sg{i}", "project_id": project, "tenant_id": project,
-                       "stateful": True, "created_at": cloud.stamp()})
+                       "stateful": True, **cloud.stamps()})
     snap["security_group"] = groups
     for i, g in enumerate(groups):
         for r in _rules(rng, g, groups, shape.rules_per_group, i):
             r.update(id=uid(), security_group_id=g["id"], project_id=g["project_id"],
-                     tenant_id=g["project_id"], created_at=cloud.stamp(), remote_address_group_id=None)
+                     tenant_id=g["project_id"], remote_address_group_id=None, **cloud.stamps())
             snap["security_group_rule"].append(r)
     # Hosts round-robin, networks at random: as a scheduler places VMs, so every host ends
     # up with ports on most networks (round-robin both would put each host on a few only).
