@@ -62,6 +62,7 @@ class Chains(Cloud):
         super().__init__(hosts=hosts)
         self.sfs: dict[str, ServiceFunction] = {}
         self.visits: list[str] = []
+        self.external: dict[str, list[bytes]] = {}
 
     def service_function(self, name: str, net: dict, host: str, aware: bool = True,
                          mpls: bool = False) -> ServiceFunction:
@@ -102,7 +103,8 @@ class Chains(Cloud):
             nxt = []
             for p, fs in pending:
                 d = super().send(p, fs)
-                assert d.external == {}
+                for net, got in d.external.items():    # what crossed a physical network
+                    self.external.setdefault(net, []).extend(got)
                 for pid, got in d.ports.items():
                     sf = self.sfs.get(pid)
                     if sf is None:
@@ -114,10 +116,15 @@ class Chains(Cloud):
         raise AssertionError("frames still moving after 16 rounds")
 
 
+def endpoints(c: Chains, src: str, dst: str, **net_kw) -> tuple[dict, dict, dict]:
+    """A network and two ports on it that may send anything (source on `src`, destination on `dst`)."""
+    net = c.network("p1", **net_kw)
+    return (net, c.port("p1", net, src, port_security_enabled=False),
+            c.port("p1", net, dst, port_security_enabled=False))
+
+
 def two_group_chain(c: Chains):
-    net = c.network("p1")
-    a = c.port("p1", net, "h1", port_security_enabled=False)
-    b = c.port("p1", net, "h3", port_security_enabled=False)
+    net, a, b = endpoints(c, "h1", "h3")
     sf1, sf2 = c.service_function("sf1", net, "h2"), c.service_function("sf2", net, "h3")
     fc = c.classifier(a, protocol="tcp", destination_port_range_min=80,
                       destination_port_range_max=80)
@@ -131,7 +138,7 @@ def test_a_chain_of_two_groups_visits_sf1_then_sf2_then_the_destination_intact()
     a, b, sf1, sf2, chain = two_group_chain(c)
     frame = tcp(a, b, 40000, 80)
     landed = c.send(a, [frame])
-    assert c.visits == ["sf1", "sf2"]
+    assert c.visits == ["sf1", "sf2"] and c.external == {}
     spi = chain["chain_id"]
     assert sf1.seen == [(spi, 255, frame)] and sf2.seen == [(spi, 254, frame)]
     assert landed == {b["id"]: [frame]}
@@ -160,9 +167,7 @@ def test_deleting_the_chain_restores_direct_delivery():
 
 def test_a_group_of_two_pairs_shares_flows_and_keeps_each_flow_on_one_pair():
     c = Chains()
-    net = c.network("p1")
-    a = c.port("p1", net, "h1", port_security_enabled=False)
-    b = c.port("p1", net, "h2", port_security_enabled=False)
+    net, a, b = endpoints(c, "h1", "h2")
     left, right = c.service_function("left", net, "h2"), c.service_function("right", net, "h3")
     fc = c.classifier(a, protocol="udp")
     c.chain([c.group(left, right)], [fc])
@@ -179,9 +184,7 @@ def test_a_group_of_two_pairs_shares_flows_and_keeps_each_flow_on_one_pair():
 
 def test_the_chosen_pair_holds_at_every_group_of_a_flow_across_hosts():
     c = Chains()
-    net = c.network("p1")
-    a = c.port("p1", net, "h1", port_security_enabled=False)
-    b = c.port("p1", net, "h1", port_security_enabled=False)
+    net, a, b = endpoints(c, "h1", "h1")
     g1 = [c.service_function(n, net, h) for n, h in (("x1", "h2"), ("x2", "h3"))]
     g2 = [c.service_function(n, net, h) for n, h in (("y1", "h3"), ("y2", "h2"))]
     c.chain([c.group(*g1), c.group(*g2)], [c.classifier(a, protocol="tcp")])
@@ -198,9 +201,7 @@ def test_the_chosen_pair_holds_at_every_group_of_a_flow_across_hosts():
 
 def test_classifier_fields_select_the_traffic():
     c = Chains(hosts=("h1", "h2"))
-    net = c.network("p1")
-    a = c.port("p1", net, "h1", port_security_enabled=False)
-    b = c.port("p1", net, "h2", port_security_enabled=False)
+    net, a, b = endpoints(c, "h1", "h2")
     d = c.port("p1", net, "h2", port_security_enabled=False)
     sf = c.service_function("sf", net, "h2")
     fc = c.classifier(a, protocol="udp", source_port_range_min=1000, source_port_range_max=1999,
@@ -241,9 +242,7 @@ def test_stateful_groups_see_a_chained_connection_as_one_connection():
 
 def test_an_nsh_unaware_service_function_gets_and_returns_the_plain_frame():
     c = Chains()
-    net = c.network("p1")
-    a = c.port("p1", net, "h1", port_security_enabled=False)
-    b = c.port("p1", net, "h1", port_security_enabled=False)
+    net, a, b = endpoints(c, "h1", "h1")
     wire = c.service_function("wire", net, "h2", aware=False)
     sf = c.service_function("sf", net, "h3")
     lb = [c.service_function(n, net, h, aware=False) for n, h in (("lb1", "h2"), ("lb2", "h3"))]
@@ -252,18 +251,16 @@ def test_an_nsh_unaware_service_function_gets_and_returns_the_plain_frame():
     frames = [udp(a, b, 3000 + i, 53) for i in range(16)]
     landed = c.send(a, frames)
     assert sorted(landed[b["id"]]) == sorted(frames)
-    assert [inner for (_, _, inner) in wire.seen] == frames
+    assert sorted(inner for (_, _, inner) in wire.seen) == sorted(frames)
     # The aware SF after it sees the chain's context again: the second group's index.
-    assert sf.seen == [(chain["chain_id"], 254, f) for f in frames]
+    assert sorted(sf.seen) == sorted((chain["chain_id"], 254, f) for f in frames)
     assert {n for n in c.visits if n.startswith("lb")} == {"lb1", "lb2"}
     assert c.visits.count("lb1") + c.visits.count("lb2") == 16
 
 
 def test_an_mpls_chain_labels_the_frame_for_its_sfs_and_shares_flows_the_same_way():
     c = Chains()
-    net = c.network("p1")
-    a = c.port("p1", net, "h1", port_security_enabled=False)
-    b = c.port("p1", net, "h3", port_security_enabled=False)
+    net, a, b = endpoints(c, "h1", "h3")
     fw = c.service_function("fw", net, "h2", mpls=True)
     wire = c.service_function("wire", net, "h3", aware=False)
     lb = [c.service_function(n, net, h, mpls=True) for n, h in (("lb1", "h2"), ("lb2", "h3"))]
@@ -286,3 +283,28 @@ def test_an_mpls_chain_labels_the_frame_for_its_sfs_and_shares_flows_the_same_wa
     again = c.send(a, frames[:1] * 3)
     first = next(n for (n, _, f) in both if f == frames[0])
     assert again == {b["id"]: frames[:1] * 3} and c.visits[-3:] == [first] * 3
+
+
+def test_a_chain_on_a_vlan_network_hops_between_hosts_over_the_physical_network():
+    c = Chains()
+    net, a, b = endpoints(c, "h1", "h2", kind="vlan", physnet="physnet1", seg=120)
+    sf1, sf2 = c.service_function("sf1", net, "h3"), c.service_function("sf2", net, "h2")
+    chain = c.chain([c.group(sf1), c.group(sf2)], [c.classifier(a, protocol="udp")])
+    c.sync()
+    frame = udp(a, b, 4000, 4789)
+    assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == ["sf1", "sf2"]
+    assert sf2.seen == [(chain["chain_id"], 254, frame)]
+    # h1 -> sf1 on h3 -> sf2 on h2: two NSH hops in VLAN 120 on the physical network.
+    hops = [Ether(f) for f in c.external["physnet1"]]
+    assert [(h.vlan, h[NSH].si) for h in hops] == [(120, 255), (120, 254)]
+
+
+def test_changing_a_chains_groups_changes_the_path_after_sync():
+    c = Chains()
+    a, b, _, _, chain = two_group_chain(c)
+    sf3 = c.service_function("sf3", c.api.snapshot()["network"][0], "h1")
+    c.api.update("sfc/port_chains", chain["id"],
+                 port_pair_groups=[c.group(sf3)["id"], chain["port_pair_groups"][1]])
+    c.sync()
+    frame = tcp(a, b, 40000, 80)
+    assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == ["sf3", "sf2"]
