@@ -25,7 +25,7 @@ _ZERO = np.uint64(0)
 
 
 class ExpressPath:
-    """Method of Conntrack for the bulk of steady traffic.
+    """Methods of Conntrack for the bulk of steady traffic.
 
     A row takes the express path when it is an IPv4 TCP segment with only ACK
     among SYN/FIN/RST/ACK, of a live connection established both ways (without
@@ -66,9 +66,9 @@ class ExpressPath:
         l3, l4 = sub(l3), sub(l4)
         u3, u4 = int(l3[0]), int(l4[0])
         data = batch.data
-        if u4 + 16 > data.shape[1]:
-            return np.arange(m)
         hl = u4 - u3
+        if u4 + 16 > data.shape[1] or hl < 20 or hl & 3:
+            return np.arange(m)
         # Rows with other header offsets are looked up (their connections stay
         # off the express path) but not read.
         geo = (l3 == u3) & (l4 == u4)
