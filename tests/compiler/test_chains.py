@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from scapy.contrib.mpls import MPLS
 from scapy.contrib.nsh import NSH
 
-from tests.compiler.scenario import Cloud, Ether, icmp, ip_of, raw, tcp, udp
+from tests.compiler.scenario import IP, Cloud, Ether, icmp, ip_of, raw, tcp, udp
 
 
 @dataclass
@@ -308,3 +308,36 @@ def test_changing_a_chains_groups_changes_the_path_after_sync():
     c.sync()
     frame = tcp(a, b, 40000, 80)
     assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == ["sf3", "sf2"]
+
+
+def test_after_the_chain_routed_traffic_goes_through_the_router():
+    c = Chains()
+    n1, a, _ = endpoints(c, "h1", "h1", cidr="10.0.1.0/24")
+    n2 = c.network("p1", "10.0.2.0/24")
+    b = c.port("p1", n2, "h3", port_security_enabled=False)
+    r = c.api.create("routers", project="p1", name="r")
+    for n in (n1, n2):
+        c.api.action(f"routers/{r['id']}/add_router_interface", {"subnet_id": n["subnet"]["id"]})
+    gw = next(p for p in c.api.snapshot()["port"]
+              if p["device_id"] == r["id"] and p["network_id"] == n1["id"])
+    sf = c.service_function("sf", n1, "h2")
+    c.chain([c.group(sf)], [c.classifier(a, protocol="udp", logical_destination_port=b["id"])])
+    c.sync()
+    frame = udp(a, b, 1000, 2000, eth_dst=gw["mac_address"])
+    landed = c.send(a, [frame])
+    assert c.visits == ["sf"] and sf.seen[0][2] == frame
+    (got,) = landed[b["id"]]
+    p = Ether(got)
+    assert (p.dst, p[IP].src, p[IP].dst, p[IP].ttl) == (b["mac_address"], ip_of(a), ip_of(b), 63)
+
+
+def test_a_one_armed_service_function_receives_and_returns_on_the_same_port():
+    c = Chains()
+    net, a, b = endpoints(c, "h1", "h3")
+    arm = c.port("p1", net, "h2", name="arm")
+    sf = ServiceFunction("arm", arm, arm)
+    c.sfs[arm["id"]] = sf
+    c.chain([c.group(sf)], [c.classifier(a, protocol="tcp")])
+    c.sync()
+    frame = tcp(a, b, 1, 2)
+    assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == ["arm"]
