@@ -73,3 +73,16 @@ PIPELINE = Pipeline((
 
 def number(name: str) -> int:
     return PIPELINE.number(name)
+
+
+def markdown() -> str:
+    """The declaration as a table (docs/compiler.md is made from this, not copied by hand)."""
+    rows = ["| # | stage | purpose | on miss |", "|---|---|---|---|"]
+    for t in PIPELINE.tables:
+        miss = {"next": "next table", "drop": "drop"}.get(t.miss, f"go to {t.miss}")
+        rows.append(f"| {PIPELINE.number(t.name)} | `{t.name}` | {t.purpose} | {miss} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown())
