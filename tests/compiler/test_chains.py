@@ -23,7 +23,8 @@ class ServiceFunction:
     mpls: bool = False
     seen: list = field(default_factory=list)      # (spi, si, inner frame)
 
-    def handle(self, frames: list[bytes]) -> list[bytes]:
+    def handle(self, frames: list[bytes], at: dict, back: dict) -> list[bytes]:
+        """The frames that reached port `at`, processed, to send from port `back`."""
         if self.mpls:
             return [self.handle_mpls(f) for f in frames]
         if not self.aware:
@@ -33,11 +34,11 @@ class ServiceFunction:
         out = []
         for f in frames:
             pkt = Ether(f)
-            assert pkt.type == 0x894F and pkt.dst == self.ingress["mac_address"], pkt.summary()
+            assert pkt.type == 0x894F and pkt.dst == at["mac_address"], pkt.summary()
             hdr = pkt[NSH]
             self.seen.append((hdr.spi, hdr.si, raw(hdr.payload)))
             hdr.si -= 1
-            pkt.src = self.egress["mac_address"]
+            pkt.src = back["mac_address"]
             out.append(raw(pkt))
         return out
 
@@ -70,7 +71,7 @@ class Chains(Cloud):
         ingress = self.port("p1", net, host, name=f"{name}-in")
         egress = self.port("p1", net, host, name=f"{name}-out")
         sf = ServiceFunction(name, ingress, egress, aware, mpls)
-        self.sfs[ingress["id"]] = sf
+        self.sfs[ingress["id"]] = self.sfs[egress["id"]] = sf
         return sf
 
     def group(self, *sfs: ServiceFunction) -> dict:
@@ -111,7 +112,11 @@ class Chains(Cloud):
                         landed.setdefault(pid, []).extend(got)
                         continue
                     self.visits += [sf.name] * len(got)
-                    nxt.append((sf.egress, sf.handle(got)))
+                    # In by its ingress, out by its egress; the other way on a symmetric
+                    # chain's way back.
+                    at, back = ((sf.ingress, sf.egress) if pid == sf.ingress["id"]
+                                else (sf.egress, sf.ingress))
+                    nxt.append((back, sf.handle(got, at, back)))
             pending = nxt
         raise AssertionError("frames still moving after 16 rounds")
 
@@ -194,7 +199,7 @@ def test_the_chosen_pair_holds_at_every_group_of_a_flow_across_hosts():
     assert sorted(landed[b["id"]]) == sorted(frames)
     # Each flow went through exactly one pair of each group, in order.
     for f in frames:
-        path = [sf.name for sf in c.sfs.values() for (_, _, inner) in sf.seen if inner == f]
+        path = [sf.name for sf in g1 + g2 for (_, _, inner) in sf.seen if inner == f]
         assert len(path) == 2 and path[0][0] == "x" and path[1][0] == "y", path
     assert {n for n in c.visits} == {"x1", "x2", "y1", "y2"}
 
@@ -341,3 +346,26 @@ def test_a_one_armed_service_function_receives_and_returns_on_the_same_port():
     c.sync()
     frame = tcp(a, b, 1, 2)
     assert c.send(a, [frame]) == {b["id"]: [frame]} and c.visits == ["arm"]
+
+
+def test_a_symmetric_chain_takes_the_replies_back_through_the_groups_in_reverse():
+    c = Chains()
+    net, a, b = endpoints(c, "h1", "h3")
+    fw, ids = c.service_function("fw", net, "h2"), c.service_function("ids", net, "h3")
+    fc = c.classifier(a, protocol="tcp", destination_port_range_min=80,
+                      destination_port_range_max=80, logical_destination_port=b["id"])
+    chain = c.chain([c.group(fw), c.group(ids)], [fc], correlation="nsh", symmetric=True)
+    c.sync()
+    syn = tcp(a, b, 40000, 80)
+    assert c.send(a, [syn]) == {b["id"]: [syn]} and c.visits == ["fw", "ids"]
+    reply = tcp(b, a, 80, 40000, flags="SA")
+    assert c.send(b, [reply]) == {a["id"]: [reply]}
+    # The same SFs the other way round, each entered by its egress port.
+    assert c.visits == ["fw", "ids", "ids", "fw"]
+    assert [si for (_, si, _) in ids.seen] == [254, 255]
+    spis = {spi for x in (fw, ids) for (spi, _, _) in x.seen}
+    assert spis == {chain["chain_id"], chain["chain_id"] | 1 << 23}
+    # Other replies from b (not the classifier's ports swapped) go straight back.
+    c.visits.clear()
+    other = tcp(b, a, 81, 40000)
+    assert c.send(b, [other]) == {a["id"]: [other]} and c.visits == []

@@ -65,6 +65,7 @@ class Plan:
     groups: tuple[tuple[Pair, ...], ...]
     mpls: bool             # aware SFs see an MPLS label, not NSH
     ethertype: int         # what an MPLS label pops back to
+    classifiers: tuple[dict, ...]
 
     @property
     def buckets(self) -> int:
@@ -76,17 +77,41 @@ class Plan:
     def ports(self) -> list[dict]:
         return [p for g in self.groups for pair in g for p in (pair.ingress, pair.egress)]
 
+    def reverse(self) -> Plan:
+        """A symmetric chain's way back: its own path id (the top bit of the SPI's range),
+        the groups in reverse order, each SF entered by its egress port, and classifiers
+        that match replies: from the destination port to the source, ends swapped.  A
+        reply's bucket is its own 5-tuple's hash (select groups hash fields in order, not
+        symmetrically), so in a group of several pairs it may take another pair."""
+        top = 1 << (11 if self.mpls else 23)
+        groups = tuple(tuple(Pair(p.egress, p.ingress, p.weight, p.aware) for p in g)
+                       for g in reversed(self.groups))
+        fcs = tuple(_swapped(fc) for fc in self.classifiers if fc.get("logical_destination_port"))
+        return Plan(self.chain, self.spi | top, groups, self.mpls, self.ethertype, fcs)
+
 
 def build(ctx) -> None:
     topo = ctx.topo
     for chain in sorted(topo.port_chains.values(), key=lambda c: c["chain_id"]):
         plan = chain_plan(topo, chain)
-        if plan is None or not _involved(ctx, plan):
+        if plan is None:
             continue
-        build_chain_classify(ctx, plan)
-        build_chain_forward_hops(ctx, plan)
-        build_chain_forward_end(ctx, plan)
-        build_classify_chain_entry(ctx, plan)
+        paths = [plan]
+        if (chain.get("chain_parameters") or {}).get("symmetric") and not _one_armed(plan):
+            paths.append(plan.reverse())
+        for path in paths:
+            if _involved(ctx, path):
+                build_chain_classify(ctx, path)
+                build_chain_forward_hops(ctx, path)
+                build_chain_forward_end(ctx, path)
+                build_classify_chain_entry(ctx, path)
+
+
+def _one_armed(plan: Plan) -> bool:
+    """An SF on one port that gets plain frames or MPLS returns them with nothing to say
+    which way they go: such a chain is steered one way only."""
+    return any(p.ingress["id"] == p.egress["id"] and (plan.mpls or not p.aware)
+               for g in plan.groups for p in g)
 
 
 def chain_plan(topo, chain: dict) -> Plan | None:
@@ -114,10 +139,22 @@ def chain_plan(topo, chain: dict) -> Plan | None:
         groups.append(tuple(sorted(pairs, key=lambda p: p.ingress["id"])))
     spi = int(chain["chain_id"])
     mpls = (chain.get("chain_parameters") or {}).get("correlation") == "mpls"
-    if not groups or len(groups) >= SI_FIRST or (mpls and spi >= 1 << 12):
-        return None     # an MPLS label is SPI (12 bits) and SI (8 bits)
-    v6 = [fc for fc in _classifiers(topo, chain) if fc.get("ethertype") == "IPv6"]
-    return Plan(chain, spi, tuple(groups), mpls, ETH["IPv6" if v6 else "IPv4"])
+    # An MPLS label is SPI (12 bits) and SI (8 bits); the top SPI bit is a way back's.
+    if not groups or len(groups) >= SI_FIRST or spi >= 1 << (11 if mpls else 23):
+        return None
+    fcs = tuple(_classifiers(topo, chain))
+    v6 = [fc for fc in fcs if fc.get("ethertype") == "IPv6"]
+    return Plan(chain, spi, tuple(groups), mpls, ETH["IPv6" if v6 else "IPv4"], fcs)
+
+
+def _swapped(fc: dict) -> dict:
+    out = {**fc, "logical_source_port": fc["logical_destination_port"],
+           "logical_destination_port": fc["logical_source_port"]}
+    for a, b in (("source_ip_prefix", "destination_ip_prefix"),
+                 ("source_port_range_min", "destination_port_range_min"),
+                 ("source_port_range_max", "destination_port_range_max")):
+        out[a], out[b] = fc.get(b), fc.get(a)
+    return out
 
 
 def _involved(ctx, plan: Plan) -> bool:
@@ -125,12 +162,9 @@ def _involved(ctx, plan: Plan) -> bool:
     topo = ctx.topo
     if ctx.chassis is None:
         return False
-    ports = plan.ports() + [topo.ports[s] for s in _sources(topo, plan.chain) if s in topo.ports]
+    sources = [fc["logical_source_port"] for fc in plan.classifiers]
+    ports = plan.ports() + [topo.ports[s] for s in sources if s in topo.ports]
     return any(topo.host_of(p) == ctx.host for p in ports)
-
-
-def _sources(topo, chain: dict) -> list[str]:
-    return [fc["logical_source_port"] for fc in _classifiers(topo, chain)]
 
 
 def _classifiers(topo, chain: dict) -> list[dict]:
@@ -179,7 +213,7 @@ def build_chain_classify(ctx, plan: Plan) -> None:
     """Matching traffic from a local source port: committed if its security group accepted
     a new connection (it leaves the network here), then into the chain's select group."""
     topo = ctx.topo
-    for fc in _classifiers(topo, plan.chain):
+    for fc in plan.classifiers:
         src = topo.ports.get(fc["logical_source_port"])
         if src is None or topo.host_of(src) != ctx.host or src["id"] not in ctx.chassis.ofports:
             continue
