@@ -38,7 +38,9 @@ class EmbeddedHost:
         return 0x0200_0000_0000 | (self.index + 1)
 
     def chassis(self) -> Chassis:
-        return Chassis(self.name, self.tunnel_ip, dict(self.ofports), dict(self.physnets))
+        tier = self.switch.tier
+        return Chassis(self.name, self.tunnel_ip, dict(self.ofports), dict(self.physnets),
+                       tier.profile.name if tier is not None else "software")
 
 
 @dataclass
@@ -66,14 +68,18 @@ class Cluster:
     """
 
     def __init__(self, hosts: list[str], physnets: tuple[str, ...] = ("physnet1",),
-                 underlay: str = "192.168.100.0/24", clock=lambda: 0.0) -> None:
+                 underlay: str = "192.168.100.0/24", clock=lambda: 0.0,
+                 offload: dict | str | None = None) -> None:
+        """offload: a NIC profile (name or sbnet.offload.Profile) for every host, or a
+        host -> profile map; such hosts' switches run that NIC tier (Switch(offload=))."""
         net = ipaddress.ip_network(underlay)
+        self.offload = offload if isinstance(offload, dict) else {h: offload for h in hosts}
         self.clock = clock
         self.physnet_names = physnets
         self.hosts: dict[str, EmbeddedHost] = {}
         for i, name in enumerate(hosts):
             ip = str(net.network_address + i + 1)
-            sw = Switch(name=f"br-{name}", clock=clock)
+            sw = Switch(name=f"br-{name}", clock=clock, offload=self.offload.get(name))
             phys = {p: PHYSNET_BASE + j for j, p in enumerate(physnets)}
             h = EmbeddedHost(name, ip, i, phys, sw)
             sw.add_port(UNDERLAY_OFPORT, "underlay")

@@ -184,7 +184,10 @@ def build_sg_port(ctx, port: dict) -> None:
     for direction, (ct_table, sg_table, nxt, reg, _) in DIRECTIONS.items():
         key = reg.match(topo.port_key[port["id"]])
         if not secured:
-            ctx.flow(sg_table, 50, [ctx.goto(nxt)], {reg.field: key}, cookie)
+            # Above the verdicts every port shares (210 and below), so the megaflows of an
+            # unsecured port match neither ct_state nor the DHCP/ND fields: nothing a
+            # NIC without conntrack could not carry (same outcome: it never meets ct).
+            ctx.flow(sg_table, 250, [ctx.goto(nxt)], {reg.field: key}, cookie)
             continue
         if stateful(topo, port):
             for eth in ETH.values():

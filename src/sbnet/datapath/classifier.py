@@ -11,6 +11,19 @@ from sbnet.flows.flow import Flow
 CONJ_SLOT = F.SLOT_INDEX["conj_id"]
 
 
+def _stage(slot: int) -> int:
+    """The lookup stage of a key slot, after OVS's (lib/flow.h FLOW_SEGMENT_*): metadata,
+    L2 + L3, L4.  OVS splits L2 from L3; kept together here because apart they gave some
+    masks narrower than OVS's own (tests/datapath/test_ovs_differential.py)."""
+    name = F.SLOTS[slot]
+    if name in ("tp_src", "tp_dst", "ct_tp_src", "ct_tp_dst"):
+        return 2
+    if name.startswith(("eth_", "vlan_", "mpls_", "nw_", "ipv6_", "ct_nw_src", "ct_nw_dst",
+                        "ct_ipv6_", "arp_", "nd_", "nsh_")) or name == "tcp_flags":
+        return 1
+    return 0
+
+
 @dataclass(eq=False)
 class Rule:
     """An installed flow with its counters (the revalidator folds megaflow counts into these)."""
@@ -45,9 +58,39 @@ class _Subtable:
     rules: dict[tuple, list[Rule]] = field(default_factory=dict)  # masked key -> by priority desc
     max_priority: int = -1
     n_rules: int = 0
+    # Staged lookup as OVS's classifier: the mask in stage order, and for each stage but
+    # the last the rules' values through it, so a packet that differs early consults
+    # (and unwildcards) only the fields up to that stage.
+    staged: tuple[tuple[int, int], ...] = ()
+    prefixes: list[tuple[int, dict]] = field(default_factory=list)   # (fields through, counts)
+
+    def __post_init__(self) -> None:
+        self.staged = tuple(sorted(self.mask, key=lambda sm: (_stage(sm[0]), sm[0])))
+        stages = [_stage(s) for s, _ in self.staged]
+        self.prefixes = [(i, {}) for i in range(1, len(stages)) if stages[i] != stages[i - 1]]
 
     def key_of(self, key) -> tuple:
         return tuple(key[s] & m for s, m in self.mask)
+
+    def count(self, rule: "Rule", step: int) -> None:
+        vals = dict((s, v) for s, v, _ in rule.slots)
+        for end, seen in self.prefixes:
+            part = tuple(vals[s] for s, _ in self.staged[:end])
+            n = seen.get(part, 0) + step
+            if n:
+                seen[part] = n
+            else:
+                del seen[part]
+
+    def early_miss(self, key, wc: list[int]) -> bool:
+        """True when some stage rules the subtable out; wc then gets the fields through it."""
+        for end, seen in self.prefixes:
+            part = tuple(key[s] & m for s, m in self.staged[:end])
+            if part not in seen:
+                for s, m in self.staged[:end]:
+                    wc[s] |= m
+                return True
+        return False
 
 
 class Table:
@@ -81,6 +124,7 @@ class Table:
         lst = sub.rules.setdefault(mkey, [])
         lst.append(rule)
         lst.sort(key=lambda r: -r.priority)
+        sub.count(rule, 1)
         sub.n_rules += 1
         sub.max_priority = max(sub.max_priority, rule.priority)
         self.by_key[ident] = rule
@@ -97,6 +141,7 @@ class Table:
         mkey = tuple(v for _, v, _ in rule.slots)
         lst = sub.rules[mkey]
         lst.remove(rule)
+        sub.count(rule, -1)
         if not lst:
             del sub.rules[mkey]
         sub.n_rules -= 1
@@ -112,14 +157,19 @@ class Table:
     def lookup(self, key, wc: list[int], conjunctive: bool = True) -> Rule | None:
         """Highest-priority matching rule, with OVS's conjunctive-match semantics.
 
-        Every subtable visited contributes its whole mask to `wc`: the result
-        depends on those bits, so the megaflow must match them.
+        Every subtable visited contributes its mask to `wc`: the result depends on
+        those bits, so the megaflow must match them.  As OVS's staged lookup, a subtable
+        no rule of which shares the packet's metadata (then L2 and L3) values contributes
+        only the fields through that stage: a TCP packet does not unwildcard a UDP rule's
+        ports, nor one port's packet the L2/L3 fields of rules for another port.
         """
         self.lookups += 1
         hard, hard_pri, soft = None, -1, []
         for sub in self._order:
             if sub.max_priority <= hard_pri:
                 break
+            if sub.prefixes and sub.early_miss(key, wc):
+                continue
             for s, m in sub.mask:
                 wc[s] |= m
             lst = sub.rules.get(sub.key_of(key))

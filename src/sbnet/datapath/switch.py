@@ -70,10 +70,13 @@ class Switch:
         self.tlv_map: dict[tuple[int, int], tuple[str, int]] = {}
         self.tier = None
         self.tier_packets = {"nic": 0, "software": 0}
+        self.mf_nic_packets: dict[int, int] = {}     # NIC-tier packets per live megaflow
         if offload is not None:
             from sbnet.offload import NicTier, builtin_profiles
             profile = builtin_profiles()[offload] if isinstance(offload, str) else offload
             self.tier = NicTier(profile)
+            from sbnet.offload.conntrack import CtOffload
+            self.ct_offload = CtOffload(self.tier, self.conntrack)
         self.ports: dict[int, Port] = {}
         self.tables: dict[int, Table] = {}
         self.groups: dict[int, A.GroupMod] = {}
@@ -88,6 +91,8 @@ class Switch:
         self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
         self.drops: dict[str, int] = {}
         self.upcalls = 0
+        self.upcall_seconds = 0.0          # process CPU time in the slow path (cost model)
+        self.tier_seconds = 0.0            # ... in the NIC tier's model (stands for the NIC)
         self.packet_ins: list[bytes] = []
         self.packets_in = 0
         # Called as cb(megaflow, packets, bytes) just before a megaflow leaves the cache,
@@ -306,8 +311,13 @@ class Switch:
         if self.tunnels and len(batch):
             inner: list[tuple[int, Batch]] = []
             batch = self._decap(batch, now, inner)
-            return inner + self._local(batch, now)
-        return self._local(batch, now)
+            out = inner + self._local(batch, now)
+        else:
+            out = self._local(batch, now)
+        if self.tier is not None:
+            # After decapsulated packets too: their megaflows wait for the inserter as well.
+            self.offload_tick(now)
+        return out
 
     def _local(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
         n = len(batch)
@@ -316,8 +326,6 @@ class Switch:
         parsed = parse(batch)
         out: list[tuple[int, Batch]] = []
         self._pass(batch, parsed, self._well_formed(parsed), now, 0, out)
-        if self.tier is not None:
-            self.offload_tick(now)
         return out
 
     def _decap(self, batch: Batch, now: float, out: list) -> Batch:
@@ -383,24 +391,31 @@ class Switch:
         missing = mf < 0
         if missing.any():
             mf[missing] = self._upcall(keys, rows[missing], now)
-        self._count(mf, batch.length[rows], now, keys[_TCP_FLAGS, rows])
+        self._count(mf, batch.length[rows], now, keys[_TCP_FLAGS, rows], keys, rows, depth)
         self._emit(batch, rows, mf, parsed, now, depth, out)
 
     def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float,
-               tcp_flags: np.ndarray | None = None) -> None:
+               tcp_flags: np.ndarray | None = None, keys: np.ndarray | None = None,
+               rows: np.ndarray | None = None, depth: int = 0) -> None:
         c = self.cache
         if tcp_flags is not None:
             # TCP flags seen per megaflow, as OVS's datapath keeps them (flow records read them).
             np.bitwise_or.at(c.tcp_flags, mf, tcp_flags.astype(np.uint16))
         if self.tier is not None:
-            # The NIC tier counts what it carried; the host counts the rest.
-            on = self.tier.record(mf, lengths, now)
+            # The NIC tier counts what it carried; the host counts the rest.  Packets of ct
+            # megaflows are the NIC's only when their connection is in its conntrack table.
+            t0 = time.process_time()
+            held = None if keys is None else \
+                self.ct_offload.held(self, mf, keys, rows, tcp_flags, now)
+            on = self.tier.record(mf, lengths, now, held)
+            self.tier_seconds += time.process_time() - t0
             n_on = int(np.count_nonzero(on))
-            self.tier_packets["nic"] += n_on
-            self.tier_packets["software"] += len(mf) - n_on
+            if depth == 0:      # a packet counts once, where its first datapath pass ran
+                self.tier_packets["nic"] += n_on
+                self.tier_packets["software"] += len(mf) - n_on
             if n_on:
                 mf, lengths = mf[~on], lengths[~on]
-        else:
+        elif depth == 0:
             self.tier_packets["software"] += len(mf)
         # ufunc.at costs per packet, not per cached megaflow as bincount would.
         np.add.at(c.packets, mf, 1)
@@ -528,6 +543,7 @@ class Switch:
 
     def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
         """Slow path for cache misses: one translation per new megaflow, not per packet."""
+        t0 = time.process_time()
         out = np.empty(miss.size, dtype=np.int64)
         # Megaflows made in this call, by mask: later misses of the same flow in
         # this batch find them here without another translation.
@@ -543,6 +559,7 @@ class Switch:
                 mf = self._install(self.xlate.run(key), key, now)
                 fresh.setdefault((mf.slots, mf.mask), {})[mf.value] = mf.mf_id
                 out[i] = mf.mf_id
+        self.upcall_seconds += time.process_time() - t0
         return out
 
     def _install(self, res: XlateResult, key, now: float) -> Megaflow:
@@ -627,6 +644,7 @@ class Switch:
             r.n_packets += pk
             r.n_bytes += by
             r.used = max(r.used, used)
+        self.mf_nic_packets.pop(mf.mf_id, None)
         for cb in self.on_evict:
             cb(mf, pk, by)
         if mf.reason not in ("forwarded", "recirculated") and pk:
@@ -637,6 +655,7 @@ class Switch:
         """Let the NIC tier install queued megaflows (at its insertion rate) and fold its counts."""
         if self.tier is None:
             return
+        t0 = time.process_time()
         ch = self.tier.advance(now)
         for i in ch.installed:
             if i in self.cache.flows:
@@ -645,6 +664,7 @@ class Switch:
             if i in self.cache.flows:
                 self.cache.flows[i].tier = "software"
         self.fold_nic()
+        self.tier_seconds += time.process_time() - t0
 
     def fold_nic(self) -> None:
         """Bring the NIC tier's counters into the megaflows, so statistics are exact."""
@@ -655,6 +675,8 @@ class Switch:
                 self._fold_one(mf_id, c)
 
     def _fold_one(self, mf_id: int, c) -> None:
+        # Kept apart too, so reports can split a megaflow's packets by tier.
+        self.mf_nic_packets[mf_id] = self.mf_nic_packets.get(mf_id, 0) + c.packets
         self.cache.packets[mf_id] += c.packets
         self.cache.bytes[mf_id] += c.bytes
         self.cache.used[mf_id] = max(self.cache.used[mf_id], c.used)
@@ -680,6 +702,8 @@ class Switch:
         if expired:
             self.bundle(delete=expired, now=now)
         self.conntrack.expire(now)
+        if self.tier is not None:
+            self.ct_offload.expire()
         self.cache.resort()
 
     # -- tracing -------------------------------------------------------------

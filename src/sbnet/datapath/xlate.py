@@ -73,6 +73,7 @@ class Xlate:
 
     def run(self, key, trace: bool = False) -> XlateResult:
         ctx = _Ctx(self, key.tolist() if hasattr(key, "tolist") else list(key), trace)
+        ctx.base_in_port = ctx.flow[S["in_port"]]
         wc = ctx.wc
         for name in ("recirc_id", "in_port", "eth_type"):
             wc[S[name]] = F.lookup(name).max
@@ -108,6 +109,12 @@ class Xlate:
             ctx.log(f"Translation failed ({exc}), packet is dropped.")
         for s in _NON_HEADER:
             wc[s] = 0
+        tp = self.tunnels.get(ctx.base_in_port)
+        if tp is None or tp.kind != "geneve":
+            # Only Geneve packets carry options: from any other port tun_metadata is
+            # always absent, and OVS's datapath key has no option attribute to mask.
+            for n in _TUN_METADATA:
+                wc[S[n]] = 0
         sent = any(isinstance(a, (odp.Output, odp.TunnelPush)) for a in ctx.odp)
         # A recirculated packet's fate is decided by its next pass, not this one.
         again = any(isinstance(a, odp.Recirc) for a in ctx.odp)

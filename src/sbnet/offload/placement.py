@@ -68,6 +68,15 @@ def _prereqs_hold(prereqs, masks: dict, vals: dict) -> bool:
     return True
 
 
+def _present(s: int, masks: dict, vals: dict) -> bool:
+    """Whether some registry field of slot s exists in this megaflow's packets.  Bits of
+    fields whose headers the packets lack (ipv6_src on IPv4, arp_sha on TCP) are not in
+    the datapath key OVS gives the NIC, which serializes only the headers present; the
+    classifier may still have consulted them for rules of other packet types."""
+    fields = _registry_by_slot().get(s, ())
+    return not fields or any(_prereqs_hold(f.prereqs, masks, vals) for f, _ in fields)
+
+
 def _field_name(s: int, bits: int, masks: dict, vals: dict) -> str:
     """The registry field a megaflow's `bits` of slot `s` belong to (the slot name if none)."""
     best, score = F.SLOTS[s], None
@@ -99,7 +108,7 @@ def _match_blockers(profile: Profile, masks: dict, vals: dict) -> list[str]:
     why: list[str] = []
     rules = [r for r in profile.match.values() if _prereqs_hold(r.prereqs, masks, vals)]
     for s, m in sorted(masks.items()):
-        if not m:
+        if not m or not _present(s, masks, vals):
             continue
         covered = 0
         for r in rules:

@@ -163,6 +163,13 @@ class NicTier:
             on &= ~ct | held
         return on
 
+    def needs_ct(self, mf_ids: np.ndarray) -> np.ndarray:
+        """Per packet (by megaflow id): its megaflow is offloadable (installed or waiting) and
+        needs the packet's connection in the NIC conntrack table."""
+        mf_ids = np.asarray(mf_ids, dtype=np.int64)
+        self._grow(int(mf_ids.max()) if mf_ids.size else 0)
+        return self._offered[mf_ids] & self._needs_ct[mf_ids]
+
     def record(self, mf_ids: np.ndarray, lengths: np.ndarray, now: float,
                ct_held: np.ndarray | None = None) -> np.ndarray:
         """Account a batch: mf_ids and byte lengths per packet (ct_held per packet: its

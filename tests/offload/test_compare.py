@@ -1,0 +1,56 @@
+"""`sbnet compare` on a small workload: the figures come from runs and meet the offload claim."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from sbnet.cli.main import app
+from sbnet.offload import compare as C
+from sbnet.offload.report import cluster_report
+
+
+def test_smartnic_keeps_steady_packets_off_the_host():
+    cmp = C.compare(connections=40, cap=12, profiles=("software", "smartnic", "sriov"),
+                    features=False)
+    sw, nic, sriov = (cmp.measured[p] for p in ("software", "smartnic", "sriov"))
+    assert sw.delivered == sw.sent == nic.delivered == nic.sent
+    assert sw.steady_share == 0.0 and nic.steady_share == 1.0
+    assert nic.cpu_per_packet_us < sw.cpu_per_packet_us
+    assert sriov.refused == ("sriov: the embedded switch has no tunnels (VLAN only); "
+                             "sriov: the embedded switch has no connection tracking "
+                             "(security groups)")
+    md = C.markdown(cmp, "sbnet compare --connections 40")
+    assert md.startswith("`sbnet compare --connections 40`")
+    assert "| NIC share, steady state | 0.00% | 100.00% | refused |" in md
+
+
+def test_feature_cells_come_from_packet_tests():
+    assert C.FEATURES["stateful firewall"]("sriov").verdict == "refused"
+    assert C.FEATURES["stateful firewall"]("smartnic").verdict == "NIC"
+    assert C.FEATURES["VXLAN overlay"]("software").verdict == "software"
+    assert C.FEATURES["anti-spoofing"]("smartnic").verdict == "NIC"
+
+
+def test_the_report_attributes_packets_to_rules_ports_and_networks():
+    m = C.run_scenario("web", "smartnic", connections=20, cap=4)
+    rep = cluster_report(m.cloud.cluster)
+    rules = [r for r in rep["resources"] if r["kind"] == "security_group_rule"]
+    # The web rule's megaflow (+new, commit) is software: one packet per connection per host.
+    web = [r for r in rules if r["packets_software"] == 20]
+    assert web and all("ct_state=+new" in next(iter(r["reasons"])) for r in web)
+    ports = [r for r in rep["resources"] if r["kind"] == "port"]
+    assert len(ports) == 2 and all(r["packets_nic"] > r["packets_software"] for r in ports)
+    hosts = {h["host"]: h for h in rep["hosts"]}
+    assert hosts["h1"]["nic_packets"] + hosts["h1"]["software_packets"] == m.sent
+
+
+def test_offload_show_runs_a_scenario():
+    out = CliRunner().invoke(app, ["offload", "show", "--scenario", "web", "--connections",
+                                   "5", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert {h["profile"] for h in data["hosts"]} == {"smartnic"}
+    bad = CliRunner().invoke(app, ["offload", "show"])
+    assert bad.exit_code == 2
