@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from scapy.contrib.mpls import MPLS
 from scapy.contrib.nsh import NSH
 
-from tests.compiler.scenario import IP, Cloud, Ether, icmp, ip_of, raw, tcp, udp
+from tests.compiler.scenario import (
+    IP,
+    UDP,
+    Cloud,
+    Ether,
+    IPv6,
+    icmp,
+    ip_of,
+    raw,
+    tcp,
+    udp,
+)
 
 
 @dataclass
@@ -369,3 +380,19 @@ def test_a_symmetric_chain_takes_the_replies_back_through_the_groups_in_reverse(
     c.visits.clear()
     other = tcp(b, a, 81, 40000)
     assert c.send(b, [other]) == {a["id"]: [other]} and c.visits == []
+
+
+def test_an_ipv6_classifier_chains_ipv6_and_leaves_ipv4_alone():
+    c = Chains(hosts=("h1", "h2"))
+    net, a, b = endpoints(c, "h1", "h2", cidr="fd00:1::/64")
+    sf = c.service_function("sf", net, "h2")
+    c.chain([c.group(sf)], [c.classifier(a, ethertype="IPv6", protocol="udp",
+                                         destination_port_range_min=53,
+                                         destination_port_range_max=53)])
+    c.sync()
+    six = raw(Ether(src=a["mac_address"], dst=b["mac_address"])
+              / IPv6(src=ip_of(a, 6), dst=ip_of(b, 6)) / UDP(sport=5353, dport=53) / b"q")
+    four = raw(Ether(src=a["mac_address"], dst=b["mac_address"])
+               / IP(src="10.1.1.1", dst="10.1.1.2") / UDP(sport=5353, dport=53) / b"q")
+    assert c.send(a, [six]) == {b["id"]: [six]} and c.visits == ["sf"]
+    assert c.send(a, [four]) == {b["id"]: [four]} and c.visits == ["sf"]

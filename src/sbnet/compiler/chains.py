@@ -21,6 +21,9 @@
 # - Hops between hosts travel in the SF ingress port's network (its tunnel or VLAN) as
 #   Ethernet + NSH frames addressed to the SF's MAC; they enter chain_forward directly,
 #   so neither anti-spoofing nor the SF ports' security groups see the NSH frames.
+# - Symmetric chains add a way back (Plan.reverse): replies classified at the destination
+#   port go through the groups in reverse, entering each SF by its egress port.
+# - Two chains classifying the very same traffic from one port: the lower chain_id wins.
 
 from __future__ import annotations
 
@@ -241,7 +244,8 @@ def _entry_group(ctx, plan: Plan) -> A.GroupMod:
     entered with and refuses encap() there."""
     fwd = A.Resubmit(table=ctx.table("chain_forward"))
     buckets = tuple(A.Bucket((R.CHAIN.load(plan.spi << 8 | k), fwd)) for k in range(plan.buckets))
-    return A.GroupMod(GROUP_BASE | plan.spi, "select", buckets, selection_method="hash", fields=HASH_FIELDS)
+    return A.GroupMod(GROUP_BASE | plan.spi, "select", buckets, selection_method="hash",
+                      fields=HASH_FIELDS)
 
 
 def build_chain_forward_encap(ctx, src: dict, si: int) -> None:
