@@ -126,10 +126,7 @@ def ovs():
 def _load_host(ovs, s: Seen) -> Switch:
     """The host's bridge in OVS (same ofports) and a fresh reference switch, both with
     exactly the pipeline the host had installed when the frame came."""
-    try:
-        ovs.vsctl("del-br", BRIDGE)
-    except Exception:
-        pass
+    ovs.vsctl("--if-exists", "del-br", BRIDGE)
     cmd = ["add-br", BRIDGE, "--", "set", "Bridge", BRIDGE, "datapath_type=dummy",
            "fail_mode=secure", "protocols=OpenFlow10,OpenFlow13,OpenFlow15"]
     ports = {f"vif{of}": (of, "dummy") for of in s.ofports.values()}

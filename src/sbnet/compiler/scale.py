@@ -76,12 +76,13 @@ class Cloud:
         return snap
 
 
-def generate(shape: Shape = Shape()) -> Cloud:
+def generate(shape: Shape | None = None) -> Cloud:
     """A cloud of `shape`: vxlan networks with one IPv4 subnet each, groups with Neutron's two
     default egress rules and ingress rules (TCP/UDP ranges, ICMP, from prefixes or remote
     groups), ports spread round-robin over the hosts and at random over the networks."""
+    shape = shape or Shape()
     rng = random.Random(shape.seed)
-    uid = lambda: str(uuid.UUID(int=rng.getrandbits(128)))  # noqa: E731
+    uid = lambda: str(uuid.UUID(int=rng.getrandbits(128)))
     hosts = [f"host{i}" for i in range(shape.hosts)]
     cloud = Cloud(shape, {"revision": 1, "network": [], "subnet": [], "port": [],
                           "security_group": [], "security_group_rule": []}, hosts, rng)

@@ -201,15 +201,7 @@ class DummyOVS:
             self._ctl.close()
             self._ctl = None
         # vswitchd first (it is a client of the db), each by its own pid.
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
@@ -363,6 +355,20 @@ class DummyOVS:
 
     def _pcap_path(self, port: int) -> str:
         return f"{self.dir}/p{port}-tx.pcap"
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Stop daemons by their own pids, last started first (clients before their servers);
+    empties the list."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    procs.clear()
 
 
 def _connect_unixctl(path: str, timeout: float = 10.0) -> UnixctlClient:
