@@ -22,19 +22,24 @@ def agent(url: str, host) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def first_sync(proc: subprocess.Popen, timeout: float = 30) -> str:
-    """The agent's first "revision N: ... flows" line (stderr), waiting for it."""
-    import select
+def first_sync(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The agent's first "revision N: ... flows" line (stderr), waiting for it.  A thread
+    reads the lines: select() on a buffered pipe misses lines already read into its buffer."""
+    import queue
+    import threading
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
     deadline = time.monotonic() + timeout
+    seen = []
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            if " flows" in line:
-                return line
-            if not line and proc.poll() is not None:
-                break
-    raise AssertionError("the agent reported no sync")
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if " flows" in line:
+            return line
+    raise AssertionError(f"the agent reported no sync: {''.join(seen)}")
 
 
 def stop(proc: subprocess.Popen) -> str:

@@ -104,6 +104,8 @@ def register(app: typer.Typer) -> None:
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60))
         a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs)
         ref.append(a)
+        import faulthandler
+        faulthandler.register(signal.SIGUSR1)         # `kill -USR1`: where is it stuck?
         stop = lambda *_: a._stop.set()  # noqa: E731
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
