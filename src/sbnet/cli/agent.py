@@ -121,6 +121,12 @@ def register(app: typer.Typer) -> None:
                 report(exc)
                 a._stop.wait(1.0)
                 continue
+            if r is not None and len(a.history) == 1:
+                # The first sync made the long-lived objects (the pipeline, the mirror):
+                # keep the collector's full passes off them (they would stall later syncs).
+                import gc
+                gc.collect()
+                gc.freeze()
             if r is not None:
                 console.print(f"{host}: revision {r.revision}: +{r.added} ~{r.modified} "
                               f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "

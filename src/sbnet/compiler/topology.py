@@ -205,7 +205,15 @@ class Topology:
 
     def port_deps(self, port: dict) -> tuple:
         """Everything about a port that a flow for it may depend on: its own version and
-        key, its network's, the host it is on (tunnel IP) and its VIF ofport there."""
+        key, its network's, the host it is on (tunnel IP) and its VIF ofport there
+        (computed once per model: every stage asks)."""
+        memo = self.__dict__.setdefault("_port_deps_memo", {})
+        out = memo.get(port["id"])
+        if out is None:
+            out = memo[port["id"]] = self._port_deps(port)
+        return out
+
+    def _port_deps(self, port: dict) -> tuple:
         net = self.networks.get(port["network_id"]) or {}
         host = self.host_of(port)
         ch = self.chassis.get(host)
