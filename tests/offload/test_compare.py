@@ -28,6 +28,8 @@ def test_smartnic_keeps_steady_packets_off_the_host():
 
 def test_feature_cells_come_from_packet_tests():
     assert C.FEATURES["stateful firewall"]("sriov").verdict == "refused"
+    # A VF on a VLAN network: its megaflows match only what the embedded switch can.
+    assert C.FEATURES["VLAN overlay"]("sriov").verdict == "NIC"
     assert C.FEATURES["stateful firewall"]("smartnic").verdict == "NIC"
     assert C.FEATURES["VXLAN overlay"]("software").verdict == "software"
     assert C.FEATURES["anti-spoofing"]("smartnic").verdict == "NIC"

@@ -9,18 +9,20 @@ from sbnet.flows import fields as F
 from sbnet.flows.flow import Flow
 
 CONJ_SLOT = F.SLOT_INDEX["conj_id"]
+_ETH_TYPE = F.SLOT_INDEX["eth_type"]
+_ARP_OP = F.SLOT_INDEX["nw_proto"]
 
 
 def _stage(slot: int) -> int:
-    """The lookup stage of a key slot, after OVS's (lib/flow.h FLOW_SEGMENT_*): metadata,
-    L2 + L3, L4.  OVS splits L2 from L3; kept together here because apart they gave some
-    masks narrower than OVS's own (tests/datapath/test_ovs_differential.py)."""
+    """OVS's lookup stage of a key slot (lib/flow.h FLOW_SEGMENT_*): metadata, L2, L3, L4."""
     name = F.SLOTS[slot]
     if name in ("tp_src", "tp_dst", "ct_tp_src", "ct_tp_dst"):
-        return 2
-    if name.startswith(("eth_", "vlan_", "mpls_", "nw_", "ipv6_", "ct_nw_src", "ct_nw_dst",
-                        "ct_ipv6_", "arp_", "nd_", "nsh_")) or name == "tcp_flags":
+        return 3
+    if name.startswith(("eth_", "vlan_", "mpls_")):
         return 1
+    if name.startswith(("nw_", "ipv6_", "ct_nw_src", "ct_nw_dst", "ct_ipv6_", "arp_", "nd_",
+                        "nsh_")) or name == "tcp_flags":
+        return 2
     return 0
 
 
@@ -44,6 +46,11 @@ class Rule:
     @classmethod
     def of(cls, flow: Flow, now: float = 0.0) -> "Rule":
         vec = flow.match.slot_vector()
+        if vec.get(_ETH_TYPE, (0, 0))[0] in (F.ETH_ARP, F.ETH_RARP) and _ARP_OP in vec:
+            # OVS keeps arp_op's low byte in nw_proto: an arp_op rule shares its subtable
+            # (and so its staged lookup) with ip_proto rules of the same other fields.
+            v, m = vec[_ARP_OP]
+            vec[_ARP_OP] = (v & 0xFF, m & 0xFF)
         slots = tuple(sorted((s, v, m) for s, (v, m) in vec.items() if m))
         conj = tuple(a for a in flow.actions if isinstance(a, A.Conjunction))
         return cls(flow, slots, conj, created=now, used=now)
@@ -159,9 +166,9 @@ class Table:
 
         Every subtable visited contributes its mask to `wc`: the result depends on
         those bits, so the megaflow must match them.  As OVS's staged lookup, a subtable
-        no rule of which shares the packet's metadata (then L2 and L3) values contributes
-        only the fields through that stage: a TCP packet does not unwildcard a UDP rule's
-        ports, nor one port's packet the L2/L3 fields of rules for another port.
+        no rule of which shares the packet's metadata, L2 or L3 values contributes only
+        the fields through that stage: an IPv4 packet does not unwildcard an ARP rule's
+        arp_tpa, nor a TCP packet a UDP rule's ports.
         """
         self.lookups += 1
         hard, hard_pri, soft = None, -1, []

@@ -623,9 +623,10 @@ class _Ctx:
         if _is_mpls_type(base[S["eth_type"]]) and not _is_mpls_type(flow[S["eth_type"]]):
             self.commit_mpls()
         et, proto = base[S["eth_type"]], base[S["nw_proto"]]
-        if et in (F.ETH_IP, F.ETH_IPV6, F.ETH_ARP, F.ETH_RARP):
+        if et in (F.ETH_IP, F.ETH_IPV6, F.ETH_ARP, F.ETH_RARP) and _l3_edited(flow, base):
             # OVS commits no L3 edit for a packet whose nw_proto is 0 (it
-            # assumes no real L3 header), and so reads nw_proto to decide.
+            # assumes no real L3 header), and so reads nw_proto to decide; with no
+            # L3 field edited there is nothing to decide.
             self.wc[S["nw_proto"]] = 0xFF
             if not flow[S["nw_proto"]]:
                 et = None
@@ -711,6 +712,10 @@ def _exec_target(a) -> tuple[str, int, int]:
         fld = F.lookup(a.field)
         return fld.name, a.value, fld.max if a.mask is None else a.mask
     return a.dst.field, a.value << a.dst.start, a.dst.mask
+
+
+def _l3_edited(flow: list[int], base: list[int]) -> bool:
+    return any(flow[s] != base[s] for s in _L3_SLOTS)
 
 
 def _is_mpls_type(et: int) -> bool:

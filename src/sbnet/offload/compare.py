@@ -287,6 +287,10 @@ FEATURES = {
 }
 
 
+# The mission's datapath-table columns compare has no packet test for yet.
+NOT_RUN = ("MPLS and NSH overlays", "live migration", "per-flow analytics")
+
+
 @dataclass
 class Comparison:
     connections: int
@@ -368,6 +372,7 @@ def markdown(cmp: Comparison, command: str) -> str:
                         if c.verdict in ("refused", "fails")})
         if notes:
             lines += ["", "Refusals and failures:", ""] + [f"- {n}" for n in notes]
+        lines += ["", "Not in the table yet (no packet test in compare): " + ", ".join(NOT_RUN) + "."]
     lines += ["", HOW]
     return "\n".join(lines) + "\n"
 
