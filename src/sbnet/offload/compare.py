@@ -8,7 +8,8 @@ import numpy as np
 
 from sbnet.offload.cost import Cost, cost
 from sbnet.offload.profile import builtin_profiles
-from sbnet.offload.workload import ACK, PSH, SYN, Endpoint, TcpWorkload, pareto_counts, tcp_frames
+from sbnet.offload.workload import (ACK, PSH, SYN, Endpoint, TcpWorkload, WorkloadResult,
+                                   pareto_counts, tcp_frames)
 
 PROFILES = ("sriov", "software", "smartnic")
 NIC_SHARE = 0.99             # a feature is "NIC" when its packets after warm-up are this much on the NIC
@@ -129,10 +130,41 @@ def host_cpu_seconds(cpu: float, upcall_cpu: float, tier_cpu: float, nic: int,
     return upcall_cpu + fast * (software / total if total else 1.0)
 
 
+OUTSIDE_MAC, OUTSIDE_IP = "02:00:00:00:00:99", "203.0.113.50"
+
+
+def floating_ip(cloud: Cloud, net: dict, server: dict) -> tuple[Endpoint, Endpoint]:
+    """An external flat network on physnet1 with a host of the outside world, a router from
+    `net` to it, and a floating IP on `server`: (the outside client, the server answering it)."""
+    api = cloud.api
+    ext = api.create("networks", project="admin", **{
+        "provider:network_type": "flat", "provider:physical_network": "physnet1",
+        "router:external": True})
+    api.create("subnets", project="admin", network_id=ext["id"], cidr="203.0.113.0/24",
+               ip_version=4)
+    # The outside host: a port no host binds, so the routers learn its MAC.
+    api.create("ports", project="admin", network_id=ext["id"], mac_address=OUTSIDE_MAC,
+               fixed_ips=[{"ip_address": OUTSIDE_IP}])
+    r = api.create("routers", project="p", name="r",
+                   external_gateway_info={"network_id": ext["id"]})
+    sub = next(s for s in api.snapshot()["subnet"] if s["network_id"] == net["id"])
+    api.action(f"routers/{r['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    fip = api.create("floatingips", project="p", floating_network_id=ext["id"],
+                     port_id=server["id"])
+    ports = api.snapshot()["port"]
+    fmac = next(p for p in ports if p["device_id"] == fip["id"])["mac_address"]
+    gw = next(p for p in ports if p["device_id"] == r["id"] and p["network_id"] == net["id"])
+    return (Endpoint(None, OUTSIDE_MAC, OUTSIDE_IP, fmac, fip["floating_ip_address"],
+                     physnet="physnet1"),
+            Endpoint(server["id"], server["mac_address"], server["fixed_ips"][0]["ip_address"],
+                     gw["mac_address"], OUTSIDE_IP))
+
+
 def run_workload(profile: str, connections: int = 10_000, seed: int = 1, cap: int = 1000,
                  batch: int = 4096) -> Measured:
-    """Two hosts, a VXLAN network, a stateful web group on the server; `connections` TCP
-    connections client -> server:80 with Pareto segment counts (seeded)."""
+    """Two hosts, a VXLAN network, a stateful web group on the server, a floating IP on it;
+    `connections` TCP connections to server:80 with Pareto segment counts (seeded), half
+    from a VM on the other host, half from the outside world through the floating IP."""
     cloud = Cloud.make(profile)
     m = Measured(profile, cloud=cloud)
     net = cloud.network("vxlan")
@@ -142,17 +174,23 @@ def run_workload(profile: str, connections: int = 10_000, seed: int = 1, cap: in
     m.refused = _refusal(client, server)
     if m.refused:
         return m
+    outside, server_out = floating_ip(cloud, net, server)
     cloud.sync()
     cep, sep = endpoints(client, server)
-    res = TcpWorkload(cloud.cluster, cep, sep, pareto_counts(connections, seed, cap=cap),
-                      seed=seed, batch=batch).run()
-    tot, steady = res.total(), res.phases["steady"]
+    counts = pareto_counts(connections, seed, cap=cap)
+    half = connections // 2
+    runs = [TcpWorkload(cloud.cluster, cep, sep, counts[:half], seed=seed, batch=batch).run(),
+            TcpWorkload(cloud.cluster, outside, server_out, counts[half:], seed=seed + 1,
+                        batch=batch).run()]
+    phases = [p for r in runs for p in r.phases.values()]
+    tot = WorkloadResult(connections, {str(i): p for i, p in enumerate(phases)}).total()
+    steady = [r.phases["steady"] for r in runs]
     m.sent, m.delivered = tot.sent, tot.delivered
-    m.steady_nic, m.steady_software = steady.nic, steady.software
+    m.steady_nic, m.steady_software = sum(p.nic for p in steady), sum(p.software for p in steady)
     m.nic, m.software, m.cpu, m.upcall_cpu = tot.nic, tot.software, tot.cpu, tot.upcall_cpu
     # Per phase: set-up and teardown packets cost more than steady ones and run elsewhere.
     m.host_cpu = sum(host_cpu_seconds(p.cpu, p.upcall_cpu, p.tier_cpu, p.nic, p.software)
-                     for p in res.phases.values())
+                     for p in phases)
     m.tier_cpu = tot.tier_cpu
     m.cost = cost(builtin_profiles()[profile], m.nic, m.software, m.host_cpu)
     m.ct_refused = sum(h.switch.tier.ct_refused for h in cloud.cluster.hosts.values())
@@ -330,7 +368,7 @@ def rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     def row(label, fn):
         return [label, *[("refused" if m.refused else fn(m)) for m in ms]]
     out = [
-        row("VM packets sent / delivered", lambda m: f"{m.sent:,} / {m.delivered:,}"),
+        row("packets sent / delivered", lambda m: f"{m.sent:,} / {m.delivered:,}"),
         row("throughput (packets/s of host CPU)", lambda m: f"{m.pps_per_cpu:,.0f}"),
         row("host CPU per packet (us)", lambda m: f"{m.cpu_per_packet_us:.2f}"),
         row("host cores per Mpps", lambda m: f"{m.cost.host_cores_per_mpps:.2f}"),
@@ -350,7 +388,9 @@ def rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
 def markdown(cmp: Comparison, command: str) -> str:
     lines = [f"`{command}`", "",
              f"Workload: two hosts, a VXLAN network, a stateful security group (TCP 80) on the "
-             f"server; {cmp.connections:,} TCP connections client -> server:80, data segments "
+             f"server, a floating IP on it (distributed router to a flat external network); "
+             f"{cmp.connections:,} TCP connections to server:80, half from a VM on the other "
+             "host over VXLAN, half from the outside world to the floating IP; data segments "
              f"per connection Pareto-distributed (seed {cmp.seed}), each acknowledged; "
              "handshake and FIN both ways. Ports are vnic_type direct where the profile binds "
              "them (sriov, smartnic), normal otherwise.", ""]

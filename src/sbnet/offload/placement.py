@@ -14,6 +14,7 @@ _CT = F.SLOT_INDEX["ct_state"]
 _RECIRC = F.SLOT_INDEX["recirc_id"]
 _ETH_TYPE = F.SLOT_INDEX["eth_type"]
 _PROTO = F.SLOT_INDEX["nw_proto"]
+_VLAN_TCI = (F.SLOT_INDEX["vlan_tci"], F.SLOT_INDEX["vlan_tci2"])
 _PROTO_TEXT = {F.IP_TCP: "tcp", F.IP_UDP: "udp", F.IP_SCTP: "sctp", F.IP_ICMP: "icmp",
                F.IP_ICMPV6: "icmpv6"}
 
@@ -35,6 +36,11 @@ def place(profile: Profile, mf) -> Placement:
         return Placement("software", f"{profile.name}: no NIC tier, every megaflow runs on host cores")
     masks = dict(zip(mf.slots, mf.mask))
     vals = dict(zip(mf.slots, mf.value))
+    for s in _VLAN_TCI:
+        if masks.get(s, 0) & F.VLAN_CFI and not vals.get(s, 0) & F.VLAN_CFI:
+            # "No VLAN header": OVS's datapath key has no 802.1Q header then, which the
+            # NIC sees as an exact match on no VLAN (netdev-offload-tc: mask 0xffff, tci 0).
+            masks[s] = 0xFFFF
     why = _match_blockers(profile, masks, vals) + _action_blockers(profile, mf.actions, masks, vals)
     if why:
         return Placement("software", f"{profile.name}: " + "; ".join(why))
