@@ -58,3 +58,36 @@ def test_offload_show_runs_a_scenario():
     assert {h["profile"] for h in data["hosts"]} == {"smartnic"}
     bad = CliRunner().invoke(app, ["offload", "show"])
     assert bad.exit_code == 2
+
+
+def test_offload_show_reads_a_running_api():
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from sbnet.api import create_app
+    from sbnet.offload.report import cluster_provider
+    m = C.run_scenario("web", "smartnic", connections=5, cap=3)
+    api = create_app("sqlite://", offload_report=cluster_provider(m.cloud.cluster))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api, log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        out = CliRunner().invoke(app, ["offload", "show", "--url", f"http://127.0.0.1:{port}",
+                                       "--json"])
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert sum(h["nic_packets"] for h in data["hosts"]) > 0
+    assert any(r["kind"] == "security_group_rule" for r in data["resources"])
