@@ -263,7 +263,14 @@ class DummyOVS:
         """Run an ovs-vswitchd unixctl command over the kept-open control connection."""
         if self._ctl is None:
             raise OVSError("DummyOVS is not running")
-        return self._ctl.call(method, *params)
+        try:
+            return self._ctl.call(method, *params)
+        except TimeoutError:
+            # Seen once on a loaded machine: a connection made as the daemon started was
+            # never served.  A fresh connection gets an answer, or the daemon is wedged.
+            self._ctl.close()
+            self._ctl = _connect_unixctl(self._ctl.path)
+            return self._ctl.call(method, *params)
 
     # -- flows, groups, meters -------------------------------------------
     def add_flows(self, text: str) -> None:
