@@ -29,6 +29,12 @@ def sync(agents):
     return {h: a.step() for h, a in agents.items()}
 
 
+def network(api) -> dict:
+    net = api.create("networks", project="p1", name="n")
+    api.create("subnets", project="p1", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4)
+    return net
+
+
 def vm(api, cluster, net, host, **kw):
     p = api.create("ports", project="p1", network_id=net["id"], **{"binding:host_id": host}, **kw)
     cluster.plug(p["id"], host)           # Nova plugs the tap; the agent finds it by name
@@ -40,8 +46,7 @@ def test_hosts_register_and_ports_go_active_when_plugged(cloud):
     hosts = api.request("GET", "sbnet/hosts")["hosts"]
     assert {(h["name"], h["tunnel_ip"]) for h in hosts} == {
         (h, cluster.hosts[h].tunnel_ip) for h in HOSTS}
-    net = api.create("networks", project="p1", name="n")
-    api.create("subnets", project="p1", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4)
+    net = network(api)
     a = vm(api, cluster, net, "h1")
     unplugged = api.create("ports", project="p1", network_id=net["id"],
                            **{"binding:host_id": "h2"})
@@ -60,8 +65,7 @@ def test_hosts_register_and_ports_go_active_when_plugged(cloud):
 
 def test_traffic_flows_once_both_agents_synced_and_stops_when_the_port_goes(cloud):
     api, cluster, agents = cloud
-    net = api.create("networks", project="p1", name="n")
-    api.create("subnets", project="p1", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4)
+    net = network(api)
     a, b = vm(api, cluster, net, "h1"), vm(api, cluster, net, "h2")
     sync(agents)
     sync(agents)                          # the status reports come back through the feed
@@ -73,8 +77,7 @@ def test_traffic_flows_once_both_agents_synced_and_stops_when_the_port_goes(clou
 
 def test_restart_reconciles_without_flushing_and_connections_survive(cloud):
     api, cluster, agents = cloud
-    net = api.create("networks", project="p1", name="n")
-    api.create("subnets", project="p1", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4)
+    net = network(api)
     a, b = vm(api, cluster, net, "h1"), vm(api, cluster, net, "h2")
     sync(agents)
     sync(agents)

@@ -239,11 +239,7 @@ class DummyOVS:
 
     # -- running tools ---------------------------------------------------
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
-        res = subprocess.run([_binary(argv[0])] + argv[1:], env=self.env, input=stdin,
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise OVSError(f"{' '.join(argv[:4])} failed ({res.returncode}): {res.stderr.strip()}")
-        return res.stdout
+        return run_tool(argv, self.env, stdin)
 
     def _vsctl(self, *args: str) -> str:
         return self._run(["ovs-vsctl", f"--db=unix:{self.dir}/db.sock", "--timeout=30", *args])
@@ -376,6 +372,15 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
                 proc.kill()
                 proc.wait()
     procs.clear()
+
+
+def run_tool(argv: list[str], env: dict, stdin: str | None = None) -> str:
+    """Run an OVS tool; its output, or OVSError with its error text."""
+    res = subprocess.run([_binary(argv[0])] + argv[1:], env=env, input=stdin,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise OVSError(f"{' '.join(argv[:4])} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
 
 
 def _connect_unixctl(path: str, timeout: float = 10.0) -> UnixctlClient:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
 
-from sbnet.ovs.dummy import OVSError, _binary
+from sbnet.ovs.dummy import OVSError, run_tool
 
 SYSTEM_RUNDIR = "/var/run/openvswitch"
 
@@ -22,11 +21,7 @@ class RunningOVS:
             raise OVSError(f"no ovsdb-server socket in {rundir}")
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
-        res = subprocess.run([_binary(argv[0])] + argv[1:], env=self.env, input=stdin,
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise OVSError(f"{' '.join(argv[:4])} failed ({res.returncode}): {res.stderr.strip()}")
-        return res.stdout
+        return run_tool(argv, self.env, stdin)
 
     def vsctl(self, *args: str) -> str:
         return self._run(["ovs-vsctl", f"--db=unix:{self.dir}/db.sock", "--timeout=30", *args])
