@@ -17,7 +17,8 @@ ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
 def agent(url: str, host) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sbnet", "agent", "--host", host.name,
                              "--api", url, "--tunnel-ip", host.underlay_ip,
-                             "--ovs-rundir", host.ovs.dir, "--wait", "0.5"],
+                             "--ovs-rundir", host.ovs.dir, "--wait", "0.5",
+                             "--stats-every", "0.5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -66,18 +67,27 @@ def test_agent_processes_on_ovs_hosts_and_a_restart_keeps_traffic(tmp_path):
             net = http.post("/v2.0/networks", json={"network": {"name": "n"}}).json()["network"]
             http.post("/v2.0/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
                                                         "cidr": "10.40.0.0/24"}})
-            vms = []
+            vms, ids = [], {}
             for name, h in (("a", hosts[0]), ("b", hosts[1])):
                 port = http.post("/v2.0/ports", json={"port": {
                     "network_id": net["id"], "binding:host_id": h.name}}).json()["port"]
                 vm = topo.add_vm(name, h, f"{port['fixed_ips'][0]['ip_address']}/24",
                                  mac=port["mac_address"])
                 h.ovs.vsctl("set", "Interface", vm.port, f"external_ids:iface-id={port['id']}")
+                ids[name] = port["id"]
                 vms.append(vm)
             a, b = vms
             deadline = time.monotonic() + 15
             while topo.ping(a, b.address, count=1, wait=0.3).returncode != 0:
                 assert time.monotonic() < deadline, stop(procs["h1"]) + stop(procs["h2"])
+            # The agents report the VIFs' counters, read from OVS's flow counters.
+            deadline = time.monotonic() + 15
+            while True:
+                r = http.get(f"/v2.0/sbnet/ports/{ids['a']}/stats")
+                if r.status_code == 200 and r.json()["stats"]["rx_packets"] > 0:
+                    break
+                assert time.monotonic() < deadline, r.text
+                time.sleep(0.3)
             hosts_seen = http.get("/v2.0/sbnet/hosts").json()["hosts"]
             assert {h["name"] for h in hosts_seen} == {"h1", "h2"}
             # Restart h2's agent while a ping runs: nothing is lost, no flow changes.

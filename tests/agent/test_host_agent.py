@@ -69,7 +69,14 @@ def test_traffic_flows_once_both_agents_synced_and_stops_when_the_port_goes(clou
     a, b = vm(api, cluster, net, "h1"), vm(api, cluster, net, "h2")
     sync(agents)
     sync(agents)                          # the status reports come back through the feed
-    assert cluster.send(a["id"], [icmp(a, b)]).to(b["id"])
+    assert cluster.send(a["id"], [icmp(a, b)] * 3).to(b["id"])
+    # Per-port counters go to the API: a's VIF gave the switch 3 frames, b's got 3.
+    for agent in agents.values():
+        agent.report_counters()
+    sa = api.request("GET", f"sbnet/ports/{a['id']}/stats")["stats"]
+    sb = api.request("GET", f"sbnet/ports/{b['id']}/stats")["stats"]
+    assert (sa["host"], sa["rx_packets"], sb["host"], sb["tx_packets"]) == ("h1", 3, "h2", 3)
+    assert sb["tx_bytes"] == 3 * len(icmp(a, b))
     api.delete("ports", b["id"])
     sync(agents)
     assert not cluster.send(a["id"], [icmp(a, b)]).total

@@ -26,6 +26,7 @@ class Source(Protocol):
     def changes(self, since: int, wait: float) -> tuple[list[dict], int]: ...
     def register(self, host: str, body: dict) -> None: ...
     def port_status(self, port_id: str, status: str) -> None: ...
+    def port_stats(self, host: str, ports: dict) -> None: ...
 
 
 class ApiSource:
@@ -54,6 +55,10 @@ class ApiSource:
     def port_status(self, port_id: str, status: str) -> None:
         self._ok(self.client.put(f"/v2.0/sbnet/ports/{port_id}/status",
                                  json={"status": status}, headers=self.headers))
+
+    def port_stats(self, host: str, ports: dict) -> None:
+        self._ok(self.client.put(f"/v2.0/sbnet/hosts/{host}/stats", json={"ports": ports},
+                                 headers=self.headers))
 
 
 class Mirror:
@@ -185,13 +190,45 @@ class HostAgent:
                 self.reported[p["id"]] = want
                 (report.up if want == "ACTIVE" else report.down).append(p["id"])
 
+    def port_counters(self) -> dict[str, dict[str, int]]:
+        """Per local port, from the flows' counters, as OVS counts an interface: rx what the
+        switch received from the VIF (its classify flows), tx what it delivered to it (its
+        deliver flows), whichever tier did the work."""
+        if self.pipeline is None:
+            return {}
+        origins = self.pipeline.origins
+        out: dict[str, dict[str, int]] = {}
+        names = {"classify": ("rx_packets", "rx_bytes"), "deliver": ("tx_packets", "tx_bytes")}
+        for s in self.datapath.dump_flows():
+            stage, kind, ident = (origins.get(s.flow.cookie) or "- - -").split(" ", 2)
+            if kind != "port" or stage not in names:
+                continue
+            pk, by = names[stage]
+            c = out.setdefault(ident, {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0,
+                                       "tx_bytes": 0})
+            c[pk] += s.n_packets
+            c[by] += s.n_bytes
+        return out
+
+    def report_counters(self) -> int:
+        """Send the ports' counters to the API (GET /v2.0/sbnet/ports/ID/stats)."""
+        counters = self.port_counters()
+        if counters:
+            self.source.port_stats(self.host, counters)
+        return len(counters)
+
     # --- running in the background --------------------------------------------------------
 
-    def run(self, wait: float = 1.0, on_error: Callable[[Exception], None] | None = None) -> None:
+    def run(self, wait: float = 1.0, on_error: Callable[[Exception], None] | None = None,
+            stats_every: float = 10.0) -> None:
         self.start()
+        last = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.step(wait)
+                if time.monotonic() - last >= stats_every:
+                    last = time.monotonic()
+                    self.report_counters()
             except Exception as exc:      # keep following: the next revision may be fine
                 if on_error is None:
                     raise

@@ -87,6 +87,37 @@ def extra_routes(router: APIRouter, api) -> None:
             port["status"] = status
             return tx.update("port", port)
 
+    # Counters change every second: they live in this process, not in the store (no
+    # revision, no change-feed churn), and go when it restarts; agents report them again.
+    stats: dict[str, dict] = {}
+
+    def do_report(ctx: Context, request: Request, name: str, body: Any) -> dict:
+        _admin(ctx, "report_stats")
+        ports = body.get("ports") if isinstance(body, dict) else None
+        if not isinstance(ports, dict) or not all(
+                isinstance(v, dict) and all(isinstance(n, int) and n >= 0 for n in v.values())
+                for v in ports.values()):
+            raise BadRequest("Request body must be {\"ports\": {port_id: {counter: int}}}")
+        for pid, counters in ports.items():
+            stats[pid] = {"host": name, **counters}
+        return {"ports": len(ports)}
+
+    def do_port_stats(ctx: Context, request: Request, port_id: str) -> dict:
+        _admin(ctx, "get_port_stats")
+        if port_id not in stats:
+            raise NotFound(f"No counters reported for port {port_id}.",
+                           type_name="PortStatsNotFound")
+        return stats[port_id]
+
+    @router.put("/v2.0/sbnet/hosts/{name}/stats")
+    async def report(request: Request, name: str) -> dict:
+        body = await _json(request)
+        return await api.call(request, do_report, name, body)
+
+    @router.get("/v2.0/sbnet/ports/{port_id}/stats")
+    async def port_stats(request: Request, port_id: str) -> dict:
+        return {"stats": await api.call(request, do_port_stats, port_id)}
+
     @router.put("/v2.0/sbnet/hosts/{name}")
     async def register(request: Request, name: str) -> dict:
         body = await _json(request)

@@ -81,6 +81,7 @@ def register(app: typer.Typer) -> None:
         physnet: list[str] = typer.Option([], help="NAME=OFPORT of a physical network's port"),
         profile: str = typer.Option("software", help="the host's NIC profile"),
         wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
+        stats_every: float = typer.Option(10.0, help="seconds between port counter reports"),
     ) -> None:
         """Follow the API's change feed; apply this host's compiled pipeline as diffs; report
         ports ACTIVE or DOWN.  Stops on SIGTERM/SIGINT; a restart reconciles, no flush."""
@@ -114,9 +115,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{host}: {exc}")
         a.start()
         console.print(f"{host}: following {api} on {datapath}")
+        import time
+        reported = time.monotonic()
         while not a._stop.is_set():
             try:
                 r = a.step(wait)
+                if time.monotonic() - reported >= stats_every:
+                    reported = time.monotonic()
+                    a.report_counters()
             except Exception as exc:           # keep following; the next revision may be fine
                 report(exc)
                 a._stop.wait(1.0)
