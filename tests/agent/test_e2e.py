@@ -8,51 +8,9 @@ import time
 
 import pytest
 
-from sbnet.agent.agent import ApiSource, HostAgent
+from sbnet.agent.agent import HostAgent
 from sbnet.agent.netns import BACKENDS, Topology, require_netns
-from sbnet.api.local import LocalApi
-from sbnet.compiler.topology import TUNNEL_OFPORTS
-
-
-class Cloud:
-    """The API in-process, hosts in namespaces, one agent per host (synced on demand)."""
-
-    def __init__(self, topo: Topology, backend: str, hosts=("h1", "h2")) -> None:
-        self.topo = topo
-        self.api = LocalApi()
-        self.source = ApiSource(self.api.client)
-        self.vifs: dict[str, dict[str, int]] = {h: {} for h in hosts}
-        self.agents = {}
-        for name in hosts:
-            host = topo.add_host(name, backend)
-            for kind, ofport in TUNNEL_OFPORTS.items():
-                topo.add_tunnel(host, kind, ofport, name=f"{kind}0")
-            agent = HostAgent(name, host.datapath, self.source, host.underlay_ip,
-                              vifs=lambda n=name: dict(self.vifs[n]))
-            agent.start()
-            self.agents[name] = agent
-
-    def network(self, project: str, cidr: str, kind: str = "vxlan", **kw) -> dict:
-        net = self.api.create("networks", project=project, **{"provider:network_type": kind},
-                              **kw)
-        net["subnet"] = self.api.create("subnets", project=project, network_id=net["id"],
-                                        cidr=cidr, ip_version=4)
-        return net
-
-    def vm(self, name: str, project: str, net: dict, host: str, **kw):
-        """A Neutron port bound to `host` and a VM namespace plugged into it (Nova's job)."""
-        port = self.api.create("ports", project=project, network_id=net["id"],
-                               **{"binding:host_id": host}, **kw)
-        plen = net["subnet"]["cidr"].split("/")[1]
-        vm = self.topo.add_vm(name, host, f"{port['fixed_ips'][0]['ip_address']}/{plen}",
-                              mac=port["mac_address"], gateway=net["subnet"]["gateway_ip"])
-        self.vifs[host][port["id"]] = vm.ofport
-        return port, vm
-
-    def sync(self) -> None:
-        for _ in range(2):                # the second round takes in the status reports
-            for agent in self.agents.values():
-                agent.step()
+from sbnet.agent.realcloud import RealCloud
 
 
 @pytest.fixture(params=BACKENDS)
@@ -60,10 +18,10 @@ def cloud(request):
     require_netns(ovs=request.param == "ovs")
     Topology.cleanup_stale()
     with Topology() as topo:
-        yield Cloud(topo, request.param)
+        yield RealCloud(topo, request.param)
 
 
-def tcp_transfer(cloud: Cloud, client, server, port: int, size: int = 200_000,
+def tcp_transfer(cloud: RealCloud, client, server, port: int, size: int = 200_000,
                  timeout: float = 5.0) -> bool:
     """A TCP connection from client to server:port that carries `size` bytes."""
     topo = cloud.topo

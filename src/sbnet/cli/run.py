@@ -34,6 +34,9 @@ def run(
     scale: int = typer.Option(1, help="With --demo: multiply the generated flows."),
     report: Path = typer.Option(None, help="With --demo: also write the results as JSON here."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    real: bool = typer.Option(False, help="With --demo: build the demo on Linux network "
+                              "stacks in namespaces (root) instead of embedded hosts."),
+    backend: str = typer.Option("ovs", help="With --real: ovs or reference."),
 ) -> None:
     """Serve the Neutron API with embedded hosts that follow it (each change is compiled
     and applied to every host's switch); --demo shows a whole cloud at work."""
@@ -46,6 +49,12 @@ def run(
     plain = Console()
     # Piped output (logs, CI) gets room for the tables; a terminal keeps its own width.
     console = plain if plain.is_terminal else Console(width=160)
+    if real:
+        from sbnet.cli.realdemo import run_real
+        results = run_real(console, topology or DEMO_TOPOLOGY, backend, hosts)
+        if report:
+            report.write_text(json.dumps(results, indent=1))
+        return
     started = time.monotonic()
     url = _db_url(db)
     store = Store(url)

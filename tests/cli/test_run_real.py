@@ -1,0 +1,27 @@
+"""`sbnet run --demo --real`: the demo topology on namespaces, agents and Open vSwitch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from sbnet.cli.realdemo import run_real
+
+DEMO = Path(__file__).parents[2] / "examples" / "demo-topology.yaml"
+
+
+def test_the_demo_on_real_stacks_isolates_projects_and_routes():
+    console = Console(width=160, record=True)
+    out = run_real(console, DEMO, "ovs", 3)
+    pings = out["pings"]
+    answered = {(p["from"], p["to"]) for p in pings if p["answered"]}
+    # Projects never reach each other; within one, the same network answers (here web1 and
+    # web2 admit ICMP), the router joins alpha's two networks, the floating IP is reachable
+    # from the outside and alpha's VMs reach the outside through their router.
+    assert not [p for p in pings if p["kind"] == "other project" and p["answered"]]
+    assert {("client1", "web1"), ("client2", "web2"), ("web1", "web2")} <= answered
+    assert ("app1", "web1") in answered
+    assert ("outside", "web1 (floating IP)") in answered
+    assert ("web1", "outside") in answered and ("client1", "outside") in answered
+    assert "packets dropped" in console.export_text()
