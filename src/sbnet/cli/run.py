@@ -37,6 +37,8 @@ def run(
     real: bool = typer.Option(False, help="With --demo: build the demo on Linux network "
                               "stacks in namespaces (root) instead of embedded hosts."),
     backend: str = typer.Option("ovs", help="With --real: ovs or reference."),
+    host_profile: list[str] = typer.Option(None, help="HOST=PROFILE: the host's NIC profile "
+                                           "(sriov, software, smartnic; repeat)."),
 ) -> None:
     """Serve the Neutron API with embedded hosts that follow it (each change is compiled
     and applied to every host's switch); --demo shows a whole cloud at work."""
@@ -59,7 +61,16 @@ def run(
     url = _db_url(db)
     store = Store(url)
     names = [f"host{i + 1}" for i in range(hosts)]
-    cluster = Cluster(names, physnets=("physnet1",))
+    from sbnet.offload.binding import parse_host_profiles, resolve_profiles
+    from sbnet.offload.report import cluster_provider
+    try:
+        profiles = parse_host_profiles(host_profile)
+        resolve_profiles(profiles)
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    # A NIC tier inserts flows at its profile's rate: its hosts need time that passes.
+    clock = {"clock": time.monotonic} if profiles else {}
+    cluster = Cluster(names, physnets=("physnet1",), offload=profiles or None, **clock)
     quiet = threading.Event()         # the demo prints its own summary of the first syncs
 
     def on_sync(r) -> None:
@@ -71,7 +82,8 @@ def run(
 
     follower = Follower(store, cluster, on_sync, on_error)
     sock = _listen(console, host, port, fallback=demo and not serve)
-    server, api_thread = _start_api(store, sock, log_level)
+    server, api_thread = _start_api(store, sock, log_level, host_profiles=profiles,
+                                    offload_report=cluster_provider(cluster))
     if not server.started:
         console.print("[red]the API did not start[/red]")
         raise typer.Exit(1)
@@ -141,12 +153,13 @@ def _listen(console: Console, host: str, port: int, fallback: bool) -> socket.so
     return sock
 
 
-def _start_api(store, sock: socket.socket, log_level: str):
+def _start_api(store, sock: socket.socket, log_level: str, **app_options):
     import uvicorn
 
     from sbnet.api import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(store=store), log_level=log_level,
+    server = uvicorn.Server(uvicorn.Config(create_app(store=store, **app_options),
+                                           log_level=log_level,
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="sbnet-api",
                               daemon=True)

@@ -39,12 +39,11 @@ def register(app: typer.Typer) -> None:
                                            vlan_range or None, tunnel_range or None, physnet_mtu)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        profiles = {}
-        for item in host_profile or ():
-            h, sep, prof = item.partition("=")
-            if not sep or not h or not prof:
-                raise typer.BadParameter(f"--host-profile {item!r}: expected HOST=PROFILE")
-            profiles[h] = prof
+        from sbnet.offload.binding import parse_host_profiles
+        try:
+            profiles = parse_host_profiles(host_profile)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
         try:
             application = create_app(db, token_file=token_file, require_token=require_token,
                                      segments=segments, host_profiles=profiles)

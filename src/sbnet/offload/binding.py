@@ -9,6 +9,17 @@ QOS_FEATURES = {"bandwidth_limit": "qos_bandwidth", "dscp_marking": "qos_dscp",
                 "minimum_bandwidth": "qos_minimum_bandwidth"}
 
 
+def parse_host_profiles(items) -> dict[str, str]:
+    """HOST=PROFILE command-line items -> {host: profile}; ValueError names a bad item."""
+    out = {}
+    for item in items or ():
+        h, sep, prof = item.partition("=")
+        if not sep or not h or not prof:
+            raise ValueError(f"--host-profile {item!r}: expected HOST=PROFILE")
+        out[h] = prof
+    return out
+
+
 def resolve_profiles(host_profiles: dict | None) -> dict[str, Profile]:
     """host -> Profile from host -> Profile or built-in profile name (KeyError names the bad one)."""
     named = builtin_profiles()

@@ -17,7 +17,7 @@ def megaflow_rows(switch, pipeline) -> list[dict]:
     tier = switch.tier
     nic_counts = getattr(switch, "mf_nic_packets", {})
     out = []
-    for mf in switch.cache.flows.values():
+    for mf in list(switch.cache.flows.values()):      # a follower thread may be applying
         total = int(switch.cache.packets[mf.mf_id])
         nic = min(total, nic_counts.get(mf.mf_id, 0))
         placed = tier.placement(mf.mf_id) if tier is not None else None
