@@ -142,3 +142,15 @@ def test_agent_over_http_against_sbnet_serve(tmp_path):
         assert got["status"] == "ACTIVE"
     finally:
         stop_server(proc)
+
+
+def test_trunk_subports_go_active_with_their_parent(cloud):
+    api, cluster, agents = cloud
+    net, other = network(api), network(api)
+    parent = vm(api, cluster, net, "h1")
+    sub = api.create("ports", project="p1", network_id=other["id"])
+    api.create("trunks", project="p1", port_id=parent["id"], sub_ports=[
+        {"port_id": sub["id"], "segmentation_type": "vlan", "segmentation_id": 101}])
+    sync(agents)
+    status = api.request("GET", f"ports/{sub['id']}")["port"]["status"]
+    assert status == "ACTIVE"

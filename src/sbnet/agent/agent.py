@@ -165,7 +165,8 @@ class HostAgent:
                  if p.get("binding:host_id") == self.host and is_vif(p)}
         me = Chassis(self.host, self.tunnel_ip, {p: o for p, o in plugged.items() if p in bound},
                      self.physnets, self.profile)
-        new = self.compiler.compile(Topology(snapshot, [me]))
+        topo = Topology(snapshot, [me])
+        new = self.compiler.compile(topo)
         if self.pipeline is None:
             # First sync (a fresh start or a restart): compare with what the datapath
             # holds, so a restart changes nothing that is already right (no flush).
@@ -175,14 +176,18 @@ class HostAgent:
         apply_diff(self.datapath, d)
         self.pipeline = new
         report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete))
-        self._report_status(snapshot, set(me.ofports), report)
+        # A trunk's sub-ports are up when their parent's VIF is (they have none of their own).
+        up = set(me.ofports) | {sid for sid, (t, _) in topo.subport_of.items()
+                                if t["port_id"] in me.ofports}
+        self._report_status(snapshot, up, report, topo)
         report.seconds = time.monotonic() - start
         self.history.append(report)
         return report
 
-    def _report_status(self, snapshot: dict, plugged: set[str], report: StepReport) -> None:
+    def _report_status(self, snapshot: dict, plugged: set[str], report: StepReport,
+                       topo: Topology) -> None:
         for p in snapshot.get("port", ()):
-            if p.get("binding:host_id") != self.host or not is_vif(p):
+            if topo.host_of(p) != self.host or not is_vif(p):
                 continue
             want = "ACTIVE" if p["id"] in plugged else "DOWN"
             if p.get("status") != want and self.reported.get(p["id"]) != want:
