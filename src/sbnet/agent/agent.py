@@ -137,6 +137,7 @@ class HostAgent:
         self.pipeline: HostPipeline | None = None
         self.reported: dict[str, str] = {}
         self.history: list[StepReport] = []
+        self.errors: list[str] = []               # what run() survived, for the record
         self._plugged: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,6 +236,7 @@ class HostAgent:
                     last = time.monotonic()
                     self.report_counters()
             except Exception as exc:      # keep following: the next revision may be fine
+                self.errors.append(repr(exc))
                 if on_error is None:
                     raise
                 on_error(exc)

@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -89,16 +90,21 @@ class UnixctlClient:
         self._buf = ""
         self._id = 0
         self._decoder = json.JSONDecoder()
+        # One request at a time: a host agent's thread and the test or tool that built the
+        # host share the connection, and a reply read by the wrong caller is lost to the other.
+        self._lock = threading.Lock()
 
     def call(self, method: str, *params: str) -> str:
         """Run one unixctl command; its text result, or OVSError with its error text."""
-        self._id += 1
-        req = {"method": method, "params": list(params), "id": self._id}
-        self.sock.sendall(json.dumps(req).encode())
-        while True:
-            msg = self._next_message()
-            if msg is not None and msg.get("id") == self._id:
-                break
+        with self._lock:
+            self._id += 1
+            ident = self._id
+            req = {"method": method, "params": list(params), "id": ident}
+            self.sock.sendall(json.dumps(req).encode())
+            while True:
+                msg = self._next_message()
+                if msg is not None and msg.get("id") == ident:
+                    break
         if msg.get("error") is not None:
             raise OVSError(f"{method} {' '.join(params)}: {msg['error']}")
         return msg.get("result") or ""
