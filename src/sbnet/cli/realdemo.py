@@ -71,7 +71,7 @@ def run_real(console: Console, topology: Path, backend: str, hosts: int) -> dict
         for (a, _, b, ip, kind), ok in results:
             t.add_row(a, b, ip, kind, "[green]yes" if ok else "[red]no")
         console.print(t)
-        drops = _drops(cloud)
+        drops = _drops(cloud, snap)
         d = Table(title="packets dropped, by host and rule (flow counters read from the datapath)")
         for col in ("host", "rule", "packets"):
             d.add_column(col)
@@ -83,19 +83,15 @@ def run_real(console: Console, topology: Path, backend: str, hosts: int) -> dict
                 "drops": [{"host": h, "rule": r, "packets": n} for (h, r), n in drops.items()]}
 
 
-def _drops(cloud) -> dict[tuple[str, str], int]:
-    """Packets each dropping rule (no actions, or a table miss) took, per host."""
-    from sbnet.compiler.tables import PIPELINE
+def _drops(cloud, snapshot: dict) -> dict[tuple[str, str], int]:
+    """Packets each dropping rule took, per host, named as the embedded demo names them."""
+    from sbnet.agent.report import DROP, RuleNames, verdict
+    names = RuleNames(snapshot)
     out: dict[tuple[str, str], int] = {}
-    for name, agent in cloud.agents.items():
+    for host, agent in cloud.agents.items():
         origins = agent.pipeline.origins if agent.pipeline else {}
         for s in agent.datapath.dump_flows():
-            f = s.flow
-            if f.actions or not s.n_packets:
-                continue
-            table = PIPELINE.spec(f.table).name
-            what = origins.get(f.cookie, "table miss" if f.priority == 0 else "")
-            out[(name, f"{table}: {what}".strip())] = s.n_packets
+            if s.n_packets and verdict(s.flow) == DROP:
+                key = (host, names.name(s.flow, origins))
+                out[key] = out.get(key, 0) + s.n_packets
     return out
-
-
