@@ -75,5 +75,19 @@ def arp_request(src: dict, target_ip: str, **kw) -> bytes:
                      psrc=kw.get("psrc", ip_of(src)), pdst=target_ip))
 
 
-__all__ = ["Cloud", "ip_of", "icmp", "tcp", "udp", "arp_request", "Ether", "IP", "IPv6", "ICMP",
+def solicit(src: dict, target_ip: str, **kw) -> bytes:
+    """The neighbour solicitation `src` multicasts for `target_ip` (a DAD probe with src="::")."""
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, in6_getnsma, in6_getnsmac
+    from socket import AF_INET6, inet_ntop, inet_pton
+    group = in6_getnsma(inet_pton(AF_INET6, target_ip))
+    src_ip = kw.get("ip_src", ip_of(src, 6))
+    pkt = (Ether(src=src["mac_address"], dst=in6_getnsmac(group))
+           / IPv6(src=src_ip, dst=inet_ntop(AF_INET6, group), hlim=kw.get("hlim", 255))
+           / ICMPv6ND_NS(tgt=target_ip))
+    if src_ip != "::":
+        pkt = pkt / ICMPv6NDOptSrcLLAddr(lladdr=kw.get("sll", src["mac_address"]))
+    return raw(pkt)
+
+
+__all__ = ["Cloud", "ip_of", "icmp", "tcp", "udp", "arp_request", "solicit", "Ether", "IP", "IPv6", "ICMP",
            "TCP", "UDP", "ARP", "Dot1Q", "raw"]

@@ -115,6 +115,29 @@ def test_ipv6_routing_between_connected_subnets(dst_host):
     assert c.send(a, [raw(expired)]).total == 0
 
 
+@pytest.mark.parametrize("a_host", ["h1", "h2"])
+def test_router_gateway_answers_nd_with_the_router_flag(a_host):
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+    from tests.compiler.scenario import solicit
+    c = Cloud()
+    n1, n2 = c.network("p1", "fd00:1::/64"), c.network("p1", "fd00:2::/64")
+    r = router(c, "p1", n1, n2)
+    a = c.port("p1", n1, a_host)
+    c.sync()
+    g1 = router_port(c, r, n1)
+    gw_ip = n1["subnet"]["gateway_ip"]
+    assert ip_of(g1, 6) == gw_ip
+    d = c.send(a, [solicit(a, gw_ip)])
+    (reply,) = d.to(a["id"])
+    p = Ether(reply)
+    assert (p.src, p.dst, p[IPv6].src, p[IPv6].dst) == (
+        g1["mac_address"], a["mac_address"], gw_ip, ip_of(a, 6))
+    na = p[ICMPv6ND_NA]
+    assert (na.R, na.S, na.O, na.tgt) == (1, 1, 1, gw_ip)
+    assert p[ICMPv6NDOptDstLLAddr].lladdr == g1["mac_address"]
+    assert d.total == 1
+
+
 def conversation(c, client, cgw, server, sgw, sport, dport):
     syn = c.send(client, [via(client, cgw, ip_of(server), b"", sport=sport, dport=dport,
                               flags="S", seq=100)]).to(server["id"])

@@ -174,6 +174,7 @@ def _transport(k: dict[str, int], proto: int, seg: bytes, v6: bool) -> None:
         if icmp.code == 0 and icmp.type in (135, 136) and len(seg) >= 24:
             nd = (ICMPv6ND_NS if icmp.type == 135 else ICMPv6ND_NA)(seg[:24])
             k["nd_target_hi"], k["nd_target_lo"] = _ip6(nd.tgt)
+            k["nd_reserved"] = int.from_bytes(seg[4:8], "big")
             _nd_options(k, seg[24:])
 
 
@@ -185,6 +186,7 @@ def _nd_options(k: dict[str, int], opts: bytes) -> None:
         if not units or units * 8 > len(opts):
             break
         if units == 1 and kind in (1, 2):
+            k["nd_options_type"] = k.get("nd_options_type") or kind
             cls = ICMPv6NDOptSrcLLAddr if kind == 1 else ICMPv6NDOptDstLLAddr
             mac = _mac(cls(opts[:8]).lladdr)
             if (sll if kind == 1 else tll):
@@ -491,6 +493,16 @@ def test_nd_duplicate_sll_voids_nd_fields():
     k, err, _ = one(f)
     assert err == "ok" and k["tp_src"] == 135
     assert k["nd_target_lo"] == k["arp_sha"] == 0
+    assert k["nd_options_type"] == 1       # OVS keeps the first option's type
+
+
+def test_nd_reserved_and_options_type():
+    na = raw(Ether() / IPv6() / ICMPv6ND_NA(tgt="fe80::1", R=1, S=1, O=0)
+             / ICMPv6NDOptDstLLAddr(lladdr="00:00:00:00:00:01"))
+    k, err, _ = one(na)
+    assert err == "ok" and k["nd_reserved"] == 0xC0000000 and k["nd_options_type"] == 2
+    k, err, _ = one(raw(Ether() / IPv6() / ICMPv6ND_NS(tgt="fe80::1")))
+    assert err == "ok" and k["nd_reserved"] == 0 and k["nd_options_type"] == 0
 
 
 def test_nd_zero_length_option():

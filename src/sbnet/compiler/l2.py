@@ -1,17 +1,22 @@
-"""Stages arp_responder and l2_lookup: ARP answered on the spot, MAC to port, flooding."""
+"""Stages arp_responder, nd_advert and l2_lookup: ARP and ND answered on the spot, MAC to port, flooding."""
 
 from __future__ import annotations
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import TUNNEL_TYPES, ip_value, is_vif, mac_int, version
+from sbnet.compiler.topology import (ROUTER_OWNERS, TUNNEL_TYPES, ip_value, is_vif, mac_int,
+                                     version)
 from sbnet.flows import actions as A
 
-ETH_ARP = 0x0806
+ETH_ARP, ETH_IPV6, IP_ICMPV6 = 0x0806, 0x86DD, 58
+ND_NS, ND_NA = 135, 136
+# Neighbour advertisement flags (RFC 4861 4.4), in nd_reserved's top bits.
+NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 1 << 31, 1 << 30, 1 << 29
 MULTICAST = (1 << 40, 1 << 40)       # the group bit of eth_dst
 
 
 def build(ctx) -> None:
     topo = ctx.topo
+    build_nd_common(ctx)
     for net_id in sorted(topo.networks):
         hosts = topo.hosts_of(net_id)
         if ctx.host not in hosts:
@@ -51,6 +56,48 @@ def build_arp_responder(ctx, port: dict) -> None:
                  {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
                   "arp_tpa": ip_value(ip)},
                  ctx.cookie("port", port["id"]))
+    router = port.get("device_owner") in ROUTER_OWNERS
+    for ip in topo.ips(port, 6):
+        advert = [
+            *nd_advert(mac, ip, router),
+            A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
+            A.Resubmit(table=ctx.table("nd_advert")),
+        ]
+        # A valid solicitation only (RFC 4861 7.1.1: hop limit 255, code 0).
+        ctx.flow("arp_responder", 100, advert,
+                 {"metadata": net, "reg10": local, "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6,
+                  "icmpv6_type": ND_NS, "icmpv6_code": 0, "ip_ttl": 255,
+                  "nd_target": ip_value(ip)},
+                 ctx.cookie("port", port["id"]))
+
+
+def nd_advert(mac: int, ip: str, router: bool) -> list:
+    """Turn a neighbour solicitation for `ip` into the solicited advertisement "`ip` is at
+    `mac`", addressed back to the solicitor (its link-layer address is set in nd_advert)."""
+    flags = NA_SOLICITED | NA_OVERRIDE | (NA_ROUTER if router else 0)
+    return [
+        A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("eth_dst")),
+        A.SetField("eth_src", mac),
+        A.Move(A.Subfield.whole("ipv6_src"), A.Subfield.whole("ipv6_dst")),
+        A.SetField("ipv6_src", ip_value(ip)),
+        A.SetField("icmpv6_type", ND_NA),
+        A.SetField("nd_reserved", flags),
+        # The solicitation's source link-layer option becomes the target link-layer option.
+        A.SetField("nd_options_type", 2),
+    ]
+
+
+def build_nd_common(ctx) -> None:
+    """Flows every host has: duplicate address detection is never answered (a solicitation
+    from :: asks whether anyone else has the address: the owner must not say yes), and
+    advertisements made by the responder take their target link-layer address from the
+    Ethernet source it was given."""
+    ctx.flow("arp_responder", 110, [ctx.goto("l3_gateway")],
+             {"eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6, "icmpv6_type": ND_NS, "ipv6_src": 0})
+    ctx.flow("nd_advert", 100,
+             [A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("nd_tll")),
+              A.Resubmit(table=ctx.table("deliver"))],
+             {"eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6, "icmpv6_type": ND_NA})
 
 
 def arp_reply(mac: int, ip: str) -> list:

@@ -43,7 +43,11 @@ PIPELINE = Pipeline((
        ("chain_forward", "l2_lookup", "deliver", "arp_responder")),
     _t("arp_responder", "answer ARP requests and IPv6 neighbour solicitations for known "
        "addresses on the spot", {"metadata", "eth_dst", "reg10"} | _ND | _L3,
-       ("l3_gateway", "deliver"), miss="next"),
+       ("nd_advert", "l3_gateway", "deliver"), miss="l3_gateway"),
+    _t("nd_advert", "a solicitation the responder turned into an advertisement gets its "
+       "target link-layer address (OpenFlow checks nd_tll against a match on an "
+       "advertisement, hence a table of its own)", {"eth_type", "ip_proto", "icmpv6_type"},
+       ("deliver",)),
     _t("l3_gateway", "traffic addressed to a router port's MAC enters routing",
        {"metadata", "eth_dst", "reg10", "reg14"} | _L3 | _L4 | _ND,
        ("l3_dnat", "l3_route", "l2_lookup"), miss="l2_lookup"),

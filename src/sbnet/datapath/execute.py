@@ -461,6 +461,54 @@ def _set_nd_option(st: _Work, idx: np.ndarray, opt_type: int, mac: int,
     return csum
 
 
+def _set_nd_ext(st: _Work, f: dict[str, int]) -> None:
+    """nd_reserved (the flags word) and the first option's type; then, as OVS's
+    packet_set_nd_ext, the ICMPv6 checksum is computed afresh over the pseudo-header
+    (first next-header and payload length of the IPv6 header) and the message."""
+    _fields_check("nd_ext", f, {"nd_reserved", "nd_options_type"})
+    rows = _valid(st.l4)
+    idx = np.arange(len(st.l4)) if rows is None else rows
+    l4, l3 = st.l4[idx], st.l3[idx]
+    end = _l4_end(st, idx)
+    idx, l4, l3, end = (a[end - l4 >= 24] for a in (idx, l4, l3, end))
+    if not len(idx):
+        return
+    d = st.batch.data
+    site = _site(idx, l4)
+    if "nd_reserved" in f:
+        _put(d, site, 4, 4, _const(f["nd_reserved"], 4))
+    if "nd_options_type" in f:
+        opt = end - l4 > 24
+        d[idx[opt], l4[opt] + 24] = f["nd_options_type"]
+    _put(d, site, 2, 2, np.zeros(2, dtype=np.uint8))
+    total = (ck.ones_sum(d[idx], l3 + 8, np.full(len(idx), 32))
+             .astype(np.uint64)
+             + d[idx, l3 + 6].astype(np.uint64)
+             + ((d[idx, l3 + 4].astype(np.uint64) << 8) | d[idx, l3 + 5])
+             + ck.ones_sum(d[idx], l4, end - l4))
+    _put(d, site, 2, 2, _csum_bytes(ck.fold(total) ^ 0xFFFF))
+
+
+def _set_icmp(header: str):
+    names = (f"{header}_type", f"{header}_code")
+
+    def setter(st: _Work, f: dict[str, int]) -> None:
+        """Type and code, the checksum updated incrementally (as OVS's packet_set_icmp)."""
+        _fields_check(header, f, set(names))
+        rows = _valid(st.l4)
+        site = _site(rows, _sub(st.l4, rows))
+        d = st.batch.data
+        tc = _get(d, site, 0, 2).copy()
+        old = _words(tc)
+        for j, name in enumerate(names):
+            if name in f:
+                tc[:, j] = f[name]
+        csum = _words(_get(d, site, 2, 2))[:, 0]
+        _put(d, site, 0, 2, tc)
+        _put(d, site, 2, 2, _csum_bytes(ck.csum_replace(csum, old, _words(tc))))
+    return setter
+
+
 def _ethertype_pos(st: _Work) -> tuple[np.ndarray, np.ndarray]:
     """Per row: column of the innermost Ethernet/VLAN ethertype field, and its value."""
     d, start = st.batch.data, st.batch.start.astype(np.int64)
@@ -501,7 +549,8 @@ def _set_skb_mark(st: _Work, f: dict[str, int]) -> None:
 _SETTERS = {
     "eth": _set_eth, "ipv4": _set_ipv4, "ipv6": _set_ipv6,
     "tcp": _set_ports("tcp"), "udp": _set_ports("udp"), "sctp": _set_ports("sctp"),
-    "arp": _set_arp, "nd": _set_nd, "mpls": _set_mpls, "skb_mark": _set_skb_mark,
+    "arp": _set_arp, "nd": _set_nd, "nd_ext": _set_nd_ext, "icmp": _set_icmp("icmp"),
+    "icmpv6": _set_icmp("icmpv6"), "mpls": _set_mpls, "skb_mark": _set_skb_mark,
 }
 
 

@@ -37,7 +37,7 @@ def megaflow_fields(key, wc) -> list[tuple[str, int, int]]:
         if proto == F.IP_TCP:
             names.append("tcp_flags")
         if et == F.ETH_IPV6 and proto == F.IP_ICMPV6:
-            names += ["nd_target", "nd_sll", "nd_tll"]
+            names += ["nd_target", "nd_sll", "nd_tll", "nd_reserved", "nd_options_type"]
     names += ["pkt_mark", "dp_hash"]
     out = []
     for name in names:

@@ -20,6 +20,10 @@ SET_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
     "arp": (("sip", "arp_spa"), ("tip", "arp_tpa"), ("op", "arp_op"),
             ("sha", "arp_sha"), ("tha", "arp_tha")),
     "nd": (("target", "nd_target"), ("sll", "nd_sll"), ("tll", "nd_tll")),
+    "nd_ext": (("nd_reserved", "nd_reserved"), ("nd_options_type", "nd_options_type")),
+    # ICMP type and code are set together (OVS commits the whole key, never masked).
+    "icmp": (("type", "icmp_type"), ("code", "icmp_code")),
+    "icmpv6": (("type", "icmpv6_type"), ("code", "icmpv6_code")),
     "mpls": (("label", "mpls_label"), ("tc", "mpls_tc"), ("ttl", "mpls_ttl")),
     "skb_mark": (("mark", "pkt_mark"),),
     "nsh": (("flags", "nsh_flags"), ("ttl", "nsh_ttl"), ("spi", "nsh_spi"), ("si", "nsh_si"),

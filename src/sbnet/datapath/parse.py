@@ -72,7 +72,7 @@ _L3_SLOTS_V4 = np.array([_S[s] for s in ("nw_src", "nw_dst", "nw_proto", "nw_tos
 _L3_SLOTS_V6_TAIL = np.array([_S[s] for s in ("ipv6_label", "nw_proto", "nw_tos",
                                                "nw_ttl", "nw_frag")])
 _ND_SLOTS = np.array([_S[s] for s in ("nd_target_hi", "nd_target_lo",
-                                       "arp_sha", "arp_tha")])
+                                       "arp_sha", "arp_tha", "nd_reserved", "nd_options_type")])
 
 
 # Lookup tables replace chains of comparisons: one gather per packet field.
@@ -501,6 +501,9 @@ class _Parser:
         lo = np.where(has_target, q[:, 2], 0)
         sll = np.zeros(m, dtype=np.uint64)
         tll = np.zeros(m, dtype=np.uint64)
+        reserved = np.where(has_target, q[:, 0] & np.uint64(0xFFFFFFFF), np.uint64(0))
+        # The type of the first link-layer address option (SLL or TLL), as OVS keeps it.
+        opt_type = np.zeros(m, dtype=np.uint64)
         invalid = np.zeros(m, dtype=bool)
         malformed = np.zeros(m, dtype=bool)
         opt = p + 24
@@ -518,6 +521,8 @@ class _Parser:
             # A second SLL (or TLL) after a non-zero one voids the ND fields.
             dup = (is_s & (sll[act] != 0)) | (is_t & (tll[act] != 0))
             invalid[act[dup]] = True
+            first = (is_s | is_t) & (opt_type[act] == 0)
+            opt_type[act[first]] = ow[first, 0]
             set_s = is_s & ~dup
             set_t = is_t & ~dup
             sll[act[set_s]] = mac[set_s]
@@ -528,7 +533,8 @@ class _Parser:
             hi[invalid] = lo[invalid] = sll[invalid] = tll[invalid] = 0
         if malformed.any():
             self.fail(ix, malformed & has_target, _E["bad_nd_option"])
-        vals = np.stack([hi, lo, sll, tll])
+            reserved[malformed] = opt_type[malformed] = 0
+        vals = np.stack([hi, lo, sll, tll, reserved, opt_type])
         if isinstance(ix, slice):
             keys[_ND_SLOTS] = vals
         else:

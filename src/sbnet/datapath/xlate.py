@@ -634,22 +634,31 @@ class _Ctx:
             self.commit_set("ipv4")
         elif et == F.ETH_IPV6:
             self.commit_set("ipv6")
-            if proto == F.IP_ICMPV6 and base[S["tp_src"]] in (135, 136):
-                self.commit_set("nd")
+            if proto == F.IP_ICMPV6:
+                # As OVS: the ND extensions first (they set the option type the nd()
+                # set's sll/tll then find), then nd(), then ICMPv6 type/code below.
+                self.commit_set("nd_ext", whole=True)
+                if base[S["tp_src"]] in (135, 136):
+                    self.commit_set("nd")
         elif et in (F.ETH_ARP, F.ETH_RARP):
             self.commit_set("arp")
         if et in (F.ETH_IP, F.ETH_IPV6) and not base[S["nw_frag"]] & 2:
             hdr = {F.IP_TCP: "tcp", F.IP_UDP: "udp", F.IP_SCTP: "sctp"}.get(proto)
             if hdr:
                 self.commit_set(hdr)
+        if et == F.ETH_IP and proto == F.IP_ICMP:
+            self.commit_set("icmp", whole=True)
+        elif et == F.ETH_IPV6 and proto == F.IP_ICMPV6:
+            self.commit_set("icmpv6", whole=True)
         self.commit_mpls()
         self.commit_vlan()
         self.commit_set("skb_mark")
         base[:] = flow
 
-    def commit_set(self, header: str, consulted: bool = False) -> None:
+    def commit_set(self, header: str, consulted: bool = False, whole: bool = False) -> None:
         """One set() for the header's changed fields; with `consulted` (OVS's NSH commit),
-        the fields the megaflow matches are named too when anything changed."""
+        the fields the megaflow matches are named too when anything changed; with `whole`
+        (OVS's unmasked commits: ICMP, ND extensions) every field is named and matched."""
         changed, named = False, []
         for _, name in odp.SET_HEADERS[header]:
             fld = F.lookup(name)
@@ -658,9 +667,13 @@ class _Ctx:
                 changed = True
                 named.append((name, v))
                 fld.write(self.base, v)
-            elif consulted and any(self.wc[si] & sm for si, sm in fld.slot_masks(fld.max)):
+            elif whole or consulted and any(self.wc[si] & sm for si, sm in fld.slot_masks(fld.max)):
                 named.append((name, v))
         if changed:
+            if whole:
+                for _, name in odp.SET_HEADERS[header]:
+                    for si, sm in F.lookup(name).slot_masks(F.lookup(name).max):
+                        self.wc[si] |= sm
             self.odp.append(odp.SetFields(header, tuple(sorted(named))))
 
     def commit_mpls(self) -> None:

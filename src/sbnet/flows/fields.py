@@ -35,7 +35,7 @@ SLOTS: tuple[str, ...] = (
     "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
     "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag",
     "tp_src", "tp_dst", "tcp_flags",
-    "arp_sha", "arp_tha", "nd_target_hi", "nd_target_lo",
+    "arp_sha", "arp_tha", "nd_target_hi", "nd_target_lo", "nd_reserved", "nd_options_type",
     "tun_id", "tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
     "tun_ipv6_dst_hi", "tun_ipv6_dst_lo", "tun_flags",
     "metadata",
@@ -176,7 +176,8 @@ def _declare() -> None:
     _f("ip_dscp", 6, Kind.INT, False, "nw_tos", 2, prereqs=[P_ANY_IP])
     _f("ip_ecn", 2, Kind.INT, False, "nw_tos", 0, prereqs=[P_ANY_IP], aliases=("nw_ecn",))
     _f("nw_tos", 8, Kind.INT, False, "nw_tos", 0, prereqs=[P_ANY_IP])
-    _f("ip_ttl", 8, Kind.INT, False, "nw_ttl", prereqs=[P_ANY_IP], aliases=("nw_ttl",))
+    _f("ip_ttl", 8, Kind.INT, False, "nw_ttl", prereqs=[P_ANY_IP], aliases=("nw_ttl",),
+       ofctl_name="nw_ttl")
     _f("ip_frag", 2, Kind.FRAG, True, "nw_frag", prereqs=[P_ANY_IP],
        aliases=("nw_frag",), writable=False)
     _f("arp_op", 16, Kind.INT, False, "nw_proto", prereqs=[P_ARP])
@@ -203,6 +204,10 @@ def _declare() -> None:
        hi_lo=("nd_target_hi", "nd_target_lo"))
     _f("nd_sll", 48, Kind.MAC, True, "arp_sha", prereqs=p_icmp6 + [Prereq("icmpv6_type", (135,))])
     _f("nd_tll", 48, Kind.MAC, True, "arp_tha", prereqs=p_icmp6 + [Prereq("icmpv6_type", (136,))])
+    # The 32 bits after the checksum (an NA's R, S and O flags) and the type of the first
+    # link-layer address option: writable, so an NS can be turned into an NA in flows.
+    _f("nd_reserved", 32, Kind.INT, False, "nd_reserved", prereqs=p_nd)
+    _f("nd_options_type", 8, Kind.INT, False, "nd_options_type", prereqs=p_nd)
     _f("tun_id", 64, Kind.HEX, True, "tun_id", aliases=("tunnel_id",))
     _f("tun_src", 32, Kind.IPV4, True, "tun_src")
     _f("tun_dst", 32, Kind.IPV4, True, "tun_dst")

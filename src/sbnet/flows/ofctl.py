@@ -486,7 +486,7 @@ def format_match(match: Match) -> str:
     parts = []
     for name, value, mask in match.items:
         fld = F.lookup(name)
-        parts.append(f"{name}={F.format_value(fld, value, mask)}")
+        parts.append(f"{fld.ofctl_name or name}={F.format_value(fld, value, mask)}")
     return ",".join(parts)
 
 
