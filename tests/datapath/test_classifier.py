@@ -227,6 +227,32 @@ def test_lookup_after_removals_matches_reference():
             assert got is None or got in want
 
 
+def test_replaced_rules_and_removals_match_reference():
+    """Same priority and match with new actions (a flow modify) replaces the rule in place;
+    lookups, later removals and the subtables' priorities must still follow the reference."""
+    rng = random.Random(77)
+    for _ in range(10):
+        rules = random_table(rng)
+        table = build(rules)
+        current = list(rules)
+        for i in rng.sample(range(len(rules)), len(rules) // 3):
+            f = rules[i].flow
+            new = Rule.of(Flow(f.table, f.priority, f.match, (A.Output(rng.randrange(1, 9)),)))
+            assert table.insert(new) is rules[i]
+            current[i] = new
+        for i in rng.sample(range(len(current)), len(current) // 3):
+            table.remove(current[i])
+            current[i] = None
+        left = [r for r in current if r is not None]
+        assert len(table) == len(left)
+        for _ in range(KEYS_PER_TABLE):
+            key = random_key(rng)
+            got = table.lookup(list(key), [0] * F.N_SLOTS)
+            want_pri, want = naive_lookup(left, key)
+            assert (-1 if got is None else got.priority) == want_pri
+            assert got is None or got in want
+
+
 def test_conjunction_example():
     """ip_src in {a, b} and tcp_dst in {80, 443} -> the conj_id flow; otherwise the low rule."""
     a, b = 0x0A000001, 0x0A000002

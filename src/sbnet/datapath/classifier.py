@@ -65,6 +65,9 @@ class _Subtable:
     rules: dict[tuple, list[Rule]] = field(default_factory=dict)  # masked key -> by priority desc
     max_priority: int = -1
     n_rules: int = 0
+    # Rules per priority: few distinct values, so a removal finds the new maximum
+    # without walking every rule of a big subtable.
+    priorities: dict[int, int] = field(default_factory=dict)
     # Staged lookup as OVS's classifier: the mask in stage order, and for each stage but
     # the last the rules' values through it, so a packet that differs early consults
     # (and unwildcards) only the fields up to that stage.
@@ -121,11 +124,17 @@ class Table:
         """Add `rule`; returns the rule it replaced (same priority and match), if any."""
         ident = (rule.flow.priority, rule.flow.match)
         old = self.by_key.get(ident)
-        if old is not None:
-            self.remove(old)
         mask = tuple((s, m) for s, _, m in rule.slots)
+        if old is not None:
+            # Same priority and match: the same subtable slot, so a swap in place keeps
+            # every count and order as it is (a modify of actions is the common case).
+            lst = self._subtables[mask].rules[tuple(v for _, v, _ in rule.slots)]
+            lst[next(i for i, r in enumerate(lst) if r is old)] = rule
+            self.by_key[ident] = rule
+            return old
         sub = self._subtables.get(mask)
-        if sub is None:
+        fresh = sub is None
+        if fresh:
             sub = self._subtables[mask] = _Subtable(mask)
         mkey = tuple(v for _, v, _ in rule.slots)
         lst = sub.rules.setdefault(mkey, [])
@@ -133,9 +142,12 @@ class Table:
         lst.sort(key=lambda r: -r.priority)
         sub.count(rule, 1)
         sub.n_rules += 1
+        sub.priorities[rule.priority] = sub.priorities.get(rule.priority, 0) + 1
+        raised = rule.priority > sub.max_priority
         sub.max_priority = max(sub.max_priority, rule.priority)
         self.by_key[ident] = rule
-        self._resort()
+        if fresh or raised:
+            self._resort()
         return old
 
     def remove(self, rule: Rule) -> None:
@@ -152,10 +164,17 @@ class Table:
         if not lst:
             del sub.rules[mkey]
         sub.n_rules -= 1
+        left = sub.priorities[rule.priority] - 1
+        if left:
+            sub.priorities[rule.priority] = left
+        else:
+            del sub.priorities[rule.priority]
         if sub.n_rules == 0:
             del self._subtables[mask]
+        elif not left and rule.priority == sub.max_priority:
+            sub.max_priority = max(sub.priorities)
         else:
-            sub.max_priority = max(r[0].priority for r in sub.rules.values())
+            return          # the order of subtables is unchanged
         self._resort()
 
     def _resort(self) -> None:

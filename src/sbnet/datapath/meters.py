@@ -106,9 +106,10 @@ class MeterTable:
         if mid not in self._meters and len(self._meters) >= MAX_METERS:
             raise MeterError("OFPMMFC_OUT_OF_METERS", f"the datapath holds {MAX_METERS} meters")
 
-    def check_refs(self, actions: tuple, where: str, pending: set[int] = frozenset()) -> None:
+    def check_refs(self, actions: tuple, where: object, pending: set[int] = frozenset()) -> None:
         """Refuse actions naming a meter that neither exists nor is in `pending` (OVS 3.1
-        answers a flow mod naming an unknown meter with OFPMMFC_INVALID_METER)."""
+        answers a flow mod naming an unknown meter with OFPMMFC_INVALID_METER); `where`
+        (e.g. the flow) is formatted only then."""
         for a in actions:
             if isinstance(a, A.Meter) and a.meter_id not in self._meters and a.meter_id not in pending:
                 raise MeterError("OFPMMFC_INVALID_METER", f"{where}: meter {a.meter_id} does not exist")

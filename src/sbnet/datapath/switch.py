@@ -153,7 +153,7 @@ class Switch:
     # -- flows --------------------------------------------------------------
     def check_flow(self, flow: Flow) -> None:
         """Raise UnsupportedFlow if this switch cannot execute `flow`'s actions."""
-        _check_actions(flow.actions, str(flow))
+        _check_actions(flow.actions, flow)     # formatted only if refused
         conj = [a for a in flow.actions if isinstance(a, A.Conjunction)]
         if conj and len(conj) != len(flow.actions):
             raise UnsupportedFlow(f"{flow}: conjunction() cannot be mixed with other actions")
@@ -167,7 +167,7 @@ class Switch:
         pending = {m.meter_id for m in meters}
         for f in add:
             self.check_flow(f)
-            self.meters.check_refs(f.actions, str(f), pending)
+            self.meters.check_refs(f.actions, f, pending)
         for g in groups:
             for b in g.buckets:
                 _check_actions(b.actions, f"group {g.group_id}")
@@ -760,7 +760,7 @@ def _tun_arrays(tun: tuple):
             yield name, v
 
 
-def _check_actions(actions: tuple, where: str) -> None:
+def _check_actions(actions: tuple, where: object) -> None:
     for a in actions:
         why = _UNSUPPORTED.get(type(a))
         if isinstance(a, A.Encap) and a.header != "ethernet":
