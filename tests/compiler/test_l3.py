@@ -138,6 +138,54 @@ def test_router_gateway_answers_nd_with_the_router_flag(a_host):
     assert d.total == 1
 
 
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("a_host", ["h1", "h2"])
+def test_router_answers_ping_to_its_addresses(a_host, version):
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+    c = Cloud()
+    cidrs = ("10.0.1.0/24", "10.0.2.0/24") if version == 4 else ("fd00:1::/64", "fd00:2::/64")
+    n1, n2 = c.network("p1", cidrs[0]), c.network("p1", cidrs[1])
+    r = router(c, "p1", n1, n2)
+    a = c.port("p1", n1, a_host)
+    c.sync()
+    g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+    for target in (ip_of(g1, version), ip_of(g2, version)):   # its own side and the far one
+        if version == 4:
+            ping = Ether(src=a["mac_address"], dst=g1["mac_address"]) / IP(
+                src=ip_of(a), dst=target, ttl=3) / ICMP(id=9, seq=4) / b"probe"
+        else:
+            ping = Ether(src=a["mac_address"], dst=g1["mac_address"]) / IPv6(
+                src=ip_of(a, 6), dst=target, hlim=3) / ICMPv6EchoRequest(id=9, seq=4, data=b"probe")
+        d = c.send(a, [raw(ping)])
+        (got,) = d.to(a["id"])
+        assert d.total == 1
+        p = Ether(got)
+        assert (p.src, p.dst) == (g1["mac_address"], a["mac_address"])
+        if version == 4:
+            assert (p[IP].src, p[IP].dst, p[ICMP].type, p[ICMP].id, p[ICMP].seq) == (
+                target, ip_of(a), 0, 9, 4)
+            assert bytes(p[ICMP].payload) == b"probe"
+            layer, sent = p[IP], (p[IP].chksum, p[ICMP].chksum)
+            del layer.chksum, p[ICMP].chksum
+            again = Ether(raw(p))
+            assert (again[IP].chksum, again[ICMP].chksum) == sent
+        else:
+            e = p[ICMPv6EchoReply]
+            assert (p[IPv6].src, p[IPv6].dst, e.id, e.seq, e.data) == (
+                target, ip_of(a, 6), 9, 4, b"probe")
+            sent = e.cksum
+            del e.cksum
+            assert Ether(raw(p))[ICMPv6EchoReply].cksum == sent
+
+
+def test_ping_to_an_address_the_router_does_not_have_is_routed_not_answered():
+    c, n1, n2, r = two_subnets()
+    a, b = c.port("p1", n1, "h1"), c.port("p1", n2, "h2")
+    c.sync()
+    d = c.send(a, [via(a, router_port(c, r, n1), ip_of(b))])
+    assert d.to(a["id"]) == [] and len(d.to(b["id"])) == 1
+
+
 def conversation(c, client, cgw, server, sgw, sport, dport):
     syn = c.send(client, [via(client, cgw, ip_of(server), b"", sport=sport, dport=dport,
                               flags="S", seq=100)]).to(server["id"])

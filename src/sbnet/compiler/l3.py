@@ -25,6 +25,8 @@ Design (what each host builds, and why):
 - Next hops on the external network must be known to the model: a port on that network
   (e.g. the upstream router's, created by the admin with its MAC and IP).  Unknown next hops
   are dropped: with no controller there is nothing to send an ARP request.
+- The router answers ping: a local port's echo request to any of the router's addresses is
+  answered on the sender's host (l3_gateway), as a Linux router would.
 - Limits: IPv6 is routed between connected subnets only (no static IPv6 routes, no IPv6
   NAT); a floating IP reached from inside goes out through the external network, so it fails
   when its VM is on the very host that sends it there (no hairpin on the physical port).
@@ -196,6 +198,7 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
                      {"in_port": TUNNEL_OFPORTS[kind],
                       "tun_id": int(net.get("provider:segmentation_id") or 0),
                       "eth_dst": i.mac}, cookie)
+    build_echo_responder(ctx, ifaces, cookie)
     ext = next((i for i in ifaces if i.external), None)
     if ext is None:
         return
@@ -205,6 +208,35 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
                      {"metadata": R.NETWORK.match(topo.net_key[ext.net_id]),
                       "eth_dst": mac_int(own["mac_address"]), "eth_type": ETH_IP},
                      ctx.cookie("floatingip", fip["id"]))
+
+
+ECHO = {4: ("ip_src", "ip_dst", "icmp_type", 1, 8, 0), 6: ("ipv6_src", "ipv6_dst", "icmpv6_type",
+                                                          58, 128, 129)}
+
+
+def build_echo_responder(ctx, ifaces: list[Iface], cookie: int) -> None:
+    """A local port's echo request to any of the router's addresses, sent to the router
+    port on its network, is answered on its host (as a Linux router or OVN's router would):
+    addresses and MACs swapped, the reply type, a fresh hop limit, back out of the port."""
+    topo = ctx.topo
+    for i in ifaces:
+        if i.external:
+            continue
+        v = i.cidr.version
+        src, dst, icmp_type, proto, request, reply = ECHO[v]
+        for target in sorted({t.ip for t in ifaces if t.cidr.version == v}):
+            ctx.flow("l3_gateway", 120, [
+                A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("eth_dst")),
+                A.SetField("eth_src", i.mac),
+                A.Move(A.Subfield.whole(src), A.Subfield.whole(dst)),
+                A.SetField(src, ip_value(target)),
+                A.SetField("ip_ttl", 255),
+                A.SetField(icmp_type, reply),
+                A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
+                A.Resubmit(table=ctx.table("deliver"))],
+                {"metadata": R.NETWORK.match(topo.net_key[i.net_id]), "eth_dst": i.mac,
+                 "eth_type": ETH[v], "reg10": R.flags_match(off=(R.FROM_REMOTE,)),
+                 dst: ip_value(target), "ip_proto": proto, icmp_type: request}, cookie)
 
 
 def _route_actions(ctx, route: Route) -> list:

@@ -48,9 +48,10 @@ PIPELINE = Pipeline((
        "target link-layer address (OpenFlow checks nd_tll against a match on an "
        "advertisement, hence a table of its own)", {"eth_type", "ip_proto", "icmpv6_type"},
        ("deliver",)),
-    _t("l3_gateway", "traffic addressed to a router port's MAC enters routing",
+    _t("l3_gateway", "traffic addressed to a router port's MAC enters routing; echo requests "
+       "to the router's own addresses are answered",
        {"metadata", "eth_dst", "reg10", "reg14"} | _L3 | _L4 | _ND,
-       ("l3_dnat", "l3_route", "l2_lookup"), miss="l2_lookup"),
+       ("l3_dnat", "l3_route", "l2_lookup", "deliver"), miss="l2_lookup"),
     _t("l3_dnat", "floating IP destination NAT", {"metadata", "reg11", "reg10", "ct_state"} | _L3,
        ("l3_route",), miss="next"),
     _t("l3_route", "longest-prefix routing between a router's subnets, static routes and its "

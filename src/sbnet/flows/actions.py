@@ -88,7 +88,7 @@ class SetField:
 
     def __str__(self) -> str:
         fld = F.lookup(self.field)
-        return f"set_field:{F.format_value(fld, self.value, self.mask)}->{fld.name}"
+        return f"set_field:{F.format_value(fld, self.value, self.mask)}->{fld.ofctl_name or fld.name}"
 
 
 @dataclass(frozen=True)
