@@ -168,25 +168,29 @@ def _frame_and_flow(sw: Switch, s: Seen) -> tuple[int, bytes, dict]:
 
 def _our_passes(sw: Switch, in_port: int, frame: bytes, tun: dict) -> list[tuple]:
     """Our datapath actions, pass by pass, each recirculation after ct() resumed as
-    ofproto/trace does by default (ct_state=new|trk in the ct action's zone)."""
+    ofproto/trace does by default (ct_state=new|trk in the ct action's zone).  A pass
+    with several (a flood whose copies each enter conntrack) queues them all; ofproto/trace
+    resumes them first in, first out."""
     key = parse(Batch.from_packets([frame], in_port)).keys[:, 0].copy()
     for n, v in tun.items():
         key[S[n]] = v
-    passes = []
-    for _ in range(8):
+    passes, queue = [], [key]
+    while queue and len(passes) < 16:
+        key = queue.pop(0)
         res = sw.xlate.run(key, trace=True)
         passes.append(res.actions)
-        rec = [a for a in res.actions if isinstance(a, odp.Recirc)]
-        if not rec:
-            break
-        cts = [a for a in res.actions if isinstance(a, odp.Ct)]
-        if not cts:
-            break               # after a decapsulation: see _cut_at_decap
-        key = key.copy()
-        key[S["recirc_id"]] = rec[-1].recirc_id
-        key[S["ct_state"]] = CT_NEW
-        key[S["ct_zone"]] = cts[-1].zone
-        _trace_nat(key, cts[-1].nat)
+        ct = None
+        for a in res.actions:
+            if isinstance(a, odp.Ct):
+                ct = a
+            elif isinstance(a, odp.Recirc) and ct is not None:
+                nxt = key.copy()
+                nxt[S["recirc_id"]] = a.recirc_id
+                nxt[S["ct_state"]] = CT_NEW
+                nxt[S["ct_zone"]] = ct.zone
+                _trace_nat(nxt, ct.nat)
+                queue.append(nxt)
+            # A recirculation without ct() follows a decapsulation: see _cut_at_decap.
     return passes
 
 

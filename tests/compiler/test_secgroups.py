@@ -136,3 +136,28 @@ def test_invalid_packet_dropped():
     # A SYN-ACK may not open a connection: conntrack says +inv, although b admits a.
     assert not c.send(a, [tcp(a, b, 40000, 80, "SA", seq=5, ack=7)]).to(b["id"])
     assert c.send(a, [tcp(a, b, 40000, 80, "S", seq=5)]).to(b["id"])
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "vlan"])
+def test_broadcast_meets_each_receivers_ingress_groups(kind):
+    c = Cloud()
+    extra = {"physnet": "physnet1"} if kind == "vlan" else {}
+    net = c.network("p1", kind=kind, **extra)
+    svc = group(c, "p1", "udp5000", rules=[{"protocol": "udp", "port_range_min": 5000,
+                                            "port_range_max": 5000}])
+    closed = group(c, "p1", "closed")
+    a = c.port("p1", net, "h1")
+    open_ = [c.port("p1", net, h, security_groups=[svc["id"]]) for h in ("h1", "h2")]
+    shut = [c.port("p1", net, h, security_groups=[closed["id"]]) for h in ("h1", "h2")]
+    bare = c.port("p1", net, "h2", port_security_enabled=False, security_groups=[])
+    c.sync()
+    to_all = {"eth_dst": "ff:ff:ff:ff:ff:ff", "ip_dst": "10.0.0.255"}
+    for dport, opened in ((5000, True), (6000, False)):
+        d = c.send(a, [udp(a, a, 40000, dport, **to_all)])
+        assert all(bool(d.to(p["id"])) is opened for p in open_), dport
+        assert not any(d.to(p["id"]) for p in shut)
+        assert len(d.to(bare["id"])) == 1           # no groups: everything arrives
+    # ARP broadcasts are not filtered by groups (as Neutron's firewall).
+    from tests.compiler.scenario import arp_request
+    d = c.send(a, [arp_request(a, "10.0.0.250")])
+    assert all(len(d.to(p["id"])) == 1 for p in open_ + shut + [bare])

@@ -154,17 +154,22 @@ def _plugged(ctx, port: dict) -> bool:
 
 
 def build_l2_flood(ctx, net_id: str) -> None:
-    """Broadcast and multicast: a copy to each local port (through deliver, so sub-ports
-    get their VLAN) and, for local senders, one to each other host of the network
-    (head-end replication) or once onto the physical network."""
+    """Broadcast and multicast: a copy to each local port through the receiving side of
+    the pipeline (its ingress security groups and QoS, then deliver, so sub-ports get their
+    VLAN) and, for local senders, one to each other host of the network (head-end
+    replication; that host's copies meet their ports' groups there) or once onto the
+    physical network.  Local copies come first: a copy that enters conntrack resumes
+    after it with the registers it had then (OVS freezes them), before any copy set the
+    remote-output flag or tunnel fields."""
     topo = ctx.topo
     net = topo.networks[net_id]
     meta = R.NETWORK.match(topo.net_key[net_id])
     deliver = A.Resubmit(table=ctx.table("deliver"))
+    receive = A.Resubmit(table=ctx.table("ingress_ct"))
     local = []
     for port in topo.ports_of[net_id]:
         if is_vif(port) and topo.host_of(port) == ctx.host and _plugged(ctx, port):
-            local += [R.OUTPORT.load(topo.port_key[port["id"]]), deliver]
+            local += [R.OUTPORT.load(topo.port_key[port["id"]]), receive]
     remote = []
     if topo.network_type(net) in TUNNEL_TYPES:
         for host in sorted(topo.hosts_of(net_id) - {ctx.host}):
