@@ -225,6 +225,29 @@ def test_static_route_to_a_vm_acting_as_router():
     assert c.send(a, [via(a, g1, "192.168.51.7")]).total == 0
 
 
+@pytest.mark.parametrize("hop_host", ["h1", "h2"])
+def test_ipv6_static_route_to_a_vm_acting_as_router(hop_host):
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+    c = Cloud()
+    n1, n2 = c.network("p1", "fd00:1::/64"), c.network("p1", "fd00:2::/64")
+    r = router(c, "p1", n1, n2)
+    a, hop = c.port("p1", n1, "h1"), c.port("p1", n2, hop_host)
+    c.api.action(f"routers/{r['id']}/add_extraroutes",
+                 {"router": {"routes": [{"destination": "fd00:50::/64",
+                                         "nexthop": ip_of(hop, 6)}]}})
+    c.sync()
+    g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
+
+    def ping(dst):
+        return raw(Ether(src=a["mac_address"], dst=g1["mac_address"])
+                   / IPv6(src=ip_of(a, 6), dst=dst, hlim=9) / ICMPv6EchoRequest(id=5))
+    (got,) = c.send(a, [ping("fd00:50::7")]).to(hop["id"])
+    p = Ether(got)
+    assert (p.src, p.dst, p[IPv6].dst, p[IPv6].hlim) == (g2["mac_address"], hop["mac_address"],
+                                                         "fd00:50::7", 8)
+    assert c.send(a, [ping("fd00:51::7")]).total == 0      # no route
+
+
 def test_ttl_expiry_drops_the_packet():
     c, n1, n2, r = two_subnets()
     a, b = c.port("p1", n1, "h1"), c.port("p1", n2, "h2")

@@ -27,8 +27,10 @@ Design (what each host builds, and why):
   are dropped: with no controller there is nothing to send an ARP request.
 - The router answers ping: a local port's echo request to any of the router's addresses is
   answered on the sender's host (l3_gateway), as a Linux router would.
-- Limits: IPv6 is routed between connected subnets only (no static IPv6 routes, no IPv6
-  NAT); a floating IP reached from inside goes out through the external network, so it fails
+- IPv6 static routes resolve their next hop's MAC at compile time (no register carries
+  128 bits to l3_neighbour).
+- Limits: IPv6 is routed between internal subnets only (not to or from the external
+  network); a floating IP reached from inside goes out through the external network, so it fails
   when its VM is on the very host that sends it there (no hairpin on the physical port).
 """
 
@@ -117,13 +119,13 @@ def router_ifaces(topo, rid: str) -> list[Iface]:
 
 
 def router_routes(topo, rid: str, ifaces: list[Iface]) -> list[Route]:
-    """Connected subnets, the gateway subnet's default route, and the static routes (IPv4:
-    an IPv6 next hop would need a 128-bit register until l3_neighbour)."""
+    """Connected subnets, the gateway subnet's default route, and the static routes."""
     routes = [Route(i.cidr, i, None) for i in ifaces]
 
     def via(hop: str) -> Iface | None:
-        return next((i for i in ifaces if i.cidr.version == 4
-                     and ipaddress.ip_address(hop) in i.cidr), None)
+        addr = ipaddress.ip_address(hop)
+        return next((i for i in ifaces if i.cidr.version == addr.version and addr in i.cidr),
+                    None)
     for i in ifaces:
         sub = topo.subnets.get(next(f["subnet_id"] for f in i.port["fixed_ips"]
                                     if f["ip_address"] == i.ip))
@@ -131,8 +133,8 @@ def router_routes(topo, rid: str, ifaces: list[Iface]) -> list[Route]:
             routes.append(Route(ipaddress.ip_network("0.0.0.0/0"), i, sub["gateway_ip"]))
     for r in topo.routers[rid].get("routes") or ():
         prefix = ipaddress.ip_network(r["destination"], strict=False)
-        out = via(r["nexthop"]) if prefix.version == 4 else None
-        if out is not None:
+        out = via(r["nexthop"])
+        if out is not None and out.cidr.version == prefix.version:
             routes.append(Route(prefix, out, r["nexthop"]))
     return routes
 
@@ -239,11 +241,20 @@ def build_echo_responder(ctx, ifaces: list[Iface], cookie: int) -> None:
                  dst: ip_value(target), "ip_proto": proto, icmp_type: request}, cookie)
 
 
-def _route_actions(ctx, route: Route) -> list:
+def _route_actions(ctx, route: Route) -> list | None:
+    """None: the route's IPv6 next hop is no known port (nothing could resolve it)."""
     topo = ctx.topo
     i = route.iface
-    if route.prefix.version == 6:
-        hop = []                # connected only: l3_neighbour reads ipv6_dst itself
+    nxt = [ctx.goto("l3_snat")]
+    if route.prefix.version == 6 and route.nexthop is None:
+        hop = []                # connected: l3_neighbour reads ipv6_dst itself
+    elif route.prefix.version == 6:
+        # No 128-bit register carries an IPv6 next hop to l3_neighbour: its MAC is looked
+        # up here, from the model (there is no SNAT for IPv6 to pass through).
+        port = _port_with_ip(topo, i.net_id, route.nexthop)
+        if port is None:
+            return None
+        hop, nxt = [], neighbour_actions(ctx, i.net_id, port)
     elif route.nexthop is None:
         hop = [A.Move(A.Subfield.whole("ip_dst"), R.NEXTHOP.sub)]
     else:
@@ -251,7 +262,12 @@ def _route_actions(ctx, route: Route) -> list:
     return [A.DecTtl(), A.SetField("eth_src", i.mac),
             R.NETWORK.load(topo.net_key[i.net_id]), R.ZONE.load(topo.zone[i.net_id]),
             # Routed: the router is the sender now, so split horizon no longer applies.
-            R.set_flags(R.ROUTED), R.clear_flags(R.FROM_REMOTE), *hop, ctx.goto("l3_snat")]
+            R.set_flags(R.ROUTED), R.clear_flags(R.FROM_REMOTE), *hop, *nxt]
+
+
+def _port_with_ip(topo, net_id: str, ip: str) -> dict | None:
+    return next((p for p in topo.ports_of[net_id] if p.get("device_owner") not in ROUTER_OWNERS
+                 and ip in topo.ips(p)), None)
 
 
 def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
@@ -267,11 +283,14 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
                    for vm_ip in [fip["fixed_ip_address"]] if vm_ip]
     for route in router_routes(topo, rid, ifaces):
         m = {"reg11": rkey, **route.match()}
+        acts = _route_actions(ctx, route)
+        if acts is None:
+            continue            # an unknown next hop: the miss drops what it would route
         if not (route.iface.external and redirect):
-            ctx.flow("l3_route", route.priority, _route_actions(ctx, route), m, cookie)
+            ctx.flow("l3_route", route.priority, acts, m, cookie)
             continue
         for ip in local_fixed:
-            ctx.flow("l3_route", route.priority + 1, _route_actions(ctx, route),
+            ctx.flow("l3_route", route.priority + 1, acts,
                      {**m, "ip_src": int(ipaddress.IPv4Address(ip))}, cookie)
         if not gw_host:
             continue            # no host can do SNAT: the miss drops it
@@ -338,14 +357,23 @@ def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:
               "arp_tpa": int(ipaddress.IPv4Address(ip))}, cookie)
 
 
+def neighbour_actions(ctx, net_id: str, port: dict) -> list:
+    """Send a routed packet to `port` on its network: its MAC, then L2 (or, on a physical
+    network, straight out of the physical port when no host has the port bound)."""
+    topo = ctx.topo
+    acts = [A.SetField("eth_dst", mac_int(port["mac_address"]))]
+    physical = topo.network_type(topo.networks[net_id]) not in TUNNEL_TYPES
+    if physical and not (is_vif(port) and topo.host_of(port) in topo.chassis):
+        return acts + [R.OUTPORT.load(0), R.set_flags(R.REMOTE_OUT), ctx.goto("deliver")]
+    return acts + [ctx.goto("l2_lookup")]
+
+
 def build_l3_neighbour(ctx, net_id: str) -> None:
     """Next hop IP to MAC for every known address of the network but routers' interfaces
     (gateway addresses and floating IPs included: the outside world reaches them).  On a
     physical network an address no host has bound (the outside world, other routers'
     gateways and floating IPs) is reached through the physical port."""
     topo = ctx.topo
-    net = topo.networks[net_id]
-    physical = topo.network_type(net) not in TUNNEL_TYPES
     meta = R.NETWORK.match(topo.net_key[net_id])
     seen = set()
     for port in topo.ports_of[net_id]:
@@ -356,11 +384,7 @@ def build_l3_neighbour(ctx, net_id: str) -> None:
                 continue
             seen.add(ip)
             v6 = ":" in ip
-            acts = [A.SetField("eth_dst", mac_int(port["mac_address"]))]
-            if physical and not (is_vif(port) and topo.host_of(port) in topo.chassis):
-                acts += [R.OUTPORT.load(0), R.set_flags(R.REMOTE_OUT), ctx.goto("deliver")]
-            else:
-                acts.append(ctx.goto("l2_lookup"))
+            acts = neighbour_actions(ctx, net_id, port)
             hop = ({"eth_type": ETH_IPV6, "ipv6_dst": ip_value(ip)} if v6
                    else {"eth_type": ETH_IP, "reg0": R.NEXTHOP.match(ip_value(ip))})
             ctx.flow("l3_neighbour", 100, acts, {"metadata": meta, **hop},

@@ -56,7 +56,7 @@ PIPELINE = Pipeline((
        ("l3_route",), miss="next"),
     _t("l3_route", "longest-prefix routing between a router's subnets, static routes and its "
        "external gateway; TTL decrement; SNAT-bound traffic redirected to the gateway host",
-       {"reg11", "metadata"} | _L3, ("l3_snat", "deliver")),
+       {"reg11", "metadata"} | _L3, ("l3_snat", "l2_lookup", "deliver")),
     _t("l3_snat", "SNAT to a floating IP or the router's gateway address",
        {"reg11", "metadata", "reg10", "reg14", "ct_state"} | _L3, ("l3_neighbour",), miss="next"),
     _t("l3_neighbour", "next hop IP to MAC for routed packets (the outside world: out of the "
