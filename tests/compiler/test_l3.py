@@ -450,3 +450,47 @@ def test_floating_ip_disassociated_then_the_port_uses_snat():
     out = c.send(vm, [via(vm, router_port(c, r, n1), "203.0.113.50")])
     (frame,) = out.external["physnet1"]
     assert Ether(frame)[IP].src == ip_of(gw)
+
+
+@pytest.mark.parametrize("vm_host", ["h1", "h2"])
+def test_ipv6_reaches_the_outside_routed_not_natted(vm_host):
+    from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA,
+                                    ICMPv6NDOptDstLLAddr, IPv6)
+    from tests.compiler.scenario import solicit
+    c = Cloud()
+    ext = c.network("admin", "203.0.113.0/24", kind="flat", physnet="physnet1",
+                    **{"router:external": True})
+    c.api.create("subnets", project="admin", network_id=ext["id"], cidr="2001:db8:ff::/64",
+                 ip_version=6, gateway_ip="2001:db8:ff::50")
+    outside = c.port("admin", ext, None, mac_address=OUTSIDE_MAC,
+                     fixed_ips=[{"ip_address": "203.0.113.50"}, {"ip_address": "2001:db8:ff::50"}])
+    n1 = c.network("p1", "fd00:1::/64")
+    r = router(c, "p1", n1, gateway=ext)
+    gw = router_port(c, r, ext)
+    c.api.update("ports", gw["id"], **{"binding:host_id": "h1"})
+    vm = c.port("p1", n1, vm_host)
+    c.sync()
+    gw = router_port(c, r, ext)
+    gw6, g1 = ip_of(gw, 6), router_port(c, r, n1)
+    ping = raw(Ether(src=vm["mac_address"], dst=g1["mac_address"])
+               / IPv6(src=ip_of(vm, 6), dst="2001:db8:99::7", hlim=64) / ICMPv6EchoRequest(id=4))
+    d = c.send(vm, [ping])
+    (out,) = [f for f in d.external["physnet1"] if strip(f)[0] is None]
+    p = Ether(out)
+    assert (p.src, p.dst) == (gw["mac_address"], OUTSIDE_MAC)
+    assert (p[IPv6].src, p[IPv6].dst, p[IPv6].hlim) == (ip_of(vm, 6), "2001:db8:99::7", 63)
+    reply = raw(Ether(src=OUTSIDE_MAC, dst=gw["mac_address"])
+                / IPv6(src="2001:db8:99::7", dst=ip_of(vm, 6), hlim=60) / ICMPv6EchoReply(id=4))
+    d = c.cluster.send_external("physnet1", [reply])
+    (back,) = d.to(vm["id"])
+    q = Ether(back)
+    assert (q.src, q.dst, q[IPv6].src, q[IPv6].hlim) == (
+        g1["mac_address"], vm["mac_address"], "2001:db8:99::7", 59)
+    # The upstream router resolves the gateway address: the gateway host alone answers.
+    d = c.cluster.send_external("physnet1", [solicit(outside, gw6, ip_src="2001:db8:ff::50")])
+    (na,) = d.external["physnet1"]
+    a = Ether(na)
+    assert (a.src, a.dst, a[IPv6].src, a[IPv6].dst) == (
+        gw["mac_address"], OUTSIDE_MAC, gw6, "2001:db8:ff::50")
+    assert (a[ICMPv6ND_NA].R, a[ICMPv6ND_NA].S, a[ICMPv6ND_NA].tgt) == (1, 1, gw6)
+    assert a[ICMPv6NDOptDstLLAddr].lladdr == gw["mac_address"]

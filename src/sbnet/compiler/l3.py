@@ -29,8 +29,10 @@ Design (what each host builds, and why):
   answered on the sender's host (l3_gateway), as a Linux router would.
 - IPv6 static routes resolve their next hop's MAC at compile time (no register carries
   128 bits to l3_neighbour).
-- Limits: IPv6 is routed between internal subnets only (not to or from the external
-  network); a floating IP reached from inside goes out through the external network, so it fails
+- IPv6 reaches the external network routed, never NATed (as Neutron): its default route is
+  the external IPv6 subnet's gateway, through the gateway host like SNAT traffic, which
+  answers the outside's neighbour solicitations for the gateway address.
+- Limits: a floating IP reached from inside goes out through the external network, so it fails
   when its VM is on the very host that sends it there (no hairpin on the physical port).
 """
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 
 from sbnet.compiler import registers as R
 from sbnet.compiler.classify import VLAN_CFI
-from sbnet.compiler.l2 import arp_reply, remote_out
+from sbnet.compiler.l2 import arp_reply, nd_advert, remote_out
 from sbnet.compiler.topology import (
     ROUTER_OWNERS,
     TUNNEL_OFPORTS,
@@ -111,8 +113,8 @@ def router_ifaces(topo, rid: str) -> list[Iface]:
         for f in port.get("fixed_ips") or ():
             sub = topo.subnets.get(f["subnet_id"])
             cidr = ipaddress.ip_network(sub["cidr"]) if sub else None
-            if cidr is None or (cidr.version == 6 and port is gw):
-                continue                # IPv6 is routed between interfaces, never NATed
+            if cidr is None:
+                continue
             out.append(Iface(port, port["network_id"], mac_int(port["mac_address"]),
                              f["ip_address"], cidr, port is gw))
     return out
@@ -130,7 +132,8 @@ def router_routes(topo, rid: str, ifaces: list[Iface]) -> list[Route]:
         sub = topo.subnets.get(next(f["subnet_id"] for f in i.port["fixed_ips"]
                                     if f["ip_address"] == i.ip))
         if i.external and sub and sub.get("gateway_ip"):
-            routes.append(Route(ipaddress.ip_network("0.0.0.0/0"), i, sub["gateway_ip"]))
+            default = "0.0.0.0/0" if i.cidr.version == 4 else "::/0"
+            routes.append(Route(ipaddress.ip_network(default), i, sub["gateway_ip"]))
     for r in topo.routers[rid].get("routes") or ():
         prefix = ipaddress.ip_network(r["destination"], strict=False)
         out = via(r["nexthop"])
@@ -192,7 +195,7 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
                  m if on_gw else {**m, "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
         net = topo.networks[i.net_id]
         kind = topo.network_type(net)
-        if on_gw and kind in TUNNEL_TYPES and i.cidr.version == 4:
+        if on_gw and kind in TUNNEL_TYPES:
             # Redirected SNAT traffic comes by tunnel; tunnels enter at l2_lookup otherwise.
             ctx.flow("classify", 110,
                      [R.NETWORK.load(topo.net_key[i.net_id]), R.ZONE.load(topo.zone[i.net_id]),
@@ -201,7 +204,7 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
                       "tun_id": int(net.get("provider:segmentation_id") or 0),
                       "eth_dst": i.mac}, cookie)
     build_echo_responder(ctx, ifaces, cookie)
-    ext = next((i for i in ifaces if i.external), None)
+    ext = _external(ifaces, 4)
     if ext is None:
         return
     for fip, own, vm in floating_ips(topo, rid):
@@ -277,7 +280,9 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
     rkey = R.ROUTER.match(topo.router_key[rid])
     cookie = ctx.cookie("router", rid)
     gw_host = topo.gateway_host(rid)
-    redirect = _snat_central(topo, rid) and gw_host != ctx.host
+    # IPv4 leaves from the gateway host for SNAT; IPv6 (never NATed) too, so that the
+    # gateway's MAC is on one host of the external segment only (as Neutron's SNAT node).
+    redirect = {4: _snat_central(topo, rid) and gw_host != ctx.host, 6: gw_host != ctx.host}
     local_fixed = [vm_ip for fip, _, vm in floating_ips(topo, rid)
                    if topo.host_of(vm) == ctx.host
                    for vm_ip in [fip["fixed_ip_address"]] if vm_ip]
@@ -286,16 +291,17 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
         acts = _route_actions(ctx, route)
         if acts is None:
             continue            # an unknown next hop: the miss drops what it would route
-        if not (route.iface.external and redirect):
+        v = route.prefix.version
+        if not (route.iface.external and redirect[v]):
             ctx.flow("l3_route", route.priority, acts, m, cookie)
             continue
-        for ip in local_fixed:
+        for ip in local_fixed if v == 4 else ():
             ctx.flow("l3_route", route.priority + 1, acts,
                      {**m, "ip_src": int(ipaddress.IPv4Address(ip))}, cookie)
         if not gw_host:
             continue            # no host can do SNAT: the miss drops it
         for i in ifaces:
-            if i.external or i.cidr.version != 4:
+            if i.external or i.cidr.version != v:
                 continue
             ctx.flow("l3_route", route.priority,
                      [*remote_out(ctx, topo.networks[i.net_id], gw_host), ctx.goto("deliver")],
@@ -306,7 +312,10 @@ def build_l3_nat(ctx, rid: str, ifaces: list[Iface]) -> None:
     """Floating IPs on their VM's host (ARP, DNAT in, SNAT out); the gateway IP's SNAT,
     un-SNAT and ARP on the gateway host."""
     topo = ctx.topo
-    ext = next((i for i in ifaces if i.external), None)
+    ext6 = _external(ifaces, 6)
+    if ext6 is not None and topo.gateway_host(rid) == ctx.host:
+        _nd_from_outside(ctx, ext6, ctx.cookie("router", rid))
+    ext = _external(ifaces, 4)
     if ext is None:
         return
     meta = R.NETWORK.match(topo.net_key[ext.net_id])
@@ -342,15 +351,42 @@ def build_l3_nat(ctx, rid: str, ifaces: list[Iface]) -> None:
              {"metadata": meta, "reg11": rkey, "eth_type": ETH_IP}, cookie)
 
 
+def _external(ifaces: list[Iface], v: int) -> Iface | None:
+    return next((i for i in ifaces if i.external and i.cidr.version == v), None)
+
+
+def _back_out(ctx, ext: Iface) -> list:
+    """Back out of the physical port a frame came in on, with the network's VLAN."""
+    net = ctx.topo.networks[ext.net_id]
+    out = [A.Output(F.OFPP_IN_PORT)]
+    if ctx.topo.network_type(net) == "vlan":
+        vid = VLAN_CFI | int(net["provider:segmentation_id"])
+        out = [A.PushVlan(), A.SetField("vlan_vid", vid), *out]
+    return out
+
+
+def _nd_from_outside(ctx, ext: Iface, cookie: int) -> None:
+    """Answer the external network's neighbour solicitations for the gateway's IPv6
+    address (router flag set), on the gateway host; nd_advert adds the link-layer address
+    and sends it back out."""
+    meta = R.NETWORK.match(ctx.topo.net_key[ext.net_id])
+    outside = R.flags_match(on=(R.FROM_REMOTE,))
+    ctx.flow("arp_responder", 105, [*nd_advert(ext.mac, ext.ip, router=True),
+                                    A.Resubmit(table=ctx.table("nd_advert"))],
+             {"metadata": meta, "reg10": outside, "eth_type": ETH_IPV6, "ip_proto": 58,
+              "icmpv6_type": 135, "icmpv6_code": 0, "ip_ttl": 255, "nd_target": ip_value(ext.ip)},
+             cookie)
+    ctx.flow("nd_advert", 110, [A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("nd_tll")),
+                                *_back_out(ctx, ext)],
+             {"metadata": meta, "reg10": outside, "eth_type": ETH_IPV6, "ip_proto": 58,
+              "icmpv6_type": 136}, cookie)
+
+
 def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:
     """Answer the external network's ARP requests for `ip` from this host, back out of the
     physical port they came in on (with the network's VLAN)."""
     topo = ctx.topo
-    net = topo.networks[ext.net_id]
-    out = [A.Output(F.OFPP_IN_PORT)]
-    if topo.network_type(net) == "vlan":
-        vid = VLAN_CFI | int(net["provider:segmentation_id"])
-        out = [A.PushVlan(), A.SetField("vlan_vid", vid), *out]
+    out = _back_out(ctx, ext)
     ctx.flow("arp_responder", 110, [*arp_reply(mac, ip), *out],
              {"metadata": R.NETWORK.match(topo.net_key[ext.net_id]),
               "reg10": R.flags_match(on=(R.FROM_REMOTE,)), "eth_type": ETH_ARP, "arp_op": 1,

@@ -46,8 +46,8 @@ PIPELINE = Pipeline((
        ("nd_advert", "l3_gateway", "deliver"), miss="l3_gateway"),
     _t("nd_advert", "a solicitation the responder turned into an advertisement gets its "
        "target link-layer address (OpenFlow checks nd_tll against a match on an "
-       "advertisement, hence a table of its own)", {"eth_type", "ip_proto", "icmpv6_type"},
-       ("deliver",)),
+       "advertisement, hence a table of its own)",
+       {"eth_type", "ip_proto", "icmpv6_type", "metadata", "reg10"}, ("deliver",)),
     _t("l3_gateway", "traffic addressed to a router port's MAC enters routing; echo requests "
        "to the router's own addresses are answered",
        {"metadata", "eth_dst", "reg10", "reg14"} | _L3 | _L4 | _ND,
