@@ -87,13 +87,18 @@ def test_routing_between_subnets_on_one_host_and_across_hosts(dst_host, kind):
     assert Ether(ret).src == g1["mac_address"] and Ether(ret)[IP].ttl == 63
 
 
-@pytest.mark.parametrize("dst_host", ["h1", "h2"])
-def test_ipv6_routing_between_connected_subnets(dst_host):
-    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+def v6_subnets(b_host: str):
+    """Two IPv6 subnets on a router, a port on the first on h1 and one on the second."""
     c = Cloud()
     n1, n2 = c.network("p1", "fd00:1::/64"), c.network("p1", "fd00:2::/64")
     r = router(c, "p1", n1, n2)
-    a, b = c.port("p1", n1, "h1"), c.port("p1", n2, dst_host)
+    return c, n1, n2, r, c.port("p1", n1, "h1"), c.port("p1", n2, b_host)
+
+
+@pytest.mark.parametrize("dst_host", ["h1", "h2"])
+def test_ipv6_routing_between_connected_subnets(dst_host):
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+    c, n1, n2, r, a, b = v6_subnets(dst_host)
     c.sync()
     g1, g2 = router_port(c, r, n1), router_port(c, r, n2)
     ping = raw(Ether(src=a["mac_address"], dst=g1["mac_address"])
@@ -228,10 +233,7 @@ def test_static_route_to_a_vm_acting_as_router():
 @pytest.mark.parametrize("hop_host", ["h1", "h2"])
 def test_ipv6_static_route_to_a_vm_acting_as_router(hop_host):
     from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
-    c = Cloud()
-    n1, n2 = c.network("p1", "fd00:1::/64"), c.network("p1", "fd00:2::/64")
-    r = router(c, "p1", n1, n2)
-    a, hop = c.port("p1", n1, "h1"), c.port("p1", n2, hop_host)
+    c, n1, n2, r, a, hop = v6_subnets(hop_host)
     c.api.action(f"routers/{r['id']}/add_extraroutes",
                  {"router": {"routes": [{"destination": "fd00:50::/64",
                                          "nexthop": ip_of(hop, 6)}]}})

@@ -218,13 +218,17 @@ def test_lookup_after_removals_matches_reference():
         for i in gone:
             table.remove(rules[i])
         left = [r for i, r in enumerate(rules) if i not in gone]
-        assert len(table) == len(left)
-        for _ in range(KEYS_PER_TABLE):
-            key = random_key(rng)
-            got = table.lookup(list(key), [0] * F.N_SLOTS)
-            want_pri, want = naive_lookup(left, key)
-            assert (-1 if got is None else got.priority) == want_pri
-            assert got is None or got in want
+        agrees_with_reference(table, left, rng)
+
+
+def agrees_with_reference(table: Table, left: list[Rule], rng: random.Random) -> None:
+    assert len(table) == len(left)
+    for _ in range(KEYS_PER_TABLE):
+        key = random_key(rng)
+        got = table.lookup(list(key), [0] * F.N_SLOTS)
+        want_pri, want = naive_lookup(left, key)
+        assert (-1 if got is None else got.priority) == want_pri
+        assert got is None or got in want
 
 
 def test_replaced_rules_and_removals_match_reference():
@@ -243,14 +247,7 @@ def test_replaced_rules_and_removals_match_reference():
         for i in rng.sample(range(len(current)), len(current) // 3):
             table.remove(current[i])
             current[i] = None
-        left = [r for r in current if r is not None]
-        assert len(table) == len(left)
-        for _ in range(KEYS_PER_TABLE):
-            key = random_key(rng)
-            got = table.lookup(list(key), [0] * F.N_SLOTS)
-            want_pri, want = naive_lookup(left, key)
-            assert (-1 if got is None else got.priority) == want_pri
-            assert got is None or got in want
+        agrees_with_reference(table, [r for r in current if r is not None], rng)
 
 
 def test_conjunction_example():
