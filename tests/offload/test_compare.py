@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from sbnet.cli.main import app
@@ -26,13 +28,17 @@ def test_smartnic_keeps_steady_packets_off_the_host():
     assert "| NIC share, steady state | 0.00% | 100.00% | refused |" in md
 
 
-def test_feature_cells_come_from_packet_tests():
-    assert C.FEATURES["stateful firewall"]("sriov").verdict == "refused"
+@pytest.mark.parametrize("feature,profile,verdict", [
+    ("stateful firewall", "sriov", "refused"),
     # A VF on a VLAN network: its megaflows match only what the embedded switch can.
-    assert C.FEATURES["VLAN overlay"]("sriov").verdict == "NIC"
-    assert C.FEATURES["stateful firewall"]("smartnic").verdict == "NIC"
-    assert C.FEATURES["VXLAN overlay"]("software").verdict == "software"
-    assert C.FEATURES["anti-spoofing"]("smartnic").verdict == "NIC"
+    ("VLAN overlay", "sriov", "NIC"),
+    ("stateful firewall", "smartnic", "NIC"),
+    ("VXLAN overlay", "software", "software"),
+    ("anti-spoofing", "smartnic", "NIC"),
+])
+def test_feature_cells_come_from_packet_tests(feature, profile, verdict):
+    cell = C.FEATURES[feature](profile)
+    assert cell.verdict == verdict, cell.detail
 
 
 def test_the_report_attributes_packets_to_rules_ports_and_networks():
