@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
@@ -28,8 +30,15 @@ class Cloud:
         net = self.api.create("networks", project=project, **attrs)
         if cidr:
             version = 6 if ":" in cidr else 4
+            extra = {}
+            block = ipaddress.ip_network(cidr)
+            if version == 4 and block.prefixlen <= 24:
+                # The API allocates at random: keep .200 and up for the addresses tests make
+                # up (spoofed sources, unknown targets), so no port is ever given one.
+                extra["allocation_pools"] = [{"start": str(block.network_address + 2),
+                                              "end": str(block.network_address + 199)}]
             net["subnet"] = self.api.create("subnets", project=project, network_id=net["id"],
-                                            cidr=cidr, ip_version=version)
+                                            cidr=cidr, ip_version=version, **extra)
         return net
 
     def port(self, project: str, net: dict, host: str | None, **kw) -> dict:
