@@ -3,6 +3,7 @@
 import pytest
 
 from sbnet.agent.netns import BACKENDS, Topology, overlay_pair, require_netns
+from sbnet.agent.realcloud import RealCloud
 
 TUNNEL_OFPORT = 100
 
@@ -24,3 +25,12 @@ def pair(request):
     Topology.cleanup_stale()
     with Topology() as topo:
         yield overlay_pair(topo, request.param, tunnel_ofport=TUNNEL_OFPORT)
+
+
+@pytest.fixture(params=BACKENDS)
+def cloud(request):
+    """A RealCloud (API, host agents, namespaces) on each backend in turn."""
+    require_netns(ovs=request.param == "ovs")
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        yield RealCloud(topo, request.param)

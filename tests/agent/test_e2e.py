@@ -9,16 +9,7 @@ import time
 import pytest
 
 from sbnet.agent.agent import HostAgent
-from sbnet.agent.netns import BACKENDS, Topology, require_netns
 from sbnet.agent.realcloud import RealCloud
-
-
-@pytest.fixture(params=BACKENDS)
-def cloud(request):
-    require_netns(ovs=request.param == "ovs")
-    Topology.cleanup_stale()
-    with Topology() as topo:
-        yield RealCloud(topo, request.param)
 
 
 def tcp_transfer(cloud: RealCloud, client, server, port: int, size: int = 200_000,

@@ -49,3 +49,17 @@ def test_overlay_flows_are_valid_and_symmetric():
     assert len(flows) == 7
     out = [f for f in flows if ("in_port", 1, None) in f.match.items]
     assert all("10.250.0.2->tun_dst" in str(f) and "output:100" in str(f) for f in out)
+
+
+def test_ipv6_vm_fields_and_dad_states():
+    from sbnet.agent.netns import Ipv6Address
+    h1 = Host("h1", "ns1", "ovs", 1, "10.250.0.1", "02:fe:00:00:00:01")
+    v6only = Vm("vm1", "n", h1, "tap1", 1, "02:00:00:01:00:01", None,
+                ip6=("2001:db8::5/64",), gateway6="2001:db8::1")
+    assert (v6only.address, v6only.address6) == (None, "2001:db8::5")
+    v4only = Vm("vm2", "n", h1, "tap2", 2, "02:00:00:01:00:02", "10.0.0.2/24")
+    assert (v4only.address, v4only.address6) == ("10.0.0.2", None)
+    # A failed address stays tentative in the kernel's flags: DAD is over all the same.
+    assert Ipv6Address("2001:db8::5/64", "global", True, True).settled
+    assert not Ipv6Address("2001:db8::5/64", "global", True, False).settled
+    assert Ipv6Address("2001:db8::5/64", "global", False, False).settled

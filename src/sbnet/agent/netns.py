@@ -12,6 +12,8 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 BACKENDS = ("ovs", "reference")
@@ -77,13 +79,43 @@ class Vm:
     port: str                # the host-side interface name
     ofport: int
     mac: str
-    ip: str                  # with prefix length, e.g. "10.0.0.1/24"
+    ip: str | None           # with prefix length, e.g. "10.0.0.1/24"; None: no IPv4
     gateway: str | None = None
     kind: str = "vm"         # or "external"
+    ip6: tuple[str, ...] = ()            # IPv6 addresses with prefix length; () = IPv6 off
+    gateway6: str | None = None
 
     @property
-    def address(self) -> str:
-        return self.ip.split("/")[0]
+    def address(self) -> str | None:
+        return self.ip.split("/")[0] if self.ip else None
+
+    @property
+    def address6(self) -> str | None:
+        return self.ip6[0].split("/")[0] if self.ip6 else None
+
+
+@dataclass(frozen=True)
+class Ipv6Address:
+    """One IPv6 address of an interface and where its duplicate address detection stands."""
+
+    address: str             # with prefix length
+    scope: str               # "global", "link"
+    tentative: bool          # DAD still running (or failed, with dadfailed)
+    dadfailed: bool          # another node answered for it
+
+    @property
+    def settled(self) -> bool:
+        return self.dadfailed or not self.tentative
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One entry of a neighbour table: the R bit of the last advertisement sets `router`."""
+
+    address: str
+    lladdr: str | None
+    router: bool
+    state: tuple[str, ...]
 
 
 @dataclass
@@ -142,8 +174,8 @@ class Topology:
     def ns_name(self, node: str) -> str:
         return f"{self.id}-{node}"
 
-    def add_namespace(self, node: str) -> str:
-        """A bare namespace for `node` (lo up, no IPv6), deleted by close(); its name."""
+    def add_namespace(self, node: str, ipv6: bool = False) -> str:
+        """A bare namespace for `node` (lo up; IPv6 off unless `ipv6`), deleted by close()."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", node):
             raise ValueError(f"node name {node!r}: letters, digits, _ . - only")
         name = self.ns_name(node)
@@ -152,10 +184,19 @@ class Topology:
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
-        # No IPv6 autoconfiguration chatter (MLD, router solicitations) on the wires:
-        # the tests count packets.
-        sh("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-           "net.ipv6.conf.default.disable_ipv6=1", netns=name)
+        if ipv6:
+            # IPv6 on but no autoconfiguration: no router solicitations, RAs ignored; duplicate
+            # address detection on, one probe per address, whatever the machine's defaults.
+            sh("sysctl", "-q", "-w", *(f"net.ipv6.conf.{c}.{k}={v}" for c in ("all", "default")
+                                       for k, v in (("disable_ipv6", 0), ("accept_ra", 0),
+                                                    ("router_solicitations", 0),
+                                                    ("accept_dad", 1), ("dad_transmits", 1))),
+               netns=name)
+        else:
+            # No IPv6 autoconfiguration chatter (MLD, router solicitations) on the wires:
+            # the tests count packets.
+            sh("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+               "net.ipv6.conf.default.disable_ipv6=1", netns=name)
         return name
 
     def _underlay(self) -> str:
@@ -254,23 +295,34 @@ class Topology:
         return ofport
 
     # -- VMs ----------------------------------------------------------------------
-    def add_vm(self, name: str, host: Host | str, ip: str, mac: str | None = None,
-               gateway: str | None = None, ofport: int | None = None, kind: str = "vm") -> Vm:
+    def add_vm(self, name: str, host: Host | str, ip: str | None, mac: str | None = None,
+               gateway: str | None = None, ofport: int | None = None, kind: str = "vm",
+               ipv6: Sequence[str] = (), gateway6: str | None = None) -> Vm:
         """A namespace with eth0 (`ip` with its prefix, `mac`, default route via `gateway`)
-        whose peer is port `ofport` of the host's switch."""
+        whose peer is port `ofport` of the host's switch.  `ipv6`: IPv6 addresses with
+        their prefixes (IPv6 stays off without them), default IPv6 route via `gateway6`;
+        duplicate address detection runs on them as usual (see wait_dad)."""
         host = self._host(host)
         if name in self.vms:
             raise ValueError(f"VM {name} already exists")
-        ns = self.add_namespace(name)
+        ipv6 = tuple(ipv6)
+        if gateway6 and not ipv6:
+            raise ValueError(f"VM {name}: gateway6 without IPv6 addresses")
+        ns = self.add_namespace(name, ipv6=bool(ipv6))
         ofport = ofport or host.ofport()
         mac = mac or f"02:00:00:{host.index:02x}:{(ofport >> 8) & 0xff:02x}:{ofport & 0xff:02x}"
         port = f"tap{ofport}"
         sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth",
            "peer", "name", port, "netns", host.netns)
         sh("ip", "-n", ns, "link", "set", "eth0", "address", mac, "mtu", str(self.vm_mtu), "up")
-        sh("ip", "-n", ns, "addr", "add", ip, "dev", "eth0")
+        if ip:
+            sh("ip", "-n", ns, "addr", "add", ip, "dev", "eth0")
         if gateway:
             sh("ip", "-n", ns, "route", "add", "default", "via", gateway)
+        for addr in ipv6:
+            sh("ip", "-n", ns, "-6", "addr", "add", addr, "dev", "eth0")
+        if gateway6:
+            sh("ip", "-n", ns, "-6", "route", "add", "default", "via", gateway6, "dev", "eth0")
         # Checksums are left to the NIC otherwise, and no switch here fills them in.
         sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
         sh("ip", "-n", host.netns, "link", "set", port, "arp", "off", "up")
@@ -278,7 +330,7 @@ class Topology:
             host.datapath.add_port(port, ofport)
         else:
             host.datapath.attach(ofport, port)
-        vm = Vm(name, ns, host, port, ofport, mac, ip, gateway, kind)
+        vm = Vm(name, ns, host, port, ofport, mac, ip, gateway, kind, ipv6, gateway6)
         self.vms[name] = vm
         host.vms.append(vm)
         return vm
@@ -307,9 +359,39 @@ class Topology:
 
     def ping(self, src: Vm | str, dst: str, count: int = 3, interval: float = 0.2,
              wait: float = 2.0) -> subprocess.CompletedProcess:
-        """ping from a node; returncode 0 when every reply came back."""
-        return self.run(src, "ping", "-n", "-q", "-c", str(count), "-i", str(interval),
+        """ping (-6 to an IPv6 address) from a node; returncode 0 when every reply came back."""
+        family = ("-6",) if ":" in dst else ()
+        return self.run(src, "ping", *family, "-n", "-q", "-c", str(count), "-i", str(interval),
                         "-W", str(wait), dst, check=False)
+
+    def ipv6_addresses(self, node: Vm | str, dev: str = "eth0") -> list[Ipv6Address]:
+        """The IPv6 addresses on a node's interface, link-local included, with their DAD state."""
+        out = self.run(node, "ip", "-j", "-6", "addr", "show", "dev", dev).stdout
+        return [Ipv6Address(f"{a['local']}/{a['prefixlen']}", a.get("scope", ""),
+                            bool(a.get("tentative")), bool(a.get("dadfailed")))
+                for link in json.loads(out or "[]") for a in link.get("addr_info", ())
+                if a.get("family") == "inet6"]
+
+    def wait_dad(self, node: Vm | str, timeout: float = 10.0,
+                 dev: str = "eth0") -> list[Ipv6Address]:
+        """The interface's IPv6 addresses once duplicate address detection has finished for
+        every one (none tentative: passed, or failed and marked dadfailed); TopologyError
+        after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            addrs = self.ipv6_addresses(node, dev)
+            if all(a.settled for a in addrs):
+                return addrs
+            if time.monotonic() > deadline:
+                raise TopologyError(f"{node if isinstance(node, str) else node.name}: duplicate "
+                                    f"address detection still running after {timeout}s: {addrs}")
+            time.sleep(0.1)
+
+    def neighbours6(self, node: Vm | str, dev: str = "eth0") -> list[Neighbour]:
+        """The IPv6 neighbour table of a node's interface (`ip -6 neigh show`)."""
+        out = self.run(node, "ip", "-j", "-6", "neigh", "show", "dev", dev).stdout
+        return [Neighbour(n["dst"], n.get("lladdr"), "router" in n, tuple(n.get("state", ())))
+                for n in json.loads(out or "[]")]
 
     def _ns(self, node: Vm | Host | str) -> str:
         if isinstance(node, (Vm, Host)):

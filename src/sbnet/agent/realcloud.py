@@ -4,6 +4,7 @@ host agent per host (used by the end-to-end tests and by `sbnet run --real`)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from sbnet.agent.agent import ApiSource, HostAgent
 from sbnet.agent.netns import Topology, Vm, sh
@@ -56,25 +57,49 @@ class RealCloud:
         sh("ip", "-n", ul, "link", "set", outside, "master", bridge, "up")
         sh("ip", "-n", netns, "link", "set", inside, "arp", "off", "up")
 
-    def network(self, project: str, cidr: str, kind: str = "vxlan", **kw) -> dict:
+    def network(self, project: str, cidr: str | Sequence[str], kind: str = "vxlan",
+                **kw) -> dict:
+        """A network with one subnet per CIDR (IPv4 or IPv6, from the CIDR); the first is
+        net["subnet"], all of them net["subnets"]."""
         net = self.api.create("networks", project=project, **{"provider:network_type": kind},
                               **kw)
-        net["subnet"] = self.api.create("subnets", project=project, network_id=net["id"],
-                                        cidr=cidr, ip_version=4)
+        cidrs = [cidr] if isinstance(cidr, str) else list(cidr)
+        net["subnets"] = [self.api.create("subnets", project=project, network_id=net["id"],
+                                          cidr=c, ip_version=ipaddress.ip_network(c).version)
+                          for c in cidrs]
+        net["subnet"] = net["subnets"][0]
         return net
 
-    def vm(self, name: str, project: str, net: dict, host: str, **kw) -> tuple[dict, Vm]:
-        """A Neutron port bound to `host` and a VM namespace plugged into it."""
+    def vm(self, name: str, project: str, net: dict, host: str, ipv6: bool = False,
+           **kw) -> tuple[dict, Vm]:
+        """A Neutron port bound to `host` and a VM namespace plugged into it (`ipv6`: see plug)."""
         port = self.api.create("ports", project=project, network_id=net["id"],
                                **{"binding:host_id": host}, **kw)
-        return port, self.plug(name, port, net["subnet"])
+        return port, self.plug(name, port, net["subnet"], ipv6=ipv6)
 
-    def plug(self, name: str, port: dict, subnet: dict) -> Vm:
-        """A VM namespace for an existing port (its MAC, first IP, subnet's gateway)."""
-        plen = subnet["cidr"].split("/")[1]
+    def plug(self, name: str, port: dict, subnet: dict | None = None, ipv6: bool = False) -> Vm:
+        """A VM namespace for an existing port: its MAC, its first IPv4 address with the
+        subnet's prefix and gateway.  `ipv6`: IPv6 on, with every IPv6 fixed IP of the port
+        (its subnet's prefix) and a default route via the first one's subnet gateway."""
         host = port["binding:host_id"]
-        vm = self.topo.add_vm(name, host, f"{port['fixed_ips'][0]['ip_address']}/{plen}",
-                              mac=port["mac_address"], gateway=subnet.get("gateway_ip"))
+        subnets = {subnet["id"]: subnet} if subnet else {}
+
+        def subnet_of(fixed: dict) -> dict:
+            sid = fixed["subnet_id"]
+            if sid not in subnets:
+                subnets[sid] = self.api.request("GET", f"subnets/{sid}")["subnet"]
+            return subnets[sid]
+
+        def with_prefix(fixed: dict) -> str:
+            return f"{fixed['ip_address']}/{subnet_of(fixed)['cidr'].split('/')[1]}"
+
+        v4 = [f for f in port["fixed_ips"] if _version(f) == 4]
+        v6 = [f for f in port["fixed_ips"] if _version(f) == 6 and ipv6]
+        vm = self.topo.add_vm(name, host, with_prefix(v4[0]) if v4 else None,
+                              mac=port["mac_address"],
+                              gateway=subnet_of(v4[0]).get("gateway_ip") if v4 else None,
+                              ipv6=[with_prefix(f) for f in v6],
+                              gateway6=subnet_of(v6[0]).get("gateway_ip") if v6 else None)
         self.vifs[host][port["id"]] = vm.ofport
         return vm
 
@@ -96,6 +121,10 @@ class RealCloud:
         for _ in range(2):                # the second round takes in the status reports
             for agent in self.agents.values():
                 agent.step()
+
+
+def _version(fixed_ip: dict) -> int:
+    return ipaddress.ip_address(fixed_ip["ip_address"]).version
 
 
 def first_ipv4(port: dict) -> str | None:
