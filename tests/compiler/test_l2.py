@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import pytest
-
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr
 
-from tests.compiler.scenario import (ARP, IPv6, Cloud, Dot1Q, Ether, arp_request, icmp, ip_of,
-                                     raw, solicit)
+from tests.compiler.scenario import (
+    ARP,
+    Cloud,
+    Dot1Q,
+    Ether,
+    IPv6,
+    arp_request,
+    icmp,
+    ip_of,
+    raw,
+    solicit,
+)
 
 
 @pytest.mark.parametrize("kind", ["vxlan", "gre", "geneve", "vlan", "flat"])

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr,
-                                ICMPv6NDOptMTU, ICMPv6NDOptSrcLLAddr, IPv6)
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptMTU,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+)
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import (ROUTER_OWNERS, TUNNEL_TYPES, ip_value, is_vif, mac_int,
-                                     version)
+from sbnet.compiler.topology import (
+    ROUTER_OWNERS,
+    TUNNEL_TYPES,
+    ip_value,
+    is_vif,
+    mac_int,
+    version,
+)
 from sbnet.flows import actions as A
 
 ETH_ARP, ETH_IPV6, IP_ICMPV6 = 0x0806, 0x86DD, 58
