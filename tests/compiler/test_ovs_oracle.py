@@ -33,13 +33,6 @@ BRIDGE = "br-int"
 CT_NEW = F.CT_STATE_BITS["new"] | F.CT_STATE_BITS["trk"]
 S = F.SLOT_INDEX
 MAX_FRAMES = 64                # distinct frames traced per installed pipeline
-# Known disagreements, each recognised by what OVS's trace says.  OVS 3.1 refuses encap()
-# inside a group bucket (the bucket runs on the packet type the group was entered with:
-# "Dropping packet as encap(ethernet) is not supported for packet type ethernet"), which our
-# switch executes.  Service chains that push NSH in select-group buckets hit it; the cure
-# is in the chain compiler (encap in a table the bucket resubmits to), not in this test.
-KNOWN = {"Dropping packet as encap(ethernet) is not supported":
-         "OVS 3.1 drops encap() in group buckets; the chain compiler puts encap(nsh) there"}
 
 
 def _cases() -> list:
@@ -337,11 +330,7 @@ def test_scenario_packets_get_ovs_datapath_actions(ovs, monkeypatch, module, nam
             msg = _compare(ovs, sw, s)
             if msg:
                 failures.append(msg)
-    known = {reason for msg in failures for text, reason in KNOWN.items() if text in msg}
-    unknown = [msg for msg in failures if not any(text in msg for text in KNOWN)]
-    assert not unknown, f"{len(unknown)}/{total} packets differ:\n" + "\n\n".join(unknown[:3])
-    if known:
-        pytest.xfail("; ".join(sorted(known)))
+    assert not failures, f"{len(failures)}/{total} packets differ:\n" + "\n\n".join(failures[:3])
 
 
 def test_oracle_notices_a_table_that_differs(ovs, monkeypatch):
