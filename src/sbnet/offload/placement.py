@@ -42,6 +42,7 @@ def place(profile: Profile, mf) -> Placement:
             # NIC sees as an exact match on no VLAN (netdev-offload-tc: mask 0xffff, tci 0).
             masks[s] = 0xFFFF
     why = _match_blockers(profile, masks, vals) + _action_blockers(profile, mf.actions, masks, vals)
+    why = list(dict.fromkeys(why))      # a 128-bit field spans two slots: say it once
     if why:
         return Placement("software", f"{profile.name}: " + "; ".join(why))
     needs_ct = vals.get(_RECIRC, 0) != 0 or any(action_name(a) == "ct" for a in mf.actions)
