@@ -18,6 +18,12 @@ ND_NS, ND_NA = 135, 136
 # Neighbour advertisement flags (RFC 4861 4.4), in nd_reserved's top bits.
 NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 1 << 31, 1 << 30, 1 << 29
 MULTICAST = (1 << 40, 1 << 40)       # the group bit of eth_dst
+# What nd_advert matches: an advertisement the responder made (only it resubmits there).
+ADVERT = {"eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6, "icmpv6_type": ND_NA}
+# nd_advert's rewrite: the target link-layer option carries the MAC the NA is sent from.
+TLL_FROM_ETH_SRC = A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("nd_tll"))
+# A responder's answer goes back out of the asking port (with its VLAN on a sub-port).
+BACK_TO_SENDER = (A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN))
 
 
 def build(ctx) -> None:
@@ -52,29 +58,25 @@ def build_arp_responder(ctx, port: dict) -> None:
     local = R.flags_match(off=(R.FROM_REMOTE,))
     mac = mac_int(port["mac_address"])
     for ip in topo.ips(port, 4):
-        reply = [
-            *arp_reply(mac, ip),
-            # Back out of the asking port, with its VLAN if it is a trunk sub-port.
-            A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
-            A.Resubmit(table=ctx.table("deliver")),
-        ]
+        reply = [*arp_reply(mac, ip), *BACK_TO_SENDER, A.Resubmit(table=ctx.table("deliver"))]
         ctx.flow("arp_responder", 100, reply,
                  {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
                   "arp_tpa": ip_value(ip)},
                  ctx.cookie("port", port["id"]))
     router = port.get("device_owner") in ROUTER_OWNERS
     for ip in topo.ips(port, 6):
-        advert = [
-            *nd_advert(mac, ip, router),
-            A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
-            A.Resubmit(table=ctx.table("nd_advert")),
-        ]
-        # A valid solicitation only (RFC 4861 7.1.1: hop limit 255, code 0).
+        advert = [*nd_advert(mac, ip, router), *BACK_TO_SENDER,
+                  A.Resubmit(table=ctx.table("nd_advert"))]
         ctx.flow("arp_responder", 100, advert,
-                 {"metadata": net, "reg10": local, "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6,
-                  "icmpv6_type": ND_NS, "icmpv6_code": 0, "ip_ttl": 255,
-                  "nd_target": ip_value(ip)},
+                 {"metadata": net, "reg10": local, **solicitation(ip)},
                  ctx.cookie("port", port["id"]))
+
+
+def solicitation(ip: str) -> dict:
+    """The match of a valid neighbour solicitation for `ip` (RFC 4861 7.1.1: hop limit 255,
+    code 0): the only ones a responder answers."""
+    return {"eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6, "icmpv6_type": ND_NS,
+            "icmpv6_code": 0, "ip_ttl": 255, "nd_target": ip_value(ip)}
 
 
 def nd_advert(mac: int, ip: str, router: bool) -> list:
@@ -100,10 +102,7 @@ def build_nd_common(ctx) -> None:
     Ethernet source it was given."""
     ctx.flow("arp_responder", 110, [ctx.goto("l3_gateway")],
              {"eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6, "icmpv6_type": ND_NS, "ipv6_src": 0})
-    ctx.flow("nd_advert", 100,
-             [A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("nd_tll")),
-              A.Resubmit(table=ctx.table("deliver"))],
-             {"eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6, "icmpv6_type": ND_NA})
+    ctx.flow("nd_advert", 100, [TLL_FROM_ETH_SRC, A.Resubmit(table=ctx.table("deliver"))], ADVERT)
 
 
 def arp_reply(mac: int, ip: str) -> list:

@@ -43,7 +43,15 @@ from dataclasses import dataclass
 
 from sbnet.compiler import registers as R
 from sbnet.compiler.classify import VLAN_CFI
-from sbnet.compiler.l2 import arp_reply, nd_advert, remote_out
+from sbnet.compiler.l2 import (
+    ADVERT,
+    BACK_TO_SENDER,
+    TLL_FROM_ETH_SRC,
+    arp_reply,
+    nd_advert,
+    remote_out,
+    solicitation,
+)
 from sbnet.compiler.topology import (
     ROUTER_OWNERS,
     TUNNEL_OFPORTS,
@@ -224,12 +232,13 @@ def build_echo_responder(ctx, ifaces: list[Iface], cookie: int) -> None:
     port on its network, is answered on its host (as a Linux router or OVN's router would):
     addresses and MACs swapped, the reply type, a fresh hop limit, back out of the port."""
     topo = ctx.topo
+    targets = {v: sorted({t.ip for t in ifaces if t.cidr.version == v}) for v in ECHO}
     for i in ifaces:
         if i.external:
             continue
         v = i.cidr.version
         src, dst, icmp_type, proto, request, reply = ECHO[v]
-        for target in sorted({t.ip for t in ifaces if t.cidr.version == v}):
+        for target in targets[v]:
             ctx.flow("l3_gateway", 120, [
                 A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("eth_dst")),
                 A.SetField("eth_src", i.mac),
@@ -237,8 +246,7 @@ def build_echo_responder(ctx, ifaces: list[Iface], cookie: int) -> None:
                 A.SetField(src, ip_value(target)),
                 A.SetField("ip_ttl", 255),
                 A.SetField(icmp_type, reply),
-                A.Move(R.INPORT.sub, R.OUTPORT.sub), R.set_flags(R.HAIRPIN),
-                A.Resubmit(table=ctx.table("deliver"))],
+                *BACK_TO_SENDER, A.Resubmit(table=ctx.table("deliver"))],
                 {"metadata": R.NETWORK.match(topo.net_key[i.net_id]), "eth_dst": i.mac,
                  "eth_type": ETH[v], "reg10": R.flags_match(off=(R.FROM_REMOTE,)),
                  dst: ip_value(target), "ip_proto": proto, icmp_type: request}, cookie)
@@ -373,13 +381,9 @@ def _nd_from_outside(ctx, ext: Iface, cookie: int) -> None:
     outside = R.flags_match(on=(R.FROM_REMOTE,))
     ctx.flow("arp_responder", 105, [*nd_advert(ext.mac, ext.ip, router=True),
                                     A.Resubmit(table=ctx.table("nd_advert"))],
-             {"metadata": meta, "reg10": outside, "eth_type": ETH_IPV6, "ip_proto": 58,
-              "icmpv6_type": 135, "icmpv6_code": 0, "ip_ttl": 255, "nd_target": ip_value(ext.ip)},
-             cookie)
-    ctx.flow("nd_advert", 110, [A.Move(A.Subfield.whole("eth_src"), A.Subfield.whole("nd_tll")),
-                                *_back_out(ctx, ext)],
-             {"metadata": meta, "reg10": outside, "eth_type": ETH_IPV6, "ip_proto": 58,
-              "icmpv6_type": 136}, cookie)
+             {"metadata": meta, "reg10": outside, **solicitation(ext.ip)}, cookie)
+    ctx.flow("nd_advert", 110, [TLL_FROM_ETH_SRC, *_back_out(ctx, ext)],
+             {"metadata": meta, "reg10": outside, **ADVERT}, cookie)
 
 
 def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:

@@ -481,11 +481,12 @@ def _set_nd_ext(st: _Work, f: dict[str, int]) -> None:
         opt = end - l4 > 24
         d[idx[opt], l4[opt] + 24] = f["nd_options_type"]
     _put(d, site, 2, 2, np.zeros(2, dtype=np.uint8))
-    total = (ck.ones_sum(d[idx], l3 + 8, np.full(len(idx), 32))
-             .astype(np.uint64)
-             + d[idx, l3 + 6].astype(np.uint64)
-             + ((d[idx, l3 + 4].astype(np.uint64) << 8) | d[idx, l3 + 5])
-             + ck.ones_sum(d[idx], l4, end - l4))
+    rows = d[idx]
+    r = np.arange(len(idx))
+    total = (ck.ones_sum(rows, l3 + 8, np.full(len(idx), 32)).astype(np.uint64)
+             + rows[r, l3 + 6].astype(np.uint64)
+             + ((rows[r, l3 + 4].astype(np.uint64) << 8) | rows[r, l3 + 5])
+             + ck.ones_sum(rows, l4, end - l4))
     _put(d, site, 2, 2, _csum_bytes(ck.fold(total) ^ 0xFFFF))
 
 

@@ -672,7 +672,8 @@ class _Ctx:
         if changed:
             if whole:
                 for _, name in odp.SET_HEADERS[header]:
-                    for si, sm in F.lookup(name).slot_masks(F.lookup(name).max):
+                    fld = F.lookup(name)
+                    for si, sm in fld.slot_masks(fld.max):
                         self.wc[si] |= sm
             self.odp.append(odp.SetFields(header, tuple(sorted(named))))
 
