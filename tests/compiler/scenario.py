@@ -84,10 +84,27 @@ def arp_request(src: dict, target_ip: str, **kw) -> bytes:
                      psrc=kw.get("psrc", ip_of(src)), pdst=target_ip))
 
 
+def checksums_valid(frame: bytes) -> bool:
+    """Whether every checksum in the frame (IPv4 header, ICMP, ICMPv6, TCP, UDP) is the one
+    scapy computes afresh for the bytes as they are."""
+    p = Ether(frame)
+    for layer in p.iterpayloads():
+        for name in ("chksum", "cksum"):
+            if name in layer.fields:
+                setattr(layer, name, None)
+    return raw(p) == frame
+
+
 def solicit(src: dict, target_ip: str, **kw) -> bytes:
     """The neighbour solicitation `src` multicasts for `target_ip` (a DAD probe with src="::")."""
-    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, in6_getnsma, in6_getnsmac
     from socket import AF_INET6, inet_ntop, inet_pton
+
+    from scapy.layers.inet6 import (
+        ICMPv6ND_NS,
+        ICMPv6NDOptSrcLLAddr,
+        in6_getnsma,
+        in6_getnsmac,
+    )
     group = in6_getnsma(inet_pton(AF_INET6, target_ip))
     src_ip = kw.get("ip_src", ip_of(src, 6))
     pkt = (Ether(src=src["mac_address"], dst=in6_getnsmac(group))
@@ -98,5 +115,5 @@ def solicit(src: dict, target_ip: str, **kw) -> bytes:
     return raw(pkt)
 
 
-__all__ = ["Cloud", "ip_of", "icmp", "tcp", "udp", "arp_request", "solicit", "Ether", "IP", "IPv6", "ICMP",
+__all__ = ["Cloud", "ip_of", "icmp", "tcp", "udp", "arp_request", "solicit", "checksums_valid", "Ether", "IP", "IPv6", "ICMP",
            "TCP", "UDP", "ARP", "Dot1Q", "raw"]

@@ -12,6 +12,7 @@ from tests.compiler.scenario import (
     Cloud,
     Ether,
     arp_request,
+    checksums_valid,
     ip_of,
     raw,
 )
@@ -75,9 +76,7 @@ def test_routing_between_subnets_on_one_host_and_across_hosts(dst_host, kind):
     assert (p.src, p.dst) == (g2["mac_address"], b["mac_address"])
     assert (p[IP].src, p[IP].dst, p[IP].ttl) == (ip_of(a), ip_of(b), 63)
     assert bytes(p[ICMP].payload) == b"payload"
-    assert raw(Ether(raw(p.copy()))) == got           # checksums were kept right
-    p[IP].chksum = None
-    assert raw(p) == got
+    assert checksums_valid(got)                         # checksums were kept right
     # (on VLAN networks a copy crosses the physical network between hosts)
     assert sum(map(len, d.ports.values())) == 1 and not d.to(bystander["id"])
     # ...and back: the default group admits the reply (+est in a's network's zone).
@@ -123,6 +122,7 @@ def test_ipv6_routing_between_connected_subnets(dst_host):
 @pytest.mark.parametrize("a_host", ["h1", "h2"])
 def test_router_gateway_answers_nd_with_the_router_flag(a_host):
     from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+
     from tests.compiler.scenario import solicit
     c = Cloud()
     n1, n2 = c.network("p1", "fd00:1::/64"), c.network("p1", "fd00:2::/64")
@@ -170,17 +170,11 @@ def test_router_answers_ping_to_its_addresses(a_host, version):
             assert (p[IP].src, p[IP].dst, p[ICMP].type, p[ICMP].id, p[ICMP].seq) == (
                 target, ip_of(a), 0, 9, 4)
             assert bytes(p[ICMP].payload) == b"probe"
-            layer, sent = p[IP], (p[IP].chksum, p[ICMP].chksum)
-            del layer.chksum, p[ICMP].chksum
-            again = Ether(raw(p))
-            assert (again[IP].chksum, again[ICMP].chksum) == sent
         else:
             e = p[ICMPv6EchoReply]
             assert (p[IPv6].src, p[IPv6].dst, e.id, e.seq, e.data) == (
                 target, ip_of(a, 6), 9, 4, b"probe")
-            sent = e.cksum
-            del e.cksum
-            assert Ether(raw(p))[ICMPv6EchoReply].cksum == sent
+        assert checksums_valid(got)
 
 
 def test_ping_to_an_address_the_router_does_not_have_is_routed_not_answered():
@@ -456,8 +450,14 @@ def test_floating_ip_disassociated_then_the_port_uses_snat():
 
 @pytest.mark.parametrize("vm_host", ["h1", "h2"])
 def test_ipv6_reaches_the_outside_routed_not_natted(vm_host):
-    from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA,
-                                    ICMPv6NDOptDstLLAddr, IPv6)
+    from scapy.layers.inet6 import (
+        ICMPv6EchoReply,
+        ICMPv6EchoRequest,
+        ICMPv6ND_NA,
+        ICMPv6NDOptDstLLAddr,
+        IPv6,
+    )
+
     from tests.compiler.scenario import solicit
     c = Cloud()
     ext = c.network("admin", "203.0.113.0/24", kind="flat", physnet="physnet1",
