@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
+from sbnet.agent.dhcp import Responder
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline, diff
 from sbnet.compiler.topology import Chassis, Topology, is_vif
 
@@ -124,7 +125,10 @@ class HostAgent:
 
     def __init__(self, host: str, datapath, source: Source, tunnel_ip: str,
                  physnets: dict[str, int] | None = None, profile: str = "software",
-                 vifs: Callable[[], dict[str, int]] | None = None) -> None:
+                 vifs: Callable[[], dict[str, int]] | None = None,
+                 service_ofport: int | None = None, slow_path=None) -> None:
+        """service_ofport / slow_path: the switch port to the agent's slow path and the
+        ServicePort that answers there (native DHCP); without them the host has no DHCP."""
         self.host = host
         self.datapath = datapath
         self.source = source
@@ -132,6 +136,8 @@ class HostAgent:
         self.physnets = dict(physnets or {})
         self.profile = profile
         self.vifs = vifs or self._tap_vifs
+        self.service_ofport = service_ofport
+        self.slow_path = slow_path
         self.mirror = Mirror()
         self.compiler = Compiler(host)
         self.pipeline: HostPipeline | None = None
@@ -165,9 +171,11 @@ class HostAgent:
         bound = {p["id"] for p in snapshot.get("port", ())
                  if p.get("binding:host_id") == self.host and is_vif(p)}
         me = Chassis(self.host, self.tunnel_ip, {p: o for p, o in plugged.items() if p in bound},
-                     self.physnets, self.profile)
+                     self.physnets, self.profile, self.service_ofport)
         topo = Topology(snapshot, [me])
         new = self.compiler.compile(topo)
+        if self.slow_path is not None:
+            self.slow_path.handler = Responder(topo).answer
         if self.pipeline is None:
             # First sync (a fresh start or a restart): compare with what the datapath
             # holds, so a restart changes nothing that is already right (no flush).
@@ -252,6 +260,8 @@ class HostAgent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=35)
+        if self.slow_path is not None:
+            self.slow_path.close()
 
 
 def installed_flows(datapath) -> dict:

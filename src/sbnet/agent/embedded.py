@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from sbnet.agent.agent import apply_diff, vif_name
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline
-from sbnet.compiler.topology import TUNNEL_OFPORTS, Chassis, Topology
+from sbnet.agent.dhcp import Responder
+from sbnet.compiler.topology import SERVICE_OFPORT, TUNNEL_OFPORTS, Chassis, Topology
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
@@ -32,6 +33,7 @@ class EmbeddedHost:
     installed: HostPipeline | None = None
     next_ofport: int = FIRST_VIF
     compiler: Compiler | None = None
+    service: bool = False          # a slow-path port whose questions the cluster answers
 
     @property
     def underlay_mac(self) -> int:
@@ -40,7 +42,8 @@ class EmbeddedHost:
     def chassis(self) -> Chassis:
         tier = self.switch.tier
         return Chassis(self.name, self.tunnel_ip, dict(self.ofports), dict(self.physnets),
-                       tier.profile.name if tier is not None else "software")
+                       tier.profile.name if tier is not None else "software",
+                       SERVICE_OFPORT if self.service else None)
 
 
 @dataclass
@@ -69,9 +72,11 @@ class Cluster:
 
     def __init__(self, hosts: list[str], physnets: tuple[str, ...] = ("physnet1",),
                  underlay: str = "192.168.100.0/24", clock=lambda: 0.0,
-                 offload: dict | str | None = None) -> None:
+                 offload: dict | str | None = None, dhcp: bool = False) -> None:
         """offload: a NIC profile (name or sbnet.offload.Profile) for every host, or a
-        host -> profile map; such hosts' switches run that NIC tier (Switch(offload=))."""
+        host -> profile map; such hosts' switches run that NIC tier (Switch(offload=)).
+        dhcp: every host gets a slow-path port answered by the agent's DHCP responder, as
+        `sbnet agent` does (native DHCP)."""
         net = ipaddress.ip_network(underlay)
         self.offload = offload if isinstance(offload, dict) else {h: offload for h in hosts}
         self.clock = clock
@@ -81,7 +86,9 @@ class Cluster:
             ip = str(net.network_address + i + 1)
             sw = Switch(name=f"br-{name}", clock=clock, offload=self.offload.get(name))
             phys = {p: PHYSNET_BASE + j for j, p in enumerate(physnets)}
-            h = EmbeddedHost(name, ip, i, phys, sw)
+            h = EmbeddedHost(name, ip, i, phys, sw, service=dhcp)
+            if dhcp:
+                sw.add_port(SERVICE_OFPORT, "sbnet-svc")
             sw.add_port(UNDERLAY_OFPORT, "underlay")
             sw.underlay.add_port(UNDERLAY_OFPORT, h.underlay_mac)
             sw.underlay.add_local(ip)
@@ -102,6 +109,7 @@ class Cluster:
         self.where: dict[str, tuple[str, int]] = {}     # port id -> (host, ofport)
         self.port_at: dict[tuple[str, int], str] = {}
         self.snapshot: dict | None = None
+        self.responder: Responder | None = None
 
     # --- the agent's side: plug VIFs, apply compiled pipelines ---------------------------
 
@@ -142,6 +150,7 @@ class Cluster:
             self.plug_bound(snapshot)
         self.snapshot = snapshot
         topo = self.topology(snapshot)
+        self.responder = Responder(topo)
         out = {}
         for h in self.hosts.values():
             if h.compiler is None:
@@ -195,6 +204,9 @@ class Cluster:
                     peer = self.by_mac.get(int.from_bytes(f[:6], "big"))
                     if peer is not None:
                         nxt.append((peer.name, UNDERLAY_OFPORT, [f]))
+            elif num == SERVICE_OFPORT and h.service and self.responder is not None:
+                answers = [a for a in map(self.responder.answer, sent) if a is not None]
+                nxt.append((h.name, SERVICE_OFPORT, answers))
             elif num in self._physnet_names[h.name]:
                 name = self._physnet_names[h.name][num]
                 out.external.setdefault(name, []).extend(sent)

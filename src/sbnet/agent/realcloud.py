@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from sbnet.agent.agent import ApiSource, HostAgent
 from sbnet.agent.netns import Topology, Vm, sh
+from sbnet.agent.slowpath import ServicePort
 from sbnet.api.local import LocalApi
-from sbnet.compiler.topology import TUNNEL_OFPORTS
+from sbnet.compiler.topology import SERVICE_OFPORT, TUNNEL_OFPORTS
 
 PHYSNET_OFPORT = 900            # each host's port on a physical network (900, 901, ...)
 
@@ -17,7 +18,8 @@ PHYSNET_OFPORT = 900            # each host's port on a physical network (900, 9
 class RealCloud:
     """Hosts of one backend ("ovs" or "reference"), each with the three tunnel ports and a
     port on every physical network (a Linux bridge all hosts and the outside world share);
-    `vm()` makes a Neutron port and plugs a VM namespace into it, as Nova would."""
+    `vm()` makes a Neutron port and plugs a VM namespace into it, as Nova would.  Each
+    host's agent answers DHCP on its slow-path port (native DHCP)."""
 
     def __init__(self, topo: Topology, backend: str, hosts=("h1", "h2"),
                  physnets: tuple[str, ...] = (), api: LocalApi | None = None) -> None:
@@ -44,8 +46,14 @@ class RealCloud:
                 else:
                     host.datapath.attach(ofport, f"{pn[:10]}")
                 ports[pn] = ofport
+            svc = ServicePort(host.netns)
+            if backend == "ovs":
+                host.datapath.add_port(svc.create(), SERVICE_OFPORT)
+            else:
+                host.datapath.attach(SERVICE_OFPORT, svc.create())
             agent = HostAgent(name, host.datapath, self.source, host.underlay_ip, ports,
-                              vifs=lambda n=name: dict(self.vifs[n]))
+                              vifs=lambda n=name: dict(self.vifs[n]),
+                              service_ofport=SERVICE_OFPORT, slow_path=svc.start())
             agent.start()
             self.agents[name] = agent
 
@@ -71,16 +79,19 @@ class RealCloud:
         return net
 
     def vm(self, name: str, project: str, net: dict, host: str, ipv6: bool = False,
-           **kw) -> tuple[dict, Vm]:
-        """A Neutron port bound to `host` and a VM namespace plugged into it (`ipv6`: see plug)."""
+           dhcp: bool = False, **kw) -> tuple[dict, Vm]:
+        """A Neutron port bound to `host` and a VM namespace plugged into it (`ipv6`, `dhcp`:
+        see plug)."""
         port = self.api.create("ports", project=project, network_id=net["id"],
                                **{"binding:host_id": host}, **kw)
-        return port, self.plug(name, port, net["subnet"], ipv6=ipv6)
+        return port, self.plug(name, port, net["subnet"], ipv6=ipv6, dhcp=dhcp)
 
-    def plug(self, name: str, port: dict, subnet: dict | None = None, ipv6: bool = False) -> Vm:
+    def plug(self, name: str, port: dict, subnet: dict | None = None, ipv6: bool = False,
+             dhcp: bool = False) -> Vm:
         """A VM namespace for an existing port: its MAC, its first IPv4 address with the
         subnet's prefix and gateway.  `ipv6`: IPv6 on, with every IPv6 fixed IP of the port
-        (its subnet's prefix) and a default route via the first one's subnet gateway."""
+        (its subnet's prefix) and a default route via the first one's subnet gateway.
+        `dhcp`: no IPv4 address or route: the VM is to ask for them by DHCP."""
         host = port["binding:host_id"]
         subnets = {subnet["id"]: subnet} if subnet else {}
 
@@ -93,7 +104,7 @@ class RealCloud:
         def with_prefix(fixed: dict) -> str:
             return f"{fixed['ip_address']}/{subnet_of(fixed)['cidr'].split('/')[1]}"
 
-        v4 = [f for f in port["fixed_ips"] if _version(f) == 4]
+        v4 = [f for f in port["fixed_ips"] if _version(f) == 4 and not dhcp]
         v6 = [f for f in port["fixed_ips"] if _version(f) == 6 and ipv6]
         vm = self.topo.add_vm(name, host, with_prefix(v4[0]) if v4 else None,
                               mac=port["mac_address"],

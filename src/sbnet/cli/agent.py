@@ -7,7 +7,8 @@ import signal
 
 import typer
 
-from sbnet.compiler.topology import TUNNEL_OFPORTS
+from sbnet.agent.slowpath import ServicePort
+from sbnet.compiler.topology import SERVICE_OFPORT, TUNNEL_OFPORTS
 
 
 def _physnets(items: list[str]) -> dict[str, int]:
@@ -29,7 +30,23 @@ def _ovs(rundir: str, bridge: str, tunnel_ip: str):
     for kind, ofport in TUNNEL_OFPORTS.items():
         if f"{kind}0" not in have:
             dp.add_tunnel_port(f"{kind}0", kind, ofport)
-    return dp, lambda: ovs.iface_ids(bridge)
+    svc = ServicePort(_daemon_netns(f"{rundir}/ovs-vswitchd.pid"))
+    name = svc.create()
+    if name not in have:
+        dp.add_port(name, SERVICE_OFPORT)
+    return dp, lambda: ovs.iface_ids(bridge), svc
+
+
+def _daemon_netns(pidfile: str) -> str | None:
+    """The network namespace of the daemon whose pid file this is, when not ours (the
+    slow-path port must be where ovs-vswitchd sees interfaces)."""
+    try:
+        path = f"/proc/{int(open(pidfile).read().strip())}/ns/net"
+        if os.stat(path).st_ino != os.stat("/proc/self/ns/net").st_ino:
+            return path
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list):
@@ -47,6 +64,8 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
     dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
     for kind, ofport in TUNNEL_OFPORTS.items():
         dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
+    svc = ServicePort()
+    dp.attach(SERVICE_OFPORT, svc.create())
     attached: dict[str, int] = {}
 
     def vifs() -> dict[str, int]:
@@ -61,7 +80,7 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
         for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
             dp.detach(attached.pop(pid))
         return dict(attached)
-    return dp, vifs
+    return dp, vifs, svc
 
 
 def register(app: typer.Typer) -> None:
@@ -91,19 +110,20 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         ref: list = []
         if datapath == "ovs":
-            dp, vifs = _ovs(ovs_rundir, bridge, tunnel_ip)
+            dp, vifs, svc = _ovs(ovs_rundir, bridge, tunnel_ip)
         elif datapath == "reference":
             if not (underlay and underlay_mac and underlay_prefix):
                 raise typer.BadParameter("--datapath reference needs --underlay, "
                                          "--underlay-mac and --underlay-prefix")
-            dp, vifs = _reference(underlay, underlay_mac, tunnel_ip, underlay_prefix, ref)
+            dp, vifs, svc = _reference(underlay, underlay_mac, tunnel_ip, underlay_prefix, ref)
             for item in neighbour:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
         else:
             raise typer.BadParameter("--datapath must be ovs or reference")
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60))
-        a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs)
+        a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs,
+                      service_ofport=SERVICE_OFPORT, slow_path=svc.start())
         ref.append(a)
         import faulthandler
         faulthandler.register(signal.SIGUSR1)         # `kill -USR1`: where is it stuck?
@@ -137,5 +157,6 @@ def register(app: typer.Typer) -> None:
                 console.print(f"{host}: revision {r.revision}: +{r.added} ~{r.modified} "
                               f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "
                               f"({r.seconds * 1000:.0f} ms)")
+        svc.close()
         if datapath == "reference":
             dp.close()

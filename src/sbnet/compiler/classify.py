@@ -16,6 +16,10 @@ def build(ctx) -> None:
                  build_classify_vif, ctx, port)
     if ctx.chassis is None:
         return
+    if ctx.chassis.service_ofport is not None:
+        # The agent's answers (native DHCP) enter at the stage that sent it the questions.
+        ctx.flow("classify", 100, [ctx.goto("dhcp")], {"in_port": ctx.chassis.service_ofport},
+                 ctx.cookie("service", "slow-path"))
     for net_id, net in topo.networks.items():
         if ctx.host not in topo.hosts_of(net_id) and not _external_here(ctx, net):
             continue

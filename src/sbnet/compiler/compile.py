@@ -15,7 +15,7 @@ from sbnet.flows.flow import Flow
 from sbnet.flows.match import MatchBuilder
 
 # The stage modules, in pipeline order; each has build(ctx) and owns the tables it names.
-STAGES = ("classify", "port_security", "qos", "secgroups", "chains", "l3", "l2", "deliver")
+STAGES = ("classify", "port_security", "dhcp", "qos", "secgroups", "chains", "l3", "l2", "deliver")
 
 
 class CompileError(ValueError):

@@ -51,7 +51,7 @@ def build_port_security(ctx, port: dict) -> None:
     key = ctx.topo.port_key[port["id"]]
     inport = R.INPORT.match(key)
     cookie = ctx.cookie("port", port["id"])
-    nxt = [ctx.goto("qos_egress")]
+    nxt = [ctx.goto("dhcp")]
     if not port_secured(port, ctx.topo.networks.get(port["network_id"])):
         ctx.flow("port_security", 50, nxt, {"reg14": inport}, cookie)
         return

@@ -23,11 +23,15 @@ PIPELINE = Pipeline((
     _t("classify", "the logical port (local VIF, trunk sub-port) or network (tunnel VNI, "
        "physical VLAN) a packet enters on",
        {"in_port", "vlan_tci", "vlan_vid", "tun_id", "eth_dst", "eth_type"} | _ND | _L3,
-       ("port_security", "arp_responder", "l3_gateway", "l2_lookup", "chain_forward")),
+       ("port_security", "dhcp", "arp_responder", "l3_gateway", "l2_lookup", "chain_forward")),
     _t("port_security", "anti-spoofing: the source MAC and IPs a port may use (fixed IPs, "
        "allowed address pairs, DHCP, IPv6 link-local, ARP and ND)",
        {"reg14", "eth_src", "ip_src", "ipv6_src", "udp_src", "udp_dst", "ip_dst",
-        "ipv6_dst"} | _ND | _L3, ("qos_egress",)),
+        "ipv6_dst"} | _ND | _L3, ("dhcp",)),
+    _t("dhcp", "native DHCP: a port's DHCPv4 requests go to the host agent (the slow path), "
+       "tagged with the port; the agent's answers come back to that port alone",
+       {"reg14", "in_port", "eth_src", "eth_type", "ip_proto", "udp_src", "udp_dst"},
+       ("qos_egress", "deliver"), miss="next"),
     _t("qos_egress", "bandwidth limit (meter) and DSCP marking of what a port sends",
        {"reg14", "eth_type"}, ("egress_ct",), miss="next"),
     _t("egress_ct", "IP from ports with stateful security groups enters conntrack in the "

@@ -13,6 +13,8 @@ TUNNEL_TYPES = ("vxlan", "gre", "geneve")
 # The tunnel port of each kind on every host (remote_ip=flow, key=flow): one per kind, as
 # Neutron's OVS agent does with flow-based tunnels, so a new host adds no ports anywhere.
 TUNNEL_OFPORTS = {"vxlan": 65001, "gre": 65002, "geneve": 65003}
+# The port to the host agent's slow path (native DHCP) on every host that has one.
+SERVICE_OFPORT = 65010
 ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed")
 GATEWAY_OWNER = "network:router_gateway"
 
@@ -23,7 +25,8 @@ class Chassis:
 
     `ofports` maps the ids of ports bound here to the ofport of their VIF (the agent plugs the
     VIF and chooses it).  `physnets` maps a physical network name to the ofport of the
-    bridge port facing it (VLAN and flat networks, the external network).
+    bridge port facing it (VLAN and flat networks, the external network).  `service_ofport`
+    is the port to the agent's slow path (native DHCP), None where the agent has none.
     """
 
     name: str
@@ -31,6 +34,7 @@ class Chassis:
     ofports: Mapping[str, int] = field(default_factory=dict)
     physnets: Mapping[str, int] = field(default_factory=dict)
     profile: str = "software"
+    service_ofport: int | None = None
 
 
 def _order(items: Iterable[dict]) -> list[dict]:

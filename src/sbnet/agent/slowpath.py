@@ -1,0 +1,115 @@
+"""The host agent's slow path on a real host: a veth whose one end is a switch port (SERVICE_OFPORT) and whose other the agent answers on (native DHCP)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import socket
+import subprocess
+import threading
+from typing import Callable
+
+from sbnet.datapath.afpacket import CLONE_NEWNET, ETH_P_ALL, PACKET_OUTGOING
+
+SWITCH_END, AGENT_END = "sbnet-svc", "sbnet-svc-a"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(netns: str | None):
+    """The calling thread in a network namespace given by name (/run/netns) or by path
+    (/proc/PID/ns/net: the switch's daemon's); what it opens or starts stays there."""
+    if netns is None:
+        yield
+        return
+    path = netns if netns.startswith("/") else f"/run/netns/{netns}"
+    back, target = os.open("/proc/thread-self/ns/net", os.O_RDONLY), os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {path}")
+        try:
+            yield
+        finally:
+            _libc.setns(back, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(back)
+
+
+def _ip(netns: str | None, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    with in_netns(netns):            # a child started by this thread is in its namespace
+        res = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(argv)}: {res.stderr.strip()}")
+    return res
+
+
+def _sysctl(netns: str | None, key: str, value: str) -> None:
+    # /proc/sys/net is the namespace of the process that mounted /proc: ask a child in it.
+    with in_netns(netns):
+        subprocess.run(["sysctl", "-qw", f"{key.replace('/', '.')}={value}"],
+                       capture_output=True, timeout=30)
+
+
+class ServicePort:
+    """The veth pair (made if missing; kept across agent restarts, as a tunnel port is) and
+    a thread that hands each frame the switch sends to `handler` and sends back its answer.
+    The handler is read on every frame, so the agent can swap it when the model changes."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.handler: Callable[[bytes], bytes | None] = lambda frame: None
+        self.answered = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    def create(self) -> str:
+        """Make the pair if it is not there; the switch's end's name (attach it at
+        SERVICE_OFPORT).  Neither end has addresses, ARP or IPv6: the kernel says nothing."""
+        if _ip(self.netns, "link", "show", SWITCH_END, check=False).returncode != 0:
+            _ip(self.netns, "link", "add", SWITCH_END, "type", "veth", "peer", "name", AGENT_END)
+        for dev in (SWITCH_END, AGENT_END):
+            _sysctl(self.netns, f"net/ipv6/conf/{dev}/disable_ipv6", "1")
+            _ip(self.netns, "link", "set", dev, "arp", "off", "up")
+        return SWITCH_END
+
+    def start(self) -> "ServicePort":
+        with in_netns(self.netns):
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self._sock.bind((AGENT_END, ETH_P_ALL))
+        self._thread = threading.Thread(target=self._run, name="sbnet-slowpath", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        sock = self._sock
+        while not self._stop.is_set():
+            ready, _, _ = select.select([sock], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                frame, addr = sock.recvfrom(65536)
+            except OSError:
+                return
+            if addr[2] == PACKET_OUTGOING:          # our own answers
+                continue
+            try:
+                out = self.handler(frame)
+                if out is not None:
+                    sock.send(out)
+                    self.answered += 1
+            except Exception:                       # one bad frame never stops the others
+                self.errors += 1
+
+    def close(self, remove: bool = False) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._sock is not None:
+            self._sock.close()
+        if remove:
+            _ip(self.netns, "link", "del", SWITCH_END, check=False)

@@ -1,0 +1,68 @@
+"""Stage dhcp: a local port's DHCPv4 requests go to the host agent's slow path, its answers come back to that port only."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sbnet.compiler import registers as R
+from sbnet.compiler.topology import version
+from sbnet.flows import actions as A
+
+ETH_IP, UDP = 0x0800, 17
+BOOTPC, BOOTPS = 68, 67
+# The MAC the answers come from (locally administered, as OVN's server_mac is configured).
+SERVER_MAC = 0x0A_00_5E_00_00_01
+# On the service port a frame's other MAC names the logical port it is for or from: this
+# prefix (locally administered, unicast) and the port's 31-bit key below it.  The switch
+# writes it on the way out and checks it on the way back, so the agent needs no per-packet
+# metadata and cannot answer one port with another's address.
+TAG_PREFIX = 0x0A_00_00_00_00_00
+
+
+def port_tag(key: int) -> int:
+    return TAG_PREFIX | key
+
+
+def tag_key(mac: int) -> int | None:
+    """The port key a tag MAC carries (None when it is no tag)."""
+    return mac & 0xFFFFFFFF if mac >> 32 == TAG_PREFIX >> 32 else None
+
+
+def dhcp_subnet(topo, port: dict) -> tuple[str, dict] | None:
+    """(address, subnet) that DHCP gives `port`: its first IPv4 fixed IP on a subnet with
+    enable_dhcp (None: the port's requests go on as any other broadcast)."""
+    for f in port.get("fixed_ips") or ():
+        sub = topo.subnets.get(f.get("subnet_id"))
+        if (sub is not None and sub.get("enable_dhcp", True)
+                and ipaddress.ip_address(f["ip_address"]).version == 4):
+            return f["ip_address"], sub
+    return None
+
+
+def build(ctx) -> None:
+    ch = ctx.chassis
+    if ch is None or ch.service_ofport is None:
+        return
+    topo = ctx.topo
+    for port in topo.local_ports(ctx.host):
+        subs = tuple(version(topo.subnets[f["subnet_id"]]) for f in port.get("fixed_ips") or ()
+                     if f.get("subnet_id") in topo.subnets)
+        ctx.unit(("port", port["id"]), (topo.port_deps(port), subs, ch.service_ofport),
+                 build_dhcp_port, ctx, port)
+
+
+def build_dhcp_port(ctx, port: dict) -> None:
+    """To the slow path: the port's DHCP client packets (they passed port security), tagged
+    with its key.  Back: an answer tagged with that key goes out of that port alone."""
+    topo, svc = ctx.topo, ctx.chassis.service_ofport
+    if dhcp_subnet(topo, port) is None:
+        return
+    key = topo.port_key[port["id"]]
+    cookie = ctx.cookie("port", port["id"])
+    ctx.flow("dhcp", 100, [A.SetField("eth_dst", port_tag(key)), A.Output(svc)],
+             {"reg14": R.INPORT.match(key), "eth_type": ETH_IP, "ip_proto": UDP,
+              "udp_src": BOOTPC, "udp_dst": BOOTPS}, cookie)
+    net = port["network_id"]
+    ctx.flow("dhcp", 100, [A.SetField("eth_src", SERVER_MAC), R.NETWORK.load(topo.net_key[net]),
+                           R.OUTPORT.load(key), ctx.goto("deliver")],
+             {"in_port": svc, "eth_src": port_tag(key), "eth_type": ETH_IP}, cookie)

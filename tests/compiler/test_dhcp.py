@@ -1,0 +1,115 @@
+"""Native DHCPv4: a port's requests are answered on its own host by the agent's slow path, from
+the model (address, mask, gateway, host routes, DNS, the network's MTU), and nowhere else."""
+
+from __future__ import annotations
+
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.compiler.scenario import Cloud, ip_of
+
+from sbnet.agent.dhcp import Responder
+from sbnet.compiler.compile import compile_host
+from sbnet.compiler.dhcp import SERVER_MAC
+from sbnet.compiler.tables import number
+from sbnet.compiler.topology import SERVICE_OFPORT
+
+
+def _cloud() -> Cloud:
+    c = Cloud()
+    c.cluster = type(c.cluster)(["h1", "h2"], physnets=("physnet1",), dhcp=True)
+    return c
+
+
+def request(mac: str, kind: str, xid: int = 0x1234, **opts) -> bytes:
+    options = [("message-type", kind), *opts.items(), "end"]
+    return bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+                 / UDP(sport=68, dport=67)
+                 / BOOTP(op=1, chaddr=bytes.fromhex(mac.replace(":", "")), xid=xid, flags=0)
+                 / DHCP(options=options))
+
+
+def options(frame: bytes) -> dict:
+    return {o[0]: (o[1:] if len(o) > 2 else o[1]) for o in Ether(frame)[DHCP].options
+            if isinstance(o, tuple)}
+
+
+def test_discover_and_request_get_the_ports_lease_with_routes_dns_and_mtu():
+    c = _cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    c.api.update("subnets", net["subnet"]["id"], dns_nameservers=["10.0.0.53", "10.0.0.54"],
+                 host_routes=[{"destination": "172.16.0.0/16", "nexthop": "10.0.0.9"}])
+    a = c.port("p1", net, "h1")
+    b = c.port("p1", net, "h2")
+    c.sync()
+    offer = c.send(a, [request(a["mac_address"], "discover")])
+    assert offer.to(b["id"]) == []                  # answered on h1, never flooded
+    [frame] = offer.to(a["id"])
+    eth = Ether(frame)
+    assert eth.src == "0a:00:5e:00:00:01" and eth.dst == a["mac_address"]
+    assert eth[BOOTP].yiaddr == ip_of(a) and eth[BOOTP].xid == 0x1234
+    o = options(frame)
+    assert o["message-type"] == 2 and o["subnet_mask"] == "255.255.255.0"
+    assert o["router"] == "10.0.0.1" and o["server_id"] == "10.0.0.1"
+    assert o["name_server"] == ("10.0.0.53", "10.0.0.54")
+    assert o["interface-mtu"] == 1450                # VXLAN: room for the header
+    assert o["lease_time"] == 86400
+    assert o["classless_static_routes"] == ["172.16.0.0/16:10.0.0.9", "0.0.0.0/0:10.0.0.1"]
+    # Checksums as the wire needs them (a Linux client drops a bad UDP checksum).
+    again = Ether(frame)
+    del again[IP].chksum, again[UDP].chksum
+    rebuilt = Ether(bytes(again))
+    assert (rebuilt[IP].chksum, rebuilt[UDP].chksum) == (eth[IP].chksum, eth[UDP].chksum)
+
+    ack = c.send(a, [request(a["mac_address"], "request", requested_addr=ip_of(a),
+                             server_id="10.0.0.1")]).to(a["id"])
+    assert [options(f)["message-type"] for f in ack] == [5]
+    assert Ether(ack[0])[BOOTP].yiaddr == ip_of(a)
+
+
+def test_a_request_for_another_address_is_refused_and_other_macs_get_nothing():
+    c = _cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    a = c.port("p1", net, "h1")
+    b = c.port("p1", net, "h1")
+    c.sync()
+    nak = c.send(a, [request(a["mac_address"], "request", requested_addr=ip_of(b))]).to(a["id"])
+    assert [options(f)["message-type"] for f in nak] == [6]
+    assert Ether(nak[0])[IP].dst == "255.255.255.255"
+    # Port security drops another MAC; with it off, the slow path still refuses to answer
+    # one port with another's lease.
+    c.api.update("ports", a["id"], port_security_enabled=False, security_groups=[])
+    c.sync()
+    out = c.send(a, [request(b["mac_address"], "discover")])
+    assert out.to(a["id"]) == [] and out.to(b["id"]) == []
+
+
+def test_enable_dhcp_false_lets_requests_through_as_broadcasts():
+    c = _cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    a = c.port("p1", net, "h1")
+    # b runs its own DHCP server: no port security, so the default group's ingress rules
+    # (members' addresses only) do not drop a request from 0.0.0.0.
+    b = c.port("p1", net, "h2", port_security_enabled=False, security_groups=[])
+    c.sync()
+    assert c.send(a, [request(a["mac_address"], "discover")]).to(b["id"]) == []
+    c.api.update("subnets", net["subnet"]["id"], enable_dhcp=False)
+    c.sync()
+    out = c.send(a, [request(a["mac_address"], "discover")])
+    assert out.to(a["id"]) == []
+    assert len(out.to(b["id"])) == 1 and Ether(out.to(b["id"])[0])[BOOTP].op == 1
+
+
+def test_no_service_port_no_dhcp_flows():
+    c = Cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    c.port("p1", net, "h1")
+    c.sync()
+    topo = c.cluster.topology(c.api.snapshot())
+    flows = compile_host(topo, "h1").flows.values()
+    assert not any(f.table == number("dhcp") and f.priority == 100 for f in flows)
+    # The responder alone ignores what is not a tagged DHCP request.
+    assert Responder(topo).answer(bytes(60)) is None
+    assert SERVICE_OFPORT not in c.cluster.hosts["h1"].switch.ports
+    assert SERVER_MAC >> 40 == 0x0A
