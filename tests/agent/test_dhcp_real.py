@@ -8,12 +8,11 @@ import ipaddress
 import json
 import os
 import shutil
-import time
-
 import pytest
 
 from sbnet.agent.netns import BACKENDS, Topology, require_netns
 from sbnet.agent.realcloud import RealCloud, first_ipv4
+from tests.agent.test_e2e import tcp_transfer
 
 
 @pytest.fixture(params=BACKENDS)
@@ -65,27 +64,6 @@ def vm_state(cloud: RealCloud, vm) -> dict:
             "resolv": open(f"/etc/netns/{vm.netns}/resolv.conf").read()}
 
 
-def tcp_bytes(cloud: RealCloud, client, server, address: str, size: int = 2_000_000) -> int:
-    """Bytes a TCP connection from client to address:5201 delivered (full-size segments)."""
-    srv = cloud.topo.popen(server, "python3", "-c", (
-        "import socket\n"
-        "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-        "s.bind(('0.0.0.0',5201));s.listen(1);s.settimeout(15)\n"
-        "c,_=s.accept();c.settimeout(15);n=0\n"
-        "while True:\n"
-        "    b=c.recv(65536)\n"
-        "    if not b: break\n"
-        "    n+=len(b)\n"
-        "print(n)\n"))
-    time.sleep(0.3)
-    cloud.topo.run(client, "python3", "-c", (
-        "import socket\n"
-        f"s=socket.create_connection(('{address}',5201),timeout=15)\n"
-        f"s.sendall(b'x'*{size});s.close()\n"), check=False, timeout=30)
-    out, _ = srv.communicate(timeout=30)
-    return int(out.strip() or 0)
-
-
 def test_dhclient_gets_address_gateway_routes_dns_and_mtu_then_tcp_at_full_mtu(cloud1500,
                                                                              tmp_path):
     cloud = cloud1500
@@ -113,5 +91,5 @@ def test_dhclient_gets_address_gateway_routes_dns_and_mtu_then_tcp_at_full_mtu(c
     big = cloud.topo.run(vm1, "ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1423", a2,
                          check=False)
     assert big.returncode != 0 and "message too long" in (big.stderr + big.stdout).lower()
-    assert tcp_bytes(cloud, vm1, vm2, a2) == 2_000_000
+    assert tcp_transfer(cloud, vm1, vm2, 5201, size=2_000_000, timeout=15, address=a2)
     assert ipaddress.ip_address(a2) in ipaddress.ip_network("10.9.0.0/24")

@@ -13,8 +13,9 @@ from sbnet.agent.realcloud import RealCloud
 
 
 def tcp_transfer(cloud: RealCloud, client, server, port: int, size: int = 200_000,
-                 timeout: float = 5.0) -> bool:
-    """A TCP connection from client to server:port that carries `size` bytes."""
+                 timeout: float = 5.0, address: str | None = None) -> bool:
+    """A TCP connection from client to server:port (at `address`, default the server's
+    static one) that carries `size` bytes."""
     topo = cloud.topo
     srv = topo.popen(server, "python3", "-c", (
         "import socket,sys\n"
@@ -29,7 +30,7 @@ def tcp_transfer(cloud: RealCloud, client, server, port: int, size: int = 200_00
     time.sleep(0.3)
     cli = topo.run(client, "python3", "-c", (
         "import socket\n"
-        f"s=socket.create_connection(('{server.address}',{port}),timeout={timeout})\n"
+        f"s=socket.create_connection(('{address or server.address}',{port}),timeout={timeout})\n"
         f"s.sendall(b'x'*{size});s.close()\n"), check=False, timeout=timeout + 5)
     try:
         out, _ = srv.communicate(timeout=timeout + 2)
