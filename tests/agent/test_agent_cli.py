@@ -14,11 +14,11 @@ from tests.api.apihelpers import start_server, stop_server
 ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
 
 
-def agent(url: str, host) -> subprocess.Popen:
+def agent(url: str, host, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sbnet", "agent", "--host", host.name,
                              "--api", url, "--tunnel-ip", host.underlay_ip,
                              "--ovs-rundir", host.ovs.dir, "--wait", "0.5",
-                             "--stats-every", "0.5"],
+                             "--stats-every", "0.5", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 

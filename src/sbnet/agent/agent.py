@@ -30,17 +30,32 @@ class Source(Protocol):
     def port_stats(self, host: str, ports: dict) -> None: ...
 
 
+class ApiError(RuntimeError):
+    """The API answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def unreachable(exc: Exception) -> bool:
+    """A transport failure (refused, reset, timed out), not an answer: worth a retry."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpcore")
+
+
 class ApiSource:
     """The Neutron API's change feed and the agents' endpoints, over HTTP (httpx.Client or
-    the in-process TestClient, both have .get/.put)."""
+    the in-process TestClient, both have .get/.put).  `token`: sent as X-Auth-Token (an
+    API started with --require-token), instead of the noauth admin headers."""
 
-    def __init__(self, client, headers: dict | None = None) -> None:
+    def __init__(self, client, headers: dict | None = None, token: str | None = None) -> None:
         self.client = client
-        self.headers = headers or ADMIN
+        self.headers = headers or ({"X-Auth-Token": token} if token else ADMIN)
 
     def _ok(self, r) -> dict:
         if r.status_code >= 400:
-            raise RuntimeError(f"API {r.request.method} {r.request.url}: {r.status_code} {r.text}")
+            raise ApiError(r.status_code, f"API {r.request.method} {r.request.url}: "
+                           f"{r.status_code} {r.text}")
         return r.json() if r.content else {}
 
     def changes(self, since: int, wait: float) -> tuple[list[dict], int]:
@@ -157,6 +172,29 @@ class HostAgent:
         """Register the host (tunnel endpoint, physical networks, NIC profile)."""
         self.source.register(self.host, {"tunnel_ip": self.tunnel_ip,
                                          "physnets": self.physnets, "profile": self.profile})
+
+    def start_when_up(self, say: Callable[[str], None], first: float = 0.5,
+                      most: float = 30.0) -> bool:
+        """Register, retrying with back-off while the API cannot be reached or answers 5xx
+        (an agent started before its API), one line each time.  Refused credentials are
+        final: ApiError.  False when stopped before the API came up."""
+        delay = first
+        while not self._stop.is_set():
+            try:
+                self.start()
+                return True
+            except ApiError as exc:
+                if exc.status < 500:
+                    raise
+                why = f"answers {exc.status}"
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                why = f"unreachable ({exc or type(exc).__name__})"
+            say(f"{self.host}: API {why}; retrying in {delay:g} s")
+            self._stop.wait(delay)
+            delay = min(delay * 2, most)
+        return False
 
     def step(self, wait: float = 0.0) -> StepReport | None:
         """Take what changed (waiting up to `wait` s), recompile, apply the difference."""

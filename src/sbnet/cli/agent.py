@@ -101,13 +101,24 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("software", help="the host's NIC profile"),
         wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
         stats_every: float = typer.Option(10.0, help="seconds between port counter reports"),
+        token_file: str = typer.Option("", help="a file holding the token to send as "
+                                       "X-Auth-Token (an API served with --require-token; "
+                                       "the token must have the admin role)"),
     ) -> None:
         """Follow the API's change feed; apply this host's compiled pipeline as diffs; report
         ports ACTIVE or DOWN.  Stops on SIGTERM/SIGINT; a restart reconciles, no flush."""
         import httpx
         from rich.console import Console
-        from sbnet.agent.agent import ApiSource, HostAgent
+        from sbnet.agent.agent import ApiError, ApiSource, HostAgent
         console = Console(stderr=True)
+        token = None
+        if token_file:
+            try:
+                token = open(token_file).read().strip()
+            except OSError as exc:
+                raise typer.BadParameter(f"--token-file {token_file}: {exc.strerror}") from None
+            if not token:
+                raise typer.BadParameter(f"--token-file {token_file} is empty")
         ref: list = []
         if datapath == "ovs":
             dp, vifs, svc = _ovs(ovs_rundir, bridge, tunnel_ip)
@@ -121,7 +132,7 @@ def register(app: typer.Typer) -> None:
                 dp.underlay("add_neighbour", ip, mac)
         else:
             raise typer.BadParameter("--datapath must be ovs or reference")
-        source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60))
+        source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60), token=token)
         a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs,
                       service_ofport=SERVICE_OFPORT, slow_path=svc.start())
         ref.append(a)
@@ -133,7 +144,19 @@ def register(app: typer.Typer) -> None:
 
         def report(exc: Exception) -> None:
             console.print(f"[red]{host}: {exc}")
-        a.start()
+        try:
+            up = a.start_when_up(lambda line: console.print(line, highlight=False))
+        except ApiError as exc:
+            console.print(f"{host}: the API refused this agent ({exc.status}): "
+                          + ("give --token-file with an admin token" if exc.status in (401, 403)
+                             else str(exc)), highlight=False)
+            svc.close()
+            if datapath == "reference":
+                dp.close()
+            raise typer.Exit(1) from None
+        if not up:
+            svc.close()
+            return
         console.print(f"{host}: following {api} on {datapath}")
         import time
         reported = time.monotonic()

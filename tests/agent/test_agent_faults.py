@@ -1,0 +1,123 @@
+"""`sbnet agent` as an operator meets it when things are not ready: started before its API,
+and against an API that requires a token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from sbnet.agent.netns import Topology, require_netns
+from sbnet.api.process import free_port, spawn, stop as stop_server
+from tests.agent.test_agent_cli import agent, first_sync, stop
+
+ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
+
+
+@pytest.fixture
+def ovs_host():
+    require_netns(ovs=True)
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        yield topo.add_host("h1", "ovs")
+
+
+class Lines:
+    """Every stderr line of a process, read by a thread (select on a buffered pipe misses
+    lines already read into its buffer)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        import threading
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stderr), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(pattern in x for x in self.lines):
+            assert time.monotonic() < deadline, f"no line with {pattern!r}: {self.text()}"
+            time.sleep(0.1)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.thread.join(5)
+        return self.text()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_agent_started_before_the_api_waits_for_it_then_follows(ovs_host, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = agent(url, ovs_host)
+    out = Lines(proc)
+    server = None
+    try:
+        out.wait_for("retrying in")
+        assert proc.poll() is None
+        server, _ = spawn(f"sqlite:///{tmp_path}/db.sqlite", port=port)
+        deadline = time.monotonic() + 60
+        while True:
+            hosts = httpx.get(f"{url}/v2.0/sbnet/hosts", headers=ADMIN).json()["hosts"]
+            if [h["name"] for h in hosts] == ["h1"]:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, out.text()
+            time.sleep(0.3)
+        out.wait_for(" flows")                  # and it syncs
+    finally:
+        text = out.stop()
+        if server is not None:
+            stop_server(server)
+    assert "Traceback" not in text, text
+    retry = [x for x in out.lines if "retrying in" in x]
+    assert retry and all("API unreachable" in x for x in retry), text
+    assert "following" in text, text
+
+
+def test_agent_authenticates_with_a_token_file_against_require_token(ovs_host, tmp_path):
+    (tmp_path / "tokens.yaml").write_text(
+        "agent-secret: {project_id: services, roles: [admin], user_id: sbnet-agent}\n")
+    (tmp_path / "agent.token").write_text("agent-secret\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "sbnet", "serve", "--port", str(port),
+                               "--db", f"sqlite:///{tmp_path}/db.sqlite", "--token-file",
+                               str(tmp_path / "tokens.yaml"), "--require-token"],
+                              stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/v2.0/networks", timeout=1).status_code == 401:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.2)
+        # Without a token: refused at once, one line saying what to do, exit status 1.
+        bare = agent(url, ovs_host)
+        _, err = bare.communicate(timeout=60)
+        assert bare.returncode == 1, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "401" in err and "--token-file" in err
+        # With it: registered, and it syncs.
+        proc = agent(url, ovs_host, "--token-file", str(tmp_path / "agent.token"))
+        try:
+            assert " flows" in first_sync(proc)
+            hosts = httpx.get(f"{url}/v2.0/sbnet/hosts",
+                              headers={"X-Auth-Token": "agent-secret"}).json()["hosts"]
+            assert [h["name"] for h in hosts] == ["h1"]
+        finally:
+            stop(proc)
+    finally:
+        stop_server(server)
