@@ -1,0 +1,813 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/* sbnet's kernel tier: TC ingress program running the megaflow cache the reference switch fills.
+ *
+ * parse -> masked lookup over the mask list (tuple space, as OVS's kernel datapath)
+ * -> the megaflow's datapath actions -> per-entry counters.  A miss, a packet this
+ * program does not parse the way the reference switch does, or a ct() of a connection
+ * the slow path has not handed down goes up through the `upcalls` ring buffer and is
+ * consumed here (TC_ACT_SHOT): the slow path executes it and installs the megaflow.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "sbnet_dp.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+#define ETH_P_RARP 0x8035
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define VLAN_CFI 0x1000
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sb_config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_MASKS);
+	__type(key, __u32);
+	__type(value, struct sb_mask);
+} masks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);     /* the loader sets the capacity */
+	__type(key, struct sb_fkey);
+	__type(value, struct sb_flow);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct sb_port);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);     /* the loader sets the capacity */
+	__type(key, struct sb_ct_key);
+	__type(value, struct sb_ct_val);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct sb_meter);
+} meters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST_N);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} upcalls SEC(".maps");
+
+/* Upcall budget per ingress port: a token bucket (tokens scaled by 1e9). */
+struct upcall_bucket {
+	__u64 tokens;
+	__u64 last;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct upcall_bucket);
+} upcall_budget SEC(".maps");
+
+/* Test mode only (CFG_F_TEST): what the last BPF_PROG_RUN did. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sb_trace_hdr);
+} trace_hdr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_OUT);
+	__type(key, __u32);
+	__type(value, struct sb_trace_out);
+} trace_out SEC(".maps");
+
+struct scratch {
+	struct sb_key key;
+	struct sb_fkey fk;
+	struct sb_upcall up;
+	__u8 pkt[UPCALL_BYTES];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* Where the headers are, as the parser found them; -1 none. */
+struct pkt {
+	int l3;
+	int l4;
+	__u8 ipv;              /* 4, 6 or 0 */
+	__u8 l4proto;          /* TCP/UDP/ICMPv6 whose checksum covers the pseudo-header */
+	__u8 tunnel_set;
+	__u8 test;
+	__u32 ifindex;
+	__u32 n_out;
+	__u32 last_out;        /* ifindex of the pending (last) output, 0: none */
+	__u64 tun_id;
+	__u32 tun_dst;
+	__u32 tun_src;
+};
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &which);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline __u64 mac48(const __u8 *m)
+{
+	return ((__u64)m[0] << 40) | ((__u64)m[1] << 32) | ((__u64)m[2] << 24) |
+	       ((__u64)m[3] << 16) | ((__u64)m[4] << 8) | m[5];
+}
+
+static __always_inline __u64 be64(const __u8 *b)
+{
+	return ((__u64)b[0] << 56) | ((__u64)b[1] << 48) | ((__u64)b[2] << 40) |
+	       ((__u64)b[3] << 32) | ((__u64)b[4] << 24) | ((__u64)b[5] << 16) |
+	       ((__u64)b[6] << 8) | b[7];
+}
+
+/* Transport fields; returns 0, or -1 where the reference parser would flag an error. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
+				    int off, int end, __u8 proto, int v6)
+{
+	__u8 b[20];
+	int size = end - off;
+
+	if (proto == 6) {               /* TCP */
+		if (size < 20 || bpf_skb_load_bytes(skb, off, b, 20))
+			return -1;
+		int doff = (b[12] >> 4) * 4;
+		if (doff < 20 || doff > size)
+			return -1;
+		k->w[K_TP_SRC] = (b[0] << 8) | b[1];
+		k->w[K_TP_DST] = (b[2] << 8) | b[3];
+		k->w[K_TCP_FLAGS] = ((b[12] << 8) | b[13]) & 0x0FFF;
+		p->l4 = off;
+		p->l4proto = 6;
+		return 0;
+	}
+	if (proto == 17 || proto == 132) {  /* UDP, SCTP */
+		int need = proto == 17 ? 8 : 12;
+		if (size < need || bpf_skb_load_bytes(skb, off, b, 4))
+			return -1;
+		k->w[K_TP_SRC] = (b[0] << 8) | b[1];
+		k->w[K_TP_DST] = (b[2] << 8) | b[3];
+		p->l4 = off;
+		p->l4proto = proto;
+		return 0;
+	}
+	if ((!v6 && (proto == 1 || proto == 2)) || (v6 && proto == 58)) {  /* ICMP, IGMP, ICMPv6 */
+		if (size < 8 || bpf_skb_load_bytes(skb, off, b, 2))
+			return -1;
+		/* Neighbour discovery fills fields this key does not hold: the slow path parses it. */
+		if (v6 && (b[0] == 135 || b[0] == 136) && b[1] == 0)
+			return -1;
+		k->w[K_TP_SRC] = b[0];
+		k->w[K_TP_DST] = b[1];
+		p->l4 = off;
+		p->l4proto = v6 ? 58 : 0;
+		return 0;
+	}
+	return 0;
+}
+
+/* The flow key of the packet, with the reference parser's semantics; -1: not parsed here. */
+static __always_inline int parse(struct __sk_buff *skb, struct sb_key *k, struct pkt *p)
+{
+	__u8 b[40];
+	int len = skb->len;
+	int off = 14;
+	__u16 et;
+
+	p->l3 = -1;
+	p->l4 = -1;
+	p->ipv = 0;
+	p->l4proto = 0;
+	if (len < 14 || bpf_skb_load_bytes(skb, 0, b, 14))
+		return -1;
+	k->w[K_ETH_DST] = mac48(b);
+	k->w[K_ETH_SRC] = mac48(b + 6);
+	et = (b[12] << 8) | b[13];
+	if (skb->vlan_present) {
+		k->w[K_VLAN_TCI] = (skb->vlan_tci & 0xFFFF) | VLAN_CFI;
+		k->w[K_VLAN_TPID] = bpf_ntohs(skb->vlan_proto);
+		if (et == ETH_P_8021Q || et == ETH_P_8021AD)
+			return -1;              /* a second tag: the slow path keeps both */
+	} else if (et == ETH_P_8021Q || et == ETH_P_8021AD) {
+		if (len < 18 || bpf_skb_load_bytes(skb, 14, b, 4))
+			return -1;
+		k->w[K_VLAN_TCI] = ((b[0] << 8) | b[1]) | VLAN_CFI;
+		k->w[K_VLAN_TPID] = et;
+		et = (b[2] << 8) | b[3];
+		off = 18;
+		if (et == ETH_P_8021Q || et == ETH_P_8021AD)
+			return -1;
+	}
+	if (et < 0x600)
+		return -1;                      /* 802.3 length field (LLC/SNAP) */
+	k->w[K_ETH_TYPE] = et;
+	if (et == ETH_P_IP) {
+		int size = len - off;
+		if (size < 20 || bpf_skb_load_bytes(skb, off, b, 20))
+			return -1;
+		int ihl = (b[0] & 15) * 4;
+		int tot = (b[2] << 8) | b[3];
+		if (ihl < 20 || ihl > tot || tot > size)
+			return -1;
+		p->l3 = off;
+		p->ipv = 4;
+		k->w[K_NW_SRC] = ((__u32)b[12] << 24) | (b[13] << 16) | (b[14] << 8) | b[15];
+		k->w[K_NW_DST] = ((__u32)b[16] << 24) | (b[17] << 16) | (b[18] << 8) | b[19];
+		k->w[K_NW_PROTO] = b[9];
+		k->w[K_NW_TOS] = b[1];
+		k->w[K_NW_TTL] = b[8];
+		__u16 frag = ((b[6] << 8) | b[7]) & 0x3FFF;
+		if (frag)
+			k->w[K_NW_FRAG] = 1 | ((frag & 0x1FFF) ? 2 : 0);
+		if (frag & 0x1FFF)
+			return 0;               /* later fragment: no transport header */
+		return parse_l4(skb, k, p, off + ihl, off + tot, b[9], 0);
+	}
+	if (et == ETH_P_IPV6) {
+		int size = len - off;
+		if (size < 40 || bpf_skb_load_bytes(skb, off, b, 40))
+			return -1;
+		int plen = (b[4] << 8) | b[5];
+		if (plen + 40 > size)
+			return -1;
+		__u8 nh = b[6];
+		if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44)
+			return -1;              /* extension headers: the slow path walks them */
+		p->l3 = off;
+		p->ipv = 6;
+		k->w[K_IPV6_SRC_HI] = be64(b + 8);
+		k->w[K_IPV6_SRC_LO] = be64(b + 16);
+		k->w[K_IPV6_DST_HI] = be64(b + 24);
+		k->w[K_IPV6_DST_LO] = be64(b + 32);
+		k->w[K_IPV6_LABEL] = ((b[1] & 0x0F) << 16) | (b[2] << 8) | b[3];
+		k->w[K_NW_TOS] = ((b[0] & 0x0F) << 4) | (b[1] >> 4);
+		k->w[K_NW_TTL] = b[7];
+		k->w[K_NW_PROTO] = nh;
+		return parse_l4(skb, k, p, off + 40, off + 40 + plen, nh, 1);
+	}
+	if (et == ETH_P_ARP || et == ETH_P_RARP) {
+		if (len - off < 28 || bpf_skb_load_bytes(skb, off, b, 28))
+			return -1;
+		if (b[0] == 0 && b[1] == 1 && b[2] == 0x08 && b[3] == 0 && b[4] == 6 && b[5] == 4) {
+			__u16 op = (b[6] << 8) | b[7];
+			k->w[K_NW_SRC] = ((__u32)b[14] << 24) | (b[15] << 16) | (b[16] << 8) | b[17];
+			k->w[K_NW_DST] = ((__u32)b[24] << 24) | (b[25] << 16) | (b[26] << 8) | b[27];
+			k->w[K_NW_PROTO] = op <= 0xFF ? op : 0;
+			k->w[K_ARP_SHA] = mac48(b + 8);
+			k->w[K_ARP_THA] = mac48(b + 18);
+		}
+		return 0;
+	}
+	if (et == 0x8847 || et == 0x8848 || et == 0x894F)
+		return -1;                      /* MPLS, NSH */
+	return 0;
+}
+
+/* Header offsets after a VLAN push or pop (an in-band tag moves the L3 header). */
+static __always_inline void reoffset(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 b[2];
+	int l3 = 14;
+
+	if (p->l3 < 0)
+		return;
+	if (!bpf_skb_load_bytes(skb, 12, b, 2)) {
+		__u16 et = (b[0] << 8) | b[1];
+		if (et == ETH_P_8021Q || et == ETH_P_8021AD)
+			l3 = 18;
+	}
+	if (p->l4 >= 0)
+		p->l4 += l3 - p->l3;
+	p->l3 = l3;
+}
+
+static __always_inline __u32 l4_csum_off(struct pkt *p)
+{
+	if (p->l4proto == 6)
+		return p->l4 + 16;
+	if (p->l4proto == 17)
+		return p->l4 + 6;
+	if (p->l4proto == 58)
+		return p->l4 + 2;
+	return 0;
+}
+
+static __always_inline __u64 l4_csum_flags(struct pkt *p)
+{
+	return p->l4proto == 17 ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+static __always_inline void set_ip4_addr(struct __sk_buff *skb, struct pkt *p, int at, __u32 addr)
+{
+	__be32 old, new = bpf_htonl(addr);
+
+	if (p->ipv != 4 || bpf_skb_load_bytes(skb, p->l3 + at, &old, 4))
+		return;
+	bpf_skb_store_bytes(skb, p->l3 + at, &new, 4, 0);
+	bpf_l3_csum_replace(skb, p->l3 + 10, old, new, 4);
+	if (p->l4 >= 0 && (p->l4proto == 6 || p->l4proto == 17))
+		bpf_l4_csum_replace(skb, l4_csum_off(p), old, new,
+				    BPF_F_PSEUDO_HDR | 4 | l4_csum_flags(p));
+}
+
+static __always_inline void set_ip4_word(struct __sk_buff *skb, struct pkt *p, int at, int hi,
+					 __u8 value, __u8 bits)
+{
+	__u8 w[2], o[2];
+
+	if (p->ipv != 4 || bpf_skb_load_bytes(skb, p->l3 + at, w, 2))
+		return;
+	o[0] = w[0];
+	o[1] = w[1];
+	w[hi ? 0 : 1] = (w[hi ? 0 : 1] & ~bits) | (value & bits);
+	bpf_skb_store_bytes(skb, p->l3 + at, w, 2, 0);
+	bpf_l3_csum_replace(skb, p->l3 + 10, *(__u16 *)o, *(__u16 *)w, 2);
+}
+
+static __always_inline void set_ip6_addr(struct __sk_buff *skb, struct pkt *p, int at,
+					 __u64 hi, __u64 lo)
+{
+	__be64 old[2], new[2];
+
+	if (p->ipv != 6 || bpf_skb_load_bytes(skb, p->l3 + at, old, 16))
+		return;
+	new[0] = bpf_cpu_to_be64(hi);
+	new[1] = bpf_cpu_to_be64(lo);
+	bpf_skb_store_bytes(skb, p->l3 + at, new, 16, 0);
+	if (p->l4 >= 0 && p->l4proto) {
+		__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
+		bpf_l4_csum_replace(skb, l4_csum_off(p), 0, diff,
+				    BPF_F_PSEUDO_HDR | l4_csum_flags(p));
+	}
+}
+
+static __always_inline void set_ip6_vtc(struct __sk_buff *skb, struct pkt *p, __u32 value,
+					__u32 bits)
+{
+	__be32 w;
+
+	if (p->ipv != 6 || bpf_skb_load_bytes(skb, p->l3, &w, 4))
+		return;
+	__u32 v = bpf_ntohl(w);
+	v = (v & ~bits) | (value & bits);
+	w = bpf_htonl(v);
+	bpf_skb_store_bytes(skb, p->l3, &w, 4, 0);
+}
+
+static __always_inline void set_port(struct __sk_buff *skb, struct pkt *p, int at, __u16 port)
+{
+	__be16 old, new = bpf_htons(port);
+
+	if (p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
+		return;
+	if (bpf_skb_load_bytes(skb, p->l4 + at, &old, 2))
+		return;
+	bpf_skb_store_bytes(skb, p->l4 + at, &new, 2, 0);
+	bpf_l4_csum_replace(skb, l4_csum_off(p), old, new, 2 | l4_csum_flags(p));
+}
+
+static __always_inline void set_mac(struct __sk_buff *skb, int at, __u64 mac)
+{
+	__u8 m[6] = {mac >> 40, mac >> 32, mac >> 24, mac >> 16, mac >> 8, mac};
+
+	bpf_skb_store_bytes(skb, at, m, 6, 0);
+}
+
+/* Test mode: keep a copy of the packet as it leaves on `ifindex`. */
+static __always_inline void trace_output(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
+{
+	__u32 n = p->n_out;
+	struct sb_trace_out *t;
+	__u32 len = skb->len;
+
+	if (n >= MAX_OUT)
+		return;
+	t = bpf_map_lookup_elem(&trace_out, &n);
+	if (!t)
+		return;
+	t->ifindex = ifindex;
+	t->len = len;
+	t->vlan = skb->vlan_present ? (bpf_ntohs(skb->vlan_proto) << 16) | (skb->vlan_tci & 0xFFFF) : 0;
+	t->tun = p->tunnel_set;
+	t->tun_id = p->tun_id;
+	t->tun_dst = p->tun_dst;
+	t->tun_src = p->tun_src;
+	t->mark = skb->mark;
+	if (len > TRACE_BYTES)
+		len = TRACE_BYTES;
+	if (len > 0 && len <= TRACE_BYTES)
+		bpf_skb_load_bytes(skb, 0, t->data, len);
+}
+
+/* An output: earlier ones are clones sent at once, the last is the program's redirect. */
+static __always_inline void output(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
+{
+	if (p->last_out && !p->test) {
+		if (bpf_clone_redirect(skb, p->last_out, 0))
+			count(ST_OUTPUT_ERR);
+	}
+	if (p->test)
+		trace_output(skb, p, ifindex);
+	p->last_out = ifindex;
+	p->n_out++;
+}
+
+static __always_inline int set_tunnel(struct __sk_buff *skb, struct pkt *p, struct sb_act *a)
+{
+	struct bpf_tunnel_key tk = {};
+
+	tk.tunnel_id = (__u32)a->a;
+	tk.remote_ipv4 = a->w;
+	tk.local_ipv4 = (__u32)a->b;
+	tk.tunnel_ttl = 64;
+	p->tunnel_set = 1;
+	p->tun_id = a->a;
+	p->tun_dst = a->w;
+	p->tun_src = (__u32)a->b;
+	if (p->test)
+		return 0;
+	return bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), BPF_F_ZERO_CSUM_TX);
+}
+
+/* Token bucket; 1 when the packet passes. */
+static __always_inline int meter(__u32 id, __u32 bytes)
+{
+	struct sb_meter *m = bpf_map_lookup_elem(&meters, &id);
+	__u64 now = bpf_ktime_get_ns();
+	int pass = 0;
+
+	if (!m)
+		return 0;
+	bpf_spin_lock(&m->lock);
+	__u64 cap = m->burst * 1000000000ull;
+	__u64 t = m->tokens + (now - m->last) * m->rate;
+	if (t > cap || t < m->tokens)
+		t = cap;
+	__u64 cost = (m->pkts ? 1 : (__u64)bytes) * 1000000000ull;
+	if (t >= cost) {
+		t -= cost;
+		pass = 1;
+		m->passed++;
+	} else {
+		m->dropped++;
+	}
+	m->tokens = t;
+	m->last = now;
+	bpf_spin_unlock(&m->lock);
+	return pass;
+}
+
+/* ct() for a connection the slow path handed down: fills the key's ct fields; -1 if not held. */
+static __always_inline int ct_lookup(struct sb_key *k, struct pkt *p, struct sb_act *a,
+				     __u32 bytes)
+{
+	struct sb_ct_key ck = {};
+	struct sb_ct_val *cv;
+
+	if (p->ipv != 4 || p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
+		return -1;
+	/* FIN, SYN and RST change the connection's state: the slow path's conntrack sees them. */
+	if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
+		return -1;
+	ck.zone = a->h;
+	ck.proto = p->l4proto;
+	ck.sport = k->w[K_TP_SRC];
+	ck.dport = k->w[K_TP_DST];
+	ck.src = k->w[K_NW_SRC];
+	ck.dst = k->w[K_NW_DST];
+	cv = bpf_map_lookup_elem(&conns, &ck);
+	if (!cv)
+		return -1;
+	if ((a->w & CT_F_MARK) && ((cv->mark & a->b) != (a->a & a->b)))
+		return -1;                      /* a new mark: the slow path commits it */
+	__sync_fetch_and_add(&cv->packets, 1);
+	__sync_fetch_and_add(&cv->bytes, bytes);
+	cv->used = bpf_ktime_get_ns();
+	k->w[K_CT_STATE] = cv->state;
+	k->w[K_CT_ZONE] = a->h;
+	k->w[K_CT_MARK] = cv->mark;
+	return 0;
+}
+
+
+enum { ACT_NEXT, ACT_RECIRC, ACT_STOP, ACT_UPCALL };
+
+/* One datapath action.  A global function: the verifier checks it once, not once per
+ * action slot of every path through the interpreter loop. */
+__attribute__((noinline))
+int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb_act *a,
+	      __u32 wire)
+{
+	if (!skb || !pp || !k || !a)
+		return ACT_STOP;
+	struct pkt p = *pp;
+	int r = ACT_NEXT;
+
+	switch (a->op) {
+	case OP_OUTPUT:
+		output(skb, &p, a->w);
+		break;
+	case OP_PUSH_VLAN:
+		bpf_skb_vlan_push(skb, bpf_htons(a->w), a->h);
+		reoffset(skb, &p);
+		break;
+	case OP_POP_VLAN:
+		bpf_skb_vlan_pop(skb);
+		reoffset(skb, &p);
+		break;
+	case OP_SET_ETH_SRC:
+		set_mac(skb, 6, a->a);
+		break;
+	case OP_SET_ETH_DST:
+		set_mac(skb, 0, a->a);
+		break;
+	case OP_SET_IP4_SRC:
+		set_ip4_addr(skb, &p, 12, a->w);
+		break;
+	case OP_SET_IP4_DST:
+		set_ip4_addr(skb, &p, 16, a->w);
+		break;
+	case OP_SET_IP4_TOS:
+		set_ip4_word(skb, &p, 0, 0, a->h, a->w);
+		break;
+	case OP_SET_IP4_TTL:
+		set_ip4_word(skb, &p, 8, 1, a->h, 0xFF);
+		break;
+	case OP_SET_IP6_SRC:
+		set_ip6_addr(skb, &p, 8, a->a, a->b);
+		break;
+	case OP_SET_IP6_DST:
+		set_ip6_addr(skb, &p, 24, a->a, a->b);
+		break;
+	case OP_SET_IP6_TCLASS:
+		set_ip6_vtc(skb, &p, (__u32)a->h << 20, a->w << 20);
+		break;
+	case OP_SET_IP6_LABEL:
+		set_ip6_vtc(skb, &p, a->w, 0xFFFFF);
+		break;
+	case OP_SET_IP6_HLIMIT: {
+		__u8 h = a->h;
+		if (p.ipv == 6 && p.l3 >= 0 && p.l3 < 64)
+			bpf_skb_store_bytes(skb, p.l3 + 7, &h, 1, 0);
+		break;
+	}
+	case OP_SET_TP_SRC:
+		set_port(skb, &p, 0, a->h);
+		break;
+	case OP_SET_TP_DST:
+		set_port(skb, &p, 2, a->h);
+		break;
+	case OP_SET_MARK:
+		skb->mark = a->w;
+		break;
+	case OP_SET_TUNNEL:
+		if (set_tunnel(skb, &p, a))
+			count(ST_OUTPUT_ERR);
+		break;
+	case OP_METER:
+		if (!meter(a->w, wire)) {
+			count(ST_METER_DROP);
+			r = ACT_STOP;
+		}
+		break;
+	case OP_CT:
+		if (ct_lookup(k, &p, a, wire))
+			r = ACT_UPCALL;
+		break;
+	case OP_RECIRC:
+		k->w[K_RECIRC_ID] = a->w;
+		r = ACT_RECIRC;
+		break;
+	default:
+		count(ST_PUNT_ACTION);
+		r = ACT_STOP;
+	}
+	*pp = p;
+	return r;
+}
+
+static __always_inline struct sb_flow *lookup(struct sb_key *k, struct sb_fkey *fk, __u32 n_masks)
+{
+	for (__u32 i = 0; i < MAX_MASKS; i++) {
+		if (i >= n_masks)
+			break;
+		__u32 idx = i;
+		struct sb_mask *m = bpf_map_lookup_elem(&masks, &idx);
+		if (!m)
+			break;
+		fk->mask_id = m->id;
+		fk->pad = 0;
+		for (int j = 0; j < K_NWORDS; j++)
+			fk->w[j] = k->w[j] & m->w[j];
+		struct sb_flow *f = bpf_map_lookup_elem(&flows, fk);
+		if (f)
+			return f;
+	}
+	return 0;
+}
+
+/* Send the packet up: it is the slow path's now.  Returns the TC verdict. */
+static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, struct pkt *p,
+				  struct sb_config *cfg, __u32 reason)
+{
+	struct sb_upcall *u = &s->up;
+	__u32 len = skb->len;
+	__u32 in_port = s->key.w[K_IN_PORT];
+
+	count(reason);
+	if (p->test)
+		return TC_ACT_SHOT;
+	if (cfg->upcall_rate) {
+		struct upcall_bucket *ub = bpf_map_lookup_elem(&upcall_budget, &in_port);
+		__u64 now = bpf_ktime_get_ns();
+		__u64 cap = (__u64)cfg->upcall_burst * 1000000000ull;
+		if (!ub) {
+			struct upcall_bucket fresh = {cap, now};
+			bpf_map_update_elem(&upcall_budget, &in_port, &fresh, BPF_ANY);
+			ub = bpf_map_lookup_elem(&upcall_budget, &in_port);
+			if (!ub)
+				return TC_ACT_SHOT;
+		}
+		__u64 t = ub->tokens + (now - ub->last) * cfg->upcall_rate;
+		if (t > cap || t < ub->tokens)
+			t = cap;
+		ub->last = now;
+		if (t < 1000000000ull) {
+			ub->tokens = t;
+			count(ST_UPCALL_LIMITED);
+			return TC_ACT_SHOT;
+		}
+		ub->tokens = t - 1000000000ull;
+	}
+	u->ifindex = skb->ingress_ifindex;
+	u->in_port = in_port;
+	u->len = len;
+	u->reason = reason;
+	u->tun = s->key.w[K_TUN_DST] != 0;
+	u->tun_id = s->key.w[K_TUN_ID];
+	u->tun_src = s->key.w[K_TUN_SRC];
+	u->tun_dst = s->key.w[K_TUN_DST];
+	u->vlan = skb->vlan_present ? (bpf_ntohs(skb->vlan_proto) << 16) | (skb->vlan_tci & 0xFFFF) : 0;
+	if (len > UPCALL_BYTES)
+		len = UPCALL_BYTES;
+	u->caplen = 0;
+	if (len > 0 && len <= UPCALL_BYTES && !bpf_skb_load_bytes(skb, 0, s->pkt, len))
+		u->caplen = len;
+	__u32 caplen = u->caplen;
+	if (caplen > UPCALL_BYTES)
+		caplen = UPCALL_BYTES;
+	if (bpf_ringbuf_output(&upcalls, u, sizeof(*u) + caplen, 0))
+		count(ST_UPCALL_LOST);
+	else
+		count(ST_UPCALL);
+	return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int sbnet_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct sb_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct sb_trace_hdr *th = 0;
+	struct pkt p = {};
+	__u32 ifindex;
+
+	if (!cfg || !s)
+		return TC_ACT_OK;
+	/* Both read unconditionally: the verifier refuses a context offset chosen at run time. */
+	__u32 cb0 = *(volatile __u32 *)&skb->cb[0];
+	__u32 ingress = *(volatile __u32 *)&skb->ingress_ifindex;
+
+	p.test = cfg->flags & CFG_F_TEST;
+	ifindex = p.test ? cb0 : ingress;
+	struct sb_port *port = bpf_map_lookup_elem(&ports, &ifindex);
+	if (!port)
+		return TC_ACT_OK;               /* not a port of the switch */
+	if (p.test) {
+		th = bpf_map_lookup_elem(&trace_hdr, &zero);
+		if (!th)
+			return TC_ACT_OK;
+		th->n_out = 0;
+		th->verdict = 0;
+		th->mf_id = 0;
+		th->passes = 0;
+	}
+	struct sb_key *k = &s->key;
+	for (int j = 0; j < K_NWORDS; j++)
+		k->w[j] = 0;
+	k->w[K_IN_PORT] = port->ofport;
+	if (port->flags & PORT_F_TUNNEL) {
+		if (p.test) {
+			k->w[K_TUN_ID] = skb->cb[1];
+			k->w[K_TUN_SRC] = skb->cb[2];
+			k->w[K_TUN_DST] = skb->cb[3];
+		} else {
+			struct bpf_tunnel_key tk = {};
+			if (bpf_skb_get_tunnel_key(skb, &tk, sizeof(tk), 0))
+				return upcall(skb, s, &p, cfg, ST_PUNT_PARSE);
+			k->w[K_TUN_ID] = tk.tunnel_id;
+			k->w[K_TUN_SRC] = tk.remote_ipv4;
+			k->w[K_TUN_DST] = tk.local_ipv4;
+		}
+	}
+	if (parse(skb, k, &p)) {
+		if (th)
+			th->verdict = VERDICT_UPCALL;
+		return upcall(skb, s, &p, cfg, ST_PUNT_PARSE);
+	}
+	/* The frame's length on the wire, as the reference switch counts it. */
+	__u32 wire = skb->len + (skb->vlan_present ? 4 : 0);
+	__u32 passes = 0;
+
+	for (int pass = 0; pass < MAX_PASSES; pass++) {
+		struct sb_flow *f = lookup(k, &s->fk, cfg->n_masks);
+		if (!f) {
+			if (th)
+				th->verdict = VERDICT_UPCALL;
+			if (p.n_out)
+				break;                  /* outputs already made: nothing to hand up */
+			return upcall(skb, s, &p, cfg, pass ? ST_CT_MISS : ST_MISS);
+		}
+		passes++;
+		if (th) {
+			th->mf_id = f->mf_id;
+			th->passes = passes;
+		}
+		__sync_fetch_and_add(&f->packets, 1);
+		__sync_fetch_and_add(&f->bytes, wire);
+		f->used = bpf_ktime_get_ns();
+		if (k->w[K_TCP_FLAGS] & ~f->tcp_flags)
+			__sync_fetch_and_or(&f->tcp_flags, (__u32)k->w[K_TCP_FLAGS]);
+		count(ST_HIT);
+		int recirc = 0;
+		__u32 n = f->n_acts;
+		for (__u32 i = 0; i < MAX_ACTS; i++) {
+			if (i >= n)
+				break;
+			int r = do_action(skb, &p, k, &f->acts[i], wire);
+			if (r == ACT_RECIRC) {
+				recirc = 1;
+				break;
+			}
+			if (r == ACT_STOP)
+				goto done;
+			if (r == ACT_UPCALL) {
+				if (th)
+					th->verdict = VERDICT_UPCALL;
+				if (p.n_out)
+					goto done;
+				return upcall(skb, s, &p, cfg, ST_CT_MISS);
+			}
+		}
+		if (!recirc)
+			break;
+	}
+done:
+	if (!p.last_out) {
+		count(ST_DROP);
+		if (th && !th->verdict)
+			th->verdict = VERDICT_DROP;
+		return TC_ACT_SHOT;
+	}
+	if (th) {
+		th->n_out = p.n_out;
+		if (!th->verdict)
+			th->verdict = VERDICT_FORWARD;
+	}
+	return bpf_redirect(p.last_out, 0);
+}

@@ -1,0 +1,177 @@
+/* Layouts shared by the kernel tier's program and its Python map codecs (sbnet.datapath.ebpf.layout).
+ *
+ * Every struct here is read and written from Python with struct formats of the same
+ * field order; tests/ebpf/test_layout.py checks the two agree.
+ */
+#ifndef SBNET_DP_H
+#define SBNET_DP_H
+
+/* The kernel flow key: one 64-bit word per supported key slot, values exactly as
+ * sbnet.flows.fields stores them (host-order integers).  Order = KEY_SLOTS in layout.py. */
+enum sb_slot {
+	K_RECIRC_ID, K_IN_PORT, K_ETH_SRC, K_ETH_DST, K_ETH_TYPE, K_VLAN_TCI, K_VLAN_TPID,
+	K_NW_SRC, K_NW_DST, K_IPV6_SRC_HI, K_IPV6_SRC_LO, K_IPV6_DST_HI, K_IPV6_DST_LO,
+	K_IPV6_LABEL, K_NW_PROTO, K_NW_TOS, K_NW_TTL, K_NW_FRAG, K_TP_SRC, K_TP_DST,
+	K_TCP_FLAGS, K_ARP_SHA, K_ARP_THA, K_TUN_ID, K_TUN_SRC, K_TUN_DST, K_TUN_FLAGS,
+	K_CT_STATE, K_CT_ZONE, K_CT_MARK,
+	K_NWORDS
+};
+
+#define MAX_MASKS 32
+#define MAX_ACTS 16
+#define MAX_OUT 16        /* outputs traced per packet in test mode */
+#define TRACE_BYTES 2048  /* bytes of each traced output kept */
+#define UPCALL_BYTES 2048 /* bytes of a missed packet sent up (longer: truncated flag) */
+#define MAX_PASSES 3      /* datapath passes per packet (ct + recirc) */
+
+struct sb_key {
+	__u64 w[K_NWORDS];
+};
+
+struct sb_fkey {          /* flows map key: the mask's id, then the masked words */
+	__u32 mask_id;
+	__u32 pad;
+	__u64 w[K_NWORDS];
+};
+
+struct sb_mask {          /* masks map value (array index = position in the mask list) */
+	__u32 id;
+	__u32 pad;
+	__u64 w[K_NWORDS];
+};
+
+enum sb_op {
+	OP_OUTPUT = 1,        /* w = ifindex */
+	OP_PUSH_VLAN,         /* h = tci (present bit cleared), w = tpid */
+	OP_POP_VLAN,
+	OP_SET_ETH_SRC,       /* a = 48-bit MAC */
+	OP_SET_ETH_DST,
+	OP_SET_IP4_SRC,       /* w = address */
+	OP_SET_IP4_DST,
+	OP_SET_IP4_TOS,       /* h = new tos byte, w = bits of it to change */
+	OP_SET_IP4_TTL,       /* h = ttl */
+	OP_SET_IP6_SRC,       /* a = hi, b = lo */
+	OP_SET_IP6_DST,
+	OP_SET_IP6_TCLASS,    /* h = tclass byte, w = bits to change */
+	OP_SET_IP6_LABEL,     /* w = label */
+	OP_SET_IP6_HLIMIT,    /* h = hop limit */
+	OP_SET_TP_SRC,        /* h = port (TCP or UDP, by the packet's protocol) */
+	OP_SET_TP_DST,
+	OP_SET_MARK,          /* w = skb mark */
+	OP_SET_TUNNEL,        /* a = tun_id, w = remote IPv4, b = local IPv4 (0: the device's) */
+	OP_METER,             /* w = meter id */
+	OP_CT,                /* h = zone, w = flags (CT_F_*), a = mark value, b = mark mask */
+	OP_RECIRC,            /* w = recirc id */
+};
+
+#define CT_F_COMMIT 1
+#define CT_F_MARK 2
+
+struct sb_act {
+	__u16 op;
+	__u16 h;
+	__u32 w;
+	__u64 a;
+	__u64 b;
+};
+
+struct sb_flow {          /* flows map value */
+	__u64 packets;
+	__u64 bytes;
+	__u64 used;           /* bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC) */
+	__u32 mf_id;
+	__u32 tcp_flags;      /* OR of the TCP flags seen */
+	__u32 n_acts;
+	__u32 pad;
+	struct sb_act acts[MAX_ACTS];
+};
+
+struct sb_port {          /* ports map value, keyed by ifindex */
+	__u32 ofport;
+	__u32 flags;          /* PORT_F_* */
+};
+#define PORT_F_TUNNEL 1   /* a collect_md tunnel device: read the tunnel key on ingress */
+
+struct sb_config {
+	__u32 n_masks;
+	__u32 flags;          /* CFG_F_* */
+	__u32 upcall_rate;    /* upcalls per second per port (0: unlimited) */
+	__u32 upcall_burst;
+};
+#define CFG_F_TEST 1      /* BPF_PROG_RUN: ingress port and tunnel key from cb[], outputs traced */
+
+/* Connections the slow path committed and saw established. */
+struct sb_ct_key {
+	__u16 zone;
+	__u8 proto;
+	__u8 pad;
+	__u16 sport;          /* host order */
+	__u16 dport;
+	__u32 src;            /* IPv4, host order */
+	__u32 dst;
+};
+struct sb_ct_val {
+	__u32 state;          /* ct_state bits for packets in this direction (+trk+est[+rpl]) */
+	__u32 mark;
+	__u64 packets;
+	__u64 bytes;
+	__u64 used;
+};
+
+struct sb_meter {
+	__u64 rate;           /* tokens per second: bytes (kbps meters) or packets (pktps) */
+	__u64 burst;          /* bucket size, in tokens */
+	__u64 tokens;         /* scaled by 1e9 (token-nanoseconds) */
+	__u64 last;           /* ns */
+	__u32 pkts;           /* 1: count packets, 0: bytes */
+	__u32 pad;
+	__u64 passed;
+	__u64 dropped;
+	struct bpf_spin_lock lock;
+	__u32 pad2;
+};
+
+enum sb_stat {
+	ST_HIT, ST_MISS, ST_PUNT_PARSE, ST_PUNT_ACTION, ST_UPCALL, ST_UPCALL_LOST,
+	ST_UPCALL_LIMITED, ST_DROP, ST_METER_DROP, ST_CT_MISS, ST_OUTPUT_ERR,
+	ST_N
+};
+
+struct sb_trace_hdr {     /* test mode: what the last packet did */
+	__u32 n_out;
+	__u32 verdict;        /* VERDICT_* */
+	__u32 mf_id;          /* last megaflow hit */
+	__u32 passes;
+};
+#define VERDICT_FORWARD 1
+#define VERDICT_DROP 2
+#define VERDICT_UPCALL 3
+
+struct sb_trace_out {
+	__u32 ifindex;
+	__u32 len;            /* skb->len at the output (without an accelerated VLAN tag) */
+	__u32 vlan;           /* accelerated tag: tpid << 16 | tci, 0: none */
+	__u32 tun;            /* 1: a tunnel key was set */
+	__u64 tun_id;
+	__u32 tun_dst;
+	__u32 tun_src;
+	__u32 mark;
+	__u32 pad;
+	__u8 data[TRACE_BYTES];
+};
+
+struct sb_upcall {        /* ring buffer record header; the packet bytes follow */
+	__u32 ifindex;
+	__u32 in_port;
+	__u32 len;            /* whole packet length (an accelerated VLAN tag re-inserted) */
+	__u32 caplen;         /* bytes that follow */
+	__u32 reason;         /* ST_MISS, ST_PUNT_PARSE, ST_PUNT_ACTION, ST_CT_MISS */
+	__u32 tun;
+	__u64 tun_id;
+	__u32 tun_src;
+	__u32 tun_dst;
+	__u32 vlan;           /* accelerated tag, as in sb_trace_out */
+	__u32 pad;
+};
+
+#endif

@@ -1,0 +1,190 @@
+"""Byte layouts of the kernel tier's maps (bpf/sbnet_dp.h) and the codecs from megaflows and odp actions."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from sbnet.datapath import odp
+from sbnet.flows import fields as F
+
+# The kernel key's words, in the order of enum sb_slot in bpf/sbnet_dp.h.
+KEY_SLOTS: tuple[str, ...] = (
+    "recirc_id", "in_port", "eth_src", "eth_dst", "eth_type", "vlan_tci", "vlan_tpid",
+    "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
+    "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag", "tp_src", "tp_dst",
+    "tcp_flags", "arp_sha", "arp_tha", "tun_id", "tun_src", "tun_dst", "tun_flags",
+    "ct_state", "ct_zone", "ct_mark",
+)
+NWORDS = len(KEY_SLOTS)
+_WORD_OF_SLOT = {F.SLOT_INDEX[s]: i for i, s in enumerate(KEY_SLOTS)}
+
+MAX_MASKS, MAX_ACTS, MAX_OUT, TRACE_BYTES, UPCALL_BYTES = 32, 16, 16, 2048, 2048
+
+FKEY = struct.Struct(f"<II{NWORDS}Q")          # struct sb_fkey and struct sb_mask
+ACT = struct.Struct("<HHIQQ")                  # struct sb_act
+FLOW_HEAD = struct.Struct("<QQQIIII")          # struct sb_flow before acts[]
+FLOW_SIZE = FLOW_HEAD.size + MAX_ACTS * ACT.size
+PORT = struct.Struct("<II")
+CONFIG = struct.Struct("<IIII")
+TRACE_HDR = struct.Struct("<IIII")
+TRACE_OUT_HEAD = struct.Struct("<IIIIQIIII")
+TRACE_OUT_SIZE = TRACE_OUT_HEAD.size + TRACE_BYTES
+UPCALL = struct.Struct("<IIIIIIQIIII")
+CT_KEY = struct.Struct("<HBBHHII")
+CT_VAL = struct.Struct("<IIQQQ")
+METER = struct.Struct("<QQQQIIQQII")
+U32 = struct.Struct("<I")
+
+PORT_F_TUNNEL = 1
+CFG_F_TEST = 1
+CT_F_COMMIT, CT_F_MARK = 1, 2
+VERDICTS = {1: "forward", 2: "drop", 3: "upcall"}
+STATS = ("hit", "miss", "punt_parse", "punt_action", "upcall", "upcall_lost",
+         "upcall_limited", "drop", "meter_drop", "ct_miss", "output_error")
+
+# enum sb_op
+(OP_OUTPUT, OP_PUSH_VLAN, OP_POP_VLAN, OP_SET_ETH_SRC, OP_SET_ETH_DST, OP_SET_IP4_SRC,
+ OP_SET_IP4_DST, OP_SET_IP4_TOS, OP_SET_IP4_TTL, OP_SET_IP6_SRC, OP_SET_IP6_DST,
+ OP_SET_IP6_TCLASS, OP_SET_IP6_LABEL, OP_SET_IP6_HLIMIT, OP_SET_TP_SRC, OP_SET_TP_DST,
+ OP_SET_MARK, OP_SET_TUNNEL, OP_METER, OP_CT, OP_RECIRC) = range(1, 22)
+
+_M64 = (1 << 64) - 1
+
+
+class NotInKernel(ValueError):
+    """Why a megaflow stays in the userspace tier (the message is the reason shown)."""
+
+
+@dataclass(frozen=True)
+class KernelPort:
+    """A switch port as the kernel sees it: its device, and for tunnels the port's settings."""
+
+    ofport: int
+    ifindex: int
+    tunnel: object | None = None          # sbnet.datapath.tunnel.TunnelPort
+
+
+def key_words(slots, mask, value) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A megaflow's (mask words, value words) over KEY_SLOTS; NotInKernel when it needs more."""
+    m = [0] * NWORDS
+    v = [0] * NWORDS
+    for s, sm, sv in zip(slots, mask, value):
+        w = _WORD_OF_SLOT.get(s)
+        if w is None:
+            # Slots the kernel key leaves out are 0 in every packet the program handles
+            # itself (it hands the others up): a match on 0 there always holds.
+            if sv & sm:
+                raise NotInKernel(f"match on {F.SLOTS[s]}={sv:#x} is not in the kernel key")
+            continue
+        m[w], v[w] = sm & _M64, sv & sm & _M64
+    return tuple(m), tuple(v)
+
+
+def pack_fkey(mask_id: int, words: tuple[int, ...]) -> bytes:
+    return FKEY.pack(mask_id, 0, *words)
+
+
+def pack_flow(mf_id: int, acts: list[tuple]) -> bytes:
+    body = b"".join(ACT.pack(*a) for a in acts) + bytes(ACT.size * (MAX_ACTS - len(acts)))
+    return FLOW_HEAD.pack(0, 0, 0, mf_id & 0xFFFFFFFF, 0, len(acts), 0) + body
+
+
+def _port(ports: dict[int, KernelPort], ofport: int) -> KernelPort:
+    p = ports.get(ofport)
+    if p is None:
+        raise NotInKernel(f"output to port {ofport}, which has no kernel device")
+    return p
+
+
+def _set(header: str, fields: dict[str, int]) -> list[tuple]:
+    out = []
+    for name, v in sorted(fields.items()):
+        if header == "eth" and name in ("eth_src", "eth_dst"):
+            out.append((OP_SET_ETH_SRC if name == "eth_src" else OP_SET_ETH_DST, 0, 0, v, 0))
+        elif header == "ipv4" and name in ("ip_src", "ip_dst"):
+            out.append((OP_SET_IP4_SRC if name == "ip_src" else OP_SET_IP4_DST, 0, v, 0, 0))
+        elif header in ("ipv4", "ipv6") and name in ("nw_tos", "ip_dscp", "ip_ecn"):
+            tos, bits = {"nw_tos": (v & 0xFF, 0xFF), "ip_dscp": ((v << 2) & 0xFC, 0xFC),
+                         "ip_ecn": (v & 3, 3)}[name]
+            out.append((OP_SET_IP4_TOS if header == "ipv4" else OP_SET_IP6_TCLASS, tos, bits, 0, 0))
+        elif header == "ipv4" and name == "ip_ttl":
+            out.append((OP_SET_IP4_TTL, v & 0xFF, 0, 0, 0))
+        elif header == "ipv6" and name in ("ipv6_src", "ipv6_dst"):
+            out.append((OP_SET_IP6_SRC if name == "ipv6_src" else OP_SET_IP6_DST, 0, 0,
+                        v >> 64, v & _M64))
+        elif header == "ipv6" and name == "ipv6_label":
+            out.append((OP_SET_IP6_LABEL, 0, v & 0xFFFFF, 0, 0))
+        elif header == "ipv6" and name == "ip_ttl":
+            out.append((OP_SET_IP6_HLIMIT, v & 0xFF, 0, 0, 0))
+        elif header in ("tcp", "udp") and name in (f"{header}_src", f"{header}_dst"):
+            out.append((OP_SET_TP_SRC if name.endswith("_src") else OP_SET_TP_DST, v & 0xFFFF, 0, 0, 0))
+        elif header == "skb_mark" and name == "pkt_mark":
+            out.append((OP_SET_MARK, 0, v & 0xFFFFFFFF, 0, 0))
+        else:
+            raise NotInKernel(f"set({header}) of {name} is not done by the kernel tier")
+    return out
+
+
+def _tunnel(push: odp.TunnelPush, ports: dict[int, KernelPort]) -> list[tuple]:
+    kp = ports.get(push.ofport)
+    tp = kp.tunnel if kp is not None else None
+    if tp is None:
+        raise NotInKernel(f"tunnel port {push.ofport} has no kernel tunnel device")
+    if tp.kind != "vxlan":
+        raise NotInKernel(f"{tp.kind} tunnels stay in software (the kernel has no {tp.kind} device here)")
+    tun = dict(push.tun)
+    if any(n.startswith(("tun_ipv6", "tun_metadata")) for n in tun) or \
+            (tp.remote and tp.remote[0] == 6) or (tp.local and tp.local[0] == 6):
+        raise NotInKernel("IPv6 underlay tunnels stay in software")
+    if tp.tos != 0 or tp.ttl != 64 or tp.csum:
+        raise NotInKernel("a tunnel port with its own tos, ttl or checksum setting stays in software")
+    key = tun.get("tun_id", tp.key if isinstance(tp.key, int) else 0 if tp.key is None else None)
+    remote = tun.get("tun_dst", tp.remote[1] if tp.remote else None)
+    local = tun.get("tun_src", tp.local[1] if tp.local else 0)
+    if key is None or remote is None:
+        raise NotInKernel("tunnel key or remote taken from a flow field the megaflow lacks")
+    if key >> 24:
+        raise NotInKernel(f"VXLAN key {key:#x} is wider than 24 bits")
+    return [(OP_SET_TUNNEL, 0, remote, key, local), (OP_OUTPUT, 0, kp.ifindex, 0, 0)]
+
+
+def encode_actions(actions: tuple, ports: dict[int, KernelPort],
+                   meters: set[int] = frozenset()) -> list[tuple]:
+    """odp actions as kernel ops (op, h, w, a, b); NotInKernel with the reason otherwise."""
+    out: list[tuple] = []
+    for i, a in enumerate(actions):
+        match a:
+            case odp.Output(port):
+                out.append((OP_OUTPUT, 0, _port(ports, port).ifindex, 0, 0))
+            case odp.SetFields(header, fields):
+                out += _set(header, dict(fields))
+            case odp.PushVlan(tpid, tci):
+                out.append((OP_PUSH_VLAN, tci & 0xEFFF, tpid, 0, 0))
+            case odp.PopVlan():
+                out.append((OP_POP_VLAN, 0, 0, 0, 0))
+            case odp.Meter(meter_id):
+                if meter_id not in meters:
+                    raise NotInKernel(f"meter {meter_id} is not in the kernel meter table")
+                out.append((OP_METER, 0, meter_id, 0, 0))
+            case odp.Ct(zone, commit, nat, mark, label, force):
+                if nat is not None or label is not None or force:
+                    raise NotInKernel("ct() with nat, label or force stays in software")
+                if any(isinstance(b, (odp.Output, odp.TunnelPush)) for b in actions[:i]):
+                    raise NotInKernel("an output before ct(): a connection the kernel does "
+                                      "not hold would be sent up after part of its actions")
+                if any(isinstance(b, (odp.SetFields, odp.PushVlan, odp.PopVlan)) for b in actions[:i]):
+                    raise NotInKernel("a header edit before ct(): the kernel tier does not "
+                                      "parse the packet again for the next pass")
+                flags = (CT_F_COMMIT if commit else 0) | (CT_F_MARK if mark else 0)
+                mv, mm = mark or (0, 0)
+                out.append((OP_CT, zone & 0xFFFF, flags, mv, mm))
+            case odp.Recirc(recirc_id):
+                out.append((OP_RECIRC, 0, recirc_id, 0, 0))
+            case odp.TunnelPush():
+                out += _tunnel(a, ports)
+            case _:
+                raise NotInKernel(f"action {odp.format_actions((a,))} is not done by the kernel tier")
+    if len(out) > MAX_ACTS:
+        raise NotInKernel(f"{len(out)} kernel actions, more than the {MAX_ACTS} an entry holds")
+    return out

@@ -1,0 +1,284 @@
+"""The few libbpf calls the kernel tier needs, through ctypes over Debian's libbpf.so.1."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
+BPF_TC_INGRESS = 1
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+
+
+class BpfError(OSError):
+    """A BPF operation the kernel or libbpf refused, with the reason in one line."""
+
+
+def _lib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise BpfError(errno.ENOENT, f"libbpf is not installed ({exc}): apt-get install libbpf1") from None
+    vp, c_int, c_uint = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
+    sigs = {
+        "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
+        "bpf_object__load": (c_int, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_map__fd": (c_int, [vp]),
+        "bpf_map__set_max_entries": (c_int, [vp, c_uint]),
+        "bpf_map__reuse_fd": (c_int, [vp, c_int]),
+        "bpf_map__key_size": (c_uint, [vp]),
+        "bpf_map__value_size": (c_uint, [vp]),
+        "bpf_program__fd": (c_int, [vp]),
+        "bpf_program__set_log_buf": (c_int, [vp, ctypes.c_char_p, ctypes.c_size_t]),
+        "bpf_program__set_log_level": (c_int, [vp, c_uint]),
+        "bpf_map_update_elem": (c_int, [c_int, vp, vp, ctypes.c_uint64]),
+        "bpf_map_lookup_elem": (c_int, [c_int, vp, vp]),
+        "bpf_map_delete_elem": (c_int, [c_int, vp]),
+        "bpf_map_get_next_key": (c_int, [c_int, vp, vp]),
+        "bpf_prog_test_run_opts": (c_int, [c_int, vp]),
+        "bpf_obj_pin": (c_int, [c_int, ctypes.c_char_p]),
+        "bpf_obj_get": (c_int, [ctypes.c_char_p]),
+        "bpf_tc_hook_create": (c_int, [vp]),
+        "bpf_tc_hook_destroy": (c_int, [vp]),
+        "bpf_tc_attach": (c_int, [vp, vp]),
+        "bpf_tc_detach": (c_int, [vp, vp]),
+        "ring_buffer__new": (vp, [c_int, vp, vp, vp]),
+        "ring_buffer__poll": (c_int, [vp, c_int]),
+        "ring_buffer__free": (None, [vp]),
+    }
+    for fn, (res, args) in sigs.items():
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    return lib
+
+
+_LIB: ctypes.CDLL | None = None
+
+
+def lib() -> ctypes.CDLL:
+    global _LIB
+    if _LIB is None:
+        _LIB = _lib()
+    return _LIB
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = -rc if rc != -1 else ctypes.get_errno()
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p),
+                ("data_out", ctypes.c_void_p), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32),
+                ("ctx_size_out", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
+                ("batch_size", ctypes.c_uint32)]
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("ifindex", ctypes.c_int),
+                ("attach_point", ctypes.c_int), ("parent", ctypes.c_uint32)]
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("prog_fd", ctypes.c_int), ("flags", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("handle", ctypes.c_uint32),
+                ("priority", ctypes.c_uint32)]
+
+
+# struct __sk_buff up to cb[] (what BPF_PROG_RUN reads from ctx_in for a TC program).
+SKB_CTX_SIZE = 192            # sizeof(struct __sk_buff) on this UAPI
+_SKB_CB_OFFSET = 48
+
+
+@dataclass
+class TestRun:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+class Map:
+    """A BPF map by fd, with fixed key and value sizes."""
+
+    def __init__(self, fd: int, key_size: int, value_size: int, name: str = "") -> None:
+        self.fd, self.key_size, self.value_size, self.name = fd, key_size, value_size, name
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        _check(lib().bpf_map_update_elem(self.fd, key, value, flags), f"update of map {self.name}")
+
+    def lookup(self, key: bytes) -> bytes | None:
+        out = ctypes.create_string_buffer(self.value_size)
+        rc = lib().bpf_map_lookup_elem(self.fd, key, out)
+        if rc < 0:
+            err = ctypes.get_errno() if rc == -1 else -rc
+            if err == errno.ENOENT:
+                return None
+            _check(rc, f"lookup in map {self.name}")
+        return out.raw
+
+    def delete(self, key: bytes) -> bool:
+        rc = lib().bpf_map_delete_elem(self.fd, key)
+        if rc < 0:
+            err = ctypes.get_errno() if rc == -1 else -rc
+            if err == errno.ENOENT:
+                return False
+            _check(rc, f"delete from map {self.name}")
+        return True
+
+    def keys(self) -> list[bytes]:
+        out, prev = [], None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while lib().bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            out.append(nxt.raw)
+            prev = ctypes.create_string_buffer(nxt.raw, self.key_size)
+        return out
+
+
+class Object:
+    """A loaded BPF object file: its maps and programs by name."""
+
+    def __init__(self, path: str, max_entries: dict[str, int] | None = None,
+                 reuse: dict[str, int] | None = None) -> None:
+        L = lib()
+        self._obj = L.bpf_object__open_file(path.encode(), None)
+        if not self._obj:
+            err = ctypes.get_errno()
+            raise BpfError(err, f"cannot open BPF object {path}: {os.strerror(err)}")
+        self._log = ctypes.create_string_buffer(1 << 20)
+        try:
+            for name, n in (max_entries or {}).items():
+                _check(L.bpf_map__set_max_entries(self._map_ptr(name), n), f"capacity of map {name}")
+            for name, fd in (reuse or {}).items():
+                _check(L.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse of pinned map {name}")
+            prog = L.bpf_object__find_program_by_name(self._obj, b"sbnet_ingress")
+            if prog:
+                L.bpf_program__set_log_buf(prog, self._log, len(self._log))
+            rc = L.bpf_object__load(self._obj)
+            if rc < 0:
+                err = -rc
+                log = self._log.value.decode(errors="replace").strip().splitlines()
+                tail = f" (verifier: {log[-2] if len(log) > 1 else log[-1]})" if log else ""
+                if err in (errno.EPERM, errno.EACCES) and not log:
+                    raise BpfError(err, "loading a BPF program was refused: the kernel tier needs "
+                                        "root (CAP_BPF and CAP_NET_ADMIN); use --datapath reference")
+                raise BpfError(err, f"loading the BPF program failed: {os.strerror(err)}{tail}")
+        except BaseException:
+            L.bpf_object__close(self._obj)
+            self._obj = None
+            raise
+
+    def _map_ptr(self, name: str) -> int:
+        m = lib().bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise BpfError(errno.ENOENT, f"the BPF object has no map {name}")
+        return m
+
+    def map_sizes(self, name: str) -> tuple[int, int]:
+        """(key size, value size) of a map as the object declares it."""
+        m = self._map_ptr(name)
+        return lib().bpf_map__key_size(m), lib().bpf_map__value_size(m)
+
+    def map_fd(self, name: str) -> int:
+        return _check(lib().bpf_map__fd(self._map_ptr(name)), f"fd of map {name}")
+
+    def prog_fd(self, name: str) -> int:
+        p = lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        if not p:
+            raise BpfError(errno.ENOENT, f"the BPF object has no program {name}")
+        return _check(lib().bpf_program__fd(p), f"fd of program {name}")
+
+    def close(self) -> None:
+        if self._obj:
+            lib().bpf_object__close(self._obj)
+            self._obj = None
+
+
+def test_run(prog_fd: int, data: bytes, cb: tuple[int, ...] = (), repeat: int = 1,
+             out_size: int | None = None, ifindex: int = 0) -> TestRun:
+    """BPF_PROG_RUN of a TC program on one frame; cb[] words go into the __sk_buff context,
+    ifindex (a real device) as the packet's device and ingress device."""
+    ctx = bytearray(SKB_CTX_SIZE)
+    ctx[36:40] = ifindex.to_bytes(4, "little")        # ingress_ifindex
+    ctx[40:44] = ifindex.to_bytes(4, "little")        # ifindex
+    for i, v in enumerate(cb[:5]):
+        ctx[_SKB_CB_OFFSET + 4 * i:_SKB_CB_OFFSET + 4 * i + 4] = (v & 0xFFFFFFFF).to_bytes(4, "little")
+    din = ctypes.create_string_buffer(bytes(data), len(data))
+    size = out_size or len(data) + 256
+    dout = ctypes.create_string_buffer(size)
+    cin = ctypes.create_string_buffer(bytes(ctx), len(ctx))
+    o = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(din),
+                     data_out=ctypes.addressof(dout), data_size_in=len(data), data_size_out=size,
+                     ctx_in=ctypes.addressof(cin), ctx_size_in=len(ctx), repeat=repeat)
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(o)), "BPF_PROG_RUN")
+    return TestRun(o.retval, dout.raw[:o.data_size_out], o.duration)
+
+
+def pin(fd: int, path: str) -> None:
+    _check(lib().bpf_obj_pin(fd, path.encode()), f"pinning {path}")
+
+
+def pinned(path: str) -> int | None:
+    """fd of a pinned object, None when nothing is pinned there."""
+    rc = lib().bpf_obj_get(path.encode())
+    if rc < 0:
+        err = ctypes.get_errno() if rc == -1 else -rc
+        if err == errno.ENOENT:
+            return None
+        _check(rc, f"opening pinned {path}")
+    return rc
+
+
+def tc_attach_ingress(ifindex: int, prog_fd: int) -> None:
+    """clsact on the device (created if missing) and the program at ingress, direct action."""
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
+    rc = lib().bpf_tc_hook_create(ctypes.byref(hook))
+    if rc < 0 and -rc != errno.EEXIST:
+        _check(rc, f"clsact on ifindex {ifindex}")
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, handle=1, priority=1,
+                   flags=1)       # BPF_TC_F_REPLACE
+    _check(lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
+           f"attaching at ingress of ifindex {ifindex}")
+
+
+def tc_detach_ingress(ifindex: int) -> None:
+    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=1, priority=1)
+    lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+
+
+RingCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+class RingBuffer:
+    """Records of a BPF ring buffer map, handed to fn(bytes) by poll()."""
+
+    def __init__(self, map_fd: int, fn) -> None:
+        def cb(_ctx, data, size):
+            fn(ctypes.string_at(data, size))
+            return 0
+        self._cb = RingCallback(cb)      # kept: libbpf holds the pointer
+        self._rb = lib().ring_buffer__new(map_fd, ctypes.cast(self._cb, ctypes.c_void_p), None, None)
+        if not self._rb:
+            err = ctypes.get_errno()
+            raise BpfError(err, f"ring buffer: {os.strerror(err)}")
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        return _check(lib().ring_buffer__poll(self._rb, timeout_ms), "ring buffer poll")
+
+    def close(self) -> None:
+        if self._rb:
+            lib().ring_buffer__free(self._rb)
+            self._rb = None

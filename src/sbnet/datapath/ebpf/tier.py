@@ -1,0 +1,333 @@
+"""The kernel tier: megaflows and established connections in the BPF program's maps, per-entry counters back."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from sbnet.datapath.ebpf import build, layout as L
+from sbnet.datapath.ebpf.libbpf import TC_ACT_REDIRECT, TC_ACT_SHOT, BpfError, Map, Object, test_run
+from sbnet.flows import fields as F
+from sbnet.offload.placement import Placement, place
+from sbnet.offload.profile import Profile, load_profile
+
+PROFILE_FILE = Path(__file__).parent / "ebpf.yaml"
+_VLAN_TCI = F.SLOT_INDEX["vlan_tci"]
+
+
+@cache
+def profile() -> Profile:
+    """What the kernel tier takes: fields, masks and actions (placement's ebpf profile)."""
+    return load_profile(PROFILE_FILE)
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Kernel counts of one megaflow not yet folded into the switch."""
+
+    packets: int
+    bytes: int
+    used: float               # CLOCK_MONOTONIC seconds of the last packet (0: never)
+    tcp_flags: int = 0
+
+
+@dataclass
+class Output:
+    """One copy of a packet the program sent (test mode)."""
+
+    ofport: int
+    data: bytes               # the frame as it leaves (an accelerated VLAN tag put back in)
+    tunnel: tuple[int, int, int] | None = None   # (tun_id, remote, local) when tunnelled
+    mark: int = 0
+
+
+@dataclass
+class RunResult:
+    """What BPF_PROG_RUN made of one packet."""
+
+    verdict: str              # "forward", "drop" or "upcall"
+    retval: int
+    outputs: list[Output] = field(default_factory=list)
+    mf_id: int | None = None
+    passes: int = 0
+
+
+def _possible_cpus() -> int:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def _with_vlan(data: bytes, vlan: int) -> bytes:
+    """The frame with an accelerated tag (tpid << 16 | tci, 0 for none) back in its bytes."""
+    if not vlan:
+        return data
+    return data[:12] + vlan.to_bytes(4, "big") + data[12:]
+
+
+class EbpfTier:
+    """The BPF program and its maps, for one switch.  put() places a megaflow (installed,
+    or the reason it stays in software), remove() takes it out with its last counts,
+    take_counters() hands over what the kernel counted since the last take."""
+
+    def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False) -> None:
+        self.test = test
+        self.capacity = capacity
+        self.obj = Object(str(build.object_path()),
+                          max_entries={"flows": capacity, "conns": conn_capacity})
+        try:
+            self.prog_fd = self.obj.prog_fd("sbnet_ingress")
+            fd = self.obj.map_fd
+            self.m_flows = Map(fd("flows"), L.FKEY.size, L.FLOW_SIZE, "flows")
+            self.m_masks = Map(fd("masks"), 4, L.FKEY.size, "masks")
+            self.m_config = Map(fd("config"), 4, L.CONFIG.size, "config")
+            self.m_ports = Map(fd("ports"), 4, L.PORT.size, "ports")
+            self.m_conns = Map(fd("conns"), L.CT_KEY.size, L.CT_VAL.size, "conns")
+            self.m_meters = Map(fd("meters"), 4, L.METER.size, "meters")
+            self.m_trace_hdr = Map(fd("trace_hdr"), 4, L.TRACE_HDR.size, "trace_hdr")
+            self.m_trace_out = Map(fd("trace_out"), 4, L.TRACE_OUT_SIZE, "trace_out")
+            self._ncpu = _possible_cpus()
+            self.m_stats = Map(fd("stats"), 4, 8 * self._ncpu, "stats")
+            self.upcalls_fd = fd("upcalls")
+            for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
+                      self.m_meters, self.m_trace_hdr, self.m_trace_out):
+                if self.obj.map_sizes(m.name) != (m.key_size, m.value_size):
+                    raise BpfError(22, f"map {m.name}: the program's layout "
+                                       f"{self.obj.map_sizes(m.name)} is not layout.py's "
+                                       f"{(m.key_size, m.value_size)}")
+        except BaseException:
+            self.obj.close()
+            raise
+        self.ports: dict[int, L.KernelPort] = {}
+        self._ofport_of: dict[int, int] = {}           # ifindex -> ofport
+        self.meters: set[int] = set()
+        self._masks: list[tuple] = []                  # mask words by position
+        self._mask_ids: dict[tuple, int] = {}
+        self._mask_users: dict[tuple, int] = {}
+        self._next_mask_id = 1
+        self._entries: dict[int, tuple[tuple, bytes]] = {}    # mf_id -> (mask, fkey)
+        self._seen: dict[int, tuple[int, int]] = {}          # mf_id -> (packets, bytes) taken
+        self._placements: dict[int, Placement] = {}
+        self._write_config()
+
+    # -- configuration ----------------------------------------------------------------
+    def _write_config(self) -> None:
+        flags = L.CFG_F_TEST if self.test else 0
+        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags, 0, 0))
+
+    def set_upcall_limit(self, rate: int, burst: int) -> None:
+        """Upcalls per second (and burst) each port may send up; 0 turns the limit off."""
+        flags = L.CFG_F_TEST if self.test else 0
+        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags, rate, burst))
+
+    def add_port(self, ofport: int, ifindex: int, tunnel=None) -> None:
+        """Switch port `ofport` is the kernel device `ifindex` (tunnel: its TunnelPort)."""
+        flags = L.PORT_F_TUNNEL if tunnel is not None else 0
+        self.m_ports.update(L.U32.pack(ifindex), L.PORT.pack(ofport, flags))
+        self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel)
+        self._ofport_of[ifindex] = ofport
+
+    def remove_port(self, ofport: int) -> None:
+        kp = self.ports.pop(ofport, None)
+        if kp is not None:
+            self.m_ports.delete(L.U32.pack(kp.ifindex))
+            self._ofport_of.pop(kp.ifindex, None)
+
+    # -- megaflows -----------------------------------------------------------------
+    def placement(self, mf_id: int) -> Placement | None:
+        return self._placements.get(mf_id)
+
+    def installed(self, mf_id: int) -> bool:
+        return mf_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, mf) -> Placement:
+        """Install a megaflow in the kernel if this tier can run it; the placement says why not."""
+        p = place(profile(), mf)
+        if p.tier == "nic":
+            try:
+                mask, value = L.key_words(mf.slots, mf.mask, mf.value)
+                acts = L.encode_actions(mf.actions, self.ports, self.meters)
+                if mask not in self._mask_ids and len(self._masks) >= L.MAX_MASKS:
+                    raise L.NotInKernel(f"the kernel mask list is full ({L.MAX_MASKS} masks)")
+                if len(self._entries) >= self.capacity and mf.mf_id not in self._entries:
+                    raise L.NotInKernel(f"the kernel flow table is full ({self.capacity} entries)")
+            except L.NotInKernel as exc:
+                p = Placement("software", f"ebpf: {exc}")
+            else:
+                self._install(mf.mf_id, mask, value, acts)
+                p = Placement("ebpf", p.reason.replace("offloadable to", "in the kernel tier:"),
+                              p.needs_ct)
+        self._placements[mf.mf_id] = p
+        return p
+
+    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list) -> None:
+        if mf_id in self._entries:
+            self.remove(mf_id)
+        mid = self._mask_ids.get(mask)
+        if mid is None:
+            mid = self._mask_ids[mask] = self._next_mask_id
+            self._next_mask_id += 1
+            self._masks.append(mask)
+            self._mask_users[mask] = 0
+            self.m_masks.update(L.U32.pack(len(self._masks) - 1), L.FKEY.pack(mid, 0, *mask))
+            self._write_config()
+        fkey = L.pack_fkey(mid, value)
+        self.m_flows.update(fkey, L.pack_flow(mf_id, acts))
+        self._mask_users[mask] += 1
+        self._entries[mf_id] = (mask, fkey)
+        self._seen[mf_id] = (0, 0)
+
+    def remove(self, mf_id: int) -> Counters:
+        """Take a megaflow out of the kernel; returns its counts not yet taken."""
+        self._placements.pop(mf_id, None)
+        entry = self._entries.pop(mf_id, None)
+        if entry is None:
+            return Counters(0, 0, 0.0)
+        mask, fkey = entry
+        raw = self.m_flows.lookup(fkey)
+        self.m_flows.delete(fkey)
+        c = self._delta(mf_id, raw)
+        self._seen.pop(mf_id, None)
+        self._mask_users[mask] -= 1
+        if not self._mask_users[mask]:
+            self._drop_mask(mask)
+        return c
+
+    def _drop_mask(self, mask: tuple) -> None:
+        del self._mask_users[mask], self._mask_ids[mask]
+        pos = self._masks.index(mask)
+        last = self._masks.pop()
+        if pos < len(self._masks):
+            # The last mask moves into the hole before the list shrinks: a packet in flight
+            # may miss once (and go up), never match a wrong entry.
+            self._masks[pos] = last
+            self.m_masks.update(L.U32.pack(pos), L.FKEY.pack(self._mask_ids[last], 0, *last))
+        self._write_config()
+
+    def _delta(self, mf_id: int, raw: bytes | None) -> Counters:
+        if raw is None:
+            return Counters(0, 0, 0.0)
+        pk, by, used, _, flags, _, _ = L.FLOW_HEAD.unpack_from(raw)
+        seen_pk, seen_by = self._seen.get(mf_id, (0, 0))
+        self._seen[mf_id] = (pk, by)
+        return Counters(pk - seen_pk, by - seen_by, used / 1e9, flags)
+
+    def take_counters(self) -> dict[int, Counters]:
+        """Kernel counts since the last take, by megaflow id (only those that moved)."""
+        out = {}
+        for mf_id, (_, fkey) in self._entries.items():
+            c = self._delta(mf_id, self.m_flows.lookup(fkey))
+            if c.packets:
+                out[mf_id] = c
+        return out
+
+    def flush(self) -> None:
+        for mf_id in list(self._entries):
+            self.remove(mf_id)
+
+    # -- connections and meters ----------------------------------------------------------
+    def add_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int,
+                 state: int, mark: int = 0) -> None:
+        """One direction of an established connection the slow path committed."""
+        self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
+                            L.CT_VAL.pack(state, mark, 0, 0, 0))
+
+    def remove_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int) -> None:
+        self.m_conns.delete(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
+
+    def conn_used(self, zone: int, proto: int, src: int, dst: int, sport: int,
+                  dport: int) -> tuple[int, int, float] | None:
+        """(packets, bytes, last used) the kernel counted for one direction of a connection."""
+        raw = self.m_conns.lookup(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
+        if raw is None:
+            return None
+        _, _, pk, by, used = L.CT_VAL.unpack(raw)
+        return pk, by, used / 1e9
+
+    def set_meter(self, dp_id: int, rate: int, burst: int, packets: bool) -> None:
+        """A drop-band meter: `rate` kbit/s (or packets/s), `burst` kbit (or packets); full bucket."""
+        tokens_rate = rate if packets else rate * 1000 // 8          # packets or bytes per second
+        cap = burst if packets else burst * 1000 // 8
+        self.m_meters.update(L.U32.pack(dp_id), L.METER.pack(
+            tokens_rate, cap, cap * 10**9, time.monotonic_ns(), 1 if packets else 0, 0, 0, 0, 0, 0))
+        self.meters.add(dp_id)
+
+    def meter_counts(self, dp_id: int) -> tuple[int, int]:
+        """(passed, dropped) packets of a kernel meter."""
+        raw = self.m_meters.lookup(L.U32.pack(dp_id))
+        if raw is None:
+            return 0, 0
+        v = L.METER.unpack(raw)
+        return v[6], v[7]
+
+    def stats(self) -> dict[str, int]:
+        out = {}
+        for i, name in enumerate(L.STATS):
+            raw = self.m_stats.lookup(L.U32.pack(i)) or bytes(8 * self._ncpu)
+            out[name] = sum(int.from_bytes(raw[j:j + 8], "little") for j in range(0, len(raw), 8))
+        return out
+
+    # -- BPF_PROG_RUN --------------------------------------------------------------------
+    def run(self, frame: bytes, in_port: int, tun: tuple[int, int, int] | None = None,
+            repeat: int = 1) -> RunResult:
+        """Run one frame through the loaded program as if it arrived on `in_port`
+        (tun: (tun_id, tun_src, tun_dst) it arrived with); test mode only."""
+        if not self.test:
+            raise BpfError(22, "run() needs the tier in test mode (EbpfTier(test=True))")
+        kp = self.ports.get(in_port)
+        if kp is None:
+            raise ValueError(f"port {in_port} has no kernel device")
+        t = tun or (0, 0, 0)
+        res = test_run(self.prog_fd, frame, cb=(kp.ifindex, t[0], t[1], t[2]), repeat=repeat)
+        n_out, verdict, mf_id, passes = L.TRACE_HDR.unpack(self.m_trace_hdr.lookup(L.U32.pack(0)))
+        outs = []
+        for i in range(min(n_out, L.MAX_OUT)):
+            raw = self.m_trace_out.lookup(L.U32.pack(i))
+            ifindex, ln, vlan, tunset, tun_id, tun_dst, tun_src, mark, _ = \
+                L.TRACE_OUT_HEAD.unpack_from(raw)
+            data = raw[L.TRACE_OUT_HEAD.size:L.TRACE_OUT_HEAD.size + ln]
+            outs.append(Output(self._ofport_of.get(ifindex, -1), _with_vlan(data, vlan),
+                               (tun_id, tun_dst, tun_src) if tunset else None, mark))
+        name = L.VERDICTS.get(verdict, "none")
+        if name == "forward" and res.retval != TC_ACT_REDIRECT:
+            raise AssertionError(f"forward verdict with TC return code {res.retval}")
+        if name in ("drop", "upcall") and res.retval != TC_ACT_SHOT:
+            raise AssertionError(f"{name} verdict with TC return code {res.retval}")
+        return RunResult(name, res.retval, outs, mf_id if passes else None, passes)
+
+    def bench(self, frame: bytes, in_port: int, repeat: int) -> int:
+        """Average ns per run of `frame` over `repeat` runs in the kernel (BPF_PROG_RUN)."""
+        kp = self.ports[in_port]
+        res = test_run(self.prog_fd, frame, cb=(kp.ifindex,), repeat=repeat, ifindex=kp.ifindex)
+        if res.retval not in (TC_ACT_REDIRECT, TC_ACT_SHOT):
+            raise BpfError(22, f"the program did not take the packet (TC return code {res.retval})")
+        return res.duration_ns
+
+    def close(self) -> None:
+        self.obj.close()
+
+    def __enter__(self) -> EbpfTier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def available() -> str | None:
+    """None when this process can load BPF programs here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "the kernel tier needs root (CAP_BPF and CAP_NET_ADMIN)"
+    try:
+        EbpfTier(capacity=16, conn_capacity=16).close()
+    except (BpfError, OSError) as exc:
+        return str(exc)
+    return None

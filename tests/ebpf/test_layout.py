@@ -1,0 +1,79 @@
+"""The kernel key and action codecs: what goes into the kernel tier and why the rest stays in software (no BPF needed)."""
+
+import re
+
+import pytest
+
+from sbnet.datapath import odp
+from sbnet.datapath.ebpf import layout as L
+from sbnet.datapath.ebpf.build import SOURCE_DIR
+from sbnet.datapath.ebpf.tier import profile
+from sbnet.datapath.tunnel import TunnelPort
+from sbnet.flows import actions as A
+from sbnet.flows import fields as F
+from sbnet.offload.placement import place
+from tests.offload.helpers import megaflow, tcp_flow
+
+PORTS = {p: L.KernelPort(p, 100 + p) for p in (1, 2, 3)}
+
+
+def test_key_words_follow_the_c_enum():
+    text = (SOURCE_DIR / "sbnet_dp.h").read_text()
+    body = re.search(r"enum sb_slot \{(.*?)K_NWORDS", text, re.S).group(1)
+    names = [n.strip()[2:].lower() for n in body.replace("\n", " ").split(",") if n.strip()]
+    assert tuple(names) == L.KEY_SLOTS
+    assert all(s in F.SLOT_INDEX for s in L.KEY_SLOTS)
+
+
+def test_ops_follow_the_c_enum():
+    text = (SOURCE_DIR / "sbnet_dp.h").read_text()
+    body = re.search(r"enum sb_op \{(.*?)\};", text, re.S).group(1)
+    names = re.findall(r"(OP_\w+)", body)
+    assert [getattr(L, n) for n in names] == list(range(1, len(names) + 1))
+
+
+def test_a_match_on_zero_outside_the_key_holds_anything_else_refuses():
+    mf = megaflow({"vlan_tci2": (0, 0x1000), "eth_dst": 5})
+    mask, value = L.key_words(mf.slots, mf.mask, mf.value)
+    assert value[L.KEY_SLOTS.index("eth_dst")] == 5
+    with pytest.raises(L.NotInKernel, match="vlan_tci2"):
+        mf = megaflow({"vlan_tci2": (0x1005, 0x1FFF)})
+        L.key_words(mf.slots, mf.mask, mf.value)
+
+
+@pytest.mark.parametrize("actions, why", [
+    ((odp.Output(9),), "port 9, which has no kernel device"),
+    ((odp.Userspace("controller"),), "is not done by the kernel tier"),
+    ((odp.PushMpls(1 << 12, 0x8847), odp.Output(2)), "is not done by the kernel tier"),
+    ((odp.Output(2), odp.Ct(zone=1), odp.Recirc(3)), "an output before ct()"),
+    ((odp.SetFields("eth", (("eth_dst", 1),)), odp.Ct(zone=1), odp.Recirc(3)), "a header edit before ct()"),
+    ((odp.Ct(zone=1, nat=A.Nat()), odp.Recirc(3)), "nat"),
+    ((odp.Meter(4), odp.Output(2)), "meter 4 is not in the kernel meter table"),
+    ((odp.SetFields("icmp", (("icmp_type", 0),)), odp.Output(2)), "set(icmp)"),
+    ((odp.Output(2),) * 17, "more than the 16"),
+])
+def test_actions_left_in_software_say_why(actions, why):
+    with pytest.raises(L.NotInKernel, match=re.escape(why)):
+        L.encode_actions(actions, PORTS)
+
+
+def test_vxlan_push_becomes_tunnel_key_and_output():
+    tp = TunnelPort(ofport=9, kind="vxlan", remote_ip="flow", local_ip="10.0.0.1", key="flow")
+    ports = {**PORTS, 9: L.KernelPort(9, 55, tp)}
+    push = odp.TunnelPush(9, (("tun_id", 77), ("tun_dst", 0x0A000002)))
+    assert L.encode_actions((push,), ports) == [
+        (L.OP_SET_TUNNEL, 0, 0x0A000002, 77, 0x0A000001), (L.OP_OUTPUT, 0, 55, 0, 0)]
+    gre = TunnelPort(ofport=8, kind="gre", remote_ip="flow", key="flow")
+    with pytest.raises(L.NotInKernel, match="gre tunnels stay in software"):
+        L.encode_actions((odp.TunnelPush(8, (("tun_id", 1), ("tun_dst", 1))),),
+                         {8: L.KernelPort(8, 56, gre)})
+
+
+def test_profile_places_security_group_megaflows_and_refuses_registers():
+    p = profile()
+    est = megaflow(tcp_flow(recirc_id=3, ct_state=(0x22, 0x22), ct_zone=5))
+    assert place(p, est).tier == "nic"
+    new = megaflow(tcp_flow(recirc_id=3, ct_state=(0x21, 0x21)))
+    assert place(p, new).tier == "software" and "ct_state" in place(p, new).reason
+    regs = megaflow({"reg3": 1})
+    assert "registers never reach a datapath key" in place(p, regs).reason
