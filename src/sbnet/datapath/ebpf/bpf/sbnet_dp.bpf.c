@@ -765,7 +765,8 @@ int sbnet_ingress(struct __sk_buff *skb)
 		}
 		passes++;
 		if (th) {
-			th->mf_id = f->mf_id;
+			if (passes == 1)
+				th->mf_id = f->mf_id;   /* the megaflow of the packet's first pass */
 			th->passes = passes;
 		}
 		__sync_fetch_and_add(&f->packets, 1);

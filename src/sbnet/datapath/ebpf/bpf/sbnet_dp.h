@@ -140,7 +140,7 @@ enum sb_stat {
 struct sb_trace_hdr {     /* test mode: what the last packet did */
 	__u32 n_out;
 	__u32 verdict;        /* VERDICT_* */
-	__u32 mf_id;          /* last megaflow hit */
+	__u32 mf_id;          /* megaflow of the first pass */
 	__u32 passes;
 };
 #define VERDICT_FORWARD 1
