@@ -1,0 +1,300 @@
+"""The kernel tier on real interfaces: the TC program at each port's ingress, misses up a ring buffer to the reference switch."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import numpy as np
+
+from sbnet.datapath import odp
+from sbnet.datapath.afpacket import in_netns
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.ebpf import layout as L
+from sbnet.datapath.ebpf.conns import established
+from sbnet.datapath.ebpf.libbpf import RingBuffer, tc_attach_ingress, tc_detach_ingress
+from sbnet.datapath.ebpf.tier import EbpfTier
+from sbnet.datapath.ports import Port
+from sbnet.datapath.switch import Switch
+from sbnet.flows import fields as F
+from sbnet.flows.flow import Flow
+
+
+class TxPort(Port):
+    """A switch port whose frames the slow path sends with an AF_PACKET socket that receives
+    nothing (protocol 0): the port's packets reach the switch through the TC program only,
+    so no packet is switched twice."""
+
+    def __init__(self, ofport: int, ifname: str, netns: str | None = None) -> None:
+        super().__init__(ofport, ifname)
+        self.ifname, self.tx_errors = ifname, 0
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            self.sock.bind((ifname, 0))
+            self.ifindex = socket.if_nametoindex(ifname)
+
+    def deliver(self, batch: Batch) -> None:
+        super().deliver(batch)
+        for pkt in batch.packets():
+            try:
+                self.sock.send(pkt)
+            except OSError:
+                self.tx_errors += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class EbpfDatapath:
+    """A reference Switch as the slow path of the kernel tier on real interfaces.
+
+    attach() puts the program at the interface's ingress (clsact, direct action).  Packets
+    whose megaflow is in the kernel never leave it; the others come up the ring buffer, the
+    switch translates and executes them (the first packet is not lost), and each new
+    megaflow the ebpf placement accepts is installed in the kernel.  Connections the switch's
+    conntrack sees established are handed to the kernel's connection map.  Kernel counters are
+    folded into the megaflows before any dump and before idle expiry; a megaflow the switch
+    evicts leaves the kernel at once.
+    """
+
+    def __init__(self, switch: Switch | None = None, netns: str | None = None,
+                 maintain_every: float = 1.0, capacity: int = 65536,
+                 upcall_rate: int = 0, upcall_burst: int = 0) -> None:
+        self.switch = switch or Switch()
+        self.netns = netns
+        self.lock = threading.RLock()
+        self.maintain_every = maintain_every
+        self.tier = EbpfTier(capacity=capacity)
+        if upcall_rate:
+            self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)
+        self._frames: list[bytes] = []
+        self._in_ports: list[int] = []
+        self.truncated = 0
+        self.ring = RingBuffer(self.tier.upcalls_fd, self._upcall)
+        self._offered = 0                     # megaflow ids below this were offered to the kernel
+        self._zones: set[int] = set()         # ct zones of megaflows in the kernel
+        self._conns: set[tuple] = set()       # connection map entries, as ConnEntry keys
+        self.switch.on_evict.append(self._evicted)
+        self._attached: dict[int, int] = {}   # ofport -> ifindex
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.batches = self.errors = 0
+        self.last_error: str | None = None
+
+    # -- ports ---------------------------------------------------------------------
+    def attach(self, ofport: int, ifname: str, name: str | None = None) -> Port:
+        port = TxPort(ofport, ifname, self.netns)
+        with self.lock:
+            try:
+                self.switch.add_port(ofport, name or ifname, port=port)
+            except BaseException:
+                port.close()
+                raise
+            self.tier.add_port(ofport, port.ifindex)
+            with in_netns(self.netns):
+                tc_attach_ingress(port.ifindex, self.tier.prog_fd)
+            self._attached[ofport] = port.ifindex
+        return port
+
+    def detach(self, ofport: int) -> None:
+        with self.lock:
+            ifindex = self._attached.pop(ofport, None)
+            if ifindex is not None:
+                with in_netns(self.netns), contextlib.suppress(OSError):
+                    tc_detach_ingress(ifindex)
+            self.tier.remove_port(ofport)
+            self.switch.remove_port(ofport)
+
+    # -- the slow path -------------------------------------------------------------
+    def _upcall(self, rec: bytes) -> None:
+        (_, in_port, length, caplen, _, _, _, _, _, vlan, _) = L.UPCALL.unpack_from(rec)
+        frame = rec[L.UPCALL.size:L.UPCALL.size + caplen]
+        if caplen < length - (4 if vlan else 0):
+            self.truncated += 1           # larger than an upcall carries: its sender resends
+            return
+        if vlan:
+            frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
+        self._frames.append(frame)
+        self._in_ports.append(in_port)
+
+    def poll_once(self, timeout: float = 0.1) -> int:
+        """Wait up to `timeout` s for upcalls; switch what came up and install its megaflows."""
+        self.ring.poll(int(timeout * 1000))
+        frames, ports = self._frames, self._in_ports
+        if not frames:
+            return 0
+        self._frames, self._in_ports = [], []
+        with self.lock:
+            self.switch.process(Batch.from_packets(frames, ports))
+            self._install_new()
+            self._hand_down(frames)
+        self.batches += 1
+        return len(frames)
+
+    def _install_new(self) -> None:
+        cache = self.switch.cache
+        for mf_id in range(self._offered, cache.next_id):
+            mf = cache.flows.get(mf_id)
+            if mf is not None and self.tier.put(mf).tier == "ebpf":
+                mf.tier = "ebpf"
+                self._zones.update(a.zone for a in mf.actions if isinstance(a, odp.Ct))
+        self._offered = cache.next_id
+
+    def _hand_down(self, frames: list[bytes]) -> None:
+        """Connections of these frames that the switch's conntrack now holds established."""
+        if not self._zones:
+            return
+        for t in {_five_tuple(f) for f in frames} - {None}:
+            for zone in self._zones:
+                if (zone, *t) in self._conns:
+                    continue
+                entries = established(self.switch.conntrack, zone, *t)
+                if entries is None:
+                    continue
+                for e in entries:
+                    self.tier.add_conn(e.zone, e.proto, e.src, e.dst, e.sport, e.dport, e.state, e.mark)
+                    self._conns.add((e.zone, e.proto, e.src, e.dst, e.sport, e.dport))
+
+    def _age_conns(self) -> None:
+        """Connections the slow path no longer holds established leave the kernel."""
+        for key in list(self._conns):
+            zone, proto, src, dst, sport, dport = key
+            if established(self.switch.conntrack, zone, proto, src, dst, sport, dport) is None:
+                self.tier.remove_conn(*key)
+                self._conns.discard(key)
+
+    def _evicted(self, mf, packets: int, nbytes: int) -> None:
+        self.tier.remove(mf.mf_id)
+
+    def fold(self) -> None:
+        """Kernel counters into the switch's megaflows (so rule counters are exact)."""
+        c = self.switch.cache
+        for mf_id, k in self.tier.take_counters().items():
+            if mf_id in c.flows:
+                c.packets[mf_id] += k.packets
+                c.bytes[mf_id] += k.bytes
+                c.used[mf_id] = max(c.used[mf_id], k.used)
+                c.tcp_flags[mf_id] |= np.uint16(k.tcp_flags)
+
+    def maintain(self) -> None:
+        with self.lock:
+            self.fold()
+            self.switch.maintain()
+            self._age_conns()
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self, until: float | None = None) -> None:
+        next_maint = time.monotonic() + self.maintain_every
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if until is not None and now >= until:
+                return
+            try:
+                self.poll_once(0.05)
+            except Exception as exc:          # a bad batch must not stop forwarding for good
+                self.errors += 1
+                self.last_error = repr(exc)
+            if now >= next_maint:
+                self.maintain()
+                next_maint = now + self.maintain_every
+
+    def start(self) -> EbpfDatapath:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self.run, name=f"ebpf-{self.switch.name}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop the loop, take the program off every interface, close the maps."""
+        self.stop()
+        with self.lock:
+            for ofport in list(self._attached):
+                self.detach(ofport)
+            self.ring.close()
+            self.tier.close()
+
+    def __enter__(self) -> EbpfDatapath:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the Datapath interface, under the lock -----------------------------------------
+    def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups=(), **kw) -> None:
+        with self.lock:
+            self.switch.bundle(add=add, delete=delete, groups=groups, **kw)
+
+    def add_flows(self, flows: list[Flow]) -> None:
+        self.bundle(add=flows)
+
+    def delete_flows(self, flows: list[Flow]) -> None:
+        self.bundle(delete=flows)
+
+    def dump_flows(self):
+        with self.lock:
+            self.fold()
+            return self.switch.dump_flows()
+
+    def dump_megaflows(self) -> list[str]:
+        """Each megaflow with its tier (ebpf / software) and, for software, the reason."""
+        with self.lock:
+            self.fold()
+            lines = self.switch.dump_megaflows()
+            out = []
+            for mf, line in zip(self.switch.cache.flows.values(), lines):
+                p = self.tier.placement(mf.mf_id)
+                if p is not None and p.tier != "ebpf":
+                    line = line.replace("tier:software", f"tier:software ({p.reason})")
+                out.append(line)
+            return out
+
+    def trace(self, in_port: int, packet: bytes):
+        with self.lock:
+            return self.switch.trace(in_port, packet)
+
+    def dump_conntrack(self, zone: int | None = None) -> list[str]:
+        with self.lock:
+            return self.switch.conntrack.dump(zone)
+
+    def port_stats(self) -> dict[int, tuple[int, int, int]]:
+        with self.lock:
+            return {n: (p.rx_packets, p.tx_packets, getattr(p, "tx_errors", 0))
+                    for n, p in self.switch.ports.items()}
+
+    def drop_counts(self) -> dict[str, int]:
+        with self.lock:
+            self.fold()
+            return self.switch.drop_counts()
+
+    def loop_errors(self) -> tuple[int, str | None]:
+        return self.errors, self.last_error
+
+    def kernel_stats(self) -> dict[str, int]:
+        """The program's counters: hits, misses, upcalls, drops (sbnet.datapath.ebpf.layout.STATS)."""
+        return self.tier.stats()
+
+
+def _five_tuple(frame: bytes) -> tuple | None:
+    """(proto, src, dst, sport, dport) of an untagged IPv4 TCP/UDP frame, else None."""
+    if len(frame) < 38 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 15) * 4
+    proto = frame[23]
+    if proto not in (F.IP_TCP, F.IP_UDP) or len(frame) < 14 + ihl + 4:
+        return None
+    src = int.from_bytes(frame[26:30], "big")
+    dst = int.from_bytes(frame[30:34], "big")
+    o = 14 + ihl
+    return (proto, src, dst, int.from_bytes(frame[o:o + 2], "big"),
+            int.from_bytes(frame[o + 2:o + 4], "big"))
+
