@@ -66,12 +66,14 @@ def _error(status: int, type_name: str, message: str) -> JSONResponse:
 def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None,
                token_validator: TokenValidator | None = None, token_file: str | None = None,
                require_token: bool = False, segments: SegmentConfig | None = None,
-               host_profiles: dict | None = None, offload_report: Callable | None = None) -> FastAPI:
+               host_profiles: dict | None = None, offload_report: Callable | None = None,
+               keystone_config: str | None = None) -> FastAPI:
     """Build the Neutron v2.0 API on the database at db_url (migrated on startup).
 
     host_profiles: host -> NIC profile (name or Profile) that vnic_type direct ports bind
     against; offload_report: a callable returning the embedded hosts' offload report,
-    served (admin only) at GET /v2.0/sbnet/offload."""
+    served (admin only) at GET /v2.0/sbnet/offload; keystone_config: a file whose
+    [keystone_authtoken] section puts keystonemiddleware's auth_token in front of the API."""
     if token_file and token_validator is None:
         token_validator = StaticTokens.from_file(token_file)
     api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
@@ -111,6 +113,9 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
                       "Request Failed: internal server error while processing your request.")
 
     app.add_middleware(StripJsonSuffix)
+    if keystone_config:
+        from sbnet.api.keystone import KeystoneAuth
+        app.add_middleware(KeystoneAuth, config_file=keystone_config)
 
     @app.on_event("shutdown")
     async def _close() -> None:

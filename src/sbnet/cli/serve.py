@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
@@ -14,6 +16,8 @@ def register(app: typer.Typer) -> None:
                                "or postgresql://user@host/db."),
         token_file: str = typer.Option(None, help="YAML/JSON map of tokens to project_id and roles."),
         require_token: bool = typer.Option(False, help="Refuse requests without a valid token."),
+        keystone_config: str = typer.Option(None, help="File with a [keystone_authtoken] section "
+                                            "(as in neutron.conf): Keystone tokens are required."),
         tenant_network_type: str = typer.Option("vxlan", help="Type of networks made without "
                                                 "provider attributes."),
         flat_network: list[str] = typer.Option(None, help="Physical network allowed for flat "
@@ -34,6 +38,10 @@ def register(app: typer.Typer) -> None:
         from sbnet.api import create_app
         from sbnet.model.segments import SegmentConfig
 
+        if keystone_config and token_file:
+            raise typer.BadParameter("--keystone-config and --token-file exclude each other")
+        if keystone_config and not Path(keystone_config).is_file():
+            raise typer.BadParameter(f"--keystone-config: no file {keystone_config}")
         try:
             segments = SegmentConfig.parse(tenant_network_type, flat_network or None,
                                            vlan_range or None, tunnel_range or None, physnet_mtu)
@@ -46,7 +54,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from None
         try:
             application = create_app(db, token_file=token_file, require_token=require_token,
-                                     segments=segments, host_profiles=profiles)
+                                     segments=segments, host_profiles=profiles,
+                                     keystone_config=keystone_config)
         except KeyError as exc:
             raise typer.BadParameter(str(exc.args[0])) from None
         uvicorn.run(application, host=host, port=port, log_level=log_level)
