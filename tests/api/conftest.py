@@ -51,3 +51,19 @@ def postgres() -> Iterator[str]:
 def pg_db(postgres: str) -> str:
     """A fresh, empty database on the private server."""
     return create_database(postgres, "t" + uuid.uuid4().hex[:12])
+
+
+# --- a real Keystone (from the separate venv, scripts/openstack-venv) in front of `sbnet serve` ---
+
+@pytest.fixture(scope="session")
+def keystone_sbnet() -> Iterator[tuple]:
+    """(Keystone, sbnet URL): a private Keystone issuing tokens, `sbnet serve --keystone-config`."""
+    from sbnet.api.openstack import keystone_and_sbnet, venv
+    try:
+        venv()
+    except Exception as exc:  # no registry to install Keystone and tempest from
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the OpenStack venv (scripts/openstack-venv) is required in CI: {exc}")
+        pytest.skip(f"the OpenStack venv could not be created: {exc}")
+    with keystone_and_sbnet() as pair:
+        yield pair

@@ -1,0 +1,105 @@
+"""Keystone authentication: `sbnet serve` behind keystonemiddleware with a real Keystone."""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+
+import httpx
+import pytest
+
+from oscrun import Osc
+
+
+@pytest.fixture(scope="module")
+def cloud(keystone_sbnet: tuple) -> dict:
+    """Two projects, each with a member; a reader in the first; passwords known."""
+    ks, url = keystone_sbnet
+    tag = uuid.uuid4().hex[:6]
+    out = {"ks": ks, "url": url, "tag": tag}
+    for name in ("alpha", "beta"):
+        pid = ks.project(f"{name}-{tag}")
+        ks.user(f"{name}-member-{tag}", "pw-" + name, pid, "member")
+        out[name] = pid
+    ks.user(f"alpha-reader-{tag}", "pw-reader", out["alpha"], "reader")
+    return out
+
+
+def _token(cloud: dict, who: str, password: str, project: str) -> str:
+    return cloud["ks"].token(f"{who}-{cloud['tag']}", password, f"{project}-{cloud['tag']}")
+
+
+def _get(cloud: dict, path: str, token: str | None) -> httpx.Response:
+    headers = {"X-Auth-Token": token} if token else {}
+    return httpx.get(cloud["url"] + path, headers=headers, timeout=60)
+
+
+def test_version_document_needs_no_token(cloud: dict) -> None:
+    r = _get(cloud, "/", None)
+    assert r.status_code == 200 and r.json()["versions"][0]["id"] == "v2.0"
+
+
+@pytest.mark.parametrize("token", [None, "forged", "gAAAAABnot-a-real-fernet-token"])
+def test_missing_or_forged_token_is_401(cloud: dict, token: str | None) -> None:
+    for path in ("/v2.0/networks", "/v2.0/extensions", "/v2.0/"):
+        r = _get(cloud, path, token)
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["www-authenticate"].startswith("Keystone uri=")
+
+
+def test_revoked_token_is_401(cloud: dict) -> None:
+    token = _token(cloud, "alpha-member", "pw-alpha", "alpha")
+    cloud["ks"].revoke(token)
+    assert _get(cloud, "/v2.0/networks", token).status_code == 401
+
+
+def test_expired_token_is_401(cloud: dict) -> None:
+    """A token from an application credential expires with it (Keystone caps the token)."""
+    ks = cloud["ks"]
+    token = _token(cloud, "beta-member", "pw-beta", "beta")
+    user_id = ks.call("GET", "/auth/tokens", token=token, headers={"X-Subject-Token": token}
+                      )["token"]["user"]["id"]
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=15)
+    cred = ks.call("POST", f"/users/{user_id}/application_credentials", token=token, body={
+        "application_credential": {"name": "short", "expires_at": expires.strftime(
+            "%Y-%m-%dT%H:%M:%S")}})["application_credential"]
+    short = ks.app_cred_token(cred["id"], cred["secret"])
+    assert _get(cloud, "/v2.0/networks", short).status_code == 200  # now cached by auth_token
+    time.sleep(max(0.0, (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 2)
+    assert _get(cloud, "/v2.0/networks", short).status_code == 401
+
+
+def test_token_project_and_roles_decide_what_is_seen(cloud: dict) -> None:
+    url = cloud["url"]
+    alpha = _token(cloud, "alpha-member", "pw-alpha", "alpha")
+    beta = _token(cloud, "beta-member", "pw-beta", "beta")
+    # A client claiming another project in X-Project-Id is still itself: the token decides.
+    r = httpx.post(url + "/v2.0/networks", json={"network": {"name": "alpha-net"}}, timeout=60,
+                   headers={"X-Auth-Token": alpha, "X-Project-Id": cloud["beta"], "X-Roles": "admin"})
+    assert r.status_code == 201, r.text
+    net = r.json()["network"]
+    assert net["project_id"] == cloud["alpha"]
+    assert "provider:network_type" not in net  # not an admin, whatever X-Roles said
+    assert _get(cloud, f"/v2.0/networks/{net['id']}", beta).status_code == 404
+    seen = [n["id"] for n in _get(cloud, "/v2.0/networks", beta).json()["networks"]]
+    assert net["id"] not in seen
+    admin = cloud["ks"].admin_token
+    assert _get(cloud, f"/v2.0/networks/{net['id']}", admin).json()["network"][
+        "provider:network_type"] == "vxlan"
+
+
+def test_openstack_cli_with_password_authentication(cloud: dict) -> None:
+    ks = cloud["ks"]
+    osc = Osc(cloud["url"])
+    osc.base = ["--os-auth-url", ks.url, "--os-identity-api-version", "3",
+                "--os-username", f"alpha-member-{cloud['tag']}", "--os-password", "pw-alpha",
+                "--os-project-name", f"alpha-{cloud['tag']}", "--os-user-domain-id", "default",
+                "--os-project-domain-id", "default", "--os-region-name", "RegionOne"]
+    net = osc("network create cli-net -f json")
+    assert net["project_id"] == cloud["alpha"]
+    sub = osc(f"subnet create cli-sub --network {net['id']} --subnet-range 10.9.0.0/24 -f json")
+    assert sub["cidr"] == "10.9.0.0/24"
+    assert net["id"] in {n["ID"] for n in osc("network list -f json")}
+    osc.base[osc.base.index("--os-password") + 1] = "wrong"
+    assert "401" in osc.fails("network list") or "authentication" in osc.fails("network list").lower()
