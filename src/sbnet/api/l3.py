@@ -17,6 +17,9 @@ from sbnet.model.resources import FLOATING_IP, NETWORK, PORT, ROUTER, SUBNET
 from sbnet.store import Tx
 
 ADMIN = Context("admin", ("admin",))
+# The router is distributed: its interfaces and gateway are in every host's pipeline as soon as
+# they are committed, with no agent to bind them, so their ports are ACTIVE from the start.
+ROUTER_OWNERS = ("network:router_interface", "network:router_gateway")
 
 
 def bad_router(msg: str) -> BadRequest:
@@ -36,6 +39,8 @@ def internal_port(api: Any, tx: Tx, network_id: str, project_id: str, owner: str
     body = a.validate_body(PORT.attrs, req, create=True, is_admin=True, resource="port")
     body.update(id=str(uuid.uuid4()), project_id=project_id, tenant_id=project_id,
                 security_groups=[])
+    if owner in ROUTER_OWNERS:
+        body["status"] = "ACTIVE"
     return api.hooks["port"].create(tx, ADMIN, body)
 
 
@@ -156,7 +161,8 @@ class RouterHooks(Hooks):
             if not port["fixed_ips"]:
                 raise bad_router("Router port must have at least one fixed IP")
             self._check_overlap(tx, router, [tx.get("subnet", f["subnet_id"]) for f in port["fixed_ips"]])
-            port.update(device_id=router["id"], device_owner="network:router_interface")
+            port.update(device_id=router["id"], device_owner="network:router_interface",
+                        status="ACTIVE")
             tx.update("port", port)
         tx.update("router", router)
         return self._info(router, port)

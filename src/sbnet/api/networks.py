@@ -6,6 +6,7 @@ import ipaddress
 
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch, owned
+from sbnet.api.subnetpools import allocate_from_pool
 from sbnet.model import ipam, segments
 from sbnet.model.errors import Conflict, Forbidden, InvalidInput
 from sbnet.model.resources import NETWORK, QOS_POLICY, SUBNET
@@ -71,6 +72,11 @@ class NetworkHooks(Hooks):
         return super().update(tx, ctx, old, changes)
 
     def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
+        # An external network goes with its floating IPs that no port uses, as in Neutron.
+        fips = [f for f in tx.list("floatingip") if f["floating_network_id"] == obj["id"]]
+        if not any(f["port_id"] for f in fips):
+            for fip in fips:
+                self.api.hooks["floatingip"].delete(tx, ctx, fip)
         ports = tx.list("port", parent_id=obj["id"])
         if any(p["device_owner"] not in AUTO_DELETE_OWNERS for p in ports):
             raise Conflict(f"Unable to complete operation on network {obj['id']}. There are one or "
@@ -120,6 +126,7 @@ class SubnetHooks(Hooks):
         net = fetch(tx, ctx, NETWORK, body["network_id"])
         if not owned(ctx, net):
             raise Forbidden("rule:create_subnet is disallowed by policy")
+        allocate_from_pool(tx, ctx, body)
         net_cidr = ipaddress.ip_network(body["cidr"])
         if net_cidr.version != body["ip_version"]:
             raise InvalidInput(error_message=f"Cidr {body['cidr']} does not match ip_version "
@@ -144,7 +151,7 @@ class SubnetHooks(Hooks):
         for ns in body["dns_nameservers"]:
             if ipaddress.ip_address(ns).version != body["ip_version"]:
                 raise InvalidInput(error_message=f"DNS nameserver {ns} does not match ip_version")
-        body.update(subnetpool_id=None, segment_id=None)
+        body.update(subnetpool_id=body.get("subnetpool_id"), segment_id=None)
         created = super().create(tx, ctx, body)
         net["subnets"] = [*net["subnets"], body["id"]]
         tx.update("network", net)
@@ -168,15 +175,18 @@ class SubnetHooks(Hooks):
         return super().update(tx, ctx, old, changes)
 
     def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
-        port_ids = set(tx.subnet_ip_ports(obj["id"]))
-        for pid in port_ids:
-            port = tx.get("port", pid)
-            if port and port["device_owner"] not in AUTO_DELETE_OWNERS:
-                raise Conflict(f"Unable to complete operation on subnet {obj['id']}: One or more "
-                               "ports have an IP allocation from this subnet.",
-                               type_name="SubnetInUse")
-        for pid in port_ids:
-            port = tx.get("port", pid)
+        # Addresses a port made up itself (SLAAC, DHCPv6-stateless) go with the subnet, as in
+        # Neutron; router interfaces, and any address allocated from a stateful subnet, hold it.
+        auto = is_slaac(obj)
+        ports = [p for p in (tx.get("port", pid) for pid in set(tx.subnet_ip_ports(obj["id"]))) if p]
+        for port in ports:
+            owner = port["device_owner"]
+            if owner in AUTO_DELETE_OWNERS or (auto and not owner.startswith("network:router_interface")):
+                continue
+            raise Conflict(f"Unable to complete operation on subnet {obj['id']}: One or more "
+                           "ports have an IP allocation from this subnet.",
+                           type_name="SubnetInUse")
+        for port in ports:
             for f in port["fixed_ips"]:
                 if f["subnet_id"] == obj["id"]:
                     tx.release_ip(obj["id"], f["ip_address"])

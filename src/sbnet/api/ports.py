@@ -198,7 +198,8 @@ class PortHooks(Hooks):
         tx.add_mac(net["id"], mac, body["id"])
         body["binding:profile"] = body["binding:profile"] or {}
         _vif(body, tx, self.api.host_profiles)
-        body.update(status="DOWN", ip_allocation="immediate", trunk_details=None)
+        body.setdefault("status", "DOWN")  # router ports come ACTIVE (sbnet.api.l3)
+        body.update(ip_allocation="immediate", trunk_details=None)
         return super().create(tx, ctx, body)
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:

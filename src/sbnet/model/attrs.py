@@ -83,6 +83,36 @@ def to_int(lo: int | None = None, hi: int | None = None, nullable: bool = False)
     return conv
 
 
+def to_port_or_none(v: Any) -> int | None:
+    """A port range bound, as Neutron's convert_validate_port_value: None or 0-65535."""
+    if v is None:
+        return None
+    try:
+        n = int(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+    except ValueError:
+        n = None
+    if n is None or not 0 <= n <= 65535:
+        raise Invalid(f"Invalid value for port {v}")
+    return n
+
+
+def to_protocol_or_none(v: Any) -> str | None:
+    """An IP protocol as a name or a number (17 or "17"), kept as a string as Neutron stores it."""
+    if v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    if not isinstance(v, str) or len(v) > 40:
+        raise Invalid(f"'{v}' is not a valid protocol name or number")
+    return v.lower()
+
+
+def to_list_or_null(conv: Callable[[Any], Any]) -> Callable[[Any], list]:
+    """A list where null means empty (Neutron's convert_none_to_empty_list)."""
+    inner = list_of(conv)
+    return lambda v: [] if v is None else inner(v)
+
+
 def to_choice(*choices: Any, nullable: bool = False) -> Callable:
     def conv(v: Any) -> Any:
         if v is None and nullable:

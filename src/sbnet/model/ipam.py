@@ -102,6 +102,27 @@ def overlapping(cidr: str, others: Iterable[str]) -> str | None:
     return None
 
 
+def allocate_prefix(prefixes: Iterable[str], prefixlen: int, used: Iterable[str]) -> str | None:
+    """The first prefix of length prefixlen inside one of prefixes that overlaps none of used
+    (a subnet pool's allocation); None when the pool has no room."""
+    taken = sorted((network(u) for u in used), key=lambda n: (n.version, n.network_address))
+    for prefix in sorted((network(p) for p in prefixes), key=lambda n: n.network_address):
+        if prefixlen < prefix.prefixlen:
+            continue
+        step = 1 << (prefix.max_prefixlen - prefixlen)
+        start, end = int(prefix.network_address), int(prefix.broadcast_address)
+        cand = start
+        while cand + step - 1 <= end:
+            block = ipaddress.ip_network((cand, prefixlen))
+            clash = next((t for t in taken if t.version == block.version and t.overlaps(block)), None)
+            if clash is None:
+                return str(block)
+            # Skip past the clashing allocation, aligned to the block size.
+            past = int(clash.broadcast_address) + 1
+            cand = max(cand + step, (past + step - 1) // step * step)
+    return None
+
+
 def contains(cidr: str, ip: str) -> bool:
     addr = ipaddress.ip_address(ip)
     net = network(cidr)

@@ -83,7 +83,7 @@ NETWORK = ResourceSpec("network", "networks", "networks", "Network", _std(
 SUBNET = ResourceSpec("subnet", "subnets", "subnets", "Subnet", _std(
     Attr("network_id", a.to_uuid, default=REQUIRED, put=False),
     Attr("ip_version", a.to_choice(4, 6), default=4, put=False),
-    Attr("cidr", a.to_cidr, default=REQUIRED, put=False),
+    Attr("cidr", a.to_cidr, default=None, put=False),  # None: allocated from the subnet pool
     Attr("gateway_ip", a.to_ip_or_none, default=""),  # "" = choose the first host
     Attr("allocation_pools", a.list_of(a.to_dict), default=None),
     Attr("enable_dhcp", a.to_bool, default=True),
@@ -91,10 +91,24 @@ SUBNET = ResourceSpec("subnet", "subnets", "subnets", "Subnet", _std(
     Attr("host_routes", a.list_of(a.to_route), default=list),
     Attr("ipv6_address_mode", a.to_choice(*IPV6_MODES, nullable=True), put=False),
     Attr("ipv6_ra_mode", a.to_choice(*IPV6_MODES, nullable=True), put=False),
-    Attr("subnetpool_id", a.to_choice(None, nullable=True), put=False),
+    Attr("subnetpool_id", a.to_uuid_or_none, put=False),
+    Attr("prefixlen", a.to_int(0, 128, nullable=True), put=False),  # POST only, never stored
+    Attr("use_default_subnetpool", a.to_bool, default=False, put=False),  # POST only
     Attr("service_types", a.list_of(a.to_str(255)), default=list),
     Attr("segment_id", a.to_choice(None, nullable=True), put=False),
 ))
+
+SUBNETPOOL = ResourceSpec("subnetpool", "subnetpools", "subnetpools", "Subnet pool", _std(
+    Attr("prefixes", a.list_of(a.to_cidr), default=REQUIRED),
+    Attr("ip_version", **_RO),
+    Attr("default_prefixlen", a.to_int(0, 128, nullable=True)),
+    Attr("min_prefixlen", a.to_int(0, 128, nullable=True)),
+    Attr("max_prefixlen", a.to_int(0, 128, nullable=True)),
+    Attr("default_quota", a.to_int(0, 2**31 - 1, nullable=True)),
+    Attr("shared", a.to_bool, default=False, put=False),
+    Attr("is_default", a.to_bool, default=False),
+    Attr("address_scope_id", a.to_choice(None, nullable=True)),
+), shared_attr="shared", not_found="SubnetPoolNotFound")
 
 PORT = ResourceSpec("port", "ports", "ports", "Port", _std(
     Attr("network_id", a.to_uuid, default=REQUIRED, put=False),
@@ -130,11 +144,12 @@ SECURITY_GROUP_RULE = ResourceSpec("security_group_rule", "security_group_rules"
     Attr("security_group_id", a.to_uuid, default=REQUIRED, put=False),
     Attr("direction", a.to_choice("ingress", "egress"), default=REQUIRED, put=False),
     Attr("ethertype", a.to_choice("IPv4", "IPv6"), default="IPv4", put=False),
-    Attr("protocol", a.to_str_or_none(40), put=False),
-    Attr("port_range_min", a.to_int(0, 65535, nullable=True), put=False),
-    Attr("port_range_max", a.to_int(0, 65535, nullable=True), put=False),
+    Attr("protocol", a.to_protocol_or_none, put=False),
+    Attr("port_range_min", a.to_port_or_none, put=False),
+    Attr("port_range_max", a.to_port_or_none, put=False),
     Attr("remote_ip_prefix", a.to_prefix_or_none, put=False),
-    Attr("remote_group_id", a.to_uuid_or_none, put=False),
+    # Any string: an unknown group (even a malformed id) is SecurityGroupNotFound, as in Neutron.
+    Attr("remote_group_id", a.to_str_or_none(255), put=False),
     Attr("remote_address_group_id", a.to_choice(None, nullable=True), put=False),
     Attr("normalized_cidr", **_RO),
     Attr("belongs_to_default_sg", **_RO),
@@ -144,7 +159,7 @@ ROUTER = ResourceSpec("router", "routers", "routers", "Router", _std(
     Attr("admin_state_up", a.to_bool, default=True),
     Attr("status", **_RO),
     Attr("external_gateway_info", a.to_dict_or_none),
-    Attr("routes", a.list_of(a.to_route), default=list, post=False),
+    Attr("routes", a.to_list_or_null(a.to_route), default=list, post=False),
     Attr("distributed", a.to_bool, default=False, admin_only=True),
     Attr("ha", a.to_bool, default=False, admin_only=True),
     Attr("availability_zone_hints", a.list_of(a.to_str(255)), default=list, put=False),
@@ -236,7 +251,7 @@ PORT_CHAIN = ResourceSpec("port_chain", "port_chains", "sfc/port_chains", "Port 
     Attr("chain_id", a.to_int(0, 2**24 - 1), default=0, put=False),
 ), **_SFC_STD)
 
-ALL = (NETWORK, SUBNET, PORT, SECURITY_GROUP, SECURITY_GROUP_RULE, ROUTER, FLOATING_IP,
+ALL = (NETWORK, SUBNET, SUBNETPOOL, PORT, SECURITY_GROUP, SECURITY_GROUP_RULE, ROUTER, FLOATING_IP,
        QOS_POLICY, QOS_BANDWIDTH_LIMIT_RULE, QOS_DSCP_MARKING_RULE, QOS_MINIMUM_BANDWIDTH_RULE,
        TRUNK, PORT_PAIR, PORT_PAIR_GROUP, FLOW_CLASSIFIER, PORT_CHAIN)
 BY_NAME = {s.name: s for s in ALL}

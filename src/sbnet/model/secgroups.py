@@ -31,12 +31,18 @@ def protocol_number(protocol: str | None) -> int | None:
                      "supported.", type_name="SecurityGroupRuleInvalidProtocol")
 
 
+IPV6_ICMP_LEGACY = ("icmp", "icmpv6")  # names Neutron rewrites to ipv6-icmp on IPv6 rules
+IPV6_ICMP_NAMES = ("ipv6-icmp", "icmpv6")
+
+
 def check_rule(rule: dict) -> dict:
     """Validate a new rule; returns it with protocol and prefix normalised as Neutron stores them."""
     if isinstance(rule.get("protocol"), int):
         rule["protocol"] = str(rule["protocol"])
     if rule.get("protocol") == "any":
         rule["protocol"] = None
+    if rule["ethertype"] == "IPv6" and rule.get("protocol") in IPV6_ICMP_LEGACY:
+        rule["protocol"] = "ipv6-icmp"
     proto = protocol_number(rule.get("protocol"))
     lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
     if rule.get("remote_ip_prefix") and rule.get("remote_group_id"):
@@ -48,8 +54,8 @@ def check_rule(rule: dict) -> dict:
         if f"IPv{version}" != rule["ethertype"]:
             raise BadRequest(f"Conflicting value ethertype {rule['ethertype']} for CIDR {prefix}",
                              type_name="SecurityGroupRuleParameterConflict")
-    if proto in (1, 58) and rule.get("protocol") in ("icmp",) and rule["ethertype"] == "IPv6":
-        raise BadRequest(f"Ethertype IPv6 is not supported by protocol {rule['protocol']}.",
+    if rule["ethertype"] == "IPv4" and rule.get("protocol") in IPV6_ICMP_NAMES:
+        raise BadRequest(f"Ethertype IPv4 is not supported by protocol {rule['protocol']}.",
                          type_name="SecurityGroupEthertypeConflictWithProtocol")
     if lo is None and hi is None:
         return rule
