@@ -239,7 +239,7 @@ def public_network(url: str, token: str) -> str:
 
 
 _TOTAL = re.compile(r"^ - (Passed|Skipped|Failed): (\d+)", re.M)
-_LINE = re.compile(r"^\{\d+\} (\S+?)(?: \[[^\]]*\])? \.\.\. (ok|FAILED|SKIPPED: (.*))$", re.M)
+_LINE = re.compile(r"^\{\d+\} (.+?)(?: \[[\d.]+s\])? \.\.\. (ok|FAILED|SKIPPED: (.*))$", re.M)
 
 
 def run_tempest(ks: Keystone, url: str, regex: str, workdir: Path, concurrency: int = 2,
