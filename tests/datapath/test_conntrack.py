@@ -381,7 +381,7 @@ def test_batch_equals_one_by_one():
     assert batch_ct.dump() == single_ct.dump()
     assert batch_ct.stats["fast_path"] > 20
     for slot in single_ct.connections():
-        t = single_ct._tuple(slot, 0)
+        t = single_ct.table.tuple(slot, 0)
         other, _ = batch_ct.find(t)
         assert (batch_ct.tcp[other] == single_ct.tcp[slot]).all()
 
@@ -460,22 +460,20 @@ def test_hash_index_against_dict():
 
 def test_hash_collisions_fall_back_to_exact_tuples(monkeypatch):
     """With every tuple hashing alike, the overflow table keeps everything right."""
-    import sbnet.datapath.conntrack as C
     import sbnet.datapath.conntrack_table as CT
 
     def weak(meta, *words):
         return meta * 0 + (meta & np.uint64(1) if isinstance(meta, np.ndarray) else meta & 1)
     monkeypatch.setattr(CT, "_hash_words", weak)
-    monkeypatch.setattr(C, "_hash_words", weak)
     ct = Conntrack()
     convs = [Tcp(sport=9000 + i) for i in range(5)]
     for c in convs:
         assert [one(ct, q) for q in c.handshake()] == ["+new+trk", "+est+rpl+trk", "+est+trk"]
     r = ct_run(ct, [c.pkt(0, "PA", b"z") for c in convs] + [udp(sport=77)])
     assert r.states == ["+est+trk"] * 5 + ["+new+trk"]
-    assert len(ct) == 6 and len(ct._overflow) > 0
+    assert len(ct) == 6 and len(ct.table.overflow) > 0
     ct.flush()
-    assert len(ct) == 0 and not ct._overflow
+    assert len(ct) == 0 and not ct.table.overflow
 
 
 def test_one_segment_per_connection_batches_equal_one_by_one():
@@ -510,9 +508,9 @@ def test_sweep_many_then_reuse_slots():
     ct = Conntrack(timeouts=Timeouts(udp_first=10), capacity=16)
     ct_run(ct, [udp(sport=100 + i) for i in range(300)], now=0)
     ct_run(ct, [udp(sport=1000 + i) for i in range(100)], now=5)
-    assert len(ct) == 400 and len(ct._index) == 800
+    assert len(ct) == 400 and len(ct.table.index) == 800
     assert ct.expire(12) == 300
-    assert len(ct) == 100 and len(ct._index) == 200
+    assert len(ct) == 100 and len(ct.table.index) == 200
     assert ct_run(ct, [udp(B, A, 2, 1000)], now=12).states == ["+est+rpl+trk"]
     assert ct_run(ct, [udp(sport=100)], now=12).states == ["+new+trk"]
     assert len(ct) == 101

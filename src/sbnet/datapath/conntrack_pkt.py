@@ -1,4 +1,4 @@
-"""Conntrack's view of a batch: the lookup tuple of every packet (OVS conn_key_extract), TCP fields, checksum checks."""
+"""Conntrack's view of a batch: the per-call state, the lookup tuple of every packet (OVS conn_key_extract), TCP fields, checksum checks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import numpy as np
 
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.checksum import fold
+from sbnet.datapath.conntrack_table import _NAT_BITS, INV, meta_words, tuple_hashes
+from sbnet.datapath.conntrack_tcp import get_wscale
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import (ETH_IP, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP,
                                 SLOT_INDEX)
@@ -63,18 +65,54 @@ class PacketInfo:
         return [(self.tuple(i), r, f) for i, r, f in zip(rows.tolist(), rel, fl)]
 
     def wscale(self, i: int) -> int:
-        from sbnet.datapath.conntrack_tcp import get_wscale
         return get_wscale(self._opts.get(i, b""))
 
 
+class CtBatch:
+    """The state of one ct() call, handed from stage to stage of the engine.
+
+    The action's arguments (batch, parsed, rows, zones, commit, nat, now,
+    force), then, once the packets are keyed (start()), per row of `rows`
+    (local numbering): p (PacketInfo), the ct_state being built (st), the
+    connection slot (conn, -1 none) and its direction (reply), whether the
+    lookup found it (found), where the ct_* tuple comes from (tsrc: 0 none,
+    1 the connection, 2 the packet), packets NATed before in this zone
+    (natted), the gathered table rows (R) and the rows to translate (jobs).
+    """
+
+    def __init__(self, batch: Batch, parsed: Parsed, rows: np.ndarray, zones: np.ndarray,
+                 commit: bool, nat, now: float, force: bool):
+        self.batch, self.parsed, self.rows, self.zones = batch, parsed, rows, zones
+        self.commit, self.nat, self.now, self.force = commit, nat, now, force
+
+    def narrow(self, left: np.ndarray) -> None:
+        """Keep only the rows at positions `left` (what the express path left)."""
+        self.rows, self.zones = self.rows[left], self.zones[left]
+
+    def start(self, checksums: bool) -> None:
+        """Key the packets and set up the per-row verdict arrays."""
+        rows, zones = self.rows, self.zones
+        m = rows.size
+        keys = self.parsed.keys
+        p = self.p = extract(self.batch, self.parsed, rows, zones, checksums)
+        st_in = keys[_S["ct_state"], rows]
+        same_zone = keys[_S["ct_zone"], rows] == zones
+        st = np.where(same_zone, st_in, 0).astype(np.uint64)
+        self.natted = (st & _NAT_BITS) != 0
+        st[~p.ok] = INV
+        self.st = st
+        self.conn = np.full(m, -1, dtype=np.int64)
+        self.reply = np.zeros(m, dtype=bool)
+        self.found = np.zeros(m, dtype=bool)
+        self.tsrc = np.where(p.ok, 2, 0).astype(np.int8)
+        self.R = None
+        self.jobs: list[np.ndarray] = []
+
+
 def _hash(p: PacketInfo, rows: np.ndarray) -> None:
-    from sbnet.datapath.conntrack_index import stored
-    from sbnet.datapath.conntrack_table import _hash_words
     w = p.words[rows]
-    meta = p.zone[rows] | (p.proto[rows].astype(np.uint64) << np.uint64(16)) \
-        | (p.v6[rows].astype(np.uint64) << np.uint64(24))
-    p.hash[rows] = stored(_hash_words(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3],
-                                      (w[:, 4] << np.uint64(32)) | w[:, 5]))
+    p.hash[rows] = tuple_hashes(meta_words(p.zone[rows], p.proto[rows], p.v6[rows]),
+                                w[:, 0], w[:, 1], w[:, 2], w[:, 3], w[:, 4], w[:, 5])
 
 
 def _gather(data: np.ndarray, rows: np.ndarray, col: np.ndarray, k: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 # Per-peer states, numbered as OVS's CT_DPIF_TCPS_* (ct-dpif.h); order matters,
@@ -126,6 +128,18 @@ class TcpPacket:
     def __init__(self, flags, seq, ack, win, plen, wscale=0):
         self.flags, self.seq, self.ack, self.win, self.plen = flags, seq, ack, win, plen
         self.wscale = wscale
+
+
+class Segments(NamedTuple):
+    """seq, ack, window and payload length of many TCP segments (int64 arrays)."""
+
+    seq: np.ndarray
+    ack: np.ndarray
+    win: np.ndarray
+    plen: np.ndarray
+
+    def take(self, i) -> Segments:
+        return Segments(self.seq[i], self.ack[i], self.win[i], self.plen[i])
 
 
 def timeout_class(s_state: int, d_state: int) -> int:
@@ -265,9 +279,8 @@ def _excl_max(vals: np.ndarray, g: np.ndarray, start: np.ndarray, init: np.ndarr
     return np.maximum(excl, init[g])
 
 
-def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: np.ndarray,
-                     ack: np.ndarray, win: np.ndarray, plen: np.ndarray, liberal: bool,
-                     unique: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seg: Segments,
+                     liberal: bool, unique: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """update() for established ACK segments, any number per connection, in order.
 
     Between SYN and FIN such a segment only raises three running maxima per
@@ -282,7 +295,8 @@ def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
     case, computed without the prefix maxima).
     """
     if unique:
-        return _established_single(tcp, conn, reply, seq, ack, win, plen, liberal)
+        return _established_single(tcp, conn, reply, seg, liberal)
+    seq, ack, win, plen = seg
     n = conn.size
     order = np.argsort(conn, kind="stable")
     c = conn[order]
@@ -349,7 +363,7 @@ def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seq: 
     return out_ok, out_res
 
 
-def _established_single(tcp, conn, reply, seq, ack, win, plen, liberal):
+def _established_single(tcp, conn, reply, seg: Segments, liberal):
     """established_runs() when every connection has one row: no prefix maxima."""
     n = conn.size
     peers = tcp[conn]
@@ -358,25 +372,25 @@ def _established_single(tcp, conn, reply, seq, ack, win, plen, liberal):
     rp = reply[:, None]
     src = np.where(rp, peers[:, 1], peers[:, 0])
     dst = np.where(rp, peers[:, 0], peers[:, 1])
-    ok, s_lo, s_mw, d_hi = established_one(src[:, 0], src[:, 1], src[:, 2], src[:, 3], dst[:, 0],
-                                           dst[:, 1], dst[:, 2], dst[:, 3], seq, ack, win, plen,
-                                           liberal)
+    ok, s_lo, s_mw, d_hi = established_one(src.T[:4], dst.T[:4], seg, liberal)
     tcp[conn, s, 0] = s_lo
     tcp[conn, s, 2] = s_mw
     tcp[conn, d, 1] = d_hi
     return ok, np.ones(n, dtype=bool)
 
 
-def established_one(s_lo, s_hi, s_mw, s_ws, d_lo, d_hi, d_mw, d_ws, seq, ack, win, plen,
-                    liberal):
+def established_one(src, dst, seg: Segments, liberal: bool):
     """update() of one ACK segment per connection, both peers ESTABLISHED, from the
-    sender's (s_) and receiver's (d_) peer fields.
+    sender's (src) and receiver's (dst) peer fields (seqlo, seqhi, max_win, wscale).
 
     Returns (valid, new sender seqlo, new sender max_win, new receiver seqhi);
     invalid segments get their peer's fields back unchanged.  Positions are
     taken relative to the sender's seqlo (the receiver's for acks), as
     signed 32-bit differences.
     """
+    s_lo, s_hi, s_mw, s_ws = src
+    d_lo, d_hi, d_mw, d_ws = dst
+    seq, ack, win, plen = seg
     if not ((s_ws | d_ws) & (WSCALE_FLAG | WSCALE_UNKNOWN)).any():
         sws = dws = 0          # no scaling anywhere: the usual case
         swin, dmw, ack_max = win, d_mw, MAXACKWINDOW

@@ -282,6 +282,10 @@ class Switch:
         out.sort(key=lambda s: (s.flow.table, -s.flow.priority))
         return out
 
+    def actions_by_id(self, action_id: int) -> tuple:
+        """The datapath actions a megaflow's action id (cache.action_of) stands for."""
+        return self._actions[action_id]
+
     def dump_megaflows(self, now: float | None = None) -> list[str]:
         """One line per megaflow, in the spirit of `ovs-appctl dpctl/dump-flows -m`."""
         from sbnet.datapath.format import megaflow_text

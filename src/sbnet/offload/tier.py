@@ -219,6 +219,10 @@ class NicTier:
             np.zeros(0, dtype=np.int64)
         return np.isin(np.asarray(conns, dtype=np.int64), held)
 
+    def ct_ids(self) -> np.ndarray:
+        """Ids of the connections the NIC conntrack table holds (int64)."""
+        return np.fromiter(self._conns, dtype=np.int64, count=len(self._conns))
+
     def ct_count(self) -> int:
         return len(self._conns)
 
