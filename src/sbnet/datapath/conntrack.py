@@ -168,6 +168,16 @@ class Conntrack:
         """Expiry time per slot."""
         return self.table.exp
 
+    @property
+    def mark(self) -> np.ndarray:
+        """ct_mark per slot."""
+        return self.table.mark
+
+    @property
+    def label(self) -> np.ndarray:
+        """ct_label per slot: (slots, 2) uint64, high word first."""
+        return self.table.label
+
     def zone_limit(self, zone: int) -> int:
         """Connections zone may hold (0: no limit of its own)."""
         return self.zone_limits.get(zone, self.default_zone_limit)
