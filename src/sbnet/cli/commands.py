@@ -5,7 +5,8 @@ import importlib
 from sbnet.cli.main import app
 
 # Modules that define commands; a module missing here is not yet built.
-_MODULES = ("replay", "trace", "conntrack", "serve", "flows", "run", "offload", "compare", "agent")
+_MODULES = ("replay", "trace", "conntrack", "serve", "flows", "run", "offload", "compare", "agent",
+            "neutron_sync")
 
 for _name in _MODULES:
     try:

@@ -41,6 +41,10 @@ class SbnetMechanismDriver(api.MechanismDriver):
         trunk.register()
         LOG.info("sbnet mechanism driver: southbound copy at %s", self.sb.url)
 
+    @property
+    def connectivity(self) -> str:
+        return portbindings.CONNECTIVITY_L2      # ports without an IP address bind too
+
     def get_workers(self):
         from sbnet.neutron.maintenance import SyncWorker
         return [SyncWorker()]

@@ -147,7 +147,12 @@ class NeutronServer:
             env=self._env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(self.api)
 
+    def _started_workers(self) -> int:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count("sbnet sync worker: following")
+
     def start_workers(self) -> None:
+        self._workers_before = self._started_workers()
         out = open(self.dir / "workers.out", "ab")
         self.workers = subprocess.Popen(
             [self._bin("neutron-periodic-workers"), "--config-file", str(self.conf)],
@@ -155,7 +160,9 @@ class NeutronServer:
         self.procs.append(self.workers)
 
     def stop_workers(self) -> None:
+        """Stop the periodic workers (sbnet's sync worker with them); start_workers() again."""
         self._stop(self.workers)
+        self.procs.remove(self.workers)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -179,8 +186,7 @@ class NeutronServer:
         while time.monotonic() < deadline:
             if self.workers.poll() is not None:
                 raise RuntimeError(f"neutron-periodic-workers exited: {self.tail()}")
-            if self.log.exists() and "sbnet sync worker: following" in self.log.read_text(
-                    errors="replace"):
+            if self._started_workers() > self._workers_before:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"sbnet's sync worker did not start in {timeout}s: {self.tail()}")
