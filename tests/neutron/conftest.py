@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import json as _json
 import os
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,38 +29,6 @@ def require_neutron_venv() -> str:
         if IN_CI:
             pytest.fail(f"scripts/neutron-venv failed, and CI must run these tests: {exc} {err[-500:]}")
         pytest.skip(f"no neutron venv (scripts/neutron-venv failed: {exc})")
-
-
-class SbnetServer:
-    """sbnet's API (the store the agents follow) served by uvicorn in a thread; stop() and
-    start() again on the same port play an sbnet outage."""
-
-    def __init__(self, store: Store) -> None:
-        from sbnet.southbound.neutron_server import free_port
-        self.store = store
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = None
-        self.thread = None
-
-    def start(self) -> None:
-        import uvicorn
-
-        from sbnet.api.app import create_app
-        config = uvicorn.Config(create_app(store=self.store), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("sbnet API did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 class Neutron:
@@ -88,12 +56,13 @@ class Neutron:
         member = collection.rstrip("s")
         return self.request("POST", collection, {member: attrs})[member]
 
-    def osc(self, *args: str) -> dict | list:
+    def osc(self, *args: str, json: bool = True) -> dict | list:
         """The openstack CLI against neutron-server (no Keystone: noauth)."""
         out = subprocess.run(["openstack", "--os-auth-type", "none", "--os-endpoint", self.url,
-                              *args, "-f", "json"], capture_output=True, text=True, timeout=120)
+                              *args, *(["-f", "json"] if json else [])],
+                             capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"openstack {' '.join(args)}: {out.stderr[-800:]}"
-        return json.loads(out.stdout) if out.stdout.strip() else {}
+        return _json.loads(out.stdout) if json and out.stdout.strip() else {}
 
     def wait_port_status(self, port_id: str, status: str, timeout: float = 60.0) -> float:
         """Seconds until Neutron shows the port in `status` (AssertionError at the timeout)."""
@@ -109,10 +78,9 @@ class Stack:
     """sbnet's API and store, and a real neutron-server writing to it."""
 
     def __init__(self, workdir: Path, maintenance: int) -> None:
-        from sbnet.southbound.neutron_server import NeutronServer
+        from sbnet.southbound.neutron_server import ApiThread, NeutronServer
         self.store = Store(f"sqlite:///{workdir / 'sbnet.db'}")
-        self.sbnet = SbnetServer(self.store)
-        self.sbnet.start()
+        self.sbnet = ApiThread(self.store).start()
         self.server = NeutronServer(workdir / "neutron", self.sbnet.url, maintenance=maintenance)
         try:
             self.server.start(timeout=240)

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -225,3 +226,37 @@ class NeutronServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ApiThread:
+    """sbnet's API on a store, served by uvicorn in a thread of this process (the copy a
+    neutron-server writes to, the feed agents follow); stop() and start() again keep the
+    port, as an sbnet outage and its end."""
+
+    def __init__(self, store, port: int | None = None) -> None:
+        self.store = store
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "ApiThread":
+        import uvicorn
+
+        from sbnet.api.app import create_app
+        config = uvicorn.Config(create_app(store=self.store), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="sbnet-api", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("sbnet's API did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            self.thread.join(timeout=30)
