@@ -121,3 +121,38 @@ def test_agent_authenticates_with_a_token_file_against_require_token(ovs_host, t
             stop(proc)
     finally:
         stop_server(server)
+
+
+def test_an_existing_bridge_is_never_rewritten(ovs_host, tmp_path):
+    """A hypervisor's br-int with other settings (VMs may be on it): the agent refuses to
+    start, names the setting, and leaves the bridge exactly as it was."""
+    ovs = ovs_host.ovs
+    ovs.vsctl("add-br", "br-vms", "--", "set", "Bridge", "br-vms", "datapath_type=netdev",
+              "fail_mode=standalone", "protocols=OpenFlow10,OpenFlow13")
+    before = ovs.vsctl("list", "Bridge", "br-vms")
+    server, url = spawn(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        for setting, fix in (("fail_mode=standalone", ("set-fail-mode", "br-vms", "secure")),
+                             ("protocols=", ("set", "Bridge", "br-vms",
+                                             "protocols=OpenFlow13,OpenFlow15"))):
+            proc = agent(url, ovs_host, "--bridge", "br-vms")
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1, err
+            assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+            assert setting in err and "br-vms" in err, err
+            assert ovs.vsctl("list", "Bridge", "br-vms") == before
+            ovs.vsctl(*fix)                       # the operator changes it, not sbnet
+            before = ovs.vsctl("list", "Bridge", "br-vms")
+        # Now acceptable: taken as it is (its datapath type too), and it syncs.
+        cols = ("datapath_type", "fail_mode", "protocols")
+        settings = [ovs.vsctl("get", "Bridge", "br-vms", c) for c in cols]
+        proc = agent(url, ovs_host, "--bridge", "br-vms")
+        try:
+            assert " flows" in first_sync(proc)
+        finally:
+            stop(proc)
+        got = httpx.get(f"{url}/v2.0/sbnet/hosts", headers=ADMIN).json()["hosts"][0]
+        assert (got["bridge"], got["datapath_type"]) == ("br-vms", "netdev")
+        assert [ovs.vsctl("get", "Bridge", "br-vms", c) for c in cols] == settings
+    finally:
+        stop_server(server)

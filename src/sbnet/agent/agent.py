@@ -14,6 +14,18 @@ from sbnet.compiler.compile import Compiler, Diff, HostPipeline, diff
 from sbnet.compiler.topology import Chassis, Topology, is_vif
 
 ADMIN = {"X-Project-Id": "sbnet-agent", "X-Roles": "admin"}
+HEARTBEAT = 10.0        # seconds between registrations, which the API takes as heartbeats
+
+
+def datapath_config(datapath) -> dict:
+    """What the host registers about its datapath, so that ports bound here are told how
+    to plug (binding:vif_type and vif_details): OVS with its bridge and datapath type, or
+    the reference switch (tap devices)."""
+    from sbnet.ovs.backend import OvsDatapath
+    if isinstance(datapath, OvsDatapath):
+        return {"datapath": "ovs", "bridge": datapath.bridge,
+                "datapath_type": datapath.datapath_type}
+    return {"datapath": "reference"}
 
 
 def vif_name(port_id: str) -> str:
@@ -160,6 +172,7 @@ class HostAgent:
         self.history: list[StepReport] = []
         self.errors: list[str] = []               # what run() survived, for the record
         self._plugged: dict[str, int] = {}
+        self._registered = float("-inf")          # monotonic time of the last registration
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -169,9 +182,12 @@ class HostAgent:
         return {pid: names[vif_name(pid)] for pid in mine if vif_name(pid) in names}
 
     def start(self) -> None:
-        """Register the host (tunnel endpoint, physical networks, NIC profile)."""
+        """Register the host (tunnel endpoint, physical networks, NIC profile, datapath);
+        repeated every HEARTBEAT seconds by step(), it is the agent's heartbeat."""
         self.source.register(self.host, {"tunnel_ip": self.tunnel_ip,
-                                         "physnets": self.physnets, "profile": self.profile})
+                                         "physnets": self.physnets, "profile": self.profile,
+                                         **datapath_config(self.datapath)})
+        self._registered = time.monotonic()
 
     def start_when_up(self, say: Callable[[str], None], first: float = 0.5,
                       most: float = 30.0) -> bool:
@@ -198,6 +214,8 @@ class HostAgent:
 
     def step(self, wait: float = 0.0) -> StepReport | None:
         """Take what changed (waiting up to `wait` s), recompile, apply the difference."""
+        if time.monotonic() - self._registered >= HEARTBEAT:
+            self.start()
         rows, revision = self.source.changes(self.mirror.revision, wait)
         self.mirror.apply(rows)
         plugged = self.vifs()

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from sbnet.agent.embedded import Cluster
+from sbnet.api.hosts import Heartbeats, rebind
 from sbnet.store.db import Store
 
 
@@ -46,9 +47,22 @@ class Follower:
         self._moved = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.beat()
+
+    def beat(self) -> None:
+        """The embedded hosts' heartbeats: they are alive while this follows the store, and
+        their ports bind to the reference switch (tap)."""
+        beats = Heartbeats.of(self.store)
+        back = [h for h in self.cluster.hosts if beats.beat(h, {"datapath": "reference",
+                                                                "embedded": True})]
+        if back:
+            with self.store.write() as tx:
+                for h in back:
+                    rebind(tx, beats, h)
 
     def step(self, wait: float = 0.0) -> SyncReport | None:
         """One round: block up to `wait` seconds for a change, then sync if there was one."""
+        self.beat()
         since = max(self.revision, self.error[0] if self.error else -1)
         if since >= 0 and not self.store.changes_since(since, limit=1, wait=wait):
             return None

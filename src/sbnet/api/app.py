@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sbnet.api import crud
 from sbnet.api.context import Authenticator, StaticTokens, TokenValidator
+from sbnet.api.hosts import Heartbeats
 from sbnet.model.errors import NeutronError
 from sbnet.model.segments import SegmentConfig
 from sbnet.store import Store
@@ -38,6 +39,7 @@ class Api:
         self.segments = segments
         self.hooks: dict[str, crud.Hooks] = {}
         self.host_profiles: dict = {}         # host -> NIC Profile (port binding)
+        self.heartbeats = Heartbeats.of(store)  # hosts' agents: alive, and their datapath
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
         """Authenticate, then run the (blocking) handler in the thread pool."""

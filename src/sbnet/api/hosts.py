@@ -1,8 +1,14 @@
-"""Host agents' endpoints: hosts register their tunnel endpoint, and report port status."""
+"""Host agents' endpoints: hosts register their tunnel endpoint and datapath, beat, report port status; agents' liveness (GET /v2.0/agents) and what a port bound to a host is told."""
 
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,6 +18,105 @@ from sbnet.model.errors import BadRequest, Forbidden, NotFound
 
 HOST_TYPE = "host"              # the store's resource type: it rides the change feed
 STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
+DATAPATHS = ("ovs", "reference")
+AGENT_DOWN_TIME = 75.0          # Neutron's agent_down_time default (s without a heartbeat)
+AGENT_TYPES = {"ovs": "Open vSwitch agent", "reference": "sbnet reference switch agent"}
+_AGENT_NS = uuid.UUID("5b6e6574-0000-4000-8000-000000000017")   # agent ids from host names
+
+
+def _utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass
+class Beat:
+    """A host's agent as last heard from: when (monotonic, and wall-clock for people), and
+    the datapath it serves ports with."""
+
+    seen: float
+    started_at: str
+    heartbeat_at: str
+    config: dict = field(default_factory=dict)
+
+
+class Heartbeats:
+    """When each host's agent was last heard from.  Kept in memory beside the store: a
+    heartbeat is no change to the model (no revision, no change-feed churn).  One per Store
+    object, so every Api over the same store agrees; after an API restart agents are down
+    until their next beat (every few seconds)."""
+
+    _of: "weakref.WeakKeyDictionary[Any, Heartbeats]" = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, down_after: float = AGENT_DOWN_TIME, clock=time.monotonic) -> None:
+        self.down_after, self.clock = down_after, clock
+        self.beats: dict[str, Beat] = {}
+
+    @classmethod
+    def of(cls, store) -> "Heartbeats":
+        with cls._lock:
+            out = cls._of.get(store)
+            if out is None:
+                out = cls._of[store] = Heartbeats()
+            return out
+
+    def beat(self, host: str, config: dict) -> bool:
+        """Record a beat; True when the host was not alive before it (new or back)."""
+        back = not self.alive(host)
+        old = self.beats.get(host)
+        now = _utc()
+        self.beats[host] = Beat(self.clock(), now if back or old is None else old.started_at,
+                                now, dict(config))
+        return back
+
+    def alive(self, host: str) -> bool:
+        b = self.beats.get(host)
+        return b is not None and self.clock() - b.seen <= self.down_after
+
+
+def vif_binding(config: dict) -> tuple[str, dict]:
+    """What a normal port bound to a host is told (binding:vif_type, binding:vif_details), as
+    Neutron's mechanism drivers say it: OVS names its bridge and datapath type (os-vif plugs
+    into that, a netdev bridge included); the reference switch takes a tap device named
+    tap + the port id's first 11 characters, as Nova names them."""
+    if config.get("datapath") == "reference":
+        return "tap", {"port_filter": True, "connectivity": "l2"}
+    return "ovs", {"port_filter": True, "connectivity": "l2", "ovs_hybrid_plug": False,
+                   "datapath_type": config.get("datapath_type") or "system",
+                   "bridge_name": config.get("bridge") or "br-int"}
+
+
+def bind_normal(heartbeats: Heartbeats | None, host: str) -> tuple[str, dict]:
+    """A normal port on `host`: per the datapath its live agent registered, binding_failed
+    when no live agent serves the host (as Neutron)."""
+    if heartbeats is None or not heartbeats.alive(host):
+        return "binding_failed", {}
+    return vif_binding(heartbeats.beats[host].config)
+
+
+def rebind(tx, heartbeats: Heartbeats, host: str) -> None:
+    """A host whose agent is (back) up: its normal ports that failed to bind bind now."""
+    for p in tx.list("port"):
+        if (p.get("binding:host_id") == host and p.get("binding:vnic_type") == "normal"
+                and p.get("binding:vif_type") == "binding_failed"):
+            p["binding:vif_type"], p["binding:vif_details"] = bind_normal(heartbeats, host)
+            tx.update("port", p)
+
+
+def agent_body(host: str, beat: Beat | None, row: dict | None, alive: bool) -> dict:
+    """A host's agent in Neutron's agents format (`openstack network agent list`)."""
+    config = dict(beat.config if beat else {})
+    if row:
+        config.update({k: row[k] for k in ("tunnel_ip", "physnets", "profile") if k in row})
+    datapath = config.get("datapath") or "ovs"
+    return {"id": str(uuid.uuid5(_AGENT_NS, host)), "agent_type": AGENT_TYPES.get(datapath,
+                                                                                   datapath),
+            "binary": "sbnet-agent", "host": host, "topic": "N/A", "alive": alive,
+            "admin_state_up": True, "availability_zone": None, "description": None,
+            "configurations": config, "created_at": beat.started_at if beat else None,
+            "started_at": beat.started_at if beat else None,
+            "heartbeat_timestamp": beat.heartbeat_at if beat else None,
+            "resources_synced": None, "ha_state": None}
 
 
 def _admin(ctx: Context, what: str) -> None:
@@ -24,7 +129,8 @@ def check_host(name: str, body: Any) -> dict:
     if not isinstance(body, dict) or not isinstance(body.get("host"), dict):
         raise BadRequest("Request body must be {\"host\": {...}}")
     h = body["host"]
-    unknown = set(h) - {"tunnel_ip", "physnets", "profile", "agent_type"}
+    unknown = set(h) - {"tunnel_ip", "physnets", "profile", "agent_type", "datapath", "bridge",
+                        "datapath_type"}
     if unknown:
         raise BadRequest(f"Unrecognized attribute(s) '{', '.join(sorted(unknown))}'")
     if not name or len(name) > 36 or not name.isprintable() or "/" in name:
@@ -42,15 +148,29 @@ def check_host(name: str, body: Any) -> dict:
     profile = h.get("profile") or "software"
     if not isinstance(profile, str):
         raise BadRequest("Invalid input for profile: a NIC profile name")
+    datapath = h.get("datapath") or "ovs"
+    if datapath not in DATAPATHS:
+        raise BadRequest(f"Invalid input for datapath: {datapath!r} is not one of "
+                         f"{', '.join(DATAPATHS)}")
+    extra = {}
+    for key in ("bridge", "datapath_type"):
+        v = h.get(key)
+        if v is not None and (not isinstance(v, str) or not v.isprintable() or len(v) > 64):
+            raise BadRequest(f"Invalid input for {key}: a name of at most 64 characters")
+        extra[key] = v
     return {"id": name, "name": name, "tunnel_ip": ip, "physnets": physnets,
-            "profile": profile, "agent_type": h.get("agent_type") or "sbnet"}
+            "profile": profile, "agent_type": h.get("agent_type") or "sbnet",
+            "datapath": datapath, **extra}
 
 
 def extra_routes(router: APIRouter, api) -> None:
     def do_register(ctx: Context, request: Request, name: str, body: Any) -> dict:
+        """A registration, or its repetition: the agent's heartbeat."""
         _admin(ctx, "register_host")
         host = check_host(name, body)
         with api.store.write() as tx:
+            if api.heartbeats.beat(name, host):
+                rebind(tx, api.heartbeats, name)
             old = tx.get(HOST_TYPE, name)
             if old is None:
                 return tx.insert(HOST_TYPE, host, ctx.project_id)
@@ -58,6 +178,28 @@ def extra_routes(router: APIRouter, api) -> None:
                 return old                       # a heartbeat: no new revision
             old.update(host)
             return tx.update(HOST_TYPE, old)
+
+    def do_agents(ctx: Context, request: Request) -> list[dict]:
+        _admin(ctx, "get_agent")
+        with api.store.read() as tx:
+            rows = {h["id"]: h for h in tx.list(HOST_TYPE)}
+        beats = dict(api.heartbeats.beats)
+        return [agent_body(h, beats.get(h), rows.get(h), api.heartbeats.alive(h))
+                for h in sorted(set(rows) | set(beats))]
+
+    def do_agent(ctx: Context, request: Request, agent_id: str) -> dict:
+        for a in do_agents(ctx, request):
+            if a["id"] == agent_id:
+                return a
+        raise NotFound(f"Agent {agent_id} could not be found.", type_name="AgentNotFound")
+
+    @router.get("/v2.0/agents")
+    async def agents(request: Request) -> dict:
+        return {"agents": await api.call(request, do_agents)}
+
+    @router.get("/v2.0/agents/{agent_id}")
+    async def agent(request: Request, agent_id: str) -> dict:
+        return {"agent": await api.call(request, do_agent, agent_id)}
 
     def do_list(ctx: Context, request: Request) -> list[dict]:
         _admin(ctx, "get_hosts")

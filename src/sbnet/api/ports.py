@@ -6,6 +6,7 @@ import ipaddress
 
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch, owned
+from sbnet.api.hosts import Heartbeats, bind_normal
 from sbnet.api.networks import is_slaac
 from sbnet.api.security import ensure_default_group
 from sbnet.model import ipam
@@ -130,9 +131,11 @@ def _address_pairs(pairs: list[dict], mac: str) -> list[dict]:
     return out
 
 
-def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None) -> None:
+def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None,
+         heartbeats: Heartbeats | None = None) -> None:
     """Binding results: a direct port on a host with a known NIC profile binds as that NIC
-    allows (sbnet.offload.binding); otherwise the port gets the type its vnic implies."""
+    allows (sbnet.offload.binding); a normal one as the host's live agent's datapath takes
+    it (binding_failed with none: sbnet.api.hosts); otherwise the type its vnic implies."""
     profile = host_profile(tx, profiles, body["binding:host_id"]) \
         if body["binding:vnic_type"] in DIRECT_VNICS else None
     if not body["binding:host_id"]:
@@ -142,8 +145,8 @@ def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None) -> None
     elif body["binding:vnic_type"] in ("direct", "macvtap", "direct-physical"):
         body["binding:vif_type"], body["binding:vif_details"] = "hw_veb", {"port_filter": False}
     else:
-        body["binding:vif_type"] = "ovs"
-        body["binding:vif_details"] = {"port_filter": True, "connectivity": "l2"}
+        body["binding:vif_type"], body["binding:vif_details"] = bind_normal(
+            heartbeats, body["binding:host_id"])
 
 
 class PortHooks(Hooks):
@@ -197,7 +200,7 @@ class PortHooks(Hooks):
         body["fixed_ips"] = allocate_ips(tx, net["id"], body["id"], mac, body["fixed_ips"])
         tx.add_mac(net["id"], mac, body["id"])
         body["binding:profile"] = body["binding:profile"] or {}
-        _vif(body, tx, self.api.host_profiles)
+        _vif(body, tx, self.api.host_profiles, self.api.heartbeats)
         body.setdefault("status", "DOWN")  # router ports come ACTIVE (sbnet.api.l3)
         body.update(ip_allocation="immediate", trunk_details=None)
         return super().create(tx, ctx, body)
@@ -237,7 +240,7 @@ class PortHooks(Hooks):
             merged["fixed_ips"] = allocate_ips(tx, old["network_id"], old["id"],
                                                merged["mac_address"], requested, keep)
         merged["binding:profile"] = merged.get("binding:profile") or {}
-        _vif(merged, tx, self.api.host_profiles)
+        _vif(merged, tx, self.api.host_profiles, self.api.heartbeats)
         old.update(merged)
         return tx.update("port", old)
 

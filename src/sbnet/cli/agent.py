@@ -21,16 +21,50 @@ def _physnets(items: list[str]) -> dict[str, int]:
     return out
 
 
-def _ovs(rundir: str, bridge: str, tunnel_ip: str):
+class BridgeRefused(Exception):
+    """An existing integration bridge that sbnet cannot drive as it is (the message says
+    which setting and what to do); sbnet changes nothing on a bridge that is already there."""
+
+
+def adopt_bridge(ovs, bridge: str, datapath_type: str):
+    """The integration bridge: made (fail_mode secure, OpenFlow 1.0-1.5, `datapath_type`)
+    when missing; taken as it is when there, VMs may be on it, unless a setting sbnet needs
+    differs, then BridgeRefused naming it.  Its datapath type is whatever it has."""
     from sbnet.ovs.backend import OvsDatapath
+    from sbnet.ovs.dummy import OVSError
+    try:
+        ovs.vsctl("br-exists", bridge)
+    except OVSError:
+        return OvsDatapath(ovs, bridge, datapath_type)
+    get = lambda col: ovs.vsctl("get", "Bridge", bridge, col).strip().strip('"')  # noqa: E731
+    fail_mode = get("fail_mode")
+    if fail_mode != "secure":
+        raise BridgeRefused(
+            f"{bridge} exists with fail_mode={fail_mode if fail_mode != '[]' else 'unset'}, "
+            f"sbnet needs fail_mode=secure (a standalone bridge switches on its own when no "
+            f"controller answers); sbnet does not change a bridge in use: run `ovs-vsctl "
+            f"set-fail-mode {bridge} secure` yourself, or give --bridge a new name")
+    protocols = get("protocols")
+    if "OpenFlow15" not in protocols:
+        raise BridgeRefused(
+            f"{bridge} exists with protocols={protocols}, sbnet needs OpenFlow15 among them "
+            f"(its flows use OpenFlow 1.5); sbnet does not change a bridge in use: run "
+            f"`ovs-vsctl set Bridge {bridge} protocols=<yours>,OpenFlow15` yourself, or give "
+            f"--bridge a new name")
+    return OvsDatapath(ovs, bridge, get("datapath_type") or "system", create=False)
+
+
+def _ovs(rundir: str, bridge: str, tunnel_ip: str, datapath_type: str = "netdev"):
     from sbnet.ovs.system import RunningOVS
     ovs = RunningOVS(rundir)
-    dp = OvsDatapath(ovs, bridge, "netdev")           # --may-exist: an existing bridge is kept
+    dp = adopt_bridge(ovs, bridge, datapath_type)
     have = dp.ports()
     for kind, ofport in TUNNEL_OFPORTS.items():
         if f"{kind}0" not in have:
             dp.add_tunnel_port(f"{kind}0", kind, ofport)
-    svc = ServicePort(_daemon_netns(f"{rundir}/ovs-vswitchd.pid"))
+    netns = _daemon_netns(f"{rundir}/ovs-vswitchd.pid")
+    check_ovs_tunnel_ip(ovs, netns, dp, tunnel_ip)
+    svc = ServicePort(netns)
     name = svc.create()
     if name not in have:
         dp.add_port(name, SERVICE_OFPORT)
@@ -49,14 +83,87 @@ def _daemon_netns(pidfile: str) -> str | None:
     return None
 
 
-def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list):
-    """The reference switch on AF_PACKET in this process: the underlay interface, tunnel
-    ports, and VIFs found as tap interfaces named for bound ports (attached as they appear)."""
+class HostRefused(Exception):
+    """This host cannot carry tunnels as configured (the message says what and what to do)."""
+
+
+def _addresses(netns: str | None) -> dict[str, str]:
+    """Address -> interface in a network namespace (given by name or /proc path)."""
+    import json
+
+    from sbnet.agent.slowpath import _ip
+    out = {}
+    for link in json.loads(_ip(netns, "-j", "addr", "show").stdout or "[]"):
+        for a in link.get("addr_info", ()):
+            out[a["local"]] = link["ifname"]
+    return out
+
+
+def check_ovs_tunnel_ip(ovs, netns: str | None, dp, tunnel_ip: str) -> str:
+    """The interface holding --tunnel-ip where ovs-vswitchd runs; HostRefused when it is
+    no address there, or (userspace datapath) not on an OVS bridge, where tunnels from it
+    would be lost without a word."""
+    from sbnet.ovs.dummy import OVSError
+    dev = _addresses(netns).get(tunnel_ip)
+    if dev is None:
+        raise HostRefused(f"--tunnel-ip {tunnel_ip} is not an address of this host (where "
+                          f"ovs-vswitchd runs): tunnels from it cannot leave")
+    if dp.datapath_type == "netdev":
+        try:
+            ovs.vsctl("br-exists", dev)
+        except OVSError:
+            raise HostRefused(
+                f"--tunnel-ip {tunnel_ip} is on {dev}, not on an OVS bridge: the userspace "
+                f"(netdev) datapath sends tunnels only from an address on an OVS bridge that "
+                f"holds the underlay NIC (br-phy: see the README's OVS compute node)") from None
+    return dev
+
+
+def _links(netns: str | None) -> set[str]:
+    import socket
+
+    from sbnet.agent.slowpath import in_netns
+    with in_netns(netns):                 # if_nameindex asks the thread's namespace
+        return {name for _, name in socket.if_nameindex()}
+
+
+def check_reference_underlay(netns: str | None, underlay: str, tunnel_ip: str,
+                             prefix: str) -> None:
+    """HostRefused when the underlay interface is missing or --tunnel-ip is not on the
+    underlay subnet (the reference switch owns that address and ARPs for its peers)."""
+    import ipaddress
+    if underlay not in _links(netns):
+        raise HostRefused(f"--underlay {underlay}: no such interface"
+                          + (f" in network namespace {netns}" if netns else ""))
+    try:
+        inside = ipaddress.ip_address(tunnel_ip) in ipaddress.ip_network(prefix, strict=False)
+    except ValueError as exc:
+        raise HostRefused(f"--tunnel-ip/--underlay-prefix: {exc}") from None
+    if not inside:
+        raise HostRefused(f"--tunnel-ip {tunnel_ip} is not in --underlay-prefix {prefix}: "
+                          f"peers could not reach it on the underlay")
+
+
+def _link_mac(netns: str | None, dev: str) -> str:
+    import json
+
+    from sbnet.agent.slowpath import _ip
+    return json.loads(_ip(netns, "-j", "link", "show", dev).stdout)[0]["address"]
+
+
+def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list,
+               netns: str | None, say):
+    """The reference switch on AF_PACKET in this process: the underlay interface (its
+    neighbours resolved by ARP), tunnel ports, the slow-path port, and VIFs found as tap
+    interfaces named for bound ports (attached as they appear)."""
     from sbnet.agent.agent import vif_name
+    from sbnet.agent.neighbours import UnderlayArp
     from sbnet.datapath.afpacket import AfPacketDatapath
     from sbnet.datapath.switch import Switch
     from sbnet.datapath.tunnel import TunnelPort
-    dp = AfPacketDatapath(Switch("br-sbnet")).start()
+    check_reference_underlay(netns, underlay, tunnel_ip, prefix)
+    underlay_mac = underlay_mac or _link_mac(netns, underlay)
+    dp = AfPacketDatapath(Switch("br-sbnet"), netns=netns).start()
     underlay_ofport = 65000
     dp.attach(underlay_ofport, underlay)
     dp.underlay("add_port", underlay_ofport, underlay_mac)
@@ -64,13 +171,17 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
     dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
     for kind, ofport in TUNNEL_OFPORTS.items():
         dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
-    svc = ServicePort()
+    svc = ServicePort(netns)
     dp.attach(SERVICE_OFPORT, svc.create())
+    arp = UnderlayArp(underlay, underlay_mac, tunnel_ip,
+                      install=lambda ip, mac: dp.underlay("add_neighbour", ip, mac),
+                      remove=lambda ip: dp.underlay("remove_neighbour", ip),
+                      say=say, netns=netns).start()
     attached: dict[str, int] = {}
 
     def vifs() -> dict[str, int]:
         agent = agent_ref[0]
-        present = set(os.listdir("/sys/class/net"))
+        present = _links(netns)
         for pid in agent.mirror.by_type.get("port", {}):
             name = vif_name(pid)
             if name in present and pid not in attached:
@@ -79,8 +190,13 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
                 attached[pid] = ofport
         for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
             dp.detach(attached.pop(pid))
+        # Peers' tunnel endpoints on the underlay subnet: the ones to keep resolved.
+        import ipaddress
+        net = ipaddress.ip_network(prefix, strict=False)
+        arp.want({h["tunnel_ip"] for h in agent.mirror.by_type.get("host", {}).values()
+                  if h["id"] != agent.host and ipaddress.ip_address(h["tunnel_ip"]) in net})
         return dict(attached)
-    return dp, vifs, svc
+    return dp, vifs, svc, arp
 
 
 def register(app: typer.Typer) -> None:
@@ -90,13 +206,21 @@ def register(app: typer.Typer) -> None:
         api: str = typer.Option("http://127.0.0.1:9696", help="the Neutron API's URL"),
         tunnel_ip: str = typer.Option(..., help="this host's tunnel endpoint address"),
         datapath: str = typer.Option("ovs", help="ovs | reference"),
-        bridge: str = typer.Option("br-int", help="OVS: the integration bridge"),
+        bridge: str = typer.Option("br-int", help="OVS: the integration bridge (an existing "
+                                   "one is used as it is, never changed: see README)"),
+        datapath_type: str = typer.Option("netdev", help="OVS: the datapath type of a bridge "
+                                          "the agent creates (netdev: userspace; system: "
+                                          "the kernel module)"),
         ovs_rundir: str = typer.Option("/var/run/openvswitch", help="OVS: its run directory"),
         underlay: str = typer.Option("", help="reference: the underlay interface"),
-        underlay_mac: str = typer.Option("", help="reference: the MAC tunnels are sent from"),
+        underlay_mac: str = typer.Option("", help="reference: the MAC tunnels are sent from "
+                                         "(default: the underlay interface's)"),
         underlay_prefix: str = typer.Option("", help="reference: the underlay subnet (on-link)"),
         neighbour: list[str] = typer.Option([], help="reference: IP=MAC of a peer's tunnel "
-                                            "endpoint (repeatable)"),
+                                            "endpoint (repeatable; optional: peers are "
+                                            "resolved by ARP on the underlay)"),
+        netns: str = typer.Option("", help="reference: the network namespace holding the "
+                                  "underlay and VIF interfaces (default: the agent's own)"),
         physnet: list[str] = typer.Option([], help="NAME=OFPORT of a physical network's port"),
         profile: str = typer.Option("software", help="the host's NIC profile"),
         wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
@@ -110,7 +234,7 @@ def register(app: typer.Typer) -> None:
         import httpx
         from rich.console import Console
         from sbnet.agent.agent import ApiError, ApiSource, HostAgent
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)   # one message, one line
         token = None
         if token_file:
             try:
@@ -120,13 +244,24 @@ def register(app: typer.Typer) -> None:
             if not token:
                 raise typer.BadParameter(f"--token-file {token_file} is empty")
         ref: list = []
+        arp = None
+        say = lambda line: console.print(f"{host}: {line}", highlight=False)  # noqa: E731
         if datapath == "ovs":
-            dp, vifs, svc = _ovs(ovs_rundir, bridge, tunnel_ip)
+            try:
+                dp, vifs, svc = _ovs(ovs_rundir, bridge, tunnel_ip, datapath_type)
+            except (BridgeRefused, HostRefused) as exc:
+                say(str(exc))
+                raise typer.Exit(1) from None
         elif datapath == "reference":
-            if not (underlay and underlay_mac and underlay_prefix):
-                raise typer.BadParameter("--datapath reference needs --underlay, "
-                                         "--underlay-mac and --underlay-prefix")
-            dp, vifs, svc = _reference(underlay, underlay_mac, tunnel_ip, underlay_prefix, ref)
+            if not (underlay and underlay_prefix):
+                raise typer.BadParameter("--datapath reference needs --underlay and "
+                                         "--underlay-prefix")
+            try:
+                dp, vifs, svc, arp = _reference(underlay, underlay_mac, tunnel_ip,
+                                                underlay_prefix, ref, netns or None, say)
+            except HostRefused as exc:
+                say(str(exc))
+                raise typer.Exit(1) from None
             for item in neighbour:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
@@ -144,18 +279,23 @@ def register(app: typer.Typer) -> None:
 
         def report(exc: Exception) -> None:
             console.print(f"[red]{host}: {exc}")
+
+        def shutdown() -> None:
+            if arp is not None:
+                arp.close()
+            svc.close()
+            if datapath == "reference":
+                dp.close()
         try:
             up = a.start_when_up(lambda line: console.print(line, highlight=False))
         except ApiError as exc:
             console.print(f"{host}: the API refused this agent ({exc.status}): "
                           + ("give --token-file with an admin token" if exc.status in (401, 403)
                              else str(exc)), highlight=False)
-            svc.close()
-            if datapath == "reference":
-                dp.close()
+            shutdown()
             raise typer.Exit(1) from None
         if not up:
-            svc.close()
+            shutdown()
             return
         console.print(f"{host}: following {api} on {datapath}")
         import time
@@ -180,6 +320,4 @@ def register(app: typer.Typer) -> None:
                 console.print(f"{host}: revision {r.revision}: +{r.added} ~{r.modified} "
                               f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "
                               f"({r.seconds * 1000:.0f} ms)")
-        svc.close()
-        if datapath == "reference":
-            dp.close()
+        shutdown()

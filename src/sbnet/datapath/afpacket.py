@@ -260,7 +260,7 @@ class AfPacketDatapath:
 
     def underlay(self, op: str, *args) -> None:
         """Configure the switch's underlay: op is an Underlay method (add_port, add_local,
-        add_route, add_neighbour)."""
+        add_route, add_neighbour, remove_neighbour)."""
         if op not in _UNDERLAY_OPS:
             raise ValueError(f"underlay op must be one of {_UNDERLAY_OPS}")
         with self.lock:
@@ -320,7 +320,7 @@ class AfPacketDatapath:
             return self.switch.meter_stats()
 
 
-_UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
+_UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour", "remove_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
 _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
            "loop_errors",

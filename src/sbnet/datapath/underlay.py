@@ -110,6 +110,11 @@ class Underlay:
         self.neighbours[ip_int(addr)] = mac_int(mac)
         self._tables = None
 
+    def remove_neighbour(self, addr) -> None:
+        """Forget a neighbour (its entry expired): tunnels to it drop as no_neighbour."""
+        if self.neighbours.pop(ip_int(addr), None) is not None:
+            self._tables = None
+
     # --- lookups ------------------------------------------------------------------------
 
     def is_local(self, family: int, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

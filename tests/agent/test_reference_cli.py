@@ -1,0 +1,108 @@
+"""Two hypervisors running `sbnet agent --datapath reference` as an operator starts them:
+no --neighbour (peers are found by ARP on the underlay), VMs plugged as Nova plugs taps,
+booting with dhclient; traffic at full MTU over VXLAN."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from sbnet.agent.agent import vif_name
+from sbnet.agent.netns import Topology, require_netns, sh
+from sbnet.api.process import spawn, stop as stop_server
+from tests.agent.dhcpclient import Dhclients, require_dhclient
+from tests.agent.test_agent_faults import Lines
+from tests.agent.test_dhcp_real import check_full_mtu
+from tests.agent.test_e2e import tcp_transfer
+
+ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
+PREFIX = "10.250.0.0/24"
+
+
+def hypervisor(topo: Topology, name: str, index: int) -> str:
+    """A bare host namespace with its underlay NIC ul0 on the underlay bridge; no switch."""
+    ns = topo.add_namespace(name)
+    ul = topo._underlay()
+    sh("ip", "link", "add", "ul0", "netns", ns, "type", "veth", "peer", "name", f"{name}-ul",
+       "netns", ul)
+    sh("ip", "-n", ul, "link", "set", f"{name}-ul", "master", "br0", "up")
+    sh("ip", "-n", ns, "link", "set", "ul0", "address", f"02:fe:00:00:01:{index:02x}", "arp",
+       "off", "up")
+    return ns
+
+
+def plug(topo: Topology, host_ns: str, vm: str, port: dict) -> None:
+    """What Nova's libvirt driver does for vif_type tap: a tap named for the port in the
+    host (here the host end of a veth), the VM's NIC with the port's MAC."""
+    ns = topo.add_namespace(vm)
+    tap = vif_name(port["id"])
+    sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", tap,
+       "netns", host_ns)
+    sh("ip", "-n", ns, "link", "set", "eth0", "address", port["mac_address"], "up")
+    sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
+    sh("ip", "-n", host_ns, "link", "set", tap, "arp", "off", "up")
+
+
+def agent(url: str, name: str, ns: str, tunnel_ip: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sbnet", "agent", "--host", name, "--api", url,
+         "--tunnel-ip", tunnel_ip, "--datapath", "reference", "--netns", ns,
+         "--underlay", "ul0", "--underlay-prefix", PREFIX, "--wait", "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.fixture
+def env(tmp_path):
+    require_netns()
+    require_dhclient()
+    Topology.cleanup_stale()
+    server, url = spawn(f"sqlite:///{tmp_path}/db.sqlite")
+    with Topology() as topo:
+        dhcp = Dhclients(topo, tmp_path)
+        try:
+            yield topo, url, dhcp
+        finally:
+            dhcp.close()
+            stop_server(server)
+
+
+def test_two_reference_hypervisors_without_neighbour_options(env):
+    topo, url, dhcp = env
+    hosts = {n: hypervisor(topo, n, i + 1) for i, n in enumerate(("h1", "h2"))}
+    procs = {n: Lines(agent(url, n, ns, f"10.250.0.{i + 1}"))
+             for i, (n, ns) in enumerate(hosts.items())}
+    try:
+        http = httpx.Client(base_url=url, timeout=60, headers=ADMIN)
+        net = http.post("/v2.0/networks", json={"network": {"name": "n"}}).json()["network"]
+        http.post("/v2.0/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                                    "cidr": "10.41.0.0/24"}})
+        deadline = time.monotonic() + 30
+        while len(http.get("/v2.0/agents").json()["agents"]) < 2:
+            assert time.monotonic() < deadline, [p.text() for p in procs.values()]
+            time.sleep(0.2)
+        ports = {}
+        for vm, h in (("a", "h1"), ("b", "h2")):
+            ports[vm] = http.post("/v2.0/ports", json={"port": {
+                "network_id": net["id"], "binding:host_id": h}}).json()["port"]
+            assert ports[vm]["binding:vif_type"] == "tap"
+            plug(topo, hosts[h], vm, ports[vm])
+        for p in ports.values():
+            while http.get(f"/v2.0/ports/{p['id']}").json()["port"]["status"] != "ACTIVE":
+                assert time.monotonic() < deadline + 30, [x.text() for x in procs.values()]
+                time.sleep(0.2)
+        for vm in ports:
+            dhcp.run(vm)
+        b = ports["b"]["fixed_ips"][0]["ip_address"]
+        check_full_mtu(topo, "a", "b", b)
+        assert tcp_transfer(SimpleNamespace(topo=topo), "a", "b", 5201, size=1_000_000,
+                            timeout=20, address=b)
+    finally:
+        out = {n: p.stop() for n, p in procs.items()}
+    assert "underlay neighbour 10.250.0.2 is 02:fe:00:00:01:02" in out["h1"], out["h1"]
+    assert "underlay neighbour 10.250.0.1 is 02:fe:00:00:01:01" in out["h2"], out["h2"]
+    assert "Traceback" not in out["h1"] + out["h2"]
