@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from sbnet.agent.netns import Topology, require_netns
+from sbnet.agent.netns import Topology, require_netns, sh
 from sbnet.api.process import free_port, spawn, stop as stop_server
 from tests.agent.test_agent_cli import agent, first_sync, stop
 
@@ -154,5 +154,25 @@ def test_an_existing_bridge_is_never_rewritten(ovs_host, tmp_path):
         got = httpx.get(f"{url}/v2.0/sbnet/hosts", headers=ADMIN).json()["hosts"][0]
         assert (got["bridge"], got["datapath_type"]) == ("br-vms", "netdev")
         assert [ovs.vsctl("get", "Bridge", "br-vms", c) for c in cols] == settings
+    finally:
+        stop_server(server)
+
+
+def test_a_tunnel_address_the_datapath_cannot_send_from_is_refused(ovs_host, tmp_path):
+    """The address on the underlay NIC itself (not on br-phy), or no address of this host at
+    all: tunnels would be lost without a word, so the agent says so and does not start."""
+    sh("ip", "-n", ovs_host.netns, "addr", "add", "10.250.0.77/24", "dev", "ul0")
+    server, url = spawn(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        for ip, words in (("10.250.0.77", ("10.250.0.77 is on ul0", "br-phy")),
+                          ("10.250.0.99", ("10.250.0.99 is not an address of this host",))):
+            proc = subprocess.Popen([sys.executable, "-m", "sbnet", "agent", "--host", "h1",
+                                     "--api", url, "--tunnel-ip", ip, "--ovs-rundir",
+                                     ovs_host.ovs.dir], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1 and len(err.strip().splitlines()) == 1, err
+            assert all(w in err for w in words), err
+        assert httpx.get(f"{url}/v2.0/agents", headers=ADMIN).json()["agents"] == []
     finally:
         stop_server(server)
