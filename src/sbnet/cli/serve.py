@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         flat_network: list[str] = typer.Option(None, help="Physical network allowed for flat "
                                                "networks (repeat; default physnet1)."),
         vlan_range: list[str] = typer.Option(None, help="PHYSNET[:MIN:MAX] VLANs to allocate "
-                                             "from (repeat; default physnet1:100:199)."),
+                                             "from (repeat; default: physnet1, VLANs 100 to 199)."),
         tunnel_range: list[str] = typer.Option(None, help="TYPE:MIN:MAX ids to allocate, TYPE "
                                                "vxlan, gre or geneve (repeat; default 1:65535 each)."),
         physnet_mtu: int = typer.Option(1500, help="Underlay MTU; tunnel overhead is taken off."),
