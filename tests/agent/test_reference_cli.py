@@ -4,6 +4,9 @@ booting with dhclient; traffic at full MTU over VXLAN."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,11 +51,12 @@ def plug(topo: Topology, host_ns: str, vm: str, port: dict) -> None:
     sh("ip", "-n", host_ns, "link", "set", tap, "arp", "off", "up")
 
 
-def agent(url: str, name: str, ns: str, tunnel_ip: str) -> subprocess.Popen:
+def agent(url: str, name: str, ns: str, tunnel_ip: str, sock: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "sbnet", "agent", "--host", name, "--api", url,
          "--tunnel-ip", tunnel_ip, "--datapath", "reference", "--netns", ns,
-         "--underlay", "ul0", "--underlay-prefix", PREFIX, "--wait", "0.5"],
+         "--underlay", "ul0", "--underlay-prefix", PREFIX, "--wait", "0.5",
+         "--switch-socket", sock],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -65,17 +69,22 @@ def env(tmp_path):
     with Topology() as topo:
         dhcp = Dhclients(topo, tmp_path)
         try:
-            yield topo, url, dhcp
+            yield topo, url, dhcp, tmp_path
         finally:
             dhcp.close()
             stop_server(server)
+            # The switch daemons outlive their agents by design: stop them by pid.
+            for pidfile in tmp_path.glob("*.sock.pid"):
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pidfile.read_text()), signal.SIGTERM)
 
 
 def test_two_reference_hypervisors_without_neighbour_options(env):
-    topo, url, dhcp = env
+    topo, url, dhcp, tmp = env
     hosts = {n: hypervisor(topo, n, i + 1) for i, n in enumerate(("h1", "h2"))}
-    procs = {n: Lines(agent(url, n, ns, f"10.250.0.{i + 1}"))
-             for i, (n, ns) in enumerate(hosts.items())}
+    start = lambda n: Lines(agent(url, n, hosts[n], f"10.250.0.{n[1]}",  # noqa: E731
+                                  str(tmp / f"{n}.sock")))
+    procs = {n: start(n) for n in hosts}
     try:
         http = httpx.Client(base_url=url, timeout=60, headers=ADMIN)
         net = http.post("/v2.0/networks", json={"network": {"name": "n"}}).json()["network"]
@@ -101,8 +110,18 @@ def test_two_reference_hypervisors_without_neighbour_options(env):
         check_full_mtu(topo, "a", "b", b)
         assert tcp_transfer(SimpleNamespace(topo=topo), "a", "b", 5201, size=1_000_000,
                             timeout=20, address=b)
+        # Restart h1's agent under a 10 ms ping train: its switch daemon goes on switching.
+        pinger = topo.popen("a", "ping", "-n", "-q", "-i", "0.01", "-c", "400", b)
+        time.sleep(1.0)
+        first = procs["h1"].stop()
+        procs["h1"] = start("h1")
+        procs["h1"].wait_for(" flows")
+        ping_out, _ = pinger.communicate(timeout=60)
+        assert " 0% packet loss" in ping_out, ping_out
+        assert "+0 ~0 -0 flows" in procs["h1"].text(), procs["h1"].text()
     finally:
         out = {n: p.stop() for n, p in procs.items()}
+        out["h1"] = locals().get("first", "") + out["h1"]
     assert "underlay neighbour 10.250.0.2 is 02:fe:00:00:01:02" in out["h1"], out["h1"]
     assert "underlay neighbour 10.250.0.1 is 02:fe:00:00:01:01" in out["h2"], out["h2"]
     assert "Traceback" not in out["h1"] + out["h2"]

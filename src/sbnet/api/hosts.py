@@ -86,12 +86,15 @@ def vif_binding(config: dict) -> tuple[str, dict]:
                    "bridge_name": config.get("bridge") or "br-int"}
 
 
-def bind_normal(heartbeats: Heartbeats | None, host: str) -> tuple[str, dict]:
+def bind_normal(heartbeats: Heartbeats | None, host: str,
+                declared: bool = False) -> tuple[str, dict]:
     """A normal port on `host`: per the datapath its live agent registered, binding_failed
-    when no live agent serves the host (as Neutron)."""
-    if heartbeats is None or not heartbeats.alive(host):
-        return "binding_failed", {}
-    return vif_binding(heartbeats.beats[host].config)
+    when no live agent serves the host (as Neutron).  `declared`: the operator configured
+    the host in the API itself (--host-profile: embedded or NIC-side hosts that no agent
+    registers); it binds to OVS's defaults without an agent."""
+    if heartbeats is not None and heartbeats.alive(host):
+        return vif_binding(heartbeats.beats[host].config)
+    return vif_binding({}) if declared else ("binding_failed", {})
 
 
 def rebind(tx, heartbeats: Heartbeats, host: str) -> None:

@@ -146,7 +146,7 @@ def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None,
         body["binding:vif_type"], body["binding:vif_details"] = "hw_veb", {"port_filter": False}
     else:
         body["binding:vif_type"], body["binding:vif_details"] = bind_normal(
-            heartbeats, body["binding:host_id"])
+            heartbeats, body["binding:host_id"], body["binding:host_id"] in (profiles or {}))
 
 
 class PortHooks(Hooks):

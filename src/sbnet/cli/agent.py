@@ -152,31 +152,38 @@ def _link_mac(netns: str | None, dev: str) -> str:
 
 
 def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list,
-               netns: str | None, say):
-    """The reference switch on AF_PACKET in this process: the underlay interface (its
-    neighbours resolved by ARP), tunnel ports, the slow-path port, and VIFs found as tap
-    interfaces named for bound ports (attached as they appear)."""
+               netns: str | None, say, switch_socket: str):
+    """The reference switch on AF_PACKET in a daemon of its own (started if none answers
+    at `switch_socket`, taken up again after a restart: traffic goes on meanwhile): the
+    underlay interface (its neighbours resolved by ARP), tunnel ports, the slow-path port,
+    and VIFs found as tap interfaces named for bound ports (attached as they appear)."""
     from sbnet.agent.agent import vif_name
     from sbnet.agent.neighbours import UnderlayArp
-    from sbnet.datapath.afpacket import AfPacketDatapath
-    from sbnet.datapath.switch import Switch
+    from sbnet.agent.switchd import SwitchClient
     from sbnet.datapath.tunnel import TunnelPort
     check_reference_underlay(netns, underlay, tunnel_ip, prefix)
     underlay_mac = underlay_mac or _link_mac(netns, underlay)
-    dp = AfPacketDatapath(Switch("br-sbnet"), netns=netns).start()
+    dp = SwitchClient.connect(switch_socket, "br-sbnet", netns)
+    have = dp.ports()
     underlay_ofport = 65000
-    dp.attach(underlay_ofport, underlay)
-    dp.underlay("add_port", underlay_ofport, underlay_mac)
-    dp.underlay("add_local", tunnel_ip)
-    dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
+    if underlay not in have:
+        dp.attach(underlay_ofport, underlay)
+        dp.underlay("add_port", underlay_ofport, underlay_mac)
+        dp.underlay("add_local", tunnel_ip)
+        dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
     for kind, ofport in TUNNEL_OFPORTS.items():
-        dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
+        if f"{kind}0" not in have:
+            dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
     svc = ServicePort(netns)
-    dp.attach(SERVICE_OFPORT, svc.create())
+    name = svc.create()
+    if name not in have:
+        dp.attach(SERVICE_OFPORT, name)
     arp = UnderlayArp(underlay, underlay_mac, tunnel_ip,
                       install=lambda ip, mac: dp.underlay("add_neighbour", ip, mac),
                       remove=lambda ip: dp.underlay("remove_neighbour", ip),
                       say=say, netns=netns).start()
+    # VIFs the daemon already switches (a restart): taken up as they are.
+    by_name = {n: o for n, o in have.items() if n.startswith("tap")}
     attached: dict[str, int] = {}
 
     def vifs() -> dict[str, int]:
@@ -184,8 +191,10 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
         present = _links(netns)
         for pid in agent.mirror.by_type.get("port", {}):
             name = vif_name(pid)
+            if name in by_name and pid not in attached:
+                attached[pid] = by_name.pop(name)
             if name in present and pid not in attached:
-                ofport = max([0, *attached.values()]) + 1
+                ofport = max([0, *attached.values(), *by_name.values()]) + 1
                 dp.attach(ofport, name)
                 attached[pid] = ofport
         for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
@@ -221,6 +230,9 @@ def register(app: typer.Typer) -> None:
                                             "resolved by ARP on the underlay)"),
         netns: str = typer.Option("", help="reference: the network namespace holding the "
                                   "underlay and VIF interfaces (default: the agent's own)"),
+        switch_socket: str = typer.Option("", help="reference: the switch daemon's socket "
+                                          "(default /run/sbnet/HOST.sock); the daemon outlives "
+                                          "the agent, so a restart does not stop traffic"),
         physnet: list[str] = typer.Option([], help="NAME=OFPORT of a physical network's port"),
         profile: str = typer.Option("software", help="the host's NIC profile"),
         wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
@@ -258,7 +270,8 @@ def register(app: typer.Typer) -> None:
                                          "--underlay-prefix")
             try:
                 dp, vifs, svc, arp = _reference(underlay, underlay_mac, tunnel_ip,
-                                                underlay_prefix, ref, netns or None, say)
+                                                underlay_prefix, ref, netns or None, say,
+                                                switch_socket or f"/run/sbnet/{host}.sock")
             except HostRefused as exc:
                 say(str(exc))
                 raise typer.Exit(1) from None

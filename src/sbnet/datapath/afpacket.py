@@ -328,7 +328,33 @@ _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "dro
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats")
 
 
-class AfPacketProcess:
+class RemoteDatapath:
+    """Datapath methods forwarded over a Connection to the process that runs the switch:
+    same values back, same exceptions raised.  Subclasses set _conn, _lock and _gone()."""
+
+    methods = _REMOTE
+
+    def _gone(self) -> str:
+        return "the switch process is gone"
+
+    def _call(self, method: str, *args, **kw):
+        with self._lock:
+            try:
+                self._conn.send((method, args, kw))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise RuntimeError(self._gone()) from exc
+        if not ok:
+            raise value
+        return value
+
+    def __getattr__(self, method: str):
+        if method not in self.methods:
+            raise AttributeError(method)
+        return lambda *args, **kw: self._call(method, *args, **kw)
+
+
+class AfPacketProcess(RemoteDatapath):
     """An AfPacketDatapath in a child process that lives in the host's namespace.
 
     Each simulated host's switch then has its own interpreter (and GIL), as a real host's
@@ -359,22 +385,8 @@ class AfPacketProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc.poll() is None else None
 
-    def _call(self, method: str, *args, **kw):
-        with self._lock:
-            try:
-                self._conn.send((method, args, kw))
-                ok, value = self._conn.recv()
-            except (EOFError, OSError) as exc:
-                raise RuntimeError(f"switch process {self.proc.pid} is gone "
-                                   f"(exit code {self.proc.poll()})") from exc
-        if not ok:
-            raise value
-        return value
-
-    def __getattr__(self, method: str):
-        if method not in _REMOTE:
-            raise AttributeError(method)
-        return lambda *args, **kw: self._call(method, *args, **kw)
+    def _gone(self) -> str:
+        return f"switch process {self.proc.pid} is gone (exit code {self.proc.poll()})"
 
     def close(self) -> None:
         """Stop the loop, close its sockets, end the process (by its pid if it hangs)."""
