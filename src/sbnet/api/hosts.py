@@ -18,9 +18,10 @@ from sbnet.model.errors import BadRequest, Forbidden, NotFound
 
 HOST_TYPE = "host"              # the store's resource type: it rides the change feed
 STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
-DATAPATHS = ("ovs", "reference")
+DATAPATHS = ("ovs", "reference", "ebpf")
 AGENT_DOWN_TIME = 75.0          # Neutron's agent_down_time default (s without a heartbeat)
-AGENT_TYPES = {"ovs": "Open vSwitch agent", "reference": "sbnet reference switch agent"}
+AGENT_TYPES = {"ovs": "Open vSwitch agent", "reference": "sbnet reference switch agent",
+               "ebpf": "sbnet eBPF agent"}
 _AGENT_NS = uuid.UUID("5b6e6574-0000-4000-8000-000000000017")   # agent ids from host names
 
 
@@ -79,7 +80,7 @@ def vif_binding(config: dict) -> tuple[str, dict]:
     Neutron's mechanism drivers say it: OVS names its bridge and datapath type (os-vif plugs
     into that, a netdev bridge included); the reference switch takes a tap device named
     tap + the port id's first 11 characters, as Nova names them."""
-    if config.get("datapath") == "reference":
+    if config.get("datapath") in ("reference", "ebpf"):
         return "tap", {"port_filter": True, "connectivity": "l2"}
     return "ovs", {"port_filter": True, "connectivity": "l2", "ovs_hybrid_plug": False,
                    "datapath_type": config.get("datapath_type") or "system",
@@ -151,7 +152,9 @@ def check_host(name: str, body: Any) -> dict:
     profile = h.get("profile") or "software"
     if not isinstance(profile, str):
         raise BadRequest("Invalid input for profile: a NIC profile name")
-    datapath = h.get("datapath") or "ovs"
+    # Without `datapath`, the suffix of agent_type (sbnet-ovs, sbnet-reference) says it.
+    datapath = h.get("datapath") or str(h.get("agent_type") or "").rpartition("-")[2]
+    datapath = datapath if datapath in DATAPATHS or h.get("datapath") else "ovs"
     if datapath not in DATAPATHS:
         raise BadRequest(f"Invalid input for datapath: {datapath!r} is not one of "
                          f"{', '.join(DATAPATHS)}")
