@@ -49,23 +49,10 @@ def _daemon_netns(pidfile: str) -> str | None:
     return None
 
 
-def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list):
-    """The reference switch on AF_PACKET in this process: the underlay interface, tunnel
-    ports, and VIFs found as tap interfaces named for bound ports (attached as they appear)."""
+def _tap_attacher(dp, agent_ref: list):
+    """vifs() for the agent: tap interfaces named for its bound ports, attached to `dp` as
+    they appear and detached when they go."""
     from sbnet.agent.agent import vif_name
-    from sbnet.datapath.afpacket import AfPacketDatapath
-    from sbnet.datapath.switch import Switch
-    from sbnet.datapath.tunnel import TunnelPort
-    dp = AfPacketDatapath(Switch("br-sbnet")).start()
-    underlay_ofport = 65000
-    dp.attach(underlay_ofport, underlay)
-    dp.underlay("add_port", underlay_ofport, underlay_mac)
-    dp.underlay("add_local", tunnel_ip)
-    dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
-    for kind, ofport in TUNNEL_OFPORTS.items():
-        dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
-    svc = ServicePort()
-    dp.attach(SERVICE_OFPORT, svc.create())
     attached: dict[str, int] = {}
 
     def vifs() -> dict[str, int]:
@@ -80,7 +67,51 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
         for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
             dp.detach(attached.pop(pid))
         return dict(attached)
-    return dp, vifs, svc
+    return vifs
+
+
+def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list):
+    """The reference switch on AF_PACKET in this process: the underlay interface, tunnel
+    ports, and VIFs found as tap interfaces named for bound ports (attached as they appear)."""
+    from sbnet.datapath.afpacket import AfPacketDatapath
+    from sbnet.datapath.switch import Switch
+    from sbnet.datapath.tunnel import TunnelPort
+    dp = AfPacketDatapath(Switch("br-sbnet")).start()
+    underlay_ofport = 65000
+    dp.attach(underlay_ofport, underlay)
+    dp.underlay("add_port", underlay_ofport, underlay_mac)
+    dp.underlay("add_local", tunnel_ip)
+    dp.underlay("add_route", prefix, underlay_ofport, None, tunnel_ip)
+    for kind, ofport in TUNNEL_OFPORTS.items():
+        dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
+    svc = ServicePort()
+    dp.attach(SERVICE_OFPORT, svc.create())
+    return dp, _tap_attacher(dp, agent_ref), svc
+
+
+def _ebpf(tunnel_ip: str, agent_ref: list):
+    """The kernel eBPF tier with the reference switch as its slow path, in this process.
+    The underlay is the host's own: VXLAN through a kernel collect_md device, and the slow
+    path's tunnel packets sent as UDP through the host's routes and neighbours."""
+    from sbnet.datapath.ebpf.datapath import EbpfDatapath
+    from sbnet.datapath.ebpf.tier import available
+    from sbnet.datapath.switch import Switch
+    from sbnet.datapath.tunnel import TunnelPort
+    why = available()
+    if why is not None:
+        raise typer.BadParameter(f"--datapath ebpf: {why} (--datapath reference runs anywhere)")
+    dp = EbpfDatapath(Switch("br-sbnet")).start()
+    underlay_ofport, gateway = 65000, "169.254.0.1"
+    dp.underlay("add_port", underlay_ofport, "02:00:00:00:00:01")
+    dp.underlay("add_local", tunnel_ip)
+    # Every tunnel packet of the slow path goes to one pseudo next hop; the kernel routes it.
+    dp.underlay("add_route", "0.0.0.0/0", underlay_ofport, gateway, tunnel_ip)
+    dp.underlay("add_neighbour", gateway, "02:00:00:00:00:02")
+    for kind, ofport in TUNNEL_OFPORTS.items():
+        dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"sb{kind}0")
+    svc = ServicePort()
+    dp.attach(SERVICE_OFPORT, svc.create())
+    return dp, _tap_attacher(dp, agent_ref), svc
 
 
 def register(app: typer.Typer) -> None:
@@ -89,7 +120,7 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(..., help="this host's name (ports bind to it by binding:host_id)"),
         api: str = typer.Option("http://127.0.0.1:9696", help="the Neutron API's URL"),
         tunnel_ip: str = typer.Option(..., help="this host's tunnel endpoint address"),
-        datapath: str = typer.Option("ovs", help="ovs | reference"),
+        datapath: str = typer.Option("ovs", help="ovs | reference | ebpf"),
         bridge: str = typer.Option("br-int", help="OVS: the integration bridge"),
         ovs_rundir: str = typer.Option("/var/run/openvswitch", help="OVS: its run directory"),
         underlay: str = typer.Option("", help="reference: the underlay interface"),
@@ -130,8 +161,10 @@ def register(app: typer.Typer) -> None:
             for item in neighbour:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
+        elif datapath == "ebpf":
+            dp, vifs, svc = _ebpf(tunnel_ip, ref)
         else:
-            raise typer.BadParameter("--datapath must be ovs or reference")
+            raise typer.BadParameter("--datapath must be ovs, reference or ebpf")
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60), token=token)
         a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs,
                       service_ofport=SERVICE_OFPORT, slow_path=svc.start())
@@ -151,7 +184,7 @@ def register(app: typer.Typer) -> None:
                           + ("give --token-file with an admin token" if exc.status in (401, 403)
                              else str(exc)), highlight=False)
             svc.close()
-            if datapath == "reference":
+            if datapath in ("reference", "ebpf"):
                 dp.close()
             raise typer.Exit(1) from None
         if not up:
@@ -181,5 +214,5 @@ def register(app: typer.Typer) -> None:
                               f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "
                               f"({r.seconds * 1000:.0f} ms)")
         svc.close()
-        if datapath == "reference":
+        if datapath in ("reference", "ebpf"):
             dp.close()
