@@ -3,6 +3,10 @@
 import re
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import raw
 
 from sbnet.datapath import odp
 from sbnet.datapath.ebpf import layout as L
@@ -77,3 +81,18 @@ def test_profile_places_security_group_megaflows_and_refuses_registers():
     assert place(p, new).tier == "software" and "ct_state" in place(p, new).reason
     regs = megaflow({"reg3": 1})
     assert "registers never reach a datapath key" in place(p, regs).reason
+
+
+@pytest.mark.parametrize("pkt", [
+    Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=2) / b"abc",
+    Ether() / Dot1Q(vlan=5) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=3, dport=4) / b"q",
+    Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=5, dport=6) / b"xyz12",
+])
+def test_slow_path_completes_checksums_a_vm_left_to_the_nic(pkt):
+    from sbnet.datapath.ebpf.datapath import complete_l4_checksum
+    good = raw(pkt)
+    l4 = len(good) - len(raw(pkt[TCP] if TCP in pkt else pkt[UDP]))
+    at = l4 + (16 if TCP in pkt else 6)
+    partial = good[:at] + b"\x12\x34" + good[at + 2:]     # only the pseudo-header sum, say
+    assert complete_l4_checksum(partial) == good
+    assert complete_l4_checksum(good) == good

@@ -78,3 +78,28 @@ def test_stateful_tcp_runs_in_the_kernel_after_the_first_packets(two_vms):
     gone = [f for f in parse_file(FLOWS).flows if f.table == 1 and "in_port=1" in str(f)]
     dp.delete_flows(gone)
     assert sh("ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.0.2", netns=vm1, check=False).returncode != 0
+
+
+def test_vxlan_between_two_hosts_runs_in_the_kernel():
+    """Two hosts on the ebpf backend joined by VXLAN (kernel collect_md devices): after the
+    first packets every packet is encapsulated and decapsulated by the kernel tier."""
+    require_bpf()
+    from sbnet.agent.netns import Topology, overlay_pair, require_netns
+    require_netns()
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        p = overlay_pair(topo, "ebpf")
+        assert topo.ping(p.vm1, p.vm2.address, count=3, interval=0.2).returncode == 0
+        srv = topo.popen(p.vm2, "iperf3", "-s", "-1", "-p", "5201")
+        import time
+        time.sleep(0.5)
+        res = topo.run(p.vm1, "iperf3", "-c", p.vm2.address, "-p", "5201", "-t", "2", "-J",
+                       check=False, timeout=60)
+        srv.wait(timeout=10)
+        rep = json.loads(res.stdout)
+        assert not rep.get("error"), rep.get("error")
+        for h in (p.h1, p.h2):
+            st = h.datapath.kernel_stats()
+            assert st["hit"] > 50 * max(1, st["upcall"]), (h.name, st)
+            lines = h.datapath.dump_megaflows()
+            assert all("tier:ebpf" in ln for ln in lines), lines

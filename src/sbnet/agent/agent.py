@@ -25,7 +25,8 @@ def datapath_config(datapath) -> dict:
     if isinstance(datapath, OvsDatapath):
         return {"datapath": "ovs", "bridge": datapath.bridge,
                 "datapath_type": datapath.datapath_type}
-    return {"datapath": "reference"}
+    # The kernel tier is named without importing it (it loads BPF programs on import).
+    return {"datapath": "ebpf" if type(datapath).__name__ == "EbpfDatapath" else "reference"}
 
 
 def vif_name(port_id: str) -> str:

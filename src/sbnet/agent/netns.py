@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 BACKENDS = ("ovs", "reference")
+# Backends a host can run; "ebpf" (the kernel tier, root and BPF needed) is asked for by name.
+HOST_BACKENDS = BACKENDS + ("ebpf",)
 UNDERLAY_NET = ipaddress.ip_network("10.250.0.0/24")
 UNDERLAY_OFPORT = 1000          # the reference switch's port on the underlay veth
 VM_MTU = 1450                   # room for a VXLAN/Geneve header on a 1500-byte underlay
@@ -214,8 +216,8 @@ class Topology:
         backend "ovs": ovsdb-server and ovs-vswitchd in the namespace, bridges br-int
         (the datapath) and br-phy (the underlay); "reference": the reference switch on
         AF_PACKET, in a process of its own (process=False: a thread of this one)."""
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if backend not in HOST_BACKENDS:
+            raise ValueError(f"backend must be one of {HOST_BACKENDS}, not {backend!r}")
         if name in self.hosts:
             raise ValueError(f"host {name} already exists")
         index = len(self.hosts) + 1
@@ -227,12 +229,14 @@ class Topology:
            "peer", "name", f"h{index}", "netns", ul)
         sh("ip", "-n", ul, "link", "set", f"h{index}", "master", "br0", "up")
         # Under OVS the underlay MAC is br-phy's; the veth beneath it gets another.
-        ul0_mac = mac if backend == "reference" else _other_mac(mac)
+        ul0_mac = mac if backend in ("reference", "ebpf") else _other_mac(mac)
         sh("ip", "-n", ns, "link", "set", "ul0", "address", ul0_mac, "arp", "off", "up")
         host = Host(name, ns, backend, index, ip, mac)
         self.hosts[name] = host
         if backend == "ovs":
             self._start_ovs(host, hw_offload)
+        elif backend == "ebpf":
+            self._start_ebpf(host)
         else:
             self._start_reference(host, process)
         for other in self.hosts.values():
@@ -274,8 +278,23 @@ class Topology:
         dp.underlay("add_local", host.underlay_ip)
         dp.underlay("add_route", str(UNDERLAY_NET), UNDERLAY_OFPORT, None, host.underlay_ip)
 
+    def _start_ebpf(self, host: Host) -> None:
+        """The kernel tier in a process of its own; the host's kernel owns the underlay
+        address (its VXLAN devices send and receive through the host's routes)."""
+        from sbnet.datapath.afpacket import AfPacketProcess
+        plen = UNDERLAY_NET.prefixlen
+        sh("ip", "-n", host.netns, "link", "set", "ul0", "arp", "on")
+        sh("ip", "-n", host.netns, "addr", "add", f"{host.underlay_ip}/{plen}", "dev", "ul0")
+        host.datapath = dp = AfPacketProcess(f"{host.name}-br", netns=host.netns, kind="ebpf")
+        dp.underlay("add_port", UNDERLAY_OFPORT, host.underlay_mac)
+        dp.underlay("add_local", host.underlay_ip)
+        dp.underlay("add_route", str(UNDERLAY_NET), UNDERLAY_OFPORT, None, host.underlay_ip)
+
     def _neighbours(self, host: Host, peer: Host) -> None:
         """Static underlay neighbour entries: tunnels never wait for ARP."""
+        if host.backend == "ebpf":
+            sh("ip", "-n", host.netns, "neigh", "replace", peer.underlay_ip, "lladdr",
+               peer.underlay_mac, "dev", "ul0", "nud", "permanent")
         if host.backend == "ovs":
             host.ovs.appctl("tnl/neigh/set", "br-phy", peer.underlay_ip, peer.underlay_mac)
         else:
@@ -323,8 +342,10 @@ class Topology:
             sh("ip", "-n", ns, "-6", "addr", "add", addr, "dev", "eth0")
         if gateway6:
             sh("ip", "-n", ns, "-6", "route", "add", "default", "via", gateway6, "dev", "eth0")
-        # Checksums are left to the NIC otherwise, and no switch here fills them in.
-        sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
+        # Checksums are left to the NIC otherwise, and no switch here fills them in; the
+        # kernel tier (ebpf) does, so its VMs keep their offloads as virtio VMs have them.
+        if host.backend != "ebpf":
+            sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
         sh("ip", "-n", host.netns, "link", "set", port, "arp", "off", "up")
         if host.backend == "ovs":
             host.datapath.add_port(port, ofport)

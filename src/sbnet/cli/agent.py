@@ -151,13 +151,40 @@ def _link_mac(netns: str | None, dev: str) -> str:
     return json.loads(_ip(netns, "-j", "link", "show", dev).stdout)[0]["address"]
 
 
+def _tap_attacher(dp, agent_ref: list, netns: str | None = None,
+                  adopt: dict[str, int] | None = None, after=None):
+    """vifs() for the agent: tap interfaces named for its bound ports (in `netns`), attached
+    to `dp` as they appear and detached when they go; `adopt`: taps the datapath already
+    has (name -> ofport, after a restart), taken as they are; `after(agent)` runs on each."""
+    from sbnet.agent.agent import vif_name
+    attached: dict[str, int] = {}
+    adopt = dict(adopt or {})
+
+    def vifs() -> dict[str, int]:
+        agent = agent_ref[0]
+        present = _links(netns)
+        for pid in agent.mirror.by_type.get("port", {}):
+            name = vif_name(pid)
+            if name in adopt and pid not in attached:
+                attached[pid] = adopt.pop(name)
+            if name in present and pid not in attached:
+                ofport = max([0, *attached.values(), *adopt.values()]) + 1
+                dp.attach(ofport, name)
+                attached[pid] = ofport
+        for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
+            dp.detach(attached.pop(pid))
+        if after is not None:
+            after(agent)
+        return dict(attached)
+    return vifs
+
+
 def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list,
                netns: str | None, say, switch_socket: str):
     """The reference switch on AF_PACKET in a daemon of its own (started if none answers
     at `switch_socket`, taken up again after a restart: traffic goes on meanwhile): the
     underlay interface (its neighbours resolved by ARP), tunnel ports, the slow-path port,
     and VIFs found as tap interfaces named for bound ports (attached as they appear)."""
-    from sbnet.agent.agent import vif_name
     from sbnet.agent.neighbours import UnderlayArp
     from sbnet.agent.switchd import SwitchClient
     from sbnet.datapath.tunnel import TunnelPort
@@ -183,29 +210,41 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
                       remove=lambda ip: dp.underlay("remove_neighbour", ip),
                       say=say, netns=netns).start()
     # VIFs the daemon already switches (a restart): taken up as they are.
-    by_name = {n: o for n, o in have.items() if n.startswith("tap")}
-    attached: dict[str, int] = {}
+    adopt = {n: o for n, o in have.items() if n.startswith("tap")}
 
-    def vifs() -> dict[str, int]:
-        agent = agent_ref[0]
-        present = _links(netns)
-        for pid in agent.mirror.by_type.get("port", {}):
-            name = vif_name(pid)
-            if name in by_name and pid not in attached:
-                attached[pid] = by_name.pop(name)
-            if name in present and pid not in attached:
-                ofport = max([0, *attached.values(), *by_name.values()]) + 1
-                dp.attach(ofport, name)
-                attached[pid] = ofport
-        for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
-            dp.detach(attached.pop(pid))
-        # Peers' tunnel endpoints on the underlay subnet: the ones to keep resolved.
+    def peers(agent) -> None:
+        """Peers' tunnel endpoints on the underlay subnet: the ones to keep resolved."""
         import ipaddress
         net = ipaddress.ip_network(prefix, strict=False)
         arp.want({h["tunnel_ip"] for h in agent.mirror.by_type.get("host", {}).values()
                   if h["id"] != agent.host and ipaddress.ip_address(h["tunnel_ip"]) in net})
-        return dict(attached)
+    vifs = _tap_attacher(dp, agent_ref, netns, adopt, peers)
     return dp, vifs, svc, arp
+
+
+def _ebpf(tunnel_ip: str, agent_ref: list):
+    """The kernel eBPF tier with the reference switch as its slow path, in this process.
+    The underlay is the host's own: VXLAN through a kernel collect_md device, and the slow
+    path's tunnel packets sent as UDP through the host's routes and neighbours."""
+    from sbnet.datapath.ebpf.datapath import EbpfDatapath
+    from sbnet.datapath.ebpf.tier import available
+    from sbnet.datapath.switch import Switch
+    from sbnet.datapath.tunnel import TunnelPort
+    why = available()
+    if why is not None:
+        raise typer.BadParameter(f"--datapath ebpf: {why} (--datapath reference runs anywhere)")
+    dp = EbpfDatapath(Switch("br-sbnet")).start()
+    underlay_ofport, gateway = 65000, "169.254.0.1"
+    dp.underlay("add_port", underlay_ofport, "02:00:00:00:00:01")
+    dp.underlay("add_local", tunnel_ip)
+    # Every tunnel packet of the slow path goes to one pseudo next hop; the kernel routes it.
+    dp.underlay("add_route", "0.0.0.0/0", underlay_ofport, gateway, tunnel_ip)
+    dp.underlay("add_neighbour", gateway, "02:00:00:00:00:02")
+    for kind, ofport in TUNNEL_OFPORTS.items():
+        dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"sb{kind}0")
+    svc = ServicePort()
+    dp.attach(SERVICE_OFPORT, svc.create())
+    return dp, _tap_attacher(dp, agent_ref), svc
 
 
 def register(app: typer.Typer) -> None:
@@ -214,7 +253,7 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(..., help="this host's name (ports bind to it by binding:host_id)"),
         api: str = typer.Option("http://127.0.0.1:9696", help="the Neutron API's URL"),
         tunnel_ip: str = typer.Option(..., help="this host's tunnel endpoint address"),
-        datapath: str = typer.Option("ovs", help="ovs | reference"),
+        datapath: str = typer.Option("ovs", help="ovs | reference | ebpf"),
         bridge: str = typer.Option("br-int", help="OVS: the integration bridge (an existing "
                                    "one is used as it is, never changed: see README)"),
         datapath_type: str = typer.Option("netdev", help="OVS: the datapath type of a bridge "
@@ -278,8 +317,10 @@ def register(app: typer.Typer) -> None:
             for item in neighbour:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
+        elif datapath == "ebpf":
+            dp, vifs, svc = _ebpf(tunnel_ip, ref)
         else:
-            raise typer.BadParameter("--datapath must be ovs or reference")
+            raise typer.BadParameter("--datapath must be ovs, reference or ebpf")
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60), token=token)
         a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs,
                       service_ofport=SERVICE_OFPORT, slow_path=svc.start())
@@ -297,7 +338,7 @@ def register(app: typer.Typer) -> None:
             if arp is not None:
                 arp.close()
             svc.close()
-            if datapath == "reference":
+            if datapath in ("reference", "ebpf"):
                 dp.close()
         try:
             up = a.start_when_up(lambda line: console.print(line, highlight=False))

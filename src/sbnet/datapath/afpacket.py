@@ -323,7 +323,7 @@ class AfPacketDatapath:
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour", "remove_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
 _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
-           "loop_errors",
+           "loop_errors", "kernel_stats",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats")
 
@@ -364,13 +364,16 @@ class AfPacketProcess(RemoteDatapath):
     main module).
     """
 
-    def __init__(self, name: str = "br0", netns: str | None = None) -> None:
+    def __init__(self, name: str = "br0", netns: str | None = None, kind: str = "afpacket") -> None:
+        """kind "ebpf": the kernel tier's datapath (sbnet.datapath.ebpf.datapath) instead."""
+        if kind not in ("afpacket", "ebpf"):
+            raise ValueError(f"switch process kind must be afpacket or ebpf, not {kind!r}")
         ours, theirs = socket.socketpair()
         self._lock = threading.Lock()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from sbnet.datapath.afpacket import _child; _child()",
-                 str(theirs.fileno()), name, netns or ""],
+                 str(theirs.fileno()), name, netns or "", kind],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             theirs.close()
@@ -411,19 +414,29 @@ class AfPacketProcess(RemoteDatapath):
 
 
 def _child() -> None:
-    """Entry point of a switch process: argv is the socket fd, switch name, namespace."""
+    """Entry point of a switch process: argv is the socket fd, switch name, namespace, kind."""
     fd, name, netns = int(sys.argv[1]), sys.argv[2], sys.argv[3] or None
-    _serve(Connection(fd), name, netns)
+    _serve(Connection(fd), name, netns, sys.argv[4] if len(sys.argv) > 4 else "afpacket")
 
 
-def _serve(conn, name: str, netns: str | None) -> None:
+def _serve(conn, name: str, netns: str | None, kind: str = "afpacket") -> None:
     """The switch process: enter the namespace, run the loop in a thread, answer calls."""
     if netns is not None:
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into {netns}")
         os.close(fd)
-    dp = AfPacketDatapath(Switch(name)).start()
+    if kind == "ebpf":
+        from sbnet.datapath.ebpf.datapath import EbpfDatapath
+        try:
+            dp = EbpfDatapath(Switch(name)).start()
+        except Exception as exc:           # no BPF here: the parent's first call says why
+            with contextlib.suppress(Exception):
+                conn.recv()
+                conn.send((False, exc))
+            return
+    else:
+        dp = AfPacketDatapath(Switch(name)).start()
     while True:
         try:
             method, args, kw = conn.recv()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
+import subprocess
 import threading
 import time
 
@@ -12,14 +14,19 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.afpacket import in_netns
 from sbnet.datapath.batch import Batch
+from sbnet.datapath.checksum import internet_checksum
 from sbnet.datapath.ebpf import layout as L
 from sbnet.datapath.ebpf.conns import established
 from sbnet.datapath.ebpf.libbpf import RingBuffer, tc_attach_ingress, tc_detach_ingress
 from sbnet.datapath.ebpf.tier import EbpfTier
 from sbnet.datapath.ports import Port
 from sbnet.datapath.switch import Switch
+from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
 from sbnet.flows.flow import Flow
+
+VXLAN_PORT = 4789
+_UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
 
 
 class TxPort(Port):
@@ -45,6 +52,49 @@ class TxPort(Port):
 
     def close(self) -> None:
         self.sock.close()
+
+
+class UdpUnderlayPort(Port):
+    """The slow path's underlay port: each tunnel frame the switch encapsulates leaves as the
+    UDP datagram it carries, sent by the host's kernel (its routes and neighbours choose
+    the way), so the switch needs no underlay MACs of its own."""
+
+    def __init__(self, ofport: int, netns: str | None = None) -> None:
+        super().__init__(ofport, "underlay")
+        self.tx_errors = 0
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def deliver(self, batch: Batch) -> None:
+        super().deliver(batch)
+        for pkt in batch.packets():
+            if len(pkt) < 42 or pkt[12:14] != b"\x08\x00" or pkt[23] != socket.IPPROTO_UDP:
+                self.tx_errors += 1
+                continue
+            ihl = (pkt[14] & 15) * 4
+            dst = socket.inet_ntoa(pkt[30:34])
+            dport = int.from_bytes(pkt[14 + ihl + 2:14 + ihl + 4], "big")
+            try:
+                self.sock.sendto(pkt[14 + ihl + 8:], (dst, dport))
+            except OSError:
+                self.tx_errors += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:
+    """An Ethernet/IPv4/UDP/VXLAN frame around `inner`, as the kernel's VXLAN device received
+    it (the slow path decapsulates it again, so its switch sees the tunnel key)."""
+    udp_len = 8 + 8 + len(inner)
+    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, src, dst))
+    total = sum(struct.unpack("!10H", bytes(ip)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    ip[10:12] = struct.pack("!H", ~total & 0xFFFF)
+    udp = struct.pack("!HHHH", 49152, VXLAN_PORT, udp_len, 0)
+    return (b"\x02\0\0\0\0\x01" * 2 + b"\x08\x00" + bytes(ip) + udp
+            + struct.pack("!II", 0x08000000, vni << 8) + inner)
 
 
 class EbpfDatapath:
@@ -78,6 +128,8 @@ class EbpfDatapath:
         self._conns: set[tuple] = set()       # connection map entries, as ConnEntry keys
         self.switch.on_evict.append(self._evicted)
         self._attached: dict[int, int] = {}   # ofport -> ifindex
+        self._devices: list[str] = []          # tunnel devices made here, deleted by close()
+        self._underlay_port: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.batches = self.errors = 0
@@ -98,6 +150,41 @@ class EbpfDatapath:
             self._attached[ofport] = port.ifindex
         return port
 
+    def add_tunnel_port(self, tunnel: TunnelPort, name: str | None = None) -> Port:
+        """A tunnel port: a kernel VXLAN device in external (collect_md) mode, the program at
+        its ingress reading the tunnel key; the switch knows the port for the slow path."""
+        name = name or f"{tunnel.kind}{tunnel.ofport}"
+        with self.lock:
+            port = self.switch.add_tunnel_port(tunnel, name)
+            if tunnel.kind != "vxlan":
+                return port        # the slow path alone carries it (placement says why)
+            ns = ["ip", "netns", "exec", self.netns] if self.netns else []
+            res = subprocess.run([*ns, "ip", "link", "add", name, "type", "vxlan", "external",
+                                  "dstport", str(tunnel.dst_port or VXLAN_PORT)],
+                                 capture_output=True, text=True)
+            if res.returncode:
+                self.switch.remove_port(tunnel.ofport)
+                raise OSError(f"cannot make VXLAN device {name}: {res.stderr.strip()}")
+            self._devices.append(name)
+            subprocess.run([*ns, "ip", "link", "set", name, "up"], check=True)
+            with in_netns(self.netns):
+                ifindex = socket.if_nametoindex(name)
+                tc_attach_ingress(ifindex, self.tier.prog_fd)
+            self.tier.add_port(tunnel.ofport, ifindex, tunnel)
+            self._attached[tunnel.ofport] = ifindex
+            return port
+
+    def underlay(self, op: str, *args) -> None:
+        """The slow path's underlay (an Underlay method: add_port, add_local, add_route,
+        add_neighbour); its port sends what the switch encapsulates as UDP through the kernel."""
+        if op not in _UNDERLAY_OPS:
+            raise ValueError(f"underlay op must be one of {_UNDERLAY_OPS}")
+        with self.lock:
+            if op == "add_port":
+                self.switch.add_port(args[0], "underlay", port=UdpUnderlayPort(args[0], self.netns))
+                self._underlay_port = args[0]
+            getattr(self.switch.underlay, op)(*args)
+
     def detach(self, ofport: int) -> None:
         with self.lock:
             ifindex = self._attached.pop(ofport, None)
@@ -109,13 +196,20 @@ class EbpfDatapath:
 
     # -- the slow path -------------------------------------------------------------
     def _upcall(self, rec: bytes) -> None:
-        (_, in_port, length, caplen, _, _, _, _, _, vlan, _) = L.UPCALL.unpack_from(rec)
+        (_, in_port, length, caplen, _, tun, tun_id, tun_src, tun_dst, vlan, _) = \
+            L.UPCALL.unpack_from(rec)
         frame = rec[L.UPCALL.size:L.UPCALL.size + caplen]
         if caplen < length - (4 if vlan else 0):
             self.truncated += 1           # larger than an upcall carries: its sender resends
             return
         if vlan:
             frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
+        if tun and self._underlay_port is not None:
+            frame, in_port = _outer(frame, tun_id, tun_src, tun_dst), self._underlay_port
+        else:
+            # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel
+            # path keeps that state with the packet; the bytes that came up do not).
+            frame = complete_l4_checksum(frame)
         self._frames.append(frame)
         self._in_ports.append(in_port)
 
@@ -220,6 +314,12 @@ class EbpfDatapath:
         with self.lock:
             for ofport in list(self._attached):
                 self.detach(ofport)
+            ns = ["ip", "netns", "exec", self.netns] if self.netns else []
+            for dev in self._devices:
+                subprocess.run([*ns, "ip", "link", "del", dev], capture_output=True)
+            for port in list(self.switch.ports.values()):
+                if isinstance(port, UdpUnderlayPort):
+                    port.close()
             self.ring.close()
             self.tier.close()
 
@@ -266,6 +366,22 @@ class EbpfDatapath:
         with self.lock:
             return self.switch.conntrack.dump(zone)
 
+    def delete_group(self, group_id: int) -> None:
+        with self.lock:
+            self.switch.delete_group(group_id)
+
+    def delete_meter(self, meter_id: int) -> list[Flow]:
+        with self.lock:
+            return self.switch.delete_meter(meter_id)
+
+    def dump_meters(self) -> list:
+        with self.lock:
+            return self.switch.dump_meters()
+
+    def meter_stats(self) -> list:
+        with self.lock:
+            return self.switch.meter_stats()
+
     def port_stats(self) -> dict[int, tuple[int, int, int]]:
         with self.lock:
             return {n: (p.rx_packets, p.tx_packets, getattr(p, "tx_errors", 0))
@@ -282,6 +398,39 @@ class EbpfDatapath:
     def kernel_stats(self) -> dict[str, int]:
         """The program's counters: hits, misses, upcalls, drops (sbnet.datapath.ebpf.layout.STATS)."""
         return self.tier.stats()
+
+
+def complete_l4_checksum(frame: bytes) -> bytes:
+    """The frame with its TCP or UDP checksum computed in full (IPv4 or IPv6 without
+    extension headers, at most one VLAN tag); other frames as they are."""
+    off = 14
+    et = frame[12:14]
+    if et in (b"\x81\x00", b"\x88\xa8") and len(frame) >= 18:
+        off, et = 18, frame[16:18]
+    if et == b"\x08\x00" and len(frame) >= off + 20:
+        ihl = (frame[off] & 15) * 4
+        total = int.from_bytes(frame[off + 2:off + 4], "big")
+        proto = frame[off + 9]
+        frag = int.from_bytes(frame[off + 6:off + 8], "big") & 0x3FFF
+        if frag or ihl < 20:
+            return frame
+        l4, end = off + ihl, off + total
+        pseudo = frame[off + 12:off + 20] + bytes([0, proto]) + (end - l4).to_bytes(2, "big")
+    elif et == b"\x86\xdd" and len(frame) >= off + 40:
+        proto = frame[off + 6]
+        l4, end = off + 40, off + 40 + int.from_bytes(frame[off + 4:off + 6], "big")
+        pseudo = frame[off + 8:off + 40] + (end - l4).to_bytes(4, "big") + bytes([0, 0, 0, proto])
+    else:
+        return frame
+    at = {F.IP_TCP: 16, F.IP_UDP: 6}.get(proto)
+    if at is None or end > len(frame) or end - l4 < at + 2:
+        return frame
+    seg = bytearray(frame[l4:end])
+    seg[at:at + 2] = b"\0\0"
+    c = internet_checksum(pseudo + bytes(seg))
+    if proto == F.IP_UDP and c == 0:
+        c = 0xFFFF
+    return frame[:l4 + at] + c.to_bytes(2, "big") + frame[l4 + at + 2:]
 
 
 def _five_tuple(frame: bytes) -> tuple | None:

@@ -134,7 +134,7 @@ def _tunnel(push: odp.TunnelPush, ports: dict[int, KernelPort]) -> list[tuple]:
     if tp.kind != "vxlan":
         raise NotInKernel(f"{tp.kind} tunnels stay in software (the kernel has no {tp.kind} device here)")
     tun = dict(push.tun)
-    if any(n.startswith(("tun_ipv6", "tun_metadata")) for n in tun) or \
+    if any(v for n, v in tun.items() if n.startswith(("tun_ipv6", "tun_metadata"))) or \
             (tp.remote and tp.remote[0] == 6) or (tp.local and tp.local[0] == 6):
         raise NotInKernel("IPv6 underlay tunnels stay in software")
     if tp.tos != 0 or tp.ttl != 64 or tp.csum:
