@@ -113,6 +113,10 @@ class EbpfDatapath:
                  maintain_every: float = 1.0, capacity: int = 65536,
                  upcall_rate: int = 0, upcall_burst: int = 0) -> None:
         self.switch = switch or Switch()
+        # The kernel forwards established segments the slow path's conntrack never sees, so
+        # its TCP windows go stale: it must not call a later FIN or RST invalid for that
+        # (Linux's flowtable offload marks its connections "be liberal" the same way).
+        self.switch.conntrack.tcp_liberal = True
         self.netns = netns
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
@@ -121,6 +125,7 @@ class EbpfDatapath:
             self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)
         self._frames: list[bytes] = []
         self._in_ports: list[int] = []
+        self._inner: list[bytes] = []          # the same frames before any tunnel header
         self.truncated = 0
         self.ring = RingBuffer(self.tier.upcalls_fd, self._upcall)
         self._offered = 0                     # megaflow ids below this were offered to the kernel
@@ -204,26 +209,27 @@ class EbpfDatapath:
             return
         if vlan:
             frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
+        # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel path
+        # keeps that state with the packet, across veths and tunnels; the bytes that came
+        # up do not).
+        frame = complete_l4_checksum(frame)
+        self._inner.append(frame)
         if tun and self._underlay_port is not None:
             frame, in_port = _outer(frame, tun_id, tun_src, tun_dst), self._underlay_port
-        else:
-            # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel
-            # path keeps that state with the packet; the bytes that came up do not).
-            frame = complete_l4_checksum(frame)
         self._frames.append(frame)
         self._in_ports.append(in_port)
 
     def poll_once(self, timeout: float = 0.1) -> int:
         """Wait up to `timeout` s for upcalls; switch what came up and install its megaflows."""
         self.ring.poll(int(timeout * 1000))
-        frames, ports = self._frames, self._in_ports
+        frames, ports, inner = self._frames, self._in_ports, self._inner
         if not frames:
             return 0
-        self._frames, self._in_ports = [], []
+        self._frames, self._in_ports, self._inner = [], [], []
         with self.lock:
             self.switch.process(Batch.from_packets(frames, ports))
             self._install_new()
-            self._hand_down(frames)
+            self._hand_down(inner)
         self.batches += 1
         return len(frames)
 
