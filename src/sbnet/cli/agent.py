@@ -68,7 +68,9 @@ def _ovs(rundir: str, bridge: str, tunnel_ip: str, datapath_type: str = "netdev"
     name = svc.create()
     if name not in have:
         dp.add_port(name, SERVICE_OFPORT)
-    return dp, lambda: ovs.iface_ids(bridge), svc
+    from sbnet.agent.ovsdb import IfaceWatcher
+    watcher = IfaceWatcher(f"{rundir}/db.sock", bridge).start()
+    return dp, watcher, svc
 
 
 def _daemon_netns(pidfile: str) -> str | None:
@@ -295,14 +297,15 @@ def register(app: typer.Typer) -> None:
             if not token:
                 raise typer.BadParameter(f"--token-file {token_file} is empty")
         ref: list = []
-        arp = None
+        arp = watcher = None
         say = lambda line: console.print(f"{host}: {line}", highlight=False)  # noqa: E731
         if datapath == "ovs":
             try:
-                dp, vifs, svc = _ovs(ovs_rundir, bridge, tunnel_ip, datapath_type)
+                dp, watcher, svc = _ovs(ovs_rundir, bridge, tunnel_ip, datapath_type)
             except (BridgeRefused, HostRefused) as exc:
                 say(str(exc))
                 raise typer.Exit(1) from None
+            vifs = watcher.iface_ids
         elif datapath == "reference":
             if not (underlay and underlay_prefix):
                 raise typer.BadParameter("--datapath reference needs --underlay and "
@@ -337,6 +340,8 @@ def register(app: typer.Typer) -> None:
         def shutdown() -> None:
             if arp is not None:
                 arp.close()
+            if watcher is not None:
+                watcher.close()
             svc.close()
             if datapath in ("reference", "ebpf"):
                 dp.close()
