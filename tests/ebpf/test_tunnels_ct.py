@@ -2,6 +2,8 @@
 
 import ipaddress
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
@@ -155,3 +157,28 @@ def test_established_connections_in_the_connection_map(tier, sport, udp, data):
     for e in entries:
         tier.remove_conn(e.zone, e.proto, e.src, e.dst, e.sport, e.dport)
     assert tier.run(packets[0][1], packets[0][0]).verdict == "upcall"
+
+
+@pytest.mark.parametrize("unit, rate, burst, size", [("pktps", 1, 5, 100), ("kbps", 8, 4, 100)])
+def test_meter_passes_its_burst_then_drops_like_the_reference(tier, unit, rate, burst, size):
+    """A full bucket, packets back to back (no time to refill): the reference switch and the
+    kernel pass the same number, then drop the rest (kbps: 4 kbit = 500 bytes = 5 frames)."""
+    sw = Switch(clock=lambda: 0.0)
+    for p in (1, 2):
+        sw.add_port(p)
+    sw.load(f"meter=1,{unit},burst,band=type=drop,rate={rate},burst_size={burst}\n"
+            "priority=1,in_port=1 actions=meter:1,output:2")
+    frame = seg(C, S, 1000, 53, "", b"x" * (size - 42), udp=True)
+    ref = run_reference(sw, [(1, frame)] * 12)
+    passed_ref = sum(1 for o in ref.outputs if o)
+    tier.flush()
+    attach_ports(tier, sw)
+    m = sw.dump_meters()[0]
+    tier.set_meter(sw.meters.dp_id(m.meter_id), m.rate, m.burst or m.rate, m.unit == "pktps")
+    [mf] = sw.cache.flows.values()
+    assert tier.put(mf).tier == "ebpf"
+    got = [tier.run(frame, 1) for _ in range(12)]
+    assert sum(1 for g in got if g.outputs) == passed_ref == 5
+    assert [bool(g.outputs) for g in got] == [bool(o) for o in ref.outputs]
+    assert tier.meter_counts(sw.meters.dp_id(1)) == (5, 7)
+    tier.remove_meter(sw.meters.dp_id(1))

@@ -135,6 +135,7 @@ class EbpfDatapath:
         self._attached: dict[int, int] = {}   # ofport -> ifindex
         self._devices: list[str] = []          # tunnel devices made here, deleted by close()
         self._underlay_port: int | None = None
+        self._meters: dict[int, object] = {}    # datapath meter id -> MeterMod in the kernel
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.batches = self.errors = 0
@@ -339,6 +340,20 @@ class EbpfDatapath:
     def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups=(), **kw) -> None:
         with self.lock:
             self.switch.bundle(add=add, delete=delete, groups=groups, **kw)
+            if kw.get("meters"):
+                self._sync_meters()
+
+    def _sync_meters(self) -> None:
+        """The switch's meters in the kernel's meter map (a changed one starts full, as the
+        switch's does); megaflows name them by datapath id."""
+        want = {self.switch.meters.dp_id(m.meter_id): m for m in self.switch.dump_meters()}
+        for dp_id, m in want.items():
+            if self._meters.get(dp_id) != m:
+                self.tier.set_meter(dp_id, m.rate, m.burst or m.rate, m.unit == "pktps")
+                self._meters[dp_id] = m
+        for dp_id in set(self._meters) - set(want):
+            self.tier.remove_meter(dp_id)
+            del self._meters[dp_id]
 
     def add_flows(self, flows: list[Flow]) -> None:
         self.bundle(add=flows)
@@ -378,7 +393,9 @@ class EbpfDatapath:
 
     def delete_meter(self, meter_id: int) -> list[Flow]:
         with self.lock:
-            return self.switch.delete_meter(meter_id)
+            gone = self.switch.delete_meter(meter_id)
+            self._sync_meters()
+            return gone
 
     def dump_meters(self) -> list:
         with self.lock:

@@ -261,6 +261,10 @@ class EbpfTier:
             tokens_rate, cap, cap * 10**9, time.monotonic_ns(), 1 if packets else 0, 0, 0, 0, 0, 0))
         self.meters.add(dp_id)
 
+    def remove_meter(self, dp_id: int) -> None:
+        self.meters.discard(dp_id)
+        self.m_meters.delete(L.U32.pack(dp_id))
+
     def meter_counts(self, dp_id: int) -> tuple[int, int]:
         """(passed, dropped) packets of a kernel meter."""
         raw = self.m_meters.lookup(L.U32.pack(dp_id))

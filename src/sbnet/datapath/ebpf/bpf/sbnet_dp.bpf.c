@@ -474,7 +474,10 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 		return 0;
 	bpf_spin_lock(&m->lock);
 	__u64 cap = m->burst * 1000000000ull;
-	__u64 t = m->tokens + (now - m->last) * m->rate;
+	__u64 idle = now - m->last;
+	if (idle > 10000000000ull)
+		idle = 10000000000ull;  /* a bucket fills within seconds: no overflow after long idles */
+	__u64 t = m->tokens + idle * m->rate;
 	if (t > cap || t < m->tokens)
 		t = cap;
 	__u64 cost = (m->pkts ? 1 : (__u64)bytes) * 1000000000ull;
