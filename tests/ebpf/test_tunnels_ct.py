@@ -182,3 +182,24 @@ def test_meter_passes_its_burst_then_drops_like_the_reference(tier, unit, rate, 
     assert [bool(g.outputs) for g in got] == [bool(o) for o in ref.outputs]
     assert tier.meter_counts(sw.meters.dp_id(1)) == (5, 7)
     tier.remove_meter(sw.meters.dp_id(1))
+
+
+def test_upcalls_are_rate_limited_per_port(tier):
+    """One port's misses beyond its budget are dropped in the kernel; another port's still
+    go up."""
+    tier.flush()
+    tier.add_port(1, 101)
+    tier.add_port(2, 102)
+    frame = seg(C, S, 1000, 53, "", b"x", udp=True)
+    before = tier.stats()
+    tier.set_upcall_limit(1, 3)          # 1 per second, bursts of 3, per port
+    try:
+        for _ in range(10):
+            assert tier.run(frame, 1).verdict == "upcall"
+        for _ in range(3):
+            tier.run(frame, 2)
+    finally:
+        tier.set_upcall_limit(0, 0)
+    after = tier.stats()
+    assert after["upcall_limited"] - before["upcall_limited"] == 7
+    assert after["miss"] - before["miss"] == 13

@@ -652,8 +652,6 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 	__u32 in_port = s->key.w[K_IN_PORT];
 
 	count(reason);
-	if (p->test)
-		return TC_ACT_SHOT;
 	if (cfg->upcall_rate) {
 		struct upcall_bucket *ub = bpf_map_lookup_elem(&upcall_budget, &in_port);
 		__u64 now = bpf_ktime_get_ns();
@@ -676,6 +674,8 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 		}
 		ub->tokens = t - 1000000000ull;
 	}
+	if (p->test)
+		return TC_ACT_SHOT;             /* BPF_PROG_RUN: the trace says it went up */
 	u->ifindex = skb->ingress_ifindex;
 	u->in_port = in_port;
 	u->len = len;
