@@ -36,7 +36,7 @@ def run(
     log_level: str = typer.Option("warning", help="uvicorn log level."),
     real: bool = typer.Option(False, help="With --demo: build the demo on Linux network "
                               "stacks in namespaces (root) instead of embedded hosts."),
-    backend: str = typer.Option("ovs", help="With --real: ovs or reference."),
+    backend: str = typer.Option("ovs", help="With --real: ovs, reference or ebpf (the kernel tier)."),
     host_profile: list[str] = typer.Option(None, help="HOST=PROFILE: the host's NIC profile "
                                            "(sriov, software, smartnic; repeat)."),
 ) -> None:
