@@ -15,7 +15,16 @@ from sbnet.offload.placement import Placement, place
 from sbnet.offload.profile import Profile, load_profile
 
 PROFILE_FILE = Path(__file__).parent / "ebpf.yaml"
-_VLAN_TCI = F.SLOT_INDEX["vlan_tci"]
+_RECIRC = F.SLOT_INDEX["recirc_id"]
+# Slots whose value (not mask) placement never reads: no prerequisite, ct_state list,
+# VLAN present bit, refuse_when or exact_zero policy of the ebpf profile looks at them.
+# Megaflows differing only there share one placement (the kernel key codec still checks
+# each megaflow itself).
+_FREE_VALUES = frozenset(F.SLOT_INDEX[s] for s in (
+    "in_port", "eth_src", "eth_dst", "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo",
+    "ipv6_dst_hi", "ipv6_dst_lo", "ipv6_label", "nw_tos", "nw_ttl", "tp_dst", "tcp_flags",
+    "arp_sha", "arp_tha", "tun_id", "tun_src", "tun_dst", "ct_mark", "ct_zone"))
+_PLACEMENTS = 4096             # placements remembered
 
 
 @cache
@@ -114,6 +123,7 @@ class EbpfTier:
         self._entries: dict[int, tuple[tuple, bytes]] = {}    # mf_id -> (mask, fkey)
         self._seen: dict[int, tuple[int, int]] = {}          # mf_id -> (packets, bytes) taken
         self._placements: dict[int, Placement] = {}
+        self._place_cache: dict[tuple, Placement] = {}
         self._write_config()
 
     # -- configuration ----------------------------------------------------------------
@@ -151,7 +161,7 @@ class EbpfTier:
 
     def put(self, mf) -> Placement:
         """Install a megaflow in the kernel if this tier can run it; the placement says why not."""
-        p = place(profile(), mf)
+        p = self._place(mf)
         if p.tier == "nic":
             try:
                 mask, value = L.key_words(mf.slots, mf.mask, mf.value)
@@ -167,6 +177,19 @@ class EbpfTier:
                 p = Placement("ebpf", p.reason.replace("offloadable to", "in the kernel tier:"),
                               p.needs_ct)
         self._placements[mf.mf_id] = p
+        return p
+
+    def _place(self, mf) -> Placement:
+        """place() with the ebpf profile, remembered for megaflows that differ only in the
+        values of _FREE_VALUES slots (placement is most of an install's cost)."""
+        key = (mf.slots, mf.mask, mf.actions,
+               tuple(None if s in _FREE_VALUES else (v != 0 if s == _RECIRC else v)
+                     for s, v in zip(mf.slots, mf.value)))
+        p = self._place_cache.get(key)
+        if p is None:
+            if len(self._place_cache) >= _PLACEMENTS:
+                self._place_cache.clear()
+            p = self._place_cache[key] = place(profile(), mf)
         return p
 
     def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list) -> None:
