@@ -24,19 +24,20 @@ class Dhclients:
         self.topo, self.tmp = topo, tmp_path
         self.started: list[tuple[str, str]] = []
 
-    def run(self, node: str) -> None:
-        """Run dhclient once in the node's namespace, as a cloud image would at boot (30 s
-        at most); its resolv.conf is the node's own (`ip netns exec` binds /etc/netns/NS)."""
+    def run(self, node: str, v6: bool = False) -> None:
+        """Run dhclient (`v6`: dhclient -6) once in the node's namespace, as a cloud image
+        would at boot (30 s at most); its resolv.conf is the node's own (`ip netns exec`
+        binds /etc/netns/NS)."""
         ns = self.topo._ns(node)
         etc = f"/etc/netns/{ns}"
         os.makedirs(etc, exist_ok=True)
         open(f"{etc}/resolv.conf", "w").close()
-        name = node if isinstance(node, str) else node.name
+        name = (node if isinstance(node, str) else node.name) + ("-6" if v6 else "")
         pidfile = str(self.tmp / f"{name}.dhclient.pid")
         self.started.append((pidfile, etc))
-        res = self.topo.run(node, "timeout", "30", "dhclient", "-1", "-v", "-pf", pidfile,
-                            "-lf", str(self.tmp / f"{name}.leases"), "eth0", check=False,
-                            timeout=40)
+        res = self.topo.run(node, "timeout", "30", "dhclient", *(["-6"] if v6 else []), "-1",
+                            "-v", "-pf", pidfile, "-lf", str(self.tmp / f"{name}.leases"),
+                            "eth0", check=False, timeout=40)
         assert res.returncode == 0, res.stderr[-2000:]
 
     def state(self, node) -> dict:

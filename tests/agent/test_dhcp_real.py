@@ -59,3 +59,66 @@ def test_dhclient_gets_address_gateway_routes_dns_and_mtu_then_tcp_at_full_mtu(c
     a2 = first_ipv4(p2)
     check_full_mtu(cloud.topo, vm1, vm2, a2)
     assert tcp_transfer(cloud, vm1, vm2, 5201, size=2_000_000, timeout=15, address=a2)
+
+
+def _ipv6_on(topo, vm) -> None:
+    """IPv6 as a cloud image has it: on, router advertisements accepted, autoconfiguration
+    on; the link goes down and up so the kernel solicits a router at once."""
+    topo.run(vm, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=0",
+             "net.ipv6.conf.eth0.accept_ra=1", "net.ipv6.conf.eth0.autoconf=1",
+             "net.ipv6.conf.eth0.router_solicitations=3", "net.ipv6.conf.eth0.dad_transmits=1")
+    topo.run(vm, "ip", "link", "set", "eth0", "down")
+    topo.run(vm, "ip", "link", "set", "eth0", "up")
+
+
+def _global6(topo, vm) -> list[str]:
+    out = topo.run(vm, "ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "global").stdout
+    import json
+    return [a["local"] for link in json.loads(out) for a in link.get("addr_info", ())
+            if "local" in a and not a.get("tentative")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ipv6_slaac_from_router_advertisements_and_dhcpv6_stateful(backend, tmp_path):
+    """Linux's own RA handling takes the prefix, the router and the MTU; dhclient -6 gets
+    a stateful subnet's address; the VMs then ping each other across hosts."""
+    require_netns(ovs=backend == "ovs")
+    require_dhclient()
+    import time
+    Topology.cleanup_stale()
+    with Topology(vm_mtu=1500) as topo:
+        cloud = RealCloud(topo, backend)
+        dhcp = Dhclients(topo, tmp_path)
+        try:
+            for mode, cidr in (("slaac", "2001:db8:7::/64"), ("dhcpv6-stateful", "2001:db8:8::/64")):
+                net = cloud.api.create("networks", project="p1", name=mode)
+                sub = cloud.api.create("subnets", project="p1", network_id=net["id"], cidr=cidr,
+                                       ip_version=6, ipv6_ra_mode=mode, ipv6_address_mode=mode)
+                router = cloud.api.create("routers", project="p1")
+                cloud.api.action(f"routers/{router['id']}/add_router_interface",
+                                 {"subnet_id": sub["id"]})
+                net["subnet"] = sub
+                vms = [cloud.vm(f"{mode[:5]}{i}", "p1", net, h, dhcp=True)
+                       for i, h in enumerate(("h1", "h2"))]
+                cloud.sync()
+                for _, vm in vms:
+                    _ipv6_on(topo, vm)
+                    if mode == "dhcpv6-stateful":
+                        time.sleep(2)                    # the link-local address settles (DAD)
+                        dhcp.run(vm, v6=True)
+                for port, vm in vms:
+                    want = next(f["ip_address"] for f in port["fixed_ips"])
+                    deadline = time.monotonic() + 15
+                    while want not in _global6(topo, vm):
+                        assert time.monotonic() < deadline, (mode, want, _global6(topo, vm))
+                        time.sleep(0.3)
+                    if mode == "slaac":
+                        routes = topo.run(vm, "ip", "-6", "route", "show", "default").stdout
+                        assert "via fe80::" in routes, routes
+                        mtu = topo.run(vm, "sysctl", "-n", "net.ipv6.conf.eth0.mtu").stdout
+                        assert mtu.strip() == "1450"
+                other = next(f["ip_address"] for f in vms[1][0]["fixed_ips"])
+                ping = topo.run(vms[0][1], "ping", "-6", "-c", "2", "-W", "2", other, check=False)
+                assert ping.returncode == 0, (mode, ping.stdout)
+        finally:
+            dhcp.close()

@@ -12,6 +12,7 @@ from tests.compiler.scenario import Cloud, ip_of
 from sbnet.agent.dhcp import Responder
 from sbnet.compiler.compile import compile_host
 from sbnet.compiler.dhcp import SERVER_MAC
+from sbnet.compiler.port_security import link_local
 from sbnet.compiler.tables import number
 from sbnet.compiler.topology import SERVICE_OFPORT
 
@@ -113,3 +114,71 @@ def test_no_service_port_no_dhcp_flows():
     assert Responder(topo).answer(bytes(60)) is None
     assert SERVICE_OFPORT not in c.cluster.hosts["h1"].switch.ports
     assert SERVER_MAC >> 40 == 0x0A
+
+
+def _v6_cloud(mode: str):
+    from scapy.layers.inet6 import ICMPv6ND_RS, IPv6  # noqa: F401
+    c = _cloud()
+    net = c.network("p1", None)
+    sub = c.api.create("subnets", project="p1", network_id=net["id"], cidr="2001:db8:1::/64",
+                       ip_version=6, ipv6_ra_mode=mode, ipv6_address_mode=mode,
+                       dns_nameservers=["2001:db8:1::53"])
+    router = c.api.create("routers", project="p1")
+    c.api.action(f"routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    a = c.port("p1", net, "h1")
+    b = c.port("p1", net, "h2")
+    c.sync()
+    return c, a, b
+
+
+def test_a_router_solicitation_gets_the_subnets_prefix_flags_mtu_and_router():
+    from scapy.layers.inet6 import (ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptMTU,
+                                    ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr, IPv6)
+    for mode, managed, auto in (("slaac", 0, 1), ("dhcpv6-stateful", 1, 0),
+                                ("dhcpv6-stateless", 0, 1)):
+        c, a, b = _v6_cloud(mode)
+        rs = Ether(src=a["mac_address"], dst="33:33:00:00:00:02") / IPv6(
+            src=link_local(a["mac_address"]), dst="ff02::2") / ICMPv6ND_RS()
+        out = c.send(a, [rs])
+        assert out.to(b["id"]) == []
+        [frame] = out.to(a["id"])
+        ra = Ether(frame)
+        router_mac = next(p for p in c.api.snapshot()["port"]
+                          if p["device_owner"] == "network:router_interface")["mac_address"]
+        assert ra.dst == a["mac_address"] and ra.src == router_mac
+        assert ra[IPv6].src == link_local(router_mac) and ra[IPv6].hlim == 255
+        assert (ra[ICMPv6ND_RA].M, ra[ICMPv6ND_RA].O) == (managed, int(mode != "slaac"))
+        assert ra[ICMPv6ND_RA].routerlifetime == 1800
+        pi = ra[ICMPv6NDOptPrefixInfo]
+        assert (pi.prefix, pi.prefixlen, pi.A, pi.L) == ("2001:db8:1::", 64, auto, 1)
+        assert ra[ICMPv6NDOptMTU].mtu == 1450
+        assert ra[ICMPv6NDOptSrcLLAddr].lladdr == router_mac
+        again = Ether(frame)
+        del again[ICMPv6ND_RA].cksum
+        assert Ether(bytes(again))[ICMPv6ND_RA].cksum == ra[ICMPv6ND_RA].cksum
+
+
+def test_dhcpv6_gives_a_stateful_port_its_address_and_dns():
+    from scapy.layers.dhcp6 import (DHCP6_Advertise, DHCP6_Reply, DHCP6_Request, DHCP6_Solicit,
+                                    DHCP6OptClientId, DHCP6OptDNSServers, DHCP6OptIA_NA,
+                                    DHCP6OptIAAddress, DHCP6OptServerId, DUID_LL)
+    from scapy.layers.inet6 import IPv6
+    c, a, _ = _v6_cloud("dhcpv6-stateful")
+    ll = link_local(a["mac_address"])
+    cid = DHCP6OptClientId(duid=DUID_LL(lladdr=a["mac_address"]))
+
+    def ask(msg):
+        f = Ether(src=a["mac_address"], dst="33:33:00:01:00:02") / IPv6(
+            src=ll, dst="ff02::1:2") / UDP(sport=546, dport=547) / msg
+        [out] = c.send(a, [f]).to(a["id"])
+        return Ether(out)
+
+    adv = ask(DHCP6_Solicit(trid=7) / cid / DHCP6OptIA_NA(iaid=1))
+    assert adv.haslayer(DHCP6_Advertise) and adv[DHCP6_Advertise].trid == 7
+    assert adv[IPv6].dst == ll and adv[UDP].dport == 546
+    assert adv[DHCP6OptIAAddress].addr == ip_of(a, 6)
+    assert adv[DHCP6OptDNSServers].dnsservers == ["2001:db8:1::53"]
+    sid = adv[DHCP6OptServerId]
+    rep = ask(DHCP6_Request(trid=8) / cid / DHCP6OptServerId(duid=sid.duid) /
+              DHCP6OptIA_NA(iaid=1))
+    assert rep.haslayer(DHCP6_Reply) and rep[DHCP6OptIAAddress].addr == ip_of(a, 6)

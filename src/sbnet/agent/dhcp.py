@@ -1,11 +1,13 @@
-"""Native DHCPv4 on the host agent's slow path: a port's request (tagged by the switch) in, its answer out, from the model alone."""
+"""Native DHCP on the host agent's slow path: a port's request (tagged by the switch) in, its answer out, from the model alone (DHCPv4 here, IPv6 in dhcp6)."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
 
-from sbnet.compiler.dhcp import BOOTPC, BOOTPS, ETH_IP, UDP, dhcp_subnet, port_tag, tag_key
+from sbnet.agent.dhcp6 import answer_ipv6
+from sbnet.compiler.dhcp import (BOOTPC, BOOTPS, ETH_IP, ETH_IPV6, SERVER_MAC, UDP, dhcp_subnet,
+                                 port_tag, tag_key)
 from sbnet.datapath.checksum import internet_checksum
 
 MAGIC = b"\x63\x82\x53\x63"
@@ -124,6 +126,12 @@ class Responder:
         self.by_key = {k: pid for pid, k in topo.port_key.items()}
 
     def answer(self, frame: bytes) -> bytes | None:
+        if len(frame) >= 14 and struct.unpack_from("!H", frame, 12)[0] == ETH_IPV6:
+            key = tag_key(int.from_bytes(frame[0:6], "big"))
+            port = self.topo.ports.get(self.by_key.get(key)) if key is not None else None
+            if port is None or frame[6:12] != bytes.fromhex(port["mac_address"].replace(":", "")):
+                return None
+            return answer_ipv6(frame, self.topo, port, port_tag(key))
         try:
             req = Request(frame)
         except ValueError:
@@ -168,7 +176,7 @@ class Responder:
             dst = req.ciaddr        # renewing: unicast to the address it has
         else:
             dst = yiaddr
-        return _ethernet(req.chaddr, port_tag(key), _udp(server, dst, bootp))
+        return _ethernet(port_tag(key), SERVER_MAC, _udp(server, dst, bootp))
 
 
 def _udp(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, payload: bytes) -> bytes:
@@ -183,5 +191,6 @@ def _udp(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, payload: bytes)
     return hdr + udp
 
 
-def _ethernet(dst: bytes, src: int, payload: bytes) -> bytes:
-    return dst + src.to_bytes(6, "big") + struct.pack("!H", ETH_IP) + payload
+def _ethernet(dst: int, src: int, payload: bytes, eth_type: int = ETH_IP) -> bytes:
+    """A frame to the service port: `dst` the port's tag (the switch puts its MAC there)."""
+    return dst.to_bytes(6, "big") + src.to_bytes(6, "big") + struct.pack("!H", eth_type) + payload

@@ -1,21 +1,25 @@
-"""Stage dhcp: a local port's DHCPv4 requests go to the host agent's slow path, its answers come back to that port only."""
+"""Stage dhcp: a local port's DHCPv4, DHCPv6 and router solicitations go to the host agent's slow path; its answers come back to that port only."""
 
 from __future__ import annotations
 
 import ipaddress
 
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import version
+from sbnet.compiler.topology import mac_int, version
 from sbnet.flows import actions as A
 
-ETH_IP, UDP = 0x0800, 17
+ETH_IP, ETH_IPV6, UDP, ICMPV6 = 0x0800, 0x86DD, 17, 58
 BOOTPC, BOOTPS = 68, 67
+DHCP6_CLIENT, DHCP6_SERVER = 546, 547
+ND_RS = 133
+RA_MODES = ("slaac", "dhcpv6-stateful", "dhcpv6-stateless")
 # The MAC the answers come from (locally administered, as OVN's server_mac is configured).
 SERVER_MAC = 0x0A_00_5E_00_00_01
-# On the service port a frame's other MAC names the logical port it is for or from: this
-# prefix (locally administered, unicast) and the port's 31-bit key below it.  The switch
-# writes it on the way out and checks it on the way back, so the agent needs no per-packet
-# metadata and cannot answer one port with another's address.
+# On the service port a frame's destination MAC names the logical port it is from (a
+# question) or for (an answer): this prefix (locally administered, unicast) and the port's
+# 31-bit key below it.  The switch writes it on the way out and, on the way back, replaces
+# it with the port's own MAC: the agent needs no per-packet metadata and cannot answer one
+# port with another's address.
 TAG_PREFIX = 0x0A_00_00_00_00_00
 
 
@@ -39,6 +43,19 @@ def dhcp_subnet(topo, port: dict) -> tuple[str, dict] | None:
     return None
 
 
+def ipv6_modes(topo, port: dict) -> tuple[bool, bool]:
+    """(answer router solicitations, answer DHCPv6) for `port`: an IPv6 subnet of its with
+    an RA mode (or address mode) set, one with a DHCPv6 address mode."""
+    ra = dhcp6 = False
+    for f in port.get("fixed_ips") or ():
+        sub = topo.subnets.get(f.get("subnet_id"))
+        if sub is None or sub.get("ip_version") != 6 or not sub.get("enable_dhcp", True):
+            continue
+        ra |= (sub.get("ipv6_ra_mode") or sub.get("ipv6_address_mode")) in RA_MODES
+        dhcp6 |= (sub.get("ipv6_address_mode") or "").startswith("dhcpv6")
+    return ra, dhcp6
+
+
 def build(ctx) -> None:
     ch = ctx.chassis
     if ch is None or ch.service_ofport is None:
@@ -55,14 +72,25 @@ def build_dhcp_port(ctx, port: dict) -> None:
     """To the slow path: the port's DHCP client packets (they passed port security), tagged
     with its key.  Back: an answer tagged with that key goes out of that port alone."""
     topo, svc = ctx.topo, ctx.chassis.service_ofport
-    if dhcp_subnet(topo, port) is None:
+    ra, dhcp6 = ipv6_modes(topo, port)
+    questions = []
+    if dhcp_subnet(topo, port) is not None:
+        questions.append({"eth_type": ETH_IP, "ip_proto": UDP, "udp_src": BOOTPC,
+                          "udp_dst": BOOTPS})
+    if dhcp6:
+        questions.append({"eth_type": ETH_IPV6, "ip_proto": UDP, "udp_src": DHCP6_CLIENT,
+                          "udp_dst": DHCP6_SERVER})
+    if ra:
+        questions.append({"eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": ND_RS})
+    if not questions:
         return
     key = topo.port_key[port["id"]]
     cookie = ctx.cookie("port", port["id"])
-    ctx.flow("dhcp", 100, [A.SetField("eth_dst", port_tag(key)), A.Output(svc)],
-             {"reg14": R.INPORT.match(key), "eth_type": ETH_IP, "ip_proto": UDP,
-              "udp_src": BOOTPC, "udp_dst": BOOTPS}, cookie)
+    ask = [A.SetField("eth_dst", port_tag(key)), A.Output(svc)]
+    for q in questions:
+        ctx.flow("dhcp", 100, ask, {"reg14": R.INPORT.match(key), **q}, cookie)
     net = port["network_id"]
-    ctx.flow("dhcp", 100, [A.SetField("eth_src", SERVER_MAC), R.NETWORK.load(topo.net_key[net]),
-                           R.OUTPORT.load(key), ctx.goto("deliver")],
-             {"in_port": svc, "eth_src": port_tag(key), "eth_type": ETH_IP}, cookie)
+    ctx.flow("dhcp", 100, [A.SetField("eth_dst", mac_int(port["mac_address"])),
+                           R.NETWORK.load(topo.net_key[net]), R.OUTPORT.load(key),
+                           ctx.goto("deliver")],
+             {"in_port": svc, "eth_dst": port_tag(key)}, cookie)
