@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from sbnet.datapath.classifier import CONJ_SLOT, Rule, Table
+from sbnet.datapath.ofproto.classifier import CONJ_SLOT, Rule, Table
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 from sbnet.flows.flow import Flow

@@ -224,7 +224,7 @@ def test_bundle_changes_take_effect_on_next_batch(seed):
 
 
 def test_subtable_finds_every_live_megaflow_through_inserts_and_removes():
-    from sbnet.datapath.megaflow import Subtable
+    from sbnet.datapath.dpif.megaflow import Subtable
     sub = Subtable((0, 1), (0xFFFFFFFF, 0xFFFF))
     rows = {i: sub.insert((0x0A000000 + i, 1024 + i % 7), i) for i in range(3000)}
     for i in range(0, 3000, 3):

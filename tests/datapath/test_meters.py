@@ -16,6 +16,7 @@ from sbnet.datapath.meters import MeterError
 from sbnet.datapath.switch import Switch
 from sbnet.flows import actions as A
 from sbnet.flows.ofctl import format_meter, parse_flow, parse_meter
+from sbnet.offload import nic_tier
 from sbnet.ovs.dummy import DummyOVS, require_ovs
 from sbnet.ovs.trace import parse_datapath_actions
 
@@ -153,7 +154,7 @@ def test_megaflow_cache_hits_are_metered_and_counted_like_ovs():
 def test_meters_drop_packets_the_nic_tier_carries():
     flows = "meter=1,kbps,band=type=drop,rate=2000\nin_port=1 actions=meter:1,output:2"
     plain, pc = make(flows)
-    nic, nc = make(flows, offload="smartnic")
+    nic, nc = make(flows, offload=nic_tier("smartnic"))
     frames = [udp(1000)] * 5                            # 4000 kbps against 2000
     a, b = offer(plain, pc, 4.0, frames), offer(nic, nc, 4.0, frames)
     assert nic.tier_packets["nic"] > 0.9 * 2000

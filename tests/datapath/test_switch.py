@@ -10,6 +10,7 @@ from scapy.packet import raw
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch, UnsupportedFlow
 from sbnet.flows.ofctl import parse_flow
+from sbnet.offload import nic_tier
 
 
 class Clock:
@@ -250,7 +251,7 @@ def test_offload_tier_carries_steady_traffic_with_exact_counters():
     flows = "priority=10,tcp,tp_dst=80 actions=output:2\npriority=5,udp actions=controller\n" \
             "priority=1 actions=output:3"
     clock = Clock()
-    plain, nic = make(flows, clock=clock), Switch(clock=clock, offload="smartnic")
+    plain, nic = make(flows, clock=clock), Switch(clock=clock, offload=nic_tier("smartnic"))
     for p in (1, 2, 3, 4):
         nic.add_port(p)
     nic.load(flows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sbnet.datapath import odp
-from sbnet.datapath.megaflow import Megaflow
+from sbnet.datapath.dpif.megaflow import Megaflow
 from sbnet.flows import fields as F
 
 _ids = iter(range(10**9))

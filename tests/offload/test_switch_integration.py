@@ -16,10 +16,10 @@ from sbnet.offload import BUILTIN_DIR, NicTier, builtin_profiles, cost, parse_pr
 
 
 class OffloadSwitch(Switch):
-    """The switch with a NIC tier (Switch(offload=profile)), named for these tests."""
+    """The switch with a NIC tier (Switch(offload=NicTier(profile))), named for these tests."""
 
     def __init__(self, profile, **kw) -> None:
-        super().__init__(offload=profile, **kw)
+        super().__init__(offload=NicTier(profile), **kw)
 
     @property
     def nic_packets(self) -> int:

@@ -13,6 +13,7 @@ from sbnet.compiler.topology import SERVICE_OFPORT, TUNNEL_OFPORTS, Chassis, Top
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
+from sbnet.offload import nic_tier
 
 UNDERLAY_OFPORT = 65000
 PHYSNET_BASE = 65100
@@ -74,7 +75,7 @@ class Cluster:
                  underlay: str = "192.168.100.0/24", clock=lambda: 0.0,
                  offload: dict | str | None = None, dhcp: bool = False) -> None:
         """offload: a NIC profile (name or sbnet.offload.Profile) for every host, or a
-        host -> profile map; such hosts' switches run that NIC tier (Switch(offload=)).
+        host -> profile map; such hosts' switches run that NIC tier (Switch(offload=nic_tier(..))).
         dhcp: every host gets a slow-path port answered by the agent's DHCP responder, as
         `sbnet agent` does (native DHCP)."""
         net = ipaddress.ip_network(underlay)
@@ -84,7 +85,9 @@ class Cluster:
         self.hosts: dict[str, EmbeddedHost] = {}
         for i, name in enumerate(hosts):
             ip = str(net.network_address + i + 1)
-            sw = Switch(name=f"br-{name}", clock=clock, offload=self.offload.get(name))
+            profile = self.offload.get(name)
+            sw = Switch(name=f"br-{name}", clock=clock,
+                        offload=None if profile is None else nic_tier(profile))
             phys = {p: PHYSNET_BASE + j for j, p in enumerate(physnets)}
             h = EmbeddedHost(name, ip, i, phys, sw, service=dhcp)
             if dhcp:

@@ -12,8 +12,8 @@ from sbnet.offload.profile import (
                                    load_profiles,
                                    parse_profile,
 )
-from sbnet.offload.tier import Changes, Counters, NicTier
+from sbnet.offload.tier import Changes, Counters, NicTier, nic_tier
 
 __all__ = ["BUILTIN_DIR", "Changes", "Cost", "Counters", "NicTier", "Placement", "Profile",
            "ProfileError", "action_name", "builtin_profiles", "cost", "load_profile",
-           "load_profiles", "parse_profile", "place"]
+           "load_profiles", "nic_tier", "parse_profile", "place"]

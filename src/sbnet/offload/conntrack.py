@@ -25,13 +25,14 @@ class CtOffload:
     through the conntrack's ConnView (`conntrack.view`), whose ids (the hash of the
     original tuple) survive slot reuse."""
 
-    def __init__(self, tier, conntrack) -> None:
+    def __init__(self, tier, conntrack, dpif) -> None:
         self.tier = tier
         self.conns = conntrack.view
+        self.dpif = dpif           # read through action_ids() and action_list() only
         self.refused: set[int] = set()
         self._zones: dict[int, int | None] = {}       # action id -> zone of its ct(), if any
 
-    def held(self, switch, mf: np.ndarray, keys: np.ndarray, rows: np.ndarray,
+    def held(self, mf: np.ndarray, keys: np.ndarray, rows: np.ndarray,
              tcp_flags: np.ndarray, now: float) -> np.ndarray | None:
         """Per packet (rows of keys, megaflows mf): its connection is on the NIC.  Offers the
         connections of established packets after deciding, so the packet that makes the
@@ -48,7 +49,7 @@ class CtOffload:
             conn[second] = self.conns.original_ids(keys, r[second])
         first = np.flatnonzero(~second)
         if first.size:
-            zones = self._first_pass_zones(switch, mf[idx[first]])
+            zones = self._first_pass_zones(mf[idx[first]])
             ok = zones >= 0
             conn[first[ok]] = self.conns.ids(keys, r[first[ok]], zones[ok].astype(_U))
         proto = keys[_S["nw_proto"], r]
@@ -81,12 +82,12 @@ class CtOffload:
             self.tier.ct_remove(c)
         self.refused &= set(live.tolist())
 
-    def _first_pass_zones(self, switch, mf: np.ndarray) -> np.ndarray:
-        aids = switch.cache.action_of[mf]
+    def _first_pass_zones(self, mf: np.ndarray) -> np.ndarray:
+        aids = self.dpif.action_ids(mf)
         out = np.full(mf.size, -1, dtype=np.int64)
         for aid in np.unique(aids).tolist():
             if aid not in self._zones:
-                ct = next((a for a in switch.actions_by_id(aid) if isinstance(a, odp.Ct)), None)
+                ct = next((a for a in self.dpif.action_list(aid) if isinstance(a, odp.Ct)), None)
                 self._zones[aid] = None if ct is None else int(ct.zone)
             z = self._zones[aid]
             if z is not None:

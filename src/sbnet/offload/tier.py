@@ -67,6 +67,22 @@ class NicTier:
         self.ct_refused = 0                          # connections the full table turned away
         self.installs = 0
         self.evictions = 0
+        self._ct_offload = None
+
+    # -- the dpif's offload tier ----------------------------------------------------
+    def attach(self, conntrack, dpif) -> None:
+        """Bind to a dpif's conntrack and flows (the dpif calls this once)."""
+        from sbnet.offload.conntrack import CtOffload
+        self._ct_offload = CtOffload(self, conntrack, dpif)
+
+    def held(self, mf_ids: np.ndarray, keys: np.ndarray, rows: np.ndarray,
+             tcp_flags: np.ndarray, now: float) -> np.ndarray | None:
+        """Per packet of a ct megaflow: its connection is in the NIC's conntrack table."""
+        return self._ct_offload.held(mf_ids, keys, rows, tcp_flags, now)
+
+    def expire(self) -> None:
+        """Drop NIC connections the software conntrack no longer has."""
+        self._ct_offload.expire()
 
     # -- megaflows ----------------------------------------------------------------
     def offer(self, mf, now: float) -> Placement:
@@ -236,3 +252,9 @@ class NicTier:
             new = np.zeros(n, dtype=old.dtype)
             new[:old.size] = old
             setattr(self, name, new)
+
+
+def nic_tier(profile: Profile | str) -> NicTier:
+    """The NIC tier for a profile, or for a built-in profile's name ("smartnic", ...)."""
+    from sbnet.offload.profile import builtin_profiles
+    return NicTier(builtin_profiles()[profile] if isinstance(profile, str) else profile)

@@ -6,7 +6,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from sbnet.datapath import odp
-from sbnet.datapath.classifier import Rule, Table
+from sbnet.datapath.ofproto.classifier import Rule, Table
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 

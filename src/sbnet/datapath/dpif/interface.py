@@ -1,0 +1,104 @@
+"""The dpif provider interface: what a bridge asks of the datapath below it, and what it is asked back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.dpif.megaflow import Megaflow
+
+
+@dataclass(frozen=True)
+class FlowCounts:
+    """Packets, bytes and last use of one datapath flow (or summed over several)."""
+
+    packets: int
+    bytes: int
+    used: float
+
+
+@dataclass
+class DpifStats:
+    """What `ovs-appctl dpctl/show` would say: flows, masks, lookups that hit, upcalls."""
+
+    flows: int
+    masks: int
+    hits: int
+    upcalls: int
+    tier_packets: dict[str, int] = field(default_factory=dict)
+
+
+class Upcall(Protocol):
+    """The bridge's miss handler: translate `key` over the OpenFlow tables, install the
+    datapath flow through `Dpif.flow_put`, and return it (the first packet is then
+    executed with its actions, never lost)."""
+
+    def __call__(self, key: list[int], now: float) -> Megaflow: ...
+
+
+class OffloadTier(Protocol):
+    """A tier in front of the software tiers that may carry a datapath flow's packets
+    (the NIC model of sbnet.offload, the kernel eBPF tier).  It counts the packets it
+    carries; the dpif folds those counts into its flows, so statistics are exact."""
+
+    def attach(self, conntrack, dpif: Dpif) -> None:
+        """Bind to the dpif's conntrack and flows (read through their public methods)."""
+
+    def offer(self, mf: Megaflow, now: float):
+        """A new datapath flow: place it (the placement says where, and why not)."""
+
+    def placement(self, mf_id: int):
+        """Where a flow was placed, with the reason it is not in this tier."""
+
+    def held(self, mf_ids: np.ndarray, keys: np.ndarray, rows: np.ndarray,
+             tcp_flags: np.ndarray, now: float) -> np.ndarray | None:
+        """Per packet of a ct flow: its connection is held by this tier."""
+
+    def record(self, mf_ids: np.ndarray, lengths: np.ndarray, now: float,
+               held: np.ndarray | None) -> np.ndarray:
+        """Which packets this tier carried (and counted)."""
+
+    def advance(self, now: float):
+        """Let time pass: install waiting flows; returns what moved in and out."""
+
+    def take_counters(self) -> dict:
+        """Counts not yet folded, by flow id; zeroed once taken."""
+
+    def remove(self, mf_id: int):
+        """Forget a flow; returns its last counts."""
+
+    def expire(self) -> None:
+        """Drop connections the dpif's conntrack no longer has."""
+
+
+class Dpif(Protocol):
+    """A datapath: datapath flows with counters, a receive path through its tiers, and
+    an upcall to the bridge on a miss.  The userspace implementation is
+    sbnet.datapath.dpif.userspace.UserspaceDpif."""
+
+    upcall: Upcall
+
+    def process(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
+        """Receive a batch; returns (port, packets) emitted."""
+
+    def flow_put(self, wc: list[int], key, actions: tuple, rules: list, reason: str,
+                 modified: int, now: float) -> Megaflow: ...
+
+    def flow_del(self, mf_id: int) -> FlowCounts: ...
+
+    def flow_dump(self) -> list[Megaflow]: ...
+
+    def flow_get(self, mf_id: int) -> Megaflow | None: ...
+
+    def flow_counts(self, mf_ids) -> FlowCounts: ...
+
+    def flow_used(self, mf_id: int) -> float: ...
+
+    def action_list(self, action_id: int) -> tuple: ...
+
+    def action_ids(self, mf_ids: np.ndarray) -> np.ndarray: ...
+
+    def stats(self) -> DpifStats: ...
