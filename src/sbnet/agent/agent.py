@@ -130,11 +130,8 @@ class StepReport:
 
 
 def port_names(datapath) -> dict[str, int]:
-    """Interface name -> ofport on either backend."""
-    ports = getattr(datapath, "ports")
-    if callable(ports):                        # OvsDatapath.ports()
-        return ports()
-    return {p.name: num for num, p in ports.items()}     # Switch.ports
+    """Interface name -> ofport, whichever backend (the Datapath protocol)."""
+    return datapath.port_names()
 
 
 def apply_diff(datapath, d: Diff) -> None:

@@ -73,11 +73,13 @@ class Cluster:
 
     def __init__(self, hosts: list[str], physnets: tuple[str, ...] = ("physnet1",),
                  underlay: str = "192.168.100.0/24", clock=lambda: 0.0,
-                 offload: dict | str | None = None, dhcp: bool = False) -> None:
+                 offload: dict | str | None = None, dhcp: bool = False,
+                 compiled: bool = True) -> None:
         """offload: a NIC profile (name or sbnet.offload.Profile) for every host, or a
         host -> profile map; such hosts' switches run that NIC tier (Switch(offload=nic_tier(..))).
         dhcp: every host gets a slow-path port answered by the agent's DHCP responder, as
-        `sbnet agent` does (native DHCP)."""
+        `sbnet agent` does (native DHCP).
+        compiled: the switches' compiled fast path (False: the numpy reference code)."""
         net = ipaddress.ip_network(underlay)
         self.offload = offload if isinstance(offload, dict) else {h: offload for h in hosts}
         self.clock = clock
@@ -86,7 +88,7 @@ class Cluster:
         for i, name in enumerate(hosts):
             ip = str(net.network_address + i + 1)
             profile = self.offload.get(name)
-            sw = Switch(name=f"br-{name}", clock=clock,
+            sw = Switch(name=f"br-{name}", clock=clock, compiled=compiled,
                         offload=None if profile is None else nic_tier(profile))
             phys = {p: PHYSNET_BASE + j for j, p in enumerate(physnets)}
             h = EmbeddedHost(name, ip, i, phys, sw, service=dhcp)

@@ -183,6 +183,28 @@ class AfPacketDatapath:
                 del self._by_fd[port.fileno()]
             self.switch.remove_port(ofport)
 
+    # The Datapath protocol's port methods (the names every backend shares).
+    def plug(self, name: str, ofport: int) -> int:
+        self.attach(ofport, name)
+        return ofport
+
+    def unplug(self, name: str) -> None:
+        num = self.port_names().get(name)
+        if num is not None:
+            self.detach(num)
+
+    def add_tunnel(self, name: str, kind: str, ofport: int, **options) -> int:
+        self.add_tunnel_port(TunnelPort(ofport, kind, key="flow", **options), name)
+        return ofport
+
+    def port_names(self) -> dict[str, int]:
+        with self.lock:
+            return self.switch.port_names()
+
+    def delete_group(self, group_id: int) -> None:
+        with self.lock:
+            self.switch.delete_group(group_id)
+
     # -- the loop ----------------------------------------------------------------
     def poll_once(self, timeout: float = 0.1) -> int:
         """Wait up to `timeout` s for frames; switch one batch of what is readable."""
@@ -323,7 +345,8 @@ class AfPacketDatapath:
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour", "remove_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
 _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
-           "loop_errors", "kernel_stats",
+           "loop_errors", "kernel_stats", "plug", "unplug", "add_tunnel", "port_names",
+           "delete_group",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats")
 

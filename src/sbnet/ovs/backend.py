@@ -153,6 +153,19 @@ class OvsDatapath:
         names = self.ovs.vsctl("list-ifaces", self.bridge).split()
         return {n: int(self.ovs.vsctl("get", "Interface", n, "ofport").strip()) for n in names}
 
+    # The Datapath protocol's port methods (the names every backend shares).
+    def plug(self, name: str, ofport: int) -> int:
+        return self.add_port(name, ofport)
+
+    def unplug(self, name: str) -> None:
+        self.delete_port(name)
+
+    def add_tunnel(self, name: str, kind: str, ofport: int, **options) -> int:
+        return self.add_tunnel_port(name, kind, ofport, **options)
+
+    def port_names(self) -> dict[str, int]:
+        return {n: p for n, p in self.ports().items() if n != self.bridge}
+
     def datapath_ports(self) -> dict[int, int]:
         """Datapath port number -> OpenFlow port, for this bridge (from dpif/show)."""
         text = self.ovs.appctl("dpif/show")

@@ -5,13 +5,21 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_MULT = np.uint64(0x9E3779B97F4A7C15)
+from sbnet.flows.fields import SLOT_INDEX
+
+# The slots hashed to pick a packet's bucket: those that tell flows apart in practice.
+# Any subset is correct (a hit is verified against the flow's whole match), so the
+# rest of the key costs nothing here.
+HASHED = np.array([SLOT_INDEX[s] for s in (
+    "recirc_id", "in_port", "eth_src", "eth_dst", "eth_type", "vlan_tci", "nw_src", "nw_dst",
+    "ipv6_src_lo", "ipv6_dst_lo", "nw_proto", "tp_src", "tp_dst", "ct_state", "ct_mark",
+    "tun_id", "tun_src", "nsh_spi", "mpls_lse0")], dtype=np.int64)
 
 
 @numba.njit(cache=True, nogil=True)
-def _key_hash(keys, i):
+def _key_hash(keys, i, hashed):
     h = np.uint64(0)
-    for s in range(keys.shape[0]):
+    for s in hashed:
         h ^= keys[s, i]
         h *= np.uint64(0x9E3779B97F4A7C15)
         h ^= h >> np.uint64(29)
@@ -31,16 +39,16 @@ def _covers(keys, i, f, nslot, slots, mask, value):
 
 
 @numba.njit(cache=True, nogil=True)
-def smc_lookup(keys, rows, table_h, table_f, nslot, slots, mask, value, hashes, out):
+def smc_lookup(keys, rows, hashed, table_h, table_f, nslot, slots, mask, value, hashes, out):
     """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash."""
     size_mask = np.uint64(table_h.shape[0] - 1)
     misses = 0
     for r in range(rows.shape[0]):
         i = rows[r]
-        h = _key_hash(keys, i)
+        h = _key_hash(keys, i, hashed)
         hashes[r] = h
         b = np.int64(h & size_mask)
-        f = table_f[b]
+        f = table_f[b] - 1
         if f >= 0 and table_h[b] == h and _covers(keys, i, f, nslot, slots, mask, value):
             out[r] = f
         else:
@@ -58,7 +66,7 @@ def smc_insert(hashes, flows, table_h, table_f, nslot):
         if f >= 0 and nslot[f] >= 0:
             b = np.int64(hashes[r] & size_mask)
             table_h[b] = hashes[r]
-            table_f[b] = f
+            table_f[b] = f + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -79,12 +87,12 @@ class SignatureCache:
     flows are found by id in arrays kept beside the table: one row per flow id with its
     masked slots, or nslot -1 once the flow is gone or too wide to cache."""
 
-    def __init__(self, bits: int = 10, width: int = 24, max_bits: int = 18) -> None:
+    def __init__(self, bits: int = 18, width: int = 24) -> None:
+        # Zeroed memory (table_f holds flow id + 1; 0 is empty): pages a small switch
+        # never touches cost nothing.
         self.table_h = np.zeros(1 << bits, dtype=np.uint64)
-        self.table_f = np.full(1 << bits, -1, dtype=np.int64)
-        self.max_bits = max_bits
+        self.table_f = np.zeros(1 << bits, dtype=np.int64)
         self.width = width
-        self.flows = 0
         self.nslot = np.full(1024, -1, dtype=np.int64)
         self.slots = np.zeros((1024, width), dtype=np.int16)
         self.mask = np.zeros((1024, width), dtype=np.uint64)
@@ -98,26 +106,20 @@ class SignatureCache:
         if len(slots) > self.width:
             return                      # too wide: the megaflow tier finds it every time
         k = len(slots)
-        self.flows += 1
-        if self.flows * 2 > self.table_f.size and self.table_f.size < 1 << self.max_bits:
-            # A cache: a bigger table starts empty and fills from the lower tiers.
-            self.table_h = np.zeros(self.table_h.size * 4, dtype=np.uint64)
-            self.table_f = np.full(self.table_f.size * 4, -1, dtype=np.int64)
         self.slots[mf_id, :k] = slots
         self.mask[mf_id, :k] = mask
         self.value[mf_id, :k] = value
         self.nslot[mf_id] = k
 
     def remove(self, mf_id: int) -> None:
-        if mf_id < self.nslot.size and self.nslot[mf_id] >= 0:
+        if mf_id < self.nslot.size:
             self.nslot[mf_id] = -1
-            self.flows -= 1
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(flow id or -1 per row, key hash per row, misses)."""
         out = np.empty(rows.size, dtype=np.int64)
         hashes = np.empty(rows.size, dtype=np.uint64)
-        misses = smc_lookup(keys, rows, self.table_h, self.table_f, self.nslot, self.slots,
+        misses = smc_lookup(keys, rows, HASHED, self.table_h, self.table_f, self.nslot, self.slots,
                             self.mask, self.value, hashes, out)
         self.lookups += rows.size
         self.hits += rows.size - misses

@@ -198,6 +198,26 @@ class Bridge:
             self.xlate.tlv_fields.add(fld.name)
         self.revalidator.revalidate_all()
 
+    # The Datapath protocol's port methods (the names every backend shares).
+    def plug(self, name: str, ofport: int) -> int:
+        self.add_port(ofport, name)
+        return ofport
+
+    def unplug(self, name: str) -> None:
+        num = self.port_names().get(name)
+        if num is not None:
+            self.remove_port(num)
+
+    def add_tunnel(self, name: str, kind: str, ofport: int, **options) -> int:
+        self.add_tunnel_port(TunnelPort(ofport, kind, key="flow", **options), name)
+        return ofport
+
+    def port_names(self) -> dict[str, int]:
+        return {p.name: num for num, p in self.ports.items() if num != F.OFPP_LOCAL}
+
+    def dump_conntrack(self, zone: int | None = None) -> list[str]:
+        return self.conntrack.dump(zone)
+
     def remove_port(self, ofport: int) -> None:
         self.dpif.tunnels.pop(ofport, None)
         self.dpif.ports.pop(ofport).close()
