@@ -14,6 +14,7 @@ HASHED = np.array([SLOT_INDEX[s] for s in (
     "recirc_id", "in_port", "eth_src", "eth_dst", "eth_type", "vlan_tci", "nw_src", "nw_dst",
     "ipv6_src_lo", "ipv6_dst_lo", "nw_proto", "tp_src", "tp_dst", "ct_state", "ct_mark",
     "tun_id", "tun_src", "nsh_spi", "mpls_lse0")], dtype=np.int64)
+_DEAD = np.uint64(0xFFFFFFFFFFFFFFFF)     # a match row's k when the flow is not cached
 
 
 @numba.njit(cache=True, nogil=True)
@@ -27,46 +28,48 @@ def _key_hash(keys, i, hashed):
 
 
 @numba.njit(cache=True, nogil=True)
-def _covers(keys, i, f, nslot, slots, mask, value):
-    """Does datapath flow f (live, with its match in row f) take packet i?"""
-    k = nslot[f]
-    if k < 0:
-        return False
+def _covers(keys, i, match):
+    """Does the flow whose match row is `match` ([k, slot, mask, value, ...]) take packet i?"""
+    k = np.int64(match[0])
     for j in range(k):
-        if keys[slots[f, j], i] & mask[f, j] != value[f, j]:
+        s = np.int64(match[1 + 3 * j])
+        if keys[s, i] & match[2 + 3 * j] != match[3 + 3 * j]:
             return False
     return True
 
 
 @numba.njit(cache=True, nogil=True)
-def smc_lookup(keys, rows, hashed, table_h, table_f, nslot, slots, mask, value, hashes, out):
-    """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash."""
-    size_mask = np.uint64(table_h.shape[0] - 1)
+def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
+    """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash.
+    Three passes (hash, bucket, verify), each with short independent iterations, so
+    the random loads of a batch overlap instead of waiting on memory one by one."""
+    size_mask = np.uint64(table.shape[0] - 1)
+    n = rows.shape[0]
+    for r in range(n):
+        hashes[r] = _key_hash(keys, rows[r], hashed)
+    for r in range(n):
+        b = np.int64(hashes[r] & size_mask)
+        f = np.int64(table[b, 1]) - 1
+        out[r] = f if f >= 0 and table[b, 0] == hashes[r] else -1
     misses = 0
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        h = _key_hash(keys, i, hashed)
-        hashes[r] = h
-        b = np.int64(h & size_mask)
-        f = table_f[b] - 1
-        if f >= 0 and table_h[b] == h and _covers(keys, i, f, nslot, slots, mask, value):
-            out[r] = f
-        else:
+    for r in range(n):
+        f = out[r]
+        if f < 0 or matches[f, 0] == _DEAD or not _covers(keys, rows[r], matches[f]):
             out[r] = -1
             misses += 1
     return misses
 
 
 @numba.njit(cache=True, nogil=True)
-def smc_insert(hashes, flows, table_h, table_f, nslot):
+def smc_insert(hashes, flows, table, matches):
     """Remember the flow found by a lower tier for each hash (flows that fit the cache only)."""
-    size_mask = np.uint64(table_h.shape[0] - 1)
+    size_mask = np.uint64(table.shape[0] - 1)
     for r in range(hashes.shape[0]):
         f = flows[r]
-        if f >= 0 and nslot[f] >= 0:
+        if f >= 0 and matches[f, 0] != _DEAD:
             b = np.int64(hashes[r] & size_mask)
-            table_h[b] = hashes[r]
-            table_f[b] = f + 1
+            table[b, 0] = hashes[r]
+            table[b, 1] = f + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -82,63 +85,47 @@ def count_kernel(flows, lengths, tcp_flags, now, packets, nbytes, used, flags):
 
 class SignatureCache:
     """As OVS's SMC/EMC in front of the megaflow classifier: a direct-mapped table from the
-    hash of a packet's whole flow key to the datapath flow that took it last.  A hit is
-    verified against that flow's match (so a stale or colliding entry can only miss), and
-    flows are found by id in arrays kept beside the table: one row per flow id with its
-    masked slots, or nslot -1 once the flow is gone or too wide to cache."""
+    hash of a packet's flow key to the datapath flow that took it last.  A hit is verified
+    against that flow's match (so a stale or colliding entry can only miss).  Each bucket
+    is one (hash, flow id + 1) pair and each flow's match one row [k, slot, mask, value,
+    ...] (k = _DEAD once the flow is gone or too wide to cache), so a lookup touches few
+    cache lines."""
 
     def __init__(self, bits: int = 18, width: int = 24) -> None:
-        # Zeroed memory (table_f holds flow id + 1; 0 is empty): pages a small switch
-        # never touches cost nothing.
-        self.table_h = np.zeros(1 << bits, dtype=np.uint64)
-        self.table_f = np.zeros(1 << bits, dtype=np.int64)
+        # Zeroed memory (0 is an empty bucket): pages a small switch never touches cost nothing.
+        self.table = np.zeros((1 << bits, 2), dtype=np.uint64)
         self.width = width
-        self.nslot = np.full(1024, -1, dtype=np.int64)
-        self.slots = np.zeros((1024, width), dtype=np.int16)
-        self.mask = np.zeros((1024, width), dtype=np.uint64)
-        self.value = np.zeros((1024, width), dtype=np.uint64)
+        self.matches = np.full((1024, 1 + 3 * width), _DEAD, dtype=np.uint64)
         self.hits = 0
         self.lookups = 0
 
     def add(self, mf_id: int, slots: tuple, mask: tuple, value: tuple) -> None:
-        if mf_id >= self.nslot.size:
-            self._grow(mf_id)
+        if mf_id >= self.matches.shape[0]:
+            grown = np.full((max(mf_id + 1, 2 * self.matches.shape[0]), self.matches.shape[1]),
+                            _DEAD, dtype=np.uint64)
+            grown[:self.matches.shape[0]] = self.matches
+            self.matches = grown
         if len(slots) > self.width:
             return                      # too wide: the megaflow tier finds it every time
-        k = len(slots)
-        self.slots[mf_id, :k] = slots
-        self.mask[mf_id, :k] = mask
-        self.value[mf_id, :k] = value
-        self.nslot[mf_id] = k
+        row = self.matches[mf_id]
+        row[0] = len(slots)
+        row[1:1 + 3 * len(slots)] = np.array([slots, mask, value], dtype=np.uint64).T.ravel()
 
     def remove(self, mf_id: int) -> None:
-        if mf_id < self.nslot.size:
-            self.nslot[mf_id] = -1
+        if mf_id < self.matches.shape[0]:
+            self.matches[mf_id, 0] = _DEAD
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(flow id or -1 per row, key hash per row, misses)."""
         out = np.empty(rows.size, dtype=np.int64)
         hashes = np.empty(rows.size, dtype=np.uint64)
-        misses = smc_lookup(keys, rows, HASHED, self.table_h, self.table_f, self.nslot, self.slots,
-                            self.mask, self.value, hashes, out)
+        misses = smc_lookup(keys, rows, HASHED, self.table, self.matches, hashes, out)
         self.lookups += rows.size
         self.hits += rows.size - misses
         return out, hashes, misses
 
     def insert(self, hashes: np.ndarray, flows: np.ndarray) -> None:
-        smc_insert(hashes, flows, self.table_h, self.table_f, self.nslot)
-
-    def _grow(self, mf_id: int) -> None:
-        n = max(mf_id + 1, self.nslot.size * 2)
-        nslot = np.full(n, -1, dtype=np.int64)
-        nslot[:self.nslot.size] = self.nslot
-        self.nslot = nslot
-        for name in ("slots", "mask", "value"):
-            old = getattr(self, name)
-            new = np.zeros((n, self.width), dtype=old.dtype)
-            new[:old.shape[0]] = old
-            setattr(self, name, new)
+        smc_insert(hashes, flows, self.table, self.matches)
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.table_h, self.table_f, self.nslot, self.slots,
-                                      self.mask, self.value))
+        return self.table.nbytes + self.matches.nbytes
