@@ -77,13 +77,13 @@ def load_switch(flows: Path, ports: int, out_dir: Path | None = None, offload: s
     from sbnet.datapath.ports import PcapPort
     from sbnet.datapath.switch import Switch
     from sbnet.flows.ofctl import FlowSyntaxError
-    from sbnet.offload import builtin_profiles
+    from sbnet.offload import builtin_profiles, nic_tier
 
     if offload is not None and offload not in builtin_profiles():
         Console().print(f"[red]unknown NIC profile {offload!r} "
                         f"(known: {', '.join(sorted(builtin_profiles()))})[/red]")
         raise typer.Exit(2)
-    sw = Switch(offload=offload)
+    sw = Switch(offload=None if offload is None else nic_tier(offload))
     for p in range(1, ports + 1):
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,10 @@ def _be(d, i, pos, k):
     return v
 
 
-@numba.njit(cache=True, nogil=True)
+# One signature, compiled (or loaded from the on-disk cache) when this module is imported,
+# never in the middle of a packet burst; callers pass exactly these types.
+@numba.njit("int64(uint8[:, :], int32[:], int32[:], uint32[:], uint64[:, :], int32[:], int32[:],"
+            " boolean[:])", cache=True, nogil=True)
 def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
     """Keys and header offsets of every packet this pass understands completely and
     finds well-formed: Ethernet with up to two VLAN tags, then IPv4 (no fragments),
@@ -196,7 +199,9 @@ def extract(batch: Batch) -> Parsed:
     off = np.full((3, n), -1, dtype=np.int32)
     slow = np.zeros(n, dtype=np.bool_)
     error = np.zeros(n, dtype=np.uint8)
-    n_slow = extract_kernel(batch.data, batch.start, batch.length, batch.in_port, keys,
+    n_slow = extract_kernel(batch.data, batch.start.astype(np.int32, copy=False),
+                            batch.length.astype(np.int32, copy=False),
+                            batch.in_port.astype(np.uint32, copy=False), keys,
                             off[1], off[2], slow) if n else 0
     if n_slow:
         rows = np.flatnonzero(slow)

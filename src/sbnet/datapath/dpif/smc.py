@@ -38,7 +38,10 @@ def _covers(keys, i, match):
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+# Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
+# never in the middle of a packet burst; callers pass exactly these types.
+@numba.njit("int64(uint64[:, :], int64[:], int64[:], uint64[:, :], uint64[:, :], uint64[:],"
+            " int64[:])", cache=True, nogil=True)
 def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash.
     Three passes (hash, bucket, verify), each with short independent iterations, so
@@ -60,7 +63,7 @@ def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     return misses
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit("void(uint64[:], int64[:], uint64[:, :], uint64[:, :])", cache=True, nogil=True)
 def smc_insert(hashes, flows, table, matches):
     """Remember the flow found by a lower tier for each hash (flows that fit the cache only)."""
     size_mask = np.uint64(table.shape[0] - 1)
@@ -72,7 +75,8 @@ def smc_insert(hashes, flows, table, matches):
             table[b, 1] = f + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit("void(int64[:], int32[:], uint64[:], float64, int64[:], int64[:], float64[:],"
+            " uint16[:])", cache=True, nogil=True)
 def count_kernel(flows, lengths, tcp_flags, now, packets, nbytes, used, flags):
     """Per-flow counters for a batch: packets, bytes, last use and TCP flags seen."""
     for r in range(flows.shape[0]):
@@ -119,13 +123,14 @@ class SignatureCache:
         """(flow id or -1 per row, key hash per row, misses)."""
         out = np.empty(rows.size, dtype=np.int64)
         hashes = np.empty(rows.size, dtype=np.uint64)
-        misses = smc_lookup(keys, rows, HASHED, self.table, self.matches, hashes, out)
+        misses = smc_lookup(keys, rows.astype(np.int64, copy=False), HASHED, self.table,
+                            self.matches, hashes, out)
         self.lookups += rows.size
         self.hits += rows.size - misses
         return out, hashes, misses
 
     def insert(self, hashes: np.ndarray, flows: np.ndarray) -> None:
-        smc_insert(hashes, flows, self.table, self.matches)
+        smc_insert(hashes, flows.astype(np.int64, copy=False), self.table, self.matches)
 
     def nbytes(self) -> int:
         return self.table.nbytes + self.matches.nbytes

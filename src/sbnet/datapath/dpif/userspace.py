@@ -55,6 +55,9 @@ class UserspaceDpif:
         self._parse = extract if compiled else parse
         self.tier = offload
         if offload is not None:
+            if not callable(getattr(offload, "attach", None)):
+                raise TypeError(f"offload takes a tier (sbnet.offload.nic_tier(profile)), "
+                                f"not {offload!r}")
             offload.attach(self.conntrack, self)
         self.tier_packets = {"nic": 0, "software": 0}
         self.mf_nic_packets: dict[int, int] = {}     # offload-tier packets per live megaflow
@@ -266,7 +269,9 @@ class UserspaceDpif:
                tcp_flags: np.ndarray, keys: np.ndarray, rows: np.ndarray, depth: int) -> None:
         c = self.cache
         if self.tier is None and self.compiled:
-            count_kernel(mf, lengths, tcp_flags, now, c.packets, c.bytes, c.used, c.tcp_flags)
+            count_kernel(mf.astype(np.int64, copy=False), lengths.astype(np.int32, copy=False),
+                         tcp_flags.astype(np.uint64, copy=False), float(now), c.packets, c.bytes,
+                         c.used, c.tcp_flags)
             if depth == 0:
                 self.tier_packets["software"] += len(mf)
             return
