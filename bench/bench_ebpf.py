@@ -7,7 +7,7 @@ import time
 
 from sbnet.datapath import odp
 from sbnet.datapath.ebpf.tier import EbpfTier
-from sbnet.datapath.megaflow import Megaflow
+from sbnet.datapath.dpif.megaflow import Megaflow
 from sbnet.flows import fields as F
 
 S = F.SLOT_INDEX
