@@ -64,6 +64,7 @@ class UserspaceDpif:
         self._actions: list[tuple] = []
         self._action_ids: dict[tuple, int] = {}
         self._special: list[bool] = []      # per action list: has ct() or tunnel output
+        self._outputs: list[tuple | None] = []   # per action list: its ports, if only outputs
         self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
         self.drops: dict[str, int] = {}
         self.upcalls = 0
@@ -90,6 +91,9 @@ class UserspaceDpif:
             aid = self._action_ids[acts] = len(self._actions)
             self._actions.append(acts)
             self._special.append(any(_is_special(a) for a in acts))
+            # Plain outputs (the commonest action list) skip the executor: one copy, delivered.
+            outs = [a.port for a in acts if type(a) is odp.Output]
+            self._outputs.append(tuple(outs) if acts and len(outs) == len(acts) else None)
         mf = self.cache.add(wc, key, actions, aid, rules, reason, modified, now)
         if self.smc is not None:
             self.smc.add(mf.mf_id, mf.slots, mf.mask, mf.value)
@@ -212,6 +216,8 @@ class UserspaceDpif:
 
     def _well_formed(self, parsed) -> np.ndarray:
         """Rows that parsed; the others are counted per reason (and so dropped)."""
+        if not parsed.error.any():
+            return np.arange(len(parsed.error))
         bad = parsed.error != 0
         if not bad.any():
             return np.arange(len(parsed))
@@ -313,6 +319,9 @@ class UserspaceDpif:
                 continue
             if self._special[aid]:
                 self._run_special(batch, sel, parsed, acts, now, depth, out)
+            elif self._outputs[aid] is not None:
+                work = batch.take(sel)
+                self._deliver([(p, work) for p in self._outputs[aid]], out)
             else:
                 self._deliver(execute(batch, sel, parsed.l3, parsed.l4, acts), out)
 
