@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import struct
 import subprocess
@@ -402,8 +403,17 @@ class EbpfDatapath:
             return self.switch.dump_meters()
 
     def meter_stats(self) -> list:
+        """The switch's meter counters plus what the kernel's buckets passed and dropped."""
         with self.lock:
-            return self.switch.meter_stats()
+            out = []
+            for st in self.switch.meter_stats():
+                pk, dpk, by, dby = self.tier.meter_totals(self.switch.meters.dp_id(st.meter_id))
+                out.append(dataclasses.replace(
+                    st, packet_in_count=st.packet_in_count + pk + dpk,
+                    byte_in_count=st.byte_in_count + by + dby,
+                    band_packet_count=st.band_packet_count + dpk,
+                    band_byte_count=st.band_byte_count + dby))
+            return out
 
     def port_stats(self) -> dict[int, tuple[int, int, int]]:
         with self.lock:

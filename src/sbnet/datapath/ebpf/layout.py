@@ -33,7 +33,7 @@ TRACE_OUT_SIZE = TRACE_OUT_HEAD.size + TRACE_BYTES
 UPCALL = struct.Struct("<IIIIIIQIIII")
 CT_KEY = struct.Struct("<HBBHHII")
 CT_VAL = struct.Struct("<IIQQQ")
-METER = struct.Struct("<QQQQIIQQII")
+METER = struct.Struct("<QQQQIIQQQQII")
 U32 = struct.Struct("<I")
 
 PORT_F_TUNNEL = 1

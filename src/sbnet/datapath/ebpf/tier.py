@@ -281,7 +281,8 @@ class EbpfTier:
         tokens_rate = rate if packets else rate * 1000 // 8          # packets or bytes per second
         cap = burst if packets else burst * 1000 // 8
         self.m_meters.update(L.U32.pack(dp_id), L.METER.pack(
-            tokens_rate, cap, cap * 10**9, time.monotonic_ns(), 1 if packets else 0, 0, 0, 0, 0, 0))
+            tokens_rate, cap, cap * 10**9, time.monotonic_ns(), 1 if packets else 0, 0, 0, 0, 0, 0,
+            0, 0))
         self.meters.add(dp_id)
 
     def remove_meter(self, dp_id: int) -> None:
@@ -290,11 +291,15 @@ class EbpfTier:
 
     def meter_counts(self, dp_id: int) -> tuple[int, int]:
         """(passed, dropped) packets of a kernel meter."""
+        return self.meter_totals(dp_id)[:2]
+
+    def meter_totals(self, dp_id: int) -> tuple[int, int, int, int]:
+        """(passed, dropped) packets then (passed, dropped) bytes of a kernel meter."""
         raw = self.m_meters.lookup(L.U32.pack(dp_id))
         if raw is None:
-            return 0, 0
+            return 0, 0, 0, 0
         v = L.METER.unpack(raw)
-        return v[6], v[7]
+        return v[6], v[7], v[8], v[9]
 
     def stats(self) -> dict[str, int]:
         out = {}

@@ -485,8 +485,10 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 		t -= cost;
 		pass = 1;
 		m->passed++;
+		m->passed_bytes += bytes;
 	} else {
 		m->dropped++;
+		m->dropped_bytes += bytes;
 	}
 	m->tokens = t;
 	m->last = now;

@@ -127,6 +127,8 @@ struct sb_meter {
 	__u32 pad;
 	__u64 passed;
 	__u64 dropped;
+	__u64 passed_bytes;
+	__u64 dropped_bytes;
 	struct bpf_spin_lock lock;
 	__u32 pad2;
 };
