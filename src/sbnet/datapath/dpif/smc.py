@@ -44,16 +44,21 @@ def _covers(keys, i, match):
             " int64[:])", cache=True, nogil=True)
 def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash.
-    Three passes (hash, bucket, verify), each with short independent iterations, so
+    Three passes (hash, bucket pair, verify), each with short independent iterations, so
     the random loads of a batch overlap instead of waiting on memory one by one."""
-    size_mask = np.uint64(table.shape[0] - 1)
+    size_mask = np.uint64(table.shape[0] - 2)        # even: the first bucket of a pair
     n = rows.shape[0]
     for r in range(n):
         hashes[r] = _key_hash(keys, rows[r], hashed)
     for r in range(n):
-        b = np.int64(hashes[r] & size_mask)
-        f = np.int64(table[b, 1]) - 1
-        out[r] = f if f >= 0 and table[b, 0] == hashes[r] else -1
+        h = hashes[r]
+        b = np.int64(h & size_mask)
+        f = np.int64(-1)
+        if table[b, 1] != 0 and table[b, 0] == h:
+            f = np.int64(table[b, 1]) - 1
+        elif table[b + 1, 1] != 0 and table[b + 1, 0] == h:
+            f = np.int64(table[b + 1, 1]) - 1
+        out[r] = f
     misses = 0
     for r in range(n):
         f = out[r]
@@ -65,13 +70,21 @@ def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
 
 @numba.njit("void(uint64[:], int64[:], uint64[:, :], uint64[:, :])", cache=True, nogil=True)
 def smc_insert(hashes, flows, table, matches):
-    """Remember the flow found by a lower tier for each hash (flows that fit the cache only)."""
-    size_mask = np.uint64(table.shape[0] - 1)
+    """Remember the flow found by a lower tier for each hash (flows that fit the cache only).
+    Two buckets per hash (one cache line): an empty one or the same hash's is taken,
+    else the hash's low bit picks which of the two is replaced."""
+    size_mask = np.uint64(table.shape[0] - 2)
     for r in range(hashes.shape[0]):
         f = flows[r]
         if f >= 0 and matches[f, 0] != _DEAD:
-            b = np.int64(hashes[r] & size_mask)
-            table[b, 0] = hashes[r]
+            h = hashes[r]
+            b = np.int64(h & size_mask)
+            if not (table[b, 1] == 0 or table[b, 0] == h):
+                if table[b + 1, 1] == 0 or table[b + 1, 0] == h:
+                    b += 1
+                else:
+                    b += np.int64(h >> np.uint64(63))
+            table[b, 0] = h
             table[b, 1] = f + 1
 
 
