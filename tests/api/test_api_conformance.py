@@ -222,3 +222,31 @@ def test_subnet_pools_are_private_unless_shared(api: Api) -> None:
     tagged = api.req("PUT", f"subnetpools/{shared['id']}/tags/blue", status=201)
     assert tagged == {} and api.req("GET", f"subnetpools/{shared['id']}", status=200)[
         "subnetpool"]["tags"] == ["blue"]
+
+
+def test_ports_filtered_by_part_of_an_address(api: Api) -> None:
+    net = api.create("networks", "network")["id"]
+    sub = api.create("subnets", "subnet", network_id=net, cidr="10.56.0.0/24")["id"]
+    ports = {ip: api.create("ports", "port", network_id=net, fixed_ips=[
+        {"subnet_id": sub, "ip_address": ip}])["id"] for ip in ("10.56.0.9", "10.56.0.19")}
+
+    def listed(*filters: str) -> set[str]:
+        return {p["id"] for p in api.req("GET", "ports", status=200,
+                                         params=[("fixed_ips", f) for f in filters])["ports"]}
+    assert listed("ip_address_substr=10.56.0.1") == {ports["10.56.0.19"]}
+    assert listed("ip_address_substr=56.0.") == set(ports.values())
+    assert listed("ip_address=10.56.0.9") == {ports["10.56.0.9"]}
+    assert listed("ip_address_substr=10.57") == set()
+    assert "ip-substring-filtering" in {e["alias"] for e in api.req("GET", "extensions", status=200)["extensions"]}
+
+
+def test_new_networks_get_the_projects_default_qos_policy(api: Api) -> None:
+    member = api.as_(project("qos-default"))
+    assert member.create("networks", "network")["qos_policy_id"] is None
+    # QoS policies are made by an admin for the project (Neutron's policy: admin only).
+    default = api.create("qos/policies", "policy", name="d", is_default=True, project_id="qos-default")
+    other = api.create("qos/policies", "policy", name="o", project_id="qos-default", shared=True)
+    assert member.create("networks", "network")["qos_policy_id"] == default["id"]
+    assert member.create("networks", "network", qos_policy_id=other["id"])["qos_policy_id"] == other["id"]
+    # Another project's default is not ours.
+    assert api.as_(project("someone-else")).create("networks", "network")["qos_policy_id"] is None

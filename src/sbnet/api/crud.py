@@ -123,9 +123,10 @@ def _norm(v: Any) -> list[str]:
 def _matches(item: dict, key: str, values: list[str]) -> bool:
     v = item.get(key)
     wanted = {x.lower() for x in values}
-    if key == "fixed_ips":
+    if key == "fixed_ips":  # fixed_ips=ip_address=X, subnet_id=Y or ip_address_substr=Z
         conds = [w.partition("=") for w in values]
-        return any(str(ip.get(k)) == val for k, _, val in conds for ip in v or [])
+        return any(val in str(ip.get("ip_address")) if k == "ip_address_substr"
+                   else str(ip.get(k)) == val for k, _, val in conds for ip in v or [])
     if isinstance(v, list):
         return any(str(x).lower() in wanted for x in v)
     if isinstance(v, dict):

@@ -24,6 +24,7 @@ EXTENSIONS = (
     ("fields", "Fields", "Support fields query parameter"),
     ("flow_classifier", "Flow Classifier", "Flow Classifier Extension."),
     ("sfc", "Port Chain", "Service Function Chains Extension."),
+    ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
     ("network_availability_zone", "Network Availability Zone", "Availability zone support for network."),

@@ -55,6 +55,9 @@ class NetworkHooks(Hooks):
             raise InvalidInput(error_message=f"Requested MTU is too big, maximum is {limit}")
         if body.get("qos_policy_id"):
             fetch(tx, ctx, QOS_POLICY, body["qos_policy_id"])
+        else:  # qos-default: the project's default QoS policy, if it has one, as in Neutron
+            body["qos_policy_id"] = next((p["id"] for p in tx.list("policy", project_id=body[
+                "project_id"]) if p["is_default"]), None)
         body.update(status="ACTIVE", subnets=[], availability_zones=[], ipv4_address_scope=None,
                     ipv6_address_scope=None, l2_adjacency=True)
         return super().create(tx, ctx, body)

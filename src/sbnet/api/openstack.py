@@ -68,7 +68,9 @@ class Keystone:
         keys = self.workdir / "fernet-keys"
         conf.write_text(
             f"[DEFAULT]\nlog_file = {self.workdir / 'keystone.log'}\n"
-            f"[database]\nconnection = sqlite:///{self.workdir / 'keystone.db'}\n"
+            # One request at a time (one sync worker) and a patient SQLite: concurrent writers
+            # otherwise meet "database is locked" and Keystone answers 500.
+            f"[database]\nconnection = sqlite:///{self.workdir / 'keystone.db'}?timeout=30\n"
             "[token]\nprovider = fernet\nexpiration = 3600\n"
             # Test users need no costly hashes (bcrypt's default 12 rounds cost ~0.3 s a user).
             "[identity]\npassword_hash_rounds = 4\n"
@@ -90,7 +92,7 @@ class Keystone:
             "application = initialize_public_application()\n")
         self.proc = subprocess.Popen(
             [str(env_dir / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-             "--threads", "8", "--timeout", "120", "--log-file", str(self.workdir / "gunicorn.log"),
+             "--threads", "1", "--timeout", "120", "--log-file", str(self.workdir / "gunicorn.log"),
              "--pythonpath", str(self.workdir), "keystone_wsgi:application"], env=env, stdin=subprocess.DEVNULL)
         _wait(self.url, self.proc, 120, "keystone")
         self.admin_token = self.token("admin", ADMIN_PASSWORD, "admin")
