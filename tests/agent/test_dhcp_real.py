@@ -104,11 +104,16 @@ def test_ipv6_slaac_from_router_advertisements_and_dhcpv6_stateful(backend, tmp_
                 for _, vm in vms:
                     _ipv6_on(topo, vm)
                     if mode == "dhcpv6-stateful":
-                        time.sleep(2)                    # the link-local address settles (DAD)
+                        # dhclient -6 needs the link-local address, past its DAD.
+                        deadline = time.monotonic() + 20
+                        while not any(a.scope == "link" and not a.tentative
+                                      for a in topo.ipv6_addresses(vm)):
+                            assert time.monotonic() < deadline, topo.ipv6_addresses(vm)
+                            time.sleep(0.1)
                         dhcp.run(vm, v6=True)
                 for port, vm in vms:
                     want = next(f["ip_address"] for f in port["fixed_ips"])
-                    deadline = time.monotonic() + 15
+                    deadline = time.monotonic() + 30
                     while want not in _global6(topo, vm):
                         assert time.monotonic() < deadline, (mode, want, _global6(topo, vm))
                         time.sleep(0.3)

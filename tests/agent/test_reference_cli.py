@@ -5,6 +5,7 @@ booting with dhclient; traffic at full MTU over VXLAN."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from tests.agent.dhcpclient import Dhclients, require_dhclient
 from tests.agent.test_agent_faults import Lines
 from tests.agent.test_dhcp_real import check_full_mtu
 from tests.agent.test_e2e import tcp_transfer
+from tests.agent.test_metadata_real import GET, SECRET, nova  # noqa: F401 (a fixture)
 
 ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
 PREFIX = "10.250.0.0/24"
@@ -51,12 +53,12 @@ def plug(topo: Topology, host_ns: str, vm: str, port: dict) -> None:
     sh("ip", "-n", host_ns, "link", "set", tap, "arp", "off", "up")
 
 
-def agent(url: str, name: str, ns: str, tunnel_ip: str, sock: str) -> subprocess.Popen:
+def agent(url: str, name: str, ns: str, tunnel_ip: str, sock: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "sbnet", "agent", "--host", name, "--api", url,
          "--tunnel-ip", tunnel_ip, "--datapath", "reference", "--netns", ns,
          "--underlay", "ul0", "--underlay-prefix", PREFIX, "--wait", "0.5",
-         "--switch-socket", sock],
+         "--switch-socket", sock, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -79,11 +81,12 @@ def env(tmp_path):
                     os.kill(int(pidfile.read_text()), signal.SIGTERM)
 
 
-def test_two_reference_hypervisors_without_neighbour_options(env):
+def test_two_reference_hypervisors_without_neighbour_options(env, nova):
     topo, url, dhcp, tmp = env
     hosts = {n: hypervisor(topo, n, i + 1) for i, n in enumerate(("h1", "h2"))}
     start = lambda n: Lines(agent(url, n, hosts[n], f"10.250.0.{n[1]}",  # noqa: E731
-                                  str(tmp / f"{n}.sock")))
+                                  str(tmp / f"{n}.sock"), "--metadata-url", nova,
+                                  "--metadata-secret", SECRET))
     procs = {n: start(n) for n in hosts}
     try:
         http = httpx.Client(base_url=url, timeout=60, headers=ADMIN)
@@ -97,7 +100,8 @@ def test_two_reference_hypervisors_without_neighbour_options(env):
         ports = {}
         for vm, h in (("a", "h1"), ("b", "h2")):
             ports[vm] = http.post("/v2.0/ports", json={"port": {
-                "network_id": net["id"], "binding:host_id": h}}).json()["port"]
+                "network_id": net["id"], "binding:host_id": h,
+                "device_id": f"instance-{vm}"}}).json()["port"]
             assert ports[vm]["binding:vif_type"] == "tap"
             plug(topo, hosts[h], vm, ports[vm])
         for p in ports.values():
@@ -106,6 +110,12 @@ def test_two_reference_hypervisors_without_neighbour_options(env):
                 time.sleep(0.2)
         for vm in ports:
             dhcp.run(vm)
+        # cloud-init's first question, answered through the agent's metadata proxy (the
+        # subnet has no router: DHCP's default route still points at its gateway address,
+        # and the switch takes the request before any routing).
+        meta = json.loads(topo.run("a", "python3", "-c", GET, timeout=30).stdout)
+        assert {k.lower(): v for k, v in meta["headers"].items()}["x-instance-id"] == \
+            "instance-a"
         b = ports["b"]["fixed_ips"][0]["ip_address"]
         check_full_mtu(topo, "a", "b", b)
         assert tcp_transfer(SimpleNamespace(topo=topo), "a", "b", 5201, size=1_000_000,

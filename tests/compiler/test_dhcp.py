@@ -56,7 +56,9 @@ def test_discover_and_request_get_the_ports_lease_with_routes_dns_and_mtu():
     assert o["name_server"] == ("10.0.0.53", "10.0.0.54")
     assert o["interface-mtu"] == 1450                # VXLAN: room for the header
     assert o["lease_time"] == 86400
-    assert o["classless_static_routes"] == ["172.16.0.0/16:10.0.0.9", "0.0.0.0/0:10.0.0.1"]
+    # No router on this network: the metadata address is routed on-link (the agent has it).
+    assert o["classless_static_routes"] == ["172.16.0.0/16:10.0.0.9", "169.254.169.254/32:0.0.0.0",
+                                            "0.0.0.0/0:10.0.0.1"]
     # Checksums as the wire needs them (a Linux client drops a bad UDP checksum).
     again = Ether(frame)
     del again[IP].chksum, again[UDP].chksum

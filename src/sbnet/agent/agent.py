@@ -187,6 +187,17 @@ class HostAgent:
                                          **datapath_config(self.datapath)})
         self._registered = time.monotonic()
 
+    def port_at(self, ofport: int) -> tuple[dict, str] | None:
+        """The local port whose VIF is at `ofport` and its first IPv4 address (the metadata
+        proxy's question; asked from its own thread)."""
+        ports = self.mirror.by_type.get("port", {})
+        for pid, num in list(self._plugged.items()):
+            if num == ofport and pid in ports:
+                ips = [f["ip_address"] for f in ports[pid].get("fixed_ips") or ()
+                       if ":" not in f["ip_address"]]
+                return (ports[pid], ips[0]) if ips else None
+        return None
+
     def start_when_up(self, say: Callable[[str], None], first: float = 0.5,
                       most: float = 30.0) -> bool:
         """Register, retrying with back-off while the API cannot be reached or answers 5xx

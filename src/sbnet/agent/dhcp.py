@@ -6,8 +6,9 @@ import ipaddress
 import struct
 
 from sbnet.agent.dhcp6 import answer_ipv6
-from sbnet.compiler.dhcp import (BOOTPC, BOOTPS, ETH_IP, ETH_IPV6, SERVER_MAC, UDP, dhcp_subnet,
-                                 port_tag, tag_key)
+from sbnet.compiler.dhcp import (AGENT_MAC, BOOTPC, BOOTPS, ETH_ARP, ETH_IP, ETH_IPV6,
+                                 METADATA_IP, SERVER_MAC, UDP, dhcp_subnet, port_tag, tag_key)
+from sbnet.compiler.topology import ROUTER_OWNERS
 from sbnet.datapath.checksum import internet_checksum
 
 MAGIC = b"\x63\x82\x53\x63"
@@ -90,7 +91,8 @@ def server_address(subnet: dict) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Network(subnet["cidr"]).broadcast_address - 1
 
 
-def lease_options(address: str, subnet: dict, network: dict | None) -> list[bytes]:
+def lease_options(address: str, subnet: dict, network: dict | None,
+                  routed: bool = True) -> list[bytes]:
     """The options that configure the port: mask, broadcast, router, classless routes (the
     subnet's host routes, then the default route: a client that takes option 121 ignores
     option 3, RFC 3442), DNS servers, MTU (the network's, so VXLAN fits), host name."""
@@ -99,10 +101,14 @@ def lease_options(address: str, subnet: dict, network: dict | None) -> list[byte
     gw = subnet.get("gateway_ip")
     if gw:
         out.append(_opt(OPT_ROUTER, ipaddress.IPv4Address(gw).packed))
-    routes = [r for r in subnet.get("host_routes") or ()
+    routes = [(r["destination"], r["nexthop"]) for r in subnet.get("host_routes") or ()
               if ipaddress.ip_network(r["destination"], strict=False).version == 4]
+    if not routed:
+        # No router answers for the gateway: the metadata address is on-link (the agent
+        # answers its ARP), as Neutron routes it to its DHCP port on isolated networks.
+        routes.append((f"{ipaddress.IPv4Address(METADATA_IP)}/32", "0.0.0.0"))
     if routes:
-        blob = b"".join(_classless(r["destination"], r["nexthop"]) for r in routes)
+        blob = b"".join(_classless(dest, hop) for dest, hop in routes)
         if gw:
             blob += _classless("0.0.0.0/0", gw)
         out.append(_opt(OPT_CLASSLESS_ROUTES, blob))
@@ -125,7 +131,30 @@ class Responder:
         self.topo = topo
         self.by_key = {k: pid for pid, k in topo.port_key.items()}
 
+    def _routed(self, port: dict, subnet: dict) -> bool:
+        """Does a router port hold the subnet's gateway address?"""
+        gw = subnet.get("gateway_ip")
+        return bool(gw) and any(
+            p.get("device_owner") in ROUTER_OWNERS and
+            any(f["ip_address"] == gw for f in p.get("fixed_ips") or ())
+            for p in self.topo.ports_of.get(port["network_id"], ()))
+
+    def _arp(self, frame: bytes) -> bytes | None:
+        """The metadata address's ARP (a network without a router routes it on-link): the
+        agent's end of the slow-path veth has it."""
+        key = tag_key(int.from_bytes(frame[0:6], "big"))
+        port = self.topo.ports.get(self.by_key.get(key)) if key is not None else None
+        if port is None or frame[20:22] != b"\x00\x01" or \
+                frame[38:42] != METADATA_IP.to_bytes(4, "big"):
+            return None
+        agent = AGENT_MAC.to_bytes(6, "big")
+        arp = struct.pack("!HHBBH", 1, ETH_IP, 6, 4, 2) + agent + frame[38:42] + frame[22:32]
+        return (port_tag(key).to_bytes(6, "big") + agent + struct.pack("!H", ETH_ARP) + arp
+                ).ljust(60, b"\x00")
+
     def answer(self, frame: bytes) -> bytes | None:
+        if len(frame) >= 42 and struct.unpack_from("!H", frame, 12)[0] == ETH_ARP:
+            return self._arp(frame)
         if len(frame) >= 14 and struct.unpack_from("!H", frame, 12)[0] == ETH_IPV6:
             key = tag_key(int.from_bytes(frame[0:6], "big"))
             port = self.topo.ports.get(self.by_key.get(key)) if key is not None else None
@@ -163,8 +192,8 @@ class Responder:
                 opts += [_opt(OPT_LEASE, struct.pack("!I", LEASE_SECONDS)),
                          _opt(OPT_T1, struct.pack("!I", LEASE_SECONDS // 2)),
                          _opt(OPT_T2, struct.pack("!I", LEASE_SECONDS * 7 // 8))]
-            opts += lease_options(address, subnet,
-                                  self.topo.networks.get(port["network_id"]))
+            opts += lease_options(address, subnet, self.topo.networks.get(port["network_id"]),
+                                  self._routed(port, subnet))
         bootp = struct.pack("!BBBB4sHH4s4s4s4s16s64s128s", 2, 1, 6, 0, req.xid, 0, req.flags,
                             req.ciaddr.packed, yiaddr.packed, server.packed, req.giaddr,
                             req.chaddr, b"", b"") + MAGIC + b"".join(opts) + bytes((OPT_END,))

@@ -22,12 +22,16 @@ class RealCloud:
     host's agent answers DHCP on its slow-path port (native DHCP)."""
 
     def __init__(self, topo: Topology, backend: str, hosts=("h1", "h2"),
-                 physnets: tuple[str, ...] = (), api: LocalApi | None = None) -> None:
+                 physnets: tuple[str, ...] = (), api: LocalApi | None = None,
+                 metadata: tuple[str, str] | None = None) -> None:
+        """metadata: (URL, shared secret) of a metadata service each host's agent proxies
+        http://169.254.169.254 to."""
         self.topo = topo
         self.api = api or LocalApi()
         self.source = ApiSource(self.api.client)
         self.vifs: dict[str, dict[str, int]] = {h: {} for h in hosts}
         self.agents: dict[str, HostAgent] = {}
+        self.proxies: list = []
         self.bridges: dict[str, str] = {}
         for i, name in enumerate(physnets):
             self.bridges[name] = f"pn{i}"
@@ -56,6 +60,9 @@ class RealCloud:
                               service_ofport=SERVICE_OFPORT, slow_path=svc.start())
             agent.start()
             self.agents[name] = agent
+            if metadata is not None:
+                from sbnet.agent.metadata import MetadataProxy
+                self.proxies.append(MetadataProxy(*metadata, agent.port_at, host.netns).start())
 
     def _wire(self, netns: str, inside: str, outside: str, bridge: str) -> None:
         """A veth from `netns` (named `inside`) to the physical network's bridge."""
@@ -127,6 +134,13 @@ class RealCloud:
         if gateway:
             sh("ip", "-n", ns, "route", "add", "default", "via", gateway)
         return ns
+
+    def close(self) -> None:
+        """Stop what runs in this process for the hosts: metadata proxies, slow paths."""
+        for p in self.proxies:
+            p.close()
+        for agent in self.agents.values():
+            agent.stop()
 
     def sync(self) -> None:
         for _ in range(2):                # the second round takes in the status reports

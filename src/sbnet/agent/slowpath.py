@@ -1,9 +1,10 @@
-"""The host agent's slow path on a real host: a veth whose one end is a switch port (SERVICE_OFPORT) and whose other the agent answers on (native DHCP)."""
+"""The host agent's slow path on a real host: a veth whose one end is a switch port (SERVICE_OFPORT) and whose other the agent answers on (native DHCP; its kernel holds the metadata address)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import select
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import threading
 from typing import Callable
 
+from sbnet.compiler.dhcp import AGENT_MAC, METADATA_IP
 from sbnet.datapath.afpacket import CLONE_NEWNET, ETH_P_ALL, PACKET_OUTGOING
 
 SWITCH_END, AGENT_END = "sbnet-svc", "sbnet-svc-a"
@@ -46,6 +48,10 @@ def _ip(netns: str | None, *argv: str, check: bool = True) -> subprocess.Complet
     return res
 
 
+def _mac(value: int) -> str:
+    return value.to_bytes(6, "big").hex(":")
+
+
 def _sysctl(netns: str | None, key: str, value: str) -> None:
     # /proc/sys/net is the namespace of the process that mounted /proc: ask a child in it.
     with in_netns(netns):
@@ -72,9 +78,17 @@ class ServicePort:
         SERVICE_OFPORT).  Neither end has addresses, ARP or IPv6: the kernel says nothing."""
         if _ip(self.netns, "link", "show", SWITCH_END, check=False).returncode != 0:
             _ip(self.netns, "link", "add", SWITCH_END, "type", "veth", "peer", "name", AGENT_END)
+        _ip(self.netns, "link", "set", AGENT_END, "address", _mac(AGENT_MAC))
         for dev in (SWITCH_END, AGENT_END):
             _sysctl(self.netns, f"net/ipv6/conf/{dev}/disable_ipv6", "1")
             _ip(self.netns, "link", "set", dev, "arp", "off", "up")
+        # The metadata service's address, for the proxy's TCP (see compiler.dhcp); the
+        # kernel's checksums complete before the frames reach the switch.
+        _ip(self.netns, "addr", "replace", f"{ipaddress.IPv4Address(METADATA_IP)}/16", "dev",
+            AGENT_END)
+        with in_netns(self.netns):
+            subprocess.run(["ethtool", "-K", AGENT_END, "tx", "off"], capture_output=True,
+                           timeout=30)
         return SWITCH_END
 
     def start(self) -> "ServicePort":

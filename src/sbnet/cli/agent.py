@@ -278,6 +278,12 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("software", help="the host's NIC profile"),
         wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
         stats_every: float = typer.Option(10.0, help="seconds between port counter reports"),
+        metadata_url: str = typer.Option("", help="Nova's metadata service (e.g. "
+                                         "http://controller:8775): VMs' http://169.254.169.254 "
+                                         "is proxied there with their instance headers"),
+        metadata_secret: str = typer.Option("", help="the secret shared with Nova "
+                                            "(metadata_proxy_shared_secret) that signs "
+                                            "X-Instance-ID"),
         token_file: str = typer.Option("", help="a file holding the token to send as "
                                        "X-Auth-Token (an API served with --require-token; "
                                        "the token must have the admin role)"),
@@ -328,6 +334,10 @@ def register(app: typer.Typer) -> None:
         a = HostAgent(host, dp, source, tunnel_ip, _physnets(physnet), profile, vifs=vifs,
                       service_ofport=SERVICE_OFPORT, slow_path=svc.start())
         ref.append(a)
+        proxy = None
+        if metadata_url:
+            from sbnet.agent.metadata import MetadataProxy
+            proxy = MetadataProxy(metadata_url, metadata_secret, a.port_at, svc.netns).start()
         import faulthandler
         faulthandler.register(signal.SIGUSR1)         # `kill -USR1`: where is it stuck?
         stop = lambda *_: a._stop.set()  # noqa: E731
@@ -338,6 +348,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{host}: {exc}")
 
         def shutdown() -> None:
+            if proxy is not None:
+                proxy.close()
             if arp is not None:
                 arp.close()
             if watcher is not None:

@@ -8,11 +8,24 @@ from sbnet.compiler import registers as R
 from sbnet.compiler.topology import mac_int, version
 from sbnet.flows import actions as A
 
-ETH_IP, ETH_IPV6, UDP, ICMPV6 = 0x0800, 0x86DD, 17, 58
+ETH_IP, ETH_ARP, ETH_IPV6, UDP, ICMPV6 = 0x0800, 0x0806, 0x86DD, 17, 58
 BOOTPC, BOOTPS = 68, 67
 DHCP6_CLIENT, DHCP6_SERVER = 546, 547
 ND_RS = 133
 RA_MODES = ("slaac", "dhcpv6-stateful", "dhcpv6-stateless")
+TCP, HTTP = 6, 80
+METADATA_IP = 0xA9FEA9FE                    # 169.254.169.254
+# The MAC of the agent's end of the slow-path veth (its kernel holds METADATA_IP there).
+AGENT_MAC = 0x0A_00_5E_00_00_02
+METADATA_NET = 0xA9FE0000                   # 169.254.0.0/16
+
+
+def metadata_source(ofport: int) -> int | None:
+    """The address a port's metadata requests come from on the agent's side: 169.254.0.0/16
+    plus its VIF's ofport (unique on the host, whatever the tenant addresses overlap), so
+    the agent knows the asking port from the connection alone; None where it cannot be."""
+    addr = METADATA_NET + ofport
+    return addr if 0 < ofport < 0xFFFF and addr != METADATA_IP else None
 # The MAC the answers come from (locally administered, as OVN's server_mac is configured).
 SERVER_MAC = 0x0A_00_5E_00_00_01
 # On the service port a frame's destination MAC names the logical port it is from (a
@@ -90,7 +103,31 @@ def build_dhcp_port(ctx, port: dict) -> None:
     for q in questions:
         ctx.flow("dhcp", 100, ask, {"reg14": R.INPORT.match(key), **q}, cookie)
     net = port["network_id"]
-    ctx.flow("dhcp", 100, [A.SetField("eth_dst", mac_int(port["mac_address"])),
-                           R.NETWORK.load(topo.net_key[net]), R.OUTPORT.load(key),
-                           ctx.goto("deliver")],
-             {"in_port": svc, "eth_dst": port_tag(key)}, cookie)
+    back = [A.SetField("eth_dst", mac_int(port["mac_address"])),
+            R.NETWORK.load(topo.net_key[net]), R.OUTPORT.load(key), ctx.goto("deliver")]
+    ctx.flow("dhcp", 100, back, {"in_port": svc, "eth_dst": port_tag(key)}, cookie)
+    build_metadata_port(ctx, port, key, back, cookie)
+
+
+def build_metadata_port(ctx, port: dict, key: int, back: list, cookie: int) -> None:
+    """The metadata service (http://169.254.169.254): the port's TCP to it goes to the
+    agent's kernel on the slow-path veth, its source rewritten to metadata_source(ofport);
+    what comes back gets the port's address again and goes out of that port alone."""
+    ofport = ctx.chassis.ofports[port["id"]]
+    src = metadata_source(ofport)
+    mine = [f["ip_address"] for f in port.get("fixed_ips") or () if ":" not in f["ip_address"]]
+    if src is None or not mine:
+        return
+    # On a network with no router, DHCP routes 169.254.169.254 on-link (agent.dhcp): its
+    # ARP is answered by the agent too.
+    ctx.flow("dhcp", 100, [A.SetField("eth_dst", port_tag(key)),
+                           A.Output(ctx.chassis.service_ofport)],
+             {"reg14": R.INPORT.match(key), "eth_type": ETH_ARP, "arp_op": 1,
+              "arp_tpa": METADATA_IP}, cookie)
+    ctx.flow("dhcp", 100, [A.SetField("eth_dst", AGENT_MAC), A.SetField("ip_src", src),
+                           A.Output(ctx.chassis.service_ofport)],
+             {"reg14": R.INPORT.match(key), "eth_type": ETH_IP, "ip_proto": TCP,
+              "ip_dst": METADATA_IP, "tcp_dst": HTTP}, cookie)
+    ctx.flow("dhcp", 110, [A.SetField("ip_dst", int(ipaddress.IPv4Address(mine[0]))), *back],
+             {"in_port": ctx.chassis.service_ofport, "eth_type": ETH_IP, "ip_proto": TCP,
+              "ip_src": METADATA_IP, "ip_dst": src, "tcp_src": HTTP}, cookie)

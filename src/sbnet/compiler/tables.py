@@ -28,11 +28,11 @@ PIPELINE = Pipeline((
        "allowed address pairs, DHCP, IPv6 link-local, ARP and ND)",
        {"reg14", "eth_src", "ip_src", "ipv6_src", "udp_src", "udp_dst", "ip_dst",
         "ipv6_dst"} | _ND | _L3, ("dhcp",)),
-    _t("dhcp", "native DHCP: a port's DHCPv4, DHCPv6 and router solicitations go to the host "
-       "agent (the slow path), tagged with the port; the agent's answers come back to that "
-       "port alone",
+    _t("dhcp", "native DHCP: a port's DHCPv4, DHCPv6, router solicitations and metadata "
+       "requests go to the host agent (the slow path), tagged with the port; the agent's "
+       "answers come back to that port alone",
        {"reg14", "in_port", "eth_dst", "eth_type", "ip_proto", "udp_src", "udp_dst",
-        "icmpv6_type"},
+        "icmpv6_type", "ip_src", "ip_dst", "tcp_src", "tcp_dst", "arp_op", "arp_tpa"},
        ("qos_egress", "deliver"), miss="next"),
     _t("qos_egress", "bandwidth limit (meter) and DSCP marking of what a port sends",
        {"reg14", "eth_type"}, ("egress_ct",), miss="next"),
