@@ -6,6 +6,7 @@ import json
 import json as _json
 import os
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -74,6 +75,47 @@ class Neutron:
         raise AssertionError(f"port {port_id} not {status} in Neutron after {timeout}s")
 
 
+class NovaStandIn:
+    """Records what Neutron's Nova notifier sends (POST /os-server-external-events) and
+    answers as Nova does."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        events = self.events = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                got = body.get("events", []) if self.path.endswith("/os-server-external-events") else []
+                events.extend(got)
+                out = _json.dumps({"events": [dict(e, code=200) for e in got]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def plugged(self, port_id: str, timeout: float = 30.0) -> dict | None:
+        """The network-vif-plugged event for a port, once Neutron has sent it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events:
+                if e.get("name") == "network-vif-plugged" and e.get("tag") == port_id:
+                    return e
+            time.sleep(0.2)
+        return None
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
 class Stack:
     """sbnet's API and store, and a real neutron-server writing to it."""
 
@@ -81,18 +123,20 @@ class Stack:
         from sbnet.southbound.neutron_server import ApiThread, NeutronServer
         self.store = Store(f"sqlite:///{workdir / 'sbnet.db'}")
         self.sbnet = ApiThread(self.store).start()
-        self.server = NeutronServer(workdir / "neutron", self.sbnet.url, maintenance=maintenance)
+        self.nova = NovaStandIn()
+        self.server = NeutronServer(workdir / "neutron", self.sbnet.url, maintenance=maintenance,
+                                    nova_url=self.nova.url)
         try:
             self.server.start(timeout=240)
         except Exception:
-            self.server.stop()
-            self.sbnet.stop()
+            self.close()
             raise
         self.neutron = Neutron(self.server.url)
 
     def close(self) -> None:
         self.server.stop()
         self.sbnet.stop()
+        self.nova.close()
         self.store.dispose()
 
 

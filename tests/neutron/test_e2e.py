@@ -5,6 +5,7 @@ namespaces) carry the packets, and the ports go ACTIVE in Neutron."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 
@@ -57,10 +58,13 @@ def test_openstack_cli_through_neutron_server_to_the_wire(stack):
                   "--dst-port", "8080", sg["id"])
             router = n.osc("router", "create", "r", "--external-gateway", ext["id"])
             n.osc("router", "add", "subnet", router["id"], sub["id"], json=False)
+            vm_a, vm_b = str(uuid.uuid4()), str(uuid.uuid4())     # Nova's instances
             pa = n.osc("port", "create", "a", "--network", net["id"], "--security-group",
-                       sg["id"], "--host", "h1")
+                       sg["id"], "--host", "h1", "--device-owner", "compute:nova",
+                       "--device", vm_a)
             pb = n.osc("port", "create", "b", "--network", net["id"], "--security-group",
-                       sg["id"], "--host", "h2")
+                       sg["id"], "--host", "h2", "--device-owner", "compute:nova",
+                       "--device", vm_b)
             fip = n.osc("floating", "ip", "create", ext["id"], "--port", pa["id"])
             assert pa["binding_vif_type"] == pb["binding_vif_type"] == "ovs"
 
@@ -68,9 +72,13 @@ def test_openstack_cli_through_neutron_server_to_the_wire(stack):
             subnet = n.get("subnets", sub["id"])
             a = cloud.plug("a", n.get("ports", pa["id"]), subnet)
             b = cloud.plug("b", n.get("ports", pb["id"]), subnet)
-            for port in (pa, pb):
+            for port, instance in ((pa, vm_a), (pb, vm_b)):
                 took = n.wait_port_status(port["id"], "ACTIVE", timeout=90)
                 print(f"port {port['name']} ACTIVE in Neutron {took:.1f}s after plugging")
+                # Neutron's notifier told Nova the VIF is plugged (the flows are in).
+                event = stack.nova.plugged(port["id"])
+                assert event is not None, stack.nova.events
+                assert (event["server_uuid"], event["status"]) == (instance, "completed")
 
             assert ping_soon(topo, a, b.address).returncode == 0
             assert topo.ping(b, a.address).returncode == 0

@@ -27,10 +27,10 @@ def network(rev: int, **kw) -> dict:
             "provider:network_type": "vxlan", "provider:segmentation_id": 7, **kw}
 
 
-def port(rev: int, host: str = "h1", status: str = "DOWN") -> dict:
+def port(rev: int, host: str = "h1", status: str = "DOWN", vif: str = "ovs") -> dict:
     return {"id": PORT, "network_id": NET, "project_id": "p", "revision_number": rev,
-            "status": status, "binding:host_id": host, "mac_address": "fa:16:3e:00:00:01",
-            "fixed_ips": [], "device_owner": "compute:nova"}
+            "status": status, "binding:host_id": host, "binding:vif_type": vif,
+            "mac_address": "fa:16:3e:00:00:01", "fixed_ips": [], "device_owner": "compute:nova"}
 
 
 def test_a_copy_takes_newer_revisions_and_refuses_older_ones(sb):
@@ -49,7 +49,11 @@ def test_a_copy_takes_newer_revisions_and_refuses_older_ones(sb):
 
 def test_the_agents_own_port_status_until_the_port_moves(sb):
     sb.put("network", network(1))
-    sb.put("port", port(1))
+    # Neutron names the host before it binds: no agent takes the port until it is bound.
+    sb.put("port", port(1, vif="unbound"))
+    assert sb.request("GET", f"ports/{PORT}")["port"]["binding:host_id"] == ""
+    sb.put("port", port(1, vif="ovs"))
+    assert sb.request("GET", f"ports/{PORT}")["port"]["binding:host_id"] == "h1"
     sb.request("PUT", f"sbnet/ports/{PORT}/status", {"status": "ACTIVE"})
     sb.put("port", port(2))                      # Neutron still says DOWN: the agent knows
     assert sb.inventory()["port"][PORT] == {"revision_number": 2, "status": "ACTIVE"}

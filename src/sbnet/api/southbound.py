@@ -30,6 +30,7 @@ TYPES = {
 }
 REVISION = "neutron_revision"     # Neutron's revision_number of the copy, kept apart from ours
 SEGMENT_TYPES = ("vxlan", "gre", "geneve", "vlan", "flat")
+UNBOUND = ("unbound", "binding_failed")
 # What a VIF is on each datapath: os-vif plugs an OVS port on the userspace (netdev) br-int,
 # or a plain tap the reference and eBPF datapaths pick up by name.
 VIFS = {
@@ -68,6 +69,10 @@ def check_resource(typ: str, ident: str, payload: Any) -> dict:
     out = dict(body, id=ident)
     out[REVISION] = out.pop("revision_number")
     out["revision_number"] = out[REVISION]
+    if typ == "port" and out.get("binding:vif_type") in UNBOUND:
+        # Neutron names the host before it binds there (and keeps it when binding fails):
+        # for sbnet's agents a port is on a host once it is bound there.
+        out["binding:host_id"] = ""
     return out
 
 

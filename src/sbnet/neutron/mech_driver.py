@@ -69,14 +69,25 @@ class SbnetMechanismDriver(api.MechanismDriver):
 
     # --- subnets ---
 
+    def _network_revised(self, context) -> None:
+        """A subnet's change revises its network (Neutron bumps its revision_number)."""
+        try:
+            push.put("network", context._plugin.get_network(
+                context._plugin_context, context.current["network_id"]))
+        except n_exc.NetworkNotFound:
+            pass
+
     def create_subnet_postcommit(self, context) -> None:
         push.put("subnet", context.current)
+        self._network_revised(context)
 
     def update_subnet_postcommit(self, context) -> None:
         push.put("subnet", context.current)
+        self._network_revised(context)
 
     def delete_subnet_postcommit(self, context) -> None:
         push.delete("subnet", context.current["id"])
+        self._network_revised(context)
 
     # --- ports ---
 

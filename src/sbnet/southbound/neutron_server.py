@@ -39,14 +39,14 @@ rpc_workers = 0
 rpc_state_report_workers = 0
 
 [database]
-connection = sqlite:///{db}?timeout=60
+connection = {db}
 
 [oslo_concurrency]
 lock_path = {state}/lock
 
 [nova]
 auth_type = none
-endpoint_override = {nova_url}
+endpoint = {nova_url}
 
 [ml2]
 type_drivers = flat,vlan,vxlan,geneve,gre
@@ -70,6 +70,12 @@ max_header_size = 38
 [ml2_type_gre]
 tunnel_id_ranges = 1:1000
 
+[sfc]
+drivers = sbnet
+
+[flowclassifier]
+drivers = sbnet
+
 [sbnet]
 url = {sbnet_url}
 maintenance_interval = {maintenance}
@@ -92,8 +98,12 @@ class NeutronServer:
     """neutron-server (API and periodic workers) in `workdir`, writing to sbnet at sbnet_url."""
 
     def __init__(self, workdir: str | Path, sbnet_url: str, *, maintenance: int = 60,
-                 nova_url: str | None = None, service_plugins: str = "sbnet-router,qos,trunk",
+                 nova_url: str | None = None, db_url: str | None = None,
+                 service_plugins: str = "sbnet-router,qos,trunk,flow_classifier,sfc",
                  debug: bool = False) -> None:
+        """db_url: Neutron's database (default SQLite in workdir, which takes one writer at a
+        time: fine for tests, "database is locked" under concurrent writes; give a
+        postgresql:// URL for those)."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.python = venv_python()
@@ -102,10 +112,13 @@ class NeutronServer:
         self.conf = self.dir / "neutron.conf"
         self.log = self.dir / "neutron.log"
         self.procs: list[subprocess.Popen] = []
+        self.db_url = db_url or f"sqlite:///{self.dir / 'neutron.sqlite'}?timeout=60"
+        self._fresh = True
         venv = Path(self.python).parent.parent
         self.conf.write_text(NEUTRON_CONF.format(
             service_plugins=service_plugins, paste=venv / "etc" / "neutron" / "api-paste.ini",
-            state=self.dir, db=self.dir / "neutron.sqlite", log=self.log,
+            state=self.dir, db=self.db_url.replace("postgresql://", "postgresql+psycopg2://"),
+            log=self.log,
             debug=str(debug).lower(), notify=str(bool(nova_url)).lower(),
             nova_url=nova_url or "http://127.0.0.1:1", sbnet_url=sbnet_url,
             maintenance=maintenance))
@@ -123,14 +136,15 @@ class NeutronServer:
     def init_db(self) -> None:
         """Neutron's tables, made from its models (its migrations need MySQL or PostgreSQL)."""
         out = subprocess.run([self.python, "-m", "sbnet.neutron.dbinit",
-                              f"sqlite:///{self.dir / 'neutron.sqlite'}"],
+                              self.db_url.replace("postgresql://", "postgresql+psycopg2://")],
                              capture_output=True, text=True, env=self._env())
         if out.returncode:
             raise RuntimeError(f"creating Neutron's tables failed: {out.stderr[-2000:]}")
 
     def start(self, timeout: float = 120.0) -> "NeutronServer":
-        if not (self.dir / "neutron.sqlite").exists():
+        if self._fresh:
             self.init_db()
+            self._fresh = False
         # One at a time: both fill the type drivers' allocation tables at start, and SQLite
         # takes one writer.
         self.start_api()
