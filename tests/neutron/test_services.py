@@ -3,6 +3,8 @@ through sbnet's service drivers, and the copy then equals Neutron."""
 
 from __future__ import annotations
 
+import uuid
+
 from sbnet.southbound.client import Southbound
 from tests.neutron.test_sync import differences, wait_converged
 
@@ -12,11 +14,11 @@ def test_qos_trunk_and_port_chain_reach_the_copy(stack):
     net = n.create("networks", name="svc")
     n.request("POST", "subnets", {"subnet": {"network_id": net["id"], "cidr": "10.78.0.0/24",
                                              "ip_version": 4}})
-    # A service function's ports must be bound (networking-sfc refuses others).
-    Southbound(stack.sbnet.url).request("PUT", "sbnet/hosts/svc-host",
-                                        {"host": {"tunnel_ip": "192.0.2.40"}})
+    # A service function's two ports belong to one instance (networking-sfc checks).
+    sf = str(uuid.uuid4())
     ports = [n.create("ports", network_id=net["id"], name=f"svc{i}",
-                      **{"binding:host_id": "svc-host"}) for i in range(5)]
+                      **({"device_id": sf, "device_owner": "compute:nova"} if i in (2, 3) else {}))
+             for i in range(5)]
 
     policy = n.request("POST", "qos/policies", {"policy": {"name": "slow"}})["policy"]
     n.request("POST", f"qos/policies/{policy['id']}/bandwidth_limit_rules",

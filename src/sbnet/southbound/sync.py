@@ -22,6 +22,11 @@ COLLECTIONS = (
 ORDER = [typ for _, typ in COLLECTIONS]
 
 
+def revision(body: dict) -> int:
+    """Neutron's revision of a resource; networking-sfc's resources have none (0)."""
+    return body.get("revision_number") or 0
+
+
 @dataclass
 class Drift:
     """What differs: (type, id) pairs, and for stale ones both revisions."""
@@ -53,8 +58,8 @@ def compare(neutron: dict[str, dict[str, dict]], copy: dict[str, dict[str, dict]
         for ident, body in sorted(neutron[typ].items()):
             if ident not in have:
                 drift.missing.append((typ, ident))
-            elif have[ident].get("revision_number") != body.get("revision_number"):
-                drift.stale.append((typ, ident, body.get("revision_number"),
+            elif have[ident].get("revision_number") != revision(body):
+                drift.stale.append((typ, ident, revision(body),
                                     have[ident].get("revision_number")))
         drift.extra += [(typ, i) for i in sorted(set(have) - set(neutron[typ]))]
     return drift
@@ -66,11 +71,12 @@ def repair(drift: Drift, neutron: dict[str, dict[str, dict]], sb: Southbound) ->
     done = 0
     rank = {t: n for n, t in enumerate(ORDER)}
     for typ, ident, _, copy_rev in drift.stale:
-        if copy_rev is None or copy_rev > neutron[typ][ident]["revision_number"]:
+        if copy_rev is None or copy_rev > revision(neutron[typ][ident]):
             sb.delete(typ, ident)      # newer than the truth, or made by sbnet: start over
     for typ, ident in sorted([*drift.missing, *((t, i) for t, i, _, _ in drift.stale)],
                              key=lambda x: rank[x[0]]):
-        sb.put(typ, neutron[typ][ident])
+        body = neutron[typ][ident]
+        sb.put(typ, dict(body, revision_number=revision(body)))
         done += 1
     for typ, ident in sorted(drift.extra, key=lambda x: -rank[x[0]]):
         sb.delete(typ, ident)
