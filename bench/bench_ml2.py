@@ -1,6 +1,6 @@
 """Port create -> ACTIVE latency through a real neutron-server with sbnet's ML2 driver, and through `sbnet serve`.
 
-Run: python bench/bench_ml2.py [--ports 200] [--concurrency 4]
+Run: python bench/bench_ml2.py [--ports 200] [--concurrency 1]
 One run, one sbnet store: its API served in this process, two embedded hosts (reference
 switches) following it as agents do (they plug what is bound to them, apply the compiled
 flows, report the port ACTIVE), and neutron-server (scripts/neutron-venv) writing to it.
@@ -36,7 +36,8 @@ ADMIN = {"X-Project-Id": "bench", "X-Roles": "admin"}
 HOSTS = ("h1", "h2")
 
 
-def measure(client: httpx.Client, ports: int, concurrency: int, label: str) -> dict:
+def measure(client: httpx.Client, ports: int, concurrency: int, label: str,
+            hosts: tuple[str, str] = HOSTS) -> dict:
     """Create `ports` ports bound alternately on the hosts; seconds from request to ACTIVE."""
     net = client.post("/v2.0/networks", json={"network": {"name": f"bench-{label}"}})
     net.raise_for_status()
@@ -47,7 +48,7 @@ def measure(client: httpx.Client, ports: int, concurrency: int, label: str) -> d
     def one(i: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         r = client.post("/v2.0/ports", json={"port": {
-            "network_id": net_id, "name": f"{label}{i}", "binding:host_id": HOSTS[i % 2]}})
+            "network_id": net_id, "name": f"{label}{i}", "binding:host_id": hosts[i % 2]}})
         assert r.status_code == 201, r.text
         created = time.perf_counter() - t0
         pid = r.json()["port"]["id"]
@@ -119,7 +120,7 @@ def run(ports: int, concurrency: int, workdir: Path, neutron_db: str) -> list[di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ports", type=int, default=200)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sbnet-bench-ml2-") as tmp, temp_postgres() as pg:
