@@ -214,11 +214,23 @@ def profile_misses(n_flows: int, size: int, top: int) -> None:
     print("\n".join(line for line in s.getvalue().splitlines()[4:] if line.strip()))
 
 
+def print_ct(ct: dict) -> None:
+    print(f"\nestablished TCP, ct + stateful group + VXLAN, batch 32 (Mpps per core): "
+          f"compiled sender {ct[True]['sender']:.3f}, receiver {ct[True]['receiver']:.3f}; "
+          f"numpy sender {ct[False]['sender']:.3f}, receiver {ct[False]['receiver']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer flows and packets")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--ct-only", action="store_true",
+                    help="only the established TCP through ct + VXLAN line")
     args = ap.parse_args()
+    if args.ct_only:
+        ct = {c: ct_vxlan_mpps(c, 32) for c in (True, False)}
+        print_ct(ct)
+        return
     flow_counts = (1_000, 10_000) if args.quick else (1_000, 100_000)
     n_hit = 100_000 if args.quick else 1_000_000
     reps = 2_000 if args.quick else 20_000
@@ -247,9 +259,7 @@ def main() -> None:
               f"{mpps:>9.3f} {setups:>10,.0f}")
     big = [r for r in rows if r[1] == 4096 and r[0] == flow_counts[-1] and r[2]][0]
     ct = {c: ct_vxlan_mpps(c, 32) for c in (True, False)}
-    print(f"\nestablished TCP, ct + stateful group + VXLAN, batch 32 (Mpps per core): "
-          f"compiled sender {ct[True]['sender']:.3f}, receiver {ct[True]['receiver']:.3f}; "
-          f"numpy sender {ct[False]['sender']:.3f}, receiver {ct[False]['receiver']:.3f}")
+    print_ct(ct)
     print()
     for size, us in small.items():
         print(f"target: batch {size} cache hit < {TARGET_US[size]:.0f} us: {us:.1f} us "

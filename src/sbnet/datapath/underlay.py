@@ -83,17 +83,18 @@ class Underlay:
         self.neighbours: dict[tuple[int, int], int] = {}
         self.local: set[tuple[int, int]] = set()
         self._tables: dict[int, list] | None = None
+        self.generation = 0      # bumped by every change: caches of lookups key on it
 
     # --- configuration ------------------------------------------------------------------
 
     def add_port(self, ofport: int, mac: str | int | bytes, mtu: int = 1500) -> None:
         self.ports[ofport] = UnderlayPort(ofport, mac_int(mac), mtu)
-        self._tables = None
+        self._changed()
 
     def add_local(self, addr) -> None:
         """An address of this host: tunnels terminate here and may send from it."""
         self.local.add(ip_int(addr))
-        self._tables = None
+        self._changed()
 
     def add_route(self, prefix: str, ofport: int, gateway=None, src=None) -> None:
         """`prefix` like "10.0.0.0/8" or "fd00::/64"; `gateway` None for on-link."""
@@ -104,16 +105,20 @@ class Underlay:
         s = 0 if src is None else ip_int(src)[1]
         self.routes.append(Route(net.version, int(net.network_address), net.prefixlen,
                                  gw, ofport, s))
-        self._tables = None
+        self._changed()
 
     def add_neighbour(self, addr, mac: str | int | bytes) -> None:
         self.neighbours[ip_int(addr)] = mac_int(mac)
-        self._tables = None
+        self._changed()
 
     def remove_neighbour(self, addr) -> None:
         """Forget a neighbour (its entry expired): tunnels to it drop as no_neighbour."""
         if self.neighbours.pop(ip_int(addr), None) is not None:
-            self._tables = None
+            self._changed()
+
+    def _changed(self) -> None:
+        self._tables = None
+        self.generation += 1
 
     # --- lookups ------------------------------------------------------------------------
 

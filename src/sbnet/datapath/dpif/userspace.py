@@ -9,6 +9,7 @@ import numpy as np
 from sbnet.datapath import nsh, odp
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, Upcall
+from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
 from sbnet.datapath.dpif.smc import SignatureCache, count_kernel
@@ -53,6 +54,8 @@ class UserspaceDpif:
         self.compiled = compiled
         self.smc = SignatureCache() if compiled else None
         self._parse = extract if compiled else parse
+        self._encap = tunnel_fast.encap if compiled else encap
+        self._decap_rows = tunnel_fast.decap if compiled else decap
         self.tier = offload
         if offload is not None:
             if not callable(getattr(offload, "attach", None)):
@@ -189,7 +192,7 @@ class UserspaceDpif:
         """Strip tunnel headers from underlay packets addressed to our tunnel ports and
         switch the inner frames from the tunnel port; returns the packets left over."""
         n = len(batch)
-        res = decap(batch, np.arange(n), list(self.tunnels.values()), self.underlay)
+        res = self._decap_rows(batch, np.arange(n), list(self.tunnels.values()), self.underlay)
         for reason in DECAP_DROPS:
             if res.counters.get(reason):
                 self._drop(f"tunnel decap: {reason}", res.counters[reason])
@@ -458,7 +461,7 @@ class UserspaceDpif:
             tun["geneve_opts"] = b"".join(
                 geneve_option(by_field[n][0], by_field[n][1], v.to_bytes(by_field[n][2], "big"))
                 for n, v in meta)
-        res = encap(batch, np.arange(len(batch)), tp, tun, self.underlay)
+        res = self._encap(batch, np.arange(len(batch)), tp, tun, self.underlay)
         for reason in ENCAP_DROPS:
             if res.counters.get(reason):
                 self._drop(f"tunnel encap: {reason}", res.counters[reason])
