@@ -4,7 +4,8 @@ API (pure: no clock, no I/O; the caller passes `now`, seconds on any monotonic c
 
     ct = Conntrack(timeouts: Timeouts | None = None, limit: int = 3_000_000,
                    zone_limits: dict[int, int] | None = None, default_zone_limit: int = 0,
-                   tcp_liberal: bool = False, checksums: bool = True, capacity: int = 1024)
+                   tcp_liberal: bool = False, checksums: bool = True, capacity: int = 1024,
+                   compiled: bool = True)      # False: the numpy express path
     ct.execute(batch: Batch, parsed: Parsed, rows: np.ndarray, zone: int | np.ndarray,
                commit: bool = False, nat: NatSpec | actions.Nat | None = None,
                set_mark: tuple[int, int] | None = None,     # (value, mask), 32 bits
@@ -121,6 +122,7 @@ from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_batch import bulk_new, eligible, lookup, steady
 from sbnet.datapath.conntrack_fast import express
+from sbnet.datapath.conntrack_kernel import express as express_compiled
 from sbnet.datapath.conntrack_nat import NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
@@ -139,7 +141,8 @@ class Conntrack:
 
     def __init__(self, timeouts: Timeouts | None = None, limit: int = 3_000_000,
                  zone_limits: dict[int, int] | None = None, default_zone_limit: int = 0,
-                 tcp_liberal: bool = False, checksums: bool = True, capacity: int = 1024):
+                 tcp_liberal: bool = False, checksums: bool = True, capacity: int = 1024,
+                 compiled: bool = True):
         self.timeouts = timeouts or Timeouts()
         self.tmo = self.timeouts.by_class()       # seconds per timeout class
         self.limit = limit
@@ -147,6 +150,8 @@ class Conntrack:
         self.default_zone_limit = default_zone_limit    # 0 = unlimited, as OVS
         self.tcp_liberal = tcp_liberal
         self.checksums = checksums
+        # The express path's compiled kernel, or (False) its numpy reference.
+        self._express = express_compiled if compiled else express
         self.hash_basis = 0x5B1E7
         self.stats: dict[str, int] = dict.fromkeys(
             ("packets", "lookups_hit", "fast_path", "committed", "deleted", "expired",
@@ -199,7 +204,7 @@ class Conntrack:
         b = CtBatch(batch, parsed, rows, zones, commit, nat, now, force)
         exec_md = commit and (set_mark is not None or set_label is not None)
         if not force and not exec_md:
-            left = express(self, b)
+            left = self._express(self, b)
             if left.size < m:
                 b.narrow(left)
                 m = left.size

@@ -44,7 +44,7 @@ class UserspaceDpif:
         from sbnet.datapath.conntrack import Conntrack
         self.upcall = upcall
         self.meters = meters
-        self.conntrack = conntrack if conntrack is not None else Conntrack()
+        self.conntrack = conntrack if conntrack is not None else Conntrack(compiled=compiled)
         self.ports: dict[int, Port] = {}
         self.tunnels: dict[int, TunnelPort] = {}     # ofport -> TunnelPort
         self.underlay = Underlay()

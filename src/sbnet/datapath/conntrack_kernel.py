@@ -1,0 +1,297 @@
+"""Conntrack's express path compiled: established TCP/IPv4 ACK segments of a batch in one native pass, the same rows and results as conntrack_fast.express."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from sbnet.datapath import conntrack_tcp as T
+from sbnet.datapath.conntrack_fast import express as express_numpy
+from sbnet.datapath.conntrack_pkt import CtBatch
+from sbnet.datapath.conntrack_table import (_CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_LABEL, C_MARK,
+                                            C_NAT, C_TCP, C_TUP, EST, INV, NEW, RPL, TRK)
+from sbnet.flows.fields import ETH_IP, IP_TCP
+
+_ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
+_NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _S["tp_dst"]
+_CT_STATE, _CT_ZONE = _S["ct_state"], _S["ct_zone"]
+_LAYERS = 4            # rows of one connection conntrack_fast settles without prefix maxima
+_FALLBACK = -1         # express_kernel: let conntrack_fast decide this batch
+# express_kernel's flags argument.
+F_NAT, F_CHECKSUMS, F_LIBERAL = 1, 2, 4
+# express_kernel's per-row work columns.
+W_CAND, W_CONN, W_DIR, W_ELIG, W_FOUND = range(5)
+
+
+@numba.njit(cache=True, inline="always")
+def _be(d, i, c, k):
+    v = np.uint64(0)
+    for j in range(k):
+        b = np.uint64(d[i, c + j]) if c + j < d.shape[1] else np.uint64(0)
+        v = (v << np.uint64(8)) | b
+    return v
+
+
+@numba.njit(cache=True, inline="always")
+def _fold(s):
+    while s >> np.uint64(16):
+        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
+    return s
+
+
+@numba.njit(cache=True, inline="always")
+def _sum16(d, i, c, n):
+    s = np.uint64(0)
+    j = 0
+    while j + 1 < n:
+        s += _be(d, i, c + j, 2)
+        j += 2
+    if j < n:
+        s += _be(d, i, c + j, 1) << np.uint64(8)
+    return s
+
+
+@numba.njit(cache=True, inline="always")
+def _srel(x):
+    return (x << np.int64(32)) >> np.int64(32)
+
+
+@numba.njit(cache=True, inline="always")
+def _tuple_hash(meta, src, dst, ports):
+    """conntrack_table.tuple_hashes of one IPv4 tuple (high address words zero)."""
+    p = np.uint64(_P)
+    h = meta * p
+    for w in (np.uint64(0), src, np.uint64(0), dst, ports):
+        h = (h ^ w) * p
+        h ^= h >> np.uint64(29)
+    return h | np.uint64(1 << 63)
+
+
+@numba.njit(cache=True, inline="always")
+def _get(kv, h):
+    """HashIndex.get: the value stored under h, -1 when absent."""
+    mask = np.uint64(kv.shape[0] - 1)
+    i = np.int64(h & mask)
+    while True:
+        k = kv[i, 0]
+        if k == h:
+            return np.int64(kv[i, 1])
+        if k == 0:
+            return np.int64(-1)
+        i = (i + 1) & np.int64(mask)
+
+
+@numba.njit(cache=True)
+def _checksums_ok(data, g, u3, hl):
+    """IPv4 header and TCP checksums of row g (IP header at u3, hl bytes long)."""
+    tot = np.int64(_be(data, g, u3 + 2, 2))
+    if tot < hl:
+        return False
+    if _fold(_sum16(data, g, u3, hl)) != 0xFFFF:
+        return False
+    ln = tot - hl
+    s = _sum16(data, g, u3 + hl, ln) + _sum16(data, g, u3 + 12, 8) + np.uint64(IP_TCP) \
+        + np.uint64(ln)
+    return _fold(s) == 0xFFFF
+
+
+@numba.njit(cache=True)
+def _established_one(tcp, ci, s_col, d_col, seq, ack, win, plen, liberal):
+    """conntrack_tcp.established_one of one segment, written back into the table row."""
+    s_lo, s_hi, s_mw, s_ws = tcp[ci, s_col], tcp[ci, s_col + 1], tcp[ci, s_col + 2], \
+        tcp[ci, s_col + 3]
+    d_lo, d_hi, d_mw, d_ws = tcp[ci, d_col], tcp[ci, d_col + 1], tcp[ci, d_col + 2], \
+        tcp[ci, d_col + 3]
+    both = s_ws & d_ws
+    if both & T.WSCALE_FLAG:
+        sws, dws = s_ws & T.WSCALE_MASK, d_ws & T.WSCALE_MASK
+    elif both & T.WSCALE_UNKNOWN:
+        sws, dws = np.int64(T.MAX_WSCALE), np.int64(T.MAX_WSCALE)
+    else:
+        sws, dws = np.int64(0), np.int64(0)
+    swin, dmw, ack_max = win << sws, d_mw << dws, np.int64(T.MAXACKWINDOW) << sws
+    seq_r = _srel(seq - s_lo)
+    end_rel = _srel(seq + plen - s_lo)
+    hi_rel = _srel(ack + max(swin, 1) - d_lo)
+    ackskew = _srel(d_lo - ack)
+    end_r = end_rel
+    if plen == 0:
+        seq_r = 0
+        end_r = 0
+    ok = liberal or (_srel(s_hi - s_lo) >= end_r and seq_r + dmw >= 0
+                     and ackskew >= -T.MAXACKWINDOW and ackskew <= ack_max)
+    if ok:
+        tcp[ci, s_col] = s_lo if plen == 0 else (s_lo + max(end_rel, 0)) & 0xFFFFFFFF
+        tcp[ci, s_col + 2] = max(win, s_mw)
+        tcp[ci, d_col + 1] = (d_lo + max(hi_rel, _srel(d_hi - d_lo))) & 0xFFFFFFFF
+    return ok
+
+
+# One signature, compiled (or loaded from the on-disk cache) at import, never in the
+# middle of a packet burst; callers pass exactly these types.
+@numba.njit("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
+            " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64,"
+            " int64[:, :], int8[:], int64[:], int64[:])", cache=True, nogil=True)
+def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, now, flags, est,
+                   work, mark, count, stats):
+    """conntrack_fast.express for the rows `rows`: the same choice of express rows, their
+    TCP updates in batch order (which is what that function's layered passes compute),
+    ct_* metadata and table writes.  work[r, W_ELIG] is 1 for the rows it handled; stats
+    gets (express rows, invalid among them).  Returns the number of express rows, or
+    _FALLBACK (nothing written) when a connection has more than _LAYERS rows to update."""
+    m = rows.shape[0]
+    width = data.shape[1]
+    cap = mem.shape[0] - 1
+    u3 = np.int64(-1)
+    u4 = np.int64(-1)
+    for r in range(m):
+        g = rows[r]
+        c = keys[_ETH_TYPE, g] == ETH_IP and keys[_NW_PROTO, g] == IP_TCP and error[g] == 0 \
+            and l3[g] >= 0 and l4[g] >= 0 and (keys[_NW_FRAG, g] & np.uint64(1)) == 0
+        work[r, W_CAND] = 1 if c else 0
+        work[r, W_ELIG] = 0
+        work[r, W_CONN] = -1
+        if c and u3 < 0:
+            u3, u4 = np.int64(l3[g]), np.int64(l4[g])
+    if u3 < 0:
+        return 0
+    hl = u4 - u3
+    if u4 + 16 > width or hl < 20 or hl & 3:
+        return 0
+    meta0 = np.uint64(IP_TCP << 16)
+    # Pass 1: lookup and eligibility; connections with a row off the express path marked
+    # (mark and count are scratch arrays indexed by slot).
+    for r in range(m):
+        if not work[r, W_CAND]:
+            continue
+        g = rows[r]
+        zc = zones[r]
+        src, dst = keys[_NW_SRC, g], keys[_NW_DST, g]
+        sp, dp = keys[_TP_SRC, g], keys[_TP_DST, g]
+        st_in = keys[_CT_STATE, g]
+        natted = keys[_CT_ZONE, g] == zc and (st_in & np.uint64(_NAT_BITS)) != 0
+        geo = l3[g] == u3 and l4[g] == u4
+        fl = (_be(data, g, u4 + 12, 4) >> np.uint64(16)) & np.uint64(T.SYN | T.FIN | T.RST | T.ACK)
+        ok_pkt = geo and fl == T.ACK and not natted
+        v = _get(kv, _tuple_hash(zc | meta0, src, dst, (sp << np.uint64(32)) | dp))
+        ci = v >> 1 if v >= 0 else cap
+        di = v & 1 if v >= 0 else 0
+        t = C_TUP + 6 * di
+        found = v >= 0 and (mem[ci, t] | mem[ci, t + 2]) == 0 and mem[ci, t + 1] == src \
+            and mem[ci, t + 3] == dst and mem[ci, t + 4] == sp and mem[ci, t + 5] == dp \
+            and memf[ci, C_EXP] > now
+        elig = found and ok_pkt and memi[ci, C_TCP + 4] == T.ESTABLISHED \
+            and memi[ci, C_TCP + 9] == T.ESTABLISHED
+        if elig and flags & F_NAT and mem[ci, C_NAT] != 0:
+            elig = False
+        work[r, W_CONN] = ci
+        work[r, W_DIR] = di
+        work[r, W_ELIG] = 1 if elig else 0
+        work[r, W_FOUND] = 1 if found else 0
+        mark[ci] = 0
+    for r in range(m):
+        if work[r, W_CAND] and not work[r, W_ELIG]:
+            g = rows[r]
+            ci = work[r, W_CONN]
+            if ci < cap and work[r, W_FOUND]:
+                mark[ci] = 1
+            zc = zones[r]
+            if keys[_CT_ZONE, g] == zc and (keys[_CT_STATE, g] & np.uint64(_NAT_BITS)) != 0:
+                src, dst = keys[_NW_SRC, g], keys[_NW_DST, g]
+                sp, dp = keys[_TP_SRC, g], keys[_TP_DST, g]
+                rv = _get(kv, _tuple_hash(zc | meta0, dst, src, (dp << np.uint64(32)) | sp))
+                if rv >= 0:
+                    mark[rv >> 1] = 1
+    # Pass 2: busy connections off, then the checksums of the rows still express, and
+    # each connection's count of express rows.
+    k = 0
+    for r in range(m):
+        if work[r, W_ELIG]:
+            ci = work[r, W_CONN]
+            if mark[ci] or (flags & F_CHECKSUMS and not _checksums_ok(data, rows[r], u3, hl)):
+                work[r, W_ELIG] = 0
+            else:
+                count[ci] = 0
+                k += 1
+    if k == 0:
+        return 0
+    if k > _LAYERS:
+        for r in range(m):
+            if work[r, W_ELIG]:
+                ci = work[r, W_CONN]
+                count[ci] += 1
+                if count[ci] > _LAYERS:
+                    return _FALLBACK
+    # Pass 3: the updates, in batch order, and the metadata.
+    nbad = 0
+    liberal = flags & F_LIBERAL
+    for r in range(m):
+        if not work[r, W_ELIG]:
+            continue
+        g = rows[r]
+        ci = work[r, W_CONN]
+        di = work[r, W_DIR]
+        w3 = np.int64(_be(data, g, u4 + 12, 4))
+        tot = np.int64(_be(data, g, u3 + 2, 2))
+        ok = _established_one(memi, ci, C_TCP + 5 * di, C_TCP + 5 - 5 * di,
+                              np.int64(_be(data, g, u4 + 4, 4)), np.int64(_be(data, g, u4 + 8, 4)),
+                              w3 & 0xFFFF, tot - hl - (w3 >> 28) * 4, liberal)
+        if ok:
+            memf[ci, C_EXP] = now + est
+        else:
+            nbad += 1
+        zc = zones[r]
+        s = keys[_CT_STATE, g] if keys[_CT_ZONE, g] == zc else np.uint64(0)
+        s = (s | np.uint64(EST) | (np.uint64(RPL) if di else np.uint64(0))) & ~np.uint64(NEW)
+        st = (s if ok else np.uint64(INV)) | np.uint64(TRK)
+        keys[_CT_FIRST, g] = st
+        keys[_CT_FIRST + 1, g] = zc
+        keys[_CT_FIRST + 2, g] = mem[ci, C_MARK]
+        keys[_CT_FIRST + 3, g] = mem[ci, C_LABEL]
+        keys[_CT_FIRST + 4, g] = mem[ci, C_LABEL + 1]
+        keys[_CT_FIRST + 5, g] = mem[ci, C_TUP + 1]
+        keys[_CT_FIRST + 6, g] = mem[ci, C_TUP + 3]
+        for j in range(7, 11):
+            keys[_CT_FIRST + j, g] = 0
+        keys[_CT_FIRST + 11, g] = IP_TCP
+        keys[_CT_FIRST + 12, g] = mem[ci, C_TUP + 4]
+        keys[_CT_FIRST + 13, g] = mem[ci, C_TUP + 5]
+    stats[0] = k
+    stats[1] = nbad
+    return k
+
+
+def express(ct, b: CtBatch) -> np.ndarray:
+    """conntrack_fast.express compiled (same contract: the positions in b.rows of the rows
+    left over); batches with a connection of more than _LAYERS segments to update go to
+    conntrack_fast.express, whose prefix-maxima passes decide which of them stay express."""
+    tab = ct.table
+    m = b.rows.size
+    if tab.overflow:
+        return np.arange(m)
+    parsed = b.parsed
+    mem = tab.mem
+    work = np.empty((m, 5), np.int64)
+    stats = np.zeros(2, np.int64)
+    fl = (F_NAT if b.nat is not None else 0) | (F_CHECKSUMS if ct.checksums else 0) \
+        | (F_LIBERAL if ct.tcp_liberal else 0)
+    k = express_kernel(b.batch.data, b.rows.astype(np.int64, copy=False),
+                       parsed.l3.astype(np.int32, copy=False),
+                       parsed.l4.astype(np.int32, copy=False), parsed.keys,
+                       parsed.error.astype(np.uint8, copy=False),
+                       b.zones.astype(np.uint64, copy=False), tab.index.kv, mem,
+                       mem.view(np.int64), mem.view(np.float64), float(b.now), fl,
+                       float(ct.tmo[T.TM_TCP_EST]), work, tab.scratch(np.int8),
+                       tab.scratch(np.int64), stats)
+    if k == _FALLBACK:
+        return express_numpy(ct, b)
+    if k == 0:
+        return np.arange(m)
+    s = ct.stats
+    s["packets"] += k
+    s["lookups_hit"] += k
+    s["fast_path"] += k
+    nbad = int(stats[1])
+    s["invalid"] += nbad
+    s["tcp_seq_chk_failed"] += nbad
+    return np.flatnonzero(work[:, W_ELIG] == 0)
