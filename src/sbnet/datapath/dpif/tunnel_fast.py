@@ -329,6 +329,7 @@ class _Route:
 
 
 _routes: dict[tuple, _Route] = {}
+_templates: dict[tuple, np.ndarray] = {}
 
 
 def _route(underlay: Underlay, dst: int) -> _Route:
@@ -398,7 +399,12 @@ def _encap_fast(batch, rows, port, tun, underlay, n) -> T.EncapResult | None:
     key &= (1 << port.key_bits) - 1
     csum = port.checksum(4)
     kind = T.KINDS.index(port.kind)
-    tmpl = _template(port, kind, r, src, dst, key, csum)
+    tk = (port, id(underlay), underlay.generation, dst, src, key)
+    tmpl = _templates.get(tk)
+    if tmpl is None:
+        if len(_templates) > 4096:
+            _templates.clear()
+        tmpl = _templates[tk] = _template(port, kind, r, src, dst, key, csum)
     hlen = tmpl.size
     length = batch.length.astype(np.int32, copy=False)
     width = int(length.max())

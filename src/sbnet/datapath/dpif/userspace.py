@@ -369,6 +369,8 @@ class UserspaceDpif:
                 continue
             if isinstance(a, odp.TunnelPush):
                 self._tunnel_out(at, a, out)
+                if i == len(acts):
+                    return      # the push ended the actions: no parse of what is left
                 batch, rows, parsed = at, every, self._parse(at)
                 continue
             if isinstance(a, odp.Ct):
