@@ -526,7 +526,7 @@ def _inner_sum(out: np.ndarray, g: np.ndarray, col: int, length: np.ndarray) -> 
 # --- decap ----------------------------------------------------------------------------------
 
 
-def _match_order(port: TunnelPort) -> tuple[int, int, int]:
+def match_order(port: TunnelPort) -> tuple[int, int, int]:
     """OVS's tnl_find order: exact key before key=flow, then exact local before any, then
     exact remote before remote=flow."""
     return (port.fixed_key is None, port.local is None, port.remote is None)
@@ -550,7 +550,7 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     """
     rows = np.asarray(rows)
     idx = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp, copy=False)
-    ports = sorted(ports, key=_match_order)
+    ports = sorted(ports, key=match_order)
     counters: Counter = Counter()
     m = len(idx)
     d = batch.data

@@ -10,6 +10,7 @@ import numpy as np
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.underlay import Underlay
+from sbnet.flows.fields import IP_UDP
 
 _VXLAN, _GRE, _GENEVE = (T.KINDS.index(k) for k in ("vxlan", "gre", "geneve"))
 _OTHER, _OK, _SLOW = 0, 1, 2          # decap verdict per row
@@ -17,6 +18,7 @@ _OTHER, _OK, _SLOW = 0, 1, 2          # decap verdict per row
 (D_STATUS, D_INNER, D_ILEN, D_PORT, D_KEY, D_SRC, D_DST, D_TOS, D_TTL, D_SPORT, D_DPORT,
  D_FLAGS) = range(12)
 _INHERIT = -1
+_IP_GRE = 47
 
 
 @numba.njit(cache=True, inline="always")
@@ -435,7 +437,7 @@ def _template(port: T.TunnelPort, kind: int, r: _Route, src: int, dst: int, key:
     h = bytearray(r.dst_mac.to_bytes(6, "big") + r.src_mac.to_bytes(6, "big") + b"\x08\x00")
     gre_key = port.key is not None
     h += bytes([0x45, 0, 0, 0, 0, 0, 0x40 if port.df_default else 0, 0, 0,
-                T._IP_GRE if kind == _GRE else T._IP_UDP, 0, 0])
+                _IP_GRE if kind == _GRE else IP_UDP, 0, 0])
     h += src.to_bytes(4, "big") + dst.to_bytes(4, "big")
     if kind == _GRE:
         flags = (T.GRE_CSUM if csum else 0) | (T.GRE_KEY if gre_key else 0)
@@ -466,7 +468,7 @@ def _plan(ports: tuple, underlay: Underlay):
     if p is None:
         if len(_plans) > 256:
             _plans.clear()
-        order = sorted(ports, key=T._match_order)
+        order = sorted(ports, key=T.match_order)
         udp: dict[int, int] = {}
         for tp in order:
             if tp.kind != "gre":
