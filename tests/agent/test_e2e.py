@@ -112,7 +112,9 @@ def test_routing_between_subnets_across_hosts(cloud):
 def _restart_agents(cloud) -> None:
     for name in ("h1", "h2"):
         old = cloud.agents[name]
-        fresh = HostAgent(name, old.datapath, cloud.source, old.tunnel_ip, vifs=old.vifs)
+        fresh = HostAgent(name, old.datapath, cloud.source, old.tunnel_ip, old.physnets,
+                          vifs=old.vifs, service_ofport=old.service_ofport,
+                          slow_path=old.slow_path)
         fresh.start()
         report = fresh.step()
         assert report.changed == 0, f"{name}: the restart changed {report.changed} flows"

@@ -16,9 +16,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-BACKENDS = ("ovs", "reference")
-# Backends a host can run; "ebpf" (the kernel tier, root and BPF needed) is asked for by name.
-HOST_BACKENDS = BACKENDS + ("ebpf",)
+# Host datapaths: Open vSwitch (userspace), the reference switch on AF_PACKET, and the
+# kernel eBPF tier with the reference switch as its slow path.  Real-stack tests run on each.
+BACKENDS = ("ovs", "reference", "ebpf")
+HOST_BACKENDS = BACKENDS
 UNDERLAY_NET = ipaddress.ip_network("10.250.0.0/24")
 UNDERLAY_OFPORT = 1000          # the reference switch's port on the underlay veth
 VM_MTU = 1450                   # room for a VXLAN/Geneve header on a 1500-byte underlay
