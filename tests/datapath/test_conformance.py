@@ -96,6 +96,11 @@ def _afpacket(bridge: str) -> AfPacketDatapath:
     return AfPacketDatapath(Switch(name=bridge)).start()
 
 
+def _ebpf(bridge: str):
+    from sbnet.datapath.ebpf.datapath import EbpfDatapath
+    return EbpfDatapath(Switch(name=bridge)).start()
+
+
 def _ovs(bridge: str):
     from sbnet.ovs.backend import OvsDatapath
     return OvsDatapath.start(bridge, "netdev")
@@ -108,7 +113,7 @@ def _needs_root() -> None:
         pytest.skip("needs root and iproute2 (veth pairs)")
 
 
-@pytest.fixture(params=["reference-memory", "reference-afpacket", "ovs-netdev"])
+@pytest.fixture(params=["reference-memory", "reference-afpacket", "ebpf-kernel", "ovs-netdev"])
 def wires(request):
     kind = request.param
     if kind == "reference-memory":
@@ -122,7 +127,10 @@ def wires(request):
             if os.environ.get("CI") == "true":
                 pytest.fail("CI installs Open vSwitch: the OVS backend must be tested")
             pytest.skip("needs Open vSwitch")
-        w = VethWires(_afpacket if kind == "reference-afpacket" else _ovs)
+        if kind == "ebpf-kernel":
+            from tests.ebpf.conftest import require_bpf
+            require_bpf()
+        w = VethWires({"reference-afpacket": _afpacket, "ebpf-kernel": _ebpf}.get(kind, _ovs))
         for i, name in enumerate(WIRES, 1):
             w.dp.plug(w.ifname(name), i)
     try:

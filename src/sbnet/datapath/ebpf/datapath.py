@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from sbnet.datapath import odp
-from sbnet.datapath.afpacket import in_netns
+from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.checksum import internet_checksum
 from sbnet.datapath.ebpf import layout as L
@@ -180,6 +180,21 @@ class EbpfDatapath:
             self.tier.add_port(tunnel.ofport, ifindex, tunnel)
             self._attached[tunnel.ofport] = ifindex
             return port
+
+    # The Datapath protocol's methods that are the same on AfPacketDatapath: both drive a
+    # Switch under self.lock, with attach/detach/add_tunnel_port for ports.
+    plug = AfPacketDatapath.plug
+    unplug = AfPacketDatapath.unplug
+    add_tunnel = AfPacketDatapath.add_tunnel
+    port_names = AfPacketDatapath.port_names
+    delete_group = AfPacketDatapath.delete_group
+    add_flows = AfPacketDatapath.add_flows
+    delete_flows = AfPacketDatapath.delete_flows
+    trace = AfPacketDatapath.trace
+    dump_conntrack = AfPacketDatapath.dump_conntrack
+    dump_meters = AfPacketDatapath.dump_meters
+    port_stats = AfPacketDatapath.port_stats
+    loop_errors = AfPacketDatapath.loop_errors
 
     def underlay(self, op: str, *args) -> None:
         """The slow path's underlay (an Underlay method: add_port, add_local, add_route,
@@ -356,12 +371,6 @@ class EbpfDatapath:
             self.tier.remove_meter(dp_id)
             del self._meters[dp_id]
 
-    def add_flows(self, flows: list[Flow]) -> None:
-        self.bundle(add=flows)
-
-    def delete_flows(self, flows: list[Flow]) -> None:
-        self.bundle(delete=flows)
-
     def dump_flows(self):
         with self.lock:
             self.fold()
@@ -380,27 +389,11 @@ class EbpfDatapath:
                 out.append(line)
             return out
 
-    def trace(self, in_port: int, packet: bytes):
-        with self.lock:
-            return self.switch.trace(in_port, packet)
-
-    def dump_conntrack(self, zone: int | None = None) -> list[str]:
-        with self.lock:
-            return self.switch.conntrack.dump(zone)
-
-    def delete_group(self, group_id: int) -> None:
-        with self.lock:
-            self.switch.delete_group(group_id)
-
     def delete_meter(self, meter_id: int) -> list[Flow]:
         with self.lock:
             gone = self.switch.delete_meter(meter_id)
             self._sync_meters()
             return gone
-
-    def dump_meters(self) -> list:
-        with self.lock:
-            return self.switch.dump_meters()
 
     def meter_stats(self) -> list:
         """The switch's meter counters plus what the kernel's buckets passed and dropped."""
@@ -415,18 +408,10 @@ class EbpfDatapath:
                     band_byte_count=st.band_byte_count + dby))
             return out
 
-    def port_stats(self) -> dict[int, tuple[int, int, int]]:
-        with self.lock:
-            return {n: (p.rx_packets, p.tx_packets, getattr(p, "tx_errors", 0))
-                    for n, p in self.switch.ports.items()}
-
     def drop_counts(self) -> dict[str, int]:
         with self.lock:
             self.fold()
             return self.switch.drop_counts()
-
-    def loop_errors(self) -> tuple[int, str | None]:
-        return self.errors, self.last_error
 
     def kernel_stats(self) -> dict[str, int]:
         """The program's counters: hits, misses, upcalls, drops (sbnet.datapath.ebpf.layout.STATS)."""
