@@ -250,3 +250,12 @@ def test_new_networks_get_the_projects_default_qos_policy(api: Api) -> None:
     assert member.create("networks", "network", qos_policy_id=other["id"])["qos_policy_id"] == other["id"]
     # Another project's default is not ours.
     assert api.as_(project("someone-else")).create("networks", "network")["qos_policy_id"] is None
+
+
+def test_service_providers_name_sbnet_for_each_service_it_serves(api: Api) -> None:
+    listed = api.req("GET", "service-providers", status=200)["service_providers"]
+    assert {p["service_type"] for p in listed} == {"L3_ROUTER_NAT", "QOS", "TRUNK",
+                                                   "FLOW_CLASSIFIER", "SFC"}
+    assert all(p["name"] == "sbnet" and p["default"] for p in listed)
+    only = api.req("GET", "service-providers?service_type=QOS", status=200)["service_providers"]
+    assert [p["service_type"] for p in only] == ["QOS"]

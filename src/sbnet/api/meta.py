@@ -24,6 +24,7 @@ EXTENSIONS = (
     ("fields", "Fields", "Support fields query parameter"),
     ("flow_classifier", "Flow Classifier", "Flow Classifier Extension."),
     ("sfc", "Port Chain", "Service Function Chains Extension."),
+    ("service-type", "Neutron Service Type Management", "API for retrieving service providers for Neutron advanced services"),
     ("ip-substring-filtering", "IP address substring filtering", "Provides IP address substring filtering when listing ports"),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
@@ -66,6 +67,9 @@ RULE_TYPES = {
 }
 
 
+# service-type: which provider implements each service this server offers (all of them sbnet).
+SERVICE_TYPES = ("L3_ROUTER_NAT", "QOS", "TRUNK", "FLOW_CLASSIFIER", "SFC")
+
 MAX_WAIT = 60  # seconds a long poll of the change feed may hold a worker thread
 
 
@@ -95,6 +99,13 @@ def extra_routes(router: APIRouter, api: Any) -> None:
             if e[0] == alias:
                 return {"extension": _ext(*e)}
         raise NotFound(f"Extension with alias {alias} does not exist", type_name="ExtensionNotFound")
+
+    @router.get("/v2.0/service-providers")
+    async def service_providers(request: Request) -> dict:
+        api.auth.context(request.headers)
+        wanted = request.query_params.getlist("service_type")
+        return {"service_providers": [{"service_type": t, "name": "sbnet", "default": True}
+                                      for t in SERVICE_TYPES if not wanted or t in wanted]}
 
     @router.get("/v2.0/qos/rule-types")
     async def rule_types(request: Request) -> dict:
