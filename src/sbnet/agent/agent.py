@@ -3,6 +3,8 @@ applies only the difference, plugs what Nova plugged, reports ports up and down.
 
 from __future__ import annotations
 
+import logging
+
 import threading
 import time
 from collections import defaultdict
@@ -33,6 +35,8 @@ def vif_name(port_id: str) -> str:
     """The tap name Nova/os-vif give a port's VIF (Linux names are at most 15 bytes)."""
     return ("tap" + port_id)[:14]
 
+
+log = logging.getLogger("sbnet.agent")
 
 class Source(Protocol):
     """Where the model comes from: the API of another process, or the store in-process."""
@@ -123,6 +127,7 @@ class StepReport:
     up: list[str] = field(default_factory=list)
     down: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    faults: dict = field(default_factory=dict)   # (type, id) -> why it was left out
 
     @property
     def changed(self) -> int:
@@ -249,7 +254,10 @@ class HostAgent:
             d = self.compiler.last_diff
         apply_diff(self.datapath, d)
         self.pipeline = new
-        report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete))
+        report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete),
+                            faults=dict(self.compiler.faults))
+        for (typ, ident), why in report.faults.items():
+            log.warning("%s: %s %s left out: %s", self.host, typ, ident, why)
         # A trunk's sub-ports are up when their parent's VIF is (they have none of their own).
         up = set(me.ofports) | {sid for sid, (t, _) in topo.subport_of.items()
                                 if t["port_id"] in me.ofports}
@@ -263,7 +271,9 @@ class HostAgent:
         for p in snapshot.get("port", ()):
             if topo.host_of(p) != self.host or not is_vif(p):
                 continue
-            want = "ACTIVE" if p["id"] in plugged else "DOWN"
+            # A port the compiler had to leave out carries no traffic: say so on the port.
+            want = "ERROR" if ("port", p["id"]) in report.faults else \
+                "ACTIVE" if p["id"] in plugged else "DOWN"
             if p.get("status") != want and self.reported.get(p["id"]) != want:
                 self.source.port_status(p["id"], want)
                 self.reported[p["id"]] = want

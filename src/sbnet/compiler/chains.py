@@ -96,18 +96,23 @@ class Plan:
 def build(ctx) -> None:
     topo = ctx.topo
     for chain in sorted(topo.port_chains.values(), key=lambda c: c["chain_id"]):
-        plan = chain_plan(topo, chain)
-        if plan is None:
-            continue
-        paths = [plan]
-        if (chain.get("chain_parameters") or {}).get("symmetric") and not _one_armed(plan):
-            paths.append(plan.reverse())
-        for path in paths:
-            if _involved(ctx, path):
-                build_chain_classify(ctx, path)
-                build_chain_forward_hops(ctx, path)
-                build_chain_forward_end(ctx, path)
-                build_classify_chain_entry(ctx, path)
+        with ctx.resource("port_chain", chain["id"]):
+            build_chain(ctx, chain)
+
+
+def build_chain(ctx, chain: dict) -> None:
+    plan = chain_plan(ctx.topo, chain)
+    if plan is None:
+        return
+    paths = [plan]
+    if (chain.get("chain_parameters") or {}).get("symmetric") and not _one_armed(plan):
+        paths.append(plan.reverse())
+    for path in paths:
+        if _involved(ctx, path):
+            build_chain_classify(ctx, path)
+            build_chain_forward_hops(ctx, path)
+            build_chain_forward_end(ctx, path)
+            build_classify_chain_entry(ctx, path)
 
 
 def _one_armed(plan: Plan) -> bool:

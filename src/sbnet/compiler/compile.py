@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -20,6 +21,22 @@ STAGES = ("classify", "port_security", "dhcp", "qos", "secgroups", "chains", "l3
 
 class CompileError(ValueError):
     """Intent that cannot be compiled for this host (the message says which resource and why)."""
+
+
+class ResourceFault(CompileError):
+    """One resource cannot be compiled: the compile is retried without it."""
+
+    def __init__(self, typ: str, ident: str, reason: str) -> None:
+        super().__init__(f"{typ} {ident}: {reason}")
+        self.resource = (typ, ident)
+        self.reason = reason
+
+
+# The model type a unit's or cookie's kind names (which resource to leave out on a fault).
+KIND_TYPES = {"port": "port", "network": "network", "flood": "network", "group": "security_group",
+              "members": "security_group", "security_group_rule": "security_group", "router": "router",
+              "floatingip": "floatingip", "qos_policy": "policy", "port_chain": "port_chain",
+              "flow_classifier": "flow_classifier"}
 
 
 @dataclass
@@ -114,10 +131,26 @@ class Context:
             u = Unit(deps, HostPipeline(self.host))
             direct, self._sink = self._sink, u.out
             try:
-                fn(*args)
+                with self.resource(key[1], key[2]):
+                    fn(*args)
             finally:
                 self._sink = direct
         self.used[key] = u
+
+    @contextlib.contextmanager
+    def resource(self, kind: str, ident: str):
+        """Flows built inside are one resource's: if they cannot be built, that resource is
+        reported as a ResourceFault (and left out), not the whole host's compile."""
+        try:
+            yield
+        except ResourceFault:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is this resource's fault
+            typ = KIND_TYPES.get(kind)
+            if typ is None:
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ResourceFault(typ, ident, f"{self._stage}: {reason[:300]}") from exc
 
     def table(self, name: str) -> int:
         return PIPELINE.number(name)
@@ -206,7 +239,14 @@ def _cookie(stage: str, kind: str, ident: str) -> tuple[int, str]:
 class Compiler:
     """One host's incremental compiler.  It keeps the units of its last compile, rebuilds
     only those whose inputs changed, and re-merges only the flows those units contribute
-    to; `last_diff` is the bundle from the previous compile to this one."""
+    to; `last_diff` is the bundle from the previous compile to this one.
+
+    A resource that cannot be compiled (its flows fail to build, or clash with an older
+    resource's) is left out and named in `faults`; everything else is compiled as if it
+    did not exist.  A compile that fails changes nothing: the next one starts from the
+    last good state."""
+
+    MAX_FAULTS = 1000
 
     def __init__(self, host: str) -> None:
         self.host = host
@@ -216,8 +256,23 @@ class Compiler:
         self.rebuilt = 0                      # units rebuilt by the last compile
         self.last_diff = Diff()
         self._last: HostPipeline | None = None
+        self.faults: dict[tuple[str, str], str] = {}   # (type, id) -> why it was left out
 
     def compile(self, topo: Topology) -> HostPipeline:
+        faults: dict[tuple[str, str], str] = dict(topo.invalid)
+        while True:
+            try:
+                out = self._compile(topo)
+            except ResourceFault as f:
+                if f.resource in faults or len(faults) >= self.MAX_FAULTS:
+                    raise
+                faults[f.resource] = f.reason
+                topo = topo.without(faults)
+                continue
+            self.faults = faults
+            return out
+
+    def _compile(self, topo: Topology) -> HostPipeline:
         ctx = Context(topo, self.host, self.units)
         ctx.stage("miss")
         for f in PIPELINE.miss_flows():
@@ -228,29 +283,31 @@ class Compiler:
         used = ctx.finish()
         changed = [k for k, u in used.items() if self.units.get(k) is not u]
         changed += [k for k in self.units if k not in used]
-        self.rebuilt = sum(1 for k in changed if k[0] != "direct" and k in used)
-        dirty: set[tuple] = set()
+        # Contributions of the flows the changed units touch, worked out on copies: nothing
+        # of this compiler's state changes until every merge has succeeded.
+        contrib: dict[tuple, dict[tuple, Flow]] = {}
         for k in changed:
             old, new = self.units.get(k), used.get(k)
-            if old is not None:
-                for fk in old.out.flows:
-                    self._contrib[fk].pop(k, None)
-                    dirty.add(fk)
-            if new is not None:
-                for fk, f in new.out.flows.items():
-                    self._contrib.setdefault(fk, {})[k] = f
-                    dirty.add(fk)
+            for fk in (old.out.flows if old is not None else ()):
+                contrib.setdefault(fk, dict(self._contrib.get(fk, {}))).pop(k, None)
+            for fk, f in (new.out.flows.items() if new is not None else ()):
+                contrib.setdefault(fk, dict(self._contrib.get(fk, {})))[k] = f
+        merged: dict[tuple, Flow | None] = {}
+        for fk, c in contrib.items():
+            try:
+                merged[fk] = _merge(c.values()) if c else None
+            except CompileError as exc:
+                raise _culprit(topo, used, c, exc) from exc
         d = Diff()
-        for fk in dirty:
+        for fk, after in merged.items():
             before = self.flows.get(fk)
-            contrib = self._contrib.get(fk)
-            if not contrib:
+            if after is None:
                 self._contrib.pop(fk, None)
                 if before is not None:
                     del self.flows[fk]
                     d.delete.append(before)
                 continue
-            after = _merge(contrib.values())
+            self._contrib[fk] = contrib[fk]
             if before is None:
                 d.add.append(after)
             elif before.actions != after.actions or before.cookie != after.cookie:
@@ -258,6 +315,7 @@ class Compiler:
             else:
                 continue
             self.flows[fk] = after
+        self.rebuilt = sum(1 for k in changed if k[0] != "direct" and k in used)
         self.units = used
         out = HostPipeline(self.host, dict(self.flows))
         for u in used.values():
@@ -267,6 +325,23 @@ class Compiler:
         _group_meter_diff(d, self._last, out)
         self.last_diff, self._last = d, out
         return out
+
+
+def _culprit(topo: Topology, units: dict[tuple, Unit], contrib: dict[tuple, Flow],
+             exc: CompileError) -> CompileError:
+    """Flows of several resources clash: the newest of those resources is at fault."""
+    owners = set()
+    for k, f in contrib.items():
+        origin = units[k].out.origins.get(f.cookie, "") if k in units else ""
+        kind, ident = (k[1], k[2]) if k[0] != "direct" and len(k) > 2 else \
+            (origin.split(" ")[1:3] + ["", ""])[:2]
+        typ = KIND_TYPES.get(kind)
+        if typ is not None and ident:
+            owners.add((typ, ident))
+    if not owners:
+        return exc
+    typ, ident = max(owners, key=lambda o: topo.created(*o))
+    return ResourceFault(typ, ident, str(exc)[:300])
 
 
 def compile_host(topo: Topology, host: str) -> HostPipeline:

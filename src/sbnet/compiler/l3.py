@@ -102,16 +102,18 @@ def build(ctx) -> None:
     topo = ctx.topo
     nets: set[str] = set()
     for rid in sorted(topo.routers):
-        ifaces = router_ifaces(topo, rid)
-        here = [i for i in ifaces if ctx.host in topo.hosts_of(i.net_id)]
-        if not here or ctx.chassis is None:
-            continue
-        nets |= {i.net_id for i in ifaces}
-        build_l3_gateway(ctx, rid, ifaces)
-        build_l3_route(ctx, rid, ifaces)
-        build_l3_nat(ctx, rid, ifaces)
+        with ctx.resource("router", rid):
+            ifaces = router_ifaces(topo, rid)
+            here = [i for i in ifaces if ctx.host in topo.hosts_of(i.net_id)]
+            if not here or ctx.chassis is None:
+                continue
+            nets |= {i.net_id for i in ifaces}
+            build_l3_gateway(ctx, rid, ifaces)
+            build_l3_route(ctx, rid, ifaces)
+            build_l3_nat(ctx, rid, ifaces)
     for net_id in sorted(nets):
-        build_l3_neighbour(ctx, net_id)
+        with ctx.resource("network", net_id):
+            build_l3_neighbour(ctx, net_id)
 
 
 def router_ifaces(topo, rid: str) -> list[Iface]:
@@ -154,7 +156,8 @@ def floating_ips(topo, rid: str) -> list[tuple[dict, dict, dict]]:
     """(floating IP, its own port on the external network, the VM port) of a router."""
     out = []
     fports = {p["device_id"]: p for p in topo.ports.values()
-              if p.get("device_owner") == "network:floatingip"}
+              if p.get("device_owner") == "network:floatingip"
+              and topo.l3_owned(p, topo.floating_ips)}
     for fip in topo.floating_ips.values():
         if fip.get("router_id") != rid or not fip.get("port_id"):
             continue

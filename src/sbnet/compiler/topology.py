@@ -9,6 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from sbnet.model.attrs import Invalid, to_cidr, to_ip, to_mac, to_prefix_or_none
+
 TUNNEL_TYPES = ("vxlan", "gre", "geneve")
 # The tunnel port of each kind on every host (remote_ip=flow, key=flow): one per kind, as
 # Neutron's OVS agent does with flow-based tunnels, so a new host adds no ports anywhere.
@@ -61,10 +63,53 @@ def mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
+def _drop(snapshot: Mapping[str, Any], dropped: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    gone = set(dropped)
+    nets = {ident for typ, ident in gone if typ == "network"}
+    out: dict[str, Any] = {}
+    for typ, items in snapshot.items():
+        if not isinstance(items, list):
+            out[typ] = items
+            continue
+        out[typ] = [r for r in items if (typ, r.get("id")) not in gone
+                    and not (typ in ("subnet", "port") and r.get("network_id") in nets)]
+    return out
+
+
+def malformed(snapshot: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """Ports and subnets whose addresses the API's validation would refuse, with why."""
+    out = {}
+    for p in snapshot.get("port", ()):
+        try:
+            to_mac(p.get("mac_address"))
+            for f in p.get("fixed_ips") or ():
+                to_ip(f.get("ip_address"))
+            for pair in p.get("allowed_address_pairs") or ():
+                ip = pair.get("ip_address")
+                to_prefix_or_none(ip) if "/" in str(ip) else to_ip(ip)
+                to_mac(pair.get("mac_address") or p.get("mac_address"))
+        except (Invalid, AttributeError) as exc:
+            out[("port", p.get("id"))] = f"malformed: {exc}"
+    for sub in snapshot.get("subnet", ()):
+        try:
+            to_cidr(sub.get("cidr"), strict=False)
+        except Invalid as exc:
+            out[("subnet", sub.get("id"))] = f"malformed: {exc}"
+    return out
+
+
 class Topology:
     """Everything a compile reads, indexed once per model revision."""
 
     def __init__(self, snapshot: Mapping[str, Any], chassis: Iterable[Chassis] = ()) -> None:
+        # What the API would have refused (malformed addresses) is not compiled at all:
+        # the compiler reports it (Compiler.faults) and works on the rest.
+        self.invalid = malformed(snapshot)
+        if self.invalid:
+            snapshot = _drop(snapshot, self.invalid)
+        self.snapshot = snapshot
+        self._given = list(chassis)
+        chassis = self._given
         self.revision = snapshot.get("revision", 0)
         # Hosts the agents registered (sbnet.api.hosts), overridden by the ones given (which
         # know their VIF ofports).
@@ -107,9 +152,9 @@ class Topology:
             if port_secured(p, self.networks.get(p["network_id"])):
                 for g in p.get("security_groups") or ():
                     self.members[g].append(p)
-            if p.get("device_owner") in ROUTER_OWNERS:
+            if p.get("device_owner") in ROUTER_OWNERS and self.l3_owned(p, self.routers):
                 self.router_ports[p["device_id"]].append(p)
-            elif p.get("device_owner") == GATEWAY_OWNER:
+            elif p.get("device_owner") == GATEWAY_OWNER and self.l3_owned(p, self.routers):
                 self.gateway_ports[p["device_id"]] = p
         # Sub-ports belong to the trunk's parent: they are bound where the parent is.
         self.subport_of: dict[str, tuple[dict, int]] = {}
@@ -133,7 +178,31 @@ class Topology:
             [*self.networks.values(), *self.routers.values()], 16, "zone").items()
             if rid in self.routers}
 
+    def without(self, dropped: Iterable[tuple[str, str]]) -> "Topology":
+        """This model less some resources ((type, id) pairs): what the compiler builds when
+        they cannot be compiled.  A network goes with its subnets and ports."""
+        topo = Topology(_drop(self.snapshot, dropped), self._given)
+        topo.invalid = {**self.invalid, **topo.invalid}
+        return topo
+
+    def created(self, typ: str, ident: str) -> tuple[str, str]:
+        """When a resource was created, as (created_at, id): of two resources that cannot
+        both be compiled, the newer one is left out."""
+        for r in self.snapshot.get(typ, ()):
+            if r.get("id") == ident:
+                return (r.get("created_at") or "", ident)
+        return ("", ident)
+
     # --- questions stages ask ---------------------------------------------------------
+
+    @staticmethod
+    def l3_owned(port: dict, owners: Mapping[str, dict]) -> bool:
+        """Whether a router's (or floating IP's) port really is its own: the device exists and
+        the port is the L3 service's (no project) or in the device's project.  The API
+        refuses other ports (DeviceIDNotOwnedByTenant); this keeps a port that claims a
+        device_id anyway from being compiled as another project's router or floating IP."""
+        dev = owners.get(port.get("device_id"))
+        return dev is not None and port.get("project_id") in ("", None, dev.get("project_id"))
 
     def network_type(self, net: dict) -> str:
         return net.get("provider:network_type") or "vxlan"
