@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sbnet.api import crud
 from sbnet.api.context import Authenticator, StaticTokens, TokenValidator
 from sbnet.api.hosts import Heartbeats
+from sbnet.model.attrs import LIMITS
 from sbnet.model.errors import NeutronError
 from sbnet.model.segments import SegmentConfig
 from sbnet.store import Store
@@ -59,6 +60,46 @@ class StripJsonSuffix:
             scope = dict(scope, path=scope["path"][:-5], raw_path=scope["raw_path"][:-5]
                          if scope.get("raw_path", b"").endswith(b".json") else scope.get("raw_path"))
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses request bodies above LIMITS.body_bytes with 413, as Neutron's sizelimit
+    middleware does: by Content-Length up front, or while a chunked body streams in."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        most = LIMITS.body_bytes
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > most:
+            await _too_large(scope, receive, send, most)
+            return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > most:
+                raise _TooLarge()
+            return message
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send, most)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: dict, receive: Any, send: Any, most: int) -> None:
+    await _error(413, "HTTPRequestEntityTooLarge",
+                 f"Request is too large: the body may be at most {most} bytes.")(scope, receive, send)
 
 
 def _error(status: int, type_name: str, message: str) -> JSONResponse:
@@ -119,6 +160,7 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
     if keystone_config:
         from sbnet.api.keystone import KeystoneAuth
         app.add_middleware(KeystoneAuth, config_file=keystone_config)
+    app.add_middleware(BodyLimit)
 
     @app.on_event("shutdown")
     async def _close() -> None:

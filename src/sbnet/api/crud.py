@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from sbnet.api import policy
 from sbnet.model import attrs as a
 from sbnet.model.errors import BadRequest, Forbidden, NotFound, PreconditionFailed, not_found
 from sbnet.model.resources import BY_NAME, ResourceSpec
@@ -68,14 +69,23 @@ def fetch(tx: Tx, ctx: "Context", spec: ResourceSpec, ident: Any, write: bool = 
     body = tx.get(spec.name, ident) if isinstance(ident, str) else None
     if body is None or not visible(ctx, spec, body):
         raise not_found(spec.not_found_type, spec.label, str(ident))
-    if write and not owned(ctx, body):
+    if write and not (owned(ctx, body) and ctx.is_member):
         raise Forbidden(f"rule:update_{spec.name} is disallowed by policy")
     return body
 
 
+def target(tx: Tx, spec: ResourceSpec, body: dict) -> policy.Target:
+    """What the policy needs about a resource: its project, its network's owner."""
+    net = tx.get("network", body["network_id"]) \
+        if isinstance(body.get("network_id"), str) and spec.name != "network" else None
+    if net is None:
+        return policy.Target(body.get("project_id"))
+    return policy.Target(body.get("project_id"), net.get("project_id"), bool(net.get("shared")))
+
+
 def view(ctx: "Context", spec: ResourceSpec, body: dict, fields: list[str] | None = None) -> dict:
-    out = {k: v for k, v in body.items()
-           if not (k in spec.attrs and spec.attrs[k].admin_visible and not ctx.is_admin)}
+    hide = policy.hidden(ctx, spec.name, policy.Target(body.get("project_id")))
+    out = {k: v for k, v in body.items() if k not in hide}
     if fields:
         out = {k: v for k, v in out.items() if k in fields}
     return out
@@ -147,13 +157,14 @@ def _sort_value(v: Any) -> tuple:
 
 
 def query(spec: ResourceSpec, items: list[dict], params: list[tuple[str, str]],
-          url: str) -> tuple[list[dict], list[dict]]:
-    """Apply filters, tags, sort and limit/marker; returns (page, links)."""
+          url: str, hidden: frozenset[str] = frozenset()) -> tuple[list[dict], list[dict]]:
+    """Apply filters, tags, sort and limit/marker; returns (page, links).  Attributes in
+    `hidden` (the caller may not see them) are neither filtered nor sorted on."""
     multi: dict[str, list[str]] = {}
     for k, v in params:
         multi.setdefault(k, []).append(v)
     for key, values in multi.items():
-        if key in RESERVED or key not in spec.attrs:
+        if key in RESERVED or key not in spec.attrs or key in hidden:
             continue  # unknown filters are ignored, as Neutron does without filter-validation
         items = [i for i in items if _matches(i, key, values)]
     for key, test in (("tags", lambda have, want: want <= have),
@@ -167,7 +178,7 @@ def query(spec: ResourceSpec, items: list[dict], params: list[tuple[str, str]],
     if dirs and len(dirs) != len(keys):
         raise BadRequest("The number of sort_keys and sort_dirs must be same")
     for k in keys:
-        if k not in spec.attrs:
+        if k not in spec.attrs or k in hidden:
             raise BadRequest(f"{k} is invalid attribute for sort_key")
     for d in dirs:
         if d not in ("asc", "desc"):
@@ -206,6 +217,9 @@ def query(spec: ResourceSpec, items: list[dict], params: list[tuple[str, str]],
 # --- request bodies ---
 
 async def read_json(request: Request) -> Any:
+    """The request's JSON body, read only once the caller is authenticated (an anonymous
+    request costs no parsing), at most LIMITS.depth deep (sbnet.api.app caps its size)."""
+    request.app.state.api.auth.context(request.headers)
     raw = await request.body()
     if not raw:
         raise BadRequest("Resource body required")
@@ -215,7 +229,22 @@ async def read_json(request: Request) -> Any:
         json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError, RecursionError):
         raise BadRequest("Malformed request body") from None
+    if _depth(payload) > a.LIMITS.depth:
+        raise BadRequest(f"Malformed request body: nested deeper than {a.LIMITS.depth} levels")
     return payload
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a JSON value (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
 
 
 def _no_constant(name: str) -> None:
@@ -228,6 +257,9 @@ def unwrap(spec: ResourceSpec, payload: Any, allow_bulk: bool) -> list[dict] | d
         bulk = payload[spec.collection]
         if not isinstance(bulk, list) or not bulk:
             raise BadRequest(f"Resources required: expected a non-empty list '{spec.collection}'")
+        if len(bulk) > a.LIMITS.bulk:
+            raise BadRequest(f"Bulk request of {len(bulk)} {spec.collection} exceeds the "
+                             f"maximum of {a.LIMITS.bulk}")
         return bulk
     if not isinstance(payload, dict) or spec.name not in payload:
         raise BadRequest(f"Unable to find '{spec.name}' in request body")
@@ -287,7 +319,8 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
             items = tx.list(spec.name, parent_id=parent_id)
         items = [i for i in items if spec.parent or visible(ctx, spec, i)]
         params = list(request.query_params.multi_items())
-        page, links = query(spec, items, params, str(request.url).split("?")[0])
+        page, links = query(spec, items, params, str(request.url).split("?")[0],
+                            policy.hidden(ctx, spec.name, policy.Target(None)))
         fields = request.query_params.getlist("fields")
         out: dict = {spec.collection: [view(ctx, spec, i, fields) for i in page]}
         if links:
@@ -312,13 +345,20 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
     def do_create(ctx: "Context", request: Request, payload: Any) -> tuple[int, dict]:
         items = unwrap(spec, payload, allow_bulk=not spec.parent)
         bulk = isinstance(items, list)
-        bodies = [a.validate_body(spec.attrs, i, create=True, is_admin=ctx.is_admin,
-                                  resource=spec.name) for i in (items if bulk else [items])]
+        raw = items if bulk else [items]
+        bodies = [a.validate_body(spec.attrs, i, create=True, resource=spec.name) for i in raw]
         with api.store.write() as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             created = []
-            for body in bodies:
+            for item, body in zip(raw, bodies):
                 set_project(ctx, spec, body)
+                tgt = target(tx, spec, body)
+                if parent_id:
+                    tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"])
+                # As Neutron: an attribute given with its default value is not "set".
+                given = {k: body[k] for k in item
+                         if spec.attrs[k].default is a.REQUIRED or body[k] != spec.attrs[k].default_value()}
+                policy.enforce(ctx, spec.name, "create", tgt, given)
                 body["id"] = str(uuid.uuid4())
                 if parent_id:
                     body["_parent"] = parent_id
@@ -329,10 +369,13 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
 
     def do_update(ctx: "Context", request: Request, payload: Any) -> dict:
         changes = a.validate_body(spec.attrs, unwrap(spec, payload, False), create=False,
-                                  is_admin=ctx.is_admin, resource=spec.name)
+                                  resource=spec.name)
         with api.store.write() as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             old = _member(tx, ctx, request, parent_id, True)
+            tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"]) if parent_id \
+                else target(tx, spec, old)
+            policy.enforce(ctx, spec.name, "update", tgt, changes)
             check_if_match(request.headers, old)
             body = hooks.update(tx, ctx, old, changes)
         return {spec.name: view(ctx, spec, body)}
@@ -341,6 +384,9 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
         with api.store.write() as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             old = _member(tx, ctx, request, parent_id, True)
+            tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"]) if parent_id \
+                else target(tx, spec, old)
+            policy.enforce(ctx, spec.name, "delete", tgt)
             check_if_match(request.headers, old)
             hooks.delete(tx, ctx, old)
 

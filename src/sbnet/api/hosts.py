@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 import uuid
@@ -14,6 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sbnet.api.context import Context
+from sbnet.api.crud import read_json
+from sbnet.model.attrs import Invalid, to_ip
 from sbnet.model.errors import BadRequest, Forbidden, NotFound
 
 HOST_TYPE = "host"              # the store's resource type: it rides the change feed
@@ -124,7 +125,8 @@ def agent_body(host: str, beat: Beat | None, row: dict | None, alive: bool) -> d
 
 
 def _admin(ctx: Context, what: str) -> None:
-    if not ctx.is_admin:
+    """Agents' endpoints: the operator, or an agent with Neutron's service role."""
+    if not (ctx.is_admin or ctx.is_service):
         raise Forbidden(f"rule:{what} is disallowed by policy")
 
 
@@ -140,17 +142,17 @@ def check_host(name: str, body: Any) -> dict:
     if not name or len(name) > 36 or not name.isprintable() or "/" in name:
         raise BadRequest(f"Invalid host name {name!r}: 1 to 36 printable characters")
     try:
-        ip = str(ipaddress.ip_address(h.get("tunnel_ip")))
-    except (TypeError, ValueError):
+        ip = to_ip(h.get("tunnel_ip"))
+    except Invalid:
         raise BadRequest(f"Invalid input for tunnel_ip: {h.get('tunnel_ip')!r} is not an "
                          "IP address") from None
     physnets = h.get("physnets") or {}
-    if not isinstance(physnets, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and 0 < v < 0xFFFFFF00
+    if not isinstance(physnets, dict) or len(physnets) > 64 or not all(
+            isinstance(k, str) and 0 < len(k) <= 64 and type(v) is int and 0 < v < 0xFFFFFF00
             for k, v in physnets.items()):
         raise BadRequest("Invalid input for physnets: a map of physical network name to ofport")
     profile = h.get("profile") or "software"
-    if not isinstance(profile, str):
+    if not isinstance(profile, str) or len(profile) > 64:
         raise BadRequest("Invalid input for profile: a NIC profile name")
     # Without `datapath`, the suffix of agent_type (sbnet-ovs, sbnet-reference) says it.
     datapath = h.get("datapath") or str(h.get("agent_type") or "").rpartition("-")[2]
@@ -164,6 +166,8 @@ def check_host(name: str, body: Any) -> dict:
         if v is not None and (not isinstance(v, str) or not v.isprintable() or len(v) > 64):
             raise BadRequest(f"Invalid input for {key}: a name of at most 64 characters")
         extra[key] = v
+    if not isinstance(h.get("agent_type") or "", str) or len(h.get("agent_type") or "") > 64:
+        raise BadRequest("Invalid input for agent_type: a name of at most 64 characters")
     return {"id": name, "name": name, "tunnel_ip": ip, "physnets": physnets,
             "profile": profile, "agent_type": h.get("agent_type") or "sbnet",
             "datapath": datapath, **extra}
@@ -243,7 +247,7 @@ def extra_routes(router: APIRouter, api) -> None:
         _admin(ctx, "report_stats")
         ports = body.get("ports") if isinstance(body, dict) else None
         if not isinstance(ports, dict) or not all(
-                isinstance(v, dict) and all(isinstance(n, int) and n >= 0 for n in v.values())
+                isinstance(v, dict) and all(isinstance(n, int) and 0 <= n < 2**64 for n in v.values())
                 for v in ports.values()):
             raise BadRequest("Request body must be {\"ports\": {port_id: {counter: int}}}")
         for pid, counters in ports.items():
@@ -259,7 +263,7 @@ def extra_routes(router: APIRouter, api) -> None:
 
     @router.put("/v2.0/sbnet/hosts/{name}/stats")
     async def report(request: Request, name: str) -> dict:
-        body = await _json(request)
+        body = await read_json(request)
         return await api.call(request, do_report, name, body)
 
     @router.get("/v2.0/sbnet/ports/{port_id}/stats")
@@ -268,7 +272,7 @@ def extra_routes(router: APIRouter, api) -> None:
 
     @router.put("/v2.0/sbnet/hosts/{name}")
     async def register(request: Request, name: str) -> dict:
-        body = await _json(request)
+        body = await read_json(request)
         return {"host": await api.call(request, do_register, name, body)}
 
     @router.get("/v2.0/sbnet/hosts")
@@ -281,12 +285,6 @@ def extra_routes(router: APIRouter, api) -> None:
 
     @router.put("/v2.0/sbnet/ports/{port_id}/status")
     async def status(request: Request, port_id: str) -> dict:
-        body = await _json(request)
+        body = await read_json(request)
         return {"port": await api.call(request, do_status, port_id, body)}
 
-
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise BadRequest("Malformed JSON in request body") from None

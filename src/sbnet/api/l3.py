@@ -13,7 +13,7 @@ from sbnet.api.crud import Hooks, fetch, owned, read_json, view
 from sbnet.model import attrs as a
 from sbnet.model import ipam
 from sbnet.model.errors import BadRequest, Conflict, NotFound, not_found
-from sbnet.model.resources import FLOATING_IP, NETWORK, PORT, ROUTER, SUBNET
+from sbnet.model.resources import FLOATING_IP, NETWORK, PORT, QOS_POLICY, ROUTER, SUBNET
 from sbnet.store import Tx
 
 ADMIN = Context("admin", ("admin",))
@@ -36,7 +36,7 @@ def internal_port(api: Any, tx: Tx, network_id: str, project_id: str, owner: str
     req = {"network_id": network_id, "device_owner": owner, "device_id": device_id}
     if fixed_ips is not None:
         req["fixed_ips"] = fixed_ips
-    body = a.validate_body(PORT.attrs, req, create=True, is_admin=True, resource="port")
+    body = a.validate_body(PORT.attrs, req, create=True, resource="port")
     body.update(id=str(uuid.uuid4()), project_id=project_id, tenant_id=project_id,
                 security_groups=[])
     if owner in ROUTER_OWNERS:
@@ -253,6 +253,8 @@ class FloatingIPHooks(Hooks):
         port = internal_port(self.api, tx, net["id"], "", "network:floatingip", body["id"], want)
         body.update(floating_ip_address=port["fixed_ips"][0]["ip_address"], router_id=None,
                     status="DOWN", port_details=None, port_forwardings=[])
+        if body.get("qos_policy_id"):
+            fetch(tx, ctx, QOS_POLICY, body["qos_policy_id"])
         if body.get("port_id"):
             self._associate(tx, ctx, body, body["port_id"], body.get("fixed_ip_address"))
         else:
@@ -306,6 +308,8 @@ class FloatingIPHooks(Hooks):
         return None
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
+        if changes.get("qos_policy_id"):
+            fetch(tx, ctx, QOS_POLICY, changes["qos_policy_id"])
         if "port_id" in changes or "fixed_ip_address" in changes:
             port_id = changes.get("port_id", old["port_id"])
             if port_id is None:
@@ -358,6 +362,9 @@ def extra_routes(router: APIRouter, api: Any) -> None:
                 r = fetch(tx, ctx, ROUTER, request.path_params["id"], write=True)
                 if action == "add":
                     new = r["routes"] + [x for x in routes if x not in r["routes"]]
+                    if len(new) > a.LIMITS.routes:
+                        raise a.fail("routes", f"{len(new)} routes exceed the maximum of "
+                                               f"{a.LIMITS.routes}")
                     hooks._check_routes(tx, r, new)
                 else:
                     new = [x for x in r["routes"] if x not in routes]

@@ -135,8 +135,8 @@ def extra_routes(router: APIRouter, api: Any) -> None:
             wait = float(request.query_params.get("wait", "0"))
         except ValueError:
             raise BadRequest("since, limit and wait must be numbers") from None
-        if since < 0 or limit < 0 or not 0 <= wait <= MAX_WAIT:
-            raise BadRequest(f"since and limit must not be negative, wait must be 0 to {MAX_WAIT}")
+        if not (0 <= since < 2**63 and 0 <= limit < 2**31) or not 0 <= wait <= MAX_WAIT:
+            raise BadRequest(f"since must be 0 to 2^63-1, limit 0 to 2^31-1, wait 0 to {MAX_WAIT}")
         return since, limit, wait
 
     def fetch_changes(since: int, limit: int) -> tuple[list[dict], int]:

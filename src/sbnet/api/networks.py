@@ -16,17 +16,10 @@ from sbnet.store import Tx
 AUTO_DELETE_OWNERS = ("network:dhcp",)
 
 
-def _admin_only(ctx: Context, body: dict, *names: str) -> None:
-    for name in names:
-        if body.get(name) and not ctx.is_admin:
-            raise Forbidden(f"(rule:create_network and rule:create_network:{name}) is disallowed by policy")
-
-
 class NetworkHooks(Hooks):
     spec = NETWORK
 
     def create(self, tx: Tx, ctx: Context, body: dict) -> dict:
-        _admin_only(ctx, body, "router:external", "shared", "is_default")
         cfg = self.api.segments
         net_type, physnet, seg_id = segments.check_provider(
             cfg, body.get("provider:network_type"), body.get("provider:physical_network"),
@@ -63,9 +56,6 @@ class NetworkHooks(Hooks):
         return super().create(tx, ctx, body)
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
-        for name in ("router:external", "shared", "is_default"):
-            if name in changes and changes[name] != old.get(name) and not ctx.is_admin:
-                raise Forbidden(f"rule:update_network:{name} is disallowed by policy")
         if changes.get("mtu") is not None:
             limit = self.api.segments.mtu(old["provider:network_type"])
             if changes["mtu"] > limit:

@@ -149,6 +149,26 @@ def _vif(body: dict, tx: Tx | None = None, profiles: dict | None = None,
             heartbeats, body["binding:host_id"], body["binding:host_id"] in (profiles or {}))
 
 
+# device_owner -> the resource type its device_id names, for the ownership check below.
+DEVICE_TYPES = {"network:router_interface": "router", "network:router_gateway": "router",
+                "network:router_interface_distributed": "router",
+                "network:ha_router_replicated_interface": "router",
+                "network:floatingip": "floatingip"}
+
+
+def check_device(tx: Tx, ctx: Context, body: dict) -> None:
+    """Neutron's DeviceIDNotOwnedByTenant: a port may claim to be a router's or floating IP's
+    only if the caller owns that device (admins and the service role excepted)."""
+    typ = DEVICE_TYPES.get(body.get("device_owner") or "")
+    if typ is None or not body.get("device_id") or ctx.is_admin or ctx.is_service:
+        return
+    dev = tx.get(typ, body["device_id"])
+    if dev is None or dev.get("project_id") != ctx.project_id:
+        raise Conflict(f"The following device_id {body['device_id']} is not owned by your "
+                       "tenant or matches another tenants router.",
+                       type_name="DeviceIDNotOwnedByTenant")
+
+
 class PortHooks(Hooks):
     spec = PORT
 
@@ -173,6 +193,7 @@ class PortHooks(Hooks):
         net = fetch(tx, ctx, NETWORK, body["network_id"])
         if not owned(ctx, net) and not net["shared"]:
             raise Forbidden("rule:create_port is disallowed by policy")
+        check_device(tx, ctx, body)
         mac = body.get("mac_address")
         if mac is not None:
             if tx.mac_owner(net["id"], mac):
@@ -207,6 +228,8 @@ class PortHooks(Hooks):
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
         merged = {**old, **changes}
+        if "device_owner" in changes or "device_id" in changes:
+            check_device(tx, ctx, merged)
         if "mac_address" in changes and changes["mac_address"] != old["mac_address"]:
             if old["binding:host_id"] and not ctx.is_admin:
                 raise Conflict(f"Unable to complete operation on port {old['id']}, port is already "

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sbnet.model.errors import BadRequest, Forbidden
+from sbnet.model.errors import BadRequest
 
 REQUIRED = object()  # marks an attribute a POST must carry
+
+
+@dataclass
+class Limits:
+    """Caps on what one request may carry (Neutron's defaults where Neutron has one)."""
+
+    body_bytes: int = 114688        # oslo.middleware's max_request_body_size: 413 above
+    depth: int = 16                 # JSON nesting of a request body
+    bulk: int = 100                 # resources in one bulk create
+    fixed_ips: int = 5              # max_fixed_ips_per_port
+    address_pairs: int = 10         # max_allowed_address_pair
+    dns_nameservers: int = 5        # max_dns_nameservers
+    host_routes: int = 20           # max_subnet_host_routes
+    routes: int = 30                # max_routes (extraroute)
+    tags: int = 50                  # neutron-lib's MAX_TAGS
+    list_items: int = 100           # any other list attribute
+    dict_bytes: int = 4096          # a free-form dict (binding:profile, parameters) as JSON
+
+
+LIMITS = Limits()
 
 
 class Invalid(ValueError):
@@ -26,8 +47,6 @@ class Attr:
     default: Any = None  # REQUIRED, a value, or a callable returning a fresh value
     post: bool = True
     put: bool = True
-    admin_only: bool = False  # only admins may set it (provider:*, binding:*)
-    admin_visible: bool = False  # hidden from non-admin users, as Neutron's policy does
     schema: dict | None = None  # JSON schema for the OpenAPI document
 
     def default_value(self) -> Any:
@@ -107,9 +126,9 @@ def to_protocol_or_none(v: Any) -> str | None:
     return v.lower()
 
 
-def to_list_or_null(conv: Callable[[Any], Any]) -> Callable[[Any], list]:
+def to_list_or_null(conv: Callable[[Any], Any], cap: str = "list_items") -> Callable[[Any], list]:
     """A list where null means empty (Neutron's convert_none_to_empty_list)."""
-    inner = list_of(conv)
+    inner = list_of(conv, cap=cap)
     return lambda v: [] if v is None else inner(v)
 
 
@@ -138,22 +157,38 @@ def to_uuid_or_none(v: Any) -> str | None:
 
 def to_uuid_list(v: Any) -> list[str]:
     if not isinstance(v, list):
-        raise Invalid(f"'{v}' is not a list")
+        raise Invalid(f"'{str(v)[:64]}' is not a list")
+    if len(v) > LIMITS.list_items:
+        raise Invalid(f"{len(v)} items exceed the maximum of {LIMITS.list_items}")
     out = [to_uuid(x) for x in v]
     if len(set(out)) != len(out):
         raise Invalid(f"Duplicate items in the list: '{', '.join(out)}'")
     return out
 
 
+_ADDR_CHARS = re.compile(r"[0-9A-Fa-f:./]+")
+
+
+def _plain(v: Any, what: str) -> str:
+    """An address as Neutron accepts it: no whitespace, no IPv6 scope (%zone), nothing but
+    hex digits, dots, colons and a prefix slash."""
+    if not isinstance(v, str) or len(v) > 64 or not _ADDR_CHARS.fullmatch(v):
+        raise Invalid(f"'{str(v)[:64]}' is not a valid {what}")
+    return v
+
+
 def to_ip(v: Any, version: int | None = None) -> str:
-    if not isinstance(v, str):
-        raise Invalid(f"'{v}' is not a valid IP address")
+    """An IP address, returned canonical; IPv4 must already be (no leading zeros, four
+    parts), as Neutron's validator insists."""
+    v = _plain(v, "IP address")
     try:
         ip = ipaddress.ip_address(v)
     except ValueError:
         raise Invalid(f"'{v}' is not a valid IP address") from None
     if version and ip.version != version:
         raise Invalid(f"'{v}' is not an IPv{version} address")
+    if ip.version == 4 and str(ip) != v:
+        raise Invalid(f"'{v}' is not a valid IP address")
     return str(ip)
 
 
@@ -165,6 +200,7 @@ def to_cidr(v: Any, strict: bool = True) -> str:
     """A network in CIDR form; a host address with a mask is refused as Neutron does."""
     if not isinstance(v, str) or "/" not in v:
         raise Invalid(f"'{v}' is not a valid IP subnet")
+    v = _plain(v, "IP subnet")
     try:
         iface = ipaddress.ip_interface(v)
     except ValueError:
@@ -179,8 +215,7 @@ def to_prefix_or_none(v: Any) -> str | None:
     """remote_ip_prefix and friends: a bare address means a host prefix; host bits are dropped."""
     if v is None:
         return None
-    if not isinstance(v, str):
-        raise Invalid(f"'{v}' is not a valid IP prefix")
+    v = _plain(v, "IP prefix")
     try:
         return str(ipaddress.ip_network(v, strict=False))
     except ValueError:
@@ -191,7 +226,7 @@ _MAC = re.compile(r"^([0-9a-f]{2}[:-]){5}[0-9a-f]{2}$", re.I)
 
 
 def to_mac(v: Any) -> str:
-    if not isinstance(v, str) or not _MAC.match(v):
+    if not isinstance(v, str) or not _MAC.fullmatch(v):
         raise Invalid(f"'{v}' is not a valid MAC address")
     mac = v.lower().replace("-", ":")
     if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
@@ -201,7 +236,9 @@ def to_mac(v: Any) -> str:
 
 def to_dict(v: Any) -> dict:
     if not isinstance(v, dict):
-        raise Invalid(f"'{v}' is not a dictionary")
+        raise Invalid(f"'{str(v)[:64]}' is not a dictionary")
+    if len(json.dumps(v)) > LIMITS.dict_bytes:
+        raise Invalid(f"the dictionary exceeds {LIMITS.dict_bytes} bytes")
     return v
 
 
@@ -209,10 +246,14 @@ def to_dict_or_none(v: Any) -> dict | None:
     return None if v is None else to_dict(v)
 
 
-def list_of(conv: Callable[[Any], Any], unique: bool = True) -> Callable[[Any], list]:
+def list_of(conv: Callable[[Any], Any], unique: bool = True, cap: str = "list_items") -> Callable[[Any], list]:
+    """A list of conv's values, at most LIMITS.<cap> of them."""
     def inner(v: Any) -> list:
         if not isinstance(v, list):
-            raise Invalid(f"'{v}' is not a list")
+            raise Invalid(f"'{str(v)[:64]}' is not a list")
+        most = getattr(LIMITS, cap)
+        if len(v) > most:
+            raise Invalid(f"{len(v)} items exceed the maximum of {most}")
         out = [conv(x) for x in v]
         if unique and len({repr(x) for x in out}) != len(out):
             raise Invalid(f"Duplicate items in the list: '{v}'")
@@ -227,7 +268,7 @@ def to_tag(v: Any) -> str:
 
 
 def to_tags(v: Any) -> list[str]:
-    return sorted(set(list_of(to_tag, unique=False)(v)))
+    return sorted(set(list_of(to_tag, unique=False, cap="tags")(v)))
 
 
 def to_route(v: Any) -> dict:
@@ -246,9 +287,9 @@ SCHEMA_OF = {to_bool: {"type": "boolean"}, to_uuid: {"type": "string", "format":
              to_tags: {"type": "array", "items": {"type": "string"}}}
 
 
-def validate_body(attrs: dict[str, Attr], body: Any, *, create: bool, is_admin: bool,
-                  resource: str) -> dict:
-    """Check a POST or PUT body against the declarations; fill defaults on POST."""
+def validate_body(attrs: dict[str, Attr], body: Any, *, create: bool, resource: str) -> dict:
+    """Check a POST or PUT body against the declarations; fill defaults on POST.
+    Who may set what is sbnet.api.policy's business, checked afterwards."""
     if not isinstance(body, dict):
         raise BadRequest(f"Resource body required: expected an object '{resource}'")
     unknown = sorted(k for k in body if k not in attrs)
@@ -259,8 +300,6 @@ def validate_body(attrs: dict[str, Attr], body: Any, *, create: bool, is_admin: 
         a = attrs[name]
         if not (a.post if create else a.put):
             raise BadRequest(f"Attribute '{name}' not allowed in {'POST' if create else 'PUT'}")
-        if a.admin_only and not is_admin:
-            raise Forbidden(f"(rule:{name}) is disallowed by policy")
         try:
             out[name] = a.convert(value) if a.convert else value
         except Invalid as exc:
