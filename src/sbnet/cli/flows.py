@@ -33,10 +33,10 @@ def _setup(flows: Path, ports: int, exact: bool, active: float, idle: float, max
 
 def _packets(pcap: Path | None, in_port: int, flows_count: int, ports: int):
     from sbnet.analytics.traffic import flow_traffic
-    from sbnet.datapath.ports import read_pcap
+    from sbnet.cli.replay import read_capture
 
     if pcap:
-        return [(t, f, in_port) for t, f in read_pcap(pcap)]
+        return [(t, f, in_port) for t, f in read_capture(pcap)]
     return flow_traffic(flows_count, ports=tuple(range(1, min(ports, 2) + 1)))
 
 

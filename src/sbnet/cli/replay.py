@@ -28,14 +28,13 @@ def replay(
 ) -> None:
     """Replay packets through the reference switch; print forwarded/dropped per rule and why."""
     from sbnet.datapath.batch import Batch
-    from sbnet.datapath.ports import read_pcap
 
     console = Console()
     sw = load_switch(flows, ports, out_dir, offload)
     # The clock follows the capture (generated traffic: one packet per millisecond), so
     # timeouts and the NIC tier's insertion rate see time pass as they would live.
-    stamped = read_pcap(pcap) if pcap else [(i / 1000, p) for i, p in
-                                             enumerate(generated_traffic(count))]
+    stamped = read_capture(pcap) if pcap else [(i / 1000, p) for i, p in
+                                                enumerate(generated_traffic(count))]
     packets = [p for _, p in stamped]
     for i in range(0, len(packets), batch):
         sw.process(Batch.from_packets(packets[i:i + batch], in_port), now=stamped[i][0])
@@ -56,14 +55,13 @@ def dpctl(
     """After a replay, list megaflows like `ovs-appctl dpctl/dump-flows -m`: match, counters,
     the tier that carries each one and, when it stays in software, why."""
     from sbnet.datapath.batch import Batch
-    from sbnet.datapath.ports import read_pcap
 
     if command != "dump-flows":
         Console().print(f"[red]unknown dpctl command {command!r} (known: dump-flows)[/red]")
         raise typer.Exit(2)
     sw = load_switch(flows, ports, None, offload)
-    stamped = read_pcap(pcap) if pcap else [(i / 1000, p) for i, p in
-                                             enumerate(generated_traffic(count))]
+    stamped = read_capture(pcap) if pcap else [(i / 1000, p) for i, p in
+                                                enumerate(generated_traffic(count))]
     packets = [p for _, p in stamped]
     for i in range(0, len(packets), 256):
         sw.process(Batch.from_packets(packets[i:i + 256], in_port), now=stamped[i][0])
@@ -92,23 +90,75 @@ def load_switch(flows: Path, ports: int, out_dir: Path | None = None, offload: s
             sw.add_port(p)
     try:
         sw.load(flows.read_text())
-    except (FlowSyntaxError, ValueError) as exc:
-        Console().print(f"[red]{flows}: {exc}[/red]")
+    except OSError as exc:
+        Console(stderr=True).print(f"[red]{flows}: {exc.strerror or exc}[/red]")
+        raise typer.Exit(2)
+    except (FlowSyntaxError, ValueError, RecursionError) as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]{flows}: {exc}[/red]")
         raise typer.Exit(2)
     return sw
+
+
+MAX_RECORD = 262144  # tcpdump's largest snap length: a longer record is a broken file
+
+
+def read_capture(path) -> list[tuple[float, bytes]]:
+    """A capture's packets, after checking the file is a whole pcap or pcapng (a missing,
+    truncated or foreign file, or an absurd record length, is a BadInput naming it)."""
+    import struct
+
+    from sbnet.cli.main import BadInput
+    from sbnet.datapath.ports import read_pcap
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"{path}: {exc.strerror or exc}") from None
+    magic = data[:4]
+    if magic == b"\x0a\x0d\x0d\x0a":                     # pcapng: walk the blocks
+        if len(data) < 12:
+            raise BadInput(f"{path}: truncated pcapng file")
+        order = "<" if data[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+        off = 0
+        while off < len(data):
+            if off + 12 > len(data):
+                raise BadInput(f"{path}: truncated pcapng block at byte {off}")
+            length = struct.unpack_from(order + "I", data, off + 4)[0]
+            if length < 12 or length % 4 or off + length > len(data):
+                raise BadInput(f"{path}: pcapng block at byte {off} has a bad length {length}")
+            off += length
+    else:
+        orders = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
+                  b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
+        if magic not in orders:
+            raise BadInput(f"{path}: not a pcap or pcapng file")
+        if len(data) < 24:
+            raise BadInput(f"{path}: truncated pcap header")
+        order, off = orders[magic], 24
+        while off < len(data):
+            if off + 16 > len(data):
+                raise BadInput(f"{path}: truncated record header at byte {off}")
+            incl = struct.unpack_from(order + "I", data, off + 8)[0]
+            if incl > MAX_RECORD:
+                raise BadInput(f"{path}: record at byte {off} claims {incl} bytes")
+            if off + 16 + incl > len(data):
+                raise BadInput(f"{path}: truncated record at byte {off}")
+            off += 16 + incl
+    try:
+        return read_pcap(str(path))
+    except Exception as exc:  # noqa: BLE001 - the reader's complaint about this file
+        raise BadInput(f"{path}: {exc}") from None
 
 
 def replay_files(sw, specs: list, batch: int) -> None:
     """Replay PORT:FILE (or FILE, on port 1) captures in timestamp order, in batches."""
     from sbnet.datapath.batch import Batch
-    from sbnet.datapath.ports import read_pcap
 
     tagged = []
     for spec in specs:
         port, sep, name = str(spec).partition(":")
         if not sep or not port.isdigit():
             port, name = "1", str(spec)
-        tagged += [(ts, int(port), pkt) for ts, pkt in read_pcap(name)]
+        tagged += [(ts, int(port), pkt) for ts, pkt in read_capture(name)]
     tagged.sort(key=lambda t: t[0])
     # Consecutive packets from one port form a batch, so replies see their requests.
     i = 0

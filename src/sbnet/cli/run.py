@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import shutil
 import tempfile
 import threading
 import time
@@ -59,6 +60,8 @@ def run(
         return
     started = time.monotonic()
     url = _db_url(db)
+    # The default database lives in a temporary directory this run owns and removes.
+    scratch = Path(url.removeprefix("sqlite:///")).parent if db is None else None
     store = Store(url)
     names = [f"host{i + 1}" for i in range(hosts)]
     from sbnet.offload.binding import parse_host_profiles, resolve_profiles
@@ -127,6 +130,8 @@ def run(
         api_thread.join(timeout=10)
         sock.close()
         store.dispose()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _db_url(db: str | None) -> str:

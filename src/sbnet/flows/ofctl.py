@@ -59,7 +59,10 @@ _ACTIONS_RE = re.compile(r"(?:^|[\s,])(actions|instructions)\s*=", re.I)
 def parse_flow(text: str, line: int = 1, default_table: int = 0) -> Flow:
     """Parse one ovs-ofctl flow ("table=0,priority=10,ip,nw_src=10.0.0.0/8 actions=output:2")."""
     try:
-        return _parse_flow(text, default_table)
+        try:
+            return _parse_flow(text, default_table)
+        except RecursionError:
+            raise FlowSyntaxError("actions nested too deeply", 1) from None
     except FlowSyntaxError as exc:
         exc.line, exc.text = line, text
         exc.args = (f"line {line}, column {exc.column}: {exc.reason}",)
@@ -134,6 +137,11 @@ def _parse_flow(text: str, default_table: int) -> Flow:
         raise FlowSyntaxError(str(exc), 1) from None
     acts = _ofctl_vlan_semantics(match, parse_actions(act_text, act_base), act_base)
     _check_action_prereqs(match, acts, act_base)
+    for act in acts:
+        # OpenFlow forbids going back (OVS: "goto_table to a table ... not allowed").
+        if isinstance(act, A.GotoTable) and act.table <= table:
+            raise FlowSyntaxError(f"goto_table:{act.table} from table {table}: a flow may only "
+                                  "go to a later table", act_base + 1)
     return Flow(table=table, priority=priority, match=match, actions=acts,
                 cookie=cookie, idle_timeout=idle, hard_timeout=hard)
 
