@@ -47,6 +47,44 @@ def run(url: str, ports: int, concurrency: int) -> dict:
             "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1)}
 
 
+def run_clients(url: str, clients: int, per_client: int, projects: int = 30) -> dict:
+    """`clients` concurrent clients (each its own connection, in one of `projects` projects),
+    each creating `per_client` ports on its project's network one after another; then
+    checks IPAM is exact: every port has one address, no address is given twice."""
+    nets = {}
+    with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as c:
+        for p in range(projects):
+            hdr = {"X-Project-Id": f"p{p}", "X-Roles": "member"}
+            net = c.post("/v2.0/networks", json={"network": {"name": f"n{p}"}}, headers=hdr).json()
+            c.post("/v2.0/subnets", headers=hdr, json={"subnet": {
+                "network_id": net["network"]["id"], "cidr": f"10.{p}.0.0/16"}})
+            nets[p] = net["network"]["id"]
+
+    def client(i: int) -> list[float]:
+        hdr = {"X-Project-Id": f"p{i % projects}", "X-Roles": "member"}
+        out = []
+        with httpx.Client(base_url=url, headers=hdr, timeout=300) as c:
+            for k in range(per_client):
+                t0 = time.perf_counter()
+                r = c.post("/v2.0/ports", json={"port": {"network_id": nets[i % projects],
+                                                         "name": f"c{i}-{k}"}})
+                assert r.status_code == 201, r.text
+                out.append(time.perf_counter() - t0)
+        return out
+
+    with ThreadPoolExecutor(clients) as pool:
+        t0 = time.perf_counter()
+        lat = sorted(x for xs in pool.map(client, range(clients)) for x in xs)
+        wall = time.perf_counter() - t0
+    with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as c:
+        ports = c.get("/v2.0/ports", params={"fields": ["id", "fixed_ips"]}).json()["ports"]
+    ips = [(f["subnet_id"], f["ip_address"]) for p in ports for f in p["fixed_ips"]]
+    exact = len(ports) == clients * per_client and len(ips) == len(set(ips)) == len(ports)
+    return {"ports": len(lat), "concurrency": clients, "creates_per_s": round(len(lat) / wall, 1),
+            "p50_ms": round(1000 * statistics.median(lat), 1),
+            "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1), "ipam_exact": exact}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ports", type=int, default=2000)

@@ -122,7 +122,10 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
         token_validator = StaticTokens.from_file(token_file)
     api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
               segments or SegmentConfig())
-    app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0")
+    app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0", description=(
+        f"Request bodies: at most {LIMITS.body_bytes} bytes (413 above), JSON nested at most "
+        f"{LIMITS.depth} levels, at most {LIMITS.bulk} resources per bulk create; list and "
+        "string attributes carry their caps as maxItems and maxLength."))
     app.state.api = api
     from sbnet.offload.binding import resolve_profiles
     api.host_profiles = resolve_profiles(host_profiles)

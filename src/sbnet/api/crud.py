@@ -271,7 +271,7 @@ def _schema(spec: ResourceSpec, create: bool) -> dict:
     for name, at in spec.attrs.items():
         if not (at.post if create else at.put):
             continue
-        props[name] = at.schema or a.SCHEMA_OF.get(at.convert, {})
+        props[name] = at.schema or a.schema_of(at.convert)
     inner = {"type": "object", "properties": props}
     if create:
         inner["required"] = [n for n, at in spec.attrs.items() if at.default is a.REQUIRED]

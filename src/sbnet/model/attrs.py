@@ -62,10 +62,11 @@ def fail(attr: str, reason: str) -> BadRequest:
 def to_str(max_len: int = 255) -> Callable[[Any], str]:
     def conv(v: Any) -> str:
         if not isinstance(v, str):
-            raise Invalid(f"'{v}' is not a valid string")
+            raise Invalid(f"'{str(v)[:64]}' is not a valid string")
         if len(v) > max_len:
             raise Invalid(f"'{v[:20]}...' exceeds maximum length of {max_len}")
         return v
+    conv.openapi = lambda: {"type": "string", "maxLength": max_len}  # type: ignore[attr-defined]
     return conv
 
 
@@ -256,8 +257,9 @@ def list_of(conv: Callable[[Any], Any], unique: bool = True, cap: str = "list_it
             raise Invalid(f"{len(v)} items exceed the maximum of {most}")
         out = [conv(x) for x in v]
         if unique and len({repr(x) for x in out}) != len(out):
-            raise Invalid(f"Duplicate items in the list: '{v}'")
+            raise Invalid(f"Duplicate items in the list: '{str(v)[:64]}'")
         return out
+    inner.openapi = lambda: {"type": "array", "maxItems": getattr(LIMITS, cap)}  # type: ignore[attr-defined]
     return inner
 
 
@@ -280,6 +282,17 @@ def to_route(v: Any) -> dict:
     if ipaddress.ip_network(dest).version != ipaddress.ip_address(hop).version:
         raise Invalid(f"'{v}' mixes IP versions")
     return {"destination": dest, "nexthop": hop}
+
+
+def schema_of(conv: Callable | None) -> dict:
+    """The OpenAPI schema of a converter's values, with the caps it enforces."""
+    if hasattr(conv, "openapi"):
+        return conv.openapi()
+    if conv is to_tags:
+        return {"type": "array", "items": {"type": "string"}, "maxItems": LIMITS.tags}
+    if conv is to_uuid_list:
+        return {"type": "array", "items": {"type": "string"}, "maxItems": LIMITS.list_items}
+    return SCHEMA_OF.get(conv, {})
 
 
 SCHEMA_OF = {to_bool: {"type": "boolean"}, to_uuid: {"type": "string", "format": "uuid"},
