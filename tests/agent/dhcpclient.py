@@ -11,10 +11,12 @@ import pytest
 
 
 def require_dhclient() -> None:
-    if not shutil.which("dhclient"):
-        if os.environ.get("CI") == "true":
-            pytest.fail("dhclient (Debian isc-dhcp-client) is required in CI")
-        pytest.skip("needs dhclient (Debian isc-dhcp-client)")
+    """dhclient and udhcpc: skip without them, except in CI (scripts/test installs both)."""
+    for tool, package in (("dhclient", "isc-dhcp-client"), ("udhcpc", "udhcpc")):
+        if not shutil.which(tool):
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{tool} (Debian {package}) is required in CI")
+            pytest.skip(f"needs {tool} (Debian {package})")
 
 
 class Dhclients:
@@ -38,6 +40,17 @@ class Dhclients:
         res = self.topo.run(node, "timeout", "30", "dhclient", *(["-6"] if v6 else []), "-1",
                             "-v", "-pf", pidfile, "-lf", str(self.tmp / f"{name}.leases"),
                             "eth0", check=False, timeout=40)
+        assert res.returncode == 0, res.stderr[-2000:]
+
+    def udhcpc(self, node) -> None:
+        """Busybox's udhcpc (Debian udhcpc) once, its default script applying the lease
+        (address, mask, MTU, default route, resolv.conf); it exits when bound (-q)."""
+        etc = f"/etc/netns/{self.topo._ns(node)}"
+        os.makedirs(etc, exist_ok=True)
+        open(f"{etc}/resolv.conf", "w").close()
+        self.started.append(("", etc))
+        res = self.topo.run(node, "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5",
+                            "-O", "mtu", check=False, timeout=40)
         assert res.returncode == 0, res.stderr[-2000:]
 
     def state(self, node) -> dict:

@@ -108,8 +108,12 @@ def test_two_reference_hypervisors_without_neighbour_options(env, nova):
             while http.get(f"/v2.0/ports/{p['id']}").json()["port"]["status"] != "ACTIVE":
                 assert time.monotonic() < deadline + 30, [x.text() for x in procs.values()]
                 time.sleep(0.2)
-        for vm in ports:
-            dhcp.run(vm)
+        dhcp.run("a")                            # Debian's dhclient
+        dhcp.udhcpc("b")                         # and busybox's udhcpc
+        for vm, port in ports.items():
+            got = dhcp.state(vm)
+            assert got["addrs"] == [f"{port['fixed_ips'][0]['ip_address']}/24"], got
+            assert got["mtu"] == 1450 and got["routes"]["default"] == "10.41.0.1", got
         # cloud-init's first question, answered through the agent's metadata proxy (the
         # subnet has no router: DHCP's default route still points at its gateway address,
         # and the switch takes the request before any routing).
