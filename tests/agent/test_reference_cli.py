@@ -133,6 +133,29 @@ def test_two_reference_hypervisors_without_neighbour_options(env, nova):
         ping_out, _ = pinger.communicate(timeout=60)
         assert " 0% packet loss" in ping_out, ping_out
         assert "+0 ~0 -0 flows" in procs["h1"].text(), procs["h1"].text()
+        # And under a TCP stream (iperf3, 100 ms intervals) while h1's agent restarts again:
+        # printed, the longest run of empty intervals.
+        server = topo.popen("b", "iperf3", "-s", "-1", "-J")
+        time.sleep(0.5)
+        client = topo.popen("a", "iperf3", "-c", b, "-t", "5", "-i", "0.1", "-J")
+        time.sleep(1.5)
+        procs["h1"].stop()
+        procs["h1"] = start("h1")
+        procs["h1"].wait_for(" flows")
+        out, err = client.communicate(timeout=60)
+        server.communicate(timeout=30)
+        result = json.loads(out)
+        assert "error" not in result, result.get("error")
+        gap = longest = 0.0
+        for iv in result["intervals"]:
+            s = iv["sum"]
+            gap = gap + s["seconds"] if s["bytes"] == 0 else 0.0
+            longest = max(longest, gap)
+        print(f"reference agent restart under iperf3: longest stall {longest * 1000:.0f} ms, "
+              f"{result['end']['sum_received']['bits_per_second'] / 1e6:.1f} Mbit/s")
+        # The stream survives and carries on after the restart.  (The issue's target, no
+        # stall over 100 ms, is not met yet: 600 ms measured on a loaded 2-core machine.)
+        assert sum(iv["sum"]["bytes"] for iv in result["intervals"][-10:]) > 0
     finally:
         out = {n: p.stop() for n, p in procs.items()}
         out["h1"] = locals().get("first", "") + out["h1"]
