@@ -7,13 +7,17 @@ import random
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.packet import Raw
 
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack import Conntrack
+from sbnet.datapath.conntrack_kernel import express as express_compiled
+from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_table import Timeouts
 from sbnet.datapath.parse import parse
 from sbnet.flows.fields import CT_STATE_BITS
-from tests.datapath.test_conntrack_util import S, Tcp, udp
+from tests.datapath.test_conntrack_util import A, B, E, S, Tcp, udp
 
 
 class Pair:
@@ -48,7 +52,29 @@ class Pair:
         assert self.fast.stats == self.ref.stats
 
 
-def _segment(r: random.Random, c: Tcp):
+class Udp:
+    """A UDP flow between A:sport and B:53."""
+
+    def __init__(self, sport: int):
+        self.sport = sport
+
+    def pkt(self, d: int, **kw):
+        ip = IP(src=A, dst=B) if d == 0 else IP(src=B, dst=A)
+        ports = (self.sport, 53) if d == 0 else (53, self.sport)
+        return E / ip / UDP(sport=ports[0], dport=ports[1], **kw) / Raw(b"q" * (1 + self.sport % 7))
+
+
+def _datagram(r: random.Random, c: Udp):
+    kind = r.random()
+    d = r.randrange(2)
+    if kind < 0.8:
+        return c.pkt(d)
+    return c.pkt(d, chksum=r.choice((0, 0x1234)))
+
+
+def _segment(r: random.Random, c):
+    if isinstance(c, Udp):
+        return _datagram(r, c)
     d = r.randrange(2)
     kind = r.random()
     data = bytes(r.randrange(256) for _ in range(r.choice((0, 0, 1, 10, 200))))
@@ -65,8 +91,8 @@ def _segment(r: random.Random, c: Tcp):
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_conns=st.integers(1, 12), rounds=st.integers(1, 5),
-       liberal=st.booleans(), wscale=st.booleans())
-def test_express_same_as_numpy(seed, n_conns, rounds, liberal, wscale):
+       liberal=st.booleans(), wscale=st.booleans(), n_udp=st.integers(0, 4))
+def test_express_same_as_numpy(seed, n_conns, rounds, liberal, wscale, n_udp):
     r = random.Random(seed)
     pair = Pair(tcp_liberal=liberal, timeouts=Timeouts(tcp_established=6.0))
     conns = [Tcp(sport=1000 + i, isn_a=r.randrange(1 << 32), isn_b=r.randrange(1 << 32),
@@ -76,6 +102,12 @@ def test_express_same_as_numpy(seed, n_conns, rounds, liberal, wscale):
         opts = {"options": [("WScale", r.randrange(15))]} if wscale else {}
         for p in (c.pkt(0, "S", **opts), c.pkt(1, "SA", **opts), c.pkt(0, "A")):
             pair.run([p], commit=True, now=now)
+    flows = [Udp(3000 + i) for i in range(n_udp)]
+    for f in flows:
+        pair.run([f.pkt(0)], commit=True, now=now)
+        if r.random() < 0.8:      # seen both ways: the express path's; else one way only
+            pair.run([f.pkt(1)], now=now)
+    conns = conns + flows
     snat = CT_STATE_BITS["snat"] | CT_STATE_BITS["trk"] | CT_STATE_BITS["est"]
     for _ in range(rounds):
         now += r.choice((0.5, 1.0, 2.0, 7.0))
@@ -101,3 +133,25 @@ def test_express_takes_established_segments():
     # A connection with more segments than the compiled pass settles on its own: numpy's.
     c = conns[0]
     pair.run([c.pkt(0, "A", b"y" * 10) for _ in range(6)] + [c.pkt(1, "A")], now=2.0)
+
+
+def test_express_takes_two_way_udp():
+    """UDP/IPv4 of connections seen both ways (and a zero checksum): the compiled express
+    path's own rows, not left to the batch path; the same keys, table and counters."""
+    pair = Pair()
+    flows = [Udp(4000 + i) for i in range(8)]
+    for f in flows:
+        pair.run([f.pkt(0)], commit=True)
+        pair.run([f.pkt(1)])
+    pkts = [f.pkt(d, **({"chksum": 0} if f.sport % 3 == 0 else {})) for f in flows for d in (1, 0)]
+    b = Batch.from_packets([bytes(p) for p in pkts], 1)
+    pr = parse(b)
+    zones = np.zeros(len(b), dtype=np.uint64)
+    left = express_compiled(pair.fast, CtBatch(b, pr, np.arange(len(b)), zones, False, None,
+                                               1.0, False))
+    assert left.size == 0
+    est = CT_STATE_BITS["est"] | CT_STATE_BITS["trk"]
+    assert all(int(s) & est == est for s in pr.keys[S["ct_state"]])
+    pair.ref.execute(Batch.from_packets([bytes(p) for p in pkts], 1), parse(b), np.arange(len(b)),
+                     0, now=1.0)
+    assert np.array_equal(pair.fast.table.mem, pair.ref.table.mem)

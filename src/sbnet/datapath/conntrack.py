@@ -87,7 +87,9 @@ Speed: established TCP/IPv4 ACK segments first take the express path
 (conntrack_fast): header words read as slices, checksums from one small
 matrix product, one lookup and one table-row gather per packet, a few
 scatters back; a connection any of whose rows in the batch is something
-else stays off it, so batch order holds.  The other rows are keyed, hashed
+else stays off it, so batch order holds.  By default (compiled=True) the
+express path is one numba pass (conntrack_kernel) that also takes UDP/IPv4 of
+connections seen both ways; conntrack_fast is its reference.  The other rows are keyed, hashed
 and looked up for the whole batch (numpy open-addressing index,
 conntrack_index); each connection is one 256-byte table row gathered once.
 Vectorized: established TCP ACK segments (any number per

@@ -1,4 +1,4 @@
-"""Conntrack's express path compiled: established TCP/IPv4 ACK segments of a batch in one native pass, the same rows and results as conntrack_fast.express."""
+"""Conntrack's express path compiled: established TCP/IPv4 ACK segments (the rows and results of conntrack_fast.express) and UDP/IPv4 of two-way connections in one native pass."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack_fast import express as express_numpy
 from sbnet.datapath.conntrack_pkt import CtBatch
-from sbnet.datapath.conntrack_table import (_CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_LABEL, C_MARK,
-                                            C_NAT, C_TCP, C_TUP, EST, INV, NEW, RPL, TRK)
-from sbnet.flows.fields import ETH_IP, IP_TCP
+from sbnet.datapath.conntrack_table import (
+    _CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_L4ST, C_LABEL, C_MARK, C_NAT, C_PROTO, C_TCP, C_TUP,
+    EST, INV, NEW, OTHER_BIDIR, RPL, TM_OTHER_BIDIR, TRK)
+from sbnet.flows.fields import ETH_IP, IP_TCP, IP_UDP
 
 _ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
 _NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _S["tp_dst"]
@@ -21,6 +22,7 @@ _FALLBACK = -1         # express_kernel: let conntrack_fast decide this batch
 F_NAT, F_CHECKSUMS, F_LIBERAL = 1, 2, 4
 # express_kernel's per-row work columns.
 W_CAND, W_CONN, W_DIR, W_ELIG, W_FOUND = range(5)
+_TCP_ROW, _UDP_ROW = 1, 2      # work[r, W_CAND]
 
 
 @numba.njit(cache=True, inline="always")
@@ -127,42 +129,70 @@ def _established_one(tcp, ci, s_col, d_col, seq, ack, win, plen, liberal):
     return ok
 
 
+@numba.njit(cache=True)
+def _udp_checksums_ok(data, g, l3, l4):
+    """IPv4 header and UDP checksums of row g (a zero UDP checksum is none)."""
+    tot = np.int64(_be(data, g, l3 + 2, 2))
+    hl = l4 - l3
+    if _fold(_sum16(data, g, l3, hl)) != 0xFFFF:
+        return False
+    if _be(data, g, l4 + 6, 2) == 0:
+        return True
+    ln = tot - hl
+    s = _sum16(data, g, l4, ln) + _sum16(data, g, l3 + 12, 8) + np.uint64(IP_UDP) + np.uint64(ln)
+    return _fold(s) == 0xFFFF
+
+
 # One signature, compiled (or loaded from the on-disk cache) at import, never in the
 # middle of a packet burst; callers pass exactly these types.
 @numba.njit("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
-            " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64,"
+            " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64[:],"
             " int64[:, :], int8[:], int64[:], int64[:])", cache=True, nogil=True)
-def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, now, flags, est,
+def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, now, flags, tmo,
                    work, mark, count, stats):
-    """conntrack_fast.express for the rows `rows`: the same choice of express rows, their
-    TCP updates in batch order (which is what that function's layered passes compute),
-    ct_* metadata and table writes.  work[r, W_ELIG] is 1 for the rows it handled; stats
-    gets (express rows, invalid among them).  Returns the number of express rows, or
-    _FALLBACK (nothing written) when a connection has more than _LAYERS rows to update."""
+    """conntrack_fast.express for the rows `rows`: the same choice of TCP express rows,
+    their updates in batch order (which is what that function's layered passes compute),
+    ct_* metadata and table writes; and UDP/IPv4 rows of connections seen both ways,
+    which the batch path would update as steady() does (timeout, +est, [+rpl]).  A
+    connection with any row off the express path keeps all its rows off it.  tmo: the
+    TCP established and UDP bidirectional timeouts.  work[r, W_ELIG] is 1 for the rows
+    it handled; stats gets (express rows, invalid among them).  Returns the number of
+    express rows, or _FALLBACK (nothing written) when a TCP connection has more than
+    _LAYERS rows to update."""
     m = rows.shape[0]
     width = data.shape[1]
     cap = mem.shape[0] - 1
     u3 = np.int64(-1)
     u4 = np.int64(-1)
+    n_cand = 0
     for r in range(m):
         g = rows[r]
-        c = keys[_ETH_TYPE, g] == ETH_IP and keys[_NW_PROTO, g] == IP_TCP and error[g] == 0 \
-            and l3[g] >= 0 and l4[g] >= 0 and (keys[_NW_FRAG, g] & np.uint64(1)) == 0
-        work[r, W_CAND] = 1 if c else 0
+        work[r, W_CAND] = 0
         work[r, W_ELIG] = 0
         work[r, W_CONN] = -1
-        if c and u3 < 0:
-            u3, u4 = np.int64(l3[g]), np.int64(l4[g])
-    if u3 < 0:
+        if keys[_ETH_TYPE, g] == ETH_IP and error[g] == 0 and l3[g] >= 0 and l4[g] >= 0 \
+                and (keys[_NW_FRAG, g] & np.uint64(1)) == 0:
+            proto = keys[_NW_PROTO, g]
+            if proto == IP_TCP:
+                work[r, W_CAND] = _TCP_ROW
+                if u3 < 0:
+                    u3, u4 = np.int64(l3[g]), np.int64(l4[g])
+            elif proto == IP_UDP:
+                work[r, W_CAND] = _UDP_ROW
+            n_cand += work[r, W_CAND] != 0
+    if n_cand == 0:
         return 0
     hl = u4 - u3
-    if u4 + 16 > width or hl < 20 or hl & 3:
-        return 0
-    meta0 = np.uint64(IP_TCP << 16)
+    if u3 >= 0 and (u4 + 16 > width or hl < 20 or hl & 3):
+        # conntrack_fast.express takes no TCP row of this batch.
+        for r in range(m):
+            if work[r, W_CAND] == _TCP_ROW:
+                work[r, W_CAND] = 0
     # Pass 1: lookup and eligibility; connections with a row off the express path marked
     # (mark and count are scratch arrays indexed by slot).
     for r in range(m):
-        if not work[r, W_CAND]:
+        kind = work[r, W_CAND]
+        if not kind:
             continue
         g = rows[r]
         zc = zones[r]
@@ -170,18 +200,27 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         sp, dp = keys[_TP_SRC, g], keys[_TP_DST, g]
         st_in = keys[_CT_STATE, g]
         natted = keys[_CT_ZONE, g] == zc and (st_in & np.uint64(_NAT_BITS)) != 0
-        geo = l3[g] == u3 and l4[g] == u4
-        fl = (_be(data, g, u4 + 12, 4) >> np.uint64(16)) & np.uint64(T.SYN | T.FIN | T.RST | T.ACK)
-        ok_pkt = geo and fl == T.ACK and not natted
-        v = _get(kv, _tuple_hash(zc | meta0, src, dst, (sp << np.uint64(32)) | dp))
+        if kind == _TCP_ROW:
+            geo = l3[g] == u3 and l4[g] == u4
+            fl = (_be(data, g, u4 + 12, 4) >> np.uint64(16)) \
+                & np.uint64(T.SYN | T.FIN | T.RST | T.ACK)
+            ok_pkt = geo and fl == T.ACK and not natted
+            meta = zc | np.uint64(IP_TCP << 16)
+        else:
+            ok_pkt = not natted
+            meta = zc | np.uint64(IP_UDP << 16)
+        v = _get(kv, _tuple_hash(meta, src, dst, (sp << np.uint64(32)) | dp))
         ci = v >> 1 if v >= 0 else cap
         di = v & 1 if v >= 0 else 0
         t = C_TUP + 6 * di
         found = v >= 0 and (mem[ci, t] | mem[ci, t + 2]) == 0 and mem[ci, t + 1] == src \
             and mem[ci, t + 3] == dst and mem[ci, t + 4] == sp and mem[ci, t + 5] == dp \
             and memf[ci, C_EXP] > now
-        elig = found and ok_pkt and memi[ci, C_TCP + 4] == T.ESTABLISHED \
-            and memi[ci, C_TCP + 9] == T.ESTABLISHED
+        if kind == _TCP_ROW:
+            elig = found and ok_pkt and memi[ci, C_TCP + 4] == T.ESTABLISHED \
+                and memi[ci, C_TCP + 9] == T.ESTABLISHED
+        else:
+            elig = found and ok_pkt and mem[ci, C_L4ST] == OTHER_BIDIR
         if elig and flags & F_NAT and mem[ci, C_NAT] != 0:
             elig = False
         work[r, W_CONN] = ci
@@ -190,7 +229,8 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         work[r, W_FOUND] = 1 if found else 0
         mark[ci] = 0
     for r in range(m):
-        if work[r, W_CAND] and not work[r, W_ELIG]:
+        kind = work[r, W_CAND]
+        if kind and not work[r, W_ELIG]:
             g = rows[r]
             ci = work[r, W_CONN]
             if ci < cap and work[r, W_FOUND]:
@@ -199,25 +239,34 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             if keys[_CT_ZONE, g] == zc and (keys[_CT_STATE, g] & np.uint64(_NAT_BITS)) != 0:
                 src, dst = keys[_NW_SRC, g], keys[_NW_DST, g]
                 sp, dp = keys[_TP_SRC, g], keys[_TP_DST, g]
-                rv = _get(kv, _tuple_hash(zc | meta0, dst, src, (dp << np.uint64(32)) | sp))
+                meta = zc | np.uint64((IP_TCP if kind == _TCP_ROW else IP_UDP) << 16)
+                rv = _get(kv, _tuple_hash(meta, dst, src, (dp << np.uint64(32)) | sp))
                 if rv >= 0:
                     mark[rv >> 1] = 1
     # Pass 2: busy connections off, then the checksums of the rows still express, and
-    # each connection's count of express rows.
+    # each TCP connection's count of express rows.
     k = 0
+    k_tcp = 0
+    check = flags & F_CHECKSUMS
     for r in range(m):
         if work[r, W_ELIG]:
             ci = work[r, W_CONN]
-            if mark[ci] or (flags & F_CHECKSUMS and not _checksums_ok(data, rows[r], u3, hl)):
+            g = rows[r]
+            if work[r, W_CAND] == _TCP_ROW:
+                bad = check and not _checksums_ok(data, g, u3, hl)
+            else:
+                bad = check and not _udp_checksums_ok(data, g, np.int64(l3[g]), np.int64(l4[g]))
+            if mark[ci] or bad:
                 work[r, W_ELIG] = 0
             else:
                 count[ci] = 0
                 k += 1
+                k_tcp += work[r, W_CAND] == _TCP_ROW
     if k == 0:
         return 0
-    if k > _LAYERS:
+    if k_tcp > _LAYERS:
         for r in range(m):
-            if work[r, W_ELIG]:
+            if work[r, W_ELIG] and work[r, W_CAND] == _TCP_ROW:
                 ci = work[r, W_CONN]
                 count[ci] += 1
                 if count[ci] > _LAYERS:
@@ -231,15 +280,20 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         g = rows[r]
         ci = work[r, W_CONN]
         di = work[r, W_DIR]
-        w3 = np.int64(_be(data, g, u4 + 12, 4))
-        tot = np.int64(_be(data, g, u3 + 2, 2))
-        ok = _established_one(memi, ci, C_TCP + 5 * di, C_TCP + 5 - 5 * di,
-                              np.int64(_be(data, g, u4 + 4, 4)), np.int64(_be(data, g, u4 + 8, 4)),
-                              w3 & 0xFFFF, tot - hl - (w3 >> 28) * 4, liberal)
-        if ok:
-            memf[ci, C_EXP] = now + est
+        if work[r, W_CAND] == _TCP_ROW:
+            w3 = np.int64(_be(data, g, u4 + 12, 4))
+            tot = np.int64(_be(data, g, u3 + 2, 2))
+            ok = _established_one(memi, ci, C_TCP + 5 * di, C_TCP + 5 - 5 * di,
+                                  np.int64(_be(data, g, u4 + 4, 4)),
+                                  np.int64(_be(data, g, u4 + 8, 4)),
+                                  w3 & 0xFFFF, tot - hl - (w3 >> 28) * 4, liberal)
+            if ok:
+                memf[ci, C_EXP] = now + tmo[0]
+            else:
+                nbad += 1
         else:
-            nbad += 1
+            ok = True
+            memf[ci, C_EXP] = now + tmo[1]
         zc = zones[r]
         s = keys[_CT_STATE, g] if keys[_CT_ZONE, g] == zc else np.uint64(0)
         s = (s | np.uint64(EST) | (np.uint64(RPL) if di else np.uint64(0))) & ~np.uint64(NEW)
@@ -253,7 +307,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         keys[_CT_FIRST + 6, g] = mem[ci, C_TUP + 3]
         for j in range(7, 11):
             keys[_CT_FIRST + j, g] = 0
-        keys[_CT_FIRST + 11, g] = IP_TCP
+        keys[_CT_FIRST + 11, g] = mem[ci, C_PROTO]
         keys[_CT_FIRST + 12, g] = mem[ci, C_TUP + 4]
         keys[_CT_FIRST + 13, g] = mem[ci, C_TUP + 5]
     stats[0] = k
@@ -262,9 +316,10 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
 
 
 def express(ct, b: CtBatch) -> np.ndarray:
-    """conntrack_fast.express compiled (same contract: the positions in b.rows of the rows
-    left over); batches with a connection of more than _LAYERS segments to update go to
-    conntrack_fast.express, whose prefix-maxima passes decide which of them stay express."""
+    """conntrack_fast.express compiled, UDP/IPv4 of two-way connections included (same
+    contract: the positions in b.rows of the rows left over); batches with a TCP
+    connection of more than _LAYERS segments to update go to conntrack_fast.express,
+    whose prefix-maxima passes decide which of them stay express."""
     tab = ct.table
     m = b.rows.size
     if tab.overflow:
@@ -281,7 +336,7 @@ def express(ct, b: CtBatch) -> np.ndarray:
                        parsed.error.astype(np.uint8, copy=False),
                        b.zones.astype(np.uint64, copy=False), tab.index.kv, mem,
                        mem.view(np.int64), mem.view(np.float64), float(b.now), fl,
-                       float(ct.tmo[T.TM_TCP_EST]), work, tab.scratch(np.int8),
+                       ct.tmo[[T.TM_TCP_EST, TM_OTHER_BIDIR]], work, tab.scratch(np.int8),
                        tab.scratch(np.int64), stats)
     if k == _FALLBACK:
         return express_numpy(ct, b)
