@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbnet.analytics.records import FlowRecord
+from sbnet.flows.fields import ETH_IP, ETH_IPV6
 
 VERSION = 10
 # Private Enterprise Number for sbnet's own elements: 32473 is IANA's number
@@ -204,7 +205,7 @@ class IpfixEncoder:
             msgs.extend(self._pack(control, export_time, options=True))
         by_tpl: dict[int, list[FlowRecord]] = {T_V4: [], T_V6: [], T_L2: []}
         for r in records:
-            by_tpl[T_V4 if r.eth_type == 0x0800 else T_V6 if r.eth_type == 0x86DD else T_L2].append(r)
+            by_tpl[T_V4 if r.eth_type == ETH_IP else T_V6 if r.eth_type == ETH_IPV6 else T_L2].append(r)
         for tid, recs in by_tpl.items():
             if not recs:
                 continue

@@ -6,6 +6,8 @@ import random
 
 import dpkt
 
+from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_TCP, IP_UDP
+
 MACS = [bytes.fromhex(f"0200000000{i:02x}") for i in range(1, 9)]
 
 
@@ -42,29 +44,29 @@ def _frame(src: int, dst: int, v6: bool, proto: int, sport: int, dport: int, siz
     if proto == 0:
         arp = dpkt.arp.ARP(op=1, sha=MACS[src], spa=bytes([10, 0, 0, src + 1]),
                            tha=b"\0" * 6, tpa=bytes([10, 0, 0, dst + 1]))
-        return bytes(dpkt.ethernet.Ethernet(src=MACS[src], dst=b"\xff" * 6, type=0x0806, data=arp))
-    if proto == 6:
+        return bytes(dpkt.ethernet.Ethernet(src=MACS[src], dst=b"\xff" * 6, type=ETH_ARP, data=arp))
+    if proto == IP_TCP:
         flags = dpkt.tcp.TH_SYN if k == 0 else dpkt.tcp.TH_ACK | (dpkt.tcp.TH_PUSH if size else 0)
         l4 = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=k, data=payload)
-    elif proto == 17:
+    elif proto == IP_UDP:
         l4 = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
         l4.ulen = len(l4)
     else:
         l4 = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=f & 0xFFFF, seq=k, data=payload))
     if v6:
-        if proto == 1:
-            proto = 58
+        if proto == IP_ICMP:
+            proto = IP_ICMPV6
             l4 = dpkt.icmp6.ICMP6(type=128, data=dpkt.icmp6.ICMP6.Echo(id=f & 0xFFFF, seq=k))
         ip = dpkt.ip6.IP6(src=bytes.fromhex(f"fd00000000000000000000000000{src + 1:04x}"),
                           dst=bytes.fromhex(f"fd00000000000000000000000000{dst + 1:04x}"),
                           nxt=proto, hlim=64, data=l4)
         ip.plen = len(l4)
-        etype = 0x86DD
+        etype = ETH_IPV6
     else:
         ip = dpkt.ip.IP(src=bytes([10, 0, 0, src + 1]), dst=bytes([10, 0, 0, dst + 1]),
                         p=proto, ttl=64, data=l4)
         ip.len = len(ip)
-        etype = 0x0800
+        etype = ETH_IP
     return bytes(dpkt.ethernet.Ethernet(src=MACS[src], dst=MACS[dst], type=etype, data=ip))
 
 

@@ -175,6 +175,8 @@ def generated_traffic(count: int, seed: int = 1) -> list[bytes]:
     """A mix of TCP, UDP, ICMP and ARP between a few hosts, built with dpkt."""
     import dpkt
 
+    from sbnet.flows.fields import ETH_ARP, ETH_IP, IP_ICMP, IP_TCP, IP_UDP
+
     r = random.Random(seed)
     macs = [bytes.fromhex(f"0200000000{i:02x}") for i in range(1, 9)]
     out = []
@@ -184,19 +186,19 @@ def generated_traffic(count: int, seed: int = 1) -> list[bytes]:
         if kind < 0.1:
             arp = dpkt.arp.ARP(op=1, sha=macs[src], spa=bytes([10, 0, 0, src + 1]),
                                tha=b"\0" * 6, tpa=bytes([10, 0, 0, dst + 1]))
-            eth = dpkt.ethernet.Ethernet(src=macs[src], dst=b"\xff" * 6, type=0x0806, data=arp)
+            eth = dpkt.ethernet.Ethernet(src=macs[src], dst=b"\xff" * 6, type=ETH_ARP, data=arp)
         else:
             if kind < 0.6:
                 l4, proto = dpkt.tcp.TCP(sport=r.randint(1024, 65535), dport=r.choice([22, 80, 443]),
-                                         flags=dpkt.tcp.TH_SYN), 6
+                                         flags=dpkt.tcp.TH_SYN), IP_TCP
             elif kind < 0.9:
-                l4, proto = dpkt.udp.UDP(sport=r.randint(1024, 65535), dport=r.choice([53, 123])), 17
+                l4, proto = dpkt.udp.UDP(sport=r.randint(1024, 65535), dport=r.choice([53, 123])), IP_UDP
             else:
-                l4, proto = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1)), 1
+                l4, proto = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1)), IP_ICMP
             ip = dpkt.ip.IP(src=bytes([10, 0, 0, src + 1]), dst=bytes([10, 0, 0, dst + 1]),
                             p=proto, ttl=64, data=l4)
             ip.len = len(ip)
-            eth = dpkt.ethernet.Ethernet(src=macs[src], dst=macs[dst], type=0x0800, data=ip)
+            eth = dpkt.ethernet.Ethernet(src=macs[src], dst=macs[dst], type=ETH_IP, data=ip)
         out.append(bytes(eth))
     return out
 

@@ -40,7 +40,6 @@ from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 from sbnet.model.secgroups import protocol_number
 
-ETH_NSH = 0x894F
 SI_FIRST = 255
 BUCKETS = 16
 MPLS_BUCKETS = 8           # an MPLS label carries the bucket in its 3 TC bits
@@ -48,7 +47,7 @@ MPLS_BUCKETS = 8           # an MPLS label carries the bucket in its 3 TC bits
 GROUP_BASE = 0x5C00_0000
 HASH_FIELDS = ("ip_src", "ip_dst", "ipv6_src", "ipv6_dst", "ip_proto", "tcp_src", "tcp_dst",
                "udp_src", "udp_dst", "sctp_src", "sctp_dst")
-_L4_FIELD = {6: "tcp", 17: "udp", 132: "sctp"}
+_L4_FIELD = {F.IP_TCP: "tcp", F.IP_UDP: "udp", F.IP_SCTP: "sctp"}
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def classifier_matches(topo, fc: dict) -> list[dict]:
     base: dict = {"eth_type": ETH[eth]}
     proto = protocol_number(fc.get("protocol"))
     if proto is not None:
-        base["ip_proto"] = {1: 58}.get(proto, proto) if v == 6 else proto
+        base["ip_proto"] = {F.IP_ICMP: F.IP_ICMPV6}.get(proto, proto) if v == 6 else proto
     for end, peer in (("source", "src"), ("destination", "dst")):
         prefix = fc.get(f"{end}_ip_prefix")
         if prefix:
@@ -284,7 +283,7 @@ def pair_of_bucket(group: tuple[Pair, ...], buckets: int) -> list[Pair]:
 def build_chain_forward_hops(ctx, plan: Plan) -> None:
     """(SPI, SI) to the next group: the pair its bucket maps to, here or on its host."""
     for i, group in enumerate(plan.groups):
-        nsh = {"eth_type": ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - i}
+        nsh = {"eth_type": F.ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - i}
         if len(group) == 1 and not plan.mpls:
             _to_pair(ctx, plan, group[0], nsh, SI_FIRST - i, 0)
             continue
@@ -338,7 +337,7 @@ def _to_local_sf(ctx, plan: Plan, pair: Pair, si: int, bucket: int, cookie: int)
 def build_chain_forward_end(ctx, plan: Plan) -> None:
     """After the last group: back into the network and port the packet came from (its
     NSH context), decapsulated, on to the ordinary forwarding as if it had just left."""
-    match = {"eth_type": ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - len(plan.groups)}
+    match = {"eth_type": F.ETH_NSH, "nsh_spi": plan.spi, "nsh_si": SI_FIRST - len(plan.groups)}
     ctx.flow("chain_forward", 100, [
         R.NETWORK.load(0),
         A.Move(A.Subfield("nsh_c1", 0, 24), A.Subfield(R.NETWORK.field, 0, 24)),
@@ -359,7 +358,7 @@ def build_classify_chain_return(ctx, plan: Plan, pair: Pair, si: int) -> None:
     entry = [*port_entry(ctx, port), ctx.goto("chain_forward")]
     in_port = ctx.chassis.ofports[port["id"]]
     if pair.aware and not plan.mpls:
-        ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": ETH_NSH}, cookie)
+        ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": F.ETH_NSH}, cookie)
         return
     build_chain_forward_encap(ctx, port, si)
     if pair.aware:
@@ -400,14 +399,15 @@ def build_classify_chain_entry(ctx, plan: Plan) -> None:
         cookie = ctx.cookie("network", net_id)
         if kind in TUNNEL_TYPES:
             ctx.flow("classify", 110, entry,
-                     {"in_port": TUNNEL_OFPORTS[kind], "tun_id": seg, "eth_type": ETH_NSH}, cookie)
+                     {"in_port": TUNNEL_OFPORTS[kind], "tun_id": seg, "eth_type": F.ETH_NSH},
+                     cookie)
             continue
         phys = ch.physnets.get(net.get("provider:physical_network") or "")
         if phys is None:
             continue
         if kind == "vlan":
             ctx.flow("classify", 110, [A.PopVlan(), *entry],
-                     {"in_port": phys, "vlan_vid": VLAN_CFI | seg, "eth_type": ETH_NSH}, cookie)
+                     {"in_port": phys, "vlan_vid": VLAN_CFI | seg, "eth_type": F.ETH_NSH}, cookie)
         else:
             ctx.flow("classify", 110, entry,
-                     {"in_port": phys, "vlan_tci": (0, VLAN_CFI), "eth_type": ETH_NSH}, cookie)
+                     {"in_port": phys, "vlan_tci": (0, VLAN_CFI), "eth_type": F.ETH_NSH}, cookie)

@@ -7,13 +7,16 @@ import ipaddress
 from sbnet.compiler import registers as R
 from sbnet.compiler.topology import mac_int, version
 from sbnet.flows import actions as A
+from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6
+from sbnet.flows.fields import IP_ICMPV6 as ICMPV6
+from sbnet.flows.fields import IP_TCP as TCP
+from sbnet.flows.fields import IP_UDP as UDP
 
-ETH_IP, ETH_ARP, ETH_IPV6, UDP, ICMPV6 = 0x0800, 0x0806, 0x86DD, 17, 58
 BOOTPC, BOOTPS = 68, 67
 DHCP6_CLIENT, DHCP6_SERVER = 546, 547
 ND_RS = 133
 RA_MODES = ("slaac", "dhcpv6-stateful", "dhcpv6-stateless")
-TCP, HTTP = 6, 80
+HTTP = 80
 METADATA_IP = 0xA9FEA9FE                    # 169.254.169.254
 # The MAC of the agent's end of the slow-path veth (its kernel holds METADATA_IP there).
 AGENT_MAC = 0x0A_00_5E_00_00_02

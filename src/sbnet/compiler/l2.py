@@ -12,8 +12,8 @@ from sbnet.compiler.topology import (
     version,
 )
 from sbnet.flows import actions as A
+from sbnet.flows.fields import ETH_ARP, ETH_IPV6, IP_ICMPV6
 
-ETH_ARP, ETH_IPV6, IP_ICMPV6 = 0x0806, 0x86DD, 58
 ND_NS, ND_NA = 135, 136
 # Neighbour advertisement flags (RFC 4861 4.4), in nd_reserved's top bits.
 NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 1 << 31, 1 << 30, 1 << 29

@@ -62,8 +62,8 @@ from sbnet.compiler.topology import (
 )
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
+from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6
 
-ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
 ETH = {4: ETH_IP, 6: ETH_IPV6}
 
 
@@ -226,8 +226,8 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
                      ctx.cookie("floatingip", fip["id"]))
 
 
-ECHO = {4: ("ip_src", "ip_dst", "icmp_type", 1, 8, 0), 6: ("ipv6_src", "ipv6_dst", "icmpv6_type",
-                                                          58, 128, 129)}
+ECHO = {4: ("ip_src", "ip_dst", "icmp_type", F.IP_ICMP, 8, 0),
+        6: ("ipv6_src", "ipv6_dst", "icmpv6_type", F.IP_ICMPV6, 128, 129)}
 
 
 def build_echo_responder(ctx, ifaces: list[Iface], cookie: int) -> None:

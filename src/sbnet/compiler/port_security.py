@@ -6,9 +6,8 @@ import ipaddress
 
 from sbnet.compiler import registers as R
 from sbnet.compiler.topology import mac_int, port_secured
+from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6, IP_ICMPV6, IP_UDP
 
-ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
-ICMPV6 = 58
 ND_RS, ND_RA, ND_NS, ND_NA = 133, 134, 135, 136
 MAC_ALL = (1 << 48) - 1
 
@@ -73,7 +72,7 @@ def build_port_security(ctx, port: dict) -> None:
             # A neighbour advertisement may only claim an address the port owns; a
             # solicitation must come from one, with the port's own MAC (or none) as its
             # source link-layer address.
-            nd = {"reg14": inport, "eth_src": m, "eth_type": ETH_IPV6, "ip_proto": ICMPV6}
+            nd = {"reg14": inport, "eth_src": m, "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6}
             ctx.flow("port_security", 110, nxt, {**nd, "icmpv6_type": ND_NA,
                                                  "nd_target": (val, mask)}, cookie)
             for sll in (m, 0):
@@ -83,14 +82,14 @@ def build_port_security(ctx, port: dict) -> None:
     for m in macs:
         # DHCP discover/request come from 0.0.0.0 before the port has its address.
         ctx.flow("port_security", 100, nxt, {"reg14": inport, "eth_src": m, "eth_type": ETH_IP,
-                                             "ip_proto": 17, "ip_src": 0, "udp_src": 68,
+                                             "ip_proto": IP_UDP, "ip_src": 0, "udp_src": 68,
                                              "udp_dst": 67}, cookie)
         # Duplicate address detection solicits from :: with no source link-layer option.
         ctx.flow("port_security", 110, nxt, {"reg14": inport, "eth_src": m, "eth_type": ETH_IPV6,
-                                             "ip_proto": ICMPV6, "ipv6_src": 0,
+                                             "ip_proto": IP_ICMPV6, "ipv6_src": 0,
                                              "icmpv6_type": ND_NS, "nd_sll": 0}, cookie)
         for t in (ND_NS, ND_NA, ND_RA):
             # What the 110 flows did not allow (and router advertisements) is spoofing.
             ctx.flow("port_security", 105, [], {"reg14": inport, "eth_src": m,
-                                                "eth_type": ETH_IPV6, "ip_proto": ICMPV6,
+                                                "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6,
                                                 "icmpv6_type": t}, cookie)

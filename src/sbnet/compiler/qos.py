@@ -6,8 +6,7 @@ from sbnet.compiler import registers as R
 from sbnet.compiler.port_security import subports
 from sbnet.compiler.topology import allocate_keys, is_vif, version
 from sbnet.flows import actions as A
-
-ETH_IP, ETH_IPV6 = 0x0800, 0x86DD
+from sbnet.flows.fields import ETH_IP, ETH_IPV6
 # neutron_lib.services.qos.constants.DEFAULT_BURST_RATE: a limit without a burst gets 80% of
 # its rate as burst, "to ensure that at least limits for TCP traffic will work fine".
 DEFAULT_BURST_RATE = 0.8

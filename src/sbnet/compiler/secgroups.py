@@ -24,11 +24,11 @@ from sbnet.flows import actions as A
 from sbnet.flows import fields as F
 from sbnet.model.secgroups import PORT_PROTOCOLS, protocol_number
 
-ETH = {"IPv4": 0x0800, "IPv6": 0x86DD}
-ICMP = {"IPv4": 1, "IPv6": 58}
+ETH = {"IPv4": F.ETH_IP, "IPv6": F.ETH_IPV6}
+ICMP = {"IPv4": F.IP_ICMP, "IPv6": F.IP_ICMPV6}
 CS = F.CT_STATE_BITS
 TRK, NEW, EST, REL, INV = CS["trk"], CS["new"], CS["est"], CS["rel"], CS["inv"]
-_L4_FIELD = {6: "tcp", 17: "udp", 132: "sctp"}
+_L4_FIELD = {F.IP_TCP: "tcp", F.IP_UDP: "udp", F.IP_SCTP: "sctp"}
 RULE_PRIORITY = 100
 # Per direction: the conntrack table, the rule table, where accepted packets go, the
 # register naming the protected port, and which address a remote peer is.
@@ -117,18 +117,18 @@ def build_sg_fixed(ctx, direction: str) -> None:
     ctx.flow(sg_table, 210, [], {"ct_state": (INV | TRK, INV | TRK)})
     ctx.flow(sg_table, 200, go, {"ct_state": (EST | TRK, EST | INV | TRK)})
     ctx.flow(sg_table, 200, go, {"ct_state": (REL | TRK, REL | INV | TRK)})
-    ctx.flow(sg_table, 150, go, {"eth_type": 0x0806})
+    ctx.flow(sg_table, 150, go, {"eth_type": F.ETH_ARP})
     for t in (133, 134, 135, 136):  # RS, RA, NS, NA (port security already vetted them)
-        nd = {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": t}
+        nd = {"eth_type": F.ETH_IPV6, "ip_proto": F.IP_ICMPV6, "icmpv6_type": t}
         ctx.flow(sg_table, 150, go, nd)
         # Conntrack does not track neighbour discovery (it would come back +inv).
         ctx.flow(ct_table, 110, [ctx.goto(sg_table)], nd)
     if direction == "egress":
-        ctx.flow(sg_table, 150, go, {"eth_type": 0x0800, "ip_proto": 17, "udp_src": 68,
-                                     "udp_dst": 67})
+        ctx.flow(sg_table, 150, go, {"eth_type": F.ETH_IP, "ip_proto": F.IP_UDP,
+                                     "udp_src": 68, "udp_dst": 67})
     else:
-        ctx.flow(sg_table, 150, go, {"eth_type": 0x0800, "ip_proto": 17, "udp_src": 67,
-                                     "udp_dst": 68})
+        ctx.flow(sg_table, 150, go, {"eth_type": F.ETH_IP, "ip_proto": F.IP_UDP,
+                                     "udp_src": 67, "udp_dst": 68})
 
 
 def port_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
@@ -149,7 +149,7 @@ def rule_matches(rule: dict, direction: str) -> list[dict]:
     base: dict = {"eth_type": ETH[eth]}
     proto = protocol_number(rule.get("protocol"))
     if proto is not None:
-        if proto in (1, 58):
+        if proto in ICMP.values():
             proto = ICMP[eth]
         base["ip_proto"] = proto
     prefix = rule.get("remote_ip_prefix")
@@ -163,10 +163,10 @@ def rule_matches(rule: dict, direction: str) -> list[dict]:
     if proto in PORT_PROTOCOLS and proto in _L4_FIELD and lo is not None:
         fld = f"{_L4_FIELD[proto]}_dst"
         return [{**base, fld: vm} for vm in port_ranges(lo, hi if hi is not None else lo)]
-    if proto in (1, 58) and lo is not None:
-        base["icmp_type" if proto == 1 else "icmpv6_type"] = lo
+    if proto in ICMP.values() and lo is not None:
+        base["icmp_type" if proto == F.IP_ICMP else "icmpv6_type"] = lo
         if hi is not None:
-            base["icmp_code" if proto == 1 else "icmpv6_code"] = hi
+            base["icmp_code" if proto == F.IP_ICMP else "icmpv6_code"] = hi
     return [base]
 
 

@@ -1,4 +1,4 @@
-"""Packet checksums vectorized over packet rows: ones-complement sums, RFC 1624 updates, CRC32c."""
+"""Byte and checksum helpers over packet rows (the one home of each): big-endian fields in and out, gathers, ones-complement sums, RFC 1624 updates, CRC32c."""
 
 from __future__ import annotations
 
@@ -8,6 +8,54 @@ try:  # C implementation (SSE4.2/ARMv8 CRC instructions) when installed
     import crc32c as _crc32c_lib
 except ImportError:  # pragma: no cover - depends on the environment
     _crc32c_lib = None
+
+
+_AR = np.arange(256, dtype=np.int64)
+_VIEW = {1: np.uint8, 2: ">u2", 4: ">u4", 8: ">u8"}
+
+
+def be_bytes(v: np.ndarray, n: int) -> np.ndarray:
+    """(m,) integers -> (m, n) big-endian bytes (the low n bytes of each)."""
+    v = np.asarray(v).astype(">u8")
+    return v.view(np.uint8).reshape(-1, 8)[:, 8 - n:]
+
+
+def be_value(b: np.ndarray) -> np.ndarray:
+    """Big-endian value of each row of an (m, k) byte array, k <= 8, as uint64."""
+    k = b.shape[1]
+    if k not in _VIEW:
+        w = 4 if k < 4 else 8
+        pad = np.zeros((b.shape[0], w), np.uint8)
+        pad[:, w - k:] = b
+        b, k = pad, w
+    return np.ascontiguousarray(b).view(_VIEW[k])[:, 0].astype(np.uint64)
+
+
+def gather(d: np.ndarray, rows: np.ndarray, col: np.ndarray, n: int) -> np.ndarray:
+    """(m, n) bytes d[rows, col:col+n], reading zeros past the row's end."""
+    if len(col) and col.min() == col.max() and int(col[0]) + n <= d.shape[1]:
+        # One column for every row (the usual batch): a slice, no per-byte indexing.
+        c = int(col[0])
+        if len(rows) == d.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
+            return d[:, c:c + n]
+        return d[rows, c:c + n]
+    cols = col[:, None] + (_AR[:n] if n <= len(_AR) else np.arange(n))
+    inside = cols < d.shape[1]
+    out = d[rows[:, None], np.minimum(cols, d.shape[1] - 1)]
+    return np.where(inside, out, 0).astype(np.uint8) if not inside.all() else out
+
+
+def ones_sum_bytes(b: np.ndarray, length: np.ndarray | None = None) -> np.ndarray:
+    """Folded ones-complement sum (uint64, not inverted) of each row of an (m, k) byte
+    array, or of its first length[i] bytes; an odd last byte is padded with zero."""
+    if length is not None and (length.min() < b.shape[1]):
+        b = np.where(np.arange(b.shape[1]) < length[:, None], b, 0).astype(np.uint8)
+    if b.shape[1] % 2:
+        b = np.concatenate([b, np.zeros((b.shape[0], 1), np.uint8)], axis=1)
+    total = np.ascontiguousarray(b).view(">u2").sum(axis=1, dtype=np.uint64)
+    for _ in range(3):
+        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
+    return total
 
 
 def fold(total: np.ndarray) -> np.ndarray:
@@ -36,9 +84,8 @@ def ones_sum(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndar
     idx = start[:, None] + cols
     inside = cols < length[:, None]
     np.clip(idx, 0, data.shape[1] - 1, out=idx)
-    b = np.where(inside, data[np.arange(n)[:, None], idx], 0).astype(np.uint64)
-    words = (b[:, 0::2] << 8) | b[:, 1::2]
-    return fold(words.sum(axis=1))
+    b = np.where(inside, data[np.arange(n)[:, None], idx], 0).astype(np.uint8)
+    return fold(ones_sum_bytes(b))
 
 
 def internet_checksum(buf: bytes) -> int:

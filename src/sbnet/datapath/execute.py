@@ -9,6 +9,7 @@ import numpy as np
 from sbnet.datapath import checksum as ck
 from sbnet.datapath.odp import (Meter, OdpAction, Output, PopMpls, PopVlan, PushMpls,
                                 PushVlan, Recirc, SetFields, Userspace)
+from sbnet.datapath.parse import ipv6_upper
 from sbnet.flows.fields import (ETH_IP, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC, ETH_QINQ, ETH_VLAN,
                                 IP_ICMPV6, IP_TCP, IP_UDP)
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 _NOT_EDITS = (Meter, Recirc, Userspace)
 _VLAN_TPIDS = (ETH_VLAN, ETH_QINQ)
 _MPLS_TYPES = (ETH_MPLS, ETH_MPLS_MC)
-_IPV6_EXT = (0, 43, 60, 51, 44)      # hop-by-hop, routing, dest opts, AH, fragment
 _ND_OPT = {"nd_sll": 1, "nd_tll": 2}
 _ARANGE = np.arange(64, dtype=np.int64)
 
@@ -140,14 +140,6 @@ def _put(d: np.ndarray, site, off: int, n: int, value) -> None:
     d[_ix(site, off, n)] = value
 
 
-def _be(b: np.ndarray) -> np.ndarray:
-    """Big-endian value of each row of an (m, k) byte array, k <= 8."""
-    v = np.zeros(b.shape[0], dtype=np.uint64)
-    for j in range(b.shape[1]):
-        v = (v << np.uint64(8)) | b[:, j]
-    return v
-
-
 def _words(b: np.ndarray) -> np.ndarray:
     """(m, 2k) bytes -> (m, k) big-endian 16-bit words as uint32."""
     return np.ascontiguousarray(b).view(">u2").astype(np.uint32)
@@ -185,10 +177,6 @@ def _udp_csum(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 def _const(value: int, n: int) -> np.ndarray:
     return np.frombuffer(value.to_bytes(n, "big"), dtype=np.uint8)
-
-
-def _csum_bytes(c: np.ndarray) -> np.ndarray:
-    return c.astype(">u2").view(np.uint8).reshape(-1, 2)
 
 
 def _valid(off: np.ndarray) -> np.ndarray | None:
@@ -289,27 +277,6 @@ def _set_ipv4(st: _Work, f: dict[str, int]) -> None:
                    np.array(addr_new, np.uint32), icmp6=False)
 
 
-def _ipv6_upper(d: np.ndarray, rows: np.ndarray, l3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Upper-layer protocol and its column for IPv6 packets, walking extension headers.
-
-    Later fragments have no upper-layer header: protocol -1, column -1.
-    """
-    nh = d[rows, l3 + 6].astype(np.int64)
-    pos = l3 + 40
-    for _ in range(8):
-        ext = np.isin(nh, _IPV6_EXT)
-        if not ext.any():
-            break
-        p = np.minimum(pos, d.shape[1] - 8)
-        hlen = d[rows, p + 1].astype(np.int64)
-        size = np.where(nh == 44, 8, np.where(nh == 51, (hlen + 2) * 4, (hlen + 1) * 8))
-        offset = (d[rows, p + 2].astype(np.int64) << 8 | d[rows, p + 3]) & 0xFFF8
-        later = (nh == 44) & (offset != 0)
-        nh = np.where(later, -1, np.where(ext, d[rows, p].astype(np.int64), nh))
-        pos = np.where(ext, pos + size, pos)
-    return nh, np.where(nh < 0, -1, pos)
-
-
 def _set_ipv6(st: _Work, f: dict[str, int]) -> None:
     _fields_check("ipv6", f, {"ipv6_src", "ipv6_dst", "ipv6_label", "nw_tos", "ip_dscp",
                               "ip_ecn", "ip_ttl"})
@@ -318,7 +285,7 @@ def _set_ipv6(st: _Work, f: dict[str, int]) -> None:
     d = st.batch.data
     h = _get(d, site, 0, 40)
     old = h.copy()
-    vtc = _be(h[:, 0:4])           # version(4) tclass(8) label(20)
+    vtc = ck.be_value(h[:, 0:4])           # version(4) tclass(8) label(20)
     tclass = (vtc >> np.uint64(20)) & np.uint64(0xFF)
     if "nw_tos" in f:
         tclass[:] = f["nw_tos"]
@@ -341,7 +308,8 @@ def _set_ipv6(st: _Work, f: dict[str, int]) -> None:
     _put(d, site, 0, 40, h)
     if "ipv6_src" in f or "ipv6_dst" in f:
         idx = np.arange(len(st.l3)) if rows is None else rows
-        proto, _ = _ipv6_upper(d, idx, st.l3[idx])
+        b = st.batch
+        proto, _ = ipv6_upper(d, idx, st.l3[idx], b.start[idx].astype(np.int64) + b.length[idx])
         _l4_update(st, rows, proto, _words(old[:, 8:40]), _words(h[:, 8:40]), icmp6=True)
 
 
@@ -429,7 +397,7 @@ def _set_nd(st: _Work, f: dict[str, int]) -> None:
     for name in ("nd_sll", "nd_tll"):
         if name in f:
             csum = _set_nd_option(st, idx, _ND_OPT[name], f[name], csum)
-    _put(d, site, 2, 2, _csum_bytes(csum))
+    _put(d, site, 2, 2, ck.be_bytes(csum, 2))
 
 
 def _set_nd_option(st: _Work, idx: np.ndarray, opt_type: int, mac: int,
@@ -487,7 +455,7 @@ def _set_nd_ext(st: _Work, f: dict[str, int]) -> None:
              + rows[r, l3 + 6].astype(np.uint64)
              + ((rows[r, l3 + 4].astype(np.uint64) << 8) | rows[r, l3 + 5])
              + ck.ones_sum(rows, l4, end - l4))
-    _put(d, site, 2, 2, _csum_bytes(ck.fold(total) ^ 0xFFFF))
+    _put(d, site, 2, 2, ck.be_bytes(ck.fold(total) ^ 0xFFFF, 2))
 
 
 def _set_icmp(header: str):
@@ -506,7 +474,7 @@ def _set_icmp(header: str):
                 tc[:, j] = f[name]
         csum = _words(_get(d, site, 2, 2))[:, 0]
         _put(d, site, 0, 2, tc)
-        _put(d, site, 2, 2, _csum_bytes(ck.csum_replace(csum, old, _words(tc))))
+        _put(d, site, 2, 2, ck.be_bytes(ck.csum_replace(csum, old, _words(tc)), 2))
     return setter
 
 
@@ -533,7 +501,7 @@ def _set_mpls(st: _Work, f: dict[str, int]) -> None:
         return
     d = st.batch.data
     site = _site(rows, pos[rows] + 2)
-    lse = _be(_get(d, site, 0, 4))
+    lse = ck.be_value(_get(d, site, 0, 4))
     for name, shift, width in (("mpls_label", 12, 20), ("mpls_tc", 9, 3), ("mpls_ttl", 0, 8)):
         if name in f:
             m = np.uint64(((1 << width) - 1) << shift)
@@ -641,4 +609,4 @@ def _pop_mpls(st: _Work, ethertype: int) -> None:
             later = ((d[r, c + 6].astype(np.int64) << 8 | d[r, c + 7]) & 0x1FFF) != 0
             st.l4[r] = np.where(later, -1, c + (d[r, c] & 0x0F).astype(np.int64) * 4)
         else:
-            st.l4[r] = _ipv6_upper(d, r, c)[1]
+            st.l4[r] = ipv6_upper(d, r, c, b.start[r].astype(np.int64) + b.length[r])[1]

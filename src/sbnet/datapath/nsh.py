@@ -8,11 +8,12 @@ from typing import NamedTuple
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
+from sbnet.datapath.checksum import be_bytes
+from sbnet.flows.fields import ETH_IP, ETH_IPV6, ETH_MPLS, ETH_NSH, ETH_QINQ, ETH_VLAN
 
-ETH_NSH = 0x894F
 # Next Protocol values (RFC 8300 section 11.2.5) and the ethertypes they stand for.
 NP_IPV4, NP_IPV6, NP_ETHERNET, NP_NSH, NP_MPLS = 1, 2, 3, 4, 5
-NP_ETHERTYPE = {NP_IPV4: 0x0800, NP_IPV6: 0x86DD, NP_NSH: ETH_NSH, NP_MPLS: 0x8847}
+NP_ETHERTYPE = {NP_IPV4: ETH_IP, NP_IPV6: ETH_IPV6, NP_NSH: ETH_NSH, NP_MPLS: ETH_MPLS}
 ETHERTYPE_NP = {v: k for k, v in NP_ETHERTYPE.items()}
 # OVS's defaults for a pushed header (encap(nsh) before any set_field).
 DEFAULT_TTL, DEFAULT_SI = 63, 255
@@ -20,7 +21,6 @@ MD1_LEN = 24
 DROPS = ("not_nsh", "truncated_nsh", "bad_nsh")
 FIELDS = ("nsh_flags", "nsh_ttl", "nsh_mdtype", "nsh_np", "nsh_spi", "nsh_si",
           "nsh_c1", "nsh_c2", "nsh_c3", "nsh_c4")
-_ETH_VLAN, _ETH_QINQ = 0x8100, 0x88A8
 
 
 class Popped(NamedTuple):
@@ -67,12 +67,6 @@ def _relayout(batch: Batch, idx: np.ndarray, front: np.ndarray) -> Batch:
                  batch.in_port[idx].copy())
 
 
-def _bytes_of(v: np.ndarray, n: int) -> np.ndarray:
-    v = np.asarray(v, dtype=np.uint64)
-    shifts = np.arange(8 * (n - 1), -1, -8, dtype=np.uint64)
-    return ((v[:, None] >> shifts) & np.uint64(0xFF)).astype(np.uint8)
-
-
 def push_nsh(batch: Batch, rows, md_type: int = 1, next_proto=NP_ETHERNET, spi=0,
              si=DEFAULT_SI, flags=0, ttl=DEFAULT_TTL, context=(0, 0, 0, 0), md2=b"") -> Batch:
     """OVS push_nsh: an NSH header in front of each packet of rows; the result is an NSH
@@ -105,7 +99,7 @@ def push_nsh(batch: Batch, rows, md_type: int = 1, next_proto=NP_ETHERNET, spi=0
     words = [word0, word1]
     if md_type == 1:
         words += [_col(c, n) & 0xFFFFFFFF for c in context]
-    hdr = np.concatenate([_bytes_of(w, 4) for w in words], axis=1)
+    hdr = np.concatenate([be_bytes(w, 4) for w in words], axis=1)
     cols = s[:, None] + np.arange(hdr.shape[1])
     d[r[:, None], cols] = hdr
     if tlvs is not None:
@@ -124,8 +118,8 @@ def push_eth(batch: Batch, rows, src=0, dst=0, ethertype: int = ETH_NSH) -> Batc
     n = len(idx)
     out = _relayout(batch, idx, np.full(n, 14, np.int64))
     if n:
-        hdr = np.concatenate([_bytes_of(_col(dst, n), 6), _bytes_of(_col(src, n), 6),
-                              _bytes_of(np.full(n, ethertype), 2)], axis=1)
+        hdr = np.concatenate([be_bytes(_col(dst, n), 6), be_bytes(_col(src, n), 6),
+                              be_bytes(np.full(n, ethertype), 2)], axis=1)
         s = out.start.astype(np.int64)
         out.data[np.arange(n)[:, None], s[:, None] + np.arange(14)] = hdr
     return out
@@ -155,7 +149,7 @@ def _l3(batch: Batch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     w = d.shape[1] - 2
     et = d[idx, np.minimum(pos, w)].astype(np.int64) << 8 | d[idx, np.minimum(pos + 1, w)]
     for _ in range(4):
-        tag = (et == _ETH_VLAN) | (et == _ETH_QINQ)
+        tag = (et == ETH_VLAN) | (et == ETH_QINQ)
         if not tag.any():
             break
         pos = np.where(tag, pos + 4, pos)
@@ -266,10 +260,10 @@ def _write(batch: Batch, idx: np.ndarray, col: np.ndarray, f: dict) -> None:
     w0 = old0[:, 0] << 24 | old0[:, 1] << 16 | old0[:, 2] << 8 | old0[:, 3]
     w0 = (w0 & ~0x3FC00000) | (f["nsh_flags"] & 3) << 28 | (f["nsh_ttl"] & 0x3F) << 22
     w1 = (f["nsh_spi"] & 0xFFFFFF) << 8 | (f["nsh_si"] & 0xFF)
-    d[r, col[:, None] + np.arange(8)] = np.concatenate([_bytes_of(w0, 4), _bytes_of(w1, 4)], 1)
+    d[r, col[:, None] + np.arange(8)] = np.concatenate([be_bytes(w0, 4), be_bytes(w1, 4)], 1)
     md1 = np.flatnonzero(f["nsh_mdtype"] == 1)
     if len(md1):
-        ctx = np.concatenate([_bytes_of(f[f"nsh_c{i + 1}"][md1], 4) for i in range(4)], 1)
+        ctx = np.concatenate([be_bytes(f[f"nsh_c{i + 1}"][md1], 4) for i in range(4)], 1)
         d[idx[md1][:, None], col[md1][:, None] + 8 + np.arange(16)] = ctx
 
 

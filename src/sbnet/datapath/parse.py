@@ -9,7 +9,7 @@ import numpy as np
 from sbnet.datapath.batch import Batch
 from sbnet.flows.fields import (
     ETH_ARP, ETH_IP, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC, ETH_NSH, ETH_QINQ, ETH_RARP, ETH_VLAN,
-    IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP, N_SLOTS, SLOT_INDEX, VLAN_CFI, lookup,
+    IP_ICMP, IP_ICMPV6, IP_IGMP, IP_SCTP, IP_TCP, IP_UDP, N_SLOTS, SLOT_INDEX, VLAN_CFI, lookup,
 )
 
 # Why a packet could not be parsed completely; Parsed.error indexes this tuple
@@ -43,7 +43,6 @@ _E = ERROR_CODE
 _S = SLOT_INDEX
 _ALL = slice(None)
 _MAC = 0xFFFFFFFFFFFF
-_IP_IGMP = 2
 _IPV6_EXT = (0, 43, 60, 51, 44)   # hop-by-hop, routing, dst options, AH, fragment
 _IPV6_FRAG, _IPV6_AH = 44, 51
 # Windows are read from 2 bytes before the Ethernet header (so both MACs land
@@ -99,7 +98,7 @@ def _l4_tables():
         for proto, n_bytes, name in ((IP_TCP, 20, "truncated_tcp"), (IP_UDP, 8, "truncated_udp"),
                                      (IP_SCTP, 12, "truncated_sctp")):
             need[fam + proto], err[fam + proto] = n_bytes, ERROR_CODE[name]
-    for proto, name in ((IP_ICMP, "truncated_icmp"), (_IP_IGMP, "truncated_igmp"),
+    for proto, name in ((IP_ICMP, "truncated_icmp"), (IP_IGMP, "truncated_igmp"),
                         (256 + IP_ICMPV6, "truncated_icmpv6")):
         need[proto], err[proto], icmpish[proto] = 8, ERROR_CODE[name], True
     return need, icmpish, err
@@ -166,6 +165,75 @@ def _be(w: np.ndarray, off: int, k: int) -> np.ndarray:
     t = np.zeros((w.shape[0], 8), dtype=np.uint8)
     t[:, 8 - k:] = w[:, off:off + k]
     return t.view(">u8")[:, 0]
+
+
+def ipv6_ext(win, ext: np.ndarray, proto: np.ndarray, pos: np.ndarray, end: np.ndarray):
+    """Walk IPv6 extension headers, one header depth per pass, for the packets where ext
+    holds: proto (next header) and pos (where it starts) are updated in place; end is
+    where each payload ends, win(positions, 8) reads 8 bytes at each position.
+
+    Returns (bad, frag): an extension header runs past the payload; nw_frag bits (1 any
+    fragment, 2 a later one).  A later fragment stops the walk with proto 44, as OVS.
+    """
+    n = len(proto)
+    bad = np.zeros(n, dtype=bool)
+    frag = np.zeros(n, dtype=np.uint8)
+    act = np.flatnonzero(ext)
+    while act.size:
+        p = pos[act]
+        rem = end[act] - p
+        t = proto[act]
+        w = win(p, 8)
+        is_frag = t == _IPV6_FRAG
+        hlen = np.where(is_frag, 8,
+                        np.where(t == _IPV6_AH, (w[:, 1].astype(np.int64) + 2) * 4,
+                                 (w[:, 1].astype(np.int64) + 1) * 8))
+        broken = (rem < 8) | (hlen > rem)
+        bad[act[broken]] = True
+        offlg = w.view(">u2")[:, 1]
+        f_any = is_frag & ~broken & (offlg != 0)
+        f_later = f_any & ((offlg & 0xFFF8) != 0)
+        frag[act] |= f_any.view(np.uint8) | (f_later.view(np.uint8) << 1)
+        # Later fragments stop the walk with nw_proto = 44, as OVS does.
+        nxt = np.where(f_later, _IPV6_FRAG, w[:, 0].astype(np.intp))
+        proto[act] = np.where(broken, t, nxt)
+        pos[act] = p + hlen
+        go = ~broken & ~f_later & _IPV6_EXT_TABLE[nxt]
+        act = act[go]
+    return bad, frag
+
+
+def ipv6_upper(data: np.ndarray, rows: np.ndarray, l3: np.ndarray,
+               end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nw_proto and L4 column of IPv6 packets as parse() finds them, for code that has
+    changed a packet since (execute): the IPv6 header at columns l3 of rows, each packet
+    ending at column end.  nw_proto is 0 when the header or an extension header is
+    truncated and 44 for a later fragment; the column is -1 where there is no L4 header."""
+    rows = np.asarray(rows, dtype=np.intp)
+    l3 = np.asarray(l3, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    if not rows.size:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    width = data.shape[1]
+    flat = np.ascontiguousarray(data).reshape(-1)
+
+    def win(pos: np.ndarray, k: int) -> np.ndarray:
+        return flat[np.clip(pos, 0, flat.size - k)[:, None] + np.arange(k)]
+
+    base = rows.astype(np.int64) * width
+    h = win(base + l3, 8).astype(np.int64)
+    plen = h[:, 4] << 8 | h[:, 5]
+    proto = h[:, 6].astype(np.intp)
+    good = (l3 >= 0) & (end - l3 >= 40) & (l3 + 40 + plen <= end)
+    pos = base + l3 + 40
+    pend = pos + plen
+    later = np.zeros(rows.size, dtype=bool)
+    ext = _IPV6_EXT_TABLE[proto] & good
+    if ext.any():
+        bad, frag = ipv6_ext(win, ext, proto, pos, pend)
+        later = (frag & 2) != 0
+        good &= ~bad
+    return np.where(good, proto, 0), np.where(good & ~later, pos - base, -1)
 
 
 class _Parser:
@@ -384,7 +452,7 @@ class _Parser:
         later = np.zeros(len(p), dtype=bool)
         ext = _IPV6_EXT_TABLE[proto] & good
         if ext.any():
-            bad, frag = self.ipv6_ext(ext, proto, l4pos, pend)
+            bad, frag = ipv6_ext(self.win, ext, proto, l4pos, pend)
             keys[_S["nw_frag"], ix] = frag
             later = (frag & 2) != 0
             if bad.any():
@@ -398,35 +466,6 @@ class _Parser:
         if isinstance(loc, slice) or loc.size:
             return rows, proto[loc] + _V6, l4pos[loc], pend[loc]
         return None
-
-    def ipv6_ext(self, ext, proto, pos, end):
-        """Walk extension headers (updating proto and pos in place), one header depth per pass."""
-        n = len(proto)
-        bad = np.zeros(n, dtype=bool)
-        frag = np.zeros(n, dtype=np.uint8)
-        act = np.flatnonzero(ext)
-        while act.size:
-            p = pos[act]
-            rem = end[act] - p
-            t = proto[act]
-            w = self.win(p, 8)
-            is_frag = t == _IPV6_FRAG
-            hlen = np.where(is_frag, 8,
-                            np.where(t == _IPV6_AH, (w[:, 1].astype(np.int64) + 2) * 4,
-                                     (w[:, 1].astype(np.int64) + 1) * 8))
-            broken = (rem < 8) | (hlen > rem)
-            bad[act[broken]] = True
-            offlg = w.view(">u2")[:, 1]
-            f_any = is_frag & ~broken & (offlg != 0)
-            f_later = f_any & ((offlg & 0xFFF8) != 0)
-            frag[act] |= f_any.view(np.uint8) | (f_later.view(np.uint8) << 1)
-            # Later fragments stop the walk with nw_proto = 44, as OVS does.
-            nxt = np.where(f_later, _IPV6_FRAG, w[:, 0].astype(np.intp))
-            proto[act] = np.where(broken, t, nxt)
-            pos[act] = p + hlen
-            go = ~broken & ~f_later & _IPV6_EXT_TABLE[nxt]
-            act = act[go]
-        return bad, frag
 
     def transport(self, ix, kp, p, end) -> None:
         """TCP/UDP/SCTP ports, ICMP/ICMPv6/IGMP type and code; kp is proto (+256 for IPv6)."""

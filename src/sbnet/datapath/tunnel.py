@@ -9,11 +9,12 @@ from typing import NamedTuple
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
+from sbnet.datapath.checksum import be_bytes, be_value, fold, gather, ones_sum_bytes
 from sbnet.datapath.underlay import Underlay, ip_int
+from sbnet.flows.fields import ETH_IP, ETH_IPV6, ETH_QINQ, ETH_TEB, ETH_VLAN, IP_GRE, IP_UDP
 
 KINDS = ("vxlan", "gre", "geneve")
 DEFAULT_DST_PORT = {"vxlan": 4789, "geneve": 6081}
-ETH_TEB = 0x6558               # Transparent Ethernet Bridging: the GRE/Geneve payload type
 GRE_CSUM, GRE_KEY, GRE_SEQ = 0x8000, 0x2000, 0x1000
 VXLAN_FLAGS = 0x08000000
 # OVS's struct flow_tnl flags (lib/packets.h): set on receive, read on send.
@@ -33,10 +34,7 @@ DECAP_DROPS = ("bad_ip_header", "bad_ip_length", "bad_ip_checksum", "ip_fragment
                "bad_gre_flags", "bad_gre_protocol", "bad_gre_checksum", "truncated_inner",
                "unknown_key", "no_tunnel_port")
 
-_ETH_IP, _ETH_IPV6, _ETH_VLAN, _ETH_QINQ = 0x0800, 0x86DD, 0x8100, 0x88A8
-_IP_UDP, _IP_GRE = 17, 47
 _M64 = (1 << 64) - 1
-_AR = np.arange(256, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -135,62 +133,6 @@ def geneve_option(opt_class: int, opt_type: int, data: bytes = b"") -> bytes:
             + data + b"\0" * pad)
 
 
-# --- byte helpers ---------------------------------------------------------------------------
-
-
-def _bytes_of(v: np.ndarray, n: int) -> np.ndarray:
-    """(m,) integers -> (m, n) big-endian bytes."""
-    v = np.asarray(v).astype(">u8")
-    return v.view(np.uint8).reshape(-1, 8)[:, 8 - n:]
-
-
-def _gather(d: np.ndarray, rows: np.ndarray, col: np.ndarray, n: int) -> np.ndarray:
-    """(m, n) bytes d[rows, col:col+n], reading zeros past the row's end."""
-    if len(col) and col.min() == col.max() and int(col[0]) + n <= d.shape[1]:
-        # One column for every row (the usual batch): a slice, no per-byte indexing.
-        c = int(col[0])
-        if len(rows) == d.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
-            return d[:, c:c + n]
-        return d[rows, c:c + n]
-    cols = col[:, None] + (_AR[:n] if n <= len(_AR) else np.arange(n))
-    inside = cols < d.shape[1]
-    out = d[rows[:, None], np.minimum(cols, d.shape[1] - 1)]
-    return np.where(inside, out, 0).astype(np.uint8) if not inside.all() else out
-
-
-_VIEW = {1: np.uint8, 2: ">u2", 4: ">u4", 8: ">u8"}
-
-
-def _val(b: np.ndarray) -> np.ndarray:
-    """Big-endian value of each row of an (m, k) byte array, k <= 8."""
-    k = b.shape[1]
-    if k not in _VIEW:
-        w = 4 if k < 4 else 8
-        pad = np.zeros((b.shape[0], w), np.uint8)
-        pad[:, w - k:] = b
-        b, k = pad, w
-    return np.ascontiguousarray(b).view(_VIEW[k])[:, 0].astype(np.uint64)
-
-
-def _ones_sum(b: np.ndarray, length: np.ndarray | None = None) -> np.ndarray:
-    """Folded ones-complement sum of each row of an (m, k) byte array (first length bytes)."""
-    if length is not None and (length.min() < b.shape[1]):
-        b = np.where(np.arange(b.shape[1]) < length[:, None], b, 0).astype(np.uint8)
-    if b.shape[1] % 2:
-        b = np.concatenate([b, np.zeros((b.shape[0], 1), np.uint8)], axis=1)
-    total = np.ascontiguousarray(b).view(">u2").sum(axis=1, dtype=np.uint64)
-    for _ in range(3):
-        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
-    return total
-
-
-def _fold(total: np.ndarray) -> np.ndarray:
-    total = np.asarray(total, dtype=np.uint64)
-    for _ in range(3):
-        total = (total & np.uint64(0xFFFF)) + (total >> np.uint64(16))
-    return total
-
-
 def _arr(tun: dict, name: str, m: int, default: int = 0) -> np.ndarray:
     v = tun.get(name, default)
     return np.broadcast_to(np.asarray(v, dtype=np.uint64), (m,))
@@ -201,7 +143,7 @@ def _inner_l3(d: np.ndarray, rows: np.ndarray, start: np.ndarray) -> tuple[np.nd
     pos = start + 12
     et = d[rows, pos].astype(np.int64) << 8 | d[rows, pos + 1]
     for _ in range(4):
-        tag = (et == _ETH_VLAN) | (et == _ETH_QINQ)
+        tag = (et == ETH_VLAN) | (et == ETH_QINQ)
         if not tag.any():
             break
         pos = np.where(tag, pos + 4, pos)
@@ -214,22 +156,22 @@ def flow_hash(d: np.ndarray, rows: np.ndarray, start: np.ndarray, length: np.nda
     """A 32-bit hash of each inner frame's flow: MACs, ethertype, IP addresses and protocol,
     TCP/UDP/SCTP ports; the entropy source of the outer UDP source port."""
     l3, et = _inner_l3(d, rows, start)
-    h = _mix(_val(_gather(d, rows, start, 8)), _val(_gather(d, rows, start + 8, 4)) << 16
+    h = _mix(be_value(gather(d, rows, start, 8)), be_value(gather(d, rows, start + 8, 4)) << 16
              | et.astype(np.uint64))
-    v4 = et == _ETH_IP
-    v6 = et == _ETH_IPV6
+    v4 = et == ETH_IP
+    v6 = et == ETH_IPV6
     ip = v4 | v6
     if ip.any():
-        w = _gather(d, rows, l3, 40)
+        w = gather(d, rows, l3, 40)
         ihl = (w[:, 0] & 0x0F).astype(np.int64) * 4
         proto = np.where(v4, w[:, 9], w[:, 6]).astype(np.uint64)
         frag = v4 & (((w[:, 6].astype(np.int64) << 8 | w[:, 7]) & 0x3FFF) != 0)
-        a = np.where(v4, _val(w[:, 12:20]), _val(w[:, 8:16]))
-        b = np.where(v6, _val(w[:, 16:24]), 0)
-        c = np.where(v6, _val(w[:, 24:32]), 0)
-        e = np.where(v6, _val(w[:, 32:40]), 0)
+        a = np.where(v4, be_value(w[:, 12:20]), be_value(w[:, 8:16]))
+        b = np.where(v6, be_value(w[:, 16:24]), 0)
+        c = np.where(v6, be_value(w[:, 24:32]), 0)
+        e = np.where(v6, be_value(w[:, 32:40]), 0)
         l4 = l3 + np.where(v4, ihl, 40)
-        ports = _val(_gather(d, rows, l4, 4))
+        ports = be_value(gather(d, rows, l4, 4))
         has_ports = ip & ~frag & np.isin(proto, (6, 17, 132)) & (l4 + 4 <= start + length)
         ports = np.where(has_ports, ports, 0)
         hi = _mix(_mix(_mix(a, b), _mix(c, e)), proto << np.uint64(32) | ports)
@@ -407,9 +349,9 @@ def _outer_tos_ttl(d, idx, start, length, port: TunnelPort) -> tuple[np.ndarray,
     """Outer TOS and TTL as OVS's tnl_port_send sets them."""
     m = len(idx)
     l3, et = _inner_l3(d, idx, start)
-    v4, v6 = et == _ETH_IP, et == _ETH_IPV6
+    v4, v6 = et == ETH_IP, et == ETH_IPV6
     ip = (v4 | v6) & (l3 + 9 <= start + length)
-    w = _gather(d, idx, l3, 9)
+    w = gather(d, idx, l3, 9)
     inner_tos = np.where(v4, w[:, 1], (w[:, 0].astype(np.int64) & 0x0F) << 4 | w[:, 1] >> 4)
     inner_ttl = np.where(v4, w[:, 8], w[:, 7]).astype(np.int64)
     if port.tos == "inherit":
@@ -430,34 +372,34 @@ def _build_headers(port, fam, g, hlen, dst_mac, src_mac, shi, slo, dhi, dlo, tos
     """The (len(g), hlen) outer header bytes of the rows g, checksums included."""
     n = len(g)
     h = np.zeros((n, hlen), np.uint8)
-    h[:, 0:6] = _bytes_of(dst_mac[g], 6)
-    h[:, 6:12] = _bytes_of(src_mac[g], 6)
-    proto = _IP_GRE if port.kind == "gre" else _IP_UDP
+    h[:, 0:6] = be_bytes(dst_mac[g], 6)
+    h[:, 6:12] = be_bytes(src_mac[g], 6)
+    proto = IP_GRE if port.kind == "gre" else IP_UDP
     if fam == 4:
         h[:, 12:14] = (0x08, 0x00)
         h[:, 14] = 0x45
         h[:, 15] = tos[g]
-        h[:, 16:18] = _bytes_of(ip_total[g], 2)
+        h[:, 16:18] = be_bytes(ip_total[g], 2)
         h[:, 20] = 0x40 if port.df_default else 0
         h[:, 22] = ttl[g]
         h[:, 23] = proto
-        h[:, 26:30] = _bytes_of(slo[g], 4)
-        h[:, 30:34] = _bytes_of(dlo[g], 4)
-        c = _ones_sum(h[:, 14:34]) ^ np.uint64(0xFFFF)
-        h[:, 24:26] = _bytes_of(c, 2)
+        h[:, 26:30] = be_bytes(slo[g], 4)
+        h[:, 30:34] = be_bytes(dlo[g], 4)
+        c = ones_sum_bytes(h[:, 14:34]) ^ np.uint64(0xFFFF)
+        h[:, 24:26] = be_bytes(c, 2)
         l4 = 34
     else:
         h[:, 12:14] = (0x86, 0xDD)
         tc = tos[g]
         h[:, 14] = 0x60 | (tc >> 4)
         h[:, 15] = (tc & 0x0F) << 4
-        h[:, 18:20] = _bytes_of(ip_total[g] - 40, 2)
+        h[:, 18:20] = be_bytes(ip_total[g] - 40, 2)
         h[:, 20] = proto
         h[:, 21] = ttl[g]
-        h[:, 22:30] = _bytes_of(shi[g], 8)
-        h[:, 30:38] = _bytes_of(slo[g], 8)
-        h[:, 38:46] = _bytes_of(dhi[g], 8)
-        h[:, 46:54] = _bytes_of(dlo[g], 8)
+        h[:, 22:30] = be_bytes(shi[g], 8)
+        h[:, 30:38] = be_bytes(slo[g], 8)
+        h[:, 38:46] = be_bytes(dhi[g], 8)
+        h[:, 46:54] = be_bytes(dlo[g], 8)
         l4 = 54
     payload_len = ip_total[g] - (20 if fam == 4 else 40)
     if port.kind == "gre":
@@ -465,23 +407,23 @@ def _build_headers(port, fam, g, hlen, dst_mac, src_mac, shi, slo, dhi, dlo, tos
         h[:, l4:l4 + 4] = (flags >> 8, flags & 0xFF, ETH_TEB >> 8, ETH_TEB & 0xFF)
         p = l4 + 4 + (4 if want_csum else 0)
         if port.key is not None:
-            h[:, p:p + 4] = _bytes_of(key[g], 4)
+            h[:, p:p + 4] = be_bytes(key[g], 4)
         if want_csum:
-            s = _fold(_ones_sum(h[:, l4:]) + _inner_sum(out, g, inner_col, length))
-            h[:, l4 + 4:l4 + 6] = _bytes_of(s ^ np.uint64(0xFFFF), 2)
+            s = fold(ones_sum_bytes(h[:, l4:]) + _inner_sum(out, g, inner_col, length))
+            h[:, l4 + 4:l4 + 6] = be_bytes(s ^ np.uint64(0xFFFF), 2)
         return h
-    h[:, l4:l4 + 2] = _bytes_of(sport[g], 2)
+    h[:, l4:l4 + 2] = be_bytes(sport[g], 2)
     h[:, l4 + 2:l4 + 4] = (port.dst_port >> 8, port.dst_port & 0xFF)
-    h[:, l4 + 4:l4 + 6] = _bytes_of(payload_len, 2)
+    h[:, l4 + 4:l4 + 6] = be_bytes(payload_len, 2)
     t = l4 + 8
     if port.kind == "vxlan":
         h[:, t] = 0x08
-        h[:, t + 4:t + 7] = _bytes_of(key[g], 3)
+        h[:, t + 4:t + 7] = be_bytes(key[g], 3)
     else:
         ol = hlen - t - 8
         h[:, t] = ol // 4
         h[:, t + 2:t + 4] = (ETH_TEB >> 8, ETH_TEB & 0xFF)
-        h[:, t + 4:t + 7] = _bytes_of(key[g], 3)
+        h[:, t + 4:t + 7] = be_bytes(key[g], 3)
         if ol:
             if all(o is opts[0] for o in opts):    # one option list for every row
                 ob = np.broadcast_to(np.frombuffer(opts[0], np.uint8), (n, ol))
@@ -490,12 +432,12 @@ def _build_headers(port, fam, g, hlen, dst_mac, src_mac, shi, slo, dhi, dlo, tos
             h[:, t + 8:] = ob
             h[:, t + 1] = np.where(_critical(ob), 0x40, 0)
     if want_csum:
-        pseudo = _ones_sum(h[:, 26:34] if fam == 4 else h[:, 22:54]) \
-            + np.uint64(_IP_UDP) + payload_len.astype(np.uint64)
-        s = _fold(pseudo + _ones_sum(h[:, l4:]) + _inner_sum(out, g, inner_col, length))
+        pseudo = ones_sum_bytes(h[:, 26:34] if fam == 4 else h[:, 22:54]) \
+            + np.uint64(IP_UDP) + payload_len.astype(np.uint64)
+        s = fold(pseudo + ones_sum_bytes(h[:, l4:]) + _inner_sum(out, g, inner_col, length))
         c = s ^ np.uint64(0xFFFF)
         c[c == 0] = 0xFFFF
-        h[:, l4 + 6:l4 + 8] = _bytes_of(c, 2)
+        h[:, l4 + 6:l4 + 8] = be_bytes(c, 2)
     return h
 
 
@@ -520,7 +462,7 @@ def _inner_sum(out: np.ndarray, g: np.ndarray, col: int, length: np.ndarray) -> 
     w = int(length[g].max())
     w += w & 1
     block = out[g, col:col + w]
-    return _fold(np.ascontiguousarray(block).view(">u2").sum(axis=1, dtype=np.uint64))
+    return fold(np.ascontiguousarray(block).view(">u2").sum(axis=1, dtype=np.uint64))
 
 
 # --- decap ----------------------------------------------------------------------------------
@@ -561,17 +503,17 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
         if p.kind != "gre":
             udp_kind.setdefault(p.dst_port, p.kind)
     has_gre = any(p.kind == "gre" for p in ports)
-    eth = _gather(d, idx, start + 12, 2)
+    eth = gather(d, idx, start + 12, 2)
     et = eth[:, 0].astype(np.int64) << 8 | eth[:, 1]
-    v4 = (et == _ETH_IP) & (length >= 34)
-    v6 = (et == _ETH_IPV6) & (length >= 54)
-    hdr = _gather(d, idx, start + 14, 60)
+    v4 = (et == ETH_IP) & (length >= 34)
+    v6 = (et == ETH_IPV6) & (length >= 54)
+    hdr = gather(d, idx, start + 14, 60)
     ihl = (hdr[:, 0] & 0x0F).astype(np.int64) * 4
     proto = np.where(v4, hdr[:, 9], hdr[:, 6]).astype(np.int64)
-    src_hi = np.where(v6, _val(hdr[:, 8:16]), 0).astype(np.uint64)
-    src_lo = np.where(v6, _val(hdr[:, 16:24]), _val(hdr[:, 12:16])).astype(np.uint64)
-    dst_hi = np.where(v6, _val(hdr[:, 24:32]), 0).astype(np.uint64)
-    dst_lo = np.where(v6, _val(hdr[:, 32:40]), _val(hdr[:, 16:20])).astype(np.uint64)
+    src_hi = np.where(v6, be_value(hdr[:, 8:16]), 0).astype(np.uint64)
+    src_lo = np.where(v6, be_value(hdr[:, 16:24]), be_value(hdr[:, 12:16])).astype(np.uint64)
+    dst_hi = np.where(v6, be_value(hdr[:, 24:32]), 0).astype(np.uint64)
+    dst_lo = np.where(v6, be_value(hdr[:, 32:40]), be_value(hdr[:, 16:20])).astype(np.uint64)
     local = np.zeros(m, bool)
     if v4.any():
         local[v4] = underlay.is_local(4, dst_hi[v4], dst_lo[v4])
@@ -579,9 +521,9 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
         local[v6] = underlay.is_local(6, dst_hi[v6], dst_lo[v6])
     want = np.zeros(m, bool)
     if udp_kind:
-        want |= proto == _IP_UDP
+        want |= proto == IP_UDP
     if has_gre:
-        want |= proto == _IP_GRE
+        want |= proto == IP_GRE
     cand = (v4 | v6) & local & want
     err = np.zeros(m, np.int64)       # index into DECAP_DROPS + 1; 0 ok
 
@@ -598,7 +540,7 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     chk = np.flatnonzero(cand & v4 & (err == 0))
     if len(chk):
         h20 = ihl[chk].max() == 20     # no options anywhere: sum the fixed 20 bytes
-        s = _ones_sum(hdr[chk, :20]) if h20 else _ones_sum(hdr[chk], ihl[chk])
+        s = ones_sum_bytes(hdr[chk, :20]) if h20 else ones_sum_bytes(hdr[chk], ihl[chk])
         bad = np.zeros(m, bool)
         bad[chk] = s != 0xFFFF
         fail(bad, "bad_ip_checksum")
@@ -606,9 +548,9 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     fail(v4 & (frag != 0), "ip_fragment")
     l4 = 14 + np.where(v4, ihl, 40)
     ip_end = 14 + np.where(v4, tot, 40 + plen)
-    l4h = _gather(d, idx, start + l4, 16)
+    l4h = gather(d, idx, start + l4, 16)
     # UDP: rows whose destination port is no tunnel's are not ours after all.
-    udp = proto == _IP_UDP
+    udp = proto == IP_UDP
     dport = (l4h[:, 2].astype(np.int64) << 8) | l4h[:, 3]
     sport = (l4h[:, 0].astype(np.int64) << 8) | l4h[:, 1]
     udp_ok = udp & (err == 0) & (ip_end - l4 >= 8)
@@ -621,9 +563,9 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     ucs = (l4h[:, 6].astype(np.int64) << 8) | l4h[:, 7]
     chk = np.flatnonzero(cand & udp & (err == 0) & (ucs != 0))
     if len(chk):
-        seg = _gather(d, idx[chk], start[chk] + l4[chk], int(ulen[chk].max()))
-        pseudo = np.where(v6[chk], _ones_sum(hdr[chk, 8:40]), _ones_sum(hdr[chk, 12:20]))
-        s = _fold(_ones_sum(seg, ulen[chk]) + pseudo + np.uint64(_IP_UDP)
+        seg = gather(d, idx[chk], start[chk] + l4[chk], int(ulen[chk].max()))
+        pseudo = np.where(v6[chk], ones_sum_bytes(hdr[chk, 8:40]), ones_sum_bytes(hdr[chk, 12:20]))
+        s = fold(ones_sum_bytes(seg, ulen[chk]) + pseudo + np.uint64(IP_UDP)
                   + ulen[chk].astype(np.uint64))
         bad = np.zeros(m, bool)
         bad[chk] = s != 0xFFFF
@@ -631,7 +573,7 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     kind = np.full(m, -1, np.int64)
     for dp_, k in udp_kind.items():
         kind[udp & (dport == dp_)] = KINDS.index(k)
-    kind[proto == _IP_GRE] = KINDS.index("gre")
+    kind[proto == IP_GRE] = KINDS.index("gre")
     avail = ip_end - l4
     key = np.zeros(m, np.uint64)
     flags = np.where(v4 & ((hdr[:, 6] & 0x40) != 0), TNL_F_DONT_FRAGMENT, 0).astype(np.int64)
@@ -640,22 +582,22 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     # VXLAN.
     vx = kind == KINDS.index("vxlan")
     fail(vx & (avail < 16), "truncated_vxlan")
-    fail(vx & ((_val(l4h[:, 8:12]) != VXLAN_FLAGS) | (l4h[:, 15] != 0)), "bad_vxlan_header")
+    fail(vx & ((be_value(l4h[:, 8:12]) != VXLAN_FLAGS) | (l4h[:, 15] != 0)), "bad_vxlan_header")
     # Geneve.
     gn = kind == KINDS.index("geneve")
     fail(gn & (avail < 16), "truncated_geneve")
     fail(gn & ((l4h[:, 8] >> 6) != 0), "bad_geneve_version")
     optlen = np.where(gn, (l4h[:, 8] & 0x3F).astype(np.int64) * 4, 0)
     fail(gn & (16 + optlen > avail), "bad_geneve_length")
-    fail(gn & (_val(l4h[:, 10:12]) != ETH_TEB), "bad_geneve_protocol")
+    fail(gn & (be_value(l4h[:, 10:12]) != ETH_TEB), "bad_geneve_protocol")
     chk = np.flatnonzero(cand & gn & (err == 0) & (optlen > 0))
     if len(chk):
-        ob = _gather(d, idx[chk], start[chk] + l4[chk] + 16, int(optlen[chk].max()))
+        ob = gather(d, idx[chk], start[chk] + l4[chk] + 16, int(optlen[chk].max()))
         bad = np.zeros(m, bool)
         bad[chk] = ~_options_tile(ob, optlen[chk])
         fail(bad, "bad_geneve_option")
     flags |= np.where(gn & ((l4h[:, 9] & 0x80) != 0), TNL_F_OAM, 0)
-    vni = _val(l4h[:, 12:15])
+    vni = be_value(l4h[:, 12:15])
     key = np.where(vx | gn, vni, key)
     flags |= np.where(vx | gn, TNL_F_KEY, 0)
     flags |= np.where(udp & (ucs != 0), TNL_F_CSUM, 0)
@@ -669,15 +611,15 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> DecapResult:
     has_c, has_k, has_s = (fw & GRE_CSUM) != 0, (fw & GRE_KEY) != 0, (fw & GRE_SEQ) != 0
     glen = 4 + 4 * (has_c.astype(np.int64) + has_k + has_s)
     fail(gr & (glen > avail), "truncated_gre")
-    fail(gr & (_val(l4h[:, 2:4]) != ETH_TEB), "bad_gre_protocol")
+    fail(gr & (be_value(l4h[:, 2:4]) != ETH_TEB), "bad_gre_protocol")
     chk = np.flatnonzero(cand & gr & has_c & (err == 0))
     if len(chk):
-        seg = _gather(d, idx[chk], start[chk] + l4[chk], int(avail[chk].max()))
+        seg = gather(d, idx[chk], start[chk] + l4[chk], int(avail[chk].max()))
         bad = np.zeros(m, bool)
-        bad[chk] = _ones_sum(seg, avail[chk]) != 0xFFFF
+        bad[chk] = ones_sum_bytes(seg, avail[chk]) != 0xFFFF
         fail(bad, "bad_gre_checksum")
     kpos = 4 + 4 * has_c.astype(np.int64)
-    gkey = np.where(kpos == 4, _val(l4h[:, 4:8]), _val(l4h[:, 8:12]))
+    gkey = np.where(kpos == 4, be_value(l4h[:, 4:8]), be_value(l4h[:, 8:12]))
     key = np.where(gr & has_k, gkey, key)
     flags |= np.where(gr & has_k, TNL_F_KEY, 0) | np.where(gr & has_c, TNL_F_CSUM, 0)
     inner = np.where(gr, l4 + glen, inner)

@@ -53,11 +53,13 @@ SLOTS: tuple[str, ...] = (
 SLOT_INDEX: dict[str, int] = {name: i for i, name in enumerate(SLOTS)}
 N_SLOTS = len(SLOTS)
 
-# Ethertypes and IP protocols used by prerequisites.
+# Ethertypes and IP protocol numbers: the one definition every package imports.
 ETH_IP, ETH_IPV6, ETH_ARP, ETH_RARP = 0x0800, 0x86DD, 0x0806, 0x8035
 ETH_MPLS, ETH_MPLS_MC, ETH_NSH = 0x8847, 0x8848, 0x894F
 ETH_VLAN, ETH_QINQ = 0x8100, 0x88A8
+ETH_TEB = 0x6558               # Transparent Ethernet Bridging: the GRE/Geneve payload type
 IP_ICMP, IP_TCP, IP_UDP, IP_SCTP, IP_ICMPV6 = 1, 6, 17, 132, 58
+IP_IGMP, IP_GRE = 2, 47
 VLAN_CFI = 0x1000
 
 
