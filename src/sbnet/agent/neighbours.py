@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sbnet.agent.slowpath import in_netns
+from sbnet.flows.fields import ETH_ARP, ETH_IP
 
-ETH_ARP = 0x0806
 REQUEST, REPLY = 1, 2
 BROADCAST = b"\xff" * 6
 
@@ -21,7 +21,7 @@ BROADCAST = b"\xff" * 6
 def arp_frame(op: int, src_mac: bytes, src_ip: str, dst_mac: bytes, dst_ip: str) -> bytes:
     eth_dst = BROADCAST if op == REQUEST else dst_mac
     return (eth_dst + src_mac + struct.pack("!H", ETH_ARP)
-            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + src_mac
+            + struct.pack("!HHBBH", 1, ETH_IP, 6, 4, op) + src_mac
             + ipaddress.IPv4Address(src_ip).packed + (b"\x00" * 6 if op == REQUEST else dst_mac)
             + ipaddress.IPv4Address(dst_ip).packed).ljust(60, b"\x00")
 
@@ -62,7 +62,7 @@ class ArpCache:
         if len(frame) < 42 or struct.unpack_from("!H", frame, 12)[0] != ETH_ARP:
             return None, None
         htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", frame, 14)
-        if (htype, ptype, hlen, plen) != (1, 0x0800, 6, 4):
+        if (htype, ptype, hlen, plen) != (1, ETH_IP, 6, 4):
             return None, None
         sha, spa = frame[22:28], str(ipaddress.IPv4Address(frame[28:32]))
         tpa = str(ipaddress.IPv4Address(frame[38:42]))
