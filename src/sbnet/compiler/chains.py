@@ -234,10 +234,10 @@ def build_chain_classify(ctx, plan: Plan) -> None:
                 ctx.flow("chain_classify", 110,
                          [A.Ct(commit=True, zone=R.ZONE.sub), R.clear_flags(R.COMMIT),
                           R.set_flags(R.CHAINED), A.Group(GROUP_BASE | plan.spi)],
-                         {**m, "reg14": inport, "reg10": commit}, cookie)
+                         {**m, R.INPORT.field: inport, R.FLAGS_FIELD: commit}, cookie)
                 ctx.flow("chain_classify", 100, [R.set_flags(R.CHAINED),
                                                   A.Group(GROUP_BASE | plan.spi)],
-                         {**m, "reg14": inport}, cookie)
+                         {**m, R.INPORT.field: inport}, cookie)
             except CompileError:
                 continue    # the same traffic is already in an older chain: first chain wins
 
@@ -266,8 +266,8 @@ def build_chain_forward_encap(ctx, src: dict, si: int) -> None:
             A.Resubmit(table=ctx.table("chain_forward"))]
     for eth in ETH.values():
         ctx.flow("chain_forward", 100, acts,
-                 {"reg14": R.INPORT.match(topo.port_key[src["id"]]), "eth_type": eth,
-                  "reg10": R.flags_match(on=(R.CHAINED,))}, ctx.cookie("port", src["id"]))
+                 {R.INPORT.field: R.INPORT.match(topo.port_key[src["id"]]), "eth_type": eth,
+                  R.FLAGS_FIELD: R.flags_match(on=(R.CHAINED,))}, ctx.cookie("port", src["id"]))
 
 
 def pair_of_bucket(group: tuple[Pair, ...], buckets: int) -> list[Pair]:
@@ -310,7 +310,7 @@ def _to_pair(ctx, plan: Plan, pair: Pair, match: dict, si: int, bucket: int) -> 
              [A.SetField("eth_dst", mac_int(port["mac_address"])),
               R.OUTPORT.load(topo.port_key[port["id"]]), R.NETWORK.load(topo.net_key[net["id"]]),
               *remote_out(ctx, net, host), ctx.goto("deliver")],
-             {**match, "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+             {**match, R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
 
 
 def _to_local_sf(ctx, plan: Plan, pair: Pair, si: int, bucket: int, cookie: int) -> list:
@@ -328,8 +328,8 @@ def _to_local_sf(ctx, plan: Plan, pair: Pair, si: int, bucket: int, cookie: int)
         # Above the encapsulation of what its classifier or egress port took (reg14 and
         # CHAINED still say so): this packet has been in the chain already.
         ctx.flow("chain_forward", 110, label,
-                 {"reg15": R.OUTPORT.match(key), "eth_type": eth,
-                  "reg9": R.CHAIN.match(plan.spi << 8 | bucket)}, cookie)
+                 {R.OUTPORT.field: R.OUTPORT.match(key), "eth_type": eth,
+                  R.CHAIN.field: R.CHAIN.match(plan.spi << 8 | bucket)}, cookie)
     return [out, R.CHAIN.load(plan.spi << 8 | bucket), A.Decap(), A.Decap(),
             A.Resubmit(table=ctx.table("chain_forward"))]
 
@@ -368,14 +368,15 @@ def build_classify_chain_return(ctx, plan: Plan, pair: Pair, si: int) -> None:
             ctx.flow("chain_forward", 100,
                      [A.PopMpls(plan.ethertype), R.CHAIN.load(plan.spi << 8 | k),
                       R.set_flags(R.CHAINED), A.Resubmit(table=ctx.table("chain_forward"))],
-                     {"reg14": key, "eth_type": F.ETH_MPLS, "mpls_label": plan.spi << 8 | si,
+                     {R.INPORT.field: key, "eth_type": F.ETH_MPLS, "mpls_label": plan.spi << 8 | si,
                       "mpls_tc": k}, ctx.cookie("port_chain", plan.chain["id"]))
         return
     ctx.group(_entry_group(ctx, plan))
     for eth in ETH.values():
         ctx.flow("classify", 110, entry, {"in_port": in_port, "eth_type": eth}, cookie)
         ctx.flow("chain_forward", 100, [R.set_flags(R.CHAINED), A.Group(GROUP_BASE | plan.spi)],
-                 {"reg14": key, "eth_type": eth, "reg10": R.flags_match(off=(R.CHAINED,))},
+                 {R.INPORT.field: key, "eth_type": eth,
+                  R.FLAGS_FIELD: R.flags_match(off=(R.CHAINED,))},
                  ctx.cookie("port_chain", plan.chain["id"]))
 
 

@@ -43,10 +43,10 @@ def build_deliver_local(ctx, port: dict) -> None:
     for p, vlan in targets:
         out = R.OUTPORT.match(topo.port_key[p["id"]])
         cookie = ctx.cookie("port", p["id"])
-        ctx.flow("deliver", 100, _vif_outputs(ofport, vlan), {"reg15": out}, cookie)
+        ctx.flow("deliver", 100, _vif_outputs(ofport, vlan), {R.OUTPORT.field: out}, cookie)
         # OpenFlow drops output to the in_port unless asked: responders' replies ask.
         ctx.flow("deliver", 110, _vif_outputs(F.OFPP_IN_PORT, vlan),
-                 {"reg15": out, "reg10": hairpin}, cookie)
+                 {R.OUTPORT.field: out, R.FLAGS_FIELD: hairpin}, cookie)
 
 
 def build_deliver_remote(ctx, net_id: str, net: dict) -> None:
@@ -67,9 +67,9 @@ def build_deliver_remote(ctx, net_id: str, net: dict) -> None:
         # (another VLAN, the external network); OpenFlow drops that unless asked.
         ctx.flow("deliver", 110, [*_vif_outputs(F.OFPP_IN_PORT, vlan),
                                   R.clear_flags(R.REMOTE_OUT)],
-                 {"reg10": remote, "metadata": R.NETWORK.match(topo.net_key[net_id]),
+                 {R.FLAGS_FIELD: remote, "metadata": R.NETWORK.match(topo.net_key[net_id]),
                   "in_port": phys}, ctx.cookie("network", net_id))
     # The flag is cleared so that a flood's later local copies are not sent remote.
     ctx.flow("deliver", 100, [*acts, R.clear_flags(R.REMOTE_OUT)],
-             {"reg10": remote, "metadata": R.NETWORK.match(topo.net_key[net_id])},
+             {R.FLAGS_FIELD: remote, "metadata": R.NETWORK.match(topo.net_key[net_id])},
              ctx.cookie("network", net_id))

@@ -104,7 +104,7 @@ def build_dhcp_port(ctx, port: dict) -> None:
     cookie = ctx.cookie("port", port["id"])
     ask = [A.SetField("eth_dst", port_tag(key)), A.Output(svc)]
     for q in questions:
-        ctx.flow("dhcp", 100, ask, {"reg14": R.INPORT.match(key), **q}, cookie)
+        ctx.flow("dhcp", 100, ask, {R.INPORT.field: R.INPORT.match(key), **q}, cookie)
     net = port["network_id"]
     back = [A.SetField("eth_dst", mac_int(port["mac_address"])),
             R.NETWORK.load(topo.net_key[net]), R.OUTPORT.load(key), ctx.goto("deliver")]
@@ -125,11 +125,11 @@ def build_metadata_port(ctx, port: dict, key: int, back: list, cookie: int) -> N
     # ARP is answered by the agent too.
     ctx.flow("dhcp", 100, [A.SetField("eth_dst", port_tag(key)),
                            A.Output(ctx.chassis.service_ofport)],
-             {"reg14": R.INPORT.match(key), "eth_type": ETH_ARP, "arp_op": 1,
+             {R.INPORT.field: R.INPORT.match(key), "eth_type": ETH_ARP, "arp_op": 1,
               "arp_tpa": METADATA_IP}, cookie)
     ctx.flow("dhcp", 100, [A.SetField("eth_dst", AGENT_MAC), A.SetField("ip_src", src),
                            A.Output(ctx.chassis.service_ofport)],
-             {"reg14": R.INPORT.match(key), "eth_type": ETH_IP, "ip_proto": TCP,
+             {R.INPORT.field: R.INPORT.match(key), "eth_type": ETH_IP, "ip_proto": TCP,
               "ip_dst": METADATA_IP, "tcp_dst": HTTP}, cookie)
     ctx.flow("dhcp", 110, [A.SetField("ip_dst", int(ipaddress.IPv4Address(mine[0]))), *back],
              {"in_port": ctx.chassis.service_ofport, "eth_type": ETH_IP, "ip_proto": TCP,

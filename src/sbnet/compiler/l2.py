@@ -60,7 +60,7 @@ def build_arp_responder(ctx, port: dict) -> None:
     for ip in topo.ips(port, 4):
         reply = [*arp_reply(mac, ip), *BACK_TO_SENDER, A.Resubmit(table=ctx.table("deliver"))]
         ctx.flow("arp_responder", 100, reply,
-                 {"metadata": net, "reg10": local, "eth_type": ETH_ARP, "arp_op": 1,
+                 {"metadata": net, R.FLAGS_FIELD: local, "eth_type": ETH_ARP, "arp_op": 1,
                   "arp_tpa": ip_value(ip)},
                  ctx.cookie("port", port["id"]))
     router = port.get("device_owner") in ROUTER_OWNERS
@@ -68,7 +68,7 @@ def build_arp_responder(ctx, port: dict) -> None:
         advert = [*nd_advert(mac, ip, router), *BACK_TO_SENDER,
                   A.Resubmit(table=ctx.table("nd_advert"))]
         ctx.flow("arp_responder", 100, advert,
-                 {"metadata": net, "reg10": local, **solicitation(ip)},
+                 {"metadata": net, R.FLAGS_FIELD: local, **solicitation(ip)},
                  ctx.cookie("port", port["id"]))
 
 
@@ -149,7 +149,7 @@ def build_l2_unicast(ctx, port: dict) -> None:
     # between two remote ends (split horizon).
     ctx.flow("l2_lookup", 100, [out, *remote_out(ctx, net, host), ctx.goto("ingress_ct")],
              {"metadata": meta, "eth_dst": mac,
-              "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+              R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
 
 
 def _plugged(ctx, port: dict) -> bool:
@@ -183,7 +183,7 @@ def build_l2_flood(ctx, net_id: str) -> None:
         remote = [*remote_out(ctx, net, ctx.host), R.OUTPORT.load(0), deliver]
     cookie = ctx.cookie("network", net_id)
     ctx.flow("l2_lookup", 50, local, {"metadata": meta, "eth_dst": MULTICAST,
-                                      "reg10": R.flags_match(on=(R.FROM_REMOTE,))}, cookie)
+                                      R.FLAGS_FIELD: R.flags_match(on=(R.FROM_REMOTE,))}, cookie)
     ctx.flow("l2_lookup", 50, local + remote,
              {"metadata": meta, "eth_dst": MULTICAST,
-              "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+              R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,))}, cookie)

@@ -201,9 +201,9 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
         # leaves, or its reply would be +new there (see secgroups).
         ctx.flow("l3_gateway", 110, [A.Ct(commit=True, zone=R.ZONE.sub),
                                      R.clear_flags(R.COMMIT), *enter],
-                 {**m, "reg10": R.flags_match(on=(R.COMMIT,), off=(R.FROM_REMOTE,))}, cookie)
+                 {**m, R.FLAGS_FIELD: R.flags_match(on=(R.COMMIT,), off=(R.FROM_REMOTE,))}, cookie)
         ctx.flow("l3_gateway", 100, enter,
-                 m if on_gw else {**m, "reg10": R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+                 m if on_gw else {**m, R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
         net = topo.networks[i.net_id]
         kind = topo.network_type(net)
         if on_gw and kind in TUNNEL_TYPES:
@@ -251,7 +251,7 @@ def build_echo_responder(ctx, ifaces: list[Iface], cookie: int) -> None:
                 A.SetField(icmp_type, reply),
                 *BACK_TO_SENDER, A.Resubmit(table=ctx.table("deliver"))],
                 {"metadata": R.NETWORK.match(topo.net_key[i.net_id]), "eth_dst": i.mac,
-                 "eth_type": ETH[v], "reg10": R.flags_match(off=(R.FROM_REMOTE,)),
+                 "eth_type": ETH[v], R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,)),
                  dst: ip_value(target), "ip_proto": proto, icmp_type: request}, cookie)
 
 
@@ -298,7 +298,7 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
                    if topo.host_of(vm) == ctx.host
                    for vm_ip in [fip["fixed_ip_address"]] if vm_ip]
     for route in router_routes(topo, rid, ifaces):
-        m = {"reg11": rkey, **route.match()}
+        m = {R.ROUTER.field: rkey, **route.match()}
         acts = _route_actions(ctx, route)
         if acts is None:
             continue            # an unknown next hop: the miss drops what it would route
@@ -341,12 +341,12 @@ def build_l3_nat(ctx, rid: str, ifaces: list[Iface]) -> None:
         _arp_from_outside(ctx, ext, fip_ip, fmac, cookie)
         ctx.flow("l3_dnat", 200, [A.Ct(commit=True, zone=zone, table=ctx.table("l3_route"),
                                        nat=A.Nat("dst", fixed))],
-                 {"metadata": meta, "reg11": rkey, "eth_type": ETH_IP,
+                 {"metadata": meta, R.ROUTER.field: rkey, "eth_type": ETH_IP,
                   "ip_dst": int(ipaddress.IPv4Address(fip_ip))}, cookie)
         ctx.flow("l3_snat", 200, [A.SetField("eth_src", fmac),
                                   A.Ct(commit=True, zone=zone, table=ctx.table("l3_neighbour"),
                                        nat=A.Nat("src", fip_ip))],
-                 {"metadata": meta, "reg11": rkey, "eth_type": ETH_IP,
+                 {"metadata": meta, R.ROUTER.field: rkey, "eth_type": ETH_IP,
                   "ip_src": int(ipaddress.IPv4Address(fixed))}, cookie)
     if topo.gateway_host(rid) != ctx.host:
         return
@@ -356,10 +356,10 @@ def build_l3_nat(ctx, rid: str, ifaces: list[Iface]) -> None:
         return
     gw_ip = int(ipaddress.IPv4Address(ext.ip))
     ctx.flow("l3_dnat", 100, [A.Ct(zone=zone, table=ctx.table("l3_route"), nat=A.Nat())],
-             {"metadata": meta, "reg11": rkey, "eth_type": ETH_IP, "ip_dst": gw_ip}, cookie)
+             {"metadata": meta, R.ROUTER.field: rkey, "eth_type": ETH_IP, "ip_dst": gw_ip}, cookie)
     ctx.flow("l3_snat", 100, [A.Ct(commit=True, zone=zone, table=ctx.table("l3_neighbour"),
                                    nat=A.Nat("src", ext.ip))],
-             {"metadata": meta, "reg11": rkey, "eth_type": ETH_IP}, cookie)
+             {"metadata": meta, R.ROUTER.field: rkey, "eth_type": ETH_IP}, cookie)
 
 
 def _external(ifaces: list[Iface], v: int) -> Iface | None:
@@ -384,9 +384,9 @@ def _nd_from_outside(ctx, ext: Iface, cookie: int) -> None:
     outside = R.flags_match(on=(R.FROM_REMOTE,))
     ctx.flow("arp_responder", 105, [*nd_advert(ext.mac, ext.ip, router=True),
                                     A.Resubmit(table=ctx.table("nd_advert"))],
-             {"metadata": meta, "reg10": outside, **solicitation(ext.ip)}, cookie)
+             {"metadata": meta, R.FLAGS_FIELD: outside, **solicitation(ext.ip)}, cookie)
     ctx.flow("nd_advert", 110, [TLL_FROM_ETH_SRC, *_back_out(ctx, ext)],
-             {"metadata": meta, "reg10": outside, **ADVERT}, cookie)
+             {"metadata": meta, R.FLAGS_FIELD: outside, **ADVERT}, cookie)
 
 
 def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:
@@ -396,7 +396,7 @@ def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:
     out = _back_out(ctx, ext)
     ctx.flow("arp_responder", 110, [*arp_reply(mac, ip), *out],
              {"metadata": R.NETWORK.match(topo.net_key[ext.net_id]),
-              "reg10": R.flags_match(on=(R.FROM_REMOTE,)), "eth_type": ETH_ARP, "arp_op": 1,
+              R.FLAGS_FIELD: R.flags_match(on=(R.FROM_REMOTE,)), "eth_type": ETH_ARP, "arp_op": 1,
               "arp_tpa": int(ipaddress.IPv4Address(ip))}, cookie)
 
 
@@ -429,6 +429,6 @@ def build_l3_neighbour(ctx, net_id: str) -> None:
             v6 = ":" in ip
             acts = neighbour_actions(ctx, net_id, port)
             hop = ({"eth_type": ETH_IPV6, "ipv6_dst": ip_value(ip)} if v6
-                   else {"eth_type": ETH_IP, "reg0": R.NEXTHOP.match(ip_value(ip))})
+                   else {"eth_type": ETH_IP, R.NEXTHOP.field: R.NEXTHOP.match(ip_value(ip))})
             ctx.flow("l3_neighbour", 100, acts, {"metadata": meta, **hop},
                      ctx.cookie("port", port["id"]))

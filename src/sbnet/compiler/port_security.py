@@ -48,11 +48,11 @@ def allowed_pairs(port: dict) -> list[tuple[str, str]]:
 
 def build_port_security(ctx, port: dict) -> None:
     key = ctx.topo.port_key[port["id"]]
-    inport = R.INPORT.match(key)
+    inport = {R.INPORT.field: R.INPORT.match(key)}
     cookie = ctx.cookie("port", port["id"])
     nxt = [ctx.goto("dhcp")]
     if not port_secured(port, ctx.topo.networks.get(port["network_id"])):
-        ctx.flow("port_security", 50, nxt, {"reg14": inport}, cookie)
+        ctx.flow("port_security", 50, nxt, inport, cookie)
         return
     macs = set()
     for mac, addr in allowed_pairs(port):
@@ -61,18 +61,18 @@ def build_port_security(ctx, port: dict) -> None:
         net = ipaddress.ip_network(addr, strict=False)
         val, mask = int(net.network_address), int(net.netmask)
         if net.version == 4:
-            ctx.flow("port_security", 100, nxt, {"reg14": inport, "eth_src": m,
+            ctx.flow("port_security", 100, nxt, {**inport, "eth_src": m,
                                                  "eth_type": ETH_IP, "ip_src": (val, mask)}, cookie)
-            ctx.flow("port_security", 100, nxt, {"reg14": inport, "eth_src": m, "eth_type": ETH_ARP,
+            ctx.flow("port_security", 100, nxt, {**inport, "eth_src": m, "eth_type": ETH_ARP,
                                                  "arp_sha": m, "arp_spa": (val, mask)}, cookie)
         else:
-            ctx.flow("port_security", 100, nxt, {"reg14": inport, "eth_src": m,
+            ctx.flow("port_security", 100, nxt, {**inport, "eth_src": m,
                                                  "eth_type": ETH_IPV6, "ipv6_src": (val, mask)},
                      cookie)
             # A neighbour advertisement may only claim an address the port owns; a
             # solicitation must come from one, with the port's own MAC (or none) as its
             # source link-layer address.
-            nd = {"reg14": inport, "eth_src": m, "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6}
+            nd = {**inport, "eth_src": m, "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6}
             ctx.flow("port_security", 110, nxt, {**nd, "icmpv6_type": ND_NA,
                                                  "nd_target": (val, mask)}, cookie)
             for sll in (m, 0):
@@ -81,15 +81,15 @@ def build_port_security(ctx, port: dict) -> None:
                          cookie)
     for m in macs:
         # DHCP discover/request come from 0.0.0.0 before the port has its address.
-        ctx.flow("port_security", 100, nxt, {"reg14": inport, "eth_src": m, "eth_type": ETH_IP,
+        ctx.flow("port_security", 100, nxt, {**inport, "eth_src": m, "eth_type": ETH_IP,
                                              "ip_proto": IP_UDP, "ip_src": 0, "udp_src": 68,
                                              "udp_dst": 67}, cookie)
         # Duplicate address detection solicits from :: with no source link-layer option.
-        ctx.flow("port_security", 110, nxt, {"reg14": inport, "eth_src": m, "eth_type": ETH_IPV6,
+        ctx.flow("port_security", 110, nxt, {**inport, "eth_src": m, "eth_type": ETH_IPV6,
                                              "ip_proto": IP_ICMPV6, "ipv6_src": 0,
                                              "icmpv6_type": ND_NS, "nd_sll": 0}, cookie)
         for t in (ND_NS, ND_NA, ND_RA):
             # What the 110 flows did not allow (and router advertisements) is spoofing.
-            ctx.flow("port_security", 105, [], {"reg14": inport, "eth_src": m,
+            ctx.flow("port_security", 105, [], {**inport, "eth_src": m,
                                                 "eth_type": ETH_IPV6, "ip_proto": IP_ICMPV6,
                                                 "icmpv6_type": t}, cookie)

@@ -113,7 +113,7 @@ def build_sg_fixed(ctx, direction: str) -> None:
     go = [ctx.goto(nxt)]
     if direction == "ingress":
         # Bound for another host: that host's groups decide.
-        ctx.flow(sg_table, 300, go, {"reg10": R.flags_match(on=(R.REMOTE_OUT,))})
+        ctx.flow(sg_table, 300, go, {R.FLAGS_FIELD: R.flags_match(on=(R.REMOTE_OUT,))})
     ctx.flow(sg_table, 210, [], {"ct_state": (INV | TRK, INV | TRK)})
     ctx.flow(sg_table, 200, go, {"ct_state": (EST | TRK, EST | INV | TRK)})
     ctx.flow(sg_table, 200, go, {"ct_state": (REL | TRK, REL | INV | TRK)})
@@ -236,4 +236,4 @@ def build_commit(ctx) -> None:
     on = R.flags_match(on=(R.COMMIT,))
     for eth in ETH.values():
         ctx.flow("commit", 100, [A.Ct(commit=True, zone=R.ZONE.sub), R.clear_flags(R.COMMIT),
-                                 ctx.goto("qos_ingress")], {"reg10": on, "eth_type": eth})
+                                 ctx.goto("qos_ingress")], {R.FLAGS_FIELD: on, "eth_type": eth})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from sbnet.compiler import registers as R
 from sbnet.flows.pipeline import Pipeline, TableSpec
 
+# Registers by meaning (sbnet.compiler.registers allocates them).
+_INPORT, _OUTPORT, _FLAGS = R.INPORT.field, R.OUTPORT.field, R.FLAGS_FIELD
+_ROUTER, _NEXTHOP, _CHAIN = R.ROUTER.field, R.NEXTHOP.field, R.CHAIN.field
 _L3 = {"eth_type", "ip_proto", "ip_src", "ip_dst", "ipv6_src", "ipv6_dst", "ip_ttl"}
 _L4 = {"tcp_src", "tcp_dst", "udp_src", "udp_dst", "sctp_src", "sctp_dst",
        "icmp_type", "icmp_code", "icmpv6_type", "icmpv6_code"}
-_SG = _L3 | _L4 | {"ct_state", "conj_id", "reg10", "reg14", "reg15", "metadata"}
+_SG = _L3 | _L4 | {"ct_state", "conj_id", _FLAGS, _INPORT, _OUTPORT, "metadata"}
 _ND = {"arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha", "nd_target", "nd_sll", "nd_tll",
        "icmpv6_type", "icmpv6_code"}
 
@@ -26,59 +30,59 @@ PIPELINE = Pipeline((
        ("port_security", "dhcp", "arp_responder", "l3_gateway", "l2_lookup", "chain_forward")),
     _t("port_security", "anti-spoofing: the source MAC and IPs a port may use (fixed IPs, "
        "allowed address pairs, DHCP, IPv6 link-local, ARP and ND)",
-       {"reg14", "eth_src", "ip_src", "ipv6_src", "udp_src", "udp_dst", "ip_dst",
+       {_INPORT, "eth_src", "ip_src", "ipv6_src", "udp_src", "udp_dst", "ip_dst",
         "ipv6_dst"} | _ND | _L3, ("dhcp",)),
     _t("dhcp", "native DHCP: a port's DHCPv4, DHCPv6, router solicitations and metadata "
        "requests go to the host agent (the slow path), tagged with the port; the agent's "
        "answers come back to that port alone",
-       {"reg14", "in_port", "eth_dst", "eth_type", "ip_proto", "udp_src", "udp_dst",
+       {_INPORT, "in_port", "eth_dst", "eth_type", "ip_proto", "udp_src", "udp_dst",
         "icmpv6_type", "ip_src", "ip_dst", "tcp_src", "tcp_dst", "arp_op", "arp_tpa"},
        ("qos_egress", "deliver"), miss="next"),
     _t("qos_egress", "bandwidth limit (meter) and DSCP marking of what a port sends",
-       {"reg14", "eth_type"}, ("egress_ct",), miss="next"),
+       {_INPORT, "eth_type"}, ("egress_ct",), miss="next"),
     _t("egress_ct", "IP from ports with stateful security groups enters conntrack in the "
-       "network's zone", {"reg14", "eth_type"}, ("egress_sg",), miss="next"),
+       "network's zone", {_INPORT, "eth_type"}, ("egress_sg",), miss="next"),
     _t("egress_sg", "egress security group rules (conjunctive: ports x rules x remote members)",
        _SG | _ND, ("chain_classify",)),
     _t("chain_classify", "port chain flow classifiers: matching traffic enters its chain",
-       _SG | {"reg14"}, ("chain_forward", "arp_responder"), miss="arp_responder"),
+       _SG | {_INPORT}, ("chain_forward", "arp_responder"), miss="arp_responder"),
     _t("chain_forward", "steer chained traffic through the port pair groups in order",
-       {"reg14", "reg15", "reg10", "reg9", "in_port", "eth_type", "nsh_spi", "nsh_si",
+       {_INPORT, _OUTPORT, _FLAGS, _CHAIN, "in_port", "eth_type", "nsh_spi", "nsh_si",
         "nsh_c4", "mpls_label", "mpls_tc", "metadata", "eth_dst", "dp_hash"} | _L3 | _L4,
        # chain_forward again: a packet it encapsulates looks up its first hop there.
        ("chain_forward", "l2_lookup", "deliver", "arp_responder")),
     _t("arp_responder", "answer ARP requests and IPv6 neighbour solicitations for known "
-       "addresses on the spot", {"metadata", "eth_dst", "reg10"} | _ND | _L3,
+       "addresses on the spot", {"metadata", "eth_dst", _FLAGS} | _ND | _L3,
        ("nd_advert", "l3_gateway", "deliver"), miss="l3_gateway"),
     _t("nd_advert", "a solicitation the responder turned into an advertisement gets its "
        "target link-layer address (OpenFlow checks nd_tll against a match on an "
        "advertisement, hence a table of its own)",
-       {"eth_type", "ip_proto", "icmpv6_type", "metadata", "reg10"}, ("deliver",)),
+       {"eth_type", "ip_proto", "icmpv6_type", "metadata", _FLAGS}, ("deliver",)),
     _t("l3_gateway", "traffic addressed to a router port's MAC enters routing; echo requests "
        "to the router's own addresses are answered",
-       {"metadata", "eth_dst", "reg10", "reg14"} | _L3 | _L4 | _ND,
+       {"metadata", "eth_dst", _FLAGS, _INPORT} | _L3 | _L4 | _ND,
        ("l3_dnat", "l3_route", "l2_lookup", "deliver"), miss="l2_lookup"),
-    _t("l3_dnat", "floating IP destination NAT", {"metadata", "reg11", "reg10", "ct_state"} | _L3,
+    _t("l3_dnat", "floating IP destination NAT", {"metadata", _ROUTER, _FLAGS, "ct_state"} | _L3,
        ("l3_route",), miss="next"),
     _t("l3_route", "longest-prefix routing between a router's subnets, static routes and its "
        "external gateway; TTL decrement; SNAT-bound traffic redirected to the gateway host",
-       {"reg11", "metadata"} | _L3, ("l3_snat", "l2_lookup", "deliver")),
+       {_ROUTER, "metadata"} | _L3, ("l3_snat", "l2_lookup", "deliver")),
     _t("l3_snat", "SNAT to a floating IP or the router's gateway address",
-       {"reg11", "metadata", "reg10", "reg14", "ct_state"} | _L3, ("l3_neighbour",), miss="next"),
+       {_ROUTER, "metadata", _FLAGS, _INPORT, "ct_state"} | _L3, ("l3_neighbour",), miss="next"),
     _t("l3_neighbour", "next hop IP to MAC for routed packets (the outside world: out of the "
-       "physical port)", {"metadata", "reg11", "reg0"} | _L3, ("l2_lookup", "deliver")),
+       "physical port)", {"metadata", _ROUTER, _NEXTHOP} | _L3, ("l2_lookup", "deliver")),
     _t("l2_lookup", "destination MAC to logical port; broadcast and multicast to the network's "
-       "ports and hosts", {"metadata", "eth_dst", "reg10", "eth_type"},
+       "ports and hosts", {"metadata", "eth_dst", _FLAGS, "eth_type"},
        ("ingress_ct", "deliver")),
     _t("ingress_ct", "IP to ports with stateful security groups enters conntrack",
-       {"reg15", "reg10", "eth_type"}, ("ingress_sg",), miss="next"),
+       {_OUTPORT, _FLAGS, "eth_type"}, ("ingress_sg",), miss="next"),
     _t("ingress_sg", "ingress security group rules", _SG | _ND, ("commit",)),
-    _t("commit", "commit connections a security group accepted", {"reg10", "eth_type", "reg15"},
+    _t("commit", "commit connections a security group accepted", {_FLAGS, "eth_type", _OUTPORT},
        ("qos_ingress",), miss="next"),
-    _t("qos_ingress", "bandwidth limit (meter) of what a port receives", {"reg15", "eth_type"},
+    _t("qos_ingress", "bandwidth limit (meter) of what a port receives", {_OUTPORT, "eth_type"},
        ("deliver",), miss="next"),
     _t("deliver", "output: local VIF, trunk sub-port VLAN, tunnel to the port's host, or the "
-       "physical network", {"reg15", "reg10", "metadata", "eth_type", "in_port"}),
+       "physical network", {_OUTPORT, _FLAGS, "metadata", "eth_type", "in_port"}),
 ))
 
 
