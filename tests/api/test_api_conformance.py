@@ -259,3 +259,15 @@ def test_service_providers_name_sbnet_for_each_service_it_serves(api: Api) -> No
     assert all(p["name"] == "sbnet" and p["default"] for p in listed)
     only = api.req("GET", "service-providers?service_type=QOS", status=200)["service_providers"]
     assert [p["service_type"] for p in only] == ["QOS"]
+
+
+def test_subnet_pools_follow_neutrons_policy(api: Api) -> None:
+    reader = api.as_({"X-Project-Id": "pool-owner", "X-Roles": "reader"})
+    member = api.as_(project("pool-owner"))
+    pool = member.create("subnetpools", "subnetpool", prefixes=["10.57.0.0/16"])
+    assert pool["id"] in {p["id"] for p in reader.req("GET", "subnetpools", status=200)["subnetpools"]}
+    assert reader.req("POST", "subnetpools", {"subnetpool": {"prefixes": ["10.58.0.0/16"]}}, 403)
+    assert reader.req("PUT", f"subnetpools/{pool['id']}", {"subnetpool": {"name": "x"}}, 403)
+    assert reader.req("DELETE", f"subnetpools/{pool['id']}", status=403)
+    assert member.req("PUT", f"subnetpools/{pool['id']}", {"subnetpool": {"is_default": True}}, 403)
+    member.req("DELETE", f"subnetpools/{pool['id']}", status=204)

@@ -103,3 +103,21 @@ def test_openstack_cli_with_password_authentication(cloud: dict) -> None:
     assert net["id"] in {n["ID"] for n in osc("network list -f json")}
     osc.base[osc.base.index("--os-password") + 1] = "wrong"
     assert "401" in osc.fails("network list") or "authentication" in osc.fails("network list").lower()
+
+
+def test_reader_lists_but_cannot_change(cloud: dict) -> None:
+    url = cloud["url"]
+    member = _token(cloud, "alpha-member", "pw-alpha", "alpha")
+    reader = _token(cloud, "alpha-reader", "pw-reader", "alpha")
+    r = httpx.post(url + "/v2.0/networks", json={"network": {"name": "read-me"}}, timeout=60,
+                   headers={"X-Auth-Token": member})
+    assert r.status_code == 201, r.text
+    net = r.json()["network"]
+    assert net["id"] in {n["id"] for n in _get(cloud, "/v2.0/networks", reader).json()["networks"]}
+    assert _get(cloud, f"/v2.0/networks/{net['id']}", reader).status_code == 200
+    for method, path, body in (("POST", "/v2.0/networks", {"network": {"name": "no"}}),
+                               ("PUT", f"/v2.0/networks/{net['id']}", {"network": {"name": "no"}}),
+                               ("DELETE", f"/v2.0/networks/{net['id']}", None)):
+        r = httpx.request(method, url + path, json=body, timeout=60, headers={"X-Auth-Token": reader})
+        assert r.status_code == 403, (method, path, r.status_code, r.text)
+    assert _get(cloud, f"/v2.0/networks/{net['id']}", member).json()["network"]["name"] == "read-me"

@@ -78,6 +78,11 @@ RULES: tuple[Rule, ...] = (
     _r("subnet", "get", None, _A, _R, SHARED),
     *(_r("subnet", act, attr, _A) for act in ("create", "update")
       for attr in ("segment_id", "service_types")),
+    # subnet pools (subnetpool.py)
+    *(_r("subnetpool", act, None, _A, _M) for act in ("create", "update", "delete")),
+    _r("subnetpool", "get", None, _A, _R, SHARED),
+    *(_r("subnetpool", act, "is_default", _A) for act in ("create", "update")),
+    _r("subnetpool", "create", "shared", _A),
     # ports (port.py)
     _r("port", "create", None, _A, _M),
     _r("port", "create", "device_owner", _A, _S, _N, applies=_network_owner),
