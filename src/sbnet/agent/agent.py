@@ -243,6 +243,7 @@ class HostAgent:
         me = Chassis(self.host, self.tunnel_ip, {p: o for p, o in plugged.items() if p in bound},
                      self.physnets, self.profile, self.service_ofport)
         topo = Topology(snapshot, [me])
+        known = self.compiler.faults
         new = self.compiler.compile(topo)
         if self.slow_path is not None:
             self.slow_path.handler = Responder(topo).answer
@@ -257,7 +258,8 @@ class HostAgent:
         report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete),
                             faults=dict(self.compiler.faults))
         for (typ, ident), why in report.faults.items():
-            log.warning("%s: %s %s left out: %s", self.host, typ, ident, why)
+            if known.get((typ, ident)) != why:           # each fault once, when it appears
+                log.warning("%s: %s %s left out: %s", self.host, typ, ident, why)
         # A trunk's sub-ports are up when their parent's VIF is (they have none of their own).
         up = set(me.ofports) | {sid for sid, (t, _) in topo.subport_of.items()
                                 if t["port_id"] in me.ofports}

@@ -4,6 +4,7 @@ physical network, each running the pipeline the compiler makes for it."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 
 from sbnet.agent.agent import apply_diff, vif_name
@@ -14,6 +15,8 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 from sbnet.offload import nic_tier
+
+log = logging.getLogger("sbnet.agent")
 
 UNDERLAY_OFPORT = 65000
 PHYSNET_BASE = 65100
@@ -160,7 +163,11 @@ class Cluster:
         for h in self.hosts.values():
             if h.compiler is None:
                 h.compiler = Compiler(h.name)
+            known = h.compiler.faults
             new = h.compiler.compile(topo)
+            for (typ, ident), why in h.compiler.faults.items():
+                if known.get((typ, ident)) != why:       # each fault once, when it appears
+                    log.warning("%s: %s %s left out: %s", h.name, typ, ident, why)
             d = h.compiler.last_diff
             apply_diff(h.switch, d)
             h.installed = new

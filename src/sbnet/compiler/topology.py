@@ -187,7 +187,8 @@ class Topology:
 
     def created(self, typ: str, ident: str) -> tuple[str, str]:
         """When a resource was created, as (created_at, id): of two resources that cannot
-        both be compiled, the newer one is left out."""
+        both be compiled, the newer one is left out (created_at has Neutron's one-second
+        resolution; within one second the larger id counts as newer)."""
         for r in self.snapshot.get(typ, ()):
             if r.get("id") == ident:
                 return (r.get("created_at") or "", ident)
