@@ -6,7 +6,6 @@ import numba
 import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
-from sbnet.datapath.conntrack_fast import express as express_numpy
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_L4ST, C_LABEL, C_MARK, C_NAT, C_PROTO, C_TCP, C_TUP,
@@ -17,7 +16,6 @@ _ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
 _NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _S["tp_dst"]
 _CT_STATE, _CT_ZONE = _S["ct_state"], _S["ct_zone"]
 _LAYERS = 4            # rows of one connection conntrack_fast settles without prefix maxima
-_FALLBACK = -1         # express_kernel: let conntrack_fast decide this batch
 # express_kernel's flags argument.
 F_NAT, F_CHECKSUMS, F_LIBERAL = 1, 2, 4
 # express_kernel's per-row work columns.
@@ -157,8 +155,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
     connection with any row off the express path keeps all its rows off it.  tmo: the
     TCP established and UDP bidirectional timeouts.  work[r, W_ELIG] is 1 for the rows
     it handled; stats gets (express rows, invalid among them).  Returns the number of
-    express rows, or _FALLBACK (nothing written) when a TCP connection has more than
-    _LAYERS rows to update."""
+    express rows."""
     m = rows.shape[0]
     width = data.shape[1]
     cap = mem.shape[0] - 1
@@ -246,7 +243,6 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
     # Pass 2: busy connections off, then the checksums of the rows still express, and
     # each TCP connection's count of express rows.
     k = 0
-    k_tcp = 0
     check = flags & F_CHECKSUMS
     for r in range(m):
         if work[r, W_ELIG]:
@@ -261,16 +257,15 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             else:
                 count[ci] = 0
                 k += 1
-                k_tcp += work[r, W_CAND] == _TCP_ROW
     if k == 0:
         return 0
-    if k_tcp > _LAYERS:
-        for r in range(m):
-            if work[r, W_ELIG] and work[r, W_CAND] == _TCP_ROW:
-                ci = work[r, W_CONN]
-                count[ci] += 1
-                if count[ci] > _LAYERS:
-                    return _FALLBACK
+    # Each TCP row's place among its connection's express rows (W_FOUND, from 1), and
+    # their number (count).
+    for r in range(m):
+        if work[r, W_ELIG] and work[r, W_CAND] == _TCP_ROW:
+            ci = work[r, W_CONN]
+            count[ci] += 1
+            work[r, W_FOUND] = count[ci]
     # Pass 3: the updates, in batch order, and the metadata.
     nbad = 0
     liberal = flags & F_LIBERAL
@@ -281,6 +276,15 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         ci = work[r, W_CONN]
         di = work[r, W_DIR]
         if work[r, W_CAND] == _TCP_ROW:
+            # conntrack_fast settles a connection's rows past the _LAYERS-th in prefix-
+            # maxima rounds, each up to its next invalid row; with several such rows,
+            # the rows after the _LAYERS-th of their invalid ones are left to the batch
+            # path.  mark (zero for express connections) counts those invalid rows.
+            beyond = work[r, W_FOUND] > _LAYERS and count[ci] > _LAYERS + 1
+            if beyond and mark[ci] >= _LAYERS:
+                work[r, W_ELIG] = 0
+                k -= 1
+                continue
             w3 = np.int64(_be(data, g, u4 + 12, 4))
             tot = np.int64(_be(data, g, u3 + 2, 2))
             ok = _established_one(memi, ci, C_TCP + 5 * di, C_TCP + 5 - 5 * di,
@@ -291,6 +295,8 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
                 memf[ci, C_EXP] = now + tmo[0]
             else:
                 nbad += 1
+                if beyond:
+                    mark[ci] += 1
         else:
             ok = True
             memf[ci, C_EXP] = now + tmo[1]
@@ -317,9 +323,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
 
 def express(ct, b: CtBatch) -> np.ndarray:
     """conntrack_fast.express compiled, UDP/IPv4 of two-way connections included (same
-    contract: the positions in b.rows of the rows left over); batches with a TCP
-    connection of more than _LAYERS segments to update go to conntrack_fast.express,
-    whose prefix-maxima passes decide which of them stay express."""
+    contract: the positions in b.rows of the rows left over)."""
     tab = ct.table
     m = b.rows.size
     if tab.overflow:
@@ -338,8 +342,6 @@ def express(ct, b: CtBatch) -> np.ndarray:
                        mem.view(np.int64), mem.view(np.float64), float(b.now), fl,
                        ct.tmo[[T.TM_TCP_EST, TM_OTHER_BIDIR]], work, tab.scratch(np.int8),
                        tab.scratch(np.int64), stats)
-    if k == _FALLBACK:
-        return express_numpy(ct, b)
     if k == 0:
         return np.arange(m)
     s = ct.stats
