@@ -186,7 +186,19 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             if work[r, W_CAND] == _TCP_ROW:
                 work[r, W_CAND] = 0
     # Pass 1: lookup and eligibility; connections with a row off the express path marked
-    # (mark and count are scratch arrays indexed by slot).
+    # (mark and count are scratch arrays indexed by slot).  Hashes, index probes and
+    # table rows in separate loops, so the random loads of many rows overlap.
+    for r in range(m):
+        kind = work[r, W_CAND]
+        if kind:
+            g = rows[r]
+            meta = zones[r] | np.uint64((IP_TCP if kind == _TCP_ROW else IP_UDP) << 16)
+            work[r, W_DIR] = np.int64(_tuple_hash(meta, keys[_NW_SRC, g], keys[_NW_DST, g],
+                                                  (keys[_TP_SRC, g] << np.uint64(32))
+                                                  | keys[_TP_DST, g]))
+    for r in range(m):
+        if work[r, W_CAND]:
+            work[r, W_CONN] = _get(kv, np.uint64(work[r, W_DIR]))
     for r in range(m):
         kind = work[r, W_CAND]
         if not kind:
@@ -202,11 +214,9 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             fl = (_be(data, g, u4 + 12, 4) >> np.uint64(16)) \
                 & np.uint64(T.SYN | T.FIN | T.RST | T.ACK)
             ok_pkt = geo and fl == T.ACK and not natted
-            meta = zc | np.uint64(IP_TCP << 16)
         else:
             ok_pkt = not natted
-            meta = zc | np.uint64(IP_UDP << 16)
-        v = _get(kv, _tuple_hash(meta, src, dst, (sp << np.uint64(32)) | dp))
+        v = work[r, W_CONN]
         ci = v >> 1 if v >= 0 else cap
         di = v & 1 if v >= 0 else 0
         t = C_TUP + 6 * di
