@@ -8,7 +8,7 @@ import numpy as np
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.parse import Parsed, parse
 from sbnet.flows.fields import (ETH_ARP, ETH_IP, ETH_IPV6, ETH_QINQ, ETH_RARP, ETH_VLAN, IP_ICMP,
-                                IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP, N_SLOTS, SLOT_INDEX, VLAN_CFI)
+                                IP_ICMPV6, IP_IGMP, IP_SCTP, IP_TCP, IP_UDP, N_SLOTS, SLOT_INDEX, VLAN_CFI)
 
 _S = SLOT_INDEX
 IN_PORT, ETH_SRC, ETH_DST, ETH_TYPE = _S["in_port"], _S["eth_src"], _S["eth_dst"], _S["eth_type"]
@@ -20,7 +20,6 @@ V6_SRC_HI, V6_SRC_LO, V6_DST_HI, V6_DST_LO, V6_LABEL = (
     _S["ipv6_src_hi"], _S["ipv6_src_lo"], _S["ipv6_dst_hi"], _S["ipv6_dst_lo"], _S["ipv6_label"])
 TP_SRC, TP_DST, TCP_FLAGS = _S["tp_src"], _S["tp_dst"], _S["tcp_flags"]
 ARP_SHA, ARP_THA = _S["arp_sha"], _S["arp_tha"]
-_IP_IGMP = 2
 _ND_SOLICIT, _ND_ADVERT = 135, 136
 
 
@@ -175,7 +174,7 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
                 continue
             keys[TP_SRC, i] = _be(d, i, l4pos, 2)
             keys[TP_DST, i] = _be(d, i, l4pos + 2, 2)
-        elif (not v6 and (proto == IP_ICMP or proto == _IP_IGMP)) or (v6 and proto == IP_ICMPV6):
+        elif (not v6 and (proto == IP_ICMP or proto == IP_IGMP)) or (v6 and proto == IP_ICMPV6):
             if rem < 8:
                 slow[i] = True
                 n_slow += 1
