@@ -82,6 +82,21 @@ def test_encap_takes_the_common_case():
         assert fast.counters == ref.counters == {"encap_packets": 32}
 
 
+def test_a_new_underlay_is_not_taken_for_an_old_one():
+    """Routes and MTUs are those of the underlay passed, even when an earlier one with the
+    same number of changes is gone (and its id() reused)."""
+    r = random.Random(5)
+    port = T.TunnelPort(5, "vxlan", remote_ip=B4, key=1)
+    batch = Batch.from_packets(_frames(r, 4), 3)
+    for mtu in (1500, 60, 1500, 60):
+        u = underlay("a", mtu)
+        fast = F.encap(batch, np.arange(4), port, {}, u)
+        ref = T.encap(batch, np.arange(4), port, {}, u)
+        _same_batch(fast.batch, ref.batch)
+        assert fast.counters == ref.counters
+        del u
+
+
 def _wire(r: random.Random, n: int) -> tuple[Batch, list[T.TunnelPort], bool]:
     """Underlay frames received by host b: tunnel packets of several kinds from a, some
     corrupted, and plain frames; with host b's tunnel ports.  Also whether every packet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 
 import numba
@@ -330,23 +331,30 @@ class _Route:
     __slots__ = ("ok", "port", "dst_mac", "src_mac", "src", "mtu")
 
 
-_routes: dict[tuple, _Route] = {}
-_templates: dict[tuple, np.ndarray] = {}
+# Per underlay (weakly: an id() can be reused by a later object), its resolved routes,
+# header templates and decap plans, keyed by its generation among others.
+_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache(underlay: Underlay) -> dict:
+    c = _caches.get(underlay)
+    if c is None or c.get("generation") != underlay.generation or len(c) > 4096:
+        c = _caches[underlay] = {"generation": underlay.generation}
+    return c
 
 
 def _route(underlay: Underlay, dst: int) -> _Route:
     """The underlay's route to an IPv4 destination, resolved once per configuration."""
-    k = (id(underlay), underlay.generation, dst)
-    r = _routes.get(k)
+    cache = _cache(underlay)
+    k = ("route", dst)
+    r = cache.get(k)
     if r is None:
-        if len(_routes) > 4096:
-            _routes.clear()
         res = underlay.resolve(4, np.zeros(1, np.uint64), np.full(1, dst, np.uint64))
         r = _Route()
         r.ok = bool(res.ok[0])
         r.port, r.dst_mac, r.src_mac = int(res.ofport[0]), int(res.dst_mac[0]), int(res.src_mac[0])
         r.src, r.mtu = int(res.src_lo[0]), int(res.mtu[0])
-        _routes[k] = r
+        cache[k] = r
     return r
 
 
@@ -401,12 +409,11 @@ def _encap_fast(batch, rows, port, tun, underlay, n) -> T.EncapResult | None:
     key &= (1 << port.key_bits) - 1
     csum = port.checksum(4)
     kind = T.KINDS.index(port.kind)
-    tk = (port, id(underlay), underlay.generation, dst, src, key)
-    tmpl = _templates.get(tk)
+    cache = _cache(underlay)
+    tk = ("template", port, dst, src, key)
+    tmpl = cache.get(tk)
     if tmpl is None:
-        if len(_templates) > 4096:
-            _templates.clear()
-        tmpl = _templates[tk] = _template(port, kind, r, src, dst, key, csum)
+        tmpl = cache[tk] = _template(port, kind, r, src, dst, key, csum)
     hlen = tmpl.size
     length = batch.length.astype(np.int32, copy=False)
     width = int(length.max())
@@ -458,16 +465,12 @@ def _template(port: T.TunnelPort, kind: int, r: _Route, src: int, dst: int, key:
 # --- decap ----------------------------------------------------------------------------------
 
 
-_plans: dict[tuple, tuple] = {}
-
-
 def _plan(ports: tuple, underlay: Underlay):
     """The kernel's view of the tunnel ports and local addresses, per configuration."""
-    k = (ports, id(underlay), underlay.generation)
-    p = _plans.get(k)
+    cache = _cache(underlay)
+    k = ("plan", ports)
+    p = cache.get(k)
     if p is None:
-        if len(_plans) > 256:
-            _plans.clear()
         order = sorted(ports, key=T.match_order)
         udp: dict[int, int] = {}
         for tp in order:
@@ -484,7 +487,7 @@ def _plan(ports: tuple, underlay: Underlay):
         local4 = np.array(sorted(v for f, v in underlay.local if f == 4), np.uint64)
         local6 = np.array([(v >> 64, v & 0xFFFFFFFFFFFFFFFF)
                            for f, v in sorted(underlay.local) if f == 6], np.uint64).reshape(-1, 2)
-        p = _plans[k] = (local4, local6, np.array(list(udp), np.int64),
+        p = cache[k] = (local4, local6, np.array(list(udp), np.int64),
                          np.array(list(udp.values()), np.int64),
                          np.array(rows, np.int64).reshape(-1, 8))
     return p
