@@ -7,7 +7,6 @@ import signal
 
 import typer
 
-from sbnet.agent.slowpath import ServicePort
 from sbnet.compiler.topology import SERVICE_OFPORT, TUNNEL_OFPORTS
 
 
@@ -64,6 +63,7 @@ def _ovs(rundir: str, bridge: str, tunnel_ip: str, datapath_type: str = "netdev"
             dp.add_tunnel_port(f"{kind}0", kind, ofport)
     netns = _daemon_netns(f"{rundir}/ovs-vswitchd.pid")
     check_ovs_tunnel_ip(ovs, netns, dp, tunnel_ip)
+    from sbnet.agent.slowpath import ServicePort
     svc = ServicePort(netns)
     name = svc.create()
     if name not in have:
@@ -203,6 +203,7 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
     for kind, ofport in TUNNEL_OFPORTS.items():
         if f"{kind}0" not in have:
             dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"{kind}0")
+    from sbnet.agent.slowpath import ServicePort
     svc = ServicePort(netns)
     name = svc.create()
     if name not in have:
@@ -244,6 +245,7 @@ def _ebpf(tunnel_ip: str, agent_ref: list):
     dp.underlay("add_neighbour", gateway, "02:00:00:00:00:02")
     for kind, ofport in TUNNEL_OFPORTS.items():
         dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"sb{kind}0")
+    from sbnet.agent.slowpath import ServicePort
     svc = ServicePort()
     dp.attach(SERVICE_OFPORT, svc.create())
     return dp, _tap_attacher(dp, agent_ref), svc
