@@ -67,7 +67,6 @@ class UserspaceDpif:
         self._actions: list[tuple] = []
         self._action_ids: dict[tuple, int] = {}
         self._special: list[bool] = []      # per action list: has ct() or tunnel output
-        self._outputs: list[tuple | None] = []   # per action list: its ports, if only outputs
         self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
         self.drops: dict[str, int] = {}
         self.upcalls = 0
@@ -94,9 +93,6 @@ class UserspaceDpif:
             aid = self._action_ids[acts] = len(self._actions)
             self._actions.append(acts)
             self._special.append(any(_is_special(a) for a in acts))
-            # Plain outputs (the commonest action list) skip the executor: one copy, delivered.
-            outs = [a.port for a in acts if type(a) is odp.Output]
-            self._outputs.append(tuple(outs) if acts and len(outs) == len(acts) else None)
         mf = self.cache.add(wc, key, actions, aid, rules, reason, modified, now)
         if self.smc is not None:
             self.smc.add(mf.mf_id, mf.slots, mf.mask, mf.value)
@@ -120,9 +116,6 @@ class UserspaceDpif:
         """Every datapath flow, counters folded in from the offload tier first."""
         self.fold_nic()
         return list(self.cache.flows.values())
-
-    def flow_get(self, mf_id: int) -> Megaflow | None:
-        return self.cache.flows.get(mf_id)
 
     def flow_counts(self, mf_ids) -> FlowCounts:
         """Packets and bytes summed, and the last use, over some datapath flows."""
@@ -322,9 +315,6 @@ class UserspaceDpif:
                 continue
             if self._special[aid]:
                 self._run_special(batch, sel, parsed, acts, now, depth, out)
-            elif self._outputs[aid] is not None:
-                work = batch.take(sel)
-                self._deliver([(p, work) for p in self._outputs[aid]], out)
             else:
                 self._deliver(execute(batch, sel, parsed.l3, parsed.l4, acts), out)
 
