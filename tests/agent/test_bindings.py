@@ -96,3 +96,21 @@ def test_the_openstack_cli_lists_the_agents(tmp_path):
             "compute1", "Open vSwitch agent", True, True, "sbnet-agent")
     finally:
         stop_server(proc)
+
+
+def test_agents_are_the_operators_a_member_lists_none_and_pages_work():
+    api = LocalApi()
+    for n in range(3):
+        api.request("PUT", f"sbnet/hosts/c{n}", {"host": {"tunnel_ip": f"192.0.2.{n + 1}"}})
+    # As Neutron's policy: a member's list is empty (200), a member's show is 404.
+    assert api.request("GET", "agents", project="p1", admin=False) == {"agents": []}
+    some = api.request("GET", "agents")["agents"][0]["id"]
+    r = api.client.get(f"/v2.0/agents/{some}", headers={"X-Project-Id": "p1", "X-Roles": "member"})
+    assert r.status_code == 404 and r.json()["NeutronError"]["type"] == "AgentNotFound"
+    # Filters, sorting and pages with links, as on every list.
+    page = api.request("GET", "agents?sort_key=host&sort_dir=desc&limit=2")
+    assert [a["host"] for a in page["agents"]] == ["c2", "c1"]
+    assert [link["rel"] for link in page["agents_links"]] == ["next"]
+    nxt = page["agents_links"][0]["href"].split("/v2.0/")[1]
+    assert [a["host"] for a in api.request("GET", nxt)["agents"]] == ["c0"]
+    assert [a["host"] for a in api.request("GET", "agents?host=c1")["agents"]] == ["c1"]
