@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from sbnet.api import policy
+from sbnet.api.sharing import Sight
 from sbnet.model import attrs as a
 from sbnet.model.errors import BadRequest, Forbidden, NotFound, PreconditionFailed, not_found
 from sbnet.model.resources import BY_NAME, ResourceSpec
@@ -52,12 +53,8 @@ class Hooks:
 
 # --- visibility, the one place that decides what a project may see and change ---
 
-def visible(ctx: "Context", spec: ResourceSpec, body: dict) -> bool:
-    if ctx.is_admin or body.get("project_id") == ctx.project_id:
-        return True
-    if spec.shared_attr and body.get(spec.shared_attr):
-        return True
-    return spec.name == "network" and bool(body.get("router:external"))
+def visible(ctx: "Context", spec: ResourceSpec, body: dict, tx: Tx) -> bool:
+    return Sight(tx, ctx).sees(spec, body)
 
 
 def owned(ctx: "Context", body: dict) -> bool:
@@ -67,20 +64,22 @@ def owned(ctx: "Context", body: dict) -> bool:
 def fetch(tx: Tx, ctx: "Context", spec: ResourceSpec, ident: Any, write: bool = False) -> dict:
     """A resource the caller may see (and, for writes, change); invisible ones are NotFound."""
     body = tx.get(spec.name, ident) if isinstance(ident, str) else None
-    if body is None or not visible(ctx, spec, body):
+    if body is None or not visible(ctx, spec, body, tx):
         raise not_found(spec.not_found_type, spec.label, str(ident))
     if write and not (owned(ctx, body) and ctx.is_member):
         raise Forbidden(f"rule:update_{spec.name} is disallowed by policy")
     return body
 
 
-def target(tx: Tx, spec: ResourceSpec, body: dict) -> policy.Target:
-    """What the policy needs about a resource: its project, its network's owner."""
+def target(tx: Tx, ctx: "Context", spec: ResourceSpec, body: dict) -> policy.Target:
+    """What the policy needs about a resource: its project, its network's owner, and whether
+    that network is shared with the caller (by `shared` or an RBAC entry)."""
     net = tx.get("network", body["network_id"]) \
         if isinstance(body.get("network_id"), str) and spec.name != "network" else None
     if net is None:
         return policy.Target(body.get("project_id"))
-    return policy.Target(body.get("project_id"), net.get("project_id"), bool(net.get("shared")))
+    return policy.Target(body.get("project_id"), net.get("project_id"),
+                         Sight(tx, ctx).shared("network", net))
 
 
 def view(ctx: "Context", spec: ResourceSpec, body: dict, fields: list[str] | None = None) -> dict:
@@ -317,7 +316,8 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
         with api.store.read() as tx:
             parent_id = parent_guard(tx, ctx, request, False)
             items = tx.list(spec.name, parent_id=parent_id)
-        items = [i for i in items if spec.parent or visible(ctx, spec, i)]
+            sight = Sight(tx, ctx)
+            items = [sight.shown(spec.name, i) for i in items if spec.parent or sight.sees(spec, i)]
         params = list(request.query_params.multi_items())
         page, links = query(spec, items, params, str(request.url).split("?")[0],
                             policy.hidden(ctx, spec.name, policy.Target(None)))
@@ -330,7 +330,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
     def do_show(ctx: "Context", request: Request) -> dict:
         with api.store.read() as tx:
             parent_id = parent_guard(tx, ctx, request, False)
-            body = _member(tx, ctx, request, parent_id, False)
+            body = Sight(tx, ctx).shown(spec.name, _member(tx, ctx, request, parent_id, False))
         return {spec.name: view(ctx, spec, body, request.query_params.getlist("fields"))}
 
     def _member(tx: Tx, ctx: "Context", request: Request, parent_id: str | None, write: bool) -> dict:
@@ -352,7 +352,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
             created = []
             for item, body in zip(raw, bodies):
                 set_project(ctx, spec, body)
-                tgt = target(tx, spec, body)
+                tgt = target(tx, ctx, spec, body)
                 if parent_id:
                     tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"])
                 # As Neutron: an attribute given with its default value is not "set".
@@ -374,7 +374,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
             parent_id = parent_guard(tx, ctx, request, True)
             old = _member(tx, ctx, request, parent_id, True)
             tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"]) if parent_id \
-                else target(tx, spec, old)
+                else target(tx, ctx, spec, old)
             policy.enforce(ctx, spec.name, "update", tgt, changes)
             check_if_match(request.headers, old)
             body = hooks.update(tx, ctx, old, changes)
@@ -385,7 +385,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
             parent_id = parent_guard(tx, ctx, request, True)
             old = _member(tx, ctx, request, parent_id, True)
             tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"]) if parent_id \
-                else target(tx, spec, old)
+                else target(tx, ctx, spec, old)
             policy.enforce(ctx, spec.name, "delete", tgt)
             check_if_match(request.headers, old)
             hooks.delete(tx, ctx, old)

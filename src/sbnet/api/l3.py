@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch, owned, read_json, view
+from sbnet.api.sharing import Sight
 from sbnet.model import attrs as a
 from sbnet.model import ipam
 from sbnet.model.errors import BadRequest, Conflict, NotFound, not_found
@@ -50,7 +51,7 @@ def _ext_network(tx: Tx, ctx: Context, net_id: Any, bad: Any) -> dict:
     except a.Invalid as exc:
         raise bad(str(exc)) from None
     net = fetch(tx, ctx, NETWORK, net_id)
-    if not net["router:external"]:
+    if not Sight(tx, ctx).external(net):
         raise bad(f"Network {net_id} is not a valid external network")
     return net
 

@@ -61,6 +61,7 @@ _MEMBERS = {
     "floatingips": "floatingip", "qos/policies": "policy", "policies": "policy",
     "sfc/port_pairs": "port_pair", "sfc/port_pair_groups": "port_pair_group",
     "sfc/flow_classifiers": "flow_classifier", "sfc/port_chains": "port_chain",
+    "rbac-policies": "rbac_policy", "address-scopes": "address_scope",
 }
 
 

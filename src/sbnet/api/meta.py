@@ -38,6 +38,7 @@ EXTENSIONS = (
     ("qos-bw-minimum-ingress", "Ingress direction for QoS minimum bandwidth rule", "Allow to configure QoS minumum bandwidth rule with ingress direction."),
     ("qos-default", "QoS default policy", "Expose the QoS default policy per project"),
     ("qos-rule-type-details", "Details of QoS rule types", "Expose details about QoS rule types supported by loaded backend drivers"),
+    ("rbac-policies", "RBAC Policies", "Allows creation and modification of policies that control tenant access to resources."),
     ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
     ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),
     ("security-group", "security-group", "The security groups extension."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from sbnet.api import rbac
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch, owned
 from sbnet.api.subnetpools import allocate_from_pool
@@ -53,7 +54,9 @@ class NetworkHooks(Hooks):
                 "project_id"]) if p["is_default"]), None)
         body.update(status="ACTIVE", subnets=[], availability_zones=[], ipv4_address_scope=None,
                     ipv6_address_scope=None, l2_adjacency=True)
-        return super().create(tx, ctx, body)
+        created = super().create(tx, ctx, body)
+        rbac.on_create(tx, "network", created)
+        return created
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
         if changes.get("mtu") is not None:
@@ -62,6 +65,7 @@ class NetworkHooks(Hooks):
                 raise InvalidInput(error_message=f"Requested MTU is too big, maximum is {limit}")
         if changes.get("qos_policy_id"):
             fetch(tx, ctx, QOS_POLICY, changes["qos_policy_id"])
+        rbac.on_update(tx, "network", old, changes)
         return super().update(tx, ctx, old, changes)
 
     def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
@@ -81,6 +85,7 @@ class NetworkHooks(Hooks):
         for sub in tx.list("subnet", parent_id=obj["id"]):
             tx.delete("subnet", sub)
         tx.release_segments(obj["id"])
+        rbac.on_delete(tx, obj["id"])
         super().delete(tx, ctx, obj)
 
 

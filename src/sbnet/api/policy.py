@@ -34,6 +34,10 @@ def _any_entry_has(key: str) -> Callable[[Any], bool]:
                                                  for e in v)
 
 
+def _wildcard(value: Any) -> bool:
+    return value == "*"
+
+
 def _has_key(key: str) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, dict) and key in v
 
@@ -140,6 +144,11 @@ RULES: tuple[Rule, ...] = (
     # trunks (trunk.py)
     *(_r("trunk", act, None, _A, _M) for act in ("create", "update", "delete")),
     _r("trunk", "get", None, _A, _R),
+    # RBAC policies (rbac.py): the owner of an object shares it; sharing with everyone ("*")
+    # is the operator's (rule:restrict_wildcard)
+    *(_r("rbac_policy", act, None, _A, _M) for act in ("create", "update", "delete")),
+    _r("rbac_policy", "get", None, _A, _R),
+    *(_r("rbac_policy", act, "target_tenant", _A, applies=_wildcard) for act in ("create", "update")),
     # service function chains (networking-sfc: admin or owner)
     *(_r(res, act, None, _A, _M) for act in ("create", "update", "delete")
       for res in ("port_pair", "port_pair_group", "flow_classifier", "port_chain")),

@@ -6,6 +6,7 @@ import ipaddress
 
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch, owned
+from sbnet.api.sharing import Sight
 from sbnet.api.hosts import Heartbeats, bind_normal
 from sbnet.api.networks import is_slaac
 from sbnet.api.security import ensure_default_group
@@ -191,7 +192,7 @@ class PortHooks(Hooks):
 
     def create(self, tx: Tx, ctx: Context, body: dict) -> dict:
         net = fetch(tx, ctx, NETWORK, body["network_id"])
-        if not owned(ctx, net) and not net["shared"]:
+        if not owned(ctx, net) and not Sight(tx, ctx).shared("network", net):
             raise Forbidden("rule:create_port is disallowed by policy")
         check_device(tx, ctx, body)
         mac = body.get("mac_address")

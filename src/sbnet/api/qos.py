@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sbnet.api import rbac
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks
 from sbnet.model.errors import Conflict, Forbidden
@@ -40,10 +41,13 @@ class PolicyHooks(Hooks):
     def create(self, tx: Tx, ctx: Context, body: dict) -> dict:
         self._check(tx, ctx, body, body)
         body["rules"] = []
-        return super().create(tx, ctx, body)
+        created = super().create(tx, ctx, body)
+        rbac.on_create(tx, "policy", created)
+        return created
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
         self._check(tx, ctx, old, changes)
+        rbac.on_update(tx, "policy", old, changes)
         return super().update(tx, ctx, old, changes)
 
     def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
@@ -55,6 +59,7 @@ class PolicyHooks(Hooks):
         for spec in QOS_RULES:
             for rule in tx.list(spec.name, parent_id=obj["id"]):
                 tx.delete(spec.name, rule)
+        rbac.on_delete(tx, obj["id"])
         tx.delete("policy", obj)
 
 

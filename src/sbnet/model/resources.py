@@ -249,8 +249,20 @@ PORT_CHAIN = ResourceSpec("port_chain", "port_chains", "sfc/port_chains", "Port 
     Attr("chain_id", a.to_int(0, 2**24 - 1), default=0, put=False),
 ), **_SFC_STD)
 
+RBAC_POLICY = ResourceSpec("rbac_policy", "rbac_policies", "rbac-policies", "RBAC policy", {
+    x.name: x for x in (
+        Attr("id", post=False, put=False),
+        Attr("project_id", a.to_str(255), put=False),
+        Attr("tenant_id", a.to_str(255), put=False),
+        Attr("object_type", a.to_choice("network", "qos_policy"), default=REQUIRED, put=False),
+        Attr("object_id", a.to_uuid, default=REQUIRED, put=False),
+        Attr("action", a.to_choice("access_as_shared", "access_as_external"), default=REQUIRED,
+             put=False),
+        Attr("target_tenant", a.to_str(255), default=REQUIRED),
+    )}, tags=False, not_found="RbacPolicyNotFound")
+
 ALL = (NETWORK, SUBNET, SUBNETPOOL, PORT, SECURITY_GROUP, SECURITY_GROUP_RULE, ROUTER, FLOATING_IP,
        QOS_POLICY, QOS_BANDWIDTH_LIMIT_RULE, QOS_DSCP_MARKING_RULE, QOS_MINIMUM_BANDWIDTH_RULE,
-       TRUNK, PORT_PAIR, PORT_PAIR_GROUP, FLOW_CLASSIFIER, PORT_CHAIN)
+       TRUNK, PORT_PAIR, PORT_PAIR_GROUP, FLOW_CLASSIFIER, PORT_CHAIN, RBAC_POLICY)
 BY_NAME = {s.name: s for s in ALL}
 QOS_RULES = (QOS_BANDWIDTH_LIMIT_RULE, QOS_DSCP_MARKING_RULE, QOS_MINIMUM_BANDWIDTH_RULE)
