@@ -11,10 +11,10 @@ def _net(api: Api, **kw: object) -> dict:
     return api.create("networks", "network", **kw)
 
 
-def _port(api: Api) -> dict:
+def _port(api: Api, **attrs) -> dict:
     net = _net(api)
     api.create("subnets", "subnet", network_id=net["id"], cidr="10.77.0.0/24")
-    return api.create("ports", "port", network_id=net["id"])
+    return api.create("ports", "port", network_id=net["id"], **attrs)
 
 
 def _gateway(api: Api) -> dict:
@@ -57,6 +57,9 @@ PROBES: dict[str, Callable[[Api], bool]] = {
     "default-subnetpools": lambda api: api.create("subnetpools", "subnetpool", prefixes=[
         "10.78.0.0/16"], is_default=True)["is_default"] is True,
     "external-net": lambda api: _net(api, **{"router:external": True})["router:external"],
+    "binding-extended": lambda api: [b["status"] for b in api.req(
+        "GET", f"ports/{_port(api, device_owner='compute:nova')['id']}/bindings",
+        status=200)["bindings"]] == ["ACTIVE"],
     "ext-gw-mode": lambda api: _gateway(api)["external_gateway_info"]["enable_snat"] is False,
     "extraroute": lambda api: api.create("routers", "router")["routes"] == [],
     "extraroute-atomic": _extraroute_atomic,

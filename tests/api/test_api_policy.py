@@ -166,6 +166,6 @@ def test_table_names_only_known_principals_and_resources():
     from sbnet.model.resources import BY_NAME
     for rule in policy.RULES:
         assert set(rule.allow) <= set(policy.PRINCIPALS), rule
-        assert rule.resource in BY_NAME, rule
+        assert rule.resource in BY_NAME or rule.resource in policy.SUB_RESOURCES, rule
         if rule.attr:
             assert _head(rule.resource, rule.attr) in BY_NAME[rule.resource].attrs, rule

@@ -133,3 +133,44 @@ def test_service_chaining(conn: openstack.connection.Connection, lan: tuple) -> 
     conn.network.delete_sfc_port_pair(pair)
     for p in (p_in, p_out, src):
         conn.network.delete_port(p)
+
+
+def test_port_bindings_as_nova_drives_them(server: str, lan: tuple) -> None:
+    """binding-extended through openstacksdk with Nova's service role: an inactive binding
+    on the destination, activation, the source's binding deleted; the errors as the sdk's.
+    Nova's user has the admin and service roles, as deployments give it."""
+    import httpx
+    for h in ("sdk-src", "sdk-dst"):
+        httpx.put(f"{server}/v2.0/sbnet/hosts/{h}", json={"host": {
+            "tunnel_ip": "192.0.2.9", "datapath": "reference"}}).raise_for_status()
+    nova = openstack.connection.Connection(
+        session=session.Session(auth=noauth.NoAuth(),
+                                additional_headers={"X-Project-Id": "service",
+                                                    "X-Roles": "admin,service"}),
+        network_endpoint_override=server)
+    admin = openstack.connection.Connection(session=session.Session(auth=noauth.NoAuth()),
+                                            network_endpoint_override=server)
+    try:
+        net, _ = lan
+        port = admin.network.create_port(network_id=net.id, device_owner="compute:nova",
+                                         binding_host_id="sdk-src")
+        b = nova.network.create_port_binding(port, host="sdk-dst")
+        assert (b.host, b.status, b.vif_type) == ("sdk-dst", "INACTIVE", "tap")
+        assert sorted((x.host, x.status) for x in nova.network.port_bindings(port)) == [
+            ("sdk-dst", "INACTIVE"), ("sdk-src", "ACTIVE")]
+        with pytest.raises(exc.ConflictException):
+            nova.network.create_port_binding(port, host="sdk-dst")
+        with pytest.raises(exc.ForbiddenException):
+            admin.network.create_port_binding(port, host="sdk-other")
+        act = nova.network.activate_port_binding(port, host="sdk-dst")
+        assert (act.host, act.status) == ("sdk-dst", "ACTIVE")
+        assert admin.network.get_port(port.id).binding_host_id == "sdk-dst"
+        with pytest.raises(exc.NotFoundException):
+            nova.network.delete_port_binding(port, "nowhere", ignore_missing=False)
+        nova.network.delete_port_binding(port, "sdk-src")
+        assert [(x.host, x.status) for x in nova.network.port_bindings(port)] == [
+            ("sdk-dst", "ACTIVE")]
+        admin.network.delete_port(port)
+    finally:
+        nova.close()
+        admin.close()

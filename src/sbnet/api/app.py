@@ -24,7 +24,7 @@ log = logging.getLogger("sbnet.api")
 
 # One module per resource family; each has HOOKS (Hooks classes) and may have extra_routes().
 FAMILIES = ("networks", "subnetpools", "ports", "security", "l3", "qos", "rbac", "trunks", "sfc",
-            "meta", "hosts", "offload", "southbound", "lbaas")
+            "meta", "hosts", "offload", "southbound", "lbaas", "bindings")
 
 HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",

@@ -18,6 +18,8 @@ SHARED = "shared"          # the network is shared (rule:shared)
 ANY = "any"
 
 PRINCIPALS = (ADMIN, SERVICE, MEMBER, READER, NET_OWNER, SHARED, ANY)
+# Resources with rules here but no declared ResourceSpec (their module validates them).
+SUB_RESOURCES = ("port_binding",)
 
 
 def _always(_value: Any) -> bool:
@@ -116,6 +118,10 @@ RULES: tuple[Rule, ...] = (
     _r("port", "update", "binding:vnic_type", _A, _M, _S),
     _r("port", "update", "allowed_address_pairs", _A, _N),
     _r("port", "delete", None, _A, _S, _M, _N),
+    # port bindings (port_bindings.py): reading is the operator's or a service's; creating,
+    # updating, activating and deleting are Nova's (the service role) alone
+    _r("port_binding", "get", None, _A, _S),
+    *(_r("port_binding", act, None, _S) for act in ("create", "update", "activate", "delete")),
     # security groups (security_group.py)
     *(_r("security_group", act, None, _A, _M) for act in ("create", "update", "delete")),
     _r("security_group", "get", None, _A, _R),

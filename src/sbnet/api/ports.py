@@ -288,6 +288,10 @@ class PortHooks(Hooks):
             if fip["port_id"] == obj["id"]:
                 fip.update(port_id=None, fixed_ip_address=None, router_id=None, status="DOWN")
                 tx.update("floatingip", fip)
+        from sbnet.api.bindings import BINDING_TYPE, HANDOVER_TYPE
+        for typ in (BINDING_TYPE, HANDOVER_TYPE):
+            for child in tx.list(typ, parent_id=obj["id"]):
+                tx.delete(typ, child)
         self.release(tx, obj)
         tx.delete("port", obj)
 
