@@ -107,9 +107,11 @@ def bind_normal(heartbeats: Heartbeats | None, host: str,
 
 
 def rebind(tx, heartbeats: Heartbeats, host: str) -> None:
-    """A host whose agent is (back) up: its normal ports that failed to bind bind now."""
+    """A host whose agent is (back) up: its normal (and SmartNIC-backed: the NIC's agent
+    binds them) ports that failed to bind bind now."""
     for p in tx.list("port"):
-        if (p.get("binding:host_id") == host and p.get("binding:vnic_type") == "normal"
+        if (p.get("binding:host_id") == host
+                and p.get("binding:vnic_type") in ("normal", "smart-nic", "baremetal")
                 and p.get("binding:vif_type") == "binding_failed"):
             p["binding:vif_type"], p["binding:vif_details"] = bind_normal(heartbeats, host)
             tx.update("port", p)

@@ -121,20 +121,13 @@ def check_ovs_tunnel_ip(ovs, netns: str | None, dp, tunnel_ip: str) -> str:
     return dev
 
 
-def _links(netns: str | None) -> set[str]:
-    import socket
-
-    from sbnet.agent.slowpath import in_netns
-    with in_netns(netns):                 # if_nameindex asks the thread's namespace
-        return {name for _, name in socket.if_nameindex()}
-
-
 def check_reference_underlay(netns: str | None, underlay: str, tunnel_ip: str,
                              prefix: str) -> None:
     """HostRefused when the underlay interface is missing or --tunnel-ip is not on the
     underlay subnet (the reference switch owns that address and ARPs for its peers)."""
     import ipaddress
-    if underlay not in _links(netns):
+    from sbnet.agent.vifs import links
+    if underlay not in links(netns):
         raise HostRefused(f"--underlay {underlay}: no such interface"
                           + (f" in network namespace {netns}" if netns else ""))
     try:
@@ -151,34 +144,6 @@ def _link_mac(netns: str | None, dev: str) -> str:
 
     from sbnet.agent.slowpath import _ip
     return json.loads(_ip(netns, "-j", "link", "show", dev).stdout)[0]["address"]
-
-
-def _tap_attacher(dp, agent_ref: list, netns: str | None = None,
-                  adopt: dict[str, int] | None = None, after=None):
-    """vifs() for the agent: tap interfaces named for its bound ports (in `netns`), attached
-    to `dp` as they appear and detached when they go; `adopt`: taps the datapath already
-    has (name -> ofport, after a restart), taken as they are; `after(agent)` runs on each."""
-    from sbnet.agent.agent import vif_name
-    attached: dict[str, int] = {}
-    adopt = dict(adopt or {})
-
-    def vifs() -> dict[str, int]:
-        agent = agent_ref[0]
-        present = _links(netns)
-        for pid in agent.mirror.by_type.get("port", {}):
-            name = vif_name(pid)
-            if name in adopt and pid not in attached:
-                attached[pid] = adopt.pop(name)
-            if name in present and pid not in attached:
-                ofport = max([0, *attached.values(), *adopt.values()]) + 1
-                dp.attach(ofport, name)
-                attached[pid] = ofport
-        for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
-            dp.detach(attached.pop(pid))
-        if after is not None:
-            after(agent)
-        return dict(attached)
-    return vifs
 
 
 def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list,
@@ -221,7 +186,8 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
         net = ipaddress.ip_network(prefix, strict=False)
         arp.want({h["tunnel_ip"] for h in agent.mirror.by_type.get("host", {}).values()
                   if h["id"] != agent.host and ipaddress.ip_address(h["tunnel_ip"]) in net})
-    vifs = _tap_attacher(dp, agent_ref, netns, adopt, peers)
+    from sbnet.agent.vifs import tap_attacher
+    vifs = tap_attacher(dp, agent_ref, netns, adopt, peers)
     return dp, vifs, svc, arp
 
 
@@ -248,7 +214,28 @@ def _ebpf(tunnel_ip: str, agent_ref: list):
     from sbnet.agent.slowpath import ServicePort
     svc = ServicePort()
     dp.attach(SERVICE_OFPORT, svc.create())
-    return dp, _tap_attacher(dp, agent_ref), svc
+    from sbnet.agent.vifs import tap_attacher
+    return dp, tap_attacher(dp, agent_ref), svc
+
+
+def _nic_channel(listen: str, vfs: list[str], networks: list[str], api: str, headers: dict,
+                 host: str):
+    """The SmartNIC's channel to its server, answering on `listen` (ADDRESS:PORT)."""
+    from sbnet.agent.nicside import NicChannel
+    from sbnet.cni.client import JsonClient
+    address, _, port = listen.rpartition(":")
+    if not address or not port.isdigit():
+        raise ValueError(f"{listen!r}: expected ADDRESS:PORT")
+    pairs = dict(item.partition("=")[::2] for item in vfs)
+    if not pairs or not all(pairs.values()):
+        raise ValueError("give the server's VFs as --vf VF=REPRESENTOR")
+    offered = {}
+    for item in networks:
+        name, _, groups = item.partition("=")
+        offered[name] = groups.split(",") if groups else None
+    if not offered:
+        raise ValueError("offer at least one --container-network")
+    return NicChannel(JsonClient(api, headers), host, pairs, offered).serve(address, int(port))
 
 
 def register(app: typer.Typer) -> None:
@@ -289,6 +276,15 @@ def register(app: typer.Typer) -> None:
         token_file: str = typer.Option("", help="a file holding the token to send as "
                                        "X-Auth-Token (an API served with --require-token; "
                                        "the token must have the admin role)"),
+        nic_channel: str = typer.Option("", help="SmartNIC mode: ADDRESS:PORT where the "
+                                        "server's sbnet-cni asks for container interfaces "
+                                        "(a link-local address on a link to the server only)"),
+        vf: list[str] = typer.Option([], help="SmartNIC mode: VF=REPRESENTOR, a server-side "
+                                     "interface and its representor here (repeat)"),
+        container_network: list[str] = typer.Option([], help="SmartNIC mode: NETWORK[=GROUP,"
+                                                    "GROUP] offered to the server's "
+                                                    "containers, with their security groups "
+                                                    "(default: the project's default group)"),
     ) -> None:
         """Follow the API's change feed; apply this host's compiled pipeline as diffs; report
         ports ACTIVE or DOWN.  Stops on SIGTERM/SIGINT; a restart reconciles, no flush."""
@@ -314,6 +310,10 @@ def register(app: typer.Typer) -> None:
                 say(str(exc))
                 raise typer.Exit(1) from None
             vifs = watcher.iface_ids
+            if vf:              # representors are plugged by the agent (they carry no iface-id)
+                from sbnet.agent.vifs import tap_attacher
+                reps = tap_attacher(dp, ref, svc.netns, representors_only=True)
+                vifs = lambda: {**watcher.iface_ids(), **reps()}  # noqa: E731
         elif datapath == "reference":
             if not (underlay and underlay_prefix):
                 raise typer.BadParameter("--datapath reference needs --underlay and "
@@ -340,6 +340,13 @@ def register(app: typer.Typer) -> None:
         if metadata_url:
             from sbnet.agent.metadata import MetadataProxy
             proxy = MetadataProxy(metadata_url, metadata_secret, a.port_at, svc.netns).start()
+        channel = None
+        if nic_channel:
+            try:
+                channel = _nic_channel(nic_channel, vf, container_network, api, source.headers,
+                                       host)
+            except (ValueError, OSError) as exc:
+                raise typer.BadParameter(f"--nic-channel: {exc}") from None
         import faulthandler
         faulthandler.register(signal.SIGUSR1)         # `kill -USR1`: where is it stuck?
         stop = lambda *_: a._stop.set()  # noqa: E731
@@ -350,6 +357,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{host}: {exc}")
 
         def shutdown() -> None:
+            if channel is not None:
+                channel.close()
             if proxy is not None:
                 proxy.close()
             if arp is not None:
