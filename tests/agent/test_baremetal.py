@@ -32,7 +32,7 @@ def bm(tmp_path_factory):
         fleet = Fleet(topo, api, str(tmp_path_factory.mktemp("baremetal")))
         try:
             fleet.hypervisor("h1")
-            server = fleet.smartnic_server("bm1", "nic1", 4, ["pods"])
+            server = fleet.smartnic_server("bm1", "nic1", 4, ["pods"], outside="outside")
             net = api.create("networks", project="p1", name="pods")
             api.create("subnets", project="p1", network_id=net["id"], cidr="10.60.0.0/24",
                        ip_version=4, dns_nameservers=["10.60.0.53"])
@@ -217,6 +217,38 @@ def test_root_on_the_server_cannot_change_what_is_enforced(bm):
     run("c3", "ip", "link", "set", "eth0", "address", "02:66:66:66:66:67")
     assert not spoof_reaches_vm(bm, "c3")
     delete(bm, "c3")
+
+
+def test_floating_ip_reaches_a_pod_from_the_outside(bm):
+    """The NIC owns the uplink: the pod's floating IP is translated there."""
+    api, topo = bm.api, bm.topo
+    ext = api.create("networks", project="admin", name="ext", **{
+        "provider:network_type": "flat", "provider:physical_network": "physnet1",
+        "router:external": True})
+    esub = api.create("subnets", project="admin", network_id=ext["id"], cidr="203.0.113.0/24",
+                      ip_version=4)
+    upstream = api.create("ports", project="admin", network_id=ext["id"],
+                          fixed_ips=[{"subnet_id": esub["id"], "ip_address": "203.0.113.50"}])
+    topo.run("outside", "ip", "link", "set", "eth0", "address", upstream["mac_address"])
+    topo.run("outside", "ip", "addr", "add", "203.0.113.50/24", "dev", "eth0")
+    [sub] = api.request("GET", f"subnets?network_id={bm.net['id']}")["subnets"]
+    router = api.create("routers", project="p1", name="r",
+                        external_gateway_info={"network_id": ext["id"]})
+    api.action(f"routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    add(bm, "c5")
+    [port] = container_ports(api, "c5")
+    group = api.create("security-groups", project="p1", name="ping-from-anywhere")
+    api.create("security-group-rules", project="p1", security_group_id=group["id"],
+               direction="ingress", ethertype="IPv4", protocol="icmp")
+    api.update("ports", port["id"], security_groups=[group["id"]])
+    fip = api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                     port_id=port["id"])["floating_ip_address"]
+    deadline = time.monotonic() + 20
+    while not pings(bm, "outside", fip, count=1):
+        assert time.monotonic() < deadline, f"the floating IP {fip} never answered"
+    assert pings(bm, "outside", fip, count=3)
+    delete(bm, "c5")
+    assert not pings(bm, "outside", fip, count=1)
 
 
 def test_check_reports_drift(bm):

@@ -20,6 +20,7 @@ MGMT_PREFIX = "192.168.254"
 API_ADDRESS = f"{MGMT_PREFIX}.254"
 CHANNEL_NIC, CHANNEL_SERVER = "169.254.169.1", "169.254.169.2"
 CHANNEL_PORT = 9697
+PHYSNET_OFPORT = 900            # a NIC's uplink port to physnet1
 
 
 class ManagementNet:
@@ -120,13 +121,18 @@ class Fleet:
         self.hosts[name] = host
         return host
 
-    def _agent(self, host: AgentHost, *extra: str) -> None:
+    def _agent(self, host: AgentHost, *extra: str, ports: dict[int, str] | None = None) -> None:
+        """`sbnet agent` for `host`; `ports`: interfaces the operator attaches to the switch
+        first (ofport -> name: a physical network's port)."""
         from sbnet.agent.switchd import SwitchClient
         host.socket = os.path.join(self.workdir, f"{host.name}.sock")
         host.log = os.path.join(self.workdir, f"{host.name}.log")
         # The switch daemon first (it outlives agents by design); on a busy machine its
         # start takes longer than an agent waits for it.
-        SwitchClient.connect(host.socket, "br-sbnet", host.netns, timeout=120).close()
+        dp = SwitchClient.connect(host.socket, "br-sbnet", host.netns, timeout=120)
+        for ofport, dev in (ports or {}).items():
+            dp.attach(ofport, dev)
+        dp.close()
         with open(host.log, "w") as log:
             host.proc = subprocess.Popen(
                 ["ip", "netns", "exec", host.netns, sys.executable, "-m", "sbnet", "agent",
@@ -143,11 +149,23 @@ class Fleet:
         self._agent(host)
         return host
 
-    def smartnic_server(self, name: str, nic: str, vfs: int, networks: list[str]) -> Server:
+    def smartnic_server(self, name: str, nic: str, vfs: int, networks: list[str],
+                        outside: str | None = None) -> Server:
         """A bare-metal server `name` behind SmartNIC `nic`: `vfs` VF/representor pairs
         (pf0vfN on the NIC, vfN on the server) and the channel link; the NIC's agent
-        offers `networks` (NAME[=GROUP,...]) to the server's containers."""
+        offers `networks` (NAME[=GROUP,...]) to the server's containers.  `outside`: a
+        namespace of that name on the NIC's uplink to physnet1 (the outside world's
+        router; give its eth0 the address and MAC of its Neutron port)."""
         host = self._bare(nic)
+        uplink: dict[int, str] = {}
+        if outside:
+            out = self.topo.add_namespace(outside)
+            sh("ip", "link", "add", "eth0", "netns", out, "type", "veth", "peer", "name", "pn0",
+               "netns", host.netns)
+            sh("ip", "-n", host.netns, "link", "set", "pn0", "arp", "off", "up")
+            sh("ip", "-n", out, "link", "set", "eth0", "up")
+            sh("ethtool", "-K", "eth0", "tx", "off", netns=out)
+            uplink[PHYSNET_OFPORT] = "pn0"
         ns = self.topo.add_namespace(name)
         server = Server(name, ns, host)
         for i in range(vfs):
@@ -164,7 +182,9 @@ class Fleet:
         sh("ip", "-n", ns, "link", "set", "nic0", "up")
         self._agent(host, "--nic-channel", f"{CHANNEL_NIC}:{CHANNEL_PORT}",
                     *(f"--vf={v}={r}" for v, r in server.vfs.items()),
-                    *(f"--container-network={n}" for n in networks))
+                    *(f"--container-network={n}" for n in networks),
+                    *((f"--physnet=physnet1={PHYSNET_OFPORT}",) if outside else ()),
+                    ports=uplink)
         self.servers[name] = server
         return server
 
