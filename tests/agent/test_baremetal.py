@@ -21,15 +21,15 @@ CYCLES = int(os.environ.get("SBNET_CNI_CYCLES", "3"))
 NIC_URL = f"http://{CHANNEL_NIC}:{CHANNEL_PORT}"
 
 
-@pytest.fixture(scope="module")
-def bm(tmp_path_factory):
-    """Hypervisor h1 with VM vm1; bare-metal server bm1 behind SmartNIC nic1 (4 VFs), the
-    network `pods` offered to its containers; all agents as processes."""
-    require_netns()
+def bare_metal(tmp_path_factory, backend: str):
+    """Hypervisor h1 with VM vm1; bare-metal server bm1 behind SmartNIC nic1 (4 VFs, its
+    uplink to physnet1 and the outside world), the network `pods` offered to its
+    containers; all agents as processes, on `backend`."""
+    require_netns(ovs=backend == "ovs")
     Topology.cleanup_stale()
     api = LocalApi()
     with Topology() as topo:
-        fleet = Fleet(topo, api, str(tmp_path_factory.mktemp("baremetal")))
+        fleet = Fleet(topo, api, str(tmp_path_factory.mktemp("baremetal")), backend)
         try:
             fleet.hypervisor("h1")
             server = fleet.smartnic_server("bm1", "nic1", 4, ["pods"], outside="outside")
@@ -49,6 +49,11 @@ def bm(tmp_path_factory):
                                   vm_ip=vm_ip, vm_mac=vm_port["mac_address"], conf=conf)
         finally:
             fleet.close()
+
+
+@pytest.fixture(scope="module")
+def bm(tmp_path_factory):
+    yield from bare_metal(tmp_path_factory, "reference")
 
 
 def wait_status(api, port_id: str, status: str, timeout: float = 30) -> None:

@@ -80,6 +80,7 @@ class AgentHost:
     proc: subprocess.Popen | None = None
     socket: str = ""
     log: str = ""
+    ovs: object = None               # OVS: the host's daemons (DummyOVS in its namespace)
 
 
 @dataclass
@@ -96,18 +97,29 @@ class Server:
 
 class Fleet:
     """Hosts whose agents run as operators run them (`sbnet agent` in the host's namespace,
-    following the API over the management network), on the reference switch."""
+    following the API over the management network), on the reference switch or on Open
+    vSwitch (netdev datapath, br-int and br-phy, daemons in the host's namespace)."""
 
-    def __init__(self, topo: Topology, api, workdir: str) -> None:
+    def __init__(self, topo: Topology, api, workdir: str, backend: str = "reference") -> None:
+        if backend not in ("reference", "ovs"):
+            raise ValueError(f"backend must be reference or ovs, not {backend!r}")
         self.topo = topo
         self.api = api
         self.workdir = workdir
+        self.backend = backend
         self.mgmt = ManagementNet(topo, api)
         self.hosts: dict[str, AgentHost] = {}
         self.servers: dict[str, Server] = {}
 
     def _bare(self, name: str) -> AgentHost:
-        """A namespace with its underlay NIC ul0 on the underlay bridge and a management link."""
+        """A namespace with its underlay NIC ul0 on the underlay bridge and a management
+        link (OVS: its daemons running, the underlay address on br-phy)."""
+        if self.backend == "ovs":
+            h = self.topo.add_host(name, "ovs")
+            self.mgmt.join(h.netns)
+            host = AgentHost(name, h.netns, h.underlay_ip, ovs=h.ovs)
+            self.hosts[name] = host
+            return host
         index = len(self.hosts) + 1
         ns = self.topo.add_namespace(name)
         ul = self.topo._underlay()
@@ -124,22 +136,28 @@ class Fleet:
     def _agent(self, host: AgentHost, *extra: str, ports: dict[int, str] | None = None) -> None:
         """`sbnet agent` for `host`; `ports`: interfaces the operator attaches to the switch
         first (ofport -> name: a physical network's port)."""
-        from sbnet.agent.switchd import SwitchClient
-        host.socket = os.path.join(self.workdir, f"{host.name}.sock")
         host.log = os.path.join(self.workdir, f"{host.name}.log")
-        # The switch daemon first (it outlives agents by design); on a busy machine its
-        # start takes longer than an agent waits for it.
-        dp = SwitchClient.connect(host.socket, "br-sbnet", host.netns, timeout=120)
-        for ofport, dev in (ports or {}).items():
-            dp.attach(ofport, dev)
-        dp.close()
+        if self.backend == "ovs":
+            for ofport, dev in (ports or {}).items():
+                host.ovs.vsctl("add-port", "br-int", dev, "--", "set", "Interface", dev,
+                               f"ofport_request={ofport}")
+            argv = ["--datapath", "ovs", "--ovs-rundir", host.ovs.dir, "--bridge", "br-int"]
+        else:
+            from sbnet.agent.switchd import SwitchClient
+            host.socket = os.path.join(self.workdir, f"{host.name}.sock")
+            # The switch daemon first (it outlives agents by design); on a busy machine its
+            # start takes longer than an agent waits for it.
+            dp = SwitchClient.connect(host.socket, "br-sbnet", host.netns, timeout=120)
+            for ofport, dev in (ports or {}).items():
+                dp.attach(ofport, dev)
+            dp.close()
+            argv = ["--datapath", "reference", "--underlay", "ul0", "--underlay-prefix",
+                    str(UNDERLAY_NET), "--switch-socket", host.socket]
         with open(host.log, "w") as log:
             host.proc = subprocess.Popen(
                 ["ip", "netns", "exec", host.netns, sys.executable, "-m", "sbnet", "agent",
                  "--host", host.name, "--api", self.mgmt.url, "--tunnel-ip", host.tunnel_ip,
-                 "--datapath", "reference", "--underlay", "ul0",
-                 "--underlay-prefix", str(UNDERLAY_NET), "--wait", "0.3",
-                 "--switch-socket", host.socket, *extra],
+                 "--wait", "0.3", *argv, *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -227,6 +245,10 @@ class Fleet:
            "up")
         sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
         sh("ip", "-n", h.netns, "link", "set", tap, "arp", "off", "up")
+        if h.ovs is not None:                     # vif_type ovs: os-vif's add-port
+            h.ovs.vsctl("add-port", "br-int", tap, "--", "set", "Interface", tap,
+                        f"external_ids:iface-id={port['id']}",
+                        f"external_ids:attached-mac={port['mac_address']}")
         return name
 
     def netns_path(self, node: str) -> str:
@@ -266,6 +288,7 @@ class Fleet:
                 except subprocess.TimeoutExpired:
                     os.killpg(h.proc.pid, signal.SIGKILL)
                     h.proc.wait()
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(open(h.socket + ".pid").read()), signal.SIGTERM)
+            if h.socket:
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(open(h.socket + ".pid").read()), signal.SIGTERM)
         self.mgmt.close()
