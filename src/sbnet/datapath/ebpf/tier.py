@@ -24,6 +24,11 @@ _FREE_VALUES = frozenset(F.SLOT_INDEX[s] for s in (
     "in_port", "eth_src", "eth_dst", "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo",
     "ipv6_dst_hi", "ipv6_dst_lo", "ipv6_label", "nw_tos", "nw_ttl", "tp_dst", "tcp_flags",
     "arp_sha", "arp_tha", "tun_id", "tun_src", "tun_dst", "ct_mark", "ct_zone"))
+# On TCP, UDP and SCTP megaflows tp_src is a port, which nothing in placement reads
+# (on ICMP it is the type, a prerequisite of the ND fields).
+_PROTO = F.SLOT_INDEX["nw_proto"]
+_L4_PROTOS = frozenset((0xFF, p) for p in (F.IP_TCP, F.IP_UDP, F.IP_SCTP))
+_FREE_VALUES_L4 = _FREE_VALUES | {F.SLOT_INDEX["tp_src"]}
 _PLACEMENTS = 4096             # placements remembered
 
 
@@ -104,6 +109,7 @@ class EbpfTier:
             self._ncpu = _possible_cpus()
             self.m_stats = Map(fd("stats"), 4, 8 * self._ncpu, "stats")
             self.upcalls_fd = fd("upcalls")
+            self.upcalls_size = self.obj.map_max_entries("upcalls")
             for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
                       self.m_meters, self.m_trace_hdr, self.m_trace_out):
                 if self.obj.map_sizes(m.name) != (m.key_size, m.value_size):
@@ -159,8 +165,9 @@ class EbpfTier:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, mf) -> Placement:
-        """Install a megaflow in the kernel if this tier can run it; the placement says why not."""
+    def put(self, mf, pending: list | None = None) -> Placement:
+        """Install a megaflow in the kernel if this tier can run it; the placement says why not.
+        pending: a list to append the (key, value) entry to instead of writing it now."""
         p = self._place(mf)
         if p.tier == "nic":
             try:
@@ -173,7 +180,7 @@ class EbpfTier:
             except L.NotInKernel as exc:
                 p = Placement("software", f"ebpf: {exc}")
             else:
-                self._install(mf.mf_id, mask, value, acts)
+                self._install(mf.mf_id, mask, value, acts, pending)
                 p = Placement("ebpf", p.reason.replace("offloadable to", "in the kernel tier:"),
                               p.needs_ct)
         self._placements[mf.mf_id] = p
@@ -182,8 +189,11 @@ class EbpfTier:
     def _place(self, mf) -> Placement:
         """place() with the ebpf profile, remembered for megaflows that differ only in the
         values of _FREE_VALUES slots (placement is most of an install's cost)."""
+        free = _FREE_VALUES
+        if dict(zip(mf.slots, zip(mf.mask, mf.value))).get(_PROTO, (0, 0)) in _L4_PROTOS:
+            free = _FREE_VALUES_L4
         key = (mf.slots, mf.mask, mf.actions,
-               tuple(None if s in _FREE_VALUES else (v != 0 if s == _RECIRC else v)
+               tuple(None if s in free else (v != 0 if s == _RECIRC else v)
                      for s, v in zip(mf.slots, mf.value)))
         p = self._place_cache.get(key)
         if p is None:
@@ -192,7 +202,17 @@ class EbpfTier:
             p = self._place_cache[key] = place(profile(), mf)
         return p
 
-    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list) -> None:
+    def put_many(self, mfs) -> list[Placement]:
+        """put() of several megaflows, their kernel entries written in one system call."""
+        pending: list[tuple[bytes, bytes]] = []
+        out = [self.put(mf, pending) for mf in mfs]
+        if pending:
+            self.m_flows.update_batch(b"".join(k for k, _ in pending),
+                                      b"".join(v for _, v in pending))
+        return out
+
+    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list,
+                 pending: list | None = None) -> None:
         if mf_id in self._entries:
             self.remove(mf_id)
         mid = self._mask_ids.get(mask)
@@ -204,7 +224,10 @@ class EbpfTier:
             self.m_masks.update(L.U32.pack(len(self._masks) - 1), L.FKEY.pack(mid, 0, *mask))
             self._write_config()
         fkey = L.pack_fkey(mid, value)
-        self.m_flows.update(fkey, L.pack_flow(mf_id, acts))
+        if pending is None:
+            self.m_flows.update(fkey, L.pack_flow(mf_id, acts))
+        else:
+            pending.append((fkey, L.pack_flow(mf_id, acts)))
         self._mask_users[mask] += 1
         self._entries[mf_id] = (mask, fkey)
         self._seen[mf_id] = (0, 0)
@@ -263,6 +286,11 @@ class EbpfTier:
         """One direction of an established connection the slow path committed."""
         self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
                             L.CT_VAL.pack(state, mark, 0, 0, 0))
+
+    def add_conns(self, keys: bytes, values: bytes) -> None:
+        """Directions of established connections, packed (layout.CT_KEY_DTYPE and
+        CT_VAL_DTYPE records), in one system call."""
+        self.m_conns.update_batch(keys, values)
 
     def remove_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int) -> None:
         self.m_conns.delete(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
