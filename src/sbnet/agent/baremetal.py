@@ -81,6 +81,7 @@ class AgentHost:
     socket: str = ""
     log: str = ""
     ovs: object = None               # OVS: the host's daemons (DummyOVS in its namespace)
+    underlay_mac: str = ""
 
 
 @dataclass
@@ -117,7 +118,7 @@ class Fleet:
         if self.backend == "ovs":
             h = self.topo.add_host(name, "ovs")
             self.mgmt.join(h.netns)
-            host = AgentHost(name, h.netns, h.underlay_ip, ovs=h.ovs)
+            host = AgentHost(name, h.netns, h.underlay_ip, ovs=h.ovs, underlay_mac=h.underlay_mac)
             self.hosts[name] = host
             return host
         index = len(self.hosts) + 1
@@ -126,10 +127,11 @@ class Fleet:
         sh("ip", "link", "add", "ul0", "netns", ns, "type", "veth", "peer", "name",
            f"{name[:10]}-ul", "netns", ul)
         sh("ip", "-n", ul, "link", "set", f"{name[:10]}-ul", "master", "br0", "up")
-        sh("ip", "-n", ns, "link", "set", "ul0", "address", f"02:fe:00:00:02:{index:02x}", "arp",
-           "off", "up")
+        mac = f"02:fe:00:00:02:{index:02x}"
+        sh("ip", "-n", ns, "link", "set", "ul0", "address", mac, "arp", "off", "up")
         self.mgmt.join(ns)
-        host = AgentHost(name, ns, str(UNDERLAY_NET.network_address + 100 + index))
+        host = AgentHost(name, ns, str(UNDERLAY_NET.network_address + 100 + index),
+                         underlay_mac=mac)
         self.hosts[name] = host
         return host
 
@@ -168,12 +170,14 @@ class Fleet:
         return host
 
     def smartnic_server(self, name: str, nic: str, vfs: int, networks: list[str],
-                        outside: str | None = None) -> Server:
+                        outside: str | None = None,
+                        neighbours: dict[str, str] | None = None) -> Server:
         """A bare-metal server `name` behind SmartNIC `nic`: `vfs` VF/representor pairs
         (pf0vfN on the NIC, vfN on the server) and the channel link; the NIC's agent
         offers `networks` (NAME[=GROUP,...]) to the server's containers.  `outside`: a
         namespace of that name on the NIC's uplink to physnet1 (the outside world's
-        router; give its eth0 the address and MAC of its Neutron port)."""
+        router; give its eth0 the address and MAC of its Neutron port).  `neighbours`:
+        peers' tunnel endpoints (IP -> MAC) the NIC's agent is given rather than resolving."""
         host = self._bare(nic)
         uplink: dict[int, str] = {}
         if outside:
@@ -202,6 +206,7 @@ class Fleet:
                     *(f"--vf={v}={r}" for v, r in server.vfs.items()),
                     *(f"--container-network={n}" for n in networks),
                     *((f"--physnet=physnet1={PHYSNET_OFPORT}",) if outside else ()),
+                    *(f"--neighbour={ip}={mac}" for ip, mac in (neighbours or {}).items()),
                     ports=uplink)
         self.servers[name] = server
         return server
