@@ -359,6 +359,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
                 given = {k: body[k] for k in item
                          if spec.attrs[k].default is a.REQUIRED or body[k] != spec.attrs[k].default_value()}
                 policy.enforce(ctx, spec.name, "create", tgt, given)
+                api.quotas.check(tx, body.get("project_id", ""), spec.name, 1)
                 body["id"] = str(uuid.uuid4())
                 if parent_id:
                     body["_parent"] = parent_id
