@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sbnet.model import attrs as a
 from sbnet.model.attrs import REQUIRED, Attr
+from sbnet.model.dhcp_opts import to_extra_dhcp_opts
 
 NETWORK_TYPES = ("flat", "vlan", "vxlan", "gre", "geneve")
 VNIC_TYPES = ("normal", "direct", "virtio-forwarder", "macvtap", "baremetal",
@@ -126,7 +127,8 @@ PORT = ResourceSpec("port", "ports", "ports", "Port", _std(
     Attr("security_groups", a.to_uuid_list, default=None),
     Attr("qos_policy_id", a.to_uuid_or_none),
     Attr("ip_allocation", **_RO),
-    Attr("extra_dhcp_opts", a.list_of(a.to_dict), default=list),
+    Attr("extra_dhcp_opts", to_extra_dhcp_opts, default=list,
+         schema={"type": "array", "items": {"type": "object"}}),
     Attr("trunk_details", **_RO),
 ))
 
