@@ -66,6 +66,9 @@ def _extra_dhcp_opts(api: Api) -> bool:
 
 
 PROBES: dict[str, Callable[[Api], bool]] = {
+    "address-scope": lambda api: api.create("subnetpools", "subnetpool", prefixes=["10.75.0.0/16"],
+                                            address_scope_id=api.create(
+        "address-scopes", "address_scope", ip_version=4)["id"])["address_scope_id"] is not None,
     "allowed-address-pairs": lambda api: "allowed_address_pairs" in _port(api),
     "binding": lambda api: _port(api)["binding:vnic_type"] == "normal",
     "default-subnetpools": lambda api: api.create("subnetpools", "subnetpool", prefixes=[

@@ -24,8 +24,8 @@ from sbnet.store import Store
 log = logging.getLogger("sbnet.api")
 
 # One module per resource family; each has HOOKS (Hooks classes) and may have extra_routes().
-FAMILIES = ("networks", "subnetpools", "ports", "security", "l3", "qos", "rbac", "trunks", "sfc",
-            "meta", "quotas", "hosts", "offload", "southbound", "lbaas", "bindings")
+FAMILIES = ("networks", "address_scopes", "subnetpools", "ports", "security", "l3", "qos", "rbac",
+            "trunks", "sfc", "meta", "quotas", "hosts", "offload", "southbound", "lbaas", "bindings")
 
 HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",

@@ -15,6 +15,7 @@ from sbnet.model.resources import ALL
 
 # (alias, name, description): what this server implements, so clients may ask before using it.
 EXTENSIONS = (
+    ("address-scope", "Address scope", "Address scopes extension."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("binding-extended", "Port Bindings Extended", "Expose port bindings of a virtual port to external application"),
