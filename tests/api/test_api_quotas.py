@@ -56,6 +56,13 @@ def test_who_may_read_and_change_quotas(api: Api) -> None:
     [row] = admin.req("GET", "quotas", status=200)["quotas"]
     assert (row["project_id"], row["router"], row["network"]) == ("quota-p", 1, 100)
     assert admin.req("GET", "quotas/quota-p/default", status=200)["quota"]["router"] == 10
+    # The list pages as every list does.
+    admin.req("PUT", "quotas/quota-z", {"quota": {"router": 3}}, 200)
+    page = admin.req("GET", "quotas?limit=1&sort_key=project_id", status=200)
+    assert [r["project_id"] for r in page["quotas"]] == ["quota-p"]
+    nxt = page["quotas_links"][0]["href"].split("/v2.0/")[1]
+    assert [r["project_id"] for r in admin.req("GET", nxt, status=200)["quotas"]] == ["quota-z"]
+    admin.req("DELETE", "quotas/quota-z", status=204)
     # Bad input: unknown resources, values out of range, a limit below what is used.
     for bad in ({"widgets": 3}, {"network": -2}, {"network": "many"}, {"network": 2**31}):
         assert admin.err("PUT", "quotas/quota-p", {"quota": bad}, 400)["type"] == "HTTPBadRequest"

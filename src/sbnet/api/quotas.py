@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from sbnet.api.context import Context
-from sbnet.api.crud import read_json
+from sbnet.api.crud import paged, read_json
 from sbnet.model.errors import BadRequest, Conflict, Forbidden, NotFound
 from sbnet.store import Tx
 
@@ -100,8 +100,12 @@ def extra_routes(router: APIRouter, api: Any) -> None:
         _admin(ctx, "get")
         with api.store.read() as tx:
             rows = tx.list(QUOTA_TYPE)
-            return {"quotas": [{**quotas.limits(tx, r["id"]), "project_id": r["id"],
-                                "tenant_id": r["id"]} for r in rows]}
+            rows = [{**quotas.limits(tx, r["id"]), "id": r["id"], "project_id": r["id"],
+                     "tenant_id": r["id"]} for r in rows]
+        out = paged("quotas", rows, request)
+        for row in out["quotas"]:
+            row.pop("id", None)    # Neutron's rows carry the project, no id of their own
+        return out
 
     def do_show(ctx: Context, request: Request, project: str) -> dict:
         _own_or_admin(ctx, project)
