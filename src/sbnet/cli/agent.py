@@ -191,10 +191,13 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
     return dp, vifs, svc, arp
 
 
-def _ebpf(tunnel_ip: str, agent_ref: list):
+def _ebpf(host: str, tunnel_ip: str, agent_ref: list, netns: str | None = None):
     """The kernel eBPF tier with the reference switch as its slow path, in this process.
     The underlay is the host's own: VXLAN through a kernel collect_md device, and the slow
-    path's tunnel packets sent as UDP through the host's routes and neighbours."""
+    path's tunnel packets sent as UDP through the host's routes and neighbours.  Its maps
+    are pinned under the host's name: a previous agent's program goes on forwarding until
+    this one has taken up its ports, megaflows and connections.  netns: the namespace
+    holding the host's devices and underlay (default: the agent's own)."""
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
     from sbnet.datapath.ebpf.tier import available
     from sbnet.datapath.switch import Switch
@@ -202,7 +205,7 @@ def _ebpf(tunnel_ip: str, agent_ref: list):
     why = available()
     if why is not None:
         raise typer.BadParameter(f"--datapath ebpf: {why} (--datapath reference runs anywhere)")
-    dp = EbpfDatapath(Switch("br-sbnet")).start()
+    dp = EbpfDatapath(Switch("br-sbnet"), netns=netns, pin=host)
     underlay_ofport, gateway = 65000, "169.254.0.1"
     dp.underlay("add_port", underlay_ofport, "02:00:00:00:00:01")
     dp.underlay("add_local", tunnel_ip)
@@ -212,10 +215,14 @@ def _ebpf(tunnel_ip: str, agent_ref: list):
     for kind, ofport in TUNNEL_OFPORTS.items():
         dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"sb{kind}0")
     from sbnet.agent.slowpath import ServicePort
-    svc = ServicePort()
+    svc = ServicePort(netns)
     dp.attach(SERVICE_OFPORT, svc.create())
+    # VIFs the previous agent switched keep their ports (its megaflows name them).
+    adopt = {n: o for n, o in dp.kept_ports().items() if n.startswith("tap")}
+    for name, ofport in adopt.items():
+        dp.attach(ofport, name)
     from sbnet.agent.vifs import tap_attacher
-    return dp, tap_attacher(dp, agent_ref), svc
+    return dp.start(), tap_attacher(dp, agent_ref, netns, adopt=adopt), svc
 
 
 def _nic_channel(listen: str, vfs: list[str], networks: list[str], api: str, headers: dict,
@@ -258,8 +265,8 @@ def register(app: typer.Typer) -> None:
         neighbour: list[str] = typer.Option([], help="reference: IP=MAC of a peer's tunnel "
                                             "endpoint (repeatable; optional: peers are "
                                             "resolved by ARP on the underlay)"),
-        netns: str = typer.Option("", help="reference: the network namespace holding the "
-                                  "underlay and VIF interfaces (default: the agent's own)"),
+        netns: str = typer.Option("", help="reference, ebpf: the network namespace holding "
+                                  "the underlay and VIF interfaces (default: the agent's own)"),
         switch_socket: str = typer.Option("", help="reference: the switch daemon's socket "
                                           "(default /run/sbnet/HOST.sock); the daemon outlives "
                                           "the agent, so a restart does not stop traffic"),
@@ -329,7 +336,7 @@ def register(app: typer.Typer) -> None:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
         elif datapath == "ebpf":
-            dp, vifs, svc = _ebpf(tunnel_ip, ref)
+            dp, vifs, svc = _ebpf(host, tunnel_ip, ref, netns or None)
         else:
             raise typer.BadParameter("--datapath must be ovs, reference or ebpf")
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60), token=token)
@@ -366,8 +373,10 @@ def register(app: typer.Typer) -> None:
             if watcher is not None:
                 watcher.close()
             svc.close()
-            if datapath in ("reference", "ebpf"):
+            if datapath == "reference":
                 dp.close()
+            elif datapath == "ebpf":
+                dp.close(keep=True)     # the program forwards on; the next agent takes it up
         try:
             up = a.start_when_up(lambda line: console.print(line, highlight=False))
         except ApiError as exc:
@@ -398,6 +407,10 @@ def register(app: typer.Typer) -> None:
                 import gc
                 gc.collect()
                 gc.freeze()
+                if datapath == "ebpf" and dp.reopened:
+                    n = dp.revalidate_kept()
+                    console.print(f"{host}: took up {n} kernel megaflows and "
+                                  f"{dp.connections_in_kernel()} connections", highlight=False)
             if r is not None:
                 console.print(f"{host}: revision {r.revision}: +{r.added} ~{r.modified} "
                               f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "

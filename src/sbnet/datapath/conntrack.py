@@ -130,7 +130,8 @@ from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, C_LABEL, C_MARK, C_PROTO, C_TUP, C_V6, INV,
-    OTHER_BIDIR, TRK, ConnTable, Timeouts, meta_words, tuple_hash, tuple_hashes)
+    OTHER_BIDIR, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
+    tuple_hashes)
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
 
@@ -295,6 +296,28 @@ class Conntrack:
     def _in_zone(self, zone: int | None) -> np.ndarray:
         tab = self.table
         return tab.live if zone is None else tab.live & (tab.zone == zone)
+
+    def adopt_established(self, zone: int, proto: int, src: int, dst: int, sport: int,
+                          dport: int, mark: int, now: float) -> int:
+        """Take up an established IPv4 TCP/UDP connection another holder kept (the kernel
+        tier's connection map across an agent restart): TCP with both peers ESTABLISHED and
+        window scales unknown (their windows are learnt again; a liberal conntrack accepts
+        the segments meanwhile), UDP as seen both ways.  Its slot, or -1 when a connection
+        already owns either tuple."""
+        fwd = (zone, proto, 0, src, dst, sport, dport)
+        rev = (zone, proto, 0, dst, src, dport, sport)
+        tab = self.table
+        if proto not in (IP_TCP, IP_UDP) or tab.taken(fwd) or tab.taken(rev):
+            return -1
+        i = tab.create(fwd, rev, 0)
+        tab.mark[i] = mark
+        if proto == IP_TCP:
+            tab.tcp[i] = [[0, 0, 0, T.WSCALE_UNKNOWN, T.ESTABLISHED]] * 2
+            tab.exp[i] = now + self.tmo[T.TM_TCP_EST]
+        else:
+            tab.l4st[i] = OTHER_BIDIR
+            tab.exp[i] = now + self.tmo[TM_OTHER_FIRST + OTHER_BIDIR]
+        return i
 
     def tcp_state(self, slot: int) -> tuple[str, str]:
         """(original, reply) peer states of a TCP connection, OVS names."""

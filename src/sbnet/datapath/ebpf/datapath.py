@@ -14,6 +14,7 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
 from sbnet.datapath.batch import Batch
+from sbnet.datapath.ebpf import pins
 from sbnet.datapath.ebpf.conns import entries_many, held_many
 from sbnet.datapath.ebpf.libbpf import RingReader, tc_attach_ingress, tc_detach_ingress
 from sbnet.datapath.ebpf.tier import EbpfTier
@@ -21,6 +22,9 @@ from sbnet.datapath.ebpf.upcalls import VXLAN_PORT, decode
 from sbnet.datapath.ports import Port
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
+from sbnet.flows import fields as F
+
+_RPL = F.CT_STATE_BITS["rpl"]
 from sbnet.flows.flow import Flow
 
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
@@ -94,7 +98,10 @@ class EbpfDatapath:
 
     def __init__(self, switch: Switch | None = None, netns: str | None = None,
                  maintain_every: float = 1.0, capacity: int = 65536,
-                 upcall_rate: int = 0, upcall_burst: int = 0) -> None:
+                 upcall_rate: int = 0, upcall_burst: int = 0, pin: str | None = None) -> None:
+        """pin: the name its maps are pinned under (sbnet.datapath.ebpf.pins), so they
+        outlive this process; close(keep=True) then leaves the program forwarding, and the
+        next EbpfDatapath of that name takes it up (kept_ports(), revalidate_kept())."""
         self.switch = switch or Switch()
         # The kernel forwards established segments the slow path's conntrack never sees, so
         # its TCP windows go stale: it must not call a later FIN or RST invalid for that
@@ -103,7 +110,9 @@ class EbpfDatapath:
         self.netns = netns
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
-        self.tier = EbpfTier(capacity=capacity)
+        self.pin = pin
+        self.tier = EbpfTier(capacity=capacity, pin=pin)
+        self.reopened = self.tier.reopened    # a previous agent's maps were taken up
         if upcall_rate:
             self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)
         self.truncated = 0
@@ -120,6 +129,8 @@ class EbpfDatapath:
         self._stop = threading.Event()
         self.batches = self.errors = 0
         self.last_error: str | None = None
+        if self.tier.reopened:
+            self._adopt_conns()
 
     # -- ports ---------------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> Port:
@@ -145,10 +156,12 @@ class EbpfDatapath:
             if tunnel.kind != "vxlan":
                 return port        # the slow path alone carries it (placement says why)
             ns = ["ip", "netns", "exec", self.netns] if self.netns else []
+            kept = self.tier.reopened and subprocess.run(
+                [*ns, "ip", "link", "show", name], capture_output=True).returncode == 0
             res = subprocess.run([*ns, "ip", "link", "add", name, "type", "vxlan", "external",
                                   "dstport", str(tunnel.dst_port or VXLAN_PORT)],
-                                 capture_output=True, text=True)
-            if res.returncode:
+                                 capture_output=True, text=True) if not kept else None
+            if res is not None and res.returncode:
                 self.switch.remove_port(tunnel.ofport)
                 raise OSError(f"cannot make VXLAN device {name}: {res.stderr.strip()}")
             self._devices.append(name)
@@ -228,7 +241,7 @@ class EbpfDatapath:
         if not self._zones or not len(tuples):
             return
         tuples = np.unique(tuples, axis=0)
-        keys, vals = [], []
+        keys, vals, held = [], [], []
         for zone in self._zones:
             fresh = tuples
             if self._conns:
@@ -237,9 +250,10 @@ class EbpfDatapath:
             if dirs:
                 keys.append(k)
                 vals.append(v)
-                self._conns.update(dirs)
+                held += dirs
         if keys:
             self.tier.add_conns(b"".join(keys), b"".join(vals))
+            self._conns.update(held)      # counted once the kernel has them
 
     def _age_conns(self) -> None:
         """Connections the slow path no longer holds established leave the kernel."""
@@ -303,20 +317,26 @@ class EbpfDatapath:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def close(self) -> None:
-        """Stop the loop, take the program off every interface, close the maps."""
+    def close(self, keep: bool = False) -> None:
+        """Stop the loop, take the program off every interface, close the maps and remove
+        their pins.  keep (pinned only): leave the program forwarding on every interface
+        with its maps pinned, for the next agent to take up."""
         self.stop()
+        keep = keep and self.pin is not None
         with self.lock:
-            for ofport in list(self._attached):
-                self.detach(ofport)
-            ns = ["ip", "netns", "exec", self.netns] if self.netns else []
-            for dev in self._devices:
-                subprocess.run([*ns, "ip", "link", "del", dev], capture_output=True)
+            if not keep:
+                for ofport in list(self._attached):
+                    self.detach(ofport)
+                ns = ["ip", "netns", "exec", self.netns] if self.netns else []
+                for dev in self._devices:
+                    subprocess.run([*ns, "ip", "link", "del", dev], capture_output=True)
             for port in list(self.switch.ports.values()):
-                if isinstance(port, UdpUnderlayPort):
+                if isinstance(port, (UdpUnderlayPort, TxPort)):
                     port.close()
             self.ring.close()
             self.tier.close()
+            if self.pin is not None and not keep:
+                pins.remove(self.pin, self.netns)
 
     def __enter__(self) -> EbpfDatapath:
         return self
@@ -384,6 +404,46 @@ class EbpfDatapath:
         with self.lock:
             self.fold()
             return self.switch.drop_counts()
+
+    # -- taking up what a previous agent left (pinned maps) -------------------------------
+    def kept_ports(self) -> dict[str, int]:
+        """Devices the previous agent's switch had, with their ports: name -> ofport."""
+        out = {}
+        with in_netns(self.netns):
+            for ifindex, ofport in self.tier.kept_ports.items():
+                with contextlib.suppress(OSError):
+                    out[socket.if_indextoname(ifindex)] = ofport
+        return out
+
+    def _adopt_conns(self) -> None:
+        """The kernel's connections into the slow path's conntrack, so their FIN, RST and
+        ageing are handled as if this switch had seen them open."""
+        now = self.switch.clock()
+        for zone, proto, src, dst, sport, dport, state, mark in self.tier.conns_kept():
+            if state & _RPL:
+                continue                  # the original direction's entry takes up both
+            self.switch.conntrack.adopt_established(zone, proto, src, dst, sport, dport,
+                                                    mark, now)
+            self._zones.add(zone)
+            self._conns.add((zone, proto, src, dst, sport, dport))
+            self._conns.add((zone, proto, dst, src, dport, sport))
+
+    def revalidate_kept(self) -> int:
+        """Once this switch has its tables (after the agent's first sync): each megaflow
+        entry the previous agent left is translated again and replaced by the megaflow
+        of these tables (installed before the old entry goes, so its packets never
+        stall); returns how many were taken up."""
+        with self.lock:
+            kept = self.tier.kept()
+            now = self.switch.clock()
+            for _, key in kept:
+                keys = np.array(key, dtype=np.uint64)[:, None]
+                if int(self.switch.cache.lookup(keys, np.arange(1))[0]) < 0:
+                    self.switch.upcall(key, now)
+            self._install_new()
+            for fkey, _ in kept:
+                self.tier.drop_kept(fkey)
+            return len(kept)
 
     def connections_in_kernel(self) -> int:
         """Connections the kernel's connection map holds (both directions each)."""

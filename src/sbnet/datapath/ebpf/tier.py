@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from sbnet.datapath.ebpf import build, layout as L
+import numpy as np
+
+from sbnet.datapath.ebpf import build, layout as L, pins
 from sbnet.datapath.ebpf.libbpf import TC_ACT_REDIRECT, TC_ACT_SHOT, BpfError, Map, Object, test_run
 from sbnet.flows import fields as F
 from sbnet.offload.placement import Placement, place
@@ -90,11 +92,22 @@ class EbpfTier:
     or the reason it stays in software), remove() takes it out with its last counts,
     take_counters() hands over what the kernel counted since the last take."""
 
-    def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False) -> None:
+    def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False,
+                 pin: str | None = None) -> None:
+        """pin: keep the maps pinned under this name (pins.pin_dir); when a previous tier
+        left them there, they are taken up, with the megaflows in them as kept() entries."""
         self.test = test
         self.capacity = capacity
-        self.obj = Object(str(build.object_path()),
-                          max_entries={"flows": capacity, "conns": conn_capacity})
+        self.pin = pins.pin_dir(pin) if pin else None
+        reuse = pins.open_pinned(self.pin) if self.pin else None
+        self.reopened = reuse is not None
+        try:
+            self.obj = Object(str(build.object_path()),
+                              max_entries={"flows": capacity, "conns": conn_capacity},
+                              reuse=reuse)
+        finally:
+            for fd in (reuse or {}).values():
+                os.close(fd)            # libbpf holds its own copies
         try:
             self.prog_fd = self.obj.prog_fd("sbnet_ingress")
             fd = self.obj.map_fd
@@ -116,6 +129,8 @@ class EbpfTier:
                     raise BpfError(22, f"map {m.name}: the program's layout "
                                        f"{self.obj.map_sizes(m.name)} is not layout.py's "
                                        f"{(m.key_size, m.value_size)}")
+            if self.pin is not None and not self.reopened:
+                pins.pin_maps({n: fd(n) for n in pins.PINNED}, self.pin)
         except BaseException:
             self.obj.close()
             raise
@@ -130,17 +145,79 @@ class EbpfTier:
         self._seen: dict[int, tuple[int, int]] = {}          # mf_id -> (packets, bytes) taken
         self._placements: dict[int, Placement] = {}
         self._place_cache: dict[tuple, Placement] = {}
+        self._upcall_limit = (0, 0)
+        self._kept: dict[bytes, tuple] = {}           # fkey -> mask of entries left to us
+        self.kept_ports: dict[int, int] = {}          # ifindex -> ofport left to us
+        if self.reopened:
+            self._take_up()
         self._write_config()
+
+    def _take_up(self) -> None:
+        """The state a previous tier left in the pinned maps: mask list, ports, megaflows."""
+        n_masks, _, rate, burst = L.CONFIG.unpack(self.m_config.lookup(L.U32.pack(0)))
+        self._upcall_limit = (rate, burst)
+        by_id = {}
+        for pos in range(n_masks):
+            mid, _, *words = L.FKEY.unpack(self.m_masks.lookup(L.U32.pack(pos)))
+            mask = tuple(words)
+            self._masks.append(mask)
+            self._mask_ids[mask], self._mask_users[mask], by_id[mid] = mid, 0, mask
+            self._next_mask_id = max(self._next_mask_id, mid + 1)
+        keys, _ = self.m_flows.items()
+        for at in range(0, len(keys), L.FKEY.size):
+            fkey = keys[at:at + L.FKEY.size]
+            mask = by_id.get(L.U32.unpack_from(fkey)[0])
+            if mask is None:
+                self.m_flows.delete(fkey)     # under no mask of the list: never matched
+                continue
+            self._kept[fkey] = mask
+            self._mask_users[mask] += 1
+        for key in self.m_ports.keys():
+            raw = self.m_ports.lookup(key)
+            if raw is not None:
+                self.kept_ports[L.U32.unpack(key)[0]] = L.PORT.unpack(raw)[0]
+
+    def kept(self) -> list[tuple[bytes, list[int]]]:
+        """Megaflow entries a previous tier left in the pinned maps: (entry key, the flow key
+        they match, a value per sbnet.flows.fields slot, unmatched bits 0)."""
+        out = []
+        for fkey in self._kept:
+            key = [0] * F.N_SLOTS
+            for slot, v in zip(L.KEY_SLOTS, L.FKEY.unpack(fkey)[2:]):
+                key[F.SLOT_INDEX[slot]] = v
+            out.append((fkey, key))
+        return out
+
+    def drop_kept(self, fkey: bytes) -> None:
+        """A kept entry goes (unless a megaflow installed since took its very key)."""
+        mask = self._kept.pop(fkey, None)
+        if mask is None:
+            return
+        if all(fk != fkey for _, fk in self._entries.values()):
+            self.m_flows.delete(fkey)
+        self._mask_users[mask] -= 1
+        if not self._mask_users[mask]:
+            self._drop_mask(mask)
+
+    def conns_kept(self) -> list[tuple]:
+        """The connection map's entries: (zone, proto, src, dst, sport, dport, state, mark)."""
+        keys, vals = self.m_conns.items()
+        k = np.frombuffer(keys, dtype=L.CT_KEY_DTYPE)
+        v = np.frombuffer(vals, dtype=L.CT_VAL_DTYPE)
+        return list(zip(k["zone"].tolist(), k["proto"].tolist(), k["src"].tolist(),
+                        k["dst"].tolist(), k["sport"].tolist(), k["dport"].tolist(),
+                        v["state"].tolist(), v["mark"].tolist()))
 
     # -- configuration ----------------------------------------------------------------
     def _write_config(self) -> None:
         flags = L.CFG_F_TEST if self.test else 0
-        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags, 0, 0))
+        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags,
+                                                          *self._upcall_limit))
 
     def set_upcall_limit(self, rate: int, burst: int) -> None:
         """Upcalls per second (and burst) each port may send up; 0 turns the limit off."""
-        flags = L.CFG_F_TEST if self.test else 0
-        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags, rate, burst))
+        self._upcall_limit = (rate, burst)
+        self._write_config()
 
     def add_port(self, ofport: int, ifindex: int, tunnel=None) -> None:
         """Switch port `ofport` is the kernel device `ifindex` (tunnel: its TunnelPort)."""
