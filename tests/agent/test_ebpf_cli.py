@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from sbnet.agent.agent import vif_name
 from sbnet.agent.netns import Topology, require_netns, sh
 from sbnet.api.process import spawn, stop as stop_server
 from tests.agent.test_agent_faults import Lines
@@ -94,11 +95,26 @@ def test_ebpf_agent_restart_under_iperf3_keeps_the_kernel_forwarding(env):
         assert result["end"]["sum_received"]["bytes"] > 0
         # The new agent took the megaflows up and the VMs still talk through it.
         assert topo.ping("a", ips["b"], count=3).returncode == 0, procs["h1"].text()
+        # The running agent's kernel entries, with counters, from another process.
+        dpctl = lambda *a: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "sbnet", "dpctl", *a, "--host", names["h1"], "--netns",
+             hosts["h1"]], capture_output=True, text=True, timeout=60)
+        flows = dpctl("dump-flows")
+        assert flows.returncode == 0, flows.stderr
+        tap = vif_name(ports["a"]["id"])
+        assert any(tap in ln and "packets:0," not in ln for ln in flows.stdout.splitlines()), \
+            flows.stdout
+        show = dict(ln.split(": ") for ln in dpctl("show").stdout.splitlines())
+        assert int(show["hit"]) > 1000 and int(show["flows"]) > 0, show
     finally:
         out = {h: p.stop() for h, p in procs.items()}
     assert "Traceback" not in first + out["h1"] + out["h2"], first + out["h1"] + out["h2"]
     # An agent stopped leaves its pins (the program forwards on); teardown removes them.
     assert (pins.root() / names["h1"] / "flows").exists()
-    for h, name in names.items():
-        pins.remove(name, topo.ns_name(h))
-        assert not (pins.root() / name).exists()
+    gone = subprocess.run([sys.executable, "-m", "sbnet", "dpctl", "del-dp", "--host",
+                           names["h1"], "--netns", hosts["h1"]], capture_output=True, text=True)
+    assert gone.returncode == 0 and "sbvxlan0" in gone.stdout, gone.stdout + gone.stderr
+    assert not (pins.root() / names["h1"]).exists()
+    bad = subprocess.run([sys.executable, "-m", "sbnet", "dpctl", "show", "--host", "../x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("sbnet: error: --host"), bad.stderr
