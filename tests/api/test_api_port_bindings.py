@@ -137,6 +137,10 @@ def test_handover_and_ready_reports_are_checked(nova: Api, port: dict, app_clien
     def part(i: int, n: int, entries=([3, *row],), **kw) -> dict:
         return {"handover": {"source": "src", "target": "dst", "part": i, "parts": n,
                              "entries": list(entries), **kw}}
+    ready = f"sbnet/ports/{pid}/bindings/dst/ready"
+    admin.err("PUT", ready, {"ready": {"conntrack": 2, "round": 2}}, 404)   # no binding yet
+    assert admin.err("PUT", path, part(0, 1), 409)["type"] == "NoSuchMigration"
+    nova.req("POST", f"ports/{pid}/bindings", {"binding": {"host": "dst"}}, 201)
     for bad in ({}, part(1, 1), part(0, 1, entries=[[1, 2]]), part(0, 1, entries=[[1] + [-1] * 32]),
                 part(0, 1, extra=1), part(0, 1, entries=[["x", *row]])):
         admin.err("PUT", path, bad, 400)
@@ -147,11 +151,18 @@ def test_handover_and_ready_reports_are_checked(nova: Api, port: dict, app_clien
     assert (out["complete"], out["entries"], out["round"]) == (True, 2, 1)
     assert admin.req("PUT", path, part(0, 1), status=200)["handover"]["round"] == 2
     Api(app_client, {"X-Project-Id": "p", "X-Roles": "member"}).err("PUT", path, part(0, 1), 403)
-    ready = f"sbnet/ports/{pid}/bindings/dst/ready"
-    admin.err("PUT", ready, {"ready": {"conntrack": 2, "round": 2}}, 404)   # no binding yet
-    nova.req("POST", f"ports/{pid}/bindings", {"binding": {"host": "dst"}}, 201)
     admin.err("PUT", ready, {"ready": {"conntrack": -1, "round": 0}}, 400)
     admin.req("PUT", ready, {"ready": {"conntrack": 2, "round": 2}}, 200)
     mig = admin.req("GET", f"sbnet/ports/{pid}/migration", status=200)["migration"]
     assert mig["bindings"][0]["host"] == "dst"
     assert mig["bindings"][0]["ready"]["conntrack"] == 2
+    # After activation the source may send its final copy while it keeps its binding; once
+    # Nova deleted it, a late copy is refused and the handover is gone.
+    nova.req("PUT", f"ports/{pid}/bindings/dst/activate", status=200)
+    assert admin.req("PUT", path, part(0, 1), status=200)["handover"]["round"] == 3
+    assert admin.err("PUT", path, {"handover": dict(part(0, 1)["handover"], source="dst",
+                                                     target="src")}, 409)
+    nova.req("DELETE", f"ports/{pid}/bindings/src", status=204)
+    assert admin.err("PUT", path, part(0, 1), 409)["type"] == "NoSuchMigration"
+    assert admin.req("GET", f"sbnet/ports/{pid}/migration",
+                     status=200)["migration"]["handover"] is None

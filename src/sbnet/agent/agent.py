@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 from sbnet.agent.dhcp import Responder
+from sbnet.agent.migration import MigrationDuty
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline, diff
-from sbnet.compiler.topology import Chassis, Topology, is_vif
+from sbnet.compiler.topology import Chassis, Topology, is_vif, migration_targets
 
 ADMIN = {"X-Project-Id": "sbnet-agent", "X-Roles": "admin"}
 HEARTBEAT = 10.0        # seconds between registrations, which the API takes as heartbeats
@@ -45,6 +46,8 @@ class Source(Protocol):
     def register(self, host: str, body: dict) -> None: ...
     def port_status(self, port_id: str, status: str) -> None: ...
     def port_stats(self, host: str, ports: dict) -> None: ...
+    def handover(self, port_id: str, body: dict) -> None: ...
+    def binding_ready(self, port_id: str, host: str, ready: dict) -> None: ...
 
 
 class ApiError(RuntimeError):
@@ -92,6 +95,15 @@ class ApiSource:
     def port_stats(self, host: str, ports: dict) -> None:
         self._ok(self.client.put(f"/v2.0/sbnet/hosts/{host}/stats", json={"ports": ports},
                                  headers=self.headers))
+
+    def handover(self, port_id: str, body: dict) -> None:
+        """A migrating port's connections, one part, for its destination (sbnet.api.bindings)."""
+        self._ok(self.client.put(f"/v2.0/sbnet/ports/{port_id}/handover",
+                                 json={"handover": body}, headers=self.headers))
+
+    def binding_ready(self, port_id: str, host: str, ready: dict) -> None:
+        self._ok(self.client.put(f"/v2.0/sbnet/ports/{port_id}/bindings/{host}/ready",
+                                 json={"ready": ready}, headers=self.headers))
 
 
 class Mirror:
@@ -170,6 +182,7 @@ class HostAgent:
         self.slow_path = slow_path
         self.mirror = Mirror()
         self.compiler = Compiler(host)
+        self.migration = MigrationDuty(host, datapath, source)
         self.pipeline: HostPipeline | None = None
         self.reported: dict[str, str] = {}
         self.history: list[StepReport] = []
@@ -238,8 +251,13 @@ class HostAgent:
         start = time.monotonic()
         self._plugged = plugged
         snapshot = self.mirror.snapshot()
-        bound = {p["id"] for p in snapshot.get("port", ())
-                 if p.get("binding:host_id") == self.host and is_vif(p)}
+        # Ports bound here, and those migrating here (their VIF is plugged before the VM
+        # moves, so the pipeline is ready when it arrives).
+        ports = {p["id"]: p for p in snapshot.get("port", ())}
+        arriving = {pid for pid, hosts in migration_targets(
+            snapshot.get("port_binding", ()), ports).items() if self.host in hosts}
+        bound = {pid for pid, p in ports.items() if is_vif(p) and (
+            p.get("binding:host_id") == self.host or pid in arriving)}
         me = Chassis(self.host, self.tunnel_ip, {p: o for p, o in plugged.items() if p in bound},
                      self.physnets, self.profile, self.service_ofport)
         topo = Topology(snapshot, [me])
@@ -255,6 +273,7 @@ class HostAgent:
             d = self.compiler.last_diff
         apply_diff(self.datapath, d)
         self.pipeline = new
+        self.migration.step(snapshot, topo, set(me.ofports))
         report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete),
                             faults=dict(self.compiler.faults))
         for (typ, ident), why in report.faults.items():
@@ -271,7 +290,7 @@ class HostAgent:
     def _report_status(self, snapshot: dict, plugged: set[str], report: StepReport,
                        topo: Topology) -> None:
         for p in snapshot.get("port", ()):
-            if topo.host_of(p) != self.host or not is_vif(p):
+            if topo.active_host(p) != self.host or not is_vif(p):
                 continue
             # A port the compiler had to leave out carries no traffic: say so on the port.
             want = "ERROR" if ("port", p["id"]) in report.faults else \

@@ -23,9 +23,10 @@ class RealCloud:
 
     def __init__(self, topo: Topology, backend: str, hosts=("h1", "h2"),
                  physnets: tuple[str, ...] = (), api: LocalApi | None = None,
-                 metadata: tuple[str, str] | None = None) -> None:
+                 metadata: tuple[str, str] | None = None, handover: bool = True) -> None:
         """metadata: (URL, shared secret) of a metadata service each host's agent proxies
-        http://169.254.169.254 to."""
+        http://169.254.169.254 to.  handover: False to migrate without moving connection
+        state (what it saves is measured against that)."""
         self.topo = topo
         self.api = api or LocalApi()
         self.source = ApiSource(self.api.client)
@@ -58,6 +59,7 @@ class RealCloud:
             agent = HostAgent(name, host.datapath, self.source, host.underlay_ip, ports,
                               vifs=lambda n=name: dict(self.vifs[n]),
                               service_ofport=SERVICE_OFPORT, slow_path=svc.start())
+            agent.migration.moves_conns &= handover
             agent.start()
             self.agents[name] = agent
             if metadata is not None:
@@ -134,6 +136,25 @@ class RealCloud:
         if gateway:
             sh("ip", "-n", ns, "route", "add", "default", "via", gateway)
         return ns
+
+    def move(self, vm: Vm, port: dict, dest: str):
+        """Start moving `vm` (port `port`) to host `dest` as a hypervisor does: its tap is
+        plugged there now (the agent sees the VIF); VmMove.switch_over() and
+        finish_move() do the rest."""
+        from sbnet.agent.vmmove import VmMove
+        mv = VmMove(self.topo, vm, self.topo.hosts[dest])
+        self.vifs[dest][port["id"]] = mv.plug()
+        return mv
+
+    def finish_move(self, mv, port: dict) -> None:
+        """After the switch-over: the source's tap goes."""
+        self.vifs[mv.source.name].pop(port["id"], None)
+        mv.unplug_source()
+
+    def abort_move(self, mv, port: dict) -> None:
+        """A migration that failed before the switch-over: the destination's tap goes."""
+        self.vifs[mv.dest.name].pop(port["id"], None)
+        mv.abort()
 
     def close(self) -> None:
         """Stop what runs in this process for the hosts: metadata proxies, slow paths."""

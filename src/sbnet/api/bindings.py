@@ -54,17 +54,6 @@ def inactive_bindings(tx, port_id: str) -> list[dict]:
     return tx.list(BINDING_TYPE, parent_id=port_id)
 
 
-def migration_targets(port: dict, bindings: list[dict]) -> list[str]:
-    """Hosts a port is moving to besides its active host: its inactive bindings' hosts and
-    the host its active binding's profile names in migrating_to (Nova's older way)."""
-    out = [b["host"] for b in bindings if b.get("port_id") == port["id"] and b.get("host")]
-    to = (port.get("binding:profile") or {}).get("migrating_to")
-    if isinstance(to, str) and to and to not in out:
-        out.append(to)
-    active = port.get("binding:host_id") or ""
-    return [h for h in out if h != active]
-
-
 def _not_found(port_id: str, host: str) -> NotFound:
     return NotFound(f"Binding for port {port_id} for host {host} could not be found.",
                     type_name="PortBindingNotFound")
@@ -217,8 +206,9 @@ def extra_routes(router: APIRouter, api) -> None:
             tx.delete(BINDING_TYPE, new)
             if old["host"]:
                 # The binding that was active stays, inactive (Nova deletes it afterwards).
+                # `former`: left by an activation, not a host the port is moving to.
                 keep = dict(old, id=binding_id(port_id, old["host"]), port_id=port_id,
-                            status="INACTIVE", ready=None)
+                            status="INACTIVE", ready=None, former=True)
                 keep["profile"] = {k: v for k, v in keep["profile"].items()
                                    if k != "migrating_to"}
                 tx.insert(BINDING_TYPE, keep, keep["project_id"], port_id, standard=False)
@@ -313,11 +303,20 @@ def southbound_routes(router: APIRouter, api) -> None:
             port = tx.get("port", port_id)
             if port is None:
                 raise NotFound(f"Port {port_id} could not be found.", type_name="PortNotFound")
+            src, dst = body["source"], body["target"]
+            active = port.get("binding:host_id") or ""
+            inactive = {b["host"]: b for b in inactive_bindings(tx, port_id)}
+            # The pre-copy goes to a host the port is moving to; the final copy, once that
+            # host is active, while the source still has the binding activation left it.
+            if not ((active == src and dst in inactive and not inactive[dst].get("former"))
+                    or (active == dst and inactive.get(src, {}).get("former"))):
+                raise Conflict(f"Port {port_id} is not migrating from {src} to {dst}.",
+                               type_name="NoSuchMigration")
             old = tx.get(HANDOVER_TYPE, port_id)
             if body["part"] == 0:
-                row = {"id": port_id, "port_id": port_id, "source": body["source"],
-                       "target": body["target"], "parts": body["parts"], "received": 0,
-                       "entries": [], "round": (old or {}).get("round", 0) + 1}
+                row = {"id": port_id, "port_id": port_id, "source": src, "target": dst,
+                       "parts": body["parts"], "received": 0, "entries": [],
+                       "round": (old or {}).get("round", 0) + 1, "serial": uuid.uuid4().hex}
             elif old is None or old["received"] != body["part"] or \
                     (old["source"], old["target"], old["parts"]) != \
                     (body["source"], body["target"], body["parts"]):

@@ -6,7 +6,7 @@ from sbnet.cli.main import app
 
 # Modules that define commands; a module missing here is not yet built.
 _MODULES = ("replay", "trace", "conntrack", "serve", "flows", "run", "offload", "compare", "agent",
-            "neutron_sync")
+            "neutron_sync", "migrate")
 
 for _name in _MODULES:
     try:

@@ -37,7 +37,7 @@ def build(ctx) -> None:
             # Whether it is plugged here is an input too (its VIF ofport is in port_deps).
             ctx.unit(("port", port["id"]), topo.port_deps(port), build_l2_port, ctx, port)
         local = tuple(topo.port_key[p["id"]] for p in topo.ports_of[net_id]
-                      if is_vif(p) and topo.host_of(p) == ctx.host and _plugged(ctx, p))
+                      if is_vif(p) and ctx.host in topo.hosts_for(p) and _plugged(ctx, p))
         remote = tuple((h, topo.chassis[h].tunnel_ip) for h in sorted(hosts - {ctx.host}))
         net = topo.networks[net_id]
         ctx.unit(("flood", net_id), (version(net), topo.net_key[net_id], local, remote),
@@ -131,25 +131,40 @@ def remote_out(ctx, net: dict, host: str) -> list:
 
 
 def build_l2_unicast(ctx, port: dict) -> None:
+    """To the port's VIF here, else to its host.  While it migrates its traffic goes to
+    every host it may be on (the VM is on one of them; the others drop their copy)."""
     topo = ctx.topo
     net = topo.networks[port["network_id"]]
     meta = R.NETWORK.match(topo.net_key[port["network_id"]])
-    host = topo.host_of(port)
-    if not is_vif(port) or host not in topo.chassis:
+    hosts = [h for h in topo.hosts_for(port) if h in topo.chassis]
+    if not is_vif(port) or not hosts:
         return
-    mac = mac_int(port["mac_address"])
-    out = R.OUTPORT.load(topo.port_key[port["id"]])
-    cookie = ctx.cookie("port", port["id"])
-    if host == ctx.host:
-        if _plugged(ctx, port):
-            ctx.flow("l2_lookup", 100, [out, ctx.goto("ingress_ct")],
-                     {"metadata": meta, "eth_dst": mac}, cookie)
-        return
+    match = {"metadata": meta, "eth_dst": mac_int(port["mac_address"])}
     # Remote ports are reached only from local senders: a host never relays
     # between two remote ends (split horizon).
-    ctx.flow("l2_lookup", 100, [out, *remote_out(ctx, net, host), ctx.goto("ingress_ct")],
-             {"metadata": meta, "eth_dst": mac,
-              R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,))}, cookie)
+    from_local = {**match, R.FLAGS_FIELD: R.flags_match(off=(R.FROM_REMOTE,))}
+    out = R.OUTPORT.load(topo.port_key[port["id"]])
+    cookie = ctx.cookie("port", port["id"])
+    local = ctx.host in hosts and _plugged(ctx, port)
+    remote = [h for h in hosts if h != ctx.host]
+    if local:
+        ctx.flow("l2_lookup", 100, [out, ctx.goto("ingress_ct")], match, cookie)
+    if local and remote:
+        # The local copy first: it resumes after conntrack with the registers it had.
+        receive = A.Resubmit(table=ctx.table("ingress_ct"))
+        copies = [out, receive]
+        for h in remote:
+            copies += [out, *remote_out(ctx, net, h), receive]
+        ctx.flow("l2_lookup", 110, copies, from_local, cookie)
+    elif len(remote) == 1:
+        ctx.flow("l2_lookup", 100, [out, *remote_out(ctx, net, remote[0]),
+                                    ctx.goto("ingress_ct")], from_local, cookie)
+    elif remote:
+        receive = A.Resubmit(table=ctx.table("ingress_ct"))
+        copies = []
+        for h in remote:
+            copies += [out, *remote_out(ctx, net, h), receive]
+        ctx.flow("l2_lookup", 100, copies, from_local, cookie)
 
 
 def _plugged(ctx, port: dict) -> bool:
@@ -173,7 +188,7 @@ def build_l2_flood(ctx, net_id: str) -> None:
     receive = A.Resubmit(table=ctx.table("ingress_ct"))
     local = []
     for port in topo.ports_of[net_id]:
-        if is_vif(port) and topo.host_of(port) == ctx.host and _plugged(ctx, port):
+        if is_vif(port) and ctx.host in topo.hosts_for(port) and _plugged(ctx, port):
             local += [R.OUTPORT.load(topo.port_key[port["id"]]), receive]
     remote = []
     if topo.network_type(net) in TUNNEL_TYPES:

@@ -144,11 +144,15 @@ class Topology:
         self.members: dict[str, list[dict]] = defaultdict(list)   # security group -> ports
         self.router_ports: dict[str, list[dict]] = defaultdict(list)
         self.gateway_ports: dict[str, dict] = {}
+        # Live migration: hosts a port is moving to (its inactive bindings, or migrating_to).
+        self.moving_to = migration_targets(snapshot.get("port_binding", ()), self.ports)
         for p in _order(self.ports.values()):
             self.ports_of[p["network_id"]].append(p)
             host = p.get("binding:host_id") or ""
             if host:
                 self.ports_on[host].append(p)
+            for target in self.moving_to.get(p["id"], ()):
+                self.ports_on[target].append(p)
             if port_secured(p, self.networks.get(p["network_id"])):
                 for g in p.get("security_groups") or ():
                     self.members[g].append(p)
@@ -208,13 +212,34 @@ class Topology:
     def network_type(self, net: dict) -> str:
         return net.get("provider:network_type") or "vxlan"
 
-    def host_of(self, port: dict) -> str:
-        """The host a port's packets are on (a sub-port is where its trunk's parent is)."""
+    def active_host(self, port: dict) -> str:
+        """The host of a port's active binding (a sub-port's is its trunk parent's)."""
         sub = self.subport_of.get(port["id"])
         if sub is not None:
             parent = self.ports.get(sub[0]["port_id"])
             return (parent.get("binding:host_id") or "") if parent else ""
         return port.get("binding:host_id") or ""
+
+    def hosts_for(self, port: dict) -> tuple[str, ...]:
+        """Every host a port may be on: its active host, then the hosts it is migrating to
+        (traffic to it goes to all of them while it moves, as OVN clones it)."""
+        active = self.active_host(port)
+        sub = self.subport_of.get(port["id"])
+        moving = self.moving_to.get(sub[0]["port_id"] if sub else port["id"], ())
+        return tuple(h for h in (active, *moving) if h)
+
+    def host_of(self, port: dict) -> str:
+        """The host a port's packets are on: its active host, or during a migration the
+        host its VIF is plugged on (the destination, once the VM runs there)."""
+        hosts = self.hosts_for(port)
+        if len(hosts) > 1:
+            sub = self.subport_of.get(port["id"])
+            vif = sub[0]["port_id"] if sub else port["id"]
+            for h in hosts:
+                ch = self.chassis.get(h)
+                if ch is not None and vif in ch.ofports:
+                    return h
+        return hosts[0] if hosts else ""
 
     def local_ports(self, host: str) -> list[dict]:
         """Ports whose VIF is on `host` and that the agent has plugged (has an ofport).
@@ -229,9 +254,7 @@ class Topology:
     def _port_hosts(self, network_id: str) -> set[str]:
         out = set()
         for p in self.ports_of[network_id]:
-            h = self.host_of(p)
-            if h and h in self.chassis:
-                out.add(h)
+            out.update(h for h in self.hosts_for(p) if h in self.chassis)
         return out
 
     def hosts_of(self, network_id: str) -> set[str]:
@@ -293,10 +316,13 @@ class Topology:
         ch = self.chassis.get(host)
         sub = self.subport_of.get(port["id"])
         vif = sub[0]["port_id"] if sub else port["id"]
+        moving = tuple((h, self.chassis[h].tunnel_ip, self.chassis[h].ofports.get(vif))
+                       for h in self.hosts_for(port) if h in self.chassis) \
+            if vif in self.moving_to else ()
         return (version(port), self.port_key[port["id"]], version(net),
                 self.net_key.get(port["network_id"]), self.zone.get(port["network_id"]), host,
                 ch.tunnel_ip if ch else None, ch.ofports.get(vif) if ch else None,
-                (version(sub[0]), sub[1]) if sub else None)
+                (version(sub[0]), sub[1]) if sub else None, moving)
 
     def trunk_of(self, port: dict) -> dict | None:
         """The trunk whose parent is `port`."""
@@ -339,6 +365,23 @@ def version(body: dict) -> tuple:
     if rev is None:
         return (body.get("id"), repr(sorted(body.items(), key=lambda kv: kv[0])))
     return (body["id"], rev, body.get("updated_at"))
+
+
+def migration_targets(bindings: Iterable[dict], ports: Mapping[str, dict]) -> dict[str, tuple]:
+    """Port id -> hosts it is migrating to: its inactive bindings (Neutron's
+    binding-extended; not the one an activation left behind on the old host) and the host
+    its active binding's profile names in migrating_to (Nova without multiple bindings)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for b in bindings:
+        if b.get("host") and not b.get("former") and b.get("port_id") in ports:
+            out[b["port_id"]].append(b["host"])
+    for pid, p in ports.items():
+        to = (p.get("binding:profile") or {}).get("migrating_to")
+        if isinstance(to, str) and to and to not in out.get(pid, ()):
+            out[pid].append(to)
+    return {pid: tuple(sorted(h for h in hosts if h != (ports[pid].get("binding:host_id") or "")))
+            for pid, hosts in out.items()
+            if any(h != (ports[pid].get("binding:host_id") or "") for h in hosts)}
 
 
 def is_vif(port: dict) -> bool:

@@ -14,6 +14,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from sbnet.datapath import ctmove
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.ports import Port
 from sbnet.datapath.switch import Switch
@@ -329,6 +330,20 @@ class AfPacketDatapath:
         with self.lock:
             return self.switch.conntrack.dump(zone)
 
+    def export_conns(self, zones, addrs, remove: bool = False, keep=()) -> list[list]:
+        """A port's connections for a migration (sbnet.datapath.ctmove.export)."""
+        with self.lock:
+            sw = self.switch
+            return ctmove.export(sw.conntrack, zones, addrs, sw.clock(), remove, keep)
+
+    def import_conns(self, entries) -> list[tuple]:
+        with self.lock:
+            return ctmove.import_(self.switch.conntrack, entries, self.switch.clock())
+
+    def forget_conns(self, tuples) -> int:
+        with self.lock:
+            return ctmove.forget(self.switch.conntrack, tuples)
+
     def delete_meter(self, meter_id: int) -> list[Flow]:
         with self.lock:
             return self.switch.delete_meter(meter_id)
@@ -348,7 +363,8 @@ _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "dro
            "loop_errors", "kernel_stats", "plug", "unplug", "add_tunnel", "port_names",
            "delete_group",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
-           "dump_conntrack", "delete_meter", "dump_meters", "meter_stats")
+           "dump_conntrack", "delete_meter", "dump_meters", "meter_stats",
+           "export_conns", "import_conns", "forget_conns")
 
 
 class RemoteDatapath:

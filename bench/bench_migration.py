@@ -1,0 +1,138 @@
+"""Live migration downtime on real Linux stacks, per datapath (reference switch, eBPF tier,
+Open vSwitch userspace), in one run.
+
+Three hosts joined by VXLAN; `mover` (on h2, a security group with no ingress rule) receives
+an iperf3 stream (-R, 0.1 s intervals) and a paced TCP stream from `peer` on h1 and pings it
+every 10 ms; it moves h2 -> h3 by Nova's sequence (`sbnet migrate`'s driver: inactive
+binding, destination ready, switch-over, activate, delete the source's binding) with the
+conntrack handover, then h3 -> h2 without it; then N more migrations back and forth, after
+which no host may hold flows, bindings or connections of the mover it should not.
+
+Downtime is the silence that spans the switch-over: between the ping replies before and after
+it, between the paced stream's receives before and after it, and the longest run of iperf3
+intervals (0.1 s) that carried nothing within 1 s of it.  The largest ping gap of the whole run
+is printed beside it: on a busy machine that is the scheduler's, not the migration's.
+
+Needs root, iperf3, Open vSwitch, BPF.  Run: python bench/bench_migration.py [--back-and-forth N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from sbnet.agent.migrationlab import MigrationLab
+from sbnet.agent.netns import Topology
+from sbnet.agent.probes import PingTrain, Stream
+
+SECONDS = 5.0           # each measured run; the switch-over happens 2 s in
+
+
+def iperf_gap(out: str, t_start: float, t_move: float) -> tuple[float, float]:
+    """(the longest run of intervals carrying nothing within 1 s of the switch-over, in s;
+    mean Mbit/s) from iperf3 -J; t_start: monotonic time the client started."""
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return float("inf"), 0.0
+    longest = run = 0.0
+    for iv in data.get("intervals", ()):
+        s = iv["sum"]
+        near = abs(t_start + (s["start"] + s["end"]) / 2 - t_move) < 1.0
+        run = run + (s["end"] - s["start"]) if s["bytes"] == 0 and near else 0.0
+        longest = max(longest, run)
+    bits = data.get("end", {}).get("sum_received", {}).get("bits_per_second", 0.0)
+    return longest, bits / 1e6
+
+
+def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
+    topo, peer, mover = lab.topo, lab.peer, lab.mover
+    srv = topo.popen(peer, "iperf3", "-s", "-1", "-p", str(5201 + port % 5))
+    time.sleep(0.3)
+    t_ip = time.monotonic()
+    ip = topo.popen(mover, "iperf3", "-c", peer.address, "-p", str(5201 + port % 5), "-R",
+                    "-t", str(SECONDS), "-i", "0.1", "-b", "40M", "-J")
+    stream = Stream(topo, peer, mover, peer.address, port=port, seconds=SECONDS, idle=SECONDS)
+    pings = PingTrain(topo, mover, peer.address, count=int(SECONDS * 100))
+    time.sleep(2.0)
+    tl, t_move = lab.move(dest)
+    res = stream.result(timeout=SECONDS + 30)
+    gap, replies, sent = pings.gap(timeout=SECONDS + 30, at=t_move)
+    worst, _, _ = pings.gap()
+    out, _ = ip.communicate(timeout=SECONDS + 30)
+    srv.communicate(timeout=10)
+    igap, mbps = iperf_gap(out, t_ip, t_move)
+    kept = res.error == "" and res.bytes_after(t_move + 0.5)
+    return {"ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies,
+            "stream_gap_ms": res.gap_at(t_move) * 1000, "stream_survived": kept,
+            "iperf_gap_ms": igap * 1000, "iperf_mbps": mbps,
+            "ready_ms": next((t * 1000 for t, w in tl.events if "ready" in w), float("nan")),
+            "sequence_ms": tl.events[-1][0] * 1000}
+
+
+def leaks(lab: MigrationLab, n: int) -> dict:
+    """n migrations back and forth (handover on); then what is left where it should not be."""
+    flows0 = {h: len(lab.topo.hosts[h].datapath.dump_flows()) for h in ("h1", "h2", "h3")}
+    t0 = time.monotonic()
+    for i in range(n):
+        lab.move("h3" if lab.host == "h2" else "h2")
+    per = (time.monotonic() - t0) / max(n, 1)
+    time.sleep(1.5)                         # the agents apply the last activation
+    snap = lab.cloud.api.store.snapshot()
+    away = "h3" if lab.host == "h2" else "h2"
+    tcp_away = [c for c in lab.conns(away) if c.startswith("tcp")]
+    flows = {h: len(lab.topo.hosts[h].datapath.dump_flows()) for h in ("h1", "h2", "h3")}
+    return {"migrations": n, "seconds_each": per, "bindings_left": len(snap.get("port_binding", ())),
+            "handovers_left": len(snap.get("ct_handover", ())),
+            "tcp_conns_on_old_host": len(tcp_away), "flows_before": flows0, "flows_after": flows}
+
+
+def run(backend: str, back_and_forth: int) -> dict:
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        lab = MigrationLab.build(topo, backend)
+        try:
+            out = {"backend": backend}
+            lab.handover(True)
+            out["handover"] = measured_move(lab, "h3", 5010)
+            lab.handover(False)
+            out["no_handover"] = measured_move(lab, "h2", 5011)
+            lab.handover(True)
+            out["leaks"] = leaks(lab, back_and_forth)
+            return out
+        finally:
+            lab.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--back-and-forth", type=int, default=20)
+    ap.add_argument("--backends", default="reference,ebpf,ovs")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results = [run(b, args.back_and_forth) for b in args.backends.split(",")]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print("Gaps are the silence spanning the switch-over; 'worst' is the largest ping gap of "
+          "the whole run (the machine's own noise).")
+    print(f"{'datapath':10} {'handover':9} {'ping gap':>9} {'worst':>7} {'lost':>5} "
+          f"{'stream gap':>11} {'TCP kept':>8} {'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8}")
+    for r in results:
+        for key, label in (("handover", "yes"), ("no_handover", "no")):
+            m = r[key]
+            print(f"{r['backend']:10} {label:9} {m['ping_gap_ms']:7.0f}ms "
+                  f"{m['ping_worst_ms']:5.0f}ms {m['ping_lost']:5d} "
+                  f"{m['stream_gap_ms']:9.0f}ms {'yes' if m['stream_survived'] else 'NO':>8} "
+                  f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms")
+    for r in results:
+        lk = r["leaks"]
+        print(f"{r['backend']}: {lk['migrations']} migrations back and forth, "
+              f"{lk['seconds_each']:.2f} s each; left: {lk['bindings_left']} bindings, "
+              f"{lk['handovers_left']} handovers, {lk['tcp_conns_on_old_host']} TCP connections "
+              f"on the old host; flows before {lk['flows_before']} after {lk['flows_after']}")
+
+
+if __name__ == "__main__":
+    main()

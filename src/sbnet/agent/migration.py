@@ -1,0 +1,157 @@
+"""A host agent's part in a live migration: hand a leaving port's connections over, take an arriving port's in, say when the destination is ready."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("sbnet.agent")
+
+PART = 200      # connections per handover request (under the API's body limit)
+
+
+def port_addresses(topo, port: dict) -> list[str]:
+    """Addresses a port's connections may carry: fixed IPs, allowed address pairs (single
+    addresses) and the floating IPs NATed to it."""
+    out = [f["ip_address"] for f in port.get("fixed_ips") or ()]
+    for pair in port.get("allowed_address_pairs") or ():
+        ip = str(pair.get("ip_address") or "")
+        if ip and ("/" not in ip or ip.endswith(("/32", "/128"))):
+            out.append(ip.split("/")[0])
+    for fip in topo.floating_ips.values():
+        if fip.get("port_id") == port["id"] and fip.get("floating_ip_address"):
+            out.append(fip["floating_ip_address"])
+    return out
+
+
+def port_zones(topo, port: dict) -> set[int]:
+    """Conntrack zones a port's connections live in: its network's (security groups) and
+    those of the routers on that network (floating IP and SNAT)."""
+    net = port["network_id"]
+    zones = {topo.zone[net]} if net in topo.zone else set()
+    return zones | {topo.router_zone[r] for r in topo.routers_on.get(net, ())
+                    if r in topo.router_zone}
+
+
+@dataclass
+class Handover:
+    """What this host has done for migrations in progress."""
+
+    sent: dict[str, str] = field(default_factory=dict)          # port -> host we exported to
+    imported: dict[str, tuple[str, list]] = field(default_factory=dict)   # port -> (serial, tuples)
+    ready: dict[str, str] = field(default_factory=dict)         # port -> serial reported ready
+    log: list[tuple[str, str, int]] = field(default_factory=list)   # (port, what, connections)
+
+
+class MigrationDuty:
+    """Run after every sync of a HostAgent: as the source, export a migrating port's
+    connections when its inactive binding appears (the pre-copy) and again, removing them
+    here, when the binding is activated elsewhere (the final copy); as the destination,
+    import each complete handover and report the binding ready once the port's VIF is
+    plugged here, its pipeline installed and the latest handover imported.  A datapath
+    without export/import (OVS: its userspace conntrack has no import) hands over nothing:
+    its connections start again from scratch at the destination."""
+
+    def __init__(self, host: str, datapath, source) -> None:
+        self.host = host
+        self.datapath = datapath
+        self.source = source
+        self.state = Handover()
+        self.moves_conns = all(hasattr(datapath, m) for m in
+                               ("export_conns", "import_conns", "forget_conns"))
+
+    def step(self, snapshot: dict, topo, plugged: set[str]) -> None:
+        handovers = {h["port_id"]: h for h in snapshot.get("ct_handover", ())}
+        st = self.state
+        for pid in list(st.sent):
+            port = topo.ports.get(pid)
+            target = st.sent[pid]
+            if port is None:
+                del st.sent[pid]
+            elif topo.active_host(port) == target:
+                self._export(topo, port, target, final=True)
+                del st.sent[pid]
+            elif target not in topo.moving_to.get(pid, ()):
+                del st.sent[pid]                       # aborted: the source keeps its state
+        for pid, targets in topo.moving_to.items():
+            port = topo.ports[pid]
+            if topo.active_host(port) == self.host and targets and st.sent.get(pid) != targets[0]:
+                self._export(topo, port, targets[0], final=False)
+                st.sent[pid] = targets[0]
+        for pid in list(st.imported):
+            port = topo.ports.get(pid)
+            if port is None:
+                del st.imported[pid]
+            elif self.host in topo.moving_to.get(pid, ()):
+                continue                                # still arriving
+            elif topo.active_host(port) != self.host:
+                self._forget(pid)                       # aborted: what came goes
+            elif pid not in handovers:
+                del st.imported[pid]                    # done, and the handover is gone
+            else:
+                st.imported[pid] = (st.imported[pid][0], [])    # here for good
+        for pid, h in handovers.items():
+            port = topo.ports.get(pid)
+            if port is None or h.get("target") != self.host or not h.get("complete"):
+                continue
+            arriving = self.host in topo.moving_to.get(pid, ())
+            if not arriving and topo.active_host(port) != self.host:
+                continue
+            if st.imported.get(pid, ("", []))[0] != h["serial"]:
+                self._import(pid, h)
+            if arriving and pid in plugged and st.ready.get(pid) != h["serial"]:
+                self._ready(pid, h)
+        for pid in list(st.ready):
+            if self.host not in topo.moving_to.get(pid, ()):
+                del st.ready[pid]
+
+    def _export(self, topo, port: dict, target: str, final: bool) -> None:
+        entries: list = []
+        if self.moves_conns:
+            keep = [ip for p in topo.local_ports(self.host) if p["id"] != port["id"]
+                    for ip in port_addresses(topo, p)]
+            entries = self.datapath.export_conns(
+                sorted(port_zones(topo, port)), sorted(_ints(port_addresses(topo, port))),
+                final, sorted(_ints(keep)))
+        parts = [entries[i:i + PART] for i in range(0, len(entries), PART)] or [[]]
+        try:
+            for n, chunk in enumerate(parts):
+                self.source.handover(port["id"], {"source": self.host, "target": target,
+                                                  "part": n, "parts": len(parts),
+                                                  "entries": chunk})
+        except Exception as exc:
+            # 409: the migration is over (Nova deleted our binding first): nothing to hand.
+            if getattr(exc, "status", None) != 409:
+                raise
+            log.info("%s: port %s: handover to %s refused: %s", self.host, port["id"],
+                     target, exc)
+            return
+        self.state.log.append((port["id"], "final" if final else "pre-copy", len(entries)))
+        log.info("%s: port %s: %s of %d connections to %s", self.host, port["id"],
+                 "final copy" if final else "pre-copy", len(entries), target)
+
+    def _import(self, pid: str, h: dict) -> None:
+        tuples = self.datapath.import_conns(h["entries"]) if self.moves_conns else []
+        old = self.state.imported.get(pid, ("", []))[1]
+        self.state.imported[pid] = (h["serial"], [*old, *tuples])
+        self.state.log.append((pid, f"import round {h['round']}", len(tuples)))
+
+    def _forget(self, pid: str) -> None:
+        _, tuples = self.state.imported.pop(pid)
+        if tuples and self.moves_conns:
+            n = self.datapath.forget_conns(tuples)
+            self.state.log.append((pid, "forget", n))
+
+    def _ready(self, pid: str, h: dict) -> None:
+        n = len(self.state.imported.get(pid, ("", []))[1])
+        try:
+            self.source.binding_ready(pid, self.host, {"conntrack": n, "round": h["round"]})
+        except Exception as exc:       # the binding went meanwhile: nothing to be ready for
+            if getattr(exc, "status", None) != 404:
+                raise
+        self.state.ready[pid] = h["serial"]
+
+
+def _ints(ips: list[str]) -> set[int]:
+    return {int(ipaddress.ip_address(ip)) for ip in ips}

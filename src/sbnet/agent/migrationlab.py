@@ -1,0 +1,101 @@
+"""A cloud set up to watch live migrations on namespaces: a VM that moves between hosts, a peer streaming to it through stateful security groups."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sbnet.agent.netns import Topology
+from sbnet.agent.realcloud import RealCloud
+from sbnet.cli.migrate import NOVA, Timeline, drive
+
+PEER_PORTS = (5001, 5209)       # TCP the peer's group admits (the probes and iperf3's 5201)
+
+
+@dataclass
+class MigrationLab:
+    """Three hosts; `peer` on h1 admits TCP PEER_PORTS and ICMP; `mover` starts on h2 in a
+    group with no ingress rule, so what reaches it is only replies to what it opened (the
+    case a stateful group must recognise after the move)."""
+
+    cloud: RealCloud
+    port: dict
+    peer: object
+    mover: object
+
+    @classmethod
+    def build(cls, topo: Topology, backend: str) -> "MigrationLab":
+        cloud = RealCloud(topo, backend, hosts=("h1", "h2", "h3"))
+        api = cloud.api
+        net = cloud.network("p1", "10.30.0.0/24")
+        web = api.create("security-groups", project="p1", name="web")
+        for proto, ports in (("tcp", PEER_PORTS), ("icmp", None)):
+            api.create("security-group-rules", project="p1", security_group_id=web["id"],
+                       direction="ingress", ethertype="IPv4", protocol=proto,
+                       **({"port_range_min": ports[0], "port_range_max": ports[1]}
+                          if ports else {}))
+        client = api.create("security-groups", project="p1", name="client-only")
+        for r in api.request("GET", "security-group-rules?security_group_id="
+                             + client["id"])["security_group_rules"]:
+            if r["direction"] == "ingress":
+                api.delete("security-group-rules", r["id"])
+        _, peer = cloud.vm("peer", "p1", net, "h1", security_groups=[web["id"]],
+                           device_owner="compute:nova")
+        port, mover = cloud.vm("mover", "p1", net, "h2", security_groups=[client["id"]],
+                               device_owner="compute:nova")
+        for agent in cloud.agents.values():
+            agent.start_thread(wait=0.5)
+        deadline = time.monotonic() + 30
+        while topo.ping(mover, peer.address, count=1, wait=1).returncode != 0:
+            if time.monotonic() > deadline:
+                cloud.close()
+                raise RuntimeError("mover never reached peer")
+        return cls(cloud, port, peer, mover)
+
+    @property
+    def topo(self) -> Topology:
+        return self.cloud.topo
+
+    @property
+    def host(self) -> str:
+        return self.mover.host.name
+
+    def handover(self, on: bool) -> None:
+        """Move connection state with the port (True), or not (what it saves)."""
+        for agent in self.cloud.agents.values():
+            agent.migration.moves_conns = on and hasattr(agent.datapath, "export_conns")
+
+    def move(self, dest: str, fail: bool = False) -> tuple[Timeline, float]:
+        """Nova's sequence with the hypervisor's part done on the namespaces: (timeline,
+        monotonic time of the switch-over).  fail: the hypervisor gives up once the
+        destination is ready (the binding is deleted; MigrationFailed raised)."""
+        from sbnet.cli.migrate import MigrationFailed
+        box: dict = {}
+
+        def plug() -> None:
+            box["mv"] = self.cloud.move(self.mover, self.port, dest)
+
+        def switch() -> None:
+            box["t"] = time.monotonic()
+            if fail:
+                self.cloud.abort_move(box["mv"], self.port)
+                raise MigrationFailed("the hypervisor gave up")
+            box["mv"].switch_over()
+            self.cloud.finish_move(box["mv"], self.port)
+        try:
+            tl = drive(self.cloud.api.client, self.port["id"], dest, NOVA, plug, switch,
+                       timeout=30)
+        except MigrationFailed as exc:
+            if fail and "gave up" in str(exc):
+                raise
+            errors = {h: a.errors[-2:] for h, a in self.cloud.agents.items() if a.errors}
+            raise MigrationFailed(f"{exc}; agents' last errors: {errors}") from None
+        return tl, box["t"]
+
+    def conns(self, host: str) -> list[str]:
+        """The connections of `host`'s datapath that involve the mover."""
+        return [c for c in self.topo.hosts[host].datapath.dump_conntrack()
+                if f"={self.mover.address}," in c]
+
+    def close(self) -> None:
+        self.cloud.close()
