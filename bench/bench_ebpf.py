@@ -1,4 +1,4 @@
-"""The kernel tier's own cost: ns per packet through the BPF program (BPF_PROG_RUN), by megaflows and masks (python bench/bench_ebpf.py; root)."""
+"""The kernel tier's own cost: ns per packet through the BPF program (BPF_PROG_RUN), by megaflows and masks, and flow set-ups per second through the upcall path on real veths (python bench/bench_ebpf.py; root)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="1 k megaflows only")
+    ap.add_argument("--setups", type=int, default=20_000,
+                    help="new flows sent at once for the set-up rate (0: skip)")
     a = ap.parse_args()
     sizes = [1000] if a.quick else [1000, 100_000]
     print("megaflows  masks  ns/pkt (hit, 1st mask)  ns/pkt (hit, last mask)  ns/pkt (miss)  installs/s")
@@ -80,6 +82,22 @@ def main() -> None:
             r = run(n, m, a.repeat)
             print(f"{n:>9}  {m:>5}  {r['first mask']:>22}  {r['last mask']:>23}  {r['miss']:>13}"
                   f"  {r['installs/s']:>10.0f}")
+    if a.setups:
+        setups(a.setups)
+
+
+def setups(n: int) -> None:
+    """New flows sent at once into a kernel-tier switch on real veths, timed until the
+    kernel holds them all (sbnet.datapath.ebpf.setups)."""
+    from sbnet.datapath.ebpf.setups import measure
+    print()
+    print("flow set-ups through upcalls  flows  seconds  set-ups/s  first packets delivered"
+          "  second packets in the kernel  upcalls lost")
+    for kind, label in (("connections", "UDP connections, stateful SG"),
+                        ("megaflows", "megaflows (one per flow)")):
+        r = measure(kind, n)
+        print(f"{label:<29}  {r.flows:>5}  {r.seconds:>7.2f}  {r.rate:>9,.0f}  "
+              f"{r.delivered:>23}  {r.carried:>28}  {r.upcalls_lost:>12}")
 
 
 if __name__ == "__main__":

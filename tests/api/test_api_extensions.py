@@ -51,7 +51,24 @@ def _qos_rule(api: Api, kind: str, **attrs: object) -> bool:
     return api.create(f"qos/policies/{policy['id']}/{kind}", kind[:-1], **attrs)["direction"] == "ingress"
 
 
+def _extra_dhcp_opts(api: Api) -> bool:
+    net = _net(api)
+    api.create("subnets", "subnet", network_id=net["id"], cidr="10.76.0.0/24")
+    opts = [{"opt_name": "bootfile-name", "opt_value": "pxelinux.0", "ip_version": 4}]
+    port = api.create("ports", "port", network_id=net["id"], extra_dhcp_opts=opts)
+    # Neutron's checks: a value for each name, one line; a blank value only for router.
+    for bad in ([{"opt_name": "bootfile-name", "opt_value": ""}], [{"opt_name": "x"}],
+                [{"opt_name": "", "opt_value": "v"}], [{"opt_name": "mtu", "opt_value": "big"}],
+                [{"opt_name": "a", "opt_value": "v", "ip_version": 5}], "pxe",
+                [{"opt_name": "a", "opt_value": "v\nw"}]):
+        api.req("POST", "ports", {"port": {"network_id": net["id"], "extra_dhcp_opts": bad}}, 400)
+    return port["extra_dhcp_opts"] == opts
+
+
 PROBES: dict[str, Callable[[Api], bool]] = {
+    "address-scope": lambda api: api.create("subnetpools", "subnetpool", prefixes=["10.75.0.0/16"],
+                                            address_scope_id=api.create(
+        "address-scopes", "address_scope", ip_version=4)["id"])["address_scope_id"] is not None,
     "allowed-address-pairs": lambda api: "allowed_address_pairs" in _port(api),
     "binding": lambda api: _port(api)["binding:vnic_type"] == "normal",
     "default-subnetpools": lambda api: api.create("subnetpools", "subnetpool", prefixes=[
@@ -63,6 +80,7 @@ PROBES: dict[str, Callable[[Api], bool]] = {
     "ext-gw-mode": lambda api: _gateway(api)["external_gateway_info"]["enable_snat"] is False,
     "extraroute": lambda api: api.create("routers", "router")["routes"] == [],
     "extraroute-atomic": _extraroute_atomic,
+    "extra_dhcp_opt": lambda api: _extra_dhcp_opts(api),
     "fields": lambda api: all(set(n) == {"id"} for n in api.req(
         "GET", "networks?fields=id", status=200)["networks"]),
     "flow_classifier": lambda api: _listed(api, "sfc/flow_classifiers"),
@@ -82,6 +100,9 @@ PROBES: dict[str, Callable[[Api], bool]] = {
                                                     direction="ingress"),
     "qos-default": lambda api: api.create("qos/policies", "policy", is_default=True)["is_default"],
     "qos-rule-type-details": lambda api: _listed(api, "qos/rule-types/bandwidth_limit"),
+    "quotas": lambda api: api.req("PUT", "quotas/p9", {"quota": {"port": 7}}, 200)["quota"]["port"] == 7,
+    "quota_details": lambda api: api.req("GET", "quotas/p9/details", status=200)["quota"]["port"][
+        "used"] == 0,
     "rbac-policies": lambda api: api.create("rbac-policies", "rbac_policy", object_type="network",
                                             object_id=_net(api)["id"], action="access_as_shared",
                                             target_tenant="*")["target_tenant"] == "*",

@@ -94,7 +94,10 @@ def world(request):
     from fastapi.testclient import TestClient
 
     from sbnet.api import create_app
-    client = TestClient(create_app("sqlite://"), raise_server_exceptions=False)
+    from sbnet.api.quotas import DEFAULTS
+    # One case per rule and role, hundreds of resources in a few projects: no quota here.
+    client = TestClient(create_app("sqlite://", quota_defaults=dict.fromkeys(DEFAULTS, -1)),
+                        raise_server_exceptions=False)
     admin = Api(client, ADMIN)
     own = admin.as_(ROLES["owner"][0])
     shared = admin.create("networks", "network", name="shared", shared=True)

@@ -140,3 +140,22 @@ def test_reader_lists_but_cannot_change(cloud: dict) -> None:
         r = httpx.request(method, url + path, json=body, timeout=60, headers={"X-Auth-Token": reader})
         assert r.status_code == 403, (method, path, r.status_code, r.text)
     assert _get(cloud, f"/v2.0/networks/{net['id']}", member).json()["network"]["name"] == "read-me"
+
+
+def test_a_keystone_config_file_works_as_the_url_shortcut_does(cloud: dict, tmp_path) -> None:
+    """The suite's server runs `sbnet serve --keystone URL`; a [keystone_authtoken] file too."""
+    from sbnet.api.openstack import serve_behind
+    from sbnet.api.process import stop
+    proc, url = serve_behind(cloud["ks"], tmp_path, config_file=True)
+    try:
+        token = _token(cloud, "alpha-member", "pw-alpha", "alpha")
+        assert httpx.get(url + "/v2.0/networks", timeout=60).status_code == 401
+        r = httpx.get(url + "/v2.0/networks", headers={"X-Auth-Token": token}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"networks": []}
+    finally:
+        stop(proc)
+    # Without the service user's password the shortcut refuses to start, with one line.
+    res = subprocess.run([sys.executable, "-m", "sbnet", "serve", "--keystone", cloud["ks"].url],
+                         capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "SBNET_KEYSTONE_PASSWORD"})
+    assert res.returncode == 2 and "SBNET_KEYSTONE_PASSWORD" in res.stderr

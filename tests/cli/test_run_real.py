@@ -25,3 +25,10 @@ def test_the_demo_on_real_stacks_isolates_projects_and_routes():
     assert ("outside", "web1 (floating IP)") in answered
     assert ("web1", "outside") in answered and ("client1", "outside") in answered
     assert "packets dropped" in console.export_text()
+    # The bare-metal server's two containers (behind its SmartNIC, plugged by sbnet-cni) are
+    # on alpha-front with alpha's default group: they reach alpha's VMs (across the router
+    # too) and each other; only default-group members reach them.
+    assert set(out["pods"]) == {"pod1", "pod2"}
+    assert {("pod1", "pod2"), ("pod2", "pod1"), ("pod1", "client1"), ("client1", "pod1"),
+            ("pod2", "web2"), ("pod1", "app1")} <= answered
+    assert ("web1", "pod1") not in answered

@@ -184,3 +184,40 @@ def test_dhcpv6_gives_a_stateful_port_its_address_and_dns():
     rep = ask(DHCP6_Request(trid=8) / cid / DHCP6OptServerId(duid=sid.duid) /
               DHCP6OptIA_NA(iaid=1))
     assert rep.haslayer(DHCP6_Reply) and rep[DHCP6OptIAAddress].addr == ip_of(a, 6)
+
+
+def test_a_ports_extra_dhcp_options_are_in_its_answers():
+    c = _cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    a = c.port("p1", net, "h1", extra_dhcp_opts=[
+        {"opt_name": "bootfile-name", "opt_value": "pxelinux.0"},
+        {"opt_name": "tftp-server", "opt_value": "123.123.123.123"},
+        {"opt_name": "server-ip-address", "opt_value": "123.123.123.45"},
+        {"opt_name": "mtu", "opt_value": "1400"},
+        {"opt_name": "150", "opt_value": "10.0.0.7,10.0.0.8"},
+        {"opt_name": "router", "opt_value": ""},
+        {"opt_name": "bootfile-name", "opt_value": "grub.efi", "ip_version": 6}])
+    b = c.port("p1", net, "h1")
+    c.sync()
+    [frame] = c.send(a, [request(a["mac_address"], "discover")]).to(a["id"])
+    o, boot = options(frame), Ether(frame)[BOOTP]
+    assert o["boot-file-name"] == b"pxelinux.0"
+    assert o["tftp_server_name"] == b"123.123.123.123"
+    assert boot.siaddr == "123.123.123.45"              # next-server, in the BOOTP header
+    assert o["interface-mtu"] == 1400                   # the port's value over the network's
+    assert bytes(Ether(frame)[DHCP])[2:].find(bytes((150, 8, 10, 0, 0, 7, 10, 0, 0, 8))) >= 0
+    assert "router" not in o                            # a blank router: none is given
+    assert o["server_id"] == "10.0.0.1" and boot.yiaddr == ip_of(a)
+    # Another port's answer has none of them.
+    [other] = c.send(b, [request(b["mac_address"], "discover")]).to(b["id"])
+    assert "boot-file-name" not in options(other) and options(other)["router"] == "10.0.0.1"
+    # An update as Neutron's: None removes one option, a new value replaces, the rest stay.
+    port = c.api.update("ports", a["id"], extra_dhcp_opts=[
+        {"opt_name": "bootfile-name", "opt_value": None},
+        {"opt_name": "mtu", "opt_value": "1300"}])
+    assert {(o["opt_name"], o["opt_value"]) for o in port["extra_dhcp_opts"]} == {
+        ("tftp-server", "123.123.123.123"), ("server-ip-address", "123.123.123.45"),
+        ("mtu", "1300"), ("150", "10.0.0.7,10.0.0.8"), ("router", ""), ("bootfile-name", "grub.efi")}
+    c.sync()
+    [frame] = c.send(a, [request(a["mac_address"], "discover")]).to(a["id"])
+    assert "boot-file-name" not in options(frame) and options(frame)["interface-mtu"] == 1300

@@ -2,6 +2,8 @@
 
 import re
 
+import numpy as np
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -83,16 +85,38 @@ def test_profile_places_security_group_megaflows_and_refuses_registers():
     assert "registers never reach a datapath key" in place(p, regs).reason
 
 
-@pytest.mark.parametrize("pkt", [
+_CSUM_CASES = [
     Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=2) / b"abc",
     Ether() / Dot1Q(vlan=5) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=3, dport=4) / b"q",
     Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=5, dport=6) / b"xyz12",
-])
-def test_slow_path_completes_checksums_a_vm_left_to_the_nic(pkt):
-    from sbnet.datapath.ebpf.datapath import complete_l4_checksum
-    good = raw(pkt)
-    l4 = len(good) - len(raw(pkt[TCP] if TCP in pkt else pkt[UDP]))
-    at = l4 + (16 if TCP in pkt else 6)
-    partial = good[:at] + b"\x12\x34" + good[at + 2:]     # only the pseudo-header sum, say
-    assert complete_l4_checksum(partial) == good
-    assert complete_l4_checksum(good) == good
+    Ether() / IP(src="10.0.0.9", dst="10.0.0.2") / UDP(sport=7, dport=8) / bytes(range(200)),
+]
+
+
+def test_slow_path_completes_checksums_a_vm_left_to_the_nic():
+    """One batch of partial checksums (each a different header layout) and of good ones:
+    every TCP/UDP checksum comes out as scapy computes it; ARP is left alone."""
+    from scapy.layers.l2 import ARP
+    from sbnet.datapath.batch import Batch
+    from sbnet.datapath.ebpf.upcalls import complete_l4_checksums
+    good, partial = [], []
+    for pkt in _CSUM_CASES:
+        g = raw(pkt)
+        l4 = len(g) - len(raw(pkt[TCP] if TCP in pkt else pkt[UDP]))
+        at = l4 + (16 if TCP in pkt else 6)
+        good.append(g)
+        partial.append(g[:at] + b"\x12\x34" + g[at + 2:])     # only the pseudo-header sum, say
+    arp = raw(Ether() / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+    frames = partial + good + [arp]
+    b = Batch.from_packets(frames, 1)
+    complete_l4_checksums(b)
+    assert b.packets() == good + good + [arp]
+
+
+def test_numpy_records_match_the_struct_layouts():
+    assert L.CT_KEY_DTYPE.itemsize == L.CT_KEY.size
+    assert L.CT_VAL_DTYPE.itemsize == L.CT_VAL.size
+    assert L.FLOW_HEAD_DTYPE.itemsize == L.FLOW_HEAD.size
+    k = np.zeros(1, L.CT_KEY_DTYPE)
+    k["zone"], k["proto"], k["sport"], k["dport"], k["src"], k["dst"] = 7, 6, 1, 2, 3, 4
+    assert k.tobytes() == L.CT_KEY.pack(7, 6, 0, 1, 2, 3, 4)

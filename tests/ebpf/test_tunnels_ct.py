@@ -2,6 +2,7 @@
 
 import ipaddress
 
+import numpy as np
 import pytest
 
 from hypothesis import given, settings
@@ -12,7 +13,8 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import raw
 
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.ebpf.conns import established
+from sbnet.datapath.ebpf import layout as L
+from sbnet.datapath.ebpf.conns import entries_many, established
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 
@@ -142,6 +144,12 @@ def test_established_connections_in_the_connection_map(tier, sport, udp, data):
     dport = 53 if udp else 80
     entries = established(sw.conntrack, 5, 17 if udp else 6, _ip(C), _ip(S), sport, dport)
     assert entries is not None
+    # The batch form gives the same two entries, packed as the map takes them.
+    keys, vals, _ = entries_many(sw.conntrack, 5, np.array(
+        [[17 if udp else 6, _ip(C), _ip(S), sport, dport]], dtype=np.int64))
+    assert keys == b"".join(L.CT_KEY.pack(e.zone, e.proto, 0, e.sport, e.dport, e.src, e.dst)
+                            for e in entries)
+    assert vals == b"".join(L.CT_VAL.pack(e.state, e.mark, 0, 0, 0) for e in entries)
     tier.flush()
     for e in entries:
         tier.add_conn(e.zone, e.proto, e.src, e.dst, e.sport, e.dport, e.state, e.mark)
@@ -203,3 +211,20 @@ def test_upcalls_are_rate_limited_per_port(tier):
     after = tier.stats()
     assert after["upcall_limited"] - before["upcall_limited"] == 7
     assert after["miss"] - before["miss"] == 13
+
+
+def test_a_udp_connection_stays_in_the_slow_path_until_its_reply():
+    """Before a reply the slow path's conntrack says +new for each packet of a UDP
+    connection: the kernel, which would say +est, must not hold it until then."""
+    sw = Switch(clock=lambda: 0.0)
+    for p in (1, 2):
+        sw.add_port(p)
+    sw.load(SG)
+    t = np.array([[17, _ip(C), _ip(S), 4000, 53]], dtype=np.int64)
+    for _ in range(2):
+        run_reference(sw, [(1, seg(C, S, 4000, 53, "", udp=True))])
+        assert established(sw.conntrack, 5, 17, _ip(C), _ip(S), 4000, 53) is None
+        assert entries_many(sw.conntrack, 5, t)[2] == []
+    run_reference(sw, [(2, seg(S, C, 53, 4000, "", udp=True))])
+    assert len(established(sw.conntrack, 5, 17, _ip(C), _ip(S), 4000, 53)) == 2
+    assert len(entries_many(sw.conntrack, 5, t)[2]) == 2

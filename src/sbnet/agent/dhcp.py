@@ -10,6 +10,7 @@ from sbnet.compiler.dhcp import (AGENT_MAC, BOOTPC, BOOTPS, ETH_ARP, ETH_IP, ETH
                                  METADATA_IP, SERVER_MAC, UDP, dhcp_subnet, port_tag, tag_key)
 from sbnet.compiler.topology import ROUTER_OWNERS
 from sbnet.datapath.checksum import internet_checksum
+from sbnet.model.dhcp_opts import encode_v4
 
 MAGIC = b"\x63\x82\x53\x63"
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
@@ -123,6 +124,14 @@ def lease_options(address: str, subnet: dict, network: dict | None,
     return out
 
 
+def with_extra(opts: list[bytes], extra: dict[int, bytes]) -> list[bytes]:
+    """The port's extra options (extra_dhcp_opts) over the native ones: each replaces the
+    option of its code, an empty one removes it; the message type and server id stay first."""
+    kept = [o for o in opts if o[0] not in extra or o[0] in (OPT_TYPE, OPT_SERVER_ID)]
+    return kept + [_opt(code, value) for code, value in extra.items()
+                   if value and code not in (OPT_TYPE, OPT_SERVER_ID)]
+
+
 class Responder:
     """Answers DHCPv4 for the ports of one host from a compiler Topology (the agent's view of
     the model at its last sync).  answer() is pure: frame in, frame (or None) out."""
@@ -194,8 +203,10 @@ class Responder:
                          _opt(OPT_T2, struct.pack("!I", LEASE_SECONDS * 7 // 8))]
             opts += lease_options(address, subnet, self.topo.networks.get(port["network_id"]),
                                   self._routed(port, subnet))
+        extra, siaddr = encode_v4(port.get("extra_dhcp_opts") or []) if kind != NAK else ({}, None)
+        opts = with_extra(opts, extra)
         bootp = struct.pack("!BBBB4sHH4s4s4s4s16s64s128s", 2, 1, 6, 0, req.xid, 0, req.flags,
-                            req.ciaddr.packed, yiaddr.packed, server.packed, req.giaddr,
+                            req.ciaddr.packed, yiaddr.packed, siaddr or server.packed, req.giaddr,
                             req.chaddr, b"", b"") + MAGIC + b"".join(opts) + bytes((OPT_END,))
         bootp += b"\x00" * max(0, 300 - len(bootp))    # BOOTP's minimum, some clients care
         if kind == NAK or req.flags & BROADCAST_FLAG or yiaddr == ipaddress.IPv4Address(0) \

@@ -292,14 +292,17 @@ class Topology:
         dp.underlay("add_route", str(UNDERLAY_NET), UNDERLAY_OFPORT, None, host.underlay_ip)
 
     def _neighbours(self, host: Host, peer: Host) -> None:
-        """Static underlay neighbour entries: tunnels never wait for ARP."""
+        self.add_neighbour(host, peer.underlay_ip, peer.underlay_mac)
+
+    def add_neighbour(self, host: Host, ip: str, mac: str) -> None:
+        """A static underlay neighbour entry on `host`: tunnels never wait for ARP."""
         if host.backend == "ebpf":
-            sh("ip", "-n", host.netns, "neigh", "replace", peer.underlay_ip, "lladdr",
-               peer.underlay_mac, "dev", "ul0", "nud", "permanent")
+            sh("ip", "-n", host.netns, "neigh", "replace", ip, "lladdr", mac, "dev", "ul0",
+               "nud", "permanent")
         if host.backend == "ovs":
-            host.ovs.appctl("tnl/neigh/set", "br-phy", peer.underlay_ip, peer.underlay_mac)
+            host.ovs.appctl("tnl/neigh/set", "br-phy", ip, mac)
         else:
-            host.datapath.underlay("add_neighbour", peer.underlay_ip, peer.underlay_mac)
+            host.datapath.underlay("add_neighbour", ip, mac)
 
     def add_tunnel(self, host: Host | str, kind: str = "vxlan", ofport: int = 100,
                    name: str | None = None, **options) -> int:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sbnet.api import crud
 from sbnet.api.context import Authenticator, StaticTokens, TokenValidator
 from sbnet.api.hosts import Heartbeats
+from sbnet.api.quotas import Quotas
 from sbnet.model.attrs import LIMITS
 from sbnet.model.errors import NeutronError
 from sbnet.model.segments import SegmentConfig
@@ -23,8 +24,8 @@ from sbnet.store import Store
 log = logging.getLogger("sbnet.api")
 
 # One module per resource family; each has HOOKS (Hooks classes) and may have extra_routes().
-FAMILIES = ("networks", "subnetpools", "ports", "security", "l3", "qos", "rbac", "trunks", "sfc",
-            "meta", "hosts", "offload", "southbound", "lbaas", "bindings")
+FAMILIES = ("networks", "address_scopes", "subnetpools", "ports", "security", "l3", "qos", "rbac",
+            "trunks", "sfc", "meta", "quotas", "hosts", "offload", "southbound", "lbaas", "bindings")
 
 HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
@@ -34,8 +35,10 @@ HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidde
 class Api:
     """What every endpoint needs: the store, the segment config, the authenticator, the hooks."""
 
-    def __init__(self, store: Store, auth: Authenticator, segments: SegmentConfig) -> None:
+    def __init__(self, store: Store, auth: Authenticator, segments: SegmentConfig,
+                 quotas: Quotas | None = None) -> None:
         self.store = store
+        self.quotas = quotas or Quotas()
         self.auth = auth
         self.segments = segments
         self.hooks: dict[str, crud.Hooks] = {}
@@ -111,17 +114,19 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
                token_validator: TokenValidator | None = None, token_file: str | None = None,
                require_token: bool = False, segments: SegmentConfig | None = None,
                host_profiles: dict | None = None, offload_report: Callable | None = None,
-               keystone_config: str | None = None) -> FastAPI:
+               keystone_config: str | None = None,
+               quota_defaults: dict[str, int] | None = None) -> FastAPI:
     """Build the Neutron v2.0 API on the database at db_url (migrated on startup).
 
     host_profiles: host -> NIC profile (name or Profile) that vnic_type direct ports bind
     against; offload_report: a callable returning the embedded hosts' offload report,
     served (admin only) at GET /v2.0/sbnet/offload; keystone_config: a file whose
-    [keystone_authtoken] section puts keystonemiddleware's auth_token in front of the API."""
+    [keystone_authtoken] section puts keystonemiddleware's auth_token in front of the API;
+    quota_defaults: each project's limits where the admin set none (Neutron's by default)."""
     if token_file and token_validator is None:
         token_validator = StaticTokens.from_file(token_file)
     api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
-              segments or SegmentConfig())
+              segments or SegmentConfig(), Quotas(quota_defaults))
     app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0", description=(
         f"Request bodies: at most {LIMITS.body_bytes} bytes (413 above), JSON nested at most "
         f"{LIMITS.depth} levels, at most {LIMITS.bulk} resources per bulk create; list and "

@@ -213,6 +213,22 @@ def query(spec: ResourceSpec, items: list[dict], params: list[tuple[str, str]],
     return items, links
 
 
+def paged(collection: str, items: list[dict], request: Request) -> dict:
+    """A list of what is no stored resource (agents, quotas), each item with an "id", with
+    Neutron's filters, sorting, fields and page links as every stored collection has."""
+    names = {k for i in items for k in i} | {"id"}
+    spec = ResourceSpec(collection, collection, collection, collection,
+                        {k: a.Attr(k, post=False, put=False) for k in names}, tags=False)
+    page, links = query(spec, items, list(request.query_params.multi_items()),
+                        str(request.url).split("?")[0])
+    fields = request.query_params.getlist("fields")
+    out: dict = {collection: [{k: v for k, v in i.items() if not fields or k in fields}
+                              for i in page]}
+    if links:
+        out[f"{collection}_links"] = links
+    return out
+
+
 # --- request bodies ---
 
 async def read_json(request: Request) -> Any:
@@ -359,6 +375,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
                 given = {k: body[k] for k in item
                          if spec.attrs[k].default is a.REQUIRED or body[k] != spec.attrs[k].default_value()}
                 policy.enforce(ctx, spec.name, "create", tgt, given)
+                api.quotas.check(tx, body.get("project_id", ""), spec.name, 1)
                 body["id"] = str(uuid.uuid4())
                 if parent_id:
                     body["_parent"] = parent_id

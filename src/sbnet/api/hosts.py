@@ -13,10 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sbnet.api.context import Context
-from sbnet.api.crud import query, read_json
-from sbnet.model.attrs import Attr, Invalid, to_ip
+from sbnet.api.crud import paged, read_json
+from sbnet.model.attrs import Invalid, to_ip
 from sbnet.model.errors import BadRequest, Forbidden, NotFound
-from sbnet.model.resources import ResourceSpec
 
 HOST_TYPE = "host"              # the store's resource type: it rides the change feed
 STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
@@ -25,12 +24,6 @@ AGENT_DOWN_TIME = 75.0          # Neutron's agent_down_time default (s without a
 AGENT_TYPES = {"ovs": "Open vSwitch agent", "reference": "sbnet reference switch agent",
                "ebpf": "sbnet eBPF agent"}
 _AGENT_NS = uuid.UUID("5b6e6574-0000-4000-8000-000000000017")   # agent ids from host names
-AGENT_ATTRS = ("id", "agent_type", "binary", "host", "topic", "alive", "admin_state_up",
-               "availability_zone", "description", "configurations", "created_at",
-               "started_at", "heartbeat_timestamp", "resources_synced", "ha_state")
-# Agents are no stored resource; the spec gives their list Neutron's filters, sorting, pages.
-AGENT = ResourceSpec("agent", "agents", "agents", "Agent",
-                     {n: Attr(n, post=False, put=False) for n in AGENT_ATTRS}, tags=False)
 
 
 def _utc() -> str:
@@ -107,9 +100,11 @@ def bind_normal(heartbeats: Heartbeats | None, host: str,
 
 
 def rebind(tx, heartbeats: Heartbeats, host: str) -> None:
-    """A host whose agent is (back) up: its normal ports that failed to bind bind now."""
+    """A host whose agent is (back) up: its normal (and SmartNIC-backed: the NIC's agent
+    binds them) ports that failed to bind bind now."""
     for p in tx.list("port"):
-        if (p.get("binding:host_id") == host and p.get("binding:vnic_type") == "normal"
+        if (p.get("binding:host_id") == host
+                and p.get("binding:vnic_type") in ("normal", "smart-nic", "baremetal")
                 and p.get("binding:vif_type") == "binding_failed"):
             p["binding:vif_type"], p["binding:vif_details"] = bind_normal(heartbeats, host)
             tx.update("port", p)
@@ -214,14 +209,7 @@ def extra_routes(router: APIRouter, api) -> None:
         raise NotFound(f"Agent {agent_id} could not be found.", type_name="AgentNotFound")
 
     def do_list_agents(ctx: Context, request: Request) -> dict:
-        page, links = query(AGENT, do_agents(ctx, request), list(request.query_params.multi_items()),
-                            str(request.url).split("?")[0])
-        fields = request.query_params.getlist("fields")
-        out: dict = {"agents": [{k: v for k, v in a.items() if not fields or k in fields}
-                                for a in page]}
-        if links:
-            out["agents_links"] = links
-        return out
+        return paged("agents", do_agents(ctx, request), request)
 
     @router.get("/v2.0/agents")
     async def agents(request: Request) -> dict:

@@ -14,6 +14,17 @@ IDENTITY_HEADERS = {b"x-project-id", b"x-tenant-id", b"x-roles", b"x-user-id", b
                     b"x-project-name", b"x-domain-id", b"x-user-name"}
 
 
+def authtoken_section(url: str, user: str, password: str, project: str,
+                      cache_seconds: int = 300) -> str:
+    """A [keystone_authtoken] section (as in neutron.conf) for a service user of the default
+    domain: what `sbnet serve --keystone URL` configures auth_token with."""
+    return ("[keystone_authtoken]\n"
+            f"www_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n"
+            f"username = {user}\npassword = {password}\nproject_name = {project}\n"
+            "user_domain_id = default\nproject_domain_id = default\n"
+            f"service_token_roles_required = true\ntoken_cache_time = {cache_seconds}\n")
+
+
 def _passed(environ: dict, start_response: Any) -> list[bytes]:
     """The WSGI app auth_token wraps: reached only when the token was confirmed."""
     environ["sbnet.identity"] = {

@@ -15,6 +15,7 @@ from sbnet.model.resources import ALL
 
 # (alias, name, description): what this server implements, so clients may ask before using it.
 EXTENSIONS = (
+    ("address-scope", "Address scope", "Address scopes extension."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("binding-extended", "Port Bindings Extended", "Expose port bindings of a virtual port to external application"),
@@ -22,6 +23,7 @@ EXTENSIONS = (
     ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
     ("extraroute-atomic", "Atomically add/remove extra routes", "Edit extra routes of a router on server side by atomically adding/removing extra routes"),
+    ("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
     ("fields", "Fields", "Support fields query parameter"),
     ("flow_classifier", "Flow Classifier", "Flow Classifier Extension."),
     ("sfc", "Port Chain", "Service Function Chains Extension."),
@@ -39,6 +41,8 @@ EXTENSIONS = (
     ("qos-bw-minimum-ingress", "Ingress direction for QoS minimum bandwidth rule", "Allow to configure QoS minumum bandwidth rule with ingress direction."),
     ("qos-default", "QoS default policy", "Expose the QoS default policy per project"),
     ("qos-rule-type-details", "Details of QoS rule types", "Expose details about QoS rule types supported by loaded backend drivers"),
+    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
+    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
     ("rbac-policies", "RBAC Policies", "Allows creation and modification of policies that control tenant access to resources."),
     ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
     ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),

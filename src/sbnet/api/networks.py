@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from sbnet.api import rbac
+from sbnet.api.address_scopes import refresh_network_scopes
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch, owned
 from sbnet.api.subnetpools import allocate_from_pool
@@ -153,6 +154,7 @@ class SubnetHooks(Hooks):
         created = super().create(tx, ctx, body)
         net["subnets"] = [*net["subnets"], body["id"]]
         tx.update("network", net)
+        refresh_network_scopes(tx, net["id"])
         return created
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
@@ -194,6 +196,7 @@ class SubnetHooks(Hooks):
         net["subnets"] = [s for s in net["subnets"] if s != obj["id"]]
         tx.update("network", net)
         super().delete(tx, ctx, obj)
+        refresh_network_scopes(tx, net["id"])
 
 
 HOOKS = (NetworkHooks, SubnetHooks)

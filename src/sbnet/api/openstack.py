@@ -17,6 +17,7 @@ from typing import Iterator
 
 import httpx
 
+from sbnet.api.keystone import authtoken_section
 from sbnet.api.process import free_port, spawn, stop
 
 REPO = Path(__file__).resolve().parents[3]
@@ -164,13 +165,22 @@ class Keystone:
 
     def authtoken_conf(self, path: Path, cache_seconds: int = 300) -> Path:
         """The [keystone_authtoken] section `sbnet serve --keystone-config` reads (as neutron.conf)."""
-        path.write_text(
-            "[keystone_authtoken]\n"
-            f"www_authenticate_uri = {self.url}\nauth_url = {self.url}\nauth_type = password\n"
-            f"username = sbnet\npassword = {SERVICE_PASSWORD}\nproject_name = service\n"
-            "user_domain_id = default\nproject_domain_id = default\n"
-            f"service_token_roles_required = true\ntoken_cache_time = {cache_seconds}\n")
+        path.write_text(authtoken_section(self.url, "sbnet", SERVICE_PASSWORD, "service",
+                                          cache_seconds))
         return path
+
+
+def serve_behind(ks: Keystone, workdir: Path, cache_seconds: int = 300,
+                 config_file: bool = False) -> tuple[subprocess.Popen, str]:
+    """`sbnet serve` checking tokens with `ks`: by the `--keystone URL` shortcut (the service
+    user's password in its environment), or by a `--keystone-config` file."""
+    if config_file or cache_seconds != 300:
+        extra = ["--keystone-config", str(ks.authtoken_conf(
+            workdir / "sbnet-authtoken.conf", cache_seconds))]
+        env = None
+    else:
+        extra, env = ["--keystone", ks.url], {"SBNET_KEYSTONE_PASSWORD": SERVICE_PASSWORD}
+    return spawn(f"sqlite:///{workdir / 'sbnet.db'}", via_cli=True, extra=extra, env=env)
 
 
 @contextmanager
@@ -181,9 +191,7 @@ def keystone_and_sbnet(cache_seconds: int = 300) -> Iterator[tuple[Keystone, str
     proc = None
     try:
         ks.start()
-        conf = ks.authtoken_conf(workdir / "sbnet-authtoken.conf", cache_seconds)
-        proc, url = spawn(f"sqlite:///{workdir / 'sbnet.db'}", via_cli=True,
-                          extra=["--keystone-config", str(conf)])
+        proc, url = serve_behind(ks, workdir, cache_seconds)
         ks.register_network(url)
         yield ks, url
     finally:

@@ -89,6 +89,10 @@ RULES: tuple[Rule, ...] = (
     _r("subnetpool", "get", None, _A, _R, SHARED),
     *(_r("subnetpool", act, "is_default", _A) for act in ("create", "update")),
     _r("subnetpool", "create", "shared", _A),
+    # address scopes (address_scope.py)
+    *(_r("address_scope", act, None, _A, _M) for act in ("create", "update", "delete")),
+    _r("address_scope", "get", None, _A, _R, SHARED),
+    *(_r("address_scope", act, "shared", _A) for act in ("create", "update")),
     # ports (port.py)
     _r("port", "create", None, _A, _M),
     _r("port", "create", "device_owner", _A, _S, _N, applies=_network_owner),

@@ -10,7 +10,7 @@ from sbnet.api.sharing import Sight
 from sbnet.api.hosts import Heartbeats, bind_normal
 from sbnet.api.networks import is_slaac
 from sbnet.api.security import ensure_default_group
-from sbnet.model import ipam
+from sbnet.model import dhcp_opts, ipam
 from sbnet.offload.binding import DIRECT_VNICS, bind_from_store, host_profile
 from sbnet.model.attrs import Invalid, fail, to_ip, to_mac, to_prefix_or_none, to_uuid
 from sbnet.model.errors import (BadRequest, Conflict, Forbidden, InvalidInput, ip_generation_failure,
@@ -223,6 +223,7 @@ class PortHooks(Hooks):
         tx.add_mac(net["id"], mac, body["id"])
         body["binding:profile"] = body["binding:profile"] or {}
         _vif(body, tx, self.api.host_profiles, self.api.heartbeats)
+        body["extra_dhcp_opts"] = dhcp_opts.merge([], body.get("extra_dhcp_opts") or [])
         body.setdefault("status", "DOWN")  # router ports come ACTIVE (sbnet.api.l3)
         body.update(ip_allocation="immediate", trunk_details=None)
         return super().create(tx, ctx, body)
@@ -250,6 +251,9 @@ class PortHooks(Hooks):
                                                              merged["mac_address"])
         if merged.get("security_groups") is None:
             merged["security_groups"] = []
+        if "extra_dhcp_opts" in changes:
+            merged["extra_dhcp_opts"] = dhcp_opts.merge(old.get("extra_dhcp_opts") or [],
+                                                         changes["extra_dhcp_opts"])
         self._groups(tx, ctx, merged)
         if changes.get("qos_policy_id"):
             fetch(tx, ctx, QOS_POLICY, changes["qos_policy_id"])

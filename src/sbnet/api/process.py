@@ -20,11 +20,12 @@ def free_port() -> int:
 
 
 def spawn(db_url: str | None, port: int | None = None, timeout: float = 60, via_cli: bool = False,
-          cwd: str | None = None, extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+          cwd: str | None = None, extra: list[str] | None = None,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start the server for db_url in its own process; return it and its base URL once it answers.
 
     via_cli runs the real `sbnet serve` command (db_url None = its default SQLite file in cwd),
-    with `extra` options.
+    with `extra` options; `env` adds to the environment it inherits.
     """
     port = port or free_port()
     if via_cli:
@@ -32,7 +33,8 @@ def spawn(db_url: str | None, port: int | None = None, timeout: float = 60, via_
                "--port", str(port)] + (["--db", db_url] if db_url else []) + (extra or [])
     else:
         cmd = [sys.executable, "-m", "sbnet.api.process", "--db", str(db_url), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, cwd=cwd)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, cwd=cwd,
+                            env={**os.environ, **env} if env else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from sbnet.api.address_scopes import check_pool_scope, refresh_pool_networks
 from sbnet.api.context import Context
 from sbnet.api.crud import Hooks, fetch
 from sbnet.model import ipam
@@ -66,6 +67,7 @@ class SubnetPoolHooks(Hooks):
         _check_bounds(body)
         if body["is_default"]:
             self._one_default(tx, body)
+        check_pool_scope(tx, ctx, body)
         return super().create(tx, ctx, body)
 
     @staticmethod
@@ -96,8 +98,14 @@ class SubnetPoolHooks(Hooks):
         _check_bounds(merged)
         if merged["is_default"]:
             self._one_default(tx, merged)
+        if "address_scope_id" in changes or "prefixes" in changes:
+            check_pool_scope(tx, ctx, merged, old)
+        rescoped = merged.get("address_scope_id") != old.get("address_scope_id")
         changes = {k: merged[k] for k in changes}
-        return super().update(tx, ctx, old, changes)
+        out = super().update(tx, ctx, old, changes)
+        if rescoped:
+            refresh_pool_networks(tx, out["id"])
+        return out
 
     def delete(self, tx: Tx, ctx: Context, obj: dict) -> None:
         if pool_subnets(tx, obj["id"]):

@@ -22,6 +22,22 @@ def _trunk_of(tx: Tx, port_id: str, skip: str | None = None) -> dict | None:
     return None
 
 
+def _network_mtu(tx: Tx, port: dict | None) -> int | None:
+    net = tx.get("network", port["network_id"]) if port else None
+    return net.get("mtu") if net else None
+
+
+def _check_mtu(tx: Tx, trunk: dict, sub: dict) -> None:
+    """As Neutron's trunk rules: a subport's network MTU may not exceed the parent's (its
+    frames would not fit the parent's link once tagged)."""
+    parent_mtu = _network_mtu(tx, tx.get("port", trunk["port_id"]))
+    sub_mtu = _network_mtu(tx, sub)
+    if parent_mtu and sub_mtu and sub_mtu > parent_mtu:
+        raise Conflict(f"MTU {sub_mtu} of subport {sub['id']} cannot be greater than MTU "
+                       f"{parent_mtu} of trunk {trunk['port_id']}.",
+                       type_name="SubPortMtuGreaterThanTrunkPortMtu")
+
+
 def _check_subports(tx: Tx, ctx: Context, trunk: dict, new: Any) -> list[dict]:
     if not isinstance(new, list):
         raise a.fail("sub_ports", f"'{new}' is not a list")
@@ -36,7 +52,8 @@ def _check_subports(tx: Tx, ctx: Context, trunk: dict, new: Any) -> list[dict]:
             seg_id = a.to_int(1, 4094)(sub.get("segmentation_id"))
         except a.Invalid as exc:
             raise a.fail("sub_ports", str(exc)) from None
-        fetch(tx, ctx, PORT, port_id, write=True)
+        port = fetch(tx, ctx, PORT, port_id, write=True)
+        _check_mtu(tx, trunk, port)
         if port_id == trunk["port_id"] or _trunk_of(tx, port_id) or \
                 any(o["port_id"] == port_id for o in out):
             raise Conflict(f"Port {port_id} is currently in use and is not eligible for use as a "

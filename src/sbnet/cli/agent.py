@@ -121,20 +121,13 @@ def check_ovs_tunnel_ip(ovs, netns: str | None, dp, tunnel_ip: str) -> str:
     return dev
 
 
-def _links(netns: str | None) -> set[str]:
-    import socket
-
-    from sbnet.agent.slowpath import in_netns
-    with in_netns(netns):                 # if_nameindex asks the thread's namespace
-        return {name for _, name in socket.if_nameindex()}
-
-
 def check_reference_underlay(netns: str | None, underlay: str, tunnel_ip: str,
                              prefix: str) -> None:
     """HostRefused when the underlay interface is missing or --tunnel-ip is not on the
     underlay subnet (the reference switch owns that address and ARPs for its peers)."""
     import ipaddress
-    if underlay not in _links(netns):
+    from sbnet.agent.vifs import links
+    if underlay not in links(netns):
         raise HostRefused(f"--underlay {underlay}: no such interface"
                           + (f" in network namespace {netns}" if netns else ""))
     try:
@@ -151,34 +144,6 @@ def _link_mac(netns: str | None, dev: str) -> str:
 
     from sbnet.agent.slowpath import _ip
     return json.loads(_ip(netns, "-j", "link", "show", dev).stdout)[0]["address"]
-
-
-def _tap_attacher(dp, agent_ref: list, netns: str | None = None,
-                  adopt: dict[str, int] | None = None, after=None):
-    """vifs() for the agent: tap interfaces named for its bound ports (in `netns`), attached
-    to `dp` as they appear and detached when they go; `adopt`: taps the datapath already
-    has (name -> ofport, after a restart), taken as they are; `after(agent)` runs on each."""
-    from sbnet.agent.agent import vif_name
-    attached: dict[str, int] = {}
-    adopt = dict(adopt or {})
-
-    def vifs() -> dict[str, int]:
-        agent = agent_ref[0]
-        present = _links(netns)
-        for pid in agent.mirror.by_type.get("port", {}):
-            name = vif_name(pid)
-            if name in adopt and pid not in attached:
-                attached[pid] = adopt.pop(name)
-            if name in present and pid not in attached:
-                ofport = max([0, *attached.values(), *adopt.values()]) + 1
-                dp.attach(ofport, name)
-                attached[pid] = ofport
-        for pid in [p for p, _ in attached.items() if vif_name(p) not in present]:
-            dp.detach(attached.pop(pid))
-        if after is not None:
-            after(agent)
-        return dict(attached)
-    return vifs
 
 
 def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list,
@@ -221,14 +186,18 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
         net = ipaddress.ip_network(prefix, strict=False)
         arp.want({h["tunnel_ip"] for h in agent.mirror.by_type.get("host", {}).values()
                   if h["id"] != agent.host and ipaddress.ip_address(h["tunnel_ip"]) in net})
-    vifs = _tap_attacher(dp, agent_ref, netns, adopt, peers)
+    from sbnet.agent.vifs import tap_attacher
+    vifs = tap_attacher(dp, agent_ref, netns, adopt, peers)
     return dp, vifs, svc, arp
 
 
-def _ebpf(tunnel_ip: str, agent_ref: list):
+def _ebpf(host: str, tunnel_ip: str, agent_ref: list, netns: str | None = None):
     """The kernel eBPF tier with the reference switch as its slow path, in this process.
     The underlay is the host's own: VXLAN through a kernel collect_md device, and the slow
-    path's tunnel packets sent as UDP through the host's routes and neighbours."""
+    path's tunnel packets sent as UDP through the host's routes and neighbours.  Its maps
+    are pinned under the host's name: a previous agent's program goes on forwarding until
+    this one has taken up its ports, megaflows and connections.  netns: the namespace
+    holding the host's devices and underlay (default: the agent's own)."""
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
     from sbnet.datapath.ebpf.tier import available
     from sbnet.datapath.switch import Switch
@@ -236,7 +205,7 @@ def _ebpf(tunnel_ip: str, agent_ref: list):
     why = available()
     if why is not None:
         raise typer.BadParameter(f"--datapath ebpf: {why} (--datapath reference runs anywhere)")
-    dp = EbpfDatapath(Switch("br-sbnet")).start()
+    dp = EbpfDatapath(Switch("br-sbnet"), netns=netns, pin=host)
     underlay_ofport, gateway = 65000, "169.254.0.1"
     dp.underlay("add_port", underlay_ofport, "02:00:00:00:00:01")
     dp.underlay("add_local", tunnel_ip)
@@ -246,9 +215,34 @@ def _ebpf(tunnel_ip: str, agent_ref: list):
     for kind, ofport in TUNNEL_OFPORTS.items():
         dp.add_tunnel_port(TunnelPort(ofport, kind, key="flow"), f"sb{kind}0")
     from sbnet.agent.slowpath import ServicePort
-    svc = ServicePort()
+    svc = ServicePort(netns)
     dp.attach(SERVICE_OFPORT, svc.create())
-    return dp, _tap_attacher(dp, agent_ref), svc
+    # VIFs the previous agent switched keep their ports (its megaflows name them).
+    adopt = {n: o for n, o in dp.kept_ports().items() if n.startswith("tap")}
+    for name, ofport in adopt.items():
+        dp.attach(ofport, name)
+    from sbnet.agent.vifs import tap_attacher
+    return dp.start(), tap_attacher(dp, agent_ref, netns, adopt=adopt), svc
+
+
+def _nic_channel(listen: str, vfs: list[str], networks: list[str], api: str, headers: dict,
+                 host: str):
+    """The SmartNIC's channel to its server, answering on `listen` (ADDRESS:PORT)."""
+    from sbnet.agent.nicside import NicChannel
+    from sbnet.cni.client import JsonClient
+    address, _, port = listen.rpartition(":")
+    if not address or not port.isdigit():
+        raise ValueError(f"{listen!r}: expected ADDRESS:PORT")
+    pairs = dict(item.partition("=")[::2] for item in vfs)
+    if not pairs or not all(pairs.values()):
+        raise ValueError("give the server's VFs as --vf VF=REPRESENTOR")
+    offered = {}
+    for item in networks:
+        name, _, groups = item.partition("=")
+        offered[name] = groups.split(",") if groups else None
+    if not offered:
+        raise ValueError("offer at least one --container-network")
+    return NicChannel(JsonClient(api, headers), host, pairs, offered).serve(address, int(port))
 
 
 def register(app: typer.Typer) -> None:
@@ -271,8 +265,8 @@ def register(app: typer.Typer) -> None:
         neighbour: list[str] = typer.Option([], help="reference: IP=MAC of a peer's tunnel "
                                             "endpoint (repeatable; optional: peers are "
                                             "resolved by ARP on the underlay)"),
-        netns: str = typer.Option("", help="reference: the network namespace holding the "
-                                  "underlay and VIF interfaces (default: the agent's own)"),
+        netns: str = typer.Option("", help="reference, ebpf: the network namespace holding "
+                                  "the underlay and VIF interfaces (default: the agent's own)"),
         switch_socket: str = typer.Option("", help="reference: the switch daemon's socket "
                                           "(default /run/sbnet/HOST.sock); the daemon outlives "
                                           "the agent, so a restart does not stop traffic"),
@@ -289,6 +283,15 @@ def register(app: typer.Typer) -> None:
         token_file: str = typer.Option("", help="a file holding the token to send as "
                                        "X-Auth-Token (an API served with --require-token; "
                                        "the token must have the admin role)"),
+        nic_channel: str = typer.Option("", help="SmartNIC mode: ADDRESS:PORT where the "
+                                        "server's sbnet-cni asks for container interfaces "
+                                        "(a link-local address on a link to the server only)"),
+        vf: list[str] = typer.Option([], help="SmartNIC mode: VF=REPRESENTOR, a server-side "
+                                     "interface and its representor here (repeat)"),
+        container_network: list[str] = typer.Option([], help="SmartNIC mode: NETWORK[=GROUP,"
+                                                    "GROUP] offered to the server's "
+                                                    "containers, with their security groups "
+                                                    "(default: the project's default group)"),
     ) -> None:
         """Follow the API's change feed; apply this host's compiled pipeline as diffs; report
         ports ACTIVE or DOWN.  Stops on SIGTERM/SIGINT; a restart reconciles, no flush."""
@@ -314,6 +317,10 @@ def register(app: typer.Typer) -> None:
                 say(str(exc))
                 raise typer.Exit(1) from None
             vifs = watcher.iface_ids
+            if vf:              # representors are plugged by the agent (they carry no iface-id)
+                from sbnet.agent.vifs import tap_attacher
+                reps = tap_attacher(dp, ref, svc.netns, representors_only=True)
+                vifs = lambda: {**watcher.iface_ids(), **reps()}  # noqa: E731
         elif datapath == "reference":
             if not (underlay and underlay_prefix):
                 raise typer.BadParameter("--datapath reference needs --underlay and "
@@ -329,7 +336,7 @@ def register(app: typer.Typer) -> None:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
         elif datapath == "ebpf":
-            dp, vifs, svc = _ebpf(tunnel_ip, ref)
+            dp, vifs, svc = _ebpf(host, tunnel_ip, ref, netns or None)
         else:
             raise typer.BadParameter("--datapath must be ovs, reference or ebpf")
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60), token=token)
@@ -340,6 +347,13 @@ def register(app: typer.Typer) -> None:
         if metadata_url:
             from sbnet.agent.metadata import MetadataProxy
             proxy = MetadataProxy(metadata_url, metadata_secret, a.port_at, svc.netns).start()
+        channel = None
+        if nic_channel:
+            try:
+                channel = _nic_channel(nic_channel, vf, container_network, api, source.headers,
+                                       host)
+            except (ValueError, OSError) as exc:
+                raise typer.BadParameter(f"--nic-channel: {exc}") from None
         import faulthandler
         faulthandler.register(signal.SIGUSR1)         # `kill -USR1`: where is it stuck?
         stop = lambda *_: a._stop.set()  # noqa: E731
@@ -350,6 +364,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{host}: {exc}")
 
         def shutdown() -> None:
+            if channel is not None:
+                channel.close()
             if proxy is not None:
                 proxy.close()
             if arp is not None:
@@ -357,8 +373,10 @@ def register(app: typer.Typer) -> None:
             if watcher is not None:
                 watcher.close()
             svc.close()
-            if datapath in ("reference", "ebpf"):
+            if datapath == "reference":
                 dp.close()
+            elif datapath == "ebpf":
+                dp.close(keep=True)     # the program forwards on; the next agent takes it up
         try:
             up = a.start_when_up(lambda line: console.print(line, highlight=False))
         except ApiError as exc:
@@ -389,6 +407,10 @@ def register(app: typer.Typer) -> None:
                 import gc
                 gc.collect()
                 gc.freeze()
+                if datapath == "ebpf" and dp.reopened:
+                    n = dp.revalidate_kept()
+                    console.print(f"{host}: took up {n} kernel megaflows and "
+                                  f"{dp.connections_in_kernel()} connections", highlight=False)
             if r is not None:
                 console.print(f"{host}: revision {r.revision}: +{r.added} ~{r.modified} "
                               f"-{r.deleted} flows, up {len(r.up)}, down {len(r.down)} "

@@ -44,20 +44,35 @@ def replay(
 
 
 def dpctl(
-    command: str = typer.Argument(..., help="dump-flows: the datapath flows (megaflows)."),
-    flows: Path = typer.Argument(..., help="Flow file in ovs-ofctl syntax."),
+    command: str = typer.Argument(..., help="dump-flows: the datapath flows (megaflows); with "
+                                  "--host also show (the kernel tier's counters) and del-dp "
+                                  "(take a kept kernel tier away)."),
+    flows: Path = typer.Argument(None, help="Flow file in ovs-ofctl syntax (replay mode)."),
     pcap: Path = typer.Option(None, "--pcap", help="pcap/pcapng to replay; generated traffic if absent."),
     in_port: int = typer.Option(1, "--in-port"),
     ports: int = typer.Option(4, "--ports"),
     count: int = typer.Option(2000, "--count", help="Generated packets when no pcap is given."),
     offload: str = typer.Option(None, "--offload", help="NIC profile (sriov, software, smartnic)."),
+    host: str = typer.Option(None, "--host", help="The kernel eBPF tier of the `sbnet agent "
+                             "--datapath ebpf --host HOST` running here, read from its pinned "
+                             "maps."),
+    netns: str = typer.Option(None, "--netns", help="With --host: the namespace of its devices."),
 ) -> None:
     """After a replay, list megaflows like `ovs-appctl dpctl/dump-flows -m`: match, counters,
-    the tier that carries each one and, when it stays in software, why."""
+    the tier that carries each one and, when it stays in software, why.  With --host: the
+    megaflow entries a running agent's kernel tier holds, with their counters, as
+    `ovs-dpctl dump-flows` shows the kernel datapath's."""
     from sbnet.datapath.batch import Batch
 
+    if host is not None:
+        _kernel_dpctl(command, host, netns)
+        return
     if command != "dump-flows":
-        Console().print(f"[red]unknown dpctl command {command!r} (known: dump-flows)[/red]")
+        Console().print(f"[red]unknown dpctl command {command!r} (known: dump-flows; show and "
+                        f"del-dp with --host)[/red]")
+        raise typer.Exit(2)
+    if flows is None:
+        Console().print("[red]give a FLOWS file to replay, or --host for a running kernel tier[/red]")
         raise typer.Exit(2)
     sw = load_switch(flows, ports, None, offload)
     stamped = read_capture(pcap) if pcap else [(i / 1000, p) for i, p in
@@ -68,6 +83,31 @@ def dpctl(
     sw.clock = lambda: stamped[-1][0] if stamped else 0.0
     for line in sw.dump_megaflows():
         typer.echo(line)
+
+
+def _kernel_dpctl(command: str, host: str, netns: str | None) -> None:
+    from sbnet.cli.main import BadInput
+    from sbnet.datapath.ebpf import pins
+    from sbnet.datapath.ebpf.dump import Pinned
+    try:
+        pins.pin_dir(host)
+    except ValueError as exc:
+        raise BadInput(f"--host: {exc}") from None
+    if command == "del-dp":
+        gone = pins.remove(host, netns)
+        typer.echo(f"{host}: program taken off {', '.join(gone) or 'no device'}; pins removed")
+        return
+    if command not in ("dump-flows", "show"):
+        Console().print(f"[red]unknown dpctl command {command!r} (known: dump-flows, show, "
+                        f"del-dp)[/red]")
+        raise typer.Exit(2)
+    with Pinned(host, netns) as p:
+        if command == "show":
+            for name, value in p.show().items():
+                typer.echo(f"{name}: {value}")
+        else:
+            for line in p.dump_flows():
+                typer.echo(line)
 
 
 def load_switch(flows: Path, ports: int, out_dir: Path | None = None, offload: str | None = None):

@@ -18,6 +18,15 @@ def register(app: typer.Typer) -> None:
         require_token: bool = typer.Option(False, help="Refuse requests without a valid token."),
         keystone_config: str = typer.Option(None, help="File with a [keystone_authtoken] section "
                                             "(as in neutron.conf): Keystone tokens are required."),
+        keystone: str = typer.Option(None, help="Keystone's identity URL (http://HOST:5000/v3): "
+                                     "tokens are required, checked as the service user "
+                                     "--keystone-user of --keystone-project, password from "
+                                     "$SBNET_KEYSTONE_PASSWORD (instead of --keystone-config)."),
+        keystone_user: str = typer.Option("sbnet", help="The service user sbnet checks tokens as."),
+        keystone_project: str = typer.Option("service", help="That user's project."),
+        quota: list[str] = typer.Option(None, help="RESOURCE=N: each project's limit of RESOURCE "
+                                        "where the admin set none (repeat; -1 unlimited; "
+                                        "default Neutron's: network=100, port=500, router=10...)."),
         tenant_network_type: str = typer.Option("vxlan", help="Type of networks made without "
                                                 "provider attributes."),
         flat_network: list[str] = typer.Option(None, help="Physical network allowed for flat "
@@ -38,8 +47,12 @@ def register(app: typer.Typer) -> None:
         from sbnet.api import create_app
         from sbnet.model.segments import SegmentConfig
 
+        if keystone and keystone_config:
+            raise typer.BadParameter("--keystone and --keystone-config exclude each other")
+        if keystone:
+            keystone_config = _authtoken_file(keystone, keystone_user, keystone_project)
         if keystone_config and token_file:
-            raise typer.BadParameter("--keystone-config and --token-file exclude each other")
+            raise typer.BadParameter("--keystone(-config) and --token-file exclude each other")
         if keystone_config and not Path(keystone_config).is_file():
             raise typer.BadParameter(f"--keystone-config: no file {keystone_config}")
         try:
@@ -52,10 +65,36 @@ def register(app: typer.Typer) -> None:
             profiles = parse_host_profiles(host_profile)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
+        from sbnet.api.quotas import parse_defaults
+        try:
+            quotas = parse_defaults(quota)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
         try:
             application = create_app(db, token_file=token_file, require_token=require_token,
                                      segments=segments, host_profiles=profiles,
-                                     keystone_config=keystone_config)
+                                     keystone_config=keystone_config, quota_defaults=quotas)
         except KeyError as exc:
             raise typer.BadParameter(str(exc.args[0])) from None
         uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+def _authtoken_file(url: str, user: str, project: str) -> str:
+    """The [keystone_authtoken] section --keystone stands for, in a private file removed at exit."""
+    import atexit
+    import os
+    import tempfile
+
+    from sbnet.api.keystone import authtoken_section
+
+    password = os.environ.get("SBNET_KEYSTONE_PASSWORD")
+    if not password:
+        raise typer.BadParameter("--keystone needs the service user's password in "
+                                 "$SBNET_KEYSTONE_PASSWORD")
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"--keystone {url}: an http(s) URL of Keystone's identity API")
+    fd, path = tempfile.mkstemp(prefix="sbnet-authtoken-", suffix=".conf")
+    with os.fdopen(fd, "w") as f:   # mkstemp: readable by this user only (it holds a password)
+        f.write(authtoken_section(url, user, password, project))
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    return path

@@ -130,7 +130,8 @@ from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, C_LABEL, C_MARK, C_PROTO, C_TUP, C_V6, INV,
-    TRK, ConnTable, Timeouts, meta_words, tuple_hash, tuple_hashes)
+    OTHER_BIDIR, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
+    tuple_hashes)
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
 
@@ -296,6 +297,28 @@ class Conntrack:
         tab = self.table
         return tab.live if zone is None else tab.live & (tab.zone == zone)
 
+    def adopt_established(self, zone: int, proto: int, src: int, dst: int, sport: int,
+                          dport: int, mark: int, now: float) -> int:
+        """Take up an established IPv4 TCP/UDP connection another holder kept (the kernel
+        tier's connection map across an agent restart): TCP with both peers ESTABLISHED and
+        window scales unknown (their windows are learnt again; a liberal conntrack accepts
+        the segments meanwhile), UDP as seen both ways.  Its slot, or -1 when a connection
+        already owns either tuple."""
+        fwd = (zone, proto, 0, src, dst, sport, dport)
+        rev = (zone, proto, 0, dst, src, dport, sport)
+        tab = self.table
+        if proto not in (IP_TCP, IP_UDP) or tab.taken(fwd) or tab.taken(rev):
+            return -1
+        i = tab.create(fwd, rev, 0)
+        tab.mark[i] = mark
+        if proto == IP_TCP:
+            tab.tcp[i] = [[0, 0, 0, T.WSCALE_UNKNOWN, T.ESTABLISHED]] * 2
+            tab.exp[i] = now + self.tmo[T.TM_TCP_EST]
+        else:
+            tab.l4st[i] = OTHER_BIDIR
+            tab.exp[i] = now + self.tmo[TM_OTHER_FIRST + OTHER_BIDIR]
+        return i
+
     def tcp_state(self, slot: int) -> tuple[str, str]:
         """(original, reply) peer states of a TCP connection, OVS names."""
         a, b = self.table.tcp[slot, :, 4].tolist()
@@ -421,6 +444,47 @@ class ConnView:
         """Ids of every live connection."""
         tab = self._table
         return tab.hkey[:tab.live.size][tab.live, 0].view(np.int64)
+
+    def find_ipv4(self, zone: np.ndarray, proto: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                  sport: np.ndarray, dport: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(slot, direction) of the live connection owning each IPv4 tuple (arrays, one
+        tuple a row), slot -1 where none: find() for many tuples at once."""
+        tab = self._table
+        u = np.uint64
+        zone, proto, src, dst, sport, dport = (np.asarray(a, dtype=u) for a in
+                                               (zone, proto, src, dst, sport, dport))
+        zero = np.zeros(len(src), dtype=u)
+        vals = tab.index.get_many(tuple_hashes(meta_words(zone, proto, zero.astype(bool)), zero,
+                                               src, zero, dst, sport, dport))
+        slot = np.where(vals >= 0, vals >> 1, tab.cap)       # row cap: all zero
+        d = np.where(vals >= 0, vals & 1, 0)
+        tup = tab.tup[slot, d]
+        same = ((tab.zone[slot] == zone) & (tab.proto[slot] == proto) & (tab.v6[slot] == 0)
+                & (tup[:, 0] == 0) & (tup[:, 1] == src) & (tup[:, 2] == 0) & (tup[:, 3] == dst)
+                & (tup[:, 4] == sport) & (tup[:, 5] == dport) & tab.live[slot])
+        slot = np.where(same, slot, -1).astype(np.int64)
+        if tab.overflow:                   # tuples whose hash another tuple holds
+            for i in np.flatnonzero(~same).tolist():
+                v = tab.overflow.get((int(zone[i]), int(proto[i]), 0, int(src[i]), int(dst[i]),
+                                      int(sport[i]), int(dport[i])), -1)
+                if v >= 0 and tab.live[v >> 1]:
+                    slot[i], d[i] = v >> 1, v & 1
+        return slot, d.astype(np.int64)
+
+    def held_outside(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot (-1: none): its connection may run outside the slow path: TCP with both
+        peers ESTABLISHED, or UDP that has seen a reply (before that its packets are +new);
+        no label."""
+        tab = self._table
+        s = np.where(slots >= 0, slots, tab.cap)
+        proto = tab.proto[s]
+        st = tab.tcp[s, :, 4]
+        tcp_ok = (proto == IP_TCP) & (st[:, 0] == T.ESTABLISHED) & (st[:, 1] == T.ESTABLISHED)
+        udp_ok = (proto == IP_UDP) & (tab.l4st[s] == OTHER_BIDIR)
+        return (slots >= 0) & (tcp_ok | udp_ok) & ~tab.label[s].any(axis=1)
+
+    def marks(self, slots: np.ndarray) -> np.ndarray:
+        return self._table.mark[np.where(slots >= 0, slots, self._table.cap)].astype(np.int64)
 
     def tcp_established(self, conn_id: int) -> bool:
         """The connection with this id is TCP with both peers ESTABLISHED."""

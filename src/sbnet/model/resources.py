@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sbnet.model import attrs as a
 from sbnet.model.attrs import REQUIRED, Attr
+from sbnet.model.dhcp_opts import to_extra_dhcp_opts
 
 NETWORK_TYPES = ("flat", "vlan", "vxlan", "gre", "geneve")
 VNIC_TYPES = ("normal", "direct", "virtio-forwarder", "macvtap", "baremetal",
@@ -105,8 +106,18 @@ SUBNETPOOL = ResourceSpec("subnetpool", "subnetpools", "subnetpools", "Subnet po
     Attr("default_quota", a.to_int(0, 2**31 - 1, nullable=True)),
     Attr("shared", a.to_bool, default=False, put=False),
     Attr("is_default", a.to_bool, default=False),
-    Attr("address_scope_id", a.to_choice(None, nullable=True)),
+    Attr("address_scope_id", a.to_uuid_or_none),
 ), shared_attr="shared", not_found="SubnetPoolNotFound")
+
+ADDRESS_SCOPE = ResourceSpec("address_scope", "address_scopes", "address-scopes", "Address scope", {
+    x.name: x for x in (
+        Attr("id", post=False, put=False),
+        Attr("project_id", a.to_str(255), put=False),
+        Attr("tenant_id", a.to_str(255), put=False),
+        Attr("name", a.to_str(255), default=""),
+        Attr("shared", a.to_bool, default=False),
+        Attr("ip_version", a.to_choice(4, 6), default=REQUIRED, put=False),
+    )}, tags=False, shared_attr="shared", not_found="AddressScopeNotFound")
 
 PORT = ResourceSpec("port", "ports", "ports", "Port", _std(
     Attr("network_id", a.to_uuid, default=REQUIRED, put=False),
@@ -126,7 +137,8 @@ PORT = ResourceSpec("port", "ports", "ports", "Port", _std(
     Attr("security_groups", a.to_uuid_list, default=None),
     Attr("qos_policy_id", a.to_uuid_or_none),
     Attr("ip_allocation", **_RO),
-    Attr("extra_dhcp_opts", a.list_of(a.to_dict), default=list),
+    Attr("extra_dhcp_opts", to_extra_dhcp_opts, default=list,
+         schema={"type": "array", "items": {"type": "object"}}),
     Attr("trunk_details", **_RO),
 ))
 
@@ -261,7 +273,7 @@ RBAC_POLICY = ResourceSpec("rbac_policy", "rbac_policies", "rbac-policies", "RBA
         Attr("target_tenant", a.to_str(255), default=REQUIRED),
     )}, tags=False, not_found="RbacPolicyNotFound")
 
-ALL = (NETWORK, SUBNET, SUBNETPOOL, PORT, SECURITY_GROUP, SECURITY_GROUP_RULE, ROUTER, FLOATING_IP,
+ALL = (NETWORK, SUBNET, SUBNETPOOL, ADDRESS_SCOPE, PORT, SECURITY_GROUP, SECURITY_GROUP_RULE, ROUTER, FLOATING_IP,
        QOS_POLICY, QOS_BANDWIDTH_LIMIT_RULE, QOS_DSCP_MARKING_RULE, QOS_MINIMUM_BANDWIDTH_RULE,
        TRUNK, PORT_PAIR, PORT_PAIR_GROUP, FLOW_CLASSIFIER, PORT_CHAIN, RBAC_POLICY)
 BY_NAME = {s.name: s for s in ALL}

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import and_, create_engine, delete, event, insert, select, text, update
+from sqlalchemy import and_, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -176,6 +176,10 @@ class Tx:
         if project_id is not None:
             q = q.where(t.resources.c.project_id == project_id)
         return [r[0] for r in self.conn.execute(q.order_by(t.resources.c.id))]
+
+    def count(self, typ: str, project_id: str) -> int:
+        return self.conn.execute(select(func.count()).select_from(t.resources).where(
+            and_(t.resources.c.type == typ, t.resources.c.project_id == project_id))).scalar_one()
 
     def insert(self, typ: str, body: dict, project_id: str, parent_id: str | None = None,
                standard: bool = True) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -15,18 +14,19 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.checksum import internet_checksum
-from sbnet.datapath.ebpf import layout as L
-from sbnet.datapath.ebpf.conns import established
-from sbnet.datapath.ebpf.libbpf import RingBuffer, tc_attach_ingress, tc_detach_ingress
+from sbnet.datapath.ebpf import pins
+from sbnet.datapath.ebpf.conns import entries_many, held_many
+from sbnet.datapath.ebpf.libbpf import RingReader, tc_attach_ingress, tc_detach_ingress
 from sbnet.datapath.ebpf.tier import EbpfTier
+from sbnet.datapath.ebpf.upcalls import VXLAN_PORT, decode
 from sbnet.datapath.ports import Port
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
+
+_RPL = F.CT_STATE_BITS["rpl"]
 from sbnet.flows.flow import Flow
 
-VXLAN_PORT = 4789
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
 
 
@@ -84,20 +84,6 @@ class UdpUnderlayPort(Port):
         self.sock.close()
 
 
-def _outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:
-    """An Ethernet/IPv4/UDP/VXLAN frame around `inner`, as the kernel's VXLAN device received
-    it (the slow path decapsulates it again, so its switch sees the tunnel key)."""
-    udp_len = 8 + 8 + len(inner)
-    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, src, dst))
-    total = sum(struct.unpack("!10H", bytes(ip)))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    ip[10:12] = struct.pack("!H", ~total & 0xFFFF)
-    udp = struct.pack("!HHHH", 49152, VXLAN_PORT, udp_len, 0)
-    return (b"\x02\0\0\0\0\x01" * 2 + b"\x08\x00" + bytes(ip) + udp
-            + struct.pack("!II", 0x08000000, vni << 8) + inner)
-
-
 class EbpfDatapath:
     """A reference Switch as the slow path of the kernel tier on real interfaces.
 
@@ -112,7 +98,10 @@ class EbpfDatapath:
 
     def __init__(self, switch: Switch | None = None, netns: str | None = None,
                  maintain_every: float = 1.0, capacity: int = 65536,
-                 upcall_rate: int = 0, upcall_burst: int = 0) -> None:
+                 upcall_rate: int = 0, upcall_burst: int = 0, pin: str | None = None) -> None:
+        """pin: the name its maps are pinned under (sbnet.datapath.ebpf.pins), so they
+        outlive this process; close(keep=True) then leaves the program forwarding, and the
+        next EbpfDatapath of that name takes it up (kept_ports(), revalidate_kept())."""
         self.switch = switch or Switch()
         # The kernel forwards established segments the slow path's conntrack never sees, so
         # its TCP windows go stale: it must not call a later FIN or RST invalid for that
@@ -121,14 +110,13 @@ class EbpfDatapath:
         self.netns = netns
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
-        self.tier = EbpfTier(capacity=capacity)
+        self.pin = pin
+        self.tier = EbpfTier(capacity=capacity, pin=pin)
+        self.reopened = self.tier.reopened    # a previous agent's maps were taken up
         if upcall_rate:
             self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)
-        self._frames: list[bytes] = []
-        self._in_ports: list[int] = []
-        self._inner: list[bytes] = []          # the same frames before any tunnel header
         self.truncated = 0
-        self.ring = RingBuffer(self.tier.upcalls_fd, self._upcall)
+        self.ring = RingReader(self.tier.upcalls_fd, self.tier.upcalls_size)
         self._offered = 0                     # megaflow ids below this were offered to the kernel
         self._zones: set[int] = set()         # ct zones of megaflows in the kernel
         self._conns: set[tuple] = set()       # connection map entries, as ConnEntry keys
@@ -141,6 +129,8 @@ class EbpfDatapath:
         self._stop = threading.Event()
         self.batches = self.errors = 0
         self.last_error: str | None = None
+        if self.tier.reopened:
+            self._adopt_conns()
 
     # -- ports ---------------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> Port:
@@ -166,10 +156,12 @@ class EbpfDatapath:
             if tunnel.kind != "vxlan":
                 return port        # the slow path alone carries it (placement says why)
             ns = ["ip", "netns", "exec", self.netns] if self.netns else []
+            kept = self.tier.reopened and subprocess.run(
+                [*ns, "ip", "link", "show", name], capture_output=True).returncode == 0
             res = subprocess.run([*ns, "ip", "link", "add", name, "type", "vxlan", "external",
                                   "dstport", str(tunnel.dst_port or VXLAN_PORT)],
-                                 capture_output=True, text=True)
-            if res.returncode:
+                                 capture_output=True, text=True) if not kept else None
+            if res is not None and res.returncode:
                 self.switch.remove_port(tunnel.ofport)
                 raise OSError(f"cannot make VXLAN device {name}: {res.stderr.strip()}")
             self._devices.append(name)
@@ -222,70 +214,64 @@ class EbpfDatapath:
             self.switch.remove_port(ofport)
 
     # -- the slow path -------------------------------------------------------------
-    def _upcall(self, rec: bytes) -> None:
-        (_, in_port, length, caplen, _, tun, tun_id, tun_src, tun_dst, vlan, _) = \
-            L.UPCALL.unpack_from(rec)
-        frame = rec[L.UPCALL.size:L.UPCALL.size + caplen]
-        if caplen < length - (4 if vlan else 0):
-            self.truncated += 1           # larger than an upcall carries: its sender resends
-            return
-        if vlan:
-            frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
-        # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel path
-        # keeps that state with the packet, across veths and tunnels; the bytes that came
-        # up do not).
-        frame = complete_l4_checksum(frame)
-        self._inner.append(frame)
-        if tun and self._underlay_port is not None:
-            frame, in_port = _outer(frame, tun_id, tun_src, tun_dst), self._underlay_port
-        self._frames.append(frame)
-        self._in_ports.append(in_port)
-
     def poll_once(self, timeout: float = 0.1) -> int:
-        """Wait up to `timeout` s for upcalls; switch what came up and install its megaflows."""
-        self.ring.poll(int(timeout * 1000))
-        frames, ports, inner = self._frames, self._in_ports, self._inner
-        if not frames:
+        """Wait up to `timeout` s for upcalls; switch every one that came up (one batch) and
+        install its megaflows and established connections in the kernel."""
+        records = self.ring.drain()
+        if not records and self.ring.wait(int(timeout * 1000)):
+            records = self.ring.drain()
+        if not records:
             return 0
-        self._frames, self._in_ports, self._inner = [], [], []
+        up = decode(records, self._underlay_port)
+        self.truncated += up.truncated
         with self.lock:
-            self.switch.process(Batch.from_packets(frames, ports))
+            self.switch.process(up.batch)
             self._install_new()
-            self._hand_down(inner)
+            self._hand_down(up.tuples)
         self.batches += 1
-        return len(frames)
+        return len(up.batch)
 
     def _install_new(self) -> None:
         cache = self.switch.cache
-        for mf_id in range(self._offered, cache.next_id):
-            mf = cache.flows.get(mf_id)
-            if mf is not None and self.tier.put(mf).tier == "ebpf":
+        new = [mf for mf in map(cache.flows.get, range(self._offered, cache.next_id))
+               if mf is not None]
+        self._offered = cache.next_id
+        for mf, p in zip(new, self.tier.put_many(new)):
+            if p.tier == "ebpf":
                 mf.tier = "ebpf"
                 self._zones.update(a.zone for a in mf.actions if isinstance(a, odp.Ct))
-        self._offered = cache.next_id
 
-    def _hand_down(self, frames: list[bytes]) -> None:
-        """Connections of these frames that the switch's conntrack now holds established."""
-        if not self._zones:
+    def _hand_down(self, tuples: np.ndarray) -> None:
+        """Connections of these 5-tuples that the switch's conntrack now holds established."""
+        if not self._zones or not len(tuples):
             return
-        for t in {_five_tuple(f) for f in frames} - {None}:
-            for zone in self._zones:
-                if (zone, *t) in self._conns:
-                    continue
-                entries = established(self.switch.conntrack, zone, *t)
-                if entries is None:
-                    continue
-                for e in entries:
-                    self.tier.add_conn(e.zone, e.proto, e.src, e.dst, e.sport, e.dport, e.state, e.mark)
-                    self._conns.add((e.zone, e.proto, e.src, e.dst, e.sport, e.dport))
+        tuples = np.unique(tuples, axis=0)
+        keys, vals, held = [], [], []
+        for zone in self._zones:
+            fresh = tuples
+            if self._conns:
+                fresh = tuples[[(zone, *t) not in self._conns for t in tuples.tolist()]]
+            k, v, dirs = entries_many(self.switch.conntrack, zone, fresh)
+            if dirs:
+                keys.append(k)
+                vals.append(v)
+                held += dirs
+        if keys:
+            self.tier.add_conns(b"".join(keys), b"".join(vals))
+            self._conns.update(held)      # counted once the kernel has them
 
     def _age_conns(self) -> None:
         """Connections the slow path no longer holds established leave the kernel."""
-        for key in list(self._conns):
-            zone, proto, src, dst, sport, dport = key
-            if established(self.switch.conntrack, zone, proto, src, dst, sport, dport) is None:
-                self.tier.remove_conn(*key)
-                self._conns.discard(key)
+        if not self._conns:
+            return
+        held = np.array(list(self._conns), dtype=np.int64)   # zone, proto, src, dst, sport, dport
+        gone = np.zeros(len(held), dtype=bool)
+        for zone in np.unique(held[:, 0]).tolist():
+            rows = held[:, 0] == zone
+            gone[rows] = ~held_many(self.switch.conntrack, zone, held[rows, 1:])
+        for key in map(tuple, held[gone].tolist()):
+            self.tier.remove_conn(*key)
+            self._conns.discard(key)
 
     def _evicted(self, mf, packets: int, nbytes: int) -> None:
         self.tier.remove(mf.mf_id)
@@ -336,20 +322,26 @@ class EbpfDatapath:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def close(self) -> None:
-        """Stop the loop, take the program off every interface, close the maps."""
+    def close(self, keep: bool = False) -> None:
+        """Stop the loop, take the program off every interface, close the maps and remove
+        their pins.  keep (pinned only): leave the program forwarding on every interface
+        with its maps pinned, for the next agent to take up."""
         self.stop()
+        keep = keep and self.pin is not None
         with self.lock:
-            for ofport in list(self._attached):
-                self.detach(ofport)
-            ns = ["ip", "netns", "exec", self.netns] if self.netns else []
-            for dev in self._devices:
-                subprocess.run([*ns, "ip", "link", "del", dev], capture_output=True)
+            if not keep:
+                for ofport in list(self._attached):
+                    self.detach(ofport)
+                ns = ["ip", "netns", "exec", self.netns] if self.netns else []
+                for dev in self._devices:
+                    subprocess.run([*ns, "ip", "link", "del", dev], capture_output=True)
             for port in list(self.switch.ports.values()):
-                if isinstance(port, UdpUnderlayPort):
+                if isinstance(port, (UdpUnderlayPort, TxPort)):
                     port.close()
             self.ring.close()
             self.tier.close()
+            if self.pin is not None and not keep:
+                pins.remove(self.pin, self.netns)
 
     def __enter__(self) -> EbpfDatapath:
         return self
@@ -418,55 +410,55 @@ class EbpfDatapath:
             self.fold()
             return self.switch.drop_counts()
 
+    # -- taking up what a previous agent left (pinned maps) -------------------------------
+    def kept_ports(self) -> dict[str, int]:
+        """Devices the previous agent's switch had, with their ports: name -> ofport."""
+        out = {}
+        with in_netns(self.netns):
+            for ifindex, ofport in self.tier.kept_ports.items():
+                with contextlib.suppress(OSError):
+                    out[socket.if_indextoname(ifindex)] = ofport
+        return out
+
+    def _adopt_conns(self) -> None:
+        """The kernel's connections into the slow path's conntrack, so their FIN, RST and
+        ageing are handled as if this switch had seen them open."""
+        now = self.switch.clock()
+        for zone, proto, src, dst, sport, dport, state, mark in self.tier.conns_kept():
+            if state & _RPL:
+                continue                  # the original direction's entry takes up both
+            self.switch.conntrack.adopt_established(zone, proto, src, dst, sport, dport,
+                                                    mark, now)
+            self._zones.add(zone)
+            self._conns.add((zone, proto, src, dst, sport, dport))
+            self._conns.add((zone, proto, dst, src, dport, sport))
+
+    def revalidate_kept(self) -> int:
+        """Once this switch has its tables (after the agent's first sync): each megaflow
+        entry the previous agent left is translated again and replaced by the megaflow
+        of these tables (installed before the old entry goes, so its packets never
+        stall); returns how many were taken up."""
+        with self.lock:
+            kept = self.tier.kept()
+            now = self.switch.clock()
+            for _, key in kept:
+                keys = np.array(key, dtype=np.uint64)[:, None]
+                if int(self.switch.cache.lookup(keys, np.arange(1))[0]) < 0:
+                    self.switch.upcall(key, now)
+            self._install_new()
+            for fkey, _ in kept:
+                self.tier.drop_kept(fkey)
+            return len(kept)
+
+    def connections_in_kernel(self) -> int:
+        """Connections the kernel's connection map holds (both directions each)."""
+        return len(self._conns) // 2
+
+    def megaflows_in_kernel(self) -> int:
+        return len(self.tier)
+
     def kernel_stats(self) -> dict[str, int]:
         """The program's counters: hits, misses, upcalls, drops (sbnet.datapath.ebpf.layout.STATS)."""
         return self.tier.stats()
 
-
-def complete_l4_checksum(frame: bytes) -> bytes:
-    """The frame with its TCP or UDP checksum computed in full (IPv4 or IPv6 without
-    extension headers, at most one VLAN tag); other frames as they are."""
-    off = 14
-    et = frame[12:14]
-    if et in (b"\x81\x00", b"\x88\xa8") and len(frame) >= 18:
-        off, et = 18, frame[16:18]
-    if et == b"\x08\x00" and len(frame) >= off + 20:
-        ihl = (frame[off] & 15) * 4
-        total = int.from_bytes(frame[off + 2:off + 4], "big")
-        proto = frame[off + 9]
-        frag = int.from_bytes(frame[off + 6:off + 8], "big") & 0x3FFF
-        if frag or ihl < 20:
-            return frame
-        l4, end = off + ihl, off + total
-        pseudo = frame[off + 12:off + 20] + bytes([0, proto]) + (end - l4).to_bytes(2, "big")
-    elif et == b"\x86\xdd" and len(frame) >= off + 40:
-        proto = frame[off + 6]
-        l4, end = off + 40, off + 40 + int.from_bytes(frame[off + 4:off + 6], "big")
-        pseudo = frame[off + 8:off + 40] + (end - l4).to_bytes(4, "big") + bytes([0, 0, 0, proto])
-    else:
-        return frame
-    at = {F.IP_TCP: 16, F.IP_UDP: 6}.get(proto)
-    if at is None or end > len(frame) or end - l4 < at + 2:
-        return frame
-    seg = bytearray(frame[l4:end])
-    seg[at:at + 2] = b"\0\0"
-    c = internet_checksum(pseudo + bytes(seg))
-    if proto == F.IP_UDP and c == 0:
-        c = 0xFFFF
-    return frame[:l4 + at] + c.to_bytes(2, "big") + frame[l4 + at + 2:]
-
-
-def _five_tuple(frame: bytes) -> tuple | None:
-    """(proto, src, dst, sport, dport) of an untagged IPv4 TCP/UDP frame, else None."""
-    if len(frame) < 38 or frame[12:14] != b"\x08\x00":
-        return None
-    ihl = (frame[14] & 15) * 4
-    proto = frame[23]
-    if proto not in (F.IP_TCP, F.IP_UDP) or len(frame) < 14 + ihl + 4:
-        return None
-    src = int.from_bytes(frame[26:30], "big")
-    dst = int.from_bytes(frame[30:34], "big")
-    o = 14 + ihl
-    return (proto, src, dst, int.from_bytes(frame[o:o + 2], "big"),
-            int.from_bytes(frame[o + 2:o + 4], "big"))
 

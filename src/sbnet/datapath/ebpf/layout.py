@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from sbnet.datapath import odp
 from sbnet.flows import fields as F
 
@@ -33,6 +35,15 @@ TRACE_OUT_SIZE = TRACE_OUT_HEAD.size + TRACE_BYTES
 UPCALL = struct.Struct("<IIIIIIQIIII")
 CT_KEY = struct.Struct("<HBBHHII")
 CT_VAL = struct.Struct("<IIQQQ")
+# The same two as numpy records, to pack many entries at once.
+CT_KEY_DTYPE = np.dtype([("zone", "<u2"), ("proto", "u1"), ("pad", "u1"), ("sport", "<u2"),
+                         ("dport", "<u2"), ("src", "<u4"), ("dst", "<u4")])
+CT_VAL_DTYPE = np.dtype([("state", "<u4"), ("mark", "<u4"), ("packets", "<u8"),
+                         ("bytes", "<u8"), ("used", "<u8")])
+# struct sb_flow before acts[], as numpy records: the counters of a whole map read at once.
+FLOW_HEAD_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("used", "<u8"),
+                            ("mf_id", "<u4"), ("tcp_flags", "<u4"), ("n_acts", "<u4"),
+                            ("pad", "<u4")])
 METER = struct.Struct("<QQQQIIQQQQII")
 U32 = struct.Struct("<I")
 

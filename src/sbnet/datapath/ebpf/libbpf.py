@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
+import select
 from dataclasses import dataclass
 
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -42,6 +44,9 @@ def _lib() -> ctypes.CDLL:
         "bpf_map_lookup_elem": (c_int, [c_int, vp, vp]),
         "bpf_map_delete_elem": (c_int, [c_int, vp]),
         "bpf_map_get_next_key": (c_int, [c_int, vp, vp]),
+        "bpf_map_update_batch": (c_int, [c_int, vp, vp, ctypes.POINTER(ctypes.c_uint32), vp]),
+        "bpf_map_lookup_batch": (c_int, [c_int, vp, vp, vp, vp, ctypes.POINTER(ctypes.c_uint32),
+                                         vp]),
         "bpf_prog_test_run_opts": (c_int, [c_int, vp]),
         "bpf_obj_pin": (c_int, [c_int, ctypes.c_char_p]),
         "bpf_obj_get": (c_int, [ctypes.c_char_p]),
@@ -49,9 +54,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_tc_hook_destroy": (c_int, [vp]),
         "bpf_tc_attach": (c_int, [vp, vp]),
         "bpf_tc_detach": (c_int, [vp, vp]),
-        "ring_buffer__new": (vp, [c_int, vp, vp, vp]),
-        "ring_buffer__poll": (c_int, [vp, c_int]),
-        "ring_buffer__free": (None, [vp]),
+        "bpf_map__max_entries": (c_uint, [vp]),
     }
     for fn, (res, args) in sigs.items():
         f = getattr(lib, fn)
@@ -138,6 +141,47 @@ class Map:
             _check(rc, f"delete from map {self.name}")
         return True
 
+    def update_batch(self, keys: bytes, values: bytes, flags: int = BPF_ANY) -> None:
+        """Many entries in one system call (BPF_MAP_UPDATE_BATCH): `keys` and `values` are
+        the packed keys and values end to end, in the same order."""
+        n = len(keys) // self.key_size
+        if n * self.key_size != len(keys) or n * self.value_size != len(values):
+            raise ValueError(f"map {self.name}: batch of {len(keys)} key and {len(values)} "
+                             f"value bytes is not {n} entries")
+        if not n:
+            return
+        if flags != BPF_ANY:
+            for i in range(n):
+                self.update(keys[i * self.key_size:(i + 1) * self.key_size],
+                            values[i * self.value_size:(i + 1) * self.value_size], flags)
+            return
+        count = ctypes.c_uint32(n)
+        _check(lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None),
+               f"batch update of map {self.name}")
+
+    def items(self, chunk: int = 4096) -> tuple[bytes, bytes]:
+        """Every entry (BPF_MAP_LOOKUP_BATCH, `chunk` a call): (keys, values), packed end to
+        end in the same order."""
+        keys, values = [], []
+        kbuf = ctypes.create_string_buffer(self.key_size * chunk)
+        vbuf = ctypes.create_string_buffer(self.value_size * chunk)
+        token_in = ctypes.create_string_buffer(max(8, self.key_size))
+        token_out = ctypes.create_string_buffer(max(8, self.key_size))
+        first = True
+        while True:
+            count = ctypes.c_uint32(chunk)
+            rc = lib().bpf_map_lookup_batch(self.fd, None if first else token_in, token_out,
+                                            kbuf, vbuf, ctypes.byref(count), None)
+            err = 0 if rc >= 0 else (ctypes.get_errno() if rc == -1 else -rc)
+            if err not in (0, errno.ENOENT):
+                _check(rc, f"batch lookup in map {self.name}")
+            keys.append(kbuf.raw[:count.value * self.key_size])
+            values.append(vbuf.raw[:count.value * self.value_size])
+            if err == errno.ENOENT:
+                return b"".join(keys), b"".join(values)
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
     def keys(self) -> list[bytes]:
         out, prev = [], None
         nxt = ctypes.create_string_buffer(self.key_size)
@@ -190,6 +234,9 @@ class Object:
         """(key size, value size) of a map as the object declares it."""
         m = self._map_ptr(name)
         return lib().bpf_map__key_size(m), lib().bpf_map__value_size(m)
+
+    def map_max_entries(self, name: str) -> int:
+        return lib().bpf_map__max_entries(self._map_ptr(name))
 
     def map_fd(self, name: str) -> int:
         return _check(lib().bpf_map__fd(self._map_ptr(name)), f"fd of map {name}")
@@ -259,26 +306,49 @@ def tc_detach_ingress(ifindex: int) -> None:
     lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
 
 
-RingCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8
 
 
-class RingBuffer:
-    """Records of a BPF ring buffer map, handed to fn(bytes) by poll()."""
+class RingReader:
+    """Records of a BPF ring buffer map, read from its shared memory as libbpf does, but
+    without a call per record: one wake-up (poll on the map's fd) drains every record
+    committed so far into a list."""
 
-    def __init__(self, map_fd: int, fn) -> None:
-        def cb(_ctx, data, size):
-            fn(ctypes.string_at(data, size))
-            return 0
-        self._cb = RingCallback(cb)      # kept: libbpf holds the pointer
-        self._rb = lib().ring_buffer__new(map_fd, ctypes.cast(self._cb, ctypes.c_void_p), None, None)
-        if not self._rb:
-            err = ctypes.get_errno()
-            raise BpfError(err, f"ring buffer: {os.strerror(err)}")
+    def __init__(self, map_fd: int, size: int) -> None:
+        page = mmap.PAGESIZE
+        self.fd, self.mask = map_fd, size - 1
+        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # The producer's page, then the data pages mapped twice: a record that wraps around
+        # the end reads as one run of bytes.
+        self._prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                               offset=page)
+        self._page = page
+        self._poll = select.poll()
+        self._poll.register(map_fd, select.POLLIN)
 
-    def poll(self, timeout_ms: int = 0) -> int:
-        return _check(lib().ring_buffer__poll(self._rb, timeout_ms), "ring buffer poll")
+    def wait(self, timeout_ms: int) -> bool:
+        """Block until a record is there (or timeout_ms passes)."""
+        return bool(self._poll.poll(timeout_ms))
+
+    def drain(self, limit: int = 1 << 16) -> list[bytes]:
+        """Every committed record not yet read (at most `limit`), oldest first."""
+        cons = int.from_bytes(self._cons[0:8], "little")
+        prod = int.from_bytes(self._prod[0:8], "little")
+        out, data, base, mask = [], self._prod, self._page, self.mask
+        while cons < prod and len(out) < limit:
+            at = base + (cons & mask)
+            hdr = int.from_bytes(data[at:at + 4], "little")
+            if hdr & _RINGBUF_BUSY:
+                break                      # still being written: the next drain takes it
+            n = hdr & ~(_RINGBUF_BUSY | _RINGBUF_DISCARD)
+            if not hdr & _RINGBUF_DISCARD:
+                out.append(data[at + _RINGBUF_HDR:at + _RINGBUF_HDR + n])
+            cons += (n + _RINGBUF_HDR + 7) & ~7
+        self._cons[0:8] = cons.to_bytes(8, "little")
+        return out
 
     def close(self) -> None:
-        if self._rb:
-            lib().ring_buffer__free(self._rb)
-            self._rb = None
+        if self._cons is not None:
+            self._cons.close()
+            self._prod.close()
+            self._cons = self._prod = None

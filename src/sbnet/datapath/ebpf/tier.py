@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from sbnet.datapath.ebpf import build, layout as L
+import numpy as np
+
+from sbnet.datapath.ebpf import build, layout as L, pins
 from sbnet.datapath.ebpf.libbpf import TC_ACT_REDIRECT, TC_ACT_SHOT, BpfError, Map, Object, test_run
 from sbnet.flows import fields as F
 from sbnet.offload.placement import Placement, place
@@ -24,6 +26,11 @@ _FREE_VALUES = frozenset(F.SLOT_INDEX[s] for s in (
     "in_port", "eth_src", "eth_dst", "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo",
     "ipv6_dst_hi", "ipv6_dst_lo", "ipv6_label", "nw_tos", "nw_ttl", "tp_dst", "tcp_flags",
     "arp_sha", "arp_tha", "tun_id", "tun_src", "tun_dst", "ct_mark", "ct_zone"))
+# On TCP, UDP and SCTP megaflows tp_src is a port, which nothing in placement reads
+# (on ICMP it is the type, a prerequisite of the ND fields).
+_PROTO = F.SLOT_INDEX["nw_proto"]
+_L4_PROTOS = frozenset((0xFF, p) for p in (F.IP_TCP, F.IP_UDP, F.IP_SCTP))
+_FREE_VALUES_L4 = _FREE_VALUES | {F.SLOT_INDEX["tp_src"]}
 _PLACEMENTS = 4096             # placements remembered
 
 
@@ -85,11 +92,22 @@ class EbpfTier:
     or the reason it stays in software), remove() takes it out with its last counts,
     take_counters() hands over what the kernel counted since the last take."""
 
-    def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False) -> None:
+    def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False,
+                 pin: str | None = None) -> None:
+        """pin: keep the maps pinned under this name (pins.pin_dir); when a previous tier
+        left them there, they are taken up, with the megaflows in them as kept() entries."""
         self.test = test
         self.capacity = capacity
-        self.obj = Object(str(build.object_path()),
-                          max_entries={"flows": capacity, "conns": conn_capacity})
+        self.pin = pins.pin_dir(pin) if pin else None
+        reuse = pins.open_pinned(self.pin) if self.pin else None
+        self.reopened = reuse is not None
+        try:
+            self.obj = Object(str(build.object_path()),
+                              max_entries={"flows": capacity, "conns": conn_capacity},
+                              reuse=reuse)
+        finally:
+            for fd in (reuse or {}).values():
+                os.close(fd)            # libbpf holds its own copies
         try:
             self.prog_fd = self.obj.prog_fd("sbnet_ingress")
             fd = self.obj.map_fd
@@ -104,12 +122,15 @@ class EbpfTier:
             self._ncpu = _possible_cpus()
             self.m_stats = Map(fd("stats"), 4, 8 * self._ncpu, "stats")
             self.upcalls_fd = fd("upcalls")
+            self.upcalls_size = self.obj.map_max_entries("upcalls")
             for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
                       self.m_meters, self.m_trace_hdr, self.m_trace_out):
                 if self.obj.map_sizes(m.name) != (m.key_size, m.value_size):
                     raise BpfError(22, f"map {m.name}: the program's layout "
                                        f"{self.obj.map_sizes(m.name)} is not layout.py's "
                                        f"{(m.key_size, m.value_size)}")
+            if self.pin is not None and not self.reopened:
+                pins.pin_maps({n: fd(n) for n in pins.PINNED}, self.pin)
         except BaseException:
             self.obj.close()
             raise
@@ -124,17 +145,79 @@ class EbpfTier:
         self._seen: dict[int, tuple[int, int]] = {}          # mf_id -> (packets, bytes) taken
         self._placements: dict[int, Placement] = {}
         self._place_cache: dict[tuple, Placement] = {}
+        self._upcall_limit = (0, 0)
+        self._kept: dict[bytes, tuple] = {}           # fkey -> mask of entries left to us
+        self.kept_ports: dict[int, int] = {}          # ifindex -> ofport left to us
+        if self.reopened:
+            self._take_up()
         self._write_config()
+
+    def _take_up(self) -> None:
+        """The state a previous tier left in the pinned maps: mask list, ports, megaflows."""
+        n_masks, _, rate, burst = L.CONFIG.unpack(self.m_config.lookup(L.U32.pack(0)))
+        self._upcall_limit = (rate, burst)
+        by_id = {}
+        for pos in range(n_masks):
+            mid, _, *words = L.FKEY.unpack(self.m_masks.lookup(L.U32.pack(pos)))
+            mask = tuple(words)
+            self._masks.append(mask)
+            self._mask_ids[mask], self._mask_users[mask], by_id[mid] = mid, 0, mask
+            self._next_mask_id = max(self._next_mask_id, mid + 1)
+        keys, _ = self.m_flows.items()
+        for at in range(0, len(keys), L.FKEY.size):
+            fkey = keys[at:at + L.FKEY.size]
+            mask = by_id.get(L.U32.unpack_from(fkey)[0])
+            if mask is None:
+                self.m_flows.delete(fkey)     # under no mask of the list: never matched
+                continue
+            self._kept[fkey] = mask
+            self._mask_users[mask] += 1
+        for key in self.m_ports.keys():
+            raw = self.m_ports.lookup(key)
+            if raw is not None:
+                self.kept_ports[L.U32.unpack(key)[0]] = L.PORT.unpack(raw)[0]
+
+    def kept(self) -> list[tuple[bytes, list[int]]]:
+        """Megaflow entries a previous tier left in the pinned maps: (entry key, the flow key
+        they match, a value per sbnet.flows.fields slot, unmatched bits 0)."""
+        out = []
+        for fkey in self._kept:
+            key = [0] * F.N_SLOTS
+            for slot, v in zip(L.KEY_SLOTS, L.FKEY.unpack(fkey)[2:]):
+                key[F.SLOT_INDEX[slot]] = v
+            out.append((fkey, key))
+        return out
+
+    def drop_kept(self, fkey: bytes) -> None:
+        """A kept entry goes (unless a megaflow installed since took its very key)."""
+        mask = self._kept.pop(fkey, None)
+        if mask is None:
+            return
+        if all(fk != fkey for _, fk in self._entries.values()):
+            self.m_flows.delete(fkey)
+        self._mask_users[mask] -= 1
+        if not self._mask_users[mask]:
+            self._drop_mask(mask)
+
+    def conns_kept(self) -> list[tuple]:
+        """The connection map's entries: (zone, proto, src, dst, sport, dport, state, mark)."""
+        keys, vals = self.m_conns.items()
+        k = np.frombuffer(keys, dtype=L.CT_KEY_DTYPE)
+        v = np.frombuffer(vals, dtype=L.CT_VAL_DTYPE)
+        return list(zip(k["zone"].tolist(), k["proto"].tolist(), k["src"].tolist(),
+                        k["dst"].tolist(), k["sport"].tolist(), k["dport"].tolist(),
+                        v["state"].tolist(), v["mark"].tolist()))
 
     # -- configuration ----------------------------------------------------------------
     def _write_config(self) -> None:
         flags = L.CFG_F_TEST if self.test else 0
-        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags, 0, 0))
+        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags,
+                                                          *self._upcall_limit))
 
     def set_upcall_limit(self, rate: int, burst: int) -> None:
         """Upcalls per second (and burst) each port may send up; 0 turns the limit off."""
-        flags = L.CFG_F_TEST if self.test else 0
-        self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags, rate, burst))
+        self._upcall_limit = (rate, burst)
+        self._write_config()
 
     def add_port(self, ofport: int, ifindex: int, tunnel=None) -> None:
         """Switch port `ofport` is the kernel device `ifindex` (tunnel: its TunnelPort)."""
@@ -159,8 +242,9 @@ class EbpfTier:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, mf) -> Placement:
-        """Install a megaflow in the kernel if this tier can run it; the placement says why not."""
+    def put(self, mf, pending: list | None = None) -> Placement:
+        """Install a megaflow in the kernel if this tier can run it; the placement says why not.
+        pending: a list to append the (key, value) entry to instead of writing it now."""
         p = self._place(mf)
         if p.tier == "nic":
             try:
@@ -173,7 +257,7 @@ class EbpfTier:
             except L.NotInKernel as exc:
                 p = Placement("software", f"ebpf: {exc}")
             else:
-                self._install(mf.mf_id, mask, value, acts)
+                self._install(mf.mf_id, mask, value, acts, pending)
                 p = Placement("ebpf", p.reason.replace("offloadable to", "in the kernel tier:"),
                               p.needs_ct)
         self._placements[mf.mf_id] = p
@@ -182,8 +266,11 @@ class EbpfTier:
     def _place(self, mf) -> Placement:
         """place() with the ebpf profile, remembered for megaflows that differ only in the
         values of _FREE_VALUES slots (placement is most of an install's cost)."""
+        free = _FREE_VALUES
+        if dict(zip(mf.slots, zip(mf.mask, mf.value))).get(_PROTO, (0, 0)) in _L4_PROTOS:
+            free = _FREE_VALUES_L4
         key = (mf.slots, mf.mask, mf.actions,
-               tuple(None if s in _FREE_VALUES else (v != 0 if s == _RECIRC else v)
+               tuple(None if s in free else (v != 0 if s == _RECIRC else v)
                      for s, v in zip(mf.slots, mf.value)))
         p = self._place_cache.get(key)
         if p is None:
@@ -192,7 +279,17 @@ class EbpfTier:
             p = self._place_cache[key] = place(profile(), mf)
         return p
 
-    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list) -> None:
+    def put_many(self, mfs) -> list[Placement]:
+        """put() of several megaflows, their kernel entries written in one system call."""
+        pending: list[tuple[bytes, bytes]] = []
+        out = [self.put(mf, pending) for mf in mfs]
+        if pending:
+            self.m_flows.update_batch(b"".join(k for k, _ in pending),
+                                      b"".join(v for _, v in pending))
+        return out
+
+    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list,
+                 pending: list | None = None) -> None:
         if mf_id in self._entries:
             self.remove(mf_id)
         mid = self._mask_ids.get(mask)
@@ -204,7 +301,10 @@ class EbpfTier:
             self.m_masks.update(L.U32.pack(len(self._masks) - 1), L.FKEY.pack(mid, 0, *mask))
             self._write_config()
         fkey = L.pack_fkey(mid, value)
-        self.m_flows.update(fkey, L.pack_flow(mf_id, acts))
+        if pending is None:
+            self.m_flows.update(fkey, L.pack_flow(mf_id, acts))
+        else:
+            pending.append((fkey, L.pack_flow(mf_id, acts)))
         self._mask_users[mask] += 1
         self._entries[mf_id] = (mask, fkey)
         self._seen[mf_id] = (0, 0)
@@ -263,6 +363,11 @@ class EbpfTier:
         """One direction of an established connection the slow path committed."""
         self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
                             L.CT_VAL.pack(state, mark, 0, 0, 0))
+
+    def add_conns(self, keys: bytes, values: bytes) -> None:
+        """Directions of established connections, packed (layout.CT_KEY_DTYPE and
+        CT_VAL_DTYPE records), in one system call."""
+        self.m_conns.update_batch(keys, values)
 
     def remove_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int) -> None:
         self.m_conns.delete(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))

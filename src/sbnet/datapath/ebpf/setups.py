@@ -1,0 +1,177 @@
+"""Flow set-ups per second through the kernel tier's upcall path, on real veths in a namespace (bench_ebpf and its test; root)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from sbnet.datapath.afpacket import in_netns
+from sbnet.datapath.checksum import internet_checksum
+
+# New UDP connections through a stateful security group: each one's first packet and its
+# reply go up (the kernel holds no connection for them), the slow path commits the
+# connection and, once it has seen the reply, hands it down.
+CONNECTIONS = """\
+table=0,priority=10,ip,ct_state=-trk actions=ct(zone=7,table=1)
+table=0,priority=1 actions=drop
+table=1,priority=10,ct_state=+trk+new,udp,in_port=1 actions=ct(commit,zone=7),output:2
+table=1,priority=10,ct_state=+trk+est,in_port=1 actions=output:2
+table=1,priority=10,ct_state=+trk+est,in_port=2 actions=output:1
+table=1,priority=1 actions=drop
+"""
+# A rule on one source port makes every lookup consult udp_src: one megaflow per flow,
+# each translated by the slow path and installed in the kernel.
+MEGAFLOWS = """\
+table=0,priority=20,udp,tp_src=1 actions=drop
+table=0,priority=10,udp,in_port=1 actions=mod_dl_dst:02:00:00:00:00:09,output:2
+table=0,priority=0 actions=drop
+"""
+TABLES = {"connections": CONNECTIONS, "megaflows": MEGAFLOWS}
+DPORT = 4790
+MAX_FLOWS = 1 << 15           # flows of distinct source ports (megaflows differ by port)
+WARM = (1 << 20) + MAX_FLOWS - 1    # a flow of its own: another address, the last port
+
+
+@dataclass
+class SetupRun:
+    """One run: `flows` new flows sent at once; how long until the kernel held them all."""
+
+    kind: str
+    flows: int
+    seconds: float            # first packet sent -> last flow in the kernel
+    in_kernel: int            # flows (connections or megaflows) the kernel holds
+    delivered: int            # first packets that reached the receiver (none may be lost)
+    carried: int              # second packets the kernel forwarded itself
+    upcalls: int
+    upcalls_lost: int
+
+    @property
+    def rate(self) -> float:
+        return self.in_kernel / self.seconds if self.seconds else 0.0
+
+
+def frame(i: int) -> bytes:
+    """UDP flow i: its own source address and port (1024 + i % 32768)."""
+    src = 0x0A000000 + (i >> 15) + 1
+    ip = bytearray(b"\x45\0\0\x32\0\0\x40\0\x40\x11\0\0" + src.to_bytes(4, "big") + bytes([10, 1, 0, 1]))
+    ip[10:12] = internet_checksum(bytes(ip)).to_bytes(2, "big")
+    udp = (1024 + (i & 0x7FFF)).to_bytes(2, "big") + DPORT.to_bytes(2, "big") + b"\0\x1e\0\0"
+    return bytes.fromhex("020000000002020000000001") + b"\x08\x00" + bytes(ip) + udp + bytes(22)
+
+
+class _Counter(threading.Thread):
+    """Counts the bench's frames arriving on an interface."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.n, self.stop = sock, 0, threading.Event()
+        sock.settimeout(0.2)
+
+    def run(self) -> None:
+        mark = DPORT.to_bytes(2, "big")
+        while not self.stop.is_set():
+            try:
+                f = self.sock.recv(2048)
+            except TimeoutError:
+                continue
+            if len(f) >= 38 and f[23] == 17 and f[36:38] == mark:
+                self.n += 1
+
+
+# The connections' peer, run in the namespace as a script of its own (python -S: it starts
+# in a few ms): answers every bench frame arriving on argv[1] with its reply (addresses
+# and ports swapped), until stdin closes.
+RESPONDER = f"""
+import select, socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+s.bind((sys.argv[1], 3))
+s.setblocking(False)
+print("ready", flush=True)
+while sys.stdin not in select.select([s, sys.stdin], [], [], 1.0)[0]:
+    while True:
+        try:
+            f = s.recv(2048)
+        except BlockingIOError:
+            break
+        if len(f) >= 42 and f[23] == 17 and f[36:38] == {DPORT.to_bytes(2, "big")!r}:
+            s.send(f[6:12] + f[0:6] + f[12:26] + f[30:34] + f[26:30] + f[36:38] + f[34:36]
+                   + f[38:])
+"""
+
+
+def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
+    """Send n new flows into port 1 of a kernel-tier switch at once; time until the kernel
+    holds every one (connections: both directions in the connection map; megaflows: in
+    the flow map), then send each flow's second packet and count what the kernel carried."""
+    from sbnet.agent.netns import Topology, sh
+    from sbnet.datapath.ebpf.datapath import EbpfDatapath
+    from sbnet.flows.ofctl import parse_file
+    if not 0 < n < MAX_FLOWS:
+        raise ValueError(f"flows must be 1..{MAX_FLOWS - 1}")
+    frames = [frame(i) for i in range(n)]
+    with Topology() as topo:
+        ns = topo.add_namespace("setups")
+        sh("ip", "-n", ns, "link", "add", "src0", "type", "veth", "peer", "name", "tap1")
+        sh("ip", "-n", ns, "link", "add", "tap2", "type", "veth", "peer", "name", "dst0")
+        for dev in ("src0", "tap1", "tap2", "dst0"):
+            sh("ip", "-n", ns, "link", "set", dev, "arp", "off", "up")
+        # No idle expiry while it runs: every flow set up stays until it is counted.
+        with EbpfDatapath(netns=ns, capacity=max(65536, 2 * n), maintain_every=3600) as dp:
+            dp.attach(1, "tap1")
+            dp.attach(2, "tap2")
+            dp.bundle(add=parse_file(TABLES[kind]).flows)
+            with in_netns(ns):
+                rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+                tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            with rx, tx:
+                rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+                rx.bind(("dst0", 3))
+                tx.bind(("src0", 0))
+                counter = _Counter(rx)
+                counter.start()
+                dp.start()
+                if kind == "connections":
+                    peer = topo.popen("setups", sys.executable, "-S", "-c", RESPONDER, "dst0",
+                                      stdin=subprocess.PIPE)
+                    assert peer.stdout.readline().strip() == "ready", peer.stderr.read()
+                held = (lambda: dp.connections_in_kernel()) if kind == "connections" else \
+                    (lambda: dp.megaflows_in_kernel())
+                # One flow beforehand, twice: the megaflows every flow's first and second
+                # packets take are there, as on a switch that has run for a while.
+                for i in range(2):
+                    tx.send(frame(WARM))
+                    _wait(lambda: counter.n > i and (kind != "connections" or held() > 0))
+                    time.sleep(0.05)
+                before, seen = held(), counter.n
+                t0 = time.perf_counter()
+                for f in frames:
+                    tx.send(f)
+                while held() - before < n and time.perf_counter() - t0 < timeout:
+                    time.sleep(0.002)
+                seconds = time.perf_counter() - t0
+                in_kernel = held() - before
+                _wait(lambda: counter.n >= seen + n)
+                delivered = counter.n - seen
+                up = dp.kernel_stats()["upcall"]
+                for f in frames:
+                    tx.send(f)
+                _wait(lambda: counter.n >= seen + delivered + n)
+                counter.stop.set()
+                counter.join()
+                if kind == "connections":
+                    peer.stdin.close()
+                    peer.wait(timeout=10)
+                st = dp.kernel_stats()
+    return SetupRun(kind, n, seconds, in_kernel, delivered, n - (st["upcall"] - up),
+                    st["upcall"], st["upcall_lost"])
+
+
+def _wait(done, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)

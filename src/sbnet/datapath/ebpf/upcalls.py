@@ -1,0 +1,140 @@
+"""The upcall path's packets: ring buffer records to one slow-path batch, checksums a VM left to the NIC completed and connection 5-tuples found for the whole batch at once."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.checksum import fold, ones_sum
+from sbnet.datapath.ebpf import layout as L
+from sbnet.flows import fields as F
+
+VXLAN_PORT = 4789
+_HDR = L.UPCALL.size
+
+
+@dataclass
+class Upcalls:
+    """One drain of the ring: the frames as the switch takes them (`batch`; tunnelled ones
+    inside the outer header the kernel's VXLAN device took off) and the 5-tuples of the
+    untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport))."""
+
+    batch: Batch
+    tuples: np.ndarray
+    truncated: int
+
+
+def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
+    """Ring records (an sb_upcall header, then the packet) to the slow path's batch.  Packets
+    longer than an upcall carries are counted, not switched (their sender resends)."""
+    frames, ports, tunnelled = [], [], []
+    truncated = 0
+    unpack = L.UPCALL.unpack_from
+    for rec in records:
+        (_, in_port, length, caplen, _, tun, tun_id, tun_src, tun_dst, vlan, _) = unpack(rec)
+        if caplen < length - (4 if vlan else 0):
+            truncated += 1
+            continue
+        frame = rec[_HDR:_HDR + caplen]
+        if vlan:
+            frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
+        if tun and underlay_port is not None:
+            tunnelled.append((len(frames), tun_id, tun_src, tun_dst))
+        frames.append(frame)
+        ports.append(in_port)
+    inner = Batch.from_packets(frames, np.array(ports, dtype=np.uint32))
+    # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel path
+    # keeps that state with the packet, across veths and tunnels; the bytes that came up
+    # do not).
+    complete_l4_checksums(inner)
+    tuples = five_tuples(inner)
+    if not tunnelled:
+        return Upcalls(inner, tuples, truncated)
+    frames = inner.packets()
+    ports = inner.in_port.copy()
+    for row, tun_id, src, dst in tunnelled:
+        frames[row] = outer(frames[row], tun_id, src, dst)
+        ports[row] = underlay_port
+    return Upcalls(Batch.from_packets(frames, ports), tuples, truncated)
+
+
+def outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:
+    """An Ethernet/IPv4/UDP/VXLAN frame around `inner`, as the kernel's VXLAN device received
+    it (the slow path decapsulates it again, so its switch sees the tunnel key)."""
+    udp_len = 8 + 8 + len(inner)
+    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, src, dst))
+    total = sum(struct.unpack("!10H", bytes(ip)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    ip[10:12] = struct.pack("!H", ~total & 0xFFFF)
+    udp = struct.pack("!HHHH", 49152, VXLAN_PORT, udp_len, 0)
+    return (b"\x02\0\0\0\0\x01" * 2 + b"\x08\x00" + bytes(ip) + udp
+            + struct.pack("!II", 0x08000000, vni << 8) + inner)
+
+
+def _u16(d: np.ndarray, rows: np.ndarray, col: np.ndarray) -> np.ndarray:
+    return (d[rows, col].astype(np.int64) << 8) | d[rows, col + 1]
+
+
+def complete_l4_checksums(b: Batch) -> None:
+    """Every TCP or UDP checksum of the batch computed in full, in place (IPv4 unfragmented
+    or IPv6 without extension headers, at most one VLAN tag); other packets as they are."""
+    n = len(b)
+    if not n:
+        return
+    d, rows = b.data, np.arange(n)
+    last = d.shape[1] - 2
+    s = b.start.astype(np.int64)
+    end = s + b.length
+    et = _u16(d, rows, s + 12)
+    tagged = (et == 0x8100) | (et == 0x88A8)
+    l3 = s + 14 + 4 * tagged
+    et = np.where(tagged, _u16(d, rows, np.minimum(s + 16, last)), et)
+    at3 = np.minimum(l3, last - 40)
+    v4 = (et == 0x0800) & (l3 + 20 <= end)
+    v6 = (et == 0x86DD) & (l3 + 40 <= end)
+    ihl = (d[rows, at3] & 15).astype(np.int64) * 4
+    proto = np.where(v4, d[rows, at3 + 9], d[rows, at3 + 6]).astype(np.int64)
+    frag = _u16(d, rows, at3 + 6) & 0x3FFF
+    l4 = np.where(v4, l3 + ihl, l3 + 40)
+    l4_end = np.where(v4, l3 + _u16(d, rows, at3 + 2), l3 + 40 + _u16(d, rows, at3 + 4))
+    csum_at = np.where(proto == F.IP_TCP, 16, 6)
+    ok = ((v4 & (frag == 0) & (ihl >= 20)) | v6) & ((proto == F.IP_TCP) | (proto == F.IP_UDP))
+    ok &= (l4_end <= end) & (l4_end - l4 >= csum_at + 2)
+    if not ok.any():
+        return
+    r, l3, l4, l4_end, proto = rows[ok], l3[ok], l4[ok], l4_end[ok], proto[ok]
+    v4, at = v4[ok], l4 + csum_at[ok]
+    d[r, at] = 0
+    d[r, at + 1] = 0
+    seg = l4_end - l4
+    addr = ones_sum(d[r], np.where(v4, l3 + 12, l3 + 8), np.where(v4, 8, 32))
+    total = (addr.astype(np.uint64) + ones_sum(d[r], l4, seg) + proto.astype(np.uint64)
+             + (seg & 0xFFFF).astype(np.uint64) + (seg >> 16).astype(np.uint64))
+    c = ~fold(total) & 0xFFFF
+    c = np.where((proto == F.IP_UDP) & (c == 0), 0xFFFF, c)
+    d[r, at] = (c >> 8).astype(np.uint8)
+    d[r, at + 1] = (c & 0xFF).astype(np.uint8)
+
+
+def five_tuples(b: Batch) -> np.ndarray:
+    """(proto, src, dst, sport, dport) of each untagged IPv4 TCP/UDP frame, one row each."""
+    n = len(b)
+    if not n:
+        return np.zeros((0, 5), np.int64)
+    d, rows = b.data, np.arange(n)
+    s = np.minimum(b.start.astype(np.int64), d.shape[1] - 80)
+    ihl = (d[rows, s + 14] & 15).astype(np.int64) * 4
+    proto = d[rows, s + 23].astype(np.int64)
+    ok = ((_u16(d, rows, s + 12) == 0x0800) & ((proto == F.IP_TCP) | (proto == F.IP_UDP))
+          & (ihl >= 20) & (b.length >= 14 + ihl + 4))
+    if not ok.any():
+        return np.zeros((0, 5), np.int64)
+    r, s, ihl = rows[ok], s[ok], ihl[ok]
+    src = (_u16(d, r, s + 26) << 16) | _u16(d, r, s + 28)
+    dst = (_u16(d, r, s + 30) << 16) | _u16(d, r, s + 32)
+    o = s + 14 + ihl
+    return np.stack([proto[ok], src, dst, _u16(d, r, o), _u16(d, r, o + 2)], axis=1)

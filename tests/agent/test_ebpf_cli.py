@@ -1,0 +1,120 @@
+"""Two hypervisors running `sbnet agent --datapath ebpf` with nothing but --host, --api and --tunnel-ip: the underlay is each host's own kernel; an agent restart under iperf3 leaves the kernel forwarding (pinned maps), and the new agent takes up what the old one left."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sbnet.agent.agent import vif_name
+from sbnet.agent.netns import Topology, require_netns, sh
+from sbnet.api.process import spawn, stop as stop_server
+from tests.agent.test_agent_faults import Lines
+from tests.agent.test_reference_cli import hypervisor, iperf_across, network_with_agents, plug
+
+MTU = 1450                  # VXLAN over the 1500-byte underlay
+
+
+def agent(url: str, name: str, ns: str, tunnel_ip: str) -> Lines:
+    return Lines(subprocess.Popen(
+        [sys.executable, "-m", "sbnet", "agent", "--host", name, "--api", url, "--tunnel-ip",
+         tunnel_ip, "--datapath", "ebpf", "--netns", ns, "--wait", "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True))
+
+
+@pytest.fixture
+def env(tmp_path):
+    from tests.ebpf.conftest import require_bpf
+    require_bpf()
+    require_netns()
+    Topology.cleanup_stale()
+    yield from _env(tmp_path)
+
+
+def _env(tmp_path):
+    server, url = spawn(f"sqlite:///{tmp_path}/db.sqlite")
+    tag = secrets.token_hex(2)
+    names = {f"h{i}": f"ebpf{tag}-h{i}" for i in (1, 2)}    # API host names and pin names
+    try:
+        with Topology() as topo:
+            try:
+                yield topo, url, names
+            finally:
+                from sbnet.datapath.ebpf import pins
+                for h, name in names.items():
+                    pins.remove(name, topo.ns_name(h))
+    finally:
+        stop_server(server)
+
+
+def test_ebpf_agent_restart_under_iperf3_keeps_the_kernel_forwarding(env):
+    from sbnet.datapath.ebpf import pins
+    topo, url, names = env
+    hosts = {}
+    for i, h in enumerate(names, 1):
+        ns = hosts[h] = hypervisor(topo, h, i)
+        # The ebpf agent uses the host's own stack as the underlay: an address, ARP on.
+        sh("ip", "-n", ns, "addr", "add", f"10.250.0.{i}/24", "dev", "ul0")
+        sh("ip", "-n", ns, "link", "set", "ul0", "arp", "on")
+    start = lambda h: agent(url, names[h], hosts[h], f"10.250.0.{h[1]}")  # noqa: E731
+    procs = {h: start(h) for h in hosts}
+    first = ""
+    try:
+        http, net = network_with_agents(url, "10.42.0.0/24", procs)
+        deadline = time.monotonic() + 60
+        ports, ips = {}, {}
+        for vm, h in (("a", "h1"), ("b", "h2")):
+            ports[vm] = http.post("/v2.0/ports", json={"port": {
+                "network_id": net["id"], "binding:host_id": names[h],
+                "device_id": f"instance-{vm}"}}).json()["port"]
+            plug(topo, hosts[h], vm, ports[vm])
+            ips[vm] = ports[vm]["fixed_ips"][0]["ip_address"]
+            ns = topo.ns_name(vm)
+            sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(MTU))
+            sh("ip", "-n", ns, "addr", "add", f"{ips[vm]}/24", "dev", "eth0")
+        for p in ports.values():
+            while http.get(f"/v2.0/ports/{p['id']}").json()["port"]["status"] != "ACTIVE":
+                assert time.monotonic() < deadline + 30, [x.text() for x in procs.values()]
+                time.sleep(0.2)
+        assert topo.ping("a", ips["b"], count=3).returncode == 0, [x.text() for x in procs.values()]
+        assert (pins.root() / names["h1"] / "flows").exists()
+        # iperf3 in 100 ms intervals while h1's agent stops and a new one starts: the
+        # program and its pinned maps carry the stream meanwhile.
+        def restart() -> None:
+            nonlocal first
+            first = procs["h1"].stop()
+            procs["h1"] = start("h1")
+            procs["h1"].wait_for("took up", timeout=60)
+        result, longest = iperf_across(topo, "a", "b", ips["b"], 5, restart)
+        print(f"ebpf agent restart under iperf3: longest stall {longest * 1000:.0f} ms, "
+              f"{result['end']['sum_received']['bits_per_second'] / 1e6:.1f} Mbit/s")
+        assert longest < 0.1, f"a stall of {longest * 1000:.0f} ms"
+        assert result["end"]["sum_received"]["bytes"] > 0
+        # The new agent took the megaflows up and the VMs still talk through it.
+        assert topo.ping("a", ips["b"], count=3).returncode == 0, procs["h1"].text()
+        # The running agent's kernel entries, with counters, from another process.
+        dpctl = lambda *a: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "sbnet", "dpctl", *a, "--host", names["h1"], "--netns",
+             hosts["h1"]], capture_output=True, text=True, timeout=60)
+        flows = dpctl("dump-flows")
+        assert flows.returncode == 0, flows.stderr
+        tap = vif_name(ports["a"]["id"])
+        assert any(tap in ln and "packets:0," not in ln for ln in flows.stdout.splitlines()), \
+            flows.stdout
+        show = dict(ln.split(": ") for ln in dpctl("show").stdout.splitlines())
+        assert int(show["hit"]) > 1000 and int(show["flows"]) > 0, show
+    finally:
+        out = {h: p.stop() for h, p in procs.items()}
+    assert "Traceback" not in first + out["h1"] + out["h2"], first + out["h1"] + out["h2"]
+    # An agent stopped leaves its pins (the program forwards on); teardown removes them.
+    assert (pins.root() / names["h1"] / "flows").exists()
+    gone = subprocess.run([sys.executable, "-m", "sbnet", "dpctl", "del-dp", "--host",
+                           names["h1"], "--netns", hosts["h1"]], capture_output=True, text=True)
+    assert gone.returncode == 0 and "sbvxlan0" in gone.stdout, gone.stdout + gone.stderr
+    assert not (pins.root() / names["h1"]).exists()
+    bad = subprocess.run([sys.executable, "-m", "sbnet", "dpctl", "show", "--host", "../x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("sbnet: error: --host"), bad.stderr
