@@ -1,4 +1,4 @@
-"""`sbnet compare`: the same workload and feature tests under the sriov, software and smartnic profiles."""
+"""`sbnet compare`: the same workload and feature tests under the sriov, software and smartnic profiles (modelled), and the kernel eBPF tier (measured on real namespaces)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ def compare(
     seed: int = typer.Option(1, "--seed", help="Seed of the Pareto segment counts and ISNs."),
     cap: int = typer.Option(1000, "--cap", help="Most data segments of one connection."),
     profiles: str = typer.Option("sriov,software,smartnic", "--profiles",
-                                 help="Comma-separated NIC profiles."),
+                                 help="Comma-separated NIC profiles; ebpf adds the kernel tier "
+                                      "measured on real namespaces (root, BPF)."),
+    real_connections: int = typer.Option(1000, "--real-connections",
+                                         help="Connections of the ebpf column's real run."),
     features: bool = typer.Option(True, "--features/--no-features",
                                   help="Also run each feature's packet test per profile."),
     markdown: bool = typer.Option(False, "--markdown", help="Print Markdown instead of tables."),
@@ -31,11 +34,11 @@ def compare(
     from sbnet.offload.profile import builtin_profiles
 
     names = [p.strip() for p in profiles.split(",") if p.strip()]
-    unknown = [p for p in names if p not in builtin_profiles()]
+    unknown = [p for p in names if p not in builtin_profiles() and p not in C.REAL]
     if unknown:
         Console(stderr=True).print(f"[red]unknown profile(s): {', '.join(unknown)}[/red]")
         raise typer.Exit(2)
-    result = C.compare(connections, seed, cap, tuple(names), features)
+    result = C.compare(connections, seed, cap, tuple(names), features, real_connections)
     command = "sbnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if markdown:
         typer.echo(C.markdown(result, command), nl=False)

@@ -350,21 +350,44 @@ class Comparison:
 
 
 def compare(connections: int = 10_000, seed: int = 1, cap: int = 1000,
-            profiles=PROFILES, features: bool = True) -> Comparison:
+            profiles=PROFILES, features: bool = True, real_connections: int = 1000) -> Comparison:
+    """Each profile's run; `ebpf` (REAL) is the kernel tier measured on real namespaces with
+    real_connections connections of the same shape, the others the embedded model."""
     out = Comparison(connections, seed)
     for p in profiles:
-        out.measured[p] = run_workload(p, connections, seed, cap)
+        if p in REAL:
+            out.measured[p] = REAL[p](min(connections, real_connections), seed, min(cap, 100))
+        else:
+            out.measured[p] = run_workload(p, connections, seed, cap)
     if features:
         for name, test in FEATURES.items():
-            out.features[name] = {p: test(p) for p in profiles}
+            out.features[name] = {p: Cell("not run", f"{p}: measured on real stacks by "
+                                          "tests/agent, not by compare") if p in REAL else test(p)
+                                  for p in profiles}
     return out
+
+
+def _real_ebpf(connections: int, seed: int, cap: int):
+    from sbnet.offload.compare_real import run_ebpf
+    return run_ebpf(connections, seed, cap)
+
+
+# Columns measured on real namespaces (root), not on the embedded NIC model.
+REAL = {"ebpf": _real_ebpf}
+
+
+def kind(profile: str) -> str:
+    """How a column is made: measured on real namespaces, or the embedded model."""
+    if profile in REAL:
+        return "measured: real namespaces, kernel tier"
+    return "modelled NIC" if profile != "software" else "embedded reference switch"
 
 
 # -- output ------------------------------------------------------------------------------
 
 def rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     """The measurement table: one column per profile."""
-    head = ["", *cmp.measured]
+    head = ["", *[f"{p} ({kind(p)})" for p in cmp.measured]]
     ms = list(cmp.measured.values())
 
     def row(label, fn):
@@ -384,6 +407,8 @@ def rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
             lambda m: f"{m.cpu:.2f} / {m.tier_cpu:.2f} / {m.host_cpu:.2f}"),
         row("connections the NIC conntrack refused", lambda m: f"{m.ct_refused:,}"),
     ]
+    if any(p in REAL for p in cmp.measured):
+        out.append(row("connections run", lambda m: f"{getattr(m, 'connections', cmp.connections):,}"))
     return head, out
 
 
@@ -416,6 +441,8 @@ def markdown(cmp: Comparison, command: str) -> str:
             lines += ["", "Refusals and failures:", ""] + [f"- {n}" for n in notes]
         lines += ["", "Not in the table yet (no packet test in compare): " + ", ".join(NOT_RUN) + "."]
     lines += ["", HOW]
+    if any(p in REAL for p in cmp.measured):
+        lines += ["", HOW_REAL]
     return "\n".join(lines) + "\n"
 
 
@@ -429,6 +456,16 @@ HOW = ("How the figures are made: CPU is this process's CPU time inside the swit
        "sbnet.offload.cost with the profile's NIC latency. A packet counts on the NIC on a host "
        "when its first datapath pass there ran on the NIC (its connection held in the NIC "
        "conntrack table for ct megaflows).")
+
+
+HOW_REAL = ("The ebpf column is measured, not modelled: two hosts in network namespaces on the "
+            "kernel tier (TC programs, VXLAN through kernel collect_md devices, the reference "
+            "switch as slow path in a process per host), a stateful security group on the "
+            "server's host, the connections' TCP run by the VMs' own kernels "
+            "(sbnet.offload.compare_real). Packets are the VMs' interface counters; a packet "
+            "is the kernel's on a host unless it went up (the program's upcall counter); CPU is "
+            "the switch processes' time plus the machine's softirq time, all of it host cores "
+            "(eBPF runs on the host); latency is half the ping RTT VM to VM.")
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
