@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Protocol
 
 from sbnet.agent.dhcp import Responder
 from sbnet.agent.migration import MigrationDuty
+from sbnet.cni.ports import vif_name
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline, diff
 from sbnet.compiler.topology import Chassis, Topology, is_vif, migration_targets
 
@@ -30,11 +31,6 @@ def datapath_config(datapath) -> dict:
                 "datapath_type": datapath.datapath_type}
     # The kernel tier is named without importing it (it loads BPF programs on import).
     return {"datapath": "ebpf" if type(datapath).__name__ == "EbpfDatapath" else "reference"}
-
-
-def vif_name(port_id: str) -> str:
-    """The tap name Nova/os-vif give a port's VIF (Linux names are at most 15 bytes)."""
-    return ("tap" + port_id)[:14]
 
 
 log = logging.getLogger("sbnet.agent")

@@ -159,7 +159,7 @@ class Fleet:
             host.proc = subprocess.Popen(
                 ["ip", "netns", "exec", host.netns, sys.executable, "-m", "sbnet", "agent",
                  "--host", host.name, "--api", self.mgmt.url, "--tunnel-ip", host.tunnel_ip,
-                 "--wait", "0.3", *argv, *extra],
+                 "--wait", "0.3", "--stats-every", "1", *argv, *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -240,7 +240,7 @@ class Fleet:
     def vm(self, name: str, host: str, port: dict) -> str:
         """What Nova does for vif_type tap: a tap named for the port, the VM's eth0 with the
         port's MAC; the VM configures the port's address and gateway itself.  Its node name."""
-        from sbnet.agent.agent import vif_name
+        from sbnet.cni.ports import vif_name
         h = self.hosts[host]
         ns = self.topo.add_namespace(name)
         tap = vif_name(port["id"])

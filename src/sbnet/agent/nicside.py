@@ -66,7 +66,7 @@ class NicChannel:
             raise CniError(INVALID_CONFIG, f"network {network_ref!r} is not offered to this "
                                            f"server's containers")
         with self.lock:
-            port = find_port(self.api, container_id, ifname)
+            port = find_port(self.api, container_id, ifname, self.host)
             if port is None:
                 free = [v for v, r in sorted(self.vfs.items()) if r not in self._used()]
                 if not free:
@@ -89,12 +89,12 @@ class NicChannel:
         return self._answer(port)
 
     def show(self, container_id: str, ifname: str) -> dict | None:
-        port = find_port(self.api, container_id, ifname)
+        port = find_port(self.api, container_id, ifname, self.host)
         return self._answer(port) if port is not None else None
 
     def release(self, container_id: str, ifname: str) -> bool:
         with self.lock:
-            port = find_port(self.api, container_id, ifname)
+            port = find_port(self.api, container_id, ifname, self.host)
             if port is None:
                 return False
             delete_port(self.api, port["id"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from sbnet.agent.agent import vif_name
+from sbnet.cni.ports import vif_name
 
 SMARTNIC_VNICS = ("smart-nic", "baremetal")
 FIRST_VIF_OFPORT = 1          # VIF ofports are taken from here up, skipping the datapath's own

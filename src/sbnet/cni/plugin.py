@@ -63,6 +63,7 @@ class Direct:
         self.inv = inv
         self.conf = inv.config
         self.api = neutron(self.conf)
+        self.host = self.conf.get("host") or os.uname().nodename
 
     def _ovs(self, *args: str) -> None:
         db = self.conf.get("ovsdb", "unix:/var/run/openvswitch/db.sock")
@@ -75,11 +76,10 @@ class Direct:
         inv, conf = self.inv, self.conf
         link.require_netns(inv.netns)
         net = network(self.api, conf.get("network"))
-        port = find_port(self.api, inv.container_id, inv.ifname)
+        port = find_port(self.api, inv.container_id, inv.ifname, self.host)
         if port is None:
             project = conf.get("project_id")
-            body = port_body(net, inv.container_id, inv.ifname,
-                             conf.get("host") or os.uname().nodename, project,
+            body = port_body(net, inv.container_id, inv.ifname, self.host, project,
                              security_groups(self.api, conf.get("security_groups"), project),
                              conf.get("qos_policy"))
             port = self.api.post("/v2.0/ports", {"port": body})["port"]
@@ -121,7 +121,7 @@ class Direct:
 
     def delete(self) -> None:
         inv = self.inv
-        port = find_port(self.api, inv.container_id, inv.ifname)
+        port = find_port(self.api, inv.container_id, inv.ifname, self.host)
         if inv.netns:
             link.delete(inv.netns, inv.ifname)
         if port is None:
@@ -136,7 +136,7 @@ class Direct:
     def check(self) -> None:
         inv = self.inv
         link.require_netns(inv.netns)
-        port = find_port(self.api, inv.container_id, inv.ifname)
+        port = find_port(self.api, inv.container_id, inv.ifname, self.host)
         if port is None:
             raise CniError(INTERFACE_DRIFT, f"no port for {inv.container_id}/{inv.ifname}")
         net = network(self.api, port["network_id"])

@@ -18,14 +18,17 @@ def port_name(container_id: str, ifname: str) -> str:
 
 
 def vif_name(port_id: str) -> str:
-    """The host end's name, as Nova names a port's tap (tap + the id, 14 bytes)."""
+    """The tap name Nova/os-vif give a port's VIF (tap + the id, 14 bytes; Linux names are at
+    most 15), which the agent looks for and the plugin gives a container's host end."""
     return ("tap" + port_id)[:14]
 
 
-def find_port(api: JsonClient, container_id: str, ifname: str) -> dict | None:
+def find_port(api: JsonClient, container_id: str, ifname: str, host: str) -> dict | None:
+    """The port of this container's interface on `host` (container ids are unique per host
+    only: another host's container of the same id has a port of its own)."""
     ports = api.get("/v2.0/ports", device_id=container_id,
                     name=port_name(container_id, ifname))["ports"]
-    return ports[0] if ports else None
+    return next((p for p in ports if p.get("binding:host_id") == host), None)
 
 
 def network(api: JsonClient, ref: str) -> dict:
