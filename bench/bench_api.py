@@ -4,13 +4,17 @@ Run: python bench/bench_api.py [--ports 2000] [--concurrency 16] [--backend sqli
      python bench/bench_api.py --clients 300 [--per-client 4]   (300 concurrent clients)
 Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and database; the
 PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
+Each is measured twice in the same run: "before" runs the sources of an older commit
+(--before, from this git checkout) and "after" the current ones; the load average is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +90,41 @@ def run_clients(url: str, clients: int, per_client: int, projects: int = 30) -> 
             "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1), "ipam_exact": exact}
 
 
+# The last commit before writes took scoped locks and commit-time revisions (issue 16): the
+# "before" servers run its sources, extracted with `git archive`, beside the current ones.
+BEFORE = "c7dbca8"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def before_sources(stack: ExitStack, ref: str) -> str | None:
+    """A directory holding `ref`'s src/ (for PYTHONPATH), or None when git cannot give it."""
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sbnet-before-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"],
+                             capture_output=True)
+    if archive.returncode != 0:
+        print(f"before: no sources for {ref} ({archive.stderr.decode().strip()}); skipped")
+        return None
+    subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+    return str(Path(tmp) / "src")
+
+
+def measure(backend: str, args: argparse.Namespace, src: str | None) -> dict:
+    """One fresh database and server process (running the sources in src, or the current)."""
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            db = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        else:
+            db = create_database(stack.enter_context(temp_postgres()), "bench")
+        env = None if src is None else {"PYTHONPATH": src}
+        proc, url = spawn(db, env=env)
+        try:
+            return run_clients(url, args.clients, args.per_client) \
+                if args.clients else run(url, args.ports, args.concurrency)
+        finally:
+            stop(proc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ports", type=int, default=2000)
@@ -95,33 +134,34 @@ def main() -> None:
                     help="instead: this many concurrent clients in 30 projects (e.g. 300), each "
                          "creating --per-client ports one after another; checks IPAM is exact")
     ap.add_argument("--per-client", type=int, default=4)
+    ap.add_argument("--before", default=BEFORE, metavar="REF",
+                    help=f"also measure the server of this git commit (default {BEFORE}, before "
+                         "scoped write locks), in the same run; '' to skip")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
-    results = {}
-    for backend in ("sqlite", "postgres"):
-        if args.backend not in (backend, "both"):
-            continue
-        with ExitStack() as stack:
-            if backend == "sqlite":
-                tmp = stack.enter_context(tempfile.TemporaryDirectory())
-                db = f"sqlite:///{Path(tmp) / 'bench.db'}"
-            else:
-                db = create_database(stack.enter_context(temp_postgres()), "bench")
-            proc, url = spawn(db)
-            try:
-                results[backend] = run_clients(url, args.clients, args.per_client) \
-                    if args.clients else run(url, args.ports, args.concurrency)
-            finally:
-                stop(proc)
+    load = os.getloadavg()[0]
+    results = []
+    with ExitStack() as stack:
+        src = before_sources(stack, args.before) if args.before else None
+        for backend in ("sqlite", "postgres"):
+            if args.backend not in (backend, "both"):
+                continue
+            if src is not None:
+                results.append({"backend": backend, "code": f"before {args.before}",
+                                **measure(backend, args, src)})
+            results.append({"backend": backend, "code": "after", **measure(backend, args, None)})
+    loads = (round(load, 2), round(os.getloadavg()[0], 2))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"load_average": loads, "results": results}, indent=2))
         return
-    print(f"{'backend':10} {'ports':>6} {'conc':>5} {'creates/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-          + (f" {'IPAM exact':>10}" if args.clients else ""))
-    for backend, r in results.items():
-        print(f"{backend:10} {r['ports']:>6} {r['concurrency']:>5} {r['creates_per_s']:>10} "
-              f"{r['p50_ms']:>8} {r['p99_ms']:>8}"
+    print(f"{'backend':10} {'code':16} {'ports':>6} {'conc':>5} {'creates/s':>10} {'p50 ms':>8} "
+          f"{'p99 ms':>8}" + (f" {'IPAM exact':>10}" if args.clients else ""))
+    for r in results:
+        print(f"{r['backend']:10} {r['code']:16} {r['ports']:>6} {r['concurrency']:>5} "
+              f"{r['creates_per_s']:>10} {r['p50_ms']:>8} {r['p99_ms']:>8}"
               + (f" {str(r['ipam_exact']):>10}" if args.clients else ""))
+    print(f"1-minute load average: {loads[0]} at the start, {loads[1]} at the end "
+          f"({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ log = logging.getLogger("sbnet.api")
 FAMILIES = ("networks", "address_scopes", "subnetpools", "ports", "security", "l3", "qos", "rbac",
             "trunks", "sfc", "meta", "quotas", "hosts", "offload", "southbound", "lbaas", "bindings")
 
+# Seconds an idle client connection stays open (uvicorn's default is 5): clients keep pools of
+# connections, and a server closing one just as a client reuses it makes that request fail
+# with "Server disconnected without sending a response".
+KEEP_ALIVE_S = 75
+
 HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
               413: "HTTPRequestEntityTooLarge", 415: "HTTPUnsupportedMediaType"}

@@ -47,6 +47,11 @@ class Hooks:
     def delete(self, tx: Tx, ctx: "Context", obj: dict) -> None:
         tx.delete(self.spec.name, obj)
 
+    def write_keys(self, bodies: list[dict] | None = None, ident: str | None = None) -> list[str] | None:
+        """What a create of `bodies`, or an update or delete of `ident`, must hold exclusively
+        (Store.write's keys); None, the default: the whole store."""
+        return None
+
     def before_list(self, ctx: "Context") -> None:
         """Runs before a list (the default security group is created lazily here)."""
 
@@ -363,7 +368,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
         bulk = isinstance(items, list)
         raw = items if bulk else [items]
         bodies = [a.validate_body(spec.attrs, i, create=True, resource=spec.name) for i in raw]
-        with api.store.write() as tx:
+        with api.store.write(hooks.write_keys(bodies)) as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             created = []
             for item, body in zip(raw, bodies):
@@ -387,7 +392,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
     def do_update(ctx: "Context", request: Request, payload: Any) -> dict:
         changes = a.validate_body(spec.attrs, unwrap(spec, payload, False), create=False,
                                   resource=spec.name)
-        with api.store.write() as tx:
+        with api.store.write(hooks.write_keys(ident=request.path_params["id"])) as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             old = _member(tx, ctx, request, parent_id, True)
             tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"]) if parent_id \
@@ -398,7 +403,7 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
         return {spec.name: view(ctx, spec, body)}
 
     def do_delete(ctx: "Context", request: Request) -> None:
-        with api.store.write() as tx:
+        with api.store.write(hooks.write_keys(ident=request.path_params["id"])) as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             old = _member(tx, ctx, request, parent_id, True)
             tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"]) if parent_id \

@@ -46,28 +46,32 @@ def _requested_ips(fixed_ips: list[dict]) -> list[tuple[str | None, str | None]]
 
 def allocate_ips(tx: Tx, network_id: str, port_id: str, mac: str,
                  requested: list[dict] | None, keep: list[dict] = ()) -> list[dict]:
-    """Fixed IPs for a port; runs inside the serialised write transaction, so picks are final."""
+    """Fixed IPs for a port; its write holds the network (PortHooks.write_keys), so picks are
+    final, and each address is taken by one insert that the primary key lets through once."""
     subnets = tx.list("subnet", parent_id=network_id)
     by_id = {s["id"]: s for s in subnets}
     kept = {(f["subnet_id"], f["ip_address"]) for f in keep}
+    claimed: set[tuple[str, str]] = set()   # what pick() took already
     result: list[dict] = []
 
-    def take(subnet: dict, ip: str, picked: bool = False) -> None:
-        if (subnet["id"], ip) in kept:
-            result.append({"subnet_id": subnet["id"], "ip_address": ip})
-            return
-        # pick() only returns addresses it found free (SLAAC ones excepted): skip a second lookup.
-        taken = (not picked or is_slaac(subnet)) and tx.ip_owner(subnet["id"], ip) is not None
-        if taken or any(r["ip_address"] == ip and r["subnet_id"] == subnet["id"] for r in result):
-            raise ip_in_use(network_id, ip)
-        tx.add_ip(subnet["id"], ip, network_id, port_id)
+    def claim(subnet: dict, ip: str) -> bool:
+        if not tx.claim_ip(subnet["id"], ip, network_id, port_id):
+            return False
+        claimed.add((subnet["id"], ip))
+        return True
+
+    def take(subnet: dict, ip: str) -> None:
+        key = (subnet["id"], ip)
+        if key not in kept and key not in claimed and not claim(subnet, ip):
+            raise ip_in_use(network_id, ip)  # another port's, or twice in this request
+        claimed.discard(key)
         result.append({"subnet_id": subnet["id"], "ip_address": ip})
 
     def pick(subnet: dict) -> str | None:
         if is_slaac(subnet):
             return ipam.eui64(subnet["cidr"], mac)
-        return ipam.pick_ip(subnet["allocation_pools"],
-                            lambda ip: tx.ip_owner(subnet["id"], ip) is not None,
+        # A probe that finds its address free takes it at once (one statement per probe).
+        return ipam.pick_ip(subnet["allocation_pools"], lambda ip: not claim(subnet, ip),
                             lambda: tx.used_ips(subnet["id"]))
 
     if requested is None:
@@ -76,7 +80,7 @@ def allocate_ips(tx: Tx, network_id: str, port_id: str, mac: str,
             for subnet in stateful:
                 ip = pick(subnet)
                 if ip is not None:
-                    take(subnet, ip, picked=True)
+                    take(subnet, ip)
                     break
             else:
                 if stateful:
@@ -176,6 +180,17 @@ class PortHooks(Hooks):
     def parent_of(self, body: dict) -> str | None:
         return body["network_id"]
 
+    def write_keys(self, bodies: list[dict] | None = None, ident: str | None = None) -> list[str] | None:
+        """A port write holds its network only (addresses and MACs are allocated per network),
+        so port writes on different networks run side by side."""
+        if bodies is not None:
+            return [f"network:{b['network_id']}" for b in bodies]
+        if self.api.store.is_sqlite:  # one writer at a time there anyway: skip the lookup
+            return None
+        with self.api.store.read() as tx:
+            network_id = tx.parent_of("port", ident)
+        return None if network_id is None else [f"network:{network_id}"]
+
     def _groups(self, tx: Tx, ctx: Context, body: dict, trusted: bool = False) -> None:
         # trusted: the groups are the project's default one, just looked up; no need to re-check.
         for gid in [] if trusted else body["security_groups"]:
@@ -197,12 +212,12 @@ class PortHooks(Hooks):
         check_device(tx, ctx, body)
         mac = body.get("mac_address")
         if mac is not None:
-            if tx.mac_owner(net["id"], mac):
+            if not tx.claim_mac(net["id"], mac, body["id"]):
                 raise mac_in_use(net["id"], mac)
         else:
             for _ in range(MAC_TRIES):
                 mac = ipam.random_mac()
-                if not tx.mac_owner(net["id"], mac):
+                if tx.claim_mac(net["id"], mac, body["id"]):
                     break
             else:
                 raise Conflict(f"Unable to generate unique mac on network {net['id']}.",
@@ -220,7 +235,6 @@ class PortHooks(Hooks):
         if body.get("qos_policy_id"):
             fetch(tx, ctx, QOS_POLICY, body["qos_policy_id"])
         body["fixed_ips"] = allocate_ips(tx, net["id"], body["id"], mac, body["fixed_ips"])
-        tx.add_mac(net["id"], mac, body["id"])
         body["binding:profile"] = body["binding:profile"] or {}
         _vif(body, tx, self.api.host_profiles, self.api.heartbeats)
         body["extra_dhcp_opts"] = dhcp_opts.merge([], body.get("extra_dhcp_opts") or [])
@@ -237,10 +251,9 @@ class PortHooks(Hooks):
                 raise Conflict(f"Unable to complete operation on port {old['id']}, port is already "
                                "bound, port type: ovs, old_mac {old['mac_address']}, new_mac "
                                f"{changes['mac_address']}.", type_name="PortBound")
-            if tx.mac_owner(old["network_id"], changes["mac_address"]):
+            if not tx.claim_mac(old["network_id"], changes["mac_address"], old["id"]):
                 raise mac_in_use(old["network_id"], changes["mac_address"])
             tx.release_mac(old["network_id"], old["mac_address"])
-            tx.add_mac(old["network_id"], changes["mac_address"], old["id"])
         if "port_security_enabled" in changes and not changes["port_security_enabled"] and \
                 "security_groups" not in changes and old["security_groups"]:
             raise Conflict("Port has security group associated. Cannot disable port security or "

@@ -65,13 +65,15 @@ def main() -> None:
     import uvicorn
 
     from sbnet.api import create_app
+    from sbnet.api.app import KEEP_ALIVE_S
 
     parser = argparse.ArgumentParser(description="Serve the Neutron v2.0 API.")
     parser.add_argument("--db", default="sqlite:///sbnet.db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9696)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.db), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(args.db), host=args.host, port=args.port, log_level="warning",
+                timeout_keep_alive=KEEP_ALIVE_S)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,12 @@ class Quotas:
         if resource not in self.defaults:
             return
         limit = self.limits(tx, project)[resource]
-        if limit != UNLIMITED and tx.count(resource, project) + adding > limit:
+        if limit == UNLIMITED:
+            return
+        # Writes scoped to something smaller than the store (ports: their network) may run
+        # side by side: the project's count must not change between this check and commit.
+        tx.lock(f"quota:{resource}:{project}")
+        if tx.count(resource, project) + adding > limit:
             raise over_quota([resource])
 
     def details(self, tx: Tx, project: str) -> dict[str, dict]:

@@ -27,11 +27,19 @@ def _create_group(tx: Tx, body: dict, is_default: bool) -> dict:
     return tx.insert("security_group", body, body["project_id"])
 
 
+def _default_group(tx: Tx, project_id: str) -> dict | None:
+    return next((g for g in tx.list("security_group", project_id=project_id)
+                 if g["name"] == "default"), None)
+
+
 def ensure_default_group(tx: Tx, project_id: str) -> dict:
     """The project's "default" group, created with Neutron's default rules on first need."""
-    for group in tx.list("security_group", project_id=project_id):
-        if group["name"] == "default":
-            return group
+    group = _default_group(tx, project_id)
+    if group is None:  # none yet: no concurrent port create of the project may make it too
+        tx.lock(f"default_security_group:{project_id}")
+        group = _default_group(tx, project_id)
+    if group is not None:
+        return group
     body = {"id": str(uuid.uuid4()), "name": "default", "description": "Default security group",
             "project_id": project_id, "tenant_id": project_id, "stateful": True, "tags": []}
     return _create_group(tx, body, is_default=True)

@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from sbnet.api import create_app
+        from sbnet.api.app import KEEP_ALIVE_S
         from sbnet.model.segments import SegmentConfig
 
         if keystone and keystone_config:
@@ -76,7 +77,8 @@ def register(app: typer.Typer) -> None:
                                      keystone_config=keystone_config, quota_defaults=quotas)
         except KeyError as exc:
             raise typer.BadParameter(str(exc.args[0])) from None
-        uvicorn.run(application, host=host, port=port, log_level=log_level)
+        uvicorn.run(application, host=host, port=port, log_level=log_level,
+                    timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def _authtoken_file(url: str, user: str, project: str) -> str:

@@ -7,9 +7,12 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from sqlalchemy import and_, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (and_, bindparam, create_engine, delete, event, func, insert, literal,
+                        select, text, update)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -49,6 +52,50 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+# PostgreSQL advisory lock keys (two-int form): (0, 0) is the whole store, shared by scoped
+# writers and taken exclusively by the others; (1, hash) is one scoped key.
+_STORE_EXCLUSIVE = select(func.pg_advisory_xact_lock(0, 0))
+_REVISION_FOR_UPDATE = select(t.revision.c.value).where(t.revision.c.id == 1).with_for_update()
+_GET = select(t.resources.c.body).where(t.resources.c.type == bindparam("typ"),
+                                        t.resources.c.id == bindparam("ident"))
+_PARENT_OF = select(t.resources.c.parent_id).where(t.resources.c.type == bindparam("typ"),
+                                                   t.resources.c.id == bindparam("ident"))
+_INSERT = insert(t.resources)
+_UPDATE = (update(t.resources).where(t.resources.c.type == bindparam("typ"),
+                                     t.resources.c.id == bindparam("ident"))
+           .values(body=bindparam("body")).returning(t.resources.c.project_id))
+_DELETE = (delete(t.resources).where(t.resources.c.type == bindparam("typ"),
+                                     t.resources.c.id == bindparam("ident"))
+           .returning(t.resources.c.project_id))
+
+
+def _list_query(by_parent: bool, by_project: bool) -> Any:
+    q = select(t.resources.c.body).where(t.resources.c.type == bindparam("typ"))
+    if by_parent:
+        q = q.where(t.resources.c.parent_id == bindparam("parent"))
+    if by_project:
+        q = q.where(t.resources.c.project_id == bindparam("project"))
+    return q.order_by(t.resources.c.id)
+
+
+_LISTS = {(a, b): _list_query(a, b) for a in (False, True) for b in (False, True)}
+# Insert-unless-present (the primary key decides), for allocations: check and take in one go.
+_CLAIMS = {(dialect, table.name): ins(table).on_conflict_do_nothing()
+           for dialect, ins in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+           for table in (t.ip_allocations, t.mac_allocations)}
+_REVISION_SET = update(t.revision).where(t.revision.c.id == 1).values(value=bindparam("value"))
+_CHANGES = insert(t.changes)
+_PROVISIONAL_CHANGES = insert(t.changes).values(revision=-func.nextval("sbnet_change_slots"))
+
+
+def _key_lock(key: str) -> Any:
+    return func.pg_advisory_xact_lock(1, func.hashtext(literal(key)))
+
+
+def _scoped_locks(keys: list[str]) -> Any:
+    return select(func.pg_advisory_xact_lock_shared(0, 0), *map(_key_lock, keys))
+
+
 class Store:
     """One database: SQLite file (WAL) by default, PostgreSQL by URL."""
 
@@ -58,7 +105,9 @@ class Store:
         if self.is_sqlite:
             self.engine = _sqlite_engine(url)
         else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=40, pool_timeout=120,
+            # As many kept connections as the API has worker threads (anyio's 40): overflow
+            # ones are closed after each use, and a new one costs a server process fork.
+            self.engine = create_engine(url, pool_size=40, max_overflow=20, pool_timeout=120,
                                         pool_pre_ping=True)
         # SQLite allows one writer; queueing writers here is fairer and faster than busy-waiting.
         self._local_lock = threading.RLock() if self.is_sqlite else None
@@ -94,18 +143,30 @@ class Store:
             yield
 
     @contextmanager
-    def write(self) -> Iterator["Tx"]:
-        """A write transaction; it holds the revision row's lock, so writers run one at a time."""
+    def write(self, keys: Iterable[str] | None = None) -> Iterator["Tx"]:
+        """A write transaction.
+
+        keys None: the whole store, exclusively; writers run one at a time and tx.revision is
+        known from the start.  keys given (on PostgreSQL; SQLite has one writer anyway): only
+        those keys exclusively and the rest of the store shared, so writers with disjoint keys
+        (e.g. port creates on different networks) run at the same time; their revisions are
+        taken at the very end, under the revision row's lock held only until commit, so
+        revisions still commit in order and the change feed never skips one.
+        """
+        scoped = keys is not None and not self.is_sqlite
         with self._locked(), self.engine.connect() as conn:
             conn = conn.execution_options(sbnet_write=True)
             with conn.begin():
-                start = conn.execute(select(t.revision.c.value).where(t.revision.c.id == 1)
-                                     .with_for_update()).scalar_one()
-                tx = Tx(conn, start)
+                if scoped:
+                    # Advisory locks are released at commit; sorted, so no two writers deadlock.
+                    conn.execute(_scoped_locks(sorted(set(keys))))
+                    tx = Tx(conn, None, write=True)
+                else:
+                    if not self.is_sqlite:
+                        conn.execute(_STORE_EXCLUSIVE)
+                    tx = Tx(conn, conn.execute(_REVISION_FOR_UPDATE).scalar_one(), write=True)
                 yield tx
-                if tx.revision != start:
-                    conn.execute(update(t.revision).where(t.revision.c.id == 1)
-                                 .values(value=tx.revision))
+                tx.flush()
 
     @contextmanager
     def read(self) -> Iterator["Tx"]:
@@ -114,8 +175,11 @@ class Store:
             with self._locked(), self.engine.connect() as conn, conn.begin():
                 yield Tx(conn, None)
             return
-        with self.engine.connect() as conn, conn.begin():
-            yield Tx(conn, None)
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield Tx(conn, None)
 
     # --- the feed and the snapshot, for host agents and the compiler ---
 
@@ -152,30 +216,38 @@ class Store:
 
 
 class Tx:
-    """Operations inside one transaction; writes record a change and bump the revision."""
+    """Operations inside one transaction; writes record a change and bump the revision.
 
-    def __init__(self, conn: Connection, revision: int | None) -> None:
+    revision: in an exclusive write, the store's revision so far (counting this transaction's
+    changes); None in a read, and in a scoped write until flush() numbers its changes."""
+
+    def __init__(self, conn: Connection, revision: int | None, write: bool = False) -> None:
         self.conn = conn
         self.revision = revision
+        self.write = write
+        self._start = revision
+        self._pending: list[dict] = []
+
+    def lock(self, key: str) -> None:
+        """Hold `key` exclusively until commit: for what a scoped write finds it needs on the
+        way (an exclusive write holds everything already).  Take such keys after the ones
+        given up front, and never two of them in different orders."""
+        if self.write and self._start is None:
+            self.conn.execute(select(_key_lock(key)))
 
     # --- documents ---
 
     def get(self, typ: str, ident: str) -> dict | None:
-        r = self.conn.execute(select(t.resources.c.body).where(
-            and_(t.resources.c.type == typ, t.resources.c.id == ident))).first()
+        r = self.conn.execute(_GET, {"typ": typ, "ident": ident}).first()
         return r[0] if r else None
 
     def parent_of(self, typ: str, ident: str) -> str | None:
-        return self.conn.execute(select(t.resources.c.parent_id).where(
-            and_(t.resources.c.type == typ, t.resources.c.id == ident))).scalar()
+        return self.conn.execute(_PARENT_OF, {"typ": typ, "ident": ident}).scalar()
 
     def list(self, typ: str, parent_id: str | None = None, project_id: str | None = None) -> list[dict]:
-        q = select(t.resources.c.body).where(t.resources.c.type == typ)
-        if parent_id is not None:
-            q = q.where(t.resources.c.parent_id == parent_id)
-        if project_id is not None:
-            q = q.where(t.resources.c.project_id == project_id)
-        return [r[0] for r in self.conn.execute(q.order_by(t.resources.c.id))]
+        q = _LISTS[parent_id is not None, project_id is not None]
+        return [r[0] for r in self.conn.execute(q, {"typ": typ, "parent": parent_id,
+                                                    "project": project_id})]
 
     def count(self, typ: str, project_id: str) -> int:
         return self.conn.execute(select(func.count()).select_from(t.resources).where(
@@ -186,8 +258,8 @@ class Tx:
         if standard:
             stamp = now_iso()
             body.update(created_at=stamp, updated_at=stamp, revision_number=1)
-        self.conn.execute(insert(t.resources).values(type=typ, id=body["id"], project_id=project_id,
-                                                     parent_id=parent_id, body=body))
+        self.conn.execute(_INSERT, {"type": typ, "id": body["id"], "project_id": project_id,
+                                    "parent_id": parent_id, "body": body})
         self._record(typ, body["id"], "create", project_id, body)
         return body
 
@@ -195,23 +267,34 @@ class Tx:
         if standard:
             body["revision_number"] = body.get("revision_number", 0) + 1
             body["updated_at"] = now_iso()
-        res = self.conn.execute(update(t.resources).where(
-            and_(t.resources.c.type == typ, t.resources.c.id == body["id"])).values(body=body)
-            .returning(t.resources.c.project_id))
+        res = self.conn.execute(_UPDATE, {"typ": typ, "ident": body["id"], "body": body})
         self._record(typ, body["id"], "update", res.scalar_one(), body)
         return body
 
     def delete(self, typ: str, body: dict) -> None:
-        res = self.conn.execute(delete(t.resources).where(
-            and_(t.resources.c.type == typ, t.resources.c.id == body["id"]))
-            .returning(t.resources.c.project_id))
+        res = self.conn.execute(_DELETE, {"typ": typ, "ident": body["id"]})
         self._record(typ, body["id"], "delete", res.scalar_one(), body)
 
     def _record(self, typ: str, ident: str, op: str, project_id: str, body: dict | None) -> None:
-        assert self.revision is not None, "write outside a write transaction"
-        self.revision += 1
-        self.conn.execute(insert(t.changes).values(revision=self.revision, resource=typ, id=ident,
-                                                   op=op, project_id=project_id, body=body))
+        assert self.write, "write outside a write transaction"
+        row = {"resource": typ, "id": ident, "op": op, "project_id": project_id, "body": body}
+        if self.revision is not None:
+            self.revision += 1
+            row["revision"] = self.revision
+        self._pending.append(row)
+
+    def flush(self) -> None:
+        """Write the recorded changes to the feed (one statement); the last step of a write
+        transaction.  A scoped write's get provisional revisions that a trigger renumbers at
+        commit (migration 0002), so its revisions are taken at the very end."""
+        if not self._pending:
+            return
+        if self._start is None:
+            self.conn.execute(_PROVISIONAL_CHANGES, self._pending)
+        else:
+            self.conn.execute(_REVISION_SET, {"value": self.revision})
+            self.conn.execute(_CHANGES, self._pending)
+        self._pending = []
 
     # --- IP addresses ---
 
@@ -228,9 +311,10 @@ class Tx:
         c = t.ip_allocations.c
         return [r[0] for r in self.conn.execute(select(c.port_id).where(c.subnet_id == subnet_id))]
 
-    def add_ip(self, subnet_id: str, ip: str, network_id: str, port_id: str) -> None:
-        self.conn.execute(insert(t.ip_allocations).values(
-            subnet_id=subnet_id, ip_address=ip, network_id=network_id, port_id=port_id))
+    def claim_ip(self, subnet_id: str, ip: str, network_id: str, port_id: str) -> bool:
+        """Allocate ip to the port unless it is taken: one statement, True when it was free."""
+        return self._claim(t.ip_allocations, {"subnet_id": subnet_id, "ip_address": ip,
+                                              "network_id": network_id, "port_id": port_id})
 
     def release_ip(self, subnet_id: str, ip: str) -> None:
         c = t.ip_allocations.c
@@ -244,9 +328,13 @@ class Tx:
         return self.conn.execute(select(c.port_id).where(
             and_(c.network_id == network_id, c.mac_address == mac))).scalar()
 
-    def add_mac(self, network_id: str, mac: str, port_id: str) -> None:
-        self.conn.execute(insert(t.mac_allocations).values(
-            network_id=network_id, mac_address=mac, port_id=port_id))
+    def claim_mac(self, network_id: str, mac: str, port_id: str) -> bool:
+        """Allocate mac to the port unless the network has it: True when it was free."""
+        return self._claim(t.mac_allocations, {"network_id": network_id, "mac_address": mac,
+                                               "port_id": port_id})
+
+    def _claim(self, table: Any, row: dict) -> bool:
+        return self.conn.execute(_CLAIMS[self.conn.dialect.name, table.name], row).rowcount == 1
 
     def release_mac(self, network_id: str, mac: str) -> None:
         c = t.mac_allocations.c
