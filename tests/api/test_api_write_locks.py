@@ -138,3 +138,29 @@ def test_port_creates_on_many_networks_keep_ipam_exact(pg_db: str) -> None:
         assert sorted(p["id"] for p in ports) == sorted(p["id"] for p in ok)
     finally:
         stop_server(proc)
+
+
+def test_a_deadlock_victim_is_run_again(pg_db: str) -> None:
+    """Two scoped writers each holding one key and then asking for the other's: PostgreSQL
+    rolls one back as the deadlock victim, and Store.retrying runs it again; both land."""
+    store = Store(pg_db)
+    both_hold = threading.Barrier(2, timeout=30)
+    attempts: dict[str, int] = {"a": 0, "b": 0}
+
+    def write(mine: str, other: str) -> None:
+        attempts[mine] += 1
+        with store.write([mine]) as tx:
+            tx.insert("thing", {"id": f"{mine}-{attempts[mine]}"}, "p")
+            if attempts[mine] == 1:
+                both_hold.wait()
+            tx.lock(other)
+
+    with ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(store.retrying, write, k, o) for k, o in (("a", "b"), ("b", "a"))]
+        for f in done:
+            f.result(60)
+    assert sorted(attempts.values()) == [1, 2]
+    landed = sorted(r["id"] for r in store.changes_since(0))
+    victim = "a" if attempts["a"] == 2 else "b"
+    assert landed == sorted([f"{victim}-2", f"{'b' if victim == 'a' else 'a'}-1"])
+    store.dispose()

@@ -51,9 +51,10 @@ class Api:
         self.heartbeats = Heartbeats.of(store)  # hosts' agents: alive, and their datapath
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
-        """Authenticate, then run the (blocking) handler in the thread pool."""
+        """Authenticate, then run the (blocking) handler in the thread pool (again if the
+        database picked its transaction as a deadlock victim)."""
         ctx = self.auth.context(request.headers)
-        return await run_in_threadpool(fn, ctx, request, *args)
+        return await run_in_threadpool(self.store.retrying, fn, ctx, request, *args)
 
 
 class StripJsonSuffix:

@@ -7,13 +7,14 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import (and_, bindparam, create_engine, delete, event, func, insert, literal,
                         select, text, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from sbnet.store import schema as t
@@ -51,6 +52,9 @@ def _sqlite_engine(url: str) -> Engine:
 
     return engine
 
+
+RETRIES = 3
+RETRYABLE = ("40P01", "40001")  # PostgreSQL's deadlock_detected, serialization_failure
 
 # PostgreSQL advisory lock keys (two-int form): (0, 0) is the whole store, shared by scoped
 # writers and taken exclusively by the others; (1, hash) is one scoped key.
@@ -180,6 +184,16 @@ class Store:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield Tx(conn, None)
+
+    def retrying(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), run again (a few times) when PostgreSQL rolled its transaction back as
+        a deadlock victim (writers taking keys on the way can meet in a cycle, rarely)."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return fn(*args)
+            except DBAPIError as exc:
+                if attempt == RETRIES or getattr(exc.orig, "pgcode", None) not in RETRYABLE:
+                    raise
 
     # --- the feed and the snapshot, for host agents and the compiler ---
 
