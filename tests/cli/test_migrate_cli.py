@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import httpx
+from typer.testing import CliRunner
 
+from sbnet.cli.main import app
 from tests.api.apihelpers import start_server, stop_server
 
 
-def _sbnet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sbnet", *args], capture_output=True,
-                          text=True, timeout=60, env=dict(os.environ))
+class _Run:
+    def __init__(self, res) -> None:
+        self.returncode, self.stdout, self.stderr = res.exit_code, res.stdout, res.stderr
+
+
+def _sbnet(*args: str) -> _Run:
+    return _Run(CliRunner().invoke(app, list(args)))
 
 
 def test_migrate_rolls_back_when_the_destination_never_gets_ready(tmp_path):
