@@ -154,6 +154,7 @@ class Conntrack:
         self.tcp_liberal = tcp_liberal
         self.checksums = checksums
         # The express path's compiled kernel, or (False) its numpy reference.
+        self.compiled = compiled
         self._express = express_compiled if compiled else express
         self.hash_basis = 0x5B1E7
         self.stats: dict[str, int] = dict.fromkeys(

@@ -370,7 +370,31 @@ def encap(batch: Batch, rows, port: T.TunnelPort, tun: dict | None,
 
 
 def _encap_fast(batch, rows, port, tun, underlay, n) -> T.EncapResult | None:
-    if n == 0 or "geneve_opts" in tun or "hash" in tun or not _every_row(rows, n):
+    if n == 0 or not _every_row(rows, n):
+        return None
+    plan = push_plan(port, tun, underlay)
+    if plan is None:
+        return None
+    tmpl, prm, out_port = plan
+    hlen = tmpl.size
+    length = batch.length.astype(np.int32, copy=False)
+    width = int(length.max())
+    cap = (HEADROOM + hlen + width + TAILROOM + 7) & ~7
+    out = np.zeros((n, cap), np.uint8)
+    if encap_kernel(batch.data, batch.start.astype(np.int32, copy=False), length, tmpl, prm,
+                    out) < 0:
+        return None
+    res = Batch(out, np.full(n, HEADROOM, np.int32), (length + hlen).astype(np.int32),
+                batch.in_port.copy())
+    return T.EncapResult(res, np.full(n, out_port, np.uint32), np.arange(n),
+                         Counter(encap_packets=n))
+
+
+def push_plan(port: T.TunnelPort, tun: dict, underlay: Underlay):
+    """(outer-header template, encap_kernel parameters, underlay port) of a push to one
+    IPv4 destination that resolves, from a known source, without Geneve options or a
+    given hash; None for anything else (tunnel.encap's)."""
+    if "geneve_opts" in tun or "hash" in tun:
         return None
     if port.remote is not None:
         if port.remote[0] != 4:
@@ -414,20 +438,9 @@ def _encap_fast(batch, rows, port, tun, underlay, n) -> T.EncapResult | None:
     tmpl = cache.get(tk)
     if tmpl is None:
         tmpl = cache[tk] = _template(port, kind, r, src, dst, key, csum)
-    hlen = tmpl.size
-    length = batch.length.astype(np.int32, copy=False)
-    width = int(length.max())
-    cap = (HEADROOM + hlen + width + TAILROOM + 7) & ~7
-    out = np.zeros((n, cap), np.uint8)
-    prm = np.array([kind, hlen, _INHERIT if port.tos == "inherit" else int(port.tos),
+    prm = np.array([kind, tmpl.size, _INHERIT if port.tos == "inherit" else int(port.tos),
                     _INHERIT if port.ttl == "inherit" else int(port.ttl), csum, r.mtu], np.int64)
-    if encap_kernel(batch.data, batch.start.astype(np.int32, copy=False), length, tmpl, prm,
-                    out) < 0:
-        return None
-    res = Batch(out, np.full(n, HEADROOM, np.int32), (length + hlen).astype(np.int32),
-                batch.in_port.copy())
-    return T.EncapResult(res, np.full(n, r.port, np.uint32), np.arange(n),
-                         Counter(encap_packets=n))
+    return tmpl, prm, r.port
 
 
 def _every_row(rows, n: int) -> bool:

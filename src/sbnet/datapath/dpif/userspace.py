@@ -7,9 +7,10 @@ import time
 import numpy as np
 
 from sbnet.datapath import nsh, odp
-from sbnet.datapath.batch import Batch
+from sbnet.datapath.batch import HEADROOM, Batch
 from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, Upcall
 from sbnet.datapath.dpif import tunnel_fast
+from sbnet.datapath.dpif.express import H_ACTIONS, H_LOOKUP, H_PARSE, ExpressLane, tunnel_args
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
 from sbnet.datapath.dpif.smc import SignatureCache, count_kernel
@@ -48,6 +49,7 @@ class UserspaceDpif:
         self.ports: dict[int, Port] = {}
         self.tunnels: dict[int, TunnelPort] = {}     # ofport -> TunnelPort
         self.underlay = Underlay()
+        self.config_version = 0            # bumped on every port or tunnel change
         # Geneve option (class, type) -> (tun_metadataN, length in bytes), as OVS's TLV map.
         self.tlv_map: dict[tuple[int, int], tuple[str, int]] = {}
         self.cache = MegaflowCache()
@@ -57,6 +59,9 @@ class UserspaceDpif:
         self._encap = tunnel_fast.encap if compiled else encap
         self._decap_rows = tunnel_fast.decap if compiled else decap
         self.tier = offload
+        # The compiled express lane takes the common case whole; the offload tier's model
+        # counts per packet what it carries, so with a tier every packet takes the tiers.
+        self.lane = ExpressLane(self) if compiled and offload is None else None
         if offload is not None:
             if not callable(getattr(offload, "attach", None)):
                 raise TypeError(f"offload takes a tier (sbnet.offload.nic_tier(profile)), "
@@ -70,15 +75,35 @@ class UserspaceDpif:
         self.parse_errors = np.zeros(len(ERROR_REASONS), dtype=np.int64)
         self.drops: dict[str, int] = {}
         self.upcalls = 0
+        self.lane_packets = 0              # packets the express lane took from end to end
         self.upcall_seconds = 0.0          # process CPU time in the slow path (cost model)
         self.tier_seconds = 0.0            # ... in the offload tier's model (stands for the NIC)
         self.packet_ins: list[bytes] = []
         self.packets_in = 0
 
+    # -- ports ------------------------------------------------------------------------
+    def add_port(self, ofport: int, port: Port) -> None:
+        self.ports[ofport] = port
+        self.config_version += 1
+
+    def add_tunnel(self, tunnel: TunnelPort) -> None:
+        """Known as a tunnel before its port is added, so one revalidation sees both."""
+        self.tunnels[tunnel.ofport] = tunnel
+        self.config_version += 1
+
+    def remove_port(self, ofport: int) -> None:
+        self.tunnels.pop(ofport, None)
+        self.ports.pop(ofport).close()
+        self.config_version += 1
+
     # -- datapath flows (the dpif provider interface) --------------------------------
     def action_list(self, action_id: int) -> tuple:
         """The datapath actions of an action id (megaflows sharing actions share the id)."""
         return self._actions[action_id]
+
+    def action_lists(self) -> list[tuple]:
+        """Every action list by id (ids are never reused)."""
+        return self._actions
 
     def flow_put(self, wc: list[int], key, actions: tuple, rules: list, reason: str,
                  modified: int, now: float) -> Megaflow:
@@ -176,6 +201,10 @@ class UserspaceDpif:
         n = len(batch)
         if n == 0:
             return []
+        if self.lane is not None:
+            out: list[tuple[int, Batch]] = []
+            self._express(batch, None, None, now, out)
+            return out
         parsed = self._parse(batch)
         out: list[tuple[int, Batch]] = []
         self._pass(batch, parsed, self._well_formed(parsed), now, 0, out)
@@ -242,6 +271,89 @@ class UserspaceDpif:
         what neither holds), counters once per flow, then each flow's actions on its packets."""
         if rows.size == 0:
             return
+        if depth == 0 and self.lane is not None:
+            self._express(batch, parsed, rows, now, out)
+        else:
+            self._pass_general(batch, parsed, rows, now, depth, out)
+
+    def _express(self, batch: Batch, parsed, rows, now: float, out: list) -> None:
+        """The express lane over a pass's rows (parsed None: a whole batch, which it
+        parses), then the general path for what it handed back, each row from the point
+        it reached: its parse, a lookup at some pass, or the actions of the flow it was
+        counted on."""
+        res = self.lane.run(batch, parsed, rows, now, MAX_RECIRC)
+        if len(res.outs):
+            self._lane_outputs(batch, res, out)
+        rows = res.rows
+        self.lane_packets += rows.size - res.n_hand
+        if not res.n_hand:
+            self.tier_packets["software"] += rows.size
+            return
+        hand, parsed = res.hand, res.parsed
+        back = rows[hand[rows, 0] != 0]
+        kind, depth, aid = hand[back, 0], hand[back, 1], hand[back, 2]
+        first = kind == H_PARSE
+        # Rows handed back before their first lookup are counted there, as every packet is.
+        self.tier_packets["software"] += rows.size - int(np.count_nonzero(
+            first | ((kind == H_LOOKUP) & (depth == 0))))
+        if first.any():
+            self._parse_rest(batch, parsed, back[first])
+            ok = back[first][parsed.error[back[first]] == 0]
+            if ok.size:
+                self._pass_general(batch, parsed, ok, now, 0, out)
+        for d in range(MAX_RECIRC):
+            at = (depth == d) & ~first
+            if not at.any():
+                continue
+            look = back[at & (kind == H_LOOKUP)]
+            if look.size:
+                self._pass_general(batch, parsed, look, now, d, out)
+            acts_at = at & (kind == H_ACTIONS)
+            for a in np.unique(aid[acts_at]):
+                sel = back[acts_at & (aid == a)]
+                acts = self._actions[int(a)]
+                if self._special[int(a)]:
+                    self._run_special(batch, sel, parsed, acts, now, d, out)
+                else:
+                    self._deliver(execute(batch, sel, parsed.l3, parsed.l4, acts), out)
+
+    def _parse_rest(self, batch: Batch, parsed, rows: np.ndarray) -> None:
+        """The numpy parser's keys for the rows the compiled extract left; errors counted."""
+        ref = parse(batch.take(rows))
+        parsed.keys[:, rows] = ref.keys
+        parsed.l2_5[rows], parsed.l3[rows], parsed.l4[rows] = ref.l2_5, ref.l3, ref.l4
+        parsed.error[rows] = ref.error
+        bad = ref.error[ref.error != 0]
+        if bad.size:
+            self.parse_errors += np.bincount(bad, minlength=len(ERROR_REASONS))
+
+    def _lane_outputs(self, batch: Batch, res, out: list) -> None:
+        """Deliver what the lane output: the rows (the batch itself when every row went
+        to one port, in order), or their outer frames, each tunnel port counting the
+        inner frames it sent."""
+        outs = res.outs
+        if res.whole:
+            groups = [(int(outs[0, 1]), int(outs[0, 2]), None)]
+        else:
+            pairs, inv = np.unique(outs[:, 1:], axis=0, return_inverse=True)
+            inv = inv.ravel()
+            groups = [(int(p), int(t), outs[inv == j, 0]) for j, (p, t) in enumerate(pairs)]
+        for port, tnl, sel in groups:
+            inner = batch if sel is None else batch.take(sel)
+            if tnl < 0:
+                self._deliver([(port, inner)], out)
+                continue
+            self.ports[tnl].deliver(inner)
+            if sel is None:
+                pb = Batch(res.enc, np.full(len(batch), HEADROOM, np.int32), res.enc_len,
+                           batch.in_port)
+            else:
+                pb = Batch(res.enc[sel], np.full(sel.size, HEADROOM, np.int32),
+                           res.enc_len[sel], batch.in_port[sel])
+            self._deliver([(port, pb)], out)
+
+    def _pass_general(self, batch: Batch, parsed, rows: np.ndarray, now: float, depth: int,
+                      out: list) -> None:
         keys = parsed.keys
         mf = self._lookup(keys, rows, now)
         self._count(mf, batch.length[rows], now, keys[_TCP_FLAGS, rows], keys, rows, depth)
@@ -446,7 +558,7 @@ class UserspaceDpif:
 
     def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
         tp = self.tunnels[push.ofport]
-        tun = dict(_tun_arrays(push.tun))
+        tun = dict(tunnel_args(push.tun))
         meta = [(n, v) for n, v in push.tun if n.startswith("tun_metadata")]
         if meta:
             by_field = {f: (c, t, ln) for (c, t), (f, ln) in self.tlv_map.items()}
@@ -515,19 +627,6 @@ def _no_offsets(n: int) -> Parsed:
     none = np.full(n, -1, dtype=np.int32)
     return Parsed(np.zeros((F.N_SLOTS, n), dtype=np.uint64), none, none, none,
                   np.zeros(n, dtype=np.uint8))
-
-
-def _tun_arrays(tun: tuple):
-    """TunnelPush fields as encap() takes them (128-bit addresses split hi/lo)."""
-    for name, v in tun:
-        if name.startswith("tun_metadata"):
-            continue
-        if name in ("tun_ipv6_dst", "tun_ipv6_src"):
-            yield f"{name}_hi", v >> 64
-            yield f"{name}_lo", v & 0xFFFFFFFFFFFFFFFF
-        else:
-            yield name, v
-
 
 
 def _concat(a: Batch, b: Batch) -> Batch:

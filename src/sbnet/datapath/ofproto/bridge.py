@@ -162,7 +162,7 @@ class Bridge:
         if not 1 <= ofport <= 0xFFFFFF00 and ofport != F.OFPP_LOCAL:
             raise ValueError(f"port number {ofport} is out of range")
         port = port or MemoryPort(ofport, name or f"p{ofport}")
-        self.dpif.ports[ofport] = port
+        self.dpif.add_port(ofport, port)
         self._port_set.add(ofport)
         self.revalidator.revalidate_all()
         return port
@@ -173,7 +173,7 @@ class Bridge:
         if tunnel.ofport in self.ports:
             raise ValueError(f"port {tunnel.ofport} already exists on {self.name}")
         # Known as a tunnel before add_port revalidates, so one pass sees it.
-        self.dpif.tunnels[tunnel.ofport] = tunnel
+        self.dpif.add_tunnel(tunnel)
         return self.add_port(tunnel.ofport, name, port=Port(tunnel.ofport, name))
 
     def add_tlv_map(self, text: str) -> None:
@@ -219,8 +219,7 @@ class Bridge:
         return self.conntrack.dump(zone)
 
     def remove_port(self, ofport: int) -> None:
-        self.dpif.tunnels.pop(ofport, None)
-        self.dpif.ports.pop(ofport).close()
+        self.dpif.remove_port(ofport)
         self._port_set.discard(ofport)
         self.revalidator.revalidate_all()
 
