@@ -15,7 +15,7 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_LIBERAL, W_ELIG,
 from sbnet.datapath.conntrack_table import TM_OTHER_BIDIR
 from sbnet.datapath.conntrack_tcp import TM_TCP_EST
 from sbnet.datapath.dpif import tunnel_fast
-from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash
+from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
 from sbnet.datapath.dpif.extract import extract_kernel
 from sbnet.datapath.dpif.tunnel_fast import encap_kernel
 from sbnet.flows import fields as F
@@ -95,13 +95,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
         n_next = 0
         for a in range(n_act):
             g = active[a]
-            h = hashes[a]
-            b = np.int64(h & size_mask)
-            f = np.int64(-1)
-            if table[b, 1] != 0 and table[b, 0] == h:
-                f = np.int64(table[b, 1]) - 1
-            elif table[b + 1, 1] != 0 and table[b + 1, 0] == h:
-                f = np.int64(table[b + 1, 1]) - 1
+            f = probe(table, hashes[a], size_mask)
             if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, g, matches[f])):
                 f = -1
             if f < 0:

@@ -38,6 +38,17 @@ def _covers(keys, i, match):
     return True
 
 
+@numba.njit(cache=True, inline="always")
+def probe(table, h, size_mask):
+    """The flow id a hash's bucket pair holds (-1: none); not yet verified."""
+    b = np.int64(h & size_mask)
+    if table[b, 1] != 0 and table[b, 0] == h:
+        return np.int64(table[b, 1]) - 1
+    if table[b + 1, 1] != 0 and table[b + 1, 0] == h:
+        return np.int64(table[b + 1, 1]) - 1
+    return np.int64(-1)
+
+
 # Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
 # never in the middle of a packet burst; callers pass exactly these types.
 @numba.njit("int64(uint64[:, :], int64[:], int64[:], uint64[:, :], uint64[:, :], uint64[:],"
@@ -51,14 +62,7 @@ def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     for r in range(n):
         hashes[r] = _key_hash(keys, rows[r], hashed)
     for r in range(n):
-        h = hashes[r]
-        b = np.int64(h & size_mask)
-        f = np.int64(-1)
-        if table[b, 1] != 0 and table[b, 0] == h:
-            f = np.int64(table[b, 1]) - 1
-        elif table[b + 1, 1] != 0 and table[b + 1, 0] == h:
-            f = np.int64(table[b + 1, 1]) - 1
-        out[r] = f
+        out[r] = probe(table, hashes[r], size_mask)
     misses = 0
     for r in range(n):
         f = out[r]
