@@ -28,16 +28,18 @@ MAX_OUT = PROG_W - 2          # outputs a K_OUTPUT program may name
 # are: recirc_id and ct_* set), or looked up and counted, its actions still to run.
 H_DONE, H_LOOKUP, H_ACTIONS, H_PARSE = 0, 1, 2, 3
 _RECIRC_ID, _TCP_FLAGS = F.SLOT_INDEX["recirc_id"], F.SLOT_INDEX["tcp_flags"]
+TUN_SLOTS = [F.SLOT_INDEX[s] for s in ("tun_id", "tun_src", "tun_dst", "tun_flags")]
+_TUN_ID, _TUN_SRC, _TUN_DST, _TUN_FLAGS = TUN_SLOTS
 TMPL_W = 64
 
 
 @numba.njit("int64(uint8[:, :], int32[:], int32[:], uint32[:], uint64[:, :], int32[:], int32[:],"
-            " uint8[:], boolean, int64[:], uint64[:, :], uint64[:, :], int64[:], int64[:, :],"
+            " uint8[:], boolean, int64[:], int64[:, :], uint64[:, :], uint64[:, :], int64[:], int64[:, :],"
             " int64[:], int64[:], float64[:], uint16[:], float64, uint8[:, :], int64[:, :],"
             " boolean, uint64[:, :], uint64[:, ::1], int64, float64[:], int8[:], int64[:],"
             " uint8[:, :], int32[:], int64[:, :], int64[:, :], int64, int64[:])",
             cache=True, nogil=True)
-def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, rows,
+def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
                 table, matches, action_of, prog, packets, nbytes, used, tcp_flags, now, tmpl,
                 tprm, ct_ok, kv, mem, ct_flags, tmo, mark, count, enc, enc_len, outs, hand,
                 max_recirc, stats):
@@ -62,8 +64,14 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     memf = mem.view(np.float64)
     work = np.empty((n, 5), np.int64)
     slow = np.zeros(data.shape[0], np.bool_)
+    for g in range(tun.shape[0]):
+        # Decapsulated here: the outer headers' fields OpenFlow sees (only the OAM flag).
+        keys[_TUN_ID, g] = np.uint64(tun[g, 0])
+        keys[_TUN_SRC, g] = np.uint64(tun[g, 1])
+        keys[_TUN_DST, g] = np.uint64(tun[g, 2])
+        keys[_TUN_FLAGS, g] = np.uint64(tun[g, 3])
     if do_extract:
-        # keys zero, l3 and l4 -1: extract_kernel's contract.  Rows it leaves (uncommon
+        # keys zero (but the tunnel's), l3 and l4 -1: extract_kernel's contract.  Rows it leaves (uncommon
         # or malformed packets) are the numpy parser's and the general path's.
         if extract_kernel(data, start, length, in_port, keys, l3, l4, slow):
             k = 0
@@ -270,9 +278,10 @@ class ExpressLane:
         return t
 
     def run(self, batch: Batch, parsed: Parsed | None, rows: np.ndarray | None, now: float,
-            max_recirc: int) -> LaneResult:
+            max_recirc: int, tun: np.ndarray = None) -> LaneResult:
         """The lane over `rows` of a parsed batch, or (parsed None) over a whole batch it
-        parses itself, handing rows it cannot parse back as H_PARSE."""
+        parses itself, handing rows it cannot parse back as H_PARSE; tun: per row of a
+        batch just decapsulated, (tun_id, tun_src, tun_dst, tun_flags) for its keys."""
         d = self.dpif
         if d.config_version != self._version or d.underlay.generation != self._generation \
                 or len(d.action_lists()) != self.built:
@@ -302,7 +311,7 @@ class ExpressLane:
             batch.in_port.astype(np.uint32, copy=False), parsed.keys,
             parsed.l3.astype(i32, copy=False), parsed.l4.astype(i32, copy=False),
             parsed.error.astype(np.uint8, copy=False), fresh, rows.astype(np.int64, copy=False),
-            smc.table, smc.matches, c.action_of, self.prog, c.packets, c.bytes, c.used,
+            _NO_TUN if tun is None else tun, smc.table, smc.matches, c.action_of, self.prog, c.packets, c.bytes, c.used,
             c.tcp_flags, float(now), self.tmpl, self.tprm, ct.compiled and not tab.overflow,
             tab.index.kv, mem, (F_CHECKSUMS if ct.checksums else 0)
             | (F_LIBERAL if ct.tcp_liberal else 0), self._tmo, tab.scratch(np.int8),
@@ -342,6 +351,7 @@ class LaneResult(NamedTuple):
 
 
 _NO_ENC = np.zeros((0, 0), np.uint8)
+_NO_TUN = np.zeros((0, 4), np.int64)
 
 
 def tunnel_args(tun: tuple):

@@ -15,6 +15,7 @@ from sbnet.flows.fields import IP_UDP
 
 _VXLAN, _GRE, _GENEVE = (T.KINDS.index(k) for k in ("vxlan", "gre", "geneve"))
 _OTHER, _OK, _SLOW = 0, 1, 2          # decap verdict per row
+D_OTHER, D_OK = _OTHER, _OK
 # Columns of decap_kernel's per-row results.
 (D_STATUS, D_INNER, D_ILEN, D_PORT, D_KEY, D_SRC, D_DST, D_TOS, D_TTL, D_SPORT, D_DPORT,
  D_FLAGS) = range(12)
@@ -519,6 +520,18 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> T.DecapResult:
                             res):
             return _decap_result(batch, res)
     return T.decap(batch, rows, list(ports), underlay)
+
+
+def decap_rows(batch: Batch, ports, underlay: Underlay) -> np.ndarray | None:
+    """decap_kernel's per-row results (D_* columns) for a batch it takes whole (no row for
+    tunnel.decap), else None."""
+    n = len(batch)
+    res = np.empty((n, 12), np.int64)
+    if decap_kernel(batch.data, batch.start.astype(np.int32, copy=False),
+                    batch.length.astype(np.int32, copy=False), *_plan(tuple(ports), underlay),
+                    res):
+        return None
+    return res
 
 
 def _decap_result(batch: Batch, res: np.ndarray) -> T.DecapResult:

@@ -10,7 +10,8 @@ from sbnet.datapath import nsh, odp
 from sbnet.datapath.batch import HEADROOM, Batch
 from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, Upcall
 from sbnet.datapath.dpif import tunnel_fast
-from sbnet.datapath.dpif.express import H_ACTIONS, H_LOOKUP, H_PARSE, ExpressLane, tunnel_args
+from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS, ExpressLane,
+                                         tunnel_args)
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
 from sbnet.datapath.dpif.smc import SignatureCache, count_kernel
@@ -214,6 +215,10 @@ class UserspaceDpif:
         """Strip tunnel headers from underlay packets addressed to our tunnel ports and
         switch the inner frames from the tunnel port; returns the packets left over."""
         n = len(batch)
+        if self.lane is not None:
+            res = tunnel_fast.decap_rows(batch, self.tunnels.values(), self.underlay)
+            if res is not None:
+                return self._decap_lane(batch, res, now, out)
         res = self._decap_rows(batch, np.arange(n), list(self.tunnels.values()), self.underlay)
         for reason in DECAP_DROPS:
             if res.counters.get(reason):
@@ -238,6 +243,34 @@ class UserspaceDpif:
         if res.other.size == n:
             return batch
         return batch.take(res.other)
+
+    def _decap_lane(self, batch: Batch, res: np.ndarray, now: float, out: list) -> Batch:
+        """Compiled decap's inner frames into the express lane, read in place in the outer
+        frames' rows (no copy when every packet was a tunnel packet)."""
+        st = res[:, tunnel_fast.D_STATUS]
+        ok = st == tunnel_fast.D_OK
+        n = len(batch)
+        n_ok = int(np.count_nonzero(ok))
+        if n_ok:
+            r = res if n_ok == n else res[ok]
+            data = batch.data if n_ok == n else batch.data[ok]
+            in_port = r[:, tunnel_fast.D_PORT].astype(np.uint32)
+            inner = Batch(data, r[:, tunnel_fast.D_INNER].astype(np.int32),
+                          r[:, tunnel_fast.D_ILEN].astype(np.int32), in_port)
+            ports, counts = np.unique(in_port, return_counts=True)
+            for p, c in zip(ports.tolist(), counts.tolist()):
+                port = self.ports.get(p)
+                if port is not None:
+                    port.rx_packets += c
+            tun = np.empty((n_ok, 4), np.int64)
+            tun[:, 0] = r[:, tunnel_fast.D_KEY]
+            tun[:, 1] = r[:, tunnel_fast.D_SRC]
+            tun[:, 2] = r[:, tunnel_fast.D_DST]
+            tun[:, 3] = r[:, tunnel_fast.D_FLAGS] & TNL_F_OAM
+            self._express(inner, None, None, now, out, tun)
+        if n_ok == n:
+            return Batch.empty()
+        return batch.take(st == tunnel_fast.D_OTHER)
 
     def _well_formed(self, parsed) -> np.ndarray:
         """Rows that parsed; the others are counted per reason (and so dropped)."""
@@ -276,12 +309,13 @@ class UserspaceDpif:
         else:
             self._pass_general(batch, parsed, rows, now, depth, out)
 
-    def _express(self, batch: Batch, parsed, rows, now: float, out: list) -> None:
+    def _express(self, batch: Batch, parsed, rows, now: float, out: list,
+                 tun: np.ndarray | None = None) -> None:
         """The express lane over a pass's rows (parsed None: a whole batch, which it
         parses), then the general path for what it handed back, each row from the point
         it reached: its parse, a lookup at some pass, or the actions of the flow it was
         counted on."""
-        res = self.lane.run(batch, parsed, rows, now, MAX_RECIRC)
+        res = self.lane.run(batch, parsed, rows, now, MAX_RECIRC, tun)
         if len(res.outs):
             self._lane_outputs(batch, res, out)
         rows = res.rows
@@ -320,7 +354,9 @@ class UserspaceDpif:
     def _parse_rest(self, batch: Batch, parsed, rows: np.ndarray) -> None:
         """The numpy parser's keys for the rows the compiled extract left; errors counted."""
         ref = parse(batch.take(rows))
+        tun = parsed.keys[TUN_SLOTS][:, rows]       # set from the outer headers, if any
         parsed.keys[:, rows] = ref.keys
+        parsed.keys[np.array(TUN_SLOTS)[:, None], rows] = tun
         parsed.l2_5[rows], parsed.l3[rows], parsed.l4[rows] = ref.l2_5, ref.l3, ref.l4
         parsed.error[rows] = ref.error
         bad = ref.error[ref.error != 0]
