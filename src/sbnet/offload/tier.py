@@ -70,6 +70,11 @@ class NicTier:
         self._ct_offload = None
 
     # -- the dpif's offload tier ----------------------------------------------------
+    @property
+    def carries(self) -> bool:
+        """Whether this NIC ever takes a packet (a profile without offloads never does)."""
+        return self.capacity > 0
+
     def attach(self, conntrack, dpif) -> None:
         """Bind to a dpif's conntrack and flows (the dpif calls this once)."""
         from sbnet.offload.conntrack import CtOffload

@@ -44,6 +44,8 @@ class OffloadTier(Protocol):
     (the NIC model of sbnet.offload, the kernel eBPF tier).  It counts the packets it
     carries; the dpif folds those counts into its flows, so statistics are exact."""
 
+    carries: bool     # False: it never takes a packet, so the dpif need not ask per packet
+
     def attach(self, conntrack, dpif: Dpif) -> None:
         """Bind to the dpif's conntrack and flows (read through their public methods)."""
 

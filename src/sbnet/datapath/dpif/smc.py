@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numba
 import numpy as np
 
@@ -92,6 +94,21 @@ def smc_insert(hashes, flows, table, matches):
             table[b, 1] = f + 1
 
 
+@numba.njit("void(uint64[:, :], int64[:], uint64[:], boolean[:])", cache=True, nogil=True)
+def covered_kernel(keys, rows, match, out):
+    """out[r]: the flow whose match row is `match` takes packet rows[r]."""
+    for r in range(rows.shape[0]):
+        out[r] = _covers(keys, rows[r], match)
+
+
+def match_row(slots: tuple, mask: tuple, value: tuple) -> np.ndarray:
+    """A flow's match as one row [k, slot, mask, value, ...] (what the cache verifies)."""
+    row = np.empty(1 + 3 * len(slots), dtype=np.uint64)
+    row[0] = len(slots)
+    row[1:] = np.array([slots, mask, value], dtype=np.uint64).T.ravel()
+    return row
+
+
 @numba.njit("void(int64[:], int32[:], uint64[:], float64, int64[:], int64[:], float64[:],"
             " uint16[:])", cache=True, nogil=True)
 def count_kernel(flows, lengths, tcp_flags, now, packets, nbytes, used, flags):
@@ -104,6 +121,15 @@ def count_kernel(flows, lengths, tcp_flags, now, packets, nbytes, used, flags):
         flags[f] |= np.uint16(tcp_flags[r])
 
 
+def _huge_zeros(shape: tuple[int, int]) -> np.ndarray:
+    """A zeroed uint64 array in anonymous memory the kernel may back with huge pages: a
+    cache lookup is a random load, and 4 KiB pages would make most of them TLB misses."""
+    mm = mmap.mmap(-1, shape[0] * shape[1] * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(mm, dtype=np.uint64).reshape(shape)
+
+
 class SignatureCache:
     """As OVS's SMC/EMC in front of the megaflow classifier: a direct-mapped table from the
     hash of a packet's flow key to the datapath flow that took it last.  A hit is verified
@@ -112,9 +138,9 @@ class SignatureCache:
     ...] (k = _DEAD once the flow is gone or too wide to cache), so a lookup touches few
     cache lines."""
 
-    def __init__(self, bits: int = 18, width: int = 24) -> None:
+    def __init__(self, bits: int = 20, width: int = 24) -> None:
         # Zeroed memory (0 is an empty bucket): pages a small switch never touches cost nothing.
-        self.table = np.zeros((1 << bits, 2), dtype=np.uint64)
+        self.table = _huge_zeros((1 << bits, 2))
         self.width = width
         self.matches = np.full((1024, 1 + 3 * width), _DEAD, dtype=np.uint64)
         self.hits = 0
@@ -128,9 +154,7 @@ class SignatureCache:
             self.matches = grown
         if len(slots) > self.width:
             return                      # too wide: the megaflow tier finds it every time
-        row = self.matches[mf_id]
-        row[0] = len(slots)
-        row[1:1 + 3 * len(slots)] = np.array([slots, mask, value], dtype=np.uint64).T.ravel()
+        self.matches[mf_id, :1 + 3 * len(slots)] = match_row(slots, mask, value)
 
     def remove(self, mf_id: int) -> None:
         if mf_id < self.matches.shape[0]:

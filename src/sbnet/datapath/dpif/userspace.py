@@ -14,7 +14,7 @@ from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS
                                          tunnel_args)
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
-from sbnet.datapath.dpif.smc import SignatureCache, count_kernel
+from sbnet.datapath.dpif.smc import SignatureCache, count_kernel, covered_kernel, match_row
 from sbnet.datapath.execute import execute
 from sbnet.datapath.meters import MeterTable
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
@@ -62,7 +62,8 @@ class UserspaceDpif:
         self.tier = offload
         # The compiled express lane takes the common case whole; the offload tier's model
         # counts per packet what it carries, so with a tier every packet takes the tiers.
-        self.lane = ExpressLane(self) if compiled and offload is None else None
+        self.lane = ExpressLane(self) if compiled and (offload is None or not offload.carries) \
+            else None
         if offload is not None:
             if not callable(getattr(offload, "attach", None)):
                 raise TypeError(f"offload takes a tier (sbnet.offload.nic_tier(profile)), "
@@ -371,9 +372,15 @@ class UserspaceDpif:
         if res.whole:
             groups = [(int(outs[0, 1]), int(outs[0, 2]), None)]
         else:
-            pairs, inv = np.unique(outs[:, 1:], axis=0, return_inverse=True)
-            inv = inv.ravel()
-            groups = [(int(p), int(t), outs[inv == j, 0]) for j, (p, t) in enumerate(pairs)]
+            # One key per (port, tunnel port): ofports are 32-bit, the tunnel port -1 or one.
+            place = (outs[:, 1] << 33) | (outs[:, 2] + 1)
+            if not (place != place[0]).any():
+                groups = [(int(outs[0, 1]), int(outs[0, 2]), outs[:, 0])]
+            else:
+                order = np.argsort(place, kind="stable")
+                cuts = np.flatnonzero(np.diff(place[order])) + 1
+                groups = [(int(outs[g[0], 1]), int(outs[g[0], 2]), outs[g, 0])
+                          for g in np.split(order, cuts)]
         for port, tnl, sel in groups:
             inner = batch if sel is None else batch.take(sel)
             if tnl < 0:
@@ -572,23 +579,24 @@ class UserspaceDpif:
         self._pass(batch, again, np.flatnonzero(parsed.error == 0), now, depth + 1, out)
 
     def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
-        """Slow path for cache misses: one translation per new megaflow, not per packet."""
+        """Slow path for cache misses: one translation per new megaflow, not per packet.
+        Each new megaflow takes every miss of the batch it matches at once; the first miss
+        it does not take is translated next (so a packet gets the first megaflow made for
+        it, as if the misses went up one by one)."""
         t0 = time.process_time()
         out = np.empty(miss.size, dtype=np.int64)
-        # Megaflows made in this call, by mask: later misses of the same flow in
-        # this batch find them here without another translation.
-        fresh: dict[tuple, dict[tuple, int]] = {}
-        for i, key in enumerate(keys[:, miss].T.tolist()):
-            for slots_mask, table in fresh.items():
-                slots, mask = slots_mask
-                mf_id = table.get(tuple(key[s] & m for s, m in zip(slots, mask)))
-                if mf_id is not None:
-                    out[i] = mf_id
-                    break
-            else:
-                mf = self.upcall(key, now)
-                fresh.setdefault((mf.slots, mf.mask), {})[mf.value] = mf.mf_id
-                out[i] = mf.mf_id
+        sub = keys[:, miss]
+        left = np.arange(miss.size, dtype=np.int64)
+        while left.size:
+            first = int(left[0])
+            mf = self.upcall(sub[:, first].tolist(), now)
+            out[first] = mf.mf_id
+            left = left[1:]
+            if left.size:
+                took = np.empty(left.size, dtype=np.bool_)
+                covered_kernel(sub, left, match_row(mf.slots, mf.mask, mf.value), took)
+                out[left[took]] = mf.mf_id
+                left = left[~took]
         self.upcall_seconds += time.process_time() - t0
         return out
 
