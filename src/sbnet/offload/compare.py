@@ -464,8 +464,10 @@ HOW_REAL = ("The ebpf column is measured, not modelled: two hosts in network nam
             "server's host, the connections' TCP run by the VMs' own kernels "
             "(sbnet.offload.compare_real). Packets are the VMs' interface counters; a packet "
             "is the kernel's on a host unless it went up (the program's upcall counter); CPU is "
-            "the switch processes' time plus the machine's softirq time, all of it host cores "
-            "(eBPF runs on the host); latency is half the ping RTT VM to VM.")
+            "the switch processes' time plus the machine's softirq time (machine-wide: on a "
+            "busy machine it includes others' work), all of it host cores (eBPF runs on the "
+            "host); latency is half the ping RTT VM to VM. The VMs keep TCP segmentation "
+            "offload, so their packets are fewer and larger than the model's.")
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:

@@ -25,6 +25,7 @@ from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
 
 _RPL = F.CT_STATE_BITS["rpl"]
+_RECIRC = F.SLOT_INDEX["recirc_id"]
 from sbnet.flows.flow import Flow
 
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
@@ -437,18 +438,22 @@ class EbpfDatapath:
         """Once this switch has its tables (after the agent's first sync): each megaflow
         entry the previous agent left is translated again and replaced by the megaflow
         of these tables (installed before the old entry goes, so its packets never
-        stall); returns how many were taken up."""
+        stall); returns how many were taken up.  Entries of later passes (recirc_id set)
+        only go: their ids named the previous switch's frozen states, which this one
+        allocates anew, so their packets come up once and get megaflows of their own."""
         with self.lock:
             kept = self.tier.kept()
             now = self.switch.clock()
             for _, key in kept:
+                if key[_RECIRC]:
+                    continue
                 keys = np.array(key, dtype=np.uint64)[:, None]
                 if int(self.switch.cache.lookup(keys, np.arange(1))[0]) < 0:
                     self.switch.upcall(key, now)
             self._install_new()
             for fkey, _ in kept:
                 self.tier.drop_kept(fkey)
-            return len(kept)
+            return sum(1 for _, key in kept if not key[_RECIRC])
 
     def connections_in_kernel(self) -> int:
         """Connections the kernel's connection map holds (both directions each)."""
