@@ -30,7 +30,7 @@ def test_connection_survives_the_move_and_stalls_without_handover(backend):
             res = stream.result()
             gap, replies, sent = pings.gap()
             assert res.error == "" and res.bytes_after(t_move + 0.5), (res.error, tl.lines())
-            assert res.gap(after=t_move - 1) < 1.0, tl.lines()
+            assert res.gap_at(t_move) < 2.0, tl.lines()
             assert gap < 1.0 and replies >= sent - 50, (gap, replies, sent)
             assert not [c for c in lab.conns("h2") if "tcp" in c]     # the source's went
             p = lab.cloud.api.request("GET", f"ports/{lab.port['id']}")["port"]
