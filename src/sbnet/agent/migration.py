@@ -41,6 +41,7 @@ class Handover:
     sent: dict[str, str] = field(default_factory=dict)          # port -> host we exported to
     imported: dict[str, tuple[str, list]] = field(default_factory=dict)   # port -> (serial, tuples)
     ready: dict[str, str] = field(default_factory=dict)         # port -> serial reported ready
+    entries: dict[str, list] = field(default_factory=dict)      # port -> last entries imported
     log: list[tuple[str, str, int]] = field(default_factory=list)   # (port, what, connections)
 
 
@@ -83,14 +84,23 @@ class MigrationDuty:
             port = topo.ports.get(pid)
             if port is None:
                 del st.imported[pid]
+                st.entries.pop(pid, None)
             elif self.host in topo.moving_to.get(pid, ()):
                 continue                                # still arriving
             elif topo.active_host(port) != self.host:
                 self._forget(pid)                       # aborted: what came goes
-            elif pid not in handovers:
-                del st.imported[pid]                    # done, and the handover is gone
             else:
-                st.imported[pid] = (st.imported[pid][0], [])    # here for good
+                # Activated here.  The copies of the peer's segments this host saw while the
+                # VM was still at the source moved the imported windows on without the VM's
+                # answers: the connections re-learn them from their next segments again.
+                entries = st.entries.pop(pid, None)
+                if entries and self.moves_conns:
+                    n = len(self.datapath.import_conns(entries))
+                    st.log.append((pid, "re-armed at activation", n))
+                if pid not in handovers:
+                    del st.imported[pid]                # done, and the handover is gone
+                else:
+                    st.imported[pid] = (st.imported[pid][0], [])    # here for good
         for pid, h in handovers.items():
             port = topo.ports.get(pid)
             if port is None or h.get("target") != self.host or not h.get("complete"):
@@ -135,9 +145,12 @@ class MigrationDuty:
         tuples = self.datapath.import_conns(h["entries"]) if self.moves_conns else []
         old = self.state.imported.get(pid, ("", []))[1]
         self.state.imported[pid] = (h["serial"], [*old, *tuples])
+        if h["entries"]:
+            self.state.entries[pid] = h["entries"]
         self.state.log.append((pid, f"import round {h['round']}", len(tuples)))
 
     def _forget(self, pid: str) -> None:
+        self.state.entries.pop(pid, None)
         _, tuples = self.state.imported.pop(pid)
         if tuples and self.moves_conns:
             n = self.datapath.forget_conns(tuples)
