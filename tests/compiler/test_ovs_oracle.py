@@ -27,7 +27,7 @@ pytestmark = pytest.mark.ovs
 
 # Every scenario module of the compiler's tests; those not written yet are skipped by name.
 SCENARIO_MODULES = ("test_l2", "test_secgroups", "test_port_security", "test_isolation",
-                    "test_l3", "test_qos", "test_trunks", "test_chains")
+                    "test_l3", "test_qos", "test_trunks", "test_chains", "test_lb")
 BRIDGE = "br-int"
 # ofproto/trace's default for every recirculation after ct(): a new, tracked connection.
 CT_NEW = F.CT_STATE_BITS["new"] | F.CT_STATE_BITS["trk"]
@@ -173,11 +173,16 @@ def _our_passes(sw: Switch, in_port: int, frame: bytes, tun: dict) -> list[tuple
         res = sw.xlate.run(key, trace=True)
         passes.append(res.actions)
         ct = None
+        edited = key.copy()
         for a in res.actions:
-            if isinstance(a, odp.Ct):
+            if isinstance(a, odp.SetFields):
+                # the datapath rewrote the packet before it recirculates (e.g. eth_dst)
+                for name, value in a.fields:
+                    _set_key(edited, F.lookup(name), value)
+            elif isinstance(a, odp.Ct):
                 ct = a
             elif isinstance(a, odp.Recirc) and ct is not None:
-                nxt = key.copy()
+                nxt = edited.copy()
                 nxt[S["recirc_id"]] = a.recirc_id
                 nxt[S["ct_state"]] = CT_NEW
                 nxt[S["ct_zone"]] = ct.zone

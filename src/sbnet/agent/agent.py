@@ -9,13 +9,16 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from sbnet.agent.dhcp import Responder
 from sbnet.agent.migration import MigrationDuty
 from sbnet.cni.ports import vif_name
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline, diff
 from sbnet.compiler.topology import Chassis, Topology, is_vif, migration_targets
+
+if TYPE_CHECKING:
+    from sbnet.agent.health import HealthLoop
 
 ADMIN = {"X-Project-Id": "sbnet-agent", "X-Roles": "admin"}
 HEARTBEAT = 10.0        # seconds between registrations, which the API takes as heartbeats
@@ -101,6 +104,11 @@ class ApiSource:
         self._ok(self.client.put(f"/v2.0/sbnet/ports/{port_id}/bindings/{host}/ready",
                                  json={"ready": ready}, headers=self.headers))
 
+    def lb_health(self, verdicts: dict) -> None:
+        """Load-balancer members' health verdicts ({member_id: ONLINE or ERROR})."""
+        self._ok(self.client.put("/v2.0/sbnet/lbaas/health", json={"members": verdicts},
+                                 headers=self.headers))
+
 
 class Mirror:
     """The model as the change feed tells it, at a revision."""
@@ -119,8 +127,8 @@ class Mirror:
 
     def snapshot(self) -> dict:
         out: dict = {"revision": self.revision}
-        for typ, items in self.by_type.items():
-            out[typ] = list(items.values())
+        for typ, items in list(self.by_type.items()):
+            out[typ] = list(items.copy().values())
         return out
 
 
@@ -341,6 +349,14 @@ class HostAgent:
                     raise
                 on_error(exc)
                 self._stop.wait(1.0)
+
+    def start_health(self, context: Callable[[str], str | None]) -> "HealthLoop":
+        """Health-check the load-balancer members bound here, from the namespace
+        `context(network_id)` names (a port on the member's network), reporting verdicts
+        to the API; stop the returned loop to end it."""
+        from sbnet.agent.health import HealthChecker, HealthLoop
+        checker = HealthChecker(self.host, context, self.source.lb_health)
+        return HealthLoop(checker, self.mirror.snapshot, time.monotonic).start()
 
     def start_thread(self, wait: float = 0.5) -> "HostAgent":
         self._thread = threading.Thread(target=self.run, args=(wait, lambda e: None),

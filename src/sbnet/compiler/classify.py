@@ -66,7 +66,7 @@ def build_classify_remote(ctx, net_id: str, net: dict) -> None:
              R.set_flags(R.FROM_REMOTE)]
     cookie = ctx.cookie("network", net_id)
     if kind in TUNNEL_TYPES:
-        ctx.flow("classify", 100, [*entry, ctx.goto("l2_lookup")],
+        ctx.flow("classify", 100, [*entry, ctx.goto("lb_unnat")],
                  {"in_port": TUNNEL_OFPORTS[kind], "tun_id": int(seg or 0)}, cookie)
         return
     phys = ch.physnets.get(net.get("provider:physical_network") or "")

@@ -16,7 +16,9 @@ from sbnet.flows.flow import Flow
 from sbnet.flows.match import MatchBuilder
 
 # The stage modules, in pipeline order; each has build(ctx) and owns the tables it names.
-STAGES = ("classify", "port_security", "dhcp", "qos", "secgroups", "chains", "l3", "l2", "deliver")
+# (lb comes last so that the older stages keep their cookie numbers.)
+STAGES = ("classify", "port_security", "dhcp", "qos", "secgroups", "chains", "l3", "l2", "deliver",
+          "lb")
 
 
 class CompileError(ValueError):
@@ -36,7 +38,7 @@ class ResourceFault(CompileError):
 KIND_TYPES = {"port": "port", "network": "network", "flood": "network", "group": "security_group",
               "members": "security_group", "security_group_rule": "security_group", "router": "router",
               "floatingip": "floatingip", "qos_policy": "policy", "port_chain": "port_chain",
-              "flow_classifier": "flow_classifier"}
+              "flow_classifier": "flow_classifier", "loadbalancer": "lb_loadbalancer"}
 
 
 @dataclass

@@ -408,7 +408,7 @@ def neighbour_actions(ctx, net_id: str, port: dict) -> list:
     physical = topo.network_type(topo.networks[net_id]) not in TUNNEL_TYPES
     if physical and not (is_vif(port) and topo.host_of(port) in topo.chassis):
         return acts + [R.OUTPORT.load(0), R.set_flags(R.REMOTE_OUT), ctx.goto("deliver")]
-    return acts + [ctx.goto("l2_lookup")]
+    return acts + [ctx.goto("lb_unnat")]
 
 
 def build_l3_neighbour(ctx, net_id: str) -> None:

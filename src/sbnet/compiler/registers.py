@@ -51,6 +51,8 @@ NEXTHOP = Reg("nexthop", "reg0", "IPv4 next hop a route chose (the destination i
 NETWORK = Reg("network", "metadata", "key of the logical network the packet is in", 0, 64)
 ROUTER = Reg("router", "reg11", "key of the logical router routing the packet")
 NAT_ZONE = Reg("nat_zone", "reg12", "conntrack zone of the router doing SNAT/DNAT", 0, 16)
+LB_ZONE = Reg("lb_zone", "reg12", "conntrack zone of the load balancers the packet's network "
+              "reaches, from lb_vip to the select group's bucket", 16, 16)
 ZONE = Reg("zone", "reg13", "conntrack zone of the network the packet is in", 0, 16)
 INPORT = Reg("inport", "reg14", "key of the logical port the packet came from")
 OUTPORT = Reg("outport", "reg15", "key of the logical port the packet goes to")
@@ -85,7 +87,7 @@ def clear_flags(*flags: Flag) -> A.SetField:
 
 def _check_disjoint() -> None:
     seen: dict[str, int] = {}
-    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, ZONE, INPORT, OUTPORT, CHAIN):
+    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, LB_ZONE, ZONE, INPORT, OUTPORT, CHAIN):
         if seen.get(r.field, 0) & r.mask:
             raise AssertionError(f"register {r.field} allocated twice ({r.name})")
         seen[r.field] = seen.get(r.field, 0) | r.mask

@@ -27,7 +27,8 @@ PIPELINE = Pipeline((
     _t("classify", "the logical port (local VIF, trunk sub-port) or network (tunnel VNI, "
        "physical VLAN) a packet enters on",
        {"in_port", "vlan_tci", "vlan_vid", "tun_id", "eth_dst", "eth_type"} | _ND | _L3,
-       ("port_security", "dhcp", "arp_responder", "l3_gateway", "l2_lookup", "chain_forward")),
+       ("port_security", "dhcp", "arp_responder", "l3_gateway", "lb_unnat", "l2_lookup",
+        "chain_forward")),
     _t("port_security", "anti-spoofing: the source MAC and IPs a port may use (fixed IPs, "
        "allowed address pairs, DHCP, IPv6 link-local, ARP and ND)",
        {_INPORT, "eth_src", "ip_src", "ipv6_src", "udp_src", "udp_dst", "ip_dst",
@@ -45,12 +46,21 @@ PIPELINE = Pipeline((
     _t("egress_sg", "egress security group rules (conjunctive: ports x rules x remote members)",
        _SG | _ND, ("chain_classify",)),
     _t("chain_classify", "port chain flow classifiers: matching traffic enters its chain",
-       _SG | {_INPORT}, ("chain_forward", "arp_responder"), miss="arp_responder"),
+       _SG | {_INPORT}, ("chain_forward", "arp_responder", "lb_vip"), miss="lb_vip"),
     _t("chain_forward", "steer chained traffic through the port pair groups in order",
        {_INPORT, _OUTPORT, _FLAGS, _CHAIN, "in_port", "eth_type", "nsh_spi", "nsh_si",
         "nsh_c4", "mpls_label", "mpls_tc", "metadata", "eth_dst", "dp_hash"} | _L3 | _L4,
        # chain_forward again: a packet it encapsulates looks up its first hop there.
        ("chain_forward", "l2_lookup", "deliver", "arp_responder")),
+    _t("lb_vip", "load balancers (sbnet.compiler.lb): a connection to a VIP's listener "
+       "enters the load balancer's conntrack zone, NAT applied to what it already knows",
+       {"metadata", _FLAGS} | _L3 | _L4, ("lb_dnat", "arp_responder"), miss="arp_responder"),
+    _t("lb_dnat", "established VIP connections keep their backend; a new one is committed "
+       "with DNAT to the member the listener's select group picks by weight",
+       {"metadata", "ct_state"} | _L3 | _L4, ("lb_post",)),
+    _t("lb_post", "a DNATed frame addressed to the VIP's MAC is readdressed to the member "
+       "(or to the router towards it)", {"metadata", "eth_dst"} | _L3, ("arp_responder",),
+       miss="next"),
     _t("arp_responder", "answer ARP requests and IPv6 neighbour solicitations for known "
        "addresses on the spot", {"metadata", "eth_dst", _FLAGS} | _ND | _L3,
        ("nd_advert", "l3_gateway", "deliver"), miss="l3_gateway"),
@@ -61,16 +71,20 @@ PIPELINE = Pipeline((
     _t("l3_gateway", "traffic addressed to a router port's MAC enters routing; echo requests "
        "to the router's own addresses are answered",
        {"metadata", "eth_dst", _FLAGS, _INPORT} | _L3 | _L4 | _ND,
-       ("l3_dnat", "l3_route", "l2_lookup", "deliver"), miss="l2_lookup"),
+       ("l3_dnat", "l3_route", "lb_unnat", "l2_lookup", "deliver"), miss="lb_unnat"),
     _t("l3_dnat", "floating IP destination NAT", {"metadata", _ROUTER, _FLAGS, "ct_state"} | _L3,
        ("l3_route",), miss="next"),
     _t("l3_route", "longest-prefix routing between a router's subnets, static routes and its "
        "external gateway; TTL decrement; SNAT-bound traffic redirected to the gateway host",
-       {_ROUTER, "metadata"} | _L3, ("l3_snat", "l2_lookup", "deliver")),
+       {_ROUTER, "metadata"} | _L3, ("l3_snat", "lb_unnat", "l2_lookup", "deliver")),
     _t("l3_snat", "SNAT to a floating IP or the router's gateway address",
        {_ROUTER, "metadata", _FLAGS, _INPORT, "ct_state"} | _L3, ("l3_neighbour",), miss="next"),
     _t("l3_neighbour", "next hop IP to MAC for routed packets (the outside world: out of the "
-       "physical port)", {"metadata", _ROUTER, _NEXTHOP} | _L3, ("l2_lookup", "deliver")),
+       "physical port)", {"metadata", _ROUTER, _NEXTHOP} | _L3,
+       ("lb_unnat", "l2_lookup", "deliver")),
+    _t("lb_unnat", "replies from a load balancer's members get the VIP back as their source "
+       "(conntrack reverses the DNAT on the host that did it)", {"metadata"} | _L3 | _L4,
+       ("l2_lookup",), miss="next"),
     _t("l2_lookup", "destination MAC to logical port; broadcast and multicast to the network's "
        "ports and hosts", {"metadata", "eth_dst", _FLAGS, "eth_type"},
        ("ingress_ct", "deliver")),

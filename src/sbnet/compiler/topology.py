@@ -130,6 +130,14 @@ class Topology:
         self.port_pair_groups = {x["id"]: x for x in get("port_pair_group")}
         self.flow_classifiers = {x["id"]: x for x in get("flow_classifier")}
         self.port_chains = {x["id"]: x for x in get("port_chain")}
+        # Octavia's load balancers (sbnet.model.lbaas), read by sbnet.compiler.lb.
+        self.loadbalancers = {x["id"]: x for x in get("lb_loadbalancer")}
+        self.lb_listeners = {x["id"]: x for x in get("lb_listener")}
+        self.lb_pools = {x["id"]: x for x in get("lb_pool")}
+        self.lb_members: dict[str, list[dict]] = defaultdict(list)
+        for x in _order(get("lb_member")):
+            self.lb_members[x.get("pool_id")].append(x)
+        self.lb_monitors = {x.get("pool_id"): x for x in get("lb_healthmonitor")}
         # A policy's rules, each with its "type" (bandwidth_limit, dscp_marking, ...).
         self.qos_rules = {pid: list(q.get("rules") or ()) for pid, q in self.qos_policies.items()}
         self.sg_rules: dict[str, list[dict]] = defaultdict(list)
@@ -181,6 +189,13 @@ class Topology:
         self.router_zone = {rid: k for rid, k in allocate_keys(
             [*self.networks.values(), *self.routers.values()], 16, "zone").items()
             if rid in self.routers}
+        # Each network's load-balancing conntrack zone (its clients' connections to VIPs).
+        lb_nets = [{"id": f"lb:{n['id']}", "created_at": n.get("created_at")}
+                   for n in self.networks.values()]
+        self.lb_zone = {i[3:]: k for i, k in allocate_keys(
+            [*self.networks.values(), *self.routers.values(), *lb_nets], 16, "zone").items()
+            if i.startswith("lb:")}
+        self.lb_group = allocate_keys(self.lb_listeners.values(), 24, "lb")
 
     def without(self, dropped: Iterable[tuple[str, str]]) -> "Topology":
         """This model less some resources ((type, id) pairs): what the compiler builds when

@@ -1,0 +1,158 @@
+"""Load balancing on real Linux stacks, on the reference switch and on Open vSwitch: member VMs
+run real TCP and UDP servers, clients on two hosts connect to the VIP, a member is killed mid-run
+and the health checker (from a port on the member network) takes it out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from sbnet.agent.netns import Topology, require_netns
+from sbnet.agent.realcloud import RealCloud
+
+pytestmark = [pytest.mark.root, pytest.mark.ovs]
+
+# A member: says its name on each TCP connection, then echoes; answers UDP with its name.
+SERVER = ("import socket,sys,threading\n"
+          "name=sys.argv[1].encode()\n"
+          "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+          "s.bind(('0.0.0.0',8080));s.listen(1024)\n"
+          "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind(('0.0.0.0',5353))\n"
+          "def udp():\n"
+          "    while True:\n"
+          "        d,a=u.recvfrom(100);u.sendto(name,a)\n"
+          "def serve(c):\n"
+          "    c.sendall(name+b'\\n')\n"
+          "    while True:\n"
+          "        d=c.recv(100)\n"
+          "        if not d: break\n"
+          "        c.sendall(d)\n"
+          "    c.close()\n"
+          "threading.Thread(target=udp,daemon=True).start()\n"
+          "print('ready',flush=True)\n"
+          "while True:\n"
+          "    c,_=s.accept();threading.Thread(target=serve,args=(c,),daemon=True).start()\n")
+# A client: n connections to the VIP, one after the other; prints how many each member took.
+CLIENT = ("import socket,sys,json,collections\n"
+          "vip,n=sys.argv[1],int(sys.argv[2]);seen=collections.Counter();failed=0\n"
+          "for i in range(n):\n"
+          "    try:\n"
+          "        s=socket.create_connection((vip,80),timeout=3)\n"
+          "        f=s.makefile();seen[f.readline().strip()]+=1;s.close()\n"
+          "    except OSError: failed+=1\n"
+          "print(json.dumps({'seen':seen,'failed':failed}))\n")
+# A long-lived connection: says which member it reached, then echoes every 0.1 s until stdin closes.
+LONG = ("import socket,sys,select,time\n"
+        "s=socket.create_connection((sys.argv[1],80),timeout=3);f=s.makefile()\n"
+        "print(f.readline().strip(),flush=True);ok=n=0\n"
+        "while not select.select([sys.stdin],[],[],0.1)[0]:\n"
+        "    s.sendall(b'x\\n');ok+=f.readline()=='x\\n';n+=1\n"
+        "print(ok,n,flush=True)\n")
+
+
+@pytest.fixture(params=["reference", "ovs"])
+def lbcloud(request):
+    require_netns(ovs=request.param == "ovs")
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        cloud = RealCloud(topo, request.param)
+        try:
+            yield cloud
+        finally:
+            cloud.close()
+
+
+def lb_create(api, path: str, **body) -> dict:
+    kind = path.rsplit("/", 1)[-1].rstrip("s")
+    return api.request("POST", f"lbaas/{path}", {kind: body}, project="p1")[kind]
+
+
+def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
+    cloud, topo = lbcloud, lbcloud.topo
+    net = cloud.network("p1", "10.20.0.0/24")
+    members = [cloud.vm(f"m{i}", "p1", net, "h2") for i in range(3)]
+    clients = [cloud.vm("c1", "p1", net, "h1")[1], cloud.vm("c2", "p1", net, "h2")[1]]
+    _, probe = cloud.vm("probe", "p1", net, "h2")       # the health checks' port on the network
+    lb = lb_create(cloud.api, "loadbalancers", vip_subnet_id=net["subnet"]["id"])
+    li = lb_create(cloud.api, "listeners", loadbalancer_id=lb["id"], protocol="TCP",
+                   protocol_port=80)
+    pool = lb_create(cloud.api, "pools", listener_id=li["id"], protocol="TCP",
+                     lb_algorithm="SOURCE_IP_PORT")
+    weights = (1, 1, 2)
+    made = [lb_create(cloud.api, f"pools/{pool['id']}/members", address=p["fixed_ips"][0][
+        "ip_address"], protocol_port=8080, weight=w) for (p, _), w in zip(members, weights)]
+    lb_create(cloud.api, "healthmonitors", pool_id=pool["id"], type="TCP", delay=1, timeout=1,
+              max_retries=1, max_retries_down=1)
+    uli = lb_create(cloud.api, "listeners", loadbalancer_id=lb["id"], protocol="UDP",
+                    protocol_port=53)
+    upool = lb_create(cloud.api, "pools", listener_id=uli["id"], protocol="UDP",
+                      lb_algorithm="ROUND_ROBIN")
+    for p, _ in members:
+        lb_create(cloud.api, f"pools/{upool['id']}/members",
+                  address=p["fixed_ips"][0]["ip_address"], protocol_port=5353)
+    cloud.sync()
+    servers = [topo.popen(vm, "python3", "-c", SERVER, f"m{i}")
+               for i, (_, vm) in enumerate(members)]
+    health = cloud.agents["h2"].start_health(lambda net_id: probe.netns)
+    try:
+        for srv in servers:
+            assert srv.stdout.readline().strip() == "ready"
+        vip = lb["vip_address"]
+        # UDP: a query to the VIP is answered from the VIP by one of the members
+        out = topo.run(clients[0], "python3", "-c", (
+            "import socket;u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.settimeout(3)\n"
+            f"u.connect(('{vip}',53));u.send(b'q');print(u.recv(100).decode())"))
+        assert out.stdout.strip() in {"m0", "m1", "m2"}
+        # TCP: many connections from both hosts, spread by weight (400 here, within 8%, about
+        # 3.5 standard deviations; bench/bench_lb.py makes 10,000 and checks 5%)
+        n = 200
+        procs = [topo.popen(c, "python3", "-c", CLIENT, vip, str(n))
+                 for c in clients]
+        seen: dict[str, int] = {}
+        for p in procs:
+            res = json.loads(p.communicate(timeout=300)[0])
+            assert res["failed"] == 0
+            for k, v in res["seen"].items():
+                seen[k] = seen.get(k, 0) + v
+        total = sum(seen.values())
+        for i, w in enumerate(weights):
+            assert abs(seen.get(f"m{i}", 0) / total - w / sum(weights)) < 0.08, seen
+        # a long-lived connection to a member that will survive
+        long = None
+        while long is None:
+            p = topo.popen(clients[0], "python3", "-c", LONG, vip, stdin=subprocess.PIPE)
+            first = p.stdout.readline().strip()
+            if first != "m2":
+                long, survivor = p, first
+            else:
+                p.stdin.close()
+                p.wait(timeout=10)
+        # m2 dies; the health monitor (delay 1 s, one failure) marks it ERROR
+        servers[2].kill()
+        killed = time.monotonic()
+        status = None
+        while time.monotonic() - killed < 10:
+            cloud.sync()
+            status = cloud.api.request("GET", f"lbaas/pools/{pool['id']}/members/"
+                                       f"{made[2]['id']}", project="p1")["member"]
+            if status["operating_status"] == "ERROR":
+                break
+            time.sleep(0.1)
+        gone = time.monotonic() - killed
+        assert status["operating_status"] == "ERROR" and gone < 2 * 1 + 1.0, gone
+        out = topo.run(clients[1], "python3", "-c", CLIENT, vip, "60")
+        res = json.loads(out.stdout)
+        assert res["failed"] == 0 and set(res["seen"]) <= {"m0", "m1"}
+        time.sleep(0.6)
+        long.stdin.close()
+        echoed, sent = map(int, long.stdout.readline().split())
+        # every echo across the failover came back: the connection was never broken
+        assert long.wait(timeout=10) == 0 and echoed == sent >= 5, (survivor, echoed, sent)
+    finally:
+        health.stop()
+        for srv in servers:
+            srv.kill()
+            srv.wait()

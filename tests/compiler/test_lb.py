@@ -1,0 +1,192 @@
+"""Load balancers on packets (reference switch, two hosts): spread by weight, replies from the
+VIP, established connections kept across pool changes, health, UDP, IPv6, routed clients."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.compiler.scenario import IP, TCP, UDP, Cloud, Ether, IPv6, ip_of, raw, tcp, udp
+from tests.compiler.test_l3 import router, router_port
+
+LB = "lbaas"
+
+
+def balancer(c: Cloud, subnet: dict, protocol: str = "TCP", port: int = 80,
+             algorithm: str = "ROUND_ROBIN", members=(), **pool_kw) -> dict:
+    lb = c.api.create(f"{LB}/loadbalancers", project="p1", vip_subnet_id=subnet["id"])
+    li = c.api.create(f"{LB}/listeners", project="p1", loadbalancer_id=lb["id"],
+                      protocol=protocol, protocol_port=port)
+    pool = c.api.create(f"{LB}/pools", project="p1", listener_id=li["id"], protocol=protocol,
+                        lb_algorithm=algorithm, **pool_kw)
+    made = [c.api.create(f"{LB}/pools/{pool['id']}/members", project="p1", **m) for m in members]
+    vip = next(p for p in c.api.snapshot()["port"] if p["id"] == lb["vip_port_id"])
+    return {"lb": lb, "listener": li, "pool": pool, "members": made, "vip": vip}
+
+
+def where(d, ports: list[dict]) -> list[tuple[dict, bytes]]:
+    return [(p, f) for p in ports for f in d.to(p["id"])]
+
+
+def setup(members=3, weights=(1, 2, 3), **kw):
+    c = Cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    # Fixed addresses: the select group's hash, hence the spread, is the same every run.
+    fixed = lambda ip: [{"subnet_id": net["subnet"]["id"], "ip_address": ip}]  # noqa: E731
+    clients = [c.port("p1", net, h, fixed_ips=fixed(f"10.0.0.{10 + i}"))
+               for i, h in enumerate(("h1", "h2"))]
+    backends = [c.port("p1", net, h, fixed_ips=fixed(f"10.0.0.{20 + i}"))
+                for i, h in enumerate(("h1", "h2", "h2")[:members])]
+    b = balancer(c, net["subnet"], members=[{"address": ip_of(m), "protocol_port": 8080,
+                                             "weight": w} for m, w in zip(backends, weights)],
+                 **kw)
+    c.sync()
+    return c, net, clients, backends, b
+
+
+def test_connections_spread_by_weight_and_replies_come_from_the_vip():
+    c, _net, clients, backends, b = setup()
+    vip = b["vip"]
+    seen: Counter = Counter()
+    for client in clients:
+        d = c.send(client, [tcp(client, vip, sport, 80) for sport in range(20000, 20150)])
+        got = where(d, backends)
+        assert sorted(Ether(f)[TCP].sport for _, f in got) == list(range(20000, 20150))
+        for member, frame in got:
+            p = Ether(frame)
+            # DNAT to the member's address and port, readdressed to the member's MAC
+            assert (p.dst, p[IP].dst, p[TCP].dport) == (member["mac_address"], ip_of(member), 8080)
+            assert p[IP].src == ip_of(client)
+            seen[member["id"]] += 1
+    total = sum(seen.values())
+    for m, w in zip(backends, (1, 2, 3)):
+        assert abs(seen[m["id"]] / total - w / 6) < 0.05, seen
+    # a reply from a member reaches the client from the VIP's address and port
+    client = clients[1]
+    d = c.send(client, [tcp(client, vip, 40000, 80)])
+    ((member, _),) = where(d, backends)
+    reply = tcp(member, client, 8080, 40000, flags="SA", seq=5000, ack=1001)
+    (got,) = c.send(member, [reply]).to(client["id"])
+    p = Ether(got)
+    assert (p[IP].src, p[TCP].sport, p[IP].dst, p[TCP].dport) == (vip["fixed_ips"][0]["ip_address"],
+                                                                  80, ip_of(client), 40000)
+
+
+def test_established_connections_keep_their_member_when_the_pool_changes():
+    c, _net, clients, backends, b = setup()
+    client, vip = clients[0], b["vip"]
+    d = c.send(client, [tcp(client, vip, sport, 80) for sport in range(21000, 21030)])
+    first = {Ether(f)[TCP].sport: m["id"] for m, f in where(d, backends)}
+    assert len(first) == 30 and len(set(first.values())) == 3
+    # the heaviest member leaves; another one is disabled
+    heavy, light = b["members"][2], b["members"][0]
+    c.api.delete(f"{LB}/pools/{b['pool']['id']}/members", heavy["id"])
+    c.api.update(f"{LB}/pools/{b['pool']['id']}/members", light["id"], admin_state_up=False)
+    c.sync()
+    d = c.send(client, [tcp(client, vip, sport, 80, flags="A", seq=1001, ack=1)
+                        for sport in first])
+    # no rehash of existing connections: each stays on its member, the removed one's too
+    assert {Ether(f)[TCP].sport: m["id"] for m, f in where(d, backends)} == first
+    d = c.send(client, [tcp(client, vip, sport, 80) for sport in range(22000, 22020)])
+    assert {m["id"] for m, _ in where(d, backends)} == {backends[1]["id"]}
+    assert len(where(d, backends)) == 20
+
+
+def test_failed_members_leave_the_buckets_and_come_back():
+    c, _net, clients, backends, b = setup()
+    pool = b["pool"]
+    c.api.create(f"{LB}/healthmonitors", project="p1", pool_id=pool["id"], type="TCP", delay=1,
+                 timeout=1, max_retries=1)
+    down = b["members"][1]
+    c.api.request("PUT", "sbnet/lbaas/health", {"members": {down["id"]: "ERROR"}})
+    c.sync()
+    assert c.api.request("GET", f"lbaas/pools/{pool['id']}/members/{down['id']}")["member"][
+        "operating_status"] == "ERROR"
+    assert c.api.request("GET", f"lbaas/pools/{pool['id']}")["pool"]["operating_status"] == \
+        "DEGRADED"
+    client = clients[0]
+
+    def targets(first: int) -> set[str]:
+        d = c.send(client, [tcp(client, b["vip"], s, 80) for s in range(first, first + 30)])
+        assert len(where(d, backends)) == 30
+        return {m["id"] for m, _ in where(d, backends)}
+    assert backends[1]["id"] not in targets(23000)
+    c.api.request("PUT", "sbnet/lbaas/health", {"members": {down["id"]: "ONLINE"}})
+    c.sync()
+    assert backends[1]["id"] in targets(24000)
+
+
+def test_backup_members_only_when_the_others_are_gone():
+    c, _net, clients, backends, b = setup(members=2, weights=(1, 1))
+    pool = b["pool"]
+    c.api.update(f"{LB}/pools/{pool['id']}/members", b["members"][1]["id"], backup=True)
+    c.sync()
+    client = clients[0]
+    d = c.send(client, [tcp(client, b["vip"], sport, 80) for sport in range(25000, 25030)])
+    assert [m["id"] for m, _ in where(d, backends)] == [backends[0]["id"]] * 30
+    c.api.update(f"{LB}/pools/{pool['id']}/members", b["members"][0]["id"], admin_state_up=False)
+    c.sync()
+    d = c.send(client, [tcp(client, b["vip"], 25100, 80)])
+    assert [m["id"] for m, _ in where(d, backends)] == [backends[1]["id"]]
+
+
+def test_source_ip_keeps_a_client_on_one_member():
+    c, _net, clients, backends, b = setup(algorithm="SOURCE_IP")
+    for client in clients:
+        d = c.send(client, [tcp(client, b["vip"], sport, 80) for sport in range(26000, 26040)])
+        assert len(where(d, backends)) == 40
+        assert len({m["id"] for m, _ in where(d, backends)}) == 1
+
+
+def test_udp_listener_and_other_ports_untouched():
+    c = Cloud()
+    net = c.network("p1", "10.0.0.0/24")
+    client, m1, m2 = c.port("p1", net, "h1"), c.port("p1", net, "h2"), c.port("p1", net, "h2")
+    b = balancer(c, net["subnet"], "UDP", 53, members=[
+        {"address": ip_of(m), "protocol_port": 5353} for m in (m1, m2)])
+    c.sync()
+    d = c.send(client, [udp(client, b["vip"], 3333, 53, b"query")])
+    ((member, frame),) = where(d, [m1, m2])
+    assert (Ether(frame)[UDP].dport, bytes(Ether(frame)[UDP].payload)) == (5353, b"query")
+    (back,) = c.send(member, [udp(member, client, 5353, 3333, b"answer")]).to(client["id"])
+    assert (Ether(back)[IP].src, Ether(back)[UDP].sport) == (b["lb"]["vip_address"], 53)
+    # a port the load balancer does not listen on is not balanced
+    d = c.send(client, [udp(client, b["vip"], 3333, 54)])
+    assert where(d, [m1, m2]) == []
+
+
+def test_ipv6_vip():
+    c = Cloud()
+    net = c.network("p1", "fd00:1::/64")
+    client, m1 = c.port("p1", net, "h1"), c.port("p1", net, "h2")
+    b = balancer(c, net["subnet"], members=[{"address": ip_of(m1, 6), "protocol_port": 8080}])
+    c.sync()
+    vip6 = b["lb"]["vip_address"]
+    syn = raw(Ether(src=client["mac_address"], dst=b["vip"]["mac_address"])
+              / IPv6(src=ip_of(client, 6), dst=vip6) / TCP(sport=1234, dport=80, flags="S"))
+    (got,) = c.send(client, [syn]).to(m1["id"])
+    assert (Ether(got)[IPv6].dst, Ether(got)[TCP].dport) == (ip_of(m1, 6), 8080)
+    reply = raw(Ether(src=m1["mac_address"], dst=client["mac_address"])
+                / IPv6(src=ip_of(m1, 6), dst=ip_of(client, 6))
+                / TCP(sport=8080, dport=1234, flags="SA", ack=1))
+    (back,) = c.send(m1, [reply]).to(client["id"])
+    assert (Ether(back)[IPv6].src, Ether(back)[TCP].sport) == (vip6, 80)
+
+
+def test_client_on_another_subnet_through_the_router():
+    c = Cloud()
+    n1, n2 = c.network("p1", "10.0.1.0/24"), c.network("p1", "10.0.2.0/24")
+    r = router(c, "p1", n1, n2)
+    client, m1 = c.port("p1", n1, "h1"), c.port("p1", n2, "h2")
+    b = balancer(c, n2["subnet"], members=[{"address": ip_of(m1), "protocol_port": 8080}])
+    c.sync()
+    g1 = router_port(c, r, n1)
+    vip_ip = b["lb"]["vip_address"]
+    syn = tcp(client, g1, 5555, 80, ip_dst=vip_ip)
+    (got,) = c.send(client, [syn]).to(m1["id"])
+    p = Ether(got)
+    assert (p.dst, p[IP].dst, p[TCP].dport, p[IP].src) == (m1["mac_address"], ip_of(m1), 8080,
+                                                           ip_of(client))
+    g2 = router_port(c, r, n2)
+    reply = tcp(m1, g2, 8080, 5555, flags="SA", ack=1001, ip_dst=ip_of(client))
+    (back,) = c.send(m1, [reply]).to(client["id"])
+    assert (Ether(back)[IP].src, Ether(back)[TCP].sport) == (vip_ip, 80)
