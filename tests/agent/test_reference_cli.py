@@ -24,6 +24,7 @@ from tests.agent.test_agent_faults import Lines
 from tests.agent.test_dhcp_real import check_full_mtu
 from tests.agent.test_e2e import tcp_transfer
 from tests.agent.test_metadata_real import GET, SECRET, nova  # noqa: F401 (a fixture)
+from tests.agent.trains import iperf3_across, ping_across
 
 ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
 PREFIX = "10.250.0.0/24"
@@ -153,30 +154,36 @@ def test_two_reference_hypervisors_without_neighbour_options(env, nova):
         check_full_mtu(topo, "a", "b", b)
         assert tcp_transfer(SimpleNamespace(topo=topo), "a", "b", 5201, size=1_000_000,
                             timeout=20, address=b)
-        # Restart h1's agent under a 10 ms ping train: its switch daemon goes on switching.
-        pinger = topo.popen("a", "ping", "-n", "-q", "-i", "0.01", "-c", "400", b)
-        time.sleep(1.0)
-        first = procs["h1"].stop()
-        procs["h1"] = start("h1")
-        procs["h1"].wait_for(" flows")
-        ping_out, _ = pinger.communicate(timeout=60)
-        assert " 0% packet loss" in ping_out, ping_out
-        assert "+0 ~0 -0 flows" in procs["h1"].text(), procs["h1"].text()
-        # And under a TCP stream (iperf3, 100 ms intervals) while h1's agent restarts again:
-        # printed, the longest run of empty intervals.
+        # Restart h1's agent under a 10 ms ping train, then under an iperf3 stream: its
+        # switch daemon goes on switching, and the restarted agent changes nothing in it.
+        restarts, took = [], []
+
         def restart() -> None:
-            procs["h1"].stop()
+            t0 = time.monotonic()
+            restarts.append(procs["h1"].stop())
             procs["h1"] = start("h1")
-            procs["h1"].wait_for(" flows")
-        result, longest = iperf_across(topo, "a", "b", b, 5, restart)
-        print(f"reference agent restart under iperf3: longest stall {longest * 1000:.0f} ms, "
-              f"{result['end']['sum_received']['bits_per_second'] / 1e6:.1f} Mbit/s")
-        # The stream survives and carries on after the restart.  (The issue's target, no
-        # stall over 100 ms, is not met yet: 600 ms measured on a loaded 2-core machine.)
-        assert sum(iv["sum"]["bytes"] for iv in result["intervals"][-10:]) > 0
+            procs["h1"].wait_for(" flows", timeout=60)
+            took.append(time.monotonic() - t0)
+            assert "+0 ~0 -0 flows" in procs["h1"].text(), procs["h1"].text()
+        train = ping_across(topo, "a", b, restart, tmp / "ping.txt")
+        # The same train for as long with no restart: what this machine's load alone does.
+        quiet = ping_across(topo, "a", b, lambda: time.sleep(took[0]), tmp / "quiet.txt")
+        stream = iperf3_across(topo, "a", "b", b, restart)
+        print(f"reference agent restart ({took[0]:.1f} s) under a 10 ms ping train: "
+              f"{train.sent} sent, {len(train.lost)} lost, slowest reply "
+              f"{train.max_rtt * 1000:.0f} ms (no restart: {quiet.max_rtt * 1000:.0f} ms); "
+              f"under iperf3 ({took[1]:.1f} s): {stream.mbits:.1f} Mbit/s, least in 100 ms "
+              f"{min(stream.intervals)} bytes, longest without data "
+              f"{stream.longest_empty() * 1000:.0f} ms")
+        assert train.lost == [], train
+        # No reply held up over 100 ms: on a machine whose load alone delays replies by
+        # more, no more than 100 ms over what the same train met with no restart.
+        assert train.max_rtt <= max(0.1, quiet.max_rtt + 0.1), (train, quiet)
+        # iperf3 reports every 100 ms at best: no two intervals in a row went empty.
+        assert stream.longest_empty() <= 0.1, stream
     finally:
         out = {n: p.stop() for n, p in procs.items()}
-        out["h1"] = locals().get("first", "") + out["h1"]
+        out["h1"] = "".join(locals().get("restarts", ())) + out["h1"]
     assert "underlay neighbour 10.250.0.2 is 02:fe:00:00:01:02" in out["h1"], out["h1"]
     assert "underlay neighbour 10.250.0.1 is 02:fe:00:00:01:01" in out["h2"], out["h2"]
     assert "Traceback" not in out["h1"] + out["h2"]

@@ -87,3 +87,21 @@ def test_local_addresses():
                       np.array([v6 & M64], np.uint64)).tolist() == [True]
     with pytest.raises(ValueError):
         u.add_route("10.0.0.0/8", 5)
+
+
+def test_the_same_neighbour_again_keeps_the_caches_and_a_new_mac_replaces_it():
+    """A restarted agent resolves its peers again: the same answer leaves the underlay (and
+    the tunnel caches keyed on its generation) as it was; a changed MAC takes effect."""
+    u = Underlay()
+    u.add_port(7, "02:00:00:00:00:01")
+    u.add_route("10.250.0.0/24", 7)
+    u.add_neighbour("10.250.0.2", "02:fe:00:00:01:02")
+    dst = (np.zeros(1, np.uint64), np.array([0x0AFA0002], np.uint64))
+    assert int(u.resolve(4, *dst).dst_mac[0]) == 0x02FE00000102
+    generation = u.generation
+    u.add_neighbour("10.250.0.2", "02:fe:00:00:01:02")
+    assert u.generation == generation
+    assert int(u.resolve(4, *dst).dst_mac[0]) == 0x02FE00000102
+    u.add_neighbour("10.250.0.2", "02:fe:00:00:01:99")
+    assert u.generation > generation
+    assert int(u.resolve(4, *dst).dst_mac[0]) == 0x02FE00000199

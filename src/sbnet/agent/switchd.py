@@ -1,4 +1,4 @@
-"""The reference switch as a daemon of its own (as ovs-vswitchd is), so that it outlives a restart of its agent: `python -m sbnet.agent.switchd SOCKET NAME [NETNS]`, and the agent's client."""
+"""The reference switch as a daemon of its own (as ovs-vswitchd is), so that it outlives a restart of its agent: `python -m sbnet.agent.switchd SOCKET NAME [NETNS [NICE]]`, and the agent's client."""
 
 from __future__ import annotations
 
@@ -16,14 +16,20 @@ from sbnet.datapath.afpacket import RemoteDatapath
 
 # What a client may call: the Datapath methods of a switch process, and `ports`.
 METHODS = (*RemoteDatapath.methods, "ports")
+# The daemon's niceness, as ovs-ctl starts ovs-vswitchd (--ovs-vswitchd-priority): the
+# packet loop keeps its share of the CPU while an agent (re)starts or compiles beside it.
+PRIORITY = -10
 
 
-def serve(path: str, name: str, netns: str | None) -> None:
-    """Enter the namespace, run the switch's loop, answer one client at a time on a Unix
-    socket (mode 0600) until a client asks it to `shutdown`."""
+def serve(path: str, name: str, netns: str | None, priority: int = PRIORITY) -> None:
+    """Take its scheduling priority, enter the namespace, run the switch's loop, answer one
+    client at a time on a Unix socket (mode 0600) until a client asks it to `shutdown`."""
     from sbnet.datapath.afpacket import CLONE_NEWNET, AfPacketDatapath
     from sbnet.datapath.ports import Port
     from sbnet.datapath.switch import Switch
+    # Before any thread starts: Linux keeps a niceness per thread, new threads inherit it.
+    with contextlib.suppress(PermissionError):    # without CAP_SYS_NICE: the default one
+        os.setpriority(os.PRIO_PROCESS, 0, priority)
     if netns:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(netns if netns.startswith("/") else f"/run/netns/{netns}", os.O_RDONLY)
@@ -80,7 +86,7 @@ class SwitchClient(RemoteDatapath):
 
     @classmethod
     def connect(cls, path: str, name: str = "br-sbnet", netns: str | None = None,
-                timeout: float = 20.0) -> "SwitchClient":
+                timeout: float = 20.0, priority: int = PRIORITY) -> "SwitchClient":
         started = False
         deadline = time.monotonic() + timeout
         while True:
@@ -92,10 +98,14 @@ class SwitchClient(RemoteDatapath):
                 sock.close()
             if not started:
                 os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-                subprocess.Popen([sys.executable, "-m", "sbnet.agent.switchd", path, name,
-                                  netns or ""], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
+                proc = subprocess.Popen([sys.executable, "-m", "sbnet.agent.switchd", path,
+                                         name, netns or "", str(priority)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                # Its pid at once (the daemon writes it again when it listens): whoever
+                # stops it finds it even while it is still starting.
+                with open(path + ".pid", "w") as f:
+                    f.write(f"{proc.pid}\n")
                 started = True
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the switch daemon at {path} did not answer")
@@ -123,4 +133,5 @@ class SwitchClient(RemoteDatapath):
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else None)
+    serve(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else None,
+          int(sys.argv[4]) if len(sys.argv) > 4 else PRIORITY)

@@ -147,7 +147,7 @@ def _link_mac(netns: str | None, dev: str) -> str:
 
 
 def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, agent_ref: list,
-               netns: str | None, say, switch_socket: str):
+               netns: str | None, say, switch_socket: str, priority: int):
     """The reference switch on AF_PACKET in a daemon of its own (started if none answers
     at `switch_socket`, taken up again after a restart: traffic goes on meanwhile): the
     underlay interface (its neighbours resolved by ARP), tunnel ports, the slow-path port,
@@ -157,7 +157,7 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
     from sbnet.datapath.tunnel import TunnelPort
     check_reference_underlay(netns, underlay, tunnel_ip, prefix)
     underlay_mac = underlay_mac or _link_mac(netns, underlay)
-    dp = SwitchClient.connect(switch_socket, "br-sbnet", netns)
+    dp = SwitchClient.connect(switch_socket, "br-sbnet", netns, priority=priority)
     have = dp.ports()
     underlay_ofport = 65000
     if underlay not in have:
@@ -270,6 +270,9 @@ def register(app: typer.Typer) -> None:
         switch_socket: str = typer.Option("", help="reference: the switch daemon's socket "
                                           "(default /run/sbnet/HOST.sock); the daemon outlives "
                                           "the agent, so a restart does not stop traffic"),
+        switch_priority: int = typer.Option(-10, help="reference: the niceness the switch "
+                                            "daemon takes when the agent starts it (as "
+                                            "ovs-ctl gives ovs-vswitchd: -10)"),
         physnet: list[str] = typer.Option([], help="NAME=OFPORT of a physical network's port"),
         profile: str = typer.Option("software", help="the host's NIC profile"),
         wait: float = typer.Option(1.0, help="long-poll seconds on the change feed"),
@@ -328,7 +331,8 @@ def register(app: typer.Typer) -> None:
             try:
                 dp, vifs, svc, arp = _reference(underlay, underlay_mac, tunnel_ip,
                                                 underlay_prefix, ref, netns or None, say,
-                                                switch_socket or f"/run/sbnet/{host}.sock")
+                                                switch_socket or f"/run/sbnet/{host}.sock",
+                                                switch_priority)
             except HostRefused as exc:
                 say(str(exc))
                 raise typer.Exit(1) from None

@@ -108,8 +108,12 @@ class Underlay:
         self._changed()
 
     def add_neighbour(self, addr, mac: str | int | bytes) -> None:
-        self.neighbours[ip_int(addr)] = mac_int(mac)
-        self._changed()
+        """Learn or change a neighbour; the same answer again (a restarted agent's ARP)
+        changes nothing, so the tunnel caches built on it stay."""
+        ip, mac = ip_int(addr), mac_int(mac)
+        if self.neighbours.get(ip) != mac:
+            self.neighbours[ip] = mac
+            self._changed()
 
     def remove_neighbour(self, addr) -> None:
         """Forget a neighbour (its entry expired): tunnels to it drop as no_neighbour."""
