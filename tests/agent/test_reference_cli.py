@@ -176,9 +176,9 @@ def test_two_reference_hypervisors_without_neighbour_options(env, nova):
               f"{min(stream.intervals)} bytes, longest without data "
               f"{stream.longest_empty() * 1000:.0f} ms")
         assert train.lost == [], train
-        # No reply held up over 100 ms: on a machine whose load alone delays replies by
-        # more, no more than 100 ms over what the same train met with no restart.
-        assert train.max_rtt <= max(0.1, quiet.max_rtt + 0.1), (train, quiet)
+        # No reply held up over 100 ms; on a machine whose load alone delays replies by
+        # more, none slower than twice what the same train met with no restart.
+        assert train.max_rtt <= max(0.1, 2 * quiet.max_rtt), (train, quiet)
         # iperf3 reports every 100 ms at best: no two intervals in a row went empty.
         assert stream.longest_empty() <= 0.1, stream
     finally:

@@ -75,7 +75,11 @@ class ServicePort:
 
     def create(self) -> str:
         """Make the pair if it is not there; the switch's end's name (attach it at
-        SERVICE_OFPORT).  Neither end has addresses, ARP or IPv6: the kernel says nothing."""
+        SERVICE_OFPORT).  Neither end has addresses, ARP or IPv6: the kernel says nothing.
+        A pair already set up (a restarted agent's) is left as it is: each change to a
+        link takes the kernel's network-wide lock, and the switch is using this one."""
+        if self._ready():
+            return SWITCH_END
         if _ip(self.netns, "link", "show", SWITCH_END, check=False).returncode != 0:
             _ip(self.netns, "link", "add", SWITCH_END, "type", "veth", "peer", "name", AGENT_END)
         _ip(self.netns, "link", "set", AGENT_END, "address", _mac(AGENT_MAC))
@@ -90,6 +94,26 @@ class ServicePort:
             subprocess.run(["ethtool", "-K", AGENT_END, "tx", "off"], capture_output=True,
                            timeout=30)
         return SWITCH_END
+
+    def _ready(self) -> bool:
+        """Both ends up without ARP, the agent's with its MAC and the metadata address
+        only, its transmit checksums off: what create() leaves."""
+        import json
+        res = _ip(self.netns, "-j", "addr", "show", check=False)
+        links = {x["ifname"]: x for x in json.loads(res.stdout or "[]")} \
+            if res.returncode == 0 else {}
+        want = {SWITCH_END: [], AGENT_END: [str(ipaddress.IPv4Address(METADATA_IP))]}
+        for name, addrs in want.items():
+            link = links.get(name)
+            if link is None or not {"UP", "NOARP"} <= set(link.get("flags", ())) or \
+                    [a["local"] for a in link.get("addr_info", ())] != addrs:
+                return False
+        if links[AGENT_END].get("address") != _mac(AGENT_MAC):
+            return False
+        with in_netns(self.netns):
+            k = subprocess.run(["ethtool", "-k", AGENT_END], capture_output=True, text=True,
+                               timeout=30)
+        return "tx-checksumming: off" in k.stdout
 
     def start(self) -> "ServicePort":
         with in_netns(self.netns):
