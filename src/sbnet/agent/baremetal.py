@@ -82,6 +82,8 @@ class AgentHost:
     log: str = ""
     ovs: object = None               # OVS: the host's daemons (DummyOVS in its namespace)
     underlay_mac: str = ""
+    switchd: subprocess.Popen | None = None   # reference: the switch daemon
+    pending: tuple | None = None              # (agent options, ports) until it starts
 
 
 @dataclass
@@ -136,21 +138,36 @@ class Fleet:
         return host
 
     def _agent(self, host: AgentHost, *extra: str, ports: dict[int, str] | None = None) -> None:
-        """`sbnet agent` for `host`; `ports`: interfaces the operator attaches to the switch
-        first (ofport -> name: a physical network's port)."""
+        """`sbnet agent` for `host`, started by wait_agents() (hosts start side by side);
+        `ports`: interfaces the operator attaches to the switch first (ofport -> name: a
+        physical network's port).  The reference switch's daemon starts now: it outlives
+        agents by design, and on a busy machine its start takes longer than an agent waits."""
         host.log = os.path.join(self.workdir, f"{host.name}.log")
+        if self.backend == "reference":
+            host.socket = os.path.join(self.workdir, f"{host.name}.sock")
+            host.switchd = subprocess.Popen(
+                [sys.executable, "-m", "sbnet.agent.switchd", host.socket, "br-sbnet",
+                 host.netns], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+        host.pending = (list(extra), dict(ports or {}))
+
+    def _launch(self, host: AgentHost) -> None:
+        extra, ports = host.pending
+        host.pending = None
         if self.backend == "ovs":
-            for ofport, dev in (ports or {}).items():
+            for ofport, dev in ports.items():
                 host.ovs.vsctl("add-port", "br-int", dev, "--", "set", "Interface", dev,
                                f"ofport_request={ofport}")
             argv = ["--datapath", "ovs", "--ovs-rundir", host.ovs.dir, "--bridge", "br-int"]
         else:
             from sbnet.agent.switchd import SwitchClient
-            host.socket = os.path.join(self.workdir, f"{host.name}.sock")
-            # The switch daemon first (it outlives agents by design); on a busy machine its
-            # start takes longer than an agent waits for it.
-            dp = SwitchClient.connect(host.socket, "br-sbnet", host.netns, timeout=120)
-            for ofport, dev in (ports or {}).items():
+            deadline = time.monotonic() + 120
+            while not os.path.exists(host.socket + ".pid"):      # bound and listening
+                if host.switchd.poll() is not None or time.monotonic() > deadline:
+                    raise TopologyError(f"{host.name}: the switch daemon did not start")
+                time.sleep(0.1)
+            dp = SwitchClient.connect(host.socket, "br-sbnet", host.netns, timeout=30)
+            for ofport, dev in ports.items():
                 dp.attach(ofport, dev)
             dp.close()
             argv = ["--datapath", "reference", "--underlay", "ul0", "--underlay-prefix",
@@ -212,7 +229,11 @@ class Fleet:
         return server
 
     def wait_agents(self, timeout: float = 120.0) -> None:
-        """Until every agent has registered (and, for NICs, the channel answers)."""
+        """Start the agents not started yet; until every agent has registered (and, for
+        NICs, the channel answers)."""
+        for h in self.hosts.values():
+            if h.pending is not None:
+                self._launch(h)
         deadline = time.monotonic() + timeout
         while True:
             alive = {a["host"] for a in self.api.request("GET", "agents")["agents"]
@@ -293,7 +314,11 @@ class Fleet:
                 except subprocess.TimeoutExpired:
                     os.killpg(h.proc.pid, signal.SIGKILL)
                     h.proc.wait()
-            if h.socket:
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(open(h.socket + ".pid").read()), signal.SIGTERM)
+            if h.switchd is not None and h.switchd.poll() is None:
+                h.switchd.terminate()
+                try:
+                    h.switchd.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    h.switchd.kill()
+                    h.switchd.wait()
         self.mgmt.close()
