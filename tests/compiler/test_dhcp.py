@@ -184,6 +184,21 @@ def test_dhcpv6_gives_a_stateful_port_its_address_and_dns():
     rep = ask(DHCP6_Request(trid=8) / cid / DHCP6OptServerId(duid=sid.duid) /
               DHCP6OptIA_NA(iaid=1))
     assert rep.haslayer(DHCP6_Reply) and rep[DHCP6OptIAAddress].addr == ip_of(a, 6)
+    # The port's IPv6 extra options: its DNS servers over the subnet's, a boot URL, a
+    # domain search list; the IPv4 ones stay out of DHCPv6.
+    c.api.update("ports", a["id"], extra_dhcp_opts=[
+        {"opt_name": "dns-server", "opt_value": "2001:db8:9::1,2001:db8:9::2", "ip_version": 6},
+        {"opt_name": "bootfile-url", "opt_value": "tftp://[2001:db8::5]/boot.efi", "ip_version": 6},
+        {"opt_name": "domain-search", "opt_value": "example.org", "ip_version": 6},
+        {"opt_name": "bootfile-name", "opt_value": "pxelinux.0"}])
+    c.sync()
+    rep = ask(DHCP6_Request(trid=9) / cid / DHCP6OptServerId(duid=sid.duid) / DHCP6OptIA_NA(iaid=1))
+    assert rep[DHCP6OptDNSServers].dnsservers == ["2001:db8:9::1", "2001:db8:9::2"]
+    raw = bytes(rep[DHCP6_Reply])
+    url = b"tftp://[2001:db8::5]/boot.efi"
+    assert (59).to_bytes(2, "big") + len(url).to_bytes(2, "big") + url in raw
+    assert (24).to_bytes(2, "big") + (13).to_bytes(2, "big") + b"\x07example\x03org\x00" in raw
+    assert b"pxelinux.0" not in raw
 
 
 def test_a_ports_extra_dhcp_options_are_in_its_answers():

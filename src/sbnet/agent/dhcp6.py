@@ -10,6 +10,7 @@ from sbnet.compiler.dhcp import (DHCP6_CLIENT, DHCP6_SERVER, ETH_IPV6, ICMPV6, N
 from sbnet.compiler.port_security import link_local
 from sbnet.compiler.topology import ROUTER_OWNERS
 from sbnet.datapath.checksum import internet_checksum
+from sbnet.model.dhcp_opts import encode_v6
 
 ND_RA = 134
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
@@ -133,6 +134,12 @@ def dhcp6_reply(topo, port: dict, tag: int, src: ipaddress.IPv6Address,
                    for d in s.get("dns_nameservers") or () if ":" in d)
     if dns:
         out.append(_opt(OPT_DNS, dns))
+    if kind not in (RELEASE, DECLINE, CONFIRM):   # the port's extra options over the server's
+        extra = encode_v6(port.get("extra_dhcp_opts") or [])
+        fixed = (OPT_CLIENTID, OPT_SERVERID, OPT_IA_NA, OPT_RAPID_COMMIT, OPT_STATUS)
+        extra = {k: v for k, v in extra.items() if k not in fixed}
+        out = [o for o in out if struct.unpack_from("!H", o)[0] not in extra]
+        out += [_opt(code, value) for code, value in extra.items() if value]
     if kind in (RELEASE, DECLINE, CONFIRM):
         out.append(_opt(OPT_STATUS, struct.pack("!H", 0) + b"success"))
     payload = bytes((answer,)) + xid + b"".join(out)

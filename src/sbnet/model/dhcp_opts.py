@@ -66,6 +66,29 @@ OPTIONS: dict[str, tuple[int, Callable[[str], bytes]]] = {
 }
 
 
+def _ips6(value: str) -> bytes:
+    return b"".join(ipaddress.IPv6Address(v.strip()).packed for v in value.split(",") if v.strip())
+
+
+def _domains(value: str) -> bytes:
+    """RFC 1035 names (RFC 3646's domain search list), uncompressed."""
+    out = b""
+    for name in (n.strip().rstrip(".") for n in value.split(",") if n.strip()):
+        labels = name.split(".")
+        if any(not 0 < len(x) < 64 for x in labels):
+            raise ValueError(f"{name!r} is not a domain name")
+        out += b"".join(bytes((len(x),)) + x.encode("ascii") for x in labels) + b"\x00"
+    return out
+
+
+# DHCPv6 (ip_version 6), dnsmasq's names for them.
+OPTIONS6: dict[str, tuple[int, Callable[[str], bytes]]] = {
+    "dns-server": (23, _ips6), "domain-search": (24, _domains), "sntp-server": (31, _ips6),
+    "information-refresh-time": (32, _u32), "bootfile-url": (59, _text),
+    "bootfile-param": (60, _text),
+}
+
+
 def _guess(value: str) -> bytes:
     """A numbered option's value as dnsmasq guesses it: addresses if it reads as IPv4
     addresses, else text."""
@@ -75,14 +98,23 @@ def _guess(value: str) -> bytes:
         return value.encode()
 
 
-def code_of(name: str) -> tuple[int, Callable[[str], bytes]] | None:
-    """The DHCPv4 option a name stands for: dnsmasq's name (with or without `option:`), or
-    its number; None for names the native DHCP does not know (stored, not sent)."""
-    name = name.removeprefix("option:")
-    if name in OPTIONS:
-        return OPTIONS[name]
-    if name.isdigit() and 0 < int(name) < 255:
-        return int(name), _guess
+def _guess6(value: str) -> bytes:
+    try:
+        return _ips6(value) if value.strip() else b""
+    except ValueError:
+        return value.encode()
+
+
+def code_of(name: str, version: int = 4) -> tuple[int, Callable[[str], bytes]] | None:
+    """The DHCP option a name stands for: dnsmasq's name (with or without `option:` /
+    `option6:`), or its number; None for names the native DHCP does not know (stored, not
+    sent)."""
+    name = name.removeprefix("option6:" if version == 6 else "option:")
+    table, most, guess = (OPTIONS, 255, _guess) if version == 4 else (OPTIONS6, 65535, _guess6)
+    if name in table:
+        return table[name]
+    if name.isdigit() and 0 < int(name) < most:
+        return int(name), guess
     return None
 
 
@@ -113,13 +145,13 @@ def to_extra_dhcp_opts(v: Any) -> list[dict]:
             version = int(version)
         if version not in (4, 6) or isinstance(version, bool):
             raise Invalid(f"'{version}' is not a valid IP version")
-        known = code_of(name) if version == 4 and value else None
-        if known is not None and name != SIADDR:
+        known = code_of(name, version) if value else None
+        if known is not None and not (version == 4 and name == SIADDR):
             try:
                 known[1](value)
             except (ValueError, struct.error):
                 raise Invalid(f"'{value[:64]}' is not a valid value for DHCP option {name}") from None
-        if name == SIADDR and value:
+        if name == SIADDR and value and version == 4:
             try:
                 ipaddress.IPv4Address(value)
             except ValueError:
@@ -161,3 +193,16 @@ def encode_v4(opts: list[dict]) -> tuple[dict[int, bytes], bytes | None]:
             code, enc = known
             out[code] = enc(o["opt_value"])[:255]
     return out, siaddr
+
+
+def encode_v6(opts: list[dict]) -> dict[int, bytes]:
+    """A port's IPv6 extra options as {code: value}: each replaces the DHCPv6 server's own
+    option of that code (DNS servers), an empty value removes it."""
+    out: dict[int, bytes] = {}
+    for o in opts:
+        if o["ip_version"] != 6 or o["opt_value"] is None:
+            continue
+        known = code_of(o["opt_name"], 6)
+        if known is not None:
+            out[known[0]] = known[1](o["opt_value"])
+    return out
