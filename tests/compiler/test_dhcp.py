@@ -211,6 +211,7 @@ def test_a_ports_extra_dhcp_options_are_in_its_answers():
         {"opt_name": "mtu", "opt_value": "1400"},
         {"opt_name": "150", "opt_value": "10.0.0.7,10.0.0.8"},
         {"opt_name": "router", "opt_value": ""},
+        {"opt_name": "ntp-server", "opt_value": "not-an-address"},   # taken, never sent
         {"opt_name": "bootfile-name", "opt_value": "grub.efi", "ip_version": 6}])
     b = c.port("p1", net, "h1")
     c.sync()
@@ -222,6 +223,7 @@ def test_a_ports_extra_dhcp_options_are_in_its_answers():
     assert o["interface-mtu"] == 1400                   # the port's value over the network's
     assert bytes(Ether(frame)[DHCP])[2:].find(bytes((150, 8, 10, 0, 0, 7, 10, 0, 0, 8))) >= 0
     assert "router" not in o                            # a blank router: none is given
+    assert "NTP_server" not in o and 42 not in o
     assert o["server_id"] == "10.0.0.1" and boot.yiaddr == ip_of(a)
     # Another port's answer has none of them.
     [other] = c.send(b, [request(b["mac_address"], "discover")]).to(b["id"])
@@ -232,7 +234,8 @@ def test_a_ports_extra_dhcp_options_are_in_its_answers():
         {"opt_name": "mtu", "opt_value": "1300"}])
     assert {(o["opt_name"], o["opt_value"]) for o in port["extra_dhcp_opts"]} == {
         ("tftp-server", "123.123.123.123"), ("server-ip-address", "123.123.123.45"),
-        ("mtu", "1300"), ("150", "10.0.0.7,10.0.0.8"), ("router", ""), ("bootfile-name", "grub.efi")}
+        ("mtu", "1300"), ("150", "10.0.0.7,10.0.0.8"), ("router", ""), ("bootfile-name", "grub.efi"),
+        ("ntp-server", "not-an-address")}
     c.sync()
     [frame] = c.send(a, [request(a["mac_address"], "discover")]).to(a["id"])
     assert "boot-file-name" not in options(frame) and options(frame)["interface-mtu"] == 1300

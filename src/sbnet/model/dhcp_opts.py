@@ -145,17 +145,6 @@ def to_extra_dhcp_opts(v: Any) -> list[dict]:
             version = int(version)
         if version not in (4, 6) or isinstance(version, bool):
             raise Invalid(f"'{version}' is not a valid IP version")
-        known = code_of(name, version) if value else None
-        if known is not None and not (version == 4 and name == SIADDR):
-            try:
-                known[1](value)
-            except (ValueError, struct.error):
-                raise Invalid(f"'{value[:64]}' is not a valid value for DHCP option {name}") from None
-        if name == SIADDR and value and version == 4:
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError:
-                raise Invalid(f"'{value[:64]}' is not an IPv4 address") from None
         out.append({"opt_name": name, "opt_value": value, "ip_version": version})
     return out
 
@@ -185,13 +174,16 @@ def encode_v4(opts: list[dict]) -> tuple[dict[int, bytes], bytes | None]:
     for o in opts:
         if o["ip_version"] != 4 or o["opt_value"] is None:
             continue
-        if o["opt_name"].removeprefix("option:") == SIADDR:
-            siaddr = ipaddress.IPv4Address(o["opt_value"]).packed
-            continue
-        known = code_of(o["opt_name"])
-        if known is not None:
-            code, enc = known
-            out[code] = enc(o["opt_value"])[:255]
+        try:
+            if o["opt_name"].removeprefix("option:") == SIADDR:
+                siaddr = ipaddress.IPv4Address(o["opt_value"]).packed
+                continue
+            known = code_of(o["opt_name"])
+            if known is not None:
+                code, enc = known
+                out[code] = enc(o["opt_value"])[:255]
+        except (ValueError, struct.error):
+            continue     # Neutron takes any one-line value; one that is no such option's is left out
     return out, siaddr
 
 
@@ -203,6 +195,9 @@ def encode_v6(opts: list[dict]) -> dict[int, bytes]:
         if o["ip_version"] != 6 or o["opt_value"] is None:
             continue
         known = code_of(o["opt_name"], 6)
-        if known is not None:
-            out[known[0]] = known[1](o["opt_value"])
+        try:
+            if known is not None:
+                out[known[0]] = known[1](o["opt_value"])
+        except (ValueError, struct.error):
+            continue
     return out
