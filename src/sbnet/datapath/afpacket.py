@@ -15,7 +15,11 @@ import time
 from multiprocessing.connection import Connection
 
 from sbnet.datapath import ctmove
-from sbnet.datapath.batch import Batch
+import numpy as np
+
+from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
+from sbnet.datapath.dpif.tunnel_fast import copy_kernel
+from sbnet.datapath.mmsg import Receiver, Sender
 from sbnet.datapath.ports import Port
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
@@ -31,6 +35,7 @@ _AUXDATA = struct.Struct("=IIIHHHH")   # status, len, snaplen, mac, net, vlan_tc
 CLONE_NEWNET = 0x40000000
 MAX_FRAME = 65536
 BATCH = 256                     # frames read from one socket per pass
+RX_BATCH = 64                   # frames per recvmmsg call
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -87,6 +92,43 @@ class AfPacketPort(Port):
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind((ifname, ETH_P_ALL))
         self._buf = bytearray(MAX_FRAME)
+        # Batched I/O (one system call per batch) once outgoing frames are filtered by
+        # the kernel; the per-frame calls below otherwise.
+        self._rx = None if self._filter_outgoing else Receiver(RX_BATCH)
+        self._tx = Sender()
+        self.rx_dropped = 0
+
+    def receive_rows(self, limit: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Frames waiting on the interface, at most about `limit`, as (rows of a buffer with
+        each frame at column HEADROOM, lengths) chunks, copied out of the receive buffer."""
+        if self._rx is None:
+            frames = self.receive(limit)
+            if not frames:
+                return []
+            b = Batch.from_packets(frames, self.ofport)
+            return [(b.data, b.length)]
+        out = []
+        fd = self.sock.fileno()
+        rx = self._rx
+        while limit > 0:
+            got, lens, tags = rx.receive(fd)
+            if not got:
+                break
+            rows = rx.buf[:got]
+            if tags or (lens < 0).any():
+                rows, lens = _retag(rows, lens, tags)
+                self.rx_dropped += got - len(lens)
+            if len(lens):
+                width = (HEADROOM + int(lens.max()) + TAILROOM + 7) & ~7
+                chunk = np.zeros((len(lens), width), np.uint8)
+                copy_rows(rows, lens, chunk)
+                out.append((chunk, lens))
+                self.rx_packets += len(lens)
+                self.rx_bytes += int(lens.sum())
+            limit -= got
+            if got < rx.n:
+                break
+        return out
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -119,6 +161,12 @@ class AfPacketPort(Port):
 
     def deliver(self, batch: Batch) -> None:
         super().deliver(batch)
+        if self._rx is not None:
+            try:
+                self.tx_errors += self._tx.send(self.sock.fileno(), batch)
+            except OSError:          # closed by a detach while the loop was sending
+                self.tx_errors += len(batch)
+            return
         send = self.sock.send
         for pkt in batch.packets():
             try:
@@ -128,6 +176,51 @@ class AfPacketPort(Port):
 
     def close(self) -> None:
         self.sock.close()
+
+
+def copy_rows(rows: np.ndarray, lens: np.ndarray, out: np.ndarray) -> None:
+    """Each row's frame (at column HEADROOM) into the same place of a zeroed `out`."""
+    n = len(lens)
+    col = np.full(n, HEADROOM, np.int64)
+    copy_kernel(rows, np.arange(n, dtype=np.int64), col, lens.astype(np.int64), out, HEADROOM)
+
+
+def _retag(rows: np.ndarray, lens: np.ndarray, tags) -> tuple[np.ndarray, np.ndarray]:
+    """The frames with their VLAN tag put back (the kernel strips it before packet
+    sockets see the frame; OVS's netdev-linux does the same), the too-long ones left out."""
+    tagged = {r: (tpid, tci) for r, tpid, tci in tags}
+    frames = []
+    for r, ln in enumerate(lens.tolist()):
+        if ln < 0:
+            continue
+        f = rows[r, HEADROOM:HEADROOM + ln].tobytes()
+        if r in tagged:
+            tpid, tci = tagged[r]
+            f = f[:12] + struct.pack("!HH", tpid, tci) + f[12:]
+        frames.append(f)
+    if not frames:
+        return rows[:0], np.zeros(0, np.int32)
+    b = Batch.from_packets(frames, 0)
+    return b.data, b.length
+
+
+def _batch(chunks: list[tuple[np.ndarray, np.ndarray, int]]) -> Batch:
+    """One batch from every port's chunks (frames at column HEADROOM, zero behind)."""
+    if len(chunks) == 1:
+        rows, lens, port = chunks[0]
+        n = len(lens)
+        return Batch(rows, np.full(n, HEADROOM, np.int32), lens.astype(np.int32),
+                     np.full(n, port, np.uint32))
+    width = max(r.shape[1] for r, _, _ in chunks)
+    n = sum(len(ln) for _, ln, _ in chunks)
+    data = np.zeros((n, width), np.uint8)
+    at = 0
+    for rows, lens, _ in chunks:
+        data[at:at + len(lens), :rows.shape[1]] = rows
+        at += len(lens)
+    return Batch(data, np.full(n, HEADROOM, np.int32),
+                 np.concatenate([ln for _, ln, _ in chunks]).astype(np.int32),
+                 np.concatenate([np.full(len(ln), p, np.uint32) for _, ln, p in chunks]))
 
 
 class AfPacketDatapath:
@@ -210,22 +303,21 @@ class AfPacketDatapath:
     def poll_once(self, timeout: float = 0.1) -> int:
         """Wait up to `timeout` s for frames; switch one batch of what is readable."""
         ready = self._poll.poll(timeout * 1000)
-        frames: list[bytes] = []
-        in_ports: list[int] = []
+        chunks: list[tuple[np.ndarray, np.ndarray, int]] = []
         for fd, _ in ready:
             port = self._by_fd.get(fd)
             if port is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
-            got = port.receive()
-            frames += got
-            in_ports += [port.ofport] * len(got)
-        if frames:
-            with self.lock:
-                self.switch.process(Batch.from_packets(frames, in_ports))
-            self.batches += 1
-        return len(frames)
+            chunks += [(rows, lens, port.ofport) for rows, lens in port.receive_rows()]
+        if not chunks:
+            return 0
+        batch = _batch(chunks)
+        with self.lock:
+            self.switch.process(batch)
+        self.batches += 1
+        return len(batch)
 
     def run(self, until: float | None = None) -> None:
         """Forward until time.monotonic() passes `until` (None: until stop())."""
