@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
-
 import numba
 import numpy as np
 
@@ -121,15 +119,6 @@ def count_kernel(flows, lengths, tcp_flags, now, packets, nbytes, used, flags):
         flags[f] |= np.uint16(tcp_flags[r])
 
 
-def _huge_zeros(shape: tuple[int, int]) -> np.ndarray:
-    """A zeroed uint64 array in anonymous memory the kernel may back with huge pages: a
-    cache lookup is a random load, and 4 KiB pages would make most of them TLB misses."""
-    mm = mmap.mmap(-1, shape[0] * shape[1] * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(mm, dtype=np.uint64).reshape(shape)
-
-
 class SignatureCache:
     """As OVS's SMC/EMC in front of the megaflow classifier: a direct-mapped table from the
     hash of a packet's flow key to the datapath flow that took it last.  A hit is verified
@@ -140,7 +129,7 @@ class SignatureCache:
 
     def __init__(self, bits: int = 20, width: int = 24) -> None:
         # Zeroed memory (0 is an empty bucket): pages a small switch never touches cost nothing.
-        self.table = _huge_zeros((1 << bits, 2))
+        self.table = np.zeros((1 << bits, 2), dtype=np.uint64)
         self.width = width
         self.matches = np.full((1024, 1 + 3 * width), _DEAD, dtype=np.uint64)
         self.hits = 0
