@@ -73,6 +73,7 @@ def _unpin(d: Path) -> None:
             (d / name).unlink()
     with contextlib.suppress(OSError):
         d.rmdir()
+        d.parent.rmdir()            # sbnet/ itself once no switch is pinned
 
 
 def remove(name: str, netns: str | None = None) -> list[str]:
