@@ -211,12 +211,13 @@ class Topology:
 
     # -- hosts --------------------------------------------------------------------
     def add_host(self, name: str, backend: str = "ovs", hw_offload: bool = False,
-                 process: bool = True) -> Host:
+                 process: bool = True, underlay_bridge: bool = True) -> Host:
         """A host namespace with its switch running, joined to the underlay by veth ul0.
 
         backend "ovs": ovsdb-server and ovs-vswitchd in the namespace, bridges br-int
-        (the datapath) and br-phy (the underlay); "reference": the reference switch on
-        AF_PACKET, in a process of its own (process=False: a thread of this one)."""
+        (the datapath) and br-phy (the underlay; underlay_bridge=False: neither, nor any
+        underlay address or neighbour: left to the agent); "reference": the reference
+        switch on AF_PACKET, in a process of its own (process=False: a thread of this one)."""
         if backend not in HOST_BACKENDS:
             raise ValueError(f"backend must be one of {HOST_BACKENDS}, not {backend!r}")
         if name in self.hosts:
@@ -235,7 +236,7 @@ class Topology:
         host = Host(name, ns, backend, index, ip, mac)
         self.hosts[name] = host
         if backend == "ovs":
-            self._start_ovs(host, hw_offload)
+            self._start_ovs(host, hw_offload, underlay_bridge)
         elif backend == "ebpf":
             self._start_ebpf(host)
         else:
@@ -246,12 +247,14 @@ class Topology:
                 self._neighbours(other, host)
         return host
 
-    def _start_ovs(self, host: Host, hw_offload: bool) -> None:
+    def _start_ovs(self, host: Host, hw_offload: bool, underlay_bridge: bool = True) -> None:
         from sbnet.ovs.backend import OvsDatapath
         from sbnet.ovs.dummy import DummyOVS, OVSError
         config = {"hw-offload": "true"} if hw_offload else {}
         host.ovs = DummyOVS(0, "br-int", dummy=False, netns=host.netns, other_config=config)
         host.ovs.start()
+        if not underlay_bridge:
+            return
         host.datapath = OvsDatapath(host.ovs, "br-int", "netdev")
         # Userspace tunnelling: the underlay IP lives on br-phy (a NORMAL bridge that owns
         # the underlay veth); tunnel packets leave and arrive through it.
@@ -300,7 +303,8 @@ class Topology:
             sh("ip", "-n", host.netns, "neigh", "replace", ip, "lladdr", mac, "dev", "ul0",
                "nud", "permanent")
         if host.backend == "ovs":
-            host.ovs.appctl("tnl/neigh/set", "br-phy", ip, mac)
+            if host.phy is not None:          # else its agent's br-phy resolves peers
+                host.ovs.appctl("tnl/neigh/set", "br-phy", ip, mac)
         else:
             host.datapath.underlay("add_neighbour", ip, mac)
 

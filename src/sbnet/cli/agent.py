@@ -53,15 +53,24 @@ def adopt_bridge(ovs, bridge: str, datapath_type: str):
     return OvsDatapath(ovs, bridge, get("datapath_type") or "system", create=False)
 
 
-def _ovs(rundir: str, bridge: str, tunnel_ip: str, datapath_type: str = "netdev"):
+def _ovs(rundir: str, bridge: str, tunnel_ip: str, datapath_type: str = "netdev",
+         underlay: tuple[str, str, str] | None = None, say=lambda line: None):
+    """underlay: (bridge, NIC, prefix) to set up for userspace tunnelling (brphy)."""
     from sbnet.ovs.system import RunningOVS
     ovs = RunningOVS(rundir)
+    netns = _daemon_netns(f"{rundir}/ovs-vswitchd.pid")
+    if underlay is not None:
+        from sbnet.agent.brphy import UnderlayRefused, setup_underlay_bridge
+        try:
+            setup_underlay_bridge(ovs, netns, underlay[0], underlay[1], tunnel_ip,
+                                  underlay[2], say)
+        except UnderlayRefused as exc:
+            raise HostRefused(str(exc)) from None
     dp = adopt_bridge(ovs, bridge, datapath_type)
     have = dp.ports()
     for kind, ofport in TUNNEL_OFPORTS.items():
         if f"{kind}0" not in have:
             dp.add_tunnel_port(f"{kind}0", kind, ofport)
-    netns = _daemon_netns(f"{rundir}/ovs-vswitchd.pid")
     check_ovs_tunnel_ip(ovs, netns, dp, tunnel_ip)
     from sbnet.agent.slowpath import ServicePort
     svc = ServicePort(netns)
@@ -259,9 +268,17 @@ def register(app: typer.Typer) -> None:
                                           "the kernel module)"),
         ovs_rundir: str = typer.Option("/var/run/openvswitch", help="OVS: its run directory"),
         underlay: str = typer.Option("", help="reference: the underlay interface"),
+        underlay_bridge: str = typer.Option("", help="OVS: set up this bridge for userspace "
+                                            "tunnelling (e.g. br-phy: netdev, holding "
+                                            "--underlay-interface and --tunnel-ip, with an "
+                                            "ovs/route to --underlay-prefix); left as it is "
+                                            "when already set up"),
+        underlay_interface: str = typer.Option("", help="OVS: the underlay NIC to put on "
+                                               "--underlay-bridge"),
         underlay_mac: str = typer.Option("", help="reference: the MAC tunnels are sent from "
                                          "(default: the underlay interface's)"),
-        underlay_prefix: str = typer.Option("", help="reference: the underlay subnet (on-link)"),
+        underlay_prefix: str = typer.Option("", help="reference, or OVS with --underlay-bridge: "
+                                            "the underlay subnet (on-link)"),
         neighbour: list[str] = typer.Option([], help="reference: IP=MAC of a peer's tunnel "
                                             "endpoint (repeatable; optional: peers are "
                                             "resolved by ARP on the underlay)"),
@@ -314,8 +331,14 @@ def register(app: typer.Typer) -> None:
         arp = watcher = None
         say = lambda line: console.print(f"{host}: {line}", highlight=False)  # noqa: E731
         if datapath == "ovs":
+            phy = None
+            if underlay_bridge:
+                if not (underlay_interface and underlay_prefix):
+                    raise typer.BadParameter("--underlay-bridge needs --underlay-interface "
+                                             "and --underlay-prefix")
+                phy = (underlay_bridge, underlay_interface, underlay_prefix)
             try:
-                dp, watcher, svc = _ovs(ovs_rundir, bridge, tunnel_ip, datapath_type)
+                dp, watcher, svc = _ovs(ovs_rundir, bridge, tunnel_ip, datapath_type, phy, say)
             except (BridgeRefused, HostRefused) as exc:
                 say(str(exc))
                 raise typer.Exit(1) from None
