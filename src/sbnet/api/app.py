@@ -6,7 +6,7 @@ import importlib
 import logging
 from typing import Any, Callable
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -141,7 +141,7 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
     from sbnet.offload.binding import resolve_profiles
     api.host_profiles = resolve_profiles(host_profiles)
     api.offload_report = offload_report
-    router = APIRouter()
+    router = app.router
     for name in FAMILIES:
         mod = importlib.import_module(f"sbnet.api.{name}")
         for cls in getattr(mod, "HOOKS", ()):
@@ -150,7 +150,6 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
             mod.extra_routes(router, api)
     for hooks in api.hooks.values():
         crud.register(router, api, hooks)
-    app.include_router(router)
 
     @app.exception_handler(NeutronError)
     async def _neutron(_req: Request, exc: NeutronError) -> JSONResponse:
