@@ -11,30 +11,10 @@ import time
 import pytest
 
 from sbnet.agent.netns import Topology, require_netns
-from sbnet.agent.realcloud import RealCloud
+from sbnet.agent.realcloud import LB_MEMBER, RealCloud, lb_create, lb_tcp
 
 pytestmark = [pytest.mark.root, pytest.mark.ovs]
 
-# A member: says its name on each TCP connection, then echoes; answers UDP with its name.
-SERVER = ("import socket,sys,threading\n"
-          "name=sys.argv[1].encode()\n"
-          "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-          "s.bind(('0.0.0.0',8080));s.listen(1024)\n"
-          "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind(('0.0.0.0',5353))\n"
-          "def udp():\n"
-          "    while True:\n"
-          "        d,a=u.recvfrom(100);u.sendto(name,a)\n"
-          "def serve(c):\n"
-          "    c.sendall(name+b'\\n')\n"
-          "    while True:\n"
-          "        d=c.recv(100)\n"
-          "        if not d: break\n"
-          "        c.sendall(d)\n"
-          "    c.close()\n"
-          "threading.Thread(target=udp,daemon=True).start()\n"
-          "print('ready',flush=True)\n"
-          "while True:\n"
-          "    c,_=s.accept();threading.Thread(target=serve,args=(c,),daemon=True).start()\n")
 # A client: n connections to the VIP, one after the other; prints how many each member took.
 CLIENT = ("import socket,sys,json,collections\n"
           "vip,n=sys.argv[1],int(sys.argv[2]);seen=collections.Counter();failed=0\n"
@@ -60,30 +40,21 @@ def lbcloud(request):
     with Topology() as topo:
         cloud = RealCloud(topo, request.param)
         try:
-            yield cloud
+            yield cloud, request.param
         finally:
             cloud.close()
 
 
-def lb_create(api, path: str, **body) -> dict:
-    kind = path.rsplit("/", 1)[-1].rstrip("s")
-    return api.request("POST", f"lbaas/{path}", {kind: body}, project="p1")[kind]
-
-
 def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
-    cloud, topo = lbcloud, lbcloud.topo
+    cloud, backend = lbcloud
+    topo = cloud.topo
     net = cloud.network("p1", "10.20.0.0/24")
     members = [cloud.vm(f"m{i}", "p1", net, "h2") for i in range(3)]
     clients = [cloud.vm("c1", "p1", net, "h1")[1], cloud.vm("c2", "p1", net, "h2")[1]]
     _, probe = cloud.vm("probe", "p1", net, "h2")       # the health checks' port on the network
-    lb = lb_create(cloud.api, "loadbalancers", vip_subnet_id=net["subnet"]["id"])
-    li = lb_create(cloud.api, "listeners", loadbalancer_id=lb["id"], protocol="TCP",
-                   protocol_port=80)
-    pool = lb_create(cloud.api, "pools", listener_id=li["id"], protocol="TCP",
-                     lb_algorithm="SOURCE_IP_PORT")
     weights = (1, 1, 2)
-    made = [lb_create(cloud.api, f"pools/{pool['id']}/members", address=p["fixed_ips"][0][
-        "ip_address"], protocol_port=8080, weight=w) for (p, _), w in zip(members, weights)]
+    lb, pool, made = lb_tcp(cloud.api, net["subnet"]["id"], [
+        (p["fixed_ips"][0]["ip_address"], w) for (p, _), w in zip(members, weights)])
     lb_create(cloud.api, "healthmonitors", pool_id=pool["id"], type="TCP", delay=1, timeout=1,
               max_retries=1, max_retries_down=1)
     uli = lb_create(cloud.api, "listeners", loadbalancer_id=lb["id"], protocol="UDP",
@@ -94,7 +65,7 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
         lb_create(cloud.api, f"pools/{upool['id']}/members",
                   address=p["fixed_ips"][0]["ip_address"], protocol_port=5353)
     cloud.sync()
-    servers = [topo.popen(vm, "python3", "-c", SERVER, f"m{i}")
+    servers = [topo.popen(vm, "python3", "-c", LB_MEMBER, f"m{i}")
                for i, (_, vm) in enumerate(members)]
     health = cloud.agents["h2"].start_health(lambda net_id: probe.netns)
     try:
@@ -106,9 +77,10 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
             "import socket;u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.settimeout(3)\n"
             f"u.connect(('{vip}',53));u.send(b'q');print(u.recv(100).decode())"))
         assert out.stdout.strip() in {"m0", "m1", "m2"}
-        # TCP: many connections from both hosts, spread by weight (400 here, within 8%, about
-        # 3.5 standard deviations; bench/bench_lb.py makes 10,000 and checks 5%)
-        n = 200
+        # TCP: many connections from both hosts, spread by weight: 400 within 8% on OVS, 120
+        # within 15% on the reference switch (its slow path sets up a few connections a second
+        # here); both about 3.5 standard deviations. bench/bench_lb.py makes 10,000.
+        n, tolerance = (200, 0.08) if backend == "ovs" else (60, 0.15)
         procs = [topo.popen(c, "python3", "-c", CLIENT, vip, str(n))
                  for c in clients]
         seen: dict[str, int] = {}
@@ -119,7 +91,7 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
                 seen[k] = seen.get(k, 0) + v
         total = sum(seen.values())
         for i, w in enumerate(weights):
-            assert abs(seen.get(f"m{i}", 0) / total - w / sum(weights)) < 0.08, seen
+            assert abs(seen.get(f"m{i}", 0) / total - w / sum(weights)) < tolerance, seen
         # a long-lived connection to a member that will survive
         long = None
         while long is None:

@@ -176,3 +176,44 @@ def _version(fixed_ip: dict) -> int:
 def first_ipv4(port: dict) -> str | None:
     return next((f["ip_address"] for f in port.get("fixed_ips") or ()
                  if ipaddress.ip_address(f["ip_address"]).version == 4), None)
+
+
+# A load balancer's member VM: says its name (argv[1]) on each TCP connection to 8080, then
+# echoes; answers UDP on 5353 with its name (tests/agent/test_lb_real.py, bench/bench_lb.py).
+LB_MEMBER = ("import socket,sys,threading\n"
+             "name=sys.argv[1].encode()\n"
+             "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+             "s.bind(('0.0.0.0',8080));s.listen(1024)\n"
+             "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind(('0.0.0.0',5353))\n"
+             "def udp():\n"
+             "    while True:\n"
+             "        d,a=u.recvfrom(100);u.sendto(name,a)\n"
+             "def serve(c):\n"
+             "    c.sendall(name+b'\\n')\n"
+             "    while True:\n"
+             "        d=c.recv(100)\n"
+             "        if not d: break\n"
+             "        c.sendall(d)\n"
+             "    c.close()\n"
+             "threading.Thread(target=udp,daemon=True).start()\n"
+             "print('ready',flush=True)\n"
+             "while True:\n"
+             "    c,_=s.accept();threading.Thread(target=serve,args=(c,),daemon=True).start()\n")
+
+
+def lb_create(api, path: str, project: str = "p1", **body) -> dict:
+    """POST an Octavia resource (path under /v2.0/lbaas, e.g. "pools/<id>/members")."""
+    kind = path.rsplit("/", 1)[-1].rstrip("s")
+    return api.request("POST", f"lbaas/{path}", {kind: body}, project=project)[kind]
+
+
+def lb_tcp(api, subnet_id: str, members: list[tuple[str, int]], port: int = 80,
+           member_port: int = 8080, algorithm: str = "SOURCE_IP_PORT") -> tuple[dict, dict, list]:
+    """A load balancer with a TCP listener on `port` and a pool of (address, weight) members
+    listening on member_port: (load balancer, pool, members)."""
+    lb = lb_create(api, "loadbalancers", vip_subnet_id=subnet_id)
+    li = lb_create(api, "listeners", loadbalancer_id=lb["id"], protocol="TCP", protocol_port=port)
+    pool = lb_create(api, "pools", listener_id=li["id"], protocol="TCP", lb_algorithm=algorithm)
+    made = [lb_create(api, f"pools/{pool['id']}/members", address=a, protocol_port=member_port,
+                      weight=w) for a, w in members]
+    return lb, pool, made
