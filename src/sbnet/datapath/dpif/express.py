@@ -16,7 +16,7 @@ from sbnet.datapath.conntrack_table import TM_OTHER_BIDIR
 from sbnet.datapath.conntrack_tcp import TM_TCP_EST
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
-from sbnet.datapath.dpif.extract import extract_kernel
+from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.tunnel_fast import encap_kernel
 from sbnet.flows import fields as F
 
@@ -30,6 +30,9 @@ H_DONE, H_LOOKUP, H_ACTIONS, H_PARSE = 0, 1, 2, 3
 _RECIRC_ID, _TCP_FLAGS = F.SLOT_INDEX["recirc_id"], F.SLOT_INDEX["tcp_flags"]
 TUN_SLOTS = [F.SLOT_INDEX[s] for s in ("tun_id", "tun_src", "tun_dst", "tun_flags")]
 _TUN_ID, _TUN_SRC, _TUN_DST, _TUN_FLAGS = TUN_SLOTS
+# Every slot the lane's kernels write: extract's, the tunnel's, recirc_id and ct_*.
+_LANE_SLOTS = np.array(sorted(set(EXTRACT_SLOTS) | set(TUN_SLOTS) | {_RECIRC_ID} | set(
+    range(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1))), np.intp)
 TMPL_W = 64
 
 
@@ -90,6 +93,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     sub = np.empty(n, np.int64)
     zones = np.empty(n, np.uint64)
     hashes = np.empty(n, np.uint64)
+    found = np.empty(n, np.int64)
     cst = np.zeros(2, np.int64)
     size_mask = np.uint64(table.shape[0] - 2)
     n_out = 0
@@ -97,15 +101,21 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     depth = 0
     n_act = n
     while n_act:
+        # Hash, probe and verify in separate passes, so the random loads of many packets
+        # overlap instead of waiting on memory one after another (as smc_lookup).
         for a in range(n_act):
             hashes[a] = _key_hash(keys, active[a], hashed)
+        for a in range(n_act):
+            found[a] = probe(table, hashes[a], size_mask)
+        for a in range(n_act):
+            f = found[a]
+            if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, active[a], matches[f])):
+                found[a] = -1
         n_ct = 0
         n_next = 0
         for a in range(n_act):
             g = active[a]
-            f = probe(table, hashes[a], size_mask)
-            if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, g, matches[f])):
-                f = -1
+            f = found[a]
             if f < 0:
                 hand[g, 0] = H_LOOKUP
                 hand[g, 1] = depth
@@ -221,6 +231,8 @@ class ExpressLane:
         self._version = self._generation = -1
         # ct, stats, then the kernel's: outputs, rows the cache took, whole batch out.
         self._stats = np.zeros(5, np.int64)
+        self._ws = np.zeros((F.N_SLOTS, 256), np.uint64)    # keys, reused (see _keys)
+        self._lane_n = self._all_n = self._n = 0
         # conntrack's timeouts are fixed when it is made.
         self._tmo = dpif.conntrack.tmo[[TM_TCP_EST, TM_OTHER_BIDIR]].astype(np.float64)
 
@@ -292,7 +304,7 @@ class ExpressLane:
         smc = d.smc
         n = len(batch)
         if parsed is None:
-            keys = np.zeros((F.N_SLOTS, n), np.uint64)
+            keys = self._keys(n)
             off = np.full((3, n), -1, np.int32)
             parsed = Parsed(keys, off[0], off[1], off[2], np.zeros(n, np.uint8))
             rows = np.arange(n)
@@ -330,6 +342,29 @@ class ExpressLane:
             s["tcp_seq_chk_failed"] += nbad
         return LaneResult(parsed, rows, outs[:int(st[2])], bool(st[4]), hand, n_hand, enc,
                           enc_len)
+
+    def _keys(self, n: int) -> np.ndarray:
+        """Zero keys for n packets, in a buffer kept across batches: a batch's key matrix
+        is 736 bytes a packet, and zeroing a fresh one cost more than the lane's work.
+        Only what earlier batches may have written is zeroed again: the lane's slots of
+        the columns it used, and whole columns where the numpy parser wrote."""
+        w = self._ws
+        if w.shape[1] < n:
+            w = self._ws = np.zeros((F.N_SLOTS, max(n, 2 * w.shape[1])), np.uint64)
+            self._lane_n = self._all_n = 0
+        if self._all_n:
+            w[:, :self._all_n] = 0
+            self._all_n = 0
+        d = min(self._lane_n, n)
+        if d:
+            w[_LANE_SLOTS, :d] = 0
+        self._lane_n = max(self._lane_n, n)
+        self._n = n
+        return w[:, :n]
+
+    def dirty(self) -> None:
+        """The general path wrote whole key columns of the current batch."""
+        self._all_n = max(self._all_n, self._n)
 
     def _enc(self, n: int, width: int) -> np.ndarray:
         # encap_kernel writes a row's inner frame behind HEADROOM + header and the header

@@ -21,6 +21,10 @@ V6_SRC_HI, V6_SRC_LO, V6_DST_HI, V6_DST_LO, V6_LABEL = (
 TP_SRC, TP_DST, TCP_FLAGS = _S["tp_src"], _S["tp_dst"], _S["tcp_flags"]
 ARP_SHA, ARP_THA = _S["arp_sha"], _S["arp_tha"]
 _ND_SOLICIT, _ND_ADVERT = 135, 136
+# The slots extract_kernel writes (all others it leaves as they are).
+EXTRACT_SLOTS = (IN_PORT, ETH_SRC, ETH_DST, ETH_TYPE, VLAN_TCI, VLAN_TPID, VLAN_TCI2, VLAN_TPID2,
+                 NW_SRC, NW_DST, NW_PROTO, NW_TOS, NW_TTL, V6_SRC_HI, V6_SRC_LO, V6_DST_HI,
+                 V6_DST_LO, V6_LABEL, TP_SRC, TP_DST, TCP_FLAGS, ARP_SHA, ARP_THA)
 
 
 @numba.njit(cache=True, inline="always")

@@ -127,7 +127,7 @@ class SignatureCache:
     ...] (k = _DEAD once the flow is gone or too wide to cache), so a lookup touches few
     cache lines."""
 
-    def __init__(self, bits: int = 20, width: int = 24) -> None:
+    def __init__(self, bits: int = 18, width: int = 24) -> None:
         # Zeroed memory (0 is an empty bucket): pages a small switch never touches cost nothing.
         self.table = np.zeros((1 << bits, 2), dtype=np.uint64)
         self.width = width

@@ -355,6 +355,7 @@ class UserspaceDpif:
     def _parse_rest(self, batch: Batch, parsed, rows: np.ndarray) -> None:
         """The numpy parser's keys for the rows the compiled extract left; errors counted."""
         ref = parse(batch.take(rows))
+        self.lane.dirty()
         tun = parsed.keys[TUN_SLOTS][:, rows]       # set from the outer headers, if any
         parsed.keys[:, rows] = ref.keys
         parsed.keys[np.array(TUN_SLOTS)[:, None], rows] = tun
