@@ -1,4 +1,4 @@
-"""Runs the real python-openstackclient in-process (same code path as the `openstack` binary)."""
+"""Runs the real python-openstackclient, in-process (same code path as the `openstack` binary) or as a process of its own."""
 
 from __future__ import annotations
 
@@ -6,15 +6,24 @@ import contextlib
 import io
 import json
 import shlex
+import subprocess
+import sys
 
 from openstackclient import shell
 
 
 class Osc:
-    def __init__(self, url: str, extra: list[str] | None = None) -> None:
+    def __init__(self, url: str, extra: list[str] | None = None, process: bool = False) -> None:
+        """process: each command in a process of its own (the `openstack` binary's way); in
+        one process the client can keep an endpoint of an earlier test's server."""
         self.base = ["--os-auth-type", "none", "--os-endpoint", url, *(extra or [])]
+        self.process = process
 
     def run(self, cmd: str) -> tuple[int, str, str]:
+        if self.process:
+            res = subprocess.run([sys.executable, "-m", "openstackclient.shell", *self.base,
+                                  *shlex.split(cmd)], capture_output=True, text=True, timeout=300)
+            return res.returncode, res.stdout, res.stderr
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
