@@ -378,10 +378,8 @@ class UserspaceDpif:
             if not (place != place[0]).any():
                 groups = [(int(outs[0, 1]), int(outs[0, 2]), outs[:, 0])]
             else:
-                order = np.argsort(place, kind="stable")
-                cuts = np.flatnonzero(np.diff(place[order])) + 1
                 groups = [(int(outs[g[0], 1]), int(outs[g[0], 2]), outs[g, 0])
-                          for g in np.split(order, cuts)]
+                          for g in _runs(place)]
         for port, tnl, sel in groups:
             inner = batch if sel is None else batch.take(sel)
             if tnl < 0:
@@ -462,9 +460,7 @@ class UserspaceDpif:
         if act.size == 1 or not (act != first).any():
             groups = [(first, rows)]         # one flow's actions (the common burst)
         else:
-            order = np.argsort(act, kind="stable")
-            cuts = np.flatnonzero(np.diff(act[order])) + 1
-            groups = [(int(act[g[0]]), rows[g]) for g in np.split(order, cuts)]
+            groups = [(int(act[g[0]]), rows[g]) for g in _runs(act)]
         for aid, sel in groups:
             acts = self._actions[aid]
             if not acts:
@@ -665,6 +661,12 @@ _SPECIAL = (odp.Ct, odp.TunnelPush, odp.PushNsh, odp.PushEth, odp.PopEth, odp.Po
 def _is_special(a) -> bool:
     """Datapath actions the switch runs itself rather than through execute()."""
     return isinstance(a, _SPECIAL) or (isinstance(a, odp.SetFields) and a.header == "nsh")
+
+
+def _runs(key: np.ndarray) -> list[np.ndarray]:
+    """Positions grouped by key value, one array per distinct value, each in order."""
+    order = np.argsort(key, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
 
 
 def _no_offsets(n: int) -> Parsed:
