@@ -150,8 +150,18 @@ class OvsDatapath:
 
     def ports(self) -> dict[str, int]:
         """Interface name -> OpenFlow port number, for this bridge's ports."""
-        names = self.ovs.vsctl("list-ifaces", self.bridge).split()
-        return {n: int(self.ovs.vsctl("get", "Interface", n, "ofport").strip()) for n in names}
+        names = set(self.ovs.vsctl("list-ifaces", self.bridge).split())
+        # Every interface's ofport in one query (one call, not one per port; a port removed
+        # meanwhile by another client is simply gone rather than an error).
+        rows = self.ovs.vsctl("--format=csv", "--data=bare", "--no-headings",
+                              "--columns=name,ofport", "list", "Interface")
+        out = {}
+        for row in rows.splitlines():
+            name, _, ofport = row.rpartition(",")
+            name = name.strip('"')
+            if name in names and ofport.strip().lstrip("-").isdigit():
+                out[name] = int(ofport)
+        return out
 
     # The Datapath protocol's port methods (the names every backend shares).
     def plug(self, name: str, ofport: int) -> int:
