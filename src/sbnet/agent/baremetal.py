@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -302,6 +303,36 @@ class Fleet:
                              capture_output=True, text=True, timeout=60)
         out = json.loads(res.stdout) if res.stdout.strip() else None
         return res.returncode, out
+
+    def nic_leftovers(self, server: Server, macs: set[str]) -> tuple[list[str], list[str]]:
+        """What `server`'s NIC switch still holds for containers that are gone: the
+        representors attached to it, and the flows naming a representor's port or one of
+        `macs`.  OVS answers beside its agent; the reference switch answers one client at a
+        time, so its agent is stopped first (the switch goes on, as after a crash)."""
+        from sbnet.flows.ofctl import format_flow
+        nic = server.nic
+        if self.backend == "ovs":
+            from sbnet.ovs.backend import OvsDatapath
+            dp = OvsDatapath(nic.ovs, "br-int", "netdev", create=False)
+            names, flows = dp.port_names(), [format_flow(s.flow) for s in dp.dump_flows()]
+        else:
+            from sbnet.agent.switchd import SwitchClient
+            if nic.proc is not None and nic.proc.poll() is None:
+                os.killpg(nic.proc.pid, signal.SIGTERM)
+                nic.proc.wait(timeout=30)
+            dp = SwitchClient.connect(nic.socket, timeout=30)
+            try:
+                names, flows = dp.ports(), [format_flow(s.flow) for s in dp.dump_flows()]
+            finally:
+                dp.close()
+        if not flows:
+            raise TopologyError(f"{nic.name}'s switch has no flows at all: nothing was read")
+        reps = {n: o for n, o in names.items() if n in server.vfs.values()}
+        ofports = {str(o) for o in reps.values()}
+        naming = [f for f in flows
+                  if set(re.findall(r"(?:in_port=|output:)(\d+)", f)) & ofports
+                  or any(m in f for m in macs)]
+        return sorted(reps), naming
 
     def close(self) -> None:
         """Stop the agents and their switch daemons (by pid), then the API."""
