@@ -1,6 +1,7 @@
 """Load balancing on real Linux stacks, on the reference switch and on Open vSwitch: member VMs
-run real TCP and UDP servers, clients on two hosts connect to the VIP, a member is killed mid-run
-and the health checker (from a port on the member network) takes it out."""
+run real TCP and UDP servers, clients on two hosts connect to the VIP, a member calls its own VIP
+(hairpin), a member is killed mid-run and the health checker (from a port on the member network)
+takes it out."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
         (p["fixed_ips"][0]["ip_address"], w) for (p, _), w in zip(members, weights)])
     lb_create(cloud.api, "healthmonitors", pool_id=pool["id"], type="TCP", delay=1, timeout=1,
               max_retries=1, max_retries_down=1)
+    # a member balanced to itself sees its VIP as the source: the members' group admits it
+    cloud.api.create("security-group-rules", project="p1", direction="ingress",
+                     ethertype="IPv4", security_group_id=members[0][0]["security_groups"][0],
+                     remote_ip_prefix=f"{lb['vip_address']}/32")
     uli = lb_create(cloud.api, "listeners", loadbalancer_id=lb["id"], protocol="UDP",
                     protocol_port=53)
     upool = lb_create(cloud.api, "pools", listener_id=uli["id"], protocol="UDP",
@@ -92,6 +97,11 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
         total = sum(seen.values())
         for i, w in enumerate(weights):
             assert abs(seen.get(f"m{i}", 0) / total - w / sum(weights)) < tolerance, seen
+        # hairpin: a member calling its own VIP reaches itself (SNATed to the VIP, so its
+        # answer goes back through the switch) as well as the others; a quarter of its
+        # connections come back to it, so 30 see it with odds of 1 - 2e-4
+        res = json.loads(topo.run(members[0][1], "python3", "-c", CLIENT, vip, "30").stdout)
+        assert res["failed"] == 0 and "m0" in res["seen"] and len(res["seen"]) > 1, res
         # a long-lived connection to a member that will survive
         long = None
         while long is None:

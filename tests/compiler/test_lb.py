@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.compiler.scenario import IP, TCP, UDP, Cloud, Ether, IPv6, ip_of, raw, tcp, udp
+from tests.compiler.scenario import (IP, TCP, UDP, Cloud, Ether, IPv6, checksums_valid, ip_of, raw,
+                                     tcp, udp)
 from tests.compiler.test_l3 import router, router_port
 
 LB = "lbaas"
 
 
 def balancer(c: Cloud, subnet: dict, protocol: str = "TCP", port: int = 80,
-             algorithm: str = "ROUND_ROBIN", members=(), **pool_kw) -> dict:
-    lb = c.api.create(f"{LB}/loadbalancers", project="p1", vip_subnet_id=subnet["id"])
+             algorithm: str = "ROUND_ROBIN", members=(), vip_address: str | None = None,
+             **pool_kw) -> dict:
+    lb = c.api.create(f"{LB}/loadbalancers", project="p1", vip_subnet_id=subnet["id"],
+                      **({"vip_address": vip_address} if vip_address else {}))
     li = c.api.create(f"{LB}/listeners", project="p1", loadbalancer_id=lb["id"],
                       protocol=protocol, protocol_port=port)
     pool = c.api.create(f"{LB}/pools", project="p1", listener_id=li["id"], protocol=protocol,
@@ -38,7 +41,7 @@ def setup(members=3, weights=(1, 2, 3), **kw):
                 for i, h in enumerate(("h1", "h2", "h2")[:members])]
     b = balancer(c, net["subnet"], members=[{"address": ip_of(m), "protocol_port": 8080,
                                              "weight": w} for m, w in zip(backends, weights)],
-                 **kw)
+                 vip_address="10.0.0.100", **kw)
     c.sync()
     return c, net, clients, backends, b
 
@@ -190,3 +193,45 @@ def test_client_on_another_subnet_through_the_router():
     reply = tcp(m1, g2, 8080, 5555, flags="SA", ack=1001, ip_dst=ip_of(client))
     (back,) = c.send(m1, [reply]).to(client["id"])
     assert (Ether(back)[IP].src, Ether(back)[TCP].sport) == (vip_ip, 80)
+
+
+def test_hairpin_member_reaches_itself_and_others_through_its_vip():
+    """A member calling its own VIP: balanced to itself it gets the connection from the VIP
+    (SNAT), and its reply comes back to it from VIP:80; balanced to another member, that one
+    sees the caller's address and its reply comes back from the VIP too."""
+    c, _net, _clients, backends, b = setup(members=2, weights=(1, 1))
+    vip, me, other = b["vip"], backends[0], backends[1]
+    vip_ip = b["lb"]["vip_address"]
+    # members admit the VIP as a source (their default group admits only its members)
+    c.api.create("security-group-rules", project="p1", direction="ingress", ethertype="IPv4",
+                 security_group_id=me["security_groups"][0], remote_ip_prefix=f"{vip_ip}/32")
+    c.sync()
+    d = c.send(me, [tcp(me, vip, sport, 80) for sport in range(27000, 27040)])
+    got = {Ether(f)[TCP].sport: (m, Ether(f)) for m, f in where(d, backends)}
+    assert len(got) == 40 and {m["id"] for m, _ in got.values()} == {me["id"], other["id"]}
+    own = other_sport = None
+    for sport, (m, p) in got.items():
+        if m["id"] == me["id"]:
+            # hairpin: from the VIP's address and MAC, to the member's own address and port
+            assert (p.src, p[IP].src, p.dst, p[IP].dst, p[TCP].dport) == (
+                vip["mac_address"], vip_ip, me["mac_address"], ip_of(me), 8080)
+            own = sport
+        else:
+            assert (p[IP].src, p[IP].dst, p[TCP].dport) == (ip_of(me), ip_of(other), 8080)
+            other_sport = sport
+    # the member answers the VIP (its stack saw the VIP as the source) ...
+    reply = tcp(me, vip, 8080, own, flags="SA", seq=5000, ack=1001)
+    (back,) = c.send(me, [reply]).to(me["id"])
+    p = Ether(back)
+    # ... and its own connection's reply arrives from VIP:80, to the port it called from
+    assert (p[IP].src, p[TCP].sport, p[IP].dst, p[TCP].dport, p.dst) == (
+        vip_ip, 80, ip_of(me), own, me["mac_address"])
+    assert checksums_valid(back)
+    # the other member's reply to the caller comes back from the VIP too
+    reply = tcp(other, me, 8080, other_sport, flags="SA", seq=5000, ack=1001)
+    (back,) = c.send(other, [reply]).to(me["id"])
+    assert (Ether(back)[IP].src, Ether(back)[TCP].sport) == (vip_ip, 80)
+    # the rest of the handshake and data stay on the hairpin connection
+    ack = tcp(me, vip, own, 80, flags="A", seq=1001, ack=5001)
+    (fwd,) = c.send(me, [ack]).to(me["id"])
+    assert (Ether(fwd)[IP].src, Ether(fwd)[TCP].dport) == (vip_ip, 8080)

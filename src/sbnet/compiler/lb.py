@@ -18,8 +18,9 @@ Design (what each host builds, and why):
 - A frame sent to the VIP's MAC (client on the VIP's network) is readdressed to the member's
   MAC, or to the router interface towards a member on another network (lb_post); a routed
   client's frame already goes to the router, which routes the DNATed address.
-- Limits: members must be of the VIP's family; a member calling its own VIP (hairpin) gets
-  no SNAT, so its reply stays inside the VM; a floating IP on the VIP is not balanced.
+- Hairpin: a member on the VIP's network balanced to itself is SNATed to the VIP in a
+  zone of its own (build_lb_hairpin); balanced to another member it needs nothing more.
+- Limits: members must be of the VIP's family; a floating IP on the VIP is not balanced.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Plan:
     proto: str
     port: int
     group_id: int
+    listener_key: int                  # R.LB_LISTENER's value for this listener
     fields: tuple[str, ...]
     backends: tuple[Backend, ...]
     networks: tuple[str, ...]          # networks whose ports reach the VIP
@@ -115,7 +117,10 @@ def _backends(topo: Topology, pool: dict) -> tuple:
     hm = topo.lb_monitors.get(pool["id"])
     monitored = hm is not None and hm.get("admin_state_up", True)
     rows = []
-    for m in topo.lb_members.get(pool["id"], ()):
+    # Buckets in address order: the same members give the same group whatever their ids.
+    members = sorted(topo.lb_members.get(pool["id"], ()), key=lambda m: (
+        ipaddress.ip_address(m["address"]).packed, int(m["protocol_port"]), m["id"]))
+    for m in members:
         usable = m.get("admin_state_up", True) and m.get("weight", 1) > 0 and \
             not (monitored and m.get("health") == "ERROR")
         rows.append((m, usable))
@@ -143,7 +148,7 @@ def plans(topo: Topology) -> list[Plan]:
         out.append(Plan(
             lb["id"], li["id"], lb["vip_address"], mac_int(vip_port["mac_address"]),
             vip_port["network_id"], family, li["protocol"], int(li["protocol_port"]),
-            GROUP_BASE | topo.lb_group[li["id"]],
+            GROUP_BASE | topo.lb_group[li["id"]], topo.lb_group[li["id"]],
             hash_fields(pool.get("lb_algorithm"), pool.get("session_persistence"),
                         L4[li["protocol"]][1]),
             _backends(topo, pool), reach(topo, vip_port["network_id"]),
@@ -164,7 +169,8 @@ def build(ctx) -> None:
         nets = _local_networks(ctx, plan)
         if not nets:
             continue
-        keys = tuple((n, topo.net_key[n], topo.lb_zone[n]) for n in nets)
+        keys = tuple((n, topo.net_key[n], topo.lb_zone[n], topo.lb_hairpin_zone[n])
+                     for n in nets)
         ctx.unit(("loadbalancer", plan.lb_id, plan.listener_id), (plan, keys),
                  build_lb_listener, ctx, plan, nets)
         unnat |= {(n, plan.family, L4[plan.proto][0]) for n in nets}
@@ -210,7 +216,8 @@ def build_lb_listener(ctx, plan: Plan, nets: tuple[str, ...]) -> None:
         sources = [_prefix(c) for c in plan.allowed_cidrs]
     for net_id in nets:
         meta = R.NETWORK.match(topo.net_key[net_id])
-        enter = [R.LB_ZONE.load(topo.lb_zone[net_id]), nat]
+        enter = [R.LB_ZONE.load(topo.lb_zone[net_id]), R.LB_LISTENER.load(plan.listener_key),
+                 nat]
         to_vip = {"metadata": meta, "eth_type": eth, "ip_proto": proto, DST[v]: ip_value(plan.vip),
                   f"{l4}_dst": plan.port}
         if plan.allowed_cidrs:
@@ -225,12 +232,50 @@ def build_lb_listener(ctx, plan: Plan, nets: tuple[str, ...]) -> None:
         if net_id != plan.vip_net:
             continue
         vip_mac = {"metadata": meta, "eth_dst": plan.vip_mac, "eth_type": eth}
+        build_lb_hairpin(ctx, plan, net_id, cookie)
         for address, mac in plan.neighbours:
             ctx.flow("lb_post", 100, [A.SetField("eth_dst", mac), ctx.goto("arp_responder")],
                      {**vip_mac, DST[v]: ip_value(address)}, cookie)
         if plan.gateway_mac is not None:
             ctx.flow("lb_post", 90, [A.SetField("eth_dst", plan.gateway_mac),
                                      ctx.goto("arp_responder")], vip_mac, cookie)
+
+
+def build_lb_hairpin(ctx, plan: Plan, net_id: str, cookie: int) -> None:
+    """A member on the VIP's network calling its own VIP and balanced to itself (OVN's
+    hairpin): after DNAT its source and destination are both its own address, so the
+    connection is also SNATed to the VIP in the network's hairpin zone (else the member's
+    stack would answer itself inside the VM).  Its replies, sent to the VIP, are un-SNATed
+    there, then un-DNATed in the LB zone and readdressed to the member's MAC (lb_unnat);
+    both directions leave by the port they came in on.
+    The member's security groups see the VIP as the source, as members of an Octavia
+    amphora see the amphora's address."""
+    topo, v, eth = ctx.topo, plan.family, ETH[plan.family]
+    proto = L4[plan.proto][0]
+    meta = R.NETWORK.match(topo.net_key[net_id])
+    hz, lbz = topo.lb_hairpin_zone[net_id], topo.lb_zone[net_id]
+    macs = dict(plan.neighbours)
+    back = R.set_flags(R.HAIRPIN)        # out of the port it came in on (OpenFlow asks it)
+    # Straight on to l2_lookup: the datapaths allow six conntrack passes a packet (as OVS's
+    # userspace datapath does), and this one takes five (egress, LB, bucket, hairpin, ingress).
+    snat = A.Ct(commit=True, zone=hz, table=ctx.table("l2_lookup"),
+                nat=A.Nat("src", plan.vip, plan.vip))
+    for address in sorted({b.address for b in plan.backends if b.address in macs}):
+        ctx.flow("lb_post", 120, [A.SetField("eth_src", plan.vip_mac),
+                                  A.SetField("eth_dst", macs[address]), back, snat],
+                 {"metadata": meta, "eth_type": eth, R.LB_LISTENER.field:
+                  R.LB_LISTENER.match(plan.listener_key), SRC[v]: ip_value(address),
+                  DST[v]: ip_value(address)}, cookie)
+        ctx.flow("lb_unnat", 105, [A.SetField("eth_src", plan.vip_mac), back,
+                                   A.SetField("eth_dst", macs[address]),
+                                   A.Ct(zone=lbz, table=ctx.table("l2_lookup"), nat=A.Nat())],
+                 {"metadata": meta, "eth_type": eth, "ip_proto": proto, "eth_dst": plan.vip_mac,
+                  DST[v]: ip_value(address), R.FLAGS_FIELD: R.flags_match(on=(R.LB_UNSNAT,))},
+                 cookie)
+    ctx.flow("lb_unnat", 110, [R.set_flags(R.LB_UNSNAT),
+                               A.Ct(zone=hz, table=ctx.table("lb_unnat"), nat=A.Nat())],
+             {"metadata": meta, "eth_type": eth, "ip_proto": proto, DST[v]: ip_value(plan.vip),
+              R.FLAGS_FIELD: R.flags_match(off=(R.LB_UNSNAT,))}, cookie)
 
 
 def _prefix(cidr: str) -> tuple[int, int]:

@@ -53,6 +53,9 @@ ROUTER = Reg("router", "reg11", "key of the logical router routing the packet")
 NAT_ZONE = Reg("nat_zone", "reg12", "conntrack zone of the router doing SNAT/DNAT", 0, 16)
 LB_ZONE = Reg("lb_zone", "reg12", "conntrack zone of the load balancers the packet's network "
               "reaches, from lb_vip to the select group's bucket", 16, 16)
+LB_LISTENER = Reg("lb_listener", "reg1", "key of the listener whose VIP the packet was sent to, "
+                  "from lb_vip to lb_post (a member calling its own VIP is SNATed to that VIP)",
+                  0, 24)
 ZONE = Reg("zone", "reg13", "conntrack zone of the network the packet is in", 0, 16)
 INPORT = Reg("inport", "reg14", "key of the logical port the packet came from")
 OUTPORT = Reg("outport", "reg15", "key of the logical port the packet goes to")
@@ -66,7 +69,9 @@ COMMIT = Flag("commit", 2, "a security group accepted a new connection: commit i
 ROUTED = Flag("routed", 3, "a router forwarded the packet (TTL was decremented)")
 CHAINED = Flag("chained", 4, "a port chain's classifier has taken the packet")
 HAIRPIN = Flag("hairpin", 5, "the packet goes back out of the port it came in on (responders)")
-FLAGS = (FROM_REMOTE, REMOTE_OUT, COMMIT, ROUTED, CHAINED, HAIRPIN)
+LB_UNSNAT = Flag("lb_unsnat", 6, "a packet to a VIP has passed the hairpin conntrack zone "
+                 "(lb_unnat), which un-SNATs a member's reply to itself")
+FLAGS = (FROM_REMOTE, REMOTE_OUT, COMMIT, ROUTED, CHAINED, HAIRPIN, LB_UNSNAT)
 
 
 def flags_match(on: tuple[Flag, ...] = (), off: tuple[Flag, ...] = ()) -> tuple[int, int]:
@@ -87,7 +92,7 @@ def clear_flags(*flags: Flag) -> A.SetField:
 
 def _check_disjoint() -> None:
     seen: dict[str, int] = {}
-    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, LB_ZONE, ZONE, INPORT, OUTPORT, CHAIN):
+    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, LB_ZONE, LB_LISTENER, ZONE, INPORT, OUTPORT, CHAIN):
         if seen.get(r.field, 0) & r.mask:
             raise AssertionError(f"register {r.field} allocated twice ({r.name})")
         seen[r.field] = seen.get(r.field, 0) | r.mask

@@ -59,8 +59,9 @@ PIPELINE = Pipeline((
        "with DNAT to the member the listener's select group picks by weight",
        {"metadata", "ct_state"} | _L3 | _L4, ("lb_post",)),
     _t("lb_post", "a DNATed frame addressed to the VIP's MAC is readdressed to the member "
-       "(or to the router towards it)", {"metadata", "eth_dst"} | _L3, ("arp_responder",),
-       miss="next"),
+       "(or to the router towards it); a member that reached itself through its VIP is "
+       "SNATed to the VIP", {"metadata", "eth_dst", R.LB_LISTENER.field} | _L3,
+       ("arp_responder", "l2_lookup"), miss="next"),
     _t("arp_responder", "answer ARP requests and IPv6 neighbour solicitations for known "
        "addresses on the spot", {"metadata", "eth_dst", _FLAGS} | _ND | _L3,
        ("nd_advert", "l3_gateway", "deliver"), miss="l3_gateway"),
@@ -83,8 +84,9 @@ PIPELINE = Pipeline((
        "physical port)", {"metadata", _ROUTER, _NEXTHOP} | _L3,
        ("lb_unnat", "l2_lookup", "deliver")),
     _t("lb_unnat", "replies from a load balancer's members get the VIP back as their source "
-       "(conntrack reverses the DNAT on the host that did it)", {"metadata"} | _L3 | _L4,
-       ("l2_lookup",), miss="next"),
+       "(conntrack reverses the DNAT on the host that did it; a member's reply to itself through "
+       "its VIP is un-SNATed first)", {"metadata", "eth_dst", _FLAGS} | _L3 | _L4,
+       ("lb_unnat", "l2_lookup"), miss="next"),
     _t("l2_lookup", "destination MAC to logical port; broadcast and multicast to the network's "
        "ports and hosts", {"metadata", "eth_dst", _FLAGS, "eth_type"},
        ("ingress_ct", "deliver")),

@@ -190,11 +190,13 @@ class Topology:
             [*self.networks.values(), *self.routers.values()], 16, "zone").items()
             if rid in self.routers}
         # Each network's load-balancing conntrack zone (its clients' connections to VIPs).
-        lb_nets = [{"id": f"lb:{n['id']}", "created_at": n.get("created_at")}
-                   for n in self.networks.values()]
-        self.lb_zone = {i[3:]: k for i, k in allocate_keys(
-            [*self.networks.values(), *self.routers.values(), *lb_nets], 16, "zone").items()
-            if i.startswith("lb:")}
+        # And its hairpin zone: a member calling its own VIP is SNATed to the VIP there.
+        lb_nets = [{"id": f"{kind}:{n['id']}", "created_at": n.get("created_at")}
+                   for kind in ("lb", "lbh") for n in self.networks.values()]
+        zones = allocate_keys([*self.networks.values(), *self.routers.values(), *lb_nets], 16,
+                              "zone")
+        self.lb_zone = {i[3:]: k for i, k in zones.items() if i.startswith("lb:")}
+        self.lb_hairpin_zone = {i[4:]: k for i, k in zones.items() if i.startswith("lbh:")}
         self.lb_group = allocate_keys(self.lb_listeners.values(), 24, "lb")
 
     def without(self, dropped: Iterable[tuple[str, str]]) -> "Topology":
