@@ -1,7 +1,7 @@
 """Load balancing on real Linux stacks, on the reference switch and on Open vSwitch: member VMs
 run real TCP and UDP servers, clients on two hosts connect to the VIP, a member calls its own VIP
 (hairpin), a member is killed mid-run and the health checker (from a port on the member network)
-takes it out."""
+takes it out; the outside world reaches the VIP through its floating IP."""
 
 from __future__ import annotations
 
@@ -49,7 +49,19 @@ def lbcloud(request):
 def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
     cloud, backend = lbcloud
     topo = cloud.topo
+    # the outside world on h1's physical network, which the router's gateway is on
+    ext = cloud.network("admin", "203.0.113.0/24", kind="flat", **{
+        "provider:physical_network": "physnet1", "router:external": True})
+    upstream = cloud.api.create("ports", project="admin", network_id=ext["id"],
+                                fixed_ips=[{"ip_address": "203.0.113.50"}])
+    outside = topo.add_external("outside", "h1", "203.0.113.50/24", mac=upstream["mac_address"])
+    cloud.agents["h1"].physnets = {"physnet1": outside.ofport}
+    cloud.agents["h1"].start()                    # re-register with the physical network
     net = cloud.network("p1", "10.20.0.0/24")
+    router = cloud.api.create("routers", project="p1", name="r",
+                              external_gateway_info={"network_id": ext["id"]})
+    cloud.api.action(f"routers/{router['id']}/add_router_interface",
+                     {"subnet_id": net["subnet"]["id"]})
     members = [cloud.vm(f"m{i}", "p1", net, "h2") for i in range(3)]
     clients = [cloud.vm("c1", "p1", net, "h1")[1], cloud.vm("c2", "p1", net, "h2")[1]]
     _, probe = cloud.vm("probe", "p1", net, "h2")       # the health checks' port on the network
@@ -62,6 +74,12 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
     cloud.api.create("security-group-rules", project="p1", direction="ingress",
                      ethertype="IPv4", security_group_id=members[0][0]["security_groups"][0],
                      remote_ip_prefix=f"{lb['vip_address']}/32")
+    cloud.api.create("security-group-rules", project="p1", direction="ingress",
+                     ethertype="IPv4", security_group_id=members[0][0]["security_groups"][0],
+                     protocol="tcp", port_range_min=8080, port_range_max=8080,
+                     remote_ip_prefix="203.0.113.0/24")
+    fip = cloud.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                           port_id=lb["vip_port_id"])["floating_ip_address"]
     uli = lb_create(cloud.api, "listeners", loadbalancer_id=lb["id"], protocol="UDP",
                     protocol_port=53)
     upool = lb_create(cloud.api, "pools", listener_id=uli["id"], protocol="UDP",
@@ -128,6 +146,10 @@ def test_vip_spreads_connections_fails_over_and_serves_udp(lbcloud):
         out = topo.run(clients[1], "python3", "-c", CLIENT, vip, "60")
         res = json.loads(out.stdout)
         assert res["failed"] == 0 and set(res["seen"]) <= {"m0", "m1"}
+        # from outside through the VIP's floating IP (DNAT and balancing on the gateway host
+        # h1, members on h2, their replies un-NATed there): the surviving members answer
+        res = json.loads(topo.run(outside, "python3", "-c", CLIENT, fip, "20").stdout)
+        assert res["failed"] == 0 and set(res["seen"]) == {"m0", "m1"}, res
         time.sleep(0.6)
         long.stdin.close()
         echoed, sent = map(int, long.stdout.readline().split())

@@ -7,7 +7,7 @@ from collections import Counter
 
 from tests.compiler.scenario import (IP, TCP, UDP, Cloud, Ether, IPv6, checksums_valid, ip_of, raw,
                                      tcp, udp)
-from tests.compiler.test_l3 import router, router_port
+from tests.compiler.test_l3 import OUTSIDE_MAC, from_outside, group, nat_cloud, router, router_port
 
 LB = "lbaas"
 
@@ -235,3 +235,42 @@ def test_hairpin_member_reaches_itself_and_others_through_its_vip():
     ack = tcp(me, vip, own, 80, flags="A", seq=1001, ack=5001)
     (fwd,) = c.send(me, [ack]).to(me["id"])
     assert (Ether(fwd)[IP].src, Ether(fwd)[TCP].dport) == (vip_ip, 8080)
+
+
+def test_floating_ip_on_the_vip_is_balanced_from_outside():
+    """Outside -> floating IP -> VIP -> member: the gateway host (h1) DNATs the floating IP to
+    the VIP and balances it to members on both hosts; their replies leave from FIP:80."""
+    c, ext, n1, r, _gw = nat_cloud("h1")
+    open_ = group(c, "p1", [{"protocol": "tcp", "port_range_min": 8080, "port_range_max": 8080}])
+    members = [c.port("p1", n1, h, security_groups=[open_["id"]]) for h in ("h1", "h2")]
+    b = balancer(c, n1["subnet"], members=[{"address": ip_of(m), "protocol_port": 8080}
+                                           for m in members])
+    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                       port_id=b["vip"]["id"])
+    c.sync()
+    fip_ip = fip["floating_ip_address"]
+    fmac = next(p for p in c.api.snapshot()["port"] if p["device_id"] == fip["id"])["mac_address"]
+    g1 = router_port(c, r, n1)
+    seen = {}
+    for sport in range(30000, 30030):
+        d = c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip, sport=sport,
+                                                              dport=80, flags="S", seq=1)])
+        ((member, frame),) = where(d, members)
+        p = Ether(frame)
+        assert (p.dst, p[IP].src, p[IP].dst, p[TCP].dport) == (
+            member["mac_address"], "203.0.113.50", ip_of(member), 8080)
+        seen[sport] = member
+    assert {m["id"] for m in seen.values()} == {m["id"] for m in members}
+    for sport, member in list(seen.items())[:6]:
+        # the member's reply, routed to the gateway host, leaves from the floating IP's port 80
+        reply = raw(Ether(src=member["mac_address"], dst=g1["mac_address"])
+                    / IP(src=ip_of(member), dst="203.0.113.50")
+                    / TCP(sport=8080, dport=sport, flags="SA", seq=70, ack=2))
+        (out,) = c.send(member, [reply]).external["physnet1"]
+        p = Ether(out)
+        assert (p.src, p.dst, p[IP].src, p[TCP].sport, p[IP].dst, p[TCP].dport) == (
+            fmac, OUTSIDE_MAC, fip_ip, 80, "203.0.113.50", sport)
+        # and the connection's next packet stays on its member
+        d = c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip, sport=sport,
+                                                              dport=80, flags="A", seq=2, ack=71)])
+        assert [m["id"] for m, _ in where(d, members)] == [member["id"]]

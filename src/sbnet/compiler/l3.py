@@ -53,6 +53,7 @@ from sbnet.compiler.l2 import (
     solicitation,
 )
 from sbnet.compiler.topology import (
+    LB_VIP_OWNER,
     ROUTER_OWNERS,
     TUNNEL_OFPORTS,
     TUNNEL_TYPES,
@@ -167,6 +168,15 @@ def floating_ips(topo, rid: str) -> list[tuple[dict, dict, dict]]:
     return sorted(out, key=lambda x: x[0]["id"])
 
 
+def fip_host(topo, rid: str, port: dict) -> str:
+    """The host where a floating IP of `port` is NATed: its port's host; for a load
+    balancer's VIP, bound nowhere, the router's gateway host (sbnet.compiler.lb balances
+    what that DNAT sends to the VIP there, as OVN centralises NAT to an unbound port)."""
+    if port.get("device_owner") == LB_VIP_OWNER:
+        return topo.gateway_host(rid)
+    return topo.host_of(port)
+
+
 def _snat_central(topo, rid: str) -> bool:
     info = topo.routers[rid].get("external_gateway_info") or {}
     return bool(info) and info.get("enable_snat", True)
@@ -219,7 +229,7 @@ def build_l3_gateway(ctx, rid: str, ifaces: list[Iface]) -> None:
     if ext is None:
         return
     for fip, own, vm in floating_ips(topo, rid):
-        if topo.host_of(vm) == ctx.host:
+        if fip_host(topo, rid, vm) == ctx.host:
             ctx.flow("l3_gateway", 100, enter,
                      {"metadata": R.NETWORK.match(topo.net_key[ext.net_id]),
                       "eth_dst": mac_int(own["mac_address"]), "eth_type": ETH_IP},
@@ -295,7 +305,7 @@ def build_l3_route(ctx, rid: str, ifaces: list[Iface]) -> None:
     # gateway's MAC is on one host of the external segment only (as Neutron's SNAT node).
     redirect = {4: _snat_central(topo, rid) and gw_host != ctx.host, 6: gw_host != ctx.host}
     local_fixed = [vm_ip for fip, _, vm in floating_ips(topo, rid)
-                   if topo.host_of(vm) == ctx.host
+                   if fip_host(topo, rid, vm) == ctx.host
                    for vm_ip in [fip["fixed_ip_address"]] if vm_ip]
     for route in router_routes(topo, rid, ifaces):
         m = {R.ROUTER.field: rkey, **route.match()}
@@ -333,7 +343,7 @@ def build_l3_nat(ctx, rid: str, ifaces: list[Iface]) -> None:
     rkey = R.ROUTER.match(topo.router_key[rid])
     zone = R.NAT_ZONE.sub
     for fip, own, vm in floating_ips(topo, rid):
-        if topo.host_of(vm) != ctx.host or not fip.get("fixed_ip_address"):
+        if fip_host(topo, rid, vm) != ctx.host or not fip.get("fixed_ip_address"):
             continue
         cookie = ctx.cookie("floatingip", fip["id"])
         fmac, fixed = mac_int(own["mac_address"]), fip["fixed_ip_address"]

@@ -20,7 +20,9 @@ Design (what each host builds, and why):
   client's frame already goes to the router, which routes the DNATed address.
 - Hairpin: a member on the VIP's network balanced to itself is SNATed to the VIP in a
   zone of its own (build_lb_hairpin); balanced to another member it needs nothing more.
-- Limits: members must be of the VIP's family; a floating IP on the VIP is not balanced.
+- A floating IP on the VIP is DNATed to the VIP on the router's gateway host, which then
+  balances it (build_lb_floating).
+- Limits: members must be of the VIP's family.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from sbnet.compiler import registers as R
+from sbnet.compiler.l3 import fip_host
 from sbnet.compiler.topology import Topology, ip_value, mac_int
 from sbnet.flows import actions as A
 from sbnet.flows import fields as F
@@ -81,6 +84,7 @@ class Plan:
     allowed_cidrs: tuple[str, ...]
     neighbours: tuple[tuple[str, int], ...]   # (address, MAC) of every port on the VIP's network
     gateway_mac: int | None            # a router interface on the VIP's network, if any
+    fip_hosts: tuple[str, ...]         # where floating IPs of the VIP are DNATed to it
 
     @property
     def live(self) -> tuple[Backend, ...]:
@@ -153,12 +157,22 @@ def plans(topo: Topology) -> list[Plan]:
                         L4[li["protocol"]][1]),
             _backends(topo, pool), reach(topo, vip_port["network_id"]),
             tuple(li.get("allowed_cidrs") or ()), _neighbours(topo, vip_port, family),
-            _gateway_mac(topo, vip_port["network_id"])))
+            _gateway_mac(topo, vip_port["network_id"]), _fip_hosts(topo, vip_port)))
     return out
 
 
+def _fip_hosts(topo: Topology, vip_port: dict) -> tuple[str, ...]:
+    hosts = {fip_host(topo, f["router_id"], vip_port) for f in topo.floating_ips.values()
+             if f.get("port_id") == vip_port["id"] and f.get("router_id")}
+    return tuple(sorted(h for h in hosts if h))
+
+
 def _local_networks(ctx, plan: Plan) -> tuple[str, ...]:
+    """Networks whose clients this host balances: those of its ports, and the VIP's own
+    where it DNATs a floating IP to the VIP."""
     locals_ = {p["network_id"] for p in ctx.topo.local_ports(ctx.host)}
+    if ctx.host in plan.fip_hosts:
+        locals_.add(plan.vip_net)
     return tuple(n for n in plan.networks if n in locals_)
 
 
@@ -233,6 +247,8 @@ def build_lb_listener(ctx, plan: Plan, nets: tuple[str, ...]) -> None:
             continue
         vip_mac = {"metadata": meta, "eth_dst": plan.vip_mac, "eth_type": eth}
         build_lb_hairpin(ctx, plan, net_id, cookie)
+        if ctx.host in plan.fip_hosts:
+            build_lb_floating(ctx, plan, net_id, cookie)
         for address, mac in plan.neighbours:
             ctx.flow("lb_post", 100, [A.SetField("eth_dst", mac), ctx.goto("arp_responder")],
                      {**vip_mac, DST[v]: ip_value(address)}, cookie)
@@ -276,6 +292,27 @@ def build_lb_hairpin(ctx, plan: Plan, net_id: str, cookie: int) -> None:
                                A.Ct(zone=hz, table=ctx.table("lb_unnat"), nat=A.Nat())],
              {"metadata": meta, "eth_type": eth, "ip_proto": proto, DST[v]: ip_value(plan.vip),
               R.FLAGS_FIELD: R.flags_match(off=(R.LB_UNSNAT,))}, cookie)
+
+
+def build_lb_floating(ctx, plan: Plan, net_id: str, cookie: int) -> None:
+    """A floating IP on the VIP, on the host that DNATs it (the router's gateway host): what
+    the router delivers to the VIP's listener (lb_unnat, after routing) enters the LB zone
+    and the select group as a client's connection would; members' replies on their way out
+    are un-DNATed in the LB zone before the router (l3_dnat) so that its floating-IP SNAT
+    finds the connection it DNATed, from the VIP.  Members on the VIP's network only."""
+    topo, v, eth = ctx.topo, plan.family, ETH[plan.family]
+    proto, l4 = L4[plan.proto]
+    meta = R.NETWORK.match(topo.net_key[net_id])
+    lbz = topo.lb_zone[net_id]
+    ctx.flow("lb_unnat", 120, [R.LB_ZONE.load(lbz), R.LB_LISTENER.load(plan.listener_key),
+                               A.Ct(zone=lbz, table=ctx.table("lb_dnat"), nat=A.Nat())],
+             {"metadata": meta, "eth_type": eth, "ip_proto": proto, DST[v]: ip_value(plan.vip),
+              f"{l4}_dst": plan.port}, cookie)
+    on_net = dict(plan.neighbours)
+    for address in sorted({b.address for b in plan.backends if b.address in on_net}):
+        ctx.flow("l3_dnat", 150, [A.Ct(zone=lbz, table=ctx.table("l3_route"), nat=A.Nat())],
+                 {"metadata": meta, "eth_type": eth, "ip_proto": proto,
+                  SRC[v]: ip_value(address)}, cookie)
 
 
 def _prefix(cidr: str) -> tuple[int, int]:

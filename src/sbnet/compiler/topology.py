@@ -19,6 +19,7 @@ TUNNEL_OFPORTS = {"vxlan": 65001, "gre": 65002, "geneve": 65003}
 SERVICE_OFPORT = 65010
 ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed")
 GATEWAY_OWNER = "network:router_gateway"
+LB_VIP_OWNER = "Octavia"        # a load balancer's VIP port (bound to no host)
 
 
 @dataclass(frozen=True)
