@@ -390,11 +390,6 @@ def test_add_del_cycles_leave_no_port_flow_or_interface(bm):
     after = links()
     assert [n for n, _ in after] == [n for n, _ in before]
     # No representor left on the NIC's switch, no flow naming one or a container's MAC (the
-    # NIC's own pipeline is still there: nic_leftovers refuses an empty table).  OVS is read
-    # beside its agent, which may still be removing them: wait for it.
-    deadline = time.monotonic() + 20
-    reps, flows = bm.fleet.nic_leftovers(bm.server, macs)
-    while (reps or flows) and bm.backend == "ovs" and time.monotonic() < deadline:
-        time.sleep(0.3)
-        reps, flows = bm.fleet.nic_leftovers(bm.server, macs)
+    # NIC's own pipeline is still there: nic_leftovers refuses an empty table).
+    reps, flows = bm.fleet.nic_leftovers(bm.server, macs, wait=20)
     assert (reps, flows) == ([], []), (reps, flows[:5])

@@ -304,11 +304,22 @@ class Fleet:
         out = json.loads(res.stdout) if res.stdout.strip() else None
         return res.returncode, out
 
-    def nic_leftovers(self, server: Server, macs: set[str]) -> tuple[list[str], list[str]]:
+    def nic_leftovers(self, server: Server, macs: set[str],
+                      wait: float = 0.0) -> tuple[list[str], list[str]]:
         """What `server`'s NIC switch still holds for containers that are gone: the
         representors attached to it, and the flows naming a representor's port or one of
-        `macs`.  OVS answers beside its agent; the reference switch answers one client at a
-        time, so its agent is stopped first (the switch goes on, as after a crash)."""
+        `macs`.  OVS answers beside its agent, which may still be removing them: asked
+        again until none is left or `wait` seconds have passed.  The reference switch
+        answers one client at a time, so its agent is stopped first (the switch goes on, as
+        after a crash)."""
+        deadline = time.monotonic() + wait
+        while True:
+            reps, flows = self._nic_holds(server, macs)
+            if not (reps or flows) or self.backend != "ovs" or time.monotonic() > deadline:
+                return reps, flows
+            time.sleep(0.3)
+
+    def _nic_holds(self, server: Server, macs: set[str]) -> tuple[list[str], list[str]]:
         from sbnet.flows.ofctl import format_flow
         nic = server.nic
         if self.backend == "ovs":
