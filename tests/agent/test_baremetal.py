@@ -48,8 +48,8 @@ def bare_metal(tmp_path_factory, backend: str):
             conf = {"cniVersion": "1.0.0", "name": "pods", "type": "sbnet-cni",
                     "nic": NIC_URL, "network": "pods"}
             yield SimpleNamespace(topo=topo, api=api, fleet=fleet, server=server, net=net,
-                                  backend=backend,
-                                  vm_ip=vm_ip, vm_mac=vm_port["mac_address"], conf=conf)
+                                  backend=backend, vm_ip=vm_ip, vm_mac=vm_port["mac_address"],
+                                  conf=conf)
         finally:
             fleet.close()
 

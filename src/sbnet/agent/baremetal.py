@@ -325,7 +325,8 @@ class Fleet:
         if self.backend == "ovs":
             from sbnet.ovs.backend import OvsDatapath
             dp = OvsDatapath(nic.ovs, "br-int", "netdev", create=False)
-            names, flows = dp.port_names(), [format_flow(s.flow) for s in dp.dump_flows()]
+            names = dp.port_names()
+            flows = [format_flow(s.flow) for s in dp.dump_flows(sync=False)]   # counters unread
         else:
             from sbnet.agent.switchd import SwitchClient
             if nic.proc is not None and nic.proc.poll() is None:
