@@ -126,6 +126,30 @@ def test_replacing_actions_and_adding_a_higher_priority_rule_revalidate():
     assert len(sent(sw, 3)) == 1 and len(sent(sw, 4)) == 1
 
 
+def test_a_busy_megaflow_a_rule_change_moves_is_put_back_translated_anew():
+    """keep_hot (the kernel tier's setting): the next packet of a busy flow finds its new
+    megaflow, with no upcall; an idle one is only deleted."""
+    clock = Clock()
+    sw = make("priority=1,ip,nw_dst=10.0.0.2 actions=output:2\n"
+              "priority=1,ip,nw_dst=10.0.0.3 actions=output:2", clock=clock)
+    sw.revalidator.keep_hot = 1.0
+    sw.process(Batch.from_packets([tcp(80, dst="10.0.0.3")], 1))
+    clock.now = 5.0
+    sw.process(Batch.from_packets([tcp(80)], 1))
+    sent(sw, 2)
+    clock.now = 5.5
+    sw.add_flows([parse_flow("priority=1,ip,nw_dst=10.0.0.2 actions=output:2,output:3"),
+                  parse_flow("priority=1,ip,nw_dst=10.0.0.3 actions=output:4")])
+    assert [mf.actions for mf in sw.cache.flows.values()] == \
+        [sw.cache.flows[max(sw.cache.flows)].actions]          # the busy one alone, anew
+    upcalls = sw.upcalls
+    sw.process(Batch.from_packets([tcp(80)], 1))
+    assert sw.upcalls == upcalls
+    assert len(sent(sw, 2)) == 1 and len(sent(sw, 3)) == 1
+    sw.process(Batch.from_packets([tcp(80, dst="10.0.0.3")], 1))
+    assert sw.upcalls == upcalls + 1 and len(sent(sw, 4)) == 1
+
+
 def test_idle_and_hard_timeouts_follow_the_clock():
     clock = Clock()
     sw = make("idle_timeout=10,priority=5,ip actions=output:2\n"

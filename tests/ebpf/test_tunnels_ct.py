@@ -73,6 +73,34 @@ def test_vxlan_encap_sets_the_tunnel_key_the_reference_puts_on_the_wire(tier, fr
         assert (counts[i].packets, counts[i].bytes) == (sw.cache.packets[i], sw.cache.bytes[i])
 
 
+def test_each_tunnel_output_carries_its_own_destination(tier):
+    """A frame sent to two hosts (a migrating port's traffic, while both may hold the VM):
+    each copy leaves with the tunnel key set before it, not the one set after it."""
+    C2 = "192.168.50.3"
+    sw = Switch(clock=lambda: 0.0)
+    sw.add_port(VM)
+    sw.add_port(UNDERLAY)
+    sw.underlay.add_port(UNDERLAY, "02:aa:00:00:00:01", mtu=1500)
+    sw.underlay.add_local(A)
+    for i, peer in enumerate((B, C2)):
+        sw.underlay.add_route(peer + "/32", UNDERLAY)
+        sw.underlay.add_neighbour(peer, f"02:bb:00:00:00:0{i + 1}")
+    sw.add_tunnel_port(TunnelPort(TUNNEL, "vxlan", local_ip=A, key="flow"))
+    sw.load(f"priority=1,in_port=1 actions=set_field:0x42->tun_id,set_field:{B}->tun_dst,"
+            f"output:20,set_field:{C2}->tun_dst,output:20")
+    frame = raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5000, dport=53) / b"x")
+    ref = run_reference(sw, [(VM, frame)] * 2)
+    tier.flush()
+    attach_ports(tier, sw)
+    [mf] = sw.cache.flows.values()
+    assert tier.put(mf).tier == "ebpf"
+    got = tier.run(frame, VM)
+    assert [_ip(Ether(w)[IP].dst) for _, w in ref.outputs[1]] == [_ip(B), _ip(C2)]
+    assert [(o.ofport, o.tunnel) for o in got.outputs] == [
+        (TUNNEL, (0x42, _ip(B), _ip(A))), (TUNNEL, (0x42, _ip(C2), _ip(A)))]
+
+
 @settings(max_examples=4, deadline=None)
 @given(frames=st.lists(inner_frames, min_size=1, max_size=6))
 def test_vxlan_decap_matches_the_tunnel_key(tier, frames):

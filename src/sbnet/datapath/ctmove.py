@@ -67,8 +67,9 @@ def import_(ct, entries: Iterable[list], now: float) -> list[tuple]:
     from the next segment each way (as Linux picks up a connection mid-stream): the windows
     the source saw are stale by the time the VM runs here (connections past ESTABLISHED
     keep them), and each end's largest window is at least 65,535 (unscaled), so the peer
-    may run that far ahead before this host sees the VM answer; NAT, mark, label and the
-    timeout left stay."""
+    may run that far ahead before this host sees the VM answer; a liberal conntrack (one
+    that accepts segments outside the windows) keeps them ESTABLISHED with the windows
+    unknown instead.  NAT, mark, label and the timeout left stay."""
     tab = ct.table
     done = []
     for e in entries:
@@ -89,9 +90,15 @@ def import_(ct, entries: Iterable[list], now: float) -> list[tuple]:
         if fwd[1] == IP_TCP and (tab.tcp[i, :, 4] == T.ESTABLISHED).all():
             for d in (0, 1):
                 _, _, max_win, wscale, _ = tab.tcp[i, d].tolist()
-                # The largest unscaled window: the other end may run that far ahead of what
-                # this host has seen acknowledged (while the VM still runs at the source).
-                tab.tcp[i, d] = (0, 1, max(max_win, 0xFFFF), wscale, T.CLOSED)
+                if ct.tcp_liberal:
+                    # Windows unknown, accepted meanwhile: still established, so a datapath
+                    # that runs established connections outside it may take this one now.
+                    tab.tcp[i, d] = (0, 0, 0, T.WSCALE_UNKNOWN, T.ESTABLISHED)
+                else:
+                    # The largest unscaled window: the other end may run that far ahead of
+                    # what this host has seen acknowledged (while the VM still runs at the
+                    # source).
+                    tab.tcp[i, d] = (0, 1, max(max_win, 0xFFFF), wscale, T.CLOSED)
         done.append(fwd)
     return done
 

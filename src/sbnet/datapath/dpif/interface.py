@@ -97,6 +97,9 @@ class Dpif(Protocol):
 
     def flow_used(self, mf_id: int) -> float: ...
 
+    def flow_find(self, key) -> int:
+        """The datapath flow a packet of this key would match (its id), or -1."""
+
     def action_list(self, action_id: int) -> tuple: ...
 
     def action_ids(self, mf_ids: np.ndarray) -> np.ndarray: ...

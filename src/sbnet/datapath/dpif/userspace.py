@@ -156,6 +156,9 @@ class UserspaceDpif:
     def flow_used(self, mf_id: int) -> float:
         return float(self.cache.used[mf_id])
 
+    def flow_find(self, key) -> int:
+        return int(self.cache.lookup(np.array(key, dtype=np.uint64)[:, None], np.arange(1))[0])
+
     def stats(self) -> DpifStats:
         hits = sum(s.hits for s in self.cache.subtables.values())
         return DpifStats(flows=len(self.cache), masks=len(self.cache.subtables),

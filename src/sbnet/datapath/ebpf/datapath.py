@@ -108,6 +108,11 @@ class EbpfDatapath:
         # its TCP windows go stale: it must not call a later FIN or RST invalid for that
         # (Linux's flowtable offload marks its connections "be liberal" the same way).
         self.switch.conntrack.tcp_liberal = True
+        # A packet the kernel sends up must fit an upcall; a segmentation-offloaded one (a
+        # VM's TCP burst, up to 64 kB) does not and is lost.  So a busy megaflow that a
+        # table change moves is put back at once, translated anew, rather than left for
+        # its next packet to set up (its sender would wait out a retransmission timeout).
+        self.switch.revalidator.keep_hot = 1.0
         self.netns = netns
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
@@ -186,10 +191,30 @@ class EbpfDatapath:
     trace = AfPacketDatapath.trace
     dump_conntrack = AfPacketDatapath.dump_conntrack
     # The slow path's conntrack holds every connection (the kernel's map only a copy of
-    # the established ones): a migration moves those, the kernel picks them up on upcall.
+    # the established ones): a migration exports those from it.
     export_conns = AfPacketDatapath.export_conns
-    import_conns = AfPacketDatapath.import_conns
-    forget_conns = AfPacketDatapath.forget_conns
+
+    def import_conns(self, entries) -> list[tuple]:
+        """A migrating port's connections into the slow path's conntrack and, the
+        established ones, into the kernel's connection map at once: the peer's segments
+        reach the kernel before the VM answers from here, and a segmentation-offloaded
+        one could not go up to be recognised."""
+        with self.lock:
+            done = AfPacketDatapath.import_conns(self, entries)
+            by_zone: dict[int, list] = {}
+            for zone, proto, v6, src, dst, sport, dport in done:
+                if not v6:
+                    by_zone.setdefault(zone, []).append((proto, src, dst, sport, dport))
+            for zone, rows in by_zone.items():
+                self._zones.add(zone)
+                self._hand_down_zone(zone, np.array(rows, dtype=np.int64), fresh_only=False)
+            return done
+
+    def forget_conns(self, tuples) -> int:
+        with self.lock:
+            n = AfPacketDatapath.forget_conns(self, tuples)
+            self._age_conns()
+            return n
     dump_meters = AfPacketDatapath.dump_meters
     port_stats = AfPacketDatapath.port_stats
     loop_errors = AfPacketDatapath.loop_errors
@@ -247,19 +272,18 @@ class EbpfDatapath:
         if not self._zones or not len(tuples):
             return
         tuples = np.unique(tuples, axis=0)
-        keys, vals, held = [], [], []
         for zone in self._zones:
-            fresh = tuples
-            if self._conns:
-                fresh = tuples[[(zone, *t) not in self._conns for t in tuples.tolist()]]
-            k, v, dirs = entries_many(self.switch.conntrack, zone, fresh)
-            if dirs:
-                keys.append(k)
-                vals.append(v)
-                held += dirs
-        if keys:
-            self.tier.add_conns(b"".join(keys), b"".join(vals))
-            self._conns.update(held)      # counted once the kernel has them
+            self._hand_down_zone(zone, tuples)
+
+    def _hand_down_zone(self, zone: int, tuples: np.ndarray, fresh_only: bool = True) -> None:
+        """fresh_only: skip the connections the kernel has already (else write them again:
+        an imported connection replaces what the kernel held for its tuples)."""
+        if fresh_only and self._conns:
+            tuples = tuples[[(zone, *t) not in self._conns for t in tuples.tolist()]]
+        k, v, dirs = entries_many(self.switch.conntrack, zone, tuples)
+        if dirs:
+            self.tier.add_conns(k, v)
+            self._conns.update(dirs)      # counted once the kernel has them
 
     def _age_conns(self) -> None:
         """Connections the slow path no longer holds established leave the kernel."""
@@ -353,7 +377,9 @@ class EbpfDatapath:
     # -- the Datapath interface, under the lock -----------------------------------------
     def bundle(self, add: list[Flow] = (), delete: list[Flow] = (), groups=(), **kw) -> None:
         with self.lock:
+            self.fold()                   # which megaflows are busy (Revalidator.keep_hot)
             self.switch.bundle(add=add, delete=delete, groups=groups, **kw)
+            self._install_new()
             if kw.get("meters"):
                 self._sync_meters()
 

@@ -148,12 +148,7 @@ class Bridge:
     # -- the upcall ---------------------------------------------------------------
     def upcall(self, key: list[int], now: float) -> Megaflow:
         """A dpif miss: translate, install the datapath flow, note it on its rules."""
-        res = self.xlate.run(key)
-        mf = self.dpif.flow_put(res.wc, key, res.actions, list(dict.fromkeys(res.rules)),
-                                res.reason, res.modified, now)
-        for r in mf.rules:
-            r.megaflows.add(mf.mf_id)
-        return mf
+        return self.revalidator.put(key, self.xlate.run(key), now)
 
     # -- ports ------------------------------------------------------------
     def add_port(self, ofport: int, name: str | None = None, port: Port | None = None) -> Port:
@@ -265,9 +260,9 @@ class Bridge:
         for g in groups:
             self.groups[g.group_id] = g
         if groups:
-            self.revalidator.revalidate_all()
+            self.revalidator.revalidate_all(now)
         elif changed:
-            self.revalidator.revalidate(changed)
+            self.revalidator.revalidate(changed, now)
 
     def add_flows(self, flows: list[Flow]) -> None:
         self.bundle(add=flows)

@@ -23,25 +23,44 @@ class Revalidator:
         # observers (flow records) see its final counts.
         self.on_evict: list = []
         self.drops: dict[str, int] = {}    # packets of deleted flows that dropped, by reason
+        # A moved flow that carried packets within this many seconds is put back at once,
+        # translated anew, as OVS modifies a datapath flow in place: its next packets find
+        # it instead of all going up (None: moved flows are only deleted).  For datapaths
+        # whose misses cost more than a translation now (the kernel tier cannot send a
+        # segmentation-offloaded packet up at all).
+        self.keep_hot: float | None = None
 
-    def revalidate(self, changed: list[Rule]) -> None:
-        """Re-translate flows a changed rule could affect; delete those whose result moved."""
+    def revalidate(self, changed: list[Rule], now: float | None = None) -> None:
+        """Re-translate flows a changed rule could affect; delete those whose result moved
+        (and, with `now` and keep_hot, put the busy ones back as they translate now)."""
         for mf in self.dpif.flow_dump():
             if any(_may_overlap(mf, r) for r in changed):
-                self.recheck(mf)
+                self.recheck(mf, now)
 
-    def revalidate_all(self) -> None:
+    def revalidate_all(self, now: float | None = None) -> None:
         for mf in self.dpif.flow_dump():
-            self.recheck(mf)
+            self.recheck(mf, now)
 
-    def recheck(self, mf: Megaflow) -> None:
+    def recheck(self, mf: Megaflow, now: float | None = None) -> None:
         res = self.xlate.run(mf.key)
         rules = list(dict.fromkeys(res.rules))
         same_mask = all(res.wc[s] == m for s, m in zip(mf.slots, mf.mask)) and \
             sum(1 for m in res.wc if m) == len(mf.slots)
         if same_mask and res.actions == mf.actions and rules == mf.rules:
             return
+        hot = self.keep_hot is not None and now is not None and \
+            now - self.dpif.flow_used(mf.mf_id) <= self.keep_hot
         self.evict(mf)
+        if hot and self.dpif.flow_find(mf.key) < 0:      # not put back already
+            self.put(mf.key, res, now)
+
+    def put(self, key, res, now: float) -> Megaflow:
+        """Install the datapath flow of `key` as translated (`res`), noted on its rules."""
+        mf = self.dpif.flow_put(res.wc, key, res.actions, list(dict.fromkeys(res.rules)),
+                                res.reason, res.modified, now)
+        for r in mf.rules:
+            r.megaflows.add(mf.mf_id)
+        return mf
 
     def evict(self, mf: Megaflow) -> None:
         """Delete one datapath flow, folding its final counters into its rules."""

@@ -236,10 +236,10 @@ static __always_inline void set_mac(struct __sk_buff *skb, int at, __u64 mac)
 	bpf_skb_store_bytes(skb, at, m, 6, 0);
 }
 
-/* Test mode: keep a copy of the packet as it leaves on `ifindex`. */
-static __always_inline void trace_output(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
+/* Test mode: keep a copy of the packet as it leaves on `ifindex`, the n-th output. */
+static __always_inline void trace_output(struct __sk_buff *skb, struct pkt *p, __u32 ifindex,
+					 __u32 n)
 {
-	__u32 n = p->n_out;
 	struct sb_trace_out *t;
 	__u32 len = skb->len;
 
@@ -262,15 +262,23 @@ static __always_inline void trace_output(struct __sk_buff *skb, struct pkt *p, _
 		bpf_skb_load_bytes(skb, 0, t->data, len);
 }
 
-/* An output: earlier ones are clones sent at once, the last is the program's redirect. */
+/* An output is pending until the packet would change under it: then (send_pending) a clone
+ * leaves with the packet as it is, so it carries what the actions before it set and nothing
+ * after (a tunnel key, a VLAN, an address).  The last one is the program's redirect. */
+static __always_inline void send_pending(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!p->last_out)
+		return;
+	if (p->test)
+		trace_output(skb, p, p->last_out, p->n_out - 1);
+	else if (bpf_clone_redirect(skb, p->last_out, 0))
+		count(ST_OUTPUT_ERR);
+	p->last_out = 0;
+}
+
 static __always_inline void output(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
 {
-	if (p->last_out && !p->test) {
-		if (bpf_clone_redirect(skb, p->last_out, 0))
-			count(ST_OUTPUT_ERR);
-	}
-	if (p->test)
-		trace_output(skb, p, ifindex);
+	send_pending(skb, p);
 	p->last_out = ifindex;
 	p->n_out++;
 }
@@ -371,6 +379,8 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 	struct pkt p = *pp;
 	int r = ACT_NEXT;
 
+	if (a->op != OP_OUTPUT && a->op != OP_METER && a->op != OP_CT && a->op != OP_RECIRC)
+		send_pending(skb, &p);          /* this action changes the packet or its metadata */
 	switch (a->op) {
 	case OP_OUTPUT:
 		output(skb, &p, a->w);
@@ -633,7 +643,7 @@ int sbnet_ingress(struct __sk_buff *skb)
 			break;
 	}
 done:
-	if (!p.last_out) {
+	if (!p.n_out) {
 		count(ST_DROP);
 		if (th && !th->verdict)
 			th->verdict = VERDICT_DROP;
@@ -644,5 +654,9 @@ done:
 		if (!th->verdict)
 			th->verdict = VERDICT_FORWARD;
 	}
+	if (!p.last_out)
+		return TC_ACT_SHOT;             /* every output has left as a clone */
+	if (p.test)
+		trace_output(skb, &p, p.last_out, p.n_out - 1);
 	return bpf_redirect(p.last_out, 0);
 }
