@@ -22,6 +22,7 @@ class MigrationLab:
     port: dict
     peer: object
     mover: object
+    switched: tuple[float, float] = (0.0, 0.0)     # monotonic: the last switch-over began, ended
 
     @classmethod
     def build(cls, topo: Topology, backend: str) -> "MigrationLab":
@@ -81,6 +82,7 @@ class MigrationLab:
                 self.cloud.abort_move(box["mv"], self.port)
                 raise MigrationFailed("the hypervisor gave up")
             box["mv"].switch_over()
+            self.switched = (box["t"], time.monotonic())
             self.cloud.finish_move(box["mv"], self.port)
         try:
             tl = drive(self.cloud.api.client, self.port["id"], dest, NOVA, plug, switch,

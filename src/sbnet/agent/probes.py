@@ -49,10 +49,11 @@ class StreamResult:
         ts = [t for t in self.marks if t >= after]
         return max((b - a for a, b in zip(ts, ts[1:])), default=float("inf"))
 
-    def gap_at(self, t: float) -> float:
+    def gap_at(self, t: float, until: float | None = None) -> float:
         """The silence that spans monotonic time `t` (the switch-over): from the last
-        receive before it to the first after it (inf: nothing came after)."""
-        return _gap_at(self.marks, t)
+        receive before it to the first after it (inf: nothing came after); with `until`,
+        the longest silence that overlaps [t, until]."""
+        return _gap_at(self.marks, t, until)
 
     def bytes_after(self, t: float) -> bool:
         return any(m > t for m in self.marks)
@@ -103,18 +104,23 @@ class PingTrain:
             self.sent = int(sent.group(1)) if sent else 0
         return self
 
-    def gap(self, timeout: float = 60.0, at: float | None = None) -> tuple[float, int, int]:
+    def gap(self, timeout: float = 60.0, at: float | None = None,
+            until: float | None = None) -> tuple[float, int, int]:
         """(largest silence between two replies in seconds, replies, requests); with `at`
-        (a monotonic time: the switch-over) the silence that spans it instead."""
+        (a monotonic time: the switch-over) the silence that spans it instead, with
+        `until` as well the longest that overlaps [at, until]."""
         stamps = self.finish(timeout).stamps
-        gap = _gap_at(stamps, at) if at is not None else \
+        gap = _gap_at(stamps, at, until) if at is not None else \
             max((b - a for a, b in zip(stamps, stamps[1:])), default=float("inf"))
         return gap, len(stamps), self.sent
 
 
-def _gap_at(marks: list[float], t: float) -> float:
+def _gap_at(marks: list[float], t: float, until: float | None = None) -> float:
+    until = t if until is None else until
     before = [m for m in marks if m <= t]
-    after = [m for m in marks if m > t]
+    after = [m for m in marks if m > until]
     if not after:
         return float("inf")
-    return after[0] - (before[-1] if before else t)
+    inside = [m for m in marks if t < m <= until]
+    edges = [before[-1] if before else t, *inside, after[0]]
+    return max(b - a for a, b in zip(edges, edges[1:]))

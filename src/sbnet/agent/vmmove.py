@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sbnet.agent.netns import Host, Topology, Vm, sh
 
@@ -25,6 +25,7 @@ class VmMove:
     source: Host | None = None
     old_port: str = ""
     old_ofport: int = 0
+    neigh: list = field(default_factory=list)
 
     def plug(self) -> int:
         """The destination's tap (`INCOMING` inside the VM, down): its ofport there."""
@@ -42,14 +43,15 @@ class VmMove:
             host.datapath.add_port(self.port, self.ofport)
         else:
             host.datapath.attach(self.ofport, self.port)
+        # Its neighbours, read now: the switch-over (the VM paused) is one command.
+        self.neigh = json.loads(sh("ip", "-n", ns, "-j", "-4", "neigh", "show", "dev", "eth0")
+                                .stdout or "[]")
         return self.ofport
 
     def switch_over(self) -> None:
         """The VM now runs on the destination: one `ip -batch` in its namespace moves its
         addresses, routes and neighbours to the new interface."""
-        ns, vm = self.vm.netns, self.vm
-        neigh = json.loads(sh("ip", "-n", ns, "-j", "-4", "neigh", "show", "dev", "eth0")
-                           .stdout or "[]")
+        ns, vm, neigh = self.vm.netns, self.vm, self.neigh
         cmds = ["link set eth0 down", "addr flush dev eth0", f"link set eth0 name {OUTGOING}",
                 f"link set {INCOMING} name eth0", "link set eth0 up"]
         if vm.ip:
