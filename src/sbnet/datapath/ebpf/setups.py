@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -9,8 +10,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sbnet.datapath.afpacket import in_netns
+import numpy as np
+
+from sbnet.datapath.afpacket import PACKET_IGNORE_OUTGOING, SOL_PACKET, in_netns
+from sbnet.datapath.batch import HEADROOM, Batch
 from sbnet.datapath.checksum import internet_checksum
+from sbnet.datapath.mmsg import Receiver, Sender
 
 # New UDP connections through a stateful security group: each one's first packet and its
 # reply go up (the kernel holds no connection for them), the slow path commits the
@@ -49,6 +54,7 @@ class SetupRun:
     carried: int              # second packets the kernel forwarded itself
     upcalls: int
     upcalls_lost: int
+    unsent: int = 0           # frames the sending socket could not queue
 
     @property
     def rate(self) -> float:
@@ -64,44 +70,71 @@ def frame(i: int) -> bytes:
     return bytes.fromhex("020000000002020000000001") + b"\x08\x00" + bytes(ip) + udp + bytes(22)
 
 
+FRAME_LEN = 64
+# A bench frame's reply: MACs, addresses and ports swapped (IPv4 and UDP checksums hold).
+REPLY = (list(range(6, 12)) + list(range(0, 6)) + list(range(12, 26)) + list(range(30, 34))
+         + list(range(26, 30)) + [36, 37, 34, 35] + list(range(38, FRAME_LEN)))
+
+
+def bench_frames(rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Which received frames (rows at HEADROOM) are bench frames towards the peer."""
+    f = rows[:, HEADROOM:HEADROOM + FRAME_LEN]
+    return ((lens == FRAME_LEN) & (f[:, 23] == 17) & (f[:, 30] == 10) & (f[:, 31] == 1)
+            & (f[:, 36] == DPORT >> 8) & (f[:, 37] == DPORT & 0xFF))
+
+
 class _Counter(threading.Thread):
-    """Counts the bench's frames arriving on an interface."""
+    """Counts the bench's frames arriving on an interface (recvmmsg: the slow path's
+    thread is not kept waiting for this one's reads)."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(daemon=True)
         self.sock, self.n, self.stop = sock, 0, threading.Event()
-        sock.settimeout(0.2)
+        self.rx = Receiver(512, 2048)
 
     def run(self) -> None:
-        mark = DPORT.to_bytes(2, "big")
+        fd = self.sock.fileno()
         while not self.stop.is_set():
-            try:
-                f = self.sock.recv(2048)
-            except TimeoutError:
+            if not select.select([fd], [], [], 0.2)[0]:
                 continue
-            if len(f) >= 38 and f[23] == 17 and f[36:38] == mark:
-                self.n += 1
+            while True:
+                got, lens, _ = self.rx.receive(fd)
+                if not got:
+                    break
+                self.n += int(bench_frames(self.rx.buf[:got], lens).sum())
 
 
-# The connections' peer, run in the namespace as a script of its own (python -S: it starts
-# in a few ms): answers every bench frame arriving on argv[1] with its reply (addresses
-# and ports swapped), until stdin closes.
-RESPONDER = f"""
+def send_all(sock: socket.socket, frames: np.ndarray) -> int:
+    """Every frame (rows of FRAME_LEN bytes) out of a packet socket, a sendmmsg call per
+    few hundred; how many could not go."""
+    n = len(frames)
+    b = Batch(np.ascontiguousarray(frames), np.zeros(n, np.int32),
+              np.full(n, frames.shape[1], np.int32), np.zeros(n, np.uint32))
+    return Sender(512).send(sock.fileno(), b)
+
+
+# The connections' peer, run in the namespace as a script of its own: answers every bench
+# frame arriving on argv[1] with its reply, until stdin closes.
+RESPONDER = """
 import select, socket, sys
+import numpy as np
+from sbnet.datapath.ebpf.setups import REPLY, bench_frames, send_all, HEADROOM, FRAME_LEN
+from sbnet.datapath.mmsg import Receiver
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)     # SO_RCVBUFFORCE: past rmem_max
+s.setsockopt(263, 23, 1)       # SOL_PACKET, PACKET_IGNORE_OUTGOING: not its own replies
 s.bind((sys.argv[1], 3))
-s.setblocking(False)
+rx = Receiver(512, 2048)
 print("ready", flush=True)
 while sys.stdin not in select.select([s, sys.stdin], [], [], 1.0)[0]:
     while True:
-        try:
-            f = s.recv(2048)
-        except BlockingIOError:
+        got, lens, _ = rx.receive(s.fileno())
+        if not got:
             break
-        if len(f) >= 42 and f[23] == 17 and f[36:38] == {DPORT.to_bytes(2, "big")!r}:
-            s.send(f[6:12] + f[0:6] + f[12:26] + f[30:34] + f[26:30] + f[36:38] + f[34:36]
-                   + f[38:])
+        rows = rx.buf[:got]
+        mine = rows[bench_frames(rows, lens), HEADROOM:HEADROOM + FRAME_LEN]
+        if len(mine):
+            send_all(s, mine[:, REPLY])
 """
 
 
@@ -114,7 +147,7 @@ def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
     from sbnet.flows.ofctl import parse_file
     if not 0 < n < MAX_FLOWS:
         raise ValueError(f"flows must be 1..{MAX_FLOWS - 1}")
-    frames = [frame(i) for i in range(n)]
+    frames = np.frombuffer(b"".join(frame(i) for i in range(n)), np.uint8).reshape(n, FRAME_LEN)
     with Topology() as topo:
         ns = topo.add_namespace("setups")
         sh("ip", "-n", ns, "link", "add", "src0", "type", "veth", "peer", "name", "tap1")
@@ -133,13 +166,14 @@ def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
                 # SO_RCVBUFFORCE (root): past net.core.rmem_max, or a burst of 20,000
                 # frames overflows the counting socket and first packets look lost.
                 rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 256 << 20)
+                rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)    # not the replies
                 rx.bind(("dst0", 3))
                 tx.bind(("src0", 0))
                 counter = _Counter(rx)
                 counter.start()
                 dp.start()
                 if kind == "connections":
-                    peer = topo.popen("setups", sys.executable, "-S", "-c", RESPONDER, "dst0",
+                    peer = topo.popen("setups", sys.executable, "-c", RESPONDER, "dst0",
                                       stdin=subprocess.PIPE)
                     assert peer.stdout.readline().strip() == "ready", peer.stderr.read()
                 held = (lambda: dp.connections_in_kernel()) if kind == "connections" else \
@@ -152,8 +186,7 @@ def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
                     time.sleep(0.05)
                 before, seen = held(), counter.n
                 t0 = time.perf_counter()
-                for f in frames:
-                    tx.send(f)
+                unsent = send_all(tx, frames)
                 while held() - before < n and time.perf_counter() - t0 < timeout:
                     time.sleep(0.002)
                 seconds = time.perf_counter() - t0
@@ -161,8 +194,7 @@ def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
                 _wait(lambda: counter.n >= seen + n)
                 delivered = counter.n - seen
                 up = dp.kernel_stats()["upcall"]
-                for f in frames:
-                    tx.send(f)
+                unsent += send_all(tx, frames)
                 _wait(lambda: counter.n >= seen + delivered + n)
                 counter.stop.set()
                 counter.join()
@@ -171,7 +203,7 @@ def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
                     peer.wait(timeout=10)
                 st = dp.kernel_stats()
     return SetupRun(kind, n, seconds, in_kernel, delivered, n - (st["upcall"] - up),
-                    st["upcall"], st["upcall_lost"])
+                    st["upcall"], st["upcall_lost"], unsent)
 
 
 def _wait(done, seconds: float = 10.0) -> None:
