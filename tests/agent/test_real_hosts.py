@@ -105,9 +105,11 @@ def test_bundle_with_a_bad_flow_changes_nothing(pair):
 
 
 def test_trace_and_megaflows_show_the_tunnel(pair):
-    pair.topo.ping(pair.vm1, pair.vm2.address, count=2, interval=0.1)
+    # scapy first: its first import can take longer than a megaflow's idle time (10 s)
+    # on a loaded machine, and the ping's megaflows must still be there to be dumped.
     from scapy.layers.inet import ICMP, IP
     from scapy.layers.l2 import Ether
+    pair.topo.ping(pair.vm1, pair.vm2.address, count=2, interval=0.1)
     pkt = bytes(Ether(src=pair.vm1.mac, dst=pair.vm2.mac) / IP(src=pair.vm1.address,
                 dst=pair.vm2.address) / ICMP())
     tr = pair.h1.datapath.trace(pair.vm1.ofport, pkt)

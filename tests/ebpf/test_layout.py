@@ -31,6 +31,17 @@ def test_key_words_follow_the_c_enum():
     assert all(s in F.SLOT_INDEX for s in L.KEY_SLOTS)
 
 
+def test_stats_and_ct_state_bits_follow_the_c_header():
+    text = (SOURCE_DIR / "sbnet_dp.h").read_text()
+    body = re.search(r"enum sb_stat \{(.*?)ST_N", text, re.S).group(1)
+    names = [n.strip()[3:].lower() for n in body.replace("\n", " ").split(",") if n.strip()]
+    renamed = {"ct_est": "ct_established", "output_err": "output_error"}
+    assert tuple(renamed.get(n, n) for n in names) == L.STATS
+    for name in ("new", "est", "rpl", "trk"):
+        bit = int(re.search(rf"#define CS_{name.upper()} (0x[0-9a-f]+)", text).group(1), 16)
+        assert bit == F.CT_STATE_BITS[name]
+
+
 def test_ops_follow_the_c_enum():
     text = (SOURCE_DIR / "sbnet_dp.h").read_text()
     body = re.search(r"enum sb_op \{(.*?)\};", text, re.S).group(1)
@@ -80,7 +91,15 @@ def test_profile_places_security_group_megaflows_and_refuses_registers():
     est = megaflow(tcp_flow(recirc_id=3, ct_state=(0x22, 0x22), ct_zone=5))
     assert place(p, est).tier == "nic"
     new = megaflow(tcp_flow(recirc_id=3, ct_state=(0x21, 0x21)))
-    assert place(p, new).tier == "software" and "ct_state" in place(p, new).reason
+    assert place(p, new).tier == "nic"          # the profile holds +new (kernel_ct, UDP) ...
+    # ... but the tier keeps TCP's +new, and any +new without kernel_ct, in software.
+    assert "UDP" in L.new_state_refusal(new.slots, new.mask, new.value, True)
+    assert "commits no connection" in L.new_state_refusal(new.slots, new.mask, new.value, False)
+    udp = megaflow({"recirc_id": 3, "eth_type": F.ETH_IP, "nw_proto": 17, "ct_state": (0x21, 0x21)})
+    assert L.new_state_refusal(udp.slots, udp.mask, udp.value, True) is None
+    assert L.new_state_refusal(est.slots, est.mask, est.value, False) is None
+    rel = F.CT_STATE_BITS["rel"] | F.CT_STATE_BITS["trk"]
+    assert place(p, megaflow(tcp_flow(recirc_id=3, ct_state=(rel, rel)))).tier == "software"
     regs = megaflow({"reg3": 1})
     assert "registers never reach a datapath key" in place(p, regs).reason
 

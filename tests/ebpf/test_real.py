@@ -1,5 +1,6 @@
 """Real traffic through the kernel tier: two VMs in namespaces, a stateful security group, the reference switch as slow path."""
 
+import contextlib
 import json
 
 import pytest
@@ -19,9 +20,10 @@ table=1,priority=1 actions=drop
 """
 
 
-@pytest.fixture
-def two_vms():
-    """Host namespace h with the kernel tier on tap1 and tap2, VMs vm1 (10.0.0.1) and vm2 (10.0.0.2)."""
+@contextlib.contextmanager
+def vms_on_kernel_tier(flows: str, offloads: bool = False):
+    """Host namespace h with the kernel tier on tap1 and tap2, VMs vm1 (10.0.0.1) and vm2
+    (10.0.0.2); offloads: the VMs keep checksum and segmentation offload (GSO packets)."""
     require_bpf()
     from sbnet.agent.netns import Topology, require_netns, sh
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
@@ -36,8 +38,9 @@ def two_vms():
                "netns", host)
             sh("ip", "-n", ns, "link", "set", "eth0", "address", f"02:00:00:00:00:0{i}", "up")
             sh("ip", "-n", ns, "addr", "add", f"10.0.0.{i}/24", "dev", "eth0")
-            # The slow path sends with AF_PACKET, which fills in no checksum left to the NIC.
-            sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
+            if not offloads:
+                # The slow path sends with AF_PACKET, which fills in no checksum left to the NIC.
+                sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
             sh("ip", "-n", host, "link", "set", f"tap{i}", "arp", "off", "up")
             vms.append(ns)
         dp = EbpfDatapath(netns=host, maintain_every=0.5)
@@ -45,11 +48,17 @@ def two_vms():
             dp.attach(1, "tap1")
             dp.attach(2, "tap2")
             from sbnet.flows.ofctl import parse_file
-            dp.bundle(add=parse_file(FLOWS).flows)
+            dp.bundle(add=parse_file(flows).flows)
             dp.start()
             yield topo, dp, vms
         finally:
             dp.close()
+
+
+@pytest.fixture
+def two_vms():
+    with vms_on_kernel_tier(FLOWS) as env:
+        yield env
 
 
 def test_stateful_tcp_runs_in_the_kernel_after_the_first_packets(two_vms):
@@ -103,3 +112,52 @@ def test_vxlan_between_two_hosts_runs_in_the_kernel():
             assert st["hit"] > 50 * max(1, st["upcall"]), (h.name, st)
             lines = h.datapath.dump_megaflows()
             assert all("tier:ebpf" in ln for ln in lines), lines
+
+
+# Every TCP segment stays in the slow path (a ct() setting a label is the slow path's).
+SLOW_TCP = """\
+table=0,priority=20,arp,in_port=1 actions=output:2
+table=0,priority=20,arp,in_port=2 actions=output:1
+table=0,priority=10,tcp,in_port=1 actions=ct(commit,zone=3,exec(set_field:1->ct_label)),output:2
+table=0,priority=10,tcp,in_port=2 actions=ct(commit,zone=3,exec(set_field:1->ct_label)),output:1
+table=0,priority=1 actions=drop
+"""
+
+
+def test_gso_packets_going_up_are_segmented_and_switched():
+    """A VM with TSO on sends 64 kB GSO packets; its flow's megaflows stay in software, so
+    they all go up: each comes up whole in a ring record of its own, is cut into its
+    segments (checksums completed) and reaches the other VM."""
+    from sbnet.agent.netns import sh
+    size = 1 << 20
+    with vms_on_kernel_tier(SLOW_TCP, offloads=True) as (topo, dp, (vm1, vm2)):
+        server = topo.popen("vm2", "python3", "-c", SINK, stdin=None)
+        assert server.stdout.readline().strip() == "ready"
+        sh("python3", "-c", SOURCE, str(size), netns=vm1, timeout=60)
+        out, _ = server.communicate(timeout=30)
+        assert int(out) == size
+        assert dp.gso_upcalls > 0 and dp.truncated == 0, (dp.gso_upcalls, dp.truncated)
+        assert dp.kernel_stats()["upcall_lost"] == 0
+        assert all(p.tx_errors == 0 for p in dp.switch.ports.values() if hasattr(p, "tx_errors"))
+
+
+# A TCP sink in vm2 printing the bytes it got, and a source in vm1 sending argv[1] bytes.
+SINK = """
+import socket
+s = socket.socket()
+s.bind(("10.0.0.2", 5001))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+n = 0
+while d := c.recv(1 << 16):
+    n += len(d)
+print(n)
+"""
+SOURCE = """
+import socket, sys
+c = socket.create_connection(("10.0.0.2", 5001), timeout=30)
+c.sendall(bytes(int(sys.argv[1])))
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+"""

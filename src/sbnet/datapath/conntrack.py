@@ -129,8 +129,9 @@ from sbnet.datapath.conntrack_nat import NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
 from sbnet.datapath.conntrack_table import (
-    _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, C_LABEL, C_MARK, C_PROTO, C_TUP, C_V6, INV,
-    OTHER_BIDIR, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
+    _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, _W, C_EXP, C_L4ST, C_LABEL, C_MARK, C_PROTO,
+    C_TUP, C_V6, C_ZONE, INV,
+    OTHER_BIDIR, OTHER_FIRST, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
     tuple_hashes)
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
@@ -325,6 +326,85 @@ class Conntrack:
         a, b = self.table.tcp[slot, :, 4].tolist()
         return T.STATE_NAMES[a], T.STATE_NAMES[b]
 
+    def adopt_udp(self, zone: int, src: int, dst: int, sport: int, dport: int,
+                  replied: bool, now: float) -> int:
+        """An IPv4 UDP connection another holder committed (the kernel tier tells its own
+        commits and first replies): seen one way, or both when `replied`.  A connection
+        already owning the tuple is marked replied if `replied`.  Its slot, or -1 when
+        the tuple's reverse belongs to another connection."""
+        fwd = (zone, IP_UDP, 0, src, dst, sport, dport)
+        tab = self.table
+        i, d = tab.lookup(fwd, float("-inf"))
+        if i < 0:
+            if tab.taken((zone, IP_UDP, 0, dst, src, dport, sport)):
+                return -1
+            i = tab.create(fwd, (zone, IP_UDP, 0, dst, src, dport, sport), 0)
+            tab.l4st[i] = OTHER_FIRST
+        if replied:
+            tab.l4st[i] = OTHER_BIDIR
+        tab.exp[i] = now + self.tmo[TM_OTHER_FIRST + int(tab.l4st[i])]
+        return i
+
+    def adopt_udp_many(self, zone: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                       sport: np.ndarray, dport: np.ndarray, replied: np.ndarray,
+                       now: float) -> np.ndarray:
+        """adopt_udp() for many connections at once (each its own, original direction);
+        their slots (-1: refused).  Those neither held nor colliding with another are
+        stored in one step, the rest one by one."""
+        u = np.uint64
+        zone, src, dst, sport, dport = (np.asarray(a, dtype=u) for a in
+                                        (zone, src, dst, sport, dport))
+        replied = np.asarray(replied, dtype=bool)
+        n = len(zone)
+        tab = self.table
+        proto = np.full(n, IP_UDP, dtype=u)
+        zero = np.zeros(n, dtype=u)
+        meta = meta_words(zone, proto, zero.astype(bool))
+        h = tuple_hashes(meta, zero, src, zero, dst, sport, dport)
+        uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        if len(uh) < n:
+            # A connection told of twice (committed, then its reply): once, replied if either.
+            rep = np.zeros(len(uh), dtype=bool)
+            np.logical_or.at(rep, inv.ravel(), replied)
+            return self.adopt_udp_many(zone[first], src[first], dst[first], sport[first],
+                                       dport[first], rep, now)[inv.ravel()]
+        slot, _ = self.view.find_ipv4(zone, proto, src, dst, sport, dport)
+        rh = tuple_hashes(meta, zero, dst, zero, src, dport, sport)
+        new = slot < 0
+        _, inv, cnt = np.unique(np.concatenate([h, rh]), return_inverse=True, return_counts=True)
+        once = (cnt[inv] == 1).reshape(2, n).all(axis=0)
+        bulk = np.flatnonzero(new & once & (tab.index.get_many(h) < 0) & (tab.index.get_many(rh) < 0))
+        if bulk.size:
+            blk = np.zeros((bulk.size, _W), dtype=u)
+            blk[:, C_TUP + 1], blk[:, C_TUP + 3] = src[bulk], dst[bulk]
+            blk[:, C_TUP + 4], blk[:, C_TUP + 5] = sport[bulk], dport[bulk]
+            blk[:, C_TUP + 7], blk[:, C_TUP + 9] = dst[bulk], src[bulk]
+            blk[:, C_TUP + 10], blk[:, C_TUP + 11] = dport[bulk], sport[bulk]
+            blk[:, C_ZONE], blk[:, C_PROTO] = zone[bulk], IP_UDP
+            blk[:, C_L4ST] = OTHER_FIRST
+            zu, zc = np.unique(zone[bulk].astype(np.int64), return_counts=True)
+            slot[bulk] = tab.create_many(blk, h[bulk], rh[bulk], zu, zc)
+        for i in np.flatnonzero(new).tolist():
+            if slot[i] < 0:
+                slot[i] = self.adopt_udp(int(zone[i]), int(src[i]), int(dst[i]), int(sport[i]),
+                                         int(dport[i]), bool(replied[i]), now)
+        ok = slot >= 0
+        s, r = slot[ok], replied[ok]
+        tab.l4st[s[r]] = OTHER_BIDIR
+        tab.exp[s] = now + self.tmo[TM_OTHER_FIRST + tab.l4st[s].astype(np.int64)]
+        return slot
+
+    def keep_alive(self, slots: np.ndarray, now: float) -> None:
+        """Connections whose packets another holder forwarded since the last call: their
+        timeouts start again, as if this conntrack had seen those packets."""
+        tab = self.table
+        slots = slots[slots >= 0]
+        if not slots.size:
+            return
+        tcp = tab.proto[slots] == IP_TCP
+        cls = np.where(tcp, T.TM_TCP_EST, TM_OTHER_FIRST + tab.l4st[slots].astype(np.int64))
+        tab.exp[slots] = np.maximum(tab.exp[slots], now + self.tmo[cls])
+
     def find(self, t: tuple, now: float = float("-inf")) -> tuple[int, int]:
         """(slot, direction) owning tuple (zone, proto, v6, src, dst, sport, dport), or (-1, 0)."""
         return self.table.lookup(t, now)
@@ -483,6 +563,30 @@ class ConnView:
         tcp_ok = (proto == IP_TCP) & (st[:, 0] == T.ESTABLISHED) & (st[:, 1] == T.ESTABLISHED)
         udp_ok = (proto == IP_UDP) & (tab.l4st[s] == OTHER_BIDIR)
         return (slots >= 0) & (tcp_ok | udp_ok) & ~tab.label[s].any(axis=1)
+
+    def in_zones(self, zones) -> np.ndarray:
+        """Slots of the live IPv4 TCP and UDP connections in `zones`."""
+        tab = self._table
+        n = tab.live.size
+        ok = tab.live & (tab.v6[:n] == 0) & np.isin(tab.proto[:n], (IP_TCP, IP_UDP))
+        return np.flatnonzero(ok & np.isin(tab.zone[:n], list(zones)))
+
+    def ipv4_directions(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per slot: zone, proto, then each direction's (src, dst, sport, dport) as the
+        packets carry them (the reply direction's after any NAT), direction 0 first."""
+        tab = self._table
+        t0, t1 = tab.tup[slots, 0], tab.tup[slots, 1]
+        return (tab.zone[slots].astype(np.int64), tab.proto[slots].astype(np.int64),
+                *(t[:, c].astype(np.int64) for t in (t0, t1) for c in (1, 3, 4, 5)))
+
+    def unreplied_udp(self, slots: np.ndarray) -> np.ndarray:
+        """Per slot: a UDP connection seen one way only, no label, no NAT."""
+        tab = self._table
+        t0, t1 = tab.tup[slots, 0], tab.tup[slots, 1]
+        plain = ((t1[:, 1] == t0[:, 3]) & (t1[:, 3] == t0[:, 1]) & (t1[:, 4] == t0[:, 5])
+                 & (t1[:, 5] == t0[:, 4]))
+        return ((tab.proto[slots] == IP_UDP) & (tab.l4st[slots] != OTHER_BIDIR) & plain
+                & ~tab.label[slots].any(axis=1))
 
     def marks(self, slots: np.ndarray) -> np.ndarray:
         return self._table.mark[np.where(slots >= 0, slots, self._table.cap)].astype(np.int64)

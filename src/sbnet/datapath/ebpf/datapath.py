@@ -15,16 +15,16 @@ from sbnet.datapath import odp
 from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.ebpf import pins
-from sbnet.datapath.ebpf.conns import entries_many, held_many
+from sbnet.datapath.ebpf.connsync import ConnSync
 from sbnet.datapath.ebpf.libbpf import RingReader, tc_attach_ingress, tc_detach_ingress
 from sbnet.datapath.ebpf.tier import EbpfTier
 from sbnet.datapath.ebpf.upcalls import VXLAN_PORT, decode
+from sbnet.datapath.mmsg import Sender
 from sbnet.datapath.ports import Port
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
 
-_RPL = F.CT_STATE_BITS["rpl"]
 _RECIRC = F.SLOT_INDEX["recirc_id"]
 from sbnet.flows.flow import Flow
 
@@ -43,14 +43,12 @@ class TxPort(Port):
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             self.sock.bind((ifname, 0))
             self.ifindex = socket.if_nametoindex(ifname)
+        self._tx = Sender()
 
     def deliver(self, batch: Batch) -> None:
         super().deliver(batch)
-        for pkt in batch.packets():
-            try:
-                self.sock.send(pkt)
-            except OSError:
-                self.tx_errors += 1
+        # One sendmmsg call per batch (a frame past the device's MTU fails and is counted).
+        self.tx_errors += self._tx.send(self.sock.fileno(), batch)
 
     def close(self) -> None:
         self.sock.close()
@@ -99,10 +97,13 @@ class EbpfDatapath:
 
     def __init__(self, switch: Switch | None = None, netns: str | None = None,
                  maintain_every: float = 1.0, capacity: int = 65536,
-                 upcall_rate: int = 0, upcall_burst: int = 0, pin: str | None = None) -> None:
+                 upcall_rate: int = 0, upcall_burst: int = 0, pin: str | None = None,
+                 kernel_ct: bool = True) -> None:
         """pin: the name its maps are pinned under (sbnet.datapath.ebpf.pins), so they
         outlive this process; close(keep=True) then leaves the program forwarding, and the
-        next EbpfDatapath of that name takes it up (kept_ports(), revalidate_kept())."""
+        next EbpfDatapath of that name takes it up (kept_ports(), revalidate_kept()).
+        kernel_ct: new UDP connections are committed and established by the kernel
+        itself (no upcall), the slow path's conntrack told of each (ConnSync)."""
         self.switch = switch or Switch()
         # The kernel forwards established segments the slow path's conntrack never sees, so
         # its TCP windows go stale: it must not call a later FIN or RST invalid for that
@@ -117,15 +118,15 @@ class EbpfDatapath:
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
         self.pin = pin
-        self.tier = EbpfTier(capacity=capacity, pin=pin)
+        self.tier = EbpfTier(capacity=capacity, pin=pin, kernel_ct=kernel_ct)
         self.reopened = self.tier.reopened    # a previous agent's maps were taken up
         if upcall_rate:
             self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)
-        self.truncated = 0
+        self.truncated = 0            # upcalls too long to carry (past layout.UPCALL_MAX)
+        self.gso_upcalls = 0          # GSO packets that came up and were segmented
         self.ring = RingReader(self.tier.upcalls_fd, self.tier.upcalls_size)
         self._offered = 0                     # megaflow ids below this were offered to the kernel
-        self._zones: set[int] = set()         # ct zones of megaflows in the kernel
-        self._conns: set[tuple] = set()       # connection map entries, as ConnEntry keys
+        self.conns = ConnSync(self.tier, self.switch.conntrack, kernel_ct)
         self.switch.on_evict.append(self._evicted)
         self._attached: dict[int, int] = {}   # ofport -> ifindex
         self._devices: list[str] = []          # tunnel devices made here, deleted by close()
@@ -136,7 +137,7 @@ class EbpfDatapath:
         self.batches = self.errors = 0
         self.last_error: str | None = None
         if self.tier.reopened:
-            self._adopt_conns()
+            self.conns.take_up(self.switch.clock())
 
     # -- ports ---------------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> Port:
@@ -195,10 +196,10 @@ class EbpfDatapath:
     export_conns = AfPacketDatapath.export_conns
 
     def import_conns(self, entries) -> list[tuple]:
-        """A migrating port's connections into the slow path's conntrack and, the
-        established ones, into the kernel's connection map at once: the peer's segments
-        reach the kernel before the VM answers from here, and a segmentation-offloaded
-        one could not go up to be recognised."""
+        """A migrating port's connections into the slow path's conntrack and at once into
+        the kernel's connection map, written anew whatever the map held for their tuples:
+        the peer's segments reach the kernel before the VM answers from here, and a
+        segmentation-offloaded one could not go up to be recognised."""
         with self.lock:
             done = AfPacketDatapath.import_conns(self, entries)
             by_zone: dict[int, list] = {}
@@ -206,14 +207,14 @@ class EbpfDatapath:
                 if not v6:
                     by_zone.setdefault(zone, []).append((proto, src, dst, sport, dport))
             for zone, rows in by_zone.items():
-                self._zones.add(zone)
-                self._hand_down_zone(zone, np.array(rows, dtype=np.int64), fresh_only=False)
+                self.conns.zones.add(zone)
+                self.conns.hand_down(np.array(rows, dtype=np.int64), zones=(zone,), force=True)
             return done
 
     def forget_conns(self, tuples) -> int:
         with self.lock:
             n = AfPacketDatapath.forget_conns(self, tuples)
-            self._age_conns()
+            self.conns.sync(self.switch.clock())
             return n
     dump_meters = AfPacketDatapath.dump_meters
     port_stats = AfPacketDatapath.port_stats
@@ -250,12 +251,16 @@ class EbpfDatapath:
             return 0
         up = decode(records, self._underlay_port)
         self.truncated += up.truncated
+        self.gso_upcalls += up.segmented
         with self.lock:
-            self.switch.process(up.batch)
-            self._install_new()
-            self._hand_down(up.tuples)
+            if len(up.conn_keys):
+                self.conns.events(up.conn_keys, up.established, self.switch.clock())
+            if len(up.batch):
+                self.switch.process(up.batch)
+                self._install_new()
+                self.conns.hand_down(up.tuples)
         self.batches += 1
-        return len(up.batch)
+        return len(up.batch) + len(up.conn_keys)
 
     def _install_new(self) -> None:
         cache = self.switch.cache
@@ -265,38 +270,7 @@ class EbpfDatapath:
         for mf, p in zip(new, self.tier.put_many(new)):
             if p.tier == "ebpf":
                 mf.tier = "ebpf"
-                self._zones.update(a.zone for a in mf.actions if isinstance(a, odp.Ct))
-
-    def _hand_down(self, tuples: np.ndarray) -> None:
-        """Connections of these 5-tuples that the switch's conntrack now holds established."""
-        if not self._zones or not len(tuples):
-            return
-        tuples = np.unique(tuples, axis=0)
-        for zone in self._zones:
-            self._hand_down_zone(zone, tuples)
-
-    def _hand_down_zone(self, zone: int, tuples: np.ndarray, fresh_only: bool = True) -> None:
-        """fresh_only: skip the connections the kernel has already (else write them again:
-        an imported connection replaces what the kernel held for its tuples)."""
-        if fresh_only and self._conns:
-            tuples = tuples[[(zone, *t) not in self._conns for t in tuples.tolist()]]
-        k, v, dirs = entries_many(self.switch.conntrack, zone, tuples)
-        if dirs:
-            self.tier.add_conns(k, v)
-            self._conns.update(dirs)      # counted once the kernel has them
-
-    def _age_conns(self) -> None:
-        """Connections the slow path no longer holds established leave the kernel."""
-        if not self._conns:
-            return
-        held = np.array(list(self._conns), dtype=np.int64)   # zone, proto, src, dst, sport, dport
-        gone = np.zeros(len(held), dtype=bool)
-        for zone in np.unique(held[:, 0]).tolist():
-            rows = held[:, 0] == zone
-            gone[rows] = ~held_many(self.switch.conntrack, zone, held[rows, 1:])
-        for key in map(tuple, held[gone].tolist()):
-            self.tier.remove_conn(*key)
-            self._conns.discard(key)
+                self.conns.zones.update(a.zone for a in mf.actions if isinstance(a, odp.Ct))
 
     def _evicted(self, mf, packets: int, nbytes: int) -> None:
         self.tier.remove(mf.mf_id)
@@ -315,7 +289,7 @@ class EbpfDatapath:
         with self.lock:
             self.fold()
             self.switch.maintain()
-            self._age_conns()
+            self.conns.sync(self.switch.clock())
 
     # -- the loop ------------------------------------------------------------------
     def run(self, until: float | None = None) -> None:
@@ -447,19 +421,6 @@ class EbpfDatapath:
                     out[socket.if_indextoname(ifindex)] = ofport
         return out
 
-    def _adopt_conns(self) -> None:
-        """The kernel's connections into the slow path's conntrack, so their FIN, RST and
-        ageing are handled as if this switch had seen them open."""
-        now = self.switch.clock()
-        for zone, proto, src, dst, sport, dport, state, mark in self.tier.conns_kept():
-            if state & _RPL:
-                continue                  # the original direction's entry takes up both
-            self.switch.conntrack.adopt_established(zone, proto, src, dst, sport, dport,
-                                                    mark, now)
-            self._zones.add(zone)
-            self._conns.add((zone, proto, src, dst, sport, dport))
-            self._conns.add((zone, proto, dst, src, dport, sport))
-
     def revalidate_kept(self) -> int:
         """Once this switch has its tables (after the agent's first sync): each megaflow
         entry the previous agent left is translated again and replaced by the megaflow
@@ -482,11 +443,15 @@ class EbpfDatapath:
             return sum(1 for _, key in kept if not key[_RECIRC])
 
     def connections_in_kernel(self) -> int:
-        """Connections the kernel's connection map holds (both directions each)."""
-        return len(self._conns) // 2
+        """Connections the kernel's connection map holds established (both directions each)."""
+        with self.lock:
+            return self.conns.established()
 
     def megaflows_in_kernel(self) -> int:
-        return len(self.tier)
+        """Megaflows in the kernel's flow map (under the lock: an install in progress has
+        counted its entries before the one system call that writes them)."""
+        with self.lock:
+            return len(self.tier)
 
     def kernel_stats(self) -> dict[str, int]:
         """The program's counters: hits, misses, upcalls, drops (sbnet.datapath.ebpf.layout.STATS)."""

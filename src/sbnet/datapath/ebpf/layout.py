@@ -21,7 +21,7 @@ KEY_SLOTS: tuple[str, ...] = (
 NWORDS = len(KEY_SLOTS)
 _WORD_OF_SLOT = {F.SLOT_INDEX[s]: i for i, s in enumerate(KEY_SLOTS)}
 
-MAX_MASKS, MAX_ACTS, MAX_OUT, TRACE_BYTES, UPCALL_BYTES = 32, 16, 16, 2048, 2048
+MAX_MASKS, MAX_ACTS, MAX_OUT, TRACE_BYTES, UPCALL_BYTES, UPCALL_MAX = 32, 16, 16, 2048, 2048, 65536
 
 FKEY = struct.Struct(f"<II{NWORDS}Q")          # struct sb_fkey and struct sb_mask
 ACT = struct.Struct("<HHIQQ")                  # struct sb_act
@@ -48,11 +48,14 @@ METER = struct.Struct("<QQQQIIQQQQII")
 U32 = struct.Struct("<I")
 
 PORT_F_TUNNEL = 1
-CFG_F_TEST = 1
+CFG_F_TEST, CFG_F_KERNEL_CT = 1, 2
 CT_F_COMMIT, CT_F_MARK = 1, 2
 VERDICTS = {1: "forward", 2: "drop", 3: "upcall"}
 STATS = ("hit", "miss", "punt_parse", "punt_action", "upcall", "upcall_lost",
-         "upcall_limited", "drop", "meter_drop", "ct_miss", "output_error")
+         "upcall_limited", "drop", "meter_drop", "ct_miss", "output_error", "ct_commit",
+         "ct_established", "ct_event_lost")
+# Ring records that are connection events, not packets (their reason is this stat).
+CT_COMMIT_EVENT, CT_EST_EVENT = STATS.index("ct_commit"), STATS.index("ct_established")
 
 # enum sb_op
 (OP_OUTPUT, OP_PUSH_VLAN, OP_POP_VLAN, OP_SET_ETH_SRC, OP_SET_ETH_DST, OP_SET_IP4_SRC,
@@ -74,6 +77,26 @@ class KernelPort:
     ofport: int
     ifindex: int
     tunnel: object | None = None          # sbnet.datapath.tunnel.TunnelPort
+
+
+_CT_STATE, _NW_PROTO = F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["nw_proto"]
+_NEW = F.CT_STATE_BITS["new"]
+
+
+def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
+    """Why a megaflow matching ct_state +new stays in software, or None: the kernel gives
+    +new only to UDP connections it commits itself (EbpfTier kernel_ct), so one that
+    cannot match UDP would never be hit there."""
+    m = dict(zip(slots, zip(mask, value)))
+    cm, cv = m.get(_CT_STATE, (0, 0))
+    if not cm & cv & _NEW:
+        return None
+    if not kernel_ct:
+        return "match ct_state +new: this kernel tier commits no connection itself"
+    pm, pv = m.get(_NW_PROTO, (0, 0))
+    if pm & pv != pm & F.IP_UDP:
+        return "match ct_state +new stays in software but for UDP (the kernel commits UDP only)"
+    return None
 
 
 def key_words(slots, mask, value) -> tuple[tuple[int, ...], tuple[int, ...]]:

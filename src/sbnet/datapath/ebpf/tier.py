@@ -93,10 +93,14 @@ class EbpfTier:
     take_counters() hands over what the kernel counted since the last take."""
 
     def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False,
-                 pin: str | None = None) -> None:
+                 pin: str | None = None, kernel_ct: bool = False) -> None:
         """pin: keep the maps pinned under this name (pins.pin_dir); when a previous tier
-        left them there, they are taken up, with the megaflows in them as kept() entries."""
+        left them there, they are taken up, with the megaflows in them as kept() entries.
+        kernel_ct: new UDP connections are committed and established in the kernel
+        (CFG_F_KERNEL_CT), which tells the slow path through connection events; whoever
+        sets it hands down every UDP connection its conntrack holds in the kernel's zones."""
         self.test = test
+        self.kernel_ct = kernel_ct
         self.capacity = capacity
         self.pin = pins.pin_dir(pin) if pin else None
         reuse = pins.open_pinned(self.pin) if self.pin else None
@@ -210,7 +214,7 @@ class EbpfTier:
 
     # -- configuration ----------------------------------------------------------------
     def _write_config(self) -> None:
-        flags = L.CFG_F_TEST if self.test else 0
+        flags = (L.CFG_F_TEST if self.test else 0) | (L.CFG_F_KERNEL_CT if self.kernel_ct else 0)
         self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags,
                                                           *self._upcall_limit))
 
@@ -248,6 +252,9 @@ class EbpfTier:
         p = self._place(mf)
         if p.tier == "nic":
             try:
+                why = L.new_state_refusal(mf.slots, mf.mask, mf.value, self.kernel_ct)
+                if why:
+                    raise L.NotInKernel(why)
                 mask, value = L.key_words(mf.slots, mf.mask, mf.value)
                 acts = L.encode_actions(mf.actions, self.ports, self.meters)
                 if mask not in self._mask_ids and len(self._masks) >= L.MAX_MASKS:

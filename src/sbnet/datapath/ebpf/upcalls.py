@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.checksum import fold, ones_sum
+from sbnet.datapath.gso import segment
 from sbnet.datapath.ebpf import layout as L
 from sbnet.flows import fields as F
 
@@ -16,49 +17,71 @@ VXLAN_PORT = 4789
 _HDR = L.UPCALL.size
 
 
+_EVENTS = (L.CT_COMMIT_EVENT, L.CT_EST_EVENT)
+_NO_EVENTS = np.zeros(0, dtype=L.CT_KEY_DTYPE)
+
+
 @dataclass
 class Upcalls:
     """One drain of the ring: the frames as the switch takes them (`batch`; tunnelled ones
-    inside the outer header the kernel's VXLAN device took off) and the 5-tuples of the
-    untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport))."""
+    inside the outer header the kernel's VXLAN device took off), the 5-tuples of the
+    untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport)),
+    and the connection events (the original direction's map key of each connection the
+    kernel committed, or saw the first reply of: `established`)."""
 
     batch: Batch
     tuples: np.ndarray
     truncated: int
+    segmented: int = 0        # GSO packets cut into their segments
+    conn_keys: np.ndarray = field(default_factory=lambda: _NO_EVENTS)
+    established: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
-    """Ring records (an sb_upcall header, then the packet) to the slow path's batch.  Packets
-    longer than an upcall carries are counted, not switched (their sender resends)."""
-    frames, ports, tunnelled = [], [], []
-    truncated = 0
+    """Ring records (an sb_upcall header, then the packet) to the slow path's batch, GSO
+    packets cut into their segments.  Packets longer than an upcall carries
+    (layout.UPCALL_MAX) are counted, not switched (their sender resends)."""
+    frames, ports, tunnelled, events, est = [], [], [], [], []
+    truncated = segmented = 0
     unpack = L.UPCALL.unpack_from
     for rec in records:
-        (_, in_port, length, caplen, _, tun, tun_id, tun_src, tun_dst, vlan, _) = unpack(rec)
+        (_, in_port, length, caplen, reason, tun, tun_id, tun_src, tun_dst, vlan,
+         gso_size) = unpack(rec)
+        if reason in _EVENTS and not length:
+            events.append(rec[_HDR:_HDR + L.CT_KEY.size])
+            est.append(reason == L.CT_EST_EVENT)
+            continue
         if caplen < length - (4 if vlan else 0):
             truncated += 1
             continue
         frame = rec[_HDR:_HDR + caplen]
         if vlan:
             frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
-        if tun and underlay_port is not None:
-            tunnelled.append((len(frames), tun_id, tun_src, tun_dst))
-        frames.append(frame)
-        ports.append(in_port)
+        # A GSO packet goes on as the frames the sender's NIC would have made of it.
+        segs = segment(frame, gso_size) if gso_size and caplen > gso_size else (frame,)
+        segmented += len(segs) > 1
+        for seg in segs:
+            if tun and underlay_port is not None:
+                tunnelled.append((len(frames), tun_id, tun_src, tun_dst))
+            frames.append(seg)
+            ports.append(in_port)
     inner = Batch.from_packets(frames, np.array(ports, dtype=np.uint32))
     # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel path
     # keeps that state with the packet, across veths and tunnels; the bytes that came up
     # do not).
     complete_l4_checksums(inner)
     tuples = five_tuples(inner)
+    conn_keys = np.frombuffer(b"".join(events), dtype=L.CT_KEY_DTYPE) if events else _NO_EVENTS
+    established = np.array(est, dtype=bool)
     if not tunnelled:
-        return Upcalls(inner, tuples, truncated)
+        return Upcalls(inner, tuples, truncated, segmented, conn_keys, established)
     frames = inner.packets()
     ports = inner.in_port.copy()
     for row, tun_id, src, dst in tunnelled:
         frames[row] = outer(frames[row], tun_id, src, dst)
         ports[row] = underlay_port
-    return Upcalls(Batch.from_packets(frames, ports), tuples, truncated)
+    return Upcalls(Batch.from_packets(frames, ports), tuples, truncated, segmented, conn_keys,
+                   established)
 
 
 def outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:

@@ -132,6 +132,8 @@ struct pkt {
 	__u64 tun_id;
 	__u32 tun_dst;
 	__u32 tun_src;
+	__u32 cfg_flags;       /* sb_config.flags */
+	__u32 pad;
 };
 
 static __always_inline void count(__u32 which)
@@ -333,7 +335,67 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 	return pass;
 }
 
-/* ct() for a connection the slow path handed down: fills the key's ct fields; -1 if not held. */
+/* A connection committed or established here, told to the slow path. */
+static __always_inline void ct_event(struct sb_ct_key *ck, __u32 what)
+{
+	struct {
+		struct sb_upcall u;
+		struct sb_ct_key k;
+	} ev = {};
+
+	ev.u.reason = what;
+	ev.u.caplen = sizeof(ev.k);
+	ev.k = *ck;
+	if (bpf_ringbuf_output(&upcalls, &ev, sizeof(ev), 0))
+		count(ST_CT_EVENT_LOST);
+	else
+		count(what);
+}
+
+static __always_inline void ct_reverse(struct sb_ct_key *rk, struct sb_ct_key *ck)
+{
+	rk->zone = ck->zone;
+	rk->proto = ck->proto;
+	rk->pad = 0;
+	rk->sport = ck->dport;
+	rk->dport = ck->sport;
+	rk->src = ck->dst;
+	rk->dst = ck->src;
+}
+
+/* ct() of a UDP connection the map does not hold (CFG_F_KERNEL_CT): +trk+new, as the slow
+ * path says of a connection it never saw; a commit puts both directions in the map
+ * (the reply one awaiting its first packet).  -1: the slow path must do it. */
+static __always_inline int ct_new(struct sb_key *k, struct sb_ct_key *ck, struct sb_act *a,
+				  __u32 bytes)
+{
+	if (a->w & CT_F_COMMIT) {
+		struct sb_ct_val v = {};
+		struct sb_ct_key rk;
+
+		v.state = CS_TRK | CS_NEW;
+		v.packets = 1;
+		v.bytes = bytes;
+		v.used = bpf_ktime_get_ns();
+		if (bpf_map_update_elem(&conns, ck, &v, BPF_NOEXIST))
+			return -1;              /* full, or committed meanwhile */
+		ct_reverse(&rk, ck);
+		v.state = CS_TRK | CS_NEW | CS_RPL;
+		v.packets = 0;
+		v.bytes = 0;
+		if (bpf_map_update_elem(&conns, &rk, &v, BPF_NOEXIST)) {
+			bpf_map_delete_elem(&conns, ck);
+			return -1;
+		}
+		ct_event(ck, ST_CT_COMMIT);
+	}
+	k->w[K_CT_STATE] = CS_TRK | CS_NEW;
+	k->w[K_CT_ZONE] = a->h;
+	k->w[K_CT_MARK] = 0;
+	return 0;
+}
+
+/* ct() for a connection in the map: fills the key's ct fields; -1 if the slow path must. */
 static __always_inline int ct_lookup(struct sb_key *k, struct pkt *p, struct sb_act *a,
 				     __u32 bytes)
 {
@@ -352,14 +414,33 @@ static __always_inline int ct_lookup(struct sb_key *k, struct pkt *p, struct sb_
 	ck.src = k->w[K_NW_SRC];
 	ck.dst = k->w[K_NW_DST];
 	cv = bpf_map_lookup_elem(&conns, &ck);
-	if (!cv)
+	if (!cv) {
+		if ((p->cfg_flags & CFG_F_KERNEL_CT) && p->l4proto == 17 && !(a->w & CT_F_MARK))
+			return ct_new(k, &ck, a, bytes);
 		return -1;
+	}
+	__u32 state = cv->state;
+	if (!(state & CS_TRK))
+		return -1;                      /* held by the slow path alone */
 	if ((a->w & CT_F_MARK) && ((cv->mark & a->b) != (a->a & a->b)))
 		return -1;                      /* a new mark: the slow path commits it */
+	if (state == (CS_TRK | CS_NEW | CS_RPL)) {
+		/* The first reply: the connection is established, both ways. */
+		struct sb_ct_key ok;
+		struct sb_ct_val *ov;
+
+		state = CS_TRK | CS_EST | CS_RPL;
+		cv->state = state;
+		ct_reverse(&ok, &ck);
+		ov = bpf_map_lookup_elem(&conns, &ok);
+		if (ov)
+			ov->state = CS_TRK | CS_EST;
+		ct_event(&ok, ST_CT_EST);
+	}
 	__sync_fetch_and_add(&cv->packets, 1);
 	__sync_fetch_and_add(&cv->bytes, bytes);
 	cv->used = bpf_ktime_get_ns();
-	k->w[K_CT_STATE] = cv->state;
+	k->w[K_CT_STATE] = state;
 	k->w[K_CT_ZONE] = a->h;
 	k->w[K_CT_MARK] = cv->mark;
 	return 0;
@@ -526,6 +607,26 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 	u->tun_src = s->key.w[K_TUN_SRC];
 	u->tun_dst = s->key.w[K_TUN_DST];
 	u->vlan = skb->vlan_present ? (bpf_ntohs(skb->vlan_proto) << 16) | (skb->vlan_tci & 0xFFFF) : 0;
+	u->gso_size = skb->gso_size;
+	if (len > UPCALL_BYTES && len <= UPCALL_MAX) {
+		/* A GSO packet: a record of its own room, the slow path segments it. */
+		struct sb_upcall *big = bpf_ringbuf_reserve(&upcalls, sizeof(*u) + UPCALL_MAX, 0);
+
+		if (!big) {
+			count(ST_UPCALL_LOST);
+			return TC_ACT_SHOT;
+		}
+		*big = *u;
+		big->caplen = len;
+		if (bpf_skb_load_bytes(skb, 0, (void *)(big + 1), len)) {
+			bpf_ringbuf_discard(big, 0);
+			count(ST_UPCALL_LOST);
+			return TC_ACT_SHOT;
+		}
+		bpf_ringbuf_submit(big, 0);
+		count(ST_UPCALL);
+		return TC_ACT_SHOT;
+	}
 	if (len > UPCALL_BYTES)
 		len = UPCALL_BYTES;
 	u->caplen = 0;
@@ -558,6 +659,7 @@ int sbnet_ingress(struct __sk_buff *skb)
 	__u32 ingress = *(volatile __u32 *)&skb->ingress_ifindex;
 
 	p.test = cfg->flags & CFG_F_TEST;
+	p.cfg_flags = cfg->flags;
 	ifindex = p.test ? cb0 : ingress;
 	struct sb_port *port = bpf_map_lookup_elem(&ports, &ifindex);
 	if (!port)

@@ -21,7 +21,8 @@ enum sb_slot {
 #define MAX_ACTS 16
 #define MAX_OUT 16        /* outputs traced per packet in test mode */
 #define TRACE_BYTES 2048  /* bytes of each traced output kept */
-#define UPCALL_BYTES 2048 /* bytes of a missed packet sent up (longer: truncated flag) */
+#define UPCALL_BYTES 2048 /* a missed packet up to this long goes up in a record its size */
+#define UPCALL_MAX 65536  /* longer (GSO) ones in a record of this room; past it truncated */
 #define MAX_PASSES 3      /* datapath passes per packet (ct + recirc) */
 
 struct sb_key {
@@ -99,8 +100,21 @@ struct sb_config {
 	__u32 upcall_burst;
 };
 #define CFG_F_TEST 1      /* BPF_PROG_RUN: ingress port and tunnel key from cb[], outputs traced */
+#define CFG_F_KERNEL_CT 2 /* UDP connections unknown to the map are +new here; ct(commit)
+			   * of one, and its first reply, are done here and told up the ring */
 
-/* Connections the slow path committed and saw established. */
+/* ct_state bits (sbnet.flows.fields.CT_STATE_BITS, as OVS). */
+#define CS_NEW 0x01
+#define CS_EST 0x02
+#define CS_RPL 0x08
+#define CS_TRK 0x20
+
+/* Connections, one entry per direction: those the slow path committed (established,
+ * or UDP still awaiting its reply), and with CFG_F_KERNEL_CT the UDP ones committed
+ * here.  state: the ct_state of this direction's packets; CS_TRK|CS_NEW|CS_RPL is the
+ * reply direction of a connection awaiting its first reply (that reply establishes
+ * it); 0 (no CS_TRK) a connection the slow path holds in a way this map cannot: its
+ * packets go up. */
 struct sb_ct_key {
 	__u16 zone;
 	__u8 proto;
@@ -136,6 +150,7 @@ struct sb_meter {
 enum sb_stat {
 	ST_HIT, ST_MISS, ST_PUNT_PARSE, ST_PUNT_ACTION, ST_UPCALL, ST_UPCALL_LOST,
 	ST_UPCALL_LIMITED, ST_DROP, ST_METER_DROP, ST_CT_MISS, ST_OUTPUT_ERR,
+	ST_CT_COMMIT, ST_CT_EST, ST_CT_EVENT_LOST,
 	ST_N
 };
 
@@ -162,7 +177,10 @@ struct sb_trace_out {
 	__u8 data[TRACE_BYTES];
 };
 
-struct sb_upcall {        /* ring buffer record header; the packet bytes follow */
+/* Ring buffer record header; the packet bytes follow.  A connection event (reason
+ * ST_CT_COMMIT or ST_CT_EST, len 0) is followed by the sb_ct_key of the connection's
+ * original direction instead. */
+struct sb_upcall {
 	__u32 ifindex;
 	__u32 in_port;
 	__u32 len;            /* whole packet length (an accelerated VLAN tag re-inserted) */
@@ -173,7 +191,7 @@ struct sb_upcall {        /* ring buffer record header; the packet bytes follow 
 	__u32 tun_src;
 	__u32 tun_dst;
 	__u32 vlan;           /* accelerated tag, as in sb_trace_out */
-	__u32 pad;
+	__u32 gso_size;       /* a GSO packet's segment payload size (0: not GSO) */
 };
 
 #endif

@@ -1,0 +1,173 @@
+"""The kernel's connection map kept in step with the slow path's conntrack: hand-downs, kernel connection events, ageing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sbnet.datapath.ebpf import layout as L
+from sbnet.flows import fields as F
+
+TRK, NEW, EST, RPL = (F.CT_STATE_BITS[k] for k in ("trk", "new", "est", "rpl"))
+EST_ORIG, EST_REPLY = TRK | EST, TRK | EST | RPL
+NEW_ORIG, NEW_REPLY = TRK | NEW, TRK | NEW | RPL     # a UDP connection awaiting its reply
+PUNT = 0                       # held by the slow path in a way the map cannot: packets go up
+
+
+class ConnSync:
+    """Which connections the kernel's map holds, and in which state, for one switch.
+
+    Every direction the map holds is in `held` (zone, proto, src, dst, sport, dport) ->
+    the state written.  The slow path hands down the connections of each upcall batch
+    (hand_down) and reconciles everything once a maintenance tick (sync): established
+    connections in both directions; with kernel_ct also UDP connections awaiting their
+    reply (the kernel establishes them on it) and, as PUNT, the UDP ones it holds in a
+    way the map cannot (label, NAT), so the kernel never takes one of them for new.
+    Connection events (the kernel's own commits and first replies) go into the slow
+    path's conntrack (events)."""
+
+    def __init__(self, tier, conntrack, kernel_ct: bool) -> None:
+        self.tier, self.ct, self.kernel_ct = tier, conntrack, kernel_ct
+        self.zones: set[int] = set()          # ct zones of megaflows in the kernel
+        self.held: dict[tuple, int] = {}
+        self._established = 0                  # EST_ORIG entries in held
+        self._synced_ns = time.monotonic_ns()  # kernel `used` stamps after this are news
+
+    # -- what the map should hold ------------------------------------------------------
+    def _desired(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Map keys (CT_KEY_DTYPE), states and marks for the connections `slots` (unique,
+        live IPv4 TCP/UDP), both directions, direction 0 first; none for those the map
+        must not hold (TCP before it is established)."""
+        view = self.ct.view
+        est = view.held_outside(slots)
+        if self.kernel_ct:
+            new = ~est & view.unreplied_udp(slots)
+            punt = ~est & ~new & (self.ct.table.proto[slots] == F.IP_UDP)
+        else:
+            new = punt = np.zeros(len(slots), dtype=bool)
+        keep = est | new | punt
+        slots, est, new = slots[keep], est[keep], new[keep]
+        zone, proto, *d = view.ipv4_directions(slots)
+        n = len(slots)
+        keys = np.zeros(2 * n, dtype=L.CT_KEY_DTYPE)
+        keys["zone"], keys["proto"] = np.tile(zone, 2), np.tile(proto, 2)
+        for name, a, b in (("src", d[0], d[4]), ("dst", d[1], d[5]), ("sport", d[2], d[6]),
+                           ("dport", d[3], d[7])):
+            keys[name] = np.concatenate([a, b])
+        orig = np.where(est, EST_ORIG, np.where(new, NEW_ORIG, PUNT))
+        reply = np.where(est, EST_REPLY, np.where(new, NEW_REPLY, PUNT))
+        states = np.concatenate([orig, reply]).astype(np.uint32)
+        marks = np.tile(view.marks(slots), 2).astype(np.uint32)
+        return keys, states, marks
+
+    def _write(self, keys: np.ndarray, states: np.ndarray, marks: np.ndarray,
+               force: bool = False) -> None:
+        """Entries whose state differs from what the map was given (force: every one), in
+        one system call."""
+        dirs = _dirs(keys)
+        change = np.array([force or self.held.get(k) != s for k, s in zip(dirs, states.tolist())],
+                          dtype=bool)
+        if not change.any():
+            return
+        vals = np.zeros(int(change.sum()), dtype=L.CT_VAL_DTYPE)
+        vals["state"], vals["mark"] = states[change], marks[change]
+        self.tier.add_conns(keys[change].tobytes(), vals.tobytes())
+        for k, s in zip((k for k, c in zip(dirs, change) if c), states[change].tolist()):
+            self._set(k, s)
+
+    # -- the three ways in ---------------------------------------------------------------
+    def hand_down(self, tuples: np.ndarray, zones=None, force: bool = False) -> None:
+        """The connections of these (proto, src, dst, sport, dport) rows (an upcall batch's
+        packets) in `zones` (default: the kernel's), as the slow path's conntrack now holds
+        them; force: written even where the map was given that state already (an imported
+        connection replaces whatever the map held for its tuples)."""
+        zones = self.zones if zones is None else zones
+        if not zones or not len(tuples):
+            return
+        tuples = np.unique(tuples, axis=0)
+        found = []
+        for zone in zones:
+            proto, src, dst, sport, dport = tuples.T
+            slot, _ = self.ct.view.find_ipv4(np.full(len(tuples), zone), proto, src, dst,
+                                             sport, dport)
+            found.append(slot[slot >= 0])
+        slots = np.unique(np.concatenate(found))
+        if slots.size:
+            self._write(*self._desired(slots), force=force)
+
+    def events(self, keys: np.ndarray, established: np.ndarray, now: float) -> None:
+        """Connections the kernel committed (established False) or saw the first reply of
+        (True), each by its original direction: into the slow path's conntrack."""
+        udp = keys["proto"] == F.IP_UDP
+        keys, established = keys[udp], established[udp]
+        if not len(keys):
+            return
+        slot = self.ct.adopt_udp_many(keys["zone"], keys["src"], keys["dst"], keys["sport"],
+                                      keys["dport"], established, now)
+        for k, e, s in zip(keys.tolist(), established.tolist(), slot.tolist()):
+            if s >= 0:
+                zone, proto, _, sport, dport, src, dst = k
+                self._set((zone, proto, src, dst, sport, dport), EST_ORIG if e else NEW_ORIG)
+                self._set((zone, proto, dst, src, dport, sport), EST_REPLY if e else NEW_REPLY)
+
+    def _set(self, k: tuple, state: int) -> None:
+        old = self.held.get(k)
+        self.held[k] = state
+        self._established += (state == EST_ORIG) - (old == EST_ORIG)
+
+    def _drop(self, k: tuple) -> None:
+        self._established -= self.held.pop(k) == EST_ORIG
+
+    def sync(self, now: float) -> None:
+        """Reconcile the map with the conntrack: connections the kernel forwarded for keep
+        their timeouts going, those it committed that no event told of are taken up, every
+        connection in the kernel's zones is written as it now is, and what the conntrack
+        no longer holds leaves the map."""
+        raw_k, raw_v = self.tier.m_conns.items()
+        keys = np.frombuffer(raw_k, dtype=L.CT_KEY_DTYPE)
+        vals = np.frombuffer(raw_v, dtype=L.CT_VAL_DTYPE)
+        if len(keys):
+            slot, _ = self.ct.view.find_ipv4(keys["zone"], keys["proto"], keys["src"],
+                                             keys["dst"], keys["sport"], keys["dport"])
+            self.ct.keep_alive(np.unique(slot[vals["used"] > self._synced_ns]), now)
+            lost = np.flatnonzero((slot < 0) & (keys["proto"] == F.IP_UDP) & (
+                (vals["state"] == NEW_ORIG) | (vals["state"] == EST_ORIG)))
+            lost = np.array([i for i in lost.tolist() if _dir(keys[i].tolist()) not in self.held],
+                            dtype=np.int64)
+            if lost.size:
+                self.events(keys[lost], vals["state"][lost] == EST_ORIG, now)
+        self._synced_ns = time.monotonic_ns()
+        slots = self.ct.view.in_zones(self.zones) if self.zones else np.zeros(0, np.int64)
+        want_k, want_s, want_m = self._desired(slots)
+        want = dict(zip(_dirs(want_k), want_s.tolist()))
+        for k in [k for k in self.held if k not in want]:
+            self.tier.remove_conn(*k)
+            self._drop(k)
+        if len(want_k):
+            self._write(want_k, want_s, want_m)
+
+    def take_up(self, now: float) -> None:
+        """The connections a previous agent left in the pinned map, into the conntrack."""
+        for zone, proto, src, dst, sport, dport, state, mark in self.tier.conns_kept():
+            if state & RPL or not state & TRK:
+                continue                  # the original direction's entry takes up both
+            if state & EST:
+                self.ct.adopt_established(zone, proto, src, dst, sport, dport, mark, now)
+            elif proto == F.IP_UDP:
+                self.ct.adopt_udp(zone, src, dst, sport, dport, False, now)
+            self.zones.add(zone)
+
+    def established(self) -> int:
+        """Connections the map holds established (both directions each)."""
+        return self._established
+
+
+def _dir(k: tuple) -> tuple:
+    """A CT_KEY_DTYPE record as (zone, proto, src, dst, sport, dport)."""
+    zone, proto, _, sport, dport, src, dst = k
+    return (zone, proto, src, dst, sport, dport)
+
+
+def _dirs(keys: np.ndarray) -> list[tuple]:
+    return [_dir(k) for k in keys.tolist()]

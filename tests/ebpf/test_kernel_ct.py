@@ -1,0 +1,142 @@
+"""New UDP connections committed and established by the kernel tier itself (kernel_ct), against the reference switch with BPF_PROG_RUN; the slow path's conntrack told by the connection events."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sbnet.datapath.ebpf import layout as L
+from sbnet.datapath.ebpf.connsync import ConnSync
+from sbnet.datapath.ebpf.upcalls import decode
+from sbnet.datapath.switch import Switch
+
+from .test_tunnels_ct import SG, C, S, _ip, seg
+from .util import attach_ports, compare, run_reference
+
+ZONE = 5
+
+
+@pytest.fixture(scope="module")
+def ktier():
+    """A loaded program in test mode that commits new UDP connections itself, with a
+    reader of its ring (the connection events)."""
+    from tests.ebpf.conftest import require_bpf
+    require_bpf()
+    from sbnet.datapath.ebpf.libbpf import RingReader
+    from sbnet.datapath.ebpf.tier import EbpfTier
+    with EbpfTier(capacity=256, conn_capacity=256, test=True, kernel_ct=True) as t:
+        ring = RingReader(t.upcalls_fd, t.upcalls_size)
+        yield t, ring
+        ring.close()
+
+
+def _switch(flows: str = SG) -> Switch:
+    sw = Switch(clock=lambda: 0.0)
+    for p in (1, 2):
+        sw.add_port(p)
+    sw.load(flows)
+    return sw
+
+
+def _empty(t) -> None:
+    t.flush()
+    for k in t.m_conns.keys():
+        t.m_conns.delete(k)
+
+
+@settings(max_examples=8, deadline=None)
+@given(sport=st.integers(1024, 65535),
+       data=st.lists(st.tuples(st.booleans(), st.binary(max_size=40)), min_size=1, max_size=8))
+def test_a_new_udp_connection_runs_in_the_kernel_like_the_reference(ktier, sport, data):
+    """The connection's first packet, those before its reply (+new), its first reply and
+    everything after (+est) all leave the kernel exactly as they leave the reference
+    switch, none goes up; the kernel tells of the commit and of the first reply, and a
+    conntrack that saw no packet learns the connection from those two events."""
+    t, ring = ktier
+    _empty(t)
+    ring.drain()
+    sw = _switch()
+    packets = [(1, seg(C, S, sport, 53, "", b"first", udp=True))]
+    packets += [(1, seg(C, S, sport, 53, "", p, udp=True)) if fwd else
+                (2, seg(S, C, 53, sport, "", p, udp=True)) for fwd, p in data]
+    ref = run_reference(sw, packets)
+    attach_ports(t, sw)
+    seen = compare(t, sw, packets, ref)
+    assert seen == {"kernel": len(packets), "upcall": 0}
+    replied = any(not fwd for fwd, _ in data)
+    up = decode(ring.drain(), None)
+    assert len(up.batch) == 0
+    key = (ZONE, 17, 0, sport, 53, _ip(C), _ip(S))
+    assert [tuple(k) for k in up.conn_keys.tolist()] == [key] * (1 + replied)
+    assert up.established.tolist() == [False, True][:1 + replied]
+    # The kernel's map holds both directions as the reference's conntrack has it.
+    states = {(c[2], c[4]): c[6] for c in t.conns_kept()}
+    want = (0x22, 0x2A) if replied else (0x21, 0x29)       # +trk+est[+rpl] / +trk+new[+rpl]
+    assert (states[(_ip(C), sport)], states[(_ip(S), 53)]) == want
+    mirror = _switch()
+    sync = ConnSync(t, mirror.conntrack, kernel_ct=True)
+    sync.events(up.conn_keys, up.established, 0.0)
+    for ct in (sw.conntrack, mirror.conntrack):
+        slot, _ = ct.find((ZONE, 17, 0, _ip(C), _ip(S), sport, 53))
+        assert slot >= 0
+        assert bool(ct.view.held_outside(np.array([slot]))[0]) == replied
+    assert sync.established() == replied
+
+
+LABELLED = SG.replace("udp,ct_state=+trk+new,in_port=1 actions=ct(commit,zone=5),output:2",
+                      "udp,ct_state=+trk+new,in_port=1 actions=ct(commit,zone=5,"
+                      "exec(set_field:1->ct_label)),output:2")
+
+
+@pytest.mark.parametrize("flows, handed", [(SG, "new"), (LABELLED, "punt")], ids=["new", "punt"])
+def test_a_connection_the_slow_path_committed_is_never_taken_for_new(ktier, flows, handed):
+    """A UDP connection the slow path committed (its first packet went up) is handed down
+    at once: awaiting its reply (the kernel establishes it on the reply, as the reference
+    does), or, labelled, as one the kernel must send up.  Without that its reply would be
+    +new in the kernel: dropped by this group."""
+    t, ring = ktier
+    _empty(t)
+    sw = _switch(flows)
+    first = (1, seg(C, S, 4000, 53, "", b"q", udp=True))
+    reply = (2, seg(S, C, 53, 4000, "", b"a", udp=True))
+    # Another connection first, both ways, and a packet the group drops (+new from port
+    # 2): the megaflows the reply takes, and the one it would take were it +new, are there.
+    run_reference(sw, [(1, seg(C, S, 3999, 53, "", udp=True)), (2, seg(S, C, 53, 3999, "", udp=True)),
+                       (2, seg(S, C, 53, 5555, "", udp=True))])
+    run_reference(sw, [first])
+    attach_ports(t, sw)
+    sync = ConnSync(t, sw.conntrack, kernel_ct=True)
+    for mf in sw.cache.flows.values():
+        if t.put(mf).tier == "ebpf":
+            sync.zones.update(a.zone for a in mf.actions if type(a).__name__ == "Ct")
+    sync.hand_down(np.array([[17, _ip(C), _ip(S), 4000, 53], [17, _ip(C), _ip(S), 3999, 53]]))
+    ring.drain()
+    ref = run_reference(sw, [reply])
+    got = t.run(reply[1], 2)
+    if handed == "punt":
+        assert got.verdict == "upcall"
+        assert {c[6] for c in t.conns_kept() if 4000 in (c[4], c[5])} == {0}
+        return
+    assert [(o.ofport, o.data) for o in got.outputs] == ref.outputs[0] != []
+    up = decode(ring.drain(), None)
+    assert up.established.tolist() == [True]
+    sync.events(up.conn_keys, up.established, 0.0)
+    assert sync.established() == 2          # this one and the one before
+    # The next reconciliation finds the map as the conntrack has it: nothing to write.
+    before = dict(sync.held)
+    sync.sync(0.0)
+    assert sync.held == before and set(before.values()) == {0x22, 0x2A}
+    assert sync.established() == 2
+
+
+def test_tcp_and_connections_without_kernel_ct_still_go_up(tier):
+    """Only UDP is committed in the kernel, and only where kernel_ct is set: a tier without
+    it sends a new UDP connection's first packet up, as before."""
+    sw = _switch()
+    tier.flush()
+    attach_ports(tier, sw)
+    run_reference(sw, [(1, seg(C, S, 4000, 53, "", udp=True)), (2, seg(S, C, 53, 4000, "", udp=True))])
+    for mf in sw.cache.flows.values():
+        tier.put(mf)
+    assert tier.run(seg(C, S, 4001, 53, "", udp=True), 1).verdict == "upcall"
+    assert L.CFG_F_KERNEL_CT and not tier.kernel_ct
