@@ -138,10 +138,12 @@ while sys.stdin not in select.select([s, sys.stdin], [], [], 1.0)[0]:
 """
 
 
-def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
+def measure(kind: str, n: int, timeout: float = 60.0, kernel_ct: bool = True) -> SetupRun:
     """Send n new flows into port 1 of a kernel-tier switch at once; time until the kernel
     holds every one (connections: both directions in the connection map; megaflows: in
-    the flow map), then send each flow's second packet and count what the kernel carried."""
+    the flow map), then send each flow's second packet and count what the kernel carried.
+    kernel_ct False: the slow path commits each connection (its first packet and its reply
+    go up), as before the kernel committed UDP connections itself."""
     from sbnet.agent.netns import Topology, sh
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
     from sbnet.flows.ofctl import parse_file
@@ -155,7 +157,8 @@ def measure(kind: str, n: int, timeout: float = 60.0) -> SetupRun:
         for dev in ("src0", "tap1", "tap2", "dst0"):
             sh("ip", "-n", ns, "link", "set", dev, "arp", "off", "up")
         # No idle expiry while it runs: every flow set up stays until it is counted.
-        with EbpfDatapath(netns=ns, capacity=max(65536, 2 * n), maintain_every=3600) as dp:
+        with EbpfDatapath(netns=ns, capacity=max(65536, 2 * n), maintain_every=3600,
+                          kernel_ct=kernel_ct) as dp:
             dp.attach(1, "tap1")
             dp.attach(2, "tap2")
             dp.bundle(add=parse_file(TABLES[kind]).flows)
