@@ -92,14 +92,14 @@ def setups(n: int) -> None:
     connections committed by upcalls (the slow path) and by the kernel, in the same run."""
     from sbnet.datapath.ebpf.setups import measure
     print()
-    print("flow set-ups                            flows  seconds  set-ups/s  first packets"
+    print("flow set-ups                              flows  seconds  set-ups/s  first packets"
           " delivered  second packets in the kernel  upcalls  upcalls lost")
     runs = {}
     for kind, kct, label in (("connections", False, "UDP connections, committed by upcalls"),
                              ("connections", True, "UDP connections, committed in the kernel"),
                              ("megaflows", True, "megaflows (one per flow, by upcalls)")):
         r = runs[(kind, kct)] = measure(kind, n, kernel_ct=kct)
-        print(f"{label:<39}  {r.flows:>5}  {r.seconds:>7.2f}  {r.rate:>9,.0f}  "
+        print(f"{label:<41}  {r.flows:>5}  {r.seconds:>7.2f}  {r.rate:>9,.0f}  "
               f"{r.delivered:>23}  {r.carried:>28}  {r.upcalls:>7}  {r.upcalls_lost:>12}")
     before, after = runs[("connections", False)].rate, runs[("connections", True)].rate
     print(f"new connections through a stateful group: {after:,.0f}/s, "
