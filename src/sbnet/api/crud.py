@@ -83,8 +83,11 @@ def target(tx: Tx, ctx: "Context", spec: ResourceSpec, body: dict) -> policy.Tar
         if isinstance(body.get("network_id"), str) and spec.name != "network" else None
     if net is None:
         return policy.Target(body.get("project_id"))
+    # Whether it is shared is asked only by rules the caller's other roles do not settle
+    # (it may load the RBAC entries).
+    sight = Sight(tx, ctx)
     return policy.Target(body.get("project_id"), net.get("project_id"),
-                         Sight(tx, ctx).shared("network", net))
+                         lambda: sight.shared("network", net))
 
 
 def view(ctx: "Context", spec: ResourceSpec, body: dict, fields: list[str] | None = None) -> dict:
@@ -368,11 +371,15 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
         bulk = isinstance(items, list)
         raw = items if bulk else [items]
         bodies = [a.validate_body(spec.attrs, i, create=True, resource=spec.name) for i in raw]
-        with api.store.write(hooks.write_keys(bodies)) as tx:
+        for body in bodies:
+            set_project(ctx, spec, body)
+        keys = hooks.write_keys(bodies)
+        if keys is not None:
+            keys += [api.quotas.key(spec.name, b.get("project_id", "")) for b in bodies]
+        with api.store.write(keys) as tx:
             parent_id = parent_guard(tx, ctx, request, True)
             created = []
             for item, body in zip(raw, bodies):
-                set_project(ctx, spec, body)
                 tgt = target(tx, ctx, spec, body)
                 if parent_id:
                     tgt = policy.Target(tx.get(spec.parent, parent_id)["project_id"])

@@ -176,11 +176,16 @@ def rules_for(resource: str, action: str) -> list[Rule]:
 
 @dataclass(frozen=True)
 class Target:
-    """What a check needs about the resource: its project and its network's owner."""
+    """What a check needs about the resource: its project, its network's owner, and whether
+    that network is shared with the caller (or a function that finds out, asked only when a
+    rule needs it)."""
 
     project_id: str | None
     net_project: str | None = None
-    net_shared: bool = False
+    net_shared: bool | Callable[[], bool] = False
+
+    def shared(self) -> bool:
+        return self.net_shared() if callable(self.net_shared) else self.net_shared
 
 
 def holds(ctx: Context, principal: str, target: Target) -> bool:
@@ -200,7 +205,7 @@ def holds(ctx: Context, principal: str, target: Target) -> bool:
         return ctx.is_member and target.net_project is not None \
             and ctx.project_id == target.net_project
     if principal == SHARED:
-        return target.net_shared
+        return target.shared()
     raise ValueError(f"unknown principal {principal}")
 
 
@@ -230,9 +235,7 @@ def enforce(ctx: Context, resource: str, action: str, target: Target,
         raise _deny(resource, action, own[0])
     if not given:
         return
-    for rule in RULES:
-        if rule.resource != resource or rule.action != action or rule.attr is None:
-            continue
+    for rule in _ATTR_RULES.get((resource, action), ()):
         present, value = _value(given, rule.attr)
         if present and rule.applies(value) and not allowed(ctx, rule, target):
             raise _deny(resource, action, rule)
@@ -245,9 +248,12 @@ def hidden(ctx: Context, resource: str, target: Target) -> frozenset[str]:
 
 
 _GET_ATTRS: dict[str, list[Rule]] = {}
+_ATTR_RULES: dict[tuple[str, str], list[Rule]] = {}   # (resource, action) -> attribute rules
 for _rule in RULES:
     if _rule.action == "get" and _rule.attr is not None:
         _GET_ATTRS.setdefault(_rule.resource, []).append(_rule)
+    if _rule.attr is not None:
+        _ATTR_RULES.setdefault((_rule.resource, _rule.action), []).append(_rule)
 
 
 def table() -> Iterable[tuple[str, str, str, str]]:

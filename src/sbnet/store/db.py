@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
 import threading
 import time
 from contextlib import contextmanager
@@ -9,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import (and_, bindparam, create_engine, delete, event, func, insert, literal,
+from sqlalchemy import (String, and_, bindparam, create_engine, delete, event, func, insert,
                         select, text, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -92,27 +94,40 @@ _CHANGES = insert(t.changes)
 _PROVISIONAL_CHANGES = insert(t.changes).values(revision=-func.nextval("sbnet_change_slots"))
 
 
-def _key_lock(key: str) -> Any:
-    return func.pg_advisory_xact_lock(1, func.hashtext(literal(key)))
+_COUNT = select(func.count()).select_from(t.resources).where(
+    t.resources.c.type == bindparam("typ"), t.resources.c.project_id == bindparam("project"))
 
 
-def _scoped_locks(keys: list[str]) -> Any:
-    return select(func.pg_advisory_xact_lock_shared(0, 0), *map(_key_lock, keys))
+def _key_lock(param: str) -> Any:
+    return func.pg_advisory_xact_lock(1, func.hashtext(bindparam(param, type_=String)))
+
+
+_KEY_LOCK = select(_key_lock("key"))
+
+
+@functools.lru_cache(maxsize=64)
+def _scoped_locks(n: int) -> Any:
+    """The whole store shared and n keys (parameters k0...) exclusively, in one statement
+    (built once per n: building and caching a statement costs more than running it)."""
+    return select(func.pg_advisory_xact_lock_shared(0, 0), *(_key_lock(f"k{i}") for i in range(n)))
 
 
 class Store:
     """One database: SQLite file (WAL) by default, PostgreSQL by URL."""
 
-    def __init__(self, url: str, migrate: bool = True) -> None:
+    def __init__(self, url: str, migrate: bool = True, pool_size: int = 40) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self.engine = _sqlite_engine(url)
         else:
-            # As many kept connections as the API has worker threads (anyio's 40): overflow
-            # ones are closed after each use, and a new one costs a server process fork.
-            self.engine = create_engine(url, pool_size=40, max_overflow=20, pool_timeout=120,
-                                        pool_pre_ping=True)
+            # As many kept connections as the API has worker threads (anyio's 40; less per
+            # process when several serve one database): overflow ones are closed after each
+            # use, and a new one costs a server process fork.  No pre-ping (a round trip on
+            # every checkout): a connection the server dropped fails its first statement,
+            # and retrying() runs the transaction again on a new one.
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size // 2,
+                                        pool_timeout=120)
         # SQLite allows one writer; queueing writers here is fairer and faster than busy-waiting.
         self._local_lock = threading.RLock() if self.is_sqlite else None
         self._memory = self.is_sqlite and isinstance(self.engine.pool, StaticPool)
@@ -163,8 +178,9 @@ class Store:
             with conn.begin():
                 if scoped:
                     # Advisory locks are released at commit; sorted, so no two writers deadlock.
-                    conn.execute(_scoped_locks(sorted(set(keys))))
-                    tx = Tx(conn, None, write=True)
+                    held = sorted(set(keys))
+                    conn.execute(_scoped_locks(len(held)), {f"k{i}": k for i, k in enumerate(held)})
+                    tx = Tx(conn, None, write=True, held=held)
                 else:
                     if not self.is_sqlite:
                         conn.execute(_STORE_EXCLUSIVE)
@@ -187,13 +203,38 @@ class Store:
 
     def retrying(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args), run again (a few times) when PostgreSQL rolled its transaction back as
-        a deadlock victim (writers taking keys on the way can meet in a cycle, rarely)."""
+        a deadlock victim (writers taking keys on the way can meet in a cycle, rarely), or
+        when its connection was found dead (the database restarted since it was pooled;
+        SQLAlchemy then empties the pool, and nothing of the transaction was committed)."""
         for attempt in range(1, RETRIES + 1):
             try:
                 return fn(*args)
             except DBAPIError as exc:
-                if attempt == RETRIES or getattr(exc.orig, "pgcode", None) not in RETRYABLE:
+                if attempt == RETRIES or not (exc.connection_invalidated or getattr(
+                        exc.orig, "pgcode", None) in RETRYABLE):
                     raise
+
+    # --- agents' heartbeats, kept apart from the model (no revision, no change) ---
+
+    def put_heartbeat(self, host: str, seen: float, started_at: str, heartbeat_at: str,
+                      config: dict) -> None:
+        """Record a host's agent's last heartbeat (seen: seconds since the epoch)."""
+        ins = {"postgresql": pg_insert, "sqlite": sqlite_insert}[self.engine.dialect.name]
+        row = {"host": host, "seen": seen, "started_at": started_at,
+               "heartbeat_at": heartbeat_at, "config": config}
+        stmt = ins(t.heartbeats).values(row)
+        stmt = stmt.on_conflict_do_update(index_elements=[t.heartbeats.c.host], set_={
+            k: stmt.excluded[k] for k in ("seen", "started_at", "heartbeat_at", "config")})
+        with self._locked(), self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def heartbeats(self, host: str | None = None) -> list[dict]:
+        """The recorded heartbeats (of one host, or all)."""
+        q = select(t.heartbeats)
+        if host is not None:
+            q = q.where(t.heartbeats.c.host == host)
+        with self.read() as tx:
+            return [dict(r._mapping) for r in tx.conn.execute(q)]
 
     # --- the feed and the snapshot, for host agents and the compiler ---
 
@@ -235,25 +276,41 @@ class Tx:
     revision: in an exclusive write, the store's revision so far (counting this transaction's
     changes); None in a read, and in a scoped write until flush() numbers its changes."""
 
-    def __init__(self, conn: Connection, revision: int | None, write: bool = False) -> None:
+    def __init__(self, conn: Connection, revision: int | None, write: bool = False,
+                 held: Iterable[str] = ()) -> None:
         self.conn = conn
         self.revision = revision
         self.write = write
         self._start = revision
         self._pending: list[dict] = []
+        self._held = set(held)
+        # Documents read or written in this transaction, pickled (each get() hands out its
+        # own copy, so a caller changing one changes nothing another holds): a request
+        # reads its network several times (policy, visibility, the port's own checks).
+        self._docs: dict[tuple[str, str], bytes | None] = {}
 
     def lock(self, key: str) -> None:
         """Hold `key` exclusively until commit: for what a scoped write finds it needs on the
-        way (an exclusive write holds everything already).  Take such keys after the ones
-        given up front, and never two of them in different orders."""
-        if self.write and self._start is None:
-            self.conn.execute(select(_key_lock(key)))
+        way (an exclusive write holds everything already, a scoped one its keys given up
+        front).  Take such keys after the ones given up front, and never two of them in
+        different orders."""
+        if self.write and self._start is None and key not in self._held:
+            self.conn.execute(_KEY_LOCK, {"key": key})
+            self._held.add(key)
 
     # --- documents ---
 
     def get(self, typ: str, ident: str) -> dict | None:
-        r = self.conn.execute(_GET, {"typ": typ, "ident": ident}).first()
-        return r[0] if r else None
+        key = (typ, ident)
+        if key not in self._docs:
+            r = self.conn.execute(_GET, {"typ": typ, "ident": ident}).first()
+            self._docs[key] = None if r is None else pickle.dumps(r[0], pickle.HIGHEST_PROTOCOL)
+        doc = self._docs[key]
+        return None if doc is None else pickle.loads(doc)
+
+    def _remember(self, typ: str, body: dict | None) -> None:
+        if body is not None:
+            self._docs[typ, body["id"]] = pickle.dumps(body, pickle.HIGHEST_PROTOCOL)
 
     def parent_of(self, typ: str, ident: str) -> str | None:
         return self.conn.execute(_PARENT_OF, {"typ": typ, "ident": ident}).scalar()
@@ -264,8 +321,7 @@ class Tx:
                                                     "project": project_id})]
 
     def count(self, typ: str, project_id: str) -> int:
-        return self.conn.execute(select(func.count()).select_from(t.resources).where(
-            and_(t.resources.c.type == typ, t.resources.c.project_id == project_id))).scalar_one()
+        return self.conn.execute(_COUNT, {"typ": typ, "project": project_id}).scalar_one()
 
     def insert(self, typ: str, body: dict, project_id: str, parent_id: str | None = None,
                standard: bool = True) -> dict:
@@ -274,6 +330,7 @@ class Tx:
             body.update(created_at=stamp, updated_at=stamp, revision_number=1)
         self.conn.execute(_INSERT, {"type": typ, "id": body["id"], "project_id": project_id,
                                     "parent_id": parent_id, "body": body})
+        self._remember(typ, body)
         self._record(typ, body["id"], "create", project_id, body)
         return body
 
@@ -282,11 +339,13 @@ class Tx:
             body["revision_number"] = body.get("revision_number", 0) + 1
             body["updated_at"] = now_iso()
         res = self.conn.execute(_UPDATE, {"typ": typ, "ident": body["id"], "body": body})
+        self._remember(typ, body)
         self._record(typ, body["id"], "update", res.scalar_one(), body)
         return body
 
     def delete(self, typ: str, body: dict) -> None:
         res = self.conn.execute(_DELETE, {"typ": typ, "ident": body["id"]})
+        self._docs[typ, body["id"]] = None
         self._record(typ, body["id"], "delete", res.scalar_one(), body)
 
     def _record(self, typ: str, ident: str, op: str, project_id: str, body: dict | None) -> None:

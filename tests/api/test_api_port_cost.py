@@ -1,0 +1,60 @@
+"""What one port create costs the database on PostgreSQL, and that it survives dropped connections."""
+
+from __future__ import annotations
+
+import psycopg2
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from apihelpers import Api, project
+from sbnet.api import create_app
+
+# BEGIN, the network's and quota's locks, the network, the project's quota row, the count,
+# MAC, default group, subnets, IP, the port, its change, COMMIT.  More means a round trip
+# crept back into the hot path (each costs server and database CPU under load).
+MOST_STATEMENTS = 12
+
+
+def _project_net(api: Api) -> str:
+    net = api.create("networks", "network", name="n")
+    api.create("subnets", "subnet", network_id=net["id"], cidr="10.9.0.0/24")
+    return net["id"]
+
+
+def test_a_port_create_takes_few_statements(pg_db: str) -> None:
+    app = create_app(pg_db)
+    seen: list[str] = []
+    engine = app.state.api.store.engine
+    event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    event.listen(engine, "begin", lambda *a: seen.append("BEGIN"))
+    event.listen(engine, "commit", lambda *a: seen.append("COMMIT"))
+    with TestClient(app) as client:
+        api = Api(client, project("cost"))
+        net = _project_net(api)
+        first = api.create("ports", "port", network_id=net)  # makes the default group
+        seen.clear()
+        port = api.create("ports", "port", network_id=net)
+        assert seen[0] == "BEGIN" and seen[-1] == "COMMIT"
+        assert len(seen) <= MOST_STATEMENTS, "\n".join(seen)
+        assert port["security_groups"] == first["security_groups"]
+        assert port["fixed_ips"][0]["ip_address"] != first["fixed_ips"][0]["ip_address"]
+
+
+def test_connections_the_database_dropped_are_replaced(pg_db: str) -> None:
+    """No ping before each use: a pooled connection the server closed fails its first
+    statement, and the request runs again on a new one instead of answering 500."""
+    with TestClient(create_app(pg_db)) as client:
+        api = Api(client, project("drop"))
+        net = _project_net(api)
+        api.create("ports", "port", network_id=net)
+        dsn = pg_db.replace("postgresql+psycopg2", "postgresql")
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert cur.rowcount >= 1
+        conn.close()
+        for _ in range(3):
+            api.create("ports", "port", network_id=net)
+        assert len(api.req("GET", "ports", status=200)["ports"]) == 4
