@@ -5,7 +5,9 @@ Run: python bench/bench_api.py [--ports 2000] [--concurrency 16] [--backend sqli
 Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and database; the
 PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
 Each is measured twice in the same run: "before" runs the sources of an older commit
-(--before, from this git checkout) and "after" the current ones; the load average is printed.
+(--before, from this git checkout) in its one server process, and "after" the current ones
+as `sbnet serve` runs them (its default --workers: one process per CPU on PostgreSQL, one
+on SQLite; --workers N to choose); the load average is printed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -24,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from sbnet.api.process import spawn, stop
+from sbnet.cli.serve import default_workers
 from sbnet.store.pgtemp import create_database, temp_postgres
 
 ADMIN = {"X-Project-Id": "bench", "X-Roles": "admin"}
@@ -65,22 +69,33 @@ def run_clients(url: str, clients: int, per_client: int, projects: int = 30) -> 
                 "network_id": net["network"]["id"], "cidr": f"10.{p}.0.0/16"}})
             nets[p] = net["network"]["id"]
 
+    # Every client's connection pool is built before the clock starts (an httpx.Client costs
+    # tens of milliseconds of CPU to build, its TLS context; 300 of them built during the
+    # run took that CPU from the server on the same cores), then all start at once.
+    pools = [httpx.Client(base_url=url, timeout=300, verify=False,
+                          headers={"X-Project-Id": f"p{i % projects}", "X-Roles": "member"})
+             for i in range(clients)]
+    start = threading.Barrier(clients)
+
     def client(i: int) -> list[float]:
-        hdr = {"X-Project-Id": f"p{i % projects}", "X-Roles": "member"}
-        out = []
-        with httpx.Client(base_url=url, headers=hdr, timeout=300) as c:
-            for k in range(per_client):
-                t0 = time.perf_counter()
-                r = c.post("/v2.0/ports", json={"port": {"network_id": nets[i % projects],
-                                                         "name": f"c{i}-{k}"}})
-                assert r.status_code == 201, r.text
-                out.append(time.perf_counter() - t0)
+        c, out = pools[i], []
+        start.wait()
+        for k in range(per_client):
+            t0 = time.perf_counter()
+            r = c.post("/v2.0/ports", json={"port": {"network_id": nets[i % projects],
+                                                     "name": f"c{i}-{k}"}})
+            assert r.status_code == 201, r.text
+            out.append(time.perf_counter() - t0)
         return out
 
-    with ThreadPoolExecutor(clients) as pool:
-        t0 = time.perf_counter()
-        lat = sorted(x for xs in pool.map(client, range(clients)) for x in xs)
-        wall = time.perf_counter() - t0
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            t0 = time.perf_counter()
+            lat = sorted(x for xs in pool.map(client, range(clients)) for x in xs)
+            wall = time.perf_counter() - t0
+    finally:
+        for c in pools:
+            c.close()
     with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as c:
         ports = c.get("/v2.0/ports", params={"fields": ["id", "fixed_ips"]}).json()["ports"]
     ips = [(f["subnet_id"], f["ip_address"]) for p in ports for f in p["fixed_ips"]]
@@ -116,11 +131,16 @@ def measure(backend: str, args: argparse.Namespace, src: str | None) -> dict:
             db = f"sqlite:///{Path(tmp) / 'bench.db'}"
         else:
             db = create_database(stack.enter_context(temp_postgres()), "bench")
-        env = None if src is None else {"PYTHONPATH": src}
-        proc, url = spawn(db, env=env)
+        if src is None:   # the current code as an operator runs it: `sbnet serve`'s defaults
+            workers = args.workers or default_workers(db)
+            proc, url = spawn(db, via_cli=True, extra=["--workers", str(workers)])
+        else:             # the older code's own server process (it had no --workers)
+            workers = 1
+            proc, url = spawn(db, env={"PYTHONPATH": src})
         try:
-            return run_clients(url, args.clients, args.per_client) \
+            out = run_clients(url, args.clients, args.per_client) \
                 if args.clients else run(url, args.ports, args.concurrency)
+            return {"workers": workers, **out}
         finally:
             stop(proc)
 
@@ -137,6 +157,9 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE, metavar="REF",
                     help=f"also measure the server of this git commit (default {BEFORE}, before "
                          "scoped write locks), in the same run; '' to skip")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="server processes for the current code (default: `sbnet serve`'s, "
+                         "one per CPU on PostgreSQL, 1 on SQLite)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     load = os.getloadavg()[0]
@@ -154,10 +177,10 @@ def main() -> None:
     if args.json:
         print(json.dumps({"load_average": loads, "results": results}, indent=2))
         return
-    print(f"{'backend':10} {'code':16} {'ports':>6} {'conc':>5} {'creates/s':>10} {'p50 ms':>8} "
-          f"{'p99 ms':>8}" + (f" {'IPAM exact':>10}" if args.clients else ""))
+    print(f"{'backend':10} {'code':16} {'procs':>5} {'ports':>6} {'conc':>5} {'creates/s':>10} "
+          f"{'p50 ms':>8} {'p99 ms':>8}" + (f" {'IPAM exact':>10}" if args.clients else ""))
     for r in results:
-        print(f"{r['backend']:10} {r['code']:16} {r['ports']:>6} {r['concurrency']:>5} "
+        print(f"{r['backend']:10} {r['code']:16} {r['workers']:>5} {r['ports']:>6} {r['concurrency']:>5} "
               f"{r['creates_per_s']:>10} {r['p50_ms']:>8} {r['p99_ms']:>8}"
               + (f" {str(r['ipam_exact']):>10}" if args.clients else ""))
     print(f"1-minute load average: {loads[0]} at the start, {loads[1]} at the end "

@@ -44,22 +44,28 @@ class Beat:
 class Heartbeats:
     """When each host's agent was last heard from.  Kept in memory beside the store: a
     heartbeat is no change to the model (no revision, no change-feed churn).  One per Store
-    object, so every Api over the same store agrees; after an API restart agents are down
-    until their next beat (every few seconds)."""
+    object, so every Api over the same store agrees.  On PostgreSQL, where several server
+    processes (`sbnet serve --workers`) share the database and an agent's beats reach any
+    of them, each beat is also written to the store's heartbeat table, and a host not heard
+    from here is looked up there.  With an in-memory table, after an API restart agents are
+    down until their next beat (every few seconds)."""
 
     _of: "weakref.WeakKeyDictionary[Any, Heartbeats]" = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
-    def __init__(self, down_after: float = AGENT_DOWN_TIME, clock=time.monotonic) -> None:
+    def __init__(self, down_after: float = AGENT_DOWN_TIME, clock=time.monotonic,
+                 store: Any = None) -> None:
         self.down_after, self.clock = down_after, clock
         self.beats: dict[str, Beat] = {}
+        self.store = store          # shared through this store's table, when not None
 
     @classmethod
     def of(cls, store) -> "Heartbeats":
         with cls._lock:
             out = cls._of.get(store)
             if out is None:
-                out = cls._of[store] = Heartbeats()
+                out = cls._of[store] = Heartbeats(
+                    store=None if getattr(store, "is_sqlite", True) else store)
             return out
 
     def beat(self, host: str, config: dict) -> bool:
@@ -67,13 +73,35 @@ class Heartbeats:
         back = not self.alive(host)
         old = self.beats.get(host)
         now = _utc()
-        self.beats[host] = Beat(self.clock(), now if back or old is None else old.started_at,
-                                now, dict(config))
+        beat = self.beats[host] = Beat(self.clock(), now if back or old is None
+                                       else old.started_at, now, dict(config))
+        if self.store is not None:
+            self.store.put_heartbeat(host, time.time(), beat.started_at, now, beat.config)
         return back
 
     def alive(self, host: str) -> bool:
         b = self.beats.get(host)
+        if (b is None or self.clock() - b.seen > self.down_after) and self.store is not None:
+            b = self._load(self.store.heartbeats(host)).get(host)
         return b is not None and self.clock() - b.seen <= self.down_after
+
+    def all(self) -> dict[str, Beat]:
+        """Every host's last beat (those other server processes heard too)."""
+        if self.store is not None:
+            self._load(self.store.heartbeats())
+        return dict(self.beats)
+
+    def _load(self, rows: list[dict]) -> dict[str, Beat]:
+        """Take the table's beats that are newer than ours (their wall-clock age put on
+        our clock)."""
+        now, wall = self.clock(), time.time()
+        for r in rows:
+            seen = now - max(0.0, wall - r["seen"])
+            mine = self.beats.get(r["host"])
+            if mine is None or mine.seen < seen:
+                self.beats[r["host"]] = Beat(seen, r["started_at"], r["heartbeat_at"],
+                                             dict(r["config"]))
+        return self.beats
 
 
 def vif_binding(config: dict) -> tuple[str, dict]:
@@ -198,7 +226,7 @@ def extra_routes(router: APIRouter, api) -> None:
             return []
         with api.store.read() as tx:
             rows = {h["id"]: h for h in tx.list(HOST_TYPE)}
-        beats = dict(api.heartbeats.beats)
+        beats = api.heartbeats.all()
         return [agent_body(h, beats.get(h), rows.get(h), api.heartbeats.alive(h))
                 for h in sorted(set(rows) | set(beats))]
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -40,13 +43,14 @@ def register(app: typer.Typer) -> None:
         host_profile: list[str] = typer.Option(None, help="HOST=PROFILE: the NIC profile (sriov, "
                                                "software, smartnic) vnic_type direct ports on "
                                                "HOST bind against (repeat)."),
+        workers: int = typer.Option(None, help="Server processes answering on the port "
+                                    "(default: one per CPU on PostgreSQL, 1 on SQLite, which "
+                                    "takes one writer at a time; more than 1 needs PostgreSQL)."),
     ) -> None:
         """Serve the Neutron v2.0 API (openstack CLI: --os-auth-type none --os-endpoint URL)."""
         import uvicorn
 
-        from sbnet.api import create_app
         from sbnet.api.app import KEEP_ALIVE_S
-        from sbnet.model.segments import SegmentConfig
 
         if keystone and keystone_config:
             raise typer.BadParameter("--keystone and --keystone-config exclude each other")
@@ -56,35 +60,78 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--keystone(-config) and --token-file exclude each other")
         if keystone_config and not Path(keystone_config).is_file():
             raise typer.BadParameter(f"--keystone-config: no file {keystone_config}")
-        try:
-            segments = SegmentConfig.parse(tenant_network_type, flat_network or None,
-                                           vlan_range or None, tunnel_range or None, physnet_mtu)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        from sbnet.offload.binding import parse_host_profiles
-        try:
-            profiles = parse_host_profiles(host_profile)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        from sbnet.api.quotas import parse_defaults
-        try:
-            quotas = parse_defaults(quota)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        try:
-            application = create_app(db, token_file=token_file, require_token=require_token,
-                                     segments=segments, host_profiles=profiles,
-                                     keystone_config=keystone_config, quota_defaults=quotas)
-        except KeyError as exc:
-            raise typer.BadParameter(str(exc.args[0])) from None
-        uvicorn.run(application, host=host, port=port, log_level=log_level,
-                    timeout_keep_alive=KEEP_ALIVE_S)
+        workers = default_workers(db) if workers is None else workers
+        if workers < 1 or workers > 64:
+            raise typer.BadParameter(f"--workers {workers}: 1 to 64 processes")
+        if workers > 1 and db.startswith("sqlite"):
+            raise typer.BadParameter(f"--workers {workers}: several processes need PostgreSQL "
+                                     "(SQLite takes one writer at a time)")
+        options = {"db": db, "token_file": token_file, "require_token": require_token,
+                   "keystone_config": keystone_config, "quota": quota,
+                   "tenant_network_type": tenant_network_type, "flat_network": flat_network,
+                   "vlan_range": vlan_range, "tunnel_range": tunnel_range,
+                   "physnet_mtu": physnet_mtu, "host_profile": host_profile,
+                   "workers": workers}
+        # Built here in any case: bad options fail once, in one line, and the schema is
+        # migrated before any worker starts.
+        application = build_app(options)
+        if workers == 1:
+            uvicorn.run(application, host=host, port=port, log_level=log_level,
+                        timeout_keep_alive=KEEP_ALIVE_S)
+            return
+        application.state.api.store.dispose()
+        os.environ[OPTIONS_ENV] = json.dumps(options)
+        uvicorn.run("sbnet.cli.serve:worker_app", factory=True, workers=workers, host=host,
+                    port=port, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_S)
+
+
+OPTIONS_ENV = "SBNET_SERVE_OPTIONS"   # `sbnet serve`'s options, for its worker processes
+
+
+def default_workers(db: str) -> int:
+    """One process per CPU on PostgreSQL, as Neutron's api_workers (each process runs its
+    Python on one core at a time); one on SQLite."""
+    return 1 if db.startswith("sqlite") else max(1, os.cpu_count() or 1)
+
+
+def build_app(options: dict) -> Any:
+    """The app `sbnet serve`'s options describe (BadParameter, one line, for bad ones)."""
+    from sbnet.api import create_app
+    from sbnet.api.quotas import parse_defaults
+    from sbnet.model.segments import SegmentConfig
+    from sbnet.offload.binding import parse_host_profiles
+    from sbnet.store import Store
+
+    try:
+        segments = SegmentConfig.parse(options["tenant_network_type"],
+                                       options["flat_network"] or None,
+                                       options["vlan_range"] or None,
+                                       options["tunnel_range"] or None, options["physnet_mtu"])
+        profiles = parse_host_profiles(options["host_profile"])
+        quotas = parse_defaults(options["quota"])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    db = options["db"]
+    # The kept connections are shared out among the processes (PostgreSQL's default
+    # max_connections is 100).
+    store = Store(db, pool_size=max(8, 40 // options["workers"]))
+    try:
+        return create_app(db, store=store, token_file=options["token_file"],
+                          require_token=options["require_token"], segments=segments,
+                          host_profiles=profiles, keystone_config=options["keystone_config"],
+                          quota_defaults=quotas)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+
+
+def worker_app() -> Any:
+    """One worker process's app (uvicorn's factory), from the options its parent checked."""
+    return build_app(json.loads(os.environ[OPTIONS_ENV]))
 
 
 def _authtoken_file(url: str, user: str, project: str) -> str:
     """The [keystone_authtoken] section --keystone stands for, in a private file removed at exit."""
     import atexit
-    import os
     import tempfile
 
     from sbnet.api.keystone import authtoken_section

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, String, Table
+from sqlalchemy import JSON, BigInteger, Column, Float, Integer, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -55,4 +55,14 @@ changes = Table(
     Column("op", String(8), nullable=False),
     Column("project_id", String(255), nullable=False),
     Column("body", JSON, nullable=True),
+)
+
+# Agents' last heartbeats, shared by the server processes on one database (no change feed).
+heartbeats = Table(
+    "sbnet_heartbeats", metadata,
+    Column("host", String(255), primary_key=True),
+    Column("seen", Float, nullable=False),
+    Column("started_at", String(32), nullable=False),
+    Column("heartbeat_at", String(32), nullable=False),
+    Column("config", JSON, nullable=False),
 )
