@@ -274,3 +274,21 @@ def test_floating_ip_on_the_vip_is_balanced_from_outside():
         d = c.cluster.send_external("physnet1", [from_outside(fmac, fip_ip, sport=sport,
                                                               dport=80, flags="A", seq=2, ack=71)])
         assert [m["id"] for m, _ in where(d, members)] == [member["id"]]
+
+
+def test_other_traffic_of_the_network_stays_on_the_express_lane():
+    """Only members' replies pass the LB zone on delivery: a connection between two ports
+    that are not members, on a network with a VIP, runs on the compiled lane once
+    established (a ct with NAT would send every one of its packets to the general path)."""
+    c, _net, clients, _backends, _b = setup()
+    a, z = clients
+    c.send(a, [tcp(a, z, 40000, 22)])
+    c.send(z, [tcp(z, a, 22, 40000, flags="SA", seq=500, ack=1001)])
+    c.send(a, [tcp(a, z, 40000, 22, flags="A", seq=1001, ack=501)])
+    dpifs = [c.cluster.hosts[h].switch.dpif for h in ("h1", "h2")]
+    before = [d.lane_packets for d in dpifs]
+    for i in range(5):
+        assert c.send(a, [tcp(a, z, 40000, 22, flags="PA", seq=1001 + i, ack=501)]).to(z["id"])
+        assert c.send(z, [tcp(z, a, 22, 40000, flags="PA", seq=501 + i, ack=1002 + i)]).to(a["id"])
+    assert all(d.lane_packets - n >= 8 for d, n in zip(dpifs, before)), \
+        [d.lane_packets - n for d, n in zip(dpifs, before)]

@@ -178,7 +178,7 @@ def _local_networks(ctx, plan: Plan) -> tuple[str, ...]:
 
 def build(ctx) -> None:
     topo = ctx.topo
-    unnat: set[tuple[str, int, int]] = set()
+    unnat: dict[tuple[str, int, str], set[int]] = {}
     for plan in plans(topo):
         nets = _local_networks(ctx, plan)
         if not nets:
@@ -187,25 +187,33 @@ def build(ctx) -> None:
                      for n in nets)
         ctx.unit(("loadbalancer", plan.lb_id, plan.listener_id), (plan, keys),
                  build_lb_listener, ctx, plan, nets)
-        unnat |= {(n, plan.family, L4[plan.proto][0]) for n in nets}
-    for net_id, family, proto in sorted(unnat):
-        build_lb_network(ctx, net_id, family, proto)
+        for n in nets:
+            unnat.setdefault((n, plan.family, plan.proto), set()).update(
+                b.port for b in plan.backends)
+    for (net_id, family, proto), ports in sorted(unnat.items()):
+        build_lb_network(ctx, net_id, family, proto, tuple(sorted(ports)))
 
 
-def build_lb_network(ctx, net_id: str, family: int, proto: int) -> None:
+def build_lb_network(ctx, net_id: str, family: int, proto: str, ports: tuple[int, ...]) -> None:
     """Per network with VIP clients here: packets of connections its LB zone knows go on
     with the DNAT it recorded (a committed connection is +new until its first reply: what
-    tells it from a new one is that its destination is no longer the VIP); and whatever
-    of the listeners' protocols is delivered into the network passes that zone with `nat`,
-    which un-NATs members' replies (also of members removed since) and leaves the rest."""
+    tells it from a new one is that its destination is no longer the VIP); and what is
+    delivered into the network from a member's port (of the listeners' protocols) passes
+    that zone with `nat`, which un-NATs members' replies (also of members removed since,
+    while their port is still some member's) and leaves the rest.  Only those: a ct with
+    NAT keeps a packet off the switches' express lanes, and the network's other traffic
+    has no business in the LB zone."""
     topo = ctx.topo
     meta = R.NETWORK.match(topo.net_key[net_id])
     cookie = ctx.cookie("network", net_id)
     ctx.flow("lb_dnat", 100, [ctx.goto("lb_post")], {"metadata": meta, "ct_state": (TRK, TRK)},
              cookie)
-    ctx.flow("lb_unnat", 100, [A.Ct(zone=topo.lb_zone[net_id], table=ctx.table("l2_lookup"),
-                                    nat=A.Nat())],
-             {"metadata": meta, "eth_type": ETH[family], "ip_proto": proto}, cookie)
+    number, l4 = L4[proto]
+    for port in ports:
+        ctx.flow("lb_unnat", 100, [A.Ct(zone=topo.lb_zone[net_id],
+                                        table=ctx.table("l2_lookup"), nat=A.Nat())],
+                 {"metadata": meta, "eth_type": ETH[family], "ip_proto": number,
+                  f"{l4}_src": port}, cookie)
 
 
 def build_lb_listener(ctx, plan: Plan, nets: tuple[str, ...]) -> None:
