@@ -19,7 +19,7 @@ pytestmark = pytest.mark.root
 # the other.
 BACKENDS = ("reference", pytest.param("ovs", marks=pytest.mark.ovs))
 
-CYCLES = int(os.environ.get("SBNET_CNI_CYCLES", "3"))
+CYCLES = int(os.environ.get("SBNET_CNI_CYCLES", "2"))    # the second reuses the first's VF
 NIC_URL = f"http://{CHANNEL_NIC}:{CHANNEL_PORT}"
 
 
@@ -351,12 +351,10 @@ def test_podman_runs_a_pod_through_sbnet_cni(bm, tmp_path):
         [port] = container_ports(bm.api, cid)
         assert port["binding:vnic_type"] == "smart-nic" and port["status"] == "ACTIVE"
         ip = port["fixed_ips"][0]["ip_address"]
-        # What podman took from the plugin's result, and what the container has.
+        # What podman took from the plugin's result; the container's own ping uses it.
         seen = json.loads(pod.podman(srv, "inspect", cid).stdout)[0]
         net = seen["NetworkSettings"]["Networks"]["pods"]
         assert (net["IPAddress"], net["MacAddress"]) == (ip, port["mac_address"]), net
-        inside = pod.podman(srv, "exec", cid, "ip", "-o", "addr", "show", "eth0").stdout
-        assert f"inet {ip}/24" in inside, inside
         deadline = time.monotonic() + 15
         while pod.podman(srv, "exec", cid, "ping", "-c", "1", "-W", "1", bm.vm_ip,
                          check=False).returncode != 0:
