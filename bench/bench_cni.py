@@ -23,7 +23,7 @@ import time
 
 from sbnet.agent.baremetal import CHANNEL_NIC, CHANNEL_PORT, Fleet
 from sbnet.agent.netns import Topology, sh
-from sbnet.agent.podman import IMAGE, Podman
+from sbnet.agent.podman import Podman
 from sbnet.api.local import LocalApi
 
 
@@ -68,8 +68,8 @@ def podman_cycle(pod: Podman, srv: str, api, name: str) -> tuple[float, float, s
     """One container run and removed by podman (its CNI backend calling sbnet-cni): `podman
     run --detach` and `podman rm` seconds, the port's MAC."""
     t = time.monotonic()
-    cid = pod.podman(srv, "run", "--detach", "--name", name, "--network", "pods", IMAGE,
-                     "sleep", "600").stdout.strip()
+    cid = pod.podman(srv, "run", "--detach", "--name", name, "--network", "pods",
+                     *pod.image, "sleep", "600").stdout.strip()
     add = time.monotonic() - t
     [mac] = [p["mac_address"] for p in api.request("GET", "ports")["ports"]
              if p["device_id"] == cid]

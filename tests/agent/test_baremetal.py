@@ -11,7 +11,7 @@ import pytest
 
 from sbnet.agent.baremetal import API_ADDRESS, CHANNEL_NIC, CHANNEL_PORT, Fleet
 from sbnet.agent.netns import Topology, require_netns, sh
-from sbnet.agent.podman import IMAGE, Podman
+from sbnet.agent.podman import Podman
 from sbnet.api.local import LocalApi
 
 pytestmark = pytest.mark.root
@@ -338,7 +338,7 @@ def test_direct_mode_on_a_hypervisor(bm):
 
 def test_podman_runs_a_pod_through_sbnet_cni(bm, tmp_path):
     """A real CNI runtime: podman on the server (its CNI backend, the network `pods` a
-    conflist naming sbnet-cni) runs a container from a local busybox image; the container
+    conflist naming sbnet-cni) runs a busybox container (`--rootfs`, no image); the container
     reaches the VM and the VM it; removing it gives the port and the VF back."""
     srv = f"/run/netns/{bm.server.netns}"
     links = lambda: sorted(l["ifname"] for l in json.loads(  # noqa: E731
@@ -346,7 +346,7 @@ def test_podman_runs_a_pod_through_sbnet_cni(bm, tmp_path):
     before, ports_before = links(), container_ports(bm.api)
     pod = Podman({"pods": bm.conf}, str(tmp_path / "podman"))
     try:
-        cid = pod.podman(srv, "run", "--detach", "--network", "pods", IMAGE,
+        cid = pod.podman(srv, "run", "--detach", "--network", "pods", *pod.image,
                          "sleep", "300").stdout.strip()
         [port] = container_ports(bm.api, cid)
         assert port["binding:vnic_type"] == "smart-nic" and port["status"] == "ACTIVE"

@@ -1,4 +1,4 @@
-"""A real CNI runtime for a bare-metal server: Podman with its CNI backend calling sbnet-cni, its configuration, storage and image in one directory of its own."""
+"""A real CNI runtime for a bare-metal server: Podman with its CNI backend calling sbnet-cni, its configuration, storage and root filesystem in one directory of its own."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 
 import sbnet
 
-IMAGE = "localhost/sbnet-busybox:1"
 BUSYBOX = "/bin/busybox"                      # Debian's busybox-static: no libraries needed
 APPLETS = ("sh", "ip", "ping", "sleep", "cat", "ifconfig", "route")
 
@@ -30,7 +28,7 @@ class Podman:
     """`podman` as an operator runs it on the server (in the server's network namespace),
     with CNI networks from `networks` (name -> sbnet-cni's network configuration), the
     sbnet-cni executable of this source tree, vfs storage under `workdir`, and a busybox
-    image imported from a tarball made here (no registry)."""
+    root filesystem made here to run containers from (`image`)."""
 
     def __init__(self, networks: dict[str, dict], workdir: str | None = None) -> None:
         if shutil.which("podman") is None:
@@ -64,20 +62,20 @@ class Podman:
                     f'runroot = "{self._path("run")}"\n')
         self.env = dict(os.environ, CONTAINERS_CONF=self._path("containers.conf"),
                         CONTAINERS_STORAGE_CONF=self._path("storage.conf"))
-        self._import_image()
+        self.image = self._rootfs()         # what `podman run` takes in place of an image
 
     def _path(self, rel: str) -> str:
         return os.path.join(self.dir, rel)
 
-    def _import_image(self) -> None:
-        tarball = self._path("busybox.tar")
-        with tarfile.open(tarball, "w") as tar:
-            tar.add(BUSYBOX, arcname="bin/busybox")
-            for applet in APPLETS:
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(info)
-        self.podman(None, "import", tarball, IMAGE)
+    def _rootfs(self) -> list[str]:
+        """A busybox root filesystem, run as it is (`podman run --rootfs`): no image, so no
+        registry and nothing in podman's system-wide image caches."""
+        root = self._path("rootfs")
+        os.makedirs(os.path.join(root, "bin"), exist_ok=True)
+        shutil.copy(BUSYBOX, os.path.join(root, "bin", "busybox"))
+        for applet in APPLETS:
+            os.symlink("busybox", os.path.join(root, "bin", applet))
+        return ["--rootfs", root]
 
     def podman(self, netns: str | None, *args: str, timeout: float = 120,
                check: bool = True) -> subprocess.CompletedProcess:
@@ -95,5 +93,4 @@ class Podman:
         """Remove every container (their networks torn down from `netns`, where they were
         set up) and everything podman kept under its directory."""
         self.podman(netns, "rm", "--all", "--force", "--time", "0", check=False)
-        self.podman(None, "rmi", "--all", "--force", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
