@@ -2,6 +2,7 @@
 
 Run: python bench/bench_api.py [--ports 2000] [--concurrency 16] [--backend sqlite|postgres|both]
      python bench/bench_api.py --clients 300 [--per-client 4]   (300 concurrent clients)
+     python bench/bench_api.py --cpu 400 --workers 1   (CPU per create: server, database, client)
 Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and database; the
 PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
 Each is measured twice in the same run: "before" runs the sources of an older commit
@@ -105,6 +106,69 @@ def run_clients(url: str, clients: int, per_client: int, projects: int = 30) -> 
             "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1), "ipam_exact": exact}
 
 
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU of each of these processes so far (those still there)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[p] - before[p] for p in before if p in after)
+
+
+def _family(pid: int) -> list[int]:
+    """A process and its children (a server's workers, a PostgreSQL server's backends)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [pid, *map(int, f.read().split())]
+
+
+def _postmaster(db: str) -> int | None:
+    if not db.startswith("postgresql"):
+        return None
+    import psycopg2
+
+    conn = psycopg2.connect(db.replace("postgresql+psycopg2", "postgresql"))
+    try:
+        with open(f"/proc/{conn.get_backend_pid()}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    finally:
+        conn.close()
+
+
+def run_cpu(url: str, db: str, server_pid: int, creates: int) -> dict:
+    """`creates` port creates one after another: the CPU each costs the server (all its
+    processes), the database server (all its processes) and this client."""
+    with httpx.Client(base_url=url, headers={"X-Project-Id": "cpu", "X-Roles": "member"},
+                      timeout=120) as c:
+        net = c.post("/v2.0/networks", json={"network": {"name": "cpu"}}).json()["network"]
+        c.post("/v2.0/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.66.0.0/16"}})
+
+        def create() -> None:
+            r = c.post("/v2.0/ports", json={"port": {"network_id": net["id"]}})
+            assert r.status_code == 201, r.text
+        for _ in range(10):  # warm-up
+            create()
+        pg = _postmaster(db)
+        server, database = _family(server_pid), _family(pg) if pg else []
+        s0, d0, c0 = _cpu_seconds(server), _cpu_seconds(database), time.process_time()
+        t0 = time.perf_counter()
+        for _ in range(creates):
+            create()
+        wall = time.perf_counter() - t0
+        spent = (_spent(s0, _cpu_seconds(server)), _spent(d0, _cpu_seconds(database)),
+                 time.process_time() - c0)
+    per = [round(1000 * x / creates, 2) for x in spent]
+    return {"creates": creates, "wall_ms": round(1000 * wall / creates, 2),
+            "server_cpu_ms": per[0], "db_cpu_ms": per[1], "client_cpu_ms": per[2]}
+
+
 # The last commit before writes took scoped locks and commit-time revisions (issue 16): the
 # "before" servers run its sources, extracted with `git archive`, beside the current ones.
 BEFORE = "c7dbca8"
@@ -138,8 +202,12 @@ def measure(backend: str, args: argparse.Namespace, src: str | None) -> dict:
             workers = 1
             proc, url = spawn(db, env={"PYTHONPATH": src})
         try:
-            out = run_clients(url, args.clients, args.per_client) \
-                if args.clients else run(url, args.ports, args.concurrency)
+            if args.cpu:
+                out = run_cpu(url, db, proc.pid, args.cpu)
+            elif args.clients:
+                out = run_clients(url, args.clients, args.per_client)
+            else:
+                out = run(url, args.ports, args.concurrency)
             return {"workers": workers, **out}
         finally:
             stop(proc)
@@ -157,6 +225,9 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE, metavar="REF",
                     help=f"also measure the server of this git commit (default {BEFORE}, before "
                          "scoped write locks), in the same run; '' to skip")
+    ap.add_argument("--cpu", type=int, default=0, metavar="N",
+                    help="instead: N port creates one after another, and the CPU each costs "
+                         "the server, the database server and the client (e.g. 400)")
     ap.add_argument("--workers", type=int, default=0,
                     help="server processes for the current code (default: `sbnet serve`'s, "
                          "one per CPU on PostgreSQL, 1 on SQLite)")
@@ -176,6 +247,16 @@ def main() -> None:
     loads = (round(load, 2), round(os.getloadavg()[0], 2))
     if args.json:
         print(json.dumps({"load_average": loads, "results": results}, indent=2))
+        return
+    if args.cpu:
+        print(f"{'backend':10} {'code':16} {'procs':>5} {'creates':>7} {'wall ms':>8} "
+              f"{'server CPU ms':>13} {'db CPU ms':>9} {'client CPU ms':>13}   (per create)")
+        for r in results:
+            print(f"{r['backend']:10} {r['code']:16} {r['workers']:>5} {r['creates']:>7} "
+                  f"{r['wall_ms']:>8} {r['server_cpu_ms']:>13} {r['db_cpu_ms']:>9} "
+                  f"{r['client_cpu_ms']:>13}")
+        print(f"1-minute load average: {loads[0]} at the start, {loads[1]} at the end "
+              f"({os.cpu_count()} CPUs)")
         return
     print(f"{'backend':10} {'code':16} {'procs':>5} {'ports':>6} {'conc':>5} {'creates/s':>10} "
           f"{'p50 ms':>8} {'p99 ms':>8}" + (f" {'IPAM exact':>10}" if args.clients else ""))
