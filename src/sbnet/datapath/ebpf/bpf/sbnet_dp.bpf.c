@@ -335,7 +335,9 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 	return pass;
 }
 
-/* A connection committed or established here, told to the slow path. */
+/* A connection committed or established here, told to the slow path.  No wake-up: the
+ * kernel has forwarded the packet already, so the slow path takes the event at its next
+ * drain (the next upcall's wake-up, or its poll's timeout) instead of waking per event. */
 static __always_inline void ct_event(struct sb_ct_key *ck, __u32 what)
 {
 	struct {
@@ -346,7 +348,7 @@ static __always_inline void ct_event(struct sb_ct_key *ck, __u32 what)
 	ev.u.reason = what;
 	ev.u.caplen = sizeof(ev.k);
 	ev.k = *ck;
-	if (bpf_ringbuf_output(&upcalls, &ev, sizeof(ev), 0))
+	if (bpf_ringbuf_output(&upcalls, &ev, sizeof(ev), BPF_RB_NO_WAKEUP))
 		count(ST_CT_EVENT_LOST);
 	else
 		count(what);
