@@ -127,6 +127,15 @@ def test_a_connection_the_slow_path_committed_is_never_taken_for_new(ktier, flow
     sync.sync(0.0)
     assert sync.held == before and set(before.values()) == {0x22, 0x2A}
     assert sync.established() == 2
+    # Packets the kernel forwards keep the connection alive in the slow path's conntrack;
+    # one it lets go leaves the map.
+    slot, _ = sw.conntrack.find((ZONE, 17, 0, _ip(C), _ip(S), 4000, 53))
+    t.run(reply[1], 2)
+    sync.sync(1000.0)
+    assert sw.conntrack.exp[slot] > 1000.0
+    sw.conntrack.flush()
+    sync.sync(1000.0)
+    assert t.conns_kept() == [] and sync.held == {} and sync.established() == 0
 
 
 def test_tcp_and_connections_without_kernel_ct_still_go_up(tier):

@@ -267,10 +267,16 @@ class EbpfDatapath:
         new = [mf for mf in map(cache.flows.get, range(self._offered, cache.next_id))
                if mf is not None]
         self._offered = cache.next_id
+        zones = len(self.conns.zones)
         for mf, p in zip(new, self.tier.put_many(new)):
             if p.tier == "ebpf":
                 mf.tier = "ebpf"
                 self.conns.zones.update(a.zone for a in mf.actions if isinstance(a, odp.Ct))
+        if len(self.conns.zones) > zones:
+            # A zone the kernel does ct() in from now on: every connection the slow path
+            # holds there goes down first (with kernel_ct the kernel would take one it
+            # does not hold for new).
+            self.conns.sync(self.switch.clock())
 
     def _evicted(self, mf, packets: int, nbytes: int) -> None:
         self.tier.remove(mf.mf_id)
