@@ -280,8 +280,9 @@ def build_lb_hairpin(ctx, plan: Plan, net_id: str, cookie: int) -> None:
     hz, lbz = topo.lb_hairpin_zone[net_id], topo.lb_zone[net_id]
     macs = dict(plan.neighbours)
     back = R.set_flags(R.HAIRPIN)        # out of the port it came in on (OpenFlow asks it)
-    # Straight on to l2_lookup: the datapaths allow six conntrack passes a packet (as OVS's
-    # userspace datapath does), and this one takes five (egress, LB, bucket, hairpin, ingress).
+    # Straight on to l2_lookup: the reference switch allows six conntrack passes a packet
+    # (OVS's userspace datapath five to eight, by version), and this one takes five
+    # (egress, LB, bucket, hairpin, ingress).
     snat = A.Ct(commit=True, zone=hz, table=ctx.table("l2_lookup"),
                 nat=A.Nat("src", plan.vip, plan.vip))
     for address in sorted({b.address for b in plan.backends if b.address in macs}):
