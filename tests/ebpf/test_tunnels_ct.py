@@ -13,8 +13,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import raw
 
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.ebpf import layout as L
-from sbnet.datapath.ebpf.conns import entries_many, established
+from sbnet.datapath.ebpf.connsync import ConnSync
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 
@@ -170,17 +169,15 @@ def test_established_connections_in_the_connection_map(tier, sport, udp, data):
     run_reference(sw, opening)
     sw.flush_megaflows()         # the megaflows then count only the packets compared below
     dport = 53 if udp else 80
-    entries = established(sw.conntrack, 5, 17 if udp else 6, _ip(C), _ip(S), sport, dport)
-    assert entries is not None
-    # The batch form gives the same two entries, packed as the map takes them.
-    keys, vals, _ = entries_many(sw.conntrack, 5, np.array(
-        [[17 if udp else 6, _ip(C), _ip(S), sport, dport]], dtype=np.int64))
-    assert keys == b"".join(L.CT_KEY.pack(e.zone, e.proto, 0, e.sport, e.dport, e.src, e.dst)
-                            for e in entries)
-    assert vals == b"".join(L.CT_VAL.pack(e.state, e.mark, 0, 0, 0) for e in entries)
     tier.flush()
-    for e in entries:
-        tier.add_conn(e.zone, e.proto, e.src, e.dst, e.sport, e.dport, e.state, e.mark)
+    for k in tier.m_conns.keys():
+        tier.m_conns.delete(k)
+    sync = ConnSync(tier, sw.conntrack, kernel_ct=False)
+    sync.zones.add(5)
+    sync.hand_down(np.array([[17 if udp else 6, _ip(C), _ip(S), sport, dport]]))
+    # Both directions, keyed as their packets carry them: +trk+est, +trk+est+rpl.
+    assert {(c[2], c[4]): c[6] for c in tier.conns_kept()} == {
+        (_ip(C), sport): 0x22, (_ip(S), dport): 0x2A}
     packets = [(1, seg(C, S, sport, dport, "PA", p, udp)) if fwd else
                (2, seg(S, C, dport, sport, "PA", p, udp)) for fwd, p in data]
     ref = run_reference(sw, packets)
@@ -190,8 +187,8 @@ def test_established_connections_in_the_connection_map(tier, sport, udp, data):
     # Not held (a FIN here): up to the slow path, whose conntrack must see it.
     fin = tier.run(seg(C, S, sport, dport, "FA"), 1) if not udp else None
     assert fin is None or fin.verdict == "upcall"
-    for e in entries:
-        tier.remove_conn(e.zone, e.proto, e.src, e.dst, e.sport, e.dport)
+    for k in sync.held:
+        tier.remove_conn(*k)
     assert tier.run(packets[0][1], packets[0][0]).verdict == "upcall"
 
 
@@ -248,11 +245,12 @@ def test_a_udp_connection_stays_in_the_slow_path_until_its_reply():
     for p in (1, 2):
         sw.add_port(p)
     sw.load(SG)
-    t = np.array([[17, _ip(C), _ip(S), 4000, 53]], dtype=np.int64)
+    plain, kct = ConnSync(None, sw.conntrack, False), ConnSync(None, sw.conntrack, True)
     for _ in range(2):
         run_reference(sw, [(1, seg(C, S, 4000, 53, "", udp=True))])
-        assert established(sw.conntrack, 5, 17, _ip(C), _ip(S), 4000, 53) is None
-        assert entries_many(sw.conntrack, 5, t)[2] == []
+        slots = sw.conntrack.view.in_zones({5})
+        assert len(slots) == 1 and len(plain.desired(slots)[0]) == 0
+        # A kernel that commits UDP itself holds it, awaiting its reply (+new both ways).
+        assert kct.desired(slots)[1].tolist() == [0x21, 0x29]
     run_reference(sw, [(2, seg(S, C, 53, 4000, "", udp=True))])
-    assert len(established(sw.conntrack, 5, 17, _ip(C), _ip(S), 4000, 53)) == 2
-    assert len(entries_many(sw.conntrack, 5, t)[2]) == 2
+    assert plain.desired(slots)[1].tolist() == kct.desired(slots)[1].tolist() == [0x22, 0x2A]

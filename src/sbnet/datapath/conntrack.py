@@ -129,7 +129,7 @@ from sbnet.datapath.conntrack_nat import NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
 from sbnet.datapath.conntrack_table import (
-    _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, _W, C_EXP, C_L4ST, C_LABEL, C_MARK, C_PROTO,
+    _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, _W, C_L4ST, C_LABEL, C_MARK, C_PROTO,
     C_TUP, C_V6, C_ZONE, INV,
     OTHER_BIDIR, OTHER_FIRST, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
     tuple_hashes)

@@ -35,7 +35,7 @@ class ConnSync:
         self._synced_ns = time.monotonic_ns()  # kernel `used` stamps after this are news
 
     # -- what the map should hold ------------------------------------------------------
-    def _desired(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def desired(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Map keys (CT_KEY_DTYPE), states and marks for the connections `slots` (unique,
         live IPv4 TCP/UDP), both directions, direction 0 first; none for those the map
         must not hold (TCP before it is established)."""
@@ -94,7 +94,7 @@ class ConnSync:
             found.append(slot[slot >= 0])
         slots = np.unique(np.concatenate(found))
         if slots.size:
-            self._write(*self._desired(slots), force=force)
+            self._write(*self.desired(slots), force=force)
 
     def events(self, keys: np.ndarray, established: np.ndarray, now: float) -> None:
         """Connections the kernel committed (established False) or saw the first reply of
@@ -139,7 +139,7 @@ class ConnSync:
                 self.events(keys[lost], vals["state"][lost] == EST_ORIG, now)
         self._synced_ns = time.monotonic_ns()
         slots = self.ct.view.in_zones(self.zones) if self.zones else np.zeros(0, np.int64)
-        want_k, want_s, want_m = self._desired(slots)
+        want_k, want_s, want_m = self.desired(slots)
         want = dict(zip(_dirs(want_k), want_s.tolist()))
         for k in [k for k in self.held if k not in want]:
             self.tier.remove_conn(*k)
