@@ -100,6 +100,13 @@ class Dpif(Protocol):
     def flow_find(self, key) -> int:
         """The datapath flow a packet of this key would match (its id), or -1."""
 
+    def flows_since(self, mark: int) -> tuple[list[Megaflow], int]:
+        """Datapath flows put since `mark` still there, and the next mark (a tier below
+        installs what is new)."""
+
+    def fold_counts(self, counts: dict) -> None:
+        """Add the counts a tier below took (by flow id: packets, bytes, used, tcp_flags)."""
+
     def action_list(self, action_id: int) -> tuple: ...
 
     def action_ids(self, mf_ids: np.ndarray) -> np.ndarray: ...

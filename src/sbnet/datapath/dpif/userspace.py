@@ -156,6 +156,24 @@ class UserspaceDpif:
     def flow_used(self, mf_id: int) -> float:
         return float(self.cache.used[mf_id])
 
+    def flows_since(self, mark: int) -> tuple[list[Megaflow], int]:
+        """The datapath flows put since `mark` (0: since the start) still there, and the
+        mark to ask from next time."""
+        c = self.cache
+        end = c.next_id
+        return [mf for mf in map(c.flows.get, range(mark, end)) if mf is not None], end
+
+    def fold_counts(self, counts: dict) -> None:
+        """Counts a tier below took for datapath flows (by id: packets, bytes, used,
+        tcp_flags), added to theirs, so statistics are exact whichever tier forwarded."""
+        c = self.cache
+        for mf_id, k in counts.items():
+            if mf_id in c.flows:
+                c.packets[mf_id] += k.packets
+                c.bytes[mf_id] += k.bytes
+                c.used[mf_id] = max(c.used[mf_id], k.used)
+                c.tcp_flags[mf_id] |= np.uint16(k.tcp_flags)
+
     def flow_find(self, key) -> int:
         return int(self.cache.lookup(np.array(key, dtype=np.uint64)[:, None], np.arange(1))[0])
 

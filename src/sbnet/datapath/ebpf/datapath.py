@@ -263,10 +263,7 @@ class EbpfDatapath:
         return len(up.batch) + len(up.conn_keys)
 
     def _install_new(self) -> None:
-        cache = self.switch.cache
-        new = [mf for mf in map(cache.flows.get, range(self._offered, cache.next_id))
-               if mf is not None]
-        self._offered = cache.next_id
+        new, self._offered = self.switch.dpif.flows_since(self._offered)
         zones = len(self.conns.zones)
         for mf, p in zip(new, self.tier.put_many(new)):
             if p.tier == "ebpf":
@@ -283,13 +280,7 @@ class EbpfDatapath:
 
     def fold(self) -> None:
         """Kernel counters into the switch's megaflows (so rule counters are exact)."""
-        c = self.switch.cache
-        for mf_id, k in self.tier.take_counters().items():
-            if mf_id in c.flows:
-                c.packets[mf_id] += k.packets
-                c.bytes[mf_id] += k.bytes
-                c.used[mf_id] = max(c.used[mf_id], k.used)
-                c.tcp_flags[mf_id] |= np.uint16(k.tcp_flags)
+        self.switch.dpif.fold_counts(self.tier.take_counters())
 
     def maintain(self) -> None:
         with self.lock:
@@ -386,7 +377,7 @@ class EbpfDatapath:
             self.fold()
             lines = self.switch.dump_megaflows()
             out = []
-            for mf, line in zip(self.switch.cache.flows.values(), lines):
+            for mf, line in zip(self.switch.dpif.flow_dump(), lines):
                 p = self.tier.placement(mf.mf_id)
                 if p is not None and p.tier != "ebpf":
                     line = line.replace("tier:software", f"tier:software ({p.reason})")
@@ -440,8 +431,7 @@ class EbpfDatapath:
             for _, key in kept:
                 if key[_RECIRC]:
                     continue
-                keys = np.array(key, dtype=np.uint64)[:, None]
-                if int(self.switch.cache.lookup(keys, np.arange(1))[0]) < 0:
+                if self.switch.dpif.flow_find(key) < 0:
                     self.switch.upcall(key, now)
             self._install_new()
             for fkey, _ in kept:
