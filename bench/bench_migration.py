@@ -3,7 +3,8 @@ Open vSwitch userspace), in one run.
 
 Three hosts joined by VXLAN; `mover` (on h2, a security group with no ingress rule) receives
 an iperf3 stream (-R, 40 Mbit/s, 0.1 s intervals) and a paced TCP stream (1 kB every 10 ms)
-from `peer` on h1 and pings it every 10 ms; it moves h2 -> h3 by Nova's sequence (`sbnet migrate`'s driver: inactive
+from `peer` on h1, another paced stream from the external namespace through its floating IP
+(NAT on its host), and pings `peer` every 10 ms; it moves h2 -> h3 by Nova's sequence (`sbnet migrate`'s driver: inactive
 binding, destination ready, switch-over, activate, delete the source's binding) with the
 conntrack handover, then h3 -> h2 without it; then N more migrations back and forth, after
 which no host may hold flows, bindings or connections of the mover it should not.
@@ -23,7 +24,7 @@ import argparse
 import json
 import time
 
-from sbnet.agent.migrationlab import MigrationLab
+from sbnet.agent.migrationlab import OUTSIDE_IP, MigrationLab
 from sbnet.agent.netns import Topology
 from sbnet.agent.probes import PingTrain, Stream
 
@@ -56,11 +57,14 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
                     "-t", str(SECONDS), "-i", "0.1", "-b", "40M", "-J")
     stream = Stream(topo, peer, mover, peer.address, port=port, seconds=SECONDS, idle=SECONDS,
                     chunk=1000, pace=0.01)
+    outside = Stream(topo, "outside", mover, OUTSIDE_IP, port=port + 100, seconds=SECONDS,
+                     idle=SECONDS, chunk=1000, pace=0.01)
     pings = PingTrain(topo, mover, peer.address, count=int(SECONDS * 100))
     time.sleep(2.0)
     tl, t_move = lab.move(dest)
     t_end = lab.switched[1]
     res = stream.result(timeout=SECONDS + 30)
+    ext = outside.result(timeout=SECONDS + 30)
     gap, replies, sent = pings.gap(timeout=SECONDS + 30, at=t_move, until=t_end)
     worst, _, _ = pings.gap()
     out, _ = ip.communicate(timeout=SECONDS + 30)
@@ -70,6 +74,8 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     moved = any(a.migration.moves_conns for a in lab.cloud.agents.values())
     return {"moved": moved, "ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies,
             "stream_gap_ms": res.gap_at(t_move, t_end) * 1000, "stream_survived": kept,
+            "fip_gap_ms": ext.gap_at(t_move, t_end) * 1000,
+            "fip_survived": ext.error == "" and ext.bytes_after(t_move + 0.5),
             "iperf_gap_ms": igap * 1000, "iperf_mbps": mbps,
             "ready_ms": next((t * 1000 for t, w in tl.events if "ready" in w), float("nan")),
             "sequence_ms": tl.events[-1][0] * 1000}
@@ -119,10 +125,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    print("Gaps are the silence spanning the switch-over; 'worst' is the largest ping gap of "
-          "the whole run (the machine's own noise).")
+    print("Gaps are the longest silence overlapping the switch-over; 'worst' is the largest "
+          "ping gap of the whole run (the machine's own noise).")
     print(f"{'datapath':10} {'handover':9} {'ping gap':>9} {'worst':>7} {'lost':>5} "
-          f"{'stream gap':>11} {'TCP kept':>8} {'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8}")
+          f"{'stream gap':>11} {'TCP kept':>8} {'FIP gap':>8} {'FIP kept':>8} "
+          f"{'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8}")
     for r in results:
         for key, label in (("handover", "yes"), ("no_handover", "no")):
             m = r[key]
@@ -130,6 +137,7 @@ def main() -> None:
             print(f"{r['backend']:10} {label:9} {m['ping_gap_ms']:7.0f}ms "
                   f"{m['ping_worst_ms']:5.0f}ms {m['ping_lost']:5d} "
                   f"{m['stream_gap_ms']:9.0f}ms {'yes' if m['stream_survived'] else 'NO':>8} "
+                  f"{m['fip_gap_ms']:6.0f}ms {'yes' if m['fip_survived'] else 'NO':>8} "
                   f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms")
     for r in results:
         lk = r["leaks"]

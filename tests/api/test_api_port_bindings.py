@@ -166,3 +166,36 @@ def test_handover_and_ready_reports_are_checked(nova: Api, port: dict, app_clien
     assert admin.err("PUT", path, part(0, 1), 409)["type"] == "NoSuchMigration"
     assert admin.req("GET", f"sbnet/ports/{pid}/migration",
                      status=200)["migration"]["handover"] is None
+
+
+def test_announcement_reports_follow_the_activation_strategy(nova: Api, port: dict,
+                                                             app_client) -> None:
+    """A destination's agent reports the VM announced itself there; the binding's
+    activation-strategy says which announcement counts; the hosts then run the port there
+    (take_announcements) while Neutron's binding stays as it was until Nova activates."""
+    from sbnet.compiler.topology import Topology, take_announcements
+    pid = port["id"]
+    admin = Api(app_client, ADMIN)
+    path = f"sbnet/ports/{pid}/bindings/dst/announced"
+    admin.err("PUT", path, {"announced": "garp"}, 404)                    # no binding yet
+    nova.req("POST", f"ports/{pid}/bindings", {"binding": {"host": "dst"}}, 201)
+    assert admin.err("PUT", path, {"announced": "garp"}, 409)["type"] == \
+        "PortBindingActivationStrategy"                                    # none named
+    nova.req("PUT", f"ports/{pid}/bindings/dst",
+             {"binding": {"profile": {"activation-strategy": "rarp"}}}, 200)
+    admin.err("PUT", path, {"announced": "garp"}, 409)                    # RARP only
+    for bad in ({}, {"announced": "arp"}, {"announced": None}, [], {"announced": ["rarp"]}):
+        admin.err("PUT", path, bad, 400)
+    Api(app_client, {"X-Project-Id": "p", "X-Roles": "member"}).err(
+        "PUT", path, {"announced": "rarp"}, 403)
+    snap = app_client.app.state.api.store.snapshot()
+    assert Topology(take_announcements(snap), []).moving_to[pid] == ("dst",)
+    first = admin.req("PUT", path, {"announced": "rarp"}, 200)["announced"]
+    assert first["kind"] == "rarp"
+    assert admin.req("PUT", path, {"announced": "rarp"}, 200)["announced"] == first
+    mig = admin.req("GET", f"sbnet/ports/{pid}/migration", status=200)["migration"]
+    assert (mig["host"], mig["bindings"][0]["announced"]["kind"]) == ("src", "rarp")
+    topo = Topology(take_announcements(app_client.app.state.api.store.snapshot()), [])
+    assert topo.active_host(topo.ports[pid]) == "dst" and not topo.moving_to.get(pid)
+    nova.req("PUT", f"ports/{pid}/bindings/dst/activate", status=200)
+    admin.err("PUT", path, {"announced": "rarp"}, 404)                    # active now

@@ -11,11 +11,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
+from sbnet.agent.announce import FipAnnouncer
 from sbnet.agent.dhcp import Responder
 from sbnet.agent.migration import MigrationDuty
 from sbnet.cni.ports import vif_name
 from sbnet.compiler.compile import Compiler, Diff, HostPipeline, diff
-from sbnet.compiler.topology import Chassis, Topology, is_vif, migration_targets
+from sbnet.compiler.topology import (Chassis, Topology, is_vif, migration_targets,
+                                     take_announcements)
 
 if TYPE_CHECKING:
     from sbnet.agent.health import HealthLoop
@@ -47,6 +49,7 @@ class Source(Protocol):
     def port_stats(self, host: str, ports: dict) -> None: ...
     def handover(self, port_id: str, body: dict) -> None: ...
     def binding_ready(self, port_id: str, host: str, ready: dict) -> None: ...
+    def binding_announced(self, port_id: str, host: str, kind: str) -> None: ...
 
 
 class ApiError(RuntimeError):
@@ -103,6 +106,11 @@ class ApiSource:
     def binding_ready(self, port_id: str, host: str, ready: dict) -> None:
         self._ok(self.client.put(f"/v2.0/sbnet/ports/{port_id}/bindings/{host}/ready",
                                  json={"ready": ready}, headers=self.headers))
+
+    def binding_announced(self, port_id: str, host: str, kind: str) -> None:
+        """The VM announced itself on this host (kind: rarp, garp or na)."""
+        self._ok(self.client.put(f"/v2.0/sbnet/ports/{port_id}/bindings/{host}/announced",
+                                 json={"announced": kind}, headers=self.headers))
 
     def lb_health(self, verdicts: dict) -> None:
         """Load-balancer members' health verdicts ({member_id: ONLINE or ERROR})."""
@@ -187,6 +195,7 @@ class HostAgent:
         self.mirror = Mirror()
         self.compiler = Compiler(host)
         self.migration = MigrationDuty(host, datapath, source)
+        self.announcer = FipAnnouncer(host, getattr(slow_path, "netns", None))
         self.pipeline: HostPipeline | None = None
         self.reported: dict[str, str] = {}
         self.history: list[StepReport] = []
@@ -254,7 +263,7 @@ class HostAgent:
             return None
         start = time.monotonic()
         self._plugged = plugged
-        snapshot = self.mirror.snapshot()
+        snapshot = take_announcements(self.mirror.snapshot())
         # Ports bound here, and those migrating here (their VIF is plugged before the VM
         # moves, so the pipeline is ready when it arrives).
         ports = {p["id"]: p for p in snapshot.get("port", ())}
@@ -268,7 +277,7 @@ class HostAgent:
         known = self.compiler.faults
         new = self.compiler.compile(topo)
         if self.slow_path is not None:
-            self.slow_path.handler = Responder(topo).answer
+            self.slow_path.handler = Responder(topo, self._announced).answer
         if self.pipeline is None:
             # First sync (a fresh start or a restart): compare with what the datapath
             # holds, so a restart changes nothing that is already right (no flush).
@@ -278,6 +287,11 @@ class HostAgent:
         apply_diff(self.datapath, d)
         self.pipeline = new
         self.migration.step(snapshot, topo, set(me.ofports))
+        if self.physnets:
+            try:
+                self.announcer.step(topo, self.physnets, port_names(self.datapath))
+            except OSError as exc:          # the outside learns it from the VM's next frame
+                log.warning("%s: floating IP announcement failed: %s", self.host, exc)
         report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete),
                             faults=dict(self.compiler.faults))
         for (typ, ident), why in report.faults.items():
@@ -290,6 +304,15 @@ class HostAgent:
         report.seconds = time.monotonic() - start
         self.history.append(report)
         return report
+
+    def _announced(self, port_id: str, kind: str) -> None:
+        """A migrating VM announced itself on its VIF here (the slow path's thread): the
+        binding's activation strategy makes this host the port's (sbnet.api.bindings)."""
+        try:
+            self.source.binding_announced(port_id, self.host, kind)
+            log.info("%s: port %s announced itself here (%s)", self.host, port_id, kind)
+        except Exception as exc:          # gone, activated meanwhile, not its strategy
+            self.errors.append(f"announcement of {port_id}: {exc}")
 
     def _report_status(self, snapshot: dict, plugged: set[str], report: StepReport,
                        topo: Topology) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Callable
 
 from sbnet.agent.dhcp6 import answer_ipv6
 from sbnet.compiler.dhcp import (AGENT_MAC, BOOTPC, BOOTPS, ETH_ARP, ETH_IP, ETH_IPV6,
                                  METADATA_IP, SERVER_MAC, UDP, dhcp_subnet, port_tag, tag_key)
 from sbnet.compiler.topology import ROUTER_OWNERS
+from sbnet.flows.fields import ETH_RARP, IP_ICMPV6
 from sbnet.datapath.checksum import internet_checksum
 from sbnet.model.dhcp_opts import encode_v4
 
@@ -136,9 +138,23 @@ class Responder:
     """Answers DHCPv4 for the ports of one host from a compiler Topology (the agent's view of
     the model at its last sync).  answer() is pure: frame in, frame (or None) out."""
 
-    def __init__(self, topo) -> None:
+    def __init__(self, topo, announced: Callable[[str, str], None] | None = None) -> None:
+        """announced(port_id, kind): a migrating VM announced itself here (classify sends
+        its RARP, gratuitous ARP or unsolicited NA up, tagged): "rarp", "garp" or "na"."""
         self.topo = topo
+        self.announced = announced
         self.by_key = {k: pid for pid, k in topo.port_key.items()}
+
+    def _announcement(self, frame: bytes) -> str | None:
+        """The kind of VM announcement this tagged frame is, or None."""
+        et = struct.unpack_from("!H", frame, 12)[0]
+        if et == ETH_RARP:
+            return "rarp"
+        if et == ETH_ARP and len(frame) >= 42 and frame[28:32] == frame[38:42]:
+            return "garp"
+        if et == ETH_IPV6 and len(frame) >= 55 and frame[20] == IP_ICMPV6 and frame[54] == 136:
+            return "na"
+        return None
 
     def _routed(self, port: dict, subnet: dict) -> bool:
         """Does a router port hold the subnet's gateway address?"""
@@ -162,6 +178,13 @@ class Responder:
                 ).ljust(60, b"\x00")
 
     def answer(self, frame: bytes) -> bytes | None:
+        if self.announced is not None and len(frame) >= 14:
+            kind = self._announcement(frame)
+            key = tag_key(int.from_bytes(frame[0:6], "big"))
+            pid = self.by_key.get(key) if key is not None else None
+            if kind is not None and pid is not None:
+                self.announced(pid, kind)
+                return None
         if len(frame) >= 42 and struct.unpack_from("!H", frame, 12)[0] == ETH_ARP:
             return self._arp(frame)
         if len(frame) >= 14 and struct.unpack_from("!H", frame, 12)[0] == ETH_IPV6:

@@ -4,31 +4,45 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from sbnet.agent.netns import Topology
 from sbnet.agent.realcloud import RealCloud
 from sbnet.cli.migrate import NOVA, Timeline, drive
 
 PEER_PORTS = (5001, 5209)       # TCP the peer's group admits (the probes and iperf3's 5201)
+OUTSIDE_IP = "203.0.113.50"     # the external namespace, on the flat external network
 
 
 @dataclass
 class MigrationLab:
     """Three hosts; `peer` on h1 admits TCP PEER_PORTS and ICMP; `mover` starts on h2 in a
     group with no ingress rule, so what reaches it is only replies to what it opened (the
-    case a stateful group must recognise after the move)."""
+    case a stateful group must recognise after the move).  A router joins their network to
+    a flat external network on physnet1, where the namespace `outside` (OUTSIDE_IP) is;
+    the mover has a floating IP (`fip`): its connections to the outside leave through it."""
 
     cloud: RealCloud
     port: dict
     peer: object
     mover: object
+    fip: str = ""
     switched: tuple[float, float] = (0.0, 0.0)     # monotonic: the last switch-over began, ended
 
     @classmethod
     def build(cls, topo: Topology, backend: str) -> "MigrationLab":
-        cloud = RealCloud(topo, backend, hosts=("h1", "h2", "h3"))
+        cloud = RealCloud(topo, backend, hosts=("h1", "h2", "h3"), physnets=("physnet1",))
         api = cloud.api
+        ext = cloud.network("admin", "203.0.113.0/24", kind="flat",
+                            **{"provider:physical_network": "physnet1", "router:external": True})
+        upstream = api.create("ports", project="admin", network_id=ext["id"],
+                              fixed_ips=[{"ip_address": OUTSIDE_IP}])
+        cloud.outside("outside", "physnet1", f"{OUTSIDE_IP}/24", upstream["mac_address"])
         net = cloud.network("p1", "10.30.0.0/24")
+        router = api.create("routers", project="p1", name="r",
+                            external_gateway_info={"network_id": ext["id"]})
+        api.action(f"routers/{router['id']}/add_router_interface",
+                   {"subnet_id": net["subnet"]["id"]})
         web = api.create("security-groups", project="p1", name="web")
         for proto, ports in (("tcp", PEER_PORTS), ("icmp", None)):
             api.create("security-group-rules", project="p1", security_group_id=web["id"],
@@ -44,14 +58,17 @@ class MigrationLab:
                            device_owner="compute:nova")
         port, mover = cloud.vm("mover", "p1", net, "h2", security_groups=[client["id"]],
                                device_owner="compute:nova")
+        fip = api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                         port_id=port["id"])["floating_ip_address"]
         for agent in cloud.agents.values():
             agent.start_thread(wait=0.5)
         deadline = time.monotonic() + 30
-        while topo.ping(mover, peer.address, count=1, wait=1).returncode != 0:
-            if time.monotonic() > deadline:
-                cloud.close()
-                raise RuntimeError("mover never reached peer")
-        return cls(cloud, port, peer, mover)
+        for dst in (peer.address, OUTSIDE_IP):
+            while topo.ping(mover, dst, count=1, wait=1).returncode != 0:
+                if time.monotonic() > deadline:
+                    cloud.close()
+                    raise RuntimeError(f"mover never reached {dst}")
+        return cls(cloud, port, peer, mover, fip)
 
     @property
     def topo(self) -> Topology:
@@ -66,10 +83,13 @@ class MigrationLab:
         for agent in self.cloud.agents.values():
             agent.migration.moves_conns = on and hasattr(agent.datapath, "export_conns")
 
-    def move(self, dest: str, fail: bool = False) -> tuple[Timeline, float]:
+    def move(self, dest: str, fail: bool = False, profile: dict | None = None,
+             switched: Callable[[], None] | None = None) -> tuple[Timeline, float]:
         """Nova's sequence with the hypervisor's part done on the namespaces: (timeline,
         monotonic time of the switch-over).  fail: the hypervisor gives up once the
-        destination is ready (the binding is deleted; MigrationFailed raised)."""
+        destination is ready (the binding is deleted; MigrationFailed raised).  profile:
+        the destination binding's; switched: called once the VM runs at the destination,
+        before Nova activates the binding."""
         from sbnet.cli.migrate import MigrationFailed
         box: dict = {}
 
@@ -84,9 +104,11 @@ class MigrationLab:
             box["mv"].switch_over()
             self.switched = (box["t"], time.monotonic())
             self.cloud.finish_move(box["mv"], self.port)
+            if switched is not None:
+                switched()
         try:
             tl = drive(self.cloud.api.client, self.port["id"], dest, NOVA, plug, switch,
-                       timeout=30)
+                       timeout=30, profile=profile)
         except MigrationFailed as exc:
             if fail and "gave up" in str(exc):
                 raise

@@ -14,12 +14,13 @@ from sbnet.api.context import Context
 from sbnet.api.crud import read_json
 from sbnet.model.attrs import LIMITS, Invalid, to_dict_or_none
 from sbnet.model.errors import BadRequest, Conflict, Forbidden, NeutronError, NotFound
-from sbnet.model.resources import VNIC_TYPES
+from sbnet.model.resources import ACTIVATION_STRATEGIES, VNIC_TYPES, activation_strategy
 
 BINDING_TYPE = "port_binding"       # the store's type of an inactive binding (rides the feed)
 HANDOVER_TYPE = "ct_handover"       # a port's exported connections, for its destination host
 PUBLIC = ("host", "vif_type", "vif_details", "vnic_type", "profile", "status", "project_id")
 MAX_PART = 400                      # connections per handover part (the body limit)
+ANNOUNCEMENTS = ("rarp", "garp", "na")    # what a VM may announce itself with
 _NS = uuid.UUID("5b6e6574-0000-4000-8000-000000000019")
 # Device owners whose ports may have several bindings (Neutron: compute and shared filesystems).
 MULTI_BINDING_OWNERS = ("compute:", "manila:")
@@ -353,6 +354,29 @@ def southbound_routes(router: APIRouter, api) -> None:
             tx.update(BINDING_TYPE, b, standard=False)
         return {"ready": b["ready"]}
 
+    def do_announced(ctx: Context, request: Request, port_id: str, host: str,
+                     payload: Any) -> dict:
+        """The destination saw the VM announce itself on its VIF (a RARP, gratuitous ARP or
+        unsolicited NA) and the binding's activation strategy takes that as the switch-over:
+        the hosts run the port there (OVN's activation-strategy) until Nova activates."""
+        _agent(ctx, "report_binding_announced")
+        kind = payload.get("announced") if isinstance(payload, dict) else None
+        if kind not in ANNOUNCEMENTS:
+            raise BadRequest('Request body must be {"announced": "rarp", "garp" or "na"}')
+        with api.store.write() as tx:
+            b = tx.get(BINDING_TYPE, binding_id(port_id, host))
+            if b is None or b.get("former"):
+                raise _not_found(port_id, host)
+            strategy = activation_strategy(b)
+            if strategy is None or kind not in ACTIVATION_STRATEGIES[strategy]:
+                raise Conflict(f"Binding for port {port_id} on host {host} is not activated "
+                               f"by a {kind} announcement (activation-strategy: {strategy}).",
+                               type_name="PortBindingActivationStrategy")
+            if not b.get("announced"):
+                b["announced"] = {"kind": kind, "at": time.time()}
+                tx.update(BINDING_TYPE, b, standard=False)
+        return {"announced": b["announced"]}
+
     def do_migration(ctx: Context, request: Request, port_id: str) -> dict:
         _agent(ctx, "get_migration")
         with api.store.read() as tx:
@@ -362,7 +386,8 @@ def southbound_routes(router: APIRouter, api) -> None:
             handover = tx.get(HANDOVER_TYPE, port_id)
             return {"port": port_id, "host": port.get("binding:host_id") or "",
                     "status": port.get("status"),
-                    "bindings": [{"host": b["host"], "ready": b.get("ready")}
+                    "bindings": [{"host": b["host"], "ready": b.get("ready"),
+                                  "announced": b.get("announced")}
                                  for b in inactive_bindings(tx, port_id)],
                     "handover": None if handover is None else {
                         "source": handover["source"], "target": handover["target"],
@@ -376,6 +401,10 @@ def southbound_routes(router: APIRouter, api) -> None:
     @router.put("/v2.0/sbnet/ports/{port_id}/bindings/{host}/ready")
     async def ready(request: Request, port_id: str, host: str) -> dict:
         return await api.call(request, do_ready, port_id, host, await read_json(request))
+
+    @router.put("/v2.0/sbnet/ports/{port_id}/bindings/{host}/announced")
+    async def announced(request: Request, port_id: str, host: str) -> dict:
+        return await api.call(request, do_announced, port_id, host, await read_json(request))
 
     @router.get("/v2.0/sbnet/ports/{port_id}/migration")
     async def migration(request: Request, port_id: str) -> dict:

@@ -51,12 +51,13 @@ def _call(client, headers: dict, method: str, path: str, body: dict | None = Non
 def drive(client, port_id: str, dest: str, headers: dict | None = None,
           plug: Callable[[], None] | None = None, move: Callable[[], None] | None = None,
           timeout: float = 30.0, poll: float = 0.01,
-          say: Callable[[str], None] | None = None) -> Timeline:
+          say: Callable[[str], None] | None = None, profile: dict | None = None) -> Timeline:
     """The sequence Nova drives: an inactive binding on `dest`; the hypervisor plugs the
     VIF there (`plug`); wait until the destination's agent reports it ready (pipeline
     installed, connections imported); the VM switches over (`move`); activate the binding
     on `dest`; delete the source's.  If the destination is not ready within `timeout`, the
-    new binding is deleted (the VM stays at the source) and MigrationFailed raised."""
+    new binding is deleted (the VM stays at the source) and MigrationFailed raised.
+    `profile`: the new binding's (e.g. {"activation-strategy": "rarp"})."""
     headers = headers or NOVA
     tl = Timeline()
 
@@ -67,7 +68,7 @@ def drive(client, port_id: str, dest: str, headers: dict | None = None,
     port = _call(client, headers, "GET", f"ports/{port_id}")["port"]
     source = port.get("binding:host_id") or ""
     b = _call(client, headers, "POST", f"ports/{port_id}/bindings",
-              {"binding": {"host": dest}})["binding"]
+              {"binding": {"host": dest, **({"profile": profile} if profile else {})}})["binding"]
     mark(f"inactive binding on {dest} ({b['vif_type']}), active on {source or 'no host'}")
     try:
         if plug is not None:

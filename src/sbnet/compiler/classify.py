@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from sbnet.compiler import registers as R
-from sbnet.compiler.topology import TUNNEL_OFPORTS, TUNNEL_TYPES, version
+from sbnet.compiler.dhcp import port_tag
+from sbnet.compiler.l2 import ND_NA
+from sbnet.compiler.topology import TUNNEL_OFPORTS, TUNNEL_TYPES, ip_value, mac_int, version
 from sbnet.flows import actions as A
+from sbnet.flows import fields as F
+from sbnet.model.resources import ACTIVATION_STRATEGIES
 
 VLAN_CFI = 0x1000
 
@@ -14,6 +20,11 @@ def build(ctx) -> None:
     for port in topo.local_ports(ctx.host):
         ctx.unit(("port", port["id"]), (topo.port_deps(port), topo.trunk_deps(port)),
                  build_classify_vif, ctx, port)
+        strategy = topo.activation.get((port["id"], ctx.host))
+        if strategy and ctx.host in topo.moving_to.get(port["id"], ()) and \
+                ctx.chassis.service_ofport is not None:
+            ctx.unit(("port", port["id"], "announce"), (topo.port_deps(port), strategy),
+                     build_classify_announce, ctx, port, strategy)
     if ctx.chassis is None:
         return
     if ctx.chassis.service_ofport is not None:
@@ -55,6 +66,30 @@ def build_classify_vif(ctx, port: dict) -> None:
                      ctx.cookie("port", sub["id"]))
     ctx.flow("classify", 100, [*port_entry(ctx, port), ctx.goto("port_security")],
              match, cookie)
+
+
+def build_classify_announce(ctx, port: dict, strategy: str) -> None:
+    """A port migrating here whose binding names an activation strategy: the VM's own
+    announcement on its VIF here (a RARP; or a gratuitous ARP or unsolicited NA for one of
+    its addresses) goes to the host agent, tagged with the port (sbnet.agent.dhcp), which
+    reports the VM arrived: every host then treats the port as this one's."""
+    topo, ch = ctx.topo, ctx.chassis
+    tag = [A.SetField("eth_dst", port_tag(topo.port_key[port["id"]])),
+           A.Output(ch.service_ofport)]
+    base = {"in_port": ch.ofports[port["id"]], "eth_src": mac_int(port["mac_address"])}
+    cookie = ctx.cookie("port", port["id"])
+    kinds = ACTIVATION_STRATEGIES[strategy]
+    if "rarp" in kinds:
+        ctx.flow("classify", 110, tag, {**base, "eth_type": F.ETH_RARP}, cookie)
+    for f in port.get("fixed_ips") or () if "garp" in kinds else ():
+        ip = ipaddress.ip_address(f["ip_address"])
+        if ip.version == 4:
+            ctx.flow("classify", 110, tag, {**base, "eth_type": F.ETH_ARP, "arp_spa": int(ip),
+                                            "arp_tpa": int(ip)}, cookie)
+        else:
+            ctx.flow("classify", 110, tag, {**base, "eth_type": F.ETH_IPV6,
+                                            "ip_proto": F.IP_ICMPV6, "icmpv6_type": ND_NA,
+                                            "nd_target": ip_value(str(ip))}, cookie)
 
 
 def build_classify_remote(ctx, net_id: str, net: dict) -> None:

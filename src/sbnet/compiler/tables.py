@@ -25,8 +25,10 @@ def _t(name: str, purpose: str, fields: set[str], next_tables: tuple[str, ...] =
 # its own tables only, through Pipeline.flow, which checks them against this declaration.
 PIPELINE = Pipeline((
     _t("classify", "the logical port (local VIF, trunk sub-port) or network (tunnel VNI, "
-       "physical VLAN) a packet enters on",
-       {"in_port", "vlan_tci", "vlan_vid", "tun_id", "eth_dst", "eth_type"} | _ND | _L3,
+       "physical VLAN) a packet enters on; a migrating VM's announcement at its destination "
+       "(RARP, gratuitous ARP or NA from its MAC) to the host agent",
+       {"in_port", "vlan_tci", "vlan_vid", "tun_id", "eth_src", "eth_dst", "eth_type"}
+       | _ND | _L3,
        ("port_security", "dhcp", "arp_responder", "l3_gateway", "lb_unnat", "l2_lookup",
         "chain_forward")),
     _t("port_security", "anti-spoofing: the source MAC and IPs a port may use (fixed IPs, "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from sbnet.model.attrs import Invalid, to_cidr, to_ip, to_mac, to_prefix_or_none
+from sbnet.model.resources import ACTIVATION_STRATEGIES, activation_strategy  # noqa: F401
 
 TUNNEL_TYPES = ("vxlan", "gre", "geneve")
 # The tunnel port of each kind on every host (remote_ip=flow, key=flow): one per kind, as
@@ -153,8 +154,12 @@ class Topology:
         self.members: dict[str, list[dict]] = defaultdict(list)   # security group -> ports
         self.router_ports: dict[str, list[dict]] = defaultdict(list)
         self.gateway_ports: dict[str, dict] = {}
-        # Live migration: hosts a port is moving to (its inactive bindings, or migrating_to).
+        # Live migration: hosts a port is moving to (its inactive bindings, or migrating_to),
+        # and the activation strategy of each (port, destination) that has one.
         self.moving_to = migration_targets(snapshot.get("port_binding", ()), self.ports)
+        self.activation = {(b["port_id"], b["host"]): activation_strategy(b)
+                           for b in snapshot.get("port_binding", ())
+                           if not b.get("former") and activation_strategy(b)}
         for p in _order(self.ports.values()):
             self.ports_of[p["network_id"]].append(p)
             host = p.get("binding:host_id") or ""
@@ -383,6 +388,27 @@ def version(body: dict) -> tuple:
     if rev is None:
         return (body.get("id"), repr(sorted(body.items(), key=lambda kv: kv[0])))
     return (body["id"], rev, body.get("updated_at"))
+
+
+def take_announcements(snapshot: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The model as the hosts run it: a port whose VM announced itself on a destination
+    (its binding's activation strategy; agent-reported, `announced`) is that host's, as if
+    its binding were activated (OVN's activation-strategy), until Nova activates it."""
+    moved = {b["port_id"]: b for b in snapshot.get("port_binding", ())
+             if b.get("announced") and not b.get("former")}
+    if not moved:
+        return snapshot
+    ports = []
+    for p in snapshot.get("port", ()):
+        b = moved.get(p["id"])
+        if b is not None:
+            # A version of its own: everything compiled from the port is compiled again.
+            p = {**p, "binding:host_id": b["host"],
+                 "updated_at": f"{p.get('updated_at')}+announced@{b['host']}"}
+        ports.append(p)
+    bindings = [dict(b, former=True) if moved.get(b.get("port_id")) is b else b
+                for b in snapshot.get("port_binding", ())]
+    return {**snapshot, "port": ports, "port_binding": bindings}
 
 
 def migration_targets(bindings: Iterable[dict], ports: Mapping[str, dict]) -> dict[str, tuple]:

@@ -12,6 +12,15 @@ NETWORK_TYPES = ("flat", "vlan", "vxlan", "gre", "geneve")
 VNIC_TYPES = ("normal", "direct", "virtio-forwarder", "macvtap", "baremetal",
               "direct-physical", "smart-nic", "vdpa", "remote-managed")
 IPV6_MODES = ("slaac", "dhcpv6-stateful", "dhcpv6-stateless")
+# A binding profile's "activation-strategy" (OVN's option): what the VM's announcement at the
+# destination must be for that host to take the port over before Nova activates the binding.
+ACTIVATION_STRATEGIES = {"rarp": ("rarp",), "garp": ("garp", "na")}
+
+
+def activation_strategy(binding: dict) -> str | None:
+    """The binding's activation strategy, if its profile names a known one."""
+    s = (binding.get("profile") or {}).get("activation-strategy")
+    return s if isinstance(s, str) and s in ACTIVATION_STRATEGIES else None
 DSCP_MARKS = (0, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 46, 48, 56)
 
 
