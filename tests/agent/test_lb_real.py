@@ -40,8 +40,10 @@ LONG = ("import socket,sys,select,time\n"
 
 # A member's IPv6 server on 8081: says its name (argv[1]) on each connection.
 SERVER6 = ("import socket,sys\n"
-           "s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-           "s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1);s.bind(('::',8081));s.listen(64)\n"
+           "s=socket.socket(socket.AF_INET6)\n"
+           "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+           "s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
+           "s.bind(('::',8081));s.listen(64)\n"
            "print('ready',flush=True)\n"
            "while True:\n"
            "    c,_=s.accept();c.sendall(sys.argv[1].encode()+b'\\n');c.close()\n")

@@ -15,7 +15,8 @@ Design (what each host builds, and why):
   floating IP on the external network with the MAC of the floating IP's own Neutron port
   (network:floatingip), so outside frames to it reach that host only, and the VM's traffic
   leaves there with that MAC and the floating IP as source.  DNAT and SNAT run in the
-  router's conntrack zone (NAT_ZONE).
+  router's conntrack zone (NAT_ZONE).  A load balancer's VIP is bound to no host: its
+  floating IP lives on the router's gateway host (fip_host), which balances it (lb).
 - SNAT to the gateway IP for ports without a floating IP is centralized on one gateway host
   per router (OVN's gateway chassis, Neutron's SNAT node): Topology.gateway_host.  Other
   hosts send such packets, not yet routed, to the gateway host over the source network

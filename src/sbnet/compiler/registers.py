@@ -92,7 +92,8 @@ def clear_flags(*flags: Flag) -> A.SetField:
 
 def _check_disjoint() -> None:
     seen: dict[str, int] = {}
-    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, LB_ZONE, LB_LISTENER, ZONE, INPORT, OUTPORT, CHAIN):
+    for r in (NEXTHOP, NETWORK, ROUTER, NAT_ZONE, LB_ZONE, LB_LISTENER, ZONE, INPORT, OUTPORT,
+              CHAIN):
         if seen.get(r.field, 0) & r.mask:
             raise AssertionError(f"register {r.field} allocated twice ({r.name})")
         seen[r.field] = seen.get(r.field, 0) | r.mask

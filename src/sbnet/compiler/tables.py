@@ -87,8 +87,10 @@ PIPELINE = Pipeline((
        ("lb_unnat", "l2_lookup", "deliver")),
     _t("lb_unnat", "replies from a load balancer's members get the VIP back as their source "
        "(conntrack reverses the DNAT on the host that did it; a member's reply to itself through "
-       "its VIP is un-SNATed first)", {"metadata", "eth_dst", _FLAGS} | _L3 | _L4,
-       ("lb_unnat", "lb_dnat", "l2_lookup"), miss="next"),
+       "its VIP is un-SNATed first); on the router's gateway host, what a floating IP's DNAT "
+       "routed to a VIP enters the load balancer here",
+       {"metadata", "eth_dst", _FLAGS} | _L3 | _L4, ("lb_unnat", "lb_dnat", "l2_lookup"),
+       miss="next"),
     _t("l2_lookup", "destination MAC to logical port; broadcast and multicast to the network's "
        "ports and hosts", {"metadata", "eth_dst", _FLAGS, "eth_type"},
        ("ingress_ct", "deliver")),
