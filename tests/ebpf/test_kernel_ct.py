@@ -149,3 +149,31 @@ def test_tcp_and_connections_without_kernel_ct_still_go_up(tier):
         tier.put(mf)
     assert tier.run(seg(C, S, 4001, 53, "", udp=True), 1).verdict == "upcall"
     assert L.CFG_F_KERNEL_CT and not tier.kernel_ct
+
+
+def test_a_reply_racing_the_hand_down_goes_up_not_taken_for_new(ktier):
+    """While the slow path switches a batch, the connections it commits are not yet in
+    the map: the batch's UDP tuples are guarded first (PUNT), so a reply arriving then
+    goes up rather than being +new (dropped by this group); after the hand-down the
+    kernel forwards it, and the guard of a tuple no connection took leaves the map."""
+    t, ring = ktier
+    _empty(t)
+    sw = _switch()
+    run_reference(sw, [(1, seg(C, S, 3999, 53, "", udp=True)), (2, seg(S, C, 53, 3999, "", udp=True)),
+                       (2, seg(S, C, 53, 5555, "", udp=True))])
+    attach_ports(t, sw)
+    sync = ConnSync(t, sw.conntrack, kernel_ct=True)
+    for mf in sw.cache.flows.values():
+        if t.put(mf).tier == "ebpf":
+            sync.zones.update(a.zone for a in mf.actions if type(a).__name__ == "Ct")
+    batch = np.array([[17, _ip(C), _ip(S), 4000, 53], [17, _ip(C), _ip(S), 4444, 53]])
+    guards = sync.guard(batch)
+    assert len(guards) == 4
+    run_reference(sw, [(1, seg(C, S, 4000, 53, "", b"q", udp=True))])   # commits 4000 only
+    reply = seg(S, C, 53, 4000, "", b"a", udp=True)
+    assert t.run(reply, 2).verdict == "upcall"
+    sync.hand_down(batch)
+    sync.unguard(guards)
+    assert t.run(reply, 2).verdict == "forward"
+    assert not [c for c in t.conns_kept() if 4444 in (c[4], c[5])]
+    ring.drain()

@@ -96,6 +96,29 @@ class ConnSync:
         if slots.size:
             self._write(*self.desired(slots), force=force)
 
+    def guard(self, tuples: np.ndarray) -> list[tuple]:
+        """Before the slow path switches an upcall batch (kernel_ct): both directions of
+        each of its UDP tuples the map does not hold get a PUNT entry, so that a packet of
+        a connection the batch commits (its reply, racing the hand-down after the batch)
+        goes up instead of being taken for new in the kernel.  The entries made."""
+        if not self.kernel_ct or not self.zones or not len(tuples):
+            return []
+        made = []
+        for proto, src, dst, sport, dport in np.unique(tuples[tuples[:, 0] == F.IP_UDP],
+                                                       axis=0).tolist():
+            for zone in self.zones:
+                for d in ((zone, proto, src, dst, sport, dport),
+                          (zone, proto, dst, src, dport, sport)):
+                    if d not in self.held and self.tier.add_conn_if_absent(*d, PUNT):
+                        made.append(d)
+        return made
+
+    def unguard(self, made: list[tuple]) -> None:
+        """After the batch's hand-down: the guards no connection took over go."""
+        for d in made:
+            if d not in self.held:
+                self.tier.remove_conn(*d)
+
     def events(self, keys: np.ndarray, established: np.ndarray, now: float) -> None:
         """Connections the kernel committed (established False) or saw the first reply of
         (True), each by its original direction: into the slow path's conntrack."""

@@ -256,9 +256,11 @@ class EbpfDatapath:
             if len(up.conn_keys):
                 self.conns.events(up.conn_keys, up.established, self.switch.clock())
             if len(up.batch):
+                guards = self.conns.guard(up.tuples)
                 self.switch.process(up.batch)
                 self._install_new()
                 self.conns.hand_down(up.tuples)
+                self.conns.unguard(guards)
         self.batches += 1
         return len(up.batch) + len(up.conn_keys)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from sbnet.datapath.ebpf import build, layout as L, pins
-from sbnet.datapath.ebpf.libbpf import TC_ACT_REDIRECT, TC_ACT_SHOT, BpfError, Map, Object, test_run
+from sbnet.datapath.ebpf.libbpf import (BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT, BpfError, Map,
+                                        Object, test_run)
 from sbnet.flows import fields as F
 from sbnet.offload.placement import Placement, place
 from sbnet.offload.profile import Profile, load_profile
@@ -370,6 +372,18 @@ class EbpfTier:
         """One direction of an established connection the slow path committed."""
         self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
                             L.CT_VAL.pack(state, mark, 0, 0, 0))
+
+    def add_conn_if_absent(self, zone: int, proto: int, src: int, dst: int, sport: int,
+                           dport: int, state: int) -> bool:
+        """One direction, unless the map holds that key already; whether it was added."""
+        try:
+            self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
+                                L.CT_VAL.pack(state, 0, 0, 0, 0), BPF_NOEXIST)
+        except BpfError as exc:
+            if exc.errno == errno.EEXIST:
+                return False
+            raise
+        return True
 
     def add_conns(self, keys: bytes, values: bytes) -> None:
         """Directions of established connections, packed (layout.CT_KEY_DTYPE and
