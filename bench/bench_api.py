@@ -7,8 +7,8 @@ Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and
 PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
 Each is measured twice in the same run: "before" runs the sources of an older commit
 (--before, from this git checkout) in its one server process, and "after" the current ones
-as `sbnet serve` runs them (its default --workers: one process per CPU on PostgreSQL, one
-on SQLite; --workers N to choose); the load average is printed.
+as `sbnet serve` runs them (its default --workers: one process per two CPUs on PostgreSQL,
+one on SQLite; --workers N to choose); the load average is printed.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def main() -> None:
                          "the server, the database server and the client (e.g. 400)")
     ap.add_argument("--workers", type=int, default=0,
                     help="server processes for the current code (default: `sbnet serve`'s, "
-                         "one per CPU on PostgreSQL, 1 on SQLite)")
+                         "one per two CPUs on PostgreSQL, 1 on SQLite)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     load = os.getloadavg()[0]
