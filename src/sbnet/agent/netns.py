@@ -268,10 +268,11 @@ class Topology:
             host.ovs.appctl("ovs/route/add", str(UNDERLAY_NET), "br-phy")
 
     def _start_reference(self, host: Host, process: bool) -> None:
+        from sbnet.datapath import zygote
         from sbnet.datapath.afpacket import AfPacketDatapath, AfPacketProcess
         from sbnet.datapath.switch import Switch
         if process:
-            dp = AfPacketProcess(f"{host.name}-br", netns=host.netns)
+            dp = AfPacketProcess(f"{host.name}-br", netns=host.netns, zygote=zygote.shared())
         else:
             dp = AfPacketDatapath(Switch(f"{host.name}-br"), netns=host.netns).start()
         host.datapath = dp
@@ -285,11 +286,13 @@ class Topology:
     def _start_ebpf(self, host: Host) -> None:
         """The kernel tier in a process of its own; the host's kernel owns the underlay
         address (its VXLAN devices send and receive through the host's routes)."""
+        from sbnet.datapath import zygote
         from sbnet.datapath.afpacket import AfPacketProcess
         plen = UNDERLAY_NET.prefixlen
         sh("ip", "-n", host.netns, "link", "set", "ul0", "arp", "on")
         sh("ip", "-n", host.netns, "addr", "add", f"{host.underlay_ip}/{plen}", "dev", "ul0")
-        host.datapath = dp = AfPacketProcess(f"{host.name}-br", netns=host.netns, kind="ebpf")
+        host.datapath = dp = AfPacketProcess(f"{host.name}-br", netns=host.netns, kind="ebpf",
+                                             zygote=zygote.shared())
         dp.underlay("add_port", UNDERLAY_OFPORT, host.underlay_mac)
         dp.underlay("add_local", host.underlay_ip)
         dp.underlay("add_route", str(UNDERLAY_NET), UNDERLAY_OFPORT, None, host.underlay_ip)

@@ -495,17 +495,23 @@ class AfPacketProcess(RemoteDatapath):
     main module).
     """
 
-    def __init__(self, name: str = "br0", netns: str | None = None, kind: str = "afpacket") -> None:
-        """kind "ebpf": the kernel tier's datapath (sbnet.datapath.ebpf.datapath) instead."""
+    def __init__(self, name: str = "br0", netns: str | None = None, kind: str = "afpacket",
+                 zygote=None) -> None:
+        """kind "ebpf": the kernel tier's datapath (sbnet.datapath.ebpf.datapath) instead.
+        zygote: a sbnet.datapath.zygote.Zygote to fork the process from (the imports
+        already done) rather than starting a fresh interpreter."""
         if kind not in ("afpacket", "ebpf"):
             raise ValueError(f"switch process kind must be afpacket or ebpf, not {kind!r}")
         ours, theirs = socket.socketpair()
         self._lock = threading.Lock()
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from sbnet.datapath.afpacket import _child; _child()",
-                 str(theirs.fileno()), name, netns or "", kind],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+            if zygote is not None:
+                self.proc = zygote.fork(name, netns, kind, theirs.fileno())
+            else:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-c", "from sbnet.datapath.afpacket import _child; _child()",
+                     str(theirs.fileno()), name, netns or "", kind],
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
