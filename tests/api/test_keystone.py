@@ -64,7 +64,7 @@ def test_expired_token_is_401(cloud: dict) -> None:
     token = _token(cloud, "beta-member", "pw-beta", "beta")
     user_id = ks.call("GET", "/auth/tokens", token=token, headers={"X-Subject-Token": token}
                       )["token"]["user"]["id"]
-    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=15)
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
     cred = ks.call("POST", f"/users/{user_id}/application_credentials", token=token, body={
         "application_credential": {"name": "short", "expires_at": expires.strftime(
             "%Y-%m-%dT%H:%M:%S")}})["application_credential"]
