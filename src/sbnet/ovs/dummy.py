@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import tempfile
@@ -226,7 +227,7 @@ class DummyOVS:
         log.close()
         self._procs.append(proc)
         deadline = time.monotonic() + timeout
-        while not os.path.exists(ready_path):
+        while not _ready(ready_path):
             if proc.poll() is not None:
                 raise OVSError(f"{argv[0]} exited with {proc.returncode}: {self._log_tail(argv[0])}")
             if time.monotonic() > deadline:
@@ -423,3 +424,20 @@ def read_pcap(path: str) -> list[bytes]:
         out.append(data[off + 16:off + 16 + incl])
         off += 16 + incl
     return out
+
+
+def _ready(path: str) -> bool:
+    """A daemon's file is there; a socket also accepts (the daemon binds it before it
+    listens: a loaded machine's clients met "Connection refused" in between)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(mode):
+        return True
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
