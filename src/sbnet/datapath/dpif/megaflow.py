@@ -238,9 +238,9 @@ class MegaflowCache:
 
     def add(self, wc: list[int], key, actions: tuple, action_id: int, rules: list,
             reason: str, modified: int, now: float) -> Megaflow:
-        slots = tuple(i for i, m in enumerate(wc) if m)
-        mask = tuple(wc[i] for i in slots)
-        value = tuple(key[i] & wc[i] for i in slots)
+        slots = tuple([i for i, m in enumerate(wc) if m])
+        mask = tuple([wc[i] for i in slots])
+        value = tuple([key[i] & wc[i] for i in slots])
         mf_id = self._next
         self._next += 1
         self._ensure(mf_id)

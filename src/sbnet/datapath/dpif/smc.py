@@ -92,11 +92,46 @@ def smc_insert(hashes, flows, table, matches):
             table[b, 1] = f + 1
 
 
-@numba.njit("void(uint64[:, :], int64[:], uint64[:], boolean[:])", cache=True, nogil=True)
-def covered_kernel(keys, rows, match, out):
-    """out[r]: the flow whose match row is `match` takes packet rows[r]."""
-    for r in range(rows.shape[0]):
-        out[r] = _covers(keys, rows[r], match)
+@numba.njit(cache=True, inline="always")
+def _masked_hash(keys, i, match):
+    """A hash of packet i's key under the mask of match row `match` (its slots, masked):
+    the packets one megaflow of that mask takes share the value."""
+    h = np.uint64(14695981039346656037)
+    for j in range(np.int64(match[0])):
+        h = (h ^ (keys[np.int64(match[1 + 3 * j]), i] & match[2 + 3 * j])) * np.uint64(1099511628211)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+@numba.njit("void(uint64[:, :], uint64[:], uint64[:])", cache=True, nogil=True)
+def masked_hash_kernel(keys, match, out):
+    """out[i]: packet i's key hashed under match row `match`'s mask (see _masked_hash)."""
+    for i in range(keys.shape[1]):
+        out[i] = _masked_hash(keys, i, match)
+
+
+@numba.njit("int64(uint64[:, :], uint64[:], int64[:], uint64[:], int64[:], int64, int64)",
+            cache=True, nogil=True)
+def claim_kernel(keys, hashes, order, match, owner, flow, first):
+    """Give `flow` (match row `match`) every packet it takes that no flow owns yet, found
+    by its value's hash among `hashes` (the packets' masked hashes under its mask, sorted;
+    `order` their packets); returns the first packet after `first` still unowned."""
+    h = np.uint64(14695981039346656037)
+    for j in range(np.int64(match[0])):
+        h = (h ^ match[3 + 3 * j]) * np.uint64(1099511628211)     # values are masked
+        h ^= h >> np.uint64(29)
+    lo = np.searchsorted(hashes, h)
+    for r in range(lo, hashes.shape[0]):
+        if hashes[r] != h:
+            break
+        i = order[r]
+        if owner[i] < 0 and _covers(keys, i, match):
+            owner[i] = flow
+    n = owner.shape[0]
+    first += 1
+    while first < n and owner[first] >= 0:
+        first += 1
+    return first
 
 
 def match_row(slots: tuple, mask: tuple, value: tuple) -> np.ndarray:

@@ -14,7 +14,8 @@ from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS
                                          tunnel_args)
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
-from sbnet.datapath.dpif.smc import SignatureCache, count_kernel, covered_kernel, match_row
+from sbnet.datapath.dpif.smc import (SignatureCache, claim_kernel, count_kernel,
+                                     masked_hash_kernel, match_row)
 from sbnet.datapath.execute import execute
 from sbnet.datapath.meters import MeterTable
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
@@ -113,8 +114,10 @@ class UserspaceDpif:
         self.upcalls += 1
         # Userspace actions become outputs to the controller pseudo-port so
         # execute() emits the packet as it is at that point of the action list.
-        acts = tuple(odp.Output(F.OFPP_CONTROLLER) if isinstance(a, odp.Userspace) else a
-                     for a in actions)
+        acts = actions
+        if any(type(a) is odp.Userspace for a in actions):
+            acts = tuple(odp.Output(F.OFPP_CONTROLLER) if type(a) is odp.Userspace else a
+                         for a in actions)
         aid = self._action_ids.get(acts)
         if aid is None:
             aid = self._action_ids[acts] = len(self._actions)
@@ -600,29 +603,33 @@ class UserspaceDpif:
         """Slow path for cache misses: one translation per new megaflow, not per packet.
         Each new megaflow takes every miss of the batch it matches at once; the first miss
         it does not take is translated next (so a packet gets the first megaflow made for
-        it, as if the misses went up one by one).  The misses are grouped by their values
-        under each mask once, so a batch of n new megaflows costs n translations, not n
-        scans of the batch."""
+        it, as if the misses went up one by one).  The misses are indexed by their key's
+        hash under each megaflow mask met (a batch meets few masks), so finding what a new
+        megaflow takes costs a search, not a pass over the batch."""
         t0 = time.process_time()
-        out = np.full(miss.size, -1, dtype=np.int64)
+        n = miss.size
+        owner = np.full(n, -1, dtype=np.int64)
         sub = keys[:, miss]
-        groups: dict[tuple, _MaskGroups] = {}
-        for first in range(miss.size):
-            if out[first] >= 0:
-                continue
-            mf = self.upcall(sub[:, first].tolist(), now)
-            out[first] = mf.mf_id
-            g = groups.get((mf.slots, mf.mask))
-            if g is None:
-                g = groups[(mf.slots, mf.mask)] = _MaskGroups(sub, mf.slots, mf.mask)
-            rows = g.same_as(first)
-            rows = rows[out[rows] < 0]
-            if rows.size:
-                took = np.empty(rows.size, dtype=np.bool_)
-                covered_kernel(sub, rows, match_row(mf.slots, mf.mask, mf.value), took)
-                out[rows[took]] = mf.mf_id
+        rows = sub.T.copy()                 # a packet's key contiguous, for the translation
+        index: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        first = 0
+        while first < n:
+            mf = self.upcall(rows[first].tolist(), now)
+            owner[first] = mf.mf_id
+            smc = self.smc
+            if smc is not None and smc.matches[mf.mf_id, 0] == len(mf.slots):
+                match = smc.matches[mf.mf_id]      # the row the cache just stored for it
+            else:
+                match = match_row(mf.slots, mf.mask, mf.value)
+            ix = index.get((mf.slots, mf.mask))
+            if ix is None:
+                h = np.empty(n, dtype=np.uint64)
+                masked_hash_kernel(sub, match, h)
+                order = np.argsort(h, kind="stable")
+                ix = index[(mf.slots, mf.mask)] = (h[order], order)
+            first = claim_kernel(sub, ix[0], ix[1], match, owner, mf.mf_id, first)
         self.upcall_seconds += time.process_time() - t0
-        return out
+        return owner
 
     def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
         tp = self.tunnels[push.ofport]
@@ -679,24 +686,6 @@ class UserspaceDpif:
     def action_ids(self, mf_ids: np.ndarray) -> np.ndarray:
         """The action id of each datapath flow."""
         return self.cache.action_of[mf_ids]
-
-
-class _MaskGroups:
-    """The misses of a batch grouped by a hash of their values under one megaflow mask:
-    the rows a megaflow of that mask may take are those of its first row's group."""
-
-    def __init__(self, keys: np.ndarray, slots: tuple, mask: tuple) -> None:
-        h = np.zeros(keys.shape[1], dtype=np.uint64)
-        for s, m in zip(slots, mask):
-            h = h * np.uint64(0x100000001B3) + (keys[s] & np.uint64(m))
-        _, self.inverse = np.unique(h, return_inverse=True)
-        self.inverse = self.inverse.ravel()
-        self.order = np.argsort(self.inverse, kind="stable")
-        self.starts = np.searchsorted(self.inverse[self.order], np.arange(self.inverse.max() + 2))
-
-    def same_as(self, row: int) -> np.ndarray:
-        g = self.inverse[row]
-        return self.order[self.starts[g]:self.starts[g + 1]]
 
 
 _SPECIAL = (odp.Ct, odp.TunnelPush, odp.PushNsh, odp.PushEth, odp.PopEth, odp.PopNsh, odp.Recirc,

@@ -80,7 +80,7 @@ class _Subtable:
         self.prefixes = [(i, {}) for i in range(1, len(stages)) if stages[i] != stages[i - 1]]
 
     def key_of(self, key) -> tuple:
-        return tuple(key[s] & m for s, m in self.mask)
+        return tuple([key[s] & m for s, m in self.mask])
 
     def count(self, rule: "Rule", step: int) -> None:
         vals = dict((s, v) for s, v, _ in rule.slots)
@@ -94,8 +94,9 @@ class _Subtable:
 
     def early_miss(self, key, wc: list[int]) -> bool:
         """True when some stage rules the subtable out; wc then gets the fields through it."""
+        vals = [key[s] & m for s, m in self.staged]     # every upcall runs this: no genexprs
         for end, seen in self.prefixes:
-            part = tuple(key[s] & m for s, m in self.staged[:end])
+            part = tuple(vals[:end])
             if part not in seen:
                 for s, m in self.staged[:end]:
                     wc[s] |= m

@@ -26,6 +26,13 @@ _TUN_ENDPOINTS = ("tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
 _TUN_METADATA = tuple(f"tun_metadata{i}" for i in range(8))
 _TUN_SLOTS = ("tun_id",) + _TUN_ENDPOINTS + ("tun_flags",) + _TUN_METADATA
 _REGS = [S[f"reg{i}"] for i in range(16)]
+# What every translation sets or reads, as slot indices computed once (run is per upcall).
+_ALWAYS = tuple((S[n], F.lookup(n).max) for n in ("recirc_id", "in_port", "eth_type"))
+_S_ETH_TYPE, _S_NW_FRAG, _S_IN_PORT = S["eth_type"], S["nw_frag"], S["in_port"]
+_TUN_ENDPOINT_SLOTS = tuple(S[n] for n in _TUN_ENDPOINTS)
+_TUN_WC = tuple((S[n], F.lookup(n).max if n in ("tun_id", "tun_src", "tun_dst")
+                 else (1 << 64) - 1) for n in _TUN_SLOTS)
+_TUN_METADATA_SLOTS = tuple(S[n] for n in _TUN_METADATA)
 _L3_SLOTS = [S[n] for n in (
     "nw_src", "nw_dst", "ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo",
     "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag", "tp_src", "tp_dst",
@@ -73,16 +80,19 @@ class Xlate:
 
     def run(self, key, trace: bool = False) -> XlateResult:
         ctx = _Ctx(self, key.tolist() if hasattr(key, "tolist") else list(key), trace)
-        ctx.base_in_port = ctx.flow[S["in_port"]]
+        flow = ctx.flow
+        ctx.base_in_port = flow[_S_IN_PORT]
         wc = ctx.wc
-        for name in ("recirc_id", "in_port", "eth_type"):
-            wc[S[name]] = F.lookup(name).max
-        if ctx.flow[S["eth_type"]] in (F.ETH_IP, F.ETH_IPV6):
-            wc[S["nw_frag"]] = 3
-        if any(ctx.flow[S[n]] for n in _TUN_ENDPOINTS):
-            # Came in through a tunnel: the megaflow matches its metadata exactly (OVS tnl_wc_init).
-            for n in _TUN_SLOTS:
-                wc[S[n]] = F.lookup(n).max if n in ("tun_id", "tun_src", "tun_dst") else (1 << 64) - 1
+        for slot, full in _ALWAYS:
+            wc[slot] = full
+        if flow[_S_ETH_TYPE] in (F.ETH_IP, F.ETH_IPV6):
+            wc[_S_NW_FRAG] = 3
+        for slot in _TUN_ENDPOINT_SLOTS:
+            if flow[slot]:
+                # Came in through a tunnel: the megaflow matches its metadata exactly (OVS tnl_wc_init).
+                for t, full in _TUN_WC:
+                    wc[t] = full
+                break
         try:
             rid = ctx.flow[S["recirc_id"]]
             if rid:
@@ -113,11 +123,12 @@ class Xlate:
         if tp is None or tp.kind != "geneve":
             # Only Geneve packets carry options: from any other port tun_metadata is
             # always absent, and OVS's datapath key has no option attribute to mask.
-            for n in _TUN_METADATA:
-                wc[S[n]] = 0
-        sent = any(isinstance(a, (odp.Output, odp.TunnelPush)) for a in ctx.odp)
+            for t in _TUN_METADATA_SLOTS:
+                wc[t] = 0
+        kinds = {type(a) for a in ctx.odp}       # (no action type has subclasses)
+        sent = odp.Output in kinds or odp.TunnelPush in kinds
         # A recirculated packet's fate is decided by its next pass, not this one.
-        again = any(isinstance(a, odp.Recirc) for a in ctx.odp)
+        again = odp.Recirc in kinds
         reason = "forwarded" if sent else "recirculated" if again else ctx.reason
         return XlateResult(tuple(ctx.odp), wc, ctx.rules, ctx.modified, reason,
                            ctx.lines if trace else None)
