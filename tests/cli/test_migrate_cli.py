@@ -32,7 +32,8 @@ def test_migrate_rolls_back_when_the_destination_never_gets_ready(tmp_path):
             "network_id": net["id"], "device_owner": "compute:nova",
             "binding:host_id": "src"}}).json()["port"]
         # No agent runs on dst: it never reports ready; the binding is taken back.
-        res = _sbnet("migrate", port["id"], "--to", "dst", "--api", url, "--timeout", "0.5")
+        res = _sbnet("migrate", port["id"], "--to", "dst", "--api", url, "--timeout", "0.5",
+                     "--activation-strategy", "garp")
         assert res.returncode == 1
         assert "inactive binding on dst (tap), active on src" in res.stdout
         assert "rolled back: binding on dst deleted" in res.stdout
@@ -41,6 +42,9 @@ def test_migrate_rolls_back_when_the_destination_never_gets_ready(tmp_path):
                          headers={"X-Roles": "admin"}).json()["bindings"]
         assert [(b["host"], b["status"]) for b in bindings] == [("src", "ACTIVE")]
         # Bad input: one line, no traceback.
+        res = _sbnet("migrate", port["id"], "--to", "dst", "--api", url,
+                     "--activation-strategy", "magic")
+        assert res.returncode == 2 and "rarp, garp" in res.stderr and "Traceback" not in res.stderr
         res = _sbnet("migrate", "no-such-port", "--to", "dst", "--api", url)
         assert res.returncode == 1 and res.stderr.startswith("sbnet: migrate: GET ports/")
         assert "PortNotFound" in res.stderr and "Traceback" not in res.stderr

@@ -124,16 +124,27 @@ def register(app: typer.Typer) -> None:
         move: str = typer.Option("", help="command that switches the VM over, run once the "
                                  "destination is ready"),
         timeout: float = typer.Option(30.0, help="seconds to wait for the destination"),
+        activation_strategy: str = typer.Option(
+            "", "--activation-strategy", help="rarp or garp: the destination takes the port "
+            "over as soon as the VM announces itself there (a RARP; a gratuitous ARP or "
+            "unsolicited NA), before the activation"),
     ) -> None:
         """Live-migrate a port's binding as Nova does: inactive binding on the destination,
         wait until it is ready (its pipeline and the port's connections), activate, delete
         the source's binding; prints the timeline."""
         import httpx
+
+        from sbnet.model.resources import ACTIVATION_STRATEGIES
         headers = {"X-Auth-Token": token} if token else NOVA
+        if activation_strategy and activation_strategy not in ACTIVATION_STRATEGIES:
+            print(f"sbnet: migrate: --activation-strategy must be one of "
+                  f"{', '.join(ACTIVATION_STRATEGIES)}", file=sys.stderr)
+            raise typer.Exit(2)
+        profile = {"activation-strategy": activation_strategy} if activation_strategy else None
         try:
             with httpx.Client(base_url=api, timeout=30) as client:
                 drive(client, port, to, headers, _hook(plug), _hook(move), timeout,
-                      say=print)
+                      say=print, profile=profile)
         except (MigrationFailed, httpx.HTTPError) as exc:
             print(f"sbnet: migrate: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
