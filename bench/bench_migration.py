@@ -72,7 +72,7 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     igap, mbps = iperf_gap(out, t_ip, t_move)
     kept = res.error == "" and res.bytes_after(t_move + 0.5)
     moved = any(a.migration.moves_conns for a in lab.cloud.agents.values())
-    return {"moved": moved, "ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies,
+    return {"moved": moved, "ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies, "ping_dups": pings.dups,
             "stream_gap_ms": res.gap_at(t_move, t_end) * 1000, "stream_survived": kept,
             "fip_gap_ms": ext.gap_at(t_move, t_end) * 1000,
             "fip_survived": ext.error == "" and ext.bytes_after(t_move + 0.5),
@@ -127,7 +127,7 @@ def main() -> None:
         return
     print("Gaps are the longest silence overlapping the switch-over; 'worst' is the largest "
           "ping gap of the whole run (the machine's own noise).")
-    print(f"{'datapath':10} {'handover':9} {'ping gap':>9} {'worst':>7} {'lost':>5} "
+    print(f"{'datapath':10} {'handover':9} {'ping gap':>9} {'worst':>7} {'lost':>5} {'dup':>4} "
           f"{'stream gap':>11} {'TCP kept':>8} {'FIP gap':>8} {'FIP kept':>8} "
           f"{'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8}")
     for r in results:
@@ -135,7 +135,7 @@ def main() -> None:
             m = r[key]
             label = label if m["moved"] or label == "no" else "none"
             print(f"{r['backend']:10} {label:9} {m['ping_gap_ms']:7.0f}ms "
-                  f"{m['ping_worst_ms']:5.0f}ms {m['ping_lost']:5d} "
+                  f"{m['ping_worst_ms']:5.0f}ms {m['ping_lost']:5d} {m['ping_dups']:4d} "
                   f"{m['stream_gap_ms']:9.0f}ms {'yes' if m['stream_survived'] else 'NO':>8} "
                   f"{m['fip_gap_ms']:6.0f}ms {'yes' if m['fip_survived'] else 'NO':>8} "
                   f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms")

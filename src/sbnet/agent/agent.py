@@ -271,7 +271,17 @@ class HostAgent:
             snapshot.get("port_binding", ()), ports).items() if self.host in hosts}
         bound = {pid for pid, p in ports.items() if is_vif(p) and (
             p.get("binding:host_id") == self.host or pid in arriving)}
-        me = Chassis(self.host, self.tunnel_ip, {p: o for p, o in plugged.items() if p in bound},
+        # A port arriving by an inactive binding is wired here once its connections have
+        # come (the handover to this host is complete: the step that wires it imports
+        # them, then reports ready): until then what other hosts clone to it here is
+        # dropped where it enters, not sent up as connections this host does not know
+        # (a bulk stream through the slow path held up everything else on it).
+        waiting = {b["port_id"] for b in snapshot.get("port_binding", ())
+                   if b.get("host") == self.host and not b.get("former")} - {
+            h["port_id"] for h in snapshot.get("ct_handover", ())
+            if h.get("target") == self.host and h.get("complete")}
+        me = Chassis(self.host, self.tunnel_ip,
+                     {p: o for p, o in plugged.items() if p in bound and p not in waiting},
                      self.physnets, self.profile, self.service_ofport)
         topo = Topology(snapshot, [me])
         known = self.compiler.faults

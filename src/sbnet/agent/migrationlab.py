@@ -108,7 +108,7 @@ class MigrationLab:
                 switched()
         try:
             tl = drive(self.cloud.api.client, self.port["id"], dest, NOVA, plug, switch,
-                       timeout=30, profile=profile)
+                       timeout=30, poll=0.05, profile=profile)
         except MigrationFailed as exc:
             if fail and "gave up" in str(exc):
                 raise

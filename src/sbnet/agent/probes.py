@@ -91,6 +91,7 @@ class PingTrain:
                                "-W", "1", address)
         self.stamps: list[float] | None = None
         self.sent = 0
+        self.dups = 0                 # replies that came twice
 
     def finish(self, timeout: float = 60.0) -> "PingTrain":
         """Wait for the train; its replies' times, made monotonic (ping -D stamps them with
@@ -98,8 +99,9 @@ class PingTrain:
         if self.stamps is None:
             out, _ = self.proc.communicate(timeout=timeout)
             shift = time.time() - time.monotonic()
-            self.stamps = [float(m) - shift
-                           for m in re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=", out, re.M)]
+            self.stamps = [float(m) - shift for m in
+                           re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=(?!.*DUP!)", out, re.M)]
+            self.dups = len(re.findall(r"icmp_seq=.*DUP!", out))
             sent = re.search(r"(\d+) packets transmitted", out)
             self.sent = int(sent.group(1)) if sent else 0
         return self
