@@ -5,12 +5,18 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import threading
+import time
 
 from sbnet.agent.slowpath import in_netns
 from sbnet.compiler.l3 import fip_host, floating_ips
 from sbnet.flows.fields import ETH_ARP, ETH_IP
 
 BROADCAST = b"\xff" * 6
+# When each announcement is sent again (seconds after the first), as OVN repeats its own: a
+# frame the old host still sends from the floating IP's MAC (its slow path catching up) may
+# turn the outside's switches back once.
+REPEATS = (0.2, 0.5, 1.0, 2.0)
 
 
 def hosted_fips(topo, host: str) -> dict[tuple[str, str], str]:
@@ -71,4 +77,17 @@ class FipAnnouncer:
             send(self.netns, dev, [garp(ip, mac)])
             self.sent += 1
             done.append(ip)
+            threading.Thread(target=self._repeat, args=(dev, ip, mac), daemon=True,
+                             name=f"announce-{ip}").start()
         return done
+
+    def _repeat(self, dev: str, ip: str, mac: str) -> None:
+        start = time.monotonic()
+        for at in REPEATS:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            if self.hosted.get((ip, mac)) is None:
+                return                      # gone from here meanwhile
+            try:
+                send(self.netns, dev, [garp(ip, mac)])
+            except OSError:
+                return
