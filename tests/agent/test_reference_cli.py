@@ -176,11 +176,14 @@ def test_two_reference_hypervisors_without_neighbour_options(env, nova):
               f"{min(stream.intervals)} bytes, longest without data "
               f"{stream.longest_empty() * 1000:.0f} ms")
         assert train.lost == [], train
-        # No reply held up over 100 ms where the machine is quiet enough to tell (the train
-        # with no restart had none over 50 ms); on a loaded one, whose scheduling alone
-        # holds both switches up for a few hundred ms now and then, no hold-up beyond
-        # 500 ms or twice the no-restart train's.
-        limit = 0.1 if quiet.max_rtt <= 0.05 else max(0.5, 2 * quiet.max_rtt)
+        # No reply held up over 250 ms where the machine is quiet enough to tell (the train
+        # with no restart had none over 50 ms): a switch whose flows were flushed and put
+        # back would lose packets and stall for seconds, while the new agent's own start-up
+        # (seconds of CPU on a 2-core machine beside both switches) delayed a reply by
+        # 161 ms once in CI's full run.  On a loaded machine, whose scheduling alone holds
+        # both switches up for a few hundred ms now and then, no hold-up beyond 500 ms or
+        # twice the no-restart train's.
+        limit = 0.25 if quiet.max_rtt <= 0.05 else max(0.5, 2 * quiet.max_rtt)
         assert train.max_rtt <= limit, (train, quiet)
         # iperf3 reports every 100 ms at best: no two intervals in a row went empty.
         assert stream.longest_empty() <= 0.1, stream
