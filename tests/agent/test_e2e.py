@@ -211,7 +211,7 @@ def test_iperf3_stream_under_a_qos_limit(cloud, direction):
     srv = topo.popen(b, "iperf3", "-s", "-1", "-J")
     time.sleep(0.5)
     cli = topo.popen(a, "iperf3", "-c", b.address, "-u", "-b", f"{2 * limit_kbps}K",
-                     "-l", "1200", "-t", "6", "-O", "2", "-J")
+                     "-l", "1200", "-t", "4", "-O", "2", "-J")
     cli.communicate(timeout=30)
     out, _ = srv.communicate(timeout=30)
     # What the receiver got per second, past the omitted start: the median second (the
