@@ -492,7 +492,8 @@ class AfPacketProcess(RemoteDatapath):
     switch has its own cores; the Datapath methods are forwarded over a socket pair and
     answer with the same values (or raise the same exceptions) as in-process.  The child
     is a fresh `python -c` (not multiprocessing's spawn, which re-imports the caller's
-    main module).
+    main module), or a fork of a zygote (sbnet.datapath.zygote) that has the datapath
+    imported already.
     """
 
     def __init__(self, name: str = "br0", netns: str | None = None, kind: str = "afpacket",
