@@ -153,6 +153,18 @@ def test_rules_octavia_enforces(lb_api: Lb, stack: dict, vip_subnet: dict) -> No
     lb_api("GET", "loadbalancers/00000000-0000-0000-0000-000000000000", status=404)
 
 
+def test_an_admin_may_give_the_id_a_project_may_not(lb_api: Lb, stack: dict) -> None:
+    """The provider driver of a real Octavia writes Octavia's ids (tests/octavia)."""
+    path = f"pools/{stack['pool']['id']}/members"
+    ident = "5d1c6a5e-0c9f-4e6b-9a55-1f0d5b2a7c01"
+    body = {"member": {"id": ident, "address": "10.8.0.7", "protocol_port": 53}}
+    lb_api("POST", path, body, 400)
+    assert lb_api("POST", path, body, 201, headers=ADMIN)["member"]["id"] == ident
+    assert lb_api("GET", f"{path}/{ident}")["member"]["address"] == "10.8.0.7"
+    lb_api("POST", path, {"member": {**body["member"], "address": "10.8.0.8"}}, 409, ADMIN)
+    lb_api("POST", path, {"member": {**body["member"], "id": "not-a-uuid"}}, 400, ADMIN)
+
+
 def test_operating_status_rolls_up_from_members(lb_api: Lb, app_client: TestClient,
                                                 stack: dict) -> None:
     pool = stack["pool"]

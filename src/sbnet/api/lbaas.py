@@ -14,7 +14,7 @@ from sbnet.api import lbaas_rules as r
 from sbnet.api.context import Context
 from sbnet.model import attrs as a
 from sbnet.model import lbaas as m
-from sbnet.model.errors import BadRequest, Forbidden, NeutronError
+from sbnet.model.errors import BadRequest, Conflict, Forbidden, NeutronError
 from sbnet.model.resources import ResourceSpec
 from sbnet.store import Tx
 
@@ -187,11 +187,14 @@ class Resource:
 
     def create(self, ctx: Context, request: Request, payload: Any) -> dict:
         _authorize(ctx, True)
-        body = a.validate_body(self.spec.attrs, _unwrap(self.spec, payload), create=True,
-                               resource=self.spec.name)
+        given = dict(_unwrap(self.spec, payload))
+        ident = _given_id(ctx, given.pop("id", None))
+        body = a.validate_body(self.spec.attrs, given, create=True, resource=self.spec.name)
         crud.set_project(ctx, self.spec, body)
-        body.update(id=str(uuid.uuid4()), provisioning_status="ACTIVE")
+        body.update(id=ident or str(uuid.uuid4()), provisioning_status="ACTIVE")
         with self.api.store.write() as tx:
+            if ident and tx.get(self.typ, ident) is not None:
+                raise Conflict(f"{self.spec.label} {ident} already exists.")
             parent = self.parent(tx, ctx, request)
             self._create(tx, ctx, body, parent)
             r.check_quota(tx, self.typ, body["project_id"])
@@ -244,6 +247,19 @@ class Resource:
                 r.delete_pool(tx, body)
             else:
                 tx.delete(self.typ, body)
+
+
+def _given_id(ctx: Context, ident: Any) -> str | None:
+    """The id a caller gives: only an admin or a service may (a provider driver of a real
+    Octavia does, so that sbnet's objects keep Octavia's ids); Octavia's own API takes none."""
+    if ident is None:
+        return None
+    if not (ctx.is_admin or ctx.is_service):
+        raise BadRequest("Invalid input: 'id' may be given only by an admin or a service.")
+    try:
+        return a.to_uuid(ident)
+    except a.Invalid as exc:
+        raise BadRequest(f"Invalid input for field/attribute id. {exc}") from None
 
 
 def _unwrap(spec: ResourceSpec, payload: Any) -> dict:

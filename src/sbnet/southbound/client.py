@@ -20,6 +20,18 @@ class SouthboundError(RuntimeError):
         self.status = status
 
 
+def _error_message(raw: bytes) -> str:
+    """Neutron's error body ({"NeutronError": {type, message}}), Octavia's ({"faultstring"}),
+    or the start of whatever else came."""
+    try:
+        body = json.loads(raw)
+        if "NeutronError" in body:
+            return f"{body['NeutronError']['type']}: {body['NeutronError']['message']}"
+        return str(body["faultstring"])
+    except (ValueError, KeyError, TypeError):
+        return raw[:200].decode(errors="replace")
+
+
 class Southbound:
     """Writes Neutron's resources into sbnet's store and reads back what the agents report."""
 
@@ -41,11 +53,7 @@ class Southbound:
                 raw = r.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
-            try:
-                err = json.loads(raw)["NeutronError"]
-                message = f"{err['type']}: {err['message']}"
-            except (ValueError, KeyError, TypeError):
-                message = raw[:200].decode(errors="replace")
+            message = _error_message(raw)
             raise SouthboundError(exc.code, message) from None
         except (urllib.error.URLError, OSError) as exc:
             raise SouthboundError(0, f"{url}: {getattr(exc, 'reason', exc)}") from None
