@@ -239,7 +239,8 @@ def test_stateful_firewall_on_real_tcp(topology, backend):
 
 def test_run_until_forwards_in_the_callers_thread(topology):
     """AfPacketDatapath.run(until) on two veths of one namespace: a frame in on port 1 is
-    out on port 2; a detached port's frames are no longer read."""
+    out on port 2; a frame waiting on a port when it is detached is switched (a VM migrating
+    away sent it just before its switch-over); a detached port's frames are no longer read."""
     from sbnet.agent.netns import sh
     from sbnet.datapath.afpacket import AfPacketDatapath, AfPacketPort
     from sbnet.datapath.batch import Batch
@@ -259,7 +260,10 @@ def test_run_until_forwards_in_the_callers_thread(topology):
             outside_a.deliver(Batch.from_packets([frame], 0))
             dp.run(until=time.monotonic() + 0.5)
             assert frame in outside_b.receive()
-            dp.detach(1)
+            outside_a.deliver(Batch.from_packets([frame], 0))
+            time.sleep(0.05)
+            dp.detach(1)                # the loop never ran: the frame waited on port 1
+            assert frame in outside_b.receive()
             outside_a.deliver(Batch.from_packets([frame], 0))
             dp.run(until=time.monotonic() + 0.3)
             assert outside_b.receive() == []
@@ -267,7 +271,7 @@ def test_run_until_forwards_in_the_callers_thread(topology):
             outside_a.close()
             outside_b.close()
         assert dp.loop_errors() == (0, None)
-        assert dp.port_stats()[2][1] == 1
+        assert dp.port_stats()[2][1] == 2
 
 
 def test_teardown_leaves_no_namespaces_or_processes(topology):

@@ -275,6 +275,15 @@ class AfPacketDatapath:
             if isinstance(port, AfPacketPort):
                 self._poll.unregister(port.fileno())
                 del self._by_fd[port.fileno()]
+                # What the interface received before it went is switched, not dropped (as a
+                # kernel datapath has already taken it): a VM migrating away sent it just
+                # before its switch-over, and its replies reach it at the destination.
+                try:
+                    chunks = [(rows, lens, ofport) for rows, lens in port.receive_rows()]
+                except OSError:
+                    chunks = []
+                if chunks:
+                    self.switch.process(_batch(chunks))
             self.switch.remove_port(ofport)
 
     # The Datapath protocol's port methods (the names every backend shares).
