@@ -65,6 +65,22 @@ def test_hosts_register_and_ports_go_active_when_plugged(cloud):
     assert api.request("GET", f"ports/{a['id']}")["port"]["status"] == "DOWN"
 
 
+def test_a_sync_that_changes_no_flow_sends_the_datapath_nothing(cloud, monkeypatch):
+    api, cluster, agents = cloud
+    net = network(api)
+    a = vm(api, cluster, net, "h1")
+    sync(agents)
+    switch, bundles = cluster.hosts["h1"].switch, []
+    real = switch.bundle
+    monkeypatch.setattr(switch, "bundle", lambda *args, **kw: (bundles.append(kw), real(*args, **kw)))
+    api.update("ports", a["id"], name="renamed")          # no flow depends on a name
+    report = agents["h1"].step()
+    assert report is not None and report.changed == 0 and bundles == []
+    b = vm(api, cluster, net, "h1")
+    assert agents["h1"].step().added and len(bundles) == 1
+    assert cluster.send(a["id"], [icmp(a, b)]).to(b["id"])
+
+
 def test_traffic_flows_once_both_agents_synced_and_stops_when_the_port_goes(cloud):
     api, cluster, agents = cloud
     net = network(api)

@@ -164,7 +164,11 @@ def port_names(datapath) -> dict[str, int]:
 
 
 def apply_diff(datapath, d: Diff) -> None:
-    """One atomic bundle per diff (modifications replace flows of the same identity)."""
+    """One atomic bundle per diff (modifications replace flows of the same identity); an
+    empty diff sends the datapath nothing (a busy switch answers late, holding up the
+    agent's step, as at a migration's activation when every host syncs at once)."""
+    if not d:
+        return
     for mid in d.delete_meters:
         datapath.delete_meter(mid)
     kw = {"meters": d.meters} if d.meters else {}
