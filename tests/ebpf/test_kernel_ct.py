@@ -75,7 +75,7 @@ def test_a_new_udp_connection_runs_in_the_kernel_like_the_reference(ktier, sport
     assert (states[(_ip(C), sport)], states[(_ip(S), 53)]) == want
     mirror = _switch()
     sync = ConnSync(t, mirror.conntrack, kernel_ct=True)
-    sync.events(up.conn_keys, up.established, 0.0)
+    sync.events(up.events, up.kinds, 0.0)
     for ct in (sw.conntrack, mirror.conntrack):
         slot, _ = ct.find((ZONE, 17, 0, _ip(C), _ip(S), sport, 53))
         assert slot >= 0
@@ -120,7 +120,7 @@ def test_a_connection_the_slow_path_committed_is_never_taken_for_new(ktier, flow
     assert [(o.ofport, o.data) for o in got.outputs] == ref.outputs[0] != []
     up = decode(ring.drain(), None)
     assert up.established.tolist() == [True]
-    sync.events(up.conn_keys, up.established, 0.0)
+    sync.events(up.events, up.kinds, 0.0)
     assert sync.established() == 2          # this one and the one before
     # The next reconciliation finds the map as the conntrack has it: nothing to write.
     before = dict(sync.held)
@@ -138,8 +138,8 @@ def test_a_connection_the_slow_path_committed_is_never_taken_for_new(ktier, flow
     assert t.conns_kept() == [] and sync.held == {} and sync.established() == 0
 
 
-def test_tcp_and_connections_without_kernel_ct_still_go_up(tier):
-    """Only UDP is committed in the kernel, and only where kernel_ct is set: a tier without
+def test_connections_without_kernel_ct_still_go_up(tier):
+    """Connections are committed in the kernel only where kernel_ct is set: a tier without
     it sends a new UDP connection's first packet up, as before."""
     sw = _switch()
     tier.flush()

@@ -321,6 +321,25 @@ class Conntrack:
             tab.exp[i] = now + self.tmo[TM_OTHER_FIRST + OTHER_BIDIR]
         return i
 
+    def adopt_tcp(self, zone: int, src: int, dst: int, sport: int, dport: int,
+                  peers, now: float) -> int:
+        """An IPv4 TCP connection another holder tracks (the kernel tier commits SYNs and
+        follows handshakes itself): made if absent, its peers (per direction: seqlo, seqhi,
+        max_win, wscale, state) as that holder has them.  Its slot, or -1 when either
+        tuple belongs to another connection."""
+        fwd = (zone, IP_TCP, 0, src, dst, sport, dport)
+        rev = (zone, IP_TCP, 0, dst, src, dport, sport)
+        tab = self.table
+        i, d = tab.lookup(fwd, float("-inf"))
+        if d or (i < 0 and tab.taken(rev)):
+            return -1
+        if i < 0:
+            i = tab.create(fwd, rev, 0)
+        tab.tcp[i] = peers
+        a, b = int(tab.tcp[i, 0, 4]), int(tab.tcp[i, 1, 4])
+        tab.exp[i] = now + self.tmo[T.timeout_class(a, b)]
+        return i
+
     def tcp_state(self, slot: int) -> tuple[str, str]:
         """(original, reply) peer states of a TCP connection, OVS names."""
         a, b = self.table.tcp[slot, :, 4].tolist()

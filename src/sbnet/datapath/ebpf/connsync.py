@@ -12,7 +12,11 @@ from sbnet.flows import fields as F
 TRK, NEW, EST, RPL = (F.CT_STATE_BITS[k] for k in ("trk", "new", "est", "rpl"))
 EST_ORIG, EST_REPLY = TRK | EST, TRK | EST | RPL
 NEW_ORIG, NEW_REPLY = TRK | NEW, TRK | NEW | RPL     # a UDP connection awaiting its reply
+OPEN_ORIG, OPEN_REPLY = TRK | L.CS_OPENING, TRK | L.CS_OPENING | RPL   # TCP in its handshake
 PUNT = 0                       # held by the slow path in a way the map cannot: packets go up
+_OPENING = (OPEN_ORIG, OPEN_REPLY)
+_EVENT_STATES = {L.CT_COMMIT_EVENT: (OPEN_ORIG, OPEN_REPLY), L.CT_EST_EVENT: (EST_ORIG, EST_REPLY),
+                 L.CT_HANDOVER_EVENT: (PUNT, PUNT)}
 
 
 class ConnSync:
@@ -23,9 +27,12 @@ class ConnSync:
     (hand_down) and reconciles everything once a maintenance tick (sync): established
     connections in both directions; with kernel_ct also UDP connections awaiting their
     reply (the kernel establishes them on it) and, as PUNT, the UDP ones it holds in a
-    way the map cannot (label, NAT), so the kernel never takes one of them for new.
-    Connection events (the kernel's own commits and first replies) go into the slow
-    path's conntrack (events)."""
+    way the map cannot (label, NAT) and the TCP ones not established, so the kernel never
+    takes one of them for new.  Connection events (the kernel's own commits, first
+    replies, TCP handshakes completed or handed over) go into the slow path's conntrack
+    (events); a TCP connection in its handshake in the kernel stays the kernel's until it
+    hands it over.  Zone limits go down with what the kernel may still commit in each
+    zone (write_limits)."""
 
     def __init__(self, tier, conntrack, kernel_ct: bool) -> None:
         self.tier, self.ct, self.kernel_ct = tier, conntrack, kernel_ct
@@ -33,17 +40,21 @@ class ConnSync:
         self.held: dict[tuple, int] = {}
         self._established = 0                  # EST_ORIG entries in held
         self._synced_ns = time.monotonic_ns()  # kernel `used` stamps after this are news
+        # Kernel commits taken up, by zone: all those made before this (a previous agent's
+        # are in the map, taken up with it), then one per commit event.
+        self._commits: dict[int, int] = tier.zone_commits() if kernel_ct and tier else {}
+        self._limits: dict[int, tuple[int, int]] = {}   # (limit, base) written, by zone
 
     # -- what the map should hold ------------------------------------------------------
     def desired(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Map keys (CT_KEY_DTYPE), states and marks for the connections `slots` (unique,
         live IPv4 TCP/UDP), both directions, direction 0 first; none for those the map
-        must not hold (TCP before it is established)."""
+        must not hold (without kernel_ct, TCP before it is established)."""
         view = self.ct.view
         est = view.held_outside(slots)
         if self.kernel_ct:
             new = ~est & view.unreplied_udp(slots)
-            punt = ~est & ~new & (self.ct.table.proto[slots] == F.IP_UDP)
+            punt = ~est & ~new
         else:
             new = punt = np.zeros(len(slots), dtype=bool)
         keep = est | new | punt
@@ -66,8 +77,11 @@ class ConnSync:
         """Entries whose state differs from what the map was given (force: every one), in
         one system call."""
         dirs = _dirs(keys)
-        change = np.array([force or self.held.get(k) != s for k, s in zip(dirs, states.tolist())],
-                          dtype=bool)
+        # A TCP connection in its handshake in the kernel stays there: the slow path's
+        # conntrack has it as the kernel's last event told, not as the kernel has it now.
+        change = np.array([force or (self.held.get(k) != s and not (
+            s == PUNT and self.held.get(k) in _OPENING)) for k, s in zip(dirs, states.tolist())],
+            dtype=bool)
         if not change.any():
             return
         vals = np.zeros(int(change.sum()), dtype=L.CT_VAL_DTYPE)
@@ -98,14 +112,14 @@ class ConnSync:
 
     def guard(self, tuples: np.ndarray) -> list[tuple]:
         """Before the slow path switches an upcall batch (kernel_ct): both directions of
-        each of its UDP tuples the map does not hold get a PUNT entry, so that a packet of
-        a connection the batch commits (its reply, racing the hand-down after the batch)
-        goes up instead of being taken for new in the kernel.  The entries made."""
+        each of its tuples the map does not hold get a PUNT entry, so that a packet of
+        a connection the batch commits (its reply, or a SYN sent again, racing the
+        hand-down after the batch) goes up instead of being taken for new in the kernel.
+        The entries made."""
         if not self.kernel_ct or not self.zones or not len(tuples):
             return []
         made = []
-        for proto, src, dst, sport, dport in np.unique(tuples[tuples[:, 0] == F.IP_UDP],
-                                                       axis=0).tolist():
+        for proto, src, dst, sport, dport in np.unique(tuples, axis=0).tolist():
             for zone in self.zones:
                 for d in ((zone, proto, src, dst, sport, dport),
                           (zone, proto, dst, src, dport, sport)):
@@ -119,20 +133,47 @@ class ConnSync:
             if d not in self.held:
                 self.tier.remove_conn(*d)
 
-    def events(self, keys: np.ndarray, established: np.ndarray, now: float) -> None:
-        """Connections the kernel committed (established False) or saw the first reply of
-        (True), each by its original direction: into the slow path's conntrack."""
+    def events(self, events: np.ndarray, kinds: np.ndarray, now: float) -> None:
+        """Connection events (layout.CT_EVENT_DTYPE records, their kinds the
+        layout.CT_*_EVENT reasons), each by its connection's original direction, into the
+        slow path's conntrack: UDP connections the kernel committed or saw the first
+        reply of; TCP connections it committed, completed the handshake of, or handed
+        over in their handshake, with their peers as the kernel had them."""
+        keys = events["key"]
+        for zone in keys["zone"][kinds == L.CT_COMMIT_EVENT].tolist():
+            self._commits[zone] = self._commits.get(zone, 0) + 1
         udp = keys["proto"] == F.IP_UDP
-        keys, established = keys[udp], established[udp]
-        if not len(keys):
-            return
-        slot = self.ct.adopt_udp_many(keys["zone"], keys["src"], keys["dst"], keys["sport"],
-                                      keys["dport"], established, now)
-        for k, e, s in zip(keys.tolist(), established.tolist(), slot.tolist()):
-            if s >= 0:
-                zone, proto, _, sport, dport, src, dst = k
-                self._set((zone, proto, src, dst, sport, dport), EST_ORIG if e else NEW_ORIG)
-                self._set((zone, proto, dst, src, dport, sport), EST_REPLY if e else NEW_REPLY)
+        ukeys, established = keys[udp], kinds[udp] == L.CT_EST_EVENT
+        if len(ukeys):
+            slot = self.ct.adopt_udp_many(ukeys["zone"], ukeys["src"], ukeys["dst"],
+                                          ukeys["sport"], ukeys["dport"], established, now)
+            for k, e, s in zip(ukeys.tolist(), established.tolist(), slot.tolist()):
+                if s >= 0:
+                    zone, proto, _, sport, dport, src, dst = k
+                    self._set((zone, proto, src, dst, sport, dport), EST_ORIG if e else NEW_ORIG)
+                    self._set((zone, proto, dst, src, dport, sport), EST_REPLY if e else NEW_REPLY)
+        for i in np.flatnonzero(keys["proto"] == F.IP_TCP).tolist():
+            zone, proto, _, sport, dport, src, dst = keys[i].tolist()
+            peers = [list(p[:5]) for p in events["tcp"][i].tolist()]   # pad left out
+            if self.ct.adopt_tcp(zone, src, dst, sport, dport, peers, now) < 0:
+                continue
+            orig, reply = _EVENT_STATES[int(kinds[i])]
+            self._set((zone, proto, src, dst, sport, dport), orig)
+            self._set((zone, proto, dst, src, dport, sport), reply)
+        self.write_limits()
+
+    def write_limits(self) -> None:
+        """Each kernel zone's connection limit, with what its conntrack holds there less
+        the kernel's commits taken up (the kernel adds its own commits to that)."""
+        table = self.ct.table
+        for zone in self.zones:
+            limit = self.ct.zone_limit(zone)
+            if not limit and zone not in self._limits:
+                continue
+            base = table.zone_count.get(zone, 0) - self._commits.get(zone, 0)
+            if self._limits.get(zone) != (limit, base):
+                self.tier.set_zone_limit(zone, limit, base)
+                self._limits[zone] = (limit, base)
 
     def _set(self, k: tuple, state: int) -> None:
         old = self.held.get(k)
@@ -154,12 +195,15 @@ class ConnSync:
             slot, _ = self.ct.view.find_ipv4(keys["zone"], keys["proto"], keys["src"],
                                              keys["dst"], keys["sport"], keys["dport"])
             self.ct.keep_alive(np.unique(slot[vals["used"] > self._synced_ns]), now)
-            lost = np.flatnonzero((slot < 0) & (keys["proto"] == F.IP_UDP) & (
-                (vals["state"] == NEW_ORIG) | (vals["state"] == EST_ORIG)))
+            lost = np.flatnonzero((slot < 0) & np.isin(vals["state"], (NEW_ORIG, EST_ORIG, OPEN_ORIG)))
             lost = np.array([i for i in lost.tolist() if _dir(keys[i].tolist()) not in self.held],
                             dtype=np.int64)
             if lost.size:
-                self.events(keys[lost], vals["state"][lost] == EST_ORIG, now)
+                # Committed in the kernel, their events lost (a full ring, or a previous agent's).
+                ev = np.zeros(lost.size, dtype=L.CT_EVENT_DTYPE)
+                ev["key"], ev["tcp"] = keys[lost], vals["tcp"][lost]
+                self.events(ev, np.where(vals["state"][lost] == EST_ORIG, L.CT_EST_EVENT,
+                                         L.CT_COMMIT_EVENT), now)
         self._synced_ns = time.monotonic_ns()
         slots = self.ct.view.in_zones(self.zones) if self.zones else np.zeros(0, np.int64)
         want_k, want_s, want_m = self.desired(slots)
@@ -169,6 +213,7 @@ class ConnSync:
             self._drop(k)
         if len(want_k):
             self._write(want_k, want_s, want_m)
+        self.write_limits()
 
     def take_up(self, now: float) -> None:
         """The connections a previous agent left in the pinned map, into the conntrack."""

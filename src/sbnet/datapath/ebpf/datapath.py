@@ -102,8 +102,9 @@ class EbpfDatapath:
         """pin: the name its maps are pinned under (sbnet.datapath.ebpf.pins), so they
         outlive this process; close(keep=True) then leaves the program forwarding, and the
         next EbpfDatapath of that name takes it up (kept_ports(), revalidate_kept()).
-        kernel_ct: new UDP connections are committed and established by the kernel
-        itself (no upcall), the slow path's conntrack told of each (ConnSync)."""
+        kernel_ct: new UDP connections, and TCP ones through their handshake, are
+        committed and established by the kernel itself (no upcall), the slow path's
+        conntrack told of each (ConnSync); zone limits hold for them too."""
         self.switch = switch or Switch()
         # The kernel forwards established segments the slow path's conntrack never sees, so
         # its TCP windows go stale: it must not call a later FIN or RST invalid for that
@@ -118,7 +119,7 @@ class EbpfDatapath:
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
         self.pin = pin
-        self.tier = EbpfTier(capacity=capacity, pin=pin, kernel_ct=kernel_ct)
+        self.tier = EbpfTier(capacity=capacity, pin=pin, kernel_ct=kernel_ct, tcp_liberal=True)
         self.reopened = self.tier.reopened    # a previous agent's maps were taken up
         if upcall_rate:
             self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)
@@ -253,14 +254,15 @@ class EbpfDatapath:
         self.truncated += up.truncated
         self.gso_upcalls += up.segmented
         with self.lock:
-            if len(up.conn_keys):
-                self.conns.events(up.conn_keys, up.established, self.switch.clock())
+            if len(up.events):
+                self.conns.events(up.events, up.kinds, self.switch.clock())
             if len(up.batch):
                 guards = self.conns.guard(up.tuples)
                 self.switch.process(up.batch)
                 self._install_new()
                 self.conns.hand_down(up.tuples)
                 self.conns.unguard(guards)
+                self.conns.write_limits()
         self.batches += 1
         return len(up.batch) + len(up.conn_keys)
 

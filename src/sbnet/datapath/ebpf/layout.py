@@ -34,12 +34,18 @@ TRACE_OUT_HEAD = struct.Struct("<IIIIQIIII")
 TRACE_OUT_SIZE = TRACE_OUT_HEAD.size + TRACE_BYTES
 UPCALL = struct.Struct("<IIIIIIQIIII")
 CT_KEY = struct.Struct("<HBBHHII")
-CT_VAL = struct.Struct("<IIQQQ")
+TCP_PEER = struct.Struct("<IIIBBH")           # struct sb_tcp_peer
+CT_VAL = struct.Struct("<IIQQQ" + "IIIBBH" * 2)
 # The same two as numpy records, to pack many entries at once.
 CT_KEY_DTYPE = np.dtype([("zone", "<u2"), ("proto", "u1"), ("pad", "u1"), ("sport", "<u2"),
                          ("dport", "<u2"), ("src", "<u4"), ("dst", "<u4")])
+TCP_PEER_DTYPE = np.dtype([("seqlo", "<u4"), ("seqhi", "<u4"), ("max_win", "<u4"),
+                           ("wscale", "u1"), ("state", "u1"), ("pad", "<u2")])
 CT_VAL_DTYPE = np.dtype([("state", "<u4"), ("mark", "<u4"), ("packets", "<u8"),
-                         ("bytes", "<u8"), ("used", "<u8")])
+                         ("bytes", "<u8"), ("used", "<u8"), ("tcp", TCP_PEER_DTYPE, (2,))])
+# struct sb_ct_event: a connection event's body.
+CT_EVENT_DTYPE = np.dtype([("key", CT_KEY_DTYPE), ("tcp", TCP_PEER_DTYPE, (2,))])
+ZONE = struct.Struct("<IIq")                   # struct sb_zone
 # struct sb_flow before acts[], as numpy records: the counters of a whole map read at once.
 FLOW_HEAD_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("used", "<u8"),
                             ("mf_id", "<u4"), ("tcp_flags", "<u4"), ("n_acts", "<u4"),
@@ -48,14 +54,18 @@ METER = struct.Struct("<QQQQIIQQQQII")
 U32 = struct.Struct("<I")
 
 PORT_F_TUNNEL = 1
-CFG_F_TEST, CFG_F_KERNEL_CT = 1, 2
+CFG_F_TEST, CFG_F_KERNEL_CT, CFG_F_TCP_LIBERAL = 1, 2, 4
+# The connection map's state word: ct_state bits, and CS_OPENING (a TCP connection in its
+# handshake, tracked by the program).
+CS_OPENING = 0x10000
 CT_F_COMMIT, CT_F_MARK = 1, 2
 VERDICTS = {1: "forward", 2: "drop", 3: "upcall"}
 STATS = ("hit", "miss", "punt_parse", "punt_action", "upcall", "upcall_lost",
          "upcall_limited", "drop", "meter_drop", "ct_miss", "output_error", "ct_commit",
-         "ct_established", "ct_event_lost")
+         "ct_established", "ct_event_lost", "ct_handover", "ct_zone_full")
 # Ring records that are connection events, not packets (their reason is this stat).
-CT_COMMIT_EVENT, CT_EST_EVENT = STATS.index("ct_commit"), STATS.index("ct_established")
+CT_COMMIT_EVENT, CT_EST_EVENT, CT_HANDOVER_EVENT = (
+    STATS.index("ct_commit"), STATS.index("ct_established"), STATS.index("ct_handover"))
 
 # enum sb_op
 (OP_OUTPUT, OP_PUSH_VLAN, OP_POP_VLAN, OP_SET_ETH_SRC, OP_SET_ETH_DST, OP_SET_IP4_SRC,
@@ -85,8 +95,8 @@ _NEW = F.CT_STATE_BITS["new"]
 
 def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
     """Why a megaflow matching ct_state +new stays in software, or None: the kernel gives
-    +new only to UDP connections it commits itself (EbpfTier kernel_ct), so one that
-    cannot match UDP would never be hit there."""
+    +new only to UDP connections and TCP SYNs it commits itself (EbpfTier kernel_ct), so
+    one that can match neither would never be hit there."""
     m = dict(zip(slots, zip(mask, value)))
     cm, cv = m.get(_CT_STATE, (0, 0))
     if not cm & cv & _NEW:
@@ -94,8 +104,9 @@ def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
     if not kernel_ct:
         return "match ct_state +new: this kernel tier commits no connection itself"
     pm, pv = m.get(_NW_PROTO, (0, 0))
-    if pm & pv != pm & F.IP_UDP:
-        return "match ct_state +new stays in software but for UDP (the kernel commits UDP only)"
+    if pm & pv not in (pm & F.IP_UDP, pm & F.IP_TCP):
+        return ("match ct_state +new stays in software but for UDP and TCP (the kernel "
+                "commits those only)")
     return None
 
 

@@ -34,6 +34,7 @@ _PROTO = F.SLOT_INDEX["nw_proto"]
 _L4_PROTOS = frozenset((0xFF, p) for p in (F.IP_TCP, F.IP_UDP, F.IP_SCTP))
 _FREE_VALUES_L4 = _FREE_VALUES | {F.SLOT_INDEX["tp_src"]}
 _PLACEMENTS = 4096             # placements remembered
+_NO_PEERS = (0,) * 12          # sb_ct_val.tcp of a connection the program does not track
 
 
 @cache
@@ -95,14 +96,19 @@ class EbpfTier:
     take_counters() hands over what the kernel counted since the last take."""
 
     def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False,
-                 pin: str | None = None, kernel_ct: bool = False) -> None:
+                 pin: str | None = None, kernel_ct: bool = False,
+                 tcp_liberal: bool = False) -> None:
         """pin: keep the maps pinned under this name (pins.pin_dir); when a previous tier
         left them there, they are taken up, with the megaflows in them as kept() entries.
         kernel_ct: new UDP connections are committed and established in the kernel
         (CFG_F_KERNEL_CT), which tells the slow path through connection events; whoever
-        sets it hands down every UDP connection its conntrack holds in the kernel's zones."""
+        sets it hands down every UDP connection its conntrack holds in the kernel's zones.
+        With kernel_ct TCP connections are committed on their SYN and tracked through
+        their handshake here too; tcp_liberal: as a conntrack that is liberal about TCP
+        windows (the slow path's, which the kernel's established segments bypass)."""
         self.test = test
         self.kernel_ct = kernel_ct
+        self.tcp_liberal = tcp_liberal
         self.capacity = capacity
         self.pin = pins.pin_dir(pin) if pin else None
         reuse = pins.open_pinned(self.pin) if self.pin else None
@@ -123,6 +129,8 @@ class EbpfTier:
             self.m_ports = Map(fd("ports"), 4, L.PORT.size, "ports")
             self.m_conns = Map(fd("conns"), L.CT_KEY.size, L.CT_VAL.size, "conns")
             self.m_meters = Map(fd("meters"), 4, L.METER.size, "meters")
+            self.m_zone_limits = Map(fd("zone_limits"), 4, L.ZONE.size, "zone_limits")
+            self.m_zone_commits = Map(fd("zone_commits"), 4, 8, "zone_commits")
             self.m_trace_hdr = Map(fd("trace_hdr"), 4, L.TRACE_HDR.size, "trace_hdr")
             self.m_trace_out = Map(fd("trace_out"), 4, L.TRACE_OUT_SIZE, "trace_out")
             self._ncpu = _possible_cpus()
@@ -130,7 +138,8 @@ class EbpfTier:
             self.upcalls_fd = fd("upcalls")
             self.upcalls_size = self.obj.map_max_entries("upcalls")
             for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
-                      self.m_meters, self.m_trace_hdr, self.m_trace_out):
+                      self.m_meters, self.m_trace_hdr, self.m_trace_out, self.m_zone_limits,
+                      self.m_zone_commits):
                 if self.obj.map_sizes(m.name) != (m.key_size, m.value_size):
                     raise BpfError(22, f"map {m.name}: the program's layout "
                                        f"{self.obj.map_sizes(m.name)} is not layout.py's "
@@ -216,7 +225,8 @@ class EbpfTier:
 
     # -- configuration ----------------------------------------------------------------
     def _write_config(self) -> None:
-        flags = (L.CFG_F_TEST if self.test else 0) | (L.CFG_F_KERNEL_CT if self.kernel_ct else 0)
+        flags = (L.CFG_F_TEST if self.test else 0) | (L.CFG_F_KERNEL_CT if self.kernel_ct else 0) \
+            | (L.CFG_F_TCP_LIBERAL if self.tcp_liberal else 0)
         self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags,
                                                           *self._upcall_limit))
 
@@ -371,14 +381,14 @@ class EbpfTier:
                  state: int, mark: int = 0) -> None:
         """One direction of an established connection the slow path committed."""
         self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
-                            L.CT_VAL.pack(state, mark, 0, 0, 0))
+                            L.CT_VAL.pack(state, mark, 0, 0, 0, *_NO_PEERS))
 
     def add_conn_if_absent(self, zone: int, proto: int, src: int, dst: int, sport: int,
                            dport: int, state: int) -> bool:
         """One direction, unless the map holds that key already; whether it was added."""
         try:
             self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
-                                L.CT_VAL.pack(state, 0, 0, 0, 0), BPF_NOEXIST)
+                                L.CT_VAL.pack(state, 0, 0, 0, 0, *_NO_PEERS), BPF_NOEXIST)
         except BpfError as exc:
             if exc.errno == errno.EEXIST:
                 return False
@@ -399,8 +409,21 @@ class EbpfTier:
         raw = self.m_conns.lookup(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
         if raw is None:
             return None
-        _, _, pk, by, used = L.CT_VAL.unpack(raw)
+        _, _, pk, by, used = L.CT_VAL.unpack(raw)[:5]
         return pk, by, used / 1e9
+
+    def set_zone_limit(self, zone: int, limit: int, base: int) -> None:
+        """Zone `zone` may hold `limit` connections (0: no limit), `base` of them held already
+        besides those the program committed and the slow path has not taken up."""
+        self.m_zone_limits.update(L.U32.pack(zone), L.ZONE.pack(limit, 0, base))
+
+    def zone_commits(self) -> dict[int, int]:
+        """Connections the program has committed in each zone since its maps were made
+        (zones with none left out)."""
+        keys, vals = self.m_zone_commits.items()
+        z = np.frombuffer(keys, dtype="<u4")
+        n = np.frombuffer(vals, dtype="<u8")
+        return dict(zip(z[n > 0].tolist(), n[n > 0].tolist()))
 
     def set_meter(self, dp_id: int, rate: int, burst: int, packets: bool) -> None:
         """A drop-band meter: `rate` kbit/s (or packets/s), `burst` kbit (or packets); full bucket."""

@@ -17,8 +17,8 @@ VXLAN_PORT = 4789
 _HDR = L.UPCALL.size
 
 
-_EVENTS = (L.CT_COMMIT_EVENT, L.CT_EST_EVENT)
-_NO_EVENTS = np.zeros(0, dtype=L.CT_KEY_DTYPE)
+_EVENTS = (L.CT_COMMIT_EVENT, L.CT_EST_EVENT, L.CT_HANDOVER_EVENT)
+_NO_EVENTS = np.zeros(0, dtype=L.CT_EVENT_DTYPE)
 
 
 @dataclass
@@ -27,14 +27,31 @@ class Upcalls:
     inside the outer header the kernel's VXLAN device took off), the 5-tuples of the
     untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport)),
     and the connection events (the original direction's map key of each connection the
-    kernel committed, or saw the first reply of: `established`)."""
+    kernel committed, or saw the first reply or whole handshake of: `established`, or
+    handed over in its handshake: `handover`; `conn_tcp`: a TCP connection's peers)."""
 
     batch: Batch
     tuples: np.ndarray
     truncated: int
     segmented: int = 0        # GSO packets cut into their segments
-    conn_keys: np.ndarray = field(default_factory=lambda: _NO_EVENTS)
-    established: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    events: np.ndarray = field(default_factory=lambda: _NO_EVENTS)
+    kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def conn_keys(self) -> np.ndarray:
+        return self.events["key"]
+
+    @property
+    def conn_tcp(self) -> np.ndarray:
+        return self.events["tcp"]
+
+    @property
+    def established(self) -> np.ndarray:
+        return self.kinds == L.CT_EST_EVENT
+
+    @property
+    def handover(self) -> np.ndarray:
+        return self.kinds == L.CT_HANDOVER_EVENT
 
 
 def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
@@ -48,8 +65,8 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
         (_, in_port, length, caplen, reason, tun, tun_id, tun_src, tun_dst, vlan,
          gso_size) = unpack(rec)
         if reason in _EVENTS and not length:
-            events.append(rec[_HDR:_HDR + L.CT_KEY.size])
-            est.append(reason == L.CT_EST_EVENT)
+            events.append(rec[_HDR:_HDR + L.CT_EVENT_DTYPE.itemsize])
+            est.append(reason)
             continue
         if caplen < length - (4 if vlan else 0):
             truncated += 1
@@ -71,8 +88,8 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
     # do not).
     complete_l4_checksums(inner)
     tuples = five_tuples(inner)
-    conn_keys = np.frombuffer(b"".join(events), dtype=L.CT_KEY_DTYPE) if events else _NO_EVENTS
-    established = np.array(est, dtype=bool)
+    conn_keys = np.frombuffer(b"".join(events), dtype=L.CT_EVENT_DTYPE) if events else _NO_EVENTS
+    established = np.array(est, dtype=np.int64)
     if not tunnelled:
         return Upcalls(inner, tuples, truncated, segmented, conn_keys, established)
     frames = inner.packets()

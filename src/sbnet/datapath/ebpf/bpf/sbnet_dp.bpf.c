@@ -60,6 +60,20 @@ struct {
 } conns SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct sb_zone);
+} zone_limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} zone_commits SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
@@ -105,9 +119,23 @@ struct {
 	__type(value, struct sb_trace_out);
 } trace_out SEC(".maps");
 
+/* The fields of a TCP segment conntrack's state machine reads (sbnet_tcp.h). */
+struct tcp_seg {
+	__u32 seq;
+	__u32 ack;
+	__u32 win;
+	__u32 plen;
+	__u32 flags;
+	__u32 wscale;         /* the SYN's window scale option (WSCALE_FLAG when present) */
+};
+
 struct scratch {
 	struct sb_key key;
 	struct sb_fkey fk;
+	struct sb_ct_val ctv;   /* a connection being committed */
+	struct sb_tcp_peer peers[2];  /* a handshake's peers being updated */
+	__u8 opts[40];          /* a SYN's TCP options */
+	struct tcp_seg seg;     /* the segment being tracked */
 	struct sb_upcall up;
 	__u8 pkt[UPCALL_BYTES];
 };
@@ -335,121 +363,9 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 	return pass;
 }
 
-/* A connection committed or established here, told to the slow path.  No wake-up: the
- * kernel has forwarded the packet already, so the slow path takes the event at its next
- * drain (the next upcall's wake-up, or its poll's timeout) instead of waking per event. */
-static __always_inline void ct_event(struct sb_ct_key *ck, __u32 what)
-{
-	struct {
-		struct sb_upcall u;
-		struct sb_ct_key k;
-	} ev = {};
+#include "sbnet_ct.h"
 
-	ev.u.reason = what;
-	ev.u.caplen = sizeof(ev.k);
-	ev.k = *ck;
-	if (bpf_ringbuf_output(&upcalls, &ev, sizeof(ev), BPF_RB_NO_WAKEUP))
-		count(ST_CT_EVENT_LOST);
-	else
-		count(what);
-}
-
-static __always_inline void ct_reverse(struct sb_ct_key *rk, struct sb_ct_key *ck)
-{
-	rk->zone = ck->zone;
-	rk->proto = ck->proto;
-	rk->pad = 0;
-	rk->sport = ck->dport;
-	rk->dport = ck->sport;
-	rk->src = ck->dst;
-	rk->dst = ck->src;
-}
-
-/* ct() of a UDP connection the map does not hold (CFG_F_KERNEL_CT): +trk+new, as the slow
- * path says of a connection it never saw; a commit puts both directions in the map
- * (the reply one awaiting its first packet).  -1: the slow path must do it. */
-static __always_inline int ct_new(struct sb_key *k, struct sb_ct_key *ck, struct sb_act *a,
-				  __u32 bytes)
-{
-	if (a->w & CT_F_COMMIT) {
-		struct sb_ct_val v = {};
-		struct sb_ct_key rk;
-
-		v.state = CS_TRK | CS_NEW;
-		v.packets = 1;
-		v.bytes = bytes;
-		v.used = bpf_ktime_get_ns();
-		if (bpf_map_update_elem(&conns, ck, &v, BPF_NOEXIST))
-			return -1;              /* full, or committed meanwhile */
-		ct_reverse(&rk, ck);
-		v.state = CS_TRK | CS_NEW | CS_RPL;
-		v.packets = 0;
-		v.bytes = 0;
-		if (bpf_map_update_elem(&conns, &rk, &v, BPF_NOEXIST)) {
-			bpf_map_delete_elem(&conns, ck);
-			return -1;
-		}
-		ct_event(ck, ST_CT_COMMIT);
-	}
-	k->w[K_CT_STATE] = CS_TRK | CS_NEW;
-	k->w[K_CT_ZONE] = a->h;
-	k->w[K_CT_MARK] = 0;
-	return 0;
-}
-
-/* ct() for a connection in the map: fills the key's ct fields; -1 if the slow path must. */
-static __always_inline int ct_lookup(struct sb_key *k, struct pkt *p, struct sb_act *a,
-				     __u32 bytes)
-{
-	struct sb_ct_key ck = {};
-	struct sb_ct_val *cv;
-
-	if (p->ipv != 4 || p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
-		return -1;
-	/* FIN, SYN and RST change the connection's state: the slow path's conntrack sees them. */
-	if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
-		return -1;
-	ck.zone = a->h;
-	ck.proto = p->l4proto;
-	ck.sport = k->w[K_TP_SRC];
-	ck.dport = k->w[K_TP_DST];
-	ck.src = k->w[K_NW_SRC];
-	ck.dst = k->w[K_NW_DST];
-	cv = bpf_map_lookup_elem(&conns, &ck);
-	if (!cv) {
-		if ((p->cfg_flags & CFG_F_KERNEL_CT) && p->l4proto == 17 && !(a->w & CT_F_MARK))
-			return ct_new(k, &ck, a, bytes);
-		return -1;
-	}
-	__u32 state = cv->state;
-	if (!(state & CS_TRK))
-		return -1;                      /* held by the slow path alone */
-	if ((a->w & CT_F_MARK) && ((cv->mark & a->b) != (a->a & a->b)))
-		return -1;                      /* a new mark: the slow path commits it */
-	if (state == (CS_TRK | CS_NEW | CS_RPL)) {
-		/* The first reply: the connection is established, both ways. */
-		struct sb_ct_key ok;
-		struct sb_ct_val *ov;
-
-		state = CS_TRK | CS_EST | CS_RPL;
-		cv->state = state;
-		ct_reverse(&ok, &ck);
-		ov = bpf_map_lookup_elem(&conns, &ok);
-		if (ov)
-			ov->state = CS_TRK | CS_EST;
-		ct_event(&ok, ST_CT_EST);
-	}
-	__sync_fetch_and_add(&cv->packets, 1);
-	__sync_fetch_and_add(&cv->bytes, bytes);
-	cv->used = bpf_ktime_get_ns();
-	k->w[K_CT_STATE] = state;
-	k->w[K_CT_ZONE] = a->h;
-	k->w[K_CT_MARK] = cv->mark;
-	return 0;
-}
-
-
-enum { ACT_NEXT, ACT_RECIRC, ACT_STOP, ACT_UPCALL };
+enum { ACT_NEXT, ACT_RECIRC, ACT_STOP, ACT_UPCALL, ACT_CT_TCP };
 
 /* One datapath action.  A global function: the verifier checks it once, not once per
  * action slot of every path through the interpreter loop. */
@@ -531,10 +447,12 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 			r = ACT_STOP;
 		}
 		break;
-	case OP_CT:
-		if (ct_lookup(k, &p, a, wire))
-			r = ACT_UPCALL;
+	case OP_CT: {
+		int c = ct_lookup(skb, k, &p, a, wire);
+		if (c)
+			r = c > 0 ? ACT_CT_TCP : ACT_UPCALL;
 		break;
+	}
 	case OP_RECIRC:
 		k->w[K_RECIRC_ID] = a->w;
 		r = ACT_RECIRC;
@@ -729,6 +647,8 @@ int sbnet_ingress(struct __sk_buff *skb)
 			if (i >= n)
 				break;
 			int r = do_action(skb, &p, k, &f->acts[i], wire);
+			if (r == ACT_CT_TCP)
+				r = ct_tcp(skb, &p, k, &f->acts[i], wire) ? ACT_UPCALL : ACT_NEXT;
 			if (r == ACT_RECIRC) {
 				recirc = 1;
 				break;

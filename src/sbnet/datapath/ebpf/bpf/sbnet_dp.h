@@ -100,21 +100,28 @@ struct sb_config {
 	__u32 upcall_burst;
 };
 #define CFG_F_TEST 1      /* BPF_PROG_RUN: ingress port and tunnel key from cb[], outputs traced */
-#define CFG_F_KERNEL_CT 2 /* UDP connections unknown to the map are +new here; ct(commit)
-			   * of one, and its first reply, are done here and told up the ring */
+#define CFG_F_KERNEL_CT 2 /* UDP connections and TCP SYNs unknown to the map are +new here;
+			   * ct(commit) of one, its first reply (UDP) or its handshake (TCP)
+			   * are done here and told up the ring */
+#define CFG_F_TCP_LIBERAL 4 /* the slow path's conntrack is liberal about TCP windows */
 
 /* ct_state bits (sbnet.flows.fields.CT_STATE_BITS, as OVS). */
 #define CS_NEW 0x01
 #define CS_EST 0x02
 #define CS_RPL 0x08
+#define CS_INV 0x10
 #define CS_TRK 0x20
+/* Not a ct_state bit: the entry of a TCP connection whose handshake this program tracks
+ * (committed here, not yet established both ways); its peers run the state machine. */
+#define CS_OPENING 0x10000
 
 /* Connections, one entry per direction: those the slow path committed (established,
- * or UDP still awaiting its reply), and with CFG_F_KERNEL_CT the UDP ones committed
- * here.  state: the ct_state of this direction's packets; CS_TRK|CS_NEW|CS_RPL is the
- * reply direction of a connection awaiting its first reply (that reply establishes
- * it); 0 (no CS_TRK) a connection the slow path holds in a way this map cannot: its
- * packets go up. */
+ * or UDP still awaiting its reply), and with CFG_F_KERNEL_CT the UDP and TCP ones
+ * committed here.  state: the ct_state of this direction's packets; CS_TRK|CS_NEW|CS_RPL
+ * is the reply direction of a UDP connection awaiting its first reply (that reply
+ * establishes it); CS_TRK|CS_OPENING[|CS_RPL] a TCP connection in its handshake, its
+ * packets' ct_state from the state machine over `tcp`; 0 (no CS_TRK) a connection the
+ * slow path holds in a way this map cannot: its packets go up. */
 struct sb_ct_key {
 	__u16 zone;
 	__u8 proto;
@@ -124,12 +131,38 @@ struct sb_ct_key {
 	__u32 src;            /* IPv4, host order */
 	__u32 dst;
 };
+/* One end of a TCP connection, as sbnet.datapath.conntrack_tcp (OVS conntrack-tcp.c) keeps it. */
+struct sb_tcp_peer {
+	__u32 seqlo;
+	__u32 seqhi;
+	__u32 max_win;
+	__u8 wscale;
+	__u8 state;           /* TCPS_*, numbered as conntrack_tcp */
+	__u16 pad;
+};
 struct sb_ct_val {
 	__u32 state;          /* ct_state bits for packets in this direction (+trk+est[+rpl]) */
 	__u32 mark;
 	__u64 packets;
 	__u64 bytes;
 	__u64 used;
+	struct sb_tcp_peer tcp[2];  /* TCP in its handshake: original sender first (both entries) */
+};
+
+/* A connection event's body (after its sb_upcall header). */
+struct sb_ct_event {
+	struct sb_ct_key key; /* the original direction */
+	struct sb_tcp_peer tcp[2];
+};
+
+/* Zone limits for the connections committed here, by zone (array index).  The slow path
+ * writes sb_zone (limit 0: none; base: the connections its conntrack holds in the zone
+ * less the commits of this program it has taken up); the program counts its commits
+ * in zone_commits and commits no more once base + commits reaches the limit. */
+struct sb_zone {
+	__u32 limit;
+	__u32 pad;
+	__s64 base;           /* may be negative: commits taken up whose connections have gone */
 };
 
 struct sb_meter {
@@ -150,7 +183,7 @@ struct sb_meter {
 enum sb_stat {
 	ST_HIT, ST_MISS, ST_PUNT_PARSE, ST_PUNT_ACTION, ST_UPCALL, ST_UPCALL_LOST,
 	ST_UPCALL_LIMITED, ST_DROP, ST_METER_DROP, ST_CT_MISS, ST_OUTPUT_ERR,
-	ST_CT_COMMIT, ST_CT_EST, ST_CT_EVENT_LOST,
+	ST_CT_COMMIT, ST_CT_EST, ST_CT_EVENT_LOST, ST_CT_HANDOVER, ST_CT_ZONE_FULL,
 	ST_N
 };
 
@@ -178,8 +211,10 @@ struct sb_trace_out {
 };
 
 /* Ring buffer record header; the packet bytes follow.  A connection event (reason
- * ST_CT_COMMIT or ST_CT_EST, len 0) is followed by the sb_ct_key of the connection's
- * original direction instead. */
+ * ST_CT_COMMIT, ST_CT_EST or ST_CT_HANDOVER, len 0) is followed by an sb_ct_event
+ * instead: a commit here, a first reply or handshake completed here, or a TCP
+ * connection in its handshake handed to the slow path with the peers as they were
+ * before the packet that follows it up the ring. */
 struct sb_upcall {
 	__u32 ifindex;
 	__u32 in_port;
