@@ -175,7 +175,7 @@ def test_sbnet_serve_default_sqlite_wal(tmp_path: object) -> None:
         stop(proc)
     db = sqlite3.connect(tmp_path / "sbnet.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"
+    assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0004"
 
 
 def test_json_suffix_of_older_clients(api: Api) -> None:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sbnet.api import crud
 from sbnet.api.context import Authenticator, StaticTokens, TokenValidator
 from sbnet.api.hosts import Heartbeats
+from sbnet.api.lane import FastJSON, Lane
 from sbnet.api.quotas import Quotas
 from sbnet.model.attrs import LIMITS
 from sbnet.model.errors import NeutronError
@@ -31,6 +33,7 @@ FAMILIES = ("networks", "address_scopes", "subnetpools", "ports", "security", "l
 # connections, and a server closing one just as a client reuses it makes that request fail
 # with "Server disconnected without sending a response".
 KEEP_ALIVE_S = 75
+THREADS = 40
 
 HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
@@ -49,12 +52,16 @@ class Api:
         self.hooks: dict[str, crud.Hooks] = {}
         self.host_profiles: dict = {}         # host -> NIC Profile (port binding)
         self.heartbeats = Heartbeats.of(store)  # hosts' agents: alive, and their datapath
+        # The handlers' threads: as many as anyio's default (and the store's kept database
+        # connections), handed work directly (anyio's worker threads cost more CPU a call).
+        self.threads = ThreadPoolExecutor(THREADS, thread_name_prefix="sbnet-api")
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
-        """Authenticate, then run the (blocking) handler in the thread pool (again if the
+        """Authenticate, then run the (blocking) handler in a thread (again if the
         database picked its transaction as a deadlock victim)."""
         ctx = self.auth.context(request.headers)
-        return await run_in_threadpool(self.store.retrying, fn, ctx, request, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.threads, self.store.retrying, fn, ctx, request, *args)
 
 
 class StripJsonSuffix:
@@ -133,7 +140,7 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
         token_validator = StaticTokens.from_file(token_file)
     api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
               segments or SegmentConfig(), Quotas(quota_defaults))
-    app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0", description=(
+    app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0", default_response_class=FastJSON, description=(
         f"Request bodies: at most {LIMITS.body_bytes} bytes (413 above), JSON nested at most "
         f"{LIMITS.depth} levels, at most {LIMITS.bulk} resources per bulk create; list and "
         "string attributes carry their caps as maxItems and maxLength."))
@@ -169,6 +176,7 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
         return _error(500, "HTTPInternalServerError",
                       "Request Failed: internal server error while processing your request.")
 
+    app.add_middleware(Lane, fastapi_app=app)   # innermost: after the body limit and auth
     app.add_middleware(StripJsonSuffix)
     if keystone_config:
         from sbnet.api.keystone import KeystoneAuth

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
-from sbnet.api import policy
+from sbnet.api import lane, policy
 from sbnet.api.sharing import Sight
 from sbnet.model import attrs as a
 from sbnet.model.errors import BadRequest, Forbidden, NotFound, PreconditionFailed, not_found
@@ -247,9 +246,7 @@ async def read_json(request: Request) -> Any:
     if not raw:
         raise BadRequest("Resource body required")
     try:
-        payload = json.loads(raw, parse_constant=_no_constant)
-        # Lone surrogates parse but cannot be stored or sent back as UTF-8: refuse them here.
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        payload = lane.loads(raw)
     except (ValueError, UnicodeError, RecursionError):
         raise BadRequest("Malformed request body") from None
     if _depth(payload) > a.LIMITS.depth:
@@ -268,10 +265,6 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, d)
             stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
     return deepest
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def unwrap(spec: ResourceSpec, payload: Any, allow_bulk: bool) -> list[dict] | dict:
@@ -419,21 +412,26 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
             check_if_match(request.headers, old)
             hooks.delete(tx, ctx, old)
 
+    @lane.direct
     async def list_ep(request: Request) -> Any:
         return await api.call(request, do_list)
 
+    @lane.direct
     async def show_ep(request: Request) -> Any:
         return await api.call(request, do_show)
 
+    @lane.direct
     async def create_ep(request: Request) -> Any:
         payload = await read_json(request)
         status, out = await api.call(request, do_create, payload)
-        return JSONResponse(out, status_code=status)
+        return lane.FastJSON(out, status_code=status)
 
+    @lane.direct
     async def update_ep(request: Request) -> Any:
         payload = await read_json(request)
         return await api.call(request, do_update, payload)
 
+    @lane.direct
     async def delete_ep(request: Request) -> Any:
         await api.call(request, do_delete)
         return Response(status_code=204)
@@ -512,25 +510,31 @@ def register_tags(router: APIRouter, api: "Api", spec: ResourceSpec) -> None:
     def do_clear(ctx: "Context", request: Request) -> None:
         mutate(ctx, request, lambda _old: [])
 
+    @lane.direct
     async def get_all(request: Request) -> Any:
         return await api.call(request, do_get_all)
 
+    @lane.direct
     async def get_one(request: Request) -> Any:
         await api.call(request, do_get_one)
         return Response(status_code=204)
 
+    @lane.direct
     async def replace(request: Request) -> Any:
         payload = await read_json(request)
         return await api.call(request, do_replace, payload)
 
+    @lane.direct
     async def add(request: Request) -> Any:
         await api.call(request, do_add)
         return Response(status_code=201)
 
+    @lane.direct
     async def remove(request: Request) -> Any:
         await api.call(request, do_remove)
         return Response(status_code=204)
 
+    @lane.direct
     async def clear(request: Request) -> Any:
         await api.call(request, do_clear)
         return Response(status_code=204)

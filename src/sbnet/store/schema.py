@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, Float, Integer, MetaData, String, Table
+from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, MetaData, String, Table
 
 metadata = MetaData()
 
@@ -11,9 +11,12 @@ resources = Table(
     "sbnet_resources", metadata,
     Column("type", String(64), primary_key=True),
     Column("id", String(36), primary_key=True),
-    Column("project_id", String(255), nullable=False, index=True),
-    Column("parent_id", String(36), nullable=True, index=True),
+    Column("project_id", String(255), nullable=False),
+    Column("parent_id", String(36), nullable=True),
     Column("body", JSON, nullable=False),
+    # Lists and counts by project or parent always name the type too (migration 0004).
+    Index("ix_sbnet_resources_project_type", "project_id", "type"),
+    Index("ix_sbnet_resources_parent_type", "parent_id", "type"),
 )
 
 # The primary keys are the last line of defence against double allocation under concurrency.
