@@ -16,6 +16,7 @@ def _hold(store: Store, keys: list[str] | None, started: threading.Event,
           release: threading.Event, ident: str) -> None:
     with store.write(keys) as tx:
         tx.insert("thing", {"id": ident}, "p")
+        tx.list("thing")   # a scoped write's locks go with its first statement: held from here
         started.set()
         release.wait(30)
 
@@ -151,6 +152,7 @@ def test_a_deadlock_victim_is_run_again(pg_db: str) -> None:
         attempts[mine] += 1
         with store.write([mine]) as tx:
             tx.insert("thing", {"id": f"{mine}-{attempts[mine]}"}, "p")
+            tx.list("thing")   # its key is taken with this first statement
             if attempts[mine] == 1:
                 both_hold.wait()
             tx.lock(other)

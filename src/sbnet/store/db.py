@@ -211,7 +211,8 @@ class Store:
                     # Advisory locks are released at commit; sorted, so no two writers deadlock.
                     held = sorted(set(keys))
                     tx = Tx(conn, None, write=True, held=held)
-                    tx._exec(_scoped_locks(len(held)), {f"k{i}": k for i, k in enumerate(held)})
+                    # Sent with the transaction's first statement (one round trip less).
+                    tx.queue(_scoped_locks(len(held)), {f"k{i}": k for i, k in enumerate(held)})
                 else:
                     if not self.is_sqlite:
                         conn.execute(_STORE_EXCLUSIVE)
@@ -321,25 +322,55 @@ class Tx:
         self._docs: dict[tuple[str, str], bytes | None] = {}
         self._cursor: Any = None
         self._decode = conn.dialect.name == "sqlite"   # JSON comes back as text there
+        # PostgreSQL statements held back to be sent with the next one, as one query string
+        # (one round trip): a scoped write's locks, its inserts, its changes.  The server runs
+        # them in order, each seeing the ones before; an error in any fails that send.
+        self._queued: list[bytes] = []
+        self._queueing = write and revision is None and conn.dialect.name == "postgresql"
 
-    def _exec(self, stmt: Any, params: dict, keys: tuple[str, ...] | None = None,
-              many: list[dict] | None = None) -> Any:
-        """Run a hot statement on the DBAPI cursor (see _Driver); errors are raised as
-        SQLAlchemy's would be, a dropped connection invalidated as SQLAlchemy does."""
+    def _exec(self, stmt: Any, params: dict, keys: tuple[str, ...] | None = None) -> Any:
+        """Run a hot statement on the DBAPI cursor (see _Driver), after the queued ones in
+        the same round trip; errors are raised as SQLAlchemy's would be, a dropped
+        connection invalidated as SQLAlchemy does."""
         drv = _Driver.of(stmt, self.conn.dialect, keys)
+        cursor = self._dbapi_cursor()
+        if self._queued:
+            return self._run(drv.sql, params, b";".join(
+                [*self._queued, cursor.mogrify(drv.sql, drv.args(params))]), None)
+        return self._run(drv.sql, params, drv.sql, drv.args(params))
+
+    def queue(self, stmt: Any, params: dict, keys: tuple[str, ...] | None = None) -> None:
+        """Send this statement with the next one (at once where statements are not queued)."""
+        if not self._queueing:
+            self._exec(stmt, params, keys)
+            return
+        drv = _Driver.of(stmt, self.conn.dialect, keys)
+        self._queued.append(self._dbapi_cursor().mogrify(drv.sql, drv.args(params)))
+
+    def _send_queued(self) -> None:
+        if self._queued:
+            self._run("(queued statements)", {}, b";".join(self._queued), None)
+
+    def _sa(self, stmt: Any, params: Any = None) -> Any:
+        """A statement run by SQLAlchemy (the cold ones), after the queued ones."""
+        self._send_queued()
+        return self.conn.execute(stmt, params)
+
+    def _dbapi_cursor(self) -> Any:
         if self._cursor is None:
             self._cursor = self.conn.connection.dbapi_connection.cursor()
+        return self._cursor
+
+    def _run(self, what: str, params: dict, sql: Any, args: Any) -> Any:
+        self._queued = []
         try:
-            if many is None:
-                self._cursor.execute(drv.sql, drv.args(params))
-            else:
-                self._cursor.executemany(drv.sql, [drv.args(p) for p in many])
+            self._cursor.execute(sql, args)
         except self.conn.dialect.loaded_dbapi.Error as exc:
             gone = self.conn.dialect.is_disconnect(exc, self.conn.connection.dbapi_connection,
                                                    self._cursor)
             if gone:
                 self.conn.invalidate(exc)
-            raise DBAPIError.instance(drv.sql, params, exc, self.conn.dialect.loaded_dbapi.Error,
+            raise DBAPIError.instance(what, params, exc, self.conn.dialect.loaded_dbapi.Error,
                                       connection_invalidated=gone) from exc
         return self._cursor
 
@@ -352,7 +383,7 @@ class Tx:
         front).  Take such keys after the ones given up front, and never two of them in
         different orders."""
         if self.write and self._start is None and key not in self._held:
-            self._exec(_KEY_LOCK, {"key": key})
+            self.queue(_KEY_LOCK, {"key": key})   # taken before the next statement runs
             self._held.add(key)
 
     # --- documents ---
@@ -372,7 +403,7 @@ class Tx:
             self._docs[typ, body["id"]] = pickle.dumps(body, pickle.HIGHEST_PROTOCOL)
 
     def parent_of(self, typ: str, ident: str) -> str | None:
-        return self.conn.execute(_PARENT_OF, {"typ": typ, "ident": ident}).scalar()
+        return self._sa(_PARENT_OF, {"typ": typ, "ident": ident}).scalar()
 
     def list(self, typ: str, parent_id: str | None = None, project_id: str | None = None) -> list[dict]:
         q = _LISTS[parent_id is not None, project_id is not None]
@@ -391,7 +422,7 @@ class Tx:
         if standard:
             stamp = now_iso()
             body.update(created_at=stamp, updated_at=stamp, revision_number=1)
-        self._exec(_INSERT, {"type": typ, "id": body["id"], "project_id": project_id,
+        self.queue(_INSERT, {"type": typ, "id": body["id"], "project_id": project_id,
                              "parent_id": parent_id, "body": json.dumps(body)}, _RESOURCE_KEYS)
         self._remember(typ, body)
         self._record(typ, body["id"], "create", project_id, body)
@@ -401,13 +432,13 @@ class Tx:
         if standard:
             body["revision_number"] = body.get("revision_number", 0) + 1
             body["updated_at"] = now_iso()
-        res = self.conn.execute(_UPDATE, {"typ": typ, "ident": body["id"], "body": body})
+        res = self._sa(_UPDATE, {"typ": typ, "ident": body["id"], "body": body})
         self._remember(typ, body)
         self._record(typ, body["id"], "update", res.scalar_one(), body)
         return body
 
     def delete(self, typ: str, body: dict) -> None:
-        res = self.conn.execute(_DELETE, {"typ": typ, "ident": body["id"]})
+        res = self._sa(_DELETE, {"typ": typ, "ident": body["id"]})
         self._docs[typ, body["id"]] = None
         self._record(typ, body["id"], "delete", res.scalar_one(), body)
 
@@ -420,33 +451,36 @@ class Tx:
         self._pending.append(row)
 
     def flush(self) -> None:
-        """Write the recorded changes to the feed (one statement); the last step of a write
-        transaction.  A scoped write's get provisional revisions that a trigger renumbers at
-        commit (migration 0002), so its revisions are taken at the very end."""
-        if not self._pending:
-            return
+        """Write the recorded changes to the feed; the last step of a write transaction.
+        A scoped write's get provisional revisions that a trigger renumbers at commit
+        (migrations 0002, 0004), so its revisions are taken at the very end; they go in one
+        round trip with its queued statements."""
         if self._start is None:
-            self._exec(_PROVISIONAL_CHANGES, {}, _CHANGE_KEYS, many=[
-                {**row, "body": json.dumps(row["body"])} for row in self._pending])
-        else:
-            self.conn.execute(_REVISION_SET, {"value": self.revision})
-            self.conn.execute(_CHANGES, self._pending)
+            for row in self._pending:
+                self.queue(_PROVISIONAL_CHANGES, {**row, "body": json.dumps(row["body"])},
+                           _CHANGE_KEYS)
+            self._pending = []
+            self._send_queued()
+            return
+        if self._pending:
+            self._sa(_REVISION_SET, {"value": self.revision})
+            self._sa(_CHANGES, self._pending)
         self._pending = []
 
     # --- IP addresses ---
 
     def used_ips(self, subnet_id: str) -> set[str]:
         c = t.ip_allocations.c
-        return {r[0] for r in self.conn.execute(select(c.ip_address).where(c.subnet_id == subnet_id))}
+        return {r[0] for r in self._sa(select(c.ip_address).where(c.subnet_id == subnet_id))}
 
     def ip_owner(self, subnet_id: str, ip: str) -> str | None:
         c = t.ip_allocations.c
-        return self.conn.execute(select(c.port_id).where(
+        return self._sa(select(c.port_id).where(
             and_(c.subnet_id == subnet_id, c.ip_address == ip))).scalar()
 
     def subnet_ip_ports(self, subnet_id: str) -> list[str]:
         c = t.ip_allocations.c
-        return [r[0] for r in self.conn.execute(select(c.port_id).where(c.subnet_id == subnet_id))]
+        return [r[0] for r in self._sa(select(c.port_id).where(c.subnet_id == subnet_id))]
 
     def claim_ip(self, subnet_id: str, ip: str, network_id: str, port_id: str) -> bool:
         """Allocate ip to the port unless it is taken: one statement, True when it was free."""
@@ -455,14 +489,14 @@ class Tx:
 
     def release_ip(self, subnet_id: str, ip: str) -> None:
         c = t.ip_allocations.c
-        self.conn.execute(delete(t.ip_allocations).where(
+        self._sa(delete(t.ip_allocations).where(
             and_(c.subnet_id == subnet_id, c.ip_address == ip)))
 
     # --- MAC addresses (unique per network, as in Neutron) ---
 
     def mac_owner(self, network_id: str, mac: str) -> str | None:
         c = t.mac_allocations.c
-        return self.conn.execute(select(c.port_id).where(
+        return self._sa(select(c.port_id).where(
             and_(c.network_id == network_id, c.mac_address == mac))).scalar()
 
     def claim_mac(self, network_id: str, mac: str, port_id: str) -> bool:
@@ -476,21 +510,21 @@ class Tx:
 
     def release_mac(self, network_id: str, mac: str) -> None:
         c = t.mac_allocations.c
-        self.conn.execute(delete(t.mac_allocations).where(
+        self._sa(delete(t.mac_allocations).where(
             and_(c.network_id == network_id, c.mac_address == mac)))
 
     # --- segmentation ids ---
 
     def used_segments(self, network_type: str, physnet: str) -> set[int]:
         c = t.segment_allocations.c
-        return {r[0] for r in self.conn.execute(select(c.segmentation_id).where(
+        return {r[0] for r in self._sa(select(c.segmentation_id).where(
             and_(c.network_type == network_type, c.physical_network == physnet)))}
 
     def add_segment(self, network_type: str, physnet: str, seg_id: int, network_id: str) -> None:
-        self.conn.execute(insert(t.segment_allocations).values(
+        self._sa(insert(t.segment_allocations).values(
             network_type=network_type, physical_network=physnet, segmentation_id=seg_id,
             network_id=network_id))
 
     def release_segments(self, network_id: str) -> None:
-        self.conn.execute(delete(t.segment_allocations).where(
+        self._sa(delete(t.segment_allocations).where(
             t.segment_allocations.c.network_id == network_id))
