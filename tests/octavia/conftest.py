@@ -33,7 +33,8 @@ def octavia_python() -> str:
 class DriverAgent:
     """Octavia's driver agent as the driver library meets it: three Unix sockets (status,
     statistics, get), each request a length line and a JSON body, each answer the same; the
-    status updates received are kept in order, the get socket knows no object."""
+    status updates received are kept in order; the get socket answers that Octavia holds
+    every object asked for (this Octavia commits at once)."""
 
     def __init__(self, directory: Path) -> None:
         self.updates: list[dict] = []
@@ -64,19 +65,24 @@ class DriverAgent:
                         self.updates.append(body)
                     elif kind == "stats_socket":
                         self.stats.append(body)
-                answer = json.dumps({"status_code": 200} if kind != "get_socket"
-                                    else {}).encode()
+                if kind == "get_socket":    # Octavia has committed every object asked for
+                    reply = {f"{body['object'].rstrip('s')}_id": body["id"]}
+                else:
+                    reply = {"status_code": 200}
+                answer = json.dumps(reply).encode()
                 conn.sendall(f"{len(answer)}\n".encode() + answer)
 
     def latest(self) -> dict[tuple[str, str], tuple[str, str]]:
-        """(kind, id) -> (provisioning, operating) status, as Octavia's records now hold them."""
-        out = {}
+        """(kind, id) -> (provisioning, operating) status, as Octavia's records now hold them
+        (an update without one of them leaves it as it was)."""
+        out: dict = {}
         with self.lock:
             for update in self.updates:
                 for kind, items in update.items():
                     for x in items:
-                        out[(kind, x["id"])] = (x.get("provisioning_status"),
-                                                x.get("operating_status"))
+                        was = out.get((kind, x["id"]), (None, None))
+                        out[(kind, x["id"])] = (x.get("provisioning_status") or was[0],
+                                                x.get("operating_status") or was[1])
         return out
 
     def close(self) -> None:

@@ -59,10 +59,26 @@ def _driver_error(e: SouthboundError) -> Exception:
     """sbnet's refusal, as Octavia's API shows it: 501 is Octavia's own "does not support a
     requested option"; anything else the user's request or sbnet failing."""
     message = str(e).split(": ", 1)[-1]
-    if e.status == 501:
+    if e.status == 501:     # Octavia's API says "Provider 'sbnet' does not support..." itself
+        message = message.split("requested option: ", 1)[-1]
         return exc.UnsupportedOptionError(user_fault_string=message,
                                           operator_fault_string=str(e))
     return exc.DriverError(user_fault_string=message, operator_fault_string=str(e))
+
+
+def agent_sockets() -> dict[str, str]:
+    """The driver agent's sockets as Octavia's configuration names them ([driver_agent], when
+    the driver runs in Octavia's API, which has loaded it); octavia-lib's defaults elsewhere."""
+    try:
+        from oslo_config import cfg
+    except ImportError:
+        return {}
+    try:
+        conf = cfg.CONF.driver_agent
+        return {"status_socket": conf.status_socket_path, "stats_socket": conf.stats_socket_path,
+                "get_socket": conf.get_socket_path}
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return {}
 
 
 class SbnetProviderDriver(provider_base.ProviderDriver):
@@ -71,23 +87,34 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
     flows, and raises what sbnet refuses; the statuses follow from a thread (StatusRelay).
 
     sbnet is found at SBNET_URL (default http://127.0.0.1:9696), with a Keystone token from
-    SBNET_TOKEN where sbnet checks them; it is called as an admin."""
+    SBNET_TOKEN where sbnet checks them; it is called as an admin.  The health checks'
+    verdicts are polled every SBNET_STATUS_INTERVAL seconds (default 5)."""
 
     def __init__(self, url: str | None = None, token: str | None = None,
                  library: driver_lib.DriverLibrary | None = None,
-                 status_interval: float = 5.0) -> None:
+                 status_interval: float | None = None) -> None:
         super().__init__()
+        if status_interval is None:
+            status_interval = float(os.environ.get("SBNET_STATUS_INTERVAL", "5"))
         self.sbnet = Southbound(url or os.environ.get("SBNET_URL", "http://127.0.0.1:9696"),
                                 token or os.environ.get("SBNET_TOKEN"))
         self._library = library
-        self.relay = StatusRelay(self.sbnet, self._report, status_interval)
+        self.relay = StatusRelay(self.sbnet, self._report, self._present, status_interval)
 
     # --- plumbing ---
 
-    def _report(self, status: dict) -> None:
+    @property
+    def library(self) -> driver_lib.DriverLibrary:
         if self._library is None:       # waits for Octavia's driver agent's sockets
-            self._library = driver_lib.DriverLibrary()
-        self._library.update_loadbalancer_status(status)
+            self._library = driver_lib.DriverLibrary(**agent_sockets())
+        return self._library
+
+    def _report(self, status: dict) -> None:
+        self.library.update_loadbalancer_status(status)
+
+    def _present(self, kind: str, ident: str) -> bool:
+        """Whether Octavia holds the object (its driver agent reads Octavia's database)."""
+        return getattr(self.library, f"get_{kind}")(ident) is not None
 
     def _call(self, method: str, path: str, body: Any = None) -> dict:
         try:
@@ -114,12 +141,13 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
             return {}
         return {k: {x["id"] for x in v} for k, v in tree.items()}
 
-    def _deleted(self, lb_id: str, before: dict[str, set[str]]) -> None:
+    def _deleted(self, lb_id: str, before: dict[str, set[str]],
+                 made: tuple[str, str] | None = None) -> None:
         """Report what a delete took away (its cascade too) as DELETED, the rest as it is."""
         after = self._ids(lb_id)
         gone = {k: [{"id": i, "provisioning_status": "DELETED", "operating_status": "OFFLINE"}
                     for i in sorted(ids - after.get(k, set()))] for k, ids in before.items()}
-        self.relay.changed(lb_id, {k: v for k, v in gone.items() if v})
+        self.relay.changed(lb_id, {k: v for k, v in gone.items() if v}, made)
 
     # --- load balancers ---
 
@@ -171,7 +199,7 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
             self._pool_graph(pool, graph=True)
         for listener in loadbalancer.listeners or []:
             self._create("listener", listener)
-        self.relay.changed(lb_id)
+        self.relay.changed(lb_id, made=("loadbalancer", lb_id))
 
     def loadbalancer_update(self, old_loadbalancer, new_loadbalancer):
         lb_id = old_loadbalancer.loadbalancer_id
@@ -210,7 +238,7 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
 
     def listener_create(self, listener):
         self._create("listener", listener)
-        self.relay.changed(listener.loadbalancer_id)
+        self.relay.changed(listener.loadbalancer_id, made=("listener", listener.listener_id))
 
     def listener_update(self, old_listener, new_listener):
         self._update("listener", old_listener, new_listener,
@@ -236,7 +264,7 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
 
     def pool_create(self, pool):
         self._pool_graph(pool)
-        self.relay.changed(pool.loadbalancer_id)
+        self.relay.changed(pool.loadbalancer_id, made=("pool", pool.pool_id))
 
     def pool_update(self, old_pool, new_pool):
         self._update("pool", old_pool, new_pool, f"pools/{old_pool.pool_id}")
@@ -250,7 +278,7 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
     def member_create(self, member):
         lb_id = self._lb_of_pool(member.pool_id)
         self._create("member", member, f"pools/{member.pool_id}/members")
-        self.relay.changed(lb_id)
+        self.relay.changed(lb_id, made=("member", member.member_id))
 
     def member_update(self, old_member, new_member):
         lb_id = self._lb_of_pool(old_member.pool_id)
@@ -272,19 +300,21 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
         path = f"pools/{pool_id}/members"
         have = {x["id"] for x in self._call("GET", path)["members"]}
         want = {m.member_id: m for m in members}
+        made = None
         for ident, member in want.items():
             if ident in have:
                 self._update("member", None, member, f"{path}/{ident}")
             else:
                 self._create("member", member, path)
+                made = ("member", ident)
         for ident in have - set(want):
             self._call("DELETE", f"{path}/{ident}")
-        self._deleted(lb_id, before)
+        self._deleted(lb_id, before, made)
 
     def health_monitor_create(self, healthmonitor):
         lb_id = self._lb_of_pool(healthmonitor.pool_id)
         self._create("healthmonitor", healthmonitor)
-        self.relay.changed(lb_id)
+        self.relay.changed(lb_id, made=("healthmonitor", healthmonitor.healthmonitor_id))
 
     def health_monitor_update(self, old_healthmonitor, new_healthmonitor):
         lb_id = self._lb_of_pool(old_healthmonitor.pool_id)

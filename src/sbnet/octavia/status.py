@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Callable
 
 from sbnet.southbound.client import Southbound, SouthboundError
@@ -35,14 +36,24 @@ def flatten(tree: dict) -> dict[str, list[dict]]:
 
 
 class StatusRelay:
-    """One thread: after each change the driver made, the whole load balancer's statuses (the
-    driver returns before Octavia commits its own records, so the report must come after the
-    call, never inside it); between changes, every `interval` seconds, the statuses that the
-    agents' health checks changed.  report() is octavia-lib's update_loadbalancer_status."""
+    """One thread: after each change the driver made, the whole load balancer's statuses; every
+    `interval` seconds, the statuses that the agents' health checks changed.  report() is
+    octavia-lib's update_loadbalancer_status; present(kind, id) asks Octavia (its driver
+    agent's get socket) whether it holds an object.
+
+    Octavia's API calls the driver inside its transaction and commits after the call returns,
+    so a report must come after the call, never inside it; and a new object's row is not there
+    for the driver agent until that commit, when an ACTIVE for it would be lost.  So the report
+    of a create waits until Octavia holds the object (at most `commit_wait` seconds); an update
+    or delete waits on Octavia's lock of the row it holds.  The polls send operating statuses
+    only: a provisioning status sent while Octavia's API is in the middle of the next change
+    would mark the load balancer ACTIVE before that change's new objects."""
 
     def __init__(self, sbnet: Southbound, report: Callable[[dict], None],
-                 interval: float = 5.0) -> None:
-        self.sbnet, self.report, self.interval = sbnet, report, interval
+                 present: Callable[[str, str], bool], interval: float = 5.0,
+                 commit_wait: float = 30.0) -> None:
+        self.sbnet, self.report, self.present = sbnet, report, present
+        self.interval, self.commit_wait = interval, commit_wait
         self.jobs: queue.Queue = queue.Queue()
         self.sent: dict[str, dict] = {}        # load balancer id -> last statuses sent
         self.seeded = False
@@ -51,10 +62,12 @@ class StatusRelay:
                                        daemon=True)
         self.thread.start()
 
-    def changed(self, lb_id: str, extra: dict[str, list[dict]] | None = None) -> None:
-        """A change to `lb_id` was written: report its tree, with `extra` (deleted or failed
-        objects, which the tree no longer or never held)."""
-        self.jobs.put((lb_id, extra or {}))
+    def changed(self, lb_id: str, extra: dict[str, list[dict]] | None = None,
+                made: tuple[str, str] | None = None) -> None:
+        """A change to `lb_id` was written: report its tree, with `extra` (deleted objects,
+        which the tree no longer holds), once Octavia holds `made` (kind, id), the object
+        created."""
+        self.jobs.put((lb_id, extra or {}, made))
 
     def idle(self, timeout: float = 30.0) -> bool:
         """True once every change so far has been reported (tests, an orderly stop)."""
@@ -68,21 +81,34 @@ class StatusRelay:
         self.thread.join(timeout=10)
 
     def _run(self) -> None:
+        next_poll = time.monotonic() + self.interval
         while not self.stopping.is_set():
             try:
-                job = self.jobs.get(timeout=self.interval)
+                job = self.jobs.get(timeout=max(0.0, next_poll - time.monotonic()))
             except queue.Empty:
                 self._poll()
+                next_poll = time.monotonic() + self.interval
                 continue
             if job is None:
                 return
             if isinstance(job, threading.Event):
                 job.set()
                 continue
+            lb_id, extra, made = job
             try:
-                self._send(*job)
+                if made:
+                    self._await_commit(*made)
+                self._send(lb_id, extra)
             except Exception:       # noqa: BLE001 - a report lost must not stop the next ones
-                LOG.exception("sbnet: status of load balancer %s not reported", job[0])
+                LOG.exception("sbnet: status of load balancer %s not reported", lb_id)
+
+    def _await_commit(self, kind: str, ident: str) -> None:
+        # Each question forks a process in Octavia's driver agent: ask less often as it waits.
+        deadline, pause = time.monotonic() + self.commit_wait, 0.02
+        while not self.present(kind, ident) and time.monotonic() < deadline \
+                and not self.stopping.is_set():
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
     def _tree(self, lb_id: str) -> dict[str, list[dict]] | None:
         try:
@@ -105,33 +131,40 @@ class StatusRelay:
         if update:
             self.report(update)
 
+    def _operating(self, lb_id: str, statuses: dict[str, list[dict]]) -> None:
+        update = {k: [{"id": x["id"], "operating_status": x["operating_status"]} for x in v]
+                  for k, v in statuses.items()}
+        if any(update.values()):
+            self.report(update)
+
     def _poll(self) -> None:
         """Operating statuses that moved since the last report (members the agents found down
         or back).  The first round reports every load balancer sbnet holds: a driver that
-        restarted brings Octavia's statuses up to date."""
+        restarted brings Octavia's operating statuses up to date."""
         if not self.seeded:
             try:
                 for lb in self.sbnet.request("GET", f"{LBAAS}/loadbalancers")["loadbalancers"]:
-                    self._send(lb["id"], {})
+                    tree = self._tree(lb["id"])
+                    if tree:
+                        self._operating(lb["id"], tree)
+                        self.sent[lb["id"]] = tree
                 self.seeded = True
             except Exception:       # noqa: BLE001 - tried again next round
                 LOG.exception("sbnet: load balancers' statuses not reported")
             return
         for lb_id, before in list(self.sent.items()):
             try:
-                now = self._tree(lb_id)
+                current = self._tree(lb_id)
             except SouthboundError as exc:
                 LOG.warning("sbnet: status of load balancer %s unreadable: %s", lb_id, exc)
                 continue
-            if now is None:
+            if current is None:
                 self.sent.pop(lb_id, None)
                 continue
-            moved = {k: [x for x in v if x not in before.get(k, [])] for k, v in now.items()}
-            moved = {k: v for k, v in moved.items() if v}
-            if moved:
-                try:
-                    self.report(moved)
-                except Exception:   # noqa: BLE001
-                    LOG.exception("sbnet: status of load balancer %s not reported", lb_id)
-                    continue
-                self.sent[lb_id] = now
+            moved = {k: [x for x in v if x not in before.get(k, [])] for k, v in current.items()}
+            try:
+                self._operating(lb_id, moved)
+            except Exception:       # noqa: BLE001
+                LOG.exception("sbnet: status of load balancer %s not reported", lb_id)
+                continue
+            self.sent[lb_id] = current

@@ -88,6 +88,35 @@ def venv_python() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def tail_logs(directory: Path, names: tuple[str, ...], lines: int = 30) -> str:
+    """The last lines of each log a server process left in `directory`."""
+    text = ""
+    for name in names:
+        path = directory / name
+        if path.exists():
+            text += f"--- {name}\n" + "\n".join(
+                path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+    return text
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a process started in its own session, and its group: TERM, KILL after `timeout`."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+    else:
+        try:                            # children it left behind in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,29 +236,10 @@ class NeutronServer:
         raise TimeoutError(f"sbnet's sync worker did not start in {timeout}s: {self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
-        text = ""
-        for name in ("api.out", "workers.out", "neutron.log"):
-            path = self.dir / name
-            if path.exists():
-                text += f"--- {name}\n" + "\n".join(
-                    path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
-        return text
+        return tail_logs(self.dir, ("api.out", "workers.out", "neutron.log"), lines)
 
     def _stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        else:
-            try:                            # children it left behind in its group
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(proc)
 
     def stop(self) -> None:
         for p in self.procs:
