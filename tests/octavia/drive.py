@@ -65,6 +65,27 @@ def main() -> None:
         "failover": refused(driver.loadbalancer_failover, ids["lb"]),
         "flavor": refused(driver.validate_flavor, {"compute_flavor": "x"}),
     }
+    # Octavia's single-call create: the whole graph in one load balancer
+    g = plan["graph"]
+    gvip, _ = driver.create_vip_port(g["lb"], project, {"vip_subnet_id": plan["subnet"]}, [])
+    members = [dm.Member(member_id=ident, pool_id=g["pool"], project_id=project,
+                         address=address, protocol_port=53, weight=1)
+               for ident, address in zip(g["members"], g["addresses"])]
+    pool = dm.Pool(pool_id=g["pool"], loadbalancer_id=g["lb"], listener_id=g["listener"],
+                   project_id=project, protocol="UDP", lb_algorithm="SOURCE_IP",
+                   members=members, healthmonitor=dm.HealthMonitor(
+                       healthmonitor_id=g["hm"], pool_id=g["pool"], project_id=project,
+                       type="UDP-CONNECT", delay=3, timeout=1, max_retries=2))
+    driver.loadbalancer_create(dm.LoadBalancer(
+        loadbalancer_id=g["lb"], project_id=project, name="dns", pools=[pool],
+        listeners=[dm.Listener(listener_id=g["listener"], loadbalancer_id=g["lb"],
+                               project_id=project, protocol="UDP", protocol_port=53,
+                               default_pool=pool, default_pool_id=g["pool"])], **gvip))
+    # and a batch update of its members: the first reweighted, the second gone, one new
+    driver.member_batch_update(g["pool"], [
+        dm.Member(member_id=g["members"][0], pool_id=g["pool"], weight=4),
+        dm.Member(member_id=g["new_member"], pool_id=g["pool"], project_id=project,
+                  address=g["new_address"], protocol_port=53, weight=2)])
     assert driver.relay.idle()
     print(json.dumps({"vip": vip, "additional": extra, "errors": errors}), flush=True)
 

@@ -81,11 +81,14 @@ def test_octavia_builds_and_tears_down_a_balanced_vip_through_the_provider_drive
     ids = {k: str(uuid.uuid4()) for k in ("lb", "listener", "pool", "hm")}
     ids.update(members=[str(uuid.uuid4()) for _ in backends],
                spare=[str(uuid.uuid4()) for _ in range(3)])
+    graph = {k: str(uuid.uuid4()) for k in ("lb", "listener", "pool", "hm", "new_member")}
+    graph.update(members=[str(uuid.uuid4()) for _ in range(2)],
+                 addresses=["10.0.0.30", "10.0.0.31"], new_address="10.0.0.32")
     api = ApiThread(c.api.store).start()
     agent = DriverAgent(tmp_path)
     octavia = Octavia(python, api.url, {
         "sockets": agent.paths, "project": "p1", "ids": ids, "subnet": net["subnet"]["id"],
-        "vip_address": "10.0.0.100",
+        "vip_address": "10.0.0.100", "graph": graph,
         "members": [[ip_of(b), w] for b, w in zip(backends, WEIGHTS)]})
     try:
         out = octavia.next()
@@ -121,6 +124,19 @@ def test_octavia_builds_and_tears_down_a_balanced_vip_through_the_provider_drive
         assert errors["failover"]["error"] == "NotImplementedError"
         assert errors["flavor"]["error"] == "UnsupportedOptionError"
 
+        # the single-call graph: every object under Octavia's id, the listener on its pool;
+        # then the batch update's members
+        listener = c.api.request("GET", f"lbaas/listeners/{graph['listener']}")["listener"]
+        assert (listener["protocol"], listener["default_pool_id"]) == ("UDP", graph["pool"])
+        assert c.api.request("GET", f"lbaas/healthmonitors/{graph['hm']}")["healthmonitor"][
+            "type"] == "UDP-CONNECT"
+        assert sorted((m["id"], m["address"], m["weight"]) for m in c.api.request(
+            "GET", f"lbaas/pools/{graph['pool']}/members")["members"]) == sorted(
+            [(graph["members"][0], "10.0.0.30", 4), (graph["new_member"], "10.0.0.32", 2)])
+        assert latest[("members", graph["members"][1])][0] == "DELETED"
+        assert latest[("members", graph["new_member"])][0] == "ACTIVE"
+        assert latest[("loadbalancers", graph["lb"])][0] == "ACTIVE"
+
         # the switch balances the VIP as the driver wrote it: spread by the weights
         c.sync()
         seen = spread(c, client, port, backends, range(20000, 20120))
@@ -151,7 +167,8 @@ def test_octavia_builds_and_tears_down_a_balanced_vip_through_the_provider_drive
                             ("members", ids["members"][0])]:
             assert latest[(kind, ident)][0] == "DELETED", (kind, latest)
         snap = c.api.snapshot()
-        assert not snap.get("lb_loadbalancer") and not snap.get("lb_member")
+        assert [x["id"] for x in snap.get("lb_loadbalancer", [])] == [graph["lb"]]
+        assert {x["pool_id"] for x in snap.get("lb_member", [])} == {graph["pool"]}
         assert vip["vip_port_id"] not in {p["id"] for p in snap["port"]}
     finally:
         octavia.close()
