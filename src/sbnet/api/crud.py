@@ -51,6 +51,11 @@ class Hooks:
         (Store.write's keys); None, the default: the whole store."""
         return None
 
+    def reads(self, bodies: list[dict]) -> tuple[list, list]:
+        """What a scoped create of `bodies` will read: documents (type, id) and lists (type,
+        parent_id, project_id), for Tx.prefetch."""
+        return [], []
+
     def before_list(self, ctx: "Context") -> None:
         """Runs before a list (the default security group is created lazily here)."""
 
@@ -370,6 +375,9 @@ def register(router: APIRouter, api: "Api", hooks: Hooks) -> None:
         if keys is not None:
             keys += [api.quotas.key(spec.name, b.get("project_id", "")) for b in bodies]
         with api.store.write(keys) as tx:
+            if keys is not None:   # a scoped write: what it reads, read in one round trip
+                tx.prefetch(*hooks.reads(bodies), counts=api.quotas.counted(
+                    spec.name, {b.get("project_id", "") for b in bodies}))
             parent_id = parent_guard(tx, ctx, request, True)
             created = []
             for item, body in zip(raw, bodies):

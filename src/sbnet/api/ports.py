@@ -9,6 +9,7 @@ from sbnet.api.crud import Hooks, fetch, owned
 from sbnet.api.sharing import Sight
 from sbnet.api.hosts import Heartbeats, bind_normal
 from sbnet.api.networks import is_slaac
+from sbnet.api.quotas import QUOTA_TYPE
 from sbnet.api.security import ensure_default_group
 from sbnet.model import dhcp_opts, ipam
 from sbnet.offload.binding import DIRECT_VNICS, bind_from_store, host_profile
@@ -190,6 +191,15 @@ class PortHooks(Hooks):
         with self.api.store.read() as tx:
             network_id = tx.parent_of("port", ident)
         return None if network_id is None else [f"network:{network_id}"]
+
+    def reads(self, bodies: list[dict]) -> tuple[list, list]:
+        """A port create reads its network, its project's quota row and default security
+        group, and the network's subnets."""
+        nets = sorted({b["network_id"] for b in bodies})
+        projects = sorted({b["project_id"] for b in bodies})
+        return ([("network", n) for n in nets] + [(QUOTA_TYPE, p) for p in projects],
+                [("subnet", n, None) for n in nets]
+                + [("security_group", None, p) for p in projects])
 
     def _groups(self, tx: Tx, ctx: Context, body: dict, trusted: bool = False) -> None:
         # trusted: the groups are the project's default one, just looked up; no need to re-check.

@@ -63,6 +63,11 @@ class Quotas:
         if tx.count(resource, project) + adding > limit:
             raise over_quota([resource])
 
+    def counted(self, resource: str, projects: set[str]) -> list[tuple[str, str]]:
+        """The counts (type, project) that check() will take for these projects (for
+        Tx.prefetch; a project's own limits are read with them only where asked for)."""
+        return [(resource, p) for p in sorted(projects)] if resource in self.defaults else []
+
     @staticmethod
     def key(resource: str, project: str) -> str:
         """The write key that check() holds while it counts (a scoped create takes it up
