@@ -70,6 +70,7 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     out, _ = ip.communicate(timeout=SECONDS + 30)
     srv.communicate(timeout=10)
     igap, mbps = iperf_gap(out, t_ip, t_move)
+    where = where_the_time_goes(lab, tl, pings, t_move, t_end)
     kept = res.error == "" and res.bytes_after(t_move + 0.5)
     moved = any(a.migration.moves_conns for a in lab.cloud.agents.values())
     return {"moved": moved, "ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies, "ping_dups": pings.dups,
@@ -78,7 +79,30 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
             "fip_survived": ext.error == "" and ext.bytes_after(t_move + 0.5),
             "iperf_gap_ms": igap * 1000, "iperf_mbps": mbps,
             "ready_ms": next((t * 1000 for t, w in tl.events if "ready" in w), float("nan")),
-            "sequence_ms": tl.events[-1][0] * 1000}
+            "sequence_ms": tl.events[-1][0] * 1000, **where}
+
+
+def where_the_time_goes(lab: MigrationLab, tl, pings: PingTrain, t_move: float,
+                        t_end: float) -> dict:
+    """The switch-over taken apart (ms after it began): how long the VM had no interface,
+    when the first reply came after it and that reply's round trip against the run's median
+    (what the loaded datapaths take anyway), when Nova activated the binding, and when each
+    host's agent applied the activation (its first sync after it that changed flows: start,
+    flows changed, ms the datapath took them in)."""
+    pings.finish()
+    after = [(t, r) for t, r in zip(pings.stamps, pings.rtts) if t > t_end]
+    rtts = sorted(pings.rtts)
+    act = next((tl.start + t for t, w in tl.events if "activated" in w), float("nan"))
+    hosts = {}
+    for host, agent in sorted(lab.cloud.agents.items()):
+        step = next((r for r in list(agent.history) if r.started >= act and r.changed), None)
+        if step is not None:
+            hosts[host] = ((step.started - t_move) * 1000, step.changed, step.applied * 1000)
+    return {"no_interface_ms": (t_end - t_move) * 1000,
+            "first_reply_ms": (after[0][0] - t_move) * 1000 if after else float("inf"),
+            "first_reply_rtt_ms": after[0][1] * 1000 if after else float("nan"),
+            "median_rtt_ms": rtts[len(rtts) // 2] * 1000 if rtts else float("nan"),
+            "activated_ms": (act - t_move) * 1000, "hosts_applied": hosts}
 
 
 def leaks(lab: MigrationLab, n: int) -> dict:
@@ -139,6 +163,17 @@ def main() -> None:
                   f"{m['stream_gap_ms']:9.0f}ms {'yes' if m['stream_survived'] else 'NO':>8} "
                   f"{m['fip_gap_ms']:6.0f}ms {'yes' if m['fip_survived'] else 'NO':>8} "
                   f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms")
+    print("Where the switch-over's time goes (ms after it began): the VM without an interface, "
+          "the first ping reply after it (its round trip; the run's median), Nova's activation, "
+          "each host applying it (start/flows changed/ms in the datapath):")
+    for r in results:
+        for key, label in (("handover", "yes"), ("no_handover", "no")):
+            m = r[key]
+            hosts = " ".join(f"{h}:{t:.0f}/{n}/{a:.0f}" for h, (t, n, a) in
+                             sorted(m["hosts_applied"].items()))
+            print(f"{r['backend']:10} {label:9} no-if {m['no_interface_ms']:4.0f} first reply "
+                  f"{m['first_reply_ms']:5.0f} (rtt {m['first_reply_rtt_ms']:4.0f}; median "
+                  f"{m['median_rtt_ms']:4.0f}) activated {m['activated_ms']:5.0f} applied {hosts}")
     for r in results:
         lk = r["leaks"]
         print(f"{r['backend']}: {lk['migrations']} migrations back and forth, "

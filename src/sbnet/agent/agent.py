@@ -152,6 +152,8 @@ class StepReport:
     down: list[str] = field(default_factory=list)
     seconds: float = 0.0
     faults: dict = field(default_factory=dict)   # (type, id) -> why it was left out
+    started: float = 0.0                         # monotonic time the sync began
+    applied: float = 0.0                         # seconds the datapath took the diff in
 
     @property
     def changed(self) -> int:
@@ -298,7 +300,9 @@ class HostAgent:
             d = diff(HostPipeline(self.host, installed_flows(self.datapath)), new)
         else:
             d = self.compiler.last_diff
+        t_apply = time.monotonic()
         apply_diff(self.datapath, d)
+        t_apply = time.monotonic() - t_apply
         self.pipeline = new
         self.migration.step(snapshot, topo, set(me.ofports))
         if self.physnets:
@@ -307,7 +311,7 @@ class HostAgent:
             except OSError as exc:          # the outside learns it from the VM's next frame
                 log.warning("%s: floating IP announcement failed: %s", self.host, exc)
         report = StepReport(self.mirror.revision, len(d.add), len(d.modify), len(d.delete),
-                            faults=dict(self.compiler.faults))
+                            faults=dict(self.compiler.faults), started=start, applied=t_apply)
         for (typ, ident), why in report.faults.items():
             if known.get((typ, ident)) != why:           # each fault once, when it appears
                 log.warning("%s: %s %s left out: %s", self.host, typ, ident, why)

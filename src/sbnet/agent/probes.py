@@ -92,6 +92,7 @@ class PingTrain:
         self.stamps: list[float] | None = None
         self.sent = 0
         self.dups = 0                 # replies that came twice
+        self.rtts: list[float] = []   # each reply's round trip (seconds)
 
     def finish(self, timeout: float = 60.0) -> "PingTrain":
         """Wait for the train; its replies' times, made monotonic (ping -D stamps them with
@@ -102,6 +103,9 @@ class PingTrain:
             self.stamps = [float(m) - shift for m in
                            re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=(?!.*DUP!)", out, re.M)]
             self.dups = len(re.findall(r"icmp_seq=.*DUP!", out))
+            self.rtts = [float(m) / 1000 for m in
+                         re.findall(r"^\[\d+\.\d+\].*icmp_seq=(?!.*DUP!).*time=([\d.]+) ms", out,
+                                    re.M)]
             sent = re.search(r"(\d+) packets transmitted", out)
             self.sent = int(sent.group(1)) if sent else 0
         return self
