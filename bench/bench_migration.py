@@ -13,7 +13,8 @@ Downtime is the silence across the switch-over (from the moment it begins until 
 interface has moved): the longest gap between ping replies, and between the paced stream's
 receives, that overlaps it, and the longest run of iperf3 intervals (0.1 s) that carried
 nothing within 1 s of it.  The largest ping gap of the whole run
-is printed beside it: on a busy machine that is the scheduler's, not the migration's.
+is printed beside it: on a busy machine that is the scheduler's, not the migration's.  Then,
+per measured move, where the switch-over's time goes (where_the_time_goes).
 
 Needs root, iperf3, Open vSwitch, BPF.  Run: python bench/bench_migration.py [--back-and-forth N]
 """
@@ -169,6 +170,7 @@ def main() -> None:
     for r in results:
         for key, label in (("handover", "yes"), ("no_handover", "no")):
             m = r[key]
+            label = label if m["moved"] or label == "no" else "none"
             hosts = " ".join(f"{h}:{t:.0f}/{n}/{a:.0f}" for h, (t, n, a) in
                              sorted(m["hosts_applied"].items()))
             print(f"{r['backend']:10} {label:9} no-if {m['no_interface_ms']:4.0f} first reply "
