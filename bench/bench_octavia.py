@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +48,20 @@ def until(check, timeout: float = 60.0, step: float = 0.05) -> float:
             raise TimeoutError(f"not reached in {timeout}s")
         time.sleep(step)
     return time.monotonic() - start
+
+
+def relay_split(log: Path) -> dict:
+    """Medians, over the driver's status reports, of the seconds each waited in its queue,
+    waited for Octavia's commit, and took to read sbnet's statuses and report them."""
+    pat = re.compile(r"reported: queued ([0-9.]+) s, waited ([0-9.]+) s for Octavia's commit, "
+                     r"read and reported in ([0-9.]+) s")
+    rows = [tuple(map(float, m.groups())) for m in pat.finditer(log.read_text(errors="replace"))]
+    if not rows:
+        return {"reports": 0}
+    out: dict = {"reports": len(rows)}
+    for i, k in enumerate(("queued", "commit_wait", "send")):
+        out[f"report_{k}_median_s"] = round(statistics.median(r[i] for r in rows), 3)
+    return out
 
 
 def main() -> None:
@@ -85,18 +101,20 @@ def run(work: Path, db_url: str, connections: int) -> dict:
             return o("GET", f"loadbalancers/{lb['id']}")["loadbalancer"]["provisioning_status"]
 
         def timed(name: str, method: str, path: str, body: dict) -> dict:
+            """The request's own seconds (Octavia's checks and commit, the driver's writes to
+            sbnet) and those until the load balancer is ACTIVE again."""
             start = time.monotonic()
             made = o(method, path, body)
+            figures[f"{name}_request_s"] = round(time.monotonic() - start, 2)
+            if name == "loadbalancer":
+                lb.update(made["loadbalancer"])
             until(lambda: lb_status() == "ACTIVE")
             figures[f"{name}_active_s"] = round(time.monotonic() - start, 2)
             return made
 
-        start = time.monotonic()
-        lb = o("POST", "loadbalancers", {"loadbalancer": {
-            "name": "web", "vip_subnet_id": subnet["id"], "vip_address": "10.0.0.100"}})[
-            "loadbalancer"]
-        until(lambda: lb_status() == "ACTIVE")
-        figures["loadbalancer_active_s"] = round(time.monotonic() - start, 2)
+        lb: dict = {}
+        timed("loadbalancer", "POST", "loadbalancers", {"loadbalancer": {
+            "name": "web", "vip_subnet_id": subnet["id"], "vip_address": "10.0.0.100"}})
         li = timed("listener", "POST", "listeners", {"listener": {
             "loadbalancer_id": lb["id"], "protocol": "TCP", "protocol_port": 80}})["listener"]
         pool = timed("pool", "POST", "pools", {"pool": {
@@ -153,6 +171,7 @@ def run(work: Path, db_url: str, connections: int) -> dict:
                 return exc.status == 404
         until(forgotten)
         figures["cascade_delete_s"] = round(time.monotonic() - start, 2)
+        figures.update(relay_split(work / "octavia" / "octavia.log"))
         assert sb.get(f"/lbaas/loadbalancers/{lb['id']}").status_code == 404
         assert sb.get(f"/ports/{lb['vip_port_id']}").status_code == 404
         assert sb.get("/lbaas/pools").json()["pools"] == []

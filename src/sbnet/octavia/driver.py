@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from octavia_lib.api.drivers import driver_lib
@@ -46,6 +48,7 @@ ID = {"loadbalancer": "loadbalancer_id", "listener": "listener_id", "pool": "poo
 PATH = {"loadbalancer": "loadbalancers", "listener": "listeners", "pool": "pools",
         "healthmonitor": "healthmonitors"}
 VIP_OWNER = "Octavia"
+LOG = logging.getLogger(__name__)
 
 
 def _fields(obj: Any, names: tuple[str, ...], *, create: bool) -> dict:
@@ -117,10 +120,14 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
         return getattr(self.library, f"get_{kind}")(ident) is not None
 
     def _call(self, method: str, path: str, body: Any = None) -> dict:
+        start = time.monotonic()
         try:
             return self.sbnet.request(method, f"{LBAAS}/{path}", body)
         except SouthboundError as e:
             raise _driver_error(e) from None
+        finally:
+            LOG.debug("sbnet: %s %s took %.3f s", method, path.split("?")[0],
+                     time.monotonic() - start)
 
     def _create(self, kind: str, obj: Any, path: str | None = None) -> dict:
         body = dict(_fields(obj, CREATE[kind], create=True), id=getattr(obj, ID[kind]))

@@ -67,7 +67,7 @@ class StatusRelay:
         """A change to `lb_id` was written: report its tree, with `extra` (deleted objects,
         which the tree no longer holds), once Octavia holds `made` (kind, id), the object
         created."""
-        self.jobs.put((lb_id, extra or {}, made))
+        self.jobs.put((lb_id, extra or {}, made, time.monotonic()))
 
     def idle(self, timeout: float = 30.0) -> bool:
         """True once every change so far has been reported (tests, an orderly stop)."""
@@ -94,11 +94,16 @@ class StatusRelay:
             if isinstance(job, threading.Event):
                 job.set()
                 continue
-            lb_id, extra, made = job
+            lb_id, extra, made, queued = job
             try:
+                started = time.monotonic()
                 if made:
                     self._await_commit(*made)
+                committed = time.monotonic()
                 self._send(lb_id, extra)
+                LOG.info("sbnet: statuses of load balancer %s reported: queued %.3f s, waited "
+                         "%.3f s for Octavia's commit, read and reported in %.3f s", lb_id,
+                         started - queued, committed - started, time.monotonic() - committed)
             except Exception:       # noqa: BLE001 - a report lost must not stop the next ones
                 LOG.exception("sbnet: status of load balancer %s not reported", lb_id)
 
