@@ -101,6 +101,13 @@ def setups(n: int) -> None:
         r = runs[(kind, kct)] = measure(kind, n, kernel_ct=kct)
         print(f"{label:<41}  {r.flows:>5}  {r.seconds:>7.2f}  {r.rate:>9,.0f}  "
               f"{r.delivered:>23}  {r.carried:>28}  {r.upcalls:>7}  {r.upcalls_lost:>12}")
+    from sbnet.datapath.ebpf.setups import measure_tcp
+    r = measure_tcp(n)
+    label = "TCP handshakes, committed in the kernel"
+    print(f"{label:<41}  {r.flows:>5}  {r.seconds:>7.2f}  {r.rate:>9,.0f}  {'-':>23}"
+          f"  {r.carried:>28}  {r.upcalls:>7}  {r.upcalls_lost:>12}")
+    print("(TCP: SYNs, then SYN-ACKs, then ACKs, each burst once the kernel has taken the one "
+          "before; 'second packets' column: handshake packets the kernel forwarded itself)")
     before, after = runs[("connections", False)].rate, runs[("connections", True)].rate
     print(f"new connections through a stateful group: {after:,.0f}/s, "
           f"{after / before:.1f} times the {before:,.0f}/s of committing them by upcalls")

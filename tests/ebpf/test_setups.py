@@ -20,3 +20,18 @@ def test_a_burst_of_new_flows_is_set_up_in_the_kernel(kind, n):
     assert r.delivered == n, r
     assert r.carried == n, r
     assert r.upcalls_lost == 0, r
+
+
+def test_a_burst_of_tcp_handshakes_runs_in_the_kernel():
+    """SYNs sent at once, then their SYN-ACKs, then their ACKs: the kernel commits every
+    SYN and follows every handshake to established, none of their packets goes up, and
+    the slow path learns every connection from the kernel's events."""
+    require_bpf()
+    from sbnet.agent.netns import require_netns
+    from sbnet.datapath.ebpf.setups import measure_tcp
+    require_netns()
+    n = 300
+    r = measure_tcp(n, timeout=60)
+    assert r.in_kernel == n, r
+    assert r.carried == 3 * n, r
+    assert r.upcalls_lost == 0 and r.unsent == 0, r

@@ -370,16 +370,11 @@ class Conntrack:
         """adopt_udp() for many connections at once (each its own, original direction);
         their slots (-1: refused).  Those neither held nor colliding with another are
         stored in one step, the rest one by one."""
-        u = np.uint64
-        zone, src, dst, sport, dport = (np.asarray(a, dtype=u) for a in
-                                        (zone, src, dst, sport, dport))
+        zone, src, dst, sport, dport, proto, zero, meta, h = _ipv4_hashes(
+            IP_UDP, zone, src, dst, sport, dport)
         replied = np.asarray(replied, dtype=bool)
         n = len(zone)
         tab = self.table
-        proto = np.full(n, IP_UDP, dtype=u)
-        zero = np.zeros(n, dtype=u)
-        meta = meta_words(zone, proto, zero.astype(bool))
-        h = tuple_hashes(meta, zero, src, zero, dst, sport, dport)
         uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
         if len(uh) < n:
             # A connection told of twice (committed, then its reply): once, replied if either.
@@ -390,19 +385,9 @@ class Conntrack:
         slot, _ = self.view.find_ipv4(zone, proto, src, dst, sport, dport)
         rh = tuple_hashes(meta, zero, dst, zero, src, dport, sport)
         new = slot < 0
-        _, inv, cnt = np.unique(np.concatenate([h, rh]), return_inverse=True, return_counts=True)
-        once = (cnt[inv] == 1).reshape(2, n).all(axis=0)
-        bulk = np.flatnonzero(new & once & (tab.index.get_many(h) < 0) & (tab.index.get_many(rh) < 0))
-        if bulk.size:
-            blk = np.zeros((bulk.size, _W), dtype=u)
-            blk[:, C_TUP + 1], blk[:, C_TUP + 3] = src[bulk], dst[bulk]
-            blk[:, C_TUP + 4], blk[:, C_TUP + 5] = sport[bulk], dport[bulk]
-            blk[:, C_TUP + 7], blk[:, C_TUP + 9] = dst[bulk], src[bulk]
-            blk[:, C_TUP + 10], blk[:, C_TUP + 11] = dport[bulk], sport[bulk]
-            blk[:, C_ZONE], blk[:, C_PROTO] = zone[bulk], IP_UDP
-            blk[:, C_L4ST] = OTHER_FIRST
-            zu, zc = np.unique(zone[bulk].astype(np.int64), return_counts=True)
-            slot[bulk] = tab.create_many(blk, h[bulk], rh[bulk], zu, zc)
+        made = self._create_ipv4_many(zone, IP_UDP, src, dst, sport, dport, h, rh, new)
+        tab.l4st[made[made >= 0]] = OTHER_FIRST
+        slot = np.where(made >= 0, made, slot)
         for i in np.flatnonzero(new).tolist():
             if slot[i] < 0:
                 slot[i] = self.adopt_udp(int(zone[i]), int(src[i]), int(dst[i]), int(sport[i]),
@@ -411,6 +396,59 @@ class Conntrack:
         s, r = slot[ok], replied[ok]
         tab.l4st[s[r]] = OTHER_BIDIR
         tab.exp[s] = now + self.tmo[TM_OTHER_FIRST + tab.l4st[s].astype(np.int64)]
+        return slot
+
+    def adopt_tcp_many(self, zone: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                       sport: np.ndarray, dport: np.ndarray, peers: np.ndarray,
+                       now: float) -> np.ndarray:
+        """adopt_tcp() for many connections at once (original directions; of a connection
+        told of more than once, its last row's peers); their slots (-1: refused)."""
+        zone, src, dst, sport, dport, proto, zero, meta, h = _ipv4_hashes(
+            IP_TCP, zone, src, dst, sport, dport)
+        peers = np.asarray(peers, dtype=np.int64).reshape(-1, 2, 5)
+        n = len(zone)
+        tab = self.table
+        uh, inv = np.unique(h, return_inverse=True)
+        inv = inv.ravel()
+        if len(uh) < n:
+            last = np.zeros(len(uh), dtype=np.int64)
+            np.maximum.at(last, inv, np.arange(n))
+            return self.adopt_tcp_many(zone[last], src[last], dst[last], sport[last],
+                                       dport[last], peers[last], now)[inv]
+        slot, d = self.view.find_ipv4(zone, proto, src, dst, sport, dport)
+        back = (slot >= 0) & (d == 1)          # the reply tuple of another connection
+        rh = tuple_hashes(meta, zero, dst, zero, src, dport, sport)
+        made = self._create_ipv4_many(zone, IP_TCP, src, dst, sport, dport, h, rh, slot < 0)
+        slot = np.where(made >= 0, made, slot)
+        for i in np.flatnonzero(slot < 0).tolist():
+            slot[i] = self.adopt_tcp(int(zone[i]), int(src[i]), int(dst[i]), int(sport[i]),
+                                     int(dport[i]), peers[i], now)
+        slot[back] = -1
+        ok = slot >= 0
+        s = slot[ok]
+        tab.tcp[s] = peers[ok]
+        tab.exp[s] = now + self.tmo[T.timeout_classes(peers[ok, 0, 4], peers[ok, 1, 4])]
+        return slot
+
+    def _create_ipv4_many(self, zone, proto: int, src, dst, sport, dport, h, rh,
+                          new: np.ndarray) -> np.ndarray:
+        """The connections `new` (a mask) whose tuples (hashes h, reply rh) nothing holds
+        and no other row shares, stored in one step; their slots, -1 for every other row."""
+        n = len(zone)
+        tab = self.table
+        slot = np.full(n, -1, dtype=np.int64)
+        _, inv, cnt = np.unique(np.concatenate([h, rh]), return_inverse=True, return_counts=True)
+        once = (cnt[inv.ravel()] == 1).reshape(2, n).all(axis=0)
+        bulk = np.flatnonzero(new & once & (tab.index.get_many(h) < 0) & (tab.index.get_many(rh) < 0))
+        if bulk.size:
+            blk = np.zeros((bulk.size, _W), dtype=np.uint64)
+            blk[:, C_TUP + 1], blk[:, C_TUP + 3] = src[bulk], dst[bulk]
+            blk[:, C_TUP + 4], blk[:, C_TUP + 5] = sport[bulk], dport[bulk]
+            blk[:, C_TUP + 7], blk[:, C_TUP + 9] = dst[bulk], src[bulk]
+            blk[:, C_TUP + 10], blk[:, C_TUP + 11] = dport[bulk], sport[bulk]
+            blk[:, C_ZONE], blk[:, C_PROTO] = zone[bulk], proto
+            zu, zc = np.unique(zone[bulk].astype(np.int64), return_counts=True)
+            slot[bulk] = tab.create_many(blk, h[bulk], rh[bulk], zu, zc)
         return slot
 
     def keep_alive(self, slots: np.ndarray, now: float) -> None:
@@ -618,6 +656,17 @@ class ConnView:
             return False
         a, b = tab.tcp[v >> 1, :, 4].tolist()
         return a == b == T.ESTABLISHED
+
+
+def _ipv4_hashes(proto: int, *cols) -> tuple[np.ndarray, ...]:
+    """IPv4 tuples (zone, src, dst, sport, dport arrays) of one protocol as uint64 arrays,
+    then the protocol's and zero columns, the meta words and the original tuples' hashes."""
+    zone, src, dst, sport, dport = (np.asarray(a, dtype=np.uint64) for a in cols)
+    proto_col = np.full(len(zone), proto, dtype=np.uint64)
+    zero = np.zeros(len(zone), dtype=np.uint64)
+    meta = meta_words(zone, proto_col, zero.astype(bool))
+    return (zone, src, dst, sport, dport, proto_col, zero, meta,
+            tuple_hashes(meta, zero, src, zero, dst, sport, dport))
 
 
 def _key_hashes(keys: np.ndarray, r: np.ndarray, zones: np.ndarray, pre: str) -> np.ndarray:

@@ -154,6 +154,16 @@ def timeout_class(s_state: int, d_state: int) -> int:
     return TM_TCP_EST
 
 
+def timeout_classes(s_state: np.ndarray, d_state: np.ndarray) -> np.ndarray:
+    """timeout_class() of many connections (peer states as arrays)."""
+    return np.select([(s_state >= FIN_WAIT_2) & (d_state >= FIN_WAIT_2),
+                      (s_state >= CLOSING) & (d_state >= CLOSING),
+                      (s_state < ESTABLISHED) | (d_state < ESTABLISHED),
+                      (s_state >= CLOSING) | (d_state >= CLOSING)],
+                     [TM_TCP_CLOSED, TM_TCP_FIN_WAIT, TM_TCP_OPENING, TM_TCP_CLOSING],
+                     TM_TCP_EST)
+
+
 def update(peers: list[list[int]], reply: bool, p: TcpPacket, liberal: bool
            ) -> tuple[int, int | None]:
     """tcp_conn_update() on one segment; mutates `peers`.

@@ -15,6 +15,7 @@ NEW_ORIG, NEW_REPLY = TRK | NEW, TRK | NEW | RPL     # a UDP connection awaiting
 OPEN_ORIG, OPEN_REPLY = TRK | L.CS_OPENING, TRK | L.CS_OPENING | RPL   # TCP in its handshake
 PUNT = 0                       # held by the slow path in a way the map cannot: packets go up
 _OPENING = (OPEN_ORIG, OPEN_REPLY)
+_PEER_FIELDS = ("seqlo", "seqhi", "max_win", "wscale", "state")    # conntrack_tcp.PEER_FIELDS
 _EVENT_STATES = {L.CT_COMMIT_EVENT: (OPEN_ORIG, OPEN_REPLY), L.CT_EST_EVENT: (EST_ORIG, EST_REPLY),
                  L.CT_HANDOVER_EVENT: (PUNT, PUNT)}
 
@@ -152,14 +153,18 @@ class ConnSync:
                     zone, proto, _, sport, dport, src, dst = k
                     self._set((zone, proto, src, dst, sport, dport), EST_ORIG if e else NEW_ORIG)
                     self._set((zone, proto, dst, src, dport, sport), EST_REPLY if e else NEW_REPLY)
-        for i in np.flatnonzero(keys["proto"] == F.IP_TCP).tolist():
-            zone, proto, _, sport, dport, src, dst = keys[i].tolist()
-            peers = [list(p[:5]) for p in events["tcp"][i].tolist()]   # pad left out
-            if self.ct.adopt_tcp(zone, src, dst, sport, dport, peers, now) < 0:
-                continue
-            orig, reply = _EVENT_STATES[int(kinds[i])]
-            self._set((zone, proto, src, dst, sport, dport), orig)
-            self._set((zone, proto, dst, src, dport, sport), reply)
+        tcp = np.flatnonzero(keys["proto"] == F.IP_TCP)
+        if tcp.size:
+            tkeys, p = keys[tcp], events["tcp"][tcp]
+            peers = np.stack([p[f].astype(np.int64) for f in _PEER_FIELDS], axis=-1)
+            slot = self.ct.adopt_tcp_many(tkeys["zone"], tkeys["src"], tkeys["dst"],
+                                          tkeys["sport"], tkeys["dport"], peers, now)
+            for k, kind, s in zip(tkeys.tolist(), kinds[tcp].tolist(), slot.tolist()):
+                if s >= 0:
+                    zone, proto, _, sport, dport, src, dst = k
+                    orig, reply = _EVENT_STATES[kind]
+                    self._set((zone, proto, src, dst, sport, dport), orig)
+                    self._set((zone, proto, dst, src, dport, sport), reply)
         self.write_limits()
 
     def write_limits(self) -> None:

@@ -24,6 +24,7 @@ CONNECTIONS = """\
 table=0,priority=10,ip,ct_state=-trk actions=ct(zone=7,table=1)
 table=0,priority=1 actions=drop
 table=1,priority=10,ct_state=+trk+new,udp,in_port=1 actions=ct(commit,zone=7),output:2
+table=1,priority=10,ct_state=+trk+new,tcp,in_port=1 actions=ct(commit,zone=7),output:2
 table=1,priority=10,ct_state=+trk+est,in_port=1 actions=output:2
 table=1,priority=10,ct_state=+trk+est,in_port=2 actions=output:1
 table=1,priority=1 actions=drop
@@ -50,8 +51,8 @@ class SetupRun:
     flows: int
     seconds: float            # first packet sent -> last flow in the kernel
     in_kernel: int            # flows (connections or megaflows) the kernel holds
-    delivered: int            # first packets that reached the receiver (none may be lost)
-    carried: int              # second packets the kernel forwarded itself
+    delivered: int            # first packets that reached the receiver (none may be lost; -1: not counted)
+    carried: int              # second packets (TCP: handshake packets) the kernel forwarded itself
     upcalls: int
     upcalls_lost: int
     unsent: int = 0           # frames the sending socket could not queue
@@ -144,7 +145,7 @@ def measure(kind: str, n: int, timeout: float = 60.0, kernel_ct: bool = True) ->
     the flow map), then send each flow's second packet and count what the kernel carried.
     kernel_ct False: the slow path commits each connection (its first packet and its reply
     go up), as before the kernel committed UDP connections itself."""
-    from sbnet.agent.netns import Topology, sh
+    from sbnet.agent.netns import Topology
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
     from sbnet.flows.ofctl import parse_file
     if not 0 < n < MAX_FLOWS:
@@ -152,10 +153,7 @@ def measure(kind: str, n: int, timeout: float = 60.0, kernel_ct: bool = True) ->
     frames = np.frombuffer(b"".join(frame(i) for i in range(n)), np.uint8).reshape(n, FRAME_LEN)
     with Topology() as topo:
         ns = topo.add_namespace("setups")
-        sh("ip", "-n", ns, "link", "add", "src0", "type", "veth", "peer", "name", "tap1")
-        sh("ip", "-n", ns, "link", "add", "tap2", "type", "veth", "peer", "name", "dst0")
-        for dev in ("src0", "tap1", "tap2", "dst0"):
-            sh("ip", "-n", ns, "link", "set", dev, "arp", "off", "up")
+        _veths(ns)
         # No idle expiry while it runs: every flow set up stays until it is counted.
         with EbpfDatapath(netns=ns, capacity=max(65536, 2 * n), maintain_every=3600,
                           kernel_ct=kernel_ct) as dp:
@@ -207,6 +205,85 @@ def measure(kind: str, n: int, timeout: float = 60.0, kernel_ct: bool = True) ->
                 st = dp.kernel_stats()
     return SetupRun(kind, n, seconds, in_kernel, delivered, n - (st["upcall"] - up),
                     st["upcall"], st["upcall_lost"], unsent)
+
+
+def tcp_frame(i: int, step: int) -> bytes:
+    """TCP flow i's handshake: step 0 its SYN, 1 the peer's SYN-ACK, 2 its ACK (addresses
+    and source port as UDP flow i's; checksums hold)."""
+    src, dst = 0x0A000000 + (i >> 15) + 1, 0x0A010001
+    sport, isn_c, isn_s = 1024 + (i & 0x7FFF), (i * 7919) & 0xFFFFFFFF, (i * 104729) & 0xFFFFFFFF
+    macs = bytes.fromhex("020000000002020000000001")
+    seq, ack, flags = ((isn_c, 0, 0x02), (isn_s, isn_c + 1, 0x12), (isn_c + 1, isn_s + 1, 0x10))[step]
+    if step == 1:
+        src, dst, macs = dst, src, macs[6:] + macs[:6]
+    sp, dp = (DPORT, sport) if step == 1 else (sport, DPORT)
+    ip = bytearray(b"\x45\0\0\x28\0\0\x40\0\x40\x06\0\0" + src.to_bytes(4, "big") + dst.to_bytes(4, "big"))
+    ip[10:12] = internet_checksum(bytes(ip)).to_bytes(2, "big")
+    tcp = bytearray(sp.to_bytes(2, "big") + dp.to_bytes(2, "big") + (seq & 0xFFFFFFFF).to_bytes(4, "big")
+                    + (ack & 0xFFFFFFFF).to_bytes(4, "big") + bytes([0x50, flags]) + b"\xfa\xf0\0\0\0\0")
+    pseudo = bytes(ip[12:20]) + b"\0\x06\0\x14"
+    tcp[16:18] = internet_checksum(pseudo + bytes(tcp)).to_bytes(2, "big")
+    return macs + b"\x08\x00" + bytes(ip) + bytes(tcp)
+
+
+def measure_tcp(n: int, timeout: float = 60.0) -> SetupRun:
+    """n TCP handshakes through a stateful group on a kernel-tier switch: every SYN sent at
+    once, then every SYN-ACK from the peer's side, then every ACK; timed from the first
+    SYN until the kernel holds every connection established (the slow path told).  None
+    of their packets should go up: the kernel commits each SYN and follows each handshake."""
+    from sbnet.agent.netns import Topology
+    from sbnet.datapath.ebpf.datapath import EbpfDatapath
+    from sbnet.flows.ofctl import parse_file
+    if not 0 < n < MAX_FLOWS:
+        raise ValueError(f"flows must be 1..{MAX_FLOWS - 1}")
+    steps = [np.frombuffer(b"".join(tcp_frame(i, k) for i in range(n)), np.uint8).reshape(n, 54)
+             for k in range(3)]
+    with Topology() as topo:
+        ns = topo.add_namespace("setups")
+        _veths(ns)
+        with EbpfDatapath(netns=ns, capacity=max(65536, 2 * n), maintain_every=3600) as dp:
+            dp.attach(1, "tap1")
+            dp.attach(2, "tap2")
+            dp.bundle(add=parse_file(CONNECTIONS).flows)
+            with in_netns(ns):
+                client = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                server = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            with client, server:
+                client.bind(("src0", 0))
+                server.bind(("dst0", 0))
+                socks = (client, server, client)
+                dp.start()
+                held = dp.connections_in_kernel
+                # One handshake beforehand: the megaflows every handshake's packets take.
+                for k in range(3):
+                    socks[k].send(tcp_frame(WARM, k))
+                    time.sleep(0.2)
+                _wait(lambda: held() > 0)
+                before, st0 = held(), dp.kernel_stats()
+                t0 = time.perf_counter()
+                unsent = 0
+                for k in range(3):
+                    # Each step once the kernel has taken the one before (two passes a
+                    # packet: ct, then the stateful group).
+                    unsent += send_all(socks[k], steps[k])
+                    _wait(lambda: dp.kernel_stats()["hit"] - st0["hit"] >= 2 * n * (k + 1))
+                while held() - before < n and time.perf_counter() - t0 < timeout:
+                    time.sleep(0.002)
+                seconds = time.perf_counter() - t0
+                in_kernel = held() - before
+                st = dp.kernel_stats()
+    up = st["upcall"] - st0["upcall"]
+    return SetupRun("tcp", n, seconds, in_kernel, -1, 3 * n - up, st["upcall"], st["upcall_lost"],
+                    unsent)
+
+
+def _veths(ns: str) -> None:
+    """The sender's veth pair (src0 - tap1) and the receiver's (tap2 - dst0) in `ns`."""
+    from sbnet.agent.netns import sh
+    sh("ip", "-n", ns, "link", "add", "src0", "type", "veth", "peer", "name", "tap1")
+    sh("ip", "-n", ns, "link", "add", "tap2", "type", "veth", "peer", "name", "dst0")
+    for dev in ("src0", "tap1", "tap2", "dst0"):
+        sh("ip", "-n", ns, "link", "set", dev, "arp", "off", "up")
 
 
 def _wait(done, seconds: float = 10.0) -> None:
