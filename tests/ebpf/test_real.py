@@ -89,6 +89,63 @@ def test_stateful_tcp_runs_in_the_kernel_after_the_first_packets(two_vms):
     assert sh("ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.0.2", netns=vm1, check=False).returncode != 0
 
 
+ECHO = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.0.0.2", 7000))
+s.listen(16)
+print("ready", flush=True)
+for _ in range(int(sys.argv[1])):
+    c, _ = s.accept()
+    c.sendall(c.recv(16))
+    c.close()
+"""
+CONNECT = """
+import socket, sys
+for _ in range(int(sys.argv[1])):
+    c = socket.create_connection(("10.0.0.2", 7000), timeout=5)
+    c.sendall(b"x")
+    assert c.recv(16) == b"x"
+    c.close()
+"""
+
+
+def test_tcp_connections_between_real_stacks_are_set_up_in_the_kernel(two_vms):
+    """Once one connection has brought the megaflows in, new TCP connections between the
+    VMs' own stacks are committed on their SYN and established by the kernel (their
+    handshakes never go up: no handover, no upcall before their FINs), and the slow
+    path's conntrack learns each from the kernel's events."""
+    import subprocess
+    import sys
+    from sbnet.agent.netns import sh
+    topo, dp, (vm1, vm2) = two_vms
+    n = 5
+    server = topo.popen("vm2", sys.executable, "-c", ECHO, str(n + 1), stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        sh(sys.executable, "-c", CONNECT, "1", netns=vm1, timeout=30)       # the warm-up
+        before = dp.kernel_stats()
+        sh(sys.executable, "-c", CONNECT, str(n), netns=vm1, timeout=30)
+        after = dp.kernel_stats()
+        server.wait(timeout=10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    grew = {k: after[k] - before[k] for k in ("ct_commit", "ct_established", "ct_handover")}
+    assert grew == {"ct_commit": n, "ct_established": n, "ct_handover": 0}, grew
+    import time
+    deadline = time.monotonic() + 10           # the events are taken at the slow path's next drain
+    while True:
+        with dp.lock:
+            held = [ln for ln in dp.switch.conntrack.dump(7) if "dport=7000" in ln]
+        if len(held) == n + 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(held) == n + 1, held
+
+
 def test_vxlan_between_two_hosts_runs_in_the_kernel():
     """Two hosts on the ebpf backend joined by VXLAN (kernel collect_md devices): after the
     first packets every packet is encapsulated and decapsulated by the kernel tier."""
