@@ -34,9 +34,10 @@ class DriverAgent:
     """Octavia's driver agent as the driver library meets it: three Unix sockets (status,
     statistics, get), each request a length line and a JSON body, each answer the same; the
     status updates received are kept in order; the get socket answers that Octavia holds
-    every object asked for (this Octavia commits at once)."""
+    every object asked for (this Octavia commits at once) but those it `rolled_back`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, rolled_back: frozenset[str] = frozenset()) -> None:
+        self.rolled_back = rolled_back      # creates whose transaction this Octavia rolled back
         self.updates: list[dict] = []
         self.stats: list[dict] = []
         self.paths = {f"{kind}_socket": str(directory / f"{kind}.sock")
@@ -66,7 +67,8 @@ class DriverAgent:
                     elif kind == "stats_socket":
                         self.stats.append(body)
                 if kind == "get_socket":    # Octavia has committed every object asked for
-                    reply = {f"{body['object'].rstrip('s')}_id": body["id"]}
+                    reply = {} if body["id"] in self.rolled_back else \
+                        {f"{body['object'].rstrip('s')}_id": body["id"]}
                 else:
                     reply = {"status_code": 200}
                 answer = json.dumps(reply).encode()

@@ -28,7 +28,7 @@ def main() -> None:
     plan = json.loads(sys.stdin.readline())
     library = driver_lib.DriverLibrary(**plan["sockets"])
     driver = SbnetProviderDriver(url=os.environ["SBNET_URL"], library=library,
-                                 status_interval=0.3)
+                                 status_interval=0.3, commit_wait=1.0)
     project, ids = plan["project"], plan["ids"]
     vip, extra = driver.create_vip_port(ids["lb"], project, {
         "vip_subnet_id": plan["subnet"], "vip_address": plan["vip_address"]}, [])
@@ -52,6 +52,14 @@ def main() -> None:
         healthmonitor_id=ids["hm"], pool_id=ids["pool"], project_id=project, type="TCP",
         delay=1, timeout=1, max_retries=1, max_retries_down=1, admin_state_up=True,
         http_method=None, url_path=None, expected_codes=None))
+    # a member written to sbnet whose create Octavia then rolls back (once the reports so far
+    # are done: Octavia would let no other change of this load balancer run meanwhile)
+    assert driver.relay.idle()
+    driver.member_create(dm.Member(
+        member_id=ids["rolled_back"], pool_id=ids["pool"], project_id=project,
+        address="10.0.0.25", protocol_port=8080))
+    written = driver.sbnet.request(
+        "GET", f"lbaas/pools/{ids['pool']}/members/{ids['rolled_back']}")["member"]["id"]
     errors = {
         "least_connections": refused(driver.pool_create, dm.Pool(
             pool_id=ids["spare"][0], loadbalancer_id=ids["lb"], project_id=project,
@@ -87,7 +95,8 @@ def main() -> None:
         dm.Member(member_id=g["new_member"], pool_id=g["pool"], project_id=project,
                   address=g["new_address"], protocol_port=53, weight=2)])
     assert driver.relay.idle()
-    print(json.dumps({"vip": vip, "additional": extra, "errors": errors}), flush=True)
+    print(json.dumps({"vip": vip, "additional": extra, "errors": errors,
+                      "rolled_back_written": written}), flush=True)
 
     sys.stdin.readline()
     driver.member_update(dm.Member(member_id=ids["members"][0], pool_id=ids["pool"]),

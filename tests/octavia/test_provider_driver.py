@@ -80,12 +80,12 @@ def test_octavia_builds_and_tears_down_a_balanced_vip_through_the_provider_drive
     backends = [c.port("p1", net, "h2", fixed_ips=fixed(f"10.0.0.{20 + i}")) for i in range(3)]
     ids = {k: str(uuid.uuid4()) for k in ("lb", "listener", "pool", "hm")}
     ids.update(members=[str(uuid.uuid4()) for _ in backends],
-               spare=[str(uuid.uuid4()) for _ in range(3)])
+               spare=[str(uuid.uuid4()) for _ in range(3)], rolled_back=str(uuid.uuid4()))
     graph = {k: str(uuid.uuid4()) for k in ("lb", "listener", "pool", "hm", "new_member")}
     graph.update(members=[str(uuid.uuid4()) for _ in range(2)],
                  addresses=["10.0.0.30", "10.0.0.31"], new_address="10.0.0.32")
     api = ApiThread(c.api.store).start()
-    agent = DriverAgent(tmp_path)
+    agent = DriverAgent(tmp_path, rolled_back=frozenset({ids["rolled_back"]}))
     octavia = Octavia(python, api.url, {
         "sockets": agent.paths, "project": "p1", "ids": ids, "subnet": net["subnet"]["id"],
         "vip_address": "10.0.0.100", "graph": graph,
@@ -104,6 +104,8 @@ def test_octavia_builds_and_tears_down_a_balanced_vip_through_the_provider_drive
         pool = c.api.request("GET", f"lbaas/pools/{ids['pool']}")["pool"]
         assert pool["listeners"] == [{"id": ids["listener"]}]
         assert pool["healthmonitor_id"] == ids["hm"]
+        # (a member Octavia rolled back was written, then taken out again, never reported ACTIVE)
+        assert out["rolled_back_written"] == ids["rolled_back"]
         assert sorted((m["id"], m["weight"]) for m in c.api.request(
             "GET", f"lbaas/pools/{ids['pool']}/members")["members"]) == \
             sorted(zip(ids["members"], WEIGHTS))
@@ -114,6 +116,7 @@ def test_octavia_builds_and_tears_down_a_balanced_vip_through_the_provider_drive
                             *[("members", m) for m in ids["members"]]]:
             assert latest[(kind, ident)][0] == "ACTIVE", (kind, latest)
         assert latest[("loadbalancers", ids["lb"])][1] == "ONLINE"
+        assert latest.get(("members", ids["rolled_back"]), (None, None))[0] is None
         # what sbnet does not do comes back as Octavia's exceptions, with sbnet's reason
         errors = out["errors"]
         assert errors["least_connections"]["error"] == "UnsupportedOptionError"

@@ -95,14 +95,15 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
 
     def __init__(self, url: str | None = None, token: str | None = None,
                  library: driver_lib.DriverLibrary | None = None,
-                 status_interval: float | None = None) -> None:
+                 status_interval: float | None = None, commit_wait: float = 30.0) -> None:
         super().__init__()
         if status_interval is None:
             status_interval = float(os.environ.get("SBNET_STATUS_INTERVAL", "5"))
         self.sbnet = Southbound(url or os.environ.get("SBNET_URL", "http://127.0.0.1:9696"),
                                 token or os.environ.get("SBNET_TOKEN"))
         self._library = library
-        self.relay = StatusRelay(self.sbnet, self._report, self._present, status_interval)
+        self.relay = StatusRelay(self.sbnet, self._report, self._present, status_interval,
+                                 commit_wait, self._orphan)
 
     # --- plumbing ---
 
@@ -114,6 +115,28 @@ class SbnetProviderDriver(provider_base.ProviderDriver):
 
     def _report(self, status: dict) -> None:
         self.library.update_loadbalancer_status(status)
+
+    def _orphan(self, kind: str, ident: str) -> None:
+        """A create Octavia rolled back after the driver had written it: out of sbnet."""
+        try:
+            if kind == "member":
+                member = self._find_member(ident)
+                if member is not None:
+                    self._call("DELETE", f"pools/{member['pool_id']}/members/{ident}")
+            elif kind == "loadbalancer":
+                vip = self._call("GET", f"loadbalancers/{ident}")["loadbalancer"]["vip_port_id"]
+                self._call("DELETE", f"loadbalancers/{ident}?cascade=true")
+                self._delete_vip_port(vip, ident)
+            else:
+                self._call("DELETE", f"{PATH[kind]}/{ident}")
+        except (exc.DriverError, exc.UnsupportedOptionError) as e:
+            LOG.warning("sbnet: %s %s not taken out of sbnet: %s", kind, ident, e)
+
+    def _find_member(self, ident: str) -> dict | None:
+        for pool in self._call("GET", "pools")["pools"]:
+            if any(m["id"] == ident for m in pool["members"]):
+                return {"pool_id": pool["id"]}
+        return None
 
     def _present(self, kind: str, ident: str) -> bool:
         """Whether Octavia holds the object (its driver agent reads Octavia's database)."""

@@ -47,13 +47,16 @@ class StatusRelay:
     of a create waits until Octavia holds the object (at most `commit_wait` seconds); an update
     or delete waits on Octavia's lock of the row it holds.  The polls send operating statuses
     only: a provisioning status sent while Octavia's API is in the middle of the next change
-    would mark the load balancer ACTIVE before that change's new objects."""
+    would mark the load balancer ACTIVE before that change's new objects.  A created object
+    Octavia still does not hold after `commit_wait` was rolled back there (its transaction
+    failed after the driver's call): orphan(kind, id) takes it out of sbnet too."""
 
     def __init__(self, sbnet: Southbound, report: Callable[[dict], None],
                  present: Callable[[str, str], bool], interval: float = 5.0,
-                 commit_wait: float = 30.0) -> None:
+                 commit_wait: float = 30.0,
+                 orphan: Callable[[str, str], None] | None = None) -> None:
         self.sbnet, self.report, self.present = sbnet, report, present
-        self.interval, self.commit_wait = interval, commit_wait
+        self.interval, self.commit_wait, self.orphan = interval, commit_wait, orphan
         self.jobs: queue.Queue = queue.Queue()
         self.sent: dict[str, dict] = {}        # load balancer id -> last statuses sent
         self.seeded = False
@@ -97,8 +100,13 @@ class StatusRelay:
             lb_id, extra, made, queued = job
             try:
                 started = time.monotonic()
-                if made:
-                    self._await_commit(*made)
+                if made and not self._await_commit(*made):
+                    LOG.warning("sbnet: Octavia holds no %s %s %.0f s after its create: "
+                                "rolled back there, so taken out of sbnet", *made,
+                                self.commit_wait)
+                    if self.orphan is not None:
+                        self.orphan(*made)
+                    continue
                 committed = time.monotonic()
                 self._send(lb_id, extra)
                 LOG.info("sbnet: statuses of load balancer %s reported: queued %.3f s, waited "
@@ -107,13 +115,16 @@ class StatusRelay:
             except Exception:       # noqa: BLE001 - a report lost must not stop the next ones
                 LOG.exception("sbnet: status of load balancer %s not reported", lb_id)
 
-    def _await_commit(self, kind: str, ident: str) -> None:
+    def _await_commit(self, kind: str, ident: str) -> bool:
+        """Whether Octavia holds the object within `commit_wait` seconds."""
         # Each question forks a process in Octavia's driver agent: ask less often as it waits.
         deadline, pause = time.monotonic() + self.commit_wait, 0.02
-        while not self.present(kind, ident) and time.monotonic() < deadline \
-                and not self.stopping.is_set():
+        while not self.present(kind, ident):
+            if time.monotonic() > deadline or self.stopping.is_set():
+                return False
             time.sleep(pause)
             pause = min(2 * pause, 0.5)
+        return True
 
     def _tree(self, lb_id: str) -> dict[str, list[dict]] | None:
         try:
@@ -166,7 +177,10 @@ class StatusRelay:
             if current is None:
                 self.sent.pop(lb_id, None)
                 continue
-            moved = {k: [x for x in v if x not in before.get(k, [])] for k, v in current.items()}
+            # objects already reported whose statuses moved (a new one is its create's to report)
+            known = {k: {x["id"] for x in v} for k, v in before.items()}
+            moved = {k: [x for x in v if x["id"] in known.get(k, ()) and x not in before[k]]
+                     for k, v in current.items()}
             try:
                 self._operating(lb_id, moved)
             except Exception:       # noqa: BLE001
