@@ -8,7 +8,6 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
-from sbnet.datapath import odp
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.ebpf import layout as L
 from sbnet.datapath.ebpf.connsync import ConnSync
@@ -31,6 +30,7 @@ table=1,priority=5,ct_state=+trk+inv actions=output:5
 table=1,priority=1 actions=drop
 """
 PORTS = (1, 2, 3, 4, 5, 6)
+F_EST = 0x02                 # ct_state +est
 
 
 def _ip(a: str) -> int:
@@ -110,8 +110,6 @@ class System:
         slot, _ = self.slow.conntrack.find((ZONE, 6, 0, _ip(C), _ip(S), sport, 80))
         return "slow path", self.slow.conntrack.tcp[slot].tolist() if slot >= 0 else None
 
-
-F_EST = 0x02
 
 
 def _ref_peers(sw: Switch, sport: int):
@@ -232,13 +230,11 @@ def test_any_handshake_leaves_the_kernel_as_the_reference(ktier, case):
     packet after them) come out as the reference switch's conntrack has it."""
     t, ring = ktier
     packets, liberal = case
-    t.tcp_liberal = liberal
-    t._write_config()
+    t.set_tcp_liberal(liberal)
     try:
         differential(t, ring, packets, liberal)
     finally:
-        t.tcp_liberal = False
-        t._write_config()
+        t.set_tcp_liberal(False)
 
 
 def test_kernel_commits_stop_at_the_zone_limit(ktier):

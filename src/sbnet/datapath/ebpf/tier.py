@@ -230,6 +230,12 @@ class EbpfTier:
         self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags,
                                                           *self._upcall_limit))
 
+    def set_tcp_liberal(self, liberal: bool) -> None:
+        """Whether the TCP state machine of handshakes in the kernel is liberal about
+        windows (as the slow path's conntrack must be then)."""
+        self.tcp_liberal = liberal
+        self._write_config()
+
     def set_upcall_limit(self, rate: int, burst: int) -> None:
         """Upcalls per second (and burst) each port may send up; 0 turns the limit off."""
         self._upcall_limit = (rate, burst)
