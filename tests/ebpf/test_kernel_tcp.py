@@ -262,3 +262,25 @@ def test_kernel_commits_stop_at_the_zone_limit(ktier):
     sysm.sync.sync(0.0)
     in_port, frame, _ = handshake(6)[0]
     assert t.run(frame, in_port).verdict == "forward"
+
+
+def test_a_handshake_whose_events_were_lost_is_taken_up_from_the_map(ktier):
+    """A restarted agent (or a full ring) misses the commit event of a connection the
+    kernel is opening: the next reconciliation takes it up from the map with both ends
+    as the kernel has them, leaves it the kernel's, and the handshake then ends in the
+    kernel as it would have."""
+    t, ring = ktier
+    differential(t, ring, handshake(42000)[:1], liberal=False)
+    fresh = _switch(False)
+    sync = ConnSync(t, fresh.conntrack, kernel_ct=True)
+    sync.take_up(0.0)                     # as a restarted EbpfDatapath does
+    sync.sync(0.0)
+    slot, _ = fresh.conntrack.find((ZONE, 6, 0, _ip(C), _ip(S), 42000, 80))
+    assert slot >= 0 and fresh.conntrack.tcp_state(slot) == ("SYN_SENT", "CLOSED")
+    assert sync.held[(ZONE, 6, _ip(C), _ip(S), 42000, 80)] & L.CS_OPENING
+    for in_port, frame, _ in handshake(42000)[1:3]:
+        assert t.run(frame, in_port).verdict == "forward"
+    up = decode(ring.drain(), None)
+    sync.events(up.events, up.kinds, 0.0)
+    assert fresh.conntrack.tcp_state(slot) == ("ESTABLISHED", "ESTABLISHED")
+    assert sync.established() == 2        # and the warm-up's, taken up as established

@@ -200,7 +200,9 @@ class ConnSync:
             slot, _ = self.ct.view.find_ipv4(keys["zone"], keys["proto"], keys["src"],
                                              keys["dst"], keys["sport"], keys["dport"])
             self.ct.keep_alive(np.unique(slot[vals["used"] > self._synced_ns]), now)
-            lost = np.flatnonzero((slot < 0) & np.isin(vals["state"], (NEW_ORIG, EST_ORIG, OPEN_ORIG)))
+            # (TCP: only those the kernel tracked itself, whose ends it has.)
+            lost = np.flatnonzero((slot < 0) & np.isin(vals["state"], (NEW_ORIG, EST_ORIG, OPEN_ORIG))
+                                  & ((keys["proto"] != F.IP_TCP) | (vals["tcp"]["state"][:, 0] != 0)))
             lost = np.array([i for i in lost.tolist() if _dir(keys[i].tolist()) not in self.held],
                             dtype=np.int64)
             if lost.size:
