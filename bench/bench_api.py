@@ -295,7 +295,7 @@ def main() -> None:
                          "least CPU taken from the server), or a thread with httpx each")
     ap.add_argument("--before", default=BEFORE, metavar="REF",
                     help=f"also measure the server of this git commit (default {BEFORE}, before "
-                         "scoped write locks), in the same run; '' to skip")
+                         "scoped write locks; several, comma-separated), in the same run; '' to skip")
     ap.add_argument("--cpu", type=int, default=0, metavar="N",
                     help="instead: N port creates one after another, and the CPU each costs "
                          "the server, the database server and the client (e.g. 400)")
@@ -307,13 +307,15 @@ def main() -> None:
     load = os.getloadavg()[0]
     results = []
     with ExitStack() as stack:
-        src = before_sources(stack, args.before) if args.before else None
+        refs = [r for r in args.before.split(",") if r]
+        srcs = [(ref, before_sources(stack, ref)) for ref in refs]
         for backend in ("sqlite", "postgres"):
             if args.backend not in (backend, "both"):
                 continue
-            if src is not None:
-                results.append({"backend": backend, "code": f"before {args.before}",
-                                **measure(backend, args, src)})
+            for ref, src in srcs:
+                if src is not None:
+                    results.append({"backend": backend, "code": f"before {ref}",
+                                    **measure(backend, args, src)})
             results.append({"backend": backend, "code": "after", **measure(backend, args, None)})
     loads = (round(load, 2), round(os.getloadavg()[0], 2))
     if args.json:

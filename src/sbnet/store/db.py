@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
+
 from sqlalchemy import (BigInteger, String, and_, bindparam, cast, create_engine, delete, event,
                         func, insert, literal, literal_column, null, select, text, union_all, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,6 +23,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from sbnet.store import schema as t
+
+
+def _dumps(body: Any) -> str:
+    """A document as JSON text: by orjson (several times faster), by json what orjson does
+    not take (integers beyond 64 bits, keys that are not strings); read back the same."""
+    try:
+        return orjson.dumps(body).decode()
+    except TypeError:
+        return json.dumps(body)
 
 
 def now_iso() -> str:
@@ -503,7 +514,7 @@ class Tx:
             stamp = now_iso()
             body.update(created_at=stamp, updated_at=stamp, revision_number=1)
         self.queue(_INSERT, {"type": typ, "id": body["id"], "project_id": project_id,
-                             "parent_id": parent_id, "body": json.dumps(body)}, _RESOURCE_KEYS)
+                             "parent_id": parent_id, "body": _dumps(body)}, _RESOURCE_KEYS)
         self._remember(typ, body)
         self._wrote(typ)
         self._record(typ, body["id"], "create", project_id, body)
@@ -540,7 +551,7 @@ class Tx:
         round trip with its queued statements."""
         if self._start is None:
             for row in self._pending:
-                self.queue(_PROVISIONAL_CHANGES, {**row, "body": json.dumps(row["body"])},
+                self.queue(_PROVISIONAL_CHANGES, {**row, "body": _dumps(row["body"])},
                            _CHANGE_KEYS)
             self._pending = []
             self._send_queued()
