@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import orjson
-
 from sqlalchemy import (BigInteger, String, and_, bindparam, cast, create_engine, delete, event,
                         func, insert, literal, literal_column, null, select, text, union_all, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
