@@ -1,4 +1,4 @@
-"""Conntrack's express path compiled: established TCP/IPv4 ACK segments (the rows and results of conntrack_fast.express) and UDP/IPv4 of two-way connections in one native pass."""
+"""Conntrack's express path compiled: established TCP/IPv4 ACK segments (the rows and results of conntrack_fast.express), UDP/IPv4 and ICMP/IPv4 queries of two-way connections, and their NAT, in one native pass."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import numba
 import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
-from sbnet.datapath.conntrack_pkt import CtBatch
+from sbnet.datapath.conntrack_nat import SNAT
+from sbnet.datapath.conntrack_pkt import _REV4, CtBatch
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_L4ST, C_LABEL, C_MARK, C_NAT, C_PROTO, C_TCP, C_TUP,
-    EST, INV, NEW, OTHER_BIDIR, RPL, TM_OTHER_BIDIR, TRK)
-from sbnet.flows.fields import ETH_IP, IP_TCP, IP_UDP
+    DNAT_BIT, EST, ICMP_REPLY, INV, NEW, OTHER_BIDIR, RPL, SNAT_BIT, TM_ICMP_REPLY,
+    TM_OTHER_BIDIR, TRK)
+from sbnet.flows.fields import ETH_IP, IP_ICMP, IP_TCP, IP_UDP
 
 _ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
 _NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _S["tp_dst"]
@@ -20,7 +22,10 @@ _LAYERS = 4            # rows of one connection conntrack_fast settles without p
 F_NAT, F_CHECKSUMS, F_LIBERAL = 1, 2, 4
 # express_kernel's per-row work columns.
 W_CAND, W_CONN, W_DIR, W_ELIG, W_FOUND = range(5)
-_TCP_ROW, _UDP_ROW = 1, 2      # work[r, W_CAND]
+_TCP_ROW, _UDP_ROW, _ICMP_ROW = 1, 2, 3      # work[r, W_CAND]
+_PROTO = np.array([0, IP_TCP, IP_UDP, IP_ICMP], np.uint64)     # by work[r, W_CAND]
+# The timeouts express_kernel takes (its tmo argument), in this order.
+TIMEOUTS = [T.TM_TCP_EST, TM_OTHER_BIDIR, TM_ICMP_REPLY]
 
 
 @numba.njit(cache=True, inline="always")
@@ -141,6 +146,74 @@ def _udp_checksums_ok(data, g, l3, l4):
     return _fold(s) == 0xFFFF
 
 
+@numba.njit(cache=True)
+def _icmp_checksums_ok(data, g, l3, l4):
+    """IPv4 header and ICMP checksums of row g (ICMP has no pseudo-header)."""
+    tot = np.int64(_be(data, g, l3 + 2, 2))
+    if _fold(_sum16(data, g, l3, l4 - l3)) != 0xFFFF:
+        return False
+    return _fold(_sum16(data, g, l4, l3 + tot - l4)) == 0xFFFF
+
+
+@numba.njit(cache=True, inline="always")
+def _ports(kind, keys, data, g, l4):
+    """The tuple's port words of row g: its ports, or an ICMP query's id << 8 | type and
+    the answer's (conntrack_pkt.extract)."""
+    if kind != _ICMP_ROW:
+        return keys[_TP_SRC, g], keys[_TP_DST, g]
+    typ = keys[_TP_SRC, g]
+    ident = _be(data, g, l4 + 4, 2) << np.uint64(8)
+    return ident | typ, ident | np.uint64(_REV4[typ])
+
+
+@numba.njit(cache=True, inline="always")
+def _put16(data, g, c, v):
+    data[g, c] = np.uint8((v >> 8) & 0xFF)
+    data[g, c + 1] = np.uint8(v & 0xFF)
+
+
+@numba.njit(cache=True, inline="always")
+def _csum_replace(ck, old_sum, new_sum, k):
+    """checksum.csum_replace of one checksum: k words summing to old_sum became new_sum."""
+    t = (ck ^ 0xFFFF) + k * 0xFFFF - old_sum + new_sum
+    t = (t & 0xFFFF) + (t >> 16)
+    t = (t & 0xFFFF) + (t >> 16)
+    return t ^ 0xFFFF
+
+
+@numba.njit(cache=True)
+def _nat4(data, keys, g, l3, l4, kind, src, dst, sp, dp):
+    """conntrack_nat.rewrite of one IPv4 packet to (src, dst, sp, dp): addresses, the
+    header checksum, TCP/UDP ports and checksum (RFC 1624), and the key slots."""
+    osrc, odst = np.int64(keys[_NW_SRC, g]), np.int64(keys[_NW_DST, g])
+    src, dst = np.int64(src), np.int64(dst)
+    o_sum = (osrc >> 16) + (osrc & 0xFFFF) + (odst >> 16) + (odst & 0xFFFF)
+    n_sum = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+    _put16(data, g, l3 + 10, _csum_replace(np.int64(_be(data, g, l3 + 10, 2)), o_sum, n_sum, 4))
+    for c, v in ((l3 + 12, src), (l3 + 16, dst)):
+        _put16(data, g, c, v >> 16)
+        _put16(data, g, c + 2, v & 0xFFFF)
+    keys[_NW_SRC, g] = np.uint64(src)
+    keys[_NW_DST, g] = np.uint64(dst)
+    if kind == _ICMP_ROW:
+        return
+    osp, odp = np.int64(keys[_TP_SRC, g]), np.int64(keys[_TP_DST, g])
+    sp, dp = np.int64(sp), np.int64(dp)
+    at = l4 + (16 if kind == _TCP_ROW else 6)
+    ck = np.int64(_be(data, g, at, 2))
+    upd = _csum_replace(ck, o_sum + osp + odp, n_sum + sp + dp, 6)
+    if kind == _UDP_ROW:
+        if upd == 0:
+            upd = 0xFFFF
+        if ck == 0:
+            upd = 0             # no UDP checksum stays none
+    _put16(data, g, at, upd)
+    _put16(data, g, l4, sp)
+    _put16(data, g, l4 + 2, dp)
+    keys[_TP_SRC, g] = np.uint64(sp)
+    keys[_TP_DST, g] = np.uint64(dp)
+
+
 # One signature, compiled (or loaded from the on-disk cache) at import, never in the
 # middle of a packet burst; callers pass exactly these types.
 @numba.njit("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
@@ -150,12 +223,13 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
                    work, mark, count, stats):
     """conntrack_fast.express for the rows `rows`: the same choice of TCP express rows,
     their updates in batch order (which is what that function's layered passes compute),
-    ct_* metadata and table writes; and UDP/IPv4 rows of connections seen both ways,
-    which the batch path would update as steady() does (timeout, +est, [+rpl]).  A
-    connection with any row off the express path keeps all its rows off it.  tmo: the
-    TCP established and UDP bidirectional timeouts.  work[r, W_ELIG] is 1 for the rows
-    it handled; stats gets (express rows, invalid among them).  Returns the number of
-    express rows."""
+    ct_* metadata and table writes; and the UDP/IPv4 and ICMP/IPv4 query rows of
+    connections seen both ways, which the batch path would update as steady() does
+    (timeout, +est, [+rpl]).  With F_NAT (a ct(nat) action), rows of NATed connections
+    are translated as Conntrack._nat_rewrite does.  A connection with any row off the
+    express path keeps all its rows off it.  tmo: the timeouts named by TIMEOUTS.
+    work[r, W_ELIG] is 1 for the rows it handled; stats gets (express rows, invalid
+    among them).  Returns the number of express rows."""
     m = rows.shape[0]
     width = data.shape[1]
     cap = mem.shape[0] - 1
@@ -176,6 +250,11 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
                     u3, u4 = np.int64(l3[g]), np.int64(l4[g])
             elif proto == IP_UDP:
                 work[r, W_CAND] = _UDP_ROW
+            elif proto == IP_ICMP and keys[_TP_SRC, g] < 256 and _REV4[keys[_TP_SRC, g]] >= 0 \
+                    and keys[_TP_DST, g] == 0 \
+                    and l4[g] + 8 <= min(width, l3[g] + np.int64(_be(data, g, l3[g] + 2, 2))):
+                # A query or its answer, whole: errors (related) are the batch path's.
+                work[r, W_CAND] = _ICMP_ROW
             n_cand += work[r, W_CAND] != 0
     if n_cand == 0:
         return 0
@@ -192,10 +271,10 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         kind = work[r, W_CAND]
         if kind:
             g = rows[r]
-            meta = zones[r] | np.uint64((IP_TCP if kind == _TCP_ROW else IP_UDP) << 16)
+            sp, dp = _ports(kind, keys, data, g, np.int64(l4[g]))
+            meta = zones[r] | (_PROTO[kind] << np.uint64(16))
             work[r, W_DIR] = np.int64(_tuple_hash(meta, keys[_NW_SRC, g], keys[_NW_DST, g],
-                                                  (keys[_TP_SRC, g] << np.uint64(32))
-                                                  | keys[_TP_DST, g]))
+                                                  (sp << np.uint64(32)) | dp))
     for r in range(m):
         if work[r, W_CAND]:
             work[r, W_CONN] = _get(kv, np.uint64(work[r, W_DIR]))
@@ -206,7 +285,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         g = rows[r]
         zc = zones[r]
         src, dst = keys[_NW_SRC, g], keys[_NW_DST, g]
-        sp, dp = keys[_TP_SRC, g], keys[_TP_DST, g]
+        sp, dp = _ports(kind, keys, data, g, np.int64(l4[g]))
         st_in = keys[_CT_STATE, g]
         natted = keys[_CT_ZONE, g] == zc and (st_in & np.uint64(_NAT_BITS)) != 0
         if kind == _TCP_ROW:
@@ -226,10 +305,10 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         if kind == _TCP_ROW:
             elig = found and ok_pkt and memi[ci, C_TCP + 4] == T.ESTABLISHED \
                 and memi[ci, C_TCP + 9] == T.ESTABLISHED
-        else:
+        elif kind == _UDP_ROW:
             elig = found and ok_pkt and mem[ci, C_L4ST] == OTHER_BIDIR
-        if elig and flags & F_NAT and mem[ci, C_NAT] != 0:
-            elig = False
+        else:
+            elig = found and ok_pkt and mem[ci, C_L4ST] == ICMP_REPLY
         work[r, W_CONN] = ci
         work[r, W_DIR] = di
         work[r, W_ELIG] = 1 if elig else 0
@@ -245,8 +324,8 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             zc = zones[r]
             if keys[_CT_ZONE, g] == zc and (keys[_CT_STATE, g] & np.uint64(_NAT_BITS)) != 0:
                 src, dst = keys[_NW_SRC, g], keys[_NW_DST, g]
-                sp, dp = keys[_TP_SRC, g], keys[_TP_DST, g]
-                meta = zc | np.uint64((IP_TCP if kind == _TCP_ROW else IP_UDP) << 16)
+                sp, dp = _ports(kind, keys, data, g, np.int64(l4[g]))
+                meta = zc | (_PROTO[kind] << np.uint64(16))
                 rv = _get(kv, _tuple_hash(meta, dst, src, (dp << np.uint64(32)) | sp))
                 if rv >= 0:
                     mark[rv >> 1] = 1
@@ -258,10 +337,15 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         if work[r, W_ELIG]:
             ci = work[r, W_CONN]
             g = rows[r]
-            if work[r, W_CAND] == _TCP_ROW:
-                bad = check and not _checksums_ok(data, g, u3, hl)
+            kind = work[r, W_CAND]
+            if not check:
+                bad = False
+            elif kind == _TCP_ROW:
+                bad = not _checksums_ok(data, g, u3, hl)
+            elif kind == _UDP_ROW:
+                bad = not _udp_checksums_ok(data, g, np.int64(l3[g]), np.int64(l4[g]))
             else:
-                bad = check and not _udp_checksums_ok(data, g, np.int64(l3[g]), np.int64(l4[g]))
+                bad = not _icmp_checksums_ok(data, g, np.int64(l3[g]), np.int64(l4[g]))
             if mark[ci] or bad:
                 work[r, W_ELIG] = 0
             else:
@@ -276,7 +360,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             ci = work[r, W_CONN]
             count[ci] += 1
             work[r, W_FOUND] = count[ci]
-    # Pass 3: the updates, in batch order, and the metadata.
+    # Pass 3: the updates, in batch order, the metadata and NAT.
     nbad = 0
     liberal = flags & F_LIBERAL
     for r in range(m):
@@ -285,7 +369,8 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         g = rows[r]
         ci = work[r, W_CONN]
         di = work[r, W_DIR]
-        if work[r, W_CAND] == _TCP_ROW:
+        kind = work[r, W_CAND]
+        if kind == _TCP_ROW:
             # conntrack_fast settles a connection's rows past the _LAYERS-th in prefix-
             # maxima rounds, each up to its next invalid row; with several such rows,
             # the rows after the _LAYERS-th of their invalid ones are left to the batch
@@ -309,11 +394,17 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
                     mark[ci] += 1
         else:
             ok = True
-            memf[ci, C_EXP] = now + tmo[1]
+            memf[ci, C_EXP] = now + tmo[1 if kind == _UDP_ROW else 2]
         zc = zones[r]
         s = keys[_CT_STATE, g] if keys[_CT_ZONE, g] == zc else np.uint64(0)
         s = (s | np.uint64(EST) | (np.uint64(RPL) if di else np.uint64(0))) & ~np.uint64(NEW)
         st = (s if ok else np.uint64(INV)) | np.uint64(TRK)
+        natc = mem[ci, C_NAT]
+        nat = flags & F_NAT and natc != 0
+        if nat:
+            # OVS translates whatever the update said, invalid packets included.
+            st |= np.uint64(SNAT_BIT) if ((natc & SNAT) != 0) != (di == 1) \
+                else np.uint64(DNAT_BIT)
         keys[_CT_FIRST, g] = st
         keys[_CT_FIRST + 1, g] = zc
         keys[_CT_FIRST + 2, g] = mem[ci, C_MARK]
@@ -324,16 +415,26 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         for j in range(7, 11):
             keys[_CT_FIRST + j, g] = 0
         keys[_CT_FIRST + 11, g] = mem[ci, C_PROTO]
-        keys[_CT_FIRST + 12, g] = mem[ci, C_TUP + 4]
-        keys[_CT_FIRST + 13, g] = mem[ci, C_TUP + 5]
+        if kind == _ICMP_ROW:
+            keys[_CT_FIRST + 12, g] = mem[ci, C_TUP + 4] & np.uint64(0xFF)
+            keys[_CT_FIRST + 13, g] = 0
+        else:
+            keys[_CT_FIRST + 12, g] = mem[ci, C_TUP + 4]
+            keys[_CT_FIRST + 13, g] = mem[ci, C_TUP + 5]
+        if nat:
+            # To the other direction's tuple, reversed.
+            o = C_TUP + 6 - 6 * di
+            _nat4(data, keys, g, np.int64(l3[g]), np.int64(l4[g]), kind, mem[ci, o + 3],
+                  mem[ci, o + 1], mem[ci, o + 5], mem[ci, o + 4])
     stats[0] = k
     stats[1] = nbad
     return k
 
 
 def express(ct, b: CtBatch) -> np.ndarray:
-    """conntrack_fast.express compiled, UDP/IPv4 of two-way connections included (same
-    contract: the positions in b.rows of the rows left over)."""
+    """conntrack_fast.express compiled, UDP/IPv4 and ICMP/IPv4 queries of two-way
+    connections and NAT included (same contract: the positions in b.rows of the rows left
+    over)."""
     tab = ct.table
     m = b.rows.size
     if tab.overflow:
@@ -350,7 +451,7 @@ def express(ct, b: CtBatch) -> np.ndarray:
                        parsed.error.astype(np.uint8, copy=False),
                        b.zones.astype(np.uint64, copy=False), tab.index.kv, mem,
                        mem.view(np.int64), mem.view(np.float64), float(b.now), fl,
-                       ct.tmo[[T.TM_TCP_EST, TM_OTHER_BIDIR]], work, tab.scratch(np.int8),
+                       ct.tmo[TIMEOUTS], work, tab.scratch(np.int8),
                        tab.scratch(np.int64), stats)
     if k == 0:
         return np.arange(m)

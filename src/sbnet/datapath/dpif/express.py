@@ -10,10 +10,9 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.parse import Parsed
-from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_LIBERAL, W_ELIG,
+from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_LIBERAL, F_NAT, W_ELIG,
+                                             TIMEOUTS as CT_TIMEOUTS,
                                              express_kernel as ct_kernel)
-from sbnet.datapath.conntrack_table import TM_OTHER_BIDIR
-from sbnet.datapath.conntrack_tcp import TM_TCP_EST
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
@@ -234,7 +233,7 @@ class ExpressLane:
         self._ws = np.zeros((F.N_SLOTS, 256), np.uint64)    # keys, reused (see _keys)
         self._lane_n = self._all_n = self._n = 0
         # conntrack's timeouts are fixed when it is made.
-        self._tmo = dpif.conntrack.tmo[[TM_TCP_EST, TM_OTHER_BIDIR]].astype(np.float64)
+        self._tmo = dpif.conntrack.tmo[CT_TIMEOUTS].astype(np.float64)
 
     def _refresh(self) -> None:
         d = self.dpif
