@@ -82,7 +82,9 @@ class AfPacketPort(Port):
         self.ifname, self.netns = ifname, netns
         self.tx_errors = 0
         with in_netns(netns):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            # Protocol 0 until bound: a packet socket made for ETH_P_ALL hears every
+            # interface (loopback included) until bind() narrows it to one.
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             self._filter_outgoing = False
