@@ -244,6 +244,11 @@ def test_express_nat_and_icmp_same_as_numpy(seed, n, rounds):
     for _ in range(rounds):
         now += r.choice((0.5, 1.0, 6.0))
         pkts = [_natted_traffic(r, r.choice(conns)) for _ in range(r.randint(1, 12))]
+        # and packets of connections no ct(commit) made: +new without a commit
+        pkts += [_natted_traffic(r, Conv(r.choice(("tcp", "udp", "icmp")), None,
+                                         r.randrange(20000, 30000), r))
+                 for _ in range(r.choice((0, 0, 1, 3)))]
+        r.shuffle(pkts)
         nat = r.choice((None, NatSpec(), conns[0].spec))
         pre = [(i, natted, 0) for i in range(len(pkts)) if r.random() < 0.05]
         pair.run(pkts, commit=nat is not None and nat.kind is not None, now=now, pre=pre,

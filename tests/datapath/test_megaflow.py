@@ -240,3 +240,34 @@ def test_subtable_finds_every_live_megaflow_through_inserts_and_removes():
     want = np.array([i if i in rows else -1 for i in range(3500)])
     assert (got == want).all()
 
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_lookup_finds_what_the_numpy_lookup_finds(seed):
+    """The megaflow cache's compiled lookup (small batches) against its numpy lookup, over
+    subtables of several masks through inserts, removes, rebuilds and hash collisions."""
+    from sbnet.datapath.dpif.megaflow import MegaflowCache
+    r = random.Random(seed)
+    n_slots = 8
+    masks = [tuple(r.choice((0, 0, 0xFF, 0xFFFF, 0xFFFFFFFF)) for _ in range(n_slots))
+             for _ in range(5)]
+    caches = [MegaflowCache(compiled=c) for c in (True, False)]
+    live: list[int] = []
+    keys = np.array([[r.randrange(4) for _ in range(400)] for _ in range(n_slots)],
+                    dtype=np.uint64)
+    for step in range(6):
+        for _ in range(r.choice((5, 60, 300))):
+            wc = list(r.choice(masks))
+            key = [int(keys[j, r.randrange(400)]) for j in range(n_slots)]
+            for c in caches:
+                c.add(wc, key, (), 0, [], "forwarded", 0, 0.0)
+            live.append(caches[0].next_id - 1)
+        for mf in r.sample(live, len(live) // 3):
+            live.remove(mf)
+            for c in caches:
+                c.remove(mf)
+        for size in (1, 7, 64, 256):
+            rows = np.array(r.sample(range(400), size), dtype=np.intp)
+            got, want = (c.lookup(keys, rows) for c in caches)
+            assert (got == want).all()
+    assert (caches[0].lookup(keys, np.arange(400)) >= 0).any()

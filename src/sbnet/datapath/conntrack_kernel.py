@@ -19,11 +19,15 @@ _NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _
 _CT_STATE, _CT_ZONE = _S["ct_state"], _S["ct_zone"]
 _LAYERS = 4            # rows of one connection conntrack_fast settles without prefix maxima
 # express_kernel's flags argument.
-F_NAT, F_CHECKSUMS, F_LIBERAL = 1, 2, 4
-# express_kernel's per-row work columns.
-W_CAND, W_CONN, W_DIR, W_ELIG, W_FOUND = range(5)
+F_NAT, F_CHECKSUMS, F_LIBERAL, F_COMMIT = 1, 2, 4, 8
+# express_kernel's per-row work columns, and its stats.
+W_CAND, W_CONN, W_DIR, W_ELIG, W_FOUND, W_MISS = range(6)
+WORK_W = 6
+S_ROWS, S_BAD, S_MISS = range(3)
 _TCP_ROW, _UDP_ROW, _ICMP_ROW = 1, 2, 3      # work[r, W_CAND]
 _PROTO = np.array([0, IP_TCP, IP_UDP, IP_ICMP], np.uint64)     # by work[r, W_CAND]
+_ICMP_NEW = np.zeros(256, np.bool_)     # the ICMP types that may start a connection
+_ICMP_NEW[[8, 13, 15]] = True
 # The timeouts express_kernel takes (its tmo argument), in this order.
 TIMEOUTS = [T.TM_TCP_EST, TM_OTHER_BIDIR, TM_ICMP_REPLY]
 
@@ -226,10 +230,12 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
     ct_* metadata and table writes; and the UDP/IPv4 and ICMP/IPv4 query rows of
     connections seen both ways, which the batch path would update as steady() does
     (timeout, +est, [+rpl]).  With F_NAT (a ct(nat) action), rows of NATed connections
-    are translated as Conntrack._nat_rewrite does.  A connection with any row off the
-    express path keeps all its rows off it.  tmo: the timeouts named by TIMEOUTS.
-    work[r, W_ELIG] is 1 for the rows it handled; stats gets (express rows, invalid
-    among them).  Returns the number of express rows."""
+    are translated as Conntrack._nat_rewrite does.  Without F_COMMIT, a row whose tuple
+    the index does not hold at all is +new, as conn_not_found() says without a commit
+    (a mid-stream ACK, UDP, an ICMP query), and changes nothing.  A connection with any
+    row off the express path keeps all its rows off it.  tmo: the timeouts named by
+    TIMEOUTS.  work[r, W_ELIG] is 1 for the rows it handled; stats gets (express rows,
+    invalid among them, misses among them).  Returns the number of express rows."""
     m = rows.shape[0]
     width = data.shape[1]
     cap = mem.shape[0] - 1
@@ -241,6 +247,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         work[r, W_CAND] = 0
         work[r, W_ELIG] = 0
         work[r, W_CONN] = -1
+        work[r, W_MISS] = 0
         if keys[_ETH_TYPE, g] == ETH_IP and error[g] == 0 and l3[g] >= 0 and l4[g] >= 0 \
                 and (keys[_NW_FRAG, g] & np.uint64(1)) == 0:
             proto = keys[_NW_PROTO, g]
@@ -309,6 +316,10 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             elig = found and ok_pkt and mem[ci, C_L4ST] == OTHER_BIDIR
         else:
             elig = found and ok_pkt and mem[ci, C_L4ST] == ICMP_REPLY
+        if v < 0 and ok_pkt and not flags & F_COMMIT \
+                and (kind != _ICMP_ROW or _ICMP_NEW[keys[_TP_SRC, g]]):
+            elig = True
+            work[r, W_MISS] = 1
         work[r, W_CONN] = ci
         work[r, W_DIR] = di
         work[r, W_ELIG] = 1 if elig else 0
@@ -356,12 +367,13 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
     # Each TCP row's place among its connection's express rows (W_FOUND, from 1), and
     # their number (count).
     for r in range(m):
-        if work[r, W_ELIG] and work[r, W_CAND] == _TCP_ROW:
+        if work[r, W_ELIG] and work[r, W_CAND] == _TCP_ROW and not work[r, W_MISS]:
             ci = work[r, W_CONN]
             count[ci] += 1
             work[r, W_FOUND] = count[ci]
     # Pass 3: the updates, in batch order, the metadata and NAT.
     nbad = 0
+    nmiss = 0
     liberal = flags & F_LIBERAL
     for r in range(m):
         if not work[r, W_ELIG]:
@@ -370,6 +382,22 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
         ci = work[r, W_CONN]
         di = work[r, W_DIR]
         kind = work[r, W_CAND]
+        if work[r, W_MISS]:
+            # No connection: the packet's own tuple as the original (write_ct_md).
+            nmiss += 1
+            sp, dp = _ports(kind, keys, data, g, np.int64(l4[g]))
+            keys[_CT_FIRST, g] = np.uint64(NEW | TRK)
+            keys[_CT_FIRST + 1, g] = zones[r]
+            for j in range(2, 5):
+                keys[_CT_FIRST + j, g] = 0
+            keys[_CT_FIRST + 5, g] = keys[_NW_SRC, g]
+            keys[_CT_FIRST + 6, g] = keys[_NW_DST, g]
+            for j in range(7, 11):
+                keys[_CT_FIRST + j, g] = 0
+            keys[_CT_FIRST + 11, g] = _PROTO[kind]
+            keys[_CT_FIRST + 12, g] = sp & np.uint64(0xFF) if kind == _ICMP_ROW else sp
+            keys[_CT_FIRST + 13, g] = 0 if kind == _ICMP_ROW else dp
+            continue
         if kind == _TCP_ROW:
             # conntrack_fast settles a connection's rows past the _LAYERS-th in prefix-
             # maxima rounds, each up to its next invalid row; with several such rows,
@@ -426,8 +454,9 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             o = C_TUP + 6 - 6 * di
             _nat4(data, keys, g, np.int64(l3[g]), np.int64(l4[g]), kind, mem[ci, o + 3],
                   mem[ci, o + 1], mem[ci, o + 5], mem[ci, o + 4])
-    stats[0] = k
-    stats[1] = nbad
+    stats[S_ROWS] = k
+    stats[S_BAD] = nbad
+    stats[S_MISS] = nmiss
     return k
 
 
@@ -441,10 +470,10 @@ def express(ct, b: CtBatch) -> np.ndarray:
         return np.arange(m)
     parsed = b.parsed
     mem = tab.mem
-    work = np.empty((m, 5), np.int64)
-    stats = np.zeros(2, np.int64)
+    work = np.empty((m, WORK_W), np.int64)
+    stats = np.zeros(3, np.int64)
     fl = (F_NAT if b.nat is not None else 0) | (F_CHECKSUMS if ct.checksums else 0) \
-        | (F_LIBERAL if ct.tcp_liberal else 0)
+        | (F_LIBERAL if ct.tcp_liberal else 0) | (F_COMMIT if b.commit else 0)
     k = express_kernel(b.batch.data, b.rows.astype(np.int64, copy=False),
                        parsed.l3.astype(np.int32, copy=False),
                        parsed.l4.astype(np.int32, copy=False), parsed.keys,
@@ -455,11 +484,15 @@ def express(ct, b: CtBatch) -> np.ndarray:
                        tab.scratch(np.int64), stats)
     if k == 0:
         return np.arange(m)
-    s = ct.stats
+    count_express(ct.stats, stats)
+    return np.flatnonzero(work[:, W_ELIG] == 0)
+
+
+def count_express(s: dict, stats: np.ndarray) -> None:
+    """Conntrack's counters for what express_kernel did, as the batch path counts them."""
+    k, nbad, miss = int(stats[S_ROWS]), int(stats[S_BAD]), int(stats[S_MISS])
     s["packets"] += k
-    s["lookups_hit"] += k
-    s["fast_path"] += k
-    nbad = int(stats[1])
+    s["lookups_hit"] += k - miss
+    s["fast_path"] += k - miss
     s["invalid"] += nbad
     s["tcp_seq_chk_failed"] += nbad
-    return np.flatnonzero(work[:, W_ELIG] == 0)

@@ -10,8 +10,8 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.parse import Parsed
-from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_LIBERAL, F_NAT, W_ELIG,
-                                             TIMEOUTS as CT_TIMEOUTS,
+from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F_NAT, W_ELIG,
+                                             TIMEOUTS as CT_TIMEOUTS, WORK_W, count_express,
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
@@ -19,20 +19,57 @@ from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.tunnel_fast import encap_kernel
 from sbnet.flows import fields as F
 
-# Program kinds, one row per datapath action list (prog[aid]): what the lane does itself.
-K_NONE, K_OUTPUT, K_TUNNEL, K_CT, K_DROP = range(5)
-PROG_W = 8
-MAX_OUT = PROG_W - 2          # outputs a K_OUTPUT program may name
+# Programs, one row per datapath action list (prog[aid]): whether the lane runs it (K_RUN;
+# K_NONE: its packets go to the general path before they are counted), its number of
+# steps, whether it recirculates, then the steps, OP_W words each: (op, argument,
+# argument, index of the datapath action it does).
+K_NONE, K_RUN = 0, 1
+P_KIND, P_OPS, P_RECIRC, P_FIRST = 0, 1, 2, 4
+OP_OUTPUT, OP_TUNNEL, OP_CT, OP_RECIRC, OP_ETH_DST, OP_ETH_SRC, OP_TTL4, OP_TTL6 = range(1, 9)
+OP_W, MAX_OPS = 4, 10
+PROG_W = P_FIRST + OP_W * MAX_OPS
 # Why a row left the lane (hand[g]): still to look up at hand_depth (with its keys as they
-# are: recirc_id and ct_* set), or looked up and counted, its actions still to run.
+# are: recirc_id and ct_* set), or looked up and counted, the actions of its flow still to
+# run from one of them on.
 H_DONE, H_LOOKUP, H_ACTIONS, H_PARSE = 0, 1, 2, 3
 _RECIRC_ID, _TCP_FLAGS = F.SLOT_INDEX["recirc_id"], F.SLOT_INDEX["tcp_flags"]
+_ETH_SRC, _ETH_DST, _NW_TTL = F.SLOT_INDEX["eth_src"], F.SLOT_INDEX["eth_dst"], F.SLOT_INDEX["nw_ttl"]
 TUN_SLOTS = [F.SLOT_INDEX[s] for s in ("tun_id", "tun_src", "tun_dst", "tun_flags")]
 _TUN_ID, _TUN_SRC, _TUN_DST, _TUN_FLAGS = TUN_SLOTS
 # Every slot the lane's kernels write: extract's, the tunnel's, recirc_id and ct_*.
 _LANE_SLOTS = np.array(sorted(set(EXTRACT_SLOTS) | set(TUN_SLOTS) | {_RECIRC_ID} | set(
     range(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1))), np.intp)
 TMPL_W = 64
+
+
+@numba.njit(cache=True, inline="always")
+def _in_call(prog, aid, pc, zone, how):
+    """Whether the ct step pc of program aid (aid -1: done) is one of the ct call's."""
+    return aid >= 0 and prog[aid, P_FIRST + OP_W * pc + 1] == zone \
+        and prog[aid, P_FIRST + OP_W * pc + 2] == how
+
+
+@numba.njit(cache=True)
+def _set(data, keys, g, start, l3, op, v):
+    """One set_field step on row g, as execute() writes it (the IPv4 header checksum
+    updated as RFC 1624 says), and the key slot a later lookup reads."""
+    if op == OP_ETH_DST or op == OP_ETH_SRC:
+        at = start if op == OP_ETH_DST else start + 6
+        for j in range(6):
+            data[g, at + j] = np.uint8((v >> (40 - 8 * j)) & 0xFF)
+        keys[_ETH_DST if op == OP_ETH_DST else _ETH_SRC, g] = np.uint64(v)
+    elif l3 >= 0:
+        if op == OP_TTL4:
+            old = (np.int64(data[g, l3 + 8]) << 8) | np.int64(data[g, l3 + 9])
+            new = (old & 0xFF) | ((v & 0xFF) << 8)
+            ck = (np.int64(data[g, l3 + 10]) << 8) | np.int64(data[g, l3 + 11])
+            t = (ck ^ 0xFFFF) + 0xFFFF - old + new
+            t = (t & 0xFFFF) + (t >> 16)
+            t = ((t & 0xFFFF) + (t >> 16)) ^ 0xFFFF
+            data[g, l3 + 10] = np.uint8(t >> 8)
+            data[g, l3 + 11] = np.uint8(t & 0xFF)
+        data[g, l3 + 8 if op == OP_TTL4 else l3 + 7] = np.uint8(v & 0xFF)
+        keys[_NW_TTL, g] = np.uint64(v & 0xFF)
 
 
 @numba.njit("int64(uint8[:, :], int32[:], int32[:], uint32[:], uint64[:, :], int32[:], int32[:],"
@@ -45,26 +82,27 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                 table, matches, action_of, prog, packets, nbytes, used, tcp_flags, now, tmpl,
                 tprm, ct_ok, kv, mem, ct_flags, tmo, mark, count, enc, enc_len, outs, hand,
                 max_recirc, stats):
-    """Every row of `rows` through the signature cache and its datapath flow's actions,
-    pass after pass, as far as the lane can take it: counters, outputs (recorded in
-    outs: row, port, tunnel ofport or -1 for a plain output), VXLAN push (the outer frame
-    of row g into enc[g]), ct on established connections (conntrack's compiled express
-    path) and recirculation.  A row the lane cannot finish is handed back (hand[g]) at
-    the point it reached: hand[g] = (H_LOOKUP, H_ACTIONS or H_PARSE, pass, action id).
-    stats: ct express rows, invalid among them, outputs, rows the cache took (a row
-    handed back at its lookup is the general path's to count), whether every row went
-    out once, in order, to one place.  Returns the number of rows handed back."""
+    """Every row of `rows` through the signature cache and its datapath flow's program,
+    pass after pass, as far as the lane can take it: counters, outputs (recorded in outs:
+    row, port, tunnel ofport or -1 for a plain output), Ethernet addresses and TTL set,
+    VXLAN push (the outer frame of row g into enc[g]), ct with or without NAT on
+    established connections (conntrack's compiled express path) and recirculation.  A
+    row the lane cannot finish is handed back (hand[g]) at the point it reached:
+    hand[g] = (H_LOOKUP, H_ACTIONS or H_PARSE, pass, action id, index of the first of its
+    actions still to run).  stats: ct express rows, invalid among them, outputs, rows the
+    cache took (a row handed back at its lookup is the general path's to count), whether
+    every row went out once, in order, to one place.  Returns the number of rows handed
+    back."""
     n = rows.shape[0]
     active = rows.copy()
     n_hand = 0
-    ct_stats = stats[:2]
-    ct_stats[0] = 0
-    ct_stats[1] = 0
-    stats = stats[2:]
+    ct_stats = stats[:3]
+    ct_stats[:] = 0
+    stats = stats[3:]
     hashed = _HASHED
     memi = mem.view(np.int64)
     memf = mem.view(np.float64)
-    work = np.empty((n, 5), np.int64)
+    work = np.empty((n, WORK_W), np.int64)
     slow = np.zeros(data.shape[0], np.bool_)
     for g in range(tun.shape[0]):
         # Decapsulated here: the outer headers' fields OpenFlow sees (only the OAM flag).
@@ -89,11 +127,15 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     nxt = np.empty(n, np.int64)
     ct_rows = np.empty(n, np.int64)
     ct_aid = np.empty(n, np.int64)
+    ct_pc = np.empty(n, np.int64)
+    run_row = np.empty(n, np.int64)
+    run_aid = np.empty(n, np.int64)
+    run_pc = np.empty(n, np.int64)
     sub = np.empty(n, np.int64)
     zones = np.empty(n, np.uint64)
     hashes = np.empty(n, np.uint64)
     found = np.empty(n, np.int64)
-    cst = np.zeros(2, np.int64)
+    cst = np.zeros(3, np.int64)
     size_mask = np.uint64(table.shape[0] - 2)
     n_out = 0
     hits = 0
@@ -110,7 +152,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
             f = found[a]
             if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, active[a], matches[f])):
                 found[a] = -1
-        n_ct = 0
+        n_run = 0
         n_next = 0
         for a in range(n_act):
             g = active[a]
@@ -121,8 +163,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                 n_hand += 1
                 continue
             aid = action_of[f]
-            kind = prog[aid, 0]
-            if kind == K_NONE or (kind == K_CT and (not ct_ok or depth + 1 >= max_recirc)):
+            if prog[aid, P_KIND] == K_NONE or (prog[aid, P_RECIRC] and depth + 1 >= max_recirc):
                 hand[g, 0] = H_LOOKUP
                 hand[g, 1] = depth
                 n_hand += 1
@@ -132,69 +173,96 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
             nbytes[f] += length[g]
             used[f] = now
             tcp_flags[f] |= np.uint16(keys[_TCP_FLAGS, g])
-            if kind == K_OUTPUT:
-                for k in range(prog[aid, 1]):
-                    outs[n_out, 0] = g
-                    outs[n_out, 1] = prog[aid, 2 + k]
-                    outs[n_out, 2] = -1
-                    n_out += 1
-            elif kind == K_TUNNEL:
-                t = prog[aid, 1]
-                if encap_kernel(data[g:g + 1], start[g:g + 1], length[g:g + 1],
-                                tmpl[t, :tprm[t, 1]], tprm[t, :6], enc[g:g + 1]) < 0:
-                    hand[g, 0] = H_ACTIONS
-                    hand[g, 1] = depth
-                    hand[g, 2] = aid
-                    n_hand += 1
-                    continue
-                enc_len[g] = length[g] + np.int32(tprm[t, 1])
-                outs[n_out, 0] = g
-                outs[n_out, 1] = tprm[t, 6]
-                outs[n_out, 2] = prog[aid, 2]
-                n_out += 1
-            elif kind == K_CT:
-                ct_rows[n_ct] = g
-                ct_aid[n_ct] = aid
-                n_ct += 1
-        # ct, one call per zone (in batch order within it), as one ct() action would.
-        done = 0
-        while done < n_ct:
-            z = -1
-            m = 0
-            for c in range(n_ct):
-                aid = ct_aid[c]
-                if aid < 0:
-                    continue
-                if z < 0:
-                    z = prog[aid, 1]
-                if prog[aid, 1] == z:
-                    sub[m] = ct_rows[c]
-                    zones[m] = np.uint64(z)
-                    m += 1
-            cst[0] = 0
-            cst[1] = 0
-            ct_kernel(data, sub[:m], l3, l4, keys, error, zones[:m], kv, mem, memi, memf, now,
-                      ct_flags, tmo, work[:m], mark, count, cst)
-            ct_stats[0] += cst[0]
-            ct_stats[1] += cst[1]
-            r = 0
-            for c in range(n_ct):
-                aid = ct_aid[c]
-                if aid < 0 or prog[aid, 1] != z:
-                    continue
-                g = ct_rows[c]
-                if work[r, W_ELIG]:
-                    keys[_RECIRC_ID, g] = np.uint64(prog[aid, 2])
-                    nxt[n_next] = g
-                    n_next += 1
-                else:
-                    hand[g, 0] = H_ACTIONS
-                    hand[g, 1] = depth
-                    hand[g, 2] = aid
-                    n_hand += 1
-                ct_aid[c] = -1
-                r += 1
-                done += 1
+            run_row[n_run] = g
+            run_aid[n_run] = aid
+            run_pc[n_run] = 0
+            n_run += 1
+        # Each row's steps up to its next ct (or its end); then ct, one call per zone and
+        # kind (NAT, commit; in batch order within it), as one ct() action would; again
+        # from there.
+        while n_run:
+            n_ct = 0
+            for c in range(n_run):
+                g = run_row[c]
+                aid = run_aid[c]
+                pc = run_pc[c]
+                while pc < prog[aid, P_OPS]:
+                    at = P_FIRST + OP_W * pc
+                    op = prog[aid, at]
+                    if op == OP_CT:
+                        ct_rows[n_ct] = g
+                        ct_aid[n_ct] = aid
+                        ct_pc[n_ct] = pc
+                        n_ct += 1
+                        break
+                    if op == OP_OUTPUT:
+                        outs[n_out, 0] = g
+                        outs[n_out, 1] = prog[aid, at + 1]
+                        outs[n_out, 2] = -1
+                        n_out += 1
+                    elif op == OP_TUNNEL:
+                        t = prog[aid, at + 1]
+                        if encap_kernel(data[g:g + 1], start[g:g + 1], length[g:g + 1],
+                                        tmpl[t, :tprm[t, 1]], tprm[t, :6], enc[g:g + 1]) < 0:
+                            hand[g, 0] = H_ACTIONS
+                            hand[g, 1] = depth
+                            hand[g, 2] = aid
+                            hand[g, 3] = prog[aid, at + 3]
+                            n_hand += 1
+                            break
+                        enc_len[g] = length[g] + np.int32(tprm[t, 1])
+                        outs[n_out, 0] = g
+                        outs[n_out, 1] = tprm[t, 6]
+                        outs[n_out, 2] = prog[aid, at + 2]
+                        n_out += 1
+                    elif op == OP_RECIRC:
+                        keys[_RECIRC_ID, g] = np.uint64(prog[aid, at + 1])
+                        nxt[n_next] = g
+                        n_next += 1
+                    else:
+                        _set(data, keys, g, np.int64(start[g]), np.int64(l3[g]), op,
+                             prog[aid, at + 1])
+                    pc += 1
+            n_run = 0
+            done = 0
+            while done < n_ct:
+                z = -1
+                how = 0
+                m = 0
+                for c in range(n_ct):
+                    aid = ct_aid[c]
+                    if aid >= 0 and z < 0:
+                        z = prog[aid, P_FIRST + OP_W * ct_pc[c] + 1]
+                        how = prog[aid, P_FIRST + OP_W * ct_pc[c] + 2]
+                    if _in_call(prog, aid, ct_pc[c], z, how):
+                        sub[m] = ct_rows[c]
+                        zones[m] = np.uint64(z)
+                        m += 1
+                cst[:] = 0
+                ct_kernel(data, sub[:m], l3, l4, keys, error, zones[:m], kv, mem, memi, memf,
+                          now, ct_flags | how, tmo, work[:m], mark, count, cst)
+                ct_stats += cst
+                r = 0
+                for c in range(n_ct):
+                    aid = ct_aid[c]
+                    if not _in_call(prog, aid, ct_pc[c], z, how):
+                        continue
+                    at = P_FIRST + OP_W * ct_pc[c]
+                    g = ct_rows[c]
+                    if work[r, W_ELIG]:
+                        run_row[n_run] = g
+                        run_aid[n_run] = aid
+                        run_pc[n_run] = ct_pc[c] + 1
+                        n_run += 1
+                    else:
+                        hand[g, 0] = H_ACTIONS
+                        hand[g, 1] = depth
+                        hand[g, 2] = aid
+                        hand[g, 3] = prog[aid, at + 3]
+                        n_hand += 1
+                    ct_aid[c] = -1
+                    r += 1
+                    done += 1
         for a in range(n_next):
             active[a] = nxt[a]
         n_act = n_next
@@ -214,10 +282,10 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
 class ExpressLane:
     """The datapath flows' action lists as programs the lane runs, and its calls.
 
-    A program is one row: a kind (plain outputs, a VXLAN/IPv4 push to a resolved
-    destination, ct without commit, NAT or metadata followed by recirculation, drop)
-    and its arguments; any other action list is K_NONE and its packets are handed to the
-    general path before they are counted.  Tunnel programs hold an outer-header template,
+    A program is one row of steps: outputs, a VXLAN/IPv4 push to a resolved destination,
+    Ethernet address and TTL sets, ct (commit and NAT included, without mark, label or
+    force), a final recirculation; nothing at all is a drop.  Any other action list is
+    K_NONE and its packets are handed to the general path before they are counted.  Tunnel programs hold an outer-header template,
     so they are rebuilt when the underlay or the tunnel ports change."""
 
     def __init__(self, dpif) -> None:
@@ -228,8 +296,9 @@ class ExpressLane:
         self.tprm = np.zeros((8, 8), np.int64)
         self.n_tmpl = 0
         self._version = self._generation = -1
-        # ct, stats, then the kernel's: outputs, rows the cache took, whole batch out.
-        self._stats = np.zeros(5, np.int64)
+        # ct's (conntrack_kernel.S_*), then the lane's: outputs, rows the cache took,
+        # whole batch out.
+        self._stats = np.zeros(6, np.int64)
         self._ws = np.zeros((F.N_SLOTS, 256), np.uint64)    # keys, reused (see _keys)
         self._lane_n = self._all_n = self._n = 0
         # conntrack's timeouts are fixed when it is made.
@@ -252,20 +321,39 @@ class ExpressLane:
 
     def _program(self, acts: tuple) -> np.ndarray:
         row = np.zeros(PROG_W, np.int64)
-        if not acts:
-            row[0] = K_DROP
-        elif all(isinstance(a, odp.Output) for a in acts):
-            ports = [a.port for a in acts]
-            if len(ports) <= MAX_OUT and F.OFPP_CONTROLLER not in ports:
-                row[0], row[1] = K_OUTPUT, len(ports)
-                row[2:2 + len(ports)] = ports
-        elif len(acts) == 1 and isinstance(acts[0], odp.TunnelPush):
-            t = self._template(acts[0])
-            if t is not None:
-                row[0], row[1], row[2] = K_TUNNEL, t, acts[0].ofport
-        elif (len(acts) == 2 and isinstance(acts[0], odp.Ct) and isinstance(acts[1], odp.Recirc)
-              and acts[0] == odp.Ct(zone=acts[0].zone)):
-            row[0], row[1], row[2] = K_CT, acts[0].zone, acts[1].recirc_id
+        ops = []
+        # Outputs leave with the row's final bytes: no edit may follow them, not even in a
+        # later pass.
+        out = False
+        for i, a in enumerate(acts):
+            if isinstance(a, odp.Output) and a.port != F.OFPP_CONTROLLER:
+                ops.append((OP_OUTPUT, a.port, 0, i))
+                out = True
+            elif isinstance(a, odp.TunnelPush):
+                t = self._template(a)
+                if t is None:
+                    return row
+                ops.append((OP_TUNNEL, t, a.ofport, i))
+                out = True
+            elif isinstance(a, odp.Ct) and not out and a.mark is None and a.label is None \
+                    and not a.force:
+                # commit adds nothing for an established connection; the others go up.
+                ops.append((OP_CT, a.zone, (F_NAT if a.nat is not None else 0)
+                            | (F_COMMIT if a.commit else 0), i))
+            elif isinstance(a, odp.Recirc) and i == len(acts) - 1 and not out:
+                ops.append((OP_RECIRC, a.recirc_id, 0, i))
+                row[P_RECIRC] = 1
+            elif isinstance(a, odp.SetFields) and not out and _SETS.get(
+                    (a.header, tuple(n for n, _ in a.fields))) is not None:
+                ops.extend((op, v, 0, i) for op, (_, v) in zip(
+                    _SETS[a.header, tuple(n for n, _ in a.fields)], a.fields))
+            else:
+                return row
+        if len(ops) > MAX_OPS:
+            return row
+        row[P_KIND], row[P_OPS] = K_RUN, len(ops)
+        for k, op in enumerate(ops):
+            row[P_FIRST + OP_W * k:P_FIRST + OP_W * (k + 1)] = op
         return row
 
     def _template(self, push: odp.TunnelPush) -> int | None:
@@ -312,8 +400,8 @@ class ExpressLane:
             fresh = False
         enc = self._enc(n, batch.data.shape[1])
         enc_len = np.zeros(n if self.n_tmpl else 0, np.int32)
-        outs = np.empty((n * MAX_OUT, 3), np.int64)
-        hand = np.zeros((n, 3), np.int64)
+        outs = np.empty((n * MAX_OPS, 3), np.int64)
+        hand = np.zeros((n, 4), np.int64)
         mem = tab.mem
         i32 = np.int32
         st = self._stats
@@ -327,19 +415,12 @@ class ExpressLane:
             tab.index.kv, mem, (F_CHECKSUMS if ct.checksums else 0)
             | (F_LIBERAL if ct.tcp_liberal else 0), self._tmo, tab.scratch(np.int8),
             tab.scratch(np.int64), enc, enc_len, outs, hand, max_recirc, st)
-        kept = int(st[3])
+        kept = int(st[4])
         smc.lookups += kept
         smc.hits += kept
-        k = int(st[0])
-        if k:
-            s = ct.stats
-            nbad = int(st[1])
-            s["packets"] += k
-            s["lookups_hit"] += k
-            s["fast_path"] += k
-            s["invalid"] += nbad
-            s["tcp_seq_chk_failed"] += nbad
-        return LaneResult(parsed, rows, outs[:int(st[2])], bool(st[4]), hand, n_hand, enc,
+        if st[0]:
+            count_express(ct.stats, st[:3])
+        return LaneResult(parsed, rows, outs[:int(st[3])], bool(st[5]), hand, n_hand, enc,
                           enc_len)
 
     def _keys(self, n: int) -> np.ndarray:
@@ -378,12 +459,16 @@ class LaneResult(NamedTuple):
     rows: np.ndarray
     outs: np.ndarray        # (row, port, tunnel ofport or -1) per output
     whole: bool             # every row output once, in order, to one place
-    hand: np.ndarray        # per row: (H_*, pass, action id)
+    hand: np.ndarray        # per row: (H_*, pass, action id, first action still to run)
     n_hand: int
     enc: np.ndarray         # outer frames of tunnelled rows
     enc_len: np.ndarray
 
 
+# SetFields the lane writes itself: (header, field names) -> one step per field.
+_SETS = {("eth", ("eth_dst",)): (OP_ETH_DST,), ("eth", ("eth_src",)): (OP_ETH_SRC,),
+         ("eth", ("eth_dst", "eth_src")): (OP_ETH_DST, OP_ETH_SRC),
+         ("ipv4", ("ip_ttl",)): (OP_TTL4,), ("ipv6", ("ip_ttl",)): (OP_TTL6,)}
 _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, 4), np.int64)
 

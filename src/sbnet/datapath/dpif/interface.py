@@ -84,7 +84,8 @@ class Dpif(Protocol):
     upcall: Upcall
 
     def process(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
-        """Receive a batch; returns (port, packets) emitted."""
+        """Receive a batch, which the dpif owns from here (it may edit the packets in
+        place); returns (port, packets) emitted."""
 
     def flow_put(self, wc: list[int], key, actions: tuple, rules: list, reason: str,
                  modified: int, now: float) -> Megaflow: ...

@@ -1,14 +1,16 @@
-"""The megaflow cache: masked-key subtables with vectorized open-addressing lookup over a batch."""
+"""The megaflow cache: masked-key subtables with vectorized open-addressing lookup over a batch, and its compiled twin for small batches."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from sbnet.flows import fields as F
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
+COMPILED_MAX = 256       # batches this small: one compiled call per subtable
 
 
 def _hash(masked: np.ndarray) -> np.ndarray:
@@ -19,6 +21,54 @@ def _hash(masked: np.ndarray) -> np.ndarray:
         h *= _MULT
         h ^= h >> np.uint64(29)
     return h
+
+
+@numba.njit(cache=True, inline="always")
+def _holds(keys, g, slots, mask, values, ids, r):
+    """Whether live row r of a subtable is packet g's masked key."""
+    if ids[r] < 0:
+        return False
+    for j in range(slots.shape[0]):
+        if values[j, r] != keys[slots[j], g] & mask[j]:
+            return False
+    return True
+
+
+@numba.njit("int64(uint64[:, :], int64[:], int64[:], int64, int64[:], uint64[:], int64[:],"
+            " uint64[:, :], int64[:], uint64[:], int64[:], int64[:])", cache=True, nogil=True)
+def subtable_kernel(keys, todo, pos, n, slots, mask, home_row, values, ids, ovf_h, ovf_row,
+                    out):
+    """Subtable.lookup of the rows todo[:n] (out[pos[t]] set for each found), as one
+    compiled pass: the same hash, home slot, overflow walk and verification.  The rows
+    not found are compacted to the front of todo and pos; returns their number."""
+    k = slots.shape[0]
+    size_mask = np.uint64(home_row.shape[0] - 1)
+    left = 0
+    for t in range(n):
+        g = todo[t]
+        h = np.uint64(0)
+        for j in range(k):
+            h ^= keys[slots[j], g] & mask[j]
+            h *= _MULT
+            h ^= h >> np.uint64(29)
+        found = -1
+        r = home_row[np.int64(h & size_mask)]
+        if r >= 0 and _holds(keys, g, slots, mask, values, ids, r):
+            found = ids[r]
+        if found < 0 and ovf_h.shape[0]:
+            i = np.searchsorted(ovf_h, h)
+            while i < ovf_h.shape[0] and ovf_h[i] == h:
+                if _holds(keys, g, slots, mask, values, ids, ovf_row[i]):
+                    found = ids[ovf_row[i]]
+                    break
+                i += 1
+        if found >= 0:
+            out[pos[t]] = found
+        else:
+            todo[left] = g
+            pos[left] = pos[t]
+            left += 1
+    return left
 
 
 @dataclass(eq=False)
@@ -51,6 +101,8 @@ class Subtable:
     def __init__(self, slots: tuple[int, ...], mask: tuple[int, ...]) -> None:
         self.slots = np.array(slots, dtype=np.intp)
         self.mask = np.array(mask, dtype=np.uint64)[:, None]
+        self._slots64 = self.slots.astype(np.int64)
+        self._mask1 = self.mask[:, 0].copy()
         # Slot-major (one row per masked slot, one column per megaflow): verifying a
         # batch of candidates gathers contiguous rows.
         self.values = np.zeros((len(slots), 16), dtype=np.uint64)
@@ -143,6 +195,19 @@ class Subtable:
             self._ovf_row = np.insert(self._ovf_row, at, orow[order])
         self._indexed += rows.size
 
+    def lookup_compiled(self, keys: np.ndarray, todo: np.ndarray, pos: np.ndarray, n: int,
+                        out: np.ndarray) -> int:
+        """lookup() of the rows todo[:n] through subtable_kernel (its contract)."""
+        if self._pending or self._stale * 2 > max(self._indexed, 64):
+            self._reindex()
+        if self._indexed == 0:
+            return n
+        left = subtable_kernel(keys, todo, pos, n, self._slots64, self._mask1,
+                               self._home_row, self.values, self.ids, self._ovf_h,
+                               self._ovf_row, out)
+        self.hits += n - left
+        return left
+
     def lookup(self, keys: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Megaflow id for each of `rows` (columns of the slot-major `keys`; None = all), -1 if none."""
         if self._pending or self._stale * 2 > max(self._indexed, 64):
@@ -196,9 +261,13 @@ class Subtable:
 
 
 class MegaflowCache:
-    """Subtables by mask, per-megaflow counters in numpy arrays, megaflow objects by id."""
+    """Subtables by mask, per-megaflow counters in numpy arrays, megaflow objects by id.
+    compiled: batches up to COMPILED_MAX rows are looked up by subtable_kernel, one call
+    per subtable, instead of the numpy passes (whose fixed cost per subtable is tens of
+    numpy calls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = False) -> None:
+        self.compiled = compiled
         self.subtables: dict[tuple, Subtable] = {}
         self.order: list[Subtable] = []
         self.flows: dict[int, Megaflow] = {}
@@ -221,6 +290,15 @@ class MegaflowCache:
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Megaflow id for every column in `rows`, -1 for misses."""
         out = np.full(rows.size, -1, dtype=np.int64)
+        if self.compiled and rows.size <= COMPILED_MAX and keys.dtype == np.uint64:
+            todo = rows.astype(np.int64)
+            pos = np.arange(rows.size, dtype=np.int64)
+            n = rows.size
+            for sub in self.order:
+                if n == 0:
+                    break
+                n = sub.lookup_compiled(keys, todo, pos, n, out)
+            return out
         todo = None              # None: every row still to find (saves a gather)
         for sub in self.order:
             sel = rows if todo is None else rows[todo]

@@ -54,7 +54,7 @@ class UserspaceDpif:
         self.config_version = 0            # bumped on every port or tunnel change
         # Geneve option (class, type) -> (tun_metadataN, length in bytes), as OVS's TLV map.
         self.tlv_map: dict[tuple[int, int], tuple[str, int]] = {}
-        self.cache = MegaflowCache()
+        self.cache = MegaflowCache(compiled=compiled)
         self.compiled = compiled
         self.smc = SignatureCache() if compiled else None
         self._parse = extract if compiled else parse
@@ -79,6 +79,7 @@ class UserspaceDpif:
         self.drops: dict[str, int] = {}
         self.upcalls = 0
         self.lane_packets = 0              # packets the express lane took from end to end
+        self.lane_handed = 0               # ... and those it handed to the general path
         self.upcall_seconds = 0.0          # process CPU time in the slow path (cost model)
         self.tier_seconds = 0.0            # ... in the offload tier's model (stands for the NIC)
         self.packet_ins: list[bytes] = []
@@ -191,7 +192,9 @@ class UserspaceDpif:
     # -- packets ------------------------------------------------------------------
     def process(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
         """Receive a batch; returns (port, packets) emitted, also delivered to the ports.
-        Tunnel decapsulation is tried only on packets that arrived on underlay ports."""
+        The dpif owns the batch from here (its packets may be edited in place, as in
+        OVS's datapath).  Tunnel decapsulation is tried only on packets that arrived on
+        underlay ports."""
         n = len(batch)
         if not n:
             return []
@@ -345,12 +348,13 @@ class UserspaceDpif:
             self._lane_outputs(batch, res, out)
         rows = res.rows
         self.lane_packets += rows.size - res.n_hand
+        self.lane_handed += res.n_hand
         if not res.n_hand:
             self.tier_packets["software"] += rows.size
             return
         hand, parsed = res.hand, res.parsed
         back = rows[hand[rows, 0] != 0]
-        kind, depth, aid = hand[back, 0], hand[back, 1], hand[back, 2]
+        kind, depth, aid, off = hand[back, 0], hand[back, 1], hand[back, 2], hand[back, 3]
         first = kind == H_PARSE
         # Rows handed back before their first lookup are counted there, as every packet is.
         self.tier_packets["software"] += rows.size - int(np.count_nonzero(
@@ -368,10 +372,15 @@ class UserspaceDpif:
             if look.size:
                 self._pass_general(batch, parsed, look, now, d, out)
             acts_at = at & (kind == H_ACTIONS)
-            for a in np.unique(aid[acts_at]):
-                sel = back[acts_at & (aid == a)]
-                acts = self._actions[int(a)]
-                if self._special[int(a)]:
+            if not acts_at.any():
+                continue
+            # From the first action the lane did not run (its edits and ct are done).
+            step = (aid << 16) | off
+            for s in np.unique(step[acts_at]):
+                sel = back[acts_at & (step == s)]
+                a, k = int(s) >> 16, int(s) & 0xFFFF
+                acts = self._actions[a][k:]
+                if self._special[a] if k == 0 else any(_is_special(x) for x in acts):
                     self._run_special(batch, sel, parsed, acts, now, d, out)
                 else:
                     self._deliver(execute(batch, sel, parsed.l3, parsed.l4, acts), out)
