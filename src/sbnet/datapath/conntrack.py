@@ -124,6 +124,7 @@ from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_batch import bulk_new, eligible, lookup, steady
 from sbnet.datapath.conntrack_fast import express
+from sbnet.datapath.conntrack_extract import COMPILED_MAX as EXTRACT_MAX, extract_compiled
 from sbnet.datapath.conntrack_kernel import express as express_compiled
 from sbnet.datapath.conntrack_nat import NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import CtBatch
@@ -216,7 +217,10 @@ class Conntrack:
                 if not m:
                     return
         self.stats["packets"] += m
-        b.start(self.checksums)
+        keyed = None
+        if self.compiled and m <= EXTRACT_MAX:
+            keyed = extract_compiled(batch, parsed, b.rows, b.zones, self.checksums)
+        b.start(self.checksums, keyed)
         lookup(self, b)
         fast, general = eligible(self, b)
         if fast.any():

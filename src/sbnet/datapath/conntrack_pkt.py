@@ -89,12 +89,14 @@ class CtBatch:
         """Keep only the rows at positions `left` (what the express path left)."""
         self.rows, self.zones = self.rows[left], self.zones[left]
 
-    def start(self, checksums: bool) -> None:
-        """Key the packets and set up the per-row verdict arrays."""
+    def start(self, checksums: bool, p: PacketInfo | None = None) -> None:
+        """Key the packets (p: keyed already) and set up the per-row verdict arrays."""
         rows, zones = self.rows, self.zones
         m = rows.size
         keys = self.parsed.keys
-        p = self.p = extract(self.batch, self.parsed, rows, zones, checksums)
+        if p is None:
+            p = extract(self.batch, self.parsed, rows, zones, checksums)
+        self.p = p
         st_in = keys[_S["ct_state"], rows]
         same_zone = keys[_S["ct_zone"], rows] == zones
         st = np.where(same_zone, st_in, 0).astype(np.uint64)
