@@ -329,7 +329,8 @@ class ExpressLane:
             if isinstance(a, odp.Output) and a.port != F.OFPP_CONTROLLER:
                 ops.append((OP_OUTPUT, a.port, 0, i))
                 out = True
-            elif isinstance(a, odp.TunnelPush):
+            elif isinstance(a, odp.TunnelPush) and not any(op[0] == OP_TUNNEL for op in ops):
+                # One outer frame per row (enc[g]): a second push goes to the general path.
                 t = self._template(a)
                 if t is None:
                     return row
