@@ -11,7 +11,8 @@ from sbnet.datapath import odp
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.parse import Parsed
 from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F_NAT, W_ELIG,
-                                             TIMEOUTS as CT_TIMEOUTS, WORK_W, count_express,
+                                             TIMEOUTS as CT_TIMEOUTS, WORK_W, _be, _csum_replace,
+                                             _put16, count_express,
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
@@ -21,10 +22,10 @@ from sbnet.flows import fields as F
 
 # Programs, one row per datapath action list (prog[aid]): whether the lane runs it (K_RUN;
 # K_NONE: its packets go to the general path before they are counted), its number of
-# steps, whether it recirculates, then the steps, OP_W words each: (op, argument,
-# argument, index of the datapath action it does).
+# steps, whether it recirculates, whether it has a ct step, then the steps, OP_W words
+# each: (op, argument, argument, index of the datapath action it does).
 K_NONE, K_RUN = 0, 1
-P_KIND, P_OPS, P_RECIRC, P_FIRST = 0, 1, 2, 4
+P_KIND, P_OPS, P_RECIRC, P_CT, P_FIRST = range(5)
 OP_OUTPUT, OP_TUNNEL, OP_CT, OP_RECIRC, OP_ETH_DST, OP_ETH_SRC, OP_TTL4, OP_TTL6 = range(1, 9)
 OP_W, MAX_OPS = 4, 10
 PROG_W = P_FIRST + OP_W * MAX_OPS
@@ -60,14 +61,10 @@ def _set(data, keys, g, start, l3, op, v):
         keys[_ETH_DST if op == OP_ETH_DST else _ETH_SRC, g] = np.uint64(v)
     elif l3 >= 0:
         if op == OP_TTL4:
-            old = (np.int64(data[g, l3 + 8]) << 8) | np.int64(data[g, l3 + 9])
+            old = np.int64(_be(data, g, l3 + 8, 2))
             new = (old & 0xFF) | ((v & 0xFF) << 8)
-            ck = (np.int64(data[g, l3 + 10]) << 8) | np.int64(data[g, l3 + 11])
-            t = (ck ^ 0xFFFF) + 0xFFFF - old + new
-            t = (t & 0xFFFF) + (t >> 16)
-            t = ((t & 0xFFFF) + (t >> 16)) ^ 0xFFFF
-            data[g, l3 + 10] = np.uint8(t >> 8)
-            data[g, l3 + 11] = np.uint8(t & 0xFF)
+            _put16(data, g, l3 + 10, _csum_replace(np.int64(_be(data, g, l3 + 10, 2)), old,
+                                                   new, 1))
         data[g, l3 + 8 if op == OP_TTL4 else l3 + 7] = np.uint8(v & 0xFF)
         keys[_NW_TTL, g] = np.uint64(v & 0xFF)
 
@@ -163,7 +160,8 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                 n_hand += 1
                 continue
             aid = action_of[f]
-            if prog[aid, P_KIND] == K_NONE or (prog[aid, P_RECIRC] and depth + 1 >= max_recirc):
+            if prog[aid, P_KIND] == K_NONE or (prog[aid, P_RECIRC] and depth + 1 >= max_recirc) \
+                    or (prog[aid, P_CT] and not ct_ok):
                 hand[g, 0] = H_LOOKUP
                 hand[g, 1] = depth
                 n_hand += 1
@@ -341,6 +339,7 @@ class ExpressLane:
                 # commit adds nothing for an established connection; the others go up.
                 ops.append((OP_CT, a.zone, (F_NAT if a.nat is not None else 0)
                             | (F_COMMIT if a.commit else 0), i))
+                row[P_CT] = 1
             elif isinstance(a, odp.Recirc) and i == len(acts) - 1 and not out:
                 ops.append((OP_RECIRC, a.recirc_id, 0, i))
                 row[P_RECIRC] = 1
