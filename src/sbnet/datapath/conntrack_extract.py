@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from sbnet.datapath.conntrack_kernel import _fold, _sum16
+from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16
 from sbnet.datapath.conntrack_pkt import _ICMP6_ERR, _ICMP_ERR, _REV4, _REV6, PacketInfo
 from sbnet.datapath.conntrack_table import _P, _S
 from sbnet.flows.fields import ETH_IP, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
@@ -21,11 +21,6 @@ _ERR6 = np.zeros(256, np.bool_)
 _ERR6[list(_ICMP6_ERR)] = True
 # Per-row flags the kernel hands back: keyed here, and what Python still adds.
 X_SYN, X_RELATED = 1, 2
-
-
-@numba.njit(cache=True, inline="always")
-def _be16(d, g, c):
-    return (np.uint64(d[g, c]) << np.uint64(8)) | np.uint64(d[g, c + 1])
 
 
 @numba.njit(cache=True, inline="always")
@@ -45,11 +40,11 @@ def _clean(data, g, l3, l4, keys, error):
     if eth == ETH_IP:
         if l3 + 20 > width or l4 >= 0 and l4 - l3 != (data[g, l3] & 15) * 4:
             return False
-        end = l3 + np.int64(_be16(data, g, l3 + 2))
+        end = l3 + np.int64(_be(data, g, l3 + 2, 2))
     elif eth == ETH_IPV6:
         if l3 + 40 > width:
             return False
-        end = l3 + 40 + np.int64(_be16(data, g, l3 + 4))
+        end = l3 + 40 + np.int64(_be(data, g, l3 + 4, 2))
     else:
         return True
     if end > width or (l4 >= 0 and l4 > end):
@@ -101,14 +96,14 @@ def ct_extract_kernel(data, rows, l3s, l4s, keys, error, zones, checksums, ok, v
         if not okv or (ports and l4 < 0):
             ok[i] = False
             continue
-        end = l3 + 40 + np.int64(_be16(data, g, l3 + 4)) if v6 \
-            else l3 + np.int64(_be16(data, g, l3 + 2))
+        end = l3 + 40 + np.int64(_be(data, g, l3 + 4, 2)) if v6 \
+            else l3 + np.int64(_be(data, g, l3 + 2, 2))
         if proto == IP_TCP:
-            seq[i] = np.int64((_be16(data, g, l4 + 4) << np.uint64(16)) | _be16(data, g, l4 + 6))
-            ack[i] = np.int64((_be16(data, g, l4 + 8) << np.uint64(16)) | _be16(data, g, l4 + 10))
+            seq[i] = np.int64(_be(data, g, l4 + 4, 4))
+            ack[i] = np.int64(_be(data, g, l4 + 8, 4))
             doff = np.int64(data[g, l4 + 12] >> 4) * 4
             flags[i] = (np.int64(data[g, l4 + 12] & 1) << 8) | np.int64(data[g, l4 + 13])
-            win[i] = np.int64(_be16(data, g, l4 + 14))
+            win[i] = np.int64(_be(data, g, l4 + 14, 2))
             plen[i] = end - l4 - doff
             if data[g, l4 + 13] & 2:
                 extra[i] |= X_SYN
@@ -116,7 +111,7 @@ def ct_extract_kernel(data, rows, l3s, l4s, keys, error, zones, checksums, ok, v
         if icmp and l4 >= 0:
             typ = np.int64(keys[_TP_SRC, g])
             code = keys[_TP_DST, g]
-            ident = np.int64(_be16(data, g, l4 + 4))
+            ident = np.int64(_be(data, g, l4 + 4, 2))
             rev = _REV6[typ] if v6 else _REV4[typ]
             if rev >= 0 and code == 0:
                 words[i, 4] = np.uint64((ident << 8) | typ)
@@ -142,7 +137,7 @@ def ct_extract_kernel(data, rows, l3s, l4s, keys, error, zones, checksums, ok, v
                     s += np.uint64(proto) + (np.uint64(ln) >> np.uint64(16)) \
                         + (np.uint64(ln) & np.uint64(0xFFFF))
                 res = _fold(s) == 0xFFFF
-                if proto == IP_UDP and not v6 and _be16(data, g, l4 + 6) == 0:
+                if proto == IP_UDP and not v6 and _be(data, g, l4 + 6, 2) == 0:
                     res = True
                 good = good and res
         ok[i] = good
