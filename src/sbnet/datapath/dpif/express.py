@@ -73,12 +73,12 @@ def _set(data, keys, g, start, l3, op, v):
             " uint8[:], boolean, int64[:], int64[:, :], uint64[:, :], uint64[:, :], int64[:], int64[:, :],"
             " int64[:], int64[:], float64[:], uint16[:], float64, uint8[:, :], int64[:, :],"
             " boolean, uint64[:, :], uint64[:, ::1], int64, float64[:], int8[:], int64[:],"
-            " uint8[:, :], int32[:], int64[:, :], int64[:, :], int64, int64[:])",
+            " uint8[:, :], int32[:], int64[:, :], int64[:, :], int64, int64[:], int64[:])",
             cache=True, nogil=True)
 def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
                 table, matches, action_of, prog, packets, nbytes, used, tcp_flags, now, tmpl,
                 tprm, ct_ok, kv, mem, ct_flags, tmo, mark, count, enc, enc_len, outs, hand,
-                max_recirc, stats):
+                max_recirc, stats, zero):
     """Every row of `rows` through the signature cache and its datapath flow's program,
     pass after pass, as far as the lane can take it: counters, outputs (recorded in outs:
     row, port, tunnel ofport or -1 for a plain output), Ethernet addresses and TTL set,
@@ -88,9 +88,18 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     hand[g] = (H_LOOKUP, H_ACTIONS or H_PARSE, pass, action id, index of the first of its
     actions still to run).  stats: ct express rows, invalid among them, outputs, rows the
     cache took (a row handed back at its lookup is the general path's to count), whether
-    every row went out once, in order, to one place.  Returns the number of rows handed
-    back."""
+    every row went out once, in order, to one place.  do_extract: rows is every row of
+    the batch, whose buffers (reused across batches) the lane resets first: hand, l3, l4
+    and error, and the key slots in `zero`.  Returns the number of rows handed back."""
     n = rows.shape[0]
+    for a in range(n):
+        hand[rows[a], 0] = H_DONE
+    if do_extract:
+        for s in zero:
+            keys[s, :n] = 0
+        l3[:n] = -1
+        l4[:n] = -1
+        error[:n] = 0
     active = rows.copy()
     n_hand = 0
     ct_stats = stats[:3]
@@ -297,8 +306,14 @@ class ExpressLane:
         # ct's (conntrack_kernel.S_*), then the lane's: outputs, rows the cache took,
         # whole batch out.
         self._stats = np.zeros(6, np.int64)
-        self._ws = np.zeros((F.N_SLOTS, 256), np.uint64)    # keys, reused (see _keys)
-        self._lane_n = self._all_n = self._n = 0
+        # A batch's keys, offsets, hand-back and output records, in buffers kept across
+        # batches (see _views): allocating and zeroing them cost more than the lane's
+        # work on a small batch (a key column is 736 bytes).
+        self._cap = 0
+        self._views: dict[int, tuple] = {}
+        self._grow(256)
+        self._all_n = self._n = 0
+        self.held = False
         # conntrack's timeouts are fixed when it is made.
         self._tmo = dpif.conntrack.tmo[CT_TIMEOUTS].astype(np.float64)
 
@@ -380,7 +395,9 @@ class ExpressLane:
             max_recirc: int, tun: np.ndarray = None) -> LaneResult:
         """The lane over `rows` of a parsed batch, or (parsed None) over a whole batch it
         parses itself, handing rows it cannot parse back as H_PARSE; tun: per row of a
-        batch just decapsulated, (tun_id, tun_src, tun_dst, tun_flags) for its keys."""
+        batch just decapsulated, (tun_id, tun_src, tun_dst, tun_flags) for its keys.
+        The result lives in the lane's buffers until release(); a run before then (the
+        general path calling back into the lane) gets buffers of its own."""
         d = self.dpif
         if d.config_version != self._version or d.underlay.generation != self._generation \
                 or len(d.action_lists()) != self.built:
@@ -390,19 +407,25 @@ class ExpressLane:
         c = d.cache
         smc = d.smc
         n = len(batch)
-        if parsed is None:
-            keys = self._keys(n)
-            off = np.full((3, n), -1, np.int32)
-            parsed = Parsed(keys, off[0], off[1], off[2], np.zeros(n, np.uint8))
-            rows = np.arange(n)
-            fresh = True
+        if self.held:
+            parsed_n, rows_n, outs, hand = _fresh_views(n)
         else:
-            fresh = False
+            self.held = True
+            if self._all_n:
+                self._clean()
+            if n > self._cap:
+                self._grow(n)
+            v = self._views.get(n)
+            if v is None:
+                v = self._views[n] = self._make_views(n)
+            parsed_n, rows_n, outs, hand = v
+            self._n = n
+        fresh = parsed is None
+        if fresh:
+            parsed, rows = parsed_n, rows_n
         enc = self._enc(n, batch.data.shape[1])
-        enc_len = np.zeros(n if self.n_tmpl else 0, np.int32)
-        outs = np.empty((n * MAX_OPS, 3), np.int64)
-        hand = np.zeros((n, 4), np.int64)
-        mem = tab.mem
+        # Fresh each batch: a tunnel port's outer frames may be kept by the port.
+        enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
         i32 = np.int32
         st = self._stats
         n_hand = lane_kernel(
@@ -410,11 +433,12 @@ class ExpressLane:
             batch.in_port.astype(np.uint32, copy=False), parsed.keys,
             parsed.l3.astype(i32, copy=False), parsed.l4.astype(i32, copy=False),
             parsed.error.astype(np.uint8, copy=False), fresh, rows.astype(np.int64, copy=False),
-            _NO_TUN if tun is None else tun, smc.table, smc.matches, c.action_of, self.prog, c.packets, c.bytes, c.used,
-            c.tcp_flags, float(now), self.tmpl, self.tprm, ct.compiled and not tab.overflow,
-            tab.index.kv, mem, (F_CHECKSUMS if ct.checksums else 0)
-            | (F_LIBERAL if ct.tcp_liberal else 0), self._tmo, tab.scratch(np.int8),
-            tab.scratch(np.int64), enc, enc_len, outs, hand, max_recirc, st)
+            _NO_TUN if tun is None else tun, smc.table, smc.matches, c.action_of, self.prog,
+            c.packets, c.bytes, c.used, c.tcp_flags, float(now), self.tmpl, self.tprm,
+            ct.compiled and not tab.overflow, tab.index.kv, tab.mem,
+            (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0),
+            self._tmo, tab.scratch(np.int8), tab.scratch(np.int64), enc, enc_len, outs, hand,
+            max_recirc, st, _LANE_SLOTS)
         kept = int(st[4])
         smc.lookups += kept
         smc.hits += kept
@@ -423,24 +447,34 @@ class ExpressLane:
         return LaneResult(parsed, rows, outs[:int(st[3])], bool(st[5]), hand, n_hand, enc,
                           enc_len)
 
-    def _keys(self, n: int) -> np.ndarray:
-        """Zero keys for n packets, in a buffer kept across batches: a batch's key matrix
-        is 736 bytes a packet, and zeroing a fresh one cost more than the lane's work.
-        Only what earlier batches may have written is zeroed again: the lane's slots of
-        the columns it used, and whole columns where the numpy parser wrote."""
-        w = self._ws
-        if w.shape[1] < n:
-            w = self._ws = np.zeros((F.N_SLOTS, max(n, 2 * w.shape[1])), np.uint64)
-            self._lane_n = self._all_n = 0
-        if self._all_n:
-            w[:, :self._all_n] = 0
-            self._all_n = 0
-        d = min(self._lane_n, n)
-        if d:
-            w[_LANE_SLOTS, :d] = 0
-        self._lane_n = max(self._lane_n, n)
-        self._n = n
-        return w[:, :n]
+    def release(self) -> None:
+        """The caller is done with the last run's result: its buffers may be reused."""
+        self.held = False
+
+    def _grow(self, n: int) -> None:
+        cap = max(n, 2 * self._cap)
+        self._keys = np.zeros((F.N_SLOTS, cap), np.uint64)
+        self._off = np.full((3, cap), -1, np.int32)     # l2_5, l3, l4
+        self._err = np.zeros(cap, np.uint8)
+        self._rows = np.arange(cap, dtype=np.int64)
+        self._outs = np.empty((cap * MAX_OPS, 3), np.int64)
+        self._hand = np.zeros((cap, 4), np.int64)
+        self._cap = cap
+        self._views.clear()
+        self._all_n = 0
+
+    def _make_views(self, n: int) -> tuple:
+        o = self._off
+        parsed = Parsed(self._keys[:, :n], o[0, :n], o[1, :n], o[2, :n], self._err[:n])
+        return parsed, self._rows[:n], self._outs[:n * MAX_OPS], self._hand[:n]
+
+    def _clean(self) -> None:
+        """What the numpy parser wrote into the buffers beyond the lane's own slots (the
+        lane resets l3, l4, error and its key slots itself, batch by batch)."""
+        a = self._all_n
+        self._keys[:, :a] = 0
+        self._off[0, :a] = -1
+        self._all_n = 0
 
     def dirty(self) -> None:
         """The general path wrote whole key columns of the current batch."""
@@ -471,6 +505,15 @@ _SETS = {("eth", ("eth_dst",)): (OP_ETH_DST,), ("eth", ("eth_src",)): (OP_ETH_SR
          ("ipv4", ("ip_ttl",)): (OP_TTL4,), ("ipv6", ("ip_ttl",)): (OP_TTL6,)}
 _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, 4), np.int64)
+_NO_LEN = np.zeros(0, np.int32)
+
+
+def _fresh_views(n: int) -> tuple:
+    """Buffers of a run's own (a run inside another's), as _make_views lays them out."""
+    off = np.full((3, n), -1, np.int32)
+    return (Parsed(np.zeros((F.N_SLOTS, n), np.uint64), off[0], off[1], off[2],
+                   np.zeros(n, np.uint8)), np.arange(n),
+            np.empty((n * MAX_OPS, 3), np.int64), np.zeros((n, 4), np.int64))
 
 
 def tunnel_args(tun: tuple):

@@ -343,7 +343,17 @@ class UserspaceDpif:
         parses), then the general path for what it handed back, each row from the point
         it reached: its parse, a lookup at some pass, or the actions of the flow it was
         counted on."""
-        res = self.lane.run(batch, parsed, rows, now, MAX_RECIRC, tun)
+        lane = self.lane
+        held = lane.held
+        try:
+            self._after_lane(batch, lane.run(batch, parsed, rows, now, MAX_RECIRC, tun), now,
+                             out)
+        finally:
+            if not held:
+                lane.release()
+
+    def _after_lane(self, batch: Batch, res, now: float, out: list) -> None:
+        """The lane's outputs delivered, then the general path for the rows it handed back."""
         if len(res.outs):
             self._lane_outputs(batch, res, out)
         rows = res.rows
