@@ -67,7 +67,8 @@ def compare(tier, sw: Switch, packets: list[tuple[int, bytes]], ref: Reference,
             continue
         c = counts.get(mf_id)
         have = (c.packets, c.bytes) if c else (0, 0)
-        assert have == (int(sw.cache.packets[mf_id]), int(sw.cache.bytes[mf_id])), mf_id
+        want = (int(sw.cache.packets[mf_id]), int(sw.cache.bytes[mf_id]))
+        assert have == want, (mf_id, have, want, mf.actions)
     return seen
 
 

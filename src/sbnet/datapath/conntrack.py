@@ -304,18 +304,20 @@ class Conntrack:
         return tab.live if zone is None else tab.live & (tab.zone == zone)
 
     def adopt_established(self, zone: int, proto: int, src: int, dst: int, sport: int,
-                          dport: int, mark: int, now: float) -> int:
-        """Take up an established IPv4 TCP/UDP connection another holder kept (the kernel
+                          dport: int, mark: int, now: float, v6: bool = False,
+                          reply: tuple | None = None, nat: int = 0) -> int:
+        """Take up an established TCP/UDP connection another holder kept (the kernel
         tier's connection map across an agent restart): TCP with both peers ESTABLISHED and
         window scales unknown (their windows are learnt again; a liberal conntrack accepts
-        the segments meanwhile), UDP as seen both ways.  Its slot, or -1 when a connection
-        already owns either tuple."""
-        fwd = (zone, proto, 0, src, dst, sport, dport)
-        rev = (zone, proto, 0, dst, src, dport, sport)
+        the segments meanwhile), UDP as seen both ways.  reply: the reply direction's
+        (src, dst, sport, dport) when NATed (`nat`: conntrack_nat.SNAT or DNAT).  Its
+        slot, or -1 when a connection already owns either tuple."""
+        fwd = (zone, proto, int(v6), src, dst, sport, dport)
+        rev = (zone, proto, int(v6), *(reply or (dst, src, dport, sport)))
         tab = self.table
         if proto not in (IP_TCP, IP_UDP) or tab.taken(fwd) or tab.taken(rev):
             return -1
-        i = tab.create(fwd, rev, 0)
+        i = tab.create(fwd, rev, nat)
         tab.mark[i] = mark
         if proto == IP_TCP:
             tab.tcp[i] = [[0, 0, 0, T.WSCALE_UNKNOWN, T.ESTABLISHED]] * 2
@@ -591,23 +593,36 @@ class ConnView:
                   sport: np.ndarray, dport: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slot, direction) of the live connection owning each IPv4 tuple (arrays, one
         tuple a row), slot -1 where none: find() for many tuples at once."""
+        zero = np.zeros(len(src), dtype=np.uint64)
+        return self._find(zone, proto, False, zero, src, zero, dst, sport, dport)
+
+    def find_ipv6(self, zone: np.ndarray, proto: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                  sport: np.ndarray, dport: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """find_ipv4 for IPv6 tuples: src and dst as (high, low) 64-bit words, a row each."""
+        src, dst = np.asarray(src, dtype=np.uint64), np.asarray(dst, dtype=np.uint64)
+        return self._find(zone, proto, True, src[:, 0], src[:, 1], dst[:, 0], dst[:, 1],
+                          sport, dport)
+
+    def _find(self, zone, proto, v6: bool, shi, slo, dhi, dlo, sport, dport):
         tab = self._table
         u = np.uint64
-        zone, proto, src, dst, sport, dport = (np.asarray(a, dtype=u) for a in
-                                               (zone, proto, src, dst, sport, dport))
-        zero = np.zeros(len(src), dtype=u)
-        vals = tab.index.get_many(tuple_hashes(meta_words(zone, proto, zero.astype(bool)), zero,
-                                               src, zero, dst, sport, dport))
+        zone, proto, shi, slo, dhi, dlo, sport, dport = (
+            np.asarray(a, dtype=u) for a in (zone, proto, shi, slo, dhi, dlo, sport, dport))
+        flag = np.full(len(slo), v6, dtype=bool)
+        vals = tab.index.get_many(tuple_hashes(meta_words(zone, proto, flag), shi, slo, dhi,
+                                               dlo, sport, dport))
         slot = np.where(vals >= 0, vals >> 1, tab.cap)       # row cap: all zero
         d = np.where(vals >= 0, vals & 1, 0)
         tup = tab.tup[slot, d]
-        same = ((tab.zone[slot] == zone) & (tab.proto[slot] == proto) & (tab.v6[slot] == 0)
-                & (tup[:, 0] == 0) & (tup[:, 1] == src) & (tup[:, 2] == 0) & (tup[:, 3] == dst)
+        same = ((tab.zone[slot] == zone) & (tab.proto[slot] == proto) & (tab.v6[slot] == int(v6))
+                & (tup[:, 0] == shi) & (tup[:, 1] == slo) & (tup[:, 2] == dhi) & (tup[:, 3] == dlo)
                 & (tup[:, 4] == sport) & (tup[:, 5] == dport) & tab.live[slot])
         slot = np.where(same, slot, -1).astype(np.int64)
         if tab.overflow:                   # tuples whose hash another tuple holds
             for i in np.flatnonzero(~same).tolist():
-                v = tab.overflow.get((int(zone[i]), int(proto[i]), 0, int(src[i]), int(dst[i]),
+                v = tab.overflow.get((int(zone[i]), int(proto[i]), int(v6),
+                                      int(shi[i]) << 64 | int(slo[i]),
+                                      int(dhi[i]) << 64 | int(dlo[i]),
                                       int(sport[i]), int(dport[i])), -1)
                 if v >= 0 and tab.live[v >> 1]:
                     slot[i], d[i] = v >> 1, v & 1
@@ -625,20 +640,20 @@ class ConnView:
         udp_ok = (proto == IP_UDP) & (tab.l4st[s] == OTHER_BIDIR)
         return (slots >= 0) & (tcp_ok | udp_ok) & ~tab.label[s].any(axis=1)
 
-    def in_zones(self, zones) -> np.ndarray:
-        """Slots of the live IPv4 TCP and UDP connections in `zones`."""
+    def in_zones(self, zones, v6: bool = False) -> np.ndarray:
+        """Slots of the live IPv4 (v6: IPv6) TCP and UDP connections in `zones`."""
         tab = self._table
         n = tab.live.size
-        ok = tab.live & (tab.v6[:n] == 0) & np.isin(tab.proto[:n], (IP_TCP, IP_UDP))
+        ok = tab.live & (tab.v6[:n] == int(v6)) & np.isin(tab.proto[:n], (IP_TCP, IP_UDP))
         return np.flatnonzero(ok & np.isin(tab.zone[:n], list(zones)))
 
-    def ipv4_directions(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Per slot: zone, proto, then each direction's (src, dst, sport, dport) as the
-        packets carry them (the reply direction's after any NAT), direction 0 first."""
+    def tuples(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per slot: zone, proto, its NAT (0, conntrack_nat.SNAT or DNAT) and both
+        directions' tuples as the packets carry them, (n, 2, 6) words: source high, low,
+        destination high, low, source port, destination port (IPv4: high words 0)."""
         tab = self._table
-        t0, t1 = tab.tup[slots, 0], tab.tup[slots, 1]
         return (tab.zone[slots].astype(np.int64), tab.proto[slots].astype(np.int64),
-                *(t[:, c].astype(np.int64) for t in (t0, t1) for c in (1, 3, 4, 5)))
+                tab.nat[slots].astype(np.int64), tab.tup[slots])
 
     def unreplied_udp(self, slots: np.ndarray) -> np.ndarray:
         """Per slot: a UDP connection seen one way only, no label, no NAT."""

@@ -203,13 +203,18 @@ class EbpfDatapath:
         segmentation-offloaded one could not go up to be recognised."""
         with self.lock:
             done = AfPacketDatapath.import_conns(self, entries)
-            by_zone: dict[int, list] = {}
+            by_zone: dict[tuple, list] = {}
+            m = (1 << 64) - 1
             for zone, proto, v6, src, dst, sport, dport in done:
-                if not v6:
-                    by_zone.setdefault(zone, []).append((proto, src, dst, sport, dport))
-            for zone, rows in by_zone.items():
+                row = ((proto, src >> 64, src & m, dst >> 64, dst & m, sport, dport) if v6
+                       else (proto, src, dst, sport, dport))
+                by_zone.setdefault((zone, bool(v6)), []).append(row)
+            for (zone, v6), rows in by_zone.items():
                 self.conns.zones.add(zone)
-                self.conns.hand_down(np.array(rows, dtype=np.int64), zones=(zone,), force=True)
+                if v6:
+                    self.conns.hand_down6(np.array(rows, dtype=np.uint64), zones=(zone,), force=True)
+                else:
+                    self.conns.hand_down(np.array(rows, dtype=np.int64), zones=(zone,), force=True)
             return done
 
     def forget_conns(self, tuples) -> int:
@@ -261,6 +266,7 @@ class EbpfDatapath:
                 self.switch.process(up.batch)
                 self._install_new()
                 self.conns.hand_down(up.tuples)
+                self.conns.hand_down6(up.tuples6)
                 self.conns.unguard(guards)
                 self.conns.write_limits()
         self.batches += 1

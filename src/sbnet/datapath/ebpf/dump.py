@@ -32,6 +32,7 @@ class Pinned:
         self.masks = Map(fds["masks"], 4, L.FKEY.size, "masks")
         self.ports = Map(fds["ports"], 4, L.PORT.size, "ports")
         self.conns = Map(fds["conns"], L.CT_KEY.size, L.CT_VAL.size, "conns")
+        self.conns6 = Map(fds["conns6"], L.CT6_KEY.size, L.CT_VAL.size, "conns6")
         self.config = Map(fds["config"], 4, L.CONFIG.size, "config")
         self.stats_map = fds["stats"]
 
@@ -100,7 +101,8 @@ class Pinned:
         stats = Map(self.stats_map, 4, 8 * ncpu, "stats")
         out = {"flows": len(self.flows.keys()),
                "masks": L.CONFIG.unpack(self.config.lookup(L.U32.pack(0)))[0],
-               "ports": len(self.ports.keys()), "connections": len(self.conns.keys()) // 2}
+               "ports": len(self.ports.keys()), "connections": len(self.conns.keys()) // 2,
+               "connections6": len(self.conns6.keys()) // 2}
         for i, name in enumerate(L.STATS):
             raw = stats.lookup(L.U32.pack(i)) or bytes(8 * ncpu)
             out[name] = sum(int.from_bytes(raw[j:j + 8], "little") for j in range(0, len(raw), 8))
@@ -120,7 +122,8 @@ def _action(a: tuple, devices: dict[int, str]) -> str:
         return (f"set_tunnel(tun_id={x:#x},dst={socket.inet_ntoa(w.to_bytes(4, 'big'))},"
                 f"src={socket.inet_ntoa(y.to_bytes(4, 'big'))})")
     if op == L.OP_CT:
-        return f"ct(zone={h}{',commit' if w & L.CT_F_COMMIT else ''})"
+        return (f"ct(zone={h}{',commit' if w & L.CT_F_COMMIT else ''}"
+                f"{',nat' if w & L.CT_F_NAT else ''})")
     if op in (L.OP_RECIRC, L.OP_METER, L.OP_SET_MARK, L.OP_SET_IP6_LABEL):
         return f"{name}({w:#x})"
     if op == L.OP_PUSH_VLAN:

@@ -35,14 +35,21 @@ TRACE_OUT_SIZE = TRACE_OUT_HEAD.size + TRACE_BYTES
 UPCALL = struct.Struct("<IIIIIIQIIII")
 CT_KEY = struct.Struct("<HBBHHII")
 TCP_PEER = struct.Struct("<IIIBBH")           # struct sb_tcp_peer
-CT_VAL = struct.Struct("<IIQQQ" + "IIIBBH" * 2)
+CT_VAL = struct.Struct("<IIQQQ" + "IIIBBH" * 2 + "IHHQQQQ")
+CT6_KEY = struct.Struct("<HBBHHQQQQ")          # struct sb_ct6_key
 # The same two as numpy records, to pack many entries at once.
 CT_KEY_DTYPE = np.dtype([("zone", "<u2"), ("proto", "u1"), ("pad", "u1"), ("sport", "<u2"),
                          ("dport", "<u2"), ("src", "<u4"), ("dst", "<u4")])
 TCP_PEER_DTYPE = np.dtype([("seqlo", "<u4"), ("seqhi", "<u4"), ("max_win", "<u4"),
                            ("wscale", "u1"), ("state", "u1"), ("pad", "<u2")])
+CT6_KEY_DTYPE = np.dtype([("zone", "<u2"), ("proto", "u1"), ("pad", "u1"), ("sport", "<u2"),
+                          ("dport", "<u2"), ("src", "<u8", (2,)), ("dst", "<u8", (2,))])
+# struct sb_ct_nat: the tuple a NATed direction's packets leave with (IPv4 in the low words).
+CT_NAT_DTYPE = np.dtype([("flags", "<u4"), ("sport", "<u2"), ("dport", "<u2"),
+                         ("src", "<u8", (2,)), ("dst", "<u8", (2,))])
 CT_VAL_DTYPE = np.dtype([("state", "<u4"), ("mark", "<u4"), ("packets", "<u8"),
-                         ("bytes", "<u8"), ("used", "<u8"), ("tcp", TCP_PEER_DTYPE, (2,))])
+                         ("bytes", "<u8"), ("used", "<u8"), ("tcp", TCP_PEER_DTYPE, (2,)),
+                         ("nat", CT_NAT_DTYPE)])
 # struct sb_ct_event: a connection event's body.
 CT_EVENT_DTYPE = np.dtype([("key", CT_KEY_DTYPE), ("tcp", TCP_PEER_DTYPE, (2,))])
 ZONE = struct.Struct("<IIq")                   # struct sb_zone
@@ -58,11 +65,11 @@ CFG_F_TEST, CFG_F_KERNEL_CT, CFG_F_TCP_LIBERAL = 1, 2, 4
 # The connection map's state word: ct_state bits, and CS_OPENING (a TCP connection in its
 # handshake, tracked by the program).
 CS_OPENING = 0x10000
-CT_F_COMMIT, CT_F_MARK = 1, 2
+CT_F_COMMIT, CT_F_MARK, CT_F_NAT, CT_F_NAT_NEW = 1, 2, 4, 8
 VERDICTS = {1: "forward", 2: "drop", 3: "upcall"}
 STATS = ("hit", "miss", "punt_parse", "punt_action", "upcall", "upcall_lost",
          "upcall_limited", "drop", "meter_drop", "ct_miss", "output_error", "ct_commit",
-         "ct_established", "ct_event_lost", "ct_handover", "ct_zone_full")
+         "ct_established", "ct_event_lost", "ct_handover", "ct_zone_full", "ct_nat", "ct6")
 # Ring records that are connection events, not packets (their reason is this stat).
 CT_COMMIT_EVENT, CT_EST_EVENT, CT_HANDOVER_EVENT = (
     STATS.index("ct_commit"), STATS.index("ct_established"), STATS.index("ct_handover"))
@@ -194,6 +201,19 @@ def _tunnel(push: odp.TunnelPush, ports: dict[int, KernelPort]) -> list[tuple]:
     return [(OP_SET_TUNNEL, 0, remote, key, local), (OP_OUTPUT, 0, kp.ifindex, 0, 0)]
 
 
+# Sets the program writes into its key as well (sbnet_dp.bpf.c do_action): a ct() and the
+# next pass may follow them.
+_KEY_SETS = {"eth": {"eth_src", "eth_dst"},
+             "ipv4": {"ip_src", "ip_dst", "ip_ttl", "nw_tos", "ip_dscp", "ip_ecn"},
+             "ipv6": {"ipv6_src", "ipv6_dst", "ip_ttl", "ipv6_label", "nw_tos", "ip_dscp",
+                      "ip_ecn"},
+             "tcp": {"tcp_src", "tcp_dst"}, "udp": {"udp_src", "udp_dst"}}
+
+
+def _keeps_key(s: odp.SetFields) -> bool:
+    return all(name in _KEY_SETS.get(s.header, ()) for name, _ in s.fields)
+
+
 def encode_actions(actions: tuple, ports: dict[int, KernelPort],
                    meters: set[int] = frozenset()) -> list[tuple]:
     """odp actions as kernel ops (op, h, w, a, b); NotInKernel with the reason otherwise."""
@@ -213,15 +233,20 @@ def encode_actions(actions: tuple, ports: dict[int, KernelPort],
                     raise NotInKernel(f"meter {meter_id} is not in the kernel meter table")
                 out.append((OP_METER, 0, meter_id, 0, 0))
             case odp.Ct(zone, commit, nat, mark, label, force):
-                if nat is not None or label is not None or force:
-                    raise NotInKernel("ct() with nat, label or force stays in software")
+                if label is not None or force:
+                    raise NotInKernel("ct() with label or force stays in software")
                 if any(isinstance(b, (odp.Output, odp.TunnelPush)) for b in actions[:i]):
                     raise NotInKernel("an output before ct(): a connection the kernel does "
                                       "not hold would be sent up after part of its actions")
-                if any(isinstance(b, (odp.SetFields, odp.PushVlan, odp.PopVlan)) for b in actions[:i]):
+                if any(isinstance(b, (odp.PushVlan, odp.PopVlan)) or (
+                        isinstance(b, odp.SetFields) and not _keeps_key(b)) for b in actions[:i]):
                     raise NotInKernel("a header edit before ct(): the kernel tier does not "
                                       "parse the packet again for the next pass")
-                flags = (CT_F_COMMIT if commit else 0) | (CT_F_MARK if mark else 0)
+                # ct(nat) translates the packets of a NATed connection the map holds; a new
+                # connection given a translation (nat(src=...), nat(dst=...)) goes up.
+                flags = (CT_F_COMMIT if commit else 0) | (CT_F_MARK if mark else 0) \
+                    | (CT_F_NAT if nat is not None else 0) \
+                    | (CT_F_NAT_NEW if nat is not None and nat.kind else 0)
                 mv, mm = mark or (0, 0)
                 out.append((OP_CT, zone & 0xFFFF, flags, mv, mm))
             case odp.Recirc(recirc_id):

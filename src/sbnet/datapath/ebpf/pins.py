@@ -13,7 +13,7 @@ from sbnet.datapath.ebpf.libbpf import BpfError, pin, pinned, tc_detach_ingress
 
 ENV = "SBNET_BPFFS"
 # Maps that outlive the agent: what the program reads and writes while no agent runs.
-PINNED = ("flows", "masks", "config", "ports", "conns", "meters", "stats", "upcalls",
+PINNED = ("flows", "masks", "config", "ports", "conns", "conns6", "meters", "stats", "upcalls",
           "upcall_budget", "zone_limits", "zone_commits")
 
 

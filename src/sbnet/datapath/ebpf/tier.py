@@ -35,6 +35,7 @@ _L4_PROTOS = frozenset((0xFF, p) for p in (F.IP_TCP, F.IP_UDP, F.IP_SCTP))
 _FREE_VALUES_L4 = _FREE_VALUES | {F.SLOT_INDEX["tp_src"]}
 _PLACEMENTS = 4096             # placements remembered
 _NO_PEERS = (0,) * 12          # sb_ct_val.tcp of a connection the program does not track
+_NO_NAT = (0,) * 7             # sb_ct_val.nat of a connection without NAT
 
 
 @cache
@@ -115,7 +116,8 @@ class EbpfTier:
         self.reopened = reuse is not None
         try:
             self.obj = Object(str(build.object_path()),
-                              max_entries={"flows": capacity, "conns": conn_capacity},
+                              max_entries={"flows": capacity, "conns": conn_capacity,
+                                           "conns6": conn_capacity},
                               reuse=reuse)
         finally:
             for fd in (reuse or {}).values():
@@ -128,6 +130,7 @@ class EbpfTier:
             self.m_config = Map(fd("config"), 4, L.CONFIG.size, "config")
             self.m_ports = Map(fd("ports"), 4, L.PORT.size, "ports")
             self.m_conns = Map(fd("conns"), L.CT_KEY.size, L.CT_VAL.size, "conns")
+            self.m_conns6 = Map(fd("conns6"), L.CT6_KEY.size, L.CT_VAL.size, "conns6")
             self.m_meters = Map(fd("meters"), 4, L.METER.size, "meters")
             self.m_zone_limits = Map(fd("zone_limits"), 4, L.ZONE.size, "zone_limits")
             self.m_zone_commits = Map(fd("zone_commits"), 4, 8, "zone_commits")
@@ -138,6 +141,7 @@ class EbpfTier:
             self.upcalls_fd = fd("upcalls")
             self.upcalls_size = self.obj.map_max_entries("upcalls")
             for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
+                      self.m_conns6,
                       self.m_meters, self.m_trace_hdr, self.m_trace_out, self.m_zone_limits,
                       self.m_zone_commits):
                 if self.obj.map_sizes(m.name) != (m.key_size, m.value_size):
@@ -387,14 +391,15 @@ class EbpfTier:
                  state: int, mark: int = 0) -> None:
         """One direction of an established connection the slow path committed."""
         self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
-                            L.CT_VAL.pack(state, mark, 0, 0, 0, *_NO_PEERS))
+                            L.CT_VAL.pack(state, mark, 0, 0, 0, *_NO_PEERS, *_NO_NAT))
 
     def add_conn_if_absent(self, zone: int, proto: int, src: int, dst: int, sport: int,
                            dport: int, state: int) -> bool:
         """One direction, unless the map holds that key already; whether it was added."""
         try:
             self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
-                                L.CT_VAL.pack(state, 0, 0, 0, 0, *_NO_PEERS), BPF_NOEXIST)
+                                L.CT_VAL.pack(state, 0, 0, 0, 0, *_NO_PEERS, *_NO_NAT),
+                                BPF_NOEXIST)
         except BpfError as exc:
             if exc.errno == errno.EEXIST:
                 return False
@@ -408,6 +413,18 @@ class EbpfTier:
 
     def remove_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int) -> None:
         self.m_conns.delete(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
+
+    def add_conns6(self, keys: bytes, values: bytes) -> None:
+        """Directions of established IPv6 connections (layout.CT6_KEY_DTYPE and
+        CT_VAL_DTYPE records), in one system call."""
+        self.m_conns6.update_batch(keys, values)
+
+    def remove_conn6(self, zone: int, proto: int, src: int, dst: int, sport: int,
+                     dport: int) -> None:
+        """One direction of an IPv6 connection (src, dst: 128-bit ints)."""
+        m = (1 << 64) - 1
+        self.m_conns6.delete(L.CT6_KEY.pack(zone, proto, 0, sport, dport, src >> 64, src & m,
+                                            dst >> 64, dst & m))
 
     def conn_used(self, zone: int, proto: int, src: int, dst: int, sport: int,
                   dport: int) -> tuple[int, int, float] | None:

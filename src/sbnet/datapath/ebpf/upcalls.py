@@ -25,7 +25,8 @@ _NO_EVENTS = np.zeros(0, dtype=L.CT_EVENT_DTYPE)
 class Upcalls:
     """One drain of the ring: the frames as the switch takes them (`batch`; tunnelled ones
     inside the outer header the kernel's VXLAN device took off), the 5-tuples of the
-    untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport)),
+    untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport)) and
+    of the IPv6 ones (`tuples6`: proto, src high, low, dst high, low, sport, dport),
     and the connection events (the original direction's map key of each connection the
     kernel committed, or saw the first reply or whole handshake of: `established`, or
     handed over in its handshake: `handover`; `conn_tcp`: a TCP connection's peers)."""
@@ -36,6 +37,7 @@ class Upcalls:
     segmented: int = 0        # GSO packets cut into their segments
     events: np.ndarray = field(default_factory=lambda: _NO_EVENTS)
     kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tuples6: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), dtype=np.uint64))
 
     @property
     def conn_keys(self) -> np.ndarray:
@@ -87,18 +89,18 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
     # keeps that state with the packet, across veths and tunnels; the bytes that came up
     # do not).
     complete_l4_checksums(inner)
-    tuples = five_tuples(inner)
+    tuples, tuples6 = five_tuples(inner), five_tuples6(inner)
     conn_keys = np.frombuffer(b"".join(events), dtype=L.CT_EVENT_DTYPE) if events else _NO_EVENTS
     established = np.array(est, dtype=np.int64)
     if not tunnelled:
-        return Upcalls(inner, tuples, truncated, segmented, conn_keys, established)
+        return Upcalls(inner, tuples, truncated, segmented, conn_keys, established, tuples6)
     frames = inner.packets()
     ports = inner.in_port.copy()
     for row, tun_id, src, dst in tunnelled:
         frames[row] = outer(frames[row], tun_id, src, dst)
         ports[row] = underlay_port
     return Upcalls(Batch.from_packets(frames, ports), tuples, truncated, segmented, conn_keys,
-                   established)
+                   established, tuples6)
 
 
 def outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:
@@ -178,3 +180,25 @@ def five_tuples(b: Batch) -> np.ndarray:
     dst = (_u16(d, r, s + 30) << 16) | _u16(d, r, s + 32)
     o = s + 14 + ihl
     return np.stack([proto[ok], src, dst, _u16(d, r, o), _u16(d, r, o + 2)], axis=1)
+
+
+def five_tuples6(b: Batch) -> np.ndarray:
+    """(proto, src high, low, dst high, low, sport, dport) of each untagged IPv6 TCP/UDP
+    frame without extension headers, one uint64 row each."""
+    n = len(b)
+    if not n:
+        return np.zeros((0, 7), np.uint64)
+    d, rows = b.data, np.arange(n)
+    s = np.minimum(b.start.astype(np.int64), d.shape[1] - 80)
+    proto = d[rows, s + 20].astype(np.int64)
+    ok = ((_u16(d, rows, s + 12) == 0x86DD) & ((proto == F.IP_TCP) | (proto == F.IP_UDP))
+          & (b.length >= 14 + 40 + 4))
+    if not ok.any():
+        return np.zeros((0, 7), np.uint64)
+    r, s = rows[ok], s[ok]
+    words = [d[r[:, None], (s + at)[:, None] + np.arange(8)].astype(np.uint64) for at in (22, 30, 38, 46)]
+    shifts = np.arange(56, -8, -8, dtype=np.uint64)
+    hi_lo = [np.bitwise_or.reduce(w << shifts, axis=1) for w in words]
+    o = s + 54
+    return np.stack([proto[ok].astype(np.uint64), *hi_lo, _u16(d, r, o).astype(np.uint64),
+                     _u16(d, r, o + 2).astype(np.uint64)], axis=1)

@@ -176,7 +176,7 @@ int ct_tcp(struct __sk_buff *skb, struct pkt *p, struct sb_key *k, struct sb_act
 	__u32 flags = k->w[K_TCP_FLAGS];
 	struct sb_ct_val *cv = bpf_map_lookup_elem(&conns, &ck);
 	if (!cv) {
-		if ((a->w & CT_F_MARK) || tcp_invalid_flags(flags) ||
+		if ((a->w & (CT_F_MARK | CT_F_NAT_NEW)) || tcp_invalid_flags(flags) ||
 		    (flags & (TH_SYN | TH_ACK)) != TH_SYN || tcp_read(skb, p, flags, s))
 			return -1;
 		if (a->w & CT_F_COMMIT) {
@@ -234,6 +234,87 @@ int ct_tcp(struct __sk_buff *skb, struct pkt *p, struct sb_key *k, struct sb_act
 	return 0;
 }
 
+/* ct(nat) of a packet of a NATed connection: its addresses and ports to the tuple the entry
+ * names (the other direction's, reversed), the checksums updated incrementally
+ * (bpf_l3/l4_csum_replace also keep a CHECKSUM_PARTIAL packet's pseudo-header sum right),
+ * and the key with them, so later passes match the translated packet. */
+static __always_inline void ct_nat(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
+				   struct sb_ct_nat *n)
+{
+	if (p->ipv == 4) {
+		if (k->w[K_NW_SRC] != n->src[1])
+			set_ip4_addr(skb, p, 12, n->src[1]);
+		if (k->w[K_NW_DST] != n->dst[1])
+			set_ip4_addr(skb, p, 16, n->dst[1]);
+		k->w[K_NW_SRC] = (__u32)n->src[1];
+		k->w[K_NW_DST] = (__u32)n->dst[1];
+	} else {
+		if (k->w[K_IPV6_SRC_HI] != n->src[0] || k->w[K_IPV6_SRC_LO] != n->src[1])
+			set_ip6_addr(skb, p, 8, n->src[0], n->src[1]);
+		if (k->w[K_IPV6_DST_HI] != n->dst[0] || k->w[K_IPV6_DST_LO] != n->dst[1])
+			set_ip6_addr(skb, p, 24, n->dst[0], n->dst[1]);
+		k->w[K_IPV6_SRC_HI] = n->src[0];
+		k->w[K_IPV6_SRC_LO] = n->src[1];
+		k->w[K_IPV6_DST_HI] = n->dst[0];
+		k->w[K_IPV6_DST_LO] = n->dst[1];
+	}
+	if (k->w[K_TP_SRC] != n->sport)
+		set_port(skb, p, 0, n->sport);
+	if (k->w[K_TP_DST] != n->dport)
+		set_port(skb, p, 2, n->dport);
+	k->w[K_TP_SRC] = n->sport;
+	k->w[K_TP_DST] = n->dport;
+	count(ST_CT_NAT);
+}
+
+/* A packet of a connection the map holds (cv: its direction's entry, `state` the ct_state it
+ * gives): counters, and the ct fields; an established one's state over what a ct() of the
+ * same zone said before (as the slow path keeps it), translated by ct(nat) if NATed. */
+static __always_inline void ct_hit(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
+				   struct sb_act *a, struct sb_ct_val *cv, __u32 state, __u32 bytes)
+{
+	__sync_fetch_and_add(&cv->packets, 1);
+	__sync_fetch_and_add(&cv->bytes, bytes);
+	cv->used = bpf_ktime_get_ns();
+	if ((state & CS_EST) && k->w[K_CT_ZONE] == a->h)
+		state |= k->w[K_CT_STATE] & ~CS_NEW;
+	if ((state & CS_EST) && (a->w & CT_F_NAT) && cv->nat.flags) {
+		state |= cv->nat.flags & (CS_SNAT | CS_DNAT);
+		ct_nat(skb, k, p, &cv->nat);
+	}
+	ct_md(k, state, a->h, cv->mark);
+}
+
+/* ct() of an IPv6 packet: only established TCP/UDP connections the slow path handed down
+ * are in `conns6`; anything else (a new connection, FIN, SYN, RST) goes up. */
+static __always_inline int ct_lookup6(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
+				      struct sb_act *a, __u32 bytes)
+{
+	struct sb_ct6_key ck = {};
+	struct sb_ct_val *cv;
+
+	if (p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
+		return -1;
+	if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
+		return -1;
+	ck.zone = a->h;
+	ck.proto = p->l4proto;
+	ck.sport = k->w[K_TP_SRC];
+	ck.dport = k->w[K_TP_DST];
+	ck.src[0] = k->w[K_IPV6_SRC_HI];
+	ck.src[1] = k->w[K_IPV6_SRC_LO];
+	ck.dst[0] = k->w[K_IPV6_DST_HI];
+	ck.dst[1] = k->w[K_IPV6_DST_LO];
+	cv = bpf_map_lookup_elem(&conns6, &ck);
+	if (!cv || (cv->state & (CS_TRK | CS_EST)) != (CS_TRK | CS_EST))
+		return -1;
+	if ((a->w & CT_F_MARK) && ((cv->mark & a->b) != (a->a & a->b)))
+		return -1;
+	count(ST_CT6);
+	ct_hit(skb, k, p, a, cv, cv->state, bytes);
+	return 0;
+}
+
 /* ct() for a connection in the map: fills the key's ct fields; -1 if the slow path must,
  * 1 if ct_tcp must (called by the program's loop: the call chain's stack is short). */
 static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
@@ -242,6 +323,12 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, st
 	struct sb_ct_key ck = {};
 	struct sb_ct_val *cv;
 
+	/* Translated by a ct() of this zone already: the slow path finds its connection by
+	 * the reverse tuple and translates nothing twice. */
+	if (k->w[K_CT_ZONE] == a->h && (k->w[K_CT_STATE] & (CS_SNAT | CS_DNAT)))
+		return -1;
+	if (p->ipv == 6)
+		return ct_lookup6(skb, k, p, a, bytes);
 	if (p->ipv != 4 || p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
 		return -1;
 	ck.zone = a->h;
@@ -258,7 +345,7 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, st
 	if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
 		return -1;
 	if (!cv) {
-		if ((p->cfg_flags & CFG_F_KERNEL_CT) && !(a->w & CT_F_MARK))
+		if ((p->cfg_flags & CFG_F_KERNEL_CT) && !(a->w & (CT_F_MARK | CT_F_NAT_NEW)))
 			return ct_new(k, &ck, a, bytes);
 		return -1;
 	}
@@ -280,10 +367,7 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, st
 			ov->state = CS_TRK | CS_EST;
 		ct_event(&ok, cv->tcp, ST_CT_EST);
 	}
-	__sync_fetch_and_add(&cv->packets, 1);
-	__sync_fetch_and_add(&cv->bytes, bytes);
-	cv->used = bpf_ktime_get_ns();
-	ct_md(k, state, a->h, cv->mark);
+	ct_hit(skb, k, p, a, cv, state, bytes);
 	return 0;
 }
 

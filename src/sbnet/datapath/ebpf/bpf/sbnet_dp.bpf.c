@@ -60,6 +60,13 @@ struct {
 } conns SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);     /* the loader sets the capacity */
+	__type(key, struct sb_ct6_key);
+	__type(value, struct sb_ct_val);
+} conns6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
@@ -392,47 +399,76 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 		bpf_skb_vlan_pop(skb);
 		reoffset(skb, &p);
 		break;
+	/* Sets keep the key as the packet now is: a later pass (after ct) matches on it. */
 	case OP_SET_ETH_SRC:
 		set_mac(skb, 6, a->a);
+		k->w[K_ETH_SRC] = a->a;
 		break;
 	case OP_SET_ETH_DST:
 		set_mac(skb, 0, a->a);
+		k->w[K_ETH_DST] = a->a;
 		break;
 	case OP_SET_IP4_SRC:
 		set_ip4_addr(skb, &p, 12, a->w);
+		if (p.ipv == 4)
+			k->w[K_NW_SRC] = a->w;
 		break;
 	case OP_SET_IP4_DST:
 		set_ip4_addr(skb, &p, 16, a->w);
+		if (p.ipv == 4)
+			k->w[K_NW_DST] = a->w;
 		break;
 	case OP_SET_IP4_TOS:
 		set_ip4_word(skb, &p, 0, 0, a->h, a->w);
+		if (p.ipv == 4)
+			k->w[K_NW_TOS] = (k->w[K_NW_TOS] & ~(__u64)a->w) | (a->h & a->w);
 		break;
 	case OP_SET_IP4_TTL:
 		set_ip4_word(skb, &p, 8, 1, a->h, 0xFF);
+		if (p.ipv == 4)
+			k->w[K_NW_TTL] = a->h & 0xFF;
 		break;
 	case OP_SET_IP6_SRC:
 		set_ip6_addr(skb, &p, 8, a->a, a->b);
+		if (p.ipv == 6) {
+			k->w[K_IPV6_SRC_HI] = a->a;
+			k->w[K_IPV6_SRC_LO] = a->b;
+		}
 		break;
 	case OP_SET_IP6_DST:
 		set_ip6_addr(skb, &p, 24, a->a, a->b);
+		if (p.ipv == 6) {
+			k->w[K_IPV6_DST_HI] = a->a;
+			k->w[K_IPV6_DST_LO] = a->b;
+		}
 		break;
 	case OP_SET_IP6_TCLASS:
 		set_ip6_vtc(skb, &p, (__u32)a->h << 20, a->w << 20);
+		if (p.ipv == 6)
+			k->w[K_NW_TOS] = (k->w[K_NW_TOS] & ~(__u64)a->w) | (a->h & a->w);
 		break;
 	case OP_SET_IP6_LABEL:
 		set_ip6_vtc(skb, &p, a->w, 0xFFFFF);
+		if (p.ipv == 6)
+			k->w[K_IPV6_LABEL] = a->w & 0xFFFFF;
 		break;
 	case OP_SET_IP6_HLIMIT: {
 		__u8 h = a->h;
-		if (p.ipv == 6 && p.l3 >= 0 && p.l3 < 64)
+		if (p.ipv == 6 && p.l3 >= 0 && p.l3 < 64) {
 			bpf_skb_store_bytes(skb, p.l3 + 7, &h, 1, 0);
+			k->w[K_NW_TTL] = h;
+		}
 		break;
 	}
 	case OP_SET_TP_SRC:
 		set_port(skb, &p, 0, a->h);
+		if (p.l4 >= 0 && (p.l4proto == 6 || p.l4proto == 17))
+			k->w[K_TP_SRC] = a->h;
 		break;
 	case OP_SET_TP_DST:
 		set_port(skb, &p, 2, a->h);
+		if (p.l4 >= 0 && (p.l4proto == 6 || p.l4proto == 17))
+			k->w[K_TP_DST] = a->h;
 		break;
 	case OP_SET_MARK:
 		skb->mark = a->w;

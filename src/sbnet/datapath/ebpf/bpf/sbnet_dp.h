@@ -67,6 +67,8 @@ enum sb_op {
 
 #define CT_F_COMMIT 1
 #define CT_F_MARK 2
+#define CT_F_NAT 4        /* ct(nat...): a connection's translation applies to its packets */
+#define CT_F_NAT_NEW 8    /* nat(src=...) or nat(dst=...): a new connection gets one (slow path) */
 
 struct sb_act {
 	__u16 op;
@@ -111,6 +113,8 @@ struct sb_config {
 #define CS_RPL 0x08
 #define CS_INV 0x10
 #define CS_TRK 0x20
+#define CS_SNAT 0x40
+#define CS_DNAT 0x80
 /* Not a ct_state bit: the entry of a TCP connection whose handshake this program tracks
  * (committed here, not yet established both ways); its peers run the state machine. */
 #define CS_OPENING 0x10000
@@ -140,6 +144,25 @@ struct sb_tcp_peer {
 	__u8 state;           /* TCPS_*, numbered as conntrack_tcp */
 	__u16 pad;
 };
+/* The IPv6 connection map's key: established connections the slow path committed only. */
+struct sb_ct6_key {
+	__u16 zone;
+	__u8 proto;
+	__u8 pad;
+	__u16 sport;          /* host order */
+	__u16 dport;
+	__u64 src[2];         /* high, low 64 bits, host order (the key slots' words) */
+	__u64 dst[2];
+};
+/* A NATed connection's translation of this direction's packets (ct(nat) on an established
+ * connection): the tuple they leave with, which is the other direction's reversed. */
+struct sb_ct_nat {
+	__u32 flags;          /* CS_SNAT or CS_DNAT: the ct_state bit they get; 0: no NAT */
+	__u16 sport;          /* host order */
+	__u16 dport;
+	__u64 src[2];         /* IPv6 high, low; IPv4 in src[1] */
+	__u64 dst[2];
+};
 struct sb_ct_val {
 	__u32 state;          /* ct_state bits for packets in this direction (+trk+est[+rpl]) */
 	__u32 mark;
@@ -147,6 +170,7 @@ struct sb_ct_val {
 	__u64 bytes;
 	__u64 used;
 	struct sb_tcp_peer tcp[2];  /* TCP in its handshake: original sender first (both entries) */
+	struct sb_ct_nat nat;
 };
 
 /* A connection event's body (after its sb_upcall header). */
@@ -180,10 +204,12 @@ struct sb_meter {
 	__u32 pad2;
 };
 
+/* ct_nat: packets translated by ct(nat); ct6: IPv6 packets of connections in the map. */
 enum sb_stat {
 	ST_HIT, ST_MISS, ST_PUNT_PARSE, ST_PUNT_ACTION, ST_UPCALL, ST_UPCALL_LOST,
 	ST_UPCALL_LIMITED, ST_DROP, ST_METER_DROP, ST_CT_MISS, ST_OUTPUT_ERR,
 	ST_CT_COMMIT, ST_CT_EST, ST_CT_EVENT_LOST, ST_CT_HANDOVER, ST_CT_ZONE_FULL,
+	ST_CT_NAT, ST_CT6,
 	ST_N
 };
 
