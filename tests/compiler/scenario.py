@@ -47,8 +47,8 @@ class Cloud:
             attrs["binding:host_id"] = host
         return self.api.create("ports", project=project, network_id=net["id"], **attrs)
 
-    def sync(self):
-        return self.cluster.sync(self.api.snapshot())
+    def sync(self, plug: bool = True):
+        return self.cluster.sync(self.api.snapshot(), plug=plug)
 
     def send(self, port: dict, frames):
         return self.cluster.send(port["id"], [raw(f) if not isinstance(f, bytes) else f

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tests.compiler.scenario import Cloud, icmp
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+
+from tests.compiler.scenario import Cloud, icmp, ip_of
 
 NOVA = {"X-Project-Id": "service", "X-Roles": "admin,service"}
 
@@ -59,3 +62,58 @@ def test_migrating_to_in_the_profile_is_a_destination_too():
     c.api.update("ports", b["id"], **{"binding:profile": {}})
     c.sync()
     assert _sent_to(c, a, b) == (1, True, False)
+
+
+
+def test_what_reaches_the_source_for_a_migrating_port_goes_to_both_of_its_vifs():
+    """The floating IP's traffic is NATed on the source (the outside's switches still send
+    it there): while the port migrates, a copy leaves by the tunnel for the destination
+    even though the source's VIF is plugged too (it went out of that VIF twice), with its
+    tunnel destination kept across the security group's conntrack pass (it was lost, and
+    the copy sent nowhere), and the destination's group admits it by the connection handed
+    over; once the VM has left the source, the destination's copy alone arrives, before
+    the source's agent has even noticed."""
+    from sbnet.agent.migration import port_addresses, port_zones
+    from sbnet.datapath import ctmove
+    from tests.compiler.test_l3 import external, from_outside, router, router_port, via
+    c = Cloud(hosts=("h1", "h2", "h3"))
+    ext, _ = external(c)
+    net = c.network("p1", "10.0.1.0/24")
+    r = router(c, "p1", net, gateway=ext)
+    g = c.api.create("security-groups", project="p1", name="client-only")
+    for rule in c.api.request("GET", f"security-group-rules?security_group_id={g['id']}")[
+            "security_group_rules"]:
+        if rule["direction"] == "ingress":
+            c.api.delete("security-group-rules", rule["id"])
+    b = c.port("p1", net, "h2", device_owner="compute:nova", security_groups=[g["id"]])
+    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                       port_id=b["id"])
+    fmac = next(p for p in c.api.snapshot()["port"]
+                if p["device_id"] == fip["id"])["mac_address"]
+    c.sync()
+    c.send(b, [via(b, router_port(c, r, net), "203.0.113.50", sport=41000, dport=80,
+                   flags="S")])
+
+    def inbound():
+        return c.cluster.send_external("physnet1", [from_outside(
+            fmac, fip["floating_ip_address"], sport=80, dport=41000, flags="SA", ack=1)])
+    assert inbound().hosts_of(b["id"]) == ["h2"]
+    c.api.client.put("/v2.0/sbnet/hosts/h3", json={"host": {
+        "tunnel_ip": c.cluster.hosts["h3"].tunnel_ip, "datapath": "reference"}}, headers=NOVA)
+    assert c.api.client.post(f"/v2.0/ports/{b['id']}/bindings", json={"binding": {
+        "host": "h3"}}, headers=NOVA).status_code == 201
+    c.sync()
+    c.cluster.plug_destination(b["id"], "h3")
+    c.sync(plug=False)
+    topo = c.cluster.topology(c.api.snapshot())
+    port = topo.ports[b["id"]]
+    ctmove.import_(c.cluster.hosts["h3"].switch.conntrack, ctmove.export(
+        c.cluster.hosts["h2"].switch.conntrack, port_zones(topo, port),
+        ctmove.addresses(port_addresses(topo, port)), 0.0), 0.0)
+    d = inbound()
+    assert d.hosts_of(b["id"]) == ["h2", "h3"]
+    assert {Ether(f)[IP].dst for f in d.to(b["id"])} == {ip_of(b)}
+    c.cluster.unplug(b["id"], "h2")          # the switch-over
+    assert inbound().hosts_of(b["id"]) == ["h3"]
+    c.sync(plug=False)                       # the source's agent saw it
+    assert inbound().hosts_of(b["id"]) == ["h3"]

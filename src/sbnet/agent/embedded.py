@@ -57,9 +57,14 @@ class Delivery:
 
     ports: dict[str, list[bytes]] = field(default_factory=dict)
     external: dict[str, list[bytes]] = field(default_factory=dict)
+    hosts: dict[str, list[str]] = field(default_factory=dict)   # port id -> host of each frame
 
     def to(self, port_id: str) -> list[bytes]:
         return self.ports.get(port_id, [])
+
+    def hosts_of(self, port_id: str) -> list[str]:
+        """The host whose VIF sent out each frame to the port (a migrating VM has two)."""
+        return sorted(self.hosts.get(port_id, []))
 
     @property
     def total(self) -> int:
@@ -134,8 +139,23 @@ class Cluster:
         self.port_at[(host, ofport)] = port_id
         return ofport
 
-    def unplug(self, port_id: str) -> None:
-        host, ofport = self.where.pop(port_id)
+    def plug_destination(self, port_id: str, host: str) -> int:
+        """A migrating VM's VIF on its destination too, as Nova plugs it before the
+        switch-over (the port stays where it was for send())."""
+        h = self.hosts[host]
+        ofport = h.next_ofport
+        h.next_ofport += 1
+        h.switch.add_port(ofport, vif_name(port_id))
+        h.ofports[port_id] = ofport
+        self.port_at[(host, ofport)] = port_id
+        return ofport
+
+    def unplug(self, port_id: str, host: str | None = None) -> None:
+        """The port's VIF goes (host: from that host, for a migrating VM plugged on two)."""
+        if host is None or self.where.get(port_id, ("",))[0] == host:
+            host, ofport = self.where.pop(port_id)
+        else:
+            ofport = self.hosts[host].ofports[port_id]
         h = self.hosts[host]
         h.switch.remove_port(ofport)
         del h.ofports[port_id]
@@ -224,5 +244,7 @@ class Cluster:
                 out.external.setdefault(name, []).extend(sent)
                 nxt += [(o.name, o.physnets[name], sent) for o in self.hosts.values() if o is not h]
             elif (h.name, num) in self.port_at:
-                out.ports.setdefault(self.port_at[(h.name, num)], []).extend(sent)
+                pid = self.port_at[(h.name, num)]
+                out.ports.setdefault(pid, []).extend(sent)
+                out.hosts.setdefault(pid, []).extend(h.name for _ in sent)
         return nxt

@@ -69,7 +69,9 @@ def build_deliver_remote(ctx, net_id: str, net: dict) -> None:
                                   R.clear_flags(R.REMOTE_OUT)],
                  {R.FLAGS_FIELD: remote, "metadata": R.NETWORK.match(topo.net_key[net_id]),
                   "in_port": phys}, ctx.cookie("network", net_id))
-    # The flag is cleared so that a flood's later local copies are not sent remote.
-    ctx.flow("deliver", 100, [*acts, R.clear_flags(R.REMOTE_OUT)],
+    # The flag is cleared so that a flood's later local copies are not sent remote.  Above
+    # the local VIFs' flows: a migrating port's copy for its other host leaves here even
+    # where its VIF is plugged too (both matched at one priority, the VIF took that copy).
+    ctx.flow("deliver", 105, [*acts, R.clear_flags(R.REMOTE_OUT)],
              {R.FLAGS_FIELD: remote, "metadata": R.NETWORK.match(topo.net_key[net_id])},
              ctx.cookie("network", net_id))

@@ -26,6 +26,9 @@ _TUN_ENDPOINTS = ("tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
 _TUN_METADATA = tuple(f"tun_metadata{i}" for i in range(8))
 _TUN_SLOTS = ("tun_id",) + _TUN_ENDPOINTS + ("tun_flags",) + _TUN_METADATA
 _REGS = [S[f"reg{i}"] for i in range(16)]
+# Frozen with the registers (OVS's frozen metadata holds the tunnel too): a copy aimed at
+# another host (tun_dst, tun_id set) that passes conntrack on its way out keeps its aim.
+_TUN_STATE = [S[n] for n in _TUN_SLOTS]
 # What every translation sets or reads, as slot indices computed once (run is per upcall).
 _ALWAYS = tuple((S[n], F.lookup(n).max) for n in ("recirc_id", "in_port", "eth_type"))
 _S_ETH_TYPE, _S_NW_FRAG, _S_IN_PORT = S["eth_type"], S["nw_frag"], S["in_port"]
@@ -71,7 +74,8 @@ class Xlate:
 
     def freeze(self, table: int | None, flow: list[int], rest: tuple = ()) -> int:
         """A recirc_id for resuming in `table`, or with the actions `rest` when table is None."""
-        state = (table, tuple(flow[r] for r in _REGS), flow[S["metadata"]], rest)
+        state = (table, tuple(flow[r] for r in _REGS), flow[S["metadata"]], rest,
+                 tuple(flow[t] for t in _TUN_STATE))
         rid = self._frozen_ids.get(state)
         if rid is None:
             rid = self._frozen_ids[state] = len(self._frozen_ids) + 1
@@ -99,8 +103,8 @@ class Xlate:
                 state = self.frozen.get(rid)
                 if state is None:
                     raise XlateError(f"unknown recirculation id {rid:#x}")
-                table, regs, metadata, rest = state
-                for r, v in zip(_REGS, regs):
+                table, regs, metadata, rest, tun = state
+                for r, v in zip(_REGS + _TUN_STATE, regs + tun):
                     ctx.flow[r] = v
                 ctx.flow[S["metadata"]] = metadata
                 ctx.base = list(ctx.flow)
