@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import raw
 
+from sbnet.datapath.ebpf import layout as L
 from sbnet.datapath.ebpf.connsync import ConnSync
 from sbnet.datapath.ebpf.upcalls import five_tuples, five_tuples6
 from sbnet.datapath.batch import Batch
@@ -169,6 +170,26 @@ def test_nat_of_established_connections_in_the_kernel(tier, case, udp, data):
     seen = compare(tier, sw, packets, ref)
     assert seen == {"kernel": len(packets), "upcall": 0}
     assert tier.stats()["ct_nat"] - before == len(packets)
+    # A restarted agent takes the connection up from the pinned map, translation and all,
+    # and its first reconciliation writes the entries as they were.
+    entries = _entries(tier)
+    fresh = Switch(clock=lambda: 0.0)
+    again = ConnSync(tier, fresh.conntrack, kernel_ct=False)
+    again.take_up(0.0)
+    assert fresh.conntrack.dump() == sw.conntrack.dump()
+    again.sync(0.0)
+    assert _entries(tier) == entries and len(again._nat) == 2
+
+
+def _entries(tier) -> dict:
+    """Both connection maps' entries: key -> (state, mark, translation)."""
+    out = {}
+    for m in (tier.m_conns, tier.m_conns6):
+        keys, vals = m.items()
+        for i, v in enumerate(np.frombuffer(vals, dtype=L.CT_VAL_DTYPE)):
+            key = keys[i * m.key_size:(i + 1) * m.key_size]
+            out[key] = (int(v["state"]), int(v["mark"]), v["nat"].tobytes())
+    return out
 
 
 def test_a_new_connection_given_a_translation_goes_up(tier):
