@@ -116,8 +116,17 @@ def test_established_ipv6_connections_run_in_the_kernel(tier, sport, udp, data):
     seen = compare(tier, sw, packets, ref)
     assert seen == {"kernel": len(packets), "upcall": 0}
     assert tier.stats()["ct6"] - before == len(packets)
+    # What the kernel forwarded keeps the slow path's connection alive (its timeout restarts).
+    [slot] = sw.conntrack.view.in_zones({5}, v6=True)
+    was = float(sw.conntrack.table.exp[slot])
+    sync.sync(1000.0)
+    assert sw.conntrack.table.exp[slot] == was + 1000.0
     if not udp:       # a FIN changes the connection's state: the slow path's
-        assert tier.run(seg(C6, S6, sport, dport, "FA"), 1).verdict == "upcall"
+        fin = seg(C6, S6, sport, dport, "FA")
+        assert tier.run(fin, 1).verdict == "upcall"
+        run_reference(sw, [(1, fin)])
+        hand_down(sync, [fin])                # no longer established: out of the map at once
+        assert not sync.held6 and not tier.m_conns6.keys()
     # Gone from the slow path's conntrack: gone from the kernel at the next reconciliation.
     sw.conntrack.flush()
     sync.sync(0.0)

@@ -153,8 +153,19 @@ class ConnSync:
                                              tuples[:, 3:5], t[5], t[6])
             found.append(slot[slot >= 0])
         slots = np.unique(np.concatenate(found))
-        if slots.size:
-            self._write(*self.desired6(slots), force=force)
+        if not slots.size:
+            return
+        # One no longer established (a FIN, a RST seen) leaves the map now: its packets go up.
+        gone = slots[~self.ct.view.held_outside(slots)]
+        if gone.size:
+            zone, proto, _, tup = self.ct.view.tuples(gone)
+            for z, p, t in zip(zone.tolist(), proto.tolist(), tup.tolist()):
+                for sh, sl, dh, dl, sp, dp in t:
+                    k = (z, p, sh << 64 | sl, dh << 64 | dl, sp, dp)
+                    if self.held6.pop(k, None) is not None:
+                        self.tier.remove_conn6(*k)
+                        self._nat.pop(k, None)
+        self._write(*self.desired6(slots), force=force)
 
     def guard(self, tuples: np.ndarray) -> list[tuple]:
         """Before the slow path switches an upcall batch (kernel_ct): both directions of
