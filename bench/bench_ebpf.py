@@ -1,4 +1,4 @@
-"""The kernel tier's own cost: ns per packet through the BPF program (BPF_PROG_RUN), by megaflows and masks, and flow set-ups per second through the upcall path on real veths (python bench/bench_ebpf.py; root)."""
+"""The kernel tier's own cost: ns per packet through the BPF program (BPF_PROG_RUN), by megaflows and masks and for established connections (IPv4, NATed, IPv6), and flow set-ups per second through the upcall path on real veths (python bench/bench_ebpf.py; root)."""
 
 from __future__ import annotations
 
@@ -82,8 +82,80 @@ def main() -> None:
             r = run(n, m, a.repeat)
             print(f"{n:>9}  {m:>5}  {r['first mask']:>22}  {r['last mask']:>23}  {r['miss']:>13}"
                   f"  {r['installs/s']:>10.0f}")
+    print()
+    print("established connection, two passes (ct, then output)   ns/pkt")
+    for label, ns in established(a.repeat).items():
+        print(f"{label:<55}  {ns:>6}")
     if a.setups:
         setups(a.setups)
+
+
+# An established UDP connection through ct() in zone 5 (a security group), or through a
+# DNAT in zone 9, opened by the reference switch and handed down.  BPF_PROG_RUN's repeated
+# runs see the packet as the last run left it, so the DNAT's second pass sets the
+# destination back (two sets), and a plain ct() with the same two sets is its baseline.
+_SET_BACK = "mod_nw_dst:10.0.0.2,set_field:80->udp_dst,output:2"
+CT_FLOWS = {
+    "ct(), IPv4": "table=0,priority=10,ip,ct_state=-trk actions=ct(zone=5,table=1)\n"
+                  "table=1,priority=10,ct_state=+trk+new actions=ct(commit,zone=5),output:2\n"
+                  "table=1,priority=10,ct_state=+trk+est actions=output:2",
+    "ct(), IPv4, then two sets": "table=0,priority=10,udp actions=ct(commit,zone=9,table=1)\n"
+                                 f"table=1,priority=10,udp,ct_state=+trk actions={_SET_BACK}",
+    "ct(nat) DNAT (address, port, checksums), then two sets":
+        "table=0,priority=10,udp actions=ct(commit,zone=9,nat(dst=10.0.0.5:8080),table=1)\n"
+        f"table=1,priority=10,udp,ct_state=+trk actions={_SET_BACK}",
+    "ct(), IPv6": "table=0,priority=10,ipv6,ct_state=-trk actions=ct(zone=5,table=1)\n"
+                  "table=1,priority=10,ct_state=+trk+new actions=ct(commit,zone=5),output:2\n"
+                  "table=1,priority=10,ct_state=+trk+est actions=output:2",
+}
+
+
+def established(repeat: int) -> dict[str, int]:
+    """ns per packet of an established connection's packet in the kernel (BPF_PROG_RUN):
+    the first pass's megaflow, ct() found in the connection map (translated for NAT),
+    recirculation, the second pass's megaflow, output."""
+    import numpy as np
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import raw
+    from sbnet.datapath.batch import Batch
+    from sbnet.datapath.ebpf.connsync import ConnSync
+    from sbnet.datapath.ebpf.upcalls import five_tuples, five_tuples6
+    from sbnet.datapath.switch import Switch
+    out = {}
+    for label, flows in CT_FLOWS.items():
+        v6 = "IPv6" in label
+        a, b = ("2001:db8::1", "2001:db8::2") if v6 else ("10.0.0.1", "10.0.0.2")
+        l3 = IPv6 if v6 else IP
+        eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        fwd = raw(eth / l3(src=a, dst=b) / UDP(sport=1234, dport=80) / bytes(18))
+        back_src, back_port = ("10.0.0.5", 8080) if "nat" in label else (b, 80)
+        back = raw(eth / l3(src=back_src, dst=a) / UDP(sport=back_port, dport=1234) / bytes(18))
+        sw = Switch(clock=lambda: 0.0)
+        for p in (1, 2):
+            sw.add_port(p)
+        sw.load(flows)
+        for f, port in ((fwd, 1), (back, 2), (fwd, 1)):
+            sw.process(Batch.from_packets([f], port))
+        with EbpfTier(capacity=1024) as t:
+            t.add_port(1, BENCH_IFINDEX)
+            t.add_port(2, 2)
+            for mf in sw.cache.flows.values():
+                t.put(mf)
+            sync = ConnSync(t, sw.conntrack, kernel_ct=False)
+            sync.zones.update({5, 9})
+            batch = Batch.from_packets([fwd, back], np.array([1, 2], dtype=np.uint32))
+            sync.hand_down(five_tuples(batch))
+            sync.hand_down6(five_tuples6(batch))
+            before = t.stats()
+            out[label] = t.bench(fwd, 1, repeat)
+            after = t.stats()
+            key = "ct6" if v6 else "ct_nat" if "nat" in label else "hit"
+            if after[key] - before[key] < repeat or after["upcall"] != before["upcall"]:
+                raise RuntimeError(f"{label}: the packet did not stay in the kernel "
+                                   f"({before} -> {after})")
+    return out
 
 
 def setups(n: int) -> None:
