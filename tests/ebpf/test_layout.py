@@ -65,6 +65,8 @@ def test_a_match_on_zero_outside_the_key_holds_anything_else_refuses():
     ((odp.Output(2), odp.Ct(zone=1), odp.Recirc(3)), "an output before ct()"),
     ((odp.SetFields("skb_mark", (("pkt_mark", 1),)), odp.Ct(zone=1), odp.Recirc(3)), "a header edit before ct()"),
     ((odp.Ct(zone=1, label=(1, 1)), odp.Recirc(3)), "ct() with label or force"),
+    ((odp.Ct(zone=1), odp.Recirc(3), odp.Ct(zone=1), odp.Recirc(4)),
+     "actions after a recirculation"),
     ((odp.Meter(4), odp.Output(2)), "meter 4 is not in the kernel meter table"),
     ((odp.SetFields("icmp", (("icmp_type", 0),)), odp.Output(2)), "set(icmp)"),
     ((odp.Output(2),) * 17, "more than the 16"),

@@ -250,6 +250,12 @@ def encode_actions(actions: tuple, ports: dict[int, KernelPort],
                 mv, mm = mark or (0, 0)
                 out.append((OP_CT, zone & 0xFFFF, flags, mv, mm))
             case odp.Recirc(recirc_id):
+                if i != len(actions) - 1:
+                    # Two copies that each pass conntrack (a migrating port's, one for its
+                    # VIF here and one for its other host): the program's next pass is the
+                    # first copy's, and the second would be lost.
+                    raise NotInKernel("actions after a recirculation: the kernel tier "
+                                      "resumes one pass per packet")
                 out.append((OP_RECIRC, 0, recirc_id, 0, 0))
             case odp.TunnelPush():
                 out += _tunnel(a, ports)
