@@ -34,8 +34,8 @@ class FiveTupleXlate:
     def __init__(self, inner) -> None:
         self.inner = inner
 
-    def run(self, key, trace: bool = False):
-        res = self.inner.run(key, trace)
+    def run(self, key, trace: bool = False, record: bool = False):
+        res = self.inner.run(key, trace, record)
         for slot, m in five_tuple_mask(key):
             res.wc[slot] |= m
         return res

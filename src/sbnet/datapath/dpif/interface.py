@@ -39,6 +39,18 @@ class Upcall(Protocol):
     def __call__(self, key: list[int], now: float) -> Megaflow: ...
 
 
+class SamePath(Protocol):
+    """Beside Upcall, optional: right after an upcall, the datapath flows of the other
+    misses of its batch that take the path its translation took through the tables, put
+    through `Dpif.flow_put_many`: what their own upcalls would install, for one
+    translation.  keys: the batch's misses, slot-major (one column each); owner: the flow
+    id each has already (-1: none yet); index: the batch's hash indexes, kept by the
+    caller between calls.  Returns the columns given a flow and the flow id of each."""
+
+    def __call__(self, keys: np.ndarray, owner: np.ndarray, index: dict,
+                 now: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class OffloadTier(Protocol):
     """A tier in front of the software tiers that may carry a datapath flow's packets
     (the NIC model of sbnet.offload, the kernel eBPF tier).  It counts the packets it
@@ -89,6 +101,11 @@ class Dpif(Protocol):
 
     def flow_put(self, wc: list[int], key, actions: tuple, rules: list, reason: str,
                  modified: int, now: float) -> Megaflow: ...
+
+    def flow_put_many(self, wc: list[int], keys: np.ndarray, actions: tuple, rules: list,
+                      reason: str, modified: int, now: float) -> list[Megaflow]:
+        """flow_put of one translation for several keys (columns of slot-major `keys`,
+        each a flow of its own: key & wc)."""
 
     def flow_del(self, mf_id: int) -> FlowCounts: ...
 

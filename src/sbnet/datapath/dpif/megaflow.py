@@ -71,7 +71,7 @@ def subtable_kernel(keys, todo, pos, n, slots, mask, home_row, values, ids, ovf_
     return left
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Megaflow:
     """One cached translation: match (key & mask) -> datapath actions."""
 
@@ -83,10 +83,28 @@ class Megaflow:
     action_id: int
     rules: list                      # classifier rules whose actions ran
     reason: str                      # "forwarded" or why packets are dropped
-    key: tuple[int, ...]             # the key that created it (for revalidation)
+    # The key that created it (for revalidation): a tuple, or a KeyColumn until first
+    # read (a batch's megaflows are made without a tuple of each key).
+    origin: object
     modified: int                    # slots the actions rewrite (bitmask)
     created: float = 0.0
     tier: str = "software"
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        k = self.origin
+        if type(k) is KeyColumn:
+            k = self.origin = tuple(k.keys[:, k.col].tolist())
+        return k
+
+
+class KeyColumn:
+    """A key as a column of a batch's slot-major keys, read into a tuple when needed."""
+
+    __slots__ = ("keys", "col")
+
+    def __init__(self, keys: np.ndarray, col: int) -> None:
+        self.keys, self.col = keys, col
 
 
 class Subtable:
@@ -145,6 +163,28 @@ class Subtable:
         self._pending.append(row)
         self.n += 1
         return row
+
+    def insert_many(self, values: np.ndarray, mf_ids: np.ndarray) -> np.ndarray:
+        """insert() of several megaflows (values: one column each); returns their rows."""
+        n = mf_ids.size
+        take = min(n, len(self.free))
+        reused = [self.free.pop() for _ in range(take)]
+        while self.rows_used + n - take > self.ids.size:
+            self._grow_rows()
+        rows = np.array(reused + list(range(self.rows_used, self.rows_used + n - take)),
+                        dtype=np.intp)
+        self.rows_used += n - take
+        self.values[:, rows] = values
+        self.ids[rows] = mf_ids
+        if self._const is None:
+            self._const = [int(v) for v in values[:, 0]]
+        c = self._const
+        for j in range(len(c)):
+            if c[j] is not None and (values[j] != np.uint64(c[j])).any():
+                c[j] = None
+        self._pending.extend(rows.tolist())
+        self.n += n
+        return rows
 
     def remove(self, row: int) -> None:
         self.ids[row] = -1
@@ -336,6 +376,36 @@ class MegaflowCache:
         self.action_of[mf_id] = action_id
         self.tcp_flags[mf_id] = 0
         return mf
+
+    def add_many(self, wc: list[int], keys: np.ndarray, actions: tuple, action_id: int,
+                 rules: list, reason: str, modified: int, now: float) -> list[Megaflow]:
+        """add() of one translation for several keys (columns of slot-major `keys`)."""
+        n = keys.shape[1]
+        if not n:
+            return []
+        slots = tuple([i for i, m in enumerate(wc) if m])
+        mask = tuple([wc[i] for i in slots])
+        values = keys[list(slots)] & np.array(mask, dtype=np.uint64)[:, None]
+        first = self._next
+        self._next += n
+        self._ensure(self._next - 1)
+        ids = np.arange(first, first + n, dtype=np.int64)
+        mfs = [Megaflow(i, slots, mask, tuple(v), actions, action_id, rules, reason, KeyColumn(keys, c),
+                        modified, now)
+               for c, (i, v) in enumerate(zip(range(first, first + n), values.T.tolist()))]
+        sub = self.subtables.get((slots, mask))
+        if sub is None:
+            sub = self.subtables[(slots, mask)] = Subtable(slots, mask)
+            self.order.append(sub)
+        rows = sub.insert_many(values, ids)
+        self.flows.update(zip(range(first, first + n), mfs))
+        self._rows.update(zip(range(first, first + n), ((sub, r) for r in rows.tolist())))
+        self.packets[first:first + n] = 0
+        self.bytes[first:first + n] = 0
+        self.used[first:first + n] = now
+        self.action_of[first:first + n] = action_id
+        self.tcp_flags[first:first + n] = 0
+        return mfs
 
     def remove(self, mf_id: int) -> Megaflow:
         mf = self.flows.pop(mf_id)

@@ -110,12 +110,11 @@ def masked_hash_kernel(keys, match, out):
         out[i] = _masked_hash(keys, i, match)
 
 
-@numba.njit("int64(uint64[:, :], uint64[:], int64[:], uint64[:], int64[:], int64, int64)",
-            cache=True, nogil=True)
-def claim_kernel(keys, hashes, order, match, owner, flow, first):
+@numba.njit(cache=True, inline="always")
+def _claim(keys, hashes, order, match, owner, flow):
     """Give `flow` (match row `match`) every packet it takes that no flow owns yet, found
     by its value's hash among `hashes` (the packets' masked hashes under its mask, sorted;
-    `order` their packets); returns the first packet after `first` still unowned."""
+    `order` their packets)."""
     h = np.uint64(14695981039346656037)
     for j in range(np.int64(match[0])):
         h = (h ^ match[3 + 3 * j]) * np.uint64(1099511628211)     # values are masked
@@ -127,11 +126,26 @@ def claim_kernel(keys, hashes, order, match, owner, flow, first):
         i = order[r]
         if owner[i] < 0 and _covers(keys, i, match):
             owner[i] = flow
+
+
+@numba.njit("int64(uint64[:, :], uint64[:], int64[:], uint64[:], int64[:], int64, int64)",
+            cache=True, nogil=True)
+def claim_kernel(keys, hashes, order, match, owner, flow, first):
+    """_claim for one flow; returns the first packet after `first` still unowned."""
+    _claim(keys, hashes, order, match, owner, flow)
     n = owner.shape[0]
     first += 1
     while first < n and owner[first] >= 0:
         first += 1
     return first
+
+
+@numba.njit("void(uint64[:, :], uint64[:], int64[:], uint64[:, :], int64[:], int64[:])",
+            cache=True, nogil=True)
+def claim_many_kernel(keys, hashes, order, matches, flows, owner):
+    """_claim for several flows of one mask, each's match row matches[flow]."""
+    for f in flows:
+        _claim(keys, hashes, order, matches[f], owner, f)
 
 
 def match_row(slots: tuple, mask: tuple, value: tuple) -> np.ndarray:
@@ -179,6 +193,21 @@ class SignatureCache:
         if len(slots) > self.width:
             return                      # too wide: the megaflow tier finds it every time
         self.matches[mf_id, :1 + 3 * len(slots)] = match_row(slots, mask, value)
+
+    def add_many(self, mf_ids: np.ndarray, slots: tuple, mask: tuple, values: np.ndarray) -> None:
+        """add() of flows of one mask: values has a row of masked values per flow."""
+        if not mf_ids.size:
+            return
+        self.add(int(mf_ids.max()), slots, mask, tuple(values[-1].tolist()))   # grows the rows
+        if len(slots) > self.width:
+            return
+        k = len(slots)
+        rows = self.matches[mf_ids]
+        rows[:, 0] = k
+        rows[:, 1:1 + 3 * k:3] = np.array(slots, dtype=np.uint64)
+        rows[:, 2:2 + 3 * k:3] = np.array(mask, dtype=np.uint64)
+        rows[:, 3:3 + 3 * k:3] = values
+        self.matches[mf_ids] = rows
 
     def remove(self, mf_id: int) -> None:
         if mf_id < self.matches.shape[0]:

@@ -8,14 +8,14 @@ import numpy as np
 
 from sbnet.datapath import nsh, odp
 from sbnet.datapath.batch import HEADROOM, Batch
-from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, Upcall
+from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, SamePath, Upcall
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS, ExpressLane,
                                          tunnel_args)
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
-from sbnet.datapath.dpif.smc import (SignatureCache, claim_kernel, count_kernel,
-                                     masked_hash_kernel, match_row)
+from sbnet.datapath.dpif.smc import (SignatureCache, claim_kernel, claim_many_kernel,
+                                     count_kernel, masked_hash_kernel, match_row)
 from sbnet.datapath.execute import execute
 from sbnet.datapath.meters import MeterTable
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
@@ -41,11 +41,15 @@ class UserspaceDpif:
     updated once per batch and its actions run once on all its packets."""
 
     def __init__(self, upcall: Upcall, meters: MeterTable, conntrack=None,
-                 offload: OffloadTier | None = None, compiled: bool = True) -> None:
+                 offload: OffloadTier | None = None, compiled: bool = True,
+                 same_path: SamePath | None = None) -> None:
         """compiled: run the compiled tiers (extract, signature cache, counters); False
-        keeps every step in the numpy code, the reference the compiled path is checked against."""
+        keeps every step in the numpy code, the reference the compiled path is checked against.
+        same_path: after each upcall of a batch, the flows of the batch's other misses
+        that take the same path (one translation for all of them)."""
         from sbnet.datapath.conntrack import Conntrack
         self.upcall = upcall
+        self.same_path = same_path
         self.meters = meters
         self.conntrack = conntrack if conntrack is not None else Conntrack(compiled=compiled)
         self.ports: dict[int, Port] = {}
@@ -113,8 +117,33 @@ class UserspaceDpif:
                  modified: int, now: float) -> Megaflow:
         """Install a datapath flow (match = key & wc) and offer it to the offload tier."""
         self.upcalls += 1
-        # Userspace actions become outputs to the controller pseudo-port so
-        # execute() emits the packet as it is at that point of the action list.
+        mf = self.cache.add(wc, key, actions, self._action_id(actions), rules, reason,
+                            modified, now)
+        if self.smc is not None:
+            self.smc.add(mf.mf_id, mf.slots, mf.mask, mf.value)
+        if self.tier is not None:
+            self.tier.offer(mf, now)
+        return mf
+
+    def flow_put_many(self, wc: list[int], keys: np.ndarray, actions: tuple, rules: list,
+                      reason: str, modified: int, now: float) -> list[Megaflow]:
+        """flow_put of one translation for the keys (columns of slot-major `keys`), each
+        its own flow (key & wc), stored together."""
+        if self.tier is not None:      # the NIC model places each as it is offered
+            return [self.flow_put(wc, keys[:, i].tolist(), actions, rules, reason, modified, now)
+                    for i in range(keys.shape[1])]
+        self.upcalls += keys.shape[1]
+        mfs = self.cache.add_many(wc, keys, actions, self._action_id(actions), rules, reason,
+                                  modified, now)
+        if self.smc is not None and mfs:
+            self.smc.add_many(np.array([mf.mf_id for mf in mfs], dtype=np.int64), mfs[0].slots,
+                              mfs[0].mask, np.array([mf.value for mf in mfs], dtype=np.uint64))
+        return mfs
+
+    def _action_id(self, actions: tuple) -> int:
+        """The id of an action list (megaflows sharing actions share it).  Userspace
+        actions become outputs to the controller pseudo-port, so execute() emits the
+        packet as it is at that point of the action list."""
         acts = actions
         if any(type(a) is odp.Userspace for a in actions):
             acts = tuple(odp.Output(F.OFPP_CONTROLLER) if type(a) is odp.Userspace else a
@@ -124,12 +153,7 @@ class UserspaceDpif:
             aid = self._action_ids[acts] = len(self._actions)
             self._actions.append(acts)
             self._special.append(any(_is_special(a) for a in acts))
-        mf = self.cache.add(wc, key, actions, aid, rules, reason, modified, now)
-        if self.smc is not None:
-            self.smc.add(mf.mf_id, mf.slots, mf.mask, mf.value)
-        if self.tier is not None:
-            self.tier.offer(mf, now)
-        return mf
+        return aid
 
     def flow_del(self, mf_id: int) -> FlowCounts:
         """Delete a datapath flow; its final counters, every tier's packets included."""
@@ -635,20 +659,48 @@ class UserspaceDpif:
         while first < n:
             mf = self.upcall(rows[first].tolist(), now)
             owner[first] = mf.mf_id
-            smc = self.smc
-            if smc is not None and smc.matches[mf.mf_id, 0] == len(mf.slots):
-                match = smc.matches[mf.mf_id]      # the row the cache just stored for it
-            else:
-                match = match_row(mf.slots, mf.mask, mf.value)
-            ix = index.get((mf.slots, mf.mask))
-            if ix is None:
-                h = np.empty(n, dtype=np.uint64)
-                masked_hash_kernel(sub, match, h)
-                order = np.argsort(h, kind="stable")
-                ix = index[(mf.slots, mf.mask)] = (h[order], order)
+            match = self._match_of(mf)
+            ix = self._index(index, sub, mf, match)
             first = claim_kernel(sub, ix[0], ix[1], match, owner, mf.mf_id, first)
+            if first < n and self.same_path is not None:
+                cols, ids = self.same_path(sub, owner, index, now)
+                if cols.size:
+                    # Their flows share one mask: each takes the misses it matches too.
+                    owner[cols] = ids
+                    uniq = np.unique(ids)
+                    mf = self.cache.flows[int(uniq[0])]
+                    ix = self._index(index, sub, mf, self._match_of(mf))
+                    self._claim_many(sub, ix, uniq, owner)
+                    left = np.flatnonzero(owner[first:] < 0)
+                    first = first + int(left[0]) if left.size else n
         self.upcall_seconds += time.process_time() - t0
         return owner
+
+    def _match_of(self, mf: Megaflow) -> np.ndarray:
+        smc = self.smc
+        if smc is not None and smc.matches[mf.mf_id, 0] == len(mf.slots):
+            return smc.matches[mf.mf_id]      # the row the cache stored for it
+        return match_row(mf.slots, mf.mask, mf.value)
+
+    @staticmethod
+    def _index(index: dict, sub: np.ndarray, mf: Megaflow, match: np.ndarray) -> tuple:
+        """The batch's misses hashed under a flow's mask, sorted (made once per mask)."""
+        ix = index.get((mf.slots, mf.mask))
+        if ix is None:
+            h = np.empty(sub.shape[1], dtype=np.uint64)
+            masked_hash_kernel(sub, match, h)
+            order = np.argsort(h, kind="stable")
+            ix = index[(mf.slots, mf.mask)] = (h[order], order)
+        return ix
+
+    def _claim_many(self, sub: np.ndarray, ix: tuple, ids: np.ndarray, owner: np.ndarray) -> None:
+        """Every miss no flow owns yet that one of the flows `ids` (of one mask) takes."""
+        smc = self.smc
+        if smc is not None and smc.matches[int(ids[0]), 0] != np.uint64(0xFFFFFFFFFFFFFFFF):
+            claim_many_kernel(sub, ix[0], ix[1], smc.matches, ids, owner)
+            return
+        for i in ids.tolist():
+            claim_kernel(sub, ix[0], ix[1], self._match_of(self.cache.flows[i]), owner, i, 0)
 
     def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
         tp = self.tunnels[push.ofport]

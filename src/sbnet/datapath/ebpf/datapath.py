@@ -275,10 +275,15 @@ class EbpfDatapath:
     def _install_new(self) -> None:
         new, self._offered = self.switch.dpif.flows_since(self._offered)
         zones = len(self.conns.zones)
+        acts, cts = None, ()
         for mf, p in zip(new, self.tier.put_many(new)):
             if p.tier == "ebpf":
                 mf.tier = "ebpf"
-                self.conns.zones.update(a.zone for a in mf.actions if isinstance(a, odp.Ct))
+                if mf.actions is not acts:      # a batch's megaflows share their actions
+                    acts = mf.actions
+                    cts = [a.zone for a in acts if isinstance(a, odp.Ct)]
+                if cts:
+                    self.conns.zones.update(cts)
         if len(self.conns.zones) > zones:
             # A zone the kernel does ct() in from now on: every connection the slow path
             # holds there goes down first (with kernel_ct the kernel would take one it

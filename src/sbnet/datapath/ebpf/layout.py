@@ -133,6 +133,41 @@ def key_words(slots, mask, value) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(m), tuple(v)
 
 
+def key_words_many(slots, mask, values: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """key_words() of megaflows of one mask (values: a row of slot values each): the mask
+    words, the value words (a row each) and which rows need more than the kernel key."""
+    m = [0] * NWORDS
+    words = np.zeros((values.shape[0], NWORDS), dtype=np.uint64)
+    bad = np.zeros(values.shape[0], dtype=bool)
+    for j, (s, sm) in enumerate(zip(slots, mask)):
+        w = _WORD_OF_SLOT.get(s)
+        if w is None:
+            bad |= (values[:, j] & np.uint64(sm & _M64)) != 0
+            continue
+        m[w] = sm & _M64
+        words[:, w] = values[:, j] & np.uint64(m[w])
+    return tuple(m), words, bad
+
+
+FKEY_DTYPE = np.dtype([("mask_id", "<u4"), ("pad", "<u4"), ("words", "<u8", (NWORDS,))])
+
+
+def pack_fkeys(mask_id: int, words: np.ndarray) -> bytes:
+    """pack_fkey() of many entries of one mask: their keys, back to back."""
+    rec = np.zeros(words.shape[0], dtype=FKEY_DTYPE)
+    rec["mask_id"] = mask_id
+    rec["words"] = words
+    return rec.tobytes()
+
+
+def pack_flows(mf_ids: np.ndarray, acts: list[tuple]) -> bytes:
+    """pack_flow() of many entries with the same actions: their values, back to back."""
+    one = np.frombuffer(pack_flow(0, acts), dtype=np.uint8)
+    out = np.tile(one, (mf_ids.size, 1))
+    out[:, 24:28] = (mf_ids & 0xFFFFFFFF).astype("<u4")[:, None].view(np.uint8)
+    return out.tobytes()
+
+
 def pack_fkey(mask_id: int, words: tuple[int, ...]) -> bytes:
     return FKEY.pack(mask_id, 0, *words)
 

@@ -33,7 +33,9 @@ _FREE_VALUES = frozenset(F.SLOT_INDEX[s] for s in (
 _PROTO = F.SLOT_INDEX["nw_proto"]
 _L4_PROTOS = frozenset((0xFF, p) for p in (F.IP_TCP, F.IP_UDP, F.IP_SCTP))
 _FREE_VALUES_L4 = _FREE_VALUES | {F.SLOT_INDEX["tp_src"]}
+_TP_SRC = F.SLOT_INDEX["tp_src"]
 _PLACEMENTS = 4096             # placements remembered
+_RUN = 8                       # megaflows of one translation put together from this many
 _NO_PEERS = (0,) * 12          # sb_ct_val.tcp of a connection the program does not track
 _NO_NAT = (0,) * 7             # sb_ct_val.nat of a connection without NAT
 
@@ -309,18 +311,80 @@ class EbpfTier:
         return p
 
     def put_many(self, mfs) -> list[Placement]:
-        """put() of several megaflows, their kernel entries written in one system call."""
+        """put() of several megaflows, their kernel entries written in one system call.
+        A run of megaflows of one translation (the very same mask and actions, as
+        Bridge.upcall_same makes them) is placed once per distinct value placement reads,
+        its actions encoded once and its entries packed together."""
         pending: list[tuple[bytes, bytes]] = []
-        out = [self.put(mf, pending) for mf in mfs]
+        out: list[Placement] = []
+        i, n = 0, len(mfs)
+        while i < n:
+            mf = mfs[i]
+            j = i + 1
+            while j < n and mfs[j].slots is mf.slots and mfs[j].mask is mf.mask \
+                    and mfs[j].actions is mf.actions:
+                j += 1
+            got = self._put_run(mfs[i:j], pending) if j - i >= _RUN else None
+            out += got if got is not None else [self.put(m, pending) for m in mfs[i:j]]
+            i = j
         if pending:
             self.m_flows.update_batch(b"".join(k for k, _ in pending),
                                       b"".join(v for _, v in pending))
         return out
 
-    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list,
-                 pending: list | None = None) -> None:
-        if mf_id in self._entries:
-            self.remove(mf_id)
+    def _put_run(self, run: list, pending: list) -> list[Placement] | None:
+        """put() of megaflows of one mask and actions, each placed as put() would place it;
+        None (nothing done) when any would not go in as put() puts one: the caller then
+        puts them one by one, which says why."""
+        mf0 = run[0]
+        if any(mf.mf_id in self._entries for mf in run):
+            return None
+        values = np.array([mf.value for mf in run], dtype=np.uint64).reshape(len(run), -1)
+        cols = [j for j, s in enumerate(mf0.slots) if s not in _FREE_VALUES_L4]
+        if _TP_SRC in mf0.slots and not self._l4_only(mf0, values):
+            cols.append(mf0.slots.index(_TP_SRC))
+        _, first, which = np.unique(values[:, cols], axis=0, return_index=True,
+                                    return_inverse=True)
+        placed = []
+        for f in first.tolist():
+            p = self._place(run[f])
+            if p.tier != "nic" or L.new_state_refusal(mf0.slots, mf0.mask, run[f].value,
+                                                      self.kernel_ct):
+                return None
+            placed.append(Placement("ebpf", p.reason.replace("offloadable to",
+                                                             "in the kernel tier:"), p.needs_ct))
+        try:
+            mask, words, bad = L.key_words_many(mf0.slots, mf0.mask, values)
+            acts = L.encode_actions(mf0.actions, self.ports, self.meters)
+        except L.NotInKernel:
+            return None
+        if bad.any() or (mask not in self._mask_ids and len(self._masks) >= L.MAX_MASKS) \
+                or len(self._entries) + len(run) > self.capacity:
+            return None
+        mid = self._mask_id(mask)
+        ids = np.array([mf.mf_id for mf in run], dtype=np.int64)
+        keys = L.pack_fkeys(mid, words)
+        pending.append((keys, L.pack_flows(ids, acts)))
+        size = L.FKEY.size
+        self._mask_users[mask] += len(run)
+        for k, mf_id in enumerate(ids.tolist()):
+            self._entries[mf_id] = (mask, keys[k * size:(k + 1) * size])
+            self._seen[mf_id] = (0, 0)
+        out = [placed[w] for w in which.reshape(-1).tolist()]
+        self._placements.update(zip(ids.tolist(), out))
+        return out
+
+    @staticmethod
+    def _l4_only(mf, values: np.ndarray) -> bool:
+        """Whether every megaflow of a run matches TCP, UDP or SCTP exactly (tp_src a port)."""
+        if _PROTO not in mf.slots:
+            return False
+        j = mf.slots.index(_PROTO)
+        protos = {(mf.mask[j], int(v)) for v in np.unique(values[:, j]).tolist()}
+        return protos <= _L4_PROTOS
+
+    def _mask_id(self, mask: tuple) -> int:
+        """The id of a mask in the kernel's mask list, added to it when new."""
         mid = self._mask_ids.get(mask)
         if mid is None:
             mid = self._mask_ids[mask] = self._next_mask_id
@@ -329,6 +393,13 @@ class EbpfTier:
             self._mask_users[mask] = 0
             self.m_masks.update(L.U32.pack(len(self._masks) - 1), L.FKEY.pack(mid, 0, *mask))
             self._write_config()
+        return mid
+
+    def _install(self, mf_id: int, mask: tuple, value: tuple, acts: list,
+                 pending: list | None = None) -> None:
+        if mf_id in self._entries:
+            self.remove(mf_id)
+        mid = self._mask_id(mask)
         fkey = L.pack_fkey(mid, value)
         if pending is None:
             self.m_flows.update(fkey, L.pack_flow(mf_id, acts))

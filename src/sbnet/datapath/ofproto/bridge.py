@@ -14,6 +14,7 @@ from sbnet.datapath.dpif.megaflow import Megaflow
 from sbnet.datapath.dpif.userspace import UserspaceDpif
 from sbnet.datapath.meters import MeterStats, MeterTable
 from sbnet.datapath.ofproto.classifier import Rule, Table
+from sbnet.datapath.ofproto.replay import Path
 from sbnet.datapath.ofproto.revalidator import Revalidator
 from sbnet.datapath.ofproto.xlate import Xlate, XlateResult
 from sbnet.datapath.parse import ERROR_REASONS, parse
@@ -64,7 +65,9 @@ class Bridge:
         self.tables: dict[int, Table] = {}
         self.groups: dict[int, A.GroupMod] = {}
         self.meters = MeterTable()
-        self.dpif = UserspaceDpif(self.upcall, self.meters, conntrack, offload, compiled)
+        self.dpif = UserspaceDpif(self.upcall, self.meters, conntrack, offload, compiled,
+                                  same_path=self.upcall_same)
+        self._last: tuple[XlateResult, list[int]] | None = None   # the last upcall's translation
         self._port_set: set[int] = set()
         self.xlate = Xlate(self.tables, self.groups, self._port_set, self.dpif.tunnels)
         self.xlate.meters = self.meters.dp_ids
@@ -148,7 +151,23 @@ class Bridge:
     # -- the upcall ---------------------------------------------------------------
     def upcall(self, key: list[int], now: float) -> Megaflow:
         """A dpif miss: translate, install the datapath flow, note it on its rules."""
-        return self.revalidator.put(key, self.xlate.run(key), now)
+        res = self.xlate.run(key, record=True)
+        self._last = (res, key)
+        return self.revalidator.put(key, res, now)
+
+    def upcall_same(self, keys: np.ndarray, owner: np.ndarray, index: dict,
+                    now: float) -> tuple[np.ndarray, np.ndarray]:
+        """After an upcall: the datapath flows of the batch's misses without one that take
+        the path it translated (sbnet.datapath.ofproto.replay), installed; returns the
+        columns of `keys` given one and the flow id of each (dpif.interface.SamePath)."""
+        last, self._last = self._last, None
+        path = Path.of(*last) if last is not None else None
+        cols = path.followers(keys, owner, index) if path is not None else None
+        if cols is None or not cols.size:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        firsts, group = path.groups(keys, cols)
+        mfs = self.revalidator.put_many(keys[:, firsts], path.result, now)
+        return cols, np.array([mf.mf_id for mf in mfs], dtype=np.int64)[group]
 
     # -- ports ------------------------------------------------------------
     def add_port(self, ofport: int, name: str | None = None, port: Port | None = None) -> Port:

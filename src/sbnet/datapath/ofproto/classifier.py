@@ -92,16 +92,17 @@ class _Subtable:
             else:
                 del seen[part]
 
-    def early_miss(self, key, wc: list[int]) -> bool:
-        """True when some stage rules the subtable out; wc then gets the fields through it."""
+    def miss_stage(self, key, wc: list[int]) -> int | None:
+        """The index in `prefixes` of the first stage that rules the subtable out (wc then
+        gets the fields through it), or None when every stage holds some rule's values."""
         vals = [key[s] & m for s, m in self.staged]     # every upcall runs this: no genexprs
-        for end, seen in self.prefixes:
+        for i, (end, seen) in enumerate(self.prefixes):
             part = tuple(vals[:end])
             if part not in seen:
                 for s, m in self.staged[:end]:
                     wc[s] |= m
-                return True
-        return False
+                return i
+        return None
 
 
 class Table:
@@ -181,7 +182,8 @@ class Table:
     def _resort(self) -> None:
         self._order = sorted(self._subtables.values(), key=lambda s: -s.max_priority)
 
-    def lookup(self, key, wc: list[int], conjunctive: bool = True) -> Rule | None:
+    def lookup(self, key, wc: list[int], conjunctive: bool = True,
+               probes: list | None = None) -> Rule | None:
         """Highest-priority matching rule, with OVS's conjunctive-match semantics.
 
         Every subtable visited contributes its mask to `wc`: the result depends on
@@ -189,19 +191,32 @@ class Table:
         no rule of which shares the packet's metadata, L2 or L3 values contributes only
         the fields through that stage: an IPv4 packet does not unwildcard an ARP rule's
         arp_tpa, nor a TCP packet a UDP rule's ports.
+
+        probes: a list to append each subtable visited to, as (subtable, stage, key):
+        stage -1 a hit (key None), else the index in its prefixes of the stage that ruled
+        it out (len(prefixes): the whole masked key held no rule) with the key as it was;
+        None when a conjunctive match was tried (sbnet.datapath.ofproto.replay reads these).
         """
         self.lookups += 1
         hard, hard_pri, soft = None, -1, []
         for sub in self._order:
             if sub.max_priority <= hard_pri:
                 break
-            if sub.prefixes and sub.early_miss(key, wc):
-                continue
+            if sub.prefixes:
+                stage = sub.miss_stage(key, wc)
+                if stage is not None:
+                    if probes is not None:
+                        probes.append((sub, stage, tuple(key)))
+                    continue
             for s, m in sub.mask:
                 wc[s] |= m
             lst = sub.rules.get(sub.key_of(key))
             if not lst:
+                if probes is not None:
+                    probes.append((sub, len(sub.prefixes), tuple(key)))
                 continue
+            if probes is not None:
+                probes.append((sub, -1, None))
             # Like OVS, a subtable shows only its best rule for a given masked key.
             best = lst[0]
             if best.priority <= hard_pri:
@@ -212,6 +227,8 @@ class Table:
             else:
                 hard, hard_pri = best, best.priority
         if soft:
+            if probes is not None:
+                probes.append(None)
             found = self._conjunctive(key, wc, soft, hard_pri)
             if found is not None:
                 hard = found

@@ -62,6 +62,17 @@ class Revalidator:
             r.megaflows.add(mf.mf_id)
         return mf
 
+    def put_many(self, keys, res, now: float) -> list[Megaflow]:
+        """put() of one translation for several keys (columns of slot-major `keys`) that
+        took its path through the tables (sbnet.datapath.ofproto.replay)."""
+        rules = list(dict.fromkeys(res.rules))
+        mfs = self.dpif.flow_put_many(res.wc, keys, res.actions, rules, res.reason,
+                                      res.modified, now)
+        ids = [mf.mf_id for mf in mfs]
+        for r in rules:
+            r.megaflows.update(ids)
+        return mfs
+
     def evict(self, mf: Megaflow) -> None:
         """Delete one datapath flow, folding its final counters into its rules."""
         c = self.dpif.flow_del(mf.mf_id)

@@ -54,6 +54,11 @@ class XlateResult:
     modified: int                      # bitmask of slots the actions changed
     reason: str                        # why the packet was dropped, or "forwarded"
     trace: list[str] | None = None
+    # With run(record=True): the subtables the lookups visited (Table.lookup's probes)
+    # and the mask bits the translation set itself, outside table lookups
+    # (sbnet.datapath.ofproto.replay).
+    probes: list | None = None
+    direct: list[int] | None = None
 
 
 class Xlate:
@@ -82,8 +87,9 @@ class Xlate:
             self.frozen[rid] = state
         return rid
 
-    def run(self, key, trace: bool = False) -> XlateResult:
-        ctx = _Ctx(self, key.tolist() if hasattr(key, "tolist") else list(key), trace)
+    def run(self, key, trace: bool = False, record: bool = False) -> XlateResult:
+        """record: keep what the result's path depends on (XlateResult.probes, .direct)."""
+        ctx = _Ctx(self, key.tolist() if hasattr(key, "tolist") else list(key), trace, record)
         flow = ctx.flow
         ctx.base_in_port = flow[_S_IN_PORT]
         wc = ctx.wc
@@ -121,6 +127,12 @@ class Xlate:
             ctx.odp.clear()
             ctx.reason = str(exc)
             ctx.log(f"Translation failed ({exc}), packet is dropped.")
+        direct = None
+        if record:
+            direct = list(wc)
+            for s, m in enumerate(ctx.cwc):
+                if m:
+                    wc[s] |= m
         for s in _NON_HEADER:
             wc[s] = 0
         tp = self.tunnels.get(ctx.base_in_port)
@@ -135,15 +147,19 @@ class Xlate:
         again = odp.Recirc in kinds
         reason = "forwarded" if sent else "recirculated" if again else ctx.reason
         return XlateResult(tuple(ctx.odp), wc, ctx.rules, ctx.modified, reason,
-                           ctx.lines if trace else None)
+                           ctx.lines if trace else None, ctx.probes, direct)
 
 
 class _Ctx:
-    def __init__(self, x: Xlate, key: list[int], trace: bool) -> None:
+    def __init__(self, x: Xlate, key: list[int], trace: bool, record: bool = False) -> None:
         self.x = x
         self.flow = key
         self.base = list(key)
         self.wc = [0] * F.N_SLOTS
+        # Recording, table lookups widen a mask of their own (cwc), merged into wc at the
+        # end, so what the translation consulted outside them stays known.
+        self.cwc = [0] * F.N_SLOTS if record else self.wc
+        self.probes: list | None = [] if record else None
         self.odp: list = []
         self.rules: list[Rule] = []
         self.modified = 0
@@ -200,7 +216,7 @@ class _Ctx:
         if in_port is not None and in_port != F.OFPP_IN_PORT:
             self.flow[S["in_port"]] = in_port
             self.modified |= 1 << S["in_port"]   # the lookup saw another in_port
-        rule = tbl.lookup(self.flow, self.wc) if tbl is not None else None
+        rule = tbl.lookup(self.flow, self.cwc, probes=self.probes) if tbl is not None else None
         self.flow[S["in_port"]] = saved_port
         if self.lines is not None:
             self.log(f"{table_id}. " + (str(rule.flow).split(" actions=")[0].replace(
@@ -682,7 +698,8 @@ class _Ctx:
                 changed = True
                 named.append((name, v))
                 fld.write(self.base, v)
-            elif whole or consulted and any(self.wc[si] & sm for si, sm in fld.slot_masks(fld.max)):
+            elif whole or consulted and any((self.wc[si] | self.cwc[si]) & sm
+                                            for si, sm in fld.slot_masks(fld.max)):
                 named.append((name, v))
         if changed:
             if whole:
