@@ -14,8 +14,8 @@ from sbnet.api.security import ensure_default_group
 from sbnet.model import dhcp_opts, ipam
 from sbnet.offload.binding import DIRECT_VNICS, bind_from_store, host_profile
 from sbnet.model.attrs import Invalid, fail, to_ip, to_mac, to_prefix_or_none, to_uuid
-from sbnet.model.errors import (BadRequest, Conflict, Forbidden, InvalidInput, ip_generation_failure,
-                                ip_in_use, mac_in_use, not_found)
+from sbnet.model.errors import (BadRequest, Conflict, Forbidden, InvalidInput, NeutronError,
+                                ip_generation_failure, ip_in_use, mac_in_use, not_found)
 from sbnet.model.resources import NETWORK, PORT, QOS_POLICY, SECURITY_GROUP
 from sbnet.store import Tx
 
@@ -220,19 +220,9 @@ class PortHooks(Hooks):
         if not owned(ctx, net) and not Sight(tx, ctx).shared("network", net):
             raise Forbidden("rule:create_port is disallowed by policy")
         check_device(tx, ctx, body)
-        mac = body.get("mac_address")
-        if mac is not None:
-            if not tx.claim_mac(net["id"], mac, body["id"]):
-                raise mac_in_use(net["id"], mac)
-        else:
-            for _ in range(MAC_TRIES):
-                mac = ipam.random_mac()
-                if tx.claim_mac(net["id"], mac, body["id"]):
-                    break
-            else:
-                raise Conflict(f"Unable to generate unique mac on network {net['id']}.",
-                               type_name="MacAddressGenerationFailure")
-        body["mac_address"] = mac
+        chosen = body.get("mac_address") is not None
+        if not chosen:
+            body["mac_address"] = ipam.random_mac()   # claimed with the first address
         if body["port_security_enabled"] is None:
             body["port_security_enabled"] = net["port_security_enabled"]
         defaulted = body["security_groups"] is None
@@ -240,17 +230,51 @@ class PortHooks(Hooks):
             body["security_groups"] = []
             if body["port_security_enabled"] and not body["device_owner"].startswith("network:"):
                 body["security_groups"] = [ensure_default_group(tx, body["project_id"])["id"]]
-        body["allowed_address_pairs"] = _address_pairs(body["allowed_address_pairs"], mac)
+        pairs = body["allowed_address_pairs"]
+        body["allowed_address_pairs"] = _address_pairs(pairs, body["mac_address"])
         self._groups(tx, ctx, body, trusted=defaulted)
         if body.get("qos_policy_id"):
             fetch(tx, ctx, QOS_POLICY, body["qos_policy_id"])
-        body["fixed_ips"] = allocate_ips(tx, net["id"], body["id"], mac, body["fixed_ips"])
+        mac, body["fixed_ips"] = self._addresses(tx, net["id"], body, chosen)
+        if mac != body["mac_address"]:
+            body["mac_address"] = mac
+            body["allowed_address_pairs"] = _address_pairs(pairs, mac)
         body["binding:profile"] = body["binding:profile"] or {}
         _vif(body, tx, self.api.host_profiles, self.api.heartbeats)
         body["extra_dhcp_opts"] = dhcp_opts.merge([], body.get("extra_dhcp_opts") or [])
         body.setdefault("status", "DOWN")  # router ports come ACTIVE (sbnet.api.l3)
         body.update(ip_allocation="immediate", trunk_details=None)
         return super().create(tx, ctx, body)
+
+    def _addresses(self, tx: Tx, network_id: str, body: dict,
+                   chosen: bool) -> tuple[str, list[dict]]:
+        """A new port's MAC and fixed IPs.  The MAC's claim goes with the first address's
+        (one round trip); a random MAC another port of the network has (a chance in
+        millions) is drawn again, and the addresses taken again (SLAAC's derive from it)."""
+        mac = body["mac_address"]
+        claim = tx.claim_mac_later(network_id, mac, body["id"])
+        try:
+            fixed = allocate_ips(tx, network_id, body["id"], mac, body["fixed_ips"])
+        except NeutronError:
+            if claim.taken:
+                raise
+            if chosen:   # as before: the MAC's error comes first
+                raise mac_in_use(network_id, mac) from None
+            # (a MAC in use makes its SLAAC addresses in use too)
+        else:
+            if claim.taken:
+                return mac, fixed
+            if chosen:
+                raise mac_in_use(network_id, mac)
+        for _ in range(MAC_TRIES - 1):
+            mac = ipam.random_mac()
+            if tx.claim_mac(network_id, mac, body["id"]):
+                break
+        else:
+            raise Conflict(f"Unable to generate unique mac on network {network_id}.",
+                           type_name="MacAddressGenerationFailure")
+        tx.release_port_ips(body["id"])
+        return mac, allocate_ips(tx, network_id, body["id"], mac, body["fixed_ips"])
 
     def update(self, tx: Tx, ctx: Context, old: dict, changes: dict) -> dict:
         merged = {**old, **changes}

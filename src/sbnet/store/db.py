@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import pickle
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -14,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from sqlalchemy import (BigInteger, String, and_, bindparam, cast, create_engine, delete, event,
-                        func, insert, literal, literal_column, null, select, text, union_all, update)
+                        func, insert, literal_column, null, select, text, union_all, update)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -123,7 +125,7 @@ def _prefetch_query(shape: tuple) -> Any:
     r = t.resources.c
     parts = []
     for n, kind in enumerate(shape):
-        tag = literal(n).label("n")
+        tag = literal_column(str(n)).label("n")   # inline: a prepared statement's $n is untyped
         if kind[0] == "count":
             q = select(tag, cast(null(), r.id.type).label("id"), cast(null(), r.body.type)
                        .label("body"), func.count().label("count")).where(
@@ -141,6 +143,21 @@ def _prefetch_query(shape: tuple) -> Any:
     return union_all(*parts).order_by(literal_column("1"), literal_column("2"))
 
 
+@functools.lru_cache(maxsize=16)
+def _claims_query(tables: tuple[str, ...]) -> Any:
+    """PostgreSQL: several allocations claimed in one statement (parameters c<i>_<column>),
+    each an insert-unless-present; the row returned holds 1 for each one taken, 0 if not."""
+    by_name = {tab.name: tab for tab in (t.ip_allocations, t.mac_allocations)}
+    taken = []
+    for i, name in enumerate(tables):
+        table = by_name[name]
+        ins = pg_insert(table).values({c.name: bindparam(f"c{i}_{c.name}", type_=c.type)
+                                       for c in table.c})
+        cte = ins.on_conflict_do_nothing().returning(literal_column("1")).cte(f"c{i}")
+        taken.append(select(func.count()).select_from(cte).scalar_subquery())
+    return select(*taken)
+
+
 @functools.lru_cache(maxsize=64)
 def _scoped_locks(n: int) -> Any:
     """The whole store shared and n keys (parameters k0...) exclusively, in one statement
@@ -151,15 +168,33 @@ def _scoped_locks(n: int) -> Any:
 class _Driver:
     """A statement compiled once per dialect, to run on the transaction's DBAPI cursor:
     SQLAlchemy's execute costs about 75 us of CPU more per statement than the driver's own
-    (127 against 53 us for a document read on PostgreSQL), and a port create runs a dozen."""
+    (127 against 53 us for a document read on PostgreSQL), and a port create runs a dozen.
+
+    On PostgreSQL it is also a prepared statement (PREPARE once per connection, then EXECUTE):
+    parsing and planning a port create's read-ahead cost the server about 0.5 ms a time."""
 
     _compiled: dict[tuple, "_Driver"] = {}
+    _names = itertools.count()
 
     def __init__(self, stmt: Any, dialect: Any, keys: tuple[str, ...] | None) -> None:
         c = stmt.compile(dialect=dialect, column_keys=list(keys) if keys else None)
         self.sql = str(c)
         self.fixed = dict(c.params)      # the values the statement carries (literals)
         self.order = c.positiontup if c.positional else None
+        self.prepare: bytes | None = None
+        if dialect.name == "postgresql":
+            # psycopg2's %(name)s become $1, $2... in the order of first use.
+            self.params: list[str] = []
+
+            def number(m: re.Match) -> str:
+                if m.group(1) not in self.params:
+                    self.params.append(m.group(1))
+                return f"${self.params.index(m.group(1)) + 1}"
+            body = re.sub(r"%\(([^)]+)\)s", number, self.sql).replace("%%", "%")
+            self.name = f"sbnet_{next(self._names)}"
+            self.prepare = f"PREPARE {self.name} AS {body}".encode()
+            self.execute = f"EXECUTE {self.name}" + (
+                f"({', '.join(['%s'] * len(self.params))})" if self.params else "")
 
     @classmethod
     def of(cls, stmt: Any, dialect: Any, keys: tuple[str, ...] | None = None) -> "_Driver":
@@ -172,6 +207,10 @@ class _Driver:
     def args(self, params: dict) -> Any:
         p = {**self.fixed, **params}
         return p if self.order is None else tuple(p[k] for k in self.order)
+
+    def execute_args(self, params: dict) -> tuple:
+        p = {**self.fixed, **params}
+        return tuple(p[k] for k in self.params)
 
 
 _RESOURCE_KEYS = ("type", "id", "project_id", "parent_id", "body")
@@ -192,8 +231,10 @@ class Store:
             # use, and a new one costs a server process fork.  No pre-ping (a round trip on
             # every checkout): a connection the server dropped fails its first statement,
             # and retrying() runs the transaction again on a new one.
+            # Most recently used first: the few connections a steady load needs stay warm
+            # (their prepared statements, their server process's caches).
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size // 2,
-                                        pool_timeout=120)
+                                        pool_timeout=120, pool_use_lifo=True)
         # SQLite allows one writer; queueing writers here is fairer and faster than busy-waiting.
         self._local_lock = threading.RLock() if self.is_sqlite else None
         self._memory = self.is_sqlite and isinstance(self.engine.pool, StaticPool)
@@ -241,17 +282,20 @@ class Store:
         scoped = keys is not None and not self.is_sqlite
         with self._locked(), self.engine.connect() as conn:
             conn = conn.execution_options(sbnet_write=True)
-            with conn.begin():
-                if scoped:
-                    # Advisory locks are released at commit; sorted, so no two writers deadlock.
-                    held = sorted(set(keys))
-                    tx = Tx(conn, None, write=True, held=held)
+            if scoped:
+                # Advisory locks are released at commit; sorted, so no two writers deadlock.
+                held = sorted(set(keys))
+                tx = Tx(conn, None, write=True, held=held)
+                with tx.sent_transaction():
                     # Sent with the transaction's first statement (one round trip less).
                     tx.queue(_scoped_locks(len(held)), {f"k{i}": k for i, k in enumerate(held)})
-                else:
-                    if not self.is_sqlite:
-                        conn.execute(_STORE_EXCLUSIVE)
-                    tx = Tx(conn, conn.execute(_REVISION_FOR_UPDATE).scalar_one(), write=True)
+                    yield tx
+                    tx.flush(commit=True)
+                return
+            with conn.begin():
+                if not self.is_sqlite:
+                    conn.execute(_STORE_EXCLUSIVE)
+                tx = Tx(conn, conn.execute(_REVISION_FOR_UPDATE).scalar_one(), write=True)
                 yield tx
                 tx.flush()
 
@@ -337,6 +381,21 @@ class Store:
             return out
 
 
+class Claim:
+    """An allocation asked for with Tx.claim_mac_later: sent with the transaction's next
+    claim, or alone when `taken` is asked first."""
+
+    def __init__(self, tx: "Tx", table: Any, row: dict) -> None:
+        self.tx, self.table, self.row = tx, table, row
+        self.outcome: bool | None = None
+
+    @property
+    def taken(self) -> bool:
+        if self.outcome is None and self in self.tx._later:
+            self.tx._claim(None, None)    # sends this one (and any others waiting)
+        return bool(self.outcome)
+
+
 class Tx:
     """Operations inside one transaction; writes record a change and bump the revision.
 
@@ -366,16 +425,32 @@ class Tx:
         # when this transaction writes their type or takes a lock (they may be stale then).
         self._lists: dict[tuple, bytes] = {}
         self._counts: dict[tuple[str, str], int] = {}
+        # PostgreSQL: the prepared statements of this connection (see _Driver), and those
+        # to prepare in the next round trip, ahead of everything it sends.
+        self._pg = conn.dialect.name == "postgresql"
+        self._prepared: set[str] | None = None
+        self._preparing: list[bytes] = []
+        # Allocations asked for with claim_later(), sent with the next claim.
+        self._later: list[Claim] = []
+
+    def _text(self, drv: _Driver, params: dict) -> bytes:
+        """PostgreSQL: the statement as sent, an EXECUTE of its prepared form (prepared in
+        the same round trip the first time on this connection)."""
+        if self._prepared is None:
+            self._prepared = self.conn.info.setdefault("sbnet_prepared", set())
+        if drv.name not in self._prepared:
+            self._prepared.add(drv.name)
+            self._preparing.append(drv.prepare)
+        return self._dbapi_cursor().mogrify(drv.execute, drv.execute_args(params))
 
     def _exec(self, stmt: Any, params: dict, keys: tuple[str, ...] | None = None) -> Any:
         """Run a hot statement on the DBAPI cursor (see _Driver), after the queued ones in
         the same round trip; errors are raised as SQLAlchemy's would be, a dropped
         connection invalidated as SQLAlchemy does."""
         drv = _Driver.of(stmt, self.conn.dialect, keys)
-        cursor = self._dbapi_cursor()
-        if self._queued:
-            return self._run(drv.sql, params, b";".join(
-                [*self._queued, cursor.mogrify(drv.sql, drv.args(params))]), None)
+        if self._pg:
+            self._queued.append(self._text(drv, params))
+            return self._run(drv.sql, params)
         return self._run(drv.sql, params, drv.sql, drv.args(params))
 
     def queue(self, stmt: Any, params: dict, keys: tuple[str, ...] | None = None) -> None:
@@ -383,12 +458,33 @@ class Tx:
         if not self._queueing:
             self._exec(stmt, params, keys)
             return
-        drv = _Driver.of(stmt, self.conn.dialect, keys)
-        self._queued.append(self._dbapi_cursor().mogrify(drv.sql, drv.args(params)))
+        self._queued.append(self._text(_Driver.of(stmt, self.conn.dialect, keys), params))
 
     def _send_queued(self) -> None:
         if self._queued:
-            self._run("(queued statements)", {}, b";".join(self._queued), None)
+            self._run("(queued statements)", {})
+
+    @contextmanager
+    def sent_transaction(self) -> Iterator[None]:
+        """PostgreSQL, a scoped write: BEGIN goes with the first statement and COMMIT (by
+        flush) with the last, two round trips fewer than the driver's own BEGIN and COMMIT
+        (the connection runs in autocommit meanwhile); anything failing rolls it back."""
+        raw = self.conn.connection.dbapi_connection
+        raw.autocommit = True
+        self._queued.append(b"BEGIN")
+        try:
+            yield
+        except BaseException:
+            if not raw.closed and raw.info.transaction_status != 0:   # not idle
+                try:
+                    with raw.cursor() as cur:
+                        cur.execute("ROLLBACK")
+                except self.conn.dialect.loaded_dbapi.Error as exc:
+                    self.conn.invalidate(exc)
+            raise
+        finally:
+            if not raw.closed:
+                raw.autocommit = False
 
     def _sa(self, stmt: Any, params: Any = None) -> Any:
         """A statement run by SQLAlchemy (the cold ones), after the queued ones."""
@@ -400,18 +496,34 @@ class Tx:
             self._cursor = self.conn.connection.dbapi_connection.cursor()
         return self._cursor
 
-    def _run(self, what: str, params: dict, sql: Any, args: Any) -> Any:
-        self._queued = []
+    def _run(self, what: str, params: dict, sql: Any = None, args: Any = None) -> Any:
+        """Send sql with args, or (PostgreSQL) what is to be prepared and the queued
+        statements, in one round trip."""
+        preparing = self._preparing
+        if sql is None:
+            info = self.conn.info
+            if info.get("sbnet_deallocate"):   # see below
+                preparing = [b"DEALLOCATE ALL", *preparing]
+            sql = b";".join([*preparing, *self._queued])
+        self._queued, self._preparing = [], []
+        cursor = self._dbapi_cursor()
         try:
-            self._cursor.execute(sql, args)
+            cursor.execute(sql, args)
         except self.conn.dialect.loaded_dbapi.Error as exc:
             gone = self.conn.dialect.is_disconnect(exc, self.conn.connection.dbapi_connection,
-                                                   self._cursor)
+                                                   cursor)
             if gone:
                 self.conn.invalidate(exc)
+            elif preparing:
+                # Which of these got prepared before the failure is not known: start again
+                # from none with the connection's next round trip.
+                self._prepared.clear()
+                self.conn.info["sbnet_deallocate"] = True
             raise DBAPIError.instance(what, params, exc, self.conn.dialect.loaded_dbapi.Error,
                                       connection_invalidated=gone) from exc
-        return self._cursor
+        if preparing and preparing[0] == b"DEALLOCATE ALL":
+            self.conn.info["sbnet_deallocate"] = False
+        return cursor
 
     def _body(self, value: Any) -> Any:
         return json.loads(value) if self._decode and isinstance(value, str) else value
@@ -543,16 +655,18 @@ class Tx:
             row["revision"] = self.revision
         self._pending.append(row)
 
-    def flush(self) -> None:
+    def flush(self, commit: bool = False) -> None:
         """Write the recorded changes to the feed; the last step of a write transaction.
         A scoped write's get provisional revisions that a trigger renumbers at commit
         (migrations 0002, 0004), so its revisions are taken at the very end; they go in one
-        round trip with its queued statements."""
+        round trip with its queued statements (and its COMMIT, with commit=True)."""
         if self._start is None:
             for row in self._pending:
                 self.queue(_PROVISIONAL_CHANGES, {**row, "body": _dumps(row["body"])},
                            _CHANGE_KEYS)
             self._pending = []
+            if commit:
+                self._queued.append(b"COMMIT")
             self._send_queued()
             return
         if self._pending:
@@ -580,6 +694,10 @@ class Tx:
         return self._claim(t.ip_allocations, {"subnet_id": subnet_id, "ip_address": ip,
                                               "network_id": network_id, "port_id": port_id})
 
+    def release_port_ips(self, port_id: str) -> None:
+        """Release every address claimed for this port."""
+        self._sa(delete(t.ip_allocations).where(t.ip_allocations.c.port_id == port_id))
+
     def release_ip(self, subnet_id: str, ip: str) -> None:
         c = t.ip_allocations.c
         self._sa(delete(t.ip_allocations).where(
@@ -597,9 +715,30 @@ class Tx:
         return self._claim(t.mac_allocations, {"network_id": network_id, "mac_address": mac,
                                                "port_id": port_id})
 
+    def claim_mac_later(self, network_id: str, mac: str, port_id: str) -> "Claim":
+        """claim_mac, sent with this transaction's next claim (one round trip for both on
+        PostgreSQL); Claim.taken tells the outcome."""
+        claim = Claim(self, t.mac_allocations, {"network_id": network_id, "mac_address": mac,
+                                                "port_id": port_id})
+        if self._queueing:
+            self._later.append(claim)
+        else:
+            claim.outcome = self._claim(claim.table, claim.row)
+        return claim
+
     def _claim(self, table: Any, row: dict) -> bool:
-        return self._exec(_CLAIMS[self.conn.dialect.name, table.name], row,
-                          tuple(row)).rowcount == 1
+        if not self._later:
+            return self._exec(_CLAIMS[self.conn.dialect.name, table.name], row,
+                              tuple(row)).rowcount == 1
+        claims, self._later = self._later, []
+        if table is not None:
+            claims.append(Claim(self, table, row))
+        params = {f"c{i}_{k}": v for i, c in enumerate(claims) for k, v in c.row.items()}
+        outcome = self._exec(_claims_query(tuple(c.table.name for c in claims)),
+                             params).fetchall()[0]
+        for claim, taken in zip(claims, outcome):
+            claim.outcome = taken == 1
+        return claims[-1].outcome
 
     def release_mac(self, network_id: str, mac: str) -> None:
         c = t.mac_allocations.c
