@@ -170,7 +170,7 @@ def test_nat_of_established_connections_in_the_kernel(tier, case, udp, data):
     sw.flush_megaflows()
     sync = kernel_with(tier, sw, {9, 11})
     hand_down(sync, [f for _, f in opening])
-    assert len(sync._nat) == 2, sync._nat                  # both directions translated
+    assert len(sync.nats) == 2, sync.nats                  # both directions translated
     packets = [pkt(fwd if f else back, "PA", p) for f, p in data]
     ref = run_reference(sw, packets)
     for (port, _), outs in zip(packets, ref.outputs):
@@ -187,7 +187,7 @@ def test_nat_of_established_connections_in_the_kernel(tier, case, udp, data):
     again.take_up(0.0)
     assert fresh.conntrack.dump() == sw.conntrack.dump()
     again.sync(0.0)
-    assert _entries(tier) == entries and len(again._nat) == 2
+    assert _entries(tier) == entries and len(again.nats) == 2
 
 
 def _entries(tier) -> dict:
@@ -214,15 +214,13 @@ def test_a_new_connection_given_a_translation_goes_up(tier):
     kernel_with(tier, sw, {9})
     for mf in sw.cache.flows.values():
         assert tier.put(mf).tier == "ebpf"
-    tier.kernel_ct = True
-    tier._write_config()
+    tier.set_kernel_ct(True)
     try:
         for f in frames:
             got = tier.run(f, 1)
             assert (got.verdict, got.passes) == ("upcall", 1)     # its megaflow hit, then up
     finally:
-        tier.kernel_ct = False
-        tier._write_config()
+        tier.set_kernel_ct(False)
     assert not tier.m_conns.keys()
 
 

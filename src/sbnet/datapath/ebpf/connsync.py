@@ -42,7 +42,7 @@ class ConnSync:
         self.zones: set[int] = set()          # ct zones of megaflows in the kernel
         self.held: dict[tuple, int] = {}
         self.held6: dict[tuple, int] = {}
-        self._nat: dict[tuple, tuple] = {}    # translation written, by NATed direction
+        self.nats: dict[tuple, tuple] = {}    # translation written, by (held/held6) direction
         self._established = 0                  # EST_ORIG entries in held
         self._synced_ns = time.monotonic_ns()  # kernel `used` stamps after this are news
         # Kernel commits taken up, by zone: all those made before this (a previous agent's
@@ -100,7 +100,7 @@ class ConnSync:
         nat_of = [_nat_key(n) for n in nats.tolist()]
         # A TCP connection in its handshake in the kernel stays there: the slow path's
         # conntrack has it as the kernel's last event told, not as the kernel has it now.
-        change = np.array([force or ((held.get(k) != s or self._nat.get(k) != t) and not (
+        change = np.array([force or ((held.get(k) != s or self.nats.get(k) != t) and not (
             s == PUNT and held.get(k) in _OPENING))
             for k, s, t in zip(dirs, states.tolist(), nat_of)], dtype=bool)
         if not change.any():
@@ -116,9 +116,9 @@ class ConnSync:
                 else:
                     self._set(k, s)
                 if t is None:
-                    self._nat.pop(k, None)
+                    self.nats.pop(k, None)
                 else:
-                    self._nat[k] = t
+                    self.nats[k] = t
 
     # -- the three ways in ---------------------------------------------------------------
     def hand_down(self, tuples: np.ndarray, zones=None, force: bool = False) -> None:
@@ -164,7 +164,7 @@ class ConnSync:
                     k = (z, p, sh << 64 | sl, dh << 64 | dl, sp, dp)
                     if self.held6.pop(k, None) is not None:
                         self.tier.remove_conn6(*k)
-                        self._nat.pop(k, None)
+                        self.nats.pop(k, None)
         self._write(*self.desired6(slots), force=force)
 
     def guard(self, tuples: np.ndarray) -> list[tuple]:
@@ -243,7 +243,7 @@ class ConnSync:
 
     def _drop(self, k: tuple) -> None:
         self._established -= self.held.pop(k) == EST_ORIG
-        self._nat.pop(k, None)
+        self.nats.pop(k, None)
 
     def sync(self, now: float) -> None:
         """Reconcile the map with the conntrack: connections the kernel forwarded for keep
@@ -301,7 +301,7 @@ class ConnSync:
         for k in [k for k in self.held6 if k not in want]:
             self.tier.remove_conn6(*k)
             del self.held6[k]
-            self._nat.pop(k, None)
+            self.nats.pop(k, None)
         if len(want_k):
             self._write(want_k, want_s, want_m, want_n)
 

@@ -242,6 +242,11 @@ class EbpfTier:
         self.tcp_liberal = liberal
         self._write_config()
 
+    def set_kernel_ct(self, on: bool) -> None:
+        """Whether the program commits new IPv4 UDP connections and TCP SYNs itself."""
+        self.kernel_ct = on
+        self._write_config()
+
     def set_upcall_limit(self, rate: int, burst: int) -> None:
         """Upcalls per second (and burst) each port may send up; 0 turns the limit off."""
         self._upcall_limit = (rate, burst)
