@@ -142,7 +142,6 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     hashes = np.empty(n, np.uint64)
     found = np.empty(n, np.int64)
     cst = np.zeros(3, np.int64)
-    size_mask = np.uint64(table.shape[0] - 2)
     n_out = 0
     hits = 0
     depth = 0
@@ -153,7 +152,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
         for a in range(n_act):
             hashes[a] = _key_hash(keys, active[a], hashed)
         for a in range(n_act):
-            found[a] = probe(table, hashes[a], size_mask)
+            found[a] = probe(table, hashes[a])
         for a in range(n_act):
             f = found[a]
             if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, active[a], matches[f])):
