@@ -37,8 +37,10 @@ KEEP_ALIVE_S = 75
 # Handler threads per process, for writes and for reads apart (a read never waits for a
 # lock, so writers queued behind a whole-store write never hold up reads).  Few: every
 # runnable thread competes with the event loop for the GIL, and with 40 of them under 300
-# clients the loop took requests in up to 0.8 s late (bench_api: p99 2.5 times p50).
-WRITE_THREADS = 8
+# clients the loop took requests in up to 0.8 s late (bench_api: p99 2.5 times p50); with
+# 8, writers waiting for their project's locks left the cores idle (300 clients in 30
+# projects: 16 gave 590-630 creates/s and p99 0.56-0.61 s, 8 233-466/s and 1.08-1.31 s).
+WRITE_THREADS = 16
 READ_THREADS = 8
 # FastAPI's own OpenTelemetry instrumentation (0.16x) asks the global providers whether one
 # is configured on every request (8% of a port create's server CPU); sbnet configures none.

@@ -226,13 +226,13 @@ class Store:
         if self.is_sqlite:
             self.engine = _sqlite_engine(url)
         else:
-            # As many kept connections as the API has worker threads (anyio's 40; less per
-            # process when several serve one database): overflow ones are closed after each
-            # use, and a new one costs a server process fork.  No pre-ping (a round trip on
-            # every checkout): a connection the server dropped fails its first statement,
-            # and retrying() runs the transaction again on a new one.
-            # Most recently used first: the few connections a steady load needs stay warm
-            # (their prepared statements, their server process's caches).
+            # More kept connections than the API has handler threads (24, and anyio's for the
+            # change feed's polls; less per process when several serve one database):
+            # overflow ones are closed after each use, and a new one costs a server process
+            # fork.  No pre-ping (a round trip on every checkout): a connection the server
+            # dropped fails its first statement, and retrying() runs the transaction again
+            # on a new one.  Most recently used first: the few connections a steady load
+            # needs stay warm (their prepared statements, their server process's caches).
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size // 2,
                                         pool_timeout=120, pool_use_lifo=True)
         # SQLite allows one writer; queueing writers here is fairer and faster than busy-waiting.
