@@ -247,3 +247,38 @@ def test_vxlan_encap_of_ipv6_frames_with_hop_limit_in_the_kernel(tier, n, hlim):
     tier.flush()
     back = compare(tier, sw, [(TUNNEL, inner)], run_reference(sw, [(TUNNEL, inner)]))
     assert back == {"kernel": 1, "upcall": 0}
+
+
+@settings(max_examples=4, deadline=None)
+@given(segs=st.lists(st.tuples(st.integers(1024, 65535),
+                               st.sampled_from(["A", "PA", "FA", "R", "RA", "S", "SA", "F"])),
+                     min_size=1, max_size=6))
+def test_replies_a_load_balancer_zone_never_saw_pass_it_as_new_in_the_kernel(tier, segs):
+    """On a member's host the load-balancer zone knows none of the connections the
+    clients' hosts DNATed: the member's replies pass its ct(nat) without commit as +new,
+    untranslated, stored nowhere, in the kernel as in the reference (with kernel commits
+    on, the map holds every connection the slow path has there); a SYN-ACK or invalid
+    flags go up."""
+    sw = Switch(clock=lambda: 0.0)
+    for p in (1, 2, 3):
+        sw.add_port(p)
+    sw.load("table=0,priority=10,tcp,in_port=2 actions=ct(zone=11,nat,table=1)\n"
+             "table=1,priority=10,ct_state=+trk+new actions=output:1\n"
+             "table=1,priority=5 actions=output:3")
+    packets = [(2, seg(MEMBER, OUT, 8080, sport, flags, b"x")) for sport, flags in segs]
+    ref = run_reference(sw, packets)
+    kernel_with(tier, sw, {11})
+    tier.set_kernel_ct(True)
+    try:
+        assert all(tier.put(mf).tier == "ebpf" for mf in sw.cache.flows.values())
+        for (port, frame), want, (_, flags) in zip(packets, ref.outputs, segs):
+            got = tier.run(frame, port)
+            new = flags not in ("SA", "F")             # tcp_valid_new
+            assert [p for p, _ in want] == [1 if new else 3]
+            if new:
+                assert [(o.ofport, o.data) for o in got.outputs] == want
+            else:
+                assert got.verdict == "upcall"
+    finally:
+        tier.set_kernel_ct(False)
+    assert not tier.m_conns.keys()

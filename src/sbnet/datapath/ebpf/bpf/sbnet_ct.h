@@ -175,6 +175,15 @@ int ct_tcp(struct __sk_buff *skb, struct pkt *p, struct sb_key *k, struct sb_act
 	ck.dst = k->w[K_NW_DST];
 	__u32 flags = k->w[K_TCP_FLAGS];
 	struct sb_ct_val *cv = bpf_map_lookup_elem(&conns, &ck);
+	if (!cv && !(a->w & (CT_F_COMMIT | CT_F_NAT_NEW)) && !tcp_invalid_flags(flags) &&
+	    (flags & (TH_SYN | TH_ACK)) != (TH_SYN | TH_ACK)) {
+		/* Without commit, a segment of a connection nothing holds (the map holds every
+		 * one the slow path has in this zone) is +new and stored nowhere, a mid-stream
+		 * one too (tcp_valid_new): a member's replies on its own host, whose load-
+		 * balancer zone never saw the connection the client's host DNATed. */
+		ct_md(k, CS_TRK | CS_NEW, a->h, 0);
+		return 0;
+	}
 	if (!cv) {
 		if ((a->w & (CT_F_MARK | CT_F_NAT_NEW)) || tcp_invalid_flags(flags) ||
 		    (flags & (TH_SYN | TH_ACK)) != TH_SYN || tcp_read(skb, p, flags, s))
