@@ -282,3 +282,65 @@ def test_replies_a_load_balancer_zone_never_saw_pass_it_as_new_in_the_kernel(tie
     finally:
         tier.set_kernel_ct(False)
     assert not tier.m_conns.keys()
+
+
+# A packet rewritten by the kernel (a NAT, or the router's sets) and then sent up by a later
+# ct(): the slow path runs it from the first table, so it must go up as it arrived.
+REWRITTEN = {
+    # the floating IP's way out: Ethernet source and TTL set, then ct(commit,nat(src=...))
+    # of a new connection, which only the slow path can translate
+    "sets, then a new connection's nat": (
+        f"table=0,priority=10,ip,in_port=2 actions=mod_dl_src:02:00:00:00:0f:01,dec_ttl,"
+        f"ct(commit,zone=9,nat(src={FIP}),table=2)\ntable=2,priority=1 actions=output:1",
+        (2, FIXED, OUT, 46000, 443), False),
+    # a DNAT done in the kernel (a UDP listener's), then a zone the connection is unknown in
+    "nat, then a zone that does not know it": (
+        f"table=0,priority=10,udp,in_port=1,nw_dst={VIP} actions=ct(zone=11,nat,table=1)\n"
+        f"table=1,priority=10,ct_state=+new+trk,udp actions=ct(commit,zone=11,"
+        f"nat(dst={MEMBER}:8080),table=2)\n"
+        "table=1,priority=5,ct_state=+est+trk actions=ct(zone=5,table=2)\n"
+        "table=2,priority=1 actions=output:2\n"
+        "table=0,priority=5,in_port=2 actions=ct(zone=11,nat,table=3)\n"
+        "table=3,priority=1 actions=output:1",
+        (1, OUT, VIP, 47000, 80), True),
+    "IPv6: nat, then a zone that does not know it": (
+        f"table=0,priority=10,udp6,in_port=1,ipv6_dst={VIP6} actions=ct(zone=11,nat,table=1)\n"
+        f"table=1,priority=10,ct_state=+new+trk,udp6 actions=ct(commit,zone=11,"
+        f"nat(dst=[{MEMBER6}]:8080),table=2)\n"
+        "table=1,priority=5,ct_state=+est+trk actions=ct(zone=5,table=2)\n"
+        "table=2,priority=1 actions=output:2\n"
+        "table=0,priority=5,in_port=2 actions=ct(zone=11,nat,table=3)\n"
+        "table=3,priority=1 actions=output:1",
+        (1, "2001:db8::9", VIP6, 47000, 80), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REWRITTEN))
+def test_a_rewritten_packet_goes_up_as_it_arrived(tier, case):
+    flows, (port, src, dst, sport, dport), established = REWRITTEN[case]
+    sw = Switch(clock=lambda: 0.0)
+    sw.conntrack.tcp_liberal = True
+    for p in (1, 2):
+        sw.add_port(p)
+    sw.load(flows)
+    frame = seg(src, dst, sport, dport, "A", b"data", udp=established, mac=port)
+    if established:     # zone 11 has it (both ways), zone 5 never saw it
+        reply = seg(MEMBER6 if ":" in src else MEMBER, src, 8080, sport, udp=True, mac=2)
+        run_reference(sw, [(port, frame)])
+        sw.conntrack.flush(5)
+        run_reference(sw, [(2, reply)])
+    else:               # the megaflows of an earlier connection, this one new
+        run_reference(sw, [(port, seg(src, dst, sport + 1, dport, "A", mac=port))])
+        sw.conntrack.flush()
+    sync = kernel_with(tier, sw, {9, 11})
+    for mf in sw.cache.flows.values():
+        tier.put(mf)
+    sync.hand_down(five_tuples(Batch.from_packets([frame], 1)))
+    sync.hand_down6(five_tuples6(Batch.from_packets([frame], 1)))
+    assert bool(sync.nats) == established
+    before = tier.stats()
+    got = tier.run(frame, port)
+    after = tier.stats()
+    assert got.verdict == "upcall" and got.passes >= 1, got
+    assert after["ct_nat"] - before["ct_nat"] == int(established)   # rewritten in the kernel
+    assert got.upcalled == frame                                      # and put back

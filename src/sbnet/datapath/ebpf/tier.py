@@ -75,6 +75,7 @@ class RunResult:
     outputs: list[Output] = field(default_factory=list)
     mf_id: int | None = None
     passes: int = 0
+    upcalled: bytes | None = None   # the frame that went up (an accelerated VLAN tag put back in)
 
 
 def _possible_cpus() -> int:
@@ -570,19 +571,21 @@ class EbpfTier:
         res = test_run(self.prog_fd, frame, cb=(kp.ifindex, t[0], t[1], t[2]), repeat=repeat)
         n_out, verdict, mf_id, passes = L.TRACE_HDR.unpack(self.m_trace_hdr.lookup(L.U32.pack(0)))
         outs = []
-        for i in range(min(n_out, L.MAX_OUT)):
+        name = L.VERDICTS.get(verdict, "none")
+        # An upcall leaves the frame it sent up in the first slot.
+        for i in range(1 if name == "upcall" else min(n_out, L.MAX_OUT)):
             raw = self.m_trace_out.lookup(L.U32.pack(i))
             ifindex, ln, vlan, tunset, tun_id, tun_dst, tun_src, mark, _ = \
                 L.TRACE_OUT_HEAD.unpack_from(raw)
             data = raw[L.TRACE_OUT_HEAD.size:L.TRACE_OUT_HEAD.size + ln]
             outs.append(Output(self._ofport_of.get(ifindex, -1), _with_vlan(data, vlan),
                                (tun_id, tun_dst, tun_src) if tunset else None, mark))
-        name = L.VERDICTS.get(verdict, "none")
+        upcalled = outs.pop().data if name == "upcall" else None
         if name == "forward" and res.retval != TC_ACT_REDIRECT:
             raise AssertionError(f"forward verdict with TC return code {res.retval}")
         if name in ("drop", "upcall") and res.retval != TC_ACT_SHOT:
             raise AssertionError(f"{name} verdict with TC return code {res.retval}")
-        return RunResult(name, res.retval, outs, mf_id if passes else None, passes)
+        return RunResult(name, res.retval, outs, mf_id if passes else None, passes, upcalled)
 
     def bench(self, frame: bytes, in_port: int, repeat: int) -> int:
         """Average ns per run of `frame` over `repeat` runs in the kernel (BPF_PROG_RUN)."""

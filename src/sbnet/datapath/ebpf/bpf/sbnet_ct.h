@@ -273,6 +273,7 @@ static __always_inline void ct_nat(struct __sk_buff *skb, struct sb_key *k, stru
 		set_port(skb, p, 2, n->dport);
 	k->w[K_TP_SRC] = n->sport;
 	k->w[K_TP_DST] = n->dport;
+	p->modified = 1;
 	count(ST_CT_NAT);
 }
 

@@ -138,6 +138,7 @@ struct tcp_seg {
 
 struct scratch {
 	struct sb_key key;
+	struct sb_key orig;     /* the key as parsed: what restore() puts back */
 	struct sb_fkey fk;
 	struct sb_ct_val ctv;   /* a connection being committed */
 	struct sb_tcp_peer peers[2];  /* a handshake's peers being updated */
@@ -168,7 +169,7 @@ struct pkt {
 	__u32 tun_dst;
 	__u32 tun_src;
 	__u32 cfg_flags;       /* sb_config.flags */
-	__u32 pad;
+	__u32 modified;        /* a header was rewritten (a set, a NAT): restore() before an upcall */
 };
 
 static __always_inline void count(__u32 which)
@@ -387,6 +388,8 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 
 	if (a->op != OP_OUTPUT && a->op != OP_METER && a->op != OP_CT && a->op != OP_RECIRC)
 		send_pending(skb, &p);          /* this action changes the packet or its metadata */
+	if (a->op >= OP_SET_ETH_SRC && a->op <= OP_SET_TP_DST)
+		p.modified = 1;
 	switch (a->op) {
 	case OP_OUTPUT:
 		output(skb, &p, a->w);
@@ -521,6 +524,49 @@ static __always_inline struct sb_flow *lookup(struct sb_key *k, struct sb_fkey *
 	return 0;
 }
 
+/* A packet going up after the kernel rewrote its headers (sets, or a NAT, before a ct()
+ * that must go up): the headers put back as parsed, checksums updated again, so the slow
+ * path, which runs it from the first table, sees the packet that arrived.  Every header
+ * rewrite the kernel does before a ct() is one its key keeps (layout._KEY_SETS). */
+__attribute__((noinline))
+int restore(struct __sk_buff *skb, struct pkt *p, struct sb_key *o, struct sb_key *k)
+{
+	if (!skb || !p || !o || !k)
+		return -1;
+	if (k->w[K_ETH_SRC] != o->w[K_ETH_SRC])
+		set_mac(skb, 6, o->w[K_ETH_SRC]);
+	if (k->w[K_ETH_DST] != o->w[K_ETH_DST])
+		set_mac(skb, 0, o->w[K_ETH_DST]);
+	if (p->ipv == 4) {
+		if (k->w[K_NW_SRC] != o->w[K_NW_SRC])
+			set_ip4_addr(skb, p, 12, o->w[K_NW_SRC]);
+		if (k->w[K_NW_DST] != o->w[K_NW_DST])
+			set_ip4_addr(skb, p, 16, o->w[K_NW_DST]);
+		if (k->w[K_NW_TOS] != o->w[K_NW_TOS])
+			set_ip4_word(skb, p, 0, 0, o->w[K_NW_TOS], 0xFF);
+		if (k->w[K_NW_TTL] != o->w[K_NW_TTL])
+			set_ip4_word(skb, p, 8, 1, o->w[K_NW_TTL], 0xFF);
+	} else if (p->ipv == 6) {
+		if (k->w[K_IPV6_SRC_HI] != o->w[K_IPV6_SRC_HI] || k->w[K_IPV6_SRC_LO] != o->w[K_IPV6_SRC_LO])
+			set_ip6_addr(skb, p, 8, o->w[K_IPV6_SRC_HI], o->w[K_IPV6_SRC_LO]);
+		if (k->w[K_IPV6_DST_HI] != o->w[K_IPV6_DST_HI] || k->w[K_IPV6_DST_LO] != o->w[K_IPV6_DST_LO])
+			set_ip6_addr(skb, p, 24, o->w[K_IPV6_DST_HI], o->w[K_IPV6_DST_LO]);
+		if (k->w[K_NW_TOS] != o->w[K_NW_TOS])
+			set_ip6_vtc(skb, p, (__u32)o->w[K_NW_TOS] << 20, 0xFF << 20);
+		if (k->w[K_IPV6_LABEL] != o->w[K_IPV6_LABEL])
+			set_ip6_vtc(skb, p, o->w[K_IPV6_LABEL], 0xFFFFF);
+		if (k->w[K_NW_TTL] != o->w[K_NW_TTL] && p->l3 >= 0 && p->l3 < 64) {
+			__u8 h = o->w[K_NW_TTL];
+			bpf_skb_store_bytes(skb, p->l3 + 7, &h, 1, 0);
+		}
+	}
+	if (k->w[K_TP_SRC] != o->w[K_TP_SRC])
+		set_port(skb, p, 0, o->w[K_TP_SRC]);
+	if (k->w[K_TP_DST] != o->w[K_TP_DST])
+		set_port(skb, p, 2, o->w[K_TP_DST]);
+	return 0;
+}
+
 /* Send the packet up: it is the slow path's now.  Returns the TC verdict. */
 static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, struct pkt *p,
 				  struct sb_config *cfg, __u32 reason)
@@ -552,8 +598,10 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 		}
 		ub->tokens = t - 1000000000ull;
 	}
-	if (p->test)
-		return TC_ACT_SHOT;             /* BPF_PROG_RUN: the trace says it went up */
+	if (p->test) {
+		trace_output(skb, p, 0, 0);     /* BPF_PROG_RUN: what went up, in the first slot */
+		return TC_ACT_SHOT;
+	}
 	u->ifindex = skb->ingress_ifindex;
 	u->in_port = in_port;
 	u->len = len;
@@ -652,6 +700,7 @@ int sbnet_ingress(struct __sk_buff *skb)
 			th->verdict = VERDICT_UPCALL;
 		return upcall(skb, s, &p, cfg, ST_PUNT_PARSE);
 	}
+	__builtin_memcpy(&s->orig, k, sizeof(s->orig));
 	/* The frame's length on the wire, as the reference switch counts it. */
 	__u32 wire = skb->len + (skb->vlan_present ? 4 : 0);
 	__u32 passes = 0;
@@ -663,6 +712,8 @@ int sbnet_ingress(struct __sk_buff *skb)
 				th->verdict = VERDICT_UPCALL;
 			if (p.n_out)
 				break;                  /* outputs already made: nothing to hand up */
+			if (p.modified)
+				restore(skb, &p, &s->orig, k);
 			return upcall(skb, s, &p, cfg, pass ? ST_CT_MISS : ST_MISS);
 		}
 		passes++;
@@ -696,6 +747,8 @@ int sbnet_ingress(struct __sk_buff *skb)
 					th->verdict = VERDICT_UPCALL;
 				if (p.n_out)
 					goto done;
+				if (p.modified)
+					restore(skb, &p, &s->orig, k);
 				return upcall(skb, s, &p, cfg, ST_CT_MISS);
 			}
 		}
