@@ -190,3 +190,32 @@ def test_compiled_switch_equals_numpy_switch_entered_again_from_a_port(seed):
         sw.load(table_set(seed).text())
         pair.append(sw)
     _run_both(*pair, _batches(random.Random(seed), packet))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 10_000))
+def test_compiled_switch_equals_numpy_switch_on_batches_of_hundreds(seed):
+    # Past the compiled classifier's and conntrack keys' small-batch sizes.
+    fast, ref = _pair(table_set(seed).text())
+    r = random.Random(seed)
+    pool = [packet(r) for _ in range(40)]
+    _run_both(fast, ref, [[r.choice(pool) for _ in range(r.choice([257, 700]))]
+                          for _ in range(3)])
+
+
+def test_compiled_switch_equals_numpy_switch_through_conntrack_in_big_batches():
+    """300 connections set up and used, each step one batch of 300-600 packets."""
+    fast, ref = _pair(STATEFUL.read_text())
+    c = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.0.0.1",
+                                                                      dst="10.0.0.2")
+    s = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / IP(src="10.0.0.2",
+                                                                      dst="10.0.0.1")
+    conns = [(20000 + k, 80 if k % 5 else 22) for k in range(300)]
+    steps = [[(1, c / TCP(sport=sp, dport=dp, flags="S", seq=100)) for sp, dp in conns],
+             [(2, s / TCP(sport=dp, dport=sp, flags="SA", seq=500, ack=101)) for sp, dp in conns],
+             [(1, c / TCP(sport=sp, dport=dp, flags="A", seq=101, ack=501)) for sp, dp in conns]]
+    for k in range(2):
+        steps.append([(1, c / TCP(sport=sp, dport=dp, flags="PA", seq=101 + 20 * k + 10 * j,
+                                  ack=501) / bytes(10)) for j in range(2) for sp, dp in conns])
+    _run_both(fast, ref, [[(p, raw(x)) for p, x in step] for step in steps])
+    assert fast.dpif.lane_packets > 900
