@@ -20,8 +20,10 @@ class Port:
         self.rx_bytes = 0
 
     def deliver(self, batch: Batch) -> None:
-        self.tx_packets += len(batch)
-        self.tx_bytes += int(batch.length.sum())
+        ln = batch.length
+        self.tx_packets += len(ln)
+        # numpy's sum costs about 2 us whatever the size: a tenth of a small batch's switching.
+        self.tx_bytes += sum(ln.tolist()) if len(ln) <= 16 else int(ln.sum())
 
     def close(self) -> None:
         pass
