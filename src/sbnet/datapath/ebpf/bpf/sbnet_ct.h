@@ -250,6 +250,7 @@ int ct_tcp(struct __sk_buff *skb, struct pkt *p, struct sb_key *k, struct sb_act
 static __always_inline void ct_nat(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
 				   struct sb_ct_nat *n)
 {
+	keep_orig(k, p);
 	if (p->ipv == 4) {
 		if (k->w[K_NW_SRC] != n->src[1])
 			set_ip4_addr(skb, p, 12, n->src[1]);
@@ -273,7 +274,6 @@ static __always_inline void ct_nat(struct __sk_buff *skb, struct sb_key *k, stru
 		set_port(skb, p, 2, n->dport);
 	k->w[K_TP_SRC] = n->sport;
 	k->w[K_TP_DST] = n->dport;
-	p->modified = 1;
 	count(ST_CT_NAT);
 }
 

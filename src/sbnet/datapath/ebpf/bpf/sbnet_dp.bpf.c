@@ -172,6 +172,21 @@ struct pkt {
 	__u32 modified;        /* a header was rewritten (a set, a NAT): restore() before an upcall */
 };
 
+/* Before the first header rewrite of a packet: its key as parsed, for restore(). */
+static __always_inline void keep_orig(struct sb_key *k, struct pkt *p)
+{
+	__u32 zero = 0;
+	struct scratch *sc;
+
+	if (p->modified)
+		return;
+	sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return;
+	__builtin_memcpy(&sc->orig, k, sizeof(sc->orig));
+	p->modified = 1;
+}
+
 static __always_inline void count(__u32 which)
 {
 	__u64 *c = bpf_map_lookup_elem(&stats, &which);
@@ -389,7 +404,7 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 	if (a->op != OP_OUTPUT && a->op != OP_METER && a->op != OP_CT && a->op != OP_RECIRC)
 		send_pending(skb, &p);          /* this action changes the packet or its metadata */
 	if (a->op >= OP_SET_ETH_SRC && a->op <= OP_SET_TP_DST)
-		p.modified = 1;
+		keep_orig(k, &p);
 	switch (a->op) {
 	case OP_OUTPUT:
 		output(skb, &p, a->w);
@@ -700,7 +715,6 @@ int sbnet_ingress(struct __sk_buff *skb)
 			th->verdict = VERDICT_UPCALL;
 		return upcall(skb, s, &p, cfg, ST_PUNT_PARSE);
 	}
-	__builtin_memcpy(&s->orig, k, sizeof(s->orig));
 	/* The frame's length on the wire, as the reference switch counts it. */
 	__u32 wire = skb->len + (skb->vlan_present ? 4 : 0);
 	__u32 passes = 0;
