@@ -107,7 +107,7 @@ class Path:
         """The columns of slot-major `keys` no flow owns yet that take this path.  index:
         one batch's hashes of its keys under each mask met (kept by the caller)."""
         row = self.fixed_row
-        sig = row.tobytes()[:8] + self.free_mask.tobytes() + self.free_slots.tobytes()
+        sig = ("free",) + tuple(self.free)       # the mask every slot is hashed under
         ix = index.get(sig)
         if ix is None:
             h = np.empty(keys.shape[1], dtype=np.uint64)
@@ -122,10 +122,9 @@ class Path:
         cols = cols[owner[cols] < 0]
         if not cols.size:
             return cols
-        k = int(row[0])
-        slots = row[1:1 + 3 * k:3].astype(np.intp)
+        k = int(row[0])             # every slot, in order (_fixed)
         mask, value = row[2:2 + 3 * k:3], row[3:3 + 3 * k:3]
-        cols = cols[((keys[slots][:, cols] & mask[:, None]) == value[:, None]).all(axis=0)]
+        cols = cols[((keys[:, cols] & mask[:, None]) == value[:, None]).all(axis=0)]
         for c in self.checks:
             if not cols.size:
                 break
