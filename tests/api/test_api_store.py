@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.exc import DBAPIError
 
 import sbnet.store.db as db
 from sbnet.store import Store
@@ -50,6 +51,29 @@ def test_store_sqlite(tmp_path: pytest.TempPathFactory) -> None:
 
 def test_store_postgres(pg_db: str) -> None:
     _exercise(pg_db)
+
+
+def test_a_failed_scoped_write_leaves_its_connection_usable(pg_db: str) -> None:
+    """A scoped write on PostgreSQL sends BEGIN, COMMIT and its statements' PREPAREs itself:
+    one failing in the database (here a duplicate id) or in Python rolls back, and the next
+    write on the same connection (the pool's only one) runs, its statements prepared again."""
+    s = Store(pg_db, pool_size=1)
+    with s.write(["k"]) as tx:
+        tx.insert("thing", {"id": "a"}, "p")
+    with pytest.raises(DBAPIError):
+        with s.write(["k"]) as tx:
+            tx.insert("thing", {"id": "a"}, "p")
+            tx.list("thing")     # the insert goes with this statement, and fails
+    with pytest.raises(RuntimeError):
+        with s.write(["k"]) as tx:
+            tx.insert("thing", {"id": "c"}, "p")
+            tx.list("thing")
+            raise RuntimeError("boom")
+    with s.write(["k"]) as tx:
+        tx.insert("thing", {"id": "b"}, "p")
+        assert [x["id"] for x in tx.list("thing")] == ["a", "b"]
+    assert [(c["revision"], c["id"]) for c in s.changes_since(0)] == [(1, "a"), (2, "b")]
+    s.dispose()
 
 
 def test_failed_transaction_leaves_no_trace(tmp_path: pytest.TempPathFactory) -> None:
