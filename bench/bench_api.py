@@ -1,7 +1,7 @@
 """Port-create throughput and latency of the Neutron API on SQLite and on PostgreSQL.
 
 Run: python bench/bench_api.py [--ports 2000] [--concurrency 16] [--backend sqlite|postgres|both]
-     python bench/bench_api.py --clients 300 [--per-client 4]   (300 concurrent clients)
+     python bench/bench_api.py --clients 300 [--per-client 4] [--projects 30]   (300 clients)
      python bench/bench_api.py --cpu 400 --workers 1   (CPU per create: server, database, client)
 Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and database; the
 PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
@@ -273,7 +273,8 @@ def measure(backend: str, args: argparse.Namespace, src: str | None) -> dict:
             if args.cpu:
                 out = run_cpu(url, db, proc.pid, args.cpu)
             elif args.clients:
-                out = run_clients(url, args.clients, args.per_client, client=args.client)
+                out = run_clients(url, args.clients, args.per_client, args.projects,
+                                  client=args.client)
             else:
                 out = run(url, args.ports, args.concurrency)
             return {"workers": workers, **out}
@@ -290,6 +291,9 @@ def main() -> None:
                     help="instead: this many concurrent clients in 30 projects (e.g. 300), each "
                          "creating --per-client ports one after another; checks IPAM is exact")
     ap.add_argument("--per-client", type=int, default=4)
+    ap.add_argument("--projects", type=int, default=30,
+                    help="with --clients: the clients' projects, one network each (1 to 255; "
+                         "fewer means more creates waiting for the same project's locks)")
     ap.add_argument("--client", choices=("asyncio", "httpx"), default="asyncio",
                     help="with --clients: coroutines on raw keep-alive connections (default; "
                          "least CPU taken from the server), or a thread with httpx each")
@@ -304,6 +308,8 @@ def main() -> None:
                          "one per two CPUs on PostgreSQL, 1 on SQLite)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
+    if not 1 <= args.projects <= 255:
+        ap.error("--projects: 1 to 255")
     load = os.getloadavg()[0]
     results = []
     with ExitStack() as stack:
