@@ -59,7 +59,11 @@ def _clean(data, g, l3, l4, keys, error):
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+# One signature, compiled (or loaded from the on-disk cache) at import, never in the
+# middle of a packet burst; extract_compiled passes exactly these types.
+@numba.njit("boolean(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
+            " boolean, boolean[:], boolean[:], int64[:], uint64[:, :], uint64[:], int64[:],"
+            " int64[:], int64[:], int64[:], int64[:], int8[:])", cache=True, nogil=True)
 def ct_extract_kernel(data, rows, l3s, l4s, keys, error, zones, checksums, ok, v6o, proto_o,
                       words, hashes, flags, seq, ack, win, plen, extra):
     """conntrack_pkt.extract of the rows `rows` into the PacketInfo arrays, ICMP errors'
@@ -165,8 +169,11 @@ def extract_compiled(batch, parsed, rows: np.ndarray, zones: np.ndarray,
     p.zone[:] = zones
     extra = np.empty(m, np.int8)
     data = batch.data
-    if not ct_extract_kernel(data, rows.astype(np.int64, copy=False), parsed.l3, parsed.l4,
-                             parsed.keys, parsed.error, p.zone, checksums, p.ok, p.v6, p.proto,
+    i32 = np.int32
+    if not ct_extract_kernel(data, rows.astype(np.int64, copy=False),
+                             parsed.l3.astype(i32, copy=False), parsed.l4.astype(i32, copy=False),
+                             parsed.keys, parsed.error.astype(np.uint8, copy=False), p.zone,
+                             bool(checksums), p.ok, p.v6, p.proto,
                              p.words, p.hash, p.flags, p.seq, p.ack, p.win, p.plen, extra):
         return None
     if extra.any():
