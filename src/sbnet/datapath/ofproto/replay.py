@@ -37,13 +37,21 @@ class _Check:
 
     def misses(self, keys: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Which columns this lookup rules out too."""
+        c = self.container
+        if len(self.fill) == 1 and len(c) < cols.size:
+            # One field to fill (the common case): the values the container holds there
+            # beside the fixed ones, and one vectorised membership test.
+            j, s, m = self.fill[0]
+            fixed = [(i, v) for i, v in enumerate(self.fixed) if i != j]
+            held = [t[j] for t in c if all(t[i] == v for i, v in fixed)]
+            vals = keys[s, cols] & np.uint64(m)
+            return ~np.isin(vals, np.array(held, dtype=np.uint64))
         parts = [None] * len(self.fixed)
         cols_n = cols.size
         for j, v in enumerate(self.fixed):
             parts[j] = (v,) * cols_n
         for j, s, m in self.fill:
             parts[j] = (keys[s, cols] & np.uint64(m)).tolist()
-        c = self.container
         return np.fromiter((t not in c for t in zip(*parts)), dtype=bool, count=cols_n)
 
 
