@@ -67,7 +67,6 @@ class Path:
         self.key = key
         self.free = free
         self.checks = checks
-        self.fixed_row = match_row(*_fixed(key, free))
         self.free_slots = np.array([s for s, m in enumerate(free) if m], dtype=np.intp)
         self.free_mask = np.array([free[s] for s in self.free_slots], dtype=np.uint64)[:, None]
 
@@ -112,10 +111,22 @@ class Path:
         return cls(res, key, free, checks)
 
     def followers(self, keys: np.ndarray, owner: np.ndarray, index: dict) -> np.ndarray:
-        """The columns of slot-major `keys` no flow owns yet that take this path.  index:
-        one batch's hashes of its keys under each mask met (kept by the caller)."""
-        row = self.fixed_row
-        sig = ("free",) + tuple(self.free)       # the mask every slot is hashed under
+        """The columns of slot-major `keys` (a batch's misses, this path's key among them)
+        no flow owns yet that take this path.  index: the batch's hash indexes, kept by
+        the caller between calls."""
+        # Only the slots where the batch's keys differ at all can tell them apart.
+        var = index.get("varying")
+        if var is None:
+            var = index["varying"] = np.flatnonzero((keys != keys[:, :1]).any(axis=1))
+        key = np.array(self.key, dtype=np.uint64)
+        same = np.ones(key.size, dtype=bool)
+        same[var] = False
+        if (key[same] != keys[same, 0]).any():
+            return np.zeros(0, dtype=np.int64)      # not one of the batch's keys
+        mask = [_FULL & ~self.free[s] for s in var.tolist()]
+        row = match_row(tuple(var.tolist()), tuple(mask),
+                        tuple(int(self.key[s]) & m for s, m in zip(var.tolist(), mask)))
+        sig = ("free",) + tuple(self.free)       # the mask the varying slots are hashed under
         ix = index.get(sig)
         if ix is None:
             h = np.empty(keys.shape[1], dtype=np.uint64)
@@ -124,15 +135,15 @@ class Path:
             ix = index[sig] = (h[order], order)
         hashes, order = ix
         one = np.empty(1, dtype=np.uint64)
-        masked_hash_kernel(np.array(self.key, dtype=np.uint64)[:, None], row, one)
+        masked_hash_kernel(key[:, None], row, one)
         lo, hi = np.searchsorted(hashes, one[0]), np.searchsorted(hashes, one[0], side="right")
         cols = order[lo:hi]
         cols = cols[owner[cols] < 0]
         if not cols.size:
             return cols
-        k = int(row[0])             # every slot, in order (_fixed)
-        mask, value = row[2:2 + 3 * k:3], row[3:3 + 3 * k:3]
-        cols = cols[((keys[:, cols] & mask[:, None]) == value[:, None]).all(axis=0)]
+        k = int(row[0])
+        m, v = row[2:2 + 3 * k:3], row[3:3 + 3 * k:3]
+        cols = cols[((keys[var[:, None], cols] & m[:, None]) == v[:, None]).all(axis=0)]
         for c in self.checks:
             if not cols.size:
                 break
@@ -144,10 +155,3 @@ class Path:
         vals = keys[self.free_slots][:, cols] & self.free_mask
         _, first, inverse = np.unique(vals, axis=1, return_index=True, return_inverse=True)
         return cols[first], inverse.reshape(-1)
-
-
-def _fixed(key, free: list[int]) -> tuple[tuple, tuple, tuple]:
-    """(slots, masks, values): every slot of the key, all but its free bits."""
-    slots = tuple(range(F.N_SLOTS))
-    mask = tuple(_FULL & ~f for f in free)
-    return slots, mask, tuple(int(key[s]) & m for s, m in zip(slots, mask))
