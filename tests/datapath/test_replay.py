@@ -23,7 +23,9 @@ def _pair(text: str, compiled: bool) -> tuple[Switch, Switch]:
         for p in PORTS:
             sw.add_port(p)
         sw.load(text)
-        if not replay:
+        if replay:
+            sw.dpif.max_stride = 1      # every path asked about (no backing off)
+        else:
             sw.dpif.same_path = None
         pair.append(sw)
     return pair[0], pair[1]

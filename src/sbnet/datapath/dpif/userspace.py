@@ -26,6 +26,10 @@ from sbnet.datapath.underlay import Underlay
 from sbnet.flows import fields as F
 
 MAX_RECIRC = 6            # passes through conntrack per packet before it is dropped
+# A batch whose translated paths keep finding no other miss on them is asked about them
+# after every 2, 4, ... up to this many translations only (each asking costs about what a
+# translation does).
+MAX_STRIDE = 64
 _CT_POINT = 0xFFFFFF01    # pseudo-port: execute() hands back the packet as it reaches ct()
 _TCP_FLAGS = F.SLOT_INDEX["tcp_flags"]
 # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes: kept across re-parses.
@@ -50,6 +54,7 @@ class UserspaceDpif:
         from sbnet.datapath.conntrack import Conntrack
         self.upcall = upcall
         self.same_path = same_path
+        self.max_stride = MAX_STRIDE
         self.meters = meters
         self.conntrack = conntrack if conntrack is not None else Conntrack(compiled=compiled)
         self.ports: dict[int, Port] = {}
@@ -656,6 +661,8 @@ class UserspaceDpif:
         rows = sub.T.copy()                 # a packet's key contiguous, for the translation
         index: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         first = 0
+        stride = 1
+        skip = 0
         while first < n:
             mf = self.upcall(rows[first].tolist(), now)
             owner[first] = mf.mf_id
@@ -663,8 +670,15 @@ class UserspaceDpif:
             ix = self._index(index, sub, mf, match)
             first = claim_kernel(sub, ix[0], ix[1], match, owner, mf.mf_id, first)
             if first < n and self.same_path is not None:
+                if skip:              # paths had no other misses of late: ask less often
+                    skip -= 1
+                    continue
                 cols, ids = self.same_path(sub, owner, index, now)
-                if cols.size:
+                if not cols.size:
+                    stride = min(2 * stride, self.max_stride)
+                    skip = stride - 1
+                else:
+                    stride = 1
                     # Their flows share one mask: each takes the misses it matches too.
                     owner[cols] = ids
                     uniq = np.unique(ids)
