@@ -130,9 +130,7 @@ class Xlate:
         direct = None
         if record:
             direct = list(wc)
-            for s, m in enumerate(ctx.cwc):
-                if m:
-                    wc[s] |= m
+            wc[:] = map(int.__or__, wc, ctx.cwc)
         for s in _NON_HEADER:
             wc[s] = 0
         tp = self.tunnels.get(ctx.base_in_port)
