@@ -306,10 +306,10 @@ class ExpressLane:
         # whole batch out.
         self._stats = np.zeros(6, np.int64)
         # A batch's keys, offsets, hand-back and output records, in buffers kept across
-        # batches (see _views): allocating and zeroing them cost more than the lane's
+        # batches (see _buffers): allocating and zeroing them cost more than the lane's
         # work on a small batch (a key column is 736 bytes).
         self._cap = 0
-        self._views: dict[int, tuple] = {}
+        self._by_n: dict[int, tuple] = {}          # views of the buffers, per batch size
         self._grow(256)
         self._all_n = self._n = 0
         self.held = False
@@ -407,16 +407,16 @@ class ExpressLane:
         smc = d.smc
         n = len(batch)
         if self.held:
-            parsed_n, rows_n, outs, hand = _fresh_views(n)
+            parsed_n, rows_n, outs, hand = _views(_buffers(n), n)
         else:
             self.held = True
             if self._all_n:
                 self._clean()
             if n > self._cap:
                 self._grow(n)
-            v = self._views.get(n)
+            v = self._by_n.get(n)
             if v is None:
-                v = self._views[n] = self._make_views(n)
+                v = self._by_n[n] = _views(self._bufs, n)
             parsed_n, rows_n, outs, hand = v
             self._n = n
         fresh = parsed is None
@@ -451,28 +451,18 @@ class ExpressLane:
         self.held = False
 
     def _grow(self, n: int) -> None:
-        cap = max(n, 2 * self._cap)
-        self._keys = np.zeros((F.N_SLOTS, cap), np.uint64)
-        self._off = np.full((3, cap), -1, np.int32)     # l2_5, l3, l4
-        self._err = np.zeros(cap, np.uint8)
-        self._rows = np.arange(cap, dtype=np.int64)
-        self._outs = np.empty((cap * MAX_OPS, 3), np.int64)
-        self._hand = np.zeros((cap, 4), np.int64)
-        self._cap = cap
-        self._views.clear()
+        self._cap = max(n, 2 * self._cap)
+        self._bufs = _buffers(self._cap)
+        self._by_n.clear()
         self._all_n = 0
-
-    def _make_views(self, n: int) -> tuple:
-        o = self._off
-        parsed = Parsed(self._keys[:, :n], o[0, :n], o[1, :n], o[2, :n], self._err[:n])
-        return parsed, self._rows[:n], self._outs[:n * MAX_OPS], self._hand[:n]
 
     def _clean(self) -> None:
         """What the numpy parser wrote into the buffers beyond the lane's own slots (the
         lane resets l3, l4, error and its key slots itself, batch by batch)."""
         a = self._all_n
-        self._keys[:, :a] = 0
-        self._off[0, :a] = -1
+        keys, off = self._bufs[0], self._bufs[1]
+        keys[:, :a] = 0
+        off[0, :a] = -1
         self._all_n = 0
 
     def dirty(self) -> None:
@@ -507,12 +497,19 @@ _NO_TUN = np.zeros((0, 4), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
 
 
-def _fresh_views(n: int) -> tuple:
-    """Buffers of a run's own (a run inside another's), as _make_views lays them out."""
-    off = np.full((3, n), -1, np.int32)
-    return (Parsed(np.zeros((F.N_SLOTS, n), np.uint64), off[0], off[1], off[2],
-                   np.zeros(n, np.uint8)), np.arange(n),
-            np.empty((n * MAX_OPS, 3), np.int64), np.zeros((n, 4), np.int64))
+def _buffers(cap: int) -> tuple:
+    """A run's buffers for up to cap rows: keys, offsets (l2_5, l3, l4), errors, row
+    numbers, output records, hand-back."""
+    return (np.zeros((F.N_SLOTS, cap), np.uint64), np.full((3, cap), -1, np.int32),
+            np.zeros(cap, np.uint8), np.arange(cap, dtype=np.int64),
+            np.empty((cap * MAX_OPS, 3), np.int64), np.zeros((cap, 4), np.int64))
+
+
+def _views(bufs: tuple, n: int) -> tuple:
+    """(parsed, rows, outs, hand) of a batch of n rows in _buffers' buffers."""
+    keys, off, err, rows, outs, hand = bufs
+    return (Parsed(keys[:, :n], off[0, :n], off[1, :n], off[2, :n], err[:n]), rows[:n],
+            outs[:n * MAX_OPS], hand[:n])
 
 
 def tunnel_args(tun: tuple):

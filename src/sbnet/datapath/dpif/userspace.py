@@ -14,7 +14,7 @@ from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS
                                          tunnel_args)
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
-from sbnet.datapath.dpif.smc import (SignatureCache, claim_kernel, claim_many_kernel,
+from sbnet.datapath.dpif.smc import (_DEAD, SignatureCache, claim_kernel, claim_many_kernel,
                                      count_kernel, masked_hash_kernel, match_row)
 from sbnet.datapath.execute import execute
 from sbnet.datapath.meters import MeterTable
@@ -710,7 +710,7 @@ class UserspaceDpif:
     def _claim_many(self, sub: np.ndarray, ix: tuple, ids: np.ndarray, owner: np.ndarray) -> None:
         """Every miss no flow owns yet that one of the flows `ids` (of one mask) takes."""
         smc = self.smc
-        if smc is not None and smc.matches[int(ids[0]), 0] != np.uint64(0xFFFFFFFFFFFFFFFF):
+        if smc is not None and smc.matches[int(ids[0]), 0] != _DEAD:
             claim_many_kernel(sub, ix[0], ix[1], smc.matches, ids, owner)
             return
         for i in ids.tolist():
