@@ -10,6 +10,7 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.parse import Parsed
+from sbnet.datapath.tunnel import TNL_F_OAM
 from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F_NAT, W_ELIG,
                                              TIMEOUTS as CT_TIMEOUTS, WORK_W, _be, _csum_replace,
                                              _put16, count_express,
@@ -17,7 +18,7 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
-from sbnet.datapath.dpif.tunnel_fast import encap_kernel
+from sbnet.datapath.dpif.tunnel_fast import D_DST, D_FLAGS, D_KEY, D_SRC, encap_kernel
 from sbnet.flows import fields as F
 
 # Programs, one row per datapath action list (prog[aid]): whether the lane runs it (K_RUN;
@@ -111,11 +112,12 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     work = np.empty((n, WORK_W), np.int64)
     slow = np.zeros(data.shape[0], np.bool_)
     for g in range(tun.shape[0]):
-        # Decapsulated here: the outer headers' fields OpenFlow sees (only the OAM flag).
-        keys[_TUN_ID, g] = np.uint64(tun[g, 0])
-        keys[_TUN_SRC, g] = np.uint64(tun[g, 1])
-        keys[_TUN_DST, g] = np.uint64(tun[g, 2])
-        keys[_TUN_FLAGS, g] = np.uint64(tun[g, 3])
+        # Decapsulated here (decap_kernel's row): the outer headers' fields OpenFlow sees,
+        # of the flags only the OAM one.
+        keys[_TUN_ID, g] = np.uint64(tun[g, D_KEY])
+        keys[_TUN_SRC, g] = np.uint64(tun[g, D_SRC])
+        keys[_TUN_DST, g] = np.uint64(tun[g, D_DST])
+        keys[_TUN_FLAGS, g] = np.uint64(tun[g, D_FLAGS] & TNL_F_OAM)
     if do_extract:
         # keys zero (but the tunnel's), l3 and l4 -1: extract_kernel's contract.  Rows it leaves (uncommon
         # or malformed packets) are the numpy parser's and the general path's.
@@ -394,7 +396,7 @@ class ExpressLane:
             max_recirc: int, tun: np.ndarray = None) -> LaneResult:
         """The lane over `rows` of a parsed batch, or (parsed None) over a whole batch it
         parses itself, handing rows it cannot parse back as H_PARSE; tun: per row of a
-        batch just decapsulated, (tun_id, tun_src, tun_dst, tun_flags) for its keys.
+        batch just decapsulated, decap_kernel's result (tunnel fields for its keys).
         The result lives in the lane's buffers until release(); a run before then (the
         general path calling back into the lane) gets buffers of its own."""
         d = self.dpif
@@ -493,7 +495,7 @@ _SETS = {("eth", ("eth_dst",)): (OP_ETH_DST,), ("eth", ("eth_src",)): (OP_ETH_SR
          ("eth", ("eth_dst", "eth_src")): (OP_ETH_DST, OP_ETH_SRC),
          ("ipv4", ("ip_ttl",)): (OP_TTL4,), ("ipv6", ("ip_ttl",)): (OP_TTL6,)}
 _NO_ENC = np.zeros((0, 0), np.uint8)
-_NO_TUN = np.zeros((0, 4), np.int64)
+_NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
 
 

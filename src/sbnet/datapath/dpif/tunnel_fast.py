@@ -19,6 +19,7 @@ D_OTHER, D_OK = _OTHER, _OK
 # Columns of decap_kernel's per-row results.
 (D_STATUS, D_INNER, D_ILEN, D_PORT, D_KEY, D_SRC, D_DST, D_TOS, D_TTL, D_SPORT, D_DPORT,
  D_FLAGS) = range(12)
+D_COLS = 12
 _INHERIT = -1
 _IP_GRE = 47
 
@@ -514,7 +515,7 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> T.DecapResult:
     ports = tuple(ports)
     n = len(batch)
     if n and _every_row(rows, n):
-        res = np.empty((n, 12), np.int64)
+        res = np.empty((n, D_COLS), np.int64)
         if not decap_kernel(batch.data, batch.start.astype(np.int32, copy=False),
                             batch.length.astype(np.int32, copy=False), *_plan(ports, underlay),
                             res):
@@ -522,14 +523,19 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> T.DecapResult:
     return T.decap(batch, rows, list(ports), underlay)
 
 
-def decap_rows(batch: Batch, ports, underlay: Underlay) -> np.ndarray | None:
+def decap_plan(ports, underlay: Underlay) -> tuple:
+    """decap_kernel's view of these tunnel ports and the underlay (for decap_rows); valid
+    until either changes."""
+    return _plan(tuple(ports), underlay)
+
+
+def decap_rows(batch: Batch, plan: tuple) -> np.ndarray | None:
     """decap_kernel's per-row results (D_* columns) for a batch it takes whole (no row for
     tunnel.decap), else None."""
     n = len(batch)
-    res = np.empty((n, 12), np.int64)
+    res = np.empty((n, D_COLS), np.int64)
     if decap_kernel(batch.data, batch.start.astype(np.int32, copy=False),
-                    batch.length.astype(np.int32, copy=False), *_plan(tuple(ports), underlay),
-                    res):
+                    batch.length.astype(np.int32, copy=False), *plan, res):
         return None
     return res
 

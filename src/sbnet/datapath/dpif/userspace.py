@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -32,6 +33,10 @@ MAX_RECIRC = 6            # passes through conntrack per packet before it is dro
 MAX_STRIDE = 64
 _CT_POINT = 0xFFFFFF01    # pseudo-port: execute() hands back the packet as it reaches ct()
 _TCP_FLAGS = F.SLOT_INDEX["tcp_flags"]
+# Batches up to this size are counted and sorted in Python lists: numpy's fixed cost per
+# call (a few us) outweighs its speed on a handful of rows.
+_SMALL = 16
+_WHOLE = np.arange(0)       # _from_underlay: every row of the batch (compared by identity)
 # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes: kept across re-parses.
 _CT_ROWS = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
 
@@ -61,6 +66,8 @@ class UserspaceDpif:
         self.tunnels: dict[int, TunnelPort] = {}     # ofport -> TunnelPort
         self.underlay = Underlay()
         self.config_version = 0            # bumped on every port or tunnel change
+        self._decap_key: tuple | None = None    # (config_version, underlay, its generation)
+        self._decap_plan: tuple = ()
         # Geneve option (class, type) -> (tun_metadataN, length in bytes), as OVS's TLV map.
         self.tlv_map: dict[tuple[int, int], tuple[str, int]] = {}
         self.cache = MegaflowCache(compiled=compiled)
@@ -232,27 +239,39 @@ class UserspaceDpif:
             out = self._local(batch, now)
         else:
             inner: list[tuple[int, Batch]] = []
-            rest = self._decap(batch.take(under) if under.size < n else batch, now, inner)
-            if under.size < n:
+            whole = under is _WHOLE
+            rest = self._decap(batch if whole else batch.take(under), now, inner)
+            if not whole:
                 local = np.ones(n, dtype=bool)
                 local[under] = False
                 others = batch.take(local)
-                rest = others if not len(rest) else _concat(others, rest)
-            out = inner + self._local(rest, now)
+                rest = others if rest is None or not len(rest) else _concat(others, rest)
+            out = inner if rest is None else inner + self._local(rest, now)
         if self.tier is not None:
             # After decapsulated packets too: their megaflows wait for the inserter as well.
             self.offload_tick(now)
         return out
 
     def _from_underlay(self, batch: Batch) -> np.ndarray | None:
-        """Rows that arrived on an underlay port (None when there are none)."""
+        """Rows that arrived on an underlay port (None when there are none, _WHOLE when
+        every row did)."""
         ports = self.underlay.ports
         if not ports:
             return None
+        n = len(batch)
+        if n <= _SMALL:
+            # A port's receive batch comes from one interface: Python's list is cheaper here.
+            on = [p in ports for p in batch.in_port.tolist()]
+            if all(on):
+                return _WHOLE
+            rows = [i for i, u in enumerate(on) if u]
+            return np.array(rows, np.int64) if rows else None
         hit = np.zeros(len(batch), dtype=bool)
         for p in ports:
             hit |= batch.in_port == p
         rows = np.flatnonzero(hit)
+        if rows.size == n:
+            return _WHOLE
         return rows if rows.size else None
 
     def _local(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
@@ -268,12 +287,17 @@ class UserspaceDpif:
         self._pass(batch, parsed, self._well_formed(parsed), now, 0, out)
         return out
 
-    def _decap(self, batch: Batch, now: float, out: list) -> Batch:
+    def _decap(self, batch: Batch, now: float, out: list) -> Batch | None:
         """Strip tunnel headers from underlay packets addressed to our tunnel ports and
-        switch the inner frames from the tunnel port; returns the packets left over."""
+        switch the inner frames from the tunnel port; returns the packets left over (None:
+        none)."""
         n = len(batch)
         if self.lane is not None:
-            res = tunnel_fast.decap_rows(batch, self.tunnels.values(), self.underlay)
+            key = (self.config_version, self.underlay, self.underlay.generation)
+            if self._decap_key != key:
+                self._decap_plan = tunnel_fast.decap_plan(self.tunnels.values(), self.underlay)
+                self._decap_key = key
+            res = tunnel_fast.decap_rows(batch, self._decap_plan)
             if res is not None:
                 return self._decap_lane(batch, res, now, out)
         res = self._decap_rows(batch, np.arange(n), list(self.tunnels.values()), self.underlay)
@@ -301,32 +325,36 @@ class UserspaceDpif:
             return batch
         return batch.take(res.other)
 
-    def _decap_lane(self, batch: Batch, res: np.ndarray, now: float, out: list) -> Batch:
+    def _decap_lane(self, batch: Batch, res: np.ndarray, now: float, out: list) -> Batch | None:
         """Compiled decap's inner frames into the express lane, read in place in the outer
-        frames' rows (no copy when every packet was a tunnel packet)."""
+        frames' rows (no copy when every packet was a tunnel packet); returns the packets
+        that were not for a tunnel port, None when there are none."""
         st = res[:, tunnel_fast.D_STATUS]
-        ok = st == tunnel_fast.D_OK
         n = len(batch)
-        n_ok = int(np.count_nonzero(ok))
+        if n <= _SMALL:
+            # Python's own list beats numpy's per-call cost on a few rows.
+            n_ok = st.tolist().count(tunnel_fast.D_OK)
+        else:
+            n_ok = int(np.count_nonzero(st == tunnel_fast.D_OK))
         if n_ok:
-            r = res if n_ok == n else res[ok]
-            data = batch.data if n_ok == n else batch.data[ok]
+            ok = None if n_ok == n else st == tunnel_fast.D_OK
+            r = res if ok is None else res[ok]
+            data = batch.data if ok is None else batch.data[ok]
             in_port = r[:, tunnel_fast.D_PORT].astype(np.uint32)
             inner = Batch(data, r[:, tunnel_fast.D_INNER].astype(np.int32),
                           r[:, tunnel_fast.D_ILEN].astype(np.int32), in_port)
-            ports, counts = np.unique(in_port, return_counts=True)
-            for p, c in zip(ports.tolist(), counts.tolist()):
+            if n_ok <= _SMALL:
+                counts = Counter(in_port.tolist()).items()
+            else:
+                ports, c = np.unique(in_port, return_counts=True)
+                counts = zip(ports.tolist(), c.tolist())
+            for p, c in counts:
                 port = self.ports.get(p)
                 if port is not None:
                     port.rx_packets += c
-            tun = np.empty((n_ok, 4), np.int64)
-            tun[:, 0] = r[:, tunnel_fast.D_KEY]
-            tun[:, 1] = r[:, tunnel_fast.D_SRC]
-            tun[:, 2] = r[:, tunnel_fast.D_DST]
-            tun[:, 3] = r[:, tunnel_fast.D_FLAGS] & TNL_F_OAM
-            self._express(inner, None, None, now, out, tun)
+            self._express(inner, None, None, now, out, r)
         if n_ok == n:
-            return Batch.empty()
+            return None
         return batch.take(st == tunnel_fast.D_OTHER)
 
     def _well_formed(self, parsed) -> np.ndarray:
