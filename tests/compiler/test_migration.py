@@ -23,6 +23,26 @@ def _sent_to(c: Cloud, a: dict, b: dict) -> tuple[int, bool, bool]:
     return len(d.to(b["id"])), _seen(c, "h2") > r2, _seen(c, "h3") > r3
 
 
+def _client_with_floating_ip(c: Cloud) -> tuple:
+    """A network routed to an external one, and a port on h2 whose group admits nothing
+    inbound, with a floating IP: (network, router, port, floating IP, its MAC)."""
+    from tests.compiler.test_l3 import external, router
+    ext, _ = external(c)
+    net = c.network("p1", "10.0.1.0/24")
+    r = router(c, "p1", net, gateway=ext)
+    g = c.api.create("security-groups", project="p1", name="client-only")
+    for rule in c.api.request("GET", f"security-group-rules?security_group_id={g['id']}")[
+            "security_group_rules"]:
+        if rule["direction"] == "ingress":
+            c.api.delete("security-group-rules", rule["id"])
+    b = c.port("p1", net, "h2", device_owner="compute:nova", security_groups=[g["id"]])
+    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
+                       port_id=b["id"])
+    fmac = next(p for p in c.api.snapshot()["port"]
+                if p["device_id"] == fip["id"])["mac_address"]
+    return net, r, b, fip, fmac
+
+
 def test_cloned_to_both_hosts_while_migrating_then_only_to_the_new_one():
     c = Cloud(hosts=("h1", "h2", "h3"))
     net = c.network("p1", port_security_enabled=False)
@@ -75,21 +95,9 @@ def test_what_reaches_the_source_for_a_migrating_port_goes_to_both_of_its_vifs()
     the source's agent has even noticed."""
     from sbnet.agent.migration import port_addresses, port_zones
     from sbnet.datapath import ctmove
-    from tests.compiler.test_l3 import external, from_outside, router, router_port, via
+    from tests.compiler.test_l3 import from_outside, router_port, via
     c = Cloud(hosts=("h1", "h2", "h3"))
-    ext, _ = external(c)
-    net = c.network("p1", "10.0.1.0/24")
-    r = router(c, "p1", net, gateway=ext)
-    g = c.api.create("security-groups", project="p1", name="client-only")
-    for rule in c.api.request("GET", f"security-group-rules?security_group_id={g['id']}")[
-            "security_group_rules"]:
-        if rule["direction"] == "ingress":
-            c.api.delete("security-group-rules", rule["id"])
-    b = c.port("p1", net, "h2", device_owner="compute:nova", security_groups=[g["id"]])
-    fip = c.api.create("floatingips", project="p1", floating_network_id=ext["id"],
-                       port_id=b["id"])
-    fmac = next(p for p in c.api.snapshot()["port"]
-                if p["device_id"] == fip["id"])["mac_address"]
+    net, r, b, fip, fmac = _client_with_floating_ip(c)
     c.sync()
     c.send(b, [via(b, router_port(c, r, net), "203.0.113.50", sport=41000, dport=80,
                    flags="S")])
@@ -117,3 +125,68 @@ def test_what_reaches_the_source_for_a_migrating_port_goes_to_both_of_its_vifs()
     assert inbound().hosts_of(b["id"]) == ["h3"]
     c.sync(plug=False)                       # the source's agent saw it
     assert inbound().hosts_of(b["id"]) == ["h3"]
+
+
+def test_the_destination_translates_the_vms_first_frames_before_it_runs_there():
+    """From the connections handed over, the destination makes the frames the VM will send
+    first (an acknowledgement of each TCP stream, the next echo request) and translates them
+    ahead, conntrack passes included, on a scratch table: its own connection table is not
+    touched, and after the switch-over those frames reach the peer on another host and the
+    outside through the router without a single upcall there."""
+    from scapy.layers.inet import ICMP, TCP
+    from sbnet.agent.migration import port_addresses, port_zones
+    from sbnet.agent.migrationwarm import first_frames
+    from sbnet.datapath import ctmove
+    from sbnet.datapath.prewarm import translate_ahead
+    from sbnet.flows import fields as F
+    from tests.compiler.scenario import tcp
+    from tests.compiler.test_l3 import from_outside, router_port, via
+    c = Cloud(hosts=("h1", "h2", "h3"))
+    net, r, b, fip, fmac = _client_with_floating_ip(c)
+    peer = c.api.create("security-groups", project="p1", name="peer")
+    for proto in ("tcp", "icmp"):
+        c.api.create("security-group-rules", project="p1", security_group_id=peer["id"],
+                     direction="ingress", ethertype="IPv4", protocol=proto)
+    a = c.port("p1", net, "h1", security_groups=[peer["id"]])
+    c.sync()
+    gw = router_port(c, r, net)
+    # b's connections: a TCP stream and pings to a, a TCP stream to the outside.
+    assert c.send(b, [tcp(b, a, 41001, 5001, flags="S")]).to(a["id"])
+    assert c.send(a, [tcp(a, b, 5001, 41001, flags="SA", seq=5000, ack=1001)]).to(b["id"])
+    assert c.send(b, [icmp(b, a, id=77)]).to(a["id"])
+    c.send(b, [via(b, gw, "203.0.113.50", sport=41000, dport=80, flags="S")])
+    assert c.cluster.send_external("physnet1", [from_outside(
+        fmac, fip["floating_ip_address"], sport=80, dport=41000, flags="SA", ack=1)]).to(b["id"])
+    c.api.client.put("/v2.0/sbnet/hosts/h3", json={"host": {
+        "tunnel_ip": c.cluster.hosts["h3"].tunnel_ip, "datapath": "reference"}}, headers=NOVA)
+    assert c.api.client.post(f"/v2.0/ports/{b['id']}/bindings", json={"binding": {
+        "host": "h3"}}, headers=NOVA).status_code == 201
+    c.sync()
+    ofport = c.cluster.plug_destination(b["id"], "h3")
+    c.sync(plug=False)
+    topo = c.cluster.topology(c.api.snapshot())
+    port = topo.ports[b["id"]]
+    entries = ctmove.export(c.cluster.hosts["h2"].switch.conntrack, port_zones(topo, port),
+                            ctmove.addresses(port_addresses(topo, port)), 0.0)
+    sw = c.cluster.hosts["h3"].switch
+    ctmove.import_(sw.conntrack, entries, 0.0)
+    frames = first_frames(topo, port, ofport, entries)
+    assert len(frames) == 3 and {f[0] for f in frames} == {ofport}
+    table = sw.conntrack.dump()
+    made = translate_ahead(sw, frames, entries, 0.0)
+    assert made
+    assert sw.conntrack.dump() == table
+    c.cluster.unplug(b["id"], "h2")              # the switch-over
+    c.cluster.where[b["id"]] = ("h3", ofport)
+    before = {mf.mf_id for mf in sw.dpif.flow_dump()}
+    d = c.send(b, [tcp(b, a, 41001, 5001, flags="A", seq=1001, ack=5001)])
+    assert [Ether(f)[TCP].dport for f in d.to(a["id"])] == [5001]
+    d = c.send(b, [icmp(b, a, id=77, seq=2)])
+    assert [Ether(f)[ICMP].type for f in d.to(a["id"])] == [8]
+    d = c.send(b, [via(b, gw, "203.0.113.50", sport=41000, dport=80, flags="A", seq=1, ack=1)])
+    out = [Ether(f) for f in d.external.get("physnet1", ())]
+    assert [(f[IP].dst, f[TCP].dport) for f in out] == [("203.0.113.50", 80)]
+    # (h3 also hears h1's frame to the outside on the physical network, and drops it.)
+    slot = F.SLOT_INDEX["in_port"]
+    assert [mf for mf in sw.dpif.flow_dump() if mf.mf_id not in before
+            and dict(zip(mf.slots, mf.value)).get(slot) == ofport] == []

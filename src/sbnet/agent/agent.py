@@ -304,7 +304,7 @@ class HostAgent:
         apply_diff(self.datapath, d)
         t_apply = time.monotonic() - t_apply
         self.pipeline = new
-        self.migration.step(snapshot, topo, set(me.ofports))
+        self.migration.step(snapshot, topo, dict(me.ofports))
         if self.physnets:
             try:
                 self.announcer.step(topo, self.physnets, port_names(self.datapath))

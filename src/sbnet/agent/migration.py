@@ -6,6 +6,8 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
+from sbnet.agent.migrationwarm import first_frames
+
 log = logging.getLogger("sbnet.agent")
 
 PART = 200      # connections per handover request (under the API's body limit)
@@ -62,7 +64,8 @@ class MigrationDuty:
         self.moves_conns = all(hasattr(datapath, m) for m in
                                ("export_conns", "import_conns", "forget_conns"))
 
-    def step(self, snapshot: dict, topo, plugged: set[str]) -> None:
+    def step(self, snapshot: dict, topo, plugged: dict[str, int]) -> None:
+        """plugged: the ports wired here, by id, and their VIF's ofport."""
         handovers = {h["port_id"]: h for h in snapshot.get("ct_handover", ())}
         st = self.state
         for pid in list(st.sent):
@@ -111,6 +114,7 @@ class MigrationDuty:
             if st.imported.get(pid, ("", []))[0] != h["serial"]:
                 self._import(pid, h)
             if arriving and pid in plugged and st.ready.get(pid) != h["serial"]:
+                self._prewarm(topo, port, plugged[pid], h)
                 self._ready(pid, h)
         for pid in list(st.ready):
             if self.host not in topo.moving_to.get(pid, ()):
@@ -155,6 +159,18 @@ class MigrationDuty:
         if tuples and self.moves_conns:
             n = self.datapath.forget_conns(tuples)
             self.state.log.append((pid, "forget", n))
+
+    def _prewarm(self, topo, port: dict, ofport: int, h: dict) -> None:
+        """Translate the VM's first frames here before it runs here (its connections'
+        next segments from its VIF): the switch-over then finds their datapath flows in
+        place instead of sending every flow of the VM up at once."""
+        warm = getattr(self.datapath, "prewarm", None)
+        if warm is None or not h["entries"]:
+            return
+        frames = first_frames(topo, port, ofport, h["entries"])
+        if frames:
+            n = warm(frames, h["entries"])
+            self.state.log.append((port["id"], "prewarmed", n))
 
     def _ready(self, pid: str, h: dict) -> None:
         n = len(self.state.imported.get(pid, ("", []))[1])

@@ -21,6 +21,7 @@ from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.dpif.tunnel_fast import copy_kernel
 from sbnet.datapath.mmsg import Receiver, Sender
 from sbnet.datapath.ports import Port
+from sbnet.datapath.prewarm import Warmup
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows.flow import Flow
@@ -447,6 +448,22 @@ class AfPacketDatapath:
         with self.lock:
             return ctmove.forget(self.switch.conntrack, tuples)
 
+    def prewarm(self, frames, entries) -> int:
+        """The datapath flows of an arriving VM's first frames ((in_port, frame) pairs),
+        installed before it runs here (sbnet.datapath.prewarm); how many were new.  The
+        switch forwards between two frames' translations."""
+        now = self.switch.clock()
+        warm = Warmup(entries, self.switch.conntrack.tcp_liberal, now)
+        n = 0
+        for in_port, frame in frames:
+            with self.lock:
+                n += len(warm.frame(self.switch, in_port, frame, now))
+                self._installed()
+        return n
+
+    def _installed(self) -> None:
+        """New megaflows were made outside a batch (the kernel tier offers them down)."""
+
     def delete_meter(self, meter_id: int) -> list[Flow]:
         with self.lock:
             return self.switch.delete_meter(meter_id)
@@ -467,7 +484,7 @@ _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "dro
            "delete_group",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats",
-           "export_conns", "import_conns", "forget_conns")
+           "export_conns", "import_conns", "forget_conns", "prewarm")
 
 
 class RemoteDatapath:

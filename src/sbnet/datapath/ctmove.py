@@ -53,6 +53,13 @@ def export(ct, zones: Iterable[int], addrs: Iterable[int], now: float,
     return out
 
 
+def tuples(entry: list) -> tuple[tuple, tuple]:
+    """An entry's original and reply tuples: (zone, proto, v6, src, dst, sport, dport)."""
+    if len(entry) != ENTRY_LEN:
+        raise ValueError(f"a conntrack entry has {ENTRY_LEN} numbers, not {len(entry)}")
+    return _tuples(np.array(entry[1:], dtype=np.uint64))
+
+
 def _tuples(row: np.ndarray) -> tuple[tuple, tuple]:
     zone, proto, v6 = int(row[C_ZONE]), int(row[C_PROTO]), int(row[C_V6])
     w = row[C_TUP:C_TUP + 12].tolist()

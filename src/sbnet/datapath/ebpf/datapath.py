@@ -222,6 +222,8 @@ class EbpfDatapath:
             n = AfPacketDatapath.forget_conns(self, tuples)
             self.conns.sync(self.switch.clock())
             return n
+
+    prewarm = AfPacketDatapath.prewarm
     dump_meters = AfPacketDatapath.dump_meters
     port_stats = AfPacketDatapath.port_stats
     loop_errors = AfPacketDatapath.loop_errors
@@ -289,6 +291,8 @@ class EbpfDatapath:
             # holds there goes down first (with kernel_ct the kernel would take one it
             # does not hold for new).
             self.conns.sync(self.switch.clock())
+
+    _installed = _install_new          # prewarm's megaflows go down at once
 
     def _evicted(self, mf, packets: int, nbytes: int) -> None:
         self.tier.remove(mf.mf_id)
