@@ -6,7 +6,7 @@ Needs root, Open vSwitch, iperf3, BPF.  A direct veth between two namespaces (no
 tunnel) is measured too, as the ceiling of this machine.  CPU: the switch processes' own time,
 and the whole machine's softirq time (where the kernel tier and the veths do their work).
 
-Run: python bench/bench_real.py [--seconds S] [--pings N]
+Run: python bench/bench_real.py [--seconds S] [--pings N] [--datapaths veth,ovs,reference,ebpf]
 """
 
 from __future__ import annotations
@@ -98,15 +98,26 @@ def measure_veth(seconds: float, pings: int) -> dict:
         return {**rtt, **tcp}
 
 
+DATAPATHS = {
+    "veth": ("linux veth (no switch)", measure_veth),
+    "ovs": ("ovs netdev + vxlan", lambda s, n: measure_pair("ovs", s, n)),
+    "reference": ("reference af_packet + vxlan", lambda s, n: measure_pair("reference", s, n)),
+    "ebpf": ("ebpf kernel tier + vxlan", lambda s, n: measure_pair("ebpf", s, n)),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per datapath")
     ap.add_argument("--pings", type=int, default=100, help="pings per datapath (10 ms apart)")
+    ap.add_argument("--datapaths", default=",".join(DATAPATHS),
+                    help=f"comma-separated subset of {','.join(DATAPATHS)} (default: all)")
     args = ap.parse_args()
-    rows = [("linux veth (no switch)", measure_veth(args.seconds, args.pings)),
-            ("ovs netdev + vxlan", measure_pair("ovs", args.seconds, args.pings)),
-            ("reference af_packet + vxlan", measure_pair("reference", args.seconds, args.pings)),
-            ("ebpf kernel tier + vxlan", measure_pair("ebpf", args.seconds, args.pings))]
+    chosen = [d.strip() for d in args.datapaths.split(",") if d.strip()]
+    bad = [d for d in chosen if d not in DATAPATHS]
+    if bad or not chosen:
+        ap.error(f"--datapaths: unknown {','.join(bad) or '(none)'}; choose from {','.join(DATAPATHS)}")
+    rows = [(DATAPATHS[d][0], DATAPATHS[d][1](args.seconds, args.pings)) for d in chosen]
     print(f"{'datapath':30} {'TCP Mbit/s':>10} {'retrans':>8} {'switch cores':>12} "
           f"{'softirq cores':>13} {'rtt min':>8} {'rtt avg':>8} {'rtt max':>8} {'loss %':>6}")
     for name, r in rows:

@@ -64,7 +64,13 @@ def two_vms():
 def test_stateful_tcp_runs_in_the_kernel_after_the_first_packets(two_vms):
     from sbnet.agent.netns import sh
     topo, dp, (vm1, vm2) = two_vms
-    assert sh("ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.2", netns=vm1).returncode == 0
+    assert sh("ping", "-c", "5", "-i", "0.2", "-W", "2", "10.0.0.2", netns=vm1).returncode == 0
+    # Once answered, the ping ran in the kernel: its connection's entries counted the
+    # later requests and replies (the first ones went up).
+    pings = [c for c in dp.tier.conns_kept() if c[1] == 1]
+    assert len(pings) == 2, dp.tier.conns_kept()
+    counted = [dp.tier.conn_used(*c[:6])[0] for c in pings]
+    assert min(counted) >= 2 and sum(counted) >= 6, counted
     server = topo.popen("vm2", "iperf3", "-s", "-1", "-B", "10.0.0.2")
     try:
         import time

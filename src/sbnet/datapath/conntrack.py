@@ -131,8 +131,8 @@ from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, _W, C_L4ST, C_LABEL, C_MARK, C_PROTO,
-    C_TUP, C_V6, C_ZONE, INV,
-    OTHER_BIDIR, OTHER_FIRST, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
+    C_TUP, C_V6, C_ZONE, ICMP_REPLY, INV,
+    OTHER_BIDIR, OTHER_FIRST, TM_ICMP_FIRST, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
     tuple_hashes)
 from sbnet.datapath.parse import Parsed
 from sbnet.flows.fields import ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
@@ -306,22 +306,25 @@ class Conntrack:
     def adopt_established(self, zone: int, proto: int, src: int, dst: int, sport: int,
                           dport: int, mark: int, now: float, v6: bool = False,
                           reply: tuple | None = None, nat: int = 0) -> int:
-        """Take up an established TCP/UDP connection another holder kept (the kernel
+        """Take up an established TCP/UDP/ICMP connection another holder kept (the kernel
         tier's connection map across an agent restart): TCP with both peers ESTABLISHED and
         window scales unknown (their windows are learnt again; a liberal conntrack accepts
-        the segments meanwhile), UDP as seen both ways.  reply: the reply direction's
+        the segments meanwhile), UDP as seen both ways, an ICMP query as answered.  reply: the reply direction's
         (src, dst, sport, dport) when NATed (`nat`: conntrack_nat.SNAT or DNAT).  Its
         slot, or -1 when a connection already owns either tuple."""
         fwd = (zone, proto, int(v6), src, dst, sport, dport)
         rev = (zone, proto, int(v6), *(reply or (dst, src, dport, sport)))
         tab = self.table
-        if proto not in (IP_TCP, IP_UDP) or tab.taken(fwd) or tab.taken(rev):
+        if proto not in (IP_TCP, IP_UDP, IP_ICMP, IP_ICMPV6) or tab.taken(fwd) or tab.taken(rev):
             return -1
         i = tab.create(fwd, rev, nat)
         tab.mark[i] = mark
         if proto == IP_TCP:
             tab.tcp[i] = [[0, 0, 0, T.WSCALE_UNKNOWN, T.ESTABLISHED]] * 2
             tab.exp[i] = now + self.tmo[T.TM_TCP_EST]
+        elif proto in (IP_ICMP, IP_ICMPV6):
+            tab.l4st[i] = ICMP_REPLY
+            tab.exp[i] = now + self.tmo[TM_ICMP_FIRST + ICMP_REPLY]
         else:
             tab.l4st[i] = OTHER_BIDIR
             tab.exp[i] = now + self.tmo[TM_OTHER_FIRST + OTHER_BIDIR]
@@ -464,8 +467,10 @@ class Conntrack:
         slots = slots[slots >= 0]
         if not slots.size:
             return
-        tcp = tab.proto[slots] == IP_TCP
-        cls = np.where(tcp, T.TM_TCP_EST, TM_OTHER_FIRST + tab.l4st[slots].astype(np.int64))
+        proto = tab.proto[slots]
+        icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
+        cls = np.where(proto == IP_TCP, T.TM_TCP_EST,
+                       np.where(icmp, TM_ICMP_FIRST, TM_OTHER_FIRST) + tab.l4st[slots].astype(np.int64))
         tab.exp[slots] = np.maximum(tab.exp[slots], now + self.tmo[cls])
 
     def find(self, t: tuple, now: float = float("-inf")) -> tuple[int, int]:
@@ -630,21 +635,23 @@ class ConnView:
 
     def held_outside(self, slots: np.ndarray) -> np.ndarray:
         """Per slot (-1: none): its connection may run outside the slow path: TCP with both
-        peers ESTABLISHED, or UDP that has seen a reply (before that its packets are +new);
-        no label."""
+        peers ESTABLISHED, UDP that has seen a reply (before that its packets are +new), or
+        an ICMP query answered; no label."""
         tab = self._table
         s = np.where(slots >= 0, slots, tab.cap)
         proto = tab.proto[s]
         st = tab.tcp[s, :, 4]
         tcp_ok = (proto == IP_TCP) & (st[:, 0] == T.ESTABLISHED) & (st[:, 1] == T.ESTABLISHED)
         udp_ok = (proto == IP_UDP) & (tab.l4st[s] == OTHER_BIDIR)
-        return (slots >= 0) & (tcp_ok | udp_ok) & ~tab.label[s].any(axis=1)
+        icmp_ok = ((proto == IP_ICMP) | (proto == IP_ICMPV6)) & (tab.l4st[s] == ICMP_REPLY)
+        return (slots >= 0) & (tcp_ok | udp_ok | icmp_ok) & ~tab.label[s].any(axis=1)
 
     def in_zones(self, zones, v6: bool = False) -> np.ndarray:
-        """Slots of the live IPv4 (v6: IPv6) TCP and UDP connections in `zones`."""
+        """Slots of the live IPv4 (v6: IPv6) TCP, UDP and ICMP connections in `zones`."""
         tab = self._table
         n = tab.live.size
-        ok = tab.live & (tab.v6[:n] == int(v6)) & np.isin(tab.proto[:n], (IP_TCP, IP_UDP))
+        protos = (IP_TCP, IP_UDP, IP_ICMPV6 if v6 else IP_ICMP)
+        ok = tab.live & (tab.v6[:n] == int(v6)) & np.isin(tab.proto[:n], protos)
         return np.flatnonzero(ok & np.isin(tab.zone[:n], list(zones)))
 
     def tuples(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -53,7 +53,7 @@ class ConnSync:
     # -- what the map should hold ------------------------------------------------------
     def desired(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
         """Map keys (CT_KEY_DTYPE), states, marks and translations (CT_NAT_DTYPE) for the
-        connections `slots` (unique, live IPv4 TCP/UDP), both directions, direction 0
+        connections `slots` (unique, live IPv4 TCP/UDP/ICMP), both directions, direction 0
         first; none for those the map must not hold (without kernel_ct, TCP before it is
         established)."""
         view = self.ct.view
@@ -69,12 +69,13 @@ class ConnSync:
         keys = np.zeros(2 * len(slots), dtype=L.CT_KEY_DTYPE)
         keys["zone"], keys["proto"] = np.tile(zone, 2), np.tile(proto, 2)
         d = np.concatenate([tup[:, 0], tup[:, 1]])
-        keys["src"], keys["dst"], keys["sport"], keys["dport"] = d[:, 1], d[:, 3], d[:, 4], d[:, 5]
+        keys["src"], keys["dst"] = d[:, 1], d[:, 3]
+        keys["sport"], keys["dport"] = L.key_ports(keys["proto"], d[:, 4], d[:, 5])
         orig = np.where(est, EST_ORIG, np.where(new, NEW_ORIG, PUNT))
         reply = np.where(est, EST_REPLY, np.where(new, NEW_REPLY, PUNT))
         states = np.concatenate([orig, reply]).astype(np.uint32)
         marks = np.tile(view.marks(slots), 2).astype(np.uint32)
-        return keys, states, marks, _translations(nat, tup)
+        return keys, states, marks, _translations(proto, nat, tup)
 
     def desired6(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
         """desired() of IPv6 connections (CT6_KEY_DTYPE keys): the established ones only."""
@@ -85,10 +86,11 @@ class ConnSync:
         keys = np.zeros(2 * n, dtype=L.CT6_KEY_DTYPE)
         keys["zone"], keys["proto"] = np.tile(zone, 2), np.tile(proto, 2)
         d = np.concatenate([tup[:, 0], tup[:, 1]])
-        keys["src"], keys["dst"], keys["sport"], keys["dport"] = d[:, 0:2], d[:, 2:4], d[:, 4], d[:, 5]
+        keys["src"], keys["dst"] = d[:, 0:2], d[:, 2:4]
+        keys["sport"], keys["dport"] = L.key_ports(keys["proto"], d[:, 4], d[:, 5])
         states = np.concatenate([np.full(n, EST_ORIG), np.full(n, EST_REPLY)]).astype(np.uint32)
         marks = np.tile(view.marks(slots), 2).astype(np.uint32)
-        return keys, states, marks, _translations(nat, tup)
+        return keys, states, marks, _translations(proto, nat, tup)
 
     def _write(self, keys: np.ndarray, states: np.ndarray, marks: np.ndarray,
                nats: np.ndarray, force: bool = False) -> None:
@@ -175,6 +177,7 @@ class ConnSync:
         The entries made."""
         if not self.kernel_ct or not self.zones or not len(tuples):
             return []
+        tuples = tuples[(tuples[:, 0] == F.IP_TCP) | (tuples[:, 0] == F.IP_UDP)]   # the kernel's commits
         made = []
         for proto, src, dst, sport, dport in np.unique(tuples, axis=0).tolist():
             for zone in self.zones:
@@ -286,8 +289,8 @@ class ConnSync:
         if not len(keys):
             return keys, vals, np.zeros(0, np.int64)
         find = self.ct.view.find_ipv6 if v6 else self.ct.view.find_ipv4
-        slot, _ = find(keys["zone"], keys["proto"], keys["src"], keys["dst"], keys["sport"],
-                       keys["dport"])
+        slot, _ = find(keys["zone"], keys["proto"], keys["src"], keys["dst"],
+                       *L.tuple_ports(keys["proto"], keys["sport"], keys["dport"]))
         self.ct.keep_alive(np.unique(slot[vals["used"] > self._synced_ns]), now)
         return keys, vals, slot
 
@@ -313,6 +316,7 @@ class ConnSync:
             v = np.frombuffer(vals, dtype=L.CT_VAL_DTYPE)
             for key, val in zip(k.tolist(), v.tolist()):
                 zone, proto, _, sport, dport, src, dst = key
+                sport, dport = L.tuple_ports(proto, sport, dport)
                 state, mark, nat = val[0], val[1], val[6]
                 if v6:
                     src, dst = _u128(src), _u128(dst)
@@ -322,6 +326,7 @@ class ConnSync:
                     reply, kind = None, 0
                     if nat[0]:            # the reply direction's tuple: the translation reversed
                         _, nsport, ndport, nsrc, ndst = nat
+                        nsport, ndport = L.tuple_ports(proto, nsport, ndport)
                         reply = (_u128(ndst), _u128(nsrc), ndport, nsport)
                         kind = SNAT if nat[0] & SNAT_BIT else DNAT
                     self.ct.adopt_established(zone, proto, src, dst, sport, dport, mark, now,
@@ -336,9 +341,10 @@ class ConnSync:
 
 
 def _dir(k: tuple) -> tuple:
-    """A CT_KEY_DTYPE record as (zone, proto, src, dst, sport, dport)."""
+    """A CT_KEY_DTYPE record as (zone, proto, src, dst, sport, dport), ports as conntrack's
+    tuple words."""
     zone, proto, _, sport, dport, src, dst = k
-    return (zone, proto, src, dst, sport, dport)
+    return (zone, proto, src, dst, *L.tuple_ports(proto, sport, dport))
 
 
 def _dirs(keys: np.ndarray) -> list[tuple]:
@@ -347,7 +353,8 @@ def _dirs(keys: np.ndarray) -> list[tuple]:
 
 def _dirs6(keys: np.ndarray) -> list[tuple]:
     """CT6_KEY_DTYPE records as (zone, proto, src, dst, sport, dport), addresses 128-bit."""
-    return [(z, p, _u128(s), _u128(d), sp, dp) for z, p, _, sp, dp, s, d in keys.tolist()]
+    return [(z, p, _u128(s), _u128(d), *L.tuple_ports(p, sp, dp))
+            for z, p, _, sp, dp, s, d in keys.tolist()]
 
 
 def _u128(words) -> int:
@@ -355,11 +362,11 @@ def _u128(words) -> int:
     return int(words[0]) << 64 | int(words[1])
 
 
-def _translations(nat: np.ndarray, tup: np.ndarray) -> np.ndarray:
+def _translations(proto: np.ndarray, nat: np.ndarray, tup: np.ndarray) -> np.ndarray:
     """Each direction's translation (CT_NAT_DTYPE, direction 0 first) of connections with
     NAT `nat` and tuples `tup` (ConnView.tuples): its packets leave with the other
     direction's tuple reversed, +snat or +dnat (an SNATed connection's replies are
-    +dnat, as OVS says)."""
+    +dnat, as OVS says; an ICMP query's ports keyed as the maps key them: its id is kept)."""
     n = len(nat)
     out = np.zeros(2 * n, dtype=L.CT_NAT_DTYPE)
     on = np.tile(nat != 0, 2)
@@ -367,7 +374,7 @@ def _translations(nat: np.ndarray, tup: np.ndarray) -> np.ndarray:
         return out
     other = np.concatenate([tup[:, 1], tup[:, 0]])
     out["src"], out["dst"] = other[:, 2:4], other[:, 0:2]
-    out["sport"], out["dport"] = other[:, 5], other[:, 4]
+    out["sport"], out["dport"] = L.key_ports(np.tile(proto, 2), other[:, 5], other[:, 4])
     snat = (nat & SNAT) != 0
     out["flags"] = np.concatenate([np.where(snat, SNAT_BIT, DNAT_BIT),
                                    np.where(snat, DNAT_BIT, SNAT_BIT)])

@@ -53,6 +53,36 @@ CT_VAL_DTYPE = np.dtype([("state", "<u4"), ("mark", "<u4"), ("packets", "<u8"),
 # struct sb_ct_event: a connection event's body.
 CT_EVENT_DTYPE = np.dtype([("key", CT_KEY_DTYPE), ("tcp", TCP_PEER_DTYPE, (2,))])
 ZONE = struct.Struct("<IIq")                   # struct sb_zone
+ICMP_PROTOS = (F.IP_ICMP, F.IP_ICMPV6)
+
+
+def key_ports(proto, sport, dport):
+    """A connection tuple's port words (conntrack's: an ICMP query's are id << 8 | type and
+    id << 8 | its answer's type) as the connection maps key them, 16 bits each: an ICMP
+    query's id, and type << 8 | answer's type; TCP and UDP ports as they are.  Ints, or
+    arrays of the same length."""
+    if isinstance(sport, int):
+        if proto in ICMP_PROTOS:
+            return sport >> 8, (sport & 0xFF) << 8 | dport & 0xFF
+        return sport, dport
+    sport, dport = np.asarray(sport, np.uint64), np.asarray(dport, np.uint64)
+    icmp = np.isin(proto, ICMP_PROTOS)
+    return (np.where(icmp, sport >> 8, sport),
+            np.where(icmp, (sport & 0xFF) << 8 | dport & 0xFF, dport))
+
+
+def tuple_ports(proto, sport, dport):
+    """key_ports() undone: a map key's ports as conntrack's tuple words."""
+    if isinstance(sport, int):
+        if proto in ICMP_PROTOS:
+            return sport << 8 | dport >> 8, sport << 8 | dport & 0xFF
+        return sport, dport
+    sport, dport = np.asarray(sport, np.uint64), np.asarray(dport, np.uint64)
+    icmp = np.isin(proto, ICMP_PROTOS)
+    return (np.where(icmp, sport << 8 | dport >> 8, sport),
+            np.where(icmp, sport << 8 | dport & 0xFF, dport))
+
+
 # struct sb_flow before acts[], as numpy records: the counters of a whole map read at once.
 FLOW_HEAD_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("used", "<u8"),
                             ("mf_id", "<u4"), ("tcp_flags", "<u4"), ("n_acts", "<u4"),

@@ -222,13 +222,15 @@ class EbpfTier:
             self._drop_mask(mask)
 
     def conns_kept(self) -> list[tuple]:
-        """The connection map's entries: (zone, proto, src, dst, sport, dport, state, mark)."""
+        """The connection map's entries: (zone, proto, src, dst, sport, dport, state, mark),
+        ports as conntrack's tuple words."""
         keys, vals = self.m_conns.items()
         k = np.frombuffer(keys, dtype=L.CT_KEY_DTYPE)
         v = np.frombuffer(vals, dtype=L.CT_VAL_DTYPE)
-        return list(zip(k["zone"].tolist(), k["proto"].tolist(), k["src"].tolist(),
-                        k["dst"].tolist(), k["sport"].tolist(), k["dport"].tolist(),
-                        v["state"].tolist(), v["mark"].tolist()))
+        return [(z, p, src, dst, *L.tuple_ports(p, sp, dp), st, mark) for z, p, src, dst, sp, dp, st, mark
+                in zip(k["zone"].tolist(), k["proto"].tolist(), k["src"].tolist(),
+                       k["dst"].tolist(), k["sport"].tolist(), k["dport"].tolist(),
+                       v["state"].tolist(), v["mark"].tolist())]
 
     # -- configuration ----------------------------------------------------------------
     def _write_config(self) -> None:
@@ -467,14 +469,14 @@ class EbpfTier:
     def add_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int,
                  state: int, mark: int = 0) -> None:
         """One direction of an established connection the slow path committed."""
-        self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
+        self.m_conns.update(_ct_key(zone, proto, src, dst, sport, dport),
                             L.CT_VAL.pack(state, mark, 0, 0, 0, *_NO_PEERS, *_NO_NAT))
 
     def add_conn_if_absent(self, zone: int, proto: int, src: int, dst: int, sport: int,
                            dport: int, state: int) -> bool:
         """One direction, unless the map holds that key already; whether it was added."""
         try:
-            self.m_conns.update(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst),
+            self.m_conns.update(_ct_key(zone, proto, src, dst, sport, dport),
                                 L.CT_VAL.pack(state, 0, 0, 0, 0, *_NO_PEERS, *_NO_NAT),
                                 BPF_NOEXIST)
         except BpfError as exc:
@@ -489,7 +491,7 @@ class EbpfTier:
         self.m_conns.update_batch(keys, values)
 
     def remove_conn(self, zone: int, proto: int, src: int, dst: int, sport: int, dport: int) -> None:
-        self.m_conns.delete(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
+        self.m_conns.delete(_ct_key(zone, proto, src, dst, sport, dport))
 
     def add_conns6(self, keys: bytes, values: bytes) -> None:
         """Directions of established IPv6 connections (layout.CT6_KEY_DTYPE and
@@ -500,13 +502,13 @@ class EbpfTier:
                      dport: int) -> None:
         """One direction of an IPv6 connection (src, dst: 128-bit ints)."""
         m = (1 << 64) - 1
-        self.m_conns6.delete(L.CT6_KEY.pack(zone, proto, 0, sport, dport, src >> 64, src & m,
-                                            dst >> 64, dst & m))
+        self.m_conns6.delete(L.CT6_KEY.pack(zone, proto, 0, *L.key_ports(proto, sport, dport),
+                                            src >> 64, src & m, dst >> 64, dst & m))
 
     def conn_used(self, zone: int, proto: int, src: int, dst: int, sport: int,
                   dport: int) -> tuple[int, int, float] | None:
         """(packets, bytes, last used) the kernel counted for one direction of a connection."""
-        raw = self.m_conns.lookup(L.CT_KEY.pack(zone, proto, 0, sport, dport, src, dst))
+        raw = self.m_conns.lookup(_ct_key(zone, proto, src, dst, sport, dport))
         if raw is None:
             return None
         _, _, pk, by, used = L.CT_VAL.unpack(raw)[:5]
@@ -614,3 +616,8 @@ def available() -> str | None:
     except (BpfError, OSError) as exc:
         return str(exc)
     return None
+
+
+def _ct_key(zone: int, proto: int, src: int, dst: int, sport: int, dport: int) -> bytes:
+    """An IPv4 connection map key; ports as conntrack's tuple words (layout.key_ports)."""
+    return L.CT_KEY.pack(zone, proto, 0, *L.key_ports(proto, sport, dport), src, dst)

@@ -25,8 +25,9 @@ _NO_EVENTS = np.zeros(0, dtype=L.CT_EVENT_DTYPE)
 class Upcalls:
     """One drain of the ring: the frames as the switch takes them (`batch`; tunnelled ones
     inside the outer header the kernel's VXLAN device took off), the 5-tuples of the
-    untunnelled-or-inner IPv4 TCP/UDP frames (rows of (proto, src, dst, sport, dport)) and
-    of the IPv6 ones (`tuples6`: proto, src high, low, dst high, low, sport, dport),
+    untunnelled-or-inner IPv4 TCP/UDP frames and ICMP queries (rows of (proto, src, dst,
+    sport, dport)) and of the IPv6 ones (`tuples6`: proto, src high, low, dst high, low,
+    sport, dport),
     and the connection events (the original direction's map key of each connection the
     kernel committed, or saw the first reply or whole handshake of: `established`, or
     handed over in its handshake: `handover`; `conn_tcp`: a TCP connection's peers)."""
@@ -162,8 +163,33 @@ def complete_l4_checksums(b: Batch) -> None:
     d[r, at + 1] = (c & 0xFF).astype(np.uint8)
 
 
+# An ICMP query's answer type, by type (conntrack_pkt's reverse types); -1: no query.
+_ANSWER4 = np.full(256, -1, np.int64)
+_ANSWER4[[8, 0, 13, 14, 15, 16]] = [0, 8, 14, 13, 16, 15]
+_ANSWER6 = np.full(256, -1, np.int64)
+_ANSWER6[[128, 129]] = [129, 128]
+
+
+def _ports(d, r, o, proto, icmp, answer):
+    """Each row's tuple port words, as conntrack keys them: TCP/UDP ports, or an ICMP
+    query's id << 8 | type and id << 8 | its answer's type (rows where proto is `icmp`)."""
+    sport, dport = _u16(d, r, o), _u16(d, r, o + 2)
+    q = proto == icmp
+    typ = d[r, o].astype(np.int64)
+    ident = _u16(d, r, o + 4) << 8
+    return np.where(q, ident | typ, sport), np.where(q, ident | np.maximum(answer[typ], 0), dport)
+
+
+def _query(d, r, o, proto, icmp, answer):
+    """Rows that are TCP, UDP, or ICMP queries (code 0) of protocol `icmp`."""
+    typ = d[r, o].astype(np.int64)
+    return ((proto == F.IP_TCP) | (proto == F.IP_UDP)
+            | ((proto == icmp) & (answer[typ] >= 0) & (d[r, o + 1] == 0)))
+
+
 def five_tuples(b: Batch) -> np.ndarray:
-    """(proto, src, dst, sport, dport) of each untagged IPv4 TCP/UDP frame, one row each."""
+    """(proto, src, dst, sport, dport) of each untagged IPv4 TCP/UDP frame and ICMP query
+    (ports as conntrack's tuple words), one row each."""
     n = len(b)
     if not n:
         return np.zeros((0, 5), np.int64)
@@ -171,34 +197,35 @@ def five_tuples(b: Batch) -> np.ndarray:
     s = np.minimum(b.start.astype(np.int64), d.shape[1] - 80)
     ihl = (d[rows, s + 14] & 15).astype(np.int64) * 4
     proto = d[rows, s + 23].astype(np.int64)
-    ok = ((_u16(d, rows, s + 12) == 0x0800) & ((proto == F.IP_TCP) | (proto == F.IP_UDP))
-          & (ihl >= 20) & (b.length >= 14 + ihl + 4))
+    o = np.minimum(s + 14 + ihl, d.shape[1] - 6)
+    ok = ((_u16(d, rows, s + 12) == 0x0800) & _query(d, rows, o, proto, F.IP_ICMP, _ANSWER4)
+          & (ihl >= 20) & (b.length >= 14 + ihl + 8))
     if not ok.any():
         return np.zeros((0, 5), np.int64)
-    r, s, ihl = rows[ok], s[ok], ihl[ok]
+    r, s, o, proto = rows[ok], s[ok], o[ok], proto[ok]
     src = (_u16(d, r, s + 26) << 16) | _u16(d, r, s + 28)
     dst = (_u16(d, r, s + 30) << 16) | _u16(d, r, s + 32)
-    o = s + 14 + ihl
-    return np.stack([proto[ok], src, dst, _u16(d, r, o), _u16(d, r, o + 2)], axis=1)
+    return np.stack([proto, src, dst, *_ports(d, r, o, proto, F.IP_ICMP, _ANSWER4)], axis=1)
 
 
 def five_tuples6(b: Batch) -> np.ndarray:
     """(proto, src high, low, dst high, low, sport, dport) of each untagged IPv6 TCP/UDP
-    frame without extension headers, one uint64 row each."""
+    frame and ICMPv6 echo without extension headers, one uint64 row each."""
     n = len(b)
     if not n:
         return np.zeros((0, 7), np.uint64)
     d, rows = b.data, np.arange(n)
     s = np.minimum(b.start.astype(np.int64), d.shape[1] - 80)
     proto = d[rows, s + 20].astype(np.int64)
-    ok = ((_u16(d, rows, s + 12) == 0x86DD) & ((proto == F.IP_TCP) | (proto == F.IP_UDP))
-          & (b.length >= 14 + 40 + 4))
+    o = s + 54
+    ok = ((_u16(d, rows, s + 12) == 0x86DD) & _query(d, rows, o, proto, F.IP_ICMPV6, _ANSWER6)
+          & (b.length >= 14 + 40 + 8))
     if not ok.any():
         return np.zeros((0, 7), np.uint64)
-    r, s = rows[ok], s[ok]
+    r, s, o, proto = rows[ok], s[ok], o[ok], proto[ok]
     words = [d[r[:, None], (s + at)[:, None] + np.arange(8)].astype(np.uint64) for at in (22, 30, 38, 46)]
     shifts = np.arange(56, -8, -8, dtype=np.uint64)
     hi_lo = [np.bitwise_or.reduce(w << shifts, axis=1) for w in words]
-    o = s + 54
-    return np.stack([proto[ok].astype(np.uint64), *hi_lo, _u16(d, r, o).astype(np.uint64),
-                     _u16(d, r, o + 2).astype(np.uint64)], axis=1)
+    sport, dport = _ports(d, r, o, proto, F.IP_ICMPV6, _ANSWER6)
+    return np.stack([proto.astype(np.uint64), *hi_lo, sport.astype(np.uint64),
+                     dport.astype(np.uint64)], axis=1)

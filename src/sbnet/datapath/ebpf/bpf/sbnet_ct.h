@@ -1,4 +1,4 @@
-/* ct() in the kernel tier: connections in the `conns` map, UDP and TCP ones committed here, events up the ring (sbnet_dp.bpf.c includes it). */
+/* ct() in the kernel tier: connections in the `conns` maps (ICMP echo ones too), UDP and TCP ones committed here, events up the ring (sbnet_dp.bpf.c includes it). */
 #ifndef SBNET_CT_H
 #define SBNET_CT_H
 
@@ -268,12 +268,16 @@ static __always_inline void ct_nat(struct __sk_buff *skb, struct sb_key *k, stru
 		k->w[K_IPV6_DST_HI] = n->dst[0];
 		k->w[K_IPV6_DST_LO] = n->dst[1];
 	}
-	if (k->w[K_TP_SRC] != n->sport)
-		set_port(skb, p, 0, n->sport);
-	if (k->w[K_TP_DST] != n->dport)
-		set_port(skb, p, 2, n->dport);
-	k->w[K_TP_SRC] = n->sport;
-	k->w[K_TP_DST] = n->dport;
+	/* An ICMP query keeps its id (the reference translates ports of TCP and UDP only);
+	 * its key's "ports" are its type and code. */
+	if (p->l4proto == 6 || p->l4proto == 17) {
+		if (k->w[K_TP_SRC] != n->sport)
+			set_port(skb, p, 0, n->sport);
+		if (k->w[K_TP_DST] != n->dport)
+			set_port(skb, p, 2, n->dport);
+		k->w[K_TP_SRC] = n->sport;
+		k->w[K_TP_DST] = n->dport;
+	}
 	count(ST_CT_NAT);
 }
 
@@ -295,15 +299,46 @@ static __always_inline void ct_hit(struct __sk_buff *skb, struct sb_key *k, stru
 	ct_md(k, state, a->h, cv->mark);
 }
 
-/* ct() of an IPv6 packet: only established TCP/UDP connections the slow path handed down
- * are in `conns6`; anything else (a new connection, FIN, SYN, RST) goes up. */
+/* An ICMP query's ports as the connection maps key them (layout.key_ports): its id, and
+ * its type << 8 | its answer's type; -1 for any other ICMP message (an error quoting a
+ * connection is +rel, a type without a connection +inv: the slow path's). */
+static __always_inline int icmp_ports(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
+				      __u16 *sport, __u16 *dport)
+{
+	__u32 t = k->w[K_TP_SRC];
+	__u32 rev;
+	__be16 id;
+
+	if (k->w[K_TP_DST] != 0)
+		return -1;              /* a query with a code is no query to conntrack */
+	if (p->ipv == 6) {
+		if (t != 128 && t != 129)
+			return -1;
+		rev = t ^ 1;            /* echo request 128 <-> reply 129 */
+	} else if (t == 8 || t == 0) {
+		rev = t ^ 8;            /* echo request 8 <-> reply 0 */
+	} else if (t >= 13 && t <= 16) {
+		rev = t & 1 ? t + 1 : t - 1;  /* timestamp 13 <-> 14, information 15 <-> 16 */
+	} else {
+		return -1;
+	}
+	if (bpf_skb_load_bytes(skb, p->l4 + 4, &id, 2))
+		return -1;
+	*sport = bpf_ntohs(id);
+	*dport = t << 8 | rev;
+	return 0;
+}
+
+/* ct() of an IPv6 packet: only established TCP/UDP connections and ICMPv6 echo
+ * conversations the slow path handed down are in `conns6`; anything else (a new
+ * connection, FIN, SYN, RST, an ICMPv6 error) goes up. */
 static __always_inline int ct_lookup6(struct __sk_buff *skb, struct sb_key *k, struct pkt *p,
 				      struct sb_act *a, __u32 bytes)
 {
 	struct sb_ct6_key ck = {};
 	struct sb_ct_val *cv;
 
-	if (p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
+	if (p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17 && p->l4proto != 58))
 		return -1;
 	if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
 		return -1;
@@ -311,6 +346,8 @@ static __always_inline int ct_lookup6(struct __sk_buff *skb, struct sb_key *k, s
 	ck.proto = p->l4proto;
 	ck.sport = k->w[K_TP_SRC];
 	ck.dport = k->w[K_TP_DST];
+	if (p->l4proto == 58 && icmp_ports(skb, k, p, &ck.sport, &ck.dport))
+		return -1;
 	ck.src[0] = k->w[K_IPV6_SRC_HI];
 	ck.src[1] = k->w[K_IPV6_SRC_LO];
 	ck.dst[0] = k->w[K_IPV6_DST_HI];
@@ -339,14 +376,29 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, st
 		return -1;
 	if (p->ipv == 6)
 		return ct_lookup6(skb, k, p, a, bytes);
-	if (p->ipv != 4 || p->l4 < 0 || (p->l4proto != 6 && p->l4proto != 17))
+	if (p->ipv != 4 || p->l4 < 0)
 		return -1;
 	ck.zone = a->h;
+	ck.src = k->w[K_NW_SRC];
+	ck.dst = k->w[K_NW_DST];
+	if (k->w[K_NW_PROTO] == 1) {
+		/* An ICMP query: an echo conversation the slow path saw answered, established. */
+		ck.proto = 1;
+		if (icmp_ports(skb, k, p, &ck.sport, &ck.dport))
+			return -1;
+		cv = bpf_map_lookup_elem(&conns, &ck);
+		if (!cv || (cv->state & (CS_TRK | CS_EST)) != (CS_TRK | CS_EST))
+			return -1;
+		if ((a->w & CT_F_MARK) && ((cv->mark & a->b) != (a->a & a->b)))
+			return -1;
+		ct_hit(skb, k, p, a, cv, cv->state, bytes);
+		return 0;
+	}
+	if (p->l4proto != 6 && p->l4proto != 17)
+		return -1;
 	ck.proto = p->l4proto;
 	ck.sport = k->w[K_TP_SRC];
 	ck.dport = k->w[K_TP_DST];
-	ck.src = k->w[K_NW_SRC];
-	ck.dst = k->w[K_NW_DST];
 	cv = bpf_map_lookup_elem(&conns, &ck);
 	if (p->l4proto == 6 && (!cv || (cv->state & CS_OPENING)))
 		return 1;

@@ -125,13 +125,14 @@ struct sb_config {
  * is the reply direction of a UDP connection awaiting its first reply (that reply
  * establishes it); CS_TRK|CS_OPENING[|CS_RPL] a TCP connection in its handshake, its
  * packets' ct_state from the state machine over `tcp`; 0 (no CS_TRK) a connection the
- * slow path holds in a way this map cannot: its packets go up. */
+ * slow path holds in a way this map cannot: its packets go up.  ICMP echo (and timestamp,
+ * information) conversations are here once the slow path saw them answered: +trk+est. */
 struct sb_ct_key {
 	__u16 zone;
 	__u8 proto;
 	__u8 pad;
-	__u16 sport;          /* host order */
-	__u16 dport;
+	__u16 sport;          /* host order; an ICMP query: its id */
+	__u16 dport;          /* an ICMP query: its type << 8 | its answer's type */
 	__u32 src;            /* IPv4, host order */
 	__u32 dst;
 };
@@ -144,7 +145,8 @@ struct sb_tcp_peer {
 	__u8 state;           /* TCPS_*, numbered as conntrack_tcp */
 	__u16 pad;
 };
-/* The IPv6 connection map's key: established connections the slow path committed only. */
+/* The IPv6 connection map's key: established connections the slow path committed only
+ * (ICMPv6 echo keyed as ICMP is in sb_ct_key). */
 struct sb_ct6_key {
 	__u16 zone;
 	__u8 proto;
