@@ -132,7 +132,8 @@ def test_the_destination_translates_the_vms_first_frames_before_it_runs_there():
     first (an acknowledgement of each TCP stream, the next echo request) and translates them
     ahead, conntrack passes included, on a scratch table: its own connection table is not
     touched, and after the switch-over those frames reach the peer on another host and the
-    outside through the router without a single upcall there."""
+    outside through the router, and a neighbour on the destination answers, without a
+    single upcall there for any of them."""
     from scapy.layers.inet import ICMP, TCP
     from sbnet.agent.migration import port_addresses, port_zones
     from sbnet.agent.migrationwarm import first_frames
@@ -148,12 +149,15 @@ def test_the_destination_translates_the_vms_first_frames_before_it_runs_there():
         c.api.create("security-group-rules", project="p1", security_group_id=peer["id"],
                      direction="ingress", ethertype="IPv4", protocol=proto)
     a = c.port("p1", net, "h1", security_groups=[peer["id"]])
+    q = c.port("p1", net, "h3", security_groups=[peer["id"]])   # a neighbour where b goes
     c.sync()
     gw = router_port(c, r, net)
     # b's connections: a TCP stream and pings to a, a TCP stream to the outside.
     assert c.send(b, [tcp(b, a, 41001, 5001, flags="S")]).to(a["id"])
     assert c.send(a, [tcp(a, b, 5001, 41001, flags="SA", seq=5000, ack=1001)]).to(b["id"])
     assert c.send(b, [icmp(b, a, id=77)]).to(a["id"])
+    assert c.send(b, [tcp(b, q, 41002, 5002, flags="S")]).to(q["id"])
+    assert c.send(q, [tcp(q, b, 5002, 41002, flags="SA", seq=7000, ack=1001)]).to(b["id"])
     c.send(b, [via(b, gw, "203.0.113.50", sport=41000, dport=80, flags="S")])
     assert c.cluster.send_external("physnet1", [from_outside(
         fmac, fip["floating_ip_address"], sport=80, dport=41000, flags="SA", ack=1)]).to(b["id"])
@@ -171,7 +175,7 @@ def test_the_destination_translates_the_vms_first_frames_before_it_runs_there():
     sw = c.cluster.hosts["h3"].switch
     ctmove.import_(sw.conntrack, entries, 0.0)
     frames = first_frames(topo, port, ofport, entries)
-    assert len(frames) == 3 and {f[0] for f in frames} == {ofport}
+    assert len(frames) == 4 and {f[0] for f in frames} == {ofport}
     table = sw.conntrack.dump()
     made = translate_ahead(sw, frames, entries, 0.0)
     assert made
@@ -186,7 +190,10 @@ def test_the_destination_translates_the_vms_first_frames_before_it_runs_there():
     d = c.send(b, [via(b, gw, "203.0.113.50", sport=41000, dport=80, flags="A", seq=1, ack=1)])
     out = [Ether(f) for f in d.external.get("physnet1", ())]
     assert [(f[IP].dst, f[TCP].dport) for f in out] == [("203.0.113.50", 80)]
+    # q's answer on h3 was translated ahead too (b's frame to it leaves by q's VIF there).
+    d = c.send(q, [tcp(q, b, 5002, 41002, flags="A", seq=7001, ack=1001)])
+    assert [Ether(f)[TCP].sport for f in d.to(b["id"])] == [5002]
     # (h3 also hears h1's frame to the outside on the physical network, and drops it.)
     slot = F.SLOT_INDEX["in_port"]
-    assert [mf for mf in sw.dpif.flow_dump() if mf.mf_id not in before
-            and dict(zip(mf.slots, mf.value)).get(slot) == ofport] == []
+    assert [mf for mf in sw.dpif.flow_dump() if mf.mf_id not in before and dict(zip(
+        mf.slots, mf.value)).get(slot) in (ofport, c.cluster.where[q["id"]][1])] == []

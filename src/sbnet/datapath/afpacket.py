@@ -455,7 +455,7 @@ class AfPacketDatapath:
         now = self.switch.clock()
         warm = Warmup(entries, self.switch.conntrack.tcp_liberal, now)
         n = 0
-        for in_port, frame in frames:
+        for in_port, frame in warm.with_answers(frames):
             with self.lock:
                 n += len(warm.frame(self.switch, in_port, frame, now))
                 self._installed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dpkt
 import numpy as np
 
 from sbnet.datapath import ctmove, odp
@@ -9,12 +10,13 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack import Conntrack
 from sbnet.datapath.dpif.userspace import MAX_RECIRC
 from sbnet.datapath.execute import execute
-from sbnet.datapath.parse import parse
+from sbnet.datapath.parse import Parsed, parse
 from sbnet.flows import fields as F
 
 _CT_FIELDS = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
 _RECIRC = F.SLOT_INDEX["recirc_id"]
 _AT_CT = 0xFFFFFF02         # pseudo-port: execute() hands back the packet as it reaches ct()
+_ECHO_ANSWER = {8: 0, 0: 8, 128: 129, 129: 128}
 
 
 class Warmup:
@@ -30,17 +32,29 @@ class Warmup:
         self.scratch = Conntrack(tcp_liberal=tcp_liberal, checksums=False,
                                  capacity=max(64, 2 * len(entries)))
         ctmove.import_(self.scratch, entries, now)
+        # What the frames' addressees send back into this switch's own ports (not through
+        # a tunnel: the source's copies have set those up already), as (in_port, frame).
+        self.answers: list[tuple[int, bytes]] = []
+
+    def with_answers(self, frames):
+        """The (in_port, frame) pairs, then the answers those translated meanwhile call for."""
+        yield from frames
+        answers, self.answers = self.answers, []
+        yield from answers
 
     def frame(self, bridge, in_port: int, frame: bytes, now: float) -> list:
-        """Translate one frame arriving on `in_port`, pass after pass; the megaflows it
+        """Translate one frame arriving on `in_port`, and each recirculation it takes
+        (after a ct() or not, every one its passes' actions start); the megaflows it
         installed (those already there are followed, not made again)."""
         batch = Batch.from_packets([bytes(frame)], int(in_port))
-        parsed = parse(batch)
-        one = np.zeros(1, dtype=np.intp)
+        todo = [(batch, parse(batch))]
         made = []
-        for _ in range(MAX_RECIRC):
+        passes = 0
+        while todo and passes < 2 * MAX_RECIRC:
+            passes += 1
+            batch, parsed = todo.pop()
             if parsed.error[0]:
-                break
+                continue
             key = parsed.keys[:, 0]
             found = bridge.dpif.flow_find(key)
             if found >= 0:
@@ -49,25 +63,76 @@ class Warmup:
                 mf = bridge.upcall(key.tolist(), now)
                 made.append(mf)
                 actions = mf.actions
-            at = next((i for i, a in enumerate(actions) if isinstance(a, odp.Ct)), None)
-            if at is None or at + 1 >= len(actions) or \
-                    not isinstance(actions[at + 1], odp.Recirc):
-                break
-            ct = actions[at]
-            # The frame as it reaches ct() (edits before it done), conntrack's fields kept.
-            batch = execute(batch, one, parsed.l3, parsed.l4,
-                            actions[:at] + (odp.Output(_AT_CT),))[-1][1]
+            if not any(isinstance(a, (odp.Ct, odp.Recirc)) for a in actions):
+                self.answers += _answers(batch, parsed, actions)
+                continue
+            try:
+                todo += self._recirculations(batch, parsed, actions, now)
+            except (NotImplementedError, TypeError, ValueError):   # a step only a datapath runs
+                continue
+        return made
+
+    def _recirculations(self, batch: Batch, parsed, actions: tuple, now: float) -> list:
+        """The frame as each Recirc of a pass's actions sends it round again: edits done,
+        and a ct() just before it run on the scratch table."""
+        one = np.zeros(1, dtype=np.intp)
+        out, start = [], 0
+        for i, a in enumerate(actions):
+            if not isinstance(a, (odp.Ct, odp.Recirc)):
+                continue
+            edits = tuple(x for x in actions[start:i] if not isinstance(x, odp.Output))
+            batch = execute(batch, one, parsed.l3, parsed.l4, edits + (odp.Output(_AT_CT),))[-1][1]
             again = parse(batch)
             again.keys[_CT_FIELDS] = parsed.keys[_CT_FIELDS]
-            self.scratch.execute(batch, again, one, ct.zone, commit=ct.commit, nat=ct.nat,
-                                 set_mark=ct.mark, set_label=ct.label, now=now,
-                                 force=ct.force)
-            again.keys[_RECIRC] = actions[at + 1].recirc_id
-            parsed = again
-        return made
+            parsed, start = again, i + 1
+            if isinstance(a, odp.Ct):
+                self.scratch.execute(batch, parsed, one, a.zone, commit=a.commit, nat=a.nat,
+                                     set_mark=a.mark, set_label=a.label, now=now,
+                                     force=a.force)
+                continue
+            copy = batch.take(one)
+            keys = parsed.keys.copy()
+            keys[_RECIRC] = a.recirc_id
+            out.append((copy, Parsed(keys, parsed.l2_5, parsed.l3, parsed.l4, parsed.error)))
+        return out
 
 
 def translate_ahead(bridge, frames, entries, now: float) -> list:
-    """Warmup.frame() of each (in_port, frame) of `frames`: the megaflows installed."""
+    """Warmup.frame() of each (in_port, frame) of `frames` and of the answers they call
+    for: the megaflows installed."""
     warm = Warmup(entries, bridge.conntrack.tcp_liberal, now)
-    return [mf for in_port, f in frames for mf in warm.frame(bridge, in_port, f, now)]
+    return [mf for in_port, f in warm.with_answers(frames)
+            for mf in warm.frame(bridge, in_port, f, now)]
+
+
+def _answers(batch: Batch, parsed, actions: tuple) -> list[tuple[int, bytes]]:
+    """The answer to each copy the last pass's actions send out of a port (the outside's
+    reply through a floating IP arrives on the physical network's port with the MACs,
+    addresses and ports of what left there swapped)."""
+    try:
+        out = execute(batch, np.zeros(1, dtype=np.intp), parsed.l3, parsed.l4, actions)
+    except (NotImplementedError, TypeError, ValueError):    # a tunnel push, an NSH step
+        return []
+    return [(port, a) for port, b in out for a in map(_swapped, b.packets()) if a]
+
+
+def _swapped(frame: bytes) -> bytes | None:
+    eth = dpkt.ethernet.Ethernet(frame)
+    ip = eth.data
+    if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+        return None
+    l4 = ip.data
+    if isinstance(l4, (dpkt.tcp.TCP, dpkt.udp.UDP)):
+        l4.sport, l4.dport = l4.dport, l4.sport
+    elif isinstance(l4, (dpkt.icmp.ICMP, dpkt.icmp6.ICMP6)) and l4.type in _ECHO_ANSWER:
+        l4.type = _ECHO_ANSWER[l4.type]
+    else:
+        return None
+    l4.sum = 0
+    ip.src, ip.dst = ip.dst, ip.src
+    if isinstance(ip, dpkt.ip.IP):      # as it left the answering host
+        ip.ttl, ip.sum = 64, 0
+    else:
+        ip.hlim = 64
+    eth.src, eth.dst = eth.dst, eth.src
+    return bytes(eth)
