@@ -1,14 +1,16 @@
 """Port-create throughput and latency of the Neutron API on SQLite and on PostgreSQL.
 
-Run: python bench/bench_api.py [--ports 2000] [--concurrency 16] [--backend sqlite|postgres|both]
-     python bench/bench_api.py --clients 300 [--per-client 4] [--projects 30]   (300 clients)
+Run: python bench/bench_api.py [--repeat 5] [--backend sqlite|postgres|both]
+     (300 concurrent clients in 30 projects, 2 port creates each; --clients, --per-client,
+     --projects to change that; the tail's spread over several runs with --repeat)
+     python bench/bench_api.py --clients 0 [--ports 2000] [--concurrency 16]   (16 threads)
      python bench/bench_api.py --cpu 400 --workers 1   (CPU per create: server, database, client)
 Each backend gets a fresh server process (`sbnet serve`'s app under uvicorn) and database; the
 PostgreSQL one is a private throwaway server (Debian postgresql, started as user postgres).
 Each is measured twice in the same run: "before" runs the sources of an older commit
 (--before, from this git checkout) in its one server process, and "after" the current ones
 as `sbnet serve` runs them (its default --workers: one process per two CPUs on PostgreSQL,
-one on SQLite; --workers N to choose); the load average is printed.
+one on SQLite; --workers N to choose); the load average is printed with each run.
 """
 
 from __future__ import annotations
@@ -284,22 +286,27 @@ def measure(backend: str, args: argparse.Namespace, src: str | None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ports", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    ap.add_argument("--clients", type=int, default=0,
-                    help="instead: this many concurrent clients in 30 projects (e.g. 300), each "
-                         "creating --per-client ports one after another; checks IPAM is exact")
-    ap.add_argument("--per-client", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=300,
+                    help="concurrent clients in --projects projects, each creating --per-client "
+                         "ports one after another; checks IPAM is exact (0: --ports creates "
+                         "from --concurrency threads instead)")
+    ap.add_argument("--per-client", type=int, default=2)
     ap.add_argument("--projects", type=int, default=30,
                     help="with --clients: the clients' projects, one network each (1 to 255; "
                          "fewer means more creates waiting for the same project's locks)")
     ap.add_argument("--client", choices=("asyncio", "httpx"), default="asyncio",
                     help="with --clients: coroutines on raw keep-alive connections (default; "
                          "least CPU taken from the server), or a thread with httpx each")
+    ap.add_argument("--ports", type=int, default=2000, help="with --clients 0")
+    ap.add_argument("--concurrency", type=int, default=16, help="with --clients 0")
+    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--before", default=BEFORE, metavar="REF",
                     help=f"also measure the server of this git commit (default {BEFORE}, before "
                          "scoped write locks; several, comma-separated), in the same run; '' to skip")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="measure each server N times, taking turns (before, after, before...), "
+                         "and sum up each one's runs: p99's least, median and most, and in how "
+                         "many it was under 1 s")
     ap.add_argument("--cpu", type=int, default=0, metavar="N",
                     help="instead: N port creates one after another, and the CPU each costs "
                          "the server, the database server and the client (e.g. 400)")
@@ -310,41 +317,87 @@ def main() -> None:
     args = ap.parse_args()
     if not 1 <= args.projects <= 255:
         ap.error("--projects: 1 to 255")
-    load = os.getloadavg()[0]
+    if args.clients < 0 or args.per_client < 1 or args.repeat < 1:
+        ap.error("--clients must be 0 or more, --per-client and --repeat 1 or more")
     results = []
+    table = Table(args, quiet=args.json)
     with ExitStack() as stack:
         refs = [r for r in args.before.split(",") if r]
         srcs = [(ref, before_sources(stack, ref)) for ref in refs]
+        cases = []
         for backend in ("sqlite", "postgres"):
-            if args.backend not in (backend, "both"):
-                continue
-            for ref, src in srcs:
-                if src is not None:
-                    results.append({"backend": backend, "code": f"before {ref}",
-                                    **measure(backend, args, src)})
-            results.append({"backend": backend, "code": "after", **measure(backend, args, None)})
-    loads = (round(load, 2), round(os.getloadavg()[0], 2))
+            if args.backend in (backend, "both"):
+                cases += [(backend, f"before {ref}", src) for ref, src in srcs if src is not None]
+                cases.append((backend, "after", None))
+        for _ in range(args.repeat):
+            for backend, code, src in cases:
+                load = os.getloadavg()[0]
+                result = {"backend": backend, "code": code, "load": round(load, 2),
+                          **measure(backend, args, src)}
+                results.append(result)
+                table.row(result)
     if args.json:
-        print(json.dumps({"load_average": loads, "results": results}, indent=2))
+        print(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
         return
-    if args.cpu:
-        print(f"{'backend':10} {'code':16} {'procs':>5} {'creates':>7} {'wall ms':>8} "
-              f"{'server CPU ms':>13} {'db CPU ms':>9} {'client CPU ms':>13}   (per create)")
-        for r in results:
+    table.summary(results)
+
+
+class Table:
+    """The results as a table, a row printed as each run ends; with --repeat, a summary."""
+
+    def __init__(self, args: argparse.Namespace, quiet: bool) -> None:
+        self.args = args
+        self.quiet = quiet
+        self.started = False
+
+    def row(self, r: dict) -> None:
+        if self.quiet:
+            return
+        if not self.started:
+            self.started = True
+            print(self._head(), flush=True)
+        if self.args.cpu:
             print(f"{r['backend']:10} {r['code']:16} {r['workers']:>5} {r['creates']:>7} "
                   f"{r['wall_ms']:>8} {r['server_cpu_ms']:>13} {r['db_cpu_ms']:>9} "
-                  f"{r['client_cpu_ms']:>13}")
-        print(f"1-minute load average: {loads[0]} at the start, {loads[1]} at the end "
+                  f"{r['client_cpu_ms']:>13} {r['load']:>6}", flush=True)
+        else:
+            print(f"{r['backend']:10} {r['code']:16} {r['workers']:>5} {r['ports']:>6} "
+                  f"{r['concurrency']:>5} {r['creates_per_s']:>10} {r['p50_ms']:>8} "
+                  f"{r['p99_ms']:>8}" + (f" {str(r['ipam_exact']):>10}" if self.args.clients
+                                         else "") + f" {r['load']:>6}", flush=True)
+
+    def _head(self) -> str:
+        if self.args.cpu:
+            return (f"{'backend':10} {'code':16} {'procs':>5} {'creates':>7} {'wall ms':>8} "
+                    f"{'server CPU ms':>13} {'db CPU ms':>9} {'client CPU ms':>13} "
+                    f"{'load':>6}   (per create; load: 1-minute average at the start)")
+        return (f"{'backend':10} {'code':16} {'procs':>5} {'ports':>6} {'conc':>5} "
+                f"{'creates/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+                + (f" {'IPAM exact':>10}" if self.args.clients else "")
+                + f" {'load':>6}   (load: 1-minute average at the start)")
+
+    def summary(self, results: list[dict]) -> None:
+        print(f"1-minute load average at the end: {os.getloadavg()[0]:.2f} "
               f"({os.cpu_count()} CPUs)")
-        return
-    print(f"{'backend':10} {'code':16} {'procs':>5} {'ports':>6} {'conc':>5} {'creates/s':>10} "
-          f"{'p50 ms':>8} {'p99 ms':>8}" + (f" {'IPAM exact':>10}" if args.clients else ""))
-    for r in results:
-        print(f"{r['backend']:10} {r['code']:16} {r['workers']:>5} {r['ports']:>6} {r['concurrency']:>5} "
-              f"{r['creates_per_s']:>10} {r['p50_ms']:>8} {r['p99_ms']:>8}"
-              + (f" {str(r['ipam_exact']):>10}" if args.clients else ""))
-    print(f"1-minute load average: {loads[0]} at the start, {loads[1]} at the end "
-          f"({os.cpu_count()} CPUs)")
+        if self.args.repeat == 1 or self.args.cpu:
+            return
+        print(f"\n{'backend':10} {'code':16} {'runs':>4} {'p99 < 1 s':>9} {'p99 ms least':>12} "
+              f"{'median':>8} {'most':>8} {'p50 median':>10} {'creates/s median':>16} "
+              f"{'load':>10}" + (f" {'IPAM exact':>10}" if self.args.clients else ""))
+        seen: dict[tuple[str, str], list[dict]] = {}
+        for r in results:
+            seen.setdefault((r["backend"], r["code"]), []).append(r)
+        for (backend, code), runs in seen.items():
+            p99 = sorted(r["p99_ms"] for r in runs)
+            loads = [r["load"] for r in runs]
+            print(f"{backend:10} {code:16} {len(runs):>4} "
+                  f"{sum(x < 1000 for x in p99):>9} {p99[0]:>12} "
+                  f"{statistics.median(p99):>8} {p99[-1]:>8} "
+                  f"{statistics.median(r['p50_ms'] for r in runs):>10} "
+                  f"{statistics.median(r['creates_per_s'] for r in runs):>16} "
+                  f"{min(loads):>4}-{max(loads):<5}"
+                  + (f" {str(all(r['ipam_exact'] for r in runs)):>10}" if self.args.clients
+                     else ""))
 
 
 if __name__ == "__main__":

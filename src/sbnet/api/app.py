@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
@@ -15,7 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sbnet.api import crud
-from sbnet.api.context import Authenticator, StaticTokens, TokenValidator
+from sbnet.api.context import Authenticator, Context, StaticTokens, TokenValidator
+from sbnet.api.handlers import HandlerPool
 from sbnet.api.hosts import Heartbeats
 from sbnet.api.lane import FastJSON, Lane
 from sbnet.api.quotas import Quotas
@@ -64,18 +63,37 @@ class Api:
         self.hooks: dict[str, crud.Hooks] = {}
         self.host_profiles: dict = {}         # host -> NIC Profile (port binding)
         self.heartbeats = Heartbeats.of(store)  # hosts' agents: alive, and their datapath
-        # The handlers' threads, handed work directly (anyio's worker threads cost more CPU
-        # a call).
-        self.writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="sbnet-write")
-        self.readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sbnet-read")
+        # The handlers' threads, handed work directly (anyio's worker threads, and asyncio's
+        # executors, cost more CPU a call).
+        self.writers = HandlerPool(WRITE_THREADS, "sbnet-write")
+        self.readers = HandlerPool(READ_THREADS, "sbnet-read")
+
+    def context(self, request: Request) -> Context:
+        """Who is asking (sbnet.api.context), worked out once a request."""
+        scope = request.scope
+        ctx = scope.get(_CONTEXT)
+        if ctx is None:
+            # Starlette's Headers scans and decodes the whole list on every lookup; the
+            # first of a repeated header wins, as there.
+            headers = {k.decode("latin-1"): v.decode("latin-1")
+                       for k, v in reversed(scope["headers"])}
+            ctx = scope[_CONTEXT] = self.auth.context(headers)
+        return ctx
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any) -> Any:
         """Authenticate, then run the (blocking) handler in a thread, a reader's for GET
         (again if the database picked its transaction as a deadlock victim)."""
-        ctx = self.auth.context(request.headers)
+        ctx = self.context(request)
         pool = self.readers if request.method == "GET" else self.writers
-        return await asyncio.get_running_loop().run_in_executor(
-            pool, self.store.retrying, fn, ctx, request, *args)
+        return await pool.run(self.store.retrying, fn, ctx, request, *args)
+
+    def close(self) -> None:
+        self.writers.close()
+        self.readers.close()
+        self.store.dispose()
+
+
+_CONTEXT = "sbnet.context"   # where a request's Context is kept in its ASGI scope
 
 
 class StripJsonSuffix:
@@ -200,6 +218,6 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
 
     @app.on_event("shutdown")
     async def _close() -> None:
-        api.store.dispose()
+        api.close()
 
     return app

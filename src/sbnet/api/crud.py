@@ -246,7 +246,7 @@ def paged(collection: str, items: list[dict], request: Request) -> dict:
 async def read_json(request: Request) -> Any:
     """The request's JSON body, read only once the caller is authenticated (an anonymous
     request costs no parsing), at most LIMITS.depth deep (sbnet.api.app caps its size)."""
-    request.app.state.api.auth.context(request.headers)
+    request.app.state.api.context(request)
     raw = await request.body()
     if not raw:
         raise BadRequest("Resource body required")

@@ -95,12 +95,12 @@ def extra_routes(router: APIRouter, api: Any) -> None:
 
     @router.get("/v2.0/extensions")
     async def extensions(request: Request) -> dict:
-        api.auth.context(request.headers)
+        api.context(request)
         return {"extensions": [_ext(*e) for e in EXTENSIONS]}
 
     @router.get("/v2.0/extensions/{alias}")
     async def extension(request: Request, alias: str) -> dict:
-        api.auth.context(request.headers)
+        api.context(request)
         for e in EXTENSIONS:
             if e[0] == alias:
                 return {"extension": _ext(*e)}
@@ -108,19 +108,19 @@ def extra_routes(router: APIRouter, api: Any) -> None:
 
     @router.get("/v2.0/service-providers")
     async def service_providers(request: Request) -> dict:
-        api.auth.context(request.headers)
+        api.context(request)
         wanted = request.query_params.getlist("service_type")
         return {"service_providers": [{"service_type": t, "name": "sbnet", "default": True}
                                       for t in SERVICE_TYPES if not wanted or t in wanted]}
 
     @router.get("/v2.0/qos/rule-types")
     async def rule_types(request: Request) -> dict:
-        api.auth.context(request.headers)
+        api.context(request)
         return {"rule_types": [{"type": t} for t in RULE_TYPES]}
 
     @router.get("/v2.0/qos/rule-types/{rule_type}")
     async def rule_type(request: Request, rule_type: str) -> dict:
-        api.auth.context(request.headers)
+        api.context(request)
         if rule_type not in RULE_TYPES:
             raise NotFound(f"QoS rule type {rule_type} could not be found.",
                            type_name="QosRuleTypeNotFound")

@@ -166,12 +166,12 @@ def extra_routes(router: APIRouter, api: Any) -> None:
 
     @router.get("/v2.0/quotas/project")
     async def project_of(request: Request) -> dict:
-        ctx = api.auth.context(request.headers)
+        ctx = api.context(request)
         return {"project": {"project_id": ctx.project_id}}
 
     @router.get("/v2.0/quotas/tenant")
     async def tenant_of(request: Request) -> dict:
-        ctx = api.auth.context(request.headers)
+        ctx = api.context(request)
         return {"tenant": {"tenant_id": ctx.project_id}}
 
     @router.get("/v2.0/quotas/{project}")
@@ -180,7 +180,7 @@ def extra_routes(router: APIRouter, api: Any) -> None:
 
     @router.get("/v2.0/quotas/{project}/default")
     async def default(request: Request, project: str) -> dict:
-        api.auth.context(request.headers)
+        api.context(request)
         return {"quota": dict(quotas.defaults)}
 
     @router.get("/v2.0/quotas/{project}/details")
