@@ -74,7 +74,7 @@ class VethWires:
         return self.names[w][0]
 
     def send(self, name: str, frame: bytes) -> None:
-        self.peers[name].sock.send(frame)
+        self.peers[name].deliver(Batch.from_packets([frame], 0))
 
     def received(self, name: str, wait: float = 1.0) -> list[bytes]:
         deadline = time.monotonic() + wait

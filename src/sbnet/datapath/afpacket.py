@@ -18,7 +18,7 @@ from sbnet.datapath import ctmove
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
-from sbnet.datapath.dpif.tunnel_fast import copy_kernel
+from sbnet.datapath import vnet
 from sbnet.datapath.mmsg import Receiver, Sender
 from sbnet.datapath.ports import Port
 from sbnet.datapath.prewarm import Warmup
@@ -31,6 +31,7 @@ SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23     # Linux 4.20+: the socket does not see frames it (or anyone) sends
 PACKET_OUTGOING = 4             # sll_pkttype of a frame this host transmitted
 PACKET_AUXDATA = 8              # ancillary struct tpacket_auxdata with each frame
+PACKET_VNET_HDR = 15            # a virtio-net header before each frame, both ways
 TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
 _AUXDATA = struct.Struct("=IIIHHHH")   # status, len, snaplen, mac, net, vlan_tci, vlan_tpid
 CLONE_NEWNET = 0x40000000
@@ -96,10 +97,21 @@ class AfPacketPort(Port):
         self.sock.bind((ifname, ETH_P_ALL))
         self._buf = bytearray(MAX_FRAME)
         # Batched I/O (one system call per batch) once outgoing frames are filtered by
-        # the kernel; the per-frame calls below otherwise.
-        self._rx = None if self._filter_outgoing else Receiver(RX_BATCH)
-        self._tx = Sender()
+        # the kernel; the per-frame calls below otherwise.  With batched I/O the socket
+        # carries virtio-net headers, as a NIC's queue would: a VM that keeps its
+        # segmentation and checksum offloads (a virtio VM does) hands over whole GSO
+        # packets and partial checksums, which the port cuts and completes.
+        self.vnet = False
+        if not self._filter_outgoing:
+            try:
+                self.sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                self.vnet = True
+            except OSError:
+                pass
+        self._rx = None if self._filter_outgoing else Receiver(RX_BATCH, vnet=self.vnet)
+        self._tx = Sender(vnet=self.vnet)
         self.rx_dropped = 0
+        self.rx_segmented = 0           # GSO packets received (cut into their frames)
 
     def receive_rows(self, limit: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
         """Frames waiting on the interface, at most about `limit`, as (rows of a buffer with
@@ -114,17 +126,16 @@ class AfPacketPort(Port):
         fd = self.sock.fileno()
         rx = self._rx
         while limit > 0:
-            got, lens, tags = rx.receive(fd)
+            got, chunk, lens, tags, work = rx.receive_rows(fd)
             if not got:
                 break
-            rows = rx.buf[:got]
+            if work:
+                chunk, lens, tags = self._offloads(rx.buf[:got], lens, tags)
             if tags or (lens < 0).any():
-                rows, lens = _retag(rows, lens, tags)
-                self.rx_dropped += got - len(lens)
+                before = len(lens)
+                chunk, lens = _retag(chunk, lens, tags)
+                self.rx_dropped += before - len(lens)
             if len(lens):
-                width = (HEADROOM + int(lens.max()) + TAILROOM + 7) & ~7
-                chunk = np.zeros((len(lens), width), np.uint8)
-                copy_rows(rows, lens, chunk)
                 out.append((chunk, lens))
                 self.rx_packets += len(lens)
                 self.rx_bytes += int(lens.sum())
@@ -132,6 +143,20 @@ class AfPacketPort(Port):
             if got < rx.n:
                 break
         return out
+
+    def _offloads(self, rows: np.ndarray, lens: np.ndarray, tags: list):
+        """What a NIC would have done with the frames the VM left to it: GSO packets cut
+        into frames, partial checksums completed (vnet.expand); tags follow their rows."""
+        chunk, out_len, src, dropped = vnet.expand(rows, lens)
+        self.rx_dropped += dropped
+        kinds = rows[:, HEADROOM - vnet.VNET_LEN + 1] & 0x7F
+        self.rx_segmented += int(np.count_nonzero(kinds))
+        if tags:
+            at: dict[int, list[int]] = {}
+            for o, r in enumerate(src.tolist()):
+                at.setdefault(r, []).append(o)
+            tags = [(o, tpid, tci) for r, tpid, tci in tags for o in at.get(r, ())]
+        return chunk, out_len, tags
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -150,17 +175,30 @@ class AfPacketPort(Port):
                 break
             if self._filter_outgoing and addr[2] == PACKET_OUTGOING:
                 continue
-            frame = bytes(view[:n])
+            frames = self._unwrap(view, n) if self.vnet else [bytes(view[:n])]
             for level, kind, data in ancdata:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
                     status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(data)
                     if status & TP_STATUS_VLAN_VALID:
                         tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
-                        frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
-            out.append(frame)
+                        tag = struct.pack("!HH", tpid, tci)
+                        frames = [f[:12] + tag + f[12:] for f in frames]
+            out += frames
         self.rx_packets += len(out)
         self.rx_bytes += sum(map(len, out))
         return out
+
+    def _unwrap(self, view: memoryview, n: int) -> list[bytes]:
+        """A frame read behind its virtio-net header, as the frames the wire carries."""
+        hdr = bytes(view[:vnet.VNET_LEN])
+        if not (hdr[0] & vnet.F_NEEDS_CSUM or hdr[1]):
+            return [bytes(view[vnet.VNET_LEN:n])]
+        buf = np.zeros((1, HEADROOM + n + TAILROOM), np.uint8)
+        buf[0, HEADROOM - vnet.VNET_LEN:HEADROOM + n - vnet.VNET_LEN] = np.frombuffer(view[:n],
+                                                                                     np.uint8)
+        out, lens, _, dropped = vnet.expand(buf, np.array([n - vnet.VNET_LEN], np.int32))
+        self.rx_dropped += dropped
+        return [out[i, HEADROOM:HEADROOM + lens[i]].tobytes() for i in range(len(lens))]
 
     def deliver(self, batch: Batch) -> None:
         super().deliver(batch)
@@ -179,13 +217,6 @@ class AfPacketPort(Port):
 
     def close(self) -> None:
         self.sock.close()
-
-
-def copy_rows(rows: np.ndarray, lens: np.ndarray, out: np.ndarray) -> None:
-    """Each row's frame (at column HEADROOM) into the same place of a zeroed `out`."""
-    n = len(lens)
-    col = np.full(n, HEADROOM, np.int64)
-    copy_kernel(rows, np.arange(n, dtype=np.int64), col, lens.astype(np.int64), out, HEADROOM)
 
 
 def _retag(rows: np.ndarray, lens: np.ndarray, tags) -> tuple[np.ndarray, np.ndarray]:
@@ -313,23 +344,26 @@ class AfPacketDatapath:
 
     # -- the loop ----------------------------------------------------------------
     def poll_once(self, timeout: float = 0.1) -> int:
-        """Wait up to `timeout` s for frames; switch one batch of what is readable."""
+        """Wait up to `timeout` s for frames; switch what is readable, a batch per port."""
         ready = self._poll.poll(timeout * 1000)
-        chunks: list[tuple[np.ndarray, np.ndarray, int]] = []
+        done = 0
         for fd, _ in ready:
             port = self._by_fd.get(fd)
             if port is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
-            chunks += [(rows, lens, port.ofport) for rows, lens in port.receive_rows()]
-        if not chunks:
-            return 0
-        batch = _batch(chunks)
-        with self.lock:
-            self.switch.process(batch)
-        self.batches += 1
-        return len(batch)
+            chunks = [(rows, lens, port.ofport) for rows, lens in port.receive_rows()]
+            if not chunks:
+                continue
+            # One batch per port, as OVS's PMD takes one receive queue at a time: no copy
+            # to merge ports' frames that the dpif would split again (underlay or not).
+            batch = _batch(chunks)
+            with self.lock:
+                self.switch.process(batch)
+            self.batches += 1
+            done += len(batch)
+        return done
 
     def run(self, until: float | None = None) -> None:
         """Forward until time.monotonic() passes `until` (None: until stop())."""
