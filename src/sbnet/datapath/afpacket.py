@@ -18,7 +18,7 @@ from sbnet.datapath import ctmove
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
-from sbnet.datapath import vnet
+from sbnet.datapath import mmsg, vnet
 from sbnet.datapath.mmsg import Receiver, Sender
 from sbnet.datapath.ports import Port
 from sbnet.datapath.prewarm import Warmup
@@ -257,6 +257,13 @@ def _batch(chunks: list[tuple[np.ndarray, np.ndarray, int]]) -> Batch:
                  np.concatenate([np.full(len(ln), p, np.uint32) for _, ln, p in chunks]))
 
 
+def warm() -> None:
+    """The socket kernels compiled (or loaded from numba's cache) now, not on the first
+    frame: once per process, and inherited by the switches a warmed zygote forks."""
+    mmsg.warm()
+    vnet.warm()
+
+
 class AfPacketDatapath:
     """A reference Switch forwarding between real interfaces, run by a poll loop.
 
@@ -281,6 +288,7 @@ class AfPacketDatapath:
         os.set_blocking(self._wake_r, False)
         self._poll.register(self._wake_r, select.POLLIN)
         self.batches = 0
+        warm()
         self.errors = 0                 # batches the switch raised on (the loop goes on)
         self.last_error: str | None = None
 

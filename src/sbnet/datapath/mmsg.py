@@ -216,5 +216,16 @@ class Sender:
             self.n = k
             self.mm, self.iov = self._headers(k)
         return _tx_kernel(fd, self.mm.ctypes.data, self.iov, 2 if self.vnet else 0,
-                          data.ctypes.data, data.strides[0], batch.start, batch.length,
+                          data.ctypes.data, data.strides[0],
+                          batch.start.astype(np.int32, copy=False),
+                          batch.length.astype(np.int32, copy=False),
                           _NO_ROWS if rows is None else rows.astype(np.int64, copy=False), k)
+
+
+def warm() -> None:
+    """Compile (or load) the kernels for the argument types the sockets pass, before the
+    first frame waits on them: a switch process forked from a warmed zygote inherits them."""
+    rx = Receiver(1, 64)
+    rx.receive_rows(-1)
+    Sender(1).send(-1, Batch.empty())
+    _copy_out(rx.buf, rx.mm, 0, rx.buf)

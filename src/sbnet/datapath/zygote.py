@@ -120,6 +120,7 @@ def _main() -> None:
     closes the socket.  Children are reaped by the kernel (SIGCHLD ignored)."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     from sbnet.datapath import afpacket
+    afpacket.warm()
     with contextlib.suppress(ImportError):     # the kernel tier, where its modules import
         import sbnet.datapath.ebpf.datapath    # noqa: F401
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
