@@ -30,6 +30,7 @@ from sbnet.agent.netns import Topology
 from sbnet.agent.probes import PingTrain, Stream
 
 SECONDS = 5.0           # each measured run; the switch-over happens 2 s in
+UPCALLS_WITHIN = 0.3    # the destination's upcalls are counted this long after the switch-over
 
 
 def iperf_gap(out: str, t_start: float, t_move: float) -> tuple[float, float]:
@@ -62,8 +63,12 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
                      idle=SECONDS, chunk=1000, pace=0.01)
     pings = PingTrain(topo, mover, peer.address, count=int(SECONDS * 100))
     time.sleep(2.0)
-    tl, t_move = lab.move(dest)
+    count = getattr(lab.topo.hosts[dest].datapath, "upcalls", None)
+    ups: list[int] = []
+    tl, t_move = lab.move(dest, switched=lambda: ups.append(count()) if count else None)
     t_end = lab.switched[1]
+    time.sleep(max(0.0, t_end + UPCALLS_WITHIN - time.monotonic()))
+    dest_upcalls = count() - ups[0] if ups else -1
     res = stream.result(timeout=SECONDS + 30)
     ext = outside.result(timeout=SECONDS + 30)
     gap, replies, sent = pings.gap(timeout=SECONDS + 30, at=t_move, until=t_end)
@@ -79,8 +84,15 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
             "fip_gap_ms": ext.gap_at(t_move, t_end) * 1000,
             "fip_survived": ext.error == "" and ext.bytes_after(t_move + 0.5),
             "iperf_gap_ms": igap * 1000, "iperf_mbps": mbps,
+            "dest_upcalls": dest_upcalls, "prewarmed": _prewarmed(lab, dest),
             "ready_ms": next((t * 1000 for t, w in tl.events if "ready" in w), float("nan")),
             "sequence_ms": tl.events[-1][0] * 1000, **where}
+
+
+def _prewarmed(lab: MigrationLab, dest: str) -> int:
+    """Megaflows the destination translated ahead for the move (-1: none tried)."""
+    log = lab.cloud.agents[dest].migration.state.log
+    return next((n for _, what, n in reversed(log) if what == "prewarmed"), -1)
 
 
 def where_the_time_goes(lab: MigrationLab, tl, pings: PingTrain, t_move: float,
@@ -151,10 +163,12 @@ def main() -> None:
         print(json.dumps(results, indent=1))
         return
     print("Gaps are the longest silence overlapping the switch-over; 'worst' is the largest "
-          "ping gap of the whole run (the machine's own noise).")
+          "ping gap of the whole run (the machine's own noise); prewarmed: megaflows the "
+          "destination translated ahead; dest upcalls: its upcalls in the "
+          f"{UPCALLS_WITHIN * 1000:.0f} ms after the switch-over.")
     print(f"{'datapath':10} {'handover':9} {'ping gap':>9} {'worst':>7} {'lost':>5} {'dup':>4} "
           f"{'stream gap':>11} {'TCP kept':>8} {'FIP gap':>8} {'FIP kept':>8} "
-          f"{'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8}")
+          f"{'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8} {'prewarmed':>9} {'dest upcalls':>12}")
     for r in results:
         for key, label in (("handover", "yes"), ("no_handover", "no")):
             m = r[key]
@@ -163,7 +177,8 @@ def main() -> None:
                   f"{m['ping_worst_ms']:5.0f}ms {m['ping_lost']:5d} {m['ping_dups']:4d} "
                   f"{m['stream_gap_ms']:9.0f}ms {'yes' if m['stream_survived'] else 'NO':>8} "
                   f"{m['fip_gap_ms']:6.0f}ms {'yes' if m['fip_survived'] else 'NO':>8} "
-                  f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms")
+                  f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms "
+                  f"{_n(m['prewarmed']):>9} {_n(m['dest_upcalls']):>12}")
     print("Where the switch-over's time goes (ms after it began): the VM without an interface, "
           "the first ping reply after it (its round trip; the run's median), Nova's activation, "
           "each host applying it (start/flows changed/ms in the datapath):")
@@ -182,6 +197,10 @@ def main() -> None:
               f"{lk['seconds_each']:.2f} s each; left: {lk['bindings_left']} bindings, "
               f"{lk['handovers_left']} handovers, {lk['tcp_conns_on_old_host']} TCP connections "
               f"on the old host; flows before {lk['flows_before']} after {lk['flows_after']}")
+
+
+def _n(v: int) -> str:
+    return "-" if v < 0 else str(v)
 
 
 if __name__ == "__main__":

@@ -445,6 +445,12 @@ class AfPacketDatapath:
         with self.lock:
             return self.switch.drop_counts()
 
+    def upcalls(self) -> int:
+        """Datapath flows the switch has translated and installed so far (for misses, and
+        ahead of them by prewarm)."""
+        with self.lock:
+            return self.switch.upcalls
+
     def loop_errors(self) -> tuple[int, str | None]:
         """Batches the switch raised on, and the last such error."""
         return self.errors, self.last_error
@@ -490,6 +496,9 @@ class AfPacketDatapath:
         with self.lock:
             return ctmove.forget(self.switch.conntrack, tuples)
 
+    # Whether prewarm() translates the answers to what its frames send out of local ports.
+    prewarm_answers = True
+
     def prewarm(self, frames, entries) -> int:
         """The datapath flows of an arriving VM's first frames ((in_port, frame) pairs),
         installed before it runs here (sbnet.datapath.prewarm); how many were new.  The
@@ -497,7 +506,7 @@ class AfPacketDatapath:
         now = self.switch.clock()
         warm = Warmup(entries, self.switch.conntrack.tcp_liberal, now)
         n = 0
-        for in_port, frame in warm.with_answers(frames):
+        for in_port, frame in warm.with_answers(frames) if self.prewarm_answers else frames:
             with self.lock:
                 n += len(warm.frame(self.switch, in_port, frame, now))
                 self._installed()
@@ -522,7 +531,7 @@ class AfPacketDatapath:
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour", "remove_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
 _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
-           "loop_errors", "kernel_stats", "plug", "unplug", "add_tunnel", "port_names",
+           "loop_errors", "kernel_stats", "upcalls", "plug", "unplug", "add_tunnel", "port_names",
            "delete_group",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats",
