@@ -6,7 +6,14 @@ Needs root, Open vSwitch, iperf3, BPF.  A direct veth between two namespaces (no
 tunnel) is measured too, as the ceiling of this machine.  CPU: the switch processes' own time,
 and the whole machine's softirq time (where the kernel tier and the veths do their work).
 
-Run: python bench/bench_real.py [--seconds S] [--pings N] [--datapaths veth,ovs,reference,ebpf]
+Run: python bench/bench_real.py [--seconds S] [--pings N] [--datapaths veth,ebpf-local,ebpf-xdp,...]
+     [--no-offloads]
+
+Two VMs on one host behind a stateful group are measured on the kernel tier with the TC
+program alone (ebpf-local) and with the XDP program in front of it (ebpf-xdp: native XDP on
+the host's veth ends; ebpf-xdp-generic: generic XDP), in the same run; --no-offloads turns the
+VMs' checksum and segmentation offload off (the XDP program forwards only packets whose
+checksums are complete: with offloads, the VMs' TCP goes to the TC program).
 """
 
 from __future__ import annotations
@@ -37,14 +44,19 @@ def softirq_seconds() -> float:
 
 
 def ping_rtt(topo: Topology, src, dst: str, count: int) -> dict:
-    res = topo.run(src, "ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "2", dst,
+    """min/avg/max as ping prints them, and the median of the replies' times (the first
+    exchange of a new ping, a new ICMP id, goes through the slow path; the median does
+    not see it)."""
+    res = topo.run(src, "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "2", dst,
                    check=False, timeout=60)
     m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", res.stdout)
     lost = re.search(r"([\d.]+)% packet loss", res.stdout)
-    if not m:
-        return {"min": float("nan"), "avg": float("nan"), "max": float("nan"), "loss": 100.0}
+    times = sorted(float(t) for t in re.findall(r"time=([\d.]+) ms", res.stdout))
+    if not m or not times:
+        return {"min": float("nan"), "avg": float("nan"), "max": float("nan"), "med": float("nan"),
+                "loss": 100.0}
     return {"min": float(m.group(1)), "avg": float(m.group(2)), "max": float(m.group(3)),
-            "loss": float(lost.group(1)) if lost else 0.0}
+            "med": times[len(times) // 2], "loss": float(lost.group(1)) if lost else 0.0}
 
 
 def iperf(topo: Topology, client, server, address: str, seconds: float, cpu) -> dict:
@@ -98,31 +110,87 @@ def measure_veth(seconds: float, pings: int) -> dict:
         return {**rtt, **tcp}
 
 
+
+
+def measure_local(xdp: str | None, seconds: float, pings: int) -> dict:
+    """Two VMs (namespaces, veth pairs) on one host's kernel tier, a stateful group between
+    them (GRO on at the VMs' ends); xdp: the XDP program too on both ports ("native" or
+    "generic"), else TC only.
+    CPU: the machine's softirq time (the slow path, in this process, is idle once the
+    connections are in the kernel); the XDP program's forwards are printed after the row."""
+    from sbnet.datapath.ebpf.datapath import EbpfDatapath
+    from sbnet.datapath.ebpf.setups import VM_GROUP
+    from sbnet.flows.ofctl import parse_file
+    with Topology() as topo:
+        host = topo.add_namespace("h")
+        for i in (1, 2):
+            ns = topo.add_namespace(f"vm{i}")
+            sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
+               f"tap{i}", "netns", host)
+            sh("ip", "-n", ns, "link", "set", "eth0", "address", f"02:00:00:00:00:0{i}", "up")
+            sh("ip", "-n", ns, "addr", "add", f"10.0.0.{i}/24", "dev", "eth0")
+            sh("ip", "-n", host, "link", "set", f"tap{i}", "arp", "off", "up")
+            # GRO on the VM's end gives its veth NAPI, which native XDP's redirects need to
+            # land there (else the kernel drops them); on in every row, so they compare.
+            sh("ethtool", "-K", "eth0", "gro", "on", netns=ns)
+            if not OFFLOADS:
+                sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)   # complete checksums, no TSO
+        dp = EbpfDatapath(netns=host, maintain_every=0.5, **({"xdp": xdp} if xdp else {}))
+        try:
+            dp.attach(1, "tap1")
+            dp.attach(2, "tap2")
+            dp.bundle(add=parse_file(VM_GROUP).flows)
+            dp.start()
+            topo.ping("vm1", "10.0.0.2", count=2, interval=0.1)
+            before = dp.kernel_stats()
+            rtt = ping_rtt(topo, "vm1", "10.0.0.2", pings)
+            tcp = iperf(topo, "vm1", "vm2", "10.0.0.2", seconds, None)
+            after = dp.kernel_stats()
+        finally:
+            dp.close()
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in ("hit", "upcall", "xdp_forward")}
+        return {**rtt, **tcp, "note": f"kernel hits {moved['hit']}, upcalls {moved['upcall']}, "
+                                      f"XDP forwards {moved['xdp_forward']}"}
+
+
+OFFLOADS = True           # the one-host VMs keep checksum and segmentation offload (--no-offloads)
+
 DATAPATHS = {
     "veth": ("linux veth (no switch)", measure_veth),
     "ovs": ("ovs netdev + vxlan", lambda s, n: measure_pair("ovs", s, n)),
     "reference": ("reference af_packet + vxlan", lambda s, n: measure_pair("reference", s, n)),
     "ebpf": ("ebpf kernel tier + vxlan", lambda s, n: measure_pair("ebpf", s, n)),
+    "ebpf-local": ("ebpf tc, one host, stateful sg", lambda s, n: measure_local(None, s, n)),
+    "ebpf-xdp": ("ebpf xdp native, same", lambda s, n: measure_local("native", s, n)),
+    "ebpf-xdp-generic": ("ebpf xdp generic, same", lambda s, n: measure_local("generic", s, n)),
 }
+DEFAULT = ("veth", "ovs", "reference", "ebpf", "ebpf-local", "ebpf-xdp")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per datapath")
     ap.add_argument("--pings", type=int, default=100, help="pings per datapath (10 ms apart)")
-    ap.add_argument("--datapaths", default=",".join(DATAPATHS),
-                    help=f"comma-separated subset of {','.join(DATAPATHS)} (default: all)")
+    ap.add_argument("--datapaths", default=",".join(DEFAULT),
+                    help=f"comma-separated, of {','.join(DATAPATHS)} (default: {','.join(DEFAULT)})")
+    ap.add_argument("--no-offloads", action="store_true",
+                    help="the one-host rows' VMs send complete checksums, no TSO (tx off)")
     args = ap.parse_args()
+    global OFFLOADS
+    OFFLOADS = not args.no_offloads
     chosen = [d.strip() for d in args.datapaths.split(",") if d.strip()]
     bad = [d for d in chosen if d not in DATAPATHS]
     if bad or not chosen:
         ap.error(f"--datapaths: unknown {','.join(bad) or '(none)'}; choose from {','.join(DATAPATHS)}")
     rows = [(DATAPATHS[d][0], DATAPATHS[d][1](args.seconds, args.pings)) for d in chosen]
     print(f"{'datapath':30} {'TCP Mbit/s':>10} {'retrans':>8} {'switch cores':>12} "
-          f"{'softirq cores':>13} {'rtt min':>8} {'rtt avg':>8} {'rtt max':>8} {'loss %':>6}")
+          f"{'softirq cores':>13} {'rtt min':>8} {'rtt avg':>8} {'rtt med':>8} {'rtt max':>8} {'loss %':>6}")
     for name, r in rows:
         print(f"{name:30} {r['mbps']:10.1f} {r['retr']:8d} {r['cores']:12.2f} {r['softirq']:13.2f} "
-              f"{r['min']:8.3f} {r['avg']:8.3f} {r['max']:8.3f} {r['loss']:6.1f}")
+              f"{r['min']:8.3f} {r['avg']:8.3f} {r['med']:8.3f} {r['max']:8.3f} {r['loss']:6.1f}")
+    for name, r in rows:
+        if "note" in r:
+            print(f"{name}: {r['note']}")
     print("rtt in ms; switch cores: CPU seconds per second of the switch daemons or processes "
           "during the TCP run; softirq cores: the machine's softirq CPU seconds per second then")
 

@@ -5,25 +5,17 @@ import json
 
 import pytest
 
+from sbnet.datapath.ebpf.setups import VM_GROUP
 from tests.ebpf.conftest import require_bpf
 
-FLOWS = """\
-table=0,priority=20,arp,in_port=1 actions=output:2
-table=0,priority=20,arp,in_port=2 actions=output:1
-table=0,priority=10,ip,ct_state=-trk actions=ct(zone=7,table=1)
-table=0,priority=1 actions=drop
-table=1,priority=10,ct_state=+trk+new,tcp,in_port=1 actions=ct(commit,zone=7),output:2
-table=1,priority=10,ct_state=+trk+new,icmp,in_port=1 actions=ct(commit,zone=7),output:2
-table=1,priority=10,ct_state=+trk+est,in_port=1 actions=output:2
-table=1,priority=10,ct_state=+trk+est,in_port=2 actions=output:1
-table=1,priority=1 actions=drop
-"""
+FLOWS = VM_GROUP
 
 
 @contextlib.contextmanager
-def vms_on_kernel_tier(flows: str, offloads: bool = False):
+def vms_on_kernel_tier(flows: str, offloads: bool = False, xdp: str | None = None):
     """Host namespace h with the kernel tier on tap1 and tap2, VMs vm1 (10.0.0.1) and vm2
-    (10.0.0.2); offloads: the VMs keep checksum and segmentation offload (GSO packets)."""
+    (10.0.0.2); offloads: the VMs keep checksum and segmentation offload (GSO packets);
+    xdp: the XDP program too (native: GRO on at the VMs' ends, so they take its frames)."""
     require_bpf()
     from sbnet.agent.netns import Topology, require_netns, sh
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
@@ -41,9 +33,11 @@ def vms_on_kernel_tier(flows: str, offloads: bool = False):
             if not offloads:
                 # The slow path sends with AF_PACKET, which fills in no checksum left to the NIC.
                 sh("ethtool", "-K", "eth0", "tx", "off", netns=ns)
+            if xdp == "native":
+                sh("ethtool", "-K", "eth0", "gro", "on", netns=ns)
             sh("ip", "-n", host, "link", "set", f"tap{i}", "arp", "off", "up")
             vms.append(ns)
-        dp = EbpfDatapath(netns=host, maintain_every=0.5)
+        dp = EbpfDatapath(netns=host, maintain_every=0.5, xdp=xdp)
         try:
             dp.attach(1, "tap1")
             dp.attach(2, "tap2")
@@ -175,6 +169,23 @@ def test_vxlan_between_two_hosts_runs_in_the_kernel():
             assert st["hit"] > 50 * max(1, st["upcall"]), (h.name, st)
             lines = h.datapath.dump_megaflows()
             assert all("tier:ebpf" in ln for ln in lines), lines
+
+
+def test_xdp_forwards_pings_and_leaves_offloaded_tcp_to_tc():
+    """Native XDP on both ports: an answered ping's packets are forwarded at XDP (its
+    counters say so), and TCP from VMs that
+    leave checksums to the NIC passes to the TC program, whole and intact."""
+    from sbnet.agent.netns import sh
+    with vms_on_kernel_tier(FLOWS, offloads=True, xdp="native") as (topo, dp, (vm1, vm2)):
+        assert sh("ping", "-c", "5", "-i", "0.1", "-W", "2", "10.0.0.2", netns=vm1).returncode == 0
+        st = dp.kernel_stats()
+        assert st["xdp_forward"] >= 4, st
+        server = topo.popen("vm2", "python3", "-c", SINK, stdin=None)
+        assert server.stdout.readline().strip() == "ready"
+        sh("python3", "-c", SOURCE, str(1 << 20), netns=vm1, timeout=60)
+        out, _ = server.communicate(timeout=30)
+        assert int(out) == 1 << 20
+        assert dp.kernel_stats()["xdp_pass"] > st["xdp_pass"]
 
 
 # Every TCP segment stays in the slow path (a ct() setting a label is the slow path's).

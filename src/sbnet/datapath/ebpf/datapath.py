@@ -16,7 +16,8 @@ from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.ebpf import pins
 from sbnet.datapath.ebpf.connsync import ConnSync
-from sbnet.datapath.ebpf.libbpf import RingReader, tc_attach_ingress, tc_detach_ingress
+from sbnet.datapath.ebpf.libbpf import (XDP_MODES, RingReader, tc_attach_ingress, tc_detach_ingress,
+                                        xdp_attach, xdp_detach)
 from sbnet.datapath.ebpf.tier import EbpfTier
 from sbnet.datapath.ebpf.upcalls import VXLAN_PORT, decode
 from sbnet.datapath.mmsg import Sender
@@ -98,13 +99,19 @@ class EbpfDatapath:
     def __init__(self, switch: Switch | None = None, netns: str | None = None,
                  maintain_every: float = 1.0, capacity: int = 65536,
                  upcall_rate: int = 0, upcall_burst: int = 0, pin: str | None = None,
-                 kernel_ct: bool = True) -> None:
+                 kernel_ct: bool = True, xdp: str | None = None) -> None:
         """pin: the name its maps are pinned under (sbnet.datapath.ebpf.pins), so they
         outlive this process; close(keep=True) then leaves the program forwarding, and the
         next EbpfDatapath of that name takes it up (kept_ports(), revalidate_kept()).
         kernel_ct: new UDP connections, and TCP ones through their handshake, are
         committed and established by the kernel itself (no upcall), the slow path's
-        conntrack told of each (ConnSync); zone limits hold for them too."""
+        conntrack told of each (ConnSync); zone limits hold for them too.
+        xdp ("native" or "generic"): the XDP program too on every attached port (not
+        tunnels), forwarding what it can before the TC program (bpf/sbnet_xdp.h) and
+        redirecting only to ports attached the same way."""
+        if xdp is not None and xdp not in XDP_MODES:
+            raise ValueError(f"xdp must be one of {sorted(XDP_MODES)} or None")
+        self.xdp = xdp
         self.switch = switch or Switch()
         # The kernel forwards established segments the slow path's conntrack never sees, so
         # its TCP windows go stale: it must not call a later FIN or RST invalid for that
@@ -149,9 +156,11 @@ class EbpfDatapath:
             except BaseException:
                 port.close()
                 raise
-            self.tier.add_port(ofport, port.ifindex)
+            self.tier.add_port(ofport, port.ifindex, xdp_out=self.xdp is not None)
             with in_netns(self.netns):
                 tc_attach_ingress(port.ifindex, self.tier.prog_fd)
+                if self.xdp:
+                    xdp_attach(port.ifindex, self.tier.xdp_prog_fd, self.xdp)
             self._attached[ofport] = port.ifindex
         return port
 
@@ -250,6 +259,8 @@ class EbpfDatapath:
             if ifindex is not None:
                 with in_netns(self.netns), contextlib.suppress(OSError):
                     tc_detach_ingress(ifindex)
+                    if self.xdp:
+                        xdp_detach(ifindex, self.xdp)
             self.tier.remove_port(ofport)
             self.switch.remove_port(ofport)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 BPF_TC_INGRESS = 1
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
 
 
 class BpfError(OSError):
@@ -55,6 +56,8 @@ def _lib() -> ctypes.CDLL:
         "bpf_tc_attach": (c_int, [vp, vp]),
         "bpf_tc_detach": (c_int, [vp, vp]),
         "bpf_map__max_entries": (c_uint, [vp]),
+        "bpf_xdp_attach": (c_int, [c_int, c_int, ctypes.c_uint32, vp]),
+        "bpf_xdp_detach": (c_int, [c_int, ctypes.c_uint32, vp]),
     }
     for fn, (res, args) in sigs.items():
         f = getattr(lib, fn)
@@ -191,6 +194,9 @@ class Map:
         return out
 
 
+PROGRAMS = ("sbnet_ingress", "sbnet_xdp")     # the object's programs: TC ingress, XDP
+
+
 class Object:
     """A loaded BPF object file: its maps and programs by name."""
 
@@ -201,19 +207,22 @@ class Object:
         if not self._obj:
             err = ctypes.get_errno()
             raise BpfError(err, f"cannot open BPF object {path}: {os.strerror(err)}")
-        self._log = ctypes.create_string_buffer(1 << 20)
+        self._logs = {}
         try:
             for name, n in (max_entries or {}).items():
                 _check(L.bpf_map__set_max_entries(self._map_ptr(name), n), f"capacity of map {name}")
             for name, fd in (reuse or {}).items():
                 _check(L.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse of pinned map {name}")
-            prog = L.bpf_object__find_program_by_name(self._obj, b"sbnet_ingress")
-            if prog:
-                L.bpf_program__set_log_buf(prog, self._log, len(self._log))
+            for name in PROGRAMS:
+                prog = L.bpf_object__find_program_by_name(self._obj, name.encode())
+                if prog:
+                    self._logs[name] = ctypes.create_string_buffer(1 << 20)
+                    L.bpf_program__set_log_buf(prog, self._logs[name], 1 << 20)
             rc = L.bpf_object__load(self._obj)
             if rc < 0:
                 err = -rc
-                log = self._log.value.decode(errors="replace").strip().splitlines()
+                log = [ln for b in self._logs.values()
+                       for ln in b.value.decode(errors="replace").strip().splitlines()]
                 tail = f" (verifier: {log[-2] if len(log) > 1 else log[-1]})" if log else ""
                 if err in (errno.EPERM, errno.EACCES) and not log:
                     raise BpfError(err, "loading a BPF program was refused: the kernel tier needs "
@@ -304,6 +313,33 @@ def tc_detach_ingress(ifindex: int) -> None:
     hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
     opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=1, priority=1)
     lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+
+
+XDP_MODES = {"native": 4, "generic": 2}     # XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
+
+
+def xdp_attach(ifindex: int, prog_fd: int, mode: str) -> None:
+    """The XDP program on the device, in `mode` (native: the driver's; generic: on the skb)."""
+    if mode not in XDP_MODES:
+        raise ValueError(f"XDP mode must be one of {sorted(XDP_MODES)}")
+    _check(lib().bpf_xdp_attach(ifindex, prog_fd, XDP_MODES[mode], None),
+           f"attaching XDP ({mode}) to ifindex {ifindex}")
+
+
+def xdp_detach(ifindex: int, mode: str) -> None:
+    lib().bpf_xdp_detach(ifindex, XDP_MODES.get(mode, 0), None)
+
+
+def xdp_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
+    """BPF_PROG_RUN of an XDP program on one frame (no context: no ingress device)."""
+    din = ctypes.create_string_buffer(bytes(data), len(data))
+    size = len(data) + 256
+    dout = ctypes.create_string_buffer(size)
+    o = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(din),
+                     data_out=ctypes.addressof(dout), data_size_in=len(data), data_size_out=size,
+                     repeat=repeat)
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(o)), "BPF_PROG_RUN (XDP)")
+    return TestRun(o.retval, dout.raw[:o.data_size_out], o.duration)
 
 
 _RINGBUF_BUSY, _RINGBUF_DISCARD, _RINGBUF_HDR = 1 << 31, 1 << 30, 8

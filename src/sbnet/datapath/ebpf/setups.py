@@ -37,6 +37,19 @@ table=0,priority=20,udp,tp_src=1 actions=drop
 table=0,priority=10,udp,in_port=1 actions=mod_dl_dst:02:00:00:00:00:09,output:2
 table=0,priority=0 actions=drop
 """
+# Two VMs (ports 1 and 2) behind a stateful group letting TCP and pings from port 1 in,
+# ARP between them (tests/ebpf/test_real.py, bench/bench_real.py's one-host rows).
+VM_GROUP = """\
+table=0,priority=20,arp,in_port=1 actions=output:2
+table=0,priority=20,arp,in_port=2 actions=output:1
+table=0,priority=10,ip,ct_state=-trk actions=ct(zone=7,table=1)
+table=0,priority=1 actions=drop
+table=1,priority=10,ct_state=+trk+new,tcp,in_port=1 actions=ct(commit,zone=7),output:2
+table=1,priority=10,ct_state=+trk+new,icmp,in_port=1 actions=ct(commit,zone=7),output:2
+table=1,priority=10,ct_state=+trk+est,in_port=1 actions=output:2
+table=1,priority=10,ct_state=+trk+est,in_port=2 actions=output:1
+table=1,priority=1 actions=drop
+"""
 TABLES = {"connections": CONNECTIONS, "megaflows": MEGAFLOWS}
 DPORT = 4790
 SO_RCVBUFFORCE = 33

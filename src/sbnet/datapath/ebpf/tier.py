@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from sbnet.datapath.ebpf import build, layout as L, pins
-from sbnet.datapath.ebpf.libbpf import (BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT, BpfError, Map,
-                                        Object, test_run)
+from sbnet.datapath.ebpf.libbpf import (BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS,
+                                        XDP_REDIRECT, BpfError, Map, Object, test_run,
+                                        xdp_test_run)
 from sbnet.flows import fields as F
 from sbnet.offload.placement import Placement, place
 from sbnet.offload.profile import Profile, load_profile
@@ -141,6 +142,9 @@ class EbpfTier:
             self.m_trace_out = Map(fd("trace_out"), 4, L.TRACE_OUT_SIZE, "trace_out")
             self._ncpu = _possible_cpus()
             self.m_stats = Map(fd("stats"), 4, 8 * self._ncpu, "stats")
+            self.xdp_prog_fd = self.obj.prog_fd("sbnet_xdp")
+            self.m_xdp_stats = Map(fd("xdp_stats"), 4, 8 * self._ncpu, "xdp_stats")
+            self.m_xdp_test_in = Map(fd("xdp_test_in"), 4, 4, "xdp_test_in")
             self.upcalls_fd = fd("upcalls")
             self.upcalls_size = self.obj.map_max_entries("upcalls")
             for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
@@ -255,9 +259,10 @@ class EbpfTier:
         self._upcall_limit = (rate, burst)
         self._write_config()
 
-    def add_port(self, ofport: int, ifindex: int, tunnel=None) -> None:
-        """Switch port `ofport` is the kernel device `ifindex` (tunnel: its TunnelPort)."""
-        flags = L.PORT_F_TUNNEL if tunnel is not None else 0
+    def add_port(self, ofport: int, ifindex: int, tunnel=None, xdp_out: bool = False) -> None:
+        """Switch port `ofport` is the kernel device `ifindex` (tunnel: its TunnelPort);
+        xdp_out: the XDP program may redirect frames to it."""
+        flags = (L.PORT_F_TUNNEL if tunnel is not None else 0) | (L.PORT_F_XDP_OUT if xdp_out else 0)
         self.m_ports.update(L.U32.pack(ifindex), L.PORT.pack(ofport, flags))
         self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel)
         self._ofport_of[ifindex] = ofport
@@ -553,10 +558,12 @@ class EbpfTier:
         return v[6], v[7], v[8], v[9]
 
     def stats(self) -> dict[str, int]:
+        """The program's counters (L.STATS), and the XDP program's (L.XDP_STATS)."""
         out = {}
-        for i, name in enumerate(L.STATS):
-            raw = self.m_stats.lookup(L.U32.pack(i)) or bytes(8 * self._ncpu)
-            out[name] = sum(int.from_bytes(raw[j:j + 8], "little") for j in range(0, len(raw), 8))
+        for m, names in ((self.m_stats, L.STATS), (self.m_xdp_stats, L.XDP_STATS)):
+            for i, name in enumerate(names):
+                raw = m.lookup(L.U32.pack(i)) or bytes(8 * self._ncpu)
+                out[name] = sum(int.from_bytes(raw[j:j + 8], "little") for j in range(0, len(raw), 8))
         return out
 
     # -- BPF_PROG_RUN --------------------------------------------------------------------
@@ -588,6 +595,22 @@ class EbpfTier:
         if name in ("drop", "upcall") and res.retval != TC_ACT_SHOT:
             raise AssertionError(f"{name} verdict with TC return code {res.retval}")
         return RunResult(name, res.retval, outs, mf_id if passes else None, passes, upcalled)
+
+    def run_xdp(self, frame: bytes, in_port: int) -> RunResult:
+        """Run one frame through the XDP program as if it arrived on `in_port` (test mode):
+        "forward" with its one output, or "pass" (to the TC program)."""
+        if not self.test:
+            raise BpfError(22, "run_xdp() needs the tier in test mode (EbpfTier(test=True))")
+        self.m_xdp_test_in.update(L.U32.pack(0), L.U32.pack(self.ports[in_port].ifindex))
+        res = xdp_test_run(self.xdp_prog_fd, frame)
+        n_out, verdict, mf_id, passes = L.TRACE_HDR.unpack(self.m_trace_hdr.lookup(L.U32.pack(0)))
+        if res.retval == XDP_PASS and not verdict:
+            return RunResult("pass", res.retval, [], None, 0, None)
+        if res.retval != XDP_REDIRECT or L.VERDICTS.get(verdict) != "forward":
+            raise AssertionError(f"XDP return code {res.retval} with verdict {verdict}")
+        ifindex = L.TRACE_OUT_HEAD.unpack_from(self.m_trace_out.lookup(L.U32.pack(0)))[0]
+        out = Output(self._ofport_of.get(ifindex, -1), res.data, None, 0)
+        return RunResult("forward", res.retval, [out], mf_id, passes, None)
 
     def bench(self, frame: bytes, in_port: int, repeat: int) -> int:
         """Average ns per run of `frame` over `repeat` runs in the kernel (BPF_PROG_RUN)."""

@@ -787,3 +787,5 @@ done:
 		trace_output(skb, &p, p.last_out, p.n_out - 1);
 	return bpf_redirect(p.last_out, 0);
 }
+
+#include "sbnet_xdp.h"

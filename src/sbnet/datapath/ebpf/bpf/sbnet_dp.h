@@ -94,6 +94,7 @@ struct sb_port {          /* ports map value, keyed by ifindex */
 	__u32 flags;          /* PORT_F_* */
 };
 #define PORT_F_TUNNEL 1   /* a collect_md tunnel device: read the tunnel key on ingress */
+#define PORT_F_XDP_OUT 2  /* the XDP program may redirect frames to it (sbnet_xdp.h) */
 
 struct sb_config {
 	__u32 n_masks;
