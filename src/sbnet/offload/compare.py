@@ -447,7 +447,9 @@ def markdown(cmp: Comparison, command: str) -> str:
 
 
 HOW = ("How the figures are made: CPU is this process's CPU time inside the switches "
-       "(time.process_time around every send). The reference switch also runs the NIC tier's "
+       "(time.process_time around each switch's batch: taking the frames in and switching "
+       "them; relaying frames between the simulated hosts is the wire, not host work, and "
+       "is not counted). The reference switch also runs the NIC tier's "
        "packets, since it is the NIC's model, so the host is charged its upcalls (slow path) "
        "plus the fast-path CPU in proportion to the packets the software tier handled, phase "
        "by phase (set-up, steady, teardown; sbnet.offload.compare.host_cpu_seconds); the NIC "
