@@ -488,7 +488,7 @@ def express(ct, b: CtBatch) -> np.ndarray:
     return np.flatnonzero(work[:, W_ELIG] == 0)
 
 
-def count_express(s: dict, stats: np.ndarray) -> None:
+def count_express(s: dict, stats) -> None:
     """Conntrack's counters for what express_kernel did, as the batch path counts them."""
     k, nbad, miss = int(stats[S_ROWS]), int(stats[S_BAD]), int(stats[S_MISS])
     s["packets"] += k

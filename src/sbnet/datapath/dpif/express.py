@@ -427,25 +427,23 @@ class ExpressLane:
         enc = self._enc(n, batch.data.shape[1])
         # Fresh each batch: a tunnel port's outer frames may be kept by the port.
         enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
-        i32 = np.int32
         st = self._stats
         n_hand = lane_kernel(
-            batch.data, batch.start.astype(i32, copy=False), batch.length.astype(i32, copy=False),
-            batch.in_port.astype(np.uint32, copy=False), parsed.keys,
-            parsed.l3.astype(i32, copy=False), parsed.l4.astype(i32, copy=False),
-            parsed.error.astype(np.uint8, copy=False), fresh, rows.astype(np.int64, copy=False),
+            batch.data, _as(batch.start, _I32), _as(batch.length, _I32),
+            _as(batch.in_port, _U32), parsed.keys, _as(parsed.l3, _I32), _as(parsed.l4, _I32),
+            _as(parsed.error, _U8), fresh, _as(rows, _I64),
             _NO_TUN if tun is None else tun, smc.table, smc.matches, c.action_of, self.prog,
             c.packets, c.bytes, c.used, c.tcp_flags, float(now), self.tmpl, self.tprm,
             ct.compiled and not tab.overflow, tab.index.kv, tab.mem,
             (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0),
             self._tmo, tab.scratch(np.int8), tab.scratch(np.int64), enc, enc_len, outs, hand,
             max_recirc, st, _LANE_SLOTS)
-        kept = int(st[4])
-        smc.lookups += kept
-        smc.hits += kept
-        if st[0]:
-            count_express(ct.stats, st[:3])
-        return LaneResult(parsed, rows, outs[:int(st[3])], bool(st[5]), hand, n_hand, enc,
+        v = st.tolist()         # one conversion, not a numpy scalar per counter
+        smc.lookups += v[4]
+        smc.hits += v[4]
+        if v[0]:
+            count_express(ct.stats, v[:3])
+        return LaneResult(parsed, rows, outs[:v[3]], bool(v[5]), hand, n_hand, enc,
                           enc_len)
 
     def release(self) -> None:
@@ -497,6 +495,13 @@ _SETS = {("eth", ("eth_dst",)): (OP_ETH_DST,), ("eth", ("eth_src",)): (OP_ETH_SR
 _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
+_I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
+
+
+def _as(a: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """a in dtype dt; the array itself when it already is (the common case, and cheaper to
+    see than astype(copy=False) is to call)."""
+    return a if a.dtype == dt else a.astype(dt)
 
 
 def _buffers(cap: int) -> tuple:
