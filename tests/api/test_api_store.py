@@ -53,6 +53,24 @@ def test_store_postgres(pg_db: str) -> None:
     _exercise(pg_db)
 
 
+def test_documents_read_back_exactly_as_written(pg_db: str) -> None:
+    """Read back by orjson where orjson wrote them, by json where it could not (integers
+    beyond 64 bits, which orjson would read as floats) or a string holds '": '."""
+    s = Store(pg_db)
+    docs = [{"id": "big", "n": 2 ** 70 + 1, "m": -(2 ** 64) - 3, "l": [2 ** 65 + 7]},
+            {"id": "colon", "name": 'a": b', "n": 2 ** 64 - 1, "f": 0.1},
+            {"id": "plain", "n": -(2 ** 63), "x": [None, True, {"u": "\u00e9\u2603"}]}]
+    with s.write() as tx:
+        for d in docs:
+            tx.insert("network", dict(d), "p1")
+    with s.read() as tx:
+        for d in docs:
+            got = tx.get("network", d["id"])
+            assert {k: got[k] for k in d} == d
+            assert repr({k: got[k] for k in d}) == repr(d)   # 2 ** 70 + 1, not 1.18e+21
+    s.dispose()
+
+
 def test_a_failed_scoped_write_leaves_its_connection_usable(pg_db: str) -> None:
     """A scoped write on PostgreSQL sends BEGIN, COMMIT and its statements' PREPAREs itself:
     one failing in the database (here a duplicate id) or in Python rolls back, and the next

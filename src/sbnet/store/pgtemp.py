@@ -36,8 +36,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def temp_postgres(bindir: Path | None = None) -> Iterator[str]:
+def temp_postgres(bindir: Path | None = None, options: str = "") -> Iterator[str]:
     """Start a private server (fsync off: throwaway data); yield a URL of its `postgres` db.
+
+    options: more server options, as `postgres` takes them ("-c name=value ...").
 
     It is stopped by its own postmaster pid on exit, and its directory removed.
     """
@@ -55,7 +57,8 @@ def temp_postgres(bindir: Path | None = None) -> Iterator[str]:
                                      "postgres", "--no-sync"]), check=True, capture_output=True)
         port = _free_port()
         opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+                + options)
         subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l",
                                      str(root / "log"), "-o", opts, "-w", "start"]),
                        check=True, capture_output=True)
