@@ -96,6 +96,18 @@ class Api:
 _CONTEXT = "sbnet.context"   # where a request's Context is kept in its ASGI scope
 
 
+class NeutronApp(FastAPI):
+    """FastAPI with sbnet's lane (sbnet.api.lane) in front of its whole middleware stack,
+    unless a middleware must see every request first (lane_outermost False: the lane is
+    then added as the innermost middleware)."""
+
+    lane_outermost = True
+
+    def build_middleware_stack(self) -> Any:
+        stack = super().build_middleware_stack()
+        return Lane(stack, fastapi_app=self, outermost=True) if self.lane_outermost else stack
+
+
 class StripJsonSuffix:
     """Older clients (neutronclient, the sdk's cloud layer) ask for /v2.0/networks.json."""
 
@@ -172,7 +184,7 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
         token_validator = StaticTokens.from_file(token_file)
     api = Api(store or Store(db_url), Authenticator(token_validator, require_token),
               segments or SegmentConfig(), Quotas(quota_defaults))
-    app = FastAPI(title="sbnet Neutron v2.0 API", version="2.0", default_response_class=FastJSON,
+    app = NeutronApp(title="sbnet Neutron v2.0 API", version="2.0", default_response_class=FastJSON,
                   **NO_TELEMETRY, description=(
         f"Request bodies: at most {LIMITS.body_bytes} bytes (413 above), JSON nested at most "
         f"{LIMITS.depth} levels, at most {LIMITS.bulk} resources per bulk create; list and "
@@ -209,7 +221,9 @@ def create_app(db_url: str = "sqlite:///sbnet.db", *, store: Store | None = None
         return _error(500, "HTTPInternalServerError",
                       "Request Failed: internal server error while processing your request.")
 
-    app.add_middleware(Lane, fastapi_app=app)   # innermost: after the body limit and auth
+    if keystone_config:   # Keystone's middleware sees every request before the lane
+        app.lane_outermost = False
+        app.add_middleware(Lane, fastapi_app=app)   # innermost: after the body limit and auth
     app.add_middleware(StripJsonSuffix)
     if keystone_config:
         from sbnet.api.keystone import KeystoneAuth
