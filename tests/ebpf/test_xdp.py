@@ -1,5 +1,6 @@
 """The XDP program against the reference switch with BPF_PROG_RUN: what it forwards leaves as the reference sends it, counted in the same entries; everything else passes to the TC program untouched."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
@@ -23,6 +24,16 @@ table=1,priority=10,ct_state=+trk+est,in_port=2 actions=output:1
 table=1,priority=1 actions=drop
 """
 C, S = "10.0.0.1", "10.0.0.2"
+
+
+@pytest.fixture(scope="module")
+def tier():
+    """A loaded program in test mode with the XDP program (loaded only when asked)."""
+    from tests.ebpf.conftest import require_bpf
+    require_bpf()
+    from sbnet.datapath.ebpf.tier import EbpfTier
+    with EbpfTier(capacity=4096, conn_capacity=1024, test=True, xdp=True) as t:
+        yield t
 
 
 def _switch(flows: str = FLOWS) -> Switch:

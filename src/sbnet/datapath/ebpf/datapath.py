@@ -126,7 +126,8 @@ class EbpfDatapath:
         self.lock = threading.RLock()
         self.maintain_every = maintain_every
         self.pin = pin
-        self.tier = EbpfTier(capacity=capacity, pin=pin, kernel_ct=kernel_ct, tcp_liberal=True)
+        self.tier = EbpfTier(capacity=capacity, pin=pin, kernel_ct=kernel_ct, tcp_liberal=True,
+                             xdp=xdp is not None)
         self.reopened = self.tier.reopened    # a previous agent's maps were taken up
         if upcall_rate:
             self.tier.set_upcall_limit(upcall_rate, upcall_burst or upcall_rate)

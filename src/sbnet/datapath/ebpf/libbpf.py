@@ -39,6 +39,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__key_size": (c_uint, [vp]),
         "bpf_map__value_size": (c_uint, [vp]),
         "bpf_program__fd": (c_int, [vp]),
+        "bpf_program__set_autoload": (c_int, [vp, ctypes.c_bool]),
         "bpf_program__set_log_buf": (c_int, [vp, ctypes.c_char_p, ctypes.c_size_t]),
         "bpf_program__set_log_level": (c_int, [vp, c_uint]),
         "bpf_map_update_elem": (c_int, [c_int, vp, vp, ctypes.c_uint64]),
@@ -201,7 +202,8 @@ class Object:
     """A loaded BPF object file: its maps and programs by name."""
 
     def __init__(self, path: str, max_entries: dict[str, int] | None = None,
-                 reuse: dict[str, int] | None = None) -> None:
+                 reuse: dict[str, int] | None = None, skip: tuple[str, ...] = ()) -> None:
+        """skip: programs not to load (their maps are made all the same)."""
         L = lib()
         self._obj = L.bpf_object__open_file(path.encode(), None)
         if not self._obj:
@@ -215,7 +217,9 @@ class Object:
                 _check(L.bpf_map__reuse_fd(self._map_ptr(name), fd), f"reuse of pinned map {name}")
             for name in PROGRAMS:
                 prog = L.bpf_object__find_program_by_name(self._obj, name.encode())
-                if prog:
+                if prog and name in skip:
+                    L.bpf_program__set_autoload(prog, False)
+                elif prog:
                     self._logs[name] = ctypes.create_string_buffer(1 << 20)
                     L.bpf_program__set_log_buf(prog, self._logs[name], 1 << 20)
             rc = L.bpf_object__load(self._obj)

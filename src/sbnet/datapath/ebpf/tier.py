@@ -102,7 +102,7 @@ class EbpfTier:
 
     def __init__(self, capacity: int = 65536, conn_capacity: int = 65536, test: bool = False,
                  pin: str | None = None, kernel_ct: bool = False,
-                 tcp_liberal: bool = False) -> None:
+                 tcp_liberal: bool = False, xdp: bool = False) -> None:
         """pin: keep the maps pinned under this name (pins.pin_dir); when a previous tier
         left them there, they are taken up, with the megaflows in them as kept() entries.
         kernel_ct: new UDP connections are committed and established in the kernel
@@ -110,7 +110,9 @@ class EbpfTier:
         sets it hands down every UDP connection its conntrack holds in the kernel's zones.
         With kernel_ct TCP connections are committed on their SYN and tracked through
         their handshake here too; tcp_liberal: as a conntrack that is liberal about TCP
-        windows (the slow path's, which the kernel's established segments bypass)."""
+        windows (the slow path's, which the kernel's established segments bypass).
+        xdp: load the XDP program too (bpf/sbnet_xdp.h; its verification costs about
+        0.15 s, so it is loaded only when asked)."""
         self.test = test
         self.kernel_ct = kernel_ct
         self.tcp_liberal = tcp_liberal
@@ -122,7 +124,7 @@ class EbpfTier:
             self.obj = Object(str(build.object_path()),
                               max_entries={"flows": capacity, "conns": conn_capacity,
                                            "conns6": conn_capacity},
-                              reuse=reuse)
+                              reuse=reuse, skip=() if xdp else ("sbnet_xdp",))
         finally:
             for fd in (reuse or {}).values():
                 os.close(fd)            # libbpf holds its own copies
@@ -142,7 +144,7 @@ class EbpfTier:
             self.m_trace_out = Map(fd("trace_out"), 4, L.TRACE_OUT_SIZE, "trace_out")
             self._ncpu = _possible_cpus()
             self.m_stats = Map(fd("stats"), 4, 8 * self._ncpu, "stats")
-            self.xdp_prog_fd = self.obj.prog_fd("sbnet_xdp")
+            self.xdp_prog_fd = self.obj.prog_fd("sbnet_xdp") if xdp else -1
             self.m_xdp_stats = Map(fd("xdp_stats"), 4, 8 * self._ncpu, "xdp_stats")
             self.m_xdp_test_in = Map(fd("xdp_test_in"), 4, 4, "xdp_test_in")
             self.upcalls_fd = fd("upcalls")
@@ -599,8 +601,9 @@ class EbpfTier:
     def run_xdp(self, frame: bytes, in_port: int) -> RunResult:
         """Run one frame through the XDP program as if it arrived on `in_port` (test mode):
         "forward" with its one output, or "pass" (to the TC program)."""
-        if not self.test:
-            raise BpfError(22, "run_xdp() needs the tier in test mode (EbpfTier(test=True))")
+        if not self.test or self.xdp_prog_fd < 0:
+            raise BpfError(22, "run_xdp() needs the tier in test mode with XDP "
+                               "(EbpfTier(test=True, xdp=True))")
         self.m_xdp_test_in.update(L.U32.pack(0), L.U32.pack(self.ports[in_port].ifindex))
         res = xdp_test_run(self.xdp_prog_fd, frame)
         n_out, verdict, mf_id, passes = L.TRACE_HDR.unpack(self.m_trace_hdr.lookup(L.U32.pack(0)))
@@ -630,8 +633,10 @@ class EbpfTier:
         self.close()
 
 
+@cache
 def available() -> str | None:
-    """None when this process can load BPF programs here, else the reason it cannot."""
+    """None when this process can load BPF programs here, else the reason it cannot (asked
+    once a process: every kernel-tier test asks)."""
     if os.geteuid() != 0:
         return "the kernel tier needs root (CAP_BPF and CAP_NET_ADMIN)"
     try:
