@@ -509,10 +509,12 @@ class OverlayPair:
 def overlay_pair(topo: Topology, backend1: str = "ovs", backend2: str | None = None,
                  kind: str = "vxlan", vni: int = 5, tunnel_ofport: int = 100,
                  names: tuple[str, str, str, str] = ("h1", "h2", "vm1", "vm2"),
-                 subnet: str = "10.0.0", process: bool = True) -> OverlayPair:
+                 subnet: str = "10.0.0", process: bool = True,
+                 stateful: bool = False) -> OverlayPair:
     """The smallest overlay: hosts h1, h2 (backends as given), vm1 on h1 and vm2 on h2 in
     `subnet`.0/24, a `kind` tunnel port on each, and overlay_flows() installed.
-    process: reference switches in processes of their own (False: threads of this one)."""
+    process: reference switches in processes of their own (False: threads of this one);
+    stateful: each VM behind a stateful security group (overlay_flows' `stateful`)."""
     h1 = topo.add_host(names[0], backend1, process=process)
     h2 = topo.add_host(names[1], backend2 or backend1, process=process)
     for h in (h1, h2):
@@ -520,17 +522,34 @@ def overlay_pair(topo: Topology, backend1: str = "ovs", backend2: str | None = N
     vm1 = topo.add_vm(names[2], h1, f"{subnet}.1/24")
     vm2 = topo.add_vm(names[3], h2, f"{subnet}.2/24")
     from sbnet.flows.ofctl import parse_file
-    h1.datapath.bundle(add=parse_file(overlay_flows(vm1, vm2, vni, tunnel_ofport)).flows)
-    h2.datapath.bundle(add=parse_file(overlay_flows(vm2, vm1, vni, tunnel_ofport)).flows)
+    for h, vm, remote in ((h1, vm1, vm2), (h2, vm2, vm1)):
+        flows = overlay_flows(vm, remote, vni, tunnel_ofport, stateful=stateful)
+        h.datapath.bundle(add=parse_file(flows).flows)
     return OverlayPair(topo, h1, h2, vm1, vm2)
 
 
-def overlay_flows(vm: Vm, remote: Vm, vni: int, tunnel_ofport: int) -> str:
+# The stateful group's ingress rules (overlay_flows(stateful=True)): new connections to
+# the VM are let in for ICMP and for TCP to iperf3's port; anything else new is dropped.
+SG_INGRESS = ("icmp", "tcp,tp_dst=5201")
+SG_EGRESS_TABLE, SG_INGRESS_TABLE = 1, 2
+
+
+def overlay_flows(vm: Vm, remote: Vm, vni: int, tunnel_ofport: int, stateful: bool = False,
+                  zone: int | None = None, ingress: Sequence[str] = SG_INGRESS) -> str:
     """Hand-written flows (ovs-ofctl syntax) joining `vm` on this host to `remote` on
     another over a tunnel port with remote_ip=flow and key=flow: ARP and IP to the
-    tunnel, and back.  ICMP has its own rules so its packets are counted apart."""
+    tunnel, and back.  ICMP has its own rules so its packets are counted apart.
+
+    stateful: IP goes through conntrack in `zone` (default: the VM's ofport) both ways,
+    as a Neutron security group compiles: the VM's new connections are committed and
+    sent, established and related packets pass either way, invalid ones are dropped, and
+    from the tunnel a new connection passes (committed) only if it matches one of the
+    `ingress` rules."""
     out = f"set_field:{remote.host.underlay_ip}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}"
     into = f"in_port={tunnel_ofport},tun_id={vni}"
+    if stateful:
+        return _stateful_flows(vm, remote, into, out, vm.ofport if zone is None else zone,
+                               ingress)
     return "\n".join([
         f"table=0,priority=100,arp,in_port={vm.ofport},arp_spa={vm.address} actions={out}",
         f"table=0,priority=110,icmp,in_port={vm.ofport},dl_dst={remote.mac} actions={out}",
@@ -540,6 +559,35 @@ def overlay_flows(vm: Vm, remote: Vm, vni: int, tunnel_ofport: int) -> str:
         f"table=0,priority=100,ip,{into},dl_dst={vm.mac} actions=output:{vm.ofport}",
         "table=0,priority=0 actions=drop",
     ])
+
+
+def _stateful_flows(vm: Vm, remote: Vm, into: str, out: str, zone: int,
+                    ingress: Sequence[str]) -> str:
+    """overlay_flows(stateful=True): ARP as without a group; IP through ct() in `zone`,
+    egress in SG_EGRESS_TABLE and ingress in SG_INGRESS_TABLE."""
+    eg, ig = SG_EGRESS_TABLE, SG_INGRESS_TABLE
+    deliver = f"output:{vm.ofport}"
+    rules = [
+        f"table=0,priority=100,arp,in_port={vm.ofport},arp_spa={vm.address} actions={out}",
+        f"table=0,priority=100,arp,{into},arp_tpa={vm.address} actions={deliver}",
+        f"table=0,priority=90,ip,in_port={vm.ofport},dl_dst={remote.mac},nw_src={vm.address}"
+        f" actions=ct(zone={zone},table={eg})",
+        f"table=0,priority=90,ip,{into},dl_dst={vm.mac},nw_dst={vm.address}"
+        f" actions=ct(zone={zone},table={ig})",
+        "table=0,priority=0 actions=drop",
+    ]
+    for table, send in ((eg, out), (ig, deliver)):
+        rules += [
+            f"table={table},priority=100,ct_state=+trk+inv,ip actions=drop",
+            f"table={table},priority=90,ct_state=+trk+est-inv,ip actions={send}",
+            f"table={table},priority=85,ct_state=+trk+rel-inv,ip actions={send}",
+        ]
+    rules.append(f"table={eg},priority=80,ct_state=+trk+new-inv,ip"
+                 f" actions=ct(commit,zone={zone}),{out}")
+    rules += [f"table={ig},priority=80,ct_state=+trk+new-inv,{match}"
+              f" actions=ct(commit,zone={zone}),{deliver}" for match in ingress]
+    rules += [f"table={eg},priority=0 actions=drop", f"table={ig},priority=0 actions=drop"]
+    return "\n".join(rules)
 
 
 def _other_mac(mac: str) -> str:
