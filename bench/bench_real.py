@@ -6,8 +6,13 @@ Needs root, Open vSwitch, iperf3, BPF.  A direct veth between two namespaces (no
 tunnel) is measured too, as the ceiling of this machine.  CPU: the switch processes' own time,
 and the whole machine's softirq time (where the kernel tier and the veths do their work).
 
-Run: python bench/bench_real.py [--seconds S] [--pings N] [--datapaths veth,ebpf-local,ebpf-xdp,...]
+Run: python bench/bench_real.py [--seconds S] [--pings N] [--datapaths veth,ovs-sg,ebpf-sg,...]
      [--no-offloads]
+
+The -sg rows are the two hosts again with each VM behind a stateful security group
+(conntrack both ways on each host: the VM's new connections committed, replies passing as
+established, new connections in only to allowed ports); the issue's targets compare ebpf-sg
+with veth and ovs-sg.
 
 Two VMs on one host behind a stateful group are measured on the kernel tier with the TC
 program alone (ebpf-local) and with the XDP program in front of it (ebpf-xdp: native XDP on
@@ -81,9 +86,11 @@ def iperf(topo: Topology, client, server, address: str, seconds: float, cpu) -> 
             "cores": (c1 - c0) / (t1 - t0), "softirq": (s1 - s0) / (t1 - t0)}
 
 
-def measure_pair(backend: str, seconds: float, pings: int) -> dict:
+def measure_pair(backend: str, seconds: float, pings: int, stateful: bool = False) -> dict:
+    """Two hosts over VXLAN, a VM on each (stateful: each behind a stateful security group,
+    overlay_flows(stateful=True); iperf3's port 5201 is let in)."""
     with Topology() as topo:
-        p = overlay_pair(topo, backend)
+        p = overlay_pair(topo, backend, stateful=stateful)
         topo.ping(p.vm1, p.vm2.address, count=2, interval=0.1)     # ARP, megaflows
         # OVS: both hosts' daemons; reference and ebpf: both hosts' switch processes.
         pids = (p.h1.ovs.pids + p.h2.ovs.pids if backend == "ovs"
@@ -91,9 +98,16 @@ def measure_pair(backend: str, seconds: float, pings: int) -> dict:
 
         def cpu():
             return cpu_seconds(pids)
+        kernel = backend == "ebpf"
+        before = [h.datapath.kernel_stats() for h in (p.h1, p.h2)] if kernel else []
         rtt = ping_rtt(topo, p.vm1, p.vm2.address, pings)
         tcp = iperf(topo, p.vm1, p.vm2, p.vm2.address, seconds, cpu)
-        return {**rtt, **tcp}
+        if not kernel:
+            return {**rtt, **tcp}
+        after = [h.datapath.kernel_stats() for h in (p.h1, p.h2)]
+        moved = {k: sum(a[k] - b[k] for a, b in zip(after, before)) for k in ("hit", "upcall")}
+        return {**rtt, **tcp, "note": f"both hosts' kernel hits {moved['hit']}, "
+                                      f"upcalls {moved['upcall']}"}
 
 
 def measure_veth(seconds: float, pings: int) -> dict:
@@ -160,11 +174,33 @@ DATAPATHS = {
     "ovs": ("ovs netdev + vxlan", lambda s, n: measure_pair("ovs", s, n)),
     "reference": ("reference af_packet + vxlan", lambda s, n: measure_pair("reference", s, n)),
     "ebpf": ("ebpf kernel tier + vxlan", lambda s, n: measure_pair("ebpf", s, n)),
+    "ovs-sg": ("ovs netdev + vxlan, stateful sg",
+               lambda s, n: measure_pair("ovs", s, n, stateful=True)),
+    "reference-sg": ("reference + vxlan, stateful sg",
+                     lambda s, n: measure_pair("reference", s, n, stateful=True)),
+    "ebpf-sg": ("ebpf + vxlan, stateful sg", lambda s, n: measure_pair("ebpf", s, n, stateful=True)),
     "ebpf-local": ("ebpf tc, one host, stateful sg", lambda s, n: measure_local(None, s, n)),
     "ebpf-xdp": ("ebpf xdp native, same", lambda s, n: measure_local("native", s, n)),
     "ebpf-xdp-generic": ("ebpf xdp generic, same", lambda s, n: measure_local("generic", s, n)),
 }
-DEFAULT = ("veth", "ovs", "reference", "ebpf", "ebpf-local", "ebpf-xdp")
+DEFAULT = ("veth", "ovs", "reference", "ebpf", "ovs-sg", "reference-sg", "ebpf-sg", "ebpf-local",
+           "ebpf-xdp")
+
+
+def targets(by: dict[str, dict]) -> None:
+    """The issue's targets for the stateful two-host case, when the run has its rows:
+    ebpf-sg at least 60% of veth's throughput and 5 times ovs-sg's, average RTT within 3
+    times veth's."""
+    eb, veth, ovs = by.get("ebpf-sg"), by.get("veth"), by.get("ovs-sg")
+    if eb is None:
+        return
+    if veth is not None:
+        share, rtt = eb["mbps"] / veth["mbps"], eb["avg"] / veth["avg"]
+        print(f"target ebpf-sg >= 60% of veth: {share:.0%} ({'met' if share >= 0.6 else 'NOT met'})")
+        print(f"target ebpf-sg rtt avg <= 3x veth's: {rtt:.1f}x ({'met' if rtt <= 3 else 'NOT met'})")
+    if ovs is not None:
+        times = eb["mbps"] / ovs["mbps"]
+        print(f"target ebpf-sg >= 5x ovs-sg: {times:.1f}x ({'met' if times >= 5 else 'NOT met'})")
 
 
 def main() -> None:
@@ -191,6 +227,7 @@ def main() -> None:
     for name, r in rows:
         if "note" in r:
             print(f"{name}: {r['note']}")
+    targets(dict(zip(chosen, (r for _, r in rows))))
     print("rtt in ms; switch cores: CPU seconds per second of the switch daemons or processes "
           "during the TCP run; softirq cores: the machine's softirq CPU seconds per second then")
 
