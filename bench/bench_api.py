@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from typing import Callable
 from pathlib import Path
 
 import httpx
@@ -60,7 +61,7 @@ def run(url: str, ports: int, concurrency: int) -> dict:
 
 
 def run_clients(url: str, clients: int, per_client: int, projects: int = 30,
-                client: str = "asyncio") -> dict:
+                client: str = "asyncio", meter: Callable[[], list[dict]] | None = None) -> dict:
     """`clients` concurrent clients (each its own connection, in one of `projects` projects),
     each creating `per_client` ports on its project's network one after another; then
     checks IPAM is exact: every port has one address, no address is given twice.
@@ -68,7 +69,10 @@ def run_clients(url: str, clients: int, per_client: int, projects: int = 30,
     client "asyncio": each client a coroutine on one keep-alive HTTP/1.1 connection of its
     own (the bench's CPU is taken from the cores the server runs on: 300 httpx clients in
     threads cost 2 to 4 ms of CPU a request under this load); "httpx": each a thread with an
-    httpx.Client, as the figures before 2026-12-06 were measured."""
+    httpx.Client, as the figures before 2026-12-06 were measured.
+
+    meter: CPU seconds by process of the server and of the database server (_cpu_seconds),
+    read before and after the clients run: their CPU per create is reported."""
     nets = {}
     with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as c:
         for p in range(projects):
@@ -78,7 +82,9 @@ def run_clients(url: str, clients: int, per_client: int, projects: int = 30,
                 "network_id": net["network"]["id"], "cidr": f"10.{p}.0.0/16"}})
             nets[p] = net["network"]["id"]
     runner = _clients_asyncio if client == "asyncio" else _clients_httpx
+    cpu0 = meter() if meter else []
     lat, wall = runner(url, clients, per_client, projects, nets)
+    cpu = [_spent(a, b) for a, b in zip(cpu0, meter())] if meter else []
     with httpx.Client(base_url=url, headers=ADMIN, timeout=300) as c:
         ports = c.get("/v2.0/ports", params={"fields": ["id", "fixed_ips"]}).json()["ports"]
     ips = [(f["subnet_id"], f["ip_address"]) for p in ports for f in p["fixed_ips"]]
@@ -86,7 +92,8 @@ def run_clients(url: str, clients: int, per_client: int, projects: int = 30,
     lat.sort()
     return {"ports": len(lat), "concurrency": clients, "creates_per_s": round(len(lat) / wall, 1),
             "p50_ms": round(1000 * statistics.median(lat), 1),
-            "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1), "ipam_exact": exact}
+            "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 1), "ipam_exact": exact,
+            **{k: round(1000 * x / len(lat), 2) for k, x in zip(("server_cpu_ms", "db_cpu_ms"), cpu)}}
 
 
 def _clients_httpx(url: str, clients: int, per_client: int, projects: int,
@@ -190,7 +197,8 @@ def _cpu_seconds(pids: list[int]) -> dict[int, float]:
 
 
 def _spent(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(after[p] - before[p] for p in before if p in after)
+    """CPU spent between the two readings (by processes that started meanwhile too)."""
+    return sum(after[p] - before.get(p, 0.0) for p in after)
 
 
 def _family(pid: int) -> list[int]:
@@ -275,8 +283,11 @@ def measure(backend: str, args: argparse.Namespace, src: str | None) -> dict:
             if args.cpu:
                 out = run_cpu(url, db, proc.pid, args.cpu)
             elif args.clients:
+                pg = _postmaster(db)
                 out = run_clients(url, args.clients, args.per_client, args.projects,
-                                  client=args.client)
+                                  client=args.client, meter=lambda: [
+                                      _cpu_seconds(_family(proc.pid)),
+                                      _cpu_seconds(_family(pg)) if pg else {}])
             else:
                 out = run(url, args.ports, args.concurrency)
             return {"workers": workers, **out}
@@ -361,10 +372,12 @@ class Table:
                   f"{r['wall_ms']:>8} {r['server_cpu_ms']:>13} {r['db_cpu_ms']:>9} "
                   f"{r['client_cpu_ms']:>13} {r['load']:>6}", flush=True)
         else:
+            clients = (f" {str(r['ipam_exact']):>10} {r['server_cpu_ms']:>10} "
+                       f"{r['db_cpu_ms'] if r['backend'] == 'postgres' else '-':>6}"
+                       if self.args.clients else "")
             print(f"{r['backend']:10} {r['code']:16} {r['workers']:>5} {r['ports']:>6} "
                   f"{r['concurrency']:>5} {r['creates_per_s']:>10} {r['p50_ms']:>8} "
-                  f"{r['p99_ms']:>8}" + (f" {str(r['ipam_exact']):>10}" if self.args.clients
-                                         else "") + f" {r['load']:>6}", flush=True)
+                  f"{r['p99_ms']:>8}" + clients + f" {r['load']:>6}", flush=True)
 
     def _head(self) -> str:
         if self.args.cpu:
@@ -373,8 +386,9 @@ class Table:
                     f"{'load':>6}   (per create; load: 1-minute average at the start)")
         return (f"{'backend':10} {'code':16} {'procs':>5} {'ports':>6} {'conc':>5} "
                 f"{'creates/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-                + (f" {'IPAM exact':>10}" if self.args.clients else "")
-                + f" {'load':>6}   (load: 1-minute average at the start)")
+                + (f" {'IPAM exact':>10} {'server CPU':>10} {'db CPU':>6}" if self.args.clients
+                   else "")
+                + f" {'load':>6}   (CPU: ms a create; load: 1-minute average at the start)")
 
     def summary(self, results: list[dict]) -> None:
         print(f"1-minute load average at the end: {os.getloadavg()[0]:.2f} "
@@ -383,21 +397,23 @@ class Table:
             return
         print(f"\n{'backend':10} {'code':16} {'runs':>4} {'p99 < 1 s':>9} {'p99 ms least':>12} "
               f"{'median':>8} {'most':>8} {'p50 median':>10} {'creates/s median':>16} "
-              f"{'load':>10}" + (f" {'IPAM exact':>10}" if self.args.clients else ""))
+              f"{'load':>10}" + (f" {'IPAM exact':>10} {'server CPU median':>17}"
+                                 if self.args.clients else ""))
         seen: dict[tuple[str, str], list[dict]] = {}
         for r in results:
             seen.setdefault((r["backend"], r["code"]), []).append(r)
         for (backend, code), runs in seen.items():
             p99 = sorted(r["p99_ms"] for r in runs)
             loads = [r["load"] for r in runs]
+            def median(key: str) -> float:
+                return round(statistics.median(r[key] for r in runs), 2)
             print(f"{backend:10} {code:16} {len(runs):>4} "
                   f"{sum(x < 1000 for x in p99):>9} {p99[0]:>12} "
-                  f"{statistics.median(p99):>8} {p99[-1]:>8} "
-                  f"{statistics.median(r['p50_ms'] for r in runs):>10} "
-                  f"{statistics.median(r['creates_per_s'] for r in runs):>16} "
+                  f"{round(statistics.median(p99), 1):>8} {p99[-1]:>8} "
+                  f"{median('p50_ms'):>10} {median('creates_per_s'):>16} "
                   f"{min(loads):>4}-{max(loads):<5}"
-                  + (f" {str(all(r['ipam_exact'] for r in runs)):>10}" if self.args.clients
-                     else ""))
+                  + (f" {str(all(r['ipam_exact'] for r in runs)):>10} "
+                     f"{median('server_cpu_ms'):>17}" if self.args.clients else ""))
 
 
 if __name__ == "__main__":
