@@ -19,7 +19,10 @@ def test_smartnic_keeps_steady_packets_off_the_host():
     sw, nic, sriov = (cmp.measured[p] for p in ("software", "smartnic", "sriov"))
     assert sw.delivered == sw.sent == nic.delivered == nic.sent
     assert sw.steady_share == 0.0 and nic.steady_share == 1.0
-    assert nic.cpu_per_packet_us < sw.cpu_per_packet_us
+    # Established traffic costs the host (almost) nothing on the smartnic. Over the whole
+    # of so small a run both columns are mostly set-up (upcalls, software on both), so
+    # their totals lie within this machine's noise of each other.
+    assert nic.steady_host_cpu < 0.2 * sw.steady_host_cpu
     assert sriov.refused == ("sriov: the embedded switch has no tunnels (VLAN only); "
                              "sriov: the embedded switch has no connection tracking "
                              "(security groups)")

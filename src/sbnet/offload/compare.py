@@ -100,6 +100,7 @@ class Measured:
     upcall_cpu: float = 0.0
     tier_cpu: float = 0.0             # of which the NIC tier's model
     host_cpu: float = 0.0             # of which host cores (see host_cpu_seconds)
+    steady_host_cpu: float = 0.0      # of that, in the steady phase (established traffic)
     cost: Cost | None = None
     ct_refused: int = 0
     cloud: Cloud | None = field(default=None, repr=False)      # for reports after the run
@@ -191,6 +192,8 @@ def run_workload(profile: str, connections: int = 10_000, seed: int = 1, cap: in
     # Per phase: set-up and teardown packets cost more than steady ones and run elsewhere.
     m.host_cpu = sum(host_cpu_seconds(p.cpu, p.upcall_cpu, p.tier_cpu, p.nic, p.software)
                      for p in phases)
+    m.steady_host_cpu = sum(host_cpu_seconds(p.cpu, p.upcall_cpu, p.tier_cpu, p.nic, p.software)
+                            for p in steady)
     m.tier_cpu = tot.tier_cpu
     m.cost = cost(builtin_profiles()[profile], m.nic, m.software, m.host_cpu)
     m.ct_refused = sum(h.switch.tier.ct_refused for h in cloud.cluster.hosts.values())
