@@ -149,7 +149,7 @@ class AfPacketPort(Port):
         into frames, partial checksums completed (vnet.expand); tags follow their rows."""
         chunk, out_len, src, dropped = vnet.expand(rows, lens)
         self.rx_dropped += dropped
-        kinds = rows[:, HEADROOM - vnet.VNET_LEN + 1] & 0x7F
+        kinds = rows[:, HEADROOM - vnet.VNET_LEN + 1] & vnet.GSO_KIND
         self.rx_segmented += int(np.count_nonzero(kinds))
         if tags:
             at: dict[int, list[int]] = {}

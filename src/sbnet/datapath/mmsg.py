@@ -11,10 +11,7 @@ from numba.core import types
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                           ctypes.c_void_p]
-# The same calls for compiled code, as external symbols the JIT links against libc
+# recvmmsg and sendmmsg for compiled code, as external symbols the JIT links against libc
 # (ctypes function objects there would keep numba from caching the compiled code):
 # pointers as 64-bit integers, which the x86-64 and arm64 ABIs pass alike.
 _c = ctypes.CDLL(None)
@@ -73,27 +70,7 @@ class Receiver:
     def receive(self, fd: int) -> tuple[int, np.ndarray, list[tuple[int, int, int]]]:
         """(frames read, their lengths, (row, tpid, tci) of frames whose tag was taken off).
         Frames longer than a row are dropped and counted in `truncated`."""
-        mm = self.mm
-        mm[:, _W_CTRLLEN] = _CTRL
-        got = _libc.recvmmsg(fd, mm.ctypes.data, self.n, MSG_DONTWAIT | MSG_TRUNC, None)
-        if got <= 0:
-            return 0, np.zeros(0, np.int32), []
-        lens = (mm[:got, _W_LEN] & 0xFFFFFFFF).astype(np.int32) - self.vnet
-        tags = []
-        aux = self.ctrl[:got]
-        status = aux[:, 16:20].copy().view(np.uint32).ravel()
-        level = aux[:, 8:12].copy().view(np.int32).ravel()
-        kind = aux[:, 12:16].copy().view(np.int32).ravel()
-        vlan = (level == SOL_PACKET) & (kind == PACKET_AUXDATA) & \
-            ((status & TP_STATUS_VLAN_VALID) != 0) & (mm[:got, _W_CTRLLEN] >= 36)
-        for r in np.flatnonzero(vlan).tolist():
-            tci = int(aux[r, 32]) | int(aux[r, 33]) << 8
-            tpid = int(aux[r, 34]) | int(aux[r, 35]) << 8
-            tags.append((r, tpid if status[r] & TP_STATUS_VLAN_TPID_VALID else 0x8100, tci))
-        big = lens > self.stride - HEADROOM - TAILROOM
-        if big.any():
-            self.truncated += int(np.count_nonzero(big))
-            lens[big] = -1
+        got, lens, tags, _, _ = self._receive(fd)
         return got, lens, tags
 
     def receive_rows(self, fd: int) -> tuple[int, np.ndarray | None, np.ndarray, list, bool]:
@@ -101,21 +78,27 @@ class Receiver:
         rows (frame at column HEADROOM, zero behind) or None when some virtio-net header
         asks for work (the caller reads self.buf), lengths (-1: longer than a row),
         (row, tpid, tci) of tagged frames, whether any header asks for work)."""
+        got, lens, tags, work, longest = self._receive(fd)
+        if got <= 0 or work:
+            return got, None, lens, tags, bool(work)
+        out = np.zeros((got, (HEADROOM + max(longest, 0) + TAILROOM + 7) & ~7), np.uint8)
+        _copy_out(self.buf, self.mm, got, out)
+        return got, out, lens, tags, False
+
+    def _receive(self, fd: int) -> tuple[int, np.ndarray, list, int, int]:
+        """_rx_kernel's call: (frames read, lengths, tags, frames with offload work,
+        longest frame)."""
         got, n_tag, work, longest, big = _rx_kernel(
             fd, self.mm, self._mm_at, self.ctrl, self.buf, self.vnet,
             self.stride - HEADROOM - TAILROOM, self._tags)
         if got <= 0:
-            return 0, None, _NO_LENS, [], False
+            return 0, _NO_LENS, [], 0, 0
         self.truncated += big
         lens = (self.mm[:got, _W_LEN] & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
         tags = [] if not n_tag else \
             [(r, int(self._tags[r, 1]), int(self._tags[r, 2]))
              for r in np.flatnonzero(self._tags[:got, 0]).tolist()]
-        if work:
-            return got, None, lens, tags, True
-        out = np.zeros((got, (HEADROOM + max(int(longest), 0) + TAILROOM + 7) & ~7), np.uint8)
-        _copy_out(self.buf, self.mm, got, out)
-        return got, out, lens, tags, False
+        return got, lens, tags, work, longest
 
 
 @numba.njit(cache=True, nogil=True)

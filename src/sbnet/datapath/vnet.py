@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM
+from sbnet.datapath.conntrack_kernel import _put16
 from sbnet.datapath.dpif.tunnel_fast import _fold, _sum16
 from sbnet.datapath.mmsg import VNET_LEN
 
@@ -13,7 +14,7 @@ from sbnet.datapath.mmsg import VNET_LEN
 # gso_size, csum_start, csum_offset; host byte order (little-endian here).
 F_NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 0, 1, 3, 4, 5
-GSO_ECN = 0x80
+GSO_KIND = 0x7F                 # gso_type without its ECN bit (0x80)
 _TCP, _UDP = 6, 17
 _FIN, _PSH, _CWR = 0x01, 0x08, 0x80
 
@@ -28,18 +29,12 @@ def _be16(d, r, c):
     return (np.int64(d[r, c]) << 8) | np.int64(d[r, c + 1])
 
 
-@numba.njit(cache=True, inline="always")
-def _put16(d, r, c, v):
-    d[r, c] = np.uint8((v >> 8) & 0xFF)
-    d[r, c + 1] = np.uint8(v & 0xFF)
-
-
 @numba.njit(cache=True)
 def _geometry(d, r, f, ln):
     """(l3, l4, L4 header length, IPv4?, L4 protocol) of a GSO frame at column f of row r,
     or l3 = -1 for one this cannot cut (not TCP/UDP over IPv4/IPv6 behind at most one
     VLAN tag, a fragment, headers past the frame)."""
-    kind = d[r, f - VNET_LEN + 1] & 0x7F
+    kind = d[r, f - VNET_LEN + 1] & GSO_KIND
     l3 = 14
     et = _be16(d, r, f + 12)
     if et == 0x8100 or et == 0x88A8:
@@ -82,7 +77,7 @@ def vnet_plan(buf, lens, counts):
         counts[r] = 0
         if ln < 0:
             continue
-        kind = buf[r, f - VNET_LEN + 1] & 0x7F
+        kind = buf[r, f - VNET_LEN + 1] & GSO_KIND
         size = _le16(buf, r, f - VNET_LEN + 4)
         if kind == GSO_NONE:
             counts[r] = 1
@@ -123,17 +118,15 @@ def vnet_fill(buf, lens, counts, out, out_len, src):
     IPv6 payload length per segment; TCP sequence advanced, FIN and PSH on the last, CWR
     on the first only; UDP lengths; every L4 checksum in full), another with a partial
     checksum (F_NEEDS_CSUM) completed from csum_start over the rest of the frame.  src:
-    the received row of each output row.  Returns how many partial checksums it
-    completed."""
+    the received row of each output row."""
     f = HEADROOM
     o = 0
-    done = 0
     for r in range(lens.shape[0]):
         k = counts[r]
         if k == 0:
             continue
         ln = np.int64(lens[r])
-        kind = buf[r, f - VNET_LEN + 1] & 0x7F
+        kind = buf[r, f - VNET_LEN + 1] & GSO_KIND
         flags = buf[r, f - VNET_LEN]
         if kind == GSO_NONE:
             for j in range(ln):
@@ -144,7 +137,6 @@ def vnet_fill(buf, lens, counts, out, out_len, src):
                 # The field holds the pseudo-header sum; the NIC (here, us) adds the rest.
                 v = np.int64(_fold(_sum16(out, o, f + cs, ln - cs)) ^ np.uint64(0xFFFF))
                 _put16(out, o, f + cs + co, v)
-                done += 1
             out_len[o] = ln
             src[o] = r
             o += 1
@@ -188,7 +180,6 @@ def vnet_fill(buf, lens, counts, out, out_len, src):
             out_len[o] = head + seg
             src[o] = r
             o += 1
-    return done
 
 
 def expand(buf: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

@@ -19,7 +19,7 @@ D_OTHER, D_OK = _OTHER, _OK
 # Columns of decap_kernel's per-row results.
 (D_STATUS, D_INNER, D_ILEN, D_PORT, D_KEY, D_SRC, D_DST, D_TOS, D_TTL, D_SPORT, D_DPORT,
  D_FLAGS) = range(12)
-D_COLS = 12
+D_COLS = D_FLAGS + 1
 _INHERIT = -1
 _IP_GRE = 47
 
