@@ -290,6 +290,7 @@ class HostAgent:
                      {p: o for p, o in plugged.items() if p in bound and p not in waiting},
                      self.physnets, self.profile, self.service_ofport)
         topo = Topology(snapshot, [me])
+        self.migration.hold(topo, plugged)
         known = self.compiler.faults
         new = self.compiler.compile(topo)
         if self.slow_path is not None:

@@ -44,6 +44,7 @@ class Handover:
     imported: dict[str, tuple[str, list]] = field(default_factory=dict)   # port -> (serial, tuples)
     ready: dict[str, str] = field(default_factory=dict)         # port -> serial reported ready
     entries: dict[str, list] = field(default_factory=dict)      # port -> last entries imported
+    held: dict[str, int] = field(default_factory=dict)          # arriving port -> VIF held
     log: list[tuple[str, str, int]] = field(default_factory=list)   # (port, what, connections)
 
 
@@ -63,6 +64,7 @@ class MigrationDuty:
         self.state = Handover()
         self.moves_conns = all(hasattr(datapath, m) for m in
                                ("export_conns", "import_conns", "forget_conns"))
+        self.can_hold = hasattr(datapath, "hold")
 
     def step(self, snapshot: dict, topo, plugged: dict[str, int]) -> None:
         """plugged: the ports wired here, by id, and their VIF's ofport."""
@@ -119,6 +121,33 @@ class MigrationDuty:
         for pid in list(st.ready):
             if self.host not in topo.moving_to.get(pid, ()):
                 del st.ready[pid]
+
+    def hold(self, topo, plugged: dict[str, int]) -> None:
+        """Run first in every sync, before anything else reaches the datapath (plugged:
+        every VIF here by port id, an arriving port's before it is wired): an arriving
+        port's VIF is held while it is arriving (its datapath drops the other hosts' copies
+        of its traffic, unread, until the VM sends its first frame here) and released when
+        the port is here for good or stays where it was."""
+        if not self.can_hold:
+            return
+        st = self.state
+        for pid, ofport in list(st.held.items()):
+            port = topo.ports.get(pid)
+            if (port is None or self.host not in topo.moving_to.get(pid, ())
+                    or topo.active_host(port) == self.host or plugged.get(pid) != ofport):
+                self.datapath.release(ofport)
+                del st.held[pid]
+        for pid, targets in topo.moving_to.items():
+            port = topo.ports.get(pid)
+            if (port is not None and self.host in targets and pid in plugged
+                    and pid not in st.held and topo.active_host(port) != self.host):
+                try:
+                    self.datapath.hold(plugged[pid], port["mac_address"])
+                except AttributeError:  # the eBPF tier: the kernel takes the tunnels' frames
+                    self.can_hold = False
+                    return
+                st.held[pid] = plugged[pid]
+                st.log.append((pid, "held", plugged[pid]))
 
     def _export(self, topo, port: dict, target: str, final: bool) -> None:
         entries: list = []

@@ -18,7 +18,7 @@ from sbnet.datapath import ctmove
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
-from sbnet.datapath import mmsg, vnet
+from sbnet.datapath import holdfilter, mmsg, vnet
 from sbnet.datapath.mmsg import Receiver, Sender
 from sbnet.datapath.ports import Port
 from sbnet.datapath.prewarm import Warmup
@@ -291,6 +291,8 @@ class AfPacketDatapath:
         warm()
         self.errors = 0                 # batches the switch raised on (the loop goes on)
         self.last_error: str | None = None
+        self.held: dict[int, str] = {}  # VIF ofport -> MAC of the VM that has not arrived yet
+        self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
 
     # -- ports -----------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> AfPacketPort:
@@ -313,6 +315,8 @@ class AfPacketDatapath:
 
     def detach(self, ofport: int) -> None:
         with self.lock:
+            if ofport in self.held:
+                self.release(ofport, "detached")
             port = self.switch.ports.get(ofport)
             if isinstance(port, AfPacketPort):
                 self._poll.unregister(port.fileno())
@@ -364,6 +368,9 @@ class AfPacketDatapath:
             chunks = [(rows, lens, port.ofport) for rows, lens in port.receive_rows()]
             if not chunks:
                 continue
+            if port.ofport in self.held:        # the VM runs here now: it sent its first frame
+                with self.lock:
+                    self.release(port.ofport, "first frame")
             # One batch per port, as OVS's PMD takes one receive queue at a time: no copy
             # to merge ports' frames that the dpif would split again (underlay or not).
             batch = _batch(chunks)
@@ -426,6 +433,47 @@ class AfPacketDatapath:
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+
+    # -- a VM arriving by live migration ---------------------------------------------
+    def hold(self, ofport: int, mac: str) -> None:
+        """The VM behind VIF `ofport` (MAC `mac`) is arriving and does not run here yet:
+        what other hosts send it here meanwhile (their copy of its traffic during the move)
+        is dropped by the kernel on the underlay ports, unread, instead of being switched to
+        a VIF nobody reads, until the VIF sends its first frame (the VM runs here) or
+        release().  Otherwise the copies queue behind each other on a loaded host, and the
+        VM's first replies wait behind them once it arrives, delivered as duplicates."""
+        with self.lock:
+            self.held[ofport] = mac
+            self._filter_underlay()
+            self._event(ofport, "held")
+
+    def release(self, ofport: int, why: str = "released") -> None:
+        """Deliver the VM's traffic at `ofport` again (no-op if not held)."""
+        with self.lock:
+            if self.held.pop(ofport, None) is not None:
+                self._filter_underlay()
+                self._event(ofport, why)
+
+    def holds(self) -> dict:
+        """{"held": {ofport: MAC}, "events": [(ofport, monotonic, "held" or why released),
+        ...]} (the last 16 events)."""
+        with self.lock:
+            return {"held": dict(self.held), "events": list(self.hold_events)}
+
+    def _event(self, ofport: int, what: str) -> None:
+        self.hold_events.append((ofport, time.monotonic(), what))
+        del self.hold_events[:-16]
+
+    def _filter_underlay(self) -> None:
+        tunnels = self.switch.tunnels.values()
+        ports = {k: sorted({t.dst_port for t in tunnels if t.kind == k and t.dst_port})
+                 for k in ("vxlan", "geneve")}
+        prog = holdfilter.program(sorted(set(self.held.values())), ports["vxlan"],
+                                  ports["geneve"]) if self.held else None
+        for num in self.switch.underlay.ports:
+            port = self.switch.ports.get(num)
+            if isinstance(port, AfPacketPort):
+                holdfilter.attach(port.sock, prog)
 
     def underlay(self, op: str, *args) -> None:
         """Configure the switch's underlay: op is an Underlay method (add_port, add_local,
@@ -506,9 +554,11 @@ class AfPacketDatapath:
         now = self.switch.clock()
         warm = Warmup(entries, self.switch.conntrack.tcp_liberal, now)
         n = 0
-        for in_port, frame in warm.with_answers(frames) if self.prewarm_answers else frames:
+        todo = warm.with_answers(frames) if self.prewarm_answers else \
+            ((in_port, frame, {}) for in_port, frame in frames)
+        for in_port, frame, tun in todo:
             with self.lock:
-                n += len(warm.frame(self.switch, in_port, frame, now))
+                n += len(warm.frame(self.switch, in_port, frame, now, tun))
                 self._installed()
         return n
 
@@ -535,7 +585,8 @@ _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "dro
            "delete_group",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats",
-           "export_conns", "import_conns", "forget_conns", "prewarm")
+           "export_conns", "import_conns", "forget_conns", "prewarm",
+           "hold", "release", "holds")
 
 
 class RemoteDatapath:

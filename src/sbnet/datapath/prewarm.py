@@ -32,22 +32,31 @@ class Warmup:
         self.scratch = Conntrack(tcp_liberal=tcp_liberal, checksums=False,
                                  capacity=max(64, 2 * len(entries)))
         ctmove.import_(self.scratch, entries, now)
-        # What the frames' addressees send back into this switch's own ports (not through
-        # a tunnel: the source's copies have set those up already), as (in_port, frame).
-        self.answers: list[tuple[int, bytes]] = []
+        # What the frames' addressees send back, into this switch's own ports or through
+        # the tunnel a frame left by (the destination holds the other hosts' copies of the
+        # VM's traffic until it arrives, so no copy has set those up), as (in_port, frame,
+        # tunnel metadata: {key field: value}).
+        self.answers: list[tuple[int, bytes, dict]] = []
 
     def with_answers(self, frames):
-        """The (in_port, frame) pairs, then the answers those translated meanwhile call for."""
-        yield from frames
+        """(in_port, frame, tunnel metadata) for the (in_port, frame) pairs, then for the
+        answers those translated meanwhile call for."""
+        for in_port, f in frames:
+            yield in_port, f, {}
         answers, self.answers = self.answers, []
         yield from answers
 
-    def frame(self, bridge, in_port: int, frame: bytes, now: float) -> list:
-        """Translate one frame arriving on `in_port`, and each recirculation it takes
-        (after a ct() or not, every one its passes' actions start); the megaflows it
-        installed (those already there are followed, not made again)."""
+    def frame(self, bridge, in_port: int, frame: bytes, now: float,
+              tun: dict | None = None) -> list:
+        """Translate one frame arriving on `in_port` (from a tunnel: `tun` gives its
+        tun_id, tun_src and tun_dst), and each recirculation it takes (after a ct() or not,
+        every one its passes' actions start); the megaflows it installed (those already
+        there are followed, not made again)."""
         batch = Batch.from_packets([bytes(frame)], int(in_port))
-        todo = [(batch, parse(batch))]
+        first = parse(batch)
+        for name, value in (tun or {}).items():
+            first.keys[F.SLOT_INDEX[name], 0] = value
+        todo = [(batch, first)]
         made = []
         passes = 0
         while todo and passes < 2 * MAX_RECIRC:
@@ -64,7 +73,7 @@ class Warmup:
                 made.append(mf)
                 actions = mf.actions
             if not any(isinstance(a, (odp.Ct, odp.Recirc)) for a in actions):
-                self.answers += _answers(batch, parsed, actions)
+                self.answers += _answers(batch, parsed, actions, bridge.underlay)
                 continue
             try:
                 todo += self._recirculations(batch, parsed, actions, now)
@@ -101,19 +110,41 @@ def translate_ahead(bridge, frames, entries, now: float) -> list:
     """Warmup.frame() of each (in_port, frame) of `frames` and of the answers they call
     for: the megaflows installed."""
     warm = Warmup(entries, bridge.conntrack.tcp_liberal, now)
-    return [mf for in_port, f in warm.with_answers(frames)
-            for mf in warm.frame(bridge, in_port, f, now)]
+    return [mf for in_port, f, tun in warm.with_answers(frames)
+            for mf in warm.frame(bridge, in_port, f, now, tun)]
 
 
-def _answers(batch: Batch, parsed, actions: tuple) -> list[tuple[int, bytes]]:
+def _answers(batch: Batch, parsed, actions: tuple, underlay) -> list[tuple[int, bytes, dict]]:
     """The answer to each copy the last pass's actions send out of a port (the outside's
     reply through a floating IP arrives on the physical network's port with the MACs,
-    addresses and ports of what left there swapped)."""
+    addresses and ports of what left there swapped) or into an IPv4 tunnel (the answer
+    comes back by it, the same VNI, from the host it went to, to the address this host
+    sends from)."""
+    one = np.zeros(1, dtype=np.intp)
+    out: list[tuple[int, bytes, dict]] = []
+    plain = tuple(a for a in actions if not isinstance(a, odp.TunnelPush))
+    for i, push in enumerate(actions):
+        if not isinstance(push, odp.TunnelPush):
+            continue
+        tun = dict(push.tun)
+        remote = tun.get("tun_dst")
+        if not remote or "tun_id" not in tun:
+            continue
+        local = tun.get("tun_src") or int(underlay.resolve(4, np.zeros(1, np.uint64),
+                                                           np.array([remote], np.uint64)).src_lo[0])
+        edits = tuple(a for a in actions[:i] if not isinstance(a, (odp.Output, odp.TunnelPush)))
+        try:
+            left = execute(batch, one, parsed.l3, parsed.l4, edits + (odp.Output(_AT_CT),))
+        except (NotImplementedError, TypeError, ValueError):    # an NSH step
+            continue
+        meta = {"tun_id": tun["tun_id"], "tun_src": remote, "tun_dst": local}
+        out += [(push.ofport, a, meta) for _, b in left[-1:]
+                for a in map(_swapped, b.packets()) if a]
     try:
-        out = execute(batch, np.zeros(1, dtype=np.intp), parsed.l3, parsed.l4, actions)
-    except (NotImplementedError, TypeError, ValueError):    # a tunnel push, an NSH step
-        return []
-    return [(port, a) for port, b in out for a in map(_swapped, b.packets()) if a]
+        left = execute(batch, one, parsed.l3, parsed.l4, plain)
+    except (NotImplementedError, TypeError, ValueError):    # an NSH step
+        return out
+    return out + [(port, a, {}) for port, b in left for a in map(_swapped, b.packets()) if a]
 
 
 def _swapped(frame: bytes) -> bytes | None:
