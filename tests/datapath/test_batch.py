@@ -1,18 +1,23 @@
 """Batch: packets in one 2-D array with headroom for header pushes."""
 
 import numpy as np
+import pytest
 
 from sbnet.datapath.batch import HEADROOM, Batch
 
 
-def test_from_packets_round_trip():
-    pkts = [b"\x01" * 60, b"", bytes(range(200)), b"ab"]
-    b = Batch.from_packets(pkts, in_port=[1, 2, 3, 4])
-    assert len(b) == 4
+@pytest.mark.parametrize("copies", [1, 5])
+def test_from_packets_round_trip(copies):
+    # 4 packets take the row-by-row copy, 20 the bulk one: the same batch either way.
+    pkts = [b"\x01" * 60, b"", bytes(range(200)), b"ab"] * copies
+    b = Batch.from_packets(pkts, in_port=list(range(1, 4 * copies + 1)))
+    assert len(b) == 4 * copies
     assert b.packets() == pkts
     assert (b.start == HEADROOM).all()
-    assert b.data.dtype == np.uint8 and b.data.shape[0] == 4
-    assert b.in_port.tolist() == [1, 2, 3, 4]
+    assert b.data.dtype == np.uint8 and b.data.shape == (4 * copies, 328)
+    assert b.in_port.tolist() == list(range(1, 4 * copies + 1))
+    # nothing but the packets: headroom and the bytes behind each packet are zero
+    assert int(b.data.sum()) == sum(sum(p) for p in pkts)
     assert b.length.dtype == np.int32 and b.start.dtype == np.int32
     assert b.in_port.dtype == np.uint32
     # headroom is zero and free

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import numba
@@ -18,6 +19,7 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
+from sbnet.datapath.dpif.lanestate import LANE_STATE, new_state
 from sbnet.datapath.dpif.tunnel_fast import D_DST, D_FLAGS, D_KEY, D_SRC, encap_kernel
 from sbnet.flows import fields as F
 
@@ -287,6 +289,25 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     return n_hand
 
 
+@numba.njit(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
+                        numba.uint32[:], numba.int64, numba.int64[:, :], numba.float64,
+                        numba.boolean, numba.int64, numba.uint8[:, :], numba.int32[:],
+                        numba.int64), cache=True, nogil=True)
+def lane_call(s, data, start, length, in_port, n, tun, now, ct_ok, ct_flags, enc, enc_len,
+              max_recirc):
+    """lane_kernel over a whole batch of n rows that it extracts itself, into the lane's
+    own buffers, with the long-lived arrays read from the lane state s (lanestate).
+    Called through _LANE_CALL: its one signature's compiled entry, which unboxes the
+    arguments without the dispatcher first working out each one's type (for the struct,
+    a Python-level lookup costing more than the unboxing)."""
+    return lane_kernel(data, start, length, in_port, s.keys[:, :n], s.off[1, :n],
+                       s.off[2, :n], s.err[:n], True, s.rows[:n], tun, s.table, s.matches,
+                       s.action_of, s.prog, s.packets, s.nbytes, s.used, s.tcp_flags, now,
+                       s.tmpl, s.tprm, ct_ok, s.kv, s.mem, ct_flags, s.tmo, s.mark, s.count,
+                       enc, enc_len, s.outs[:n * MAX_OPS], s.hand[:n], max_recirc, s.stats,
+                       s.zero)
+
+
 class ExpressLane:
     """The datapath flows' action lists as programs the lane runs, and its calls.
 
@@ -317,6 +338,11 @@ class ExpressLane:
         self.held = False
         # conntrack's timeouts are fixed when it is made.
         self._tmo = dpif.conntrack.tmo[CT_TIMEOUTS].astype(np.float64)
+        # The long-lived arrays as one struct (lanestate), rebuilt when one is replaced:
+        # ours when we replace them, the caches' and conntrack's when they are not the
+        # ones it holds.
+        self._state = None
+        self._ext: tuple = ()
 
     def _refresh(self) -> None:
         d = self.dpif
@@ -329,6 +355,7 @@ class ExpressLane:
             grown = np.zeros((max(n, 2 * self.prog.shape[0]), PROG_W), np.int64)
             grown[:self.built] = self.prog[:self.built]
             self.prog = grown
+            self._state = None
         for aid in range(self.built, n):
             self.prog[aid] = self._program(d.action_list(aid))
         self.built = n
@@ -386,6 +413,7 @@ class ExpressLane:
         if t == self.tmpl.shape[0]:
             self.tmpl = np.concatenate([self.tmpl, np.zeros_like(self.tmpl)])
             self.tprm = np.concatenate([self.tprm, np.zeros_like(self.tprm)])
+            self._state = None
         self.tmpl[t, :tmpl.size] = tmpl
         self.tprm[t, :6] = prm
         self.tprm[t, 6] = out_port
@@ -408,7 +436,8 @@ class ExpressLane:
         c = d.cache
         smc = d.smc
         n = len(batch)
-        if self.held:
+        own = not self.held         # the lane's own buffers (not a nested run's)
+        if not own:
             parsed_n, rows_n, outs, hand = _views(_buffers(n), n)
         else:
             self.held = True
@@ -428,16 +457,26 @@ class ExpressLane:
         # Fresh each batch: a tunnel port's outer frames may be kept by the port.
         enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
         st = self._stats
-        n_hand = lane_kernel(
-            batch.data, _as(batch.start, _I32), _as(batch.length, _I32),
-            _as(batch.in_port, _U32), parsed.keys, _as(parsed.l3, _I32), _as(parsed.l4, _I32),
-            _as(parsed.error, _U8), fresh, _as(rows, _I64),
-            _NO_TUN if tun is None else tun, smc.table, smc.matches, c.action_of, self.prog,
-            c.packets, c.bytes, c.used, c.tcp_flags, float(now), self.tmpl, self.tprm,
-            ct.compiled and not tab.overflow, tab.index.kv, tab.mem,
-            (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0),
-            self._tmo, tab.scratch(np.int8), tab.scratch(np.int64), enc, enc_len, outs, hand,
-            max_recirc, st, _LANE_SLOTS)
+        ct_ok = ct.compiled and not tab.overflow
+        flags = (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0)
+        ext = (smc.table, smc.matches, c.action_of, c.packets, c.bytes, c.used, c.tcp_flags,
+               tab.index.kv, tab.mem, tab.scratch(np.int8), tab.scratch(np.int64))
+        if fresh and own:
+            if self._state is None or not all(map(operator.is_, ext, self._ext)):
+                self._new_state(ext)
+            n_hand = _LANE_CALL(self._state, _as(batch.data, _U8), _as(batch.start, _I32),
+                               _as(batch.length, _I32), _as(batch.in_port, _U32), n,
+                               _NO_TUN if tun is None else tun, float(now), ct_ok, flags, enc,
+                               enc_len, max_recirc)
+        else:
+            n_hand = lane_kernel(
+                batch.data, _as(batch.start, _I32), _as(batch.length, _I32),
+                _as(batch.in_port, _U32), parsed.keys, _as(parsed.l3, _I32),
+                _as(parsed.l4, _I32), _as(parsed.error, _U8), fresh, _as(rows, _I64),
+                _NO_TUN if tun is None else tun, ext[0], ext[1], ext[2], self.prog, ext[3],
+                ext[4], ext[5], ext[6], float(now), self.tmpl, self.tprm, ct_ok, ext[7],
+                ext[8], flags, self._tmo, ext[9], ext[10], enc, enc_len, outs, hand,
+                max_recirc, st, _LANE_SLOTS)
         v = st.tolist()         # one conversion, not a numpy scalar per counter
         smc.lookups += v[4]
         smc.hits += v[4]
@@ -445,6 +484,13 @@ class ExpressLane:
             count_express(ct.stats, v[:3])
         return LaneResult(parsed, rows, outs[:v[3]], bool(v[5]), hand, n_hand, enc,
                           enc_len)
+
+    def _new_state(self, ext: tuple) -> None:
+        keys, off, err, rows, outs, hand = self._bufs
+        self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
+            self._tmo, ext[9], ext[10], self._stats, _LANE_SLOTS, keys, off, err, rows, outs,
+            hand))
+        self._ext = ext
 
     def release(self) -> None:
         """The caller is done with the last run's result: its buffers may be reused."""
@@ -454,6 +500,7 @@ class ExpressLane:
         self._cap = max(n, 2 * self._cap)
         self._bufs = _buffers(self._cap)
         self._by_n.clear()
+        self._state = None
         self._all_n = 0
 
     def _clean(self) -> None:
@@ -496,6 +543,8 @@ _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
+# The arguments' types are fixed by run() (_as, the lane's own arrays): see lane_call.
+_LANE_CALL = lane_call.overloads[lane_call.signatures[0]].entry_point
 
 
 def _as(a: np.ndarray, dt: np.dtype) -> np.ndarray:
