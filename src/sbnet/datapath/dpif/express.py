@@ -20,7 +20,9 @@ from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.lanestate import LANE_STATE, new_state
-from sbnet.datapath.dpif.tunnel_fast import D_DST, D_FLAGS, D_KEY, D_SRC, encap_kernel
+from sbnet.datapath.dpif.tunnel_fast import (D_COLS, D_DST, D_FLAGS, D_ILEN, D_INNER, D_KEY,
+                                             D_PORT, D_SRC, D_STATUS, decap_kernel,
+                                             encap_kernel)
 from sbnet.flows import fields as F
 
 # Programs, one row per datapath action list (prog[aid]): whether the lane runs it (K_RUN;
@@ -308,6 +310,33 @@ def lane_call(s, data, start, length, in_port, n, tun, now, ct_ok, ct_flags, enc
                        s.zero)
 
 
+@numba.njit(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
+                        numba.int64, numba.uint64[:], numba.uint64[:, :], numba.int64[:],
+                        numba.int64[:], numba.int64[:, :], numba.int64[:, :], numba.int32[:],
+                        numba.int32[:], numba.uint32[:], numba.float64, numba.boolean,
+                        numba.int64, numba.uint8[:, :], numba.int32[:], numba.int64),
+            cache=True, nogil=True)
+def decap_lane_call(s, data, start, length, n, local4, local6, udp_ports, udp_kinds, ports,
+                    res, ist, ilen, iport, now, ct_ok, ct_flags, enc, enc_len, max_recirc):
+    """decap_kernel over n underlay frames (its verdicts in res), then, when every one was
+    a tunnel packet for one of our tunnel ports, lane_call over the inner frames where they
+    lie (their start, length and tunnel port into ist, ilen and iport).  Returns the rows
+    the lane handed back; -1: some frame was not for a tunnel port (res says which), -2:
+    some frame is the numpy decap's (decap_rows' None).  One call instead of two, and no
+    Python between them, for what a host's underlay port mostly receives."""
+    if decap_kernel(data, start, length, local4, local6, udp_ports, udp_kinds, ports, res):
+        return -2
+    for i in range(n):
+        if res[i, D_STATUS] != tunnel_fast.D_OK:
+            return -1
+    for i in range(n):
+        ist[i] = np.int32(res[i, D_INNER])
+        ilen[i] = np.int32(res[i, D_ILEN])
+        iport[i] = np.uint32(res[i, D_PORT])
+    return lane_call(s, data, ist, ilen, iport, n, res, now, ct_ok, ct_flags, enc, enc_len,
+                     max_recirc)
+
+
 class ExpressLane:
     """The datapath flows' action lists as programs the lane runs, and its calls.
 
@@ -427,48 +456,25 @@ class ExpressLane:
         batch just decapsulated, decap_kernel's result (tunnel fields for its keys).
         The result lives in the lane's buffers until release(); a run before then (the
         general path calling back into the lane) gets buffers of its own."""
-        d = self.dpif
-        if d.config_version != self._version or d.underlay.generation != self._generation \
-                or len(d.action_lists()) != self.built:
-            self._refresh()
-        ct = d.conntrack
-        tab = ct.table
-        c = d.cache
-        smc = d.smc
         n = len(batch)
         own = not self.held         # the lane's own buffers (not a nested run's)
-        if not own:
-            parsed_n, rows_n, outs, hand = _views(_buffers(n), n)
-        else:
-            self.held = True
-            if self._all_n:
-                self._clean()
-            if n > self._cap:
-                self._grow(n)
-            v = self._by_n.get(n)
-            if v is None:
-                v = self._by_n[n] = _views(self._bufs, n)
-            parsed_n, rows_n, outs, hand = v
-            self._n = n
+        parsed_n, rows_n, outs, hand = self._acquire(n)
         fresh = parsed is None
         if fresh:
             parsed, rows = parsed_n, rows_n
         enc = self._enc(n, batch.data.shape[1])
         # Fresh each batch: a tunnel port's outer frames may be kept by the port.
         enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
-        st = self._stats
-        ct_ok = ct.compiled and not tab.overflow
+        ct = self.dpif.conntrack
+        ct_ok = ct.compiled and not ct.table.overflow
         flags = (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0)
-        ext = (smc.table, smc.matches, c.action_of, c.packets, c.bytes, c.used, c.tcp_flags,
-               tab.index.kv, tab.mem, tab.scratch(np.int8), tab.scratch(np.int64))
         if fresh and own:
-            if self._state is None or not all(map(operator.is_, ext, self._ext)):
-                self._new_state(ext)
-            n_hand = _LANE_CALL(self._state, _as(batch.data, _U8), _as(batch.start, _I32),
-                               _as(batch.length, _I32), _as(batch.in_port, _U32), n,
-                               _NO_TUN if tun is None else tun, float(now), ct_ok, flags, enc,
-                               enc_len, max_recirc)
+            n_hand = _LANE_CALL(self._current(), _as(batch.data, _U8), _as(batch.start, _I32),
+                                _as(batch.length, _I32), _as(batch.in_port, _U32), n,
+                                _NO_TUN if tun is None else tun, float(now), ct_ok, flags,
+                                enc, enc_len, max_recirc)
         else:
+            ext = self._arrays()
             n_hand = lane_kernel(
                 batch.data, _as(batch.start, _I32), _as(batch.length, _I32),
                 _as(batch.in_port, _U32), parsed.keys, _as(parsed.l3, _I32),
@@ -476,12 +482,76 @@ class ExpressLane:
                 _NO_TUN if tun is None else tun, ext[0], ext[1], ext[2], self.prog, ext[3],
                 ext[4], ext[5], ext[6], float(now), self.tmpl, self.tprm, ct_ok, ext[7],
                 ext[8], flags, self._tmo, ext[9], ext[10], enc, enc_len, outs, hand,
-                max_recirc, st, _LANE_SLOTS)
-        v = st.tolist()         # one conversion, not a numpy scalar per counter
+                max_recirc, self._stats, _LANE_SLOTS)
+        return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
+
+    def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
+        """A batch of underlay frames decapsulated and its inner frames through the lane,
+        in one compiled call (decap_lane_call), when every frame is a tunnel packet for one
+        of our tunnel ports.  Returns (res, inner, result): result the lane's, as run()'s,
+        over `inner` (the inner frames where they lie in the batch's rows); result None:
+        not every frame was (res: decap_kernel's verdicts, the lane released); res None:
+        some frame is the numpy decap's.  The lane must not be held."""
+        n = len(batch)
+        parsed, rows, outs, hand = self._acquire(n)
+        enc = self._enc(n, batch.data.shape[1])
+        enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
+        ct = self.dpif.conntrack
+        res = np.empty((n, D_COLS), np.int64)
+        ist, ilen, iport = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.uint32)
+        n_hand = _DECAP_LANE_CALL(
+            self._current(), _as(batch.data, _U8), _as(batch.start, _I32),
+            _as(batch.length, _I32), n, *plan, res, ist, ilen, iport, float(now),
+            ct.compiled and not ct.table.overflow,
+            (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0), enc,
+            enc_len, max_recirc)
+        if n_hand < 0:
+            self.release()
+            return (None if n_hand == -2 else res), None, None
+        return res, Batch(batch.data, ist, ilen, iport), self._result(
+            parsed, rows, outs, hand, n_hand, enc, enc_len)
+
+    def _acquire(self, n: int) -> tuple:
+        """(parsed, rows, outs, hand) for a run over n rows: the lane's own buffers, held
+        until release(), or (the lane already held) new ones."""
+        d = self.dpif
+        if d.config_version != self._version or d.underlay.generation != self._generation \
+                or len(d.action_lists()) != self.built:
+            self._refresh()
+        if self.held:
+            return _views(_buffers(n), n)
+        self.held = True
+        if self._all_n:
+            self._clean()
+        if n > self._cap:
+            self._grow(n)
+        v = self._by_n.get(n)
+        if v is None:
+            v = self._by_n[n] = _views(self._bufs, n)
+        self._n = n
+        return v
+
+    def _arrays(self) -> tuple:
+        """The caches' and conntrack's arrays the lane reads and writes."""
+        d = self.dpif
+        smc, c, tab = d.smc, d.cache, d.conntrack.table
+        return (smc.table, smc.matches, c.action_of, c.packets, c.bytes, c.used, c.tcp_flags,
+                tab.index.kv, tab.mem, tab.scratch(np.int8), tab.scratch(np.int64))
+
+    def _current(self):
+        """The lane state, rebuilt if one of its arrays was replaced."""
+        ext = self._arrays()
+        if self._state is None or not all(map(operator.is_, ext, self._ext)):
+            self._new_state(ext)
+        return self._state
+
+    def _result(self, parsed, rows, outs, hand, n_hand: int, enc, enc_len) -> LaneResult:
+        v = self._stats.tolist()        # one conversion, not a numpy scalar per counter
+        smc = self.dpif.smc
         smc.lookups += v[4]
         smc.hits += v[4]
         if v[0]:
-            count_express(ct.stats, v[:3])
+            count_express(self.dpif.conntrack.stats, v[:3])
         return LaneResult(parsed, rows, outs[:v[3]], bool(v[5]), hand, n_hand, enc,
                           enc_len)
 
@@ -545,6 +615,7 @@ _NO_LEN = np.zeros(0, np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
 # The arguments' types are fixed by run() (_as, the lane's own arrays): see lane_call.
 _LANE_CALL = lane_call.overloads[lane_call.signatures[0]].entry_point
+_DECAP_LANE_CALL = decap_lane_call.overloads[decap_lane_call.signatures[0]].entry_point
 
 
 def _as(a: np.ndarray, dt: np.dtype) -> np.ndarray:

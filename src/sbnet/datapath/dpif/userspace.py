@@ -297,7 +297,17 @@ class UserspaceDpif:
             if self._decap_key != key:
                 self._decap_plan = tunnel_fast.decap_plan(self.tunnels.values(), self.underlay)
                 self._decap_key = key
-            res = tunnel_fast.decap_rows(batch, self._decap_plan)
+            if self.lane.held:
+                res = tunnel_fast.decap_rows(batch, self._decap_plan)
+            else:
+                res, inner, ran = self.lane.run_decap(batch, self._decap_plan, now, MAX_RECIRC)
+                if ran is not None:
+                    try:
+                        self._count_rx(inner.in_port)
+                        self._after_lane(inner, ran, now, out)
+                    finally:
+                        self.lane.release()
+                    return None
             if res is not None:
                 return self._decap_lane(batch, res, now, out)
         res = self._decap_rows(batch, np.arange(n), list(self.tunnels.values()), self.underlay)
@@ -343,19 +353,24 @@ class UserspaceDpif:
             in_port = r[:, tunnel_fast.D_PORT].astype(np.uint32)
             inner = Batch(data, r[:, tunnel_fast.D_INNER].astype(np.int32),
                           r[:, tunnel_fast.D_ILEN].astype(np.int32), in_port)
-            if n_ok <= _SMALL:
-                counts = Counter(in_port.tolist()).items()
-            else:
-                ports, c = np.unique(in_port, return_counts=True)
-                counts = zip(ports.tolist(), c.tolist())
-            for p, c in counts:
-                port = self.ports.get(p)
-                if port is not None:
-                    port.rx_packets += c
+            self._count_rx(in_port)
             self._express(inner, None, None, now, out, r)
         if n_ok == n:
             return None
         return batch.take(st == tunnel_fast.D_OTHER)
+
+    def _count_rx(self, in_port: np.ndarray) -> None:
+        """Inner frames received, counted on the tunnel ports they came in by."""
+        if in_port.size <= _SMALL:
+            # Python's own Counter beats numpy's per-call cost on a few rows.
+            counts = Counter(in_port.tolist()).items()
+        else:
+            ports, c = np.unique(in_port, return_counts=True)
+            counts = zip(ports.tolist(), c.tolist())
+        for p, c in counts:
+            port = self.ports.get(p)
+            if port is not None:
+                port.rx_packets += c
 
     def _well_formed(self, parsed) -> np.ndarray:
         """Rows that parsed; the others are counted per reason (and so dropped)."""
