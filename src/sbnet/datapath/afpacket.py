@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from sbnet.datapath import ctmove
 import numpy as np
 
-from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
+from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch, filled
 from sbnet.datapath import holdfilter, mmsg, vnet
 from sbnet.datapath.mmsg import Receiver, Sender
 from sbnet.datapath.ports import Port
@@ -243,8 +243,8 @@ def _batch(chunks: list[tuple[np.ndarray, np.ndarray, int]]) -> Batch:
     if len(chunks) == 1:
         rows, lens, port = chunks[0]
         n = len(lens)
-        return Batch(rows, np.full(n, HEADROOM, np.int32), lens.astype(np.int32),
-                     np.full(n, port, np.uint32))
+        return Batch(rows, filled(n, HEADROOM, np.int32), lens.astype(np.int32),
+                     filled(n, port, np.uint32))
     width = max(r.shape[1] for r, _, _ in chunks)
     n = sum(len(ln) for _, ln, _ in chunks)
     data = np.zeros((n, width), np.uint8)

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from sbnet.datapath import nsh, odp
-from sbnet.datapath.batch import HEADROOM, Batch
+from sbnet.datapath.batch import HEADROOM, Batch, filled
 from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, SamePath, Upcall
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS, ExpressLane,
@@ -362,8 +362,13 @@ class UserspaceDpif:
     def _count_rx(self, in_port: np.ndarray) -> None:
         """Inner frames received, counted on the tunnel ports they came in by."""
         if in_port.size <= _SMALL:
-            # Python's own Counter beats numpy's per-call cost on a few rows.
-            counts = Counter(in_port.tolist()).items()
+            # Python's lists beat numpy's per-call cost on a few rows; a batch from the
+            # underlay is mostly one tunnel port's.
+            ports = in_port.tolist()
+            if ports.count(ports[0]) == len(ports):
+                counts = ((ports[0], len(ports)),)
+            else:
+                counts = Counter(ports).items()
         else:
             ports, c = np.unique(in_port, return_counts=True)
             counts = zip(ports.tolist(), c.tolist())
@@ -502,10 +507,10 @@ class UserspaceDpif:
                 continue
             self.ports[tnl].deliver(inner)
             if sel is None:
-                pb = Batch(res.enc, np.full(len(batch), HEADROOM, np.int32), res.enc_len,
+                pb = Batch(res.enc, filled(len(batch), HEADROOM, np.int32), res.enc_len,
                            batch.in_port)
             else:
-                pb = Batch(res.enc[sel], np.full(sel.size, HEADROOM, np.int32),
+                pb = Batch(res.enc[sel], filled(sel.size, HEADROOM, np.int32),
                            res.enc_len[sel], batch.in_port[sel])
             self._deliver([(port, pb)], out)
 
