@@ -55,8 +55,22 @@ def bare_metal(tmp_path_factory, backend: str):
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def bm(request, tmp_path_factory):
+def bm_fleet(request, tmp_path_factory):
     yield from bare_metal(tmp_path_factory, request.param)
+
+
+@pytest.fixture
+def bm(bm_fleet):
+    """The module's fleet; the containers a test plugged and did not give back (it failed
+    half-way) are given back after it, so the next test finds every VF free and the NIC's
+    switch holding nothing of theirs."""
+    bm_fleet.live = set()
+    yield bm_fleet
+    left = sorted(bm_fleet.live)
+    for name in left:
+        delete(bm_fleet, name)
+    if left and bm_fleet.backend == "ovs":     # and until its agent has unplugged them
+        bm_fleet.fleet.nic_leftovers(bm_fleet.server, set(), wait=20)
 
 
 def wait_status(api, port_id: str, status: str, timeout: float = 30) -> None:
@@ -73,6 +87,7 @@ def container_ports(api, cid: str | None = None) -> list[dict]:
 
 def add(bm, name: str) -> dict:
     path = bm.fleet.container(bm.server, name)
+    bm.live.add(name)
     rc, out = bm.fleet.cni(bm.server.netns, "ADD", name, path, bm.conf)
     assert rc == 0, out
     return out
@@ -81,6 +96,7 @@ def add(bm, name: str) -> dict:
 def delete(bm, name: str) -> None:
     rc, out = bm.fleet.cni(bm.server.netns, "DEL", name, bm.fleet.netns_path(name), bm.conf)
     assert rc == 0 and out is None, out
+    bm.live.discard(name)
 
 
 def pings(bm, src: str, dst: str, count: int = 2) -> bool:
