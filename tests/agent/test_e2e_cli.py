@@ -3,8 +3,7 @@ plugged into a VM namespace, answers ping within 2 seconds (agents following a s
 
 from __future__ import annotations
 
-import json
-import subprocess
+import shlex
 import time
 
 import httpx
@@ -14,13 +13,12 @@ from sbnet.agent.agent import ApiSource, HostAgent
 from sbnet.agent.netns import BACKENDS, Topology, require_netns
 from sbnet.compiler.topology import TUNNEL_OFPORTS
 from tests.api.apihelpers import start_server, stop_server
+from tests.api.oscrun import Osc
 
 
 def openstack(url: str, *args: str) -> dict:
-    res = subprocess.run(["openstack", "--os-auth-type", "none", "--os-endpoint", url, *args,
-                          "-f", "json"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    """The openstack CLI, run in this process as its binary runs it."""
+    return Osc(url)(shlex.join([*args, "-f", "json"]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -19,7 +19,7 @@ READER = {"X-Project-Id": "p1", "X-Roles": "reader"}
 
 @pytest.fixture(scope="module")
 def osc(server: str) -> Iterator[Osc]:
-    o = Osc(server, process=True)
+    o = Osc(server)
     o("network create lbnet -f json")
     o("subnet create lbsub --network lbnet --subnet-range 10.7.0.0/24 -f json")
     yield o

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import json as _json
 import os
+import shlex
 import subprocess
 import threading
 import time
@@ -58,12 +59,12 @@ class Neutron:
         return self.request("POST", collection, {member: attrs})[member]
 
     def osc(self, *args: str, json: bool = True) -> dict | list:
-        """The openstack CLI against neutron-server (no Keystone: noauth)."""
-        out = subprocess.run(["openstack", "--os-auth-type", "none", "--os-endpoint", self.url,
-                              *args, *(["-f", "json"] if json else [])],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"openstack {' '.join(args)}: {out.stderr[-800:]}"
-        return _json.loads(out.stdout) if json and out.stdout.strip() else {}
+        """The openstack CLI against neutron-server (no Keystone: noauth), run in this
+        process as its binary runs it (a process per command costs ~2 s of imports)."""
+        from tests.api.oscrun import Osc
+        rc, out, err = Osc(self.url).run(shlex.join([*args, *(["-f", "json"] if json else [])]))
+        assert rc == 0, f"openstack {' '.join(args)}: {err[-800:]}"
+        return _json.loads(out) if json and out.strip() else {}
 
     def wait_port_status(self, port_id: str, status: str, timeout: float = 60.0) -> float:
         """Seconds until Neutron shows the port in `status` (AssertionError at the timeout)."""
