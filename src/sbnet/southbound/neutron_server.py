@@ -242,8 +242,13 @@ class NeutronServer:
         stop_group(proc)
 
     def stop(self) -> None:
-        for p in self.procs:
-            self._stop(p)
+        """Stop the API and the workers side by side: each takes seconds to shut down
+        gracefully (gunicorn waits for its worker, oslo.service for its threads)."""
+        stoppers = [threading.Thread(target=self._stop, args=(p,)) for p in self.procs]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
 
     def __enter__(self) -> "NeutronServer":
         return self.start()
