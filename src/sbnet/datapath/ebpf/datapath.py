@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import socket
 import subprocess
 import threading
@@ -84,6 +85,20 @@ class UdpUnderlayPort(Port):
         self.sock.close()
 
 
+def veth_to_elsewhere(ifname: str, netns: str | None = None) -> bool:
+    """The device is a veth whose other end is in another namespace (as a VM's is): the
+    program may then deliver into that end directly (bpf_redirect_peer, which refuses an
+    end in the same namespace)."""
+    ns = ["-n", netns] if netns else []
+    res = subprocess.run(["ip", *ns, "-d", "-j", "link", "show", "dev", ifname],
+                         capture_output=True, text=True)
+    try:
+        (link,) = json.loads(res.stdout) if res.returncode == 0 else [{}]
+    except ValueError:
+        return False
+    return link.get("linkinfo", {}).get("info_kind") == "veth" and "link_netnsid" in link
+
+
 class EbpfDatapath:
     """A reference Switch as the slow path of the kernel tier on real interfaces.
 
@@ -157,7 +172,8 @@ class EbpfDatapath:
             except BaseException:
                 port.close()
                 raise
-            self.tier.add_port(ofport, port.ifindex, xdp_out=self.xdp is not None)
+            self.tier.add_port(ofport, port.ifindex, xdp_out=self.xdp is not None,
+                               peer=veth_to_elsewhere(ifname, self.netns))
             with in_netns(self.netns):
                 tc_attach_ingress(port.ifindex, self.tier.prog_fd)
                 if self.xdp:

@@ -90,7 +90,7 @@ FLOW_HEAD_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("used", "<u8"
 METER = struct.Struct("<QQQQIIQQQQII")
 U32 = struct.Struct("<I")
 
-PORT_F_TUNNEL, PORT_F_XDP_OUT = 1, 2
+PORT_F_TUNNEL, PORT_F_XDP_OUT, PORT_F_PEER = 1, 2, 4
 XDP_STATS = ("xdp_forward", "xdp_pass")        # the XDP program's own counters (sbnet_xdp.h)
 CFG_F_TEST, CFG_F_KERNEL_CT, CFG_F_TCP_LIBERAL = 1, 2, 4
 # The connection map's state word: ct_state bits, and CS_OPENING (a TCP connection in its

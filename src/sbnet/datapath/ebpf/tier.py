@@ -261,10 +261,13 @@ class EbpfTier:
         self._upcall_limit = (rate, burst)
         self._write_config()
 
-    def add_port(self, ofport: int, ifindex: int, tunnel=None, xdp_out: bool = False) -> None:
+    def add_port(self, ofport: int, ifindex: int, tunnel=None, xdp_out: bool = False,
+                 peer: bool = False) -> None:
         """Switch port `ofport` is the kernel device `ifindex` (tunnel: its TunnelPort);
-        xdp_out: the XDP program may redirect frames to it."""
-        flags = (L.PORT_F_TUNNEL if tunnel is not None else 0) | (L.PORT_F_XDP_OUT if xdp_out else 0)
+        xdp_out: the XDP program may redirect frames to it; peer: a veth whose other end
+        is in another namespace (a packet's last output enters that end directly)."""
+        flags = ((L.PORT_F_TUNNEL if tunnel is not None else 0) | (L.PORT_F_XDP_OUT if xdp_out else 0)
+                 | (L.PORT_F_PEER if peer else 0))
         self.m_ports.update(L.U32.pack(ifindex), L.PORT.pack(ofport, flags))
         self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel)
         self._ofport_of[ifindex] = ofport

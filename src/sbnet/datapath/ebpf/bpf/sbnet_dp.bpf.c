@@ -785,6 +785,9 @@ done:
 		return TC_ACT_SHOT;             /* every output has left as a clone */
 	if (p.test)
 		trace_output(skb, &p, p.last_out, p.n_out - 1);
+	struct sb_port *out = bpf_map_lookup_elem(&ports, &p.last_out);
+	if (out && (out->flags & PORT_F_PEER))
+		return bpf_redirect_peer(p.last_out, 0);
 	return bpf_redirect(p.last_out, 0);
 }
 

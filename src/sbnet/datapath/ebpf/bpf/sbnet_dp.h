@@ -95,6 +95,9 @@ struct sb_port {          /* ports map value, keyed by ifindex */
 };
 #define PORT_F_TUNNEL 1   /* a collect_md tunnel device: read the tunnel key on ingress */
 #define PORT_F_XDP_OUT 2  /* the XDP program may redirect frames to it (sbnet_xdp.h) */
+#define PORT_F_PEER 4     /* a veth whose other end is in another namespace: the last output
+			   * goes straight into that end's ingress (bpf_redirect_peer), not
+			   * through this end's transmit and the backlog queue */
 
 struct sb_config {
 	__u32 n_masks;
