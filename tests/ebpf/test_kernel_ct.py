@@ -10,6 +10,7 @@ from sbnet.datapath.ebpf.connsync import ConnSync
 from sbnet.datapath.ebpf.upcalls import decode
 from sbnet.datapath.switch import Switch
 
+from .test_ct_icmp import PING, echo
 from .test_tunnels_ct import SG, C, S, _ip, seg
 from .util import attach_ports, compare, run_reference
 
@@ -81,6 +82,56 @@ def test_a_new_udp_connection_runs_in_the_kernel_like_the_reference(ktier, sport
         assert slot >= 0
         assert bool(ct.view.held_outside(np.array([slot]))[0]) == replied
     assert sync.established() == replied
+
+
+@settings(max_examples=5, deadline=None)
+@given(ident=st.integers(0, 65535),
+       data=st.lists(st.tuples(st.booleans(), st.binary(max_size=40)), min_size=1, max_size=6))
+def test_a_new_ping_runs_in_the_kernel_like_the_reference(ktier, ident, data):
+    """A new ping (a new ICMP id) is a connection the kernel commits itself, as UDP: its
+    first request, those before the reply (+new), the first reply and everything after
+    (+est) leave the kernel exactly as they leave the reference switch, none goes up; the
+    kernel's map holds it keyed as the slow path hands pings down, and a conntrack that
+    saw no packet learns it from the commit and first-reply events.  A reply nothing
+    asked for, or an error quoting the ping, still goes up."""
+    t, ring = ktier
+    _empty(t)
+    ring.drain()
+    sw = _switch(PING)
+    fwd, back = (1, C, S), (2, S, C)
+    packets = [echo(fwd, ident, 0)]
+    packets += [echo(fwd if f else back, ident, n + 1, reply=not f, payload=p)
+                for n, (f, p) in enumerate(data)]
+    ref = run_reference(sw, packets)
+    assert all(ref.outputs), ref.outputs
+    attach_ports(t, sw)
+    seen = compare(t, sw, packets, ref)
+    assert seen == {"kernel": len(packets), "upcall": 0}
+    replied = any(not f for f, _ in data)
+    up = decode(ring.drain(), None)
+    assert len(up.batch) == 0
+    key = (ZONE, 1, 0, ident, 0x0800, _ip(C), _ip(S))
+    assert [tuple(k) for k in up.conn_keys.tolist()] == [key] * (1 + replied)
+    assert up.established.tolist() == [False, True][:1 + replied]
+    states = {(c[2], c[4]): c[6] for c in t.conns_kept()}
+    want = (0x22, 0x2A) if replied else (0x21, 0x29)       # +trk+est[+rpl] / +trk+new[+rpl]
+    assert (states[(_ip(C), ident << 8 | 8)], states[(_ip(S), ident << 8)]) == want
+    mirror = _switch(PING)
+    sync = ConnSync(t, mirror.conntrack, kernel_ct=True)
+    sync.events(up.events, up.kinds, 0.0)
+    tup = (ZONE, 1, 0, _ip(C), _ip(S), ident << 8 | 8, ident << 8)
+    for ct in (sw.conntrack, mirror.conntrack):
+        slot, _ = ct.find(tup)
+        assert slot >= 0
+        assert bool(ct.view.held_outside(np.array([slot]))[0]) == replied
+    assert mirror.conntrack.dump() == sw.conntrack.dump()
+    # What the map holds is what the slow path would hand down: the next sync writes nothing.
+    sync.zones.add(ZONE)
+    before = dict(sync.held)
+    sync.sync(0.0)
+    assert sync.held == before
+    for other in (echo(back, ident ^ 1, 9, reply=True), echo(back, ident, 9, typ=3, code=1)):
+        assert t.run(other[1], other[0]).verdict == "upcall"
 
 
 LABELLED = SG.replace("udp,ct_state=+trk+new,in_port=1 actions=ct(commit,zone=5),output:2",

@@ -131,7 +131,7 @@ from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _CT_LAST, _M64, _PROTO_NAMES, _S, _W, C_L4ST, C_LABEL, C_MARK, C_PROTO,
-    C_TUP, C_V6, C_ZONE, ICMP_REPLY, INV,
+    C_TUP, C_V6, C_ZONE, ICMP_FIRST, ICMP_REPLY, INV,
     OTHER_BIDIR, OTHER_FIRST, TM_ICMP_FIRST, TM_OTHER_FIRST, TRK, ConnTable, Timeouts, meta_words, tuple_hash,
     tuple_hashes)
 from sbnet.datapath.parse import Parsed
@@ -355,32 +355,35 @@ class Conntrack:
         return T.STATE_NAMES[a], T.STATE_NAMES[b]
 
     def adopt_udp(self, zone: int, src: int, dst: int, sport: int, dport: int,
-                  replied: bool, now: float) -> int:
-        """An IPv4 UDP connection another holder committed (the kernel tier tells its own
-        commits and first replies): seen one way, or both when `replied`.  A connection
-        already owning the tuple is marked replied if `replied`.  Its slot, or -1 when
-        the tuple's reverse belongs to another connection."""
-        fwd = (zone, IP_UDP, 0, src, dst, sport, dport)
+                  replied: bool, now: float, proto: int = IP_UDP) -> int:
+        """An IPv4 UDP connection (proto IP_ICMP: an ICMP query, its ports conntrack's
+        tuple words) another holder committed (the kernel tier tells its own commits and
+        first replies): seen one way, or both when `replied`.  A connection already
+        owning the tuple is marked replied if `replied`.  Its slot, or -1 when the tuple's
+        reverse belongs to another connection."""
+        fwd = (zone, proto, 0, src, dst, sport, dport)
         tab = self.table
         i, d = tab.lookup(fwd, float("-inf"))
         if i < 0:
-            if tab.taken((zone, IP_UDP, 0, dst, src, dport, sport)):
+            if tab.taken((zone, proto, 0, dst, src, dport, sport)):
                 return -1
-            i = tab.create(fwd, (zone, IP_UDP, 0, dst, src, dport, sport), 0)
+            i = tab.create(fwd, (zone, proto, 0, dst, src, dport, sport), 0)
             tab.l4st[i] = OTHER_FIRST
+        first, both = _ADOPTED[proto]
         if replied:
-            tab.l4st[i] = OTHER_BIDIR
-        tab.exp[i] = now + self.tmo[TM_OTHER_FIRST + int(tab.l4st[i])]
+            tab.l4st[i] = both
+        tab.exp[i] = now + self.tmo[first + int(tab.l4st[i])]
         return i
 
     def adopt_udp_many(self, zone: np.ndarray, src: np.ndarray, dst: np.ndarray,
                        sport: np.ndarray, dport: np.ndarray, replied: np.ndarray,
-                       now: float) -> np.ndarray:
-        """adopt_udp() for many connections at once (each its own, original direction);
-        their slots (-1: refused).  Those neither held nor colliding with another are
-        stored in one step, the rest one by one."""
+                       now: float, proto: int = IP_UDP) -> np.ndarray:
+        """adopt_udp() for many connections of one protocol at once (each its own, original
+        direction); their slots (-1: refused).  Those neither held nor colliding with
+        another are stored in one step, the rest one by one."""
+        number = proto
         zone, src, dst, sport, dport, proto, zero, meta, h = _ipv4_hashes(
-            IP_UDP, zone, src, dst, sport, dport)
+            number, zone, src, dst, sport, dport)
         replied = np.asarray(replied, dtype=bool)
         n = len(zone)
         tab = self.table
@@ -390,21 +393,22 @@ class Conntrack:
             rep = np.zeros(len(uh), dtype=bool)
             np.logical_or.at(rep, inv.ravel(), replied)
             return self.adopt_udp_many(zone[first], src[first], dst[first], sport[first],
-                                       dport[first], rep, now)[inv.ravel()]
+                                       dport[first], rep, now, number)[inv.ravel()]
         slot, _ = self.view.find_ipv4(zone, proto, src, dst, sport, dport)
         rh = tuple_hashes(meta, zero, dst, zero, src, dport, sport)
         new = slot < 0
-        made = self._create_ipv4_many(zone, IP_UDP, src, dst, sport, dport, h, rh, new)
+        made = self._create_ipv4_many(zone, number, src, dst, sport, dport, h, rh, new)
         tab.l4st[made[made >= 0]] = OTHER_FIRST
         slot = np.where(made >= 0, made, slot)
         for i in np.flatnonzero(new).tolist():
             if slot[i] < 0:
                 slot[i] = self.adopt_udp(int(zone[i]), int(src[i]), int(dst[i]), int(sport[i]),
-                                         int(dport[i]), bool(replied[i]), now)
+                                         int(dport[i]), bool(replied[i]), now, number)
         ok = slot >= 0
         s, r = slot[ok], replied[ok]
-        tab.l4st[s[r]] = OTHER_BIDIR
-        tab.exp[s] = now + self.tmo[TM_OTHER_FIRST + tab.l4st[s].astype(np.int64)]
+        tm_first, both = _ADOPTED[number]
+        tab.l4st[s[r]] = both
+        tab.exp[s] = now + self.tmo[tm_first + tab.l4st[s].astype(np.int64)]
         return slot
 
     def adopt_tcp_many(self, zone: np.ndarray, src: np.ndarray, dst: np.ndarray,
@@ -663,13 +667,15 @@ class ConnView:
                 tab.nat[slots].astype(np.int64), tab.tup[slots])
 
     def unreplied_udp(self, slots: np.ndarray) -> np.ndarray:
-        """Per slot: a UDP connection seen one way only, no label, no NAT."""
+        """Per slot: an IPv4 UDP connection or ICMP query seen one way only, no label, no NAT."""
         tab = self._table
         t0, t1 = tab.tup[slots, 0], tab.tup[slots, 1]
         plain = ((t1[:, 1] == t0[:, 3]) & (t1[:, 3] == t0[:, 1]) & (t1[:, 4] == t0[:, 5])
                  & (t1[:, 5] == t0[:, 4]))
-        return ((tab.proto[slots] == IP_UDP) & (tab.l4st[slots] != OTHER_BIDIR) & plain
-                & ~tab.label[slots].any(axis=1))
+        proto, st = tab.proto[slots], tab.l4st[slots]
+        one_way = (((proto == IP_UDP) & (st != OTHER_BIDIR))
+                   | ((proto == IP_ICMP) & (st == ICMP_FIRST) & (tab.v6[slots] == 0)))
+        return one_way & plain & ~tab.label[slots].any(axis=1)
 
     def marks(self, slots: np.ndarray) -> np.ndarray:
         return self._table.mark[np.where(slots >= 0, slots, self._table.cap)].astype(np.int64)
@@ -682,6 +688,10 @@ class ConnView:
             return False
         a, b = tab.tcp[v >> 1, :, 4].tolist()
         return a == b == T.ESTABLISHED
+
+
+# adopt_udp's protocols: the first timeout class and the state once replied.
+_ADOPTED = {IP_UDP: (TM_OTHER_FIRST, OTHER_BIDIR), IP_ICMP: (TM_ICMP_FIRST, ICMP_REPLY)}
 
 
 def _ipv4_hashes(proto: int, *cols) -> tuple[np.ndarray, ...]:

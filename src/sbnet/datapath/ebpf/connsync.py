@@ -13,7 +13,7 @@ from sbnet.flows import fields as F
 TRK, NEW, EST, RPL = (F.CT_STATE_BITS[k] for k in ("trk", "new", "est", "rpl"))
 SNAT_BIT, DNAT_BIT = F.CT_STATE_BITS["snat"], F.CT_STATE_BITS["dnat"]
 EST_ORIG, EST_REPLY = TRK | EST, TRK | EST | RPL
-NEW_ORIG, NEW_REPLY = TRK | NEW, TRK | NEW | RPL     # a UDP connection awaiting its reply
+NEW_ORIG, NEW_REPLY = TRK | NEW, TRK | NEW | RPL     # UDP or an ICMP query awaiting its reply
 OPEN_ORIG, OPEN_REPLY = TRK | L.CS_OPENING, TRK | L.CS_OPENING | RPL   # TCP in its handshake
 PUNT = 0                       # held by the slow path in a way the map cannot: packets go up
 _OPENING = (OPEN_ORIG, OPEN_REPLY)
@@ -28,8 +28,8 @@ class ConnSync:
     Every direction the map holds is in `held` (zone, proto, src, dst, sport, dport) ->
     the state written.  The slow path hands down the connections of each upcall batch
     (hand_down) and reconciles everything once a maintenance tick (sync): established
-    connections in both directions; with kernel_ct also UDP connections awaiting their
-    reply (the kernel establishes them on it) and, as PUNT, the UDP ones it holds in a
+    connections in both directions; with kernel_ct also UDP connections and ICMP queries
+    awaiting their reply (the kernel establishes them on it) and, as PUNT, the UDP ones it holds in a
     way the map cannot (label, NAT) and the TCP ones not established, so the kernel never
     takes one of them for new.  Connection events (the kernel's own commits, first
     replies, TCP handshakes completed or handed over) go into the slow path's conntrack
@@ -196,20 +196,24 @@ class ConnSync:
     def events(self, events: np.ndarray, kinds: np.ndarray, now: float) -> None:
         """Connection events (layout.CT_EVENT_DTYPE records, their kinds the
         layout.CT_*_EVENT reasons), each by its connection's original direction, into the
-        slow path's conntrack: UDP connections the kernel committed or saw the first
-        reply of; TCP connections it committed, completed the handshake of, or handed
+        slow path's conntrack: UDP connections and ICMP queries the kernel committed or
+        saw the first reply of; TCP connections it committed, completed the handshake of, or handed
         over in their handshake, with their peers as the kernel had them."""
         keys = events["key"]
         for zone in keys["zone"][kinds == L.CT_COMMIT_EVENT].tolist():
             self._commits[zone] = self._commits.get(zone, 0) + 1
-        udp = keys["proto"] == F.IP_UDP
-        ukeys, established = keys[udp], kinds[udp] == L.CT_EST_EVENT
-        if len(ukeys):
-            slot = self.ct.adopt_udp_many(ukeys["zone"], ukeys["src"], ukeys["dst"],
-                                          ukeys["sport"], ukeys["dport"], established, now)
-            for k, e, s in zip(ukeys.tolist(), established.tolist(), slot.tolist()):
+        for proto in (F.IP_UDP, F.IP_ICMP):
+            rows = keys["proto"] == proto
+            ukeys, established = keys[rows], kinds[rows] == L.CT_EST_EVENT
+            if not len(ukeys):
+                continue
+            sports, dports = L.tuple_ports(proto, ukeys["sport"], ukeys["dport"])
+            slot = self.ct.adopt_udp_many(ukeys["zone"], ukeys["src"], ukeys["dst"], sports,
+                                          dports, established, now, proto)
+            for zone, src, dst, sport, dport, e, s in zip(
+                    ukeys["zone"].tolist(), ukeys["src"].tolist(), ukeys["dst"].tolist(),
+                    sports.tolist(), dports.tolist(), established.tolist(), slot.tolist()):
                 if s >= 0:
-                    zone, proto, _, sport, dport, src, dst = k
                     self._set((zone, proto, src, dst, sport, dport), EST_ORIG if e else NEW_ORIG)
                     self._set((zone, proto, dst, src, dport, sport), EST_REPLY if e else NEW_REPLY)
         tcp = np.flatnonzero(keys["proto"] == F.IP_TCP)
@@ -331,8 +335,8 @@ class ConnSync:
                         kind = SNAT if nat[0] & SNAT_BIT else DNAT
                     self.ct.adopt_established(zone, proto, src, dst, sport, dport, mark, now,
                                               v6=v6, reply=reply, nat=kind)
-                elif proto == F.IP_UDP and not v6:
-                    self.ct.adopt_udp(zone, src, dst, sport, dport, False, now)
+                elif proto in (F.IP_UDP, F.IP_ICMP) and not v6:
+                    self.ct.adopt_udp(zone, src, dst, sport, dport, False, now, proto)
                 self.zones.add(zone)
 
     def established(self) -> int:

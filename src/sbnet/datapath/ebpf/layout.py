@@ -133,8 +133,8 @@ _NEW = F.CT_STATE_BITS["new"]
 
 def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
     """Why a megaflow matching ct_state +new stays in software, or None: the kernel gives
-    +new only to UDP connections and TCP SYNs it commits itself (EbpfTier kernel_ct), so
-    one that can match neither would never be hit there."""
+    +new only to UDP connections, IPv4 ICMP queries and TCP SYNs it commits itself
+    (EbpfTier kernel_ct), so one that can match none of them would never be hit there."""
     m = dict(zip(slots, zip(mask, value)))
     cm, cv = m.get(_CT_STATE, (0, 0))
     if not cm & cv & _NEW:
@@ -142,9 +142,9 @@ def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
     if not kernel_ct:
         return "match ct_state +new: this kernel tier commits no connection itself"
     pm, pv = m.get(_NW_PROTO, (0, 0))
-    if pm & pv not in (pm & F.IP_UDP, pm & F.IP_TCP):
-        return ("match ct_state +new stays in software but for UDP and TCP (the kernel "
-                "commits those only)")
+    if pm & pv not in (pm & F.IP_UDP, pm & F.IP_TCP, pm & F.IP_ICMP):
+        return ("match ct_state +new stays in software but for UDP, TCP and ICMP (the "
+                "kernel commits those only)")
     return None
 
 

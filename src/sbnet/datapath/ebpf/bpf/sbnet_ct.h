@@ -1,4 +1,4 @@
-/* ct() in the kernel tier: connections in the `conns` maps (ICMP echo ones too), UDP and TCP ones committed here, events up the ring (sbnet_dp.bpf.c includes it). */
+/* ct() in the kernel tier: connections in the `conns` maps, UDP, ICMP query and TCP ones committed here, events up the ring (sbnet_dp.bpf.c includes it). */
 #ifndef SBNET_CT_H
 #define SBNET_CT_H
 
@@ -35,8 +35,14 @@ static __always_inline void ct_reverse(struct sb_ct_key *rk, struct sb_ct_key *c
 	rk->zone = ck->zone;
 	rk->proto = ck->proto;
 	rk->pad = 0;
-	rk->sport = ck->dport;
-	rk->dport = ck->sport;
+	if (ck->proto == 1) {
+		/* An ICMP query keeps its id; its type and answer's type swap (icmp_ports). */
+		rk->sport = ck->sport;
+		rk->dport = (__u16)(ck->dport >> 8 | ck->dport << 8);
+	} else {
+		rk->sport = ck->dport;
+		rk->dport = ck->sport;
+	}
 	rk->src = ck->dst;
 	rk->dst = ck->src;
 }
@@ -113,8 +119,8 @@ static __always_inline void ct_md(struct sb_key *k, __u32 state, __u16 zone, __u
 	k->w[K_CT_MARK] = mark;
 }
 
-/* ct() of a UDP connection the map does not hold (CFG_F_KERNEL_CT): +trk+new, as the slow
- * path says of a connection it never saw; a commit puts both directions in the map
+/* ct() of a UDP connection or ICMP query the map does not hold (CFG_F_KERNEL_CT):
+ * +trk+new, as the slow path says of a connection it never saw; a commit puts both directions in the map
  * (the reply one awaiting its first packet).  -1: the slow path must do it. */
 static __always_inline int ct_new(struct sb_key *k, struct sb_ct_key *ck, struct sb_act *a,
 				  __u32 bytes)
@@ -381,33 +387,32 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, st
 	ck.zone = a->h;
 	ck.src = k->w[K_NW_SRC];
 	ck.dst = k->w[K_NW_DST];
+	int opens = 1;                  /* a packet that may open a connection */
 	if (k->w[K_NW_PROTO] == 1) {
-		/* An ICMP query: an echo conversation the slow path saw answered, established. */
+		/* An ICMP query, a connection like UDP's; only a request opens one (a reply
+		 * without its request is the slow path's +inv). */
 		ck.proto = 1;
 		if (icmp_ports(skb, k, p, &ck.sport, &ck.dport))
 			return -1;
+		__u32 t = k->w[K_TP_SRC];
+		opens = t == 8 || t == 13 || t == 15;
 		cv = bpf_map_lookup_elem(&conns, &ck);
-		if (!cv || (cv->state & (CS_TRK | CS_EST)) != (CS_TRK | CS_EST))
+	} else {
+		if (p->l4proto != 6 && p->l4proto != 17)
 			return -1;
-		if ((a->w & CT_F_MARK) && ((cv->mark & a->b) != (a->a & a->b)))
+		ck.proto = p->l4proto;
+		ck.sport = k->w[K_TP_SRC];
+		ck.dport = k->w[K_TP_DST];
+		cv = bpf_map_lookup_elem(&conns, &ck);
+		if (p->l4proto == 6 && (!cv || (cv->state & CS_OPENING)))
+			return 1;
+		/* FIN, SYN and RST change an established connection's state: the slow path's
+		 * conntrack sees them. */
+		if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
 			return -1;
-		ct_hit(skb, k, p, a, cv, cv->state, bytes);
-		return 0;
 	}
-	if (p->l4proto != 6 && p->l4proto != 17)
-		return -1;
-	ck.proto = p->l4proto;
-	ck.sport = k->w[K_TP_SRC];
-	ck.dport = k->w[K_TP_DST];
-	cv = bpf_map_lookup_elem(&conns, &ck);
-	if (p->l4proto == 6 && (!cv || (cv->state & CS_OPENING)))
-		return 1;
-	/* FIN, SYN and RST change an established connection's state: the slow path's
-	 * conntrack sees them. */
-	if (p->l4proto == 6 && (k->w[K_TCP_FLAGS] & 0x07))
-		return -1;
 	if (!cv) {
-		if ((p->cfg_flags & CFG_F_KERNEL_CT) && !(a->w & (CT_F_MARK | CT_F_NAT_NEW)))
+		if (opens && (p->cfg_flags & CFG_F_KERNEL_CT) && !(a->w & (CT_F_MARK | CT_F_NAT_NEW)))
 			return ct_new(k, &ck, a, bytes);
 		return -1;
 	}

@@ -106,9 +106,9 @@ struct sb_config {
 	__u32 upcall_burst;
 };
 #define CFG_F_TEST 1      /* BPF_PROG_RUN: ingress port and tunnel key from cb[], outputs traced */
-#define CFG_F_KERNEL_CT 2 /* UDP connections and TCP SYNs unknown to the map are +new here;
-			   * ct(commit) of one, its first reply (UDP) or its handshake (TCP)
-			   * are done here and told up the ring */
+#define CFG_F_KERNEL_CT 2 /* UDP connections, IPv4 ICMP queries and TCP SYNs unknown to
+			   * the map are +new here; ct(commit) of one, its first reply (UDP,
+			   * ICMP) or its handshake (TCP) are done here and told up the ring */
 #define CFG_F_TCP_LIBERAL 4 /* the slow path's conntrack is liberal about TCP windows */
 
 /* ct_state bits (sbnet.flows.fields.CT_STATE_BITS, as OVS). */
