@@ -93,12 +93,14 @@ def test_profile_places_security_group_megaflows_and_refuses_registers():
     est = megaflow(tcp_flow(recirc_id=3, ct_state=(0x22, 0x22), ct_zone=5))
     assert place(p, est).tier == "nic"
     new = megaflow(tcp_flow(recirc_id=3, ct_state=(0x21, 0x21)))
-    assert place(p, new).tier == "nic"          # the profile holds +new (kernel_ct, UDP, TCP) ...
+    assert place(p, new).tier == "nic"          # the profile holds +new (kernel_ct: UDP, TCP, ICMP) ...
     assert L.new_state_refusal(new.slots, new.mask, new.value, True) is None
     # ... but the tier keeps any other protocol's +new, and any +new without kernel_ct, in
     # software.
+    sctp = megaflow({"recirc_id": 3, "eth_type": F.ETH_IP, "nw_proto": 132, "ct_state": (0x21, 0x21)})
+    assert "UDP, TCP and ICMP" in L.new_state_refusal(sctp.slots, sctp.mask, sctp.value, True)
     icmp = megaflow({"recirc_id": 3, "eth_type": F.ETH_IP, "nw_proto": 1, "ct_state": (0x21, 0x21)})
-    assert "UDP and TCP" in L.new_state_refusal(icmp.slots, icmp.mask, icmp.value, True)
+    assert L.new_state_refusal(icmp.slots, icmp.mask, icmp.value, True) is None
     assert "commits no connection" in L.new_state_refusal(new.slots, new.mask, new.value, False)
     udp = megaflow({"recirc_id": 3, "eth_type": F.ETH_IP, "nw_proto": 17, "ct_state": (0x21, 0x21)})
     assert L.new_state_refusal(udp.slots, udp.mask, udp.value, True) is None

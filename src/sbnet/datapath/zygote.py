@@ -123,6 +123,8 @@ def _main() -> None:
     afpacket.warm()
     with contextlib.suppress(ImportError):     # the kernel tier, where its modules import
         import sbnet.datapath.ebpf.datapath    # noqa: F401
+        from sbnet.datapath.ebpf.tier import profile
+        profile()                              # its placement profile, parsed once for all
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     while True:
         try:

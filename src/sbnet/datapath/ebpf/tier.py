@@ -105,14 +105,16 @@ class EbpfTier:
                  tcp_liberal: bool = False, xdp: bool = False) -> None:
         """pin: keep the maps pinned under this name (pins.pin_dir); when a previous tier
         left them there, they are taken up, with the megaflows in them as kept() entries.
-        kernel_ct: new UDP connections are committed and established in the kernel
-        (CFG_F_KERNEL_CT), which tells the slow path through connection events; whoever
-        sets it hands down every UDP connection its conntrack holds in the kernel's zones.
+        kernel_ct: new UDP connections and IPv4 ICMP queries are committed and established
+        in the kernel (CFG_F_KERNEL_CT), which tells the slow path through connection
+        events; whoever sets it hands down every such connection its conntrack holds in
+        the kernel's zones.
         With kernel_ct TCP connections are committed on their SYN and tracked through
         their handshake here too; tcp_liberal: as a conntrack that is liberal about TCP
         windows (the slow path's, which the kernel's established segments bypass).
         xdp: load the XDP program too (bpf/sbnet_xdp.h; its verification costs about
         0.15 s, so it is loaded only when asked)."""
+        profile()             # parsed now (once a process), not by the first upcall's placement
         self.test = test
         self.kernel_ct = kernel_ct
         self.tcp_liberal = tcp_liberal
