@@ -6,8 +6,7 @@ import numba
 import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM
-from sbnet.datapath.conntrack_kernel import _put16
-from sbnet.datapath.dpif.tunnel_fast import _fold, _sum16
+from sbnet.datapath.conntrack_kernel import _fold, _put16, _sum16
 from sbnet.datapath.mmsg import VNET_LEN
 
 # struct virtio_net_hdr (PACKET_VNET_HDR), VNET_LEN bytes: flags, gso_type, hdr_len,

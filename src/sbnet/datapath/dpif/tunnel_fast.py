@@ -10,6 +10,7 @@ import numpy as np
 
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
+from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16
 from sbnet.datapath.underlay import Underlay
 from sbnet.flows.fields import IP_UDP
 
@@ -31,11 +32,16 @@ def _byte(d, i, c):
 
 
 @numba.njit(cache=True, inline="always")
-def _be(d, i, c, k):
-    v = np.uint64(0)
-    for j in range(k):
-        v = (v << np.uint64(8)) | _byte(d, i, c + j)
-    return v
+def _copy(d, i, c, out, o, oc, n):
+    """out[o, oc:oc + n] = d[i, c:c + n], by unsigned indices (numba's fix-up of a signed
+    index that might be negative, on every byte, cost ten times the copy)."""
+    if c < 0 or oc < 0:
+        for j in range(n):
+            out[o, oc + j] = d[i, c + j]
+        return
+    ui, uo, uc, uoc = np.uint64(i), np.uint64(o), np.uint64(c), np.uint64(oc)
+    for j in range(np.uint64(max(n, 0))):
+        out[uo, uoc + j] = d[ui, uc + j]
 
 
 @numba.njit(cache=True, inline="always")
@@ -45,27 +51,6 @@ def _mix(a, b):
     x *= np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(32)
     return x
-
-
-@numba.njit(cache=True, inline="always")
-def _fold(s):
-    for _ in range(3):
-        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
-    return s
-
-
-@numba.njit(cache=True, inline="always")
-def _sum16(d, i, c, n):
-    """Ones-complement sum (unfolded) of n bytes of row i from column c as big-endian
-    words, an odd last byte padded with zero; zero past the row's end."""
-    s = np.uint64(0)
-    j = 0
-    while j + 1 < n:
-        s += (_byte(d, i, c + j) << np.uint64(8)) | _byte(d, i, c + j + 1)
-        j += 2
-    if j < n:
-        s += _byte(d, i, c + j) << np.uint64(8)
-    return s
 
 
 @numba.njit(cache=True, inline="always")
@@ -127,10 +112,9 @@ def encap_kernel(d, start, length, tmpl, prm, out):
     for i in range(n):
         s = np.int64(start[i])
         ln = np.int64(length[i])
-        for j in range(ln):
-            out[i, col + j] = d[i, s + j]
-        for j in range(hlen):
-            out[i, h0 + j] = tmpl[j]
+        _copy(d, i, s, out, i, col, ln)
+        for j in range(np.uint64(hlen)):
+            out[np.uint64(i), np.uint64(h0) + j] = tmpl[j]
         # TOS and TTL as tunnel._outer_tos_ttl.
         l3, et = _inner_l3(d, i, s)
         ip = (et == 0x0800 or et == 0x86DD) and l3 + 9 <= s + ln
@@ -313,10 +297,7 @@ def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, 
 def copy_kernel(d, rows, col, length, out, out_col):
     """out[r, out_col:out_col + length[r]] = d[rows[r], col[r]:col[r] + length[r]]."""
     for r in range(rows.shape[0]):
-        i = rows[r]
-        c = col[r]
-        for j in range(length[r]):
-            out[r, out_col + j] = d[i, c + j]
+        _copy(d, rows[r], col[r], out, r, out_col, length[r])
 
 
 # --- encap ----------------------------------------------------------------------------------
