@@ -17,12 +17,12 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F
                                              _put16, count_express,
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
-from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _key_hash, probe
+from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, hash_rows, probe
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.lanestate import LANE_STATE, new_state
 from sbnet.datapath.dpif.tunnel_fast import (D_COLS, D_DST, D_FLAGS, D_ILEN, D_INNER, D_KEY,
                                              D_PORT, D_SRC, D_STATUS, decap_kernel,
-                                             encap_kernel)
+                                             encap_fits, encap_one)
 from sbnet.flows import fields as F
 
 # Programs, one row per datapath action list (prog[aid]): whether the lane runs it (K_RUN;
@@ -105,7 +105,12 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
         l3[:n] = -1
         l4[:n] = -1
         error[:n] = 0
-    active = rows.copy()
+    # The per-call scratch in one allocation (of the few a call makes, each costs about
+    # as much as a packet's lookup at batch 32): the live rows, next pass's, the ct call's
+    # and the run list, then hashes and flow ids.
+    scr = np.empty((1 + WORK_W + 9) * n + 3, np.int64)
+    active = scr[:n]
+    active[:] = rows
     n_hand = 0
     ct_stats = stats[:3]
     ct_stats[:] = 0
@@ -113,7 +118,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     hashed = _HASHED
     memi = mem.view(np.int64)
     memf = mem.view(np.float64)
-    work = np.empty((n, WORK_W), np.int64)
+    work = scr[n:n * (1 + WORK_W)].reshape((n, WORK_W))
     slow = np.zeros(data.shape[0], np.bool_)
     for g in range(tun.shape[0]):
         # Decapsulated here (decap_kernel's row): the outer headers' fields OpenFlow sees,
@@ -136,18 +141,16 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                     active[k] = g
                     k += 1
             n = k
-    nxt = np.empty(n, np.int64)
-    ct_rows = np.empty(n, np.int64)
-    ct_aid = np.empty(n, np.int64)
-    ct_pc = np.empty(n, np.int64)
-    run_row = np.empty(n, np.int64)
-    run_aid = np.empty(n, np.int64)
-    run_pc = np.empty(n, np.int64)
-    sub = np.empty(n, np.int64)
-    zones = np.empty(n, np.uint64)
-    hashes = np.empty(n, np.uint64)
-    found = np.empty(n, np.int64)
-    cst = np.zeros(3, np.int64)
+    # n is now the rows extract kept: scratch views past work's.
+    w0 = rows.shape[0] * (1 + WORK_W)
+    nxt, ct_rows, ct_aid = scr[w0:w0 + n], scr[w0 + n:w0 + 2 * n], scr[w0 + 2 * n:w0 + 3 * n]
+    ct_pc, run_row = scr[w0 + 3 * n:w0 + 4 * n], scr[w0 + 4 * n:w0 + 5 * n]
+    run_aid, run_pc = scr[w0 + 5 * n:w0 + 6 * n], scr[w0 + 6 * n:w0 + 7 * n]
+    sub, found = scr[w0 + 7 * n:w0 + 8 * n], scr[w0 + 8 * n:w0 + 9 * n]
+    cst = scr[w0 + 9 * n:w0 + 9 * n + 3]
+    zones = np.empty(2 * n, np.uint64)
+    hashes = zones[n:]
+    zones = zones[:n]
     n_out = 0
     hits = 0
     depth = 0
@@ -155,8 +158,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     while n_act:
         # Hash, probe and verify in separate passes, so the random loads of many packets
         # overlap instead of waiting on memory one after another (as smc_lookup).
-        for a in range(n_act):
-            hashes[a] = _key_hash(keys, active[a], hashed)
+        hash_rows(keys, active, n_act, hashed, hashes)
         for a in range(n_act):
             found[a] = probe(table, hashes[a])
         for a in range(n_act):
@@ -214,14 +216,15 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                         n_out += 1
                     elif op == OP_TUNNEL:
                         t = prog[aid, at + 1]
-                        if encap_kernel(data[g:g + 1], start[g:g + 1], length[g:g + 1],
-                                        tmpl[t, :tprm[t, 1]], tprm[t, :6], enc[g:g + 1]) < 0:
+                        if not encap_fits(tprm[t], length[g]):
                             hand[g, 0] = H_ACTIONS
                             hand[g, 1] = depth
                             hand[g, 2] = aid
                             hand[g, 3] = prog[aid, at + 3]
                             n_hand += 1
                             break
+                        encap_one(data, g, np.int64(start[g]), np.int64(length[g]), tmpl[t],
+                                  tprm[t], enc, g)
                         enc_len[g] = length[g] + np.int32(tprm[t, 1])
                         outs[n_out, 0] = g
                         outs[n_out, 1] = tprm[t, 6]

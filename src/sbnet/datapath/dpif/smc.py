@@ -17,14 +17,20 @@ HASHED = np.array([SLOT_INDEX[s] for s in (
 _DEAD = np.uint64(0xFFFFFFFFFFFFFFFF)     # a match row's k when the flow is not cached
 
 
-@numba.njit(cache=True, nogil=True)
-def _key_hash(keys, i, hashed):
-    h = np.uint64(0)
+@numba.njit(cache=True, inline="always")
+def hash_rows(keys, rows, n, hashed, out):
+    """out[a]: the key hash of row rows[a] (its `hashed` slots, each xored in, then a
+    multiply and a shift), for the first n rows, slot by slot over all rows: the rows'
+    multiply chains overlap instead of each waiting on its own, and each slot's keys are
+    read in order (unsigned indices: no negative-index fix-up)."""
+    for a in range(n):
+        out[a] = 0
     for s in hashed:
-        h ^= keys[s, i]
-        h *= np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
-    return h
+        ks = keys[s]
+        for a in range(np.uint64(n)):
+            h = out[a] ^ ks[np.uint64(rows[a])]
+            h *= np.uint64(0x9E3779B97F4A7C15)
+            out[a] = h ^ (h >> np.uint64(29))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -72,8 +78,7 @@ def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     Three passes (hash, buckets, verify), each with short independent iterations, so
     the random loads of a batch overlap instead of waiting on memory one by one."""
     n = rows.shape[0]
-    for r in range(n):
-        hashes[r] = _key_hash(keys, rows[r], hashed)
+    hash_rows(keys, rows, n, hashed, hashes)
     for r in range(n):
         out[r] = probe(table, hashes[r])
     misses = 0

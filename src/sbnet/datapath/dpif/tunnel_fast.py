@@ -92,6 +92,80 @@ def _flow_hash(d, i, start, length):
     return h >> np.uint64(32)
 
 
+@numba.njit(cache=True, inline="always")
+def encap_fits(prm, length):
+    """Whether an inner frame of `length` bytes fits the MTU once encapsulated (prm as
+    encap_kernel's)."""
+    return 20 + prm[1] - 34 + np.int64(length) <= prm[5]
+
+
+@numba.njit(cache=True, inline="always")
+def encap_one(d, i, s, ln, tmpl, prm, out, o):
+    """encap_kernel's work for one frame, row i of d from column s, ln bytes long, into
+    row o of out (the caller checked encap_fits)."""
+    kind, hlen, ptos, pttl, csum = prm[0], prm[1], prm[2], prm[3], prm[4]
+    tnl = hlen - 34
+    col = HEADROOM + hlen
+    h0 = HEADROOM
+    _copy(d, i, s, out, o, col, ln)
+    for j in range(np.uint64(hlen)):
+        out[np.uint64(o), np.uint64(h0) + j] = tmpl[j]
+    # TOS and TTL as tunnel._outer_tos_ttl.
+    l3, et = _inner_l3(d, i, s)
+    ip = (et == 0x0800 or et == 0x86DD) and l3 + 9 <= s + ln
+    if et == 0x0800:
+        itos = np.int64(_byte(d, i, l3 + 1))
+        ittl = np.int64(_byte(d, i, l3 + 8))
+    else:
+        itos = np.int64((_byte(d, i, l3) & np.uint64(0x0F)) << np.uint64(4)
+                        | (_byte(d, i, l3 + 1) >> np.uint64(4)))
+        ittl = np.int64(_byte(d, i, l3 + 7))
+    if ptos == _INHERIT:
+        tos = itos & 0xFC if ip else 0
+    else:
+        tos = ptos
+    if ip:
+        ecn = itos & 3
+        tos |= 2 if ecn == 3 else ecn
+    if pttl == _INHERIT:
+        ttl = ittl if ip else T.DEFAULT_TTL
+    else:
+        ttl = pttl
+    total = 20 + tnl + ln
+    q = h0 + 14
+    out[o, q + 1] = tos
+    out[o, q + 2] = total >> 8
+    out[o, q + 3] = total & 0xFF
+    out[o, q + 8] = ttl
+    c = _fold(_sum16(out, o, q, 20)) ^ np.uint64(0xFFFF)
+    out[o, q + 10] = c >> np.uint64(8)
+    out[o, q + 11] = c & np.uint64(0xFF)
+    l4 = h0 + 34
+    if kind == _GRE:
+        if csum:
+            sm = _fold(_fold(_sum16(out, o, l4, tnl)) + _fold(_sum16(out, o, col, ln)))
+            c = sm ^ np.uint64(0xFFFF)
+            out[o, l4 + 4] = c >> np.uint64(8)
+            out[o, l4 + 5] = c & np.uint64(0xFF)
+        return
+    fh = _flow_hash(d, i, s, ln)
+    sport = T.UDP_SRC_MIN + np.int64((fh * np.uint64(T.UDP_SRC_MAX - T.UDP_SRC_MIN))
+                                     >> np.uint64(32))
+    plen = total - 20
+    out[o, l4] = sport >> 8
+    out[o, l4 + 1] = sport & 0xFF
+    out[o, l4 + 4] = plen >> 8
+    out[o, l4 + 5] = plen & 0xFF
+    if csum:
+        pseudo = _fold(_sum16(out, o, q + 12, 8)) + np.uint64(17) + np.uint64(plen)
+        sm = _fold(pseudo + _fold(_sum16(out, o, l4, tnl)) + _fold(_sum16(out, o, col, ln)))
+        c = sm ^ np.uint64(0xFFFF)
+        if c == 0:
+            c = np.uint64(0xFFFF)
+        out[o, l4 + 6] = c >> np.uint64(8)
+        out[o, l4 + 7] = c & np.uint64(0xFF)
+
+
 # Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
 # never in the middle of a packet burst; callers pass exactly these types.
 @numba.njit("int64(uint8[:, :], int32[:], int32[:], uint8[:], int64[:], uint8[:, :])",
@@ -101,74 +175,12 @@ def encap_kernel(d, start, length, tmpl, prm, out):
     every row into out; prm: kind, hdr_len, tos (or -1: inherit), ttl (or -1), checksum,
     mtu.  The inner frame starts at column HEADROOM + hdr_len.  Returns -1, writing
     nothing, when any packet would exceed the MTU."""
-    kind, hlen, ptos, pttl, csum, mtu = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5]
     n = start.shape[0]
-    tnl = hlen - 34
     for i in range(n):
-        if 20 + tnl + np.int64(length[i]) > mtu:
+        if not encap_fits(prm, length[i]):
             return -1
-    col = HEADROOM + hlen
-    h0 = HEADROOM
     for i in range(n):
-        s = np.int64(start[i])
-        ln = np.int64(length[i])
-        _copy(d, i, s, out, i, col, ln)
-        for j in range(np.uint64(hlen)):
-            out[np.uint64(i), np.uint64(h0) + j] = tmpl[j]
-        # TOS and TTL as tunnel._outer_tos_ttl.
-        l3, et = _inner_l3(d, i, s)
-        ip = (et == 0x0800 or et == 0x86DD) and l3 + 9 <= s + ln
-        if et == 0x0800:
-            itos = np.int64(_byte(d, i, l3 + 1))
-            ittl = np.int64(_byte(d, i, l3 + 8))
-        else:
-            itos = np.int64((_byte(d, i, l3) & np.uint64(0x0F)) << np.uint64(4)
-                            | (_byte(d, i, l3 + 1) >> np.uint64(4)))
-            ittl = np.int64(_byte(d, i, l3 + 7))
-        if ptos == _INHERIT:
-            tos = itos & 0xFC if ip else 0
-        else:
-            tos = ptos
-        if ip:
-            ecn = itos & 3
-            tos |= 2 if ecn == 3 else ecn
-        if pttl == _INHERIT:
-            ttl = ittl if ip else T.DEFAULT_TTL
-        else:
-            ttl = pttl
-        total = 20 + tnl + ln
-        o = h0 + 14
-        out[i, o + 1] = tos
-        out[i, o + 2] = total >> 8
-        out[i, o + 3] = total & 0xFF
-        out[i, o + 8] = ttl
-        c = _fold(_sum16(out, i, o, 20)) ^ np.uint64(0xFFFF)
-        out[i, o + 10] = c >> np.uint64(8)
-        out[i, o + 11] = c & np.uint64(0xFF)
-        l4 = h0 + 34
-        if kind == _GRE:
-            if csum:
-                sm = _fold(_fold(_sum16(out, i, l4, tnl)) + _fold(_sum16(out, i, col, ln)))
-                c = sm ^ np.uint64(0xFFFF)
-                out[i, l4 + 4] = c >> np.uint64(8)
-                out[i, l4 + 5] = c & np.uint64(0xFF)
-            continue
-        fh = _flow_hash(d, i, s, ln)
-        sport = T.UDP_SRC_MIN + np.int64((fh * np.uint64(T.UDP_SRC_MAX - T.UDP_SRC_MIN))
-                                         >> np.uint64(32))
-        plen = total - 20
-        out[i, l4] = sport >> 8
-        out[i, l4 + 1] = sport & 0xFF
-        out[i, l4 + 4] = plen >> 8
-        out[i, l4 + 5] = plen & 0xFF
-        if csum:
-            pseudo = _fold(_sum16(out, i, o + 12, 8)) + np.uint64(17) + np.uint64(plen)
-            sm = _fold(pseudo + _fold(_sum16(out, i, l4, tnl)) + _fold(_sum16(out, i, col, ln)))
-            c = sm ^ np.uint64(0xFFFF)
-            if c == 0:
-                c = np.uint64(0xFFFF)
-            out[i, l4 + 6] = c >> np.uint64(8)
-            out[i, l4 + 7] = c & np.uint64(0xFF)
+        encap_one(d, i, np.int64(start[i]), np.int64(length[i]), tmpl, prm, out, i)
     return 0
 
 
