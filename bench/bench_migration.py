@@ -77,6 +77,7 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     srv.communicate(timeout=10)
     igap, mbps = iperf_gap(out, t_ip, t_move)
     where = where_the_time_goes(lab, tl, pings, t_move, t_end)
+    where["released_ms"] = _released(lab, dest, t_move)
     kept = res.error == "" and res.bytes_after(t_move + 0.5)
     moved = any(a.migration.moves_conns for a in lab.cloud.agents.values())
     return {"moved": moved, "ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies, "ping_dups": pings.dups,
@@ -87,6 +88,17 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
             "dest_upcalls": dest_upcalls, "prewarmed": _prewarmed(lab, dest),
             "ready_ms": next((t * 1000 for t, w in tl.events if "ready" in w), float("nan")),
             "sequence_ms": tl.events[-1][0] * 1000, **where}
+
+
+def _released(lab: MigrationLab, dest: str, t_move: float) -> float:
+    """When the destination let the VM's traffic in again (its first frame there; ms after
+    the switch-over began), nan where the datapath holds nothing (eBPF, OVS)."""
+    try:
+        events = lab.topo.hosts[dest].datapath.holds()["events"]
+    except AttributeError:
+        return float("nan")
+    return next(((t - t_move) * 1000 for _, t, what in reversed(events) if what != "held"),
+                float("nan"))
 
 
 def _prewarmed(lab: MigrationLab, dest: str) -> int:
@@ -180,7 +192,9 @@ def main() -> None:
                   f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms "
                   f"{_n(m['prewarmed']):>9} {_n(m['dest_upcalls']):>12}")
     print("Where the switch-over's time goes (ms after it began): the VM without an interface, "
-          "the first ping reply after it (its round trip; the run's median), Nova's activation, "
+          "until when the destination held the other hosts' copies of its traffic (its first "
+          "frame there), the first ping reply after it (its round trip; the run's median), "
+          "Nova's activation, "
           "each host applying it (start/flows changed/ms in the datapath):")
     for r in results:
         for key, label in (("handover", "yes"), ("no_handover", "no")):
@@ -188,7 +202,8 @@ def main() -> None:
             label = label if m["moved"] or label == "no" else "none"
             hosts = " ".join(f"{h}:{t:.0f}/{n}/{a:.0f}" for h, (t, n, a) in
                              sorted(m["hosts_applied"].items()))
-            print(f"{r['backend']:10} {label:9} no-if {m['no_interface_ms']:4.0f} first reply "
+            print(f"{r['backend']:10} {label:9} no-if {m['no_interface_ms']:4.0f} held until "
+                  f"{m['released_ms']:4.0f} first reply "
                   f"{m['first_reply_ms']:5.0f} (rtt {m['first_reply_rtt_ms']:4.0f}; median "
                   f"{m['median_rtt_ms']:4.0f}) activated {m['activated_ms']:5.0f} applied {hosts}")
     for r in results:

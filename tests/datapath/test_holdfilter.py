@@ -84,7 +84,9 @@ def test_several_held_macs_and_custom_ports():
     assert got == [False, False, True, True]
 
 
-def test_too_many_macs_is_refused():
+def test_as_many_macs_as_one_filter_holds_and_no_more():
+    macs = [f"fa:16:3e:01:{i // 256:02x}:{i % 256:02x}" for i in range(holdfilter.MAX_MACS)]
+    prog = holdfilter.program(macs, [4789], [6081])
+    assert passed(prog, [tunnel(macs[-1], "geneve", options=2), tunnel(OTHER)]) == [False, True]
     with pytest.raises(ValueError):
-        holdfilter.program([f"fa:16:3e:00:{i // 256:02x}:{i % 256:02x}" for i in range(80)],
-                           [4789], [6081])
+        holdfilter.program([*macs, OTHER], [4789], [6081])

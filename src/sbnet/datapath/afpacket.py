@@ -468,8 +468,9 @@ class AfPacketDatapath:
         tunnels = self.switch.tunnels.values()
         ports = {k: sorted({t.dst_port for t in tunnels if t.kind == k and t.dst_port})
                  for k in ("vxlan", "geneve")}
-        prog = holdfilter.program(sorted(set(self.held.values())), ports["vxlan"],
-                                  ports["geneve"]) if self.held else None
+        # Beyond MAX_MACS arriving VMs at once, the rest are switched as before (unheld).
+        macs = sorted(set(self.held.values()))[:holdfilter.MAX_MACS]
+        prog = holdfilter.program(macs, ports["vxlan"], ports["geneve"]) if macs else None
         for num in self.switch.underlay.ports:
             port = self.switch.ports.get(num)
             if isinstance(port, AfPacketPort):

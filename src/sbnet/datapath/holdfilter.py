@@ -18,6 +18,9 @@ _AND, _LSH, _ADD_X, _TAX = 0x54, 0x64, 0x0C, 0x07
 _RET = 0x06
 
 ACCEPT = 0x40000            # a snap length longer than any frame: the whole frame
+# A conditional jump reaches 255 instructions on: the early accepts jump over every MAC's
+# four, so one filter drops the frames of this many MACs at most (more pass unfiltered).
+MAX_MACS = 48
 ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP = 0x0800, 0x86DD, 17
 
 
@@ -26,7 +29,9 @@ def program(macs: list[str], vxlan_ports: list[int], geneve_ports: list[int]) ->
     fragment's tail) or IPv6 (UDP right after the fixed header) whose inner destination
     MAC is one of `macs`, and accept everything else.  With X the outer IP header's
     length, the UDP destination port is at X+16 and the inner frame at X+30 (VXLAN; Geneve
-    after its options, whose length X takes on)."""
+    after its options, whose length X takes on).  At most MAX_MACS (ValueError beyond)."""
+    if len(macs) > MAX_MACS:
+        raise ValueError(f"one filter holds at most {MAX_MACS} MACs")
     code: list[list] = []                    # [op, jt label, jf label, k]; labels resolved below
     labels: dict[str, int] = {}
 
