@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import struct
 from dataclasses import dataclass, field
 
 from sbnet.agent.netns import Host, Topology, Vm, sh
@@ -15,7 +18,8 @@ OUTGOING = "old0"           # its interface on the source after it
 class VmMove:
     """One VM moving to `dest`, as libvirt does it: the destination's tap exists (plugged on
     its switch) before the VM runs there; at the switch-over the VM's eth0 is the new one,
-    same MAC and addresses, its sockets untouched; then the source's tap goes."""
+    same MAC and addresses, its sockets untouched, and the hypervisor sends a RARP from its
+    MAC there at once (QEMU's announce-self on resume); then the source's tap goes."""
 
     topo: Topology
     vm: Vm
@@ -26,6 +30,7 @@ class VmMove:
     old_port: str = ""
     old_ofport: int = 0
     neigh: list = field(default_factory=list)
+    announcer: socket.socket | None = None      # a packet socket on the VM's new interface
 
     def plug(self) -> int:
         """The destination's tap (`INCOMING` inside the VM, down): its ofport there."""
@@ -46,6 +51,10 @@ class VmMove:
         # Its neighbours, read now: the switch-over (the VM paused) is one command.
         self.neigh = json.loads(sh("ip", "-n", ns, "-j", "-4", "neigh", "show", "dev", "eth0")
                                 .stdout or "[]")
+        from sbnet.datapath.afpacket import in_netns
+        with in_netns(ns):
+            self.announcer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.announcer.bind((INCOMING, 0))      # by index: it stays bound once renamed
         return self.ofport
 
     def switch_over(self) -> None:
@@ -61,6 +70,13 @@ class VmMove:
         cmds += [f"neigh replace {n['dst']} lladdr {n['lladdr']} dev eth0 nud stale"
                  for n in neigh if n.get("lladdr")]
         sh("ip", "-n", ns, "-batch", "-", input="\n".join(cmds) + "\n")
+        # As QEMU announces a migrated guest on resume (announce-self): a RARP from its MAC.
+        mac = bytes.fromhex(vm.mac.replace(":", ""))
+        with contextlib.suppress(OSError):
+            self.announcer.send(b"\xff" * 6 + mac + struct.pack("!HHHBBH", 0x8035, 1, 0x0800,
+                                                                6, 4, 3)
+                                + mac + bytes(4) + mac + bytes(4) + bytes(18))
+        self._close_announcer()
         self.source, self.old_port, self.old_ofport = vm.host, vm.port, vm.ofport
         self.source.vms.remove(vm)
         self.dest.vms.append(vm)
@@ -75,8 +91,14 @@ class VmMove:
             src.datapath.detach(self.old_ofport)
         sh("ip", "-n", self.vm.netns, "link", "del", OUTGOING)
 
+    def _close_announcer(self) -> None:
+        if self.announcer is not None:
+            self.announcer.close()
+            self.announcer = None
+
     def abort(self) -> None:
         """The migration failed before the switch-over: the destination's tap goes."""
+        self._close_announcer()
         if self.dest.backend == "ovs":
             self.dest.datapath.delete_port(self.port)
         else:
