@@ -4,6 +4,9 @@ MTU from their own host's agent, then carry TCP at full MTU across hosts over VX
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from sbnet.agent.netns import BACKENDS, Topology, require_netns
@@ -12,16 +15,17 @@ from tests.agent.dhcpclient import Dhclients, require_dhclient
 from tests.agent.test_e2e import tcp_transfer
 
 
-@pytest.fixture(params=BACKENDS)
-def cloud1500(request, tmp_path):
+@pytest.fixture(scope="module", params=BACKENDS)
+def cloud1500(request, tmp_path_factory):
     """A RealCloud whose VMs come up with Linux's default MTU (1500), as a cloud image does:
-    only DHCP can tell them the network's."""
+    only DHCP can tell them the network's.  One per backend for the module: its tests make
+    networks and VMs of their own."""
     require_netns(ovs=request.param == "ovs")
     require_dhclient()
     Topology.cleanup_stale()
     with Topology(vm_mtu=1500) as topo:
         cloud = RealCloud(topo, request.param)
-        cloud.dhcp = Dhclients(topo, tmp_path)
+        cloud.dhcp = Dhclients(topo, tmp_path_factory.mktemp("dhcp"))
         try:
             yield cloud
         finally:
@@ -78,52 +82,47 @@ def _global6(topo, vm) -> list[str]:
             if "local" in a and not a.get("tentative")]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ipv6_slaac_from_router_advertisements_and_dhcpv6_stateful(backend, tmp_path):
+def test_ipv6_slaac_from_router_advertisements_and_dhcpv6_stateful(cloud1500):
     """Linux's own RA handling takes the prefix, the router and the MTU; dhclient -6 gets
     a stateful subnet's address; the VMs then ping each other across hosts."""
-    require_netns(ovs=backend == "ovs")
-    require_dhclient()
-    import time
-    Topology.cleanup_stale()
-    with Topology(vm_mtu=1500) as topo:
-        cloud = RealCloud(topo, backend)
-        dhcp = Dhclients(topo, tmp_path)
-        try:
-            for mode, cidr in (("slaac", "2001:db8:7::/64"), ("dhcpv6-stateful", "2001:db8:8::/64")):
-                net = cloud.api.create("networks", project="p1", name=mode)
-                sub = cloud.api.create("subnets", project="p1", network_id=net["id"], cidr=cidr,
-                                       ip_version=6, ipv6_ra_mode=mode, ipv6_address_mode=mode)
-                router = cloud.api.create("routers", project="p1")
-                cloud.api.action(f"routers/{router['id']}/add_router_interface",
-                                 {"subnet_id": sub["id"]})
-                net["subnet"] = sub
-                vms = [cloud.vm(f"{mode[:5]}{i}", "p1", net, h, dhcp=True)
-                       for i, h in enumerate(("h1", "h2"))]
-                cloud.sync()
-                for _, vm in vms:
-                    _ipv6_on(topo, vm)
-                    if mode == "dhcpv6-stateful":
-                        # dhclient -6 needs the link-local address, past its DAD.
-                        deadline = time.monotonic() + 20
-                        while not any(a.scope == "link" and not a.tentative
-                                      for a in topo.ipv6_addresses(vm)):
-                            assert time.monotonic() < deadline, topo.ipv6_addresses(vm)
-                            time.sleep(0.1)
-                        dhcp.run(vm, v6=True)
-                for port, vm in vms:
-                    want = next(f["ip_address"] for f in port["fixed_ips"])
-                    deadline = time.monotonic() + 30
-                    while want not in _global6(topo, vm):
-                        assert time.monotonic() < deadline, (mode, want, _global6(topo, vm))
-                        time.sleep(0.3)
-                    if mode == "slaac":
-                        routes = topo.run(vm, "ip", "-6", "route", "show", "default").stdout
-                        assert "via fe80::" in routes, routes
-                        mtu = topo.run(vm, "sysctl", "-n", "net.ipv6.conf.eth0.mtu").stdout
-                        assert mtu.strip() == "1450"
-                other = next(f["ip_address"] for f in vms[1][0]["fixed_ips"])
-                ping = topo.run(vms[0][1], "ping", "-6", "-c", "2", "-W", "2", other, check=False)
-                assert ping.returncode == 0, (mode, ping.stdout)
-        finally:
-            dhcp.close()
+    cloud, topo, dhcp = cloud1500, cloud1500.topo, cloud1500.dhcp
+
+    def dhclient6(vm) -> None:
+        # dhclient -6 needs the link-local address, past its DAD.
+        deadline = time.monotonic() + 20
+        while not any(a.scope == "link" and not a.tentative for a in topo.ipv6_addresses(vm)):
+            assert time.monotonic() < deadline, topo.ipv6_addresses(vm)
+            time.sleep(0.1)
+        dhcp.run(vm, v6=True)
+
+    for mode, cidr in (("slaac", "2001:db8:7::/64"), ("dhcpv6-stateful", "2001:db8:8::/64")):
+        net = cloud.api.create("networks", project="p1", name=mode)
+        sub = cloud.api.create("subnets", project="p1", network_id=net["id"], cidr=cidr,
+                               ip_version=6, ipv6_ra_mode=mode, ipv6_address_mode=mode)
+        router = cloud.api.create("routers", project="p1")
+        cloud.api.action(f"routers/{router['id']}/add_router_interface",
+                         {"subnet_id": sub["id"]})
+        net["subnet"] = sub
+        vms = [cloud.vm(f"{mode[:5]}{i}", "p1", net, h, dhcp=True)
+               for i, h in enumerate(("h1", "h2"))]
+        cloud.sync()
+        for _, vm in vms:
+            _ipv6_on(topo, vm)
+        if mode == "dhcpv6-stateful":        # both VMs' clients at once, as both boot
+            with ThreadPoolExecutor(len(vms)) as pool:
+                for done in [pool.submit(dhclient6, vm) for _, vm in vms]:
+                    done.result()
+        for port, vm in vms:
+            want = next(f["ip_address"] for f in port["fixed_ips"])
+            deadline = time.monotonic() + 30
+            while want not in _global6(topo, vm):
+                assert time.monotonic() < deadline, (mode, want, _global6(topo, vm))
+                time.sleep(0.3)
+            if mode == "slaac":
+                routes = topo.run(vm, "ip", "-6", "route", "show", "default").stdout
+                assert "via fe80::" in routes, routes
+                mtu = topo.run(vm, "sysctl", "-n", "net.ipv6.conf.eth0.mtu").stdout
+                assert mtu.strip() == "1450"
+        other = next(f["ip_address"] for f in vms[1][0]["fixed_ips"])
+        ping = topo.run(vms[0][1], "ping", "-6", "-c", "2", "-W", "2", other, check=False)
+        assert ping.returncode == 0, (mode, ping.stdout)
