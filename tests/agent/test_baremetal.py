@@ -113,6 +113,32 @@ def reaches(bm, src: str, dst: str, within: float = 15.0) -> bool:
     return pings(bm, src, dst)
 
 
+def unreachable(bm, pod: str) -> str:
+    """What to read when a pod and the VM do not reach each other: the ports, both ends'
+    ICMP counters and neighbours (did the requests arrive, did replies leave, to which
+    MAC), the agents' last lines and, on OVS, the NIC's and the hypervisor's flows that
+    counted packets."""
+    out = []
+    for p in bm.api.request("GET", "ports")["ports"]:
+        out.append(f"port {p['device_id']} {p['mac_address']} "
+                   f"{[f['ip_address'] for f in p['fixed_ips']]} on {p['binding:host_id']} "
+                   f"{p['status']}")
+    for node in ("vm1", pod):
+        snmp = [ln.split() for ln in bm.topo.run(node, "cat", "/proc/net/snmp", check=False)
+                .stdout.splitlines() if ln.startswith("Icmp:")]
+        if len(snmp) == 2:
+            out.append(f"{node} icmp {dict(zip(snmp[0][1:], snmp[1][1:]))}")
+        out.append(f"{node} neigh: {bm.topo.run(node, 'ip', 'neigh', check=False).stdout!r}")
+    for name, host in bm.fleet.hosts.items():
+        out.append(f"{name} log: {bm.fleet.log(name)[-1500:]}")
+        if host.ovs is not None:
+            flows = sh("ovs-ofctl", "-O", "OpenFlow15", "dump-flows",
+                       f"unix:{host.ovs.dir}/br-int.mgmt", check=False).stdout
+            out.append(f"{name} flows that counted packets: " + "\n".join(
+                ln for ln in flows.splitlines() if "n_packets=0," not in ln)[-4000:])
+    return "\n".join(out)
+
+
 def echoes_at_vm(bm) -> int:
     """ICMP echo requests vm1's stack has received (its /proc/net/snmp)."""
     lines = [ln.split() for ln in bm.topo.run("vm1", "cat", "/proc/net/snmp").stdout.splitlines()
@@ -150,7 +176,8 @@ def test_pod_gets_its_port_and_talks_to_a_vm_over_vxlan(bm):
                    "dns": {"nameservers": ["10.60.0.53"]}}
     link = json.loads(bm.topo.run("c1", "ip", "-j", "addr", "show", "eth0").stdout)[0]
     assert link["address"] == port["mac_address"] and link["mtu"] == bm.net["mtu"] == 1450
-    assert reaches(bm, "c1", bm.vm_ip) and reaches(bm, "vm1", ip)
+    assert reaches(bm, "c1", bm.vm_ip), unreachable(bm, "c1")
+    assert reaches(bm, "vm1", ip), unreachable(bm, "c1")
     # Analytics as for a VM: the NIC's agent reports the pod's port counters.
     deadline = time.monotonic() + 15
     while True:
@@ -198,7 +225,7 @@ def test_security_groups_hold_for_pods(bm):
     add(bm, "c2")
     [port] = container_ports(bm.api, "c2")
     ip = port["fixed_ips"][0]["ip_address"]
-    assert reaches(bm, "vm1", ip)
+    assert reaches(bm, "vm1", ip), unreachable(bm, "c2")
     # The VM takes ICMP from anywhere; the pod's new group has egress rules only.
     default = [g for g in bm.api.request("GET", "security-groups")["security_groups"]
                if g["project_id"] == "p1" and g["name"] == "default"][0]
@@ -223,7 +250,7 @@ def test_root_on_the_server_cannot_change_what_is_enforced(bm):
     add(bm, "c3")
     [port] = container_ports(bm.api, "c3")
     run = bm.topo.run
-    assert reaches(bm, "c3", bm.vm_ip)
+    assert reaches(bm, "c3", bm.vm_ip), unreachable(bm, "c3")
     # Its own MAC: the NIC drops what it sends (counted where it would arrive).
     run("c3", "ip", "link", "set", "eth0", "address", "02:66:66:66:66:66")
     assert not spoof_reaches_vm(bm, "c3")
@@ -339,7 +366,7 @@ def test_direct_mode_on_a_hypervisor(bm):
         assert port["binding:vif_type"] == "ovs"
         iface_id = h1.ovs.vsctl("get", "Interface", tap, "external_ids:iface-id")
         assert iface_id.strip().strip('"') == port["id"]
-    assert reaches(bm, "d1-h1", bm.vm_ip)
+    assert reaches(bm, "d1-h1", bm.vm_ip), unreachable(bm, "d1-h1")
     assert bm.fleet.cni(h1.netns, "ADD", "d1", path, conf) == (0, out)
     assert bm.fleet.cni(h1.netns, "CHECK", "d1", path, conf) == (0, None)
     assert bm.fleet.cni(h1.netns, "DEL", "d1", path, conf) == (0, None)
