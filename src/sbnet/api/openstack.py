@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
-import grp
+import base64
 import os
 import re
 import shutil
@@ -48,6 +47,32 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
     raise RuntimeError(f"{what} did not answer at {url}")
 
 
+def _schema(env_dir: Path, manage: list[str], db: Path) -> None:
+    """Keystone's tables in the SQLite file `db`: `keystone-manage db_sync` once per Keystone
+    release in the venv (seconds of imports and migrations), a copy of its result after."""
+    release = sorted(env_dir.glob("lib/python*/site-packages/keystone-*.dist-info"))
+    template = env_dir / f"sbnet-schema-{release[-1].name}.sqlite" if release else None
+    if template is not None and template.exists():
+        shutil.copyfile(template, db)
+        return
+    subprocess.run(manage + ["db_sync"], check=True, capture_output=True, timeout=300)
+    if template is not None:              # whole or not at all, for other checkouts' runs
+        fd, tmp = tempfile.mkstemp(dir=env_dir, suffix=".sqlite")
+        os.close(fd)
+        shutil.copyfile(db, tmp)
+        os.replace(tmp, template)
+
+
+def _fernet_keys(repo: Path) -> None:
+    """What `keystone-manage fernet_setup` makes: a private key repository holding a staged
+    key (0) and a primary one (1), each a Fernet key (32 random bytes, URL-safe base64)."""
+    repo.mkdir(mode=0o700, exist_ok=True)
+    for name in ("0", "1"):
+        fd = os.open(repo / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.urlsafe_b64encode(os.urandom(32)))
+
+
 @dataclass
 class Keystone:
     """A private Keystone (SQLite, fernet tokens) served by gunicorn from the separate venv."""
@@ -78,13 +103,13 @@ class Keystone:
             f"[fernet_tokens]\nkey_repository = {keys}\n"
             f"[fernet_receipts]\nkey_repository = {keys}\n")
         manage = [str(env_dir / "bin" / "keystone-manage"), "--config-file", str(conf)]
-        user, group = getpass.getuser(), grp.getgrgid(os.getgid()).gr_name
-        for args in (["db_sync"],
-                     ["fernet_setup", "--keystone-user", user, "--keystone-group", group],
-                     ["bootstrap", "--bootstrap-password", ADMIN_PASSWORD,
-                      "--bootstrap-admin-url", self.url, "--bootstrap-public-url", self.url,
-                      "--bootstrap-internal-url", self.url, "--bootstrap-region-id", REGION]):
-            subprocess.run(manage + args, check=True, capture_output=True, timeout=300)
+        _schema(env_dir, manage, self.workdir / "keystone.db")
+        _fernet_keys(keys)
+        subprocess.run(manage + ["bootstrap", "--bootstrap-password", ADMIN_PASSWORD,
+                                 "--bootstrap-admin-url", self.url, "--bootstrap-public-url",
+                                 self.url, "--bootstrap-internal-url", self.url,
+                                 "--bootstrap-region-id", REGION],
+                       check=True, capture_output=True, timeout=300)
         env = {**os.environ, "OS_KEYSTONE_CONFIG_FILES": str(conf)}
         # Keystone parses sys.argv when its app is built: keep gunicorn's options away from it.
         (self.workdir / "keystone_wsgi.py").write_text(
