@@ -63,7 +63,9 @@ def bm_fleet(request, tmp_path_factory):
 def bm(bm_fleet):
     """The module's fleet; the containers a test plugged and did not give back (it failed
     half-way) are given back after it, so the next test finds every VF free and the NIC's
-    switch holding nothing of theirs."""
+    switch holding nothing of theirs.  The VM forgets the pods' MACs: a later pod given a
+    gone one's address would otherwise get the VM's replies sent to the old MAC until the
+    VM's kernel revalidates the entry (up to about 45 s for one it confirmed last)."""
     bm_fleet.live = set()
     yield bm_fleet
     left = sorted(bm_fleet.live)
@@ -71,6 +73,7 @@ def bm(bm_fleet):
         delete(bm_fleet, name)
     if left and bm_fleet.backend == "ovs":     # and until its agent has unplugged them
         bm_fleet.fleet.nic_leftovers(bm_fleet.server, set(), wait=20)
+    bm_fleet.topo.run("vm1", "ip", "neigh", "flush", "dev", "eth0", check=False)
 
 
 def wait_status(api, port_id: str, status: str, timeout: float = 30) -> None:
