@@ -1,4 +1,4 @@
-"""Datapath flows installed ahead of traffic: a migrating VM's first packets translated at its destination before it runs there."""
+"""Datapath flows installed ahead of traffic: a migrating VM's first packets translated at its destination before it runs there, and a new connection's established state."""
 
 from __future__ import annotations
 
@@ -17,6 +17,29 @@ _CT_FIELDS = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
 _RECIRC = F.SLOT_INDEX["recirc_id"]
 _AT_CT = 0xFFFFFF02         # pseudo-port: execute() hands back the packet as it reaches ct()
 _ECHO_ANSWER = {8: 0, 0: 8, 128: 129, 129: 128}
+_CT_STATE = F.SLOT_INDEX["ct_state"]
+_TRK, _INV = F.CT_STATE_BITS["trk"], F.CT_STATE_BITS["inv"]
+_NEW_TRK, _EST_TRK = F.CT_STATE_BITS["new"] | _TRK, F.CT_STATE_BITS["est"] | _TRK
+
+
+def established_ahead(bridge, megaflows, now: float) -> int:
+    """For each of `megaflows` (new ones) that is a pass after ct() committing a new
+    connection, the same key as +est translated now, its megaflow made: the connection's
+    next packet this way then finds its flow where the first packet's went (a kernel
+    tier forwards an answered connection at once, so a ping's second request would
+    otherwise go up behind it).  How many were made."""
+    made = 0
+    for mf in megaflows:
+        key = mf.key
+        if not key[_RECIRC] or (key[_CT_STATE] & _NEW_TRK) != _NEW_TRK or not any(
+                isinstance(a, odp.Ct) and a.commit for a in mf.actions):
+            continue
+        est = list(key)
+        est[_CT_STATE] = (key[_CT_STATE] & ~(_NEW_TRK | _INV)) | _EST_TRK
+        if bridge.dpif.flow_find(est) < 0:
+            bridge.upcall(est, now)
+            made += 1
+    return made
 
 
 class Warmup:

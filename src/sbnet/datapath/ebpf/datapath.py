@@ -23,6 +23,7 @@ from sbnet.datapath.ebpf.tier import EbpfTier
 from sbnet.datapath.ebpf.upcalls import VXLAN_PORT, decode
 from sbnet.datapath.mmsg import Sender
 from sbnet.datapath.ports import Port
+from sbnet.datapath.prewarm import established_ahead
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
@@ -309,6 +310,9 @@ class EbpfDatapath:
 
     def _install_new(self) -> None:
         new, self._offered = self.switch.dpif.flows_since(self._offered)
+        if established_ahead(self.switch, new, self.switch.clock()):
+            more, self._offered = self.switch.dpif.flows_since(self._offered)
+            new = [*new, *more]
         zones = len(self.conns.zones)
         acts, cts = None, ()
         for mf, p in zip(new, self.tier.put_many(new)):
