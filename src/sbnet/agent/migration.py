@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class MigrationDuty:
         self.moves_conns = all(hasattr(datapath, m) for m in
                                ("export_conns", "import_conns", "forget_conns"))
         self.can_hold = hasattr(datapath, "hold")
+        self.hold_checked = False
 
     def step(self, snapshot: dict, topo, plugged: dict[str, int]) -> None:
         """plugged: the ports wired here, by id, and their VIF's ofport."""
@@ -131,6 +133,17 @@ class MigrationDuty:
         if not self.can_hold:
             return
         st = self.state
+        if not self.hold_checked:
+            # A restarted agent: holds its predecessor left on ports no longer arriving go
+            # (the switch daemon outlives the agent; a VM that sends nothing stays held).
+            self.hold_checked = True
+            with contextlib.suppress(AttributeError):   # (the eBPF tier: see below)
+                arriving = {plugged[pid] for pid, hosts in topo.moving_to.items()
+                            if self.host in hosts and pid in plugged and pid in topo.ports
+                            and topo.active_host(topo.ports[pid]) != self.host}
+                for ofport in self.datapath.holds()["held"]:
+                    if int(ofport) not in arriving:
+                        self.datapath.release(int(ofport))
         for pid, ofport in list(st.held.items()):
             port = topo.ports.get(pid)
             if (port is None or self.host not in topo.moving_to.get(pid, ())
