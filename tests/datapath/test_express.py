@@ -28,7 +28,7 @@ def _clouds():
 
 def _traffic(seed: int, cli, srv):
     """(sender side, frames) steps: handshakes, data both ways in bursts, some to a closed
-    port, out-of-window and stray segments, a few closes."""
+    port, out-of-window, bad-checksum and stray segments, a few closes."""
     r = random.Random(seed)
     n = 24
     sport = 2000 + np.arange(n)
@@ -50,6 +50,12 @@ def _traffic(seed: int, cli, srv):
             frames = frames + tcp_frames(cli.mac, cli.peer_mac, cli.ip, cli.peer_ip,
                                          sport[:1], dport[:1], seq_c[:1] + (1 << 30),
                                          z[:1] + 2, ACK, 5)
+        if r.random() < 0.3:
+            # A data segment with a bad TCP checksum: invalid at each of the sender's two ct
+            # passes (the lane keeps a row's verdict across them only when it was good).
+            bad = bytearray(frames[0])
+            bad[50] ^= 0x5A
+            frames = frames + [bytes(bad)]
         seq_c[pick] += ln
         steps.append(("c", frames))
         steps.append(("s", tcp_frames(srv.mac, srv.peer_mac, srv.ip, srv.peer_ip, dport[pick],

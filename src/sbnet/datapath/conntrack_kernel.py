@@ -247,9 +247,9 @@ def _nat4(data, keys, g, l3, l4, kind, src, dst, sp, dp):
 # middle of a packet burst; callers pass exactly these types.
 @numba.njit("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
             " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64[:],"
-            " int64[:, :], int8[:], int64[:], int64[:])", cache=True, nogil=True)
+            " int64[:, :], int8[:], int64[:], int64[:], boolean[:])", cache=True, nogil=True)
 def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, now, flags, tmo,
-                   work, mark, count, stats):
+                   work, mark, count, stats, good):
     """conntrack_fast.express for the rows `rows`: the same choice of TCP express rows,
     their updates in batch order (which is what that function's layered passes compute),
     ct_* metadata and table writes; and the UDP/IPv4 and ICMP/IPv4 query rows of
@@ -260,7 +260,10 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
     (a mid-stream ACK, UDP, an ICMP query), and changes nothing.  A connection with any
     row off the express path keeps all its rows off it.  tmo: the timeouts named by
     TIMEOUTS.  work[r, W_ELIG] is 1 for the rows it handled; stats gets (express rows,
-    invalid among them, misses among them).  Returns the number of express rows."""
+    invalid among them, misses among them).  good[g]: row g's checksums were found good
+    and its bytes are unchanged since (a caller running several ct actions on the same
+    rows, as the express lane does, keeps it across calls; NAT clears it); rows found
+    good here are marked.  Returns the number of express rows."""
     m = rows.shape[0]
     width = data.shape[1]
     cap = mem.shape[0] - 1
@@ -374,7 +377,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             ci = work[r, W_CONN]
             g = rows[r]
             kind = work[r, W_CAND]
-            if not check:
+            if not check or good[g]:
                 bad = False
             elif kind == _TCP_ROW:
                 bad = not _checksums_ok(data, g, u3, hl)
@@ -382,6 +385,8 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
                 bad = not _udp_checksums_ok(data, g, np.int64(l3[g]), np.int64(l4[g]))
             else:
                 bad = not _icmp_checksums_ok(data, g, np.int64(l3[g]), np.int64(l4[g]))
+            if check and not bad:
+                good[g] = True
             if mark[ci] or bad:
                 work[r, W_ELIG] = 0
             else:
@@ -479,6 +484,7 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
             o = C_TUP + 6 - 6 * di
             _nat4(data, keys, g, np.int64(l3[g]), np.int64(l4[g]), kind, mem[ci, o + 3],
                   mem[ci, o + 1], mem[ci, o + 5], mem[ci, o + 4])
+            good[g] = False        # its bytes changed: checked again by a later ct
     stats[S_ROWS] = k
     stats[S_BAD] = nbad
     stats[S_MISS] = nmiss
@@ -506,7 +512,7 @@ def express(ct, b: CtBatch) -> np.ndarray:
                        b.zones.astype(np.uint64, copy=False), tab.index.kv, mem,
                        mem.view(np.int64), mem.view(np.float64), float(b.now), fl,
                        ct.tmo[TIMEOUTS], work, tab.scratch(np.int8),
-                       tab.scratch(np.int64), stats)
+                       tab.scratch(np.int64), stats, np.zeros(b.batch.data.shape[0], np.bool_))
     if k == 0:
         return np.arange(m)
     count_express(ct.stats, stats)

@@ -119,7 +119,11 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     memi = mem.view(np.int64)
     memf = mem.view(np.float64)
     work = scr[n:n * (1 + WORK_W)].reshape((n, WORK_W))
-    slow = np.zeros(data.shape[0], np.bool_)
+    # slow: extract's; good: rows whose checksums a ct found good, bytes unchanged since
+    # (so the next ct of the row, after a recirculation say, need not sum them again).
+    slow = np.zeros(2 * data.shape[0], np.bool_)
+    good = slow[data.shape[0]:]
+    slow = slow[:data.shape[0]]
     for g in range(tun.shape[0]):
         # Decapsulated here (decap_kernel's row): the outer headers' fields OpenFlow sees,
         # of the flags only the OAM one.
@@ -237,6 +241,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                     else:
                         _set(data, keys, g, np.int64(start[g]), np.int64(l3[g]), op,
                              prog[aid, at + 1])
+                        good[g] = False
                     pc += 1
             n_run = 0
             done = 0
@@ -255,7 +260,7 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
                         m += 1
                 cst[:] = 0
                 ct_kernel(data, sub[:m], l3, l4, keys, error, zones[:m], kv, mem, memi, memf,
-                          now, ct_flags | how, tmo, work[:m], mark, count, cst)
+                          now, ct_flags | how, tmo, work[:m], mark, count, cst, good)
                 ct_stats += cst
                 r = 0
                 for c in range(n_ct):
