@@ -74,16 +74,14 @@ def _set(data, keys, g, start, l3, op, v):
         keys[_NW_TTL, g] = np.uint64(v & 0xFF)
 
 
-@numba.njit("int64(uint8[:, :], int32[:], int32[:], uint32[:], uint64[:, :], int32[:], int32[:],"
-            " uint8[:], boolean, int64[:], int64[:, :], uint64[:, :], uint64[:, :], int64[:], int64[:, :],"
-            " int64[:], int64[:], float64[:], uint16[:], float64, uint8[:, :], int64[:, :],"
-            " boolean, uint64[:, :], uint64[:, ::1], int64, float64[:], int8[:], int64[:],"
-            " uint8[:, :], int32[:], int64[:, :], int64[:, :], int64, int64[:], int64[:])",
-            cache=True, nogil=True)
-def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
-                table, matches, action_of, prog, packets, nbytes, used, tcp_flags, now, tmpl,
-                tprm, ct_ok, kv, mem, ct_flags, tmo, mark, count, enc, enc_len, outs, hand,
-                max_recirc, stats, zero):
+@numba.njit(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
+                        numba.uint32[:], numba.uint64[:, :], numba.int32[:], numba.int32[:],
+                        numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
+                        numba.boolean, numba.float64, numba.boolean, numba.int64,
+                        numba.uint8[:, :], numba.int32[:], numba.int64[:, :],
+                        numba.int64[:, :], numba.int64), cache=True, nogil=True)
+def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
+                decap, now, ct_ok, ct_flags, enc, enc_len, outs, hand, max_recirc):
     """Every row of `rows` through the signature cache and its datapath flow's program,
     pass after pass, as far as the lane can take it: counters, outputs (recorded in outs:
     row, port, tunnel ofport or -1 for a plain output), Ethernet addresses and TTL set,
@@ -91,11 +89,34 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     established connections (conntrack's compiled express path) and recirculation.  A
     row the lane cannot finish is handed back (hand[g]) at the point it reached:
     hand[g] = (H_LOOKUP, H_ACTIONS or H_PARSE, pass, action id, index of the first of its
-    actions still to run).  stats: ct express rows, invalid among them, outputs, rows the
+    actions still to run).  s: the long-lived arrays (lanestate: caches, programs,
+    conntrack, counters out: ct express rows, invalid among them, outputs, rows the
     cache took (a row handed back at its lookup is the general path's to count), whether
-    every row went out once, in order, to one place.  do_extract: rows is every row of
+    every row went out once, in order, to one place).  do_extract: rows is every row of
     the batch, whose buffers (reused across batches) the lane resets first: hand, l3, l4
-    and error, and the key slots in `zero`.  Returns the number of rows handed back."""
+    and error, and the key slots in s.zero.  tun: per row of a batch just decapsulated,
+    decap_kernel's result (tunnel fields for its keys).  decap: the batch's frames came
+    from the underlay: decap_kernel first (its result into tun), and when every frame is
+    a tunnel packet for one of our tunnel ports the rows become their inner frames in
+    place (start, length and in_port, as OVS pops a header by moving the packet's start),
+    else the lane returns -1 (some frame is not; tun says which) or -2 (some frame is the
+    numpy decap's) having changed nothing else.  Returns the number of rows handed back."""
+    table, matches, action_of, prog = s.table, s.matches, s.action_of, s.prog
+    packets, nbytes, used, tcp_flags = s.packets, s.nbytes, s.used, s.tcp_flags
+    tmpl, tprm, kv, mem, tmo = s.tmpl, s.tprm, s.kv, s.mem, s.tmo
+    mark, count, stats, zero = s.mark, s.count, s.stats, s.zero
+    if decap:
+        if decap_kernel(data, start, length, s.local4, s.local6, s.udp_ports, s.udp_kinds,
+                        s.tports, tun):
+            return -2
+        for a in range(rows.shape[0]):
+            if tun[rows[a], D_STATUS] != tunnel_fast.D_OK:
+                return -1
+        for a in range(rows.shape[0]):
+            g = rows[a]
+            start[g] = np.int32(tun[g, D_INNER])
+            length[g] = np.int32(tun[g, D_ILEN])
+            in_port[g] = np.uint32(tun[g, D_PORT])
     n = rows.shape[0]
     for a in range(n):
         hand[rows[a], 0] = H_DONE
@@ -299,52 +320,6 @@ def lane_kernel(data, start, length, in_port, keys, l3, l4, error, do_extract, r
     return n_hand
 
 
-@numba.njit(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
-                        numba.uint32[:], numba.int64, numba.int64[:, :], numba.float64,
-                        numba.boolean, numba.int64, numba.uint8[:, :], numba.int32[:],
-                        numba.int64), cache=True, nogil=True)
-def lane_call(s, data, start, length, in_port, n, tun, now, ct_ok, ct_flags, enc, enc_len,
-              max_recirc):
-    """lane_kernel over a whole batch of n rows that it extracts itself, into the lane's
-    own buffers, with the long-lived arrays read from the lane state s (lanestate).
-    Called through _LANE_CALL: its one signature's compiled entry, which unboxes the
-    arguments without the dispatcher first working out each one's type (for the struct,
-    a Python-level lookup costing more than the unboxing)."""
-    return lane_kernel(data, start, length, in_port, s.keys[:, :n], s.off[1, :n],
-                       s.off[2, :n], s.err[:n], True, s.rows[:n], tun, s.table, s.matches,
-                       s.action_of, s.prog, s.packets, s.nbytes, s.used, s.tcp_flags, now,
-                       s.tmpl, s.tprm, ct_ok, s.kv, s.mem, ct_flags, s.tmo, s.mark, s.count,
-                       enc, enc_len, s.outs[:n * MAX_OPS], s.hand[:n], max_recirc, s.stats,
-                       s.zero)
-
-
-@numba.njit(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
-                        numba.int64, numba.uint64[:], numba.uint64[:, :], numba.int64[:],
-                        numba.int64[:], numba.int64[:, :], numba.int64[:, :], numba.int32[:],
-                        numba.int32[:], numba.uint32[:], numba.float64, numba.boolean,
-                        numba.int64, numba.uint8[:, :], numba.int32[:], numba.int64),
-            cache=True, nogil=True)
-def decap_lane_call(s, data, start, length, n, local4, local6, udp_ports, udp_kinds, ports,
-                    res, ist, ilen, iport, now, ct_ok, ct_flags, enc, enc_len, max_recirc):
-    """decap_kernel over n underlay frames (its verdicts in res), then, when every one was
-    a tunnel packet for one of our tunnel ports, lane_call over the inner frames where they
-    lie (their start, length and tunnel port into ist, ilen and iport).  Returns the rows
-    the lane handed back; -1: some frame was not for a tunnel port (res says which), -2:
-    some frame is the numpy decap's (decap_rows' None).  One call instead of two, and no
-    Python between them, for what a host's underlay port mostly receives."""
-    if decap_kernel(data, start, length, local4, local6, udp_ports, udp_kinds, ports, res):
-        return -2
-    for i in range(n):
-        if res[i, D_STATUS] != tunnel_fast.D_OK:
-            return -1
-    for i in range(n):
-        ist[i] = np.int32(res[i, D_INNER])
-        ilen[i] = np.int32(res[i, D_ILEN])
-        iport[i] = np.uint32(res[i, D_PORT])
-    return lane_call(s, data, ist, ilen, iport, n, res, now, ct_ok, ct_flags, enc, enc_len,
-                     max_recirc)
-
-
 class ExpressLane:
     """The datapath flows' action lists as programs the lane runs, and its calls.
 
@@ -380,6 +355,7 @@ class ExpressLane:
         # ones it holds.
         self._state = None
         self._ext: tuple = ()
+        self._plan = _NO_PLAN
 
     def _refresh(self) -> None:
         d = self.dpif
@@ -474,50 +450,46 @@ class ExpressLane:
         # Fresh each batch: a tunnel port's outer frames may be kept by the port.
         enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
         ct = self.dpif.conntrack
-        ct_ok = ct.compiled and not ct.table.overflow
-        flags = (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0)
-        if fresh and own:
-            n_hand = _LANE_CALL(self._current(), _as(batch.data, _U8), _as(batch.start, _I32),
-                                _as(batch.length, _I32), _as(batch.in_port, _U32), n,
-                                _NO_TUN if tun is None else tun, float(now), ct_ok, flags,
-                                enc, enc_len, max_recirc)
-        else:
-            ext = self._arrays()
-            n_hand = lane_kernel(
-                batch.data, _as(batch.start, _I32), _as(batch.length, _I32),
+        args = (_as(batch.data, _U8), _as(batch.start, _I32), _as(batch.length, _I32),
                 _as(batch.in_port, _U32), parsed.keys, _as(parsed.l3, _I32),
                 _as(parsed.l4, _I32), _as(parsed.error, _U8), fresh, _as(rows, _I64),
-                _NO_TUN if tun is None else tun, ext[0], ext[1], ext[2], self.prog, ext[3],
-                ext[4], ext[5], ext[6], float(now), self.tmpl, self.tprm, ct_ok, ext[7],
-                ext[8], flags, self._tmo, ext[9], ext[10], enc, enc_len, outs, hand,
-                max_recirc, self._stats, _LANE_SLOTS)
+                _NO_TUN if tun is None else tun, False, float(now),
+                ct.compiled and not ct.table.overflow,
+                (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0),
+                enc, enc_len, outs, hand, max_recirc)
+        # Every argument's type is fixed by the lines above: the compiled entry of
+        # lane_kernel's one signature takes them without the dispatcher working out each
+        # one's type (for the state struct a Python-level lookup, ~2 us).
+        n_hand = _LANE(self._current(None), *args)
         return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
         """A batch of underlay frames decapsulated and its inner frames through the lane,
-        in one compiled call (decap_lane_call), when every frame is a tunnel packet for one
-        of our tunnel ports.  Returns (res, inner, result): result the lane's, as run()'s,
-        over `inner` (the inner frames where they lie in the batch's rows); result None:
-        not every frame was (res: decap_kernel's verdicts, the lane released); res None:
-        some frame is the numpy decap's.  The lane must not be held."""
+        in one compiled call, when every frame is a tunnel packet for one of our tunnel
+        ports (plan: tunnel_fast.decap_plan's).  Returns (res, inner, result): result the
+        lane's, as run()'s, over `inner`, the inner frames where they lie in the batch's
+        rows; result None: not every frame was (res: decap_kernel's verdicts); res None
+        too: some frame is the numpy decap's.  The lane must not be held; it is released
+        when there is no result."""
         n = len(batch)
         parsed, rows, outs, hand = self._acquire(n)
         enc = self._enc(n, batch.data.shape[1])
         enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
         ct = self.dpif.conntrack
         res = np.empty((n, D_COLS), np.int64)
-        ist, ilen, iport = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.uint32)
-        n_hand = _DECAP_LANE_CALL(
-            self._current(), _as(batch.data, _U8), _as(batch.start, _I32),
-            _as(batch.length, _I32), n, *plan, res, ist, ilen, iport, float(now),
-            ct.compiled and not ct.table.overflow,
+        # Copies the lane turns into the inner frames' columns: the caller's batch stays.
+        inner = Batch(batch.data, batch.start.astype(_I32), batch.length.astype(_I32),
+                      batch.in_port.astype(_U32))
+        n_hand = _LANE(
+            self._current(plan), _as(batch.data, _U8), inner.start, inner.length,
+            inner.in_port, parsed.keys, parsed.l3, parsed.l4, parsed.error, True, rows, res,
+            True, float(now), ct.compiled and not ct.table.overflow,
             (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0), enc,
-            enc_len, max_recirc)
+            enc_len, outs, hand, max_recirc)
         if n_hand < 0:
             self.release()
             return (None if n_hand == -2 else res), None, None
-        return res, Batch(batch.data, ist, ilen, iport), self._result(
-            parsed, rows, outs, hand, n_hand, enc, enc_len)
+        return res, inner, self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def _acquire(self, n: int) -> tuple:
         """(parsed, rows, outs, hand) for a run over n rows: the lane's own buffers, held
@@ -546,11 +518,13 @@ class ExpressLane:
         return (smc.table, smc.matches, c.action_of, c.packets, c.bytes, c.used, c.tcp_flags,
                 tab.index.kv, tab.mem, tab.scratch(np.int8), tab.scratch(np.int64))
 
-    def _current(self):
-        """The lane state, rebuilt if one of its arrays was replaced."""
+    def _current(self, plan: tuple | None):
+        """The lane state, rebuilt if one of its arrays was replaced (plan: the decap plan
+        the call needs; None: any)."""
         ext = self._arrays()
-        if self._state is None or not all(map(operator.is_, ext, self._ext)):
-            self._new_state(ext)
+        if self._state is None or not all(map(operator.is_, ext, self._ext)) or (
+                plan is not None and plan is not self._plan):
+            self._new_state(ext, plan or self._plan)
         return self._state
 
     def _result(self, parsed, rows, outs, hand, n_hand: int, enc, enc_len) -> LaneResult:
@@ -563,12 +537,10 @@ class ExpressLane:
         return LaneResult(parsed, rows, outs[:v[3]], bool(v[5]), hand, n_hand, enc,
                           enc_len)
 
-    def _new_state(self, ext: tuple) -> None:
-        keys, off, err, rows, outs, hand = self._bufs
+    def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
-            self._tmo, ext[9], ext[10], self._stats, _LANE_SLOTS, keys, off, err, rows, outs,
-            hand))
-        self._ext = ext
+            self._tmo, ext[9], ext[10], self._stats, _LANE_SLOTS) + plan)
+        self._ext, self._plan = ext, plan
 
     def release(self) -> None:
         """The caller is done with the last run's result: its buffers may be reused."""
@@ -578,7 +550,6 @@ class ExpressLane:
         self._cap = max(n, 2 * self._cap)
         self._bufs = _buffers(self._cap)
         self._by_n.clear()
-        self._state = None
         self._all_n = 0
 
     def _clean(self) -> None:
@@ -621,9 +592,10 @@ _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
-# The arguments' types are fixed by run() (_as, the lane's own arrays): see lane_call.
-_LANE_CALL = lane_call.overloads[lane_call.signatures[0]].entry_point
-_DECAP_LANE_CALL = decap_lane_call.overloads[decap_lane_call.signatures[0]].entry_point
+_LANE = lane_kernel.overloads[lane_kernel.signatures[0]].entry_point
+# decap_kernel's plan with no tunnel ports (tunnel_fast.decap_plan's shapes).
+_NO_PLAN = (np.zeros(0, np.uint64), np.zeros((0, 2), np.uint64), np.zeros(0, np.int64),
+            np.zeros(0, np.int64), np.zeros((0, 8), np.int64))
 
 
 def _as(a: np.ndarray, dt: np.dtype) -> np.ndarray:

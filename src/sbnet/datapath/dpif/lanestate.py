@@ -9,8 +9,8 @@ from numba.experimental import structref
 
 # Unboxing an array argument costs numba about 0.15-0.3 us; the lane took 37 arguments, so
 # a batch of one packet paid more to enter the lane than the lane's own work.  The arrays
-# that live across batches (tables, counters, programs, the lane's buffers) are handed over
-# once in this struct instead, and rebuilt when one of them is replaced.
+# that live across batches (tables, counters, programs, the decap plan) are handed over once
+# in this struct instead, and it is rebuilt when one of them is replaced.
 _A1 = {dt: types.Array(dt, 1, "A") for dt in (types.int64, types.uint64, types.float64,
                                              types.uint16, types.int8, types.int32,
                                              types.uint8)}
@@ -29,10 +29,10 @@ FIELDS = (
     ("tmo", _A1[types.float64]), ("mark", _A1[types.int8]), ("count", _A1[types.int64]),
     # counters out, key slots the lane resets
     ("stats", _A1[types.int64]), ("zero", _A1[types.int64]),
-    # a batch's buffers, sliced to its size by the call: keys, offsets (l2_5, l3, l4),
-    # errors, row numbers, output records, hand-back
-    ("keys", _A2[types.uint64]), ("off", _A2[types.int32]), ("err", _A1[types.uint8]),
-    ("rows", _A1[types.int64]), ("outs", _A2[types.int64]), ("hand", _A2[types.int64]),
+    # the tunnel ports and local addresses decap_kernel takes (tunnel_fast.decap_plan)
+    ("local4", _A1[types.uint64]), ("local6", _A2[types.uint64]),
+    ("udp_ports", _A1[types.int64]), ("udp_kinds", _A1[types.int64]),
+    ("tports", _A2[types.int64]),
 )
 NAMES = tuple(name for name, _ in FIELDS)
 
@@ -54,14 +54,15 @@ LANE_STATE = LaneStateType(list(FIELDS))
 
 @numba.njit(cache=True)
 def _new(table, matches, action_of, packets, nbytes, used, tcp_flags, prog, tmpl, tprm, kv,
-         mem, tmo, mark, count, stats, zero, keys, off, err, rows, outs, hand):
+         mem, tmo, mark, count, stats, zero, local4, local6, udp_ports, udp_kinds, tports):
     s = structref.new(LANE_STATE)
     s.table, s.matches, s.action_of, s.packets = table, matches, action_of, packets
     s.nbytes, s.used, s.tcp_flags = nbytes, used, tcp_flags
     s.prog, s.tmpl, s.tprm = prog, tmpl, tprm
     s.kv, s.mem, s.tmo, s.mark, s.count = kv, mem, tmo, mark, count
     s.stats, s.zero = stats, zero
-    s.keys, s.off, s.err, s.rows, s.outs, s.hand = keys, off, err, rows, outs, hand
+    s.local4, s.local6, s.udp_ports, s.udp_kinds, s.tports = (local4, local6, udp_ports,
+                                                              udp_kinds, tports)
     return s
 
 
