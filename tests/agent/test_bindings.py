@@ -3,8 +3,6 @@ registered, binding_failed with no live agent, and the agents list shows who is 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 
 from sbnet.agent.agent import ApiSource, HostAgent
@@ -12,6 +10,7 @@ from sbnet.agent.embedded import Cluster
 from sbnet.api.hosts import Heartbeats
 from sbnet.api.local import LocalApi
 from tests.api.apihelpers import start_server, stop_server
+from tests.api.oscrun import Osc
 
 
 def network(api) -> dict:
@@ -87,11 +86,7 @@ def test_the_openstack_cli_lists_the_agents(tmp_path):
                                      "datapath_type": "netdev"}},
                       headers={"X-Project-Id": "admin", "X-Roles": "admin"})
         assert r.status_code == 200, r.text
-        res = subprocess.run(["openstack", "--os-auth-type", "none", "--os-endpoint", url,
-                              "network", "agent", "list", "-f", "json"],
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        [row] = json.loads(res.stdout)
+        [row] = Osc(url)("network agent list -f json")
         assert (row["Host"], row["Agent Type"], row["Alive"], row["State"], row["Binary"]) == (
             "compute1", "Open vSwitch agent", True, True, "sbnet-agent")
     finally:
