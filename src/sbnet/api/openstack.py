@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,9 +221,14 @@ def keystone_and_sbnet(cache_seconds: int = 300) -> Iterator[tuple[Keystone, str
         ks.register_network(url)
         yield ks, url
     finally:
+        # Side by side: gunicorn's graceful stop of Keystone takes seconds of its own.
+        stoppers = [threading.Thread(target=ks.stop)]
         if proc is not None:
-            stop(proc)
-        ks.stop()
+            stoppers.append(threading.Thread(target=stop, args=(proc,)))
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
