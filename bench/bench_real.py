@@ -49,9 +49,9 @@ def softirq_seconds() -> float:
 
 
 def ping_rtt(topo: Topology, src, dst: str, count: int) -> dict:
-    """min/avg/max as ping prints them, and the median of the replies' times (the first
-    exchange of a new ping, a new ICMP id, goes through the slow path; the median does
-    not see it)."""
+    """min/avg/max as ping prints them, and the median of the replies' times (a new ping
+    is a new ICMP connection: where its first exchange goes through a slow path, the
+    median does not see it, the average does)."""
     res = topo.run(src, "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "2", dst,
                    check=False, timeout=60)
     m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", res.stdout)

@@ -18,26 +18,28 @@ from tests.agent.test_reference_cli import hypervisor, iperf_across, network_wit
 MTU = 1450                  # VXLAN over the 1500-byte underlay
 
 
-def agent(url: str, name: str, ns: str, tunnel_ip: str) -> Lines:
+def agent(url: str, name: str, ns: str, tunnel_ip: str, *more: str) -> Lines:
     return Lines(subprocess.Popen(
         [sys.executable, "-m", "sbnet", "agent", "--host", name, "--api", url, "--tunnel-ip",
-         tunnel_ip, "--datapath", "ebpf", "--netns", ns, "--wait", "0.5"],
+         tunnel_ip, "--datapath", "ebpf", "--netns", ns, "--wait", "0.5", *more],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True))
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One API server and topology for the module's tests (a server takes seconds to
+    start); each test has hosts and VMs of its own names in them."""
     from tests.ebpf.conftest import require_bpf
     require_bpf()
     require_netns()
     Topology.cleanup_stale()
-    yield from _env(tmp_path)
+    yield from _env(tmp_path_factory.mktemp("ebpf_cli"))
 
 
 def _env(tmp_path):
     server, url = spawn(f"sqlite:///{tmp_path}/db.sqlite")
     tag = secrets.token_hex(2)
-    names = {f"h{i}": f"ebpf{tag}-h{i}" for i in (1, 2)}    # API host names and pin names
+    names = {f"h{i}": f"ebpf{tag}-h{i}" for i in (1, 2, 3)}    # API host names and pin names
     try:
         with Topology() as topo:
             try:
@@ -54,7 +56,7 @@ def test_ebpf_agent_restart_under_iperf3_keeps_the_kernel_forwarding(env):
     from sbnet.datapath.ebpf import pins
     topo, url, names = env
     hosts = {}
-    for i, h in enumerate(names, 1):
+    for i, h in enumerate(("h1", "h2"), 1):
         ns = hosts[h] = hypervisor(topo, h, i)
         # The ebpf agent uses the host's own stack as the underlay: an address, ARP on.
         sh("ip", "-n", ns, "addr", "add", f"10.250.0.{i}/24", "dev", "ul0")
@@ -122,3 +124,36 @@ def test_ebpf_agent_restart_under_iperf3_keeps_the_kernel_forwarding(env):
     bad = subprocess.run([sys.executable, "-m", "sbnet", "dpctl", "show", "--host", "../x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("sbnet: error: --host"), bad.stderr
+
+
+def test_ebpf_agent_with_xdp_runs_it_on_the_vifs(env):
+    """`sbnet agent --datapath ebpf --xdp generic`: the XDP program goes on every VIF the
+    agent attaches, as EbpfDatapath(xdp="generic") puts it, and two VMs on the host talk
+    through it."""
+    topo, url, names = env
+    ns = hypervisor(topo, "h3", 3)
+    sh("ip", "-n", ns, "addr", "add", "10.250.0.3/24", "dev", "ul0")
+    procs = {"h3": agent(url, names["h3"], ns, "10.250.0.3", "--xdp", "generic")}
+    try:
+        procs["h3"].wait_for("following", timeout=60)
+        http, net = network_with_agents(url, "10.43.0.0/24", procs)
+        ports, ips = {}, {}
+        for vm in ("xa", "xb"):
+            ports[vm] = http.post("/v2.0/ports", json={"port": {
+                "network_id": net["id"], "binding:host_id": names["h3"],
+                "device_id": f"instance-{vm}"}}).json()["port"]
+            plug(topo, ns, vm, ports[vm])
+            ips[vm] = ports[vm]["fixed_ips"][0]["ip_address"]
+            sh("ip", "-n", topo.ns_name(vm), "addr", "add", f"{ips[vm]}/24", "dev", "eth0")
+        deadline = time.monotonic() + 60
+        for p in ports.values():
+            while http.get(f"/v2.0/ports/{p['id']}").json()["port"]["status"] != "ACTIVE":
+                assert time.monotonic() < deadline, procs["h3"].text()
+                time.sleep(0.2)
+        for p in ports.values():
+            link = sh("ip", "-n", ns, "link", "show", vif_name(p["id"])).stdout
+            assert "xdpgeneric" in link, link
+        assert topo.ping("xa", ips["xb"], count=3).returncode == 0, procs["h3"].text()
+    finally:
+        for p in procs.values():
+            p.stop()

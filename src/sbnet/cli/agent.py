@@ -200,13 +200,15 @@ def _reference(underlay: str, underlay_mac: str, tunnel_ip: str, prefix: str, ag
     return dp, vifs, svc, arp
 
 
-def _ebpf(host: str, tunnel_ip: str, agent_ref: list, netns: str | None = None):
+def _ebpf(host: str, tunnel_ip: str, agent_ref: list, netns: str | None = None,
+          xdp: str | None = None):
     """The kernel eBPF tier with the reference switch as its slow path, in this process.
     The underlay is the host's own: VXLAN through a kernel collect_md device, and the slow
     path's tunnel packets sent as UDP through the host's routes and neighbours.  Its maps
     are pinned under the host's name: a previous agent's program goes on forwarding until
     this one has taken up its ports, megaflows and connections.  netns: the namespace
-    holding the host's devices and underlay (default: the agent's own)."""
+    holding the host's devices and underlay (default: the agent's own).  xdp: "native" or
+    "generic", the XDP program too on every port (EbpfDatapath's xdp)."""
     from sbnet.datapath.ebpf.datapath import EbpfDatapath
     from sbnet.datapath.ebpf.tier import available
     from sbnet.datapath.switch import Switch
@@ -214,7 +216,7 @@ def _ebpf(host: str, tunnel_ip: str, agent_ref: list, netns: str | None = None):
     why = available()
     if why is not None:
         raise typer.BadParameter(f"--datapath ebpf: {why} (--datapath reference runs anywhere)")
-    dp = EbpfDatapath(Switch("br-sbnet"), netns=netns, pin=host)
+    dp = EbpfDatapath(Switch("br-sbnet"), netns=netns, pin=host, xdp=xdp)
     underlay_ofport, gateway = 65000, "169.254.0.1"
     dp.underlay("add_port", underlay_ofport, "02:00:00:00:00:01")
     dp.underlay("add_local", tunnel_ip)
@@ -261,6 +263,8 @@ def register(app: typer.Typer) -> None:
         api: str = typer.Option("http://127.0.0.1:9696", help="the Neutron API's URL"),
         tunnel_ip: str = typer.Option(..., help="this host's tunnel endpoint address"),
         datapath: str = typer.Option("ovs", help="ovs | reference | ebpf"),
+        xdp: str = typer.Option("", help="ebpf: the XDP program too on every port, native | "
+                                "generic (off by default: on veths it does not help)"),
         bridge: str = typer.Option("br-int", help="OVS: the integration bridge (an existing "
                                    "one is used as it is, never changed: see README)"),
         datapath_type: str = typer.Option("netdev", help="OVS: the datapath type of a bridge "
@@ -327,6 +331,10 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"--token-file {token_file}: {exc.strerror}") from None
             if not token:
                 raise typer.BadParameter(f"--token-file {token_file} is empty")
+        if xdp and datapath != "ebpf":
+            raise typer.BadParameter(f"--xdp is for --datapath ebpf, not {datapath}")
+        if xdp and xdp not in ("native", "generic"):
+            raise typer.BadParameter(f"--xdp must be native or generic, not {xdp!r}")
         ref: list = []
         arp = watcher = None
         say = lambda line: console.print(f"{host}: {line}", highlight=False)  # noqa: E731
@@ -363,7 +371,7 @@ def register(app: typer.Typer) -> None:
                 ip, _, mac = item.partition("=")
                 dp.underlay("add_neighbour", ip, mac)
         elif datapath == "ebpf":
-            dp, vifs, svc = _ebpf(host, tunnel_ip, ref, netns or None)
+            dp, vifs, svc = _ebpf(host, tunnel_ip, ref, netns or None, xdp or None)
         else:
             raise typer.BadParameter("--datapath must be ovs, reference or ebpf")
         source = ApiSource(httpx.Client(base_url=api, timeout=wait + 60), token=token)
