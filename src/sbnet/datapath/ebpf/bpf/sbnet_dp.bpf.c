@@ -582,6 +582,12 @@ int restore(struct __sk_buff *skb, struct pkt *p, struct sb_key *o, struct sb_ke
 	return 0;
 }
 
+/* A packet going up always wakes the slow path: the ring's default wakes the reader only
+ * when it has read everything before the record, and a connection event (committed
+ * without a wake-up, sbnet_ct.h) left unread in front would hold the packet until the
+ * reader's poll timed out. */
+#define UPCALL_WAKEUP BPF_RB_FORCE_WAKEUP
+
 /* Send the packet up: it is the slow path's now.  Returns the TC verdict. */
 static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, struct pkt *p,
 				  struct sb_config *cfg, __u32 reason)
@@ -642,7 +648,7 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 			count(ST_UPCALL_LOST);
 			return TC_ACT_SHOT;
 		}
-		bpf_ringbuf_submit(big, 0);
+		bpf_ringbuf_submit(big, UPCALL_WAKEUP);
 		count(ST_UPCALL);
 		return TC_ACT_SHOT;
 	}
@@ -654,7 +660,7 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 	__u32 caplen = u->caplen;
 	if (caplen > UPCALL_BYTES)
 		caplen = UPCALL_BYTES;
-	if (bpf_ringbuf_output(&upcalls, u, sizeof(*u) + caplen, 0))
+	if (bpf_ringbuf_output(&upcalls, u, sizeof(*u) + caplen, UPCALL_WAKEUP))
 		count(ST_UPCALL_LOST);
 	else
 		count(ST_UPCALL);
