@@ -120,8 +120,10 @@ def lane_ns(sw: Switch, bs: list[Batch], rounds: int, now: float) -> float:
     not the Python around them, the timer's own cost included), over `rounds` of bs."""
     from sbnet.datapath.dpif import express
     spent = [0.0]
-    saved = {n: getattr(express, n) for n in ("_LANE_CALL", "_DECAP_LANE_CALL", "lane_kernel")
-             if hasattr(express, n)}
+    # The names through which Python enters the lane (its compiled entry, or older trees'
+    # kernels, so that this bench can time them too).
+    saved = {n: getattr(express, n) for n in ("_LANE", "_LANE_CALL", "_DECAP_LANE_CALL",
+                                              "lane_kernel") if hasattr(express, n)}
 
     def timed(f):
         def call(*a):
@@ -140,6 +142,7 @@ def lane_ns(sw: Switch, bs: list[Batch], rounds: int, now: float) -> float:
     finally:
         for name, f in saved.items():
             setattr(express, name, f)
+    assert spent[0] > 0, "no call into the express lane was timed"
     return spent[0] / (rounds * sum(len(b) for b in bs)) * 1e9
 
 
