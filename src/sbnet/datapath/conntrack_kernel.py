@@ -35,13 +35,21 @@ TIMEOUTS = [T.TM_TCP_EST, TM_OTHER_BIDIR, TM_ICMP_REPLY]
 @numba.njit(cache=True, inline="always")
 def _be(d, i, c, k):
     """Big-endian value of k bytes of row i from column c, zero past the row's end."""
-    v = np.uint64(0)
     if c >= 0 and c + k <= d.shape[1]:
         # Unsigned indices: no negative-index fix-up per byte (see _sum16).
+        v = np.uint64(0)
         ui, uc = np.uint64(i), np.uint64(c)
         for j in range(np.uint64(k)):
             v = (v << np.uint64(8)) | np.uint64(d[ui, uc + j])
         return v
+    return _be_edge(d, i, c, k)
+
+
+@numba.njit(cache=True)
+def _be_edge(d, i, c, k):
+    """_be of a field running past the row's end (or before its start): a call of its
+    own, so the loop is not copied into every place _be is inlined (compile time)."""
+    v = np.uint64(0)
     for j in range(k):
         b = np.uint64(d[i, c + j]) if c + j < d.shape[1] else np.uint64(0)
         v = (v << np.uint64(8)) | b
@@ -55,7 +63,7 @@ def _fold(s):
     return s
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _sum16(d, i, c, n):
     """Ones-complement sum (unfolded) of n bytes of row i from column c as big-endian
     words, an odd last byte padded with zero; zero past the row's end.  Even and odd
