@@ -98,7 +98,9 @@ def test_connections_survive_the_move_and_a_failed_one_leaves_the_vm(backend):
                 assert not topo.hosts["h2"].datapath.holds()["held"]
             # Back to h2 announced by a RARP (QEMU's), then to h3 by an unsolicited neighbour
             # advertisement for its IPv6 address: a stream from the peer goes on through both.
-            stream = Stream(topo, peer, mover, peer.address, port=5004, seconds=3.0)
+            # Long enough to outlast both moves (each waits for its destination to be ready:
+            # 1.4-2.9 s in CI) with time after them to show the stream going on.
+            stream = Stream(topo, peer, mover, peer.address, port=5004, seconds=6.0)
             # What h2 imported for the migration that never happened went again.
             time.sleep(0.2)
             assert not [c for c in lab.conns("h2") if "dport=5003" in c]
