@@ -121,8 +121,8 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     for a in range(n):
         hand[rows[a], 0] = H_DONE
     if do_extract:
-        for s in zero:
-            keys[s, :n] = 0
+        for z in zero:
+            keys[z, :n] = 0
         l3[:n] = -1
         l4[:n] = -1
         error[:n] = 0
@@ -441,26 +441,19 @@ class ExpressLane:
         The result lives in the lane's buffers until release(); a run before then (the
         general path calling back into the lane) gets buffers of its own."""
         n = len(batch)
-        own = not self.held         # the lane's own buffers (not a nested run's)
         parsed_n, rows_n, outs, hand = self._acquire(n)
         fresh = parsed is None
         if fresh:
             parsed, rows = parsed_n, rows_n
-        enc = self._enc(n, batch.data.shape[1])
-        # Fresh each batch: a tunnel port's outer frames may be kept by the port.
-        enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
-        ct = self.dpif.conntrack
-        args = (_as(batch.data, _U8), _as(batch.start, _I32), _as(batch.length, _I32),
-                _as(batch.in_port, _U32), parsed.keys, _as(parsed.l3, _I32),
-                _as(parsed.l4, _I32), _as(parsed.error, _U8), fresh, _as(rows, _I64),
-                _NO_TUN if tun is None else tun, False, float(now),
-                ct.compiled and not ct.table.overflow,
-                (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0),
-                enc, enc_len, outs, hand, max_recirc)
-        # Every argument's type is fixed by the lines above: the compiled entry of
-        # lane_kernel's one signature takes them without the dispatcher working out each
-        # one's type (for the state struct a Python-level lookup, ~2 us).
-        n_hand = _LANE(self._current(None), *args)
+        enc, enc_len = self._enc(n, batch.data.shape[1])
+        # Every argument's type is fixed here (_as, the lane's own arrays): the compiled
+        # entry of lane_kernel's one signature takes them without the dispatcher working
+        # out each one's type (for the state struct a Python-level lookup, ~2 us).
+        n_hand = _LANE(self._current(None), _as(batch.data, _U8), _as(batch.start, _I32),
+                       _as(batch.length, _I32), _as(batch.in_port, _U32), parsed.keys,
+                       _as(parsed.l3, _I32), _as(parsed.l4, _I32), _as(parsed.error, _U8),
+                       fresh, _as(rows, _I64), _NO_TUN if tun is None else tun, False,
+                       float(now), *self._ct_args(), enc, enc_len, outs, hand, max_recirc)
         return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
@@ -473,19 +466,15 @@ class ExpressLane:
         when there is no result."""
         n = len(batch)
         parsed, rows, outs, hand = self._acquire(n)
-        enc = self._enc(n, batch.data.shape[1])
-        enc_len = np.zeros(n, np.int32) if self.n_tmpl else _NO_LEN
-        ct = self.dpif.conntrack
+        enc, enc_len = self._enc(n, batch.data.shape[1])
         res = np.empty((n, D_COLS), np.int64)
         # Copies the lane turns into the inner frames' columns: the caller's batch stays.
         inner = Batch(batch.data, batch.start.astype(_I32), batch.length.astype(_I32),
                       batch.in_port.astype(_U32))
-        n_hand = _LANE(
-            self._current(plan), _as(batch.data, _U8), inner.start, inner.length,
-            inner.in_port, parsed.keys, parsed.l3, parsed.l4, parsed.error, True, rows, res,
-            True, float(now), ct.compiled and not ct.table.overflow,
-            (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0), enc,
-            enc_len, outs, hand, max_recirc)
+        n_hand = _LANE(self._current(plan), _as(batch.data, _U8), inner.start, inner.length,
+                       inner.in_port, parsed.keys, parsed.l3, parsed.l4, parsed.error, True,
+                       rows, res, True, float(now), *self._ct_args(), enc, enc_len, outs,
+                       hand, max_recirc)
         if n_hand < 0:
             self.release()
             return (None if n_hand == -2 else res), None, None
@@ -510,6 +499,13 @@ class ExpressLane:
             v = self._by_n[n] = _views(self._bufs, n)
         self._n = n
         return v
+
+    def _ct_args(self) -> tuple[bool, int]:
+        """lane_kernel's ct_ok (the compiled conntrack may run: its table has not
+        overflowed into Python) and ct_flags."""
+        ct = self.dpif.conntrack
+        return (ct.compiled and not ct.table.overflow,
+                (F_CHECKSUMS if ct.checksums else 0) | (F_LIBERAL if ct.tcp_liberal else 0))
 
     def _arrays(self) -> tuple:
         """The caches' and conntrack's arrays the lane reads and writes."""
@@ -565,12 +561,15 @@ class ExpressLane:
         """The general path wrote whole key columns of the current batch."""
         self._all_n = max(self._all_n, self._n)
 
-    def _enc(self, n: int, width: int) -> np.ndarray:
-        # encap_kernel writes a row's inner frame behind HEADROOM + header and the header
-        # before it: the rest of the row is never read back, so it need not be zero.
+    def _enc(self, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The outer frames' rows and lengths for a run over n rows of `width` columns,
+        fresh each batch (a tunnel port may keep its outer frames).  encap writes a row's
+        inner frame behind HEADROOM + header and the header before it: the rest of the
+        row is never read back, so it need not be zero."""
         if not self.n_tmpl:
-            return _NO_ENC
-        return np.empty((n, (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7), np.uint8)
+            return _NO_ENC, _NO_LEN
+        return (np.empty((n, (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7), np.uint8),
+                np.zeros(n, np.int32))
 
 
 class LaneResult(NamedTuple):

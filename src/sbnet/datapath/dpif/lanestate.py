@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numba
-import numpy as np
 from numba.core import types
 from numba.experimental import structref
 
@@ -12,10 +11,8 @@ from numba.experimental import structref
 # that live across batches (tables, counters, programs, the decap plan) are handed over once
 # in this struct instead, and it is rebuilt when one of them is replaced.
 _A1 = {dt: types.Array(dt, 1, "A") for dt in (types.int64, types.uint64, types.float64,
-                                             types.uint16, types.int8, types.int32,
-                                             types.uint8)}
-_A2 = {dt: types.Array(dt, 2, "A") for dt in (types.int64, types.uint64, types.uint8,
-                                             types.int32)}
+                                             types.uint16, types.int8)}
+_A2 = {dt: types.Array(dt, 2, "A") for dt in (types.int64, types.uint64, types.uint8)}
 FIELDS = (
     # signature cache and megaflow cache
     ("table", _A2[types.uint64]), ("matches", _A2[types.uint64]),
@@ -34,7 +31,6 @@ FIELDS = (
     ("udp_ports", _A1[types.int64]), ("udp_kinds", _A1[types.int64]),
     ("tports", _A2[types.int64]),
 )
-NAMES = tuple(name for name, _ in FIELDS)
 
 
 @structref.register
