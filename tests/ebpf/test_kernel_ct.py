@@ -45,6 +45,38 @@ def _empty(t) -> None:
         t.m_conns.delete(k)
 
 
+def _committed_in_kernel(t, ring, sw, flows, packets, replied, key, fwd, back, tup,
+                         every_output=False) -> tuple[Switch, ConnSync]:
+    """packets (a connection's first packet, then data either way) leave the kernel as
+    they leave the reference switch sw, none goes up; the ring tells of the commit (map
+    key `key`) and, if the connection was replied to, of its first reply; the map holds
+    both directions (fwd, back: (address, port word)) as the reference's conntrack has
+    them; and a conntrack that saw no packet learns connection `tup` from those events
+    as sw's has it (that mirror switch and its ConnSync are returned).  every_output: the reference
+    must have output every packet."""
+    ref = run_reference(sw, packets)
+    if every_output:
+        assert all(ref.outputs), ref.outputs
+    attach_ports(t, sw)
+    seen = compare(t, sw, packets, ref)
+    assert seen == {"kernel": len(packets), "upcall": 0}
+    up = decode(ring.drain(), None)
+    assert len(up.batch) == 0
+    assert [tuple(k) for k in up.conn_keys.tolist()] == [key] * (1 + replied)
+    assert up.established.tolist() == [False, True][:1 + replied]
+    states = {(c[2], c[4]): c[6] for c in t.conns_kept()}
+    want = (0x22, 0x2A) if replied else (0x21, 0x29)       # +trk+est[+rpl] / +trk+new[+rpl]
+    assert (states[fwd], states[back]) == want
+    mirror = _switch(flows)
+    sync = ConnSync(t, mirror.conntrack, kernel_ct=True)
+    sync.events(up.events, up.kinds, 0.0)
+    for ct in (sw.conntrack, mirror.conntrack):
+        slot, _ = ct.find(tup)
+        assert slot >= 0
+        assert bool(ct.view.held_outside(np.array([slot]))[0]) == replied
+    return mirror, sync
+
+
 @settings(max_examples=8, deadline=None)
 @given(sport=st.integers(1024, 65535),
        data=st.lists(st.tuples(st.booleans(), st.binary(max_size=40)), min_size=1, max_size=8))
@@ -60,27 +92,11 @@ def test_a_new_udp_connection_runs_in_the_kernel_like_the_reference(ktier, sport
     packets = [(1, seg(C, S, sport, 53, "", b"first", udp=True))]
     packets += [(1, seg(C, S, sport, 53, "", p, udp=True)) if fwd else
                 (2, seg(S, C, 53, sport, "", p, udp=True)) for fwd, p in data]
-    ref = run_reference(sw, packets)
-    attach_ports(t, sw)
-    seen = compare(t, sw, packets, ref)
-    assert seen == {"kernel": len(packets), "upcall": 0}
     replied = any(not fwd for fwd, _ in data)
-    up = decode(ring.drain(), None)
-    assert len(up.batch) == 0
-    key = (ZONE, 17, 0, sport, 53, _ip(C), _ip(S))
-    assert [tuple(k) for k in up.conn_keys.tolist()] == [key] * (1 + replied)
-    assert up.established.tolist() == [False, True][:1 + replied]
-    # The kernel's map holds both directions as the reference's conntrack has it.
-    states = {(c[2], c[4]): c[6] for c in t.conns_kept()}
-    want = (0x22, 0x2A) if replied else (0x21, 0x29)       # +trk+est[+rpl] / +trk+new[+rpl]
-    assert (states[(_ip(C), sport)], states[(_ip(S), 53)]) == want
-    mirror = _switch()
-    sync = ConnSync(t, mirror.conntrack, kernel_ct=True)
-    sync.events(up.events, up.kinds, 0.0)
-    for ct in (sw.conntrack, mirror.conntrack):
-        slot, _ = ct.find((ZONE, 17, 0, _ip(C), _ip(S), sport, 53))
-        assert slot >= 0
-        assert bool(ct.view.held_outside(np.array([slot]))[0]) == replied
+    _, sync = _committed_in_kernel(t, ring, sw, SG, packets, replied,
+                                   (ZONE, 17, 0, sport, 53, _ip(C), _ip(S)),
+                                   (_ip(C), sport), (_ip(S), 53),
+                                   (ZONE, 17, 0, _ip(C), _ip(S), sport, 53))
     assert sync.established() == replied
 
 
@@ -102,28 +118,11 @@ def test_a_new_ping_runs_in_the_kernel_like_the_reference(ktier, ident, data):
     packets = [echo(fwd, ident, 0)]
     packets += [echo(fwd if f else back, ident, n + 1, reply=not f, payload=p)
                 for n, (f, p) in enumerate(data)]
-    ref = run_reference(sw, packets)
-    assert all(ref.outputs), ref.outputs
-    attach_ports(t, sw)
-    seen = compare(t, sw, packets, ref)
-    assert seen == {"kernel": len(packets), "upcall": 0}
     replied = any(not f for f, _ in data)
-    up = decode(ring.drain(), None)
-    assert len(up.batch) == 0
-    key = (ZONE, 1, 0, ident, 0x0800, _ip(C), _ip(S))
-    assert [tuple(k) for k in up.conn_keys.tolist()] == [key] * (1 + replied)
-    assert up.established.tolist() == [False, True][:1 + replied]
-    states = {(c[2], c[4]): c[6] for c in t.conns_kept()}
-    want = (0x22, 0x2A) if replied else (0x21, 0x29)       # +trk+est[+rpl] / +trk+new[+rpl]
-    assert (states[(_ip(C), ident << 8 | 8)], states[(_ip(S), ident << 8)]) == want
-    mirror = _switch(PING)
-    sync = ConnSync(t, mirror.conntrack, kernel_ct=True)
-    sync.events(up.events, up.kinds, 0.0)
-    tup = (ZONE, 1, 0, _ip(C), _ip(S), ident << 8 | 8, ident << 8)
-    for ct in (sw.conntrack, mirror.conntrack):
-        slot, _ = ct.find(tup)
-        assert slot >= 0
-        assert bool(ct.view.held_outside(np.array([slot]))[0]) == replied
+    mirror, sync = _committed_in_kernel(
+        t, ring, sw, PING, packets, replied, (ZONE, 1, 0, ident, 0x0800, _ip(C), _ip(S)),
+        (_ip(C), ident << 8 | 8), (_ip(S), ident << 8),
+        (ZONE, 1, 0, _ip(C), _ip(S), ident << 8 | 8, ident << 8), every_output=True)
     assert mirror.conntrack.dump() == sw.conntrack.dump()
     # What the map holds is what the slow path would hand down: the next sync writes nothing.
     sync.zones.add(ZONE)
