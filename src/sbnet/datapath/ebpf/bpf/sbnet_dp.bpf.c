@@ -519,25 +519,7 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 	return r;
 }
 
-static __always_inline struct sb_flow *lookup(struct sb_key *k, struct sb_fkey *fk, __u32 n_masks)
-{
-	for (__u32 i = 0; i < MAX_MASKS; i++) {
-		if (i >= n_masks)
-			break;
-		__u32 idx = i;
-		struct sb_mask *m = bpf_map_lookup_elem(&masks, &idx);
-		if (!m)
-			break;
-		fk->mask_id = m->id;
-		fk->pad = 0;
-		for (int j = 0; j < K_NWORDS; j++)
-			fk->w[j] = k->w[j] & m->w[j];
-		struct sb_flow *f = bpf_map_lookup_elem(&flows, fk);
-		if (f)
-			return f;
-	}
-	return 0;
-}
+#include "sbnet_lookup.h"
 
 /* A packet going up after the kernel rewrote its headers (sets, or a NAT, before a ct()
  * that must go up): the headers put back as parsed, checksums updated again, so the slow
@@ -724,9 +706,10 @@ int sbnet_ingress(struct __sk_buff *skb)
 	/* The frame's length on the wire, as the reference switch counts it. */
 	__u32 wire = skb->len + (skb->vlan_present ? 4 : 0);
 	__u32 passes = 0;
+	struct mask_cache *mc = mask_cache_get();
 
 	for (int pass = 0; pass < MAX_PASSES; pass++) {
-		struct sb_flow *f = lookup(k, &s->fk, cfg->n_masks);
+		struct sb_flow *f = lookup(k, &s->fk, cfg->n_masks, mc);
 		if (!f) {
 			if (th)
 				th->verdict = VERDICT_UPCALL;

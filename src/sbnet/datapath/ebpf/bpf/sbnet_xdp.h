@@ -215,7 +215,7 @@ static __always_inline int xdp_plan(struct xdp_plan *pl, __u32 n_masks, __u32 l4
 
 #pragma unroll
 	for (int pass = 0; pass < MAX_PASSES; pass++) {
-		struct sb_flow *f = lookup(pl->key, pl->fk, n_masks);
+		struct sb_flow *f = lookup(pl->key, pl->fk, n_masks, 0);
 		if (!f)
 			return -1;
 		pl->flows[pass] = f;
