@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 from sbnet.datapath.ebpf.libbpf import BpfError, pin, pinned, tc_detach_ingress
@@ -55,7 +56,7 @@ def open_pinned(d: Path) -> dict[str, int] | None:
 def pin_maps(fds: dict[str, int], d: Path) -> None:
     """Pin each map at d/<map name> (bpffs mounted at /sys/fs/bpf)."""
     fs = bpffs()
-    if not os.path.ismount(fs):
+    if not os.path.ismount(fs) and not _mount(fs):
         raise BpfError(errno.ENOENT, f"{fs} is not a BPF file system: mount -t bpf bpf {fs} "
                                      f"(or name one in ${ENV})")
     d.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,16 @@ def pin_maps(fds: dict[str, int], d: Path) -> None:
     except BaseException:
         _unpin(d)
         raise
+
+
+def _mount(fs: Path) -> bool:
+    """Mount a BPF file system at the default place where a freshly booted host has none
+    (as bpftool does before it pins); True when mounted.  A place named in $SBNET_BPFFS is
+    the caller's to provide."""
+    if os.environ.get(ENV) or not fs.is_dir():
+        return False
+    res = subprocess.run(["mount", "-t", "bpf", "bpf", str(fs)], capture_output=True)
+    return res.returncode == 0 and os.path.ismount(fs)
 
 
 def _unpin(d: Path) -> None:
