@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sbnet.datapath.batch import HEADROOM, Batch
+from sbnet.datapath.batch import HEADROOM, Batch, filled
 
 
 @pytest.mark.parametrize("copies", [1, 5])
@@ -46,3 +46,17 @@ def test_empty():
     e = Batch.empty()
     assert len(e) == 0 and e.packets() == []
     assert len(Batch.from_packets([], in_port=1)) == 0
+
+
+def test_filled_columns_are_independent_and_single_port_sees_mixed_rows():
+    # filled() copies from a shared template: a later stage moving one batch's starts
+    # must not move another's.
+    a = filled(3, 64, np.int32)
+    a[0] = 10
+    assert filled(3, 64, np.int32).tolist() == [64, 64, 64]
+    assert filled(5000, 7, np.uint32).tolist() == [7] * 5000
+    b = Batch.from_packets([b"\x00" * 60] * 3, in_port=4)
+    assert b.single_port() == 4
+    b.in_port[2] = 5
+    assert b.single_port() is None
+    assert Batch.empty().single_port() is None

@@ -88,6 +88,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.length)
 
+    def single_port(self) -> int | None:
+        """The in_port every row shares (a port's receive batch), None when they differ or
+        there are no rows: one bytes comparison, where a numpy reduction costs 1-5 us
+        whatever the batch's size."""
+        return same_value(self.in_port)
+
     def packet(self, i: int) -> bytes:
         s = int(self.start[i])
         return self.data[i, s:s + int(self.length[i])].tobytes()
@@ -109,10 +115,28 @@ class Batch:
 
 def filled(n: int, value: int, dtype) -> np.ndarray:
     """np.full(n, value, dtype) for the per-batch columns: numpy's full is Python code
-    costing about 2 us, four times empty() and fill()."""
-    a = np.empty(n, dtype)
-    a.fill(value)
-    return a
+    costing about 2 us, a copy of a slice of a filled template a third of that."""
+    t = _FILLED.get((value, dtype))
+    if t is None or t.size < n:
+        if n > _TEMPLATE or len(_FILLED) >= _TEMPLATES:
+            a = np.empty(n, dtype)
+            a.fill(value)
+            return a
+        t = _FILLED[value, dtype] = np.full(_TEMPLATE, value, dtype)
+    return t[:n].copy()
+
+
+_TEMPLATE = 4096
+_TEMPLATES = 1024         # (value, dtype) pairs kept: headroom and each port's number
+_FILLED: dict = {}
+
+
+def same_value(a: np.ndarray) -> int | None:
+    """The value every element of the 1-D array a holds; None when they differ or a is empty."""
+    if not len(a):
+        return None
+    first = a[:1]
+    return first.item() if a.tobytes() == first.tobytes() * len(a) else None
 
 
 def _ports(in_port: int | Sequence[int], n: int) -> np.ndarray:

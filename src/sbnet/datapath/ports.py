@@ -22,8 +22,8 @@ class Port:
     def deliver(self, batch: Batch) -> None:
         ln = batch.length
         self.tx_packets += len(ln)
-        # numpy's sum costs about 2 us whatever the size: a tenth of a small batch's switching.
-        self.tx_bytes += sum(ln.tolist()) if len(ln) <= 16 else int(ln.sum())
+        # numpy's sum costs 1-3 us whatever the size: a tenth of a small batch's switching.
+        self.tx_bytes += sum(ln.tolist()) if len(ln) <= 128 else int(ln.sum())
 
     def close(self) -> None:
         pass

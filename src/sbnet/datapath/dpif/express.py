@@ -449,11 +449,16 @@ class ExpressLane:
         # Every argument's type is fixed here (_as, the lane's own arrays): the compiled
         # entry of lane_kernel's one signature takes them without the dispatcher working
         # out each one's type (for the state struct a Python-level lookup, ~2 us).
-        n_hand = _LANE(self._current(None), _as(batch.data, _U8), _as(batch.start, _I32),
-                       _as(batch.length, _I32), _as(batch.in_port, _U32), parsed.keys,
-                       _as(parsed.l3, _I32), _as(parsed.l4, _I32), _as(parsed.error, _U8),
-                       fresh, _as(rows, _I64), _NO_TUN if tun is None else tun, False,
-                       float(now), *self._ct_args(), enc, enc_len, outs, hand, max_recirc)
+        l3, l4, error = parsed.l3, parsed.l4, parsed.error
+        if not fresh:       # the numpy parser's: its types are not the lane's own
+            l3, l4, error, rows = _as(l3, _I32), _as(l4, _I32), _as(error, _U8), _as(rows, _I64)
+        data, start, length, in_port = batch.data, batch.start, batch.length, batch.in_port
+        if (start.dtype, length.dtype, in_port.dtype, data.dtype) != _COLUMNS:
+            data, start = _as(data, _U8), _as(start, _I32)
+            length, in_port = _as(length, _I32), _as(in_port, _U32)
+        n_hand = _LANE(self._current(None), data, start, length, in_port, parsed.keys, l3, l4,
+                       error, fresh, rows, _NO_TUN if tun is None else tun, False, float(now),
+                       *self._ct_args(), enc, enc_len, outs, hand, max_recirc)
         return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
@@ -591,6 +596,7 @@ _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
+_COLUMNS = (_I32, _I32, _U32, _U8)      # a batch's start, length, in_port and data
 _LANE = lane_kernel.overloads[lane_kernel.signatures[0]].entry_point
 # decap_kernel's plan with no tunnel ports (tunnel_fast.decap_plan's shapes).
 _NO_PLAN = (np.zeros(0, np.uint64), np.zeros((0, 2), np.uint64), np.zeros(0, np.int64),

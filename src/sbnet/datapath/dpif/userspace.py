@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from sbnet.datapath import nsh, odp
-from sbnet.datapath.batch import HEADROOM, Batch, filled
+from sbnet.datapath.batch import HEADROOM, Batch, filled, same_value
 from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, SamePath, Upcall
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS, ExpressLane,
@@ -35,7 +35,7 @@ _CT_POINT = 0xFFFFFF01    # pseudo-port: execute() hands back the packet as it r
 _TCP_FLAGS = F.SLOT_INDEX["tcp_flags"]
 # Batches up to this size are counted and sorted in Python lists: numpy's fixed cost per
 # call (a few us) outweighs its speed on a handful of rows.
-_SMALL = 16
+_SMALL = 128
 _WHOLE = np.arange(0)       # _from_underlay: every row of the batch (compared by identity)
 # Conntrack state travels with the packet (OVS's pkt->md), not in its bytes: kept across re-parses.
 _CT_ROWS = slice(F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["ct_tp_dst"] + 1)
@@ -258,20 +258,19 @@ class UserspaceDpif:
         ports = self.underlay.ports
         if not ports:
             return None
+        # A port's receive batch comes from one interface: one comparison says so.
+        one = batch.single_port()
+        if one is not None:
+            return _WHOLE if one in ports else None
         n = len(batch)
         if n <= _SMALL:
-            # A port's receive batch comes from one interface: Python's list is cheaper here.
             on = [p in ports for p in batch.in_port.tolist()]
-            if all(on):
-                return _WHOLE
             rows = [i for i, u in enumerate(on) if u]
             return np.array(rows, np.int64) if rows else None
         hit = np.zeros(len(batch), dtype=bool)
         for p in ports:
             hit |= batch.in_port == p
         rows = np.flatnonzero(hit)
-        if rows.size == n:
-            return _WHOLE
         return rows if rows.size else None
 
     def _local(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
@@ -361,14 +360,12 @@ class UserspaceDpif:
 
     def _count_rx(self, in_port: np.ndarray) -> None:
         """Inner frames received, counted on the tunnel ports they came in by."""
-        if in_port.size <= _SMALL:
-            # Python's lists beat numpy's per-call cost on a few rows; a batch from the
-            # underlay is mostly one tunnel port's.
-            ports = in_port.tolist()
-            if ports.count(ports[0]) == len(ports):
-                counts = ((ports[0], len(ports)),)
-            else:
-                counts = Counter(ports).items()
+        one = same_value(in_port)
+        if one is not None:
+            # A batch from the underlay is mostly one tunnel port's.
+            counts = ((one, in_port.size),)
+        elif in_port.size <= _SMALL:
+            counts = Counter(in_port.tolist()).items()
         else:
             ports, c = np.unique(in_port, return_counts=True)
             counts = zip(ports.tolist(), c.tolist())
