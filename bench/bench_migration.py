@@ -12,7 +12,9 @@ which no host may hold flows, bindings or connections of the mover it should not
 Downtime is the silence across the switch-over and in the second after it (from the moment
 it begins until 1 s after the VM's interface has moved): the longest gap between ping
 replies, and between the paced streams' receives, that overlaps it, and the longest run of
-iperf3 intervals (0.1 s) that carried nothing within 1 s of it.  The largest ping gap of the whole run
+iperf3 intervals (0.1 s) that carried nothing within 1 s of it.  Beside them, why a stream
+stalls: the segments the VM's TCP discarded by PAWS (a stale copy arriving after a newer
+retransmission) and the senders' retransmission timeouts.  The largest ping gap of the whole run
 is printed beside it: on a busy machine that is the scheduler's, not the migration's.  Then,
 per measured move, where the switch-over's time goes (where_the_time_goes).
 
@@ -53,6 +55,13 @@ def iperf_gap(out: str, t_start: float, t_move: float) -> tuple[float, float]:
     return longest, bits / 1e6
 
 
+def tcp_ext(topo, node) -> dict[str, int]:
+    """A namespace's TCP extended counters (/proc/net/netstat as read from inside it)."""
+    lines = [ln.split() for ln in topo.run(node, "cat", "/proc/net/netstat").stdout.splitlines()
+             if ln.startswith("TcpExt:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:]))) if len(lines) >= 2 else {}
+
+
 def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     topo, peer, mover = lab.topo, lab.peer, lab.mover
     srv = topo.popen(peer, "iperf3", "-s", "-1", "-p", str(5201 + port % 5))
@@ -66,6 +75,11 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
                      idle=SECONDS, chunk=1000, pace=0.01)
     pings = PingTrain(topo, mover, peer.address, count=int(SECONDS * 100))
     time.sleep(2.0)
+    # Why a stream stalls, counted where TCP ends: segments the VM discarded as older than
+    # one it had seen (PAWS: a stale copy arriving after a retransmission), and the
+    # senders' retransmission timeouts (a loss nothing else recovered).
+    ends = {"vm": mover, "outside": "outside", "peer": peer}
+    before = {k: tcp_ext(topo, n) for k, n in ends.items()}
     count = getattr(lab.topo.hosts[dest].datapath, "upcalls", None)
     ups: list[int] = []
     tl, t_move = lab.move(dest, switched=lambda: ups.append(count()) if count else None)
@@ -79,6 +93,10 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     out, _ = ip.communicate(timeout=SECONDS + 30)
     srv.communicate(timeout=10)
     igap, mbps = iperf_gap(out, t_ip, t_move)
+    after = {k: tcp_ext(topo, n) for k, n in ends.items()}
+    paws = after["vm"].get("PAWSEstab", 0) - before["vm"].get("PAWSEstab", 0)
+    rtos = {k: after[k].get("TCPTimeouts", 0) - before[k].get("TCPTimeouts", 0)
+            for k in ("outside", "peer")}
     where = where_the_time_goes(lab, tl, pings, t_move, t_end)
     where["released_ms"] = _released(lab, dest, t_move)
     kept = res.error == "" and res.bytes_after(t_move + 0.5)
@@ -88,7 +106,8 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
             "fip_gap_ms": ext.gap_at(t_move, t_end + AFTER) * 1000,
             "fip_survived": ext.error == "" and ext.bytes_after(t_move + 0.5),
             "iperf_gap_ms": igap * 1000, "iperf_mbps": mbps,
-            "dest_upcalls": dest_upcalls, "prewarmed": _prewarmed(lab, dest),
+            "dest_upcalls": dest_upcalls, "vm_paws": paws, "outside_rtos": rtos["outside"],
+            "peer_rtos": rtos["peer"], "prewarmed": _prewarmed(lab, dest),
             "ready_ms": next((t * 1000 for t, w in tl.events if "ready" in w), float("nan")),
             "sequence_ms": tl.events[-1][0] * 1000, **where}
 
@@ -181,10 +200,14 @@ def main() -> None:
           "'worst' is the largest "
           "ping gap of the whole run (the machine's own noise); prewarmed: megaflows the "
           "destination translated ahead; dest upcalls: its upcalls in the "
-          f"{UPCALLS_WITHIN * 1000:.0f} ms after the switch-over.")
+          f"{UPCALLS_WITHIN * 1000:.0f} ms after the switch-over; PAWS: segments the VM's TCP "
+          "discarded as older than one it had already seen (a stale copy that came after a "
+          "retransmission); RTO out/peer: the outside's and the peer's retransmission timeouts "
+          "in the run.")
     print(f"{'datapath':10} {'handover':9} {'ping gap':>9} {'worst':>7} {'lost':>5} {'dup':>4} "
           f"{'stream gap':>11} {'TCP kept':>8} {'FIP gap':>8} {'FIP kept':>8} "
-          f"{'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8} {'prewarmed':>9} {'dest upcalls':>12}")
+          f"{'iperf3 0-run':>13} {'Mbit/s':>7} {'ready':>8} {'prewarmed':>9} {'dest upcalls':>12} "
+          f"{'PAWS':>5} {'RTO out/peer':>12}")
     for r in results:
         for key, label in (("handover", "yes"), ("no_handover", "no")):
             m = r[key]
@@ -194,7 +217,8 @@ def main() -> None:
                   f"{m['stream_gap_ms']:9.0f}ms {'yes' if m['stream_survived'] else 'NO':>8} "
                   f"{m['fip_gap_ms']:6.0f}ms {'yes' if m['fip_survived'] else 'NO':>8} "
                   f"{m['iperf_gap_ms']:11.0f}ms {m['iperf_mbps']:7.1f} {m['ready_ms']:6.0f}ms "
-                  f"{_n(m['prewarmed']):>9} {_n(m['dest_upcalls']):>12}")
+                  f"{_n(m['prewarmed']):>9} {_n(m['dest_upcalls']):>12} {m['vm_paws']:5d} "
+                  f"{m['outside_rtos']:>6d}/{m['peer_rtos']:<5d}")
     print("Where the switch-over's time goes (ms after it began): the VM without an interface, "
           "until when the destination held the other hosts' copies of its traffic (its first "
           "frame there), the first ping reply after it (its round trip; the run's median), "
