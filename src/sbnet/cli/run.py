@@ -43,6 +43,10 @@ def run(
 ) -> None:
     """Serve the Neutron API with embedded hosts that follow it (each change is compiled
     and applied to every host's switch); --demo shows a whole cloud at work."""
+    from sbnet.datapath.jit import compile_ahead
+    if not real:
+        # A fresh machine compiles the fast path first: on two cores at once.
+        compile_ahead("sbnet.agent.embedded")
     from sbnet.agent.embedded import Cluster
     from sbnet.agent.follow import Follower
     from sbnet.api.local import LocalApi

@@ -8,6 +8,7 @@ import numpy as np
 from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16
 from sbnet.datapath.conntrack_pkt import _ICMP6_ERR, _ICMP_ERR, _REV4, _REV6, PacketInfo
 from sbnet.datapath.conntrack_table import _P, _S
+from sbnet.datapath.jit import kernel
 from sbnet.flows.fields import ETH_IP, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
 
 COMPILED_MAX = 64          # batches this small are keyed here, larger ones by numpy
@@ -61,9 +62,9 @@ def _clean(data, g, l3, l4, keys, error):
 
 # One signature, compiled (or loaded from the on-disk cache) at import, never in the
 # middle of a packet burst; extract_compiled passes exactly these types.
-@numba.njit("boolean(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
-            " boolean, boolean[:], boolean[:], int64[:], uint64[:, :], uint64[:], int64[:],"
-            " int64[:], int64[:], int64[:], int64[:], int8[:])", cache=True, nogil=True)
+@kernel("boolean(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
+        " boolean, boolean[:], boolean[:], int64[:], uint64[:, :], uint64[:], int64[:],"
+        " int64[:], int64[:], int64[:], int64[:], int8[:])")
 def ct_extract_kernel(data, rows, l3s, l4s, keys, error, zones, checksums, ok, v6o, proto_o,
                       words, hashes, flags, seq, ack, win, plen, extra):
     """conntrack_pkt.extract of the rows `rows` into the PacketInfo arrays, ICMP errors'

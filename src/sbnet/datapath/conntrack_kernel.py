@@ -12,6 +12,7 @@ from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_L4ST, C_LABEL, C_MARK, C_NAT, C_PROTO, C_TCP, C_TUP,
     DNAT_BIT, EST, ICMP_REPLY, INV, NEW, OTHER_BIDIR, RPL, SNAT_BIT, TM_ICMP_REPLY,
     TM_OTHER_BIDIR, TRK)
+from sbnet.datapath.jit import kernel
 from sbnet.flows.fields import ETH_IP, IP_ICMP, IP_TCP, IP_UDP
 
 _ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
@@ -253,9 +254,9 @@ def _nat4(data, keys, g, l3, l4, kind, src, dst, sp, dp):
 
 # One signature, compiled (or loaded from the on-disk cache) at import, never in the
 # middle of a packet burst; callers pass exactly these types.
-@numba.njit("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
-            " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64[:],"
-            " int64[:, :], int8[:], int64[:], int64[:], boolean[:])", cache=True, nogil=True)
+@kernel("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
+        " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64[:],"
+        " int64[:, :], int8[:], int64[:], int64[:], boolean[:])")
 def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, now, flags, tmo,
                    work, mark, count, stats, good):
     """conntrack_fast.express for the rows `rows`: the same choice of TCP express rows,

@@ -10,6 +10,7 @@ import numpy as np
 
 from sbnet.datapath import odp
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
+from sbnet.datapath.jit import entry_point, kernel
 from sbnet.datapath.parse import Parsed
 from sbnet.datapath.tunnel import TNL_F_OAM
 from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F_NAT, W_ELIG,
@@ -74,12 +75,12 @@ def _set(data, keys, g, start, l3, op, v):
         keys[_NW_TTL, g] = np.uint64(v & 0xFF)
 
 
-@numba.njit(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
-                        numba.uint32[:], numba.uint64[:, :], numba.int32[:], numba.int32[:],
-                        numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
-                        numba.boolean, numba.float64, numba.boolean, numba.int64,
-                        numba.uint8[:, :], numba.int32[:], numba.int64[:, :],
-                        numba.int64[:, :], numba.int64), cache=True, nogil=True)
+@kernel(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
+                    numba.uint32[:], numba.uint64[:, :], numba.int32[:], numba.int32[:],
+                    numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
+                    numba.boolean, numba.float64, numba.boolean, numba.int64,
+                    numba.uint8[:, :], numba.int32[:], numba.int64[:, :],
+                    numba.int64[:, :], numba.int64))
 def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
                 decap, now, ct_ok, ct_flags, enc, enc_len, outs, hand, max_recirc):
     """Every row of `rows` through the signature cache and its datapath flow's program,
@@ -597,7 +598,7 @@ _NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
 _NO_LEN = np.zeros(0, np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
 _COLUMNS = (_I32, _I32, _U32, _U8)      # a batch's start, length, in_port and data
-_LANE = lane_kernel.overloads[lane_kernel.signatures[0]].entry_point
+_LANE = entry_point(lane_kernel)
 # decap_kernel's plan with no tunnel ports (tunnel_fast.decap_plan's shapes).
 _NO_PLAN = (np.zeros(0, np.uint64), np.zeros((0, 2), np.uint64), np.zeros(0, np.int64),
             np.zeros(0, np.int64), np.zeros((0, 8), np.int64))

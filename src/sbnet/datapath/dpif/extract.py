@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from sbnet.datapath.batch import Batch
+from sbnet.datapath.jit import kernel
 from sbnet.datapath.parse import Parsed, parse
 from sbnet.flows.fields import (ETH_ARP, ETH_IP, ETH_IPV6, ETH_QINQ, ETH_RARP, ETH_VLAN, IP_ICMP,
                                 IP_ICMPV6, IP_IGMP, IP_SCTP, IP_TCP, IP_UDP, N_SLOTS, SLOT_INDEX, VLAN_CFI)
@@ -38,8 +39,8 @@ def _be(d, i, pos, k):
 
 # One signature, compiled (or loaded from the on-disk cache) when this module is imported,
 # never in the middle of a packet burst; callers pass exactly these types.
-@numba.njit("int64(uint8[:, :], int32[:], int32[:], uint32[:], uint64[:, :], int32[:], int32[:],"
-            " boolean[:])", cache=True, nogil=True)
+@kernel("int64(uint8[:, :], int32[:], int32[:], uint32[:], uint64[:, :], int32[:], int32[:],"
+        " boolean[:])")
 def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
     """Keys and header offsets of every packet this pass understands completely and
     finds well-formed: Ethernet with up to two VLAN tags, then IPv4 (no fragments),

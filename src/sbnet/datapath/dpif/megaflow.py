@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from sbnet.datapath.jit import kernel
 from sbnet.flows import fields as F
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -44,8 +45,8 @@ def _holds(keys, g, slots, mask, values, ids, r):
     return True
 
 
-@numba.njit("int64(uint64[:, :], int64[:], int64[:], int64, int64[:], uint64[:], int64[:],"
-            " uint64[:, :], int64[:], uint64[:], int64[:], int64[:])", cache=True, nogil=True)
+@kernel("int64(uint64[:, :], int64[:], int64[:], int64, int64[:], uint64[:], int64[:],"
+        " uint64[:, :], int64[:], uint64[:], int64[:], int64[:])")
 def subtable_kernel(keys, todo, pos, n, slots, mask, home_row, values, ids, ovf_h, ovf_row,
                     out):
     """Subtable.lookup of the rows todo[:n] (out[pos[t]] set for each found), as one

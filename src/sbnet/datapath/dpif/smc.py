@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from sbnet.datapath.jit import kernel
 from sbnet.flows.fields import SLOT_INDEX
 
 # The slots hashed to pick a packet's bucket: those that tell flows apart in practice.
@@ -71,8 +72,8 @@ def probe(table, h):
 
 # Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
 # never in the middle of a packet burst; callers pass exactly these types.
-@numba.njit("int64(uint64[:, :], int64[:], int64[:], uint64[:, :], uint64[:, :], uint64[:],"
-            " int64[:])", cache=True, nogil=True)
+@kernel("int64(uint64[:, :], int64[:], int64[:], uint64[:, :], uint64[:, :], uint64[:],"
+        " int64[:])")
 def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash.
     Three passes (hash, buckets, verify), each with short independent iterations, so
@@ -90,7 +91,7 @@ def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
     return misses
 
 
-@numba.njit("void(uint64[:], int64[:], uint64[:, :], uint64[:, :])", cache=True, nogil=True)
+@kernel("void(uint64[:], int64[:], uint64[:, :], uint64[:, :])")
 def smc_insert(hashes, flows, table, matches):
     """Remember the flow found by a lower tier for each hash (flows that fit the cache only):
     in the bucket already holding the hash, else an empty one of its first set, then of its
@@ -134,7 +135,7 @@ def _masked_hash(keys, i, match):
     return h
 
 
-@numba.njit("void(uint64[:, :], uint64[:], uint64[:])", cache=True, nogil=True)
+@kernel("void(uint64[:, :], uint64[:], uint64[:])")
 def masked_hash_kernel(keys, match, out):
     """out[i]: packet i's key hashed under match row `match`'s mask (see _masked_hash)."""
     for i in range(keys.shape[1]):
@@ -159,8 +160,7 @@ def _claim(keys, hashes, order, match, owner, flow):
             owner[i] = flow
 
 
-@numba.njit("int64(uint64[:, :], uint64[:], int64[:], uint64[:], int64[:], int64, int64)",
-            cache=True, nogil=True)
+@kernel("int64(uint64[:, :], uint64[:], int64[:], uint64[:], int64[:], int64, int64)")
 def claim_kernel(keys, hashes, order, match, owner, flow, first):
     """_claim for one flow; returns the first packet after `first` still unowned."""
     _claim(keys, hashes, order, match, owner, flow)
@@ -171,8 +171,7 @@ def claim_kernel(keys, hashes, order, match, owner, flow, first):
     return first
 
 
-@numba.njit("void(uint64[:, :], uint64[:], int64[:], uint64[:, :], int64[:], int64[:])",
-            cache=True, nogil=True)
+@kernel("void(uint64[:, :], uint64[:], int64[:], uint64[:, :], int64[:], int64[:])")
 def claim_many_kernel(keys, hashes, order, matches, flows, owner):
     """_claim for several flows of one mask, each's match row matches[flow]."""
     for f in flows:
@@ -187,8 +186,8 @@ def match_row(slots: tuple, mask: tuple, value: tuple) -> np.ndarray:
     return row
 
 
-@numba.njit("void(int64[:], int32[:], uint64[:], float64, int64[:], int64[:], float64[:],"
-            " uint16[:])", cache=True, nogil=True)
+@kernel("void(int64[:], int32[:], uint64[:], float64, int64[:], int64[:], float64[:],"
+        " uint16[:])")
 def count_kernel(flows, lengths, tcp_flags, now, packets, nbytes, used, flags):
     """Per-flow counters for a batch: packets, bytes, last use and TCP flags seen."""
     for r in range(flows.shape[0]):

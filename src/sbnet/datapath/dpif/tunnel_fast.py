@@ -11,6 +11,7 @@ import numpy as np
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16
+from sbnet.datapath.jit import kernel
 from sbnet.datapath.underlay import Underlay
 from sbnet.flows.fields import IP_UDP
 
@@ -168,8 +169,7 @@ def encap_one(d, i, s, ln, tmpl, prm, out, o):
 
 # Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
 # never in the middle of a packet burst; callers pass exactly these types.
-@numba.njit("int64(uint8[:, :], int32[:], int32[:], uint8[:], int64[:], uint8[:, :])",
-            cache=True, nogil=True)
+@kernel("int64(uint8[:, :], int32[:], int32[:], uint8[:], int64[:], uint8[:, :])")
 def encap_kernel(d, start, length, tmpl, prm, out):
     """Outer IPv4 headers (from the template tmpl, hdr_len bytes) and inner frames of
     every row into out; prm: kind, hdr_len, tos (or -1: inherit), ttl (or -1), checksum,
@@ -184,8 +184,8 @@ def encap_kernel(d, start, length, tmpl, prm, out):
     return 0
 
 
-@numba.njit("int64(uint8[:, :], int32[:], int32[:], uint64[:], uint64[:, :], int64[:], int64[:],"
-            " int64[:, :], int64[:, :])", cache=True, nogil=True)
+@kernel("int64(uint8[:, :], int32[:], int32[:], uint64[:], uint64[:, :], int64[:], int64[:],"
+        " int64[:, :], int64[:, :])")
 def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, res):
     """tunnel.decap of VXLAN over IPv4 for every row, or its verdict that the numpy code
     must decide: res[i, D_STATUS] is _OTHER (not addressed to a tunnel: switched as
@@ -304,8 +304,7 @@ def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, 
     return n_slow
 
 
-@numba.njit("void(uint8[:, :], int64[:], int64[:], int64[:], uint8[:, :], int64)",
-            cache=True, nogil=True)
+@kernel("void(uint8[:, :], int64[:], int64[:], int64[:], uint8[:, :], int64)")
 def copy_kernel(d, rows, col, length, out, out_col):
     """out[r, out_col:out_col + length[r]] = d[rows[r], col[r]:col[r] + length[r]]."""
     for r in range(rows.shape[0]):
