@@ -46,10 +46,13 @@ class _Claims:
         with open(self._path(name, ".done"), "w"):
             pass
 
+    def claimed(self, name: str) -> bool:
+        return os.path.exists(self._path(name, ".claim"))
+
     def busy(self, name: str) -> bool:
         """Whether the other process has claimed the kernel and is still at it."""
-        return (os.path.exists(self._path(name, ".claim"))
-                and not os.path.exists(self._path(name, ".done")) and self.other_alive())
+        return (self.claimed(name) and not os.path.exists(self._path(name, ".done"))
+                and self.other_alive())
 
     def wait(self, name: str) -> None:
         while self.busy(name):
@@ -125,14 +128,13 @@ class _Helper:
         for disp, _ in reversed(self.kernels):
             if not self._parent_alive():
                 return
-            if not self.claims.busy(_name(disp)):
-                self._ensure(disp, sigs, needed=False)
+            self._ensure(disp, sigs, needed=False)
 
     def _ensure(self, disp, sigs, needed: bool) -> None:
         if id(disp) in self.compiled:
             return
         name = _name(disp)
-        if not needed and os.path.exists(os.path.join(self.claims.where, name + ".claim")):
+        if not needed and self.claims.claimed(name):
             return
         # The kernels it calls first, those nobody is at before those main is compiling.
         deps = callees(disp.py_func, sigs)
