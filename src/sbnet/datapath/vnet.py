@@ -7,7 +7,7 @@ import numpy as np
 
 from sbnet.datapath.batch import HEADROOM, TAILROOM
 from sbnet.datapath.conntrack_kernel import _fold, _put16, _sum16
-from sbnet.datapath.mmsg import VNET_LEN
+from sbnet.datapath.mmsg import VNET_LEN, move
 
 # struct virtio_net_hdr (PACKET_VNET_HDR), VNET_LEN bytes: flags, gso_type, hdr_len,
 # gso_size, csum_start, csum_offset; host byte order (little-endian here).
@@ -41,6 +41,10 @@ def _geometry(d, r, f, ln):
         et = _be16(d, r, f + 16)
     l4 = _le16(d, r, f - VNET_LEN + 6)          # csum_start: where the L4 header begins
     v4 = et == 0x0800
+    if not d[r, f - VNET_LEN] & F_NEEDS_CSUM:
+        # Checksums complete (a GSO frame another switch coalesced): no csum_start, the
+        # L4 header follows the IP header.
+        l4 = l3 + (np.int64(d[r, f + l3] & 0x0F) * 4 if v4 else 40)
     if v4:
         if kind != GSO_TCPV4 and kind != GSO_UDP_L4 or l3 + 20 > ln \
                 or _be16(d, r, f + l3 + 6) & 0x3FFF:
@@ -128,8 +132,7 @@ def vnet_fill(buf, lens, counts, out, out_len, src):
         kind = buf[r, f - VNET_LEN + 1] & GSO_KIND
         flags = buf[r, f - VNET_LEN]
         if kind == GSO_NONE:
-            for j in range(ln):
-                out[o, f + j] = buf[r, f + j]
+            move(out[o], f, buf[r], f, ln)
             cs = _le16(buf, r, f - VNET_LEN + 6)
             co = _le16(buf, r, f - VNET_LEN + 8)
             if flags & F_NEEDS_CSUM and cs + co + 2 <= ln:
@@ -150,10 +153,8 @@ def vnet_fill(buf, lens, counts, out, out_len, src):
         for i in range(k):
             at = i * size
             seg = min(size, pay - at) if pay > 0 else 0
-            for j in range(head):
-                out[o, f + j] = buf[r, f + j]
-            for j in range(seg):
-                out[o, f + head + j] = buf[r, f + head + at + j]
+            move(out[o], f, buf[r], f, head)
+            move(out[o], f + head, buf[r], f + head + at, seg)
             if v4:
                 ihl = l4 - l3
                 _put16(out, o, f + l3 + 2, ihl + hl + seg)
