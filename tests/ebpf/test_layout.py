@@ -146,3 +146,13 @@ def test_numpy_records_match_the_struct_layouts():
     k = np.zeros(1, L.CT_KEY_DTYPE)
     k["zone"], k["proto"], k["sport"], k["dport"], k["src"], k["dst"] = 7, 6, 1, 2, 3, 4
     assert k.tobytes() == L.CT_KEY.pack(7, 6, 0, 1, 2, 3, 4)
+
+
+def test_an_output_to_a_peer_veth_says_so_in_the_action():
+    """The program redirects a last output into the other end of a PORT_F_PEER veth from
+    the action's flag, without looking the port up (OUT_F_PEER as the C header has it)."""
+    text = (SOURCE_DIR / "sbnet_dp.h").read_text()
+    assert int(re.search(r"#define OUT_F_PEER (\d+)", text).group(1)) == L.OUT_F_PEER
+    ports = {2: L.KernelPort(2, 12), 3: L.KernelPort(3, 13, peer=True)}
+    acts = L.encode_actions((odp.Output(2), odp.Output(3)), ports)
+    assert acts == [(L.OP_OUTPUT, 0, 12, 0, 0), (L.OP_OUTPUT, L.OUT_F_PEER, 13, 0, 0)]

@@ -91,6 +91,7 @@ METER = struct.Struct("<QQQQIIQQQQII")
 U32 = struct.Struct("<I")
 
 PORT_F_TUNNEL, PORT_F_XDP_OUT, PORT_F_PEER = 1, 2, 4
+OUT_F_PEER = 1                    # OP_OUTPUT h: the port is a PORT_F_PEER veth
 XDP_STATS = ("xdp_forward", "xdp_pass")        # the XDP program's own counters (sbnet_xdp.h)
 CFG_F_TEST, CFG_F_KERNEL_CT, CFG_F_TCP_LIBERAL = 1, 2, 4
 # The connection map's state word: ct_state bits, and CS_OPENING (a TCP connection in its
@@ -125,6 +126,7 @@ class KernelPort:
     ofport: int
     ifindex: int
     tunnel: object | None = None          # sbnet.datapath.tunnel.TunnelPort
+    peer: bool = False                    # a veth whose other end is in another namespace
 
 
 _CT_STATE, _NW_PROTO = F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["nw_proto"]
@@ -287,7 +289,8 @@ def encode_actions(actions: tuple, ports: dict[int, KernelPort],
     for i, a in enumerate(actions):
         match a:
             case odp.Output(port):
-                out.append((OP_OUTPUT, 0, _port(ports, port).ifindex, 0, 0))
+                kp = _port(ports, port)
+                out.append((OP_OUTPUT, OUT_F_PEER if kp.peer else 0, kp.ifindex, 0, 0))
             case odp.SetFields(header, fields):
                 out += _set(header, dict(fields))
             case odp.PushVlan(tpid, tci):

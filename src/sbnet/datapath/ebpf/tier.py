@@ -271,7 +271,7 @@ class EbpfTier:
         flags = ((L.PORT_F_TUNNEL if tunnel is not None else 0) | (L.PORT_F_XDP_OUT if xdp_out else 0)
                  | (L.PORT_F_PEER if peer else 0))
         self.m_ports.update(L.U32.pack(ifindex), L.PORT.pack(ofport, flags))
-        self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel)
+        self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel, peer)
         self._ofport_of[ifindex] = ofport
 
     def remove_port(self, ofport: int) -> None:

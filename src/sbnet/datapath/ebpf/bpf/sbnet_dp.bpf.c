@@ -162,6 +162,8 @@ struct pkt {
 	__u8 l4proto;          /* TCP/UDP/ICMPv6 whose checksum covers the pseudo-header */
 	__u8 tunnel_set;
 	__u8 test;
+	__u8 last_peer;        /* the pending output's port is a PORT_F_PEER veth */
+	__u8 pad[3];
 	__u32 ifindex;
 	__u32 n_out;
 	__u32 last_out;        /* ifindex of the pending (last) output, 0: none */
@@ -329,10 +331,11 @@ static __always_inline void send_pending(struct __sk_buff *skb, struct pkt *p)
 	p->last_out = 0;
 }
 
-static __always_inline void output(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
+static __always_inline void output(struct __sk_buff *skb, struct pkt *p, struct sb_act *a)
 {
 	send_pending(skb, p);
-	p->last_out = ifindex;
+	p->last_out = a->w;
+	p->last_peer = a->h & OUT_F_PEER;
 	p->n_out++;
 }
 
@@ -407,7 +410,7 @@ int do_action(struct __sk_buff *skb, struct pkt *pp, struct sb_key *k, struct sb
 		keep_orig(k, &p);
 	switch (a->op) {
 	case OP_OUTPUT:
-		output(skb, &p, a->w);
+		output(skb, &p, a);
 		break;
 	case OP_PUSH_VLAN:
 		bpf_skb_vlan_push(skb, bpf_htons(a->w), a->h);
@@ -774,8 +777,7 @@ done:
 		return TC_ACT_SHOT;             /* every output has left as a clone */
 	if (p.test)
 		trace_output(skb, &p, p.last_out, p.n_out - 1);
-	struct sb_port *out = bpf_map_lookup_elem(&ports, &p.last_out);
-	if (out && (out->flags & PORT_F_PEER))
+	if (p.last_peer)
 		return bpf_redirect_peer(p.last_out, 0);
 	return bpf_redirect(p.last_out, 0);
 }

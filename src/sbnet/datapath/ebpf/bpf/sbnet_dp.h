@@ -42,7 +42,7 @@ struct sb_mask {          /* masks map value (array index = position in the mask
 };
 
 enum sb_op {
-	OP_OUTPUT = 1,        /* w = ifindex */
+	OP_OUTPUT = 1,        /* w = ifindex, h = OUT_F_PEER or 0 */
 	OP_PUSH_VLAN,         /* h = tci (present bit cleared), w = tpid */
 	OP_POP_VLAN,
 	OP_SET_ETH_SRC,       /* a = 48-bit MAC */
@@ -64,6 +64,10 @@ enum sb_op {
 	OP_CT,                /* h = zone, w = flags (CT_F_*), a = mark value, b = mark mask */
 	OP_RECIRC,            /* w = recirc id */
 };
+
+/* The output's port is a PORT_F_PEER veth, told in the action so that a packet's last
+ * output needs no lookup of its port (a cold one costs 0.3 us on real traffic). */
+#define OUT_F_PEER 1
 
 #define CT_F_COMMIT 1
 #define CT_F_MARK 2
