@@ -197,7 +197,13 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
         for a in range(n_act):
             f = found[a]
             if f >= 0:
-                sink ^= matches[f, 0] ^ np.uint64(action_of[f])
+                # Every cache line of the match row the verify reads (k slot, mask and
+                # value triples after k).
+                k = matches[f, 0]
+                if k != _DEAD:
+                    for j in range(0, min(1 + 3 * np.int64(k), matches.shape[1]), 8):
+                        sink ^= matches[f, j]
+                sink ^= np.uint64(action_of[f])
         for a in range(n_act):
             f = found[a]
             if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, active[a], matches[f])):
