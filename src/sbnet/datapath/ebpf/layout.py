@@ -92,6 +92,7 @@ U32 = struct.Struct("<I")
 
 PORT_F_TUNNEL, PORT_F_XDP_OUT, PORT_F_PEER = 1, 2, 4
 OUT_F_PEER = 1                    # OP_OUTPUT h: the port is a PORT_F_PEER veth
+UP_F_TUN, UP_F_CSUM_PARTIAL = 1, 2  # sb_upcall.flags
 XDP_STATS = ("xdp_forward", "xdp_pass")        # the XDP program's own counters (sbnet_xdp.h)
 CFG_F_TEST, CFG_F_KERNEL_CT, CFG_F_TCP_LIBERAL = 1, 2, 4
 # The connection map's state word: ct_state bits, and CS_OPENING (a TCP connection in its

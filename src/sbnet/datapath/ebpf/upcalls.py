@@ -61,11 +61,11 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
     """Ring records (an sb_upcall header, then the packet) to the slow path's batch, GSO
     packets cut into their segments.  Packets longer than an upcall carries
     (layout.UPCALL_MAX) are counted, not switched (their sender resends)."""
-    frames, ports, tunnelled, events, est = [], [], [], [], []
+    frames, ports, tunnelled, events, est, partial = [], [], [], [], [], []
     truncated = segmented = 0
     unpack = L.UPCALL.unpack_from
     for rec in records:
-        (_, in_port, length, caplen, reason, tun, tun_id, tun_src, tun_dst, vlan,
+        (_, in_port, length, caplen, reason, flags, tun_id, tun_src, tun_dst, vlan,
          gso_size) = unpack(rec)
         if reason in _EVENTS and not length:
             events.append(rec[_HDR:_HDR + L.CT_EVENT_DTYPE.itemsize])
@@ -81,15 +81,18 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
         segs = segment(frame, gso_size) if gso_size and caplen > gso_size else (frame,)
         segmented += len(segs) > 1
         for seg in segs:
-            if tun and underlay_port is not None:
+            if flags & L.UP_F_TUN and underlay_port is not None:
                 tunnelled.append((len(frames), tun_id, tun_src, tun_dst))
             frames.append(seg)
             ports.append(in_port)
+            partial.append(bool(flags & L.UP_F_CSUM_PARTIAL))
     inner = Batch.from_packets(frames, np.array(ports, dtype=np.uint32))
     # A VM with checksum offload leaves its TCP/UDP checksum to the NIC (the kernel path
     # keeps that state with the packet, across veths and tunnels; the bytes that came up
-    # do not).
-    complete_l4_checksums(inner)
+    # do not, the record's flag does).  Only those are completed: a packet that came with
+    # a wrong checksum keeps it, and the slow path's conntrack calls it invalid, as the
+    # reference switch on its own ports does.
+    complete_l4_checksums(inner, np.array(partial, dtype=bool))
     tuples, tuples6 = five_tuples(inner), five_tuples6(inner)
     conn_keys = np.frombuffer(b"".join(events), dtype=L.CT_EVENT_DTYPE) if events else _NO_EVENTS
     established = np.array(est, dtype=np.int64)
@@ -122,11 +125,12 @@ def _u16(d: np.ndarray, rows: np.ndarray, col: np.ndarray) -> np.ndarray:
     return (d[rows, col].astype(np.int64) << 8) | d[rows, col + 1]
 
 
-def complete_l4_checksums(b: Batch) -> None:
-    """Every TCP or UDP checksum of the batch computed in full, in place (IPv4 unfragmented
-    or IPv6 without extension headers, at most one VLAN tag); other packets as they are."""
+def complete_l4_checksums(b: Batch, only: np.ndarray | None = None) -> None:
+    """Every TCP or UDP checksum of the batch (only: of the rows where it holds) computed
+    in full, in place (IPv4 unfragmented or IPv6 without extension headers, at most one
+    VLAN tag); other packets as they are."""
     n = len(b)
-    if not n:
+    if not n or (only is not None and not only.any()):
         return
     d, rows = b.data, np.arange(n)
     last = d.shape[1] - 2
@@ -147,6 +151,8 @@ def complete_l4_checksums(b: Batch) -> None:
     csum_at = np.where(proto == F.IP_TCP, 16, 6)
     ok = ((v4 & (frag == 0) & (ihl >= 20)) | v6) & ((proto == F.IP_TCP) | (proto == F.IP_UDP))
     ok &= (l4_end <= end) & (l4_end - l4 >= csum_at + 2)
+    if only is not None:
+        ok &= only
     if not ok.any():
         return
     r, l3, l4, l4_end, proto = rows[ok], l3[ok], l4[ok], l4_end[ok], proto[ok]

@@ -11,6 +11,7 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "sbnet_dp.h"
 
@@ -612,7 +613,7 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 	u->in_port = in_port;
 	u->len = len;
 	u->reason = reason;
-	u->tun = s->key.w[K_TUN_DST] != 0;
+	u->flags = (s->key.w[K_TUN_DST] ? UP_F_TUN : 0) | (csum_partial(skb) ? UP_F_CSUM_PARTIAL : 0);
 	u->tun_id = s->key.w[K_TUN_ID];
 	u->tun_src = s->key.w[K_TUN_SRC];
 	u->tun_dst = s->key.w[K_TUN_DST];

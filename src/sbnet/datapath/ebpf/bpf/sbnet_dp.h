@@ -257,12 +257,16 @@ struct sb_upcall {
 	__u32 len;            /* whole packet length (an accelerated VLAN tag re-inserted) */
 	__u32 caplen;         /* bytes that follow */
 	__u32 reason;         /* ST_MISS, ST_PUNT_PARSE, ST_PUNT_ACTION, ST_CT_MISS */
-	__u32 tun;
+	__u32 flags;          /* UP_F_* */
 	__u64 tun_id;
 	__u32 tun_src;
 	__u32 tun_dst;
 	__u32 vlan;           /* accelerated tag, as in sb_trace_out */
 	__u32 gso_size;       /* a GSO packet's segment payload size (0: not GSO) */
 };
+
+#define UP_F_TUN 1          /* it came through a tunnel (tun_* hold its key) */
+#define UP_F_CSUM_PARTIAL 2 /* its L4 checksum is partial (the sender left it to the NIC):
+			     * the slow path completes it; any other is left as it came */
 
 #endif

@@ -2,6 +2,23 @@
 #ifndef SBNET_PARSE_H
 #define SBNET_PARSE_H
 
+/* The kernel's checksum state of the packet, read through its sk_buff (CO-RE: only the
+ * field's name is taken from here, its place from the kernel's BTF). */
+struct sk_buff {
+	__u8 ip_summed:2;
+} __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *) __ksym;
+#define CHECKSUM_PARTIAL 3
+
+/* The packet's L4 checksum is a partial one its sender left to the NIC: the bytes going up
+ * hold the pseudo-header's sum there, not the checksum. */
+static __always_inline int csum_partial(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+
+	return BPF_CORE_READ_BITFIELD(skb, ip_summed) == CHECKSUM_PARTIAL;
+}
+
 static __always_inline __u64 mac48(const __u8 *m)
 {
 	return ((__u64)m[0] << 40) | ((__u64)m[1] << 32) | ((__u64)m[2] << 24) |
