@@ -30,11 +30,20 @@ EXTRACT_SLOTS = (IN_PORT, ETH_SRC, ETH_DST, ETH_TYPE, VLAN_TCI, VLAN_TPID, VLAN_
 
 @numba.njit(cache=True, inline="always")
 def _be(d, i, pos, k):
-    """Big-endian integer of k bytes at column pos of row i."""
+    """Big-endian integer of k bytes at column pos (never negative) of row i.  Unsigned
+    indices: numba's fix-up of an index that might be negative cost several instructions
+    a byte, and kept LLVM from reading a field's bytes as one load."""
     v = np.uint64(0)
-    for j in range(k):
-        v = (v << np.uint64(8)) | np.uint64(d[i, pos + j])
+    ui, up = np.uint64(i), np.uint64(pos)
+    for j in range(np.uint64(k)):
+        v = (v << np.uint64(8)) | np.uint64(d[ui, up + j])
     return v
+
+
+@numba.njit(cache=True, inline="always")
+def _b(d, i, pos):
+    """The byte at column pos (never negative) of row i, by unsigned indices (see _be)."""
+    return d[np.uint64(i), np.uint64(pos)]
 
 
 # One signature, compiled (or loaded from the on-disk cache) when this module is imported,
@@ -98,7 +107,7 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
                 slow[i] = True
                 n_slow += 1
                 continue
-            ihl = np.int64(d[i, q] & 15) * 4
+            ihl = np.int64(_b(d, i, q) & 15) * 4
             tot = np.int64(_be(d, i, q + 2, 2))
             frag = _be(d, i, q + 6, 2) & np.uint64(0x3FFF)
             if ihl < 20 or ihl > tot or tot > size or frag != 0:
@@ -108,10 +117,10 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
             l3[i] = q
             keys[NW_SRC, i] = _be(d, i, q + 12, 4)
             keys[NW_DST, i] = _be(d, i, q + 16, 4)
-            proto = np.int64(d[i, q + 9])
+            proto = np.int64(_b(d, i, q + 9))
             keys[NW_PROTO, i] = proto
-            keys[NW_TOS, i] = d[i, q + 1]
-            keys[NW_TTL, i] = d[i, q + 8]
+            keys[NW_TOS, i] = _b(d, i, q + 1)
+            keys[NW_TTL, i] = _b(d, i, q + 8)
             l4pos = q + ihl
             l4end = q + tot
         elif etype == ETH_IPV6:
@@ -120,7 +129,7 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
                 n_slow += 1
                 continue
             plen = np.int64(_be(d, i, q + 4, 2))
-            proto = np.int64(d[i, q + 6])
+            proto = np.int64(_b(d, i, q + 6))
             # Extension headers (hop-by-hop, routing, fragment, AH, destination options).
             if plen + 40 > size or proto == 0 or proto == 43 or proto == 60 or proto == 51 \
                     or proto == 44:
@@ -135,7 +144,7 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
             keys[V6_DST_LO, i] = _be(d, i, q + 32, 8)
             keys[V6_LABEL, i] = vtf & np.uint64(0xFFFFF)
             keys[NW_TOS, i] = (vtf >> np.uint64(20)) & np.uint64(0xFF)
-            keys[NW_TTL, i] = d[i, q + 7]
+            keys[NW_TTL, i] = _b(d, i, q + 7)
             keys[NW_PROTO, i] = proto
             l4pos = q + 40
             l4end = l4pos + plen
@@ -146,8 +155,8 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
                 n_slow += 1
                 continue
             l3[i] = q
-            if _be(d, i, q, 2) == 1 and _be(d, i, q + 2, 2) == ETH_IP and d[i, q + 4] == 6 \
-                    and d[i, q + 5] == 4:
+            if _be(d, i, q, 2) == 1 and _be(d, i, q + 2, 2) == ETH_IP and _b(d, i, q + 4) == 6 \
+                    and _b(d, i, q + 5) == 4:
                 op = _be(d, i, q + 6, 2)
                 keys[NW_SRC, i] = _be(d, i, q + 14, 4)
                 keys[NW_DST, i] = _be(d, i, q + 24, 4)
@@ -164,7 +173,7 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
         l4[i] = l4pos
         rem = l4end - l4pos
         if proto == IP_TCP:
-            off = np.int64(d[i, l4pos + 12] >> 4) * 4 if rem >= 20 else np.int64(0)
+            off = np.int64(_b(d, i, l4pos + 12) >> 4) * 4 if rem >= 20 else np.int64(0)
             if off < 20 or off > rem:
                 slow[i] = True
                 n_slow += 1
@@ -184,8 +193,8 @@ def extract_kernel(d, start, length, in_port, keys, l3, l4, slow):
                 slow[i] = True
                 n_slow += 1
                 continue
-            typ = d[i, l4pos]
-            code = d[i, l4pos + 1]
+            typ = _b(d, i, l4pos)
+            code = _b(d, i, l4pos + 1)
             if v6 and code == 0 and (typ == _ND_SOLICIT or typ == _ND_ADVERT):
                 slow[i] = True      # neighbour discovery: target and options, the numpy parser
                 n_slow += 1
