@@ -182,6 +182,7 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     depth = 0
     n_act = n
     sink = np.uint64(0)
+    width = matches.shape[1]
     while n_act:
         # Hash, probe and verify in separate passes, so the random loads of many packets
         # overlap instead of waiting on memory one after another (as smc_lookup).
@@ -197,12 +198,11 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
         for a in range(n_act):
             f = found[a]
             if f >= 0:
-                # Every cache line of the match row the verify reads (k slot, mask and
-                # value triples after k).
-                k = matches[f, 0]
-                if k != _DEAD:
-                    for j in range(0, min(1 + 3 * np.int64(k), matches.shape[1]), 8):
-                        sink ^= matches[f, j]
+                # The cache lines of the match row the verify reads for up to 8 slots (k
+                # and its slot, mask and value triples), whatever k is: loads that wait
+                # on none before them.
+                for j in range(0, min(32, width), 8):
+                    sink ^= matches[f, j]
                 sink ^= np.uint64(action_of[f])
         for a in range(n_act):
             f = found[a]
