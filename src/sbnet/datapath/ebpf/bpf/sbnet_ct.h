@@ -3,6 +3,7 @@
 #define SBNET_CT_H
 
 #include "sbnet_tcp.h"
+#include "sbnet_csum.h"
 
 /* A connection committed, established or handed over here, told to the slow path.  No
  * wake-up: the kernel has forwarded the packet already (a handover's packet follows it
@@ -380,9 +381,11 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct sb_key *k, st
 	 * the reverse tuple and translates nothing twice. */
 	if (k->w[K_CT_ZONE] == a->h && (k->w[K_CT_STATE] & (CS_SNAT | CS_DNAT)))
 		return -1;
+	if (p->l4 < 0 || csum_bad(skb, p))
+		return -1;
 	if (p->ipv == 6)
 		return ct_lookup6(skb, k, p, a, bytes);
-	if (p->ipv != 4 || p->l4 < 0)
+	if (p->ipv != 4)
 		return -1;
 	ck.zone = a->h;
 	ck.src = k->w[K_NW_SRC];

@@ -10,13 +10,18 @@ struct sk_buff {
 extern void *bpf_cast_to_kern_ctx(void *) __ksym;
 #define CHECKSUM_PARTIAL 3
 
+static __always_inline __u32 ip_summed(struct __sk_buff *ctx)
+{
+	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
+
+	return BPF_CORE_READ_BITFIELD(skb, ip_summed);
+}
+
 /* The packet's L4 checksum is a partial one its sender left to the NIC: the bytes going up
  * hold the pseudo-header's sum there, not the checksum. */
 static __always_inline int csum_partial(struct __sk_buff *ctx)
 {
-	struct sk_buff *skb = bpf_cast_to_kern_ctx(ctx);
-
-	return BPF_CORE_READ_BITFIELD(skb, ip_summed) == CHECKSUM_PARTIAL;
+	return ip_summed(ctx) == CHECKSUM_PARTIAL;
 }
 
 static __always_inline __u64 mac48(const __u8 *m)
