@@ -187,10 +187,22 @@ DEFAULT = ("veth", "ovs", "reference", "ebpf", "ovs-sg", "reference-sg", "ebpf-s
            "ebpf-xdp")
 
 
+# The reference switch on AF_PACKET before its compiled fast path (issue 14): TCP Mbit/s
+# and average RTT in ms; the target is 5 times the one and a fifth of the other.
+REFERENCE_BEFORE = (188.0, 5.9)
+
+
 def targets(by: dict[str, dict]) -> None:
-    """The issue's targets for the stateful two-host case, when the run has its rows:
-    ebpf-sg at least 60% of veth's throughput and 5 times ovs-sg's, average RTT within 3
-    times veth's."""
+    """The issues' targets, for the rows the run has: the reference row against
+    REFERENCE_BEFORE; for the stateful two-host case, ebpf-sg at least 60% of veth's
+    throughput and 5 times ovs-sg's, average RTT within 3 times veth's."""
+    ref = by.get("reference")
+    if ref is not None:
+        mbps, rtt = 5 * REFERENCE_BEFORE[0], REFERENCE_BEFORE[1] / 5
+        print(f"target reference >= {mbps:.0f} Mbit/s: {ref['mbps']:.0f} "
+              f"({'met' if ref['mbps'] >= mbps else 'NOT met'})")
+        print(f"target reference rtt avg <= {rtt:.2f} ms: {ref['avg']:.2f} "
+              f"({'met' if ref['avg'] <= rtt else 'NOT met'})")
     eb, veth, ovs = by.get("ebpf-sg"), by.get("veth"), by.get("ovs-sg")
     if eb is None:
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -12,11 +14,13 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
+from sbnet.agent.netns import Topology
 from sbnet.datapath import vnet
 from sbnet.datapath.afpacket import PACKET_VNET_HDR, SOL_PACKET, in_netns
 from sbnet.datapath.batch import HEADROOM, Batch
 from sbnet.datapath.gro import GSO_TCPV4, Coalescer
 from sbnet.datapath.mmsg import Receiver
+from sbnet.flows.ofctl import parse_file
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
@@ -113,3 +117,40 @@ def test_runs_end_at_a_gap_a_reordering_or_ip_length(wire):
     hdrs, frames = through(wire, segs)       # 60 x 1398 bytes: more than IPv4 carries
     assert frames == segs and len(hdrs) == 2
     assert sum(len(f) - 66 for f in segs[:46]) + 52 <= 65535
+
+
+SINK = ("import hashlib,socket;s=socket.socket();s.bind(('0.0.0.0',5001));s.listen(1);"
+        "print('ready',flush=True);c,_=s.accept();h=hashlib.sha256();n=0\n"
+        "while True:\n d=c.recv(65536)\n if not d: break\n h.update(d);n+=len(d)\n"
+        "print(h.hexdigest(),n,flush=True)")
+SOURCE = ("import socket;s=socket.create_connection(('10.0.0.2',5001),timeout=20);"
+          "s.sendall(bytes.fromhex(open(0).read().strip()));s.close()")
+
+
+def rx_frames(topo: Topology, vm) -> int:
+    out = topo.run(vm, "ip", "-j", "-s", "link", "show", "eth0").stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
+def test_a_tcp_transfer_between_two_vms_arrives_intact_in_far_fewer_frames_than_segments():
+    """Two VMs on one reference switch: the sender's TSO packets are cut into segments
+    and switched one by one, and the receiver's port hands them over in GSO frames."""
+    data = os.urandom(3_000_000)
+    with Topology() as topo:
+        host = topo.add_host("h1", "reference", process=False)
+        vm1 = topo.add_vm("vm1", host, "10.0.0.1/24")
+        vm2 = topo.add_vm("vm2", host, "10.0.0.2/24")
+        host.datapath.bundle(add=parse_file(
+            f"table=0,priority=10,in_port={vm1.ofport} actions=output:{vm2.ofport}\n"
+            f"table=0,priority=10,in_port={vm2.ofport} actions=output:{vm1.ofport}").flows)
+        port = host.datapath.switch.ports[vm2.ofport]
+        sink = topo.popen(vm2, "python3", "-c", SINK)
+        assert sink.stdout.readline().strip() == "ready"
+        frames0, segs0 = rx_frames(topo, vm2), port.tx_packets
+        src = topo.run(vm1, "python3", "-c", SOURCE, check=False, timeout=60, input=data.hex())
+        assert src.returncode == 0, src.stderr
+        out, _ = sink.communicate(timeout=30)
+        assert out.split() == [hashlib.sha256(data).hexdigest(), str(len(data))]
+        segs, frames = port.tx_packets - segs0, rx_frames(topo, vm2) - frames0
+        assert segs >= len(data) // 1448 and port.tx_coalesced > segs // 2
+        assert frames * 4 < segs, (frames, segs)

@@ -162,6 +162,11 @@ class AfPacketPort(Port):
             tags = [(o, tpid, tci) for r, tpid, tci in tags for o in at.get(r, ())]
         return chunk, out_len, tags
 
+    @property
+    def tx_coalesced(self) -> int:
+        """Frames sent inside GSO frames (gro.Coalescer), of tx_packets."""
+        return self._tx.merged if isinstance(self._tx, gro.Coalescer) else 0
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
