@@ -46,7 +46,9 @@ def _be(d, i, c, k):
     return _be_edge(d, i, c, k)
 
 
-@numba.njit(cache=True)
+# _be_edge and _sum16 take one signature: called with a constant length (_be(d, i, c, 2),
+# _sum16(d, i, c, 8)), numba would compile one copy of each per constant (compile time).
+@kernel("uint64(uint8[:, :], int64, int64, int64)")
 def _be_edge(d, i, c, k):
     """_be of a field running past the row's end (or before its start): a call of its
     own, so the loop is not copied into every place _be is inlined (compile time)."""
@@ -64,7 +66,7 @@ def _fold(s):
     return s
 
 
-@numba.njit(cache=True)
+@kernel("uint64(uint8[:, :], int64, int64, int64)")
 def _sum16(d, i, c, n):
     """Ones-complement sum (unfolded) of n bytes of row i from column c as big-endian
     words, an odd last byte padded with zero; zero past the row's end.  Even and odd
