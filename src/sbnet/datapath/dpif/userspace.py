@@ -247,8 +247,9 @@ class UserspaceDpif:
                 others = batch.take(local)
                 rest = others if rest is None or not len(rest) else _concat(others, rest)
             out = inner if rest is None else inner + self._local(rest, now)
-        if self.tier is not None:
+        if self.tier is not None and self.tier.carries:
             # After decapsulated packets too: their megaflows wait for the inserter as well.
+            # (A tier that never takes a packet has nothing to install or fold.)
             self.offload_tick(now)
         return out
 
