@@ -266,12 +266,16 @@ class UserspaceDpif:
         n = len(batch)
         if n <= _SMALL:
             on = [p in ports for p in batch.in_port.tolist()]
+            if all(on):         # several underlay ports' rows
+                return _WHOLE
             rows = [i for i, u in enumerate(on) if u]
             return np.array(rows, np.int64) if rows else None
         hit = np.zeros(len(batch), dtype=bool)
         for p in ports:
             hit |= batch.in_port == p
         rows = np.flatnonzero(hit)
+        if rows.size == n:
+            return _WHOLE
         return rows if rows.size else None
 
     def _local(self, batch: Batch, now: float) -> list[tuple[int, Batch]]:
