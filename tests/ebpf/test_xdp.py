@@ -136,3 +136,25 @@ def test_what_xdp_cannot_do_passes_to_tc_untouched(tier):
         if tc.verdict != "upcall":
             assert [(o.ofport, o.data) for o in tc.outputs] == ref.outputs[0], name
 
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp", "icmp"])
+def test_a_wrong_checksum_passes_to_tc_which_sends_it_up(tier, kind):
+    """An established packet whose checksum (its last byte's bit, or the IPv4 TTL,
+    flipped) the reference's conntrack finds wrong: the reference drops it, the XDP
+    program passes it on and the TC program sends it up; the packet as sent is forwarded."""
+    sw = _switch()
+    opening = _opening(kind, 4000)
+    assert all(run_reference(sw, opening).outputs)
+    sw.flush_megaflows()
+    _kernel(tier, sw, [f for _, f in opening])
+    port, good = _frames(kind, 4000, True, payload=b"payload!" * 9)
+    assert run_reference(sw, [(port, good)]).outputs != [[]]
+    for mf in sw.cache.flows.values():
+        tier.put(mf)
+    assert tier.run_xdp(good, port).verdict == "forward"
+    for at in (len(good) - 1, 14 + 8):
+        bad = good[:at] + bytes([good[at] ^ 0x10]) + good[at + 1:]
+        assert run_reference(sw, [(port, bad)]).outputs == [[]]
+        assert tier.run_xdp(bad, port).verdict == "pass"
+        assert tier.run(bad, port).verdict == "upcall"

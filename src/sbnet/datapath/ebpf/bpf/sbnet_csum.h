@@ -20,6 +20,52 @@ static __always_inline __u32 csum_fold32(__s64 s)
 	return v;
 }
 
+/* The sum of an IPv4 packet's pseudo-header (its header in buf; ICMP has none), built at
+ * buf + 64: addresses, a zero, the protocol, the length. */
+static __always_inline __s64 pseudo4(__u8 *buf, __u8 proto, int len)
+{
+	if (proto == 1)
+		return 0;
+	__builtin_memcpy(buf + 64, buf + 12, 8);
+	buf[72] = 0;
+	buf[73] = proto;
+	buf[74] = len >> 8;
+	buf[75] = len & 0xFF;
+	buf[76] = buf[77] = buf[78] = buf[79] = 0;
+	return bpf_csum_diff(0, 0, (__be32 *)(buf + 64), 16, 0);
+}
+
+/* 1 when the one's complement sum of `len` bytes at `off` (an skb's, or an XDP frame's:
+ * xdp, a constant, so each program keeps only its own load helper), added to `sum`,
+ * does not fold to all ones; buf: CSUM_CHUNK + 3 bytes to load them into. */
+static __always_inline int csum_rest_bad(void *ctx, const int xdp, __u8 *buf, int off, int len,
+					 __s64 sum)
+{
+	if (len < 0 || len > CSUM_CHUNK * CSUM_CHUNKS)
+		return 1;
+	for (int i = 0; i < CSUM_CHUNKS; i++) {
+		int at = i * CSUM_CHUNK;
+		if (at >= len)
+			break;
+		int n = len - at;
+		if (n > CSUM_CHUNK)
+			n = CSUM_CHUNK;
+		if (n <= 0)
+			return 1;
+		if (xdp ? bpf_xdp_load_bytes(ctx, off + at, buf, n) : bpf_skb_load_bytes(ctx, off + at, buf, n))
+			return 1;
+		/* The last chunk padded with zeros to a word (the sum pads an odd byte so). */
+		buf[n] = 0;
+		buf[n + 1] = 0;
+		buf[n + 2] = 0;
+		__u32 n4 = (n + 3) & ~3;
+		if (n4 > CSUM_CHUNK)
+			n4 = CSUM_CHUNK;
+		sum = bpf_csum_diff(0, 0, (__be32 *)buf, n4, (__u32)sum);
+	}
+	return csum_fold32(sum) != 0xFFFF;
+}
+
 /* 1 when the slow path's conntrack would find a checksum of the packet wrong (or this
  * cannot tell), 0 when they are right.  A global function: verified once, its chunk loop
  * not once per path of its caller. */
@@ -59,14 +105,7 @@ int csum_bad(struct __sk_buff *skb, struct pkt *pp)
 			if (!c[0] && !c[1])
 				return 0;               /* no UDP checksum */
 		}
-		/* The pseudo-header: addresses, a zero, the protocol, the length. */
-		__builtin_memcpy(buf + 64, buf + 12, 8);
-		buf[72] = 0;
-		buf[73] = proto;
-		buf[74] = (end - l4) >> 8;
-		buf[75] = (end - l4) & 0xFF;
-		buf[76] = buf[77] = buf[78] = buf[79] = 0;
-		sum = proto == 1 ? 0 : bpf_csum_diff(0, 0, (__be32 *)(buf + 64), 16, 0);
+		sum = pseudo4(buf, proto, end - l4);
 	} else if (pp->ipv == 6) {
 		if (l4 != l3 + 40 || bpf_skb_load_bytes(skb, l3, buf, 40))
 			return 1;
@@ -87,28 +126,7 @@ int csum_bad(struct __sk_buff *skb, struct pkt *pp)
 	}
 	if (proto != 6 && proto != 17 && proto != (pp->ipv == 4 ? 1 : 58))
 		return 0;                       /* no L4 checksum conntrack reads */
-	int len = end - l4;
-	if (len < 0 || len > CSUM_CHUNK * CSUM_CHUNKS)
-		return 1;
-	for (int i = 0; i < CSUM_CHUNKS; i++) {
-		int off = i * CSUM_CHUNK;
-		if (off >= len)
-			break;
-		int n = len - off;
-		if (n > CSUM_CHUNK)
-			n = CSUM_CHUNK;
-		if (n <= 0 || bpf_skb_load_bytes(skb, l4 + off, buf, n))
-			return 1;
-		/* The last chunk padded with zeros to a word (the sum pads an odd byte so). */
-		buf[n] = 0;
-		buf[n + 1] = 0;
-		buf[n + 2] = 0;
-		__u32 n4 = (n + 3) & ~3;
-		if (n4 > CSUM_CHUNK)
-			n4 = CSUM_CHUNK;
-		sum = bpf_csum_diff(0, 0, (__be32 *)buf, n4, (__u32)sum);
-	}
-	return csum_fold32(sum) != 0xFFFF;
+	return csum_rest_bad(skb, 0, buf, l4, end - l4, sum);
 }
 
 #endif

@@ -15,6 +15,7 @@ struct {
 struct xdp_keys {
 	struct sb_key key;
 	struct sb_fkey fk;
+	__u8 buf[CSUM_CHUNK + 8];     /* a frame's bytes being summed (xdp_csum_bad) */
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -154,6 +155,38 @@ static __always_inline int xdp_ct(struct sb_key *k, struct sb_act *a, __u32 l4pr
 		state |= k->w[K_CT_STATE] & ~CS_NEW;
 	ct_md(k, state, a->h, cv->mark);
 	return 0;
+}
+
+/* 1 when the slow path's conntrack would find a checksum of the frame wrong (its IPv4
+ * header's, or TCP's, UDP's, ICMP's: xdp_parse took untagged IPv4 only, and no partial
+ * checksum), as csum_bad() checks a packet at TC; the frame then passes to the TC
+ * program, which sends it up. */
+__attribute__((noinline))
+int xdp_csum_bad(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct xdp_keys *xk = bpf_map_lookup_elem(&xdp_scratch, &zero);
+
+	if (!ctx || !xk)
+		return 1;
+	__u8 *buf = xk->buf;
+	if (bpf_xdp_load_bytes(ctx, 14, buf, 20))
+		return 1;
+	__u32 ihl = (buf[0] & 15) * 4;
+	if (ihl < 20 || ihl > 60 || bpf_xdp_load_bytes(ctx, 14, buf, ihl))
+		return 1;
+	if (csum_fold32(bpf_csum_diff(0, 0, (__be32 *)buf, ihl, 0)) != 0xFFFF)
+		return 1;
+	int len = ((buf[2] << 8) | buf[3]) - ihl;
+	__u8 proto = buf[9];
+	if (proto == 17) {
+		__u8 c[2];
+		if (bpf_xdp_load_bytes(ctx, 14 + ihl + 6, c, 2))
+			return 1;
+		if (!c[0] && !c[1])
+			return 0;               /* no UDP checksum */
+	}
+	return csum_rest_bad(ctx, 1, buf, 14 + ihl, len, pseudo4(buf, proto, len));
 }
 
 /* What one pass's actions did (xdp_actions). */
@@ -340,7 +373,11 @@ int sbnet_xdp(struct xdp_md *ctx)
 	for (int j = 0; j < K_NWORDS; j++)
 		k->w[j] = 0;
 	k->w[K_IN_PORT] = port->ofport;
-	if (xdp_parse(ctx, k, &l4proto, &icmp_id) || xdp_plan(pl, cfg->n_masks, l4proto, icmp_id)) {
+	int ok = !xdp_parse(ctx, k, &l4proto, &icmp_id) && !xdp_plan(pl, cfg->n_masks, l4proto, icmp_id);
+	int ct = 0;
+	for (int i = 0; i < MAX_PASSES; i++)
+		ct |= pl->conns[i] != 0;
+	if (!ok || (ct && xdp_csum_bad(ctx))) {
 		xdp_count(XS_PASS);
 		if (test)
 			xdp_trace(pl, 0);
