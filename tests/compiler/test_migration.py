@@ -127,6 +127,27 @@ def test_what_reaches_the_source_for_a_migrating_port_goes_to_both_of_its_vifs()
     assert inbound().hosts_of(b["id"]) == ["h3"]
 
 
+def test_a_gratuitous_arp_for_a_floating_ip_gets_no_answer_from_its_host():
+    """Its host answers the outside's ARP requests for a floating IP, but not a gratuitous
+    ARP for it (the destination of a migration announcing it at activation while the
+    source still NATs it): the source's reply, from the floating IP's MAC, turned the
+    outside's switches back to the source, which dropped the floating IP's traffic once its
+    own flows had gone, until the destination's next announcement 0.2-1 s later."""
+    from scapy.layers.l2 import ARP
+    c = Cloud(hosts=("h1", "h2", "h3"))
+    _, _, _, fip, fmac = _client_with_floating_ip(c)
+    c.sync()
+    ip, other = fip["floating_ip_address"], "02:00:00:00:00:50"
+
+    def ask(src_mac: str, src_ip: str) -> list[bytes]:
+        return c.cluster.send_external("physnet1", [bytes(
+            Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=src_mac, psrc=src_ip, pdst=ip))]).external.get("physnet1", [])
+    (answer,) = ask(other, "203.0.113.50")
+    assert Ether(answer)[ARP].hwsrc == fmac
+    assert ask(fmac, ip) == []
+
+
 def test_the_destination_translates_the_vms_first_frames_before_it_runs_there():
     """From the connections handed over, the destination makes the frames the VM will send
     first (an acknowledgement of each TCP stream, the next echo request) and translates them

@@ -405,10 +405,14 @@ def _arp_from_outside(ctx, ext: Iface, ip: str, mac: int, cookie: int) -> None:
     physical port they came in on (with the network's VLAN)."""
     topo = ctx.topo
     out = _back_out(ctx, ext)
-    ctx.flow("arp_responder", 110, [*arp_reply(mac, ip), *out],
-             {"metadata": R.NETWORK.match(topo.net_key[ext.net_id]),
-              R.FLAGS_FIELD: R.flags_match(on=(R.FROM_REMOTE,)), "eth_type": ETH_ARP, "arp_op": 1,
-              "arp_tpa": int(ipaddress.IPv4Address(ip))}, cookie)
+    match = {"metadata": R.NETWORK.match(topo.net_key[ext.net_id]),
+             R.FLAGS_FIELD: R.flags_match(on=(R.FROM_REMOTE,)), "eth_type": ETH_ARP, "arp_op": 1,
+             "arp_tpa": int(ipaddress.IPv4Address(ip))}
+    ctx.flow("arp_responder", 110, [*arp_reply(mac, ip), *out], match, cookie)
+    # A gratuitous ARP for it (another host announcing it: a migrated VM's floating IP) is
+    # no question: a reply from here, from its MAC, turned the outside's switches back.
+    ctx.flow("arp_responder", 111, [], {**match, "arp_spa": int(ipaddress.IPv4Address(ip))},
+             cookie)
 
 
 def neighbour_actions(ctx, net_id: str, port: dict) -> list:
