@@ -136,9 +136,12 @@ class _Helper:
         name = _name(disp)
         if not needed and self.claims.claimed(name):
             return
-        # The kernels it calls first, those nobody is at before those main is compiling.
+        # The kernels it calls first: each time one nobody is at, if any is left, else
+        # wait for one main is compiling.
         deps = callees(disp.py_func, sigs)
-        for dep in sorted(deps, key=lambda d: self.claims.busy(_name(d))):
+        while deps:
+            dep = next((d for d in deps if not self.claims.busy(_name(d))), deps[0])
+            deps.remove(dep)
             self._ensure(dep, sigs, needed=True)
         self.claims.wait(name)
         mine = self.claims.claim(name)
@@ -187,9 +190,15 @@ def kernel(sig):
     def decorate(fn):
         global _coordinator
         disp = numba.njit(cache=True, nogil=True)(fn)
+        if not is_jitted(disp):         # NUMBA_DISABLE_JIT: the Python function itself
+            return disp
         if _coordinator is None and _ahead_module is not None and _cold(disp):
             _coordinator = _Main()
-            _coordinator.start(_ahead_module)
+            try:
+                _coordinator.start(_ahead_module)
+            except OSError:             # no helper: this process compiles them all
+                _coordinator.close()
+                _coordinator = None
         if _coordinator is None:
             _compile(disp, sig)
         else:
