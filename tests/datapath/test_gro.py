@@ -11,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.vxlan import VXLAN
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
@@ -18,7 +19,7 @@ from sbnet.agent.netns import Topology
 from sbnet.datapath import vnet
 from sbnet.datapath.afpacket import PACKET_VNET_HDR, SOL_PACKET, in_netns
 from sbnet.datapath.batch import HEADROOM, Batch
-from sbnet.datapath.gro import GSO_TCPV4, Coalescer
+from sbnet.datapath.gro import GSO_TCPV4, GSO_UDP_L4, Coalescer
 from sbnet.datapath.mmsg import Receiver
 from sbnet.flows.ofctl import parse_file
 
@@ -71,11 +72,13 @@ def segments(n: int, size: int, seq: int = 1000, ip_id: int = 7, sport: int = 40
     return out
 
 
-def through(wire, frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """The frames sent by a Coalescer on one end: (the virtio-net header of each frame the
-    other end reads, the frames cut back as a port's receive cuts them)."""
+def through(wire, frames: list[bytes], udp: bool = False) -> tuple[list[bytes], list[bytes]]:
+    """The frames sent by a Coalescer (with `udp`: runs of datagrams too) on one end: (the
+    virtio-net header of each frame the other end reads, the frames cut back as a port's
+    receive cuts them)."""
     tx, rx = wire
     co = Coalescer()
+    co.udp = udp
     assert co.send(tx.fileno(), Batch.from_packets(frames, 1)) == 0
     r = Receiver(64, vnet=True)
     got, lens, _ = r.receive(rx.fileno())
@@ -117,6 +120,46 @@ def test_runs_end_at_a_gap_a_reordering_or_ip_length(wire):
     hdrs, frames = through(wire, segs)       # 60 x 1398 bytes: more than IPv4 carries
     assert frames == segs and len(hdrs) == 2
     assert sum(len(f) - 66 for f in segs[:46]) + 52 <= 65535
+
+
+
+def tunnelled(n: int, vni: int = 5, ip_id: int | None = 100, inner: int = 1380) -> list[bytes]:
+    """n VXLAN datagrams from one host to another (DF, no UDP checksum), each carrying a
+    TCP segment to one inner MAC; ip_id None: every datagram with id 0."""
+    out = []
+    for i in range(n):
+        seg = segments(1, inner, seq=1000 + i * inner)[0]
+        out.append(raw(Ether(src="02:fe:00:00:00:01", dst="02:fe:00:00:00:02") /
+                       IP(src="192.168.0.1", dst="192.168.0.2", flags="DF",
+                          id=0 if ip_id is None else ip_id + i) /
+                       UDP(sport=50000, dport=4789, chksum=0) / VXLAN(vni=vni) / seg))
+    return out
+
+
+def no_udp_checksum(frame: bytes) -> bytes:
+    """The frame with its UDP checksum, which must be right and not zero, taken out (as
+    the sender left it)."""
+    f = Ether(frame)
+    got = f[UDP].chksum
+    del f[UDP].chksum
+    assert got == Ether(raw(f))[UDP].chksum != 0
+    return frame[:40] + b"\0\0" + frame[42:]
+
+
+def test_one_tunnels_datagrams_cross_the_wire_as_one_udp_gso_frame(wire):
+    """The underlay's VXLAN datagrams of one tunnel and inner MAC go as one UDP
+    segmentation offload frame, cut back into the same datagrams, their UDP checksums
+    done; another VNI starts another frame."""
+    dgrams = tunnelled(30)
+    other = tunnelled(2, vni=6, ip_id=None)
+    hdrs, frames = through(wire, dgrams + other)          # not asked to: one by one
+    assert frames == dgrams + other and len(hdrs) == 32
+    hdrs, frames = through(wire, dgrams + other, udp=True)
+    assert [h[1] for h in hdrs] == [GSO_UDP_L4, GSO_UDP_L4]
+    assert [no_udp_checksum(f) for f in frames[:30]] == dgrams
+    # DF datagrams of equal ids join too: the cut gives them ids counting up.
+    assert [no_udp_checksum(f)[:18] + f[20:24] for f in frames[30:]] == \
+        [d[:18] + d[20:24] for d in other]
 
 
 SINK = ("import hashlib,socket;s=socket.socket();s.bind(('0.0.0.0',5001));s.listen(1);"

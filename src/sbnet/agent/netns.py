@@ -245,6 +245,12 @@ class Topology:
             if other is not host:
                 self._neighbours(host, other)
                 self._neighbours(other, host)
+        # Reference switches send a tunnel's datagrams in UDP GSO frames while every host
+        # on the underlay reads them whole (a veth does not cut them; OVS's netdev drops them).
+        gso = all(h.backend == "reference" for h in self.hosts.values())
+        for h in self.hosts.values():
+            if h.backend == "reference":
+                h.datapath.underlay_gso(gso)
         return host
 
     def _start_ovs(self, host: Host, hw_offload: bool, underlay_bridge: bool = True) -> None:

@@ -162,6 +162,11 @@ class AfPacketPort(Port):
             tags = [(o, tpid, tci) for r, tpid, tci in tags for o in at.get(r, ())]
         return chunk, out_len, tags
 
+    def coalesce_udp(self, on: bool) -> None:
+        """Send runs of a tunnel's UDP datagrams as GSO frames too (gro.Coalescer)."""
+        if isinstance(self._tx, gro.Coalescer):
+            self._tx.udp = on
+
     @property
     def tx_coalesced(self) -> int:
         """Frames sent inside GSO frames (gro.Coalescer), of tx_packets."""
@@ -301,6 +306,7 @@ class AfPacketDatapath:
         warm()
         self.errors = 0                 # batches the switch raised on (the loop goes on)
         self.last_error: str | None = None
+        self.gso_underlay = False       # see underlay_gso()
         self.held: dict[int, str] = {}  # VIF ofport -> MAC of the VM that has not arrived yet
         self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
 
@@ -316,6 +322,7 @@ class AfPacketDatapath:
                 raise
             self._by_fd[port.fileno()] = port
             self._poll.register(port.fileno(), select.POLLIN)
+            self._underlay_gso()
         self._wake()
         return port
 
@@ -493,6 +500,22 @@ class AfPacketDatapath:
             raise ValueError(f"underlay op must be one of {_UNDERLAY_OPS}")
         with self.lock:
             getattr(self.switch.underlay, op)(*args)
+            self._underlay_gso()
+
+    def underlay_gso(self, on: bool) -> None:
+        """Whether the underlay ports send a tunnel's datagrams in UDP segmentation
+        offload frames (off to begin with): one frame for dozens through the kernel, cut
+        by a NIC on the wire, but handed over whole by a veth, so only where every host
+        reading the underlay takes GSO frames (the reference switch's ports do; Open
+        vSwitch's netdev ports drop them)."""
+        with self.lock:
+            self.gso_underlay = on
+            self._underlay_gso()
+
+    def _underlay_gso(self) -> None:
+        for num, port in self.switch.ports.items():
+            if isinstance(port, AfPacketPort):
+                port.coalesce_udp(self.gso_underlay and num in self.switch.underlay.ports)
 
     def port_stats(self) -> dict[int, tuple[int, int, int]]:
         """Per port: (rx packets, tx packets, tx errors)."""
@@ -591,7 +614,8 @@ class AfPacketDatapath:
 
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour", "remove_neighbour")
 # What a switch process answers: AfPacketDatapath methods that take and return plain data.
-_REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "port_stats", "drop_counts",
+_REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "underlay_gso", "port_stats",
+           "drop_counts",
            "loop_errors", "kernel_stats", "upcalls", "plug", "unplug", "add_tunnel", "port_names",
            "delete_group",
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
