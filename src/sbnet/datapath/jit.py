@@ -105,6 +105,10 @@ class _Main:
                 self.claims.done(name)
 
 
+class _Orphaned(Exception):
+    """The main process is gone: nobody will load what the helper compiles next."""
+
+
 class _Helper:
     """The helper process: every kernel of the module main imports, recorded as imported,
     then compiled from the last to the first (main compiles from the first on), each after
@@ -125,14 +129,18 @@ class _Helper:
 
     def run(self) -> None:
         sigs = {id(d): s for d, s in self.kernels}
-        for disp, _ in reversed(self.kernels):
-            if not self._parent_alive():
-                return
-            self._ensure(disp, sigs, needed=False)
+        try:
+            for disp, _ in reversed(self.kernels):
+                self._ensure(disp, sigs, needed=False)
+        except _Orphaned:
+            # Main was killed before its exit handler ran: the claims are ours to remove.
+            shutil.rmtree(self.claims.where, ignore_errors=True)
 
     def _ensure(self, disp, sigs, needed: bool) -> None:
         if id(disp) in self.compiled:
             return
+        if not self._parent_alive():
+            raise _Orphaned
         name = _name(disp)
         if not needed and self.claims.claimed(name):
             return
