@@ -257,11 +257,16 @@ def main() -> None:
     bad = [d for d in chosen if d not in DATAPATHS]
     if bad or not chosen:
         ap.error(f"--datapaths: unknown {','.join(bad) or '(none)'}; choose from {','.join(DATAPATHS)}")
-    runs: dict[str, list[dict]] = {d: [] for d in chosen}
+    # One row per place in --datapaths: a datapath named twice (rows taken in turn) prints
+    # each place's own figures; the targets pair all of a datapath's measurements.
+    measured: list[list[dict]] = [[] for _ in chosen]
     for _ in range(max(1, args.rounds)):
-        for d in chosen:
-            runs[d].append(DATAPATHS[d][1](args.seconds, args.pings))
-    rows = [(DATAPATHS[d][0], median_row(runs[d])) for d in chosen]
+        for i, d in enumerate(chosen):
+            measured[i].append(DATAPATHS[d][1](args.seconds, args.pings))
+    runs: dict[str, list[dict]] = {d: [] for d in chosen}
+    for d, m in zip(chosen, measured):
+        runs[d] += m
+    rows = [(DATAPATHS[d][0], median_row(m)) for d, m in zip(chosen, measured)]
     print(f"{'datapath':30} {'TCP Mbit/s':>10} {'retrans':>8} {'switch cores':>12} "
           f"{'softirq cores':>13} {'rtt min':>8} {'rtt avg':>8} {'rtt med':>8} {'rtt max':>8} {'loss %':>6}")
     for name, r in rows:
