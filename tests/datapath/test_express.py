@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 
 from sbnet.agent.embedded import Cluster
 from sbnet.api.local import LocalApi
+from sbnet.datapath.batch import Batch
+from sbnet.datapath.ports import MemoryPort
+from sbnet.datapath.switch import Switch
 from sbnet.offload.compare import Cloud, endpoints
 from sbnet.offload.workload import ACK, FIN, PSH, SYN, tcp_frames
 
@@ -114,9 +120,6 @@ def test_the_lane_follows_the_caches_as_they_grow():
     # in rounds that also revisit old ones: the megaflow cache (1,024 rows to begin with)
     # and the signature cache's rows are replaced by bigger ones while the lane runs, so
     # its hits must land in the arrays the caches hold then.
-    from sbnet.datapath.batch import Batch
-    from sbnet.datapath.ports import MemoryPort
-    from sbnet.datapath.switch import Switch
     switches = []
     for compiled in (True, False):
         sw = Switch(clock=lambda: 0.0, compiled=compiled)
@@ -149,20 +152,11 @@ def test_several_outputs_leave_the_lane_as_the_first_packet_left_the_slow_path()
     # batches hit the lane, which sends each port's copies together, packet by packet in
     # row order (as the kernel datapath runs a packet's actions).  Each port must get the
     # same packets, as many times, either way.
-    from collections import Counter
-
-    from sbnet.datapath.batch import Batch
-    from sbnet.datapath.ports import MemoryPort
-    from sbnet.datapath.switch import Switch
-
     sw = Switch(clock=lambda: 0.0, compiled=True)
     for p in (1, 2, 3):
         sw.add_port(p, port=MemoryPort(p, f"p{p}", keep=False))
     sw.load("priority=10,udp,in_port=1,actions=output:2,output:2,output:3,output:2\n"
             "priority=0,actions=drop\n")
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
     frames = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
                     / IP(src=f"10.0.0.{i}", dst="10.0.0.9") / UDP(sport=1234, dport=80)
                     / b"payload") for i in range(1, 5)]
