@@ -114,7 +114,7 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
 
 def _released(lab: MigrationLab, dest: str, t_move: float) -> float:
     """When the destination let the VM's traffic in again (its first frame there; ms after
-    the switch-over began), nan where the datapath holds nothing (eBPF, OVS)."""
+    the switch-over began), nan where the datapath holds nothing (OVS)."""
     try:
         events = lab.topo.hosts[dest].datapath.holds()["events"]
     except AttributeError:

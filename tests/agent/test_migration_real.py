@@ -78,11 +78,10 @@ def test_connections_survive_the_move_and_a_failed_one_leaves_the_vm(backend):
             assert [c for c in lab.conns("h3") if f"dst={lab.fip}," in c and "dport=5005" in c]
             p = lab.cloud.api.request("GET", f"ports/{lab.port['id']}")["port"]
             assert p["binding:host_id"] == "h3"
-            if backend == "reference":
-                # h3 held the other hosts' copies of the mover's traffic (dropped unread)
-                # from the plug until the mover's first frame there.
-                assert [w for _, _, w in topo.hosts["h3"].datapath.holds()["events"]] == [
-                    "held", "first frame"]
+            # h3 held the other hosts' copies of the mover's traffic (dropped unread)
+            # from the plug until the mover's first frame there.
+            assert [w for _, _, w in topo.hosts["h3"].datapath.holds()["events"]] == [
+                "held", "first frame"]
             # (Without the handover, whether a connection survives is a race over who speaks
             # first after the switch-over: bench/bench_migration.py measures what it saves.)
             # A failed migration back to h2: it never activates, the binding is deleted.
@@ -94,8 +93,7 @@ def test_connections_survive_the_move_and_a_failed_one_leaves_the_vm(backend):
             res = stream.result()
             assert res.error == "" and res.bytes_after(t_abort + 0.3), (res.error, t_abort)
             assert any("dport=5003" in c for c in lab.conns("h3"))
-            if backend == "reference":                  # the VIF went: nothing stays held
-                assert not topo.hosts["h2"].datapath.holds()["held"]
+            assert not topo.hosts["h2"].datapath.holds()["held"]    # the VIF went
             # Back to h2 announced by a RARP (QEMU's), then to h3 by an unsolicited neighbour
             # advertisement for its IPv6 address: a stream from the peer goes on through both.
             # Long enough to outlast both moves (each waits for its destination to be ready:

@@ -137,7 +137,7 @@ class MigrationDuty:
             # A restarted agent: holds its predecessor left on ports no longer arriving go
             # (the switch daemon outlives the agent; a VM that sends nothing stays held).
             self.hold_checked = True
-            with contextlib.suppress(AttributeError):   # (the eBPF tier: see below)
+            with contextlib.suppress(AttributeError):   # (a switch process without holds)
                 arriving = {plugged[pid] for pid, hosts in topo.moving_to.items()
                             if self.host in hosts and pid in plugged and pid in topo.ports
                             and topo.active_host(topo.ports[pid]) != self.host}
@@ -156,7 +156,7 @@ class MigrationDuty:
                     and pid not in st.held and topo.active_host(port) != self.host):
                 try:
                     self.datapath.hold(plugged[pid], port["mac_address"])
-                except AttributeError:  # the eBPF tier: the kernel takes the tunnels' frames
+                except AttributeError:  # a switch process whose datapath has no hold
                     self.can_hold = False
                     return
                 st.held[pid] = plugged[pid]

@@ -161,6 +161,8 @@ class EbpfDatapath:
         self._stop = threading.Event()
         self.batches = self.errors = 0
         self.last_error: str | None = None
+        self.held: dict[int, str] = {}   # VIF ofport -> MAC of the VM that has not arrived yet
+        self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
         if self.tier.reopened:
             self.conns.take_up(self.switch.clock())
 
@@ -273,6 +275,8 @@ class EbpfDatapath:
 
     def detach(self, ofport: int) -> None:
         with self.lock:
+            if ofport in self.held:
+                self.release(ofport, "detached")
             ifindex = self._attached.pop(ofport, None)
             if ifindex is not None:
                 with in_netns(self.netns), contextlib.suppress(OSError):
@@ -281,6 +285,54 @@ class EbpfDatapath:
                         xdp_detach(ifindex, self.xdp)
             self.tier.remove_port(ofport)
             self.switch.remove_port(ofport)
+
+    # -- a VM arriving by live migration (AfPacketDatapath.hold's semantics) -------------
+    def hold(self, ofport: int, mac: str) -> None:
+        """The VM behind VIF `ofport` (MAC `mac`) is arriving and does not run here yet:
+        the program drops what tunnels bring for it (the other hosts' copies of its
+        traffic during the move) until the VIF's first frame, which releases the hold in
+        the kernel, or release().  Otherwise the copies wait in the VIF for the VM and
+        reach it on arrival, stale (duplicate replies, segments TCP discards by PAWS)."""
+        with self.lock:
+            self._sync_holds()
+            if ofport not in self.tier.ports:
+                return                  # not attached: nothing reaches it
+            self.tier.hold(ofport, int(mac.replace(":", ""), 16))
+            self.held[ofport] = mac
+            self._event(ofport, time.monotonic(), "held")
+
+    def release(self, ofport: int, why: str = "released") -> None:
+        """Deliver the VM's traffic at `ofport` again (no-op if not held)."""
+        with self.lock:
+            self._sync_holds()
+            if self.held.pop(ofport, None) is not None:
+                self.tier.release(ofport)
+                self._event(ofport, time.monotonic(), why)
+
+    def holds(self) -> dict:
+        """{"held": {ofport: MAC}, "events": [(ofport, monotonic, "held" or why released),
+        ...]} (the last 16 events; "first frame" at the time the kernel saw it)."""
+        with self.lock:
+            self._sync_holds()
+            return {"held": dict(self.held), "events": list(self.hold_events)}
+
+    def held_drops(self) -> dict[int, int]:
+        """Tunnel frames the program dropped for each port held now."""
+        with self.lock:
+            return {p: st[2] for p in self.held if (st := self.tier.hold_state(p))}
+
+    def _sync_holds(self) -> None:
+        """Holds the kernel released on a VIF's first frame leave the tables here too."""
+        for ofport in list(self.held):
+            st = self.tier.hold_state(ofport)
+            if st is None or st[1]:
+                del self.held[ofport]
+                self.tier.release(ofport)
+                self._event(ofport, st[1] if st else time.monotonic(), "first frame")
+
+    def _event(self, ofport: int, when: float, what: str) -> None:
+        self.hold_events.append((ofport, when, what))
+        del self.hold_events[:-16]
 
     # -- the slow path -------------------------------------------------------------
     def poll_once(self, timeout: float = 0.1) -> int:

@@ -142,6 +142,8 @@ class EbpfTier:
             self.m_meters = Map(fd("meters"), 4, L.METER.size, "meters")
             self.m_zone_limits = Map(fd("zone_limits"), 4, L.ZONE.size, "zone_limits")
             self.m_zone_commits = Map(fd("zone_commits"), 4, 8, "zone_commits")
+            self.m_holds = Map(fd("holds"), 4, L.HOLD.size, "holds")
+            self.m_held_macs = Map(fd("held_macs"), 8, 4, "held_macs")
             self.m_trace_hdr = Map(fd("trace_hdr"), 4, L.TRACE_HDR.size, "trace_hdr")
             self.m_trace_out = Map(fd("trace_out"), 4, L.TRACE_OUT_SIZE, "trace_out")
             self._ncpu = _possible_cpus()
@@ -154,7 +156,7 @@ class EbpfTier:
             for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
                       self.m_conns6,
                       self.m_meters, self.m_trace_hdr, self.m_trace_out, self.m_zone_limits,
-                      self.m_zone_commits):
+                      self.m_zone_commits, self.m_holds, self.m_held_macs):
                 if self.obj.map_sizes(m.name) != (m.key_size, m.value_size):
                     raise BpfError(22, f"map {m.name}: the program's layout "
                                        f"{self.obj.map_sizes(m.name)} is not layout.py's "
@@ -178,6 +180,7 @@ class EbpfTier:
         self._upcall_limit = (0, 0)
         self._kept: dict[bytes, tuple] = {}           # fkey -> mask of entries left to us
         self.kept_ports: dict[int, int] = {}          # ifindex -> ofport left to us
+        self.held: dict[int, int] = {}                # ofport -> MAC held for it (hold())
         if self.reopened:
             self._take_up()
         self._write_config()
@@ -243,7 +246,7 @@ class EbpfTier:
     # -- configuration ----------------------------------------------------------------
     def _write_config(self) -> None:
         flags = (L.CFG_F_TEST if self.test else 0) | (L.CFG_F_KERNEL_CT if self.kernel_ct else 0) \
-            | (L.CFG_F_TCP_LIBERAL if self.tcp_liberal else 0)
+            | (L.CFG_F_TCP_LIBERAL if self.tcp_liberal else 0) | (L.CFG_F_HOLDS if self.held else 0)
         self.m_config.update(L.U32.pack(0), L.CONFIG.pack(len(self._masks), flags,
                                                           *self._upcall_limit))
 
@@ -270,15 +273,58 @@ class EbpfTier:
         is in another namespace (a packet's last output enters that end directly)."""
         flags = ((L.PORT_F_TUNNEL if tunnel is not None else 0) | (L.PORT_F_XDP_OUT if xdp_out else 0)
                  | (L.PORT_F_PEER if peer else 0))
+        self.release(ofport)
         self.m_ports.update(L.U32.pack(ifindex), L.PORT.pack(ofport, flags))
         self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel, peer)
         self._ofport_of[ifindex] = ofport
 
     def remove_port(self, ofport: int) -> None:
+        self.release(ofport)
         kp = self.ports.pop(ofport, None)
         if kp is not None:
             self.m_ports.delete(L.U32.pack(kp.ifindex))
             self._ofport_of.pop(kp.ifindex, None)
+
+    # -- a VM arriving by live migration (bpf/sbnet_hold.h) ---------------------------------
+    def hold(self, ofport: int, mac: int) -> None:
+        """Drop what tunnels bring for `mac` (48-bit int) until VIF `ofport` sends its first
+        frame, which releases the hold in the kernel (hold_state() then says when)."""
+        kp = self.ports[ofport]
+        self.release(ofport)
+        key = L.U32.pack(kp.ifindex)
+        self.m_holds.update(key, L.HOLD.pack(mac, time.monotonic_ns(), 0, 0))
+        self.m_held_macs.update(mac.to_bytes(8, "little"), key)
+        self.held[ofport] = mac
+        self._write_config()
+        self._port_flags(kp, set_=L.PORT_F_HELD)
+
+    def hold_state(self, ofport: int) -> tuple[float, float, int] | None:
+        """(held since, released at or 0.0, tunnel frames dropped) in time.monotonic()
+        seconds, None when `ofport` is not held."""
+        kp = self.ports.get(ofport)
+        raw = self.m_holds.lookup(L.U32.pack(kp.ifindex)) if kp and ofport in self.held else None
+        if raw is None:
+            return None
+        _, since, released, dropped = L.HOLD.unpack(raw)
+        return since / 1e9, released / 1e9, dropped
+
+    def release(self, ofport: int) -> None:
+        """Take the hold off (no-op if none): the VM's traffic is delivered again."""
+        mac = self.held.pop(ofport, None)
+        kp = self.ports.get(ofport)
+        if mac is None or kp is None:
+            return
+        self._port_flags(kp, clear=L.PORT_F_HELD)
+        self.m_held_macs.delete(mac.to_bytes(8, "little"))    # (the first frame's already)
+        self.m_holds.delete(L.U32.pack(kp.ifindex))
+        self._write_config()
+
+    def _port_flags(self, kp: L.KernelPort, set_: int = 0, clear: int = 0) -> None:
+        key = L.U32.pack(kp.ifindex)
+        raw = self.m_ports.lookup(key)
+        if raw is not None:
+            ofport, flags = L.PORT.unpack(raw)
+            self.m_ports.update(key, L.PORT.pack(ofport, (flags | set_) & ~clear))
 
     # -- megaflows -----------------------------------------------------------------
     def placement(self, mf_id: int) -> Placement | None:

@@ -391,6 +391,7 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 }
 
 #include "sbnet_ct.h"
+#include "sbnet_hold.h"
 
 enum { ACT_NEXT, ACT_RECIRC, ACT_STOP, ACT_UPCALL, ACT_CT_TCP };
 
@@ -683,6 +684,14 @@ int sbnet_ingress(struct __sk_buff *skb)
 		th->verdict = 0;
 		th->mf_id = 0;
 		th->passes = 0;
+	}
+	if (port->flags & PORT_F_HELD) {
+		hold_release(port, ifindex);
+	} else if ((port->flags & PORT_F_TUNNEL) && (cfg->flags & CFG_F_HOLDS) && hold_drops(skb)) {
+		count(ST_DROP);
+		if (th)
+			th->verdict = VERDICT_DROP;
+		return TC_ACT_SHOT;
 	}
 	struct sb_key *k = &s->key;
 	for (int j = 0; j < K_NWORDS; j++)

@@ -102,6 +102,8 @@ struct sb_port {          /* ports map value, keyed by ifindex */
 #define PORT_F_PEER 4     /* a veth whose other end is in another namespace: the last output
 			   * goes straight into that end's ingress (bpf_redirect_peer), not
 			   * through this end's transmit and the backlog queue */
+#define PORT_F_HELD 8     /* a VIF whose VM is arriving by live migration (sbnet_hold.h):
+			   * its first frame releases the hold */
 
 struct sb_config {
 	__u32 n_masks;
@@ -114,6 +116,7 @@ struct sb_config {
 			   * the map are +new here; ct(commit) of one, its first reply (UDP,
 			   * ICMP) or its handshake (TCP) are done here and told up the ring */
 #define CFG_F_TCP_LIBERAL 4 /* the slow path's conntrack is liberal about TCP windows */
+#define CFG_F_HOLDS 8     /* some VIF is held (sbnet_hold.h): tunnel frames are looked up */
 
 /* ct_state bits (sbnet.flows.fields.CT_STATE_BITS, as OVS). */
 #define CS_NEW 0x01
@@ -197,6 +200,15 @@ struct sb_zone {
 	__u32 limit;
 	__u32 pad;
 	__s64 base;           /* may be negative: commits taken up whose connections have gone */
+};
+
+/* An arriving VM's VIF while it is held (holds map value, keyed by the VIF's ifindex):
+ * tunnel frames to `mac` are dropped until the VIF's first frame, which stamps `released`. */
+struct sb_hold {
+	__u64 mac;            /* 48-bit, as the key's eth words */
+	__u64 since;          /* bpf_ktime_get_ns() clock (CLOCK_MONOTONIC): when held */
+	__u64 released;       /* when the VIF's first frame released it; 0: still held */
+	__u64 dropped;        /* tunnel frames dropped for it */
 };
 
 struct sb_meter {

@@ -367,8 +367,12 @@ int sbnet_xdp(struct xdp_md *ctx)
 		ifindex = *in;
 	}
 	struct sb_port *port = bpf_map_lookup_elem(&ports, &ifindex);
-	if (!port || (port->flags & PORT_F_TUNNEL))
+	/* A held VIF's frames go to the TC program, whose first one releases the hold. */
+	if (!port || (port->flags & (PORT_F_TUNNEL | PORT_F_HELD))) {
+		if (test)
+			xdp_trace(pl, 0);
 		return XDP_PASS;
+	}
 	struct sb_key *k = pl->key;
 	for (int j = 0; j < K_NWORDS; j++)
 		k->w[j] = 0;

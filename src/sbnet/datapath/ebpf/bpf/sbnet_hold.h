@@ -1,0 +1,64 @@
+/* The arrival hold of a live migration, as the reference switch's underlay filter (sbnet.datapath.holdfilter).
+ *
+ * While a VM migrates every host sends its traffic to both the source and the
+ * destination.  Until the VM runs at the destination, what reaches the destination by a
+ * tunnel for the VM's MAC is dropped here, before any lookup; otherwise the program
+ * delivers it into a VIF nobody reads yet, the interface keeps it, and the VM gets it
+ * on arrival, stale, as duplicates (and TCP discards them by PAWS).  The VIF's first
+ * frame (the VM's announcement, an acknowledgement) releases the hold at once, in the
+ * kernel, with no round trip to the slow path.
+ */
+#ifndef SBNET_HOLD_H
+#define SBNET_HOLD_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);               /* the held VIF's ifindex */
+	__type(value, struct sb_hold);
+} holds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);               /* the arriving VM's MAC */
+	__type(value, __u32);             /* its VIF's ifindex (holds' key) */
+} held_macs SEC(".maps");
+
+/* A frame from a held VIF: the VM runs here now.  Every frame of a held port comes
+ * here (the XDP program passes them to this one), so the first one is never missed. */
+static __always_inline void hold_release(struct sb_port *port, __u32 ifindex)
+{
+	struct sb_hold *h;
+
+	__sync_fetch_and_and(&port->flags, ~(__u32)PORT_F_HELD);
+	h = bpf_map_lookup_elem(&holds, &ifindex);
+	if (!h || h->released)
+		return;
+	h->released = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&held_macs, &h->mac);
+}
+
+/* A tunnel frame: 1 when its destination is a held VM's MAC (it is dropped). */
+static __always_inline int hold_drops(struct __sk_buff *skb)
+{
+	__u8 d[6];
+	__u64 mac;
+	__u32 *ifindex;
+	struct sb_hold *h;
+
+	if (bpf_skb_load_bytes(skb, 0, d, 6))
+		return 0;
+	mac = (__u64)d[0] << 40 | (__u64)d[1] << 32 | (__u64)d[2] << 24 | (__u64)d[3] << 16
+	      | (__u64)d[4] << 8 | d[5];
+	ifindex = bpf_map_lookup_elem(&held_macs, &mac);
+	if (!ifindex)
+		return 0;
+	h = bpf_map_lookup_elem(&holds, ifindex);
+	if (!h || h->released)
+		return 0;
+	__sync_fetch_and_add(&h->dropped, 1);
+	return 1;
+}
+
+#endif
