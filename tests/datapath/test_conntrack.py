@@ -549,3 +549,25 @@ def test_update_many_matches_scalar_update(seed):
             assert tcp[0].tolist() == peers
             if res == T.VALID:
                 nxt[d] = (seq + plen + bool(fl & T.SYN) + bool(fl & T.FIN)) % 2**32
+
+
+def test_uncommitted_batch_equals_per_packet(monkeypatch):
+    """ct() without commit over a batch of unknown tuples (+new, or +inv for what may not
+    start a connection) and known ones gives what the per-packet path gives."""
+    from scapy.layers.inet import ICMP as _ICMP
+    from sbnet.datapath import conntrack as conntrack_mod
+    known = [Tcp(sport=5000 + i) for i in range(4)]
+    fresh = [Tcp(sport=6000 + i) for i in range(8)]
+    pk = [c.pkt(0, fl) for c, fl in zip(fresh, ["S", "SF", "SA", "A", "F", "S", "PA", "R"])]
+    pk += [udp(sport=7000), E / IP(src=A, dst=B) / _ICMP(type=8, id=3),
+           E / IP(src=A, dst=B) / _ICMP(type=0, id=4)]
+    pk += [c.pkt(1, "SA") for c in known]
+    runs = []
+    for vectorized in (True, False):
+        if not vectorized:
+            monkeypatch.setattr(conntrack_mod, "uncommitted_new", lambda ct, b, slow: slow)
+        ct = Conntrack()
+        ct_run(ct, [c.pkt(0, "S") for c in known])
+        runs.append((ct_run(ct, pk, commit=False).states, ct.dump(), dict(ct.stats)))
+    assert runs[0] == runs[1]
+    assert runs[0][0][:3] == ["+new+trk", "+inv+trk", "+inv+trk"]

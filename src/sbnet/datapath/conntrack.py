@@ -122,7 +122,7 @@ import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.conntrack_batch import bulk_new, eligible, lookup, steady
+from sbnet.datapath.conntrack_batch import bulk_new, eligible, lookup, steady, uncommitted_new
 from sbnet.datapath.conntrack_fast import express
 from sbnet.datapath.conntrack_extract import COMPILED_MAX as EXTRACT_MAX, extract_compiled
 from sbnet.datapath.conntrack_kernel import express as express_compiled
@@ -228,6 +228,8 @@ class Conntrack:
         slow = stale = np.flatnonzero(b.p.ok & ~fast)
         if slow.size and commit and not self.table.overflow and (nat is None or not nat.random):
             slow = bulk_new(self, b, slow)
+        elif slow.size and not commit:
+            slow = uncommitted_new(self, b, slow)
         if slow.size:
             per_packet(self, b, slow)
         if exec_md:

@@ -198,6 +198,43 @@ def _segments(seg, r) -> T.Segments:
     return T.Segments(seg.seq[r], seg.ack[r], seg.win[r], seg.plen[r])
 
 
+def _may_start(proto: np.ndarray, fl: np.ndarray, w4: np.ndarray) -> np.ndarray:
+    """Rows that may start a connection (conn_not_found's valid_new): a TCP segment
+    with sane flags that is not a SYN+ACK, an ICMP query, any other protocol."""
+    bad_fl = T.invalid_flags_many(fl) | ((fl & (T.SYN | T.ACK)) == (T.SYN | T.ACK))
+    typ = (w4 & np.uint64(0xFF)).astype(np.int64)
+    icmp_ok = np.where(proto == IP_ICMP, np.isin(typ, (8, 13, 15)), typ == 128)
+    icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
+    return np.where(proto == IP_TCP, ~bad_fl, np.where(icmp, icmp_ok, True))
+
+
+def uncommitted_new(ct, b: CtBatch, slow: np.ndarray) -> np.ndarray:
+    """ct() without commit on rows `slow` whose tuple no connection owns (their hash in
+    no slot, so the per-packet lookup could neither find nor expire one): +new, or +inv
+    when they could not start a connection, all at once, as conn_not_found() does for
+    each when it may not commit.  Returns the rows left for the per-packet path."""
+    p = b.p
+    if ct.table.overflow:
+        return slow
+    ci = np.flatnonzero(~b.found[slow] & ~p.related[slow] & ~b.natted[slow])
+    if not ci.size:
+        return slow
+    ci = ci[ct.table.index.get_many(p.hash[slow[ci]]) < 0]
+    if not ci.size:
+        return slow
+    rows = slow[ci]
+    ok = _may_start(p.proto[rows], p.flags[rows], p.words[rows, 4])
+    b.st[rows] = np.where(ok, np.uint64(NEW), np.uint64(INV))
+    b.conn[rows] = -1
+    b.reply[rows] = False
+    b.tsrc[rows] = 2
+    if ci.size == slow.size:
+        return _NONE
+    keep = np.ones(slow.size, dtype=bool)
+    keep[ci] = False
+    return slow[keep]
+
+
 def bulk_new(ct, b: CtBatch, slow: np.ndarray) -> np.ndarray:
     """Commit, vectorized, the new connections among rows `slow` whose tuples
     (original and reply) no other packet of the batch touches, so order cannot
@@ -213,15 +250,8 @@ def bulk_new(ct, b: CtBatch, slow: np.ndarray) -> np.ndarray:
         return slow
     w = p.words[slow]
     proto = p.proto[slow]
-    fl = p.flags[slow]
-    tcp = proto == IP_TCP
-    bad_fl = np.where(fl & T.SYN, (fl & (T.RST | T.FIN)) != 0, (fl & (T.ACK | T.RST)) == 0)
-    bad_fl |= ((fl & T.ACK) == 0) & ((fl & (T.FIN | T.PSH | T.URG)) != 0)
-    bad_fl |= (fl & (T.SYN | T.ACK)) == (T.SYN | T.ACK)
-    typ = (w[:, 4] & np.uint64(0xFF)).astype(np.int64)
-    icmp_ok = np.where(proto == IP_ICMP, np.isin(typ, (8, 13, 15)), typ == 128)
     icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
-    cand &= np.where(tcp, ~bad_fl, np.where(icmp, icmp_ok, True))
+    cand &= _may_start(proto, p.flags[slow], w[:, 4])
     meta = meta_words(p.zone[slow], proto, p.v6[slow])
     h = tuple_hashes(meta, w[:, 0], w[:, 1], w[:, 2], w[:, 3], w[:, 4], w[:, 5])
     if act:

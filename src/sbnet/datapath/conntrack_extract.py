@@ -11,7 +11,7 @@ from sbnet.datapath.conntrack_table import _P, _S
 from sbnet.datapath.jit import kernel
 from sbnet.flows.fields import ETH_IP, ETH_IPV6, IP_ICMP, IP_ICMPV6, IP_SCTP, IP_TCP, IP_UDP
 
-COMPILED_MAX = 64          # batches this small are keyed here, larger ones by numpy
+COMPILED_MAX = 1 << 16      # keyed here at any batch size the datapath makes
 _ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
 _NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _S["tp_dst"]
 _V6 = np.array([_S[n] for n in ("ipv6_src_hi", "ipv6_src_lo", "ipv6_dst_hi", "ipv6_dst_lo")],
