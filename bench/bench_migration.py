@@ -98,7 +98,7 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
     rtos = {k: after[k].get("TCPTimeouts", 0) - before[k].get("TCPTimeouts", 0)
             for k in ("outside", "peer")}
     where = where_the_time_goes(lab, tl, pings, t_move, t_end)
-    where["released_ms"] = _released(lab, dest, t_move)
+    where["released_ms"], where["announced_ms"] = _released(lab, dest, t_move)
     kept = res.error == "" and res.bytes_after(t_move + 0.5)
     moved = any(a.migration.moves_conns for a in lab.cloud.agents.values())
     return {"moved": moved, "ping_gap_ms": gap * 1000, "ping_worst_ms": worst * 1000, "ping_lost": sent - replies, "ping_dups": pings.dups,
@@ -112,15 +112,18 @@ def measured_move(lab: MigrationLab, dest: str, port: int) -> dict:
             "sequence_ms": tl.events[-1][0] * 1000, **where}
 
 
-def _released(lab: MigrationLab, dest: str, t_move: float) -> float:
-    """When the destination let the VM's traffic in again (its first frame there; ms after
-    the switch-over began), nan where the datapath holds nothing (OVS)."""
+def _released(lab: MigrationLab, dest: str, t_move: float) -> tuple[float | None, ...]:
+    """(when the destination let the VM's traffic in again: its first frame there; when its
+    datapath sent the VM's announcements on that frame), ms after the switch-over began;
+    None where the datapath holds nothing (OVS) or announces nothing (OVS, the eBPF tier)."""
     try:
-        events = lab.topo.hosts[dest].datapath.holds()["events"]
+        holds = lab.topo.hosts[dest].datapath.holds()
     except AttributeError:
-        return float("nan")
-    return next(((t - t_move) * 1000 for _, t, what in reversed(events) if what != "held"),
-                float("nan"))
+        return None, None
+    released = next(((t - t_move) * 1000 for _, t, what in reversed(holds["events"])
+                     if what != "held"), None)
+    sent = [t for _, t, _ in holds.get("announced", ()) if t >= t_move]
+    return released, (sent[-1] - t_move) * 1000 if sent else None
 
 
 def _prewarmed(lab: MigrationLab, dest: str) -> int:
@@ -164,7 +167,8 @@ def leaks(lab: MigrationLab, n: int) -> dict:
     away = "h3" if lab.host == "h2" else "h2"
     tcp_away = [c for c in lab.conns(away) if c.startswith("tcp")]
     flows = {h: len(lab.topo.hosts[h].datapath.dump_flows()) for h in ("h1", "h2", "h3")}
-    return {"migrations": n, "seconds_each": per, "bindings_left": len(snap.get("port_binding", ())),
+    moves = any(a.migration.moves_conns for a in lab.cloud.agents.values())
+    return {"migrations": n, "moves_conns": moves, "seconds_each": per, "bindings_left": len(snap.get("port_binding", ())),
             "handovers_left": len(snap.get("ct_handover", ())),
             "tcp_conns_on_old_host": len(tcp_away), "flows_before": flows0, "flows_after": flows}
 
@@ -221,7 +225,9 @@ def main() -> None:
                   f"{m['outside_rtos']:>6d}/{m['peer_rtos']:<5d}")
     print("Where the switch-over's time goes (ms after it began): the VM without an interface, "
           "until when the destination held the other hosts' copies of its traffic (its first "
-          "frame there), the first ping reply after it (its round trip; the run's median), "
+          "frame there) and when its datapath sent the VM's announcements (gratuitous ARP for "
+          "its floating IP) on that frame ('-': the datapath holds and announces nothing), "
+          "the first ping reply after it (its round trip; the run's median), "
           "Nova's activation, "
           "each host applying it (start/flows changed/ms in the datapath):")
     for r in results:
@@ -231,15 +237,26 @@ def main() -> None:
             hosts = " ".join(f"{h}:{t:.0f}/{n}/{a:.0f}" for h, (t, n, a) in
                              sorted(m["hosts_applied"].items()))
             print(f"{r['backend']:10} {label:9} no-if {m['no_interface_ms']:4.0f} held until "
-                  f"{m['released_ms']:4.0f} first reply "
+                  f"{_ms(m['released_ms'])} announced {_ms(m['announced_ms'])} first reply "
                   f"{m['first_reply_ms']:5.0f} (rtt {m['first_reply_rtt_ms']:4.0f}; median "
                   f"{m['median_rtt_ms']:4.0f}) activated {m['activated_ms']:5.0f} applied {hosts}")
     for r in results:
         lk = r["leaks"]
+        n = lk["tcp_conns_on_old_host"]
+        # Without a handover (OVS: its userspace conntrack has no export) the old host's
+        # entries are not the migration's leftovers but connections nothing moved or
+        # deleted: they stay in its table until they time out.
+        conns = (f"{n} TCP connections on the old host" if lk["moves_conns"] else
+                 f"{n} TCP conntrack entries still on the old host (no handover on this "
+                 f"datapath: its entries stay until they time out)")
         print(f"{r['backend']}: {lk['migrations']} migrations back and forth, "
               f"{lk['seconds_each']:.2f} s each; left: {lk['bindings_left']} bindings, "
-              f"{lk['handovers_left']} handovers, {lk['tcp_conns_on_old_host']} TCP connections "
-              f"on the old host; flows before {lk['flows_before']} after {lk['flows_after']}")
+              f"{lk['handovers_left']} handovers, {conns}; flows before {lk['flows_before']} "
+              f"after {lk['flows_after']}")
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:4.0f}" if v is not None else "   -"
 
 
 def _n(v: int) -> str:

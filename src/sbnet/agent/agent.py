@@ -200,7 +200,7 @@ class HostAgent:
         self.slow_path = slow_path
         self.mirror = Mirror()
         self.compiler = Compiler(host)
-        self.migration = MigrationDuty(host, datapath, source)
+        self.migration = MigrationDuty(host, datapath, source, self.physnets)
         self.announcer = FipAnnouncer(host, getattr(slow_path, "netns", None))
         self.pipeline: HostPipeline | None = None
         self.reported: dict[str, str] = {}

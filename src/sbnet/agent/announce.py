@@ -1,4 +1,4 @@
-"""Gratuitous ARPs for the floating IPs that have come to live on this host alone (a VM bound or migrated here), sent on their physical network."""
+"""Gratuitous ARPs for the floating IPs that have come to live on this host alone (a VM bound or migrated here), sent on their physical network, and the frames an arriving VM's datapath sends for it on its first frame."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import threading
 import time
 
 from sbnet.agent.slowpath import in_netns
-from sbnet.compiler.l3 import fip_host, floating_ips
-from sbnet.flows.fields import ETH_ARP, ETH_IP
+from sbnet.compiler.l3 import fip_host, floating_ips, router_ifaces
+from sbnet.datapath.checksum import internet_checksum
+from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6, ETH_VLAN, IP_ICMPV6
 
 BROADCAST = b"\xff" * 6
 # When each announcement is sent again (seconds after the first), as OVN repeats its own: a
@@ -41,6 +42,77 @@ def garp(ip: str, mac: str) -> bytes:
     addr = ipaddress.IPv4Address(ip).packed
     arp = struct.pack("!HHBBH", 1, ETH_IP, 6, 4, 1) + hw + addr + b"\x00" * 6 + addr
     return (BROADCAST + hw + struct.pack("!H", ETH_ARP) + arp).ljust(60, b"\x00")
+
+
+def na(ip: str, mac: str) -> bytes:
+    """An unsolicited neighbour advertisement (override set) for ip, from mac, to all nodes."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    src = ipaddress.IPv6Address(ip).packed
+    dst = ipaddress.IPv6Address("ff02::1").packed
+    body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + src + struct.pack("!BB", 2, 1) + hw
+    pseudo = src + dst + struct.pack("!IxxxB", len(body), IP_ICMPV6)
+    csum = internet_checksum(pseudo + body)
+    body = body[:2] + struct.pack("!H", csum) + body[4:]
+    ip6 = struct.pack("!IHBB", 6 << 28, len(body), IP_ICMPV6, 255) + src + dst
+    return b"\x33\x33\x00\x00\x00\x01" + hw + struct.pack("!H", ETH_IPV6) + ip6 + body
+
+
+def arrival_frames(topo, port: dict, physnets: dict[str, int]) -> list[tuple[int, bytes]]:
+    """(ofport, frame) pairs a destination's datapath sends the moment a port arriving by
+    live migration sends its first frame there (the VM runs there now), without waiting for
+    its agent: a gratuitous ARP (IPv4) or an unsolicited neighbour advertisement (IPv6) for
+    each fixed address of a port on a provider network, from the port's MAC, and a
+    gratuitous ARP for each of its floating IPs from the floating IP's MAC, each out of its
+    physical network's port here (VLAN-tagged on a VLAN network).  The outside's switches
+    then send there before Nova has even activated the binding.  Overlay networks get
+    none: every host's flows already send the port's MAC to both hosts during the move."""
+    if not physnets:
+        return []
+    out = []
+    nets = topo.networks
+    net = nets.get(port.get("network_id")) or {}
+    if net.get("provider:physical_network") in physnets:
+        for f in port.get("fixed_ips") or ():
+            ip = f["ip_address"]
+            frame = na(ip, port["mac_address"]) if ":" in ip else garp(ip, port["mac_address"])
+            out.append(_on(topo, net, physnets, frame))
+    for rid in topo.routers:
+        for fip, own, vm in floating_ips(topo, rid):
+            ext = nets.get(own["network_id"]) or {}
+            if vm["id"] == port["id"] and ext.get("provider:physical_network") in physnets:
+                out.append(_on(topo, ext, physnets,
+                               garp(fip["floating_ip_address"], own["mac_address"])))
+    return out
+
+
+def arrival_relay(topo, port: dict) -> dict | None:
+    """What the host `port` is leaving relays to it from outside once it runs here (the
+    traffic to its floating IP that reached that host first: sbnet.datapath.holdfilter.Relay
+    as a dict), for the destination's datapath to drop from the VM's first frame here until
+    activation; None for a port with no floating IP, or a source with no IPv4 tunnel
+    endpoint known here."""
+    src = topo.chassis.get(topo.active_host(port))
+    if src is None or ":" in (src.tunnel_ip or ":"):
+        return None
+    for rid in topo.routers:
+        if not any(vm["id"] == port["id"] for _, _, vm in floating_ips(topo, rid)):
+            continue
+        inside = [i for i in router_ifaces(topo, rid) if not i.external]
+        mine = next((i for i in inside if i.net_id == port["network_id"]), None)
+        if mine is not None:
+            return {"source": src.tunnel_ip, "mac": port["mac_address"],
+                    "router_mac": mine.port["mac_address"],
+                    "inside": tuple(sorted({str(i.cidr) for i in inside
+                                            if i.cidr.version == 4}))}
+    return None
+
+
+def _on(topo, net: dict, physnets: dict[str, int], frame: bytes) -> tuple[int, bytes]:
+    ofport = physnets[net["provider:physical_network"]]
+    if topo.network_type(net) != "vlan":
+        return ofport, frame
+    tag = struct.pack("!HH", ETH_VLAN, int(net.get("provider:segmentation_id") or 0) & 0xFFF)
+    return ofport, frame[:12] + tag + frame[12:]
 
 
 def send(netns: str | None, ifname: str, frames: list[bytes]) -> None:

@@ -309,6 +309,10 @@ class AfPacketDatapath:
         self.gso_underlay = False       # see underlay_gso()
         self.held: dict[int, str] = {}  # VIF ofport -> MAC of the VM that has not arrived yet
         self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
+        self.on_arrival: dict[int, list[tuple[int, bytes]]] = {}  # held VIF -> what to send
+        self.announced: list[tuple[int, float, int]] = []       # (VIF, monotonic, frames)
+        self.relay_drop: dict[int, dict] = {}  # held VIF -> its source's relay (Relay fields)
+        self.relays: dict[int, holdfilter.Relay] = {}   # arrived VIF -> relay dropped
 
     # -- ports -----------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> AfPacketPort:
@@ -332,7 +336,7 @@ class AfPacketDatapath:
 
     def detach(self, ofport: int) -> None:
         with self.lock:
-            if ofport in self.held:
+            if ofport in self.held or ofport in self.relays:
                 self.release(ofport, "detached")
             port = self.switch.ports.get(ofport)
             if isinstance(port, AfPacketPort):
@@ -387,7 +391,7 @@ class AfPacketDatapath:
                 continue
             if port.ofport in self.held:        # the VM runs here now: it sent its first frame
                 with self.lock:
-                    self.release(port.ofport, "first frame")
+                    self._arrived(port.ofport)
             # One batch per port, as OVS's PMD takes one receive queue at a time: no copy
             # to merge ports' frames that the dpif would split again (underlay or not).
             batch = _batch(chunks)
@@ -464,18 +468,56 @@ class AfPacketDatapath:
             self._filter_underlay()
             self._event(ofport, "held")
 
-    def release(self, ofport: int, why: str = "released") -> None:
-        """Deliver the VM's traffic at `ofport` again (no-op if not held)."""
+    def announce_on_arrival(self, ofport: int, frames: list[tuple[int, bytes]],
+                            relay: dict | None = None) -> None:
+        """When held VIF `ofport` sends its first frame, send `frames` ((out port, frame)
+        pairs: the arriving VM's gratuitous ARPs and neighbour advertisements, its floating
+        IPs') out of those ports at once, in the loop that saw it, ahead of the frame
+        itself, and from then on drop `relay` (sbnet.datapath.holdfilter.Relay's fields:
+        what the host it left relays of its floating IP's traffic) on the underlay ports
+        until release(); both forgotten if the hold ends any other way."""
         with self.lock:
+            if ofport in self.held:
+                self.on_arrival[ofport] = [(int(o), bytes(f)) for o, f in frames]
+                if relay:
+                    self.relay_drop[ofport] = dict(relay)
+
+    def _arrived(self, ofport: int) -> None:
+        frames = self.on_arrival.pop(ofport, ())
+        for out, frame in frames:
+            port = self.switch.ports.get(out)
+            if port is not None:
+                port.deliver(Batch.from_packets([frame], out))
+        if frames:
+            self.announced.append((ofport, time.monotonic(), len(frames)))
+            del self.announced[:-16]
+        relay = self.relay_drop.pop(ofport, None)
+        if relay is not None:
+            self.relays[ofport] = holdfilter.Relay(
+                relay["source"], relay["mac"], relay["router_mac"], tuple(relay["inside"]))
+        self.release(ofport, "first frame")
+
+    def release(self, ofport: int, why: str = "released") -> None:
+        """Deliver the VM's traffic at `ofport` again (no-op if not held), and what its
+        source relays (after its first frame)."""
+        with self.lock:
+            self.on_arrival.pop(ofport, None)
+            self.relay_drop.pop(ofport, None)
+            if why != "first frame" and self.relays.pop(ofport, None) is not None:
+                self._filter_underlay()
             if self.held.pop(ofport, None) is not None:
                 self._filter_underlay()
                 self._event(ofport, why)
 
     def holds(self) -> dict:
         """{"held": {ofport: MAC}, "events": [(ofport, monotonic, "held" or why released),
-        ...]} (the last 16 events)."""
+        ...], "announced": [(ofport, monotonic, frames sent on its first frame), ...]} (the
+        last 16 of each), "relays": {ofport: source tunnel endpoint} (what it left relays,
+        dropped)."""
         with self.lock:
-            return {"held": dict(self.held), "events": list(self.hold_events)}
+            return {"held": dict(self.held), "events": list(self.hold_events),
+                    "announced": list(self.announced),
+                    "relays": {o: r.source for o, r in self.relays.items()}}
 
     def _event(self, ofport: int, what: str) -> None:
         self.hold_events.append((ofport, time.monotonic(), what))
@@ -487,7 +529,12 @@ class AfPacketDatapath:
                  for k in ("vxlan", "geneve")}
         # Beyond MAX_MACS arriving VMs at once, the rest are switched as before (unheld).
         macs = sorted(set(self.held.values()))[:holdfilter.MAX_MACS]
-        prog = holdfilter.program(macs, ports["vxlan"], ports["geneve"]) if macs else None
+        relays = sorted(set(self.relays.values()), key=repr)
+        try:
+            prog = holdfilter.program(macs, ports["vxlan"], ports["geneve"], relays) \
+                if macs or relays else None
+        except ValueError:              # too long with the relays: those are relayed as before
+            prog = holdfilter.program(macs, ports["vxlan"], ports["geneve"]) if macs else None
         for num in self.switch.underlay.ports:
             port = self.switch.ports.get(num)
             if isinstance(port, AfPacketPort):
@@ -621,7 +668,7 @@ _REMOTE = ("attach", "add_tunnel_port", "detach", "underlay", "underlay_gso", "p
            "bundle", "add_flows", "delete_flows", "dump_flows", "dump_megaflows", "trace",
            "dump_conntrack", "delete_meter", "dump_meters", "meter_stats",
            "export_conns", "import_conns", "forget_conns", "prewarm",
-           "hold", "release", "holds")
+           "hold", "release", "holds", "announce_on_arrival")
 
 
 class RemoteDatapath:

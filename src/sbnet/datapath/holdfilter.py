@@ -1,10 +1,12 @@
-"""A kernel socket filter for an underlay port: tunnel frames addressed to a VM that has not arrived yet are dropped before the switch reads them."""
+"""A kernel socket filter for an underlay port: tunnel frames addressed to a VM that has not arrived yet, or relayed late from the host it left, are dropped before the switch reads them."""
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import socket
 import struct
+from dataclasses import dataclass
 
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
@@ -24,12 +26,32 @@ MAX_MACS = 48
 ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP = 0x0800, 0x86DD, 17
 
 
-def program(macs: list[str], vxlan_ports: list[int], geneve_ports: list[int]) -> list[tuple]:
+@dataclass(frozen=True)
+class Relay:
+    """What the host a VM left still relays to it, routed, from outside its router's
+    subnets (its floating IP's traffic, NATed there while the outside's switches still sent
+    there): over IPv4 from tunnel endpoint `source`, from `router_mac` to `mac`, IPv4, from
+    an address on none of `inside` (CIDRs).  Once the VM runs here and has announced its
+    floating IP, the outside sends here, and a copy relayed late arrives behind the
+    outside's own retransmission of an earlier segment: its older timestamp has the VM's
+    TCP discard it (PAWS) and the stream waits for a retransmission timeout.  Dropped,
+    the outside retransmits it as it does any loss."""
+
+    source: str
+    mac: str
+    router_mac: str
+    inside: tuple[str, ...] = ()
+
+
+def program(macs: list[str], vxlan_ports: list[int], geneve_ports: list[int],
+            relays: list[Relay] = ()) -> list[tuple]:
     """(code, jt, jf, k) instructions that drop a VXLAN or Geneve frame over IPv4 (not a
     fragment's tail) or IPv6 (UDP right after the fixed header) whose inner destination
-    MAC is one of `macs`, and accept everything else.  With X the outer IP header's
-    length, the UDP destination port is at X+16 and the inner frame at X+30 (VXLAN; Geneve
-    after its options, whose length X takes on).  At most MAX_MACS (ValueError beyond)."""
+    MAC is one of `macs`, or that one of `relays` describes (IPv4 underlay only), and
+    accept everything else.  With X the outer IP header's length, the UDP destination port
+    is at X+16 and the inner frame at X+30 (VXLAN; Geneve after its options, whose length X
+    takes on).  At most MAX_MACS MACs; ValueError beyond, or when the relays make the
+    program too long for its jumps."""
     if len(macs) > MAX_MACS:
         raise ValueError(f"one filter holds at most {MAX_MACS} MACs")
     code: list[list] = []                    # [op, jt label, jf label, k]; labels resolved below
@@ -83,6 +105,26 @@ def program(macs: list[str], vxlan_ports: list[int], geneve_ports: list[int]) ->
         emit(_LD_H_IND, 34)
         emit(_JEQ, int.from_bytes(b[4:], "big"), jt="drop", jf=f"mac{i + 1}")
         label(f"mac{i + 1}")
+    for i, r in enumerate(relays):
+        nxt = f"relay{i + 1}"
+        for off, mac in ((30, r.mac), (36, r.router_mac)):
+            b = bytes.fromhex(mac.replace(":", ""))
+            emit(_LD_W_IND, off)
+            emit(_JEQ, int.from_bytes(b[:4], "big"), jf=nxt)
+            emit(_LD_H_IND, off + 4)
+            emit(_JEQ, int.from_bytes(b[4:], "big"), jf=nxt)
+        emit(_LD_H_IND, 42)
+        emit(_JEQ, ETH_P_IP, jf=nxt)
+        emit(_LD_H_ABS, 12)                 # the underlay's own header: IPv4, from the source
+        emit(_JEQ, ETH_P_IP, jf=nxt)
+        emit(_LD_W_ABS, 26)
+        emit(_JEQ, int(ipaddress.IPv4Address(r.source)), jf=nxt)
+        for net in map(ipaddress.IPv4Network, r.inside):
+            emit(_LD_W_IND, 56)             # the inner IPv4 source
+            emit(_AND, int(net.netmask))
+            emit(_JEQ, int(net.network_address), jt=nxt)
+        emit(_JA, jt="drop")
+        label(nxt)
     label("accept")
     emit(_RET, ACCEPT)
     label("drop")
