@@ -18,7 +18,8 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F
                                              _put16, count_express,
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
-from sbnet.datapath.dpif.smc import _DEAD, HASHED as _HASHED, _covers, _sets, hash_rows, probe
+from sbnet.datapath.dpif.smc import (_DEAD, HASHED as _HASHED, _sets, covers_row, hash_rows,
+                                      probe_rows)
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.lanestate import LANE_STATE, new_state
 from sbnet.datapath.dpif.tunnel_fast import (D_COLS, D_DST, D_FLAGS, D_ILEN, D_INNER, D_KEY,
@@ -76,7 +77,7 @@ def _set(data, keys, g, start, l3, op, v):
 
 
 @kernel(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
-                    numba.uint32[:], numba.uint64[:, :], numba.int32[:], numba.int32[:],
+                    numba.uint32[:], numba.uint64[:, ::1], numba.int32[:], numba.int32[:],
                     numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
                     numba.boolean, numba.float64, numba.boolean, numba.int64,
                     numba.uint8[:, :], numba.int32[:], numba.int64[:, :],
@@ -106,6 +107,7 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     packets, nbytes, used, tcp_flags = s.packets, s.nbytes, s.used, s.tcp_flags
     tmpl, tprm, kv, mem, tmo = s.tmpl, s.tprm, s.kv, s.mem, s.tmo
     mark, count, stats, zero = s.mark, s.count, s.stats, s.zero
+    masks = s.masks
     if decap:
         if decap_kernel(data, start, length, s.local4, s.local6, s.udp_ports, s.udp_kinds,
                         s.tports, tun):
@@ -182,7 +184,6 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     depth = 0
     n_act = n
     sink = np.uint64(0)
-    width = matches.shape[1]
     while n_act:
         # Hash, probe and verify in separate passes, so the random loads of many packets
         # overlap instead of waiting on memory one after another (as smc_lookup).
@@ -193,20 +194,18 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
         # these misses were a third of the lane's time).  sink keeps the loads.
         for a in range(n_act):
             sink ^= table[_sets(table, hashes[a])[0], 0]
-        for a in range(n_act):
-            found[a] = probe(table, hashes[a])
+        probe_rows(table, hashes, n_act, found)
         for a in range(n_act):
             f = found[a]
             if f >= 0:
-                # The cache lines of the match row the verify reads for up to 8 slots (k
-                # and its slot, mask and value triples), whatever k is: loads that wait
-                # on none before them.
-                for j in range(0, min(32, width), 8):
-                    sink ^= matches[f, j]
-                sink ^= np.uint64(action_of[f])
+                # The cache line of the match row the verify reads (for up to six slots;
+                # the masks rows are few and stay cached) and the flow's record: loads
+                # that wait on none before them.
+                sink ^= matches[f, 0] ^ np.uint64(action_of[f])
         for a in range(n_act):
             f = found[a]
-            if f >= 0 and (matches[f, 0] == _DEAD or not _covers(keys, active[a], matches[f])):
+            if f >= 0 and (matches[f, 0] == _DEAD
+                           or not covers_row(keys, active[a], matches[f], masks)):
                 found[a] = -1
         n_run = 0
         n_next = 0
@@ -460,10 +459,14 @@ class ExpressLane:
         The result lives in the lane's buffers until release(); a run before then (the
         general path calling back into the lane) gets buffers of its own."""
         n = len(batch)
-        parsed_n, rows_n, outs, hand = self._acquire(n)
+        parsed_n, rows_n, outs, hand, keys = self._acquire(n)
         fresh = parsed is None
         if fresh:
             parsed, rows = parsed_n, rows_n
+        elif not parsed.keys.flags.c_contiguous:
+            keys = np.ascontiguousarray(parsed.keys)
+        else:
+            keys = parsed.keys
         enc, enc_len = self._enc(n, batch.data.shape[1])
         # Every argument's type is fixed here (_as, the lane's own arrays): the compiled
         # entry of lane_kernel's one signature takes them without the dispatcher working
@@ -475,9 +478,11 @@ class ExpressLane:
         if (start.dtype, length.dtype, in_port.dtype, data.dtype) != _COLUMNS:
             data, start = _as(data, _U8), _as(start, _I32)
             length, in_port = _as(length, _I32), _as(in_port, _U32)
-        n_hand = _LANE(self._current(None), data, start, length, in_port, parsed.keys, l3, l4,
+        n_hand = _LANE(self._current(None), data, start, length, in_port, keys, l3, l4,
                        error, fresh, rows, _NO_TUN if tun is None else tun, False, float(now),
                        *self._ct_args(), enc, enc_len, outs, hand, max_recirc)
+        if keys is not parsed.keys and not fresh:
+            parsed.keys[...] = keys         # the lane's key writes (recirc_id, ct_*) back
         return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
@@ -489,14 +494,14 @@ class ExpressLane:
         too: some frame is the numpy decap's.  The lane must not be held; it is released
         when there is no result."""
         n = len(batch)
-        parsed, rows, outs, hand = self._acquire(n)
+        parsed, rows, outs, hand, keys = self._acquire(n)
         enc, enc_len = self._enc(n, batch.data.shape[1])
         res = np.empty((n, D_COLS), np.int64)
         # Copies the lane turns into the inner frames' columns: the caller's batch stays.
         inner = Batch(batch.data, batch.start.astype(_I32), batch.length.astype(_I32),
                       batch.in_port.astype(_U32))
         n_hand = _LANE(self._current(plan), _as(batch.data, _U8), inner.start, inner.length,
-                       inner.in_port, parsed.keys, parsed.l3, parsed.l4, parsed.error, True,
+                       inner.in_port, keys, parsed.l3, parsed.l4, parsed.error, True,
                        rows, res, True, float(now), *self._ct_args(), enc, enc_len, outs,
                        hand, max_recirc)
         if n_hand < 0:
@@ -505,8 +510,10 @@ class ExpressLane:
         return res, inner, self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def _acquire(self, n: int) -> tuple:
-        """(parsed, rows, outs, hand) for a run over n rows: the lane's own buffers, held
-        until release(), or (the lane already held) new ones."""
+        """(parsed, rows, outs, hand, keys) for a run over n rows: the lane's own buffers,
+        held until release(), or (the lane already held) new ones; keys is the whole key
+        buffer whose first n columns parsed.keys views (C-contiguous: the lane's compiled
+        code indexes it without reading strides, and resets its slots as plain memory)."""
         d = self.dpif
         if d.config_version != self._version or d.underlay.generation != self._generation \
                 or len(d.action_lists()) != self.built:
@@ -536,7 +543,7 @@ class ExpressLane:
         d = self.dpif
         smc, c, tab = d.smc, d.cache, d.conntrack.table
         return (smc.table, smc.matches, c.action_of, c.packets, c.bytes, c.used, c.tcp_flags,
-                tab.index.kv, tab.mem, tab.scratch(np.int8), tab.scratch(np.int64))
+                tab.index.kv, tab.mem, tab.scratch(np.int8), tab.scratch(np.int64), smc.masks)
 
     def _current(self, plan: tuple | None):
         """The lane state, rebuilt if one of its arrays was replaced (plan: the decap plan
@@ -559,7 +566,7 @@ class ExpressLane:
 
     def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
-            self._tmo, ext[9], ext[10], self._stats, _LANE_SLOTS) + plan)
+            self._tmo, ext[9], ext[10], self._stats, _LANE_SLOTS) + plan + ext[11:])
         self._ext, self._plan = ext, plan
 
     def release(self) -> None:
@@ -637,10 +644,10 @@ def _buffers(cap: int) -> tuple:
 
 
 def _views(bufs: tuple, n: int) -> tuple:
-    """(parsed, rows, outs, hand) of a batch of n rows in _buffers' buffers."""
+    """(parsed, rows, outs, hand, keys) of a batch of n rows in _buffers' buffers."""
     keys, off, err, rows, outs, hand = bufs
     return (Parsed(keys[:, :n], off[0, :n], off[1, :n], off[2, :n], err[:n]), rows[:n],
-            outs[:n * MAX_OPS], hand[:n])
+            outs[:n * MAX_OPS], hand[:n], keys)
 
 
 def tunnel_args(tun: tuple):

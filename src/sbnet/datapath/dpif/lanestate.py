@@ -30,6 +30,8 @@ FIELDS = (
     ("local4", _A1[types.uint64]), ("local6", _A2[types.uint64]),
     ("udp_ports", _A1[types.int64]), ("udp_kinds", _A1[types.int64]),
     ("tports", _A2[types.int64]),
+    # the signature cache's mask rows (after the plan: it is replaced on its own)
+    ("masks", _A2[types.uint64]),
 )
 
 
@@ -50,7 +52,8 @@ LANE_STATE = LaneStateType(list(FIELDS))
 
 @numba.njit(cache=True)
 def _new(table, matches, action_of, packets, nbytes, used, tcp_flags, prog, tmpl, tprm, kv,
-         mem, tmo, mark, count, stats, zero, local4, local6, udp_ports, udp_kinds, tports):
+         mem, tmo, mark, count, stats, zero, local4, local6, udp_ports, udp_kinds, tports,
+         masks):
     s = structref.new(LANE_STATE)
     s.table, s.matches, s.action_of, s.packets = table, matches, action_of, packets
     s.nbytes, s.used, s.tcp_flags = nbytes, used, tcp_flags
@@ -59,6 +62,7 @@ def _new(table, matches, action_of, packets, nbytes, used, tcp_flags, prog, tmpl
     s.stats, s.zero = stats, zero
     s.local4, s.local6, s.udp_ports, s.udp_kinds, s.tports = (local4, local6, udp_ports,
                                                               udp_kinds, tports)
+    s.masks = masks
     return s
 
 

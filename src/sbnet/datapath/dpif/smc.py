@@ -45,6 +45,17 @@ def _covers(keys, i, match):
     return True
 
 
+@numba.njit(cache=True, inline="always")
+def covers_row(keys, i, row, masks):
+    """Does the cached flow whose row is `row` ([k, mask id, value, ...]; its slots and
+    masks in masks[mask id] as [slot, mask, ...]) take packet i?"""
+    m = masks[np.int64(row[1])]
+    for j in range(np.int64(row[0])):
+        if keys[np.int64(m[2 * j]), i] & m[2 * j + 1] != row[2 + j]:
+            return False
+    return True
+
+
 # Buckets come in sets of WAYS (one 64-byte cache line: (hash, flow id + 1) pairs of
 # 16 bytes); a hash may live in either of two sets, its own and an alternative from its
 # high bits, so a few hashes meeting in one set do not push each other out batch after
@@ -60,32 +71,43 @@ def _sets(table, h):
 
 
 @numba.njit(cache=True, inline="always")
-def probe(table, h):
-    """The flow id a hash's buckets hold (-1: none); not yet verified."""
-    b1, b2 = _sets(table, h)
-    for b in (b1, b2):
-        for j in range(b, b + WAYS):
-            if table[j, 0] == h and table[j, 1] != 0:
-                return np.int64(table[j, 1]) - 1
-    return np.int64(-1)
+def probe_rows(table, hashes, n, out):
+    """out[a]: the flow id the buckets of hashes[a] hold (-1: none; not yet verified), for
+    the first n hashes.  One call a batch, not one a row: numba counts a reference to
+    `table` on entering an inlined function and drops it on each return, two atomic
+    operations that also stalled the loads of the rows around them (a sixth of the lane's
+    lookup with 100,000 flows)."""
+    mask = np.uint64(table.shape[0] - WAYS)
+    for a in range(n):
+        h = hashes[a]
+        f = np.int64(-1)
+        b = np.uint64(h & mask)
+        for _ in range(2):
+            for j in range(b, b + np.uint64(WAYS)):
+                if table[j, 0] == h and table[j, 1] != 0:
+                    f = np.int64(table[j, 1]) - 1
+                    break
+            if f >= 0:
+                break
+            b = (h >> np.uint64(32)) * np.uint64(WAYS) & mask
+        out[a] = f
 
 
 # Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
 # never in the middle of a packet burst; callers pass exactly these types.
-@kernel("int64(uint64[:, :], int64[:], int64[:], uint64[:, :], uint64[:, :], uint64[:],"
-        " int64[:])")
-def smc_lookup(keys, rows, hashed, table, matches, hashes, out):
+@kernel("int64(uint64[:, :], int64[:], int64[:], uint64[:, :], uint64[:, :], uint64[:, :],"
+        " uint64[:], int64[:])")
+def smc_lookup(keys, rows, hashed, table, matches, masks, hashes, out):
     """Flow id for each row (-1 on a miss); hashes[r] keeps each row's key hash.
     Three passes (hash, buckets, verify), each with short independent iterations, so
     the random loads of a batch overlap instead of waiting on memory one by one."""
     n = rows.shape[0]
     hash_rows(keys, rows, n, hashed, hashes)
-    for r in range(n):
-        out[r] = probe(table, hashes[r])
+    probe_rows(table, hashes, n, out)
     misses = 0
     for r in range(n):
         f = out[r]
-        if f < 0 or matches[f, 0] == _DEAD or not _covers(keys, rows[r], matches[f]):
+        if f < 0 or matches[f, 0] == _DEAD or not covers_row(keys, rows[r], matches[f], masks):
             out[r] = -1
             misses += 1
     return misses
@@ -202,53 +224,88 @@ class SignatureCache:
     """As OVS's SMC/EMC in front of the megaflow classifier: a direct-mapped table from the
     hash of a packet's flow key to the datapath flow that took it last.  A hit is verified
     against that flow's match (so a stale or colliding entry can only miss).  Each bucket
-    is one (hash, flow id + 1) pair and each flow's match one row [k, slot, mask, value,
-    ...] (k = _DEAD once the flow is gone or too wide to cache), so a lookup touches few
-    cache lines."""
+    is one (hash, flow id + 1) pair.  A flow's match is one row [k, mask id, value, ...]
+    (k = _DEAD once the flow is gone or too wide to cache) of whole cache lines, its slots
+    and masks one row of `masks` that every flow of that mask shares: a hit reads one line
+    of its flow's own for up to six slots (with [k, slot, mask, value, ...] rows it read
+    three or four, and 100,000 flows' rows did not fit the core's cache).  `wide` keeps
+    the [k, slot, mask, value, ...] rows the miss path's kernels take."""
 
     def __init__(self, bits: int = 18, width: int = 24) -> None:
         # Zeroed memory (0 is an empty bucket): pages a small switch never touches cost nothing.
         self.table = np.zeros((1 << bits, 2), dtype=np.uint64)
         self.width = width
-        self.matches = np.full((1024, 1 + 3 * width), _DEAD, dtype=np.uint64)
+        self.matches = np.full((1024, (2 + width + 7) & ~7), _DEAD, dtype=np.uint64)
+        self.wide = np.full((1024, 1 + 3 * width), _DEAD, dtype=np.uint64)
+        self.masks = np.zeros((16, 2 * width), dtype=np.uint64)
+        self._mask_ids: dict[tuple, int] = {}
         self.hits = 0
         self.lookups = 0
 
+    def _grow(self, mf_id: int) -> None:
+        if mf_id < self.matches.shape[0]:
+            return
+        n = max(mf_id + 1, 2 * self.matches.shape[0])
+        for name in ("matches", "wide"):
+            old = getattr(self, name)
+            grown = np.full((n, old.shape[1]), _DEAD, dtype=np.uint64)
+            grown[:old.shape[0]] = old
+            setattr(self, name, grown)
+
+    def _mask_id(self, slots: tuple, mask: tuple) -> int:
+        """The masks row of (slots, mask), added on first use.  Rows are never reused: a
+        switch meets few masks (OVS's subtables), and a row costs 8 bytes a slot."""
+        mid = self._mask_ids.get((slots, mask))
+        if mid is None:
+            mid = self._mask_ids[(slots, mask)] = len(self._mask_ids)
+            if mid >= self.masks.shape[0]:
+                grown = np.zeros((2 * self.masks.shape[0], self.masks.shape[1]), np.uint64)
+                grown[:mid] = self.masks[:mid]
+                self.masks = grown
+            self.masks[mid, :2 * len(slots)] = np.array([slots, mask], np.uint64).T.ravel()
+        return mid
+
     def add(self, mf_id: int, slots: tuple, mask: tuple, value: tuple) -> None:
-        if mf_id >= self.matches.shape[0]:
-            grown = np.full((max(mf_id + 1, 2 * self.matches.shape[0]), self.matches.shape[1]),
-                            _DEAD, dtype=np.uint64)
-            grown[:self.matches.shape[0]] = self.matches
-            self.matches = grown
+        self._grow(mf_id)
         if len(slots) > self.width:
             return                      # too wide: the megaflow tier finds it every time
-        self.matches[mf_id, :1 + 3 * len(slots)] = match_row(slots, mask, value)
+        k = len(slots)
+        self.wide[mf_id, :1 + 3 * k] = match_row(slots, mask, value)
+        self.matches[mf_id, 1] = self._mask_id(slots, mask)
+        self.matches[mf_id, 2:2 + k] = np.array(value, dtype=np.uint64)
+        self.matches[mf_id, 0] = k
 
     def add_many(self, mf_ids: np.ndarray, slots: tuple, mask: tuple, values: np.ndarray) -> None:
         """add() of flows of one mask: values has a row of masked values per flow."""
         if not mf_ids.size:
             return
-        self.add(int(mf_ids.max()), slots, mask, tuple(values[-1].tolist()))   # grows the rows
+        self._grow(int(mf_ids.max()))
         if len(slots) > self.width:
             return
         k = len(slots)
-        rows = self.matches[mf_ids]
+        rows = self.wide[mf_ids]
         rows[:, 0] = k
         rows[:, 1:1 + 3 * k:3] = np.array(slots, dtype=np.uint64)
         rows[:, 2:2 + 3 * k:3] = np.array(mask, dtype=np.uint64)
         rows[:, 3:3 + 3 * k:3] = values
+        self.wide[mf_ids] = rows
+        rows = self.matches[mf_ids]
+        rows[:, 0] = k
+        rows[:, 1] = self._mask_id(slots, mask)
+        rows[:, 2:2 + k] = values
         self.matches[mf_ids] = rows
 
     def remove(self, mf_id: int) -> None:
         if mf_id < self.matches.shape[0]:
             self.matches[mf_id, 0] = _DEAD
+            self.wide[mf_id, 0] = _DEAD
 
     def lookup(self, keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(flow id or -1 per row, key hash per row, misses)."""
         out = np.empty(rows.size, dtype=np.int64)
         hashes = np.empty(rows.size, dtype=np.uint64)
         misses = smc_lookup(keys, rows.astype(np.int64, copy=False), HASHED, self.table,
-                            self.matches, hashes, out)
+                            self.matches, self.masks, hashes, out)
         self.lookups += rows.size
         self.hits += rows.size - misses
         return out, hashes, misses
@@ -257,4 +314,4 @@ class SignatureCache:
         smc_insert(hashes, flows.astype(np.int64, copy=False), self.table, self.matches)
 
     def nbytes(self) -> int:
-        return self.table.nbytes + self.matches.nbytes
+        return self.table.nbytes + self.matches.nbytes + self.wide.nbytes + self.masks.nbytes

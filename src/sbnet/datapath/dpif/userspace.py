@@ -742,8 +742,8 @@ class UserspaceDpif:
 
     def _match_of(self, mf: Megaflow) -> np.ndarray:
         smc = self.smc
-        if smc is not None and smc.matches[mf.mf_id, 0] == len(mf.slots):
-            return smc.matches[mf.mf_id]      # the row the cache stored for it
+        if smc is not None and smc.wide[mf.mf_id, 0] == len(mf.slots):
+            return smc.wide[mf.mf_id]         # the row the cache stored for it
         return match_row(mf.slots, mf.mask, mf.value)
 
     @staticmethod
@@ -760,8 +760,8 @@ class UserspaceDpif:
     def _claim_many(self, sub: np.ndarray, ix: tuple, ids: np.ndarray, owner: np.ndarray) -> None:
         """Every miss no flow owns yet that one of the flows `ids` (of one mask) takes."""
         smc = self.smc
-        if smc is not None and smc.matches[int(ids[0]), 0] != _DEAD:
-            claim_many_kernel(sub, ix[0], ix[1], smc.matches, ids, owner)
+        if smc is not None and smc.wide[int(ids[0]), 0] != _DEAD:
+            claim_many_kernel(sub, ix[0], ix[1], smc.wide, ids, owner)
             return
         for i in ids.tolist():
             claim_kernel(sub, ix[0], ix[1], self._match_of(self.cache.flows[i]), owner, i, 0)
