@@ -19,7 +19,7 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import (_DEAD, HASHED as _HASHED, _sets, covers_row, hash_rows,
-                                      probe_rows)
+                                      hash_span, probe_rows)
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.lanestate import LANE_STATE, new_state
 from sbnet.datapath.dpif.tunnel_fast import (D_COLS, D_DST, D_FLAGS, D_ILEN, D_INNER, D_KEY,
@@ -187,7 +187,10 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     while n_act:
         # Hash, probe and verify in separate passes, so the random loads of many packets
         # overlap instead of waiting on memory one after another (as smc_lookup).
-        hash_rows(keys, active, n_act, hashed, hashes)
+        if depth == 0 and do_extract and n_act == rows.shape[0]:
+            hash_span(keys, n_act, hashed, hashes)      # rows 0 to n-1, as extract took them
+        else:
+            hash_rows(keys, active, n_act, hashed, hashes)
         # The rows' first bucket sets, then their flows' match rows and records, read
         # first in loops of their own: independent loads the core overlaps, where the
         # probe's and the verify's branches took each miss in turn (with 100,000 flows
