@@ -65,12 +65,21 @@ def _registry_by_slot() -> dict[int, tuple]:
     return {s: tuple(v) for s, v in out.items()}
 
 
-def _prereqs_hold(prereqs, masks: dict, vals: dict) -> bool:
+@cache
+def _prereq_bits(prereqs: tuple) -> tuple:
+    """Each prerequisite as (slot, bits in the slot, shift, field max, values): looked up
+    once per prerequisite set, not once per megaflow placed."""
+    out = []
     for p in prereqs:
         fld = F.lookup(p.field)
-        s = F.SLOT_INDEX[fld.slot]
-        bits = fld.max << fld.shift
-        if masks.get(s, 0) & bits != bits or (vals.get(s, 0) >> fld.shift) & fld.max not in p.values:
+        out.append((F.SLOT_INDEX[fld.slot], fld.max << fld.shift, fld.shift, fld.max,
+                    frozenset(p.values)))
+    return tuple(out)
+
+
+def _prereqs_hold(prereqs, masks: dict, vals: dict) -> bool:
+    for s, bits, shift, top, values in _prereq_bits(prereqs):
+        if masks.get(s, 0) & bits != bits or (vals.get(s, 0) >> shift) & top not in values:
             return False
     return True
 
@@ -114,15 +123,14 @@ def _rule_part(rule: MatchRule, masks: dict, vals: dict) -> tuple[int, int]:
 def _match_blockers(profile: Profile, masks: dict, vals: dict) -> list[str]:
     why: list[str] = []
     rules = [r for r in profile.match.values() if _prereqs_hold(r.prereqs, masks, vals)]
+    covered: dict[int, int] = {}        # slot -> bits the applicable rules cover
+    for r in rules:
+        for rs, bits, _ in r.bits:
+            covered[rs] = covered.get(rs, 0) | bits
     for s, m in sorted(masks.items()):
         if not m or not _present(s, masks, vals):
             continue
-        covered = 0
-        for r in rules:
-            for rs, bits, _ in r.bits:
-                if rs == s:
-                    covered |= bits
-        left = m & ~covered
+        left = m & ~covered.get(s, 0)
         if left:
             name = _field_name(s, left, masks, vals)
             refusal = next((w for pat, w in profile.refused_match if fnmatch.fnmatch(name, pat)), None)

@@ -11,7 +11,7 @@ from sbnet.datapath.jit import kernel
 from sbnet.flows import fields as F
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
-COMPILED_MAX = 256       # batches this small: one compiled call per subtable
+COMPILED_MAX = 1 << 16   # batches up to this size: one compiled call per subtable
 # Columns of a megaflow's counter record (Megaflows._rec): used holds a float64's bits.
 _PACKETS, _BYTES, _USED, _ACTION = range(4)
 _REC_W = 4

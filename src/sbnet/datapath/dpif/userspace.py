@@ -708,13 +708,12 @@ class UserspaceDpif:
         n = miss.size
         owner = np.full(n, -1, dtype=np.int64)
         sub = keys[:, miss]
-        rows = sub.T.copy()                 # a packet's key contiguous, for the translation
         index: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         first = 0
         stride = 1
         skip = 0
         while first < n:
-            mf = self.upcall(rows[first].tolist(), now)
+            mf = self.upcall(sub[:, first].tolist(), now)
             owner[first] = mf.mf_id
             match = self._match_of(mf)
             ix = self._index(index, sub, mf, match)
