@@ -1,5 +1,6 @@
-"""The arrival hold of a live migration in the kernel tier, with BPF_PROG_RUN: tunnel frames for an arriving VM are dropped until its VIF's first frame, as the reference switch's underlay filter drops them, and forwarded as the reference switch forwards them otherwise."""
+"""The arrival hold of a live migration in the kernel tier, with BPF_PROG_RUN: tunnel frames for an arriving VM are kept from its VIF until its VIF's first frame, as the reference switch's underlay filter drops them, and forwarded as the reference switch forwards them otherwise."""
 
+import contextlib
 import socket
 
 import pytest
@@ -71,15 +72,19 @@ def test_held_until_the_vifs_first_frame_as_the_reference_holds(tier):
     want = _ready(tier, sw, packets)
     run = [tier.run(f, TUNNEL, TUN) for f in inner]
     assert [[(o.ofport, o.data) for o in r.outputs] for r in run] == want[:3]
+    tier.take_counters()
     tier.hold(VM, _mac(MAC))
     try:
-        # Held: the kernel drops the VM's copies as the reference's filter drops them on
+        # Held: the kernel keeps from the VIF the copies the reference's filter drops on
         # the wire, and forwards the rest as the reference switch does.
         passes = reference_filter_passes([MAC], [on_the_wire(f) for f in inner])
         assert passes == [False, True, False]
         run = [tier.run(f, TUNNEL, TUN) for f in inner]
         assert [r.verdict != "drop" for r in run] == passes
         assert [(o.ofport, o.data) for o in run[1].outputs] == want[1]
+        # The kept ones were switched all the same (their megaflow counted them): what the
+        # VM's traffic needs is in place when it runs here.
+        assert run[0].mf_id == run[2].mf_id and tier.take_counters()[run[0].mf_id].packets == 2
         since, released, dropped = tier.hold_state(VM)
         assert since > 0 and released == 0 and dropped == 2
         # A frame from another port's VIF does not release it; the VM's first frame does,
@@ -111,6 +116,12 @@ def test_release_without_a_frame_delivers_again(tier):
     tier.hold(VM, _mac(MAC))
     tier.hold(VM, _mac(MAC))                  # twice: still one hold
     assert tier.run(packets[0][1], TUNNEL, TUN).verdict == "drop"
+    # Without its megaflow in the kernel it goes up to be switched (the slow path keeps it
+    # from the VIF: TxPort).
+    tier.flush()
+    assert tier.run(packets[0][1], TUNNEL, TUN).verdict == "upcall"
+    for mf in sw.cache.flows.values():
+        tier.put(mf)
     tier.release(VM)
     tier.release(VM)
     got = tier.run(packets[0][1], TUNNEL, TUN)
@@ -146,3 +157,48 @@ def test_xdp_passes_a_held_vifs_frames_to_the_program_that_releases(xdp_tier):
     t.release(VM)
     assert [(o.ofport, o.data) for o in t.run_xdp(f, VM).outputs] == want
 
+
+
+def test_the_slow_path_keeps_a_held_vms_tunnel_frames_from_its_vif():
+    """On real interfaces: what the slow path switches to a held VIF from a tunnel is not
+    sent into it (what it switches from a local port is), until the VIF's first frame."""
+    import time
+
+    from sbnet.agent.netns import sh
+    from sbnet.datapath.afpacket import in_netns
+    from sbnet.datapath.batch import Batch
+    from sbnet.datapath.tunnel import TunnelPort
+
+    from .test_real import FLOWS as VM_FLOWS, vms_on_kernel_tier
+    vm_mac = "02:00:00:00:00:01"
+    with vms_on_kernel_tier(VM_FLOWS) as (topo, dp, (vm1, _)):
+        # Nothing of the VM's own may release the hold before the test's frame does.
+        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", netns=vm1)
+        dp.add_tunnel_port(TunnelPort(TUNNEL, "vxlan", key="flow"), "sbholdvx")
+        with in_netns(vm1):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        sock.bind(("eth0", 0))
+        sock.settimeout(0.3)
+
+        def received() -> set[int]:
+            got = set()
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    data, addr = sock.recvfrom(2048)
+                    if addr[2] != socket.PACKET_OUTGOING and data[:6] == bytes.fromhex(vm_mac.replace(":", "")):
+                        got.add(int.from_bytes(data[34:36], "big") - 5000)   # UDP source port
+            return got
+
+        def deliver(n: int, in_port: int) -> None:
+            dp.switch.ports[VM].deliver(Batch.from_packets([frame(PEER_MAC, vm_mac, n)], in_port))
+
+        with sock:
+            dp.hold(VM, vm_mac)
+            deliver(1, TUNNEL)
+            deliver(2, OTHER_VM)
+            assert received() == {2}
+            sock.send(frame(vm_mac, PEER_MAC, 9))          # the VM runs here: its first frame
+            time.sleep(0.1)
+            deliver(3, TUNNEL)
+            assert received() == {3}
+            assert [w for _, _, w in dp.holds()["events"]] == ["held", "first frame"]

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -47,11 +48,29 @@ class TxPort(Port):
             self.sock.bind((ifname, 0))
             self.ifindex = socket.if_nametoindex(ifname)
         self._tx = Sender()
+        # While the VM behind it is arriving (EbpfDatapath.hold): its MAC, the tunnel
+        # ports, and whether the kernel still holds it.
+        self.held: tuple[bytes, frozenset, Callable[[], bool]] | None = None
 
     def deliver(self, batch: Batch) -> None:
+        if self.held is not None:
+            batch = self._unheld(batch)
+            if not len(batch):
+                return
         super().deliver(batch)
         # One sendmmsg call per batch (a frame past the device's MTU fails and is counted).
         self.tx_errors += self._tx.send(self.sock.fileno(), batch)
+
+    def _unheld(self, batch: Batch) -> Batch:
+        """The batch without the tunnels' frames for the held VM (the slow path's part of
+        the hold: what the kernel sends up is switched, not delivered)."""
+        mac, tunnels, still = self.held
+        if not still():
+            self.held = None
+            return batch
+        drop = [i for i, port in enumerate(batch.in_port.tolist())
+                if port in tunnels and batch.packet(i)[:6] == mac]
+        return batch.take(np.setdiff1d(np.arange(len(batch)), drop)) if drop else batch
 
     def close(self) -> None:
         self.sock.close()
@@ -289,15 +308,22 @@ class EbpfDatapath:
     # -- a VM arriving by live migration (AfPacketDatapath.hold's semantics) -------------
     def hold(self, ofport: int, mac: str) -> None:
         """The VM behind VIF `ofport` (MAC `mac`) is arriving and does not run here yet:
-        the program drops what tunnels bring for it (the other hosts' copies of its
-        traffic during the move) until the VIF's first frame, which releases the hold in
-        the kernel, or release().  Otherwise the copies wait in the VIF for the VM and
-        reach it on arrival, stale (duplicate replies, segments TCP discards by PAWS)."""
+        what tunnels bring for it (the other hosts' copies of its traffic during the move)
+        is switched as before but not delivered into the VIF, by the program and by the
+        slow path, until the VIF's first frame, which releases the hold in the kernel, or
+        release().  Otherwise the copies wait in the VIF for the VM and reach it on
+        arrival, stale (duplicate replies, segments TCP discards by PAWS); switching them
+        still puts the megaflows and connection entries the VM's traffic will take in
+        place before it runs here, as the dual delivery did."""
         with self.lock:
             self._sync_holds()
             if ofport not in self.tier.ports:
                 return                  # not attached: nothing reaches it
             self.tier.hold(ofport, int(mac.replace(":", ""), 16))
+            port = self.switch.ports.get(ofport)
+            if isinstance(port, TxPort):
+                port.held = (bytes.fromhex(mac.replace(":", "")), frozenset(self.switch.tunnels),
+                             lambda: self._still_held(ofport))
             self.held[ofport] = mac
             self._event(ofport, time.monotonic(), "held")
 
@@ -307,6 +333,7 @@ class EbpfDatapath:
             self._sync_holds()
             if self.held.pop(ofport, None) is not None:
                 self.tier.release(ofport)
+                self._unhold_port(ofport)
                 self._event(ofport, time.monotonic(), why)
 
     def holds(self) -> dict:
@@ -317,7 +344,7 @@ class EbpfDatapath:
             return {"held": dict(self.held), "events": list(self.hold_events)}
 
     def held_drops(self) -> dict[int, int]:
-        """Tunnel frames the program dropped for each port held now."""
+        """Tunnel frames the program kept from each port held now."""
         with self.lock:
             return {p: st[2] for p in self.held if (st := self.tier.hold_state(p))}
 
@@ -328,7 +355,17 @@ class EbpfDatapath:
             if st is None or st[1]:
                 del self.held[ofport]
                 self.tier.release(ofport)
+                self._unhold_port(ofport)
                 self._event(ofport, st[1] if st else time.monotonic(), "first frame")
+
+    def _still_held(self, ofport: int) -> bool:
+        st = self.tier.hold_state(ofport)
+        return st is not None and not st[1]
+
+    def _unhold_port(self, ofport: int) -> None:
+        port = self.switch.ports.get(ofport)
+        if isinstance(port, TxPort):
+            port.held = None
 
     def _event(self, ofport: int, when: float, what: str) -> None:
         self.hold_events.append((ofport, when, what))

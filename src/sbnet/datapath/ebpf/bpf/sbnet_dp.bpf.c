@@ -173,6 +173,7 @@ struct pkt {
 	__u32 tun_src;
 	__u32 cfg_flags;       /* sb_config.flags */
 	__u32 modified;        /* a header was rewritten (a set, a NAT): restore() before an upcall */
+	__u32 held_out;        /* ifindex of a held VIF this packet is not sent to (sbnet_hold.h) */
 };
 
 /* Before the first header rewrite of a packet: its key as parsed, for restore(). */
@@ -199,6 +200,7 @@ static __always_inline void count(__u32 which)
 }
 
 #include "sbnet_parse.h"
+#include "sbnet_hold.h"
 
 static __always_inline __u32 l4_csum_off(struct pkt *p)
 {
@@ -335,6 +337,8 @@ static __always_inline void send_pending(struct __sk_buff *skb, struct pkt *p)
 static __always_inline void output(struct __sk_buff *skb, struct pkt *p, struct sb_act *a)
 {
 	send_pending(skb, p);
+	if (hold_skip(p->held_out, a->w))
+		return;
 	p->last_out = a->w;
 	p->last_peer = a->h & OUT_F_PEER;
 	p->n_out++;
@@ -391,7 +395,6 @@ static __always_inline int meter(__u32 id, __u32 bytes)
 }
 
 #include "sbnet_ct.h"
-#include "sbnet_hold.h"
 
 enum { ACT_NEXT, ACT_RECIRC, ACT_STOP, ACT_UPCALL, ACT_CT_TCP };
 
@@ -685,14 +688,10 @@ int sbnet_ingress(struct __sk_buff *skb)
 		th->mf_id = 0;
 		th->passes = 0;
 	}
-	if (port->flags & PORT_F_HELD) {
+	if (port->flags & PORT_F_HELD)
 		hold_release(port, ifindex);
-	} else if ((port->flags & PORT_F_TUNNEL) && (cfg->flags & CFG_F_HOLDS) && hold_drops(skb)) {
-		count(ST_DROP);
-		if (th)
-			th->verdict = VERDICT_DROP;
-		return TC_ACT_SHOT;
-	}
+	else if ((port->flags & PORT_F_TUNNEL) && (cfg->flags & CFG_F_HOLDS))
+		p.held_out = hold_target(skb);
 	struct sb_key *k = &s->key;
 	for (int j = 0; j < K_NWORDS; j++)
 		k->w[j] = 0;

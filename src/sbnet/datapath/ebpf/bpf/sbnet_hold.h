@@ -2,9 +2,11 @@
  *
  * While a VM migrates every host sends its traffic to both the source and the
  * destination.  Until the VM runs at the destination, what reaches the destination by a
- * tunnel for the VM's MAC is dropped here, before any lookup; otherwise the program
- * delivers it into a VIF nobody reads yet, the interface keeps it, and the VM gets it
- * on arrival, stale, as duplicates (and TCP discards them by PAWS).  The VIF's first
+ * tunnel for the VM's MAC is not delivered into its VIF; otherwise the VIF, which nobody
+ * reads yet, keeps it, and the VM gets it on arrival, stale, as duplicates (and TCP
+ * discards them by PAWS).  Unlike the reference switch's socket filter, the frame is
+ * still switched: its megaflows and the kernel's connection entries are in place when
+ * the VM's own traffic starts (the reference prewarms them instead).  The VIF's first
  * frame (the VM's announcement, an acknowledgement) releases the hold at once, in the
  * kernel, with no round trip to the slow path.
  */
@@ -39,8 +41,11 @@ static __always_inline void hold_release(struct sb_port *port, __u32 ifindex)
 	bpf_map_delete_elem(&held_macs, &h->mac);
 }
 
-/* A tunnel frame: 1 when its destination is a held VM's MAC (it is dropped). */
-static __always_inline int hold_drops(struct __sk_buff *skb)
+/* A tunnel frame: the held VIF its destination MAC is (0: none).  The frame goes through
+ * the pipeline as any other (its megaflows are set up, its connection followed, as the
+ * VM's traffic will need them once it runs here); only its copy for that VIF is not
+ * sent (hold_skip). */
+static __always_inline __u32 hold_target(struct __sk_buff *skb)
 {
 	__u8 d[6];
 	__u64 mac;
@@ -57,7 +62,19 @@ static __always_inline int hold_drops(struct __sk_buff *skb)
 	h = bpf_map_lookup_elem(&holds, ifindex);
 	if (!h || h->released)
 		return 0;
-	__sync_fetch_and_add(&h->dropped, 1);
+	return *ifindex;
+}
+
+/* An output to the held VIF of the packet's destination: 1 when it is not to be sent. */
+static __always_inline int hold_skip(__u32 held_out, __u32 ifindex)
+{
+	struct sb_hold *h;
+
+	if (!held_out || ifindex != held_out)
+		return 0;
+	h = bpf_map_lookup_elem(&holds, &ifindex);
+	if (h)
+		__sync_fetch_and_add(&h->dropped, 1);
 	return 1;
 }
 
