@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic, overload
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack_nat import SNAT
@@ -66,13 +68,42 @@ def _fold(s):
     return s
 
 
+def row_bytes(d, i, c, n):
+    """d[i, c:c + n] as a one-dimensional contiguous array, for a caller that has checked
+    d.strides[1] == 1 and the bounds.  Compiled, a view borrowing d's memory (it must not
+    outlive d): numba types a batch's rows as 'A' arrays, whose stride it does not know,
+    so a loop over them loads byte by byte with a multiply each and never vectorizes; over
+    this view it does (a checksum of 84 bytes about seven times faster)."""
+    return d[i, c:c + n]
+
+
+@intrinsic
+def _row_view(typingctx, d, i, c, n):
+    if not (isinstance(d, types.Array) and d.ndim == 2 and d.dtype == types.uint8):
+        return None
+    sig = types.Array(types.uint8, 1, "C")(d, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        out = context.make_array(sig.return_type)(context, builder)
+        at = builder.add(builder.mul(args[1], builder.extract_value(ary.strides, 0)), args[2])
+        one = context.get_constant(types.intp, 1)
+        # No meminfo: a borrowed view, nothing to count references of.
+        context.populate_array(out, data=builder.gep(ary.data, [at]), shape=[args[3]],
+                               strides=[one], itemsize=one, meminfo=None)
+        return out._getvalue()
+    return sig, codegen
+
+
+@overload(row_bytes, inline="always")
+def _row_bytes_compiled(d, i, c, n):
+    return lambda d, i, c, n: _row_view(d, i, c, n)
+
+
 @kernel("uint64(uint8[:, :], int64, int64, int64)")
 def _sum16(d, i, c, n):
     """Ones-complement sum (unfolded) of n bytes of row i from column c as big-endian
-    words, an odd last byte padded with zero; zero past the row's end.  Even and odd
-    bytes are summed apart with unsigned indices: numba fixes up a signed index that
-    could be negative on every access, which keeps this loop from vectorizing (about
-    three times slower)."""
+    words, an odd last byte padded with zero; zero past the row's end."""
     if c < 0:
         s = np.uint64(0)
         j = 0
@@ -83,16 +114,27 @@ def _sum16(d, i, c, n):
             s += _be(d, i, c + j, 1) << np.uint64(8)
         return s
     end = min(c + n, d.shape[1])
-    m = (end - c) // 2 if end > c else 0
+    m = end - c if end > c else 0
+    if d.strides[1] == 1:
+        r = row_bytes(d, i, c, m)
+        s = np.uint64(0)
+        for k in range(m // 2):
+            s += (np.uint64(r[2 * k]) << np.uint64(8)) | np.uint64(r[2 * k + 1])
+        if m & 1:
+            s += np.uint64(r[m - 1]) << np.uint64(8)
+        return s
+    # Even and odd bytes summed apart with unsigned indices: numba fixes up a signed
+    # index that could be negative on every access, which keeps this loop from
+    # vectorizing (about three times slower).
     ui = np.uint64(i)
     base = np.uint64(c)
     hi = np.uint64(0)
     lo = np.uint64(0)
-    for k in range(np.uint64(m)):
+    for k in range(np.uint64(m // 2)):
         hi += np.uint64(d[ui, base + np.uint64(2) * k])
         lo += np.uint64(d[ui, base + np.uint64(2) * k + np.uint64(1)])
-    if c + 2 * m < end:
-        hi += np.uint64(d[ui, base + np.uint64(2 * m)])
+    if m & 1:
+        hi += np.uint64(d[ui, base + np.uint64(m - 1)])
     return (hi << np.uint64(8)) + lo
 
 
