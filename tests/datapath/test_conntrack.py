@@ -11,6 +11,7 @@ from scapy.packet import Raw
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack import Conntrack, Timeouts
+from sbnet.datapath.conntrack_tcp_kernel import update_many_compiled
 from tests.datapath.test_conntrack_util import A, B, E, S, Tcp, ct_run, one, udp
 
 
@@ -517,8 +518,9 @@ def test_sweep_many_then_reuse_slots():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_update_many_matches_scalar_update(seed):
-    """The vectorized TCP update equals conntrack-tcp.c's, transcribed per packet."""
+@pytest.mark.parametrize("update_many", [T.update_many, update_many_compiled])
+def test_update_many_matches_scalar_update(seed, update_many):
+    """The vectorized TCP update (numpy and compiled) equals conntrack-tcp.c's, transcribed per packet."""
     import random
     rng = random.Random(seed)
     flag_sets = [T.SYN, T.SYN | T.ACK, T.ACK, T.ACK | T.PSH, T.FIN | T.ACK, T.RST,
@@ -542,9 +544,9 @@ def test_update_many_matches_scalar_update(seed):
             if fl & (T.SYN | T.ACK) == T.SYN and min(peers[0][4], peers[1][4]) >= T.FIN_WAIT_2:
                 continue                           # NEW: replaced, not an update
             res, cls = T.update(peers, bool(d), pkt, False)
-            vres, vcls = T.update_many(tcp, np.array([0]), np.array([bool(d)]),
-                                       np.array([fl]), np.array([seq]), np.array([ack]),
-                                       np.array([win]), np.array([plen]), np.array([ws]), False)
+            vres, vcls = update_many(tcp, np.array([0]), np.array([bool(d)]),
+                                     np.array([fl]), np.array([seq]), np.array([ack]),
+                                     np.array([win]), np.array([plen]), np.array([ws]), False)
             assert (res, -1 if cls is None else cls) == (int(vres[0]), int(vcls[0]))
             assert tcp[0].tolist() == peers
             if res == T.VALID:

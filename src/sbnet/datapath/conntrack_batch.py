@@ -7,6 +7,7 @@ import numpy as np
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack_nat import SNAT, first_candidates
 from sbnet.datapath.conntrack_pkt import CtBatch
+from sbnet.datapath.conntrack_tcp_kernel import update_many_compiled
 from sbnet.datapath.conntrack_table import (
     _W, C_EXP, C_L4ST, C_NAT, C_PROTO, C_TCP, C_TUP, C_V6, C_ZONE, DNAT_BIT, EST, ICMP_REPLY,
     INV, MAX_TCP_ROUNDS, NEW, OTHER_BIDIR, RPL, SNAT_BIT, TM_ICMP_FIRST, TM_ICMP_REPLY,
@@ -139,8 +140,9 @@ def _general_tcp(ct, p, rows, c, rp, now) -> np.ndarray:
     ws = np.zeros(rows.size, dtype=np.int64)
     for j in np.flatnonzero(fl & T.SYN).tolist():
         ws[j] = p.wscale(int(rows[j]))
-    res, tm = T.update_many(tab.tcp, c, rp, fl, p.seq[rows], p.ack[rows], p.win[rows],
-                            p.plen[rows], ws, ct.tcp_liberal)
+    update = update_many_compiled if ct.compiled else T.update_many
+    res, tm = update(tab.tcp, c, rp, fl, p.seq[rows], p.ack[rows], p.win[rows], p.plen[rows], ws,
+                     ct.tcp_liberal)
     upd = tm >= 0
     tab.exp[c[upd]] = now + ct.tmo[tm[upd]]
     bad = res == T.INVALID

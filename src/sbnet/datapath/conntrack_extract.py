@@ -179,10 +179,16 @@ def extract_compiled(batch, parsed, rows: np.ndarray, zones: np.ndarray,
         return None
     if extra.any():
         from sbnet.datapath.conntrack_pkt import _hash, _inner
-        for i in np.flatnonzero(extra & X_SYN).tolist():
-            r, s = int(rows[i]), int(parsed.l4[rows[i]]) + 20
-            doff = (int(data[r, s - 8]) >> 4) * 4
-            p._opts[i] = data[r, s:s + doff - 20].tobytes()
+        syn = np.flatnonzero(extra & X_SYN)
+        if syn.size:
+            r = rows[syn]
+            s = parsed.l4[r].astype(np.int64) + 20
+            doff = (data[r, s - 8].astype(np.int64) >> 4) * 4
+            opt = doff > 20
+            p._opts.update(dict.fromkeys(syn[~opt].tolist(), b""))   # no options: no slicing
+            for i, r, s, doff in zip(syn[opt].tolist(), r[opt].tolist(), s[opt].tolist(),
+                                     doff[opt].tolist()):
+                p._opts[i] = data[r, s:s + doff - 20].tobytes()
         rel = np.flatnonzero(extra & X_RELATED)
         if rel.size:
             p.related[rel] = True
