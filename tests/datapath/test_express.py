@@ -173,3 +173,37 @@ def test_several_outputs_leave_the_lane_as_the_first_packet_left_the_slow_path()
     assert sw.dpif.lane_packets - lane_before == 4 and sw.upcalls == 1
     assert later == first
     assert sum(first[2].values()) == 12 and sum(first[3].values()) == 4
+
+
+def test_frames_the_lane_rewrites_in_a_batch_that_is_not_c_contiguous_keep_the_rewrite():
+    # The lane's compiled code takes its frames C-contiguous; a batch whose rows are a
+    # view of another layout is copied in and the lane's writes (here eth_dst and the
+    # TTL, with the IPv4 checksum) copied back before its packets leave.
+    frames = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                    / IP(src=f"10.0.0.{i}", dst="10.0.0.9", ttl=9) / UDP(sport=1234, dport=80)
+                    / b"payload") for i in range(1, 9)]
+    out = []
+    for compiled in (True, False):
+        sw = Switch(clock=lambda: 0.0, compiled=compiled)
+        sw.add_port(1, port=MemoryPort(1, "p1"))
+        sw.add_port(2, port=MemoryPort(2, "p2"))
+        sw.load("priority=10,udp,in_port=1,actions=mod_dl_dst:02:00:00:00:00:99,dec_ttl,"
+                "output:2\npriority=0,actions=drop\n")
+        sent = []
+        for _ in range(2):          # the first batch goes up; the second is the lane's
+            b = Batch.from_packets(frames, 1)
+            b.data = np.asfortranarray(b.data)
+            assert not b.data.flags.c_contiguous
+            sw.process(b, now=1.0)
+            sent.append(sw.ports[2].take_sent())
+        out.append(sent)
+        if compiled:
+            assert sw.dpif.lane_packets == len(frames)
+    (first, later), (ref_first, ref_later) = out
+    assert later == first == ref_later == ref_first
+    for p in later:
+        e = Ether(p)
+        assert e.dst == "02:00:00:00:00:99" and e[IP].ttl == 8
+        fresh = e[IP].copy()
+        del fresh.chksum                # scapy computes it again from the bytes
+        assert IP(bytes(fresh)).chksum == e[IP].chksum

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbnet.datapath.dpif.smc import HASHED, SignatureCache
+from sbnet.datapath.dpif.smc import HASHED, SignatureCache, hash_rows, hash_span
 from sbnet.flows.fields import N_SLOTS
 
 
@@ -56,3 +56,40 @@ def test_a_hit_is_the_flow_last_cached_for_that_key(bits, inserts, seed):
             if got >= 0:
                 assert hashes[key] == hashes[k] and got == f if key == k else got == last.get(key)
         assert flows[k] == f           # just inserted: found
+
+
+def test_the_first_pass_hash_of_rows_in_order_is_the_indexed_hash():
+    # The lane hashes a batch's rows 0..n-1 with hash_span (plain runs) and any other rows
+    # with hash_rows (through their index): one key, one hash, whichever it took.
+    rng = np.random.default_rng(3)
+    keys = _keys(rng, 300)
+    by_span, by_index = np.empty(300, np.uint64), np.empty(300, np.uint64)
+    hash_span(keys, 300, HASHED, by_span)
+    hash_rows(keys, np.arange(300), 300, HASHED, by_index)
+    assert (by_span == by_index).all()
+    _, hashes, _ = SignatureCache().lookup(keys, np.arange(300))
+    assert (hashes == by_span).all()
+
+
+def test_a_hit_is_verified_against_the_flow_s_own_values_under_its_shared_mask():
+    # Flows of one mask share a masks row; each keeps its values.  A flow of nine slots
+    # (its row past its first cache line) is verified whole, and one wider than the cache
+    # takes (over 24 slots) is never cached.
+    keys = _keys(np.random.default_rng(4), 3)
+    slots = tuple(int(s) for s in HASHED[:9])
+    mask = tuple([0xFFFF] * 9)
+    smc = SignatureCache()
+    smc.add(0, slots, mask, tuple(int(keys[s, 0]) & 0xFFFF for s in slots))
+    smc.add(1, slots, mask, tuple(int(keys[s, 1]) & 0xFFFF for s in slots))
+    other = list(int(keys[s, 2]) & 0xFFFF for s in slots)
+    other[8] ^= 1                       # differs in its last slot only
+    smc.add(2, slots, mask, tuple(other))
+    wide = tuple(range(N_SLOTS))[:25]
+    smc.add(3, wide, tuple([0] * 25), tuple([0] * 25))
+    _, hashes, _ = smc.lookup(keys, np.arange(3))
+    smc.insert(hashes, np.array([0, 1, 2]))
+    flows, _, misses = smc.lookup(keys, np.arange(3))
+    assert flows.tolist() == [0, 1, -1] and misses == 1
+    smc.insert(hashes[:1], np.array([3]))      # refused: key 0 still finds flow 0
+    flows, _, _ = smc.lookup(keys, np.arange(1))
+    assert flows.tolist() == [0]

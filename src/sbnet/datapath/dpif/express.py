@@ -76,7 +76,7 @@ def _set(data, keys, g, start, l3, op, v):
         keys[_NW_TTL, g] = np.uint64(v & 0xFF)
 
 
-@kernel(numba.int64(LANE_STATE, numba.uint8[:, :], numba.int32[:], numba.int32[:],
+@kernel(numba.int64(LANE_STATE, numba.uint8[:, ::1], numba.int32[:], numba.int32[:],
                     numba.uint32[:], numba.uint64[:, ::1], numba.int32[:], numba.int32[:],
                     numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
                     numba.boolean, numba.float64, numba.boolean, numba.int64,
@@ -481,11 +481,15 @@ class ExpressLane:
         if (start.dtype, length.dtype, in_port.dtype, data.dtype) != _COLUMNS:
             data, start = _as(data, _U8), _as(start, _I32)
             length, in_port = _as(length, _I32), _as(in_port, _U32)
+        if not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data)
         n_hand = _LANE(self._current(None), data, start, length, in_port, keys, l3, l4,
                        error, fresh, rows, _NO_TUN if tun is None else tun, False, float(now),
                        *self._ct_args(), enc, enc_len, outs, hand, max_recirc)
         if keys is not parsed.keys and not fresh:
             parsed.keys[...] = keys         # the lane's key writes (recirc_id, ct_*) back
+        if data is not batch.data:
+            batch.data[...] = data          # and its frame writes (set_field, TTL)
         return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
 
     def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
@@ -500,10 +504,13 @@ class ExpressLane:
         parsed, rows, outs, hand, keys = self._acquire(n)
         enc, enc_len = self._enc(n, batch.data.shape[1])
         res = np.empty((n, D_COLS), np.int64)
+        data = _as(batch.data, _U8)
+        if not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data)
         # Copies the lane turns into the inner frames' columns: the caller's batch stays.
-        inner = Batch(batch.data, batch.start.astype(_I32), batch.length.astype(_I32),
+        inner = Batch(data, batch.start.astype(_I32), batch.length.astype(_I32),
                       batch.in_port.astype(_U32))
-        n_hand = _LANE(self._current(plan), _as(batch.data, _U8), inner.start, inner.length,
+        n_hand = _LANE(self._current(plan), data, inner.start, inner.length,
                        inner.in_port, keys, parsed.l3, parsed.l4, parsed.error, True,
                        rows, res, True, float(now), *self._ct_args(), enc, enc_len, outs,
                        hand, max_recirc)
