@@ -11,7 +11,7 @@ import time
 from sbnet.agent.slowpath import in_netns
 from sbnet.compiler.l3 import fip_host, floating_ips, router_ifaces
 from sbnet.datapath.checksum import internet_checksum
-from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6, ETH_VLAN, IP_ICMPV6
+from sbnet.flows.fields import ETH_ARP, ETH_IP, ETH_IPV6, ETH_RARP, ETH_VLAN, IP_ICMPV6
 
 BROADCAST = b"\xff" * 6
 # When each announcement is sent again (seconds after the first), as OVN repeats its own: a
@@ -42,6 +42,14 @@ def garp(ip: str, mac: str) -> bytes:
     addr = ipaddress.IPv4Address(ip).packed
     arp = struct.pack("!HHBBH", 1, ETH_IP, 6, 4, 1) + hw + addr + b"\x00" * 6 + addr
     return (BROADCAST + hw + struct.pack("!H", ETH_ARP) + arp).ljust(60, b"\x00")
+
+
+def rarp(mac: str) -> bytes:
+    """A reverse ARP request from mac about itself, to everyone: how QEMU announces a
+    migrated guest on resume (announce-self)."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    arp = struct.pack("!HHBBH", 1, ETH_IP, 6, 4, 3) + hw + bytes(4) + hw + bytes(4)
+    return (BROADCAST + hw + struct.pack("!H", ETH_RARP) + arp).ljust(60, b"\x00")
 
 
 def na(ip: str, mac: str) -> bytes:

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
-from sbnet.agent.announce import arrival_frames, arrival_relay
+from sbnet.agent.announce import arrival_frames, arrival_relay, rarp
 from sbnet.agent.migrationwarm import first_frames
 
 log = logging.getLogger("sbnet.agent")
@@ -223,14 +223,17 @@ class MigrationDuty:
             self.state.log.append((pid, "forget", n))
 
     def _prewarm(self, topo, port: dict, ofport: int, h: dict) -> None:
-        """Translate the VM's first frames here before it runs here (its connections'
-        next segments from its VIF): the switch-over then finds their datapath flows in
-        place instead of sending every flow of the VM up at once."""
+        """Translate the VM's first frames here before it runs here (the hypervisor's RARP
+        announcing it, then its connections' next segments from its VIF): the switch-over
+        then finds their datapath flows in place instead of sending every flow of the VM
+        up at once (the RARP's upcall came first, and the VM's next frames waited behind
+        it)."""
         warm = getattr(self.datapath, "prewarm", None)
         if warm is None or not h["entries"]:
             return
         frames = first_frames(topo, port, ofport, h["entries"])
         if frames:
+            frames.insert(0, (ofport, rarp(port["mac_address"])))
             n = warm(frames, h["entries"])
             self.state.log.append((port["id"], "prewarmed", n))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import struct
 from dataclasses import dataclass, field
 
+from sbnet.agent.announce import rarp
 from sbnet.agent.netns import Host, Topology, Vm, sh
 
 INCOMING = "mig0"           # the VM's interface on the destination until the switch-over
@@ -71,11 +71,8 @@ class VmMove:
                  for n in neigh if n.get("lladdr")]
         sh("ip", "-n", ns, "-batch", "-", input="\n".join(cmds) + "\n")
         # As QEMU announces a migrated guest on resume (announce-self): a RARP from its MAC.
-        mac = bytes.fromhex(vm.mac.replace(":", ""))
         with contextlib.suppress(OSError):
-            self.announcer.send(b"\xff" * 6 + mac + struct.pack("!HHHBBH", 0x8035, 1, 0x0800,
-                                                                6, 4, 3)
-                                + mac + bytes(4) + mac + bytes(4) + bytes(18))
+            self.announcer.send(rarp(vm.mac))
         self._close_announcer()
         self.source, self.old_port, self.old_ofport = vm.host, vm.port, vm.ofport
         self.source.vms.remove(vm)

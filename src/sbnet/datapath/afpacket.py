@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from sbnet.datapath import ctmove
 import numpy as np
 
+from sbnet.datapath.arrival import Arrivals
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch, filled
 from sbnet.datapath import gro, holdfilter, mmsg, vnet
 from sbnet.datapath.mmsg import Receiver, Sender
@@ -307,12 +308,7 @@ class AfPacketDatapath:
         self.errors = 0                 # batches the switch raised on (the loop goes on)
         self.last_error: str | None = None
         self.gso_underlay = False       # see underlay_gso()
-        self.held: dict[int, str] = {}  # VIF ofport -> MAC of the VM that has not arrived yet
-        self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
-        self.on_arrival: dict[int, list[tuple[int, bytes]]] = {}  # held VIF -> what to send
-        self.announced: list[tuple[int, float, int]] = []       # (VIF, monotonic, frames)
-        self.relay_drop: dict[int, dict] = {}  # held VIF -> its source's relay (Relay fields)
-        self.relays: dict[int, holdfilter.Relay] = {}   # arrived VIF -> relay dropped
+        self.arrivals = Arrivals()      # VIFs a live migration brings here
 
     # -- ports -----------------------------------------------------------------
     def attach(self, ofport: int, ifname: str, name: str | None = None) -> AfPacketPort:
@@ -336,7 +332,7 @@ class AfPacketDatapath:
 
     def detach(self, ofport: int) -> None:
         with self.lock:
-            if ofport in self.held or ofport in self.relays:
+            if ofport in self.arrivals.held or ofport in self.arrivals.relays:
                 self.release(ofport, "detached")
             port = self.switch.ports.get(ofport)
             if isinstance(port, AfPacketPort):
@@ -389,9 +385,10 @@ class AfPacketDatapath:
             chunks = [(rows, lens, port.ofport) for rows, lens in port.receive_rows()]
             if not chunks:
                 continue
-            if port.ofport in self.held:        # the VM runs here now: it sent its first frame
+            if port.ofport in self.arrivals.held:   # the VM runs here now: its first frame
                 with self.lock:
-                    self._arrived(port.ofport)
+                    self._send(self.arrivals.arrived(port.ofport))
+                    self._filter_underlay()
             # One batch per port, as OVS's PMD takes one receive queue at a time: no copy
             # to merge ports' frames that the dpif would split again (underlay or not).
             batch = _batch(chunks)
@@ -408,8 +405,12 @@ class AfPacketDatapath:
             now = time.monotonic()
             if until is not None and now >= until:
                 return
+            most = 0.1 if until is None else max(0.0, min(0.1, until - now))
             try:
-                self.poll_once(0.1 if until is None else max(0.0, min(0.1, until - now)))
+                self.poll_once(self.arrivals.wait(now, most))
+                if self.arrivals.again:
+                    with self.lock:
+                        self._send(self.arrivals.due(time.monotonic()))
             except Exception as exc:       # a bad batch must not stop forwarding for good
                 self.errors += 1
                 self.last_error = repr(exc)
@@ -464,9 +465,8 @@ class AfPacketDatapath:
         release().  Otherwise the copies queue behind each other on a loaded host, and the
         VM's first replies wait behind them once it arrives, delivered as duplicates."""
         with self.lock:
-            self.held[ofport] = mac
+            self.arrivals.hold(ofport, mac)
             self._filter_underlay()
-            self._event(ofport, "held")
 
     def announce_on_arrival(self, ofport: int, frames: list[tuple[int, bytes]],
                             relay: dict | None = None) -> None:
@@ -474,40 +474,24 @@ class AfPacketDatapath:
         pairs: the arriving VM's gratuitous ARPs and neighbour advertisements, its floating
         IPs') out of those ports at once, in the loop that saw it, ahead of the frame
         itself, and from then on drop `relay` (sbnet.datapath.holdfilter.Relay's fields:
-        what the host it left relays of its floating IP's traffic) on the underlay ports
-        until release(); both forgotten if the hold ends any other way."""
+        what the host it left relays of its floating IP's traffic) on the underlay ports,
+        sending `frames` again every arrival.AGAIN s, until release(); both forgotten if
+        the hold ends any other way."""
         with self.lock:
-            if ofport in self.held:
-                self.on_arrival[ofport] = [(int(o), bytes(f)) for o, f in frames]
-                if relay:
-                    self.relay_drop[ofport] = dict(relay)
+            self.arrivals.expect(ofport, frames, relay)
 
-    def _arrived(self, ofport: int) -> None:
-        frames = self.on_arrival.pop(ofport, ())
+    def _send(self, frames: list[tuple[int, bytes]]) -> None:
         for out, frame in frames:
             port = self.switch.ports.get(out)
             if port is not None:
                 port.deliver(Batch.from_packets([frame], out))
-        if frames:
-            self.announced.append((ofport, time.monotonic(), len(frames)))
-            del self.announced[:-16]
-        relay = self.relay_drop.pop(ofport, None)
-        if relay is not None:
-            self.relays[ofport] = holdfilter.Relay(
-                relay["source"], relay["mac"], relay["router_mac"], tuple(relay["inside"]))
-        self.release(ofport, "first frame")
 
     def release(self, ofport: int, why: str = "released") -> None:
         """Deliver the VM's traffic at `ofport` again (no-op if not held), and what its
         source relays (after its first frame)."""
         with self.lock:
-            self.on_arrival.pop(ofport, None)
-            self.relay_drop.pop(ofport, None)
-            if why != "first frame" and self.relays.pop(ofport, None) is not None:
+            if self.arrivals.release(ofport, why):
                 self._filter_underlay()
-            if self.held.pop(ofport, None) is not None:
-                self._filter_underlay()
-                self._event(ofport, why)
 
     def holds(self) -> dict:
         """{"held": {ofport: MAC}, "events": [(ofport, monotonic, "held" or why released),
@@ -515,26 +499,13 @@ class AfPacketDatapath:
         last 16 of each), "relays": {ofport: source tunnel endpoint} (what it left relays,
         dropped)."""
         with self.lock:
-            return {"held": dict(self.held), "events": list(self.hold_events),
-                    "announced": list(self.announced),
-                    "relays": {o: r.source for o, r in self.relays.items()}}
-
-    def _event(self, ofport: int, what: str) -> None:
-        self.hold_events.append((ofport, time.monotonic(), what))
-        del self.hold_events[:-16]
+            return self.arrivals.state()
 
     def _filter_underlay(self) -> None:
         tunnels = self.switch.tunnels.values()
         ports = {k: sorted({t.dst_port for t in tunnels if t.kind == k and t.dst_port})
                  for k in ("vxlan", "geneve")}
-        # Beyond MAX_MACS arriving VMs at once, the rest are switched as before (unheld).
-        macs = sorted(set(self.held.values()))[:holdfilter.MAX_MACS]
-        relays = sorted(set(self.relays.values()), key=repr)
-        try:
-            prog = holdfilter.program(macs, ports["vxlan"], ports["geneve"], relays) \
-                if macs or relays else None
-        except ValueError:              # too long with the relays: those are relayed as before
-            prog = holdfilter.program(macs, ports["vxlan"], ports["geneve"]) if macs else None
+        prog = self.arrivals.program(ports["vxlan"], ports["geneve"])
         for num in self.switch.underlay.ports:
             port = self.switch.ports.get(num)
             if isinstance(port, AfPacketPort):
