@@ -7,6 +7,8 @@ import struct
 import threading
 import time
 
+import pytest
+
 from sbnet.agent.migrationlab import MigrationLab
 from sbnet.agent.netns import Topology, require_netns
 from sbnet.agent.probes import PingTrain
@@ -59,11 +61,15 @@ class ArpCapture:
         self.sock.close()
 
 
-def test_the_destination_switch_announces_the_floating_ip_on_the_vms_first_frame():
+@pytest.mark.parametrize("backend", ["reference", "ebpf"])
+def test_the_destination_switch_announces_the_floating_ip_on_the_vms_first_frame(backend):
     require_netns()
+    if backend == "ebpf":
+        from tests.ebpf.conftest import require_bpf
+        require_bpf()
     Topology.cleanup_stale()
     with Topology() as topo:
-        lab = MigrationLab.build(topo, "reference")
+        lab = MigrationLab.build(topo, backend)
         # The destination's side of the physical network's bridge (RealCloud's wiring).
         capture = ArpCapture(topo.underlay_ns, "h3-pn0")
         try:

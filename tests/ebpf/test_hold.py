@@ -202,3 +202,37 @@ def test_the_slow_path_keeps_a_held_vms_tunnel_frames_from_its_vif():
             deliver(3, TUNNEL)
             assert received() == {3}
             assert [w for _, _, w in dp.holds()["events"]] == ["held", "first frame"]
+
+
+def test_announce_sends_the_first_frame_up_and_the_relay_is_kept_until_release(tier):
+    """With announcements to send, the VIF's first frame goes up (the slow path sends them
+    ahead of it); from then until release() the floating IP's traffic the old host relays
+    (from its tunnel endpoint, the router's MAC, from outside the router's subnets) is kept
+    from the VIF, as the reference's filter drops it, and nothing else is."""
+    sw = host()
+    router = "fa:16:3e:00:00:0a"
+    outside, inside = "203.0.113.50", "10.0.0.9"
+
+    def routed(src_ip: str, src_mac: str = router) -> bytes:
+        return raw(Ether(src=src_mac, dst=MAC) / IP(src=src_ip, dst="10.0.0.1") / UDP(sport=7, dport=9))
+    relayed = [routed(outside), routed(inside), routed(outside, PEER_MAC)]
+    packets = [*((TUNNEL, f) for f in relayed), (VM, frame(MAC, PEER_MAC))]
+    want = _ready(tier, sw, packets)
+    relay = holdfilter.Relay(PEER, MAC, router, ("10.0.0.0/24",))
+    tier.hold(VM, _mac(MAC))
+    try:
+        tier.on_arrival(VM, True, (TUN[1], _mac(router), [(0x0A000000, 0xFFFFFF00)]))
+        assert tier.run(packets[3][1], VM).verdict == "upcall"       # up, to be announced
+        assert tier.hold_state(VM)[1] > 0
+        wire = [on_the_wire(f) for f in relayed]                     # from the old host
+        passes = passed(holdfilter.program([], [4789], [], [relay]), wire)
+        assert passes == [False, True, True]
+        run = [tier.run(f, TUNNEL, TUN) for f in relayed]
+        assert [r.verdict != "drop" for r in run] == passes
+        assert [[(o.ofport, o.data) for o in r.outputs] for r in run[1:]] == want[1:3]
+        # From another host the same frame is delivered.
+        other = (TUN[0], TUN[1] + 1, TUN[2])
+        assert [(o.ofport, o.data) for o in tier.run(relayed[0], TUNNEL, other).outputs] == want[0]
+    finally:
+        tier.release(VM)
+    assert [(o.ofport, o.data) for o in tier.run(relayed[0], TUNNEL, TUN).outputs] == want[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import numpy as np
 from sbnet.datapath import odp
 from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.ebpf import pins
+from sbnet.datapath.ebpf import layout as L, pins
 from sbnet.datapath.ebpf.connsync import ConnSync
 from sbnet.datapath.ebpf.libbpf import (XDP_MODES, RingReader, tc_attach_ingress, tc_detach_ingress,
                                         xdp_attach, xdp_detach)
@@ -48,9 +49,11 @@ class TxPort(Port):
             self.sock.bind((ifname, 0))
             self.ifindex = socket.if_nametoindex(ifname)
         self._tx = Sender()
-        # While the VM behind it is arriving (EbpfDatapath.hold): its MAC, the tunnel
-        # ports, and whether the kernel still holds it.
+        # While the VM behind it is arriving (EbpfDatapath.hold, until activation): its MAC,
+        # the tunnel and underlay ports, and whether the kernel still holds it; forced: the
+        # batch being switched holds copies the kernel sent up while it held it.
         self.held: tuple[bytes, frozenset, Callable[[], bool]] | None = None
+        self.forced = False
 
     def deliver(self, batch: Batch) -> None:
         if self.held is not None:
@@ -65,8 +68,7 @@ class TxPort(Port):
         """The batch without the tunnels' frames for the held VM (the slow path's part of
         the hold: what the kernel sends up is switched, not delivered)."""
         mac, tunnels, still = self.held
-        if not still():
-            self.held = None
+        if not self.forced and not still():
             return batch
         drop = [i for i, port in enumerate(batch.in_port.tolist())
                 if port in tunnels and batch.packet(i)[:6] == mac]
@@ -103,6 +105,15 @@ class UdpUnderlayPort(Port):
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _ip4(addr: str) -> int:
+    return int(ipaddress.IPv4Address(addr))
+
+
+def _cidr4(cidr: str) -> tuple[int, int]:
+    net = ipaddress.IPv4Network(cidr, strict=False)
+    return int(net.network_address), int(net.netmask)
 
 
 def veth_to_elsewhere(ifname: str, netns: str | None = None) -> bool:
@@ -182,6 +193,10 @@ class EbpfDatapath:
         self.last_error: str | None = None
         self.held: dict[int, str] = {}   # VIF ofport -> MAC of the VM that has not arrived yet
         self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
+        self.on_arrival: dict[int, list[tuple[int, bytes]]] = {}  # held VIF -> what to send
+        self.announced: list[tuple[int, float, int]] = []       # (VIF, monotonic, frames)
+        self.relay_drop: dict[int, str] = {}   # held VIF -> the source whose relay is dropped
+        self.relays: dict[int, str] = {}       # arrived VIF -> source whose relay is dropped
         if self.tier.reopened:
             self.conns.take_up(self.switch.clock())
 
@@ -294,7 +309,7 @@ class EbpfDatapath:
 
     def detach(self, ofport: int) -> None:
         with self.lock:
-            if ofport in self.held:
+            if ofport in self.held or ofport in self.relays:
                 self.release(ofport, "detached")
             ifindex = self._attached.pop(ofport, None)
             if ifindex is not None:
@@ -322,31 +337,55 @@ class EbpfDatapath:
             self.tier.hold(ofport, int(mac.replace(":", ""), 16))
             port = self.switch.ports.get(ofport)
             if isinstance(port, TxPort):
-                port.held = (bytes.fromhex(mac.replace(":", "")), frozenset(self.switch.tunnels),
+                port.held = (bytes.fromhex(mac.replace(":", "")),
+                             frozenset(self.switch.tunnels) | {self._underlay_port},
                              lambda: self._still_held(ofport))
             self.held[ofport] = mac
             self._event(ofport, time.monotonic(), "held")
 
+    def announce_on_arrival(self, ofport: int, frames: list[tuple[int, bytes]],
+                            relay: dict | None = None) -> None:
+        """AfPacketDatapath.announce_on_arrival's: when held VIF `ofport` sends its first
+        frame, `frames` ((out port, frame): the VM's and its floating IPs' announcements)
+        leave ahead of it (the program sends that frame up: the slow path sends them as it
+        takes the frame), and from then until release() what `relay` describes
+        (holdfilter.Relay's fields: what the host the VM left relays of its floating IP's
+        traffic) is kept from the VIF by the program."""
+        with self.lock:
+            if ofport not in self.held:
+                return
+            self.on_arrival[ofport] = [(int(o), bytes(f)) for o, f in frames]
+            rel = None
+            if relay:
+                rel = (_ip4(relay["source"]), int(relay["router_mac"].replace(":", ""), 16),
+                       [_cidr4(c) for c in relay["inside"]][:L.MAX_INSIDE])
+                self.relay_drop[ofport] = relay["source"]
+            self.tier.on_arrival(ofport, bool(frames), rel)
+
     def release(self, ofport: int, why: str = "released") -> None:
-        """Deliver the VM's traffic at `ofport` again (no-op if not held)."""
+        """Deliver the VM's traffic at `ofport` again (no-op if not held), and what its
+        source relays (after its first frame)."""
         with self.lock:
             self._sync_holds()
+            self.on_arrival.pop(ofport, None)
+            self.relay_drop.pop(ofport, None)
+            if why != "first frame" and self.relays.pop(ofport, None) is not None:
+                self.tier.release(ofport)
+            if why != "first frame":
+                self._unhold_port(ofport)
             if self.held.pop(ofport, None) is not None:
                 self.tier.release(ofport)
-                self._unhold_port(ofport)
                 self._event(ofport, time.monotonic(), why)
 
     def holds(self) -> dict:
         """{"held": {ofport: MAC}, "events": [(ofport, monotonic, "held" or why released),
-        ...]} (the last 16 events; "first frame" at the time the kernel saw it)."""
+        ...], "announced": [(ofport, monotonic, frames sent on its first frame), ...]} (the
+        last 16 of each; "first frame" when the kernel saw it, or when its announcements
+        left), "relays": {ofport: source tunnel endpoint} (what it left relays, kept from it)."""
         with self.lock:
             self._sync_holds()
-            return {"held": dict(self.held), "events": list(self.hold_events)}
-
-    def held_drops(self) -> dict[int, int]:
-        """Tunnel frames the program kept from each port held now."""
-        with self.lock:
-            return {p: st[2] for p in self.held if (st := self.tier.hold_state(p))}
+            return {"held": dict(self.held), "events": list(self.hold_events),
+                    "announced": list(self.announced), "relays": dict(self.relays)}
 
     def _sync_holds(self) -> None:
         """Holds the kernel released on a VIF's first frame leave the tables here too."""
@@ -354,9 +393,22 @@ class EbpfDatapath:
             st = self.tier.hold_state(ofport)
             if st is None or st[1]:
                 del self.held[ofport]
-                self.tier.release(ofport)
-                self._unhold_port(ofport)
-                self._event(ofport, st[1] if st else time.monotonic(), "first frame")
+                when = st[1] if st else time.monotonic()
+                frames = self.on_arrival.pop(ofport, ())
+                for out, frame in frames:       # ahead of the first frame, which came up
+                    port = self.switch.ports.get(out)
+                    if port is not None:
+                        port.deliver(Batch.from_packets([frame], out))
+                if frames:
+                    when = time.monotonic()
+                    self.announced.append((ofport, when, len(frames)))
+                    del self.announced[:-16]
+                source = self.relay_drop.pop(ofport, None)
+                if source is not None and st is not None:
+                    self.relays[ofport] = source        # the kernel keeps dropping them
+                else:
+                    self.tier.release(ofport)
+                self._event(ofport, when, "first frame")
 
     def _still_held(self, ofport: int) -> bool:
         st = self.tier.hold_state(ofport)
@@ -384,11 +436,21 @@ class EbpfDatapath:
         self.truncated += up.truncated
         self.gso_upcalls += up.segmented
         with self.lock:
+            if self.on_arrival:
+                self._sync_holds()      # a VM's first frame came up: announce it first
             if len(up.events):
                 self.conns.events(up.events, up.kinds, self.switch.clock())
             if len(up.batch):
                 guards = self.conns.guard(up.tuples)
-                self.switch.process(up.batch)
+                forced = [p for p in self.switch.ports.values()
+                          if up.held and isinstance(p, TxPort) and p.held is not None]
+                for p in forced:
+                    p.forced = True
+                try:
+                    self.switch.process(up.batch)
+                finally:
+                    for p in forced:
+                        p.forced = False
                 self._install_new()
                 self.conns.hand_down(up.tuples)
                 self.conns.hand_down6(up.tuples6)

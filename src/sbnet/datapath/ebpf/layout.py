@@ -53,7 +53,9 @@ CT_VAL_DTYPE = np.dtype([("state", "<u4"), ("mark", "<u4"), ("packets", "<u8"),
 # struct sb_ct_event: a connection event's body.
 CT_EVENT_DTYPE = np.dtype([("key", CT_KEY_DTYPE), ("tcp", TCP_PEER_DTYPE, (2,))])
 ZONE = struct.Struct("<IIq")                   # struct sb_zone
-HOLD = struct.Struct("<QQQQ")                  # struct sb_hold
+HOLD = struct.Struct("<QQQQIIQ8III")           # struct sb_hold
+MAX_INSIDE = 4                                 # sb_hold.inside: (address, mask) pairs
+HOLD_F_ANNOUNCE, HOLD_F_RELAY = 1, 2
 ICMP_PROTOS = (F.IP_ICMP, F.IP_ICMPV6)
 
 
@@ -93,7 +95,7 @@ U32 = struct.Struct("<I")
 
 PORT_F_TUNNEL, PORT_F_XDP_OUT, PORT_F_PEER, PORT_F_HELD = 1, 2, 4, 8
 OUT_F_PEER = 1                    # OP_OUTPUT h: the port is a PORT_F_PEER veth
-UP_F_TUN, UP_F_CSUM_PARTIAL = 1, 2  # sb_upcall.flags
+UP_F_TUN, UP_F_CSUM_PARTIAL, UP_F_HELD = 1, 2, 4  # sb_upcall.flags
 XDP_STATS = ("xdp_forward", "xdp_pass")        # the XDP program's own counters (sbnet_xdp.h)
 CFG_F_TEST, CFG_F_KERNEL_CT, CFG_F_TCP_LIBERAL, CFG_F_HOLDS = 1, 2, 4, 8
 # The connection map's state word: ct_state bits, and CS_OPENING (a TCP connection in its

@@ -287,16 +287,35 @@ class EbpfTier:
 
     # -- a VM arriving by live migration (bpf/sbnet_hold.h) ---------------------------------
     def hold(self, ofport: int, mac: int) -> None:
-        """Drop what tunnels bring for `mac` (48-bit int) until VIF `ofport` sends its first
-        frame, which releases the hold in the kernel (hold_state() then says when)."""
+        """Keep what tunnels bring for `mac` (48-bit int) from VIF `ofport` until it sends its
+        first frame, which releases the hold in the kernel (hold_state() then says when)."""
         kp = self.ports[ofport]
         self.release(ofport)
         key = L.U32.pack(kp.ifindex)
-        self.m_holds.update(key, L.HOLD.pack(mac, time.monotonic_ns(), 0, 0))
+        self.m_holds.update(key, L.HOLD.pack(mac, time.monotonic_ns(), 0, 0, 0, 0, 0,
+                                             *(0,) * (2 * L.MAX_INSIDE), 0, 0))
         self.m_held_macs.update(mac.to_bytes(8, "little"), key)
         self.held[ofport] = mac
         self._write_config()
         self._port_flags(kp, set_=L.PORT_F_HELD)
+
+    def on_arrival(self, ofport: int, announce: bool, relay: tuple | None = None) -> None:
+        """What the held VIF's first frame does besides releasing it: announce (it goes
+        up, for the slow path to announce the VM ahead of it), relay ((source tunnel
+        endpoint, router MAC, [(address, mask), ...] of the router's subnets), 32- and
+        48-bit ints): from then until release() what that host relays of the VM's
+        floating IP's traffic is kept from the VIF (bpf/sbnet_hold.h)."""
+        kp = self.ports.get(ofport)
+        raw = self.m_holds.lookup(L.U32.pack(kp.ifindex)) if kp and ofport in self.held else None
+        if raw is None:
+            return
+        mac, since, released, dropped, *_ = L.HOLD.unpack(raw)
+        src, router, inside = relay or (0, 0, ())
+        inside = list(inside)[:L.MAX_INSIDE]
+        words = [w for pair in inside for w in pair] + [0] * (2 * (L.MAX_INSIDE - len(inside)))
+        flags = (L.HOLD_F_ANNOUNCE if announce else 0) | (L.HOLD_F_RELAY if relay else 0)
+        self.m_holds.update(L.U32.pack(kp.ifindex), L.HOLD.pack(
+            mac, since, released, dropped, flags, src, router, *words, len(inside), 0))
 
     def hold_state(self, ofport: int) -> tuple[float, float, int] | None:
         """(held since, released at or 0.0, tunnel frames dropped) in time.monotonic()
@@ -305,7 +324,7 @@ class EbpfTier:
         raw = self.m_holds.lookup(L.U32.pack(kp.ifindex)) if kp and ofport in self.held else None
         if raw is None:
             return None
-        _, since, released, dropped = L.HOLD.unpack(raw)
+        _, since, released, dropped, *_ = L.HOLD.unpack(raw)
         return since / 1e9, released / 1e9, dropped
 
     def release(self, ofport: int) -> None:

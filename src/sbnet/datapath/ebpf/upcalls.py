@@ -55,6 +55,7 @@ class Upcalls:
     @property
     def handover(self) -> np.ndarray:
         return self.kinds == L.CT_HANDOVER_EVENT
+    held: bool = False        # some packet is a copy for a held VIF (UP_F_HELD)
 
 
 def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
@@ -63,6 +64,7 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
     (layout.UPCALL_MAX) are counted, not switched (their sender resends)."""
     frames, ports, tunnelled, events, est, partial = [], [], [], [], [], []
     truncated = segmented = 0
+    held = False
     unpack = L.UPCALL.unpack_from
     for rec in records:
         (_, in_port, length, caplen, reason, flags, tun_id, tun_src, tun_dst, vlan,
@@ -75,6 +77,7 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
             truncated += 1
             continue
         frame = rec[_HDR:_HDR + caplen]
+        held |= bool(flags & L.UP_F_HELD)
         if vlan:
             frame = frame[:12] + vlan.to_bytes(4, "big") + frame[12:]
         # A GSO packet goes on as the frames the sender's NIC would have made of it.
@@ -97,14 +100,15 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
     conn_keys = np.frombuffer(b"".join(events), dtype=L.CT_EVENT_DTYPE) if events else _NO_EVENTS
     established = np.array(est, dtype=np.int64)
     if not tunnelled:
-        return Upcalls(inner, tuples, truncated, segmented, conn_keys, established, tuples6)
+        return Upcalls(inner, tuples, truncated, segmented, conn_keys, established, tuples6,
+                       held=held)
     frames = inner.packets()
     ports = inner.in_port.copy()
     for row, tun_id, src, dst in tunnelled:
         frames[row] = outer(frames[row], tun_id, src, dst)
         ports[row] = underlay_port
     return Upcalls(Batch.from_packets(frames, ports), tuples, truncated, segmented, conn_keys,
-                   established, tuples6)
+                   established, tuples6, held=held)
 
 
 def outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:

@@ -617,7 +617,8 @@ static __always_inline int upcall(struct __sk_buff *skb, struct scratch *s, stru
 	u->in_port = in_port;
 	u->len = len;
 	u->reason = reason;
-	u->flags = (s->key.w[K_TUN_DST] ? UP_F_TUN : 0) | (csum_partial(skb) ? UP_F_CSUM_PARTIAL : 0);
+	u->flags = (s->key.w[K_TUN_DST] ? UP_F_TUN : 0) | (csum_partial(skb) ? UP_F_CSUM_PARTIAL : 0)
+		   | (p->held_out ? UP_F_HELD : 0);
 	u->tun_id = s->key.w[K_TUN_ID];
 	u->tun_src = s->key.w[K_TUN_SRC];
 	u->tun_dst = s->key.w[K_TUN_DST];
@@ -688,10 +689,7 @@ int sbnet_ingress(struct __sk_buff *skb)
 		th->mf_id = 0;
 		th->passes = 0;
 	}
-	if (port->flags & PORT_F_HELD)
-		hold_release(port, ifindex);
-	else if ((port->flags & PORT_F_TUNNEL) && (cfg->flags & CFG_F_HOLDS))
-		p.held_out = hold_target(skb);
+	int arrival = (port->flags & PORT_F_HELD) ? hold_release(port, ifindex) : 0;
 	struct sb_key *k = &s->key;
 	for (int j = 0; j < K_NWORDS; j++)
 		k->w[j] = 0;
@@ -710,10 +708,12 @@ int sbnet_ingress(struct __sk_buff *skb)
 			k->w[K_TUN_DST] = tk.local_ipv4;
 		}
 	}
-	if (parse(skb, k, &p)) {
+	if ((port->flags & PORT_F_TUNNEL) && (cfg->flags & CFG_F_HOLDS))
+		p.held_out = hold_target(skb, k->w[K_TUN_SRC]);
+	if (parse(skb, k, &p) || arrival) {
 		if (th)
 			th->verdict = VERDICT_UPCALL;
-		return upcall(skb, s, &p, cfg, ST_PUNT_PARSE);
+		return upcall(skb, s, &p, cfg, arrival ? ST_MISS : ST_PUNT_PARSE);
 	}
 	/* The frame's length on the wire, as the reference switch counts it. */
 	__u32 wire = skb->len + (skb->vlan_present ? 4 : 0);

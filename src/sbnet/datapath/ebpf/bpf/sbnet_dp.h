@@ -204,12 +204,23 @@ struct sb_zone {
 
 /* An arriving VM's VIF while it is held (holds map value, keyed by the VIF's ifindex):
  * tunnel frames to `mac` are dropped until the VIF's first frame, which stamps `released`. */
+#define MAX_INSIDE 4
 struct sb_hold {
 	__u64 mac;            /* 48-bit, as the key's eth words */
 	__u64 since;          /* bpf_ktime_get_ns() clock (CLOCK_MONOTONIC): when held */
 	__u64 released;       /* when the VIF's first frame released it; 0: still held */
-	__u64 dropped;        /* tunnel frames dropped for it */
+	__u64 dropped;        /* tunnel frames kept from the VIF for it */
+	__u32 flags;          /* HOLD_F_* */
+	__u32 relay_src;      /* HOLD_F_RELAY: the tunnel endpoint of the host the VM left */
+	__u64 router_mac;     /* HOLD_F_RELAY: its router's MAC on the VM's network */
+	__u32 inside[2 * MAX_INSIDE];  /* HOLD_F_RELAY: (address, mask) of the router's subnets */
+	__u32 n_inside;
+	__u32 pad;
 };
+#define HOLD_F_ANNOUNCE 1 /* the VIF's first frame goes up: the slow path announces the VM
+			   * (its floating IPs' gratuitous ARPs) ahead of it */
+#define HOLD_F_RELAY 2    /* once released, what the host the VM left relays of its floating
+			   * IP's traffic is kept from the VIF until the hold goes */
 
 struct sb_meter {
 	__u64 rate;           /* tokens per second: bytes (kbps meters) or packets (pktps) */
@@ -280,5 +291,7 @@ struct sb_upcall {
 #define UP_F_TUN 1          /* it came through a tunnel (tun_* hold its key) */
 #define UP_F_CSUM_PARTIAL 2 /* its L4 checksum is partial (the sender left it to the NIC):
 			     * the slow path completes it; any other is left as it came */
+#define UP_F_HELD 4         /* a copy for a held VIF (sbnet_hold.h): the slow path switches
+			     * it without sending it into that VIF, however late it takes it */
 
 #endif

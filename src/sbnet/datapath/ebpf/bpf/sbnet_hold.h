@@ -28,39 +28,68 @@ struct {
 } held_macs SEC(".maps");
 
 /* A frame from a held VIF: the VM runs here now.  Every frame of a held port comes
- * here (the XDP program passes them to this one), so the first one is never missed. */
-static __always_inline void hold_release(struct sb_port *port, __u32 ifindex)
+ * here (the XDP program passes them to this one), so the first one is never missed.
+ * 1: the frame goes up, for the slow path to announce the VM ahead of it. */
+static __always_inline int hold_release(struct sb_port *port, __u32 ifindex)
 {
 	struct sb_hold *h;
 
 	__sync_fetch_and_and(&port->flags, ~(__u32)PORT_F_HELD);
 	h = bpf_map_lookup_elem(&holds, &ifindex);
 	if (!h || h->released)
-		return;
+		return 0;
 	h->released = bpf_ktime_get_ns();
-	bpf_map_delete_elem(&held_macs, &h->mac);
+	if (!(h->flags & HOLD_F_RELAY))
+		bpf_map_delete_elem(&held_macs, &h->mac);
+	return h->flags & HOLD_F_ANNOUNCE ? 1 : 0;
+}
+
+static __always_inline __u64 mac_at(struct __sk_buff *skb, __u32 off)
+{
+	__u8 d[6];
+
+	if (bpf_skb_load_bytes(skb, off, d, 6))
+		return 0;
+	return (__u64)d[0] << 40 | (__u64)d[1] << 32 | (__u64)d[2] << 24 | (__u64)d[3] << 16
+	       | (__u64)d[4] << 8 | d[5];
+}
+
+/* A copy of the VM's floating-IP traffic the host it left relays (holdfilter.Relay): by
+ * tunnel from that host, routed from its router's MAC, IPv4 from outside the router's
+ * subnets. */
+static __always_inline int hold_relayed(struct __sk_buff *skb, struct sb_hold *h, __u32 tun_src)
+{
+	__be16 proto;
+	__be32 src;
+
+	if (tun_src != h->relay_src || mac_at(skb, 6) != h->router_mac)
+		return 0;
+	if (bpf_skb_load_bytes(skb, 12, &proto, 2) || proto != bpf_htons(ETH_P_IP)
+	    || bpf_skb_load_bytes(skb, 26, &src, 4))
+		return 0;
+	__u32 a = bpf_ntohl(src);
+	for (int i = 0; i < MAX_INSIDE; i++) {
+		if (i < h->n_inside && (a & h->inside[2 * i + 1]) == h->inside[2 * i])
+			return 0;
+	}
+	return 1;
 }
 
 /* A tunnel frame: the held VIF its destination MAC is (0: none).  The frame goes through
  * the pipeline as any other (its megaflows are set up, its connection followed, as the
  * VM's traffic will need them once it runs here); only its copy for that VIF is not
- * sent (hold_skip). */
-static __always_inline __u32 hold_target(struct __sk_buff *skb)
+ * sent (hold_skip).  After the VM's first frame, only what its old host relays. */
+static __always_inline __u32 hold_target(struct __sk_buff *skb, __u32 tun_src)
 {
-	__u8 d[6];
-	__u64 mac;
+	__u64 mac = mac_at(skb, 0);
 	__u32 *ifindex;
 	struct sb_hold *h;
 
-	if (bpf_skb_load_bytes(skb, 0, d, 6))
-		return 0;
-	mac = (__u64)d[0] << 40 | (__u64)d[1] << 32 | (__u64)d[2] << 24 | (__u64)d[3] << 16
-	      | (__u64)d[4] << 8 | d[5];
 	ifindex = bpf_map_lookup_elem(&held_macs, &mac);
 	if (!ifindex)
 		return 0;
 	h = bpf_map_lookup_elem(&holds, ifindex);
-	if (!h || h->released)
+	if (!h || (h->released && !((h->flags & HOLD_F_RELAY) && hold_relayed(skb, h, tun_src))))
 		return 0;
 	return *ifindex;
 }
