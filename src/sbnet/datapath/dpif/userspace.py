@@ -321,10 +321,7 @@ class UserspaceDpif:
         if len(res.batch):
             inner = res.batch
             inner.in_port = res.in_port.astype(np.uint32)
-            for p, c in zip(*np.unique(inner.in_port, return_counts=True)):
-                port = self.ports.get(int(p))
-                if port is not None:
-                    port.rx_packets += int(c)
+            self._count_rx(inner.in_port)
             parsed = self._parse(inner)
             keys = parsed.keys
             for name in ("tun_id", "tun_src", "tun_dst", "tun_ipv6_src_hi", "tun_ipv6_src_lo",
@@ -546,15 +543,6 @@ class UserspaceDpif:
     def _count(self, mf: np.ndarray, lengths: np.ndarray, now: float,
                tcp_flags: np.ndarray, keys: np.ndarray, rows: np.ndarray, depth: int) -> None:
         c = self.cache
-        if self.tier is None and self.compiled:
-            count_kernel(mf.astype(np.int64, copy=False), lengths.astype(np.int32, copy=False),
-                         tcp_flags.astype(np.uint64, copy=False), float(now), c.packets, c.bytes,
-                         c.used, c.tcp_flags)
-            if depth == 0:
-                self.tier_packets["software"] += len(mf)
-            return
-        # TCP flags seen per megaflow, as OVS's datapath keeps them (flow records read them).
-        np.bitwise_or.at(c.tcp_flags, mf, tcp_flags.astype(np.uint16))
         if self.tier is not None:
             # The NIC tier counts what it carried; the host counts the rest.  Packets of ct
             # megaflows are the NIC's only when their connection is in its conntrack table.
@@ -567,9 +555,19 @@ class UserspaceDpif:
                 self.tier_packets["nic"] += n_on
                 self.tier_packets["software"] += len(mf) - n_on
             if n_on:
-                mf, lengths = mf[~on], lengths[~on]
+                # The NIC's packets: only the TCP flags seen (the tier counts the rest).
+                np.bitwise_or.at(c.tcp_flags, mf[on], tcp_flags[on].astype(np.uint16))
+                host = ~on
+                mf, lengths, tcp_flags = mf[host], lengths[host], tcp_flags[host]
         elif depth == 0:
             self.tier_packets["software"] += len(mf)
+        if self.compiled:
+            count_kernel(mf.astype(np.int64, copy=False), lengths.astype(np.int32, copy=False),
+                         tcp_flags.astype(np.uint64, copy=False), float(now), c.packets, c.bytes,
+                         c.used, c.tcp_flags)
+            return
+        # TCP flags seen per megaflow, as OVS's datapath keeps them (flow records read them).
+        np.bitwise_or.at(c.tcp_flags, mf, tcp_flags.astype(np.uint16))
         # ufunc.at costs per packet, not per cached megaflow as bincount would.
         np.add.at(c.packets, mf, 1)
         np.add.at(c.bytes, mf, lengths.astype(np.int64))   # same dtype: the fast path
