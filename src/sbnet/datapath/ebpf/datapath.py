@@ -16,6 +16,7 @@ import numpy as np
 
 from sbnet.datapath import odp
 from sbnet.datapath.afpacket import AfPacketDatapath, in_netns
+from sbnet.datapath.arrival import AGAIN
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.ebpf import layout as L, pins
 from sbnet.datapath.ebpf.connsync import ConnSync
@@ -197,6 +198,8 @@ class EbpfDatapath:
         self.announced: list[tuple[int, float, int]] = []       # (VIF, monotonic, frames)
         self.relay_drop: dict[int, str] = {}   # held VIF -> the source whose relay is dropped
         self.relays: dict[int, str] = {}       # arrived VIF -> source whose relay is dropped
+        self.again: dict[int, list[tuple[int, bytes]]] = {}  # arrived VIF -> sent again
+        self.next_again = 0.0
         if self.tier.reopened:
             self.conns.take_up(self.switch.clock())
 
@@ -373,6 +376,7 @@ class EbpfDatapath:
                 self.tier.release(ofport)
             if why != "first frame":
                 self._unhold_port(ofport)
+                self.again.pop(ofport, None)
             if self.held.pop(ofport, None) is not None:
                 self.tier.release(ofport)
                 self._event(ofport, time.monotonic(), why)
@@ -406,9 +410,21 @@ class EbpfDatapath:
                 source = self.relay_drop.pop(ofport, None)
                 if source is not None and st is not None:
                     self.relays[ofport] = source        # the kernel keeps dropping them
+                    if frames:                          # and the VM is announced again
+                        self.again[ofport] = list(frames)
+                        self.next_again = time.monotonic() + AGAIN
                 else:
                     self.tier.release(ofport)
                 self._event(ofport, when, "first frame")
+
+    def _announce_again(self) -> None:
+        """While an old host's relay is dropped, the VM's announcements again (arrival.AGAIN)."""
+        with self.lock:
+            self.next_again = time.monotonic() + AGAIN
+            for out, frame in [f for frames in self.again.values() for f in frames]:
+                port = self.switch.ports.get(out)
+                if port is not None:
+                    port.deliver(Batch.from_packets([frame], out))
 
     def _still_held(self, ofport: int) -> bool:
         st = self.tier.hold_state(ofport)
@@ -503,7 +519,10 @@ class EbpfDatapath:
             if until is not None and now >= until:
                 return
             try:
-                self.poll_once(0.05)
+                wait = max(0.0, min(0.05, self.next_again - now)) if self.again else 0.05
+                self.poll_once(wait)
+                if self.again and time.monotonic() >= self.next_again:
+                    self._announce_again()
             except Exception as exc:          # a bad batch must not stop forwarding for good
                 self.errors += 1
                 self.last_error = repr(exc)
