@@ -261,18 +261,18 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
                         n_out += 1
                     elif op == OP_TUNNEL:
                         t = prog[aid, at + 1]
-                        if not encap_fits(tprm[t], length[g]):
+                        if not encap_fits(tprm, t, length[g]):
                             hand[g, 0] = H_ACTIONS
                             hand[g, 1] = depth
                             hand[g, 2] = aid
                             hand[g, 3] = prog[aid, at + 3]
                             n_hand += 1
                             break
-                        encap_one(data, g, np.int64(start[g]), np.int64(length[g]), tmpl[t],
-                                  tprm[t], enc, g)
+                        encap_one(data, g, np.int64(start[g]), np.int64(length[g]), tmpl, tprm,
+                                  t, enc, g)
                         enc_len[g] = length[g] + np.int32(tprm[t, 1])
                         outs[n_out, 0] = g
-                        outs[n_out, 1] = tprm[t, 6]
+                        outs[n_out, 1] = tprm[t, 7]
                         outs[n_out, 2] = prog[aid, at + 2]
                         n_out += 1
                     elif op == OP_RECIRC:
@@ -449,8 +449,8 @@ class ExpressLane:
             self.tprm = np.concatenate([self.tprm, np.zeros_like(self.tprm)])
             self._state = None
         self.tmpl[t, :tmpl.size] = tmpl
-        self.tprm[t, :6] = prm
-        self.tprm[t, 6] = out_port
+        self.tprm[t, :7] = prm
+        self.tprm[t, 7] = out_port
         self.n_tmpl += 1
         return t
 

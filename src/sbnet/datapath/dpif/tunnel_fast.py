@@ -10,7 +10,7 @@ import numpy as np
 
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
-from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16
+from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16, copy_row_bytes
 from sbnet.datapath.jit import kernel
 from sbnet.datapath.underlay import Underlay
 from sbnet.flows.fields import IP_UDP
@@ -34,8 +34,12 @@ def _byte(d, i, c):
 
 @numba.njit(cache=True, inline="always")
 def _copy(d, i, c, out, o, oc, n):
-    """out[o, oc:oc + n] = d[i, c:c + n], by unsigned indices (numba's fix-up of a signed
-    index that might be negative, on every byte, cost ten times the copy)."""
+    """out[o, oc:oc + n] = d[i, c:c + n]: one memcpy where the rows' bytes are contiguous,
+    else by unsigned indices (numba's fix-up of a signed index
+    that might be negative, on every byte, cost ten times the copy)."""
+    if c >= 0 and oc >= 0 and n > 0 and d.strides[1] == 1 and out.strides[1] == 1:
+        copy_row_bytes(d, i, c, out, o, oc, n)
+        return
     if c < 0 or oc < 0:
         for j in range(n):
             out[o, oc + j] = d[i, c + j]
@@ -94,23 +98,23 @@ def _flow_hash(d, i, start, length):
 
 
 @numba.njit(cache=True, inline="always")
-def encap_fits(prm, length):
-    """Whether an inner frame of `length` bytes fits the MTU once encapsulated (prm as
-    encap_kernel's)."""
-    return 20 + prm[1] - 34 + np.int64(length) <= prm[5]
+def encap_fits(prm, t, length):
+    """Whether an inner frame of `length` bytes fits the MTU once encapsulated (prm[t] as
+    encap_kernel's; rows of a table indexed in place, as a row view costs two reference
+    counts a packet)."""
+    return 20 + prm[t, 1] - 34 + np.int64(length) <= prm[t, 5]
 
 
 @numba.njit(cache=True, inline="always")
-def encap_one(d, i, s, ln, tmpl, prm, out, o):
+def encap_one(d, i, s, ln, tmpl, prm, t, out, o):
     """encap_kernel's work for one frame, row i of d from column s, ln bytes long, into
-    row o of out (the caller checked encap_fits)."""
-    kind, hlen, ptos, pttl, csum = prm[0], prm[1], prm[2], prm[3], prm[4]
+    row o of out (the caller checked encap_fits), as template row t and prm[t] say."""
+    kind, hlen, ptos, pttl, csum = prm[t, 0], prm[t, 1], prm[t, 2], prm[t, 3], prm[t, 4]
     tnl = hlen - 34
     col = HEADROOM + hlen
     h0 = HEADROOM
     _copy(d, i, s, out, o, col, ln)
-    for j in range(np.uint64(hlen)):
-        out[np.uint64(o), np.uint64(h0) + j] = tmpl[j]
+    _copy(tmpl, t, 0, out, o, h0, hlen)
     # TOS and TTL as tunnel._outer_tos_ttl.
     l3, et = _inner_l3(d, i, s)
     ip = (et == 0x0800 or et == 0x86DD) and l3 + 9 <= s + ln
@@ -138,7 +142,8 @@ def encap_one(d, i, s, ln, tmpl, prm, out, o):
     out[o, q + 2] = total >> 8
     out[o, q + 3] = total & 0xFF
     out[o, q + 8] = ttl
-    c = _fold(_sum16(out, o, q, 20)) ^ np.uint64(0xFFFF)
+    # The template's header sums to prm[t, 6] with TOS, length and TTL zero (RFC 1624).
+    c = _fold(np.uint64(prm[t, 6]) + np.uint64(tos + total + (ttl << 8))) ^ np.uint64(0xFFFF)
     out[o, q + 10] = c >> np.uint64(8)
     out[o, q + 11] = c & np.uint64(0xFF)
     l4 = h0 + 34
@@ -169,18 +174,19 @@ def encap_one(d, i, s, ln, tmpl, prm, out, o):
 
 # Kernels with one signature each, compiled (or loaded from the on-disk cache) at import,
 # never in the middle of a packet burst; callers pass exactly these types.
-@kernel("int64(uint8[:, :], int32[:], int32[:], uint8[:], int64[:], uint8[:, :])")
+@kernel("int64(uint8[:, :], int32[:], int32[:], uint8[:, :], int64[:, :], uint8[:, :])")
 def encap_kernel(d, start, length, tmpl, prm, out):
-    """Outer IPv4 headers (from the template tmpl, hdr_len bytes) and inner frames of
-    every row into out; prm: kind, hdr_len, tos (or -1: inherit), ttl (or -1), checksum,
-    mtu.  The inner frame starts at column HEADROOM + hdr_len.  Returns -1, writing
-    nothing, when any packet would exceed the MTU."""
+    """Outer IPv4 headers (from the template tmpl[0], hdr_len bytes) and inner frames of
+    every row into out; prm[0]: kind, hdr_len, tos (or -1: inherit), ttl (or -1), checksum,
+    mtu, the template's IPv4 header sum (push_plan's).  The inner frame starts at column
+    HEADROOM + hdr_len.  Returns -1, writing nothing, when any packet would exceed the
+    MTU."""
     n = start.shape[0]
     for i in range(n):
-        if not encap_fits(prm, length[i]):
+        if not encap_fits(prm, 0, length[i]):
             return -1
     for i in range(n):
-        encap_one(d, i, np.int64(start[i]), np.int64(length[i]), tmpl, prm, out, i)
+        encap_one(d, i, np.int64(start[i]), np.int64(length[i]), tmpl, prm, 0, out, i)
     return 0
 
 
@@ -375,8 +381,8 @@ def _encap_fast(batch, rows, port, tun, underlay, n) -> T.EncapResult | None:
     width = int(length.max())
     cap = (HEADROOM + hlen + width + TAILROOM + 7) & ~7
     out = np.zeros((n, cap), np.uint8)
-    if encap_kernel(batch.data, batch.start.astype(np.int32, copy=False), length, tmpl, prm,
-                    out) < 0:
+    if encap_kernel(batch.data, batch.start.astype(np.int32, copy=False), length, tmpl[None],
+                    prm[None], out) < 0:
         return None
     res = Batch(out, np.full(n, HEADROOM, np.int32), (length + hlen).astype(np.int32),
                 batch.in_port.copy())
@@ -432,8 +438,10 @@ def push_plan(port: T.TunnelPort, tun: dict, underlay: Underlay):
     tmpl = cache.get(tk)
     if tmpl is None:
         tmpl = cache[tk] = _template(port, kind, r, src, dst, key, csum)
+    ip = tmpl[14:34].astype(np.int64)
     prm = np.array([kind, tmpl.size, _INHERIT if port.tos == "inherit" else int(port.tos),
-                    _INHERIT if port.ttl == "inherit" else int(port.ttl), csum, r.mtu], np.int64)
+                    _INHERIT if port.ttl == "inherit" else int(port.ttl), csum, r.mtu,
+                    int((ip[0::2] << 8 | ip[1::2]).sum())], np.int64)
     return tmpl, prm, r.port
 
 
