@@ -10,7 +10,7 @@ import numpy as np
 
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
-from sbnet.datapath.conntrack_kernel import _be, _fold, _sum16, copy_row_bytes
+from sbnet.datapath.conntrack_kernel import _be, _fold, _pseudo4, _sum16, copy_row_bytes
 from sbnet.datapath.jit import kernel
 from sbnet.datapath.underlay import Underlay
 from sbnet.flows.fields import IP_UDP
@@ -163,7 +163,7 @@ def encap_one(d, i, s, ln, tmpl, prm, t, out, o):
     out[o, l4 + 4] = plen >> 8
     out[o, l4 + 5] = plen & 0xFF
     if csum:
-        pseudo = _fold(_sum16(out, o, q + 12, 8)) + np.uint64(17) + np.uint64(plen)
+        pseudo = _fold(_pseudo4(out, o, q)) + np.uint64(17) + np.uint64(plen)
         sm = _fold(pseudo + _fold(_sum16(out, o, l4, tnl)) + _fold(_sum16(out, o, col, ln)))
         c = sm ^ np.uint64(0xFFFF)
         if c == 0:
@@ -263,7 +263,7 @@ def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, 
             continue
         src = _be(d, i, q + 12, 4)
         if ucs != 0:
-            pseudo = _fold(_sum16(d, i, q + 12, 8))
+            pseudo = _fold(_pseudo4(d, i, q))
             sm = _fold(_fold(_sum16(d, i, u, ulen)) + pseudo + np.uint64(17) + np.uint64(ulen))
             if sm != 0xFFFF:
                 res[i, D_STATUS] = _SLOW
