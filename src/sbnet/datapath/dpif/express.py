@@ -18,8 +18,7 @@ from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F
                                              _put16, count_express,
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
-from sbnet.datapath.dpif.smc import (_DEAD, HASHED as _HASHED, _sets, covers_row, hash_rows,
-                                      hash_span, probe_rows)
+from sbnet.datapath.dpif.smc import HASHED as _HASHED, lookup_rows
 from sbnet.datapath.dpif.extract import EXTRACT_SLOTS, extract_kernel
 from sbnet.datapath.dpif.lanestate import LANE_STATE, new_state
 from sbnet.datapath.dpif.tunnel_fast import (D_COLS, D_DST, D_FLAGS, D_ILEN, D_INNER, D_KEY,
@@ -185,31 +184,10 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     n_act = n
     sink = np.uint64(0)
     while n_act:
-        # Hash, probe and verify in separate passes, so the random loads of many packets
-        # overlap instead of waiting on memory one after another (as smc_lookup).
-        if depth == 0 and do_extract and n_act == rows.shape[0]:
-            hash_span(keys, n_act, hashed, hashes)      # rows 0 to n-1, as extract took them
-        else:
-            hash_rows(keys, active, n_act, hashed, hashes)
-        # The rows' first bucket sets, then their flows' match rows and records, read
-        # first in loops of their own: independent loads the core overlaps, where the
-        # probe's and the verify's branches took each miss in turn (with 100,000 flows
-        # these misses were a third of the lane's time).  sink keeps the loads.
-        for a in range(n_act):
-            sink ^= table[_sets(table, hashes[a])[0], 0]
-        probe_rows(table, hashes, n_act, found)
-        for a in range(n_act):
-            f = found[a]
-            if f >= 0:
-                # The cache line of the match row the verify reads (for up to six slots;
-                # the masks rows are few and stay cached) and the flow's record: loads
-                # that wait on none before them.
-                sink ^= matches[f, 0] ^ np.uint64(action_of[f])
-        for a in range(n_act):
-            f = found[a]
-            if f >= 0 and (matches[f, 0] == _DEAD
-                           or not covers_row(keys, active[a], matches[f], masks)):
-                found[a] = -1
+        # Rows 0 to n-1 in order (hash_span) on a whole batch's first pass.
+        sink ^= lookup_rows(keys, active, n_act, depth == 0 and do_extract
+                            and n_act == rows.shape[0], hashed, table, matches, masks,
+                            action_of, hashes, found)[1]
         n_run = 0
         n_next = 0
         for a in range(n_act):
