@@ -705,7 +705,10 @@ class UserspaceDpif:
         t0 = time.process_time()
         n = miss.size
         owner = np.full(n, -1, dtype=np.int64)
-        sub = keys[:, miss]
+        # Every column missed (a burst of new flows): read the keys in place, no copy (the
+        # kernels and the translation only read them).
+        whole = n == keys.shape[1] and np.array_equal(miss, np.arange(n))
+        sub = keys if whole else keys[:, miss]
         index: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         first = 0
         stride = 1
