@@ -204,11 +204,11 @@ def test_the_slow_path_keeps_a_held_vms_tunnel_frames_from_its_vif():
             assert [w for _, _, w in dp.holds()["events"]] == ["held", "first frame"]
 
 
-def test_announce_sends_the_first_frame_up_and_the_relay_is_kept_until_release(tier):
-    """With announcements to send, the VIF's first frame goes up (the slow path sends them
-    ahead of it); from then until release() the floating IP's traffic the old host relays
-    (from its tunnel endpoint, the router's MAC, from outside the router's subnets) is kept
-    from the VIF, as the reference's filter drops it, and nothing else is."""
+def test_the_relay_is_kept_from_the_vif_once_announced_until_release(tier):
+    """Once the VM runs here and the slow path has announced it, until release() the
+    floating IP's traffic the old host relays (from its tunnel endpoint, the router's MAC,
+    from outside the router's subnets) is kept from the VIF, as the reference's filter
+    drops it, and nothing else is."""
     sw = host()
     router = "fa:16:3e:00:00:0a"
     outside, inside = "203.0.113.50", "10.0.0.9"
@@ -221,9 +221,11 @@ def test_announce_sends_the_first_frame_up_and_the_relay_is_kept_until_release(t
     relay = holdfilter.Relay(PEER, MAC, router, ("10.0.0.0/24",))
     tier.hold(VM, _mac(MAC))
     try:
-        tier.on_arrival(VM, True, (TUN[1], _mac(router), [(0x0A000000, 0xFFFFFF00)]))
-        assert tier.run(packets[3][1], VM).verdict == "upcall"       # up, to be announced
-        assert tier.hold_state(VM)[1] > 0
+        got = tier.run(packets[3][1], VM)                            # the VM's first frame
+        assert got.verdict == "forward" and tier.hold_state(VM)[1] > 0
+        # Released, not yet announced: the relay is delivered (the outside still sends there).
+        assert [(o.ofport, o.data) for o in tier.run(relayed[0], TUNNEL, TUN).outputs] == want[0]
+        tier.keep_relay(VM, (TUN[1], _mac(router), [(0x0A000000, 0xFFFFFF00)]))
         wire = [on_the_wire(f) for f in relayed]                     # from the old host
         passes = passed(holdfilter.program([], [4789], [], [relay]), wire)
         assert passes == [False, True, True]

@@ -32,6 +32,9 @@ from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
 
 _RECIRC = F.SLOT_INDEX["recirc_id"]
+# How often the slow path's loop looks for a held VIF's first frame while announcements
+# wait for it (the program forwards the frame and releases the hold by itself).
+ARRIVAL_POLL = 0.003
 from sbnet.flows.flow import Flow
 
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
@@ -196,7 +199,7 @@ class EbpfDatapath:
         self.hold_events: list[tuple[int, float, str]] = []     # (ofport, monotonic, what)
         self.on_arrival: dict[int, list[tuple[int, bytes]]] = {}  # held VIF -> what to send
         self.announced: list[tuple[int, float, int]] = []       # (VIF, monotonic, frames)
-        self.relay_drop: dict[int, str] = {}   # held VIF -> the source whose relay is dropped
+        self.relay_drop: dict[int, tuple] = {}  # held VIF -> (source, its relay's rule)
         self.relays: dict[int, str] = {}       # arrived VIF -> source whose relay is dropped
         self.again: dict[int, list[tuple[int, bytes]]] = {}  # arrived VIF -> sent again
         self.next_again = 0.0
@@ -350,20 +353,19 @@ class EbpfDatapath:
                             relay: dict | None = None) -> None:
         """AfPacketDatapath.announce_on_arrival's: when held VIF `ofport` sends its first
         frame, `frames` ((out port, frame): the VM's and its floating IPs' announcements)
-        leave ahead of it (the program sends that frame up: the slow path sends them as it
-        takes the frame), and from then until release() what `relay` describes
-        (holdfilter.Relay's fields: what the host the VM left relays of its floating IP's
-        traffic) is kept from the VIF by the program."""
+        leave (the slow path's loop looks at the hold every ARRIVAL_POLL seconds while one
+        is expected: the frame itself is forwarded by the program at once), and from then
+        until release() what `relay` describes (holdfilter.Relay's fields: what the host
+        the VM left relays of its floating IP's traffic) is kept from the VIF by the
+        program; before the announcement, the outside still sends there."""
         with self.lock:
             if ofport not in self.held:
                 return
             self.on_arrival[ofport] = [(int(o), bytes(f)) for o, f in frames]
-            rel = None
             if relay:
-                rel = (_ip4(relay["source"]), int(relay["router_mac"].replace(":", ""), 16),
-                       [_cidr4(c) for c in relay["inside"]][:L.MAX_INSIDE])
-                self.relay_drop[ofport] = relay["source"]
-            self.tier.on_arrival(ofport, bool(frames), rel)
+                self.relay_drop[ofport] = (relay["source"], (
+                    _ip4(relay["source"]), int(relay["router_mac"].replace(":", ""), 16),
+                    [_cidr4(c) for c in relay["inside"]][:L.MAX_INSIDE]))
 
     def release(self, ofport: int, why: str = "released") -> None:
         """Deliver the VM's traffic at `ofport` again (no-op if not held), and what its
@@ -407,9 +409,10 @@ class EbpfDatapath:
                     when = time.monotonic()
                     self.announced.append((ofport, when, len(frames)))
                     del self.announced[:-16]
-                source = self.relay_drop.pop(ofport, None)
+                source, rule = self.relay_drop.pop(ofport, (None, None))
                 if source is not None and st is not None:
-                    self.relays[ofport] = source        # the kernel keeps dropping them
+                    self.tier.keep_relay(ofport, rule)
+                    self.relays[ofport] = source        # the kernel keeps them from the VIF
                     if frames:                          # and the VM is announced again
                         self.again[ofport] = list(frames)
                         self.next_again = time.monotonic() + AGAIN
@@ -452,8 +455,6 @@ class EbpfDatapath:
         self.truncated += up.truncated
         self.gso_upcalls += up.segmented
         with self.lock:
-            if self.on_arrival:
-                self._sync_holds()      # a VM's first frame came up: announce it first
             if len(up.events):
                 self.conns.events(up.events, up.kinds, self.switch.clock())
             if len(up.batch):
@@ -520,6 +521,10 @@ class EbpfDatapath:
                 return
             try:
                 wait = max(0.0, min(0.05, self.next_again - now)) if self.again else 0.05
+                if self.on_arrival:
+                    wait = min(wait, ARRIVAL_POLL)
+                    with self.lock:
+                        self._sync_holds()
                 self.poll_once(wait)
                 if self.again and time.monotonic() >= self.next_again:
                     self._announce_again()

@@ -55,7 +55,7 @@ CT_EVENT_DTYPE = np.dtype([("key", CT_KEY_DTYPE), ("tcp", TCP_PEER_DTYPE, (2,))]
 ZONE = struct.Struct("<IIq")                   # struct sb_zone
 HOLD = struct.Struct("<QQQQIIQ8III")           # struct sb_hold
 MAX_INSIDE = 4                                 # sb_hold.inside: (address, mask) pairs
-HOLD_F_ANNOUNCE, HOLD_F_RELAY = 1, 2
+HOLD_F_RELAY = 2
 ICMP_PROTOS = (F.IP_ICMP, F.IP_ICMPV6)
 
 

@@ -299,23 +299,21 @@ class EbpfTier:
         self._write_config()
         self._port_flags(kp, set_=L.PORT_F_HELD)
 
-    def on_arrival(self, ofport: int, announce: bool, relay: tuple | None = None) -> None:
-        """What the held VIF's first frame does besides releasing it: announce (it goes
-        up, for the slow path to announce the VM ahead of it), relay ((source tunnel
-        endpoint, router MAC, [(address, mask), ...] of the router's subnets), 32- and
-        48-bit ints): from then until release() what that host relays of the VM's
-        floating IP's traffic is kept from the VIF (bpf/sbnet_hold.h)."""
+    def keep_relay(self, ofport: int, relay: tuple) -> None:
+        """Once VIF `ofport`'s VM runs here and is announced: until release() what the host
+        it left relays of its floating IP's traffic is kept from the VIF (relay: that
+        host's tunnel endpoint, its router's MAC, [(address, mask), ...] of the router's
+        subnets; ints).  No-op unless the VIF is held (released or not)."""
         kp = self.ports.get(ofport)
         raw = self.m_holds.lookup(L.U32.pack(kp.ifindex)) if kp and ofport in self.held else None
         if raw is None:
             return
         mac, since, released, dropped, *_ = L.HOLD.unpack(raw)
-        src, router, inside = relay or (0, 0, ())
+        src, router, inside = relay
         inside = list(inside)[:L.MAX_INSIDE]
         words = [w for pair in inside for w in pair] + [0] * (2 * (L.MAX_INSIDE - len(inside)))
-        flags = (L.HOLD_F_ANNOUNCE if announce else 0) | (L.HOLD_F_RELAY if relay else 0)
         self.m_holds.update(L.U32.pack(kp.ifindex), L.HOLD.pack(
-            mac, since, released, dropped, flags, src, router, *words, len(inside), 0))
+            mac, since, released, dropped, L.HOLD_F_RELAY, src, router, *words, len(inside), 0))
 
     def hold_state(self, ofport: int) -> tuple[float, float, int] | None:
         """(held since, released at or 0.0, tunnel frames dropped) in time.monotonic()
@@ -334,7 +332,7 @@ class EbpfTier:
         if mac is None or kp is None:
             return
         self._port_flags(kp, clear=L.PORT_F_HELD)
-        self.m_held_macs.delete(mac.to_bytes(8, "little"))    # (the first frame's already)
+        self.m_held_macs.delete(mac.to_bytes(8, "little"))
         self.m_holds.delete(L.U32.pack(kp.ifindex))
         self._write_config()
 

@@ -689,7 +689,8 @@ int sbnet_ingress(struct __sk_buff *skb)
 		th->mf_id = 0;
 		th->passes = 0;
 	}
-	int arrival = (port->flags & PORT_F_HELD) ? hold_release(port, ifindex) : 0;
+	if (port->flags & PORT_F_HELD)
+		hold_release(port, ifindex);
 	struct sb_key *k = &s->key;
 	for (int j = 0; j < K_NWORDS; j++)
 		k->w[j] = 0;
@@ -710,10 +711,10 @@ int sbnet_ingress(struct __sk_buff *skb)
 	}
 	if ((port->flags & PORT_F_TUNNEL) && (cfg->flags & CFG_F_HOLDS))
 		p.held_out = hold_target(skb, k->w[K_TUN_SRC]);
-	if (parse(skb, k, &p) || arrival) {
+	if (parse(skb, k, &p)) {
 		if (th)
 			th->verdict = VERDICT_UPCALL;
-		return upcall(skb, s, &p, cfg, arrival ? ST_MISS : ST_PUNT_PARSE);
+		return upcall(skb, s, &p, cfg, ST_PUNT_PARSE);
 	}
 	/* The frame's length on the wire, as the reference switch counts it. */
 	__u32 wire = skb->len + (skb->vlan_present ? 4 : 0);

@@ -217,10 +217,9 @@ struct sb_hold {
 	__u32 n_inside;
 	__u32 pad;
 };
-#define HOLD_F_ANNOUNCE 1 /* the VIF's first frame goes up: the slow path announces the VM
-			   * (its floating IPs' gratuitous ARPs) ahead of it */
-#define HOLD_F_RELAY 2    /* once released, what the host the VM left relays of its floating
-			   * IP's traffic is kept from the VIF until the hold goes */
+#define HOLD_F_RELAY 2    /* released, and the VM announced by the slow path: what the host
+			   * it left relays of its floating IP's traffic is kept from the VIF
+			   * until the hold goes */
 
 struct sb_meter {
 	__u64 rate;           /* tokens per second: bytes (kbps meters) or packets (pktps) */

@@ -28,20 +28,17 @@ struct {
 } held_macs SEC(".maps");
 
 /* A frame from a held VIF: the VM runs here now.  Every frame of a held port comes
- * here (the XDP program passes them to this one), so the first one is never missed.
- * 1: the frame goes up, for the slow path to announce the VM ahead of it. */
-static __always_inline int hold_release(struct sb_port *port, __u32 ifindex)
+ * here (the XDP program passes them to this one), so the first one is never missed.  The
+ * MAC's entry stays until the hold goes (release()): the slow path, once it has sent the
+ * VM's announcements, may keep what the old host relays from the VIF (HOLD_F_RELAY). */
+static __always_inline void hold_release(struct sb_port *port, __u32 ifindex)
 {
 	struct sb_hold *h;
 
 	__sync_fetch_and_and(&port->flags, ~(__u32)PORT_F_HELD);
 	h = bpf_map_lookup_elem(&holds, &ifindex);
-	if (!h || h->released)
-		return 0;
-	h->released = bpf_ktime_get_ns();
-	if (!(h->flags & HOLD_F_RELAY))
-		bpf_map_delete_elem(&held_macs, &h->mac);
-	return h->flags & HOLD_F_ANNOUNCE ? 1 : 0;
+	if (h && !h->released)
+		h->released = bpf_ktime_get_ns();
 }
 
 static __always_inline __u64 mac_at(struct __sk_buff *skb, __u32 off)
