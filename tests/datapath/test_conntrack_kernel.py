@@ -6,7 +6,7 @@ import ipaddress
 import random
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -228,6 +228,10 @@ def _natted_traffic(r: random.Random, c: Conv):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 10), rounds=st.integers(1, 4))
+# A reply segment 2^31 past its connection's data, behind two in-window ones in one batch:
+# update() (SEQ_GEQ, signed 32-bit) finds it out of the window; the express paths' relative
+# arithmetic let it through where the batch's prefix maxima did not.
+@example(seed=8192, n=4, rounds=4)
 def test_express_nat_and_icmp_same_as_numpy(seed, n, rounds):
     """TCP, UDP and ICMP echo connections, DNATed, SNATed or not, through ct(nat) and
     ct(commit, nat(...)) as the router and load-balancer pipelines run them: the compiled

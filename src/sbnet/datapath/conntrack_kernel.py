@@ -246,7 +246,8 @@ def _established_one(tcp, ci, s_col, d_col, seq, ack, win, plen, liberal):
     if plen == 0:
         seq_r = 0
         end_r = 0
-    ok = liberal or (_srel(s_hi - s_lo) >= end_r and seq_r + dmw >= 0
+    # As conntrack_tcp.established_one: each check signed 32-bit, as update()'s SEQ_GEQ.
+    ok = liberal or (_srel(_srel(s_hi - s_lo) - end_r) >= 0 and _srel(seq_r + dmw) >= 0
                      and ackskew >= -T.MAXACKWINDOW and ackskew <= ack_max)
     if ok:
         tcp[ci, s_col] = s_lo if plen == 0 else (s_lo + max(end_rel, 0)) & 0xFFFFFFFF

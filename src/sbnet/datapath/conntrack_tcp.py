@@ -345,8 +345,10 @@ def established_runs(tcp: np.ndarray, conn: np.ndarray, reply: np.ndarray, seg: 
     empty = pl == 0
     seq_r = np.where(empty, s_lo, _rel(sq, b_s))
     end_r = np.where(empty, s_lo, end_rel)
-    ackskew = d_lo - _rel(ak, b_d)
-    ok = ((s_hi - end_r >= 0) & (seq_r - (s_lo - (d_mw << dws)) >= 0)
+    # Each check is SEQ_GEQ in 32-bit sequence space, as update() makes it: the difference
+    # of two values relative to one origin, taken as signed 32-bit.
+    ackskew = _srel(d_lo - _rel(ak, b_d))
+    ok = ((_srel(s_hi - end_r) >= 0) & (_srel(seq_r - (s_lo - (d_mw << dws))) >= 0)
           & (ackskew >= -MAXACKWINDOW) & (ackskew <= (MAXACKWINDOW << sws)))
     if liberal:
         ok[:] = True
@@ -420,7 +422,10 @@ def established_one(src, dst, seg: Segments, liberal: bool):
         end_r = np.where(empty, 0, end_rel)
     else:
         end_r = end_rel
-    ok = ((_srel(s_hi - s_lo) >= end_r) & (seq_r + dmw >= 0)
+    # SEQ_GEQ(seqhi, end) and SEQ_GEQ(seq, seqlo - max_win) as update() takes them: the
+    # differences signed 32-bit (a segment about 2^31 away straddles the relative origin:
+    # its seq_r and end_r fall on either side of it).
+    ok = ((_srel(_srel(s_hi - s_lo) - end_r) >= 0) & (_srel(seq_r + dmw) >= 0)
           & (ackskew >= -MAXACKWINDOW) & (ackskew <= ack_max))
     if liberal:
         ok[:] = True
