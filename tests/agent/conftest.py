@@ -2,6 +2,7 @@
 
 import pytest
 
+from sbnet.agent.migrationlab import MigrationLab
 from sbnet.agent.netns import BACKENDS, Topology, overlay_pair, require_netns
 from sbnet.agent.realcloud import RealCloud
 
@@ -34,3 +35,20 @@ def cloud(request):
     Topology.cleanup_stale()
     with Topology() as topo:
         yield RealCloud(topo, request.param)
+
+
+@pytest.fixture(params=["reference", "ebpf"])
+def migration_lab(request):
+    """(topology, MigrationLab) on each sbnet datapath in turn: three hosts, the VM that
+    moves, its peer and the outside; closed after the test whatever its outcome."""
+    require_netns()
+    if request.param == "ebpf":
+        from tests.ebpf.conftest import require_bpf
+        require_bpf()
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        lab = MigrationLab.build(topo, request.param)
+        try:
+            yield topo, lab
+        finally:
+            lab.close()

@@ -7,10 +7,6 @@ import struct
 import threading
 import time
 
-import pytest
-
-from sbnet.agent.migrationlab import MigrationLab
-from sbnet.agent.netns import Topology, require_netns
 from sbnet.agent.probes import PingTrain
 from sbnet.agent.slowpath import in_netns
 from sbnet.datapath.arrival import AGAIN
@@ -61,62 +57,54 @@ class ArpCapture:
         self.sock.close()
 
 
-@pytest.mark.parametrize("backend", ["reference", "ebpf"])
-def test_the_destination_switch_announces_the_floating_ip_on_the_vms_first_frame(backend):
-    require_netns()
-    if backend == "ebpf":
-        from tests.ebpf.conftest import require_bpf
-        require_bpf()
-    Topology.cleanup_stale()
-    with Topology() as topo:
-        lab = MigrationLab.build(topo, backend)
-        # The destination's side of the physical network's bridge (RealCloud's wiring).
-        capture = ArpCapture(topo.underlay_ns, "h3-pn0")
-        try:
-            fip_mac = next(p["mac_address"] for p in lab.cloud.api.request("GET", "ports")["ports"]
-                           if p.get("device_owner") == "network:floatingip")
-            pings = PingTrain(topo, lab.mover, lab.peer.address, count=150)
-            time.sleep(0.5)
-            before_activation: list = []
+def test_the_destination_switch_announces_the_floating_ip_on_the_vms_first_frame(migration_lab):
+    topo, lab = migration_lab
+    # The destination's side of the physical network's bridge (RealCloud's wiring).
+    capture = ArpCapture(topo.underlay_ns, "h3-pn0")
+    try:
+        fip_mac = next(p["mac_address"] for p in lab.cloud.api.request("GET", "ports")["ports"]
+                       if p.get("device_owner") == "network:floatingip")
+        pings = PingTrain(topo, lab.mover, lab.peer.address, count=150)
+        time.sleep(0.5)
+        before_activation: list = []
 
-            def switched() -> None:
-                # Nova activates only after this returns: what reaches the outside now was
-                # sent by the destination's switch, the agents announce at activation.
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and len(
-                        [s for s in capture.seen if s[0] == lab.fip]) < 2:
-                    time.sleep(0.01)
-                before_activation.extend(s for s in capture.seen if s[0] == lab.fip)
-                relays.update(topo.hosts["h3"].datapath.holds()["relays"])
-            relays: dict = {}
-            _, t_move = lab.move("h3", switched=switched)
-            t_end = lab.switched[1]
-            gap, replies, sent = pings.gap(timeout=20, at=t_move, until=t_end + 0.5)
-            assert before_activation, "no gratuitous ARP for the floating IP before activation"
-            _, mac, t_garp = before_activation[0]
-            assert mac == fip_mac
-            holds = topo.hosts["h3"].datapath.holds()
-            first = [t for _, t, what in holds["events"] if what == "first frame"]
-            sent_at = [t for _, t, n in holds["announced"] if n >= 1]
-            assert first and sent_at, holds
-            # Sent in the loop iteration that saw the VM's first frame, ahead of it, and on
-            # the wire at once.
-            assert 0 <= first[-1] - sent_at[-1] < 0.05, holds
-            assert t_move <= sent_at[-1] and t_garp - sent_at[-1] < 0.05, (t_move, sent_at, t_garp)
-            # And again, while what h2 relays is dropped (a frame h2 still sends from the
-            # floating IP's MAC would turn the outside back there).
-            assert len(before_activation) >= 2, before_activation
-            assert before_activation[1][2] - t_garp >= AGAIN / 2, before_activation
-            # From the first frame until activation h3 dropped what h2 relayed of the
-            # floating IP's traffic (a copy relayed late is a stale one); activation ends it.
-            assert relays == {lab.mover.ofport: topo.hosts["h2"].underlay_ip}, relays
-            deadline = time.monotonic() + 10
-            while topo.hosts["h3"].datapath.holds()["relays"]:
-                assert time.monotonic() < deadline, "the relay drop outlived activation"
-                time.sleep(0.05)
-            # The switch-over's silence in the ping train (the VM is without an interface
-            # for part of it): bounded, on a loaded machine too.
-            assert gap < 0.5 and replies >= sent - 60, (gap, replies, sent)
-        finally:
-            capture.close()
-            lab.close()
+        def switched() -> None:
+            # Nova activates only after this returns: what reaches the outside now was
+            # sent by the destination's switch, the agents announce at activation.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and len(
+                    [s for s in capture.seen if s[0] == lab.fip]) < 2:
+                time.sleep(0.01)
+            before_activation.extend(s for s in capture.seen if s[0] == lab.fip)
+            relays.update(topo.hosts["h3"].datapath.holds()["relays"])
+        relays: dict = {}
+        _, t_move = lab.move("h3", switched=switched)
+        t_end = lab.switched[1]
+        gap, replies, sent = pings.gap(timeout=20, at=t_move, until=t_end + 0.5)
+        assert before_activation, "no gratuitous ARP for the floating IP before activation"
+        _, mac, t_garp = before_activation[0]
+        assert mac == fip_mac
+        holds = topo.hosts["h3"].datapath.holds()
+        first = [t for _, t, what in holds["events"] if what == "first frame"]
+        sent_at = [t for _, t, n in holds["announced"] if n >= 1]
+        assert first and sent_at, holds
+        # Sent in the loop iteration that saw the VM's first frame, ahead of it, and on
+        # the wire at once.
+        assert 0 <= first[-1] - sent_at[-1] < 0.05, holds
+        assert t_move <= sent_at[-1] and t_garp - sent_at[-1] < 0.05, (t_move, sent_at, t_garp)
+        # And again, while what h2 relays is dropped (a frame h2 still sends from the
+        # floating IP's MAC would turn the outside back there).
+        assert len(before_activation) >= 2, before_activation
+        assert before_activation[1][2] - t_garp >= AGAIN / 2, before_activation
+        # From the first frame until activation h3 dropped what h2 relayed of the
+        # floating IP's traffic (a copy relayed late is a stale one); activation ends it.
+        assert relays == {lab.mover.ofport: topo.hosts["h2"].underlay_ip}, relays
+        deadline = time.monotonic() + 10
+        while topo.hosts["h3"].datapath.holds()["relays"]:
+            assert time.monotonic() < deadline, "the relay drop outlived activation"
+            time.sleep(0.05)
+        # The switch-over's silence in the ping train (the VM is without an interface
+        # for part of it): bounded, on a loaded machine too.
+        assert gap < 0.5 and replies >= sent - 60, (gap, replies, sent)
+    finally:
+        capture.close()
