@@ -253,3 +253,30 @@ c.sendall(bytes(int(sys.argv[1])))
 c.shutdown(socket.SHUT_WR)
 c.recv(1)
 """
+
+
+@pytest.mark.parametrize("kind,peer", [("gre", "ebpf"), ("geneve", "ebpf"), ("geneve", "ovs")])
+def test_gre_and_geneve_are_carried_by_the_slow_path(kind, peer):
+    """This kernel has no GRE or Geneve device: the slow path carries those tunnels through
+    the host's own IP stack (a raw GRE socket, a UDP socket on Geneve's port), to its own
+    kind and to Open vSwitch.  Pings and a TCP stream cross; the megaflows into the tunnel
+    stay in software and say why."""
+    require_bpf()
+    from sbnet.agent.netns import Topology, overlay_pair, require_netns, sh
+    require_netns()
+    Topology.cleanup_stale()
+    with Topology() as topo:
+        p = overlay_pair(topo, "ebpf", peer, kind=kind)
+        assert topo.ping(p.vm1, p.vm2.address, count=3, interval=0.2).returncode == 0
+        server = topo.popen(p.vm2, "python3", "-c", SINK, stdin=None)
+        assert server.stdout.readline().strip() == "ready"
+        sh("python3", "-c", SOURCE, str(1 << 20), netns=p.vm1.netns, timeout=60)
+        out, _ = server.communicate(timeout=30)
+        assert int(out) == 1 << 20
+        lines = p.h1.datapath.dump_megaflows()
+        out_tunnel = [ln for ln in lines if "output:100" in ln or "tnl_push" in ln]
+        assert out_tunnel, lines
+        assert all("tier:software (" in ln for ln in out_tunnel), out_tunnel
+        # Its packets come in through the host's stack, never through the program.
+        into = [ln for ln in lines if "in_port=100," in ln]
+        assert into and all("has no kernel device" in ln for ln in into), into

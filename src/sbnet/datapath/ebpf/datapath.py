@@ -23,6 +23,7 @@ from sbnet.datapath.ebpf.connsync import ConnSync
 from sbnet.datapath.ebpf.libbpf import (XDP_MODES, RingReader, tc_attach_ingress, tc_detach_ingress,
                                         xdp_attach, xdp_detach)
 from sbnet.datapath.ebpf.tier import EbpfTier
+from sbnet.datapath.ebpf.tunsock import TunnelSockets, UnderlayPort
 from sbnet.datapath.ebpf.upcalls import VXLAN_PORT, decode
 from sbnet.datapath.mmsg import Sender
 from sbnet.datapath.ports import Port
@@ -77,35 +78,6 @@ class TxPort(Port):
         drop = [i for i, port in enumerate(batch.in_port.tolist())
                 if port in tunnels and batch.packet(i)[:6] == mac]
         return batch.take(np.setdiff1d(np.arange(len(batch)), drop)) if drop else batch
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class UdpUnderlayPort(Port):
-    """The slow path's underlay port: each tunnel frame the switch encapsulates leaves as the
-    UDP datagram it carries, sent by the host's kernel (its routes and neighbours choose
-    the way), so the switch needs no underlay MACs of its own."""
-
-    def __init__(self, ofport: int, netns: str | None = None) -> None:
-        super().__init__(ofport, "underlay")
-        self.tx_errors = 0
-        with in_netns(netns):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-
-    def deliver(self, batch: Batch) -> None:
-        super().deliver(batch)
-        for pkt in batch.packets():
-            if len(pkt) < 42 or pkt[12:14] != b"\x08\x00" or pkt[23] != socket.IPPROTO_UDP:
-                self.tx_errors += 1
-                continue
-            ihl = (pkt[14] & 15) * 4
-            dst = socket.inet_ntoa(pkt[30:34])
-            dport = int.from_bytes(pkt[14 + ihl + 2:14 + ihl + 4], "big")
-            try:
-                self.sock.sendto(pkt[14 + ihl + 8:], (dst, dport))
-            except OSError:
-                self.tx_errors += 1
 
     def close(self) -> None:
         self.sock.close()
@@ -190,6 +162,7 @@ class EbpfDatapath:
         self._attached: dict[int, int] = {}   # ofport -> ifindex
         self._devices: list[str] = []          # tunnel devices made here, deleted by close()
         self._underlay_port: int | None = None
+        self.tunnel_sockets = TunnelSockets(netns)   # GRE and Geneve: no kernel device here
         self._meters: dict[int, object] = {}    # datapath meter id -> MeterMod in the kernel
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -231,7 +204,15 @@ class EbpfDatapath:
         with self.lock:
             port = self.switch.add_tunnel_port(tunnel, name)
             if tunnel.kind != "vxlan":
-                return port        # the slow path alone carries it (placement says why)
+                # No such device in this kernel: the slow path carries the tunnel through
+                # the host's IP stack (placement keeps its megaflows in software, saying why).
+                try:
+                    sock = self.tunnel_sockets.open(tunnel.kind, tunnel.dst_port)
+                except OSError:
+                    self.switch.remove_port(tunnel.ofport)
+                    raise
+                self.ring.watch(sock.fileno())
+                return port
             ns = ["ip", "netns", "exec", self.netns] if self.netns else []
             kept = self.tier.reopened and subprocess.run(
                 [*ns, "ip", "link", "show", name], capture_output=True).returncode == 0
@@ -304,12 +285,13 @@ class EbpfDatapath:
 
     def underlay(self, op: str, *args) -> None:
         """The slow path's underlay (an Underlay method: add_port, add_local, add_route,
-        add_neighbour); its port sends what the switch encapsulates as UDP through the kernel."""
+        add_neighbour); its port sends what the switch encapsulates through the kernel."""
         if op not in _UNDERLAY_OPS:
             raise ValueError(f"underlay op must be one of {_UNDERLAY_OPS}")
         with self.lock:
             if op == "add_port":
-                self.switch.add_port(args[0], "underlay", port=UdpUnderlayPort(args[0], self.netns))
+                port = UnderlayPort(args[0], self.netns)
+                self.switch.add_port(args[0], "underlay", port=port)
                 self._underlay_port = args[0]
             getattr(self.switch.underlay, op)(*args)
 
@@ -446,11 +428,13 @@ class EbpfDatapath:
     def poll_once(self, timeout: float = 0.1) -> int:
         """Wait up to `timeout` s for upcalls; switch every one that came up (one batch) and
         install its megaflows and established connections in the kernel."""
-        records = self.ring.drain()
-        if not records and self.ring.wait(int(timeout * 1000)):
-            records = self.ring.drain()
+        records, frames = self.ring.drain(), self.tunnel_sockets.receive()
+        if not records and not frames and self.ring.wait(int(timeout * 1000)):
+            records, frames = self.ring.drain(), self.tunnel_sockets.receive()
+        if frames:
+            self._tunnelled(frames)
         if not records:
-            return 0
+            return len(frames)
         up = decode(records, self._underlay_port)
         self.truncated += up.truncated
         self.gso_upcalls += up.segmented
@@ -475,6 +459,14 @@ class EbpfDatapath:
                 self.conns.write_limits()
         self.batches += 1
         return len(up.batch) + len(up.conn_keys)
+
+    def _tunnelled(self, frames: list[bytes]) -> None:
+        """GRE and Geneve packets the host's stack received, switched as the underlay port's
+        (the switch decapsulates them)."""
+        ports = np.full(len(frames), self._underlay_port or 0, dtype=np.uint32)
+        with self.lock:
+            self.switch.process(Batch.from_packets(frames, ports))
+            self._install_new()
 
     def _install_new(self) -> None:
         new, self._offered = self.switch.dpif.flows_since(self._offered)
@@ -563,9 +555,10 @@ class EbpfDatapath:
                 for dev in self._devices:
                     subprocess.run([*ns, "ip", "link", "del", dev], capture_output=True)
             for port in list(self.switch.ports.values()):
-                if isinstance(port, (UdpUnderlayPort, TxPort)):
+                if isinstance(port, (UnderlayPort, TxPort)):
                     port.close()
             self.ring.close()
+            self.tunnel_sockets.close()
             self.tier.close()
             if self.pin is not None and not keep:
                 pins.remove(self.pin, self.netns)

@@ -135,6 +135,7 @@ class KernelPort:
 
 _CT_STATE, _NW_PROTO = F.SLOT_INDEX["ct_state"], F.SLOT_INDEX["nw_proto"]
 _NEW = F.CT_STATE_BITS["new"]
+_IN_PORT = F.SLOT_INDEX["in_port"]
 
 
 def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
@@ -151,6 +152,16 @@ def new_state_refusal(slots, mask, value, kernel_ct: bool) -> str | None:
     if pm & pv not in (pm & F.IP_UDP, pm & F.IP_TCP, pm & F.IP_ICMP):
         return ("match ct_state +new stays in software but for UDP, TCP and ICMP (the "
                 "kernel commits those only)")
+    return None
+
+
+def in_port_refusal(slots, mask, value, ports: dict[int, KernelPort]) -> str | None:
+    """Why a megaflow stays in software because of its in_port, or None: packets of a port
+    with no kernel device (a GRE or Geneve port here: the host's stack brings them to the
+    slow path) never reach the program, so an entry for them would never be hit."""
+    for s, sm, sv in zip(slots, mask, value):
+        if s == _IN_PORT and sm and sv not in ports:
+            return f"in_port {sv} has no kernel device (its packets come up through the slow path)"
     return None
 
 

@@ -366,8 +366,12 @@ class RingReader:
         self._poll = select.poll()
         self._poll.register(map_fd, select.POLLIN)
 
+    def watch(self, fd: int) -> None:
+        """Wake wait() for input on `fd` too (the slow path's own sockets)."""
+        self._poll.register(fd, select.POLLIN)
+
     def wait(self, timeout_ms: int) -> bool:
-        """Block until a record is there (or timeout_ms passes)."""
+        """Block until a record is there, or input on a watched fd (or timeout_ms passes)."""
         return bool(self._poll.poll(timeout_ms))
 
     def drain(self, limit: int = 1 << 16) -> list[bytes]:

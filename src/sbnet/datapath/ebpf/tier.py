@@ -35,6 +35,7 @@ _PROTO = F.SLOT_INDEX["nw_proto"]
 _L4_PROTOS = frozenset((0xFF, p) for p in (F.IP_TCP, F.IP_UDP, F.IP_SCTP))
 _FREE_VALUES_L4 = _FREE_VALUES | {F.SLOT_INDEX["tp_src"]}
 _TP_SRC = F.SLOT_INDEX["tp_src"]
+_IN_PORT = F.SLOT_INDEX["in_port"]
 _PLACEMENTS = 4096             # placements remembered
 _RUN = 8                       # megaflows of one translation put together from this many
 _NO_PEERS = (0,) * 12          # sb_ct_val.tcp of a connection the program does not track
@@ -359,7 +360,8 @@ class EbpfTier:
         p = self._place(mf)
         if p.tier == "nic":
             try:
-                why = L.new_state_refusal(mf.slots, mf.mask, mf.value, self.kernel_ct)
+                why = (L.in_port_refusal(mf.slots, mf.mask, mf.value, self.ports)
+                       or L.new_state_refusal(mf.slots, mf.mask, mf.value, self.kernel_ct))
                 if why:
                     raise L.NotInKernel(why)
                 mask, value = L.key_words(mf.slots, mf.mask, mf.value)
@@ -423,6 +425,9 @@ class EbpfTier:
         if any(mf.mf_id in self._entries for mf in run):
             return None
         values = np.array([mf.value for mf in run], dtype=np.uint64).reshape(len(run), -1)
+        if _IN_PORT in mf0.slots and not np.isin(values[:, mf0.slots.index(_IN_PORT)],
+                                                 list(self.ports)).all():
+            return None
         cols = [j for j, s in enumerate(mf0.slots) if s not in _FREE_VALUES_L4]
         if _TP_SRC in mf0.slots and not self._l4_only(mf0, values):
             cols.append(mf0.slots.index(_TP_SRC))

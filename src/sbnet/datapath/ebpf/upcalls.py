@@ -9,6 +9,7 @@ import numpy as np
 
 from sbnet.datapath.batch import Batch
 from sbnet.datapath.checksum import fold, ones_sum
+from sbnet.datapath.ebpf.tunsock import udp_frame
 from sbnet.datapath.gso import segment
 from sbnet.datapath.ebpf import layout as L
 from sbnet.flows import fields as F
@@ -114,15 +115,8 @@ def decode(records: list[bytes], underlay_port: int | None) -> Upcalls:
 def outer(inner: bytes, vni: int, src: int, dst: int) -> bytes:
     """An Ethernet/IPv4/UDP/VXLAN frame around `inner`, as the kernel's VXLAN device received
     it (the slow path decapsulates it again, so its switch sees the tunnel key)."""
-    udp_len = 8 + 8 + len(inner)
-    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, src, dst))
-    total = sum(struct.unpack("!10H", bytes(ip)))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    ip[10:12] = struct.pack("!H", ~total & 0xFFFF)
-    udp = struct.pack("!HHHH", 49152, VXLAN_PORT, udp_len, 0)
-    return (b"\x02\0\0\0\0\x01" * 2 + b"\x08\x00" + bytes(ip) + udp
-            + struct.pack("!II", 0x08000000, vni << 8) + inner)
+    return udp_frame(struct.pack("!II", 0x08000000, vni << 8) + inner, src, dst, 49152,
+                     VXLAN_PORT)
 
 
 def _u16(d: np.ndarray, rows: np.ndarray, col: np.ndarray) -> np.ndarray:
