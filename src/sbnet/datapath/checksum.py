@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 try:  # C implementation (SSE4.2/ARMv8 CRC instructions) when installed
@@ -86,6 +88,15 @@ def ones_sum(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndar
     np.clip(idx, 0, data.shape[1] - 1, out=idx)
     b = np.where(inside, data[np.arange(n)[:, None], idx], 0).astype(np.uint8)
     return fold(ones_sum_bytes(b))
+
+
+def header_checksum(header: bytes) -> int:
+    """internet_checksum of a short even-length header (an IPv4 header, its checksum field
+    zero) in plain Python: about a microsecond, where numpy's calls cost tens."""
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def internet_checksum(buf: bytes) -> int:
