@@ -406,6 +406,12 @@ class HostAgent:
         self._thread.start()
         return self
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the agent is asked to stop: by stop(), or by its command's signal handler
+        (the command's own loop waits on it too)."""
+        return self._stop
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

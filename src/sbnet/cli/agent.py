@@ -391,7 +391,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"--nic-channel: {exc}") from None
         import faulthandler
         faulthandler.register(signal.SIGUSR1)         # `kill -USR1`: where is it stuck?
-        stop = lambda *_: a._stop.set()  # noqa: E731
+        stop = lambda *_: a.stopping.set()  # noqa: E731
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
@@ -426,7 +426,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"{host}: following {api} on {datapath}")
         import time
         reported = time.monotonic()
-        while not a._stop.is_set():
+        while not a.stopping.is_set():
             try:
                 r = a.step(wait)
                 if time.monotonic() - reported >= stats_every:
@@ -434,7 +434,7 @@ def register(app: typer.Typer) -> None:
                     a.report_counters()
             except Exception as exc:           # keep following; the next revision may be fine
                 report(exc)
-                a._stop.wait(1.0)
+                a.stopping.wait(1.0)
                 continue
             if r is not None and len(a.history) == 1:
                 # The first sync made the long-lived objects (the pipeline, the mirror):
