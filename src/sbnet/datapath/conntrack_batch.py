@@ -137,9 +137,7 @@ def _general_tcp(ct, p, rows, c, rp, now) -> np.ndarray:
     """Any TCP segment of a connection with no other row in the batch (T.update_many)."""
     tab = ct.table
     fl = p.flags[rows]
-    ws = np.zeros(rows.size, dtype=np.int64)
-    for j in np.flatnonzero(fl & T.SYN).tolist():
-        ws[j] = p.wscale(int(rows[j]))
+    ws = np.where(fl & T.SYN, p.wscales(rows), 0)
     update = update_many_compiled if ct.compiled else T.update_many
     res, tm = update(tab.tcp, c, rp, fl, p.seq[rows], p.ack[rows], p.win[rows], p.plen[rows], ws,
                      ct.tcp_liberal)
@@ -297,7 +295,7 @@ def bulk_new(ct, b: CtBatch, slow: np.ndarray) -> np.ndarray:
         r = rows[t]
         blk.view(np.int64)[t, C_TCP:C_TCP + 10] = T.new_peers_many(
             p.flags[r], p.seq[r], p.win[r], p.plen[r],
-            [p.wscale(int(i)) for i in r]).reshape(-1, 10)
+            p.wscales(r)).reshape(-1, 10)
     slots = tab.create_many(blk, h[ci], rh[ci], zu, zc)
     b.st[rows] = NEW | (SNAT_BIT if act == SNAT else DNAT_BIT if act else 0)
     b.conn[rows] = slots

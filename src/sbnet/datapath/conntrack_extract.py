@@ -184,8 +184,7 @@ def extract_compiled(batch, parsed, rows: np.ndarray, zones: np.ndarray,
             r = rows[syn]
             s = parsed.l4[r].astype(np.int64) + 20
             doff = (data[r, s - 8].astype(np.int64) >> 4) * 4
-            opt = doff > 20
-            p._opts.update(dict.fromkeys(syn[~opt].tolist(), b""))   # no options: no slicing
+            opt = doff > 20           # rows without options are not kept (wscale 0)
             for i, r, s, doff in zip(syn[opt].tolist(), r[opt].tolist(), s[opt].tolist(),
                                      doff[opt].tolist()):
                 p._opts[i] = data[r, s:s + doff - 20].tobytes()

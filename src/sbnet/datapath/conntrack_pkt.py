@@ -49,7 +49,7 @@ class PacketInfo:
         self.ack = np.zeros(m, dtype=np.int64)
         self.win = np.zeros(m, dtype=np.int64)
         self.plen = np.zeros(m, dtype=np.int64)
-        self._opts: dict[int, bytes] = {}
+        self._opts: dict[int, bytes] = {}      # TCP options of SYN rows that have any
 
     def tuple_words(self, li: np.ndarray) -> np.ndarray:
         return self.words[li]
@@ -66,6 +66,18 @@ class PacketInfo:
 
     def wscale(self, i: int) -> int:
         return get_wscale(self._opts.get(i, b""))
+
+    def wscales(self, idx: np.ndarray) -> np.ndarray:
+        """wscale() of the rows idx (int64): zero for rows without options, so a batch of
+        option-less SYNs costs no call per row."""
+        out = np.zeros(len(idx), dtype=np.int64)
+        if self._opts:
+            opts = self._opts
+            for j, i in enumerate(idx.tolist()):
+                o = opts.get(i)
+                if o:
+                    out[j] = get_wscale(o)
+        return out
 
 
 class CtBatch:
@@ -229,7 +241,7 @@ def extract(batch: Batch, parsed: Parsed, rows: np.ndarray, zones: np.ndarray,
         p.flags[ti] = ((h[:, 12] & 1) << 8) | h[:, 13]
         p.win[ti] = (h[:, 14] << 8) | h[:, 15]
         p.plen[ti] = l3end[ti] - l4[ti] - doff
-        syn = np.flatnonzero(h[:, 13] & 2)
+        syn = np.flatnonzero(((h[:, 13] & 2) != 0) & (doff > 20))
         for j in syn.tolist():
             r = int(rows[ti[j]])
             s = int(l4[ti[j]]) + 20

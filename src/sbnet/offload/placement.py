@@ -120,15 +120,59 @@ def _rule_part(rule: MatchRule, masks: dict, vals: dict) -> tuple[int, int]:
     return m, v
 
 
+class _Applicable:
+    """What a profile's match rules make of megaflows whose prerequisite slots (eth_type,
+    nw_proto...) hold the same masks and values: the rules that apply, the bits they cover
+    per slot, and which slots' fields exist in such packets.  Megaflows of one packet type
+    share it, so placing one costs no pass over the profile's rules and the registry."""
+
+    def __init__(self, profile: Profile, masks: dict, vals: dict) -> None:
+        self.rules = [r for r in profile.match.values() if _prereqs_hold(r.prereqs, masks, vals)]
+        self.covered: dict[int, int] = {}     # slot -> bits the applicable rules cover
+        for r in self.rules:
+            for rs, bits, _ in r.bits:
+                self.covered[rs] = self.covered.get(rs, 0) | bits
+        self.present: dict[int, bool] = {}    # filled as slots are met
+
+    def has(self, s: int, masks: dict, vals: dict) -> bool:
+        got = self.present.get(s)
+        if got is None:
+            got = self.present[s] = _present(s, masks, vals)
+        return got
+
+
+# id(profile) -> (profile, its prerequisite slots, _Applicable per prerequisite signature)
+_APPLICABLE: dict[int, tuple[Profile, tuple, dict]] = {}
+
+
+def _applicable(profile: Profile, masks: dict, vals: dict) -> _Applicable:
+    entry = _APPLICABLE.get(id(profile))
+    if entry is None or entry[0] is not profile:
+        bits: dict[int, int] = {}       # prerequisite slot -> the bits prerequisites read
+        prereqs = [r.prereqs for r in profile.match.values()]
+        prereqs += [f.prereqs for flds in _registry_by_slot().values() for f, _ in flds]
+        for pr in prereqs:
+            for s, b, *_ in _prereq_bits(pr):
+                bits[s] = bits.get(s, 0) | b
+        if len(_APPLICABLE) >= 64:     # profiles loaded again and again (tests): keep few
+            _APPLICABLE.clear()
+        entry = _APPLICABLE[id(profile)] = (profile, tuple(sorted(bits.items())), {})
+    _, slots, by_sig = entry
+    sig = tuple((masks.get(s, 0) & b, vals.get(s, 0) & b) for s, b in slots)
+    got = by_sig.get(sig)
+    if got is None:
+        if len(by_sig) >= 4096:       # packet types are few; bound it all the same
+            by_sig.clear()
+        got = by_sig[sig] = _Applicable(profile, masks, vals)
+    return got
+
+
 def _match_blockers(profile: Profile, masks: dict, vals: dict) -> list[str]:
     why: list[str] = []
-    rules = [r for r in profile.match.values() if _prereqs_hold(r.prereqs, masks, vals)]
-    covered: dict[int, int] = {}        # slot -> bits the applicable rules cover
-    for r in rules:
-        for rs, bits, _ in r.bits:
-            covered[rs] = covered.get(rs, 0) | bits
+    app = _applicable(profile, masks, vals)
+    rules, covered = app.rules, app.covered
     for s, m in sorted(masks.items()):
-        if not m or not _present(s, masks, vals):
+        if not m or not app.has(s, masks, vals):
             continue
         left = m & ~covered.get(s, 0)
         if left:
@@ -194,12 +238,25 @@ def _text(a) -> str:
         return action_name(a)
 
 
+class _Text:
+    """An action's text, made when a reason is formatted with it."""
+
+    __slots__ = ("a",)
+
+    def __init__(self, a) -> None:
+        self.a = a
+
+    def __format__(self, spec: str) -> str:
+        return format(_text(self.a), spec)
+
+
 def _action_blockers(profile: Profile, actions: tuple, masks: dict, vals: dict) -> list[str]:
     why: list[str] = []
     eth_type = vals.get(_ETH_TYPE) if masks.get(_ETH_TYPE) == 0xFFFF else None
     depth = 1 if eth_type in (F.ETH_MPLS, F.ETH_MPLS_MC) else 0
     for a in actions:
-        name, text = action_name(a), _text(a)
+        name = action_name(a)
+        text = _Text(a)          # printed only when a blocker names it
         rule = profile.actions.get(name)
         if rule is None:
             because = profile.refused_actions.get(name, f"not supported by {profile.nic}")
