@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numba
 import numpy as np
 
@@ -247,6 +249,17 @@ def claim_many_kernel(keys, hashes, order, matches, flows, owner):
         _claim(keys, hashes, order, matches[f], owner, f)
 
 
+def resident_zeros(shape: tuple, dtype) -> np.ndarray:
+    """np.zeros whose pages the kernel maps at once (MAP_POPULATE: one call, no fault per
+    page later); plain np.zeros where the platform has no such mapping."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if not populate or not size:
+        return np.zeros(shape, dtype=dtype)
+    mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return np.frombuffer(mem, dtype=dtype).reshape(shape)
+
+
 def match_row(slots: tuple, mask: tuple, value: tuple) -> np.ndarray:
     """A flow's match as one row [k, slot, mask, value, ...] (what the cache verifies)."""
     row = np.empty(1 + 3 * len(slots), dtype=np.uint64)
@@ -279,8 +292,11 @@ class SignatureCache:
     the [k, slot, mask, value, ...] rows the miss path's kernels take."""
 
     def __init__(self, bits: int = 18, width: int = 24) -> None:
-        # Zeroed memory (0 is an empty bucket): pages a small switch never touches cost nothing.
-        self.table = np.zeros((1 << bits, 2), dtype=np.uint64)
+        # Zeroed memory (0 is an empty bucket), resident from the start: a burst of new
+        # flows writes buckets all over the table, and faulting its pages in one by one
+        # then (a read fault, then a copy-on-write one, each page) cost more host CPU than
+        # the inserts (as ovs-vswitchd --mlockall, which makes its memory resident).
+        self.table = resident_zeros((1 << bits, 2), np.uint64)
         self.width = width
         self.matches = np.full((1024, (2 + width + 7) & ~7), _DEAD, dtype=np.uint64)
         self.wide = np.full((1024, 1 + 3 * width), _DEAD, dtype=np.uint64)
