@@ -286,3 +286,33 @@ def test_express_translates_established_nat_and_answers_pings():
         bit = {("dst", 0): "dnat", ("dst", 1): "snat", ("src", 0): "snat", ("src", 1): "dnat"}
         assert flags(st) == "+est" + ("+rpl" if d else "") + "+trk" + (
             f"+{bit[c.nat, d]}" if c.nat else "")
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), capacity=st.sampled_from([8, 64, 1024]))
+def test_compiled_index_maps_as_numpys(seed, capacity):
+    """The index's compiled lookups and bulk inserts against its numpy rounds, through
+    inserts, deletes, growth and dead slots: every key maps to the same value, in the
+    same slot."""
+    from sbnet.datapath.conntrack_index import HashIndex, stored
+    rng = random.Random(seed)
+    idx = {c: HashIndex(capacity, compiled=c) for c in (True, False)}
+    ref: dict[int, int] = {}
+    keys: list[int] = []
+    for step in range(40):
+        new = [x for x in {stored(rng.getrandbits(rng.choice((6, 64)))) for _ in range(
+            rng.randrange(1, 120))} if x not in ref]
+        vals = np.arange(len(new), dtype=np.int64) + 1000 * step
+        for i in idx.values():
+            i.insert_many(np.array(new, dtype=np.uint64), vals)
+        ref.update(zip(new, vals.tolist()))
+        keys += new
+        for k in rng.sample(sorted(ref), min(len(ref), rng.randrange(0, 40))):
+            assert all(i.delete(k) for i in idx.values())
+            del ref[k]
+        probe = np.array(keys + [stored(rng.getrandbits(64)) for _ in range(5)], np.uint64)
+        want = [ref.get(int(k), -1) for k in probe.tolist()]
+        for i in idx.values():
+            assert i.get_many(probe).tolist() == want
+            assert (len(i), i.dead) == (len(ref), idx[False].dead)
+        assert np.array_equal(idx[True].kv, idx[False].kv)

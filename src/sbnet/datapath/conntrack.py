@@ -163,7 +163,7 @@ class Conntrack:
             ("packets", "lookups_hit", "fast_path", "committed", "deleted", "expired",
              "invalid", "conntrack_full", "zone_full", "nat_exhausted",
              "tcp_seq_chk_failed", "tcp_invalid_flags", "related"), 0)
-        self.table = ConnTable(capacity, self.stats)
+        self.table = ConnTable(capacity, self.stats, compiled)
         self.view = ConnView(self)
 
     def __len__(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sbnet.datapath.jit import kernel
+
 EMPTY, TOMB = 0, 1
 _TOP = np.uint64(1 << 63)
 _SCALAR = 8      # get_many finishes this many keys (or fewer) one by one
@@ -16,16 +18,72 @@ def stored(h):
     return h | (1 << 63)
 
 
+@kernel("void(uint64[:, :], uint64[:], int64[:])")
+def get_many_kernel(kv, h, out):
+    """HashIndex.get_many compiled: out[i] the value under h[i], -1 when absent."""
+    mask = np.uint64(kv.shape[0] - 1)
+    for r in range(h.shape[0]):
+        key = h[r]
+        i = np.int64(key & mask)
+        while True:
+            k = kv[i, 0]
+            if k == key:
+                out[r] = np.int64(kv[i, 1])
+                break
+            if k == EMPTY:
+                out[r] = -1
+                break
+            i = (i + 1) & np.int64(mask)
+
+
+@kernel("int64(uint64[:, :], uint64[:], int64[:])")
+def insert_many_kernel(kv, h, v):
+    """HashIndex.insert_many's claim rounds compiled, once the table has room (each key
+    lands where numpy's rounds put it: in a round every key still unplaced tries its
+    slot; the first to try a slot free at the round's start takes it, the others move
+    one slot on); returns the dead slots reused."""
+    mask = np.int64(kv.shape[0] - 1)
+    n = h.shape[0]
+    pos = np.empty(n, np.int64)
+    act = np.empty(n, np.int64)
+    for r in range(n):
+        pos[r] = np.int64(h[r] & np.uint64(mask))
+        act[r] = r
+    reused = 0
+    left = n
+    while left:
+        nxt = 0
+        for t in range(left):
+            r = act[t]
+            p = pos[r]
+            k = kv[p, 0]
+            if k <= TOMB:        # free at the round's start: a claim this round fills it
+                if k == TOMB:
+                    reused += 1
+                kv[p, 0] = h[r]
+                kv[p, 1] = np.uint64(v[r])
+            else:
+                pos[r] = (p + 1) & mask
+                act[nxt] = r
+                nxt += 1
+        left = nxt
+    return reused
+
+
 class HashIndex:
     """Map of 64-bit keys (already `stored()`) to int64 values, linear probing.
 
     Lookups of many keys run as a few vectorized probe rounds; inserts and
     deletes are per key (they happen on the per-connection path).  Deleted
     slots become tombstones; the table is rebuilt when live + dead slots
-    pass half its size.
+    pass half its size.  compiled: get_many and insert_many as one native pass
+    each (get_many_kernel, insert_many_kernel); False keeps the numpy rounds,
+    the reference they are checked against.  Where a key lands may differ between
+    the two; what each key maps to does not.
     """
 
-    def __init__(self, capacity: int = 1 << 12):
+    def __init__(self, capacity: int = 1 << 12, compiled: bool = True):
+        self.compiled = compiled
         size = 1 << max(4, (capacity * 2 - 1).bit_length())
         self._init(size)
 
@@ -45,6 +103,10 @@ class HashIndex:
     def get_many(self, h: np.ndarray) -> np.ndarray:
         """Values for keys h (uint64, stored form), -1 where absent."""
         n = len(h)
+        if self.compiled:
+            res = np.empty(n, dtype=np.int64)
+            get_many_kernel(self.kv, np.ascontiguousarray(h, dtype=np.uint64), res)
+            return res
         res = np.full(n, -1, dtype=np.int64)
         keys, vals, mask = self.keys, self.vals, np.uint64(self.mask)
         pos = (h & mask).astype(np.intp)
@@ -150,6 +212,11 @@ class HashIndex:
             self._init(size * 2)
             if len(oh):
                 self.insert_many(oh, ov)
+        if self.compiled:
+            self.dead -= insert_many_kernel(self.kv, np.ascontiguousarray(h, dtype=np.uint64),
+                                            np.ascontiguousarray(v, dtype=np.int64))
+            self.used += len(h)
+            return
         keys, vals, m = self.keys, self.vals, self.mask
         pos = (h & np.uint64(m)).astype(np.intp)
         act = np.arange(len(h))

@@ -126,9 +126,9 @@ class ConnTable:
     (committed, deleted, expired are counted here).
     """
 
-    def __init__(self, capacity: int, stats: dict[str, int]):
+    def __init__(self, capacity: int, stats: dict[str, int], compiled: bool = True):
         self.stats = stats
-        self.index = HashIndex(capacity)
+        self.index = HashIndex(capacity, compiled)
         self.overflow: dict[tuple, int] = {}
         self.free: list[int] = []
         self.zone_count: dict[int, int] = {}
