@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import NamedTuple
 
 import numba
@@ -15,7 +14,7 @@ from sbnet.datapath.parse import Parsed
 from sbnet.datapath.tunnel import TNL_F_OAM
 from sbnet.datapath.conntrack_kernel import (F_CHECKSUMS, F_COMMIT, F_LIBERAL, F_NAT, W_ELIG,
                                              TIMEOUTS as CT_TIMEOUTS, WORK_W, _be, _csum_replace,
-                                             _put16, count_express,
+                                             _put16, borrowed, count_express,
                                              express_kernel as ct_kernel)
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.smc import HASHED as _HASHED, lookup_rows
@@ -102,11 +101,22 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     place (start, length and in_port, as OVS pops a header by moving the packet's start),
     else the lane returns -1 (some frame is not; tun says which) or -2 (some frame is the
     numpy decap's) having changed nothing else.  Returns the number of rows handed back."""
-    table, matches, action_of, prog = s.table, s.matches, s.action_of, s.prog
-    packets, nbytes, used, tcp_flags = s.packets, s.nbytes, s.used, s.tcp_flags
-    tmpl, tprm, kv, mem, tmo = s.tmpl, s.tprm, s.kv, s.mem, s.tmo
-    mark, count, stats, zero = s.mark, s.count, s.stats, s.zero
-    masks = s.masks
+    # Every array borrowed (see borrowed()): rows of them are viewed and handed to
+    # helpers row by row (the frames to _flow_hash, match rows to the verify), each
+    # a reference counted twice, atomically, where a borrowed view's is a null test.
+    table, matches, action_of = borrowed(s.table), borrowed(s.matches), borrowed(s.action_of)
+    packets, nbytes, used = borrowed(s.packets), borrowed(s.nbytes), borrowed(s.used)
+    tcp_flags, prog, tmpl, tprm = (borrowed(s.tcp_flags), borrowed(s.prog), borrowed(s.tmpl),
+                                   borrowed(s.tprm))
+    kv, mem, tmo, mark = borrowed(s.kv), borrowed(s.mem), borrowed(s.tmo), borrowed(s.mark)
+    count, stats, zero, masks = (borrowed(s.count), borrowed(s.stats), borrowed(s.zero),
+                                 borrowed(s.masks))
+    data, start, length, in_port = (borrowed(data), borrowed(start), borrowed(length),
+                                    borrowed(in_port))
+    keys, l3, l4, error, rows = (borrowed(keys), borrowed(l3), borrowed(l4), borrowed(error),
+                                 borrowed(rows))
+    tun, enc, enc_len, outs, hand = (borrowed(tun), borrowed(enc), borrowed(enc_len),
+                                     borrowed(outs), borrowed(hand))
     if decap:
         if decap_kernel(data, start, length, s.local4, s.local6, s.udp_ports, s.udp_kinds,
                         s.tports, tun):
@@ -308,14 +318,18 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
         depth += 1
     stats[0] = n_out
     stats[1] = hits
-    # Every row output once, in order (the common burst): the batch can go out as it is.
-    same = n_out == rows.shape[0]
+    # Every row of the batch output once, in order (the common burst): the batch can go
+    # out as it is.
+    same = n_out == rows.shape[0] and n_out == start.shape[0]
     for k in range(n_out):
         if not same:
             break
-        same = outs[k, 0] == rows[k] and outs[k, 1] == outs[0, 1] and outs[k, 2] == outs[0, 2]
+        same = outs[k, 0] == k and outs[k, 1] == outs[0, 1] and outs[k, 2] == outs[0, 2]
     stats[2] = 1 if same else 0
     stats[3] = np.int64(sink & np.uint64(0xFF))
+    # The one place of a whole batch, read back with the counters (no numpy scalars).
+    stats[4] = outs[0, 1] if same and n_out else -1
+    stats[5] = outs[0, 2] if same and n_out else -1
     return n_hand
 
 
@@ -337,8 +351,9 @@ class ExpressLane:
         self.n_tmpl = 0
         self._version = self._generation = -1
         # ct's (conntrack_kernel.S_*), then the lane's: outputs, rows the cache took,
-        # whole batch out, and a byte of what its touch loops read (so they are kept).
-        self._stats = np.zeros(7, np.int64)
+        # whole batch out, a byte of what its touch loops read (so they are kept), and
+        # the port and tunnel port of a whole batch.
+        self._stats = np.zeros(9, np.int64)
         # A batch's keys, offsets, hand-back and output records, in buffers kept across
         # batches (see _buffers): allocating and zeroing them cost more than the lane's
         # work on a small batch (a key column is 736 bytes).
@@ -535,22 +550,30 @@ class ExpressLane:
 
     def _current(self, plan: tuple | None):
         """The lane state, rebuilt if one of its arrays was replaced (plan: the decap plan
-        the call needs; None: any)."""
-        ext = self._arrays()
-        if self._state is None or not all(map(operator.is_, ext, self._ext)) or (
-                plan is not None and plan is not self._plan):
-            self._new_state(ext, plan or self._plan)
+        the call needs; None: any).  Checked array by array, in _arrays' order: building
+        that tuple to compare cost a third of a microsecond a batch more."""
+        d = self.dpif
+        smc, c, tab = d.smc, d.cache, d.conntrack.table
+        e = self._ext
+        if self._state is None or (plan is not None and plan is not self._plan) or not (
+                smc.table is e[0] and smc.matches is e[1] and c.action_of is e[2]
+                and c.packets is e[3] and c.bytes is e[4] and c.used is e[5]
+                and c.tcp_flags is e[6] and tab.index.kv is e[7] and tab.mem is e[8]
+                and tab.scratch(np.int8) is e[9] and tab.scratch(np.int64) is e[10]
+                and smc.masks is e[11]):
+            self._new_state(self._arrays(), plan or self._plan)
         return self._state
 
     def _result(self, parsed, rows, outs, hand, n_hand: int, enc, enc_len) -> LaneResult:
         v = self._stats.tolist()        # one conversion, not a numpy scalar per counter
-        smc = self.dpif.smc
+        d = self.dpif
+        smc = d.smc
         smc.lookups += v[4]
         smc.hits += v[4]
         if v[0]:
-            count_express(self.dpif.conntrack.stats, v[:3])
-        return LaneResult(parsed, rows, outs[:v[3]], bool(v[5]), hand, n_hand, enc,
-                          enc_len)
+            count_express(d.conntrack.stats, v)
+        return LaneResult(parsed, rows, outs[:v[3]], v[5] == 1, hand, n_hand, enc,
+                          enc_len, v[7], v[8])
 
     def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
@@ -595,11 +618,13 @@ class LaneResult(NamedTuple):
     parsed: Parsed          # the batch's keys as the lane left them (recirc_id, ct_* set)
     rows: np.ndarray
     outs: np.ndarray        # (row, port, tunnel ofport or -1) per output
-    whole: bool             # every row output once, in order, to one place
+    whole: bool             # every row of the batch output once, in order, to one place
     hand: np.ndarray        # per row: (H_*, pass, action id, first action still to run)
     n_hand: int
     enc: np.ndarray         # outer frames of tunnelled rows
     enc_len: np.ndarray
+    port: int               # whole: the port every row went out of
+    tnl: int                # ... and its tunnel port (-1: a plain output)
 
 
 # SetFields the lane writes itself: (header, field names) -> one step per field.

@@ -430,14 +430,17 @@ class UserspaceDpif:
 
     def _after_lane(self, batch: Batch, res, now: float, out: list) -> None:
         """The lane's outputs delivered, then the general path for the rows it handed back."""
-        if len(res.outs):
+        if res.whole:
+            self._whole_out(batch, res, out)
+        elif len(res.outs):
             self._lane_outputs(batch, res, out)
         rows = res.rows
-        self.lane_packets += rows.size - res.n_hand
-        self.lane_handed += res.n_hand
         if not res.n_hand:
+            self.lane_packets += rows.size
             self.tier_packets["software"] += rows.size
             return
+        self.lane_packets += rows.size - res.n_hand
+        self.lane_handed += res.n_hand
         hand, parsed = res.hand, res.parsed
         back = rows[hand[rows, 0] != 0]
         kind, depth, aid, off = hand[back, 0], hand[back, 1], hand[back, 2], hand[back, 3]
@@ -484,33 +487,41 @@ class UserspaceDpif:
         if bad.size:
             self.parse_errors += np.bincount(bad, minlength=len(ERROR_REASONS))
 
+    def _whole_out(self, batch: Batch, res, out: list) -> None:
+        """Deliver a batch the lane sent whole, in order, to one place (the common burst):
+        _lane_outputs' work without its grouping."""
+        port, tnl = res.port, res.tnl
+        if tnl >= 0:
+            self.ports[tnl].deliver(batch)
+            batch = Batch(res.enc, filled(len(batch), HEADROOM, np.int32), res.enc_len,
+                          batch.in_port)
+        if port == F.OFPP_CONTROLLER:
+            self._deliver([(port, batch)], out)
+            return
+        dest = self.ports.get(port)
+        if dest is not None:
+            dest.deliver(batch)
+        out.append((port, batch))
+
     def _lane_outputs(self, batch: Batch, res, out: list) -> None:
-        """Deliver what the lane output: the rows (the batch itself when every row went
-        to one port, in order), or their outer frames, each tunnel port counting the
-        inner frames it sent."""
+        """Deliver what the lane output (not the whole batch to one place: _whole_out): the
+        rows, or their outer frames, each tunnel port counting the inner frames it sent."""
         outs = res.outs
-        if res.whole:
-            groups = [(int(outs[0, 1]), int(outs[0, 2]), None)]
+        # One key per (port, tunnel port): ofports are 32-bit, the tunnel port -1 or one.
+        place = (outs[:, 1] << 33) | (outs[:, 2] + 1)
+        if not (place != place[0]).any():
+            groups = [(int(outs[0, 1]), int(outs[0, 2]), outs[:, 0])]
         else:
-            # One key per (port, tunnel port): ofports are 32-bit, the tunnel port -1 or one.
-            place = (outs[:, 1] << 33) | (outs[:, 2] + 1)
-            if not (place != place[0]).any():
-                groups = [(int(outs[0, 1]), int(outs[0, 2]), outs[:, 0])]
-            else:
-                groups = [(int(outs[g[0], 1]), int(outs[g[0], 2]), outs[g, 0])
-                          for g in _runs(place)]
+            groups = [(int(outs[g[0], 1]), int(outs[g[0], 2]), outs[g, 0])
+                      for g in _runs(place)]
         for port, tnl, sel in groups:
-            inner = batch if sel is None else batch.take(sel)
+            inner = batch.take(sel)
             if tnl < 0:
                 self._deliver([(port, inner)], out)
                 continue
             self.ports[tnl].deliver(inner)
-            if sel is None:
-                pb = Batch(res.enc, filled(len(batch), HEADROOM, np.int32), res.enc_len,
-                           batch.in_port)
-            else:
-                pb = Batch(res.enc[sel], filled(sel.size, HEADROOM, np.int32),
-                           res.enc_len[sel], batch.in_port[sel])
+            pb = Batch(res.enc[sel], filled(sel.size, HEADROOM, np.int32), res.enc_len[sel],
+                       batch.in_port[sel])
             self._deliver([(port, pb)], out)
 
     def _pass_general(self, batch: Batch, parsed, rows: np.ndarray, now: float, depth: int,
