@@ -63,3 +63,36 @@ def test_a_removed_megaflow_is_not_found_through_the_cache(tier):
     got = tier.run(WEB, 1)
     assert got.verdict == "forward" and [o.ofport for o in got.outputs] == [2]
     assert got.mf_id == web.mf_id
+
+
+def test_ports_sharing_a_slot_each_keep_their_number(tier):
+    """Two ports whose ifindexes share a port_slots slot (the program's direct-mapped
+    copy of the port map): each packet is switched as from its own port (the second port's
+    from the hash map behind the slot), and when the slot's port goes, the other takes
+    the slot and still gets its own megaflow."""
+    from sbnet.datapath.ebpf import layout as L
+    sw = Switch()
+    for p in (1, 2, 3):
+        sw.add_port(p)
+    sw.load("priority=2,in_port=1 actions=output:2\npriority=2,in_port=3 actions=drop")
+    run_reference(sw, [(1, DNS), (3, DNS)])
+    tier.flush()
+    tier.add_port(1, 5)
+    tier.add_port(3, 5 + L.PORT_SLOTS)
+    tier.add_port(2, 7)
+    try:
+        for mf in sw.cache.flows.values():
+            assert tier.put(mf).tier == "ebpf"
+        got = tier.run(DNS, 1)
+        assert got.verdict == "forward" and [o.ofport for o in got.outputs] == [2]
+        assert tier.run(DNS, 3).verdict == "drop"
+        tier.remove_port(1)
+        assert tier.run(DNS, 3).verdict == "drop"
+        slot = L.PORT_SLOT.unpack(tier.m_port_slots.lookup(L.U32.pack(5)))
+        assert slot == (5 + L.PORT_SLOTS, 3, 0)
+        tier.add_port(1, 5)                  # back, behind the slot port 3 now holds
+        got = tier.run(DNS, 1)
+        assert got.verdict == "forward" and [o.ofport for o in got.outputs] == [2]
+    finally:
+        for p in (1, 2, 3):
+            tier.remove_port(p)

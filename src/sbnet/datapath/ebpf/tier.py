@@ -138,6 +138,7 @@ class EbpfTier:
             self.m_masks = Map(fd("masks"), 4, L.FKEY.size, "masks")
             self.m_config = Map(fd("config"), 4, L.CONFIG.size, "config")
             self.m_ports = Map(fd("ports"), 4, L.PORT.size, "ports")
+            self.m_port_slots = Map(fd("port_slots"), 4, L.PORT_SLOT.size, "port_slots")
             self.m_conns = Map(fd("conns"), L.CT_KEY.size, L.CT_VAL.size, "conns")
             self.m_conns6 = Map(fd("conns6"), L.CT6_KEY.size, L.CT_VAL.size, "conns6")
             self.m_meters = Map(fd("meters"), 4, L.METER.size, "meters")
@@ -154,7 +155,8 @@ class EbpfTier:
             self.m_xdp_test_in = Map(fd("xdp_test_in"), 4, 4, "xdp_test_in")
             self.upcalls_fd = fd("upcalls")
             self.upcalls_size = self.obj.map_max_entries("upcalls")
-            for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports, self.m_conns,
+            for m in (self.m_flows, self.m_masks, self.m_config, self.m_ports,
+                      self.m_port_slots, self.m_conns,
                       self.m_conns6,
                       self.m_meters, self.m_trace_hdr, self.m_trace_out, self.m_zone_limits,
                       self.m_zone_commits, self.m_holds, self.m_held_macs):
@@ -169,6 +171,9 @@ class EbpfTier:
             raise
         self.ports: dict[int, L.KernelPort] = {}
         self._ofport_of: dict[int, int] = {}           # ifindex -> ofport
+        # port_slots (not pinned: a reopened tier's program finds kept ports in `ports`):
+        # slot -> the ifindex whose copy it holds
+        self._slot_of: dict[int, int] = {}
         self.meters: set[int] = set()
         self._masks: list[tuple] = []                  # mask words by position
         self._mask_ids: dict[tuple, int] = {}
@@ -278,6 +283,7 @@ class EbpfTier:
         self.m_ports.update(L.U32.pack(ifindex), L.PORT.pack(ofport, flags))
         self.ports[ofport] = L.KernelPort(ofport, ifindex, tunnel, peer)
         self._ofport_of[ifindex] = ofport
+        self._slot_put(ifindex, ofport, flags)
 
     def remove_port(self, ofport: int) -> None:
         self.release(ofport)
@@ -285,6 +291,32 @@ class EbpfTier:
         if kp is not None:
             self.m_ports.delete(L.U32.pack(kp.ifindex))
             self._ofport_of.pop(kp.ifindex, None)
+            self._slot_drop(kp.ifindex)
+
+    def _slot_put(self, ifindex: int, ofport: int, flags: int) -> None:
+        """The port's copy in port_slots, unless another port holds its slot.  The ifindex
+        goes in last: a packet reading the slot meanwhile never takes another port's number
+        or flags for this one (an array update is not atomic to the program)."""
+        at = ifindex % L.PORT_SLOTS
+        if self._slot_of.setdefault(at, ifindex) != ifindex:
+            return
+        key = L.U32.pack(at)
+        self.m_port_slots.update(key, L.PORT_SLOT.pack(0, ofport, flags))
+        self.m_port_slots.update(key, L.PORT_SLOT.pack(ifindex, ofport, flags))
+
+    def _slot_drop(self, ifindex: int) -> None:
+        """A removed port's slot emptied, then given to another port of that slot."""
+        at = ifindex % L.PORT_SLOTS
+        if self._slot_of.get(at) != ifindex:
+            return
+        del self._slot_of[at]
+        self.m_port_slots.update(L.U32.pack(at), L.PORT_SLOT.pack(0, 0, 0))
+        for kp in self.ports.values():
+            if kp.ifindex % L.PORT_SLOTS == at:
+                raw = self.m_ports.lookup(L.U32.pack(kp.ifindex))
+                if raw is not None:
+                    self._slot_put(kp.ifindex, *L.PORT.unpack(raw))
+                break
 
     # -- a VM arriving by live migration (bpf/sbnet_hold.h) ---------------------------------
     def hold(self, ofport: int, mac: int) -> None:
@@ -342,7 +374,11 @@ class EbpfTier:
         raw = self.m_ports.lookup(key)
         if raw is not None:
             ofport, flags = L.PORT.unpack(raw)
-            self.m_ports.update(key, L.PORT.pack(ofport, (flags | set_) & ~clear))
+            flags = (flags | set_) & ~clear
+            self.m_ports.update(key, L.PORT.pack(ofport, flags))
+            if self._slot_of.get(kp.ifindex % L.PORT_SLOTS) == kp.ifindex:
+                self.m_port_slots.update(L.U32.pack(kp.ifindex % L.PORT_SLOTS),
+                                         L.PORT_SLOT.pack(kp.ifindex, ofport, flags))
 
     # -- megaflows -----------------------------------------------------------------
     def placement(self, mf_id: int) -> Placement | None:

@@ -53,6 +53,34 @@ struct {
 	__type(value, struct sb_port);
 } ports SEC(".maps");
 
+/* A direct-mapped copy of `ports`, which the slow path writes alongside it (a port whose
+ * slot another holds is in `ports` only).  Every run looks its ingress port up first: a
+ * hash lookup is a bucket and an element, on real traffic two cold misses (about 1 us of a
+ * 5-8 us run at 100 pings/s, timed with bpf_ktime_get_ns), an array slot one line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PORT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sb_port_slot);
+} port_slots SEC(".maps");
+
+static __always_inline struct sb_port_slot *port_slot(__u32 ifindex)
+{
+	__u32 at = ifindex & (PORT_SLOTS - 1);
+	struct sb_port_slot *ps = bpf_map_lookup_elem(&port_slots, &at);
+
+	return ps && ifindex && ps->ifindex == ifindex ? ps : 0;
+}
+
+static __always_inline struct sb_port *port_get(__u32 ifindex)
+{
+	struct sb_port_slot *ps = port_slot(ifindex);
+
+	if (ps)
+		return &ps->port;
+	return bpf_map_lookup_elem(&ports, &ifindex);
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);     /* the loader sets the capacity */
@@ -677,7 +705,7 @@ int sbnet_ingress(struct __sk_buff *skb)
 	p.test = cfg->flags & CFG_F_TEST;
 	p.cfg_flags = cfg->flags;
 	ifindex = p.test ? cb0 : ingress;
-	struct sb_port *port = bpf_map_lookup_elem(&ports, &ifindex);
+	struct sb_port *port = port_get(ifindex);
 	if (!port)
 		return TC_ACT_OK;               /* not a port of the switch */
 	if (p.test) {

@@ -105,6 +105,12 @@ struct sb_port {          /* ports map value, keyed by ifindex */
 #define PORT_F_HELD 8     /* a VIF whose VM is arriving by live migration (sbnet_hold.h):
 			   * its first frame releases the hold */
 
+#define PORT_SLOTS 1024   /* port_slots entries: 16 kB, one kmalloc'd block */
+struct sb_port_slot {     /* port_slots value, at ifindex % PORT_SLOTS */
+	__u32 ifindex;        /* 0: empty */
+	struct sb_port port;
+};
+
 struct sb_config {
 	__u32 n_masks;
 	__u32 flags;          /* CFG_F_* */

@@ -34,8 +34,15 @@ struct {
 static __always_inline void hold_release(struct sb_port *port, __u32 ifindex)
 {
 	struct sb_hold *h;
+	struct sb_port_slot *ps = port_slot(ifindex);
+	struct sb_port *hp = bpf_map_lookup_elem(&ports, &ifindex);
 
+	/* Both copies (port is one of them): the slow path reads the hash's. */
 	__sync_fetch_and_and(&port->flags, ~(__u32)PORT_F_HELD);
+	if (ps)
+		__sync_fetch_and_and(&ps->port.flags, ~(__u32)PORT_F_HELD);
+	if (hp)
+		__sync_fetch_and_and(&hp->flags, ~(__u32)PORT_F_HELD);
 	h = bpf_map_lookup_elem(&holds, &ifindex);
 	if (h && !h->released)
 		h->released = bpf_ktime_get_ns();
