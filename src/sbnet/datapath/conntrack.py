@@ -125,7 +125,7 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_batch import bulk_new, eligible, lookup, steady, uncommitted_new
 from sbnet.datapath.conntrack_fast import express
 from sbnet.datapath.conntrack_extract import COMPILED_MAX as EXTRACT_MAX, extract_compiled
-from sbnet.datapath.conntrack_kernel import express as express_compiled
+from sbnet.datapath.conntrack_kernel import express as express_compiled, nat4_rows
 from sbnet.datapath.conntrack_nat import NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
@@ -278,6 +278,12 @@ class Conntrack:
             j = jobs[sel]
             r = rows[j]
             ww = w[sel]
+            if self.compiled and not v6:
+                nat4_rows(b.batch.data, parsed.keys, r.astype(np.int64, copy=False),
+                          parsed.l3.astype(np.int32, copy=False),
+                          parsed.l4.astype(np.int32, copy=False), p.proto[j],
+                          np.ascontiguousarray(ww))
+                continue
             pat = np.isin(p.proto[j], (IP_TCP, IP_UDP))
             new = {"src_hi": ww[:, 2], "src_lo": ww[:, 3], "dst_hi": ww[:, 0],
                    "dst_lo": ww[:, 1],

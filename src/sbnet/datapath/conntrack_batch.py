@@ -6,6 +6,7 @@ import numpy as np
 
 from sbnet.datapath import conntrack_tcp as T
 from sbnet.datapath.conntrack_nat import SNAT, first_candidates
+from sbnet.datapath.conntrack_kernel import lookup_rows
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_tcp_kernel import update_many_compiled
 from sbnet.datapath.conntrack_table import (
@@ -23,6 +24,13 @@ def lookup(ct, b: CtBatch) -> None:
     tab = ct.table
     p, m, now = b.p, b.rows.size, b.now
     look = p.ok & ~p.related & ~b.natted
+    if ct.compiled:
+        mem = tab.mem
+        b.R = np.zeros((m, _W), dtype=np.uint64)
+        ct.stats["lookups_hit"] += lookup_rows(
+            tab.index.kv, mem, mem.view(np.float64), p.hash, p.words, look, float(now), b.R,
+            b.found, b.conn, b.reply)
+        return
     same = None
     if look.all():
         li = np.arange(m)

@@ -615,6 +615,49 @@ def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, 
     return k
 
 
+@kernel("void(uint8[:, :], uint64[:, :], int64[:], int32[:], int32[:], int64[:],"
+        " uint64[:, :])")
+def nat4_rows(data, keys, rows, l3, l4, proto, w):
+    """conntrack_nat.rewrite of the IPv4 packets `rows` to their connection's other tuple
+    reversed (w: that tuple's words per row, as Conntrack._nat_rewrite takes them)."""
+    for t in range(rows.shape[0]):
+        g = rows[t]
+        kind = _TCP_ROW if proto[t] == IP_TCP else _UDP_ROW if proto[t] == IP_UDP \
+            else _ICMP_ROW          # no ports: addresses and the header checksum only
+        _nat4(data, keys, g, np.int64(l3[g]), np.int64(l4[g]), kind, w[t, 3], w[t, 1],
+              w[t, 5], w[t, 4])
+
+
+@kernel("int64(uint64[:, :], uint64[:, :], float64[:, :], uint64[:], uint64[:, :], boolean[:],"
+        " float64, uint64[:, :], boolean[:], int64[:], boolean[:])")
+def lookup_rows(kv, mem, memf, hashes, words, look, now, R, found, conn, reply):
+    """conntrack_batch.lookup compiled: each row of `look` whose tuple a live connection
+    holds gets its table row in R (zeroed beforehand), found, its slot and direction;
+    returns how many."""
+    hits = 0
+    for i in range(hashes.shape[0]):
+        if not look[i]:
+            continue
+        v = _get(kv, hashes[i])
+        if v < 0:
+            continue
+        ci = v >> 1
+        o = C_TUP + 6 * (v & 1)
+        same = memf[ci, C_EXP] > now
+        for j in range(6):
+            if mem[ci, o + j] != words[i, j]:
+                same = False
+        if not same:
+            continue
+        for j in range(R.shape[1]):
+            R[i, j] = mem[ci, j]
+        found[i] = True
+        conn[i] = ci
+        reply[i] = (v & 1) == 1
+        hits += 1
+    return hits
+
+
 def express(ct, b: CtBatch) -> np.ndarray:
     """conntrack_fast.express compiled, UDP/IPv4 and ICMP/IPv4 queries of two-way
     connections and NAT included (same contract: the positions in b.rows of the rows left
