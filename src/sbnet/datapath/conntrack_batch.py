@@ -210,9 +210,11 @@ def _may_start(proto: np.ndarray, fl: np.ndarray, w4: np.ndarray) -> np.ndarray:
     """Rows that may start a connection (conn_not_found's valid_new): a TCP segment
     with sane flags that is not a SYN+ACK, an ICMP query, any other protocol."""
     bad_fl = T.invalid_flags_many(fl) | ((fl & (T.SYN | T.ACK)) == (T.SYN | T.ACK))
+    icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
+    if not icmp.any():      # a batch of handshakes: no ICMP types to look up
+        return np.where(proto == IP_TCP, ~bad_fl, True)
     typ = (w4 & np.uint64(0xFF)).astype(np.int64)
     icmp_ok = np.where(proto == IP_ICMP, np.isin(typ, (8, 13, 15)), typ == 128)
-    icmp = (proto == IP_ICMP) | (proto == IP_ICMPV6)
     return np.where(proto == IP_TCP, ~bad_fl, np.where(icmp, icmp_ok, True))
 
 
