@@ -127,11 +127,13 @@ class _Applicable:
     share it, so placing one costs no pass over the profile's rules and the registry."""
 
     def __init__(self, profile: Profile, masks: dict, vals: dict) -> None:
-        self.rules = [r for r in profile.match.values() if _prereqs_hold(r.prereqs, masks, vals)]
+        rules = [r for r in profile.match.values() if _prereqs_hold(r.prereqs, masks, vals)]
         self.covered: dict[int, int] = {}     # slot -> bits the applicable rules cover
-        for r in self.rules:
+        for r in rules:
             for rs, bits, _ in r.bits:
                 self.covered[rs] = self.covered.get(rs, 0) | bits
+        # The rules whose policy can refuse a mask (any mask passes "any" and "ignored").
+        self.rules = [r for r in rules if r.policy not in ("any", "ignored")]
         self.present: dict[int, bool] = {}    # filled as slots are met
 
     def has(self, s: int, masks: dict, vals: dict) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -41,7 +42,12 @@ _PROTO_NAMES = {"tcp": F.IP_TCP, "udp": F.IP_UDP, "sctp": F.IP_SCTP, "icmp": F.I
 def action_name(action) -> str:
     """OVS's name for a datapath action (object or class): `odp_name` if the class has one, else its
     class name in snake_case (PushVlan -> push_vlan, SetFields -> set)."""
-    cls = action if isinstance(action, type) else type(action)
+    return _class_action_name(action if isinstance(action, type) else type(action))
+
+
+@cache
+def _class_action_name(cls: type) -> str:
+    # Once per class: placing a megaflow names each of its actions.
     name = getattr(cls, "odp_name", None)
     if name:
         return name
