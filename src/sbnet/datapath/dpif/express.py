@@ -194,9 +194,14 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     n_act = n
     sink = np.uint64(0)
     while n_act:
-        # Rows 0 to n-1 in order (hash_span) on a whole batch's first pass.
-        sink ^= lookup_rows(keys, active, n_act, depth == 0 and do_extract
-                            and n_act == rows.shape[0], hashed, table, matches, masks,
+        # Rows 0 to n-1 in order (hash_span): a whole batch's first pass, and a later one
+        # when every row recirculated.
+        in_order = True
+        for a in range(n_act):
+            if active[a] != a:
+                in_order = False
+                break
+        sink ^= lookup_rows(keys, active, n_act, in_order, hashed, table, matches, masks,
                             action_of, hashes, found)[1]
         n_run = 0
         n_next = 0

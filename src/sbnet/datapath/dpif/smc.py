@@ -66,9 +66,13 @@ def _covers(keys, i, match):
 def covers_row(keys, i, row, masks):
     """Does the cached flow whose row is `row` ([k, mask id, value, ...]; its slots and
     masks in masks[mask id] as [slot, mask, ...]) take packet i?"""
-    m = masks[np.int64(row[1])]
-    for j in range(np.int64(row[0])):
-        if keys[np.int64(m[2 * j]), i] & m[2 * j + 1] != row[2 + j]:
+    m = masks[np.uint64(row[1])]
+    ui = np.uint64(i)
+    # Unsigned indices: numba fixes up a signed index that could be negative on every
+    # access (three more instructions a slot on the loop's critical path).
+    for j in range(np.uint64(row[0])):
+        if keys[m[np.uint64(2) * j], ui] & m[np.uint64(2) * j + np.uint64(1)] \
+                != row[np.uint64(2) + j]:
             return False
     return True
 
