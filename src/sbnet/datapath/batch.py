@@ -133,10 +133,11 @@ _FILLED: dict = {}
 
 def same_value(a: np.ndarray) -> int | None:
     """The value every element of the 1-D array a holds; None when they differ or a is empty."""
-    if not len(a):
+    n = len(a)
+    if not n:
         return None
-    first = a[:1]
-    return first.item() if a.tobytes() == first.tobytes() * len(a) else None
+    b = a.tobytes()
+    return a.item(0) if b == b[:a.itemsize] * n else None
 
 
 def _ports(in_port: int | Sequence[int], n: int) -> np.ndarray:

@@ -78,14 +78,15 @@ def _set(data, keys, g, start, l3, op, v):
                     numba.uint32[:], numba.uint64[:, ::1], numba.int32[:], numba.int32[:],
                     numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
                     numba.boolean, numba.float64, numba.boolean, numba.int64,
-                    numba.uint8[:, :], numba.int32[:], numba.int64[:, :],
+                    numba.uint8[:, :], numba.int32[:, ::1], numba.int64[:, :],
                     numba.int64[:, :], numba.int64))
 def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
-                decap, now, ct_ok, ct_flags, enc, enc_len, outs, hand, max_recirc):
+                decap, now, ct_ok, ct_flags, enc, enc_cols, outs, hand, max_recirc):
     """Every row of `rows` through the signature cache and its datapath flow's program,
     pass after pass, as far as the lane can take it: counters, outputs (recorded in outs:
     row, port, tunnel ofport or -1 for a plain output), Ethernet addresses and TTL set,
-    VXLAN push (the outer frame of row g into enc[g]), ct with or without NAT on
+    VXLAN push (the outer frame of row g into enc[g], its length and start into
+    enc_cols[:, g]), ct with or without NAT on
     established connections (conntrack's compiled express path) and recirculation.  A
     row the lane cannot finish is handed back (hand[g]) at the point it reached:
     hand[g] = (H_LOOKUP, H_ACTIONS or H_PARSE, pass, action id, index of the first of its
@@ -115,8 +116,8 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
                                     borrowed(in_port))
     keys, l3, l4, error, rows = (borrowed(keys), borrowed(l3), borrowed(l4), borrowed(error),
                                  borrowed(rows))
-    tun, enc, enc_len, outs, hand = (borrowed(tun), borrowed(enc), borrowed(enc_len),
-                                     borrowed(outs), borrowed(hand))
+    tun, enc, enc_cols, outs, hand = (borrowed(tun), borrowed(enc), borrowed(enc_cols),
+                                      borrowed(outs), borrowed(hand))
     if decap:
         if decap_kernel(data, start, length, s.local4, s.local6, s.udp_ports, s.udp_kinds,
                         s.tports, tun):
@@ -263,7 +264,8 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
                             break
                         encap_one(data, g, np.int64(start[g]), np.int64(length[g]), tmpl, tprm,
                                   t, enc, g)
-                        enc_len[g] = length[g] + np.int32(tprm[t, 1])
+                        enc_cols[0, g] = length[g] + np.int32(tprm[t, 1])
+                        enc_cols[1, g] = HEADROOM
                         outs[n_out, 0] = g
                         outs[n_out, 1] = tprm[t, 7]
                         outs[n_out, 2] = prog[aid, at + 2]
@@ -468,7 +470,7 @@ class ExpressLane:
             keys = np.ascontiguousarray(parsed.keys)
         else:
             keys = parsed.keys
-        enc, enc_len = self._enc(n, batch.data.shape[1])
+        enc, enc_cols = self._enc(n, batch.data.shape[1])
         # Every argument's type is fixed here (_as, the lane's own arrays): the compiled
         # entry of lane_kernel's one signature takes them without the dispatcher working
         # out each one's type (for the state struct a Python-level lookup, ~2 us).
@@ -483,12 +485,12 @@ class ExpressLane:
             data = np.ascontiguousarray(data)
         n_hand = _LANE(self._current(None), data, start, length, in_port, keys, l3, l4,
                        error, fresh, rows, _NO_TUN if tun is None else tun, False, float(now),
-                       *self._ct_args(), enc, enc_len, outs, hand, max_recirc)
+                       *self._ct_args(), enc, enc_cols, outs, hand, max_recirc)
         if keys is not parsed.keys and not fresh:
             parsed.keys[...] = keys         # the lane's key writes (recirc_id, ct_*) back
         if data is not batch.data:
             batch.data[...] = data          # and its frame writes (set_field, TTL)
-        return self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
+        return self._result(parsed, rows, outs, hand, n_hand, enc, enc_cols)
 
     def run_decap(self, batch: Batch, plan: tuple, now: float, max_recirc: int):
         """A batch of underlay frames decapsulated and its inner frames through the lane,
@@ -500,7 +502,7 @@ class ExpressLane:
         when there is no result."""
         n = len(batch)
         parsed, rows, outs, hand, keys = self._acquire(n)
-        enc, enc_len = self._enc(n, batch.data.shape[1])
+        enc, enc_cols = self._enc(n, batch.data.shape[1])
         res = np.empty((n, D_COLS), np.int64)
         data = _as(batch.data, _U8)
         if not data.flags.c_contiguous:
@@ -510,12 +512,12 @@ class ExpressLane:
                       batch.in_port.astype(_U32))
         n_hand = _LANE(self._current(plan), data, inner.start, inner.length,
                        inner.in_port, keys, parsed.l3, parsed.l4, parsed.error, True,
-                       rows, res, True, float(now), *self._ct_args(), enc, enc_len, outs,
+                       rows, res, True, float(now), *self._ct_args(), enc, enc_cols, outs,
                        hand, max_recirc)
         if n_hand < 0:
             self.release()
             return (None if n_hand == -2 else res), None, None
-        return res, inner, self._result(parsed, rows, outs, hand, n_hand, enc, enc_len)
+        return res, inner, self._result(parsed, rows, outs, hand, n_hand, enc, enc_cols)
 
     def _acquire(self, n: int) -> tuple:
         """(parsed, rows, outs, hand, keys) for a run over n rows: the lane's own buffers,
@@ -569,7 +571,7 @@ class ExpressLane:
             self._new_state(self._arrays(), plan or self._plan)
         return self._state
 
-    def _result(self, parsed, rows, outs, hand, n_hand: int, enc, enc_len) -> LaneResult:
+    def _result(self, parsed, rows, outs, hand, n_hand: int, enc, enc_cols) -> LaneResult:
         v = self._stats.tolist()        # one conversion, not a numpy scalar per counter
         d = self.dpif
         smc = d.smc
@@ -578,7 +580,7 @@ class ExpressLane:
         if v[0]:
             count_express(d.conntrack.stats, v)
         return LaneResult(parsed, rows, outs[:v[3]], v[5] == 1, hand, n_hand, enc,
-                          enc_len, v[7], v[8])
+                          enc_cols, v[7], v[8])
 
     def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
@@ -609,14 +611,15 @@ class ExpressLane:
         self._all_n = max(self._all_n, self._n)
 
     def _enc(self, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """The outer frames' rows and lengths for a run over n rows of `width` columns,
-        fresh each batch (a tunnel port may keep its outer frames).  encap writes a row's
-        inner frame behind HEADROOM + header and the header before it: the rest of the
-        row is never read back, so it need not be zero."""
+        """The outer frames' rows, and their lengths and starts (one array, the columns of
+        their batch), for a run over n rows of `width` columns, fresh each batch (a tunnel
+        port may keep its outer frames).  encap writes a row's inner frame behind
+        HEADROOM + header and the header before it: the rest of the row is never read
+        back, so it need not be zero; nor the columns of a row with no outer frame."""
         if not self.n_tmpl:
-            return _NO_ENC, _NO_LEN
+            return _NO_ENC, _NO_COLS
         return (np.empty((n, (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7), np.uint8),
-                np.zeros(n, np.int32))
+                np.empty((2, n), np.int32))
 
 
 class LaneResult(NamedTuple):
@@ -627,7 +630,7 @@ class LaneResult(NamedTuple):
     hand: np.ndarray        # per row: (H_*, pass, action id, first action still to run)
     n_hand: int
     enc: np.ndarray         # outer frames of tunnelled rows
-    enc_len: np.ndarray
+    enc_cols: np.ndarray    # their lengths (row 0) and starts (row 1)
     port: int               # whole: the port every row went out of
     tnl: int                # ... and its tunnel port (-1: a plain output)
 
@@ -638,7 +641,7 @@ _SETS = {("eth", ("eth_dst",)): (OP_ETH_DST,), ("eth", ("eth_src",)): (OP_ETH_SR
          ("ipv4", ("ip_ttl",)): (OP_TTL4,), ("ipv6", ("ip_ttl",)): (OP_TTL6,)}
 _NO_ENC = np.zeros((0, 0), np.uint8)
 _NO_TUN = np.zeros((0, tunnel_fast.D_COLS), np.int64)
-_NO_LEN = np.zeros(0, np.int32)
+_NO_COLS = np.zeros((2, 0), np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
 _COLUMNS = (_I32, _I32, _U32, _U8)      # a batch's start, length, in_port and data
 _LANE = entry_point(lane_kernel)

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from sbnet.datapath import nsh, odp
-from sbnet.datapath.batch import HEADROOM, Batch, filled, same_value
+from sbnet.datapath.batch import Batch, same_value
 from sbnet.datapath.dpif.interface import DpifStats, FlowCounts, OffloadTier, SamePath, Upcall
 from sbnet.datapath.dpif import tunnel_fast
 from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS, ExpressLane,
@@ -493,8 +493,8 @@ class UserspaceDpif:
         port, tnl = res.port, res.tnl
         if tnl >= 0:
             self.ports[tnl].deliver(batch)
-            batch = Batch(res.enc, filled(len(batch), HEADROOM, np.int32), res.enc_len,
-                          batch.in_port)
+            cols = res.enc_cols
+            batch = Batch(res.enc, cols[1], cols[0], batch.in_port)
         if port == F.OFPP_CONTROLLER:
             self._deliver([(port, batch)], out)
             return
@@ -520,8 +520,8 @@ class UserspaceDpif:
                 self._deliver([(port, inner)], out)
                 continue
             self.ports[tnl].deliver(inner)
-            pb = Batch(res.enc[sel], filled(sel.size, HEADROOM, np.int32), res.enc_len[sel],
-                       batch.in_port[sel])
+            cols = res.enc_cols[:, sel]
+            pb = Batch(res.enc[sel], cols[1], cols[0], batch.in_port[sel])
             self._deliver([(port, pb)], out)
 
     def _pass_general(self, batch: Batch, parsed, rows: np.ndarray, now: float, depth: int,
