@@ -125,7 +125,7 @@ from sbnet.datapath.batch import Batch
 from sbnet.datapath.conntrack_batch import bulk_new, eligible, lookup, steady, uncommitted_new
 from sbnet.datapath.conntrack_fast import express
 from sbnet.datapath.conntrack_extract import COMPILED_MAX as EXTRACT_MAX, extract_compiled
-from sbnet.datapath.conntrack_kernel import express as express_compiled, nat4_rows
+from sbnet.datapath.conntrack_kernel import express as express_compiled, nat4_rows, write_md_rows
 from sbnet.datapath.conntrack_nat import NatSpec, rewrite
 from sbnet.datapath.conntrack_pkt import CtBatch
 from sbnet.datapath.conntrack_slow import per_packet
@@ -245,7 +245,12 @@ class Conntrack:
         st[~b.p.ok] = INV
         self.stats["invalid"] += int(((st & INV) != 0).sum())
         st |= np.uint64(TRK)
-        _write_md(b)
+        if self.compiled:
+            p = b.p
+            write_md_rows(b.parsed.keys, b.rows.astype(np.int64, copy=False), b.R, b.conn, st,
+                          b.zones, p.words, p.proto, p.v6, b.tsrc)
+        else:
+            _write_md(b)
         if b.jobs:
             jobs = np.concatenate(b.jobs)
             if jobs.size:

@@ -12,10 +12,11 @@ from sbnet.datapath.conntrack_nat import SNAT
 from sbnet.datapath.conntrack_pkt import _REV4, CtBatch
 from sbnet.datapath.conntrack_table import (
     _CT_FIRST, _NAT_BITS, _P, _S, C_EXP, C_L4ST, C_LABEL, C_MARK, C_NAT, C_PROTO, C_TCP, C_TUP,
+    C_V6,
     DNAT_BIT, EST, ICMP_REPLY, INV, NEW, OTHER_BIDIR, RPL, SNAT_BIT, TM_ICMP_REPLY,
     TM_OTHER_BIDIR, TRK)
 from sbnet.datapath.jit import kernel
-from sbnet.flows.fields import ETH_IP, IP_ICMP, IP_TCP, IP_UDP
+from sbnet.flows.fields import ETH_IP, IP_ICMP, IP_ICMPV6, IP_TCP, IP_UDP
 
 _ETH_TYPE, _NW_PROTO, _NW_FRAG = _S["eth_type"], _S["nw_proto"], _S["nw_frag"]
 _NW_SRC, _NW_DST, _TP_SRC, _TP_DST = _S["nw_src"], _S["nw_dst"], _S["tp_src"], _S["tp_dst"]
@@ -656,6 +657,49 @@ def lookup_rows(kv, mem, memf, hashes, words, look, now, R, found, conn, reply):
         reply[i] = (v & 1) == 1
         hits += 1
     return hits
+
+
+@kernel("void(uint64[:, :], int64[:], uint64[:, :], int64[:], uint64[:], uint64[:],"
+        " uint64[:, :], int64[:], boolean[:], int8[:])")
+def write_md_rows(keys, rows, R, conn, st, zones, words, proto, v6, tsrc):
+    """conntrack._write_md compiled: each row's ct_state, zone, mark, label and original
+    tuple (its connection's, else the packet's, else none) into its key slots."""
+    w = np.empty(6, np.uint64)
+    for i in range(rows.shape[0]):
+        g = rows[i]
+        if conn[i] >= 0:
+            for j in range(6):
+                w[j] = R[i, C_TUP + j]
+            pr = R[i, C_PROTO]
+            six = R[i, C_V6] != 0
+        else:
+            none = tsrc[i] == 0
+            for j in range(6):
+                w[j] = np.uint64(0) if none else words[i, j]
+            pr = np.uint64(0) if none else np.uint64(proto[i])
+            six = v6[i]
+        keys[_CT_FIRST, g] = st[i]
+        keys[_CT_FIRST + 1, g] = zones[i]
+        keys[_CT_FIRST + 2, g] = R[i, C_MARK]
+        keys[_CT_FIRST + 3, g] = R[i, C_LABEL]
+        keys[_CT_FIRST + 4, g] = R[i, C_LABEL + 1]
+        if six:
+            keys[_CT_FIRST + 5, g] = 0
+            keys[_CT_FIRST + 6, g] = 0
+            for j in range(4):
+                keys[_CT_FIRST + 7 + j, g] = w[j]
+        else:
+            keys[_CT_FIRST + 5, g] = w[1]
+            keys[_CT_FIRST + 6, g] = w[3]
+            for j in range(4):
+                keys[_CT_FIRST + 7 + j, g] = 0
+        keys[_CT_FIRST + 11, g] = pr
+        if pr == IP_ICMP or pr == IP_ICMPV6:
+            keys[_CT_FIRST + 12, g] = w[4] & np.uint64(0xFF)
+            keys[_CT_FIRST + 13, g] = 0
+        else:
+            keys[_CT_FIRST + 12, g] = w[4]
+            keys[_CT_FIRST + 13, g] = w[5]
 
 
 def express(ct, b: CtBatch) -> np.ndarray:
