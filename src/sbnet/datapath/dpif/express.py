@@ -558,7 +558,9 @@ class ExpressLane:
     def _current(self, plan: tuple | None):
         """The lane state, rebuilt if one of its arrays was replaced (plan: the decap plan
         the call needs; None: any).  Checked array by array, in _arrays' order: building
-        that tuple to compare cost a third of a microsecond a batch more."""
+        that tuple to compare cost a third of a microsecond a batch more.  Conntrack's
+        scratch arrays are not asked for again: they are only ever replaced by larger ones
+        for a larger table (a new mem), and any array of the table's size will do."""
         d = self.dpif
         smc, c, tab = d.smc, d.cache, d.conntrack.table
         e = self._ext
@@ -566,7 +568,6 @@ class ExpressLane:
                 smc.table is e[0] and smc.matches is e[1] and c.action_of is e[2]
                 and c.packets is e[3] and c.bytes is e[4] and c.used is e[5]
                 and c.tcp_flags is e[6] and tab.index.kv is e[7] and tab.mem is e[8]
-                and tab.scratch(np.int8) is e[9] and tab.scratch(np.int64) is e[10]
                 and smc.masks is e[11]):
             self._new_state(self._arrays(), plan or self._plan)
         return self._state
