@@ -15,8 +15,8 @@ from sbnet.datapath.dpif.express import (H_ACTIONS, H_LOOKUP, H_PARSE, TUN_SLOTS
                                          tunnel_args)
 from sbnet.datapath.dpif.extract import extract
 from sbnet.datapath.dpif.megaflow import Megaflow, MegaflowCache
-from sbnet.datapath.dpif.smc import (_DEAD, SignatureCache, claim_kernel, claim_many_kernel,
-                                     count_kernel, masked_hash_kernel, match_row)
+from sbnet.datapath.dpif.misses import upcall_misses
+from sbnet.datapath.dpif.smc import SignatureCache, count_kernel
 from sbnet.datapath.execute import execute
 from sbnet.datapath.meters import MeterTable
 from sbnet.datapath.parse import ERROR_REASONS, Parsed, parse
@@ -707,75 +707,12 @@ class UserspaceDpif:
         self._pass(batch, again, np.flatnonzero(parsed.error == 0), now, depth + 1, out)
 
     def _upcall(self, keys: np.ndarray, miss: np.ndarray, now: float) -> np.ndarray:
-        """Slow path for cache misses: one translation per new megaflow, not per packet.
-        Each new megaflow takes every miss of the batch it matches at once; the first miss
-        it does not take is translated next (so a packet gets the first megaflow made for
-        it, as if the misses went up one by one).  The misses are indexed by their key's
-        hash under each megaflow mask met (a batch meets few masks), so finding what a new
-        megaflow takes costs a search, not a pass over the batch."""
+        """The megaflow id of each missed key column (misses.upcall_misses)."""
         t0 = time.process_time()
-        n = miss.size
-        owner = np.full(n, -1, dtype=np.int64)
-        # Every column missed (a burst of new flows): read the keys in place, no copy (the
-        # kernels and the translation only read them).
-        whole = n == keys.shape[1] and np.array_equal(miss, np.arange(n))
-        sub = keys if whole else keys[:, miss]
-        index: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        first = 0
-        stride = 1
-        skip = 0
-        while first < n:
-            mf = self.upcall(sub[:, first].tolist(), now)
-            owner[first] = mf.mf_id
-            match = self._match_of(mf)
-            ix = self._index(index, sub, mf, match)
-            first = claim_kernel(sub, ix[0], ix[1], match, owner, mf.mf_id, first)
-            if first < n and self.same_path is not None:
-                if skip:              # paths had no other misses of late: ask less often
-                    skip -= 1
-                    continue
-                cols, ids = self.same_path(sub, owner, index, now)
-                if not cols.size:
-                    stride = min(2 * stride, self.max_stride)
-                    skip = stride - 1
-                else:
-                    stride = 1
-                    # Their flows share one mask: each takes the misses it matches too.
-                    owner[cols] = ids
-                    uniq = np.unique(ids)
-                    mf = self.cache.flows[int(uniq[0])]
-                    ix = self._index(index, sub, mf, self._match_of(mf))
-                    self._claim_many(sub, ix, uniq, owner)
-                    left = np.flatnonzero(owner[first:] < 0)
-                    first = first + int(left[0]) if left.size else n
-        self.upcall_seconds += time.process_time() - t0
-        return owner
-
-    def _match_of(self, mf: Megaflow) -> np.ndarray:
-        smc = self.smc
-        if smc is not None and smc.wide[mf.mf_id, 0] == len(mf.slots):
-            return smc.wide[mf.mf_id]         # the row the cache stored for it
-        return match_row(mf.slots, mf.mask, mf.value)
-
-    @staticmethod
-    def _index(index: dict, sub: np.ndarray, mf: Megaflow, match: np.ndarray) -> tuple:
-        """The batch's misses hashed under a flow's mask, sorted (made once per mask)."""
-        ix = index.get((mf.slots, mf.mask))
-        if ix is None:
-            h = np.empty(sub.shape[1], dtype=np.uint64)
-            masked_hash_kernel(sub, match, h)
-            order = np.argsort(h, kind="stable")
-            ix = index[(mf.slots, mf.mask)] = (h[order], order)
-        return ix
-
-    def _claim_many(self, sub: np.ndarray, ix: tuple, ids: np.ndarray, owner: np.ndarray) -> None:
-        """Every miss no flow owns yet that one of the flows `ids` (of one mask) takes."""
-        smc = self.smc
-        if smc is not None and smc.wide[int(ids[0]), 0] != _DEAD:
-            claim_many_kernel(sub, ix[0], ix[1], smc.wide, ids, owner)
-            return
-        for i in ids.tolist():
-            claim_kernel(sub, ix[0], ix[1], self._match_of(self.cache.flows[i]), owner, i, 0)
+        try:
+            return upcall_misses(self, keys, miss, now)
+        finally:
+            self.upcall_seconds += time.process_time() - t0
 
     def _tunnel_out(self, batch: Batch, push: odp.TunnelPush, out: list) -> None:
         tp = self.tunnels[push.ofport]
