@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -242,6 +243,13 @@ def median_row(rows: list[dict]) -> dict:
     return out
 
 
+def per_gbit(r: dict) -> float:
+    """Host CPU per Gbit/s of a row: the switch's cores (none for the bare veth) and the
+    machine's softirq cores over the Gbit/s the TCP run carried."""
+    cores = 0.0 if math.isnan(r["cores"]) else r["cores"]
+    return (cores + r["softirq"]) / (r["mbps"] / 1000) if r["mbps"] > 0 else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per datapath")
@@ -274,10 +282,12 @@ def main() -> None:
     rows = [(DATAPATHS[d][0].replace("vxlan", TUNNEL), median_row(m))
             for d, m in zip(chosen, measured)]
     print(f"{'datapath':30} {'TCP Mbit/s':>10} {'retrans':>8} {'switch cores':>12} "
-          f"{'softirq cores':>13} {'rtt min':>8} {'rtt avg':>8} {'rtt med':>8} {'rtt max':>8} {'loss %':>6}")
+          f"{'softirq cores':>13} {'cores/Gbit':>10} {'rtt min':>8} {'rtt avg':>8} {'rtt med':>8} "
+          f"{'rtt max':>8} {'loss %':>6}")
     for name, r in rows:
         print(f"{name:30} {r['mbps']:10.1f} {r['retr']:8d} {r['cores']:12.2f} {r['softirq']:13.2f} "
-              f"{r['min']:8.3f} {r['avg']:8.3f} {r['med']:8.3f} {r['max']:8.3f} {r['loss']:6.1f}")
+              f"{per_gbit(r):10.3f} {r['min']:8.3f} {r['avg']:8.3f} {r['med']:8.3f} "
+              f"{r['max']:8.3f} {r['loss']:6.1f}")
     for name, r in rows:
         if "note" in r:
             print(f"{name}: {r['note']}")
@@ -288,7 +298,8 @@ def main() -> None:
     if args.rounds > 1:
         print(f"each figure the median of {args.rounds} rounds")
     print("rtt in ms; switch cores: CPU seconds per second of the switch daemons or processes "
-          "during the TCP run; softirq cores: the machine's softirq CPU seconds per second then")
+          "during the TCP run; softirq cores: the machine's softirq CPU seconds per second then; "
+          "cores/Gbit: the two together per Gbit/s carried (the host's CPU per Gbit/s)")
 
 
 if __name__ == "__main__":
