@@ -246,7 +246,7 @@ def _udp(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, payload: bytes)
     length = 8 + len(payload)
     pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, UDP, length)
     udp = struct.pack("!HHHH", BOOTPS, BOOTPC, length, 0) + payload
-    csum = internet_checksum(pseudo + udp + (b"\x00" if length % 2 else b"")) or 0xFFFF
+    csum = internet_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, 64, UDP, 0,
                       src.packed, dst.packed)

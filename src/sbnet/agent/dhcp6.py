@@ -49,7 +49,7 @@ def _ipv6(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, proto: int,
     offset 2 for ICMPv6, 6 for UDP) is filled in over the pseudo-header."""
     at = 2 if proto == ICMPV6 else 6
     pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(payload), proto)
-    csum = internet_checksum(pseudo + payload + (b"\x00" if len(payload) % 2 else b""))
+    csum = internet_checksum(pseudo + payload)
     payload = payload[:at] + struct.pack("!H", csum or 0xFFFF) + payload[at + 2:]
     return struct.pack("!IHBB", 6 << 28, len(payload), proto, 255) + src.packed + dst.packed \
         + payload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from sbnet.datapath.checksum import header_checksum
+from sbnet.datapath.checksum import internet_checksum
 
 _TCP, _UDP = 6, 17
 _FIN, _PSH, _CWR = 0x01, 0x08, 0x80
@@ -51,7 +51,7 @@ def segment(frame: bytes, size: int) -> list[bytes]:
         if v4:
             struct.pack_into("!HH", h, l3 + 2, ihl + hlen + len(chunk), (ip_id + i) & 0xFFFF)
             h[l3 + 10:l3 + 12] = b"\0\0"
-            h[l3 + 10:l3 + 12] = header_checksum(bytes(h[l3:l4])).to_bytes(2, "big")
+            h[l3 + 10:l3 + 12] = internet_checksum(bytes(h[l3:l4])).to_bytes(2, "big")
         else:
             struct.pack_into("!H", h, l3 + 4, hlen + len(chunk))
         if proto == _TCP:

@@ -6,6 +6,7 @@ import struct
 
 import dpkt
 
+from sbnet.datapath.checksum import internet_checksum
 from sbnet.flows import fields as F
 from sbnet.flows.ofctl import parse_flow
 
@@ -99,11 +100,5 @@ def _fix_l4_csum6(raw6: bytes, proto: int) -> bytes:
         body[4:6] = struct.pack("!H", len(body))
     body[off:off + 2] = b"\0\0"
     pseudo = raw6[8:40] + struct.pack("!IxxxB", len(body), proto)
-    data = pseudo + bytes(body)
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    body[off:off + 2] = struct.pack("!H", ~s & 0xFFFF or 0xFFFF)
+    body[off:off + 2] = struct.pack("!H", internet_checksum(pseudo + bytes(body)) or 0xFFFF)
     return raw6[:40] + bytes(body)

@@ -9,7 +9,7 @@ import sys
 
 from sbnet.datapath.afpacket import in_netns
 from sbnet.datapath.batch import Batch
-from sbnet.datapath.checksum import header_checksum
+from sbnet.datapath.checksum import internet_checksum
 from sbnet.datapath.ports import Port
 
 IPPROTO_GRE = 47
@@ -28,7 +28,7 @@ def udp_frame(payload: bytes, src: int, dst: int, sport: int, dport: int,
     udp_len = 8 + len(payload)
     ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, tos, 20 + udp_len, 0, 0x4000, ttl, 17, 0,
                                src, dst))
-    ip[10:12] = header_checksum(bytes(ip)).to_bytes(2, "big")
+    ip[10:12] = internet_checksum(bytes(ip)).to_bytes(2, "big")
     return (UNDERLAY_MAC * 2 + _ETH_IP + bytes(ip) + struct.pack("!HHHH", sport, dport, udp_len, 0)
             + payload)
 
