@@ -376,9 +376,7 @@ class EbpfTier:
             ofport, flags = L.PORT.unpack(raw)
             flags = (flags | set_) & ~clear
             self.m_ports.update(key, L.PORT.pack(ofport, flags))
-            if self._slot_of.get(kp.ifindex % L.PORT_SLOTS) == kp.ifindex:
-                self.m_port_slots.update(L.U32.pack(kp.ifindex % L.PORT_SLOTS),
-                                         L.PORT_SLOT.pack(kp.ifindex, ofport, flags))
+            self._slot_put(kp.ifindex, ofport, flags)
 
     # -- megaflows -----------------------------------------------------------------
     def placement(self, mf_id: int) -> Placement | None:
