@@ -630,7 +630,10 @@ class EbpfDatapath:
     def drop_counts(self) -> dict[str, int]:
         with self.lock:
             self.fold()
-            return self.switch.drop_counts()
+            drops = self.switch.drop_counts()
+            if self.tunnel_sockets.errors:
+                drops["tunnel socket receive error"] = self.tunnel_sockets.errors
+            return drops
 
     # -- taking up what a previous agent left (pinned maps) -------------------------------
     def kept_ports(self) -> dict[str, int]:
