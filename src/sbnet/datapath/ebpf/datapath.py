@@ -31,12 +31,12 @@ from sbnet.datapath.prewarm import established_ahead
 from sbnet.datapath.switch import Switch
 from sbnet.datapath.tunnel import TunnelPort
 from sbnet.flows import fields as F
+from sbnet.flows.flow import Flow
 
 _RECIRC = F.SLOT_INDEX["recirc_id"]
 # How often the slow path's loop looks for a held VIF's first frame while announcements
 # wait for it (the program forwards the frame and releases the hold by itself).
 ARRIVAL_POLL = 0.003
-from sbnet.flows.flow import Flow
 
 _UNDERLAY_OPS = ("add_port", "add_local", "add_route", "add_neighbour")
 
