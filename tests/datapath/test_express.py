@@ -207,3 +207,46 @@ def test_frames_the_lane_rewrites_in_a_batch_that_is_not_c_contiguous_keep_the_r
         fresh = e[IP].copy()
         del fresh.chksum                # scapy computes it again from the bytes
         assert IP(bytes(fresh)).chksum == e[IP].chksum
+
+
+def test_a_burst_kept_by_a_port_or_a_caller_is_not_overwritten_by_the_next():
+    # The lane reuses its outer-frame buffers (VXLAN push) and its inner frames' columns
+    # (decap) from one burst to the next when nothing holds them any more.  Bursts a port
+    # keeps, or a caller keeps from process(), must stay as they left, burst after burst.
+    from sbnet.agent.embedded import UNDERLAY_OFPORT
+    fast, _, cli, srv = _clouds()
+    cl = fast.cluster
+    n = 8
+    sport, z = 3000 + np.arange(n), np.zeros(n, dtype=np.int64)
+    cl.send(cli.port_id, tcp_frames(cli.mac, cli.peer_mac, cli.ip, cli.peer_ip, sport,
+                                    z + 80, z + 1, z, SYN))
+    cl.send(srv.port_id, tcp_frames(srv.mac, srv.peer_mac, srv.ip, srv.peer_ip, z + 80,
+                                    sport, z + 1, z + 2, SYN | ACK))
+    h1, h2 = cl.hosts["h1"].switch, cl.hosts["h2"].switch
+    vm_port, srv_port = cl.hosts["h1"].ofports[cli.port_id], cl.hosts["h2"].ofports[srv.port_id]
+    bursts = [tcp_frames(cli.mac, cli.peer_mac, cli.ip, cli.peer_ip, sport, z + 80,
+                         z + 2 + 10 * k, z + 2, PSH | ACK, 10 + k) for k in range(4)]
+    for kept in (True, False):
+        for sw in (h1, h2):
+            for p in sw.ports.values():
+                if isinstance(p, MemoryPort):
+                    p.take_sent()
+                    p.keep = kept
+        wire, held, inner = [], [], []
+        for frames in bursts:
+            out = h1.process(Batch.from_packets(frames, vm_port), now=5.0)
+            held.append(out)
+            under = [p for port, b in out if port == UNDERLAY_OFPORT for p in b.packets()]
+            wire.append(under)
+            inner.append(h2.process(Batch.from_packets(under, UNDERLAY_OFPORT), now=5.0))
+        assert h1.dpif.lane_packets and h2.dpif.lane_packets
+        for k, frames in enumerate(bursts):
+            # Each outer frame carries its burst's inner frame, VXLAN after 50 bytes.
+            assert [w[50:] for w in wire[k]] == frames
+            assert [p for port, b in held[k] if port == UNDERLAY_OFPORT
+                    for p in b.packets()] == wire[k]
+            assert [p for port, b in inner[k] if port == srv_port
+                    for p in b.packets()] == frames
+        if kept:
+            assert h1.ports[UNDERLAY_OFPORT].take_sent() == [w for ws in wire for w in ws]
+            assert h2.ports[srv_port].take_sent() == [f for fs in bursts for f in fs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import numba
@@ -75,12 +76,13 @@ def _set(data, keys, g, start, l3, op, v):
 
 
 @kernel(numba.int64(LANE_STATE, numba.uint8[:, ::1], numba.int32[:], numba.int32[:],
-                    numba.uint32[:], numba.uint64[:, ::1], numba.int32[:], numba.int32[:],
+                    numba.uint32[:], numba.int32[:], numba.int32[:], numba.uint64[:, ::1], numba.int32[:], numba.int32[:],
                     numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
                     numba.boolean, numba.float64, numba.boolean, numba.int64,
                     numba.uint8[:, :], numba.int32[:, ::1], numba.int64[:, :],
                     numba.int64[:, :], numba.int64))
-def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract, rows, tun,
+def lane_kernel(s, data, start, length, in_port, ostart, olength, keys, l3, l4, error,
+                do_extract, rows, tun,
                 decap, now, ct_ok, ct_flags, enc, enc_cols, outs, hand, max_recirc):
     """Every row of `rows` through the signature cache and its datapath flow's program,
     pass after pass, as far as the lane can take it: counters, outputs (recorded in outs:
@@ -97,9 +99,10 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     the batch, whose buffers (reused across batches) the lane resets first: hand, l3, l4
     and error, and the key slots in s.zero.  tun: per row of a batch just decapsulated,
     decap_kernel's result (tunnel fields for its keys).  decap: the batch's frames came
-    from the underlay: decap_kernel first (its result into tun), and when every frame is
-    a tunnel packet for one of our tunnel ports the rows become their inner frames in
-    place (start, length and in_port, as OVS pops a header by moving the packet's start),
+    from the underlay, where ostart and olength say (without decap, not read):
+    decap_kernel first (its result into tun), and when every frame is a tunnel packet
+    for one of our tunnel ports start, length and in_port become its inner frames' (as
+    OVS pops a header by moving the packet's start),
     else the lane returns -1 (some frame is not; tun says which) or -2 (some frame is the
     numpy decap's) having changed nothing else.  Returns the number of rows handed back."""
     # Every array borrowed (see borrowed()): rows of them are viewed and handed to
@@ -114,12 +117,13 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
                                  borrowed(s.masks))
     data, start, length, in_port = (borrowed(data), borrowed(start), borrowed(length),
                                     borrowed(in_port))
+    ostart, olength = borrowed(ostart), borrowed(olength)
     keys, l3, l4, error, rows = (borrowed(keys), borrowed(l3), borrowed(l4), borrowed(error),
                                  borrowed(rows))
     tun, enc, enc_cols, outs, hand = (borrowed(tun), borrowed(enc), borrowed(enc_cols),
                                       borrowed(outs), borrowed(hand))
     if decap:
-        if decap_kernel(data, start, length, s.local4, s.local6, s.udp_ports, s.udp_kinds,
+        if decap_kernel(data, ostart, olength, s.local4, s.local6, s.udp_ports, s.udp_kinds,
                         s.tports, tun):
             return -2
         for a in range(rows.shape[0]):
@@ -337,6 +341,14 @@ def lane_kernel(s, data, start, length, in_port, keys, l3, l4, error, do_extract
     # The one place of a whole batch, read back with the counters (no numpy scalars).
     stats[4] = outs[0, 1] if same and n_out else -1
     stats[5] = outs[0, 2] if same and n_out else -1
+    # The port every row came in by (the tunnel port of a decapsulated batch, mostly one),
+    # -1 when they differ.
+    one = np.int64(in_port[rows[0]]) if rows.shape[0] else -1
+    for a in range(rows.shape[0]):
+        if np.int64(in_port[rows[a]]) != one:
+            one = -1
+            break
+    stats[6] = one
     return n_hand
 
 
@@ -359,8 +371,8 @@ class ExpressLane:
         self._version = self._generation = -1
         # ct's (conntrack_kernel.S_*), then the lane's: outputs, rows the cache took,
         # whole batch out, a byte of what its touch loops read (so they are kept), and
-        # the port and tunnel port of a whole batch.
-        self._stats = np.zeros(9, np.int64)
+        # the port and tunnel port of a whole batch, the in_port every row shares.
+        self._stats = np.zeros(10, np.int64)
         # A batch's keys, offsets, hand-back and output records, in buffers kept across
         # batches (see _buffers): allocating and zeroing them cost more than the lane's
         # work on a small batch (a key column is 736 bytes).
@@ -377,6 +389,8 @@ class ExpressLane:
         self._state = None
         self._ext: tuple = ()
         self._plan = _NO_PLAN
+        self._last_enc: tuple | None = None     # the buffers _enc and _inner made last
+        self._last_inner: tuple | None = None
 
     def _refresh(self) -> None:
         d = self.dpif
@@ -462,7 +476,7 @@ class ExpressLane:
         The result lives in the lane's buffers until release(); a run before then (the
         general path calling back into the lane) gets buffers of its own."""
         n = len(batch)
-        parsed_n, rows_n, outs, hand, keys = self._acquire(n)
+        parsed_n, rows_n, outs, hand, keys, _ = self._acquire(n)
         fresh = parsed is None
         if fresh:
             parsed, rows = parsed_n, rows_n
@@ -483,9 +497,10 @@ class ExpressLane:
             length, in_port = _as(length, _I32), _as(in_port, _U32)
         if not data.flags.c_contiguous:
             data = np.ascontiguousarray(data)
-        n_hand = _LANE(self._current(None), data, start, length, in_port, keys, l3, l4,
-                       error, fresh, rows, _NO_TUN if tun is None else tun, False, float(now),
-                       *self._ct_args(), enc, enc_cols, outs, hand, max_recirc)
+        n_hand = _LANE(self._current(None), data, start, length, in_port, start, length,
+                       keys, l3, l4, error, fresh, rows, _NO_TUN if tun is None else tun,
+                       False, float(now), *self._ct_args(), enc, enc_cols, outs, hand,
+                       max_recirc)
         if keys is not parsed.keys and not fresh:
             parsed.keys[...] = keys         # the lane's key writes (recirc_id, ct_*) back
         if data is not batch.data:
@@ -501,29 +516,31 @@ class ExpressLane:
         too: some frame is the numpy decap's.  The lane must not be held; it is released
         when there is no result."""
         n = len(batch)
-        parsed, rows, outs, hand, keys = self._acquire(n)
+        parsed, rows, outs, hand, keys, res = self._acquire(n)
         enc, enc_cols = self._enc(n, batch.data.shape[1])
-        res = np.empty((n, D_COLS), np.int64)
-        data = _as(batch.data, _U8)
-        if not data.flags.c_contiguous:
-            data = np.ascontiguousarray(data)
-        # Copies the lane turns into the inner frames' columns: the caller's batch stays.
-        inner = Batch(data, batch.start.astype(_I32), batch.length.astype(_I32),
-                      batch.in_port.astype(_U32))
-        n_hand = _LANE(self._current(plan), data, inner.start, inner.length,
-                       inner.in_port, keys, parsed.l3, parsed.l4, parsed.error, True,
-                       rows, res, True, float(now), *self._ct_args(), enc, enc_cols, outs,
-                       hand, max_recirc)
+        cols, in_port = self._inner(n)
+        start, length = cols
+        data, ostart, olength = batch.data, batch.start, batch.length
+        if data.dtype != _U8 or not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data, _U8)
+        ostart, olength = _as(ostart, _I32), _as(olength, _I32)
+        # The inner frames' columns are the lane's buffers, which it writes: the caller's
+        # batch stays as it came.
+        n_hand = _LANE(self._current(plan), data, start, length, in_port, ostart, olength,
+                       keys, parsed.l3, parsed.l4, parsed.error, True, rows, res, True,
+                       float(now), *self._ct_args(), enc, enc_cols, outs, hand, max_recirc)
         if n_hand < 0:
             self.release()
             return (None if n_hand == -2 else res), None, None
-        return res, inner, self._result(parsed, rows, outs, hand, n_hand, enc, enc_cols)
+        return res, Batch(data, start, length, in_port), self._result(
+            parsed, rows, outs, hand, n_hand, enc, enc_cols)
 
     def _acquire(self, n: int) -> tuple:
-        """(parsed, rows, outs, hand, keys) for a run over n rows: the lane's own buffers,
-        held until release(), or (the lane already held) new ones; keys is the whole key
-        buffer whose first n columns parsed.keys views (C-contiguous: the lane's compiled
-        code indexes it without reading strides, and resets its slots as plain memory)."""
+        """(parsed, rows, outs, hand, keys, decap) for a run over n rows: the lane's own
+        buffers, held until release(), or (the lane already held) new ones; keys is the
+        whole key buffer whose first n columns parsed.keys views (C-contiguous: the lane's
+        compiled code indexes it without reading strides, and resets its slots as plain
+        memory); decap: decap_kernel's result (run_decap's)."""
         d = self.dpif
         if d.config_version != self._version or d.underlay.generation != self._generation \
                 or len(d.action_lists()) != self.built:
@@ -581,7 +598,7 @@ class ExpressLane:
         if v[0]:
             count_express(d.conntrack.stats, v)
         return LaneResult(parsed, rows, outs[:v[3]], v[5] == 1, hand, n_hand, enc,
-                          enc_cols, v[7], v[8])
+                          enc_cols, v[7], v[8], v[9])
 
     def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
@@ -613,14 +630,33 @@ class ExpressLane:
 
     def _enc(self, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """The outer frames' rows, and their lengths and starts (one array, the columns of
-        their batch), for a run over n rows of `width` columns, fresh each batch (a tunnel
-        port may keep its outer frames).  encap writes a row's inner frame behind
-        HEADROOM + header and the header before it: the rest of the row is never read
-        back, so it need not be zero; nor the columns of a row with no outer frame."""
+        their batch), for a run over n rows of `width` columns.  encap writes a row's inner
+        frame behind HEADROOM + header and the header before it: the rest of the row is
+        never read back, so it need not be zero; nor the columns of a row with no outer
+        frame."""
         if not self.n_tmpl:
             return _NO_ENC, _NO_COLS
-        return (np.empty((n, (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7), np.uint8),
-                np.empty((2, n), np.int32))
+        w = (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7
+        last = self._last_enc
+        if last is None or last[0].shape[0] != n or last[0].shape[1] != w or _held(last):
+            last = self._last_enc = (np.empty((n, w), np.uint8), np.empty((2, n), np.int32))
+        return last
+
+    def _inner(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The columns of n inner frames a run_decap makes: their starts and lengths (one
+        array), their in_port."""
+        last = self._last_inner
+        if last is None or last[1].shape[0] != n or _held(last):
+            last = self._last_inner = (np.empty((2, n), np.int32), np.empty(n, np.uint32))
+        return last
+
+
+def _held(last: tuple) -> bool:
+    """Whether anything but the lane holds one of the two arrays of `last` (the buffers of a
+    batch a run made last, kept to be reused): a port that keeps what it sent, a caller
+    keeping process()'s output, a view of either.  Their only reference is otherwise the
+    tuple's (getrefcount counts its argument as one more)."""
+    return sys.getrefcount(last[0]) != 2 or sys.getrefcount(last[1]) != 2
 
 
 class LaneResult(NamedTuple):
@@ -634,6 +670,7 @@ class LaneResult(NamedTuple):
     enc_cols: np.ndarray    # their lengths (row 0) and starts (row 1)
     port: int               # whole: the port every row went out of
     tnl: int                # ... and its tunnel port (-1: a plain output)
+    in_port: int            # the in_port every row shares (-1: they differ)
 
 
 # SetFields the lane writes itself: (header, field names) -> one step per field.
@@ -659,17 +696,18 @@ def _as(a: np.ndarray, dt: np.dtype) -> np.ndarray:
 
 def _buffers(cap: int) -> tuple:
     """A run's buffers for up to cap rows: keys, offsets (l2_5, l3, l4), errors, row
-    numbers, output records, hand-back."""
+    numbers, output records, hand-back, decap's result."""
     return (np.zeros((F.N_SLOTS, cap), np.uint64), np.full((3, cap), -1, np.int32),
             np.zeros(cap, np.uint8), np.arange(cap, dtype=np.int64),
-            np.empty((cap * MAX_OPS, 3), np.int64), np.zeros((cap, 4), np.int64))
+            np.empty((cap * MAX_OPS, 3), np.int64), np.zeros((cap, 4), np.int64),
+            np.zeros((cap, D_COLS), np.int64))
 
 
 def _views(bufs: tuple, n: int) -> tuple:
-    """(parsed, rows, outs, hand, keys) of a batch of n rows in _buffers' buffers."""
-    keys, off, err, rows, outs, hand = bufs
+    """(parsed, rows, outs, hand, keys, decap) of a batch of n rows in _buffers' buffers."""
+    keys, off, err, rows, outs, hand, tun = bufs
     return (Parsed(keys[:, :n], off[0, :n], off[1, :n], off[2, :n], err[:n]), rows[:n],
-            outs[:n * MAX_OPS], hand[:n], keys)
+            outs[:n * MAX_OPS], hand[:n], keys, tun[:n])
 
 
 def tunnel_args(tun: tuple):

@@ -307,7 +307,7 @@ class UserspaceDpif:
                 res, inner, ran = self.lane.run_decap(batch, self._decap_plan, now, MAX_RECIRC)
                 if ran is not None:
                     try:
-                        self._count_rx(inner.in_port)
+                        self._count_rx(inner.in_port, ran.in_port)
                         self._after_lane(inner, ran, now, out)
                     finally:
                         self.lane.release()
@@ -360,9 +360,13 @@ class UserspaceDpif:
             return None
         return batch.take(st == tunnel_fast.D_OTHER)
 
-    def _count_rx(self, in_port: np.ndarray) -> None:
-        """Inner frames received, counted on the tunnel ports they came in by."""
-        one = same_value(in_port)
+    def _count_rx(self, in_port: np.ndarray, one: int | None = None) -> None:
+        """Inner frames received, counted on the tunnel ports they came in by (one: the
+        port every frame came in by, when the lane said; -1: they differ)."""
+        if one is None:
+            one = same_value(in_port)
+        elif one < 0:
+            one = None
         if one is not None:
             # A batch from the underlay is mostly one tunnel port's.
             counts = ((one, in_port.size),)
