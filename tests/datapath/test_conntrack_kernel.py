@@ -6,6 +6,7 @@ import ipaddress
 import random
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -259,9 +260,19 @@ def test_express_nat_and_icmp_same_as_numpy(seed, n, rounds):
                  nat=nat)
 
 
-def test_express_translates_established_nat_and_answers_pings():
+def _strided(a: np.ndarray) -> np.ndarray:
+    """A copy of a held as every other column of a wider array (not C-contiguous)."""
+    wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+    wide[:, ::2] = a
+    return wide[:, ::2]
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_express_translates_established_nat_and_answers_pings(strided):
     """Established DNAT/SNAT connections of each protocol, both ways, through ct(nat): all
-    on the compiled express path, translated to the other tuple with valid checksums."""
+    on the compiled express path, translated to the other tuple with valid checksums
+    (strided: the frames and keys in strided arrays, which the kernel takes copies of and
+    writes back)."""
     r = random.Random(5)
     pair = Pair()
     conns = [Conv(proto, nat, 5000 + 10 * i + j, r) for i, proto in enumerate(("tcp", "udp", "icmp"))
@@ -272,6 +283,9 @@ def test_express_translates_established_nat_and_answers_pings():
     pkts = [c.pkt(d, "PA", b"data") for c in conns for d in (0, 1)]
     b = Batch.from_packets([bytes(p) for p in pkts], 1)
     pr = parse(b)
+    if strided:
+        b.data = _strided(b.data)
+        pr.keys = _strided(pr.keys)
     left = express_compiled(pair.fast, CtBatch(b, pr, np.arange(len(b)), np.zeros(len(b), np.uint64),
                                                False, NatSpec(), 1.0, False))
     assert left.size == 0

@@ -367,10 +367,12 @@ def _nat4(data, keys, g, l3, l4, kind, src, dst, sp, dp):
 
 
 # One signature, compiled (or loaded from the on-disk cache) at import, never in the
-# middle of a packet burst; callers pass exactly these types.
-@kernel("int64(uint8[:, :], int64[:], int32[:], int32[:], uint64[:, :], uint8[:], uint64[:],"
-        " uint64[:, :], uint64[:, :], int64[:, :], float64[:, :], float64, int64, float64[:],"
-        " int64[:, :], int8[:], int64[:], int64[:], boolean[:])")
+# middle of a packet burst; callers pass exactly these types.  C-contiguous arrays (but
+# l3, l4 and error, which the express lane holds as strided views): an 'A' array's every
+# access multiplies by a stride kept on the stack (the kernel about 20% slower).
+@kernel("int64(uint8[:, ::1], int64[::1], int32[:], int32[:], uint64[:, ::1], uint8[:],"
+        " uint64[::1], uint64[:, ::1], uint64[:, ::1], int64[:, ::1], float64[:, ::1], float64,"
+        " int64, float64[::1], int64[:, ::1], int8[::1], int64[::1], int64[::1], boolean[::1])")
 def express_kernel(data, rows, l3, l4, keys, error, zones, kv, mem, memi, memf, now, flags, tmo,
                    work, mark, count, stats, good):
     """conntrack_fast.express for the rows `rows`: the same choice of TCP express rows,
@@ -716,14 +718,21 @@ def express(ct, b: CtBatch) -> np.ndarray:
     stats = np.zeros(3, np.int64)
     fl = (F_NAT if b.nat is not None else 0) | (F_CHECKSUMS if ct.checksums else 0) \
         | (F_LIBERAL if ct.tcp_liberal else 0) | (F_COMMIT if b.commit else 0)
-    k = express_kernel(b.batch.data, b.rows.astype(np.int64, copy=False),
+    # The kernel writes data (NAT) and keys: copies of strided ones are written back.
+    data, keys = b.batch.data, parsed.keys
+    cdata, ckeys = np.ascontiguousarray(data), np.ascontiguousarray(keys)
+    k = express_kernel(cdata, np.ascontiguousarray(b.rows, np.int64),
                        parsed.l3.astype(np.int32, copy=False),
-                       parsed.l4.astype(np.int32, copy=False), parsed.keys,
+                       parsed.l4.astype(np.int32, copy=False), ckeys,
                        parsed.error.astype(np.uint8, copy=False),
-                       b.zones.astype(np.uint64, copy=False), tab.index.kv, mem,
+                       np.ascontiguousarray(b.zones, np.uint64), tab.index.kv, mem,
                        mem.view(np.int64), mem.view(np.float64), float(b.now), fl,
                        ct.tmo[TIMEOUTS], work, tab.scratch(np.int8),
-                       tab.scratch(np.int64), stats, np.zeros(b.batch.data.shape[0], np.bool_))
+                       tab.scratch(np.int64), stats, np.zeros(data.shape[0], np.bool_))
+    if cdata is not data:
+        data[...] = cdata
+    if ckeys is not keys:
+        keys[...] = ckeys
     if k == 0:
         return np.arange(m)
     count_express(ct.stats, stats)
