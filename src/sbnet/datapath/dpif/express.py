@@ -389,8 +389,9 @@ class ExpressLane:
         self._state = None
         self._ext: tuple = ()
         self._plan = _NO_PLAN
-        self._last_enc: tuple | None = None     # the buffers _enc and _inner made last
-        self._last_inner: tuple | None = None
+        # The buffers _enc and _inner made last, and the sizes they were made for.
+        self._last_enc: tuple = (None, None, -1, -1)
+        self._last_inner: tuple = (None, None, -1)
 
     def _refresh(self) -> None:
         d = self.dpif
@@ -484,7 +485,7 @@ class ExpressLane:
             keys = np.ascontiguousarray(parsed.keys)
         else:
             keys = parsed.keys
-        enc, enc_cols = self._enc(n, batch.data.shape[1])
+        enc, enc_cols = self._enc(n, batch.data.shape[1])[:2]
         # Every argument's type is fixed here (_as, the lane's own arrays): the compiled
         # entry of lane_kernel's one signature takes them without the dispatcher working
         # out each one's type (for the state struct a Python-level lookup, ~2 us).
@@ -517,8 +518,8 @@ class ExpressLane:
         when there is no result."""
         n = len(batch)
         parsed, rows, outs, hand, keys, res = self._acquire(n)
-        enc, enc_cols = self._enc(n, batch.data.shape[1])
-        cols, in_port = self._inner(n)
+        enc, enc_cols = self._enc(n, batch.data.shape[1])[:2]
+        cols, in_port = self._inner(n)[:2]
         start, length = cols
         data, ostart, olength = batch.data, batch.start, batch.length
         if data.dtype != _U8 or not data.flags.c_contiguous:
@@ -597,8 +598,9 @@ class ExpressLane:
         smc.hits += v[4]
         if v[0]:
             count_express(d.conntrack.stats, v)
-        return LaneResult(parsed, rows, outs[:v[3]], v[5] == 1, hand, n_hand, enc,
-                          enc_cols, v[7], v[8], v[9])
+        # Made as a tuple (a NamedTuple's own constructor costs three times as much).
+        return _new_tuple(LaneResult, (parsed, rows, outs[:v[3]], v[5] == 1, hand, n_hand,
+                                       enc, enc_cols, v[7], v[8], v[9]))
 
     def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
@@ -628,26 +630,27 @@ class ExpressLane:
         """The general path wrote whole key columns of the current batch."""
         self._all_n = max(self._all_n, self._n)
 
-    def _enc(self, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    def _enc(self, n: int, width: int) -> tuple:
         """The outer frames' rows, and their lengths and starts (one array, the columns of
-        their batch), for a run over n rows of `width` columns.  encap writes a row's inner
+        their batch), for a run over n rows of `width` columns (then n and width).  encap writes a row's inner
         frame behind HEADROOM + header and the header before it: the rest of the row is
         never read back, so it need not be zero; nor the columns of a row with no outer
         frame."""
         if not self.n_tmpl:
-            return _NO_ENC, _NO_COLS
-        w = (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7
+            return _NO_ENC, _NO_COLS, n, width
         last = self._last_enc
-        if last is None or last[0].shape[0] != n or last[0].shape[1] != w or _held(last):
-            last = self._last_enc = (np.empty((n, w), np.uint8), np.empty((2, n), np.int32))
+        if last[2] != n or last[3] != width or _held(last):
+            w = (HEADROOM + TMPL_W + width + TAILROOM + 7) & ~7
+            last = self._last_enc = (np.empty((n, w), np.uint8), np.empty((2, n), np.int32),
+                                     n, width)
         return last
 
-    def _inner(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _inner(self, n: int) -> tuple:
         """The columns of n inner frames a run_decap makes: their starts and lengths (one
-        array), their in_port."""
+        array), their in_port (then n)."""
         last = self._last_inner
-        if last is None or last[1].shape[0] != n or _held(last):
-            last = self._last_inner = (np.empty((2, n), np.int32), np.empty(n, np.uint32))
+        if last[2] != n or _held(last):
+            last = self._last_inner = (np.empty((2, n), np.int32), np.empty(n, np.uint32), n)
         return last
 
 
@@ -683,6 +686,7 @@ _NO_COLS = np.zeros((2, 0), np.int32)
 _I32, _U32, _I64, _U8 = (np.dtype(t) for t in (np.int32, np.uint32, np.int64, np.uint8))
 _COLUMNS = (_I32, _I32, _U32, _U8)      # a batch's start, length, in_port and data
 _LANE = entry_point(lane_kernel)
+_new_tuple = tuple.__new__
 # decap_kernel's plan with no tunnel ports (tunnel_fast.decap_plan's shapes).
 _NO_PLAN = (np.zeros(0, np.uint64), np.zeros((0, 2), np.uint64), np.zeros(0, np.int64),
             np.zeros(0, np.int64), np.zeros((0, 8), np.int64))
