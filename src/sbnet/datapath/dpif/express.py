@@ -391,7 +391,7 @@ class ExpressLane:
         self._plan = _NO_PLAN
         # The buffers _enc and _inner made last, and the sizes they were made for.
         self._last_enc: tuple = (None, None, -1, -1)
-        self._last_inner: tuple = (None, None, -1)
+        self._last_inner: tuple = (None, None, None, -1)
 
     def _refresh(self) -> None:
         d = self.dpif
@@ -516,15 +516,15 @@ class ExpressLane:
         rows; result None: not every frame was (res: decap_kernel's verdicts); res None
         too: some frame is the numpy decap's.  The lane must not be held; it is released
         when there is no result."""
-        n = len(batch)
-        parsed, rows, outs, hand, keys, res = self._acquire(n)
-        enc, enc_cols = self._enc(n, batch.data.shape[1])[:2]
-        cols, in_port = self._inner(n)[:2]
-        start, length = cols
         data, ostart, olength = batch.data, batch.start, batch.length
+        n = len(olength)
+        parsed, rows, outs, hand, keys, res = self._acquire(n)
+        enc, enc_cols = self._enc(n, data.shape[1])[:2]
+        start, length, in_port = self._inner(n)[:3]
         if data.dtype != _U8 or not data.flags.c_contiguous:
             data = np.ascontiguousarray(data, _U8)
-        ostart, olength = _as(ostart, _I32), _as(olength, _I32)
+        if ostart.dtype != _I32 or olength.dtype != _I32:
+            ostart, olength = ostart.astype(_I32), olength.astype(_I32)
         # The inner frames' columns are the lane's buffers, which it writes: the caller's
         # batch stays as it came.
         n_hand = _LANE(self._current(plan), data, start, length, in_port, ostart, olength,
@@ -646,16 +646,17 @@ class ExpressLane:
         return last
 
     def _inner(self, n: int) -> tuple:
-        """The columns of n inner frames a run_decap makes: their starts and lengths (one
-        array), their in_port (then n)."""
+        """The columns of n inner frames a run_decap makes: their starts, lengths and
+        in_port (then n)."""
         last = self._last_inner
-        if last[2] != n or _held(last):
-            last = self._last_inner = (np.empty((2, n), np.int32), np.empty(n, np.uint32), n)
+        if last[3] != n or _held(last) or sys.getrefcount(last[2]) != 2:
+            last = self._last_inner = (np.empty(n, np.int32), np.empty(n, np.int32),
+                                       np.empty(n, np.uint32), n)
         return last
 
 
 def _held(last: tuple) -> bool:
-    """Whether anything but the lane holds one of the two arrays of `last` (the buffers of a
+    """Whether anything but the lane holds one of the first two arrays of `last` (buffers of a
     batch a run made last, kept to be reused): a port that keeps what it sent, a caller
     keeping process()'s output, a view of either.  Their only reference is otherwise the
     tuple's (getrefcount counts its argument as one more)."""

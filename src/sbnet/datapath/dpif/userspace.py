@@ -231,7 +231,7 @@ class UserspaceDpif:
         The dpif owns the batch from here (its packets may be edited in place, as in
         OVS's datapath).  Tunnel decapsulation is tried only on packets that arrived on
         underlay ports."""
-        n = len(batch)
+        n = len(batch.length)
         if not n:
             return []
         lane = self.lane
@@ -307,7 +307,7 @@ class UserspaceDpif:
         """Strip tunnel headers from underlay packets addressed to our tunnel ports and
         switch the inner frames from the tunnel port; returns the packets left over (None:
         none)."""
-        n = len(batch)
+        n = len(batch.length)
         if self.lane is not None:
             key = (self.config_version, self.underlay, self.underlay.generation)
             if self._decap_key != key:
@@ -319,7 +319,12 @@ class UserspaceDpif:
                 res, inner, ran = self.lane.run_decap(batch, self._decap_plan, now, MAX_RECIRC)
                 if ran is not None:
                     try:
-                        self._count_rx(inner.in_port, ran.in_port)
+                        port = self.ports.get(ran.in_port)
+                        if port is not None:
+                            # The tunnel port every inner frame came in by (mostly one).
+                            port.rx_packets += n
+                        elif ran.in_port < 0:
+                            self._count_rx(inner.in_port)
                         self._after_lane(inner, ran, now, out)
                     finally:
                         self.lane.release()
@@ -372,13 +377,9 @@ class UserspaceDpif:
             return None
         return batch.take(st == tunnel_fast.D_OTHER)
 
-    def _count_rx(self, in_port: np.ndarray, one: int | None = None) -> None:
-        """Inner frames received, counted on the tunnel ports they came in by (one: the
-        port every frame came in by, when the lane said; -1: they differ)."""
-        if one is None:
-            one = same_value(in_port)
-        elif one < 0:
-            one = None
+    def _count_rx(self, in_port: np.ndarray) -> None:
+        """Inner frames received, counted on the tunnel ports they came in by."""
+        one = same_value(in_port)
         if one is not None:
             # A batch from the underlay is mostly one tunnel port's.
             counts = ((one, in_port.size),)
