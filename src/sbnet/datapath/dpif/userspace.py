@@ -236,12 +236,13 @@ class UserspaceDpif:
             return []
         lane = self.lane
         if lane is not None and not lane.held:
-            # A port's receive batch (one comparison says so), the lane free: the common
-            # case, its short way.  (With a lane there is no offload tier to tick.)
-            one = same_value(batch.in_port)
+            # No tunnels, or a port's receive batch (one comparison says so), the lane
+            # free: the common case, its short way.  (With a lane there is no offload tier
+            # to tick.)
+            one = same_value(batch.in_port) if self.tunnels else -1
             if one is not None:
                 out: list[tuple[int, Batch]] = []
-                if self.tunnels and one in self.underlay.ports:
+                if one in self.underlay.ports:
                     rest = self._decap(batch, now, out)
                     return out if rest is None else out + self._local(rest, now)
                 self._express(batch, None, None, now, out)
