@@ -233,6 +233,7 @@ def test_a_burst_kept_by_a_port_or_a_caller_is_not_overwritten_by_the_next():
                     p.take_sent()
                     p.keep = kept
         wire, held, inner = [], [], []
+        tx = {(sw, p): sw.ports[p].tx_bytes for sw, p in ((h1, UNDERLAY_OFPORT), (h2, srv_port))}
         for frames in bursts:
             out = h1.process(Batch.from_packets(frames, vm_port), now=5.0)
             held.append(out)
@@ -247,6 +248,11 @@ def test_a_burst_kept_by_a_port_or_a_caller_is_not_overwritten_by_the_next():
                     for p in b.packets()] == wire[k]
             assert [p for port, b in inner[k] if port == srv_port
                     for p in b.packets()] == frames
+        # The bytes each port counted are those of the frames it sent.
+        assert h1.ports[UNDERLAY_OFPORT].tx_bytes - tx[h1, UNDERLAY_OFPORT] == \
+            sum(len(w) for ws in wire for w in ws)
+        assert h2.ports[srv_port].tx_bytes - tx[h2, srv_port] == \
+            sum(len(f) for fs in bursts for f in fs)
         if kept:
             assert h1.ports[UNDERLAY_OFPORT].take_sent() == [w for ws in wire for w in ws]
             assert h2.ports[srv_port].take_sent() == [f for fs in bursts for f in fs]

@@ -165,8 +165,8 @@ class _Loopback(MemoryPort):
         super().__init__(ofport, f"loop{ofport}")
         self.switch, self.into, self.depth = None, into, 0
 
-    def deliver(self, batch: Batch) -> None:
-        super().deliver(batch)
+    def deliver(self, batch: Batch, nbytes: int | None = None) -> None:
+        super().deliver(batch, nbytes)
         if self.depth < 2:
             self.depth += 1
             try:

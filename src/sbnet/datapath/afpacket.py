@@ -215,8 +215,8 @@ class AfPacketPort(Port):
         self.rx_dropped += dropped
         return [out[i, HEADROOM:HEADROOM + lens[i]].tobytes() for i in range(len(lens))]
 
-    def deliver(self, batch: Batch) -> None:
-        super().deliver(batch)
+    def deliver(self, batch: Batch, nbytes: int | None = None) -> None:
+        super().deliver(batch, nbytes)
         if self._rx is not None:
             try:
                 self.tx_errors += self._tx.send(self.sock.fileno(), batch)

@@ -349,6 +349,16 @@ def lane_kernel(s, data, start, length, in_port, ostart, olength, keys, l3, l4, 
             one = -1
             break
     stats[6] = one
+    # A whole batch's bytes, and its outer frames' (the ports it leaves by count them).
+    nb = np.int64(0)
+    ne = np.int64(0)
+    if same:
+        for a in range(n_out):
+            nb += length[a]
+            if outs[a, 2] >= 0:
+                ne += enc_cols[0, a]
+    stats[7] = nb
+    stats[8] = ne
     return n_hand
 
 
@@ -371,8 +381,9 @@ class ExpressLane:
         self._version = self._generation = -1
         # ct's (conntrack_kernel.S_*), then the lane's: outputs, rows the cache took,
         # whole batch out, a byte of what its touch loops read (so they are kept), and
-        # the port and tunnel port of a whole batch, the in_port every row shares.
-        self._stats = np.zeros(10, np.int64)
+        # the port and tunnel port of a whole batch, the in_port every row shares, its
+        # bytes and its outer frames'.
+        self._stats = np.zeros(12, np.int64)
         # A batch's keys, offsets, hand-back and output records, in buffers kept across
         # batches (see _buffers): allocating and zeroing them cost more than the lane's
         # work on a small batch (a key column is 736 bytes).
@@ -600,7 +611,7 @@ class ExpressLane:
             count_express(d.conntrack.stats, v)
         # Made as a tuple (a NamedTuple's own constructor costs three times as much).
         return _new_tuple(LaneResult, (parsed, rows, outs[:v[3]], v[5] == 1, hand, n_hand,
-                                       enc, enc_cols, v[7], v[8], v[9]))
+                                       enc, enc_cols, v[7], v[8], v[9], v[10], v[11]))
 
     def _new_state(self, ext: tuple, plan: tuple) -> None:
         self._state = new_state(ext[:7] + (self.prog, self.tmpl, self.tprm) + ext[7:9] + (
@@ -675,6 +686,8 @@ class LaneResult(NamedTuple):
     port: int               # whole: the port every row went out of
     tnl: int                # ... and its tunnel port (-1: a plain output)
     in_port: int            # the in_port every row shares (-1: they differ)
+    nbytes: int             # whole: the batch's bytes
+    enc_nbytes: int         # ... and its outer frames' (tnl >= 0)
 
 
 # SetFields the lane writes itself: (header, field names) -> one step per field.

@@ -508,17 +508,18 @@ class UserspaceDpif:
     def _whole_out(self, batch: Batch, res, out: list) -> None:
         """Deliver a batch the lane sent whole, in order, to one place (the common burst):
         _lane_outputs' work without its grouping."""
-        port, tnl = res.port, res.tnl
+        port, tnl, nbytes = res.port, res.tnl, res.nbytes
         if tnl >= 0:
-            self.ports[tnl].deliver(batch)
+            self.ports[tnl].deliver(batch, nbytes)
             cols = res.enc_cols
             batch = Batch(res.enc, cols[1], cols[0], batch.in_port)
+            nbytes = res.enc_nbytes
         if port == F.OFPP_CONTROLLER:
             self._deliver([(port, batch)], out)
             return
         dest = self.ports.get(port)
         if dest is not None:
-            dest.deliver(batch)
+            dest.deliver(batch, nbytes)
         out.append((port, batch))
 
     def _lane_outputs(self, batch: Batch, res, out: list) -> None:

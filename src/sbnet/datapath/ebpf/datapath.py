@@ -60,12 +60,13 @@ class TxPort(Port):
         self.held: tuple[bytes, frozenset, Callable[[], bool]] | None = None
         self.forced = False
 
-    def deliver(self, batch: Batch) -> None:
+    def deliver(self, batch: Batch, nbytes: int | None = None) -> None:
         if self.held is not None:
             batch = self._unheld(batch)
             if not len(batch):
                 return
-        super().deliver(batch)
+            nbytes = None           # some frames may be held back: summed again
+        super().deliver(batch, nbytes)
         # One sendmmsg call per batch (a frame past the device's MTU fails and is counted).
         self.tx_errors += self._tx.send(self.sock.fileno(), batch)
 

@@ -135,8 +135,8 @@ class UnderlayPort(Port):
         with in_netns(netns):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
-    def deliver(self, batch: Batch) -> None:
-        super().deliver(batch)
+    def deliver(self, batch: Batch, nbytes: int | None = None) -> None:
+        super().deliver(batch, nbytes)
         for pkt in batch.packets():
             if len(pkt) < 34 or pkt[12:14] != _ETH_IP or pkt[14] >> 4 != 4:
                 self.tx_errors += 1          # the slow path's underlay is IPv4 only
