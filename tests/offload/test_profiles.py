@@ -142,3 +142,19 @@ def test_not_yaml_and_not_a_mapping():
 def test_software_profile_has_no_nic_keys():
     bad("name: s\ntier: software\ndescription: d\nsources: [x]\ncapacity: {flows: 1}\n",
         "capacity", "no NIC tier")
+
+
+def test_the_profile_vocabulary_covers_every_action_and_set_header_of_our_datapath():
+    # Profiles are plain data with no datapath import: their action and set() header
+    # vocabulary is OVS's, written out.  A datapath action or header missing from it could
+    # never be named by a profile, so never offloaded.
+    import dataclasses
+
+    from sbnet.datapath import odp
+    from sbnet.offload.profile import SET_HEADER_NAMES, action_name, known_action_names
+    ours = {action_name(c) for c in vars(odp).values()
+            if isinstance(c, type) and c.__module__ == odp.__name__
+            and dataclasses.is_dataclass(c)}
+    assert {"output", "set", "ct", "recirc", "tnl_push", "push_vlan"} <= ours
+    assert ours <= known_action_names(), sorted(ours - known_action_names())
+    assert set(odp.SET_HEADERS) <= SET_HEADER_NAMES, sorted(set(odp.SET_HEADERS) - SET_HEADER_NAMES)
