@@ -157,4 +157,5 @@ def test_the_profile_vocabulary_covers_every_action_and_set_header_of_our_datapa
             and dataclasses.is_dataclass(c)}
     assert {"output", "set", "ct", "recirc", "tnl_push", "push_vlan"} <= ours
     assert ours <= known_action_names(), sorted(ours - known_action_names())
-    assert set(odp.SET_HEADERS) <= SET_HEADER_NAMES, sorted(set(odp.SET_HEADERS) - SET_HEADER_NAMES)
+    headers = set(odp.SET_HEADERS)
+    assert headers <= SET_HEADER_NAMES, sorted(headers - SET_HEADER_NAMES)

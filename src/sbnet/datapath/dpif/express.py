@@ -76,14 +76,15 @@ def _set(data, keys, g, start, l3, op, v):
 
 
 @kernel(numba.int64(LANE_STATE, numba.uint8[:, ::1], numba.int32[:], numba.int32[:],
-                    numba.uint32[:], numba.int32[:], numba.int32[:], numba.uint64[:, ::1], numba.int32[:], numba.int32[:],
+                    numba.uint32[:], numba.int32[:], numba.int32[:], numba.uint64[:, ::1],
+                    numba.int32[:], numba.int32[:],
                     numba.uint8[:], numba.boolean, numba.int64[:], numba.int64[:, :],
                     numba.boolean, numba.float64, numba.boolean, numba.int64,
                     numba.uint8[:, :], numba.int32[:, ::1], numba.int64[:, :],
                     numba.int64[:, :], numba.int64))
 def lane_kernel(s, data, start, length, in_port, ostart, olength, keys, l3, l4, error,
-                do_extract, rows, tun,
-                decap, now, ct_ok, ct_flags, enc, enc_cols, outs, hand, max_recirc):
+                do_extract, rows, tun, decap, now, ct_ok, ct_flags, enc, enc_cols, outs, hand,
+                max_recirc):
     """Every row of `rows` through the signature cache and its datapath flow's program,
     pass after pass, as far as the lane can take it: counters, outputs (recorded in outs:
     row, port, tunnel ofport or -1 for a plain output), Ethernet addresses and TTL set,
@@ -102,9 +103,9 @@ def lane_kernel(s, data, start, length, in_port, ostart, olength, keys, l3, l4, 
     from the underlay, where ostart and olength say (without decap, not read):
     decap_kernel first (its result into tun), and when every frame is a tunnel packet
     for one of our tunnel ports start, length and in_port become its inner frames' (as
-    OVS pops a header by moving the packet's start),
-    else the lane returns -1 (some frame is not; tun says which) or -2 (some frame is the
-    numpy decap's) having changed nothing else.  Returns the number of rows handed back."""
+    OVS pops a header by moving the packet's start), else the lane returns -1 (some frame
+    is not; tun says which) or -2 (some frame is the numpy decap's) having changed
+    nothing else.  Returns the number of rows handed back."""
     # Every array borrowed (see borrowed()): rows of them are viewed and handed to
     # helpers row by row (the frames to _flow_hash, match rows to the verify), each
     # a reference counted twice, atomically, where a borrowed view's is a null test.
@@ -643,10 +644,10 @@ class ExpressLane:
 
     def _enc(self, n: int, width: int) -> tuple:
         """The outer frames' rows, and their lengths and starts (one array, the columns of
-        their batch), for a run over n rows of `width` columns (then n and width).  encap writes a row's inner
-        frame behind HEADROOM + header and the header before it: the rest of the row is
-        never read back, so it need not be zero; nor the columns of a row with no outer
-        frame."""
+        their batch), for a run over n rows of `width` columns (then n and width).  encap
+        writes a row's inner frame behind HEADROOM + header and the header before it: the
+        rest of the row is never read back, so it need not be zero; nor the columns of a
+        row with no outer frame."""
         if not self.n_tmpl:
             return _NO_ENC, _NO_COLS, n, width
         last = self._last_enc
@@ -667,10 +668,10 @@ class ExpressLane:
 
 
 def _held(last: tuple) -> bool:
-    """Whether anything but the lane holds one of the first two arrays of `last` (buffers of a
-    batch a run made last, kept to be reused): a port that keeps what it sent, a caller
-    keeping process()'s output, a view of either.  Their only reference is otherwise the
-    tuple's (getrefcount counts its argument as one more)."""
+    """Whether anything but the lane holds one of the first two arrays of `last` (buffers
+    of the batch a run made last, kept to be reused): a port that keeps what it sent, a
+    caller keeping process()'s output, a view of either.  Their only reference is
+    otherwise the tuple's (getrefcount counts its argument as one more)."""
     return sys.getrefcount(last[0]) != 2 or sys.getrefcount(last[1]) != 2
 
 
