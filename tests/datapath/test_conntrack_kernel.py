@@ -330,3 +330,33 @@ def test_compiled_index_maps_as_numpys(seed, capacity):
             assert i.get_many(probe).tolist() == want
             assert (len(i), i.dead) == (len(ref), idx[False].dead)
         assert np.array_equal(idx[True].kv, idx[False].kv)
+
+
+def _sum16_ref(d: np.ndarray, i: int, c: int, n: int) -> int:
+    """_sum16 in plain Python: big-endian words of row i from column c, a byte past the
+    row's end zero (a negative column counts from the end, as numpy's index does)."""
+    byte = [int(d[i, c + j]) if c + j < d.shape[1] else 0 for j in range(n)] + [0]
+    return sum(byte[j] << 8 | byte[j + 1] for j in range(0, n, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@example(seed=0, width=4200, step=1, c=3, n=4300)
+@example(seed=0, width=60, step=1, c=1, n=59)
+@given(seed=st.integers(0, 2**32 - 1), width=st.sampled_from([7, 60, 249, 2100, 4200]),
+       step=st.sampled_from([1, 1, 2]), c=st.integers(-6, 4300), n=st.integers(0, 4400))
+def test_sum16_same_as_plain_python(seed, width, step, c, n):
+    """The ones-complement sum every checksum takes (eight bytes a load, byte order
+    swapped at the end) against its definition, as its callers use it (folded, alone or
+    added to other sums): odd lengths and columns, rows ending mid-word, negative
+    columns, strided rows, all-zero and all-0xFF rows."""
+    from sbnet.datapath.conntrack_kernel import _fold, _sum16
+    rng = np.random.default_rng(seed)
+    d = rng.integers(0, 256, (4, width * step), dtype=np.uint8)[:, ::step]
+    d[2] = 255
+    d[3] = 0
+    c = max(min(c, width + 2), -width)
+    extra = int(rng.integers(0, 1 << 20))
+    for i in range(4):
+        got, want = int(_sum16(d, i, c, n)), _sum16_ref(d, i, c, n)
+        assert (got == 0) == (want == 0)
+        assert _fold(got) == _fold(want) and _fold(got + extra) == _fold(want + extra)
