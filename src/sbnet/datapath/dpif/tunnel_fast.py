@@ -10,7 +10,8 @@ import numpy as np
 
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
-from sbnet.datapath.conntrack_kernel import _be, _fold, _pseudo4, _sum16, copy_row_bytes
+from sbnet.datapath.conntrack_kernel import (_be, _fold, _pseudo4, _sum16, _sum16_in,
+                                             copy_row_bytes)
 from sbnet.datapath.jit import kernel
 from sbnet.datapath.underlay import Underlay
 from sbnet.flows.fields import IP_UDP
@@ -190,8 +191,10 @@ def encap_kernel(d, start, length, tmpl, prm, out):
     return 0
 
 
-@kernel("int64(uint8[:, :], int32[:], int32[:], uint64[:], uint64[:, :], int64[:], int64[:],"
-        " int64[:, :], int64[:, :])")
+# The frames and the plan C-contiguous: an 'A' array's every byte read multiplies by a
+# stride kept on the stack.
+@kernel("int64(uint8[:, ::1], int32[:], int32[:], uint64[::1], uint64[:, ::1], int64[::1],"
+        " int64[::1], int64[:, ::1], int64[:, :])")
 def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, res):
     """tunnel.decap of VXLAN over IPv4 for every row, or its verdict that the numpy code
     must decide: res[i, D_STATUS] is _OTHER (not addressed to a tunnel: switched as
@@ -236,7 +239,8 @@ def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, 
         tot = np.int64(_be(d, i, q + 2, 2))
         frag = _be(d, i, q + 6, 2) & np.uint64(0x3FFF)
         if (v0 >> np.uint64(4)) != 4 or ihl < 20 or tot < ihl or 14 + tot > ln \
-                or _fold(_sum16(d, i, q, ihl)) != 0xFFFF or frag != 0:
+                or _fold(_sum16_in(d, i, q, ihl) if q >= 0 and q + ihl <= d.shape[1]
+                         else _sum16(d, i, q, ihl)) != 0xFFFF or frag != 0:
             res[i, D_STATUS] = _SLOW
             n_slow += 1
             continue
@@ -516,7 +520,8 @@ def decap(batch: Batch, rows, ports, underlay: Underlay) -> T.DecapResult:
     n = len(batch)
     if n and _every_row(rows, n):
         res = np.empty((n, D_COLS), np.int64)
-        if not decap_kernel(batch.data, batch.start.astype(np.int32, copy=False),
+        if not decap_kernel(np.ascontiguousarray(batch.data),
+                            batch.start.astype(np.int32, copy=False),
                             batch.length.astype(np.int32, copy=False), *_plan(ports, underlay),
                             res):
             return _decap_result(batch, res)
@@ -534,7 +539,7 @@ def decap_rows(batch: Batch, plan: tuple) -> np.ndarray | None:
     tunnel.decap), else None."""
     n = len(batch)
     res = np.empty((n, D_COLS), np.int64)
-    if decap_kernel(batch.data, batch.start.astype(np.int32, copy=False),
+    if decap_kernel(np.ascontiguousarray(batch.data), batch.start.astype(np.int32, copy=False),
                     batch.length.astype(np.int32, copy=False), *plan, res):
         return None
     return res
