@@ -11,7 +11,7 @@ import numpy as np
 from sbnet.datapath import tunnel as T
 from sbnet.datapath.batch import HEADROOM, TAILROOM, Batch
 from sbnet.datapath.conntrack_kernel import (_be, _fold, _pseudo4, _sum16, _sum16_in,
-                                             copy_row_bytes)
+                                             borrowed, copy_row_bytes)
 from sbnet.datapath.jit import kernel
 from sbnet.datapath.underlay import Underlay
 from sbnet.flows.fields import IP_UDP
@@ -202,6 +202,9 @@ def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, 
     Geneve, any packet decap would drop or count).  ports: the tunnel ports in OVS's lookup order, rows
     (kind, dst_port, remote family (0: any), remote, local family, local, fixed key
     (-1: any), ofport).  Returns the number of _SLOW rows."""
+    # Borrowed: the inlined header sum counts a reference to it on every row (borrowed(),
+    # two atomic operations each).
+    d = borrowed(d)
     n = start.shape[0]
     n_slow = 0
     for i in range(n):
@@ -225,7 +228,7 @@ def decap_kernel(d, start, length, local4, local6, udp_ports, udp_kinds, ports, 
         for a in local4:
             if a == dst:
                 local = True
-        proto = _byte(d, i, q + 9)
+        proto = np.int64(_byte(d, i, q + 9))      # int64: a uint64 compared with 17 is a float
         if not local or (proto != 17 and proto != 47):
             continue
         if proto == 47:
