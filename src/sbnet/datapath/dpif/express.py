@@ -661,7 +661,7 @@ class ExpressLane:
         """The columns of n inner frames a run_decap makes: their starts, lengths and
         in_port (then n)."""
         last = self._last_inner
-        if last[3] != n or _held(last) or sys.getrefcount(last[2]) != 2:
+        if last[3] != n or _held(last) or sys.getrefcount(last[2]) != _ALONE:
             last = self._last_inner = (np.empty(n, np.int32), np.empty(n, np.int32),
                                        np.empty(n, np.uint32), n)
         return last
@@ -671,8 +671,19 @@ def _held(last: tuple) -> bool:
     """Whether anything but the lane holds one of the first two arrays of `last` (buffers
     of the batch a run made last, kept to be reused): a port that keeps what it sent, a
     caller keeping process()'s output, a view of either.  Their only reference is
-    otherwise the tuple's (getrefcount counts its argument as one more)."""
-    return sys.getrefcount(last[0]) != 2 or sys.getrefcount(last[1]) != 2
+    otherwise the tuple's."""
+    return sys.getrefcount(last[0]) != _ALONE or sys.getrefcount(last[1]) != _ALONE
+
+
+def _alone() -> int:
+    """What getrefcount says, counted as _held counts, of an array only its tuple holds:
+    2 on CPython 3.11 (the tuple's and getrefcount's argument); later versions may count
+    the argument differently (3.14 borrows stack references), so it is asked, not assumed."""
+    last = (np.empty(0),)
+    return sys.getrefcount(last[0])
+
+
+_ALONE = _alone()
 
 
 class LaneResult(NamedTuple):
