@@ -59,12 +59,6 @@ def _class_action_name(cls: type) -> str:
     return _ACTION_ALIASES.get(snake, snake)
 
 
-def known_action_names() -> frozenset[str]:
-    """The action names a profile may use: OVS's datapath action vocabulary (every action
-    our datapath emits is one of them)."""
-    return OVS_ACTIONS
-
-
 class ProfileError(ValueError):
     """A malformed profile: which file, which key, and why."""
 
@@ -255,7 +249,7 @@ class _Checker:
         refuse_when = tuple(self.refuse_when(doc.get("refuse_when", [])))
         if "actions" not in doc:
             self.fail("actions", "missing required key")
-        known = known_action_names()
+        known = OVS_ACTIONS       # every action our datapath emits is one of them
         actions = {}
         for k, v in self.mapping(doc["actions"], "actions").items():
             if k not in known:
